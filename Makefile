@@ -1,0 +1,34 @@
+# Flotilla build and test entry points. `make test` is what CI runs.
+GO       ?= go
+BIN      := bin/flotilla
+PKGS     := ./...
+
+.PHONY: build test unit e2e bench proto lint demo clean tools
+
+build:
+	$(GO) build -o $(BIN) ./cmd/flotilla
+
+# Installs MariaDB (Debian packages) when missing, builds, runs every test (unit, fuzz
+# seeds, end-to-end against real servers) and prints a summary line.
+test: build
+	@scripts/ensure-mariadb.sh
+	@scripts/gotest.sh $(PKGS)
+
+bench: build
+	@scripts/ensure-mariadb.sh
+	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/...
+
+proto:
+	@scripts/proto.sh
+
+lint:
+	gofmt -l . | tee /dev/stderr | (! read)
+	$(GO) vet $(PKGS)
+	@command -v staticcheck >/dev/null && staticcheck $(PKGS) || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@2025.1.1"
+
+demo: build
+	@scripts/ensure-mariadb.sh
+	@scripts/demo.sh $(DEMO_ARGS)
+
+clean:
+	rm -rf bin .demo

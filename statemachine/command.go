@@ -1,0 +1,229 @@
+package statemachine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// Command kinds carried in raft entries of an upstream group.
+const (
+	// KindClaimEpoch starts a new syncer epoch: proposals of older epochs are
+	// rejected from then on, and a half-received transaction is dropped.
+	KindClaimEpoch byte = 1
+	// KindAppend appends transactions (and file boundaries) to the group's binlog.
+	KindAppend byte = 2
+)
+
+const commandVersion byte = 1
+
+// Item kinds inside an Append command.
+const (
+	itemNewFile byte = 1
+	itemTxn     byte = 2
+)
+
+// Append is the proposal a syncer makes: a batch of items that must follow the
+// group's tail exactly. Epoch is the fencing token returned by ClaimEpoch; PrevOrdinal
+// is the number of complete transactions the proposer believes the group holds.
+type Append struct {
+	Epoch       uint64
+	PrevOrdinal uint64
+	Items       []Item
+}
+
+// Item is one element of an Append: either a new served file (NewFile set) or a piece
+// of a transaction.
+type Item struct {
+	NewFile *NewFile
+	Txn     *Txn
+}
+
+// NewFile closes the current served file (if any) with a Rotate and starts the next
+// one, because the master started a new binlog file. FDE is the master's
+// Format_description for that file; BaseState is the GTID position the very first
+// file of the group starts from (ignored afterwards: later files start from the
+// group's own state).
+type NewFile struct {
+	ServerID     uint32
+	UpstreamFile string
+	FDE          []byte
+	BaseState    binlog.Position
+}
+
+// Txn is a whole transaction group, or one piece of it when Last is false (groups
+// larger than one proposal are split at event boundaries). Events are the master's
+// raw events, concatenated.
+type Txn struct {
+	GTID   binlog.GTID
+	First  bool
+	Last   bool
+	Events []byte
+}
+
+const (
+	txnFirst byte = 1
+	txnLast  byte = 2
+)
+
+// EncodeClaimEpoch returns the ClaimEpoch command.
+func EncodeClaimEpoch() []byte { return []byte{commandVersion, KindClaimEpoch} }
+
+// Encode serialises an Append command.
+func (a *Append) Encode() []byte {
+	size := 32
+	for _, it := range a.Items {
+		if it.Txn != nil {
+			size += len(it.Txn.Events) + 32
+		} else if it.NewFile != nil {
+			size += len(it.NewFile.FDE) + len(it.NewFile.UpstreamFile) + 64
+		}
+	}
+	b := make([]byte, 0, size)
+	b = append(b, commandVersion, KindAppend)
+	b = binary.AppendUvarint(b, a.Epoch)
+	b = binary.AppendUvarint(b, a.PrevOrdinal)
+	b = binary.AppendUvarint(b, uint64(len(a.Items)))
+	for _, it := range a.Items {
+		switch {
+		case it.NewFile != nil:
+			nf := it.NewFile
+			b = append(b, itemNewFile)
+			b = binary.AppendUvarint(b, uint64(nf.ServerID))
+			b = appendBytes(b, []byte(nf.UpstreamFile))
+			b = appendBytes(b, nf.FDE)
+			b = nf.BaseState.AppendBinary(b)
+		case it.Txn != nil:
+			t := it.Txn
+			b = append(b, itemTxn)
+			b = binary.AppendUvarint(b, uint64(t.GTID.Domain))
+			b = binary.AppendUvarint(b, uint64(t.GTID.Server))
+			b = binary.AppendUvarint(b, t.GTID.Seq)
+			var flags byte
+			if t.First {
+				flags |= txnFirst
+			}
+			if t.Last {
+				flags |= txnLast
+			}
+			b = append(b, flags)
+			b = appendBytes(b, t.Events)
+		}
+	}
+	return b
+}
+
+func appendBytes(b, v []byte) []byte {
+	b = binary.AppendUvarint(b, uint64(len(v)))
+	return append(b, v...)
+}
+
+var errBadCommand = errors.New("statemachine: malformed command")
+
+type decoder struct {
+	b   []byte
+	err error
+}
+
+func (d *decoder) uvarint() uint64 {
+	if d.err != nil {
+		return 0
+	}
+	v, n := binary.Uvarint(d.b)
+	if n <= 0 {
+		d.err = fmt.Errorf("%w: bad varint", errBadCommand)
+		return 0
+	}
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) byte1() byte {
+	if d.err != nil {
+		return 0
+	}
+	if len(d.b) < 1 {
+		d.err = fmt.Errorf("%w: truncated", errBadCommand)
+		return 0
+	}
+	v := d.b[0]
+	d.b = d.b[1:]
+	return v
+}
+
+func (d *decoder) bytes() []byte {
+	n := d.uvarint()
+	if d.err != nil {
+		return nil
+	}
+	if n > uint64(len(d.b)) {
+		d.err = fmt.Errorf("%w: field of %d bytes, %d left", errBadCommand, n, len(d.b))
+		return nil
+	}
+	v := d.b[:n]
+	d.b = d.b[n:]
+	return v
+}
+
+func (d *decoder) uint32() uint32 {
+	v := d.uvarint()
+	if v > 0xffffffff && d.err == nil {
+		d.err = fmt.Errorf("%w: value %d exceeds 32 bits", errBadCommand, v)
+	}
+	return uint32(v)
+}
+
+// DecodeCommand returns the command kind and, for KindAppend, the decoded command.
+// Events inside the result alias cmd.
+func DecodeCommand(cmd []byte) (byte, *Append, error) {
+	if len(cmd) < 2 || cmd[0] != commandVersion {
+		return 0, nil, fmt.Errorf("%w: unknown version", errBadCommand)
+	}
+	switch cmd[1] {
+	case KindClaimEpoch:
+		return KindClaimEpoch, nil, nil
+	case KindAppend:
+	default:
+		return 0, nil, fmt.Errorf("%w: unknown kind %d", errBadCommand, cmd[1])
+	}
+	d := &decoder{b: cmd[2:]}
+	a := &Append{Epoch: d.uvarint(), PrevOrdinal: d.uvarint()}
+	n := d.uvarint()
+	if n > uint64(len(d.b)) {
+		return 0, nil, fmt.Errorf("%w: %d items in %d bytes", errBadCommand, n, len(d.b))
+	}
+	for i := uint64(0); i < n && d.err == nil; i++ {
+		switch d.byte1() {
+		case itemNewFile:
+			nf := &NewFile{ServerID: d.uint32(), UpstreamFile: string(d.bytes()), FDE: d.bytes()}
+			if d.err == nil {
+				p, rest, err := binlog.DecodePosition(d.b)
+				if err != nil {
+					d.err = fmt.Errorf("%w: %v", errBadCommand, err)
+					break
+				}
+				nf.BaseState, d.b = p, rest
+			}
+			a.Items = append(a.Items, Item{NewFile: nf})
+		case itemTxn:
+			t := &Txn{GTID: binlog.GTID{Domain: d.uint32(), Server: d.uint32(), Seq: d.uvarint()}}
+			flags := d.byte1()
+			t.First, t.Last = flags&txnFirst != 0, flags&txnLast != 0
+			t.Events = d.bytes()
+			a.Items = append(a.Items, Item{Txn: t})
+		default:
+			if d.err == nil {
+				d.err = fmt.Errorf("%w: unknown item kind", errBadCommand)
+			}
+		}
+	}
+	if d.err != nil {
+		return 0, nil, d.err
+	}
+	if len(d.b) != 0 {
+		return 0, nil, fmt.Errorf("%w: %d trailing bytes", errBadCommand, len(d.b))
+	}
+	return KindAppend, a, nil
+}

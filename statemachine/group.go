@@ -1,0 +1,516 @@
+package statemachine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// Result values returned by Update for each entry.
+const (
+	// ResultOK means the command was applied. For ClaimEpoch, Data holds the new
+	// epoch (8 bytes, big endian).
+	ResultOK uint64 = 1
+	// ResultRejected means the command did not follow the group's tail or carried a
+	// stale epoch; Data holds the reason. The proposer must re-read the state.
+	ResultRejected uint64 = 2
+)
+
+// meta is the group's durable state, written with every applied batch.
+//
+// Invariants: Ordinal counts complete transactions; SegSize/FileSize cover complete
+// records only and are what readers may see; PartSeg/PartServed are >= them and also
+// cover the pieces of a transaction still being received (Pending).
+type meta struct {
+	Applied      uint64          `json:"applied"`
+	Epoch        uint64          `json:"epoch"`
+	Ordinal      uint64          `json:"ordinal"`
+	FirstFile    uint64          `json:"first_file"`
+	File         uint64          `json:"file"`
+	FileSize     uint64          `json:"file_size"`
+	SegSize      uint64          `json:"seg_size"`
+	PartServed   uint64          `json:"part_served"`
+	PartSeg      uint64          `json:"part_seg"`
+	Pending      *pendingTxn     `json:"pending,omitempty"`
+	Checksummed  bool            `json:"checksummed"`
+	ServerID     uint32          `json:"server_id"`
+	UpstreamFile string          `json:"upstream_file"`
+	State        binlog.Position `json:"state"`
+	Bytes        uint64          `json:"bytes"`
+}
+
+// pendingTxn is the start of a transaction whose last piece has not arrived.
+type pendingTxn struct {
+	GTID     binlog.GTID `json:"gtid"`
+	Start    uint64      `json:"start"`
+	SegStart uint64      `json:"seg_start"`
+}
+
+// fileInfo describes one served file.
+type fileInfo struct {
+	No           uint64          `json:"no"`
+	UpstreamFile string          `json:"upstream_file"`
+	StartState   binlog.Position `json:"start_state"`
+	// Size is the served size once the file is closed (its Rotate included).
+	Size    uint64 `json:"size"`
+	SegSize uint64 `json:"seg_size"`
+	Closed  bool   `json:"closed"`
+}
+
+// Tail is what readers may see of a group: everything before (File, FileSize) is a
+// committed, complete part of the served binlog.
+type Tail struct {
+	File     uint64
+	FileSize uint64
+	SegSize  uint64
+	State    binlog.Position
+	Ordinal  uint64
+	Epoch    uint64
+	Upstream string
+	Bytes    uint64
+}
+
+// Group is the on-disk state machine of one upstream group on one node: served binlog
+// files as segment files, indexed in the node's shared pebble instance.
+type Group struct {
+	store *Store
+	id    uint64
+	node  uint64
+	dir   string
+	log   *slog.Logger
+
+	// Touched only by dragonboat's update goroutine (Open, Update, Sync, Close).
+	m           meta
+	seg         *os.File
+	dirty       map[uint64]*os.File
+	startStates map[uint64]binlog.Position
+
+	mu      sync.Mutex // guards tail, changed, closed for readers
+	tail    Tail
+	changed chan struct{}
+	closed  bool
+	readers int
+}
+
+var _ sm.IOnDiskStateMachine = (*Group)(nil)
+
+// FileName is the served binlog file name for a file number. Replicas see these names
+// in SHOW BINARY LOGS and use them as Flotilla coordinates.
+func FileName(no uint64) string { return fmt.Sprintf("%s.%06d", BaseName, no) }
+
+// BaseName is the base name of served binlog files.
+const BaseName = "flotilla-bin"
+
+func (g *Group) segPath(no uint64) string {
+	return filepath.Join(g.dir, fmt.Sprintf("%06d.seg", no))
+}
+
+// Open loads the group's state, truncates any torn or unapplied tail of the current
+// segment and returns the last applied raft index.
+func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
+	if err := os.MkdirAll(g.dir, 0o755); err != nil {
+		return 0, fmt.Errorf("group %d: create %s: %w", g.id, g.dir, err)
+	}
+	v, closer, err := g.store.db.Get(metaKey(g.id))
+	switch {
+	case errors.Is(err, pebble.ErrNotFound):
+		g.m = meta{State: binlog.Position{}}
+	case err != nil:
+		return 0, fmt.Errorf("group %d: read meta: %w", g.id, err)
+	default:
+		err = json.Unmarshal(v, &g.m)
+		closer.Close()
+		if err != nil {
+			return 0, fmt.Errorf("group %d: decode meta: %w", g.id, err)
+		}
+	}
+	if g.m.State == nil {
+		g.m.State = binlog.Position{}
+	}
+	// Segment files newer than the current one were created by an Update whose index
+	// write never landed: they are not part of the applied state.
+	entries, _ := os.ReadDir(g.dir)
+	for _, e := range entries {
+		var no uint64
+		if _, err := fmt.Sscanf(e.Name(), "%06d.seg", &no); err == nil && no > g.m.File {
+			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
+				return 0, fmt.Errorf("group %d: remove unapplied segment %s: %w", g.id, e.Name(), err)
+			}
+		}
+	}
+	if g.m.File > 0 {
+		f, err := os.OpenFile(g.segPath(g.m.File), os.O_RDWR, 0o644)
+		if err != nil {
+			return 0, fmt.Errorf("group %d: open current segment: %w", g.id, err)
+		}
+		st, err := f.Stat()
+		if err != nil {
+			f.Close()
+			return 0, fmt.Errorf("group %d: stat segment: %w", g.id, err)
+		}
+		if uint64(st.Size()) < g.m.PartSeg {
+			f.Close()
+			return 0, fmt.Errorf("group %d: segment %s holds %d bytes but the index says %d were applied: data was lost; rebuild this replica from a peer",
+				g.id, g.segPath(g.m.File), st.Size(), g.m.PartSeg)
+		}
+		if uint64(st.Size()) > g.m.PartSeg {
+			g.log.Info("truncating unapplied segment tail", "group", g.id, "file", g.m.File, "from", st.Size(), "to", g.m.PartSeg)
+			if err := f.Truncate(int64(g.m.PartSeg)); err != nil {
+				f.Close()
+				return 0, fmt.Errorf("group %d: truncate torn tail: %w", g.id, err)
+			}
+		}
+		if _, err := f.Seek(int64(g.m.PartSeg), io.SeekStart); err != nil {
+			f.Close()
+			return 0, fmt.Errorf("group %d: seek segment: %w", g.id, err)
+		}
+		g.seg = f
+	}
+	g.publish()
+	return g.m.Applied, nil
+}
+
+// batch collects the writes of one Update call.
+type batch struct {
+	b   *pebble.Batch
+	buf []byte // records not yet written to g.seg
+}
+
+// Update applies committed entries in order. Rejections are results, not errors: an
+// error here would stop the replica, while a stale or out-of-order proposal is an
+// expected event during leader changes.
+func (g *Group) Update(entries []sm.Entry) ([]sm.Entry, error) {
+	bt := &batch{b: g.store.db.NewBatch()}
+	defer bt.b.Close()
+	for i := range entries {
+		e := &entries[i]
+		res, err := g.apply(bt, e.Index, e.Cmd)
+		if err != nil {
+			return nil, fmt.Errorf("group %d: apply entry %d: %w", g.id, e.Index, err)
+		}
+		e.Result = res
+		g.m.Applied = e.Index
+	}
+	if err := g.flushSegment(bt); err != nil {
+		return nil, err
+	}
+	mv, err := json.Marshal(&g.m)
+	if err != nil {
+		return nil, fmt.Errorf("group %d: encode meta: %w", g.id, err)
+	}
+	if err := bt.b.Set(metaKey(g.id), mv, nil); err != nil {
+		return nil, fmt.Errorf("group %d: index meta: %w", g.id, err)
+	}
+	if err := bt.b.Commit(pebble.NoSync); err != nil {
+		return nil, fmt.Errorf("group %d: commit index: %w", g.id, err)
+	}
+	g.publish()
+	return entries, nil
+}
+
+func rejected(format string, args ...any) sm.Result {
+	return sm.Result{Value: ResultRejected, Data: []byte(fmt.Sprintf(format, args...))}
+}
+
+func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
+	kind, a, err := DecodeCommand(cmd)
+	if err != nil {
+		// A malformed entry can only come from a buggy proposer; reject it on every
+		// replica alike rather than stop the group.
+		g.log.Error("rejecting malformed command", "group", g.id, "index", index, "err", err)
+		return rejected("malformed command: %v", err), nil
+	}
+	if kind == KindClaimEpoch {
+		if err := g.dropPending(bt); err != nil {
+			return sm.Result{}, err
+		}
+		g.m.Epoch++
+		return sm.Result{Value: ResultOK, Data: binary.BigEndian.AppendUint64(nil, g.m.Epoch)}, nil
+	}
+	if a.Epoch != g.m.Epoch {
+		return rejected("stale epoch %d (current %d)", a.Epoch, g.m.Epoch), nil
+	}
+	if a.PrevOrdinal != g.m.Ordinal {
+		return rejected("proposal follows transaction %d but the group holds %d", a.PrevOrdinal, g.m.Ordinal), nil
+	}
+	// Validate the whole command before changing anything, so a rejection leaves no trace.
+	pending := g.m.Pending != nil
+	hasFile := g.m.File > 0
+	for _, it := range a.Items {
+		switch {
+		case it.NewFile != nil:
+			if pending {
+				return rejected("new file while a transaction is incomplete"), nil
+			}
+			if _, err := binlog.ParseFDE(it.NewFile.FDE); err != nil {
+				return rejected("bad Format_description: %v", err), nil
+			}
+			hasFile = true
+		case it.Txn != nil:
+			if !hasFile {
+				return rejected("transaction before any file was started"), nil
+			}
+			if pending == it.Txn.First {
+				// A first piece while one is open, or a continuation with none open
+				// (e.g. after a snapshot dropped the open pieces): start over.
+				return rejected("piece of %v does not continue the open transaction", it.Txn.GTID), nil
+			}
+			pending = !it.Txn.Last
+		}
+	}
+	for _, it := range a.Items {
+		if it.NewFile != nil {
+			if err := g.newFile(bt, index, it.NewFile); err != nil {
+				return sm.Result{}, err
+			}
+			continue
+		}
+		if err := g.appendTxn(bt, index, it.Txn); err != nil {
+			return sm.Result{}, err
+		}
+	}
+	return sm.Result{Value: ResultOK}, nil
+}
+
+// addRecord frames payload at the current partial tail and records its boundary.
+func (g *Group) addRecord(bt *batch, typ byte, index uint64, payload []byte) error {
+	if err := bt.b.Set(posKey(g.id, g.m.File, g.m.PartServed), binary.AppendUvarint(nil, g.m.PartSeg), nil); err != nil {
+		return fmt.Errorf("group %d: index position: %w", g.id, err)
+	}
+	before := len(bt.buf)
+	bt.buf = appendRecord(bt.buf, typ, index, payload)
+	g.m.PartSeg += uint64(len(bt.buf) - before)
+	g.m.PartServed += uint64(len(payload))
+	return nil
+}
+
+// place copies events into a payload, rewriting each log_pos to its end position in
+// the served file (starting at served position start).
+func (g *Group) place(events []byte, start uint64) ([]byte, error) {
+	out := make([]byte, len(events))
+	copy(out, events)
+	pos := start
+	err := binlog.Split(out, func(ev []byte) error {
+		pos += uint64(len(ev))
+		if pos > 0xffffffff {
+			return fmt.Errorf("served file would exceed 4 GiB")
+		}
+		binlog.SetLogPos(ev, uint32(pos), binlog.FlagBinlogInUse, g.m.Checksummed)
+		return nil
+	})
+	return out, err
+}
+
+func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
+	fde, _ := binlog.ParseFDE(nf.FDE) // validated in apply
+	state := g.m.State
+	if g.m.File == 0 {
+		state = nf.BaseState.Clone()
+		g.m.State = state.Clone()
+		g.m.FirstFile = 1
+	} else {
+		// Close the current file with a Rotate to the next one.
+		rot := binlog.NewRotate(g.m.ServerID, 0, 0, 0, FileName(g.m.File+1), 4, g.m.Checksummed)
+		binlog.SetLogPos(rot, uint32(g.m.PartServed+uint64(len(rot))), 0, g.m.Checksummed)
+		if err := g.addRecord(bt, recRotate, index, rot); err != nil {
+			return err
+		}
+		if err := g.flushSegment(bt); err != nil {
+			return err
+		}
+		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
+			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true}
+		if err := g.putFile(bt, fi); err != nil {
+			return err
+		}
+		g.dirty[g.m.File] = g.seg
+		g.seg = nil
+	}
+	g.m.File++
+	g.m.FileSize, g.m.SegSize, g.m.PartServed, g.m.PartSeg = 4, 0, 4, 0
+	g.m.Checksummed = fde.Checksummed()
+	g.m.ServerID = nf.ServerID
+	g.m.UpstreamFile = nf.UpstreamFile
+	f, err := os.OpenFile(g.segPath(g.m.File), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("group %d: create segment: %w", g.id, err)
+	}
+	g.seg = f
+	g.startStates[g.m.File] = state.Clone()
+	if err := g.putFile(bt, fileInfo{No: g.m.File, UpstreamFile: nf.UpstreamFile, StartState: state}); err != nil {
+		return err
+	}
+	hdr := make([]byte, 0, len(nf.FDE)+64)
+	fdeEv := append([]byte(nil), nf.FDE...)
+	binlog.SetLogPos(fdeEv, uint32(4+len(fdeEv)), binlog.FlagBinlogInUse, fde.Checksummed())
+	hdr = append(hdr, fdeEv...)
+	gl := binlog.NewGTIDList(nf.ServerID, 0, 0, state, fde.Checksummed())
+	binlog.SetLogPos(gl, uint32(4+len(fdeEv)+len(gl)), 0, fde.Checksummed())
+	hdr = append(hdr, gl...)
+	if err := g.addRecord(bt, recHeader, index, hdr); err != nil {
+		return err
+	}
+	g.m.SegSize, g.m.FileSize = g.m.PartSeg, g.m.PartServed
+	return nil
+}
+
+func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
+	if g.m.Pending == nil {
+		g.m.Pending = &pendingTxn{GTID: t.GTID, Start: g.m.PartServed, SegStart: g.m.PartSeg}
+	}
+	payload, err := g.place(t.Events, g.m.PartServed)
+	if err != nil {
+		return fmt.Errorf("group %d: place %v: %w", g.id, t.GTID, err)
+	}
+	typ := recPart
+	if t.Last {
+		typ = recTxn
+	}
+	if err := g.addRecord(bt, typ, index, payload); err != nil {
+		return err
+	}
+	g.m.Bytes += uint64(len(payload))
+	if !t.Last {
+		return nil
+	}
+	p := g.m.Pending
+	loc := txnLoc{File: g.m.File, Start: p.Start, End: g.m.PartServed, SegStart: p.SegStart, SegEnd: g.m.PartSeg}
+	if err := bt.b.Set(txnKey(g.id, t.GTID.Domain, t.GTID.Seq, t.GTID.Server), loc.encode(), nil); err != nil {
+		return fmt.Errorf("group %d: index %v: %w", g.id, t.GTID, err)
+	}
+	g.m.Pending = nil
+	g.m.State[t.GTID.Domain] = t.GTID
+	g.m.Ordinal++
+	g.m.SegSize, g.m.FileSize = g.m.PartSeg, g.m.PartServed
+	return nil
+}
+
+// dropPending discards the pieces of an incomplete transaction (a new syncer epoch
+// starts the transaction over from the master).
+func (g *Group) dropPending(bt *batch) error {
+	if g.m.Pending == nil {
+		return nil
+	}
+	if err := g.flushSegment(bt); err != nil {
+		return err
+	}
+	if err := g.seg.Truncate(int64(g.m.SegSize)); err != nil {
+		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
+	}
+	if _, err := g.seg.Seek(int64(g.m.SegSize), io.SeekStart); err != nil {
+		return fmt.Errorf("group %d: seek segment: %w", g.id, err)
+	}
+	if err := bt.b.DeleteRange(posKey(g.id, g.m.File, g.m.FileSize), posKey(g.id, g.m.File+1, 0), nil); err != nil {
+		return fmt.Errorf("group %d: unindex incomplete transaction: %w", g.id, err)
+	}
+	g.m.PartSeg, g.m.PartServed, g.m.Pending = g.m.SegSize, g.m.FileSize, nil
+	return nil
+}
+
+func (g *Group) flushSegment(bt *batch) error {
+	if len(bt.buf) == 0 {
+		return nil
+	}
+	if _, err := g.seg.Write(bt.buf); err != nil {
+		return fmt.Errorf("group %d: write segment %s: %w", g.id, g.segPath(g.m.File), err)
+	}
+	bt.buf = bt.buf[:0]
+	g.dirty[g.m.File] = g.seg
+	return nil
+}
+
+func (g *Group) putFile(bt *batch, fi fileInfo) error {
+	v, err := json.Marshal(fi)
+	if err != nil {
+		return fmt.Errorf("group %d: encode file info: %w", g.id, err)
+	}
+	if err := bt.b.Set(fileKey(g.id, fi.No), v, nil); err != nil {
+		return fmt.Errorf("group %d: index file info: %w", g.id, err)
+	}
+	return nil
+}
+
+// fileStart returns the GTID state at the start of a file, cached from the index.
+func (g *Group) fileStart(no uint64) binlog.Position {
+	if p, ok := g.startStates[no]; ok {
+		return p
+	}
+	fi, err := g.store.fileInfo(g.id, no)
+	if err != nil {
+		return binlog.Position{}
+	}
+	g.startStates[no] = fi.StartState
+	return fi.StartState
+}
+
+// publish makes the applied state visible to readers and wakes them.
+func (g *Group) publish() {
+	g.mu.Lock()
+	g.tail = Tail{File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
+		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes}
+	close(g.changed)
+	g.changed = make(chan struct{})
+	g.mu.Unlock()
+}
+
+// Sync makes every applied record and index entry durable: segments first, then the
+// index that points into them, so the index never claims bytes a crash could lose.
+func (g *Group) Sync() error {
+	for no, f := range g.dirty {
+		if err := f.Sync(); err != nil {
+			return fmt.Errorf("group %d: fsync segment %d: %w", g.id, no, err)
+		}
+		if f != g.seg {
+			f.Close()
+		}
+		delete(g.dirty, no)
+	}
+	if err := g.store.db.LogData(nil, pebble.Sync); err != nil {
+		return fmt.Errorf("group %d: fsync index: %w", g.id, err)
+	}
+	return nil
+}
+
+// Lookup answers StateQuery with a StateView; it is how a syncer learns where to
+// resume after a (re)connect or a leader change.
+func (g *Group) Lookup(q interface{}) (interface{}, error) {
+	switch q.(type) {
+	case StateQuery:
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		return StateView{Tail: g.tail, HasFile: g.tail.File > 0}, nil
+	}
+	return nil, fmt.Errorf("group %d: unknown query %T", g.id, q)
+}
+
+// StateQuery asks a group for its StateView.
+type StateQuery struct{}
+
+// StateView is the answer to StateQuery.
+type StateView struct {
+	Tail
+	HasFile bool
+}
+
+// Close releases the group's files; the shared index stays open.
+func (g *Group) Close() error {
+	g.closeFiles()
+	g.mu.Lock()
+	g.closed = true
+	close(g.changed)
+	g.changed = make(chan struct{})
+	g.mu.Unlock()
+	g.store.forget(g)
+	return nil
+}

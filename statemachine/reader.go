@@ -1,0 +1,342 @@
+package statemachine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// ErrPosition reports that a replica asked for a position this group cannot serve.
+// Its message is written for the replica's DBA and is sent as MySQL error 1236.
+var ErrPosition = errors.New("cannot serve the requested position")
+
+// ErrAtTail is returned by Cursor.Next when the cursor has read everything committed.
+var ErrAtTail = errors.New("at the committed tail")
+
+// ErrCorrupt reports a record that failed its CRC or framing check: the replica stops
+// serving at that point rather than send bad data.
+var ErrCorrupt = errors.New("corrupt segment")
+
+// Start is a place in the served binlog: a file, a served position in it, and the
+// segment offset of the record that starts there.
+type Start struct {
+	File   uint64
+	Served uint64
+	Seg    uint64
+}
+
+// Tail returns what is committed now and a channel closed at the next change.
+func (g *Group) Tail() (Tail, <-chan struct{}) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.tail, g.changed
+}
+
+// ID is the group's raft cluster id.
+func (g *Group) ID() uint64 { return g.id }
+
+// FileStatus is one line of SHOW BINARY LOGS.
+type FileStatus struct {
+	Name string
+	Size uint64
+}
+
+// Files lists the served files, oldest first, with their committed sizes.
+func (g *Group) Files() ([]FileStatus, error) {
+	t, _ := g.Tail()
+	var out []FileStatus
+	it, err := g.store.db.NewIter(&pebble.IterOptions{LowerBound: fileKey(g.id, 0), UpperBound: fileKey(g.id, t.File+1)})
+	if err != nil {
+		return nil, fmt.Errorf("group %d: list files: %w", g.id, err)
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		no := binary.BigEndian.Uint64(it.Key()[10:])
+		size := t.FileSize
+		if no < t.File {
+			fi, err := g.store.fileInfo(g.id, no)
+			if err != nil {
+				return nil, err
+			}
+			size = fi.Size
+		}
+		out = append(out, FileStatus{Name: FileName(no), Size: size})
+	}
+	return out, it.Error()
+}
+
+// ParseFileName returns the file number of a served file name.
+func ParseFileName(name string) (uint64, bool) {
+	rest, ok := strings.CutPrefix(name, BaseName+".")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(rest, 10, 64)
+	return n, err == nil && n > 0
+}
+
+// LocateFile resolves a file/position dump request. The position must be a record
+// boundary (4, the start of a transaction, of the closing Rotate, or the tail).
+func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
+	t, _ := g.Tail()
+	no, ok := ParseFileName(name)
+	if name == "" {
+		no, ok = g.firstFile(), true
+	}
+	if !ok || no == 0 || no > t.File || no < g.firstFile() {
+		return Start{}, fmt.Errorf("%w: binlog file %q is not held by Flotilla for this upstream (it holds %s to %s; see SHOW BINARY LOGS)",
+			ErrPosition, name, FileName(g.firstFile()), FileName(t.File))
+	}
+	if pos < 4 {
+		pos = 4
+	}
+	if pos == 4 {
+		return Start{File: no, Served: 4, Seg: 0}, nil
+	}
+	if no == t.File && pos == t.FileSize {
+		return Start{File: no, Served: pos, Seg: t.SegSize}, nil
+	}
+	v, closer, err := g.store.db.Get(posKey(g.id, no, pos))
+	if err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return Start{}, fmt.Errorf("%w: position %d in %s is not the start of an event group Flotilla serves (use a position from SHOW MASTER STATUS or a replica's Exec_Master_Log_Pos)",
+				ErrPosition, pos, name)
+		}
+		return Start{}, fmt.Errorf("group %d: read position index: %w", g.id, err)
+	}
+	defer closer.Close()
+	seg, n := binary.Uvarint(v)
+	if n <= 0 {
+		return Start{}, fmt.Errorf("%w: group %d: bad position index entry", ErrCorrupt, g.id)
+	}
+	if no == t.File && seg >= t.SegSize {
+		return Start{}, fmt.Errorf("%w: position %d in %s is beyond the committed end %d", ErrPosition, pos, name, t.FileSize)
+	}
+	return Start{File: no, Served: pos, Seg: seg}, nil
+}
+
+func (g *Group) firstFile() uint64 {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	// FirstFile moves only with purge (not yet implemented); files start at 1.
+	if g.tail.File == 0 {
+		return 0
+	}
+	return 1
+}
+
+// Locate finds where to start serving a replica whose GTID position is want: the
+// earliest point after the replica's last transaction over all domains, found with
+// one index seek per domain. The dump skips any transaction the replica already has
+// from there on. Requests the group cannot serve exactly get an ErrPosition that
+// names the cause.
+func (g *Group) Locate(want binlog.Position) (Start, error) {
+	t, _ := g.Tail()
+	if t.File == 0 {
+		return Start{}, fmt.Errorf("%w: Flotilla has not received any binlog from this upstream yet", ErrPosition)
+	}
+	first := g.firstFile()
+	fi, err := g.store.fileInfo(g.id, first)
+	if err != nil {
+		return Start{}, err
+	}
+	oldest := fi.StartState
+	best := Start{File: t.File, Served: t.FileSize, Seg: t.SegSize}
+	fromStart := false
+	for _, d := range oldest.Domains() {
+		if _, ok := want[d]; !ok {
+			return Start{}, fmt.Errorf("%w: the replica has no GTID for domain %d, so it needs that domain from its beginning, but Flotilla's history starts after %s; set the replica's gtid_slave_pos or re-add the upstream with an earlier --start-gtid",
+				ErrPosition, d, oldest[d])
+		}
+	}
+	for _, d := range want.Domains() {
+		w := want[d]
+		cur, ok := t.State[d]
+		if !ok {
+			// Flotilla holds nothing of this domain yet: nothing to skip or serve.
+			continue
+		}
+		if o, ok := oldest[d]; ok {
+			if w.Seq < o.Seq {
+				return Start{}, fmt.Errorf("%w: the replica asks for GTID %s but Flotilla's history of domain %d starts after %s; the oldest GTID available is %s",
+					ErrPosition, w, d, o, o)
+			}
+			if w == o {
+				fromStart = true
+				continue
+			}
+		}
+		if w.Seq > cur.Seq {
+			return Start{}, fmt.Errorf("%w: the replica is ahead of this upstream: it asks for GTID %s but the latest GTID of domain %d is %s",
+				ErrPosition, w, d, cur)
+		}
+		loc, found, err := g.lookupTxn(w)
+		if err != nil {
+			return Start{}, err
+		}
+		if !found {
+			return Start{}, fmt.Errorf("%w: GTID %s requested by the replica is not in this upstream's binlog (the replica may have diverged or been written to directly); the latest GTID of domain %d is %s",
+				ErrPosition, w, d, cur)
+		}
+		s := Start{File: loc.File, Served: loc.End, Seg: loc.SegEnd}
+		if s.File < best.File || (s.File == best.File && s.Served < best.Served) {
+			best = s
+		}
+	}
+	if fromStart {
+		return Start{File: first, Served: 4, Seg: 0}, nil
+	}
+	// A transaction that ends its file is followed by the Rotate: start there.
+	return best, nil
+}
+
+func (g *Group) lookupTxn(w binlog.GTID) (txnLoc, bool, error) {
+	v, closer, err := g.store.db.Get(txnKey(g.id, w.Domain, w.Seq, w.Server))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return txnLoc{}, false, nil
+	}
+	if err != nil {
+		return txnLoc{}, false, fmt.Errorf("group %d: read GTID index: %w", g.id, err)
+	}
+	defer closer.Close()
+	loc, ok := decodeTxnLoc(v)
+	if !ok {
+		return txnLoc{}, false, fmt.Errorf("%w: group %d: bad GTID index entry for %s", ErrCorrupt, g.id, w)
+	}
+	return loc, true, nil
+}
+
+// Record is one unit a cursor returns: a file header, a whole transaction, or the
+// closing Rotate, as served bytes starting at served position Pos of file File.
+type Record struct {
+	File    uint64
+	Pos     uint64
+	Type    byte
+	Payload []byte
+}
+
+// IsHeader reports whether the record is the FDE + Gtid_list that opens a file.
+func (r Record) IsHeader() bool { return r.Type == recHeader }
+
+// IsRotate reports whether the record is the Rotate that closes a file.
+func (r Record) IsRotate() bool { return r.Type == recRotate }
+
+// Cursor reads a group's served binlog forward from a Start. Only the goroutine that
+// owns it may use it.
+type Cursor struct {
+	g      *Group
+	file   uint64
+	seg    uint64
+	served uint64
+	f      *os.File
+}
+
+// NewCursor opens a cursor at s.
+func (g *Group) NewCursor(s Start) (*Cursor, error) {
+	c := &Cursor{g: g, file: s.File, seg: s.Seg, served: s.Served}
+	if err := c.open(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// Position returns the served file and position of the next record.
+func (c *Cursor) Position() (uint64, uint64) { return c.file, c.served }
+
+func (c *Cursor) open() error {
+	f, err := os.Open(c.g.segPath(c.file))
+	if err != nil {
+		return fmt.Errorf("group %d: open %s: %w", c.g.id, FileName(c.file), err)
+	}
+	c.f = f
+	return nil
+}
+
+// Close releases the cursor's file.
+func (c *Cursor) Close() {
+	if c.f != nil {
+		c.f.Close()
+		c.f = nil
+	}
+}
+
+// Next returns the next committed record, or ErrAtTail. Pieces of a split transaction
+// are joined, so callers always see whole transactions. Reads are positioned and never
+// buffer past the committed tail: bytes beyond it may still be rewritten.
+func (c *Cursor) Next(t Tail) (Record, error) {
+	if c.file == t.File && c.seg >= t.SegSize {
+		return Record{}, ErrAtTail
+	}
+	if c.file > t.File {
+		return Record{}, ErrAtTail
+	}
+	rec := Record{File: c.file, Pos: c.served}
+	var hdr [recordHeaderLen]byte
+	for {
+		if _, err := c.f.ReadAt(hdr[:], int64(c.seg)); err != nil {
+			return Record{}, c.corrupt("read record header", err)
+		}
+		h, err := parseRecordHeader(hdr[:])
+		if err != nil {
+			return Record{}, c.corrupt("parse record header", err)
+		}
+		payload := make([]byte, h.Len)
+		if _, err := c.f.ReadAt(payload, int64(c.seg)+recordHeaderLen); err != nil {
+			return Record{}, c.corrupt("read record payload", err)
+		}
+		if err := verifyRecord(hdr[:], h, payload); err != nil {
+			return Record{}, c.corrupt("verify record", err)
+		}
+		c.seg += uint64(recordHeaderLen) + uint64(h.Len)
+		c.served += uint64(h.Len)
+		if rec.Payload == nil {
+			rec.Payload = payload
+		} else {
+			rec.Payload = append(rec.Payload, payload...)
+		}
+		rec.Type = h.Type
+		if h.Type != recPart {
+			break
+		}
+	}
+	if rec.Type == recRotate {
+		c.Close()
+		c.file++
+		c.seg, c.served = 0, 4
+		if c.file <= t.File {
+			if err := c.open(); err != nil {
+				return Record{}, err
+			}
+		}
+	}
+	return rec, nil
+}
+
+func (c *Cursor) corrupt(what string, err error) error {
+	c.g.log.Error("corrupt segment record", "file", c.g.segPath(c.file), "offset", c.seg, "what", what, "err", err)
+	return fmt.Errorf("%w: group %d, file %s (segment %s) at offset %d: %s: %v; this replica must be rebuilt from a peer",
+		ErrCorrupt, c.g.id, FileName(c.file), c.g.segPath(c.file), c.seg, what, err)
+}
+
+// TxnGTID returns the GTID of a transaction record (its first event).
+func TxnGTID(payload []byte) (binlog.GTID, bool) {
+	if len(payload) < binlog.HeaderLen || payload[4] != binlog.MariaGTIDEvent {
+		return binlog.GTID{}, false
+	}
+	size := int(binary.LittleEndian.Uint32(payload[9:]))
+	if size > len(payload) {
+		return binlog.GTID{}, false
+	}
+	e, err := binlog.ParseGTIDEvent(payload[:size])
+	if err != nil {
+		return binlog.GTID{}, false
+	}
+	return e.GTID, true
+}

@@ -1,0 +1,273 @@
+package statemachine
+
+import (
+	"bufio"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Snapshot stream layout:
+//
+//	"FLSN" u32 version
+//	u64 len + meta JSON
+//	u64 count, then count x (u64 klen, key without group prefix, u64 vlen, value)   index entries
+//	u64 count, then count x (u64 file no, u64 size, bytes)                          segment files
+//
+// A snapshot holds only complete records: pieces of an unfinished transaction are left
+// out (the syncer's next proposal is then rejected and it starts the transaction over).
+const snapMagic = "FLSN"
+const snapVersion uint32 = 1
+
+type snapCtx struct {
+	m    meta
+	snap *pebble.Snapshot
+	segs []segExtent
+}
+
+type segExtent struct {
+	No   uint64
+	Size uint64
+}
+
+// PrepareSnapshot captures a consistent view; it runs on the update goroutine, so the
+// meta and the segment sizes it records agree with the index snapshot.
+func (g *Group) PrepareSnapshot() (interface{}, error) {
+	m := g.m
+	m.State = g.m.State.Clone()
+	m.Pending, m.PartSeg, m.PartServed = nil, m.SegSize, m.FileSize
+	ctx := &snapCtx{m: m, snap: g.store.db.NewSnapshot()}
+	for no := g.firstFile(); no > 0 && no <= m.File; no++ {
+		size := m.SegSize
+		if no < m.File {
+			fi, err := g.store.fileInfo(g.id, no)
+			if err != nil {
+				ctx.snap.Close()
+				return nil, err
+			}
+			size = fi.SegSize
+		}
+		ctx.segs = append(ctx.segs, segExtent{No: no, Size: size})
+	}
+	return ctx, nil
+}
+
+var errSnapshotStopped = errors.New("snapshot stopped")
+
+func stopped(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
+
+// SaveSnapshot streams the files and index entries captured by PrepareSnapshot.
+func (g *Group) SaveSnapshot(c interface{}, w io.Writer, done <-chan struct{}) error {
+	ctx, ok := c.(*snapCtx)
+	if !ok {
+		return fmt.Errorf("group %d: unexpected snapshot context %T", g.id, c)
+	}
+	defer ctx.snap.Close()
+	bw := bufio.NewWriterSize(w, 1<<20)
+	u64 := func(v uint64) { _ = binary.Write(bw, binary.LittleEndian, v) }
+	bw.WriteString(snapMagic)
+	_ = binary.Write(bw, binary.LittleEndian, snapVersion)
+	mv, err := json.Marshal(&ctx.m)
+	if err != nil {
+		return fmt.Errorf("group %d: encode snapshot meta: %w", g.id, err)
+	}
+	u64(uint64(len(mv)))
+	bw.Write(mv)
+
+	prefix := groupPrefix(g.id)
+	it, err := ctx.snap.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: groupEnd(g.id)})
+	if err != nil {
+		return fmt.Errorf("group %d: snapshot index: %w", g.id, err)
+	}
+	type kv struct{ k, v []byte }
+	var kvs []kv
+	for it.First(); it.Valid(); it.Next() {
+		k := it.Key()[len(prefix):]
+		if len(k) == 1 && k[0] == 'm' {
+			continue // meta is written above, without the open pieces
+		}
+		kvs = append(kvs, kv{append([]byte(nil), k...), append([]byte(nil), it.Value()...)})
+	}
+	if err := it.Close(); err != nil {
+		return fmt.Errorf("group %d: snapshot index: %w", g.id, err)
+	}
+	u64(uint64(len(kvs)))
+	for _, e := range kvs {
+		u64(uint64(len(e.k)))
+		bw.Write(e.k)
+		u64(uint64(len(e.v)))
+		bw.Write(e.v)
+	}
+	u64(uint64(len(ctx.segs)))
+	for _, s := range ctx.segs {
+		if stopped(done) {
+			return errSnapshotStopped
+		}
+		u64(s.No)
+		u64(s.Size)
+		f, err := os.Open(g.segPath(s.No))
+		if err != nil {
+			return fmt.Errorf("group %d: snapshot segment %d: %w", g.id, s.No, err)
+		}
+		_, err = io.Copy(bw, io.NewSectionReader(f, 0, int64(s.Size)))
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("group %d: snapshot segment %d: %w", g.id, s.No, err)
+		}
+	}
+	if err := bw.Flush(); err != nil {
+		return fmt.Errorf("group %d: write snapshot: %w", g.id, err)
+	}
+	return nil
+}
+
+// RecoverFromSnapshot replaces the group's state with a snapshot: segments are written
+// beside the current ones and swapped in with renames, then the index is replaced in
+// one synced batch.
+func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
+	br := bufio.NewReaderSize(r, 1<<20)
+	var magic [4]byte
+	var ver uint32
+	if _, err := io.ReadFull(br, magic[:]); err != nil || string(magic[:]) != snapMagic {
+		return fmt.Errorf("group %d: not a Flotilla snapshot", g.id)
+	}
+	if err := binary.Read(br, binary.LittleEndian, &ver); err != nil || ver != snapVersion {
+		return fmt.Errorf("group %d: unsupported snapshot version %d", g.id, ver)
+	}
+	u64 := func() (uint64, error) {
+		var v uint64
+		err := binary.Read(br, binary.LittleEndian, &v)
+		return v, err
+	}
+	readN := func(n uint64) ([]byte, error) {
+		if n > maxRecordPayload {
+			return nil, fmt.Errorf("snapshot field of %d bytes", n)
+		}
+		b := make([]byte, n)
+		_, err := io.ReadFull(br, b)
+		return b, err
+	}
+	n, err := u64()
+	if err != nil {
+		return fmt.Errorf("group %d: read snapshot: %w", g.id, err)
+	}
+	mv, err := readN(n)
+	if err != nil {
+		return fmt.Errorf("group %d: read snapshot meta: %w", g.id, err)
+	}
+	var m meta
+	if err := json.Unmarshal(mv, &m); err != nil {
+		return fmt.Errorf("group %d: decode snapshot meta: %w", g.id, err)
+	}
+	b := g.store.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(groupPrefix(g.id), groupEnd(g.id), nil); err != nil {
+		return fmt.Errorf("group %d: clear index: %w", g.id, err)
+	}
+	if n, err = u64(); err != nil {
+		return fmt.Errorf("group %d: read snapshot: %w", g.id, err)
+	}
+	prefix := groupPrefix(g.id)
+	for i := uint64(0); i < n; i++ {
+		kl, err := u64()
+		if err != nil {
+			return fmt.Errorf("group %d: read snapshot index: %w", g.id, err)
+		}
+		k, err := readN(kl)
+		if err != nil {
+			return fmt.Errorf("group %d: read snapshot index: %w", g.id, err)
+		}
+		vl, err := u64()
+		if err != nil {
+			return fmt.Errorf("group %d: read snapshot index: %w", g.id, err)
+		}
+		v, err := readN(vl)
+		if err != nil {
+			return fmt.Errorf("group %d: read snapshot index: %w", g.id, err)
+		}
+		if err := b.Set(append(append([]byte(nil), prefix...), k...), v, nil); err != nil {
+			return fmt.Errorf("group %d: restore index: %w", g.id, err)
+		}
+	}
+	tmp := g.dir + ".recover"
+	if err := os.RemoveAll(tmp); err != nil {
+		return fmt.Errorf("group %d: clear %s: %w", g.id, tmp, err)
+	}
+	if err := os.MkdirAll(tmp, 0o755); err != nil {
+		return fmt.Errorf("group %d: create %s: %w", g.id, tmp, err)
+	}
+	if n, err = u64(); err != nil {
+		return fmt.Errorf("group %d: read snapshot: %w", g.id, err)
+	}
+	for i := uint64(0); i < n; i++ {
+		if stopped(done) {
+			return errSnapshotStopped
+		}
+		no, err1 := u64()
+		size, err2 := u64()
+		if err := errors.Join(err1, err2); err != nil {
+			return fmt.Errorf("group %d: read snapshot segment header: %w", g.id, err)
+		}
+		f, err := os.Create(fmt.Sprintf("%s/%06d.seg", tmp, no))
+		if err != nil {
+			return fmt.Errorf("group %d: restore segment: %w", g.id, err)
+		}
+		_, err = io.CopyN(f, br, int64(size))
+		if err == nil {
+			err = f.Sync()
+		}
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("group %d: restore segment %d: %w", g.id, no, err)
+		}
+	}
+	// Swap: close our files, move the new directory in, then commit the index.
+	g.closeFiles()
+	old := g.dir + ".old"
+	_ = os.RemoveAll(old)
+	if err := os.Rename(g.dir, old); err != nil && !os.IsNotExist(err) {
+		return fmt.Errorf("group %d: move old segments aside: %w", g.id, err)
+	}
+	if err := os.Rename(tmp, g.dir); err != nil {
+		return fmt.Errorf("group %d: install snapshot segments: %w", g.id, err)
+	}
+	mv, _ = json.Marshal(&m)
+	if err := b.Set(metaKey(g.id), mv, nil); err != nil {
+		return fmt.Errorf("group %d: restore meta: %w", g.id, err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("group %d: commit restored index: %w", g.id, err)
+	}
+	_ = os.RemoveAll(old)
+	clear(g.startStates)
+	if _, err := g.Open(done); err != nil {
+		return err
+	}
+	return nil
+}
+
+// closeFiles closes every open segment handle.
+func (g *Group) closeFiles() {
+	for no, f := range g.dirty {
+		if f != g.seg {
+			f.Close()
+		}
+		delete(g.dirty, no)
+	}
+	if g.seg != nil {
+		g.seg.Close()
+		g.seg = nil
+	}
+}

@@ -1,0 +1,125 @@
+package statemachine
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// Store is a node's storage for all of its upstream groups: one pebble instance for
+// every group's index (so hundreds of groups cost one set of memtables and one WAL)
+// and a directory of segment files per group.
+type Store struct {
+	db  *pebble.DB
+	dir string
+	log *slog.Logger
+
+	mu     sync.Mutex
+	groups map[uint64]*Group
+}
+
+// Open opens (creating if needed) the store under dir.
+func Open(dir string, log *slog.Logger) (*Store, error) {
+	if err := os.MkdirAll(filepath.Join(dir, "groups"), 0o755); err != nil {
+		return nil, fmt.Errorf("storage: create %s: %w", dir, err)
+	}
+	db, err := pebble.Open(filepath.Join(dir, "index"), &pebble.Options{Logger: quietLogger{log}})
+	if err != nil {
+		return nil, fmt.Errorf("storage: open index in %s: %w", dir, err)
+	}
+	return &Store{db: db, dir: dir, log: log, groups: map[uint64]*Group{}}, nil
+}
+
+// Close closes the shared index. Groups must have been closed by dragonboat first.
+func (s *Store) Close() error {
+	if err := s.db.Close(); err != nil {
+		return fmt.Errorf("storage: close index: %w", err)
+	}
+	return nil
+}
+
+// NewGroup is the dragonboat CreateOnDiskStateMachineFunc for upstream groups.
+func (s *Store) NewGroup(clusterID, nodeID uint64) sm.IOnDiskStateMachine {
+	g := &Group{
+		store:       s,
+		id:          clusterID,
+		node:        nodeID,
+		dir:         filepath.Join(s.dir, "groups", strconv.FormatUint(clusterID, 10)),
+		log:         s.log.With("group", clusterID),
+		dirty:       map[uint64]*os.File{},
+		startStates: map[uint64]binlog.Position{},
+		changed:     make(chan struct{}),
+	}
+	s.mu.Lock()
+	s.groups[clusterID] = g
+	s.mu.Unlock()
+	return g
+}
+
+// Group returns the live state machine of a group on this node, for readers.
+func (s *Store) Group(id uint64) (*Group, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	g, ok := s.groups[id]
+	return g, ok
+}
+
+func (s *Store) forget(g *Group) {
+	s.mu.Lock()
+	if s.groups[g.id] == g {
+		delete(s.groups, g.id)
+	}
+	s.mu.Unlock()
+}
+
+// RemoveGroupData deletes a removed upstream's segments and index entries. The group
+// must be stopped on this node.
+func (s *Store) RemoveGroupData(id uint64) error {
+	if err := s.db.DeleteRange(groupPrefix(id), groupEnd(id), pebble.Sync); err != nil {
+		return fmt.Errorf("storage: drop index of group %d: %w", id, err)
+	}
+	if err := os.RemoveAll(filepath.Join(s.dir, "groups", strconv.FormatUint(id, 10))); err != nil {
+		return fmt.Errorf("storage: remove segments of group %d: %w", id, err)
+	}
+	return nil
+}
+
+func (s *Store) fileInfo(gid, no uint64) (fileInfo, error) {
+	v, closer, err := s.db.Get(fileKey(gid, no))
+	if err != nil {
+		if errors.Is(err, pebble.ErrNotFound) {
+			return fileInfo{}, fmt.Errorf("group %d has no served file %d", gid, no)
+		}
+		return fileInfo{}, fmt.Errorf("group %d: read file %d: %w", gid, no, err)
+	}
+	defer closer.Close()
+	var fi fileInfo
+	if err := json.Unmarshal(v, &fi); err != nil {
+		return fileInfo{}, fmt.Errorf("group %d: decode file %d: %w", gid, no, err)
+	}
+	return fi, nil
+}
+
+// quietLogger sends pebble's informational chatter to debug level.
+type quietLogger struct{ log *slog.Logger }
+
+func (q quietLogger) Infof(format string, args ...interface{}) {
+	q.log.Debug(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (q quietLogger) Errorf(format string, args ...interface{}) {
+	q.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+}
+func (q quietLogger) Fatalf(format string, args ...interface{}) {
+	q.log.Error(fmt.Sprintf(format, args...), "component", "pebble")
+	panic(fmt.Sprintf(format, args...))
+}
