@@ -12,7 +12,7 @@ build:
 # seeds, end-to-end against real servers) and prints a summary line.
 test: build
 	@scripts/ensure-mariadb.sh
-	@scripts/gotest.sh $(PKGS)
+	@FLOTILLA_BIN=$(CURDIR)/$(BIN) scripts/gotest.sh $(PKGS)
 
 bench: build
 	@scripts/ensure-mariadb.sh

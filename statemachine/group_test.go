@@ -214,8 +214,16 @@ func TestAppendServeAndReopen(t *testing.T) {
 	if s, err := h.g.LocateFile("flotilla-bin.000001", recs[2].Pos); err != nil || s.Served != recs[2].Pos {
 		t.Fatalf("locate file = %+v, %v", s, err)
 	}
-	if _, err := h.g.LocateFile("flotilla-bin.000001", recs[2].Pos+1); !errors.Is(err, ErrPosition) {
-		t.Fatalf("a position inside a transaction must be refused, got %v", err)
+	// A position inside a record resolves to the record plus the bytes to skip (the
+	// dump checks that they end on an event boundary).
+	if s, err := h.g.LocateFile("flotilla-bin.000001", recs[2].Pos+40); err != nil || s.Served != recs[2].Pos || s.Skip != 40 {
+		t.Fatalf("locate inside a transaction = %+v, %v", s, err)
+	}
+	if _, err := h.g.LocateFile("flotilla-bin.000002", 1<<40); !errors.Is(err, ErrPosition) {
+		t.Fatalf("a position past the end must be refused, got %v", err)
+	}
+	if _, err := h.g.LocateFile("mariadb-bin.000001", 4); !errors.Is(err, ErrPosition) {
+		t.Fatalf("a file Flotilla does not serve must be refused, got %v", err)
 	}
 
 	// Reopen after a torn write: garbage past the applied tail is truncated.

@@ -24,13 +24,18 @@ var ErrAtTail = errors.New("at the committed tail")
 // serving at that point rather than send bad data.
 var ErrCorrupt = errors.New("corrupt segment")
 
-// Start is a place in the served binlog: a file, a served position in it, and the
-// segment offset of the record that starts there.
+// Start is a place in the served binlog: a file, the served position and segment
+// offset of a record, and how many bytes of that record to skip (a file/position
+// replica may resume after any event, even inside a transaction).
 type Start struct {
 	File   uint64
 	Served uint64
 	Seg    uint64
+	Skip   uint64
 }
+
+// Pos is the served position the start stands for.
+func (s Start) Pos() uint64 { return s.Served + s.Skip }
 
 // Tail returns what is committed now and a channel closed at the next change.
 func (g *Group) Tail() (Tail, <-chan struct{}) {
@@ -82,8 +87,8 @@ func ParseFileName(name string) (uint64, bool) {
 	return n, err == nil && n > 0
 }
 
-// LocateFile resolves a file/position dump request. The position must be a record
-// boundary (4, the start of a transaction, of the closing Rotate, or the tail).
+// LocateFile resolves a file/position dump request. The position must be an event
+// boundary; the dump checks that when it skips into the record.
 func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 	t, _ := g.Tail()
 	no, ok := ParseFileName(name)
@@ -103,23 +108,27 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 	if no == t.File && pos == t.FileSize {
 		return Start{File: no, Served: pos, Seg: t.SegSize}, nil
 	}
-	v, closer, err := g.store.db.Get(posKey(g.id, no, pos))
+	if no == t.File && pos > t.FileSize {
+		return Start{}, fmt.Errorf("%w: position %d in %s is beyond its committed end %d", ErrPosition, pos, name, t.FileSize)
+	}
+	// The record holding pos: the last record boundary at or before it.
+	it, err := g.store.db.NewIter(&pebble.IterOptions{LowerBound: posKey(g.id, no, 0), UpperBound: posKey(g.id, no, pos+1)})
 	if err != nil {
-		if errors.Is(err, pebble.ErrNotFound) {
-			return Start{}, fmt.Errorf("%w: position %d in %s is not the start of an event group Flotilla serves (use a position from SHOW MASTER STATUS or a replica's Exec_Master_Log_Pos)",
-				ErrPosition, pos, name)
-		}
 		return Start{}, fmt.Errorf("group %d: read position index: %w", g.id, err)
 	}
-	defer closer.Close()
-	seg, n := binary.Uvarint(v)
+	defer it.Close()
+	if !it.Last() {
+		return Start{}, fmt.Errorf("%w: position %d is not in %s", ErrPosition, pos, name)
+	}
+	recStart := binary.BigEndian.Uint64(it.Key()[len(it.Key())-8:])
+	seg, n := binary.Uvarint(it.Value())
 	if n <= 0 {
 		return Start{}, fmt.Errorf("%w: group %d: bad position index entry", ErrCorrupt, g.id)
 	}
 	if no == t.File && seg >= t.SegSize {
 		return Start{}, fmt.Errorf("%w: position %d in %s is beyond the committed end %d", ErrPosition, pos, name, t.FileSize)
 	}
-	return Start{File: no, Served: pos, Seg: seg}, nil
+	return Start{File: no, Served: recStart, Seg: seg, Skip: pos - recStart}, nil
 }
 
 func (g *Group) firstFile() uint64 {
@@ -154,6 +163,13 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 		if _, ok := want[d]; !ok {
 			return Start{}, fmt.Errorf("%w: the replica has no GTID for domain %d, so it needs that domain from its beginning, but Flotilla's history starts after %s; set the replica's gtid_slave_pos or re-add the upstream with an earlier --start-gtid",
 				ErrPosition, d, oldest[d])
+		}
+	}
+	for _, d := range t.State.Domains() {
+		if _, ok := want[d]; !ok {
+			// The replica has nothing of this domain and Flotilla holds it from its
+			// very first transaction (checked above): serve it from the start.
+			fromStart = true
 		}
 	}
 	for _, d := range want.Domains() {
@@ -339,4 +355,11 @@ func TxnGTID(payload []byte) (binlog.GTID, bool) {
 		return binlog.GTID{}, false
 	}
 	return e.GTID, true
+}
+
+// Closed reports whether the group has been closed (stopped or removed on this node).
+func (g *Group) Closed() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.closed
 }

@@ -40,6 +40,9 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 	return &Store{db: db, dir: dir, log: log, groups: map[uint64]*Group{}}, nil
 }
 
+// Dir is the store's root directory.
+func (s *Store) Dir() string { return s.dir }
+
 // Close closes the shared index. Groups must have been closed by dragonboat first.
 func (s *Store) Close() error {
 	if err := s.db.Close(); err != nil {

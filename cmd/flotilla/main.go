@@ -1,12 +1,49 @@
-// Command flotilla is the single Flotilla binary (serve, upstream, node, status).
+// Command flotilla is the single Flotilla binary: `serve` runs a node; `upstream`,
+// `node` and `status` administer a cluster through the admin gRPC API.
 package main
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc/status"
 )
 
 func main() {
-	fmt.Fprintln(os.Stderr, "flotilla: command line not built yet")
-	os.Exit(2)
+	app := &cli.App{
+		Name:  "flotilla",
+		Usage: "a highly available binlog relay for MySQL and MariaDB masters",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "admin", Usage: "admin API address of any node", EnvVars: []string{"FLOTILLA_ADMIN"}, Value: "127.0.0.1:7070"},
+			&cli.StringFlag{Name: "token", Usage: "admin API bearer token", EnvVars: []string{"FLOTILLA_TOKEN"}},
+		},
+		Commands:       []*cli.Command{serveCommand(), upstreamCommand(), nodeCommand(), statusCommand()},
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := app.RunContext(ctx, reorderArgs(app, os.Args))
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "flotilla: %s\n", errorLine(err))
+		os.Exit(1)
+	}
+}
+
+// errorLine reduces an error to the one clear line the command-line contract promises:
+// for admin API errors, the server's message without transport noise.
+func errorLine(err error) string {
+	var se interface{ GRPCStatus() *status.Status }
+	if errors.As(err, &se) {
+		s := se.GRPCStatus()
+		if s.Code().String() == "Unavailable" {
+			return "cannot reach the admin API (is `flotilla serve` running? set --admin or FLOTILLA_ADMIN): " + s.Message()
+		}
+		return s.Message()
+	}
+	return err.Error()
 }

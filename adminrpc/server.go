@@ -1,0 +1,299 @@
+// Package adminrpc serves the flotilla.admin.v1.Admin gRPC API and provides the client
+// the CLI uses. The server translates between the API and the placement metadata and
+// the node's local group replicas.
+package adminrpc
+
+import (
+	"context"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"time"
+	"unicode/utf8"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla-relay/flotilla/placement"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+	"github.com/flotilla-relay/flotilla/shard"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// Metadata is the part of the placement service the admin API uses.
+type Metadata interface {
+	Read(ctx context.Context) (*placement.State, error)
+	AddUpstream(ctx context.Context, u placement.Upstream) (*placement.Upstream, error)
+	RemoveUpstream(ctx context.Context, name string) error
+	SetPaused(ctx context.Context, name string, paused bool) error
+}
+
+// Shards gives the node's local group replicas.
+type Shards interface {
+	Shard(gid uint64) (*shard.Shard, bool)
+}
+
+// ReplicaLister lists the replicas connected to this node's front end.
+type ReplicaLister interface {
+	ConnectedReplicas(gid uint64) []*adminv1.ConnectedReplica
+}
+
+// Inspector checks a master before it is added; shard.InspectSource in production.
+type Inspector func(ctx context.Context, addr, user, password, flavor, startGTID string) (shard.SourceInfo, error)
+
+// Server implements adminv1.AdminServer.
+type Server struct {
+	adminv1.UnimplementedAdminServer
+	NodeID   uint64
+	Meta     Metadata
+	Shards   Shards
+	Replicas ReplicaLister
+	Inspect  Inspector
+	// MetaLeader reports the metadata group's leader, for status.
+	MetaLeader func() uint64
+	// Token, when set, must be sent by clients as "authorization: Bearer TOKEN".
+	Token string
+	Log   *slog.Logger
+}
+
+// Serve listens on addr until ctx ends.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	gs := grpc.NewServer(grpc.UnaryInterceptor(s.intercept))
+	adminv1.RegisterAdminServer(gs, s)
+	go func() {
+		<-ctx.Done()
+		gs.GracefulStop()
+	}()
+	if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("admin API: %w", err)
+	}
+	return nil
+}
+
+func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if s.Token != "" {
+		md, _ := metadata.FromIncomingContext(ctx)
+		got := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
+		if subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
+			return nil, status.Error(codes.Unauthenticated, "missing or wrong admin token (set FLOTILLA_TOKEN)")
+		}
+	}
+	resp, err := h(ctx, req)
+	if err != nil {
+		s.Log.Warn("admin call failed", "method", info.FullMethod, "err", err)
+	}
+	return resp, err
+}
+
+// metaErr maps metadata errors to gRPC codes: refusals are the caller's to fix.
+func metaErr(err error) error {
+	if errors.Is(err, placement.ErrRefused) {
+		msg := strings.TrimPrefix(err.Error(), placement.ErrRefused.Error()+": ")
+		if strings.HasPrefix(msg, "unknown upstream") {
+			return status.Error(codes.NotFound, msg)
+		}
+		return status.Error(codes.FailedPrecondition, msg)
+	}
+	return status.Errorf(codes.Unavailable, "metadata group unavailable: %v", err)
+}
+
+// AddUpstream checks the master and registers the upstream.
+func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest) (*adminv1.Upstream, error) {
+	if r.Name == "" || r.Source == "" || r.User == "" {
+		return nil, status.Error(codes.InvalidArgument, "name, --source and --user are required")
+	}
+	if _, _, err := net.SplitHostPort(r.Source); err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "--source %q is not HOST:PORT", r.Source)
+	}
+	if len(r.ReplicaUsers) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "declare at least one --replica-user (with --replica-password) that replicas will log in with")
+	}
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	if _, dup := st.Upstreams[r.Name]; dup {
+		return nil, status.Errorf(codes.AlreadyExists, "upstream %q already exists", r.Name)
+	}
+	info, err := s.Inspect(ctx, r.Source, r.User, r.Password, r.Flavor, r.StartGtid)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	replicas := int(r.Replicas)
+	if replicas == 0 {
+		replicas = min(3, len(st.Nodes))
+	}
+	u := placement.Upstream{
+		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: r.Password,
+		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
+		StartGTID: info.StartGTID, Replicas: replicas, CreatedAt: time.Now().UTC(),
+	}
+	for _, ru := range r.ReplicaUsers {
+		if ru.User == "" {
+			return nil, status.Error(codes.InvalidArgument, "a replica user name is empty")
+		}
+		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Password: ru.Password})
+	}
+	added, err := s.Meta.AddUpstream(ctx, u)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	s.Log.Info("upstream added", "upstream", added.Name, "group", added.GroupID, "start_gtid", added.StartGTID)
+	return toProto(added), nil
+}
+
+// ListUpstreams lists every upstream with the status this node knows.
+func (s *Server) ListUpstreams(ctx context.Context, _ *adminv1.ListUpstreamsRequest) (*adminv1.ListUpstreamsResponse, error) {
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	out := &adminv1.ListUpstreamsResponse{}
+	for _, n := range st.UpstreamNames() {
+		out.Upstreams = append(out.Upstreams, s.upstreamStatus(st, st.Upstreams[n]))
+	}
+	return out, nil
+}
+
+// GetUpstream returns one upstream and its group's status.
+func (s *Server) GetUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*adminv1.UpstreamStatus, error) {
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	u, ok := st.Upstreams[r.Name]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "unknown upstream %q (see `flotilla upstream list`)", r.Name)
+	}
+	return s.upstreamStatus(st, u), nil
+}
+
+// PauseUpstream stops pulling from the master; replicas keep being served.
+func (s *Server) PauseUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*adminv1.Upstream, error) {
+	return s.setPaused(ctx, r.Name, true)
+}
+
+// ResumeUpstream resumes pulling from the master.
+func (s *Server) ResumeUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*adminv1.Upstream, error) {
+	return s.setPaused(ctx, r.Name, false)
+}
+
+func (s *Server) setPaused(ctx context.Context, name string, paused bool) (*adminv1.Upstream, error) {
+	if err := s.Meta.SetPaused(ctx, name, paused); err != nil {
+		return nil, metaErr(err)
+	}
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	return toProto(st.Upstreams[name]), nil
+}
+
+// RemoveUpstream removes an upstream; every node deletes its data for it.
+func (s *Server) RemoveUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*adminv1.RemoveUpstreamResponse, error) {
+	if err := s.Meta.RemoveUpstream(ctx, r.Name); err != nil {
+		return nil, metaErr(err)
+	}
+	s.Log.Info("upstream removed", "upstream", r.Name)
+	return &adminv1.RemoveUpstreamResponse{}, nil
+}
+
+// ListNodes lists the cluster's nodes with their group counts.
+func (s *Server) ListNodes(ctx context.Context, _ *adminv1.ListNodesRequest) (*adminv1.ListNodesResponse, error) {
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	return &adminv1.ListNodesResponse{Nodes: s.nodes(st)}, nil
+}
+
+// Status summarises the cluster as this node sees it.
+func (s *Server) Status(ctx context.Context, _ *adminv1.StatusRequest) (*adminv1.StatusResponse, error) {
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	out := &adminv1.StatusResponse{NodeId: s.NodeID, Nodes: s.nodes(st)}
+	if s.MetaLeader != nil {
+		out.MetaLeader = s.MetaLeader()
+	}
+	for _, n := range st.UpstreamNames() {
+		out.Upstreams = append(out.Upstreams, s.upstreamStatus(st, st.Upstreams[n]))
+	}
+	return out, nil
+}
+
+func (s *Server) nodes(st *placement.State) []*adminv1.Node {
+	groups := map[uint64]uint64{}
+	for _, nodes := range st.Assignments {
+		for _, n := range nodes {
+			groups[n]++
+		}
+	}
+	var out []*adminv1.Node
+	for _, n := range st.Nodes {
+		out = append(out, &adminv1.Node{Id: n.ID, RaftAddr: n.RaftAddr, MysqlAddr: n.MySQLAddr, AdminAddr: n.AdminAddr, Labels: n.Labels, Groups: groups[n.ID]})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
+	return out
+}
+
+func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adminv1.UpstreamStatus {
+	gs := &adminv1.GroupStatus{GroupId: u.GroupID, Members: st.Assignments[u.GroupID], ReportedBy: s.NodeID}
+	if sh, ok := s.Shards.Shard(u.GroupID); ok {
+		if id, ok := sh.Leader(); ok {
+			gs.LeaderNode = id
+		}
+		ss := sh.Status()
+		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
+		gs.LastErrorAt, gs.LastEventAt = timeString(ss.LastErrorAt), timeString(ss.LastEventAt)
+		if !ss.LastEventAt.IsZero() {
+			gs.LagSeconds = ss.LastEventRcv.Sub(ss.LastEventAt).Seconds()
+		}
+		if g, ok := sh.Group(); ok {
+			t, _ := g.Tail()
+			gs.ExecutedGtid, gs.Transactions, gs.Bytes = t.State.String(), t.Ordinal, t.Bytes
+			if t.File > 0 {
+				gs.CurrentFile, gs.CurrentFileSize = statemachine.FileName(t.File), t.FileSize
+			}
+		}
+	}
+	if s.Replicas != nil {
+		gs.Replicas = s.Replicas.ConnectedReplicas(u.GroupID)
+	}
+	for name, f := range map[string]*string{"last_error": &gs.LastError, "master_file": &gs.MasterFile, "executed_gtid": &gs.ExecutedGtid} {
+		if !utf8.ValidString(*f) {
+			s.Log.Warn("status field is not valid UTF-8", "field", name, "value", fmt.Sprintf("%q", *f))
+			*f = strings.ToValidUTF8(*f, "?")
+		}
+	}
+	return &adminv1.UpstreamStatus{Upstream: toProto(u), Group: gs}
+}
+
+func timeString(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func toProto(u *placement.Upstream) *adminv1.Upstream {
+	if u == nil {
+		return nil
+	}
+	out := &adminv1.Upstream{
+		Name: u.Name, Flavor: u.Flavor, Source: u.Source, User: u.User, ServerId: u.ServerID, DomainId: u.DomainID,
+		ServerUuid: u.ServerUUID, Version: u.Version, StartGtid: u.StartGTID, GroupId: u.GroupID,
+		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt),
+	}
+	for _, ru := range u.ReplicaUsers {
+		out.ReplicaUsers = append(out.ReplicaUsers, ru.User)
+	}
+	return out
+}

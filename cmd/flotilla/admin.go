@@ -1,0 +1,311 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/flotilla-relay/flotilla/adminrpc"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+)
+
+var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: "table", Usage: "table or json"}
+
+// call runs one admin API call with a connection and a timeout.
+func call(c *cli.Context, timeout time.Duration, f func(ctx context.Context, cl *adminrpc.Client) error) error {
+	cl, err := adminrpc.Dial(c.String("admin"), c.String("token"))
+	if err != nil {
+		return err
+	}
+	defer cl.Close()
+	ctx, cancel := context.WithTimeout(c.Context, timeout)
+	defer cancel()
+	return f(ctx, cl)
+}
+
+// render prints a message as JSON or, with a table function, as a table.
+func render(c *cli.Context, m proto.Message, table func(w io.Writer)) error {
+	switch c.String("output") {
+	case "json":
+		b, err := protojson.MarshalOptions{Multiline: true, EmitUnpopulated: true}.Marshal(m)
+		if err != nil {
+			return err
+		}
+		fmt.Println(string(b))
+	case "table", "":
+		w := tabwriter.NewWriter(os.Stdout, 0, 4, 2, ' ', 0)
+		table(w)
+		return w.Flush()
+	default:
+		return fmt.Errorf("-o %q: use table or json", c.String("output"))
+	}
+	return nil
+}
+
+func needName(c *cli.Context) (string, error) {
+	if c.NArg() != 1 {
+		return "", fmt.Errorf("%s needs exactly one upstream NAME", c.Command.FullName())
+	}
+	return c.Args().First(), nil
+}
+
+func upstreamCommand() *cli.Command {
+	simple := func(name, usage string, f func(context.Context, *adminrpc.Client, string) (proto.Message, error)) *cli.Command {
+		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "NAME", Flags: []cli.Flag{outputFlag}, Action: func(c *cli.Context) error {
+			n, err := needName(c)
+			if err != nil {
+				return err
+			}
+			return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+				m, err := f(ctx, cl, n)
+				if err != nil {
+					return err
+				}
+				if u, ok := m.(*adminv1.Upstream); ok {
+					return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
+				}
+				fmt.Printf("%s: done\n", n)
+				return nil
+			})
+		}}
+	}
+	return &cli.Command{
+		Name:  "upstream",
+		Usage: "add, inspect and remove relayed masters",
+		Subcommands: []*cli.Command{
+			{
+				Name: "add", Usage: "check a master and start relaying it", ArgsUsage: "NAME",
+				Flags: []cli.Flag{
+					&cli.StringFlag{Name: "source", Required: true, Usage: "master address HOST:PORT"},
+					&cli.StringFlag{Name: "user", Required: true, Usage: "replication user on the master"},
+					&cli.StringFlag{Name: "password", Usage: "its password"},
+					&cli.StringFlag{Name: "flavor", Value: "auto", Usage: "auto, mysql or mariadb"},
+					&cli.StringSliceFlag{Name: "replica-user", Usage: "user replicas log in to Flotilla with (repeatable)"},
+					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user"},
+					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
+					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
+					outputFlag,
+				},
+				Action: func(c *cli.Context) error {
+					n, err := needName(c)
+					if err != nil {
+						return err
+					}
+					users, pws := c.StringSlice("replica-user"), c.StringSlice("replica-password")
+					if len(pws) != len(users) {
+						return fmt.Errorf("give one --replica-password per --replica-user (%d users, %d passwords)", len(users), len(pws))
+					}
+					req := &adminv1.AddUpstreamRequest{Name: n, Source: c.String("source"), User: c.String("user"), Password: c.String("password"),
+						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid")}
+					for i := range users {
+						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i]})
+					}
+					return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						u, err := cl.AddUpstream(ctx, req)
+						if err != nil {
+							return err
+						}
+						return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
+					})
+				},
+			},
+			{
+				Name: "list", Usage: "list upstreams", Flags: []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						r, err := cl.ListUpstreams(ctx, &adminv1.ListUpstreamsRequest{})
+						if err != nil {
+							return err
+						}
+						return render(c, r, func(w io.Writer) { upstreamTable(w, r.Upstreams) })
+					})
+				},
+			},
+			{
+				Name: "get", Usage: "show one upstream and its group", ArgsUsage: "NAME", Flags: []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					n, err := needName(c)
+					if err != nil {
+						return err
+					}
+					return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: n})
+						if err != nil {
+							return err
+						}
+						return render(c, r, func(w io.Writer) { upstreamDetail(w, r) })
+					})
+				},
+			},
+			simple("pause", "stop pulling from the master (replicas keep being served)", func(ctx context.Context, cl *adminrpc.Client, n string) (proto.Message, error) {
+				return cl.PauseUpstream(ctx, &adminv1.UpstreamRef{Name: n})
+			}),
+			simple("resume", "resume pulling from the master", func(ctx context.Context, cl *adminrpc.Client, n string) (proto.Message, error) {
+				return cl.ResumeUpstream(ctx, &adminv1.UpstreamRef{Name: n})
+			}),
+			simple("remove", "stop relaying and delete the upstream's binlog on every node", func(ctx context.Context, cl *adminrpc.Client, n string) (proto.Message, error) {
+				return cl.RemoveUpstream(ctx, &adminv1.UpstreamRef{Name: n})
+			}),
+			{
+				Name: "repoint", Usage: "point the upstream at a new master after failover", ArgsUsage: "NAME",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "source", Required: true}, &cli.BoolFlag{Name: "force"}, outputFlag},
+				Action: func(c *cli.Context) error {
+					n, err := needName(c)
+					if err != nil {
+						return err
+					}
+					return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						u, err := cl.RepointUpstream(ctx, &adminv1.RepointUpstreamRequest{Name: n, Source: c.String("source"), Force: c.Bool("force")})
+						if err != nil {
+							return err
+						}
+						return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
+					})
+				},
+			},
+		},
+	}
+}
+
+func nodeCommand() *cli.Command {
+	idCmd := func(name, usage string, f func(context.Context, *adminrpc.Client, uint64) error) *cli.Command {
+		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Action: func(c *cli.Context) error {
+			var id uint64
+			if c.NArg() != 1 {
+				return fmt.Errorf("%s needs exactly one node ID", c.Command.FullName())
+			}
+			if _, err := fmt.Sscan(c.Args().First(), &id); err != nil || id == 0 {
+				return fmt.Errorf("node ID %q is not a positive number", c.Args().First())
+			}
+			return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error { return f(ctx, cl, id) })
+		}}
+	}
+	return &cli.Command{
+		Name:  "node",
+		Usage: "list, drain and remove nodes",
+		Subcommands: []*cli.Command{
+			{
+				Name: "list", Usage: "list nodes", Flags: []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						r, err := cl.ListNodes(ctx, &adminv1.ListNodesRequest{})
+						if err != nil {
+							return err
+						}
+						return render(c, r, func(w io.Writer) { nodeTable(w, r.Nodes) })
+					})
+				},
+			},
+			idCmd("drain", "move every replica off a node", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
+				_, err := cl.DrainNode(ctx, &adminv1.NodeRef{Id: id})
+				return err
+			}),
+			idCmd("remove", "remove a drained node from the cluster", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
+				_, err := cl.RemoveNode(ctx, &adminv1.NodeRef{Id: id})
+				return err
+			}),
+		},
+	}
+}
+
+func statusCommand() *cli.Command {
+	return &cli.Command{
+		Name: "status", Usage: "cluster overview: nodes and every upstream's group", Flags: []cli.Flag{outputFlag},
+		Action: func(c *cli.Context) error {
+			return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+				r, err := cl.Status(ctx, &adminv1.StatusRequest{})
+				if err != nil {
+					return err
+				}
+				return render(c, r, func(w io.Writer) {
+					fmt.Fprintf(w, "answered by node %d; metadata leader: node %d\n\n", r.NodeId, r.MetaLeader)
+					nodeTable(w, r.Nodes)
+					fmt.Fprintln(w)
+					upstreamTable(w, r.Upstreams)
+				})
+			})
+		},
+	}
+}
+
+func nodeTable(w io.Writer, nodes []*adminv1.Node) {
+	fmt.Fprintln(w, "NODE\tMYSQL\tADMIN\tRAFT\tGROUPS\tLABELS")
+	for _, n := range nodes {
+		var labels []string
+		for k, v := range n.Labels {
+			labels = append(labels, k+"="+v)
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\n", n.Id, n.MysqlAddr, n.AdminAddr, n.RaftAddr, n.Groups, strings.Join(labels, ","))
+	}
+}
+
+func upstreamTable(w io.Writer, ups []*adminv1.UpstreamStatus) {
+	fmt.Fprintln(w, "UPSTREAM\tFLAVOR\tSOURCE\tGROUP\tLEADER\tSTATE\tEXECUTED GTID\tFILE\tREPLICAS")
+	for _, s := range ups {
+		u, g := s.Upstream, s.Group
+		if g == nil {
+			g = &adminv1.GroupStatus{GroupId: u.GroupId}
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d\n", u.Name, u.Flavor, u.Source, u.GroupId, g.LeaderNode, stateWord(u, g), dash(g.ExecutedGtid), dash(g.CurrentFile), len(g.Replicas))
+	}
+}
+
+func stateWord(u *adminv1.Upstream, g *adminv1.GroupStatus) string {
+	switch {
+	case u.Paused:
+		return "paused"
+	case g.Connected:
+		return "streaming"
+	case g.LastError != "":
+		return "retrying"
+	case g.LeaderNode == 0:
+		return "starting"
+	}
+	return "connecting"
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
+	u, g := s.Upstream, s.Group
+	row := func(k string, v any) { fmt.Fprintf(w, "%s:\t%v\n", k, v) }
+	row("Name", u.Name)
+	row("Flavor", u.Flavor)
+	row("Source", u.Source)
+	row("Master version", u.Version)
+	row("Master server_id", u.ServerId)
+	row("Replica users", strings.Join(u.ReplicaUsers, ", "))
+	row("History starts after", dash(u.StartGtid))
+	row("Group", u.GroupId)
+	row("Members", fmt.Sprint(g.Members))
+	row("Leader", g.LeaderNode)
+	row("State", stateWord(u, g))
+	row("Executed GTID", dash(g.ExecutedGtid))
+	row("Transactions", g.Transactions)
+	row("Bytes", g.Bytes)
+	row("Current file", fmt.Sprintf("%s (%d bytes)", dash(g.CurrentFile), g.CurrentFileSize))
+	row("Master file", dash(g.MasterFile))
+	row("Last event", dash(g.LastEventAt))
+	row("Lag (s)", fmt.Sprintf("%.1f", g.LagSeconds))
+	row("Reconnects", g.Reconnects)
+	if g.LastError != "" {
+		row("Last error", g.LastError+" ("+g.LastErrorAt+")")
+	}
+	row("Connected replicas", len(g.Replicas))
+	for _, r := range g.Replicas {
+		fmt.Fprintf(w, "  %s\tuser=%s server_id=%d mode=%s at %s since %s\n", r.Addr, r.User, r.ServerId, r.Mode, r.Position, r.ConnectedAt)
+	}
+}

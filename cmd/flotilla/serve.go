@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"gopkg.in/yaml.v3"
+
+	"github.com/flotilla-relay/flotilla/internal/node"
+)
+
+func serveCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run a Flotilla node (with no flags: a one-node cluster in ./flotilla-data)",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "config", Usage: "YAML configuration file; flags override it"},
+			&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)"},
+			&cli.StringFlag{Name: "data", Usage: "data directory (default ./flotilla-data)"},
+			&cli.StringFlag{Name: "mysql-addr", Usage: "MySQL protocol listen address (default 127.0.0.1:3307)"},
+			&cli.StringFlag{Name: "admin-addr", Usage: "admin gRPC listen address (default 127.0.0.1:7070)"},
+			&cli.StringFlag{Name: "raft-addr", Usage: "raft address, reachable by the other nodes (default 127.0.0.1:7071)"},
+			&cli.StringFlag{Name: "join", Usage: "admin addresses of existing nodes, comma-separated"},
+			&cli.StringSliceFlag{Name: "label", Usage: "node label k=v (e.g. zone=a); repeatable"},
+			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
+		},
+		Action: func(c *cli.Context) error {
+			var cfg node.Config
+			if f := c.String("config"); f != "" {
+				b, err := os.ReadFile(f)
+				if err != nil {
+					return fmt.Errorf("--config: %w", err)
+				}
+				if err := yaml.Unmarshal(b, &cfg); err != nil {
+					return fmt.Errorf("--config %s: %w", f, err)
+				}
+			}
+			if c.IsSet("node-id") {
+				cfg.NodeID = c.Uint64("node-id")
+			}
+			for flag, dst := range map[string]*string{"data": &cfg.DataDir, "mysql-addr": &cfg.MySQLAddr, "admin-addr": &cfg.AdminAddr, "raft-addr": &cfg.RaftAddr} {
+				if c.IsSet(flag) {
+					*dst = c.String(flag)
+				}
+			}
+			if j := c.String("join"); j != "" {
+				cfg.Join = strings.Split(j, ",")
+			}
+			for _, l := range c.StringSlice("label") {
+				k, v, ok := strings.Cut(l, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--label %q is not k=v", l)
+				}
+				if cfg.Labels == nil {
+					cfg.Labels = map[string]string{}
+				}
+				cfg.Labels[k] = v
+			}
+			if cfg.AdminToken == "" {
+				cfg.AdminToken = os.Getenv("FLOTILLA_TOKEN")
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
+				return fmt.Errorf("--log-level: %w", err)
+			}
+			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			n, err := node.Start(c.Context, cfg, log)
+			if err != nil {
+				return err
+			}
+			return n.Wait(c.Context)
+		},
+	}
+}

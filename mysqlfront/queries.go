@@ -1,0 +1,336 @@
+package mysqlfront
+
+import (
+	"fmt"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/flotilla-relay/flotilla/placement"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// query answers the statements replicas, CDC tools and mariadb-binlog send. Flotilla
+// is not a database: anything else gets error 1235 naming the statement.
+func (ss *session) query(q string) (*mysql.Result, error) {
+	stmt := strings.TrimSpace(strings.TrimRight(strings.TrimSpace(q), ";"))
+	stmt = stripComments(stmt)
+	upper := strings.ToUpper(strings.Join(strings.Fields(stmt), " "))
+	switch {
+	case strings.HasPrefix(upper, "SET "):
+		as, err := parseSet(stmt[4:], ss.sysvar)
+		if err != nil {
+			// SET NAMES, SET SESSION x=..., SET autocommit=1 and friends carry no meaning here.
+			if isHarmlessSet(upper) {
+				return okResult(), nil
+			}
+			return nil, mysql.NewError(mysql.ER_PARSE_ERROR, fmt.Sprintf("Flotilla cannot read this SET statement: %v", err))
+		}
+		for _, a := range as {
+			if a.Null {
+				ss.vars[a.Name] = nil
+			} else {
+				v := a.Value
+				ss.vars[a.Name] = &v
+			}
+		}
+		return okResult(), nil
+	case strings.HasPrefix(upper, "SELECT "):
+		return ss.selectExprs(stmt[7:])
+	case upper == "SHOW BINARY LOGS" || upper == "SHOW MASTER LOGS":
+		return ss.showBinaryLogs()
+	case upper == "SHOW MASTER STATUS" || upper == "SHOW BINLOG STATUS":
+		return ss.showMasterStatus()
+	case upper == "SHOW SLAVE HOSTS" || upper == "SHOW REPLICA HOSTS":
+		u, err := ss.upstream()
+		if err != nil {
+			return nil, err
+		}
+		return resultset([]string{"Server_id", "Host", "Port", "Master_id"}, ss.s.slaveHosts(u.GroupID, u.ServerID))
+	case strings.HasPrefix(upper, "SHOW VARIABLES") || strings.HasPrefix(upper, "SHOW GLOBAL VARIABLES") || strings.HasPrefix(upper, "SHOW SESSION VARIABLES"):
+		return ss.showVariables(stmt)
+	case upper == "BEGIN" || upper == "COMMIT" || upper == "ROLLBACK" || strings.HasPrefix(upper, "USE "):
+		return okResult(), nil
+	}
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, fmt.Sprintf("Flotilla is a binlog relay and does not run this statement: %.200s", stmt))
+}
+
+func stripComments(s string) string {
+	for {
+		i := strings.Index(s, "/*")
+		if i < 0 {
+			return strings.TrimSpace(s)
+		}
+		j := strings.Index(s[i:], "*/")
+		if j < 0 {
+			return strings.TrimSpace(s)
+		}
+		s = s[:i] + s[i+j+2:]
+	}
+}
+
+func isHarmlessSet(upper string) bool {
+	for _, p := range []string{"SET NAMES", "SET CHARACTER SET", "SET CHARSET", "SET SESSION", "SET AUTOCOMMIT", "SET SQL_MODE", "SET TIME_ZONE", "SET @@", "SET GLOBAL", "SET LOCAL", "SET TRANSACTION", "SET SQL_", "SET NET_", "SET WAIT_TIMEOUT", "SET INTERACTIVE_TIMEOUT"} {
+		if strings.HasPrefix(upper, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func okResult() *mysql.Result { return &mysql.Result{} }
+
+func resultset(names []string, rows [][]any) (*mysql.Result, error) {
+	rs, err := mysql.BuildSimpleTextResultset(names, rows)
+	if err != nil {
+		return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, fmt.Sprintf("build result: %v", err))
+	}
+	return &mysql.Result{Resultset: rs}, nil
+}
+
+// sessionUpstream is the upstream variables describe; before the user is tied to one
+// upstream (shared users), the first one stands in.
+func (ss *session) sessionUpstream() *placement.Upstream {
+	if len(ss.ups) > 0 {
+		return ss.ups[0]
+	}
+	return &placement.Upstream{}
+}
+
+// tail returns the served group's committed tail, if this node has the group.
+func (ss *session) tail() (statemachine.Tail, bool) {
+	u := ss.sessionUpstream()
+	g, err := ss.s.router.Serving(u.GroupID)
+	if err != nil {
+		return statemachine.Tail{}, false
+	}
+	t, _ := g.Tail()
+	return t, true
+}
+
+// sysvar answers @@variables as the upstream master would, for the ones replicas and
+// tools read; Flotilla's own values where the master's would mislead.
+func (ss *session) sysvar(name string) (string, bool) {
+	u := ss.sessionUpstream()
+	switch name {
+	case "server_id":
+		return strconv.FormatUint(uint64(u.ServerID), 10), true
+	case "gtid_domain_id":
+		return strconv.FormatUint(uint64(u.DomainID), 10), true
+	case "binlog_checksum":
+		if u.BinlogChecksum == "" {
+			return "CRC32", true
+		}
+		return u.BinlogChecksum, true
+	case "version":
+		if u.Version != "" {
+			return u.Version, true
+		}
+		return strings.TrimPrefix(ServerVersion, "5.5.5-"), true
+	case "version_comment":
+		return "Flotilla binlog relay", true
+	case "log_bin":
+		return "1", true
+	case "binlog_format":
+		return "ROW", true
+	case "server_uuid":
+		return u.ServerUUID, true
+	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state":
+		t, _ := ss.tail()
+		return t.State.String(), true
+	case "gtid_strict_mode":
+		return "1", true
+	case "max_allowed_packet", "slave_max_allowed_packet":
+		return "1073741824", true
+	case "hostname":
+		return "flotilla", true
+	case "lower_case_table_names", "rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled":
+		return "0", true
+	case "time_zone":
+		return "SYSTEM", true
+	case "system_time_zone":
+		return "UTC", true
+	case "character_set_server", "character_set_client", "character_set_connection", "character_set_results", "character_set_database":
+		return "utf8mb4", true
+	case "collation_server", "collation_connection", "collation_database":
+		return "utf8mb4_general_ci", true
+	case "auto_increment_increment", "auto_increment_offset":
+		return "1", true
+	case "sql_mode":
+		return "", true
+	case "tx_isolation", "transaction_isolation":
+		return "REPEATABLE-READ", true
+	case "log_bin_basename":
+		return statemachine.BaseName, true
+	case "binlog_row_image":
+		return "FULL", true
+	}
+	return "", false
+}
+
+// knownVars lists the variables SHOW VARIABLES can report.
+var knownVars = []string{
+	"auto_increment_increment", "auto_increment_offset", "binlog_checksum", "binlog_format", "binlog_row_image",
+	"character_set_server", "collation_server", "gtid_binlog_pos", "gtid_binlog_state", "gtid_current_pos",
+	"gtid_domain_id", "gtid_strict_mode", "hostname", "log_bin", "log_bin_basename", "lower_case_table_names",
+	"max_allowed_packet", "rpl_semi_sync_master_enabled", "server_id", "server_uuid", "sql_mode",
+	"system_time_zone", "time_zone", "version", "version_comment",
+}
+
+func (ss *session) showVariables(stmt string) (*mysql.Result, error) {
+	pattern := "%"
+	if i := strings.Index(strings.ToUpper(stmt), " LIKE "); i >= 0 {
+		p, _, _, err := parseValue(strings.TrimSpace(stmt[i+6:]), ss.sysvar)
+		if err != nil {
+			return nil, mysql.NewError(mysql.ER_PARSE_ERROR, fmt.Sprintf("SHOW VARIABLES LIKE: %v", err))
+		}
+		pattern = p
+	}
+	glob := strings.NewReplacer("%", "*", "_", "?").Replace(strings.ToLower(pattern))
+	var rows [][]any
+	for _, name := range knownVars {
+		if ok, _ := path.Match(glob, name); ok {
+			v, _ := ss.sysvar(name)
+			rows = append(rows, []any{name, v})
+		}
+	}
+	return resultset([]string{"Variable_name", "Value"}, rows)
+}
+
+// selectExprs evaluates a SELECT of variables and simple functions.
+func (ss *session) selectExprs(list string) (*mysql.Result, error) {
+	list = strings.TrimSpace(list)
+	if up := strings.ToUpper(list); strings.HasSuffix(up, " LIMIT 1") {
+		list = strings.TrimSpace(list[:len(list)-len(" LIMIT 1")])
+	}
+	exprs := splitTopLevel(list)
+	names := make([]string, 0, len(exprs))
+	row := make([]any, 0, len(exprs))
+	for _, e := range exprs {
+		expr, alias := e, e
+		if i := strings.Index(strings.ToUpper(e), " AS "); i >= 0 {
+			expr, alias = strings.TrimSpace(e[:i]), strings.Trim(strings.TrimSpace(e[i+4:]), "`'\"")
+		}
+		v, err := ss.eval(expr)
+		if err != nil {
+			return nil, err
+		}
+		names = append(names, alias)
+		row = append(row, v)
+	}
+	return resultset(names, [][]any{row})
+}
+
+func (ss *session) eval(expr string) (any, error) {
+	up := strings.ToUpper(strings.ReplaceAll(expr, " ", ""))
+	switch {
+	case strings.HasPrefix(expr, "@@"):
+		name := strings.ToLower(expr[2:])
+		name = strings.TrimPrefix(strings.TrimPrefix(name, "global."), "session.")
+		v, ok := ss.sysvar(name)
+		if !ok {
+			return nil, mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
+		}
+		return v, nil
+	case strings.HasPrefix(expr, "@"):
+		v := ss.vars[strings.ToLower(strings.Trim(expr[1:], "`"))]
+		if v == nil {
+			return nil, nil
+		}
+		return *v, nil
+	case up == "UNIX_TIMESTAMP()":
+		return time.Now().Unix(), nil
+	case up == "NOW()" || up == "CURRENT_TIMESTAMP()" || up == "CURRENT_TIMESTAMP":
+		return time.Now().Format("2006-01-02 15:04:05"), nil
+	case up == "VERSION()":
+		v, _ := ss.sysvar("version")
+		return v, nil
+	case up == "DATABASE()" || up == "SCHEMA()":
+		return nil, nil
+	case up == "USER()" || up == "CURRENT_USER()" || up == "CURRENT_USER":
+		return ss.user + "@%", nil
+	case up == "CONNECTION_ID()":
+		return ss.id, nil
+	}
+	if n, err := strconv.ParseInt(expr, 10, 64); err == nil {
+		return n, nil
+	}
+	if len(expr) >= 2 && (expr[0] == '\'' || expr[0] == '"') {
+		v, rest, _, err := parseValue(expr, ss.sysvar)
+		if err == nil && strings.TrimSpace(rest) == "" {
+			return v, nil
+		}
+	}
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, fmt.Sprintf("Flotilla is a binlog relay and cannot evaluate %.100s", expr))
+}
+
+// splitTopLevel splits on commas outside parentheses and quotes.
+func splitTopLevel(s string) []string {
+	var out []string
+	depth, start := 0, 0
+	var quote byte
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case quote != 0:
+			if c == quote {
+				quote = 0
+			}
+		case c == '\'' || c == '"' || c == '`':
+			quote = c
+		case c == '(':
+			depth++
+		case c == ')':
+			depth--
+		case c == ',' && depth == 0:
+			out = append(out, strings.TrimSpace(s[start:i]))
+			start = i + 1
+		}
+	}
+	return append(out, strings.TrimSpace(s[start:]))
+}
+
+func (ss *session) showBinaryLogs() (*mysql.Result, error) {
+	g, _, err := ss.group()
+	if err != nil {
+		return nil, err
+	}
+	files, err := g.Files()
+	if err != nil {
+		return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, err.Error())
+	}
+	var rows [][]any
+	for _, f := range files {
+		rows = append(rows, []any{f.Name, f.Size})
+	}
+	return resultset([]string{"Log_name", "File_size"}, rows)
+}
+
+func (ss *session) showMasterStatus() (*mysql.Result, error) {
+	g, _, err := ss.group()
+	if err != nil {
+		return nil, err
+	}
+	t, _ := g.Tail()
+	if t.File == 0 {
+		return resultset([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"}, nil)
+	}
+	return resultset([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"},
+		[][]any{{statemachine.FileName(t.File), t.FileSize, "", ""}})
+}
+
+// group resolves the session's upstream to the local group this node serves.
+func (ss *session) group() (*statemachine.Group, *placement.Upstream, error) {
+	u, err := ss.upstream()
+	if err != nil {
+		return nil, nil, err
+	}
+	g, err := ss.s.router.Serving(u.GroupID)
+	if err != nil {
+		return nil, nil, mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG, err.Error())
+	}
+	return g, u, nil
+}

@@ -1,0 +1,329 @@
+// Package mysqlfront is the MySQL protocol front end: unmodified MariaDB replicas and
+// binlog tools connect to it as to a master. It authenticates the upstream's replica
+// users, answers the queries a replica sends before asking for the binlog, and serves
+// the binlog dump from the local replica of the upstream's group.
+//
+// One file per protocol concern: server.go (listener, auth, command loop), set.go
+// (SET parsing), queries.go (the SQL a replica sends), dump.go (COM_BINLOG_DUMP).
+package mysqlfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/server"
+
+	"github.com/flotilla-relay/flotilla/placement"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// Router tells the front end about upstreams and where their groups are served.
+type Router interface {
+	// Metadata is this node's view of the upstreams.
+	Metadata() (*placement.State, error)
+	// Serving returns the local replica of a group if this node serves it (leads the
+	// group), or an error naming where to connect instead.
+	Serving(gid uint64) (*statemachine.Group, error)
+	// StillServing reports whether this node still leads the group; dumps end when it
+	// stops, so replicas reconnect to the new leader.
+	StillServing(gid uint64) bool
+}
+
+// ServerVersion is announced in the handshake. The "5.5.5-" prefix is how MariaDB
+// tells old clients its real version; MariaDB replicas strip it and see "MariaDB".
+const ServerVersion = "5.5.5-10.11.6-MariaDB-flotilla"
+
+// Server accepts replica connections.
+type Server struct {
+	router Router
+	nodeID uint64
+	log    *slog.Logger
+	srv    *server.Server
+
+	nextID atomic.Uint64
+
+	mu       sync.Mutex
+	replicas map[uint64]*replicaInfo
+}
+
+// replicaInfo is a connected replica (after COM_REGISTER_SLAVE or COM_BINLOG_DUMP).
+type replicaInfo struct {
+	gid         uint64
+	addr        string
+	user        string
+	serverID    uint32
+	host        string
+	port        uint16
+	mode        string
+	connectedAt time.Time
+	file        atomic.Uint64
+	pos         atomic.Uint64
+}
+
+// New creates a front end.
+func New(router Router, nodeID uint64, log *slog.Logger) *Server {
+	return &Server{
+		router:   router,
+		nodeID:   nodeID,
+		log:      log,
+		srv:      server.NewServer(ServerVersion, mysql.DEFAULT_COLLATION_ID, mysql.AUTH_NATIVE_PASSWORD, nil, nil),
+		replicas: map[uint64]*replicaInfo{},
+	}
+}
+
+// Serve accepts connections until ctx ends. Each connection runs on its own goroutine:
+// a misbehaving replica can only break its own session.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	go func() {
+		<-ctx.Done()
+		lis.Close()
+	}()
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				continue
+			}
+			return fmt.Errorf("mysql front end: accept: %w", err)
+		}
+		go s.handle(ctx, c)
+	}
+}
+
+// auth maps a login to the upstreams that declare it as a replica user.
+type auth struct {
+	s     *Server
+	ups   []*placement.Upstream
+	state *placement.State
+}
+
+func (a *auth) GetCredential(user string) (server.Credential, bool, error) {
+	st, err := a.s.router.Metadata()
+	if err != nil {
+		return server.Credential{}, false, mysql.NewError(mysql.ER_UNKNOWN_ERROR, "Flotilla metadata is not available yet; retry shortly")
+	}
+	a.state = st
+	a.ups = st.ForReplicaUser(user)
+	if len(a.ups) == 0 {
+		return server.Credential{}, false, mysql.NewError(mysql.ER_ACCESS_DENIED_ERROR,
+			fmt.Sprintf("Access denied for user '%s': no upstream relayed by Flotilla has '%s' as a replica user (declare it with `flotilla upstream add --replica-user`)", user, user))
+	}
+	var pw []string
+	seen := map[string]bool{}
+	for _, u := range a.ups {
+		for _, ru := range u.ReplicaUsers {
+			if ru.User == user && !seen[ru.Password] {
+				seen[ru.Password] = true
+				pw = append(pw, ru.Password)
+			}
+		}
+	}
+	return server.Credential{Passwords: pw, AuthPluginName: mysql.AUTH_NATIVE_PASSWORD}, true, nil
+}
+
+func (a *auth) OnAuthSuccess(*server.Conn) error { return nil }
+
+func (a *auth) OnAuthFailure(c *server.Conn, err error) {
+	a.s.log.Warn("replica login refused", "remote", c.RemoteAddr().String(), "user", c.GetUser(), "err", err)
+}
+
+// session is one client connection after the handshake.
+type session struct {
+	s    *Server
+	c    *server.Conn
+	id   uint64
+	user string
+	ups  []*placement.Upstream
+	vars map[string]*string // user variables; nil value = NULL
+	reg  *replicaInfo
+	log  *slog.Logger
+}
+
+func (s *Server) handle(ctx context.Context, nc net.Conn) {
+	defer nc.Close()
+	a := &auth{s: s}
+	_ = nc.SetDeadline(time.Now().Add(15 * time.Second))
+	c, err := s.srv.NewCustomizedConn(nc, a, nil)
+	if err != nil {
+		s.log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		return
+	}
+	_ = nc.SetDeadline(time.Time{})
+	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: c.GetUser(), ups: a.ups, vars: map[string]*string{},
+		log: s.log.With("remote", nc.RemoteAddr().String(), "user", c.GetUser())}
+	defer ss.unregister()
+	for ctx.Err() == nil {
+		data, err := c.ReadPacket()
+		if err != nil {
+			return
+		}
+		if len(data) == 0 {
+			return
+		}
+		cont := ss.dispatch(ctx, data[0], data[1:])
+		c.ResetSequence()
+		if !cont {
+			return
+		}
+	}
+}
+
+// Command bytes not named by go-mysql's server.
+const (
+	comQuit           = 0x01
+	comInitDB         = 0x02
+	comQuery          = 0x03
+	comPing           = 0x0e
+	comBinlogDump     = 0x12
+	comRegisterSlave  = 0x15
+	comBinlogDumpGTID = 0x1e
+)
+
+// dispatch runs one command and reports whether the connection stays open.
+func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
+	var v any
+	switch cmd {
+	case comQuit:
+		return false
+	case comPing, comInitDB:
+		v = nil
+	case comQuery:
+		r, err := ss.query(string(data))
+		if err != nil {
+			v = err
+		} else {
+			v = r
+		}
+	case comRegisterSlave:
+		v = ss.registerSlave(data)
+	case comBinlogDump:
+		err := ss.dump(ctx, data)
+		if err == nil {
+			return false
+		}
+		ss.log.Info("binlog dump ended", "err", err)
+		_ = ss.c.WriteValue(err)
+		return false
+	case comBinlogDumpGTID:
+		v = mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
+			"COM_BINLOG_DUMP_GTID is the MySQL-flavor dump; this upstream is MariaDB: use MASTER_USE_GTID with a MariaDB replica")
+	default:
+		v = mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("Flotilla does not support command 0x%02x", cmd))
+	}
+	if err := ss.c.WriteValue(v); err != nil {
+		return false
+	}
+	return true
+}
+
+// registerSlave records COM_REGISTER_SLAVE: server_id u32, host, user, password
+// (each one length byte + bytes), port u16, rank u32, master id u32.
+func (ss *session) registerSlave(data []byte) error {
+	if len(data) < 4 {
+		return mysql.NewError(mysql.ER_MALFORMED_PACKET, "malformed COM_REGISTER_SLAVE")
+	}
+	r := ss.ensureRegistered()
+	r.serverID = leU32(data)
+	rest := data[4:]
+	str := func() string {
+		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
+			rest = nil
+			return ""
+		}
+		v := string(rest[1 : 1+int(rest[0])])
+		rest = rest[1+int(rest[0]):]
+		return v
+	}
+	r.host = str()
+	_ = str() // user
+	_ = str() // password
+	if len(rest) >= 2 {
+		r.port = uint16(rest[0]) | uint16(rest[1])<<8
+	}
+	return nil
+}
+
+func leU32(b []byte) uint32 {
+	return uint32(b[0]) | uint32(b[1])<<8 | uint32(b[2])<<16 | uint32(b[3])<<24
+}
+
+func (ss *session) ensureRegistered() *replicaInfo {
+	if ss.reg == nil {
+		ss.reg = &replicaInfo{addr: ss.c.RemoteAddr().String(), user: ss.user, connectedAt: time.Now()}
+		ss.s.mu.Lock()
+		ss.s.replicas[ss.id] = ss.reg
+		ss.s.mu.Unlock()
+	}
+	return ss.reg
+}
+
+func (ss *session) unregister() {
+	ss.s.mu.Lock()
+	delete(ss.s.replicas, ss.id)
+	ss.s.mu.Unlock()
+}
+
+// ConnectedReplicas lists replicas dumping a group from this node, for the admin API.
+func (s *Server) ConnectedReplicas(gid uint64) []*adminv1.ConnectedReplica {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []*adminv1.ConnectedReplica
+	for _, r := range s.replicas {
+		if r.gid != gid || r.mode == "" {
+			continue
+		}
+		out = append(out, &adminv1.ConnectedReplica{
+			Addr: r.addr, User: r.user, ServerId: r.serverID, Mode: r.mode, Node: s.nodeID,
+			Position:    fmt.Sprintf("%s:%d", statemachine.FileName(r.file.Load()), r.pos.Load()),
+			ConnectedAt: r.connectedAt.UTC().Format(time.RFC3339),
+		})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
+	return out
+}
+
+// slaveHosts returns SHOW SLAVE HOSTS rows for a group.
+func (s *Server) slaveHosts(gid uint64, masterID uint32) [][]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var rows [][]any
+	for _, r := range s.replicas {
+		if r.gid == gid && r.serverID != 0 {
+			rows = append(rows, []any{r.serverID, r.host, r.port, masterID})
+		}
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i][0].(uint32) < rows[j][0].(uint32) })
+	return rows
+}
+
+// upstream picks the session's upstream: the only one its user belongs to, or, for a
+// user several upstreams share, the one whose domain the replica's GTID position names.
+func (ss *session) upstream() (*placement.Upstream, error) {
+	switch len(ss.ups) {
+	case 0:
+		return nil, mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG, fmt.Sprintf("user '%s' is no longer a replica user of any upstream", ss.user))
+	case 1:
+		return ss.ups[0], nil
+	}
+	var names []string
+	for _, u := range ss.ups {
+		names = append(names, u.Name)
+	}
+	return nil, mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
+		fmt.Sprintf("replica user '%s' is shared by upstreams %s and the replica's position does not tell them apart; give each upstream its own replica user",
+			ss.user, strings.Join(names, ", ")))
+}

@@ -1,0 +1,234 @@
+package placement
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v3"
+	sm "github.com/lni/dragonboat/v3/statemachine"
+)
+
+// command is a metadata change; JSON keeps the raft log readable by a human.
+type command struct {
+	Op       string    `json:"op"`
+	Node     *Node     `json:"node,omitempty"`
+	Upstream *Upstream `json:"upstream,omitempty"`
+	Name     string    `json:"name,omitempty"`
+	Paused   bool      `json:"paused,omitempty"`
+}
+
+const (
+	opRegisterNode   = "register_node"
+	opAddUpstream    = "add_upstream"
+	opRemoveUpstream = "remove_upstream"
+	opSetPaused      = "set_paused"
+)
+
+// Result codes of metadata commands.
+const (
+	resultOK      uint64 = 1
+	resultRefused uint64 = 2
+)
+
+// metaSM is the metadata state machine. Its state is small (one entry per node and
+// upstream), so it lives in memory and dragonboat snapshots it as JSON.
+type metaSM struct {
+	mu    sync.RWMutex
+	state *State
+}
+
+// newMetaSM is the dragonboat CreateStateMachineFunc of the metadata group.
+func newMetaSM(uint64, uint64) sm.IStateMachine { return &metaSM{state: newState()} }
+
+func (m *metaSM) Update(data []byte) (sm.Result, error) {
+	var c command
+	if err := json.Unmarshal(data, &c); err != nil {
+		return refuse("malformed metadata command: %v", err), nil
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s := m.state
+	switch c.Op {
+	case opRegisterNode:
+		if c.Node == nil || c.Node.ID == 0 {
+			return refuse("node id must be positive"), nil
+		}
+		s.Nodes[c.Node.ID] = c.Node
+		return sm.Result{Value: resultOK}, nil
+	case opAddUpstream:
+		u := c.Upstream
+		if u == nil {
+			return refuse("no upstream given"), nil
+		}
+		if err := u.validate(); err != nil {
+			return refuse("%v", err), nil
+		}
+		if _, dup := s.Upstreams[u.Name]; dup {
+			return refuse("upstream %q already exists; remove it first or choose another name", u.Name), nil
+		}
+		nodes := s.assign(u.Replicas)
+		if len(nodes) == 0 {
+			return refuse("no nodes registered to host upstream %q", u.Name), nil
+		}
+		u.GroupID = s.NextGroupID
+		s.NextGroupID++
+		s.Upstreams[u.Name] = u
+		s.Assignments[u.GroupID] = nodes
+		out, _ := json.Marshal(u)
+		return sm.Result{Value: resultOK, Data: out}, nil
+	case opRemoveUpstream:
+		u, ok := s.Upstreams[c.Name]
+		if !ok {
+			return refuse("unknown upstream %q (see `flotilla upstream list`)", c.Name), nil
+		}
+		delete(s.Upstreams, c.Name)
+		delete(s.Assignments, u.GroupID)
+		return sm.Result{Value: resultOK}, nil
+	case opSetPaused:
+		u, ok := s.Upstreams[c.Name]
+		if !ok {
+			return refuse("unknown upstream %q (see `flotilla upstream list`)", c.Name), nil
+		}
+		u.Paused = c.Paused
+		return sm.Result{Value: resultOK}, nil
+	}
+	return refuse("unknown metadata operation %q", c.Op), nil
+}
+
+func refuse(format string, args ...any) sm.Result {
+	return sm.Result{Value: resultRefused, Data: []byte(fmt.Sprintf(format, args...))}
+}
+
+// Lookup returns a deep copy of the state, so callers can never race with Update.
+func (m *metaSM) Lookup(interface{}) (interface{}, error) {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	b, err := json.Marshal(m.state)
+	if err != nil {
+		return nil, fmt.Errorf("placement: encode state: %w", err)
+	}
+	s := newState()
+	if err := json.Unmarshal(b, s); err != nil {
+		return nil, fmt.Errorf("placement: copy state: %w", err)
+	}
+	return s, nil
+}
+
+func (m *metaSM) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
+	m.mu.RLock()
+	defer m.mu.RUnlock()
+	if err := json.NewEncoder(w).Encode(m.state); err != nil {
+		return fmt.Errorf("placement: save snapshot: %w", err)
+	}
+	return nil
+}
+
+func (m *metaSM) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan struct{}) error {
+	s := newState()
+	if err := json.NewDecoder(r).Decode(s); err != nil {
+		return fmt.Errorf("placement: recover snapshot: %w", err)
+	}
+	m.mu.Lock()
+	m.state = s
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *metaSM) Close() error { return nil }
+
+// Service reads and changes the metadata through raft.
+type Service struct {
+	nh *dragonboat.NodeHost
+}
+
+// NewService wraps a NodeHost on which the metadata group is started.
+func NewService(nh *dragonboat.NodeHost) *Service { return &Service{nh: nh} }
+
+// CreateStateMachine is the factory to pass to StartCluster for MetaGroupID.
+func CreateStateMachine(clusterID, nodeID uint64) sm.IStateMachine {
+	return newMetaSM(clusterID, nodeID)
+}
+
+// ErrRefused wraps the reason the metadata group refused a change.
+var ErrRefused = errors.New("refused")
+
+func (s *Service) propose(ctx context.Context, c command) ([]byte, error) {
+	b, err := json.Marshal(c)
+	if err != nil {
+		return nil, fmt.Errorf("placement: encode command: %w", err)
+	}
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	res, err := s.nh.SyncPropose(ctx, s.nh.GetNoOPSession(MetaGroupID), b)
+	if err != nil {
+		return nil, fmt.Errorf("placement: %s: %w", c.Op, err)
+	}
+	if res.Value != resultOK {
+		return nil, fmt.Errorf("%w: %s", ErrRefused, res.Data)
+	}
+	return res.Data, nil
+}
+
+func withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, 10*time.Second)
+}
+
+// RegisterNode adds or updates a node.
+func (s *Service) RegisterNode(ctx context.Context, n Node) error {
+	_, err := s.propose(ctx, command{Op: opRegisterNode, Node: &n})
+	return err
+}
+
+// AddUpstream stores a new upstream, allocating its group and placing its replicas.
+func (s *Service) AddUpstream(ctx context.Context, u Upstream) (*Upstream, error) {
+	data, err := s.propose(ctx, command{Op: opAddUpstream, Upstream: &u})
+	if err != nil {
+		return nil, err
+	}
+	var out Upstream
+	if err := json.Unmarshal(data, &out); err != nil {
+		return nil, fmt.Errorf("placement: decode added upstream: %w", err)
+	}
+	return &out, nil
+}
+
+// RemoveUpstream deletes an upstream; nodes stop its group and delete its data.
+func (s *Service) RemoveUpstream(ctx context.Context, name string) error {
+	_, err := s.propose(ctx, command{Op: opRemoveUpstream, Name: name})
+	return err
+}
+
+// SetPaused pauses or resumes pulling from an upstream.
+func (s *Service) SetPaused(ctx context.Context, name string, paused bool) error {
+	_, err := s.propose(ctx, command{Op: opSetPaused, Name: name, Paused: paused})
+	return err
+}
+
+// Read returns the metadata with a linearizable read.
+func (s *Service) Read(ctx context.Context) (*State, error) {
+	ctx, cancel := withTimeout(ctx)
+	defer cancel()
+	v, err := s.nh.SyncRead(ctx, MetaGroupID, nil)
+	if err != nil {
+		return nil, fmt.Errorf("placement: read metadata: %w", err)
+	}
+	return v.(*State), nil
+}
+
+// Local returns this node's possibly stale copy of the metadata; the agent and the
+// MySQL front end use it so they keep working while the metadata leader is away.
+func (s *Service) Local() (*State, error) {
+	v, err := s.nh.StaleRead(MetaGroupID, nil)
+	if err != nil {
+		return nil, fmt.Errorf("placement: read local metadata: %w", err)
+	}
+	return v.(*State), nil
+}

@@ -1,0 +1,174 @@
+// Package placement is the metadata group (raft group 1): which nodes exist, which
+// upstreams Flotilla relays, and which nodes host each upstream's group. Every node
+// reads it to start and stop its local replicas; the admin API writes it.
+//
+// Invariants: group ids are allocated from NextGroupID and never reused; an upstream
+// name maps to exactly one group; assignments never put two replicas of one group on
+// the same node.
+package placement
+
+import (
+	"fmt"
+	"sort"
+	"time"
+)
+
+// MetaGroupID is the raft cluster id of the metadata group.
+const MetaGroupID uint64 = 1
+
+// Node is a Flotilla process.
+type Node struct {
+	ID        uint64            `json:"id"`
+	RaftAddr  string            `json:"raft_addr"`
+	MySQLAddr string            `json:"mysql_addr"`
+	AdminAddr string            `json:"admin_addr"`
+	Labels    map[string]string `json:"labels,omitempty"`
+}
+
+// ReplicaUser is a login that replicas of an upstream use against Flotilla.
+type ReplicaUser struct {
+	User     string `json:"user"`
+	Password string `json:"password"`
+}
+
+// Upstream is a master Flotilla relays, with what `upstream add` learned about it.
+type Upstream struct {
+	Name         string        `json:"name"`
+	Flavor       string        `json:"flavor"`
+	Source       string        `json:"source"`
+	User         string        `json:"user"`
+	Password     string        `json:"password"`
+	ReplicaUsers []ReplicaUser `json:"replica_users,omitempty"`
+	// ServerID, DomainID, ServerUUID and Version describe the master; the front end
+	// presents them to replicas so Flotilla looks like the master.
+	ServerID   uint32 `json:"server_id"`
+	DomainID   uint32 `json:"domain_id"`
+	ServerUUID string `json:"server_uuid,omitempty"`
+	Version    string `json:"version"`
+	// BinlogChecksum is the master's binlog_checksum (CRC32 or NONE).
+	BinlogChecksum string `json:"binlog_checksum,omitempty"`
+	// StartGTID is the GTID position the group's history starts from.
+	StartGTID string    `json:"start_gtid"`
+	GroupID   uint64    `json:"group_id"`
+	Replicas  int       `json:"replicas"`
+	Paused    bool      `json:"paused"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// State is the whole metadata.
+type State struct {
+	Nodes       map[uint64]*Node     `json:"nodes"`
+	Upstreams   map[string]*Upstream `json:"upstreams"`
+	Assignments map[uint64][]uint64  `json:"assignments"`
+	NextGroupID uint64               `json:"next_group_id"`
+}
+
+func newState() *State {
+	return &State{Nodes: map[uint64]*Node{}, Upstreams: map[string]*Upstream{}, Assignments: map[uint64][]uint64{}, NextGroupID: 2}
+}
+
+// UpstreamNames returns the upstream names in order.
+func (s *State) UpstreamNames() []string {
+	names := make([]string, 0, len(s.Upstreams))
+	for n := range s.Upstreams {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// ByGroup returns the upstream of a group id.
+func (s *State) ByGroup(id uint64) (*Upstream, bool) {
+	for _, u := range s.Upstreams {
+		if u.GroupID == id {
+			return u, true
+		}
+	}
+	return nil, false
+}
+
+// ForReplicaUser returns the upstreams that declare user as a replica user.
+func (s *State) ForReplicaUser(user string) []*Upstream {
+	var out []*Upstream
+	for _, n := range s.UpstreamNames() {
+		u := s.Upstreams[n]
+		for _, ru := range u.ReplicaUsers {
+			if ru.User == user {
+				out = append(out, u)
+				break
+			}
+		}
+	}
+	return out
+}
+
+// assign picks the nodes for a new group: the nodes with the fewest replicas, spread
+// across zones where labels say so, ties broken by node id so every replica of the
+// metadata group computes the same answer.
+func (s *State) assign(replicas int) []uint64 {
+	load := map[uint64]int{}
+	for _, nodes := range s.Assignments {
+		for _, n := range nodes {
+			load[n]++
+		}
+	}
+	ids := make([]uint64, 0, len(s.Nodes))
+	for id := range s.Nodes {
+		ids = append(ids, id)
+	}
+	sort.Slice(ids, func(i, j int) bool {
+		if load[ids[i]] != load[ids[j]] {
+			return load[ids[i]] < load[ids[j]]
+		}
+		return ids[i] < ids[j]
+	})
+	var out []uint64
+	zones := map[string]bool{}
+	// First pass: one per zone; second pass: fill up.
+	for pass := 0; pass < 2 && len(out) < replicas; pass++ {
+		for _, id := range ids {
+			if len(out) == replicas {
+				break
+			}
+			if contains(out, id) {
+				continue
+			}
+			z := s.Nodes[id].Labels["zone"]
+			if pass == 0 && z != "" && zones[z] {
+				continue
+			}
+			zones[z] = true
+			out = append(out, id)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
+	return out
+}
+
+func contains(s []uint64, v uint64) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}
+
+// validate checks an upstream before it is stored.
+func (u *Upstream) validate() error {
+	if u.Name == "" {
+		return fmt.Errorf("upstream name is empty")
+	}
+	for _, r := range u.Name {
+		if !(r == '-' || r == '_' || r == '.' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z') {
+			return fmt.Errorf("upstream name %q may only contain letters, digits, '-', '_' and '.'", u.Name)
+		}
+	}
+	if u.Source == "" {
+		return fmt.Errorf("upstream %q has no source address", u.Name)
+	}
+	if u.Replicas < 1 {
+		return fmt.Errorf("upstream %q: replicas must be at least 1", u.Name)
+	}
+	return nil
+}

@@ -1,0 +1,206 @@
+// Package shard runs upstream groups on one node: it starts and stops the node's
+// replicas to match the placement metadata, and on the replica that leads a group it
+// runs the syncer that pulls the master's binlog and proposes it to raft.
+package shard
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/lni/dragonboat/v3"
+	"github.com/lni/dragonboat/v3/config"
+
+	"github.com/flotilla-relay/flotilla/placement"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// Metadata is what the manager needs of the placement service.
+type Metadata interface {
+	Local() (*placement.State, error)
+}
+
+// Manager keeps this node's group replicas in line with the placement metadata.
+type Manager struct {
+	nh     *dragonboat.NodeHost
+	store  *statemachine.Store
+	meta   Metadata
+	nodeID uint64
+	log    *slog.Logger
+
+	mu     sync.Mutex
+	shards map[uint64]*Shard
+}
+
+// NewManager creates a manager; Run starts reconciling.
+func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, nodeID uint64, log *slog.Logger) *Manager {
+	return &Manager{nh: nh, store: store, meta: meta, nodeID: nodeID, log: log, shards: map[uint64]*Shard{}}
+}
+
+// GroupConfig is the raft configuration of an upstream group replica. Snapshots of the
+// on-disk state machine only record the applied index, so frequent ones are cheap and
+// keep the raft log (which holds whole transactions) short.
+func GroupConfig(clusterID, nodeID uint64) config.Config {
+	return config.Config{
+		NodeID:             nodeID,
+		ClusterID:          clusterID,
+		ElectionRTT:        10,
+		HeartbeatRTT:       1,
+		CheckQuorum:        true,
+		SnapshotEntries:    2000,
+		CompactionOverhead: 500,
+	}
+}
+
+// Run reconciles every interval until ctx ends, then stops all local syncers.
+func (m *Manager) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		m.Reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			m.mu.Lock()
+			for _, s := range m.shards {
+				s.stop()
+			}
+			m.mu.Unlock()
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Reconcile starts replicas assigned to this node and stops (and deletes) the others.
+func (m *Manager) Reconcile(ctx context.Context) {
+	st, err := m.meta.Local()
+	if err != nil {
+		m.log.Debug("metadata not readable yet", "err", err)
+		return
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := map[uint64]*placement.Upstream{}
+	for _, name := range st.UpstreamNames() {
+		u := st.Upstreams[name]
+		if contains(st.Assignments[u.GroupID], m.nodeID) {
+			want[u.GroupID] = u
+		}
+	}
+	for gid, u := range want {
+		if s, ok := m.shards[gid]; ok {
+			s.setUpstream(u)
+			continue
+		}
+		s, err := m.startShard(ctx, st, u)
+		if err != nil {
+			m.log.Error("cannot start group replica", "upstream", u.Name, "group", gid, "err", err)
+			continue
+		}
+		m.shards[gid] = s
+	}
+	for gid, s := range m.shards {
+		if _, ok := want[gid]; ok {
+			continue
+		}
+		m.log.Info("upstream removed: stopping group and deleting its data", "upstream", s.Upstream().Name, "group", gid)
+		s.stop()
+		if err := m.nh.StopCluster(gid); err != nil {
+			m.log.Warn("stop group", "group", gid, "err", err)
+		}
+		delete(m.shards, gid)
+		if err := m.removeData(ctx, gid); err != nil {
+			m.log.Error("delete data of removed group", "group", gid, "err", err)
+		}
+	}
+	m.removeOrphans(ctx, st)
+}
+
+// removeOrphans deletes segment directories of groups no upstream owns any more (the
+// node was down when the upstream was removed).
+func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
+	dir := filepath.Join(m.store.Dir(), "groups")
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		gid, err := strconv.ParseUint(e.Name(), 10, 64)
+		if err != nil || gid >= st.NextGroupID {
+			continue // not a group, or metadata not caught up: never delete what may be new
+		}
+		if _, running := m.shards[gid]; running || contains(st.Assignments[gid], m.nodeID) {
+			continue
+		}
+		m.log.Info("deleting data of a removed upstream group", "group", gid)
+		if err := m.removeData(ctx, gid); err != nil {
+			m.log.Error("delete orphaned group data", "group", gid, "err", err)
+		}
+	}
+}
+
+func (m *Manager) removeData(ctx context.Context, gid uint64) error {
+	if err := m.store.RemoveGroupData(gid); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := m.nh.SyncRemoveData(ctx, gid, m.nodeID); err != nil && err != dragonboat.ErrClusterNotStopped {
+		return fmt.Errorf("remove raft data of group %d: %w", gid, err)
+	}
+	return nil
+}
+
+func (m *Manager) startShard(ctx context.Context, st *placement.State, u *placement.Upstream) (*Shard, error) {
+	gid := u.GroupID
+	members := map[uint64]string{}
+	if !m.nh.HasNodeInfo(gid, m.nodeID) {
+		for _, id := range st.Assignments[gid] {
+			n, ok := st.Nodes[id]
+			if !ok {
+				return nil, fmt.Errorf("assigned node %d is not registered", id)
+			}
+			members[id] = n.RaftAddr
+		}
+	}
+	if err := m.nh.StartOnDiskCluster(members, false, m.store.NewGroup, GroupConfig(gid, m.nodeID)); err != nil {
+		return nil, fmt.Errorf("start raft group %d: %w", gid, err)
+	}
+	s := newShard(m, u)
+	go s.run(ctx)
+	m.log.Info("group replica started", "upstream", u.Name, "group", gid, "members", len(st.Assignments[gid]))
+	return s, nil
+}
+
+// Shard returns the local replica of a group.
+func (m *Manager) Shard(gid uint64) (*Shard, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	s, ok := m.shards[gid]
+	return s, ok
+}
+
+// Shards returns the local replicas.
+func (m *Manager) Shards() []*Shard {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]*Shard, 0, len(m.shards))
+	for _, s := range m.shards {
+		out = append(out, s)
+	}
+	return out
+}
+
+func contains(s []uint64, v uint64) bool {
+	for _, x := range s {
+		if x == v {
+			return true
+		}
+	}
+	return false
+}

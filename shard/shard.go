@@ -1,0 +1,228 @@
+package shard
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/placement"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// Shard is this node's replica of one upstream group.
+type Shard struct {
+	m     *Manager
+	gid   uint64
+	log   *slog.Logger
+	stopc chan struct{}
+	once  sync.Once
+
+	mu       sync.Mutex
+	upstream placement.Upstream
+	status   SyncStatus
+	leaderID uint64
+	hasLead  bool
+}
+
+// SyncStatus is what the syncer last did, for `flotilla status`.
+type SyncStatus struct {
+	Running      bool
+	Connected    bool
+	LastError    string
+	LastErrorAt  time.Time
+	MasterFile   string
+	LastEventAt  time.Time // master timestamp of the last transaction received
+	LastEventRcv time.Time // when it was received
+	Reconnects   uint64
+}
+
+func newShard(m *Manager, u *placement.Upstream) *Shard {
+	return &Shard{m: m, gid: u.GroupID, upstream: *u, stopc: make(chan struct{}),
+		log: m.log.With("upstream", u.Name, "group", u.GroupID)}
+}
+
+// Upstream returns the upstream this group relays.
+func (s *Shard) Upstream() placement.Upstream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.upstream
+}
+
+func (s *Shard) setUpstream(u *placement.Upstream) {
+	s.mu.Lock()
+	s.upstream = *u
+	s.mu.Unlock()
+}
+
+// GroupID is the raft cluster id of the group.
+func (s *Shard) GroupID() uint64 { return s.gid }
+
+// Leader returns the group's leader as this node knows it.
+func (s *Shard) Leader() (uint64, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.leaderID, s.hasLead
+}
+
+// IsLeader reports whether this node leads the group (and so serves its replicas).
+func (s *Shard) IsLeader() bool {
+	id, ok := s.Leader()
+	return ok && id == s.m.nodeID
+}
+
+// Status returns the syncer's status.
+func (s *Shard) Status() SyncStatus {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.status
+}
+
+// Group returns the local state machine, for readers.
+func (s *Shard) Group() (*statemachine.Group, bool) { return s.m.store.Group(s.gid) }
+
+func (s *Shard) stop() { s.once.Do(func() { close(s.stopc) }) }
+
+func (s *Shard) updateStatus(f func(*SyncStatus)) {
+	s.mu.Lock()
+	f(&s.status)
+	s.mu.Unlock()
+}
+
+// run follows leadership: the syncer runs only while this replica leads the group and
+// the upstream is not paused.
+func (s *Shard) run(ctx context.Context) {
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	var running *syncerRun
+	defer func() { running.stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.stopc:
+			return
+		case <-t.C:
+		}
+		id, ok, err := s.m.nh.GetLeaderID(s.gid)
+		if err != nil {
+			ok = false
+		}
+		s.mu.Lock()
+		s.leaderID, s.hasLead = id, ok
+		paused := s.upstream.Paused
+		s.mu.Unlock()
+		should := ok && id == s.m.nodeID && !paused
+		if should && running == nil {
+			running = s.startSyncer(ctx)
+		} else if !should && running != nil {
+			s.log.Info("stopping syncer", "leader", ok && id == s.m.nodeID, "paused", paused)
+			running.stop()
+			running = nil
+		}
+	}
+}
+
+// syncerRun is a running syncer goroutine.
+type syncerRun struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+func (s *Shard) startSyncer(ctx context.Context) *syncerRun {
+	r := &syncerRun{done: make(chan struct{})}
+	var sctx context.Context
+	sctx, r.cancel = context.WithCancel(ctx)
+	go func() {
+		defer close(r.done)
+		s.runSyncer(sctx)
+	}()
+	return r
+}
+
+func (r *syncerRun) stop() {
+	if r != nil {
+		r.cancel()
+		<-r.done
+	}
+}
+
+// runSyncer pulls from the master until ctx ends, reconnecting with backoff. Every
+// attempt starts from the group's committed state, so nothing is lost or repeated.
+func (s *Shard) runSyncer(ctx context.Context) {
+	s.updateStatus(func(st *SyncStatus) { st.Running = true })
+	defer s.updateStatus(func(st *SyncStatus) { st.Running, st.Connected = false, false })
+	backoff := 200 * time.Millisecond
+	for ctx.Err() == nil {
+		began := time.Now()
+		err := s.syncOnce(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		s.log.Warn("binlog stream from master ended; reconnecting", "err", err, "retry_in", backoff)
+		s.updateStatus(func(st *SyncStatus) {
+			st.Connected = false
+			st.LastError, st.LastErrorAt = errString(err), time.Now()
+			st.Reconnects++
+		})
+		if time.Since(began) > time.Minute {
+			backoff = 200 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(backoff*2, 10*time.Second)
+	}
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// propose submits a command to the group and waits for its result.
+func (s *Shard) propose(ctx context.Context, cmd []byte) (sm.Result, error) {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	res, err := s.m.nh.SyncPropose(ctx, s.m.nh.GetNoOPSession(s.gid), cmd)
+	if err != nil {
+		return res, fmt.Errorf("propose to group %d: %w", s.gid, err)
+	}
+	return res, nil
+}
+
+// claimEpoch fences off any earlier syncer of this group and returns the new epoch.
+func (s *Shard) claimEpoch(ctx context.Context) (uint64, error) {
+	res, err := s.propose(ctx, statemachine.EncodeClaimEpoch())
+	if err != nil {
+		return 0, err
+	}
+	if res.Value != statemachine.ResultOK || len(res.Data) != 8 {
+		return 0, fmt.Errorf("group %d refused a new epoch: %s", s.gid, res.Data)
+	}
+	return binary.BigEndian.Uint64(res.Data), nil
+}
+
+// readState is a linearizable read of the group's tail.
+func (s *Shard) readState(ctx context.Context) (statemachine.StateView, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	v, err := s.m.nh.SyncRead(ctx, s.gid, statemachine.StateQuery{})
+	if err != nil {
+		return statemachine.StateView{}, fmt.Errorf("read state of group %d: %w", s.gid, err)
+	}
+	view, ok := v.(statemachine.StateView)
+	if !ok {
+		return statemachine.StateView{}, errors.New("unexpected state answer")
+	}
+	return view, nil
+}

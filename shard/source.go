@@ -1,0 +1,155 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// SourceInfo is what Flotilla learns about a master before relaying it.
+type SourceInfo struct {
+	Flavor     string
+	Version    string
+	ServerID   uint32
+	DomainID   uint32
+	ServerUUID string
+	// BinlogChecksum is CRC32 or NONE.
+	BinlogChecksum string
+	// StartGTID is where the group's history starts: the requested position, or the
+	// GTID state at the start of the oldest binlog file still on the master.
+	StartGTID string
+}
+
+// InspectSource connects to a master and checks everything relaying needs, so that
+// `upstream add` fails at once with the reason instead of a syncer retrying forever.
+func InspectSource(ctx context.Context, addr, user, password, flavor, startGTID string) (SourceInfo, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 5*time.Second)
+	if err != nil {
+		var me *mysql.MyError
+		if errors.As(err, &me) && (me.Code == mysql.ER_ACCESS_DENIED_ERROR || me.Code == mysql.ER_DBACCESS_DENIED_ERROR) {
+			return SourceInfo{}, fmt.Errorf("master %s refused user %q (%s): check --user and --password", addr, user, me.Message)
+		}
+		return SourceInfo{}, fmt.Errorf("cannot connect to master %s: %w", addr, err)
+	}
+	defer c.Close()
+	q := func(sql string) (string, error) {
+		r, err := c.Execute(sql)
+		if err != nil {
+			return "", fmt.Errorf("master %s: %s: %w", addr, sql, err)
+		}
+		if r.Resultset == nil || r.RowNumber() == 0 {
+			return "", nil
+		}
+		return r.GetString(0, 0)
+	}
+	var info SourceInfo
+	if info.Version, err = q("SELECT @@version"); err != nil {
+		return info, err
+	}
+	detected := "mysql"
+	if strings.Contains(strings.ToLower(info.Version), "mariadb") {
+		detected = "mariadb"
+	}
+	switch flavor {
+	case "", "auto":
+	case "mysql", "mariadb":
+		if flavor != detected {
+			return info, fmt.Errorf("master %s runs %s (%s) but --flavor %s was given", addr, detected, info.Version, flavor)
+		}
+	default:
+		return info, fmt.Errorf("unknown flavor %q: use auto, mysql or mariadb", flavor)
+	}
+	info.Flavor = detected
+	if detected == "mysql" {
+		return info, fmt.Errorf("master %s runs MySQL %s: this Flotilla build relays MariaDB masters only (MySQL flavor support is planned)", addr, info.Version)
+	}
+	logBin, err := q("SELECT @@log_bin")
+	if err != nil {
+		return info, err
+	}
+	if logBin != "1" {
+		return info, fmt.Errorf("binary logging is off on master %s: start it with log_bin (and server_id) in its configuration", addr)
+	}
+	format, err := q("SELECT @@binlog_format")
+	if err != nil {
+		return info, err
+	}
+	if !strings.EqualFold(format, "ROW") {
+		return info, fmt.Errorf("master %s has binlog_format=%s: Flotilla needs ROW (SET GLOBAL binlog_format=ROW and in the configuration)", addr, format)
+	}
+	ck, err := q("SELECT @@binlog_checksum")
+	if err != nil {
+		return info, err
+	}
+	if ck != "CRC32" && ck != "NONE" {
+		return info, fmt.Errorf("master %s has binlog_checksum=%s: Flotilla supports CRC32 and NONE", addr, ck)
+	}
+	info.BinlogChecksum = ck
+	sid, err := q("SELECT @@server_id")
+	if err != nil {
+		return info, err
+	}
+	v, _ := strconv.ParseUint(sid, 10, 32)
+	if v == 0 {
+		return info, fmt.Errorf("master %s has server_id=0: set a non-zero server_id", addr)
+	}
+	info.ServerID = uint32(v)
+	dom, err := q("SELECT @@gtid_domain_id")
+	if err != nil {
+		return info, err
+	}
+	d, _ := strconv.ParseUint(dom, 10, 32)
+	info.DomainID = uint32(d)
+	grants, err := c.Execute("SHOW GRANTS")
+	if err != nil {
+		return info, fmt.Errorf("master %s: SHOW GRANTS: %w", addr, err)
+	}
+	canDump := false
+	for i := 0; i < grants.RowNumber(); i++ {
+		g, _ := grants.GetString(i, 0)
+		g = strings.ToUpper(g)
+		if strings.Contains(g, "ALL PRIVILEGES ON *.*") || strings.Contains(g, "REPLICATION SLAVE") || strings.Contains(g, "REPLICATION REPLICA") {
+			canDump = true
+		}
+	}
+	if !canDump {
+		return info, fmt.Errorf("user %q on master %s lacks REPLICATION SLAVE: GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO it", user, addr)
+	}
+	logs, err := c.Execute("SHOW BINARY LOGS")
+	if err != nil {
+		return info, fmt.Errorf("user %q on master %s cannot list binary logs (needs BINLOG MONITOR): %w", user, addr, err)
+	}
+	if startGTID != "" {
+		p, err := binlog.ParsePosition(startGTID)
+		if err != nil {
+			return info, fmt.Errorf("--start-gtid: %w", err)
+		}
+		info.StartGTID = p.String()
+		return info, nil
+	}
+	if logs.RowNumber() == 0 {
+		return info, fmt.Errorf("master %s lists no binary logs", addr)
+	}
+	first, _ := logs.GetString(0, 0)
+	r, err := c.Execute("SELECT BINLOG_GTID_POS(?, 4)", first)
+	if err != nil {
+		return info, fmt.Errorf("master %s: find the GTID position of its oldest binlog %s: %w", addr, first, err)
+	}
+	pos, _ := r.GetString(0, 0)
+	p, err := binlog.ParsePosition(pos)
+	if err != nil {
+		return info, fmt.Errorf("master %s: GTID position %q of %s: %w", addr, pos, first, err)
+	}
+	info.StartGTID = p.String()
+	return info, nil
+}

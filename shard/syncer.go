@@ -1,0 +1,253 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// Proposal bounds: a batch is proposed when it reaches maxBatchBytes or when the
+// master has nothing more to send for batchLinger. Transactions larger than
+// maxPieceBytes are proposed in pieces; one event may not exceed maxEventBytes (raft
+// messages are limited to 64 MiB).
+const (
+	maxBatchBytes = 4 << 20
+	maxPieceBytes = 4 << 20
+	maxEventBytes = 48 << 20
+	batchLinger   = 2 * time.Millisecond
+)
+
+// SyncerServerIDBase is added to the group id to form the server_id Flotilla uses
+// when it connects to a master as a replica. One id per group means the master itself
+// drops a former leader's stream when the new leader connects.
+const SyncerServerIDBase = 2_000_000_000
+
+// syncOnce runs one connection to the master: claim an epoch, read where the group
+// stands, ask the master for everything after it, and propose whole transactions.
+func (s *Shard) syncOnce(ctx context.Context) error {
+	epoch, err := s.claimEpoch(ctx)
+	if err != nil {
+		return err
+	}
+	view, err := s.readState(ctx)
+	if err != nil {
+		return err
+	}
+	u := s.Upstream()
+	base, err := binlog.ParsePosition(u.StartGTID)
+	if err != nil {
+		return fmt.Errorf("upstream %s: bad start GTID %q: %w", u.Name, u.StartGTID, err)
+	}
+	start := base
+	if view.HasFile {
+		start = view.State
+	}
+	host, portStr, err := net.SplitHostPort(u.Source)
+	if err != nil {
+		return fmt.Errorf("upstream %s: source %q is not HOST:PORT: %w", u.Name, u.Source, err)
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil {
+		return fmt.Errorf("upstream %s: bad port in %q: %w", u.Name, u.Source, err)
+	}
+	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID:             uint32(SyncerServerIDBase + s.gid),
+		Flavor:               mysql.MariaDBFlavor,
+		Host:                 host,
+		Port:                 uint16(port),
+		User:                 u.User,
+		Password:             u.Password,
+		Localhost:            "flotilla",
+		RawModeEnabled:       true,
+		DisableRetrySync:     true,
+		MaxReconnectAttempts: 1,
+		HeartbeatPeriod:      time.Second,
+		ReadTimeout:          15 * time.Second,
+		Logger:               slog.New(slog.NewTextHandler(io.Discard, nil)),
+	})
+	defer bs.Close()
+	gset, err := mysql.ParseMariadbGTIDSet(start.String())
+	if err != nil {
+		return fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
+	}
+	streamer, err := bs.StartSyncGTID(gset)
+	if err != nil {
+		return fmt.Errorf("connect to master %s: %w", u.Source, err)
+	}
+	s.log.Info("pulling binlog from master", "source", u.Source, "from_gtid", start.String(), "epoch", epoch)
+	s.updateStatus(func(st *SyncStatus) { st.Connected = true; st.MasterFile = view.Upstream })
+
+	p := &pipeline{s: s, epoch: epoch, ordinal: view.Ordinal, state: view.State.Clone(),
+		upstreamFile: view.Upstream, hasFile: view.HasFile, base: base}
+	for {
+		evctx, cancel := ctx, context.CancelFunc(func() {})
+		if len(p.items) > 0 {
+			evctx, cancel = context.WithTimeout(ctx, batchLinger)
+		}
+		e, err := streamer.GetEvent(evctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				if err := p.flush(ctx); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("read from master %s: %w", u.Source, err)
+		}
+		if err := p.handle(e.RawData); err != nil {
+			return err
+		}
+		if p.batchBytes >= maxBatchBytes {
+			if err := p.flush(ctx); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// pipeline turns the master's event stream into Append proposals.
+type pipeline struct {
+	s            *Shard
+	epoch        uint64
+	ordinal      uint64
+	state        binlog.Position
+	base         binlog.Position
+	upstreamFile string
+	hasFile      bool
+	pendingName  string
+	checksummed  bool
+
+	items      []statemachine.Item
+	batchBytes int
+	batchTxns  uint64
+	lastTS     uint32
+
+	cur *openTxn
+}
+
+// openTxn is the transaction group being received.
+type openTxn struct {
+	gtid   binlog.GTIDEvent
+	events []byte
+	first  bool // no piece of it proposed yet
+	skip   bool // the group already holds it
+}
+
+func (p *pipeline) handle(raw []byte) error {
+	h, err := binlog.ParseHeader(raw)
+	if err != nil {
+		return fmt.Errorf("malformed event from master: %w", err)
+	}
+	switch h.Type {
+	case binlog.RotateEvent:
+		// Rotates read from the master's file carry a checksum; fake ones may or may
+		// not, depending on the server and on when it sends them. The trailer tells.
+		ck := binlog.VerifyChecksum(raw) == nil
+		name, _, err := binlog.ParseRotate(raw, ck)
+		if err != nil {
+			return fmt.Errorf("malformed Rotate from master: %w", err)
+		}
+		p.pendingName = name
+		return nil
+	case binlog.FormatDescription:
+		fde, err := binlog.ParseFDE(raw)
+		if err != nil {
+			return fmt.Errorf("master's Format_description: %w", err)
+		}
+		p.checksummed = fde.Checksummed()
+		if p.pendingName != "" && (!p.hasFile || p.pendingName != p.upstreamFile) {
+			if p.cur != nil {
+				p.s.log.Warn("master started a new file inside a transaction; dropping the partial transaction", "gtid", p.cur.gtid.GTID)
+				p.cur = nil
+			}
+			p.add(statemachine.Item{NewFile: &statemachine.NewFile{ServerID: h.ServerID, UpstreamFile: p.pendingName,
+				FDE: append([]byte(nil), raw...), BaseState: p.base}}, len(raw), 0)
+			p.upstreamFile, p.hasFile = p.pendingName, true
+			p.s.updateStatus(func(st *SyncStatus) { st.MasterFile = p.pendingName })
+		}
+		return nil
+	case binlog.MariaGTIDEvent:
+		g, err := binlog.ParseGTIDEvent(raw)
+		if err != nil {
+			return fmt.Errorf("malformed GTID event from master: %w", err)
+		}
+		if p.cur != nil {
+			return fmt.Errorf("master sent GTID %s before transaction %s ended", g.GTID, p.cur.gtid.GTID)
+		}
+		if !p.hasFile {
+			return fmt.Errorf("master sent GTID %s before any Format_description", g.GTID)
+		}
+		p.cur = &openTxn{gtid: g, events: append(make([]byte, 0, 4096), raw...), first: true, skip: p.state.Contains(g.GTID)}
+		return nil
+	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent, binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent:
+		return nil
+	}
+	if p.cur == nil {
+		p.s.log.Debug("ignoring event outside a transaction group", "type", h.Type)
+		return nil
+	}
+	if len(raw) > maxEventBytes {
+		return fmt.Errorf("transaction %s holds an event of %d bytes, above Flotilla's limit of %d bytes per event", p.cur.gtid.GTID, len(raw), maxEventBytes)
+	}
+	p.cur.events = append(p.cur.events, raw...)
+	p.lastTS = h.Timestamp
+	if binlog.EndsGroup(p.cur.gtid, raw, p.checksummed) {
+		t := p.cur
+		p.cur = nil
+		if t.skip {
+			return nil
+		}
+		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Last: true, Events: t.events}}, len(t.events), 1)
+		p.state[t.gtid.GTID.Domain] = t.gtid.GTID
+		return nil
+	}
+	if len(p.cur.events) >= maxPieceBytes {
+		t := p.cur
+		if !t.skip {
+			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Events: t.events}}, len(t.events), 0)
+		}
+		t.first, t.events = false, make([]byte, 0, 4096)
+	}
+	return nil
+}
+
+func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
+	p.items = append(p.items, it)
+	p.batchBytes += bytes
+	p.batchTxns += txns
+}
+
+// flush proposes the batch. Any failure ends the connection: the next attempt claims
+// a new epoch and resumes from what the group committed.
+func (p *pipeline) flush(ctx context.Context) error {
+	if len(p.items) == 0 {
+		return nil
+	}
+	cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.ordinal, Items: p.items}).Encode()
+	res, err := p.s.propose(ctx, cmd)
+	if err != nil {
+		return err
+	}
+	if res.Value != statemachine.ResultOK {
+		return fmt.Errorf("group %d rejected a proposal: %s", p.s.gid, res.Data)
+	}
+	p.ordinal += p.batchTxns
+	ts := p.lastTS
+	p.s.updateStatus(func(st *SyncStatus) {
+		st.LastEventAt, st.LastEventRcv = time.Unix(int64(ts), 0), time.Now()
+	})
+	p.items, p.batchBytes, p.batchTxns = nil, 0, 0
+	return nil
+}

@@ -1,0 +1,370 @@
+// Package e2e proves replication end to end with real servers: a MariaDB master, a
+// Flotilla node (a separate process), and unmodified MariaDB replicas.
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+const (
+	upstreamUser = "flotilla"
+	upstreamPass = "up-secret"
+	replicaUser  = "repl"
+	replicaPass  = "repl-secret"
+)
+
+type cluster struct {
+	t      *testing.T
+	master *mariadbtest.Server
+	fl     *flotillatest.Node
+}
+
+func startMaster(ctx context.Context, t *testing.T, dir string) *mariadbtest.Server {
+	t.Helper()
+	m, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: 1, LogBin: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { m.Stop() })
+	if err := m.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func startReplica(ctx context.Context, t *testing.T, dir string, id uint32) *mariadbtest.Server {
+	t.Helper()
+	r, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: id})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop() })
+	return r
+}
+
+// changeMaster points a MariaDB replica at Flotilla and starts it.
+func changeMaster(ctx context.Context, t *testing.T, r *mariadbtest.Server, fl *flotillatest.Node, user, pass, extra string) {
+	t.Helper()
+	q := fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER='%s', MASTER_PASSWORD='%s', MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1, %s",
+		fl.MySQLPort(), user, pass, extra)
+	if err := r.Exec(ctx, q); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	if err := r.Exec(ctx, "START SLAVE"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// slaveStatus returns SHOW SLAVE STATUS as a map.
+func slaveStatus(ctx context.Context, r *mariadbtest.Server) (map[string]string, error) {
+	rows, err := r.DB().QueryContext(ctx, "SHOW SLAVE STATUS")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	out := map[string]string{}
+	if !rows.Next() {
+		return out, rows.Err()
+	}
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, err
+	}
+	for i, c := range cols {
+		switch v := vals[i].(type) {
+		case []byte:
+			out[c] = string(v)
+		case nil:
+			out[c] = "NULL"
+		default:
+			out[c] = fmt.Sprint(v)
+		}
+	}
+	return out, nil
+}
+
+// waitCaughtUp polls until the replica's GTID position equals the master's and fails
+// with the replica's status if it does not get there.
+func waitCaughtUp(ctx context.Context, t *testing.T, name string, m, r *mariadbtest.Server, timeout time.Duration) {
+	t.Helper()
+	want, err := m.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(timeout)
+	var got string
+	for time.Now().Before(deadline) {
+		got, _ = r.QueryValue(ctx, "SELECT @@gtid_slave_pos")
+		if got == want {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	st, _ := slaveStatus(ctx, r)
+	t.Fatalf("%s did not catch up within %v: gtid_slave_pos=%q, master gtid_binlog_pos=%q; IO=%s SQL=%s IO error=%q SQL error=%q",
+		name, timeout, got, want, st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Last_IO_Error"], st["Last_SQL_Error"])
+}
+
+func checksums(ctx context.Context, t *testing.T, s *mariadbtest.Server) map[string]string {
+	t.Helper()
+	c, err := mariadbtest.TableChecksums(ctx, s, mariadbtest.WorkloadDB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func sameData(t *testing.T, name string, want, got map[string]string) {
+	t.Helper()
+	if len(want) == 0 {
+		t.Fatal("master has no tables to compare")
+	}
+	for k, v := range want {
+		if got[k] != v {
+			t.Errorf("%s: table %s: %s on the replica, %s on the master", name, k, got[k], v)
+		}
+	}
+	if len(got) != len(want) {
+		t.Errorf("%s has %d tables, master %d", name, len(got), len(want))
+	}
+}
+
+type upstreamJSON struct {
+	Upstream struct {
+		StartGtid string `json:"startGtid"`
+	} `json:"upstream"`
+	Group struct {
+		ExecutedGtid string `json:"executedGtid"`
+		Transactions string `json:"transactions"`
+		Bytes        string `json:"bytes"`
+		Replicas     []struct {
+			Mode string `json:"mode"`
+		} `json:"replicas"`
+	} `json:"group"`
+}
+
+func getUpstream(ctx context.Context, t *testing.T, fl *flotillatest.Node) upstreamJSON {
+	t.Helper()
+	out, err := fl.CLI(ctx, "upstream", "get", "main", "-o", "json")
+	if err != nil {
+		table, _ := fl.CLI(ctx, "upstream", "get", "main")
+		t.Fatalf("%v\n%q", err, table)
+	}
+	var u upstreamJSON
+	if err := json.Unmarshal([]byte(out), &u); err != nil {
+		t.Fatalf("upstream get -o json: %v\n%s", err, out)
+	}
+	return u
+}
+
+// TestRelayEndToEnd: master -> Flotilla -> two replicas (GTID and file/position),
+// with a SIGKILL of Flotilla in the middle of the workload.
+func TestRelayEndToEnd(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	master := startMaster(ctx, t, filepath.Join(dir, "master"))
+	// History written before Flotilla exists must be copied too.
+	total := 0
+	st, err := mariadbtest.RunWorkload(ctx, master, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total += st.Transactions
+
+	fl := flotillatest.StartNode(ctx, t, filepath.Join(dir, "flotilla"))
+	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
+		t.Fatalf("upstream add: %v\n%s\nflotilla log:\n%s", err, out, fl.LogTail(30))
+	}
+
+	gtidReplica := startReplica(ctx, t, filepath.Join(dir, "replica-gtid"), 11)
+	fileReplica := startReplica(ctx, t, filepath.Join(dir, "replica-file"), 12)
+	changeMaster(ctx, t, gtidReplica, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	changeMaster(ctx, t, fileReplica, fl, replicaUser, replicaPass, "MASTER_LOG_FILE='flotilla-bin.000001', MASTER_LOG_POS=4, MASTER_USE_GTID=no")
+
+	for step := 1; step <= 2; step++ {
+		st, err := mariadbtest.RunWorkload(ctx, master, step)
+		if err != nil {
+			t.Fatal(err)
+		}
+		total += st.Transactions
+	}
+	// Crash Flotilla in the middle of the workload: writes go on while it is down.
+	before, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	done := make(chan error, 1)
+	go func() {
+		st, err := mariadbtest.RunWorkload(ctx, master, 3)
+		total += st.Transactions
+		done <- err
+	}()
+	// Kill once the step has committed a few transactions, so the crash lands mid-workload.
+	for i := 0; i < 200; i++ {
+		cur, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+		if seqOf(cur) >= seqOf(before)+3 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	fl.Kill()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	fl.Start(ctx)
+	st, err = mariadbtest.RunWorkload(ctx, master, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total += st.Transactions
+
+	waitCaughtUp(ctx, t, "GTID replica", master, gtidReplica, 3*time.Minute)
+	waitCaughtUp(ctx, t, "file/position replica", master, fileReplica, 3*time.Minute)
+	want := checksums(ctx, t, master)
+	sameData(t, "GTID replica", want, checksums(ctx, t, gtidReplica))
+	sameData(t, "file/position replica", want, checksums(ctx, t, fileReplica))
+
+	u := getUpstream(ctx, t, fl)
+	masterPos, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	if u.Group.ExecutedGtid != masterPos {
+		t.Errorf("Flotilla's executed GTID %q differs from the master's %q", u.Group.ExecutedGtid, masterPos)
+	}
+	if len(u.Group.Replicas) != 2 {
+		t.Errorf("status lists %d connected replicas, want 2", len(u.Group.Replicas))
+	}
+	t.Logf("E2E: %s transactions, %s bytes went through Flotilla (workload committed %d transactions)", u.Group.Transactions, u.Group.Bytes, total)
+
+	if log := fl.LogTail(100000); strings.Contains(log, "not valid UTF-8") {
+		for _, l := range strings.Split(log, "\n") {
+			if strings.Contains(l, "not valid UTF-8") {
+				t.Errorf("status held bytes that are not text: %s", l)
+			}
+		}
+	}
+	t.Run("mariadb-binlog reads every served file", func(t *testing.T) {
+		checkMariadbBinlog(ctx, t, fl, gtidReplica)
+	})
+	t.Run("bad input", func(t *testing.T) {
+		checkBadInput(ctx, t, dir, master, fl)
+		// The other replicas are still served after the bad ones were refused.
+		if _, err := mariadbtest.RunWorkload(ctx, master, 5); err != nil {
+			t.Fatal(err)
+		}
+		waitCaughtUp(ctx, t, "GTID replica", master, gtidReplica, time.Minute)
+		waitCaughtUp(ctx, t, "file/position replica", master, fileReplica, time.Minute)
+	})
+}
+
+// checkMariadbBinlog decodes every file Flotilla lists with the stock client tool and
+// checks that together they hold every transaction Flotilla received.
+func checkMariadbBinlog(ctx context.Context, t *testing.T, fl *flotillatest.Node, any *mariadbtest.Server) {
+	host, port := "127.0.0.1", fl.MySQLPort()
+	list := exec.CommandContext(ctx, "mariadb", "-h", host, "-P", port, "-u", replicaUser, "-p"+replicaPass, "-N", "-e", "SHOW BINARY LOGS")
+	out, err := list.CombinedOutput()
+	if err != nil {
+		t.Fatalf("SHOW BINARY LOGS through the mariadb client: %v\n%s", err, out)
+	}
+	var files []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) == 2 {
+			files = append(files, f[0])
+		}
+	}
+	if len(files) < 3 {
+		t.Fatalf("Flotilla lists %d binlog files, want several (the workload rotates): %q", len(files), out)
+	}
+	gtidRe := regexp.MustCompile(`(?m)^#.*\bGTID (\d+-\d+-\d+)`)
+	seen := map[string]bool{}
+	for _, f := range files {
+		cmd := exec.CommandContext(ctx, "mariadb-binlog", "--read-from-remote-server", "--host", host, "--port", port,
+			"--user", replicaUser, "--password="+replicaPass, f)
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			t.Fatalf("mariadb-binlog %s: %v\n%s", f, err, tail(string(out), 20))
+		}
+		if strings.Contains(string(out), "ERROR") {
+			t.Fatalf("mariadb-binlog %s reported an error:\n%s", f, tail(string(out), 20))
+		}
+		for _, m := range gtidRe.FindAllStringSubmatch(string(out), -1) {
+			if seen[m[1]] {
+				t.Fatalf("GTID %s appears twice in the served binlog", m[1])
+			}
+			seen[m[1]] = true
+		}
+	}
+	u := getUpstream(ctx, t, fl)
+	if fmt.Sprint(len(seen)) != u.Group.Transactions {
+		t.Fatalf("mariadb-binlog decoded %d distinct GTIDs in %d files, Flotilla holds %s transactions", len(seen), len(files), u.Group.Transactions)
+	}
+	t.Logf("mariadb-binlog decoded %d files with %d transactions", len(files), len(seen))
+}
+
+func seqOf(pos string) int {
+	var seq int
+	fmt.Sscan(pos[strings.LastIndex(pos, "-")+1:], &seq)
+	return seq
+}
+
+func tail(s string, n int) string {
+	ls := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(ls) > n {
+		ls = ls[len(ls)-n:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// checkBadInput: wrong password, unknown user and a GTID that was never in the binlog
+// each get a MySQL error that says what is wrong.
+func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariadbtest.Server, fl *flotillatest.Node) {
+	host, port := "127.0.0.1", fl.MySQLPort()
+	for _, c := range []struct {
+		name, user, pass, want string
+	}{
+		{"wrong password", replicaUser, "nope", "Access denied for user 'repl'"},
+		{"unknown user", "stranger", "x", "no upstream relayed by Flotilla has 'stranger' as a replica user"},
+	} {
+		out, err := exec.CommandContext(ctx, "mariadb", "-h", host, "-P", port, "-u", c.user, "-p"+c.pass, "-e", "SHOW MASTER STATUS").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), c.want) {
+			t.Errorf("%s: want an error containing %q, got %v: %s", c.name, c.want, err, out)
+		}
+	}
+	cur, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	seq := cur[strings.LastIndex(cur, "-")+1:]
+	bogus := "0-77-" + seq // a server id that never wrote to this binlog
+	r := startReplica(ctx, t, filepath.Join(dir, "replica-bogus"), 13)
+	if err := r.Exec(ctx, fmt.Sprintf("SET GLOBAL gtid_slave_pos='%s'", bogus)); err != nil {
+		t.Fatal(err)
+	}
+	changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := slaveStatus(ctx, r)
+		if err == nil && st["Last_IO_Errno"] == "1236" {
+			if !strings.Contains(st["Last_IO_Error"], "GTID "+bogus) || !strings.Contains(st["Last_IO_Error"], "not in this upstream's binlog") {
+				t.Errorf("replica asking for %s got: %s", bogus, st["Last_IO_Error"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica asking for a GTID never in the binlog got no 1236 error: %v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = r.Exec(ctx, "STOP SLAVE")
+}

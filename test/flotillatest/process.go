@@ -1,0 +1,176 @@
+// Package flotillatest runs Flotilla nodes as separate processes for end-to-end tests,
+// the way operators run them, so that kill -9 and restarts are real.
+package flotillatest
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+var buildOnce sync.Once
+var buildPath string
+var buildErr error
+
+// Binary returns the flotilla binary to test: $FLOTILLA_BIN (the Makefile sets it to
+// the binary it just built), or one built once per test process.
+func Binary(t testing.TB) string {
+	t.Helper()
+	if p := os.Getenv("FLOTILLA_BIN"); p != "" {
+		if abs, err := filepath.Abs(p); err == nil {
+			p = abs
+		}
+		if _, err := os.Stat(p); err != nil {
+			t.Fatalf("FLOTILLA_BIN=%s: %v", p, err)
+		}
+		return p
+	}
+	buildOnce.Do(func() {
+		_, file, _, _ := runtime.Caller(0)
+		root := filepath.Join(filepath.Dir(file), "..", "..")
+		dir, err := os.MkdirTemp("", "flotilla-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		buildPath = filepath.Join(dir, "flotilla")
+		cmd := exec.Command("go", "build", "-o", buildPath, "./cmd/flotilla")
+		cmd.Dir = root
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return buildPath
+}
+
+// Node is a Flotilla node process.
+type Node struct {
+	t         testing.TB
+	bin       string
+	Dir       string
+	MySQLAddr string
+	AdminAddr string
+	RaftAddr  string
+	cmd       *exec.Cmd
+	done      chan struct{}
+	logFile   *os.File
+}
+
+// StartNode starts a one-node cluster with its data in dir, on free loopback ports.
+func StartNode(ctx context.Context, t testing.TB, dir string) *Node {
+	t.Helper()
+	n := &Node{t: t, bin: Binary(t), Dir: dir}
+	var ports [3]int
+	for i := range ports {
+		p, err := mariadbtest.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports[i] = p
+	}
+	n.MySQLAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
+	n.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
+	n.RaftAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
+	n.Start(ctx)
+	t.Cleanup(func() { n.Kill() })
+	return n
+}
+
+// Start (re)starts the process on the node's data and ports and waits until its
+// admin API answers.
+func (n *Node) Start(ctx context.Context) {
+	n.t.Helper()
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		n.t.Fatal(err)
+	}
+	lf, err := os.OpenFile(filepath.Join(n.Dir, "flotilla.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	n.logFile = lf
+	n.cmd = exec.Command(n.bin, "serve", "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
+		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug")
+	n.cmd.Stdout, n.cmd.Stderr = lf, lf
+	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := n.cmd.Start(); err != nil {
+		n.t.Fatalf("start flotilla: %v", err)
+	}
+	n.done = make(chan struct{})
+	go func(cmd *exec.Cmd, done chan struct{}) {
+		_ = cmd.Wait()
+		close(done)
+	}(n.cmd, n.done)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := n.CLI(ctx, "status"); err == nil {
+			return
+		}
+		select {
+		case <-n.done:
+			n.t.Fatalf("flotilla exited during start-up; log:\n%s", n.LogTail(40))
+		default:
+		}
+		if time.Now().After(deadline) {
+			n.t.Fatalf("flotilla admin API did not answer within 60s; log:\n%s", n.LogTail(40))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Kill stops the process with SIGKILL, like a crash.
+func (n *Node) Kill() {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return
+	}
+	_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+	<-n.done
+	n.cmd = nil
+	if n.logFile != nil {
+		n.logFile.Close()
+	}
+}
+
+// CLI runs a flotilla admin command against this node and returns its stdout; the
+// error carries stderr.
+func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, n.bin, append([]string{"--admin", n.AdminAddr}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("flotilla %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// LogTail returns the last lines of the node's log.
+func (n *Node) LogTail(lines int) string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "flotilla.log"))
+	ls := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(ls) > lines {
+		ls = ls[len(ls)-lines:]
+	}
+	return strings.Join(ls, "\n")
+}
+
+// MySQLPort is the port of the node's MySQL front end.
+func (n *Node) MySQLPort() string {
+	_, p, _ := net.SplitHostPort(n.MySQLAddr)
+	return p
+}
