@@ -28,7 +28,7 @@ lint:
 
 demo: build
 	@scripts/ensure-mariadb.sh
-	@scripts/demo.sh $(DEMO_ARGS)
+	$(GO) run ./test/demo -flotilla $(BIN) $(DEMO_ARGS)
 
 clean:
 	rm -rf bin .demo
