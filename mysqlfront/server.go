@@ -143,14 +143,15 @@ func (a *auth) OnAuthFailure(c *server.Conn, err error) {
 
 // session is one client connection after the handshake.
 type session struct {
-	s    *Server
-	c    *server.Conn
-	id   uint64
-	user string
-	ups  []*placement.Upstream
-	vars map[string]*string // user variables; nil value = NULL
-	reg  *replicaInfo
-	log  *slog.Logger
+	s      *Server
+	c      *server.Conn
+	id     uint64
+	user   string
+	remote string
+	ups    []*placement.Upstream
+	vars   map[string]*string // user variables; nil value = NULL
+	reg    *replicaInfo
+	log    *slog.Logger
 }
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
@@ -163,7 +164,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: c.GetUser(), ups: a.ups, vars: map[string]*string{},
+	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: c.GetUser(), remote: nc.RemoteAddr().String(), ups: a.ups, vars: map[string]*string{},
 		log: s.log.With("remote", nc.RemoteAddr().String(), "user", c.GetUser())}
 	defer ss.unregister()
 	for ctx.Err() == nil {
@@ -263,7 +264,7 @@ func leU32(b []byte) uint32 {
 
 func (ss *session) ensureRegistered() *replicaInfo {
 	if ss.reg == nil {
-		ss.reg = &replicaInfo{addr: ss.c.RemoteAddr().String(), user: ss.user, connectedAt: time.Now()}
+		ss.reg = &replicaInfo{addr: ss.remote, user: ss.user, connectedAt: time.Now()}
 		ss.s.mu.Lock()
 		ss.s.replicas[ss.id] = ss.reg
 		ss.s.mu.Unlock()

@@ -17,32 +17,16 @@ import (
 const testServer = 11
 
 // ev builds a checksummed event of the given type with a body of n bytes.
-func ev(typ byte, n int) []byte {
-	e := make([]byte, binlog.HeaderLen+n+binlog.ChecksumLen)
-	binlog.PutHeader(e, binlog.Header{Timestamp: 1, Type: typ, ServerID: testServer, EventSize: uint32(len(e))})
-	for i := binlog.HeaderLen; i < len(e)-4; i++ {
-		e[i] = byte(i)
-	}
-	binlog.SetLogPos(e, 0, 0, true)
-	return e
-}
+func ev(typ byte, n int) []byte { return binlog.NewOpaque(typ, testServer, n, true) }
 
-func gtidEv(g binlog.GTID) []byte {
-	e := ev(binlog.MariaGTIDEvent, 13)
-	binary.LittleEndian.PutUint32(e[5:], g.Server)
-	binary.LittleEndian.PutUint64(e[binlog.HeaderLen:], g.Seq)
-	binary.LittleEndian.PutUint32(e[binlog.HeaderLen+8:], g.Domain)
-	e[binlog.HeaderLen+12] = 0
-	binlog.SetLogPos(e, 0, 0, true)
-	return e
-}
+func gtidEv(g binlog.GTID) []byte { return binlog.NewGTIDEvent(g, 0, true) }
 
 func txnEvents(g binlog.GTID, rowBytes int) []byte {
 	var b []byte
 	b = append(b, gtidEv(g)...)
 	b = append(b, ev(binlog.TableMapEvent, 30)...)
 	b = append(b, ev(23, rowBytes)...)
-	b = append(b, ev(binlog.XIDEvent, 8)...)
+	b = append(b, binlog.NewXID(testServer, g.Seq, true)...)
 	return b
 }
 

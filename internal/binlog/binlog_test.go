@@ -2,26 +2,12 @@ package binlog
 
 import (
 	"bytes"
-	"encoding/binary"
 	"testing"
 )
 
-func gtidEvent(g GTID, flags byte) []byte {
-	body := make([]byte, 13)
-	binary.LittleEndian.PutUint64(body, g.Seq)
-	binary.LittleEndian.PutUint32(body[8:], g.Domain)
-	body[12] = flags
-	return build(MariaGTIDEvent, g.Server, 1700000000, 0, 0, body, true)
-}
+func gtidEvent(g GTID, flags byte) []byte { return NewGTIDEvent(g, flags, true) }
 
-func queryEvent(sql string) []byte {
-	body := make([]byte, 13, 13+len(sql)+8)
-	body[8] = 4 // db name length
-	body = append(body, "test"...)
-	body = append(body, 0)
-	body = append(body, sql...)
-	return build(QueryEvent, 1, 1700000000, 0, 0, body, true)
-}
+func queryEvent(sql string) []byte { return NewQuery(1, "test", sql, true) }
 
 func TestHeaderRoundTrip(t *testing.T) {
 	ev := NewRotate(7, 0, 0, FlagArtificial, "mariadb-bin.000042", 4, true)

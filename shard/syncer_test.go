@@ -1,0 +1,130 @@
+package shard
+
+import (
+	"io"
+	"log/slog"
+	"testing"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
+	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	return &pipeline{s: s, state: state, hasFile: hasFile, upstreamFile: upstreamFile, base: binlog.Position{}}
+}
+
+func gtid(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: 1, Seq: seq} }
+
+// feed hands events to the pipeline as the master would send them.
+func feed(t *testing.T, p *pipeline, evs ...[]byte) {
+	t.Helper()
+	for _, e := range evs {
+		if err := p.handle(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+func fakeRotate(file string) []byte {
+	return binlog.NewRotate(1, 0, 0, binlog.FlagArtificial, file, 4, false)
+}
+
+func rowTxn(g binlog.GTID, rowBytes int) [][]byte {
+	return [][]byte{
+		binlog.NewGTIDEvent(g, 0, true),
+		binlog.NewQuery(1, "db", "BEGIN", true),
+		binlog.NewOpaque(binlog.AnnotateRowsEvent, 1, 20, true),
+		binlog.NewOpaque(binlog.TableMapEvent, 1, 30, true),
+		binlog.NewOpaque(23, 1, rowBytes, true),
+		binlog.NewXID(1, g.Seq, true),
+	}
+}
+
+func TestPipelineProposesWholeTransactions(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	fde := binlog.NewFDE(1, "10.11.6-MariaDB-log", true)
+	feed(t, p, fakeRotate("mariadb-bin.000001"), fde, binlog.NewGTIDList(1, 0, 0, binlog.Position{}, true))
+	feed(t, p, rowTxn(gtid(1), 100)...)
+	// A DDL group: GTID (standalone) + its statement, no XID.
+	feed(t, p, binlog.NewGTIDEvent(gtid(2), binlog.GTIDStandalone, true), binlog.NewQuery(1, "db", "CREATE TABLE t (a int)", true))
+	// Half a transaction: must not be proposed.
+	feed(t, p, rowTxn(gtid(3), 10)[:3]...)
+	if len(p.items) != 3 || p.items[0].NewFile == nil || p.items[0].NewFile.UpstreamFile != "mariadb-bin.000001" {
+		t.Fatalf("want NewFile + 2 transactions, got %d items", len(p.items))
+	}
+	for i, want := range []uint64{1, 2} {
+		tx := p.items[i+1].Txn
+		if tx == nil || tx.GTID != gtid(want) || !tx.First || !tx.Last {
+			t.Fatalf("item %d = %+v", i+1, tx)
+		}
+	}
+	if p.batchTxns != 2 || p.state.String() != "0-1-2" {
+		t.Fatalf("batch counts %d txns, state %v", p.batchTxns, p.state)
+	}
+	if p.cur == nil || p.cur.gtid.GTID != gtid(3) {
+		t.Fatal("the open transaction must stay pending")
+	}
+}
+
+func TestPipelineReconnectIntoSameFileAddsNoFile(t *testing.T) {
+	p := newPipeline(binlog.Position{0: gtid(5)}, true, "mariadb-bin.000004")
+	fde := binlog.NewFDE(1, "10.11.6-MariaDB-log", true)
+	// A checksummed fake rotate must not leak its CRC into the file name.
+	rot := binlog.NewRotate(1, 0, 0, binlog.FlagArtificial, "mariadb-bin.000004", 4, true)
+	feed(t, p, rot, fde)
+	// The master resends a group Flotilla already holds: skipped, not proposed.
+	feed(t, p, rowTxn(gtid(5), 10)...)
+	feed(t, p, rowTxn(gtid(6), 10)...)
+	if len(p.items) != 1 || p.items[0].Txn == nil || p.items[0].Txn.GTID != gtid(6) {
+		t.Fatalf("want only transaction 6, got %d items", len(p.items))
+	}
+	// A real rotation does start a new file.
+	feed(t, p, binlog.NewRotate(1, 0, 1000, 0, "mariadb-bin.000005", 4, true), fde)
+	if last := p.items[len(p.items)-1]; last.NewFile == nil || last.NewFile.UpstreamFile != "mariadb-bin.000005" {
+		t.Fatal("rotation to a new master file must start a new served file")
+	}
+}
+
+func TestPipelineSplitsLargeTransactions(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	evs := rowTxn(gtid(1), 10)
+	big := [][]byte{evs[0], evs[1], evs[3]}
+	for i := 0; i < 6; i++ {
+		big = append(big, binlog.NewOpaque(23, 1, 1<<20, true))
+	}
+	big = append(big, evs[5])
+	feed(t, p, big...)
+	var pieces []*statemachine.Txn
+	total := 0
+	for _, it := range p.items {
+		if it.Txn != nil {
+			pieces = append(pieces, it.Txn)
+			total += len(it.Txn.Events)
+		}
+	}
+	if len(pieces) != 2 || !pieces[0].First || pieces[0].Last || pieces[1].First || !pieces[1].Last {
+		t.Fatalf("want a first and a last piece, got %d pieces", len(pieces))
+	}
+	want := 0
+	for _, e := range big {
+		want += len(e)
+	}
+	if total != want || p.batchTxns != 1 {
+		t.Fatalf("pieces hold %d bytes of %d, %d txns", total, want, p.batchTxns)
+	}
+}
+
+// FuzzPipeline: the master's stream is bytes from the network; whatever arrives, the
+// pipeline returns an error or proposes items, and never panics.
+func FuzzPipeline(f *testing.F) {
+	f.Add(binlog.NewFDE(1, "10.11.6", true), binlog.NewGTIDEvent(gtid(1), 1, true), binlog.NewQuery(1, "d", "CREATE TABLE x(a int)", true))
+	f.Add(fakeRotate("m.1"), binlog.NewXID(1, 1, true), []byte{})
+	f.Fuzz(func(t *testing.T, a, b, c []byte) {
+		p := newPipeline(binlog.Position{}, false, "")
+		for _, e := range [][]byte{fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6", true), a, b, c} {
+			_ = p.handle(e)
+		}
+	})
+}
