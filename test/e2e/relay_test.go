@@ -234,6 +234,22 @@ func TestRelayEndToEnd(t *testing.T) {
 	}
 	total += st.Transactions
 
+	// The master goes away and comes back (same address, new binlog file): the syncer
+	// reconnects with backoff and resumes from the group's committed GTID position.
+	if err := master.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	master, err = mariadbtest.Start(ctx, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, LogBin: true, Port: master.Port()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { master.Stop() })
+	st, err = mariadbtest.RunWorkload(ctx, master, 5)
+	if err != nil {
+		t.Fatal(err)
+	}
+	total += st.Transactions
+
 	waitCaughtUp(ctx, t, "GTID replica", master, gtidReplica, 3*time.Minute)
 	waitCaughtUp(ctx, t, "file/position replica", master, fileReplica, 3*time.Minute)
 	want := checksums(ctx, t, master)
@@ -257,13 +273,42 @@ func TestRelayEndToEnd(t *testing.T) {
 			}
 		}
 	}
+	t.Run("heartbeats and SHOW SLAVE HOSTS", func(t *testing.T) {
+		// Idle now: heartbeats at the replica's MASTER_HEARTBEAT_PERIOD=1 keep arriving.
+		first, _ := gtidReplica.QueryValue(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='SLAVE_RECEIVED_HEARTBEATS'")
+		deadline := time.Now().Add(15 * time.Second)
+		for {
+			n, _ := gtidReplica.QueryValue(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME='SLAVE_RECEIVED_HEARTBEATS'")
+			if seqOf("x-"+n) >= seqOf("x-"+first)+2 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("replica received no heartbeats in 15s (count %s, was %s)", n, first)
+			}
+			time.Sleep(200 * time.Millisecond)
+		}
+		out, err := exec.CommandContext(ctx, "mariadb", "-h", "127.0.0.1", "-P", fl.MySQLPort(), "-u", replicaUser, "-p"+replicaPass,
+			"-N", "-e", "SHOW SLAVE HOSTS").CombinedOutput()
+		if err != nil {
+			t.Fatalf("SHOW SLAVE HOSTS: %v: %s", err, out)
+		}
+		ids := map[string]bool{}
+		for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+			if f := strings.Fields(l); len(f) > 0 {
+				ids[f[0]] = true
+			}
+		}
+		if !ids["11"] || !ids["12"] {
+			t.Fatalf("SHOW SLAVE HOSTS lists %q, want server ids 11 and 12", out)
+		}
+	})
 	t.Run("mariadb-binlog reads every served file", func(t *testing.T) {
 		checkMariadbBinlog(ctx, t, fl, gtidReplica)
 	})
 	t.Run("bad input", func(t *testing.T) {
 		checkBadInput(ctx, t, dir, master, fl)
 		// The other replicas are still served after the bad ones were refused.
-		if _, err := mariadbtest.RunWorkload(ctx, master, 5); err != nil {
+		if _, err := mariadbtest.RunWorkload(ctx, master, 6); err != nil {
 			t.Fatal(err)
 		}
 		waitCaughtUp(ctx, t, "GTID replica", master, gtidReplica, time.Minute)
