@@ -155,18 +155,23 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	if err := w.event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(start.File), start.Pos(), fakeCRC)); err != nil {
 		return nil
 	}
+	_, fileCRC, err := fileFDE(g, start.File)
+	if err != nil {
+		return errDump("%v", err)
+	}
 	if start.Pos() > 4 {
-		// Starting inside a file: send its FDE with log_pos 0 so the replica learns the
-		// format without moving its position.
-		fde, ckFile, err := fileFDE(g, start.File)
-		if err != nil {
-			return errDump("%v", err)
-		}
-		binlog.SetLogPos(fde, 0, 0, ckFile)
+		// Starting inside a file: send its FDE with log_pos 0 (the replica learns the
+		// format without moving its position) and created 0 (it is not a master start,
+		// so the replica must keep its temporary tables), as MariaDB does.
+		fde, _, _ := fileFDE(g, start.File)
+		binlog.ClearFDECreated(fde)
+		binlog.SetLogPos(fde, 0, 0, fileCRC)
 		if err := w.event(fde); err != nil {
 			return nil
 		}
 	}
+	// mariadb-binlog dumps with server_id 0 and expects the dump to end at the tail.
+	nonBlock := req.Flags&dumpNonBlock != 0 || req.ServerID == 0
 	annotate := req.Flags&dumpAnnotateEvents != 0
 	file, pos := start.File, start.Pos()
 	reg.file.Store(file)
@@ -184,7 +189,7 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 			if g.Closed() {
 				return errDump("upstream %s was removed from Flotilla", u.Name)
 			}
-			if req.Flags&dumpNonBlock != 0 {
+			if nonBlock {
 				return w.eof()
 			}
 			select {
@@ -192,7 +197,9 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 				return nil
 			case <-changed:
 			case <-hbTimer:
-				if err := w.event(binlog.NewHeartbeat(u.ServerID, statemachine.FileName(file), uint32(pos), fakeCRC)); err != nil {
+				// Heartbeats follow the file's checksum algorithm; the replica stops for good
+				// if their file name or position disagree with what it has received.
+				if err := w.event(binlog.NewHeartbeat(u.ServerID, statemachine.FileName(file), uint32(pos), fileCRC)); err != nil {
 					return nil
 				}
 				hbTimer = time.After(heartbeat)
@@ -222,7 +229,19 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 		if err := w.payload(payload, annotate); err != nil {
 			return nil
 		}
+		if rec.IsHeader() {
+			if f, err := binlog.ParseFDE(headerFDE(rec.Payload)); err == nil {
+				fileCRC = f.Checksummed()
+			}
+		}
 		file, pos = cur.Position()
+		if rec.IsRotate() {
+			// Like MariaDB, announce the next file with a fake Rotate: mariadb-binlog
+			// reading one file stops there.
+			if err := w.event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(file), 4, fileCRC)); err != nil {
+				return nil
+			}
+		}
 		reg.file.Store(file)
 		reg.pos.Store(pos)
 		if heartbeat > 0 {
@@ -246,6 +265,18 @@ func checkBoundary(payload []byte, n uint64) error {
 	return nil
 }
 
+// headerFDE returns the FDE at the start of a file header record.
+func headerFDE(p []byte) []byte {
+	if len(p) < binlog.HeaderLen {
+		return nil
+	}
+	size := int(binary.LittleEndian.Uint32(p[9:]))
+	if size > len(p) {
+		return nil
+	}
+	return p[:size]
+}
+
 // fileFDE returns a copy of the Format_description that opens a served file.
 func fileFDE(g *statemachine.Group, file uint64) ([]byte, bool, error) {
 	c, err := g.NewCursor(statemachine.Start{File: file, Served: 4, Seg: 0})
@@ -261,11 +292,7 @@ func fileFDE(g *statemachine.Group, file uint64) ([]byte, bool, error) {
 	if !rec.IsHeader() || len(rec.Payload) < binlog.HeaderLen {
 		return nil, false, fmt.Errorf("served file %s does not start with its header", statemachine.FileName(file))
 	}
-	size := int(binary.LittleEndian.Uint32(rec.Payload[9:]))
-	if size > len(rec.Payload) {
-		return nil, false, fmt.Errorf("served file %s has a truncated Format_description", statemachine.FileName(file))
-	}
-	fde := append([]byte(nil), rec.Payload[:size]...)
+	fde := append([]byte(nil), headerFDE(rec.Payload)...)
 	f, err := binlog.ParseFDE(fde)
 	if err != nil {
 		return nil, false, fmt.Errorf("served file %s: %w", statemachine.FileName(file), err)

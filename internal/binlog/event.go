@@ -186,7 +186,7 @@ func ParseRotate(ev []byte, checksummed bool) (string, uint64, error) {
 // NewHeartbeat builds a heartbeat carrying the current served file name and the
 // position the replica has been sent up to (MariaDB/MySQL format, type 27).
 func NewHeartbeat(serverID uint32, file string, logPos uint32, checksummed bool) []byte {
-	return build(HeartbeatEvent, serverID, 0, logPos, FlagArtificial, []byte(file), checksummed)
+	return build(HeartbeatEvent, serverID, 0, logPos, 0, []byte(file), checksummed)
 }
 
 // body returns the event body without header and checksum trailer.

@@ -53,6 +53,15 @@ func ParseFDE(ev []byte) (FDE, error) {
 	return f, nil
 }
 
+// ClearFDECreated zeroes the "created" timestamp of a Format_description in place. A
+// non-zero value tells a replica the master just started (and to drop temporary
+// tables); a relay resuming mid-file must not say that. Callers refresh the checksum.
+func ClearFDECreated(ev []byte) {
+	if len(ev) >= HeaderLen+56 {
+		binary.LittleEndian.PutUint32(ev[HeaderLen+52:], 0)
+	}
+}
+
 // QueryText returns the SQL text of a Query event; Flotilla reads it only to find the
 // COMMIT or ROLLBACK that ends a transaction group on non-transactional engines.
 func QueryText(ev []byte, checksummed bool) (string, error) {
