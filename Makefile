@@ -22,9 +22,10 @@ proto:
 	@scripts/proto.sh
 
 lint:
-	gofmt -l . | tee /dev/stderr | (! read)
+	@out=$$(gofmt -l .); if [ -n "$$out" ]; then echo "gofmt needed: $$out"; exit 1; fi
 	$(GO) vet $(PKGS)
-	@command -v staticcheck >/dev/null && staticcheck $(PKGS) || echo "staticcheck not installed: go install honnef.co/go/tools/cmd/staticcheck@2025.1.1"
+	@test -x "$$($(GO) env GOPATH)/bin/staticcheck" || $(GO) install honnef.co/go/tools/cmd/staticcheck@v0.6.1
+	"$$($(GO) env GOPATH)/bin/staticcheck" $(PKGS)
 
 demo: build
 	@scripts/ensure-mariadb.sh

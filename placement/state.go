@@ -9,6 +9,7 @@ package placement
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 )
@@ -130,7 +131,7 @@ func (s *State) assign(replicas int) []uint64 {
 			if len(out) == replicas {
 				break
 			}
-			if contains(out, id) {
+			if slices.Contains(out, id) {
 				continue
 			}
 			z := s.Nodes[id].Labels["zone"]
@@ -143,15 +144,6 @@ func (s *State) assign(replicas int) []uint64 {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i] < out[j] })
 	return out
-}
-
-func contains(s []uint64, v uint64) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }
 
 // validate checks an upstream before it is stored.

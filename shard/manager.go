@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -88,7 +89,7 @@ func (m *Manager) Reconcile(ctx context.Context) {
 	want := map[uint64]*placement.Upstream{}
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]
-		if contains(st.Assignments[u.GroupID], m.nodeID) {
+		if slices.Contains(st.Assignments[u.GroupID], m.nodeID) {
 			want[u.GroupID] = u
 		}
 	}
@@ -134,7 +135,7 @@ func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 		if err != nil || gid >= st.NextGroupID {
 			continue // not a group, or metadata not caught up: never delete what may be new
 		}
-		if _, running := m.shards[gid]; running || contains(st.Assignments[gid], m.nodeID) {
+		if _, running := m.shards[gid]; running || slices.Contains(st.Assignments[gid], m.nodeID) {
 			continue
 		}
 		m.log.Info("deleting data of a removed upstream group", "group", gid)
@@ -194,13 +195,4 @@ func (m *Manager) Shards() []*Shard {
 		out = append(out, s)
 	}
 	return out
-}
-
-func contains(s []uint64, v uint64) bool {
-	for _, x := range s {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

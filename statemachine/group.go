@@ -100,7 +100,6 @@ type Group struct {
 	tail    Tail
 	changed chan struct{}
 	closed  bool
-	readers int
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)

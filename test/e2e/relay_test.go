@@ -24,12 +24,6 @@ const (
 	replicaPass  = "repl-secret"
 )
 
-type cluster struct {
-	t      *testing.T
-	master *mariadbtest.Server
-	fl     *flotillatest.Node
-}
-
 func startMaster(ctx context.Context, t *testing.T, dir string) *mariadbtest.Server {
 	t.Helper()
 	m, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: 1, LogBin: true})

@@ -1,0 +1,221 @@
+// Package bench measures Flotilla against baselines taken in the same run and prints
+// each figure beside its baseline and the ratio. Run with `make bench`.
+package bench
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+const serverID = 1
+
+// txn builds one row transaction of about size bytes.
+func txn(seq uint64, size int) []byte {
+	g := binlog.GTID{Domain: 0, Server: serverID, Seq: seq}
+	var b []byte
+	b = append(b, binlog.NewGTIDEvent(g, 0, true)...)
+	b = append(b, binlog.NewQuery(serverID, "db", "BEGIN", true)...)
+	b = append(b, binlog.NewOpaque(binlog.TableMapEvent, serverID, 40, true)...)
+	b = append(b, binlog.NewOpaque(30, serverID, max(size-200, 10), true)...)
+	b = append(b, binlog.NewXID(serverID, seq, true)...)
+	return b
+}
+
+// writer drives a group's state machine directly, as raft would after commit.
+type writer struct {
+	g       *statemachine.Group
+	store   *statemachine.Store
+	index   uint64
+	epoch   uint64
+	ordinal uint64
+	seq     uint64
+}
+
+func newWriter(tb testing.TB, dir string) *writer {
+	st, err := statemachine.Open(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	g := st.NewGroup(2, 1).(*statemachine.Group)
+	idx, err := g.Open(nil)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	w := &writer{g: g, store: st, index: idx}
+	res := w.apply(tb, statemachine.EncodeClaimEpoch())
+	w.epoch = binary.BigEndian.Uint64(res.Data)
+	w.mustAppend(tb, []statemachine.Item{{NewFile: &statemachine.NewFile{ServerID: serverID, UpstreamFile: "m.000001",
+		FDE: binlog.NewFDE(serverID, "10.11.6-MariaDB-log", true), BaseState: binlog.Position{}}}}, 0)
+	return w
+}
+
+func (w *writer) close() { w.g.Close(); w.store.Close() }
+
+func (w *writer) apply(tb testing.TB, cmd []byte) sm.Result {
+	w.index++
+	out, err := w.g.Update([]sm.Entry{{Index: w.index, Cmd: cmd}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return out[0].Result
+}
+
+func (w *writer) mustAppend(tb testing.TB, items []statemachine.Item, txns uint64) {
+	r := w.apply(tb, (&statemachine.Append{Epoch: w.epoch, PrevOrdinal: w.ordinal, Items: items}).Encode())
+	if r.Value != statemachine.ResultOK {
+		tb.Fatalf("append rejected: %s", r.Data)
+	}
+	w.ordinal += txns
+}
+
+// batch returns batchBytes worth of transactions of txnSize bytes, as Append items.
+func (w *writer) batch(batchBytes, txnSize int) ([]statemachine.Item, int) {
+	var items []statemachine.Item
+	n := 0
+	for n < batchBytes {
+		w.seq++
+		ev := txn(w.seq, txnSize)
+		items = append(items, statemachine.Item{Txn: &statemachine.Txn{GTID: binlog.GTID{Server: serverID, Seq: w.seq}, First: true, Last: true, Events: ev}})
+		n += len(ev)
+	}
+	return items, n
+}
+
+func report(b *testing.B, what string, figure, baseline float64, unit string) {
+	ratio := figure / baseline
+	b.ReportMetric(figure, unit)
+	b.ReportMetric(baseline, "baseline-"+unit)
+	b.ReportMetric(ratio, "ratio")
+	fmt.Printf("%-44s %10.3f %-6s baseline %10.3f %-6s ratio %.5f\n", what, figure, unit, baseline, unit, ratio)
+}
+
+// BenchmarkAppend: segment append + index throughput with an fsync per raft batch,
+// against writing the same bytes to a plain file with the same fsync cadence.
+func BenchmarkAppend(b *testing.B) {
+	const batchBytes, txnSize, batches = 1 << 20, 16 << 10, 256
+	dir := b.TempDir()
+	for i := 0; i < b.N; i++ {
+		w := newWriter(b, filepath.Join(dir, "flotilla", strconv.Itoa(i)))
+		prepared := make([][]statemachine.Item, batches)
+		sizes := make([]int, batches)
+		var total int
+		for j := range prepared {
+			prepared[j], sizes[j] = w.batch(batchBytes, txnSize)
+			total += sizes[j]
+		}
+		start := time.Now()
+		for j := range prepared {
+			w.mustAppend(b, prepared[j], uint64(len(prepared[j])))
+			if err := w.g.Sync(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		flotilla := time.Since(start)
+		w.close()
+
+		f, err := os.Create(filepath.Join(dir, "plain-"+strconv.Itoa(i)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		buf := make([]byte, batchBytes)
+		start = time.Now()
+		for j := range sizes {
+			if _, err := f.Write(buf[:min(sizes[j], len(buf))]); err != nil {
+				b.Fatal(err)
+			}
+			if err := f.Sync(); err != nil {
+				b.Fatal(err)
+			}
+		}
+		plain := time.Since(start)
+		f.Close()
+		mb := float64(total) / (1 << 20)
+		report(b, fmt.Sprintf("append %d MiB, fsync per 1 MiB batch", int(mb)), mb/flotilla.Seconds(), mb/plain.Seconds(), "MB/s")
+	}
+}
+
+// BenchmarkSeek: time to find where to start a replica's dump for a random GTID in a
+// group holding FLOTILLA_BENCH_SEEK_GB (default 10) GiB, against a linear scan.
+func BenchmarkSeek(b *testing.B) {
+	gb := 10.0
+	if v := os.Getenv("FLOTILLA_BENCH_SEEK_GB"); v != "" {
+		gb, _ = strconv.ParseFloat(v, 64)
+	}
+	const txnSize = 64 << 10
+	dir := b.TempDir()
+	w := newWriter(b, dir)
+	defer w.close()
+	target := int64(gb * (1 << 30))
+	var written int64
+	for written < target {
+		items, n := w.batch(4<<20, txnSize)
+		w.mustAppend(b, items, uint64(len(items)))
+		written += int64(n)
+		if w.seq%20000 < uint64(len(items)) { // a new served file every ~1.2 GiB, as a master rotates
+			w.mustAppend(b, []statemachine.Item{{NewFile: &statemachine.NewFile{ServerID: serverID, UpstreamFile: fmt.Sprintf("m.%06d", w.seq),
+				FDE: binlog.NewFDE(serverID, "10.11.6-MariaDB-log", true)}}}, 0)
+		}
+	}
+	if err := w.g.Sync(); err != nil {
+		b.Fatal(err)
+	}
+	rnd := rand.New(rand.NewPCG(1, 2))
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		const seeks = 1000
+		start := time.Now()
+		for j := 0; j < seeks; j++ {
+			seq := 1 + rnd.Uint64N(w.seq)
+			if _, err := w.g.Locate(binlog.Position{0: {Domain: 0, Server: serverID, Seq: seq}}); err != nil {
+				b.Fatal(err)
+			}
+		}
+		seek := time.Since(start) / seeks
+		// Baseline: read records from the first file until the GTID shows up.
+		const scans = 3
+		start = time.Now()
+		for j := 0; j < scans; j++ {
+			seq := 1 + rnd.Uint64N(w.seq)
+			if err := linearScan(w.g, seq); err != nil {
+				b.Fatal(err)
+			}
+		}
+		scan := time.Since(start) / scans
+		report(b, fmt.Sprintf("seek GTID in %.1f GiB (%d txns)", float64(written)/(1<<30), w.seq), float64(seek.Microseconds())/1000, float64(scan.Microseconds())/1000, "ms")
+	}
+}
+
+func linearScan(g *statemachine.Group, seq uint64) error {
+	c, err := g.NewCursor(statemachine.Start{File: 1, Served: 4})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	t, _ := g.Tail()
+	for {
+		rec, err := c.Next(t)
+		if errors.Is(err, statemachine.ErrAtTail) {
+			return fmt.Errorf("GTID 0-%d-%d not found", serverID, seq)
+		}
+		if err != nil {
+			return err
+		}
+		if id, ok := statemachine.TxnGTID(rec.Payload); ok && id.Seq == seq {
+			return nil
+		}
+	}
+}
