@@ -1,0 +1,72 @@
+package placement
+
+import (
+	"bytes"
+	"encoding/json"
+	"testing"
+
+	sm "github.com/lni/dragonboat/v3/statemachine"
+)
+
+func apply(t *testing.T, m sm.IStateMachine, c command) sm.Result {
+	t.Helper()
+	b, _ := json.Marshal(c)
+	r, err := m.Update(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func TestGroupIDsAreNeverReused(t *testing.T) {
+	m := newMetaSM(1, 1)
+	for id, zone := range map[uint64]string{1: "a", 2: "a", 3: "b", 4: "c"} {
+		apply(t, m, command{Op: opRegisterNode, Node: &Node{ID: id, Labels: map[string]string{"zone": zone}}})
+	}
+	add := func(name string) *Upstream {
+		r := apply(t, m, command{Op: opAddUpstream, Upstream: &Upstream{Name: name, Source: "h:1", Replicas: 3}})
+		if r.Value != resultOK {
+			t.Fatalf("add %s refused: %s", name, r.Data)
+		}
+		var u Upstream
+		json.Unmarshal(r.Data, &u)
+		return &u
+	}
+	a := add("a")
+	if r := apply(t, m, command{Op: opAddUpstream, Upstream: &Upstream{Name: "a", Source: "h:1", Replicas: 1}}); r.Value != resultRefused {
+		t.Fatal("a duplicate name must be refused")
+	}
+	if r := apply(t, m, command{Op: opAddUpstream, Upstream: &Upstream{Name: "bad name", Source: "h:1", Replicas: 1}}); r.Value != resultRefused {
+		t.Fatal("a name with a space must be refused")
+	}
+	apply(t, m, command{Op: opRemoveUpstream, Name: "a"})
+	b := add("a")
+	if b.GroupID == a.GroupID || a.GroupID < 2 {
+		t.Fatalf("group ids %d then %d: ids must never be reused (and 1 is the metadata group)", a.GroupID, b.GroupID)
+	}
+	st, _ := m.Lookup(nil)
+	nodes := st.(*State).Assignments[b.GroupID]
+	zones := map[string]bool{}
+	for _, n := range nodes {
+		zones[st.(*State).Nodes[n].Labels["zone"]] = true
+	}
+	if len(nodes) != 3 || len(zones) != 3 {
+		t.Fatalf("replicas on nodes %v span zones %v: want 3 nodes in 3 zones", nodes, zones)
+	}
+	if r := apply(t, m, command{Op: opRemoveUpstream, Name: "nope"}); r.Value != resultRefused || !bytes.Contains(r.Data, []byte("unknown upstream")) {
+		t.Fatalf("removing an unknown upstream: %s", r.Data)
+	}
+
+	var buf bytes.Buffer
+	if err := m.SaveSnapshot(&buf, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	m2 := newMetaSM(1, 2)
+	if err := m2.RecoverFromSnapshot(&buf, nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	st2, _ := m2.Lookup(nil)
+	if st2.(*State).NextGroupID != st.(*State).NextGroupID || len(st2.(*State).Upstreams) != 1 {
+		t.Fatal("snapshot did not restore the metadata")
+	}
+}
