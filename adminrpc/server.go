@@ -204,6 +204,34 @@ func (s *Server) RemoveUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*a
 	return &adminv1.RemoveUpstreamResponse{}, nil
 }
 
+// PurgeUpstream purges served files before the given one.
+func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*adminv1.PurgeResponse, error) {
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, metaErr(err)
+	}
+	u, ok := st.Upstreams[r.Name]
+	if !ok {
+		return nil, status.Errorf(codes.NotFound, "unknown upstream %q (see `flotilla upstream list`)", r.Name)
+	}
+	sh, ok := s.Shards.Shard(u.GroupID)
+	if !ok {
+		return nil, status.Errorf(codes.FailedPrecondition, "this node holds no replica of upstream %q; run the purge against its leader", r.Name)
+	}
+	first, err := sh.Purge(ctx, r.ToFile)
+	if err != nil {
+		return nil, status.Error(codes.FailedPrecondition, err.Error())
+	}
+	out := &adminv1.PurgeResponse{FirstFile: statemachine.FileName(first)}
+	if g, ok := sh.Group(); ok {
+		if av, err := g.OldestAvailable(); err == nil {
+			out.OldestGtid = av.String()
+		}
+	}
+	s.Log.Info("binlog purged", "upstream", r.Name, "first_file", out.FirstFile)
+	return out, nil
+}
+
 // ListNodes lists the cluster's nodes with their group counts.
 func (s *Server) ListNodes(ctx context.Context, _ *adminv1.ListNodesRequest) (*adminv1.ListNodesResponse, error) {
 	st, err := s.Meta.Read(ctx)
@@ -261,6 +289,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adm
 			gs.ExecutedGtid, gs.Transactions, gs.Bytes = t.State.String(), t.Ordinal, t.Bytes
 			if t.File > 0 {
 				gs.CurrentFile, gs.CurrentFileSize = statemachine.FileName(t.File), t.FileSize
+				gs.FirstFile = statemachine.FileName(t.FirstFile)
 			}
 		}
 	}

@@ -33,14 +33,16 @@ type Manager struct {
 	meta   Metadata
 	nodeID uint64
 	log    *slog.Logger
+	// retention is applied by each group's leader.
+	retention statemachine.Retention
 
 	mu     sync.Mutex
 	shards map[uint64]*Shard
 }
 
 // NewManager creates a manager; Run starts reconciling.
-func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, nodeID uint64, log *slog.Logger) *Manager {
-	return &Manager{nh: nh, store: store, meta: meta, nodeID: nodeID, log: log, shards: map[uint64]*Shard{}}
+func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, nodeID uint64, retention statemachine.Retention, log *slog.Logger) *Manager {
+	return &Manager{nh: nh, store: store, meta: meta, nodeID: nodeID, retention: retention, log: log, shards: map[uint64]*Shard{}}
 }
 
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the

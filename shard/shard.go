@@ -140,6 +140,7 @@ func (s *Shard) startSyncer(ctx context.Context) *syncerRun {
 	sctx, r.cancel = context.WithCancel(ctx)
 	go func() {
 		defer close(r.done)
+		go s.runRetention(sctx)
 		s.runSyncer(sctx)
 	}()
 	return r

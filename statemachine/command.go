@@ -15,6 +15,8 @@ const (
 	KindClaimEpoch byte = 1
 	// KindAppend appends transactions (and file boundaries) to the group's binlog.
 	KindAppend byte = 2
+	// KindPurge deletes the served files before a given one on every replica alike.
+	KindPurge byte = 3
 )
 
 const commandVersion byte = 1
@@ -70,6 +72,24 @@ const (
 
 // EncodeClaimEpoch returns the ClaimEpoch command.
 func EncodeClaimEpoch() []byte { return []byte{commandVersion, KindClaimEpoch} }
+
+// EncodePurge returns the command that purges every served file before file before.
+func EncodePurge(before uint64) []byte {
+	return binary.AppendUvarint([]byte{commandVersion, KindPurge}, before)
+}
+
+// DecodePurge returns the file a purge command keeps (everything before it goes).
+func DecodePurge(cmd []byte) (uint64, error) {
+	if len(cmd) < 3 || cmd[0] != commandVersion || cmd[1] != KindPurge {
+		return 0, fmt.Errorf("%w: not a purge command", errBadCommand)
+	}
+	d := &decoder{b: cmd[2:]}
+	v := d.uvarint()
+	if d.err == nil && len(d.b) != 0 {
+		d.err = fmt.Errorf("%w: %d trailing bytes", errBadCommand, len(d.b))
+	}
+	return v, d.err
+}
 
 // Encode serialises an Append command.
 func (a *Append) Encode() []byte {
@@ -184,6 +204,11 @@ func DecodeCommand(cmd []byte) (byte, *Append, error) {
 	switch cmd[1] {
 	case KindClaimEpoch:
 		return KindClaimEpoch, nil, nil
+	case KindPurge:
+		if _, err := DecodePurge(cmd); err != nil {
+			return 0, nil, err
+		}
+		return KindPurge, nil, nil
 	case KindAppend:
 	default:
 		return 0, nil, fmt.Errorf("%w: unknown kind %d", errBadCommand, cmd[1])

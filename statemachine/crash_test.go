@@ -216,4 +216,3 @@ func verifyPrefix(t *testing.T, dir string, rnd *rand.Rand) uint64 {
 	}
 	return seq
 }
-

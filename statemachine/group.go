@@ -48,6 +48,7 @@ type meta struct {
 	UpstreamFile string          `json:"upstream_file"`
 	State        binlog.Position `json:"state"`
 	Bytes        uint64          `json:"bytes"`
+	LastTS       uint32          `json:"last_ts,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -66,19 +67,24 @@ type fileInfo struct {
 	Size    uint64 `json:"size"`
 	SegSize uint64 `json:"seg_size"`
 	Closed  bool   `json:"closed"`
+	// LastTS is the master's timestamp of the file's last transaction: retention by
+	// age uses it, so every replica judges a file's age alike.
+	LastTS uint32 `json:"last_ts,omitempty"`
 }
 
 // Tail is what readers may see of a group: everything before (File, FileSize) is a
 // committed, complete part of the served binlog.
 type Tail struct {
-	File     uint64
-	FileSize uint64
-	SegSize  uint64
-	State    binlog.Position
-	Ordinal  uint64
-	Epoch    uint64
-	Upstream string
-	Bytes    uint64
+	// FirstFile is the oldest served file still held (purge moves it).
+	FirstFile uint64
+	File      uint64
+	FileSize  uint64
+	SegSize   uint64
+	State     binlog.Position
+	Ordinal   uint64
+	Epoch     uint64
+	Upstream  string
+	Bytes     uint64
 }
 
 // Group is the on-disk state machine of one upstream group on one node: served binlog
@@ -100,6 +106,7 @@ type Group struct {
 	tail    Tail
 	changed chan struct{}
 	closed  bool
+	reading map[*Cursor]uint64 // file each open cursor is in; purge holds back for them
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)
@@ -138,11 +145,12 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 		g.m.State = binlog.Position{}
 	}
 	// Segment files newer than the current one were created by an Update whose index
-	// write never landed: they are not part of the applied state.
+	// write never landed, and older ones than the first were being purged: neither is
+	// part of the applied state.
 	entries, _ := os.ReadDir(g.dir)
 	for _, e := range entries {
 		var no uint64
-		if _, err := fmt.Sscanf(e.Name(), "%06d.seg", &no); err == nil && no > g.m.File {
+		if _, err := fmt.Sscanf(e.Name(), "%06d.seg", &no); err == nil && (no > g.m.File || no < g.m.FirstFile) {
 			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
 				return 0, fmt.Errorf("group %d: remove unapplied segment %s: %w", g.id, e.Name(), err)
 			}
@@ -229,6 +237,10 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 		// replica alike rather than stop the group.
 		g.log.Error("rejecting malformed command", "group", g.id, "index", index, "err", err)
 		return rejected("malformed command: %v", err), nil
+	}
+	if kind == KindPurge {
+		before, _ := DecodePurge(cmd)
+		return g.purge(bt, before)
 	}
 	if kind == KindClaimEpoch {
 		if err := g.dropPending(bt); err != nil {
@@ -329,7 +341,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 			return err
 		}
 		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
-			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true}
+			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS}
 		if err := g.putFile(bt, fi); err != nil {
 			return err
 		}
@@ -390,6 +402,9 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 	}
 	g.m.Pending = nil
 	g.m.State[t.GTID.Domain] = t.GTID
+	if len(payload) >= binlog.HeaderLen {
+		g.m.LastTS = binary.LittleEndian.Uint32(payload)
+	}
 	g.m.Ordinal++
 	g.m.SegSize, g.m.FileSize = g.m.PartSeg, g.m.PartServed
 	return nil
@@ -456,7 +471,7 @@ func (g *Group) fileStart(no uint64) binlog.Position {
 // publish makes the applied state visible to readers and wakes them.
 func (g *Group) publish() {
 	g.mu.Lock()
-	g.tail = Tail{File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
+	g.tail = Tail{FirstFile: g.m.FirstFile, File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
 		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes}
 	close(g.changed)
 	g.changed = make(chan struct{})

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"strings"
 	"testing"
+	"time"
 
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
@@ -344,4 +347,73 @@ func FuzzRecordHeader(f *testing.F) {
 		}
 		_, _ = decodeTxnLoc(b)
 	})
+}
+
+func TestPurge(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ep := h.claim()
+	var seq uint64
+	ord := uint64(0)
+	for f := 1; f <= 4; f++ {
+		items := []Item{newFile(fmt.Sprintf("m.%d", f), binlog.Position{0: gt(0)})}
+		for i := 0; i < 3 && !(f == 4 && i > 0); i++ {
+			seq++
+			items = append(items, txn(gt(seq), 1000))
+		}
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: ord, Items: items})
+		ord = seq
+	}
+	// A slow replica still reading file 1 holds retention back.
+	slow, err := h.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keep, reason, err := h.g.PurgeTarget(Retention{MaxBytes: 1}, time.Now())
+	if err != nil || keep != 1 || !strings.Contains(reason, "held back") {
+		t.Fatalf("with a reader on file 1: keep %d (%q), %v", keep, reason, err)
+	}
+	slow.Close()
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxBytes: 1}, time.Now()); keep != 4 {
+		t.Fatalf("size policy keeps from file %d, want 4 (the current file is never purged)", keep)
+	}
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(30*time.Minute)); keep != 1 {
+		t.Fatalf("age policy purged young files (keep %d)", keep)
+	}
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(2*time.Hour)); keep != 4 {
+		t.Fatalf("age policy keeps from %d, want 4", keep)
+	}
+
+	if r := h.apply(EncodePurge(3)); r.Value != ResultOK {
+		t.Fatalf("purge refused: %s", r.Data)
+	}
+	if r := h.apply(EncodePurge(5)); r.Value != ResultRejected {
+		t.Fatal("purging the current file must be refused")
+	}
+	files, _ := h.g.Files()
+	if len(files) != 2 || files[0].Name != FileName(3) {
+		t.Fatalf("files after purge: %v", files)
+	}
+	if _, err := os.Stat(h.g.segPath(1)); !os.IsNotExist(err) {
+		t.Fatal("segment of a purged file still exists")
+	}
+	_, err = h.g.Locate(binlog.Position{0: gt(2)})
+	if !errors.Is(err, ErrPosition) || !strings.Contains(err.Error(), "oldest GTID still available is 0-11-7") {
+		t.Fatalf("asking for purged history: %v", err)
+	}
+	if s, err := h.g.Locate(binlog.Position{0: gt(6)}); err != nil || s.File != 3 || s.Served != 4 {
+		t.Fatalf("the position a kept file starts from must be served: %+v %v", s, err)
+	}
+	if _, err := h.g.LocateFile(FileName(2), 4); !errors.Is(err, ErrPosition) {
+		t.Fatalf("a purged file must be refused, got %v", err)
+	}
+	h.close()
+	h2 := newHarness(t, dir)
+	defer h2.close()
+	if tl, _ := h2.g.Tail(); tl.FirstFile != 3 || tl.Ordinal != seq {
+		t.Fatalf("after reopen: %+v", tl)
+	}
+	if recs := readAll(t, h2.g, Start{File: 3, Served: 4}); len(recs) != 7 {
+		t.Fatalf("%d records in the kept files, want 7", len(recs))
+	}
 }

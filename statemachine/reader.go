@@ -134,11 +134,7 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 func (g *Group) firstFile() uint64 {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	// FirstFile moves only with purge (not yet implemented); files start at 1.
-	if g.tail.File == 0 {
-		return 0
-	}
-	return 1
+	return g.tail.FirstFile
 }
 
 // Locate finds where to start serving a replica whose GTID position is want: the
@@ -159,10 +155,20 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 	oldest := fi.StartState
 	best := Start{File: t.File, Served: t.FileSize, Seg: t.SegSize}
 	fromStart := false
+	// available names what a replica can still be served from in domain d.
+	available := func(d uint32) string {
+		first := oldest[d]
+		if av, err := g.OldestAvailable(); err == nil {
+			if a, ok := av[d]; ok {
+				first = a
+			}
+		}
+		return fmt.Sprintf("the oldest GTID still available is %s (a replica at %s or later can be served)", first, oldest[d])
+	}
 	for _, d := range oldest.Domains() {
 		if _, ok := want[d]; !ok {
-			return Start{}, fmt.Errorf("%w: the replica has no GTID for domain %d, so it needs that domain from its beginning, but Flotilla's history starts after %s; set the replica's gtid_slave_pos or re-add the upstream with an earlier --start-gtid",
-				ErrPosition, d, oldest[d])
+			return Start{}, fmt.Errorf("%w: the replica has no GTID for domain %d, so it needs that domain from its beginning, but Flotilla's history of it starts after %s; %s. Set the replica's gtid_slave_pos, or re-add the upstream with an earlier --start-gtid",
+				ErrPosition, d, oldest[d], available(d))
 		}
 	}
 	for _, d := range t.State.Domains() {
@@ -181,8 +187,8 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 		}
 		if o, ok := oldest[d]; ok {
 			if w.Seq < o.Seq {
-				return Start{}, fmt.Errorf("%w: the replica asks for GTID %s but Flotilla's history of domain %d starts after %s; the oldest GTID available is %s",
-					ErrPosition, w, d, o, o)
+				return Start{}, fmt.Errorf("%w: the replica asks to continue after GTID %s, but Flotilla's history of domain %d starts after %s; %s",
+					ErrPosition, w, d, o, available(d))
 			}
 			if w == o {
 				fromStart = true
@@ -260,6 +266,7 @@ func (g *Group) NewCursor(s Start) (*Cursor, error) {
 	if err := c.open(); err != nil {
 		return nil, err
 	}
+	g.setReading(c, c.file)
 	return c, nil
 }
 
@@ -277,6 +284,11 @@ func (c *Cursor) open() error {
 
 // Close releases the cursor's file.
 func (c *Cursor) Close() {
+	c.closeFile()
+	c.g.setReading(c, 0)
+}
+
+func (c *Cursor) closeFile() {
 	if c.f != nil {
 		c.f.Close()
 		c.f = nil
@@ -323,8 +335,9 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 		}
 	}
 	if rec.Type == recRotate {
-		c.Close()
+		c.closeFile()
 		c.file++
+		c.g.setReading(c, c.file)
 		c.seg, c.served = 0, 4
 		if c.file <= t.File {
 			if err := c.open(); err != nil {

@@ -62,6 +62,7 @@ func (s *Store) NewGroup(clusterID, nodeID uint64) sm.IOnDiskStateMachine {
 		dirty:       map[uint64]*os.File{},
 		startStates: map[uint64]binlog.Position{},
 		changed:     make(chan struct{}),
+		reading:     map[*Cursor]uint64{},
 	}
 	s.mu.Lock()
 	s.groups[clusterID] = g

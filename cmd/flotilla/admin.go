@@ -155,6 +155,25 @@ func upstreamCommand() *cli.Command {
 				return cl.RemoveUpstream(ctx, &adminv1.UpstreamRef{Name: n})
 			}),
 			{
+				Name: "purge", Usage: "delete served binlog files before --to on every node (files connected replicas read are kept)", ArgsUsage: "NAME",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "to", Required: true, Usage: "first served file to keep, e.g. flotilla-bin.000012"}, outputFlag},
+				Action: func(c *cli.Context) error {
+					n, err := needName(c)
+					if err != nil {
+						return err
+					}
+					return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						r, err := cl.PurgeUpstream(ctx, &adminv1.PurgeRequest{Name: n, ToFile: c.String("to")})
+						if err != nil {
+							return err
+						}
+						return render(c, r, func(w io.Writer) {
+							fmt.Fprintf(w, "%s: oldest file now %s, oldest GTID available %s\n", n, r.FirstFile, dash(r.OldestGtid))
+						})
+					})
+				},
+			},
+			{
 				Name: "repoint", Usage: "point the upstream at a new master after failover", ArgsUsage: "NAME",
 				Flags: []cli.Flag{&cli.StringFlag{Name: "source", Required: true}, &cli.BoolFlag{Name: "force"}, outputFlag},
 				Action: func(c *cli.Context) error {
@@ -296,7 +315,7 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("Executed GTID", dash(g.ExecutedGtid))
 	row("Transactions", g.Transactions)
 	row("Bytes", g.Bytes)
-	row("Current file", fmt.Sprintf("%s (%d bytes)", dash(g.CurrentFile), g.CurrentFileSize))
+	row("Files", fmt.Sprintf("%s .. %s (current: %d bytes)", dash(g.FirstFile), dash(g.CurrentFile), g.CurrentFileSize))
 	row("Master file", dash(g.MasterFile))
 	row("Last event", dash(g.LastEventAt))
 	row("Lag (s)", fmt.Sprintf("%.1f", g.LagSeconds))

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"gopkg.in/yaml.v3"
@@ -25,6 +26,8 @@ func serveCommand() *cli.Command {
 			&cli.StringFlag{Name: "raft-addr", Usage: "raft address, reachable by the other nodes (default 127.0.0.1:7071)"},
 			&cli.StringFlag{Name: "join", Usage: "admin addresses of existing nodes, comma-separated"},
 			&cli.StringSliceFlag{Name: "label", Usage: "node label k=v (e.g. zone=a); repeatable"},
+			&cli.DurationFlag{Name: "retention-age", Value: 7 * 24 * time.Hour, Usage: "purge served binlog files whose last transaction is older (0 keeps all)"},
+			&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -45,6 +48,12 @@ func serveCommand() *cli.Command {
 				if c.IsSet(flag) {
 					*dst = c.String(flag)
 				}
+			}
+			if c.IsSet("retention-age") || cfg.RetentionAge == 0 {
+				cfg.RetentionAge = c.Duration("retention-age")
+			}
+			if c.IsSet("retention-bytes") {
+				cfg.RetentionBytes = c.Uint64("retention-bytes")
 			}
 			if j := c.String("join"); j != "" {
 				cfg.Join = strings.Split(j, ",")

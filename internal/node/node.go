@@ -34,6 +34,9 @@ type Config struct {
 	Join       []string          `yaml:"join"`
 	Labels     map[string]string `yaml:"labels"`
 	AdminToken string            `yaml:"admin_token"`
+	// RetentionAge and RetentionBytes bound each group's binlog (0 = unbounded).
+	RetentionAge   time.Duration `yaml:"retention_age"`
+	RetentionBytes uint64        `yaml:"retention_bytes"`
 }
 
 // Defaults fills unset fields with the one-node defaults of the design.
@@ -116,7 +119,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, err
 	}
-	n.shards = shard.NewManager(nh, store, n.meta, cfg.NodeID, log)
+	n.shards = shard.NewManager(nh, store, n.meta, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
 	go n.shards.Run(ctx, 300*time.Millisecond)
 
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))

@@ -466,6 +466,112 @@ func (*RemoveUpstreamResponse) Descriptor() ([]byte, []int) {
 	return file_admin_proto_rawDescGZIP(), []int{5}
 }
 
+type PurgeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	ToFile        string                 `protobuf:"bytes,2,opt,name=to_file,json=toFile,proto3" json:"to_file,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeRequest) Reset() {
+	*x = PurgeRequest{}
+	mi := &file_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeRequest) ProtoMessage() {}
+
+func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
+func (*PurgeRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *PurgeRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *PurgeRequest) GetToFile() string {
+	if x != nil {
+		return x.ToFile
+	}
+	return ""
+}
+
+type PurgeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The oldest served file now held.
+	FirstFile string `protobuf:"bytes,1,opt,name=first_file,json=firstFile,proto3" json:"first_file,omitempty"`
+	// The oldest GTID still available.
+	OldestGtid    string `protobuf:"bytes,2,opt,name=oldest_gtid,json=oldestGtid,proto3" json:"oldest_gtid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PurgeResponse) Reset() {
+	*x = PurgeResponse{}
+	mi := &file_admin_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PurgeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PurgeResponse) ProtoMessage() {}
+
+func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
+func (*PurgeResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PurgeResponse) GetFirstFile() string {
+	if x != nil {
+		return x.FirstFile
+	}
+	return ""
+}
+
+func (x *PurgeResponse) GetOldestGtid() string {
+	if x != nil {
+		return x.OldestGtid
+	}
+	return ""
+}
+
 type ListUpstreamsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -474,7 +580,7 @@ type ListUpstreamsRequest struct {
 
 func (x *ListUpstreamsRequest) Reset() {
 	*x = ListUpstreamsRequest{}
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +592,7 @@ func (x *ListUpstreamsRequest) String() string {
 func (*ListUpstreamsRequest) ProtoMessage() {}
 
 func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +605,7 @@ func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUpstreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListUpstreamsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{6}
+	return file_admin_proto_rawDescGZIP(), []int{8}
 }
 
 type ListUpstreamsResponse struct {
@@ -511,7 +617,7 @@ type ListUpstreamsResponse struct {
 
 func (x *ListUpstreamsResponse) Reset() {
 	*x = ListUpstreamsResponse{}
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +629,7 @@ func (x *ListUpstreamsResponse) String() string {
 func (*ListUpstreamsResponse) ProtoMessage() {}
 
 func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +642,7 @@ func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUpstreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListUpstreamsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{7}
+	return file_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListUpstreamsResponse) GetUpstreams() []*UpstreamStatus {
@@ -562,7 +668,7 @@ type ConnectedReplica struct {
 
 func (x *ConnectedReplica) Reset() {
 	*x = ConnectedReplica{}
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -574,7 +680,7 @@ func (x *ConnectedReplica) String() string {
 func (*ConnectedReplica) ProtoMessage() {}
 
 func (x *ConnectedReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -587,7 +693,7 @@ func (x *ConnectedReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectedReplica.ProtoReflect.Descriptor instead.
 func (*ConnectedReplica) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{8}
+	return file_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ConnectedReplica) GetAddr() string {
@@ -660,13 +766,14 @@ type GroupStatus struct {
 	Reconnects      uint64                 `protobuf:"varint,17,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
 	// Where this status was read (the node answering may not host the group).
 	ReportedBy    uint64 `protobuf:"varint,18,opt,name=reported_by,json=reportedBy,proto3" json:"reported_by,omitempty"`
+	FirstFile     string `protobuf:"bytes,19,opt,name=first_file,json=firstFile,proto3" json:"first_file,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -678,7 +785,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -691,7 +798,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{9}
+	return file_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *GroupStatus) GetGroupId() uint64 {
@@ -820,6 +927,13 @@ func (x *GroupStatus) GetReportedBy() uint64 {
 	return 0
 }
 
+func (x *GroupStatus) GetFirstFile() string {
+	if x != nil {
+		return x.FirstFile
+	}
+	return ""
+}
+
 type UpstreamStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Upstream      *Upstream              `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
@@ -830,7 +944,7 @@ type UpstreamStatus struct {
 
 func (x *UpstreamStatus) Reset() {
 	*x = UpstreamStatus{}
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -842,7 +956,7 @@ func (x *UpstreamStatus) String() string {
 func (*UpstreamStatus) ProtoMessage() {}
 
 func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -855,7 +969,7 @@ func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamStatus.ProtoReflect.Descriptor instead.
 func (*UpstreamStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{10}
+	return file_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *UpstreamStatus) GetUpstream() *Upstream {
@@ -887,7 +1001,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -899,7 +1013,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -912,7 +1026,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{11}
+	return file_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Node) GetId() uint64 {
@@ -973,7 +1087,7 @@ type NodeRef struct {
 
 func (x *NodeRef) Reset() {
 	*x = NodeRef{}
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -985,7 +1099,7 @@ func (x *NodeRef) String() string {
 func (*NodeRef) ProtoMessage() {}
 
 func (x *NodeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -998,7 +1112,7 @@ func (x *NodeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRef.ProtoReflect.Descriptor instead.
 func (*NodeRef) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{12}
+	return file_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *NodeRef) GetId() uint64 {
@@ -1016,7 +1130,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1142,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1155,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{13}
+	return file_admin_proto_rawDescGZIP(), []int{15}
 }
 
 type ListNodesResponse struct {
@@ -1053,7 +1167,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1065,7 +1179,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1078,7 +1192,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{14}
+	return file_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1096,7 +1210,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1222,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1235,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{15}
+	return file_admin_proto_rawDescGZIP(), []int{17}
 }
 
 type StatusRequest struct {
@@ -1132,7 +1246,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1144,7 +1258,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1157,7 +1271,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type StatusResponse struct {
@@ -1172,7 +1286,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1298,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1311,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{17}
+	return file_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -1271,7 +1385,15 @@ const file_admin_proto_rawDesc = "" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x14\n" +
 	"\x05force\x18\x03 \x01(\bR\x05force\"\x18\n" +
-	"\x16RemoveUpstreamResponse\"\x16\n" +
+	"\x16RemoveUpstreamResponse\";\n" +
+	"\fPurgeRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x17\n" +
+	"\ato_file\x18\x02 \x01(\tR\x06toFile\"O\n" +
+	"\rPurgeResponse\x12\x1d\n" +
+	"\n" +
+	"first_file\x18\x01 \x01(\tR\tfirstFile\x12\x1f\n" +
+	"\voldest_gtid\x18\x02 \x01(\tR\n" +
+	"oldestGtid\"\x16\n" +
 	"\x14ListUpstreamsRequest\"X\n" +
 	"\x15ListUpstreamsResponse\x12?\n" +
 	"\tupstreams\x18\x01 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams\"\xbe\x01\n" +
@@ -1282,7 +1404,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\xf4\x04\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\x93\x05\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1309,7 +1431,9 @@ const file_admin_proto_rawDesc = "" +
 	"reconnects\x18\x11 \x01(\x04R\n" +
 	"reconnects\x12\x1f\n" +
 	"\vreported_by\x18\x12 \x01(\x04R\n" +
-	"reportedBy\"\x7f\n" +
+	"reportedBy\x12\x1d\n" +
+	"\n" +
+	"first_file\x18\x13 \x01(\tR\tfirstFile\"\x7f\n" +
 	"\x0eUpstreamStatus\x127\n" +
 	"\bupstream\x18\x01 \x01(\v2\x1b.flotilla.admin.v1.UpstreamR\bupstream\x124\n" +
 	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\x9b\x02\n" +
@@ -1338,7 +1462,7 @@ const file_admin_proto_rawDesc = "" +
 	"\vmeta_leader\x18\x02 \x01(\x04R\n" +
 	"metaLeader\x12-\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x17.flotilla.admin.v1.NodeR\x05nodes\x12?\n" +
-	"\tupstreams\x18\x04 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams2\x9f\a\n" +
+	"\tupstreams\x18\x04 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams2\xf3\a\n" +
 	"\x05Admin\x12Q\n" +
 	"\vAddUpstream\x12%.flotilla.admin.v1.AddUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12b\n" +
 	"\rListUpstreams\x12'.flotilla.admin.v1.ListUpstreamsRequest\x1a(.flotilla.admin.v1.ListUpstreamsResponse\x12P\n" +
@@ -1346,7 +1470,8 @@ const file_admin_proto_rawDesc = "" +
 	"\rPauseUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a\x1b.flotilla.admin.v1.Upstream\x12M\n" +
 	"\x0eResumeUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a\x1b.flotilla.admin.v1.Upstream\x12Y\n" +
 	"\x0fRepointUpstream\x12).flotilla.admin.v1.RepointUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12[\n" +
-	"\x0eRemoveUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a).flotilla.admin.v1.RemoveUpstreamResponse\x12V\n" +
+	"\x0eRemoveUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a).flotilla.admin.v1.RemoveUpstreamResponse\x12R\n" +
+	"\rPurgeUpstream\x12\x1f.flotilla.admin.v1.PurgeRequest\x1a .flotilla.admin.v1.PurgeResponse\x12V\n" +
 	"\tListNodes\x12#.flotilla.admin.v1.ListNodesRequest\x1a$.flotilla.admin.v1.ListNodesResponse\x12@\n" +
 	"\tDrainNode\x12\x1a.flotilla.admin.v1.NodeRef\x1a\x17.flotilla.admin.v1.Node\x12O\n" +
 	"\n" +
@@ -1365,7 +1490,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_admin_proto_goTypes = []any{
 	(*ReplicaUser)(nil),            // 0: flotilla.admin.v1.ReplicaUser
 	(*AddUpstreamRequest)(nil),     // 1: flotilla.admin.v1.AddUpstreamRequest
@@ -1373,54 +1498,58 @@ var file_admin_proto_goTypes = []any{
 	(*UpstreamRef)(nil),            // 3: flotilla.admin.v1.UpstreamRef
 	(*RepointUpstreamRequest)(nil), // 4: flotilla.admin.v1.RepointUpstreamRequest
 	(*RemoveUpstreamResponse)(nil), // 5: flotilla.admin.v1.RemoveUpstreamResponse
-	(*ListUpstreamsRequest)(nil),   // 6: flotilla.admin.v1.ListUpstreamsRequest
-	(*ListUpstreamsResponse)(nil),  // 7: flotilla.admin.v1.ListUpstreamsResponse
-	(*ConnectedReplica)(nil),       // 8: flotilla.admin.v1.ConnectedReplica
-	(*GroupStatus)(nil),            // 9: flotilla.admin.v1.GroupStatus
-	(*UpstreamStatus)(nil),         // 10: flotilla.admin.v1.UpstreamStatus
-	(*Node)(nil),                   // 11: flotilla.admin.v1.Node
-	(*NodeRef)(nil),                // 12: flotilla.admin.v1.NodeRef
-	(*ListNodesRequest)(nil),       // 13: flotilla.admin.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 14: flotilla.admin.v1.ListNodesResponse
-	(*RemoveNodeResponse)(nil),     // 15: flotilla.admin.v1.RemoveNodeResponse
-	(*StatusRequest)(nil),          // 16: flotilla.admin.v1.StatusRequest
-	(*StatusResponse)(nil),         // 17: flotilla.admin.v1.StatusResponse
-	nil,                            // 18: flotilla.admin.v1.Node.LabelsEntry
+	(*PurgeRequest)(nil),           // 6: flotilla.admin.v1.PurgeRequest
+	(*PurgeResponse)(nil),          // 7: flotilla.admin.v1.PurgeResponse
+	(*ListUpstreamsRequest)(nil),   // 8: flotilla.admin.v1.ListUpstreamsRequest
+	(*ListUpstreamsResponse)(nil),  // 9: flotilla.admin.v1.ListUpstreamsResponse
+	(*ConnectedReplica)(nil),       // 10: flotilla.admin.v1.ConnectedReplica
+	(*GroupStatus)(nil),            // 11: flotilla.admin.v1.GroupStatus
+	(*UpstreamStatus)(nil),         // 12: flotilla.admin.v1.UpstreamStatus
+	(*Node)(nil),                   // 13: flotilla.admin.v1.Node
+	(*NodeRef)(nil),                // 14: flotilla.admin.v1.NodeRef
+	(*ListNodesRequest)(nil),       // 15: flotilla.admin.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 16: flotilla.admin.v1.ListNodesResponse
+	(*RemoveNodeResponse)(nil),     // 17: flotilla.admin.v1.RemoveNodeResponse
+	(*StatusRequest)(nil),          // 18: flotilla.admin.v1.StatusRequest
+	(*StatusResponse)(nil),         // 19: flotilla.admin.v1.StatusResponse
+	nil,                            // 20: flotilla.admin.v1.Node.LabelsEntry
 }
 var file_admin_proto_depIdxs = []int32{
 	0,  // 0: flotilla.admin.v1.AddUpstreamRequest.replica_users:type_name -> flotilla.admin.v1.ReplicaUser
-	10, // 1: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
-	8,  // 2: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
+	12, // 1: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	10, // 2: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
 	2,  // 3: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
-	9,  // 4: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
-	18, // 5: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
-	11, // 6: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
-	11, // 7: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
-	10, // 8: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	11, // 4: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
+	20, // 5: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
+	13, // 6: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
+	13, // 7: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
+	12, // 8: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
 	1,  // 9: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
-	6,  // 10: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
+	8,  // 10: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
 	3,  // 11: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
 	3,  // 12: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
 	3,  // 13: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
 	4,  // 14: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
 	3,  // 15: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	13, // 16: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
-	12, // 17: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
-	12, // 18: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
-	16, // 19: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
-	2,  // 20: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
-	7,  // 21: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
-	10, // 22: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
-	2,  // 23: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
-	2,  // 24: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
-	2,  // 25: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
-	5,  // 26: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
-	14, // 27: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
-	11, // 28: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
-	15, // 29: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
-	17, // 30: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
-	20, // [20:31] is the sub-list for method output_type
-	9,  // [9:20] is the sub-list for method input_type
+	6,  // 16: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
+	15, // 17: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
+	14, // 18: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
+	14, // 19: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
+	18, // 20: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
+	2,  // 21: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
+	9,  // 22: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
+	12, // 23: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
+	2,  // 24: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
+	2,  // 25: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
+	2,  // 26: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
+	5,  // 27: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
+	7,  // 28: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
+	16, // 29: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
+	13, // 30: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
+	17, // 31: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
+	19, // 32: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
+	21, // [21:33] is the sub-list for method output_type
+	9,  // [9:21] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1437,7 +1566,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

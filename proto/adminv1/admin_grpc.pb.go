@@ -29,6 +29,7 @@ const (
 	Admin_ResumeUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/ResumeUpstream"
 	Admin_RepointUpstream_FullMethodName = "/flotilla.admin.v1.Admin/RepointUpstream"
 	Admin_RemoveUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/RemoveUpstream"
+	Admin_PurgeUpstream_FullMethodName   = "/flotilla.admin.v1.Admin/PurgeUpstream"
 	Admin_ListNodes_FullMethodName       = "/flotilla.admin.v1.Admin/ListNodes"
 	Admin_DrainNode_FullMethodName       = "/flotilla.admin.v1.Admin/DrainNode"
 	Admin_RemoveNode_FullMethodName      = "/flotilla.admin.v1.Admin/RemoveNode"
@@ -49,6 +50,9 @@ type AdminClient interface {
 	RepointUpstream(ctx context.Context, in *RepointUpstreamRequest, opts ...grpc.CallOption) (*Upstream, error)
 	// RemoveUpstream stops relaying and deletes the upstream's binlog on every node.
 	RemoveUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*RemoveUpstreamResponse, error)
+	// PurgeUpstream deletes served binlog files before to_file on every replica of the
+	// group (like PURGE BINARY LOGS TO), holding back for files connected replicas read.
+	PurgeUpstream(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	DrainNode(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Node, error)
 	RemoveNode(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
@@ -133,6 +137,16 @@ func (c *adminClient) RemoveUpstream(ctx context.Context, in *UpstreamRef, opts 
 	return out, nil
 }
 
+func (c *adminClient) PurgeUpstream(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PurgeResponse)
+	err := c.cc.Invoke(ctx, Admin_PurgeUpstream_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ListNodesResponse)
@@ -187,6 +201,9 @@ type AdminServer interface {
 	RepointUpstream(context.Context, *RepointUpstreamRequest) (*Upstream, error)
 	// RemoveUpstream stops relaying and deletes the upstream's binlog on every node.
 	RemoveUpstream(context.Context, *UpstreamRef) (*RemoveUpstreamResponse, error)
+	// PurgeUpstream deletes served binlog files before to_file on every replica of the
+	// group (like PURGE BINARY LOGS TO), holding back for files connected replicas read.
+	PurgeUpstream(context.Context, *PurgeRequest) (*PurgeResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	DrainNode(context.Context, *NodeRef) (*Node, error)
 	RemoveNode(context.Context, *NodeRef) (*RemoveNodeResponse, error)
@@ -221,6 +238,9 @@ func (UnimplementedAdminServer) RepointUpstream(context.Context, *RepointUpstrea
 }
 func (UnimplementedAdminServer) RemoveUpstream(context.Context, *UpstreamRef) (*RemoveUpstreamResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveUpstream not implemented")
+}
+func (UnimplementedAdminServer) PurgeUpstream(context.Context, *PurgeRequest) (*PurgeResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PurgeUpstream not implemented")
 }
 func (UnimplementedAdminServer) ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListNodes not implemented")
@@ -381,6 +401,24 @@ func _Admin_RemoveUpstream_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_PurgeUpstream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PurgeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).PurgeUpstream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_PurgeUpstream_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).PurgeUpstream(ctx, req.(*PurgeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_ListNodes_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ListNodesRequest)
 	if err := dec(in); err != nil {
@@ -487,6 +525,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RemoveUpstream",
 			Handler:    _Admin_RemoveUpstream_Handler,
+		},
+		{
+			MethodName: "PurgeUpstream",
+			Handler:    _Admin_PurgeUpstream_Handler,
 		},
 		{
 			MethodName: "ListNodes",

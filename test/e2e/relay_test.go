@@ -406,4 +406,40 @@ func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariad
 		time.Sleep(100 * time.Millisecond)
 	}
 	_ = r.Exec(ctx, "STOP SLAVE")
+
+	// Purge: everything before the current file goes; a replica that needs purged
+	// history is told the oldest GTID still available.
+	out, err := fl.CLI(ctx, "upstream", "get", "main", "-o", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var now struct {
+		Group struct {
+			CurrentFile string `json:"currentFile"`
+		} `json:"group"`
+	}
+	if err := json.Unmarshal([]byte(out), &now); err != nil {
+		t.Fatal(err)
+	}
+	out, err = fl.CLI(ctx, "upstream", "purge", "main", "--to", now.Group.CurrentFile)
+	if err != nil || !strings.Contains(out, "oldest file now "+now.Group.CurrentFile) {
+		t.Fatalf("purge to %s: %v: %s", now.Group.CurrentFile, err, out)
+	}
+	fresh := startReplica(ctx, t, filepath.Join(dir, "replica-fresh"), 14)
+	changeMaster(ctx, t, fresh, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	deadline = time.Now().Add(60 * time.Second)
+	for {
+		st, err := slaveStatus(ctx, fresh)
+		if err == nil && st["Last_IO_Errno"] == "1236" {
+			if !strings.Contains(st["Last_IO_Error"], "oldest GTID still available is 0-1-") {
+				t.Errorf("replica asking for purged history got: %s", st["Last_IO_Error"])
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica asking for purged history got no 1236 error: %v", st)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	_ = fresh.Exec(ctx, "STOP SLAVE")
 }

@@ -1,0 +1,161 @@
+package statemachine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// purge deletes the served files before file before, their index entries and their
+// segments. It is a raft command, so every replica purges exactly the same files.
+// The current file is never purged. Readers that still have a purged segment open
+// keep reading it (the file is unlinked, not truncated).
+func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
+	if before > g.m.File {
+		return rejected("cannot purge up to file %d: the current file is %d", before, g.m.File), nil
+	}
+	if before <= g.m.FirstFile {
+		return sm.Result{Value: ResultOK}, nil // already purged
+	}
+	keep, err := g.store.fileInfo(g.id, before)
+	if err != nil {
+		return sm.Result{}, err
+	}
+	// GTIDs of one domain grow through the files, so the purged ones are exactly those
+	// up to the kept file's start state in each domain.
+	for _, d := range keep.StartState.Domains() {
+		last := keep.StartState[d]
+		if err := bt.b.DeleteRange(txnKey(g.id, d, 0, 0), txnKey(g.id, d, last.Seq+1, 0), nil); err != nil {
+			return sm.Result{}, fmt.Errorf("group %d: unindex purged GTIDs: %w", g.id, err)
+		}
+	}
+	if err := bt.b.DeleteRange(posKey(g.id, g.m.FirstFile, 0), posKey(g.id, before, 0), nil); err != nil {
+		return sm.Result{}, fmt.Errorf("group %d: unindex purged positions: %w", g.id, err)
+	}
+	if err := bt.b.DeleteRange(fileKey(g.id, g.m.FirstFile), fileKey(g.id, before), nil); err != nil {
+		return sm.Result{}, fmt.Errorf("group %d: unindex purged files: %w", g.id, err)
+	}
+	for no := g.m.FirstFile; no < before; no++ {
+		if f, ok := g.dirty[no]; ok {
+			f.Close()
+			delete(g.dirty, no)
+		}
+		delete(g.startStates, no)
+		// Deleting before the index commit is safe: should the process die in between,
+		// Open removes the rest (segments below FirstFile never come back into use).
+		if err := os.Remove(g.segPath(no)); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, g.segPath(no), err)
+		}
+	}
+	g.log.Info("purged served files", "from", FileName(g.m.FirstFile), "before", FileName(before))
+	g.m.FirstFile = before
+	return sm.Result{Value: ResultOK}, nil
+}
+
+// Retention is how long and how much binlog a group keeps.
+type Retention struct {
+	// MaxAge purges files whose last transaction is older; 0 keeps them.
+	MaxAge time.Duration
+	// MaxBytes purges the oldest files while the group holds more; 0 means no limit.
+	MaxBytes uint64
+}
+
+// PurgeTarget returns the first file to keep under the retention policy (and the
+// reason), never going past a file a local reader still needs. A result equal to the
+// tail's FirstFile means nothing to purge.
+func (g *Group) PurgeTarget(r Retention, now time.Time) (uint64, string, error) {
+	t, _ := g.Tail()
+	if t.File == 0 {
+		return 0, "", nil
+	}
+	var files []fileInfo
+	var total uint64
+	for no := t.FirstFile; no < t.File; no++ {
+		fi, err := g.store.fileInfo(g.id, no)
+		if err != nil {
+			return 0, "", err
+		}
+		files = append(files, fi)
+		total += fi.Size
+	}
+	total += t.FileSize
+	keep, reason := t.FirstFile, ""
+	for _, fi := range files {
+		old := r.MaxAge > 0 && fi.LastTS > 0 && now.Sub(time.Unix(int64(fi.LastTS), 0)) > r.MaxAge
+		big := r.MaxBytes > 0 && total > r.MaxBytes
+		if !old && !big {
+			break
+		}
+		if old {
+			reason = fmt.Sprintf("older than %v", r.MaxAge)
+		} else {
+			reason = fmt.Sprintf("group holds more than %d bytes", r.MaxBytes)
+		}
+		total -= fi.Size
+		keep = fi.No + 1
+	}
+	if min, ok := g.OldestReading(); ok && min < keep {
+		keep, reason = min, reason+fmt.Sprintf("; held back at %s by a connected replica", FileName(min))
+	}
+	return keep, reason, nil
+}
+
+// OldestReading returns the oldest file an open cursor (a connected replica) is in.
+func (g *Group) OldestReading() (uint64, bool) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var min uint64
+	for _, f := range g.reading {
+		if min == 0 || f < min {
+			min = f
+		}
+	}
+	return min, min != 0
+}
+
+func (g *Group) setReading(c *Cursor, file uint64) {
+	g.mu.Lock()
+	if file == 0 {
+		delete(g.reading, c)
+	} else {
+		g.reading[c] = file
+	}
+	g.mu.Unlock()
+}
+
+// OldestAvailable names the first transaction still held in each domain, for the
+// error a replica gets when it asks for purged history.
+func (g *Group) OldestAvailable() (binlog.Position, error) {
+	t, _ := g.Tail()
+	out := binlog.Position{}
+	if t.File == 0 {
+		return out, nil
+	}
+	fi, err := g.store.fileInfo(g.id, t.FirstFile)
+	if err != nil {
+		return nil, err
+	}
+	for d := range t.State {
+		from := uint64(0)
+		if s, ok := fi.StartState[d]; ok {
+			from = s.Seq + 1
+		}
+		it, err := g.store.db.NewIter(&pebble.IterOptions{LowerBound: txnKey(g.id, d, from, 0), UpperBound: txnKey(g.id, d+1, 0, 0)})
+		if err != nil {
+			return nil, fmt.Errorf("group %d: read GTID index: %w", g.id, err)
+		}
+		if it.First() {
+			k := it.Key()
+			out[d] = binlog.GTID{Domain: d, Seq: binary.BigEndian.Uint64(k[len(k)-12:]), Server: binary.BigEndian.Uint32(k[len(k)-4:])}
+		}
+		it.Close()
+	}
+	return out, nil
+}
