@@ -107,6 +107,8 @@ type Group struct {
 	changed chan struct{}
 	closed  bool
 	reading map[*Cursor]uint64 // file each open cursor is in; purge holds back for them
+	// recovered counts snapshots installed, for status and tests.
+	recovered int
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)

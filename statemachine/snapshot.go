@@ -255,6 +255,10 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	if _, err := g.Open(done); err != nil {
 		return err
 	}
+	g.mu.Lock()
+	g.recovered++
+	g.mu.Unlock()
+	g.log.Info("installed snapshot", "applied", m.Applied, "files", n)
 	return nil
 }
 
