@@ -291,6 +291,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adm
 				gs.CurrentFile, gs.CurrentFileSize = statemachine.FileName(t.File), t.FileSize
 				gs.FirstFile = statemachine.FileName(t.FirstFile)
 			}
+			gs.CompressedPlainBytes, gs.CompressedBytes = g.Compression()
 		}
 	}
 	if s.Replicas != nil {

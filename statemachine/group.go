@@ -109,6 +109,8 @@ type Group struct {
 	reading map[*Cursor]uint64 // file each open cursor is in; purge holds back for them
 	// recovered counts snapshots installed, for status and tests.
 	recovered int
+	// compOrig plain bytes are stored compressed in compSize bytes.
+	compOrig, compSize uint64
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)
@@ -186,6 +188,9 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 		}
 		g.seg = f
 	}
+	g.mu.Lock()
+	g.scanCompressed()
+	g.mu.Unlock()
 	g.publish()
 	return g.m.Applied, nil
 }
@@ -349,6 +354,9 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		}
 		g.dirty[g.m.File] = g.seg
 		g.seg = nil
+		if prev := g.m.File - 1; prev >= g.m.FirstFile && prev > 0 {
+			g.compress(prev)
+		}
 	}
 	g.m.File++
 	g.m.FileSize, g.m.SegSize, g.m.PartServed, g.m.PartSeg = 4, 0, 4, 0

@@ -417,3 +417,81 @@ func TestPurge(t *testing.T) {
 		t.Fatalf("%d records in the kept files, want 7", len(recs))
 	}
 }
+
+func TestCompressionIsTransparent(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ep := h.claim()
+	var seq uint64
+	addFile := func(f int) {
+		items := []Item{newFile(fmt.Sprintf("m.%d", f), binlog.Position{0: gt(0)})}
+		prev := seq
+		for i := 0; i < 20; i++ {
+			seq++
+			items = append(items, txn(gt(seq), 20000))
+		}
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: prev, Items: items})
+	}
+	addFile(1)
+	addFile(2)
+	before := readAll(t, h.g, Start{File: 1, Served: 4})
+	addFile(3)
+	addFile(4) // files 1 and 2 now have a newer closed file: they get compressed
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, e1 := os.Stat(h.g.segPath(1) + zstSuffix)
+		_, e2 := os.Stat(h.g.segPath(2))
+		if e1 == nil && os.IsNotExist(e2) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("files 1 and 2 were not compressed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	plain, comp := h.g.Compression()
+	if plain == 0 || comp == 0 || comp >= plain {
+		t.Fatalf("compression figures: %d plain bytes in %d", plain, comp)
+	}
+	after := readAll(t, h.g, Start{File: 1, Served: 4})
+	for i := range before {
+		if !bytes.Equal(before[i].Payload, after[i].Payload) || before[i].Pos != after[i].Pos {
+			t.Fatalf("record %d reads differently once compressed", i)
+		}
+	}
+	// Starting in the middle of a compressed file (a replica resuming there).
+	s, err := h.g.Locate(binlog.Position{0: gt(7)})
+	if err != nil || s.File != 1 {
+		t.Fatalf("locate in a compressed file: %+v %v", s, err)
+	}
+	c, _ := h.g.NewCursor(s)
+	tail, _ := h.g.Tail()
+	r, err := c.Next(tail)
+	c.Close()
+	if g, _ := TxnGTID(r.Payload); err != nil || g != gt(8) {
+		t.Fatalf("after 7 comes %v, %v", g, err)
+	}
+	// A snapshot taken from compressed segments restores the same bytes.
+	ctx, err := h.g.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := h.g.SaveSnapshot(ctx, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	dst := newHarness(t, t.TempDir())
+	defer dst.close()
+	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, dst.g, Start{File: 1, Served: 4}); len(got) != len(after) || !bytes.Equal(got[5].Payload, after[5].Payload) {
+		t.Fatal("snapshot of compressed segments differs")
+	}
+	h.close()
+	h2 := newHarness(t, dir)
+	defer h2.close()
+	if p2, c2 := h2.g.Compression(); p2 != plain || c2 != comp {
+		t.Fatalf("after reopen compression figures are %d/%d, were %d/%d", p2, c2, plain, comp)
+	}
+}

@@ -50,8 +50,18 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 		delete(g.startStates, no)
 		// Deleting before the index commit is safe: should the process die in between,
 		// Open removes the rest (segments below FirstFile never come back into use).
-		if err := os.Remove(g.segPath(no)); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, g.segPath(no), err)
+		if st, err := os.Stat(g.segPath(no) + zstSuffix); err == nil {
+			if fi, err := g.store.fileInfo(g.id, no); err == nil {
+				g.mu.Lock()
+				g.compOrig -= min(g.compOrig, fi.SegSize)
+				g.compSize -= min(g.compSize, uint64(st.Size()))
+				g.mu.Unlock()
+			}
+		}
+		for _, p := range []string{g.segPath(no), g.segPath(no) + zstSuffix} {
+			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, p, err)
+			}
 		}
 	}
 	g.log.Info("purged served files", "from", FileName(g.m.FirstFile), "before", FileName(before))

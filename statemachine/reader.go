@@ -4,7 +4,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"os"
 	"strconv"
 	"strings"
 
@@ -257,7 +256,7 @@ type Cursor struct {
 	file   uint64
 	seg    uint64
 	served uint64
-	f      *os.File
+	f      segmentReader
 }
 
 // NewCursor opens a cursor at s.
@@ -274,9 +273,9 @@ func (g *Group) NewCursor(s Start) (*Cursor, error) {
 func (c *Cursor) Position() (uint64, uint64) { return c.file, c.served }
 
 func (c *Cursor) open() error {
-	f, err := os.Open(c.g.segPath(c.file))
+	f, err := c.g.openSegment(c.file)
 	if err != nil {
-		return fmt.Errorf("group %d: open %s: %w", c.g.id, FileName(c.file), err)
+		return fmt.Errorf("%s: %w", FileName(c.file), err)
 	}
 	c.f = f
 	return nil

@@ -117,7 +117,7 @@ func (g *Group) SaveSnapshot(c interface{}, w io.Writer, done <-chan struct{}) e
 		}
 		u64(s.No)
 		u64(s.Size)
-		f, err := os.Open(g.segPath(s.No))
+		f, err := g.openSegment(s.No)
 		if err != nil {
 			return fmt.Errorf("group %d: snapshot segment %d: %w", g.id, s.No, err)
 		}

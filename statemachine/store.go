@@ -26,6 +26,9 @@ type Store struct {
 
 	mu     sync.Mutex
 	groups map[uint64]*Group
+
+	compressc    chan compressJob
+	compressDone chan struct{}
 }
 
 // Open opens (creating if needed) the store under dir.
@@ -37,7 +40,10 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: open index in %s: %w", dir, err)
 	}
-	return &Store{db: db, dir: dir, log: log, groups: map[uint64]*Group{}}, nil
+	s := &Store{db: db, dir: dir, log: log, groups: map[uint64]*Group{},
+		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{})}
+	go s.compressLoop()
+	return s, nil
 }
 
 // Dir is the store's root directory.
@@ -45,6 +51,8 @@ func (s *Store) Dir() string { return s.dir }
 
 // Close closes the shared index. Groups must have been closed by dragonboat first.
 func (s *Store) Close() error {
+	close(s.compressc)
+	<-s.compressDone
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("storage: close index: %w", err)
 	}

@@ -316,6 +316,10 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("Transactions", g.Transactions)
 	row("Bytes", g.Bytes)
 	row("Files", fmt.Sprintf("%s .. %s (current: %d bytes)", dash(g.FirstFile), dash(g.CurrentFile), g.CurrentFileSize))
+	if g.CompressedPlainBytes > 0 {
+		row("Compression", fmt.Sprintf("%d bytes of closed files stored in %d (%.0f%% saved)", g.CompressedPlainBytes, g.CompressedBytes,
+			100*(1-float64(g.CompressedBytes)/float64(g.CompressedPlainBytes))))
+	}
 	row("Master file", dash(g.MasterFile))
 	row("Last event", dash(g.LastEventAt))
 	row("Lag (s)", fmt.Sprintf("%.1f", g.LagSeconds))

@@ -765,10 +765,13 @@ type GroupStatus struct {
 	Replicas        []*ConnectedReplica    `protobuf:"bytes,16,rep,name=replicas,proto3" json:"replicas,omitempty"`
 	Reconnects      uint64                 `protobuf:"varint,17,opt,name=reconnects,proto3" json:"reconnects,omitempty"`
 	// Where this status was read (the node answering may not host the group).
-	ReportedBy    uint64 `protobuf:"varint,18,opt,name=reported_by,json=reportedBy,proto3" json:"reported_by,omitempty"`
-	FirstFile     string `protobuf:"bytes,19,opt,name=first_file,json=firstFile,proto3" json:"first_file,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ReportedBy uint64 `protobuf:"varint,18,opt,name=reported_by,json=reportedBy,proto3" json:"reported_by,omitempty"`
+	FirstFile  string `protobuf:"bytes,19,opt,name=first_file,json=firstFile,proto3" json:"first_file,omitempty"`
+	// Closed files are stored zstd-compressed: these plain bytes take compressed_bytes.
+	CompressedPlainBytes uint64 `protobuf:"varint,20,opt,name=compressed_plain_bytes,json=compressedPlainBytes,proto3" json:"compressed_plain_bytes,omitempty"`
+	CompressedBytes      uint64 `protobuf:"varint,21,opt,name=compressed_bytes,json=compressedBytes,proto3" json:"compressed_bytes,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
 }
 
 func (x *GroupStatus) Reset() {
@@ -932,6 +935,20 @@ func (x *GroupStatus) GetFirstFile() string {
 		return x.FirstFile
 	}
 	return ""
+}
+
+func (x *GroupStatus) GetCompressedPlainBytes() uint64 {
+	if x != nil {
+		return x.CompressedPlainBytes
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetCompressedBytes() uint64 {
+	if x != nil {
+		return x.CompressedBytes
+	}
+	return 0
 }
 
 type UpstreamStatus struct {
@@ -1404,7 +1421,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\x93\x05\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\xf4\x05\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1433,7 +1450,9 @@ const file_admin_proto_rawDesc = "" +
 	"\vreported_by\x18\x12 \x01(\x04R\n" +
 	"reportedBy\x12\x1d\n" +
 	"\n" +
-	"first_file\x18\x13 \x01(\tR\tfirstFile\"\x7f\n" +
+	"first_file\x18\x13 \x01(\tR\tfirstFile\x124\n" +
+	"\x16compressed_plain_bytes\x18\x14 \x01(\x04R\x14compressedPlainBytes\x12)\n" +
+	"\x10compressed_bytes\x18\x15 \x01(\x04R\x0fcompressedBytes\"\x7f\n" +
 	"\x0eUpstreamStatus\x127\n" +
 	"\bupstream\x18\x01 \x01(\v2\x1b.flotilla.admin.v1.UpstreamR\bupstream\x124\n" +
 	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\x9b\x02\n" +
