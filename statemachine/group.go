@@ -197,8 +197,9 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 
 // batch collects the writes of one Update call.
 type batch struct {
-	b   *pebble.Batch
-	buf []byte // records not yet written to g.seg
+	b       *pebble.Batch
+	buf     []byte // records not yet written to g.seg
+	indexed uint64 // last raft index whose first record has a raft-index key
 }
 
 // Update applies committed entries in order. Rejections are results, not errors: an
@@ -305,6 +306,13 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 func (g *Group) addRecord(bt *batch, typ byte, index uint64, payload []byte) error {
 	if err := bt.b.Set(posKey(g.id, g.m.File, g.m.PartServed), binary.AppendUvarint(nil, g.m.PartSeg), nil); err != nil {
 		return fmt.Errorf("group %d: index position: %w", g.id, err)
+	}
+	if bt.indexed != index {
+		bt.indexed = index
+		loc := txnLoc{File: g.m.File, Start: g.m.PartServed, SegStart: g.m.PartSeg}
+		if err := bt.b.Set(raftKey(g.id, index), loc.encode(), nil); err != nil {
+			return fmt.Errorf("group %d: index raft entry %d: %w", g.id, index, err)
+		}
 	}
 	before := len(bt.buf)
 	bt.buf = appendRecord(bt.buf, typ, index, payload)

@@ -394,6 +394,21 @@ func TestPurge(t *testing.T) {
 	if len(files) != 2 || files[0].Name != FileName(3) {
 		t.Fatalf("files after purge: %v", files)
 	}
+	// The raft index -> position index: entries of purged files are gone, later
+	// ones point at their first record.
+	for idx := uint64(1); idx <= h.index; idx++ {
+		s, ok, err := h.g.PositionOfIndex(idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok && s.File < 3 {
+			t.Fatalf("raft entry %d still points into purged file %d", idx, s.File)
+		}
+
+	}
+	if s, ok, _ := h.g.PositionOfIndex(5); !ok || s.File != 3 {
+		t.Fatalf("the entry that started file 4 begins with file 3's Rotate, but maps to %+v (found %v)", s, ok)
+	}
 	if _, err := os.Stat(h.g.segPath(1)); !os.IsNotExist(err) {
 		t.Fatal("segment of a purged file still exists")
 	}

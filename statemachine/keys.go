@@ -10,6 +10,8 @@ import "encoding/binary"
 //	g<gid>f<file u64>                -> fileInfo (JSON) of a served file
 //	g<gid>x<domain u32><seq u64><server u32> -> txnLoc of a transaction
 //	g<gid>p<file u64><served pos u64> -> segment offset of the record starting there
+//	g<gid>r<raft index u64>           -> txnLoc-style (file, served pos, seg offset) of
+//	                                     the first record an entry wrote
 func groupPrefix(gid uint64) []byte {
 	b := make([]byte, 9, 40)
 	b[0] = 'g'
@@ -40,6 +42,10 @@ func txnKey(gid uint64, domain uint32, seq uint64, server uint32) []byte {
 func posKey(gid, file, pos uint64) []byte {
 	b := binary.BigEndian.AppendUint64(append(groupPrefix(gid), 'p'), file)
 	return binary.BigEndian.AppendUint64(b, pos)
+}
+
+func raftKey(gid, index uint64) []byte {
+	return binary.BigEndian.AppendUint64(append(groupPrefix(gid), 'r'), index)
 }
 
 // txnLoc is where a transaction sits: its served file, served start and end positions,

@@ -36,6 +36,23 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 			return sm.Result{}, fmt.Errorf("group %d: unindex purged GTIDs: %w", g.id, err)
 		}
 	}
+	// Raft entries up to the kept file's first record go with the purged files (its
+	// records may still sit in this batch's buffer: write them first).
+	if err := g.flushSegment(bt); err != nil {
+		return sm.Result{}, err
+	}
+	if first, err := g.firstIndexOf(before); err == nil {
+		if err := bt.b.DeleteRange(raftKey(g.id, 0), raftKey(g.id, first), nil); err != nil {
+			return sm.Result{}, fmt.Errorf("group %d: unindex purged raft entries: %w", g.id, err)
+		}
+		// The entry that started the kept file began with the Rotate closing the file
+		// before it; if so its first record is purged too.
+		if s, ok, err := g.PositionOfIndex(first); err == nil && ok && s.File < before {
+			if err := bt.b.Delete(raftKey(g.id, first), nil); err != nil {
+				return sm.Result{}, fmt.Errorf("group %d: unindex purged raft entry: %w", g.id, err)
+			}
+		}
+	}
 	if err := bt.b.DeleteRange(posKey(g.id, g.m.FirstFile, 0), posKey(g.id, before, 0), nil); err != nil {
 		return sm.Result{}, fmt.Errorf("group %d: unindex purged positions: %w", g.id, err)
 	}
@@ -67,6 +84,42 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 	g.log.Info("purged served files", "from", FileName(g.m.FirstFile), "before", FileName(before))
 	g.m.FirstFile = before
 	return sm.Result{Value: ResultOK}, nil
+}
+
+// firstIndexOf reads the raft index of a file's first record from its header.
+func (g *Group) firstIndexOf(no uint64) (uint64, error) {
+	r, err := g.openSegment(no)
+	if err != nil {
+		return 0, err
+	}
+	defer r.Close()
+	var hdr [recordHeaderLen]byte
+	if _, err := r.ReadAt(hdr[:], 0); err != nil {
+		return 0, fmt.Errorf("group %d: read first record of %s: %w", g.id, FileName(no), err)
+	}
+	h, err := parseRecordHeader(hdr[:])
+	if err != nil {
+		return 0, err
+	}
+	return h.Index, nil
+}
+
+// PositionOfIndex returns where the first record written by raft entry index starts:
+// the link from the raft log to the served binlog.
+func (g *Group) PositionOfIndex(index uint64) (Start, bool, error) {
+	v, closer, err := g.store.db.Get(raftKey(g.id, index))
+	if errors.Is(err, pebble.ErrNotFound) {
+		return Start{}, false, nil
+	}
+	if err != nil {
+		return Start{}, false, fmt.Errorf("group %d: read raft index: %w", g.id, err)
+	}
+	defer closer.Close()
+	loc, ok := decodeTxnLoc(v)
+	if !ok {
+		return Start{}, false, fmt.Errorf("%w: group %d: bad raft index entry %d", ErrCorrupt, g.id, index)
+	}
+	return Start{File: loc.File, Served: loc.Start, Seg: loc.SegStart}, true, nil
 }
 
 // Retention is how long and how much binlog a group keeps.
