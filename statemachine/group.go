@@ -111,6 +111,8 @@ type Group struct {
 	recovered int
 	// compOrig plain bytes are stored compressed in compSize bytes.
 	compOrig, compSize uint64
+	// wbuf is the write buffer Update reuses, so appends do not reallocate it.
+	wbuf []byte
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)
@@ -206,8 +208,13 @@ type batch struct {
 // error here would stop the replica, while a stale or out-of-order proposal is an
 // expected event during leader changes.
 func (g *Group) Update(entries []sm.Entry) ([]sm.Entry, error) {
-	bt := &batch{b: g.store.db.NewBatch()}
+	bt := &batch{b: g.store.db.NewBatch(), buf: g.wbuf[:0]}
 	defer bt.b.Close()
+	defer func() {
+		if cap(bt.buf) <= 64<<20 {
+			g.wbuf = bt.buf[:0]
+		}
+	}()
 	for i := range entries {
 		e := &entries[i]
 		res, err := g.apply(bt, e.Index, e.Cmd)
@@ -304,6 +311,12 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 
 // addRecord frames payload at the current partial tail and records its boundary.
 func (g *Group) addRecord(bt *batch, typ byte, index uint64, payload []byte) error {
+	return g.addRecordPlaced(bt, typ, index, payload, false)
+}
+
+// addRecordPlaced is addRecord; with place set, payload holds master events whose
+// log_pos and checksum are rewritten, in the write buffer, for their served position.
+func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byte, place bool) error {
 	if err := bt.b.Set(posKey(g.id, g.m.File, g.m.PartServed), binary.AppendUvarint(nil, g.m.PartSeg), nil); err != nil {
 		return fmt.Errorf("group %d: index position: %w", g.id, err)
 	}
@@ -315,19 +328,26 @@ func (g *Group) addRecord(bt *batch, typ byte, index uint64, payload []byte) err
 		}
 	}
 	before := len(bt.buf)
-	bt.buf = appendRecord(bt.buf, typ, index, payload)
+	var hdr [recordHeaderLen]byte
+	bt.buf = append(bt.buf, hdr[:]...)
+	bt.buf = append(bt.buf, payload...)
+	if place {
+		if err := g.place(bt.buf[before+recordHeaderLen:], g.m.PartServed); err != nil {
+			bt.buf = bt.buf[:before]
+			return err
+		}
+	}
+	sealRecord(bt.buf[before:], typ, index)
 	g.m.PartSeg += uint64(len(bt.buf) - before)
 	g.m.PartServed += uint64(len(payload))
 	return nil
 }
 
-// place copies events into a payload, rewriting each log_pos to its end position in
-// the served file (starting at served position start).
-func (g *Group) place(events []byte, start uint64) ([]byte, error) {
-	out := make([]byte, len(events))
-	copy(out, events)
+// place rewrites, in place, each event's log_pos to its end position in the served
+// file (the events start at served position start) and refreshes its checksum.
+func (g *Group) place(events []byte, start uint64) error {
 	pos := start
-	err := binlog.Split(out, func(ev []byte) error {
+	return binlog.Split(events, func(ev []byte) error {
 		pos += uint64(len(ev))
 		if pos > 0xffffffff {
 			return fmt.Errorf("served file would exceed 4 GiB")
@@ -335,7 +355,6 @@ func (g *Group) place(events []byte, start uint64) ([]byte, error) {
 		binlog.SetLogPos(ev, uint32(pos), binlog.FlagBinlogInUse, g.m.Checksummed)
 		return nil
 	})
-	return out, err
 }
 
 func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
@@ -398,18 +417,14 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 	if g.m.Pending == nil {
 		g.m.Pending = &pendingTxn{GTID: t.GTID, Start: g.m.PartServed, SegStart: g.m.PartSeg}
 	}
-	payload, err := g.place(t.Events, g.m.PartServed)
-	if err != nil {
-		return fmt.Errorf("group %d: place %v: %w", g.id, t.GTID, err)
-	}
 	typ := recPart
 	if t.Last {
 		typ = recTxn
 	}
-	if err := g.addRecord(bt, typ, index, payload); err != nil {
-		return err
+	if err := g.addRecordPlaced(bt, typ, index, t.Events, true); err != nil {
+		return fmt.Errorf("group %d: place %v: %w", g.id, t.GTID, err)
 	}
-	g.m.Bytes += uint64(len(payload))
+	g.m.Bytes += uint64(len(t.Events))
 	if !t.Last {
 		return nil
 	}
@@ -420,8 +435,8 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 	}
 	g.m.Pending = nil
 	g.m.State[t.GTID.Domain] = t.GTID
-	if len(payload) >= binlog.HeaderLen {
-		g.m.LastTS = binary.LittleEndian.Uint32(payload)
+	if len(t.Events) >= binlog.HeaderLen {
+		g.m.LastTS = binary.LittleEndian.Uint32(t.Events)
 	}
 	g.m.Ordinal++
 	g.m.SegSize, g.m.FileSize = g.m.PartSeg, g.m.PartServed
@@ -496,22 +511,28 @@ func (g *Group) publish() {
 	g.mu.Unlock()
 }
 
-// Sync makes every applied record and index entry durable: segments first, then the
-// index that points into them, so the index never claims bytes a crash could lose.
+// Sync makes every applied record and index entry durable. The segment fsyncs and
+// the index's WAL sync run at the same time: their order cannot be relied on anyway
+// (the OS may write back the index's unsynced WAL first), so Open checks instead that
+// the index never claims more segment bytes than exist, and refuses with a clear
+// error (rebuild from a peer) if a power loss left it so.
 func (g *Group) Sync() error {
+	idx := make(chan error, 1)
+	go func() { idx <- g.store.db.LogData(nil, pebble.Sync) }()
+	var segErr error
 	for no, f := range g.dirty {
-		if err := f.Sync(); err != nil {
-			return fmt.Errorf("group %d: fsync segment %d: %w", g.id, no, err)
+		if err := f.Sync(); err != nil && segErr == nil {
+			segErr = fmt.Errorf("group %d: fsync segment %d: %w", g.id, no, err)
 		}
 		if f != g.seg {
 			f.Close()
 		}
 		delete(g.dirty, no)
 	}
-	if err := g.store.db.LogData(nil, pebble.Sync); err != nil {
+	if err := <-idx; err != nil {
 		return fmt.Errorf("group %d: fsync index: %w", g.id, err)
 	}
-	return nil
+	return segErr
 }
 
 // Lookup answers StateQuery with a StateView; it is how a syncer learns where to

@@ -41,13 +41,21 @@ func recordCRC(hdr []byte, payload []byte) uint32 {
 
 // appendRecord frames payload as a record and appends it to dst.
 func appendRecord(dst []byte, typ byte, index uint64, payload []byte) []byte {
+	at := len(dst)
 	var hdr [recordHeaderLen]byte
-	binary.LittleEndian.PutUint32(hdr[0:], uint32(len(payload)))
-	binary.LittleEndian.PutUint64(hdr[8:], index)
-	hdr[16] = typ
-	binary.LittleEndian.PutUint32(hdr[4:], recordCRC(hdr[:], payload))
 	dst = append(dst, hdr[:]...)
-	return append(dst, payload...)
+	dst = append(dst, payload...)
+	sealRecord(dst[at:], typ, index)
+	return dst
+}
+
+// sealRecord fills in the header of rec, a record whose payload is already in place
+// after its header, so a payload can be built (and rewritten) where it will be written.
+func sealRecord(rec []byte, typ byte, index uint64) {
+	binary.LittleEndian.PutUint32(rec[0:], uint32(len(rec)-recordHeaderLen))
+	binary.LittleEndian.PutUint64(rec[8:], index)
+	rec[16] = typ
+	binary.LittleEndian.PutUint32(rec[4:], recordCRC(rec[:recordHeaderLen], rec[recordHeaderLen:]))
 }
 
 // recordHeader is a decoded record header.
