@@ -166,6 +166,23 @@ func TestAuthRefusesUnknownUserClearly(t *testing.T) {
 	}
 }
 
+func TestSharedReplicaUserIsRoutedByGTID(t *testing.T) {
+	ss := newTestSession()
+	other := &placement.Upstream{Name: "other", ServerID: 9, DomainID: 4, GroupID: 3}
+	ss.ups = append(ss.ups, other)
+	if _, err := ss.upstream(); err == nil || !strings.Contains(err.Error(), "shared by upstreams main, other") {
+		t.Fatalf("without a position the shared user is ambiguous: %v", err)
+	}
+	for pos, want := range map[string]string{"0-9-100": "other", "3-7-5": "main", "0-7-1": "main"} {
+		v := pos
+		ss.vars["slave_connect_state"] = &v
+		u, err := ss.upstream()
+		if err != nil || u.Name != want {
+			t.Errorf("position %s routed to %v (%v), want %s", pos, u, err, want)
+		}
+	}
+}
+
 // FuzzNetworkDecoders: everything a client sends is parsed by these; none may panic.
 func FuzzNetworkDecoders(f *testing.F) {
 	f.Add([]byte("@slave_connect_state='0-1-2'"))

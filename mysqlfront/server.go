@@ -22,6 +22,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/server"
 
+	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	"github.com/flotilla-relay/flotilla/statemachine"
@@ -320,11 +321,29 @@ func (ss *session) upstream() (*placement.Upstream, error) {
 	case 1:
 		return ss.ups[0], nil
 	}
+	// A shared user: the replica's GTID position names the master (server id) and its
+	// domain; pick the one upstream it fits.
+	if v := ss.vars["slave_connect_state"]; v != nil {
+		if pos, err := binlog.ParsePosition(*v); err == nil && len(pos) > 0 {
+			var match []*placement.Upstream
+			for _, u := range ss.ups {
+				for _, g := range pos {
+					if g.Server == u.ServerID || g.Domain == u.DomainID && g.Domain != 0 {
+						match = append(match, u)
+						break
+					}
+				}
+			}
+			if len(match) == 1 {
+				return match[0], nil
+			}
+		}
+	}
 	var names []string
 	for _, u := range ss.ups {
 		names = append(names, u.Name)
 	}
 	return nil, mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
-		fmt.Sprintf("replica user '%s' is shared by upstreams %s and the replica's position does not tell them apart; give each upstream its own replica user",
+		fmt.Sprintf("replica user '%s' is shared by upstreams %s and the replica's GTID position does not tell them apart; give each upstream its own replica user",
 			ss.user, strings.Join(names, ", ")))
 }
