@@ -161,15 +161,24 @@ func (s *Server) ListUpstreams(ctx context.Context, _ *adminv1.ListUpstreamsRequ
 	return out, nil
 }
 
-// GetUpstream returns one upstream and its group's status.
-func (s *Server) GetUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*adminv1.UpstreamStatus, error) {
+// upstream reads the metadata and finds an upstream by name.
+func (s *Server) upstream(ctx context.Context, name string) (*placement.State, *placement.Upstream, error) {
 	st, err := s.Meta.Read(ctx)
 	if err != nil {
-		return nil, metaErr(err)
+		return nil, nil, metaErr(err)
 	}
-	u, ok := st.Upstreams[r.Name]
+	u, ok := st.Upstreams[name]
 	if !ok {
-		return nil, status.Errorf(codes.NotFound, "unknown upstream %q (see `flotilla upstream list`)", r.Name)
+		return nil, nil, status.Errorf(codes.NotFound, "unknown upstream %q (see `flotilla upstream list`)", name)
+	}
+	return st, u, nil
+}
+
+// GetUpstream returns one upstream and its group's status.
+func (s *Server) GetUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*adminv1.UpstreamStatus, error) {
+	st, u, err := s.upstream(ctx, r.Name)
+	if err != nil {
+		return nil, err
 	}
 	return s.upstreamStatus(st, u), nil
 }
@@ -206,13 +215,9 @@ func (s *Server) RemoveUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*a
 
 // PurgeUpstream purges served files before the given one.
 func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*adminv1.PurgeResponse, error) {
-	st, err := s.Meta.Read(ctx)
+	_, u, err := s.upstream(ctx, r.Name)
 	if err != nil {
-		return nil, metaErr(err)
-	}
-	u, ok := st.Upstreams[r.Name]
-	if !ok {
-		return nil, status.Errorf(codes.NotFound, "unknown upstream %q (see `flotilla upstream list`)", r.Name)
+		return nil, err
 	}
 	sh, ok := s.Shards.Shard(u.GroupID)
 	if !ok {

@@ -107,17 +107,9 @@ func (g *Group) firstIndexOf(no uint64) (uint64, error) {
 // PositionOfIndex returns where the first record written by raft entry index starts:
 // the link from the raft log to the served binlog.
 func (g *Group) PositionOfIndex(index uint64) (Start, bool, error) {
-	v, closer, err := g.store.db.Get(raftKey(g.id, index))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return Start{}, false, nil
-	}
-	if err != nil {
-		return Start{}, false, fmt.Errorf("group %d: read raft index: %w", g.id, err)
-	}
-	defer closer.Close()
-	loc, ok := decodeTxnLoc(v)
-	if !ok {
-		return Start{}, false, fmt.Errorf("%w: group %d: bad raft index entry %d", ErrCorrupt, g.id, index)
+	loc, found, err := g.readLoc(raftKey(g.id, index), fmt.Sprintf("raft entry %d", index))
+	if err != nil || !found {
+		return Start{}, false, err
 	}
 	return Start{File: loc.File, Served: loc.Start, Seg: loc.SegStart}, true, nil
 }

@@ -219,17 +219,22 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 }
 
 func (g *Group) lookupTxn(w binlog.GTID) (txnLoc, bool, error) {
-	v, closer, err := g.store.db.Get(txnKey(g.id, w.Domain, w.Seq, w.Server))
+	return g.readLoc(txnKey(g.id, w.Domain, w.Seq, w.Server), "GTID "+w.String())
+}
+
+// readLoc reads a location entry of the index; what names it in errors.
+func (g *Group) readLoc(key []byte, what string) (txnLoc, bool, error) {
+	v, closer, err := g.store.db.Get(key)
 	if errors.Is(err, pebble.ErrNotFound) {
 		return txnLoc{}, false, nil
 	}
 	if err != nil {
-		return txnLoc{}, false, fmt.Errorf("group %d: read GTID index: %w", g.id, err)
+		return txnLoc{}, false, fmt.Errorf("group %d: read index entry of %s: %w", g.id, what, err)
 	}
 	defer closer.Close()
 	loc, ok := decodeTxnLoc(v)
 	if !ok {
-		return txnLoc{}, false, fmt.Errorf("%w: group %d: bad GTID index entry for %s", ErrCorrupt, g.id, w)
+		return txnLoc{}, false, fmt.Errorf("%w: group %d: bad index entry for %s", ErrCorrupt, g.id, what)
 	}
 	return loc, true, nil
 }
