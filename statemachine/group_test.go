@@ -509,4 +509,31 @@ func TestCompressionIsTransparent(t *testing.T) {
 	if p2, c2 := h2.g.Compression(); p2 != plain || c2 != comp {
 		t.Fatalf("after reopen compression figures are %d/%d, were %d/%d", p2, c2, plain, comp)
 	}
+	// A flipped byte inside a compressed closed segment is reported, never served.
+	zf, err := os.OpenFile(h2.g.segPath(1)+zstSuffix, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, _ := zf.Stat()
+	b := []byte{0}
+	zf.ReadAt(b, st.Size()/2)
+	b[0] ^= 0x04
+	zf.WriteAt(b, st.Size()/2)
+	zf.Close()
+	c2, err := h2.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	tail2, _ := h2.g.Tail()
+	for {
+		_, err := c2.Next(tail2)
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), FileName(1)) {
+			t.Fatalf("reading a damaged compressed segment: want a corruption error naming %s, got %v", FileName(1), err)
+		}
+		break
+	}
 }
