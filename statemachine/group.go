@@ -113,6 +113,9 @@ type Group struct {
 	compOrig, compSize uint64
 	// wbuf is the write buffer Update reuses, so appends do not reallocate it.
 	wbuf []byte
+	// newFiles is set when a segment file was created since the last Sync: the
+	// directory entry must be made durable too.
+	newFiles bool
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)
@@ -395,6 +398,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		return fmt.Errorf("group %d: create segment: %w", g.id, err)
 	}
 	g.seg = f
+	g.newFiles = true
 	g.startStates[g.m.File] = state.Clone()
 	if err := g.putFile(bt, fileInfo{No: g.m.File, UpstreamFile: nf.UpstreamFile, StartState: state}); err != nil {
 		return err
@@ -528,6 +532,13 @@ func (g *Group) Sync() error {
 			f.Close()
 		}
 		delete(g.dirty, no)
+	}
+	if g.newFiles && segErr == nil {
+		if err := syncDir(g.dir); err != nil {
+			segErr = fmt.Errorf("group %d: fsync directory %s: %w", g.id, g.dir, err)
+		} else {
+			g.newFiles = false
+		}
 	}
 	if err := <-idx; err != nil {
 		return fmt.Errorf("group %d: fsync index: %w", g.id, err)
