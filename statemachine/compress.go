@@ -24,9 +24,9 @@ type segmentReader interface {
 
 const zstSuffix = ".zst"
 
-// openSegment opens a segment for reading, plain or compressed.
-func (g *Group) openSegment(no uint64) (segmentReader, error) {
-	path := g.segPath(no)
+// openPart opens part k of a file's segment for reading, plain or compressed.
+func (g *Group) openPart(no uint64, k int) (segmentReader, error) {
+	path := g.partPath(no, k)
 	f, err := os.Open(path)
 	if err == nil {
 		return f, nil
@@ -86,33 +86,53 @@ func (z *zstdSegment) Close() error {
 
 // compressJob asks the store's worker to compress one closed segment.
 type compressJob struct {
-	g  *Group
-	no uint64
+	g    *Group
+	path string
+	file uint64
 }
 
 // compressLoop runs the store's compression worker until the channel closes.
 func (s *Store) compressLoop() {
 	defer close(s.compressDone)
 	for job := range s.compressc {
-		orig, comp, err := compressSegment(job.g.segPath(job.no))
+		orig, comp, err := compressSegment(job.path)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) { // purged or removed meanwhile
-				job.g.log.Warn("segment compression failed; the file stays uncompressed", "file", FileName(job.no), "err", err)
+				job.g.log.Warn("segment compression failed; the file stays uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
 			}
 			continue
 		}
 		job.g.addCompressed(uint64(orig), uint64(comp))
-		job.g.log.Debug("segment compressed", "file", FileName(job.no), "from", orig, "to", comp)
+		job.g.log.Debug("segment compressed", "file", FileName(job.file), "segment", job.path, "from", orig, "to", comp)
 	}
 }
 
-// compress queues a closed segment for compression without blocking Update.
+// compress queues the parts of a closed file for compression without blocking Update.
 func (g *Group) compress(no uint64) {
-	select {
-	case g.store.compressc <- compressJob{g: g, no: no}:
-	default:
-		// The worker is behind; Open queues leftovers again on the next start.
+	fi, err := g.store.fileInfo(g.id, no)
+	if err != nil {
+		return
 	}
+	for k := 0; k <= len(fi.PartStarts); k++ {
+		select {
+		case g.store.compressc <- compressJob{g: g, path: g.partPath(no, k), file: no}:
+		default:
+			// The worker is behind; Open queues leftovers again on the next start.
+		}
+	}
+}
+
+// partSizes returns the plain size of each part of a closed file.
+func partSizes(fi fileInfo) []uint64 {
+	out := make([]uint64, len(fi.PartStarts)+1)
+	for k := range out {
+		end := fi.SegSize
+		if k < len(fi.PartStarts) {
+			end = fi.PartStarts[k]
+		}
+		out[k] = end - partStart(fi.PartStarts, k)
+	}
+	return out
 }
 
 func (g *Group) addCompressed(orig, comp uint64) {
@@ -188,19 +208,25 @@ func syncDir(dir string) error {
 func (g *Group) scanCompressed() {
 	g.compOrig, g.compSize = 0, 0
 	for no := g.m.FirstFile; no > 0 && no < g.m.File; no++ {
-		path := g.segPath(no)
-		os.Remove(path + zstSuffix + ".tmp")
-		if st, err := os.Stat(path + zstSuffix); err == nil {
-			if _, err := os.Stat(path); err == nil {
-				os.Remove(path) // compressed copy is complete; finish the swap
-			}
-			if fi, err := g.store.fileInfo(g.id, no); err == nil {
-				g.compOrig += fi.SegSize
-			}
-			g.compSize += uint64(st.Size())
+		fi, err := g.store.fileInfo(g.id, no)
+		if err != nil {
 			continue
 		}
-		if no+1 < g.m.File {
+		queue := false
+		for k, size := range partSizes(fi) {
+			path := g.partPath(no, k)
+			os.Remove(path + zstSuffix + ".tmp")
+			if st, err := os.Stat(path + zstSuffix); err == nil {
+				if _, err := os.Stat(path); err == nil {
+					os.Remove(path) // compressed copy is complete; finish the swap
+				}
+				g.compOrig += size
+				g.compSize += uint64(st.Size())
+				continue
+			}
+			queue = true
+		}
+		if queue && no+1 < g.m.File {
 			g.compress(no)
 		}
 	}

@@ -41,6 +41,7 @@ func crashChild(dir string) error {
 	if err != nil {
 		return err
 	}
+	st.SetSegmentSize(64 << 10) // many parts: kills land around rolls too
 	g := st.NewGroup(5, 1).(*Group)
 	index, err := g.Open(nil)
 	if err != nil {

@@ -9,6 +9,8 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -49,6 +51,9 @@ type meta struct {
 	State        binlog.Position `json:"state"`
 	Bytes        uint64          `json:"bytes"`
 	LastTS       uint32          `json:"last_ts,omitempty"`
+	// PartStarts are the segment offsets where parts 1, 2, ... of the current file's
+	// segment begin (part 0 begins at 0): segments roll at the store's segment size.
+	PartStarts []uint64 `json:"part_starts,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -70,6 +75,8 @@ type fileInfo struct {
 	// LastTS is the master's timestamp of the file's last transaction: retention by
 	// age uses it, so every replica judges a file's age alike.
 	LastTS uint32 `json:"last_ts,omitempty"`
+	// PartStarts: see meta.PartStarts.
+	PartStarts []uint64 `json:"part_starts,omitempty"`
 }
 
 // Tail is what readers may see of a group: everything before (File, FileSize) is a
@@ -85,6 +92,8 @@ type Tail struct {
 	Epoch     uint64
 	Upstream  string
 	Bytes     uint64
+	// PartStarts of the current file (see meta.PartStarts).
+	PartStarts []uint64
 }
 
 // Group is the on-disk state machine of one upstream group on one node: served binlog
@@ -98,8 +107,8 @@ type Group struct {
 
 	// Touched only by dragonboat's update goroutine (Open, Update, Sync, Close).
 	m           meta
-	seg         *os.File
-	dirty       map[uint64]*os.File
+	seg         *os.File            // the current file's last part, open for appending
+	dirty       map[string]*os.File // parts written since the last Sync, by path
 	startStates map[uint64]binlog.Position
 
 	mu      sync.Mutex // guards tail, changed, closed for readers
@@ -127,8 +136,58 @@ func FileName(no uint64) string { return fmt.Sprintf("%s.%06d", BaseName, no) }
 // BaseName is the base name of served binlog files.
 const BaseName = "flotilla-bin"
 
-func (g *Group) segPath(no uint64) string {
-	return filepath.Join(g.dir, fmt.Sprintf("%06d.seg", no))
+// segPath is the path of a file's first segment part.
+func (g *Group) segPath(no uint64) string { return g.partPath(no, 0) }
+
+// partPath is the path of part k of a file's segment.
+func (g *Group) partPath(no uint64, k int) string { return filepath.Join(g.dir, partName(no, k)) }
+
+// partName is the name of part k of a file's segment.
+func partName(no uint64, k int) string {
+	if k == 0 {
+		return fmt.Sprintf("%06d.seg", no)
+	}
+	return fmt.Sprintf("%06d.%04d.seg", no, k)
+}
+
+// parseSegName reads the file number and part of a segment file name (plain,
+// compressed or a compression temp file).
+func parseSegName(name string) (no uint64, part int, ok bool) {
+	base, _, _ := strings.Cut(name, ".seg")
+	if !strings.Contains(name, ".seg") {
+		return 0, 0, false
+	}
+	a, b, two := strings.Cut(base, ".")
+	n, err := strconv.ParseUint(a, 10, 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	if two {
+		k, err := strconv.Atoi(b)
+		if err != nil || k <= 0 {
+			return 0, 0, false
+		}
+		return n, k, true
+	}
+	return n, 0, true
+}
+
+// partOf returns the index of the part holding segment offset off, given part starts.
+func partOf(starts []uint64, off uint64) int {
+	k := 0
+	for i, st := range starts {
+		if off >= st {
+			k = i + 1
+		}
+	}
+	return k
+}
+
+func partStart(starts []uint64, k int) uint64 {
+	if k == 0 {
+		return 0
+	}
+	return starts[k-1]
 }
 
 // Open loads the group's state, truncates any torn or unapplied tail of the current
@@ -156,17 +215,20 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	// Segment files newer than the current one were created by an Update whose index
 	// write never landed, and older ones than the first were being purged: neither is
 	// part of the applied state.
+	cur := len(g.m.PartStarts)
 	entries, _ := os.ReadDir(g.dir)
 	for _, e := range entries {
-		var no uint64
-		if _, err := fmt.Sscanf(e.Name(), "%06d.seg", &no); err == nil && (no > g.m.File || no < g.m.FirstFile) {
+		no, part, ok := parseSegName(e.Name())
+		if ok && (no > g.m.File || no < g.m.FirstFile || no == g.m.File && part > cur) {
 			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
 				return 0, fmt.Errorf("group %d: remove unapplied segment %s: %w", g.id, e.Name(), err)
 			}
 		}
 	}
 	if g.m.File > 0 {
-		f, err := os.OpenFile(g.segPath(g.m.File), os.O_RDWR, 0o644)
+		base := partStart(g.m.PartStarts, cur)
+		path := g.partPath(g.m.File, cur)
+		f, err := os.OpenFile(path, os.O_RDWR, 0o644)
 		if err != nil {
 			return 0, fmt.Errorf("group %d: open current segment: %w", g.id, err)
 		}
@@ -175,19 +237,20 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 			f.Close()
 			return 0, fmt.Errorf("group %d: stat segment: %w", g.id, err)
 		}
-		if uint64(st.Size()) < g.m.PartSeg {
+		want := g.m.PartSeg - base
+		if uint64(st.Size()) < want {
 			f.Close()
 			return 0, fmt.Errorf("group %d: segment %s holds %d bytes but the index says %d were applied: data was lost; rebuild this replica from a peer",
-				g.id, g.segPath(g.m.File), st.Size(), g.m.PartSeg)
+				g.id, path, st.Size(), want)
 		}
-		if uint64(st.Size()) > g.m.PartSeg {
-			g.log.Info("truncating unapplied segment tail", "group", g.id, "file", g.m.File, "from", st.Size(), "to", g.m.PartSeg)
-			if err := f.Truncate(int64(g.m.PartSeg)); err != nil {
+		if uint64(st.Size()) > want {
+			g.log.Info("truncating unapplied segment tail", "group", g.id, "file", g.m.File, "part", cur, "from", st.Size(), "to", want)
+			if err := f.Truncate(int64(want)); err != nil {
 				f.Close()
 				return 0, fmt.Errorf("group %d: truncate torn tail: %w", g.id, err)
 			}
 		}
-		if _, err := f.Seek(int64(g.m.PartSeg), io.SeekStart); err != nil {
+		if _, err := f.Seek(int64(want), io.SeekStart); err != nil {
 			f.Close()
 			return 0, fmt.Errorf("group %d: seek segment: %w", g.id, err)
 		}
@@ -320,6 +383,14 @@ func (g *Group) addRecord(bt *batch, typ byte, index uint64, payload []byte) err
 // addRecordPlaced is addRecord; with place set, payload holds master events whose
 // log_pos and checksum are rewritten, in the write buffer, for their served position.
 func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byte, place bool) error {
+	if lim := g.store.segmentSize; lim > 0 {
+		start := partStart(g.m.PartStarts, len(g.m.PartStarts))
+		if g.m.PartSeg > start && g.m.PartSeg-start+recordHeaderLen+uint64(len(payload)) > lim {
+			if err := g.rollPart(bt); err != nil {
+				return err
+			}
+		}
+	}
 	if err := bt.b.Set(posKey(g.id, g.m.File, g.m.PartServed), binary.AppendUvarint(nil, g.m.PartSeg), nil); err != nil {
 		return fmt.Errorf("group %d: index position: %w", g.id, err)
 	}
@@ -343,6 +414,23 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 	sealRecord(bt.buf[before:], typ, index)
 	g.m.PartSeg += uint64(len(bt.buf) - before)
 	g.m.PartServed += uint64(len(payload))
+	return nil
+}
+
+// rollPart starts a new part of the current file's segment at a record boundary.
+func (g *Group) rollPart(bt *batch) error {
+	if err := g.flushSegment(bt); err != nil {
+		return err
+	}
+	k := len(g.m.PartStarts) + 1
+	f, err := os.OpenFile(g.partPath(g.m.File, k), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	if err != nil {
+		return fmt.Errorf("group %d: create segment part: %w", g.id, err)
+	}
+	g.dirty[g.seg.Name()] = g.seg
+	g.seg = f
+	g.newFiles = true
+	g.m.PartStarts = append(g.m.PartStarts, g.m.PartSeg)
 	return nil
 }
 
@@ -378,11 +466,11 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 			return err
 		}
 		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
-			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS}
+			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS, PartStarts: g.m.PartStarts}
 		if err := g.putFile(bt, fi); err != nil {
 			return err
 		}
-		g.dirty[g.m.File] = g.seg
+		g.dirty[g.seg.Name()] = g.seg
 		g.seg = nil
 		if prev := g.m.File - 1; prev >= g.m.FirstFile && prev > 0 {
 			g.compress(prev)
@@ -390,6 +478,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	}
 	g.m.File++
 	g.m.FileSize, g.m.SegSize, g.m.PartServed, g.m.PartSeg = 4, 0, 4, 0
+	g.m.PartStarts = nil
 	g.m.Checksummed = fde.Checksummed()
 	g.m.ServerID = nf.ServerID
 	g.m.UpstreamFile = nf.UpstreamFile
@@ -456,10 +545,26 @@ func (g *Group) dropPending(bt *batch) error {
 	if err := g.flushSegment(bt); err != nil {
 		return err
 	}
-	if err := g.seg.Truncate(int64(g.m.SegSize)); err != nil {
+	// Parts that begin at or after the last complete record hold only dropped pieces.
+	for n := len(g.m.PartStarts); n > 0 && g.m.PartStarts[n-1] >= g.m.SegSize; n-- {
+		path := g.seg.Name()
+		g.seg.Close()
+		delete(g.dirty, path)
+		if err := os.Remove(path); err != nil {
+			return fmt.Errorf("group %d: drop segment part: %w", g.id, err)
+		}
+		g.m.PartStarts = g.m.PartStarts[:n-1]
+		f, err := os.OpenFile(g.partPath(g.m.File, n-1), os.O_RDWR, 0o644)
+		if err != nil {
+			return fmt.Errorf("group %d: reopen segment part: %w", g.id, err)
+		}
+		g.seg = f
+	}
+	keep := int64(g.m.SegSize - partStart(g.m.PartStarts, len(g.m.PartStarts)))
+	if err := g.seg.Truncate(keep); err != nil {
 		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
 	}
-	if _, err := g.seg.Seek(int64(g.m.SegSize), io.SeekStart); err != nil {
+	if _, err := g.seg.Seek(keep, io.SeekStart); err != nil {
 		return fmt.Errorf("group %d: seek segment: %w", g.id, err)
 	}
 	if err := bt.b.DeleteRange(posKey(g.id, g.m.File, g.m.FileSize), posKey(g.id, g.m.File+1, 0), nil); err != nil {
@@ -474,10 +579,10 @@ func (g *Group) flushSegment(bt *batch) error {
 		return nil
 	}
 	if _, err := g.seg.Write(bt.buf); err != nil {
-		return fmt.Errorf("group %d: write segment %s: %w", g.id, g.segPath(g.m.File), err)
+		return fmt.Errorf("group %d: write segment %s: %w", g.id, g.seg.Name(), err)
 	}
 	bt.buf = bt.buf[:0]
-	g.dirty[g.m.File] = g.seg
+	g.dirty[g.seg.Name()] = g.seg
 	return nil
 }
 
@@ -508,7 +613,7 @@ func (g *Group) fileStart(no uint64) binlog.Position {
 // publish makes the applied state visible to readers and wakes them.
 func (g *Group) publish() {
 	g.mu.Lock()
-	g.tail = Tail{FirstFile: g.m.FirstFile, File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
+	g.tail = Tail{PartStarts: append([]uint64(nil), g.m.PartStarts...), FirstFile: g.m.FirstFile, File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
 		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes}
 	close(g.changed)
 	g.changed = make(chan struct{})
@@ -524,14 +629,14 @@ func (g *Group) Sync() error {
 	idx := make(chan error, 1)
 	go func() { idx <- g.store.db.LogData(nil, pebble.Sync) }()
 	var segErr error
-	for no, f := range g.dirty {
+	for path, f := range g.dirty {
 		if err := f.Sync(); err != nil && segErr == nil {
-			segErr = fmt.Errorf("group %d: fsync segment %d: %w", g.id, no, err)
+			segErr = fmt.Errorf("group %d: fsync segment %s: %w", g.id, path, err)
 		}
 		if f != g.seg {
 			f.Close()
 		}
-		delete(g.dirty, no)
+		delete(g.dirty, path)
 	}
 	if g.newFiles && segErr == nil {
 		if err := syncDir(g.dir); err != nil {

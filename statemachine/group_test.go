@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -43,10 +44,17 @@ type harness struct {
 
 func newHarness(t *testing.T, dir string) *harness {
 	t.Helper()
+	return newHarnessSized(t, dir, DefaultSegmentSize)
+}
+
+// newHarnessSized opens a store whose segment parts roll at size bytes.
+func newHarnessSized(t *testing.T, dir string, size uint64) *harness {
+	t.Helper()
 	st, err := Open(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
+	st.SetSegmentSize(size)
 	g := st.NewGroup(5, 1).(*Group)
 	idx, err := g.Open(nil)
 	if err != nil {
@@ -535,5 +543,160 @@ func TestCompressionIsTransparent(t *testing.T) {
 			t.Fatalf("reading a damaged compressed segment: want a corruption error naming %s, got %v", FileName(1), err)
 		}
 		break
+	}
+}
+
+func TestSegmentsRoll(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarnessSized(t, dir, 8<<10)
+	ep := h.claim()
+	var seq uint64
+	items := []Item{newFile("m.1", binlog.Position{0: gt(0)})}
+	for i := 0; i < 30; i++ {
+		seq++
+		items = append(items, txn(gt(seq), 900))
+	}
+	h.mustAppend(&Append{Epoch: ep, Items: items})
+	// A transaction in pieces that straddle parts.
+	seq++
+	big := txnEvents(gt(seq), 20000)
+	cut := len(gtidEv(gt(seq))) + len(ev(binlog.TableMapEvent, 30))
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), First: true, Events: big[:cut]}}}})
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), Last: true, Events: big[cut:]}}}})
+	// An open transaction whose pieces land in new parts, then dropped by a new epoch.
+	open1 := txnEvents(gt(seq+1), 30000)
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq, Items: []Item{{Txn: &Txn{GTID: gt(seq + 1), First: true, Events: open1[:cut]}}}})
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq, Items: []Item{{Txn: &Txn{GTID: gt(seq + 1), Events: open1[cut : len(open1)-len(binlog.NewXID(testServer, 1, true))]}}}})
+	partsBefore := len(h.g.m.PartStarts)
+	ep = h.claim()
+	if len(h.g.m.PartStarts) >= partsBefore {
+		t.Fatalf("dropping the open transaction kept its parts (%d, before %d)", len(h.g.m.PartStarts), partsBefore)
+	}
+	if _, err := os.Stat(h.g.partPath(1, partsBefore)); !os.IsNotExist(err) {
+		t.Fatal("a part holding only dropped pieces is still on disk")
+	}
+	if len(h.g.m.PartStarts) < 3 {
+		t.Fatalf("only %d parts after %d bytes with 8 KiB parts", len(h.g.m.PartStarts)+1, h.g.m.SegSize)
+	}
+	// A replica waiting at the tail while the file gains parts and is then closed.
+	tl, _ := h.g.Tail()
+	live, err := h.g.NewCursor(Start{File: 1, Served: tl.FileSize, Seg: tl.SegSize})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer live.Close()
+	liveFrom := seq
+	more := []Item{}
+	for i := 0; i < 12; i++ {
+		seq++
+		more = append(more, txn(gt(seq), 1500))
+	}
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: liveFrom, Items: more})
+	for f := 2; f <= 4; f++ {
+		items := []Item{newFile(fmt.Sprintf("m.%d", f), nil)}
+		prev := seq
+		for i := 0; i < 12; i++ {
+			seq++
+			items = append(items, txn(gt(seq), 1500))
+		}
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: prev, Items: items})
+	}
+	tl, _ = h.g.Tail()
+	for want := liveFrom + 1; want <= liveFrom+12; {
+		r, err := live.Next(tl)
+		if err != nil {
+			t.Fatalf("live cursor, waiting for %d: %v", want, err)
+		}
+		if r.Type == recTxn {
+			if g, _ := TxnGTID(r.Payload); g.Seq != want {
+				t.Fatalf("live cursor read %v, want %d", g, want)
+			}
+			want++
+		}
+	}
+	all := readAll(t, h.g, Start{File: 1, Served: 4}) // log_pos continuity across parts
+	var n uint64
+	for _, r := range all {
+		if r.Type == recTxn {
+			n++
+			if g, _ := TxnGTID(r.Payload); g.Seq != n {
+				t.Fatalf("transaction %d read as %v", n, g)
+			}
+		}
+	}
+	if n != seq {
+		t.Fatalf("read %d transactions, appended %d", n, seq)
+	}
+	// Lookups land in later parts.
+	for _, k := range []uint64{5, 25, 31, seq - 1} {
+		s, err := h.g.Locate(binlog.Position{0: gt(k)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, _ := h.g.NewCursor(s)
+		tail, _ := h.g.Tail()
+		for {
+			r, err := c.Next(tail)
+			if err != nil {
+				t.Fatalf("after %d: %v", k, err)
+			}
+			if r.Type == recTxn {
+				if g, _ := TxnGTID(r.Payload); g.Seq != k+1 {
+					t.Fatalf("after %d comes %v", k, g)
+				}
+				break
+			}
+		}
+		c.Close()
+	}
+	// Closed files' parts get compressed; reads stay identical.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		_, e0 := os.Stat(h.g.partPath(1, 0) + zstSuffix)
+		_, e1 := os.Stat(h.g.partPath(1, 2) + zstSuffix)
+		if e0 == nil && e1 == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("parts of file 1 were not compressed")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	again := readAll(t, h.g, Start{File: 1, Served: 4})
+	for i := range all {
+		if !bytes.Equal(all[i].Payload, again[i].Payload) {
+			t.Fatalf("record %d differs once parts are compressed", i)
+		}
+	}
+	// Snapshot and reopen keep the parts.
+	ctx, err := h.g.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := h.g.SaveSnapshot(ctx, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	dst := newHarnessSized(t, t.TempDir(), 8<<10)
+	defer dst.close()
+	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := readAll(t, dst.g, Start{File: 1, Served: 4}); len(got) != len(all) || !bytes.Equal(got[len(got)-1].Payload, all[len(all)-1].Payload) {
+		t.Fatal("snapshot of a multi-part group differs")
+	}
+	h.close()
+	h2 := newHarnessSized(t, dir, 8<<10)
+	defer h2.close()
+	if got := readAll(t, h2.g, Start{File: 1, Served: 4}); len(got) != len(all) {
+		t.Fatal("reopen lost records")
+	}
+	if r := h2.apply(EncodePurge(3)); r.Value != ResultOK {
+		t.Fatalf("purge: %s", r.Data)
+	}
+	left, _ := filepath.Glob(filepath.Join(h2.g.dir, "000001.*"))
+	left2, _ := filepath.Glob(filepath.Join(h2.g.dir, "000002.*"))
+	if len(left)+len(left2) != 0 {
+		t.Fatalf("purge left parts of purged files: %v %v", left, left2)
 	}
 }

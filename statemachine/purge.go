@@ -60,24 +60,29 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 		return sm.Result{}, fmt.Errorf("group %d: unindex purged files: %w", g.id, err)
 	}
 	for no := g.m.FirstFile; no < before; no++ {
-		if f, ok := g.dirty[no]; ok {
-			f.Close()
-			delete(g.dirty, no)
-		}
 		delete(g.startStates, no)
+		fi, err := g.store.fileInfo(g.id, no)
+		if err != nil {
+			return sm.Result{}, err
+		}
 		// Deleting before the index commit is safe: should the process die in between,
 		// Open removes the rest (segments below FirstFile never come back into use).
-		if st, err := os.Stat(g.segPath(no) + zstSuffix); err == nil {
-			if fi, err := g.store.fileInfo(g.id, no); err == nil {
+		for k, size := range partSizes(fi) {
+			path := g.partPath(no, k)
+			if f, ok := g.dirty[path]; ok {
+				f.Close()
+				delete(g.dirty, path)
+			}
+			if st, err := os.Stat(path + zstSuffix); err == nil {
 				g.mu.Lock()
-				g.compOrig -= min(g.compOrig, fi.SegSize)
+				g.compOrig -= min(g.compOrig, size)
 				g.compSize -= min(g.compSize, uint64(st.Size()))
 				g.mu.Unlock()
 			}
-		}
-		for _, p := range []string{g.segPath(no), g.segPath(no) + zstSuffix} {
-			if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, p, err)
+			for _, p := range []string{path, path + zstSuffix} {
+				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+					return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, p, err)
+				}
 			}
 		}
 	}
@@ -88,7 +93,7 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 
 // firstIndexOf reads the raft index of a file's first record from its header.
 func (g *Group) firstIndexOf(no uint64) (uint64, error) {
-	r, err := g.openSegment(no)
+	r, err := g.openPart(no, 0)
 	if err != nil {
 		return 0, err
 	}

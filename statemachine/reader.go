@@ -262,12 +262,16 @@ type Cursor struct {
 	seg    uint64
 	served uint64
 	f      segmentReader
+	starts []uint64 // part starts of the file being read
+	part   int      // the part f reads
+	final  bool     // starts are the closed file's complete list
 }
 
 // NewCursor opens a cursor at s.
 func (g *Group) NewCursor(s Start) (*Cursor, error) {
 	c := &Cursor{g: g, file: s.File, seg: s.Seg, served: s.Served}
-	if err := c.open(); err != nil {
+	t, _ := g.Tail()
+	if err := c.open(t); err != nil {
 		return nil, err
 	}
 	g.setReading(c, c.file)
@@ -277,12 +281,48 @@ func (g *Group) NewCursor(s Start) (*Cursor, error) {
 // Position returns the served file and position of the next record.
 func (c *Cursor) Position() (uint64, uint64) { return c.file, c.served }
 
-func (c *Cursor) open() error {
-	f, err := c.g.openSegment(c.file)
+// open opens the part of the cursor's file that holds its offset.
+func (c *Cursor) open(t Tail) error {
+	if err := c.loadStarts(t); err != nil {
+		return err
+	}
+	c.part = partOf(c.starts, c.seg)
+	f, err := c.g.openPart(c.file, c.part)
 	if err != nil {
 		return fmt.Errorf("%s: %w", FileName(c.file), err)
 	}
 	c.f = f
+	return nil
+}
+
+// loadStarts refreshes the part list of the cursor's file: the tail's while the file
+// is current (it may still gain parts), the index's once it is closed.
+func (c *Cursor) loadStarts(t Tail) error {
+	if c.file == t.File {
+		c.starts, c.final = t.PartStarts, false
+		return nil
+	}
+	if c.final {
+		return nil
+	}
+	fi, err := c.g.store.fileInfo(c.g.id, c.file)
+	if err != nil {
+		return err
+	}
+	c.starts, c.final = fi.PartStarts, true
+	return nil
+}
+
+// ensurePart moves to the next part once the offset has reached it; the file may
+// have gained parts (and been closed) since the cursor opened it.
+func (c *Cursor) ensurePart(t Tail) error {
+	if err := c.loadStarts(t); err != nil {
+		return err
+	}
+	if k := partOf(c.starts, c.seg); k != c.part {
+		c.closeFile()
+		return c.open(t)
+	}
 	return nil
 }
 
@@ -312,7 +352,11 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 	rec := Record{File: c.file, Pos: c.served}
 	var hdr [recordHeaderLen]byte
 	for {
-		if _, err := c.f.ReadAt(hdr[:], int64(c.seg)); err != nil {
+		if err := c.ensurePart(t); err != nil {
+			return Record{}, err
+		}
+		off := int64(c.seg - partStart(c.starts, c.part))
+		if _, err := c.f.ReadAt(hdr[:], off); err != nil {
 			return Record{}, c.corrupt("read record header", err)
 		}
 		h, err := parseRecordHeader(hdr[:])
@@ -320,7 +364,7 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 			return Record{}, c.corrupt("parse record header", err)
 		}
 		payload := make([]byte, h.Len)
-		if _, err := c.f.ReadAt(payload, int64(c.seg)+recordHeaderLen); err != nil {
+		if _, err := c.f.ReadAt(payload, off+recordHeaderLen); err != nil {
 			return Record{}, c.corrupt("read record payload", err)
 		}
 		if err := verifyRecord(hdr[:], h, payload); err != nil {
@@ -341,10 +385,11 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 	if rec.Type == recRotate {
 		c.closeFile()
 		c.file++
+		c.final = false
 		c.g.setReading(c, c.file)
 		c.seg, c.served = 0, 4
 		if c.file <= t.File {
-			if err := c.open(); err != nil {
+			if err := c.open(t); err != nil {
 				return Record{}, err
 			}
 		}
@@ -353,9 +398,11 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 }
 
 func (c *Cursor) corrupt(what string, err error) error {
-	c.g.log.Error("corrupt segment record", "file", c.g.segPath(c.file), "offset", c.seg, "what", what, "err", err)
+	path := c.g.partPath(c.file, c.part)
+	off := c.seg - partStart(c.starts, c.part)
+	c.g.log.Error("corrupt segment record", "file", path, "offset", off, "what", what, "err", err)
 	return fmt.Errorf("%w: group %d, file %s (segment %s) at offset %d: %s: %v; this replica must be rebuilt from a peer",
-		ErrCorrupt, c.g.id, FileName(c.file), c.g.segPath(c.file), c.seg, what, err)
+		ErrCorrupt, c.g.id, FileName(c.file), path, off, what, err)
 }
 
 // TxnGTID returns the GTID of a transaction record (its first event).

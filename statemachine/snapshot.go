@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -17,12 +18,12 @@ import (
 //	"FLSN" u32 version
 //	u64 len + meta JSON
 //	u64 count, then count x (u64 klen, key without group prefix, u64 vlen, value)   index entries
-//	u64 count, then count x (u64 file no, u64 size, bytes)                          segment files
+//	u64 count, then count x (u64 file no, u64 part, u64 size, bytes)                segment parts
 //
 // A snapshot holds only complete records: pieces of an unfinished transaction are left
 // out (the syncer's next proposal is then rejected and it starts the transaction over).
 const snapMagic = "FLSN"
-const snapVersion uint32 = 1
+const snapVersion uint32 = 2
 
 type snapCtx struct {
 	m    meta
@@ -32,6 +33,7 @@ type snapCtx struct {
 
 type segExtent struct {
 	No   uint64
+	Part int
 	Size uint64
 }
 
@@ -41,18 +43,26 @@ func (g *Group) PrepareSnapshot() (interface{}, error) {
 	m := g.m
 	m.State = g.m.State.Clone()
 	m.Pending, m.PartSeg, m.PartServed = nil, m.SegSize, m.FileSize
+	// Parts that begin at or after the last complete record hold only open pieces.
+	m.PartStarts = nil
+	for _, st := range g.m.PartStarts {
+		if st < m.SegSize {
+			m.PartStarts = append(m.PartStarts, st)
+		}
+	}
 	ctx := &snapCtx{m: m, snap: g.store.db.NewSnapshot()}
 	for no := g.firstFile(); no > 0 && no <= m.File; no++ {
-		size := m.SegSize
+		fi := fileInfo{SegSize: m.SegSize, PartStarts: m.PartStarts}
 		if no < m.File {
-			fi, err := g.store.fileInfo(g.id, no)
-			if err != nil {
+			var err error
+			if fi, err = g.store.fileInfo(g.id, no); err != nil {
 				ctx.snap.Close()
 				return nil, err
 			}
-			size = fi.SegSize
 		}
-		ctx.segs = append(ctx.segs, segExtent{No: no, Size: size})
+		for k, size := range partSizes(fi) {
+			ctx.segs = append(ctx.segs, segExtent{No: no, Part: k, Size: size})
+		}
 	}
 	return ctx, nil
 }
@@ -116,10 +126,11 @@ func (g *Group) SaveSnapshot(c interface{}, w io.Writer, done <-chan struct{}) e
 			return errSnapshotStopped
 		}
 		u64(s.No)
+		u64(uint64(s.Part))
 		u64(s.Size)
-		f, err := g.openSegment(s.No)
+		f, err := g.openPart(s.No, s.Part)
 		if err != nil {
-			return fmt.Errorf("group %d: snapshot segment %d: %w", g.id, s.No, err)
+			return fmt.Errorf("group %d: snapshot segment %d part %d: %w", g.id, s.No, s.Part, err)
 		}
 		_, err = io.Copy(bw, io.NewSectionReader(f, 0, int64(s.Size)))
 		f.Close()
@@ -216,11 +227,15 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 			return errSnapshotStopped
 		}
 		no, err1 := u64()
-		size, err2 := u64()
-		if err := errors.Join(err1, err2); err != nil {
+		part, err2 := u64()
+		size, err3 := u64()
+		if err := errors.Join(err1, err2, err3); err != nil {
 			return fmt.Errorf("group %d: read snapshot segment header: %w", g.id, err)
 		}
-		f, err := os.Create(fmt.Sprintf("%s/%06d.seg", tmp, no))
+		if part > 1<<20 {
+			return fmt.Errorf("group %d: snapshot names segment part %d", g.id, part)
+		}
+		f, err := os.Create(filepath.Join(tmp, partName(no, int(part))))
 		if err != nil {
 			return fmt.Errorf("group %d: restore segment: %w", g.id, err)
 		}

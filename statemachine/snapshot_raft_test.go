@@ -43,6 +43,7 @@ func startRaftNode(t *testing.T, dir string, addr string) *raftNode {
 	if err != nil {
 		t.Fatal(err)
 	}
+	st.SetSegmentSize(16 << 10) // snapshots must carry multi-part segments
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID: 7, NodeHostDir: filepath.Join(dir, "raft"), RTTMillisecond: 20, RaftAddress: addr,
 		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig()},
@@ -176,15 +177,17 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	// Bit rot on node 2: reading past the flipped byte fails with the place named.
 	g2, _ := nodes[1].store.Group(9)
 	tail2, _ := g2.Tail()
-	path := g2.segPath(tail2.File)
+	last := len(tail2.PartStarts)
+	path := g2.partPath(tail2.File, last)
+	mid := int64(tail2.SegSize-partStart(tail2.PartStarts, last)) / 2
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	one := []byte{0}
-	f.ReadAt(one, int64(tail2.SegSize/2))
+	f.ReadAt(one, mid)
 	one[0] ^= 0x10
-	f.WriteAt(one, int64(tail2.SegSize/2))
+	f.WriteAt(one, mid)
 	f.Close()
 	if err := readAllErr(g2, tail2.File); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), FileName(tail2.File)) || !strings.Contains(err.Error(), "offset") {
 		t.Fatalf("reading the damaged segment: want a corruption error naming file and offset, got %v", err)

@@ -29,7 +29,16 @@ type Store struct {
 
 	compressc    chan compressJob
 	compressDone chan struct{}
+	// segmentSize is where segment parts roll (0: never).
+	segmentSize uint64
 }
+
+// DefaultSegmentSize is the size at which segment parts roll by default.
+const DefaultSegmentSize = 256 << 20
+
+// SetSegmentSize sets where segment parts roll; call it before groups are started.
+// Small parts make compression and purge finer-grained; 0 keeps one part per file.
+func (s *Store) SetSegmentSize(n uint64) { s.segmentSize = n }
 
 // Open opens (creating if needed) the store under dir.
 func Open(dir string, log *slog.Logger) (*Store, error) {
@@ -41,7 +50,7 @@ func Open(dir string, log *slog.Logger) (*Store, error) {
 		return nil, fmt.Errorf("storage: open index in %s: %w", dir, err)
 	}
 	s := &Store{db: db, dir: dir, log: log, groups: map[uint64]*Group{},
-		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{})}
+		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize}
 	go s.compressLoop()
 	return s, nil
 }
@@ -67,7 +76,7 @@ func (s *Store) NewGroup(clusterID, nodeID uint64) sm.IOnDiskStateMachine {
 		node:        nodeID,
 		dir:         filepath.Join(s.dir, "groups", strconv.FormatUint(clusterID, 10)),
 		log:         s.log.With("group", clusterID),
-		dirty:       map[uint64]*os.File{},
+		dirty:       map[string]*os.File{},
 		startStates: map[uint64]binlog.Position{},
 		changed:     make(chan struct{}),
 		reading:     map[*Cursor]uint64{},

@@ -28,6 +28,7 @@ func serveCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "label", Usage: "node label k=v (e.g. zone=a); repeatable"},
 			&cli.DurationFlag{Name: "retention-age", Value: 7 * 24 * time.Hour, Usage: "purge served binlog files whose last transaction is older (0 keeps all)"},
 			&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"},
+			&cli.Uint64Flag{Name: "segment-size", Usage: "bytes at which segment files roll (default 268435456, 256 MiB)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -51,6 +52,9 @@ func serveCommand() *cli.Command {
 			}
 			if c.IsSet("retention-age") || cfg.RetentionAge == 0 {
 				cfg.RetentionAge = c.Duration("retention-age")
+			}
+			if c.IsSet("segment-size") {
+				cfg.SegmentSize = c.Uint64("segment-size")
 			}
 			if c.IsSet("retention-bytes") {
 				cfg.RetentionBytes = c.Uint64("retention-bytes")

@@ -37,6 +37,8 @@ type Config struct {
 	// RetentionAge and RetentionBytes bound each group's binlog (0 = unbounded).
 	RetentionAge   time.Duration `yaml:"retention_age"`
 	RetentionBytes uint64        `yaml:"retention_bytes"`
+	// SegmentSize is where segment files roll (0: the default, 256 MiB).
+	SegmentSize uint64 `yaml:"segment_size"`
 }
 
 // Defaults fills unset fields with the one-node defaults of the design.
@@ -100,6 +102,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		closeLis()
 		return nil, err
+	}
+	if cfg.SegmentSize > 0 {
+		store.SetSegmentSize(cfg.SegmentSize)
 	}
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:   1,

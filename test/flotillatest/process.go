@@ -104,7 +104,8 @@ func (n *Node) Start(ctx context.Context) {
 	}
 	n.logFile = lf
 	n.cmd = exec.Command(n.bin, "serve", "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
-		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug")
+		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug",
+		"--segment-size", "1048576") // small segments: end-to-end tests cross part boundaries
 	n.cmd.Stdout, n.cmd.Stderr = lf, lf
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := n.cmd.Start(); err != nil {
