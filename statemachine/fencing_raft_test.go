@@ -3,8 +3,6 @@ package statemachine
 import (
 	"context"
 	"encoding/binary"
-	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -22,18 +20,7 @@ import (
 // transaction exactly once, in order.
 func TestOverlappingSyncersNeverDuplicate(t *testing.T) {
 	dir := t.TempDir()
-	members := map[uint64]string{}
-	var nodes []*raftNode
-	for i := uint64(1); i <= 3; i++ {
-		members[i] = freeAddr(t)
-	}
-	for i := uint64(1); i <= 3; i++ {
-		n := startRaftNode(t, filepath.Join(dir, fmt.Sprint(i)), members[i])
-		if err := n.nh.StartOnDiskCluster(members, false, n.store.NewGroup, groupConfig(i)); err != nil {
-			t.Fatal(err)
-		}
-		nodes = append(nodes, n)
-	}
+	nodes := startGroup3(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	const total = 300

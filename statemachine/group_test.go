@@ -296,19 +296,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 	ep := src.claim()
 	src.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 300)}})
 	src.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{newFile("m.2", nil), txn(gt(2), 70000)}})
-	ctx, err := src.g.PrepareSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := src.g.SaveSnapshot(ctx, &buf, nil); err != nil {
-		t.Fatal(err)
-	}
-	dst := newHarness(t, t.TempDir())
+	dst := snapshotInto(t, src, newHarness(t, t.TempDir()))
 	defer dst.close()
-	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
-		t.Fatal(err)
-	}
 	a, b := readAll(t, src.g, Start{File: 1, Served: 4}), readAll(t, dst.g, Start{File: 1, Served: 4})
 	if len(a) != len(b) {
 		t.Fatalf("%d records restored, want %d", len(b), len(a))
@@ -495,19 +484,8 @@ func TestCompressionIsTransparent(t *testing.T) {
 		t.Fatalf("after 7 comes %v, %v", g, err)
 	}
 	// A snapshot taken from compressed segments restores the same bytes.
-	ctx, err := h.g.PrepareSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := h.g.SaveSnapshot(ctx, &buf, nil); err != nil {
-		t.Fatal(err)
-	}
-	dst := newHarness(t, t.TempDir())
+	dst := snapshotInto(t, h, newHarness(t, t.TempDir()))
 	defer dst.close()
-	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
-		t.Fatal(err)
-	}
 	if got := readAll(t, dst.g, Start{File: 1, Served: 4}); len(got) != len(after) || !bytes.Equal(got[5].Payload, after[5].Payload) {
 		t.Fatal("snapshot of compressed segments differs")
 	}
@@ -669,19 +647,8 @@ func TestSegmentsRoll(t *testing.T) {
 		}
 	}
 	// Snapshot and reopen keep the parts.
-	ctx, err := h.g.PrepareSnapshot()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var buf bytes.Buffer
-	if err := h.g.SaveSnapshot(ctx, &buf, nil); err != nil {
-		t.Fatal(err)
-	}
-	dst := newHarnessSized(t, t.TempDir(), 8<<10)
+	dst := snapshotInto(t, h, newHarnessSized(t, t.TempDir(), 8<<10))
 	defer dst.close()
-	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
-		t.Fatal(err)
-	}
 	if got := readAll(t, dst.g, Start{File: 1, Served: 4}); len(got) != len(all) || !bytes.Equal(got[len(got)-1].Payload, all[len(all)-1].Payload) {
 		t.Fatal("snapshot of a multi-part group differs")
 	}
@@ -699,4 +666,21 @@ func TestSegmentsRoll(t *testing.T) {
 	if len(left)+len(left2) != 0 {
 		t.Fatalf("purge left parts of purged files: %v %v", left, left2)
 	}
+}
+
+// snapshotInto saves a snapshot of src and recovers it into dst, as a joining replica.
+func snapshotInto(t *testing.T, src, dst *harness) *harness {
+	t.Helper()
+	ctx, err := src.g.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := src.g.SaveSnapshot(ctx, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	return dst
 }

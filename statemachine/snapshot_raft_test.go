@@ -56,21 +56,12 @@ func startRaftNode(t *testing.T, dir string, addr string) *raftNode {
 	return n
 }
 
-func groupConfig(node uint64) config.Config {
-	// Frequent snapshots and no spare entries: the log is compacted almost at once.
-	return config.Config{NodeID: node, ClusterID: 9, ElectionRTT: 10, HeartbeatRTT: 1, CheckQuorum: true,
-		SnapshotEntries: 5, CompactionOverhead: 1}
-}
-
-// TestJoinByStreamedSnapshot: a 3-replica group compacts its raft log; a 4th replica
-// can then only catch up through SaveSnapshot/RecoverFromSnapshot, and must end up
-// serving exactly the same binlog bytes. Then a replica with a corrupt segment refuses
-// to serve it and is rebuilt from its peers the same way.
-func TestJoinByStreamedSnapshot(t *testing.T) {
+// startGroup3 starts group 9 on three in-process replicas.
+func startGroup3(t *testing.T, dir string) []*raftNode {
+	t.Helper()
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings"} {
 		dblog.GetLogger(name).SetLevel(dblog.ERROR)
 	}
-	dir := t.TempDir()
 	members := map[uint64]string{}
 	var nodes []*raftNode
 	for i := uint64(1); i <= 3; i++ {
@@ -83,6 +74,22 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 		}
 		nodes = append(nodes, n)
 	}
+	return nodes
+}
+
+func groupConfig(node uint64) config.Config {
+	// Frequent snapshots and no spare entries: the log is compacted almost at once.
+	return config.Config{NodeID: node, ClusterID: 9, ElectionRTT: 10, HeartbeatRTT: 1, CheckQuorum: true,
+		SnapshotEntries: 5, CompactionOverhead: 1}
+}
+
+// TestJoinByStreamedSnapshot: a 3-replica group compacts its raft log; a 4th replica
+// can then only catch up through SaveSnapshot/RecoverFromSnapshot, and must end up
+// serving exactly the same binlog bytes. Then a replica with a corrupt segment refuses
+// to serve it and is rebuilt from its peers the same way.
+func TestJoinByStreamedSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	nodes := startGroup3(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	propose := func(cmd []byte) []byte {
