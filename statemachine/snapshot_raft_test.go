@@ -139,9 +139,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	}
 	// Node 4 joins: the entries it needs are gone from the log.
 	addr4 := freeAddr(t)
-	if err := nodes[0].nh.SyncRequestAddNode(ctx, 9, 4, addr4, 0); err != nil {
-		t.Fatalf("add node 4: %v", err)
-	}
+	changeMembership(ctx, t, nodes[0].nh, 4, addr4)
 	n4 := startRaftNode(t, filepath.Join(dir, "4"), addr4)
 	if err := n4.nh.StartOnDiskCluster(nil, true, n4.store.NewGroup, groupConfig(4)); err != nil {
 		t.Fatal(err)
@@ -201,9 +199,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	}
 	// Rebuild node 2 from its peers: drop the damaged replica, wipe it, and add the
 	// same process back under a new replica id; it returns through a snapshot.
-	if err := nodes[0].nh.SyncRequestDeleteNode(ctx, 9, 2, 0); err != nil {
-		t.Fatalf("remove damaged replica: %v", err)
-	}
+	changeMembership(ctx, t, nodes[0].nh, 2, "")
 	// The removed replica stops itself once it applies its removal.
 	if err := nodes[1].nh.StopCluster(9); err != nil && !errors.Is(err, dragonboat.ErrClusterNotFound) {
 		t.Fatal(err)
@@ -221,9 +217,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	if err := nodes[1].store.RemoveGroupData(9); err != nil {
 		t.Fatal(err)
 	}
-	if err := nodes[0].nh.SyncRequestAddNode(ctx, 9, 5, nodes[1].addr, 0); err != nil {
-		t.Fatalf("re-add as replica 5: %v", err)
-	}
+	changeMembership(ctx, t, nodes[0].nh, 5, nodes[1].addr)
 	if err := nodes[1].nh.StartOnDiskCluster(nil, true, nodes[1].store.NewGroup, groupConfig(5)); err != nil {
 		t.Fatal(err)
 	}
@@ -249,6 +243,36 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	rebuilt := readAll(t, g5, Start{File: 1, Served: 4})
 	if len(rebuilt) != len(a) || !bytes.Equal(rebuilt[len(a)-1].Payload, a[len(a)-1].Payload) {
 		t.Fatal("the rebuilt replica does not serve the same binlog")
+	}
+}
+
+// changeMembership adds replica id at addr (or removes it when addr is empty) and
+// retries until the membership shows it: a request made while the group elects a
+// leader (e.g. after removing the leader) can be dropped.
+func changeMembership(ctx context.Context, t *testing.T, nh *dragonboat.NodeHost, id uint64, addr string) {
+	t.Helper()
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		var err error
+		if addr != "" {
+			err = nh.SyncRequestAddNode(actx, 9, id, addr, 0)
+		} else {
+			err = nh.SyncRequestDeleteNode(actx, 9, id, 0)
+		}
+		cancel()
+		mctx, mcancel := context.WithTimeout(ctx, 5*time.Second)
+		m, merr := nh.SyncGetClusterMembership(mctx, 9)
+		mcancel()
+		if merr == nil {
+			_, present := m.Nodes[id]
+			if present == (addr != "") {
+				return
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("membership change for replica %d did not take effect: %v", id, err)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }
 
