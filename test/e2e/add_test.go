@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -64,4 +65,52 @@ func TestUpstreamAddRefusesBadSources(t *testing.T) {
 	if err := add(master.Addr(), upstreamPass); err != nil {
 		t.Fatalf("a good master must be accepted after fixing it: %v", err)
 	}
+
+	// Pause stops pulling (the syncer disconnects); resume catches up exactly.
+	executed := func() (string, bool) {
+		out, err := fl.CLI(ctx, "upstream", "get", "u", "-o", "json")
+		if err != nil {
+			t.Fatal(err)
+		}
+		var u struct {
+			Upstream struct {
+				Paused bool `json:"paused"`
+			} `json:"upstream"`
+			Group struct {
+				ExecutedGtid string `json:"executedGtid"`
+				Syncing      bool   `json:"syncing"`
+			} `json:"group"`
+		}
+		if err := json.Unmarshal([]byte(out), &u); err != nil {
+			t.Fatal(err)
+		}
+		return u.Group.ExecutedGtid, u.Group.Syncing
+	}
+	waitFor := func(what string, ok func() bool) {
+		for deadline := time.Now().Add(60 * time.Second); !ok(); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("timed out waiting for %s", what)
+			}
+		}
+	}
+	if err := master.Exec(ctx, "CREATE DATABASE IF NOT EXISTS pausetest"); err != nil {
+		t.Fatal(err)
+	}
+	want, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	waitFor("Flotilla to catch up before the pause", func() bool { g, _ := executed(); return g == want })
+	if out, err := fl.CLI(ctx, "upstream", "pause", "u"); err != nil || !strings.Contains(out, "u") {
+		t.Fatalf("pause: %v %s", err, out)
+	}
+	waitFor("the syncer to stop", func() bool { _, syncing := executed(); return !syncing })
+	if err := master.Exec(ctx, "CREATE TABLE pausetest.t (a INT PRIMARY KEY)"); err != nil {
+		t.Fatal(err)
+	}
+	after, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	if g, _ := executed(); g != want {
+		t.Fatalf("paused upstream moved from %s to %s", want, g)
+	}
+	if _, err := fl.CLI(ctx, "upstream", "resume", "u"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor("Flotilla to catch up after resume", func() bool { g, _ := executed(); return g == after })
 }
