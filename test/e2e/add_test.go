@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"path/filepath"
 	"strings"
@@ -68,22 +67,7 @@ func TestUpstreamAddRefusesBadSources(t *testing.T) {
 
 	// Pause stops pulling (the syncer disconnects); resume catches up exactly.
 	executed := func() (string, bool) {
-		out, err := fl.CLI(ctx, "upstream", "get", "u", "-o", "json")
-		if err != nil {
-			t.Fatal(err)
-		}
-		var u struct {
-			Upstream struct {
-				Paused bool `json:"paused"`
-			} `json:"upstream"`
-			Group struct {
-				ExecutedGtid string `json:"executedGtid"`
-				Syncing      bool   `json:"syncing"`
-			} `json:"group"`
-		}
-		if err := json.Unmarshal([]byte(out), &u); err != nil {
-			t.Fatal(err)
-		}
+		u := getUpstream(ctx, t, fl, "u")
 		return u.Group.ExecutedGtid, u.Group.Syncing
 	}
 	waitFor := func(what string, ok func() bool) {

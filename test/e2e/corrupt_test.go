@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/json"
 	"os"
 	"path/filepath"
 	"sort"
@@ -34,21 +33,13 @@ func TestCorruptSegmentIsNotServed(t *testing.T) {
 	want, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
 	var gid string
 	for deadline := time.Now().Add(2 * time.Minute); ; {
-		out, err := fl.CLI(ctx, "upstream", "get", "main", "-o", "json")
-		var u struct {
-			Upstream struct {
-				GroupID string `json:"groupId"`
-			} `json:"upstream"`
-			Group struct {
-				ExecutedGtid string `json:"executedGtid"`
-			} `json:"group"`
-		}
-		if err == nil && json.Unmarshal([]byte(out), &u) == nil && u.Group.ExecutedGtid == want {
+		u := getUpstream(ctx, t, fl, "main")
+		if u.Group.ExecutedGtid == want {
 			gid = u.Upstream.GroupID
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("Flotilla did not copy the master's binlog (want %s): %s", want, out)
+			t.Fatalf("Flotilla did not copy the master's binlog (want %s, has %s)", want, u.Group.ExecutedGtid)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

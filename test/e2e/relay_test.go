@@ -139,25 +139,31 @@ func sameData(t *testing.T, name string, want, got map[string]string) {
 	}
 }
 
+// upstreamJSON is what the tests read of `flotilla upstream get NAME -o json`.
 type upstreamJSON struct {
 	Upstream struct {
 		StartGtid string `json:"startGtid"`
+		GroupID   string `json:"groupId"`
+		Paused    bool   `json:"paused"`
 	} `json:"upstream"`
 	Group struct {
 		ExecutedGtid string `json:"executedGtid"`
 		Transactions string `json:"transactions"`
 		Bytes        string `json:"bytes"`
+		CurrentFile  string `json:"currentFile"`
+		Syncing      bool   `json:"syncing"`
 		Replicas     []struct {
 			Mode string `json:"mode"`
 		} `json:"replicas"`
 	} `json:"group"`
 }
 
-func getUpstream(ctx context.Context, t *testing.T, fl *flotillatest.Node) upstreamJSON {
+// getUpstream reads an upstream's status through the CLI, as an operator would.
+func getUpstream(ctx context.Context, t *testing.T, fl *flotillatest.Node, name string) upstreamJSON {
 	t.Helper()
-	out, err := fl.CLI(ctx, "upstream", "get", "main", "-o", "json")
+	out, err := fl.CLI(ctx, "upstream", "get", name, "-o", "json")
 	if err != nil {
-		table, _ := fl.CLI(ctx, "upstream", "get", "main")
+		table, _ := fl.CLI(ctx, "upstream", "get", name)
 		t.Fatalf("%v\n%q", err, table)
 	}
 	var u upstreamJSON
@@ -250,7 +256,7 @@ func TestRelayEndToEnd(t *testing.T) {
 	sameData(t, "GTID replica", want, checksums(ctx, t, gtidReplica))
 	sameData(t, "file/position replica", want, checksums(ctx, t, fileReplica))
 
-	u := getUpstream(ctx, t, fl)
+	u := getUpstream(ctx, t, fl, "main")
 	masterPos, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
 	if u.Group.ExecutedGtid != masterPos {
 		t.Errorf("Flotilla's executed GTID %q differs from the master's %q", u.Group.ExecutedGtid, masterPos)
@@ -347,7 +353,7 @@ func checkMariadbBinlog(ctx context.Context, t *testing.T, fl *flotillatest.Node
 			seen[m[1]] = true
 		}
 	}
-	u := getUpstream(ctx, t, fl)
+	u := getUpstream(ctx, t, fl, "main")
 	if fmt.Sprint(len(seen)) != u.Group.Transactions {
 		t.Fatalf("mariadb-binlog decoded %d distinct GTIDs in %d files, Flotilla holds %s transactions", len(seen), len(files), u.Group.Transactions)
 	}
@@ -409,19 +415,8 @@ func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariad
 
 	// Purge: everything before the current file goes; a replica that needs purged
 	// history is told the oldest GTID still available.
-	out, err := fl.CLI(ctx, "upstream", "get", "main", "-o", "json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var now struct {
-		Group struct {
-			CurrentFile string `json:"currentFile"`
-		} `json:"group"`
-	}
-	if err := json.Unmarshal([]byte(out), &now); err != nil {
-		t.Fatal(err)
-	}
-	out, err = fl.CLI(ctx, "upstream", "purge", "main", "--to", now.Group.CurrentFile)
+	now := getUpstream(ctx, t, fl, "main")
+	out, err := fl.CLI(ctx, "upstream", "purge", "main", "--to", now.Group.CurrentFile)
 	if err != nil || !strings.Contains(out, "oldest file now "+now.Group.CurrentFile) {
 		t.Fatalf("purge to %s: %v: %s", now.Group.CurrentFile, err, out)
 	}
