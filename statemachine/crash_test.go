@@ -110,6 +110,8 @@ func crashChild(dir string) error {
 			if err := g.Sync(); err != nil {
 				return err
 			}
+			// Everything up to here must survive the kill (the parent checks).
+			fmt.Println("synced", ordinal)
 		}
 	}
 }
@@ -125,6 +127,7 @@ func TestCrashRecovery(t *testing.T) {
 	dir := t.TempDir()
 	rnd := rand.New(rand.NewPCG(42, 42))
 	var lastSeq uint64
+	syncedRounds := 0
 	for round := 0; round < rounds; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^$")
 		cmd.Env = append(os.Environ(), crashChildEnv+"="+dir)
@@ -136,26 +139,50 @@ func TestCrashRecovery(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
-		line, err := bufio.NewReader(out).ReadString('\n')
+		br := bufio.NewReader(out)
+		line, err := br.ReadString('\n')
 		if err != nil || line != "ready\n" {
 			cmd.Process.Kill()
 			cmd.Wait()
 			t.Fatalf("round %d: child did not start: %q %v", round, line, err)
 		}
+		// The child reports each Sync: what it synced must survive.
+		synced := make(chan uint64, 1)
+		go func() {
+			var last uint64
+			for {
+				line, err := br.ReadString('\n')
+				if err != nil {
+					synced <- last
+					return
+				}
+				fmt.Sscanf(line, "synced %d", &last)
+			}
+		}()
 		// Random crash time (not a synchronisation: any moment must be safe).
 		time.Sleep(time.Duration(5+rnd.IntN(250)) * time.Millisecond)
 		if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
+		durable := <-synced
 		cmd.Wait()
 
 		seq := verifyPrefix(t, dir, rnd)
 		if seq < lastSeq {
 			t.Fatalf("round %d: state went back from transaction %d to %d", round, lastSeq, seq)
 		}
+		if seq < durable {
+			t.Fatalf("round %d: the child synced %d transactions but only %d survived", round, durable, seq)
+		}
+		if durable > 0 {
+			syncedRounds++
+		}
 		lastSeq = seq
 	}
-	t.Logf("%d SIGKILL rounds; %d transactions survived, each state a valid prefix with a consistent index", rounds, lastSeq)
+	if syncedRounds == 0 {
+		t.Fatal("no round synced anything: the durability check never ran")
+	}
+	t.Logf("%d SIGKILL rounds (%d after a Sync); %d transactions survived, each state a valid prefix with a consistent index holding everything synced", rounds, syncedRounds, lastSeq)
 }
 
 // verifyPrefix opens the store like a restarted node and checks it; it returns the

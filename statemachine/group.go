@@ -212,6 +212,9 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	if g.m.State == nil {
 		g.m.State = binlog.Position{}
 	}
+	if err := g.redo(); err != nil {
+		return 0, err
+	}
 	// Segment files newer than the current one were created by an Update whose index
 	// write never landed, and older ones than the first were being purged: neither is
 	// part of the applied state.
@@ -268,6 +271,12 @@ type batch struct {
 	b       *pebble.Batch
 	buf     []byte // records not yet written to g.seg
 	indexed uint64 // last raft index whose first record has a raft-index key
+	// files are the file entries written since the last commit: the redo record
+	// carries them, as they cannot be derived from served records.
+	files []json.RawMessage
+	// durable asks for the current entry's changes to be committed with fsyncs before
+	// the next entry is applied (see commit).
+	durable bool
 }
 
 // Update applies committed entries in order. Rejections are results, not errors: an
@@ -289,22 +298,72 @@ func (g *Group) Update(entries []sm.Entry) ([]sm.Entry, error) {
 		}
 		e.Result = res
 		g.m.Applied = e.Index
+		if bt.durable {
+			if err := g.commit(bt); err != nil {
+				return nil, err
+			}
+		}
 	}
-	if err := g.flushSegment(bt); err != nil {
+	if err := g.commit(bt); err != nil {
 		return nil, err
-	}
-	mv, err := json.Marshal(&g.m)
-	if err != nil {
-		return nil, fmt.Errorf("group %d: encode meta: %w", g.id, err)
-	}
-	if err := bt.b.Set(metaKey(g.id), mv, nil); err != nil {
-		return nil, fmt.Errorf("group %d: index meta: %w", g.id, err)
-	}
-	if err := bt.b.Commit(pebble.NoSync); err != nil {
-		return nil, fmt.Errorf("group %d: commit index: %w", g.id, err)
 	}
 	g.publish()
 	return entries, nil
+}
+
+// redoRecord is the payload of a recIndex record.
+type redoRecord struct {
+	Meta  json.RawMessage   `json:"meta"`
+	Files []json.RawMessage `json:"files,omitempty"`
+}
+
+// commit writes the batch's records and index changes.
+//
+// Invariant (what makes a segment fsync enough to make an Update durable): every
+// index change is either derivable from the served records in the segments and the
+// recIndex record that follows them, or committed to the index with an fsync of the
+// segments and of the index before any later record is written. Open rolls the index
+// forward over recIndex records (redo), so the index itself is synced only for the
+// rare changes that rewrite or delete segments (ClaimEpoch dropping open pieces,
+// purge) and before the group has a segment to hold recIndex records.
+func (g *Group) commit(bt *batch) error {
+	mv, err := json.Marshal(&g.m)
+	if err != nil {
+		return fmt.Errorf("group %d: encode meta: %w", g.id, err)
+	}
+	redo := g.seg != nil && !bt.durable
+	var recLen uint64
+	if redo {
+		rv, err := json.Marshal(redoRecord{Meta: mv, Files: bt.files})
+		if err != nil {
+			return fmt.Errorf("group %d: encode redo record: %w", g.id, err)
+		}
+		n := len(bt.buf)
+		bt.buf = appendRecord(bt.buf, recIndex, g.m.Applied, rv)
+		recLen = uint64(len(bt.buf) - n)
+	}
+	if err := g.flushSegment(bt); err != nil {
+		return err
+	}
+	if err := bt.b.Set(metaKey(g.id), mv, nil); err != nil {
+		return fmt.Errorf("group %d: index meta: %w", g.id, err)
+	}
+	opts := pebble.NoSync
+	if !redo {
+		if err := g.syncSegments(); err != nil {
+			return err
+		}
+		opts = pebble.Sync
+	}
+	if err := bt.b.Commit(opts); err != nil {
+		return fmt.Errorf("group %d: commit index: %w", g.id, err)
+	}
+	// The stored meta ends before the recIndex record (it cannot count itself): an
+	// Open without redo truncates that record, which loses nothing.
+	g.m.PartSeg += recLen
+	bt.b.Reset()
+	bt.files, bt.durable = nil, false
+	return nil
 }
 
 func rejected(format string, args ...any) sm.Result {
@@ -321,12 +380,16 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 	}
 	if kind == KindPurge {
 		before, _ := DecodePurge(cmd)
+		bt.durable = true // segments are deleted: redo must never cross a purge
 		return g.purge(bt, before)
 	}
 	if kind == KindClaimEpoch {
 		if err := g.dropPending(bt); err != nil {
 			return sm.Result{}, err
 		}
+		// Redo must not cross the truncation of dropped pieces, and the epoch is
+		// not in any record.
+		bt.durable = true
 		g.m.Epoch++
 		return sm.Result{Value: ResultOK, Data: binary.BigEndian.AppendUint64(nil, g.m.Epoch)}, nil
 	}
@@ -357,6 +420,12 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 				// A first piece while one is open, or a continuation with none open
 				// (e.g. after a snapshot dropped the open pieces): start over.
 				return rejected("piece of %v does not continue the open transaction", it.Txn.GTID), nil
+			}
+			// Redo reads a transaction's GTID from its first event.
+			if it.Txn.First {
+				if g, ok := TxnGTID(it.Txn.Events); !ok || g != it.Txn.GTID {
+					return rejected("transaction %v does not begin with its GTID event", it.Txn.GTID), nil
+				}
 			}
 			pending = !it.Txn.Last
 		}
@@ -564,6 +633,9 @@ func (g *Group) dropPending(bt *batch) error {
 	if err := g.seg.Truncate(keep); err != nil {
 		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
 	}
+	// The truncation and removals are made durable by the commit that follows.
+	g.dirty[g.seg.Name()] = g.seg
+	g.newFiles = true
 	if _, err := g.seg.Seek(keep, io.SeekStart); err != nil {
 		return fmt.Errorf("group %d: seek segment: %w", g.id, err)
 	}
@@ -594,6 +666,7 @@ func (g *Group) putFile(bt *batch, fi fileInfo) error {
 	if err := bt.b.Set(fileKey(g.id, fi.No), v, nil); err != nil {
 		return fmt.Errorf("group %d: index file info: %w", g.id, err)
 	}
+	bt.files = append(bt.files, v)
 	return nil
 }
 
@@ -620,14 +693,14 @@ func (g *Group) publish() {
 	g.mu.Unlock()
 }
 
-// Sync makes every applied record and index entry durable. The segment fsyncs and
-// the index's WAL sync run at the same time: their order cannot be relied on anyway
-// (the OS may write back the index's unsynced WAL first), so Open checks instead that
-// the index never claims more segment bytes than exist, and refuses with a clear
-// error (rebuild from a peer) if a power loss left it so.
-func (g *Group) Sync() error {
-	idx := make(chan error, 1)
-	go func() { idx <- g.store.db.LogData(nil, pebble.Sync) }()
+// Sync makes every applied record and index entry durable. Only segments are
+// synced: the index is rolled forward from their recIndex records on Open (see
+// commit), so one fsync per written segment file is all an Update costs.
+func (g *Group) Sync() error { return g.syncSegments() }
+
+// syncSegments fsyncs the segment files written since the last call, and the
+// directory when files were created.
+func (g *Group) syncSegments() error {
 	var segErr error
 	for path, f := range g.dirty {
 		if err := f.Sync(); err != nil && segErr == nil {
@@ -644,9 +717,6 @@ func (g *Group) Sync() error {
 		} else {
 			g.newFiles = false
 		}
-	}
-	if err := <-idx; err != nil {
-		return fmt.Errorf("group %d: fsync index: %w", g.id, err)
 	}
 	return segErr
 }

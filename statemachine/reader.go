@@ -352,6 +352,9 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 	rec := Record{File: c.file, Pos: c.served}
 	var hdr [recordHeaderLen]byte
 	for {
+		if rec.Payload == nil && c.file == t.File && c.seg >= t.SegSize {
+			return Record{}, ErrAtTail
+		}
 		if err := c.ensurePart(t); err != nil {
 			return Record{}, err
 		}
@@ -362,6 +365,10 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 		h, err := parseRecordHeader(hdr[:])
 		if err != nil {
 			return Record{}, c.corrupt("parse record header", err)
+		}
+		if h.Type == recIndex {
+			c.seg += uint64(recordHeaderLen) + uint64(h.Len) // serves nothing
+			continue
 		}
 		payload := make([]byte, h.Len)
 		if _, err := c.f.ReadAt(payload, off+recordHeaderLen); err != nil {

@@ -26,6 +26,11 @@ const (
 	recPart byte = 3
 	// recRotate holds the Rotate that closes a served file.
 	recRotate byte = 4
+	// recIndex ends the records of one Update: its payload (JSON, see redoRecord)
+	// holds the index changes that cannot be derived from the served records before
+	// it. It serves no bytes (readers skip it). With it the segment fsync alone makes
+	// an Update durable: Open rolls the index forward from these records.
+	recIndex byte = 5
 )
 
 // maxRecordPayload bounds what a record header may claim, so a corrupt length is
@@ -76,7 +81,7 @@ func parseRecordHeader(b []byte) (recordHeader, error) {
 		Index: binary.LittleEndian.Uint64(b[8:]),
 		Type:  b[16],
 	}
-	if h.Type < recHeader || h.Type > recRotate {
+	if h.Type < recHeader || h.Type > recIndex {
 		return h, fmt.Errorf("unknown record type %d", h.Type)
 	}
 	if h.Len > maxRecordPayload {

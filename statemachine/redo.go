@@ -1,0 +1,256 @@
+package statemachine
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/cockroachdb/pebble/v2"
+)
+
+// Redo. Update commits index changes without an fsync; the segments are the durable
+// record (see commit). Every Update's records end with a recIndex record, so after a
+// crash Open scans the segments from where the index's meta ends and re-derives, for
+// each Update that reached its recIndex record, exactly the keys commit wrote:
+//
+//   - a position key for every served record, a raft-index key for each entry's first
+//     record, a GTID key for each completed transaction (its GTID read from its first
+//     event, which apply checks);
+//   - the meta and the file entries, from the recIndex record itself.
+//
+// Records after the last recIndex record belong to an Update that never finished:
+// Open truncates them and returns the last complete Update's index, so dragonboat
+// replays the rest from its log. Redo never crosses a change that rewrites or deletes
+// segments: those are committed to the index with fsyncs (commit's invariant).
+
+// redoScan walks records forward from a position, across parts and files.
+type redoScan struct {
+	g           *Group
+	file        uint64
+	part        int
+	starts      []uint64
+	seg, served uint64
+	afterRotate bool
+	pending     *pendingTxn
+	prevIdx     uint64
+	r           segmentReader
+	read        []string // plain part files read, fsynced before the result is committed
+}
+
+// errScanEnd marks the clean end of the segments (no further part or file).
+var errScanEnd = errors.New("end of segments")
+
+// redo rolls g.m and the index forward over complete Updates found in the segments.
+func (g *Group) redo() error {
+	m := g.m
+	s := &redoScan{g: g, file: m.File, part: len(m.PartStarts), starts: append([]uint64(nil), m.PartStarts...),
+		seg: m.PartSeg, served: m.PartServed}
+	if m.File == 0 {
+		s.file, s.part, s.seg, s.served = 1, 0, 0, 4
+	}
+	if m.Pending != nil {
+		p := *m.Pending
+		s.pending = &p
+	}
+	defer s.close()
+	done := g.store.db.NewBatch() // keys of complete Updates
+	defer done.Close()
+	open := g.store.db.NewBatch() // keys of records after the last recIndex
+	defer open.Close()
+	var last *meta
+	applied := m.Applied
+	updates := 0
+	stop := func(why string, err error) {
+		if !errors.Is(err, errScanEnd) {
+			g.log.Info("redo stops at an incomplete or torn tail", "file", FileName(s.file), "part", s.part, "offset", s.seg, "why", why, "err", err)
+		}
+	}
+	for {
+		h, payload, err := s.next()
+		if err != nil {
+			stop("read", err)
+			break
+		}
+		recLen := uint64(recordHeaderLen) + uint64(h.Len)
+		if h.Index < applied || h.Type != recIndex && h.Index == applied {
+			stop("stale record", fmt.Errorf("record of raft entry %d after entry %d was applied", h.Index, applied))
+			break
+		}
+		if h.Type == recIndex {
+			var rr redoRecord
+			var nm meta
+			if err := json.Unmarshal(payload, &rr); err != nil {
+				stop("decode redo record", err)
+				break
+			}
+			if err := json.Unmarshal(rr.Meta, &nm); err != nil {
+				stop("decode redo meta", err)
+				break
+			}
+			if nm.Applied != h.Index || nm.File != s.file || nm.PartSeg != s.seg || nm.PartServed != s.served || len(nm.PartStarts) != s.part {
+				stop("redo record does not match its place", fmt.Errorf("record says file %d offset %d, found at file %d offset %d", nm.File, nm.PartSeg, s.file, s.seg))
+				break
+			}
+			for _, v := range rr.Files {
+				var fi fileInfo
+				if err := json.Unmarshal(v, &fi); err != nil {
+					return fmt.Errorf("group %d: redo: decode file info: %w", g.id, err)
+				}
+				if err := open.Set(fileKey(g.id, fi.No), v, nil); err != nil {
+					return fmt.Errorf("group %d: redo: %w", g.id, err)
+				}
+			}
+			if err := done.Apply(open, nil); err != nil {
+				return fmt.Errorf("group %d: redo: %w", g.id, err)
+			}
+			open.Reset()
+			s.seg += recLen
+			nm.PartSeg = s.seg
+			s.pending = nil
+			if nm.Pending != nil {
+				p := *nm.Pending
+				s.pending = &p
+			}
+			last, applied = &nm, nm.Applied
+			updates++
+			continue
+		}
+		if h.Type == recHeader && (s.seg != 0 || s.part != 0) {
+			stop("header inside a file", fmt.Errorf("at offset %d", s.seg))
+			break
+		}
+		if err := open.Set(posKey(g.id, s.file, s.served), binary.AppendUvarint(nil, s.seg), nil); err != nil {
+			return fmt.Errorf("group %d: redo: %w", g.id, err)
+		}
+		if h.Index != s.prevIdx {
+			s.prevIdx = h.Index
+			loc := txnLoc{File: s.file, Start: s.served, SegStart: s.seg}
+			if err := open.Set(raftKey(g.id, h.Index), loc.encode(), nil); err != nil {
+				return fmt.Errorf("group %d: redo: %w", g.id, err)
+			}
+		}
+		start, segStart := s.served, s.seg
+		s.seg += recLen
+		s.served += uint64(h.Len)
+		switch h.Type {
+		case recRotate:
+			s.afterRotate = true
+		case recPart, recTxn:
+			if s.pending == nil {
+				gtid, ok := TxnGTID(payload)
+				if !ok {
+					stop("transaction without its GTID event", fmt.Errorf("at offset %d", segStart))
+					return g.finishRedo(s, done, last, updates)
+				}
+				s.pending = &pendingTxn{GTID: gtid, Start: start, SegStart: segStart}
+			}
+			if h.Type == recTxn {
+				p := s.pending
+				loc := txnLoc{File: s.file, Start: p.Start, End: s.served, SegStart: p.SegStart, SegEnd: s.seg}
+				if err := open.Set(txnKey(g.id, p.GTID.Domain, p.GTID.Seq, p.GTID.Server), loc.encode(), nil); err != nil {
+					return fmt.Errorf("group %d: redo: %w", g.id, err)
+				}
+				s.pending = nil
+			}
+		}
+	}
+	return g.finishRedo(s, done, last, updates)
+}
+
+// finishRedo commits what redo found, durably: the segments it read may not have
+// been fsynced before the crash.
+func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int) error {
+	if last == nil {
+		return nil
+	}
+	if last.Applied == g.m.Applied {
+		// Only the recIndex record of the last indexed Update: keep it.
+		g.m.PartSeg = last.PartSeg
+		return nil
+	}
+	for _, path := range s.read {
+		f, err := os.Open(path)
+		if err != nil {
+			return fmt.Errorf("group %d: redo: reopen %s to fsync it: %w", g.id, path, err)
+		}
+		err = f.Sync()
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("group %d: redo: fsync %s: %w", g.id, path, err)
+		}
+	}
+	if err := syncDir(g.dir); err != nil {
+		return fmt.Errorf("group %d: redo: fsync %s: %w", g.id, g.dir, err)
+	}
+	mv, err := json.Marshal(last)
+	if err != nil {
+		return fmt.Errorf("group %d: redo: encode meta: %w", g.id, err)
+	}
+	if err := done.Set(metaKey(g.id), mv, nil); err != nil {
+		return fmt.Errorf("group %d: redo: %w", g.id, err)
+	}
+	if err := done.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("group %d: redo: commit index: %w", g.id, err)
+	}
+	g.log.Info("rolled the index forward from the segments", "from_applied", g.m.Applied, "to_applied", last.Applied, "updates", updates)
+	g.m = *last
+	return nil
+}
+
+// next reads the record at the scan position, moving to the next part (or, after a
+// Rotate, the next file) at the end of one.
+func (s *redoScan) next() (recordHeader, []byte, error) {
+	for {
+		if s.r == nil {
+			r, err := s.g.openPart(s.file, s.part)
+			if errors.Is(err, os.ErrNotExist) {
+				return recordHeader{}, nil, errScanEnd
+			}
+			if err != nil {
+				return recordHeader{}, nil, err
+			}
+			s.r = r
+			if _, plain := r.(*os.File); plain {
+				s.read = append(s.read, s.g.partPath(s.file, s.part))
+			}
+		}
+		off := int64(s.seg - partStart(s.starts, s.part))
+		var hdr [recordHeaderLen]byte
+		n, err := s.r.ReadAt(hdr[:], off)
+		if n == 0 && errors.Is(err, io.EOF) {
+			s.close()
+			if s.afterRotate {
+				s.file, s.part, s.starts, s.seg, s.served, s.afterRotate = s.file+1, 0, nil, 0, 4, false
+			} else {
+				s.part++
+				s.starts = append(s.starts, s.seg)
+			}
+			continue
+		}
+		if n < recordHeaderLen {
+			return recordHeader{}, nil, fmt.Errorf("torn record header: %w", err)
+		}
+		h, err := parseRecordHeader(hdr[:])
+		if err != nil {
+			return h, nil, err
+		}
+		payload := make([]byte, h.Len)
+		if n, err := s.r.ReadAt(payload, off+recordHeaderLen); n < len(payload) {
+			return h, nil, fmt.Errorf("torn record payload: %w", err)
+		}
+		if err := verifyRecord(hdr[:], h, payload); err != nil {
+			return h, nil, err
+		}
+		return h, payload, nil
+	}
+}
+
+func (s *redoScan) close() {
+	if s.r != nil {
+		s.r.Close()
+		s.r = nil
+	}
+}

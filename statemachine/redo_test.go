@@ -1,0 +1,184 @@
+package statemachine
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// groupKeys returns every index entry of the group but its meta, as "key=value".
+func groupKeys(t *testing.T, st *Store, gid uint64) []string {
+	t.Helper()
+	it, err := st.db.NewIter(&pebble.IterOptions{LowerBound: groupPrefix(gid), UpperBound: groupEnd(gid)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer it.Close()
+	var out []string
+	for it.First(); it.Valid(); it.Next() {
+		if bytes.Equal(it.Key(), metaKey(gid)) {
+			continue
+		}
+		out = append(out, fmt.Sprintf("%x=%x", it.Key(), it.Value()))
+	}
+	return out
+}
+
+// loseIndexAfter runs more, then replaces the index with a copy taken before more
+// ran: the index has lost every commit more made, as a crash before the index's
+// unsynced WAL reached the disk would. The segments keep everything (they were
+// synced). It returns the index and keys the group had before the loss.
+func loseIndexAfter(t *testing.T, h **harness, dir string, size uint64, more func(h *harness)) (uint64, []string, Tail) {
+	t.Helper()
+	hh := *h
+	if err := hh.store.db.LogData(nil, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	ckpt := filepath.Join(t.TempDir(), "ckpt")
+	if err := hh.store.db.Checkpoint(ckpt); err != nil {
+		t.Fatal(err)
+	}
+	more(hh)
+	if err := hh.g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	index, keys := hh.index, groupKeys(t, hh.store, hh.g.id)
+	tail, _ := hh.g.Tail()
+	hh.close()
+	if err := os.RemoveAll(filepath.Join(dir, "index")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(ckpt, filepath.Join(dir, "index")); err != nil {
+		t.Fatal(err)
+	}
+	*h = newHarnessSized(t, dir, size)
+	return index, keys, tail
+}
+
+// TestRedoRollsIndexForward: a Sync makes only the segments durable; an index that
+// lost its unsynced commits is rolled forward from the segments' recIndex records to
+// exactly the entries commit wrote, across segment parts, file rotations, a
+// transaction split over several entries, one still open, and rejected entries.
+func TestRedoRollsIndexForward(t *testing.T) {
+	const size = 16 << 10
+	dir := t.TempDir()
+	h := newHarnessSized(t, dir, size)
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 0, Items: []Item{newFile("m.000001", binlog.Position{}), txn(gt(1), 100)}})
+	seq := uint64(1)
+
+	index, keys, tail := loseIndexAfter(t, &h, dir, size, func(h *harness) {
+		for i := 0; i < 30; i++ {
+			var items []Item
+			prev := seq
+			if i%10 == 9 {
+				items = append(items, newFile(fmt.Sprintf("m.%06d", i), nil))
+			}
+			for k := 0; k < 1+i%4; k++ {
+				seq++
+				items = append(items, txn(gt(seq), 500+i*300))
+			}
+			h.mustAppend(&Append{Epoch: ep, PrevOrdinal: prev, Items: items})
+			if i == 12 { // rejected entries change nothing but the applied index
+				if r := h.apply((&Append{Epoch: ep, PrevOrdinal: 0, Items: []Item{txn(gt(99), 1)}}).Encode()); r.Value != ResultRejected {
+					t.Fatal("misplaced proposal accepted")
+				}
+			}
+		}
+		// A transaction in three pieces, then one left open.
+		seq++
+		ev := txnEvents(gt(seq), 40000)
+		cut1, cut2 := len(gtidEv(gt(seq))), len(ev)-len(binlog.NewXID(testServer, seq, true))
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), First: true, Events: ev[:cut1]}}}})
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), Events: ev[cut1:cut2]}}}})
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), Last: true, Events: ev[cut2:]}}}})
+		seq++
+		open := txnEvents(gt(seq), 30000)
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), First: true, Events: open[:cut1]}}}})
+	})
+	defer func() { h.close() }()
+
+	if h.index != index {
+		t.Fatalf("Open returned applied index %d, want %d (the index was not rolled forward)", h.index, index)
+	}
+	got, _ := h.g.Tail()
+	if !reflect.DeepEqual(got, tail) {
+		t.Fatalf("tail after redo\n%+v\nwant\n%+v", got, tail)
+	}
+	if after := groupKeys(t, h.store, h.g.id); !reflect.DeepEqual(after, keys) {
+		d := firstDiff(after, keys)
+		t.Fatalf("redo wrote %d index entries, commit had written %d (first difference at %d: %s vs %s)", len(after), len(keys), d, after[d], keys[d])
+	}
+	// The open transaction continues where it was left.
+	open := txnEvents(gt(seq), 30000)
+	cut1 := len(gtidEv(gt(seq)))
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), Last: true, Events: open[cut1:]}}}})
+	recs := readAll(t, h.g, Start{File: 1, Served: 4})
+	var n uint64
+	for _, r := range recs {
+		if r.Type == recTxn {
+			n++
+			if g, _ := TxnGTID(r.Payload); g.Seq != n {
+				t.Fatalf("transaction %d read as %v", n, g)
+			}
+		}
+	}
+	if n != seq {
+		t.Fatalf("read %d transactions, want %d", n, seq)
+	}
+}
+
+// TestRedoStopsAtTornUpdate: an Update whose records were cut short is not rolled
+// forward; Open returns the last complete Update and drops the torn tail.
+func TestRedoStopsAtTornUpdate(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarness(t, dir)
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 0, Items: []Item{newFile("m.000001", binlog.Position{}), txn(gt(1), 100)}})
+	var wantIndex uint64
+	var wantTail Tail
+	_, _, _ = loseIndexAfter(t, &h, dir, DefaultSegmentSize, func(h *harness) {
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{txn(gt(2), 100)}})
+		wantIndex = h.index
+		wantTail, _ = h.g.Tail()
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 2, Items: []Item{txn(gt(3), 5000)}})
+		// Tear the last Update: its recIndex record and part of its transaction.
+		path := h.g.segPath(1)
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Truncate(path, st.Size()-600); err != nil {
+			t.Fatal(err)
+		}
+	})
+	defer func() { h.close() }()
+	if h.index != wantIndex {
+		t.Fatalf("Open returned applied index %d, want %d", h.index, wantIndex)
+	}
+	if got, _ := h.g.Tail(); got.Ordinal != 2 || got.SegSize != wantTail.SegSize || got.State.String() != wantTail.State.String() {
+		t.Fatalf("tail %+v, want %+v", got, wantTail)
+	}
+	// Raft replays the lost entry; it applies as before.
+	h.index = wantIndex
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 2, Items: []Item{txn(gt(3), 5000)}})
+	if recs := readAll(t, h.g, Start{File: 1, Served: 4}); len(recs) != 4 {
+		t.Fatalf("%d records after replay, want header and 3 transactions", len(recs))
+	}
+}
+
+func firstDiff(a, b []string) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	return min(len(a), len(b))
+}
