@@ -483,8 +483,18 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 	sealRecord(bt.buf[before:], typ, index)
 	g.m.PartSeg += uint64(len(bt.buf) - before)
 	g.m.PartServed += uint64(len(payload))
+	if len(bt.buf) >= writebackChunk {
+		if err := g.flushSegment(bt); err != nil {
+			return err
+		}
+		startWriteback(g.seg)
+	}
 	return nil
 }
+
+// writebackChunk is how much of a large Update is written, and its writeback
+// started, while the rest is still being prepared.
+const writebackChunk = 256 << 10
 
 // rollPart starts a new part of the current file's segment at a record boundary.
 func (g *Group) rollPart(bt *batch) error {
