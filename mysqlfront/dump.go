@@ -77,6 +77,33 @@ func (ss *session) waitServing(ctx context.Context, gid uint64) (*statemachine.G
 	}
 }
 
+// waitFirstFile holds a blocking dump until the group has received its first binlog
+// file, so a replica set up right after `upstream add` starts as soon as the binlog
+// arrives instead of stopping for good on an error. A nil return with ctx done means
+// the replica went away.
+func (ss *session) waitFirstFile(ctx context.Context, g *statemachine.Group, name string, gid uint64) error {
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		t, changed := g.Tail()
+		if t.File > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-check.C:
+			if g.Closed() {
+				return errDump("upstream %s was removed from Flotilla", name)
+			}
+			if !ss.s.router.StillServing(gid) {
+				return errRetry("this Flotilla node no longer leads upstream %s; the replica reconnects and resumes from its position on the new leader", name)
+			}
+		}
+	}
+}
+
 // dump serves COM_BINLOG_DUMP until the replica goes away, the node stops leading the
 // group, or an error occurs. A nil return means the connection must simply close.
 func (ss *session) dump(ctx context.Context, data []byte) error {
@@ -112,6 +139,23 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 		}
 	}
 
+	// A dumping replica sends nothing more; a read returning means it went away.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		var b [1]byte
+		_, _ = ss.c.Conn.Conn.Read(b[:])
+		cancel()
+	}()
+
+	// mariadb-binlog dumps with server_id 0 and expects the dump to end at the tail.
+	nonBlock := req.Flags&dumpNonBlock != 0 || req.ServerID == 0
+	if !nonBlock {
+		if err := ss.waitFirstFile(ctx, g, u.Name, u.GroupID); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+
 	var start statemachine.Start
 	var have binlog.Position // GTID mode: what the replica already has
 	csv, gtidMode := ss.vars["slave_connect_state"]
@@ -141,15 +185,6 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	ss.log.Info("binlog dump started", "upstream", u.Name, "mode", reg.mode, "file", statemachine.FileName(start.File),
 		"pos", start.Served, "replica_server_id", req.ServerID, "heartbeat", heartbeat)
 
-	// A dumping replica sends nothing more; a read returning means it went away.
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	go func() {
-		var b [1]byte
-		_, _ = ss.c.Conn.Conn.Read(b[:])
-		cancel()
-	}()
-
 	w := &eventWriter{ss: ss, buf: make([]byte, 0, 64<<10)}
 	w.serverID = u.ServerID
 	if err := w.event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(start.File), start.Pos(), fakeCRC)); err != nil {
@@ -170,8 +205,6 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 			return nil
 		}
 	}
-	// mariadb-binlog dumps with server_id 0 and expects the dump to end at the tail.
-	nonBlock := req.Flags&dumpNonBlock != 0 || req.ServerID == 0
 	annotate := req.Flags&dumpAnnotateEvents != 0
 	file, pos := start.File, start.Pos()
 	reg.file.Store(file)

@@ -366,16 +366,17 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 		if err != nil {
 			return Record{}, c.corrupt("parse record header", err)
 		}
-		if h.Type == recIndex {
-			c.seg += uint64(recordHeaderLen) + uint64(h.Len) // serves nothing
-			continue
-		}
 		payload := make([]byte, h.Len)
 		if _, err := c.f.ReadAt(payload, off+recordHeaderLen); err != nil {
 			return Record{}, c.corrupt("read record payload", err)
 		}
 		if err := verifyRecord(hdr[:], h, payload); err != nil {
 			return Record{}, c.corrupt("verify record", err)
+		}
+		if h.Type == recIndex {
+			// Serves nothing, but damage in it is damage to this replica's copy.
+			c.seg += uint64(recordHeaderLen) + uint64(h.Len)
+			continue
 		}
 		c.seg += uint64(recordHeaderLen) + uint64(h.Len)
 		c.served += uint64(h.Len)

@@ -4,7 +4,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -44,14 +43,17 @@ func TestCorruptSegmentIsNotServed(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	segs, _ := filepath.Glob(filepath.Join(fl.Dir, "data", "storage", "groups", gid, "*.seg"))
-	sort.Strings(segs)
-	if len(segs) == 0 {
-		t.Fatal("no plain segment file to damage")
+	// The largest plain segment: a closed file's, all of it committed and read by
+	// a replica starting from the beginning.
+	var victim string
+	var st os.FileInfo
+	for _, p := range segs {
+		if s, err := os.Stat(p); err == nil && (st == nil || s.Size() > st.Size()) {
+			victim, st = p, s
+		}
 	}
-	victim := segs[len(segs)-1]
-	st, err := os.Stat(victim)
-	if err != nil {
-		t.Fatal(err)
+	if victim == "" {
+		t.Fatal("no plain segment file to damage")
 	}
 	f, err := os.OpenFile(victim, os.O_RDWR, 0)
 	if err != nil {
