@@ -197,6 +197,40 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	if err := readAllErr(g2, tail2.File); !errors.Is(err, ErrCorrupt) || !strings.Contains(err.Error(), FileName(tail2.File)) || !strings.Contains(err.Error(), "offset") {
 		t.Fatalf("reading the damaged segment: want a corruption error naming file and offset, got %v", err)
 	}
+	// The group keeps committing and the healthy replicas keep serving: more
+	// transactions reach nodes 1, 3 and 4, which read them back identically.
+	for b := 0; b < 10; b++ {
+		var items []Item
+		for i := 0; i < 5; i++ {
+			seq++
+			items = append(items, txn(gt(seq), 2000))
+		}
+		propose((&Append{Epoch: epoch, PrevOrdinal: seq - 5, Items: items}).Encode())
+	}
+	want, _ = g1.Tail()
+	a = readAll(t, g1, Start{File: 1, Served: 4})
+	for _, n := range []*raftNode{nodes[2], n4} {
+		var g *Group
+		for g == nil {
+			if h, ok := n.store.Group(9); ok {
+				if tl, _ := h.Tail(); tl.Ordinal == want.Ordinal {
+					g = h
+					break
+				}
+			}
+			if ctx.Err() != nil {
+				t.Fatal("a healthy replica stopped applying while another was damaged")
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if got := readAll(t, g, Start{File: 1, Served: 4}); len(got) != len(a) || !bytes.Equal(got[len(got)-1].Payload, a[len(a)-1].Payload) {
+			t.Fatal("a healthy replica does not serve the same binlog as the leader")
+		}
+	}
+	if err := readAllErr(g2, tail2.File); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("the damaged replica must go on refusing to serve, got %v", err)
+	}
+
 	// Rebuild node 2 from its peers: drop the damaged replica, wipe it, and add the
 	// same process back under a new replica id; it returns through a snapshot.
 	changeMembership(ctx, t, nodes[0].nh, 2, "")
