@@ -5,8 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -37,7 +35,7 @@ func TestMain(m *testing.M) {
 // random size, transactions split over several entries, file rotations, and a Sync
 // now and then. The parent kills it at a random moment.
 func crashChild(dir string) error {
-	st, err := Open(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	st, err := Open(dir, discardLog())
 	if err != nil {
 		return err
 	}

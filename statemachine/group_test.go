@@ -35,22 +35,22 @@ func txnEvents(g binlog.GTID, rowBytes int) []byte {
 }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	dir   string
 	store *Store
 	g     *Group
 	index uint64
 }
 
-func newHarness(t *testing.T, dir string) *harness {
+func newHarness(t testing.TB, dir string) *harness {
 	t.Helper()
 	return newHarnessSized(t, dir, DefaultSegmentSize)
 }
 
 // newHarnessSized opens a store whose segment parts roll at size bytes.
-func newHarnessSized(t *testing.T, dir string, size uint64) *harness {
+func newHarnessSized(t testing.TB, dir string, size uint64) *harness {
 	t.Helper()
-	st, err := Open(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	st, err := Open(dir, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -138,6 +138,9 @@ func readAll(t *testing.T, g *Group, s Start) []Record {
 		recs = append(recs, r)
 	}
 }
+
+// discardLog is the logger of stores under test.
+func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
 func gt(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: testServer, Seq: seq} }
 

@@ -37,6 +37,7 @@ type redoScan struct {
 	pending     *pendingTxn
 	prevIdx     uint64
 	r           segmentReader
+	size        int64    // of the part r reads, or -1 if unknown (compressed)
 	read        []string // plain part files read, fsynced before the result is committed
 }
 
@@ -212,9 +213,12 @@ func (s *redoScan) next() (recordHeader, []byte, error) {
 			if err != nil {
 				return recordHeader{}, nil, err
 			}
-			s.r = r
-			if _, plain := r.(*os.File); plain {
+			s.r, s.size = r, -1
+			if f, plain := r.(*os.File); plain {
 				s.read = append(s.read, s.g.partPath(s.file, s.part))
+				if st, err := f.Stat(); err == nil {
+					s.size = st.Size()
+				}
 			}
 		}
 		off := int64(s.seg - partStart(s.starts, s.part))
@@ -236,6 +240,9 @@ func (s *redoScan) next() (recordHeader, []byte, error) {
 		h, err := parseRecordHeader(hdr[:])
 		if err != nil {
 			return h, nil, err
+		}
+		if s.size >= 0 && off+recordHeaderLen+int64(h.Len) > s.size {
+			return h, nil, fmt.Errorf("torn record: %d payload bytes claimed, the part ends first", h.Len)
 		}
 		payload := make([]byte, h.Len)
 		if n, err := s.r.ReadAt(payload, off+recordHeaderLen); n < len(payload) {

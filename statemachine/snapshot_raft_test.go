@@ -6,8 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
@@ -39,7 +37,7 @@ func freeAddr(t *testing.T) string {
 
 func startRaftNode(t *testing.T, dir string, addr string) *raftNode {
 	t.Helper()
-	st, err := Open(filepath.Join(dir, "storage"), slog.New(slog.NewTextHandler(io.Discard, nil)))
+	st, err := Open(filepath.Join(dir, "storage"), discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}
