@@ -5,6 +5,7 @@ package shard
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -147,15 +148,31 @@ func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 	}
 }
 
+// removeData deletes a stopped group's raft log and its segments and index. StopCluster
+// returns before the replica has stopped, so this waits for dragonboat to accept the
+// removal first: deleting segments under a running state machine, or leaving the raft
+// log behind, are both worse than a short wait.
 func (m *Manager) removeData(ctx context.Context, gid uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		err := m.nh.SyncRemoveData(ctx, gid, m.nodeID)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, dragonboat.ErrClusterNotStopped) {
+			return fmt.Errorf("remove raft data of group %d: %w", gid, err)
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("remove raft data of group %d: its replica did not stop within 30s; data is kept and removal is retried: %w", gid, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 	if err := m.store.RemoveGroupData(gid); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	if err := m.nh.SyncRemoveData(ctx, gid, m.nodeID); err != nil && err != dragonboat.ErrClusterNotStopped {
-		return fmt.Errorf("remove raft data of group %d: %w", gid, err)
-	}
+	m.log.Info("deleted the data of a removed group", "group", gid)
 	return nil
 }
 

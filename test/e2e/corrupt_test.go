@@ -101,11 +101,13 @@ func TestCorruptSegmentIsNotServed(t *testing.T) {
 	}
 	groupDir := filepath.Join(fl.Dir, "data", "storage", "groups", gid)
 	for deadline := time.Now().Add(30 * time.Second); ; {
-		if _, err := os.Stat(groupDir); os.IsNotExist(err) {
+		// The node logs the removal once its raft log is gone too.
+		_, err := os.Stat(groupDir)
+		if os.IsNotExist(err) && strings.Contains(fl.LogTail(200), "deleted the data of a removed group") {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("data of the removed upstream is still in %s", groupDir)
+			t.Fatalf("data of the removed upstream is still in %s, or its raft log was not removed; log:\n%s", groupDir, fl.LogTail(20))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
