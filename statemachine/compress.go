@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sync"
 
 	"github.com/klauspost/compress/zstd"
 )
@@ -95,7 +96,7 @@ type compressJob struct {
 func (s *Store) compressLoop() {
 	defer close(s.compressDone)
 	for job := range s.compressc {
-		orig, comp, err := compressSegment(job.path)
+		orig, comp, err := compressSegment(job.path, &job.g.swapMu)
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) { // purged or removed meanwhile
 				job.g.log.Warn("segment compression failed; the file stays uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
@@ -149,7 +150,10 @@ func (g *Group) Compression() (plain, compressed uint64) {
 	return g.compOrig, g.compSize
 }
 
-func compressSegment(path string) (int64, int64, error) {
+// compressSegment replaces a closed plain segment with its compressed form. The swap
+// holds swapMu, which purge also holds while deleting segments: a segment purged
+// while it was being compressed must not come back as a .zst.
+func compressSegment(path string, swapMu *sync.Mutex) (int64, int64, error) {
 	in, err := os.Open(path)
 	if err != nil {
 		return 0, 0, err
@@ -178,9 +182,17 @@ func compressSegment(path string) (int64, int64, error) {
 	if err == nil {
 		err = statErr
 	}
-	if err == nil {
-		err = os.Rename(tmp, path+zstSuffix)
+	if err != nil {
+		os.Remove(tmp)
+		return 0, 0, err
 	}
+	swapMu.Lock()
+	defer swapMu.Unlock()
+	if _, err := os.Stat(path); err != nil {
+		os.Remove(tmp)
+		return 0, 0, err // purged meanwhile
+	}
+	err = os.Rename(tmp, path+zstSuffix)
 	if err == nil {
 		err = syncDir(filepath.Dir(path))
 	}

@@ -125,6 +125,9 @@ type Group struct {
 	// newFiles is set when a segment file was created since the last Sync: the
 	// directory entry must be made durable too.
 	newFiles bool
+	// swapMu serializes the compression worker's swap of a segment for its .zst with
+	// purge deleting segments.
+	swapMu sync.Mutex
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)
@@ -212,7 +215,11 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	if g.m.State == nil {
 		g.m.State = binlog.Position{}
 	}
-	if err := g.redo(); err != nil {
+	if g.indexAhead() {
+		if err := g.rebuildIndex(); err != nil {
+			return 0, err
+		}
+	} else if err := g.redo(false); err != nil {
 		return 0, err
 	}
 	// Segment files newer than the current one were created by an Update whose index
@@ -320,18 +327,18 @@ type redoRecord struct {
 // commit writes the batch's records and index changes.
 //
 // Invariant (what makes a segment fsync enough to make an Update durable): every
-// index change is either derivable from the served records in the segments and the
-// recIndex record that follows them, or committed to the index with an fsync of the
-// segments and of the index before any later record is written. Open rolls the index
-// forward over recIndex records (redo), so the index itself is synced only for the
-// rare changes that rewrite or delete segments (ClaimEpoch dropping open pieces,
-// purge) and before the group has a segment to hold recIndex records.
+// index change is derivable from the served records in the segments and the recIndex
+// record that ends them. Open rolls the index forward over recIndex records (redo),
+// or rebuilds it from them if a power loss left it ahead of the segments. The index
+// is also synced, after the segments, for the rare changes that rewrite or delete
+// segments (ClaimEpoch dropping open pieces, purge), so that redo never has to cross
+// them, and before the group has a segment to hold recIndex records.
 func (g *Group) commit(bt *batch) error {
 	mv, err := json.Marshal(&g.m)
 	if err != nil {
 		return fmt.Errorf("group %d: encode meta: %w", g.id, err)
 	}
-	redo := g.seg != nil && !bt.durable
+	redo := g.seg != nil
 	var recLen uint64
 	if redo {
 		rv, err := json.Marshal(redoRecord{Meta: mv, Files: bt.files})
@@ -349,7 +356,7 @@ func (g *Group) commit(bt *batch) error {
 		return fmt.Errorf("group %d: index meta: %w", g.id, err)
 	}
 	opts := pebble.NoSync
-	if !redo {
+	if !redo || bt.durable {
 		if err := g.syncSegments(); err != nil {
 			return err
 		}

@@ -59,6 +59,8 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 	if err := bt.b.DeleteRange(fileKey(g.id, g.m.FirstFile), fileKey(g.id, before), nil); err != nil {
 		return sm.Result{}, fmt.Errorf("group %d: unindex purged files: %w", g.id, err)
 	}
+	g.swapMu.Lock()
+	defer g.swapMu.Unlock()
 	for no := g.m.FirstFile; no < before; no++ {
 		delete(g.startStates, no)
 		fi, err := g.store.fileInfo(g.id, no)

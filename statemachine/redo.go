@@ -9,6 +9,8 @@ import (
 	"os"
 
 	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
 // Redo. Update commits index changes without an fsync; the segments are the durable
@@ -34,6 +36,7 @@ type redoScan struct {
 	starts      []uint64
 	seg, served uint64
 	afterRotate bool
+	skipRaftKey bool
 	pending     *pendingTxn
 	prevIdx     uint64
 	r           segmentReader
@@ -44,8 +47,46 @@ type redoScan struct {
 // errScanEnd marks the clean end of the segments (no further part or file).
 var errScanEnd = errors.New("end of segments")
 
+// indexAhead reports whether the index claims segment bytes that are not there: a
+// power loss wrote back the index's unsynced WAL but not the segment pages it
+// describes.
+func (g *Group) indexAhead() bool {
+	if g.m.File == 0 {
+		return false
+	}
+	k := len(g.m.PartStarts)
+	st, err := os.Stat(g.partPath(g.m.File, k))
+	return err != nil || uint64(st.Size()) < g.m.PartSeg-partStart(g.m.PartStarts, k)
+}
+
+// rebuildIndex replaces the group's index with one derived from all its segments,
+// from the oldest file held. The last recIndex record found is at least the last
+// Sync and the last fsynced index commit (both fsync the segments first), so the
+// result is never older than anything dragonboat may have compacted.
+func (g *Group) rebuildIndex() error {
+	// Purges commit the index with fsyncs, so its first file is exact; older segment
+	// files are leftovers of a purge that was interrupted.
+	var first uint64
+	entries, _ := os.ReadDir(g.dir)
+	for _, e := range entries {
+		if no, _, ok := parseSegName(e.Name()); ok && no >= g.m.FirstFile && (first == 0 || no < first) {
+			first = no
+		}
+	}
+	g.log.Warn("the index is ahead of the segments (a power loss before a Sync?): rebuilding it from the segments",
+		"applied", g.m.Applied, "file", FileName(g.m.File), "oldest_segment", first)
+	if first == 0 {
+		return fmt.Errorf("group %d: the index says %s was being written but no segment file is left in %s: data was lost; rebuild this replica from a peer",
+			g.id, FileName(g.m.File), g.dir)
+	}
+	g.m = meta{File: first, FirstFile: first, PartServed: 4, State: binlog.Position{}}
+	return g.redo(true)
+}
+
 // redo rolls g.m and the index forward over complete Updates found in the segments.
-func (g *Group) redo() error {
+// With fresh set, g.m is the start of the oldest file and the group's index entries
+// are replaced by what redo derives.
+func (g *Group) redo(fresh bool) error {
 	m := g.m
 	s := &redoScan{g: g, file: m.File, part: len(m.PartStarts), starts: append([]uint64(nil), m.PartStarts...),
 		seg: m.PartSeg, served: m.PartServed}
@@ -59,6 +100,14 @@ func (g *Group) redo() error {
 	defer s.close()
 	done := g.store.db.NewBatch() // keys of complete Updates
 	defer done.Close()
+	if fresh {
+		if err := done.DeleteRange(groupPrefix(g.id), groupEnd(g.id), nil); err != nil {
+			return fmt.Errorf("group %d: rebuild index: %w", g.id, err)
+		}
+		// The entry that began the oldest file began with the Rotate closing a purged
+		// one: purge dropped its raft-index key, so redo must not bring it back.
+		s.skipRaftKey = m.File > 1
+	}
 	open := g.store.db.NewBatch() // keys of records after the last recIndex
 	defer open.Close()
 	var last *meta
@@ -126,6 +175,9 @@ func (g *Group) redo() error {
 		if err := open.Set(posKey(g.id, s.file, s.served), binary.AppendUvarint(nil, s.seg), nil); err != nil {
 			return fmt.Errorf("group %d: redo: %w", g.id, err)
 		}
+		if h.Index != s.prevIdx && s.skipRaftKey {
+			s.prevIdx, s.skipRaftKey = h.Index, false
+		}
 		if h.Index != s.prevIdx {
 			s.prevIdx = h.Index
 			loc := txnLoc{File: s.file, Start: s.served, SegStart: s.seg}
@@ -144,7 +196,7 @@ func (g *Group) redo() error {
 				gtid, ok := TxnGTID(payload)
 				if !ok {
 					stop("transaction without its GTID event", fmt.Errorf("at offset %d", segStart))
-					return g.finishRedo(s, done, last, updates)
+					return g.finishRedo(s, done, last, updates, fresh)
 				}
 				s.pending = &pendingTxn{GTID: gtid, Start: start, SegStart: segStart}
 			}
@@ -158,16 +210,24 @@ func (g *Group) redo() error {
 			}
 		}
 	}
-	return g.finishRedo(s, done, last, updates)
+	return g.finishRedo(s, done, last, updates, fresh)
 }
 
 // finishRedo commits what redo found, durably: the segments it read may not have
 // been fsynced before the crash.
-func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int) error {
+func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int, fresh bool) error {
+	if last == nil && fresh {
+		return fmt.Errorf("group %d: no complete batch found in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, FileName(g.m.File))
+	}
 	if last == nil {
 		return nil
 	}
-	if last.Applied == g.m.Applied {
+	if fresh {
+		// File entries of files purged after they were written.
+		if err := done.DeleteRange(fileKey(g.id, 0), fileKey(g.id, last.FirstFile), nil); err != nil {
+			return fmt.Errorf("group %d: rebuild index: %w", g.id, err)
+		}
+	} else if last.Applied == g.m.Applied {
 		// Only the recIndex record of the last indexed Update: keep it.
 		g.m.PartSeg = last.PartSeg
 		return nil
