@@ -54,6 +54,9 @@ type meta struct {
 	// PartStarts are the segment offsets where parts 1, 2, ... of the current file's
 	// segment begin (part 0 begins at 0): segments roll at the store's segment size.
 	PartStarts []uint64 `json:"part_starts,omitempty"`
+	// RedoFrom is the first file whose segments carry recIndex records (files an
+	// older Flotilla wrote do not); 0 if none does yet.
+	RedoFrom uint64 `json:"redo_from,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -125,6 +128,8 @@ type Group struct {
 	// newFiles is set when a segment file was created since the last Sync: the
 	// directory entry must be made durable too.
 	newFiles bool
+	// toCompress are closed files to compress after the next segment fsync.
+	toCompress []uint64
 	// swapMu serializes the compression worker's swap of a segment for its .zst with
 	// purge deleting segments.
 	swapMu sync.Mutex
@@ -356,7 +361,9 @@ func (g *Group) commit(bt *batch) error {
 		return fmt.Errorf("group %d: index meta: %w", g.id, err)
 	}
 	opts := pebble.NoSync
-	if !redo || bt.durable {
+	// A closed file waiting for compression: make its closing durable now (once per
+	// file), so compression does not wait for dragonboat's next Sync.
+	if !redo || bt.durable || len(g.toCompress) > 0 {
 		if err := g.syncSegments(); err != nil {
 			return err
 		}
@@ -387,11 +394,16 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 	}
 	if kind == KindPurge {
 		before, _ := DecodePurge(cmd)
+		// Purge reads file entries from the index: earlier entries of this batch
+		// (a new file) must be committed first.
+		if err := g.commit(bt); err != nil {
+			return sm.Result{}, err
+		}
 		bt.durable = true // segments are deleted: redo must never cross a purge
 		return g.purge(bt, before)
 	}
 	if kind == KindClaimEpoch {
-		if err := g.dropPending(bt); err != nil {
+		if err := g.dropPending(bt, index); err != nil {
 			return sm.Result{}, err
 		}
 		// Redo must not cross the truncation of dropped pieces, and the epoch is
@@ -559,10 +571,15 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		g.dirty[g.seg.Name()] = g.seg
 		g.seg = nil
 		if prev := g.m.File - 1; prev >= g.m.FirstFile && prev > 0 {
-			g.compress(prev)
+			// Compressed only once the segments closing it are durable: redo may have
+			// to read this file's plain form until then.
+			g.toCompress = append(g.toCompress, prev)
 		}
 	}
 	g.m.File++
+	if g.m.RedoFrom == 0 {
+		g.m.RedoFrom = g.m.File
+	}
 	g.m.FileSize, g.m.SegSize, g.m.PartServed, g.m.PartSeg = 4, 0, 4, 0
 	g.m.PartStarts = nil
 	g.m.Checksummed = fde.Checksummed()
@@ -623,43 +640,84 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 }
 
 // dropPending discards the pieces of an incomplete transaction (a new syncer epoch
-// starts the transaction over from the master).
-func (g *Group) dropPending(bt *batch) error {
+// starts the transaction over from the master), as entry index.
+//
+// The cut must never leave the segments without a recIndex record describing the
+// last complete transaction (the one after it may have been removed with the
+// pieces), or a rebuild could go back before a Sync. So a recIndex record for the
+// state after the drop, as of entry index-1, is written over the first dropped byte
+// and fsynced before anything is removed: replaying entry index from that state
+// gives the same result.
+func (g *Group) dropPending(bt *batch, index uint64) error {
 	if g.m.Pending == nil {
 		return nil
 	}
 	if err := g.flushSegment(bt); err != nil {
 		return err
 	}
-	// Parts that begin at or after the last complete record hold only dropped pieces.
-	for n := len(g.m.PartStarts); n > 0 && g.m.PartStarts[n-1] >= g.m.SegSize; n-- {
-		path := g.seg.Name()
-		g.seg.Close()
-		delete(g.dirty, path)
-		if err := os.Remove(path); err != nil {
-			return fmt.Errorf("group %d: drop segment part: %w", g.id, err)
+	cut := g.m.SegSize
+	keepParts := 0 // parts beginning before the cut; later ones hold only pieces
+	for _, st := range g.m.PartStarts {
+		if st < cut {
+			keepParts++
 		}
-		g.m.PartStarts = g.m.PartStarts[:n-1]
-		f, err := os.OpenFile(g.partPath(g.m.File, n-1), os.O_RDWR, 0o644)
-		if err != nil {
+	}
+	after := g.m
+	after.Applied, after.Pending = index-1, nil
+	after.PartSeg, after.PartServed = cut, g.m.FileSize
+	after.PartStarts = append([]uint64(nil), g.m.PartStarts[:keepParts]...)
+	mv, err := json.Marshal(&after)
+	if err != nil {
+		return fmt.Errorf("group %d: encode meta: %w", g.id, err)
+	}
+	rv, err := json.Marshal(redoRecord{Meta: mv, Files: bt.files})
+	if err != nil {
+		return fmt.Errorf("group %d: encode redo record: %w", g.id, err)
+	}
+	rec := appendRecord(nil, recIndex, index-1, rv)
+	path := g.partPath(g.m.File, keepParts)
+	f := g.seg
+	if f.Name() != path {
+		if h, ok := g.dirty[path]; ok {
+			f = h
+		} else if f, err = os.OpenFile(path, os.O_RDWR, 0o644); err != nil {
 			return fmt.Errorf("group %d: reopen segment part: %w", g.id, err)
 		}
-		g.seg = f
 	}
-	keep := int64(g.m.SegSize - partStart(g.m.PartStarts, len(g.m.PartStarts)))
-	if err := g.seg.Truncate(keep); err != nil {
+	off := int64(cut - partStart(after.PartStarts, keepParts))
+	if _, err := f.WriteAt(rec, off); err != nil {
 		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
 	}
-	// The truncation and removals are made durable by the commit that follows.
-	g.dirty[g.seg.Name()] = g.seg
-	g.newFiles = true
-	if _, err := g.seg.Seek(keep, io.SeekStart); err != nil {
+	end := off + int64(len(rec))
+	if err := f.Truncate(end); err != nil {
+		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("group %d: fsync segment %s: %w", g.id, path, err)
+	}
+	for k := len(g.m.PartStarts); k > keepParts; k-- {
+		p := g.partPath(g.m.File, k)
+		if h, ok := g.dirty[p]; ok {
+			h.Close()
+			delete(g.dirty, p)
+		} else if g.seg.Name() == p {
+			g.seg.Close()
+		}
+		if err := os.Remove(p); err != nil {
+			return fmt.Errorf("group %d: drop segment part: %w", g.id, err)
+		}
+	}
+	g.seg = f
+	delete(g.dirty, path)
+	g.newFiles = true // part removals: the commit that follows fsyncs the directory
+	if _, err := g.seg.Seek(end, io.SeekStart); err != nil {
 		return fmt.Errorf("group %d: seek segment: %w", g.id, err)
 	}
 	if err := bt.b.DeleteRange(posKey(g.id, g.m.File, g.m.FileSize), posKey(g.id, g.m.File+1, 0), nil); err != nil {
 		return fmt.Errorf("group %d: unindex incomplete transaction: %w", g.id, err)
 	}
-	g.m.PartSeg, g.m.PartServed, g.m.Pending = g.m.SegSize, g.m.FileSize, nil
+	g.m.PartStarts = after.PartStarts
+	g.m.PartSeg, g.m.PartServed, g.m.Pending = uint64(end)+partStart(after.PartStarts, keepParts), g.m.FileSize, nil
 	return nil
 }
 
@@ -734,6 +792,14 @@ func (g *Group) syncSegments() error {
 		} else {
 			g.newFiles = false
 		}
+	}
+	if segErr == nil {
+		for _, no := range g.toCompress {
+			if no >= g.m.FirstFile {
+				g.compress(no)
+			}
+		}
+		g.toCompress = g.toCompress[:0]
 	}
 	return segErr
 }

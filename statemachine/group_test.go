@@ -451,7 +451,10 @@ func TestCompressionIsTransparent(t *testing.T) {
 	addFile(2)
 	before := readAll(t, h.g, Start{File: 1, Served: 4})
 	addFile(3)
-	addFile(4) // files 1 and 2 now have a newer closed file: they get compressed
+	addFile(4)                         // files 1 and 2 now have a newer closed file: they get compressed
+	if err := h.g.Sync(); err != nil { // once the segments closing them are durable
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, e1 := os.Stat(h.g.segPath(1) + zstSuffix)
@@ -630,7 +633,10 @@ func TestSegmentsRoll(t *testing.T) {
 		}
 		c.Close()
 	}
-	// Closed files' parts get compressed; reads stay identical.
+	// Closed files' parts get compressed after a Sync; reads stay identical.
+	if err := h.g.Sync(); err != nil {
+		t.Fatal(err)
+	}
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		_, e0 := os.Stat(h.g.partPath(1, 0) + zstSuffix)

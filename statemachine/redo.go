@@ -48,15 +48,45 @@ type redoScan struct {
 var errScanEnd = errors.New("end of segments")
 
 // indexAhead reports whether the index claims segment bytes that are not there: a
-// power loss wrote back the index's unsynced WAL but not the segment pages it
-// describes.
+// power loss wrote back the index's WAL (other groups' synced commits carry it) but
+// not the segment pages it describes. It checks every part of the current file and
+// of the file before it, the only ones written since their last fsync (closing a file
+// fsyncs it).
 func (g *Group) indexAhead() bool {
 	if g.m.File == 0 {
 		return false
 	}
-	k := len(g.m.PartStarts)
-	st, err := os.Stat(g.partPath(g.m.File, k))
-	return err != nil || uint64(st.Size()) < g.m.PartSeg-partStart(g.m.PartStarts, k)
+	short := func(no uint64, k int, want uint64) bool {
+		path := g.partPath(no, k)
+		st, err := os.Stat(path)
+		if errors.Is(err, os.ErrNotExist) {
+			_, zerr := os.Stat(path + zstSuffix) // compressed copies are fsynced before the swap
+			return zerr != nil
+		}
+		return err != nil || uint64(st.Size()) < want
+	}
+	cur := len(g.m.PartStarts)
+	for k := 0; k <= cur; k++ {
+		end := g.m.PartSeg
+		if k < cur {
+			end = g.m.PartStarts[k]
+		}
+		if short(g.m.File, k, end-partStart(g.m.PartStarts, k)) {
+			return true
+		}
+	}
+	if prev := g.m.File - 1; prev > 0 && prev >= g.m.FirstFile {
+		fi, err := g.store.fileInfo(g.id, prev)
+		if err != nil {
+			return true
+		}
+		for k, size := range partSizes(fi) {
+			if short(prev, k, size) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // rebuildIndex replaces the group's index with one derived from all its segments,
@@ -75,11 +105,15 @@ func (g *Group) rebuildIndex() error {
 	}
 	g.log.Warn("the index is ahead of the segments (a power loss before a Sync?): rebuilding it from the segments",
 		"applied", g.m.Applied, "file", FileName(g.m.File), "oldest_segment", first)
+	if g.m.RedoFrom == 0 || first < g.m.RedoFrom {
+		return fmt.Errorf("group %d: the index is ahead of the segments and files before %s were written without redo records (by an older Flotilla), so it cannot be rebuilt from them: rebuild this replica from a peer",
+			g.id, FileName(g.m.RedoFrom))
+	}
 	if first == 0 {
 		return fmt.Errorf("group %d: the index says %s was being written but no segment file is left in %s: data was lost; rebuild this replica from a peer",
 			g.id, FileName(g.m.File), g.dir)
 	}
-	g.m = meta{File: first, FirstFile: first, PartServed: 4, State: binlog.Position{}}
+	g.m = meta{File: first, FirstFile: first, PartServed: 4, State: binlog.Position{}, RedoFrom: g.m.RedoFrom}
 	return g.redo(true)
 }
 
