@@ -139,6 +139,22 @@ func readAll(t *testing.T, g *Group, s Start) []Record {
 	}
 }
 
+// countTxns checks that the transactions among recs are 1, 2, 3, ... in order and
+// returns how many there are.
+func countTxns(t testing.TB, recs []Record) uint64 {
+	t.Helper()
+	var n uint64
+	for _, r := range recs {
+		if r.Type == recTxn {
+			n++
+			if g, _ := TxnGTID(r.Payload); g.Seq != n {
+				t.Fatalf("transaction %d read as %v", n, g)
+			}
+		}
+	}
+	return n
+}
+
 // discardLog is the logger of stores under test.
 func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
@@ -599,16 +615,7 @@ func TestSegmentsRoll(t *testing.T) {
 		}
 	}
 	all := readAll(t, h.g, Start{File: 1, Served: 4}) // log_pos continuity across parts
-	var n uint64
-	for _, r := range all {
-		if r.Type == recTxn {
-			n++
-			if g, _ := TxnGTID(r.Payload); g.Seq != n {
-				t.Fatalf("transaction %d read as %v", n, g)
-			}
-		}
-	}
-	if n != seq {
+	if n := countTxns(t, all); n != seq {
 		t.Fatalf("read %d transactions, appended %d", n, seq)
 	}
 	// Lookups land in later parts.

@@ -121,17 +121,7 @@ func TestRedoRollsIndexForward(t *testing.T) {
 	open := txnEvents(gt(seq), 30000)
 	cut1 := len(gtidEv(gt(seq)))
 	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{{Txn: &Txn{GTID: gt(seq), Last: true, Events: open[cut1:]}}}})
-	recs := readAll(t, h.g, Start{File: 1, Served: 4})
-	var n uint64
-	for _, r := range recs {
-		if r.Type == recTxn {
-			n++
-			if g, _ := TxnGTID(r.Payload); g.Seq != n {
-				t.Fatalf("transaction %d read as %v", n, g)
-			}
-		}
-	}
-	if n != seq {
+	if n := countTxns(t, readAll(t, h.g, Start{File: 1, Served: 4})); n != seq {
 		t.Fatalf("read %d transactions, want %d", n, seq)
 	}
 }
@@ -266,16 +256,7 @@ func FuzzRedo(f *testing.F) {
 		if tl.Ordinal < 2 {
 			t.Fatalf("redo lost what the index held: %d transactions", tl.Ordinal)
 		}
-		var n uint64
-		for _, r := range readAll(t, g, Start{File: 1, Served: 4}) {
-			if r.Type == recTxn {
-				n++
-				if id, _ := TxnGTID(r.Payload); id.Seq != n {
-					t.Fatalf("transaction %d read as %v", n, id)
-				}
-			}
-		}
-		if n != tl.Ordinal {
+		if n := countTxns(t, readAll(t, g, Start{File: 1, Served: 4})); n != tl.Ordinal {
 			t.Fatalf("index says %d transactions, segments hold %d", tl.Ordinal, n)
 		}
 	})
