@@ -329,6 +329,20 @@ type redoRecord struct {
 	Files []json.RawMessage `json:"files,omitempty"`
 }
 
+// encodeRedo returns m as the index stores it and the recIndex record carrying it
+// (as of entry m.Applied) with the file entries files.
+func (g *Group) encodeRedo(m *meta, files []json.RawMessage) (metaJSON, record []byte, err error) {
+	mv, err := json.Marshal(m)
+	if err != nil {
+		return nil, nil, fmt.Errorf("group %d: encode meta: %w", g.id, err)
+	}
+	rv, err := json.Marshal(redoRecord{Meta: mv, Files: files})
+	if err != nil {
+		return nil, nil, fmt.Errorf("group %d: encode redo record: %w", g.id, err)
+	}
+	return mv, appendRecord(nil, recIndex, m.Applied, rv), nil
+}
+
 // commit writes the batch's records and index changes.
 //
 // Invariant (what makes a segment fsync enough to make an Update durable): every
@@ -339,20 +353,15 @@ type redoRecord struct {
 // segments (ClaimEpoch dropping open pieces, purge), so that redo never has to cross
 // them, and before the group has a segment to hold recIndex records.
 func (g *Group) commit(bt *batch) error {
-	mv, err := json.Marshal(&g.m)
+	mv, rec, err := g.encodeRedo(&g.m, bt.files)
 	if err != nil {
-		return fmt.Errorf("group %d: encode meta: %w", g.id, err)
+		return err
 	}
 	redo := g.seg != nil
 	var recLen uint64
 	if redo {
-		rv, err := json.Marshal(redoRecord{Meta: mv, Files: bt.files})
-		if err != nil {
-			return fmt.Errorf("group %d: encode redo record: %w", g.id, err)
-		}
-		n := len(bt.buf)
-		bt.buf = appendRecord(bt.buf, recIndex, g.m.Applied, rv)
-		recLen = uint64(len(bt.buf) - n)
+		bt.buf = append(bt.buf, rec...)
+		recLen = uint64(len(rec))
 	}
 	if err := g.flushSegment(bt); err != nil {
 		return err
@@ -666,15 +675,10 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 	after.Applied, after.Pending = index-1, nil
 	after.PartSeg, after.PartServed = cut, g.m.FileSize
 	after.PartStarts = append([]uint64(nil), g.m.PartStarts[:keepParts]...)
-	mv, err := json.Marshal(&after)
+	_, rec, err := g.encodeRedo(&after, bt.files)
 	if err != nil {
-		return fmt.Errorf("group %d: encode meta: %w", g.id, err)
+		return err
 	}
-	rv, err := json.Marshal(redoRecord{Meta: mv, Files: bt.files})
-	if err != nil {
-		return fmt.Errorf("group %d: encode redo record: %w", g.id, err)
-	}
-	rec := appendRecord(nil, recIndex, index-1, rv)
 	path := g.partPath(g.m.File, keepParts)
 	f := g.seg
 	if f.Name() != path {

@@ -144,19 +144,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	}
 	g1, _ := nodes[0].store.Group(9)
 	want, _ := g1.Tail()
-	var g4 *Group
-	for {
-		if g, ok := n4.store.Group(9); ok {
-			if tl, _ := g.Tail(); tl.Ordinal == want.Ordinal {
-				g4 = g
-				break
-			}
-		}
-		if ctx.Err() != nil {
-			t.Fatal("node 4 did not catch up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	g4 := waitOrdinal(ctx, t, n4.store, want.Ordinal, "node 4 did not catch up")
 	g4.mu.Lock()
 	recovered := g4.recovered
 	g4.mu.Unlock()
@@ -208,19 +196,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	want, _ = g1.Tail()
 	a = readAll(t, g1, Start{File: 1, Served: 4})
 	for _, n := range []*raftNode{nodes[2], n4} {
-		var g *Group
-		for g == nil {
-			if h, ok := n.store.Group(9); ok {
-				if tl, _ := h.Tail(); tl.Ordinal == want.Ordinal {
-					g = h
-					break
-				}
-			}
-			if ctx.Err() != nil {
-				t.Fatal("a healthy replica stopped applying while another was damaged")
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+		g := waitOrdinal(ctx, t, n.store, want.Ordinal, "a healthy replica stopped applying while another was damaged")
 		if got := readAll(t, g, Start{File: 1, Served: 4}); len(got) != len(a) || !bytes.Equal(got[len(got)-1].Payload, a[len(a)-1].Payload) {
 			t.Fatal("a healthy replica does not serve the same binlog as the leader")
 		}
@@ -253,19 +229,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	if err := nodes[1].nh.StartOnDiskCluster(nil, true, nodes[1].store.NewGroup, groupConfig(5)); err != nil {
 		t.Fatal(err)
 	}
-	var g5 *Group
-	for {
-		if g, ok := nodes[1].store.Group(9); ok {
-			if tl, _ := g.Tail(); tl.Ordinal == want.Ordinal {
-				g5 = g
-				break
-			}
-		}
-		if ctx.Err() != nil {
-			t.Fatal("the rebuilt replica did not catch up")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	g5 := waitOrdinal(ctx, t, nodes[1].store, want.Ordinal, "the rebuilt replica did not catch up")
 	g5.mu.Lock()
 	viaSnapshot := g5.recovered > 0
 	g5.mu.Unlock()
@@ -275,6 +239,23 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	rebuilt := readAll(t, g5, Start{File: 1, Served: 4})
 	if len(rebuilt) != len(a) || !bytes.Equal(rebuilt[len(a)-1].Payload, a[len(a)-1].Payload) {
 		t.Fatal("the rebuilt replica does not serve the same binlog")
+	}
+}
+
+// waitOrdinal polls until the store's replica of group 9 holds ordinal transactions
+// and returns it; failure names what did not happen.
+func waitOrdinal(ctx context.Context, t *testing.T, st *Store, ordinal uint64, failure string) *Group {
+	t.Helper()
+	for {
+		if g, ok := st.Group(9); ok {
+			if tl, _ := g.Tail(); tl.Ordinal == ordinal {
+				return g
+			}
+		}
+		if ctx.Err() != nil {
+			t.Fatal(failure)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
