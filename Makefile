@@ -3,7 +3,7 @@ GO       ?= go
 BIN      := bin/flotilla
 PKGS     := ./...
 
-.PHONY: build test unit e2e bench proto lint demo clean tools
+.PHONY: build test unit e2e bench fuzz proto lint demo clean tools
 
 build:
 	$(GO) build -o $(BIN) ./cmd/flotilla
@@ -17,6 +17,11 @@ test: build
 bench: build
 	@scripts/ensure-mariadb.sh
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 30m ./test/bench/...
+
+# Runs every fuzz target with -fuzz for FUZZTIME each (CI uses a short time).
+FUZZTIME ?= 30s
+fuzz:
+	@FUZZTIME=$(FUZZTIME) scripts/fuzz.sh
 
 proto:
 	@scripts/proto.sh

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"time"
@@ -76,7 +77,14 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	return nil
 }
 
-func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	// A bug reached through one call fails that call, never the node.
+	defer func() {
+		if r := recover(); r != nil {
+			s.Log.Error("panic in an admin call", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			resp, err = nil, status.Errorf(codes.Internal, "internal error in %s (logged on node %d)", info.FullMethod, s.NodeID)
+		}
+	}()
 	if s.Token != "" {
 		md, _ := metadata.FromIncomingContext(ctx)
 		got := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
@@ -84,7 +92,7 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 			return nil, status.Error(codes.Unauthenticated, "missing or wrong admin token (set FLOTILLA_TOKEN)")
 		}
 	}
-	resp, err := h(ctx, req)
+	resp, err = h(ctx, req)
 	if err != nil {
 		s.Log.Warn("admin call failed", "method", info.FullMethod, "err", err)
 	}

@@ -290,7 +290,11 @@ func checkBoundary(payload []byte, n uint64) error {
 		if len(payload)-int(off) < binlog.HeaderLen {
 			return fmt.Errorf("past the end of the record")
 		}
-		off += uint64(binary.LittleEndian.Uint32(payload[off+9:]))
+		size := uint64(binary.LittleEndian.Uint32(payload[off+9:]))
+		if size < binlog.HeaderLen {
+			return fmt.Errorf("an event at offset %d claims %d bytes, less than its header", off, size)
+		}
+		off += size
 	}
 	if off != n {
 		return fmt.Errorf("the position falls inside an event")

@@ -185,6 +185,9 @@ func TestSharedReplicaUserIsRoutedByGTID(t *testing.T) {
 
 // FuzzNetworkDecoders: everything a client sends is parsed by these; none may panic.
 func FuzzNetworkDecoders(f *testing.F) {
+	f.Add([]byte("SELECT \xff\xff\xff\xff AS x"))
+	f.Add([]byte("SHOW VARIABLES ııı LIKE '%'"))
+	f.Add([]byte("/* unterminated"))
 	f.Add([]byte("@slave_connect_state='0-1-2'"))
 	f.Add([]byte{4, 0, 0, 0, 0, 0, 42, 0, 0, 0, 'f'})
 	f.Add([]byte("SELECT @@a, @b, UNIX_TIMESTAMP() LIMIT 1"))

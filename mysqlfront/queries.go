@@ -16,15 +16,13 @@ import (
 // query answers the statements replicas, CDC tools and mariadb-binlog send. Flotilla
 // is not a database: anything else gets error 1235 naming the statement.
 func (ss *session) query(q string) (*mysql.Result, error) {
-	stmt := strings.TrimSpace(strings.TrimRight(strings.TrimSpace(q), ";"))
-	stmt = stripComments(stmt)
-	upper := strings.ToUpper(strings.Join(strings.Fields(stmt), " "))
+	stmt := normalizeQuery(q)
 	switch {
-	case strings.HasPrefix(upper, "SET "):
-		as, err := parseSet(stmt[4:], ss.sysvar)
+	case hasPrefixFold(stmt, "SET "):
+		as, err := parseSet(stmt[len("SET "):], ss.sysvar)
 		if err != nil {
 			// SET NAMES, SET SESSION x=..., SET autocommit=1 and friends carry no meaning here.
-			if isHarmlessSet(upper) {
+			if isHarmlessSet(stmt) {
 				return okResult(), nil
 			}
 			return nil, mysql.NewError(mysql.ER_PARSE_ERROR, fmt.Sprintf("Flotilla cannot read this SET statement: %v", err))
@@ -38,43 +36,39 @@ func (ss *session) query(q string) (*mysql.Result, error) {
 			}
 		}
 		return okResult(), nil
-	case strings.HasPrefix(upper, "SELECT "):
-		return ss.selectExprs(stmt[7:])
-	case upper == "SHOW BINARY LOGS" || upper == "SHOW MASTER LOGS":
+	case hasPrefixFold(stmt, "SELECT "):
+		return ss.selectExprs(stmt[len("SELECT "):])
+	case isAnyFold(stmt, "SHOW BINARY LOGS", "SHOW MASTER LOGS"):
 		return ss.showBinaryLogs()
-	case upper == "SHOW MASTER STATUS" || upper == "SHOW BINLOG STATUS":
+	case isAnyFold(stmt, "SHOW MASTER STATUS", "SHOW BINLOG STATUS"):
 		return ss.showMasterStatus()
-	case upper == "SHOW SLAVE HOSTS" || upper == "SHOW REPLICA HOSTS":
+	case isAnyFold(stmt, "SHOW SLAVE HOSTS", "SHOW REPLICA HOSTS"):
 		u, err := ss.upstream()
 		if err != nil {
 			return nil, err
 		}
 		return resultset([]string{"Server_id", "Host", "Port", "Master_id"}, ss.s.slaveHosts(u.GroupID, u.ServerID))
-	case strings.HasPrefix(upper, "SHOW VARIABLES") || strings.HasPrefix(upper, "SHOW GLOBAL VARIABLES") || strings.HasPrefix(upper, "SHOW SESSION VARIABLES"):
+	case hasPrefixFold(stmt, "SHOW VARIABLES") || hasPrefixFold(stmt, "SHOW GLOBAL VARIABLES") || hasPrefixFold(stmt, "SHOW SESSION VARIABLES"):
 		return ss.showVariables(stmt)
-	case upper == "BEGIN" || upper == "COMMIT" || upper == "ROLLBACK" || strings.HasPrefix(upper, "USE "):
+	case isAnyFold(stmt, "BEGIN", "COMMIT", "ROLLBACK") || hasPrefixFold(stmt, "USE "):
 		return okResult(), nil
 	}
-	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, fmt.Sprintf("Flotilla is a binlog relay and does not run this statement: %.200s", stmt))
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, fmt.Sprintf("Flotilla is a binlog relay and does not run this statement: %.200s", strings.ToValidUTF8(stmt, "?")))
 }
 
-func stripComments(s string) string {
-	for {
-		i := strings.Index(s, "/*")
-		if i < 0 {
-			return strings.TrimSpace(s)
+// isAnyFold reports whether s is one of the ASCII keywords, ignoring case.
+func isAnyFold(s string, keywords ...string) bool {
+	for _, k := range keywords {
+		if equalFoldASCII(s, k) {
+			return true
 		}
-		j := strings.Index(s[i:], "*/")
-		if j < 0 {
-			return strings.TrimSpace(s)
-		}
-		s = s[:i] + s[i+j+2:]
 	}
+	return false
 }
 
-func isHarmlessSet(upper string) bool {
+func isHarmlessSet(stmt string) bool {
 	for _, p := range []string{"SET NAMES", "SET CHARACTER SET", "SET CHARSET", "SET SESSION", "SET AUTOCOMMIT", "SET SQL_MODE", "SET TIME_ZONE", "SET @@", "SET GLOBAL", "SET LOCAL", "SET TRANSACTION", "SET SQL_", "SET NET_", "SET WAIT_TIMEOUT", "SET INTERACTIVE_TIMEOUT"} {
-		if strings.HasPrefix(upper, p) {
+		if hasPrefixFold(stmt, p) {
 			return true
 		}
 	}
@@ -182,7 +176,7 @@ var knownVars = []string{
 
 func (ss *session) showVariables(stmt string) (*mysql.Result, error) {
 	pattern := "%"
-	if i := strings.Index(strings.ToUpper(stmt), " LIKE "); i >= 0 {
+	if i := indexFold(stmt, " LIKE "); i >= 0 {
 		p, _, _, err := parseValue(strings.TrimSpace(stmt[i+6:]), ss.sysvar)
 		if err != nil {
 			return nil, mysql.NewError(mysql.ER_PARSE_ERROR, fmt.Sprintf("SHOW VARIABLES LIKE: %v", err))
@@ -203,7 +197,7 @@ func (ss *session) showVariables(stmt string) (*mysql.Result, error) {
 // selectExprs evaluates a SELECT of variables and simple functions.
 func (ss *session) selectExprs(list string) (*mysql.Result, error) {
 	list = strings.TrimSpace(list)
-	if up := strings.ToUpper(list); strings.HasSuffix(up, " LIMIT 1") {
+	if hasSuffixFold(list, " LIMIT 1") {
 		list = strings.TrimSpace(list[:len(list)-len(" LIMIT 1")])
 	}
 	exprs := splitTopLevel(list)
@@ -211,7 +205,7 @@ func (ss *session) selectExprs(list string) (*mysql.Result, error) {
 	row := make([]any, 0, len(exprs))
 	for _, e := range exprs {
 		expr, alias := e, e
-		if i := strings.Index(strings.ToUpper(e), " AS "); i >= 0 {
+		if i := indexFold(e, " AS "); i >= 0 {
 			expr, alias = strings.TrimSpace(e[:i]), strings.Trim(strings.TrimSpace(e[i+4:]), "`'\"")
 		}
 		v, err := ss.eval(expr)
@@ -225,7 +219,7 @@ func (ss *session) selectExprs(list string) (*mysql.Result, error) {
 }
 
 func (ss *session) eval(expr string) (any, error) {
-	up := strings.ToUpper(strings.ReplaceAll(expr, " ", ""))
+	fn := strings.ReplaceAll(expr, " ", "")
 	switch {
 	case strings.HasPrefix(expr, "@@"):
 		name := strings.ToLower(expr[2:])
@@ -241,18 +235,18 @@ func (ss *session) eval(expr string) (any, error) {
 			return nil, nil
 		}
 		return *v, nil
-	case up == "UNIX_TIMESTAMP()":
+	case isAnyFold(fn, "UNIX_TIMESTAMP()"):
 		return time.Now().Unix(), nil
-	case up == "NOW()" || up == "CURRENT_TIMESTAMP()" || up == "CURRENT_TIMESTAMP":
+	case isAnyFold(fn, "NOW()", "CURRENT_TIMESTAMP()", "CURRENT_TIMESTAMP"):
 		return time.Now().Format("2006-01-02 15:04:05"), nil
-	case up == "VERSION()":
+	case isAnyFold(fn, "VERSION()"):
 		v, _ := ss.sysvar("version")
 		return v, nil
-	case up == "DATABASE()" || up == "SCHEMA()":
+	case isAnyFold(fn, "DATABASE()", "SCHEMA()"):
 		return nil, nil
-	case up == "USER()" || up == "CURRENT_USER()" || up == "CURRENT_USER":
+	case isAnyFold(fn, "USER()", "CURRENT_USER()", "CURRENT_USER"):
 		return ss.user + "@%", nil
-	case up == "CONNECTION_ID()":
+	case isAnyFold(fn, "CONNECTION_ID()"):
 		return ss.id, nil
 	}
 	if n, err := strconv.ParseInt(expr, 10, 64); err == nil {
@@ -264,7 +258,7 @@ func (ss *session) eval(expr string) (any, error) {
 			return v, nil
 		}
 	}
-	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, fmt.Sprintf("Flotilla is a binlog relay and cannot evaluate %.100s", expr))
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, fmt.Sprintf("Flotilla is a binlog relay and cannot evaluate %.100s", strings.ToValidUTF8(expr, "?")))
 }
 
 // splitTopLevel splits on commas outside parentheses and quotes.

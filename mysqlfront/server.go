@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sort"
 	"strings"
 	"sync"
@@ -157,6 +158,14 @@ type session struct {
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	defer nc.Close()
+	// Whatever a client sends, a bug it triggers ends its own connection only: the
+	// node keeps serving every other replica and upstream.
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic while serving a client; closing its connection only",
+				"remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+		}
+	}()
 	a := &auth{s: s}
 	_ = nc.SetDeadline(time.Now().Add(15 * time.Second))
 	c, err := s.srv.NewCustomizedConn(nc, a, nil)
