@@ -377,6 +377,7 @@ func tail(s string, n int) string {
 // checkBadInput: wrong password, unknown user and a GTID that was never in the binlog
 // each get a MySQL error that says what is wrong.
 func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariadbtest.Server, fl *flotillatest.Node) {
+	checkOddQueries(ctx, t, fl)
 	host, port := "127.0.0.1", fl.MySQLPort()
 	for _, c := range []struct {
 		name, user, pass, want string
