@@ -1,6 +1,7 @@
 package mysqlfront
 
 import (
+	"context"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -11,7 +12,6 @@ import (
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/placement"
-	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
 func sysvars(name string) (string, bool) {
@@ -85,10 +85,9 @@ func TestParseDumpAndBoundary(t *testing.T) {
 type fakeRouter struct{ st *placement.State }
 
 func (f fakeRouter) Metadata() (*placement.State, error) { return f.st, nil }
-func (f fakeRouter) Serving(uint64) (*statemachine.Group, error) {
+func (f fakeRouter) Source(context.Context, *placement.Upstream) (Source, error) {
 	return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, "not serving")
 }
-func (f fakeRouter) StillServing(uint64) bool { return false }
 
 func newTestSession() *session {
 	u := &placement.Upstream{Name: "main", ServerID: 7, DomainID: 3, Version: "10.11.6-MariaDB-log", GroupID: 2,

@@ -1,6 +1,7 @@
 package mysqlfront
 
 import (
+	"context"
 	"fmt"
 	"path"
 	"strconv"
@@ -94,15 +95,20 @@ func (ss *session) sessionUpstream() *placement.Upstream {
 	return &placement.Upstream{}
 }
 
-// tail returns the served group's committed tail, if this node has the group.
-func (ss *session) tail() (statemachine.Tail, bool) {
-	u := ss.sessionUpstream()
-	g, err := ss.s.router.Serving(u.GroupID)
+// files asks the session's source what the served group holds; sysvar has no
+// context of its own, so the lookup is bounded here.
+func (ss *session) files() (FileList, error) {
+	u, err := ss.upstream()
 	if err != nil {
-		return statemachine.Tail{}, false
+		return FileList{}, err
 	}
-	t, _ := g.Tail()
-	return t, true
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	src, err := ss.s.router.Source(ctx, u)
+	if err != nil {
+		return FileList{}, errDump("%v", err)
+	}
+	return src.Files(ctx)
 }
 
 // sysvar answers @@variables as the upstream master would, for the ones replicas and
@@ -133,8 +139,8 @@ func (ss *session) sysvar(name string) (string, bool) {
 	case "server_uuid":
 		return u.ServerUUID, true
 	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state":
-		t, _ := ss.tail()
-		return t.State.String(), true
+		fl, _ := ss.files()
+		return fl.State.String(), true
 	case "gtid_strict_mode":
 		return "1", true
 	case "max_allowed_packet", "slave_max_allowed_packet":
@@ -288,43 +294,25 @@ func splitTopLevel(s string) []string {
 }
 
 func (ss *session) showBinaryLogs() (*mysql.Result, error) {
-	g, _, err := ss.group()
+	fl, err := ss.files()
 	if err != nil {
 		return nil, err
 	}
-	files, err := g.Files()
-	if err != nil {
-		return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, err.Error())
-	}
 	var rows [][]any
-	for _, f := range files {
+	for _, f := range fl.Files {
 		rows = append(rows, []any{f.Name, f.Size})
 	}
 	return resultset([]string{"Log_name", "File_size"}, rows)
 }
 
 func (ss *session) showMasterStatus() (*mysql.Result, error) {
-	g, _, err := ss.group()
+	fl, err := ss.files()
 	if err != nil {
 		return nil, err
 	}
-	t, _ := g.Tail()
-	if t.File == 0 {
+	if fl.File == 0 {
 		return resultset([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"}, nil)
 	}
 	return resultset([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"},
-		[][]any{{statemachine.FileName(t.File), t.FileSize, "", ""}})
-}
-
-// group resolves the session's upstream to the local group this node serves.
-func (ss *session) group() (*statemachine.Group, *placement.Upstream, error) {
-	u, err := ss.upstream()
-	if err != nil {
-		return nil, nil, err
-	}
-	g, err := ss.s.router.Serving(u.GroupID)
-	if err != nil {
-		return nil, nil, mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG, err.Error())
-	}
-	return g, u, nil
+		[][]any{{statemachine.FileName(fl.File), fl.Size, "", ""}})
 }

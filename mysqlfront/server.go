@@ -29,18 +29,6 @@ import (
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
-// Router tells the front end about upstreams and where their groups are served.
-type Router interface {
-	// Metadata is this node's view of the upstreams.
-	Metadata() (*placement.State, error)
-	// Serving returns the local replica of a group if this node serves it (leads the
-	// group), or an error naming where to connect instead.
-	Serving(gid uint64) (*statemachine.Group, error)
-	// StillServing reports whether this node still leads the group; dumps end when it
-	// stops, so replicas reconnect to the new leader.
-	StillServing(gid uint64) bool
-}
-
 // ServerVersion is announced in the handshake. The "5.5.5-" prefix is how MariaDB
 // tells old clients its real version; MariaDB replicas strip it and see "MariaDB".
 const ServerVersion = "5.5.5-10.11.6-MariaDB-flotilla"

@@ -17,7 +17,6 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/flotilla-relay/flotilla/placement"
-	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
 func TestNormalizeQuery(t *testing.T) {
@@ -90,9 +89,10 @@ func TestLongQueryLinearTime(t *testing.T) {
 // panicRouter panics on every call: it stands in for any bug a client can reach.
 type panicRouter struct{}
 
-func (panicRouter) Metadata() (*placement.State, error)         { panic("injected bug") }
-func (panicRouter) Serving(uint64) (*statemachine.Group, error) { panic("injected bug") }
-func (panicRouter) StillServing(uint64) bool                    { panic("injected bug") }
+func (panicRouter) Metadata() (*placement.State, error) { panic("injected bug") }
+func (panicRouter) Source(context.Context, *placement.Upstream) (Source, error) {
+	panic("injected bug")
+}
 
 // TestPanicClosesOnlyThatConnection: a panic in a connection's goroutine is recovered
 // and logged; the listener keeps accepting.

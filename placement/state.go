@@ -49,12 +49,24 @@ type Upstream struct {
 	// BinlogChecksum is the master's binlog_checksum (CRC32 or NONE).
 	BinlogChecksum string `json:"binlog_checksum,omitempty"`
 	// StartGTID is the GTID position the group's history starts from.
-	StartGTID string    `json:"start_gtid"`
-	GroupID   uint64    `json:"group_id"`
-	Replicas  int       `json:"replicas"`
+	StartGTID string `json:"start_gtid"`
+	GroupID   uint64 `json:"group_id"`
+	Replicas  int    `json:"replicas"`
+	// ServeFrom is ServeFromLeader (default, "" in old metadata) or ServeFromAny.
+	ServeFrom string    `json:"serve_from,omitempty"`
 	Paused    bool      `json:"paused"`
 	CreatedAt time.Time `json:"created_at"`
 }
+
+// Where replicas of an upstream are served from (Upstream.ServeFrom).
+const (
+	// ServeFromLeader relays every dump from the group's leader (the design's
+	// routing); a leader change makes replicas reconnect.
+	ServeFromLeader = "leader"
+	// ServeFromAny lets each node serve from its own replica: fan-out spreads over
+	// the cluster and dumps stay open across a leader change.
+	ServeFromAny = "any"
+)
 
 // State is the whole metadata.
 type State struct {
@@ -158,6 +170,9 @@ func (u *Upstream) validate() error {
 	}
 	if u.Source == "" {
 		return fmt.Errorf("upstream %q has no source address", u.Name)
+	}
+	if u.ServeFrom != "" && u.ServeFrom != ServeFromLeader && u.ServeFrom != ServeFromAny {
+		return fmt.Errorf("upstream %q: serve-from must be %q or %q, not %q", u.Name, ServeFromLeader, ServeFromAny, u.ServeFrom)
 	}
 	if u.Replicas < 1 {
 		return fmt.Errorf("upstream %q: replicas must be at least 1", u.Name)

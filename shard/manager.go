@@ -27,13 +27,20 @@ type Metadata interface {
 	Local() (*placement.State, error)
 }
 
+// LeaderTable tells who leads a group, with a channel closed at its next change; the
+// node's table is fed by raft events.
+type LeaderTable interface {
+	Leader(gid uint64) (uint64, <-chan struct{})
+}
+
 // Manager keeps this node's group replicas in line with the placement metadata.
 type Manager struct {
-	nh     *dragonboat.NodeHost
-	store  *statemachine.Store
-	meta   Metadata
-	nodeID uint64
-	log    *slog.Logger
+	nh      *dragonboat.NodeHost
+	store   *statemachine.Store
+	meta    Metadata
+	leaders LeaderTable
+	nodeID  uint64
+	log     *slog.Logger
 	// retention is applied by each group's leader.
 	retention statemachine.Retention
 
@@ -42,8 +49,8 @@ type Manager struct {
 }
 
 // NewManager creates a manager; Run starts reconciling.
-func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, nodeID uint64, retention statemachine.Retention, log *slog.Logger) *Manager {
-	return &Manager{nh: nh, store: store, meta: meta, nodeID: nodeID, retention: retention, log: log, shards: map[uint64]*Shard{}}
+func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, leaders LeaderTable, nodeID uint64, retention statemachine.Retention, log *slog.Logger) *Manager {
+	return &Manager{nh: nh, store: store, meta: meta, leaders: leaders, nodeID: nodeID, retention: retention, log: log, shards: map[uint64]*Shard{}}
 }
 
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the

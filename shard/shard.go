@@ -22,6 +22,8 @@ type Shard struct {
 	log   *slog.Logger
 	stopc chan struct{}
 	once  sync.Once
+	// kick wakes run when the upstream's settings change (pause, resume).
+	kick chan struct{}
 
 	mu       sync.Mutex
 	upstream placement.Upstream
@@ -43,7 +45,7 @@ type SyncStatus struct {
 }
 
 func newShard(m *Manager, u *placement.Upstream) *Shard {
-	return &Shard{m: m, gid: u.GroupID, upstream: *u, stopc: make(chan struct{}),
+	return &Shard{m: m, gid: u.GroupID, upstream: *u, stopc: make(chan struct{}), kick: make(chan struct{}, 1),
 		log: m.log.With("upstream", u.Name, "group", u.GroupID)}
 }
 
@@ -56,8 +58,15 @@ func (s *Shard) Upstream() placement.Upstream {
 
 func (s *Shard) setUpstream(u *placement.Upstream) {
 	s.mu.Lock()
+	kick := s.upstream.Paused != u.Paused
 	s.upstream = *u
 	s.mu.Unlock()
+	if kick {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
 }
 
 // GroupID is the raft cluster id of the group.
@@ -95,35 +104,36 @@ func (s *Shard) updateStatus(f func(*SyncStatus)) {
 }
 
 // run follows leadership: the syncer runs only while this replica leads the group and
-// the upstream is not paused.
+// the upstream is not paused. Leadership arrives as events (the node's leadership
+// table); the slow tick only backs them up.
 func (s *Shard) run(ctx context.Context) {
-	t := time.NewTicker(200 * time.Millisecond)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var running *syncerRun
 	defer func() { running.stop() }()
 	for {
+		id, changed := s.m.leaders.Leader(s.gid)
+		s.mu.Lock()
+		s.leaderID, s.hasLead = id, id != 0
+		paused := s.upstream.Paused
+		s.mu.Unlock()
+		should := id == s.m.nodeID && !paused
+		if should && running == nil {
+			s.log.Info("leading the group: starting the syncer")
+			running = s.startSyncer(ctx)
+		} else if !should && running != nil {
+			s.log.Info("stopping syncer", "leader", id, "paused", paused)
+			running.stop()
+			running = nil
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.stopc:
 			return
+		case <-changed:
+		case <-s.kick:
 		case <-t.C:
-		}
-		id, ok, err := s.m.nh.GetLeaderID(s.gid)
-		if err != nil {
-			ok = false
-		}
-		s.mu.Lock()
-		s.leaderID, s.hasLead = id, ok
-		paused := s.upstream.Paused
-		s.mu.Unlock()
-		should := ok && id == s.m.nodeID && !paused
-		if should && running == nil {
-			running = s.startSyncer(ctx)
-		} else if !should && running != nil {
-			s.log.Info("stopping syncer", "leader", ok && id == s.m.nodeID, "paused", paused)
-			running.stop()
-			running = nil
 		}
 	}
 }

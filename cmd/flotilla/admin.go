@@ -92,6 +92,7 @@ func upstreamCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user"},
 					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
 					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
+					&cli.StringFlag{Name: "serve-from", Value: "leader", Usage: "leader: every node relays dumps from the group's leader; any: nodes holding a replica serve from it (dumps survive leader changes)"},
 					outputFlag,
 				},
 				Action: func(c *cli.Context) error {
@@ -104,7 +105,7 @@ func upstreamCommand() *cli.Command {
 						return fmt.Errorf("give one --replica-password per --replica-user (%d users, %d passwords)", len(users), len(pws))
 					}
 					req := &adminv1.AddUpstreamRequest{Name: n, Source: c.String("source"), User: c.String("user"), Password: c.String("password"),
-						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid")}
+						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from")}
 					for i := range users {
 						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i]})
 					}

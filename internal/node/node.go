@@ -5,7 +5,6 @@ package node
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -17,9 +16,13 @@ import (
 	"github.com/lni/dragonboat/v3/config"
 	dblog "github.com/lni/dragonboat/v3/logger"
 
+	"google.golang.org/grpc"
+
 	"github.com/flotilla-relay/flotilla/adminrpc"
+	"github.com/flotilla-relay/flotilla/internal/cluster"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 	"github.com/flotilla-relay/flotilla/shard"
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
@@ -70,19 +73,20 @@ type Node struct {
 	shards *shard.Manager
 	front  *mysqlfront.Server
 	errc   chan error
+
+	ident   cluster.Identity
+	leaders *cluster.Leaders
+	relay   *cluster.Relay
 }
 
 // Start brings a node up and returns once it serves. Stop it by cancelling ctx and
 // calling Wait.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	cfg.Defaults()
-	if len(cfg.Join) > 0 {
-		return nil, errors.New("--join: multi-node clusters are not available in this build yet; start a one-node cluster without --join")
-	}
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings", "grpc"} {
 		dblog.GetLogger(name).SetLevel(dblog.WARNING)
 	}
-	if err := os.MkdirAll(cfg.DataDir, 0o755); err != nil {
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
 	}
 	// Bind the client-facing ports first: a port in use is the most common start-up
@@ -98,6 +102,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	closeLis := func() { mysqlLis.Close(); adminLis.Close() }
 
+	ident, err := clusterIdentity(ctx, cfg, log)
+	if err != nil {
+		closeLis()
+		return nil, err
+	}
 	store, err := statemachine.Open(filepath.Join(cfg.DataDir, "storage"), log)
 	if err != nil {
 		closeLis()
@@ -106,58 +115,74 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if cfg.SegmentSize > 0 {
 		store.SetSegmentSize(cfg.SegmentSize)
 	}
+	leaders := cluster.NewLeaders()
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
-		DeploymentID:   1,
-		NodeHostDir:    filepath.Join(cfg.DataDir, "raft"),
-		RTTMillisecond: 50,
-		RaftAddress:    cfg.RaftAddr,
-		Expert:         config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig()},
+		DeploymentID:      ident.DeploymentID,
+		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
+		RTTMillisecond:    50,
+		RaftAddress:       cfg.RaftAddr,
+		RaftEventListener: leaders,
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig()},
 	})
 	if err != nil {
 		store.Close()
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	n := &Node{cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), errc: make(chan error, 2)}
+	n := &Node{cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders, errc: make(chan error, 2)}
 	if err := n.startMeta(ctx); err != nil {
 		n.close()
 		closeLis()
 		return nil, err
 	}
-	n.shards = shard.NewManager(nh, store, n.meta, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
+	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
 	go n.shards.Run(ctx, 300*time.Millisecond)
 
+	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
+	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, AdminToken: cfg.AdminToken, Members: nh, Meta: n.meta,
+		Local: n.localSource, Log: log.With("component", "cluster")}
 	go func() { n.errc <- n.front.Serve(ctx, mysqlLis) }()
 	admin := &adminrpc.Server{
 		NodeID: cfg.NodeID, Meta: n.meta, Shards: n.shards, Replicas: n.front, Inspect: shard.InspectSource,
 		Token: cfg.AdminToken, Log: log.With("component", "admin"),
+		Services:        []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }},
+		OwnAuthPrefixes: []string{cluster.MethodPrefix},
 		MetaLeader: func() uint64 {
 			id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
 			return id
 		},
 	}
 	go func() { n.errc <- admin.Serve(ctx, adminLis) }()
-	log.Info("flotilla node serving", "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
+	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
 	return n, nil
 }
 
 // startMeta starts (or bootstraps) the metadata group and registers this node.
 func (n *Node) startMeta(ctx context.Context) error {
 	members := map[uint64]string{}
+	join := false
 	if !n.nh.HasNodeInfo(placement.MetaGroupID, n.cfg.NodeID) {
-		members[n.cfg.NodeID] = n.cfg.RaftAddr
+		if n.ident.Joined {
+			join = true // the members admitted this node through Join
+		} else {
+			members[n.cfg.NodeID] = n.cfg.RaftAddr
+		}
 	}
 	cfg := config.Config{NodeID: n.cfg.NodeID, ClusterID: placement.MetaGroupID, ElectionRTT: 10, HeartbeatRTT: 1,
-		CheckQuorum: true, SnapshotEntries: 1000, CompactionOverhead: 100}
-	if err := n.nh.StartCluster(members, false, placement.CreateStateMachine, cfg); err != nil {
+		CheckQuorum: true, SnapshotEntries: 1000, CompactionOverhead: 100, IsObserver: n.ident.MetaObserver}
+	if err := n.nh.StartCluster(members, join, placement.CreateStateMachine, cfg); err != nil {
 		return fmt.Errorf("start metadata group: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
 	self := placement.Node{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr, MySQLAddr: n.cfg.MySQLAddr, AdminAddr: n.cfg.AdminAddr, Labels: n.cfg.Labels}
 	for {
-		st, err := n.meta.Read(ctx)
+		// Short attempts: a read issued before this replica knows the leader is dropped
+		// by raft and would otherwise wait out the whole deadline.
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := n.meta.Read(actx)
+		acancel()
 		if err == nil {
 			if cur, ok := st.Nodes[self.ID]; ok && sameNode(*cur, self) {
 				return nil
@@ -198,6 +223,9 @@ func (n *Node) Wait(ctx context.Context) error {
 }
 
 func (n *Node) close() {
+	if n.relay != nil {
+		n.relay.Close()
+	}
 	n.nh.Stop()
 	if err := n.store.Close(); err != nil {
 		n.log.Warn("close storage", "err", err)
@@ -209,26 +237,52 @@ type routerAdapter struct{ n *Node }
 
 func (r routerAdapter) Metadata() (*placement.State, error) { return r.n.meta.Local() }
 
-func (r routerAdapter) Serving(gid uint64) (*statemachine.Group, error) {
-	sh, ok := r.n.shards.Shard(gid)
-	if !ok {
-		return nil, fmt.Errorf("this node (%d) holds no replica of the upstream's group %d yet; retry shortly or connect to another node", r.n.cfg.NodeID, gid)
+// Source serves a session from this node's replica when it may (it leads the group,
+// or the upstream serves from any replica), and otherwise relays from the node that
+// does.
+func (r routerAdapter) Source(_ context.Context, u *placement.Upstream) (mysqlfront.Source, error) {
+	anyReplica := u.ServeFrom == placement.ServeFromAny
+	src, leader := r.n.localSource(u.GroupID, anyReplica)
+	if src != nil {
+		return src, nil
 	}
-	if !sh.IsLeader() {
-		lead, ok := sh.Leader()
-		if !ok {
-			return nil, fmt.Errorf("the upstream's group %d has no leader right now (election in progress); the replica will retry", gid)
+	if _, local := r.n.shards.Shard(u.GroupID); local {
+		switch leader {
+		case 0:
+			if !anyReplica {
+				return nil, fmt.Errorf("the upstream's group %d has no leader right now (election in progress); the replica will retry", u.GroupID)
+			}
+		case r.n.cfg.NodeID:
+			return nil, fmt.Errorf("group %d is starting on this node; the replica will retry", u.GroupID)
 		}
-		return nil, fmt.Errorf("node %d leads the upstream's group %d; connect the replica to node %d (proxying is not available in this build)", lead, gid, lead)
+	}
+	return r.n.relay.Source(u, leader, anyReplica), nil
+}
+
+// localSource returns this node's replica of a group as a source, if it may serve:
+// it leads the group, or anyReplica. Otherwise it returns the leader it knows of.
+func (n *Node) localSource(gid uint64, anyReplica bool) (mysqlfront.Source, uint64) {
+	sh, ok := n.shards.Shard(gid)
+	if !ok {
+		return nil, 0
+	}
+	leader, _ := sh.Leader()
+	if !anyReplica && !sh.IsLeader() {
+		return nil, leader
 	}
 	g, ok := sh.Group()
 	if !ok {
-		return nil, fmt.Errorf("group %d is starting on this node; the replica will retry", gid)
+		return nil, leader
 	}
-	return g, nil
-}
-
-func (r routerAdapter) StillServing(gid uint64) bool {
-	sh, ok := r.n.shards.Shard(gid)
-	return ok && sh.IsLeader()
+	u := sh.Upstream()
+	eligible := func() error {
+		if cur, ok := n.shards.Shard(gid); !ok || cur != sh {
+			return mysqlfront.ErrRetry("this node no longer holds a replica of upstream %s; the replica reconnects and resumes from its position", u.Name)
+		}
+		if !anyReplica && !sh.IsLeader() {
+			return mysqlfront.ErrRetry("this Flotilla node no longer leads upstream %s; the replica reconnects and resumes from its position on the new leader", u.Name)
+		}
+		return nil
+	}
+	return mysqlfront.NewLocalSource(g, &u, eligible, n.log.With("component", "mysqlfront")), leader
 }

@@ -87,7 +87,10 @@ type AddUpstreamRequest struct {
 	ReplicaUsers []*ReplicaUser `protobuf:"bytes,6,rep,name=replica_users,json=replicaUsers,proto3" json:"replica_users,omitempty"`
 	Replicas     int32          `protobuf:"varint,7,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	// Empty: start from the oldest transaction still on the master.
-	StartGtid     string `protobuf:"bytes,8,opt,name=start_gtid,json=startGtid,proto3" json:"start_gtid,omitempty"`
+	StartGtid string `protobuf:"bytes,8,opt,name=start_gtid,json=startGtid,proto3" json:"start_gtid,omitempty"`
+	// leader (default) or any: which nodes serve the upstream's replicas from their own
+	// replica of the group.
+	ServeFrom     string `protobuf:"bytes,9,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -178,6 +181,13 @@ func (x *AddUpstreamRequest) GetStartGtid() string {
 	return ""
 }
 
+func (x *AddUpstreamRequest) GetServeFrom() string {
+	if x != nil {
+		return x.ServeFrom
+	}
+	return ""
+}
+
 type Upstream struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -194,6 +204,7 @@ type Upstream struct {
 	Replicas      int32                  `protobuf:"varint,12,opt,name=replicas,proto3" json:"replicas,omitempty"`
 	Paused        bool                   `protobuf:"varint,13,opt,name=paused,proto3" json:"paused,omitempty"`
 	CreatedAt     string                 `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ServeFrom     string                 `protobuf:"bytes,15,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -322,6 +333,13 @@ func (x *Upstream) GetPaused() bool {
 func (x *Upstream) GetCreatedAt() string {
 	if x != nil {
 		return x.CreatedAt
+	}
+	return ""
+}
+
+func (x *Upstream) GetServeFrom() string {
+	if x != nil {
+		return x.ServeFrom
 	}
 	return ""
 }
@@ -1366,7 +1384,7 @@ const file_admin_proto_rawDesc = "" +
 	"\vadmin.proto\x12\x11flotilla.admin.v1\"=\n" +
 	"\vReplicaUser\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"\x88\x02\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"\xa7\x02\n" +
 	"\x12AddUpstreamRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -1376,7 +1394,9 @@ const file_admin_proto_rawDesc = "" +
 	"\rreplica_users\x18\x06 \x03(\v2\x1e.flotilla.admin.v1.ReplicaUserR\freplicaUsers\x12\x1a\n" +
 	"\breplicas\x18\a \x01(\x05R\breplicas\x12\x1d\n" +
 	"\n" +
-	"start_gtid\x18\b \x01(\tR\tstartGtid\"\x89\x03\n" +
+	"start_gtid\x18\b \x01(\tR\tstartGtid\x12\x1d\n" +
+	"\n" +
+	"serve_from\x18\t \x01(\tR\tserveFrom\"\xa8\x03\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -1395,7 +1415,9 @@ const file_admin_proto_rawDesc = "" +
 	"\breplicas\x18\f \x01(\x05R\breplicas\x12\x16\n" +
 	"\x06paused\x18\r \x01(\bR\x06paused\x12\x1d\n" +
 	"\n" +
-	"created_at\x18\x0e \x01(\tR\tcreatedAt\"!\n" +
+	"created_at\x18\x0e \x01(\tR\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"serve_from\x18\x0f \x01(\tR\tserveFrom\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +

@@ -1,0 +1,118 @@
+package cluster
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io/fs"
+	"os"
+	"path/filepath"
+)
+
+// IdentityFile is the name of the identity file in a node's data directory.
+const IdentityFile = "cluster.json"
+
+// LegacyDeploymentID is the raft deployment id of data directories made before
+// clusters had identities; such a node keeps it so its raft data stays readable.
+const LegacyDeploymentID = 1
+
+// Identity is the cluster a node belongs to.
+type Identity struct {
+	// ClusterID names the cluster; it is shown to operators and is not secret.
+	ClusterID string `json:"cluster_id"`
+	// Secret authenticates node-to-node calls (binlog relays).
+	Secret []byte `json:"secret"`
+	// DeploymentID is dragonboat's: nodes with different ids drop each other's
+	// messages.
+	DeploymentID uint64 `json:"deployment_id"`
+	// Joined: this node was admitted by a member (it did not bootstrap the cluster),
+	// so it starts its metadata replica by joining, never as a new group.
+	Joined bool `json:"joined,omitempty"`
+	// MetaObserver: this node joined the metadata group as a non-voting member.
+	MetaObserver bool `json:"meta_observer,omitempty"`
+}
+
+// NewIdentity makes the identity of a new cluster.
+func NewIdentity() (Identity, error) {
+	var id [16]byte
+	secret := make([]byte, 32)
+	if _, err := rand.Read(id[:]); err != nil {
+		return Identity{}, fmt.Errorf("generate cluster id: %w", err)
+	}
+	if _, err := rand.Read(secret); err != nil {
+		return Identity{}, fmt.Errorf("generate cluster secret: %w", err)
+	}
+	cid := hex.EncodeToString(id[:])
+	return Identity{ClusterID: cid, Secret: secret, DeploymentID: DeploymentID(cid)}, nil
+}
+
+// DeploymentID derives the raft deployment id from a cluster id (never 0, never the
+// legacy id).
+func DeploymentID(clusterID string) uint64 {
+	h := fnv.New64a()
+	h.Write([]byte(clusterID))
+	v := h.Sum64()
+	if v <= LegacyDeploymentID {
+		v += 2
+	}
+	return v
+}
+
+// ErrNoIdentity means the data directory belongs to no cluster yet.
+var ErrNoIdentity = errors.New("no cluster identity")
+
+// LoadIdentity reads the identity in dataDir, or returns ErrNoIdentity.
+func LoadIdentity(dataDir string) (Identity, error) {
+	b, err := os.ReadFile(filepath.Join(dataDir, IdentityFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Identity{}, ErrNoIdentity
+	}
+	if err != nil {
+		return Identity{}, fmt.Errorf("read cluster identity: %w", err)
+	}
+	var id Identity
+	if err := json.Unmarshal(b, &id); err != nil || id.ClusterID == "" || id.DeploymentID == 0 {
+		return Identity{}, fmt.Errorf("cluster identity %s is damaged (%v): restore it from a backup or from another node's copy", filepath.Join(dataDir, IdentityFile), err)
+	}
+	return id, nil
+}
+
+// SaveIdentity writes the identity durably (0600: it holds the cluster secret).
+func SaveIdentity(dataDir string, id Identity) error {
+	b, err := json.MarshalIndent(id, "", "  ")
+	if err != nil {
+		return fmt.Errorf("encode cluster identity: %w", err)
+	}
+	path := filepath.Join(dataDir, IdentityFile)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("write cluster identity: %w", err)
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("write cluster identity: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("sync cluster identity: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("write cluster identity: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("install cluster identity: %w", err)
+	}
+	d, err := os.Open(dataDir)
+	if err != nil {
+		return fmt.Errorf("sync data directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("sync data directory: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,72 @@
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
+)
+
+// call runs f against the Cluster service at addr with the admin token, if any.
+func call(ctx context.Context, addr, token string, f func(context.Context, clusterv1.ClusterClient) error) error {
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", addr, err)
+	}
+	defer c.Close()
+	if token != "" {
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+	}
+	return f(ctx, clusterv1.NewClusterClient(c))
+}
+
+// Join asks the members at addrs, in turn and until ctx ends, to admit this node, and
+// returns the identity of the cluster it joined.
+func Join(ctx context.Context, addrs []string, token string, req *clusterv1.JoinRequest) (Identity, error) {
+	var last error
+	for {
+		for _, addr := range addrs {
+			actx, cancel := context.WithTimeout(ctx, 40*time.Second)
+			var resp *clusterv1.JoinResponse
+			err := call(actx, addr, token, func(ctx context.Context, c clusterv1.ClusterClient) error {
+				var err error
+				resp, err = c.Join(ctx, req)
+				return err
+			})
+			cancel()
+			if err == nil {
+				return Identity{ClusterID: resp.ClusterId, Secret: resp.Secret, DeploymentID: resp.DeploymentId,
+					Joined: true, MetaObserver: !resp.Voter}, nil
+			}
+			last = fmt.Errorf("%s: %w", addr, err)
+			if strings.Contains(err.Error(), "AlreadyExists") || strings.Contains(err.Error(), "Unauthenticated") {
+				return Identity{}, fmt.Errorf("join refused by %w", last)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return Identity{}, fmt.Errorf("no member at %s admitted this node: %w", strings.Join(addrs, ","), last)
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+// AskIdentity returns the cluster id of the node at addr.
+func AskIdentity(ctx context.Context, addr string) (string, error) {
+	var id string
+	err := call(ctx, addr, "", func(ctx context.Context, c clusterv1.ClusterClient) error {
+		resp, err := c.Identity(ctx, &clusterv1.IdentityRequest{})
+		if err != nil {
+			return err
+		}
+		id = resp.ClusterId
+		return nil
+	})
+	return id, err
+}

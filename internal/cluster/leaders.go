@@ -1,0 +1,46 @@
+package cluster
+
+import (
+	"sync"
+
+	"github.com/lni/dragonboat/v3/raftio"
+)
+
+// Leaders is the node's table of who leads each raft group it hosts, fed by
+// dragonboat's raft event listener: the syncer and the front end react to changes
+// instead of polling every group.
+type Leaders struct {
+	mu      sync.Mutex
+	leaders map[uint64]raftio.LeaderInfo
+	changed map[uint64]chan struct{}
+}
+
+// NewLeaders returns an empty table.
+func NewLeaders() *Leaders {
+	return &Leaders{leaders: map[uint64]raftio.LeaderInfo{}, changed: map[uint64]chan struct{}{}}
+}
+
+// LeaderUpdated implements raftio.IRaftEventListener. It runs on dragonboat's own
+// goroutines and only records and signals.
+func (l *Leaders) LeaderUpdated(info raftio.LeaderInfo) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.leaders[info.ClusterID] = info
+	if c, ok := l.changed[info.ClusterID]; ok {
+		close(c)
+		delete(l.changed, info.ClusterID)
+	}
+}
+
+// Leader returns the known leader of a group (0 while there is none) and a channel
+// closed at the group's next leadership change.
+func (l *Leaders) Leader(gid uint64) (uint64, <-chan struct{}) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	c, ok := l.changed[gid]
+	if !ok {
+		c = make(chan struct{})
+		l.changed[gid] = c
+	}
+	return l.leaders[gid].LeaderID, c
+}

@@ -1,0 +1,219 @@
+package cluster
+
+import (
+	"context"
+	"encoding/hex"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/mysqlfront"
+	"github.com/flotilla-relay/flotilla/placement"
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// maxRelayMessage bounds one relayed message: one event of up to the largest a group
+// accepts (48 MiB) plus framing.
+const maxRelayMessage = 64 << 20
+
+// Relay reads binlog from other nodes for replicas connected to this one.
+type Relay struct {
+	nodeID uint64
+	secret string
+	meta   func() (*placement.State, error)
+	log    *slog.Logger
+
+	mu    sync.Mutex
+	conns map[string]*grpc.ClientConn
+}
+
+// NewRelay creates a relay for node nodeID of the cluster id belongs to.
+func NewRelay(nodeID uint64, id Identity, meta func() (*placement.State, error), log *slog.Logger) *Relay {
+	return &Relay{nodeID: nodeID, secret: hex.EncodeToString(id.Secret), meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
+}
+
+// Close closes the connections to other nodes.
+func (r *Relay) Close() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = map[string]*grpc.ClientConn{}
+}
+
+func (r *Relay) client(addr string) (clusterv1.ClusterClient, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if c, ok := r.conns[addr]; ok {
+		return clusterv1.NewClusterClient(c), nil
+	}
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRelayMessage)))
+	if err != nil {
+		return nil, fmt.Errorf("connect to node at %s: %w", addr, err)
+	}
+	r.conns[addr] = c
+	return clusterv1.NewClusterClient(c), nil
+}
+
+// Source returns a source that relays upstream u from the node leading its group
+// (leaderHint, when known) or, with anyReplica, from any node holding a replica.
+func (r *Relay) Source(u *placement.Upstream, leaderHint uint64, anyReplica bool) mysqlfront.Source {
+	return &relaySource{r: r, u: u, hint: leaderHint, any: anyReplica}
+}
+
+type relaySource struct {
+	r    *Relay
+	u    *placement.Upstream
+	hint uint64
+	any  bool
+}
+
+// targets lists the nodes to ask, best first: the known leader, then the group's
+// other members; never this node.
+func (s *relaySource) targets() ([]*placement.Node, error) {
+	st, err := s.r.meta()
+	if err != nil {
+		return nil, err
+	}
+	var ids []uint64
+	if s.hint != 0 {
+		ids = append(ids, s.hint)
+	}
+	for _, id := range st.Assignments[s.u.GroupID] {
+		if !slices.Contains(ids, id) {
+			ids = append(ids, id)
+		}
+	}
+	var out []*placement.Node
+	for _, id := range ids {
+		if n, ok := st.Nodes[id]; ok && id != s.r.nodeID {
+			out = append(out, n)
+		}
+	}
+	return out, nil
+}
+
+func (s *relaySource) auth(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, SecretHeader, s.r.secret)
+}
+
+// Files implements mysqlfront.Source.
+func (s *relaySource) Files(ctx context.Context) (mysqlfront.FileList, error) {
+	nodes, err := s.targets()
+	if err != nil {
+		return mysqlfront.FileList{}, err
+	}
+	var errs []string
+	for _, n := range nodes {
+		c, err := s.r.client(n.AdminAddr)
+		if err != nil {
+			errs = append(errs, err.Error())
+			continue
+		}
+		resp, err := c.Files(s.auth(ctx), &clusterv1.FilesRequest{GroupId: s.u.GroupID})
+		if err != nil {
+			errs = append(errs, fmt.Sprintf("node %d: %v", n.ID, err))
+			continue
+		}
+		state, err := binlog.ParsePosition(resp.GtidState)
+		if err != nil {
+			return mysqlfront.FileList{}, fmt.Errorf("node %d sent GTID state %q: %w", n.ID, resp.GtidState, err)
+		}
+		fl := mysqlfront.FileList{State: state, File: resp.CurrentFile, Size: resp.CurrentSize}
+		for _, f := range resp.Files {
+			fl.Files = append(fl.Files, statemachine.FileStatus{Name: f.Name, Size: f.Size})
+		}
+		return fl, nil
+	}
+	return mysqlfront.FileList{}, fmt.Errorf("no node holding upstream %s answered: %s", s.u.Name, strings.Join(errs, "; "))
+}
+
+// Dump implements mysqlfront.Source: it relays the dump from the first node that
+// serves it. Anything that ends the relay early (the serving node died or stopped
+// leading) ends the replica's dump with 1053, so it reconnects and resumes exactly.
+func (s *relaySource) Dump(ctx context.Context, spec mysqlfront.DumpSpec, sink mysqlfront.EventSink) error {
+	nodes, err := s.targets()
+	if err != nil {
+		return mysqlfront.ErrRetry("cannot read the cluster metadata: %v", err)
+	}
+	req := &clusterv1.DumpRequest{GroupId: spec.GroupID, GtidMode: spec.GTIDMode, ConnectState: spec.ConnectState, File: spec.File,
+		Pos: spec.Pos, Flags: uint32(spec.Flags), ServerId: spec.ServerID, HasChecksum: spec.HasChecksum, Checksum: spec.Checksum,
+		HeartbeatNanos: uint64(spec.Heartbeat), AnyReplica: s.any, ViaNode: s.r.nodeID}
+	var tried []string
+	for i := 0; i < len(nodes); i++ {
+		n := nodes[i]
+		done, leader, err := s.dumpFrom(ctx, n, req, sink)
+		if done || ctx.Err() != nil {
+			return err
+		}
+		tried = append(tried, fmt.Sprintf("node %d: %v", n.ID, err))
+		// A node that knows the leader points there next.
+		if leader != 0 && leader != s.r.nodeID {
+			if j := slices.IndexFunc(nodes, func(x *placement.Node) bool { return x.ID == leader }); j > i+1 {
+				nodes[i+1], nodes[j] = nodes[j], nodes[i+1]
+			}
+		}
+	}
+	return mysqlfront.ErrRetry("no node serves upstream %s right now (%s); the replica retries", s.u.Name, strings.Join(tried, "; "))
+}
+
+// dumpFrom relays from one node. done reports that the dump started there (its end,
+// whatever it is, is the replica's); otherwise err says why that node did not serve
+// and leader names the leader it knows of.
+func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clusterv1.DumpRequest, sink mysqlfront.EventSink) (done bool, leader uint64, err error) {
+	c, err := s.r.client(n.AdminAddr)
+	if err != nil {
+		return false, 0, err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.Dump(s.auth(ctx), req)
+	if err != nil {
+		return false, 0, err
+	}
+	started := false
+	for {
+		ch, err := stream.Recv()
+		if err != nil {
+			if ctx.Err() != nil {
+				return true, 0, nil // the replica went away
+			}
+			if !started {
+				return false, 0, err
+			}
+			return true, 0, mysqlfront.ErrRetry("the relay of upstream %s from node %d broke (%v); the replica reconnects and resumes", s.u.Name, n.ID, err)
+		}
+		if ch.NotServing {
+			return false, ch.LeaderNode, fmt.Errorf("does not serve it (leader: node %d)", ch.LeaderNode)
+		}
+		if !started {
+			started = true
+			s.r.log.Info("relaying a binlog dump", "upstream", s.u.Name, "from_node", n.ID)
+		}
+		for _, ev := range ch.Events {
+			if err := sink.Event(ev); err != nil {
+				return true, 0, nil // the replica went away
+			}
+		}
+		if ch.File != 0 {
+			sink.Position(ch.File, ch.Pos)
+		}
+		if ch.Eof {
+			return true, 0, sink.EOF()
+		}
+		if ch.ErrorCode != 0 {
+			return true, 0, mysql.NewError(uint16(ch.ErrorCode), ch.ErrorMessage)
+		}
+	}
+}

@@ -1,0 +1,241 @@
+package cluster
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/lni/dragonboat/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/flotilla-relay/flotilla/mysqlfront"
+	"github.com/flotilla-relay/flotilla/placement"
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
+)
+
+// MaxMetaVoters is how many nodes vote in the metadata group; further nodes follow
+// it as non-voting members, so a large cluster does not slow metadata commits.
+const MaxMetaVoters = 3
+
+// SecretHeader carries the cluster secret (hex) on node-to-node calls.
+const SecretHeader = "x-flotilla-cluster-secret"
+
+// Membership is the part of dragonboat's NodeHost that changes the metadata group.
+type Membership interface {
+	SyncGetClusterMembership(ctx context.Context, clusterID uint64) (*dragonboat.Membership, error)
+	SyncRequestAddNode(ctx context.Context, clusterID, nodeID uint64, addr string, ccid uint64) error
+	SyncRequestAddObserver(ctx context.Context, clusterID, nodeID uint64, addr string, ccid uint64) error
+}
+
+// Metadata is the part of the placement service joining needs.
+type Metadata interface {
+	Read(ctx context.Context) (*placement.State, error)
+	RegisterNode(ctx context.Context, n placement.Node) error
+}
+
+// LocalSourceFunc returns this node's source for a group, or nil and the leader this
+// node knows of when it does not serve the group (anyReplica: a follower's replica
+// will do).
+type LocalSourceFunc func(gid uint64, anyReplica bool) (mysqlfront.Source, uint64)
+
+// Service implements clusterv1.ClusterServer.
+type Service struct {
+	clusterv1.UnimplementedClusterServer
+	NodeID     uint64
+	Ident      Identity
+	AdminToken string
+	Members    Membership
+	Meta       Metadata
+	Local      LocalSourceFunc
+	Log        *slog.Logger
+}
+
+// MethodPrefix is the gRPC method prefix of this service: the admin API's token check
+// leaves these methods to the checks below.
+const MethodPrefix = "/flotilla.cluster.v1.Cluster/"
+
+func (s *Service) checkAdmin(ctx context.Context) error {
+	if s.AdminToken == "" {
+		return nil
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	got := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
+	if subtle.ConstantTimeCompare([]byte(got), []byte(s.AdminToken)) != 1 {
+		return status.Error(codes.Unauthenticated, "joining needs the cluster's admin token (set FLOTILLA_TOKEN on the joining node)")
+	}
+	return nil
+}
+
+func (s *Service) checkSecret(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	got, err := hex.DecodeString(strings.Join(md.Get(SecretHeader), ""))
+	if err != nil || subtle.ConstantTimeCompare(got, s.Ident.Secret) != 1 {
+		return status.Error(codes.Unauthenticated, "node-to-node call without this cluster's secret: is the caller a node of another cluster?")
+	}
+	return nil
+}
+
+// Join implements clusterv1.ClusterServer.
+func (s *Service) Join(ctx context.Context, r *clusterv1.JoinRequest) (*clusterv1.JoinResponse, error) {
+	if err := s.checkAdmin(ctx); err != nil {
+		return nil, err
+	}
+	if r.NodeId == 0 || r.RaftAddr == "" || r.AdminAddr == "" || r.MysqlAddr == "" {
+		return nil, status.Error(codes.InvalidArgument, "join needs a positive node id and the raft, admin and MySQL addresses")
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	st, err := s.Meta.Read(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "metadata group unavailable: %v", err)
+	}
+	if n, ok := st.Nodes[r.NodeId]; ok && n.RaftAddr != r.RaftAddr {
+		return nil, status.Errorf(codes.AlreadyExists,
+			"node id %d is already registered with raft address %s; the joining node has raft address %s: give it another --node-id (or, if it replaces node %d, remove that node first)",
+			r.NodeId, n.RaftAddr, r.RaftAddr, r.NodeId)
+	}
+	for id, n := range st.Nodes {
+		if id != r.NodeId && n.RaftAddr == r.RaftAddr {
+			return nil, status.Errorf(codes.AlreadyExists, "raft address %s already belongs to node %d; the joining node claims id %d", r.RaftAddr, id, r.NodeId)
+		}
+	}
+	m, err := s.Members.SyncGetClusterMembership(ctx, placement.MetaGroupID)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "read metadata membership: %v", err)
+	}
+	// Register first: while a second voter is being added the group needs it to
+	// commit, and it cannot answer until this call returns.
+	self := placement.Node{ID: r.NodeId, RaftAddr: r.RaftAddr, MySQLAddr: r.MysqlAddr, AdminAddr: r.AdminAddr, Labels: r.Labels}
+	if err := s.Meta.RegisterNode(ctx, self); err != nil {
+		return nil, status.Errorf(codes.Unavailable, "register node %d: %v", r.NodeId, err)
+	}
+	_, voter := m.Nodes[r.NodeId]
+	_, observer := m.Observers[r.NodeId]
+	switch {
+	case voter || observer:
+		// A retried join: the membership change already happened.
+	case len(m.Nodes) < MaxMetaVoters:
+		err = s.Members.SyncRequestAddNode(ctx, placement.MetaGroupID, r.NodeId, r.RaftAddr, m.ConfigChangeID)
+		voter = true
+	default:
+		err = s.Members.SyncRequestAddObserver(ctx, placement.MetaGroupID, r.NodeId, r.RaftAddr, m.ConfigChangeID)
+	}
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "add node %d to the metadata group: %v (retry the join)", r.NodeId, err)
+	}
+	s.Log.Info("node joined the cluster", "node", r.NodeId, "raft", r.RaftAddr, "admin", r.AdminAddr, "voter", voter)
+	return &clusterv1.JoinResponse{ClusterId: s.Ident.ClusterID, Secret: s.Ident.Secret,
+		DeploymentId: s.Ident.DeploymentID, Voter: voter}, nil
+}
+
+// Identity implements clusterv1.ClusterServer. It needs no credentials: a node
+// started with --join asks it to refuse joining a different cluster.
+func (s *Service) Identity(context.Context, *clusterv1.IdentityRequest) (*clusterv1.IdentityResponse, error) {
+	return &clusterv1.IdentityResponse{ClusterId: s.Ident.ClusterID, NodeId: s.NodeID}, nil
+}
+
+// Files implements clusterv1.ClusterServer.
+func (s *Service) Files(ctx context.Context, r *clusterv1.FilesRequest) (*clusterv1.FilesResponse, error) {
+	if err := s.checkSecret(ctx); err != nil {
+		return nil, err
+	}
+	src, leader := s.Local(r.GroupId, true)
+	if src == nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %d holds no replica of group %d (leader: %d)", s.NodeID, r.GroupId, leader)
+	}
+	fl, err := src.Files(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "group %d on node %d: %v", r.GroupId, s.NodeID, err)
+	}
+	out := &clusterv1.FilesResponse{GtidState: fl.State.String(), CurrentFile: fl.File, CurrentSize: fl.Size}
+	for _, f := range fl.Files {
+		out.Files = append(out.Files, &clusterv1.FileInfo{Name: f.Name, Size: f.Size})
+	}
+	return out, nil
+}
+
+// Dump implements clusterv1.ClusterServer: it serves a dump from this node's replica
+// for a replica connected to another node.
+func (s *Service) Dump(r *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpServer) error {
+	ctx := stream.Context()
+	if err := s.checkSecret(ctx); err != nil {
+		return err
+	}
+	src, leader := s.Local(r.GroupId, r.AnyReplica)
+	if src == nil {
+		return stream.Send(&clusterv1.DumpChunk{NotServing: true, LeaderNode: leader})
+	}
+	spec := mysqlfront.DumpSpec{GroupID: r.GroupId, GTIDMode: r.GtidMode, ConnectState: r.ConnectState, File: r.File, Pos: r.Pos,
+		Flags: uint16(r.Flags), ServerID: r.ServerId, HasChecksum: r.HasChecksum, Checksum: r.Checksum, Heartbeat: time.Duration(r.HeartbeatNanos)}
+	s.Log.Debug("serving a relayed dump", "group", r.GroupId, "via_node", r.ViaNode)
+	sink := &chunkSink{stream: stream}
+	err := src.Dump(ctx, spec, sink)
+	if ferr := sink.flush(); ferr != nil || ctx.Err() != nil {
+		return nil
+	}
+	if err == nil {
+		return nil
+	}
+	code, msg := uint16(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG), err.Error()
+	var me *mysql.MyError
+	if errors.As(err, &me) {
+		code, msg = me.Code, me.Message
+	}
+	return stream.Send(&clusterv1.DumpChunk{ErrorCode: uint32(code), ErrorMessage: msg})
+}
+
+// chunkSink batches a dump's events into stream messages: a message goes out at each
+// position report (after every stored record), so nothing waits in the batch while
+// the dump sits at the tail.
+type chunkSink struct {
+	stream  clusterv1.Cluster_DumpServer
+	pending clusterv1.DumpChunk
+	bytes   int
+	err     error // the first failed send: the relaying node went away
+}
+
+const maxChunkBytes = 1 << 20
+
+func (c *chunkSink) Event(ev []byte) error {
+	if c.err != nil {
+		return c.err
+	}
+	if c.bytes > 0 && c.bytes+len(ev) > maxChunkBytes {
+		if err := c.flush(); err != nil {
+			return err
+		}
+	}
+	c.pending.Events = append(c.pending.Events, append([]byte(nil), ev...))
+	c.bytes += len(ev)
+	return nil
+}
+
+func (c *chunkSink) Position(file, pos uint64) {
+	c.pending.File, c.pending.Pos = file, pos
+	_ = c.flush()
+}
+
+func (c *chunkSink) EOF() error {
+	c.pending.Eof = true
+	return c.flush()
+}
+
+func (c *chunkSink) flush() error {
+	if len(c.pending.Events) == 0 && !c.pending.Eof && c.pending.File == 0 {
+		return nil
+	}
+	msg := &clusterv1.DumpChunk{Events: c.pending.Events, File: c.pending.File, Pos: c.pending.Pos, Eof: c.pending.Eof}
+	c.pending, c.bytes = clusterv1.DumpChunk{}, 0
+	if err := c.stream.Send(msg); err != nil && c.err == nil {
+		c.err = fmt.Errorf("relay dump to the connected node: %w", err)
+	}
+	return c.err
+}

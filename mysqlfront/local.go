@@ -1,0 +1,207 @@
+package mysqlfront
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/placement"
+	"github.com/flotilla-relay/flotilla/statemachine"
+)
+
+// localSource serves a group from this node's replica. Its entries were applied, so
+// raft committed them: a follower's replica can never hand out what a quorum does
+// not hold, only lag behind the leader's.
+type localSource struct {
+	g        *statemachine.Group
+	u        *placement.Upstream
+	eligible func() error
+	log      *slog.Logger
+}
+
+// NewLocalSource serves upstream u from the local replica g while eligible returns
+// nil; once it returns an error, open dumps end with it (make it error 1053, see
+// ErrRetry, so replicas reconnect and resume elsewhere).
+func NewLocalSource(g *statemachine.Group, u *placement.Upstream, eligible func() error, log *slog.Logger) Source {
+	return &localSource{g: g, u: u, eligible: eligible, log: log}
+}
+
+// ErrRetry is the error that ends a dump for a reason that passes (an election, a
+// leader change): MySQL error 1053, which a replica's IO thread treats like a lost
+// connection, reconnecting and resuming by itself.
+func ErrRetry(format string, args ...any) error { return errRetry(format, args...) }
+
+// Files implements Source.
+func (l *localSource) Files(context.Context) (FileList, error) {
+	files, err := l.g.Files()
+	if err != nil {
+		return FileList{}, errDump("%v", err)
+	}
+	t, _ := l.g.Tail()
+	return FileList{Files: files, State: t.State, File: t.File, Size: t.FileSize}, nil
+}
+
+// waitFirstFile holds a blocking dump until the group has received its first binlog
+// file, so a replica set up right after `upstream add` starts as soon as the binlog
+// arrives instead of stopping for good on an error. A nil return with ctx done means
+// the replica went away.
+func (l *localSource) waitFirstFile(ctx context.Context) error {
+	check := time.NewTicker(time.Second)
+	defer check.Stop()
+	for {
+		t, changed := l.g.Tail()
+		if t.File > 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-changed:
+		case <-check.C:
+			if l.g.Closed() {
+				return errDump("upstream %s was removed from Flotilla", l.u.Name)
+			}
+			if err := l.eligible(); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// Dump implements Source.
+func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) error {
+	g, u := l.g, l.u
+	fakeCRC := spec.HasChecksum && strings.EqualFold(spec.Checksum, "CRC32")
+	// mariadb-binlog dumps with server_id 0 and expects the dump to end at the tail.
+	nonBlock := spec.Flags&dumpNonBlock != 0 || spec.ServerID == 0
+	if !nonBlock {
+		if err := l.waitFirstFile(ctx); err != nil || ctx.Err() != nil {
+			return err
+		}
+	}
+	var start statemachine.Start
+	var have binlog.Position // GTID mode: what the replica already has
+	var err error
+	if spec.GTIDMode {
+		have, err = binlog.ParsePosition(spec.ConnectState)
+		if err != nil {
+			return errDump("cannot read the replica's GTID position @slave_connect_state=%q: %v", spec.ConnectState, err)
+		}
+		start, err = g.Locate(have)
+	} else {
+		start, err = g.LocateFile(spec.File, uint64(spec.Pos))
+	}
+	if err != nil {
+		return errDump("%s", strings.TrimPrefix(err.Error(), statemachine.ErrPosition.Error()+": "))
+	}
+	cur, err := g.NewCursor(start)
+	if err != nil {
+		return errDump("%v", err)
+	}
+	defer cur.Close()
+	l.log.Info("binlog dump started", "upstream", u.Name, "gtid_mode", spec.GTIDMode, "file", statemachine.FileName(start.File),
+		"pos", start.Served, "replica_server_id", spec.ServerID, "heartbeat", spec.Heartbeat)
+
+	if err := w.Event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(start.File), start.Pos(), fakeCRC)); err != nil {
+		return nil
+	}
+	fde, fileCRC, err := fileFDE(g, start.File)
+	if err != nil {
+		return errDump("%v", err)
+	}
+	if start.Pos() > 4 {
+		// Starting inside a file: send its FDE with log_pos 0 (the replica learns the
+		// format without moving its position) and created 0 (it is not a master start,
+		// so the replica must keep its temporary tables), as MariaDB does.
+		binlog.ClearFDECreated(fde)
+		binlog.SetLogPos(fde, 0, 0, fileCRC)
+		if err := w.Event(fde); err != nil {
+			return nil
+		}
+	}
+	annotate := spec.Flags&dumpAnnotateEvents != 0
+	file, pos := start.File, start.Pos()
+	w.Position(file, pos)
+	var hbTimer <-chan time.Time
+	if spec.Heartbeat > 0 {
+		hbTimer = time.After(spec.Heartbeat)
+	}
+	eligibleCheck := time.NewTicker(time.Second)
+	defer eligibleCheck.Stop()
+	for {
+		t, changed := g.Tail()
+		rec, err := cur.Next(t)
+		if errors.Is(err, statemachine.ErrAtTail) {
+			if g.Closed() {
+				return errDump("upstream %s was removed from Flotilla", u.Name)
+			}
+			if nonBlock {
+				return w.EOF()
+			}
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-changed:
+			case <-hbTimer:
+				// Heartbeats follow the file's checksum algorithm; the replica stops for good
+				// if their file name or position disagree with what it has received.
+				if err := w.Event(binlog.NewHeartbeat(u.ServerID, statemachine.FileName(file), uint32(pos), fileCRC)); err != nil {
+					return nil
+				}
+				w.Position(file, pos) // a relay sends what it holds at each position report
+				hbTimer = time.After(spec.Heartbeat)
+			case <-eligibleCheck.C:
+				if err := l.eligible(); err != nil {
+					return err
+				}
+			}
+			continue
+		}
+		if err != nil {
+			return errDump("%v", err)
+		}
+		if spec.GTIDMode && !rec.IsHeader() && !rec.IsRotate() {
+			if id, ok := statemachine.TxnGTID(rec.Payload); ok && have.Contains(id) {
+				continue
+			}
+		}
+		payload := rec.Payload
+		if skip := start.Skip; skip > 0 {
+			start.Skip = 0
+			if err := checkBoundary(payload, skip); err != nil {
+				return errDump("position %d in %s is not at an event boundary: %v", start.Pos(), statemachine.FileName(start.File), err)
+			}
+			payload = payload[skip:]
+		}
+		// Annotate_rows events go only to replicas that asked for them (as MariaDB does).
+		err = binlog.Split(payload, func(ev []byte) error {
+			if !annotate && ev[4] == binlog.AnnotateRowsEvent {
+				return nil
+			}
+			return w.Event(ev)
+		})
+		if err != nil {
+			return nil
+		}
+		if rec.IsHeader() {
+			if f, err := binlog.ParseFDE(headerFDE(rec.Payload)); err == nil {
+				fileCRC = f.Checksummed()
+			}
+		}
+		file, pos = cur.Position()
+		if rec.IsRotate() {
+			// Like MariaDB, announce the next file with a fake Rotate: mariadb-binlog
+			// reading one file stops there.
+			if err := w.Event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(file), 4, fileCRC)); err != nil {
+				return nil
+			}
+		}
+		w.Position(file, pos)
+		if spec.Heartbeat > 0 {
+			hbTimer = time.After(spec.Heartbeat)
+		}
+	}
+}
