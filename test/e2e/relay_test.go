@@ -147,11 +147,13 @@ type upstreamJSON struct {
 		Paused    bool   `json:"paused"`
 	} `json:"upstream"`
 	Group struct {
-		ExecutedGtid string `json:"executedGtid"`
-		Transactions string `json:"transactions"`
-		Bytes        string `json:"bytes"`
-		CurrentFile  string `json:"currentFile"`
-		Syncing      bool   `json:"syncing"`
+		ExecutedGtid string   `json:"executedGtid"`
+		Transactions string   `json:"transactions"`
+		Bytes        string   `json:"bytes"`
+		CurrentFile  string   `json:"currentFile"`
+		Syncing      bool     `json:"syncing"`
+		LeaderNode   string   `json:"leaderNode"`
+		Members      []string `json:"members"`
 		Replicas     []struct {
 			Mode string `json:"mode"`
 		} `json:"replicas"`

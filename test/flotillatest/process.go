@@ -66,15 +66,46 @@ type Node struct {
 	MySQLAddr string
 	AdminAddr string
 	RaftAddr  string
-	cmd       *exec.Cmd
-	done      chan struct{}
-	logFile   *os.File
+	// ID is the node id; Join the admin addresses it joins through on first start.
+	ID   uint64
+	Join []string
+	// Args are extra `serve` flags.
+	Args    []string
+	cmd     *exec.Cmd
+	done    chan struct{}
+	logFile *os.File
 }
 
 // StartNode starts a one-node cluster with its data in dir, on free loopback ports.
 func StartNode(ctx context.Context, t testing.TB, dir string) *Node {
 	t.Helper()
-	n := &Node{t: t, bin: Binary(t), Dir: dir}
+	n := NewNode(t, dir, 1)
+	n.Start(ctx)
+	return n
+}
+
+// StartCluster starts size nodes under dir: node 1 bootstraps the cluster, the others
+// join it through node 1's admin API, one after the other.
+func StartCluster(ctx context.Context, t testing.TB, dir string, size int, args ...string) []*Node {
+	t.Helper()
+	var nodes []*Node
+	for i := 1; i <= size; i++ {
+		n := NewNode(t, filepath.Join(dir, fmt.Sprintf("node%d", i)), uint64(i))
+		n.Args = args
+		if i > 1 {
+			n.Join = []string{nodes[0].AdminAddr}
+		}
+		n.Start(ctx)
+		nodes = append(nodes, n)
+	}
+	return nodes
+}
+
+// NewNode prepares node id with its data in dir, on free loopback ports, without
+// starting it; it is killed when the test ends.
+func NewNode(t testing.TB, dir string, id uint64) *Node {
+	t.Helper()
+	n := &Node{t: t, bin: Binary(t), Dir: dir, ID: id}
 	var ports [3]int
 	for i := range ports {
 		p, err := mariadbtest.FreePort()
@@ -86,7 +117,6 @@ func StartNode(ctx context.Context, t testing.TB, dir string) *Node {
 	n.MySQLAddr = fmt.Sprintf("127.0.0.1:%d", ports[0])
 	n.AdminAddr = fmt.Sprintf("127.0.0.1:%d", ports[1])
 	n.RaftAddr = fmt.Sprintf("127.0.0.1:%d", ports[2])
-	n.Start(ctx)
 	t.Cleanup(func() { n.Kill() })
 	return n
 }
@@ -103,9 +133,13 @@ func (n *Node) Start(ctx context.Context) {
 		n.t.Fatal(err)
 	}
 	n.logFile = lf
-	n.cmd = exec.Command(n.bin, "serve", "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
+	args := []string{"serve", "--node-id", fmt.Sprint(n.ID), "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
 		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug",
-		"--segment-size", "1048576") // small segments: end-to-end tests cross part boundaries
+		"--segment-size", "1048576"} // small segments: end-to-end tests cross part boundaries
+	if len(n.Join) > 0 {
+		args = append(args, "--join", strings.Join(n.Join, ","))
+	}
+	n.cmd = exec.Command(n.bin, append(args, n.Args...)...)
 	n.cmd.Stdout, n.cmd.Stderr = lf, lf
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := n.cmd.Start(); err != nil {
@@ -130,6 +164,27 @@ func (n *Node) Start(ctx context.Context) {
 			n.t.Fatalf("flotilla admin API did not answer within 60s; log:\n%s", n.LogTail(40))
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Signal sends sig to the node's process group (SIGSTOP and SIGCONT freeze and thaw
+// it, as a stalled machine would be).
+func (n *Node) Signal(sig syscall.Signal) {
+	if n.cmd != nil && n.cmd.Process != nil {
+		_ = syscall.Kill(-n.cmd.Process.Pid, sig)
+	}
+}
+
+// Running reports whether the process is alive.
+func (n *Node) Running() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.done:
+		return false
+	default:
+		return true
 	}
 }
 
