@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
+	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,6 +23,16 @@ type command struct {
 	Upstream *Upstream `json:"upstream,omitempty"`
 	Name     string    `json:"name,omitempty"`
 	Paused   bool      `json:"paused,omitempty"`
+	// Group, Members and Expect change a group's assignment (compare and set: a
+	// decision taken on a stale view is refused); NodeID and Draining a node.
+	Group    uint64   `json:"group,omitempty"`
+	Members  []uint64 `json:"members,omitempty"`
+	Expect   []uint64 `json:"expect,omitempty"`
+	NodeID   uint64   `json:"node_id,omitempty"`
+	Draining bool     `json:"draining,omitempty"`
+	// Note is recorded in State.Decisions (with the proposer's time: apply must be
+	// deterministic).
+	Note string `json:"note,omitempty"`
 }
 
 const (
@@ -27,6 +40,10 @@ const (
 	opAddUpstream    = "add_upstream"
 	opRemoveUpstream = "remove_upstream"
 	opSetPaused      = "set_paused"
+	opSetMembers     = "set_members"
+	opSetDraining    = "set_draining"
+	opRemoveNode     = "remove_node"
+	opNote           = "note"
 )
 
 // Result codes of metadata commands.
@@ -79,6 +96,7 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		s.NextGroupID++
 		s.Upstreams[u.Name] = u
 		s.Assignments[u.GroupID] = nodes
+		s.Initial[u.GroupID] = slices.Clone(nodes)
 		out, _ := json.Marshal(u)
 		return sm.Result{Value: resultOK, Data: out}, nil
 	case opRemoveUpstream:
@@ -88,6 +106,7 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		}
 		delete(s.Upstreams, c.Name)
 		delete(s.Assignments, u.GroupID)
+		delete(s.Initial, u.GroupID)
 		return sm.Result{Value: resultOK}, nil
 	case opSetPaused:
 		u, ok := s.Upstreams[c.Name]
@@ -96,8 +115,69 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		}
 		u.Paused = c.Paused
 		return sm.Result{Value: resultOK}, nil
+	case opSetMembers:
+		cur, ok := s.Assignments[c.Group]
+		if !ok {
+			return refuse("group %d has no upstream (removed?)", c.Group), nil
+		}
+		if !slices.Equal(cur, c.Expect) {
+			return refuse("group %d changed meanwhile (members %v, decision made for %v)", c.Group, cur, c.Expect), nil
+		}
+		seen := map[uint64]bool{}
+		for _, n := range c.Members {
+			if _, ok := s.Nodes[n]; !ok || seen[n] {
+				return refuse("group %d: node %d is unknown or listed twice", c.Group, n), nil
+			}
+			seen[n] = true
+		}
+		if len(c.Members) == 0 {
+			return refuse("group %d must keep at least one member", c.Group), nil
+		}
+		s.Assignments[c.Group] = slices.Clone(c.Members)
+		s.note(c.Note)
+		return sm.Result{Value: resultOK}, nil
+	case opSetDraining:
+		n, ok := s.Nodes[c.NodeID]
+		if !ok {
+			return refuse("unknown node %d (see `flotilla node list`)", c.NodeID), nil
+		}
+		n.Draining = c.Draining
+		s.note(c.Note)
+		return sm.Result{Value: resultOK}, nil
+	case opRemoveNode:
+		if _, ok := s.Nodes[c.NodeID]; !ok {
+			return refuse("unknown node %d (see `flotilla node list`)", c.NodeID), nil
+		}
+		var held []string
+		for gid, nodes := range s.Assignments {
+			if slices.Contains(nodes, c.NodeID) {
+				held = append(held, fmt.Sprint(gid))
+			}
+		}
+		if len(held) > 0 {
+			sort.Strings(held)
+			return refuse("node %d still holds replicas of groups %s: drain it first (`flotilla node drain %d`) and wait until it holds none",
+				c.NodeID, strings.Join(held, ", "), c.NodeID), nil
+		}
+		delete(s.Nodes, c.NodeID)
+		s.note(c.Note)
+		return sm.Result{Value: resultOK}, nil
+	case opNote:
+		s.note(c.Note)
+		return sm.Result{Value: resultOK}, nil
 	}
 	return refuse("unknown metadata operation %q", c.Op), nil
+}
+
+// note records a controller decision or operator action, keeping the latest.
+func (s *State) note(text string) {
+	if text == "" {
+		return
+	}
+	s.Decisions = append(s.Decisions, text)
+	if len(s.Decisions) > maxDecisions {
+		s.Decisions = slices.Clone(s.Decisions[len(s.Decisions)-maxDecisions:])
+	}
 }
 
 func refuse(format string, args ...any) sm.Result {
@@ -209,6 +289,30 @@ func (s *Service) RemoveUpstream(ctx context.Context, name string) error {
 // SetPaused pauses or resumes pulling from an upstream.
 func (s *Service) SetPaused(ctx context.Context, name string, paused bool) error {
 	_, err := s.propose(ctx, command{Op: opSetPaused, Name: name, Paused: paused})
+	return err
+}
+
+// SetMembers changes a group's assignment from expect to members, recording note.
+func (s *Service) SetMembers(ctx context.Context, gid uint64, expect, members []uint64, note string) error {
+	_, err := s.propose(ctx, command{Op: opSetMembers, Group: gid, Expect: expect, Members: members, Note: note})
+	return err
+}
+
+// SetDraining starts or stops draining a node.
+func (s *Service) SetDraining(ctx context.Context, id uint64, draining bool, note string) error {
+	_, err := s.propose(ctx, command{Op: opSetDraining, NodeID: id, Draining: draining, Note: note})
+	return err
+}
+
+// RemoveNode forgets a node that holds no replicas.
+func (s *Service) RemoveNode(ctx context.Context, id uint64, note string) error {
+	_, err := s.propose(ctx, command{Op: opRemoveNode, NodeID: id, Note: note})
+	return err
+}
+
+// Note records a decision that changes no metadata (a leader transfer).
+func (s *Service) Note(ctx context.Context, note string) error {
+	_, err := s.propose(ctx, command{Op: opNote, Note: note})
 	return err
 }
 

@@ -3,6 +3,7 @@ package placement
 import (
 	"bytes"
 	"encoding/json"
+	"slices"
 	"testing"
 
 	sm "github.com/lni/dragonboat/v3/statemachine"
@@ -68,5 +69,35 @@ func TestGroupIDsAreNeverReused(t *testing.T) {
 	st2, _ := m2.Lookup(nil)
 	if st2.(*State).NextGroupID != st.(*State).NextGroupID || len(st2.(*State).Upstreams) != 1 {
 		t.Fatal("snapshot did not restore the metadata")
+	}
+}
+
+func TestMembershipChangesAreComparedAndSet(t *testing.T) {
+	m := newMetaSM(1, 1)
+	for id := uint64(1); id <= 4; id++ {
+		apply(t, m, command{Op: opRegisterNode, Node: &Node{ID: id}})
+	}
+	if r := apply(t, m, command{Op: opAddUpstream, Upstream: &Upstream{Name: "a", Source: "h:1", Replicas: 3}}); r.Value != resultOK {
+		t.Fatalf("add: %s", r.Data)
+	}
+	st := m.(*metaSM).state
+	if got := st.Assignments[2]; !slices.Equal(got, []uint64{1, 2, 3}) || !st.IsInitial(2, 1) {
+		t.Fatalf("assignment %v, initial %v", got, st.Initial[2])
+	}
+	if r := apply(t, m, command{Op: opSetMembers, Group: 2, Expect: []uint64{1, 2}, Members: []uint64{1, 2, 4}}); r.Value != resultRefused {
+		t.Fatal("a change decided on a stale view must be refused")
+	}
+	if r := apply(t, m, command{Op: opSetMembers, Group: 2, Expect: []uint64{1, 2, 3}, Members: []uint64{1, 2, 3, 4}, Note: "add 4"}); r.Value != resultOK {
+		t.Fatalf("set members: %s", r.Data)
+	}
+	if st.IsInitial(2, 4) || len(st.Decisions) != 1 {
+		t.Fatalf("node 4 joined later: initial %v, decisions %v", st.Initial[2], st.Decisions)
+	}
+	if r := apply(t, m, command{Op: opRemoveNode, NodeID: 4}); r.Value != resultRefused || !bytes.Contains(r.Data, []byte("still holds replicas of groups 2")) {
+		t.Fatalf("removing a node that holds replicas must be refused naming them: %s", r.Data)
+	}
+	apply(t, m, command{Op: opSetMembers, Group: 2, Expect: []uint64{1, 2, 3, 4}, Members: []uint64{1, 2, 3}})
+	if r := apply(t, m, command{Op: opRemoveNode, NodeID: 4}); r.Value != resultOK {
+		t.Fatalf("remove an empty node: %s", r.Data)
 	}
 }

@@ -24,6 +24,8 @@ type Node struct {
 	MySQLAddr string            `json:"mysql_addr"`
 	AdminAddr string            `json:"admin_addr"`
 	Labels    map[string]string `json:"labels,omitempty"`
+	// Draining: the controller moves every replica off the node (`node drain`).
+	Draining bool `json:"draining,omitempty"`
 }
 
 // ReplicaUser is a login that replicas of an upstream use against Flotilla.
@@ -73,11 +75,20 @@ type State struct {
 	Nodes       map[uint64]*Node     `json:"nodes"`
 	Upstreams   map[string]*Upstream `json:"upstreams"`
 	Assignments map[uint64][]uint64  `json:"assignments"`
-	NextGroupID uint64               `json:"next_group_id"`
+	// Initial are each group's members when it was created: they start the group
+	// together; every node assigned later joins it.
+	Initial     map[uint64][]uint64 `json:"initial,omitempty"`
+	NextGroupID uint64              `json:"next_group_id"`
+	// Decisions are the placement controller's latest changes, newest last.
+	Decisions []string `json:"decisions,omitempty"`
 }
 
+// maxDecisions bounds State.Decisions.
+const maxDecisions = 50
+
 func newState() *State {
-	return &State{Nodes: map[uint64]*Node{}, Upstreams: map[string]*Upstream{}, Assignments: map[uint64][]uint64{}, NextGroupID: 2}
+	return &State{Nodes: map[uint64]*Node{}, Upstreams: map[string]*Upstream{}, Assignments: map[uint64][]uint64{},
+		Initial: map[uint64][]uint64{}, NextGroupID: 2}
 }
 
 // UpstreamNames returns the upstream names in order.
@@ -115,6 +126,16 @@ func (s *State) ForReplicaUser(user string) []*Upstream {
 	return out
 }
 
+// IsInitial reports whether node started group gid as one of its first members.
+func (s *State) IsInitial(gid, node uint64) bool {
+	init, ok := s.Initial[gid]
+	if !ok {
+		// Metadata from before Initial was recorded: every member then was initial.
+		return slices.Contains(s.Assignments[gid], node)
+	}
+	return slices.Contains(init, node)
+}
+
 // assign picks the nodes for a new group: the nodes with the fewest replicas, spread
 // across zones where labels say so, ties broken by node id so every replica of the
 // metadata group computes the same answer.
@@ -126,8 +147,10 @@ func (s *State) assign(replicas int) []uint64 {
 		}
 	}
 	ids := make([]uint64, 0, len(s.Nodes))
-	for id := range s.Nodes {
-		ids = append(ids, id)
+	for id, n := range s.Nodes {
+		if !n.Draining {
+			ids = append(ids, id)
+		}
 	}
 	sort.Slice(ids, func(i, j int) bool {
 		if load[ids[i]] != load[ids[j]] {
