@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"runtime/debug"
-	"sort"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -23,6 +22,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 	"github.com/flotilla-relay/flotilla/shard"
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
@@ -30,6 +30,8 @@ import (
 // Metadata is the part of the placement service the admin API uses.
 type Metadata interface {
 	Read(ctx context.Context) (*placement.State, error)
+	SetDraining(ctx context.Context, id uint64, draining bool, note string) error
+	RemoveNode(ctx context.Context, id uint64, note string) error
 	AddUpstream(ctx context.Context, u placement.Upstream) (*placement.Upstream, error)
 	RemoveUpstream(ctx context.Context, name string) error
 	SetPaused(ctx context.Context, name string, paused bool) error
@@ -58,6 +60,15 @@ type Server struct {
 	Inspect  Inspector
 	// MetaLeader reports the metadata group's leader, for status.
 	MetaLeader func() uint64
+	// Local is this node's copy of the metadata (no quorum needed).
+	Local func() (*placement.State, error)
+	// Peers gathers the nodes' reports for whole-cluster answers (nil: this node's
+	// view only).
+	Peers Peers
+	// RemoveMetaMember takes a removed node out of the metadata raft group.
+	RemoveMetaMember func(ctx context.Context, id uint64) error
+	// ClusterID is shown by status.
+	ClusterID string
 	// Token, when set, must be sent by clients as "authorization: Bearer TOKEN".
 	Token string
 	// Services registers further gRPC services on the admin port (the node-to-node
@@ -179,9 +190,11 @@ func (s *Server) ListUpstreams(ctx context.Context, _ *adminv1.ListUpstreamsRequ
 	if err != nil {
 		return nil, metaErr(err)
 	}
+	v := &clusterView{st: st, reports: s.reports(ctx, st)}
 	out := &adminv1.ListUpstreamsResponse{}
 	for _, n := range st.UpstreamNames() {
-		out.Upstreams = append(out.Upstreams, s.upstreamStatus(st, st.Upstreams[n]))
+		u := st.Upstreams[n]
+		out.Upstreams = append(out.Upstreams, &adminv1.UpstreamStatus{Upstream: toProto(u), Group: v.group(u, s.NodeID)})
 	}
 	return out, nil
 }
@@ -205,7 +218,8 @@ func (s *Server) GetUpstream(ctx context.Context, r *adminv1.UpstreamRef) (*admi
 	if err != nil {
 		return nil, err
 	}
-	return s.upstreamStatus(st, u), nil
+	v := &clusterView{st: st, reports: s.reports(ctx, st)}
+	return &adminv1.UpstreamStatus{Upstream: toProto(u), Group: v.group(u, s.NodeID)}, nil
 }
 
 // PauseUpstream stops pulling from the master; replicas keep being served.
@@ -264,42 +278,37 @@ func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*a
 
 // ListNodes lists the cluster's nodes with their group counts.
 func (s *Server) ListNodes(ctx context.Context, _ *adminv1.ListNodesRequest) (*adminv1.ListNodesResponse, error) {
-	st, err := s.Meta.Read(ctx)
+	v, err := s.view(ctx)
 	if err != nil {
-		return nil, metaErr(err)
+		return nil, err
 	}
-	return &adminv1.ListNodesResponse{Nodes: s.nodes(st)}, nil
+	return &adminv1.ListNodesResponse{Nodes: v.nodes()}, nil
 }
 
-// Status summarises the cluster as this node sees it.
+// Status summarises the whole cluster: every node's state and counts, every group as
+// its leader reports it with each member's progress, and the controller's decisions.
 func (s *Server) Status(ctx context.Context, _ *adminv1.StatusRequest) (*adminv1.StatusResponse, error) {
-	st, err := s.Meta.Read(ctx)
+	v, err := s.view(ctx)
 	if err != nil {
-		return nil, metaErr(err)
+		return nil, err
 	}
-	out := &adminv1.StatusResponse{NodeId: s.NodeID, Nodes: s.nodes(st)}
+	out := &adminv1.StatusResponse{NodeId: s.NodeID, Nodes: v.nodes(), ClusterId: s.ClusterID, Decisions: v.st.Decisions}
 	if s.MetaLeader != nil {
 		out.MetaLeader = s.MetaLeader()
 	}
-	for _, n := range st.UpstreamNames() {
-		out.Upstreams = append(out.Upstreams, s.upstreamStatus(st, st.Upstreams[n]))
+	for _, n := range v.st.UpstreamNames() {
+		u := v.st.Upstreams[n]
+		out.Upstreams = append(out.Upstreams, &adminv1.UpstreamStatus{Upstream: toProto(u), Group: v.group(u, s.NodeID)})
 	}
 	return out, nil
 }
 
-func (s *Server) nodes(st *placement.State) []*adminv1.Node {
-	groups := map[uint64]uint64{}
-	for _, nodes := range st.Assignments {
-		for _, n := range nodes {
-			groups[n]++
-		}
+// reports gathers the nodes' reports (or this node's own, without peers).
+func (s *Server) reports(ctx context.Context, st *placement.State) map[uint64]*clusterv1.NodeReport {
+	if s.Peers != nil {
+		return s.Peers.Reports(ctx, st.Nodes, reportTimeout)
 	}
-	var out []*adminv1.Node
-	for _, n := range st.Nodes {
-		out = append(out, &adminv1.Node{Id: n.ID, RaftAddr: n.RaftAddr, MysqlAddr: n.MySQLAddr, AdminAddr: n.AdminAddr, Labels: n.Labels, Groups: groups[n.ID]})
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
-	return out
+	return map[uint64]*clusterv1.NodeReport{s.NodeID: {NodeId: s.NodeID, Groups: s.LocalGroups()}}
 }
 
 func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adminv1.UpstreamStatus {

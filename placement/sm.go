@@ -134,6 +134,9 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 			return refuse("group %d must keep at least one member", c.Group), nil
 		}
 		s.Assignments[c.Group] = slices.Clone(c.Members)
+		// A node removed from the group and assigned again later must join it, never
+		// start it anew as a first member.
+		s.Initial[c.Group] = slices.DeleteFunc(slices.Clone(s.Initial[c.Group]), func(n uint64) bool { return !slices.Contains(c.Members, n) })
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil
 	case opSetDraining:
@@ -320,11 +323,24 @@ func (s *Service) Note(ctx context.Context, note string) error {
 func (s *Service) Read(ctx context.Context) (*State, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	v, err := s.nh.SyncRead(ctx, MetaGroupID, nil)
-	if err != nil {
-		return nil, fmt.Errorf("placement: read metadata: %w", err)
+	for {
+		// Short attempts: a read raft drops (no leader known yet, an election) is
+		// retried instead of failing the caller or waiting out its whole deadline.
+		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
+		v, err := s.nh.SyncRead(actx, MetaGroupID, nil)
+		acancel()
+		if err == nil {
+			return v.(*State), nil
+		}
+		if !errors.Is(err, dragonboat.ErrClusterNotReady) && !errors.Is(err, dragonboat.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
+			return nil, fmt.Errorf("placement: read metadata: %w", err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("placement: read metadata: %w", err)
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	return v.(*State), nil
 }
 
 // Local returns this node's possibly stale copy of the metadata; the agent and the

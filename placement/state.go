@@ -126,6 +126,12 @@ func (s *State) ForReplicaUser(user string) []*Upstream {
 	return out
 }
 
+// Note formats a decision for State.Decisions, stamped with the proposer's clock
+// (applying a command must not read the clock).
+func Note(format string, args ...any) string {
+	return time.Now().UTC().Format(time.RFC3339) + " " + fmt.Sprintf(format, args...)
+}
+
 // IsInitial reports whether node started group gid as one of its first members.
 func (s *State) IsInitial(gid, node uint64) bool {
 	init, ok := s.Initial[gid]

@@ -88,14 +88,14 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 }
 
 // Reconcile starts replicas assigned to this node and stops (and deletes) the others.
+// Opening, joining and deleting a group happen outside the manager's lock, so replica
+// logins and admin calls, which look groups up, never wait for them.
 func (m *Manager) Reconcile(ctx context.Context) {
 	st, err := m.meta.Local()
 	if err != nil {
 		m.log.Debug("metadata not readable yet", "err", err)
 		return
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	want := map[uint64]*placement.Upstream{}
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]
@@ -103,30 +103,43 @@ func (m *Manager) Reconcile(ctx context.Context) {
 			want[u.GroupID] = u
 		}
 	}
+	var start []*placement.Upstream
+	var stop []*Shard
+	m.mu.Lock()
 	for gid, u := range want {
 		if s, ok := m.shards[gid]; ok {
-			s.setUpstream(u)
+			s.setUpstream(u, st)
 			continue
 		}
-		s, err := m.startShard(ctx, st, u)
-		if err != nil {
-			m.log.Error("cannot start group replica", "upstream", u.Name, "group", gid, "err", err)
-			continue
-		}
-		m.shards[gid] = s
+		start = append(start, u)
 	}
 	for gid, s := range m.shards {
-		if _, ok := want[gid]; ok {
+		if _, ok := want[gid]; !ok {
+			stop = append(stop, s)
+			delete(m.shards, gid)
+		}
+	}
+	m.mu.Unlock()
+	slices.SortFunc(start, func(a, b *placement.Upstream) int { return int(a.GroupID) - int(b.GroupID) })
+	for _, u := range start {
+		s, err := m.startShard(ctx, st, u)
+		if err != nil {
+			m.log.Error("cannot start group replica", "upstream", u.Name, "group", u.GroupID, "err", err)
 			continue
 		}
-		m.log.Info("upstream removed: stopping group and deleting its data", "upstream", s.Upstream().Name, "group", gid)
+		m.mu.Lock()
+		m.shards[u.GroupID] = s
+		m.mu.Unlock()
+	}
+	for _, s := range stop {
+		gid := s.GroupID()
+		m.log.Info("group no longer assigned to this node: stopping its replica and deleting its data", "upstream", s.Upstream().Name, "group", gid)
 		s.stop()
 		if err := m.nh.StopCluster(gid); err != nil {
 			m.log.Warn("stop group", "group", gid, "err", err)
 		}
-		delete(m.shards, gid)
 		if err := m.removeData(ctx, gid); err != nil {
-			m.log.Error("delete data of removed group", "group", gid, "err", err)
+			m.log.Error("delete data of a group no longer assigned here", "group", gid, "err", err)
 		}
 	}
 	m.removeOrphans(ctx, st)
@@ -145,7 +158,7 @@ func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 		if err != nil || gid >= st.NextGroupID {
 			continue // not a group, or metadata not caught up: never delete what may be new
 		}
-		if _, running := m.shards[gid]; running || slices.Contains(st.Assignments[gid], m.nodeID) {
+		if _, running := m.Shard(gid); running || slices.Contains(st.Assignments[gid], m.nodeID) {
 			continue
 		}
 		m.log.Info("deleting data of a removed upstream group", "group", gid)
@@ -183,24 +196,40 @@ func (m *Manager) removeData(ctx context.Context, gid uint64) error {
 	return nil
 }
 
+// startShard starts this node's replica of a group: with the group's first members
+// if this node is one of them and has never started it, by joining otherwise (the
+// group's leader adds it to the raft membership; it catches up by log or snapshot).
 func (m *Manager) startShard(ctx context.Context, st *placement.State, u *placement.Upstream) (*Shard, error) {
 	gid := u.GroupID
 	members := map[uint64]string{}
+	join := false
 	if !m.nh.HasNodeInfo(gid, m.nodeID) {
-		for _, id := range st.Assignments[gid] {
-			n, ok := st.Nodes[id]
-			if !ok {
-				return nil, fmt.Errorf("assigned node %d is not registered", id)
+		if st.IsInitial(gid, m.nodeID) {
+			for _, id := range st.Initial[gid] {
+				n, ok := st.Nodes[id]
+				if !ok {
+					return nil, fmt.Errorf("initial member %d is not registered", id)
+				}
+				members[id] = n.RaftAddr
 			}
-			members[id] = n.RaftAddr
+			if len(st.Initial[gid]) == 0 { // metadata from before Initial existed
+				for _, id := range st.Assignments[gid] {
+					if n, ok := st.Nodes[id]; ok {
+						members[id] = n.RaftAddr
+					}
+				}
+			}
+		} else {
+			join = true
 		}
 	}
-	if err := m.nh.StartOnDiskCluster(members, false, m.store.NewGroup, GroupConfig(gid, m.nodeID)); err != nil {
+	if err := m.nh.StartOnDiskCluster(members, join, m.store.NewGroup, GroupConfig(gid, m.nodeID)); err != nil {
 		return nil, fmt.Errorf("start raft group %d: %w", gid, err)
 	}
 	s := newShard(m, u)
+	s.setUpstream(u, st)
 	go s.run(ctx)
-	m.log.Info("group replica started", "upstream", u.Name, "group", gid, "members", len(st.Assignments[gid]))
+	m.log.Info("group replica started", "upstream", u.Name, "group", gid, "members", st.Assignments[gid], "joining", join)
 	return s, nil
 }
 

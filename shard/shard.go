@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"time"
 
@@ -27,6 +28,10 @@ type Shard struct {
 
 	mu       sync.Mutex
 	upstream placement.Upstream
+	// members are the nodes assigned to the group, with their raft addresses: the
+	// leader makes the raft membership match them.
+	members []uint64
+	addrs   map[uint64]string
 	status   SyncStatus
 	leaderID uint64
 	hasLead  bool
@@ -56,10 +61,17 @@ func (s *Shard) Upstream() placement.Upstream {
 	return s.upstream
 }
 
-func (s *Shard) setUpstream(u *placement.Upstream) {
+func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 	s.mu.Lock()
 	kick := s.upstream.Paused != u.Paused
 	s.upstream = *u
+	s.members = slices.Clone(st.Assignments[u.GroupID])
+	s.addrs = map[uint64]string{}
+	for _, id := range s.members {
+		if n, ok := st.Nodes[id]; ok {
+			s.addrs[id] = n.RaftAddr
+		}
+	}
 	s.mu.Unlock()
 	if kick {
 		select {
@@ -117,6 +129,9 @@ func (s *Shard) run(ctx context.Context) {
 		s.leaderID, s.hasLead = id, id != 0
 		paused := s.upstream.Paused
 		s.mu.Unlock()
+		if id == s.m.nodeID {
+			s.reconcileMembers(ctx)
+		}
 		should := id == s.m.nodeID && !paused
 		if should && running == nil {
 			s.log.Info("leading the group: starting the syncer")
@@ -135,6 +150,53 @@ func (s *Shard) run(ctx context.Context) {
 		case <-s.kick:
 		case <-t.C:
 		}
+	}
+}
+
+// reconcileMembers, on the leader, makes the group's raft membership match its
+// assignment, one change at a time: first add an assigned node (it joins and catches
+// up by log or snapshot), then remove a node no longer assigned. The placement
+// controller only unassigns a node once the others have caught up, and never this
+// leader.
+func (s *Shard) reconcileMembers(ctx context.Context) {
+	s.mu.Lock()
+	want, addrs := s.members, s.addrs
+	s.mu.Unlock()
+	if len(want) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	m, err := s.m.nh.SyncGetClusterMembership(ctx, s.gid)
+	if err != nil {
+		s.log.Debug("read group membership", "err", err)
+		return
+	}
+	for _, id := range want {
+		if _, ok := m.Nodes[id]; ok {
+			continue
+		}
+		addr, ok := addrs[id]
+		if !ok {
+			continue
+		}
+		if err := s.m.nh.SyncRequestAddNode(ctx, s.gid, id, addr, m.ConfigChangeID); err != nil {
+			s.log.Warn("add a member to the group", "node", id, "err", err)
+			return
+		}
+		s.log.Info("added a member to the group's raft membership", "node", id, "raft", addr)
+		return
+	}
+	for id := range m.Nodes {
+		if slices.Contains(want, id) || id == s.m.nodeID {
+			continue
+		}
+		if err := s.m.nh.SyncRequestDeleteNode(ctx, s.gid, id, m.ConfigChangeID); err != nil {
+			s.log.Warn("remove a member from the group", "node", id, "err", err)
+			return
+		}
+		s.log.Info("removed a member from the group's raft membership", "node", id)
+		return
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -224,13 +225,20 @@ func nodeCommand() *cli.Command {
 					})
 				},
 			},
-			idCmd("drain", "move every replica off a node", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
-				_, err := cl.DrainNode(ctx, &adminv1.NodeRef{Id: id})
-				return err
+			idCmd("drain", "move every replica off a node, gradually (`node list` shows how many it still holds)", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
+				n, err := cl.DrainNode(ctx, &adminv1.NodeRef{Id: id})
+				if err != nil {
+					return err
+				}
+				fmt.Printf("node %d is draining: it holds %d replicas and leads %d groups; they move off one at a time\n", n.Id, n.Groups, n.Leaders)
+				return nil
 			}),
-			idCmd("remove", "remove a drained node from the cluster", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
-				_, err := cl.RemoveNode(ctx, &adminv1.NodeRef{Id: id})
-				return err
+			idCmd("remove", "remove a drained node from the cluster (refused while it holds replicas)", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
+				if _, err := cl.RemoveNode(ctx, &adminv1.NodeRef{Id: id}); err != nil {
+					return err
+				}
+				fmt.Printf("node %d removed from the cluster\n", id)
+				return nil
 			}),
 		},
 	}
@@ -246,10 +254,16 @@ func statusCommand() *cli.Command {
 					return err
 				}
 				return render(c, r, func(w io.Writer) {
-					fmt.Fprintf(w, "answered by node %d; metadata leader: node %d\n\n", r.NodeId, r.MetaLeader)
+					fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d\n\n", r.ClusterId, r.NodeId, r.MetaLeader)
 					nodeTable(w, r.Nodes)
 					fmt.Fprintln(w)
 					upstreamTable(w, r.Upstreams)
+					if len(r.Decisions) > 0 {
+						fmt.Fprintln(w, "\nRecent placement decisions:")
+						for _, d := range r.Decisions[max(0, len(r.Decisions)-10):] {
+							fmt.Fprintf(w, "  %s\n", d)
+						}
+					}
 				})
 			})
 		},
@@ -257,13 +271,18 @@ func statusCommand() *cli.Command {
 }
 
 func nodeTable(w io.Writer, nodes []*adminv1.Node) {
-	fmt.Fprintln(w, "NODE\tMYSQL\tADMIN\tRAFT\tGROUPS\tLABELS")
+	fmt.Fprintln(w, "NODE\tSTATE\tMYSQL\tADMIN\tRAFT\tGROUPS\tLEADS\tLABELS")
 	for _, n := range nodes {
 		var labels []string
 		for k, v := range n.Labels {
 			labels = append(labels, k+"="+v)
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%s\n", n.Id, n.MysqlAddr, n.AdminAddr, n.RaftAddr, n.Groups, strings.Join(labels, ","))
+		sort.Strings(labels)
+		state := dash(n.State)
+		if n.Draining {
+			state += ",draining"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.Id, state, n.MysqlAddr, n.AdminAddr, n.RaftAddr, n.Groups, n.Leaders, strings.Join(labels, ","))
 	}
 }
 
@@ -311,6 +330,16 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("History starts after", dash(u.StartGtid))
 	row("Group", u.GroupId)
 	row("Members", fmt.Sprint(g.Members))
+	for _, m := range g.MemberStatus {
+		state := "unreachable"
+		if m.Reachable {
+			state = fmt.Sprintf("%d transactions, %s", m.Transactions, dash(m.ExecutedGtid))
+		}
+		if m.Leader {
+			state += " (leader)"
+		}
+		fmt.Fprintf(w, "  node %d\t%s\n", m.Node, state)
+	}
 	row("Leader", g.LeaderNode)
 	row("State", stateWord(u, g))
 	row("Executed GTID", dash(g.ExecutedGtid))
@@ -330,6 +359,6 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	}
 	row("Connected replicas", len(g.Replicas))
 	for _, r := range g.Replicas {
-		fmt.Fprintf(w, "  %s\tuser=%s server_id=%d mode=%s at %s since %s\n", r.Addr, r.User, r.ServerId, r.Mode, r.Position, r.ConnectedAt)
+		fmt.Fprintf(w, "  %s\tvia node %d user=%s server_id=%d mode=%s at %s since %s\n", r.Addr, r.Node, r.User, r.ServerId, r.Mode, r.Position, r.ConnectedAt)
 	}
 }

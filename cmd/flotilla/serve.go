@@ -29,6 +29,7 @@ func serveCommand() *cli.Command {
 			&cli.DurationFlag{Name: "retention-age", Value: 7 * 24 * time.Hour, Usage: "purge served binlog files whose last transaction is older (0 keeps all)"},
 			&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"},
 			&cli.Uint64Flag{Name: "segment-size", Usage: "bytes at which segment files roll (default 268435456, 256 MiB)"},
+			&cli.DurationFlag{Name: "node-down-after", Usage: "re-create the replicas of a node that has not answered for this long (default 60s)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -55,6 +56,9 @@ func serveCommand() *cli.Command {
 			}
 			if c.IsSet("segment-size") {
 				cfg.SegmentSize = c.Uint64("segment-size")
+			}
+			if c.IsSet("node-down-after") {
+				cfg.NodeDownAfter = c.Duration("node-down-after")
 			}
 			if c.IsSet("retention-bytes") {
 				cfg.RetentionBytes = c.Uint64("retention-bytes")

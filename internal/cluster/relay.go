@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"google.golang.org/grpc"
@@ -216,4 +217,46 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 			return true, 0, mysql.NewError(uint16(ch.ErrorCode), ch.ErrorMessage)
 		}
 	}
+}
+
+// Reports asks every node for its report at once; a node missing from the result did
+// not answer within the timeout.
+func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]*clusterv1.NodeReport {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ctx = metadata.AppendToOutgoingContext(ctx, SecretHeader, r.secret)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	out := map[uint64]*clusterv1.NodeReport{}
+	for id, n := range nodes {
+		wg.Add(1)
+		go func(id uint64, addr string) {
+			defer wg.Done()
+			c, err := r.client(addr)
+			if err != nil {
+				return
+			}
+			rep, err := c.Report(ctx, &clusterv1.ReportRequest{})
+			if err != nil {
+				r.log.Debug("node did not report", "node", id, "err", err)
+				return
+			}
+			mu.Lock()
+			out[id] = rep
+			mu.Unlock()
+		}(id, n.AdminAddr)
+	}
+	wg.Wait()
+	return out
+}
+
+// TransferLeader asks the node at addr, which leads gid, to hand leadership to target.
+func (r *Relay) TransferLeader(ctx context.Context, addr string, gid, target uint64) error {
+	c, err := r.client(addr)
+	if err != nil {
+		return err
+	}
+	ctx = metadata.AppendToOutgoingContext(ctx, SecretHeader, r.secret)
+	_, err = c.TransferLeader(ctx, &clusterv1.TransferLeaderRequest{GroupId: gid, TargetNode: target})
+	return err
 }

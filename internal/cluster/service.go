@@ -18,6 +18,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 )
 
@@ -55,7 +56,12 @@ type Service struct {
 	Members    Membership
 	Meta       Metadata
 	Local      LocalSourceFunc
-	Log        *slog.Logger
+	// Groups describes this node's group replicas, for Report.
+	Groups func() []*adminv1.GroupStatus
+	// Transfer asks raft to move a group's leadership (dragonboat's
+	// RequestLeaderTransfer).
+	Transfer func(gid, target uint64) error
+	Log      *slog.Logger
 }
 
 // MethodPrefix is the gRPC method prefix of this service: the admin API's token check
@@ -238,4 +244,24 @@ func (c *chunkSink) flush() error {
 		c.err = fmt.Errorf("relay dump to the connected node: %w", err)
 	}
 	return c.err
+}
+
+// Report implements clusterv1.ClusterServer.
+func (s *Service) Report(ctx context.Context, _ *clusterv1.ReportRequest) (*clusterv1.NodeReport, error) {
+	if err := s.checkSecret(ctx); err != nil {
+		return nil, err
+	}
+	return &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups()}, nil
+}
+
+// TransferLeader implements clusterv1.ClusterServer.
+func (s *Service) TransferLeader(ctx context.Context, r *clusterv1.TransferLeaderRequest) (*clusterv1.TransferLeaderResponse, error) {
+	if err := s.checkSecret(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.Transfer(r.GroupId, r.TargetNode); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %d: transfer the leadership of group %d to node %d: %v", s.NodeID, r.GroupId, r.TargetNode, err)
+	}
+	s.Log.Info("leadership transfer requested", "group", r.GroupId, "to", r.TargetNode)
+	return &clusterv1.TransferLeaderResponse{}, nil
 }

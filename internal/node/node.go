@@ -42,6 +42,9 @@ type Config struct {
 	RetentionBytes uint64        `yaml:"retention_bytes"`
 	// SegmentSize is where segment files roll (0: the default, 256 MiB).
 	SegmentSize uint64 `yaml:"segment_size"`
+	// NodeDownAfter is how long a node may not answer before the placement
+	// controller re-creates its replicas elsewhere.
+	NodeDownAfter time.Duration `yaml:"node_down_after"`
 }
 
 // Defaults fills unset fields with the one-node defaults of the design.
@@ -60,6 +63,9 @@ func (c *Config) Defaults() {
 	}
 	if c.RaftAddr == "" {
 		c.RaftAddr = "127.0.0.1:7071"
+	}
+	if c.NodeDownAfter == 0 {
+		c.NodeDownAfter = cluster.DefaultNodeDownAfter
 	}
 }
 
@@ -140,19 +146,24 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
-	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, AdminToken: cfg.AdminToken, Members: nh, Meta: n.meta,
-		Local: n.localSource, Log: log.With("component", "cluster")}
 	go func() { n.errc <- n.front.Serve(ctx, mysqlLis) }()
+	metaLeader := func() uint64 {
+		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
+		return id
+	}
 	admin := &adminrpc.Server{
 		NodeID: cfg.NodeID, Meta: n.meta, Shards: n.shards, Replicas: n.front, Inspect: shard.InspectSource,
-		Token: cfg.AdminToken, Log: log.With("component", "admin"),
-		Services:        []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }},
+		Token: cfg.AdminToken, Log: log.With("component", "admin"), MetaLeader: metaLeader,
+		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID,
 		OwnAuthPrefixes: []string{cluster.MethodPrefix},
-		MetaLeader: func() uint64 {
-			id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
-			return id
-		},
 	}
+	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, AdminToken: cfg.AdminToken, Members: nh, Meta: n.meta,
+		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
+		Transfer: func(gid, target uint64) error { return nh.RequestLeaderTransfer(gid, target) }}
+	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
+	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
+		Meta: n.meta, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
+	go ctrl.Run(ctx, 2*time.Second)
 	go func() { n.errc <- admin.Serve(ctx, adminLis) }()
 	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
 	return n, nil
@@ -178,11 +189,7 @@ func (n *Node) startMeta(ctx context.Context) error {
 	defer cancel()
 	self := placement.Node{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr, MySQLAddr: n.cfg.MySQLAddr, AdminAddr: n.cfg.AdminAddr, Labels: n.cfg.Labels}
 	for {
-		// Short attempts: a read issued before this replica knows the leader is dropped
-		// by raft and would otherwise wait out the whole deadline.
-		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		st, err := n.meta.Read(actx)
-		acancel()
+		st, err := n.meta.Read(ctx)
 		if err == nil {
 			if cur, ok := st.Nodes[self.ID]; ok && sameNode(*cur, self) {
 				return nil
@@ -209,6 +216,22 @@ func sameNode(a, b placement.Node) bool {
 		}
 	}
 	return true
+}
+
+// removeMetaMember takes a removed node out of the metadata raft group.
+func (n *Node) removeMetaMember(ctx context.Context, id uint64) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := n.nh.SyncGetClusterMembership(ctx, placement.MetaGroupID)
+	if err != nil {
+		return fmt.Errorf("read metadata membership: %w", err)
+	}
+	_, voter := m.Nodes[id]
+	_, observer := m.Observers[id]
+	if !voter && !observer {
+		return nil
+	}
+	return n.nh.SyncRequestDeleteNode(ctx, placement.MetaGroupID, id, m.ConfigChangeID)
 }
 
 // Wait blocks until ctx ends or a server fails, then shuts the node down.

@@ -788,8 +788,10 @@ type GroupStatus struct {
 	// Closed files are stored zstd-compressed: these plain bytes take compressed_bytes.
 	CompressedPlainBytes uint64 `protobuf:"varint,20,opt,name=compressed_plain_bytes,json=compressedPlainBytes,proto3" json:"compressed_plain_bytes,omitempty"`
 	CompressedBytes      uint64 `protobuf:"varint,21,opt,name=compressed_bytes,json=compressedBytes,proto3" json:"compressed_bytes,omitempty"`
-	unknownFields        protoimpl.UnknownFields
-	sizeCache            protoimpl.SizeCache
+	// Every member's replica as its node reports it (whole-cluster views only).
+	MemberStatus  []*MemberStatus `protobuf:"bytes,22,rep,name=member_status,json=memberStatus,proto3" json:"member_status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupStatus) Reset() {
@@ -969,6 +971,91 @@ func (x *GroupStatus) GetCompressedBytes() uint64 {
 	return 0
 }
 
+func (x *GroupStatus) GetMemberStatus() []*MemberStatus {
+	if x != nil {
+		return x.MemberStatus
+	}
+	return nil
+}
+
+type MemberStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Node  uint64                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
+	// Transactions applied by this member's replica.
+	Transactions uint64 `protobuf:"varint,2,opt,name=transactions,proto3" json:"transactions,omitempty"`
+	ExecutedGtid string `protobuf:"bytes,3,opt,name=executed_gtid,json=executedGtid,proto3" json:"executed_gtid,omitempty"`
+	Leader       bool   `protobuf:"varint,4,opt,name=leader,proto3" json:"leader,omitempty"`
+	// False when the node did not answer.
+	Reachable     bool `protobuf:"varint,5,opt,name=reachable,proto3" json:"reachable,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MemberStatus) Reset() {
+	*x = MemberStatus{}
+	mi := &file_admin_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MemberStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MemberStatus) ProtoMessage() {}
+
+func (x *MemberStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
+func (*MemberStatus) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *MemberStatus) GetNode() uint64 {
+	if x != nil {
+		return x.Node
+	}
+	return 0
+}
+
+func (x *MemberStatus) GetTransactions() uint64 {
+	if x != nil {
+		return x.Transactions
+	}
+	return 0
+}
+
+func (x *MemberStatus) GetExecutedGtid() string {
+	if x != nil {
+		return x.ExecutedGtid
+	}
+	return ""
+}
+
+func (x *MemberStatus) GetLeader() bool {
+	if x != nil {
+		return x.Leader
+	}
+	return false
+}
+
+func (x *MemberStatus) GetReachable() bool {
+	if x != nil {
+		return x.Reachable
+	}
+	return false
+}
+
 type UpstreamStatus struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Upstream      *Upstream              `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
@@ -979,7 +1066,7 @@ type UpstreamStatus struct {
 
 func (x *UpstreamStatus) Reset() {
 	*x = UpstreamStatus{}
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -991,7 +1078,7 @@ func (x *UpstreamStatus) String() string {
 func (*UpstreamStatus) ProtoMessage() {}
 
 func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1004,7 +1091,7 @@ func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamStatus.ProtoReflect.Descriptor instead.
 func (*UpstreamStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{12}
+	return file_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *UpstreamStatus) GetUpstream() *Upstream {
@@ -1022,21 +1109,24 @@ func (x *UpstreamStatus) GetGroup() *GroupStatus {
 }
 
 type Node struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
-	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	MysqlAddr     string                 `protobuf:"bytes,3,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
-	AdminAddr     string                 `protobuf:"bytes,4,opt,name=admin_addr,json=adminAddr,proto3" json:"admin_addr,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	Groups        uint64                 `protobuf:"varint,6,opt,name=groups,proto3" json:"groups,omitempty"`
-	Leaders       uint64                 `protobuf:"varint,7,opt,name=leaders,proto3" json:"leaders,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Id        uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	RaftAddr  string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	MysqlAddr string                 `protobuf:"bytes,3,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
+	AdminAddr string                 `protobuf:"bytes,4,opt,name=admin_addr,json=adminAddr,proto3" json:"admin_addr,omitempty"`
+	Labels    map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Groups    uint64                 `protobuf:"varint,6,opt,name=groups,proto3" json:"groups,omitempty"`
+	Leaders   uint64                 `protobuf:"varint,7,opt,name=leaders,proto3" json:"leaders,omitempty"`
+	Draining  bool                   `protobuf:"varint,8,opt,name=draining,proto3" json:"draining,omitempty"`
+	// up, down (no answer), or unknown.
+	State         string `protobuf:"bytes,9,opt,name=state,proto3" json:"state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1048,7 +1138,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1061,7 +1151,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{13}
+	return file_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Node) GetId() uint64 {
@@ -1113,6 +1203,20 @@ func (x *Node) GetLeaders() uint64 {
 	return 0
 }
 
+func (x *Node) GetDraining() bool {
+	if x != nil {
+		return x.Draining
+	}
+	return false
+}
+
+func (x *Node) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
 type NodeRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1122,7 +1226,7 @@ type NodeRef struct {
 
 func (x *NodeRef) Reset() {
 	*x = NodeRef{}
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1134,7 +1238,7 @@ func (x *NodeRef) String() string {
 func (*NodeRef) ProtoMessage() {}
 
 func (x *NodeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1147,7 +1251,7 @@ func (x *NodeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRef.ProtoReflect.Descriptor instead.
 func (*NodeRef) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{14}
+	return file_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *NodeRef) GetId() uint64 {
@@ -1165,7 +1269,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1177,7 +1281,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1190,7 +1294,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{15}
+	return file_admin_proto_rawDescGZIP(), []int{16}
 }
 
 type ListNodesResponse struct {
@@ -1202,7 +1306,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1214,7 +1318,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1227,7 +1331,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1245,7 +1349,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1257,7 +1361,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1270,7 +1374,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{17}
+	return file_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type StatusRequest struct {
@@ -1281,7 +1385,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_admin_proto_msgTypes[18]
+	mi := &file_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1293,7 +1397,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[18]
+	mi := &file_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1306,22 +1410,25 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{18}
+	return file_admin_proto_rawDescGZIP(), []int{19}
 }
 
 type StatusResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	MetaLeader    uint64                 `protobuf:"varint,2,opt,name=meta_leader,json=metaLeader,proto3" json:"meta_leader,omitempty"`
-	Nodes         []*Node                `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
-	Upstreams     []*UpstreamStatus      `protobuf:"bytes,4,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	NodeId     uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	MetaLeader uint64                 `protobuf:"varint,2,opt,name=meta_leader,json=metaLeader,proto3" json:"meta_leader,omitempty"`
+	Nodes      []*Node                `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Upstreams  []*UpstreamStatus      `protobuf:"bytes,4,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
+	ClusterId  string                 `protobuf:"bytes,5,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
+	// The placement controller's latest decisions, newest last.
+	Decisions     []string `protobuf:"bytes,6,rep,name=decisions,proto3" json:"decisions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_admin_proto_msgTypes[19]
+	mi := &file_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1440,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[19]
+	mi := &file_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1453,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{19}
+	return file_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -1373,6 +1480,20 @@ func (x *StatusResponse) GetNodes() []*Node {
 func (x *StatusResponse) GetUpstreams() []*UpstreamStatus {
 	if x != nil {
 		return x.Upstreams
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetClusterId() string {
+	if x != nil {
+		return x.ClusterId
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetDecisions() []string {
+	if x != nil {
+		return x.Decisions
 	}
 	return nil
 }
@@ -1443,7 +1564,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\xf4\x05\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\xba\x06\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1474,10 +1595,17 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"first_file\x18\x13 \x01(\tR\tfirstFile\x124\n" +
 	"\x16compressed_plain_bytes\x18\x14 \x01(\x04R\x14compressedPlainBytes\x12)\n" +
-	"\x10compressed_bytes\x18\x15 \x01(\x04R\x0fcompressedBytes\"\x7f\n" +
+	"\x10compressed_bytes\x18\x15 \x01(\x04R\x0fcompressedBytes\x12D\n" +
+	"\rmember_status\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.MemberStatusR\fmemberStatus\"\xa1\x01\n" +
+	"\fMemberStatus\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\x04R\x04node\x12\"\n" +
+	"\ftransactions\x18\x02 \x01(\x04R\ftransactions\x12#\n" +
+	"\rexecuted_gtid\x18\x03 \x01(\tR\fexecutedGtid\x12\x16\n" +
+	"\x06leader\x18\x04 \x01(\bR\x06leader\x12\x1c\n" +
+	"\treachable\x18\x05 \x01(\bR\treachable\"\x7f\n" +
 	"\x0eUpstreamStatus\x127\n" +
 	"\bupstream\x18\x01 \x01(\v2\x1b.flotilla.admin.v1.UpstreamR\bupstream\x124\n" +
-	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\x9b\x02\n" +
+	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\xcd\x02\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1d\n" +
@@ -1487,7 +1615,9 @@ const file_admin_proto_rawDesc = "" +
 	"admin_addr\x18\x04 \x01(\tR\tadminAddr\x12;\n" +
 	"\x06labels\x18\x05 \x03(\v2#.flotilla.admin.v1.Node.LabelsEntryR\x06labels\x12\x16\n" +
 	"\x06groups\x18\x06 \x01(\x04R\x06groups\x12\x18\n" +
-	"\aleaders\x18\a \x01(\x04R\aleaders\x1a9\n" +
+	"\aleaders\x18\a \x01(\x04R\aleaders\x12\x1a\n" +
+	"\bdraining\x18\b \x01(\bR\bdraining\x12\x14\n" +
+	"\x05state\x18\t \x01(\tR\x05state\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x19\n" +
@@ -1497,13 +1627,16 @@ const file_admin_proto_rawDesc = "" +
 	"\x11ListNodesResponse\x12-\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.flotilla.admin.v1.NodeR\x05nodes\"\x14\n" +
 	"\x12RemoveNodeResponse\"\x0f\n" +
-	"\rStatusRequest\"\xba\x01\n" +
+	"\rStatusRequest\"\xf7\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
 	"\vmeta_leader\x18\x02 \x01(\x04R\n" +
 	"metaLeader\x12-\n" +
 	"\x05nodes\x18\x03 \x03(\v2\x17.flotilla.admin.v1.NodeR\x05nodes\x12?\n" +
-	"\tupstreams\x18\x04 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams2\xf3\a\n" +
+	"\tupstreams\x18\x04 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams\x12\x1d\n" +
+	"\n" +
+	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12\x1c\n" +
+	"\tdecisions\x18\x06 \x03(\tR\tdecisions2\xf3\a\n" +
 	"\x05Admin\x12Q\n" +
 	"\vAddUpstream\x12%.flotilla.admin.v1.AddUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12b\n" +
 	"\rListUpstreams\x12'.flotilla.admin.v1.ListUpstreamsRequest\x1a(.flotilla.admin.v1.ListUpstreamsResponse\x12P\n" +
@@ -1531,7 +1664,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_admin_proto_goTypes = []any{
 	(*ReplicaUser)(nil),            // 0: flotilla.admin.v1.ReplicaUser
 	(*AddUpstreamRequest)(nil),     // 1: flotilla.admin.v1.AddUpstreamRequest
@@ -1545,55 +1678,57 @@ var file_admin_proto_goTypes = []any{
 	(*ListUpstreamsResponse)(nil),  // 9: flotilla.admin.v1.ListUpstreamsResponse
 	(*ConnectedReplica)(nil),       // 10: flotilla.admin.v1.ConnectedReplica
 	(*GroupStatus)(nil),            // 11: flotilla.admin.v1.GroupStatus
-	(*UpstreamStatus)(nil),         // 12: flotilla.admin.v1.UpstreamStatus
-	(*Node)(nil),                   // 13: flotilla.admin.v1.Node
-	(*NodeRef)(nil),                // 14: flotilla.admin.v1.NodeRef
-	(*ListNodesRequest)(nil),       // 15: flotilla.admin.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 16: flotilla.admin.v1.ListNodesResponse
-	(*RemoveNodeResponse)(nil),     // 17: flotilla.admin.v1.RemoveNodeResponse
-	(*StatusRequest)(nil),          // 18: flotilla.admin.v1.StatusRequest
-	(*StatusResponse)(nil),         // 19: flotilla.admin.v1.StatusResponse
-	nil,                            // 20: flotilla.admin.v1.Node.LabelsEntry
+	(*MemberStatus)(nil),           // 12: flotilla.admin.v1.MemberStatus
+	(*UpstreamStatus)(nil),         // 13: flotilla.admin.v1.UpstreamStatus
+	(*Node)(nil),                   // 14: flotilla.admin.v1.Node
+	(*NodeRef)(nil),                // 15: flotilla.admin.v1.NodeRef
+	(*ListNodesRequest)(nil),       // 16: flotilla.admin.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 17: flotilla.admin.v1.ListNodesResponse
+	(*RemoveNodeResponse)(nil),     // 18: flotilla.admin.v1.RemoveNodeResponse
+	(*StatusRequest)(nil),          // 19: flotilla.admin.v1.StatusRequest
+	(*StatusResponse)(nil),         // 20: flotilla.admin.v1.StatusResponse
+	nil,                            // 21: flotilla.admin.v1.Node.LabelsEntry
 }
 var file_admin_proto_depIdxs = []int32{
 	0,  // 0: flotilla.admin.v1.AddUpstreamRequest.replica_users:type_name -> flotilla.admin.v1.ReplicaUser
-	12, // 1: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	13, // 1: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
 	10, // 2: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
-	2,  // 3: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
-	11, // 4: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
-	20, // 5: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
-	13, // 6: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
-	13, // 7: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
-	12, // 8: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
-	1,  // 9: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
-	8,  // 10: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
-	3,  // 11: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	3,  // 12: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	3,  // 13: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	4,  // 14: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
-	3,  // 15: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	6,  // 16: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
-	15, // 17: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
-	14, // 18: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
-	14, // 19: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
-	18, // 20: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
-	2,  // 21: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
-	9,  // 22: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
-	12, // 23: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
-	2,  // 24: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
-	2,  // 25: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
-	2,  // 26: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
-	5,  // 27: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
-	7,  // 28: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
-	16, // 29: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
-	13, // 30: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
-	17, // 31: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
-	19, // 32: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
-	21, // [21:33] is the sub-list for method output_type
-	9,  // [9:21] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	12, // 3: flotilla.admin.v1.GroupStatus.member_status:type_name -> flotilla.admin.v1.MemberStatus
+	2,  // 4: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
+	11, // 5: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
+	21, // 6: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
+	14, // 7: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
+	14, // 8: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
+	13, // 9: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	1,  // 10: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
+	8,  // 11: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
+	3,  // 12: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	3,  // 13: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	3,  // 14: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	4,  // 15: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
+	3,  // 16: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	6,  // 17: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
+	16, // 18: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
+	15, // 19: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
+	15, // 20: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
+	19, // 21: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
+	2,  // 22: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
+	9,  // 23: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
+	13, // 24: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
+	2,  // 25: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
+	2,  // 26: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
+	2,  // 27: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
+	5,  // 28: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
+	7,  // 29: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
+	17, // 30: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
+	14, // 31: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
+	18, // 32: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
+	20, // 33: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
+	22, // [22:34] is the sub-list for method output_type
+	10, // [10:22] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -1607,7 +1742,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -12,6 +12,7 @@
 package clusterv1
 
 import (
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	reflect "reflect"
@@ -26,6 +27,183 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type ReportRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportRequest) Reset() {
+	*x = ReportRequest{}
+	mi := &file_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportRequest) ProtoMessage() {}
+
+func (x *ReportRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
+func (*ReportRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+type NodeReport struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// One per group replica on the node, as that replica sees it.
+	Groups        []*adminv1.GroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeReport) Reset() {
+	*x = NodeReport{}
+	mi := &file_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeReport) ProtoMessage() {}
+
+func (x *NodeReport) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeReport.ProtoReflect.Descriptor instead.
+func (*NodeReport) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *NodeReport) GetNodeId() uint64 {
+	if x != nil {
+		return x.NodeId
+	}
+	return 0
+}
+
+func (x *NodeReport) GetGroups() []*adminv1.GroupStatus {
+	if x != nil {
+		return x.Groups
+	}
+	return nil
+}
+
+type TransferLeaderRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	GroupId       uint64                 `protobuf:"varint,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	TargetNode    uint64                 `protobuf:"varint,2,opt,name=target_node,json=targetNode,proto3" json:"target_node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderRequest) Reset() {
+	*x = TransferLeaderRequest{}
+	mi := &file_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderRequest) ProtoMessage() {}
+
+func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
+func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *TransferLeaderRequest) GetGroupId() uint64 {
+	if x != nil {
+		return x.GroupId
+	}
+	return 0
+}
+
+func (x *TransferLeaderRequest) GetTargetNode() uint64 {
+	if x != nil {
+		return x.TargetNode
+	}
+	return 0
+}
+
+type TransferLeaderResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TransferLeaderResponse) Reset() {
+	*x = TransferLeaderResponse{}
+	mi := &file_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TransferLeaderResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TransferLeaderResponse) ProtoMessage() {}
+
+func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
+func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{3}
+}
+
 type JoinRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
@@ -39,7 +217,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_cluster_proto_msgTypes[0]
+	mi := &file_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +229,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[0]
+	mi := &file_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +242,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{0}
+	return file_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -115,7 +293,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_cluster_proto_msgTypes[1]
+	mi := &file_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -127,7 +305,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[1]
+	mi := &file_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -140,7 +318,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{1}
+	return file_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -179,7 +357,7 @@ type IdentityRequest struct {
 
 func (x *IdentityRequest) Reset() {
 	*x = IdentityRequest{}
-	mi := &file_cluster_proto_msgTypes[2]
+	mi := &file_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -191,7 +369,7 @@ func (x *IdentityRequest) String() string {
 func (*IdentityRequest) ProtoMessage() {}
 
 func (x *IdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[2]
+	mi := &file_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -204,7 +382,7 @@ func (x *IdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityRequest.ProtoReflect.Descriptor instead.
 func (*IdentityRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{2}
+	return file_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 type IdentityResponse struct {
@@ -217,7 +395,7 @@ type IdentityResponse struct {
 
 func (x *IdentityResponse) Reset() {
 	*x = IdentityResponse{}
-	mi := &file_cluster_proto_msgTypes[3]
+	mi := &file_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -229,7 +407,7 @@ func (x *IdentityResponse) String() string {
 func (*IdentityResponse) ProtoMessage() {}
 
 func (x *IdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[3]
+	mi := &file_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -242,7 +420,7 @@ func (x *IdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityResponse.ProtoReflect.Descriptor instead.
 func (*IdentityResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{3}
+	return file_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *IdentityResponse) GetClusterId() string {
@@ -268,7 +446,7 @@ type FilesRequest struct {
 
 func (x *FilesRequest) Reset() {
 	*x = FilesRequest{}
-	mi := &file_cluster_proto_msgTypes[4]
+	mi := &file_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -280,7 +458,7 @@ func (x *FilesRequest) String() string {
 func (*FilesRequest) ProtoMessage() {}
 
 func (x *FilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[4]
+	mi := &file_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -293,7 +471,7 @@ func (x *FilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesRequest.ProtoReflect.Descriptor instead.
 func (*FilesRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{4}
+	return file_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *FilesRequest) GetGroupId() uint64 {
@@ -313,7 +491,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_cluster_proto_msgTypes[5]
+	mi := &file_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -325,7 +503,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[5]
+	mi := &file_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -338,7 +516,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{5}
+	return file_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FileInfo) GetName() string {
@@ -368,7 +546,7 @@ type FilesResponse struct {
 
 func (x *FilesResponse) Reset() {
 	*x = FilesResponse{}
-	mi := &file_cluster_proto_msgTypes[6]
+	mi := &file_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -380,7 +558,7 @@ func (x *FilesResponse) String() string {
 func (*FilesResponse) ProtoMessage() {}
 
 func (x *FilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[6]
+	mi := &file_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -393,7 +571,7 @@ func (x *FilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesResponse.ProtoReflect.Descriptor instead.
 func (*FilesResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{6}
+	return file_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FilesResponse) GetFiles() []*FileInfo {
@@ -446,7 +624,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_cluster_proto_msgTypes[7]
+	mi := &file_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -458,7 +636,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[7]
+	mi := &file_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -471,7 +649,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *DumpRequest) GetGroupId() uint64 {
@@ -579,7 +757,7 @@ type DumpChunk struct {
 
 func (x *DumpChunk) Reset() {
 	*x = DumpChunk{}
-	mi := &file_cluster_proto_msgTypes[8]
+	mi := &file_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -591,7 +769,7 @@ func (x *DumpChunk) String() string {
 func (*DumpChunk) ProtoMessage() {}
 
 func (x *DumpChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[8]
+	mi := &file_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -604,7 +782,7 @@ func (x *DumpChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpChunk.ProtoReflect.Descriptor instead.
 func (*DumpChunk) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DumpChunk) GetEvents() [][]byte {
@@ -667,7 +845,17 @@ var File_cluster_proto protoreflect.FileDescriptor
 
 const file_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\rcluster.proto\x12\x13flotilla.cluster.v1\"\x82\x02\n" +
+	"\rcluster.proto\x12\x13flotilla.cluster.v1\x1a\vadmin.proto\"\x0f\n" +
+	"\rReportRequest\"]\n" +
+	"\n" +
+	"NodeReport\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x126\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1e.flotilla.admin.v1.GroupStatusR\x06groups\"S\n" +
+	"\x15TransferLeaderRequest\x12\x19\n" +
+	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
+	"\vtarget_node\x18\x02 \x01(\x04R\n" +
+	"targetNode\"\x18\n" +
+	"\x16TransferLeaderResponse\"\x82\x02\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1d\n" +
@@ -727,12 +915,14 @@ const file_cluster_proto_rawDesc = "" +
 	"\vnot_serving\x18\a \x01(\bR\n" +
 	"notServing\x12\x1f\n" +
 	"\vleader_node\x18\b \x01(\x04R\n" +
-	"leaderNode2\xcb\x02\n" +
+	"leaderNode2\x85\x04\n" +
 	"\aCluster\x12K\n" +
 	"\x04Join\x12 .flotilla.cluster.v1.JoinRequest\x1a!.flotilla.cluster.v1.JoinResponse\x12W\n" +
 	"\bIdentity\x12$.flotilla.cluster.v1.IdentityRequest\x1a%.flotilla.cluster.v1.IdentityResponse\x12N\n" +
 	"\x05Files\x12!.flotilla.cluster.v1.FilesRequest\x1a\".flotilla.cluster.v1.FilesResponse\x12J\n" +
-	"\x04Dump\x12 .flotilla.cluster.v1.DumpRequest\x1a\x1e.flotilla.cluster.v1.DumpChunk0\x01B>Z<github.com/flotilla-relay/flotilla/proto/clusterv1;clusterv1b\x06proto3"
+	"\x04Dump\x12 .flotilla.cluster.v1.DumpRequest\x1a\x1e.flotilla.cluster.v1.DumpChunk0\x01\x12M\n" +
+	"\x06Report\x12\".flotilla.cluster.v1.ReportRequest\x1a\x1f.flotilla.cluster.v1.NodeReport\x12i\n" +
+	"\x0eTransferLeader\x12*.flotilla.cluster.v1.TransferLeaderRequest\x1a+.flotilla.cluster.v1.TransferLeaderResponseB>Z<github.com/flotilla-relay/flotilla/proto/clusterv1;clusterv1b\x06proto3"
 
 var (
 	file_cluster_proto_rawDescOnce sync.Once
@@ -746,35 +936,45 @@ func file_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_proto_rawDescData
 }
 
-var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_cluster_proto_goTypes = []any{
-	(*JoinRequest)(nil),      // 0: flotilla.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),     // 1: flotilla.cluster.v1.JoinResponse
-	(*IdentityRequest)(nil),  // 2: flotilla.cluster.v1.IdentityRequest
-	(*IdentityResponse)(nil), // 3: flotilla.cluster.v1.IdentityResponse
-	(*FilesRequest)(nil),     // 4: flotilla.cluster.v1.FilesRequest
-	(*FileInfo)(nil),         // 5: flotilla.cluster.v1.FileInfo
-	(*FilesResponse)(nil),    // 6: flotilla.cluster.v1.FilesResponse
-	(*DumpRequest)(nil),      // 7: flotilla.cluster.v1.DumpRequest
-	(*DumpChunk)(nil),        // 8: flotilla.cluster.v1.DumpChunk
-	nil,                      // 9: flotilla.cluster.v1.JoinRequest.LabelsEntry
+	(*ReportRequest)(nil),          // 0: flotilla.cluster.v1.ReportRequest
+	(*NodeReport)(nil),             // 1: flotilla.cluster.v1.NodeReport
+	(*TransferLeaderRequest)(nil),  // 2: flotilla.cluster.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 3: flotilla.cluster.v1.TransferLeaderResponse
+	(*JoinRequest)(nil),            // 4: flotilla.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),           // 5: flotilla.cluster.v1.JoinResponse
+	(*IdentityRequest)(nil),        // 6: flotilla.cluster.v1.IdentityRequest
+	(*IdentityResponse)(nil),       // 7: flotilla.cluster.v1.IdentityResponse
+	(*FilesRequest)(nil),           // 8: flotilla.cluster.v1.FilesRequest
+	(*FileInfo)(nil),               // 9: flotilla.cluster.v1.FileInfo
+	(*FilesResponse)(nil),          // 10: flotilla.cluster.v1.FilesResponse
+	(*DumpRequest)(nil),            // 11: flotilla.cluster.v1.DumpRequest
+	(*DumpChunk)(nil),              // 12: flotilla.cluster.v1.DumpChunk
+	nil,                            // 13: flotilla.cluster.v1.JoinRequest.LabelsEntry
+	(*adminv1.GroupStatus)(nil),    // 14: flotilla.admin.v1.GroupStatus
 }
 var file_cluster_proto_depIdxs = []int32{
-	9, // 0: flotilla.cluster.v1.JoinRequest.labels:type_name -> flotilla.cluster.v1.JoinRequest.LabelsEntry
-	5, // 1: flotilla.cluster.v1.FilesResponse.files:type_name -> flotilla.cluster.v1.FileInfo
-	0, // 2: flotilla.cluster.v1.Cluster.Join:input_type -> flotilla.cluster.v1.JoinRequest
-	2, // 3: flotilla.cluster.v1.Cluster.Identity:input_type -> flotilla.cluster.v1.IdentityRequest
-	4, // 4: flotilla.cluster.v1.Cluster.Files:input_type -> flotilla.cluster.v1.FilesRequest
-	7, // 5: flotilla.cluster.v1.Cluster.Dump:input_type -> flotilla.cluster.v1.DumpRequest
-	1, // 6: flotilla.cluster.v1.Cluster.Join:output_type -> flotilla.cluster.v1.JoinResponse
-	3, // 7: flotilla.cluster.v1.Cluster.Identity:output_type -> flotilla.cluster.v1.IdentityResponse
-	6, // 8: flotilla.cluster.v1.Cluster.Files:output_type -> flotilla.cluster.v1.FilesResponse
-	8, // 9: flotilla.cluster.v1.Cluster.Dump:output_type -> flotilla.cluster.v1.DumpChunk
-	6, // [6:10] is the sub-list for method output_type
-	2, // [2:6] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	14, // 0: flotilla.cluster.v1.NodeReport.groups:type_name -> flotilla.admin.v1.GroupStatus
+	13, // 1: flotilla.cluster.v1.JoinRequest.labels:type_name -> flotilla.cluster.v1.JoinRequest.LabelsEntry
+	9,  // 2: flotilla.cluster.v1.FilesResponse.files:type_name -> flotilla.cluster.v1.FileInfo
+	4,  // 3: flotilla.cluster.v1.Cluster.Join:input_type -> flotilla.cluster.v1.JoinRequest
+	6,  // 4: flotilla.cluster.v1.Cluster.Identity:input_type -> flotilla.cluster.v1.IdentityRequest
+	8,  // 5: flotilla.cluster.v1.Cluster.Files:input_type -> flotilla.cluster.v1.FilesRequest
+	11, // 6: flotilla.cluster.v1.Cluster.Dump:input_type -> flotilla.cluster.v1.DumpRequest
+	0,  // 7: flotilla.cluster.v1.Cluster.Report:input_type -> flotilla.cluster.v1.ReportRequest
+	2,  // 8: flotilla.cluster.v1.Cluster.TransferLeader:input_type -> flotilla.cluster.v1.TransferLeaderRequest
+	5,  // 9: flotilla.cluster.v1.Cluster.Join:output_type -> flotilla.cluster.v1.JoinResponse
+	7,  // 10: flotilla.cluster.v1.Cluster.Identity:output_type -> flotilla.cluster.v1.IdentityResponse
+	10, // 11: flotilla.cluster.v1.Cluster.Files:output_type -> flotilla.cluster.v1.FilesResponse
+	12, // 12: flotilla.cluster.v1.Cluster.Dump:output_type -> flotilla.cluster.v1.DumpChunk
+	1,  // 13: flotilla.cluster.v1.Cluster.Report:output_type -> flotilla.cluster.v1.NodeReport
+	3,  // 14: flotilla.cluster.v1.Cluster.TransferLeader:output_type -> flotilla.cluster.v1.TransferLeaderResponse
+	9,  // [9:15] is the sub-list for method output_type
+	3,  // [3:9] is the sub-list for method input_type
+	3,  // [3:3] is the sub-list for extension type_name
+	3,  // [3:3] is the sub-list for extension extendee
+	0,  // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_cluster_proto_init() }
@@ -788,7 +988,7 @@ func file_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_proto_rawDesc), len(file_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,10 +24,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Cluster_Join_FullMethodName     = "/flotilla.cluster.v1.Cluster/Join"
-	Cluster_Identity_FullMethodName = "/flotilla.cluster.v1.Cluster/Identity"
-	Cluster_Files_FullMethodName    = "/flotilla.cluster.v1.Cluster/Files"
-	Cluster_Dump_FullMethodName     = "/flotilla.cluster.v1.Cluster/Dump"
+	Cluster_Join_FullMethodName           = "/flotilla.cluster.v1.Cluster/Join"
+	Cluster_Identity_FullMethodName       = "/flotilla.cluster.v1.Cluster/Identity"
+	Cluster_Files_FullMethodName          = "/flotilla.cluster.v1.Cluster/Files"
+	Cluster_Dump_FullMethodName           = "/flotilla.cluster.v1.Cluster/Dump"
+	Cluster_Report_FullMethodName         = "/flotilla.cluster.v1.Cluster/Report"
+	Cluster_TransferLeader_FullMethodName = "/flotilla.cluster.v1.Cluster/TransferLeader"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -44,6 +46,12 @@ type ClusterClient interface {
 	// Dump serves a replica's binlog dump from the answering node, for a node that
 	// relays it to the replica connected there.
 	Dump(ctx context.Context, in *DumpRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[DumpChunk], error)
+	// Report describes the answering node's replicas: the placement controller decides
+	// from the reports, and status shows the whole cluster from them.
+	Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*NodeReport, error)
+	// TransferLeader asks the answering node, which leads the group, to hand its
+	// leadership to another member.
+	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
 }
 
 type clusterClient struct {
@@ -103,6 +111,26 @@ func (c *clusterClient) Dump(ctx context.Context, in *DumpRequest, opts ...grpc.
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_DumpClient = grpc.ServerStreamingClient[DumpChunk]
 
+func (c *clusterClient) Report(ctx context.Context, in *ReportRequest, opts ...grpc.CallOption) (*NodeReport, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(NodeReport)
+	err := c.cc.Invoke(ctx, Cluster_Report_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(TransferLeaderResponse)
+	err := c.cc.Invoke(ctx, Cluster_TransferLeader_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -117,6 +145,12 @@ type ClusterServer interface {
 	// Dump serves a replica's binlog dump from the answering node, for a node that
 	// relays it to the replica connected there.
 	Dump(*DumpRequest, grpc.ServerStreamingServer[DumpChunk]) error
+	// Report describes the answering node's replicas: the placement controller decides
+	// from the reports, and status shows the whole cluster from them.
+	Report(context.Context, *ReportRequest) (*NodeReport, error)
+	// TransferLeader asks the answering node, which leads the group, to hand its
+	// leadership to another member.
+	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -138,6 +172,12 @@ func (UnimplementedClusterServer) Files(context.Context, *FilesRequest) (*FilesR
 }
 func (UnimplementedClusterServer) Dump(*DumpRequest, grpc.ServerStreamingServer[DumpChunk]) error {
 	return status.Errorf(codes.Unimplemented, "method Dump not implemented")
+}
+func (UnimplementedClusterServer) Report(context.Context, *ReportRequest) (*NodeReport, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Report not implemented")
+}
+func (UnimplementedClusterServer) TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method TransferLeader not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -225,6 +265,42 @@ func _Cluster_Dump_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Cluster_DumpServer = grpc.ServerStreamingServer[DumpChunk]
 
+func _Cluster_Report_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).Report(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_Report_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).Report(ctx, req.(*ReportRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_TransferLeader_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TransferLeaderRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).TransferLeader(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_TransferLeader_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).TransferLeader(ctx, req.(*TransferLeaderRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -243,6 +319,14 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Files",
 			Handler:    _Cluster_Files_Handler,
+		},
+		{
+			MethodName: "Report",
+			Handler:    _Cluster_Report_Handler,
+		},
+		{
+			MethodName: "TransferLeader",
+			Handler:    _Cluster_TransferLeader_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -217,7 +217,12 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 		deadline := time.Now().Add(time.Minute)
 		for {
-			got := getUpstream(ctx, t, nodes[victim], u.name).Group.ExecutedGtid
+			var got string
+			for _, m := range getUpstream(ctx, t, nodes[victim], u.name).Group.MemberStatus {
+				if m.Node == strconv.FormatUint(nodes[victim].ID, 10) {
+					got = m.ExecutedGtid
+				}
+			}
 			if got == pos {
 				break
 			}

@@ -154,7 +154,14 @@ type upstreamJSON struct {
 		Syncing      bool     `json:"syncing"`
 		LeaderNode   string   `json:"leaderNode"`
 		Members      []string `json:"members"`
-		Replicas     []struct {
+		MemberStatus []struct {
+			Node         string `json:"node"`
+			Transactions string `json:"transactions"`
+			ExecutedGtid string `json:"executedGtid"`
+			Leader       bool   `json:"leader"`
+			Reachable    bool   `json:"reachable"`
+		} `json:"memberStatus"`
+		Replicas []struct {
 			Mode string `json:"mode"`
 		} `json:"replicas"`
 	} `json:"group"`

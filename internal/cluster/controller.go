@@ -1,0 +1,164 @@
+package cluster
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/placement"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
+)
+
+// DefaultNodeDownAfter is how long a node may not answer before its replicas are
+// re-created elsewhere.
+const DefaultNodeDownAfter = 60 * time.Second
+
+// catchUpSlack is how many transactions a member may trail its leader by and still
+// count as caught up: reports are taken at slightly different moments, and a replica
+// under a steady workload is always a little behind.
+const catchUpSlack = 256
+
+// ControllerMeta is the part of the placement service the controller uses.
+type ControllerMeta interface {
+	Read(ctx context.Context) (*placement.State, error)
+	SetMembers(ctx context.Context, gid uint64, expect, members []uint64, note string) error
+	Note(ctx context.Context, note string) error
+}
+
+// Controller runs the placement controller while this node leads the metadata
+// group: each round it gathers the nodes' reports, asks placement.Plan what to change
+// and applies it (assignment changes through the metadata, which the groups' leaders
+// turn into raft membership changes; leadership transfers through the leader's node).
+type Controller struct {
+	NodeID       uint64
+	IsMetaLeader func() bool
+	Meta         ControllerMeta
+	Relay        *Relay
+	DownAfter    time.Duration
+	Log          *slog.Logger
+
+	leading  bool
+	lastSeen map[uint64]time.Time
+}
+
+// Run runs a round every interval until ctx ends.
+func (c *Controller) Run(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.round(ctx)
+	}
+}
+
+func (c *Controller) round(ctx context.Context) {
+	if !c.IsMetaLeader() {
+		c.leading = false
+		return
+	}
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	st, err := c.Meta.Read(rctx)
+	if err != nil {
+		c.Log.Debug("placement: metadata not readable", "err", err)
+		return
+	}
+	now := time.Now()
+	if !c.leading {
+		// A new controller knows nothing of past silences: every node gets a full
+		// node-down-after period from now.
+		c.leading, c.lastSeen = true, map[uint64]time.Time{}
+	}
+	for id := range st.Nodes {
+		if _, ok := c.lastSeen[id]; !ok {
+			c.lastSeen[id] = now
+		}
+	}
+	reports := c.Relay.Reports(rctx, st.Nodes, 2*time.Second)
+	for id := range reports {
+		c.lastSeen[id] = now
+	}
+	view := BuildView(st, reports, c.lastSeen, now, c.DownAfter)
+	for _, d := range placement.Plan(view) {
+		c.apply(rctx, st, view, d)
+	}
+}
+
+// BuildView describes the cluster for placement.Plan from the metadata and the
+// nodes' reports.
+func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, lastSeen map[uint64]time.Time, now time.Time, downAfter time.Duration) placement.ClusterView {
+	var v placement.ClusterView
+	for id, n := range st.Nodes {
+		seen, ok := lastSeen[id]
+		v.Nodes = append(v.Nodes, placement.NodeView{ID: id, Zone: n.Labels["zone"], Draining: n.Draining,
+			Up: ok && now.Sub(seen) < downAfter})
+	}
+	for _, name := range st.UpstreamNames() {
+		u := st.Upstreams[name]
+		g := placement.GroupView{ID: u.GroupID, Replicas: u.Replicas, Members: slices.Clone(st.Assignments[u.GroupID]), CaughtUp: map[uint64]bool{}}
+		var lead *adminv1.GroupStatus
+		for _, m := range g.Members {
+			if rep, ok := reports[m]; ok {
+				if gs := groupOf(rep, u.GroupID); gs != nil && gs.LeaderNode == m {
+					g.Leader, lead = m, gs
+				}
+			}
+		}
+		for _, m := range g.Members {
+			rep, ok := reports[m]
+			if !ok || lead == nil {
+				continue
+			}
+			gs := groupOf(rep, u.GroupID)
+			g.CaughtUp[m] = gs != nil && gs.LeaderNode == g.Leader && gs.Transactions+catchUpSlack >= lead.Transactions &&
+				(lead.CurrentFile == "" || gs.CurrentFile != "")
+		}
+		v.Groups = append(v.Groups, g)
+	}
+	return v
+}
+
+func groupOf(rep *clusterv1.NodeReport, gid uint64) *adminv1.GroupStatus {
+	for _, g := range rep.Groups {
+		if g.GroupId == gid {
+			return g
+		}
+	}
+	return nil
+}
+
+func (c *Controller) apply(ctx context.Context, st *placement.State, v placement.ClusterView, d placement.Decision) {
+	c.Log.Info("placement decision", "kind", d.Kind, "group", d.Group, "node", d.Node, "reason", d.Reason)
+	cur := st.Assignments[d.Group]
+	var err error
+	switch d.Kind {
+	case placement.AddReplica:
+		err = c.Meta.SetMembers(ctx, d.Group, cur, append(slices.Clone(cur), d.Node), placement.Note("%s", d))
+	case placement.RemoveReplica:
+		next := slices.DeleteFunc(slices.Clone(cur), func(n uint64) bool { return n == d.Node })
+		err = c.Meta.SetMembers(ctx, d.Group, cur, next, placement.Note("%s", d))
+	case placement.TransferLeader:
+		var leader uint64
+		for _, g := range v.Groups {
+			if g.ID == d.Group {
+				leader = g.Leader
+			}
+		}
+		n, ok := st.Nodes[leader]
+		if !ok {
+			return
+		}
+		if err = c.Relay.TransferLeader(ctx, n.AdminAddr, d.Group, d.Node); err == nil {
+			err = c.Meta.Note(ctx, placement.Note("%s", d))
+		}
+	}
+	if err != nil {
+		c.Log.Warn("placement decision not applied; the next round decides again", "decision", d.String(), "err", err)
+	}
+}
