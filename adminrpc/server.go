@@ -317,6 +317,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adm
 		if id, ok := sh.Leader(); ok {
 			gs.LeaderNode = id
 		}
+		gs.RaftMembers = sh.RaftMembers()
 		ss := sh.Status()
 		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
 		gs.LastErrorAt, gs.LastEventAt = timeString(ss.LastErrorAt), timeString(ss.LastEventAt)

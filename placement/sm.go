@@ -72,8 +72,8 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	s := m.state
 	switch c.Op {
 	case opRegisterNode:
-		if c.Node == nil || c.Node.ID == 0 {
-			return refuse("node id must be positive"), nil
+		if c.Node == nil || c.Node.ID == 0 || c.Node.ID > MaxNodeID {
+			return refuse("node id must be between 1 and %d", MaxNodeID), nil
 		}
 		s.Nodes[c.Node.ID] = c.Node
 		return sm.Result{Value: resultOK}, nil
@@ -97,6 +97,10 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		s.Upstreams[u.Name] = u
 		s.Assignments[u.GroupID] = nodes
 		s.Initial[u.GroupID] = slices.Clone(nodes)
+		s.ReplicaIDs[u.GroupID] = map[uint64]uint64{}
+		for _, n := range nodes {
+			s.ReplicaIDs[u.GroupID][n] = n
+		}
 		out, _ := json.Marshal(u)
 		return sm.Result{Value: resultOK, Data: out}, nil
 	case opRemoveUpstream:
@@ -107,6 +111,7 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		delete(s.Upstreams, c.Name)
 		delete(s.Assignments, u.GroupID)
 		delete(s.Initial, u.GroupID)
+		delete(s.ReplicaIDs, u.GroupID)
 		return sm.Result{Value: resultOK}, nil
 	case opSetPaused:
 		u, ok := s.Upstreams[c.Name]
@@ -132,6 +137,24 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		}
 		if len(c.Members) == 0 {
 			return refuse("group %d must keep at least one member", c.Group), nil
+		}
+		rids := s.ReplicaIDs[c.Group]
+		if rids == nil {
+			rids = map[uint64]uint64{}
+			for _, n := range cur {
+				rids[n] = n
+			}
+			s.ReplicaIDs[c.Group] = rids
+		}
+		for _, n := range c.Members {
+			if slices.Contains(cur, n) {
+				continue
+			}
+			if old, ok := rids[n]; ok {
+				rids[n] = old + 1<<NodeIDBits // a new incarnation
+			} else {
+				rids[n] = n
+			}
 		}
 		s.Assignments[c.Group] = slices.Clone(c.Members)
 		// A node removed from the group and assigned again later must join it, never

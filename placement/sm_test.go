@@ -97,6 +97,13 @@ func TestMembershipChangesAreComparedAndSet(t *testing.T) {
 		t.Fatalf("removing a node that holds replicas must be refused naming them: %s", r.Data)
 	}
 	apply(t, m, command{Op: opSetMembers, Group: 2, Expect: []uint64{1, 2, 3, 4}, Members: []uint64{1, 2, 3}})
+	// Raft never readmits a removed replica id: node 4's next replica of the group
+	// gets a new incarnation, still mapping back to node 4.
+	apply(t, m, command{Op: opSetMembers, Group: 2, Expect: []uint64{1, 2, 3}, Members: []uint64{1, 2, 3, 4}})
+	if rid := st.ReplicaID(2, 4); rid != 4+1<<NodeIDBits || NodeOfReplica(rid) != 4 || st.ReplicaID(2, 1) != 1 {
+		t.Fatalf("replica ids after re-adding node 4: %v", st.ReplicaIDs[2])
+	}
+	apply(t, m, command{Op: opSetMembers, Group: 2, Expect: []uint64{1, 2, 3, 4}, Members: []uint64{1, 2, 3}})
 	if r := apply(t, m, command{Op: opRemoveNode, NodeID: 4}); r.Value != resultOK {
 		t.Fatalf("remove an empty node: %s", r.Data)
 	}

@@ -77,8 +77,12 @@ type State struct {
 	Assignments map[uint64][]uint64  `json:"assignments"`
 	// Initial are each group's members when it was created: they start the group
 	// together; every node assigned later joins it.
-	Initial     map[uint64][]uint64 `json:"initial,omitempty"`
-	NextGroupID uint64              `json:"next_group_id"`
+	Initial map[uint64][]uint64 `json:"initial,omitempty"`
+	// ReplicaIDs are the raft replica ids of the nodes that have been members of each
+	// group (see ReplicaID); kept after a node leaves, so its next replica of the
+	// group gets a new id.
+	ReplicaIDs  map[uint64]map[uint64]uint64 `json:"replica_ids,omitempty"`
+	NextGroupID uint64                       `json:"next_group_id"`
 	// Decisions are the placement controller's latest changes, newest last.
 	Decisions []string `json:"decisions,omitempty"`
 }
@@ -88,7 +92,7 @@ const maxDecisions = 50
 
 func newState() *State {
 	return &State{Nodes: map[uint64]*Node{}, Upstreams: map[string]*Upstream{}, Assignments: map[uint64][]uint64{},
-		Initial: map[uint64][]uint64{}, NextGroupID: 2}
+		Initial: map[uint64][]uint64{}, ReplicaIDs: map[uint64]map[uint64]uint64{}, NextGroupID: 2}
 }
 
 // UpstreamNames returns the upstream names in order.
@@ -124,6 +128,28 @@ func (s *State) ForReplicaUser(user string) []*Upstream {
 		}
 	}
 	return out
+}
+
+// Raft never lets a replica id rejoin a group it was removed from, so a node that
+// leaves a group and is assigned to it again needs a new one. A replica id is the node
+// id in its low NodeIDBits bits and the node's incarnation in the group above them:
+// a node's first replica of a group has the node's own id.
+const (
+	// NodeIDBits bounds node ids (below 1<<NodeIDBits).
+	NodeIDBits = 20
+	// MaxNodeID is the largest node id.
+	MaxNodeID = 1<<NodeIDBits - 1
+)
+
+// NodeOfReplica returns the node a raft replica id belongs to.
+func NodeOfReplica(rid uint64) uint64 { return rid & MaxNodeID }
+
+// ReplicaID returns the raft replica id of node's current (or next) replica of gid.
+func (s *State) ReplicaID(gid, node uint64) uint64 {
+	if r, ok := s.ReplicaIDs[gid][node]; ok {
+		return r
+	}
+	return node
 }
 
 // Note formats a decision for State.Decisions, stamped with the proposer's clock

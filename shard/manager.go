@@ -46,11 +46,25 @@ type Manager struct {
 
 	mu     sync.Mutex
 	shards map[uint64]*Shard
+	// leaving: groups no longer assigned here whose replica keeps running until the
+	// group's leader has removed it from the raft membership (since when).
+	leaving map[uint64]time.Time
+	// departed reports whether a group's leader no longer counts this node as a raft
+	// member (nil: never assume so before the grace period).
+	departed func(ctx context.Context, gid uint64) bool
 }
+
+// leaveGrace bounds how long an unassigned replica waits for its removal from the
+// raft membership (a node removed while it was down never hears of it).
+const leaveGrace = 2 * time.Minute
+
+// SetDeparted installs the check of whether a group's leader has removed this node.
+func (m *Manager) SetDeparted(f func(ctx context.Context, gid uint64) bool) { m.departed = f }
 
 // NewManager creates a manager; Run starts reconciling.
 func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, leaders LeaderTable, nodeID uint64, retention statemachine.Retention, log *slog.Logger) *Manager {
-	return &Manager{nh: nh, store: store, meta: meta, leaders: leaders, nodeID: nodeID, retention: retention, log: log, shards: map[uint64]*Shard{}}
+	return &Manager{nh: nh, store: store, meta: meta, leaders: leaders, nodeID: nodeID, retention: retention, log: log,
+		shards: map[uint64]*Shard{}, leaving: map[uint64]time.Time{}}
 }
 
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the
@@ -108,18 +122,42 @@ func (m *Manager) Reconcile(ctx context.Context) {
 	m.mu.Lock()
 	for gid, u := range want {
 		if s, ok := m.shards[gid]; ok {
-			s.setUpstream(u, st)
-			continue
-		}
-		start = append(start, u)
-	}
-	for gid, s := range m.shards {
-		if _, ok := want[gid]; !ok {
+			if s.rid == st.ReplicaID(gid, m.nodeID) {
+				s.setUpstream(u, st)
+				continue
+			}
+			// Assigned again after leaving: the old replica goes, a new one joins.
 			stop = append(stop, s)
 			delete(m.shards, gid)
 		}
+		start = append(start, u)
+	}
+	var leaving []*Shard
+	for gid, s := range m.shards {
+		if _, ok := want[gid]; ok {
+			delete(m.leaving, gid)
+			continue
+		}
+		if u, exists := st.ByGroup(gid); exists {
+			s.setUpstream(u, st)
+			// Moved elsewhere: keep voting until the leader has taken this replica out
+			// of the raft membership, or the group could lose its quorum meanwhile.
+			leaving = append(leaving, s)
+			continue
+		}
+		stop = append(stop, s)
+		delete(m.shards, gid)
 	}
 	m.mu.Unlock()
+	for _, s := range leaving {
+		if m.mayLeave(ctx, s) {
+			m.mu.Lock()
+			delete(m.shards, s.GroupID())
+			delete(m.leaving, s.GroupID())
+			m.mu.Unlock()
+			stop = append(stop, s)
+		}
+	}
 	slices.SortFunc(start, func(a, b *placement.Upstream) int { return int(a.GroupID) - int(b.GroupID) })
 	for _, u := range start {
 		s, err := m.startShard(ctx, st, u)
@@ -138,11 +176,40 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		if err := m.nh.StopCluster(gid); err != nil {
 			m.log.Warn("stop group", "group", gid, "err", err)
 		}
-		if err := m.removeData(ctx, gid); err != nil {
+		if err := m.removeData(ctx, gid, s.rid); err != nil {
 			m.log.Error("delete data of a group no longer assigned here", "group", gid, "err", err)
 		}
 	}
 	m.removeOrphans(ctx, st)
+}
+
+// mayLeave reports whether an unassigned replica may stop and delete its data: its
+// group's leader no longer counts it as a member, or it waited leaveGrace.
+func (m *Manager) mayLeave(ctx context.Context, s *Shard) bool {
+	gid := s.GroupID()
+	m.mu.Lock()
+	since, ok := m.leaving[gid]
+	if !ok {
+		since = time.Now()
+		m.leaving[gid] = since
+		m.log.Info("group moved off this node: its replica keeps serving until the leader removes it from the raft membership", "group", gid)
+	}
+	m.mu.Unlock()
+	if members := s.RaftMembers(); members != nil && !slices.Contains(members, m.nodeID) {
+		return true
+	}
+	if m.departed != nil {
+		dctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		defer cancel()
+		if m.departed(dctx, gid) {
+			return true
+		}
+	}
+	if time.Since(since) > leaveGrace {
+		m.log.Warn("group's leader never confirmed this replica's removal; deleting it after the grace period", "group", gid, "grace", leaveGrace)
+		return true
+	}
+	return false
 }
 
 // removeOrphans deletes segment directories of groups no upstream owns any more (the
@@ -162,7 +229,9 @@ func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 			continue
 		}
 		m.log.Info("deleting data of a removed upstream group", "group", gid)
-		if err := m.removeData(ctx, gid); err != nil {
+		// The upstream is gone, and with it the record of this node's replica id: its
+		// first replica's id is the node id.
+		if err := m.removeData(ctx, gid, m.nodeID); err != nil {
 			m.log.Error("delete orphaned group data", "group", gid, "err", err)
 		}
 	}
@@ -172,11 +241,11 @@ func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 // returns before the replica has stopped, so this waits for dragonboat to accept the
 // removal first: deleting segments under a running state machine, or leaving the raft
 // log behind, are both worse than a short wait.
-func (m *Manager) removeData(ctx context.Context, gid uint64) error {
+func (m *Manager) removeData(ctx context.Context, gid, rid uint64) error {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	for {
-		err := m.nh.SyncRemoveData(ctx, gid, m.nodeID)
+		err := m.nh.SyncRemoveData(ctx, gid, rid)
 		if err == nil {
 			break
 		}
@@ -201,35 +270,34 @@ func (m *Manager) removeData(ctx context.Context, gid uint64) error {
 // group's leader adds it to the raft membership; it catches up by log or snapshot).
 func (m *Manager) startShard(ctx context.Context, st *placement.State, u *placement.Upstream) (*Shard, error) {
 	gid := u.GroupID
+	rid := st.ReplicaID(gid, m.nodeID)
 	members := map[uint64]string{}
 	join := false
-	if !m.nh.HasNodeInfo(gid, m.nodeID) {
+	if !m.nh.HasNodeInfo(gid, rid) {
 		if st.IsInitial(gid, m.nodeID) {
-			for _, id := range st.Initial[gid] {
+			first := st.Initial[gid]
+			if len(first) == 0 { // metadata from before Initial existed
+				first = st.Assignments[gid]
+			}
+			for _, id := range first {
 				n, ok := st.Nodes[id]
 				if !ok {
 					return nil, fmt.Errorf("initial member %d is not registered", id)
 				}
-				members[id] = n.RaftAddr
-			}
-			if len(st.Initial[gid]) == 0 { // metadata from before Initial existed
-				for _, id := range st.Assignments[gid] {
-					if n, ok := st.Nodes[id]; ok {
-						members[id] = n.RaftAddr
-					}
-				}
+				members[st.ReplicaID(gid, id)] = n.RaftAddr
 			}
 		} else {
 			join = true
 		}
 	}
-	if err := m.nh.StartOnDiskCluster(members, join, m.store.NewGroup, GroupConfig(gid, m.nodeID)); err != nil {
-		return nil, fmt.Errorf("start raft group %d: %w", gid, err)
+	if err := m.nh.StartOnDiskCluster(members, join, m.store.NewGroup, GroupConfig(gid, rid)); err != nil {
+		return nil, fmt.Errorf("start raft group %d as replica %d: %w", gid, rid, err)
 	}
 	s := newShard(m, u)
+	s.rid = rid
 	s.setUpstream(u, st)
 	go s.run(ctx)
-	m.log.Info("group replica started", "upstream", u.Name, "group", gid, "members", st.Assignments[gid], "joining", join)
+	m.log.Info("group replica started", "upstream", u.Name, "group", gid, "replica", rid, "members", st.Assignments[gid], "joining", join)
 	return s, nil
 }
 

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/lni/dragonboat/v3"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/placement"
@@ -18,8 +19,10 @@ import (
 
 // Shard is this node's replica of one upstream group.
 type Shard struct {
-	m     *Manager
-	gid   uint64
+	m   *Manager
+	gid uint64
+	// rid is this replica's raft id in the group (placement.State.ReplicaID).
+	rid   uint64
 	log   *slog.Logger
 	stopc chan struct{}
 	once  sync.Once
@@ -28,10 +31,11 @@ type Shard struct {
 
 	mu       sync.Mutex
 	upstream placement.Upstream
-	// members are the nodes assigned to the group, with their raft addresses: the
-	// leader makes the raft membership match them.
-	members []uint64
-	addrs   map[uint64]string
+	// members are the nodes assigned to the group, with their raft addresses and
+	// replica ids: the leader makes the raft membership match them.
+	members  []uint64
+	addrs    map[uint64]string
+	rids     map[uint64]uint64
 	status   SyncStatus
 	leaderID uint64
 	hasLead  bool
@@ -66,11 +70,12 @@ func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 	kick := s.upstream.Paused != u.Paused
 	s.upstream = *u
 	s.members = slices.Clone(st.Assignments[u.GroupID])
-	s.addrs = map[uint64]string{}
+	s.addrs, s.rids = map[uint64]string{}, map[uint64]uint64{}
 	for _, id := range s.members {
 		if n, ok := st.Nodes[id]; ok {
 			s.addrs[id] = n.RaftAddr
 		}
+		s.rids[id] = st.ReplicaID(u.GroupID, id)
 	}
 	s.mu.Unlock()
 	if kick {
@@ -95,6 +100,23 @@ func (s *Shard) Leader() (uint64, bool) {
 func (s *Shard) IsLeader() bool {
 	id, ok := s.Leader()
 	return ok && id == s.m.nodeID
+}
+
+// RaftMembers returns the group's voting members as this replica knows them (nil
+// while it knows nothing yet).
+func (s *Shard) RaftMembers() []uint64 {
+	for _, ci := range s.m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ClusterInfoList {
+		if ci.ClusterID != s.gid || ci.Pending {
+			continue
+		}
+		out := make([]uint64, 0, len(ci.Nodes))
+		for rid := range ci.Nodes {
+			out = append(out, placement.NodeOfReplica(rid))
+		}
+		slices.Sort(out)
+		return out
+	}
+	return nil
 }
 
 // Status returns the syncer's status.
@@ -160,7 +182,7 @@ func (s *Shard) run(ctx context.Context) {
 // leader.
 func (s *Shard) reconcileMembers(ctx context.Context) {
 	s.mu.Lock()
-	want, addrs := s.members, s.addrs
+	want, addrs, rids := s.members, s.addrs, s.rids
 	s.mu.Unlock()
 	if len(want) == 0 {
 		return
@@ -172,30 +194,33 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 		s.log.Debug("read group membership", "err", err)
 		return
 	}
+	wantRids := map[uint64]bool{}
 	for _, id := range want {
-		if _, ok := m.Nodes[id]; ok {
+		rid := rids[id]
+		wantRids[rid] = true
+		if _, ok := m.Nodes[rid]; ok {
 			continue
 		}
 		addr, ok := addrs[id]
 		if !ok {
 			continue
 		}
-		if err := s.m.nh.SyncRequestAddNode(ctx, s.gid, id, addr, m.ConfigChangeID); err != nil {
-			s.log.Warn("add a member to the group", "node", id, "err", err)
+		if err := s.m.nh.SyncRequestAddNode(ctx, s.gid, rid, addr, m.ConfigChangeID); err != nil {
+			s.log.Warn("add a member to the group", "node", id, "replica", rid, "err", err)
 			return
 		}
-		s.log.Info("added a member to the group's raft membership", "node", id, "raft", addr)
+		s.log.Info("added a member to the group's raft membership", "node", id, "replica", rid, "raft", addr)
 		return
 	}
-	for id := range m.Nodes {
-		if slices.Contains(want, id) || id == s.m.nodeID {
+	for rid := range m.Nodes {
+		if wantRids[rid] || rid == s.rid {
 			continue
 		}
-		if err := s.m.nh.SyncRequestDeleteNode(ctx, s.gid, id, m.ConfigChangeID); err != nil {
-			s.log.Warn("remove a member from the group", "node", id, "err", err)
+		if err := s.m.nh.SyncRequestDeleteNode(ctx, s.gid, rid, m.ConfigChangeID); err != nil {
+			s.log.Warn("remove a member from the group", "replica", rid, "err", err)
 			return
 		}
-		s.log.Info("removed a member from the group's raft membership", "node", id)
+		s.log.Info("removed a member from the group's raft membership", "node", placement.NodeOfReplica(rid), "replica", rid)
 		return
 	}
 }

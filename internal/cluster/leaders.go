@@ -4,6 +4,8 @@ import (
 	"sync"
 
 	"github.com/lni/dragonboat/v3/raftio"
+
+	"github.com/flotilla-relay/flotilla/placement"
 )
 
 // Leaders is the node's table of who leads each raft group it hosts, fed by
@@ -21,10 +23,12 @@ func NewLeaders() *Leaders {
 }
 
 // LeaderUpdated implements raftio.IRaftEventListener. It runs on dragonboat's own
-// goroutines and only records and signals.
+// goroutines and only records and signals. The table holds node ids, not raft
+// replica ids.
 func (l *Leaders) LeaderUpdated(info raftio.LeaderInfo) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	info.LeaderID = placement.NodeOfReplica(info.LeaderID)
 	l.leaders[info.ClusterID] = info
 	if c, ok := l.changed[info.ClusterID]; ok {
 		close(c)

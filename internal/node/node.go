@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/lni/dragonboat/v3"
@@ -142,6 +143,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
+	n.shards.SetDeparted(n.departed)
 	go n.shards.Run(ctx, 300*time.Millisecond)
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
@@ -159,7 +161,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, AdminToken: cfg.AdminToken, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
-		Transfer: func(gid, target uint64) error { return nh.RequestLeaderTransfer(gid, target) }}
+		Transfer: n.transferLeader}
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
 	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
 		Meta: n.meta, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
@@ -216,6 +218,42 @@ func sameNode(a, b placement.Node) bool {
 		}
 	}
 	return true
+}
+
+// transferLeader asks raft to hand group gid's leadership to node target's replica.
+func (n *Node) transferLeader(gid, target uint64) error {
+	st, err := n.meta.Local()
+	if err != nil {
+		return err
+	}
+	return n.nh.RequestLeaderTransfer(gid, st.ReplicaID(gid, target))
+}
+
+// departed reports whether the leader of group gid no longer counts this node among
+// the group's raft members.
+func (n *Node) departed(ctx context.Context, gid uint64) bool {
+	leader, _ := n.leaders.Leader(gid)
+	if leader == 0 || leader == n.cfg.NodeID {
+		return false
+	}
+	st, err := n.meta.Local()
+	if err != nil {
+		return false
+	}
+	ln, ok := st.Nodes[leader]
+	if !ok {
+		return false
+	}
+	rep, ok := n.relay.Reports(ctx, map[uint64]*placement.Node{leader: ln}, 2*time.Second)[leader]
+	if !ok {
+		return false
+	}
+	for _, g := range rep.Groups {
+		if g.GroupId == gid && g.LeaderNode == leader && len(g.RaftMembers) > 0 {
+			return !slices.Contains(g.RaftMembers, n.cfg.NodeID)
+		}
+	}
+	return false
 }
 
 // removeMetaMember takes a removed node out of the metadata raft group.

@@ -225,6 +225,22 @@ func (n *Node) LogTail(lines int) string {
 	return strings.Join(ls, "\n")
 }
 
+// LogGrep returns the node's log lines that contain any of the words, for a failing
+// test to show what the node decided.
+func (n *Node) LogGrep(words ...string) string {
+	b, _ := os.ReadFile(filepath.Join(n.Dir, "flotilla.log"))
+	var out []string
+	for _, l := range strings.Split(string(b), "\n") {
+		for _, w := range words {
+			if strings.Contains(l, w) {
+				out = append(out, l)
+				break
+			}
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
 // MySQLPort is the port of the node's MySQL front end.
 func (n *Node) MySQLPort() string {
 	_, p, _ := net.SplitHostPort(n.MySQLAddr)
