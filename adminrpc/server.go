@@ -8,6 +8,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"log/slog"
 	"net"
 	"runtime/debug"
@@ -48,7 +49,7 @@ type ReplicaLister interface {
 }
 
 // Inspector checks a master before it is added; shard.InspectSource in production.
-type Inspector func(ctx context.Context, addr, user, password, flavor, startGTID string) (shard.SourceInfo, error)
+type Inspector func(ctx context.Context, chk shard.SourceCheck) (shard.SourceInfo, error)
 
 // Server implements adminv1.AdminServer.
 type Server struct {
@@ -157,7 +158,12 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 	if _, dup := st.Upstreams[r.Name]; dup {
 		return nil, status.Errorf(codes.AlreadyExists, "upstream %q already exists", r.Name)
 	}
-	info, err := s.Inspect(ctx, r.Source, r.User, r.Password, r.Flavor, r.StartGtid)
+	serverID := r.ServerId
+	if serverID == 0 {
+		serverID = SyncerServerID(s.ClusterID, r.Name)
+	}
+	info, err := s.Inspect(ctx, shard.SourceCheck{Addr: r.Source, User: r.User, Password: r.Password, Flavor: r.Flavor,
+		StartGTID: r.StartGtid, ServerID: serverID})
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -168,7 +174,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 	u := placement.Upstream{
 		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: r.Password,
 		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
-		StartGTID: info.StartGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom,
+		StartGTID: info.StartGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
 	}
 	for _, ru := range r.ReplicaUsers {
 		if ru.User == "" {
@@ -353,6 +359,16 @@ func timeString(t time.Time) string {
 	return t.UTC().Format(time.RFC3339)
 }
 
+// SyncerServerID derives the server_id an upstream's syncer uses toward its master
+// from the cluster id and the upstream's name: stable across leader changes (the
+// master drops a former leader's stream when the new one connects), and different
+// between two clusters that follow the same master.
+func SyncerServerID(clusterID, upstream string) uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(clusterID + "/" + upstream))
+	return 1_000_000_000 + h.Sum32()%3_000_000_000
+}
+
 // serveFrom names where an upstream is served from; metadata written before the
 // setting existed means the default.
 func serveFrom(u *placement.Upstream) string {
@@ -369,7 +385,7 @@ func toProto(u *placement.Upstream) *adminv1.Upstream {
 	out := &adminv1.Upstream{
 		Name: u.Name, Flavor: u.Flavor, Source: u.Source, User: u.User, ServerId: u.ServerID, DomainId: u.DomainID,
 		ServerUuid: u.ServerUUID, Version: u.Version, StartGtid: u.StartGTID, GroupId: u.GroupID,
-		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt), ServeFrom: serveFrom(u),
+		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt), ServeFrom: serveFrom(u), SyncerServerId: u.SyncerServerID,
 	}
 	for _, ru := range u.ReplicaUsers {
 		out.ReplicaUsers = append(out.ReplicaUsers, ru.User)

@@ -54,6 +54,9 @@ type Upstream struct {
 	StartGTID string `json:"start_gtid"`
 	GroupID   uint64 `json:"group_id"`
 	Replicas  int    `json:"replicas"`
+	// SyncerServerID is the server_id the syncer uses toward the master (0 in old
+	// metadata: 2000000000 + the group id).
+	SyncerServerID uint32 `json:"syncer_server_id,omitempty"`
 	// ServeFrom is ServeFromLeader (default, "" in old metadata) or ServeFromAny.
 	ServeFrom string    `json:"serve_from,omitempty"`
 	Paused    bool      `json:"paused"`

@@ -28,9 +28,22 @@ type SourceInfo struct {
 	StartGTID string
 }
 
+// SourceCheck is what `upstream add` asks InspectSource to verify.
+type SourceCheck struct {
+	Addr, User, Password string
+	// Flavor is auto (or empty), mysql or mariadb.
+	Flavor string
+	// StartGTID, if set, is where history starts instead of the oldest binlog.
+	StartGTID string
+	// ServerID is the server_id the syncer will use toward the master: no other
+	// replica of the master may use it.
+	ServerID uint32
+}
+
 // InspectSource connects to a master and checks everything relaying needs, so that
 // `upstream add` fails at once with the reason instead of a syncer retrying forever.
-func InspectSource(ctx context.Context, addr, user, password, flavor, startGTID string) (SourceInfo, error) {
+func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
+	addr, user, password, flavor, startGTID := chk.Addr, chk.User, chk.Password, chk.Flavor, chk.StartGTID
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 5*time.Second)
@@ -104,6 +117,21 @@ func InspectSource(ctx context.Context, addr, user, password, flavor, startGTID 
 		return info, fmt.Errorf("master %s has server_id=0: set a non-zero server_id", addr)
 	}
 	info.ServerID = uint32(v)
+	if chk.ServerID == info.ServerID {
+		return info, fmt.Errorf("server id %d is master %s's own server_id: choose another --server-id", chk.ServerID, addr)
+	}
+	// Replicas register with the master; another one already using this server id
+	// would have its stream cut by Flotilla's, and cut Flotilla's in turn. Listing
+	// them needs REPLICATION MASTER ADMIN: without it the check is skipped.
+	if hosts, err := c.Execute("SHOW SLAVE HOSTS"); err == nil {
+		for i := 0; i < hosts.RowNumber(); i++ {
+			id, _ := hosts.GetUint(i, 0)
+			host, _ := hosts.GetString(i, 1)
+			if chk.ServerID != 0 && id == uint64(chk.ServerID) {
+				return info, fmt.Errorf("master %s already has a replica with server_id %d (host %q): another Flotilla cluster or replica uses it; choose another --server-id", addr, id, host)
+			}
+		}
+	}
 	dom, err := q("SELECT @@gtid_domain_id")
 	if err != nil {
 		return info, err

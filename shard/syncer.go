@@ -14,6 +14,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/placement"
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
@@ -29,9 +30,17 @@ const (
 )
 
 // SyncerServerIDBase is added to the group id to form the server_id Flotilla uses
-// when it connects to a master as a replica. One id per group means the master itself
-// drops a former leader's stream when the new leader connects.
+// toward a master for upstreams added before the id was stored with the upstream.
+// One id per group means the master itself drops a former leader's stream when the
+// new leader connects.
 const SyncerServerIDBase = 2_000_000_000
+
+func syncerServerID(u placement.Upstream, gid uint64) uint32 {
+	if u.SyncerServerID != 0 {
+		return u.SyncerServerID
+	}
+	return uint32(SyncerServerIDBase + gid)
+}
 
 // syncOnce runs one connection to the master: claim an epoch, read where the group
 // stands, ask the master for everything after it, and propose whole transactions.
@@ -62,7 +71,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		return fmt.Errorf("upstream %s: bad port in %q: %w", u.Name, u.Source, err)
 	}
 	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID:             uint32(SyncerServerIDBase + s.gid),
+		ServerID:             syncerServerID(u, s.gid),
 		Flavor:               mysql.MariaDBFlavor,
 		Host:                 host,
 		Port:                 uint16(port),

@@ -93,6 +93,7 @@ func upstreamCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user"},
 					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
 					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
+					&cli.UintFlag{Name: "server-id", Usage: "server_id toward the master (default: derived from the cluster id and the upstream name)"},
 					&cli.StringFlag{Name: "serve-from", Value: "leader", Usage: "leader: every node relays dumps from the group's leader; any: nodes holding a replica serve from it (dumps survive leader changes)"},
 					outputFlag,
 				},
@@ -106,7 +107,7 @@ func upstreamCommand() *cli.Command {
 						return fmt.Errorf("give one --replica-password per --replica-user (%d users, %d passwords)", len(users), len(pws))
 					}
 					req := &adminv1.AddUpstreamRequest{Name: n, Source: c.String("source"), User: c.String("user"), Password: c.String("password"),
-						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from")}
+						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id"))}
 					for i := range users {
 						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i]})
 					}
@@ -326,6 +327,7 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("Source", u.Source)
 	row("Master version", u.Version)
 	row("Master server_id", u.ServerId)
+	row("Flotilla's server_id", u.SyncerServerId)
 	row("Replica users", strings.Join(u.ReplicaUsers, ", "))
 	row("History starts after", dash(u.StartGtid))
 	row("Group", u.GroupId)

@@ -90,7 +90,9 @@ type AddUpstreamRequest struct {
 	StartGtid string `protobuf:"bytes,8,opt,name=start_gtid,json=startGtid,proto3" json:"start_gtid,omitempty"`
 	// leader (default) or any: which nodes serve the upstream's replicas from their own
 	// replica of the group.
-	ServeFrom     string `protobuf:"bytes,9,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
+	ServeFrom string `protobuf:"bytes,9,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
+	// The server_id Flotilla uses toward the master (0: derived from the cluster id).
+	ServerId      uint32 `protobuf:"varint,10,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -188,25 +190,33 @@ func (x *AddUpstreamRequest) GetServeFrom() string {
 	return ""
 }
 
+func (x *AddUpstreamRequest) GetServerId() uint32 {
+	if x != nil {
+		return x.ServerId
+	}
+	return 0
+}
+
 type Upstream struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Flavor        string                 `protobuf:"bytes,2,opt,name=flavor,proto3" json:"flavor,omitempty"`
-	Source        string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
-	User          string                 `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
-	ReplicaUsers  []string               `protobuf:"bytes,5,rep,name=replica_users,json=replicaUsers,proto3" json:"replica_users,omitempty"`
-	ServerId      uint32                 `protobuf:"varint,6,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
-	DomainId      uint32                 `protobuf:"varint,7,opt,name=domain_id,json=domainId,proto3" json:"domain_id,omitempty"`
-	ServerUuid    string                 `protobuf:"bytes,8,opt,name=server_uuid,json=serverUuid,proto3" json:"server_uuid,omitempty"`
-	Version       string                 `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
-	StartGtid     string                 `protobuf:"bytes,10,opt,name=start_gtid,json=startGtid,proto3" json:"start_gtid,omitempty"`
-	GroupId       uint64                 `protobuf:"varint,11,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
-	Replicas      int32                  `protobuf:"varint,12,opt,name=replicas,proto3" json:"replicas,omitempty"`
-	Paused        bool                   `protobuf:"varint,13,opt,name=paused,proto3" json:"paused,omitempty"`
-	CreatedAt     string                 `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	ServeFrom     string                 `protobuf:"bytes,15,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Flavor         string                 `protobuf:"bytes,2,opt,name=flavor,proto3" json:"flavor,omitempty"`
+	Source         string                 `protobuf:"bytes,3,opt,name=source,proto3" json:"source,omitempty"`
+	User           string                 `protobuf:"bytes,4,opt,name=user,proto3" json:"user,omitempty"`
+	ReplicaUsers   []string               `protobuf:"bytes,5,rep,name=replica_users,json=replicaUsers,proto3" json:"replica_users,omitempty"`
+	ServerId       uint32                 `protobuf:"varint,6,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	DomainId       uint32                 `protobuf:"varint,7,opt,name=domain_id,json=domainId,proto3" json:"domain_id,omitempty"`
+	ServerUuid     string                 `protobuf:"bytes,8,opt,name=server_uuid,json=serverUuid,proto3" json:"server_uuid,omitempty"`
+	Version        string                 `protobuf:"bytes,9,opt,name=version,proto3" json:"version,omitempty"`
+	StartGtid      string                 `protobuf:"bytes,10,opt,name=start_gtid,json=startGtid,proto3" json:"start_gtid,omitempty"`
+	GroupId        uint64                 `protobuf:"varint,11,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	Replicas       int32                  `protobuf:"varint,12,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	Paused         bool                   `protobuf:"varint,13,opt,name=paused,proto3" json:"paused,omitempty"`
+	CreatedAt      string                 `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	ServeFrom      string                 `protobuf:"bytes,15,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
+	SyncerServerId uint32                 `protobuf:"varint,16,opt,name=syncer_server_id,json=syncerServerId,proto3" json:"syncer_server_id,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Upstream) Reset() {
@@ -342,6 +352,13 @@ func (x *Upstream) GetServeFrom() string {
 		return x.ServeFrom
 	}
 	return ""
+}
+
+func (x *Upstream) GetSyncerServerId() uint32 {
+	if x != nil {
+		return x.SyncerServerId
+	}
+	return 0
 }
 
 type UpstreamRef struct {
@@ -1514,7 +1531,7 @@ const file_admin_proto_rawDesc = "" +
 	"\vadmin.proto\x12\x11flotilla.admin.v1\"=\n" +
 	"\vReplicaUser\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"\xa7\x02\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\"\xc4\x02\n" +
 	"\x12AddUpstreamRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -1526,7 +1543,9 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"start_gtid\x18\b \x01(\tR\tstartGtid\x12\x1d\n" +
 	"\n" +
-	"serve_from\x18\t \x01(\tR\tserveFrom\"\xa8\x03\n" +
+	"serve_from\x18\t \x01(\tR\tserveFrom\x12\x1b\n" +
+	"\tserver_id\x18\n" +
+	" \x01(\rR\bserverId\"\xd2\x03\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -1547,7 +1566,8 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x0e \x01(\tR\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"serve_from\x18\x0f \x01(\tR\tserveFrom\"!\n" +
+	"serve_from\x18\x0f \x01(\tR\tserveFrom\x12(\n" +
+	"\x10syncer_server_id\x18\x10 \x01(\rR\x0esyncerServerId\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +

@@ -97,4 +97,24 @@ func TestUpstreamAddRefusesBadSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("Flotilla to catch up after resume", func() bool { g, _ := executed(); return g == after })
+
+	// The server_id Flotilla uses toward the master is its own: not the master's, and
+	// not one another replica of the master registered (listing replicas needs
+	// REPLICATION MASTER ADMIN).
+	for _, host := range []string{"%", "127.0.0.1"} {
+		if err := master.Exec(ctx, fmt.Sprintf("GRANT REPLICATION MASTER ADMIN ON *.* TO '%s'@'%s'", upstreamUser, host)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sid := getUpstream(ctx, t, fl, "u").Upstream.SyncerServerID.String()
+	if sid == "" || sid == "1" {
+		t.Fatalf("upstream u has syncer server id %q", sid)
+	}
+	for id, want := range map[string]string{"1": "master " + master.Addr() + "'s own server_id", sid: "already has a replica with server_id " + sid} {
+		_, err := fl.CLI(ctx, "upstream", "add", "u2", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+			"--replica-user", "repl2", "--replica-password", replicaPass, "--server-id", id)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("--server-id %s: want a refusal containing %q, got %v", id, want, err)
+		}
+	}
 }

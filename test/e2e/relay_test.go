@@ -145,6 +145,8 @@ type upstreamJSON struct {
 		StartGtid string `json:"startGtid"`
 		GroupID   string `json:"groupId"`
 		Paused    bool   `json:"paused"`
+		// SyncerServerID is a JSON number (uint32).
+		SyncerServerID json.Number `json:"syncerServerId"`
 	} `json:"upstream"`
 	Group struct {
 		ExecutedGtid string   `json:"executedGtid"`
