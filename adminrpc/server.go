@@ -265,8 +265,8 @@ func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*a
 		return nil, err
 	}
 	sh, ok := s.Shards.Shard(u.GroupID)
-	if !ok {
-		return nil, status.Errorf(codes.FailedPrecondition, "this node holds no replica of upstream %q; run the purge against its leader", r.Name)
+	if !ok || !sh.IsLeader() {
+		return s.forwardPurge(ctx, u, r)
 	}
 	first, err := sh.Purge(ctx, r.ToFile)
 	if err != nil {
@@ -280,6 +280,33 @@ func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*a
 	}
 	s.Log.Info("binlog purged", "upstream", r.Name, "first_file", out.FirstFile)
 	return out, nil
+}
+
+// forwardedHeader marks a call one node forwarded to another, which must not forward
+// it again.
+const forwardedHeader = "x-flotilla-forwarded"
+
+// forwardPurge runs a purge on the node leading the upstream's group: only the leader
+// knows which files the replicas connected anywhere still read.
+func (s *Server) forwardPurge(ctx context.Context, u *placement.Upstream, r *adminv1.PurgeRequest) (*adminv1.PurgeResponse, error) {
+	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(forwardedHeader)) > 0 {
+		return nil, status.Errorf(codes.Unavailable, "node %d was asked to purge upstream %q but does not lead its group (a leader change?): retry", s.NodeID, r.Name)
+	}
+	v, err := s.view(ctx)
+	if err != nil {
+		return nil, err
+	}
+	leader := v.group(u, s.NodeID).LeaderNode
+	n, ok := v.st.Nodes[leader]
+	if leader == 0 || !ok {
+		return nil, status.Errorf(codes.Unavailable, "upstream %q's group has no leader right now; retry shortly", r.Name)
+	}
+	c, err := Dial(n.AdminAddr, s.Token)
+	if err != nil {
+		return nil, status.Errorf(codes.Unavailable, "reach node %d, which leads upstream %q: %v", leader, r.Name, err)
+	}
+	defer c.Close()
+	return c.PurgeUpstream(metadata.AppendToOutgoingContext(ctx, forwardedHeader, fmt.Sprint(s.NodeID)), r)
 }
 
 // ListNodes lists the cluster's nodes with their group counts.
@@ -331,6 +358,9 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adm
 			gs.LagSeconds = ss.LastEventRcv.Sub(ss.LastEventAt).Seconds()
 		}
 		if g, ok := sh.Group(); ok {
+			if f, ok := g.OldestReading(); ok {
+				gs.OldestReadingFile = f
+			}
 			t, _ := g.Tail()
 			gs.ExecutedGtid, gs.Transactions, gs.Bytes = t.State.String(), t.Ordinal, t.Bytes
 			if t.File > 0 {

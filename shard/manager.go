@@ -52,11 +52,19 @@ type Manager struct {
 	// departed reports whether a group's leader no longer counts this node as a raft
 	// member (nil: never assume so before the grace period).
 	departed func(ctx context.Context, gid uint64) bool
+	// readers returns the oldest file a replica connected anywhere reads (0: none),
+	// or an error when a node that may have readers did not say (nil: this node's
+	// readers only).
+	readers func(ctx context.Context, gid uint64) (uint64, error)
 }
 
 // leaveGrace bounds how long an unassigned replica waits for its removal from the
 // raft membership (a node removed while it was down never hears of it).
 const leaveGrace = 2 * time.Minute
+
+// SetReaders installs the check of which file the replicas connected to any node of
+// the cluster read in a group: purge never goes past it.
+func (m *Manager) SetReaders(f func(ctx context.Context, gid uint64) (uint64, error)) { m.readers = f }
 
 // SetDeparted installs the check of whether a group's leader has removed this node.
 func (m *Manager) SetDeparted(f func(ctx context.Context, gid uint64) bool) { m.departed = f }

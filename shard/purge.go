@@ -35,6 +35,12 @@ func (s *Shard) runRetention(ctx context.Context) {
 			s.log.Warn("retention check failed", "err", err)
 			continue
 		}
+		if held, err := s.clusterReading(ctx); err != nil {
+			s.log.Info("retention purge waits", "reason", err)
+			continue
+		} else if held != 0 && held < keep {
+			keep, reason = held, reason+"; held back for a connected replica"
+		}
 		if tail, _ := g.Tail(); keep > tail.FirstFile {
 			if err := s.purgeBefore(ctx, keep); err != nil {
 				s.log.Warn("retention purge failed", "err", err)
@@ -61,7 +67,11 @@ func (s *Shard) Purge(ctx context.Context, to string) (uint64, error) {
 	if !ok || no > tail.File {
 		return 0, fmt.Errorf("%q is not a served binlog file (see SHOW BINARY LOGS; the newest is %s)", to, statemachine.FileName(tail.File))
 	}
-	if held, ok := g.OldestReading(); ok && held < no {
+	held, err := s.clusterReading(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if held != 0 && held < no {
 		no = held
 	}
 	if no <= tail.FirstFile {
@@ -71,6 +81,26 @@ func (s *Shard) Purge(ctx context.Context, to string) (uint64, error) {
 		return 0, err
 	}
 	return no, nil
+}
+
+// clusterReading returns the oldest file a replica connected to any node reads in
+// the group (0: none).
+func (s *Shard) clusterReading(ctx context.Context) (uint64, error) {
+	var oldest uint64
+	if g, ok := s.Group(); ok {
+		oldest, _ = g.OldestReading()
+	}
+	if s.m.readers == nil {
+		return oldest, nil
+	}
+	held, err := s.m.readers(ctx, s.gid)
+	if err != nil {
+		return 0, err
+	}
+	if held != 0 && (oldest == 0 || held < oldest) {
+		oldest = held
+	}
+	return oldest, nil
 }
 
 func (s *Shard) purgeBefore(ctx context.Context, before uint64) error {

@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/lni/dragonboat/v3"
@@ -84,7 +86,15 @@ type Node struct {
 	ident   cluster.Identity
 	leaders *cluster.Leaders
 	relay   *cluster.Relay
+
+	mu sync.Mutex
+	// silentSince: when each node stopped answering purge's question about readers.
+	silentSince map[uint64]time.Time
 }
+
+// purgeWaitsForSilent is how long a purge waits for a node that does not say which
+// files its replicas read; a node silent for longer is presumed to serve nobody.
+const purgeWaitsForSilent = 5 * time.Minute
 
 // Start brings a node up and returns once it serves. Stop it by cancelling ctx and
 // calling Wait.
@@ -144,6 +154,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
 	n.shards.SetDeparted(n.departed)
+	n.shards.SetReaders(n.clusterReaders)
 	go n.shards.Run(ctx, 300*time.Millisecond)
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
@@ -227,6 +238,51 @@ func (n *Node) transferLeader(gid, target uint64) error {
 		return err
 	}
 	return n.nh.RequestLeaderTransfer(gid, st.ReplicaID(gid, target))
+}
+
+// clusterReaders returns the oldest file of group gid that a replica connected to any
+// node reads (0: none). A purge waits while a node that may have readers is silent,
+// up to purgeWaitsForSilent.
+func (n *Node) clusterReaders(ctx context.Context, gid uint64) (uint64, error) {
+	st, err := n.meta.Local()
+	if err != nil {
+		return 0, err
+	}
+	reps := n.relay.Reports(ctx, st.Nodes, 2*time.Second)
+	var oldest uint64
+	var silent []string
+	now := time.Now()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.silentSince == nil {
+		n.silentSince = map[uint64]time.Time{}
+	}
+	for id := range st.Nodes {
+		rep, ok := reps[id]
+		if !ok {
+			since, seen := n.silentSince[id]
+			if !seen {
+				since = now
+				n.silentSince[id] = now
+			}
+			if now.Sub(since) < purgeWaitsForSilent {
+				silent = append(silent, fmt.Sprint(id))
+			}
+			continue
+		}
+		delete(n.silentSince, id)
+		for _, g := range rep.Groups {
+			if g.GroupId == gid && g.OldestReadingFile != 0 && (oldest == 0 || g.OldestReadingFile < oldest) {
+				oldest = g.OldestReadingFile
+			}
+		}
+	}
+	if len(silent) > 0 {
+		slices.Sort(silent)
+		return 0, fmt.Errorf("nodes %s did not say which files their replicas read: the purge waits for them (at most %v for a node that stays silent)",
+			strings.Join(silent, ", "), purgeWaitsForSilent)
+	}
+	return oldest, nil
 }
 
 // departed reports whether the leader of group gid no longer counts this node among

@@ -808,9 +808,12 @@ type GroupStatus struct {
 	// Every member's replica as its node reports it (whole-cluster views only).
 	MemberStatus []*MemberStatus `protobuf:"bytes,22,rep,name=member_status,json=memberStatus,proto3" json:"member_status,omitempty"`
 	// The group's raft voting members as the reporting replica knows them.
-	RaftMembers   []uint64 `protobuf:"varint,23,rep,packed,name=raft_members,json=raftMembers,proto3" json:"raft_members,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	RaftMembers []uint64 `protobuf:"varint,23,rep,packed,name=raft_members,json=raftMembers,proto3" json:"raft_members,omitempty"`
+	// The oldest served file a replica connected to the reporting node is reading
+	// (0: none); purge keeps it on every node.
+	OldestReadingFile uint64 `protobuf:"varint,24,opt,name=oldest_reading_file,json=oldestReadingFile,proto3" json:"oldest_reading_file,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *GroupStatus) Reset() {
@@ -1002,6 +1005,13 @@ func (x *GroupStatus) GetRaftMembers() []uint64 {
 		return x.RaftMembers
 	}
 	return nil
+}
+
+func (x *GroupStatus) GetOldestReadingFile() uint64 {
+	if x != nil {
+		return x.OldestReadingFile
+	}
+	return 0
 }
 
 type MemberStatus struct {
@@ -1593,7 +1603,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\xdd\x06\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\x8d\a\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1626,7 +1636,8 @@ const file_admin_proto_rawDesc = "" +
 	"\x16compressed_plain_bytes\x18\x14 \x01(\x04R\x14compressedPlainBytes\x12)\n" +
 	"\x10compressed_bytes\x18\x15 \x01(\x04R\x0fcompressedBytes\x12D\n" +
 	"\rmember_status\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.MemberStatusR\fmemberStatus\x12!\n" +
-	"\fraft_members\x18\x17 \x03(\x04R\vraftMembers\"\xa1\x01\n" +
+	"\fraft_members\x18\x17 \x03(\x04R\vraftMembers\x12.\n" +
+	"\x13oldest_reading_file\x18\x18 \x01(\x04R\x11oldestReadingFile\"\xa1\x01\n" +
 	"\fMemberStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\x04R\x04node\x12\"\n" +
 	"\ftransactions\x18\x02 \x01(\x04R\ftransactions\x12#\n" +
