@@ -175,7 +175,8 @@ func (p *planner) repair(g GroupView) {
 	}
 	// Enough healthy, caught-up members: drop replicas on down or draining nodes
 	// (a draining leader hands its leadership over first), then extra ones.
-	for _, b := range bad {
+	if len(bad) > 0 {
+		b := bad[0]
 		if b == g.Leader && p.nodes[b].Up {
 			if to, ok := p.leaderTarget(g, false, 0); ok {
 				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, Reason: fmt.Sprintf("node %d is %s", b, p.state(b))})
