@@ -1,11 +1,23 @@
 #!/usr/bin/env bash
 # Runs go test verbosely, keeps the full log, and ends with a one-line summary:
-# "N passed, N failed, N skipped" and the wall time.
+# "N passed, N failed, N skipped" and the wall time. Unit tests (every package outside
+# test/) run with the race detector; the end-to-end tests drive separate processes
+# and run without it.
 set -uo pipefail
 start=$(date +%s)
 log=$(mktemp -t flotilla-test.XXXXXX)
-go test -count=1 -timeout 25m -v "$@" 2>&1 | tee "$log" | grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|\s+[a-z_]+\.go:[0-9]+:)|E2E' | grep -v '^=== RUN'
-rc=${PIPESTATUS[0]}
+unit=$(go list "$@" | grep -v '/test/' || true)
+e2e=$(go list "$@" | grep '/test/' || true)
+filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E' | grep -v '^=== RUN'; }
+rc=0
+if [ -n "$unit" ]; then
+  go test -race -count=1 -timeout 25m -v $unit 2>&1 | tee "$log" | filter
+  rc=${PIPESTATUS[0]}
+fi
+if [ -n "$e2e" ]; then
+  go test -count=1 -timeout 25m -v $e2e 2>&1 | tee -a "$log" | filter
+  [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
+fi
 passed=$(grep -cE '^\s*--- PASS' "$log")
 failed=$(grep -cE '^\s*--- FAIL' "$log")
 skipped=$(grep -cE '^\s*--- SKIP' "$log")
