@@ -82,7 +82,7 @@ type Server struct {
 
 // Serve listens on addr until ctx ends.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	gs := grpc.NewServer(grpc.UnaryInterceptor(s.intercept))
+	gs := grpc.NewServer(grpc.UnaryInterceptor(s.intercept), grpc.StreamInterceptor(s.interceptStream))
 	adminv1.RegisterAdminServer(gs, s)
 	for _, reg := range s.Services {
 		reg(gs)
@@ -117,6 +117,22 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 		s.Log.Warn("admin call failed", "method", info.FullMethod, "err", err)
 	}
 	return resp, err
+}
+
+// interceptStream recovers a panic in a streaming call (a relayed binlog dump): it
+// ends that stream, never the node. Streams authenticate themselves (the Cluster
+// service checks the cluster secret).
+func (s *Server) interceptStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.Log.Error("panic in a streaming call", "method", info.FullMethod, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+			err = status.Errorf(codes.Internal, "internal error in %s (logged on node %d)", info.FullMethod, s.NodeID)
+		}
+	}()
+	if !s.ownAuth(info.FullMethod) {
+		return status.Errorf(codes.Unimplemented, "no streaming call %s", info.FullMethod)
+	}
+	return h(srv, ss)
 }
 
 func (s *Server) ownAuth(method string) bool {

@@ -75,6 +75,9 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		if c.Node == nil || c.Node.ID == 0 || c.Node.ID > MaxNodeID {
 			return refuse("node id must be between 1 and %d", MaxNodeID), nil
 		}
+		if cur, ok := s.Nodes[c.Node.ID]; ok {
+			c.Node.Draining = cur.Draining // a restart with new addresses or labels keeps draining
+		}
 		s.Nodes[c.Node.ID] = c.Node
 		return sm.Result{Value: resultOK}, nil
 	case opAddUpstream:

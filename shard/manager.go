@@ -31,6 +31,9 @@ type Metadata interface {
 // node's table is fed by raft events.
 type LeaderTable interface {
 	Leader(gid uint64) (uint64, <-chan struct{})
+	// Forget drops what is known of a group whose replica stopped here, so a later
+	// replica of it never mistakes the old leader for the current one.
+	Forget(gid uint64)
 }
 
 // Manager keeps this node's group replicas in line with the placement metadata.
@@ -56,7 +59,13 @@ type Manager struct {
 	// or an error when a node that may have readers did not say (nil: this node's
 	// readers only).
 	readers func(ctx context.Context, gid uint64) (uint64, error)
+	// caughtUp reports whether node's replica of gid holds (nearly) everything this
+	// node's replica holds: an observer is promoted to voter then.
+	caughtUp func(ctx context.Context, gid, node uint64) bool
 }
+
+// SetCaughtUp installs the check of whether another node's replica has caught up.
+func (m *Manager) SetCaughtUp(f func(ctx context.Context, gid, node uint64) bool) { m.caughtUp = f }
 
 // leaveGrace bounds how long an unassigned replica waits for its removal from the
 // raft membership (a node removed while it was down never hears of it).
@@ -166,6 +175,18 @@ func (m *Manager) Reconcile(ctx context.Context) {
 			stop = append(stop, s)
 		}
 	}
+	for _, s := range stop {
+		gid := s.GroupID()
+		m.log.Info("group no longer assigned to this node: stopping its replica and deleting its data", "upstream", s.Upstream().Name, "group", gid)
+		s.stop()
+		if err := m.nh.StopCluster(gid); err != nil {
+			m.log.Warn("stop group", "group", gid, "err", err)
+		}
+		m.leaders.Forget(gid)
+		if err := m.removeData(ctx, gid, s.rid); err != nil {
+			m.log.Error("delete data of a group no longer assigned here", "group", gid, "err", err)
+		}
+	}
 	slices.SortFunc(start, func(a, b *placement.Upstream) int { return int(a.GroupID) - int(b.GroupID) })
 	for _, u := range start {
 		s, err := m.startShard(ctx, st, u)
@@ -176,17 +197,6 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		m.mu.Lock()
 		m.shards[u.GroupID] = s
 		m.mu.Unlock()
-	}
-	for _, s := range stop {
-		gid := s.GroupID()
-		m.log.Info("group no longer assigned to this node: stopping its replica and deleting its data", "upstream", s.Upstream().Name, "group", gid)
-		s.stop()
-		if err := m.nh.StopCluster(gid); err != nil {
-			m.log.Warn("stop group", "group", gid, "err", err)
-		}
-		if err := m.removeData(ctx, gid, s.rid); err != nil {
-			m.log.Error("delete data of a group no longer assigned here", "group", gid, "err", err)
-		}
 	}
 	m.removeOrphans(ctx, st)
 }
@@ -220,8 +230,9 @@ func (m *Manager) mayLeave(ctx context.Context, s *Shard) bool {
 	return false
 }
 
-// removeOrphans deletes segment directories of groups no upstream owns any more (the
-// node was down when the upstream was removed).
+// removeOrphans deletes the data of groups this node no longer hosts and does not run:
+// the node was down when the upstream was removed or when the group moved off it (its
+// replica was a down voter then; the group's leader removes it from the membership).
 func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 	dir := filepath.Join(m.store.Dir(), "groups")
 	entries, err := os.ReadDir(dir)
@@ -237,9 +248,9 @@ func (m *Manager) removeOrphans(ctx context.Context, st *placement.State) {
 			continue
 		}
 		m.log.Info("deleting data of a removed upstream group", "group", gid)
-		// The upstream is gone, and with it the record of this node's replica id: its
-		// first replica's id is the node id.
-		if err := m.removeData(ctx, gid, m.nodeID); err != nil {
+		// A group moved off this node while it was down, or whose upstream is gone
+		// (then the record of the replica id is gone too: the first one is the node id).
+		if err := m.removeData(ctx, gid, st.ReplicaID(gid, m.nodeID)); err != nil {
 			m.log.Error("delete orphaned group data", "group", gid, "err", err)
 		}
 	}
@@ -298,7 +309,12 @@ func (m *Manager) startShard(ctx context.Context, st *placement.State, u *placem
 			join = true
 		}
 	}
-	if err := m.nh.StartOnDiskCluster(members, join, m.store.NewGroup, GroupConfig(gid, rid)); err != nil {
+	cfg := GroupConfig(gid, rid)
+	// A replica that joins an existing group starts as a non-voting observer; the
+	// leader promotes it once it has caught up (raft restores its voter state from
+	// the membership on later starts).
+	cfg.IsObserver = !st.IsInitial(gid, m.nodeID)
+	if err := m.nh.StartOnDiskCluster(members, join, m.store.NewGroup, cfg); err != nil {
 		return nil, fmt.Errorf("start raft group %d as replica %d: %w", gid, rid, err)
 	}
 	s := newShard(m, u)

@@ -36,6 +36,7 @@ type Shard struct {
 	members  []uint64
 	addrs    map[uint64]string
 	rids     map[uint64]uint64
+	known    map[uint64]uint64 // every replica id the metadata records: id -> node
 	status   SyncStatus
 	leaderID uint64
 	hasLead  bool
@@ -76,6 +77,16 @@ func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 			s.addrs[id] = n.RaftAddr
 		}
 		s.rids[id] = st.ReplicaID(u.GroupID, id)
+	}
+	s.known = map[uint64]uint64{}
+	for node, rid := range st.ReplicaIDs[u.GroupID] {
+		// Every earlier incarnation of the node's replica too.
+		for r := rid; ; r -= 1 << placement.NodeIDBits {
+			s.known[r] = node
+			if r < 1<<placement.NodeIDBits {
+				break
+			}
+		}
 	}
 	s.mu.Unlock()
 	if kick {
@@ -176,13 +187,16 @@ func (s *Shard) run(ctx context.Context) {
 }
 
 // reconcileMembers, on the leader, makes the group's raft membership match its
-// assignment, one change at a time: first add an assigned node (it joins and catches
-// up by log or snapshot), then remove a node no longer assigned. The placement
-// controller only unassigns a node once the others have caught up, and never this
-// leader.
+// assignment, one change at a time. It removes first (a replica the metadata records
+// for a node no longer assigned, or an old incarnation of a node assigned again,
+// which must go before its successor can take its address), then adds. It removes
+// only replica ids the metadata knows: a leader whose copy of the metadata lags must
+// never take out a member it has not heard of yet. A leader that is itself no longer
+// assigned hands its leadership to an assigned member first. The placement
+// controller only unassigns a node once the others have caught up.
 func (s *Shard) reconcileMembers(ctx context.Context) {
 	s.mu.Lock()
-	want, addrs, rids := s.members, s.addrs, s.rids
+	want, addrs, rids, known := s.members, s.addrs, s.rids, s.known
 	s.mu.Unlock()
 	if len(want) == 0 {
 		return
@@ -194,10 +208,44 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 		s.log.Debug("read group membership", "err", err)
 		return
 	}
+	if !slices.Contains(want, s.m.nodeID) {
+		for _, id := range want {
+			if _, ok := m.Nodes[rids[id]]; ok {
+				if err := s.m.nh.RequestLeaderTransfer(s.gid, rids[id]); err != nil {
+					s.log.Warn("hand leadership over before leaving", "to", id, "err", err)
+				} else {
+					s.log.Info("group moved off this node: handing leadership over", "to", id)
+				}
+				return
+			}
+		}
+		return
+	}
 	wantRids := map[uint64]bool{}
 	for _, id := range want {
+		wantRids[rids[id]] = true
+	}
+	for _, members := range []map[uint64]string{m.Nodes, m.Observers} {
+		for rid := range members {
+			if wantRids[rid] || rid == s.rid {
+				continue
+			}
+			if _, ok := known[rid]; !ok {
+				continue // not in this leader's metadata yet
+			}
+			if err := s.m.nh.SyncRequestDeleteNode(ctx, s.gid, rid, m.ConfigChangeID); err != nil {
+				s.log.Warn("remove a member from the group", "replica", rid, "err", err)
+				return
+			}
+			s.log.Info("removed a member from the group's raft membership", "node", placement.NodeOfReplica(rid), "replica", rid)
+			return
+		}
+	}
+	// A new member joins as a non-voting observer and is promoted to voter once it has
+	// caught up: adding a voter that still needs a snapshot would raise the quorum
+	// before the newcomer can help reach it.
+	for _, id := range want {
 		rid := rids[id]
-		wantRids[rid] = true
 		if _, ok := m.Nodes[rid]; ok {
 			continue
 		}
@@ -205,22 +253,22 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 		if !ok {
 			continue
 		}
-		if err := s.m.nh.SyncRequestAddNode(ctx, s.gid, rid, addr, m.ConfigChangeID); err != nil {
-			s.log.Warn("add a member to the group", "node", id, "replica", rid, "err", err)
+		if _, observing := m.Observers[rid]; !observing {
+			if err := s.m.nh.SyncRequestAddObserver(ctx, s.gid, rid, addr, m.ConfigChangeID); err != nil {
+				s.log.Warn("add a member to the group as an observer", "node", id, "replica", rid, "err", err)
+				continue
+			}
+			s.log.Info("added a member to the group as an observer; it votes once caught up", "node", id, "replica", rid, "raft", addr)
 			return
 		}
-		s.log.Info("added a member to the group's raft membership", "node", id, "replica", rid, "raft", addr)
-		return
-	}
-	for rid := range m.Nodes {
-		if wantRids[rid] || rid == s.rid {
+		if s.m.caughtUp == nil || !s.m.caughtUp(ctx, s.gid, id) {
 			continue
 		}
-		if err := s.m.nh.SyncRequestDeleteNode(ctx, s.gid, rid, m.ConfigChangeID); err != nil {
-			s.log.Warn("remove a member from the group", "replica", rid, "err", err)
-			return
+		if err := s.m.nh.SyncRequestAddNode(ctx, s.gid, rid, addr, m.ConfigChangeID); err != nil {
+			s.log.Warn("promote a caught-up observer to voter", "node", id, "replica", rid, "err", err)
+			continue
 		}
-		s.log.Info("removed a member from the group's raft membership", "node", placement.NodeOfReplica(rid), "replica", rid)
+		s.log.Info("promoted a caught-up member to voter", "node", id, "replica", rid)
 		return
 	}
 }

@@ -15,10 +15,10 @@ import (
 // re-created elsewhere.
 const DefaultNodeDownAfter = 60 * time.Second
 
-// catchUpSlack is how many transactions a member may trail its leader by and still
+// CatchUpSlack is how many transactions a member may trail its leader by and still
 // count as caught up: reports are taken at slightly different moments, and a replica
 // under a steady workload is always a little behind.
-const catchUpSlack = 256
+const CatchUpSlack = 256
 
 // ControllerMeta is the part of the placement service the controller uses.
 type ControllerMeta interface {
@@ -116,7 +116,7 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 				continue
 			}
 			gs := groupOf(rep, u.GroupID)
-			g.CaughtUp[m] = gs != nil && gs.LeaderNode == g.Leader && gs.Transactions+catchUpSlack >= lead.Transactions &&
+			g.CaughtUp[m] = gs != nil && gs.LeaderNode == g.Leader && gs.Transactions+CatchUpSlack >= lead.Transactions &&
 				(lead.CurrentFile == "" || gs.CurrentFile != "")
 		}
 		v.Groups = append(v.Groups, g)

@@ -48,3 +48,14 @@ func (l *Leaders) Leader(gid uint64) (uint64, <-chan struct{}) {
 	}
 	return l.leaders[gid].LeaderID, c
 }
+
+// Forget drops a group's entry, waking its watchers.
+func (l *Leaders) Forget(gid uint64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	delete(l.leaders, gid)
+	if c, ok := l.changed[gid]; ok {
+		close(c)
+		delete(l.changed, gid)
+	}
+}

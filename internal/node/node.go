@@ -155,6 +155,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)
+	n.shards.SetCaughtUp(n.caughtUp)
 	go n.shards.Run(ctx, 300*time.Millisecond)
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
@@ -283,6 +284,35 @@ func (n *Node) clusterReaders(ctx context.Context, gid uint64) (uint64, error) {
 			strings.Join(silent, ", "), purgeWaitsForSilent)
 	}
 	return oldest, nil
+}
+
+// caughtUp reports whether node's replica of gid has (nearly) everything this node's
+// replica has, by the node's own report: it heard from this node as leader, holds a
+// file if this replica does, and trails by at most cluster.CatchUpSlack transactions.
+func (n *Node) caughtUp(ctx context.Context, gid, node uint64) bool {
+	g, ok := n.store.Group(gid)
+	if !ok {
+		return false
+	}
+	st, err := n.meta.Local()
+	if err != nil {
+		return false
+	}
+	nd, ok := st.Nodes[node]
+	if !ok {
+		return false
+	}
+	rep, ok := n.relay.Reports(ctx, map[uint64]*placement.Node{node: nd}, 2*time.Second)[node]
+	if !ok {
+		return false
+	}
+	t, _ := g.Tail()
+	for _, gs := range rep.Groups {
+		if gs.GroupId == gid {
+			return gs.LeaderNode == n.cfg.NodeID && gs.Transactions+cluster.CatchUpSlack >= t.Ordinal && (t.File == 0 || gs.CurrentFile != "")
+		}
+	}
+	return false
 }
 
 // departed reports whether the leader of group gid no longer counts this node among

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -29,8 +30,9 @@ type statusJSON struct {
 			Name string `json:"name"`
 		} `json:"upstream"`
 		Group struct {
-			Members    []string `json:"members"`
-			LeaderNode string   `json:"leaderNode"`
+			Members     []string `json:"members"`
+			RaftMembers []string `json:"raftMembers"`
+			LeaderNode  string   `json:"leaderNode"`
 		} `json:"group"`
 	} `json:"upstreams"`
 	Decisions []string `json:"decisions"`
@@ -78,6 +80,15 @@ func spread(want int, excluded ...string) func(statusJSON) string {
 			}
 			if u.Group.LeaderNode == "" {
 				return fmt.Sprintf("%s has no leader", u.Upstream.Name)
+			}
+			// The raft voters are the assigned members: every newcomer was promoted
+			// from observer and every departed member removed.
+			voters := slices.Clone(u.Group.RaftMembers)
+			members := slices.Clone(u.Group.Members)
+			slices.Sort(voters)
+			slices.Sort(members)
+			if !slices.Equal(voters, members) {
+				return fmt.Sprintf("%s has voters %v, members %v", u.Upstream.Name, voters, members)
 			}
 			for _, m := range u.Group.Members {
 				for _, x := range excluded {

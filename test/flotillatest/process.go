@@ -122,15 +122,23 @@ func NewNode(t testing.TB, dir string, id uint64) *Node {
 }
 
 // Start (re)starts the process on the node's data and ports and waits until its
-// admin API answers.
+// admin API answers; it fails the test otherwise.
 func (n *Node) Start(ctx context.Context) {
 	n.t.Helper()
-	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+	if err := n.TryStart(ctx); err != nil {
 		n.t.Fatal(err)
+	}
+}
+
+// TryStart is Start returning an error (with the log's tail) instead of failing the
+// test, for tests of refused start-ups.
+func (n *Node) TryStart(ctx context.Context) error {
+	if err := os.MkdirAll(n.Dir, 0o755); err != nil {
+		return err
 	}
 	lf, err := os.OpenFile(filepath.Join(n.Dir, "flotilla.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		n.t.Fatal(err)
+		return err
 	}
 	n.logFile = lf
 	args := []string{"serve", "--node-id", fmt.Sprint(n.ID), "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
@@ -143,7 +151,7 @@ func (n *Node) Start(ctx context.Context) {
 	n.cmd.Stdout, n.cmd.Stderr = lf, lf
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := n.cmd.Start(); err != nil {
-		n.t.Fatalf("start flotilla: %v", err)
+		return fmt.Errorf("start flotilla: %w", err)
 	}
 	n.done = make(chan struct{})
 	go func(cmd *exec.Cmd, done chan struct{}) {
@@ -153,15 +161,15 @@ func (n *Node) Start(ctx context.Context) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if _, err := n.CLI(ctx, "status"); err == nil {
-			return
+			return nil
 		}
 		select {
 		case <-n.done:
-			n.t.Fatalf("flotilla exited during start-up; log:\n%s", n.LogTail(40))
+			return fmt.Errorf("flotilla exited during start-up; log:\n%s", n.LogTail(40))
 		default:
 		}
 		if time.Now().After(deadline) {
-			n.t.Fatalf("flotilla admin API did not answer within 60s; log:\n%s", n.LogTail(40))
+			return fmt.Errorf("flotilla admin API did not answer within 60s; log:\n%s", n.LogTail(40))
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
