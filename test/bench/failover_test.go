@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -61,6 +62,35 @@ func startReplicaOf(ctx context.Context, b *testing.B, dir string, id uint32, po
 		b.Fatal(err)
 	}
 	return r
+}
+
+// settleLeaders waits until the cluster's groups have leaders and no node leads more
+// than one more group than another.
+func settleLeaders(ctx context.Context, b *testing.B, n *flotillatest.Node, groups int) {
+	b.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		out, err := n.CLI(ctx, "status", "-o", "json")
+		if err != nil {
+			continue
+		}
+		var st struct {
+			Nodes []struct {
+				Leaders string `json:"leaders"`
+			} `json:"nodes"`
+		}
+		if json.Unmarshal([]byte(out), &st) != nil {
+			continue
+		}
+		total, lo, hi := 0, 1<<30, 0
+		for _, x := range st.Nodes {
+			l, _ := strconv.Atoi(x.Leaders)
+			total, lo, hi = total+l, min(lo, l), max(hi, l)
+		}
+		if total == groups && hi-lo <= 1 {
+			return
+		}
+	}
+	b.Fatal("leaderships did not settle within a minute")
 }
 
 func leaderOf(ctx context.Context, b *testing.B, nodes []*flotillatest.Node, name string) *flotillatest.Node {
@@ -146,9 +176,9 @@ func BenchmarkFailover(b *testing.B) {
 			b.Fatalf("upstream add: %v\n%s", err, out)
 		}
 	}
-	// Let the controller settle leaderships, then put each upstream's replicas on the
-	// nodes that do not lead it.
-	time.Sleep(5 * time.Second)
+	// Let the controller settle leaderships (one per node at most), then put each
+	// upstream's replicas on the nodes that do not lead it.
+	settleLeaders(ctx, b, nodes[0], 2)
 	for i, mode := range []string{"leader", "any"} {
 		name := "up-" + mode
 		lead := leaderOf(ctx, b, nodes, name)
@@ -175,8 +205,9 @@ func BenchmarkFailover(b *testing.B) {
 		results["leader"].Seconds(), results["any"].Seconds(), baseline.Seconds())
 	fmt.Printf("  ratio to baseline: leader %.2fx, any %.2fx\n", results["leader"].Seconds()/baseline.Seconds(), results["any"].Seconds()/baseline.Seconds())
 
-	// Catch-up of a re-created replica: a fourth node joins, the node holding the
-	// most data is stopped past --node-down-after, and the new member catches up.
+	// Catch-up of a re-created replica: a fourth node joins and the placement
+	// controller moves a replica of each group there (rebalancing); the new member
+	// catches up by raft snapshot and log.
 	for step := 1; step <= 4; step++ {
 		if _, err := mariadbtest.RunWorkload(ctx, m, step); err != nil {
 			b.Fatal(err)

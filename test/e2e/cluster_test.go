@@ -45,25 +45,49 @@ func groupView(ctx context.Context, t *testing.T, nodes []*flotillatest.Node, na
 	return leader, members
 }
 
-// runWorkloads runs one workload step on every master at once.
+// runWorkloads runs one workload step on every master at once and fails the test
+// if any fails. Call it from the test's goroutine; use goWorkloads in the background.
 func runWorkloads(ctx context.Context, t *testing.T, ups []*clusterUpstream, step int) {
 	t.Helper()
-	var wg sync.WaitGroup
-	errs := make(chan error, len(ups))
-	for _, u := range ups {
-		wg.Add(1)
-		go func(u *clusterUpstream) {
-			defer wg.Done()
-			if _, err := mariadbtest.RunWorkload(ctx, u.master, step); err != nil {
-				errs <- fmt.Errorf("%s step %d: %w", u.name, step, err)
-			}
-		}(u)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := <-goWorkloads(ctx, ups, step); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// goWorkloads runs one workload step on every master at once in the background; the
+// channel yields the first error (or nil) once all are done.
+func goWorkloads(ctx context.Context, ups []*clusterUpstream, step int) <-chan error {
+	done := make(chan error, 1)
+	go func() {
+		var wg sync.WaitGroup
+		errs := make(chan error, len(ups))
+		for _, u := range ups {
+			wg.Add(1)
+			go func(u *clusterUpstream) {
+				defer wg.Done()
+				if _, err := mariadbtest.RunWorkload(ctx, u.master, step); err != nil {
+					errs <- fmt.Errorf("%s step %d: %w", u.name, step, err)
+				}
+			}(u)
+		}
+		wg.Wait()
+		close(errs)
+		done <- <-errs
+	}()
+	return done
+}
+
+// waitLeader polls until the nodes agree on a leader of the upstream's group and
+// fails the test if none emerges within a minute.
+func waitLeader(ctx context.Context, t *testing.T, nodes []*flotillatest.Node, name string) (leader uint64, members []uint64) {
+	t.Helper()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		if leader, members = groupView(ctx, t, nodes, name); leader != 0 {
+			return leader, members
+		}
+	}
+	t.Fatalf("upstream %s's group has no leader after a minute", name)
+	return 0, nil
 }
 
 // TestClusterEndToEnd: three Flotilla nodes relay four MariaDB masters to two
@@ -120,10 +144,9 @@ func TestClusterEndToEnd(t *testing.T) {
 	for i, u := range ups {
 		u.via = []int{i % 3, (i + 1) % 3}
 		if i == 2 {
-			var members []uint64
-			deadline := time.Now().Add(time.Minute)
-			for len(members) != 2 && time.Now().Before(deadline) {
-				_, members = groupView(ctx, t, nodes, u.name)
+			_, members := waitLeader(ctx, t, nodes, u.name)
+			if len(members) != 2 {
+				t.Fatalf("%s was added with 2 replicas but has members %v", u.name, members)
 			}
 			for k, n := range nodes {
 				if !slices.Contains(members, n.ID) {
@@ -159,11 +182,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	// Kill the node that leads the most groups while every master is writing.
 	leads := map[uint64]int{}
 	for _, u := range ups {
-		var l uint64
-		deadline := time.Now().Add(time.Minute)
-		for l == 0 && time.Now().Before(deadline) {
-			l, _ = groupView(ctx, t, nodes, u.name)
-		}
+		l, _ := waitLeader(ctx, t, nodes, u.name)
 		leads[l]++
 	}
 	victim := 0
@@ -173,14 +192,12 @@ func TestClusterEndToEnd(t *testing.T) {
 		}
 	}
 	t.Logf("groups led per node: %v; killing node %d", leads, nodes[victim].ID)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		runWorkloads(ctx, t, ups, 2)
-	}()
+	done := goWorkloads(ctx, ups, 2)
 	waitTransactions(ctx, t, ups[0].master, 3)
 	nodes[victim].Kill()
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	runWorkloads(ctx, t, ups, 3)
 
 	// While the node is down, every replica connected elsewhere catches up, for each
@@ -247,6 +264,7 @@ func waitTransactions(ctx context.Context, t *testing.T, m *mariadbtest.Server, 
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	t.Fatalf("the master did not commit %d transactions within a minute: the fault would not land mid-workload", n)
 }
 
 func containsAll(s string, subs ...string) bool {

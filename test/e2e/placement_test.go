@@ -165,8 +165,7 @@ func TestClusterPlacement(t *testing.T) {
 	n4.Join, n4.Args = []string{nodes[1].AdminAddr}, args
 	n4.Start(ctx)
 	nodes = append(nodes, n4)
-	done := make(chan struct{})
-	go func() { defer close(done); runWorkloads(ctx, t, ups, 2) }()
+	done := goWorkloads(ctx, ups, 2)
 	waitStatus(ctx, t, n4, 3*time.Minute, "rebalance after node 4 joined", func(st statusJSON) string {
 		for _, n := range st.Nodes {
 			if n.ID == "4" && num(n.Groups) == 0 {
@@ -175,15 +174,18 @@ func TestClusterPlacement(t *testing.T) {
 		}
 		return spread(3)(st)
 	})
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 
 	// Node 3 stops for longer than --node-down-after: its replicas are re-created on
 	// the other three nodes.
 	nodes[2].Kill()
-	done = make(chan struct{})
-	go func() { defer close(done); runWorkloads(ctx, t, ups, 3) }()
+	done = goWorkloads(ctx, ups, 3)
 	waitStatus(ctx, t, nodes[0], 3*time.Minute, "re-replication after node 3 went down", spread(3, "3"))
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 
 	// Node 2 drains: `node remove` is refused while it holds replicas; it ends empty
 	// while the workload runs, and can be removed then.
@@ -194,8 +196,7 @@ func TestClusterPlacement(t *testing.T) {
 	if out, err := nodes[0].CLI(ctx, "node", "drain", "2"); err != nil {
 		t.Fatalf("node drain 2: %v %s", err, out)
 	}
-	done = make(chan struct{})
-	go func() { defer close(done); runWorkloads(ctx, t, ups, 4) }()
+	done = goWorkloads(ctx, ups, 4)
 	st := waitStatus(ctx, t, nodes[0], 3*time.Minute, "drain of node 2", func(st statusJSON) string {
 		for _, n := range st.Nodes {
 			if n.ID == "2" && (num(n.Groups) > 0 || num(n.Leaders) > 0) {
@@ -204,7 +205,9 @@ func TestClusterPlacement(t *testing.T) {
 		}
 		return spread(3, "2")(st)
 	})
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	if out, err := nodes[0].CLI(ctx, "node", "remove", "2"); err != nil {
 		t.Fatalf("node remove 2 after the drain: %v %s", err, out)
 	}

@@ -73,11 +73,13 @@ func TestSplitBrain(t *testing.T) {
 		"--replica-user", replicaUser, "--replica-password", replicaPass, "--serve-from", "any"); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)
 	}
-	var leader uint64
-	for deadline := time.Now().Add(time.Minute); leader == 0 && time.Now().Before(deadline); {
-		leader, _ = groupView(ctx, t, nodes, "main")
+	leader, _ := waitLeader(ctx, t, nodes, "main")
+	var frozen *flotillatest.Node
+	for _, n := range nodes {
+		if n.ID == leader {
+			frozen = n
+		}
 	}
-	frozen := nodes[leader-1]
 	// The replicas read from the two other nodes, which keep serving their own
 	// replicas throughout.
 	for k, n := range nodes {
@@ -93,8 +95,7 @@ func TestSplitBrain(t *testing.T) {
 
 	// Freeze the leader while the master writes; it stays frozen well past the
 	// election timeout (10 ticks of 50 ms).
-	done := make(chan struct{})
-	go func() { defer close(done); runWorkloads(ctx, t, ups, 2) }()
+	done := goWorkloads(ctx, ups, 2)
 	waitTransactions(ctx, t, m, 2)
 	frozen.Signal(syscall.SIGSTOP)
 	t.Logf("froze node %d, the group's leader", frozen.ID)
@@ -114,7 +115,9 @@ func TestSplitBrain(t *testing.T) {
 	if newLeader == 0 {
 		t.Fatal("no new leader while the old one was frozen")
 	}
-	<-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	runWorkloads(ctx, t, ups, 3)
 	for k, r := range u.replicas {
 		waitCaughtUp(ctx, t, fmt.Sprintf("replica %d while node %d is frozen", k, frozen.ID), m, r, 3*time.Minute)
