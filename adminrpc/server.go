@@ -70,6 +70,8 @@ type Server struct {
 	RemoveMetaMember func(ctx context.Context, id uint64) error
 	// ClusterID is shown by status.
 	ClusterID string
+	// MetaVoters lists the metadata group's voting members, for status.
+	MetaVoters func(ctx context.Context) []uint64
 	// Token, when set, must be sent by clients as "authorization: Bearer TOKEN".
 	Token string
 	// Services registers further gRPC services on the admin port (the node-to-node
@@ -344,6 +346,9 @@ func (s *Server) Status(ctx context.Context, _ *adminv1.StatusRequest) (*adminv1
 	out := &adminv1.StatusResponse{NodeId: s.NodeID, Nodes: v.nodes(), ClusterId: s.ClusterID, Decisions: v.st.Decisions}
 	if s.MetaLeader != nil {
 		out.MetaLeader = s.MetaLeader()
+	}
+	if s.MetaVoters != nil {
+		out.MetaVoters = s.MetaVoters(ctx)
 	}
 	for _, n := range v.st.UpstreamNames() {
 		u := v.st.Upstreams[n]

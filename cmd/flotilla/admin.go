@@ -255,7 +255,7 @@ func statusCommand() *cli.Command {
 					return err
 				}
 				return render(c, r, func(w io.Writer) {
-					fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d\n\n", r.ClusterId, r.NodeId, r.MetaLeader)
+					fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d, voters %v\n\n", r.ClusterId, r.NodeId, r.MetaLeader, r.MetaVoters)
 					nodeTable(w, r.Nodes)
 					fmt.Fprintln(w)
 					upstreamTable(w, r.Upstreams)

@@ -35,9 +35,11 @@ type Controller struct {
 	NodeID       uint64
 	IsMetaLeader func() bool
 	Meta         ControllerMeta
-	Relay        *Relay
-	DownAfter    time.Duration
-	Log          *slog.Logger
+	// Members changes the metadata group's own raft membership.
+	Members   Membership
+	Relay     *Relay
+	DownAfter time.Duration
+	Log       *slog.Logger
 
 	leading  bool
 	lastSeen map[uint64]time.Time
@@ -84,9 +86,40 @@ func (c *Controller) round(ctx context.Context) {
 	for id := range reports {
 		c.lastSeen[id] = now
 	}
+	c.promoteMetaVoter(rctx, reports)
 	view := BuildView(st, reports, c.lastSeen, now, c.DownAfter)
 	for _, d := range placement.Plan(view) {
 		c.apply(rctx, st, view, d)
+	}
+}
+
+// promoteMetaVoter gives the metadata group a voter more, while it has fewer than
+// MaxMetaVoters, from the non-voting members that answered this round: joined nodes
+// start as observers so that joining never raises the quorum before they can vote.
+func (c *Controller) promoteMetaVoter(ctx context.Context, reports map[uint64]*clusterv1.NodeReport) {
+	if c.Members == nil {
+		return
+	}
+	m, err := c.Members.SyncGetClusterMembership(ctx, placement.MetaGroupID)
+	if err != nil || len(m.Nodes) >= MaxMetaVoters {
+		return
+	}
+	ids := make([]uint64, 0, len(m.Observers))
+	for id := range m.Observers {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	for _, id := range ids {
+		if _, up := reports[id]; !up {
+			continue
+		}
+		if err := c.Members.SyncRequestAddNode(ctx, placement.MetaGroupID, id, m.Observers[id], m.ConfigChangeID); err != nil {
+			c.Log.Warn("promote a metadata observer to voter", "node", id, "err", err)
+			return
+		}
+		c.Log.Info("placement decision: metadata voter added", "node", id, "voters", len(m.Nodes)+1)
+		_ = c.Meta.Note(ctx, placement.Note("metadata group: node %d promoted to voter (%d voters)", id, len(m.Nodes)+1))
+		return
 	}
 }
 

@@ -31,7 +31,8 @@ type Identity struct {
 	// Joined: this node was admitted by a member (it did not bootstrap the cluster),
 	// so it starts its metadata replica by joining, never as a new group.
 	Joined bool `json:"joined,omitempty"`
-	// MetaObserver: this node joined the metadata group as a non-voting member.
+	// MetaObserver: this node joined the metadata group as a non-voting member (it
+	// starts its metadata replica as one; raft restores a promotion on restart).
 	MetaObserver bool `json:"meta_observer,omitempty"`
 }
 

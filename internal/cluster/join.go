@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 )
@@ -45,7 +47,7 @@ func Join(ctx context.Context, addrs []string, token string, req *clusterv1.Join
 					Joined: true, MetaObserver: !resp.Voter}, nil
 			}
 			last = fmt.Errorf("%s: %w", addr, err)
-			if strings.Contains(err.Error(), "AlreadyExists") || strings.Contains(err.Error(), "Unauthenticated") {
+			if c := status.Code(err); c == codes.AlreadyExists || c == codes.Unauthenticated || c == codes.InvalidArgument {
 				return Identity{}, fmt.Errorf("join refused by %w", last)
 			}
 		}

@@ -34,6 +34,7 @@ type Membership interface {
 	SyncGetClusterMembership(ctx context.Context, clusterID uint64) (*dragonboat.Membership, error)
 	SyncRequestAddNode(ctx context.Context, clusterID, nodeID uint64, addr string, ccid uint64) error
 	SyncRequestAddObserver(ctx context.Context, clusterID, nodeID uint64, addr string, ccid uint64) error
+	SyncRequestDeleteNode(ctx context.Context, clusterID, nodeID uint64, ccid uint64) error
 }
 
 // Metadata is the part of the placement service joining needs.
@@ -123,15 +124,13 @@ func (s *Service) Join(ctx context.Context, r *clusterv1.JoinRequest) (*clusterv
 	if err := s.Meta.RegisterNode(ctx, self); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "register node %d: %v", r.NodeId, err)
 	}
+	// The node joins as a non-voting member: until it runs and has caught up it
+	// cannot vote, and counting it would raise the quorum (a 1-node cluster would
+	// stop until the joiner starts). The placement controller promotes observers
+	// that answer while the group has fewer than MaxMetaVoters voters.
 	_, voter := m.Nodes[r.NodeId]
 	_, observer := m.Observers[r.NodeId]
-	switch {
-	case voter || observer:
-		// A retried join: the membership change already happened.
-	case len(m.Nodes) < MaxMetaVoters:
-		err = s.Members.SyncRequestAddNode(ctx, placement.MetaGroupID, r.NodeId, r.RaftAddr, m.ConfigChangeID)
-		voter = true
-	default:
+	if !voter && !observer {
 		err = s.Members.SyncRequestAddObserver(ctx, placement.MetaGroupID, r.NodeId, r.RaftAddr, m.ConfigChangeID)
 	}
 	if err != nil {

@@ -58,7 +58,7 @@ func clusterIdentity(ctx context.Context, cfg Config, log *slog.Logger) (cluster
 			MysqlAddr: cfg.MySQLAddr, AdminAddr: cfg.AdminAddr, Labels: cfg.Labels})
 		cancel()
 		if err == nil {
-			log.Info("joined the cluster", "cluster", id.ClusterID, "node", cfg.NodeID, "metadata_voter", !id.MetaObserver)
+			log.Info("joined the cluster as a non-voting metadata member (promoted once running)", "cluster", id.ClusterID, "node", cfg.NodeID)
 		}
 	}
 	if err != nil {

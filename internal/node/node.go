@@ -168,7 +168,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	admin := &adminrpc.Server{
 		NodeID: cfg.NodeID, Meta: n.meta, Shards: n.shards, Replicas: n.front, Inspect: shard.InspectSource,
 		Token: cfg.AdminToken, Log: log.With("component", "admin"), MetaLeader: metaLeader,
-		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID,
+		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID, MetaVoters: n.metaVoters,
 		OwnAuthPrefixes: []string{cluster.MethodPrefix},
 	}
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, AdminToken: cfg.AdminToken, Members: nh, Meta: n.meta,
@@ -176,7 +176,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Transfer: n.transferLeader}
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
 	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
-		Meta: n.meta, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
+		Meta: n.meta, Members: nh, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
 	go ctrl.Run(ctx, 2*time.Second)
 	go func() { n.errc <- admin.Serve(ctx, adminLis) }()
 	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
@@ -340,6 +340,22 @@ func (n *Node) departed(ctx context.Context, gid uint64) bool {
 		}
 	}
 	return false
+}
+
+// metaVoters lists the metadata group's voting members (nil if unknown right now).
+func (n *Node) metaVoters(ctx context.Context) []uint64 {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	m, err := n.nh.SyncGetClusterMembership(ctx, placement.MetaGroupID)
+	if err != nil {
+		return nil
+	}
+	out := make([]uint64, 0, len(m.Nodes))
+	for id := range m.Nodes {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out
 }
 
 // removeMetaMember takes a removed node out of the metadata raft group.

@@ -1457,7 +1457,9 @@ type StatusResponse struct {
 	Upstreams  []*UpstreamStatus      `protobuf:"bytes,4,rep,name=upstreams,proto3" json:"upstreams,omitempty"`
 	ClusterId  string                 `protobuf:"bytes,5,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	// The placement controller's latest decisions, newest last.
-	Decisions     []string `protobuf:"bytes,6,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	Decisions []string `protobuf:"bytes,6,rep,name=decisions,proto3" json:"decisions,omitempty"`
+	// The voting members of the metadata group (the others follow it).
+	MetaVoters    []uint64 `protobuf:"varint,7,rep,packed,name=meta_voters,json=metaVoters,proto3" json:"meta_voters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1530,6 +1532,13 @@ func (x *StatusResponse) GetClusterId() string {
 func (x *StatusResponse) GetDecisions() []string {
 	if x != nil {
 		return x.Decisions
+	}
+	return nil
+}
+
+func (x *StatusResponse) GetMetaVoters() []uint64 {
+	if x != nil {
+		return x.MetaVoters
 	}
 	return nil
 }
@@ -1668,7 +1677,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x11ListNodesResponse\x12-\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.flotilla.admin.v1.NodeR\x05nodes\"\x14\n" +
 	"\x12RemoveNodeResponse\"\x0f\n" +
-	"\rStatusRequest\"\xf7\x01\n" +
+	"\rStatusRequest\"\x98\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
 	"\vmeta_leader\x18\x02 \x01(\x04R\n" +
@@ -1677,7 +1686,9 @@ const file_admin_proto_rawDesc = "" +
 	"\tupstreams\x18\x04 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12\x1c\n" +
-	"\tdecisions\x18\x06 \x03(\tR\tdecisions2\xf3\a\n" +
+	"\tdecisions\x18\x06 \x03(\tR\tdecisions\x12\x1f\n" +
+	"\vmeta_voters\x18\a \x03(\x04R\n" +
+	"metaVoters2\xf3\a\n" +
 	"\x05Admin\x12Q\n" +
 	"\vAddUpstream\x12%.flotilla.admin.v1.AddUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12b\n" +
 	"\rListUpstreams\x12'.flotilla.admin.v1.ListUpstreamsRequest\x1a(.flotilla.admin.v1.ListUpstreamsResponse\x12P\n" +

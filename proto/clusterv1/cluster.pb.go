@@ -285,7 +285,8 @@ type JoinResponse struct {
 	ClusterId    string                 `protobuf:"bytes,1,opt,name=cluster_id,json=clusterId,proto3" json:"cluster_id,omitempty"`
 	Secret       []byte                 `protobuf:"bytes,2,opt,name=secret,proto3" json:"secret,omitempty"`
 	DeploymentId uint64                 `protobuf:"varint,3,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
-	// False: the node joins the metadata group as a non-voting member.
+	// The node joins the metadata group as a non-voting member (false); the placement
+	// controller promotes it to voter while the group has fewer than 3.
 	Voter         bool `protobuf:"varint,4,opt,name=voter,proto3" json:"voter,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

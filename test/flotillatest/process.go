@@ -5,6 +5,7 @@ package flotillatest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"net"
 	"os"
@@ -98,7 +99,21 @@ func StartCluster(ctx context.Context, t testing.TB, dir string, size int, args 
 		n.Start(ctx)
 		nodes = append(nodes, n)
 	}
-	return nodes
+	// Joined nodes follow the metadata group until the placement controller promotes
+	// them: wait for min(size, 3) voters, so a test's faults meet a full quorum.
+	want := min(size, 3)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		out, err := nodes[0].CLI(ctx, "status", "-o", "json")
+		var st struct {
+			MetaVoters []string `json:"metaVoters"`
+		}
+		if err == nil && json.Unmarshal([]byte(out), &st) == nil && len(st.MetaVoters) == want {
+			return nodes
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the metadata group did not reach %d voters within a minute: %v %s", want, err, out)
+		}
+	}
 }
 
 // NewNode prepares node id with its data in dir, on free loopback ports, without
