@@ -3,6 +3,7 @@ package mysqlfront
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"log/slog"
 	"strings"
@@ -14,11 +15,11 @@ import (
 	"github.com/flotilla-relay/flotilla/placement"
 )
 
-func sysvars(name string) (string, bool) {
+func sysvars(name string) (string, error) {
 	if name == "binlog_checksum" {
-		return "CRC32", true
+		return "CRC32", nil
 	}
-	return "", false
+	return "", fmt.Errorf("unknown system variable @@%s", name)
 }
 
 func TestParseSetReplicaStatements(t *testing.T) {

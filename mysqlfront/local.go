@@ -16,17 +16,31 @@ import (
 // raft committed them: a follower's replica can never hand out what a quorum does
 // not hold, only lag behind the leader's.
 type localSource struct {
-	g        *statemachine.Group
-	u        *placement.Upstream
-	eligible func() error
-	log      *slog.Logger
+	g   *statemachine.Group
+	u   *placement.Upstream
+	pol LocalPolicy
+	log *slog.Logger
 }
 
-// NewLocalSource serves upstream u from the local replica g while eligible returns
-// nil; once it returns an error, open dumps end with it (make it error 1053, see
-// ErrRetry, so replicas reconnect and resume elsewhere).
-func NewLocalSource(g *statemachine.Group, u *placement.Upstream, eligible func() error, log *slog.Logger) Source {
-	return &localSource{g: g, u: u, eligible: eligible, log: log}
+// LocalPolicy says when a local replica may serve.
+type LocalPolicy struct {
+	// Eligible returns nil while the replica may serve; once it returns an error,
+	// open dumps end with it (make it error 1053, see ErrRetry, so replicas
+	// reconnect and resume elsewhere).
+	Eligible func() error
+	// Leading reports whether this replica leads the group. A follower may trail
+	// the leader: a replica whose position it does not hold yet waits for it
+	// (bounded by catchUpWait) before being told its position is unknown.
+	Leading func() bool
+}
+
+// catchUpWait bounds how long a follower's dump waits to receive a position a
+// replica already has.
+const catchUpWait = 10 * time.Second
+
+// NewLocalSource serves upstream u from the local replica g under pol.
+func NewLocalSource(g *statemachine.Group, u *placement.Upstream, pol LocalPolicy, log *slog.Logger) Source {
+	return &localSource{g: g, u: u, pol: pol, log: log}
 }
 
 // ErrRetry is the error that ends a dump for a reason that passes (an election, a
@@ -64,9 +78,33 @@ func (l *localSource) waitFirstFile(ctx context.Context) error {
 			if l.g.Closed() {
 				return errDump("upstream %s was removed from Flotilla", l.u.Name)
 			}
-			if err := l.eligible(); err != nil {
+			if err := l.pol.Eligible(); err != nil {
 				return err
 			}
+		}
+	}
+}
+
+// locate finds where a dump starts. On a follower, a position it does not hold yet
+// may only mean it trails the leader: it retries as its tail grows, for catchUpWait.
+func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Position) (statemachine.Start, error) {
+	deadline := time.Now().Add(catchUpWait)
+	for {
+		_, changed := l.g.Tail()
+		var start statemachine.Start
+		var err error
+		if spec.GTIDMode {
+			start, err = l.g.Locate(have)
+		} else {
+			start, err = l.g.LocateFile(spec.File, uint64(spec.Pos))
+		}
+		if err == nil || l.pol.Leading() || time.Now().After(deadline) || ctx.Err() != nil {
+			return start, err
+		}
+		select {
+		case <-ctx.Done():
+		case <-changed:
+		case <-time.After(time.Until(deadline)):
 		}
 	}
 }
@@ -82,7 +120,6 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			return err
 		}
 	}
-	var start statemachine.Start
 	var have binlog.Position // GTID mode: what the replica already has
 	var err error
 	if spec.GTIDMode {
@@ -90,9 +127,10 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		if err != nil {
 			return errDump("cannot read the replica's GTID position @slave_connect_state=%q: %v", spec.ConnectState, err)
 		}
-		start, err = g.Locate(have)
-	} else {
-		start, err = g.LocateFile(spec.File, uint64(spec.Pos))
+	}
+	start, err := l.locate(ctx, spec, have)
+	if ctx.Err() != nil {
+		return nil
 	}
 	if err != nil {
 		return errDump("%s", strings.TrimPrefix(err.Error(), statemachine.ErrPosition.Error()+": "))
@@ -154,7 +192,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 				w.Position(file, pos) // a relay sends what it holds at each position report
 				hbTimer = time.After(spec.Heartbeat)
 			case <-eligibleCheck.C:
-				if err := l.eligible(); err != nil {
+				if err := l.pol.Eligible(); err != nil {
 					return err
 				}
 			}

@@ -112,8 +112,27 @@ func (ss *session) files() (FileList, error) {
 }
 
 // sysvar answers @@variables as the upstream master would, for the ones replicas and
-// tools read; Flotilla's own values where the master's would mislead.
-func (ss *session) sysvar(name string) (string, bool) {
+// tools read; Flotilla's own values where the master's would mislead. An unknown
+// variable is MySQL error 1193; the GTID state fails with the reason when no node
+// can tell it right now, never answering an empty position a CDC tool could start
+// from.
+func (ss *session) sysvar(name string) (string, error) {
+	switch name {
+	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state":
+		fl, err := ss.files()
+		if err != nil {
+			return "", err
+		}
+		return fl.State.String(), nil
+	}
+	if v, ok := ss.staticVar(name); ok {
+		return v, nil
+	}
+	return "", mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
+}
+
+// staticVar answers the variables that need no lookup.
+func (ss *session) staticVar(name string) (string, bool) {
 	u := ss.sessionUpstream()
 	switch name {
 	case "server_id":
@@ -138,9 +157,6 @@ func (ss *session) sysvar(name string) (string, bool) {
 		return "ROW", true
 	case "server_uuid":
 		return u.ServerUUID, true
-	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state":
-		fl, _ := ss.files()
-		return fl.State.String(), true
 	case "gtid_strict_mode":
 		return "1", true
 	case "max_allowed_packet", "slave_max_allowed_packet":
@@ -193,7 +209,10 @@ func (ss *session) showVariables(stmt string) (*mysql.Result, error) {
 	var rows [][]any
 	for _, name := range knownVars {
 		if ok, _ := path.Match(glob, name); ok {
-			v, _ := ss.sysvar(name)
+			v, err := ss.sysvar(name)
+			if err != nil {
+				return nil, err
+			}
 			rows = append(rows, []any{name, v})
 		}
 	}
@@ -230,11 +249,7 @@ func (ss *session) eval(expr string) (any, error) {
 	case strings.HasPrefix(expr, "@@"):
 		name := strings.ToLower(expr[2:])
 		name = strings.TrimPrefix(strings.TrimPrefix(name, "global."), "session.")
-		v, ok := ss.sysvar(name)
-		if !ok {
-			return nil, mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
-		}
-		return v, nil
+		return ss.sysvar(name)
 	case strings.HasPrefix(expr, "@"):
 		v := ss.vars[strings.ToLower(strings.Trim(expr[1:], "`"))]
 		if v == nil {
@@ -246,8 +261,7 @@ func (ss *session) eval(expr string) (any, error) {
 	case isAnyFold(fn, "NOW()", "CURRENT_TIMESTAMP()", "CURRENT_TIMESTAMP"):
 		return time.Now().Format("2006-01-02 15:04:05"), nil
 	case isAnyFold(fn, "VERSION()"):
-		v, _ := ss.sysvar("version")
-		return v, nil
+		return ss.sysvar("version")
 	case isAnyFold(fn, "DATABASE()", "SCHEMA()"):
 		return nil, nil
 	case isAnyFold(fn, "USER()", "CURRENT_USER()", "CURRENT_USER"):

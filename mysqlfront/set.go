@@ -19,7 +19,7 @@ type assignment struct {
 // Values may be quoted strings, numbers, NULL, or @@[global.|session.]variables, which
 // resolve through sysvar. It fails on anything else, so a replica's unexpected
 // statement is answered with an error naming it rather than silently misread.
-func parseSet(stmt string, sysvar func(string) (string, bool)) ([]assignment, error) {
+func parseSet(stmt string, sysvar func(string) (string, error)) ([]assignment, error) {
 	var out []assignment
 	s := strings.TrimSpace(stmt)
 	for s != "" {
@@ -52,7 +52,7 @@ func parseSet(stmt string, sysvar func(string) (string, bool)) ([]assignment, er
 }
 
 // parseValue reads one value and returns it with the rest of the input.
-func parseValue(s string, sysvar func(string) (string, bool)) (val, rest string, null bool, err error) {
+func parseValue(s string, sysvar func(string) (string, error)) (val, rest string, null bool, err error) {
 	if s == "" {
 		return "", "", false, fmt.Errorf("missing value")
 	}
@@ -81,9 +81,9 @@ func parseValue(s string, sysvar func(string) (string, bool)) (val, rest string,
 		}
 		name := strings.ToLower(s[2:end])
 		name = strings.TrimPrefix(strings.TrimPrefix(name, "global."), "session.")
-		v, ok := sysvar(name)
-		if !ok {
-			return "", "", false, fmt.Errorf("unknown system variable @@%s", name)
+		v, err := sysvar(name)
+		if err != nil {
+			return "", "", false, err
 		}
 		return v, s[end:], false, nil
 	default:

@@ -447,5 +447,5 @@ func (n *Node) localSource(gid uint64, anyReplica bool) (mysqlfront.Source, uint
 		}
 		return nil
 	}
-	return mysqlfront.NewLocalSource(g, &u, eligible, n.log.With("component", "mysqlfront")), leader
+	return mysqlfront.NewLocalSource(g, &u, mysqlfront.LocalPolicy{Eligible: eligible, Leading: sh.IsLeader}, n.log.With("component", "mysqlfront")), leader
 }
