@@ -374,6 +374,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adm
 		gs.RaftMembers = sh.RaftMembers()
 		ss := sh.Status()
 		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
+		gs.CorruptEvents = ss.CorruptEvents
 		gs.LastErrorAt, gs.LastEventAt = timeString(ss.LastErrorAt), timeString(ss.LastEventAt)
 		if !ss.LastEventAt.IsZero() {
 			gs.LagSeconds = ss.LastEventRcv.Sub(ss.LastEventAt).Seconds()

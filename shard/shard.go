@@ -52,6 +52,9 @@ type SyncStatus struct {
 	LastEventAt  time.Time // master timestamp of the last transaction received
 	LastEventRcv time.Time // when it was received
 	Reconnects   uint64
+	// CorruptEvents counts events whose checksum failed on arrival (each one was
+	// fetched again, never stored).
+	CorruptEvents uint64
 }
 
 func newShard(m *Manager, u *placement.Upstream) *Shard {
@@ -315,6 +318,9 @@ func (s *Shard) runSyncer(ctx context.Context) {
 			st.Connected = false
 			st.LastError, st.LastErrorAt = errString(err), time.Now()
 			st.Reconnects++
+			if errors.Is(err, ErrCorruptEvent) {
+				st.CorruptEvents++
+			}
 		})
 		if time.Since(began) > time.Minute {
 			backoff = 200 * time.Millisecond

@@ -154,10 +154,31 @@ type openTxn struct {
 	skip   bool // the group already holds it
 }
 
+// ErrCorruptEvent marks an event whose CRC32 does not match its bytes: it was damaged
+// between the master's disk and Flotilla. The syncer reconnects and fetches it again;
+// nothing of it is stored (Flotilla re-signs the events it stores, so a damaged one
+// would otherwise become a valid-looking one).
+var ErrCorruptEvent = errors.New("corrupt event from master")
+
 func (p *pipeline) handle(raw []byte) error {
 	h, err := binlog.ParseHeader(raw)
 	if err != nil {
 		return fmt.Errorf("malformed event from master: %w", err)
+	}
+	// Every checksummed event is verified before anything reads it. Rotates are
+	// exempt: the fake ones a master sends may or may not carry a checksum.
+	switch {
+	case h.Type == binlog.RotateEvent:
+	case h.Type == binlog.FormatDescription:
+		if fde, err := binlog.ParseFDE(raw); err == nil && fde.Checksummed() {
+			if err := binlog.VerifyChecksum(raw); err != nil {
+				return fmt.Errorf("%w: %v", ErrCorruptEvent, err)
+			}
+		}
+	case p.checksummed:
+		if err := binlog.VerifyChecksum(raw); err != nil {
+			return fmt.Errorf("%w (master file %s, event at log_pos %d): %v", ErrCorruptEvent, p.upstreamFile, h.LogPos, err)
+		}
 	}
 	switch h.Type {
 	case binlog.RotateEvent:

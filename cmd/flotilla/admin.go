@@ -356,6 +356,7 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("Last event", dash(g.LastEventAt))
 	row("Lag (s)", fmt.Sprintf("%.1f", g.LagSeconds))
 	row("Reconnects", g.Reconnects)
+	row("Corrupt events re-fetched", g.CorruptEvents)
 	if g.LastError != "" {
 		row("Last error", g.LastError+" ("+g.LastErrorAt+")")
 	}

@@ -812,8 +812,11 @@ type GroupStatus struct {
 	// The oldest served file a replica connected to the reporting node is reading
 	// (0: none); purge keeps it on every node.
 	OldestReadingFile uint64 `protobuf:"varint,24,opt,name=oldest_reading_file,json=oldestReadingFile,proto3" json:"oldest_reading_file,omitempty"`
-	unknownFields     protoimpl.UnknownFields
-	sizeCache         protoimpl.SizeCache
+	// Events from the master whose checksum failed on arrival: each was fetched again
+	// and never stored.
+	CorruptEvents uint64 `protobuf:"varint,25,opt,name=corrupt_events,json=corruptEvents,proto3" json:"corrupt_events,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GroupStatus) Reset() {
@@ -1010,6 +1013,13 @@ func (x *GroupStatus) GetRaftMembers() []uint64 {
 func (x *GroupStatus) GetOldestReadingFile() uint64 {
 	if x != nil {
 		return x.OldestReadingFile
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetCorruptEvents() uint64 {
+	if x != nil {
+		return x.CorruptEvents
 	}
 	return 0
 }
@@ -1612,7 +1622,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\x8d\a\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\xb4\a\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1646,7 +1656,8 @@ const file_admin_proto_rawDesc = "" +
 	"\x10compressed_bytes\x18\x15 \x01(\x04R\x0fcompressedBytes\x12D\n" +
 	"\rmember_status\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.MemberStatusR\fmemberStatus\x12!\n" +
 	"\fraft_members\x18\x17 \x03(\x04R\vraftMembers\x12.\n" +
-	"\x13oldest_reading_file\x18\x18 \x01(\x04R\x11oldestReadingFile\"\xa1\x01\n" +
+	"\x13oldest_reading_file\x18\x18 \x01(\x04R\x11oldestReadingFile\x12%\n" +
+	"\x0ecorrupt_events\x18\x19 \x01(\x04R\rcorruptEvents\"\xa1\x01\n" +
 	"\fMemberStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\x04R\x04node\x12\"\n" +
 	"\ftransactions\x18\x02 \x01(\x04R\ftransactions\x12#\n" +
