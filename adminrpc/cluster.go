@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-relay/flotilla/internal/cluster"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
@@ -67,7 +68,7 @@ func (v *clusterView) group(u *placement.Upstream, self uint64) *adminv1.GroupSt
 		m := &adminv1.MemberStatus{Node: id}
 		if rep, ok := v.reports[id]; ok {
 			m.Reachable = true
-			if g := find(rep, u.GroupID); g != nil {
+			if g := cluster.GroupOf(rep, u.GroupID); g != nil {
 				m.Transactions, m.ExecutedGtid, m.Leader = g.Transactions, g.ExecutedGtid, g.LeaderNode == id
 				if m.Leader || base == nil {
 					base = g
@@ -82,7 +83,7 @@ func (v *clusterView) group(u *placement.Upstream, self uint64) *adminv1.GroupSt
 	}
 	slices.Sort(ids)
 	for _, id := range ids {
-		if g := find(v.reports[id], u.GroupID); g != nil {
+		if g := cluster.GroupOf(v.reports[id], u.GroupID); g != nil {
 			replicas = append(replicas, g.Replicas...)
 		}
 	}
@@ -98,15 +99,6 @@ func (v *clusterView) group(u *placement.Upstream, self uint64) *adminv1.GroupSt
 		return out.Replicas[i].Addr < out.Replicas[j].Addr
 	})
 	return out
-}
-
-func find(rep *clusterv1.NodeReport, gid uint64) *adminv1.GroupStatus {
-	for _, g := range rep.Groups {
-		if g.GroupId == gid {
-			return g
-		}
-	}
-	return nil
 }
 
 // nodes lists the cluster's nodes with their replica and leader counts and whether

@@ -138,7 +138,7 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 		var lead *adminv1.GroupStatus
 		for _, m := range g.Members {
 			if rep, ok := reports[m]; ok {
-				if gs := groupOf(rep, u.GroupID); gs != nil && gs.LeaderNode == m {
+				if gs := GroupOf(rep, u.GroupID); gs != nil && gs.LeaderNode == m {
 					g.Leader, lead = m, gs
 				}
 			}
@@ -148,7 +148,7 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 			if !ok || lead == nil {
 				continue
 			}
-			gs := groupOf(rep, u.GroupID)
+			gs := GroupOf(rep, u.GroupID)
 			g.CaughtUp[m] = gs != nil && gs.LeaderNode == g.Leader && gs.Transactions+CatchUpSlack >= lead.Transactions &&
 				(lead.CurrentFile == "" || gs.CurrentFile != "")
 		}
@@ -157,7 +157,8 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 	return v
 }
 
-func groupOf(rep *clusterv1.NodeReport, gid uint64) *adminv1.GroupStatus {
+// GroupOf returns a node report's view of group gid, or nil.
+func GroupOf(rep *clusterv1.NodeReport, gid uint64) *adminv1.GroupStatus {
 	for _, g := range rep.Groups {
 		if g.GroupId == gid {
 			return g

@@ -272,10 +272,8 @@ func (n *Node) clusterReaders(ctx context.Context, gid uint64) (uint64, error) {
 			continue
 		}
 		delete(n.silentSince, id)
-		for _, g := range rep.Groups {
-			if g.GroupId == gid && g.OldestReadingFile != 0 && (oldest == 0 || g.OldestReadingFile < oldest) {
-				oldest = g.OldestReadingFile
-			}
+		if g := cluster.GroupOf(rep, gid); g != nil && g.OldestReadingFile != 0 && (oldest == 0 || g.OldestReadingFile < oldest) {
+			oldest = g.OldestReadingFile
 		}
 	}
 	if len(silent) > 0 {
@@ -286,6 +284,20 @@ func (n *Node) clusterReaders(ctx context.Context, gid uint64) (uint64, error) {
 	return oldest, nil
 }
 
+// reportOf asks one node for its report.
+func (n *Node) reportOf(ctx context.Context, id uint64) (*clusterv1.NodeReport, bool) {
+	st, err := n.meta.Local()
+	if err != nil {
+		return nil, false
+	}
+	nd, ok := st.Nodes[id]
+	if !ok {
+		return nil, false
+	}
+	rep, ok := n.relay.Reports(ctx, map[uint64]*placement.Node{id: nd}, 2*time.Second)[id]
+	return rep, ok
+}
+
 // caughtUp reports whether node's replica of gid has (nearly) everything this node's
 // replica has, by the node's own report: it heard from this node as leader, holds a
 // file if this replica does, and trails by at most cluster.CatchUpSlack transactions.
@@ -294,25 +306,13 @@ func (n *Node) caughtUp(ctx context.Context, gid, node uint64) bool {
 	if !ok {
 		return false
 	}
-	st, err := n.meta.Local()
-	if err != nil {
-		return false
-	}
-	nd, ok := st.Nodes[node]
+	rep, ok := n.reportOf(ctx, node)
 	if !ok {
 		return false
 	}
-	rep, ok := n.relay.Reports(ctx, map[uint64]*placement.Node{node: nd}, 2*time.Second)[node]
-	if !ok {
-		return false
-	}
+	gs := cluster.GroupOf(rep, gid)
 	t, _ := g.Tail()
-	for _, gs := range rep.Groups {
-		if gs.GroupId == gid {
-			return gs.LeaderNode == n.cfg.NodeID && gs.Transactions+cluster.CatchUpSlack >= t.Ordinal && (t.File == 0 || gs.CurrentFile != "")
-		}
-	}
-	return false
+	return gs != nil && gs.LeaderNode == n.cfg.NodeID && gs.Transactions+cluster.CatchUpSlack >= t.Ordinal && (t.File == 0 || gs.CurrentFile != "")
 }
 
 // departed reports whether the leader of group gid no longer counts this node among
@@ -322,24 +322,12 @@ func (n *Node) departed(ctx context.Context, gid uint64) bool {
 	if leader == 0 || leader == n.cfg.NodeID {
 		return false
 	}
-	st, err := n.meta.Local()
-	if err != nil {
-		return false
-	}
-	ln, ok := st.Nodes[leader]
+	rep, ok := n.reportOf(ctx, leader)
 	if !ok {
 		return false
 	}
-	rep, ok := n.relay.Reports(ctx, map[uint64]*placement.Node{leader: ln}, 2*time.Second)[leader]
-	if !ok {
-		return false
-	}
-	for _, g := range rep.Groups {
-		if g.GroupId == gid && g.LeaderNode == leader && len(g.RaftMembers) > 0 {
-			return !slices.Contains(g.RaftMembers, n.cfg.NodeID)
-		}
-	}
-	return false
+	gs := cluster.GroupOf(rep, gid)
+	return gs != nil && gs.LeaderNode == leader && len(gs.RaftMembers) > 0 && !slices.Contains(gs.RaftMembers, n.cfg.NodeID)
 }
 
 // metaVoters lists the metadata group's voting members (nil if unknown right now).

@@ -115,14 +115,7 @@ func TestClusterEndToEnd(t *testing.T) {
 
 	var ups []*clusterUpstream
 	for i := 1; i <= 4; i++ {
-		m, err := mariadbtest.Start(ctx, filepath.Join(dir, fmt.Sprintf("master%d", i)), mariadbtest.Options{ServerID: uint32(i), DomainID: uint32(i), LogBin: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Stop() })
-		if err := m.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
-			t.Fatal(err)
-		}
+		m := startMasterWith(ctx, t, filepath.Join(dir, fmt.Sprintf("master%d", i)), mariadbtest.Options{ServerID: uint32(i), DomainID: uint32(i)})
 		ups = append(ups, &clusterUpstream{name: fmt.Sprintf("up%d", i), master: m})
 	}
 	runWorkloads(ctx, t, ups, 0)

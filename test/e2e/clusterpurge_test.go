@@ -49,14 +49,7 @@ func TestClusterPurgeKeepsFollowerReaders(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	nodes := flotillatest.StartCluster(ctx, t, filepath.Join(dir, "flotilla"), 3)
-	m, err := mariadbtest.Start(ctx, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, LogBin: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { m.Stop() })
-	if err := m.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
-		t.Fatal(err)
-	}
+	m := startMaster(ctx, t, filepath.Join(dir, "master"))
 	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", m.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 		"--replica-user", replicaUser, "--replica-password", replicaPass, "--serve-from", "any"); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)

@@ -138,14 +138,7 @@ func TestClusterPlacement(t *testing.T) {
 
 	var ups []*clusterUpstream
 	for i := 1; i <= 3; i++ {
-		m, err := mariadbtest.Start(ctx, filepath.Join(dir, fmt.Sprintf("master%d", i)), mariadbtest.Options{ServerID: uint32(i), DomainID: uint32(i), LogBin: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { m.Stop() })
-		if err := m.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
-			t.Fatal(err)
-		}
+		m := startMasterWith(ctx, t, filepath.Join(dir, fmt.Sprintf("master%d", i)), mariadbtest.Options{ServerID: uint32(i), DomainID: uint32(i)})
 		u := &clusterUpstream{name: fmt.Sprintf("up%d", i), master: m}
 		if out, err := nodes[0].CLI(ctx, "upstream", "add", u.name, "--source", m.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 			"--replica-user", "repl"+strconv.Itoa(i), "--replica-password", replicaPass); err != nil {

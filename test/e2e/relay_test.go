@@ -26,7 +26,14 @@ const (
 
 func startMaster(ctx context.Context, t *testing.T, dir string) *mariadbtest.Server {
 	t.Helper()
-	m, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: 1, LogBin: true})
+	return startMasterWith(ctx, t, dir, mariadbtest.Options{ServerID: 1, LogBin: true})
+}
+
+// startMasterWith starts a master with opt (binlog on) and Flotilla's user on it.
+func startMasterWith(ctx context.Context, t *testing.T, dir string, opt mariadbtest.Options) *mariadbtest.Server {
+	t.Helper()
+	opt.LogBin = true
+	m, err := mariadbtest.Start(ctx, dir, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
