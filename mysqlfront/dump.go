@@ -77,6 +77,16 @@ func (ss *session) waitSource(ctx context.Context, u *placement.Upstream) (Sourc
 	}
 }
 
+// heartbeatPeriod reads @master_heartbeat_period (nanoseconds); a period below
+// minHeartbeat is raised to it, and an unreadable one means none.
+func heartbeatPeriod(v string) time.Duration {
+	ns, err := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
+	if err != nil || ns == 0 {
+		return 0
+	}
+	return max(time.Duration(min(ns, uint64(1<<62))), minHeartbeat)
+}
+
 // dump serves COM_BINLOG_DUMP until the replica goes away, the source stops being
 // eligible, or an error occurs. A nil return means the connection must simply close.
 func (ss *session) dump(ctx context.Context, data []byte) error {
@@ -99,9 +109,7 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 		spec.HasChecksum, spec.Checksum = true, *ck
 	}
 	if hb := ss.vars["master_heartbeat_period"]; hb != nil {
-		if ns, err := strconv.ParseUint(strings.TrimSpace(*hb), 10, 64); err == nil {
-			spec.Heartbeat = time.Duration(ns)
-		}
+		spec.Heartbeat = heartbeatPeriod(*hb)
 	}
 	csv, gtidMode := ss.vars["slave_connect_state"]
 	if gtidMode {

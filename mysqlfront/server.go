@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"runtime/debug"
@@ -35,15 +36,20 @@ const ServerVersion = "5.5.5-10.11.6-MariaDB-flotilla"
 
 // Server accepts replica connections.
 type Server struct {
+	// Limits are set before Serve.
+	Limits Limits
+
 	router Router
 	nodeID uint64
 	log    *slog.Logger
 	srv    *server.Server
 
 	nextID atomic.Uint64
+	active atomic.Int64
 
-	mu       sync.Mutex
-	replicas map[uint64]*replicaInfo
+	mu        sync.Mutex
+	replicas  map[uint64]*replicaInfo
+	userConns map[string]int
 }
 
 // replicaInfo is a connected replica (after COM_REGISTER_SLAVE or COM_BINLOG_DUMP).
@@ -63,11 +69,12 @@ type replicaInfo struct {
 // New creates a front end.
 func New(router Router, nodeID uint64, log *slog.Logger) *Server {
 	return &Server{
-		router:   router,
-		nodeID:   nodeID,
-		log:      log,
-		srv:      server.NewServer(ServerVersion, mysql.DEFAULT_COLLATION_ID, mysql.AUTH_NATIVE_PASSWORD, nil, nil),
-		replicas: map[uint64]*replicaInfo{},
+		router:    router,
+		nodeID:    nodeID,
+		log:       log,
+		srv:       server.NewServer(ServerVersion, mysql.DEFAULT_COLLATION_ID, mysql.AUTH_NATIVE_PASSWORD, nil, nil),
+		replicas:  map[uint64]*replicaInfo{},
+		userConns: map[string]int{},
 	}
 }
 
@@ -90,15 +97,57 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			}
 			return fmt.Errorf("mysql front end: accept: %w", err)
 		}
-		go s.handle(ctx, c)
+		if l := s.Limits.AllowIPs; l != nil && !l.Allows(c.RemoteAddr()) {
+			s.log.Warn("client refused: address not in --allow-ips", "remote", c.RemoteAddr().String())
+			go refuse(c, 0, mysql.ER_HOST_NOT_PRIVILEGED, fmt.Sprintf("Host '%s' is not allowed to connect to this Flotilla server", hostOf(c.RemoteAddr())))
+			continue
+		}
+		if max := s.Limits.MaxConnections; max > 0 && s.active.Load() >= int64(max) {
+			s.log.Warn("client refused: too many connections", "remote", c.RemoteAddr().String(), "max_connections", max)
+			go refuse(c, 0, mysql.ER_CON_COUNT_ERROR, "Too many connections")
+			continue
+		}
+		s.active.Add(1)
+		go func() {
+			defer s.active.Add(-1)
+			s.handle(ctx, c)
+		}()
+	}
+}
+
+func hostOf(a net.Addr) string {
+	if h, _, err := net.SplitHostPort(a.String()); err == nil {
+		return h
+	}
+	return a.String()
+}
+
+// claimUser counts a session against its user's limit; false means over it.
+func (s *Server) claimUser(user string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max := s.Limits.MaxUserConnections; max > 0 && s.userConns[user] >= max {
+		return false
+	}
+	s.userConns[user]++
+	return true
+}
+
+func (s *Server) releaseUser(user string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.userConns[user]--; s.userConns[user] <= 0 {
+		delete(s.userConns, user)
 	}
 }
 
 // auth maps a login to the upstreams that declare it as a replica user.
 type auth struct {
-	s     *Server
-	ups   []*placement.Upstream
-	state *placement.State
+	s       *Server
+	ups     []*placement.Upstream
+	state   *placement.State
+	claimed bool   // the session counts against its user's limit
+	user    string // the claimed user
 }
 
 func (a *auth) GetCredential(user string) (server.Credential, bool, error) {
@@ -125,7 +174,17 @@ func (a *auth) GetCredential(user string) (server.Credential, bool, error) {
 	return server.Credential{Passwords: pw, AuthPluginName: mysql.AUTH_NATIVE_PASSWORD}, true, nil
 }
 
-func (a *auth) OnAuthSuccess(*server.Conn) error { return nil }
+// OnAuthSuccess counts the session against its user's limit before the client is
+// told it logged in, so an over-limit login fails as MySQL's does (error 1203).
+func (a *auth) OnAuthSuccess(c *server.Conn) error {
+	if !a.s.claimUser(c.GetUser()) {
+		a.s.log.Warn("replica login refused: too many connections for its user", "remote", c.RemoteAddr().String(), "user", c.GetUser())
+		return mysql.NewError(mysql.ER_TOO_MANY_USER_CONNECTIONS,
+			fmt.Sprintf("User %s already has more than 'max_user_connections' active connections", c.GetUser()))
+	}
+	a.claimed, a.user = true, c.GetUser()
+	return nil
+}
 
 func (a *auth) OnAuthFailure(c *server.Conn, err error) {
 	a.s.log.Warn("replica login refused", "remote", c.RemoteAddr().String(), "user", c.GetUser(), "err", err)
@@ -155,21 +214,44 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		}
 	}()
 	a := &auth{s: s}
-	_ = nc.SetDeadline(time.Now().Add(15 * time.Second))
+	var lc *limitConn
+	if s.Limits.MaxAllowedPacket > 0 {
+		lc = &limitConn{Conn: nc, max: s.Limits.MaxAllowedPacket}
+		nc = lc
+	}
+	hs := s.Limits.HandshakeTimeout
+	if hs <= 0 {
+		hs = 15 * time.Second
+	}
+	_ = nc.SetDeadline(time.Now().Add(hs))
 	c, err := s.srv.NewCustomizedConn(nc, a, nil)
+	if a.claimed {
+		defer s.releaseUser(a.user)
+	}
 	if err != nil {
 		s.log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		s.packetTooLarge(nc, lc)
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
-	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: c.GetUser(), remote: nc.RemoteAddr().String(), ups: a.ups, vars: map[string]*string{},
-		log: s.log.With("remote", nc.RemoteAddr().String(), "user", c.GetUser())}
+	user := c.GetUser()
+	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: user, remote: nc.RemoteAddr().String(), ups: a.ups, vars: map[string]*string{},
+		log: s.log.With("remote", nc.RemoteAddr().String(), "user", user)}
 	defer ss.unregister()
 	for ctx.Err() == nil {
+		if s.Limits.IdleTimeout > 0 {
+			_ = nc.SetReadDeadline(time.Now().Add(s.Limits.IdleTimeout))
+		}
 		data, err := c.ReadPacket()
 		if err != nil {
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				ss.log.Info("closing an idle session", "idle_timeout", s.Limits.IdleTimeout)
+			}
+			s.packetTooLarge(nc, lc)
 			return
 		}
+		_ = nc.SetReadDeadline(time.Time{})
 		if len(data) == 0 {
 			return
 		}
@@ -179,6 +261,20 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 			return
 		}
 	}
+}
+
+// packetTooLarge tells a client whose packet exceeded --max-allowed-packet why its
+// connection ends (error 1153, as MySQL answers).
+func (s *Server) packetTooLarge(nc net.Conn, lc *limitConn) {
+	if lc == nil || !lc.over {
+		return
+	}
+	s.log.Warn("client packet above --max-allowed-packet refused", "remote", nc.RemoteAddr().String(), "max_allowed_packet", lc.max)
+	// Read the rest of the packet into nothing (bounded in time): a client still
+	// sending it would otherwise meet a reset instead of the error.
+	_ = lc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, _ = io.CopyN(io.Discard, lc.Conn, lc.body)
+	refuse(nc, lc.seq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", lc.max))
 }
 
 // Command bytes not named by go-mysql's server.

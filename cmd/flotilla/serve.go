@@ -30,6 +30,11 @@ func serveCommand() *cli.Command {
 			&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"},
 			&cli.Uint64Flag{Name: "segment-size", Usage: "bytes at which segment files roll (default 268435456, 256 MiB)"},
 			&cli.DurationFlag{Name: "node-down-after", Usage: "re-create the replicas of a node that has not answered for this long (default 60s)"},
+			&cli.IntFlag{Name: "max-connections", Usage: "client connections to the MySQL port at most; more get error 1040 (default 10000)"},
+			&cli.IntFlag{Name: "max-user-connections", Usage: "connections per replica user at most; more get error 1203 (default 0: no limit)"},
+			&cli.Int64Flag{Name: "max-allowed-packet", Usage: "largest client packet in bytes; a larger one is refused with error 1153 (default 67108864)"},
+			&cli.DurationFlag{Name: "idle-timeout", Usage: "close sessions that send nothing for this long while not dumping (default 8h)"},
+			&cli.StringFlag{Name: "allow-ips", Usage: "comma-separated client addresses and CIDR networks accepted; others get error 1130 (default: all)"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -56,6 +61,21 @@ func serveCommand() *cli.Command {
 			}
 			if c.IsSet("segment-size") {
 				cfg.SegmentSize = c.Uint64("segment-size")
+			}
+			if c.IsSet("max-connections") {
+				cfg.MaxConnections = c.Int("max-connections")
+			}
+			if c.IsSet("max-user-connections") {
+				cfg.MaxUserConnections = c.Int("max-user-connections")
+			}
+			if c.IsSet("max-allowed-packet") {
+				cfg.MaxAllowedPacket = c.Int64("max-allowed-packet")
+			}
+			if c.IsSet("idle-timeout") {
+				cfg.IdleTimeout = c.Duration("idle-timeout")
+			}
+			if c.IsSet("allow-ips") {
+				cfg.AllowIPs = c.String("allow-ips")
 			}
 			if c.IsSet("node-down-after") {
 				cfg.NodeDownAfter = c.Duration("node-down-after")

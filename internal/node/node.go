@@ -48,6 +48,13 @@ type Config struct {
 	// NodeDownAfter is how long a node may not answer before the placement
 	// controller re-creates its replicas elsewhere.
 	NodeDownAfter time.Duration `yaml:"node_down_after"`
+	// Client limits of the MySQL front end (see mysqlfront.Limits).
+	MaxConnections     int           `yaml:"max_connections"`
+	MaxUserConnections int           `yaml:"max_user_connections"`
+	MaxAllowedPacket   int64         `yaml:"max_allowed_packet"`
+	IdleTimeout        time.Duration `yaml:"idle_timeout"`
+	// AllowIPs, when set, lists the client addresses and CIDR networks accepted.
+	AllowIPs string `yaml:"allow_ips"`
 }
 
 // Defaults fills unset fields with the one-node defaults of the design.
@@ -69,6 +76,15 @@ func (c *Config) Defaults() {
 	}
 	if c.NodeDownAfter == 0 {
 		c.NodeDownAfter = cluster.DefaultNodeDownAfter
+	}
+	if c.MaxConnections == 0 {
+		c.MaxConnections = 10000
+	}
+	if c.MaxAllowedPacket == 0 {
+		c.MaxAllowedPacket = 64 << 20
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 8 * time.Hour
 	}
 }
 
@@ -105,6 +121,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+	}
+	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
+		MaxAllowedPacket: cfg.MaxAllowedPacket, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
+	if cfg.AllowIPs != "" {
+		l, err := mysqlfront.ParseAllowList(cfg.AllowIPs)
+		if err != nil {
+			return nil, fmt.Errorf("--allow-ips: %w", err)
+		}
+		limits.AllowIPs = l
 	}
 	// Bind the client-facing ports first: a port in use is the most common start-up
 	// mistake and must fail before anything touches the data directory.
@@ -160,6 +185,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
+	n.front.Limits = limits
 	go func() { n.errc <- n.front.Serve(ctx, mysqlLis) }()
 	metaLeader := func() uint64 {
 		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)

@@ -1,0 +1,90 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"net"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+func wantMySQLError(t *testing.T, what string, err error, code uint16) {
+	t.Helper()
+	var me *mysql.MyError
+	if !errors.As(err, &me) || me.Code != code {
+		t.Fatalf("%s: want MySQL error %d, got %v", what, code, err)
+	}
+}
+
+// TestClientLimits: through the real binary, each limit answers with MySQL's error
+// number (1203 per user, 1040 for the node, 1153 for an oversized packet, 1130 for an
+// address outside --allow-ips), and a normal replica still replicates afterwards.
+func TestClientLimits(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	master := startMaster(ctx, t, filepath.Join(dir, "master"))
+	fl := flotillatest.NewNode(t, filepath.Join(dir, "flotilla"), 1)
+	fl.Args = []string{"--max-connections", "4", "--max-user-connections", "2", "--max-allowed-packet", "1048576"}
+	fl.Start(ctx)
+	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
+		t.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	login := func() (*client.Conn, error) {
+		return client.ConnectWithTimeout(fl.MySQLAddr, replicaUser, replicaPass, "", 10*time.Second)
+	}
+	var held []*client.Conn
+	for i := 0; i < 2; i++ {
+		c, err := login()
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	_, err := login()
+	wantMySQLError(t, "a third session of one user", err, mysql.ER_TOO_MANY_USER_CONNECTIONS)
+	var raw []net.Conn
+	for i := 0; i < 2; i++ {
+		c, err := net.Dial("tcp", fl.MySQLAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		raw = append(raw, c)
+	}
+	_, err = login()
+	wantMySQLError(t, "a fifth connection to a node with --max-connections 4", err, mysql.ER_CON_COUNT_ERROR)
+	for _, c := range raw {
+		c.Close()
+	}
+	_, err = held[0].Execute("SELECT '" + strings.Repeat("x", 2<<20) + "'")
+	wantMySQLError(t, "a 2 MiB statement", err, mysql.ER_NET_PACKET_TOO_LARGE)
+	for _, c := range held {
+		c.Close()
+	}
+
+	// The node serves on: a replica connects (the limits freed as sessions ended)
+	// and replicates a workload exactly.
+	r := startReplica(ctx, t, filepath.Join(dir, "replica"), 11)
+	changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	if _, err := mariadbtest.RunWorkload(ctx, master, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(ctx, t, "replica", master, r, 2*time.Minute)
+	sameData(t, "replica", checksums(ctx, t, master), checksums(ctx, t, r))
+
+	guarded := flotillatest.NewNode(t, filepath.Join(dir, "guarded"), 1)
+	guarded.Args = []string{"--allow-ips", "10.0.0.0/8,127.0.0.2"}
+	guarded.Start(ctx)
+	_, err = client.ConnectWithTimeout(guarded.MySQLAddr, replicaUser, replicaPass, "", 10*time.Second)
+	wantMySQLError(t, "a client outside --allow-ips", err, mysql.ER_HOST_NOT_PRIVILEGED)
+}
