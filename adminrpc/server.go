@@ -198,6 +198,9 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		if ru.User == "" {
 			return nil, status.Error(codes.InvalidArgument, "a replica user name is empty")
 		}
+		if ru.Password == "" {
+			return nil, status.Errorf(codes.InvalidArgument, "replica user %q has an empty password: anyone could log in as it and read the binlog; give it one", ru.User)
+		}
 		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Password: ru.Password})
 	}
 	added, err := s.Meta.AddUpstream(ctx, u)

@@ -87,10 +87,12 @@ func upstreamCommand() *cli.Command {
 				Flags: []cli.Flag{
 					&cli.StringFlag{Name: "source", Required: true, Usage: "master address HOST:PORT"},
 					&cli.StringFlag{Name: "user", Required: true, Usage: "replication user on the master"},
-					&cli.StringFlag{Name: "password", Usage: "its password"},
+					&cli.StringFlag{Name: "password", Usage: "its password (visible in ps: prefer --password-file or $FLOTILLA_SOURCE_PASSWORD)"},
+					&cli.StringFlag{Name: "password-file", Usage: "file holding the master user's password (first line)"},
 					&cli.StringFlag{Name: "flavor", Value: "auto", Usage: "auto, mysql or mariadb"},
 					&cli.StringSliceFlag{Name: "replica-user", Usage: "user replicas log in to Flotilla with (repeatable)"},
-					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user"},
+					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user (or --replica-password-file, $FLOTILLA_REPLICA_PASSWORD)"},
+					&cli.StringSliceFlag{Name: "replica-password-file", Usage: "file holding the password of the matching --replica-user"},
 					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
 					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
 					&cli.UintFlag{Name: "server-id", Usage: "server_id toward the master (default: derived from the cluster id and the upstream name)"},
@@ -102,11 +104,27 @@ func upstreamCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					users, pws := c.StringSlice("replica-user"), c.StringSlice("replica-password")
-					if len(pws) != len(users) {
-						return fmt.Errorf("give one --replica-password per --replica-user (%d users, %d passwords)", len(users), len(pws))
+					password, err := secret(c.String("password"), c.String("password-file"), "FLOTILLA_SOURCE_PASSWORD", "--password")
+					if err != nil {
+						return err
 					}
-					req := &adminv1.AddUpstreamRequest{Name: n, Source: c.String("source"), User: c.String("user"), Password: c.String("password"),
+					users, pws := c.StringSlice("replica-user"), c.StringSlice("replica-password")
+					for _, f := range c.StringSlice("replica-password-file") {
+						pw, err := secret("", f, "", "--replica-password-file")
+						if err != nil {
+							return err
+						}
+						pws = append(pws, pw)
+					}
+					if len(pws) == 0 && len(users) == 1 {
+						if pw := os.Getenv("FLOTILLA_REPLICA_PASSWORD"); pw != "" {
+							pws = []string{pw}
+						}
+					}
+					if len(pws) != len(users) {
+						return fmt.Errorf("give one replica password per --replica-user (%d users, %d passwords)", len(users), len(pws))
+					}
+					req := &adminv1.AddUpstreamRequest{Name: n, Source: c.String("source"), User: c.String("user"), Password: password,
 						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id"))}
 					for i := range users {
 						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i]})
@@ -195,6 +213,26 @@ func upstreamCommand() *cli.Command {
 			},
 		},
 	}
+}
+
+// secret returns a password from a flag, else the first line of a file, else an
+// environment variable: the last two keep it out of the process list.
+func secret(flag, file, env, what string) (string, error) {
+	if flag != "" {
+		return flag, nil
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", what, err)
+		}
+		line, _, _ := strings.Cut(string(b), "\n")
+		return strings.TrimRight(line, "\r"), nil
+	}
+	if env != "" {
+		return os.Getenv(env), nil
+	}
+	return "", nil
 }
 
 func nodeCommand() *cli.Command {

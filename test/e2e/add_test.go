@@ -3,10 +3,13 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
 
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
@@ -97,6 +100,26 @@ func TestUpstreamAddRefusesBadSources(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor("Flotilla to catch up after resume", func() bool { g, _ := executed(); return g == after })
+
+	// Passwords stay out of the process list: the master's from a file, the replica
+	// user's from the environment. An empty replica password is refused.
+	pwFile := filepath.Join(dir, "source-password")
+	if err := os.WriteFile(pwFile, []byte(upstreamPass+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FLOTILLA_REPLICA_PASSWORD", replicaPass)
+	if out, err := fl.CLI(ctx, "upstream", "add", "u3", "--source", master.Addr(), "--user", upstreamUser, "--password-file", pwFile,
+		"--replica-user", "repl3"); err != nil {
+		t.Fatalf("upstream add with --password-file and $FLOTILLA_REPLICA_PASSWORD: %v\n%s", err, out)
+	}
+	if _, err := client.ConnectWithTimeout(fl.MySQLAddr, "repl3", replicaPass, "", 10*time.Second); err != nil {
+		t.Fatalf("the replica user added with its password from the environment cannot log in: %v", err)
+	}
+	_, err = fl.CLI(ctx, "upstream", "add", "u4", "--source", master.Addr(), "--user", upstreamUser, "--password-file", pwFile,
+		"--replica-user", "repl4", "--replica-password", "")
+	if err == nil || !strings.Contains(err.Error(), `replica user "repl4" has an empty password`) {
+		t.Fatalf("an empty replica password must be refused: %v", err)
+	}
 
 	// The server_id Flotilla uses toward the master is its own: not the master's, and
 	// not one another replica of the master registered (listing replicas needs
