@@ -148,12 +148,12 @@ func (s *Server) ownAuth(method string) bool {
 
 // metaErr maps metadata errors to gRPC codes: refusals are the caller's to fix.
 func metaErr(err error) error {
-	if errors.Is(err, placement.ErrRefused) {
-		msg := strings.TrimPrefix(err.Error(), placement.ErrRefused.Error()+": ")
-		if strings.HasPrefix(msg, "unknown upstream") {
-			return status.Error(codes.NotFound, msg)
+	var re *placement.RefusedError
+	if errors.As(err, &re) {
+		if re.NotFound {
+			return status.Error(codes.NotFound, re.Reason)
 		}
-		return status.Error(codes.FailedPrecondition, msg)
+		return status.Error(codes.FailedPrecondition, re.Reason)
 	}
 	return status.Errorf(codes.Unavailable, "metadata group unavailable: %v", err)
 }

@@ -133,7 +133,11 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		return nil
 	}
 	if err != nil {
-		return errDump("%s", strings.TrimPrefix(err.Error(), statemachine.ErrPosition.Error()+": "))
+		var pe *statemachine.PositionError
+		if errors.As(err, &pe) {
+			return errDump("%s", pe.Reason)
+		}
+		return errDump("%v", err)
 	}
 	cur, err := g.NewCursor(start)
 	if err != nil {

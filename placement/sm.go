@@ -48,8 +48,9 @@ const (
 
 // Result codes of metadata commands.
 const (
-	resultOK      uint64 = 1
-	resultRefused uint64 = 2
+	resultOK       uint64 = 1
+	resultRefused  uint64 = 2
+	resultNotFound uint64 = 3 // refused: what the command names does not exist
 )
 
 // metaSM is the metadata state machine. Its state is small (one entry per node and
@@ -109,7 +110,7 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	case opRemoveUpstream:
 		u, ok := s.Upstreams[c.Name]
 		if !ok {
-			return refuse("unknown upstream %q (see `flotilla upstream list`)", c.Name), nil
+			return notFound("unknown upstream %q (see `flotilla upstream list`)", c.Name), nil
 		}
 		delete(s.Upstreams, c.Name)
 		delete(s.Assignments, u.GroupID)
@@ -119,7 +120,7 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	case opSetPaused:
 		u, ok := s.Upstreams[c.Name]
 		if !ok {
-			return refuse("unknown upstream %q (see `flotilla upstream list`)", c.Name), nil
+			return notFound("unknown upstream %q (see `flotilla upstream list`)", c.Name), nil
 		}
 		u.Paused = c.Paused
 		return sm.Result{Value: resultOK}, nil
@@ -168,14 +169,14 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	case opSetDraining:
 		n, ok := s.Nodes[c.NodeID]
 		if !ok {
-			return refuse("unknown node %d (see `flotilla node list`)", c.NodeID), nil
+			return notFound("unknown node %d (see `flotilla node list`)", c.NodeID), nil
 		}
 		n.Draining = c.Draining
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil
 	case opRemoveNode:
 		if _, ok := s.Nodes[c.NodeID]; !ok {
-			return refuse("unknown node %d (see `flotilla node list`)", c.NodeID), nil
+			return notFound("unknown node %d (see `flotilla node list`)", c.NodeID), nil
 		}
 		var held []string
 		for gid, nodes := range s.Assignments {
@@ -211,6 +212,10 @@ func (s *State) note(text string) {
 
 func refuse(format string, args ...any) sm.Result {
 	return sm.Result{Value: resultRefused, Data: []byte(fmt.Sprintf(format, args...))}
+}
+
+func notFound(format string, args ...any) sm.Result {
+	return sm.Result{Value: resultNotFound, Data: []byte(fmt.Sprintf(format, args...))}
 }
 
 // Lookup returns a deep copy of the state, so callers can never race with Update.
@@ -263,8 +268,21 @@ func CreateStateMachine(clusterID, nodeID uint64) sm.IStateMachine {
 	return newMetaSM(clusterID, nodeID)
 }
 
-// ErrRefused wraps the reason the metadata group refused a change.
+// ErrRefused is what every refusal of a metadata change matches with errors.Is;
+// the error is a *RefusedError (errors.As) carrying the reason.
 var ErrRefused = errors.New("refused")
+
+// RefusedError is why the metadata group refused a change: the caller's to fix.
+type RefusedError struct {
+	Reason string
+	// NotFound: the upstream or node the command named does not exist.
+	NotFound bool
+}
+
+func (e *RefusedError) Error() string { return ErrRefused.Error() + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrRefused) hold.
+func (e *RefusedError) Is(target error) bool { return target == ErrRefused }
 
 func (s *Service) propose(ctx context.Context, c command) ([]byte, error) {
 	b, err := json.Marshal(c)
@@ -278,7 +296,7 @@ func (s *Service) propose(ctx context.Context, c command) ([]byte, error) {
 		return nil, fmt.Errorf("placement: %s: %w", c.Op, err)
 	}
 	if res.Value != resultOK {
-		return nil, fmt.Errorf("%w: %s", ErrRefused, res.Data)
+		return nil, &RefusedError{Reason: string(res.Data), NotFound: res.Value == resultNotFound}
 	}
 	return res.Data, nil
 }

@@ -54,7 +54,7 @@ func TestGroupIDsAreNeverReused(t *testing.T) {
 	if len(nodes) != 3 || len(zones) != 3 {
 		t.Fatalf("replicas on nodes %v span zones %v: want 3 nodes in 3 zones", nodes, zones)
 	}
-	if r := apply(t, m, command{Op: opRemoveUpstream, Name: "nope"}); r.Value != resultRefused || !bytes.Contains(r.Data, []byte("unknown upstream")) {
+	if r := apply(t, m, command{Op: opRemoveUpstream, Name: "nope"}); r.Value != resultNotFound || !bytes.Contains(r.Data, []byte("unknown upstream")) {
 		t.Fatalf("removing an unknown upstream: %s", r.Data)
 	}
 

@@ -12,9 +12,23 @@ import (
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
-// ErrPosition reports that a replica asked for a position this group cannot serve.
+// ErrPosition reports that a replica asked for a position this group cannot serve;
+// the error is a *PositionError (errors.As) carrying the reason for the replica.
 // Its message is written for the replica's DBA and is sent as MySQL error 1236.
 var ErrPosition = errors.New("cannot serve the requested position")
+
+// PositionError is why a requested position cannot be served, in words meant for the
+// replica's operator. It matches ErrPosition with errors.Is.
+type PositionError struct{ Reason string }
+
+func (e *PositionError) Error() string { return ErrPosition.Error() + ": " + e.Reason }
+
+// Is makes errors.Is(err, ErrPosition) hold.
+func (e *PositionError) Is(target error) bool { return target == ErrPosition }
+
+func positionErr(format string, args ...any) error {
+	return &PositionError{Reason: fmt.Sprintf(format, args...)}
+}
 
 // ErrAtTail is returned by Cursor.Next when the cursor has read everything committed.
 var ErrAtTail = errors.New("at the committed tail")
@@ -95,8 +109,7 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 		no, ok = g.firstFile(), true
 	}
 	if !ok || no == 0 || no > t.File || no < g.firstFile() {
-		return Start{}, fmt.Errorf("%w: binlog file %q is not held by Flotilla for this upstream (it holds %s to %s; see SHOW BINARY LOGS)",
-			ErrPosition, name, FileName(g.firstFile()), FileName(t.File))
+		return Start{}, positionErr("binlog file %q is not held by Flotilla for this upstream (it holds %s to %s; see SHOW BINARY LOGS)", name, FileName(g.firstFile()), FileName(t.File))
 	}
 	if pos < 4 {
 		pos = 4
@@ -108,7 +121,7 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 		return Start{File: no, Served: pos, Seg: t.SegSize}, nil
 	}
 	if no == t.File && pos > t.FileSize {
-		return Start{}, fmt.Errorf("%w: position %d in %s is beyond its committed end %d", ErrPosition, pos, name, t.FileSize)
+		return Start{}, positionErr("position %d in %s is beyond its committed end %d", pos, name, t.FileSize)
 	}
 	// The record holding pos: the last record boundary at or before it.
 	it, err := g.store.db.NewIter(&pebble.IterOptions{LowerBound: posKey(g.id, no, 0), UpperBound: posKey(g.id, no, pos+1)})
@@ -117,7 +130,7 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 	}
 	defer it.Close()
 	if !it.Last() {
-		return Start{}, fmt.Errorf("%w: position %d is not in %s", ErrPosition, pos, name)
+		return Start{}, positionErr("position %d is not in %s", pos, name)
 	}
 	recStart := binary.BigEndian.Uint64(it.Key()[len(it.Key())-8:])
 	seg, n := binary.Uvarint(it.Value())
@@ -125,7 +138,7 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 		return Start{}, fmt.Errorf("%w: group %d: bad position index entry", ErrCorrupt, g.id)
 	}
 	if no == t.File && seg >= t.SegSize {
-		return Start{}, fmt.Errorf("%w: position %d in %s is beyond the committed end %d", ErrPosition, pos, name, t.FileSize)
+		return Start{}, positionErr("position %d in %s is beyond the committed end %d", pos, name, t.FileSize)
 	}
 	return Start{File: no, Served: recStart, Seg: seg, Skip: pos - recStart}, nil
 }
@@ -144,7 +157,7 @@ func (g *Group) firstFile() uint64 {
 func (g *Group) Locate(want binlog.Position) (Start, error) {
 	t, _ := g.Tail()
 	if t.File == 0 {
-		return Start{}, fmt.Errorf("%w: Flotilla has not received any binlog from this upstream yet", ErrPosition)
+		return Start{}, positionErr("Flotilla has not received any binlog from this upstream yet")
 	}
 	first := g.firstFile()
 	fi, err := g.store.fileInfo(g.id, first)
@@ -166,8 +179,7 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 	}
 	for _, d := range oldest.Domains() {
 		if _, ok := want[d]; !ok {
-			return Start{}, fmt.Errorf("%w: the replica has no GTID for domain %d, so it needs that domain from its beginning, but Flotilla's history of it starts after %s; %s. Set the replica's gtid_slave_pos, or re-add the upstream with an earlier --start-gtid",
-				ErrPosition, d, oldest[d], available(d))
+			return Start{}, positionErr("the replica has no GTID for domain %d, so it needs that domain from its beginning, but Flotilla's history of it starts after %s; %s. Set the replica's gtid_slave_pos, or re-add the upstream with an earlier --start-gtid", d, oldest[d], available(d))
 		}
 	}
 	for _, d := range t.State.Domains() {
@@ -186,8 +198,7 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 		}
 		if o, ok := oldest[d]; ok {
 			if w.Seq < o.Seq {
-				return Start{}, fmt.Errorf("%w: the replica asks to continue after GTID %s, but Flotilla's history of domain %d starts after %s; %s",
-					ErrPosition, w, d, o, available(d))
+				return Start{}, positionErr("the replica asks to continue after GTID %s, but Flotilla's history of domain %d starts after %s; %s", w, d, o, available(d))
 			}
 			if w == o {
 				fromStart = true
@@ -195,16 +206,14 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 			}
 		}
 		if w.Seq > cur.Seq {
-			return Start{}, fmt.Errorf("%w: the replica is ahead of this upstream: it asks for GTID %s but the latest GTID of domain %d is %s",
-				ErrPosition, w, d, cur)
+			return Start{}, positionErr("the replica is ahead of this upstream: it asks for GTID %s but the latest GTID of domain %d is %s", w, d, cur)
 		}
 		loc, found, err := g.lookupTxn(w)
 		if err != nil {
 			return Start{}, err
 		}
 		if !found {
-			return Start{}, fmt.Errorf("%w: GTID %s requested by the replica is not in this upstream's binlog (the replica may have diverged or been written to directly); the latest GTID of domain %d is %s",
-				ErrPosition, w, d, cur)
+			return Start{}, positionErr("GTID %s requested by the replica is not in this upstream's binlog (the replica may have diverged or been written to directly); the latest GTID of domain %d is %s", w, d, cur)
 		}
 		s := Start{File: loc.File, Served: loc.End, Seg: loc.SegEnd}
 		if s.File < best.File || (s.File == best.File && s.Served < best.Served) {
