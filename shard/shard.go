@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v3"
@@ -28,6 +29,8 @@ type Shard struct {
 	once  sync.Once
 	// kick wakes run when the upstream's settings change (pause, resume).
 	kick chan struct{}
+	// reconciling: a membership change is under way.
+	reconciling atomic.Bool
 
 	mu       sync.Mutex
 	upstream placement.Upstream
@@ -165,8 +168,14 @@ func (s *Shard) run(ctx context.Context) {
 		s.leaderID, s.hasLead = id, id != 0
 		paused := s.upstream.Paused
 		s.mu.Unlock()
-		if id == s.m.nodeID {
-			s.reconcileMembers(ctx)
+		// Membership changes wait for raft (seconds when a quorum is missing): they run
+		// beside this loop, one at a time, so a lost leadership still stops the syncer
+		// at once.
+		if id == s.m.nodeID && s.reconciling.CompareAndSwap(false, true) {
+			go func() {
+				defer s.reconciling.Store(false)
+				s.reconcileMembers(ctx)
+			}()
 		}
 		should := id == s.m.nodeID && !paused
 		if should && running == nil {
