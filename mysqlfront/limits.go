@@ -75,7 +75,7 @@ func (l *AllowList) Allows(addr net.Addr) bool {
 	if err != nil {
 		return false
 	}
-	ip := ap.Addr().Unmap()
+	ip := ap.Addr().Unmap().WithZone("")
 	for _, p := range l.prefixes {
 		if p.Contains(ip) {
 			return true

@@ -98,7 +98,9 @@ func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Pos
 		} else {
 			start, err = l.g.LocateFile(spec.File, uint64(spec.Pos))
 		}
-		if err == nil || l.pol.Leading() || time.Now().After(deadline) || ctx.Err() != nil {
+		// Only a position this replica lacks may appear as it catches up; damage or
+		// a malformed request will not.
+		if err == nil || !errors.Is(err, statemachine.ErrPosition) || l.pol.Leading() || time.Now().After(deadline) || ctx.Err() != nil {
 			return start, err
 		}
 		select {

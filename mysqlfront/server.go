@@ -91,11 +91,18 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("mysql front end: accept: %w", err)
 			}
-			return fmt.Errorf("mysql front end: accept: %w", err)
+			// Out of file descriptors and the like pass: the node keeps serving the
+			// sessions it has and accepts again shortly.
+			s.log.Warn("accept failed; retrying", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(100 * time.Millisecond):
+			}
+			continue
 		}
 		if l := s.Limits.AllowIPs; l != nil && !l.Allows(c.RemoteAddr()) {
 			s.log.Warn("client refused: address not in --allow-ips", "remote", c.RemoteAddr().String())
@@ -214,6 +221,11 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		}
 	}()
 	a := &auth{s: s}
+	defer func() {
+		if a.claimed {
+			s.releaseUser(a.user)
+		}
+	}()
 	var lc *limitConn
 	if s.Limits.MaxAllowedPacket > 0 {
 		lc = &limitConn{Conn: nc, max: s.Limits.MaxAllowedPacket}
@@ -225,9 +237,6 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Now().Add(hs))
 	c, err := s.srv.NewCustomizedConn(nc, a, nil)
-	if a.claimed {
-		defer s.releaseUser(a.user)
-	}
 	if err != nil {
 		s.log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
 		s.packetTooLarge(nc, lc)
@@ -239,13 +248,14 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		log: s.log.With("remote", nc.RemoteAddr().String(), "user", user)}
 	defer ss.unregister()
 	for ctx.Err() == nil {
+		waitFrom := time.Now()
 		if s.Limits.IdleTimeout > 0 {
-			_ = nc.SetReadDeadline(time.Now().Add(s.Limits.IdleTimeout))
+			_ = nc.SetReadDeadline(waitFrom.Add(s.Limits.IdleTimeout))
 		}
 		data, err := c.ReadPacket()
 		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
+			// go-mysql flattens the read error; the clock tells an idle timeout.
+			if s.Limits.IdleTimeout > 0 && time.Since(waitFrom) >= s.Limits.IdleTimeout {
 				ss.log.Info("closing an idle session", "idle_timeout", s.Limits.IdleTimeout)
 			}
 			s.packetTooLarge(nc, lc)

@@ -222,7 +222,7 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 	}
 	if !slices.Contains(want, s.m.nodeID) {
 		for _, id := range want {
-			if _, ok := m.Nodes[rids[id]]; ok {
+			if _, ok := m.Nodes[rids[id]]; ok && s.m.caughtUp != nil && s.m.caughtUp(ctx, s.gid, id) {
 				if err := s.m.nh.RequestLeaderTransfer(s.gid, rids[id]); err != nil {
 					s.log.Warn("hand leadership over before leaving", "to", id, "err", err)
 				} else {
@@ -231,7 +231,7 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 				return
 			}
 		}
-		return
+		// No voter to hand over to yet: fall through, so observers are promoted.
 	}
 	wantRids := map[uint64]bool{}
 	for _, id := range want {

@@ -165,10 +165,11 @@ func (p *pipeline) handle(raw []byte) error {
 	if err != nil {
 		return fmt.Errorf("malformed event from master: %w", err)
 	}
-	// Every checksummed event is verified before anything reads it. Rotates are
-	// exempt: the fake ones a master sends may or may not carry a checksum.
+	// Every checksummed event is verified before anything reads it; only the fake
+	// Rotates a master makes up for the dump are exempt (they may lack a checksum).
 	switch {
-	case h.Type == binlog.RotateEvent:
+	case h.Type == binlog.RotateEvent && (h.Flags&binlog.FlagArtificial != 0 || !p.checksummed):
+		// A fake Rotate may or may not carry a checksum; ParseRotate checks its shape.
 	case h.Type == binlog.FormatDescription:
 		if fde, err := binlog.ParseFDE(raw); err == nil && fde.Checksummed() {
 			if err := binlog.VerifyChecksum(raw); err != nil {

@@ -109,6 +109,9 @@ func upstreamCommand() *cli.Command {
 						return err
 					}
 					users, pws := c.StringSlice("replica-user"), c.StringSlice("replica-password")
+					if len(pws) > 0 && len(c.StringSlice("replica-password-file")) > 0 {
+						return fmt.Errorf("give replica passwords either all with --replica-password or all with --replica-password-file: mixed, they could not be paired with their users")
+					}
 					for _, f := range c.StringSlice("replica-password-file") {
 						pw, err := secret("", f, "", "--replica-password-file")
 						if err != nil {
@@ -218,6 +221,9 @@ func upstreamCommand() *cli.Command {
 // secret returns a password from a flag, else the first line of a file, else an
 // environment variable: the last two keep it out of the process list.
 func secret(flag, file, env, what string) (string, error) {
+	if flag != "" && file != "" {
+		return "", fmt.Errorf("%s and its -file form both given: use one", what)
+	}
 	if flag != "" {
 		return flag, nil
 	}

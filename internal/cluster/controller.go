@@ -148,9 +148,11 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 			if !ok || lead == nil {
 				continue
 			}
+			// Caught up: a voter (the leader's view; an observer still waits for its
+			// promotion) that trails the leader by at most CatchUpSlack transactions.
 			gs := GroupOf(rep, u.GroupID)
 			g.CaughtUp[m] = gs != nil && gs.LeaderNode == g.Leader && gs.Transactions+CatchUpSlack >= lead.Transactions &&
-				(lead.CurrentFile == "" || gs.CurrentFile != "")
+				(lead.CurrentFile == "" || gs.CurrentFile != "") && (len(lead.RaftMembers) == 0 || slices.Contains(lead.RaftMembers, m))
 		}
 		v.Groups = append(v.Groups, g)
 	}
