@@ -91,7 +91,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	go func() {
 		<-ctx.Done()
-		gs.GracefulStop()
+		// Let calls in flight finish, but not a relayed dump, which never does on
+		// its own: after a grace period the rest are cut.
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		select {
+		case <-stopped:
+		case <-time.After(5 * time.Second):
+			gs.Stop()
+		}
 	}()
 	if err := gs.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return fmt.Errorf("admin API: %w", err)

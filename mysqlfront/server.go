@@ -50,6 +50,8 @@ type Server struct {
 	mu        sync.Mutex
 	replicas  map[uint64]*replicaInfo
 	userConns map[string]int
+	conns     map[net.Conn]struct{} // open client connections, closed at shutdown
+	sessions  sync.WaitGroup
 }
 
 // replicaInfo is a connected replica (after COM_REGISTER_SLAVE or COM_BINLOG_DUMP).
@@ -75,16 +77,25 @@ func New(router Router, nodeID uint64, log *slog.Logger) *Server {
 		srv:       server.NewServer(ServerVersion, mysql.DEFAULT_COLLATION_ID, mysql.AUTH_NATIVE_PASSWORD, nil, nil),
 		replicas:  map[uint64]*replicaInfo{},
 		userConns: map[string]int{},
+		conns:     map[net.Conn]struct{}{},
 	}
 }
 
 // Serve accepts connections until ctx ends. Each connection runs on its own goroutine:
-// a misbehaving replica can only break its own session.
+// a misbehaving replica can only break its own session. When ctx ends, Serve closes
+// every client connection and returns once every session has ended, so nothing reads
+// storage after it.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	go func() {
 		<-ctx.Done()
 		lis.Close()
+		s.mu.Lock()
+		for c := range s.conns {
+			c.Close()
+		}
+		s.mu.Unlock()
 	}()
+	defer s.sessions.Wait()
 	for {
 		c, err := lis.Accept()
 		if err != nil {
@@ -115,8 +126,21 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			continue
 		}
 		s.active.Add(1)
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		if ctx.Err() != nil { // raced with shutdown: the closer may have run already
+			c.Close()
+		}
+		s.sessions.Add(1)
 		go func() {
+			defer s.sessions.Done()
 			defer s.active.Add(-1)
+			defer func() {
+				s.mu.Lock()
+				delete(s.conns, c)
+				s.mu.Unlock()
+			}()
 			s.handle(ctx, c)
 		}()
 	}

@@ -47,6 +47,9 @@ type Manager struct {
 	// retention is applied by each group's leader.
 	retention statemachine.Retention
 
+	// wg counts the replicas' goroutines, so Run returns only once all have stopped.
+	wg sync.WaitGroup
+
 	mu     sync.Mutex
 	shards map[uint64]*Shard
 	// leaving: groups no longer assigned here whose replica keeps running until the
@@ -99,7 +102,8 @@ func GroupConfig(clusterID, nodeID uint64) config.Config {
 	}
 }
 
-// Run reconciles every interval until ctx ends, then stops all local syncers.
+// Run reconciles every interval until ctx ends, then stops all local syncers and
+// returns once every replica's goroutine (and so every syncer) has ended.
 func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -112,6 +116,7 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 				s.stop()
 			}
 			m.mu.Unlock()
+			m.wg.Wait()
 			return
 		case <-t.C:
 		}
@@ -320,7 +325,11 @@ func (m *Manager) startShard(ctx context.Context, st *placement.State, u *placem
 	s := newShard(m, u)
 	s.rid = rid
 	s.setUpstream(u, st)
-	go s.run(ctx)
+	m.wg.Add(1)
+	go func() {
+		defer m.wg.Done()
+		s.run(ctx)
+	}()
 	m.log.Info("group replica started", "upstream", u.Name, "group", gid, "replica", rid, "members", st.Assignments[gid], "joining", join)
 	return s, nil
 }

@@ -248,6 +248,10 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 			return fmt.Errorf("group %d: restore segment %d: %w", g.id, no, err)
 		}
 	}
+	// The restored files' directory entries are durable before they are installed.
+	if err := syncDir(tmp); err != nil {
+		return fmt.Errorf("group %d: sync restored segments: %w", g.id, err)
+	}
 	// Swap: close our files, move the new directory in, then commit the index.
 	g.closeFiles()
 	old := g.dir + ".old"
@@ -257,6 +261,11 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	}
 	if err := os.Rename(tmp, g.dir); err != nil {
 		return fmt.Errorf("group %d: install snapshot segments: %w", g.id, err)
+	}
+	// The renames are durable before the index that describes the new segments is
+	// committed: after a power loss the index never names segments still in tmp.
+	if err := syncDir(filepath.Dir(g.dir)); err != nil {
+		return fmt.Errorf("group %d: sync installed snapshot: %w", g.id, err)
 	}
 	mv, _ = json.Marshal(&m)
 	if err := b.Set(metaKey(g.id), mv, nil); err != nil {

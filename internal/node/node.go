@@ -103,6 +103,11 @@ type Node struct {
 	leaders *cluster.Leaders
 	relay   *cluster.Relay
 
+	// cancel ends the node's own context; wg counts its long-running workers, which
+	// Wait lets finish before storage closes.
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
 	mu sync.Mutex
 	// silentSince: when each node stopped answering purge's question about readers.
 	silentSince map[uint64]time.Time
@@ -178,15 +183,16 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
+	ctx, n.cancel = context.WithCancel(ctx)
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)
 	n.shards.SetCaughtUp(n.caughtUp)
-	go n.shards.Run(ctx, 300*time.Millisecond)
+	n.spawn(func() { n.shards.Run(ctx, 300*time.Millisecond) })
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
 	n.front.Limits = limits
-	go func() { n.errc <- n.front.Serve(ctx, mysqlLis) }()
+	n.spawn(func() { n.errc <- n.front.Serve(ctx, mysqlLis) })
 	metaLeader := func() uint64 {
 		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
 		return id
@@ -203,8 +209,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
 	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
 		Meta: n.meta, Members: nh, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
-	go ctrl.Run(ctx, 2*time.Second)
-	go func() { n.errc <- admin.Serve(ctx, adminLis) }()
+	n.spawn(func() { ctrl.Run(ctx, 2*time.Second) })
+	n.spawn(func() { n.errc <- admin.Serve(ctx, adminLis) })
 	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
 	return n, nil
 }
@@ -395,8 +401,27 @@ func (n *Node) Wait(ctx context.Context) error {
 	case <-ctx.Done():
 	case err = <-n.errc:
 	}
+	// Stop in order: sessions, syncers and the controller end first (they read and
+	// propose), then raft, then storage.
+	n.cancel()
+	done := make(chan struct{})
+	go func() { n.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		n.log.Warn("shutdown: workers still running after 30s; closing anyway")
+	}
 	n.close()
 	return err
+}
+
+// spawn runs a worker the node waits for at shutdown.
+func (n *Node) spawn(f func()) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		f()
+	}()
 }
 
 func (n *Node) close() {

@@ -82,6 +82,21 @@ func TestClientLimits(t *testing.T) {
 	waitCaughtUp(ctx, t, "replica", master, r, 2*time.Minute)
 	sameData(t, "replica", checksums(ctx, t, master), checksums(ctx, t, r))
 
+	// Shutdown is orderly with a replica dumping and an idle session open: sessions,
+	// the syncer and the controller end before storage closes, and the process exits
+	// cleanly.
+	idle, err := login()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	if err := fl.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if log := fl.LogTail(200); strings.Contains(log, "workers still running") || strings.Contains(log, "panic") {
+		t.Fatalf("unclean shutdown:\n%s", log)
+	}
+
 	guarded := flotillatest.NewNode(t, filepath.Join(dir, "guarded"), 1)
 	guarded.Args = []string{"--allow-ips", "10.0.0.0/8,127.0.0.2"}
 	guarded.Start(ctx)

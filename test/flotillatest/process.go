@@ -211,6 +211,29 @@ func (n *Node) Running() bool {
 	}
 }
 
+// Stop asks the process to shut down (SIGTERM) and waits for it, up to timeout; it
+// returns the process's exit error (nil for a clean exit).
+func (n *Node) Stop(timeout time.Duration) error {
+	if n.cmd == nil || n.cmd.Process == nil {
+		return nil
+	}
+	_ = n.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-n.done:
+	case <-time.After(timeout):
+		return fmt.Errorf("flotilla did not exit within %v of SIGTERM; log:\n%s", timeout, n.LogTail(30))
+	}
+	err := n.cmd.ProcessState.ExitCode()
+	n.cmd = nil
+	if n.logFile != nil {
+		n.logFile.Close()
+	}
+	if err != 0 {
+		return fmt.Errorf("flotilla exited with status %d after SIGTERM; log:\n%s", err, n.LogTail(30))
+	}
+	return nil
+}
+
 // Kill stops the process with SIGKILL, like a crash.
 func (n *Node) Kill() {
 	if n.cmd == nil || n.cmd.Process == nil {
