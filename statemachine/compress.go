@@ -96,14 +96,13 @@ type compressJob struct {
 func (s *Store) compressLoop() {
 	defer close(s.compressDone)
 	for job := range s.compressc {
-		orig, comp, err := compressSegment(job.path, &job.g.swapMu)
+		orig, comp, err := compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) { // purged or removed meanwhile
 				job.g.log.Warn("segment compression failed; the file stays uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
 			}
 			continue
 		}
-		job.g.addCompressed(uint64(orig), uint64(comp))
 		job.g.log.Debug("segment compressed", "file", FileName(job.file), "segment", job.path, "from", orig, "to", comp)
 	}
 }
@@ -152,8 +151,10 @@ func (g *Group) Compression() (plain, compressed uint64) {
 
 // compressSegment replaces a closed plain segment with its compressed form. The swap
 // holds swapMu, which purge also holds while deleting segments: a segment purged
-// while it was being compressed must not come back as a .zst.
-func compressSegment(path string, swapMu *sync.Mutex) (int64, int64, error) {
+// while it was being compressed must not come back as a .zst. account records the
+// sizes before the plain file disappears, so nobody sees the file compressed but
+// not yet counted.
+func compressSegment(path string, swapMu *sync.Mutex, account func(orig, comp int64)) (int64, int64, error) {
 	in, err := os.Open(path)
 	if err != nil {
 		return 0, 0, err
@@ -200,6 +201,7 @@ func compressSegment(path string, swapMu *sync.Mutex) (int64, int64, error) {
 		os.Remove(tmp)
 		return 0, 0, err
 	}
+	account(orig, st.Size())
 	if err := os.Remove(path); err != nil {
 		return 0, 0, err
 	}
