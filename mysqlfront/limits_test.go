@@ -179,3 +179,41 @@ func TestAllowIPsAndIdleTimeout(t *testing.T) {
 		time.Sleep(time.Duration(400) * time.Millisecond)
 	}
 }
+
+// FuzzLimitConn: any client byte stream, read in any chunk size, never panics the
+// framing reader, never hands out more than it read, and once over the limit stays
+// over it.
+func FuzzLimitConn(f *testing.F) {
+	f.Add([]byte{1, 0, 0, 0, 'x', 0xff, 0xff, 0xff, 1}, uint8(3), uint16(100))
+	f.Add([]byte{0, 0, 0x20, 0}, uint8(1), uint16(1000))
+	f.Fuzz(func(t *testing.T, stream []byte, step uint8, max uint16) {
+		lc := &limitConn{max: int64(max)}
+		lc.Conn = &trickleConn{r: bytes.NewReader(stream), step: int(step%32) + 1}
+		buf := make([]byte, 64)
+		total, over := 0, false
+		for {
+			n, err := lc.Read(buf)
+			if n < 0 || n > len(buf) {
+				t.Fatalf("Read returned %d", n)
+			}
+			total += n
+			if over && n > 0 {
+				t.Fatal("bytes handed out after the limit was exceeded")
+			}
+			if errors.Is(err, errPacketTooLarge) {
+				over = true
+				if _, err := lc.Read(buf); !errors.Is(err, errPacketTooLarge) {
+					t.Fatal("a reader over the limit must stay over it")
+				}
+				break
+			}
+			if err != nil {
+				break
+			}
+		}
+		if total > len(stream) {
+			t.Fatalf("handed out %d bytes of a %d-byte stream", total, len(stream))
+		}
+		_, _ = ParseAllowList(string(stream))
+	})
+}
