@@ -24,7 +24,7 @@ const (
 
 // resumeTime commits a marker on the master and returns how long until every replica
 // has applied it.
-func resumeTime(ctx context.Context, b *testing.B, m *mariadbtest.Server, replicas []*mariadbtest.Server, start time.Time) time.Duration {
+func resumeTime(ctx context.Context, b *testing.B, m *mariadbtest.Server, replicas []*mariadbtest.Server, start time.Time, nodes ...*flotillatest.Node) time.Duration {
 	b.Helper()
 	if err := m.Exec(ctx, "INSERT INTO bench.marker VALUES (NULL)"); err != nil {
 		b.Fatal(err)
@@ -38,6 +38,9 @@ func resumeTime(ctx context.Context, b *testing.B, m *mariadbtest.Server, replic
 				break
 			}
 			if time.Now().After(deadline) {
+				for _, n := range nodes {
+					b.Logf("node %d:\n%s", n.ID, n.LogGrep("syncer", "leader", "member", "placement", "relay", "dump", "ERROR", "WARN"))
+				}
 				b.Fatalf("a replica did not resume within 2 minutes (at %s, master %s)", got, want)
 			}
 			time.Sleep(5 * time.Millisecond)
@@ -64,11 +67,12 @@ func startReplicaOf(ctx context.Context, b *testing.B, dir string, id uint32, po
 	return r
 }
 
-// settleLeaders waits until the cluster's groups have leaders and no node leads more
-// than one more group than another.
-func settleLeaders(ctx context.Context, b *testing.B, n *flotillatest.Node, groups int) {
+// settle waits until every group has 3 voting members (its assigned ones) and no
+// node leads more than one more group than another, so a measurement starts from a
+// healthy cluster.
+func settle(ctx context.Context, b *testing.B, n *flotillatest.Node, groups int) {
 	b.Helper()
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
 		out, err := n.CLI(ctx, "status", "-o", "json")
 		if err != nil {
 			continue
@@ -77,20 +81,30 @@ func settleLeaders(ctx context.Context, b *testing.B, n *flotillatest.Node, grou
 			Nodes []struct {
 				Leaders string `json:"leaders"`
 			} `json:"nodes"`
+			Upstreams []struct {
+				Group struct {
+					Members     []string `json:"members"`
+					RaftMembers []string `json:"raftMembers"`
+				} `json:"group"`
+			} `json:"upstreams"`
 		}
 		if json.Unmarshal([]byte(out), &st) != nil {
 			continue
+		}
+		healthy := len(st.Upstreams) == groups
+		for _, u := range st.Upstreams {
+			healthy = healthy && len(u.Group.Members) == 3 && len(u.Group.RaftMembers) == 3
 		}
 		total, lo, hi := 0, 1<<30, 0
 		for _, x := range st.Nodes {
 			l, _ := strconv.Atoi(x.Leaders)
 			total, lo, hi = total+l, min(lo, l), max(hi, l)
 		}
-		if total == groups && hi-lo <= 1 {
+		if healthy && total == groups && hi-lo <= 1 {
 			return
 		}
 	}
-	b.Fatal("leaderships did not settle within a minute")
+	b.Fatal("the cluster did not settle within 2 minutes")
 }
 
 func leaderOf(ctx context.Context, b *testing.B, nodes []*flotillatest.Node, name string) *flotillatest.Node {
@@ -166,7 +180,7 @@ func BenchmarkFailover(b *testing.B) {
 	baseline := resumeTime(ctx, b, m, []*mariadbtest.Server{direct}, start)
 	_ = direct.Exec(ctx, "STOP SLAVE")
 
-	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "flotilla"), 3, "--node-down-after", "3s")
+	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "flotilla"), 3)
 	results := map[string]time.Duration{}
 	for i, mode := range []string{"leader", "any"} {
 		name := "up-" + mode
@@ -178,9 +192,10 @@ func BenchmarkFailover(b *testing.B) {
 	}
 	// Let the controller settle leaderships (one per node at most), then put each
 	// upstream's replicas on the nodes that do not lead it.
-	settleLeaders(ctx, b, nodes[0], 2)
+	settle(ctx, b, nodes[0], 2)
 	for i, mode := range []string{"leader", "any"} {
 		name := "up-" + mode
+		settle(ctx, b, nodes[0], 2) // the previous round's node is back and voting
 		lead := leaderOf(ctx, b, nodes, name)
 		var replicas []*mariadbtest.Server
 		for k, n := range nodes {
@@ -192,7 +207,7 @@ func BenchmarkFailover(b *testing.B) {
 		lead = leaderOf(ctx, b, nodes, name)
 		start := time.Now()
 		lead.Kill()
-		results[mode] = resumeTime(ctx, b, m, replicas, start)
+		results[mode] = resumeTime(ctx, b, m, replicas, start, nodes...)
 		lead.Start(ctx)
 		for _, r := range replicas {
 			_ = r.Exec(ctx, "STOP SLAVE")
@@ -215,7 +230,7 @@ func BenchmarkFailover(b *testing.B) {
 	}
 	want, _ := m.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
 	n4 := flotillatest.NewNode(b, filepath.Join(dir, "flotilla", "node4"), 4)
-	n4.Join, n4.Args = []string{nodes[0].AdminAddr}, []string{"--node-down-after", "3s"}
+	n4.Join = []string{nodes[0].AdminAddr}
 	n4.Start(ctx)
 	// Wait until node 4 holds a caught-up replica of up-leader (placement moves one
 	// there), timing from the moment it is assigned.
