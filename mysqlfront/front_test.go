@@ -3,6 +3,7 @@ package mysqlfront
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -156,9 +157,11 @@ func TestReplicaConnectQueries(t *testing.T) {
 
 func TestAuthRefusesUnknownUserClearly(t *testing.T) {
 	ss := newTestSession()
-	a := &auth{s: ss.s}
-	if _, found, err := a.GetCredential("stranger"); found || err == nil || !strings.Contains(err.Error(), "no upstream relayed by Flotilla has 'stranger'") {
-		t.Fatalf("unknown user: found=%v err=%v", found, err)
+	a := &auth{s: ss.s, host: "10.1.2.3"}
+	_, found, err := a.GetCredential("stranger")
+	if me := (*mysql.MyError)(nil); found || !errors.As(err, &me) || me.Code != mysql.ER_ACCESS_DENIED_ERROR ||
+		me.Message != "Access denied for user 'stranger'@'10.1.2.3' (using password: YES)" {
+		t.Fatalf("an unknown user must get MySQL's standard 1045 text, got found=%v err=%v", found, err)
 	}
 	c, found, err := a.GetCredential("repl")
 	if err != nil || !found || len(c.Passwords) != 1 || c.Passwords[0] != "pw" {

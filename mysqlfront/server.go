@@ -146,6 +146,15 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 }
 
+// hostConn presents a client connection's remote address without its port.
+type hostConn struct{ net.Conn }
+
+func (c hostConn) RemoteAddr() net.Addr { return hostAddr{c.Conn.RemoteAddr()} }
+
+type hostAddr struct{ net.Addr }
+
+func (a hostAddr) String() string { return hostOf(a.Addr) }
+
 func hostOf(a net.Addr) string {
 	if h, _, err := net.SplitHostPort(a.String()); err == nil {
 		return h
@@ -175,6 +184,7 @@ func (s *Server) releaseUser(user string) {
 // auth maps a login to the upstreams that declare it as a replica user.
 type auth struct {
 	s       *Server
+	host    string // the client's address without its port, as MySQL names it
 	ups     []*placement.Upstream
 	state   *placement.State
 	claimed bool   // the session counts against its user's limit
@@ -189,8 +199,12 @@ func (a *auth) GetCredential(user string) (server.Credential, bool, error) {
 	a.state = st
 	a.ups = st.ForReplicaUser(user)
 	if len(a.ups) == 0 {
+		// The client gets MySQL's standard 1045 (a stranger learns nothing about
+		// which users exist); the reason goes to the log.
+		a.s.log.Warn("replica login refused: no upstream relayed by Flotilla declares this replica user (declare it with `flotilla upstream add --replica-user`)",
+			"user", user, "remote", a.host)
 		return server.Credential{}, false, mysql.NewError(mysql.ER_ACCESS_DENIED_ERROR,
-			fmt.Sprintf("Access denied for user '%s': no upstream relayed by Flotilla has '%s' as a replica user (declare it with `flotilla upstream add --replica-user`)", user, user))
+			fmt.Sprintf("Access denied for user '%s'@'%s' (using password: YES)", user, a.host))
 	}
 	var pw []string
 	seen := map[string]bool{}
@@ -236,15 +250,19 @@ type session struct {
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	defer nc.Close()
+	remote := nc.RemoteAddr().String() // with the port: tells two replicas of one host apart
 	// Whatever a client sends, a bug it triggers ends its own connection only: the
 	// node keeps serving every other replica and upstream.
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("panic while serving a client; closing its connection only",
-				"remote", nc.RemoteAddr().String(), "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
+				"remote", remote, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
-	a := &auth{s: s}
+	a := &auth{s: s, host: hostOf(nc.RemoteAddr())}
+	// go-mysql names the client by its connection's address in 1045; MySQL names the
+	// host alone.
+	nc = hostConn{nc}
 	defer func() {
 		if a.claimed {
 			s.releaseUser(a.user)
@@ -262,14 +280,14 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	_ = nc.SetDeadline(time.Now().Add(hs))
 	c, err := s.srv.NewCustomizedConn(nc, a, nil)
 	if err != nil {
-		s.log.Debug("handshake failed", "remote", nc.RemoteAddr().String(), "err", err)
+		s.log.Debug("handshake failed", "remote", remote, "err", err)
 		s.packetTooLarge(nc, lc)
 		return
 	}
 	_ = nc.SetDeadline(time.Time{})
 	user := c.GetUser()
-	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: user, remote: nc.RemoteAddr().String(), ups: a.ups, vars: map[string]*string{},
-		log: s.log.With("remote", nc.RemoteAddr().String(), "user", user)}
+	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: user, remote: remote, ups: a.ups, vars: map[string]*string{},
+		log: s.log.With("remote", remote, "user", user)}
 	defer ss.unregister()
 	for ctx.Err() == nil {
 		waitFrom := time.Now()
@@ -303,7 +321,7 @@ func (s *Server) packetTooLarge(nc net.Conn, lc *limitConn) {
 	if lc == nil || !lc.over {
 		return
 	}
-	s.log.Warn("client packet above --max-allowed-packet refused", "remote", nc.RemoteAddr().String(), "max_allowed_packet", lc.max)
+	s.log.Warn("client packet above --max-allowed-packet refused", "remote", lc.Conn.RemoteAddr().String(), "max_allowed_packet", lc.max)
 	// Read the rest of the packet into nothing (bounded in time): a client still
 	// sending it would otherwise meet a reset instead of the error.
 	_ = lc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))

@@ -400,13 +400,16 @@ func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariad
 	for _, c := range []struct {
 		name, user, pass, want string
 	}{
-		{"wrong password", replicaUser, "nope", "Access denied for user 'repl'"},
-		{"unknown user", "stranger", "x", "no upstream relayed by Flotilla has 'stranger' as a replica user"},
+		{"wrong password", replicaUser, "nope", "Access denied for user 'repl'@'127.0.0.1' (using password: YES)"},
+		{"unknown user", "stranger", "x", "Access denied for user 'stranger'@'127.0.0.1' (using password: YES)"},
 	} {
 		out, err := exec.CommandContext(ctx, "mariadb", "-h", host, "-P", port, "-u", c.user, "-p"+c.pass, "-e", "SHOW MASTER STATUS").CombinedOutput()
 		if err == nil || !strings.Contains(string(out), c.want) {
 			t.Errorf("%s: want an error containing %q, got %v: %s", c.name, c.want, err, out)
 		}
+	}
+	if !strings.Contains(fl.LogTail(2000), "no upstream relayed by Flotilla declares this replica user") {
+		t.Error("the reason an unknown user was refused must be in the log")
 	}
 	cur, _ := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
 	seq := cur[strings.LastIndex(cur, "-")+1:]
