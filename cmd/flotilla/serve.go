@@ -51,7 +51,7 @@ func serveCommand() *cli.Command {
 			if c.IsSet("node-id") {
 				cfg.NodeID = c.Uint64("node-id")
 			}
-			for flag, dst := range map[string]*string{"data": &cfg.DataDir, "mysql-addr": &cfg.MySQLAddr, "admin-addr": &cfg.AdminAddr, "raft-addr": &cfg.RaftAddr} {
+			for flag, dst := range map[string]*string{"data": &cfg.DataDir, "mysql-addr": &cfg.MySQLAddr, "admin-addr": &cfg.AdminAddr, "raft-addr": &cfg.RaftAddr, "allow-ips": &cfg.AllowIPs} {
 				if c.IsSet(flag) {
 					*dst = c.String(flag)
 				}
@@ -62,23 +62,18 @@ func serveCommand() *cli.Command {
 			if c.IsSet("segment-size") {
 				cfg.SegmentSize = c.Uint64("segment-size")
 			}
-			if c.IsSet("max-connections") {
-				cfg.MaxConnections = c.Int("max-connections")
+			for flag, dst := range map[string]*int{"max-connections": &cfg.MaxConnections, "max-user-connections": &cfg.MaxUserConnections} {
+				if c.IsSet(flag) {
+					*dst = c.Int(flag)
+				}
 			}
-			if c.IsSet("max-user-connections") {
-				cfg.MaxUserConnections = c.Int("max-user-connections")
+			for flag, dst := range map[string]*time.Duration{"idle-timeout": &cfg.IdleTimeout, "node-down-after": &cfg.NodeDownAfter} {
+				if c.IsSet(flag) {
+					*dst = c.Duration(flag)
+				}
 			}
 			if c.IsSet("max-allowed-packet") {
 				cfg.MaxAllowedPacket = c.Int64("max-allowed-packet")
-			}
-			if c.IsSet("idle-timeout") {
-				cfg.IdleTimeout = c.Duration("idle-timeout")
-			}
-			if c.IsSet("allow-ips") {
-				cfg.AllowIPs = c.String("allow-ips")
-			}
-			if c.IsSet("node-down-after") {
-				cfg.NodeDownAfter = c.Duration("node-down-after")
 			}
 			if c.IsSet("retention-bytes") {
 				cfg.RetentionBytes = c.Uint64("retention-bytes")
