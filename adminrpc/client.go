@@ -2,11 +2,12 @@ package adminrpc
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 )
 
@@ -16,10 +17,10 @@ type Client struct {
 	conn *grpc.ClientConn
 }
 
-// Dial connects to a node's admin address. token, when not empty, is sent as a bearer
-// token with every call.
-func Dial(addr, token string) (*Client, error) {
-	opts := []grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}
+// Dial connects to a node's admin address, over TLS when tlsCfg is set. token, when
+// not empty, is sent as a bearer token with every call.
+func Dial(addr, token string, tlsCfg *tls.Config) (*Client, error) {
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(secure.GRPCCredentials(tlsCfg))}
 	if token != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(bearer(token)))
 	}

@@ -5,7 +5,7 @@ package adminrpc
 
 import (
 	"context"
-	"crypto/subtle"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -18,9 +18,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla-relay/flotilla/internal/mysqlauth"
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
@@ -72,8 +75,13 @@ type Server struct {
 	ClusterID string
 	// MetaVoters lists the metadata group's voting members, for status.
 	MetaVoters func(ctx context.Context) []uint64
-	// Token, when set, must be sent by clients as "authorization: Bearer TOKEN".
-	Token string
+	// Sealer seals upstream passwords before they enter the metadata group.
+	Sealer *secure.Sealer
+	// Auth decides who may call: the bearer token or a verified client certificate.
+	Auth secure.Admin
+	// TLS, when set, serves the API over TLS (with client certificates verified
+	// against its CA); PeerTLS is how this node calls other nodes' admin APIs.
+	TLS, PeerTLS *tls.Config
 	// Services registers further gRPC services on the admin port (the node-to-node
 	// Cluster service); OwnAuthPrefixes are method prefixes that authenticate
 	// themselves and so skip the token check.
@@ -84,7 +92,11 @@ type Server struct {
 
 // Serve listens on addr until ctx ends.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
-	gs := grpc.NewServer(grpc.UnaryInterceptor(s.intercept), grpc.StreamInterceptor(s.interceptStream))
+	opts := []grpc.ServerOption{grpc.UnaryInterceptor(s.intercept), grpc.StreamInterceptor(s.interceptStream)}
+	if s.TLS != nil {
+		opts = append(opts, grpc.Creds(credentials.NewTLS(s.TLS)))
+	}
+	gs := grpc.NewServer(opts...)
 	adminv1.RegisterAdminServer(gs, s)
 	for _, reg := range s.Services {
 		reg(gs)
@@ -115,11 +127,10 @@ func (s *Server) intercept(ctx context.Context, req any, info *grpc.UnaryServerI
 			resp, err = nil, status.Errorf(codes.Internal, "internal error in %s (logged on node %d)", info.FullMethod, s.NodeID)
 		}
 	}()
-	if s.Token != "" && !s.ownAuth(info.FullMethod) {
-		md, _ := metadata.FromIncomingContext(ctx)
-		got := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
-		if subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
-			return nil, status.Error(codes.Unauthenticated, "missing or wrong admin token (set FLOTILLA_TOKEN)")
+	if !s.ownAuth(info.FullMethod) {
+		if err := s.Auth.Check(ctx); err != nil {
+			s.Log.Warn("admin call refused", "method", info.FullMethod, "err", err)
+			return nil, err
 		}
 	}
 	resp, err = h(ctx, req)
@@ -188,7 +199,18 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 	if serverID == 0 {
 		serverID = SyncerServerID(s.ClusterID, r.Name)
 	}
-	info, err := s.Inspect(ctx, shard.SourceCheck{Addr: r.Source, User: r.User, Password: r.Password, Flavor: r.Flavor,
+	var srcTLS *placement.SourceTLS
+	if r.SourceTls || r.SourceTlsCa != "" || r.SourceTlsServerName != "" {
+		srcTLS = &placement.SourceTLS{CAPEM: r.SourceTlsCa, ServerName: r.SourceTlsServerName}
+	}
+	if s.Sealer == nil {
+		return nil, status.Error(codes.Internal, "this node has no cluster key to seal the upstream's password with")
+	}
+	sealed, err := s.Sealer.Seal(r.Password, r.Name)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	info, err := s.Inspect(ctx, shard.SourceCheck{Addr: r.Source, User: r.User, Password: r.Password, Flavor: r.Flavor, TLS: srcTLS,
 		StartGTID: r.StartGtid, ServerID: serverID})
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
@@ -198,7 +220,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		replicas = min(3, len(st.Nodes))
 	}
 	u := placement.Upstream{
-		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: r.Password,
+		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: sealed, SourceTLS: srcTLS,
 		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
 		StartGTID: info.StartGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
 	}
@@ -209,7 +231,15 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		if ru.Password == "" {
 			return nil, status.Errorf(codes.InvalidArgument, "replica user %q has an empty password: anyone could log in as it and read the binlog; give it one", ru.User)
 		}
-		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Password: ru.Password})
+		plugin := ru.AuthPlugin
+		if plugin == "" {
+			plugin = mysqlauth.Native
+		}
+		hash, err := mysqlauth.Hash(plugin, ru.Password)
+		if err != nil {
+			return nil, status.Errorf(codes.InvalidArgument, "replica user %q: %v", ru.User, err)
+		}
+		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Plugin: plugin, Hash: hash, RequireTLS: ru.RequireTls})
 	}
 	added, err := s.Meta.AddUpstream(ctx, u)
 	if err != nil {
@@ -330,7 +360,7 @@ func (s *Server) forwardPurge(ctx context.Context, u *placement.Upstream, r *adm
 	if leader == 0 || !ok {
 		return nil, status.Errorf(codes.Unavailable, "upstream %q's group has no leader right now; retry shortly", r.Name)
 	}
-	c, err := Dial(n.AdminAddr, s.Token)
+	c, err := Dial(n.AdminAddr, s.Auth.Token, s.PeerTLS)
 	if err != nil {
 		return nil, status.Errorf(codes.Unavailable, "reach node %d, which leads upstream %q: %v", leader, r.Name, err)
 	}

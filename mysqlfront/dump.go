@@ -124,7 +124,7 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	defer cancel()
 	go func() {
 		var b [1]byte
-		_, _ = ss.c.Conn.Conn.Read(b[:])
+		_, _ = ss.c.client.Read(b[:])
 		cancel()
 	}()
 	src, err := ss.waitSource(ctx, u)

@@ -52,7 +52,7 @@ type trickleConn struct {
 
 func (c *trickleConn) Read(p []byte) (int, error) { return c.r.Read(p[:min(len(p), c.step)]) }
 
-func packet(seq byte, n int) []byte {
+func rawPacket(seq byte, n int) []byte {
 	b := []byte{byte(n), byte(n >> 8), byte(n >> 16), seq}
 	return append(b, bytes.Repeat([]byte{'x'}, n)...)
 }
@@ -62,7 +62,7 @@ func packet(seq byte, n int) []byte {
 // byte of it completes a header the reader could act on.
 func TestLimitConnRefusesBeforeTheBody(t *testing.T) {
 	for _, step := range []int{1, 3, 7, 4096} {
-		small := packet(0, 100)
+		small := rawPacket(0, 100)
 		big := []byte{0x00, 0x00, 0x20, 1} // 2 MiB announced, no body follows
 		lc := &limitConn{Conn: nil, max: 1 << 20}
 		lc.Conn = &trickleConn{r: bytes.NewReader(append(small, big...)), step: step}

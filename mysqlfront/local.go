@@ -28,14 +28,11 @@ type LocalPolicy struct {
 	// open dumps end with it (make it error 1053, see ErrRetry, so replicas
 	// reconnect and resume elsewhere).
 	Eligible func() error
-	// Leading reports whether this replica leads the group. A follower may trail
-	// the leader: a replica whose position it does not hold yet waits for it
-	// (bounded by catchUpWait) before being told its position is unknown.
-	Leading func() bool
 }
 
-// catchUpWait bounds how long a follower's dump waits to receive a position a
-// replica already has.
+// catchUpWait bounds how long a dump waits for the local replica to receive a
+// position a replica already has: a follower may trail the leader, and a new leader
+// may still be applying entries its predecessor had served.
 const catchUpWait = 10 * time.Second
 
 // NewLocalSource serves upstream u from the local replica g under pol.
@@ -85,8 +82,9 @@ func (l *localSource) waitFirstFile(ctx context.Context) error {
 	}
 }
 
-// locate finds where a dump starts. On a follower, a position it does not hold yet
-// may only mean it trails the leader: it retries as its tail grows, for catchUpWait.
+// locate finds where a dump starts. A position the local replica does not hold yet
+// may only mean it trails (a follower, or a new leader applying its log): it retries
+// as its tail grows, for catchUpWait, before the replica is told 1236.
 func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Position) (statemachine.Start, error) {
 	deadline := time.Now().Add(catchUpWait)
 	for {
@@ -100,7 +98,7 @@ func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Pos
 		}
 		// Only a position this replica lacks may appear as it catches up; damage or
 		// a malformed request will not.
-		if err == nil || !errors.Is(err, statemachine.ErrPosition) || l.pol.Leading() || time.Now().After(deadline) || ctx.Err() != nil {
+		if err == nil || !errors.Is(err, statemachine.ErrPosition) || time.Now().After(deadline) || ctx.Err() != nil {
 			return start, err
 		}
 		select {

@@ -9,6 +9,8 @@ package mysqlfront
 
 import (
 	"context"
+	"crypto/rsa"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -22,7 +24,6 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/go-mysql-org/go-mysql/server"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/placement"
@@ -39,10 +40,17 @@ type Server struct {
 	// Limits are set before Serve.
 	Limits Limits
 
+	// TLS, when set before Serve, lets replicas switch to TLS (MASTER_SSL=1).
+	TLS *tls.Config
+
 	router Router
 	nodeID uint64
 	log    *slog.Logger
-	srv    *server.Server
+
+	sha2Cache sync.Map // "user\x00hash" of caching_sha2_password logins since start
+	rsaOnce   sync.Once
+	rsa       *rsa.PrivateKey
+	rsaErr    error
 
 	nextID atomic.Uint64
 	active atomic.Int64
@@ -74,7 +82,6 @@ func New(router Router, nodeID uint64, log *slog.Logger) *Server {
 		router:    router,
 		nodeID:    nodeID,
 		log:       log,
-		srv:       server.NewServer(ServerVersion, mysql.DEFAULT_COLLATION_ID, mysql.AUTH_NATIVE_PASSWORD, nil, nil),
 		replicas:  map[uint64]*replicaInfo{},
 		userConns: map[string]int{},
 		conns:     map[net.Conn]struct{}{},
@@ -146,15 +153,6 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 }
 
-// hostConn presents a client connection's remote address without its port.
-type hostConn struct{ net.Conn }
-
-func (c hostConn) RemoteAddr() net.Addr { return hostAddr{c.Conn.RemoteAddr()} }
-
-type hostAddr struct{ net.Addr }
-
-func (a hostAddr) String() string { return hostOf(a.Addr) }
-
 func hostOf(a net.Addr) string {
 	if h, _, err := net.SplitHostPort(a.String()); err == nil {
 		return h
@@ -181,64 +179,10 @@ func (s *Server) releaseUser(user string) {
 	}
 }
 
-// auth maps a login to the upstreams that declare it as a replica user.
-type auth struct {
-	s       *Server
-	host    string // the client's address without its port, as MySQL names it
-	ups     []*placement.Upstream
-	state   *placement.State
-	claimed bool   // the session counts against its user's limit
-	user    string // the claimed user
-}
-
-func (a *auth) GetCredential(user string) (server.Credential, bool, error) {
-	st, err := a.s.router.Metadata()
-	if err != nil {
-		return server.Credential{}, false, mysql.NewError(mysql.ER_UNKNOWN_ERROR, "Flotilla metadata is not available yet; retry shortly")
-	}
-	a.state = st
-	a.ups = st.ForReplicaUser(user)
-	if len(a.ups) == 0 {
-		// The client gets MySQL's standard 1045 (a stranger learns nothing about
-		// which users exist); the reason goes to the log.
-		a.s.log.Warn("replica login refused: no upstream relayed by Flotilla declares this replica user (declare it with `flotilla upstream add --replica-user`)",
-			"user", user, "remote", a.host)
-		return server.Credential{}, false, mysql.NewError(mysql.ER_ACCESS_DENIED_ERROR,
-			fmt.Sprintf("Access denied for user '%s'@'%s' (using password: YES)", user, a.host))
-	}
-	var pw []string
-	seen := map[string]bool{}
-	for _, u := range a.ups {
-		for _, ru := range u.ReplicaUsers {
-			if ru.User == user && !seen[ru.Password] {
-				seen[ru.Password] = true
-				pw = append(pw, ru.Password)
-			}
-		}
-	}
-	return server.Credential{Passwords: pw, AuthPluginName: mysql.AUTH_NATIVE_PASSWORD}, true, nil
-}
-
-// OnAuthSuccess counts the session against its user's limit before the client is
-// told it logged in, so an over-limit login fails as MySQL's does (error 1203).
-func (a *auth) OnAuthSuccess(c *server.Conn) error {
-	if !a.s.claimUser(c.GetUser()) {
-		a.s.log.Warn("replica login refused: too many connections for its user", "remote", c.RemoteAddr().String(), "user", c.GetUser())
-		return mysql.NewError(mysql.ER_TOO_MANY_USER_CONNECTIONS,
-			fmt.Sprintf("User %s already has more than 'max_user_connections' active connections", c.GetUser()))
-	}
-	a.claimed, a.user = true, c.GetUser()
-	return nil
-}
-
-func (a *auth) OnAuthFailure(c *server.Conn, err error) {
-	a.s.log.Warn("replica login refused", "remote", c.RemoteAddr().String(), "user", c.GetUser(), "err", err)
-}
-
 // session is one client connection after the handshake.
 type session struct {
 	s      *Server
-	c      *server.Conn
+	c      *conn
 	id     uint64
 	user   string
 	remote string
@@ -259,42 +203,35 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 				"remote", remote, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 		}
 	}()
-	a := &auth{s: s, host: hostOf(nc.RemoteAddr())}
-	// go-mysql names the client by its connection's address in 1045; MySQL names the
-	// host alone.
-	nc = hostConn{nc}
-	defer func() {
-		if a.claimed {
-			s.releaseUser(a.user)
-		}
-	}()
-	var lc *limitConn
-	if s.Limits.MaxAllowedPacket > 0 {
-		lc = &limitConn{Conn: nc, max: s.Limits.MaxAllowedPacket}
-		nc = lc
-	}
+	host := hostOf(nc.RemoteAddr())
 	hs := s.Limits.HandshakeTimeout
 	if hs <= 0 {
 		hs = 15 * time.Second
 	}
 	_ = nc.SetDeadline(time.Now().Add(hs))
-	c, err := s.srv.NewCustomizedConn(nc, a, nil)
+	c, ups, lc, err := s.login(nc, host)
 	if err != nil {
 		s.log.Debug("handshake failed", "remote", remote, "err", err)
+		var me *mysql.MyError
+		if errors.As(err, &me) {
+			_ = c.conn.writeError(me)
+		}
 		s.packetTooLarge(nc, lc)
 		return
 	}
+	user := c.user
+	defer s.releaseUser(user)
 	_ = nc.SetDeadline(time.Time{})
-	user := c.GetUser()
-	ss := &session{s: s, c: c, id: s.nextID.Add(1), user: user, remote: remote, ups: a.ups, vars: map[string]*string{},
+	ss := &session{s: s, c: c.conn, id: s.nextID.Add(1), user: user, remote: remote, ups: ups, vars: map[string]*string{},
 		log: s.log.With("remote", remote, "user", user)}
 	defer ss.unregister()
+	c2 := c.conn
 	for ctx.Err() == nil {
 		waitFrom := time.Now()
 		if s.Limits.IdleTimeout > 0 {
 			_ = nc.SetReadDeadline(waitFrom.Add(s.Limits.IdleTimeout))
 		}
-		data, err := c.ReadPacket()
+		data, err := c2.ReadPacket()
 		if err != nil {
 			// go-mysql flattens the read error; the clock tells an idle timeout.
 			if s.Limits.IdleTimeout > 0 && time.Since(waitFrom) >= s.Limits.IdleTimeout {
@@ -308,7 +245,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 			return
 		}
 		cont := ss.dispatch(ctx, data[0], data[1:])
-		c.ResetSequence()
+		c2.ResetSequence()
 		if !cont {
 			return
 		}
@@ -326,7 +263,7 @@ func (s *Server) packetTooLarge(nc net.Conn, lc *limitConn) {
 	// sending it would otherwise meet a reset instead of the error.
 	_ = lc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 	_, _ = io.CopyN(io.Discard, lc.Conn, lc.body)
-	refuse(nc, lc.seq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", lc.max))
+	refuse(lc.Conn, lc.seq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", lc.max))
 }
 
 // Command bytes not named by go-mysql's server.
@@ -363,7 +300,7 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 			return false
 		}
 		ss.log.Info("binlog dump ended", "err", err)
-		_ = ss.c.WriteValue(err)
+		_ = ss.c.writeValue(err)
 		return false
 	case comBinlogDumpGTID:
 		v = mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
@@ -371,7 +308,7 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 	default:
 		v = mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("Flotilla does not support command 0x%02x", cmd))
 	}
-	if err := ss.c.WriteValue(v); err != nil {
+	if err := ss.c.writeValue(v); err != nil {
 		return false
 	}
 	return true

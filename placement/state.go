@@ -12,6 +12,8 @@ import (
 	"slices"
 	"sort"
 	"time"
+
+	"github.com/flotilla-relay/flotilla/internal/mysqlauth"
 )
 
 // MetaGroupID is the raft cluster id of the metadata group.
@@ -28,10 +30,34 @@ type Node struct {
 	Draining bool `json:"draining,omitempty"`
 }
 
-// ReplicaUser is a login that replicas of an upstream use against Flotilla.
+// ReplicaUser is a login that replicas of an upstream use against Flotilla. Only the
+// password's hash for the user's authentication plugin is kept (mysqlauth.Hash).
 type ReplicaUser struct {
-	User     string `json:"user"`
-	Password string `json:"password"`
+	User string `json:"user"`
+	// Plugin is mysql_native_password or caching_sha2_password ("" in old metadata:
+	// native).
+	Plugin string `json:"plugin,omitempty"`
+	// Hash is the password's hash for Plugin.
+	Hash string `json:"hash,omitempty"`
+	// RequireTLS refuses logins of this user that did not switch to TLS.
+	RequireTLS bool `json:"require_tls,omitempty"`
+	// Password is the cleartext of metadata written before hashes were kept; read
+	// only, through Credential.
+	Password string `json:"password,omitempty"`
+}
+
+// Credential returns the user's plugin and password hash, deriving them from the
+// cleartext password of old metadata.
+func (r ReplicaUser) Credential() (plugin, hash string) {
+	if r.Hash != "" {
+		p := r.Plugin
+		if p == "" {
+			p = mysqlauth.Native
+		}
+		return p, r.Hash
+	}
+	h, _ := mysqlauth.Hash(mysqlauth.Native, r.Password)
+	return mysqlauth.Native, h
 }
 
 // Upstream is a master Flotilla relays, with what `upstream add` learned about it.
@@ -39,9 +65,13 @@ type Upstream struct {
 	Name         string        `json:"name"`
 	Flavor       string        `json:"flavor"`
 	Source       string        `json:"source"`
-	User         string        `json:"user"`
+	User string `json:"user"`
+	// Password is sealed with the cluster key (secure.Sealer, bound to the upstream's
+	// name); metadata written before sealing holds it in clear.
 	Password     string        `json:"password"`
 	ReplicaUsers []ReplicaUser `json:"replica_users,omitempty"`
+	// SourceTLS, when set, makes the syncer connect to the master over TLS.
+	SourceTLS *SourceTLS `json:"source_tls,omitempty"`
 	// ServerID, DomainID, ServerUUID and Version describe the master; the front end
 	// presents them to replicas so Flotilla looks like the master.
 	ServerID   uint32 `json:"server_id"`
@@ -61,6 +91,16 @@ type Upstream struct {
 	ServeFrom string    `json:"serve_from,omitempty"`
 	Paused    bool      `json:"paused"`
 	CreatedAt time.Time `json:"created_at"`
+}
+
+// SourceTLS is how the syncer verifies the master's certificate.
+type SourceTLS struct {
+	// CAPEM is the CA certificate(s) the master's certificate must chain to (PEM;
+	// empty: the system's roots).
+	CAPEM string `json:"ca_pem,omitempty"`
+	// ServerName is the name checked in the master's certificate (empty: the host
+	// of Source).
+	ServerName string `json:"server_name,omitempty"`
 }
 
 // Where replicas of an upstream are served from (Upstream.ServeFrom).

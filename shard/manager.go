@@ -18,6 +18,7 @@ import (
 	"github.com/lni/dragonboat/v3"
 	"github.com/lni/dragonboat/v3/config"
 
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/placement"
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
@@ -65,6 +66,27 @@ type Manager struct {
 	// caughtUp reports whether node's replica of gid holds (nearly) everything this
 	// node's replica holds: an observer is promoted to voter then.
 	caughtUp func(ctx context.Context, gid, node uint64) bool
+	// sealer opens upstream passwords sealed in the metadata (nil: none are).
+	sealer *secure.Sealer
+}
+
+// SetSealer installs the cluster key that opens upstream passwords.
+func (m *Manager) SetSealer(s secure.Sealer) { m.sealer = &s }
+
+// sourcePassword is the master password of u: opened with the cluster key, or as
+// written by metadata from before passwords were sealed.
+func (m *Manager) sourcePassword(u *placement.Upstream) (string, error) {
+	if !secure.IsSealed(u.Password) {
+		return u.Password, nil
+	}
+	if m.sealer == nil {
+		return "", fmt.Errorf("upstream %s: its password is sealed and this node has no cluster key", u.Name)
+	}
+	pw, err := m.sealer.Open(u.Password, u.Name)
+	if err != nil {
+		return "", fmt.Errorf("upstream %s: password: %w", u.Name, err)
+	}
+	return pw, nil
 }
 
 // SetCaughtUp installs the check of whether another node's replica has caught up.

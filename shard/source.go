@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"strconv"
@@ -12,6 +13,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/placement"
 )
 
 // SourceInfo is what Flotilla learns about a master before relaying it.
@@ -31,6 +33,8 @@ type SourceInfo struct {
 // SourceCheck is what `upstream add` asks InspectSource to verify.
 type SourceCheck struct {
 	Addr, User, Password string
+	// TLS, when set, is how to reach the master (see placement.SourceTLS).
+	TLS *placement.SourceTLS
 	// Flavor is auto (or empty), mysql or mariadb.
 	Flavor string
 	// StartGTID, if set, is where history starts instead of the oldest binlog.
@@ -46,8 +50,22 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 	addr, user, password, flavor, startGTID := chk.Addr, chk.User, chk.Password, chk.Flavor, chk.StartGTID
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 5*time.Second)
+	tlsCfg, err := sourceTLSConfig(addr, chk.TLS)
 	if err != nil {
+		return SourceInfo{}, err
+	}
+	var opts []client.Option
+	if tlsCfg != nil {
+		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tlsCfg); return nil })
+	}
+	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 5*time.Second, opts...)
+	if err != nil {
+		if tlsCfg != nil {
+			var ce *tls.CertificateVerificationError
+			if errors.As(err, &ce) {
+				return SourceInfo{}, fmt.Errorf("master %s: its TLS certificate does not verify (%v): check --source-tls-ca and --source-tls-server-name", addr, ce.Err)
+			}
+		}
 		var me *mysql.MyError
 		if errors.As(err, &me) && (me.Code == mysql.ER_ACCESS_DENIED_ERROR || me.Code == mysql.ER_DBACCESS_DENIED_ERROR) {
 			return SourceInfo{}, fmt.Errorf("master %s refused user %q (%s): check --user and --password", addr, user, me.Message)

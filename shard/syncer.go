@@ -70,13 +70,22 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("upstream %s: bad port in %q: %w", u.Name, u.Source, err)
 	}
+	password, err := s.m.sourcePassword(&u)
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := sourceTLSConfig(u.Source, u.SourceTLS)
+	if err != nil {
+		return fmt.Errorf("upstream %s: %w", u.Name, err)
+	}
 	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		TLSConfig:            tlsCfg,
 		ServerID:             syncerServerID(u, s.gid),
 		Flavor:               mysql.MariaDBFlavor,
 		Host:                 host,
 		Port:                 uint16(port),
 		User:                 u.User,
-		Password:             u.Password,
+		Password:             password,
 		Localhost:            "flotilla",
 		RawModeEnabled:       true,
 		DisableRetrySync:     true,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"os"
@@ -11,10 +12,12 @@ import (
 	"time"
 
 	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 )
 
@@ -22,7 +25,17 @@ var outputFlag = &cli.StringFlag{Name: "output", Aliases: []string{"o"}, Value: 
 
 // call runs one admin API call with a connection and a timeout.
 func call(c *cli.Context, timeout time.Duration, f func(ctx context.Context, cl *adminrpc.Client) error) error {
-	cl, err := adminrpc.Dial(c.String("admin"), c.String("token"))
+	var tlsCfg *tls.Config
+	if f := (secure.Files{CA: c.String("tls-ca"), Cert: c.String("tls-cert"), Key: c.String("tls-key")}); f.Enabled() {
+		if f.CA == "" || (f.Cert == "") != (f.Key == "") {
+			return fmt.Errorf("TLS to the admin API needs --tls-ca, and --tls-cert with --tls-key for a client certificate")
+		}
+		var err error
+		if tlsCfg, err = f.ClientConfig(); err != nil {
+			return err
+		}
+	}
+	cl, err := adminrpc.Dial(c.String("admin"), c.String("token"), tlsCfg)
 	if err != nil {
 		return err
 	}
@@ -93,6 +106,11 @@ func upstreamCommand() *cli.Command {
 					&cli.StringSliceFlag{Name: "replica-user", Usage: "user replicas log in to Flotilla with (repeatable)"},
 					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user (or --replica-password-file, $FLOTILLA_REPLICA_PASSWORD)"},
 					&cli.StringSliceFlag{Name: "replica-password-file", Usage: "file holding the password of the matching --replica-user"},
+					&cli.BoolFlag{Name: "source-tls", Usage: "connect to the master over TLS, verifying its certificate"},
+					&cli.StringFlag{Name: "source-tls-ca", Usage: "CA file (PEM) the master's certificate must chain to (implies --source-tls; default: system roots)"},
+					&cli.StringFlag{Name: "source-tls-server-name", Usage: "name checked in the master's certificate (default: the host of --source)"},
+					&cli.StringFlag{Name: "replica-auth-plugin", Value: "mysql_native_password", Usage: "authentication plugin of the replica users: mysql_native_password or caching_sha2_password"},
+					&cli.BoolFlag{Name: "replica-require-tls", Usage: "refuse replica logins that did not switch to TLS (MASTER_SSL=1)"},
 					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
 					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
 					&cli.UintFlag{Name: "server-id", Usage: "server_id toward the master (default: derived from the cluster id and the upstream name)"},
@@ -124,13 +142,33 @@ func upstreamCommand() *cli.Command {
 							pws = []string{pw}
 						}
 					}
+					if len(pws) == 0 {
+						for _, u := range users {
+							pw, err := secret("", "", "", "password of replica user "+u)
+							if err != nil {
+								return err
+							}
+							if pw != "" {
+								pws = append(pws, pw)
+							}
+						}
+					}
 					if len(pws) != len(users) {
 						return fmt.Errorf("give one replica password per --replica-user (%d users, %d passwords)", len(users), len(pws))
 					}
-					req := &adminv1.AddUpstreamRequest{Name: n, Source: c.String("source"), User: c.String("user"), Password: password,
+					var caPEM string
+					if f := c.String("source-tls-ca"); f != "" {
+						b, err := os.ReadFile(f)
+						if err != nil {
+							return fmt.Errorf("--source-tls-ca: %w", err)
+						}
+						caPEM = string(b)
+					}
+					req := &adminv1.AddUpstreamRequest{Name: n, SourceTls: c.Bool("source-tls"), SourceTlsCa: caPEM, SourceTlsServerName: c.String("source-tls-server-name"), Source: c.String("source"), User: c.String("user"), Password: password,
 						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id"))}
 					for i := range users {
-						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i]})
+						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i],
+							AuthPlugin: c.String("replica-auth-plugin"), RequireTls: c.Bool("replica-require-tls")})
 					}
 					return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
 						u, err := cl.AddUpstream(ctx, req)
@@ -236,7 +274,20 @@ func secret(flag, file, env, what string) (string, error) {
 		return strings.TrimRight(line, "\r"), nil
 	}
 	if env != "" {
-		return os.Getenv(env), nil
+		if v := os.Getenv(env); v != "" {
+			return v, nil
+		}
+	}
+	// At a terminal, ask without echo: a password typed there shows in no process
+	// list or shell history.
+	if fd := int(os.Stdin.Fd()); term.IsTerminal(fd) {
+		fmt.Fprintf(os.Stderr, "%s: ", strings.TrimLeft(what, "-"))
+		b, err := term.ReadPassword(fd)
+		fmt.Fprintln(os.Stderr)
+		if err != nil {
+			return "", fmt.Errorf("%s: read from the terminal: %w", what, err)
+		}
+		return string(b), nil
 	}
 	return "", nil
 }

@@ -35,6 +35,11 @@ func serveCommand() *cli.Command {
 			&cli.Int64Flag{Name: "max-allowed-packet", Usage: "largest client packet in bytes; a larger one is refused with error 1153 (default 67108864)"},
 			&cli.DurationFlag{Name: "idle-timeout", Usage: "close sessions that send nothing for this long while not dumping (default 8h)"},
 			&cli.StringFlag{Name: "allow-ips", Usage: "comma-separated client addresses and CIDR networks accepted; others get error 1130 (default: all)"},
+			&cli.StringFlag{Name: "mysql-tls-cert", Usage: "certificate (PEM) that lets replicas connect with TLS (MASTER_SSL=1)"},
+			&cli.StringFlag{Name: "mysql-tls-key", Usage: "key of --mysql-tls-cert"},
+			&cli.StringFlag{Name: "tls-ca", Usage: "CA of the cluster's node certificates: enables mutual TLS for raft and TLS for the admin API (client certificates from this CA are accepted as admin credentials)"},
+			&cli.StringFlag{Name: "tls-cert", Usage: "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses"},
+			&cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert"},
 			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
 		},
 		Action: func(c *cli.Context) error {
@@ -51,7 +56,8 @@ func serveCommand() *cli.Command {
 			if c.IsSet("node-id") {
 				cfg.NodeID = c.Uint64("node-id")
 			}
-			for flag, dst := range map[string]*string{"data": &cfg.DataDir, "mysql-addr": &cfg.MySQLAddr, "admin-addr": &cfg.AdminAddr, "raft-addr": &cfg.RaftAddr, "allow-ips": &cfg.AllowIPs} {
+			for flag, dst := range map[string]*string{"data": &cfg.DataDir, "mysql-addr": &cfg.MySQLAddr, "admin-addr": &cfg.AdminAddr, "raft-addr": &cfg.RaftAddr, "allow-ips": &cfg.AllowIPs,
+				"mysql-tls-cert": &cfg.MySQLTLSCert, "mysql-tls-key": &cfg.MySQLTLSKey, "tls-ca": &cfg.TLS.CA, "tls-cert": &cfg.TLS.Cert, "tls-key": &cfg.TLS.Key} {
 				if c.IsSet(flag) {
 					*dst = c.String(flag)
 				}

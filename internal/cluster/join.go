@@ -2,22 +2,23 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 )
 
 // call runs f against the Cluster service at addr with the admin token, if any.
-func call(ctx context.Context, addr, token string, f func(context.Context, clusterv1.ClusterClient) error) error {
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func call(ctx context.Context, addr, token string, tlsCfg *tls.Config, f func(context.Context, clusterv1.ClusterClient) error) error {
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(secure.GRPCCredentials(tlsCfg)))
 	if err != nil {
 		return fmt.Errorf("connect to %s: %w", addr, err)
 	}
@@ -30,13 +31,13 @@ func call(ctx context.Context, addr, token string, f func(context.Context, clust
 
 // Join asks the members at addrs, in turn and until ctx ends, to admit this node, and
 // returns the identity of the cluster it joined.
-func Join(ctx context.Context, addrs []string, token string, req *clusterv1.JoinRequest) (Identity, error) {
+func Join(ctx context.Context, addrs []string, token string, tlsCfg *tls.Config, req *clusterv1.JoinRequest) (Identity, error) {
 	var last error
 	for {
 		for _, addr := range addrs {
 			actx, cancel := context.WithTimeout(ctx, 40*time.Second)
 			var resp *clusterv1.JoinResponse
-			err := call(actx, addr, token, func(ctx context.Context, c clusterv1.ClusterClient) error {
+			err := call(actx, addr, token, tlsCfg, func(ctx context.Context, c clusterv1.ClusterClient) error {
 				var err error
 				resp, err = c.Join(ctx, req)
 				return err
@@ -60,9 +61,9 @@ func Join(ctx context.Context, addrs []string, token string, req *clusterv1.Join
 }
 
 // AskIdentity returns the cluster id of the node at addr.
-func AskIdentity(ctx context.Context, addr string) (string, error) {
+func AskIdentity(ctx context.Context, addr string, tlsCfg *tls.Config) (string, error) {
 	var id string
-	err := call(ctx, addr, "", func(ctx context.Context, c clusterv1.ClusterClient) error {
+	err := call(ctx, addr, "", tlsCfg, func(ctx context.Context, c clusterv1.ClusterClient) error {
 		resp, err := c.Identity(ctx, &clusterv1.IdentityRequest{})
 		if err != nil {
 			return err

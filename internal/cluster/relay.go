@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
@@ -12,10 +13,10 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
@@ -30,6 +31,7 @@ const maxRelayMessage = 64 << 20
 type Relay struct {
 	nodeID uint64
 	secret string
+	tls    *tls.Config // nil: plaintext
 	meta   func() (*placement.State, error)
 	log    *slog.Logger
 
@@ -37,9 +39,10 @@ type Relay struct {
 	conns map[string]*grpc.ClientConn
 }
 
-// NewRelay creates a relay for node nodeID of the cluster id belongs to.
-func NewRelay(nodeID uint64, id Identity, meta func() (*placement.State, error), log *slog.Logger) *Relay {
-	return &Relay{nodeID: nodeID, secret: hex.EncodeToString(id.Secret), meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
+// NewRelay creates a relay for node nodeID of the cluster id belongs to; tlsCfg
+// (nil: plaintext) is how it reaches other nodes' admin ports.
+func NewRelay(nodeID uint64, id Identity, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
+	return &Relay{nodeID: nodeID, secret: hex.EncodeToString(id.Secret), tls: tlsCfg, meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
 }
 
 // Close closes the connections to other nodes.
@@ -58,7 +61,7 @@ func (r *Relay) client(addr string) (clusterv1.ClusterClient, error) {
 	if c, ok := r.conns[addr]; ok {
 		return clusterv1.NewClusterClient(c), nil
 	}
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(secure.GRPCCredentials(r.tls)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRelayMessage)))
 	if err != nil {
 		return nil, fmt.Errorf("connect to node at %s: %w", addr, err)

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
@@ -51,12 +52,13 @@ type LocalSourceFunc func(gid uint64, anyReplica bool) (mysqlfront.Source, uint6
 // Service implements clusterv1.ClusterServer.
 type Service struct {
 	clusterv1.UnimplementedClusterServer
-	NodeID     uint64
-	Ident      Identity
-	AdminToken string
-	Members    Membership
-	Meta       Metadata
-	Local      LocalSourceFunc
+	NodeID uint64
+	Ident  Identity
+	// Admin authenticates Join and Identity: the admin token or a node certificate.
+	Admin   secure.Admin
+	Members Membership
+	Meta    Metadata
+	Local   LocalSourceFunc
 	// Groups describes this node's group replicas, for Report.
 	Groups func() []*adminv1.GroupStatus
 	// Transfer asks raft to move a group's leadership (dragonboat's
@@ -70,13 +72,8 @@ type Service struct {
 const MethodPrefix = "/flotilla.cluster.v1.Cluster/"
 
 func (s *Service) checkAdmin(ctx context.Context) error {
-	if s.AdminToken == "" {
-		return nil
-	}
-	md, _ := metadata.FromIncomingContext(ctx)
-	got := strings.TrimPrefix(strings.Join(md.Get("authorization"), ""), "Bearer ")
-	if subtle.ConstantTimeCompare([]byte(got), []byte(s.AdminToken)) != 1 {
-		return status.Error(codes.Unauthenticated, "joining needs the cluster's admin token (set FLOTILLA_TOKEN on the joining node)")
+	if err := s.Admin.Check(ctx); err != nil {
+		return status.Errorf(codes.Unauthenticated, "joining needs the cluster's admin credentials on the joining node: %s", status.Convert(err).Message())
 	}
 	return nil
 }

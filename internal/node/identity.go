@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,12 +18,12 @@ import (
 // directory, or, on first start, a new cluster (no --join) or the one its --join
 // members admit it to. A node never changes cluster: --join naming members of
 // another cluster is an error.
-func clusterIdentity(ctx context.Context, cfg Config, log *slog.Logger) (cluster.Identity, error) {
+func clusterIdentity(ctx context.Context, cfg Config, peerTLS *tls.Config, log *slog.Logger) (cluster.Identity, error) {
 	id, err := cluster.LoadIdentity(cfg.DataDir)
 	if err == nil {
 		for _, addr := range cfg.Join {
 			actx, cancel := context.WithTimeout(ctx, 3*time.Second)
-			other, err := cluster.AskIdentity(actx, addr)
+			other, err := cluster.AskIdentity(actx, addr, peerTLS)
 			cancel()
 			if err != nil {
 				log.Info("--join member not reachable; this node restarts from its own disk", "member", addr, "err", err)
@@ -54,7 +55,7 @@ func clusterIdentity(ctx context.Context, cfg Config, log *slog.Logger) (cluster
 		}
 	default:
 		jctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-		id, err = cluster.Join(jctx, cfg.Join, cfg.AdminToken, &clusterv1.JoinRequest{NodeId: cfg.NodeID, RaftAddr: cfg.RaftAddr,
+		id, err = cluster.Join(jctx, cfg.Join, cfg.AdminToken, peerTLS, &clusterv1.JoinRequest{NodeId: cfg.NodeID, RaftAddr: cfg.RaftAddr,
 			MysqlAddr: cfg.MySQLAddr, AdminAddr: cfg.AdminAddr, Labels: cfg.Labels})
 		cancel()
 		if err == nil {

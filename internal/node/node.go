@@ -5,6 +5,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
@@ -23,6 +24,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
 	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
@@ -55,6 +57,45 @@ type Config struct {
 	IdleTimeout        time.Duration `yaml:"idle_timeout"`
 	// AllowIPs, when set, lists the client addresses and CIDR networks accepted.
 	AllowIPs string `yaml:"allow_ips"`
+	// MySQLTLSCert and MySQLTLSKey let replicas connect with TLS (MASTER_SSL=1).
+	MySQLTLSCert string `yaml:"mysql_tls_cert"`
+	MySQLTLSKey  string `yaml:"mysql_tls_key"`
+	// TLS secures node-to-node traffic: raft (mutual TLS), the admin API and the
+	// cluster service (server certificate; client certificates from the same CA are
+	// accepted in place of the admin token).
+	TLS secure.Files `yaml:"tls"`
+}
+
+// transport is the TLS a node's listeners and calls use (nil: plaintext).
+type transport struct {
+	front, admin, peer *tls.Config
+}
+
+func (c Config) transport() (transport, error) {
+	var t transport
+	if (c.MySQLTLSCert == "") != (c.MySQLTLSKey == "") {
+		return t, fmt.Errorf("--mysql-tls-cert and --mysql-tls-key go together (got cert=%q key=%q)", c.MySQLTLSCert, c.MySQLTLSKey)
+	}
+	if c.MySQLTLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(c.MySQLTLSCert, c.MySQLTLSKey)
+		if err != nil {
+			return t, fmt.Errorf("--mysql-tls-cert/--mysql-tls-key: %w", err)
+		}
+		t.front = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if err := c.TLS.Check("--tls-ca/--tls-cert/--tls-key"); err != nil {
+		return t, err
+	}
+	if c.TLS.Enabled() {
+		var err error
+		if t.admin, err = c.TLS.ServerConfig(); err != nil {
+			return t, fmt.Errorf("--tls-*: %w", err)
+		}
+		if t.peer, err = c.TLS.ClientConfig(); err != nil {
+			return t, fmt.Errorf("--tls-*: %w", err)
+		}
+	}
+	return t, nil
 }
 
 // Defaults fills unset fields with the one-node defaults of the design.
@@ -124,6 +165,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings", "grpc"} {
 		dblog.GetLogger(name).SetLevel(dblog.WARNING)
 	}
+	tr, err := cfg.transport()
+	if err != nil {
+		return nil, err
+	}
+	adminAuth := secure.Admin{Token: cfg.AdminToken, Certificates: tr.admin != nil}
+	if err := secure.CheckAdminExposure(cfg.AdminAddr, adminAuth); err != nil {
+		return nil, err
+	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
 	}
@@ -149,7 +198,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	closeLis := func() { mysqlLis.Close(); adminLis.Close() }
 
-	ident, err := clusterIdentity(ctx, cfg, log)
+	ident, err := clusterIdentity(ctx, cfg, tr.peer, log)
 	if err != nil {
 		closeLis()
 		return nil, err
@@ -169,6 +218,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		RTTMillisecond:    50,
 		RaftAddress:       cfg.RaftAddr,
 		RaftEventListener: leaders,
+		MutualTLS:         cfg.TLS.Enabled(),
+		CAFile:            cfg.TLS.CA,
+		CertFile:          cfg.TLS.Cert,
+		KeyFile:           cfg.TLS.Key,
 		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig()},
 	})
 	if err != nil {
@@ -187,11 +240,19 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)
 	n.shards.SetCaughtUp(n.caughtUp)
+	sealer, err := secure.NewSealer(ident.Secret)
+	if err != nil {
+		n.close()
+		closeLis()
+		return nil, err
+	}
+	n.shards.SetSealer(sealer)
 	n.spawn(func() { n.shards.Run(ctx, 300*time.Millisecond) })
 
-	n.relay = cluster.NewRelay(cfg.NodeID, ident, n.meta.Local, log.With("component", "relay"))
+	n.relay = cluster.NewRelay(cfg.NodeID, ident, tr.peer, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
 	n.front.Limits = limits
+	n.front.TLS = tr.front
 	n.spawn(func() { n.errc <- n.front.Serve(ctx, mysqlLis) })
 	metaLeader := func() uint64 {
 		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
@@ -199,11 +260,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	admin := &adminrpc.Server{
 		NodeID: cfg.NodeID, Meta: n.meta, Shards: n.shards, Replicas: n.front, Inspect: shard.InspectSource,
-		Token: cfg.AdminToken, Log: log.With("component", "admin"), MetaLeader: metaLeader,
+		Auth: adminAuth, Sealer: &sealer, TLS: tr.admin, PeerTLS: tr.peer, Log: log.With("component", "admin"), MetaLeader: metaLeader,
 		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID, MetaVoters: n.metaVoters,
 		OwnAuthPrefixes: []string{cluster.MethodPrefix},
 	}
-	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, AdminToken: cfg.AdminToken, Members: nh, Meta: n.meta,
+	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
 		Transfer: n.transferLeader}
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
@@ -486,5 +547,5 @@ func (n *Node) localSource(gid uint64, anyReplica bool) (mysqlfront.Source, uint
 		}
 		return nil
 	}
-	return mysqlfront.NewLocalSource(g, &u, mysqlfront.LocalPolicy{Eligible: eligible, Leading: sh.IsLeader}, n.log.With("component", "mysqlfront")), leader
+	return mysqlfront.NewLocalSource(g, &u, mysqlfront.LocalPolicy{Eligible: eligible}, n.log.With("component", "mysqlfront")), leader
 }

@@ -25,9 +25,14 @@ const (
 )
 
 type ReplicaUser struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	User          string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
-	Password      string                 `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	User  string                 `protobuf:"bytes,1,opt,name=user,proto3" json:"user,omitempty"`
+	// The password travels to the admin API once; Flotilla keeps only its hash.
+	Password string `protobuf:"bytes,2,opt,name=password,proto3" json:"password,omitempty"`
+	// mysql_native_password (default) or caching_sha2_password.
+	AuthPlugin string `protobuf:"bytes,3,opt,name=auth_plugin,json=authPlugin,proto3" json:"auth_plugin,omitempty"`
+	// Refuse logins of this user that did not switch to TLS.
+	RequireTls    bool `protobuf:"varint,4,opt,name=require_tls,json=requireTls,proto3" json:"require_tls,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -76,6 +81,20 @@ func (x *ReplicaUser) GetPassword() string {
 	return ""
 }
 
+func (x *ReplicaUser) GetAuthPlugin() string {
+	if x != nil {
+		return x.AuthPlugin
+	}
+	return ""
+}
+
+func (x *ReplicaUser) GetRequireTls() bool {
+	if x != nil {
+		return x.RequireTls
+	}
+	return false
+}
+
 type AddUpstreamRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
 	Name     string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -92,9 +111,15 @@ type AddUpstreamRequest struct {
 	// replica of the group.
 	ServeFrom string `protobuf:"bytes,9,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
 	// The server_id Flotilla uses toward the master (0: derived from the cluster id).
-	ServerId      uint32 `protobuf:"varint,10,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	ServerId uint32 `protobuf:"varint,10,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Connect to the master over TLS, verifying its certificate.
+	SourceTls bool `protobuf:"varint,11,opt,name=source_tls,json=sourceTls,proto3" json:"source_tls,omitempty"`
+	// CA certificate(s), PEM, the master's certificate must chain to (empty: system roots).
+	SourceTlsCa string `protobuf:"bytes,12,opt,name=source_tls_ca,json=sourceTlsCa,proto3" json:"source_tls_ca,omitempty"`
+	// Name checked in the master's certificate (empty: the host of source).
+	SourceTlsServerName string `protobuf:"bytes,13,opt,name=source_tls_server_name,json=sourceTlsServerName,proto3" json:"source_tls_server_name,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *AddUpstreamRequest) Reset() {
@@ -195,6 +220,27 @@ func (x *AddUpstreamRequest) GetServerId() uint32 {
 		return x.ServerId
 	}
 	return 0
+}
+
+func (x *AddUpstreamRequest) GetSourceTls() bool {
+	if x != nil {
+		return x.SourceTls
+	}
+	return false
+}
+
+func (x *AddUpstreamRequest) GetSourceTlsCa() string {
+	if x != nil {
+		return x.SourceTlsCa
+	}
+	return ""
+}
+
+func (x *AddUpstreamRequest) GetSourceTlsServerName() string {
+	if x != nil {
+		return x.SourceTlsServerName
+	}
+	return ""
 }
 
 type Upstream struct {
@@ -1557,10 +1603,14 @@ var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
 	"\n" +
-	"\vadmin.proto\x12\x11flotilla.admin.v1\"=\n" +
+	"\vadmin.proto\x12\x11flotilla.admin.v1\"\x7f\n" +
 	"\vReplicaUser\x12\x12\n" +
 	"\x04user\x18\x01 \x01(\tR\x04user\x12\x1a\n" +
-	"\bpassword\x18\x02 \x01(\tR\bpassword\"\xc4\x02\n" +
+	"\bpassword\x18\x02 \x01(\tR\bpassword\x12\x1f\n" +
+	"\vauth_plugin\x18\x03 \x01(\tR\n" +
+	"authPlugin\x12\x1f\n" +
+	"\vrequire_tls\x18\x04 \x01(\bR\n" +
+	"requireTls\"\xbc\x03\n" +
 	"\x12AddUpstreamRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -1574,7 +1624,11 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"serve_from\x18\t \x01(\tR\tserveFrom\x12\x1b\n" +
 	"\tserver_id\x18\n" +
-	" \x01(\rR\bserverId\"\xd2\x03\n" +
+	" \x01(\rR\bserverId\x12\x1d\n" +
+	"\n" +
+	"source_tls\x18\v \x01(\bR\tsourceTls\x12\"\n" +
+	"\rsource_tls_ca\x18\f \x01(\tR\vsourceTlsCa\x123\n" +
+	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\"\xd2\x03\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +

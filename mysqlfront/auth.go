@@ -1,0 +1,268 @@
+package mysqlfront
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha1"
+	"crypto/x509"
+	"encoding/pem"
+	"fmt"
+	"net"
+	"slices"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/flotilla-relay/flotilla/internal/mysqlauth"
+	"github.com/flotilla-relay/flotilla/placement"
+)
+
+// caching_sha2_password's AuthMoreData codes.
+const (
+	sha2FastAuthOK    = 3
+	sha2FullAuth      = 4
+	sha2RequestPubKey = 2
+)
+
+// errLoginRefused is what a refused login answers: MySQL's standard 1045 text, which
+// tells a stranger nothing about which users exist. The reason goes to the log.
+func errLoginRefused(user, host string, withPassword bool) error {
+	using := "YES"
+	if !withPassword {
+		using = "NO"
+	}
+	return mysql.NewError(mysql.ER_ACCESS_DENIED_ERROR, fmt.Sprintf("Access denied for user '%s'@'%s' (using password: %s)", user, host, using))
+}
+
+// candidate is one upstream declaring the login's user, with its credential.
+type candidate struct {
+	up         *placement.Upstream
+	plugin     string
+	hash       string
+	requireTLS bool
+}
+
+// login is the authentication exchange of one connection.
+type login struct {
+	s     *Server
+	c     *conn
+	host  string
+	nonce []byte
+	resp  handshakeResponse
+}
+
+// authenticate checks the client's proof of its password against the hash of every
+// upstream that declares its user and returns the upstreams whose password it knows:
+// a user shared by upstreams with different passwords reaches only its own ones.
+func (l *login) authenticate() ([]*placement.Upstream, error) {
+	user := l.resp.user
+	refuse := func(reason string, withPassword bool) error {
+		l.s.log.Warn("replica login refused: "+reason, "user", user, "remote", l.host)
+		return errLoginRefused(user, l.host, withPassword)
+	}
+	st, err := l.s.router.Metadata()
+	if err != nil {
+		return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, "Flotilla metadata is not available yet; retry shortly")
+	}
+	var cands []candidate
+	tlsRefused := false
+	for _, u := range st.ForReplicaUser(user) {
+		for _, ru := range u.ReplicaUsers {
+			if ru.User != user {
+				continue
+			}
+			if ru.RequireTLS && !l.c.tls {
+				tlsRefused = true
+				continue
+			}
+			p, h := ru.Credential()
+			cands = append(cands, candidate{up: u, plugin: p, hash: h, requireTLS: ru.RequireTLS})
+		}
+	}
+	if len(cands) == 0 {
+		if tlsRefused {
+			return nil, refuse("this replica user requires TLS (connect with MASTER_SSL=1)", true)
+		}
+		return nil, refuse("no upstream relayed by Flotilla declares this replica user (declare it with `flotilla upstream add --replica-user`)", true)
+	}
+	// The client answers for the plugin it chose; switch it to the user's plugin when
+	// no candidate uses that one.
+	plugin, authData := l.resp.plugin, l.resp.authData
+	if !slices.ContainsFunc(cands, func(c candidate) bool { return c.plugin == plugin }) {
+		plugin = cands[0].plugin
+		if authData, err = l.authSwitch(plugin); err != nil {
+			return nil, err
+		}
+	}
+	if len(authData) == 0 || len(authData) == 1 && authData[0] == 0 {
+		return nil, refuse("no password given", false)
+	}
+	var matched []*placement.Upstream
+	keep := func(c candidate) {
+		if !slices.Contains(matched, c.up) {
+			matched = append(matched, c.up)
+		}
+	}
+	switch plugin {
+	case mysqlauth.Native:
+		for _, c := range cands {
+			if c.plugin == plugin && mysqlauth.CheckScramble(plugin, c.hash, l.nonce, authData) {
+				keep(c)
+			}
+		}
+	case mysqlauth.CachingSHA2:
+		// Fast path, as MySQL: only for a password that passed full authentication
+		// on this node since it started.
+		for _, c := range cands {
+			if c.plugin == plugin && l.s.sha2Cached(user, c.hash) && mysqlauth.CheckScramble(plugin, c.hash, l.nonce, authData) {
+				keep(c)
+			}
+		}
+		if len(matched) > 0 {
+			if err := l.c.WritePacket([]byte{0, 0, 0, 0, mysql.MORE_DATE_HEADER, sha2FastAuthOK}); err != nil {
+				return nil, err
+			}
+			break
+		}
+		password, err := l.fullAuth()
+		if err != nil {
+			return nil, err
+		}
+		for _, c := range cands {
+			if c.plugin == plugin && mysqlauth.CheckClear(plugin, c.hash, password) {
+				keep(c)
+				l.s.sha2Remember(user, c.hash)
+			}
+		}
+	default:
+		return nil, refuse(fmt.Sprintf("authentication plugin %q is not supported", plugin), true)
+	}
+	if len(matched) == 0 {
+		return nil, refuse("wrong password", true)
+	}
+	return matched, nil
+}
+
+// authSwitch asks the client to answer a fresh nonce with another plugin.
+func (l *login) authSwitch(plugin string) ([]byte, error) {
+	l.nonce = newNonce()
+	data := append([]byte{0, 0, 0, 0, mysql.EOF_HEADER}, plugin...)
+	data = append(data, 0)
+	data = append(data, l.nonce...)
+	data = append(data, 0)
+	if err := l.c.WritePacket(data); err != nil {
+		return nil, fmt.Errorf("write auth switch request: %w", err)
+	}
+	resp, err := l.c.ReadPacket()
+	if err != nil {
+		return nil, fmt.Errorf("read auth switch response: %w", err)
+	}
+	return resp, nil
+}
+
+// fullAuth is caching_sha2_password's full authentication: the client sends its
+// password in clear over TLS, or without TLS encrypted with the node's RSA key
+// (which it may first ask for).
+func (l *login) fullAuth() (string, error) {
+	if err := l.c.WritePacket([]byte{0, 0, 0, 0, mysql.MORE_DATE_HEADER, sha2FullAuth}); err != nil {
+		return "", err
+	}
+	data, err := l.c.ReadPacket()
+	if err != nil {
+		return "", fmt.Errorf("read password for full authentication: %w", err)
+	}
+	if l.c.tls {
+		return string(trimNUL(data)), nil
+	}
+	key, err := l.s.rsaKey()
+	if err != nil {
+		return "", err
+	}
+	if len(data) == 1 && data[0] == sha2RequestPubKey {
+		der, err := x509.MarshalPKIXPublicKey(&key.PublicKey)
+		if err != nil {
+			return "", fmt.Errorf("encode RSA public key: %w", err)
+		}
+		pk := pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der})
+		if err := l.c.WritePacket(append([]byte{0, 0, 0, 0, mysql.MORE_DATE_HEADER}, pk...)); err != nil {
+			return "", err
+		}
+		if data, err = l.c.ReadPacket(); err != nil {
+			return "", fmt.Errorf("read RSA-encrypted password: %w", err)
+		}
+	}
+	plain, err := rsa.DecryptOAEP(sha1.New(), rand.Reader, key, data, nil)
+	if err != nil {
+		// A client without TLS and without the server's key sends its password in
+		// clear; refuse it rather than read it.
+		l.s.log.Warn("replica login refused: caching_sha2_password without TLS needs the RSA key exchange (MASTER_SSL=1, or GET_MASTER_PUBLIC_KEY=1)",
+			"user", l.resp.user, "remote", l.host)
+		return "", errLoginRefused(l.resp.user, l.host, true)
+	}
+	for i := range plain {
+		plain[i] ^= l.nonce[i%len(l.nonce)]
+	}
+	return string(trimNUL(plain)), nil
+}
+
+func trimNUL(b []byte) []byte {
+	if n := len(b); n > 0 && b[n-1] == 0 {
+		return b[:n-1]
+	}
+	return b
+}
+
+// sha2Cached reports whether user logged in with the password hashed as hash since
+// the node started (caching_sha2_password's fast path).
+func (s *Server) sha2Cached(user, hash string) bool {
+	_, ok := s.sha2Cache.Load(user + "\x00" + hash)
+	return ok
+}
+
+func (s *Server) sha2Remember(user, hash string) { s.sha2Cache.Store(user+"\x00"+hash, true) }
+
+// rsaKey is the node's key for caching_sha2_password's exchange without TLS, made
+// on first use and never written anywhere.
+func (s *Server) rsaKey() (*rsa.PrivateKey, error) {
+	s.rsaOnce.Do(func() {
+		s.rsa, s.rsaErr = rsa.GenerateKey(rand.Reader, 2048)
+	})
+	if s.rsaErr != nil {
+		return nil, fmt.Errorf("generate RSA key for caching_sha2_password: %w", s.rsaErr)
+	}
+	return s.rsa, nil
+}
+
+// session is a logged-in connection.
+type loggedIn struct {
+	conn *conn
+	user string
+}
+
+// login runs the connection phase: handshake, authentication, the per-user limit,
+// then OK. On error, c is the connection to send a MySQL error on (when the error is
+// one) and lc the limit reader that may have refused a packet.
+func (s *Server) login(nc net.Conn, host string) (li loggedIn, ups []*placement.Upstream, lc *limitConn, err error) {
+	nonce := newNonce()
+	c, resp, lc, err := s.handshake(nc, uint32(s.nextID.Add(1)), nonce)
+	li = loggedIn{conn: c, user: resp.user}
+	if err != nil {
+		return li, nil, lc, err
+	}
+	l := &login{s: s, c: c, host: host, nonce: nonce, resp: resp}
+	if ups, err = l.authenticate(); err != nil {
+		return li, nil, lc, err
+	}
+	// The per-user limit counts the session before the client is told it logged in,
+	// so an over-limit login fails as MySQL's does (error 1203).
+	if !s.claimUser(resp.user) {
+		s.log.Warn("replica login refused: too many connections for its user", "remote", host, "user", resp.user)
+		return li, nil, lc, mysql.NewError(mysql.ER_TOO_MANY_USER_CONNECTIONS,
+			fmt.Sprintf("User %s already has more than 'max_user_connections' active connections", resp.user))
+	}
+	if err := c.writeOK(nil); err != nil {
+		s.releaseUser(resp.user)
+		return li, nil, lc, err
+	}
+	c.ResetSequence()
+	return li, ups, lc, nil
+}
