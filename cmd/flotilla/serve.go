@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -105,6 +106,8 @@ func serveCommand() *cli.Command {
 				return fmt.Errorf("--log-level: %w", err)
 			}
 			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			// Everything the node writes (data, raft logs, keys) is for its own user.
+			syscall.Umask(0o077)
 			n, err := node.Start(c.Context, cfg, log)
 			if err != nil {
 				return err

@@ -70,8 +70,9 @@ type Node struct {
 	// ID is the node id; Join the admin addresses it joins through on first start.
 	ID   uint64
 	Join []string
-	// Args are extra `serve` flags.
+	// Args are extra `serve` flags; CLIArgs extra global flags of CLI calls (TLS).
 	Args    []string
+	CLIArgs []string
 	cmd     *exec.Cmd
 	done    chan struct{}
 	logFile *os.File
@@ -89,10 +90,16 @@ func StartNode(ctx context.Context, t testing.TB, dir string) *Node {
 // join it through node 1's admin API, one after the other.
 func StartCluster(ctx context.Context, t testing.TB, dir string, size int, args ...string) []*Node {
 	t.Helper()
+	return StartClusterWith(ctx, t, dir, size, func(n *Node) { n.Args = args })
+}
+
+// StartClusterWith is StartCluster with setup run on each node before it starts.
+func StartClusterWith(ctx context.Context, t testing.TB, dir string, size int, setup func(*Node)) []*Node {
+	t.Helper()
 	var nodes []*Node
 	for i := 1; i <= size; i++ {
 		n := NewNode(t, filepath.Join(dir, fmt.Sprintf("node%d", i)), uint64(i))
-		n.Args = args
+		setup(n)
 		if i > 1 {
 			n.Join = []string{nodes[0].AdminAddr}
 		}
@@ -252,7 +259,8 @@ func (n *Node) Kill() {
 func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, n.bin, append([]string{"--admin", n.AdminAddr}, args...)...)
+	global := append([]string{"--admin", n.AdminAddr}, n.CLIArgs...)
+	cmd := exec.CommandContext(ctx, n.bin, append(global, args...)...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
