@@ -179,6 +179,9 @@ func FuzzNetworkDecoders(f *testing.F) {
 	f.Add([]byte("@slave_connect_state='0-1-2'"))
 	f.Add([]byte{4, 0, 0, 0, 0, 0, 42, 0, 0, 0, 'f'})
 	f.Add([]byte("SELECT @@a, @b, UNIX_TIMESTAMP() LIMIT 1"))
+	// A handshake response: caps with PROTOCOL_41|SECURE_CONNECTION|PLUGIN_AUTH, max
+	// packet, charset, 23 reserved, user, auth data, plugin.
+	f.Add(append(append([]byte{0x05, 0x82, 0x08, 0x00, 0, 0, 0, 1, 33}, make([]byte, 23)...), "repl\x00\x14abcdefghij0123456789mysql_native_password\x00"...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseSet(string(b), sysvars)
 		_, _ = parseDump(b)
@@ -188,5 +191,6 @@ func FuzzNetworkDecoders(f *testing.F) {
 		_, _ = ss.query("SELECT " + string(b))
 		_, _ = ss.query("SET " + string(b))
 		_ = checkBoundary(b, uint64(len(b)/2))
+		_, _ = parseHandshakeResponse(b)
 	})
 }
