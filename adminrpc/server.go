@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
+	"math"
 	"net"
 	"runtime/debug"
 	"strings"
@@ -417,8 +418,11 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream) *adm
 		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
 		gs.CorruptEvents = ss.CorruptEvents
 		gs.LastErrorAt, gs.LastEventAt = timeString(ss.LastErrorAt), timeString(ss.LastEventAt)
-		if !ss.LastEventAt.IsZero() {
-			gs.LagSeconds = ss.LastEventRcv.Sub(ss.LastEventAt).Seconds()
+		// As Seconds_Behind_Master: 0 when the group holds everything the master sent
+		// (connected, nothing in flight); else the age on the master of the newest
+		// transaction held, in whole seconds (master timestamps have no fraction).
+		if !ss.LastEventAt.IsZero() && (ss.Busy || !ss.Connected) {
+			gs.LagSeconds = max(0, math.Floor(time.Since(ss.LastEventAt).Seconds()))
 		}
 		if g, ok := sh.Group(); ok {
 			if f, ok := g.OldestReading(); ok {

@@ -140,7 +140,8 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	if gtidMode {
 		reg.mode = "gtid"
 	}
-	return src.Dump(ctx, spec, &eventWriter{ss: ss, buf: make([]byte, 0, 64<<10), reg: reg})
+	ss.s.Metrics.DumpStarted(u.Name)
+	return src.Dump(ctx, spec, &eventWriter{ss: ss, buf: make([]byte, 0, 64<<10), reg: reg, sent: ss.s.Metrics.SentTo(ss.user)})
 }
 
 // checkBoundary reports whether skipping n bytes of a record lands on an event start.
@@ -200,9 +201,10 @@ func fileFDE(g *statemachine.Group, file uint64) ([]byte, bool, error) {
 // eventWriter is a session's EventSink: it frames events as dump packets,
 // [0x00][event], and records the replica's position for status.
 type eventWriter struct {
-	ss  *session
-	buf []byte
-	reg *replicaInfo
+	ss   *session
+	buf  []byte
+	reg  *replicaInfo
+	sent func(n int)
 }
 
 // Event implements EventSink.
@@ -214,6 +216,7 @@ func (w *eventWriter) Event(ev []byte) error {
 		w.ss.log.Info("replica connection closed during dump", "err", err)
 		return err
 	}
+	w.sent(len(ev))
 	if cap(w.buf) > 1<<20 {
 		w.buf = make([]byte, 0, 64<<10)
 	}

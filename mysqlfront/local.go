@@ -144,7 +144,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		return errDump("%v", err)
 	}
 	defer cur.Close()
-	l.log.Info("binlog dump started", "upstream", u.Name, "gtid_mode", spec.GTIDMode, "file", statemachine.FileName(start.File),
+	l.log.Info("binlog dump started", "upstream", u.Name, "group", u.GroupID, "gtid_mode", spec.GTIDMode, "file", statemachine.FileName(start.File),
 		"pos", start.Served, "replica_server_id", spec.ServerID, "heartbeat", spec.Heartbeat)
 
 	if err := w.Event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(start.File), start.Pos(), fakeCRC)); err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	"github.com/flotilla-relay/flotilla/statemachine"
@@ -42,6 +43,8 @@ type Server struct {
 
 	// TLS, when set before Serve, lets replicas switch to TLS (MASTER_SSL=1).
 	TLS *tls.Config
+	// Metrics records sessions, logins, dumps and bytes sent (nil: none).
+	Metrics *metrics.Relay
 
 	router Router
 	nodeID uint64
@@ -124,15 +127,18 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		}
 		if l := s.Limits.AllowIPs; l != nil && !l.Allows(c.RemoteAddr()) {
 			s.log.Warn("client refused: address not in --allow-ips", "remote", c.RemoteAddr().String())
+			s.Metrics.Refused(mysql.ER_HOST_NOT_PRIVILEGED)
 			go refuse(c, 0, mysql.ER_HOST_NOT_PRIVILEGED, fmt.Sprintf("Host '%s' is not allowed to connect to this Flotilla server", hostOf(c.RemoteAddr())))
 			continue
 		}
 		if max := s.Limits.MaxConnections; max > 0 && s.active.Load() >= int64(max) {
 			s.log.Warn("client refused: too many connections", "remote", c.RemoteAddr().String(), "max_connections", max)
+			s.Metrics.Refused(mysql.ER_CON_COUNT_ERROR)
 			go refuse(c, 0, mysql.ER_CON_COUNT_ERROR, "Too many connections")
 			continue
 		}
 		s.active.Add(1)
+		s.Metrics.Sessions(1)
 		s.mu.Lock()
 		s.conns[c] = struct{}{}
 		s.mu.Unlock()
@@ -143,6 +149,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		go func() {
 			defer s.sessions.Done()
 			defer s.active.Add(-1)
+			defer s.Metrics.Sessions(-1)
 			defer func() {
 				s.mu.Lock()
 				delete(s.conns, c)
@@ -214,12 +221,14 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		s.log.Debug("handshake failed", "remote", remote, "err", err)
 		var me *mysql.MyError
 		if errors.As(err, &me) {
+			s.Metrics.Refused(me.Code)
 			_ = c.conn.writeError(me)
 		}
 		s.packetTooLarge(nc, lc)
 		return
 	}
 	user := c.user
+	s.Metrics.LoggedIn(user)
 	defer s.releaseUser(user)
 	_ = nc.SetDeadline(time.Time{})
 	ss := &session{s: s, c: c.conn, id: s.nextID.Add(1), user: user, remote: remote, ups: ups, vars: map[string]*string{},
@@ -263,6 +272,7 @@ func (s *Server) packetTooLarge(nc net.Conn, lc *limitConn) {
 	// sending it would otherwise meet a reset instead of the error.
 	_ = lc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
 	_, _ = io.CopyN(io.Discard, lc.Conn, lc.body)
+	s.Metrics.Refused(mysql.ER_NET_PACKET_TOO_LARGE)
 	refuse(lc.Conn, lc.seq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", lc.max))
 }
 
@@ -300,6 +310,10 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 			return false
 		}
 		ss.log.Info("binlog dump ended", "err", err)
+		var me *mysql.MyError
+		if errors.As(err, &me) {
+			ss.s.Metrics.DumpFailed(me.Code)
+		}
 		_ = ss.c.writeValue(err)
 		return false
 	case comBinlogDumpGTID:

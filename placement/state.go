@@ -62,10 +62,10 @@ func (r ReplicaUser) Credential() (plugin, hash string) {
 
 // Upstream is a master Flotilla relays, with what `upstream add` learned about it.
 type Upstream struct {
-	Name         string        `json:"name"`
-	Flavor       string        `json:"flavor"`
-	Source       string        `json:"source"`
-	User string `json:"user"`
+	Name   string `json:"name"`
+	Flavor string `json:"flavor"`
+	Source string `json:"source"`
+	User   string `json:"user"`
 	// Password is sealed with the cluster key (secure.Sealer, bound to the upstream's
 	// name); metadata written before sealing holds it in clear.
 	Password     string        `json:"password"`

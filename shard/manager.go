@@ -18,6 +18,7 @@ import (
 	"github.com/lni/dragonboat/v3"
 	"github.com/lni/dragonboat/v3/config"
 
+	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/placement"
 	"github.com/flotilla-relay/flotilla/statemachine"
@@ -68,7 +69,12 @@ type Manager struct {
 	caughtUp func(ctx context.Context, gid, node uint64) bool
 	// sealer opens upstream passwords sealed in the metadata (nil: none are).
 	sealer *secure.Sealer
+	// metrics records ingest, proposals and purges (nil: none).
+	metrics *metrics.Relay
 }
+
+// SetMetrics installs the node's instruments.
+func (m *Manager) SetMetrics(r *metrics.Relay) { m.metrics = r }
 
 // SetSealer installs the cluster key that opens upstream passwords.
 func (m *Manager) SetSealer(s secure.Sealer) { m.sealer = &s }

@@ -104,12 +104,20 @@ func (s *Shard) clusterReading(ctx context.Context) (uint64, error) {
 }
 
 func (s *Shard) purgeBefore(ctx context.Context, before uint64) error {
+	var first uint64
+	if g, ok := s.m.store.Group(s.gid); ok {
+		t, _ := g.Tail()
+		first = t.FirstFile
+	}
 	res, err := s.propose(ctx, statemachine.EncodePurge(before))
 	if err != nil {
 		return err
 	}
 	if res.Value != statemachine.ResultOK {
 		return fmt.Errorf("purge refused: %s", res.Data)
+	}
+	if first > 0 && before > first {
+		s.m.metrics.Purged(s.Upstream().Name, int(before-first))
 	}
 	return nil
 }

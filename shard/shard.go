@@ -58,6 +58,11 @@ type SyncStatus struct {
 	// CorruptEvents counts events whose checksum failed on arrival (each one was
 	// fetched again, never stored).
 	CorruptEvents uint64
+	// PendingBytes were received from the master and are being proposed.
+	PendingBytes uint64
+	// Busy: events have arrived that are not committed yet (a batch or an open
+	// transaction); when not busy and connected, the group holds all the master sent.
+	Busy bool
 }
 
 func newShard(m *Manager, u *placement.Upstream) *Shard {
@@ -323,6 +328,7 @@ func (s *Shard) runSyncer(ctx context.Context) {
 			return
 		}
 		s.log.Warn("binlog stream from master ended; reconnecting", "err", err, "retry_in", backoff)
+		s.m.metrics.SyncerError(s.Upstream().Name)
 		s.updateStatus(func(st *SyncStatus) {
 			st.Connected = false
 			st.LastError, st.LastErrorAt = errString(err), time.Now()

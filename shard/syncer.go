@@ -147,10 +147,11 @@ type pipeline struct {
 	pendingName  string
 	checksummed  bool
 
-	items      []statemachine.Item
-	batchBytes int
-	batchTxns  uint64
-	lastTS     uint32
+	items       []statemachine.Item
+	batchBytes  int
+	batchTxns   uint64
+	batchEvents int
+	lastTS      uint32
 
 	cur *openTxn
 }
@@ -170,6 +171,9 @@ type openTxn struct {
 var ErrCorruptEvent = errors.New("corrupt event from master")
 
 func (p *pipeline) handle(raw []byte) error {
+	if p.batchEvents++; p.batchEvents == 1 {
+		p.s.updateStatus(func(st *SyncStatus) { st.Busy = true })
+	}
 	h, err := binlog.ParseHeader(raw)
 	if err != nil {
 		return fmt.Errorf("malformed event from master: %w", err)
@@ -276,7 +280,11 @@ func (p *pipeline) flush(ctx context.Context) error {
 		return nil
 	}
 	cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.ordinal, Items: p.items}).Encode()
+	name := p.s.Upstream().Name
+	p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes = uint64(p.batchBytes) })
+	began := time.Now()
 	res, err := p.s.propose(ctx, cmd)
+	p.s.m.metrics.Proposed(name, time.Since(began), err)
 	if err != nil {
 		return err
 	}
@@ -288,6 +296,9 @@ func (p *pipeline) flush(ctx context.Context) error {
 	p.s.updateStatus(func(st *SyncStatus) {
 		st.LastEventAt, st.LastEventRcv = time.Unix(int64(ts), 0), time.Now()
 	})
-	p.items, p.batchBytes, p.batchTxns = nil, 0, 0
+	p.s.m.metrics.Ingested(name, p.batchEvents, p.batchBytes, int(p.batchTxns))
+	idle := p.cur == nil
+	p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes, st.Busy = 0, !idle })
+	p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
 	return nil
 }

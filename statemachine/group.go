@@ -95,6 +95,8 @@ type Tail struct {
 	Epoch     uint64
 	Upstream  string
 	Bytes     uint64
+	// Applied is the last raft index applied.
+	Applied uint64
 	// PartStarts of the current file (see meta.PartStarts).
 	PartStarts []uint64
 }
@@ -766,7 +768,7 @@ func (g *Group) fileStart(no uint64) binlog.Position {
 func (g *Group) publish() {
 	g.mu.Lock()
 	g.tail = Tail{PartStarts: append([]uint64(nil), g.m.PartStarts...), FirstFile: g.m.FirstFile, File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
-		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes}
+		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes, Applied: g.m.Applied}
 	close(g.changed)
 	g.changed = make(chan struct{})
 	g.mu.Unlock()

@@ -2,92 +2,61 @@ package main
 
 import (
 	"fmt"
-	"log/slog"
 	"os"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
-	"gopkg.in/yaml.v3"
 
 	"github.com/flotilla-relay/flotilla/internal/node"
 )
 
-func serveCommand() *cli.Command {
-	return &cli.Command{
-		Name:  "serve",
-		Usage: "run a Flotilla node (with no flags: a one-node cluster in ./flotilla-data)",
-		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "config", Usage: "YAML configuration file; flags override it"},
-			&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)"},
-			&cli.StringFlag{Name: "data", Usage: "data directory (default ./flotilla-data)"},
-			&cli.StringFlag{Name: "mysql-addr", Usage: "MySQL protocol listen address (default 127.0.0.1:3307)"},
-			&cli.StringFlag{Name: "admin-addr", Usage: "admin gRPC listen address (default 127.0.0.1:7070)"},
-			&cli.StringFlag{Name: "raft-addr", Usage: "raft address, reachable by the other nodes (default 127.0.0.1:7071)"},
-			&cli.StringFlag{Name: "join", Usage: "admin addresses of existing nodes, comma-separated"},
-			&cli.StringSliceFlag{Name: "label", Usage: "node label k=v (e.g. zone=a); repeatable"},
-			&cli.DurationFlag{Name: "retention-age", Value: 7 * 24 * time.Hour, Usage: "purge served binlog files whose last transaction is older (0 keeps all)"},
-			&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"},
-			&cli.Uint64Flag{Name: "segment-size", Usage: "bytes at which segment files roll (default 268435456, 256 MiB)"},
-			&cli.DurationFlag{Name: "node-down-after", Usage: "re-create the replicas of a node that has not answered for this long (default 60s)"},
-			&cli.IntFlag{Name: "max-connections", Usage: "client connections to the MySQL port at most; more get error 1040 (default 10000)"},
-			&cli.IntFlag{Name: "max-user-connections", Usage: "connections per replica user at most; more get error 1203 (default 0: no limit)"},
-			&cli.Int64Flag{Name: "max-allowed-packet", Usage: "largest client packet in bytes; a larger one is refused with error 1153 (default 67108864)"},
-			&cli.DurationFlag{Name: "idle-timeout", Usage: "close sessions that send nothing for this long while not dumping (default 8h)"},
-			&cli.StringFlag{Name: "allow-ips", Usage: "comma-separated client addresses and CIDR networks accepted; others get error 1130 (default: all)"},
-			&cli.StringFlag{Name: "mysql-tls-cert", Usage: "certificate (PEM) that lets replicas connect with TLS (MASTER_SSL=1)"},
-			&cli.StringFlag{Name: "mysql-tls-key", Usage: "key of --mysql-tls-cert"},
-			&cli.StringFlag{Name: "tls-ca", Usage: "CA of the cluster's node certificates: enables mutual TLS for raft and TLS for the admin API (client certificates from this CA are accepted as admin credentials)"},
-			&cli.StringFlag{Name: "tls-cert", Usage: "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses"},
-			&cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert"},
-			&cli.StringFlag{Name: "log-level", Value: "info", Usage: "debug, info, warn or error"},
-		},
-		Action: func(c *cli.Context) error {
-			var cfg node.Config
-			if f := c.String("config"); f != "" {
-				b, err := os.ReadFile(f)
-				if err != nil {
-					return fmt.Errorf("--config: %w", err)
-				}
-				if err := yaml.Unmarshal(b, &cfg); err != nil {
-					return fmt.Errorf("--config %s: %w", f, err)
-				}
-			}
-			if c.IsSet("node-id") {
-				cfg.NodeID = c.Uint64("node-id")
-			}
-			for flag, dst := range map[string]*string{"data": &cfg.DataDir, "mysql-addr": &cfg.MySQLAddr, "admin-addr": &cfg.AdminAddr, "raft-addr": &cfg.RaftAddr, "allow-ips": &cfg.AllowIPs,
-				"mysql-tls-cert": &cfg.MySQLTLSCert, "mysql-tls-key": &cfg.MySQLTLSKey, "tls-ca": &cfg.TLS.CA, "tls-cert": &cfg.TLS.Cert, "tls-key": &cfg.TLS.Key} {
-				if c.IsSet(flag) {
-					*dst = c.String(flag)
-				}
-			}
-			if c.IsSet("retention-age") || cfg.RetentionAge == 0 {
-				cfg.RetentionAge = c.Duration("retention-age")
-			}
-			if c.IsSet("segment-size") {
-				cfg.SegmentSize = c.Uint64("segment-size")
-			}
-			for flag, dst := range map[string]*int{"max-connections": &cfg.MaxConnections, "max-user-connections": &cfg.MaxUserConnections} {
-				if c.IsSet(flag) {
-					*dst = c.Int(flag)
-				}
-			}
-			for flag, dst := range map[string]*time.Duration{"idle-timeout": &cfg.IdleTimeout, "node-down-after": &cfg.NodeDownAfter} {
-				if c.IsSet(flag) {
-					*dst = c.Duration(flag)
-				}
-			}
-			if c.IsSet("max-allowed-packet") {
-				cfg.MaxAllowedPacket = c.Int64("max-allowed-packet")
-			}
-			if c.IsSet("retention-bytes") {
-				cfg.RetentionBytes = c.Uint64("retention-bytes")
-			}
-			if j := c.String("join"); j != "" {
-				cfg.Join = strings.Split(j, ",")
-			}
+// serveFlag is a `serve` flag and the configuration key it sets: flags override the
+// YAML file, and every flag has a key.
+type serveFlag struct {
+	flag cli.Flag
+	key  string
+	set  func(c *cli.Context, cfg *node.Config) error
+}
+
+func str(name, key, usage string, dst func(*node.Config) *string) serveFlag {
+	return serveFlag{&cli.StringFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+		*dst(cfg) = c.String(name)
+		return nil
+	}}
+}
+
+func dur(name, key, usage string, dst func(*node.Config) *time.Duration) serveFlag {
+	return serveFlag{&cli.DurationFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+		*dst(cfg) = c.Duration(name)
+		return nil
+	}}
+}
+
+func integer(name, key, usage string, dst func(*node.Config) *int) serveFlag {
+	return serveFlag{&cli.IntFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+		*dst(cfg) = c.Int(name)
+		return nil
+	}}
+}
+
+func serveFlags() []serveFlag {
+	return []serveFlag{
+		{&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)"}, "node_id", func(c *cli.Context, cfg *node.Config) error {
+			cfg.NodeID = c.Uint64("node-id")
+			return nil
+		}},
+		str("data", "data", "data directory (default ./flotilla-data)", func(c *node.Config) *string { return &c.DataDir }),
+		str("mysql-addr", "mysql_addr", "MySQL protocol listen address (default 127.0.0.1:3307)", func(c *node.Config) *string { return &c.MySQLAddr }),
+		str("admin-addr", "admin_addr", "admin gRPC listen address (default 127.0.0.1:7070)", func(c *node.Config) *string { return &c.AdminAddr }),
+		str("raft-addr", "raft_addr", "raft address, reachable by the other nodes (default 127.0.0.1:7071)", func(c *node.Config) *string { return &c.RaftAddr }),
+		str("metrics-addr", "metrics_addr", "HTTP address for /metrics (Prometheus), /healthz and /readyz (default: off)", func(c *node.Config) *string { return &c.MetricsAddr }),
+		{&cli.StringFlag{Name: "join", Usage: "admin addresses of existing nodes, comma-separated"}, "join", func(c *cli.Context, cfg *node.Config) error {
+			cfg.Join = strings.Split(c.String("join"), ",")
+			return nil
+		}},
+		{&cli.StringSliceFlag{Name: "label", Usage: "node label k=v (e.g. zone=a); repeatable"}, "labels", func(c *cli.Context, cfg *node.Config) error {
 			for _, l := range c.StringSlice("label") {
 				k, v, ok := strings.Cut(l, "=")
 				if !ok || k == "" {
@@ -98,14 +67,94 @@ func serveCommand() *cli.Command {
 				}
 				cfg.Labels[k] = v
 			}
-			if cfg.AdminToken == "" {
-				cfg.AdminToken = os.Getenv("FLOTILLA_TOKEN")
+			return nil
+		}},
+		dur("retention-age", "retention_age", "purge served binlog files whose last transaction is older (default 168h; 0 keeps all)", func(c *node.Config) *time.Duration { return &c.RetentionAge }),
+		{&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"}, "retention_bytes", func(c *cli.Context, cfg *node.Config) error {
+			cfg.RetentionBytes = c.Uint64("retention-bytes")
+			return nil
+		}},
+		{&cli.Uint64Flag{Name: "segment-size", Usage: "bytes at which segment files roll (default 268435456, 256 MiB)"}, "segment_size", func(c *cli.Context, cfg *node.Config) error {
+			cfg.SegmentSize = c.Uint64("segment-size")
+			return nil
+		}},
+		dur("node-down-after", "node_down_after", "re-create the replicas of a node that has not answered for this long (default 60s)", func(c *node.Config) *time.Duration { return &c.NodeDownAfter }),
+		integer("max-connections", "max_connections", "client connections to the MySQL port at most; more get error 1040 (default 10000)", func(c *node.Config) *int { return &c.MaxConnections }),
+		integer("max-user-connections", "max_user_connections", "connections per replica user at most; more get error 1203 (default 0: no limit)", func(c *node.Config) *int { return &c.MaxUserConnections }),
+		{&cli.Int64Flag{Name: "max-allowed-packet", Usage: "largest client packet in bytes; a larger one is refused with error 1153 (default 67108864)"}, "max_allowed_packet", func(c *cli.Context, cfg *node.Config) error {
+			cfg.MaxAllowedPacket = c.Int64("max-allowed-packet")
+			return nil
+		}},
+		dur("idle-timeout", "idle_timeout", "close sessions that send nothing for this long while not dumping (default 8h)", func(c *node.Config) *time.Duration { return &c.IdleTimeout }),
+		str("allow-ips", "allow_ips", "comma-separated client addresses and CIDR networks accepted; others get error 1130 (default: all)", func(c *node.Config) *string { return &c.AllowIPs }),
+		str("mysql-tls-cert", "mysql_tls_cert", "certificate (PEM) that lets replicas connect with TLS (MASTER_SSL=1)", func(c *node.Config) *string { return &c.MySQLTLSCert }),
+		str("mysql-tls-key", "mysql_tls_key", "key of --mysql-tls-cert", func(c *node.Config) *string { return &c.MySQLTLSKey }),
+		str("tls-ca", "tls.ca", "CA of the cluster's node certificates: enables mutual TLS for raft and TLS for the admin API (client certificates from this CA are accepted as admin credentials)", func(c *node.Config) *string { return &c.TLS.CA }),
+		str("tls-cert", "tls.cert", "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses", func(c *node.Config) *string { return &c.TLS.Cert }),
+		str("tls-key", "tls.key", "key of --tls-cert", func(c *node.Config) *string { return &c.TLS.Key }),
+		str("log-level", "log_level", "debug, info, warn or error (default info)", func(c *node.Config) *string { return &c.LogLevel }),
+		str("log-format", "log_format", "text or json (default text)", func(c *node.Config) *string { return &c.LogFormat }),
+	}
+}
+
+// loadServeConfig merges the YAML file and the flags; flags win.
+func loadServeConfig(c *cli.Context) (node.Config, error) {
+	var cfg node.Config
+	if f := c.String("config"); f != "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return cfg, fmt.Errorf("--config: %w", err)
+		}
+		if cfg, err = node.ParseConfig(b); err != nil {
+			return cfg, fmt.Errorf("--config %s: %w", f, err)
+		}
+	}
+	for _, sf := range serveFlags() {
+		if c.IsSet(sf.flag.Names()[0]) {
+			if err := sf.set(c, &cfg); err != nil {
+				return cfg, err
 			}
-			var level slog.Level
-			if err := level.UnmarshalText([]byte(c.String("log-level"))); err != nil {
-				return fmt.Errorf("--log-level: %w", err)
+		}
+	}
+	if cfg.RetentionAge == 0 && !c.IsSet("retention-age") {
+		cfg.RetentionAge = 7 * 24 * time.Hour
+	}
+	if cfg.AdminToken == "" {
+		cfg.AdminToken = os.Getenv("FLOTILLA_TOKEN")
+	}
+	cfg.Defaults()
+	return cfg, cfg.Validate()
+}
+
+func serveCommand() *cli.Command {
+	flags := []cli.Flag{
+		&cli.StringFlag{Name: "config", Usage: "YAML configuration file (keys as the flags, with _ for -; tls: {ca, cert, key}); flags override it"},
+		&cli.BoolFlag{Name: "check-config", Usage: "validate the configuration and flags, print the result and exit"},
+	}
+	for _, sf := range serveFlags() {
+		flags = append(flags, sf.flag)
+	}
+	return &cli.Command{
+		Name:  "serve",
+		Usage: "run a Flotilla node (with no flags: a one-node cluster in ./flotilla-data)",
+		Description: `Examples:
+   flotilla serve --node-id 1 --data /var/lib/flotilla --mysql-addr 0.0.0.0:3307
+   flotilla serve --config /etc/flotilla/flotilla.yaml --check-config`,
+		Flags: flags,
+		Action: func(c *cli.Context) error {
+			cfg, err := loadServeConfig(c)
+			if err != nil {
+				return err
 			}
-			log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+			if c.Bool("check-config") {
+				fmt.Printf("configuration valid: node %d, data %s, mysql %s, admin %s, raft %s\n", cfg.NodeID, cfg.DataDir, cfg.MySQLAddr, cfg.AdminAddr, cfg.RaftAddr)
+				return nil
+			}
+			log, err := node.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)
+			if err != nil {
+				return err
+			}
+			node.RouteDragonboatLogs(log.With("node", cfg.NodeID))
 			// Everything the node writes (data, raft logs, keys) is for its own user.
 			syscall.Umask(0o077)
 			n, err := node.Start(c.Context, cfg, log)

@@ -15,11 +15,12 @@ type Leaders struct {
 	mu      sync.Mutex
 	leaders map[uint64]raftio.LeaderInfo
 	changed map[uint64]chan struct{}
+	changes map[uint64]uint64 // leader changes seen per group, for metrics
 }
 
 // NewLeaders returns an empty table.
 func NewLeaders() *Leaders {
-	return &Leaders{leaders: map[uint64]raftio.LeaderInfo{}, changed: map[uint64]chan struct{}{}}
+	return &Leaders{leaders: map[uint64]raftio.LeaderInfo{}, changed: map[uint64]chan struct{}{}, changes: map[uint64]uint64{}}
 }
 
 // LeaderUpdated implements raftio.IRaftEventListener. It runs on dragonboat's own
@@ -29,11 +30,21 @@ func (l *Leaders) LeaderUpdated(info raftio.LeaderInfo) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	info.LeaderID = placement.NodeOfReplica(info.LeaderID)
+	if prev := l.leaders[info.ClusterID]; info.LeaderID != 0 && prev.LeaderID != info.LeaderID {
+		l.changes[info.ClusterID]++
+	}
 	l.leaders[info.ClusterID] = info
 	if c, ok := l.changed[info.ClusterID]; ok {
 		close(c)
 		delete(l.changed, info.ClusterID)
 	}
+}
+
+// Changes returns how many times this node saw group gid get a new leader.
+func (l *Leaders) Changes(gid uint64) uint64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.changes[gid]
 }
 
 // Leader returns the known leader of a group (0 while there is none) and a channel

@@ -203,7 +203,7 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 		}
 		if !started {
 			started = true
-			s.r.log.Info("relaying a binlog dump", "upstream", s.u.Name, "from_node", n.ID)
+			s.r.log.Info("relaying a binlog dump", "upstream", s.u.Name, "group", s.u.GroupID, "from_node", n.ID)
 		}
 		for _, ev := range ch.Events {
 			if err := sink.Event(ev); err != nil {

@@ -6,6 +6,7 @@ package node
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -14,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v3"
@@ -24,6 +26,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
 	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
@@ -64,6 +67,11 @@ type Config struct {
 	// cluster service (server certificate; client certificates from the same CA are
 	// accepted in place of the admin token).
 	TLS secure.Files `yaml:"tls"`
+	// MetricsAddr, when set, serves /metrics, /healthz and /readyz over HTTP.
+	MetricsAddr string `yaml:"metrics_addr"`
+	// LogFormat (text or json) and LogLevel (debug, info, warn, error) shape the log.
+	LogFormat string `yaml:"log_format"`
+	LogLevel  string `yaml:"log_level"`
 }
 
 // transport is the TLS a node's listeners and calls use (nil: plaintext).
@@ -148,6 +156,8 @@ type Node struct {
 	// Wait lets finish before storage closes.
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+	// stopMetrics ends the HTTP endpoints (/metrics, /healthz, /readyz).
+	stopMetrics context.CancelFunc
 
 	mu sync.Mutex
 	// silentSince: when each node stopped answering purge's question about readers.
@@ -196,7 +206,32 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		mysqlLis.Close()
 		return nil, fmt.Errorf("admin port %s: %w (use --admin-addr)", cfg.AdminAddr, err)
 	}
-	closeLis := func() { mysqlLis.Close(); adminLis.Close() }
+	log = log.With("node", cfg.NodeID)
+	rel := metrics.New(cfg.NodeID)
+	var live atomic.Pointer[Node]
+	mctx, stopMetrics := context.WithCancel(context.Background())
+	if cfg.MetricsAddr != "" {
+		metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
+		if err != nil {
+			stopMetrics()
+			mysqlLis.Close()
+			adminLis.Close()
+			return nil, fmt.Errorf("metrics port %s: %w (use --metrics-addr)", cfg.MetricsAddr, err)
+		}
+		// Served from the start: /readyz says "not ready" while the node joins.
+		go func() {
+			err := rel.Serve(mctx, metricsLis, func(ctx context.Context) error {
+				if n := live.Load(); n != nil {
+					return n.ready(ctx)
+				}
+				return errors.New("starting: joining the cluster and opening storage")
+			}, log.With("component", "metrics"))
+			if err != nil {
+				log.Error("metrics endpoint stopped", "err", err)
+			}
+		}()
+	}
+	closeLis := func() { mysqlLis.Close(); adminLis.Close(); stopMetrics() }
 
 	ident, err := clusterIdentity(ctx, cfg, tr.peer, log)
 	if err != nil {
@@ -229,7 +264,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	n := &Node{cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders, errc: make(chan error, 2)}
+	n := &Node{stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders, errc: make(chan error, 2)}
 	if err := n.startMeta(ctx); err != nil {
 		n.close()
 		closeLis()
@@ -247,12 +282,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	n.shards.SetSealer(sealer)
+	n.shards.SetMetrics(rel)
 	n.spawn(func() { n.shards.Run(ctx, 300*time.Millisecond) })
 
 	n.relay = cluster.NewRelay(cfg.NodeID, ident, tr.peer, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
 	n.front.Limits = limits
 	n.front.TLS = tr.front
+	n.front.Metrics = rel
 	n.spawn(func() { n.errc <- n.front.Serve(ctx, mysqlLis) })
 	metaLeader := func() uint64 {
 		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
@@ -272,6 +309,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Meta: n.meta, Members: nh, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
 	n.spawn(func() { ctrl.Run(ctx, 2*time.Second) })
 	n.spawn(func() { n.errc <- admin.Serve(ctx, adminLis) })
+	rel.Registry().MustRegister(metrics.NewStateCollector(cfg.NodeID, func() []metrics.GroupSample { return n.samples(admin.LocalGroups) }))
+	live.Store(n)
 	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
 	return n, nil
 }
@@ -486,6 +525,7 @@ func (n *Node) spawn(f func()) {
 }
 
 func (n *Node) close() {
+	n.stopMetrics()
 	if n.relay != nil {
 		n.relay.Close()
 	}

@@ -165,7 +165,7 @@ func TestClusterEndToEnd(t *testing.T) {
 	// The replica on the node without a member of up3's group is served by a relay.
 	relayNode := nodes[ups[2].via[0]]
 	deadline := time.Now().Add(time.Minute)
-	for !strings.Contains(relayNode.LogTail(100000), `msg="relaying a binlog dump" component=relay upstream=up3`) {
+	for !strings.Contains(relayNode.LogTail(100000), `msg="relaying a binlog dump" node=`+strconv.Itoa(int(relayNode.ID))+` component=relay upstream=up3`) {
 		if time.Now().After(deadline) {
 			t.Fatalf("node %d, which holds no replica of up3, never relayed its dump; log:\n%s", relayNode.ID, relayNode.LogTail(30))
 		}

@@ -1,0 +1,149 @@
+package node
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"reflect"
+	"sort"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/flotilla-relay/flotilla/internal/secure"
+	"github.com/flotilla-relay/flotilla/mysqlfront"
+)
+
+// ParseConfig reads a YAML configuration. Every key must be one Config knows, and
+// every value must fit its key: an error names the key (and its line), so a typo is
+// refused at start instead of silently ignored.
+func ParseConfig(b []byte) (Config, error) {
+	var cfg Config
+	var doc yaml.Node
+	if err := yaml.NewDecoder(bytes.NewReader(b)).Decode(&doc); err != nil {
+		if errors.Is(err, io.EOF) {
+			return cfg, nil // an empty file
+		}
+		return cfg, fmt.Errorf("not valid YAML: %w", err)
+	}
+	if len(doc.Content) == 0 {
+		return cfg, nil
+	}
+	if err := decodeStrict(doc.Content[0], reflect.ValueOf(&cfg).Elem(), ""); err != nil {
+		return cfg, err
+	}
+	return cfg, nil
+}
+
+// ConfigKeys lists every key of the YAML configuration, nested ones as "tls.ca".
+func ConfigKeys() []string {
+	var keys []string
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name := yamlName(f)
+			if name == "" {
+				continue
+			}
+			if f.Type.Kind() == reflect.Struct && f.Type != reflect.TypeOf(time.Duration(0)) {
+				walk(f.Type, prefix+name+".")
+				continue
+			}
+			keys = append(keys, prefix+name)
+		}
+	}
+	walk(reflect.TypeOf(Config{}), "")
+	sort.Strings(keys)
+	return keys
+}
+
+func yamlName(f reflect.StructField) string {
+	tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ",")
+	if tag == "-" || !f.IsExported() {
+		return ""
+	}
+	return tag
+}
+
+func decodeStrict(n *yaml.Node, dst reflect.Value, prefix string) error {
+	if n.Kind != yaml.MappingNode {
+		if prefix == "" {
+			return fmt.Errorf("line %d: the configuration must be a mapping of keys to values", n.Line)
+		}
+		return fmt.Errorf("key %s (line %d): expected a mapping", strings.TrimSuffix(prefix, "."), n.Line)
+	}
+	fields := map[string]reflect.Value{}
+	t := dst.Type()
+	for i := 0; i < t.NumField(); i++ {
+		if name := yamlName(t.Field(i)); name != "" {
+			fields[name] = dst.Field(i)
+		}
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		k, v := n.Content[i], n.Content[i+1]
+		key := prefix + k.Value
+		f, ok := fields[k.Value]
+		if !ok {
+			return fmt.Errorf("unknown key %q (line %d); the keys are: %s", key, k.Line, strings.Join(ConfigKeys(), ", "))
+		}
+		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
+			if err := decodeStrict(v, f, key+"."); err != nil {
+				return err
+			}
+			continue
+		}
+		if err := v.Decode(f.Addr().Interface()); err != nil {
+			var te *yaml.TypeError
+			msg := err.Error()
+			if errors.As(err, &te) && len(te.Errors) > 0 {
+				msg = strings.Join(te.Errors, "; ")
+			}
+			return fmt.Errorf("key %s (line %d): %s", key, v.Line, msg)
+		}
+	}
+	return nil
+}
+
+// Validate checks a configuration (after Defaults) as far as it can without
+// starting: addresses, certificates, lists, log settings and the admin API's
+// exposure. Each error names the setting.
+func (c Config) Validate() error {
+	if c.NodeID == 0 {
+		return errors.New("node_id (--node-id) must be positive")
+	}
+	for key, addr := range map[string]string{"mysql_addr": c.MySQLAddr, "admin_addr": c.AdminAddr, "raft_addr": c.RaftAddr, "metrics_addr": c.MetricsAddr} {
+		if addr == "" && key == "metrics_addr" {
+			continue
+		}
+		if _, _, err := net.SplitHostPort(addr); err != nil {
+			return fmt.Errorf("%s %q is not HOST:PORT", key, addr)
+		}
+	}
+	for _, j := range c.Join {
+		if _, _, err := net.SplitHostPort(j); err != nil {
+			return fmt.Errorf("join: %q is not HOST:PORT of a member's admin API", j)
+		}
+	}
+	for key, v := range map[string]int64{"max_connections": int64(c.MaxConnections), "max_user_connections": int64(c.MaxUserConnections),
+		"max_allowed_packet": c.MaxAllowedPacket, "retention_age": int64(c.RetentionAge), "node_down_after": int64(c.NodeDownAfter), "idle_timeout": int64(c.IdleTimeout)} {
+		if v < 0 {
+			return fmt.Errorf("%s must not be negative", key)
+		}
+	}
+	if c.AllowIPs != "" {
+		if _, err := mysqlfront.ParseAllowList(c.AllowIPs); err != nil {
+			return fmt.Errorf("allow_ips: %w", err)
+		}
+	}
+	if _, err := c.transport(); err != nil {
+		return err
+	}
+	if _, err := NewLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
+		return fmt.Errorf("log_format/log_level: %w", err)
+	}
+	return secure.CheckAdminExposure(c.AdminAddr, secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()})
+}

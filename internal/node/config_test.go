@@ -1,0 +1,94 @@
+package node
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// Every key, one at a time: a good value lands in Config, a bad one is refused with
+// the key named.
+func TestParseConfigKeyByKey(t *testing.T) {
+	cases := []struct {
+		key, good, bad string
+		check          func(Config) bool
+	}{
+		{"node_id", "7", "seven", func(c Config) bool { return c.NodeID == 7 }},
+		{"data", "/d", "[1, 2]", func(c Config) bool { return c.DataDir == "/d" }},
+		{"mysql_addr", "127.0.0.1:1", "{a: 1}", func(c Config) bool { return c.MySQLAddr == "127.0.0.1:1" }},
+		{"admin_addr", "127.0.0.1:2", "{a: 1}", func(c Config) bool { return c.AdminAddr == "127.0.0.1:2" }},
+		{"raft_addr", "127.0.0.1:3", "{a: 1}", func(c Config) bool { return c.RaftAddr == "127.0.0.1:3" }},
+		{"metrics_addr", "127.0.0.1:4", "{a: 1}", func(c Config) bool { return c.MetricsAddr == "127.0.0.1:4" }},
+		{"join", "[a:1, b:2]", "{a: 1}", func(c Config) bool { return len(c.Join) == 2 }},
+		{"labels", "{zone: a}", "[x]", func(c Config) bool { return c.Labels["zone"] == "a" }},
+		{"admin_token", "t", "{a: 1}", func(c Config) bool { return c.AdminToken == "t" }},
+		{"retention_age", "48h", "two days", func(c Config) bool { return c.RetentionAge == 48*time.Hour }},
+		{"retention_bytes", "1000", "-x", func(c Config) bool { return c.RetentionBytes == 1000 }},
+		{"segment_size", "4096", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
+		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
+		{"max_connections", "10", "many", func(c Config) bool { return c.MaxConnections == 10 }},
+		{"max_user_connections", "3", "few", func(c Config) bool { return c.MaxUserConnections == 3 }},
+		{"max_allowed_packet", "1024", "1k", func(c Config) bool { return c.MaxAllowedPacket == 1024 }},
+		{"idle_timeout", "1h", "forever", func(c Config) bool { return c.IdleTimeout == time.Hour }},
+		{"allow_ips", "10.0.0.0/8", "[x]", func(c Config) bool { return c.AllowIPs == "10.0.0.0/8" }},
+		{"mysql_tls_cert", "c.pem", "[x]", func(c Config) bool { return c.MySQLTLSCert == "c.pem" }},
+		{"mysql_tls_key", "k.pem", "[x]", func(c Config) bool { return c.MySQLTLSKey == "k.pem" }},
+		{"tls.ca", "ca.pem", "[x]", func(c Config) bool { return c.TLS.CA == "ca.pem" }},
+		{"tls.cert", "n.pem", "[x]", func(c Config) bool { return c.TLS.Cert == "n.pem" }},
+		{"tls.key", "n-key.pem", "[x]", func(c Config) bool { return c.TLS.Key == "n-key.pem" }},
+		{"log_level", "debug", "[x]", func(c Config) bool { return c.LogLevel == "debug" }},
+		{"log_format", "json", "[x]", func(c Config) bool { return c.LogFormat == "json" }},
+	}
+	seen := map[string]bool{}
+	doc := func(key, v string) string {
+		if parent, child, nested := strings.Cut(key, "."); nested {
+			return parent + ":\n  " + child + ": " + v + "\n"
+		}
+		return key + ": " + v + "\n"
+	}
+	for _, tc := range cases {
+		seen[tc.key] = true
+		cfg, err := ParseConfig([]byte(doc(tc.key, tc.good)))
+		if err != nil || !tc.check(cfg) {
+			t.Errorf("%s: %s: %+v, %v", tc.key, tc.good, cfg, err)
+		}
+		if _, err := ParseConfig([]byte(doc(tc.key, tc.bad))); err == nil || !strings.Contains(err.Error(), "key "+tc.key) {
+			t.Errorf("%s: bad value %s must be refused naming the key, got %v", tc.key, tc.bad, err)
+		}
+	}
+	for _, k := range ConfigKeys() {
+		if !seen[k] {
+			t.Errorf("config key %s has no test case", k)
+		}
+	}
+	_, err := ParseConfig([]byte("mysql_adr: 127.0.0.1:3307\n"))
+	if err == nil || !strings.Contains(err.Error(), `unknown key "mysql_adr" (line 1)`) {
+		t.Fatalf("a misspelt key must be refused, naming it: %v", err)
+	}
+	if _, err := ParseConfig([]byte("tls:\n  cafile: x\n")); err == nil || !strings.Contains(err.Error(), `"tls.cafile"`) {
+		t.Fatalf("an unknown nested key must be refused: %v", err)
+	}
+}
+
+func TestValidate(t *testing.T) {
+	ok := Config{}
+	ok.Defaults()
+	if err := ok.Validate(); err != nil {
+		t.Fatalf("defaults must validate: %v", err)
+	}
+	for what, mod := range map[string]func(*Config){
+		"mysql_addr":                    func(c *Config) { c.MySQLAddr = "nope" },
+		"allow_ips":                     func(c *Config) { c.AllowIPs = "10.0.0.0/99" },
+		"log_format":                    func(c *Config) { c.LogFormat = "xml" },
+		"not a loopback address":        func(c *Config) { c.AdminAddr = "0.0.0.0:7070" },
+		"--mysql-tls-cert":              func(c *Config) { c.MySQLTLSCert = "c.pem" },
+		"--tls-ca/--tls-cert/--tls-key": func(c *Config) { c.TLS.CA = "ca.pem" },
+		"join":                          func(c *Config) { c.Join = []string{"host-without-port"} },
+	} {
+		c := ok
+		mod(&c)
+		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), what) {
+			t.Errorf("%s: want an error naming it, got %v", what, err)
+		}
+	}
+}

@@ -1,0 +1,199 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+// httpGet returns the status and body of a GET.
+func httpGet(url string) (int, string, error) {
+	c := http.Client{Timeout: 5 * time.Second}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// metricValue sums the samples of metric whose labels contain every label given.
+func metricValue(body, metric string, labels ...string) (float64, bool) {
+	var sum float64
+	found := false
+	for _, line := range strings.Split(body, "\n") {
+		if !strings.HasPrefix(line, metric+"{") && !strings.HasPrefix(line, metric+" ") {
+			continue
+		}
+		ok := true
+		for _, l := range labels {
+			ok = ok && strings.Contains(line, l)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err == nil {
+			sum, found = sum+v, true
+		}
+	}
+	return sum, found
+}
+
+// TestMetricsHealthAndLogs: /readyz is 503 while a node waits to join and 200 once
+// it has; during a replicated workload /metrics shows the ingest counters moving,
+// the lag back at 0 and the connected replica; every log line is JSON carrying the
+// node id, and lines about a group carry its upstream and group id.
+func TestMetricsHealthAndLogs(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	port := func() string {
+		p, err := mariadbtest.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprintf("127.0.0.1:%d", p)
+	}
+	m1, m2 := port(), port()
+	n1 := flotillatest.NewNode(t, filepath.Join(dir, "n1"), 1)
+	n1.Args = []string{"--metrics-addr", m1, "--log-format", "json"}
+	n2 := flotillatest.NewNode(t, filepath.Join(dir, "n2"), 2)
+	n2.Args = []string{"--metrics-addr", m2, "--log-format", "json"}
+	n2.Join = []string{n1.AdminAddr} // not up yet: node 2 waits to join
+	started := make(chan error, 1)
+	go func() { started <- n2.TryStart(ctx) }()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		code, body, err := httpGet("http://" + m2 + "/readyz")
+		if err == nil && code == http.StatusServiceUnavailable && strings.Contains(body, "joining") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz of a node waiting to join: %d %q %v", code, body, err)
+		}
+	}
+	if code, _, err := httpGet("http://" + m2 + "/healthz"); err != nil || code != http.StatusOK {
+		t.Fatalf("/healthz while joining: %d %v", code, err)
+	}
+	n1.Start(ctx)
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
+		code, body, err := httpGet("http://" + m2 + "/readyz")
+		if err == nil && code == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("/readyz after joining: %d %q %v", code, body, err)
+		}
+	}
+
+	master := startMaster(ctx, t, filepath.Join(dir, "master"))
+	if out, err := n1.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
+		t.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	leader, _ := waitLeader(ctx, t, []*flotillatest.Node{n1, n2}, "main")
+	lm := m1
+	ln := n1
+	if leader == 2 {
+		lm, ln = m2, n2
+	}
+	r := startReplica(ctx, t, filepath.Join(dir, "replica"), 11)
+	changeMaster(ctx, t, r, ln, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	scrape := func() string {
+		code, body, err := httpGet("http://" + lm + "/metrics")
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("/metrics: %d %v", code, err)
+		}
+		return body
+	}
+	if _, err := mariadbtest.RunWorkload(ctx, master, 0); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(ctx, t, "replica", master, r, 2*time.Minute)
+	before, _ := metricValue(scrape(), "flotilla_ingest_transactions_total", `upstream="main"`)
+	if _, err := mariadbtest.RunWorkload(ctx, master, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitCaughtUp(ctx, t, "replica", master, r, 2*time.Minute)
+	var body string
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		body = scrape()
+		after, _ := metricValue(body, "flotilla_ingest_transactions_total", `upstream="main"`)
+		lag, hasLag := metricValue(body, "flotilla_lag_seconds", `upstream="main"`)
+		reps, _ := metricValue(body, "flotilla_connected_replicas", `upstream="main"`)
+		if after > before && hasLag && lag == 0 && reps == 1 {
+			t.Logf("E2E metrics: ingest transactions %v -> %v, lag %v s, connected replicas %v", before, after, lag, reps)
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics did not show the workload: transactions %v -> %v, lag %v (%v), replicas %v\n%s", before, after, lag, hasLag, reps, body)
+		}
+	}
+	for _, want := range []struct {
+		metric string
+		labels []string
+	}{
+		{"flotilla_ingest_bytes_total", []string{`upstream="main"`}},
+		{"flotilla_ingest_events_total", []string{`upstream="main"`}},
+		{"flotilla_proposal_seconds_count", []string{`upstream="main"`}},
+		{"flotilla_sent_bytes_total", []string{`user="repl"`}},
+		{"flotilla_dump_starts_total", []string{`upstream="main"`}},
+		{"flotilla_applied_index", []string{`upstream="main"`}},
+		{"flotilla_segment_bytes", []string{`upstream="main"`}},
+		{"flotilla_mysql_sessions", nil},
+		{"go_goroutines", nil},
+		{"process_resident_memory_bytes", nil},
+	} {
+		if v, ok := metricValue(body, want.metric, want.labels...); !ok || v <= 0 {
+			t.Errorf("%s%v = %v (present %v), want > 0", want.metric, want.labels, v, ok)
+		}
+	}
+
+	// JSON logs: every line parses, carries the node id; group lines carry both the
+	// upstream and the group id.
+	f, err := os.Open(filepath.Join(n1.Dir, "flotilla.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	lines, groupLines := 0, 0
+	for sc.Scan() {
+		var rec map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatalf("log line is not JSON: %q: %v", sc.Text(), err)
+		}
+		lines++
+		if _, ok := rec["node"]; !ok {
+			t.Errorf("log line without the node id: %s", sc.Text())
+		}
+		if _, ok := rec["upstream"]; ok {
+			groupLines++
+			if _, ok := rec["group"]; !ok && rec["component"] != "admin" {
+				t.Errorf("a line about upstream %v lacks its group id: %s", rec["upstream"], sc.Text())
+			}
+		}
+	}
+	if lines == 0 || groupLines == 0 {
+		t.Fatalf("log of node 1: %d lines, %d about a group", lines, groupLines)
+	}
+}
