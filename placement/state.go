@@ -82,6 +82,9 @@ type Upstream struct {
 	BinlogChecksum string `json:"binlog_checksum,omitempty"`
 	// StartGTID is the GTID position the group's history starts from.
 	StartGTID string `json:"start_gtid"`
+	// InitialBytes is the size of the master's binary logs at `upstream add`: what
+	// the initial copy fetches (progress displays).
+	InitialBytes uint64 `json:"initial_bytes,omitempty"`
 	GroupID   uint64 `json:"group_id"`
 	Replicas  int    `json:"replicas"`
 	// SyncerServerID is the server_id the syncer uses toward the master (0 in old

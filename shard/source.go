@@ -28,6 +28,8 @@ type SourceInfo struct {
 	// StartGTID is where the group's history starts: the requested position, or the
 	// GTID state at the start of the oldest binlog file still on the master.
 	StartGTID string
+	// BinlogBytes is the size of the master's binary logs when checked.
+	BinlogBytes uint64
 }
 
 // SourceCheck is what `upstream add` asks InspectSource to verify.
@@ -174,6 +176,12 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 	logs, err := c.Execute("SHOW BINARY LOGS")
 	if err != nil {
 		return info, fmt.Errorf("user %q on master %s cannot list binary logs (needs BINLOG MONITOR): %w", user, addr, err)
+	}
+	// What an initial copy from the oldest binlog has to fetch, for progress displays.
+	for i := 0; i < logs.RowNumber(); i++ {
+		if n, err := logs.GetUint(i, 1); err == nil {
+			info.BinlogBytes += n
+		}
 	}
 	if startGTID != "" {
 		p, err := binlog.ParsePosition(startGTID)

@@ -86,8 +86,7 @@ func upstreamCommand() *cli.Command {
 				if u, ok := m.(*adminv1.Upstream); ok {
 					return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
 				}
-				fmt.Printf("%s: done\n", n)
-				return nil
+				return render(c, m, func(w io.Writer) { fmt.Fprintf(w, "%s: done\n", n) })
 			})
 		}}
 	}
@@ -114,6 +113,7 @@ func upstreamCommand() *cli.Command {
 					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
 					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
 					&cli.UintFlag{Name: "server-id", Usage: "server_id toward the master (default: derived from the cluster id and the upstream name)"},
+					&cli.BoolFlag{Name: "wait", Usage: "after adding, show the initial copy's progress until Flotilla has caught up with the master"},
 					&cli.StringFlag{Name: "serve-from", Value: "leader", Usage: "leader: every node relays dumps from the group's leader; any: nodes holding a replica serve from it (dumps survive leader changes)"},
 					outputFlag,
 				},
@@ -170,12 +170,20 @@ func upstreamCommand() *cli.Command {
 						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i],
 							AuthPlugin: c.String("replica-auth-plugin"), RequireTls: c.Bool("replica-require-tls")})
 					}
-					return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+					var added *adminv1.Upstream
+					err = call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
 						u, err := cl.AddUpstream(ctx, req)
 						if err != nil {
 							return err
 						}
+						added = u
 						return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
+					})
+					if err != nil || !c.Bool("wait") {
+						return err
+					}
+					return call(c, 7*24*time.Hour, func(ctx context.Context, cl *adminrpc.Client) error {
+						return waitInitialCopy(ctx, cl, n, added.InitialBytes)
 					})
 				},
 			},
@@ -293,8 +301,8 @@ func secret(flag, file, env, what string) (string, error) {
 }
 
 func nodeCommand() *cli.Command {
-	idCmd := func(name, usage string, f func(context.Context, *adminrpc.Client, uint64) error) *cli.Command {
-		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Action: func(c *cli.Context) error {
+	idCmd := func(name, usage string, flags []cli.Flag, f func(*cli.Context, context.Context, *adminrpc.Client, uint64) error) *cli.Command {
+		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(flags, outputFlag), Action: func(c *cli.Context) error {
 			var id uint64
 			if c.NArg() != 1 {
 				return fmt.Errorf("%s needs exactly one node ID", c.Command.FullName())
@@ -302,7 +310,11 @@ func nodeCommand() *cli.Command {
 			if _, err := fmt.Sscan(c.Args().First(), &id); err != nil || id == 0 {
 				return fmt.Errorf("node ID %q is not a positive number", c.Args().First())
 			}
-			return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error { return f(ctx, cl, id) })
+			timeout := 60 * time.Second
+			if c.Bool("wait") {
+				timeout = 7 * 24 * time.Hour
+			}
+			return call(c, timeout, func(ctx context.Context, cl *adminrpc.Client) error { return f(c, ctx, cl, id) })
 		}}
 	}
 	return &cli.Command{
@@ -321,53 +333,71 @@ func nodeCommand() *cli.Command {
 					})
 				},
 			},
-			idCmd("drain", "move every replica off a node, gradually (`node list` shows how many it still holds)", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
-				n, err := cl.DrainNode(ctx, &adminv1.NodeRef{Id: id})
-				if err != nil {
-					return err
-				}
-				fmt.Printf("node %d is draining: it holds %d replicas and leads %d groups; they move off one at a time\n", n.Id, n.Groups, n.Leaders)
-				return nil
-			}),
-			idCmd("remove", "remove a drained node from the cluster (refused while it holds replicas)", func(ctx context.Context, cl *adminrpc.Client, id uint64) error {
-				if _, err := cl.RemoveNode(ctx, &adminv1.NodeRef{Id: id}); err != nil {
-					return err
-				}
-				fmt.Printf("node %d removed from the cluster\n", id)
-				return nil
-			}),
+			idCmd("drain", "move every replica off a node, gradually (`node list` shows how many it still holds)",
+				[]cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "show the drain's progress until the node holds no replica"}},
+				func(c *cli.Context, ctx context.Context, cl *adminrpc.Client, id uint64) error {
+					n, err := cl.DrainNode(ctx, &adminv1.NodeRef{Id: id})
+					if err != nil {
+						return err
+					}
+					if err := render(c, n, func(w io.Writer) {
+						fmt.Fprintf(w, "node %d is draining: it holds %d replicas and leads %d groups; they move off one at a time\n", n.Id, n.Groups, n.Leaders)
+					}); err != nil || !c.Bool("wait") {
+						return err
+					}
+					return waitDrain(ctx, cl, id, n.Groups)
+				}),
+			idCmd("remove", "remove a drained node from the cluster (refused while it holds replicas)", nil,
+				func(c *cli.Context, ctx context.Context, cl *adminrpc.Client, id uint64) error {
+					r, err := cl.RemoveNode(ctx, &adminv1.NodeRef{Id: id})
+					if err != nil {
+						return err
+					}
+					return render(c, r, func(w io.Writer) { fmt.Fprintf(w, "node %d removed from the cluster\n", id) })
+				}),
 		},
 	}
 }
 
 func statusCommand() *cli.Command {
 	return &cli.Command{
-		Name: "status", Usage: "cluster overview: nodes and every upstream's group", Flags: []cli.Flag{outputFlag},
+		Name: "status", Usage: "cluster overview: nodes and every upstream's group",
+		Flags: []cli.Flag{outputFlag,
+			&cli.BoolFlag{Name: "watch", Aliases: []string{"w"}, Usage: "redraw every --interval until interrupted"},
+			&cli.DurationFlag{Name: "interval", Value: 2 * time.Second, Usage: "refresh period of --watch"}},
 		Action: func(c *cli.Context) error {
-			return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
-				r, err := cl.Status(ctx, &adminv1.StatusRequest{})
-				if err != nil {
-					return err
-				}
-				return render(c, r, func(w io.Writer) {
-					fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d, voters %v\n\n", r.ClusterId, r.NodeId, r.MetaLeader, r.MetaVoters)
-					nodeTable(w, r.Nodes)
-					fmt.Fprintln(w)
-					upstreamTable(w, r.Upstreams)
-					if len(r.Decisions) > 0 {
-						fmt.Fprintln(w, "\nRecent placement decisions:")
-						for _, d := range r.Decisions[max(0, len(r.Decisions)-10):] {
-							fmt.Fprintf(w, "  %s\n", d)
-						}
-					}
-				})
-			})
+			if c.Bool("watch") {
+				return watch(c, func() error { return showStatus(c) })
+			}
+			return showStatus(c)
 		},
 	}
 }
 
+func showStatus(c *cli.Context) error {
+	return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+		r, err := cl.Status(ctx, &adminv1.StatusRequest{})
+		if err != nil {
+			return err
+		}
+		return render(c, r, func(w io.Writer) {
+			fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d, voters %v\n\n", r.ClusterId, r.NodeId, r.MetaLeader, r.MetaVoters)
+			nodeTable(w, r.Nodes)
+			fmt.Fprintln(w)
+			upstreamTable(w, r.Upstreams)
+			if len(r.Decisions) > 0 {
+				fmt.Fprintln(w, "\nRecent placement decisions:")
+				for _, d := range r.Decisions[max(0, len(r.Decisions)-10):] {
+					fmt.Fprintf(w, "  %s\n", d)
+				}
+			}
+		})
+	})
+}
+
 func nodeTable(w io.Writer, nodes []*adminv1.Node) {
-	fmt.Fprintln(w, "NODE\tSTATE\tMYSQL\tADMIN\tRAFT\tGROUPS\tLEADS\tLABELS")
+	// 80 columns: the admin and raft addresses are in -o json.
+	fmt.Fprintln(w, "NODE\tSTATE\tMYSQL\tGROUPS\tLEADS\tLABELS")
 	for _, n := range nodes {
 		var labels []string
 		for k, v := range n.Labels {
@@ -378,18 +408,21 @@ func nodeTable(w io.Writer, nodes []*adminv1.Node) {
 		if n.Draining {
 			state += ",draining"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%s\t%d\t%d\t%s\n", n.Id, state, n.MysqlAddr, n.AdminAddr, n.RaftAddr, n.Groups, n.Leaders, strings.Join(labels, ","))
+		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\n", n.Id, state, clip(n.MysqlAddr, 21), n.Groups, n.Leaders, clip(strings.Join(labels, ","), 20))
 	}
 }
 
 func upstreamTable(w io.Writer, ups []*adminv1.UpstreamStatus) {
-	fmt.Fprintln(w, "UPSTREAM\tFLAVOR\tSOURCE\tGROUP\tLEADER\tSTATE\tEXECUTED GTID\tFILE\tREPLICAS")
+	// 80 columns: the source, flavor and full GTID set are in `upstream get` and -o json.
+	fmt.Fprintln(w, "UPSTREAM\tGROUP\tLEAD\tSTATE\tLAG\tEXECUTED GTID\tFILE\tREPL")
 	for _, s := range ups {
 		u, g := s.Upstream, s.Group
 		if g == nil {
 			g = &adminv1.GroupStatus{GroupId: u.GroupId}
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%s\t%s\t%s\t%d\n", u.Name, u.Flavor, u.Source, u.GroupId, g.LeaderNode, stateWord(u, g), dash(g.ExecutedGtid), dash(g.CurrentFile), len(g.Replicas))
+		file := strings.TrimPrefix(g.CurrentFile, "flotilla-bin.")
+		fmt.Fprintf(w, "%s\t%d\t%d\t%s\t%.0fs\t%s\t%s\t%d\n", clip(u.Name, 14), u.GroupId, g.LeaderNode, stateWord(u, g), g.LagSeconds,
+			clip(dash(g.ExecutedGtid), 16), dash(file), len(g.Replicas))
 	}
 }
 
@@ -405,6 +438,14 @@ func stateWord(u *adminv1.Upstream, g *adminv1.GroupStatus) string {
 		return "starting"
 	}
 	return "connecting"
+}
+
+// clip shortens s to n characters, marking the cut.
+func clip(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
 }
 
 func dash(s string) string {

@@ -14,7 +14,8 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func main() {
+// newApp is the command tree (main and tests use it).
+func newApp() *cli.App {
 	app := &cli.App{
 		Name:  "flotilla",
 		Usage: "a highly available binlog relay for MySQL and MariaDB masters",
@@ -26,8 +27,15 @@ func main() {
 			&cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert", EnvVars: []string{"FLOTILLA_TLS_KEY"}},
 		},
 		Commands:       []*cli.Command{serveCommand(), upstreamCommand(), nodeCommand(), statusCommand()},
+		Description:    "Example:\n   flotilla --admin 10.0.0.1:7070 status",
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
+	addExamples(app.Commands, app.Name)
+	return app
+}
+
+func main() {
+	app := newApp()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := app.RunContext(ctx, reorderArgs(app, os.Args))
 	stop()

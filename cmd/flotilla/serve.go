@@ -137,9 +137,6 @@ func serveCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "serve",
 		Usage: "run a Flotilla node (with no flags: a one-node cluster in ./flotilla-data)",
-		Description: `Examples:
-   flotilla serve --node-id 1 --data /var/lib/flotilla --mysql-addr 0.0.0.0:3307
-   flotilla serve --config /etc/flotilla/flotilla.yaml --check-config`,
 		Flags: flags,
 		Action: func(c *cli.Context) error {
 			cfg, err := loadServeConfig(c)

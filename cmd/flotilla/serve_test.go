@@ -1,10 +1,16 @@
 package main
 
 import (
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
 
 	"github.com/flotilla-relay/flotilla/internal/node"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 )
 
 // Every serve flag has a configuration key and every key a flag (the admin token
@@ -21,6 +27,54 @@ func TestEveryFlagHasAConfigKey(t *testing.T) {
 	for _, k := range keys {
 		if !slices.Contains(flagKeys, k) && k != "admin_token" {
 			t.Errorf("configuration key %q has no flag", k)
+		}
+	}
+}
+
+// Every command's --help shows an example of its use, and every command that prints
+// something takes -o json.
+func TestEveryCommandHasAnExampleAndJSON(t *testing.T) {
+	var walk func(cmds []*cli.Command, parent string)
+	walk = func(cmds []*cli.Command, parent string) {
+		for _, c := range cmds {
+			full := parent + " " + c.Name
+			if !strings.Contains(c.Description, "Example:\n   flotilla ") {
+				t.Errorf("%s --help has no example", full)
+			}
+			if len(c.Subcommands) == 0 && c.Name != "serve" {
+				hasOutput := false
+				for _, f := range c.Flags {
+					hasOutput = hasOutput || f.Names()[0] == "output"
+				}
+				if !hasOutput {
+					t.Errorf("%s has no -o json", full)
+				}
+			}
+			walk(c.Subcommands, full)
+		}
+	}
+	walk(newApp().Commands, "flotilla")
+}
+
+// Tables fit 80 columns with realistic values (long ones are clipped; -o json has
+// everything).
+func TestTablesFit80Columns(t *testing.T) {
+	var b strings.Builder
+	w := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	upstreamTable(w, []*adminv1.UpstreamStatus{{
+		Upstream: &adminv1.Upstream{Name: "orders-primary-eu-west", Flavor: "mariadb", Source: "orders-db-01.eu-west.example.com:3306", GroupId: 1234},
+		Group: &adminv1.GroupStatus{LeaderNode: 12, ExecutedGtid: "0-101-123456789,1-102-987654321", CurrentFile: "flotilla-bin.000123",
+			Connected: true, LagSeconds: 12345, Replicas: make([]*adminv1.ConnectedReplica, 120)},
+	}})
+	fmt.Fprintln(w)
+	nodeTable(w, []*adminv1.Node{{Id: 12, State: "up", Draining: true, MysqlAddr: "10.200.300.400:3307", AdminAddr: "10.200.300.400:7070",
+		RaftAddr: "10.200.300.400:7071", Groups: 1000, Leaders: 333, Labels: map[string]string{"zone": "eu-west-1a", "rack": "r17"}}})
+	if err := w.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(b.String(), "\n") {
+		if n := len([]rune(line)); n > 80 {
+			t.Errorf("%d columns: %q", n, line)
 		}
 	}
 }

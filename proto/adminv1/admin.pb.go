@@ -261,8 +261,10 @@ type Upstream struct {
 	CreatedAt      string                 `protobuf:"bytes,14,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	ServeFrom      string                 `protobuf:"bytes,15,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
 	SyncerServerId uint32                 `protobuf:"varint,16,opt,name=syncer_server_id,json=syncerServerId,proto3" json:"syncer_server_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Size of the master's binary logs at `upstream add`: what the initial copy fetches.
+	InitialBytes  uint64 `protobuf:"varint,17,opt,name=initial_bytes,json=initialBytes,proto3" json:"initial_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Upstream) Reset() {
@@ -403,6 +405,13 @@ func (x *Upstream) GetServeFrom() string {
 func (x *Upstream) GetSyncerServerId() uint32 {
 	if x != nil {
 		return x.SyncerServerId
+	}
+	return 0
+}
+
+func (x *Upstream) GetInitialBytes() uint64 {
+	if x != nil {
+		return x.InitialBytes
 	}
 	return 0
 }
@@ -1628,7 +1637,7 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"source_tls\x18\v \x01(\bR\tsourceTls\x12\"\n" +
 	"\rsource_tls_ca\x18\f \x01(\tR\vsourceTlsCa\x123\n" +
-	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\"\xd2\x03\n" +
+	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\"\xf7\x03\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -1650,7 +1659,8 @@ const file_admin_proto_rawDesc = "" +
 	"created_at\x18\x0e \x01(\tR\tcreatedAt\x12\x1d\n" +
 	"\n" +
 	"serve_from\x18\x0f \x01(\tR\tserveFrom\x12(\n" +
-	"\x10syncer_server_id\x18\x10 \x01(\rR\x0esyncerServerId\"!\n" +
+	"\x10syncer_server_id\x18\x10 \x01(\rR\x0esyncerServerId\x12#\n" +
+	"\rinitial_bytes\x18\x11 \x01(\x04R\finitialBytes\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +

@@ -212,7 +212,7 @@ func TestClusterPlacement(t *testing.T) {
 		waitCaughtUp(ctx, t, u.name+" replica", u.master, u.replicas[0], 3*time.Minute)
 		sameData(t, u.name+" replica", checksums(ctx, t, u.master), checksums(ctx, t, u.replicas[0]))
 	}
-	out, err := nodes[0].CLI(ctx, "node", "list")
+	out, err := nodes[0].CLI(ctx, "node", "list", "-o", "json")
 	if err != nil || strings.Contains(out, nodes[1].AdminAddr) {
 		t.Fatalf("node 2 is still listed after its removal: %v\n%s", err, out)
 	}

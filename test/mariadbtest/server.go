@@ -396,6 +396,9 @@ func (s *Server) Stop() error {
 	return s.terminate(syscall.SIGTERM, stopTimeout)
 }
 
+// PID is the server process's id (benchmarks read its CPU time).
+func (s *Server) PID() int { return s.cmd.Process.Pid }
+
 // Kill stops the server with SIGKILL, simulating a crash: the binlog may end
 // in a partially written event and InnoDB will run crash recovery on restart.
 func (s *Server) Kill() error {

@@ -1,0 +1,359 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/flotilla-relay/flotilla/adminrpc"
+	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+// rawCopy copies the master's binlog from file `from` to the last one with
+// mariadb-binlog --read-from-remote-server --raw and fsyncs every file: the durable
+// copy a plain binlog server makes. It returns the bytes copied and the time taken.
+func rawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir string) (int64, time.Duration) {
+	b.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		b.Fatal(err)
+	}
+	start := time.Now()
+	cmd := exec.CommandContext(ctx, "mariadb-binlog", "--read-from-remote-server", "--raw", "--to-last-log",
+		"--result-file="+dir+string(filepath.Separator), "--host=127.0.0.1", "--port="+strconv.Itoa(m.Port()),
+		"--user="+benchUser, "--password="+benchPass, from)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("raw copy baseline: %v: %s", err, out)
+	}
+	var total int64
+	entries, _ := os.ReadDir(dir)
+	for _, e := range entries {
+		f, err := os.Open(filepath.Join(dir, e.Name()))
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := f.Sync(); err != nil {
+			b.Fatal(err)
+		}
+		st, _ := f.Stat()
+		total += st.Size()
+		f.Close()
+	}
+	return total, time.Since(start)
+}
+
+// masterTail is the master's newest binlog file and position and its GTID position.
+func masterTail(ctx context.Context, b *testing.B, m *mariadbtest.Server) (string, uint32, string) {
+	b.Helper()
+	rows, err := m.Query(ctx, "SHOW MASTER STATUS")
+	if err != nil || len(rows) == 0 {
+		b.Fatalf("SHOW MASTER STATUS: %v", err)
+	}
+	pos, _ := strconv.ParseUint(rows[0][1], 10, 32)
+	gtid, _ := m.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	return rows[0][0], uint32(pos), gtid
+}
+
+// ingest adds an upstream and times it until its group has executed the master's
+// GTID position; it returns the time and the group's status then.
+func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, source, want string, args ...string) (time.Duration, *adminv1.GroupStatus) {
+	b.Helper()
+	cl, err := adminrpc.Dial(n.AdminAddr, "", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	start := time.Now()
+	add := append([]string{"upstream", "add", name, "--source", source, "--user", benchUser, "--password", benchPass,
+		"--replica-user", "r" + name, "--replica-password", benchPass}, args...)
+	if out, err := n.CLI(ctx, add...); err != nil {
+		b.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name})
+		if err == nil && r.Group != nil && r.Group.ExecutedGtid == want {
+			return time.Since(start), r.Group
+		}
+	}
+	b.Fatalf("upstream %s did not reach %s", name, want)
+	return 0, nil
+}
+
+// cpuSeconds is a process's user+system CPU time so far.
+func cpuSeconds(b *testing.B, pid int) float64 {
+	b.Helper()
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := string(raw)
+	f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+	ut, _ := strconv.ParseFloat(f[11], 64)
+	st, _ := strconv.ParseFloat(f[12], 64)
+	return (ut + st) / 100 // USER_HZ
+}
+
+// reader is a binlog client: it dumps from file pos 4 of `from`, counting bytes, up to
+// the event ending at (endFile, endPos): it returns there, or with follow goes on and
+// sends the arrival time of each later XID event to xids.
+func reader(ctx context.Context, addr, user string, serverID uint32, from, endFile string, endPos uint32, follow bool, xids chan<- time.Time) (int64, error) {
+	host, port, _ := net.SplitHostPort(addr)
+	p, _ := strconv.ParseUint(port, 10, 16)
+	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{ServerID: serverID, Flavor: mysql.MariaDBFlavor, Host: host, Port: uint16(p),
+		User: user, Password: benchPass, RawModeEnabled: true, DisableRetrySync: true, MaxReconnectAttempts: 1,
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	defer bs.Close()
+	st, err := bs.StartSync(mysql.Position{Name: from, Pos: 4})
+	if err != nil {
+		return 0, err
+	}
+	var n int64
+	file := from
+	past := false
+	for {
+		ev, err := st.GetEvent(ctx)
+		if err != nil {
+			return n, err
+		}
+		n += int64(len(ev.RawData))
+		switch e := ev.Event.(type) {
+		case *replication.RotateEvent:
+			file = string(e.NextLogName)
+			continue
+		}
+		if past && ev.Header.EventType == replication.XID_EVENT {
+			xids <- time.Now()
+		}
+		if !past && file == endFile && ev.Header.LogPos >= endPos && ev.Header.LogPos != 0 {
+			if !follow {
+				return n, nil
+			}
+			past = true
+		}
+	}
+}
+
+// fanout runs n readers at once against addr and returns their aggregate MB/s.
+func fanout(ctx context.Context, b *testing.B, addr, user string, n int, from, endFile string, endPos uint32) float64 {
+	b.Helper()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var total int64
+	start := time.Now()
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			got, err := reader(ctx, addr, user, uint32(7000+i), from, endFile, endPos, false, nil)
+			if err != nil {
+				errs <- err
+			}
+			mu.Lock()
+			total += got
+			mu.Unlock()
+		}(i)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		b.Fatalf("fan-out reader: %v", err)
+	}
+	return float64(total) / (1 << 20) / time.Since(start).Seconds()
+}
+
+func percentile(v []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), v...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// BenchmarkRelay measures the relay as users judge it, each figure beside a baseline
+// measured in the same run (see report.go for the report written under results/):
+// ingest of one upstream (1 and 3 replicas) vs a durable raw copy, fan-out to 8 and 32
+// readers vs the master serving them, the latency Flotilla adds, and small
+// transactions per second through one group.
+func BenchmarkRelay(b *testing.B) {
+	mariadbtest.RequireTools(b)
+	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
+	defer cancel()
+	dir := b.TempDir()
+	m, err := mariadbtest.Start(ctx, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, LogBin: true, MaxBinlogSize: 64 << 20})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Stop() })
+	if err := m.CreateReplUser(ctx, benchUser, benchPass); err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []string{"CREATE DATABASE bench", "CREATE TABLE bench.lat (id INT AUTO_INCREMENT PRIMARY KEY, v INT)"} {
+		if err := m.Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for step := 0; step < 16; step++ {
+		if _, err := mariadbtest.RunWorkload(ctx, m, step); err != nil {
+			b.Fatal(err)
+		}
+	}
+	logs, err := m.Query(ctx, "SHOW BINARY LOGS")
+	if err != nil {
+		b.Fatal(err)
+	}
+	firstFile := logs[0][0]
+	endFile, endPos, gtid := masterTail(ctx, b, m)
+	rep := &relayReport{}
+
+	// Ingest, 1 replica, vs a durable raw copy of the same binlog.
+	rawBytes, rawTime := rawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"))
+	rawMBs := float64(rawBytes) / (1 << 20) / rawTime.Seconds()
+	one := flotillatest.NewNode(b, filepath.Join(dir, "one"), 1)
+	one.Start(ctx)
+	t1, g1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
+	mbs1 := float64(g1.Bytes) / (1 << 20) / t1.Seconds()
+	rep.add("ingest, 1 replica", mbs1, rawMBs, "MB/s", 0.5, true)
+	rep.add("ingest, 1 replica (transactions)", float64(g1.Transactions)/t1.Seconds(), float64(g1.Transactions)/rawTime.Seconds(), "txn/s", 0.5, true)
+
+	// Fan-out: 8 and 32 readers of the whole binlog, from Flotilla and from the master.
+	fEnd, fPos := flotillaTail(ctx, b, one)
+	for _, n := range []int{8, 32} {
+		cpu0 := cpuSeconds(b, m.PID())
+		direct := fanout(ctx, b, m.Addr(), benchUser, n, firstFile, endFile, endPos)
+		cpuDirect := cpuSeconds(b, m.PID()) - cpu0
+		cpu0 = cpuSeconds(b, m.PID())
+		via := fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
+		cpuVia := cpuSeconds(b, m.PID()) - cpu0
+		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.0, true)
+		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
+	}
+
+	// Added latency: single-row commits, a reader on Flotilla and one on the master.
+	lf, lp, lgtid := masterTail(ctx, b, m)
+	waitGroupAt(ctx, b, one, "main", lgtid)
+	ff, fp := flotillaTail(ctx, b, one)
+	const commits = 300
+	viaX, directX := make(chan time.Time, commits+10), make(chan time.Time, commits+10)
+	lctx, lcancel := context.WithCancel(ctx)
+	go func() { _, _ = reader(lctx, one.MySQLAddr, "rmain", 8001, ff, ff, fp, true, viaX) }()
+	go func() { _, _ = reader(lctx, m.Addr(), benchUser, 8002, lf, lf, lp, true, directX) }()
+	time.Sleep(2 * time.Second) // both readers have read up to the tail and wait
+	var viaLat, directLat []time.Duration
+	for i := 0; i < commits; i++ {
+		t0 := time.Now()
+		if err := m.Exec(ctx, "INSERT INTO bench.lat (v) VALUES (?)", i); err != nil {
+			b.Fatal(err)
+		}
+		for _, c := range []struct {
+			ch  chan time.Time
+			out *[]time.Duration
+		}{{directX, &directLat}, {viaX, &viaLat}} {
+			select {
+			case at := <-c.ch:
+				*c.out = append(*c.out, at.Sub(t0))
+			case <-time.After(10 * time.Second):
+				b.Fatalf("commit %d never reached a reader", i)
+			}
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	lcancel()
+	p50v, p99v, p50d, p99d := percentile(viaLat, 0.5), percentile(viaLat, 0.99), percentile(directLat, 0.5), percentile(directLat, 0.99)
+	rep.add("latency p50, commit to receipt", ms(p50v), ms(p50d), "ms", 0, false)
+	rep.add("latency p99, commit to receipt", ms(p99v), ms(p99d), "ms", 0, false)
+	rep.note(fmt.Sprintf("added latency: p50 %.2f ms, p99 %.2f ms (goal p99 ≤ 2 ms added)", ms(p50v)-ms(p50d), ms(p99v)-ms(p99d)))
+
+	// Upstream main stops pulling: the next figure is one group's alone.
+	if out, err := one.CLI(ctx, "upstream", "pause", "main"); err != nil {
+		b.Fatalf("pause: %v %s", err, out)
+	}
+	// Small transactions: 40,000 single-row commits in a fresh binlog file, then an
+	// upstream starting there; baseline: the raw copy of that file.
+	if err := m.Exec(ctx, "FLUSH BINARY LOGS"); err != nil {
+		b.Fatal(err)
+	}
+	smallFrom, _, startGTID := masterTail(ctx, b, m)
+	const smallTxns, writers = 40000, 4
+	var wg sync.WaitGroup
+	for w := 0; w < writers; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := w; i < smallTxns; i += writers {
+				if err := m.Exec(ctx, "INSERT INTO bench.lat (v) VALUES (?)", i); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		}(w)
+	}
+	wg.Wait()
+	_, _, smallGTID := masterTail(ctx, b, m)
+	_, smallRaw := rawCopy(ctx, b, m, smallFrom, filepath.Join(dir, "rawsmall"))
+	ts, _ := ingest(ctx, b, one, "small", m.Addr(), smallGTID, "--start-gtid", startGTID)
+	rep.add("small transactions through one group", smallTxns/ts.Seconds(), smallTxns/smallRaw.Seconds(), "txn/s", 0, true)
+	rep.note(fmt.Sprintf("small transactions: goal ≥ 50,000 txn/s; measured %.0f txn/s", smallTxns/ts.Seconds()))
+	one.Stop(30 * time.Second)
+
+	// Ingest with 3 replicas.
+	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "three"), 3)
+	_, _, all := masterTail(ctx, b, m)
+	t3, g3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), all, "--replicas", "3")
+	rep.add("ingest, 3 replicas", float64(g3.Bytes)/(1<<20)/t3.Seconds(), rawMBs, "MB/s", 0.5, true)
+	rep.write(b)
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// waitGroupAt waits until upstream name's group has executed gtid.
+func waitGroupAt(ctx context.Context, b *testing.B, n *flotillatest.Node, name, gtid string) {
+	b.Helper()
+	cl, err := adminrpc.Dial(n.AdminAddr, "", nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name}); err == nil && r.Group != nil && r.Group.ExecutedGtid == gtid {
+			return
+		}
+	}
+	b.Fatalf("upstream %s did not reach %s", name, gtid)
+}
+
+func clientConn(addr, user string) (*client.Conn, error) {
+	return client.ConnectWithTimeout(addr, user, benchPass, "", 10*time.Second)
+}
+
+// flotillaTail is Flotilla's newest served file and its size, from SHOW MASTER STATUS
+// on its MySQL port.
+func flotillaTail(ctx context.Context, b *testing.B, n *flotillatest.Node) (string, uint32) {
+	b.Helper()
+	c, err := clientConn(n.MySQLAddr, "rmain")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	r, err := c.Execute("SHOW MASTER STATUS")
+	if err != nil || r.RowNumber() == 0 {
+		b.Fatalf("SHOW MASTER STATUS on Flotilla: %v", err)
+	}
+	f, _ := r.GetString(0, 0)
+	p, _ := r.GetUint(0, 1)
+	return f, uint32(p)
+}
