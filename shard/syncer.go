@@ -132,7 +132,38 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 				return err
 			}
 		}
+		// Group commit: a transaction just completed and nothing more has arrived
+		// from the master: propose now instead of lingering (a lone commit reaches
+		// replicas one linger sooner; under load, events are waiting and batches grow).
+		if p.cur == nil && len(p.items) > 0 {
+			more, err := p.drain(ctx, streamer)
+			if err != nil {
+				return err
+			}
+			if !more {
+				if err := p.flush(ctx); err != nil {
+					return err
+				}
+			}
+		}
 	}
+}
+
+// drain handles the events the master has already sent (go-mysql buffers them),
+// proposing whenever a batch fills, and reports whether there were any.
+func (p *pipeline) drain(ctx context.Context, streamer *replication.BinlogStreamer) (bool, error) {
+	more := streamer.DumpEvents()
+	for _, e := range more {
+		if err := p.handle(e.RawData); err != nil {
+			return true, err
+		}
+		if p.batchBytes >= maxBatchBytes {
+			if err := p.flush(ctx); err != nil {
+				return true, err
+			}
+		}
+	}
+	return len(more) > 0, nil
 }
 
 // pipeline turns the master's event stream into Append proposals.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -16,10 +17,15 @@ import (
 //   - /metrics: Prometheus exposition of r's registry;
 //   - /healthz: 200 while the process serves HTTP at all (liveness);
 //   - /readyz: 200 when ready returns nil, else 503 with its reason (readiness: a
-//     load balancer sends replicas only to ready nodes).
+//     load balancer sends replicas only to ready nodes);
+//   - /debug/pprof/: Go's profiles.
 func (r *Relay) Serve(ctx context.Context, lis net.Listener, ready func(context.Context) error, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{ErrorLog: slogAdapter{log}}))
+	// Profiles, for "where does the time go" (CPU: /debug/pprof/profile?seconds=30).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

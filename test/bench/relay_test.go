@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -224,7 +225,17 @@ func BenchmarkRelay(b *testing.B) {
 	rawBytes, rawTime := rawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"))
 	rawMBs := float64(rawBytes) / (1 << 20) / rawTime.Seconds()
 	one := flotillatest.NewNode(b, filepath.Join(dir, "one"), 1)
+	metricsPort, err := mariadbtest.FreePort()
+	if err != nil {
+		b.Fatal(err)
+	}
+	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
+	one.Args = []string{"--metrics-addr", metricsAddr, "--log-level", "info"}
 	one.Start(ctx)
+	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest.
+	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
+		go saveProfile(ctx, metricsAddr, path, 2*time.Second)
+	}
 	t1, g1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
 	mbs1 := float64(g1.Bytes) / (1 << 20) / t1.Seconds()
 	rep.add("ingest, 1 replica", mbs1, rawMBs, "MB/s", 0.5, true)
@@ -319,6 +330,21 @@ func BenchmarkRelay(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// saveProfile fetches a CPU profile of d from a node's /debug/pprof into path.
+func saveProfile(ctx context.Context, metricsAddr, path string, d time.Duration) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, int(d.Seconds())), nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Println("profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		fmt.Println("profile:", err)
+	}
+}
 
 // waitGroupAt waits until upstream name's group has executed gtid.
 func waitGroupAt(ctx context.Context, b *testing.B, n *flotillatest.Node, name, gtid string) {

@@ -130,7 +130,11 @@ func writePlot(path string, figs []figure) error {
 		bw := int(f.ratio() * scale)
 		c := color.RGBA{0x3b, 0x75, 0xaf, 0xff}
 		draw.Draw(img, image.Rect(left, y+4, left+bw, y+rowH-6), image.NewUniform(c), image.Point{}, draw.Src)
-		text(left+bw+5, y+16, fmt.Sprintf("%.2fx", f.ratio()), color.Black)
+		tx := left + bw + 5
+		if f.goal > 0 {
+			tx = max(tx, left+int(f.goal*scale)+6)
+		}
+		text(tx, y+16, fmt.Sprintf("%.2fx", f.ratio()), color.Black)
 		if f.goal > 0 {
 			gx := left + int(f.goal*scale)
 			draw.Draw(img, image.Rect(gx-1, y+1, gx+2, y+rowH-3), image.NewUniform(color.RGBA{0xd0, 0x20, 0x20, 0xff}), image.Point{}, draw.Src)
