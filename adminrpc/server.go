@@ -5,7 +5,9 @@ package adminrpc
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -240,7 +242,12 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		if err != nil {
 			return nil, status.Errorf(codes.InvalidArgument, "replica user %q: %v", ru.User, err)
 		}
-		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Plugin: plugin, Hash: hash, RequireTLS: ru.RequireTls})
+		// An older node reading this metadata knows only the cleartext field: a random
+		// value there (nobody's password) keeps it from taking "" as the password.
+		lock := make([]byte, 24)
+		_, _ = rand.Read(lock)
+		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Plugin: plugin, Hash: hash, RequireTLS: ru.RequireTls,
+			Password: "!locked-" + hex.EncodeToString(lock)})
 	}
 	added, err := s.Meta.AddUpstream(ctx, u)
 	if err != nil {

@@ -33,6 +33,10 @@ func errLoginRefused(user, host string, withPassword bool) error {
 	return mysql.NewError(mysql.ER_ACCESS_DENIED_ERROR, fmt.Sprintf("Access denied for user '%s'@'%s' (using password: %s)", user, host, using))
 }
 
+// unmatchable is a hash no password has (it is not hex): logins that must fail
+// are checked against it.
+const unmatchable = "-"
+
 // candidate is one upstream declaring the login's user, with its credential.
 type candidate struct {
 	up         *placement.Upstream
@@ -75,26 +79,48 @@ func (l *login) authenticate() ([]*placement.Upstream, error) {
 				continue
 			}
 			p, h := ru.Credential()
+			if h == "" {
+				continue // no password: such an entry never logs in
+			}
 			cands = append(cands, candidate{up: u, plugin: p, hash: h, requireTLS: ru.RequireTLS})
 		}
 	}
+	// A user that cannot log in (unknown, or TLS required) goes through the same
+	// exchange against a hash nothing matches, as MySQL does: the client cannot tell
+	// it from a wrong password.
+	why := ""
 	if len(cands) == 0 {
+		why = "no upstream relayed by Flotilla declares this replica user (declare it with `flotilla upstream add --replica-user`)"
 		if tlsRefused {
-			return nil, refuse("this replica user requires TLS (connect with MASTER_SSL=1)", true)
+			why = "this replica user requires TLS (connect with MASTER_SSL=1)"
 		}
-		return nil, refuse("no upstream relayed by Flotilla declares this replica user (declare it with `flotilla upstream add --replica-user`)", true)
+		p := l.resp.plugin
+		if p != mysqlauth.CachingSHA2 {
+			p = mysqlauth.Native
+		}
+		cands = []candidate{{plugin: p, hash: unmatchable}}
 	}
-	// The client answers for the plugin it chose; switch it to the user's plugin when
-	// no candidate uses that one.
+	// The client answered the greeting (mysql_native_password) for the plugin it
+	// chose. As MySQL does, it is asked to answer again, with a fresh nonce, unless it
+	// used the greeting's plugin and a candidate uses that: a MySQL 8 client starting
+	// with caching_sha2_password sends no data and waits for this switch.
 	plugin, authData := l.resp.plugin, l.resp.authData
-	if !slices.ContainsFunc(cands, func(c candidate) bool { return c.plugin == plugin }) {
-		plugin = cands[0].plugin
+	if plugin != mysqlNative || !slices.ContainsFunc(cands, func(c candidate) bool { return c.plugin == plugin }) {
+		if !slices.ContainsFunc(cands, func(c candidate) bool { return c.plugin == plugin }) {
+			plugin = cands[0].plugin
+		}
+		if l.resp.caps&mysql.CLIENT_PLUGIN_AUTH == 0 {
+			return nil, refuse(fmt.Sprintf("the client cannot switch to %s (no CLIENT_PLUGIN_AUTH)", plugin), true)
+		}
 		if authData, err = l.authSwitch(plugin); err != nil {
 			return nil, err
 		}
 	}
 	if len(authData) == 0 || len(authData) == 1 && authData[0] == 0 {
-		return nil, refuse("no password given", false)
+		if why == "" {
+			why = "no password given"
+		}
+		return nil, refuse(why, false)
 	}
 	var matched []*placement.Upstream
 	keep := func(c candidate) {
@@ -135,6 +161,9 @@ func (l *login) authenticate() ([]*placement.Upstream, error) {
 		}
 	default:
 		return nil, refuse(fmt.Sprintf("authentication plugin %q is not supported", plugin), true)
+	}
+	if why != "" {
+		return nil, refuse(why, true)
 	}
 	if len(matched) == 0 {
 		return nil, refuse("wrong password", true)

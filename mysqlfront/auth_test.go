@@ -1,8 +1,13 @@
 package mysqlfront
 
 import (
+	"bytes"
 	"context"
+	"crypto/rsa"
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"io"
 	"log/slog"
@@ -12,6 +17,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/packet"
 
 	"github.com/flotilla-relay/flotilla/internal/mysqlauth"
 	"github.com/flotilla-relay/flotilla/internal/tlstest"
@@ -133,5 +139,67 @@ func TestTLSLogins(t *testing.T) {
 		return nil
 	}); err == nil {
 		t.Fatal("a client that cannot verify the server's certificate must not log in")
+	}
+}
+
+// A MySQL 8 client whose default plugin is caching_sha2_password answers the
+// mysql_native_password greeting with that plugin and no data, and waits to be
+// switched: it must be asked again (with a fresh nonce), then pass full
+// authentication with the RSA exchange.
+func TestClientStartingWithCachingSHA2IsSwitched(t *testing.T) {
+	addr := startAuthFront(t, nil)
+	nc, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
+	pc := packet.NewConn(nc)
+	if _, err := pc.ReadPacket(); err != nil { // greeting
+		t.Fatal(err)
+	}
+	caps := uint32(mysql.CLIENT_PROTOCOL_41 | mysql.CLIENT_SECURE_CONNECTION | mysql.CLIENT_PLUGIN_AUTH | mysql.CLIENT_LONG_PASSWORD)
+	resp := binary.LittleEndian.AppendUint32(make([]byte, 4), caps)
+	resp = append(resp, 0, 0, 0, 1, 33)
+	resp = append(resp, make([]byte, 23)...)
+	resp = append(resp, "sha\x00"...)
+	resp = append(resp, 0) // no auth data
+	resp = append(resp, "caching_sha2_password\x00"...)
+	if err := pc.WritePacket(resp); err != nil {
+		t.Fatal(err)
+	}
+	sw, err := pc.ReadPacket()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sw) < 1 || sw[0] != mysql.EOF_HEADER || !bytes.HasPrefix(sw[1:], []byte("caching_sha2_password\x00")) {
+		t.Fatalf("want an auth switch to caching_sha2_password, got %q", sw)
+	}
+	nonce := bytes.TrimSuffix(sw[1+len("caching_sha2_password\x00"):], []byte{0})
+	if err := pc.WritePacket(append(make([]byte, 4), mysqlauth.Scramble(mysqlauth.CachingSHA2, "pw-s", nonce)...)); err != nil {
+		t.Fatal(err)
+	}
+	more, err := pc.ReadPacket()
+	if err != nil || len(more) != 2 || more[0] != mysql.MORE_DATE_HEADER || more[1] != 4 {
+		t.Fatalf("want full authentication to be requested, got %q %v", more, err)
+	}
+	if err := pc.WritePacket([]byte{0, 0, 0, 0, 2}); err != nil { // the server's RSA key, please
+		t.Fatal(err)
+	}
+	key, err := pc.ReadPacket()
+	if err != nil || len(key) < 2 || key[0] != mysql.MORE_DATE_HEADER {
+		t.Fatalf("want the RSA public key, got %q %v", key, err)
+	}
+	block, _ := pem.Decode(key[1:])
+	pub, err := x509.ParsePKIXPublicKey(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := pc.WriteEncryptedPassword("pw-s", nonce, pub.(*rsa.PublicKey)); err != nil {
+		t.Fatal(err)
+	}
+	ok, err := pc.ReadPacket()
+	if err != nil || len(ok) == 0 || ok[0] != mysql.OK_HEADER {
+		t.Fatalf("want OK after full authentication, got %q %v", ok, err)
 	}
 }

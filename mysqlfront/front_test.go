@@ -182,6 +182,8 @@ func FuzzNetworkDecoders(f *testing.F) {
 	// A handshake response: caps with PROTOCOL_41|SECURE_CONNECTION|PLUGIN_AUTH, max
 	// packet, charset, 23 reserved, user, auth data, plugin.
 	f.Add(append(append([]byte{0x05, 0x82, 0x08, 0x00, 0, 0, 0, 1, 33}, make([]byte, 23)...), "repl\x00\x14abcdefghij0123456789mysql_native_password\x00"...))
+	// The same with CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA and a truncated length.
+	f.Add(append(append([]byte{0x05, 0x82, 0x28, 0x00, 0, 0, 0, 1, 33}, make([]byte, 23)...), "repl\x00\xfe"...))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseSet(string(b), sysvars)
 		_, _ = parseDump(b)

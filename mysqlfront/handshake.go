@@ -71,6 +71,35 @@ func errHandshake(what string) error {
 	return mysql.NewError(mysql.ER_HANDSHAKE_ERROR, "Bad handshake: "+what)
 }
 
+// lenencInt decodes a length-encoded integer, checking it fits in b: it returns the
+// value, the bytes it took, and false for a truncated or NULL (0xfb) one.
+func lenencInt(b []byte) (uint64, int, bool) {
+	if len(b) == 0 {
+		return 0, 0, false
+	}
+	var size int
+	switch b[0] {
+	case 0xfb, 0xff:
+		return 0, 0, false
+	case 0xfc:
+		size = 2
+	case 0xfd:
+		size = 3
+	case 0xfe:
+		size = 8
+	default:
+		return uint64(b[0]), 1, true
+	}
+	if len(b) < 1+size {
+		return 0, 0, false
+	}
+	var v uint64
+	for i := size; i >= 1; i-- {
+		v = v<<8 | uint64(b[i])
+	}
+	return v, 1 + size, true
+}
+
 // parseHandshakeResponse decodes HandshakeResponse41; anything short or malformed
 // is ER_HANDSHAKE_ERROR, never a panic.
 func parseHandshakeResponse(data []byte) (handshakeResponse, error) {
@@ -98,8 +127,8 @@ func parseHandshakeResponse(data []byte) (handshakeResponse, error) {
 	}
 	switch {
 	case r.caps&mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0:
-		n, isNull, m := mysql.LengthEncodedInt(rest)
-		if isNull || m == 0 || uint64(len(rest)-m) < n {
+		n, m, ok := lenencInt(rest)
+		if !ok || uint64(len(rest)-m) < n {
 			return r, errHandshake("auth data length past the packet's end")
 		}
 		r.authData, rest = rest[m:m+int(n)], rest[m+int(n):]

@@ -41,8 +41,9 @@ type ReplicaUser struct {
 	Hash string `json:"hash,omitempty"`
 	// RequireTLS refuses logins of this user that did not switch to TLS.
 	RequireTLS bool `json:"require_tls,omitempty"`
-	// Password is the cleartext of metadata written before hashes were kept; read
-	// only, through Credential.
+	// Password is the cleartext of metadata written before hashes were kept, read
+	// only through Credential. Entries with a Hash hold a random value here, which
+	// keeps an older node from accepting an empty password.
 	Password string `json:"password,omitempty"`
 }
 
@@ -55,6 +56,9 @@ func (r ReplicaUser) Credential() (plugin, hash string) {
 			p = mysqlauth.Native
 		}
 		return p, r.Hash
+	}
+	if r.Password == "" {
+		return mysqlauth.Native, "" // no password: never logs in
 	}
 	h, _ := mysqlauth.Hash(mysqlauth.Native, r.Password)
 	return mysqlauth.Native, h
@@ -85,8 +89,8 @@ type Upstream struct {
 	// InitialBytes is the size of the master's binary logs at `upstream add`: what
 	// the initial copy fetches (progress displays).
 	InitialBytes uint64 `json:"initial_bytes,omitempty"`
-	GroupID   uint64 `json:"group_id"`
-	Replicas  int    `json:"replicas"`
+	GroupID      uint64 `json:"group_id"`
+	Replicas     int    `json:"replicas"`
 	// SyncerServerID is the server_id the syncer uses toward the master (0 in old
 	// metadata: 2000000000 + the group id).
 	SyncerServerID uint32 `json:"syncer_server_id,omitempty"`

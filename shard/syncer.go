@@ -202,9 +202,7 @@ type openTxn struct {
 var ErrCorruptEvent = errors.New("corrupt event from master")
 
 func (p *pipeline) handle(raw []byte) error {
-	if p.batchEvents++; p.batchEvents == 1 {
-		p.s.updateStatus(func(st *SyncStatus) { st.Busy = true })
-	}
+	p.batchEvents++
 	h, err := binlog.ParseHeader(raw)
 	if err != nil {
 		return fmt.Errorf("malformed event from master: %w", err)
@@ -299,6 +297,10 @@ func (p *pipeline) handle(raw []byte) error {
 }
 
 func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
+	if len(p.items) == 0 {
+		// Something to commit: until it is, the group trails the master (lag).
+		p.s.updateStatus(func(st *SyncStatus) { st.Busy = true })
+	}
 	p.items = append(p.items, it)
 	p.batchBytes += bytes
 	p.batchTxns += txns
@@ -308,6 +310,7 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 // a new epoch and resumes from what the group committed.
 func (p *pipeline) flush(ctx context.Context) error {
 	if len(p.items) == 0 {
+		p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
 		return nil
 	}
 	cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.ordinal, Items: p.items}).Encode()

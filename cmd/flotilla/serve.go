@@ -94,6 +94,10 @@ func serveFlags() []serveFlag {
 		str("tls-key", "tls.key", "key of --tls-cert", func(c *node.Config) *string { return &c.TLS.Key }),
 		str("log-level", "log_level", "debug, info, warn or error (default info)", func(c *node.Config) *string { return &c.LogLevel }),
 		str("log-format", "log_format", "text or json (default text)", func(c *node.Config) *string { return &c.LogFormat }),
+		{&cli.BoolFlag{Name: "debug-pprof", Usage: "serve Go's profiles under /debug/pprof/ on --metrics-addr (anyone reaching that port may run them)"}, "debug_pprof", func(c *cli.Context, cfg *node.Config) error {
+			cfg.DebugPprof = c.Bool("debug-pprof")
+			return nil
+		}},
 	}
 }
 
@@ -116,7 +120,7 @@ func loadServeConfig(c *cli.Context) (node.Config, error) {
 			}
 		}
 	}
-	if cfg.RetentionAge == 0 && !c.IsSet("retention-age") {
+	if cfg.RetentionAge == 0 && !c.IsSet("retention-age") && !cfg.Explicit("retention_age") {
 		cfg.RetentionAge = 7 * 24 * time.Hour
 	}
 	if cfg.AdminToken == "" {

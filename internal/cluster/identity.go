@@ -1,7 +1,9 @@
 package cluster
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -34,6 +36,15 @@ type Identity struct {
 	// MetaObserver: this node joined the metadata group as a non-voting member (it
 	// starts its metadata replica as one; raft restores a promotion on restart).
 	MetaObserver bool `json:"meta_observer,omitempty"`
+}
+
+// NodeToken is what nodes present to each other on node-to-node calls: derived from
+// the secret (HMAC), so the secret itself, which also keys the sealed passwords,
+// never travels on those calls.
+func (id Identity) NodeToken() string {
+	m := hmac.New(sha256.New, id.Secret)
+	m.Write([]byte("flotilla node-to-node v1"))
+	return hex.EncodeToString(m.Sum(nil))
 }
 
 // NewIdentity makes the identity of a new cluster.

@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
-	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -42,7 +41,7 @@ type Relay struct {
 // NewRelay creates a relay for node nodeID of the cluster id belongs to; tlsCfg
 // (nil: plaintext) is how it reaches other nodes' admin ports.
 func NewRelay(nodeID uint64, id Identity, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
-	return &Relay{nodeID: nodeID, secret: hex.EncodeToString(id.Secret), tls: tlsCfg, meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
+	return &Relay{nodeID: nodeID, secret: id.NodeToken(), tls: tlsCfg, meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
 }
 
 // Close closes the connections to other nodes.

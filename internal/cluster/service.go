@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,7 +26,7 @@ import (
 // it as non-voting members, so a large cluster does not slow metadata commits.
 const MaxMetaVoters = 3
 
-// SecretHeader carries the cluster secret (hex) on node-to-node calls.
+// SecretHeader carries the node token (Identity.NodeToken) on node-to-node calls.
 const SecretHeader = "x-flotilla-cluster-secret"
 
 // Membership is the part of dragonboat's NodeHost that changes the metadata group.
@@ -80,8 +79,8 @@ func (s *Service) checkAdmin(ctx context.Context) error {
 
 func (s *Service) checkSecret(ctx context.Context) error {
 	md, _ := metadata.FromIncomingContext(ctx)
-	got, err := hex.DecodeString(strings.Join(md.Get(SecretHeader), ""))
-	if err != nil || subtle.ConstantTimeCompare(got, s.Ident.Secret) != 1 {
+	got := strings.Join(md.Get(SecretHeader), "")
+	if subtle.ConstantTimeCompare([]byte(got), []byte(s.Ident.NodeToken())) != 1 {
 		return status.Error(codes.Unauthenticated, "node-to-node call without this cluster's secret: is the caller a node of another cluster?")
 	}
 	return nil

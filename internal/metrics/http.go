@@ -18,14 +18,16 @@ import (
 //   - /healthz: 200 while the process serves HTTP at all (liveness);
 //   - /readyz: 200 when ready returns nil, else 503 with its reason (readiness: a
 //     load balancer sends replicas only to ready nodes);
-//   - /debug/pprof/: Go's profiles.
-func (r *Relay) Serve(ctx context.Context, lis net.Listener, ready func(context.Context) error, log *slog.Logger) error {
+//   - /debug/pprof/: Go's profiles, when profiles is set.
+func (r *Relay) Serve(ctx context.Context, lis net.Listener, profiles bool, ready func(context.Context) error, log *slog.Logger) error {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{ErrorLog: slogAdapter{log}}))
-	// Profiles, for "where does the time go" (CPU: /debug/pprof/profile?seconds=30).
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	if profiles {
+		// Opt-in (--debug-pprof): anyone reaching the port could start profiles.
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "ok")
 	})

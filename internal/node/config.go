@@ -32,11 +32,16 @@ func ParseConfig(b []byte) (Config, error) {
 	if len(doc.Content) == 0 {
 		return cfg, nil
 	}
-	if err := decodeStrict(doc.Content[0], reflect.ValueOf(&cfg).Elem(), ""); err != nil {
+	cfg.explicit = map[string]bool{}
+	if err := decodeStrict(doc.Content[0], reflect.ValueOf(&cfg).Elem(), "", cfg.explicit); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
 }
+
+// Explicit reports whether the configuration file set key (a value of 0 the file
+// gives, such as retention_age: 0, is not replaced by a default).
+func (c Config) Explicit(key string) bool { return c.explicit[key] }
 
 // ConfigKeys lists every key of the YAML configuration, nested ones as "tls.ca".
 func ConfigKeys() []string {
@@ -69,7 +74,8 @@ func yamlName(f reflect.StructField) string {
 	return tag
 }
 
-func decodeStrict(n *yaml.Node, dst reflect.Value, prefix string) error {
+// decodeStrict decodes mapping n into dst field by field, recording each key set.
+func decodeStrict(n *yaml.Node, dst reflect.Value, prefix string, set map[string]bool) error {
 	if n.Kind != yaml.MappingNode {
 		if prefix == "" {
 			return fmt.Errorf("line %d: the configuration must be a mapping of keys to values", n.Line)
@@ -86,14 +92,25 @@ func decodeStrict(n *yaml.Node, dst reflect.Value, prefix string) error {
 	for i := 0; i+1 < len(n.Content); i += 2 {
 		k, v := n.Content[i], n.Content[i+1]
 		key := prefix + k.Value
+		if set[key] {
+			return fmt.Errorf("key %s (line %d) is given twice", key, k.Line)
+		}
+		set[key] = true
 		f, ok := fields[k.Value]
 		if !ok {
 			return fmt.Errorf("unknown key %q (line %d); the keys are: %s", key, k.Line, strings.Join(ConfigKeys(), ", "))
 		}
 		if f.Kind() == reflect.Struct && f.Type() != reflect.TypeOf(time.Duration(0)) {
-			if err := decodeStrict(v, f, key+"."); err != nil {
+			if err := decodeStrict(v, f, key+".", set); err != nil {
 				return err
 			}
+			continue
+		}
+		if f.Type() == reflect.TypeOf(time.Duration(0)) && v.Kind == yaml.ScalarNode && v.Tag == "!!int" {
+			if v.Value != "0" {
+				return fmt.Errorf("key %s (line %d): %s has no unit: write it as a duration such as 30s, 15m or 168h", key, v.Line, v.Value)
+			}
+			f.SetInt(0)
 			continue
 		}
 		if err := v.Decode(f.Addr().Interface()); err != nil {

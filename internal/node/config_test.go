@@ -38,6 +38,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"tls.key", "n-key.pem", "[x]", func(c Config) bool { return c.TLS.Key == "n-key.pem" }},
 		{"log_level", "debug", "[x]", func(c Config) bool { return c.LogLevel == "debug" }},
 		{"log_format", "json", "[x]", func(c Config) bool { return c.LogFormat == "json" }},
+		{"debug_pprof", "true", "maybe", func(c Config) bool { return c.DebugPprof }},
 	}
 	seen := map[string]bool{}
 	doc := func(key, v string) string {
@@ -67,6 +68,12 @@ func TestParseConfigKeyByKey(t *testing.T) {
 	}
 	if _, err := ParseConfig([]byte("tls:\n  cafile: x\n")); err == nil || !strings.Contains(err.Error(), `"tls.cafile"`) {
 		t.Fatalf("an unknown nested key must be refused: %v", err)
+	}
+	if _, err := ParseConfig([]byte("data: /a\ndata: /b\n")); err == nil || !strings.Contains(err.Error(), "data (line 2) is given twice") {
+		t.Fatalf("a key given twice must be refused: %v", err)
+	}
+	if cfg, err := ParseConfig([]byte("retention_age: 0\n")); err != nil || !cfg.Explicit("retention_age") || cfg.Explicit("data") {
+		t.Fatalf("retention_age: 0 must be recorded as set (keep everything): %v", err)
 	}
 }
 

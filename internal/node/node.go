@@ -72,6 +72,10 @@ type Config struct {
 	// LogFormat (text or json) and LogLevel (debug, info, warn, error) shape the log.
 	LogFormat string `yaml:"log_format"`
 	LogLevel  string `yaml:"log_level"`
+	// DebugPprof serves Go's profiles under /debug/pprof/ on MetricsAddr.
+	DebugPprof bool `yaml:"debug_pprof"`
+
+	explicit map[string]bool // keys the YAML file set (ParseConfig)
 }
 
 // transport is the TLS a node's listeners and calls use (nil: plaintext).
@@ -220,7 +224,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		// Served from the start: /readyz says "not ready" while the node joins.
 		go func() {
-			err := rel.Serve(mctx, metricsLis, func(ctx context.Context) error {
+			err := rel.Serve(mctx, metricsLis, cfg.DebugPprof, func(ctx context.Context) error {
 				if n := live.Load(); n != nil {
 					return n.ready(ctx)
 				}

@@ -230,7 +230,7 @@ func BenchmarkRelay(b *testing.B) {
 		b.Fatal(err)
 	}
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
-	one.Args = []string{"--metrics-addr", metricsAddr, "--log-level", "info"}
+	one.Args = []string{"--metrics-addr", metricsAddr, "--debug-pprof", "--log-level", "info"}
 	one.Start(ctx)
 	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest.
 	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {

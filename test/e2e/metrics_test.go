@@ -147,6 +147,12 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 			t.Fatalf("metrics did not show the workload: transactions %v -> %v, lag %v (%v), replicas %v\n%s", before, after, lag, hasLag, reps, body)
 		}
 	}
+	// Idle, the master sends heartbeats (each second): the lag stays 0.
+	for until := time.Now().Add(3500 * time.Millisecond); time.Now().Before(until); time.Sleep(300 * time.Millisecond) {
+		if lag, _ := metricValue(scrape(), "flotilla_lag_seconds", `upstream="main"`); lag != 0 {
+			t.Fatalf("lag %v s while the master is idle: heartbeats must not count as pending work", lag)
+		}
+	}
 	for _, want := range []struct {
 		metric string
 		labels []string
