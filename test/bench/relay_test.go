@@ -326,7 +326,7 @@ func BenchmarkRelay(b *testing.B) {
 	_, _, all := masterTail(ctx, b, m)
 	t3, g3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), all, "--replicas", "3")
 	rep.add("ingest, 3 replicas", float64(g3.Bytes)/(1<<20)/t3.Seconds(), rawMBs, "MB/s", 0.5, true)
-	rep.write(b)
+	rep.write(b, "relay")
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

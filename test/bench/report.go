@@ -67,7 +67,7 @@ func goalText(f figure) string {
 	return fmt.Sprintf(" (goal %.2fx: %s)", f.goal, verdict)
 }
 
-func (r *relayReport) write(b *testing.B) {
+func (r *relayReport) write(b *testing.B, name string) {
 	b.Helper()
 	for _, f := range r.figures {
 		key := strings.NewReplacer(" ", "-", ",", "", "(", "", ")", "").Replace(f.what)
@@ -78,10 +78,10 @@ func (r *relayReport) write(b *testing.B) {
 		b.Fatal(err)
 	}
 	stamp := time.Now().UTC().Format("20060102-150405")
-	base := filepath.Join(dir, "relay-"+stamp)
+	base := filepath.Join(dir, name+"-"+stamp)
 	var md strings.Builder
-	fmt.Fprintf(&md, "# Flotilla relay benchmark, %s\n\n", time.Now().UTC().Format(time.RFC3339))
-	fmt.Fprintf(&md, "Machine: %d CPUs, %s/%s. Command: `go test -run '^$' -bench Relay -benchtime 1x ./test/bench/` (part of `make bench`).\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(&md, "# Flotilla %s benchmark, %s\n\n", name, time.Now().UTC().Format(time.RFC3339))
+	fmt.Fprintf(&md, "Machine: %d CPUs, %s/%s. Command: `go test -run '^$' -bench %s -benchtime 1x ./test/bench/` (part of `make bench`).\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, b.Name())
 	fmt.Fprintln(&md, "| figure | Flotilla | baseline (same run) | ratio | goal |")
 	fmt.Fprintln(&md, "|---|---|---|---|---|")
 	for _, f := range r.figures {

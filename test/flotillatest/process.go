@@ -205,6 +205,9 @@ func (n *Node) Signal(sig syscall.Signal) {
 	}
 }
 
+// PID is the running process's id (benchmarks read its memory and CPU).
+func (n *Node) PID() int { return n.cmd.Process.Pid }
+
 // Running reports whether the process is alive.
 func (n *Node) Running() bool {
 	if n.cmd == nil {
