@@ -33,9 +33,10 @@ func (s *Server) LocalGroups() []*adminv1.GroupStatus {
 		return nil
 	}
 	var out []*adminv1.GroupStatus
+	members := s.Shards.RaftMembers()
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]
-		gs := s.upstreamStatus(st, u).Group
+		gs := s.upstreamStatus(st, u, members).Group
 		if _, hosted := s.Shards.Shard(u.GroupID); hosted || len(gs.Replicas) > 0 {
 			out = append(out, gs)
 		}

@@ -58,7 +58,13 @@ const (
 type metaSM struct {
 	mu    sync.RWMutex
 	state *State
+	// version counts applied commands and recovered snapshots: readers that only
+	// need to know whether anything changed ask for it instead of a copy.
+	version uint64
 }
+
+// versionQuery asks Lookup for the metadata's version instead of a copy of it.
+type versionQuery struct{}
 
 // newMetaSM is the dragonboat CreateStateMachineFunc of the metadata group.
 func newMetaSM(uint64, uint64) sm.IStateMachine { return &metaSM{state: newState()} }
@@ -70,6 +76,7 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.version++
 	s := m.state
 	switch c.Op {
 	case opRegisterNode:
@@ -219,9 +226,12 @@ func notFound(format string, args ...any) sm.Result {
 }
 
 // Lookup returns a deep copy of the state, so callers can never race with Update.
-func (m *metaSM) Lookup(interface{}) (interface{}, error) {
+func (m *metaSM) Lookup(q interface{}) (interface{}, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
+	if _, ok := q.(versionQuery); ok {
+		return m.version, nil
+	}
 	b, err := json.Marshal(m.state)
 	if err != nil {
 		return nil, fmt.Errorf("placement: encode state: %w", err)
@@ -249,6 +259,7 @@ func (m *metaSM) RecoverFromSnapshot(r io.Reader, _ []sm.SnapshotFile, _ <-chan 
 	}
 	m.mu.Lock()
 	m.state = s
+	m.version++
 	m.mu.Unlock()
 	return nil
 }
@@ -389,6 +400,16 @@ func (s *Service) Read(ctx context.Context) (*State, error) {
 
 // Local returns this node's possibly stale copy of the metadata; the agent and the
 // MySQL front end use it so they keep working while the metadata leader is away.
+// LocalVersion is this node's metadata version: it changes whenever the metadata
+// may have (cheap, no copy).
+func (s *Service) LocalVersion() (uint64, error) {
+	v, err := s.nh.StaleRead(MetaGroupID, versionQuery{})
+	if err != nil {
+		return 0, fmt.Errorf("placement: read local metadata version: %w", err)
+	}
+	return v.(uint64), nil
+}
+
 func (s *Service) Local() (*State, error) {
 	v, err := s.nh.StaleRead(MetaGroupID, nil)
 	if err != nil {

@@ -27,6 +27,8 @@ import (
 // Metadata is what the manager needs of the placement service.
 type Metadata interface {
 	Local() (*placement.State, error)
+	// LocalVersion changes whenever the local metadata may have.
+	LocalVersion() (uint64, error)
 }
 
 // LeaderTable tells who leads a group, with a channel closed at its next change; the
@@ -71,6 +73,12 @@ type Manager struct {
 	sealer *secure.Sealer
 	// metrics records ingest, proposals and purges (nil: none).
 	metrics *metrics.Relay
+	// reconciled is the metadata version of the last full Reconcile pass (at
+	// lastFull); retry: that pass left work to do again (a start failed, a replica
+	// waits to leave).
+	reconciled uint64
+	lastFull   time.Time
+	retry      bool
 }
 
 // SetMetrics installs the node's instruments.
@@ -155,6 +163,14 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 // Opening, joining and deleting a group happen outside the manager's lock, so replica
 // logins and admin calls, which look groups up, never wait for them.
 func (m *Manager) Reconcile(ctx context.Context) {
+	// Copying the metadata costs in proportion to the upstreams: skip the pass when
+	// nothing changed and nothing is pending, but make a full one at least every
+	// reconcileEvery.
+	ver, verErr := m.meta.LocalVersion()
+	if verErr == nil && ver == m.reconciled && !m.retry && time.Since(m.lastFull) < reconcileEvery {
+		return
+	}
+	m.retry = false
 	st, err := m.meta.Local()
 	if err != nil {
 		m.log.Debug("metadata not readable yet", "err", err)
@@ -225,6 +241,7 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		s, err := m.startShard(ctx, st, u)
 		if err != nil {
 			m.log.Error("cannot start group replica", "upstream", u.Name, "group", u.GroupID, "err", err)
+			m.retry = true
 			continue
 		}
 		m.mu.Lock()
@@ -232,7 +249,16 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		m.mu.Unlock()
 	}
 	m.removeOrphans(ctx, st)
+	if len(leaving) > 0 {
+		m.retry = true // mayLeave is asked again next pass
+	}
+	if verErr == nil {
+		m.reconciled, m.lastFull = ver, time.Now()
+	}
 }
+
+// reconcileEvery bounds how long Reconcile trusts an unchanged metadata version.
+const reconcileEvery = 10 * time.Second
 
 // mayLeave reports whether an unassigned replica may stop and delete its data: its
 // group's leader no longer counts it as a member, or it waited leaveGrace.

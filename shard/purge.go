@@ -35,6 +35,9 @@ func (s *Shard) runRetention(ctx context.Context) {
 			s.log.Warn("retention check failed", "err", err)
 			continue
 		}
+		if tail, _ := g.Tail(); keep <= tail.FirstFile {
+			continue // nothing to purge: no need to ask the cluster who reads what
+		}
 		if held, err := s.clusterReading(ctx); err != nil {
 			s.log.Info("retention purge waits", "reason", err)
 			continue

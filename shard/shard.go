@@ -126,19 +126,25 @@ func (s *Shard) IsLeader() bool {
 
 // RaftMembers returns the group's voting members as this replica knows them (nil
 // while it knows nothing yet).
-func (s *Shard) RaftMembers() []uint64 {
-	for _, ci := range s.m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ClusterInfoList {
-		if ci.ClusterID != s.gid || ci.Pending {
+func (s *Shard) RaftMembers() []uint64 { return s.m.RaftMembers()[s.gid] }
+
+// RaftMembers returns the voting members (node ids) of every group this node hosts,
+// from one pass over dragonboat's cluster list: callers describing all groups ask
+// once, not once per group.
+func (m *Manager) RaftMembers() map[uint64][]uint64 {
+	out := map[uint64][]uint64{}
+	for _, ci := range m.nh.GetNodeHostInfo(dragonboat.NodeHostInfoOption{SkipLogInfo: true}).ClusterInfoList {
+		if ci.Pending {
 			continue
 		}
-		out := make([]uint64, 0, len(ci.Nodes))
+		ids := make([]uint64, 0, len(ci.Nodes))
 		for rid := range ci.Nodes {
-			out = append(out, placement.NodeOfReplica(rid))
+			ids = append(ids, placement.NodeOfReplica(rid))
 		}
-		slices.Sort(out)
-		return out
+		slices.Sort(ids)
+		out[ci.ClusterID] = ids
 	}
-	return nil
+	return out
 }
 
 // Status returns the syncer's status.

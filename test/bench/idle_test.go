@@ -58,6 +58,18 @@ func BenchmarkIdleGroups(b *testing.B) {
 	}
 	n := flotillatest.NewNode(b, filepath.Join(dir, "node"), 1)
 	n.Args = []string{"--log-level", "warn"}
+	// FLOTILLA_BENCH_PROFILE=PREFIX saves the node's CPU profile of the idle window
+	// (PREFIX.cpu) and its heap after it (PREFIX.heap).
+	prof := os.Getenv("FLOTILLA_BENCH_PROFILE")
+	metricsAddr := ""
+	if prof != "" {
+		p, err := mariadbtest.FreePort()
+		if err != nil {
+			b.Fatal(err)
+		}
+		metricsAddr = fmt.Sprintf("127.0.0.1:%d", p)
+		n.Args = append(n.Args, "--metrics-addr", metricsAddr, "--debug-pprof")
+	}
 	n.Start(ctx)
 	cl, err := adminrpc.Dial(n.AdminAddr, "", nil)
 	if err != nil {
@@ -90,9 +102,15 @@ func BenchmarkIdleGroups(b *testing.B) {
 	settleIdle()
 	const window = 30 * time.Second
 	cpu0, mcpu0 := cpuSeconds(b, n.PID()), cpuSeconds(b, m.PID())
+	if prof != "" {
+		go saveProfile(ctx, metricsAddr, prof+".cpu", window-time.Second)
+	}
 	time.Sleep(window) // the measurement: what idling costs over a fixed window
 	cpu, mcpu := cpuSeconds(b, n.PID())-cpu0, cpuSeconds(b, m.PID())-mcpu0
 	rss, mrss := rssBytes(b, n.PID()), rssBytes(b, m.PID())
+	if prof != "" {
+		saveURL(ctx, "http://"+metricsAddr+"/debug/pprof/heap", prof+".heap")
+	}
 
 	perGroupRSS := (rss - rss0) / float64(groups) / (1 << 20)
 	masterRSS := (mrss - mrss0) / float64(groups) / (1 << 20)

@@ -333,7 +333,12 @@ func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond)
 
 // saveProfile fetches a CPU profile of d from a node's /debug/pprof into path.
 func saveProfile(ctx context.Context, metricsAddr, path string, d time.Duration) {
-	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, int(d.Seconds())), nil)
+	saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, int(d.Seconds())), path)
+}
+
+// saveURL saves what a GET of url returns into path.
+func saveURL(ctx context.Context, url, path string) {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		fmt.Println("profile:", err)
