@@ -12,6 +12,7 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
+	"github.com/lni/dragonboat/v3"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/placement"
@@ -27,6 +28,8 @@ const (
 	maxPieceBytes = 4 << 20
 	maxEventBytes = 48 << 20
 	batchLinger   = 2 * time.Millisecond
+	// proposeTimeout bounds one proposal's commit.
+	proposeTimeout = 20 * time.Second
 )
 
 // SyncerServerIDBase is added to the group id to form the server_id Flotilla uses
@@ -106,18 +109,18 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	s.log.Info("pulling binlog from master", "source", u.Source, "from_gtid", start.String(), "epoch", epoch)
 	s.updateStatus(func(st *SyncStatus) { st.Connected = true; st.MasterFile = view.Upstream })
 
-	p := &pipeline{s: s, epoch: epoch, ordinal: view.Ordinal, state: view.State.Clone(),
+	p := &pipeline{s: s, epoch: epoch, proposed: view.Ordinal, state: view.State.Clone(),
 		upstreamFile: view.Upstream, hasFile: view.HasFile, base: base}
 	for {
 		evctx, cancel := ctx, context.CancelFunc(func() {})
-		if len(p.items) > 0 {
+		if len(p.items) > 0 || len(p.pending) > 0 {
 			evctx, cancel = context.WithTimeout(ctx, batchLinger)
 		}
 		e, err := streamer.GetEvent(evctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				if err := p.flush(ctx); err != nil {
+				if err := p.flush(ctx, true); err != nil {
 					return err
 				}
 				continue
@@ -128,7 +131,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 			return err
 		}
 		if p.batchBytes >= maxBatchBytes {
-			if err := p.flush(ctx); err != nil {
+			if err := p.flush(ctx, false); err != nil {
 				return err
 			}
 		}
@@ -141,7 +144,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 				return err
 			}
 			if !more {
-				if err := p.flush(ctx); err != nil {
+				if err := p.flush(ctx, true); err != nil {
 					return err
 				}
 			}
@@ -158,7 +161,7 @@ func (p *pipeline) drain(ctx context.Context, streamer *replication.BinlogStream
 			return true, err
 		}
 		if p.batchBytes >= maxBatchBytes {
-			if err := p.flush(ctx); err != nil {
+			if err := p.flush(ctx, false); err != nil {
 				return true, err
 			}
 		}
@@ -170,7 +173,6 @@ func (p *pipeline) drain(ctx context.Context, streamer *replication.BinlogStream
 type pipeline struct {
 	s            *Shard
 	epoch        uint64
-	ordinal      uint64
 	state        binlog.Position
 	base         binlog.Position
 	upstreamFile string
@@ -182,7 +184,10 @@ type pipeline struct {
 	batchBytes  int
 	batchTxns   uint64
 	batchEvents int
-	lastTS      uint32
+	// proposed is the ordinal after every proposal made (committed or in flight).
+	proposed uint64
+	pending  []inflight
+	lastTS   uint32
 
 	cur *openTxn
 }
@@ -306,33 +311,76 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 	p.batchTxns += txns
 }
 
-// flush proposes the batch. Any failure ends the connection: the next attempt claims
-// a new epoch and resumes from what the group committed.
-func (p *pipeline) flush(ctx context.Context) error {
-	if len(p.items) == 0 {
+// maxInflight bounds the proposals a syncer has in raft at once: while one commits
+// (raft log fsync, apply), the next batch is read and proposed.
+const maxInflight = 2
+
+// inflight is a proposed batch waiting for its commit.
+type inflight struct {
+	rs            *dragonboat.RequestState
+	began         time.Time
+	txns          uint64
+	events, bytes int
+	lastTS        uint32
+}
+
+// flush proposes the batch. With wait it returns once every proposal made so far is
+// committed (the master has nothing more to send: status and lag catch up); without,
+// it keeps up to maxInflight proposals in raft. Each proposal names the ordinal the
+// previous one ends at, so if raft drops one, the group rejects those after it (the
+// fence): nothing is ever applied out of order or twice. Any failure ends the
+// connection: the next attempt claims a new epoch and resumes from what the group
+// committed.
+func (p *pipeline) flush(ctx context.Context, wait bool) error {
+	if len(p.items) > 0 {
+		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Items: p.items}).Encode()
+		p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes += uint64(p.batchBytes) })
+		rs, err := p.s.m.nh.Propose(p.s.m.nh.GetNoOPSession(p.s.gid), cmd, proposeTimeout)
+		if err != nil {
+			p.s.m.metrics.Proposed(p.s.Upstream().Name, 0, err)
+			return fmt.Errorf("propose to group %d: %w", p.s.gid, err)
+		}
+		p.pending = append(p.pending, inflight{rs: rs, began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS})
+		p.proposed += p.batchTxns
+		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
+	} else {
 		p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
-		return nil
 	}
-	cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.ordinal, Items: p.items}).Encode()
+	for len(p.pending) > 0 && (wait || len(p.pending) >= maxInflight) {
+		if err := p.complete(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// complete waits for the oldest proposal in flight.
+func (p *pipeline) complete(ctx context.Context) error {
+	f := p.pending[0]
+	p.pending = p.pending[1:]
+	defer f.rs.Release()
 	name := p.s.Upstream().Name
-	p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes = uint64(p.batchBytes) })
-	began := time.Now()
-	res, err := p.s.propose(ctx, cmd)
-	p.s.m.metrics.Proposed(name, time.Since(began), err)
-	if err != nil {
+	var r dragonboat.RequestResult
+	select {
+	case r = <-f.rs.ResultC():
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if !r.Completed() {
+		err := fmt.Errorf("proposal to group %d did not commit (timeout %v, dropped %v, terminated %v, aborted %v)", p.s.gid, r.Timeout(), r.Dropped(), r.Terminated(), r.Aborted())
+		p.s.m.metrics.Proposed(name, time.Since(f.began), err)
 		return err
 	}
-	if res.Value != statemachine.ResultOK {
+	p.s.m.metrics.Proposed(name, time.Since(f.began), nil)
+	if res := r.GetResult(); res.Value != statemachine.ResultOK {
 		return fmt.Errorf("group %d rejected a proposal: %s", p.s.gid, res.Data)
 	}
-	p.ordinal += p.batchTxns
-	ts := p.lastTS
+	p.s.m.metrics.Ingested(name, f.events, f.bytes, int(f.txns))
+	idle := p.cur == nil && len(p.items) == 0 && len(p.pending) == 0
 	p.s.updateStatus(func(st *SyncStatus) {
-		st.LastEventAt, st.LastEventRcv = time.Unix(int64(ts), 0), time.Now()
+		st.LastEventAt, st.LastEventRcv = time.Unix(int64(f.lastTS), 0), time.Now()
+		st.PendingBytes -= min(st.PendingBytes, uint64(f.bytes))
+		st.Busy = !idle
 	})
-	p.s.m.metrics.Ingested(name, p.batchEvents, p.batchBytes, int(p.batchTxns))
-	idle := p.cur == nil
-	p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes, st.Busy = 0, !idle })
-	p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
 	return nil
 }

@@ -105,9 +105,21 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 	}
 
 	master := startMaster(ctx, t, filepath.Join(dir, "master"))
-	if out, err := n1.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
-		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
-		t.Fatalf("upstream add: %v\n%s", err, out)
+	if _, err := mariadbtest.RunWorkload(ctx, master, 0); err != nil {
+		t.Fatal(err)
+	}
+	// --wait follows the initial copy of what the master holds until caught up.
+	out, err := n1.CLICombined(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass, "--wait")
+	if err != nil || !strings.Contains(out, "initial copy of main: caught up") {
+		t.Fatalf("upstream add --wait: %v\n%s", err, out)
+	}
+	// status --watch redraws until interrupted.
+	wctx, wcancel := context.WithTimeout(ctx, 2*time.Second)
+	out, _ = n1.CLICombined(wctx, "status", "--watch", "--interval", "300ms")
+	wcancel()
+	if strings.Count(out, "every 300ms") < 2 || !strings.Contains(out, "main") {
+		t.Fatalf("status --watch must redraw the status: %q", out)
 	}
 	leader, _ := waitLeader(ctx, t, []*flotillatest.Node{n1, n2}, "main")
 	lm := m1
@@ -123,9 +135,6 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 			t.Fatalf("/metrics: %d %v", code, err)
 		}
 		return body
-	}
-	if _, err := mariadbtest.RunWorkload(ctx, master, 0); err != nil {
-		t.Fatal(err)
 	}
 	waitCaughtUp(ctx, t, "replica", master, r, 2*time.Minute)
 	before, _ := metricValue(scrape(), "flotilla_ingest_transactions_total", `upstream="main"`)

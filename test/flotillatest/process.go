@@ -272,6 +272,16 @@ func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
 	return out.String(), nil
 }
 
+// CLICombined is CLI returning stdout and stderr together (progress displays write
+// to stderr).
+func (n *Node) CLICombined(ctx context.Context, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
+	defer cancel()
+	global := append([]string{"--admin", n.AdminAddr}, n.CLIArgs...)
+	out, err := exec.CommandContext(ctx, n.bin, append(global, args...)...).CombinedOutput()
+	return string(out), err
+}
+
 // LogTail returns the last lines of the node's log.
 func (n *Node) LogTail(lines int) string {
 	b, _ := os.ReadFile(filepath.Join(n.Dir, "flotilla.log"))
