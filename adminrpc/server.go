@@ -227,7 +227,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 	u := placement.Upstream{
 		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: sealed, SourceTLS: srcTLS,
 		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
-		StartGTID: info.StartGTID, InitialBytes: info.BinlogBytes, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
+		StartGTID: info.StartGTID, InitialBytes: info.BinlogBytes, InitialGTID: info.EndGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
 	}
 	for _, ru := range r.ReplicaUsers {
 		if ru.User == "" {
@@ -499,7 +499,7 @@ func toProto(u *placement.Upstream) *adminv1.Upstream {
 		Name: u.Name, Flavor: u.Flavor, Source: u.Source, User: u.User, ServerId: u.ServerID, DomainId: u.DomainID,
 		ServerUuid: u.ServerUUID, Version: u.Version, StartGtid: u.StartGTID, GroupId: u.GroupID,
 		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt), ServeFrom: serveFrom(u), SyncerServerId: u.SyncerServerID,
-		InitialBytes: u.InitialBytes,
+		InitialBytes: u.InitialBytes, InitialGtid: u.InitialGTID,
 	}
 	for _, ru := range u.ReplicaUsers {
 		out.ReplicaUsers = append(out.ReplicaUsers, ru.User)

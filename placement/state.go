@@ -89,8 +89,11 @@ type Upstream struct {
 	// InitialBytes is the size of the master's binary logs at `upstream add`: what
 	// the initial copy fetches (progress displays).
 	InitialBytes uint64 `json:"initial_bytes,omitempty"`
-	GroupID      uint64 `json:"group_id"`
-	Replicas     int    `json:"replicas"`
+	// InitialGTID is the master's GTID position at `upstream add`: the initial copy
+	// is done when the group has executed it.
+	InitialGTID string `json:"initial_gtid,omitempty"`
+	GroupID     uint64 `json:"group_id"`
+	Replicas    int    `json:"replicas"`
 	// SyncerServerID is the server_id the syncer uses toward the master (0 in old
 	// metadata: 2000000000 + the group id).
 	SyncerServerID uint32 `json:"syncer_server_id,omitempty"`

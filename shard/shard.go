@@ -325,7 +325,7 @@ func (r *syncerRun) stop() {
 // attempt starts from the group's committed state, so nothing is lost or repeated.
 func (s *Shard) runSyncer(ctx context.Context) {
 	s.updateStatus(func(st *SyncStatus) { st.Running = true })
-	defer s.updateStatus(func(st *SyncStatus) { st.Running, st.Connected = false, false })
+	defer s.updateStatus(func(st *SyncStatus) { st.Running, st.Connected, st.Busy, st.PendingBytes = false, false, false, 0 })
 	backoff := 200 * time.Millisecond
 	for ctx.Err() == nil {
 		began := time.Now()

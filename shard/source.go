@@ -28,8 +28,10 @@ type SourceInfo struct {
 	// StartGTID is where the group's history starts: the requested position, or the
 	// GTID state at the start of the oldest binlog file still on the master.
 	StartGTID string
-	// BinlogBytes is the size of the master's binary logs when checked.
+	// BinlogBytes is the size of the master's binary logs when checked, and EndGTID
+	// the master's GTID position then: what an initial copy has to reach.
 	BinlogBytes uint64
+	EndGTID     string
 }
 
 // SourceCheck is what `upstream add` asks InspectSource to verify.
@@ -178,6 +180,9 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 		return info, fmt.Errorf("user %q on master %s cannot list binary logs (needs BINLOG MONITOR): %w", user, addr, err)
 	}
 	// What an initial copy from the oldest binlog has to fetch, for progress displays.
+	if end, err := q("SELECT @@gtid_binlog_pos"); err == nil {
+		info.EndGTID = end
+	}
 	for i := 0; i < logs.RowNumber(); i++ {
 		if n, err := logs.GetUint(i, 1); err == nil {
 			info.BinlogBytes += n

@@ -183,7 +183,7 @@ func upstreamCommand() *cli.Command {
 						return err
 					}
 					return call(c, 7*24*time.Hour, func(ctx context.Context, cl *adminrpc.Client) error {
-						return waitInitialCopy(ctx, cl, n, added.InitialBytes)
+						return waitInitialCopy(ctx, cl, n, added.InitialBytes, added.InitialGtid)
 					})
 				},
 			},
@@ -212,6 +212,23 @@ func upstreamCommand() *cli.Command {
 							return err
 						}
 						return render(c, r, func(w io.Writer) { upstreamDetail(w, r) })
+					})
+				},
+			},
+			{
+				Name: "catch-up", Usage: "follow the group's members until each holds what its leader holds (after a replica was re-created or a node returned)", ArgsUsage: "NAME",
+				Flags: []cli.Flag{outputFlag},
+				Action: func(c *cli.Context) error {
+					n, err := needName(c)
+					if err != nil {
+						return err
+					}
+					return call(c, 7*24*time.Hour, func(ctx context.Context, cl *adminrpc.Client) error {
+						r, err := waitMembers(ctx, cl, n)
+						if err != nil {
+							return err
+						}
+						return render(c, r, func(io.Writer) {})
 					})
 				},
 			},

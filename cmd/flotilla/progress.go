@@ -11,6 +11,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
+	"github.com/flotilla-relay/flotilla/internal/binlog"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 )
 
@@ -21,6 +22,10 @@ type progress struct {
 	what    string
 	started time.Time
 	tty     bool
+	// first is the first amount done seen: the ETA is from the rate since then.
+	first    float64
+	hasFirst bool
+	mark     time.Time // when first was seen
 }
 
 func newProgress(what string) *progress {
@@ -32,9 +37,13 @@ func (p *progress) update(done, total float64, detail string) {
 	if total > 0 {
 		pct = min(100, 100*done/total)
 	}
+	if !p.hasFirst {
+		p.first, p.hasFirst = done, true
+		p.mark = time.Now()
+	}
 	eta := "ETA -"
-	if el := time.Since(p.started); done > 0 && total > done {
-		eta = "ETA " + (time.Duration(float64(el) * (total - done) / done)).Round(time.Second).String()
+	if el, moved := time.Since(p.mark), done-p.first; moved > 0 && total > done {
+		eta = "ETA " + (time.Duration(float64(el) * (total - done) / moved)).Round(time.Second).String()
 	}
 	line := fmt.Sprintf("%s: %3.0f%% %s, %s", p.what, pct, detail, eta)
 	if p.tty {
@@ -66,9 +75,14 @@ func poll(ctx context.Context, interval time.Duration, step func() (bool, error)
 	}
 }
 
-// waitInitialCopy follows an upstream's initial copy until the group holds what the
-// master had at add and the syncer is caught up (lag 0).
-func waitInitialCopy(ctx context.Context, cl *adminrpc.Client, name string, initial uint64) error {
+// waitInitialCopy follows an upstream's initial copy until the group has executed the
+// master's GTID position at add (the percentage is of the master's binlog bytes then,
+// which also count file headers, so it is an estimate).
+func waitInitialCopy(ctx context.Context, cl *adminrpc.Client, name string, initial uint64, endGTID string) error {
+	end, err := binlog.ParsePosition(endGTID)
+	if err != nil {
+		return fmt.Errorf("the master's GTID position at add, %q: %w", endGTID, err)
+	}
 	p := newProgress("initial copy of " + name)
 	return poll(ctx, time.Second, func() (bool, error) {
 		r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name})
@@ -79,13 +93,80 @@ func waitInitialCopy(ctx context.Context, cl *adminrpc.Client, name string, init
 		if g == nil {
 			return false, nil
 		}
-		if g.Connected && g.LagSeconds == 0 && g.Bytes >= initial && g.Transactions > 0 {
+		have, err := binlog.ParsePosition(g.ExecutedGtid)
+		if err != nil {
+			return false, fmt.Errorf("executed GTID %q: %w", g.ExecutedGtid, err)
+		}
+		reached := true
+		for _, gt := range end {
+			reached = reached && have.Contains(gt)
+		}
+		if reached {
 			p.finish(fmt.Sprintf("caught up, %d transactions, %s", g.Transactions, bytesText(g.Bytes)))
 			return true, nil
 		}
-		p.update(float64(g.Bytes), float64(initial), fmt.Sprintf("(%s of %s, %d transactions, lag %.0fs)", bytesText(g.Bytes), bytesText(initial), g.Transactions, g.LagSeconds))
+		p.update(float64(min(g.Bytes, initial*99/100)), float64(initial), fmt.Sprintf("(%s of %s, %d transactions, lag %.0fs)", bytesText(g.Bytes), bytesText(initial), g.Transactions, g.LagSeconds))
 		return false, nil
 	})
+}
+
+// waitMembers follows an upstream's group until every member holds what the leader
+// holds, showing the furthest-behind member's progress.
+func waitMembers(ctx context.Context, cl *adminrpc.Client, name string) (*adminv1.UpstreamStatus, error) {
+	p := newProgress("catch-up of " + name)
+	var last *adminv1.UpstreamStatus
+	var prevLead uint64 // the leader's count one poll ago: under writes, members trail the instant
+	var unreachableSince time.Time
+	err := poll(ctx, time.Second, func() (bool, error) {
+		r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name})
+		if err != nil {
+			return false, err
+		}
+		last = r
+		var lead uint64
+		found := false
+		for _, m := range r.GetGroup().GetMemberStatus() {
+			if m.Leader {
+				lead, found = m.Transactions, true
+			}
+		}
+		if !found {
+			p.update(0, 1, "(no leader known yet)")
+			return false, nil
+		}
+		target := lead
+		if prevLead > 0 {
+			target = min(lead, prevLead)
+		}
+		prevLead = lead
+		behind, slowest, unreachable := 0, lead, 0
+		for _, m := range r.Group.MemberStatus {
+			if !m.Reachable {
+				unreachable++
+				continue
+			}
+			if m.Transactions < target {
+				behind++
+				slowest = min(slowest, m.Transactions)
+			}
+		}
+		switch {
+		case unreachable == 0:
+			unreachableSince = time.Time{}
+		case unreachableSince.IsZero():
+			unreachableSince = time.Now()
+		case time.Since(unreachableSince) > time.Minute:
+			return false, fmt.Errorf("%d member(s) of %s did not answer for a minute: see `flotilla status`", unreachable, name)
+		}
+		if behind == 0 && unreachable == 0 {
+			p.finish(fmt.Sprintf("every member caught up (%d members, %d transactions)", len(r.Group.MemberStatus), lead))
+			return true, nil
+		}
+		p.update(float64(slowest), float64(lead), fmt.Sprintf("(%d of %d members behind, slowest at %d of %d transactions, %d unreachable)",
+			behind, len(r.Group.MemberStatus), slowest, lead, unreachable))
+		return false, nil
+	})
+	return last, err
 }
 
 // waitDrain follows a drain until the node holds no replica.
@@ -126,7 +207,7 @@ func watch(c *cli.Context, show func() error) error {
 		select {
 		case <-c.Context.Done():
 			return nil
-		case <-time.After(c.Duration("interval")):
+		case <-time.After(max(c.Duration("interval"), 100*time.Millisecond)):
 		}
 	}
 }
@@ -145,21 +226,22 @@ func bytesText(n uint64) string {
 
 // examples are shown by each command's --help.
 var examples = map[string]string{
-	"flotilla serve":            "flotilla serve --node-id 1 --data /var/lib/flotilla --mysql-addr 0.0.0.0:3307\n   flotilla serve --config /etc/flotilla/flotilla.yaml --check-config",
-	"flotilla upstream":         "flotilla upstream list",
-	"flotilla upstream add":     "flotilla upstream add main --source db1:3306 --user flotilla --password-file /etc/flotilla/db1.pw \\\n       --replica-user repl --replica-password-file /etc/flotilla/repl.pw --wait",
-	"flotilla upstream list":    "flotilla upstream list -o json",
-	"flotilla upstream get":     "flotilla upstream get main",
-	"flotilla upstream pause":   "flotilla upstream pause main",
-	"flotilla upstream resume":  "flotilla upstream resume main",
-	"flotilla upstream remove":  "flotilla upstream remove main",
-	"flotilla upstream purge":   "flotilla upstream purge main --to flotilla-bin.000012",
-	"flotilla upstream repoint": "flotilla upstream repoint main --source db2:3306",
-	"flotilla node":             "flotilla node list",
-	"flotilla node list":        "flotilla node list -o json",
-	"flotilla node drain":       "flotilla node drain 3 --wait",
-	"flotilla node remove":      "flotilla node remove 3",
-	"flotilla status":           "flotilla status --watch --interval 5s",
+	"flotilla serve":             "flotilla serve --node-id 1 --data /var/lib/flotilla --mysql-addr 0.0.0.0:3307\n   flotilla serve --config /etc/flotilla/flotilla.yaml --check-config",
+	"flotilla upstream":          "flotilla upstream list",
+	"flotilla upstream add":      "flotilla upstream add main --source db1:3306 --user flotilla --password-file /etc/flotilla/db1.pw \\\n       --replica-user repl --replica-password-file /etc/flotilla/repl.pw --wait",
+	"flotilla upstream list":     "flotilla upstream list -o json",
+	"flotilla upstream get":      "flotilla upstream get main",
+	"flotilla upstream pause":    "flotilla upstream pause main",
+	"flotilla upstream resume":   "flotilla upstream resume main",
+	"flotilla upstream remove":   "flotilla upstream remove main",
+	"flotilla upstream purge":    "flotilla upstream purge main --to flotilla-bin.000012",
+	"flotilla upstream catch-up": "flotilla upstream catch-up main",
+	"flotilla upstream repoint":  "flotilla upstream repoint main --source db2:3306",
+	"flotilla node":              "flotilla node list",
+	"flotilla node list":         "flotilla node list -o json",
+	"flotilla node drain":        "flotilla node drain 3 --wait",
+	"flotilla node remove":       "flotilla node remove 3",
+	"flotilla status":            "flotilla status --watch --interval 5s",
 }
 
 // addExamples puts each command's example into its --help.

@@ -94,13 +94,15 @@ func (n *Node) samples(groups func() []*adminv1.GroupStatus) []metrics.GroupSamp
 	if err != nil {
 		return nil
 	}
+	names := make(map[uint64]string, len(st.Upstreams))
+	for _, u := range st.Upstreams {
+		names[u.GroupID] = u.Name
+	}
 	var out []metrics.GroupSample
 	for _, gs := range groups() {
-		name := ""
-		for _, u := range st.Upstreams {
-			if u.GroupID == gs.GroupId {
-				name = u.Name
-			}
+		name, ok := names[gs.GroupId]
+		if !ok {
+			continue // removed since: one series per upstream name, never an empty one
 		}
 		s := metrics.GroupSample{Upstream: name, Leader: gs.LeaderNode == n.cfg.NodeID, HasLeader: gs.LeaderNode != 0,
 			Syncing: gs.Syncing, Connected: gs.Connected, LagSeconds: gs.LagSeconds, Transactions: gs.Transactions,

@@ -262,7 +262,9 @@ type Upstream struct {
 	ServeFrom      string                 `protobuf:"bytes,15,opt,name=serve_from,json=serveFrom,proto3" json:"serve_from,omitempty"`
 	SyncerServerId uint32                 `protobuf:"varint,16,opt,name=syncer_server_id,json=syncerServerId,proto3" json:"syncer_server_id,omitempty"`
 	// Size of the master's binary logs at `upstream add`: what the initial copy fetches.
-	InitialBytes  uint64 `protobuf:"varint,17,opt,name=initial_bytes,json=initialBytes,proto3" json:"initial_bytes,omitempty"`
+	InitialBytes uint64 `protobuf:"varint,17,opt,name=initial_bytes,json=initialBytes,proto3" json:"initial_bytes,omitempty"`
+	// The master's GTID position at `upstream add`: the initial copy ends there.
+	InitialGtid   string `protobuf:"bytes,18,opt,name=initial_gtid,json=initialGtid,proto3" json:"initial_gtid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -414,6 +416,13 @@ func (x *Upstream) GetInitialBytes() uint64 {
 		return x.InitialBytes
 	}
 	return 0
+}
+
+func (x *Upstream) GetInitialGtid() string {
+	if x != nil {
+		return x.InitialGtid
+	}
+	return ""
 }
 
 type UpstreamRef struct {
@@ -1637,7 +1646,7 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"source_tls\x18\v \x01(\bR\tsourceTls\x12\"\n" +
 	"\rsource_tls_ca\x18\f \x01(\tR\vsourceTlsCa\x123\n" +
-	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\"\xf7\x03\n" +
+	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\"\x9a\x04\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -1660,7 +1669,8 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"serve_from\x18\x0f \x01(\tR\tserveFrom\x12(\n" +
 	"\x10syncer_server_id\x18\x10 \x01(\rR\x0esyncerServerId\x12#\n" +
-	"\rinitial_bytes\x18\x11 \x01(\x04R\finitialBytes\"!\n" +
+	"\rinitial_bytes\x18\x11 \x01(\x04R\finitialBytes\x12!\n" +
+	"\finitial_gtid\x18\x12 \x01(\tR\vinitialGtid\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +

@@ -122,6 +122,10 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 		t.Fatalf("status --watch must redraw the status: %q", out)
 	}
 	leader, _ := waitLeader(ctx, t, []*flotillatest.Node{n1, n2}, "main")
+	// catch-up follows the group's members until each holds what the leader holds.
+	if out, err := n2.CLICombined(ctx, "upstream", "catch-up", "main"); err != nil || !strings.Contains(out, "catch-up of main: every member caught up (2 members") {
+		t.Fatalf("upstream catch-up: %v\n%s", err, out)
+	}
 	lm := m1
 	ln := n1
 	if leader == 2 {

@@ -158,23 +158,28 @@ func installDB(ctx context.Context, dir string) error {
 		return fmt.Errorf("mariadbtest: create install log: %w", err)
 	}
 	defer logFile.Close()
-	cmd := exec.CommandContext(ctx, bin,
-		"--no-defaults",
-		"--auth-root-authentication-method=normal",
-		"--datadir="+data,
-		"--user=root",
-		"--skip-test-db",
-		"--skip-name-resolve",
-	)
-	cmd.Stdout = logFile
-	cmd.Stderr = logFile
-	if err := cmd.Run(); err != nil {
+	// One retry: a bootstrap that aborts once (seen rarely on a loaded machine) is
+	// not what the tests are about; a second failure is reported with its log.
+	for attempt := 0; attempt < 2; attempt++ {
+		cmd := exec.CommandContext(ctx, bin,
+			"--no-defaults",
+			"--auth-root-authentication-method=normal",
+			"--datadir="+data,
+			"--user=root",
+			"--skip-test-db",
+			"--skip-name-resolve",
+		)
+		cmd.Stdout = logFile
+		cmd.Stderr = logFile
+		if err = cmd.Run(); err == nil {
+			return nil
+		}
 		// Leave no half-initialised datadir behind: a retry would otherwise
 		// skip installation and fail in a confusing way.
 		_ = os.RemoveAll(data)
-		return fmt.Errorf("mariadbtest: %s failed: %w\n%s", bin, err, tailFile(logPath, 30))
+		fmt.Fprintf(logFile, "\n--- attempt %d failed: %v ---\n", attempt+1, err)
 	}
-	return nil
+	return fmt.Errorf("mariadbtest: %s failed twice: %w\n%s", bin, err, tailFile(logPath, 60))
 }
 
 // lookTool finds the first of names on PATH or in /usr/sbin, where Debian
