@@ -2,7 +2,6 @@ package mysqlfront
 
 import (
 	"bytes"
-	"context"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
@@ -49,14 +48,7 @@ func startAuthFront(t *testing.T, withTLS *tls.Config) string {
 	st := &placement.State{Upstreams: map[string]*placement.Upstream{"a": a, "b": b}}
 	s := New(fakeRouter{st}, 1, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	s.TLS = withTLS
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go func() { _ = s.Serve(ctx, lis) }()
-	return lis.Addr().String()
+	return serveFront(t, s)
 }
 
 // serverID logs in and asks @@server_id: it tells which upstream the login reached.

@@ -103,6 +103,12 @@ func startLimited(t *testing.T, l Limits) string {
 	ss := newTestSession()
 	s := New(ss.s.router, 1, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	s.Limits = l
+	return serveFront(t, s)
+}
+
+// serveFront runs s on a loopback port until the test ends and returns its address.
+func serveFront(t *testing.T, s *Server) string {
+	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -20,7 +20,7 @@ for pkg in $(go list ./...); do
       status=1
       cat "$log"
     fi
-    execs=$(grep -oE 'execs: [0-9]+' "$log" | tail -1 | awk '{print $2}')
+    execs=$(grep -oE 'execs: [0-9]+' "$log" | tail -1 | awk '{print $2}' || true)
     summary+=("$res ${pkg#github.com/flotilla-relay/flotilla/} $t execs=${execs:-?}")
     rm -f "$log"
   done
