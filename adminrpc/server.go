@@ -416,20 +416,16 @@ func (s *Server) reports(ctx context.Context, st *placement.State) map[uint64]*c
 	return map[uint64]*clusterv1.NodeReport{s.NodeID: {NodeId: s.NodeID, Groups: s.LocalGroups()}}
 }
 
-// upstreamStatus describes u's group as this node sees it; members, when not nil,
-// are the raft memberships of the local groups (Shards.RaftMembers), read once by
-// callers describing every group.
+// upstreamStatus describes u's group as this node sees it; members are the raft
+// memberships of the local groups (Shards.RaftMembers), read once by callers that
+// describe every group.
 func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream, members map[uint64][]uint64) *adminv1.UpstreamStatus {
 	gs := &adminv1.GroupStatus{GroupId: u.GroupID, Members: st.Assignments[u.GroupID], ReportedBy: s.NodeID}
 	if sh, ok := s.Shards.Shard(u.GroupID); ok {
 		if id, ok := sh.Leader(); ok {
 			gs.LeaderNode = id
 		}
-		if members != nil {
-			gs.RaftMembers = members[u.GroupID]
-		} else {
-			gs.RaftMembers = sh.RaftMembers()
-		}
+		gs.RaftMembers = members[u.GroupID]
 		ss := sh.Status()
 		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
 		gs.CorruptEvents = ss.CorruptEvents
