@@ -12,6 +12,7 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"fmt"
+	"hash"
 )
 
 // Authentication plugins Flotilla's front end speaks.
@@ -52,27 +53,26 @@ func CheckScramble(plugin, hash string, nonce, scramble []byte) bool {
 	}
 	switch plugin {
 	case Native:
-		if len(stored) != sha1.Size || len(scramble) != sha1.Size {
-			return false
-		}
-		h := sha1.New()
-		h.Write(nonce)
-		h.Write(stored)
-		inner := xor(h.Sum(nil), scramble) // SHA1(pw), if the client knows it
-		got := sha1.Sum(inner)
-		return subtle.ConstantTimeCompare(got[:], stored) == 1
+		return proves(sha1.New, stored, scramble, nonce, stored)
 	case CachingSHA2:
-		if len(stored) != sha256.Size || len(scramble) != sha256.Size {
-			return false
-		}
-		h := sha256.New()
-		h.Write(stored)
-		h.Write(nonce)
-		inner := xor(h.Sum(nil), scramble) // SHA256(pw), if the client knows it
-		got := sha256.Sum256(inner)
-		return subtle.ConstantTimeCompare(got[:], stored) == 1
+		return proves(sha256.New, stored, scramble, stored, nonce)
 	}
 	return false
+}
+
+// proves reports whether scramble XOR H(a || b) is a value whose hash is stored: the
+// inner hash of the password, which only a client knowing the password has.
+func proves(newHash func() hash.Hash, stored, scramble, a, b []byte) bool {
+	h := newHash()
+	if len(stored) != h.Size() || len(scramble) != h.Size() {
+		return false
+	}
+	h.Write(a)
+	h.Write(b)
+	inner := xor(h.Sum(nil), scramble)
+	h.Reset()
+	h.Write(inner)
+	return subtle.ConstantTimeCompare(h.Sum(nil), stored) == 1
 }
 
 // CheckClear reports whether a cleartext password (caching_sha2_password's full
