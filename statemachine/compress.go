@@ -4,10 +4,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
-	"path/filepath"
 	"sync"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/klauspost/compress/zstd"
 )
 
@@ -28,18 +29,19 @@ const zstSuffix = ".zst"
 // openPart opens part k of a file's segment for reading, plain or compressed.
 func (g *Group) openPart(no uint64, k int) (segmentReader, error) {
 	path := g.partPath(no, k)
-	f, err := os.Open(path)
+	fs := g.store.fs
+	f, err := fs.Open(path)
 	if err == nil {
 		return f, nil
 	}
 	if !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("group %d: open %s: %w", g.id, path, err)
 	}
-	zf, err := os.Open(path + zstSuffix)
+	zf, err := fs.Open(path + zstSuffix)
 	if err != nil {
 		return nil, fmt.Errorf("group %d: open %s (plain or compressed): %w", g.id, path, err)
 	}
-	dec, err := zstd.NewReader(zf, zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	dec, err := zstd.NewReader(wholeFile(zf), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 	if err != nil {
 		zf.Close()
 		return nil, fmt.Errorf("group %d: open compressed %s: %w", g.id, path, err)
@@ -50,17 +52,14 @@ func (g *Group) openPart(no uint64, k int) (segmentReader, error) {
 // zstdSegment serves ReadAt over a compressed segment by decompressing forward; a
 // read before the current offset starts over (cursors only move forward).
 type zstdSegment struct {
-	f   *os.File
+	f   vfs.File
 	dec *zstd.Decoder
 	pos int64
 }
 
 func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
 	if off < z.pos {
-		if _, err := z.f.Seek(0, io.SeekStart); err != nil {
-			return 0, err
-		}
-		if err := z.dec.Reset(z.f); err != nil {
+		if err := z.dec.Reset(wholeFile(z.f)); err != nil {
 			return 0, err
 		}
 		z.pos = 0
@@ -80,6 +79,9 @@ func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// wholeFile reads f from its start.
+func wholeFile(f vfs.File) io.Reader { return io.NewSectionReader(f, 0, math.MaxInt64) }
+
 func (z *zstdSegment) Close() error {
 	z.dec.Close()
 	return z.f.Close()
@@ -96,7 +98,7 @@ type compressJob struct {
 func (s *Store) compressLoop() {
 	defer close(s.compressDone)
 	for job := range s.compressc {
-		orig, comp, err := compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
+		orig, comp, err := s.compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) { // purged or removed meanwhile
 				job.g.log.Warn("segment compression failed; the file stays uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
@@ -154,24 +156,25 @@ func (g *Group) Compression() (plain, compressed uint64) {
 // while it was being compressed must not come back as a .zst. account records the
 // sizes before the plain file disappears, so nobody sees the file compressed but
 // not yet counted.
-func compressSegment(path string, swapMu *sync.Mutex, account func(orig, comp int64)) (int64, int64, error) {
-	in, err := os.Open(path)
+func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(orig, comp int64)) (int64, int64, error) {
+	fs := s.fs
+	in, err := fs.Open(path)
 	if err != nil {
 		return 0, 0, err
 	}
 	defer in.Close()
 	tmp := path + zstSuffix + ".tmp"
-	out, err := os.Create(tmp)
+	out, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
 	if err != nil {
 		return 0, 0, err
 	}
-	enc, err := zstd.NewWriter(out, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	enc, err := zstd.NewWriter(&fileWriter{f: out}, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
 	if err != nil {
 		out.Close()
-		os.Remove(tmp)
+		fs.Remove(tmp)
 		return 0, 0, err
 	}
-	orig, err := io.Copy(enc, in)
+	orig, err := io.Copy(enc, wholeFile(in))
 	if err == nil {
 		err = enc.Close()
 	}
@@ -184,43 +187,35 @@ func compressSegment(path string, swapMu *sync.Mutex, account func(orig, comp in
 		err = statErr
 	}
 	if err != nil {
-		os.Remove(tmp)
+		fs.Remove(tmp)
 		return 0, 0, err
 	}
 	swapMu.Lock()
 	defer swapMu.Unlock()
-	if _, err := os.Stat(path); err != nil {
-		os.Remove(tmp)
+	if _, err := fs.Stat(path); err != nil {
+		fs.Remove(tmp)
 		return 0, 0, err // purged meanwhile
 	}
-	err = os.Rename(tmp, path+zstSuffix)
+	err = fs.Rename(tmp, path+zstSuffix)
 	if err == nil {
-		err = syncDir(filepath.Dir(path))
+		err = s.syncDir(fs.PathDir(path))
 	}
 	if err != nil {
-		os.Remove(tmp)
+		fs.Remove(tmp)
 		return 0, 0, err
 	}
 	account(orig, st.Size())
-	if err := os.Remove(path); err != nil {
+	if err := fs.Remove(path); err != nil {
 		return 0, 0, err
 	}
 	return orig, st.Size(), nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // scanCompressed restores the compression figures and queues closed segments that
 // are still plain (the worker may have been stopped or behind). Runs in Open.
 func (g *Group) scanCompressed() {
 	g.compOrig, g.compSize = 0, 0
+	fs := g.store.fs
 	for no := g.m.FirstFile; no > 0 && no < g.m.File; no++ {
 		fi, err := g.store.fileInfo(g.id, no)
 		if err != nil {
@@ -229,10 +224,10 @@ func (g *Group) scanCompressed() {
 		queue := false
 		for k, size := range partSizes(fi) {
 			path := g.partPath(no, k)
-			os.Remove(path + zstSuffix + ".tmp")
-			if st, err := os.Stat(path + zstSuffix); err == nil {
-				if _, err := os.Stat(path); err == nil {
-					os.Remove(path) // compressed copy is complete; finish the swap
+			fs.Remove(path + zstSuffix + ".tmp")
+			if st, err := fs.Stat(path + zstSuffix); err == nil {
+				if _, err := fs.Stat(path); err == nil {
+					fs.Remove(path) // compressed copy is complete; finish the swap
 				}
 				g.compOrig += size
 				g.compSize += uint64(st.Size())

@@ -31,9 +31,8 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// crashChild appends forever, as the apply loop of a busy group would: batches of
-// random size, transactions split over several entries, file rotations, and a Sync
-// now and then. The parent kills it at a random moment.
+// crashChild appends forever, as the apply loop of a busy group would, and reports
+// each Sync. The parent kills it at a random moment.
 func crashChild(dir string) error {
 	st, err := Open(dir, discardLog())
 	if err != nil {
@@ -45,73 +44,121 @@ func crashChild(dir string) error {
 	if err != nil {
 		return err
 	}
-	apply := func(cmd []byte) (sm.Result, error) {
-		index++
-		out, err := g.Update([]sm.Entry{{Index: index, Cmd: cmd}})
-		if err != nil {
-			return sm.Result{}, err
-		}
-		return out[0].Result, nil
-	}
-	res, err := apply(EncodeClaimEpoch())
+	a, err := newAppender(g, index, rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7)))
 	if err != nil {
 		return err
 	}
-	epoch := binary.BigEndian.Uint64(res.Data)
-	t, _ := g.Tail()
-	ordinal, seq := t.Ordinal, t.State[0].Seq
-	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 7))
-	must := func(items []Item, txns uint64) error {
-		r, err := apply((&Append{Epoch: epoch, PrevOrdinal: ordinal, Items: items}).Encode())
+	fmt.Println("ready")
+	for {
+		synced, err := a.step()
 		if err != nil {
 			return err
 		}
-		if r.Value != ResultOK {
-			return fmt.Errorf("rejected: %s", r.Data)
-		}
-		ordinal += txns
-		return nil
-	}
-	if t.File == 0 {
-		if err := must([]Item{newFile("m.000001", binlog.Position{})}, 0); err != nil {
-			return err
-		}
-	}
-	fmt.Println("ready")
-	for {
-		switch r := rnd.IntN(40); {
-		case r == 0:
-			if err := must([]Item{newFile(fmt.Sprintf("m.%06d", seq), nil)}, 0); err != nil {
-				return err
-			}
-		case r < 4:
-			seq++
-			ev := txnEvents(gt(seq), 30000+rnd.IntN(300000))
-			cut := binlog.HeaderLen + 13 + binlog.ChecksumLen // after the GTID event
-			if err := must([]Item{{Txn: &Txn{GTID: gt(seq), First: true, Events: ev[:cut]}}}, 0); err != nil {
-				return err
-			}
-			if err := must([]Item{{Txn: &Txn{GTID: gt(seq), Last: true, Events: ev[cut:]}}}, 1); err != nil {
-				return err
-			}
-		default:
-			var items []Item
-			for n := 1 + rnd.IntN(20); n > 0; n-- {
-				seq++
-				items = append(items, txn(gt(seq), 50+rnd.IntN(20000)))
-			}
-			if err := must(items, uint64(len(items))); err != nil {
-				return err
-			}
-		}
-		if rnd.IntN(3) == 0 {
-			if err := g.Sync(); err != nil {
-				return err
-			}
+		if synced {
 			// Everything up to here must survive the kill (the parent checks).
-			fmt.Println("synced", ordinal)
+			fmt.Println("synced", a.ordinal)
 		}
 	}
+}
+
+// appender drives a group as the apply loop of a busy group would: batches of random
+// size, transactions split over two entries, file rotations, and a Sync now and then.
+// It starts with a new epoch, as a new leader's syncer does, which drops the pieces of
+// a transaction left incomplete.
+type appender struct {
+	g                          *Group
+	rnd                        *rand.Rand
+	index, epoch, ordinal, seq uint64
+	// purge lets steps purge every file but the current one now and then.
+	purge bool
+}
+
+func newAppender(g *Group, index uint64, rnd *rand.Rand) (*appender, error) {
+	a := &appender{g: g, rnd: rnd, index: index}
+	res, err := a.apply(EncodeClaimEpoch())
+	if err != nil {
+		return nil, err
+	}
+	a.epoch = binary.BigEndian.Uint64(res.Data)
+	t, _ := g.Tail()
+	a.ordinal, a.seq = t.Ordinal, t.State[0].Seq
+	if t.File == 0 {
+		if err := a.must([]Item{newFile("m.000001", binlog.Position{})}, 0); err != nil {
+			return nil, err
+		}
+	}
+	return a, nil
+}
+
+func (a *appender) apply(cmd []byte) (sm.Result, error) {
+	a.index++
+	out, err := a.g.Update([]sm.Entry{{Index: a.index, Cmd: cmd}})
+	if err != nil {
+		return sm.Result{}, err
+	}
+	return out[0].Result, nil
+}
+
+func (a *appender) must(items []Item, txns uint64) error {
+	r, err := a.apply((&Append{Epoch: a.epoch, PrevOrdinal: a.ordinal, Items: items}).Encode())
+	if err != nil {
+		return err
+	}
+	if r.Value != ResultOK {
+		return fmt.Errorf("rejected: %s", r.Data)
+	}
+	a.ordinal += txns
+	return nil
+}
+
+// leavePending applies the first piece of a transaction and not the rest, as a
+// leader that loses its term mid-transaction does.
+func (a *appender) leavePending() error {
+	ev := txnEvents(gt(a.seq+1), 1000)
+	cut := binlog.HeaderLen + 13 + binlog.ChecksumLen
+	return a.must([]Item{{Txn: &Txn{GTID: gt(a.seq + 1), First: true, Events: ev[:cut]}}}, 0)
+}
+
+// step applies one command (two for a split transaction) and reports whether it then
+// synced: everything appended so far must survive any crash from then on.
+func (a *appender) step() (synced bool, err error) {
+	switch r := a.rnd.IntN(40); {
+	case r == 0:
+		if err := a.must([]Item{newFile(fmt.Sprintf("m.%06d", a.seq), nil)}, 0); err != nil {
+			return false, err
+		}
+		// Purge everything but the new file, often right away: its first records
+		// are then all that is left.
+		if a.purge && a.rnd.IntN(2) == 0 {
+			t, _ := a.g.Tail()
+			if res, err := a.apply(EncodePurge(t.File)); err != nil || res.Value != ResultOK {
+				return false, fmt.Errorf("purge before %d: %v %s", t.File, err, res.Data)
+			}
+		}
+	case r < 4:
+		a.seq++
+		ev := txnEvents(gt(a.seq), 30000+a.rnd.IntN(300000))
+		cut := binlog.HeaderLen + 13 + binlog.ChecksumLen // after the GTID event
+		if err := a.must([]Item{{Txn: &Txn{GTID: gt(a.seq), First: true, Events: ev[:cut]}}}, 0); err != nil {
+			return false, err
+		}
+		if err := a.must([]Item{{Txn: &Txn{GTID: gt(a.seq), Last: true, Events: ev[cut:]}}}, 1); err != nil {
+			return false, err
+		}
+	default:
+		var items []Item
+		for n := 1 + a.rnd.IntN(20); n > 0; n-- {
+			a.seq++
+			items = append(items, txn(gt(a.seq), 50+a.rnd.IntN(20000)))
+		}
+		if err := a.must(items, uint64(len(items))); err != nil {
+			return false, err
+		}
+	}
+	if a.rnd.IntN(3) != 0 {
+		return false, nil
+	}
+	return true, a.g.Sync()
 }
 
 // TestCrashRecovery kills an appending process with SIGKILL at random moments, 50
@@ -165,7 +212,9 @@ func TestCrashRecovery(t *testing.T) {
 		durable := <-synced
 		cmd.Wait()
 
-		seq := verifyPrefix(t, dir, rnd)
+		h := newHarness(t, dir)
+		seq := verifyPrefix(t, h, rnd)
+		h.close()
 		if seq < lastSeq {
 			t.Fatalf("round %d: state went back from transaction %d to %d", round, lastSeq, seq)
 		}
@@ -183,18 +232,18 @@ func TestCrashRecovery(t *testing.T) {
 	t.Logf("%d SIGKILL rounds (%d after a Sync); %d transactions survived, each state a valid prefix with a consistent index holding everything synced", rounds, syncedRounds, lastSeq)
 }
 
-// verifyPrefix opens the store like a restarted node and checks it; it returns the
+// verifyPrefix checks a store just opened like a restarted node's; it returns the
 // last transaction's sequence number.
-func verifyPrefix(t *testing.T, dir string, rnd *rand.Rand) uint64 {
+func verifyPrefix(t *testing.T, h *harness, rnd *rand.Rand) uint64 {
 	t.Helper()
-	h := newHarness(t, dir)
-	defer h.close()
 	tail, _ := h.g.Tail()
 	if tail.File == 0 {
 		return 0
 	}
-	recs := readAll(t, h.g, Start{File: 1, Served: 4}) // checks log_pos and checksums too
-	var seq uint64
+	// Transactions before the oldest file held were purged.
+	base := h.g.fileStart(tail.FirstFile)[0].Seq
+	recs := readAll(t, h.g, Start{File: tail.FirstFile, Served: 4}) // checks log_pos and checksums too
+	seq := base
 	var starts []Start
 	for i, r := range recs {
 		switch r.Type {
@@ -216,8 +265,9 @@ func verifyPrefix(t *testing.T, dir string, rnd *rand.Rand) uint64 {
 	}
 	// The index finds every sampled transaction where the segments have it.
 	for i := 0; i < 40 && len(starts) > 1; i++ {
-		k := 1 + rnd.IntN(len(starts)-1) // transaction k+1 follows transaction k
-		s, err := h.g.Locate(binlog.Position{0: gt(uint64(k))})
+		i := 1 + rnd.IntN(len(starts)-1)
+		k := base + uint64(i) // transaction k+1 follows transaction k
+		s, err := h.g.Locate(binlog.Position{0: gt(k)})
 		if err != nil {
 			t.Fatalf("locate after transaction %d: %v", k, err)
 		}
@@ -233,8 +283,8 @@ func verifyPrefix(t *testing.T, dir string, rnd *rand.Rand) uint64 {
 			if r.Type != recTxn {
 				continue // the Rotate and header between files
 			}
-			if g, _ := TxnGTID(r.Payload); g.Seq != uint64(k+1) || r.Pos != starts[k].Served {
-				t.Fatalf("index points after transaction %d to %v at %d, segments have it at %d", k, g, r.Pos, starts[k].Served)
+			if g, _ := TxnGTID(r.Payload); g.Seq != k+1 || r.Pos != starts[i].Served {
+				t.Fatalf("index points after transaction %d to %v at %d, segments have it at %d", k, g, r.Pos, starts[i].Served)
 			}
 			break
 		}

@@ -5,10 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,8 +109,8 @@ type Group struct {
 
 	// Touched only by dragonboat's update goroutine (Open, Update, Sync, Close).
 	m           meta
-	seg         *os.File            // the current file's last part, open for appending
-	dirty       map[string]*os.File // parts written since the last Sync, by path
+	seg         *segFile            // the current file's last part, open for appending
+	dirty       map[string]*segFile // parts written since the last Sync, by path
 	startStates map[uint64]binlog.Position
 
 	mu      sync.Mutex // guards tail, changed, closed for readers
@@ -150,7 +147,9 @@ const BaseName = "flotilla-bin"
 func (g *Group) segPath(no uint64) string { return g.partPath(no, 0) }
 
 // partPath is the path of part k of a file's segment.
-func (g *Group) partPath(no uint64, k int) string { return filepath.Join(g.dir, partName(no, k)) }
+func (g *Group) partPath(no uint64, k int) string {
+	return g.store.fs.PathJoin(g.dir, partName(no, k))
+}
 
 // partName is the name of part k of a file's segment.
 func partName(no uint64, k int) string {
@@ -164,7 +163,7 @@ func partName(no uint64, k int) string {
 // compressed or a compression temp file).
 func parseSegName(name string) (no uint64, part int, ok bool) {
 	base, _, _ := strings.Cut(name, ".seg")
-	if !strings.Contains(name, ".seg") {
+	if !strings.Contains(name, ".seg") || strings.HasSuffix(name, truncSuffix) {
 		return 0, 0, false
 	}
 	a, b, two := strings.Cut(base, ".")
@@ -203,8 +202,11 @@ func partStart(starts []uint64, k int) uint64 {
 // Open loads the group's state, truncates any torn or unapplied tail of the current
 // segment and returns the last applied raft index.
 func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
-	if err := os.MkdirAll(g.dir, 0o755); err != nil {
+	if err := g.store.mkdirAll(g.dir); err != nil {
 		return 0, fmt.Errorf("group %d: create %s: %w", g.id, g.dir, err)
+	}
+	if err := g.store.removeTruncLeftovers(g.dir); err != nil {
+		return 0, fmt.Errorf("group %d: remove the copy of an interrupted truncation: %w", g.id, err)
 	}
 	v, closer, err := g.store.db.Get(metaKey(g.id))
 	switch {
@@ -233,19 +235,19 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	// write never landed, and older ones than the first were being purged: neither is
 	// part of the applied state.
 	cur := len(g.m.PartStarts)
-	entries, _ := os.ReadDir(g.dir)
-	for _, e := range entries {
-		no, part, ok := parseSegName(e.Name())
+	for _, name := range g.store.list(g.dir) {
+		no, part, ok := parseSegName(name)
 		if ok && (no > g.m.File || no < g.m.FirstFile || no == g.m.File && part > cur) {
-			if err := os.Remove(filepath.Join(g.dir, e.Name())); err != nil {
-				return 0, fmt.Errorf("group %d: remove unapplied segment %s: %w", g.id, e.Name(), err)
+			if err := g.store.fs.Remove(g.store.fs.PathJoin(g.dir, name)); err != nil {
+				return 0, fmt.Errorf("group %d: remove unapplied segment %s: %w", g.id, name, err)
 			}
 		}
 	}
 	if g.m.File > 0 {
 		base := partStart(g.m.PartStarts, cur)
 		path := g.partPath(g.m.File, cur)
-		f, err := os.OpenFile(path, os.O_RDWR, 0o644)
+		want := g.m.PartSeg - base
+		f, err := g.store.openSeg(path, int64(want))
 		if err != nil {
 			return 0, fmt.Errorf("group %d: open current segment: %w", g.id, err)
 		}
@@ -254,7 +256,6 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 			f.Close()
 			return 0, fmt.Errorf("group %d: stat segment: %w", g.id, err)
 		}
-		want := g.m.PartSeg - base
 		if uint64(st.Size()) < want {
 			f.Close()
 			return 0, fmt.Errorf("group %d: segment %s holds %d bytes but the index says %d were applied: data was lost; rebuild this replica from a peer",
@@ -262,16 +263,15 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 		}
 		if uint64(st.Size()) > want {
 			g.log.Info("truncating unapplied segment tail", "group", g.id, "file", g.m.File, "part", cur, "from", st.Size(), "to", want)
-			if err := f.Truncate(int64(want)); err != nil {
+			if err := g.store.truncate(f, int64(want)); err != nil {
 				f.Close()
 				return 0, fmt.Errorf("group %d: truncate torn tail: %w", g.id, err)
 			}
 		}
-		if _, err := f.Seek(int64(want), io.SeekStart); err != nil {
-			f.Close()
-			return 0, fmt.Errorf("group %d: seek segment: %w", g.id, err)
-		}
 		g.seg = f
+	}
+	if err := g.syncRecent(); err != nil {
+		return 0, err
 	}
 	g.mu.Lock()
 	g.scanCompressed()
@@ -517,7 +517,7 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 		if err := g.flushSegment(bt); err != nil {
 			return err
 		}
-		startWriteback(g.seg)
+		startWriteback(g.seg.File)
 	}
 	return nil
 }
@@ -532,7 +532,7 @@ func (g *Group) rollPart(bt *batch) error {
 		return err
 	}
 	k := len(g.m.PartStarts) + 1
-	f, err := os.OpenFile(g.partPath(g.m.File, k), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	f, err := g.store.createSeg(g.partPath(g.m.File, k))
 	if err != nil {
 		return fmt.Errorf("group %d: create segment part: %w", g.id, err)
 	}
@@ -596,7 +596,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	g.m.Checksummed = fde.Checksummed()
 	g.m.ServerID = nf.ServerID
 	g.m.UpstreamFile = nf.UpstreamFile
-	f, err := os.OpenFile(g.segPath(g.m.File), os.O_CREATE|os.O_RDWR|os.O_TRUNC, 0o644)
+	f, err := g.store.createSeg(g.segPath(g.m.File))
 	if err != nil {
 		return fmt.Errorf("group %d: create segment: %w", g.id, err)
 	}
@@ -686,7 +686,7 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 	if f.Name() != path {
 		if h, ok := g.dirty[path]; ok {
 			f = h
-		} else if f, err = os.OpenFile(path, os.O_RDWR, 0o644); err != nil {
+		} else if f, err = g.store.openSeg(path, 0); err != nil {
 			return fmt.Errorf("group %d: reopen segment part: %w", g.id, err)
 		}
 	}
@@ -695,11 +695,9 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
 	}
 	end := off + int64(len(rec))
-	if err := f.Truncate(end); err != nil {
-		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("group %d: fsync segment %s: %w", g.id, path, err)
+	// truncate syncs: the record is durable before any later part goes.
+	if err := g.store.truncate(f, end); err != nil {
+		return fmt.Errorf("group %d: drop incomplete transaction in %s: %w", g.id, path, err)
 	}
 	for k := len(g.m.PartStarts); k > keepParts; k-- {
 		p := g.partPath(g.m.File, k)
@@ -709,16 +707,13 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 		} else if g.seg.Name() == p {
 			g.seg.Close()
 		}
-		if err := os.Remove(p); err != nil {
+		if err := g.store.fs.Remove(p); err != nil {
 			return fmt.Errorf("group %d: drop segment part: %w", g.id, err)
 		}
 	}
 	g.seg = f
 	delete(g.dirty, path)
 	g.newFiles = true // part removals: the commit that follows fsyncs the directory
-	if _, err := g.seg.Seek(end, io.SeekStart); err != nil {
-		return fmt.Errorf("group %d: seek segment: %w", g.id, err)
-	}
 	if err := bt.b.DeleteRange(posKey(g.id, g.m.File, g.m.FileSize), posKey(g.id, g.m.File+1, 0), nil); err != nil {
 		return fmt.Errorf("group %d: unindex incomplete transaction: %w", g.id, err)
 	}
@@ -793,7 +788,7 @@ func (g *Group) syncSegments() error {
 		delete(g.dirty, path)
 	}
 	if g.newFiles && segErr == nil {
-		if err := syncDir(g.dir); err != nil {
+		if err := g.store.syncDir(g.dir); err != nil {
 			segErr = fmt.Errorf("group %d: fsync directory %s: %w", g.id, g.dir, err)
 		} else {
 			g.newFiles = false

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -50,7 +51,13 @@ func newHarness(t testing.TB, dir string) *harness {
 // newHarnessSized opens a store whose segment parts roll at size bytes.
 func newHarnessSized(t testing.TB, dir string, size uint64) *harness {
 	t.Helper()
-	st, err := Open(dir, discardLog())
+	return newHarnessOn(t, vfs.Default, dir, size)
+}
+
+// newHarnessOn opens the store on the filesystem fs.
+func newHarnessOn(t testing.TB, fs vfs.FS, dir string, size uint64) *harness {
+	t.Helper()
+	st, err := OpenFS(fs, dir, discardLog())
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -75,14 +75,14 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 				f.Close()
 				delete(g.dirty, path)
 			}
-			if st, err := os.Stat(path + zstSuffix); err == nil {
+			if st, err := g.store.fs.Stat(path + zstSuffix); err == nil {
 				g.mu.Lock()
 				g.compOrig -= min(g.compOrig, size)
 				g.compSize -= min(g.compSize, uint64(st.Size()))
 				g.mu.Unlock()
 			}
 			for _, p := range []string{path, path + zstSuffix} {
-				if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+				if err := g.store.fs.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 					return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, p, err)
 				}
 			}

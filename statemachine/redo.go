@@ -9,6 +9,7 @@ import (
 	"os"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
@@ -40,53 +41,100 @@ type redoScan struct {
 	pending     *pendingTxn
 	prevIdx     uint64
 	r           segmentReader
-	size        int64    // of the part r reads, or -1 if unknown (compressed)
-	read        []string // plain part files read, fsynced before the result is committed
+	size        int64 // of the part r reads, or -1 if unknown (compressed)
 }
 
 // errScanEnd marks the clean end of the segments (no further part or file).
 var errScanEnd = errors.New("end of segments")
 
-// indexAhead reports whether the index claims segment bytes that are not there: a
-// power loss wrote back the index's WAL (other groups' synced commits carry it) but
-// not the segment pages it describes. It checks every part of the current file and
-// of the file before it, the only ones written since their last fsync (closing a file
-// fsyncs it).
-func (g *Group) indexAhead() bool {
+// recentPart is a segment part that may have been written since its last fsync, and
+// the plain size the index says it has.
+type recentPart struct {
+	no   uint64
+	k    int
+	size uint64
+}
+
+// recentParts lists every part of the current file and of the file before it: the
+// only ones written since their last fsync (the commit that closes a file after the
+// first fsyncs the segments). An error means the index names a file it cannot
+// describe.
+func (g *Group) recentParts() ([]recentPart, error) {
 	if g.m.File == 0 {
-		return false
+		return nil, nil
 	}
-	short := func(no uint64, k int, want uint64) bool {
-		path := g.partPath(no, k)
-		st, err := os.Stat(path)
-		if errors.Is(err, os.ErrNotExist) {
-			_, zerr := os.Stat(path + zstSuffix) // compressed copies are fsynced before the swap
-			return zerr != nil
-		}
-		return err != nil || uint64(st.Size()) < want
-	}
+	var out []recentPart
 	cur := len(g.m.PartStarts)
 	for k := 0; k <= cur; k++ {
 		end := g.m.PartSeg
 		if k < cur {
 			end = g.m.PartStarts[k]
 		}
-		if short(g.m.File, k, end-partStart(g.m.PartStarts, k)) {
-			return true
-		}
+		out = append(out, recentPart{no: g.m.File, k: k, size: end - partStart(g.m.PartStarts, k)})
 	}
 	if prev := g.m.File - 1; prev > 0 && prev >= g.m.FirstFile {
 		fi, err := g.store.fileInfo(g.id, prev)
 		if err != nil {
-			return true
+			return nil, err
 		}
 		for k, size := range partSizes(fi) {
-			if short(prev, k, size) {
+			out = append(out, recentPart{no: prev, k: k, size: size})
+		}
+	}
+	return out, nil
+}
+
+// indexAhead reports whether the index claims segment bytes that are not there: a
+// power loss wrote back the index's WAL (other groups' synced commits carry it) but
+// not the segment pages it describes.
+func (g *Group) indexAhead() bool {
+	parts, err := g.recentParts()
+	if err != nil {
+		return true
+	}
+	for _, p := range parts {
+		path := g.partPath(p.no, p.k)
+		st, err := g.store.fs.Stat(path)
+		if errors.Is(err, os.ErrNotExist) {
+			if _, zerr := g.store.fs.Stat(path + zstSuffix); zerr != nil { // compressed copies are fsynced before the swap
 				return true
 			}
+			continue
+		}
+		if err != nil || uint64(st.Size()) < p.size {
+			return true
 		}
 	}
 	return false
+}
+
+// syncRecent fsyncs the recent parts and the group's directory. Open calls it: the
+// state it reports to dragonboat must survive a power loss, yet after a process crash
+// the segments it found may be in the page cache only, and nothing else would ever
+// fsync a part closed before the crash.
+func (g *Group) syncRecent() error {
+	parts, err := g.recentParts()
+	if err != nil {
+		return fmt.Errorf("group %d: list recent segments: %w", g.id, err)
+	}
+	for _, p := range parts {
+		path := g.partPath(p.no, p.k)
+		f, err := g.store.fs.Open(path)
+		if errors.Is(err, os.ErrNotExist) {
+			continue // compressed: fsynced before the swap
+		}
+		if err == nil {
+			err = f.Sync()
+			f.Close()
+		}
+		if err != nil {
+			return fmt.Errorf("group %d: fsync %s: %w", g.id, path, err)
+		}
+	}
+	if err := g.store.syncDir(g.dir); err != nil {
+		return fmt.Errorf("group %d: fsync %s: %w", g.id, g.dir, err)
+	}
+	return nil
 }
 
 // rebuildIndex replaces the group's index with one derived from all its segments,
@@ -97,9 +145,8 @@ func (g *Group) rebuildIndex() error {
 	// Purges commit the index with fsyncs, so its first file is exact; older segment
 	// files are leftovers of a purge that was interrupted.
 	var first uint64
-	entries, _ := os.ReadDir(g.dir)
-	for _, e := range entries {
-		if no, _, ok := parseSegName(e.Name()); ok && no >= g.m.FirstFile && (first == 0 || no < first) {
+	for _, name := range g.store.list(g.dir) {
+		if no, _, ok := parseSegName(name); ok && no >= g.m.FirstFile && (first == 0 || no < first) {
 			first = no
 		}
 	}
@@ -247,8 +294,9 @@ func (g *Group) redo(fresh bool) error {
 	return g.finishRedo(s, done, last, updates, fresh)
 }
 
-// finishRedo commits what redo found, durably: the segments it read may not have
-// been fsynced before the crash.
+// finishRedo commits what redo found. Without an fsync: Open fsyncs the segments it
+// read (syncRecent) before it reports the state, and should the index commit be lost,
+// the next Open redoes it from those segments.
 func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int, fresh bool) error {
 	if last == nil && fresh {
 		return fmt.Errorf("group %d: no complete batch found in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, FileName(g.m.File))
@@ -266,20 +314,6 @@ func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates 
 		g.m.PartSeg = last.PartSeg
 		return nil
 	}
-	for _, path := range s.read {
-		f, err := os.Open(path)
-		if err != nil {
-			return fmt.Errorf("group %d: redo: reopen %s to fsync it: %w", g.id, path, err)
-		}
-		err = f.Sync()
-		f.Close()
-		if err != nil {
-			return fmt.Errorf("group %d: redo: fsync %s: %w", g.id, path, err)
-		}
-	}
-	if err := syncDir(g.dir); err != nil {
-		return fmt.Errorf("group %d: redo: fsync %s: %w", g.id, g.dir, err)
-	}
 	mv, err := json.Marshal(last)
 	if err != nil {
 		return fmt.Errorf("group %d: redo: encode meta: %w", g.id, err)
@@ -287,7 +321,7 @@ func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates 
 	if err := done.Set(metaKey(g.id), mv, nil); err != nil {
 		return fmt.Errorf("group %d: redo: %w", g.id, err)
 	}
-	if err := done.Commit(pebble.Sync); err != nil {
+	if err := done.Commit(pebble.NoSync); err != nil {
 		return fmt.Errorf("group %d: redo: commit index: %w", g.id, err)
 	}
 	g.log.Info("rolled the index forward from the segments", "from_applied", g.m.Applied, "to_applied", last.Applied, "updates", updates)
@@ -308,8 +342,7 @@ func (s *redoScan) next() (recordHeader, []byte, error) {
 				return recordHeader{}, nil, err
 			}
 			s.r, s.size = r, -1
-			if f, plain := r.(*os.File); plain {
-				s.read = append(s.read, s.g.partPath(s.file, s.part))
+			if f, plain := r.(vfs.File); plain {
 				if st, err := f.Stat(); err == nil {
 					s.size = st.Size()
 				}

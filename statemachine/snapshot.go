@@ -8,9 +8,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Snapshot stream layout:
@@ -213,10 +213,11 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 		}
 	}
 	tmp := g.dir + ".recover"
-	if err := os.RemoveAll(tmp); err != nil {
+	fs := g.store.fs
+	if err := fs.RemoveAll(tmp); err != nil {
 		return fmt.Errorf("group %d: clear %s: %w", g.id, tmp, err)
 	}
-	if err := os.MkdirAll(tmp, 0o755); err != nil {
+	if err := fs.MkdirAll(tmp, 0o700); err != nil {
 		return fmt.Errorf("group %d: create %s: %w", g.id, tmp, err)
 	}
 	if n, err = u64(); err != nil {
@@ -235,11 +236,11 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 		if part > 1<<20 {
 			return fmt.Errorf("group %d: snapshot names segment part %d", g.id, part)
 		}
-		f, err := os.Create(filepath.Join(tmp, partName(no, int(part))))
+		f, err := fs.Create(fs.PathJoin(tmp, partName(no, int(part))), vfs.WriteCategoryUnspecified)
 		if err != nil {
 			return fmt.Errorf("group %d: restore segment: %w", g.id, err)
 		}
-		_, err = io.CopyN(f, br, int64(size))
+		_, err = io.CopyN(&fileWriter{f: f}, br, int64(size))
 		if err == nil {
 			err = f.Sync()
 		}
@@ -249,22 +250,22 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 		}
 	}
 	// The restored files' directory entries are durable before they are installed.
-	if err := syncDir(tmp); err != nil {
+	if err := g.store.syncDir(tmp); err != nil {
 		return fmt.Errorf("group %d: sync restored segments: %w", g.id, err)
 	}
 	// Swap: close our files, move the new directory in, then commit the index.
 	g.closeFiles()
 	old := g.dir + ".old"
-	_ = os.RemoveAll(old)
-	if err := os.Rename(g.dir, old); err != nil && !os.IsNotExist(err) {
+	_ = fs.RemoveAll(old)
+	if err := fs.Rename(g.dir, old); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("group %d: move old segments aside: %w", g.id, err)
 	}
-	if err := os.Rename(tmp, g.dir); err != nil {
+	if err := fs.Rename(tmp, g.dir); err != nil {
 		return fmt.Errorf("group %d: install snapshot segments: %w", g.id, err)
 	}
 	// The renames are durable before the index that describes the new segments is
 	// committed: after a power loss the index never names segments still in tmp.
-	if err := syncDir(filepath.Dir(g.dir)); err != nil {
+	if err := g.store.syncDir(fs.PathDir(g.dir)); err != nil {
 		return fmt.Errorf("group %d: sync installed snapshot: %w", g.id, err)
 	}
 	mv, _ = json.Marshal(&m)
@@ -274,7 +275,7 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	if err := b.Commit(pebble.Sync); err != nil {
 		return fmt.Errorf("group %d: commit restored index: %w", g.id, err)
 	}
-	_ = os.RemoveAll(old)
+	_ = fs.RemoveAll(old)
 	clear(g.startStates)
 	if _, err := g.Open(done); err != nil {
 		return err

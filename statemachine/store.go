@@ -5,12 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -21,6 +20,7 @@ import (
 // and a directory of segment files per group.
 type Store struct {
 	db  *pebble.DB
+	fs  vfs.FS
 	dir string
 	log *slog.Logger
 
@@ -40,16 +40,22 @@ const DefaultSegmentSize = 256 << 20
 // Small parts make compression and purge finer-grained; 0 keeps one part per file.
 func (s *Store) SetSegmentSize(n uint64) { s.segmentSize = n }
 
-// Open opens (creating if needed) the store under dir.
-func Open(dir string, log *slog.Logger) (*Store, error) {
-	if err := os.MkdirAll(filepath.Join(dir, "groups"), 0o755); err != nil {
+// Open opens (creating if needed) the store under dir on the operating system's
+// filesystem.
+func Open(dir string, log *slog.Logger) (*Store, error) { return OpenFS(vfs.Default, dir, log) }
+
+// OpenFS is Open on the filesystem fs, which holds both the index and the segments
+// (tests pass pebble's crashable in-memory filesystem).
+func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
+	s := &Store{fs: fs, dir: dir, log: log}
+	if err := s.mkdirAll(fs.PathJoin(dir, "groups")); err != nil {
 		return nil, fmt.Errorf("storage: create %s: %w", dir, err)
 	}
-	db, err := pebble.Open(filepath.Join(dir, "index"), &pebble.Options{Logger: quietLogger{log}})
+	db, err := pebble.Open(fs.PathJoin(dir, "index"), &pebble.Options{FS: fs, Logger: quietLogger{log}})
 	if err != nil {
 		return nil, fmt.Errorf("storage: open index in %s: %w", dir, err)
 	}
-	s := &Store{db: db, dir: dir, log: log, groups: map[uint64]*Group{},
+	*s = Store{db: db, fs: fs, dir: dir, log: log, groups: map[uint64]*Group{},
 		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize}
 	go s.compressLoop()
 	return s, nil
@@ -74,9 +80,9 @@ func (s *Store) NewGroup(clusterID, nodeID uint64) sm.IOnDiskStateMachine {
 		store:       s,
 		id:          clusterID,
 		node:        nodeID,
-		dir:         filepath.Join(s.dir, "groups", strconv.FormatUint(clusterID, 10)),
+		dir:         s.fs.PathJoin(s.dir, "groups", strconv.FormatUint(clusterID, 10)),
 		log:         s.log.With("group", clusterID),
-		dirty:       map[string]*os.File{},
+		dirty:       map[string]*segFile{},
 		startStates: map[uint64]binlog.Position{},
 		changed:     make(chan struct{}),
 		reading:     map[*Cursor]uint64{},
@@ -109,7 +115,7 @@ func (s *Store) RemoveGroupData(id uint64) error {
 	if err := s.db.DeleteRange(groupPrefix(id), groupEnd(id), pebble.Sync); err != nil {
 		return fmt.Errorf("storage: drop index of group %d: %w", id, err)
 	}
-	if err := os.RemoveAll(filepath.Join(s.dir, "groups", strconv.FormatUint(id, 10))); err != nil {
+	if err := s.fs.RemoveAll(s.fs.PathJoin(s.dir, "groups", strconv.FormatUint(id, 10))); err != nil {
 		return fmt.Errorf("storage: remove segments of group %d: %w", id, err)
 	}
 	return nil

@@ -2,7 +2,7 @@
 
 package statemachine
 
-import "os"
+import "github.com/cockroachdb/pebble/v2/vfs"
 
 // startWriteback is a no-op where sync_file_range does not exist.
-func startWriteback(*os.File) {}
+func startWriteback(vfs.File) {}

@@ -1,0 +1,178 @@
+package statemachine
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+)
+
+// Every file the storage touches goes through the store's vfs.FS (pebble's, which the
+// index uses too). In production that is the operating system's; the power-loss test
+// runs the whole store on pebble's crashable in-memory filesystem, which keeps only
+// what was synced, so each fsync below is proven needed, not assumed.
+//
+// Invariants kept here:
+//   - a new file or directory entry is durable only after its directory is synced
+//     (syncDir; mkdirAll syncs the parent of every directory it creates);
+//   - writes go through WriteAt at an offset the caller tracks (fileWriter): pebble's
+//     vfs.File.Write may scribble over its argument, WriteAt does not;
+//   - a truncation is durable when truncateFile returns.
+
+// truncSuffix names the copy a filesystem without truncation builds (see
+// truncateFile); Open removes leftovers of an interrupted one.
+const truncSuffix = ".trunc"
+
+// syncDir makes the entries of dir durable: files created, renamed or removed in it.
+func (s *Store) syncDir(dir string) error {
+	d, err := s.fs.OpenDir(dir)
+	if err != nil {
+		return err
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// mkdirAll creates dir and any missing parents, syncing the parent of each directory
+// it creates, so that the directory survives a power loss with what it will hold.
+func (s *Store) mkdirAll(dir string) error {
+	var missing []string
+	for d := dir; ; d = s.fs.PathDir(d) {
+		if _, err := s.fs.Stat(d); err == nil {
+			break
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+		missing = append(missing, d)
+		if s.fs.PathDir(d) == d {
+			break
+		}
+	}
+	if err := s.fs.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	for i := len(missing) - 1; i >= 0; i-- {
+		if err := s.syncDir(s.fs.PathDir(missing[i])); err != nil {
+			return fmt.Errorf("sync the directory holding %s: %w", missing[i], err)
+		}
+	}
+	return nil
+}
+
+// list returns the names in dir, or none if it cannot be read.
+func (s *Store) list(dir string) []string {
+	names, _ := s.fs.List(dir)
+	return names
+}
+
+// fileWriter appends to a vfs.File at the offset it tracks.
+type fileWriter struct {
+	f   vfs.File
+	off int64
+}
+
+func (w *fileWriter) Write(p []byte) (int, error) {
+	n, err := w.f.WriteAt(p, w.off)
+	w.off += int64(n)
+	return n, err
+}
+
+// segFile is a segment part open for appending: the file, its path and where the next
+// record goes.
+type segFile struct {
+	vfs.File
+	path string
+	w    fileWriter
+}
+
+func (s *Store) createSeg(path string) (*segFile, error) {
+	f, err := s.fs.Create(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return nil, err
+	}
+	return &segFile{File: f, path: path, w: fileWriter{f: f}}, nil
+}
+
+// openSeg opens an existing part for appending at off.
+func (s *Store) openSeg(path string, off int64) (*segFile, error) {
+	f, err := s.fs.OpenReadWrite(path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return nil, err
+	}
+	return &segFile{File: f, path: path, w: fileWriter{f: f, off: off}}, nil
+}
+
+// Name is the part's path.
+func (f *segFile) Name() string { return f.path }
+
+// Write appends p at the part's end.
+func (f *segFile) Write(p []byte) (int, error) { return f.w.Write(p) }
+
+// truncater is the optional method of files that can be cut in place: the operating
+// system's files have it (pebble's wrap *os.File), pebble's MemFS does not.
+type truncater interface{ Truncate(size int64) error }
+
+// truncate cuts the part to size, durably, and appends after it from then on.
+//
+// Where the filesystem cannot truncate, the prefix is copied to a new file, synced and
+// renamed over the part, and the directory synced: a power loss leaves either the old
+// part (the caller's redo handles it as before the cut) or the cut one.
+func (s *Store) truncate(f *segFile, size int64) error {
+	if t, ok := f.File.(truncater); ok {
+		if err := t.Truncate(size); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+		f.w.off = size
+		return nil
+	}
+	tmp := f.path + truncSuffix
+	out, err := s.fs.Create(tmp, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	_, err = io.Copy(&fileWriter{f: out}, io.NewSectionReader(f.File, 0, size))
+	if err == nil {
+		err = out.Sync()
+	}
+	if cerr := out.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = s.fs.Rename(tmp, f.path)
+	}
+	if err == nil {
+		err = s.syncDir(s.fs.PathDir(f.path))
+	}
+	if err != nil {
+		_ = s.fs.Remove(tmp)
+		return err
+	}
+	nf, err := s.fs.OpenReadWrite(f.path, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	f.File.Close()
+	f.File, f.w = nf, fileWriter{f: nf, off: size}
+	return nil
+}
+
+// removeTruncLeftovers deletes copies an interrupted truncate left in dir.
+func (s *Store) removeTruncLeftovers(dir string) error {
+	for _, name := range s.list(dir) {
+		if strings.HasSuffix(name, truncSuffix) {
+			if err := s.fs.Remove(s.fs.PathJoin(dir, name)); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
