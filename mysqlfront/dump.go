@@ -208,44 +208,78 @@ func fileFDE(g *statemachine.Group, file uint64) ([]byte, bool, error) {
 // [0x00][event], into a buffer written to the replica at each position report (the
 // end of a record: a transaction, a heartbeat), so a large transaction costs a write
 // per 64 KiB instead of one per event. It records the replica's position for status.
+//
+// Framing streams: an event arriving in parts (EventPart) is framed as its bytes come,
+// from the size in its header, so no event is ever held whole.
 type eventWriter struct {
 	ss   *session
 	out  *bufio.Writer
 	reg  *replicaInfo
 	sent func(n int)
+	// left is how many payload bytes of the event being framed are still to come
+	// (its 0x00 prefix included), pkt how many the current packet still takes, and
+	// full whether that packet is of the maximum size.
+	left, pkt int
+	full      bool
 }
 
 // Event implements EventSink. A write error is also remembered by out: the events
 // after it fail too.
-func (w *eventWriter) Event(ev []byte) error {
+func (w *eventWriter) Event(ev []byte) error { return w.frame(ev) }
+
+// EventPart implements EventSink; each part goes to the replica before it returns,
+// so a slow replica costs its write deadline per part, not per event.
+func (w *eventWriter) EventPart(part []byte) error {
+	if err := w.frame(part); err != nil {
+		return err
+	}
+	return w.flush()
+}
+
+// frame writes event bytes as dump packet payload, starting a new event (and its 0x00
+// prefix) when the previous one is complete.
+func (w *eventWriter) frame(b []byte) error {
+	if w.left == 0 {
+		if len(b) < binlog.HeaderLen {
+			return fmt.Errorf("an event to send begins with %d bytes, fewer than its header", len(b))
+		}
+		w.left = int(binary.LittleEndian.Uint32(b[9:])) + 1
+		if err := w.payload([]byte{0x00}); err != nil {
+			return err
+		}
+	}
+	return w.payload(b)
+}
+
+// payload writes b into packets of at most mysql.MaxPayloadLen bytes.
+func (w *eventWriter) payload(b []byte) error {
 	c := w.ss.c
-	payload := len(ev) + 1
-	first := true
-	for first || payload > 0 {
-		n := min(payload, mysql.MaxPayloadLen)
-		hdr := [4]byte{byte(n), byte(n >> 8), byte(n >> 16), c.Sequence}
-		c.Sequence++
-		if _, err := w.out.Write(hdr[:]); err != nil {
-			return w.closed(err)
-		}
-		body := n
-		if first {
-			if err := w.out.WriteByte(0x00); err != nil {
-				return w.closed(err)
-			}
-			body--
-		}
-		if _, err := w.out.Write(ev[:body]); err != nil {
-			return w.closed(err)
-		}
-		ev, payload, first = ev[body:], payload-n, false
-		if n == mysql.MaxPayloadLen && payload == 0 {
-			// A payload of an exact multiple of the maximum ends with an empty packet.
-			if _, err := w.out.Write([]byte{0, 0, 0, c.Sequence}); err != nil {
-				return w.closed(err)
-			}
+	if len(b) > w.left {
+		return fmt.Errorf("event bytes run %d past the size in the event's header", len(b)-w.left)
+	}
+	for len(b) > 0 {
+		if w.pkt == 0 {
+			n := min(w.left, mysql.MaxPayloadLen)
+			hdr := [4]byte{byte(n), byte(n >> 8), byte(n >> 16), c.Sequence}
 			c.Sequence++
+			if _, err := w.out.Write(hdr[:]); err != nil {
+				return w.closed(err)
+			}
+			w.pkt, w.full = n, n == mysql.MaxPayloadLen
 		}
+		k := min(len(b), w.pkt)
+		if _, err := w.out.Write(b[:k]); err != nil {
+			return w.closed(err)
+		}
+		b, w.pkt, w.left = b[k:], w.pkt-k, w.left-k
+	}
+	if w.left == 0 && w.pkt == 0 && w.full {
+		// A payload of an exact multiple of the maximum ends with an empty packet.
+		if _, err := w.out.Write([]byte{0, 0, 0, c.Sequence}); err != nil {
+			return w.closed(err)
+		}
+		c.Sequence++
+		w.full = false
 	}
 	return nil
 }

@@ -3,19 +3,24 @@ package mysqlfront
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"testing"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/packet"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
 // The dump's buffered framing round-trips events of every size through a real
 // packet reader: small ones, one whose packet is exactly the 16 MiB maximum (it must
 // be followed by an empty packet) and one that needs continuation packets, with
-// sequence ids continuing across them.
+// sequence ids continuing across them; each sent whole and in parts (an event cut
+// across stored pieces), cut anywhere past its header.
 func TestEventWriterFramesAnySize(t *testing.T) {
 	server, client := net.Pipe()
 	defer server.Close()
@@ -28,13 +33,26 @@ func TestEventWriterFramesAnySize(t *testing.T) {
 	events := make([][]byte, len(sizes))
 	for i, n := range sizes {
 		events[i] = bytes.Repeat([]byte{byte('a' + i)}, n)
+		binary.LittleEndian.PutUint32(events[i][9:], uint32(n))
 	}
+	events = append(events, events...) // the second time in parts
 	errc := make(chan error, 1)
 	go func() {
-		for _, ev := range events {
-			if err := w.Event(ev); err != nil {
-				errc <- err
-				return
+		for i, ev := range events {
+			if i < len(sizes) {
+				if err := w.Event(ev); err != nil {
+					errc <- err
+					return
+				}
+				continue
+			}
+			for len(ev) > 0 {
+				n := min(len(ev), binlog.HeaderLen+rand.IntN(5<<20))
+				if err := w.EventPart(ev[:n]); err != nil {
+					errc <- err
+					return
+				}
+				ev = ev[n:]
 			}
 		}
 		w.Position(1, 4)

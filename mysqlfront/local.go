@@ -173,6 +173,11 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 	}
 	eligibleCheck := time.NewTicker(time.Second)
 	defer eligibleCheck.Stop()
+	// A transaction may come in pieces and an event cut across them: cut follows the
+	// events, skipTxn a transaction the replica already has, dropEvent an Annotate_rows
+	// event the replica did not ask for.
+	var cut binlog.Stream
+	var skipTxn, dropEvent bool
 	for {
 		t, changed := g.Tail()
 		rec, err := cur.Next(t)
@@ -205,10 +210,13 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		if err != nil {
 			return errDump("%v", err)
 		}
-		if spec.GTIDMode && !rec.IsHeader() && !rec.IsRotate() {
-			if id, ok := statemachine.TxnGTID(rec.Payload); ok && have.Contains(id) {
-				continue
-			}
+		if spec.GTIDMode && !rec.IsHeader() && !rec.IsRotate() && !rec.Continued {
+			id, ok := statemachine.TxnGTID(rec.Payload)
+			skipTxn = ok && have.Contains(id)
+		}
+		if skipTxn {
+			skipTxn = rec.Continues
+			continue
 		}
 		payload := rec.Payload
 		if skip := start.Skip; skip > 0 {
@@ -219,14 +227,29 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			payload = payload[skip:]
 		}
 		// Annotate_rows events go only to replicas that asked for them (as MariaDB does).
-		err = binlog.Split(payload, func(ev []byte) error {
-			if !annotate && ev[4] == binlog.AnnotateRowsEvent {
-				return nil
+		var sendErr error
+		err = cut.Feed(payload, func(part []byte, first, last bool) error {
+			if first {
+				dropEvent = !annotate && part[4] == binlog.AnnotateRowsEvent
 			}
-			return w.Event(ev)
+			switch {
+			case dropEvent:
+				return nil
+			case first && last:
+				sendErr = w.Event(part)
+			default:
+				sendErr = w.EventPart(part)
+			}
+			return sendErr
 		})
+		if sendErr != nil {
+			return nil // the replica went away
+		}
 		if err != nil {
-			return nil
+			return errDump("served file %s at %d: %v", statemachine.FileName(rec.File), rec.Pos, err)
+		}
+		if cut.Left > 0 {
+			continue // inside an event: not a position a replica can resume from
 		}
 		if rec.IsHeader() {
 			if f, err := binlog.ParseFDE(headerFDE(rec.Payload)); err == nil {

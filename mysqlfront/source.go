@@ -51,7 +51,13 @@ type DumpSpec struct {
 
 // EventSink receives a dump's events, each one whole, in order.
 type EventSink interface {
+	// Event sends one whole event.
 	Event(ev []byte) error
+	// EventPart sends part of an event cut across stored pieces (one larger than a
+	// raft entry): the parts come in order, the first holds the event's header (whose
+	// size tells how many bytes follow), and no other call comes between them. A sink
+	// may not keep part after it returns.
+	EventPart(part []byte) error
 	// Position reports the served file and offset after the events sent so far.
 	Position(file, pos uint64)
 	// EOF ends a non-blocking dump at the tail.

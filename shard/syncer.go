@@ -22,12 +22,11 @@ import (
 
 // Proposal bounds: a batch is proposed when it reaches maxBatchBytes or when the
 // master has nothing more to send for batchLinger. Transactions larger than
-// maxPieceBytes are proposed in pieces; one event may not exceed maxEventBytes (raft
-// messages are limited to 64 MiB).
+// maxPieceBytes are proposed in pieces, and an event larger than that in parts (see
+// addLargeEvent), so no raft entry exceeds about maxBatchBytes+maxPieceBytes.
 const (
 	maxBatchBytes = 4 << 20
 	maxPieceBytes = 4 << 20
-	maxEventBytes = 48 << 20
 	batchLinger   = 2 * time.Millisecond
 	// proposeTimeout bounds one proposal's commit.
 	proposeTimeout = 20 * time.Second
@@ -113,7 +112,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
 	})
 
-	p := &pipeline{s: s, epoch: epoch, proposed: view.Ordinal, state: view.State.Clone(),
+	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, proposed: view.Ordinal, state: view.State.Clone(),
 		upstreamFile: view.Upstream, hasFile: view.HasFile, base: base}
 	for {
 		evctx, cancel := ctx, context.CancelFunc(func() {})
@@ -131,10 +130,10 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 			}
 			return fmt.Errorf("read from master %s: %w", u.Source, err)
 		}
-		if err := p.handle(e.RawData); err != nil {
+		if err := p.handle(ctx, e.RawData); err != nil {
 			return err
 		}
-		if p.batchBytes >= maxBatchBytes {
+		if p.batchBytes >= p.maxBatch {
 			if err := p.flush(ctx, false); err != nil {
 				return err
 			}
@@ -161,10 +160,10 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 func (p *pipeline) drain(ctx context.Context, streamer *replication.BinlogStreamer) (bool, error) {
 	more := streamer.DumpEvents()
 	for _, e := range more {
-		if err := p.handle(e.RawData); err != nil {
+		if err := p.handle(ctx, e.RawData); err != nil {
 			return true, err
 		}
-		if p.batchBytes >= maxBatchBytes {
+		if p.batchBytes >= p.maxBatch {
 			if err := p.flush(ctx, false); err != nil {
 				return true, err
 			}
@@ -183,6 +182,9 @@ type pipeline struct {
 	hasFile      bool
 	pendingName  string
 	checksummed  bool
+
+	// maxBatch and maxPiece are maxBatchBytes and maxPieceBytes (tests lower them).
+	maxBatch, maxPiece int
 
 	items       []statemachine.Item
 	batchBytes  int
@@ -210,7 +212,7 @@ type openTxn struct {
 // would otherwise become a valid-looking one).
 var ErrCorruptEvent = errors.New("corrupt event from master")
 
-func (p *pipeline) handle(raw []byte) error {
+func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 	p.batchEvents++
 	h, err := binlog.ParseHeader(raw)
 	if err != nil {
@@ -280,10 +282,13 @@ func (p *pipeline) handle(raw []byte) error {
 		p.s.log.Debug("ignoring event outside a transaction group", "type", h.Type)
 		return nil
 	}
-	if len(raw) > maxEventBytes {
-		return fmt.Errorf("transaction %s holds an event of %d bytes, above Flotilla's limit of %d bytes per event", p.cur.gtid.GTID, len(raw), maxEventBytes)
+	if len(raw) > p.maxPiece {
+		if err := p.addLargeEvent(ctx, raw); err != nil {
+			return err
+		}
+	} else {
+		p.cur.events = append(p.cur.events, raw...)
 	}
-	p.cur.events = append(p.cur.events, raw...)
 	p.lastTS = h.Timestamp
 	if binlog.EndsGroup(p.cur.gtid, raw, p.checksummed) {
 		t := p.cur
@@ -295,13 +300,44 @@ func (p *pipeline) handle(raw []byte) error {
 		p.state[t.gtid.GTID.Domain] = t.gtid.GTID
 		return nil
 	}
-	if len(p.cur.events) >= maxPieceBytes {
+	if len(p.cur.events) >= p.maxPiece {
 		t := p.cur
 		if !t.skip {
 			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Events: t.events}}, len(t.events), 0)
 		}
 		t.first, t.events = false, make([]byte, 0, 4096)
 	}
+	return nil
+}
+
+// addLargeEvent adds an event larger than a piece to the open transaction in parts,
+// cut where binlog.CutEvent says (the state machine places each part and carries the
+// checksum across), proposing as batches fill: no piece, batch or raft entry holds
+// the event whole (go-mysql's read buffer does, once). The event's last part stays in
+// the transaction's buffer, for the events after it.
+func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
+	t := p.cur
+	prev := 0
+	for _, c := range binlog.CutEvent(len(raw), p.maxPiece) {
+		var events []byte
+		if prev == 0 {
+			events = append(t.events, raw[:c]...) // after the events before it (the GTID event at least)
+		} else {
+			events = append([]byte(nil), raw[prev:c]...)
+		}
+		prev = c
+		if !t.skip {
+			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Events: events}}, len(events), 0)
+			t.first = false
+		}
+		t.events = nil
+		if p.batchBytes >= p.maxBatch {
+			if err := p.flush(ctx, false); err != nil {
+				return err
+			}
+		}
+	}
+	t.events = append(make([]byte, 0, len(raw)-prev+4096), raw[prev:]...)
 	return nil
 }
 

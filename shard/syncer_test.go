@@ -1,6 +1,8 @@
 package shard
 
 import (
+	"bytes"
+	"context"
 	"io"
 	"log/slog"
 	"testing"
@@ -11,7 +13,8 @@ import (
 
 func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
 	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	return &pipeline{s: s, state: state, hasFile: hasFile, upstreamFile: upstreamFile, base: binlog.Position{}}
+	return &pipeline{s: s, state: state, hasFile: hasFile, upstreamFile: upstreamFile, base: binlog.Position{},
+		maxBatch: 1 << 40, maxPiece: maxPieceBytes} // never flushes: there is no raft here
 }
 
 func gtid(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: 1, Seq: seq} }
@@ -20,7 +23,7 @@ func gtid(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: 1, Seq
 func feed(t *testing.T, p *pipeline, evs ...[]byte) {
 	t.Helper()
 	for _, e := range evs {
-		if err := p.handle(e); err != nil {
+		if err := p.handle(context.Background(), e); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -124,7 +127,39 @@ func FuzzPipeline(f *testing.F) {
 	f.Fuzz(func(t *testing.T, a, b, c []byte) {
 		p := newPipeline(binlog.Position{}, false, "")
 		for _, e := range [][]byte{fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6", true), a, b, c} {
-			_ = p.handle(e)
+			_ = p.handle(context.Background(), e)
 		}
 	})
+}
+
+// TestPipelineCutsLargeEvents: an event larger than a piece is proposed in parts of at
+// most a piece each, the transaction's pieces flagged first and last, and joined they
+// are the master's bytes.
+func TestPipelineCutsLargeEvents(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	p.maxPiece = 64 << 10
+	feed(t, p, fakeRotate("mariadb-bin.000001"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	txn := rowTxn(gtid(1), 300<<10)
+	feed(t, p, txn...)
+	var want, got []byte
+	for _, ev := range txn {
+		want = append(want, ev...)
+	}
+	pieces := p.items[1:]
+	if len(pieces) < 5 {
+		t.Fatalf("%d pieces for a 300 KiB event cut at 64 KiB", len(pieces))
+	}
+	for i, it := range pieces {
+		tx := it.Txn
+		if tx == nil || tx.First != (i == 0) || tx.Last != (i == len(pieces)-1) || tx.GTID != gtid(1) {
+			t.Fatalf("piece %d: %+v", i, tx)
+		}
+		if len(tx.Events) > p.maxPiece+1024 {
+			t.Fatalf("piece %d holds %d bytes", i, len(tx.Events))
+		}
+		got = append(got, tx.Events...)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("the pieces joined differ from the master's events")
+	}
 }

@@ -280,7 +280,7 @@ func verifyPrefix(t *testing.T, h *harness, rnd *rand.Rand) uint64 {
 			if errors.Is(err, ErrAtTail) || err != nil {
 				t.Fatalf("nothing after transaction %d: %v", k, err)
 			}
-			if r.Type != recTxn {
+			if r.IsHeader() || r.IsRotate() {
 				continue // the Rotate and header between files
 			}
 			if g, _ := TxnGTID(r.Payload); g.Seq != k+1 || r.Pos != starts[i].Served {

@@ -61,6 +61,10 @@ type pendingTxn struct {
 	GTID     binlog.GTID `json:"gtid"`
 	Start    uint64      `json:"start"`
 	SegStart uint64      `json:"seg_start"`
+	// EventLeft is how many bytes of an event cut across pieces are still to come,
+	// and EventCRC the running checksum of its placed bytes (see binlog.Placer).
+	EventLeft uint64 `json:"event_left,omitempty"`
+	EventCRC  uint32 `json:"event_crc,omitempty"`
 }
 
 // fileInfo describes one served file.
@@ -432,16 +436,22 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 	// Validate the whole command before changing anything, so a rejection leaves no trace.
 	pending := g.m.Pending != nil
 	hasFile := g.m.File > 0
+	checksummed := g.m.Checksummed
+	var cut binlog.Stream // an event cut across pieces, as place will see it
+	if pending {
+		cut.Left = g.m.Pending.EventLeft
+	}
 	for _, it := range a.Items {
 		switch {
 		case it.NewFile != nil:
 			if pending {
 				return rejected("new file while a transaction is incomplete"), nil
 			}
-			if _, err := binlog.ParseFDE(it.NewFile.FDE); err != nil {
+			fde, err := binlog.ParseFDE(it.NewFile.FDE)
+			if err != nil {
 				return rejected("bad Format_description: %v", err), nil
 			}
-			hasFile = true
+			hasFile, checksummed = true, fde.Checksummed()
 		case it.Txn != nil:
 			if !hasFile {
 				return rejected("transaction before any file was started"), nil
@@ -456,6 +466,9 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 				if g, ok := TxnGTID(it.Txn.Events); !ok || g != it.Txn.GTID {
 					return rejected("transaction %v does not begin with its GTID event", it.Txn.GTID), nil
 				}
+			}
+			if err := checkCuts(&cut, it.Txn, checksummed); err != nil {
+				return rejected("piece of %v: %v", it.Txn.GTID, err), nil
 			}
 			pending = !it.Txn.Last
 		}
@@ -472,6 +485,25 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 		}
 	}
 	return sm.Result{Value: ResultOK}, nil
+}
+
+// checkCuts checks that place can place a transaction's piece: its events, and the
+// parts of an event cut across pieces, follow on from the pieces before it (cut), and a
+// transaction's last piece ends at an event boundary.
+func checkCuts(cut *binlog.Stream, t *Txn, checksummed bool) error {
+	err := cut.Feed(t.Events, func(part []byte, _, last bool) error {
+		if last && checksummed && len(part) < binlog.ChecksumLen {
+			return fmt.Errorf("an event's last part holds %d bytes, fewer than its checksum", len(part))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	if t.Last && cut.Left > 0 {
+		return fmt.Errorf("the transaction ends %d bytes before the end of its last event", cut.Left)
+	}
+	return nil
 }
 
 // addRecord frames payload at the current partial tail and records its boundary.
@@ -544,17 +576,17 @@ func (g *Group) rollPart(bt *batch) error {
 }
 
 // place rewrites, in place, each event's log_pos to its end position in the served
-// file (the events start at served position start) and refreshes its checksum.
+// file (the events start at served position start) and refreshes its checksum. The
+// events of a transaction's piece may begin or end inside an event cut across pieces:
+// the pending transaction carries that event's state from piece to piece.
 func (g *Group) place(events []byte, start uint64) error {
-	pos := start
-	return binlog.Split(events, func(ev []byte) error {
-		pos += uint64(len(ev))
-		if pos > 0xffffffff {
-			return fmt.Errorf("served file would exceed 4 GiB")
-		}
-		binlog.SetLogPos(ev, uint32(pos), binlog.FlagBinlogInUse, g.m.Checksummed)
-		return nil
-	})
+	p := g.m.Pending
+	pl := binlog.Placer{Stream: binlog.Stream{Left: p.EventLeft}, CRC: p.EventCRC}
+	if err := pl.Place(events, start, binlog.FlagBinlogInUse, g.m.Checksummed); err != nil {
+		return err
+	}
+	p.EventLeft, p.EventCRC = pl.Left, pl.CRC
+	return nil
 }
 
 func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {

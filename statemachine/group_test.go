@@ -128,6 +128,20 @@ func readAll(t *testing.T, g *Group, s Start) []Record {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Join a transaction's pieces: the tests reason about whole transactions.
+		if n := len(recs); r.Continued {
+			if n == 0 || !recs[n-1].Continues {
+				t.Fatalf("file %d at %d: a continuation piece follows no open transaction", r.File, r.Pos)
+			}
+			recs[n-1].Payload = append(recs[n-1].Payload, r.Payload...)
+			recs[n-1].Type, recs[n-1].Continues = r.Type, r.Continues
+			r = recs[n-1]
+			recs = recs[:n-1]
+		}
+		if r.Continues {
+			recs = append(recs, r)
+			continue
+		}
 		pos := r.Pos
 		if err := binlog.Split(r.Payload, func(e []byte) error {
 			h, err := binlog.ParseHeader(e)

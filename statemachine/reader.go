@@ -248,13 +248,20 @@ func (g *Group) readLoc(key []byte, what string) (txnLoc, bool, error) {
 	return loc, true, nil
 }
 
-// Record is one unit a cursor returns: a file header, a whole transaction, or the
-// closing Rotate, as served bytes starting at served position Pos of file File.
+// Record is one unit a cursor returns: a file header, a transaction or a piece of
+// one, or the closing Rotate, as served bytes starting at served position Pos of file
+// File. A transaction proposed in pieces is read in those pieces (so no reader holds a
+// large transaction whole), and a piece may begin or end inside an event cut across
+// pieces (see binlog.Stream). Readers still never see an incomplete transaction: the
+// tail covers a transaction's pieces only once its last piece is applied.
 type Record struct {
 	File    uint64
 	Pos     uint64
 	Type    byte
 	Payload []byte
+	// Continued is set on the pieces after a transaction's first; Continues on all
+	// but its last.
+	Continued, Continues bool
 }
 
 // IsHeader reports whether the record is the FDE + Gtid_list that opens a file.
@@ -274,6 +281,7 @@ type Cursor struct {
 	starts []uint64 // part starts of the file being read
 	part   int      // the part f reads
 	final  bool     // starts are the closed file's complete list
+	inTxn  bool     // the last record read was a piece the transaction continues after
 }
 
 // NewCursor opens a cursor at s.
@@ -348,8 +356,7 @@ func (c *Cursor) closeFile() {
 	}
 }
 
-// Next returns the next committed record, or ErrAtTail. Pieces of a split transaction
-// are joined, so callers always see whole transactions. Reads are positioned and never
+// Next returns the next committed record, or ErrAtTail. Reads are positioned and never
 // buffer past the committed tail: bytes beyond it may still be rewritten.
 func (c *Cursor) Next(t Tail) (Record, error) {
 	if c.file == t.File && c.seg >= t.SegSize {
@@ -361,7 +368,7 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 	rec := Record{File: c.file, Pos: c.served}
 	var hdr [recordHeaderLen]byte
 	for {
-		if rec.Payload == nil && c.file == t.File && c.seg >= t.SegSize {
+		if c.file == t.File && c.seg >= t.SegSize {
 			return Record{}, ErrAtTail
 		}
 		if err := c.ensurePart(t); err != nil {
@@ -389,15 +396,10 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 		}
 		c.seg += uint64(recordHeaderLen) + uint64(h.Len)
 		c.served += uint64(h.Len)
-		if rec.Payload == nil {
-			rec.Payload = payload
-		} else {
-			rec.Payload = append(rec.Payload, payload...)
-		}
-		rec.Type = h.Type
-		if h.Type != recPart {
-			break
-		}
+		rec.Payload, rec.Type = payload, h.Type
+		rec.Continued, rec.Continues = c.inTxn, h.Type == recPart
+		c.inTxn = rec.Continues
+		break
 	}
 	if rec.Type == recRotate {
 		c.closeFile()

@@ -22,8 +22,9 @@ import (
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
-// maxRelayMessage bounds one relayed message: one event of up to the largest a group
-// accepts (48 MiB) plus framing.
+// maxRelayMessage bounds one relayed message: events are batched up to 1 MiB, and a
+// single event is at most one stored piece (an event larger than a piece comes in
+// parts, see DumpChunk.event_part); pieces are a few MiB.
 const maxRelayMessage = 64 << 20
 
 // Relay reads binlog from other nodes for replicas connected to this one.
@@ -207,6 +208,11 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 		for _, ev := range ch.Events {
 			if err := sink.Event(ev); err != nil {
 				return true, 0, nil // the replica went away
+			}
+		}
+		if len(ch.EventPart) > 0 {
+			if err := sink.EventPart(ch.EventPart); err != nil {
+				return true, 0, nil
 			}
 		}
 		if ch.File != 0 {

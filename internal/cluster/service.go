@@ -219,6 +219,15 @@ func (c *chunkSink) Event(ev []byte) error {
 	return nil
 }
 
+// EventPart sends the part in a message of its own, after the events before it.
+func (c *chunkSink) EventPart(part []byte) error {
+	if c.err != nil {
+		return c.err
+	}
+	c.pending.EventPart = part // sent (copied into the message) before flush returns
+	return c.flush()
+}
+
 func (c *chunkSink) Position(file, pos uint64) {
 	c.pending.File, c.pending.Pos = file, pos
 	_ = c.flush()
@@ -230,10 +239,10 @@ func (c *chunkSink) EOF() error {
 }
 
 func (c *chunkSink) flush() error {
-	if len(c.pending.Events) == 0 && !c.pending.Eof && c.pending.File == 0 {
+	if len(c.pending.Events) == 0 && !c.pending.Eof && c.pending.File == 0 && c.pending.EventPart == nil {
 		return nil
 	}
-	msg := &clusterv1.DumpChunk{Events: c.pending.Events, File: c.pending.File, Pos: c.pending.Pos, Eof: c.pending.Eof}
+	msg := &clusterv1.DumpChunk{Events: c.pending.Events, File: c.pending.File, Pos: c.pending.Pos, Eof: c.pending.Eof, EventPart: c.pending.EventPart}
 	c.pending, c.bytes = clusterv1.DumpChunk{}, 0
 	if err := c.stream.Send(msg); err != nil && c.err == nil {
 		c.err = fmt.Errorf("relay dump to the connected node: %w", err)

@@ -750,8 +750,12 @@ type DumpChunk struct {
 	ErrorCode    uint32 `protobuf:"varint,5,opt,name=error_code,json=errorCode,proto3" json:"error_code,omitempty"`
 	ErrorMessage string `protobuf:"bytes,6,opt,name=error_message,json=errorMessage,proto3" json:"error_message,omitempty"`
 	// The answering node does not serve the group; leader_node leads it, if known.
-	NotServing    bool   `protobuf:"varint,7,opt,name=not_serving,json=notServing,proto3" json:"not_serving,omitempty"`
-	LeaderNode    uint64 `protobuf:"varint,8,opt,name=leader_node,json=leaderNode,proto3" json:"leader_node,omitempty"`
+	NotServing bool   `protobuf:"varint,7,opt,name=not_serving,json=notServing,proto3" json:"not_serving,omitempty"`
+	LeaderNode uint64 `protobuf:"varint,8,opt,name=leader_node,json=leaderNode,proto3" json:"leader_node,omitempty"`
+	// Part of an event cut across stored pieces (an event larger than one raft entry),
+	// after this message's events: the parts of one event come in order, the first
+	// holding its header, and nothing else comes between them.
+	EventPart     []byte `protobuf:"bytes,9,opt,name=event_part,json=eventPart,proto3" json:"event_part,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -842,6 +846,13 @@ func (x *DumpChunk) GetLeaderNode() uint64 {
 	return 0
 }
 
+func (x *DumpChunk) GetEventPart() []byte {
+	if x != nil {
+		return x.EventPart
+	}
+	return nil
+}
+
 var File_cluster_proto protoreflect.FileDescriptor
 
 const file_cluster_proto_rawDesc = "" +
@@ -904,7 +915,7 @@ const file_cluster_proto_rawDesc = "" +
 	" \x01(\x04R\x0eheartbeatNanos\x12\x1f\n" +
 	"\vany_replica\x18\v \x01(\bR\n" +
 	"anyReplica\x12\x19\n" +
-	"\bvia_node\x18\f \x01(\x04R\aviaNode\"\xe1\x01\n" +
+	"\bvia_node\x18\f \x01(\x04R\aviaNode\"\x80\x02\n" +
 	"\tDumpChunk\x12\x16\n" +
 	"\x06events\x18\x01 \x03(\fR\x06events\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\x04R\x04file\x12\x10\n" +
@@ -916,7 +927,9 @@ const file_cluster_proto_rawDesc = "" +
 	"\vnot_serving\x18\a \x01(\bR\n" +
 	"notServing\x12\x1f\n" +
 	"\vleader_node\x18\b \x01(\x04R\n" +
-	"leaderNode2\x85\x04\n" +
+	"leaderNode\x12\x1d\n" +
+	"\n" +
+	"event_part\x18\t \x01(\fR\teventPart2\x85\x04\n" +
 	"\aCluster\x12K\n" +
 	"\x04Join\x12 .flotilla.cluster.v1.JoinRequest\x1a!.flotilla.cluster.v1.JoinResponse\x12W\n" +
 	"\bIdentity\x12$.flotilla.cluster.v1.IdentityRequest\x1a%.flotilla.cluster.v1.IdentityResponse\x12N\n" +

@@ -261,7 +261,7 @@ func linearScan(g *statemachine.Group, seq uint64) error {
 		if err != nil {
 			return err
 		}
-		if id, ok := statemachine.TxnGTID(rec.Payload); ok && id.Seq == seq {
+		if id, ok := statemachine.TxnGTID(rec.Payload); ok && !rec.Continued && id.Seq == seq {
 			return nil
 		}
 	}
