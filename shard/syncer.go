@@ -28,6 +28,8 @@ const (
 	maxBatchBytes = 4 << 20
 	maxPieceBytes = 4 << 20
 	batchLinger   = 2 * time.Millisecond
+	// eventReadAhead is how many events go-mysql may read ahead of the syncer.
+	eventReadAhead = 16
 	// proposeTimeout bounds one proposal's commit.
 	proposeTimeout = 20 * time.Second
 )
@@ -94,6 +96,9 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		DisableRetrySync:     true,
 		MaxReconnectAttempts: 1,
 		HeartbeatPeriod:      time.Second,
+		// go-mysql reads ahead into a channel of this many events: its default
+		// (10240) holds 10 GiB of 1 MiB row events. A few keep the syncer fed.
+		EventCacheCount: eventReadAhead,
 		ReadTimeout:          15 * time.Second,
 		Logger:               slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -305,7 +310,9 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		if !t.skip {
 			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Events: t.events}}, len(t.events), 0)
 		}
-		t.first, t.events = false, make([]byte, 0, 4096)
+		// A large transaction: its next piece gets its full size at once rather
+		// than growing to it by doubling.
+		t.first, t.events = false, make([]byte, 0, p.maxPiece+64<<10)
 	}
 	return nil
 }

@@ -1,0 +1,161 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+// Sizes of TestHugeEventsAndTransactions: one row event twice the former 48 MiB
+// limit (and six 16 MiB packets long), and one transaction of many 1 MiB row events.
+// The 200 MB row and 2 GB transaction run the same code; these fit CI's time.
+const (
+	hugeRowBytes  = 100 << 20
+	hugeTxnRows   = 800
+	hugeTxnRowLen = 1 << 20
+)
+
+// peakRSS reads a process's peak resident set (VmHWM) in bytes.
+func peakRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmHWM:") }
+
+// procStatus reads a size field of /proc/PID/status in bytes.
+func procStatus(t *testing.T, pid int, field string) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	t.Fatalf("no %s in /proc status", field)
+	return 0
+}
+
+// currentRSS reads a process's resident set (VmRSS) in bytes.
+func currentRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmRSS:") }
+
+// resetPeakRSS starts a new VmHWM measurement (Linux: clear_refs 5).
+func resetPeakRSS(t *testing.T, pid int) {
+	t.Helper()
+	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+		t.Fatalf("reset peak RSS: %v", err)
+	}
+}
+
+// TestHugeEventsAndTransactions: a master with max_allowed_packet=1G writes a 100 MiB
+// row (one event, larger than a raft entry: stored in parts) and an 800 MiB
+// transaction; three MariaDB replicas reading through Flotilla at once end with the
+// master's CHECKSUM TABLE, mariadb-binlog decodes the served file, and Flotilla's peak
+// memory, ingesting and then serving the three, stays well under the transaction.
+func TestHugeEventsAndTransactions(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	big := []string{"--max-allowed-packet=1073741824"}
+	master := startMasterWith(ctx, t, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, ExtraArgs: big})
+	fl := flotillatest.StartNode(ctx, t, filepath.Join(dir, "flotilla"))
+	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
+		t.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	for _, q := range []string{
+		"CREATE DATABASE big",
+		"CREATE TABLE big.blobs (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB",
+		// One transaction of many 1 MiB row events.
+		fmt.Sprintf("INSERT INTO big.blobs SELECT seq, REPEAT(CHAR(65 + seq %% 26), %d) FROM big.seq_2_to_%d", hugeTxnRowLen, hugeTxnRows+1),
+	} {
+		if err := master.Exec(ctx, q); err != nil {
+			t.Fatalf("%.80s: %v", q, err)
+		}
+	}
+	waitGroupHolds(ctx, t, fl, master)
+	txnPeak := peakRSS(t, fl.PID())
+
+	// Three replicas read the transaction at once.
+	resetPeakRSS(t, fl.PID())
+	serveBase := currentRSS(t, fl.PID())
+	var replicas []*mariadbtest.Server
+	for i := 0; i < 3; i++ {
+		r, err := mariadbtest.Start(ctx, filepath.Join(dir, fmt.Sprintf("replica%d", i)), mariadbtest.Options{ServerID: uint32(11 + i), ExtraArgs: big})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { r.Stop() })
+		changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+		replicas = append(replicas, r)
+	}
+	for i, r := range replicas {
+		waitCaughtUp(ctx, t, fmt.Sprintf("replica %d", i), master, r, 5*time.Minute)
+	}
+	servePeak := peakRSS(t, fl.PID())
+
+	// Then one huge row event, streamed live to the three.
+	resetPeakRSS(t, fl.PID())
+	if err := master.Exec(ctx, fmt.Sprintf("INSERT INTO big.blobs VALUES (1, REPEAT('x', %d))", hugeRowBytes)); err != nil {
+		t.Fatal(err)
+	}
+	want := checksumsOf(ctx, t, master)
+	for i, r := range replicas {
+		waitCaughtUp(ctx, t, fmt.Sprintf("replica %d", i), master, r, 5*time.Minute)
+		sameData(t, fmt.Sprintf("replica %d", i), want, checksumsOf(ctx, t, r))
+	}
+	rowPeak := peakRSS(t, fl.PID())
+
+	// mariadb-binlog decodes the served file holding both.
+	host, port := "127.0.0.1", fl.MySQLPort()
+	cmd := exec.CommandContext(ctx, "mariadb-binlog", "--read-from-remote-server", "--host", host, "--port", port,
+		"--user", replicaUser, "--password="+replicaPass, "--result-file", filepath.Join(dir, "decoded.sql"), "flotilla-bin.000001")
+	if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "ERROR") {
+		t.Fatalf("mariadb-binlog: %v\n%s", err, tail(string(out), 20))
+	}
+	if st, err := os.Stat(filepath.Join(dir, "decoded.sql")); err != nil || st.Size() < hugeRowBytes {
+		t.Fatalf("mariadb-binlog decoded %v bytes, want more than the huge row: %v", st, err)
+	}
+
+	txnBytes := int64(hugeTxnRows * hugeTxnRowLen)
+	t.Logf("Flotilla peak RSS: %d MiB ingesting a %d MiB transaction; %d MiB serving it to 3 replicas at once (from %d MiB); %d MiB relaying a %d MiB row event to them",
+		txnPeak>>20, txnBytes>>20, servePeak>>20, serveBase>>20, rowPeak>>20, hugeRowBytes>>20)
+	if txnPeak > txnBytes*3/4 || servePeak-serveBase > txnBytes/8 {
+		t.Fatalf("Flotilla's memory is not well under the %d MiB transaction (peak %d MiB ingesting, +%d MiB serving 3 replicas): something holds it whole",
+			txnBytes>>20, txnPeak>>20, (servePeak-serveBase)>>20)
+	}
+}
+
+func checksumsOf(ctx context.Context, t *testing.T, s *mariadbtest.Server) map[string]string {
+	t.Helper()
+	c, err := mariadbtest.TableChecksums(ctx, s, "big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// waitGroupHolds polls until the upstream's group holds the master's GTID position.
+func waitGroupHolds(ctx context.Context, t *testing.T, fl *flotillatest.Node, master *mariadbtest.Server) {
+	t.Helper()
+	want, err := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got string
+	for deadline := time.Now().Add(3 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if got = getUpstream(ctx, t, fl, "main").Group.ExecutedGtid; got == want {
+			return
+		}
+	}
+	t.Fatalf("the group holds %q, the master %q\n%s", got, want, fl.LogTail(20))
+}
