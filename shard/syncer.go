@@ -99,8 +99,8 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		// go-mysql reads ahead into a channel of this many events: its default
 		// (10240) holds 10 GiB of 1 MiB row events. A few keep the syncer fed.
 		EventCacheCount: eventReadAhead,
-		ReadTimeout:          15 * time.Second,
-		Logger:               slog.New(slog.NewTextHandler(io.Discard, nil)),
+		ReadTimeout:     15 * time.Second,
+		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	defer bs.Close()
 	gset, err := mysql.ParseMariadbGTIDSet(start.String())
