@@ -48,6 +48,8 @@ type Manager struct {
 	leaders LeaderTable
 	nodeID  uint64
 	log     *slog.Logger
+	// servedFileSize: see SetServedFileSize.
+	servedFileSize uint64
 	// retention is applied by each group's leader.
 	retention statemachine.Retention
 
@@ -80,6 +82,10 @@ type Manager struct {
 	lastFull   time.Time
 	retry      bool
 }
+
+// SetServedFileSize sets where syncers close served files early (see
+// servedFileLimit); call it before groups start.
+func (m *Manager) SetServedFileSize(n uint64) { m.servedFileSize = n }
 
 // SetMetrics installs the node's instruments.
 func (m *Manager) SetMetrics(r *metrics.Relay) { m.metrics = r }
@@ -119,7 +125,7 @@ func (m *Manager) SetDeparted(f func(ctx context.Context, gid uint64) bool) { m.
 
 // NewManager creates a manager; Run starts reconciling.
 func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadata, leaders LeaderTable, nodeID uint64, retention statemachine.Retention, log *slog.Logger) *Manager {
-	return &Manager{nh: nh, store: store, meta: meta, leaders: leaders, nodeID: nodeID, retention: retention, log: log,
+	return &Manager{nh: nh, store: store, meta: meta, leaders: leaders, nodeID: nodeID, retention: retention, log: log, servedFileSize: servedFileLimit,
 		shards: map[uint64]*Shard{}, leaving: map[uint64]time.Time{}}
 }
 

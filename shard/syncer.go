@@ -30,6 +30,12 @@ const (
 	batchLinger   = 2 * time.Millisecond
 	// eventReadAhead is how many events go-mysql may read ahead of the syncer.
 	eventReadAhead = 16
+	// servedFileLimit: a served file is closed at the first transaction boundary
+	// past it, even inside one master file. Masters roll files at max_binlog_size
+	// (at most 1 GiB), but one large transaction can take a file far past that, and
+	// binlog coordinates are 32-bit: so a served file passes 4 GiB only if a single
+	// transaction is larger than 3 GiB (its log_pos values then wrap, as the master's).
+	servedFileLimit = 1 << 30
 	// proposeTimeout bounds one proposal's commit.
 	proposeTimeout = 20 * time.Second
 )
@@ -117,7 +123,8 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
 	})
 
-	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, proposed: view.Ordinal, state: view.State.Clone(),
+	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
+		fileBytes: view.FileSize, proposed: view.Ordinal, state: view.State.Clone(),
 		upstreamFile: view.Upstream, hasFile: view.HasFile, base: base}
 	for {
 		evctx, cancel := ctx, context.CancelFunc(func() {})
@@ -188,8 +195,14 @@ type pipeline struct {
 	pendingName  string
 	checksummed  bool
 
-	// maxBatch and maxPiece are maxBatchBytes and maxPieceBytes (tests lower them).
+	// maxBatch, maxPiece and maxFile are maxBatchBytes, maxPieceBytes and
+	// servedFileLimit (tests lower them).
 	maxBatch, maxPiece int
+	maxFile            uint64
+	// fileBytes is the size of the served file being written, as proposed; fde is
+	// the master's current Format_description, which opens a file rolled early.
+	fileBytes uint64
+	fde       []byte
 
 	items       []statemachine.Item
 	batchBytes  int
@@ -256,6 +269,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			return fmt.Errorf("master's Format_description: %w", err)
 		}
 		p.checksummed = fde.Checksummed()
+		p.fde = append(p.fde[:0], raw...)
 		if p.pendingName != "" && (!p.hasFile || p.pendingName != p.upstreamFile) {
 			if p.cur != nil {
 				p.s.log.Warn("master started a new file inside a transaction; dropping the partial transaction", "gtid", p.cur.gtid.GTID)
@@ -279,6 +293,16 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			return fmt.Errorf("master sent GTID %s before any Format_description", g.GTID)
 		}
 		p.cur = &openTxn{gtid: g, events: append(make([]byte, 0, 4096), raw...), first: true, skip: p.state.Contains(g.GTID)}
+		if !p.cur.skip && p.fileBytes >= p.maxFile && p.fde != nil {
+			// Roll the served file early, before this transaction (see servedFileLimit).
+			p.s.log.Info("served file passed its size limit: starting a new one inside the master's file", "bytes", p.fileBytes, "master_file", p.upstreamFile)
+			fh, _ := binlog.ParseHeader(p.fde)
+			fde := append([]byte(nil), p.fde...)
+			binlog.ClearFDECreated(fde) // the master did not just start: replicas keep their temporary tables
+			binlog.SetLogPos(fde, fh.LogPos, 0, p.checksummed)
+			p.add(statemachine.Item{NewFile: &statemachine.NewFile{ServerID: fh.ServerID, UpstreamFile: p.upstreamFile,
+				FDE: fde, BaseState: p.base}}, len(fde), 0)
+		}
 		return nil
 	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent, binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent:
 		return nil
@@ -349,6 +373,11 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 }
 
 func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
+	if it.NewFile != nil {
+		p.fileBytes = 4 + uint64(bytes)
+	} else {
+		p.fileBytes += uint64(bytes)
+	}
 	if len(p.items) == 0 {
 		// Something to commit: until it is, the group trails the master (lag).
 		p.s.updateStatus(func(st *SyncStatus) { st.Busy = true })

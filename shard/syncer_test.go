@@ -14,7 +14,7 @@ import (
 func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
 	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	return &pipeline{s: s, state: state, hasFile: hasFile, upstreamFile: upstreamFile, base: binlog.Position{},
-		maxBatch: 1 << 40, maxPiece: maxPieceBytes} // never flushes: there is no raft here
+		maxBatch: 1 << 40, maxPiece: maxPieceBytes, maxFile: servedFileLimit} // never flushes: there is no raft here
 }
 
 func gtid(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: 1, Seq: seq} }
@@ -161,5 +161,45 @@ func TestPipelineCutsLargeEvents(t *testing.T) {
 	}
 	if !bytes.Equal(got, want) {
 		t.Fatal("the pieces joined differ from the master's events")
+	}
+}
+
+// TestPipelineRollsLargeServedFiles: past its size limit, a served file is closed at
+// the next transaction boundary (never inside a transaction), the new one opened with
+// the master's Format_description (created cleared) under the same master file.
+func TestPipelineRollsLargeServedFiles(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	p.maxFile = 2000
+	fde := binlog.NewFDE(1, "10.11.6-MariaDB-log", true)
+	feed(t, p, fakeRotate("mariadb-bin.000001"), fde)
+	for seq := uint64(1); seq <= 6; seq++ {
+		feed(t, p, rowTxn(gtid(seq), 1000)...)
+	}
+	var files, txnsSince int
+	for i, it := range p.items {
+		switch {
+		case it.NewFile != nil:
+			files++
+			if it.NewFile.UpstreamFile != "mariadb-bin.000001" {
+				t.Fatalf("item %d: new file under %q", i, it.NewFile.UpstreamFile)
+			}
+			if files > 1 {
+				if txnsSince == 0 {
+					t.Fatalf("item %d: a file rolled with no transaction in it", i)
+				}
+				if err := binlog.VerifyChecksum(it.NewFile.FDE); err != nil {
+					t.Fatalf("rolled file's FDE: %v", err)
+				}
+			}
+			txnsSince = 0
+		case it.Txn != nil:
+			if !it.Txn.First || !it.Txn.Last {
+				t.Fatalf("item %d: a piece, not a whole transaction", i)
+			}
+			txnsSince++
+		}
+	}
+	if files < 3 {
+		t.Fatalf("%d files for 6 transactions of about 1.2 KB with a 2000-byte limit", files)
 	}
 }

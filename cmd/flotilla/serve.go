@@ -78,6 +78,10 @@ func serveFlags() []serveFlag {
 			cfg.SegmentSize = c.Uint64("segment-size")
 			return nil
 		}},
+		{&cli.Uint64Flag{Name: "served-file-size", Usage: "close a served binlog file at the first transaction past this many bytes, even inside one master file (default 1073741824, 1 GiB; at most 3 GiB)"}, "served_file_size", func(c *cli.Context, cfg *node.Config) error {
+			cfg.ServedFileSize = c.Uint64("served-file-size")
+			return nil
+		}},
 		dur("node-down-after", "node_down_after", "re-create the replicas of a node that has not answered for this long (default 60s)", func(c *node.Config) *time.Duration { return &c.NodeDownAfter }),
 		integer("max-connections", "max_connections", "client connections to the MySQL port at most; more get error 1040 (default 10000)", func(c *node.Config) *int { return &c.MaxConnections }),
 		integer("max-user-connections", "max_user_connections", "connections per replica user at most; more get error 1203 (default 0: no limit)", func(c *node.Config) *int { return &c.MaxUserConnections }),

@@ -151,6 +151,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s must not be negative", key)
 		}
 	}
+	if c.ServedFileSize > 3<<30 {
+		return fmt.Errorf("served_file_size %d is above 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB", c.ServedFileSize)
+	}
 	if c.AllowIPs != "" {
 		if _, err := mysqlfront.ParseAllowList(c.AllowIPs); err != nil {
 			return fmt.Errorf("allow_ips: %w", err)

@@ -25,6 +25,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"retention_age", "48h", "two days", func(c Config) bool { return c.RetentionAge == 48*time.Hour }},
 		{"retention_bytes", "1000", "-x", func(c Config) bool { return c.RetentionBytes == 1000 }},
 		{"segment_size", "4096", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
+		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
 		{"max_connections", "10", "many", func(c Config) bool { return c.MaxConnections == 10 }},
 		{"max_user_connections", "3", "few", func(c Config) bool { return c.MaxUserConnections == 3 }},
@@ -91,6 +92,7 @@ func TestValidate(t *testing.T) {
 		"--mysql-tls-cert":              func(c *Config) { c.MySQLTLSCert = "c.pem" },
 		"--tls-ca/--tls-cert/--tls-key": func(c *Config) { c.TLS.CA = "ca.pem" },
 		"join":                          func(c *Config) { c.Join = []string{"host-without-port"} },
+		"served_file_size":              func(c *Config) { c.ServedFileSize = 4 << 30 },
 	} {
 		c := ok
 		mod(&c)

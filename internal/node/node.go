@@ -50,6 +50,9 @@ type Config struct {
 	RetentionBytes uint64        `yaml:"retention_bytes"`
 	// SegmentSize is where segment files roll (0: the default, 256 MiB).
 	SegmentSize uint64 `yaml:"segment_size"`
+	// ServedFileSize closes a served file at the first transaction boundary past it
+	// (0: the default, 1 GiB), as max_binlog_size does on a master.
+	ServedFileSize uint64 `yaml:"served_file_size"`
 	// NodeDownAfter is how long a node may not answer before the placement
 	// controller re-creates its replicas elsewhere.
 	NodeDownAfter time.Duration `yaml:"node_down_after"`
@@ -275,6 +278,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
+	if cfg.ServedFileSize > 0 {
+		n.shards.SetServedFileSize(cfg.ServedFileSize)
+	}
 	ctx, n.cancel = context.WithCancel(ctx)
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)

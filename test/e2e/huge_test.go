@@ -67,7 +67,11 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	dir := t.TempDir()
 	big := []string{"--max-allowed-packet=1073741824"}
 	master := startMasterWith(ctx, t, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, ExtraArgs: big})
-	fl := flotillatest.StartNode(ctx, t, filepath.Join(dir, "flotilla"))
+	// Served files close early past 256 MiB: the huge row opens a new one (see
+	// --served-file-size), inside the same master file.
+	fl := flotillatest.NewNode(t, filepath.Join(dir, "flotilla"), 1)
+	fl.Args = []string{"--served-file-size", fmt.Sprint(256 << 20)}
+	fl.Start(ctx)
 	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)
@@ -95,7 +99,11 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { r.Stop() })
-		changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+		mode := "MASTER_USE_GTID=slave_pos"
+		if i == 2 { // Flotilla's own coordinates, across the early-closed file
+			mode = "MASTER_LOG_FILE='flotilla-bin.000001', MASTER_LOG_POS=4, MASTER_USE_GTID=no"
+		}
+		changeMaster(ctx, t, r, fl, replicaUser, replicaPass, mode)
 		replicas = append(replicas, r)
 	}
 	for i, r := range replicas {
@@ -115,15 +123,19 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	}
 	rowPeak := peakRSS(t, fl.PID())
 
-	// mariadb-binlog decodes the served file holding both.
+	// mariadb-binlog decodes the served files: the transaction's, and the row's that
+	// was opened early.
 	host, port := "127.0.0.1", fl.MySQLPort()
-	cmd := exec.CommandContext(ctx, "mariadb-binlog", "--read-from-remote-server", "--host", host, "--port", port,
-		"--user", replicaUser, "--password="+replicaPass, "--result-file", filepath.Join(dir, "decoded.sql"), "flotilla-bin.000001")
-	if out, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(out), "ERROR") {
-		t.Fatalf("mariadb-binlog: %v\n%s", err, tail(string(out), 20))
-	}
-	if st, err := os.Stat(filepath.Join(dir, "decoded.sql")); err != nil || st.Size() < hugeRowBytes {
-		t.Fatalf("mariadb-binlog decoded %v bytes, want more than the huge row: %v", st, err)
+	for _, f := range []string{"flotilla-bin.000001", "flotilla-bin.000002"} {
+		out := filepath.Join(dir, f+".sql")
+		cmd := exec.CommandContext(ctx, "mariadb-binlog", "--read-from-remote-server", "--host", host, "--port", port,
+			"--user", replicaUser, "--password="+replicaPass, "--result-file", out, f)
+		if msg, err := cmd.CombinedOutput(); err != nil || strings.Contains(string(msg), "ERROR") {
+			t.Fatalf("mariadb-binlog %s: %v\n%s", f, err, tail(string(msg), 20))
+		}
+		if st, err := os.Stat(out); err != nil || st.Size() < hugeRowBytes {
+			t.Fatalf("mariadb-binlog decoded %v of %s, want more than %d bytes: %v", st, f, hugeRowBytes, err)
+		}
 	}
 
 	txnBytes := int64(hugeTxnRows * hugeTxnRowLen)
