@@ -147,26 +147,13 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	if ferr := w.flush(); err == nil && ferr != nil {
 		ss.log.Info("replica connection closed during dump", "err", ferr)
 	}
+	if err != nil && w.left > 0 {
+		// Mid-event (a relay broke inside an event sent in parts): an error packet
+		// would be read as event bytes. Closing makes the replica reconnect.
+		ss.log.Info("binlog dump ended inside an event; closing the connection", "err", err)
+		return nil
+	}
 	return err
-}
-
-// checkBoundary reports whether skipping n bytes of a record lands on an event start.
-func checkBoundary(payload []byte, n uint64) error {
-	var off uint64
-	for off < n {
-		if len(payload)-int(off) < binlog.HeaderLen {
-			return fmt.Errorf("past the end of the record")
-		}
-		size := uint64(binary.LittleEndian.Uint32(payload[off+9:]))
-		if size < binlog.HeaderLen {
-			return fmt.Errorf("an event at offset %d claims %d bytes, less than its header", off, size)
-		}
-		off += size
-	}
-	if off != n {
-		return fmt.Errorf("the position falls inside an event")
-	}
-	return nil
 }
 
 // headerFDE returns the FDE at the start of a file header record.
@@ -206,8 +193,8 @@ func fileFDE(g *statemachine.Group, file uint64) ([]byte, bool, error) {
 
 // eventWriter is a session's EventSink: it frames events as dump packets,
 // [0x00][event], into a buffer written to the replica at each position report (the
-// end of a record: a transaction, a heartbeat), so a large transaction costs a write
-// per 64 KiB instead of one per event. It records the replica's position for status.
+// end of a stored record at an event boundary, a heartbeat), so a large transaction
+// costs a write per 64 KiB instead of one per event. It records the replica's position for status.
 //
 // Framing streams: an event arriving in parts (EventPart) is framed as its bytes come,
 // from the size in its header, so no event is ever held whole.
@@ -223,9 +210,23 @@ type eventWriter struct {
 	full      bool
 }
 
+// framingError is a sink given bytes that are not whole events in order: a Flotilla
+// bug, reported to the replica as such rather than as a lost connection.
+type framingError struct{ msg string }
+
+func (e *framingError) Error() string { return e.msg }
+
 // Event implements EventSink. A write error is also remembered by out: the events
 // after it fail too.
-func (w *eventWriter) Event(ev []byte) error { return w.frame(ev) }
+func (w *eventWriter) Event(ev []byte) error {
+	if w.left != 0 {
+		return &framingError{fmt.Sprintf("a whole event of %d bytes inside an event still owed %d bytes", len(ev), w.left-1)}
+	}
+	if len(ev) < binlog.HeaderLen || int(binary.LittleEndian.Uint32(ev[9:])) != len(ev) {
+		return &framingError{fmt.Sprintf("an event of %d bytes whose header says otherwise", len(ev))}
+	}
+	return w.frame(ev)
+}
 
 // EventPart implements EventSink; each part goes to the replica before it returns,
 // so a slow replica costs its write deadline per part, not per event.
@@ -241,7 +242,7 @@ func (w *eventWriter) EventPart(part []byte) error {
 func (w *eventWriter) frame(b []byte) error {
 	if w.left == 0 {
 		if len(b) < binlog.HeaderLen {
-			return fmt.Errorf("an event to send begins with %d bytes, fewer than its header", len(b))
+			return &framingError{fmt.Sprintf("an event to send begins with %d bytes, fewer than its header", len(b))}
 		}
 		w.left = int(binary.LittleEndian.Uint32(b[9:])) + 1
 		if err := w.payload([]byte{0x00}); err != nil {
@@ -255,7 +256,7 @@ func (w *eventWriter) frame(b []byte) error {
 func (w *eventWriter) payload(b []byte) error {
 	c := w.ss.c
 	if len(b) > w.left {
-		return fmt.Errorf("event bytes run %d past the size in the event's header", len(b)-w.left)
+		return &framingError{fmt.Sprintf("event bytes run %d past the size in the event's header", len(b)-w.left)}
 	}
 	for len(b) > 0 {
 		if w.pkt == 0 {

@@ -36,6 +36,7 @@ func TestEventWriterFramesAnySize(t *testing.T) {
 		binary.LittleEndian.PutUint32(events[i][9:], uint32(n))
 	}
 	events = append(events, events...) // the second time in parts
+	rnd := rand.New(rand.NewPCG(7, 7))
 	errc := make(chan error, 1)
 	go func() {
 		for i, ev := range events {
@@ -47,7 +48,7 @@ func TestEventWriterFramesAnySize(t *testing.T) {
 				continue
 			}
 			for len(ev) > 0 {
-				n := min(len(ev), binlog.HeaderLen+rand.IntN(5<<20))
+				n := min(len(ev), binlog.HeaderLen+rnd.IntN(5<<20))
 				if err := w.EventPart(ev[:n]); err != nil {
 					errc <- err
 					return

@@ -173,11 +173,10 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 	}
 	eligibleCheck := time.NewTicker(time.Second)
 	defer eligibleCheck.Stop()
-	// A transaction may come in pieces and an event cut across them: cut follows the
-	// events, skipTxn a transaction the replica already has, dropEvent an Annotate_rows
-	// event the replica did not ask for.
-	var cut binlog.Stream
-	var skipTxn, dropEvent bool
+	// A transaction may come in pieces, and an event cut across them; skipTxn is set
+	// while passing a transaction the replica already has.
+	events := &recordEvents{skip: start.Skip, annotate: annotate}
+	var skipTxn bool
 	for {
 		t, changed := g.Tail()
 		rec, err := cur.Next(t)
@@ -218,38 +217,22 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			skipTxn = rec.Continues
 			continue
 		}
-		payload := rec.Payload
-		if skip := start.Skip; skip > 0 {
-			start.Skip = 0
-			if err := checkBoundary(payload, skip); err != nil {
-				return errDump("position %d in %s is not at an event boundary: %v", start.Pos(), statemachine.FileName(start.File), err)
-			}
-			payload = payload[skip:]
+		sendErr, err := events.send(rec.Payload, w)
+		var fe *framingError
+		if errors.As(sendErr, &fe) {
+			return errDump("Flotilla could not frame served file %s at %d: %v", statemachine.FileName(rec.File), rec.Pos, fe)
 		}
-		// Annotate_rows events go only to replicas that asked for them (as MariaDB does).
-		var sendErr error
-		err = cut.Feed(payload, func(part []byte, first, last bool) error {
-			if first {
-				dropEvent = !annotate && part[4] == binlog.AnnotateRowsEvent
-			}
-			switch {
-			case dropEvent:
-				return nil
-			case first && last:
-				sendErr = w.Event(part)
-			default:
-				sendErr = w.EventPart(part)
-			}
-			return sendErr
-		})
 		if sendErr != nil {
 			return nil // the replica went away
+		}
+		if errors.Is(err, errNotBoundary) {
+			return errDump("position %d in %s is not at an event boundary", start.Pos(), statemachine.FileName(start.File))
 		}
 		if err != nil {
 			return errDump("served file %s at %d: %v", statemachine.FileName(rec.File), rec.Pos, err)
 		}
-		if cut.Left > 0 {
-			continue // inside an event: not a position a replica can resume from
+		if !events.atBoundary() {
+			continue // inside an event or before the start: not a position to report
 		}
 		if rec.IsHeader() {
 			if f, err := binlog.ParseFDE(headerFDE(rec.Payload)); err == nil {

@@ -49,7 +49,8 @@ type DumpSpec struct {
 	Heartbeat time.Duration
 }
 
-// EventSink receives a dump's events, each one whole, in order.
+// EventSink receives a dump's events in order: whole, or in parts for an event stored
+// across pieces.
 type EventSink interface {
 	// Event sends one whole event.
 	Event(ev []byte) error

@@ -134,11 +134,3 @@ func (l *lockedWriter) String() string {
 	defer l.mu.Unlock()
 	return l.w.(fmt.Stringer).String()
 }
-
-// TestCheckBoundaryZeroSize: an event claiming zero bytes is an error, never a loop.
-func TestCheckBoundaryZeroSize(t *testing.T) {
-	p := make([]byte, 64)
-	if err := checkBoundary(p, 40); err == nil {
-		t.Fatal("an event of size 0 must be refused")
-	}
-}

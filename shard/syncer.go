@@ -23,13 +23,15 @@ import (
 // Proposal bounds: a batch is proposed when it reaches maxBatchBytes or when the
 // master has nothing more to send for batchLinger. Transactions larger than
 // maxPieceBytes are proposed in pieces, and an event larger than that in parts (see
-// addLargeEvent), so no raft entry exceeds about maxBatchBytes+maxPieceBytes.
+// addLargeEvent). A piece holds less than maxPieceBytes of events and at most one
+// more part (so under 2*maxPieceBytes), and a batch is proposed once it reaches
+// maxBatchBytes: no raft entry exceeds maxBatchBytes+2*maxPieceBytes (12 MiB).
 const (
 	maxBatchBytes = 4 << 20
 	maxPieceBytes = 4 << 20
 	batchLinger   = 2 * time.Millisecond
 	// eventReadAhead is how many events go-mysql may read ahead of the syncer.
-	eventReadAhead = 16
+	eventReadAhead = 4
 	// servedFileLimit: a served file is closed at the first transaction boundary
 	// past it, even inside one master file. Masters roll files at max_binlog_size
 	// (at most 1 GiB), but one large transaction can take a file far past that, and
@@ -103,7 +105,8 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		MaxReconnectAttempts: 1,
 		HeartbeatPeriod:      time.Second,
 		// go-mysql reads ahead into a channel of this many events: its default
-		// (10240) holds 10 GiB of 1 MiB row events. A few keep the syncer fed.
+		// (10240) holds 10 GiB of 1 MiB row events, and events may be up to 1 GiB.
+		// A few keep the syncer fed.
 		EventCacheCount: eventReadAhead,
 		ReadTimeout:     15 * time.Second,
 		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),

@@ -3,6 +3,7 @@ package shard
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"testing"
@@ -171,6 +172,8 @@ func TestPipelineRollsLargeServedFiles(t *testing.T) {
 	p := newPipeline(binlog.Position{}, false, "")
 	p.maxFile = 2000
 	fde := binlog.NewFDE(1, "10.11.6-MariaDB-log", true)
+	binary.LittleEndian.PutUint32(fde[binlog.HeaderLen+52:], 1700000000) // created: the master just started
+	binlog.SetLogPos(fde, 0, 0, true)
 	feed(t, p, fakeRotate("mariadb-bin.000001"), fde)
 	for seq := uint64(1); seq <= 6; seq++ {
 		feed(t, p, rowTxn(gtid(seq), 1000)...)
@@ -189,6 +192,9 @@ func TestPipelineRollsLargeServedFiles(t *testing.T) {
 				}
 				if err := binlog.VerifyChecksum(it.NewFile.FDE); err != nil {
 					t.Fatalf("rolled file's FDE: %v", err)
+				}
+				if c := binary.LittleEndian.Uint32(it.NewFile.FDE[binlog.HeaderLen+52:]); c != 0 {
+					t.Fatalf("rolled file's FDE says the master started at %d: replicas would drop their temporary tables", c)
 				}
 			}
 			txnsSince = 0

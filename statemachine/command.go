@@ -55,9 +55,10 @@ type NewFile struct {
 	BaseState    binlog.Position
 }
 
-// Txn is a whole transaction group, or one piece of it when Last is false (groups
-// larger than one proposal are split at event boundaries). Events are the master's
-// raw events, concatenated.
+// Txn is a whole transaction group, or one piece of it (First and Last tell which):
+// groups larger than one proposal come in pieces, and an event larger than a piece is
+// cut across pieces past its header and before its checksum (see binlog.CutEvent).
+// Events are the master's raw bytes, concatenated.
 type Txn struct {
 	GTID   binlog.GTID
 	First  bool

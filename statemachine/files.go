@@ -160,9 +160,10 @@ func (s *Store) truncate(f *segFile, size int64) error {
 	if err != nil {
 		return err
 	}
-	f.File.Close()
+	old := f.File
 	f.File, f.w = nf, fileWriter{f: nf, off: size}
-	return nil
+	return old.Close() // the copy is durable: a failed close of the old handle loses nothing, but is reported
+
 }
 
 // removeTruncLeftovers deletes copies an interrupted truncate left in dir.

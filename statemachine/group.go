@@ -275,6 +275,7 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 		g.seg = f
 	}
 	if err := g.syncRecent(); err != nil {
+		g.closeFiles()
 		return 0, err
 	}
 	g.mu.Lock()
@@ -522,8 +523,13 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 			}
 		}
 	}
-	if err := bt.b.Set(posKey(g.id, g.m.File, g.m.PartServed), binary.AppendUvarint(nil, g.m.PartSeg), nil); err != nil {
-		return fmt.Errorf("group %d: index position: %w", g.id, err)
+	// The position index names only records that begin at an event boundary: a piece
+	// beginning inside an event cut across pieces is no place to start reading (a
+	// file/position start past it skips forward from the record before).
+	if p := g.m.Pending; !place || p == nil || p.EventLeft == 0 {
+		if err := bt.b.Set(posKey(g.id, g.m.File, g.m.PartServed), binary.AppendUvarint(nil, g.m.PartSeg), nil); err != nil {
+			return fmt.Errorf("group %d: index position: %w", g.id, err)
+		}
 	}
 	if bt.indexed != index {
 		bt.indexed = index
@@ -723,12 +729,18 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 		}
 	}
 	off := int64(cut - partStart(after.PartStarts, keepParts))
-	if _, err := f.WriteAt(rec, off); err != nil {
-		return fmt.Errorf("group %d: drop incomplete transaction: %w", g.id, err)
-	}
+	_, err = f.WriteAt(rec, off)
 	end := off + int64(len(rec))
-	// truncate syncs: the record is durable before any later part goes.
-	if err := g.store.truncate(f, end); err != nil {
+	if err == nil {
+		// truncate syncs: the record is durable before any later part goes.
+		err = g.store.truncate(f, end)
+	}
+	if err != nil {
+		if f != g.seg {
+			if _, dirty := g.dirty[path]; !dirty {
+				f.Close()
+			}
+		}
 		return fmt.Errorf("group %d: drop incomplete transaction in %s: %w", g.id, path, err)
 	}
 	for k := len(g.m.PartStarts); k > keepParts; k-- {

@@ -3,6 +3,7 @@ package statemachine
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"testing"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -64,8 +65,8 @@ func TestLargeEventInPieces(t *testing.T) {
 		ep := h.claim()
 		h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(gt(1), 10)}})
 		_, pieces := bigTxn(gt(2), 1<<20, cuts)
-		for i, it := range pieceItems(gt(2), pieces) {
-			h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1 + uint64(i/(len(pieces))), Items: []Item{it}})
+		for _, it := range pieceItems(gt(2), pieces) {
+			h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{it}}) // pieces complete no transaction until the last
 		}
 		got := readAll(t, h.g, Start{File: 1, Served: 4})
 		if len(got) != len(want) || !bytes.Equal(got[2].Payload, want[2].Payload) {
@@ -75,6 +76,7 @@ func TestLargeEventInPieces(t *testing.T) {
 		if n := countPieces(t, h.g); n != len(pieces) {
 			t.Fatalf("%s: read %d pieces, stored %d", name, n, len(pieces))
 		}
+		checkLocateAtEveryEvent(t, h.g, got[2])
 		h.close()
 	}
 }
@@ -129,8 +131,8 @@ func TestLeaderChangeInsideLargeEvent(t *testing.T) {
 	if r := h.apply((&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{items[3]}}).Encode()); r.Value != ResultRejected {
 		t.Fatal("a part from the old epoch was accepted")
 	}
-	for i, it := range items {
-		h.mustAppend(&Append{Epoch: ep2, PrevOrdinal: 1 + uint64(i/(len(items))), Items: []Item{it}})
+	for _, it := range items {
+		h.mustAppend(&Append{Epoch: ep2, PrevOrdinal: 1, Items: []Item{it}})
 	}
 	recs := readAll(t, h.g, Start{File: 1, Served: 4})
 	if n := countTxns(t, recs); n != 2 {
@@ -172,5 +174,55 @@ func TestBadCutsAreRejected(t *testing.T) {
 	}
 	if after, _ := h.g.Tail(); after.Ordinal != before.Ordinal || after.FileSize != before.FileSize {
 		t.Fatalf("rejections changed the tail: %+v -> %+v", before, after)
+	}
+}
+
+// checkLocateAtEveryEvent resolves every event boundary of transaction rec as a
+// file/position start: the record LocateFile names must begin at an event boundary
+// (never a piece beginning inside a cut event), and its Skip must lead, through the
+// records after it, exactly to the position.
+func checkLocateAtEveryEvent(t *testing.T, g *Group, rec Record) {
+	t.Helper()
+	tail, _ := g.Tail()
+	pos := rec.Pos
+	err := binlog.Split(rec.Payload, func(ev []byte) error {
+		s, err := g.LocateFile(FileName(rec.File), pos)
+		if err != nil {
+			return err
+		}
+		c, err := g.NewCursor(s)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		var cut binlog.Stream
+		skip := s.Skip
+		for skip > 0 || cut.Left > 0 {
+			r, err := c.Next(tail)
+			if err != nil {
+				return fmt.Errorf("position %d: %w", pos, err)
+			}
+			err = cut.Feed(r.Payload, func(part []byte, _, last bool) error {
+				if skip == 0 {
+					return nil
+				}
+				if n := uint64(len(part)); n > skip || n == skip && !last {
+					return fmt.Errorf("position %d: skipping %d bytes from %d lands inside an event", pos, s.Skip, s.Served)
+				}
+				skip -= uint64(len(part))
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if skip == 0 {
+				break
+			}
+		}
+		pos += uint64(len(ev))
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }

@@ -100,8 +100,10 @@ func ParseFileName(name string) (uint64, bool) {
 	return n, err == nil && n > 0
 }
 
-// LocateFile resolves a file/position dump request. The position must be an event
-// boundary; the dump checks that when it skips into the record.
+// LocateFile resolves a file/position dump request: the record holding the position,
+// or (when the position lies in pieces after an event cut across them) the last
+// record before it that begins at an event boundary, and how many bytes to skip. The
+// position must be an event boundary; the dump checks that as it skips.
 func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 	t, _ := g.Tail()
 	no, ok := ParseFileName(name)
@@ -122,6 +124,17 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 	}
 	if no == t.File && pos > t.FileSize {
 		return Start{}, positionErr("position %d in %s is beyond its committed end %d", pos, name, t.FileSize)
+	}
+	size := t.FileSize
+	if no != t.File {
+		fi, err := g.store.fileInfo(g.id, no)
+		if err != nil {
+			return Start{}, err
+		}
+		size = fi.Size
+	}
+	if size >= 1<<32 {
+		return Start{}, positionErr("%s is larger than 4 GiB (one transaction took it there), so a 32-bit position inside it is ambiguous: start at its beginning (position 4) or at the next file, or replicate by GTID", name)
 	}
 	// The record holding pos: the last record boundary at or before it.
 	it, err := g.store.db.NewIter(&pebble.IterOptions{LowerBound: posKey(g.id, no, 0), UpperBound: posKey(g.id, no, pos+1)})

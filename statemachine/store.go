@@ -47,7 +47,8 @@ func Open(dir string, log *slog.Logger) (*Store, error) { return OpenFS(vfs.Defa
 // OpenFS is Open on the filesystem fs, which holds both the index and the segments
 // (tests pass pebble's crashable in-memory filesystem).
 func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
-	s := &Store{fs: fs, dir: dir, log: log}
+	s := &Store{fs: fs, dir: dir, log: log, groups: map[uint64]*Group{},
+		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize}
 	if err := s.mkdirAll(fs.PathJoin(dir, "groups")); err != nil {
 		return nil, fmt.Errorf("storage: create %s: %w", dir, err)
 	}
@@ -55,8 +56,7 @@ func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("storage: open index in %s: %w", dir, err)
 	}
-	*s = Store{db: db, fs: fs, dir: dir, log: log, groups: map[uint64]*Group{},
-		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize}
+	s.db = db
 	go s.compressLoop()
 	return s, nil
 }

@@ -127,8 +127,9 @@ func SetLogPos(ev []byte, logPos uint32, clearFlags uint16, checksummed bool) {
 	}
 }
 
-// Split calls fn for every event in buf, a concatenation of whole events. It is the
-// only parser a reader of stored transactions needs: events carry their own length.
+// Split calls fn for every event in buf, a concatenation of whole events: events carry
+// their own length. (Stored transactions may cut an event across pieces: readers of
+// those use Stream.)
 func Split(buf []byte, fn func(ev []byte) error) error {
 	for off := 0; off < len(buf); {
 		if len(buf)-off < HeaderLen {

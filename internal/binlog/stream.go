@@ -50,14 +50,17 @@ func (s *Stream) Feed(buf []byte, fn func(part []byte, first, last bool) error) 
 	return nil
 }
 
-// CutEvent returns where an event of size bytes may be cut into parts of at most max
+// CutEvent returns where an event of size bytes may be cut into parts of at most limit
 // bytes: each cut leaves the whole header in the first part and the whole checksum
-// trailer in the last (placing a part rewrites both). max must exceed
+// trailer in the last (placing a part rewrites both). limit must exceed
 // HeaderLen+ChecksumLen.
-func CutEvent(size, max int) []int {
+func CutEvent(size, limit int) []int {
+	if limit <= HeaderLen+ChecksumLen {
+		panic(fmt.Sprintf("binlog: CutEvent limit %d leaves no room for a header and a checksum", limit))
+	}
 	var cuts []int
-	for off := 0; size-off > max; {
-		next := off + max
+	for off := 0; size-off > limit; {
+		next := off + limit
 		if size-next < ChecksumLen {
 			next = size - ChecksumLen
 		}

@@ -23,8 +23,9 @@ import (
 )
 
 // maxRelayMessage bounds one relayed message: events are batched up to 1 MiB, and a
-// single event is at most one stored piece (an event larger than a piece comes in
-// parts, see DumpChunk.event_part); pieces are a few MiB.
+// single event or part is at most one stored piece (an event larger than a piece
+// comes in parts, see DumpChunk.event_part): under 8 MiB, or an event of up to 48 MiB
+// stored whole by a Flotilla before parts existed.
 const maxRelayMessage = 64 << 20
 
 // Relay reads binlog from other nodes for replicas connected to this one.

@@ -151,8 +151,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s must not be negative", key)
 		}
 	}
-	if c.ServedFileSize > 3<<30 {
-		return fmt.Errorf("served_file_size %d is above 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB", c.ServedFileSize)
+	if c.ServedFileSize > 3<<30 || c.ServedFileSize > 0 && c.ServedFileSize < 1<<20 {
+		return fmt.Errorf("served_file_size %d is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)
 	}
 	if c.AllowIPs != "" {
 		if _, err := mysqlfront.ParseAllowList(c.AllowIPs); err != nil {

@@ -6,7 +6,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,18 +18,11 @@ import (
 // rssBytes is a process's resident set size.
 func rssBytes(b *testing.B, pid int) float64 {
 	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	n, err := mariadbtest.Memory(pid, "VmRSS")
 	if err != nil {
 		b.Fatal(err)
 	}
-	for _, l := range strings.Split(string(raw), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
-			kb, _ := strconv.ParseFloat(f[1], 64)
-			return kb * 1024
-		}
-	}
-	b.Fatalf("no VmRSS for process %d", pid)
-	return 0
+	return float64(n)
 }
 
 // BenchmarkIdleGroups measures what an idle upstream costs a node: a one-node cluster

@@ -6,7 +6,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -25,32 +24,24 @@ const (
 )
 
 // peakRSS reads a process's peak resident set (VmHWM) in bytes.
-func peakRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmHWM:") }
+func peakRSS(t *testing.T, pid int) int64 { return memory(t, pid, "VmHWM") }
 
-// procStatus reads a size field of /proc/PID/status in bytes.
-func procStatus(t *testing.T, pid int, field string) int64 {
+// currentRSS reads a process's resident set (VmRSS) in bytes.
+func currentRSS(t *testing.T, pid int) int64 { return memory(t, pid, "VmRSS") }
+
+func memory(t *testing.T, pid int, field string) int64 {
 	t.Helper()
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	n, err := mariadbtest.Memory(pid, field)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(line); len(f) >= 2 && f[0] == field {
-			kb, _ := strconv.ParseInt(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	t.Fatalf("no %s in /proc status", field)
-	return 0
+	return n
 }
 
-// currentRSS reads a process's resident set (VmRSS) in bytes.
-func currentRSS(t *testing.T, pid int) int64 { return procStatus(t, pid, "VmRSS:") }
-
-// resetPeakRSS starts a new VmHWM measurement (Linux: clear_refs 5).
+// resetPeakRSS starts a new VmHWM measurement.
 func resetPeakRSS(t *testing.T, pid int) {
 	t.Helper()
-	if err := os.WriteFile(fmt.Sprintf("/proc/%d/clear_refs", pid), []byte("5"), 0); err != nil {
+	if err := mariadbtest.ResetPeakMemory(pid); err != nil {
 		t.Fatalf("reset peak RSS: %v", err)
 	}
 }
@@ -141,9 +132,11 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	txnBytes := int64(hugeTxnRows * hugeTxnRowLen)
 	t.Logf("Flotilla peak RSS: %d MiB ingesting a %d MiB transaction; %d MiB serving it to 3 replicas at once (from %d MiB); %d MiB relaying a %d MiB row event to them",
 		txnPeak>>20, txnBytes>>20, servePeak>>20, serveBase>>20, rowPeak>>20, hugeRowBytes>>20)
-	if txnPeak > txnBytes*3/4 || servePeak-serveBase > txnBytes/8 {
-		t.Fatalf("Flotilla's memory is not well under the %d MiB transaction (peak %d MiB ingesting, +%d MiB serving 3 replicas): something holds it whole",
-			txnBytes>>20, txnPeak>>20, (servePeak-serveBase)>>20)
+	// The row event is held whole once by go-mysql's reader, which grows its buffer
+	// while reading: a few times the event, once, not per replica.
+	if txnPeak > txnBytes*3/4 || servePeak-serveBase > txnBytes/8 || rowPeak > 8*hugeRowBytes {
+		t.Fatalf("Flotilla's memory is not bounded (peak %d MiB ingesting a %d MiB transaction, +%d MiB serving it to 3 replicas, %d MiB relaying a %d MiB row): something holds them whole",
+			txnPeak>>20, txnBytes>>20, (servePeak-serveBase)>>20, rowPeak>>20, hugeRowBytes>>20)
 	}
 }
 
