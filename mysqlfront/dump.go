@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -146,6 +147,10 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	err = src.Dump(ctx, spec, w)
 	if ferr := w.flush(); err == nil && ferr != nil {
 		ss.log.Info("replica connection closed during dump", "err", ferr)
+	}
+	var fe *framingError
+	if errors.As(err, &fe) {
+		ss.log.Error("Flotilla framed served events wrongly (a bug): closing the replica's connection", "err", err)
 	}
 	if err != nil && w.left > 0 {
 		// Mid-event (a relay broke inside an event sent in parts): an error packet

@@ -194,7 +194,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			case <-hbTimer:
 				// Heartbeats follow the file's checksum algorithm; the replica stops for good
 				// if their file name or position disagree with what it has received.
-				if err := w.Event(binlog.NewHeartbeat(u.ServerID, statemachine.FileName(file), uint32(pos), fileCRC)); err != nil {
+				if err := w.Event(binlog.NewHeartbeat(u.ServerID, statemachine.FileName(file), pos, fileCRC)); err != nil {
 					return nil
 				}
 				w.Position(file, pos) // a relay sends what it holds at each position report

@@ -295,17 +295,10 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		if !p.hasFile {
 			return fmt.Errorf("master sent GTID %s before any Format_description", g.GTID)
 		}
-		p.cur = &openTxn{gtid: g, events: append(make([]byte, 0, 4096), raw...), first: true, skip: p.state.Contains(g.GTID)}
-		if !p.cur.skip && p.fileBytes >= p.maxFile && p.fde != nil {
-			// Roll the served file early, before this transaction (see servedFileLimit).
-			p.s.log.Info("served file passed its size limit: starting a new one inside the master's file", "bytes", p.fileBytes, "master_file", p.upstreamFile)
-			fh, _ := binlog.ParseHeader(p.fde)
-			fde := append([]byte(nil), p.fde...)
-			binlog.ClearFDECreated(fde) // the master did not just start: replicas keep their temporary tables
-			binlog.SetLogPos(fde, fh.LogPos, 0, p.checksummed)
-			p.add(statemachine.Item{NewFile: &statemachine.NewFile{ServerID: fh.ServerID, UpstreamFile: p.upstreamFile,
-				FDE: fde, BaseState: p.base}}, len(fde), 0)
+		if !p.state.Contains(g.GTID) {
+			p.rollIfFull() // a file left full by a previous connection
 		}
+		p.cur = &openTxn{gtid: g, events: append(make([]byte, 0, 4096), raw...), first: true, skip: p.state.Contains(g.GTID)}
 		return nil
 	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent, binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent:
 		return nil
@@ -330,6 +323,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		}
 		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Last: true, Events: t.events}}, len(t.events), 1)
 		p.state[t.gtid.GTID.Domain] = t.gtid.GTID
+		p.rollIfFull()
 		return nil
 	}
 	if len(p.cur.events) >= p.maxPiece {
@@ -342,6 +336,22 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		t.first, t.events = false, make([]byte, 0, p.maxPiece+64<<10)
 	}
 	return nil
+}
+
+// rollIfFull closes the served file early once it passed maxFile (see
+// servedFileLimit): at a transaction boundary, right after the transaction that took
+// it there, so replicas leave the file at once.
+func (p *pipeline) rollIfFull() {
+	if p.fileBytes < p.maxFile || p.fde == nil || p.cur != nil {
+		return
+	}
+	p.s.log.Info("served file passed its size limit: starting a new one inside the master's file", "bytes", p.fileBytes, "master_file", p.upstreamFile)
+	fh, _ := binlog.ParseHeader(p.fde)
+	fde := append([]byte(nil), p.fde...)
+	binlog.ClearFDECreated(fde) // the master did not just start: replicas keep their temporary tables
+	binlog.SetLogPos(fde, fh.LogPos, 0, p.checksummed)
+	p.add(statemachine.Item{NewFile: &statemachine.NewFile{ServerID: fh.ServerID, UpstreamFile: p.upstreamFile,
+		FDE: fde, BaseState: p.base}}, len(fde), 0)
 }
 
 // addLargeEvent adds an event larger than a piece to the open transaction in parts,

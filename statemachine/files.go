@@ -163,7 +163,6 @@ func (s *Store) truncate(f *segFile, size int64) error {
 	old := f.File
 	f.File, f.w = nf, fileWriter{f: nf, off: size}
 	return old.Close() // the copy is durable: a failed close of the old handle loses nothing, but is reported
-
 }
 
 // removeTruncLeftovers deletes copies an interrupted truncate left in dir.

@@ -226,3 +226,22 @@ func checkLocateAtEveryEvent(t *testing.T, g *Group, rec Record) {
 		t.Fatal(err)
 	}
 }
+
+// TestLocateFileBounds: a position past the end of a closed file is refused, not
+// resolved into the next file.
+func TestLocateFileBounds(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(gt(1), 10), newFile("m.2", nil), txn(gt(2), 10)}})
+	fi, err := h.store.fileInfo(h.g.id, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.g.LocateFile(FileName(1), fi.Size+19); err == nil {
+		t.Fatalf("position %d past the end (%d) of a closed file was accepted", fi.Size+19, fi.Size)
+	}
+	if _, err := h.g.LocateFile(FileName(1), fi.Size); err != nil {
+		t.Fatalf("the end of a closed file: %v", err)
+	}
+}

@@ -133,7 +133,15 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 		}
 		size = fi.Size
 	}
+	if pos > size {
+		return Start{}, positionErr("position %d in %s is beyond its end %d", pos, name, size)
+	}
 	if size >= 1<<32 {
+		// Only the tail, as a replica that read it all reports it (modulo 2^32), is
+		// unambiguous in such a file.
+		if no == t.File && pos == t.FileSize&0xffffffff {
+			return Start{File: no, Served: t.FileSize, Seg: t.SegSize}, nil
+		}
 		return Start{}, positionErr("%s is larger than 4 GiB (one transaction took it there), so a 32-bit position inside it is ambiguous: start at its beginning (position 4) or at the next file, or replicate by GTID", name)
 	}
 	// The record holding pos: the last record boundary at or before it.

@@ -268,6 +268,11 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	if err := g.store.syncDir(fs.PathDir(g.dir)); err != nil {
 		return fmt.Errorf("group %d: sync installed snapshot: %w", g.id, err)
 	}
+	// Position keys of the pieces PrepareSnapshot dropped: the pieces that come again
+	// may not begin at the same places (nor all get keys), so none may be left.
+	if err := b.DeleteRange(posKey(g.id, m.File, m.FileSize), posKey(g.id, m.File+1, 0), nil); err != nil {
+		return fmt.Errorf("group %d: drop positions of open pieces: %w", g.id, err)
+	}
 	mv, _ = json.Marshal(&m)
 	if err := b.Set(metaKey(g.id), mv, nil); err != nil {
 		return fmt.Errorf("group %d: restore meta: %w", g.id, err)

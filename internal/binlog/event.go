@@ -185,9 +185,14 @@ func ParseRotate(ev []byte, checksummed bool) (string, uint64, error) {
 }
 
 // NewHeartbeat builds a heartbeat carrying the current served file name and the
-// position the replica has been sent up to (MariaDB/MySQL format, type 27).
-func NewHeartbeat(serverID uint32, file string, logPos uint32, checksummed bool) []byte {
-	return build(HeartbeatEvent, serverID, 0, logPos, 0, []byte(file), checksummed)
+// position the replica has been sent up to (MariaDB/MySQL format, type 27). A position
+// past 4 GiB does not fit log_pos: as MariaDB does, log_pos is then 0 and the position
+// follows the header as an 8-byte sub-header, before the file name.
+func NewHeartbeat(serverID uint32, file string, pos uint64, checksummed bool) []byte {
+	if pos <= 0xffffffff {
+		return build(HeartbeatEvent, serverID, 0, uint32(pos), 0, []byte(file), checksummed)
+	}
+	return build(HeartbeatEvent, serverID, 0, 0, 0, append(binary.LittleEndian.AppendUint64(nil, pos), file...), checksummed)
 }
 
 // body returns the event body without header and checksum trailer.

@@ -2,6 +2,7 @@ package binlog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"math/rand/v2"
 	"testing"
 )
@@ -155,4 +156,27 @@ func FuzzPlace(f *testing.F) {
 			t.Fatalf("cuts %v: placed in pieces differs from placed whole", cuts)
 		}
 	})
+}
+
+// TestHeartbeatPast4GiB: a heartbeat position past 4 GiB goes in MariaDB's 8-byte
+// sub-header, with log_pos 0; below it, in log_pos as before.
+func TestHeartbeatPast4GiB(t *testing.T) {
+	low := NewHeartbeat(1, "flotilla-bin.000002", 1234, true)
+	if h, _ := ParseHeader(low); h.LogPos != 1234 || int(h.EventSize) != len(low) {
+		t.Fatalf("heartbeat below 4 GiB: %+v", h)
+	}
+	ev := NewHeartbeat(1, "flotilla-bin.000002", 1<<32+77, true)
+	h, err := ParseHeader(ev)
+	if err != nil || h.LogPos != 0 || int(h.EventSize) != len(ev) {
+		t.Fatalf("heartbeat past 4 GiB: %+v %v", h, err)
+	}
+	if err := VerifyChecksum(ev); err != nil {
+		t.Fatal(err)
+	}
+	if pos := binary.LittleEndian.Uint64(ev[HeaderLen:]); pos != 1<<32+77 {
+		t.Fatalf("sub-header position %d", pos)
+	}
+	if name := string(ev[HeaderLen+8 : len(ev)-ChecksumLen]); name != "flotilla-bin.000002" {
+		t.Fatalf("file name %q", name)
+	}
 }

@@ -208,12 +208,12 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 		}
 		for _, ev := range ch.Events {
 			if err := sink.Event(ev); err != nil {
-				return true, 0, nil // the replica went away
+				return true, 0, err // the replica went away, or the events were not whole (the sink says)
 			}
 		}
 		if len(ch.EventPart) > 0 {
 			if err := sink.EventPart(ch.EventPart); err != nil {
-				return true, 0, nil
+				return true, 0, err
 			}
 		}
 		if ch.File != 0 {

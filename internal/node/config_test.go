@@ -93,6 +93,7 @@ func TestValidate(t *testing.T) {
 		"--tls-ca/--tls-cert/--tls-key": func(c *Config) { c.TLS.CA = "ca.pem" },
 		"join":                          func(c *Config) { c.Join = []string{"host-without-port"} },
 		"served_file_size":              func(c *Config) { c.ServedFileSize = 4 << 30 },
+		"1 MiB":                         func(c *Config) { c.ServedFileSize = 1000 },
 	} {
 		c := ok
 		mod(&c)
