@@ -1,0 +1,273 @@
+package binlog
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+)
+
+// MySQL-flavor GTIDs, the groundwork of the MySQL flavor: a transaction is
+// source_id:gno (server_uuid and a sequence number starting at 1), or, from MySQL 8.3,
+// source_id:tag:gno. A set holds, per source (and tag), sorted disjoint intervals.
+//
+// Invariants: intervals of a source are sorted, non-empty (Start < End, End exclusive
+// as MySQL encodes them) and neither overlap nor touch (adjacent ones are merged); a
+// source with no interval is not in the set; tags are lower case (MySQL folds them).
+
+// MySQL event types of the GTID family.
+const (
+	MySQLGTIDEvent          byte = 33
+	MySQLAnonymousGTIDEvent byte = 34
+	MySQLPreviousGTIDsEvent byte = 35
+	MySQLGTIDTaggedEvent    byte = 42
+)
+
+// SID is a MySQL source id: the server_uuid of the server that ran the transaction.
+type SID [16]byte
+
+// ParseSID parses a UUID in its 8-4-4-4-12 text form.
+func ParseSID(s string) (SID, error) {
+	var id SID
+	h := strings.ReplaceAll(strings.TrimSpace(s), "-", "")
+	if len(h) != 32 || strings.Count(s, "-") != 4 {
+		return id, fmt.Errorf("binlog: %q is not a UUID (8-4-4-4-12 hex digits)", s)
+	}
+	if _, err := hex.Decode(id[:], []byte(h)); err != nil {
+		return id, fmt.Errorf("binlog: %q is not a UUID: %w", s, err)
+	}
+	return id, nil
+}
+
+func (id SID) String() string {
+	h := hex.EncodeToString(id[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// Source is one source of transactions in a MySQL GTID set: a SID and, for tagged
+// GTIDs, a tag.
+type Source struct {
+	SID SID
+	Tag string
+}
+
+func (s Source) String() string {
+	if s.Tag == "" {
+		return s.SID.String()
+	}
+	return s.SID.String() + ":" + s.Tag
+}
+
+// MySQLGTID is one MySQL transaction id.
+type MySQLGTID struct {
+	Source
+	GNO int64
+}
+
+func (g MySQLGTID) String() string { return g.Source.String() + ":" + strconv.FormatInt(g.GNO, 10) }
+
+// Interval is the transactions Start to End-1 of a source.
+type Interval struct{ Start, End int64 }
+
+// MySQLSet is a MySQL GTID set (gtid_executed, a replica's auto-position set).
+type MySQLSet map[Source][]Interval
+
+// ParseMySQLSet parses the text form: "uuid:1-5:7,uuid:tag:1-3", whitespace and
+// newlines allowed between elements, as @@gtid_executed prints it.
+func ParseMySQLSet(s string) (MySQLSet, error) {
+	set := MySQLSet{}
+	for _, elem := range strings.Split(s, ",") {
+		elem = strings.TrimSpace(elem)
+		if elem == "" {
+			continue
+		}
+		parts := strings.Split(elem, ":")
+		sid, err := ParseSID(parts[0])
+		if err != nil {
+			return nil, err
+		}
+		src := Source{SID: sid}
+		for _, p := range parts[1:] {
+			p = strings.TrimSpace(p)
+			if p == "" || p[0] < '0' || p[0] > '9' {
+				tag, err := parseTag(p)
+				if err != nil {
+					return nil, fmt.Errorf("binlog: GTID set element %q: %w", elem, err)
+				}
+				src.Tag = tag
+				continue
+			}
+			lo, hi, ok := strings.Cut(p, "-")
+			start, err1 := strconv.ParseInt(lo, 10, 64)
+			end := start
+			var err2 error
+			if ok {
+				end, err2 = strconv.ParseInt(hi, 10, 64)
+			}
+			if err1 != nil || err2 != nil || start < 1 || end < start || end == 1<<63-1 {
+				return nil, fmt.Errorf("binlog: GTID set element %q: bad interval %q (want N or N-M with 1 <= N <= M)", elem, p)
+			}
+			set.addInterval(src, Interval{start, end + 1})
+		}
+	}
+	return set, nil
+}
+
+// parseTag checks a GTID tag: a letter or underscore, then up to 31 letters, digits
+// or underscores; MySQL compares tags case-insensitively.
+func parseTag(t string) (string, error) {
+	if len(t) == 0 || len(t) > 32 {
+		return "", fmt.Errorf("tag %q must have 1 to 32 characters", t)
+	}
+	for i, c := range t {
+		letter := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c == '_'
+		if !letter && (i == 0 || c < '0' || c > '9') {
+			return "", fmt.Errorf("tag %q: only letters, digits and _ (not first: a digit)", t)
+		}
+	}
+	return strings.ToLower(t), nil
+}
+
+// Add puts one transaction in the set.
+func (s MySQLSet) Add(g MySQLGTID) { s.addInterval(g.Source, Interval{g.GNO, g.GNO + 1}) }
+
+func (s MySQLSet) addInterval(src Source, iv Interval) {
+	ivs := append(s[src], iv)
+	sort.Slice(ivs, func(i, j int) bool { return ivs[i].Start < ivs[j].Start })
+	out := ivs[:1]
+	for _, v := range ivs[1:] {
+		last := &out[len(out)-1]
+		if v.Start <= last.End {
+			last.End = max(last.End, v.End)
+			continue
+		}
+		out = append(out, v)
+	}
+	s[src] = out
+}
+
+// Contains reports whether the set holds g.
+func (s MySQLSet) Contains(g MySQLGTID) bool {
+	ivs := s[g.Source]
+	i := sort.Search(len(ivs), func(i int) bool { return ivs[i].End > g.GNO })
+	return i < len(ivs) && ivs[i].Start <= g.GNO
+}
+
+// sources returns the set's sources in MySQL's printing order: by UUID text, untagged
+// first, then by tag.
+func (s MySQLSet) sources() []Source {
+	out := make([]Source, 0, len(s))
+	for src := range s {
+		out = append(out, src)
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].SID != out[j].SID {
+			return out[i].SID.String() < out[j].SID.String()
+		}
+		return out[i].Tag < out[j].Tag
+	})
+	return out
+}
+
+// String prints the set as MySQL does: one element per UUID, its untagged intervals
+// then each tag's, "uuid:1-5:7:tag:1-3", elements joined by ",".
+func (s MySQLSet) String() string {
+	var b strings.Builder
+	var prev SID
+	for i, src := range s.sources() {
+		if i == 0 || src.SID != prev {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(src.SID.String())
+			prev = src.SID
+		}
+		if src.Tag != "" {
+			b.WriteString(":" + src.Tag)
+		}
+		for _, iv := range s[src] {
+			b.WriteString(":" + strconv.FormatInt(iv.Start, 10))
+			if iv.End-1 > iv.Start {
+				b.WriteString("-" + strconv.FormatInt(iv.End-1, 10))
+			}
+		}
+	}
+	return b.String()
+}
+
+// AppendEncoded appends the binary form MySQL uses in COM_BINLOG_DUMP_GTID and in
+// PREVIOUS_GTIDS events: u64 number of SIDs, then per SID its 16 bytes, u64 number of
+// intervals and each interval as u64 start and u64 end (exclusive). Tagged sources
+// need MySQL 8.3's tagged format, which this does not write: it returns an error.
+func (s MySQLSet) AppendEncoded(dst []byte) ([]byte, error) {
+	srcs := s.sources()
+	dst = binary.LittleEndian.AppendUint64(dst, uint64(len(srcs)))
+	for _, src := range srcs {
+		if src.Tag != "" {
+			return nil, fmt.Errorf("binlog: the GTID set holds tagged GTIDs (%s), which need MySQL 8.3's tagged encoding", src)
+		}
+		dst = append(dst, src.SID[:]...)
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(len(s[src])))
+		for _, iv := range s[src] {
+			dst = binary.LittleEndian.AppendUint64(dst, uint64(iv.Start))
+			dst = binary.LittleEndian.AppendUint64(dst, uint64(iv.End))
+		}
+	}
+	return dst, nil
+}
+
+// DecodeMySQLSet reads the binary form AppendEncoded writes (untagged), and returns
+// the bytes after it. Counts are checked against the bytes present before anything is
+// allocated for them.
+func DecodeMySQLSet(b []byte) (MySQLSet, []byte, error) {
+	if len(b) < 8 {
+		return nil, nil, fmt.Errorf("%w: GTID set of %d bytes", ErrShort, len(b))
+	}
+	n := binary.LittleEndian.Uint64(b)
+	b = b[8:]
+	if n > 1<<56 {
+		return nil, nil, fmt.Errorf("binlog: GTID set in MySQL 8.3's tagged format (not read yet) or damaged: %d sources", n)
+	}
+	if n > uint64(len(b))/24 {
+		return nil, nil, fmt.Errorf("%w: GTID set claims %d sources in %d bytes", ErrShort, n, len(b))
+	}
+	set := MySQLSet{}
+	for ; n > 0; n-- {
+		if len(b) < 24 {
+			return nil, nil, fmt.Errorf("%w: GTID set source", ErrShort)
+		}
+		var src Source
+		copy(src.SID[:], b)
+		k := binary.LittleEndian.Uint64(b[16:])
+		b = b[24:]
+		if k > uint64(len(b))/16 {
+			return nil, nil, fmt.Errorf("%w: GTID set claims %d intervals for %s in %d bytes", ErrShort, k, src, len(b))
+		}
+		for ; k > 0; k-- {
+			start, end := int64(binary.LittleEndian.Uint64(b)), int64(binary.LittleEndian.Uint64(b[8:]))
+			b = b[16:]
+			if start < 1 || end <= start {
+				return nil, nil, fmt.Errorf("binlog: GTID set interval %d-%d of %s is empty or negative", start, end, src)
+			}
+			set.addInterval(src, Interval{start, end})
+		}
+	}
+	return set, b, nil
+}
+
+// ParseMySQLGTIDEvent reads the GTID of a GTID event (type 33): flags u8, SID, GNO
+// u64 follow the header.
+func ParseMySQLGTIDEvent(ev []byte) (MySQLGTID, error) {
+	if len(ev) < HeaderLen+1+16+8 || ev[4] != MySQLGTIDEvent {
+		return MySQLGTID{}, fmt.Errorf("%w: not a MySQL GTID event of %d bytes", ErrShort, len(ev))
+	}
+	var g MySQLGTID
+	copy(g.SID[:], ev[HeaderLen+1:])
+	g.GNO = int64(binary.LittleEndian.Uint64(ev[HeaderLen+17:]))
+	if g.GNO < 1 {
+		return MySQLGTID{}, fmt.Errorf("binlog: MySQL GTID event with gno %d", g.GNO)
+	}
+	return g, nil
+}
