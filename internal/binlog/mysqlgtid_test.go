@@ -2,6 +2,7 @@ package binlog
 
 import (
 	"bytes"
+	"encoding/binary"
 	"os"
 	"testing"
 )
@@ -75,9 +76,23 @@ func TestMySQLFixture(t *testing.T) {
 	}
 	var gnos []int64
 	var prev string
+	var grp MySQLGroup
+	groups, inGroup := 0, false
 	err = Split(raw[4:], func(ev []byte) error {
 		if err := VerifyChecksum(ev); err != nil {
 			return err
+		}
+		// Every transaction group (15 of them: row changes and DDL) ends where it
+		// should: a GTID event only ever follows an ended group.
+		if OpensMySQLGroup(ev) {
+			if inGroup {
+				t.Fatalf("GTID event inside an open group at log_pos %d", binary.LittleEndian.Uint32(ev[13:]))
+			}
+			inGroup = true
+		}
+		if grp.Next(ev, true) {
+			groups++
+			inGroup = false
 		}
 		switch ev[4] {
 		case MySQLPreviousGTIDsEvent:
@@ -103,6 +118,9 @@ func TestMySQLFixture(t *testing.T) {
 	}
 	if prev != fixtureUUID+":1-232" {
 		t.Fatalf("PREVIOUS_GTIDS = %q", prev)
+	}
+	if groups != 15 || inGroup {
+		t.Fatalf("%d groups ended (open at the end: %v), want 15", groups, inGroup)
 	}
 	if len(gnos) != 15 || gnos[0] != 233 || gnos[14] != 247 {
 		t.Fatalf("gnos %v", gnos)
@@ -136,4 +154,32 @@ func FuzzMySQLSet(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestMySQLGroupEnds: the ways a MySQL group ends, and the events that do not end it.
+func TestMySQLGroupEnds(t *testing.T) {
+	gtid := func() []byte { return NewOpaque(MySQLGTIDEvent, 1, 25, true) }
+	q := func(sql string) []byte { return NewQuery(1, "db", sql, true) }
+	rows := NewOpaque(30, 1, 40, true)
+	for name, c := range map[string]struct {
+		evs     [][]byte
+		endAtIx int // index of the event that ends the group; -1: none
+	}{
+		"row transaction":   {[][]byte{gtid(), q("BEGIN"), NewOpaque(TableMapEvent, 1, 20, true), rows, NewXID(1, 1, true)}, 4},
+		"DDL":               {[][]byte{gtid(), q("CREATE TABLE t (a int)")}, 1},
+		"non-transactional": {[][]byte{gtid(), q("BEGIN"), rows, q("COMMIT")}, 3},
+		"compressed":        {[][]byte{gtid(), NewOpaque(MySQLTransactionPayloadEvent, 1, 300, true)}, 1},
+		"XA prepare":        {[][]byte{gtid(), q("XA START 'x'"), rows, q("XA END 'x'"), NewOpaque(XAPrepareEvent, 1, 10, true)}, 4},
+		"tagged":            {[][]byte{NewOpaque(MySQLGTIDTaggedEvent, 1, 60, true), q("BEGIN"), rows, NewXID(1, 2, true)}, 3},
+		"anonymous":         {[][]byte{NewOpaque(MySQLAnonymousGTIDEvent, 1, 25, true), q("DROP TABLE t")}, 1},
+		"still open":        {[][]byte{gtid(), q("BEGIN"), rows}, -1},
+		"outside any group": {[][]byte{q("COMMIT"), NewXID(1, 3, true)}, -1},
+	} {
+		var g MySQLGroup
+		for i, ev := range c.evs {
+			if got := g.Next(ev, true); got != (i == c.endAtIx) {
+				t.Fatalf("%s: event %d ends the group: %v", name, i, got)
+			}
+		}
+	}
 }
