@@ -132,7 +132,7 @@ func TestCutEvent(t *testing.T) {
 // never panic, and whenever it accepts the pieces and the bytes are whole events, the
 // result must equal placing them whole.
 func FuzzPlace(f *testing.F) {
-	f.Add(events(10, 3000, 0), uint16(40), uint16(3030))
+	f.Add(events(10, 300, 0), uint16(40), uint16(330))
 	f.Add(events(5), uint16(19), uint16(0))
 	f.Fuzz(func(t *testing.T, buf []byte, a, b uint16) {
 		cuts := []int{int(a) % (len(buf) + 1), int(b) % (len(buf) + 1)}

@@ -1,0 +1,65 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+// TestRelayedLargeEvents: events larger than a stored piece reach a replica connected
+// to a node that holds no member of the group, so every part crosses the node-to-node
+// relay (DumpChunk.event_part): a 40 MiB row, and a transaction of 6 MiB rows, end
+// equal on the replica.
+func TestRelayedLargeEvents(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	big := []string{"--max-allowed-packet=1073741824"}
+	master := startMasterWith(ctx, t, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, ExtraArgs: big})
+	nodes := flotillatest.StartCluster(ctx, t, filepath.Join(dir, "flotilla"), 3)
+	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass, "--replicas", "2"); err != nil {
+		t.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	_, members := waitLeader(ctx, t, nodes, "main")
+	var relay *flotillatest.Node
+	for _, n := range nodes {
+		if !slices.Contains(members, n.ID) {
+			relay = n
+		}
+	}
+	if relay == nil {
+		t.Fatalf("a group of 2 replicas on 3 nodes has members %v", members)
+	}
+	r, err := mariadbtest.Start(ctx, filepath.Join(dir, "replica"), mariadbtest.Options{ServerID: 11, ExtraArgs: big})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { r.Stop() })
+	changeMaster(ctx, t, r, relay, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	for _, q := range []string{
+		"CREATE DATABASE big",
+		"CREATE TABLE big.blobs (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB",
+		fmt.Sprintf("INSERT INTO big.blobs VALUES (1, REPEAT('x', %d))", 40<<20),
+		fmt.Sprintf("INSERT INTO big.blobs SELECT seq, REPEAT(CHAR(65 + seq %% 26), %d) FROM big.seq_2_to_6", 6<<20),
+	} {
+		if err := master.Exec(ctx, q); err != nil {
+			t.Fatalf("%.60s: %v", q, err)
+		}
+	}
+	waitCaughtUp(ctx, t, "the relayed replica", master, r, 3*time.Minute)
+	sameData(t, "the relayed replica", checksumsOf(ctx, t, master), checksumsOf(ctx, t, r))
+	want := `msg="relaying a binlog dump" node=` + strconv.Itoa(int(relay.ID))
+	if !strings.Contains(relay.LogTail(100000), want) {
+		t.Fatalf("node %d holds no member, yet never relayed the dump; log:\n%s", relay.ID, relay.LogTail(30))
+	}
+}
