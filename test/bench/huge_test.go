@@ -22,7 +22,7 @@ func BenchmarkHugeTransaction(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := b.TempDir()
-	big := []string{"--max-allowed-packet=1073741824"}
+	big := []string{mariadbtest.MaxPacketArg}
 	m, err := mariadbtest.Start(ctx, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, LogBin: true, ExtraArgs: big})
 	if err != nil {
 		b.Fatal(err)
@@ -37,15 +37,14 @@ func BenchmarkHugeTransaction(b *testing.B) {
 	}
 	firstFile := logs[len(logs)-1][0]
 	const rowBytes, txnRows, txnRowLen = 200 << 20, 2048, 1 << 20
-	for _, q := range []string{
-		"CREATE DATABASE big",
-		"CREATE TABLE big.blobs (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB",
-		fmt.Sprintf("INSERT INTO big.blobs VALUES (1, REPEAT('x', %d))", rowBytes),
-		fmt.Sprintf("INSERT INTO big.blobs SELECT seq, REPEAT(CHAR(65 + seq %% 26), %d) FROM big.seq_2_to_%d", txnRowLen, txnRows+1),
-	} {
-		if err := m.Exec(ctx, q); err != nil {
-			b.Fatalf("%.60s: %v", q, err)
-		}
+	if err := mariadbtest.CreateBlobTable(ctx, m); err != nil {
+		b.Fatal(err)
+	}
+	if err := mariadbtest.InsertBlobRow(ctx, m, 1, rowBytes); err != nil {
+		b.Fatal(err)
+	}
+	if err := mariadbtest.InsertBlobRows(ctx, m, 2, txnRows+1, txnRowLen); err != nil {
+		b.Fatal(err)
 	}
 	_, _, gtid := masterTail(ctx, b, m)
 	rep := &relayReport{}
@@ -88,11 +87,11 @@ func BenchmarkHugeTransaction(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	want, err := mariadbtest.TableChecksums(ctx, m, "big")
+	want, err := mariadbtest.TableChecksums(ctx, m, mariadbtest.BlobDB)
 	if err != nil {
 		b.Fatal(err)
 	}
-	got, err := mariadbtest.TableChecksums(ctx, r, "big")
+	got, err := mariadbtest.TableChecksums(ctx, r, mariadbtest.BlobDB)
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -56,7 +56,7 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	big := []string{"--max-allowed-packet=1073741824"}
+	big := []string{mariadbtest.MaxPacketArg}
 	master := startMasterWith(ctx, t, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, ExtraArgs: big})
 	// Served files close early past 256 MiB: the huge row opens a new one (see
 	// --served-file-size), inside the same master file.
@@ -67,15 +67,12 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)
 	}
-	for _, q := range []string{
-		"CREATE DATABASE big",
-		"CREATE TABLE big.blobs (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB",
-		// One transaction of many 1 MiB row events.
-		fmt.Sprintf("INSERT INTO big.blobs SELECT seq, REPEAT(CHAR(65 + seq %% 26), %d) FROM big.seq_2_to_%d", hugeTxnRowLen, hugeTxnRows+1),
-	} {
-		if err := master.Exec(ctx, q); err != nil {
-			t.Fatalf("%.80s: %v", q, err)
-		}
+	if err := mariadbtest.CreateBlobTable(ctx, master); err != nil {
+		t.Fatal(err)
+	}
+	// One transaction of many 1 MiB row events.
+	if err := mariadbtest.InsertBlobRows(ctx, master, 2, hugeTxnRows+1, hugeTxnRowLen); err != nil {
+		t.Fatal(err)
 	}
 	waitGroupHolds(ctx, t, fl, master)
 	txnPeak := peakRSS(t, fl.PID())
@@ -104,7 +101,7 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 
 	// Then one huge row event, streamed live to the three.
 	resetPeakRSS(t, fl.PID())
-	if err := master.Exec(ctx, fmt.Sprintf("INSERT INTO big.blobs VALUES (1, REPEAT('x', %d))", hugeRowBytes)); err != nil {
+	if err := mariadbtest.InsertBlobRow(ctx, master, 1, hugeRowBytes); err != nil {
 		t.Fatal(err)
 	}
 	want := checksumsOf(ctx, t, master)
@@ -142,7 +139,7 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 
 func checksumsOf(ctx context.Context, t *testing.T, s *mariadbtest.Server) map[string]string {
 	t.Helper()
-	c, err := mariadbtest.TableChecksums(ctx, s, "big")
+	c, err := mariadbtest.TableChecksums(ctx, s, mariadbtest.BlobDB)
 	if err != nil {
 		t.Fatal(err)
 	}

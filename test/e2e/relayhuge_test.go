@@ -2,7 +2,6 @@ package e2e
 
 import (
 	"context"
-	"fmt"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -23,7 +22,7 @@ func TestRelayedLargeEvents(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	big := []string{"--max-allowed-packet=1073741824"}
+	big := []string{mariadbtest.MaxPacketArg}
 	master := startMasterWith(ctx, t, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, ExtraArgs: big})
 	nodes := flotillatest.StartCluster(ctx, t, filepath.Join(dir, "flotilla"), 3)
 	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
@@ -46,15 +45,14 @@ func TestRelayedLargeEvents(t *testing.T) {
 	}
 	t.Cleanup(func() { r.Stop() })
 	changeMaster(ctx, t, r, relay, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
-	for _, q := range []string{
-		"CREATE DATABASE big",
-		"CREATE TABLE big.blobs (id INT PRIMARY KEY, b LONGBLOB) ENGINE=InnoDB",
-		fmt.Sprintf("INSERT INTO big.blobs VALUES (1, REPEAT('x', %d))", 40<<20),
-		fmt.Sprintf("INSERT INTO big.blobs SELECT seq, REPEAT(CHAR(65 + seq %% 26), %d) FROM big.seq_2_to_6", 6<<20),
-	} {
-		if err := master.Exec(ctx, q); err != nil {
-			t.Fatalf("%.60s: %v", q, err)
-		}
+	if err := mariadbtest.CreateBlobTable(ctx, master); err != nil {
+		t.Fatal(err)
+	}
+	if err := mariadbtest.InsertBlobRow(ctx, master, 1, 40<<20); err != nil {
+		t.Fatal(err)
+	}
+	if err := mariadbtest.InsertBlobRows(ctx, master, 2, 6, 6<<20); err != nil {
+		t.Fatal(err)
 	}
 	waitCaughtUp(ctx, t, "the relayed replica", master, r, 3*time.Minute)
 	sameData(t, "the relayed replica", checksumsOf(ctx, t, master), checksumsOf(ctx, t, r))
