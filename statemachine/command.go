@@ -25,6 +25,9 @@ const commandVersion byte = 1
 const (
 	itemNewFile byte = 1
 	itemTxn     byte = 2
+	// itemNewFileMySQL is a NewFile of a MySQL-flavor group: its base is a MySQL
+	// GTID set (text form) instead of a MariaDB position.
+	itemNewFileMySQL byte = 3
 )
 
 // Append is the proposal a syncer makes: a batch of items that must follow the
@@ -53,6 +56,10 @@ type NewFile struct {
 	UpstreamFile string
 	FDE          []byte
 	BaseState    binlog.Position
+	// MySQL marks a MySQL-flavor group (fixed by its first file); BaseSet is then
+	// its base instead of BaseState: the GTID set executed before its history.
+	MySQL   bool
+	BaseSet binlog.MySQLSet
 }
 
 // Txn is a whole transaction group, or one piece of it (First and Last tell which):
@@ -109,6 +116,13 @@ func (a *Append) Encode() []byte {
 	b = binary.AppendUvarint(b, uint64(len(a.Items)))
 	for _, it := range a.Items {
 		switch {
+		case it.NewFile != nil && it.NewFile.MySQL:
+			nf := it.NewFile
+			b = append(b, itemNewFileMySQL)
+			b = binary.AppendUvarint(b, uint64(nf.ServerID))
+			b = appendBytes(b, []byte(nf.UpstreamFile))
+			b = appendBytes(b, nf.FDE)
+			b = appendBytes(b, []byte(nf.BaseSet.String()))
 		case it.NewFile != nil:
 			nf := it.NewFile
 			b = append(b, itemNewFile)
@@ -231,6 +245,18 @@ func DecodeCommand(cmd []byte) (byte, *Append, error) {
 					break
 				}
 				nf.BaseState, d.b = p, rest
+			}
+			a.Items = append(a.Items, Item{NewFile: nf})
+		case itemNewFileMySQL:
+			nf := &NewFile{MySQL: true, ServerID: d.uint32(), UpstreamFile: string(d.bytes()), FDE: d.bytes()}
+			text := d.bytes()
+			if d.err == nil {
+				set, err := binlog.ParseMySQLSet(string(text))
+				if err != nil {
+					d.err = fmt.Errorf("%w: %v", errBadCommand, err)
+					break
+				}
+				nf.BaseSet = set
 			}
 			a.Items = append(a.Items, Item{NewFile: nf})
 		case itemTxn:

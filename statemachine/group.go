@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,13 @@ type meta struct {
 	// RedoFrom is the first file whose segments carry recIndex records (files an
 	// older Flotilla wrote do not); 0 if none does yet.
 	RedoFrom uint64 `json:"redo_from,omitempty"`
+	// MySQL marks a MySQL-flavor group. Its State files each source's last gno
+	// under the source's slot (binlog.Source.Domain); Executed is the whole GTID set
+	// it holds (base and received, gaps included), and Sources names the source of
+	// each slot, so two sources can never share one.
+	MySQL    bool              `json:"mysql,omitempty"`
+	Executed binlog.MySQLSet   `json:"executed,omitempty"`
+	Sources  map[uint32]string `json:"sources,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -65,6 +73,8 @@ type pendingTxn struct {
 	// and EventCRC the running checksum of its placed bytes (see binlog.Placer).
 	EventLeft uint64 `json:"event_left,omitempty"`
 	EventCRC  uint32 `json:"event_crc,omitempty"`
+	// MySQLGTID is the transaction's MySQL GTID (MySQL-flavor groups).
+	MySQLGTID string `json:"mysql_gtid,omitempty"`
 }
 
 // fileInfo describes one served file.
@@ -81,6 +91,9 @@ type fileInfo struct {
 	LastTS uint32 `json:"last_ts,omitempty"`
 	// PartStarts: see meta.PartStarts.
 	PartStarts []uint64 `json:"part_starts,omitempty"`
+	// StartSet is the MySQL GTID set executed before the file (MySQL-flavor
+	// groups): its PREVIOUS_GTIDS event.
+	StartSet binlog.MySQLSet `json:"start_set,omitempty"`
 }
 
 // Tail is what readers may see of a group: everything before (File, FileSize) is a
@@ -100,6 +113,9 @@ type Tail struct {
 	Applied uint64
 	// PartStarts of the current file (see meta.PartStarts).
 	PartStarts []uint64
+	// MySQL and Executed: see meta.
+	MySQL    bool
+	Executed binlog.MySQLSet
 }
 
 // Group is the on-disk state machine of one upstream group on one node: served binlog
@@ -116,6 +132,7 @@ type Group struct {
 	seg         *segFile            // the current file's last part, open for appending
 	dirty       map[string]*segFile // parts written since the last Sync, by path
 	startStates map[uint64]binlog.Position
+	startSets   map[uint64]binlog.MySQLSet
 
 	mu      sync.Mutex // guards tail, changed, closed for readers
 	tail    Tail
@@ -438,7 +455,9 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 	pending := g.m.Pending != nil
 	hasFile := g.m.File > 0
 	checksummed := g.m.Checksummed
-	var cut binlog.Stream // an event cut across pieces, as place will see it
+	mysqlGroup := g.m.MySQL
+	var seen []binlog.MySQLGTID // MySQL transactions earlier in this command
+	var cut binlog.Stream       // an event cut across pieces, as place will see it
 	if pending {
 		cut.Left = g.m.Pending.EventLeft
 	}
@@ -452,6 +471,15 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 			if err != nil {
 				return rejected("bad Format_description: %v", err), nil
 			}
+			if hasFile && it.NewFile.MySQL != mysqlGroup {
+				return rejected("new file of another flavor than the group's"), nil
+			}
+			if !hasFile && it.NewFile.MySQL {
+				if _, err := it.NewFile.BaseSet.AppendEncoded(nil); err != nil {
+					return rejected("base GTID set: %v", err), nil
+				}
+			}
+			mysqlGroup = mysqlGroup || it.NewFile.MySQL
 			hasFile, checksummed = true, fde.Checksummed()
 		case it.Txn != nil:
 			if !hasFile {
@@ -464,8 +492,18 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 			}
 			// Redo reads a transaction's GTID from its first event.
 			if it.Txn.First {
-				if g, ok := TxnGTID(it.Txn.Events); !ok || g != it.Txn.GTID {
+				if g, ok := TxnGTID(it.Txn.Events); !ok || g != it.Txn.GTID || mysqlGroup == (it.Txn.Events[4] == binlog.MariaGTIDEvent) {
 					return rejected("transaction %v does not begin with its GTID event", it.Txn.GTID), nil
+				}
+				if mysqlGroup {
+					mg, _ := TxnMySQLGTID(it.Txn.Events)
+					if src, ok := g.m.Sources[mg.Source.Domain()]; ok && src != mg.Source.String() {
+						return rejected("MySQL GTID sources %s and %s share index slot %d: Flotilla cannot hold both in one group", src, mg.Source, mg.Source.Domain()), nil
+					}
+					if g.m.Executed.Contains(mg) || slices.Contains(seen, mg) {
+						return rejected("transaction %s is already held", mg), nil
+					}
+					seen = append(seen, mg)
 				}
 			}
 			if err := checkCuts(&cut, it.Txn, checksummed); err != nil {
@@ -600,8 +638,16 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	state := g.m.State
 	if g.m.File == 0 {
 		state = nf.BaseState.Clone()
-		g.m.State = state.Clone()
 		g.m.FirstFile = 1
+		if nf.MySQL {
+			g.m.MySQL, g.m.Executed, g.m.Sources = true, nf.BaseSet.Clone(), map[uint32]string{}
+			state = binlog.Position{}
+			for src, ivs := range nf.BaseSet {
+				state[src.Domain()] = binlog.GTID{Domain: src.Domain(), Seq: uint64(ivs[len(ivs)-1].End - 1)}
+				g.m.Sources[src.Domain()] = src.String()
+			}
+		}
+		g.m.State = state.Clone()
 	} else {
 		// Close the current file with a Rotate to the next one.
 		rot := binlog.NewRotate(g.m.ServerID, 0, 0, 0, FileName(g.m.File+1), 4, g.m.Checksummed)
@@ -614,6 +660,9 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		}
 		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
 			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS, PartStarts: g.m.PartStarts}
+		if g.m.MySQL {
+			fi.StartSet = g.fileStartSet(g.m.File)
+		}
 		if err := g.putFile(bt, fi); err != nil {
 			return err
 		}
@@ -641,7 +690,12 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	g.seg = f
 	g.newFiles = true
 	g.startStates[g.m.File] = state.Clone()
-	if err := g.putFile(bt, fileInfo{No: g.m.File, UpstreamFile: nf.UpstreamFile, StartState: state}); err != nil {
+	fi := fileInfo{No: g.m.File, UpstreamFile: nf.UpstreamFile, StartState: state}
+	if g.m.MySQL {
+		fi.StartSet = g.m.Executed.Clone()
+		g.startSets[g.m.File] = fi.StartSet
+	}
+	if err := g.putFile(bt, fi); err != nil {
 		return err
 	}
 	hdr := make([]byte, 0, len(nf.FDE)+64)
@@ -649,6 +703,14 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	binlog.SetLogPos(fdeEv, uint32(4+len(fdeEv)), binlog.FlagBinlogInUse, fde.Checksummed())
 	hdr = append(hdr, fdeEv...)
 	gl := binlog.NewGTIDList(nf.ServerID, 0, 0, state, fde.Checksummed())
+	if g.m.MySQL {
+		// A MySQL file opens with PREVIOUS_GTIDS (checked encodable in apply: every
+		// source comes from an untagged GTID event or the checked base set).
+		gl, err = binlog.NewPreviousGTIDs(nf.ServerID, 0, 0, fi.StartSet, fde.Checksummed())
+		if err != nil {
+			return fmt.Errorf("group %d: PREVIOUS_GTIDS: %w", g.id, err)
+		}
+	}
 	binlog.SetLogPos(gl, uint32(4+len(fdeEv)+len(gl)), 0, fde.Checksummed())
 	hdr = append(hdr, gl...)
 	if err := g.addRecord(bt, recHeader, index, hdr); err != nil {
@@ -661,6 +723,10 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 	if g.m.Pending == nil {
 		g.m.Pending = &pendingTxn{GTID: t.GTID, Start: g.m.PartServed, SegStart: g.m.PartSeg}
+		if g.m.MySQL {
+			mg, _ := TxnMySQLGTID(t.Events) // checked in apply
+			g.m.Pending.MySQLGTID = mg.String()
+		}
 	}
 	typ := recPart
 	if t.Last {
@@ -677,6 +743,11 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 	loc := txnLoc{File: g.m.File, Start: p.Start, End: g.m.PartServed, SegStart: p.SegStart, SegEnd: g.m.PartSeg}
 	if err := bt.b.Set(txnKey(g.id, t.GTID.Domain, t.GTID.Seq, t.GTID.Server), loc.encode(), nil); err != nil {
 		return fmt.Errorf("group %d: index %v: %w", g.id, t.GTID, err)
+	}
+	if g.m.MySQL {
+		if err := g.m.addMySQL(p.MySQLGTID); err != nil {
+			return fmt.Errorf("group %d: %w", g.id, err)
+		}
 	}
 	g.m.Pending = nil
 	g.m.State[t.GTID.Domain] = t.GTID
@@ -803,11 +874,43 @@ func (g *Group) fileStart(no uint64) binlog.Position {
 	return fi.StartState
 }
 
+// fileStartSet returns the MySQL GTID set at the start of a file, cached from the index.
+func (g *Group) fileStartSet(no uint64) binlog.MySQLSet {
+	if s, ok := g.startSets[no]; ok {
+		return s
+	}
+	fi, err := g.store.fileInfo(g.id, no)
+	if err != nil {
+		return binlog.MySQLSet{}
+	}
+	g.startSets[no] = fi.StartSet
+	return fi.StartSet
+}
+
+// addMySQL records a complete MySQL transaction in the executed set.
+func (m *meta) addMySQL(gtid string) error {
+	set, err := binlog.ParseMySQLSet(gtid)
+	if err != nil || len(set) != 1 {
+		return fmt.Errorf("pending transaction's MySQL GTID %q: %v", gtid, err)
+	}
+	if m.Executed == nil {
+		m.Executed = binlog.MySQLSet{}
+	}
+	if m.Sources == nil {
+		m.Sources = map[uint32]string{}
+	}
+	for src := range set {
+		m.Sources[src.Domain()] = src.String()
+	}
+	m.Executed.Union(set)
+	return nil
+}
+
 // publish makes the applied state visible to readers and wakes them.
 func (g *Group) publish() {
 	g.mu.Lock()
 	g.tail = Tail{PartStarts: append([]uint64(nil), g.m.PartStarts...), FirstFile: g.m.FirstFile, File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
-		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes, Applied: g.m.Applied}
+		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes, Applied: g.m.Applied, MySQL: g.m.MySQL, Executed: g.m.Executed.Clone()}
 	close(g.changed)
 	g.changed = make(chan struct{})
 	g.mu.Unlock()

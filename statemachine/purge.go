@@ -63,6 +63,7 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 	defer g.swapMu.Unlock()
 	for no := g.m.FirstFile; no < before; no++ {
 		delete(g.startStates, no)
+		delete(g.startSets, no)
 		fi, err := g.store.fileInfo(g.id, no)
 		if err != nil {
 			return sm.Result{}, err

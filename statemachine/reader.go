@@ -248,6 +248,38 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 	return best, nil
 }
 
+// LocateMySQL finds where to start serving a MySQL replica whose executed GTID set is
+// want, as a MySQL master does: from the newest served file whose PREVIOUS_GTIDS the
+// replica holds in full; the dump skips every transaction the replica has from there
+// on. A replica holding transactions the group never had, or missing some the group
+// no longer serves, gets an ErrPosition naming those GTIDs.
+func (g *Group) LocateMySQL(want binlog.MySQLSet) (Start, error) {
+	t, _ := g.Tail()
+	if t.File == 0 {
+		return Start{}, positionErr("Flotilla has not received any binlog from this upstream yet")
+	}
+	if !t.MySQL {
+		return Start{}, positionErr("this upstream is MariaDB: its replicas connect with MASTER_USE_GTID, not MySQL's auto-position")
+	}
+	if extra := want.Subtract(t.Executed); len(extra) > 0 {
+		return Start{}, positionErr("the replica has GTIDs this upstream never had: %s (the replica was written to directly or follows another master); the upstream holds %s", extra, t.Executed)
+	}
+	first := g.firstFile()
+	for no := t.File; no >= first; no-- {
+		fi, err := g.store.fileInfo(g.id, no)
+		if err != nil {
+			return Start{}, err
+		}
+		if want.ContainsSet(fi.StartSet) {
+			return Start{File: no, Served: 4, Seg: 0}, nil
+		}
+		if no == first {
+			return Start{}, positionErr("the replica needs GTIDs %s, which Flotilla no longer serves (its oldest file %s starts after %s): provision the replica from a backup with a later gtid_purged", fi.StartSet.Subtract(want), FileName(no), fi.StartSet)
+		}
+	}
+	return Start{}, positionErr("no served file") // unreachable: first <= t.File
+}
+
 func (g *Group) lookupTxn(w binlog.GTID) (txnLoc, bool, error) {
 	return g.readLoc(txnKey(g.id, w.Domain, w.Seq, w.Server), "GTID "+w.String())
 }
@@ -445,8 +477,12 @@ func (c *Cursor) corrupt(what string, err error) error {
 		ErrCorrupt, c.g.id, FileName(c.file), path, off, what, err)
 }
 
-// TxnGTID returns the GTID of a transaction record (its first event).
+// TxnGTID returns the GTID of a transaction record (its first event); a MySQL
+// transaction's is the GTID the group indexes it under (binlog.MySQLGTID.Indexed).
 func TxnGTID(payload []byte) (binlog.GTID, bool) {
+	if mg, ok := TxnMySQLGTID(payload); ok {
+		return mg.Indexed(), true
+	}
 	if len(payload) < binlog.HeaderLen || payload[4] != binlog.MariaGTIDEvent {
 		return binlog.GTID{}, false
 	}
@@ -459,6 +495,20 @@ func TxnGTID(payload []byte) (binlog.GTID, bool) {
 		return binlog.GTID{}, false
 	}
 	return e.GTID, true
+}
+
+// TxnMySQLGTID returns the MySQL GTID of a transaction record of a MySQL-flavor
+// group (its first event).
+func TxnMySQLGTID(payload []byte) (binlog.MySQLGTID, bool) {
+	if len(payload) < binlog.HeaderLen || payload[4] != binlog.MySQLGTIDEvent {
+		return binlog.MySQLGTID{}, false
+	}
+	size := int(binary.LittleEndian.Uint32(payload[9:]))
+	if size > len(payload) {
+		return binlog.MySQLGTID{}, false
+	}
+	g, err := binlog.ParseMySQLGTIDEvent(payload[:size])
+	return g, err == nil
 }
 
 // Closed reports whether the group has been closed (stopped or removed on this node).

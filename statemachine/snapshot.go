@@ -282,6 +282,7 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	}
 	_ = fs.RemoveAll(old)
 	clear(g.startStates)
+	clear(g.startSets)
 	if _, err := g.Open(done); err != nil {
 		return err
 	}

@@ -84,6 +84,7 @@ func (s *Store) NewGroup(clusterID, nodeID uint64) sm.IOnDiskStateMachine {
 		log:         s.log.With("group", clusterID),
 		dirty:       map[string]*segFile{},
 		startStates: map[uint64]binlog.Position{},
+		startSets:   map[uint64]binlog.MySQLSet{},
 		changed:     make(chan struct{}),
 		reading:     map[*Cursor]uint64{},
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"hash/fnv"
 	"sort"
 	"strconv"
 	"strings"
@@ -270,4 +271,101 @@ func ParseMySQLGTIDEvent(ev []byte) (MySQLGTID, error) {
 		return MySQLGTID{}, fmt.Errorf("binlog: MySQL GTID event with gno %d", g.GNO)
 	}
 	return g, nil
+}
+
+// Domain maps a MySQL source to the 32-bit slot a group's index files its
+// transactions under (the place a MariaDB domain id takes): the FNV-1a hash of the
+// source's text. A group refuses a second source that hashes alike, so slots never
+// mix two sources.
+func (s Source) Domain() uint32 {
+	h := fnv.New32a()
+	h.Write([]byte(s.String()))
+	return h.Sum32()
+}
+
+// Indexed is the GTID under which a group indexes a MySQL transaction: the source's
+// slot as domain, server 0, the gno as sequence.
+func (g MySQLGTID) Indexed() GTID { return GTID{Domain: g.Source.Domain(), Seq: uint64(g.GNO)} }
+
+// Clone returns a deep copy of the set.
+func (s MySQLSet) Clone() MySQLSet {
+	out := make(MySQLSet, len(s))
+	for src, ivs := range s {
+		out[src] = append([]Interval(nil), ivs...)
+	}
+	return out
+}
+
+// Union adds every transaction of o to s.
+func (s MySQLSet) Union(o MySQLSet) {
+	for src, ivs := range o {
+		for _, iv := range ivs {
+			s.addInterval(src, iv)
+		}
+	}
+}
+
+// Subtract returns the transactions of s that o does not hold.
+func (s MySQLSet) Subtract(o MySQLSet) MySQLSet {
+	out := MySQLSet{}
+	for src, ivs := range s {
+		for _, iv := range ivs {
+			start := iv.Start
+			for _, cut := range o[src] {
+				if cut.End <= start || cut.Start >= iv.End {
+					continue
+				}
+				if cut.Start > start {
+					out.addInterval(src, Interval{start, cut.Start})
+				}
+				start = max(start, cut.End)
+			}
+			if start < iv.End {
+				out.addInterval(src, Interval{start, iv.End})
+			}
+		}
+	}
+	return out
+}
+
+// ContainsSet reports whether s holds every transaction of o.
+func (s MySQLSet) ContainsSet(o MySQLSet) bool { return len(o.Subtract(s)) == 0 }
+
+// MarshalText writes the text form (the set is stored in JSON metadata that way).
+func (s MySQLSet) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
+
+// UnmarshalText reads the text form.
+func (s *MySQLSet) UnmarshalText(b []byte) error {
+	v, err := ParseMySQLSet(string(b))
+	if err != nil {
+		return err
+	}
+	*s = v
+	return nil
+}
+
+// NewPreviousGTIDs builds the PREVIOUS_GTIDS event that follows the Format_description
+// of every MySQL binlog file: the set executed before the file, in binary form.
+func NewPreviousGTIDs(serverID, timestamp, logPos uint32, set MySQLSet, checksummed bool) ([]byte, error) {
+	body, err := set.AppendEncoded(nil)
+	if err != nil {
+		return nil, err
+	}
+	return build(MySQLPreviousGTIDsEvent, serverID, timestamp, logPos, 0, body, checksummed), nil
+}
+
+// ParsePreviousGTIDs decodes a PREVIOUS_GTIDS event.
+func ParsePreviousGTIDs(ev []byte, checksummed bool) (MySQLSet, error) {
+	b, err := body(ev, checksummed)
+	if err != nil {
+		return nil, err
+	}
+	set, rest, err := DecodeMySQLSet(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(rest) != 0 {
+		return nil, fmt.Errorf("binlog: %d bytes after the PREVIOUS_GTIDS set", len(rest))
+	}
+	return set, nil
 }
