@@ -1,0 +1,102 @@
+package mysqlmaster
+
+import (
+	"encoding/binary"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// file is one binlog file of the master: its bytes (the 4-byte magic included) and
+// the GTID set executed before it.
+type file struct {
+	name   string
+	data   []byte
+	prev   binlog.MySQLSet
+	closed bool // ends with a Rotate to the next file
+}
+
+// loadDir reads the binlog files of dir (named base.NNNNNN, as MySQL names them) in
+// order, checking every event's checksum, and returns them with the GTID set they
+// hold in all (the first file's PREVIOUS_GTIDS and every transaction).
+func loadDir(dir string) ([]*file, binlog.MySQLSet, error) {
+	names, err := filepath.Glob(filepath.Join(dir, "*.[0-9][0-9][0-9][0-9][0-9][0-9]"))
+	if err != nil || len(names) == 0 {
+		return nil, nil, fmt.Errorf("mysqlmaster: no binlog files in %s (%v)", dir, err)
+	}
+	sort.Strings(names)
+	executed := binlog.MySQLSet{}
+	var files []*file
+	for i, n := range names {
+		data, err := os.ReadFile(n)
+		if err != nil {
+			return nil, nil, err
+		}
+		f := &file{name: filepath.Base(n), data: data, closed: i < len(names)-1}
+		if string(data[:4]) != "\xfebin" {
+			return nil, nil, fmt.Errorf("mysqlmaster: %s is not a binlog file", n)
+		}
+		err = binlog.Split(data[4:], func(ev []byte) error {
+			if err := binlog.VerifyChecksum(ev); err != nil {
+				return fmt.Errorf("%s: %w", n, err)
+			}
+			switch ev[4] {
+			case binlog.MySQLPreviousGTIDsEvent:
+				prev, err := binlog.ParsePreviousGTIDs(ev, true)
+				if err != nil {
+					return err
+				}
+				f.prev = prev
+				if i == 0 {
+					executed.Union(prev)
+				}
+			case binlog.MySQLGTIDEvent:
+				g, err := binlog.ParseMySQLGTIDEvent(ev)
+				if err != nil {
+					return err
+				}
+				executed.Add(g)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, nil, err
+		}
+		files = append(files, f)
+	}
+	return files, executed, nil
+}
+
+// fde returns the Format_description that opens f.
+func (f *file) fde() []byte {
+	size := binary.LittleEndian.Uint32(f.data[4+9:])
+	return f.data[4 : 4+size]
+}
+
+// appendEvents appends events to f at its end, giving each its log_pos there and a
+// fresh checksum.
+func (f *file) appendEvents(events []byte) error {
+	start := uint64(len(f.data))
+	buf := append([]byte(nil), events...)
+	if err := (&binlog.Placer{}).Place(buf, start, 0, true); err != nil {
+		return err
+	}
+	f.data = append(f.data, buf...)
+	return nil
+}
+
+// newFile starts the file after f: the same Format_description, then PREVIOUS_GTIDS.
+func newFile(name string, fde []byte, prev binlog.MySQLSet, serverID uint32) (*file, error) {
+	f := &file{name: name, data: []byte("\xfebin"), prev: prev.Clone()}
+	pg, err := binlog.NewPreviousGTIDs(serverID, 0, 0, prev, true)
+	if err != nil {
+		return nil, err
+	}
+	if err := f.appendEvents(append(append([]byte(nil), fde...), pg...)); err != nil {
+		return nil, err
+	}
+	return f, nil
+}

@@ -1,0 +1,251 @@
+package mysqlmaster
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/server"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// session is one client connection: it answers the queries replicas, CDC tools
+// and Flotilla's upstream checks send, and serves binlog dumps.
+type session struct {
+	m    *Master
+	nc   net.Conn
+	c    *server.Conn
+	vars map[string]string // user variables (@name)
+}
+
+var (
+	setUserVar = regexp.MustCompile(`(?i)^SET\s+@(\w+)\s*=\s*(.+?)\s*;?$`)
+	selectVar  = regexp.MustCompile(`(?i)^SELECT\s+@@(?:GLOBAL\.|SESSION\.)?(\w+)\s*;?$`)
+	selectUser = regexp.MustCompile(`(?i)^SELECT\s+@(\w+)\s*;?$`)
+	showLike   = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+|SESSION\s+)?VARIABLES\s+LIKE\s+'([^']*)'\s*;?$`)
+)
+
+// HandleQuery implements server.Handler.
+func (s *session) HandleQuery(q string) (*mysql.Result, error) {
+	q = strings.TrimSpace(q)
+	upper := strings.ToUpper(q)
+	s.m.mu.Lock()
+	defer s.m.mu.Unlock()
+	if strings.HasPrefix(upper, "SET ") {
+		// SET @a = v[, @b = v...]: values are numbers, quoted strings without commas,
+		// or @@GLOBAL.variables.
+		for _, as := range strings.Split(strings.TrimSuffix(q[4:], ";"), ",") {
+			mm := setUserVar.FindStringSubmatch("SET " + strings.TrimSpace(as))
+			if mm == nil {
+				continue // SET NAMES and the like
+			}
+			v := strings.Trim(mm[2], `'"`)
+			if strings.HasPrefix(strings.ToLower(v), "@@global.") {
+				v = s.m.vars[strings.ToLower(v[len("@@global."):])]
+			}
+			s.vars[strings.ToLower(mm[1])] = v
+		}
+		return &mysql.Result{}, nil
+	}
+	if mm := selectVar.FindStringSubmatch(q); mm != nil {
+		name := strings.ToLower(mm[1])
+		v, ok := s.m.globalVar(name)
+		if !ok {
+			return nil, mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
+		}
+		return result([]string{mm[0][len("SELECT "):]}, [][]any{{v}})
+	}
+	if mm := selectUser.FindStringSubmatch(q); mm != nil {
+		v, ok := s.vars[strings.ToLower(mm[1])]
+		if !ok {
+			return result([]string{"@" + mm[1]}, [][]any{{nil}})
+		}
+		return result([]string{"@" + mm[1]}, [][]any{{v}})
+	}
+	if mm := showLike.FindStringSubmatch(q); mm != nil {
+		name := strings.ToLower(mm[1])
+		var rows [][]any
+		if v, ok := s.m.globalVar(name); ok {
+			rows = append(rows, []any{name, v})
+		}
+		return result([]string{"Variable_name", "Value"}, rows)
+	}
+	switch {
+	case upper == "SELECT UNIX_TIMESTAMP()":
+		return result([]string{"UNIX_TIMESTAMP()"}, [][]any{{time.Now().Unix()}})
+	case upper == "SHOW GRANTS":
+		return result([]string{"Grants for repl@%"}, [][]any{{"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `repl`@`%`"}})
+	case upper == "SHOW BINARY LOGS" || upper == "SHOW MASTER LOGS":
+		var rows [][]any
+		for _, f := range s.m.files {
+			rows = append(rows, []any{f.name, len(f.data), "No"})
+		}
+		return result([]string{"Log_name", "File_size", "Encrypted"}, rows)
+	case upper == "SHOW MASTER STATUS" || upper == "SHOW BINARY LOG STATUS":
+		f := s.m.files[len(s.m.files)-1]
+		return result([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB", "Executed_Gtid_Set"},
+			[][]any{{f.name, len(f.data), "", "", s.m.executed.String()}})
+	case upper == "SHOW SLAVE HOSTS" || upper == "SHOW REPLICAS":
+		return result([]string{"Server_id", "Host", "Port", "Source_id", "Replica_UUID"}, nil)
+	}
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "mysqlmaster does not run: "+q)
+}
+
+// globalVar answers @@name; the caller holds m.mu.
+func (m *Master) globalVar(name string) (string, bool) {
+	if name == "gtid_executed" {
+		return m.executed.String(), true
+	}
+	v, ok := m.vars[name]
+	return v, ok
+}
+
+func result(names []string, rows [][]any) (*mysql.Result, error) {
+	rs, err := mysql.BuildSimpleTextResultset(names, rows)
+	if err != nil {
+		return nil, err
+	}
+	return &mysql.Result{Resultset: rs}, nil
+}
+
+// UseDB implements server.Handler.
+func (s *session) UseDB(string) error { return nil }
+
+// HandleFieldList implements server.Handler.
+func (s *session) HandleFieldList(string, string) ([]*mysql.Field, error) {
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "no tables")
+}
+
+// HandleStmtPrepare implements server.Handler.
+func (s *session) HandleStmtPrepare(string) (int, int, any, error) {
+	return 0, 0, nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "no prepared statements")
+}
+
+// HandleStmtExecute implements server.Handler.
+func (s *session) HandleStmtExecute(any, string, []any) (*mysql.Result, error) {
+	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "no prepared statements")
+}
+
+// HandleStmtClose implements server.Handler.
+func (s *session) HandleStmtClose(any) error { return nil }
+
+// HandleOtherCommand implements server.Handler: COM_REGISTER_SLAVE and the dumps.
+func (s *session) HandleOtherCommand(cmd byte, data []byte) error {
+	switch cmd {
+	case mysql.COM_REGISTER_SLAVE:
+		return nil
+	case mysql.COM_BINLOG_DUMP_GTID:
+		set, err := parseDumpGTID(data)
+		if err != nil {
+			return mysql.NewError(mysql.ER_MALFORMED_PACKET, err.Error())
+		}
+		return s.dump(set)
+	}
+	return mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("mysqlmaster: command 0x%02x", cmd))
+}
+
+// parseDumpGTID reads COM_BINLOG_DUMP_GTID: flags u16, server_id u32, name length
+// u32, name, position u64, then (BINLOG_THROUGH_GTID) the set's length u32 and the
+// set in binary form.
+func parseDumpGTID(b []byte) (binlog.MySQLSet, error) {
+	if len(b) < 10 {
+		return nil, fmt.Errorf("COM_BINLOG_DUMP_GTID of %d bytes", len(b))
+	}
+	n := int(binary.LittleEndian.Uint32(b[6:]))
+	b = b[10:]
+	if len(b) < n+8 {
+		return nil, fmt.Errorf("COM_BINLOG_DUMP_GTID: file name of %d bytes in %d", n, len(b))
+	}
+	b = b[n+8:]
+	// The set follows whether or not BINLOG_THROUGH_GTID (4) is in flags (go-mysql
+	// sends 0): MySQL reads it in both cases.
+	if len(b) == 0 {
+		return binlog.MySQLSet{}, nil
+	}
+	if len(b) < 4 || int(binary.LittleEndian.Uint32(b)) != len(b)-4 {
+		return nil, fmt.Errorf("COM_BINLOG_DUMP_GTID: bad GTID set length")
+	}
+	set, _, err := binlog.DecodeMySQLSet(b[4:])
+	return set, err
+}
+
+// dump streams what the replica lacks until it goes away.
+func (s *session) dump(have binlog.MySQLSet) error {
+	m := s.m
+	m.mu.Lock()
+	m.dumps++
+	if extra := have.Subtract(m.executed); len(extra) > 0 {
+		m.mu.Unlock()
+		return mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
+			"Cannot replicate because the source purged required binary logs. Replicate the missing transactions from elsewhere, or provision a new replica from backup. The GTID set sent by the replica has GTIDs the source lacks: "+extra.String())
+	}
+	start := -1
+	for i := len(m.files) - 1; i >= 0; i-- {
+		if have.ContainsSet(m.files[i].prev) {
+			start = i
+			break
+		}
+	}
+	m.mu.Unlock()
+	if start < 0 {
+		return mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
+			"Cannot replicate because the source purged required binary logs.")
+	}
+	ck := strings.EqualFold(s.vars["master_binlog_checksum"], "CRC32") || strings.EqualFold(s.vars["source_binlog_checksum"], "CRC32")
+	hb := heartbeatNS(s.vars)
+	_, name, _, _ := m.snapshot(start)
+	if err := s.send(binlog.NewRotate(m.ServerID, 0, 0, binlog.FlagArtificial, name, 4, ck)); err != nil {
+		return err
+	}
+	var grp binlog.MySQLGroup
+	skip := false
+	for i, off := start, 4; ; {
+		data, name, closed, changed := m.snapshot(i)
+		for off < len(data) {
+			size := int(binary.LittleEndian.Uint32(data[off+9:]))
+			ev := data[off : off+size]
+			off += size
+			if binlog.OpensMySQLGroup(ev) {
+				g, err := binlog.ParseMySQLGTIDEvent(ev)
+				skip = err == nil && have.Contains(g)
+			}
+			end := grp.Next(ev, true)
+			if !skip {
+				if err := s.send(ev); err != nil {
+					return err
+				}
+			}
+			if end {
+				skip = false
+			}
+		}
+		if closed {
+			i, off = i+1, 4
+			continue
+		}
+		var tick <-chan time.Time
+		if hb > 0 {
+			tick = time.After(hb)
+		}
+		select {
+		case <-changed:
+		case <-tick:
+			if err := s.send(binlog.NewHeartbeat(m.ServerID, name, uint64(off), true)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// send writes one event packet (OK byte, event).
+func (s *session) send(ev []byte) error {
+	pkt := make([]byte, 4, 5+len(ev))
+	pkt = append(pkt, 0)
+	pkt = append(pkt, ev...)
+	return s.c.WritePacket(pkt)
+}
