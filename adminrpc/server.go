@@ -441,7 +441,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream, memb
 				gs.OldestReadingFile = f
 			}
 			t, _ := g.Tail()
-			gs.ExecutedGtid, gs.Transactions, gs.Bytes = t.State.String(), t.Ordinal, t.Bytes
+			gs.ExecutedGtid, gs.Transactions, gs.Bytes = t.GTIDs(), t.Ordinal, t.Bytes
 			if t.File > 0 {
 				gs.CurrentFile, gs.CurrentFileSize = statemachine.FileName(t.File), t.FileSize
 				gs.FirstFile = statemachine.FileName(t.FirstFile)

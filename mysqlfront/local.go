@@ -52,7 +52,7 @@ func (l *localSource) Files(context.Context) (FileList, error) {
 		return FileList{}, errDump("%v", err)
 	}
 	t, _ := l.g.Tail()
-	return FileList{Files: files, State: t.State, File: t.File, Size: t.FileSize}, nil
+	return FileList{Files: files, State: t.State, GTIDs: t.GTIDs(), File: t.File, Size: t.FileSize}, nil
 }
 
 // waitFirstFile holds a blocking dump until the group has received its first binlog

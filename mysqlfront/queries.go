@@ -118,12 +118,12 @@ func (ss *session) files() (FileList, error) {
 // from.
 func (ss *session) sysvar(name string) (string, error) {
 	switch name {
-	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state":
+	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state", "gtid_executed":
 		fl, err := ss.files()
 		if err != nil {
 			return "", err
 		}
-		return fl.State.String(), nil
+		return fl.GTIDs, nil
 	}
 	if v, ok := ss.staticVar(name); ok {
 		return v, nil

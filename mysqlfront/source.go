@@ -25,8 +25,10 @@ type Source interface {
 // FileList is what a source knows of a group's served files.
 type FileList struct {
 	Files []statemachine.FileStatus
-	// State is the GTID state after the last served transaction.
+	// State is the GTID state after the last served transaction; GTIDs is the
+	// executed GTIDs as the flavor prints them (statemachine.Tail.GTIDs).
 	State binlog.Position
+	GTIDs string
 	// File and Size are the current file and its committed size (File 0: none yet).
 	File, Size uint64
 }

@@ -105,15 +105,21 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 		return info, fmt.Errorf("unknown flavor %q: use auto, mysql or mariadb", flavor)
 	}
 	info.Flavor = detected
-	if detected == "mysql" {
-		return info, fmt.Errorf("master %s runs MySQL %s: this Flotilla build relays MariaDB masters only (MySQL flavor support is planned)", addr, info.Version)
-	}
 	logBin, err := q("SELECT @@log_bin")
 	if err != nil {
 		return info, err
 	}
 	if logBin != "1" {
 		return info, fmt.Errorf("binary logging is off on master %s: start it with log_bin (and server_id) in its configuration", addr)
+	}
+	if detected == "mysql" {
+		mode, err := q("SELECT @@GLOBAL.gtid_mode")
+		if err != nil {
+			return info, err
+		}
+		if !strings.EqualFold(mode, "ON") {
+			return info, fmt.Errorf("master %s has gtid_mode=%s: Flotilla needs gtid_mode=ON on a MySQL master (and enforce_gtid_consistency=ON)", addr, mode)
+		}
 	}
 	format, err := q("SELECT @@binlog_format")
 	if err != nil {
@@ -154,12 +160,18 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 			}
 		}
 	}
-	dom, err := q("SELECT @@gtid_domain_id")
-	if err != nil {
-		return info, err
+	if detected == "mysql" {
+		if info.ServerUUID, err = q("SELECT @@server_uuid"); err != nil {
+			return info, err
+		}
+	} else {
+		dom, err := q("SELECT @@gtid_domain_id")
+		if err != nil {
+			return info, err
+		}
+		d, _ := strconv.ParseUint(dom, 10, 32)
+		info.DomainID = uint32(d)
 	}
-	d, _ := strconv.ParseUint(dom, 10, 32)
-	info.DomainID = uint32(d)
 	grants, err := c.Execute("SHOW GRANTS")
 	if err != nil {
 		return info, fmt.Errorf("master %s: SHOW GRANTS: %w", addr, err)
@@ -178,6 +190,9 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 	logs, err := c.Execute("SHOW BINARY LOGS")
 	if err != nil {
 		return info, fmt.Errorf("user %q on master %s cannot list binary logs (needs BINLOG MONITOR): %w", user, addr, err)
+	}
+	if detected == "mysql" {
+		return inspectMySQLHistory(info, logs, q, startGTID)
 	}
 	// What an initial copy from the oldest binlog has to fetch, for progress displays.
 	if end, err := q("SELECT @@gtid_binlog_pos"); err == nil {
@@ -210,5 +225,32 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 		return info, fmt.Errorf("master %s: GTID position %q of %s: %w", addr, pos, first, err)
 	}
 	info.StartGTID = p.String()
+	return info, nil
+}
+
+// inspectMySQLHistory finds where a MySQL master's history starts: the requested set,
+// or @@gtid_purged (everything before its oldest binlog), and where it ends now.
+func inspectMySQLHistory(info SourceInfo, logs *mysql.Result, q func(string) (string, error), startGTID string) (SourceInfo, error) {
+	if end, err := q("SELECT @@GLOBAL.gtid_executed"); err == nil {
+		info.EndGTID = strings.ReplaceAll(end, "\n", "")
+	}
+	for i := 0; i < logs.RowNumber(); i++ {
+		if n, err := logs.GetUint(i, 1); err == nil {
+			info.BinlogBytes += n
+		}
+	}
+	start := startGTID
+	if start == "" {
+		purged, err := q("SELECT @@GLOBAL.gtid_purged")
+		if err != nil {
+			return info, err
+		}
+		start = purged
+	}
+	set, err := binlog.ParseMySQLSet(start)
+	if err != nil {
+		return info, fmt.Errorf("start GTID set %q: %w", start, err)
+	}
+	info.StartGTID = set.String()
 	return info, nil
 }

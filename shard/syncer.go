@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/lni/dragonboat/v3"
 
@@ -67,13 +66,9 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		return err
 	}
 	u := s.Upstream()
-	base, err := binlog.ParsePosition(u.StartGTID)
+	fl, err := newUpstreamFlavor(u, view)
 	if err != nil {
-		return fmt.Errorf("upstream %s: bad start GTID %q: %w", u.Name, u.StartGTID, err)
-	}
-	start := base
-	if view.HasFile {
-		start = view.State
+		return err
 	}
 	host, portStr, err := net.SplitHostPort(u.Source)
 	if err != nil {
@@ -94,7 +89,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		TLSConfig:            tlsCfg,
 		ServerID:             syncerServerID(u, s.gid),
-		Flavor:               mysql.MariaDBFlavor,
+		Flavor:               fl.goMySQL(),
 		Host:                 host,
 		Port:                 uint16(port),
 		User:                 u.User,
@@ -112,7 +107,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	defer bs.Close()
-	gset, err := mysql.ParseMariadbGTIDSet(start.String())
+	gset, start, err := fl.dumpSet()
 	if err != nil {
 		return fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
 	}
@@ -120,15 +115,15 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("connect to master %s: %w", u.Source, err)
 	}
-	s.log.Info("pulling binlog from master", "source", u.Source, "from_gtid", start.String(), "epoch", epoch)
+	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch)
 	s.updateStatus(func(st *SyncStatus) {
 		st.Connected, st.MasterFile = true, view.Upstream
 		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
 	})
 
 	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
-		fileBytes: view.FileSize, proposed: view.Ordinal, state: view.State.Clone(),
-		upstreamFile: view.Upstream, hasFile: view.HasFile, base: base}
+		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
+		upstreamFile: view.Upstream, hasFile: view.HasFile}
 	for {
 		evctx, cancel := ctx, context.CancelFunc(func() {})
 		if len(p.items) > 0 || len(p.pending) > 0 {
@@ -191,8 +186,7 @@ func (p *pipeline) drain(ctx context.Context, streamer *replication.BinlogStream
 type pipeline struct {
 	s            *Shard
 	epoch        uint64
-	state        binlog.Position
-	base         binlog.Position
+	fl           upstreamFlavor
 	upstreamFile string
 	hasFile      bool
 	pendingName  string
@@ -221,7 +215,8 @@ type pipeline struct {
 
 // openTxn is the transaction group being received.
 type openTxn struct {
-	gtid   binlog.GTIDEvent
+	gtid   binlog.GTID
+	name   string // the GTID as the master prints it
 	events []byte
 	first  bool // no piece of it proposed yet
 	skip   bool // the group already holds it
@@ -275,32 +270,35 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		p.fde = append(p.fde[:0], raw...)
 		if p.pendingName != "" && (!p.hasFile || p.pendingName != p.upstreamFile) {
 			if p.cur != nil {
-				p.s.log.Warn("master started a new file inside a transaction; dropping the partial transaction", "gtid", p.cur.gtid.GTID)
+				p.s.log.Warn("master started a new file inside a transaction; dropping the partial transaction", "gtid", p.cur.name)
 				p.cur = nil
 			}
-			p.add(statemachine.Item{NewFile: &statemachine.NewFile{ServerID: h.ServerID, UpstreamFile: p.pendingName,
-				FDE: append([]byte(nil), raw...), BaseState: p.base}}, len(raw), 0)
+			nf := &statemachine.NewFile{ServerID: h.ServerID, UpstreamFile: p.pendingName, FDE: append([]byte(nil), raw...)}
+			p.fl.base(nf)
+			p.add(statemachine.Item{NewFile: nf}, len(raw), 0)
 			p.upstreamFile, p.hasFile = p.pendingName, true
 			p.s.updateStatus(func(st *SyncStatus) { st.MasterFile = p.pendingName })
 		}
 		return nil
-	case binlog.MariaGTIDEvent:
-		g, err := binlog.ParseGTIDEvent(raw)
+	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent, binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent,
+		binlog.MySQLPreviousGTIDsEvent:
+		return nil
+	}
+	if gtid, name, ok, err := p.fl.open(raw); ok || err != nil {
 		if err != nil {
-			return fmt.Errorf("malformed GTID event from master: %w", err)
+			return err
 		}
 		if p.cur != nil {
-			return fmt.Errorf("master sent GTID %s before transaction %s ended", g.GTID, p.cur.gtid.GTID)
+			return fmt.Errorf("master sent GTID %s before transaction %s ended", name, p.cur.name)
 		}
 		if !p.hasFile {
-			return fmt.Errorf("master sent GTID %s before any Format_description", g.GTID)
+			return fmt.Errorf("master sent GTID %s before any Format_description", name)
 		}
-		if !p.state.Contains(g.GTID) {
+		held := p.fl.held()
+		if !held {
 			p.rollIfFull() // a file left full by a previous connection
 		}
-		p.cur = &openTxn{gtid: g, events: append(make([]byte, 0, 4096), raw...), first: true, skip: p.state.Contains(g.GTID)}
-		return nil
-	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent, binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent:
+		p.cur = &openTxn{gtid: gtid, name: name, events: append(make([]byte, 0, 4096), raw...), first: true, skip: held}
 		return nil
 	}
 	if p.cur == nil {
@@ -315,21 +313,21 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		p.cur.events = append(p.cur.events, raw...)
 	}
 	p.lastTS = h.Timestamp
-	if binlog.EndsGroup(p.cur.gtid, raw, p.checksummed) {
+	if p.fl.ends(raw, p.checksummed) {
 		t := p.cur
 		p.cur = nil
 		if t.skip {
 			return nil
 		}
-		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Last: true, Events: t.events}}, len(t.events), 1)
-		p.state[t.gtid.GTID.Domain] = t.gtid.GTID
+		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Last: true, Events: t.events}}, len(t.events), 1)
+		p.fl.done()
 		p.rollIfFull()
 		return nil
 	}
 	if len(p.cur.events) >= p.maxPiece {
 		t := p.cur
 		if !t.skip {
-			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Events: t.events}}, len(t.events), 0)
+			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: t.events}}, len(t.events), 0)
 		}
 		// A large transaction: its next piece gets its full size at once rather
 		// than growing to it by doubling.
@@ -350,8 +348,9 @@ func (p *pipeline) rollIfFull() {
 	fde := append([]byte(nil), p.fde...)
 	binlog.ClearFDECreated(fde) // the master did not just start: replicas keep their temporary tables
 	binlog.SetLogPos(fde, fh.LogPos, 0, p.checksummed)
-	p.add(statemachine.Item{NewFile: &statemachine.NewFile{ServerID: fh.ServerID, UpstreamFile: p.upstreamFile,
-		FDE: fde, BaseState: p.base}}, len(fde), 0)
+	nf := &statemachine.NewFile{ServerID: fh.ServerID, UpstreamFile: p.upstreamFile, FDE: fde}
+	p.fl.base(nf)
+	p.add(statemachine.Item{NewFile: nf}, len(fde), 0)
 }
 
 // addLargeEvent adds an event larger than a piece to the open transaction in parts,
@@ -371,7 +370,7 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 		}
 		prev = c
 		if !t.skip {
-			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid.GTID, First: t.first, Events: events}}, len(events), 0)
+			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: events}}, len(events), 0)
 			t.first = false
 		}
 		t.events = nil

@@ -14,7 +14,7 @@ import (
 
 func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
 	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-	return &pipeline{s: s, state: state, hasFile: hasFile, upstreamFile: upstreamFile, base: binlog.Position{},
+	return &pipeline{s: s, fl: &mariadbFlavor{basePos: binlog.Position{}, state: state}, hasFile: hasFile, upstreamFile: upstreamFile,
 		maxBatch: 1 << 40, maxPiece: maxPieceBytes, maxFile: servedFileLimit} // never flushes: there is no raft here
 }
 
@@ -63,10 +63,10 @@ func TestPipelineProposesWholeTransactions(t *testing.T) {
 			t.Fatalf("item %d = %+v", i+1, tx)
 		}
 	}
-	if p.batchTxns != 2 || p.state.String() != "0-1-2" {
-		t.Fatalf("batch counts %d txns, state %v", p.batchTxns, p.state)
+	if st := p.fl.(*mariadbFlavor).state; p.batchTxns != 2 || st.String() != "0-1-2" {
+		t.Fatalf("batch counts %d txns, state %v", p.batchTxns, st)
 	}
-	if p.cur == nil || p.cur.gtid.GTID != gtid(3) {
+	if p.cur == nil || p.cur.gtid != gtid(3) {
 		t.Fatal("the open transaction must stay pending")
 	}
 }

@@ -118,6 +118,15 @@ type Tail struct {
 	Executed binlog.MySQLSet
 }
 
+// GTIDs is the group's executed GTIDs as its flavor prints them: MySQL's
+// gtid_executed, or MariaDB's gtid_binlog_pos.
+func (t Tail) GTIDs() string {
+	if t.MySQL {
+		return t.Executed.String()
+	}
+	return t.State.String()
+}
+
 // Group is the on-disk state machine of one upstream group on one node: served binlog
 // files as segment files, indexed in the node's shared pebble instance.
 type Group struct {

@@ -183,7 +183,7 @@ func upstreamCommand() *cli.Command {
 						return err
 					}
 					return call(c, 7*24*time.Hour, func(ctx context.Context, cl *adminrpc.Client) error {
-						return waitInitialCopy(ctx, cl, n, added.InitialBytes, added.InitialGtid)
+						return waitInitialCopy(ctx, cl, n, added.InitialBytes, added.InitialGtid, added.Flavor)
 					})
 				},
 			},

@@ -78,8 +78,8 @@ func poll(ctx context.Context, interval time.Duration, step func() (bool, error)
 // waitInitialCopy follows an upstream's initial copy until the group has executed the
 // master's GTID position at add (the percentage is of the master's binlog bytes then,
 // which also count file headers, so it is an estimate).
-func waitInitialCopy(ctx context.Context, cl *adminrpc.Client, name string, initial uint64, endGTID string) error {
-	end, err := binlog.ParsePosition(endGTID)
+func waitInitialCopy(ctx context.Context, cl *adminrpc.Client, name string, initial uint64, endGTID, flavor string) error {
+	reached, err := gtidsReached(endGTID, flavor)
 	if err != nil {
 		return fmt.Errorf("the master's GTID position at add, %q: %w", endGTID, err)
 	}
@@ -93,15 +93,11 @@ func waitInitialCopy(ctx context.Context, cl *adminrpc.Client, name string, init
 		if g == nil {
 			return false, nil
 		}
-		have, err := binlog.ParsePosition(g.ExecutedGtid)
+		done, err := reached(g.ExecutedGtid)
 		if err != nil {
 			return false, fmt.Errorf("executed GTID %q: %w", g.ExecutedGtid, err)
 		}
-		reached := true
-		for _, gt := range end {
-			reached = reached && have.Contains(gt)
-		}
-		if reached {
+		if done {
 			p.finish(fmt.Sprintf("caught up, %d transactions, %s", g.Transactions, bytesText(g.Bytes)))
 			return true, nil
 		}
@@ -256,4 +252,35 @@ func addExamples(cmds []*cli.Command, parent string) {
 		}
 		addExamples(c.Subcommands, full)
 	}
+}
+
+// gtidsReached returns a test of whether an executed GTID text (as the group status
+// prints it for the flavor) holds everything of end.
+func gtidsReached(end, flavor string) (func(string) (bool, error), error) {
+	if flavor == "mysql" {
+		want, err := binlog.ParseMySQLSet(end)
+		if err != nil {
+			return nil, err
+		}
+		return func(s string) (bool, error) {
+			have, err := binlog.ParseMySQLSet(s)
+			return err == nil && have.ContainsSet(want), err
+		}, nil
+	}
+	want, err := binlog.ParsePosition(end)
+	if err != nil {
+		return nil, err
+	}
+	return func(s string) (bool, error) {
+		have, err := binlog.ParsePosition(s)
+		if err != nil {
+			return false, err
+		}
+		for _, g := range want {
+			if !have.Contains(g) {
+				return false, nil
+			}
+		}
+		return true, nil
+	}, nil
 }

@@ -131,11 +131,12 @@ func (s *relaySource) Files(ctx context.Context) (mysqlfront.FileList, error) {
 			errs = append(errs, fmt.Sprintf("node %d: %v", n.ID, err))
 			continue
 		}
-		state, err := binlog.ParsePosition(resp.GtidState)
-		if err != nil {
-			return mysqlfront.FileList{}, fmt.Errorf("node %d sent GTID state %q: %w", n.ID, resp.GtidState, err)
+		fl := mysqlfront.FileList{GTIDs: resp.GtidState, File: resp.CurrentFile, Size: resp.CurrentSize}
+		if s.u.Flavor != "mysql" {
+			if fl.State, err = binlog.ParsePosition(resp.GtidState); err != nil {
+				return mysqlfront.FileList{}, fmt.Errorf("node %d sent GTID state %q: %w", n.ID, resp.GtidState, err)
+			}
 		}
-		fl := mysqlfront.FileList{State: state, File: resp.CurrentFile, Size: resp.CurrentSize}
 		for _, f := range resp.Files {
 			fl.Files = append(fl.Files, statemachine.FileStatus{Name: f.Name, Size: f.Size})
 		}

@@ -156,7 +156,7 @@ func (s *Service) Files(ctx context.Context, r *clusterv1.FilesRequest) (*cluste
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "group %d on node %d: %v", r.GroupId, s.NodeID, err)
 	}
-	out := &clusterv1.FilesResponse{GtidState: fl.State.String(), CurrentFile: fl.File, CurrentSize: fl.Size}
+	out := &clusterv1.FilesResponse{GtidState: fl.GTIDs, CurrentFile: fl.File, CurrentSize: fl.Size}
 	for _, f := range fl.Files {
 		out.Files = append(out.Files, &clusterv1.FileInfo{Name: f.Name, Size: f.Size})
 	}
