@@ -100,24 +100,58 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	if err != nil {
 		return err
 	}
-	// Events in served files carry the master's checksums; a replica that did not say
-	// it understands checksums would misread them (MariaDB refuses the same way).
-	ck := ss.vars["master_binlog_checksum"]
-	if ck == nil && u.BinlogChecksum != "NONE" {
-		return errDump("Slave can not handle replication events with the checksum that master is configured to log; set @master_binlog_checksum (MariaDB and MySQL replicas do) before COM_BINLOG_DUMP")
-	}
 	spec := DumpSpec{GroupID: u.GroupID, File: req.File, Pos: req.Pos, Flags: req.Flags, ServerID: req.ServerID}
-	if ck != nil {
-		spec.HasChecksum, spec.Checksum = true, *ck
-	}
-	if hb := ss.vars["master_heartbeat_period"]; hb != nil {
-		spec.Heartbeat = heartbeatPeriod(*hb)
-	}
 	csv, gtidMode := ss.vars["slave_connect_state"]
 	if gtidMode {
 		spec.GTIDMode = true
 		if csv != nil {
 			spec.ConnectState = *csv
+		}
+	}
+	mode := "file"
+	if gtidMode {
+		mode = "gtid"
+	}
+	return ss.serveDump(ctx, u, spec, mode)
+}
+
+// dumpGTID serves a MySQL replica's COM_BINLOG_DUMP_GTID (auto-position): every
+// transaction not in the GTID set it sends.
+func (ss *session) dumpGTID(ctx context.Context, data []byte) error {
+	req, err := parseDumpGTID(data)
+	if err != nil {
+		return errDump("%v", err)
+	}
+	ss.mysqlSet = req.Set
+	u, err := ss.upstream()
+	if err != nil {
+		return err
+	}
+	if u.Flavor != "mysql" {
+		return errDump("upstream %s is a MariaDB master, which has no COM_BINLOG_DUMP_GTID: replicate it by MariaDB GTID (MASTER_USE_GTID) or by file and position", u.Name)
+	}
+	spec := DumpSpec{GroupID: u.GroupID, Flags: req.Flags, ServerID: req.ServerID, MySQLGTIDMode: true, MySQLSet: req.Set.String()}
+	return ss.serveDump(ctx, u, spec, "gtid")
+}
+
+// serveDump completes spec with the session's settings and streams the dump.
+func (ss *session) serveDump(ctx context.Context, u *placement.Upstream, spec DumpSpec, mode string) error {
+	// Events in served files carry the master's checksums; a replica that did not say
+	// it understands checksums would misread them (MariaDB and MySQL refuse alike).
+	ck := ss.vars["master_binlog_checksum"]
+	if ck == nil {
+		ck = ss.vars["source_binlog_checksum"]
+	}
+	if ck == nil && u.BinlogChecksum != "NONE" {
+		return errDump("Slave can not handle replication events with the checksum that master is configured to log; set @master_binlog_checksum (MariaDB and MySQL replicas do) before COM_BINLOG_DUMP")
+	}
+	if ck != nil {
+		spec.HasChecksum, spec.Checksum = true, *ck
+	}
+	for _, name := range []string{"source_heartbeat_period", "master_heartbeat_period"} {
+		if hb := ss.vars[name]; hb != nil {
+			spec.Heartbeat = heartbeatPeriod(*hb)
+			break
 		}
 	}
 
@@ -136,12 +170,9 @@ func (ss *session) dump(ctx context.Context, data []byte) error {
 	reg := ss.ensureRegistered()
 	reg.gid = u.GroupID
 	if reg.serverID == 0 {
-		reg.serverID = req.ServerID
+		reg.serverID = spec.ServerID
 	}
-	reg.mode = "file"
-	if gtidMode {
-		reg.mode = "gtid"
-	}
+	reg.mode = mode
 	ss.s.Metrics.DumpStarted(u.Name)
 	w := &eventWriter{ss: ss, reg: reg, sent: ss.s.Metrics.SentTo(ss.user), out: bufio.NewWriterSize(ss.c.client, 64<<10)}
 	err = src.Dump(ctx, spec, w)

@@ -52,7 +52,15 @@ func (l *localSource) Files(context.Context) (FileList, error) {
 		return FileList{}, errDump("%v", err)
 	}
 	t, _ := l.g.Tail()
-	return FileList{Files: files, State: t.State, GTIDs: t.GTIDs(), File: t.File, Size: t.FileSize}, nil
+	fl := FileList{Files: files, State: t.State, GTIDs: t.GTIDs(), File: t.File, Size: t.FileSize}
+	if t.MySQL {
+		purged, err := l.g.PurgedMySQL()
+		if err != nil {
+			return FileList{}, errDump("%v", err)
+		}
+		fl.Purged = purged.String()
+	}
+	return fl, nil
 }
 
 // waitFirstFile holds a blocking dump until the group has received its first binlog
@@ -85,15 +93,18 @@ func (l *localSource) waitFirstFile(ctx context.Context) error {
 // locate finds where a dump starts. A position the local replica does not hold yet
 // may only mean it trails (a follower, or a new leader applying its log): it retries
 // as its tail grows, for catchUpWait, before the replica is told 1236.
-func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Position) (statemachine.Start, error) {
+func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Position, haveMySQL binlog.MySQLSet) (statemachine.Start, error) {
 	deadline := time.Now().Add(catchUpWait)
 	for {
 		_, changed := l.g.Tail()
 		var start statemachine.Start
 		var err error
-		if spec.GTIDMode {
+		switch {
+		case spec.MySQLGTIDMode:
+			start, err = l.g.LocateMySQL(haveMySQL)
+		case spec.GTIDMode:
 			start, err = l.g.Locate(have)
-		} else {
+		default:
 			start, err = l.g.LocateFile(spec.File, uint64(spec.Pos))
 		}
 		// Only a position this replica lacks may appear as it catches up; damage or
@@ -112,6 +123,7 @@ func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Pos
 // Dump implements Source.
 func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) error {
 	g, u := l.g, l.u
+	fl := flavorOf(u)
 	fakeCRC := spec.HasChecksum && strings.EqualFold(spec.Checksum, "CRC32")
 	// mariadb-binlog dumps with server_id 0 and expects the dump to end at the tail.
 	nonBlock := spec.Flags&dumpNonBlock != 0 || spec.ServerID == 0
@@ -121,14 +133,20 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		}
 	}
 	var have binlog.Position // GTID mode: what the replica already has
+	var haveMySQL binlog.MySQLSet
 	var err error
+	if spec.MySQLGTIDMode {
+		if haveMySQL, err = binlog.ParseMySQLSet(spec.MySQLSet); err != nil {
+			return errDump("cannot read the replica's GTID set %q: %v", spec.MySQLSet, err)
+		}
+	}
 	if spec.GTIDMode {
 		have, err = binlog.ParsePosition(spec.ConnectState)
 		if err != nil {
 			return errDump("cannot read the replica's GTID position @slave_connect_state=%q: %v", spec.ConnectState, err)
 		}
 	}
-	start, err := l.locate(ctx, spec, have)
+	start, err := l.locate(ctx, spec, have, haveMySQL)
 	if ctx.Err() != nil {
 		return nil
 	}
@@ -144,7 +162,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		return errDump("%v", err)
 	}
 	defer cur.Close()
-	l.log.Info("binlog dump started", "upstream", u.Name, "group", u.GroupID, "gtid_mode", spec.GTIDMode, "file", statemachine.FileName(start.File),
+	l.log.Info("binlog dump started", "upstream", u.Name, "group", u.GroupID, "gtid_mode", spec.GTIDMode, "mysql_gtid_mode", spec.MySQLGTIDMode, "file", statemachine.FileName(start.File),
 		"pos", start.Served, "replica_server_id", spec.ServerID, "heartbeat", spec.Heartbeat)
 
 	if err := w.Event(binlog.NewRotate(u.ServerID, 0, 0, binlog.FlagArtificial, statemachine.FileName(start.File), start.Pos(), fakeCRC)); err != nil {
@@ -164,7 +182,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			return nil
 		}
 	}
-	annotate := spec.Flags&dumpAnnotateEvents != 0
+	annotate := fl.annotate(spec.Flags)
 	file, pos := start.File, start.Pos()
 	w.Position(file, pos)
 	var hbTimer <-chan time.Time
@@ -194,7 +212,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			case <-hbTimer:
 				// Heartbeats follow the file's checksum algorithm; the replica stops for good
 				// if their file name or position disagree with what it has received.
-				if err := w.Event(binlog.NewHeartbeat(u.ServerID, statemachine.FileName(file), pos, fileCRC)); err != nil {
+				if err := w.Event(fl.heartbeat(u, spec.Flags, statemachine.FileName(file), pos, fileCRC)); err != nil {
 					return nil
 				}
 				w.Position(file, pos) // a relay sends what it holds at each position report
@@ -209,9 +227,15 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		if err != nil {
 			return errDump("%v", err)
 		}
-		if spec.GTIDMode && !rec.IsHeader() && !rec.IsRotate() && !rec.Continued {
-			id, ok := statemachine.TxnGTID(rec.Payload)
-			skipTxn = ok && have.Contains(id)
+		if !rec.IsHeader() && !rec.IsRotate() && !rec.Continued {
+			switch {
+			case spec.MySQLGTIDMode:
+				id, ok := statemachine.TxnMySQLGTID(rec.Payload)
+				skipTxn = ok && haveMySQL.Contains(id)
+			case spec.GTIDMode:
+				id, ok := statemachine.TxnGTID(rec.Payload)
+				skipTxn = ok && have.Contains(id)
+			}
 		}
 		if skipTxn {
 			skipTxn = rec.Continues

@@ -2,6 +2,7 @@ package mysqlfront
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path"
 	"strconv"
@@ -41,9 +42,9 @@ func (ss *session) query(q string) (*mysql.Result, error) {
 		return ss.selectExprs(stmt[len("SELECT "):])
 	case isAnyFold(stmt, "SHOW BINARY LOGS", "SHOW MASTER LOGS"):
 		return ss.showBinaryLogs()
-	case isAnyFold(stmt, "SHOW MASTER STATUS", "SHOW BINLOG STATUS"):
+	case isAnyFold(stmt, "SHOW MASTER STATUS", "SHOW BINLOG STATUS", "SHOW BINARY LOG STATUS"):
 		return ss.showMasterStatus()
-	case isAnyFold(stmt, "SHOW SLAVE HOSTS", "SHOW REPLICA HOSTS"):
+	case isAnyFold(stmt, "SHOW SLAVE HOSTS", "SHOW REPLICA HOSTS", "SHOW REPLICAS"):
 		u, err := ss.upstream()
 		if err != nil {
 			return nil, err
@@ -117,18 +118,31 @@ func (ss *session) files() (FileList, error) {
 // can tell it right now, never answering an empty position a CDC tool could start
 // from.
 func (ss *session) sysvar(name string) (string, error) {
+	u := ss.sessionUpstream()
+	if v, ok, err := flavorOf(u).variable(u, name); ok {
+		return v, err
+	}
 	switch name {
-	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state", "gtid_executed":
+	case "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state", "gtid_executed", "gtid_purged":
 		fl, err := ss.files()
 		if err != nil {
 			return "", err
+		}
+		if name == "gtid_purged" {
+			return fl.Purged, nil
 		}
 		return fl.GTIDs, nil
 	}
 	if v, ok := ss.staticVar(name); ok {
 		return v, nil
 	}
-	return "", mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
+	return "", errUnknownVar(name)
+}
+
+// errUnknownVar is MySQL's answer for a variable it does not have (1193), which
+// replicas treat as "this master does not have the feature".
+func errUnknownVar(name string) error {
+	return mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
 }
 
 // staticVar answers the variables that need no lookup.
@@ -190,6 +204,7 @@ func (ss *session) staticVar(name string) (string, bool) {
 // knownVars lists the variables SHOW VARIABLES can report.
 var knownVars = []string{
 	"auto_increment_increment", "auto_increment_offset", "binlog_checksum", "binlog_format", "binlog_row_image",
+	"binlog_transaction_compression", "enforce_gtid_consistency", "gtid_executed", "gtid_mode", "gtid_purged",
 	"character_set_server", "collation_server", "gtid_binlog_pos", "gtid_binlog_state", "gtid_current_pos",
 	"gtid_domain_id", "gtid_strict_mode", "hostname", "log_bin", "log_bin_basename", "lower_case_table_names",
 	"max_allowed_packet", "rpl_semi_sync_master_enabled", "server_id", "server_uuid", "sql_mode",
@@ -210,6 +225,10 @@ func (ss *session) showVariables(stmt string) (*mysql.Result, error) {
 	for _, name := range knownVars {
 		if ok, _ := path.Match(glob, name); ok {
 			v, err := ss.sysvar(name)
+			var me *mysql.MyError
+			if errors.As(err, &me) && me.Code == mysql.ER_UNKNOWN_SYSTEM_VARIABLE {
+				continue // the upstream's flavor has no such variable
+			}
 			if err != nil {
 				return nil, err
 			}

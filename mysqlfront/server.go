@@ -195,8 +195,11 @@ type session struct {
 	remote string
 	ups    []*placement.Upstream
 	vars   map[string]*string // user variables; nil value = NULL
-	reg    *replicaInfo
-	log    *slog.Logger
+	// mysqlSet is the GTID set of a MySQL replica's dump request, which routes a
+	// user several upstreams share.
+	mysqlSet binlog.MySQLSet
+	reg      *replicaInfo
+	log      *slog.Logger
 }
 
 func (s *Server) handle(ctx context.Context, nc net.Conn) {
@@ -304,8 +307,13 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 		}
 	case comRegisterSlave:
 		v = ss.registerSlave(data)
-	case comBinlogDump:
-		err := ss.dump(ctx, data)
+	case comBinlogDump, comBinlogDumpGTID:
+		var err error
+		if cmd == comBinlogDump {
+			err = ss.dump(ctx, data)
+		} else {
+			err = ss.dumpGTID(ctx, data)
+		}
 		if err == nil {
 			return false
 		}
@@ -316,9 +324,6 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 		}
 		_ = ss.c.writeValue(err)
 		return false
-	case comBinlogDumpGTID:
-		v = mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
-			"COM_BINLOG_DUMP_GTID is the MySQL-flavor dump; this upstream is MariaDB: use MASTER_USE_GTID with a MariaDB replica")
 	default:
 		v = mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("Flotilla does not support command 0x%02x", cmd))
 	}
@@ -417,8 +422,23 @@ func (ss *session) upstream() (*placement.Upstream, error) {
 	case 1:
 		return ss.ups[0], nil
 	}
-	// A shared user: the replica's GTID position names the master (server id) and its
-	// domain; pick the one upstream it fits.
+	// A shared user: a MySQL replica's GTID set names the master by server_uuid;
+	// a MariaDB replica's position by server id and domain. Pick the one upstream
+	// it fits.
+	if ss.mysqlSet != nil {
+		var match []*placement.Upstream
+		for _, u := range ss.ups {
+			for src := range ss.mysqlSet {
+				if u.Flavor == "mysql" && strings.EqualFold(src.SID.String(), u.ServerUUID) {
+					match = append(match, u)
+					break
+				}
+			}
+		}
+		if len(match) == 1 {
+			return match[0], nil
+		}
+	}
 	if v := ss.vars["slave_connect_state"]; v != nil {
 		if pos, err := binlog.ParsePosition(*v); err == nil && len(pos) > 0 {
 			var match []*placement.Upstream

@@ -29,6 +29,9 @@ type FileList struct {
 	// executed GTIDs as the flavor prints them (statemachine.Tail.GTIDs).
 	State binlog.Position
 	GTIDs string
+	// Purged is, for MySQL-flavor groups, the GTIDs before the oldest served file
+	// (what MySQL calls gtid_purged).
+	Purged string
 	// File and Size are the current file and its committed size (File 0: none yet).
 	File, Size uint64
 }
@@ -49,6 +52,10 @@ type DumpSpec struct {
 	Checksum    string
 	// Heartbeat is @master_heartbeat_period (0: none).
 	Heartbeat time.Duration
+	// MySQLGTIDMode: a MySQL replica's COM_BINLOG_DUMP_GTID, starting at the first
+	// transaction not in MySQLSet (its executed set, text form).
+	MySQLGTIDMode bool
+	MySQLSet      string
 }
 
 // EventSink receives a dump's events in order: whole, or in parts for an event stored

@@ -280,6 +280,16 @@ func (g *Group) LocateMySQL(want binlog.MySQLSet) (Start, error) {
 	return Start{}, positionErr("no served file") // unreachable: first <= t.File
 }
 
+// PurgedMySQL is, for a MySQL-flavor group, the GTID set before its oldest served
+// file: what a replica must already hold to be served (MySQL's gtid_purged).
+func (g *Group) PurgedMySQL() (binlog.MySQLSet, error) {
+	fi, err := g.store.fileInfo(g.id, g.firstFile())
+	if err != nil {
+		return nil, err
+	}
+	return fi.StartSet.Clone(), nil
+}
+
 func (g *Group) lookupTxn(w binlog.GTID) (txnLoc, bool, error) {
 	return g.readLoc(txnKey(g.id, w.Domain, w.Seq, w.Server), "GTID "+w.String())
 }

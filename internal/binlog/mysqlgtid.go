@@ -369,3 +369,36 @@ func ParsePreviousGTIDs(ev []byte, checksummed bool) (MySQLSet, error) {
 	}
 	return set, nil
 }
+
+// MySQLHeartbeatV2Event is MySQL 8.0.26+'s heartbeat, sent to replicas that set the
+// heartbeat-v2 dump flag: its position is 64-bit.
+const MySQLHeartbeatV2Event byte = 41
+
+// NewHeartbeatV2 builds a MySQL heartbeat v2: header log_pos is the position modulo
+// 2^32; the body holds fields as (type, length, value), each a length-encoded
+// integer: 1 the file name, 2 the full position, then the end mark 0.
+func NewHeartbeatV2(serverID uint32, file string, pos uint64, checksummed bool) []byte {
+	var body []byte
+	body = appendLenEnc(body, 1)
+	body = appendLenEnc(body, uint64(len(file)))
+	body = append(body, file...)
+	p := appendLenEnc(nil, pos)
+	body = appendLenEnc(body, 2)
+	body = appendLenEnc(body, uint64(len(p)))
+	body = append(body, p...)
+	body = append(body, 0)
+	return build(MySQLHeartbeatV2Event, serverID, 0, uint32(pos), 0, body, checksummed)
+}
+
+// appendLenEnc appends v as a MySQL length-encoded integer.
+func appendLenEnc(b []byte, v uint64) []byte {
+	switch {
+	case v < 251:
+		return append(b, byte(v))
+	case v < 1<<16:
+		return append(b, 0xfc, byte(v), byte(v>>8))
+	case v < 1<<24:
+		return append(b, 0xfd, byte(v), byte(v>>8), byte(v>>16))
+	}
+	return binary.LittleEndian.AppendUint64(append(b, 0xfe), v)
+}

@@ -131,7 +131,7 @@ func (s *relaySource) Files(ctx context.Context) (mysqlfront.FileList, error) {
 			errs = append(errs, fmt.Sprintf("node %d: %v", n.ID, err))
 			continue
 		}
-		fl := mysqlfront.FileList{GTIDs: resp.GtidState, File: resp.CurrentFile, Size: resp.CurrentSize}
+		fl := mysqlfront.FileList{GTIDs: resp.GtidState, Purged: resp.GtidPurged, File: resp.CurrentFile, Size: resp.CurrentSize}
 		if s.u.Flavor != "mysql" {
 			if fl.State, err = binlog.ParsePosition(resp.GtidState); err != nil {
 				return mysqlfront.FileList{}, fmt.Errorf("node %d sent GTID state %q: %w", n.ID, resp.GtidState, err)
@@ -155,7 +155,7 @@ func (s *relaySource) Dump(ctx context.Context, spec mysqlfront.DumpSpec, sink m
 	}
 	req := &clusterv1.DumpRequest{GroupId: spec.GroupID, GtidMode: spec.GTIDMode, ConnectState: spec.ConnectState, File: spec.File,
 		Pos: spec.Pos, Flags: uint32(spec.Flags), ServerId: spec.ServerID, HasChecksum: spec.HasChecksum, Checksum: spec.Checksum,
-		HeartbeatNanos: uint64(spec.Heartbeat), AnyReplica: s.any, ViaNode: s.r.nodeID}
+		HeartbeatNanos: uint64(spec.Heartbeat), AnyReplica: s.any, ViaNode: s.r.nodeID, MysqlGtidMode: spec.MySQLGTIDMode, MysqlGtidSet: spec.MySQLSet}
 	var tried []string
 	for i := 0; i < len(nodes); i++ {
 		n := nodes[i]

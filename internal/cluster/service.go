@@ -156,7 +156,7 @@ func (s *Service) Files(ctx context.Context, r *clusterv1.FilesRequest) (*cluste
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "group %d on node %d: %v", r.GroupId, s.NodeID, err)
 	}
-	out := &clusterv1.FilesResponse{GtidState: fl.GTIDs, CurrentFile: fl.File, CurrentSize: fl.Size}
+	out := &clusterv1.FilesResponse{GtidState: fl.GTIDs, GtidPurged: fl.Purged, CurrentFile: fl.File, CurrentSize: fl.Size}
 	for _, f := range fl.Files {
 		out.Files = append(out.Files, &clusterv1.FileInfo{Name: f.Name, Size: f.Size})
 	}
@@ -175,7 +175,8 @@ func (s *Service) Dump(r *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpSe
 		return stream.Send(&clusterv1.DumpChunk{NotServing: true, LeaderNode: leader})
 	}
 	spec := mysqlfront.DumpSpec{GroupID: r.GroupId, GTIDMode: r.GtidMode, ConnectState: r.ConnectState, File: r.File, Pos: r.Pos,
-		Flags: uint16(r.Flags), ServerID: r.ServerId, HasChecksum: r.HasChecksum, Checksum: r.Checksum, Heartbeat: time.Duration(r.HeartbeatNanos)}
+		Flags: uint16(r.Flags), ServerID: r.ServerId, HasChecksum: r.HasChecksum, Checksum: r.Checksum, Heartbeat: time.Duration(r.HeartbeatNanos),
+		MySQLGTIDMode: r.MysqlGtidMode, MySQLSet: r.MysqlGtidSet}
 	s.Log.Debug("serving a relayed dump", "group", r.GroupId, "via_node", r.ViaNode)
 	sink := &chunkSink{stream: stream}
 	err := src.Dump(ctx, spec, sink)

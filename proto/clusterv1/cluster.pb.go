@@ -538,9 +538,11 @@ type FilesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Files []*FileInfo            `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
 	// The GTID state after the last served transaction.
-	GtidState     string `protobuf:"bytes,2,opt,name=gtid_state,json=gtidState,proto3" json:"gtid_state,omitempty"`
-	CurrentFile   uint64 `protobuf:"varint,3,opt,name=current_file,json=currentFile,proto3" json:"current_file,omitempty"`
-	CurrentSize   uint64 `protobuf:"varint,4,opt,name=current_size,json=currentSize,proto3" json:"current_size,omitempty"`
+	GtidState   string `protobuf:"bytes,2,opt,name=gtid_state,json=gtidState,proto3" json:"gtid_state,omitempty"`
+	CurrentFile uint64 `protobuf:"varint,3,opt,name=current_file,json=currentFile,proto3" json:"current_file,omitempty"`
+	CurrentSize uint64 `protobuf:"varint,4,opt,name=current_size,json=currentSize,proto3" json:"current_size,omitempty"`
+	// MySQL-flavor groups: the GTIDs before the oldest served file (gtid_purged).
+	GtidPurged    string `protobuf:"bytes,5,opt,name=gtid_purged,json=gtidPurged,proto3" json:"gtid_purged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -603,6 +605,13 @@ func (x *FilesResponse) GetCurrentSize() uint64 {
 	return 0
 }
 
+func (x *FilesResponse) GetGtidPurged() string {
+	if x != nil {
+		return x.GtidPurged
+	}
+	return ""
+}
+
 type DumpRequest struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	GroupId        uint64                 `protobuf:"varint,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -618,7 +627,11 @@ type DumpRequest struct {
 	// Serve from the answering node's replica even if it does not lead the group.
 	AnyReplica bool `protobuf:"varint,11,opt,name=any_replica,json=anyReplica,proto3" json:"any_replica,omitempty"`
 	// The relaying node, for the answering node's logs.
-	ViaNode       uint64 `protobuf:"varint,12,opt,name=via_node,json=viaNode,proto3" json:"via_node,omitempty"`
+	ViaNode uint64 `protobuf:"varint,12,opt,name=via_node,json=viaNode,proto3" json:"via_node,omitempty"`
+	// A MySQL replica's auto-position dump: start after its executed GTID set
+	// (text form), instead of from connect_state or file/pos.
+	MysqlGtidMode bool   `protobuf:"varint,13,opt,name=mysql_gtid_mode,json=mysqlGtidMode,proto3" json:"mysql_gtid_mode,omitempty"`
+	MysqlGtidSet  string `protobuf:"bytes,14,opt,name=mysql_gtid_set,json=mysqlGtidSet,proto3" json:"mysql_gtid_set,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -735,6 +748,20 @@ func (x *DumpRequest) GetViaNode() uint64 {
 		return x.ViaNode
 	}
 	return 0
+}
+
+func (x *DumpRequest) GetMysqlGtidMode() bool {
+	if x != nil {
+		return x.MysqlGtidMode
+	}
+	return false
+}
+
+func (x *DumpRequest) GetMysqlGtidSet() string {
+	if x != nil {
+		return x.MysqlGtidSet
+	}
+	return ""
 }
 
 type DumpChunk struct {
@@ -894,13 +921,15 @@ const file_cluster_proto_rawDesc = "" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\"2\n" +
 	"\bFileInfo\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04size\x18\x02 \x01(\x04R\x04size\"\xa9\x01\n" +
+	"\x04size\x18\x02 \x01(\x04R\x04size\"\xca\x01\n" +
 	"\rFilesResponse\x123\n" +
 	"\x05files\x18\x01 \x03(\v2\x1d.flotilla.cluster.v1.FileInfoR\x05files\x12\x1d\n" +
 	"\n" +
 	"gtid_state\x18\x02 \x01(\tR\tgtidState\x12!\n" +
 	"\fcurrent_file\x18\x03 \x01(\x04R\vcurrentFile\x12!\n" +
-	"\fcurrent_size\x18\x04 \x01(\x04R\vcurrentSize\"\xe7\x02\n" +
+	"\fcurrent_size\x18\x04 \x01(\x04R\vcurrentSize\x12\x1f\n" +
+	"\vgtid_purged\x18\x05 \x01(\tR\n" +
+	"gtidPurged\"\xb5\x03\n" +
 	"\vDumpRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1b\n" +
 	"\tgtid_mode\x18\x02 \x01(\bR\bgtidMode\x12#\n" +
@@ -915,7 +944,9 @@ const file_cluster_proto_rawDesc = "" +
 	" \x01(\x04R\x0eheartbeatNanos\x12\x1f\n" +
 	"\vany_replica\x18\v \x01(\bR\n" +
 	"anyReplica\x12\x19\n" +
-	"\bvia_node\x18\f \x01(\x04R\aviaNode\"\x80\x02\n" +
+	"\bvia_node\x18\f \x01(\x04R\aviaNode\x12&\n" +
+	"\x0fmysql_gtid_mode\x18\r \x01(\bR\rmysqlGtidMode\x12$\n" +
+	"\x0emysql_gtid_set\x18\x0e \x01(\tR\fmysqlGtidSet\"\x80\x02\n" +
 	"\tDumpChunk\x12\x16\n" +
 	"\x06events\x18\x01 \x03(\fR\x06events\x12\x12\n" +
 	"\x04file\x18\x02 \x01(\x04R\x04file\x12\x10\n" +
