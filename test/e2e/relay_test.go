@@ -149,6 +149,7 @@ func sameData(t *testing.T, name string, want, got map[string]string) {
 // upstreamJSON is what the tests read of `flotilla upstream get NAME -o json`.
 type upstreamJSON struct {
 	Upstream struct {
+		Flavor    string `json:"flavor"`
 		StartGtid string `json:"startGtid"`
 		GroupID   string `json:"groupId"`
 		Paused    bool   `json:"paused"`
