@@ -177,6 +177,7 @@ func FuzzNetworkDecoders(f *testing.F) {
 	f.Fuzz(func(t *testing.T, b []byte) {
 		_, _ = parseSet(string(b), sysvars)
 		_, _ = parseDump(b)
+		_, _ = parseDumpGTID(b)
 		ss := newTestSession()
 		_ = ss.registerSlave(b)
 		_, _ = ss.query(string(b))

@@ -80,6 +80,15 @@ func isHarmlessSet(stmt string) bool {
 func okResult() *mysql.Result { return &mysql.Result{} }
 
 func resultset(names []string, rows [][]any) (*mysql.Result, error) {
+	// go-mysql encodes an empty string as NULL; an empty []byte stays empty, as
+	// MySQL sends Binlog_Do_DB and the like.
+	for _, row := range rows {
+		for i, v := range row {
+			if s, ok := v.(string); ok && s == "" {
+				row[i] = []byte{}
+			}
+		}
+	}
 	rs, err := mysql.BuildSimpleTextResultset(names, rows)
 	if err != nil {
 		return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, fmt.Sprintf("build result: %v", err))
@@ -343,9 +352,13 @@ func (ss *session) showMasterStatus() (*mysql.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	if fl.File == 0 {
-		return resultset([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"}, nil)
+	cols := []string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"}
+	row := []any{statemachine.FileName(fl.File), fl.Size, "", ""}
+	if flavorOf(ss.sessionUpstream()).statusGTIDs() {
+		cols, row = append(cols, "Executed_Gtid_Set"), append(row, fl.GTIDs)
 	}
-	return resultset([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB"},
-		[][]any{{statemachine.FileName(fl.File), fl.Size, "", ""}})
+	if fl.File == 0 {
+		return resultset(cols, nil)
+	}
+	return resultset(cols, [][]any{row})
 }

@@ -144,6 +144,26 @@ func FuzzMySQLSet(f *testing.F) {
 			}
 		}
 		if s, _, err := DecodeMySQLSet(bin); err == nil {
+			// Set algebra against the text set: a-b holds nothing of b, and a holds
+			// (a-b) and everything of b it held before.
+			if o, err := ParseMySQLSet(text); err == nil {
+				d := s.Subtract(o)
+				if !s.ContainsSet(d) || len(d.Subtract(s)) != 0 {
+					t.Fatalf("%v - %v = %v is not within the first", s, o, d)
+				}
+				for src, ivs := range d {
+					for _, iv := range ivs {
+						if o.Contains(MySQLGTID{Source: src, GNO: iv.Start}) || o.Contains(MySQLGTID{Source: src, GNO: iv.End - 1}) {
+							t.Fatalf("%v - %v = %v holds a GTID of the second", s, o, d)
+						}
+					}
+				}
+				u := d.Clone()
+				u.Union(s.Subtract(d))
+				if u.String() != s.String() {
+					t.Fatalf("(%v - %v) + the rest = %v", s, o, u)
+				}
+			}
 			b, err := s.AppendEncoded(nil)
 			if err != nil {
 				t.Fatal(err)
@@ -181,5 +201,30 @@ func TestMySQLGroupEnds(t *testing.T) {
 				t.Fatalf("%s: event %d ends the group: %v", name, i, got)
 			}
 		}
+	}
+}
+
+func TestMySQLSetAlgebra(t *testing.T) {
+	a, _ := ParseMySQLSet(fixtureUUID + ":1-10:20-30,00000000-0000-0000-0000-000000000002:5")
+	b, _ := ParseMySQLSet(fixtureUUID + ":3-4:10-25")
+	if got := a.Subtract(b).String(); got != "00000000-0000-0000-0000-000000000002:5,"+fixtureUUID+":1-2:5-9:26-30" {
+		t.Fatalf("a-b = %s", got)
+	}
+	if a.ContainsSet(b) || !a.ContainsSet(a.Subtract(b)) || !a.ContainsSet(MySQLSet{}) {
+		t.Fatal("ContainsSet")
+	}
+}
+
+// TestHeartbeatV2 checks MySQL 8.0.26+'s heartbeat body: (type, length, value)
+// fields as length-encoded integers, the position in full past 4 GiB.
+func TestHeartbeatV2(t *testing.T) {
+	ev := NewHeartbeatV2(1, "binlog.000001", 1234, false)
+	want := append(append([]byte{1, 13}, "binlog.000001"...), 2, 3, 0xfc, 0xd2, 0x04, 0)
+	if h, _ := ParseHeader(ev); h.Type != MySQLHeartbeatV2Event || h.LogPos != 1234 || string(ev[HeaderLen:]) != string(want) {
+		t.Fatalf("heartbeat v2 %x", ev)
+	}
+	ev = NewHeartbeatV2(1, "b", 5<<32+7, true)
+	if h, _ := ParseHeader(ev); h.LogPos != 7 || VerifyChecksum(ev) != nil || ev[HeaderLen+3+1+1] != 0xfe {
+		t.Fatalf("heartbeat v2 past 4 GiB %x", ev)
 	}
 }
