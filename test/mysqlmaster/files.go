@@ -95,7 +95,11 @@ func newFile(name string, fde []byte, prev binlog.MySQLSet, serverID uint32) (*f
 	if err != nil {
 		return nil, err
 	}
-	if err := f.appendEvents(append(append([]byte(nil), fde...), pg...)); err != nil {
+	// A file started by a rotation, not by a server start: created is 0, so replicas
+	// do not take it for a master restart.
+	fde = append([]byte(nil), fde...)
+	binlog.ClearFDECreated(fde)
+	if err := f.appendEvents(append(fde, pg...)); err != nil {
 		return nil, err
 	}
 	return f, nil
