@@ -145,6 +145,12 @@ func (s *session) HandleOtherCommand(cmd byte, data []byte) error {
 			return mysql.NewError(mysql.ER_MALFORMED_PACKET, err.Error())
 		}
 		return s.dump(set)
+	case mysql.COM_BINLOG_DUMP:
+		// pos u32, flags u16, server_id u32, file name.
+		if len(data) < 10 {
+			return mysql.NewError(mysql.ER_MALFORMED_PACKET, "short COM_BINLOG_DUMP")
+		}
+		return s.dumpFile(string(data[10:]), int(binary.LittleEndian.Uint32(data)))
 	}
 	return mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("mysqlmaster: command 0x%02x", cmd))
 }
@@ -196,15 +202,50 @@ func (s *session) dump(have binlog.MySQLSet) error {
 		return mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
 			"Cannot replicate because the source purged required binary logs.")
 	}
+	return s.stream(start, 4, have)
+}
+
+// dumpFile serves COM_BINLOG_DUMP: from a file (the first one if name is empty) and
+// position, everything.
+func (s *session) dumpFile(name string, pos int) error {
+	m := s.m
+	m.mu.Lock()
+	m.dumps++
+	start := -1
+	for i, f := range m.files {
+		if f.name == name || name == "" && i == 0 {
+			start = i
+		}
+	}
+	m.mu.Unlock()
+	if start < 0 {
+		return mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG, "Could not find first log file name in binary log index file")
+	}
+	return s.stream(start, max(pos, 4), binlog.MySQLSet{})
+}
+
+// stream sends file start from offset off on, then the files after it, skipping the
+// transactions in have, until the replica goes away.
+func (s *session) stream(start, off int, have binlog.MySQLSet) error {
+	m := s.m
 	ck := strings.EqualFold(s.vars["master_binlog_checksum"], "CRC32") || strings.EqualFold(s.vars["source_binlog_checksum"], "CRC32")
 	hb := heartbeatNS(s.vars)
-	_, name, _, _ := m.snapshot(start)
-	if err := s.send(binlog.NewRotate(m.ServerID, 0, 0, binlog.FlagArtificial, name, 4, ck)); err != nil {
+	data, name, _, _ := m.snapshot(start)
+	if err := s.send(binlog.NewRotate(m.ServerID, 0, 0, binlog.FlagArtificial, name, uint64(off), ck)); err != nil {
 		return err
+	}
+	if off > 4 {
+		// Inside a file: its Format_description first, at log_pos 0 and created 0.
+		fde := append([]byte(nil), data[4:4+binary.LittleEndian.Uint32(data[4+9:])]...)
+		binlog.ClearFDECreated(fde)
+		binlog.SetLogPos(fde, 0, 0, true)
+		if err := s.send(fde); err != nil {
+			return err
+		}
 	}
 	var grp binlog.MySQLGroup
 	skip := false
-	for i, off := start, 4; ; {
+	for i := start; ; {
 		data, name, closed, changed := m.snapshot(i)
 		for off < len(data) {
 			size := int(binary.LittleEndian.Uint32(data[off+9:]))
