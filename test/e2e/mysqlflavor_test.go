@@ -6,11 +6,13 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 
@@ -101,16 +103,9 @@ func mysqlSet(t *testing.T, s string) binlog.MySQLSet {
 	return set
 }
 
-// TestMySQLFlavor relays a MySQL master (the test master serving the recorded MySQL
-// binlogs) to MySQL-flavor replicas: `upstream add` detects the flavor, the group
-// pulls with COM_BINLOG_DUMP_GTID, and go-mysql's BinlogSyncer in MySQL flavor gets
-// every recorded transaction byte for byte, resumes exactly from its GTID set, and
-// resumes exactly after Flotilla is killed with SIGKILL.
-func TestMySQLFlavor(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	master := mysqlmaster.Start(t, "../fixtures/mysql-binlog/binlog")
-	uuid := mysqlmaster.FixtureUUID
+// recordedTxns returns the test master's recorded transactions by GTID.
+func recordedTxns(t *testing.T, master *mysqlmaster.Master) map[string][]byte {
+	t.Helper()
 	recorded := map[string][]byte{}
 	for _, f := range []string{"binlog-main.000001", "binlog-main.000002", "binlog-main.000003", "binlog-main.000004"} {
 		txns, err := master.TxnsOf(f)
@@ -125,6 +120,34 @@ func TestMySQLFlavor(t *testing.T) {
 	if len(recorded) != 309 {
 		t.Fatalf("the recording has %d transactions", len(recorded))
 	}
+	return recorded
+}
+
+// checkRecorded requires a replica's transactions to be the recording's, in order and
+// byte for byte, starting after GTID number from.
+func checkRecorded(t *testing.T, r *mysqlReplica, recorded map[string][]byte, from int) {
+	t.Helper()
+	for i, id := range r.order {
+		if want := mysqlmaster.FixtureUUID + ":" + strconv.Itoa(from+i+1); id != want {
+			t.Fatalf("transaction %d is %s, want %s", i, id, want)
+		}
+		if !bytes.Equal(r.txns[id], recorded[id]) {
+			t.Fatalf("transaction %s differs from the recording", id)
+		}
+	}
+}
+
+// TestMySQLFlavor relays a MySQL master (the test master serving the recorded MySQL
+// binlogs) to MySQL-flavor replicas: `upstream add` detects the flavor, the group
+// pulls with COM_BINLOG_DUMP_GTID, and go-mysql's BinlogSyncer in MySQL flavor gets
+// every recorded transaction byte for byte, resumes exactly from its GTID set, and
+// resumes exactly after Flotilla is killed with SIGKILL.
+func TestMySQLFlavor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	master := mysqlmaster.Start(t, "../fixtures/mysql-binlog/binlog")
+	uuid := mysqlmaster.FixtureUUID
+	recorded := recordedTxns(t, master)
 
 	dir := t.TempDir()
 	fl := flotillatest.StartNode(ctx, t, filepath.Join(dir, "flotilla"))
@@ -169,14 +192,7 @@ func TestMySQLFlavor(t *testing.T) {
 	// with the master's), in the master's order.
 	r := startMySQLReplica(t, fl, binlog.MySQLSet{})
 	r.until(ctx, all)
-	for i, id := range r.order {
-		if want := uuid + ":" + strconv.Itoa(i+1); id != want {
-			t.Fatalf("transaction %d is %s, want %s", i, id, want)
-		}
-		if !bytes.Equal(r.txns[id], recorded[id]) {
-			t.Fatalf("transaction %s differs from the recording", id)
-		}
-	}
+	checkRecorded(t, r, recorded, 0)
 
 	// A replica resuming from its GTID set gets exactly the rest, then what the
 	// master commits next, across a master rotation.
@@ -207,5 +223,50 @@ func TestMySQLFlavor(t *testing.T) {
 	r3.until(ctx, mysqlSet(t, uuid+":1-312"))
 	if len(r3.order) != 1 || r3.order[0] != uuid+":312" {
 		t.Fatalf("after SIGKILL the replica got %v, want only :312", r3.order)
+	}
+}
+
+// TestMySQLFlavorRelayed: a MySQL replica connected to a node that holds no member of
+// the MySQL group is served through the node-to-node relay, byte for byte, and the
+// relaying node answers SHOW MASTER STATUS with the group's GTID set.
+func TestMySQLFlavorRelayed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	master := mysqlmaster.Start(t, "../fixtures/mysql-binlog/binlog")
+	recorded := recordedTxns(t, master)
+	nodes := flotillatest.StartCluster(ctx, t, filepath.Join(t.TempDir(), "flotilla"), 3)
+	if out, err := nodes[0].CLI(ctx, "upstream", "add", "mysql8", "--source", master.Addr(), "--user", master.User, "--password", master.Password,
+		"--replica-user", replicaUser, "--replica-password", replicaPass, "--replicas", "2"); err != nil {
+		t.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	_, members := waitLeader(ctx, t, nodes, "mysql8")
+	var relay *flotillatest.Node
+	for _, n := range nodes {
+		if !slices.Contains(members, n.ID) {
+			relay = n
+		}
+	}
+	if relay == nil {
+		t.Fatalf("a group of 2 replicas on 3 nodes has members %v", members)
+	}
+	all := mysqlSet(t, mysqlmaster.FixtureUUID+":1-309")
+	r := startMySQLReplica(t, relay, mysqlSet(t, mysqlmaster.FixtureUUID+":1-100"))
+	r.until(ctx, all)
+	checkRecorded(t, r, recorded, 100)
+	want := `msg="relaying a binlog dump" node=` + strconv.Itoa(int(relay.ID))
+	if !strings.Contains(relay.LogTail(100000), want) {
+		t.Fatalf("node %d holds no member, yet never relayed the dump; log:\n%s", relay.ID, relay.LogTail(30))
+	}
+	c, err := client.Connect("127.0.0.1:"+relay.MySQLPort(), replicaUser, replicaPass, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	res, err := c.Execute("SHOW MASTER STATUS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := res.GetStringByName(0, "Executed_Gtid_Set"); got != all.String() {
+		t.Fatalf("SHOW MASTER STATUS through the relay: Executed_Gtid_Set %q, want %s", got, all)
 	}
 }
