@@ -112,11 +112,9 @@ func (f *mysqlFlavor) dumpSet() (mysql.GTIDSet, string, error) {
 
 func (f *mysqlFlavor) open(ev []byte) (binlog.GTID, string, bool, error) {
 	switch ev[4] {
-	case binlog.MySQLGTIDEvent:
+	case binlog.MySQLGTIDEvent, binlog.MySQLGTIDTaggedEvent:
 	case binlog.MySQLAnonymousGTIDEvent:
 		return binlog.GTID{}, "", true, fmt.Errorf("master sent an anonymous transaction (no GTID): Flotilla needs gtid_mode=ON on a MySQL master")
-	case binlog.MySQLGTIDTaggedEvent:
-		return binlog.GTID{}, "", true, fmt.Errorf("master sent a tagged GTID (MySQL 8.3+ gtid tags), which this Flotilla cannot store yet: stop using tagged GTIDs on this master")
 	default:
 		return binlog.GTID{}, "", false, nil
 	}

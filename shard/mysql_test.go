@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -84,11 +85,20 @@ func TestMySQLPipeline(t *testing.T) {
 		t.Fatalf("first proposed after resuming: %s", mg)
 	}
 
-	// Anonymous and tagged transactions are refused with the reason.
-	for _, typ := range []byte{binlog.MySQLAnonymousGTIDEvent, binlog.MySQLGTIDTaggedEvent} {
-		ev := binlog.NewOpaque(typ, 10, 40, true)
-		if err := p.handle(t.Context(), ev); err == nil {
-			t.Fatalf("event type %d accepted", typ)
-		}
+	// A tagged transaction (8.3+) is one group like any other.
+	sid, _ := binlog.ParseSID(uuid)
+	tg := binlog.MySQLGTID{Source: binlog.Source{SID: sid, Tag: "batch"}, GNO: 7}
+	tagged := binlog.NewMySQLGTIDTagged(10, tg, true)
+	n := len(p.items)
+	feed(t, p, tagged, binlog.NewQuery(10, "fx", "CREATE TABLE t (a int)", true))
+	if len(p.items) != n+1 || p.items[n].Txn.GTID != tg.Indexed() {
+		t.Fatalf("tagged transaction not proposed: %d items", len(p.items))
+	}
+	if got := p.fl.(*mysqlFlavor).executed.String(); got != uuid+":1-247:batch:7" {
+		t.Fatalf("executed %s", got)
+	}
+	// Anonymous transactions are refused with the reason.
+	if err := p.handle(t.Context(), binlog.NewOpaque(binlog.MySQLAnonymousGTIDEvent, 10, 40, true)); err == nil || !strings.Contains(err.Error(), "gtid_mode=ON") {
+		t.Fatalf("an anonymous transaction: %v", err)
 	}
 }

@@ -483,11 +483,6 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 			if hasFile && it.NewFile.MySQL != mysqlGroup {
 				return rejected("new file of another flavor than the group's"), nil
 			}
-			if !hasFile && it.NewFile.MySQL {
-				if _, err := it.NewFile.BaseSet.AppendEncoded(nil); err != nil {
-					return rejected("base GTID set: %v", err), nil
-				}
-			}
 			mysqlGroup = mysqlGroup || it.NewFile.MySQL
 			hasFile, checksummed = true, fde.Checksummed()
 		case it.Txn != nil:
@@ -713,8 +708,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	hdr = append(hdr, fdeEv...)
 	gl := binlog.NewGTIDList(nf.ServerID, 0, 0, state, fde.Checksummed())
 	if g.m.MySQL {
-		// A MySQL file opens with PREVIOUS_GTIDS (checked encodable in apply: every
-		// source comes from an untagged GTID event or the checked base set).
+		// A MySQL file opens with PREVIOUS_GTIDS.
 		gl, err = binlog.NewPreviousGTIDs(nf.ServerID, 0, 0, fi.StartSet, fde.Checksummed())
 		if err != nil {
 			return fmt.Errorf("group %d: PREVIOUS_GTIDS: %w", g.id, err)

@@ -510,7 +510,7 @@ func TxnGTID(payload []byte) (binlog.GTID, bool) {
 // TxnMySQLGTID returns the MySQL GTID of a transaction record of a MySQL-flavor
 // group (its first event).
 func TxnMySQLGTID(payload []byte) (binlog.MySQLGTID, bool) {
-	if len(payload) < binlog.HeaderLen || payload[4] != binlog.MySQLGTIDEvent {
+	if len(payload) < binlog.HeaderLen || payload[4] != binlog.MySQLGTIDEvent && payload[4] != binlog.MySQLGTIDTaggedEvent {
 		return binlog.MySQLGTID{}, false
 	}
 	size := int(binary.LittleEndian.Uint32(payload[9:]))

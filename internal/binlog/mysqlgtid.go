@@ -199,17 +199,30 @@ func (s MySQLSet) String() string {
 }
 
 // AppendEncoded appends the binary form MySQL uses in COM_BINLOG_DUMP_GTID and in
-// PREVIOUS_GTIDS events: u64 number of SIDs, then per SID its 16 bytes, u64 number of
-// intervals and each interval as u64 start and u64 end (exclusive). Tagged sources
-// need MySQL 8.3's tagged format, which this does not write: it returns an error.
+// PREVIOUS_GTIDS events: u64 number of sources, then per source its SID's 16 bytes,
+// u64 number of intervals and each interval as u64 start and u64 end (exclusive). A
+// set with tagged sources takes MySQL 8.3's tagged form (as MySQL writes it only
+// then): the count is n<<8 with bytes 0 and 7 set to 1 (the format marker), and each
+// SID is followed by its tag's length (a varint) and bytes. The error is always nil.
 func (s MySQLSet) AppendEncoded(dst []byte) ([]byte, error) {
 	srcs := s.sources()
-	dst = binary.LittleEndian.AppendUint64(dst, uint64(len(srcs)))
+	tagged := false
 	for _, src := range srcs {
-		if src.Tag != "" {
-			return nil, fmt.Errorf("binlog: the GTID set holds tagged GTIDs (%s), which need MySQL 8.3's tagged encoding", src)
-		}
+		tagged = tagged || src.Tag != ""
+	}
+	if tagged {
+		n := binary.LittleEndian.AppendUint64(nil, uint64(len(srcs))<<8)
+		n[0], n[7] = 1, 1
+		dst = append(dst, n...)
+	} else {
+		dst = binary.LittleEndian.AppendUint64(dst, uint64(len(srcs)))
+	}
+	for _, src := range srcs {
 		dst = append(dst, src.SID[:]...)
+		if tagged {
+			dst = appendVarint(dst, uint64(len(src.Tag)))
+			dst = append(dst, src.Tag...)
+		}
 		dst = binary.LittleEndian.AppendUint64(dst, uint64(len(s[src])))
 		for _, iv := range s[src] {
 			dst = binary.LittleEndian.AppendUint64(dst, uint64(iv.Start))
@@ -227,10 +240,16 @@ func DecodeMySQLSet(b []byte) (MySQLSet, []byte, error) {
 		return nil, nil, fmt.Errorf("%w: GTID set of %d bytes", ErrShort, len(b))
 	}
 	n := binary.LittleEndian.Uint64(b)
-	b = b[8:]
-	if n > 1<<56 {
-		return nil, nil, fmt.Errorf("binlog: GTID set in MySQL 8.3's tagged format (not read yet) or damaged: %d sources", n)
+	tagged := false
+	switch b[7] {
+	case 0:
+	case 1:
+		tagged = true
+		n = n >> 8 & (1<<48 - 1)
+	default:
+		return nil, nil, fmt.Errorf("binlog: GTID set of unknown format %d (damaged?)", b[7])
 	}
+	b = b[8:]
 	if n > uint64(len(b))/24 {
 		return nil, nil, fmt.Errorf("%w: GTID set claims %d sources in %d bytes", ErrShort, n, len(b))
 	}
@@ -241,8 +260,27 @@ func DecodeMySQLSet(b []byte) (MySQLSet, []byte, error) {
 		}
 		var src Source
 		copy(src.SID[:], b)
-		k := binary.LittleEndian.Uint64(b[16:])
-		b = b[24:]
+		b = b[16:]
+		if tagged {
+			tl, k, err := readVarint(b)
+			if err != nil {
+				return nil, nil, fmt.Errorf("binlog: GTID set tag of %s: %w", src.SID, err)
+			}
+			if tl > uint64(len(b)-k) {
+				return nil, nil, fmt.Errorf("%w: GTID set tag of %d bytes", ErrShort, tl)
+			}
+			if tl > 0 {
+				if src.Tag, err = parseTag(string(b[k : k+int(tl)])); err != nil || src.Tag != string(b[k:k+int(tl)]) {
+					return nil, nil, fmt.Errorf("binlog: GTID set tag %q of %s is not a valid tag", b[k:k+int(tl)], src.SID)
+				}
+			}
+			b = b[k+int(tl):]
+		}
+		if len(b) < 8 {
+			return nil, nil, fmt.Errorf("%w: GTID set source", ErrShort)
+		}
+		k := binary.LittleEndian.Uint64(b)
+		b = b[8:]
 		if k > uint64(len(b))/16 {
 			return nil, nil, fmt.Errorf("%w: GTID set claims %d intervals for %s in %d bytes", ErrShort, k, src, len(b))
 		}
@@ -258,9 +296,12 @@ func DecodeMySQLSet(b []byte) (MySQLSet, []byte, error) {
 	return set, b, nil
 }
 
-// ParseMySQLGTIDEvent reads the GTID of a GTID event (type 33): flags u8, SID, GNO
-// u64 follow the header.
+// ParseMySQLGTIDEvent reads the GTID of a GTID event (type 33: flags u8, SID, GNO
+// u64 follow the header) or of a GTID_TAGGED event (type 42).
 func ParseMySQLGTIDEvent(ev []byte) (MySQLGTID, error) {
+	if len(ev) > 4 && ev[4] == MySQLGTIDTaggedEvent {
+		return ParseMySQLGTIDTaggedEvent(ev)
+	}
 	if len(ev) < HeaderLen+1+16+8 || ev[4] != MySQLGTIDEvent {
 		return MySQLGTID{}, fmt.Errorf("%w: not a MySQL GTID event of %d bytes", ErrShort, len(ev))
 	}

@@ -209,7 +209,12 @@ func TestMySQLFlavor(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	more := mysqlSet(t, uuid+":1-311")
+	// A tagged transaction (MySQL 8.3+): stored, served, and then part of the
+	// replica's set, which go-mysql sends in MySQL's tagged form.
+	if _, err := master.AppendTaggedTxn(recorded[uuid+":303"], "etl"); err != nil {
+		t.Fatal(err)
+	}
+	more := mysqlSet(t, uuid+":1-311:etl:1")
 	r2.until(ctx, more)
 
 	// SIGKILL: the replica resumes from what it has, nothing lost or repeated.
@@ -218,9 +223,9 @@ func TestMySQLFlavor(t *testing.T) {
 	if _, err := master.AppendTxn(recorded[uuid+":302"]); err != nil {
 		t.Fatal(err)
 	}
-	waitExecuted(mysqlSet(t, uuid+":1-312"))
+	waitExecuted(mysqlSet(t, uuid+":1-312:etl:1"))
 	r3 := startMySQLReplica(t, fl, r2.executed)
-	r3.until(ctx, mysqlSet(t, uuid+":1-312"))
+	r3.until(ctx, mysqlSet(t, uuid+":1-312:etl:1"))
 	if len(r3.order) != 1 || r3.order[0] != uuid+":312" {
 		t.Fatalf("after SIGKILL the replica got %v, want only :312", r3.order)
 	}

@@ -198,6 +198,12 @@ func (m *Master) serve(nc net.Conn) {
 // it: events is a whole transaction group starting with its GTID event (from a
 // recording, say); its GTID becomes the master's next one.
 func (m *Master) AppendTxn(events []byte) (binlog.MySQLGTID, error) {
+	return m.AppendTaggedTxn(events, "")
+}
+
+// AppendTaggedTxn is AppendTxn with a tagged GTID (MySQL 8.3+, uuid:tag:N): the
+// transaction's GTID event becomes a GTID_TAGGED event.
+func (m *Master) AppendTaggedTxn(events []byte, tag string) (binlog.MySQLGTID, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(events) < binlog.HeaderLen || events[4] != binlog.MySQLGTIDEvent {
@@ -207,7 +213,7 @@ func (m *Master) AppendTxn(events []byte) (binlog.MySQLGTID, error) {
 	if err != nil {
 		return binlog.MySQLGTID{}, err
 	}
-	src := binlog.Source{SID: sid}
+	src := binlog.Source{SID: sid, Tag: tag}
 	var next int64 = 1
 	if ivs := m.executed[src]; len(ivs) > 0 {
 		next = ivs[len(ivs)-1].End
@@ -215,6 +221,10 @@ func (m *Master) AppendTxn(events []byte) (binlog.MySQLGTID, error) {
 	ev := append([]byte(nil), events...)
 	copy(ev[binlog.HeaderLen+1:], sid[:])
 	binary.LittleEndian.PutUint64(ev[binlog.HeaderLen+17:], uint64(next))
+	if tag != "" {
+		size := binary.LittleEndian.Uint32(ev[9:])
+		ev = append(binlog.NewMySQLGTIDTagged(m.ServerID, binlog.MySQLGTID{Source: src, GNO: next}, true), ev[size:]...)
+	}
 	f := m.files[len(m.files)-1]
 	if err := f.appendEvents(ev); err != nil {
 		return binlog.MySQLGTID{}, err
