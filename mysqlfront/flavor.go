@@ -23,6 +23,10 @@ type flavor interface {
 	annotate(flags uint16) bool
 	// statusGTIDs reports whether SHOW MASTER STATUS ends with Executed_Gtid_Set.
 	statusGTIDs() bool
+	// heartbeatPastSkipped reports whether heartbeats carry the position after the
+	// transactions a GTID dump skipped (MySQL's sender does), rather than after the
+	// last event sent.
+	heartbeatPastSkipped() bool
 }
 
 func flavorOf(u *placement.Upstream) flavor {
@@ -51,6 +55,8 @@ func (mariadbFront) heartbeat(u *placement.Upstream, _ uint16, file string, pos 
 func (mariadbFront) annotate(flags uint16) bool { return flags&dumpAnnotateEvents != 0 }
 
 func (mariadbFront) statusGTIDs() bool { return false }
+
+func (mariadbFront) heartbeatPastSkipped() bool { return false }
 
 // mysqlFront is a MySQL 8.0 source's face: GTID mode on, its own server_uuid, no
 // semi-sync (replicas then stream asynchronously), heartbeat v2 on request.
@@ -87,6 +93,8 @@ func (mysqlFront) heartbeat(u *placement.Upstream, flags uint16, file string, po
 func (mysqlFront) annotate(uint16) bool { return false }
 
 func (mysqlFront) statusGTIDs() bool { return true }
+
+func (mysqlFront) heartbeatPastSkipped() bool { return true }
 
 // GroupUUID is the server_uuid Flotilla answers for a MySQL-flavor upstream: stable
 // for the upstream's group, and never the master's or a replica's (a MySQL replica

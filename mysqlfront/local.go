@@ -239,6 +239,9 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		}
 		if skipTxn {
 			skipTxn = rec.Continues
+			if !skipTxn && fl.heartbeatPastSkipped() {
+				file, pos = cur.Position() // the next heartbeat says where the source is
+			}
 			continue
 		}
 		sendErr, err := events.send(rec.Payload, w)

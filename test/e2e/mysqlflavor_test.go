@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"io"
 	"log/slog"
 	"path/filepath"
@@ -214,8 +215,17 @@ func TestMySQLFlavor(t *testing.T) {
 	if _, err := master.AppendTaggedTxn(recorded[uuid+":303"], "etl"); err != nil {
 		t.Fatal(err)
 	}
-	more := mysqlSet(t, uuid+":1-311:etl:1")
+	// A compressed transaction: GTID then one TRANSACTION_PAYLOAD, carried whole.
+	payload := binlog.NewOpaque(binlog.MySQLTransactionPayloadEvent, master.ServerID, 500, true)
+	compressed := append(append([]byte(nil), recorded[uuid+":304"][:48]...), payload...)
+	if _, err := master.AppendTxn(compressed); err != nil {
+		t.Fatal(err)
+	}
+	more := mysqlSet(t, uuid+":1-312:etl:1")
 	r2.until(ctx, more)
+	if tx := r2.txns[uuid+":312"]; len(tx) != 48+len(payload) || tx[48+4] != binlog.MySQLTransactionPayloadEvent {
+		t.Fatalf("the compressed transaction arrived as %d bytes", len(tx))
+	}
 
 	// SIGKILL: the replica resumes from what it has, nothing lost or repeated.
 	fl.Kill()
@@ -223,11 +233,65 @@ func TestMySQLFlavor(t *testing.T) {
 	if _, err := master.AppendTxn(recorded[uuid+":302"]); err != nil {
 		t.Fatal(err)
 	}
-	waitExecuted(mysqlSet(t, uuid+":1-312:etl:1"))
+	waitExecuted(mysqlSet(t, uuid+":1-313:etl:1"))
 	r3 := startMySQLReplica(t, fl, r2.executed)
-	r3.until(ctx, mysqlSet(t, uuid+":1-312:etl:1"))
-	if len(r3.order) != 1 || r3.order[0] != uuid+":312" {
-		t.Fatalf("after SIGKILL the replica got %v, want only :312", r3.order)
+	r3.until(ctx, mysqlSet(t, uuid+":1-313:etl:1"))
+	if len(r3.order) != 1 || r3.order[0] != uuid+":313" {
+		t.Fatalf("after SIGKILL the replica got %v, want only :313", r3.order)
+	}
+
+	// An 8.0.26+ replica asks for heartbeat v2 (dump flag 2): at the tail it gets
+	// type 41 with the file name and the full position.
+	checkHeartbeatV2(t, fl, r3.executed)
+}
+
+// checkHeartbeatV2 dumps with the heartbeat-v2 flag from have (everything the group
+// holds) and reads until a heartbeat v2 naming the current file arrives.
+func checkHeartbeatV2(t *testing.T, fl *flotillatest.Node, have binlog.MySQLSet) {
+	t.Helper()
+	c, err := client.Connect("127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Execute("SET @master_heartbeat_period = 200000000, @source_heartbeat_period = 200000000"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Execute("SET @master_binlog_checksum = @@global.binlog_checksum, @source_binlog_checksum = @@global.binlog_checksum"); err != nil {
+		t.Fatal(err)
+	}
+	st, err := c.Execute("SHOW MASTER STATUS")
+	if err != nil {
+		t.Fatal(err)
+	}
+	file, _ := st.GetString(0, 0)
+	pos, _ := st.GetUint(0, 1)
+	set, _ := have.AppendEncoded(nil)
+	pkt := []byte{0, 0, 0, 0, 0x1e, 2, 0} // header, COM_BINLOG_DUMP_GTID, flags 2
+	pkt = binary.LittleEndian.AppendUint32(pkt, 7002)
+	pkt = binary.LittleEndian.AppendUint32(pkt, 0)
+	pkt = binary.LittleEndian.AppendUint64(pkt, 4)
+	pkt = binary.LittleEndian.AppendUint32(pkt, uint32(len(set)))
+	pkt = append(pkt, set...)
+	c.ResetSequence()
+	if err := c.WritePacket(pkt); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	for {
+		p, err := c.ReadPacket()
+		if err != nil {
+			t.Fatalf("no heartbeat v2: %v", err)
+		}
+		ev := p[1:]
+		if p[0] != 0 || len(ev) < binlog.HeaderLen || ev[4] != binlog.MySQLHeartbeatV2Event {
+			continue
+		}
+		want := binlog.NewHeartbeatV2(binary.LittleEndian.Uint32(ev[5:]), file, pos, true)
+		if !bytes.Equal(ev, want) {
+			t.Fatalf("heartbeat v2 %x, want %x (%s:%d)", ev, want, file, pos)
+		}
+		return
 	}
 }
 
