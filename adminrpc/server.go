@@ -343,7 +343,11 @@ func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*a
 	}
 	out := &adminv1.PurgeResponse{FirstFile: statemachine.FileName(first)}
 	if g, ok := sh.Group(); ok {
-		if av, err := g.OldestAvailable(); err == nil {
+		if t, _ := g.Tail(); t.MySQL {
+			if purged, err := g.PurgedMySQL(); err == nil {
+				out.OldestGtid = "after " + purged.String() // MySQL's gtid_purged
+			}
+		} else if av, err := g.OldestAvailable(); err == nil {
 			out.OldestGtid = av.String()
 		}
 	}

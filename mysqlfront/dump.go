@@ -148,6 +148,11 @@ func (ss *session) serveDump(ctx context.Context, u *placement.Upstream, spec Du
 	if ck != nil {
 		spec.HasChecksum, spec.Checksum = true, *ck
 	}
+	if u.Flavor == "mysql" && ss.vars["mariadb_slave_capability"] != nil {
+		// A MariaDB replica's flag 2 asks for Annotate_rows (MySQL groups have
+		// none), not for MySQL's heartbeat v2, which it would not understand.
+		spec.Flags &^= dumpHeartbeatV2
+	}
 	for _, name := range []string{"source_heartbeat_period", "master_heartbeat_period"} {
 		if hb := ss.vars[name]; hb != nil {
 			spec.Heartbeat = heartbeatPeriod(*hb)

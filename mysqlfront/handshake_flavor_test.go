@@ -215,3 +215,35 @@ func matchAnswer(got, want string) bool {
 	}
 	return got == want
 }
+
+// TestSharedUserRoutedByServerUUID: a replica user two MySQL upstreams share is
+// routed by the master server_uuid in the GTID set the dump sends; a set naming
+// neither (or both) is refused with the reason.
+func TestSharedUserRoutedByServerUUID(t *testing.T) {
+	var spec DumpSpec
+	ss := newMySQLSession(t, &spec)
+	other := &placement.Upstream{Name: "other", Flavor: "mysql", ServerID: 11, GroupID: 9, BinlogChecksum: "CRC32",
+		ServerUUID: "3e11fa47-71ca-11e1-9e33-c80aa9429562"}
+	ss.ups = append(ss.ups, other)
+	ss.s.router.(specRouter).st.Upstreams["other"] = other
+	if got := runHandshakeCmd(t, ss, &spec, "query SET @source_binlog_checksum = 'CRC32'"); got != "ok" {
+		t.Fatal(got)
+	}
+	for set, want := range map[string]uint64{
+		"3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5":                                          9,
+		"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-9,00000000-0000-0000-0000-000000000001:1":   4,
+		"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-9,3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5": 0, // both
+		"00000000-0000-0000-0000-000000000001:1-3":                                          0, // neither
+	} {
+		got := runHandshakeCmd(t, ss, &spec, "dump-gtid flags=0 name= set="+set)
+		if want == 0 {
+			if !strings.Contains(got, "is shared by upstreams mysql8, other") {
+				t.Errorf("set %s: %s, want a refusal naming both upstreams", set, got)
+			}
+			continue
+		}
+		if !strings.HasPrefix(got, fmt.Sprintf("spec group=%d ", want)) {
+			t.Errorf("set %s routed as %s, want group %d", set, got, want)
+		}
+	}
+}

@@ -308,12 +308,11 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 	case comRegisterSlave:
 		v = ss.registerSlave(data)
 	case comBinlogDump, comBinlogDumpGTID:
-		var err error
-		if cmd == comBinlogDump {
-			err = ss.dump(ctx, data)
-		} else {
-			err = ss.dumpGTID(ctx, data)
+		dump := ss.dump
+		if cmd == comBinlogDumpGTID {
+			dump = ss.dumpGTID
 		}
+		err := dump(ctx, data)
 		if err == nil {
 			return false
 		}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -56,12 +55,10 @@ type meta struct {
 	// older Flotilla wrote do not); 0 if none does yet.
 	RedoFrom uint64 `json:"redo_from,omitempty"`
 	// MySQL marks a MySQL-flavor group. Its State files each source's last gno
-	// under the source's slot (binlog.Source.Domain); Executed is the whole GTID set
-	// it holds (base and received, gaps included), and Sources names the source of
-	// each slot, so two sources can never share one.
-	MySQL    bool              `json:"mysql,omitempty"`
-	Executed binlog.MySQLSet   `json:"executed,omitempty"`
-	Sources  map[uint32]string `json:"sources,omitempty"`
+	// under the source's slot (binlog.MySQLGTID.Indexed); Executed is the whole GTID
+	// set it holds (base and received, gaps included): what it serves replicas by.
+	MySQL    bool            `json:"mysql,omitempty"`
+	Executed binlog.MySQLSet `json:"executed,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -465,8 +462,8 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 	hasFile := g.m.File > 0
 	checksummed := g.m.Checksummed
 	mysqlGroup := g.m.MySQL
-	var seen []binlog.MySQLGTID // MySQL transactions earlier in this command
-	var cut binlog.Stream       // an event cut across pieces, as place will see it
+	seen := map[binlog.MySQLGTID]bool{} // MySQL transactions earlier in this command
+	var cut binlog.Stream               // an event cut across pieces, as place will see it
 	if pending {
 		cut.Left = g.m.Pending.EventLeft
 	}
@@ -501,13 +498,10 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 				}
 				if mysqlGroup {
 					mg, _ := TxnMySQLGTID(it.Txn.Events)
-					if src, ok := g.m.Sources[mg.Source.Domain()]; ok && src != mg.Source.String() {
-						return rejected("MySQL GTID sources %s and %s share index slot %d: Flotilla cannot hold both in one group", src, mg.Source, mg.Source.Domain()), nil
-					}
-					if g.m.Executed.Contains(mg) || slices.Contains(seen, mg) {
+					if g.m.Executed.Contains(mg) || seen[mg] {
 						return rejected("transaction %s is already held", mg), nil
 					}
-					seen = append(seen, mg)
+					seen[mg] = true
 				}
 			}
 			if err := checkCuts(&cut, it.Txn, checksummed); err != nil {
@@ -644,11 +638,11 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		state = nf.BaseState.Clone()
 		g.m.FirstFile = 1
 		if nf.MySQL {
-			g.m.MySQL, g.m.Executed, g.m.Sources = true, nf.BaseSet.Clone(), map[uint32]string{}
+			g.m.MySQL, g.m.Executed = true, nf.BaseSet.Clone()
 			state = binlog.Position{}
 			for src, ivs := range nf.BaseSet {
-				state[src.Domain()] = binlog.GTID{Domain: src.Domain(), Seq: uint64(ivs[len(ivs)-1].End - 1)}
-				g.m.Sources[src.Domain()] = src.String()
+				last := binlog.MySQLGTID{Source: src, GNO: ivs[len(ivs)-1].End - 1}.Indexed()
+				state[last.Domain] = last
 			}
 		}
 		g.m.State = state.Clone()
@@ -665,7 +659,11 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
 			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS, PartStarts: g.m.PartStarts}
 		if g.m.MySQL {
-			fi.StartSet = g.fileStartSet(g.m.File)
+			set, err := g.fileStartSet(g.m.File)
+			if err != nil {
+				return err
+			}
+			fi.StartSet = set
 		}
 		if err := g.putFile(bt, fi); err != nil {
 			return err
@@ -878,32 +876,30 @@ func (g *Group) fileStart(no uint64) binlog.Position {
 }
 
 // fileStartSet returns the MySQL GTID set at the start of a file, cached from the index.
-func (g *Group) fileStartSet(no uint64) binlog.MySQLSet {
+func (g *Group) fileStartSet(no uint64) (binlog.MySQLSet, error) {
 	if s, ok := g.startSets[no]; ok {
-		return s
+		return s, nil
 	}
 	fi, err := g.store.fileInfo(g.id, no)
 	if err != nil {
-		return binlog.MySQLSet{}
+		return nil, fmt.Errorf("group %d: start GTID set of %s: %w", g.id, FileName(no), err)
 	}
 	g.startSets[no] = fi.StartSet
-	return fi.StartSet
+	return fi.StartSet, nil
 }
 
-// addMySQL records a complete MySQL transaction in the executed set.
+// addMySQL records a complete MySQL transaction in the executed set. The GTID was
+// printed from a parsed GTID event (gno 1 to 2^63-2), so it parses back.
 func (m *meta) addMySQL(gtid string) error {
 	set, err := binlog.ParseMySQLSet(gtid)
-	if err != nil || len(set) != 1 {
-		return fmt.Errorf("pending transaction's MySQL GTID %q: %v", gtid, err)
+	if err != nil {
+		return fmt.Errorf("pending transaction's MySQL GTID %q: %w", gtid, err)
+	}
+	if len(set) != 1 {
+		return fmt.Errorf("pending transaction's MySQL GTID %q is not one GTID", gtid)
 	}
 	if m.Executed == nil {
 		m.Executed = binlog.MySQLSet{}
-	}
-	if m.Sources == nil {
-		m.Sources = map[uint32]string{}
-	}
-	for src := range set {
-		m.Sources[src.Domain()] = src.String()
 	}
 	m.Executed.Union(set)
 	return nil

@@ -100,10 +100,15 @@ func TestMySQLGroupServesTheRecordedFile(t *testing.T) {
 		if err != nil || s.File != 1 || s.Served != 4 {
 			t.Fatalf("locate 1-240: %+v, %v", s, err)
 		}
+		// The replica's own writes and other channels' GTIDs do not matter.
+		s, err = h.g.LocateMySQL(mustSet(t, "d725c94e-606e-45cc-ade2-29bf1b217ca1:1-240,3e11fa47-71ca-11e1-9e33-c80aa9429562:1-9"))
+		if err != nil || s.File != 1 {
+			t.Fatalf("locate with another source: %+v, %v", s, err)
+		}
 		for _, bad := range []string{
-			"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-100",                                        // needs 101-232, never served
-			"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-250",                                        // ahead of the group
-			"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-232,3e11fa47-71ca-11e1-9e33-c80aa9429562:1", // errant
+			"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-100",     // needs 101-232, never served
+			"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-250",     // ahead of the group
+			"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-240:300", // errant, under the group's source
 		} {
 			if _, err := h.g.LocateMySQL(mustSet(t, bad)); !errors.Is(err, ErrPosition) {
 				t.Fatalf("locate %s: %v, want ErrPosition", bad, err)
@@ -133,4 +138,64 @@ func mustSet(t *testing.T, s string) binlog.MySQLSet {
 		t.Fatal(err)
 	}
 	return set
+}
+
+// A replica's set with gaps starts at the newest file whose PREVIOUS_GTIDS it holds;
+// a second file's header carries the first's transactions.
+func TestLocateMySQLAcrossFiles(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	_, _, items := mysqlItems(t, mysqlFixture)
+	_, _, more := mysqlItems(t, "../test/fixtures/mysql-binlog/binlog/binlog-main.000003")
+	more[0].NewFile.UpstreamFile = "binlog-main.000003"
+	epoch := h.claim()
+	h.mustAppend(&Append{Epoch: epoch, Items: items})
+	h.mustAppend(&Append{Epoch: epoch, PrevOrdinal: 15, Items: more})
+	recs := readAll(t, h.g, Start{File: 2, Served: 4})
+	fdeLen := int(binary.LittleEndian.Uint32(recs[0].Payload[9:]))
+	if set, err := binlog.ParsePreviousGTIDs(recs[0].Payload[fdeLen:], true); err != nil || set.String() != "d725c94e-606e-45cc-ade2-29bf1b217ca1:1-247" {
+		t.Fatalf("second file's PREVIOUS_GTIDS %v, %v", set, err)
+	}
+	for want, file := range map[string]uint64{
+		"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-240:250":     1, // a gap before file 2
+		"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-247":         2,
+		"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-247:249-262": 2, // 248 missing: served, the rest skipped
+		"d725c94e-606e-45cc-ade2-29bf1b217ca1:1-262":         2, // nothing to send: the tail of file 2
+	} {
+		s, err := h.g.LocateMySQL(mustSet(t, want))
+		if err != nil || s.File != file || s.Served != 4 {
+			t.Errorf("locate %s: %+v, %v; want file %d", want, s, err, file)
+		}
+	}
+}
+
+// A snapshot holds the executed set as of PrepareSnapshot, however far Update has
+// gone by the time SaveSnapshot writes it (they run concurrently).
+func TestMySQLSnapshotIsConsistent(t *testing.T) {
+	src := newHarness(t, t.TempDir())
+	defer src.close()
+	_, _, items := mysqlItems(t, mysqlFixture)
+	epoch := src.claim()
+	src.mustAppend(&Append{Epoch: epoch, Items: items[:8]})
+	ctx, err := src.g.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.mustAppend(&Append{Epoch: epoch, PrevOrdinal: 7, Items: items[8:]})
+	var buf bytes.Buffer
+	if err := src.g.SaveSnapshot(ctx, &buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	dst := newHarness(t, t.TempDir())
+	defer dst.close()
+	if err := dst.g.RecoverFromSnapshot(&buf, nil); err != nil {
+		t.Fatal(err)
+	}
+	tail, _ := dst.g.Tail()
+	if !tail.MySQL || tail.Executed.String() != "d725c94e-606e-45cc-ade2-29bf1b217ca1:1-239" || tail.Ordinal != 7 {
+		t.Fatalf("restored executed set %s (%d transactions), want 1-239 (7)", tail.Executed, tail.Ordinal)
+	}
+	if s, err := dst.g.LocateMySQL(mustSet(t, "d725c94e-606e-45cc-ade2-29bf1b217ca1:1-235")); err != nil || s.File != 1 {
+		t.Fatalf("restored group locates %+v, %v", s, err)
+	}
 }

@@ -180,6 +180,9 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 	if t.File == 0 {
 		return Start{}, positionErr("Flotilla has not received any binlog from this upstream yet")
 	}
+	if t.MySQL {
+		return Start{}, positionErr("this upstream is a MySQL master, which has no MariaDB GTIDs: a MariaDB replica follows it by file and position (MASTER_USE_GTID=no)")
+	}
 	first := g.firstFile()
 	fi, err := g.store.fileInfo(g.id, first)
 	if err != nil {
@@ -251,8 +254,10 @@ func (g *Group) Locate(want binlog.Position) (Start, error) {
 // LocateMySQL finds where to start serving a MySQL replica whose executed GTID set is
 // want, as a MySQL master does: from the newest served file whose PREVIOUS_GTIDS the
 // replica holds in full; the dump skips every transaction the replica has from there
-// on. A replica holding transactions the group never had, or missing some the group
-// no longer serves, gets an ErrPosition naming those GTIDs.
+// on. A replica holding transactions of the group's sources that the group never had,
+// or missing some the group no longer serves, gets an ErrPosition naming those GTIDs.
+// GTIDs of other sources (the replica's own writes, other channels of a multi-source
+// replica) are none of the group's business, as MySQL checks only its own uuid.
 func (g *Group) LocateMySQL(want binlog.MySQLSet) (Start, error) {
 	t, _ := g.Tail()
 	if t.File == 0 {
@@ -261,7 +266,7 @@ func (g *Group) LocateMySQL(want binlog.MySQLSet) (Start, error) {
 	if !t.MySQL {
 		return Start{}, positionErr("this upstream is MariaDB: its replicas connect with MASTER_USE_GTID, not MySQL's auto-position")
 	}
-	if extra := want.Subtract(t.Executed); len(extra) > 0 {
+	if extra := want.Subtract(t.Executed).Only(t.Executed); len(extra) > 0 {
 		return Start{}, positionErr("the replica has GTIDs this upstream never had: %s (the replica was written to directly or follows another master); the upstream holds %s", extra, t.Executed)
 	}
 	first := g.firstFile()
@@ -274,10 +279,14 @@ func (g *Group) LocateMySQL(want binlog.MySQLSet) (Start, error) {
 			return Start{File: no, Served: 4, Seg: 0}, nil
 		}
 		if no == first {
-			return Start{}, positionErr("the replica needs GTIDs %s, which Flotilla no longer serves (its oldest file %s starts after %s): provision the replica from a backup with a later gtid_purged", fi.StartSet.Subtract(want), FileName(no), fi.StartSet)
+			break
 		}
 	}
-	return Start{}, positionErr("no served file") // unreachable: first <= t.File
+	fi, err := g.store.fileInfo(g.id, first)
+	if err != nil {
+		return Start{}, err
+	}
+	return Start{}, positionErr("the replica needs GTIDs %s, which Flotilla no longer serves (its oldest file %s starts after %s): provision the replica from a backup with a later gtid_purged", fi.StartSet.Subtract(want), FileName(first), fi.StartSet)
 }
 
 // PurgedMySQL is, for a MySQL-flavor group, the GTID set before its oldest served

@@ -42,6 +42,8 @@ type segExtent struct {
 func (g *Group) PrepareSnapshot() (interface{}, error) {
 	m := g.m
 	m.State = g.m.State.Clone()
+	// SaveSnapshot runs beside Update, which keeps changing the live maps.
+	m.Executed = g.m.Executed.Clone()
 	m.Pending, m.PartSeg, m.PartServed = nil, m.SegSize, m.FileSize
 	// Parts that begin at or after the last complete record hold only open pieces.
 	m.PartStarts = nil

@@ -1,10 +1,11 @@
 package binlog
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
-	"hash/fnv"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -110,9 +111,10 @@ func ParseMySQLSet(s string) (MySQLSet, error) {
 			if err1 != nil || err2 != nil || start < 1 || end < start || end == 1<<63-1 {
 				return nil, fmt.Errorf("binlog: GTID set element %q: bad interval %q (want N or N-M with 1 <= N <= M)", elem, p)
 			}
-			set.addInterval(src, Interval{start, end + 1})
+			set[src] = append(set[src], Interval{start, end + 1})
 		}
 	}
+	set.normalize()
 	return set, nil
 }
 
@@ -135,7 +137,23 @@ func parseTag(t string) (string, error) {
 func (s MySQLSet) Add(g MySQLGTID) { s.addInterval(g.Source, Interval{g.GNO, g.GNO + 1}) }
 
 func (s MySQLSet) addInterval(src Source, iv Interval) {
-	ivs := append(s[src], iv)
+	s[src] = mergeIntervals(append(s[src], iv))
+}
+
+// normalize restores the invariants after intervals were appended in any order: one
+// sort and merge per source, so building a set of n intervals costs n log n.
+func (s MySQLSet) normalize() {
+	for src, ivs := range s {
+		if len(ivs) == 0 {
+			delete(s, src)
+			continue
+		}
+		s[src] = mergeIntervals(ivs)
+	}
+}
+
+// mergeIntervals sorts ivs and merges the ones that overlap or touch, in place.
+func mergeIntervals(ivs []Interval) []Interval {
 	sort.Slice(ivs, func(i, j int) bool { return ivs[i].Start < ivs[j].Start })
 	out := ivs[:1]
 	for _, v := range ivs[1:] {
@@ -146,7 +164,7 @@ func (s MySQLSet) addInterval(src Source, iv Interval) {
 		}
 		out = append(out, v)
 	}
-	s[src] = out
+	return out
 }
 
 // Contains reports whether the set holds g.
@@ -244,6 +262,9 @@ func DecodeMySQLSet(b []byte) (MySQLSet, []byte, error) {
 	switch b[7] {
 	case 0:
 	case 1:
+		if b[0] != 1 {
+			return nil, nil, fmt.Errorf("binlog: GTID set with a damaged tagged-format marker %x", b[:8])
+		}
 		tagged = true
 		n = n >> 8 & (1<<48 - 1)
 	default:
@@ -290,9 +311,10 @@ func DecodeMySQLSet(b []byte) (MySQLSet, []byte, error) {
 			if start < 1 || end <= start {
 				return nil, nil, fmt.Errorf("binlog: GTID set interval %d-%d of %s is empty or negative", start, end, src)
 			}
-			set.addInterval(src, Interval{start, end})
+			set[src] = append(set[src], Interval{start, end})
 		}
 	}
+	set.normalize()
 	return set, b, nil
 }
 
@@ -308,25 +330,22 @@ func ParseMySQLGTIDEvent(ev []byte) (MySQLGTID, error) {
 	var g MySQLGTID
 	copy(g.SID[:], ev[HeaderLen+1:])
 	g.GNO = int64(binary.LittleEndian.Uint64(ev[HeaderLen+17:]))
-	if g.GNO < 1 {
+	if g.GNO < 1 || g.GNO == math.MaxInt64 { // MySQL's gnos end at 2^63-2
 		return MySQLGTID{}, fmt.Errorf("binlog: MySQL GTID event with gno %d", g.GNO)
 	}
 	return g, nil
 }
 
-// Domain maps a MySQL source to the 32-bit slot a group's index files its
-// transactions under (the place a MariaDB domain id takes): the FNV-1a hash of the
-// source's text. A group refuses a second source that hashes alike, so slots never
-// mix two sources.
-func (s Source) Domain() uint32 {
-	h := fnv.New32a()
-	h.Write([]byte(s.String()))
-	return h.Sum32()
+// Indexed is the GTID under which a group files a MySQL transaction in the places a
+// MariaDB GTID takes (its index, its per-domain state): 64 bits of the SHA-256 of the
+// source's text as domain and server, the gno as sequence. Nothing serves MySQL
+// replicas from these entries (they start from files' PREVIOUS_GTIDS, see
+// statemachine.Group.LocateMySQL), so two sources hashing alike would cost nothing
+// but a wrong index entry; it keeps the raft commands and the index MariaDB-shaped.
+func (g MySQLGTID) Indexed() GTID {
+	h := sha256.Sum256([]byte(g.Source.String()))
+	return GTID{Domain: binary.BigEndian.Uint32(h[:]), Server: binary.BigEndian.Uint32(h[4:]), Seq: uint64(g.GNO)}
 }
-
-// Indexed is the GTID under which a group indexes a MySQL transaction: the source's
-// slot as domain, server 0, the gno as sequence.
-func (g MySQLGTID) Indexed() GTID { return GTID{Domain: g.Source.Domain(), Seq: uint64(g.GNO)} }
 
 // Clone returns a deep copy of the set.
 func (s MySQLSet) Clone() MySQLSet {
@@ -340,9 +359,7 @@ func (s MySQLSet) Clone() MySQLSet {
 // Union adds every transaction of o to s.
 func (s MySQLSet) Union(o MySQLSet) {
 	for src, ivs := range o {
-		for _, iv := range ivs {
-			s.addInterval(src, iv)
-		}
+		s[src] = mergeIntervals(append(s[src], ivs...))
 	}
 }
 
@@ -357,13 +374,25 @@ func (s MySQLSet) Subtract(o MySQLSet) MySQLSet {
 					continue
 				}
 				if cut.Start > start {
-					out.addInterval(src, Interval{start, cut.Start})
+					out[src] = append(out[src], Interval{start, cut.Start})
 				}
 				start = max(start, cut.End)
 			}
 			if start < iv.End {
-				out.addInterval(src, Interval{start, iv.End})
+				out[src] = append(out[src], Interval{start, iv.End})
 			}
+		}
+	}
+	out.normalize()
+	return out
+}
+
+// Only returns the part of s whose sources o has.
+func (s MySQLSet) Only(o MySQLSet) MySQLSet {
+	out := MySQLSet{}
+	for src, ivs := range s {
+		if _, ok := o[src]; ok {
+			out[src] = append([]Interval(nil), ivs...)
 		}
 	}
 	return out

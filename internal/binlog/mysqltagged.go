@@ -3,6 +3,7 @@ package binlog
 import (
 	"encoding/binary"
 	"fmt"
+	"math"
 )
 
 // MySQL 8.3+ tagged GTIDs: GTID_TAGGED events and the tagged binary form of GTID
@@ -121,7 +122,7 @@ func ParseMySQLGTIDTaggedEvent(ev []byte) (MySQLGTID, error) {
 		}
 		seen++
 	}
-	if g.GNO < 1 || g.Tag == "" {
+	if g.GNO < 1 || g.GNO == math.MaxInt64 || g.Tag == "" {
 		return MySQLGTID{}, fmt.Errorf("binlog: GTID_TAGGED event with gno %d and tag %q", g.GNO, g.Tag)
 	}
 	return g, nil
