@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -315,16 +314,7 @@ func TestMySQLFlavorRelayed(t *testing.T) {
 		"--replica-user", replicaUser, "--replica-password", replicaPass, "--replicas", "2"); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)
 	}
-	_, members := waitLeader(ctx, t, nodes, "mysql8")
-	var relay *flotillatest.Node
-	for _, n := range nodes {
-		if !slices.Contains(members, n.ID) {
-			relay = n
-		}
-	}
-	if relay == nil {
-		t.Fatalf("a group of 2 replicas on 3 nodes has members %v", members)
-	}
+	relay := nodeWithoutMember(ctx, t, nodes, "mysql8")
 	all := mysqlSet(t, mysqlmaster.FixtureUUID+":1-309")
 	r := startMySQLReplica(t, relay, mysqlSet(t, mysqlmaster.FixtureUUID+":1-100"))
 	r.until(ctx, all)

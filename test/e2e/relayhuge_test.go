@@ -17,6 +17,20 @@ import (
 // to a node that holds no member of the group, so every part crosses the node-to-node
 // relay (DumpChunk.event_part): a 40 MiB row, and a transaction of 6 MiB rows, end
 // equal on the replica.
+// nodeWithoutMember returns a node that holds no member of upstream name's group,
+// once the group has a leader: replicas connected there are served by the relay.
+func nodeWithoutMember(ctx context.Context, t *testing.T, nodes []*flotillatest.Node, name string) *flotillatest.Node {
+	t.Helper()
+	_, members := waitLeader(ctx, t, nodes, name)
+	for _, n := range nodes {
+		if !slices.Contains(members, n.ID) {
+			return n
+		}
+	}
+	t.Fatalf("group %s has members %v: every node holds one", name, members)
+	return nil
+}
+
 func TestRelayedLargeEvents(t *testing.T) {
 	mariadbtest.RequireTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
@@ -29,16 +43,7 @@ func TestRelayedLargeEvents(t *testing.T) {
 		"--replica-user", replicaUser, "--replica-password", replicaPass, "--replicas", "2"); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)
 	}
-	_, members := waitLeader(ctx, t, nodes, "main")
-	var relay *flotillatest.Node
-	for _, n := range nodes {
-		if !slices.Contains(members, n.ID) {
-			relay = n
-		}
-	}
-	if relay == nil {
-		t.Fatalf("a group of 2 replicas on 3 nodes has members %v", members)
-	}
+	relay := nodeWithoutMember(ctx, t, nodes, "main")
 	r, err := mariadbtest.Start(ctx, filepath.Join(dir, "replica"), mariadbtest.Options{ServerID: 11, ExtraArgs: big})
 	if err != nil {
 		t.Fatal(err)
