@@ -32,12 +32,13 @@ func canalTable(t *testing.T, db, table string) *schema.Table {
 		t.Fatal(err)
 	}
 	tb := &schema.Table{Schema: db, Name: table}
-	col := regexp.MustCompile("^\\s*`(\\w+)` (\\w+(?:\\([^)]*\\))?)")
+	col := regexp.MustCompile("^\\s*`(\\w+)` (\\w+(?:\\([^)]*\\))?)") // backquotes: not a raw string
+	pkRe := regexp.MustCompile(`PRIMARY KEY \((.*)\)`)
 	for _, l := range strings.Split(string(b), "\n") {
 		if m := col.FindStringSubmatch(l); m != nil {
 			tb.AddColumn(m[1], m[2], "", "")
 		}
-		if pk := regexp.MustCompile("PRIMARY KEY \\((.*)\\)").FindStringSubmatch(l); pk != nil {
+		if pk := pkRe.FindStringSubmatch(l); pk != nil {
 			for _, c := range strings.Split(strings.ReplaceAll(pk[1], "`", ""), ",") {
 				tb.PKColumns = append(tb.PKColumns, tb.FindColumn(c))
 			}
