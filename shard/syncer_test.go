@@ -125,10 +125,16 @@ func TestPipelineSplitsLargeTransactions(t *testing.T) {
 func FuzzPipeline(f *testing.F) {
 	f.Add(binlog.NewFDE(1, "10.11.6", true), binlog.NewGTIDEvent(gtid(1), 1, true), binlog.NewQuery(1, "d", "CREATE TABLE x(a int)", true))
 	f.Add(fakeRotate("m.1"), binlog.NewXID(1, 1, true), []byte{})
+	f.Add(binlog.NewOpaque(binlog.MySQLGTIDEvent, 1, 25, true), binlog.NewOpaque(binlog.MySQLTransactionPayloadEvent, 1, 9, true), binlog.NewOpaque(binlog.MySQLGTIDTaggedEvent, 1, 40, true))
 	f.Fuzz(func(t *testing.T, a, b, c []byte) {
-		p := newPipeline(binlog.Position{}, false, "")
-		for _, e := range [][]byte{fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6", true), a, b, c} {
-			_ = p.handle(context.Background(), e)
+		for _, mysqlFlavored := range []bool{false, true} {
+			p := newPipeline(binlog.Position{}, false, "")
+			if mysqlFlavored {
+				p.fl = &mysqlFlavor{baseSet: binlog.MySQLSet{}, executed: binlog.MySQLSet{}}
+			}
+			for _, e := range [][]byte{fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6", true), a, b, c} {
+				_ = p.handle(context.Background(), e)
+			}
 		}
 	})
 }
