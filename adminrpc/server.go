@@ -216,7 +216,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	info, err := s.Inspect(ctx, shard.SourceCheck{Addr: r.Source, User: r.User, Password: r.Password, Flavor: r.Flavor, TLS: srcTLS,
-		StartGTID: r.StartGtid, ServerID: serverID})
+		StartGTID: r.StartGtid, ServerID: serverID, SemiSync: r.SemiSync})
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
@@ -228,6 +228,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: sealed, SourceTLS: srcTLS,
 		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
 		StartGTID: info.StartGTID, InitialBytes: info.BinlogBytes, InitialGTID: info.EndGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
+		SemiSync: info.SemiSync,
 	}
 	for _, ru := range r.ReplicaUsers {
 		if ru.User == "" {
@@ -433,6 +434,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream, memb
 		ss := sh.Status()
 		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
 		gs.CorruptEvents = ss.CorruptEvents
+		gs.SemiSync, gs.SemiSyncAcks, gs.SemiSyncAckMs = ss.SemiSync, ss.Acks, float64(ss.LastAckLatency.Microseconds())/1000
 		gs.LastErrorAt, gs.LastEventAt = timeString(ss.LastErrorAt), timeString(ss.LastEventAt)
 		// As Seconds_Behind_Master: 0 when the group holds everything the master sent
 		// (connected, nothing in flight); else the age on the master of the newest
@@ -496,7 +498,7 @@ func toProto(u *placement.Upstream) *adminv1.Upstream {
 		return nil
 	}
 	out := &adminv1.Upstream{
-		Name: u.Name, Flavor: u.Flavor, Source: u.Source, User: u.User, ServerId: u.ServerID, DomainId: u.DomainID,
+		Name: u.Name, Flavor: u.Flavor, Source: u.Source, User: u.User, ServerId: u.ServerID, DomainId: u.DomainID, SemiSync: u.SemiSync,
 		ServerUuid: u.ServerUUID, Version: u.Version, StartGtid: u.StartGTID, GroupId: u.GroupID,
 		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt), ServeFrom: serveFrom(u), SyncerServerId: u.SyncerServerID,
 		InitialBytes: u.InitialBytes, InitialGtid: u.InitialGTID,

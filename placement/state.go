@@ -89,6 +89,9 @@ type Upstream struct {
 	// InitialBytes is the size of the master's binary logs at `upstream add`: what
 	// the initial copy fetches (progress displays).
 	InitialBytes uint64 `json:"initial_bytes,omitempty"`
+	// SemiSync is auto, on or off ("" in old metadata: off): whether the syncer
+	// acknowledges transactions to the master as a semi-sync replica.
+	SemiSync string `json:"semi_sync,omitempty"`
 	// InitialGTID is the master's GTID position at `upstream add`: the initial copy
 	// is done when the group has executed it.
 	InitialGTID string `json:"initial_gtid,omitempty"`

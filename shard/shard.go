@@ -63,6 +63,11 @@ type SyncStatus struct {
 	// Busy: events have arrived that are not committed yet (a batch or an open
 	// transaction); when not busy and connected, the group holds all the master sent.
 	Busy bool
+	// SemiSync: the connection is the master's semi-sync replica; Acks counts the
+	// ACKs sent and LastAckLatency is the last one's time from receipt.
+	SemiSync       bool
+	Acks           uint64
+	LastAckLatency time.Duration
 }
 
 func newShard(m *Manager, u *placement.Upstream) *Shard {

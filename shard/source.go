@@ -32,6 +32,8 @@ type SourceInfo struct {
 	// the master's GTID position then: what an initial copy has to reach.
 	BinlogBytes uint64
 	EndGTID     string
+	// SemiSync is the mode asked for (auto, on or off), checked against the master.
+	SemiSync string
 }
 
 // SourceCheck is what `upstream add` asks InspectSource to verify.
@@ -46,6 +48,8 @@ type SourceCheck struct {
 	// ServerID is the server_id the syncer will use toward the master: no other
 	// replica of the master may use it.
 	ServerID uint32
+	// SemiSync is auto (or empty), on or off.
+	SemiSync string
 }
 
 // InspectSource connects to a master and checks everything relaying needs, so that
@@ -105,6 +109,17 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 		return info, fmt.Errorf("unknown flavor %q: use auto, mysql or mariadb", flavor)
 	}
 	info.Flavor = detected
+	switch chk.SemiSync {
+	case "", "auto":
+		info.SemiSync = "auto"
+	case "on", "off":
+		info.SemiSync = chk.SemiSync
+	default:
+		return info, fmt.Errorf("unknown --semi-sync %q: use auto, on or off", chk.SemiSync)
+	}
+	if info.SemiSync == "on" && !semiSyncOffered(c) {
+		return info, fmt.Errorf("master %s has semi-sync off (rpl_semi_sync_master_enabled, or rpl_semi_sync_source_enabled on MySQL): turn it on, or add the upstream with --semi-sync auto or off", addr)
+	}
 	logBin, err := q("SELECT @@log_bin")
 	if err != nil {
 		return info, err
@@ -253,4 +268,15 @@ func inspectMySQLHistory(info SourceInfo, logs *mysql.Result, q func(string) (st
 	}
 	info.StartGTID = set.String()
 	return info, nil
+}
+
+// semiSyncOffered reports whether the master has semi-sync on, as MariaDB's and
+// MySQL's replicas ask before announcing themselves.
+func semiSyncOffered(c *client.Conn) bool {
+	r, err := c.Execute("SHOW VARIABLES WHERE Variable_name IN ('rpl_semi_sync_master_enabled', 'rpl_semi_sync_source_enabled')")
+	if err != nil || r.RowNumber() == 0 {
+		return false
+	}
+	v, _ := r.GetString(0, 1)
+	return strings.EqualFold(v, "ON")
 }

@@ -2,6 +2,7 @@ package shard
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -11,6 +12,8 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/lni/dragonboat/v3"
 
@@ -86,12 +89,89 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
+	gset, start, err := fl.dumpSet()
+	if err != nil {
+		return fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
+	}
+	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset)
+	if err != nil {
+		return fmt.Errorf("connect to master %s: %w", u.Source, err)
+	}
+	defer src.close()
+	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch, "semi_sync", semi != nil)
+	s.updateStatus(func(st *SyncStatus) {
+		st.Connected, st.MasterFile, st.SemiSync = true, view.Upstream, semi != nil
+		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
+	})
+
+	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
+		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
+		upstreamFile: view.Upstream, hasFile: view.HasFile, semi: semi}
+	for {
+		evctx, cancel := ctx, context.CancelFunc(func() {})
+		if len(p.items) > 0 || len(p.pending) > 0 {
+			evctx, cancel = context.WithTimeout(ctx, batchLinger)
+		}
+		raw, err := src.next(evctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				if err := p.flush(ctx, true); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("read from master %s: %w", u.Source, err)
+		}
+		if err := p.handle(ctx, raw); err != nil {
+			return err
+		}
+		if p.batchBytes >= p.maxBatch {
+			if err := p.flush(ctx, false); err != nil {
+				return err
+			}
+		}
+		// Group commit: a transaction just completed and nothing more has arrived
+		// from the master: propose now instead of lingering (a lone commit reaches
+		// replicas one linger sooner; under load, events are waiting and batches grow).
+		if p.cur == nil && len(p.items) > 0 {
+			more, err := p.drain(ctx, src)
+			if err != nil {
+				return err
+			}
+			if !more {
+				if err := p.flush(ctx, true); err != nil {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// openSource starts the dump: with go-mysql's BinlogSyncer, or, when the upstream's
+// syncer is to be a semi-sync replica (--semi-sync on, or auto and the master has it
+// on), with Flotilla's own stream (semiStream), returned as semi too.
+func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstreamFlavor, tlsCfg *tls.Config, host string, port uint16,
+	password string, gset mysql.GTIDSet) (eventSource, *semiStream, error) {
+	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
+	if u.SemiSync == "on" || u.SemiSync == "auto" && s.masterOffersSemiSync(ctx, addr, u.User, password, tlsCfg) {
+		st, err := openSemiStream(ctx, semiConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
+			mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second})
+		if err != nil {
+			return nil, nil, err
+		}
+		if !st.semi {
+			st.close()
+			return nil, nil, fmt.Errorf("upstream %s asks for semi-sync (--semi-sync on) but the master has it off", u.Name)
+		}
+		return st, st, nil
+	}
 	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		TLSConfig:            tlsCfg,
 		ServerID:             syncerServerID(u, s.gid),
 		Flavor:               fl.goMySQL(),
 		Host:                 host,
-		Port:                 uint16(port),
+		Port:                 port,
 		User:                 u.User,
 		Password:             password,
 		Localhost:            "flotilla",
@@ -106,71 +186,37 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		ReadTimeout:     15 * time.Second,
 		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
-	defer bs.Close()
-	gset, start, err := fl.dumpSet()
-	if err != nil {
-		return fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
-	}
 	streamer, err := bs.StartSyncGTID(gset)
 	if err != nil {
-		return fmt.Errorf("connect to master %s: %w", u.Source, err)
+		bs.Close()
+		return nil, nil, err
 	}
-	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch)
-	s.updateStatus(func(st *SyncStatus) {
-		st.Connected, st.MasterFile = true, view.Upstream
-		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
-	})
+	return goMySQLSource{bs: bs, s: streamer}, nil, nil
+}
 
-	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
-		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
-		upstreamFile: view.Upstream, hasFile: view.HasFile}
-	for {
-		evctx, cancel := ctx, context.CancelFunc(func() {})
-		if len(p.items) > 0 || len(p.pending) > 0 {
-			evctx, cancel = context.WithTimeout(ctx, batchLinger)
-		}
-		e, err := streamer.GetEvent(evctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				if err := p.flush(ctx, true); err != nil {
-					return err
-				}
-				continue
-			}
-			return fmt.Errorf("read from master %s: %w", u.Source, err)
-		}
-		if err := p.handle(ctx, e.RawData); err != nil {
-			return err
-		}
-		if p.batchBytes >= p.maxBatch {
-			if err := p.flush(ctx, false); err != nil {
-				return err
-			}
-		}
-		// Group commit: a transaction just completed and nothing more has arrived
-		// from the master: propose now instead of lingering (a lone commit reaches
-		// replicas one linger sooner; under load, events are waiting and batches grow).
-		if p.cur == nil && len(p.items) > 0 {
-			more, err := p.drain(ctx, streamer)
-			if err != nil {
-				return err
-			}
-			if !more {
-				if err := p.flush(ctx, true); err != nil {
-					return err
-				}
-			}
-		}
+// masterOffersSemiSync asks the master whether it has semi-sync on (a failure to ask
+// counts as no: the syncer then replicates asynchronously, as replicas do).
+func (s *Shard) masterOffersSemiSync(ctx context.Context, addr, user, password string, tlsCfg *tls.Config) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var opts []client.Option
+	if tlsCfg != nil {
+		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tlsCfg); return nil })
 	}
+	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 10*time.Second, opts...)
+	if err != nil {
+		return false
+	}
+	defer c.Close()
+	return semiSyncOffered(c)
 }
 
 // drain handles the events the master has already sent (go-mysql buffers them),
 // proposing whenever a batch fills, and reports whether there were any.
-func (p *pipeline) drain(ctx context.Context, streamer *replication.BinlogStreamer) (bool, error) {
-	more := streamer.DumpEvents()
-	for _, e := range more {
-		if err := p.handle(ctx, e.RawData); err != nil {
+func (p *pipeline) drain(ctx context.Context, src eventSource) (bool, error) {
+	more := src.buffered()
+	for _, raw := range more {
+		if err := p.handle(ctx, raw); err != nil {
 			return true, err
 		}
 		if p.batchBytes >= p.maxBatch {
@@ -211,6 +257,21 @@ type pipeline struct {
 	lastTS   uint32
 
 	cur *openTxn
+
+	// semi is the stream when the syncer is the master's semi-sync replica;
+	// batchAck is the master position after the last complete transaction added
+	// since the last proposal, acknowledged once that proposal commits.
+	semi     *semiStream
+	batchAck *ackPoint
+	acked    ackPoint // the last position acknowledged
+}
+
+// ackPoint is a place in the master's binlog to acknowledge, and when the transaction
+// ending there was received.
+type ackPoint struct {
+	file string
+	pos  uint64
+	rcv  time.Time
 }
 
 // openTxn is the transaction group being received.
@@ -280,8 +341,16 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			p.s.updateStatus(func(st *SyncStatus) { st.MasterFile = p.pendingName })
 		}
 		return nil
-	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent, binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent,
-		binlog.MySQLPreviousGTIDsEvent:
+	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent:
+		// Where the master stands, with nothing of ours in flight: what the group
+		// holds goes up to here. A semi-sync master that was waiting for a
+		// transaction the group committed after the previous connection broke
+		// (the new dump starts after it) hears so now.
+		if p.semi != nil && p.cur == nil && len(p.items) == 0 && len(p.pending) == 0 && h.LogPos > 4 {
+			return p.sendAck(&ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos), rcv: time.Now()})
+		}
+		return nil
+	case binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent, binlog.MySQLPreviousGTIDsEvent:
 		return nil
 	}
 	if gtid, name, ok, err := p.fl.open(raw); ok || err != nil {
@@ -316,7 +385,17 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 	if p.fl.ends(raw, p.checksummed) {
 		t := p.cur
 		p.cur = nil
+		if p.semi != nil {
+			p.batchAck = &ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos), rcv: time.Now()}
+		}
 		if t.skip {
+			// Held already (committed before this connection): acknowledge at once
+			// unless later transactions are waiting for a commit.
+			if p.semi != nil && len(p.items) == 0 && len(p.pending) == 0 {
+				a := p.batchAck
+				p.batchAck = nil
+				return p.sendAck(a)
+			}
 			return nil
 		}
 		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Last: true, Events: t.events}}, len(t.events), 1)
@@ -412,6 +491,8 @@ type inflight struct {
 	txns          uint64
 	events, bytes int
 	lastTS        uint32
+	// ack is acknowledged to a semi-sync master once this proposal commits.
+	ack *ackPoint
 }
 
 // flush proposes the batch. With wait it returns once every proposal made so far is
@@ -442,17 +523,40 @@ func (p *pipeline) flush(ctx context.Context, wait bool) error {
 			p.s.m.metrics.Proposed(p.s.Upstream().Name, 0, err)
 			return fmt.Errorf("propose to group %d: %w", p.s.gid, err)
 		}
-		p.pending = append(p.pending, inflight{rs: rs, began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS})
+		p.pending = append(p.pending, inflight{rs: rs, began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck})
+		p.batchAck = nil
 		p.proposed += p.batchTxns
 		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
 	} else {
 		p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
+		if len(p.pending) == 0 && p.batchAck != nil {
+			// Only transactions the group held already: they are committed.
+			a := p.batchAck
+			p.batchAck = nil
+			if err := p.sendAck(a); err != nil {
+				return err
+			}
+		}
 	}
 	for len(p.pending) > 0 && (wait || len(p.pending) >= maxInflight) {
 		if err := p.complete(ctx); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// sendAck acknowledges a to the semi-sync master.
+func (p *pipeline) sendAck(a *ackPoint) error {
+	if a == nil || p.semi == nil || a.file == p.acked.file && a.pos <= p.acked.pos {
+		return nil
+	}
+	p.acked = *a
+	if err := p.semi.ack(a.file, a.pos); err != nil {
+		return fmt.Errorf("semi-sync ACK to master: %w", err)
+	}
+	lat := time.Since(a.rcv)
+	p.s.updateStatus(func(st *SyncStatus) { st.Acks, st.LastAckLatency = st.Acks+1, lat })
 	return nil
 }
 
@@ -477,6 +581,13 @@ func (p *pipeline) complete(ctx context.Context) error {
 		err := fmt.Errorf("group %d rejected a proposal: %s", p.s.gid, res.Data)
 		p.s.m.metrics.Proposed(name, time.Since(f.began), err)
 		return err
+	}
+	// Only now, with the batch committed by the group's quorum, may a semi-sync
+	// master hear that its transactions are safe.
+	if f.ack != nil {
+		if err := p.sendAck(f.ack); err != nil {
+			return err
+		}
 	}
 	// The time until the result was collected: with proposals in flight, at most one
 	// batch's reading later than the commit itself.

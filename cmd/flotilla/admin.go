@@ -102,6 +102,7 @@ func upstreamCommand() *cli.Command {
 					&cli.StringFlag{Name: "password", Usage: "its password (visible in ps: prefer --password-file or $FLOTILLA_SOURCE_PASSWORD)"},
 					&cli.StringFlag{Name: "password-file", Usage: "file holding the master user's password (first line)"},
 					&cli.StringFlag{Name: "flavor", Value: "auto", Usage: "auto, mysql or mariadb"},
+					&cli.StringFlag{Name: "semi-sync", Value: "auto", Usage: "auto (when the master has semi-sync on), on or off: acknowledge transactions to the master as a semi-sync replica once the group's quorum has committed them"},
 					&cli.StringSliceFlag{Name: "replica-user", Usage: "user replicas log in to Flotilla with (repeatable)"},
 					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user (or --replica-password-file, $FLOTILLA_REPLICA_PASSWORD)"},
 					&cli.StringSliceFlag{Name: "replica-password-file", Usage: "file holding the password of the matching --replica-user"},
@@ -165,7 +166,7 @@ func upstreamCommand() *cli.Command {
 						caPEM = string(b)
 					}
 					req := &adminv1.AddUpstreamRequest{Name: n, SourceTls: c.Bool("source-tls"), SourceTlsCa: caPEM, SourceTlsServerName: c.String("source-tls-server-name"), Source: c.String("source"), User: c.String("user"), Password: password,
-						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id"))}
+						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id")), SemiSync: c.String("semi-sync")}
 					for i := range users {
 						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i],
 							AuthPlugin: c.String("replica-auth-plugin"), RequireTls: c.Bool("replica-require-tls")})
@@ -509,6 +510,9 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("Last event", dash(g.LastEventAt))
 	row("Lag (s)", fmt.Sprintf("%.1f", g.LagSeconds))
 	row("Reconnects", g.Reconnects)
+	if g.SemiSync {
+		row("Semi-sync ACKs", fmt.Sprintf("%d (last %.1f ms after receipt)", g.SemiSyncAcks, g.SemiSyncAckMs))
+	}
 	row("Corrupt events re-fetched", g.CorruptEvents)
 	if g.LastError != "" {
 		row("Last error", g.LastError+" ("+g.LastErrorAt+")")

@@ -118,8 +118,12 @@ type AddUpstreamRequest struct {
 	SourceTlsCa string `protobuf:"bytes,12,opt,name=source_tls_ca,json=sourceTlsCa,proto3" json:"source_tls_ca,omitempty"`
 	// Name checked in the master's certificate (empty: the host of source).
 	SourceTlsServerName string `protobuf:"bytes,13,opt,name=source_tls_server_name,json=sourceTlsServerName,proto3" json:"source_tls_server_name,omitempty"`
-	unknownFields       protoimpl.UnknownFields
-	sizeCache           protoimpl.SizeCache
+	// auto (default: when the master has semi-sync on), on or off: acknowledge
+	// transactions to the master as a semi-sync replica, once the group's raft quorum
+	// has committed them.
+	SemiSync      string `protobuf:"bytes,14,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *AddUpstreamRequest) Reset() {
@@ -243,6 +247,13 @@ func (x *AddUpstreamRequest) GetSourceTlsServerName() string {
 	return ""
 }
 
+func (x *AddUpstreamRequest) GetSemiSync() string {
+	if x != nil {
+		return x.SemiSync
+	}
+	return ""
+}
+
 type Upstream struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -264,7 +275,9 @@ type Upstream struct {
 	// Size of the master's binary logs at `upstream add`: what the initial copy fetches.
 	InitialBytes uint64 `protobuf:"varint,17,opt,name=initial_bytes,json=initialBytes,proto3" json:"initial_bytes,omitempty"`
 	// The master's GTID position at `upstream add`: the initial copy ends there.
-	InitialGtid   string `protobuf:"bytes,18,opt,name=initial_gtid,json=initialGtid,proto3" json:"initial_gtid,omitempty"`
+	InitialGtid string `protobuf:"bytes,18,opt,name=initial_gtid,json=initialGtid,proto3" json:"initial_gtid,omitempty"`
+	// auto, on or off (see AddUpstreamRequest.semi_sync).
+	SemiSync      string `protobuf:"bytes,19,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -421,6 +434,13 @@ func (x *Upstream) GetInitialBytes() uint64 {
 func (x *Upstream) GetInitialGtid() string {
 	if x != nil {
 		return x.InitialGtid
+	}
+	return ""
+}
+
+func (x *Upstream) GetSemiSync() string {
+	if x != nil {
+		return x.SemiSync
 	}
 	return ""
 }
@@ -879,6 +899,12 @@ type GroupStatus struct {
 	// Events from the master whose checksum failed on arrival: each was fetched again
 	// and never stored.
 	CorruptEvents uint64 `protobuf:"varint,25,opt,name=corrupt_events,json=corruptEvents,proto3" json:"corrupt_events,omitempty"`
+	// The syncer is the master's semi-sync replica on this connection; the ACKs it
+	// sent (each after a raft commit) and the latency of the last one, from receiving
+	// the transaction to acknowledging it.
+	SemiSync      bool    `protobuf:"varint,26,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
+	SemiSyncAcks  uint64  `protobuf:"varint,27,opt,name=semi_sync_acks,json=semiSyncAcks,proto3" json:"semi_sync_acks,omitempty"`
+	SemiSyncAckMs float64 `protobuf:"fixed64,28,opt,name=semi_sync_ack_ms,json=semiSyncAckMs,proto3" json:"semi_sync_ack_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1084,6 +1110,27 @@ func (x *GroupStatus) GetOldestReadingFile() uint64 {
 func (x *GroupStatus) GetCorruptEvents() uint64 {
 	if x != nil {
 		return x.CorruptEvents
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetSemiSync() bool {
+	if x != nil {
+		return x.SemiSync
+	}
+	return false
+}
+
+func (x *GroupStatus) GetSemiSyncAcks() uint64 {
+	if x != nil {
+		return x.SemiSyncAcks
+	}
+	return 0
+}
+
+func (x *GroupStatus) GetSemiSyncAckMs() float64 {
+	if x != nil {
+		return x.SemiSyncAckMs
 	}
 	return 0
 }
@@ -1628,7 +1675,7 @@ const file_admin_proto_rawDesc = "" +
 	"\vauth_plugin\x18\x03 \x01(\tR\n" +
 	"authPlugin\x12\x1f\n" +
 	"\vrequire_tls\x18\x04 \x01(\bR\n" +
-	"requireTls\"\xbc\x03\n" +
+	"requireTls\"\xd9\x03\n" +
 	"\x12AddUpstreamRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -1646,7 +1693,8 @@ const file_admin_proto_rawDesc = "" +
 	"\n" +
 	"source_tls\x18\v \x01(\bR\tsourceTls\x12\"\n" +
 	"\rsource_tls_ca\x18\f \x01(\tR\vsourceTlsCa\x123\n" +
-	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\"\x9a\x04\n" +
+	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\x12\x1b\n" +
+	"\tsemi_sync\x18\x0e \x01(\tR\bsemiSync\"\xb7\x04\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -1670,7 +1718,8 @@ const file_admin_proto_rawDesc = "" +
 	"serve_from\x18\x0f \x01(\tR\tserveFrom\x12(\n" +
 	"\x10syncer_server_id\x18\x10 \x01(\rR\x0esyncerServerId\x12#\n" +
 	"\rinitial_bytes\x18\x11 \x01(\x04R\finitialBytes\x12!\n" +
-	"\finitial_gtid\x18\x12 \x01(\tR\vinitialGtid\"!\n" +
+	"\finitial_gtid\x18\x12 \x01(\tR\vinitialGtid\x12\x1b\n" +
+	"\tsemi_sync\x18\x13 \x01(\tR\bsemiSync\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +
@@ -1696,7 +1745,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\xb4\a\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\xa0\b\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1731,7 +1780,10 @@ const file_admin_proto_rawDesc = "" +
 	"\rmember_status\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.MemberStatusR\fmemberStatus\x12!\n" +
 	"\fraft_members\x18\x17 \x03(\x04R\vraftMembers\x12.\n" +
 	"\x13oldest_reading_file\x18\x18 \x01(\x04R\x11oldestReadingFile\x12%\n" +
-	"\x0ecorrupt_events\x18\x19 \x01(\x04R\rcorruptEvents\"\xa1\x01\n" +
+	"\x0ecorrupt_events\x18\x19 \x01(\x04R\rcorruptEvents\x12\x1b\n" +
+	"\tsemi_sync\x18\x1a \x01(\bR\bsemiSync\x12$\n" +
+	"\x0esemi_sync_acks\x18\x1b \x01(\x04R\fsemiSyncAcks\x12'\n" +
+	"\x10semi_sync_ack_ms\x18\x1c \x01(\x01R\rsemiSyncAckMs\"\xa1\x01\n" +
 	"\fMemberStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\x04R\x04node\x12\"\n" +
 	"\ftransactions\x18\x02 \x01(\x04R\ftransactions\x12#\n" +

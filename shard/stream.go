@@ -1,0 +1,275 @@
+package shard
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
+	"github.com/go-mysql-org/go-mysql/replication"
+)
+
+// eventSource is where a syncer reads the master's events: go-mysql's BinlogSyncer,
+// or, for a semi-sync replica, Flotilla's own dump stream (semiStream).
+type eventSource interface {
+	// next returns the next event (raw bytes) or the error that ended the stream.
+	next(ctx context.Context) ([]byte, error)
+	// buffered returns the events already read without waiting.
+	buffered() [][]byte
+	close()
+}
+
+// goMySQLSource is go-mysql's streamer.
+type goMySQLSource struct {
+	bs *replication.BinlogSyncer
+	s  *replication.BinlogStreamer
+}
+
+func (g goMySQLSource) next(ctx context.Context) ([]byte, error) {
+	e, err := g.s.GetEvent(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return e.RawData, nil
+}
+
+func (g goMySQLSource) buffered() [][]byte {
+	var out [][]byte
+	for _, e := range g.s.DumpEvents() {
+		out = append(out, e.RawData)
+	}
+	return out
+}
+
+func (g goMySQLSource) close() { g.bs.Close() }
+
+// semiStream is a binlog dump Flotilla runs itself, as a semi-sync replica: go-mysql
+// sends a semi-sync ACK as soon as it has read an event, but Flotilla may acknowledge
+// a transaction only once its raft quorum has committed it (see pipeline.complete).
+// go-mysql's client still does the handshake, TLS and packet framing.
+//
+// Invariants: after an event that asked for an ACK the master resets its packet
+// sequence, so the reader expects 1 next; an ACK is written straight to the
+// connection with sequence 0, under wmu, never through the packet layer (whose
+// sequence the reader owns).
+type semiStream struct {
+	c      *client.Conn
+	events chan []byte
+	errc   chan error
+	wmu    sync.Mutex
+	// semi is whether the master agreed to semi-sync (it has the feature on).
+	semi bool
+}
+
+// semiConfig is what a semiStream needs to start a dump.
+type semiConfig struct {
+	addr, user, password string
+	tls                  *tls.Config
+	serverID             uint32
+	mysqlFlavor          bool
+	// gset is where to continue: a MariaDB GTID position or a MySQL GTID set.
+	gset      mysql.GTIDSet
+	heartbeat time.Duration
+	log       *slog.Logger
+}
+
+// openSemiStream connects, announces a semi-sync replica (when the master has
+// semi-sync on) and starts the dump.
+func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
+	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var opts []client.Option
+	if cfg.tls != nil {
+		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(cfg.tls); return nil })
+	}
+	c, err := client.ConnectWithContext(dctx, cfg.addr, cfg.user, cfg.password, "", 10*time.Second, opts...)
+	if err != nil {
+		return nil, err
+	}
+	st := &semiStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1)}
+	if err := st.start(cfg); err != nil {
+		c.Close()
+		return nil, err
+	}
+	go st.read()
+	return st, nil
+}
+
+func (st *semiStream) start(cfg semiConfig) error {
+	c := st.c
+	exec := func(q string) error {
+		if _, err := c.Execute(q); err != nil {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+		return nil
+	}
+	// Checksums as go-mysql's syncer asks for them: the events keep the master's.
+	if err := exec("SET @master_binlog_checksum='NONE', @source_binlog_checksum='NONE'"); err != nil {
+		return err
+	}
+	if !cfg.mysqlFlavor {
+		if err := exec("SET @mariadb_slave_capability=4"); err != nil {
+			return err
+		}
+	}
+	if cfg.heartbeat > 0 {
+		ns := cfg.heartbeat.Nanoseconds()
+		if err := exec(fmt.Sprintf("SET @master_heartbeat_period=%d, @source_heartbeat_period=%d", ns, ns)); err != nil {
+			return err
+		}
+	}
+	// Semi-sync only if the master has it on, as MariaDB's own replica decides.
+	r, err := c.Execute("SHOW VARIABLES WHERE Variable_name IN ('rpl_semi_sync_master_enabled', 'rpl_semi_sync_source_enabled')")
+	if err == nil && r.RowNumber() > 0 {
+		v, _ := r.GetString(0, 1)
+		st.semi = strings.EqualFold(v, "ON")
+	}
+	if st.semi {
+		if err := exec("SET @rpl_semi_sync_slave=1, @rpl_semi_sync_replica=1"); err != nil {
+			return err
+		}
+	}
+	// COM_REGISTER_SLAVE: server id, host, user, password, port, rank, master id.
+	reg := []byte{mysql.COM_REGISTER_SLAVE}
+	reg = binary.LittleEndian.AppendUint32(reg, cfg.serverID)
+	reg = append(reg, 8)
+	reg = append(reg, "flotilla"...)
+	reg = append(reg, 0, 0)
+	reg = binary.LittleEndian.AppendUint16(reg, 0)
+	reg = binary.LittleEndian.AppendUint32(reg, 0)
+	reg = binary.LittleEndian.AppendUint32(reg, 0)
+	if err := st.command(reg); err != nil {
+		return fmt.Errorf("COM_REGISTER_SLAVE: %w", err)
+	}
+	if _, err := c.ReadOKPacket(); err != nil {
+		return fmt.Errorf("COM_REGISTER_SLAVE: %w", err)
+	}
+	var dump []byte
+	if cfg.mysqlFlavor {
+		set := cfg.gset.Encode()
+		dump = []byte{mysql.COM_BINLOG_DUMP_GTID, 0, 0}
+		dump = binary.LittleEndian.AppendUint32(dump, cfg.serverID)
+		dump = binary.LittleEndian.AppendUint32(dump, 0)
+		dump = binary.LittleEndian.AppendUint64(dump, 4)
+		dump = binary.LittleEndian.AppendUint32(dump, uint32(len(set)))
+		dump = append(dump, set...)
+	} else {
+		if err := exec(fmt.Sprintf("SET @slave_connect_state='%s'", cfg.gset.String())); err != nil {
+			return err
+		}
+		if err := exec("SET @slave_gtid_strict_mode=1"); err != nil {
+			return err
+		}
+		dump = []byte{mysql.COM_BINLOG_DUMP}
+		dump = binary.LittleEndian.AppendUint32(dump, 4)
+		dump = binary.LittleEndian.AppendUint16(dump, 0)
+		dump = binary.LittleEndian.AppendUint32(dump, cfg.serverID)
+	}
+	return st.command(dump)
+}
+
+// command writes one command packet at sequence 0.
+func (st *semiStream) command(body []byte) error {
+	st.c.ResetSequence()
+	return st.c.WritePacket(append(make([]byte, 4, 4+len(body)), body...))
+}
+
+// read runs until the stream ends, handing events on and keeping the sequence right.
+func (st *semiStream) read() {
+	fail := func(err error) {
+		st.errc <- err
+		close(st.events)
+	}
+	for {
+		_ = st.c.SetReadDeadline(time.Now().Add(15 * time.Second)) // heartbeats come every second
+		p, err := st.c.ReadPacket()
+		if err != nil {
+			fail(err)
+			return
+		}
+		switch {
+		case len(p) == 0:
+			fail(errors.New("empty packet in the binlog stream"))
+			return
+		case p[0] == mysql.ERR_HEADER:
+			fail(st.c.HandleErrorPacket(p))
+			return
+		case p[0] == mysql.EOF_HEADER && len(p) < 9:
+			fail(io.EOF)
+			return
+		case p[0] != mysql.OK_HEADER:
+			fail(fmt.Errorf("unexpected packet 0x%02x in the binlog stream", p[0]))
+			return
+		}
+		ev := p[1:]
+		if st.semi {
+			if len(ev) < 2 || ev[0] != replication.SemiSyncIndicator {
+				fail(errors.New("semi-sync master sent an event without its semi-sync header"))
+				return
+			}
+			if ev[1]&0x01 != 0 {
+				// The master reset its sequence after this event (it awaits an ACK).
+				st.c.Sequence = 1
+			}
+			ev = ev[2:]
+		}
+		st.events <- ev
+	}
+}
+
+func (st *semiStream) next(ctx context.Context) ([]byte, error) {
+	select {
+	case ev, ok := <-st.events:
+		if !ok {
+			return nil, <-st.errc
+		}
+		return ev, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (st *semiStream) buffered() [][]byte {
+	var out [][]byte
+	for {
+		select {
+		case ev, ok := <-st.events:
+			if !ok {
+				st.errc <- <-st.errc // keep the error for next
+				return out
+			}
+			out = append(out, ev)
+		default:
+			return out
+		}
+	}
+}
+
+// ack tells the master that everything up to pos of its binlog file is durable:
+// 0xEF, the position (u64) and the file name, at sequence 0, written under wmu
+// directly to the connection, beside the reader.
+func (st *semiStream) ack(file string, pos uint64) error {
+	if !st.semi {
+		return nil
+	}
+	body := binary.LittleEndian.AppendUint64([]byte{replication.SemiSyncIndicator}, pos)
+	body = append(body, file...)
+	pkt := []byte{byte(len(body)), byte(len(body) >> 8), byte(len(body) >> 16), 0}
+	pkt = append(pkt, body...)
+	st.wmu.Lock()
+	defer st.wmu.Unlock()
+	raw := st.c.Conn.Conn
+	_ = raw.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := raw.Write(pkt)
+	return err
+}
+
+func (st *semiStream) close() { st.c.Close() }
