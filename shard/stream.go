@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -58,13 +57,16 @@ func (g goMySQLSource) close() { g.bs.Close() }
 //
 // Invariants: after an event that asked for an ACK the master resets its packet
 // sequence, so the reader expects 1 next; an ACK is written straight to the
-// connection with sequence 0, under wmu, never through the packet layer (whose
-// sequence the reader owns).
+// connection with sequence 0, never through the packet layer (whose sequence the
+// reader owns), and only by the syncer's goroutine (TLS connections allow one
+// writer beside one reader). close ends the reader even when it waits to hand an
+// event on.
 type semiStream struct {
 	c      *client.Conn
 	events chan []byte
 	errc   chan error
-	wmu    sync.Mutex
+	done   chan struct{}
+	once   sync.Once
 	// semi is whether the master agreed to semi-sync (it has the feature on).
 	semi bool
 }
@@ -78,7 +80,6 @@ type semiConfig struct {
 	// gset is where to continue: a MariaDB GTID position or a MySQL GTID set.
 	gset      mysql.GTIDSet
 	heartbeat time.Duration
-	log       *slog.Logger
 }
 
 // openSemiStream connects, announces a semi-sync replica (when the master has
@@ -86,7 +87,9 @@ type semiConfig struct {
 func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var opts []client.Option
+	// The read timeout is renewed as each part of a packet arrives (an event of a
+	// GiB may take long; a silent master does not, with heartbeats every second).
+	opts := []client.Option{func(c *client.Conn) error { c.ReadTimeout = 15 * time.Second; return nil }}
 	if cfg.tls != nil {
 		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(cfg.tls); return nil })
 	}
@@ -94,7 +97,7 @@ func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &semiStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1)}
+	st := &semiStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1), done: make(chan struct{})}
 	if err := st.start(cfg); err != nil {
 		c.Close()
 		return nil, err
@@ -189,7 +192,6 @@ func (st *semiStream) read() {
 		close(st.events)
 	}
 	for {
-		_ = st.c.SetReadDeadline(time.Now().Add(15 * time.Second)) // heartbeats come every second
 		p, err := st.c.ReadPacket()
 		if err != nil {
 			fail(err)
@@ -221,7 +223,12 @@ func (st *semiStream) read() {
 			}
 			ev = ev[2:]
 		}
-		st.events <- ev
+		select {
+		case st.events <- ev:
+		case <-st.done:
+			fail(errors.New("binlog stream closed"))
+			return
+		}
 	}
 }
 
@@ -234,6 +241,8 @@ func (st *semiStream) next(ctx context.Context) ([]byte, error) {
 		return ev, nil
 	case <-ctx.Done():
 		return nil, ctx.Err()
+	case <-st.done:
+		return nil, errors.New("binlog stream closed")
 	}
 }
 
@@ -264,12 +273,15 @@ func (st *semiStream) ack(file string, pos uint64) error {
 	body = append(body, file...)
 	pkt := []byte{byte(len(body)), byte(len(body) >> 8), byte(len(body) >> 16), 0}
 	pkt = append(pkt, body...)
-	st.wmu.Lock()
-	defer st.wmu.Unlock()
 	raw := st.c.Conn.Conn
 	_ = raw.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, err := raw.Write(pkt)
 	return err
 }
 
-func (st *semiStream) close() { st.c.Close() }
+func (st *semiStream) close() {
+	st.once.Do(func() {
+		close(st.done)
+		st.c.Close()
+	})
+}

@@ -1,6 +1,7 @@
 package shard
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -161,8 +162,11 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 			return nil, nil, err
 		}
 		if !st.semi {
-			st.close()
-			return nil, nil, fmt.Errorf("upstream %s asks for semi-sync (--semi-sync on) but the master has it off", u.Name)
+			if u.SemiSync == "on" {
+				st.close()
+				return nil, nil, fmt.Errorf("upstream %s asks for semi-sync (--semi-sync on) but the master has it off: turn rpl_semi_sync_master_enabled on, or set the upstream's semi-sync to auto", u.Name)
+			}
+			return st, nil, nil // turned off since the probe: a plain replica
 		}
 		return st, st, nil
 	}
@@ -267,7 +271,9 @@ type pipeline struct {
 }
 
 // ackPoint is a place in the master's binlog to acknowledge, and when the transaction
-// ending there was received.
+// ending there was received (zero for a heartbeat's). Past 4 GiB in one master file
+// log_pos wraps and such ACKs no longer release waiting commits (the master then
+// times out); they never acknowledge too much.
 type ackPoint struct {
 	file string
 	pos  uint64
@@ -346,8 +352,9 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		// holds goes up to here. A semi-sync master that was waiting for a
 		// transaction the group committed after the previous connection broke
 		// (the new dump starts after it) hears so now.
-		if p.semi != nil && p.cur == nil && len(p.items) == 0 && len(p.pending) == 0 && h.LogPos > 4 {
-			return p.sendAck(&ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos), rcv: time.Now()})
+		if p.semi != nil && p.cur == nil && len(p.items) == 0 && len(p.pending) == 0 && h.LogPos > 4 &&
+			(h.Type != binlog.HeartbeatEvent || bytes.HasPrefix(raw[binlog.HeaderLen:], []byte(p.upstreamFile))) {
+			return p.sendAck(&ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos)})
 		}
 		return nil
 	case binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent, binlog.MySQLPreviousGTIDsEvent:
@@ -555,8 +562,12 @@ func (p *pipeline) sendAck(a *ackPoint) error {
 	if err := p.semi.ack(a.file, a.pos); err != nil {
 		return fmt.Errorf("semi-sync ACK to master: %w", err)
 	}
-	lat := time.Since(a.rcv)
-	p.s.updateStatus(func(st *SyncStatus) { st.Acks, st.LastAckLatency = st.Acks+1, lat })
+	p.s.updateStatus(func(st *SyncStatus) {
+		st.Acks++
+		if !a.rcv.IsZero() { // a transaction's, not a heartbeat's
+			st.LastAckLatency = time.Since(a.rcv)
+		}
+	})
 	return nil
 }
 

@@ -94,13 +94,12 @@ func TestSemiSyncAcksAfterQuorumCommit(t *testing.T) {
 		pl, _ := master.Query(ctx, "SELECT id, command, state, info FROM information_schema.processlist")
 		t.Logf("binlog: %v\nprocesslist: %v", evs[max(0, len(evs)-8):], pl)
 		u := getUpstream(ctx, t, nodes[0], "main")
-		out, _ := nodes[0].CLI(ctx, "upstream", "get", "main", "-o", "json")
 		el, _ := os.ReadFile(filepath.Join(master.Dir(), "error.log"))
 		var logs string
 		for _, n := range nodes {
 			logs += n.LogGrep("syncer", "semi", "master", "error") + "\n"
 		}
-		t.Fatalf("the commit never completed after quorum came back: master %v at %s; group %+v\n%s\nmaster log:\n%s\nnodes:\n%s", rows, pos, u.Group, out[:0], el[max(0, len(el)-3000):], logs)
+		t.Fatalf("the commit never completed after quorum came back: master %v at %s; group %+v\nmaster log:\n%s\nnodes:\n%s", rows, pos, u.Group, el[max(0, len(el)-3000):], logs)
 	}
 	if y, n := semiStatus(ctx, t, master, "yes_tx"), semiStatus(ctx, t, master, "no_tx"); y != yes+1 || n != 0 {
 		t.Fatalf("after quorum: yes_tx %d (was %d), no_tx %d; want the waiting commit acknowledged", y, yes, n)
@@ -116,7 +115,10 @@ func TestSemiSyncAcksAfterQuorumCommit(t *testing.T) {
 			SemiSyncAcks string `json:"semiSyncAcks"`
 		} `json:"group"`
 	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil || !st.Group.SemiSync || st.Group.SemiSyncAcks == "" {
-		t.Fatalf("status does not show the semi-sync ACKs: %v\n%s", err, out)
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		t.Fatal(err)
+	}
+	if acks, _ := strconv.Atoi(st.Group.SemiSyncAcks); !st.Group.SemiSync || acks < 1 {
+		t.Fatalf("status does not show the semi-sync ACKs:\n%s", out)
 	}
 }
