@@ -52,6 +52,9 @@ type Master struct {
 	conns    map[net.Conn]bool
 	closed   bool
 	dumps    int // dumps started, for tests
+	// acked is the furthest semi-sync ACK received: file and position.
+	ackedFile string
+	ackedPos  uint64
 }
 
 // Fixtures is the directory of the shared MySQL recording, relative to a package
@@ -315,4 +318,37 @@ func heartbeatNS(vars map[string]string) time.Duration {
 		}
 	}
 	return 0
+}
+
+// EnableSemiSync turns semi-sync on, as rpl_semi_sync_source_enabled=ON does: dumps
+// of replicas that announce themselves (@rpl_semi_sync_replica=1) carry semi-sync
+// headers asking for an ACK at each transaction's end. (The master does not wait for
+// them; tests wait with WaitAck.)
+func (m *Master) EnableSemiSync() {
+	m.Set("rpl_semi_sync_source_enabled", "ON")
+	m.Set("rpl_semi_sync_master_enabled", "ON")
+}
+
+func (m *Master) ack(file string, pos uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if file > m.ackedFile || file == m.ackedFile && pos > m.ackedPos {
+		m.ackedFile, m.ackedPos = file, pos
+	}
+	m.notify()
+}
+
+// Acked returns the furthest semi-sync ACK received.
+func (m *Master) Acked() (string, uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.ackedFile, m.ackedPos
+}
+
+// End returns the active file and its size: where the last transaction ends.
+func (m *Master) End() (string, uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f := m.files[len(m.files)-1]
+	return f.name, uint64(len(f.data))
 }

@@ -3,6 +3,7 @@ package mysqlmaster
 import (
 	"encoding/binary"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"strings"
@@ -21,6 +22,7 @@ type session struct {
 	nc   net.Conn
 	c    *server.Conn
 	vars map[string]string // user variables (@name)
+	semi bool              // the dump carries semi-sync headers
 }
 
 var (
@@ -28,6 +30,7 @@ var (
 	selectVar  = regexp.MustCompile(`(?i)^SELECT\s+@@(?:GLOBAL\.|SESSION\.)?(\w+)\s*;?$`)
 	selectUser = regexp.MustCompile(`(?i)^SELECT\s+@(\w+)\s*;?$`)
 	showLike   = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+|SESSION\s+)?VARIABLES\s+LIKE\s+'([^']*)'\s*;?$`)
+	showIn     = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+)?VARIABLES\s+WHERE\s+Variable_name\s+IN\s*\(([^)]*)\)\s*;?$`)
 )
 
 // HandleQuery implements server.Handler.
@@ -66,6 +69,16 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 			return result([]string{"@" + mm[1]}, [][]any{{nil}})
 		}
 		return result([]string{"@" + mm[1]}, [][]any{{v}})
+	}
+	if mm := showIn.FindStringSubmatch(q); mm != nil {
+		var rows [][]any
+		for _, n := range strings.Split(mm[1], ",") {
+			name := strings.ToLower(strings.Trim(strings.TrimSpace(n), "'"))
+			if v, ok := s.m.globalVar(name); ok {
+				rows = append(rows, []any{name, v})
+			}
+		}
+		return result([]string{"Variable_name", "Value"}, rows)
 	}
 	if mm := showLike.FindStringSubmatch(q); mm != nil {
 		name := strings.ToLower(mm[1])
@@ -230,6 +243,12 @@ func (s *session) stream(start, off int, have binlog.MySQLSet) error {
 	m := s.m
 	ck := strings.EqualFold(s.vars["master_binlog_checksum"], "CRC32") || strings.EqualFold(s.vars["source_binlog_checksum"], "CRC32")
 	hb := heartbeatNS(s.vars)
+	m.mu.Lock()
+	s.semi = m.vars["rpl_semi_sync_source_enabled"] == "ON" && (s.vars["rpl_semi_sync_slave"] == "1" || s.vars["rpl_semi_sync_replica"] == "1")
+	m.mu.Unlock()
+	if s.semi {
+		go s.readAcks()
+	}
 	data, name, _, _ := m.snapshot(start)
 	if err := s.send(binlog.NewRotate(m.ServerID, 0, 0, binlog.FlagArtificial, name, uint64(off), ck)); err != nil {
 		return err
@@ -257,7 +276,7 @@ func (s *session) stream(start, off int, have binlog.MySQLSet) error {
 			}
 			end := grp.Next(ev, true)
 			if !skip {
-				if err := s.send(ev); err != nil {
+				if err := s.sendFlagged(ev, end); err != nil {
 					return err
 				}
 			}
@@ -284,9 +303,48 @@ func (s *session) stream(start, off int, have binlog.MySQLSet) error {
 }
 
 // send writes one event packet (OK byte, event).
-func (s *session) send(ev []byte) error {
-	pkt := make([]byte, 4, 5+len(ev))
+func (s *session) send(ev []byte) error { return s.sendFlagged(ev, false) }
+
+// sendFlagged writes one event packet; to a semi-sync replica with the semi-sync
+// header, asking for an ACK when ack is set (a transaction's last event). As MySQL's
+// source does, the packet sequence restarts after an event that asks for an ACK.
+func (s *session) sendFlagged(ev []byte, ack bool) error {
+	pkt := make([]byte, 4, 7+len(ev))
 	pkt = append(pkt, 0)
+	if s.semi {
+		flag := byte(0)
+		if ack {
+			flag = 1
+		}
+		pkt = append(pkt, 0xef, flag)
+	}
 	pkt = append(pkt, ev...)
-	return s.c.WritePacket(pkt)
+	if err := s.c.WritePacket(pkt); err != nil {
+		return err
+	}
+	if s.semi && ack {
+		s.c.Sequence = 1
+	}
+	return nil
+}
+
+// readAcks reads a semi-sync replica's ACKs (0xEF, position u64, file name, each at
+// sequence 0) from the connection while the dump writes to it, and records them.
+func (s *session) readAcks() {
+	var hdr [4]byte
+	for {
+		if _, err := io.ReadFull(s.nc, hdr[:]); err != nil {
+			return
+		}
+		n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
+		body := make([]byte, n)
+		if _, err := io.ReadFull(s.nc, body); err != nil {
+			return
+		}
+		if hdr[3] != 0 || n < 9 || body[0] != 0xef {
+			s.m.log.Warn("bad semi-sync ACK", "seq", hdr[3], "bytes", n)
+			continue
+		}
+		s.m.ack(string(body[9:]), binary.LittleEndian.Uint64(body[1:]))
+	}
 }
