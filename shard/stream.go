@@ -282,6 +282,8 @@ func (st *semiStream) ack(file string, pos uint64) error {
 func (st *semiStream) close() {
 	st.once.Do(func() {
 		close(st.done)
-		st.c.Close()
+		// The network connection itself: go-mysql's Close also resets the packet
+		// sequence, which the reader may be using.
+		_ = st.c.Conn.Conn.Close()
 	})
 }

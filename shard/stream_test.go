@@ -1,0 +1,75 @@
+package shard
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/mysql"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
+)
+
+// TestSemiStream reads the recorded binlogs from a semi-sync master through the
+// syncer's own dump stream: every event arrives (the packet sequence restarts after
+// each event that asks for an ACK, 309 times), an ACK reaches the master only when
+// sent, and close ends the reader even while it waits to hand an event on.
+func TestSemiStream(t *testing.T) {
+	m := mysqlmaster.Start(t, "../test/fixtures/mysql-binlog/binlog")
+	m.EnableSemiSync()
+	empty, _ := mysql.ParseMysqlGTIDSet("")
+	st, err := openSemiStream(t.Context(), semiConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 77,
+		mysqlFlavor: true, gset: empty, heartbeat: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	if !st.semi {
+		t.Fatal("the master has semi-sync on, the stream did not take it")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	gtids, xids := 0, 0
+	for gtids < 309 || xids < 294 {
+		ev, err := st.next(ctx)
+		if err != nil {
+			t.Fatalf("after %d GTIDs: %v", gtids, err)
+		}
+		switch ev[4] {
+		case binlog.MySQLGTIDEvent:
+			gtids++
+		case binlog.XIDEvent:
+			xids++
+		}
+	}
+	if f, p := m.Acked(); f != "" || p != 0 {
+		t.Fatalf("the master got an ACK (%s:%d) nobody sent", f, p)
+	}
+	file, end := m.End()
+	if err := st.ack(file, end); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if f, p := m.Acked(); f == file && p == end {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the ACK did not reach the master")
+		}
+	}
+	// Heartbeats fill the read-ahead while nobody reads; close must still end the
+	// reader, blocked handing on the next one.
+	for deadline := time.Now().Add(15 * time.Second); len(st.events) < cap(st.events); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("heartbeats did not fill the read-ahead")
+		}
+	}
+	done := make(chan struct{})
+	go func() { st.close(); _, _ = st.next(ctx); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("close did not end the stream")
+	}
+}
