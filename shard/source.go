@@ -62,11 +62,7 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 	if err != nil {
 		return SourceInfo{}, err
 	}
-	var opts []client.Option
-	if tlsCfg != nil {
-		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tlsCfg); return nil })
-	}
-	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 5*time.Second, opts...)
+	c, err := connectMaster(ctx, addr, user, password, tlsCfg, 5*time.Second)
 	if err != nil {
 		if tlsCfg != nil {
 			var ce *tls.CertificateVerificationError
@@ -279,4 +275,12 @@ func semiSyncOffered(c *client.Conn) bool {
 	}
 	v, _ := r.GetString(0, 1)
 	return strings.EqualFold(v, "ON")
+}
+
+// connectMaster opens a client connection to a master, over TLS when tlsCfg is set.
+func connectMaster(ctx context.Context, addr, user, password string, tlsCfg *tls.Config, timeout time.Duration, opts ...client.Option) (*client.Conn, error) {
+	if tlsCfg != nil {
+		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tlsCfg); return nil })
+	}
+	return client.ConnectWithContext(ctx, addr, user, password, "", timeout, opts...)
 }

@@ -89,11 +89,8 @@ func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	defer cancel()
 	// The read timeout is renewed as each part of a packet arrives (an event of a
 	// GiB may take long; a silent master does not, with heartbeats every second).
-	opts := []client.Option{func(c *client.Conn) error { c.ReadTimeout = 15 * time.Second; return nil }}
-	if cfg.tls != nil {
-		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(cfg.tls); return nil })
-	}
-	c, err := client.ConnectWithContext(dctx, cfg.addr, cfg.user, cfg.password, "", 10*time.Second, opts...)
+	c, err := connectMaster(dctx, cfg.addr, cfg.user, cfg.password, cfg.tls, 10*time.Second,
+		func(c *client.Conn) error { c.ReadTimeout = 15 * time.Second; return nil })
 	if err != nil {
 		return nil, err
 	}

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/lni/dragonboat/v3"
@@ -203,11 +202,7 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 func (s *Shard) masterOffersSemiSync(ctx context.Context, addr, user, password string, tlsCfg *tls.Config) bool {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var opts []client.Option
-	if tlsCfg != nil {
-		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tlsCfg); return nil })
-	}
-	c, err := client.ConnectWithContext(ctx, addr, user, password, "", 10*time.Second, opts...)
+	c, err := connectMaster(ctx, addr, user, password, tlsCfg, 10*time.Second)
 	if err != nil {
 		return false
 	}

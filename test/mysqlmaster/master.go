@@ -51,7 +51,6 @@ type Master struct {
 	changed  chan struct{}     // closed and replaced at every append
 	conns    map[net.Conn]bool
 	closed   bool
-	dumps    int // dumps started, for tests
 	// acked is the furthest semi-sync ACK received: file and position.
 	ackedFile string
 	ackedPos  uint64
@@ -128,13 +127,6 @@ func (m *Master) Executed() binlog.MySQLSet {
 	return m.executed.Clone()
 }
 
-// Dumps is how many binlog dumps the master has started.
-func (m *Master) Dumps() int {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.dumps
-}
-
 // Close stops the master and drops every connection.
 func (m *Master) Close() {
 	m.mu.Lock()
@@ -144,16 +136,6 @@ func (m *Master) Close() {
 	}
 	m.mu.Unlock()
 	m.ln.Close()
-}
-
-// DropConnections closes every client connection (a network cut); the master keeps
-// accepting new ones.
-func (m *Master) DropConnections() {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	for c := range m.conns {
-		c.Close()
-	}
 }
 
 func (m *Master) accept() {

@@ -197,7 +197,6 @@ func parseDumpGTID(b []byte) (binlog.MySQLSet, error) {
 func (s *session) dump(have binlog.MySQLSet) error {
 	m := s.m
 	m.mu.Lock()
-	m.dumps++
 	if extra := have.Subtract(m.executed); len(extra) > 0 {
 		m.mu.Unlock()
 		return mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG,
@@ -223,7 +222,6 @@ func (s *session) dump(have binlog.MySQLSet) error {
 func (s *session) dumpFile(name string, pos int) error {
 	m := s.m
 	m.mu.Lock()
-	m.dumps++
 	start := -1
 	for i, f := range m.files {
 		if f.name == name || name == "" && i == 0 {
