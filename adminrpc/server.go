@@ -42,6 +42,7 @@ type Metadata interface {
 	AddUpstream(ctx context.Context, u placement.Upstream) (*placement.Upstream, error)
 	RemoveUpstream(ctx context.Context, name string) error
 	SetPaused(ctx context.Context, name string, paused bool) error
+	SetCandidates(ctx context.Context, name string, cands []string, downAfter time.Duration, note string) error
 }
 
 // Shards gives the node's local group replicas.
@@ -220,6 +221,10 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 	if err != nil {
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
+	downAfter, err := parseDownAfter(r.SourceDownAfter)
+	if err != nil {
+		return nil, err
+	}
 	replicas := int(r.Replicas)
 	if replicas == 0 {
 		replicas = min(3, len(st.Nodes))
@@ -228,7 +233,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: sealed, SourceTLS: srcTLS,
 		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
 		StartGTID: info.StartGTID, InitialBytes: info.BinlogBytes, InitialGTID: info.EndGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
-		SemiSync: info.SemiSync,
+		SemiSync: info.SemiSync, Candidates: r.Candidates, SourceDownAfter: downAfter,
 	}
 	for _, ru := range r.ReplicaUsers {
 		if ru.User == "" {
@@ -336,7 +341,7 @@ func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*a
 	}
 	sh, ok := s.Shards.Shard(u.GroupID)
 	if !ok || !sh.IsLeader() {
-		return s.forwardPurge(ctx, u, r)
+		return forwardToLeader(ctx, s, u, "purge", func(ctx context.Context, c *Client) (*adminv1.PurgeResponse, error) { return c.PurgeUpstream(ctx, r) })
 	}
 	first, err := sh.Purge(ctx, r.ToFile)
 	if err != nil {
@@ -360,27 +365,29 @@ func (s *Server) PurgeUpstream(ctx context.Context, r *adminv1.PurgeRequest) (*a
 // it again.
 const forwardedHeader = "x-flotilla-forwarded"
 
-// forwardPurge runs a purge on the node leading the upstream's group: only the leader
-// knows which files the replicas connected anywhere still read.
-func (s *Server) forwardPurge(ctx context.Context, u *placement.Upstream, r *adminv1.PurgeRequest) (*adminv1.PurgeResponse, error) {
+// forwardToLeader runs call on the node leading the upstream's group, for what only
+// the leader may do: purge (it knows which files the replicas connected anywhere
+// still read) and repoint (it holds the group's latest state and runs the syncer).
+func forwardToLeader[T any](ctx context.Context, s *Server, u *placement.Upstream, what string, call func(context.Context, *Client) (T, error)) (T, error) {
+	var zero T
 	if md, _ := metadata.FromIncomingContext(ctx); len(md.Get(forwardedHeader)) > 0 {
-		return nil, status.Errorf(codes.Unavailable, "node %d was asked to purge upstream %q but does not lead its group (a leader change?): retry", s.NodeID, r.Name)
+		return zero, status.Errorf(codes.Unavailable, "node %d was asked to %s upstream %q but does not lead its group (a leader change?): retry", s.NodeID, what, u.Name)
 	}
 	v, err := s.view(ctx)
 	if err != nil {
-		return nil, err
+		return zero, err
 	}
 	leader := v.group(u, s.NodeID).LeaderNode
 	n, ok := v.st.Nodes[leader]
 	if leader == 0 || !ok {
-		return nil, status.Errorf(codes.Unavailable, "upstream %q's group has no leader right now; retry shortly", r.Name)
+		return zero, status.Errorf(codes.Unavailable, "upstream %q's group has no leader right now; retry shortly", u.Name)
 	}
 	c, err := Dial(n.AdminAddr, s.Auth.Token, s.PeerTLS)
 	if err != nil {
-		return nil, status.Errorf(codes.Unavailable, "reach node %d, which leads upstream %q: %v", leader, r.Name, err)
+		return zero, status.Errorf(codes.Unavailable, "reach node %d, which leads upstream %q: %v", leader, u.Name, err)
 	}
 	defer c.Close()
-	return c.PurgeUpstream(metadata.AppendToOutgoingContext(ctx, forwardedHeader, fmt.Sprint(s.NodeID)), r)
+	return call(metadata.AppendToOutgoingContext(ctx, forwardedHeader, fmt.Sprint(s.NodeID)), c)
 }
 
 // ListNodes lists the cluster's nodes with their group counts.
@@ -433,7 +440,7 @@ func (s *Server) upstreamStatus(st *placement.State, u *placement.Upstream, memb
 		gs.RaftMembers = members[u.GroupID]
 		ss := sh.Status()
 		gs.Syncing, gs.Connected, gs.LastError, gs.MasterFile, gs.Reconnects = ss.Running, ss.Connected, ss.LastError, ss.MasterFile, ss.Reconnects
-		gs.CorruptEvents = ss.CorruptEvents
+		gs.CorruptEvents, gs.SourceSelection = ss.CorruptEvents, ss.Selection
 		gs.SemiSync, gs.SemiSyncAcks, gs.SemiSyncAckMs = ss.SemiSync, ss.Acks, float64(ss.LastAckLatency.Microseconds())/1000
 		gs.LastErrorAt, gs.LastEventAt = timeString(ss.LastErrorAt), timeString(ss.LastEventAt)
 		// As Seconds_Behind_Master: 0 when the group holds everything the master sent
@@ -501,7 +508,10 @@ func toProto(u *placement.Upstream) *adminv1.Upstream {
 		Name: u.Name, Flavor: u.Flavor, Source: u.Source, User: u.User, ServerId: u.ServerID, DomainId: u.DomainID, SemiSync: u.SemiSync,
 		ServerUuid: u.ServerUUID, Version: u.Version, StartGtid: u.StartGTID, GroupId: u.GroupID,
 		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt), ServeFrom: serveFrom(u), SyncerServerId: u.SyncerServerID,
-		InitialBytes: u.InitialBytes, InitialGtid: u.InitialGTID,
+		InitialBytes: u.InitialBytes, InitialGtid: u.InitialGTID, Candidates: u.Candidates, SourceDownAfter: u.DownAfter().String(),
+	}
+	for _, sw := range u.Switches {
+		out.Switches = append(out.Switches, &adminv1.SourceSwitch{At: timeString(sw.At), From: sw.From, To: sw.To, Reason: sw.Reason, Forced: sw.Forced, Warning: sw.Warning})
 	}
 	for _, ru := range u.ReplicaUsers {
 		out.ReplicaUsers = append(out.ReplicaUsers, ru.User)

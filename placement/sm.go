@@ -30,6 +30,11 @@ type command struct {
 	Expect   []uint64 `json:"expect,omitempty"`
 	NodeID   uint64   `json:"node_id,omitempty"`
 	Draining bool     `json:"draining,omitempty"`
+	// Switch changes an upstream's source; Candidates and DownAfter its candidate
+	// sources (see SourceSwitch).
+	Switch     *SourceSwitch `json:"switch,omitempty"`
+	Candidates []string      `json:"candidates,omitempty"`
+	DownAfter  time.Duration `json:"down_after,omitempty"`
 	// Note is recorded in State.Decisions (with the proposer's time: apply must be
 	// deterministic).
 	Note string `json:"note,omitempty"`
@@ -44,6 +49,8 @@ const (
 	opSetDraining    = "set_draining"
 	opRemoveNode     = "remove_node"
 	opNote           = "note"
+	opSwitchSource   = "switch_source"
+	opSetCandidates  = "set_candidates"
 )
 
 // Result codes of metadata commands.
@@ -199,6 +206,10 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		delete(s.Nodes, c.NodeID)
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil
+	case opSwitchSource:
+		return s.switchSource(c), nil
+	case opSetCandidates:
+		return s.setCandidates(c), nil
 	case opNote:
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil

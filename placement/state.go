@@ -95,8 +95,14 @@ type Upstream struct {
 	// InitialGTID is the master's GTID position at `upstream add`: the initial copy
 	// is done when the group has executed it.
 	InitialGTID string `json:"initial_gtid,omitempty"`
-	GroupID     uint64 `json:"group_id"`
-	Replicas    int    `json:"replicas"`
+	// Candidates are the sources the upstream may switch to when Source has been
+	// unreachable for SourceDownAfter (0: DefaultSourceDownAfter); Switches are its
+	// latest source changes, oldest first.
+	Candidates      []string       `json:"candidates,omitempty"`
+	SourceDownAfter time.Duration  `json:"source_down_after,omitempty"`
+	Switches        []SourceSwitch `json:"switches,omitempty"`
+	GroupID         uint64         `json:"group_id"`
+	Replicas        int            `json:"replicas"`
 	// SyncerServerID is the server_id the syncer uses toward the master (0 in old
 	// metadata: 2000000000 + the group id).
 	SyncerServerID uint32 `json:"syncer_server_id,omitempty"`
@@ -281,6 +287,9 @@ func (u *Upstream) validate() error {
 	}
 	if u.Source == "" {
 		return fmt.Errorf("upstream %q has no source address", u.Name)
+	}
+	if err := validateCandidates(u.Candidates); err != nil {
+		return fmt.Errorf("upstream %q: %w", u.Name, err)
 	}
 	if u.ServeFrom != "" && u.ServeFrom != ServeFromLeader && u.ServeFrom != ServeFromAny {
 		return fmt.Errorf("upstream %q: serve-from must be %q or %q, not %q", u.Name, ServeFromLeader, ServeFromAny, u.ServeFrom)

@@ -81,6 +81,8 @@ type Manager struct {
 	reconciled uint64
 	lastFull   time.Time
 	retry      bool
+	// switcher records source switches (SetSwitcher).
+	switcher SourceSwitcher
 }
 
 // SetServedFileSize sets where syncers close served files early (see

@@ -68,6 +68,9 @@ type SyncStatus struct {
 	SemiSync       bool
 	Acks           uint64
 	LastAckLatency time.Duration
+	// Selection says why the automatic source selection found no candidate to
+	// switch to ("" when it has not run or switched).
+	Selection string
 }
 
 func newShard(m *Manager, u *placement.Upstream) *Shard {
@@ -84,7 +87,7 @@ func (s *Shard) Upstream() placement.Upstream {
 
 func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 	s.mu.Lock()
-	kick := s.upstream.Paused != u.Paused
+	kick := s.upstream.Paused != u.Paused || s.upstream.Source != u.Source
 	s.upstream = *u
 	s.members = slices.Clone(st.Assignments[u.GroupID])
 	s.addrs, s.rids = map[uint64]string{}, map[uint64]uint64{}
@@ -106,10 +109,15 @@ func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 	}
 	s.mu.Unlock()
 	if kick {
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
+		s.poke()
+	}
+}
+
+// poke wakes run to look at the upstream's settings again.
+func (s *Shard) poke() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
 }
 
@@ -182,7 +190,7 @@ func (s *Shard) run(ctx context.Context) {
 		id, changed := s.m.leaders.Leader(s.gid)
 		s.mu.Lock()
 		s.leaderID, s.hasLead = id, id != 0
-		paused := s.upstream.Paused
+		paused, source := s.upstream.Paused, s.upstream.Source
 		s.mu.Unlock()
 		// Membership changes wait for raft (seconds when a quorum is missing): they run
 		// beside this loop, one at a time, so a lost leadership still stops the syncer
@@ -194,9 +202,14 @@ func (s *Shard) run(ctx context.Context) {
 			}()
 		}
 		should := id == s.m.nodeID && !paused
+		if running != nil && running.source != source {
+			s.log.Info("source changed: restarting the syncer", "from", running.source, "to", source)
+			running.stop()
+			running = nil
+		}
 		if should && running == nil {
 			s.log.Info("leading the group: starting the syncer")
-			running = s.startSyncer(ctx)
+			running = s.startSyncer(ctx, source)
 		} else if !should && running != nil {
 			s.log.Info("stopping syncer", "leader", id, "paused", paused)
 			running.stop()
@@ -303,12 +316,13 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 
 // syncerRun is a running syncer goroutine.
 type syncerRun struct {
+	source string // the master it pulls from
 	cancel context.CancelFunc
 	done   chan struct{}
 }
 
-func (s *Shard) startSyncer(ctx context.Context) *syncerRun {
-	r := &syncerRun{done: make(chan struct{})}
+func (s *Shard) startSyncer(ctx context.Context, source string) *syncerRun {
+	r := &syncerRun{source: source, done: make(chan struct{})}
 	var sctx context.Context
 	sctx, r.cancel = context.WithCancel(ctx)
 	go func() {
@@ -332,11 +346,22 @@ func (s *Shard) runSyncer(ctx context.Context) {
 	s.updateStatus(func(st *SyncStatus) { st.Running = true })
 	defer s.updateStatus(func(st *SyncStatus) { st.Running, st.Connected, st.Busy, st.PendingBytes = false, false, false, 0 })
 	backoff := 200 * time.Millisecond
+	var downSince time.Time // since when the master has been unreachable (zero: it is not)
 	for ctx.Err() == nil {
 		began := time.Now()
 		err := s.syncOnce(ctx)
 		if ctx.Err() != nil {
 			return
+		}
+		if !errors.Is(err, errSourceDown) {
+			downSince = time.Time{}
+		} else if downSince.IsZero() {
+			downSince = began
+		}
+		if u := s.Upstream(); !downSince.IsZero() && len(u.Candidates) > 0 && time.Since(downSince) >= u.DownAfter() {
+			if s.selectSource(ctx, u, time.Since(downSince)) {
+				return // run restarts the syncer on the new source
+			}
 		}
 		s.log.Warn("binlog stream from master ended; reconnecting", "err", err, "retry_in", backoff)
 		s.m.metrics.SyncerError(s.Upstream().Name)

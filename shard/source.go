@@ -77,16 +77,7 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 		return SourceInfo{}, fmt.Errorf("cannot connect to master %s: %w", addr, err)
 	}
 	defer c.Close()
-	q := func(sql string) (string, error) {
-		r, err := c.Execute(sql)
-		if err != nil {
-			return "", fmt.Errorf("master %s: %s: %w", addr, sql, err)
-		}
-		if r.Resultset == nil || r.RowNumber() == 0 {
-			return "", nil
-		}
-		return r.GetString(0, 0)
-	}
+	q := func(sql string) (string, error) { return queryString(c, addr, sql) }
 	var info SourceInfo
 	if info.Version, err = q("SELECT @@version"); err != nil {
 		return info, err

@@ -95,7 +95,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	}
 	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset)
 	if err != nil {
-		return fmt.Errorf("connect to master %s: %w", u.Source, err)
+		return fmt.Errorf("%w: connect to master %s: %w", errSourceDown, u.Source, err)
 	}
 	defer src.close()
 	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch, "semi_sync", semi != nil)
@@ -106,7 +106,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 
 	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
 		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
-		upstreamFile: view.Upstream, hasFile: view.HasFile, semi: semi}
+		upstreamFile: view.Upstream, fileServerID: view.ServerID, hasFile: view.HasFile, semi: semi}
 	for {
 		evctx, cancel := ctx, context.CancelFunc(func() {})
 		if len(p.items) > 0 || len(p.pending) > 0 {
@@ -233,6 +233,9 @@ type pipeline struct {
 	epoch        uint64
 	fl           upstreamFlavor
 	upstreamFile string
+	// fileServerID is the server_id of the master that opened the current file: a
+	// Format_description of another (the source was switched) starts a new file.
+	fileServerID uint32
 	hasFile      bool
 	pendingName  string
 	checksummed  bool
@@ -330,7 +333,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		}
 		p.checksummed = fde.Checksummed()
 		p.fde = append(p.fde[:0], raw...)
-		if p.pendingName != "" && (!p.hasFile || p.pendingName != p.upstreamFile) {
+		if p.pendingName != "" && (!p.hasFile || p.pendingName != p.upstreamFile || h.ServerID != p.fileServerID) {
 			if p.cur != nil {
 				p.s.log.Warn("master started a new file inside a transaction; dropping the partial transaction", "gtid", p.cur.name)
 				p.cur = nil
@@ -338,7 +341,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			nf := &statemachine.NewFile{ServerID: h.ServerID, UpstreamFile: p.pendingName, FDE: append([]byte(nil), raw...)}
 			p.fl.base(nf)
 			p.add(statemachine.Item{NewFile: nf}, len(raw), 0)
-			p.upstreamFile, p.hasFile = p.pendingName, true
+			p.upstreamFile, p.fileServerID, p.hasFile = p.pendingName, h.ServerID, true
 			p.s.updateStatus(func(st *SyncStatus) { st.MasterFile = p.pendingName })
 		}
 		return nil

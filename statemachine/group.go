@@ -105,7 +105,10 @@ type Tail struct {
 	Ordinal   uint64
 	Epoch     uint64
 	Upstream  string
-	Bytes     uint64
+	// ServerID is the server_id of the master whose Format_description opened the
+	// current file: a syncer connecting to another master (a switch) starts a new one.
+	ServerID uint32
+	Bytes    uint64
 	// Applied is the last raft index applied.
 	Applied uint64
 	// PartStarts of the current file (see meta.PartStarts).
@@ -909,7 +912,7 @@ func (m *meta) addMySQL(gtid string) error {
 func (g *Group) publish() {
 	g.mu.Lock()
 	g.tail = Tail{PartStarts: append([]uint64(nil), g.m.PartStarts...), FirstFile: g.m.FirstFile, File: g.m.File, FileSize: g.m.FileSize, SegSize: g.m.SegSize, State: g.m.State.Clone(),
-		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, Bytes: g.m.Bytes, Applied: g.m.Applied, MySQL: g.m.MySQL, Executed: g.m.Executed.Clone()}
+		Ordinal: g.m.Ordinal, Epoch: g.m.Epoch, Upstream: g.m.UpstreamFile, ServerID: g.m.ServerID, Bytes: g.m.Bytes, Applied: g.m.Applied, MySQL: g.m.MySQL, Executed: g.m.Executed.Clone()}
 	close(g.changed)
 	g.changed = make(chan struct{})
 	g.mu.Unlock()

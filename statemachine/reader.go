@@ -299,6 +299,27 @@ func (g *Group) PurgedMySQL() (binlog.MySQLSet, error) {
 	return fi.StartSet.Clone(), nil
 }
 
+// HasGTID reports whether the group holds MariaDB GTID w itself, not only a GTID of
+// its domain with a sequence number as high: a transaction another server wrote with
+// the same sequence number (a direct write on a replica, MariaDB's non-strict mode)
+// is not held. GTIDs older than the group's history count as held: nothing tells
+// them apart any more.
+func (g *Group) HasGTID(w binlog.GTID) (bool, error) {
+	t, _ := g.Tail()
+	if t.File == 0 || !t.State.Contains(w) {
+		return false, nil
+	}
+	fi, err := g.store.fileInfo(g.id, g.firstFile())
+	if err != nil {
+		return false, err
+	}
+	if fi.StartState.Contains(w) {
+		return true, nil
+	}
+	_, found, err := g.lookupTxn(w)
+	return found, err
+}
+
 func (g *Group) lookupTxn(w binlog.GTID) (txnLoc, bool, error) {
 	return g.readLoc(txnKey(g.id, w.Domain, w.Seq, w.Server), "GTID "+w.String())
 }

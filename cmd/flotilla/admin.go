@@ -103,6 +103,8 @@ func upstreamCommand() *cli.Command {
 					&cli.StringFlag{Name: "password-file", Usage: "file holding the master user's password (first line)"},
 					&cli.StringFlag{Name: "flavor", Value: "auto", Usage: "auto, mysql or mariadb"},
 					&cli.StringFlag{Name: "semi-sync", Value: "auto", Usage: "auto (when the master has semi-sync on), on or off: acknowledge transactions to the master as a semi-sync replica once the group's quorum has committed them"},
+					&cli.StringSliceFlag{Name: "candidate", Usage: "HOST:PORT of a server to switch to when the source is unreachable for --source-down-after, if it is writable and continues the group's history (repeatable)"},
+					&cli.StringFlag{Name: "source-down-after", Usage: "how long the source may be unreachable before a candidate takes over (default 10s)"},
 					&cli.StringSliceFlag{Name: "replica-user", Usage: "user replicas log in to Flotilla with (repeatable)"},
 					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user (or --replica-password-file, $FLOTILLA_REPLICA_PASSWORD)"},
 					&cli.StringSliceFlag{Name: "replica-password-file", Usage: "file holding the password of the matching --replica-user"},
@@ -166,7 +168,8 @@ func upstreamCommand() *cli.Command {
 						caPEM = string(b)
 					}
 					req := &adminv1.AddUpstreamRequest{Name: n, SourceTls: c.Bool("source-tls"), SourceTlsCa: caPEM, SourceTlsServerName: c.String("source-tls-server-name"), Source: c.String("source"), User: c.String("user"), Password: password,
-						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id")), SemiSync: c.String("semi-sync")}
+						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id")), SemiSync: c.String("semi-sync"),
+						Candidates: c.StringSlice("candidate"), SourceDownAfter: c.String("source-down-after")}
 					for i := range users {
 						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i],
 							AuthPlugin: c.String("replica-auth-plugin"), RequireTls: c.Bool("replica-require-tls")})
@@ -262,8 +265,29 @@ func upstreamCommand() *cli.Command {
 				},
 			},
 			{
-				Name: "repoint", Usage: "point the upstream at a new master after failover", ArgsUsage: "NAME",
-				Flags: []cli.Flag{&cli.StringFlag{Name: "source", Required: true}, &cli.BoolFlag{Name: "force"}, outputFlag},
+				Name: "set-candidates", Usage: "replace the servers the upstream switches to when its source is down", ArgsUsage: "NAME",
+				Flags: []cli.Flag{&cli.StringSliceFlag{Name: "candidate", Usage: "HOST:PORT (repeatable; none: no automatic switch)"},
+					&cli.StringFlag{Name: "source-down-after", Usage: "how long the source may be unreachable before a candidate takes over (default: unchanged)"}, outputFlag},
+				Action: func(c *cli.Context) error {
+					n, err := needName(c)
+					if err != nil {
+						return err
+					}
+					return call(c, 30*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+						u, err := cl.SetCandidates(ctx, &adminv1.SetCandidatesRequest{Name: n, Candidates: c.StringSlice("candidate"), SourceDownAfter: c.String("source-down-after")})
+						if err != nil {
+							return err
+						}
+						return render(c, u, func(w io.Writer) {
+							fmt.Fprintf(w, "%s: candidates %s, switch after %s down\n", n, dash(strings.Join(u.Candidates, ", ")), u.SourceDownAfter)
+						})
+					})
+				},
+			},
+			{
+				Name: "repoint", Usage: "point the upstream at a new master after failover (it must hold everything the group holds, and the group everything it has but its writes since its promotion)", ArgsUsage: "NAME",
+				Flags: []cli.Flag{&cli.StringFlag{Name: "source", Required: true, Usage: "the new master, HOST:PORT"},
+					&cli.BoolFlag{Name: "force", Usage: "switch even if the continuity checks fail (recorded with a warning)"}, outputFlag},
 				Action: func(c *cli.Context) error {
 					n, err := needName(c)
 					if err != nil {
@@ -479,6 +503,19 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	row("Name", u.Name)
 	row("Flavor", u.Flavor)
 	row("Source", u.Source)
+	if len(u.Candidates) > 0 {
+		row("Candidates", fmt.Sprintf("%s (switch after %s down)", strings.Join(u.Candidates, ", "), u.SourceDownAfter))
+	}
+	for _, sw := range u.Switches {
+		line := fmt.Sprintf("%s %s -> %s (%s)", sw.At, sw.From, sw.To, sw.Reason)
+		if sw.Forced {
+			line += " FORCED despite: " + sw.Warning
+		}
+		row("Source switch", line)
+	}
+	if g.SourceSelection != "" {
+		row("Source selection", g.SourceSelection)
+	}
 	row("Master version", u.Version)
 	row("Master server_id", u.ServerId)
 	row("Flotilla's server_id", u.SyncerServerId)

@@ -26,6 +26,7 @@ type Relay struct {
 	proposalTime   *prometheus.HistogramVec
 	purges         *prometheus.CounterVec
 	syncerErrors   *prometheus.CounterVec
+	sourceSwitches *prometheus.CounterVec
 	dumpStarts     *prometheus.CounterVec
 	dumpErrors     *prometheus.CounterVec
 	sentBytes      *prometheus.CounterVec
@@ -48,17 +49,18 @@ func New(nodeID uint64) *Relay {
 		return c
 	}
 	r := &Relay{reg: reg,
-		ingestEvents:  counter("ingest_events_total", "Binlog events received from the master and committed by the group's raft quorum.", "upstream"),
-		ingestBytes:   counter("ingest_bytes_total", "Bytes of binlog events received from the master and committed.", "upstream"),
-		ingestTxns:    counter("ingest_transactions_total", "Transactions received from the master and committed.", "upstream"),
-		proposals:     counter("proposals_total", "Raft proposals made by the group's syncer, by result (ok or error).", "upstream", "result"),
-		purges:        counter("purges_total", "Served binlog files purged (by retention or PURGE).", "upstream"),
-		syncerErrors:  counter("syncer_errors_total", "Syncer connections to the master that ended in an error; each is followed by a reconnect.", "upstream"),
-		dumpStarts:    counter("dump_starts_total", "Binlog dumps started for replicas on this node.", "upstream"),
-		dumpErrors:    counter("dump_errors_total", "Binlog dumps ended with a MySQL error, by error code.", "code"),
-		sentBytes:     counter("sent_bytes_total", "Binlog bytes sent to replicas by this node, by replica user.", "user"),
-		replicaLogins: counter("logins_total", "Successful logins on the MySQL port, by user.", "user"),
-		refusedLogins: counter("refused_connections_total", "Connections refused on the MySQL port, by MySQL error code.", "code"),
+		ingestEvents:   counter("ingest_events_total", "Binlog events received from the master and committed by the group's raft quorum.", "upstream"),
+		ingestBytes:    counter("ingest_bytes_total", "Bytes of binlog events received from the master and committed.", "upstream"),
+		ingestTxns:     counter("ingest_transactions_total", "Transactions received from the master and committed.", "upstream"),
+		proposals:      counter("proposals_total", "Raft proposals made by the group's syncer, by result (ok or error).", "upstream", "result"),
+		purges:         counter("purges_total", "Served binlog files purged (by retention or PURGE).", "upstream"),
+		syncerErrors:   counter("syncer_errors_total", "Syncer connections to the master that ended in an error; each is followed by a reconnect.", "upstream"),
+		sourceSwitches: counter("source_switches_total", "Changes of an upstream's master, by how (repoint, forced or automatic).", "upstream", "how"),
+		dumpStarts:     counter("dump_starts_total", "Binlog dumps started for replicas on this node.", "upstream"),
+		dumpErrors:     counter("dump_errors_total", "Binlog dumps ended with a MySQL error, by error code.", "code"),
+		sentBytes:      counter("sent_bytes_total", "Binlog bytes sent to replicas by this node, by replica user.", "user"),
+		replicaLogins:  counter("logins_total", "Successful logins on the MySQL port, by user.", "user"),
+		refusedLogins:  counter("refused_connections_total", "Connections refused on the MySQL port, by MySQL error code.", "code"),
 	}
 	r.proposalTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "flotilla", Name: "proposal_seconds",
 		Help: "Time from proposing a batch of transactions to its raft commit.", ConstLabels: node,
@@ -109,6 +111,14 @@ func (r *Relay) Purged(upstream string, files int) {
 func (r *Relay) SyncerError(upstream string) {
 	if r != nil {
 		r.syncerErrors.WithLabelValues(upstream).Inc()
+	}
+}
+
+// SourceSwitched counts a change of an upstream's master; how is repoint, forced or
+// automatic.
+func (r *Relay) SourceSwitched(upstream, how string) {
+	if r != nil {
+		r.sourceSwitches.WithLabelValues(upstream, how).Inc()
 	}
 }
 

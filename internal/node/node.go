@@ -278,6 +278,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
+	n.shards.SetSwitcher(n.meta)
 	if cfg.ServedFileSize > 0 {
 		n.shards.SetServedFileSize(cfg.ServedFileSize)
 	}

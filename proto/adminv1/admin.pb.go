@@ -121,9 +121,13 @@ type AddUpstreamRequest struct {
 	// auto (default: when the master has semi-sync on), on or off: acknowledge
 	// transactions to the master as a semi-sync replica, once the group's raft quorum
 	// has committed them.
-	SemiSync      string `protobuf:"bytes,14,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	SemiSync string `protobuf:"bytes,14,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
+	// Sources to switch to when the source has been unreachable for
+	// source_down_after (a Go duration; empty: 10s).
+	Candidates      []string `protobuf:"bytes,15,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	SourceDownAfter string   `protobuf:"bytes,16,opt,name=source_down_after,json=sourceDownAfter,proto3" json:"source_down_after,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *AddUpstreamRequest) Reset() {
@@ -254,6 +258,168 @@ func (x *AddUpstreamRequest) GetSemiSync() string {
 	return ""
 }
 
+func (x *AddUpstreamRequest) GetCandidates() []string {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *AddUpstreamRequest) GetSourceDownAfter() string {
+	if x != nil {
+		return x.SourceDownAfter
+	}
+	return ""
+}
+
+type SetCandidatesRequest struct {
+	state      protoimpl.MessageState `protogen:"open.v1"`
+	Name       string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Candidates []string               `protobuf:"bytes,2,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	// A Go duration; empty keeps the current one.
+	SourceDownAfter string `protobuf:"bytes,3,opt,name=source_down_after,json=sourceDownAfter,proto3" json:"source_down_after,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *SetCandidatesRequest) Reset() {
+	*x = SetCandidatesRequest{}
+	mi := &file_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetCandidatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetCandidatesRequest) ProtoMessage() {}
+
+func (x *SetCandidatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetCandidatesRequest.ProtoReflect.Descriptor instead.
+func (*SetCandidatesRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SetCandidatesRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *SetCandidatesRequest) GetCandidates() []string {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *SetCandidatesRequest) GetSourceDownAfter() string {
+	if x != nil {
+		return x.SourceDownAfter
+	}
+	return ""
+}
+
+// SourceSwitch is one change of an upstream's master.
+type SourceSwitch struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	At     string                 `protobuf:"bytes,1,opt,name=at,proto3" json:"at,omitempty"`
+	From   string                 `protobuf:"bytes,2,opt,name=from,proto3" json:"from,omitempty"`
+	To     string                 `protobuf:"bytes,3,opt,name=to,proto3" json:"to,omitempty"`
+	Reason string                 `protobuf:"bytes,4,opt,name=reason,proto3" json:"reason,omitempty"`
+	// The continuity checks failed and the switch was forced; warning says what they
+	// found.
+	Forced        bool   `protobuf:"varint,5,opt,name=forced,proto3" json:"forced,omitempty"`
+	Warning       string `protobuf:"bytes,6,opt,name=warning,proto3" json:"warning,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SourceSwitch) Reset() {
+	*x = SourceSwitch{}
+	mi := &file_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SourceSwitch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SourceSwitch) ProtoMessage() {}
+
+func (x *SourceSwitch) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SourceSwitch.ProtoReflect.Descriptor instead.
+func (*SourceSwitch) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *SourceSwitch) GetAt() string {
+	if x != nil {
+		return x.At
+	}
+	return ""
+}
+
+func (x *SourceSwitch) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+func (x *SourceSwitch) GetTo() string {
+	if x != nil {
+		return x.To
+	}
+	return ""
+}
+
+func (x *SourceSwitch) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+func (x *SourceSwitch) GetForced() bool {
+	if x != nil {
+		return x.Forced
+	}
+	return false
+}
+
+func (x *SourceSwitch) GetWarning() string {
+	if x != nil {
+		return x.Warning
+	}
+	return ""
+}
+
 type Upstream struct {
 	state          protoimpl.MessageState `protogen:"open.v1"`
 	Name           string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -277,14 +443,18 @@ type Upstream struct {
 	// The master's GTID position at `upstream add`: the initial copy ends there.
 	InitialGtid string `protobuf:"bytes,18,opt,name=initial_gtid,json=initialGtid,proto3" json:"initial_gtid,omitempty"`
 	// auto, on or off (see AddUpstreamRequest.semi_sync).
-	SemiSync      string `protobuf:"bytes,19,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
+	SemiSync        string   `protobuf:"bytes,19,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
+	Candidates      []string `protobuf:"bytes,20,rep,name=candidates,proto3" json:"candidates,omitempty"`
+	SourceDownAfter string   `protobuf:"bytes,21,opt,name=source_down_after,json=sourceDownAfter,proto3" json:"source_down_after,omitempty"`
+	// The latest source switches, oldest first.
+	Switches      []*SourceSwitch `protobuf:"bytes,22,rep,name=switches,proto3" json:"switches,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Upstream) Reset() {
 	*x = Upstream{}
-	mi := &file_admin_proto_msgTypes[2]
+	mi := &file_admin_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -296,7 +466,7 @@ func (x *Upstream) String() string {
 func (*Upstream) ProtoMessage() {}
 
 func (x *Upstream) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[2]
+	mi := &file_admin_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -309,7 +479,7 @@ func (x *Upstream) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Upstream.ProtoReflect.Descriptor instead.
 func (*Upstream) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{2}
+	return file_admin_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Upstream) GetName() string {
@@ -445,6 +615,27 @@ func (x *Upstream) GetSemiSync() string {
 	return ""
 }
 
+func (x *Upstream) GetCandidates() []string {
+	if x != nil {
+		return x.Candidates
+	}
+	return nil
+}
+
+func (x *Upstream) GetSourceDownAfter() string {
+	if x != nil {
+		return x.SourceDownAfter
+	}
+	return ""
+}
+
+func (x *Upstream) GetSwitches() []*SourceSwitch {
+	if x != nil {
+		return x.Switches
+	}
+	return nil
+}
+
 type UpstreamRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -454,7 +645,7 @@ type UpstreamRef struct {
 
 func (x *UpstreamRef) Reset() {
 	*x = UpstreamRef{}
-	mi := &file_admin_proto_msgTypes[3]
+	mi := &file_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -466,7 +657,7 @@ func (x *UpstreamRef) String() string {
 func (*UpstreamRef) ProtoMessage() {}
 
 func (x *UpstreamRef) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[3]
+	mi := &file_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -479,7 +670,7 @@ func (x *UpstreamRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRef.ProtoReflect.Descriptor instead.
 func (*UpstreamRef) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{3}
+	return file_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *UpstreamRef) GetName() string {
@@ -500,7 +691,7 @@ type RepointUpstreamRequest struct {
 
 func (x *RepointUpstreamRequest) Reset() {
 	*x = RepointUpstreamRequest{}
-	mi := &file_admin_proto_msgTypes[4]
+	mi := &file_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -512,7 +703,7 @@ func (x *RepointUpstreamRequest) String() string {
 func (*RepointUpstreamRequest) ProtoMessage() {}
 
 func (x *RepointUpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[4]
+	mi := &file_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -525,7 +716,7 @@ func (x *RepointUpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepointUpstreamRequest.ProtoReflect.Descriptor instead.
 func (*RepointUpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{4}
+	return file_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *RepointUpstreamRequest) GetName() string {
@@ -557,7 +748,7 @@ type RemoveUpstreamResponse struct {
 
 func (x *RemoveUpstreamResponse) Reset() {
 	*x = RemoveUpstreamResponse{}
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -569,7 +760,7 @@ func (x *RemoveUpstreamResponse) String() string {
 func (*RemoveUpstreamResponse) ProtoMessage() {}
 
 func (x *RemoveUpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -582,7 +773,7 @@ func (x *RemoveUpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveUpstreamResponse.ProtoReflect.Descriptor instead.
 func (*RemoveUpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{5}
+	return file_admin_proto_rawDescGZIP(), []int{7}
 }
 
 type PurgeRequest struct {
@@ -595,7 +786,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +798,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +811,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{6}
+	return file_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PurgeRequest) GetName() string {
@@ -649,7 +840,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -661,7 +852,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -674,7 +865,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{7}
+	return file_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PurgeResponse) GetFirstFile() string {
@@ -699,7 +890,7 @@ type ListUpstreamsRequest struct {
 
 func (x *ListUpstreamsRequest) Reset() {
 	*x = ListUpstreamsRequest{}
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -711,7 +902,7 @@ func (x *ListUpstreamsRequest) String() string {
 func (*ListUpstreamsRequest) ProtoMessage() {}
 
 func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -724,7 +915,7 @@ func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUpstreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListUpstreamsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{8}
+	return file_admin_proto_rawDescGZIP(), []int{10}
 }
 
 type ListUpstreamsResponse struct {
@@ -736,7 +927,7 @@ type ListUpstreamsResponse struct {
 
 func (x *ListUpstreamsResponse) Reset() {
 	*x = ListUpstreamsResponse{}
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +939,7 @@ func (x *ListUpstreamsResponse) String() string {
 func (*ListUpstreamsResponse) ProtoMessage() {}
 
 func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +952,7 @@ func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUpstreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListUpstreamsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{9}
+	return file_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListUpstreamsResponse) GetUpstreams() []*UpstreamStatus {
@@ -787,7 +978,7 @@ type ConnectedReplica struct {
 
 func (x *ConnectedReplica) Reset() {
 	*x = ConnectedReplica{}
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +990,7 @@ func (x *ConnectedReplica) String() string {
 func (*ConnectedReplica) ProtoMessage() {}
 
 func (x *ConnectedReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +1003,7 @@ func (x *ConnectedReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectedReplica.ProtoReflect.Descriptor instead.
 func (*ConnectedReplica) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{10}
+	return file_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *ConnectedReplica) GetAddr() string {
@@ -905,13 +1096,16 @@ type GroupStatus struct {
 	SemiSync      bool    `protobuf:"varint,26,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
 	SemiSyncAcks  uint64  `protobuf:"varint,27,opt,name=semi_sync_acks,json=semiSyncAcks,proto3" json:"semi_sync_acks,omitempty"`
 	SemiSyncAckMs float64 `protobuf:"fixed64,28,opt,name=semi_sync_ack_ms,json=semiSyncAckMs,proto3" json:"semi_sync_ack_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// Why the automatic source selection found no candidate to switch to (empty when
+	// it has not run or switched).
+	SourceSelection string `protobuf:"bytes,29,opt,name=source_selection,json=sourceSelection,proto3" json:"source_selection,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -923,7 +1117,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -936,7 +1130,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{11}
+	return file_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *GroupStatus) GetGroupId() uint64 {
@@ -1135,6 +1329,13 @@ func (x *GroupStatus) GetSemiSyncAckMs() float64 {
 	return 0
 }
 
+func (x *GroupStatus) GetSourceSelection() string {
+	if x != nil {
+		return x.SourceSelection
+	}
+	return ""
+}
+
 type MemberStatus struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Node  uint64                 `protobuf:"varint,1,opt,name=node,proto3" json:"node,omitempty"`
@@ -1150,7 +1351,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1162,7 +1363,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1175,7 +1376,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{12}
+	return file_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *MemberStatus) GetNode() uint64 {
@@ -1223,7 +1424,7 @@ type UpstreamStatus struct {
 
 func (x *UpstreamStatus) Reset() {
 	*x = UpstreamStatus{}
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1235,7 +1436,7 @@ func (x *UpstreamStatus) String() string {
 func (*UpstreamStatus) ProtoMessage() {}
 
 func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1248,7 +1449,7 @@ func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamStatus.ProtoReflect.Descriptor instead.
 func (*UpstreamStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{13}
+	return file_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpstreamStatus) GetUpstream() *Upstream {
@@ -1283,7 +1484,7 @@ type Node struct {
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1295,7 +1496,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1308,7 +1509,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{14}
+	return file_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Node) GetId() uint64 {
@@ -1383,7 +1584,7 @@ type NodeRef struct {
 
 func (x *NodeRef) Reset() {
 	*x = NodeRef{}
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1395,7 +1596,7 @@ func (x *NodeRef) String() string {
 func (*NodeRef) ProtoMessage() {}
 
 func (x *NodeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1408,7 +1609,7 @@ func (x *NodeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRef.ProtoReflect.Descriptor instead.
 func (*NodeRef) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{15}
+	return file_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *NodeRef) GetId() uint64 {
@@ -1426,7 +1627,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1639,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1652,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_proto_rawDescGZIP(), []int{18}
 }
 
 type ListNodesResponse struct {
@@ -1463,7 +1664,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1475,7 +1676,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1488,7 +1689,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{17}
+	return file_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1506,7 +1707,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_admin_proto_msgTypes[18]
+	mi := &file_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1518,7 +1719,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[18]
+	mi := &file_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1531,7 +1732,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{18}
+	return file_admin_proto_rawDescGZIP(), []int{20}
 }
 
 type StatusRequest struct {
@@ -1542,7 +1743,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_admin_proto_msgTypes[19]
+	mi := &file_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1554,7 +1755,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[19]
+	mi := &file_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1567,7 +1768,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{19}
+	return file_admin_proto_rawDescGZIP(), []int{21}
 }
 
 type StatusResponse struct {
@@ -1587,7 +1788,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_admin_proto_msgTypes[20]
+	mi := &file_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1599,7 +1800,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[20]
+	mi := &file_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1612,7 +1813,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{20}
+	return file_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -1675,7 +1876,7 @@ const file_admin_proto_rawDesc = "" +
 	"\vauth_plugin\x18\x03 \x01(\tR\n" +
 	"authPlugin\x12\x1f\n" +
 	"\vrequire_tls\x18\x04 \x01(\bR\n" +
-	"requireTls\"\xd9\x03\n" +
+	"requireTls\"\xa5\x04\n" +
 	"\x12AddUpstreamRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06source\x18\x02 \x01(\tR\x06source\x12\x12\n" +
@@ -1694,7 +1895,24 @@ const file_admin_proto_rawDesc = "" +
 	"source_tls\x18\v \x01(\bR\tsourceTls\x12\"\n" +
 	"\rsource_tls_ca\x18\f \x01(\tR\vsourceTlsCa\x123\n" +
 	"\x16source_tls_server_name\x18\r \x01(\tR\x13sourceTlsServerName\x12\x1b\n" +
-	"\tsemi_sync\x18\x0e \x01(\tR\bsemiSync\"\xb7\x04\n" +
+	"\tsemi_sync\x18\x0e \x01(\tR\bsemiSync\x12\x1e\n" +
+	"\n" +
+	"candidates\x18\x0f \x03(\tR\n" +
+	"candidates\x12*\n" +
+	"\x11source_down_after\x18\x10 \x01(\tR\x0fsourceDownAfter\"v\n" +
+	"\x14SetCandidatesRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
+	"\n" +
+	"candidates\x18\x02 \x03(\tR\n" +
+	"candidates\x12*\n" +
+	"\x11source_down_after\x18\x03 \x01(\tR\x0fsourceDownAfter\"\x8c\x01\n" +
+	"\fSourceSwitch\x12\x0e\n" +
+	"\x02at\x18\x01 \x01(\tR\x02at\x12\x12\n" +
+	"\x04from\x18\x02 \x01(\tR\x04from\x12\x0e\n" +
+	"\x02to\x18\x03 \x01(\tR\x02to\x12\x16\n" +
+	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
+	"\x06forced\x18\x05 \x01(\bR\x06forced\x12\x18\n" +
+	"\awarning\x18\x06 \x01(\tR\awarning\"\xc0\x05\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -1719,7 +1937,12 @@ const file_admin_proto_rawDesc = "" +
 	"\x10syncer_server_id\x18\x10 \x01(\rR\x0esyncerServerId\x12#\n" +
 	"\rinitial_bytes\x18\x11 \x01(\x04R\finitialBytes\x12!\n" +
 	"\finitial_gtid\x18\x12 \x01(\tR\vinitialGtid\x12\x1b\n" +
-	"\tsemi_sync\x18\x13 \x01(\tR\bsemiSync\"!\n" +
+	"\tsemi_sync\x18\x13 \x01(\tR\bsemiSync\x12\x1e\n" +
+	"\n" +
+	"candidates\x18\x14 \x03(\tR\n" +
+	"candidates\x12*\n" +
+	"\x11source_down_after\x18\x15 \x01(\tR\x0fsourceDownAfter\x12;\n" +
+	"\bswitches\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.SourceSwitchR\bswitches\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +
@@ -1745,7 +1968,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\xa0\b\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\"\xcb\b\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +
@@ -1783,7 +2006,8 @@ const file_admin_proto_rawDesc = "" +
 	"\x0ecorrupt_events\x18\x19 \x01(\x04R\rcorruptEvents\x12\x1b\n" +
 	"\tsemi_sync\x18\x1a \x01(\bR\bsemiSync\x12$\n" +
 	"\x0esemi_sync_acks\x18\x1b \x01(\x04R\fsemiSyncAcks\x12'\n" +
-	"\x10semi_sync_ack_ms\x18\x1c \x01(\x01R\rsemiSyncAckMs\"\xa1\x01\n" +
+	"\x10semi_sync_ack_ms\x18\x1c \x01(\x01R\rsemiSyncAckMs\x12)\n" +
+	"\x10source_selection\x18\x1d \x01(\tR\x0fsourceSelection\"\xa1\x01\n" +
 	"\fMemberStatus\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\x04R\x04node\x12\"\n" +
 	"\ftransactions\x18\x02 \x01(\x04R\ftransactions\x12#\n" +
@@ -1825,14 +2049,15 @@ const file_admin_proto_rawDesc = "" +
 	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12\x1c\n" +
 	"\tdecisions\x18\x06 \x03(\tR\tdecisions\x12\x1f\n" +
 	"\vmeta_voters\x18\a \x03(\x04R\n" +
-	"metaVoters2\xf3\a\n" +
+	"metaVoters2\xca\b\n" +
 	"\x05Admin\x12Q\n" +
 	"\vAddUpstream\x12%.flotilla.admin.v1.AddUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12b\n" +
 	"\rListUpstreams\x12'.flotilla.admin.v1.ListUpstreamsRequest\x1a(.flotilla.admin.v1.ListUpstreamsResponse\x12P\n" +
 	"\vGetUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a!.flotilla.admin.v1.UpstreamStatus\x12L\n" +
 	"\rPauseUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a\x1b.flotilla.admin.v1.Upstream\x12M\n" +
 	"\x0eResumeUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a\x1b.flotilla.admin.v1.Upstream\x12Y\n" +
-	"\x0fRepointUpstream\x12).flotilla.admin.v1.RepointUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12[\n" +
+	"\x0fRepointUpstream\x12).flotilla.admin.v1.RepointUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12U\n" +
+	"\rSetCandidates\x12'.flotilla.admin.v1.SetCandidatesRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12[\n" +
 	"\x0eRemoveUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a).flotilla.admin.v1.RemoveUpstreamResponse\x12R\n" +
 	"\rPurgeUpstream\x12\x1f.flotilla.admin.v1.PurgeRequest\x1a .flotilla.admin.v1.PurgeResponse\x12V\n" +
 	"\tListNodes\x12#.flotilla.admin.v1.ListNodesRequest\x1a$.flotilla.admin.v1.ListNodesResponse\x12@\n" +
@@ -1853,71 +2078,76 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_admin_proto_goTypes = []any{
 	(*ReplicaUser)(nil),            // 0: flotilla.admin.v1.ReplicaUser
 	(*AddUpstreamRequest)(nil),     // 1: flotilla.admin.v1.AddUpstreamRequest
-	(*Upstream)(nil),               // 2: flotilla.admin.v1.Upstream
-	(*UpstreamRef)(nil),            // 3: flotilla.admin.v1.UpstreamRef
-	(*RepointUpstreamRequest)(nil), // 4: flotilla.admin.v1.RepointUpstreamRequest
-	(*RemoveUpstreamResponse)(nil), // 5: flotilla.admin.v1.RemoveUpstreamResponse
-	(*PurgeRequest)(nil),           // 6: flotilla.admin.v1.PurgeRequest
-	(*PurgeResponse)(nil),          // 7: flotilla.admin.v1.PurgeResponse
-	(*ListUpstreamsRequest)(nil),   // 8: flotilla.admin.v1.ListUpstreamsRequest
-	(*ListUpstreamsResponse)(nil),  // 9: flotilla.admin.v1.ListUpstreamsResponse
-	(*ConnectedReplica)(nil),       // 10: flotilla.admin.v1.ConnectedReplica
-	(*GroupStatus)(nil),            // 11: flotilla.admin.v1.GroupStatus
-	(*MemberStatus)(nil),           // 12: flotilla.admin.v1.MemberStatus
-	(*UpstreamStatus)(nil),         // 13: flotilla.admin.v1.UpstreamStatus
-	(*Node)(nil),                   // 14: flotilla.admin.v1.Node
-	(*NodeRef)(nil),                // 15: flotilla.admin.v1.NodeRef
-	(*ListNodesRequest)(nil),       // 16: flotilla.admin.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 17: flotilla.admin.v1.ListNodesResponse
-	(*RemoveNodeResponse)(nil),     // 18: flotilla.admin.v1.RemoveNodeResponse
-	(*StatusRequest)(nil),          // 19: flotilla.admin.v1.StatusRequest
-	(*StatusResponse)(nil),         // 20: flotilla.admin.v1.StatusResponse
-	nil,                            // 21: flotilla.admin.v1.Node.LabelsEntry
+	(*SetCandidatesRequest)(nil),   // 2: flotilla.admin.v1.SetCandidatesRequest
+	(*SourceSwitch)(nil),           // 3: flotilla.admin.v1.SourceSwitch
+	(*Upstream)(nil),               // 4: flotilla.admin.v1.Upstream
+	(*UpstreamRef)(nil),            // 5: flotilla.admin.v1.UpstreamRef
+	(*RepointUpstreamRequest)(nil), // 6: flotilla.admin.v1.RepointUpstreamRequest
+	(*RemoveUpstreamResponse)(nil), // 7: flotilla.admin.v1.RemoveUpstreamResponse
+	(*PurgeRequest)(nil),           // 8: flotilla.admin.v1.PurgeRequest
+	(*PurgeResponse)(nil),          // 9: flotilla.admin.v1.PurgeResponse
+	(*ListUpstreamsRequest)(nil),   // 10: flotilla.admin.v1.ListUpstreamsRequest
+	(*ListUpstreamsResponse)(nil),  // 11: flotilla.admin.v1.ListUpstreamsResponse
+	(*ConnectedReplica)(nil),       // 12: flotilla.admin.v1.ConnectedReplica
+	(*GroupStatus)(nil),            // 13: flotilla.admin.v1.GroupStatus
+	(*MemberStatus)(nil),           // 14: flotilla.admin.v1.MemberStatus
+	(*UpstreamStatus)(nil),         // 15: flotilla.admin.v1.UpstreamStatus
+	(*Node)(nil),                   // 16: flotilla.admin.v1.Node
+	(*NodeRef)(nil),                // 17: flotilla.admin.v1.NodeRef
+	(*ListNodesRequest)(nil),       // 18: flotilla.admin.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 19: flotilla.admin.v1.ListNodesResponse
+	(*RemoveNodeResponse)(nil),     // 20: flotilla.admin.v1.RemoveNodeResponse
+	(*StatusRequest)(nil),          // 21: flotilla.admin.v1.StatusRequest
+	(*StatusResponse)(nil),         // 22: flotilla.admin.v1.StatusResponse
+	nil,                            // 23: flotilla.admin.v1.Node.LabelsEntry
 }
 var file_admin_proto_depIdxs = []int32{
 	0,  // 0: flotilla.admin.v1.AddUpstreamRequest.replica_users:type_name -> flotilla.admin.v1.ReplicaUser
-	13, // 1: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
-	10, // 2: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
-	12, // 3: flotilla.admin.v1.GroupStatus.member_status:type_name -> flotilla.admin.v1.MemberStatus
-	2,  // 4: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
-	11, // 5: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
-	21, // 6: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
-	14, // 7: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
-	14, // 8: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
-	13, // 9: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
-	1,  // 10: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
-	8,  // 11: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
-	3,  // 12: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	3,  // 13: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	3,  // 14: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	4,  // 15: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
-	3,  // 16: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	6,  // 17: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
-	16, // 18: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
-	15, // 19: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
-	15, // 20: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
-	19, // 21: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
-	2,  // 22: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
-	9,  // 23: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
-	13, // 24: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
-	2,  // 25: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
-	2,  // 26: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
-	2,  // 27: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
-	5,  // 28: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
-	7,  // 29: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
-	17, // 30: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
-	14, // 31: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
-	18, // 32: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
-	20, // 33: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
-	22, // [22:34] is the sub-list for method output_type
-	10, // [10:22] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 1: flotilla.admin.v1.Upstream.switches:type_name -> flotilla.admin.v1.SourceSwitch
+	15, // 2: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	12, // 3: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
+	14, // 4: flotilla.admin.v1.GroupStatus.member_status:type_name -> flotilla.admin.v1.MemberStatus
+	4,  // 5: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
+	13, // 6: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
+	23, // 7: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
+	16, // 8: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
+	16, // 9: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
+	15, // 10: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	1,  // 11: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
+	10, // 12: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
+	5,  // 13: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	5,  // 14: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	5,  // 15: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	6,  // 16: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
+	2,  // 17: flotilla.admin.v1.Admin.SetCandidates:input_type -> flotilla.admin.v1.SetCandidatesRequest
+	5,  // 18: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	8,  // 19: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
+	18, // 20: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
+	17, // 21: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
+	17, // 22: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
+	21, // 23: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
+	4,  // 24: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
+	11, // 25: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
+	15, // 26: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
+	4,  // 27: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 28: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 29: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 30: flotilla.admin.v1.Admin.SetCandidates:output_type -> flotilla.admin.v1.Upstream
+	7,  // 31: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
+	9,  // 32: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
+	19, // 33: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
+	16, // 34: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
+	20, // 35: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
+	22, // 36: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
+	24, // [24:37] is the sub-list for method output_type
+	11, // [11:24] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -1931,7 +2161,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	Admin_PauseUpstream_FullMethodName   = "/flotilla.admin.v1.Admin/PauseUpstream"
 	Admin_ResumeUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/ResumeUpstream"
 	Admin_RepointUpstream_FullMethodName = "/flotilla.admin.v1.Admin/RepointUpstream"
+	Admin_SetCandidates_FullMethodName   = "/flotilla.admin.v1.Admin/SetCandidates"
 	Admin_RemoveUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/RemoveUpstream"
 	Admin_PurgeUpstream_FullMethodName   = "/flotilla.admin.v1.Admin/PurgeUpstream"
 	Admin_ListNodes_FullMethodName       = "/flotilla.admin.v1.Admin/ListNodes"
@@ -48,6 +49,8 @@ type AdminClient interface {
 	PauseUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*Upstream, error)
 	ResumeUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*Upstream, error)
 	RepointUpstream(ctx context.Context, in *RepointUpstreamRequest, opts ...grpc.CallOption) (*Upstream, error)
+	// Replace an upstream's candidate sources (automatic source selection).
+	SetCandidates(ctx context.Context, in *SetCandidatesRequest, opts ...grpc.CallOption) (*Upstream, error)
 	// RemoveUpstream stops relaying and deletes the upstream's binlog on every node.
 	RemoveUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*RemoveUpstreamResponse, error)
 	// PurgeUpstream deletes served binlog files before to_file on every replica of the
@@ -127,6 +130,16 @@ func (c *adminClient) RepointUpstream(ctx context.Context, in *RepointUpstreamRe
 	return out, nil
 }
 
+func (c *adminClient) SetCandidates(ctx context.Context, in *SetCandidatesRequest, opts ...grpc.CallOption) (*Upstream, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Upstream)
+	err := c.cc.Invoke(ctx, Admin_SetCandidates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) RemoveUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*RemoveUpstreamResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveUpstreamResponse)
@@ -199,6 +212,8 @@ type AdminServer interface {
 	PauseUpstream(context.Context, *UpstreamRef) (*Upstream, error)
 	ResumeUpstream(context.Context, *UpstreamRef) (*Upstream, error)
 	RepointUpstream(context.Context, *RepointUpstreamRequest) (*Upstream, error)
+	// Replace an upstream's candidate sources (automatic source selection).
+	SetCandidates(context.Context, *SetCandidatesRequest) (*Upstream, error)
 	// RemoveUpstream stops relaying and deletes the upstream's binlog on every node.
 	RemoveUpstream(context.Context, *UpstreamRef) (*RemoveUpstreamResponse, error)
 	// PurgeUpstream deletes served binlog files before to_file on every replica of the
@@ -235,6 +250,9 @@ func (UnimplementedAdminServer) ResumeUpstream(context.Context, *UpstreamRef) (*
 }
 func (UnimplementedAdminServer) RepointUpstream(context.Context, *RepointUpstreamRequest) (*Upstream, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RepointUpstream not implemented")
+}
+func (UnimplementedAdminServer) SetCandidates(context.Context, *SetCandidatesRequest) (*Upstream, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetCandidates not implemented")
 }
 func (UnimplementedAdminServer) RemoveUpstream(context.Context, *UpstreamRef) (*RemoveUpstreamResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveUpstream not implemented")
@@ -383,6 +401,24 @@ func _Admin_RepointUpstream_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_SetCandidates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetCandidatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).SetCandidates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_SetCandidates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).SetCandidates(ctx, req.(*SetCandidatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_RemoveUpstream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpstreamRef)
 	if err := dec(in); err != nil {
@@ -521,6 +557,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RepointUpstream",
 			Handler:    _Admin_RepointUpstream_Handler,
+		},
+		{
+			MethodName: "SetCandidates",
+			Handler:    _Admin_SetCandidates_Handler,
 		},
 		{
 			MethodName: "RemoveUpstream",
