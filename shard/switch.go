@@ -68,6 +68,9 @@ func (s *Shard) CheckSource(ctx context.Context, addr string) (Continuity, error
 	} else if lb != "1" {
 		return Continuity{}, fmt.Errorf("%s has binary logging off: it cannot be a master", addr)
 	}
+	if u.SemiSync == "on" && !semiSyncOffered(c) {
+		return Continuity{}, fmt.Errorf("%s has semi-sync off but upstream %s requires it (--semi-sync on): turn rpl_semi_sync_master_enabled on there first", addr, u.Name)
+	}
 	v, err := readSourceView(c, addr, u.Flavor)
 	if err != nil {
 		return Continuity{}, err

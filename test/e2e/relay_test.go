@@ -150,21 +150,32 @@ func sameData(t *testing.T, name string, want, got map[string]string) {
 type upstreamJSON struct {
 	Upstream struct {
 		Flavor    string `json:"flavor"`
+		Source    string `json:"source"`
 		StartGtid string `json:"startGtid"`
-		GroupID   string `json:"groupId"`
-		Paused    bool   `json:"paused"`
+		Switches  []struct {
+			From    string `json:"from"`
+			To      string `json:"to"`
+			Reason  string `json:"reason"`
+			Forced  bool   `json:"forced"`
+			Warning string `json:"warning"`
+		} `json:"switches"`
+		GroupID string `json:"groupId"`
+		Paused  bool   `json:"paused"`
 		// SyncerServerID is a JSON number (uint32).
 		SyncerServerID json.Number `json:"syncerServerId"`
 	} `json:"upstream"`
 	Group struct {
-		ExecutedGtid string   `json:"executedGtid"`
-		Transactions string   `json:"transactions"`
-		Bytes        string   `json:"bytes"`
-		CurrentFile  string   `json:"currentFile"`
-		Syncing      bool     `json:"syncing"`
-		LeaderNode   string   `json:"leaderNode"`
-		Members      []string `json:"members"`
-		MemberStatus []struct {
+		ExecutedGtid string `json:"executedGtid"`
+		Transactions string `json:"transactions"`
+		Bytes        string `json:"bytes"`
+		CurrentFile  string `json:"currentFile"`
+		Syncing      bool   `json:"syncing"`
+		Connected    bool   `json:"connected"`
+		// SourceSelection says why no candidate source could take over.
+		SourceSelection string   `json:"sourceSelection"`
+		LeaderNode      string   `json:"leaderNode"`
+		Members         []string `json:"members"`
+		MemberStatus    []struct {
 			Node         string `json:"node"`
 			Transactions string `json:"transactions"`
 			ExecutedGtid string `json:"executedGtid"`
