@@ -160,26 +160,36 @@ func (ss *session) serveDump(ctx context.Context, u *placement.Upstream, spec Du
 		}
 	}
 
-	// A dumping replica sends nothing more; a read returning means it went away.
+	reg := ss.ensureRegistered()
+	semi := isSemiSyncReplica(ss.vars)
+	// A dumping replica sends nothing more but semi-sync ACKs; a read failing means
+	// it went away.
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
+		defer cancel()
+		if semi {
+			ss.readAcks(reg)
+			return
+		}
 		var b [1]byte
 		_, _ = ss.c.client.Read(b[:])
-		cancel()
 	}()
 	src, err := ss.waitSource(ctx, u)
 	if err != nil {
 		return err
 	}
-	reg := ss.ensureRegistered()
 	reg.gid = u.GroupID
 	if reg.serverID == 0 {
 		reg.serverID = spec.ServerID
 	}
 	reg.mode = mode
+	reg.semi.Store(semi)
 	ss.s.Metrics.DumpStarted(u.Name)
 	w := &eventWriter{ss: ss, reg: reg, sent: ss.s.Metrics.SentTo(ss.user), out: bufio.NewWriterSize(ss.c.client, 64<<10)}
+	if semi {
+		w.txnEnd = txnEnds(u)
+	}
 	err = src.Dump(ctx, spec, w)
 	if ferr := w.flush(); err == nil && ferr != nil {
 		ss.log.Info("replica connection closed during dump", "err", ferr)
@@ -249,6 +259,11 @@ type eventWriter struct {
 	// full whether that packet is of the maximum size.
 	left, pkt int
 	full      bool
+	// txnEnd, for a semi-sync replica, tells the events that end a transaction:
+	// they carry the ACK request; every event carries the semi-sync header.
+	// acking: the event being framed requests an ACK.
+	txnEnd func(ev []byte) bool
+	acking bool
 }
 
 // framingError is a sink given bytes that are not whole events in order: a Flotilla
@@ -286,11 +301,28 @@ func (w *eventWriter) frame(b []byte) error {
 			return &framingError{fmt.Sprintf("an event to send begins with %d bytes, fewer than its header", len(b))}
 		}
 		w.left = int(binary.LittleEndian.Uint32(b[9:])) + 1
-		if err := w.payload([]byte{0x00}); err != nil {
-			return err
+		if w.txnEnd == nil {
+			if err := w.payload([]byte{0x00}); err != nil {
+				return err
+			}
+		} else {
+			w.acking = w.txnEnd(b)
+			w.left += 2
+			if err := w.payload(semiHeader(w.acking)); err != nil {
+				return err
+			}
 		}
 	}
-	return w.payload(b)
+	if err := w.payload(b); err != nil {
+		return err
+	}
+	if w.acking && w.left == 0 {
+		// As a semi-sync master does, the packet sequence restarts after an event
+		// that asks for an ACK.
+		w.acking = false
+		w.ss.c.Sequence = 1
+	}
+	return nil
 }
 
 // payload writes b into packets of at most mysql.MaxPayloadLen bytes.

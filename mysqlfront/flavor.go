@@ -58,8 +58,8 @@ func (mariadbFront) statusGTIDs() bool { return false }
 
 func (mariadbFront) heartbeatPastSkipped() bool { return false }
 
-// mysqlFront is a MySQL 8.0 source's face: GTID mode on, its own server_uuid, no
-// semi-sync (replicas then stream asynchronously), heartbeat v2 on request.
+// mysqlFront is a MySQL 8.0 source's face: GTID mode on, its own server_uuid,
+// semi-sync offered, heartbeat v2 on request.
 type mysqlFront struct{}
 
 // dumpHeartbeatV2 is MySQL's dump flag asking for 64-bit heartbeats (8.0.26+).
@@ -71,9 +71,11 @@ func (mysqlFront) variable(u *placement.Upstream, name string) (string, bool, er
 		return "ON", true, nil
 	case "server_uuid":
 		return GroupUUID(u), true, nil
-	case "rpl_semi_sync_master_enabled", "rpl_semi_sync_source_enabled", "rpl_semi_sync_slave_enabled", "rpl_semi_sync_replica_enabled":
-		// A MySQL source without the semi-sync plugin has no such variable: a
-		// replica then streams without semi-sync headers.
+	case "rpl_semi_sync_master_enabled", "rpl_semi_sync_source_enabled":
+		// The semi-sync plugin's probe: a replica with it on then announces itself
+		// and gets ACK requests (semisync.go).
+		return "ON", true, nil
+	case "rpl_semi_sync_slave_enabled", "rpl_semi_sync_replica_enabled":
 		return "", true, errUnknownVar(name)
 	case "gtid_domain_id", "gtid_strict_mode", "gtid_binlog_pos", "gtid_current_pos", "gtid_binlog_state", "gtid_slave_pos":
 		return "", true, errUnknownVar(name)

@@ -186,8 +186,11 @@ func (ss *session) staticVar(name string) (string, bool) {
 		return "1073741824", true
 	case "hostname":
 		return "flotilla", true
-	case "lower_case_table_names", "rpl_semi_sync_master_enabled", "rpl_semi_sync_slave_enabled":
+	case "lower_case_table_names", "rpl_semi_sync_slave_enabled":
 		return "0", true
+	case "rpl_semi_sync_master_enabled":
+		// Replicas may be semi-sync replicas (semisync.go): they get ACK requests.
+		return "ON", true
 	case "time_zone":
 		return "SYSTEM", true
 	case "system_time_zone":

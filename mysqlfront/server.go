@@ -77,6 +77,11 @@ type replicaInfo struct {
 	connectedAt time.Time
 	file        atomic.Uint64
 	pos         atomic.Uint64
+	// semi: the replica dumps as a semi-sync replica; acks counts its ACKs and
+	// acked is the last position it acknowledged (file:pos).
+	semi  atomic.Bool
+	acks  atomic.Uint64
+	acked atomic.Pointer[string]
 }
 
 // New creates a front end.
@@ -392,7 +397,11 @@ func (s *Server) ConnectedReplicas(gid uint64) []*adminv1.ConnectedReplica {
 			Addr: r.addr, User: r.user, ServerId: r.serverID, Mode: r.mode, Node: s.nodeID,
 			Position:    fmt.Sprintf("%s:%d", statemachine.FileName(r.file.Load()), r.pos.Load()),
 			ConnectedAt: r.connectedAt.UTC().Format(time.RFC3339),
+			SemiSync:    r.semi.Load(), SemiSyncAcks: r.acks.Load(),
 		})
+		if a := r.acked.Load(); a != nil {
+			out[len(out)-1].AckedPosition = *a
+		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Addr < out[j].Addr })
 	return out

@@ -556,6 +556,10 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	}
 	row("Connected replicas", len(g.Replicas))
 	for _, r := range g.Replicas {
-		fmt.Fprintf(w, "  %s\tvia node %d user=%s server_id=%d mode=%s at %s since %s\n", r.Addr, r.Node, r.User, r.ServerId, r.Mode, r.Position, r.ConnectedAt)
+		fmt.Fprintf(w, "  %s\tvia node %d user=%s server_id=%d mode=%s at %s since %s", r.Addr, r.Node, r.User, r.ServerId, r.Mode, r.Position, r.ConnectedAt)
+		if r.SemiSync {
+			fmt.Fprintf(w, " semi-sync acks=%d acked=%s", r.SemiSyncAcks, dash(r.AckedPosition))
+		}
+		fmt.Fprintln(w)
 	}
 }

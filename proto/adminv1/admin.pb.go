@@ -968,10 +968,16 @@ type ConnectedReplica struct {
 	User     string                 `protobuf:"bytes,2,opt,name=user,proto3" json:"user,omitempty"`
 	ServerId uint32                 `protobuf:"varint,3,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
 	// gtid or file.
-	Mode          string `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
-	Position      string `protobuf:"bytes,5,opt,name=position,proto3" json:"position,omitempty"`
-	ConnectedAt   string `protobuf:"bytes,6,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
-	Node          uint64 `protobuf:"varint,7,opt,name=node,proto3" json:"node,omitempty"`
+	Mode        string `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	Position    string `protobuf:"bytes,5,opt,name=position,proto3" json:"position,omitempty"`
+	ConnectedAt string `protobuf:"bytes,6,opt,name=connected_at,json=connectedAt,proto3" json:"connected_at,omitempty"`
+	Node        uint64 `protobuf:"varint,7,opt,name=node,proto3" json:"node,omitempty"`
+	// The replica announced itself as semi-sync: its events carry ACK requests at
+	// transaction ends; the ACKs it sent and the last position acknowledged (Flotilla
+	// does not wait for them).
+	SemiSync      bool   `protobuf:"varint,8,opt,name=semi_sync,json=semiSync,proto3" json:"semi_sync,omitempty"`
+	SemiSyncAcks  uint64 `protobuf:"varint,9,opt,name=semi_sync_acks,json=semiSyncAcks,proto3" json:"semi_sync_acks,omitempty"`
+	AckedPosition string `protobuf:"bytes,10,opt,name=acked_position,json=ackedPosition,proto3" json:"acked_position,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1053,6 +1059,27 @@ func (x *ConnectedReplica) GetNode() uint64 {
 		return x.Node
 	}
 	return 0
+}
+
+func (x *ConnectedReplica) GetSemiSync() bool {
+	if x != nil {
+		return x.SemiSync
+	}
+	return false
+}
+
+func (x *ConnectedReplica) GetSemiSyncAcks() uint64 {
+	if x != nil {
+		return x.SemiSyncAcks
+	}
+	return 0
+}
+
+func (x *ConnectedReplica) GetAckedPosition() string {
+	if x != nil {
+		return x.AckedPosition
+	}
+	return ""
 }
 
 type GroupStatus struct {
@@ -1960,7 +1987,7 @@ const file_admin_proto_rawDesc = "" +
 	"oldestGtid\"\x16\n" +
 	"\x14ListUpstreamsRequest\"X\n" +
 	"\x15ListUpstreamsResponse\x12?\n" +
-	"\tupstreams\x18\x01 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams\"\xbe\x01\n" +
+	"\tupstreams\x18\x01 \x03(\v2!.flotilla.admin.v1.UpstreamStatusR\tupstreams\"\xa8\x02\n" +
 	"\x10ConnectedReplica\x12\x12\n" +
 	"\x04addr\x18\x01 \x01(\tR\x04addr\x12\x12\n" +
 	"\x04user\x18\x02 \x01(\tR\x04user\x12\x1b\n" +
@@ -1968,7 +1995,11 @@ const file_admin_proto_rawDesc = "" +
 	"\x04mode\x18\x04 \x01(\tR\x04mode\x12\x1a\n" +
 	"\bposition\x18\x05 \x01(\tR\bposition\x12!\n" +
 	"\fconnected_at\x18\x06 \x01(\tR\vconnectedAt\x12\x12\n" +
-	"\x04node\x18\a \x01(\x04R\x04node\"\xcb\b\n" +
+	"\x04node\x18\a \x01(\x04R\x04node\x12\x1b\n" +
+	"\tsemi_sync\x18\b \x01(\bR\bsemiSync\x12$\n" +
+	"\x0esemi_sync_acks\x18\t \x01(\x04R\fsemiSyncAcks\x12%\n" +
+	"\x0eacked_position\x18\n" +
+	" \x01(\tR\rackedPosition\"\xcb\b\n" +
 	"\vGroupStatus\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vleader_node\x18\x02 \x01(\x04R\n" +

@@ -115,6 +115,8 @@ func losslessFailover(t *testing.T, auto bool) {
 			t.Fatalf("Flotilla never connected as a semi-sync replica\n%s", nodes[leader-1].LogTail(20))
 		}
 	}
+	// C is a semi-sync replica of Flotilla: its ACKs show in status.
+	execAll(ctx, t, c, "SET GLOBAL rpl_semi_sync_slave_enabled=ON")
 	for i, r := range []*mariadbtest.Server{b, c, d} {
 		changeMaster(ctx, t, r, nodes[i], replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
 	}
@@ -223,7 +225,19 @@ func losslessFailover(t *testing.T, auto bool) {
 			t.Fatalf("replica %d was reconfigured or stopped: port %s (Flotilla's %s), SQL %s %q", i, st["Master_Port"], nodes[i+1].MySQLPort(), st["Slave_SQL_Running"], st["Last_SQL_Error"])
 		}
 	}
+	if on, _ := c.QueryValue(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = 'RPL_SEMI_SYNC_SLAVE_STATUS'"); on != "ON" {
+		t.Fatalf("C is not a semi-sync replica of Flotilla (Rpl_semi_sync_slave_status %q)", on)
+	}
 	u := getUpstream(ctx, t, nodes[0], "main")
+	semi := 0
+	for _, r := range u.Group.Replicas {
+		if n, _ := strconv.Atoi(r.SemiSyncAcks); r.SemiSync && n > 0 {
+			semi++
+		}
+	}
+	if semi != 1 {
+		t.Fatalf("status shows %d semi-sync replicas with ACKs, want 1 (C): %+v", semi, u.Group.Replicas)
+	}
 	if u.Upstream.Source != b.Addr() || len(u.Upstream.Switches) != 1 || u.Upstream.Switches[0].From != a.Addr() {
 		t.Fatalf("status does not record the switch: source %s, switches %+v", u.Upstream.Source, u.Upstream.Switches)
 	}

@@ -183,7 +183,9 @@ type upstreamJSON struct {
 			Reachable    bool   `json:"reachable"`
 		} `json:"memberStatus"`
 		Replicas []struct {
-			Mode string `json:"mode"`
+			Mode         string `json:"mode"`
+			SemiSync     bool   `json:"semiSync"`
+			SemiSyncAcks string `json:"semiSyncAcks"`
 		} `json:"replicas"`
 	} `json:"group"`
 }
