@@ -1,0 +1,123 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+// startSemiMaster starts a MariaDB master with semi-sync on (AFTER_SYNC, a timeout
+// long enough never to fall back to asynchronous commits) and a table to write.
+func startSemiMaster(ctx context.Context, b *testing.B, dir string, id uint32) *mariadbtest.Server {
+	b.Helper()
+	m, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: id, LogBin: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { m.Stop() })
+	if err := m.CreateReplUser(ctx, benchUser, benchPass); err != nil {
+		b.Fatal(err)
+	}
+	for _, q := range []string{"CREATE DATABASE semi", "CREATE TABLE semi.t (id INT PRIMARY KEY, v VARCHAR(100))",
+		"SET GLOBAL rpl_semi_sync_master_wait_point=AFTER_SYNC, rpl_semi_sync_master_timeout=600000, rpl_semi_sync_master_enabled=ON"} {
+		if err := m.Exec(ctx, q); err != nil {
+			b.Fatalf("%s: %v", q, err)
+		}
+	}
+	return m
+}
+
+// semiCounter reads one of the master's Rpl_semi_sync_master_* counters.
+func semiCounter(ctx context.Context, b *testing.B, m *mariadbtest.Server, name string) int {
+	b.Helper()
+	v, err := m.QueryValue(ctx, "SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS WHERE VARIABLE_NAME = ?", "RPL_SEMI_SYNC_MASTER_"+name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	n, _ := strconv.Atoi(v)
+	return n
+}
+
+// commitLatencies times n single-row autocommit INSERTs on m, one after another, after
+// checking a semi-sync replica is connected; every one must be acknowledged.
+func commitLatencies(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, n int) []time.Duration {
+	b.Helper()
+	for deadline := time.Now().Add(time.Minute); semiCounter(ctx, b, m, "CLIENTS") != 1; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			b.Fatal("no semi-sync replica connected to the master")
+		}
+	}
+	conn, err := m.DB().Conn(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	yes := semiCounter(ctx, b, m, "YES_TX")
+	out := make([]time.Duration, 0, n)
+	for i := from; i < from+n; i++ {
+		t0 := time.Now()
+		if _, err := conn.ExecContext(ctx, "INSERT INTO semi.t VALUES (?, REPEAT('x', 100))", i); err != nil {
+			b.Fatal(err)
+		}
+		out = append(out, time.Since(t0))
+	}
+	if got := semiCounter(ctx, b, m, "YES_TX") - yes; got != n || semiCounter(ctx, b, m, "NO_TX") != 0 {
+		b.Fatalf("%d of %d commits were acknowledged by the semi-sync replica (no_tx %d)", got, n, semiCounter(ctx, b, m, "NO_TX"))
+	}
+	return out
+}
+
+// BenchmarkSemiSyncCommitLatency measures the commit latency a MariaDB master with
+// semi-sync (AFTER_SYNC) sees with a 3-node Flotilla group as its acknowledging
+// replica (ACK after the raft quorum's commit), against a plain MariaDB semi-sync
+// replica of another master in the same run: p50 and p99 of FLOTILLA_SEMI_COMMITS
+// (default 1000) sequential single-row commits.
+func BenchmarkSemiSyncCommitLatency(b *testing.B) {
+	mariadbtest.RequireTools(b)
+	n := 1000
+	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_SEMI_COMMITS")); err == nil && v > 0 {
+		n = v
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	dir := b.TempDir()
+
+	// Baseline: a MariaDB replica acknowledging directly.
+	base := startSemiMaster(ctx, b, filepath.Join(dir, "base-master"), 1)
+	r, err := mariadbtest.Start(ctx, filepath.Join(dir, "base-replica"), mariadbtest.Options{ServerID: 2, ExtraArgs: []string{"--rpl-semi-sync-slave-enabled=ON"}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { r.Stop() })
+	for _, q := range []string{fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='%s', MASTER_PASSWORD='%s', MASTER_USE_GTID=slave_pos",
+		base.Port(), benchUser, benchPass), "START SLAVE"} {
+		if err := r.Exec(ctx, q); err != nil {
+			b.Fatal(err)
+		}
+	}
+	commitLatencies(ctx, b, base, 0, 50) // warm-up
+	baseLat := commitLatencies(ctx, b, base, 1000, n)
+
+	// Flotilla: three nodes, ACK after the group's raft commit.
+	m := startSemiMaster(ctx, b, filepath.Join(dir, "master"), 11)
+	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "flotilla"), 3, "--log-level", "warn")
+	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", m.Addr(), "--user", benchUser, "--password", benchPass,
+		"--replica-user", replUser, "--replica-password", benchPass, "--semi-sync", "on"); err != nil {
+		b.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	commitLatencies(ctx, b, m, 0, 50)
+	flLat := commitLatencies(ctx, b, m, 1000, n)
+
+	rep := &relayReport{}
+	rep.add("semi-sync commit latency p50", ms(percentile(flLat, 0.50)), ms(percentile(baseLat, 0.50)), "ms", 0, false)
+	rep.add("semi-sync commit latency p99", ms(percentile(flLat, 0.99)), ms(percentile(baseLat, 0.99)), "ms", 0, false)
+	rep.note(fmt.Sprintf("semi-sync: %d sequential single-row commits on a MariaDB master (AFTER_SYNC), all acknowledged; value: Flotilla (3 nodes, ACK after the raft commit) as the semi-sync replica; baseline: a plain MariaDB semi-sync replica, same run, same machine", n))
+	rep.write(b, "semisync")
+}
