@@ -115,11 +115,12 @@ func losslessFailover(t *testing.T, auto bool) {
 			t.Fatalf("Flotilla never connected as a semi-sync replica\n%s", nodes[leader-1].LogTail(20))
 		}
 	}
-	// C is a semi-sync replica of Flotilla: its ACKs show in status.
+	// C is a semi-sync replica of Flotilla (its ACKs show in status); D follows
+	// Flotilla's own file and position coordinates.
 	execAll(ctx, t, c, "SET GLOBAL rpl_semi_sync_slave_enabled=ON")
-	for i, r := range []*mariadbtest.Server{b, c, d} {
-		changeMaster(ctx, t, r, nodes[i], replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
-	}
+	changeMaster(ctx, t, b, nodes[0], replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	changeMaster(ctx, t, c, nodes[1], replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
+	changeMaster(ctx, t, d, nodes[2], replicaUser, replicaPass, "MASTER_USE_GTID=no, MASTER_LOG_FILE='flotilla-bin.000001', MASTER_LOG_POS=4")
 
 	// Write continuously; a commit that returns was acknowledged through Flotilla.
 	var mu sync.Mutex
@@ -220,6 +221,9 @@ func losslessFailover(t *testing.T, auto bool) {
 		st, err := slaveStatus(ctx, r)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if i == 1 && (st["Using_Gtid"] != "No" || st["Master_Log_File"] == "flotilla-bin.000001") {
+			t.Fatalf("D did not follow file and position across the switch: %s at %s:%s", st["Using_Gtid"], st["Master_Log_File"], st["Read_Master_Log_Pos"])
 		}
 		if st["Master_Port"] != nodes[i+1].MySQLPort() || st["Slave_SQL_Running"] != "Yes" || st["Last_SQL_Error"] != "" {
 			t.Fatalf("replica %d was reconfigured or stopped: port %s (Flotilla's %s), SQL %s %q", i, st["Master_Port"], nodes[i+1].MySQLPort(), st["Slave_SQL_Running"], st["Last_SQL_Error"])
