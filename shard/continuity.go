@@ -258,6 +258,8 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 const binlogEventsPage = 5000
 
 var (
+	// quoteName escapes a file name for a quoted SQL string.
+	quoteName       = strings.NewReplacer(`\`, `\\`, `'`, `''`)
 	mysqlGTIDInfo   = regexp.MustCompile(`GTID_NEXT\s*=\s*'([^']+)'`)
 	mariadbGTIDInfo = regexp.MustCompile(`GTID (\d+-\d+-\d+)`)
 )
@@ -279,7 +281,7 @@ func scanBinlogs(ctx context.Context, c *client.Conn, addr string, stop func(sta
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			r, err := c.Execute(fmt.Sprintf("SHOW BINLOG EVENTS IN '%s' FROM %d LIMIT %d", strings.ReplaceAll(name, "'", "''"), pos, binlogEventsPage))
+			r, err := c.Execute(fmt.Sprintf("SHOW BINLOG EVENTS IN '%s' FROM %d LIMIT %d", quoteName.Replace(name), pos, binlogEventsPage))
 			if err != nil {
 				return nil, fmt.Errorf("master %s: read binary log %s: %w", addr, name, err)
 			}

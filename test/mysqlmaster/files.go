@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sort"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
+
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
@@ -103,4 +105,49 @@ func newFile(name string, fde []byte, prev binlog.MySQLSet, serverID uint32) (*f
 		return nil, err
 	}
 	return f, nil
+}
+
+// eventNames are SHOW BINLOG EVENTS's names of the event types a test reads.
+var eventNames = map[byte]string{
+	binlog.FormatDescription: "Format_desc", binlog.RotateEvent: "Rotate", binlog.QueryEvent: "Query", binlog.XIDEvent: "Xid",
+	binlog.MySQLGTIDEvent: "Gtid", binlog.MySQLGTIDTaggedEvent: "Gtid_tagged", binlog.MySQLPreviousGTIDsEvent: "Previous_gtids",
+}
+
+// binlogEvents answers SHOW BINLOG EVENTS IN name FROM from LIMIT limit, with the
+// Info of the GTID events as MySQL prints it; the caller holds m.mu.
+func (m *Master) binlogEvents(name string, from, limit int) (*mysql.Result, error) {
+	for _, f := range m.files {
+		if f.name != name {
+			continue
+		}
+		var rows [][]any
+		for off := max(from, 4); off+binlog.HeaderLen <= len(f.data) && len(rows) < limit; {
+			size := int(binary.LittleEndian.Uint32(f.data[off+9:]))
+			ev := f.data[off : off+size]
+			typ, ok := eventNames[ev[4]]
+			if !ok {
+				typ = fmt.Sprintf("Type_%d", ev[4])
+			}
+			info := ""
+			switch ev[4] {
+			case binlog.MySQLGTIDEvent:
+				if g, err := binlog.ParseMySQLGTIDEvent(ev); err == nil {
+					info = fmt.Sprintf("SET @@SESSION.GTID_NEXT= '%s'", g)
+				}
+			case binlog.MySQLGTIDTaggedEvent:
+				if g, err := binlog.ParseMySQLGTIDTaggedEvent(ev); err == nil {
+					info = fmt.Sprintf("SET @@SESSION.GTID_NEXT= '%s'", g)
+				}
+			case binlog.MySQLPreviousGTIDsEvent:
+				if set, err := binlog.ParsePreviousGTIDs(ev, true); err == nil {
+					info = set.String()
+				}
+			}
+			h, _ := binlog.ParseHeader(ev)
+			rows = append(rows, []any{f.name, off, typ, h.ServerID, off + size, info})
+			off += size
+		}
+		return result([]string{"Log_name", "Pos", "Event_type", "Server_id", "End_log_pos", "Info"}, rows)
+	}
+	return nil, mysql.NewError(mysql.ER_MASTER_FATAL_ERROR_READING_BINLOG, "Could not find target log "+name)
 }

@@ -203,6 +203,24 @@ func (m *Master) AppendTaggedTxn(events []byte, tag string) (binlog.MySQLGTID, e
 	if ivs := m.executed[src]; len(ivs) > 0 {
 		next = ivs[len(ivs)-1].End
 	}
+	return m.appendAs(events, binlog.MySQLGTID{Source: src, GNO: next})
+}
+
+// ApplyTxn appends a transaction under GTID g, as a replica with
+// log_replica_updates writes what it applies (g is another server's, usually).
+func (m *Master) ApplyTxn(events []byte, g binlog.MySQLGTID) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(events) < binlog.HeaderLen || events[4] != binlog.MySQLGTIDEvent {
+		return errors.New("mysqlmaster: a transaction starts with its GTID event")
+	}
+	_, err := m.appendAs(events, g)
+	return err
+}
+
+// appendAs appends events as transaction g; the caller holds m.mu.
+func (m *Master) appendAs(events []byte, g binlog.MySQLGTID) (binlog.MySQLGTID, error) {
+	sid, src, next, tag := g.SID, g.Source, g.GNO, g.Tag
 	ev := append([]byte(nil), events...)
 	copy(ev[binlog.HeaderLen+1:], sid[:])
 	binary.LittleEndian.PutUint64(ev[binlog.HeaderLen+17:], uint64(next))
@@ -214,7 +232,6 @@ func (m *Master) AppendTaggedTxn(events []byte, tag string) (binlog.MySQLGTID, e
 	if err := f.appendEvents(ev); err != nil {
 		return binlog.MySQLGTID{}, err
 	}
-	g := binlog.MySQLGTID{Source: src, GNO: next}
 	m.executed.Add(g)
 	m.notify()
 	return g, nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 
@@ -30,6 +31,7 @@ var (
 	selectVar  = regexp.MustCompile(`(?i)^SELECT\s+@@(?:GLOBAL\.|SESSION\.)?(\w+)\s*;?$`)
 	selectUser = regexp.MustCompile(`(?i)^SELECT\s+@(\w+)\s*;?$`)
 	showLike   = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+|SESSION\s+)?VARIABLES\s+LIKE\s+'([^']*)'\s*;?$`)
+	showEvents = regexp.MustCompile(`(?i)^SHOW\s+BINLOG\s+EVENTS\s+IN\s+'([^']+)'\s+FROM\s+(\d+)\s+LIMIT\s+(\d+)\s*;?$`)
 	showIn     = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+)?VARIABLES\s+WHERE\s+Variable_name\s+IN\s*\(([^)]*)\)\s*;?$`)
 )
 
@@ -87,6 +89,11 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 			rows = append(rows, []any{name, v})
 		}
 		return result([]string{"Variable_name", "Value"}, rows)
+	}
+	if mm := showEvents.FindStringSubmatch(q); mm != nil {
+		from, _ := strconv.Atoi(mm[2])
+		limit, _ := strconv.Atoi(mm[3])
+		return s.m.binlogEvents(mm[1], from, limit)
 	}
 	switch {
 	case upper == "SELECT UNIX_TIMESTAMP()":
