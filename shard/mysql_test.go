@@ -76,6 +76,13 @@ func TestMySQLPipeline(t *testing.T) {
 	held, _ := binlog.ParseMySQLSet(uuid + ":1-240")
 	p = newPipeline(nil, true, "binlog-main.000002")
 	p.fl = &mysqlFlavor{baseSet: base, executed: held}
+	for _, ev := range evs {
+		if ev[4] == binlog.FormatDescription {
+			h, _ := binlog.ParseHeader(ev)
+			p.fileServerID = h.ServerID // the same master as before the reconnect
+			break
+		}
+	}
 	feed(t, p, fakeRotate("binlog-main.000002"))
 	feed(t, p, evs...)
 	if len(p.items) != 7 {

@@ -73,6 +73,7 @@ func TestPipelineProposesWholeTransactions(t *testing.T) {
 
 func TestPipelineReconnectIntoSameFileAddsNoFile(t *testing.T) {
 	p := newPipeline(binlog.Position{0: gtid(5)}, true, "mariadb-bin.000004")
+	p.fileServerID = 1 // the current file came from this master
 	fde := binlog.NewFDE(1, "10.11.6-MariaDB-log", true)
 	// A checksummed fake rotate must not leak its CRC into the file name.
 	rot := binlog.NewRotate(1, 0, 0, binlog.FlagArtificial, "mariadb-bin.000004", 4, true)
@@ -87,6 +88,14 @@ func TestPipelineReconnectIntoSameFileAddsNoFile(t *testing.T) {
 	feed(t, p, binlog.NewRotate(1, 0, 1000, 0, "mariadb-bin.000005", 4, true), fde)
 	if last := p.items[len(p.items)-1]; last.NewFile == nil || last.NewFile.UpstreamFile != "mariadb-bin.000005" {
 		t.Fatal("rotation to a new master file must start a new served file")
+	}
+	// A switch to another master (another server_id) whose file has the same name
+	// starts a new served file too, opened with the new master's FDE.
+	n := len(p.items)
+	other := binlog.NewFDE(2, "10.11.6-MariaDB-log", true)
+	feed(t, p, binlog.NewRotate(2, 0, 0, binlog.FlagArtificial, "mariadb-bin.000005", 4, true), other)
+	if len(p.items) != n+1 || p.items[n].NewFile == nil || p.items[n].NewFile.ServerID != 2 {
+		t.Fatal("a switch to another master must start a new served file")
 	}
 }
 
