@@ -31,16 +31,16 @@ func (s *Server) RepointUpstream(ctx context.Context, r *adminv1.RepointUpstream
 	}
 	cont, err := sh.Repoint(ctx, r.Source, r.Force)
 	if err != nil {
-		if errors.Is(err, shard.ErrNotContinuation) {
-			return nil, status.Error(codes.FailedPrecondition, err.Error())
-		}
 		var re *placement.RefusedError
-		if errors.As(err, &re) {
+		switch {
+		case errors.Is(err, shard.ErrUnavailable):
+			return nil, status.Error(codes.Unavailable, err.Error())
+		case errors.As(err, &re):
 			return nil, status.Error(codes.Aborted, err.Error())
 		}
 		return nil, status.Error(codes.FailedPrecondition, err.Error())
 	}
-	s.Log.Info("upstream repointed", "upstream", r.Name, "source", r.Source, "forced", cont.Problem() != "", "own_transactions", cont.Own)
+	s.Log.Info("upstream repointed", "upstream", r.Name, "source", r.Source, "forced", cont.Problem() != "", "transactions_ahead", cont.Ahead)
 	_, nu, err := s.upstream(ctx, r.Name)
 	if err != nil {
 		return nil, err

@@ -6,6 +6,8 @@ import (
 	"io"
 	"strings"
 
+	"github.com/go-mysql-org/go-mysql/mysql"
+
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/placement"
 )
@@ -47,11 +49,26 @@ func semiHeader(ack bool) []byte {
 
 // txnEnds returns a function that follows the events of a dump of upstream u and
 // tells the last event of each transaction.
+// Whether events carry a checksum is read from each Format_description (a switch
+// to another master may change it).
 func txnEnds(u *placement.Upstream) func(ev []byte) bool {
 	ck := u.BinlogChecksum != "NONE"
+	checksum := func(ev []byte) {
+		if ev[4] == binlog.FormatDescription {
+			if fde, err := binlog.ParseFDE(ev); err == nil {
+				ck = fde.Checksummed()
+			}
+		}
+	}
 	if u.Flavor == "mysql" {
 		var g binlog.MySQLGroup
-		return func(ev []byte) bool { return len(ev) >= binlog.HeaderLen && g.Next(ev, ck) }
+		return func(ev []byte) bool {
+			if len(ev) < binlog.HeaderLen {
+				return false
+			}
+			checksum(ev)
+			return g.Next(ev, ck)
+		}
 	}
 	var cur binlog.GTIDEvent
 	open := false
@@ -59,6 +76,7 @@ func txnEnds(u *placement.Upstream) func(ev []byte) bool {
 		if len(ev) < binlog.HeaderLen {
 			return false
 		}
+		checksum(ev)
 		if ev[4] == binlog.MariaGTIDEvent {
 			g, err := binlog.ParseGTIDEvent(ev)
 			cur, open = g, err == nil
@@ -89,6 +107,9 @@ func (ss *session) readAcks(reg *replicaInfo) {
 		}
 		if _, err := io.ReadFull(ss.c.client, body[:n]); err != nil {
 			return
+		}
+		if n == 1 && body[0] == mysql.COM_QUIT {
+			return // STOP SLAVE
 		}
 		if n < 9 || body[0] != semiMagic {
 			ss.log.Warn("semi-sync replica sent something other than an ACK; ignored", "bytes", n)

@@ -2,6 +2,7 @@ package mysqlfront
 
 import (
 	"bufio"
+	"bytes"
 	"encoding/binary"
 	"io"
 	"log/slog"
@@ -33,6 +34,7 @@ func TestSemiSyncReplicaFraming(t *testing.T) {
 		binlog.NewGTIDEvent(binlog.GTID{Domain: 0, Server: 1, Seq: 1}, 0, true),
 		binlog.NewQuery(1, "db", "BEGIN", true),
 		binlog.NewOpaque(30, 1, 100, true),
+		binlog.NewOpaque(30, 1, 300<<10, true), // sent in parts, as an event cut across stored pieces
 		binlog.NewXID(1, 9, true),
 		binlog.NewGTIDEvent(binlog.GTID{Domain: 0, Server: 1, Seq: 2}, binlog.GTIDStandalone, true),
 		binlog.NewQuery(1, "db", "CREATE TABLE t (id INT)", true),
@@ -40,9 +42,19 @@ func TestSemiSyncReplicaFraming(t *testing.T) {
 		binlog.NewQuery(1, "db", "BEGIN", true),
 		binlog.NewQuery(1, "db", "COMMIT", true),
 	}
-	wantAck := []bool{false, false, false, true, false, true, false, false, true}
+	wantAck := []bool{false, false, false, false, true, false, true, false, false, true}
 	go func() {
 		for _, ev := range events {
+			if len(ev) > 64<<10 {
+				for len(ev) > 0 {
+					n := min(len(ev), 100<<10)
+					if err := w.EventPart(ev[:n]); err != nil {
+						return
+					}
+					ev = ev[n:]
+				}
+				continue
+			}
 			if err := w.Event(ev); err != nil {
 				return
 			}
@@ -55,7 +67,7 @@ func TestSemiSyncReplicaFraming(t *testing.T) {
 		if err != nil {
 			t.Fatalf("event %d: %v", i, err)
 		}
-		if len(got) != len(ev)+3 || got[0] != 0 || got[1] != semiMagic || (got[2] == 1) != wantAck[i] {
+		if len(got) != len(ev)+3 || got[0] != 0 || got[1] != semiMagic || (got[2] == 1) != wantAck[i] || !bytes.Equal(got[3:], ev) {
 			t.Fatalf("event %d (type %d): header % x, want an ACK request %v", i, ev[4], got[:3], wantAck[i])
 		}
 		if wantAck[i] {
@@ -93,4 +105,26 @@ func TestSemiSyncReplicaFraming(t *testing.T) {
 		t.Fatal(err)
 	}
 	<-done
+}
+
+// A MySQL group's transactions end at XID, COMMIT, a lone DDL statement: only those
+// events ask a semi-sync replica for an ACK.
+func TestSemiSyncMySQLTransactionEnds(t *testing.T) {
+	ends := txnEnds(&placement.Upstream{Flavor: "mysql", BinlogChecksum: "CRC32"})
+	gtid := func(n int64) []byte {
+		sid, _ := binlog.ParseSID("d725c94e-606e-45cc-ade2-29bf1b217ca1")
+		return binlog.NewMySQLGTIDTagged(1, binlog.MySQLGTID{Source: binlog.Source{SID: sid, Tag: "t"}, GNO: n}, true)
+	}
+	evs := [][]byte{
+		binlog.NewFDE(1, "8.0.36", true),
+		gtid(1), binlog.NewQuery(1, "db", "BEGIN", true), binlog.NewOpaque(30, 1, 50, true), binlog.NewXID(1, 1, true),
+		gtid(2), binlog.NewQuery(1, "db", "CREATE TABLE t (id INT)", true),
+		gtid(3), binlog.NewQuery(1, "db", "BEGIN", true), binlog.NewQuery(1, "db", "COMMIT", true),
+	}
+	want := []bool{false, false, false, false, true, false, true, false, false, true}
+	for i, ev := range evs {
+		if got := ends(ev); got != want[i] {
+			t.Fatalf("event %d (type %d): ends a transaction %v, want %v", i, ev[4], got, want[i])
+		}
+	}
 }

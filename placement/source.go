@@ -31,6 +31,29 @@ type SourceSwitch struct {
 	// Warning is what they found.
 	Forced  bool   `json:"forced,omitempty"`
 	Warning string `json:"warning,omitempty"`
+	// ServerID, Version and BinlogChecksum describe the new master (0 and empty:
+	// unknown, the upstream keeps what it has): replicas are shown its identity.
+	ServerID       uint32 `json:"server_id,omitempty"`
+	Version        string `json:"version,omitempty"`
+	BinlogChecksum string `json:"binlog_checksum,omitempty"`
+}
+
+// Apply makes the switch's new master u's source and records the switch.
+func (sw SourceSwitch) Apply(u *Upstream) {
+	u.Source = sw.To
+	if sw.ServerID != 0 {
+		u.ServerID = sw.ServerID
+	}
+	if sw.Version != "" {
+		u.Version = sw.Version
+	}
+	if sw.BinlogChecksum != "" {
+		u.BinlogChecksum = sw.BinlogChecksum
+	}
+	u.Switches = append(u.Switches, sw)
+	if len(u.Switches) > maxSwitches {
+		u.Switches = slices.Clone(u.Switches[len(u.Switches)-maxSwitches:])
+	}
 }
 
 // DownAfter is how long the upstream's source may be unreachable before a candidate
@@ -82,11 +105,7 @@ func (s *State) switchSource(c command) sm.Result {
 	if u.Source != sw.From {
 		return refuse("upstream %q's source changed meanwhile (now %s, the switch was decided for %s): check it again", c.Name, u.Source, sw.From)
 	}
-	u.Source = sw.To
-	u.Switches = append(u.Switches, *sw)
-	if len(u.Switches) > maxSwitches {
-		u.Switches = slices.Clone(u.Switches[len(u.Switches)-maxSwitches:])
-	}
+	sw.Apply(u)
 	s.note(c.Note)
 	return sm.Result{Value: resultOK}
 }

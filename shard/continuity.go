@@ -23,23 +23,36 @@ type Continuity struct {
 	// Missing are GTIDs the group holds that the master lacks: switching would
 	// leave replicas with transactions the new master never had.
 	Missing []string
-	// Errant are GTIDs the master has that the group never had and that are not its
-	// own writes since its promotion: written on it directly before it took over, or
-	// replicated from elsewhere.
+	// Errant are GTIDs the master has that the group never had and that do not
+	// continue its history: written on it directly before it took over, replicated
+	// from elsewhere, or purged from its binary logs (nothing then tells).
 	Errant []string
-	// Own counts the master's own transactions after the group's last one: its
-	// writes since its promotion, which the group fetches after the switch.
-	Own int
+	// Ahead counts the transactions after the group's last one that continue its
+	// history, which the group fetches after the switch: the master's own writes
+	// since its promotion, and the old master's last transactions that reached the
+	// new one but not the group.
+	Ahead int
+	// NoReplicaUpdates: the master does not write what it replicates to its binary
+	// log (log_slave_updates off), which explains GTIDs missing from it.
+	NoReplicaUpdates bool
+	// Replicating: a replication thread of the master still runs.
+	Replicating bool
+	// view is what was read of the master (its identity, for the switch).
+	view sourceView
 }
 
 // Problem says what makes the master an invalid continuation ("" when none).
 func (c Continuity) Problem() string {
 	var p []string
 	if len(c.Missing) > 0 {
-		p = append(p, fmt.Sprintf("%s lacks GTIDs the group holds: %s (promote a replica that has every transaction Flotilla relayed)", c.Source, listGTIDs(c.Missing)))
+		hint := "promote a replica that has every transaction Flotilla relayed"
+		if c.NoReplicaUpdates {
+			hint = "it has log_slave_updates off, so what it replicated is not in its binary log: turn it on, or promote a replica that has it on"
+		}
+		p = append(p, fmt.Sprintf("%s lacks GTIDs the group holds: %s (%s)", c.Source, listGTIDs(c.Missing), hint))
 	}
 	if len(c.Errant) > 0 {
-		p = append(p, fmt.Sprintf("%s has errant GTIDs the group never had: %s (written on it directly before its promotion, or replicated from another master)", c.Source, listGTIDs(c.Errant)))
+		p = append(p, fmt.Sprintf("%s has errant GTIDs the group never had: %s (written on it directly before its promotion, replicated from another master, or purged from its binary logs)", c.Source, listGTIDs(c.Errant)))
 	}
 	return strings.Join(p, "; ")
 }
@@ -56,11 +69,18 @@ func listGTIDs(l []string) string {
 type sourceView struct {
 	serverID   uint32
 	serverUUID string
+	version    string
+	checksum   string // binlog_checksum
 	readOnly   bool
+	// replicating: a replication thread of the master still runs (not promoted).
+	replicating bool
+	// replicaUpdates: log_slave_updates (log_replica_updates) is on.
+	replicaUpdates bool
 	// state is MariaDB's gtid_binlog_state (the last GTID of each domain and
 	// server); executed MySQL's gtid_executed.
 	state    []binlog.GTID
 	executed binlog.MySQLSet
+	purged   binlog.MySQLSet // MySQL's gtid_purged
 }
 
 // queryString runs a query returning one value on a master.
@@ -83,13 +103,35 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 	if err != nil {
 		return v, err
 	}
-	v.readOnly = ro != "0" && !strings.EqualFold(ro, "OFF")
+	v.readOnly = !isOff(ro)
 	sid, err := queryString(c, addr, "SELECT @@server_id")
 	if err != nil {
 		return v, err
 	}
 	id, _ := strconv.ParseUint(sid, 10, 32)
 	v.serverID = uint32(id)
+	if v.version, err = queryString(c, addr, "SELECT @@version"); err != nil {
+		return v, err
+	}
+	if v.checksum, err = queryString(c, addr, "SELECT @@binlog_checksum"); err != nil {
+		return v, err
+	}
+	if lsu, err := queryString(c, addr, "SELECT @@log_slave_updates"); err == nil {
+		v.replicaUpdates = !isOff(lsu)
+	}
+	// Replication still running means the server was not promoted (yet); a server
+	// that never replicated, or whose replication was reset, lists nothing.
+	status, io, sql := "SHOW SLAVE STATUS", "Slave_IO_Running", "Slave_SQL_Running"
+	if flavor == "mysql" {
+		status, io, sql = "SHOW REPLICA STATUS", "Replica_IO_Running", "Replica_SQL_Running" // 8.0.22+
+	}
+	if r, err := c.Execute(status); err == nil {
+		for i := 0; i < r.RowNumber(); i++ {
+			a, _ := r.GetStringByName(i, io)
+			b, _ := r.GetStringByName(i, sql)
+			v.replicating = v.replicating || strings.EqualFold(a, "Yes") || strings.EqualFold(b, "Yes")
+		}
+	}
 	if flavor == "mysql" {
 		if v.serverUUID, err = queryString(c, addr, "SELECT @@server_uuid"); err != nil {
 			return v, err
@@ -100,6 +142,13 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 		}
 		if v.executed, err = binlog.ParseMySQLSet(strings.ReplaceAll(ex, "\n", "")); err != nil {
 			return v, fmt.Errorf("master %s: gtid_executed %q: %w", addr, ex, err)
+		}
+		pg, err := queryString(c, addr, "SELECT @@GLOBAL.gtid_purged")
+		if err != nil {
+			return v, err
+		}
+		if v.purged, err = binlog.ParseMySQLSet(strings.ReplaceAll(pg, "\n", "")); err != nil {
+			return v, fmt.Errorf("master %s: gtid_purged %q: %w", addr, pg, err)
 		}
 		return v, nil
 	}
@@ -120,18 +169,24 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 	return v, nil
 }
 
+// isOff reads a boolean system variable.
+func isOff(v string) bool { return v == "0" || strings.EqualFold(v, "OFF") }
+
 // seenTxn is one transaction of a master's binary log, in the log's order.
 type seenTxn struct {
 	gtid string
-	// held: the group has it; own: the master wrote it itself (its server id or uuid).
-	held, own bool
+	// held: the group has it; cont: it may continue the group's history, being
+	// the master's own (its server id or uuid) or of a server whose transactions
+	// the group relays (the old master).
+	held, cont bool
 }
 
 // classify finds the errant transactions of a master's binary log: the ones the group
 // lacks that come before one it holds (the master had them before it caught up with
-// the group, so before its promotion) or that the master did not write itself. The
-// others the group lacks are the master's own writes since its promotion.
-func classify(txns []seenTxn) (errant []string, own int) {
+// the group, so before its promotion) or that come from a server that is neither the
+// master nor one the group relays. The others the group lacks continue its history
+// (the master's writes since its promotion, the old master's last transactions).
+func classify(txns []seenTxn) (errant []string, ahead int) {
 	last := -1
 	for i, t := range txns {
 		if t.held {
@@ -141,13 +196,13 @@ func classify(txns []seenTxn) (errant []string, own int) {
 	for i, t := range txns {
 		switch {
 		case t.held:
-		case i < last || !t.own:
+		case i < last || !t.cont:
 			errant = append(errant, t.gtid)
 		default:
-			own++
+			ahead++
 		}
 	}
-	return errant, own
+	return errant, ahead
 }
 
 // checkContinuity checks master addr, read as v, as the continuation of group g: it
@@ -155,7 +210,7 @@ func classify(txns []seenTxn) (errant []string, own int) {
 // writes since its promotion (which takes reading its binary logs, newest first, as
 // far back as the transactions the group lacks go).
 func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceView, g *statemachine.Group) (Continuity, error) {
-	out := Continuity{Source: addr, ReadOnly: v.readOnly}
+	out := Continuity{Source: addr, ReadOnly: v.readOnly, NoReplicaUpdates: !v.replicaUpdates}
 	t, _ := g.Tail()
 	if t.MySQL {
 		if miss := t.Executed.Subtract(v.executed); len(miss) > 0 {
@@ -165,9 +220,11 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 		if len(cand) == 0 {
 			return out, nil
 		}
+		// What the master purged cannot be read: the scan looks for the rest.
+		inLogs := cand.Subtract(v.purged)
 		txns, err := scanBinlogs(ctx, c, addr, func(start string) bool {
 			set, err := binlog.ParseMySQLSet(strings.ReplaceAll(start, "\n", ""))
-			return err == nil && cand.Subtract(set).ContainsSet(cand) // none of cand before this file
+			return err == nil && inLogs.Subtract(set).ContainsSet(inLogs) // none of them before this file
 		})
 		if err != nil {
 			return out, err
@@ -176,20 +233,23 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 		var list []seenTxn
 		for _, name := range txns {
 			set, err := binlog.ParseMySQLSet(name)
-			if err != nil || len(set) != 1 {
-				return out, fmt.Errorf("master %s: GTID %q in its binary log: %v", addr, name, err)
+			if err != nil {
+				return out, fmt.Errorf("master %s: GTID %q in its binary log: %w", addr, name, err)
+			}
+			if len(set) != 1 {
+				return out, fmt.Errorf("master %s: %q in its binary log is not one GTID", addr, name)
 			}
 			seen.Union(set)
 			var src binlog.Source
 			for s := range set {
 				src = s
 			}
-			list = append(list, seenTxn{gtid: name, held: t.Executed.ContainsSet(set), own: strings.EqualFold(src.SID.String(), v.serverUUID)})
+			_, relayed := t.Executed[src]
+			list = append(list, seenTxn{gtid: name, held: t.Executed.ContainsSet(set), cont: relayed || strings.EqualFold(src.SID.String(), v.serverUUID)})
 		}
-		out.Errant, out.Own = classify(list)
+		out.Errant, out.Ahead = classify(list)
 		if gone := cand.Subtract(seen); len(gone) > 0 {
-			// Purged from the master's binary logs: nothing proves they are its
-			// own writes since its promotion.
+			// Purged from the master's binary logs: nothing tells where they were.
 			out.Errant = append(out.Errant, gone.String())
 		}
 		return out, nil
@@ -238,7 +298,14 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 	if err != nil {
 		return out, err
 	}
+	// The servers whose transactions the group relays: the last of each domain's,
+	// and those of every held transaction read.
+	relayed := map[uint32]bool{}
+	for _, d := range t.State.Domains() {
+		relayed[t.State[d].Server] = true
+	}
 	list := make([]seenTxn, 0, len(txns))
+	seen := map[binlog.GTID]bool{}
 	for _, name := range txns {
 		gt, err := binlog.ParseGTID(name)
 		if err != nil {
@@ -248,9 +315,23 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 		if err != nil {
 			return out, err
 		}
-		list = append(list, seenTxn{gtid: name, held: ok, own: gt.Server == v.serverID})
+		if ok {
+			relayed[gt.Server] = true
+		}
+		seen[gt] = true
+		list = append(list, seenTxn{gtid: name, held: ok})
 	}
-	out.Errant, out.Own = classify(list)
+	for i, name := range txns {
+		gt, _ := binlog.ParseGTID(name)
+		list[i].cont = gt.Server == v.serverID || relayed[gt.Server]
+	}
+	out.Errant, out.Ahead = classify(list)
+	for _, k := range cand {
+		if !seen[k] {
+			// Purged from the master's binary logs: nothing tells where it was.
+			out.Errant = append(out.Errant, k.String())
+		}
+	}
 	return out, nil
 }
 

@@ -31,6 +31,8 @@ type Shard struct {
 	kick chan struct{}
 	// reconciling: a membership change is under way.
 	reconciling atomic.Bool
+	// held counts the holds on the syncer (holdSyncer): while any, it does not run.
+	held atomic.Int32
 
 	mu       sync.Mutex
 	upstream placement.Upstream
@@ -201,9 +203,11 @@ func (s *Shard) run(ctx context.Context) {
 				s.reconcileMembers(ctx)
 			}()
 		}
-		should := id == s.m.nodeID && !paused
-		if running != nil && running.source != source {
-			s.log.Info("source changed: restarting the syncer", "from", running.source, "to", source)
+		should := id == s.m.nodeID && !paused && s.held.Load() == 0
+		if running != nil && (running.source != source || running.ended()) {
+			if running.source != source {
+				s.log.Info("source changed: restarting the syncer", "from", running.source, "to", source)
+			}
 			running.stop()
 			running = nil
 		}
@@ -211,15 +215,20 @@ func (s *Shard) run(ctx context.Context) {
 			s.log.Info("leading the group: starting the syncer")
 			running = s.startSyncer(ctx, source)
 		} else if !should && running != nil {
-			s.log.Info("stopping syncer", "leader", id, "paused", paused)
+			s.log.Info("stopping syncer", "leader", id, "paused", paused, "held", s.held.Load())
 			running.stop()
 			running = nil
+		}
+		var ended <-chan struct{}
+		if running != nil {
+			ended = running.done
 		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-s.stopc:
 			return
+		case <-ended: // it returned by itself (a switch): start it again
 		case <-changed:
 		case <-s.kick:
 		case <-t.C:
@@ -333,6 +342,16 @@ func (s *Shard) startSyncer(ctx context.Context, source string) *syncerRun {
 	return r
 }
 
+// ended reports whether the syncer returned.
+func (r *syncerRun) ended() bool {
+	select {
+	case <-r.done:
+		return true
+	default:
+		return false
+	}
+}
+
 func (r *syncerRun) stop() {
 	if r != nil {
 		r.cancel()
@@ -354,6 +373,9 @@ func (s *Shard) runSyncer(ctx context.Context) {
 			return
 		}
 		if !errors.Is(err, errSourceDown) {
+			if !downSince.IsZero() {
+				s.updateStatus(func(st *SyncStatus) { st.Selection = "" })
+			}
 			downSince = time.Time{}
 		} else if downSince.IsZero() {
 			downSince = began

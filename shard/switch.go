@@ -7,6 +7,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
+
 	"github.com/flotilla-relay/flotilla/placement"
 )
 
@@ -24,20 +26,29 @@ func (m *Manager) SetSwitcher(sw SourceSwitcher) { m.switcher = sw }
 // transactions the group holds or has errant ones (see Continuity).
 var ErrNotContinuation = errors.New("not a continuation of the upstream's history")
 
+// ErrUnavailable marks a switch that could not be decided now (the master could not
+// be reached, this node does not lead the group): retrying may succeed.
+var ErrUnavailable = errors.New("unavailable")
+
 // errSourceDown marks a syncer attempt that could not reach the master at all.
 var errSourceDown = errors.New("master unreachable")
 
+// checkQueryTimeout bounds each query of a switch's checks (a stalled master must
+// not hold the group's leader).
+const checkQueryTimeout = 30 * time.Second
+
 // CheckSource connects to addr with the upstream's credentials and checks it as the
 // continuation of the group's history. Only the group's leader checks: it holds the
-// group's latest state.
-func (s *Shard) CheckSource(ctx context.Context, addr string) (Continuity, error) {
+// group's latest state. With writable, a master that is read-only or still
+// replicating (not promoted) is reported as such without reading its binary log.
+func (s *Shard) CheckSource(ctx context.Context, addr string, writable bool) (Continuity, error) {
 	u := s.Upstream()
 	if !s.IsLeader() {
-		return Continuity{}, fmt.Errorf("node %d does not lead upstream %s's group", s.m.nodeID, u.Name)
+		return Continuity{}, fmt.Errorf("%w: node %d does not lead upstream %s's group (a leader change?): retry", ErrUnavailable, s.m.nodeID, u.Name)
 	}
 	g, ok := s.Group()
 	if !ok {
-		return Continuity{}, fmt.Errorf("upstream %s: group %d is not open on this node", u.Name, s.gid)
+		return Continuity{}, fmt.Errorf("%w: upstream %s: group %d is not open on this node", ErrUnavailable, u.Name, s.gid)
 	}
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
@@ -50,52 +61,71 @@ func (s *Shard) CheckSource(ctx context.Context, addr string) (Continuity, error
 		return Continuity{}, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
 	cctx, ccancel := context.WithTimeout(ctx, 10*time.Second)
-	c, err := connectMaster(cctx, addr, u.User, password, tlsCfg, 5*time.Second)
+	c, err := connectMaster(cctx, addr, u.User, password, tlsCfg, 5*time.Second, func(c *client.Conn) error {
+		c.ReadTimeout, c.WriteTimeout = checkQueryTimeout, checkQueryTimeout
+		return nil
+	})
 	ccancel()
 	if err != nil {
-		return Continuity{}, fmt.Errorf("cannot connect to %s as user %q: %w", addr, u.User, err)
+		return Continuity{}, fmt.Errorf("%w: cannot connect to %s as user %q: %w", ErrUnavailable, addr, u.User, err)
 	}
 	defer c.Close()
-	version, err := queryString(c, addr, "SELECT @@version")
+	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled check ends its query
+	defer stop()
+	v, err := readSourceView(c, addr, u.Flavor)
 	if err != nil {
 		return Continuity{}, err
 	}
-	if isMaria := strings.Contains(strings.ToLower(version), "mariadb"); isMaria != (u.Flavor != "mysql") {
-		return Continuity{}, fmt.Errorf("%s runs %s, but upstream %s is a %s master", addr, version, u.Name, u.Flavor)
+	if isMaria := strings.Contains(strings.ToLower(v.version), "mariadb"); isMaria != (u.Flavor != "mysql") {
+		return Continuity{}, fmt.Errorf("%s runs %s, but upstream %s is a %s master", addr, v.version, u.Name, u.Flavor)
 	}
 	if lb, err := queryString(c, addr, "SELECT @@log_bin"); err != nil {
 		return Continuity{}, err
 	} else if lb != "1" {
 		return Continuity{}, fmt.Errorf("%s has binary logging off: it cannot be a master", addr)
 	}
-	if u.SemiSync == "on" && !semiSyncOffered(c) {
-		return Continuity{}, fmt.Errorf("%s has semi-sync off but upstream %s requires it (--semi-sync on): turn rpl_semi_sync_master_enabled on there first", addr, u.Name)
-	}
-	v, err := readSourceView(c, addr, u.Flavor)
-	if err != nil {
-		return Continuity{}, err
+	if v.checksum != "CRC32" && v.checksum != "NONE" {
+		return Continuity{}, fmt.Errorf("%s has binlog_checksum=%s: Flotilla supports CRC32 and NONE", addr, v.checksum)
 	}
 	if v.serverID == syncerServerID(u, s.gid) {
 		return Continuity{}, fmt.Errorf("%s has server_id %d, the one Flotilla uses toward the upstream's master", addr, v.serverID)
 	}
-	return checkContinuity(ctx, c, addr, v, g)
+	if u.SemiSync == "on" && !semiSyncOffered(c) {
+		return Continuity{}, fmt.Errorf("%s has semi-sync off but upstream %s requires it (--semi-sync on): turn rpl_semi_sync_master_enabled on there first", addr, u.Name)
+	}
+	if writable && (v.readOnly || v.replicating) {
+		return Continuity{Source: addr, ReadOnly: v.readOnly, Replicating: v.replicating}, nil
+	}
+	cont, err := checkContinuity(ctx, c, addr, v, g)
+	cont.Replicating, cont.view = v.replicating, v
+	return cont, err
 }
 
 // Repoint makes addr the upstream's master after a failover, once CheckSource finds
-// it a valid continuation; with force it proceeds anyway, recording what was wrong.
-// Replicas are never reconfigured: the syncer reconnects to addr and the group's
-// history continues (a new served file starts with the new master's events).
+// it a valid continuation; with force it proceeds despite errant GTIDs, recording
+// them (never despite missing ones: the new master could not serve the group's
+// position). The syncer is stopped and fenced first, so the group's state cannot
+// move between the check and the switch. Replicas are never reconfigured: the syncer
+// reconnects to addr and the group's history continues in a new served file.
 func (s *Shard) Repoint(ctx context.Context, addr string, force bool) (Continuity, error) {
 	u := s.Upstream()
 	if addr == u.Source {
 		return Continuity{}, fmt.Errorf("upstream %s already has source %s", u.Name, addr)
 	}
-	cont, err := s.CheckSource(ctx, addr)
+	resume, err := s.holdSyncer(ctx)
+	if err != nil {
+		return Continuity{}, err
+	}
+	defer resume()
+	cont, err := s.CheckSource(ctx, addr, false)
 	if err != nil {
 		return cont, err
 	}
 	problem := cont.Problem()
-	if problem != "" && !force {
+	switch {
+	case len(cont.Missing) > 0:
+		return cont, fmt.Errorf("%w: %s; not even --force switches: the new master could not serve the group's position", ErrNotContinuation, problem)
+	case problem != "" && !force:
 		return cont, fmt.Errorf("%w: %s; repoint with --force to switch anyway", ErrNotContinuation, problem)
 	}
 	how := "repoint"
@@ -105,13 +135,38 @@ func (s *Shard) Repoint(ctx context.Context, addr string, force bool) (Continuit
 	return cont, s.switchSource(ctx, u, addr, "upstream repoint", how, cont)
 }
 
-// switchSource records the switch to addr in the metadata and restarts the syncer
+// holdSyncer stops this leader's syncer and fences it (a new epoch: a proposal of
+// the stopped syncer still in flight is rejected if it was not applied yet), until
+// the returned function lets it run again.
+func (s *Shard) holdSyncer(ctx context.Context) (func(), error) {
+	s.held.Add(1)
+	resume := func() {
+		s.held.Add(-1)
+		s.poke()
+	}
+	s.poke()
+	for deadline := time.Now().Add(30 * time.Second); s.Status().Running; time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			resume()
+			return nil, fmt.Errorf("%w: the syncer of upstream %s did not stop", ErrUnavailable, s.Upstream().Name)
+		}
+	}
+	if _, err := s.claimEpoch(ctx); err != nil {
+		resume()
+		return nil, fmt.Errorf("%w: fence the syncer of upstream %s: %w", ErrUnavailable, s.Upstream().Name, err)
+	}
+	return resume, nil
+}
+
+// switchSource records the switch to addr in the metadata, with the new master's
+// identity (replicas are shown its server_id from then on), and restarts the syncer
 // on it.
 func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, reason, how string, cont Continuity) error {
 	if s.m.switcher == nil {
 		return errors.New("this node cannot record source switches")
 	}
-	sw := placement.SourceSwitch{At: time.Now().UTC(), From: u.Source, To: addr, Reason: reason, Forced: how == "forced", Warning: cont.Problem()}
+	sw := placement.SourceSwitch{At: time.Now().UTC(), From: u.Source, To: addr, Reason: reason, Forced: how == "forced", Warning: cont.Problem(),
+		ServerID: cont.view.serverID, Version: cont.view.version, BinlogChecksum: cont.view.checksum}
 	note := placement.Note("upstream %s: source %s -> %s (%s)", u.Name, u.Source, addr, reason)
 	if sw.Forced {
 		note += " FORCED despite: " + sw.Warning
@@ -122,12 +177,11 @@ func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, re
 	if sw.Forced {
 		s.log.Warn("source switched despite failed continuity checks (--force)", "from", u.Source, "to", addr, "problem", sw.Warning)
 	} else {
-		s.log.Info("source switched", "from", u.Source, "to", addr, "reason", reason, "own_transactions", cont.Own)
+		s.log.Info("source switched", "from", u.Source, "to", addr, "reason", reason, "transactions_ahead", cont.Ahead)
 	}
 	s.m.metrics.SourceSwitched(u.Name, how)
 	s.mu.Lock()
-	s.upstream.Source = addr
-	s.upstream.Switches = append(s.upstream.Switches, sw)
+	sw.Apply(&s.upstream)
 	s.mu.Unlock()
 	s.updateStatus(func(st *SyncStatus) { st.Selection = "" })
 	s.poke()
@@ -135,20 +189,31 @@ func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, re
 }
 
 // selectSource, after the source has been unreachable for down, switches to the
-// first candidate that is writable and a valid continuation; with none it says why
-// in status and the syncer tries again after its next failed attempt.
+// first candidate that is writable, not replicating, and a valid continuation; with
+// none it says why in status and the syncer tries again after its next failed
+// attempt.
 func (s *Shard) selectSource(ctx context.Context, u placement.Upstream, down time.Duration) bool {
 	var why []string
+	// Fence what the failed connection may have left in flight, so the group's
+	// state cannot move after the checks.
+	if _, err := s.claimEpoch(ctx); err != nil {
+		why = append(why, "cannot fence the group's syncer: "+err.Error())
+	}
 	for _, cand := range u.Candidates {
+		if len(why) > 0 {
+			break
+		}
 		if cand == u.Source {
 			continue
 		}
-		cont, err := s.CheckSource(ctx, cand)
+		cont, err := s.CheckSource(ctx, cand, true)
 		switch {
 		case err != nil:
 			why = append(why, err.Error())
 		case cont.ReadOnly:
 			why = append(why, cand+" has read_only=ON (not promoted)")
+		case cont.Replicating:
+			why = append(why, cand+" still replicates (not promoted: stop and reset its replication)")
 		case cont.Problem() != "":
 			why = append(why, cont.Problem())
 		default:

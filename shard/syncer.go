@@ -95,6 +95,12 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	}
 	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset)
 	if err != nil {
+		var me *mysql.MyError
+		if errors.As(err, &me) || errors.Is(err, errSemiSyncOff) {
+			// The master answered (a wrong password, too many connections): it is
+			// up, and no reason to switch to a candidate.
+			return fmt.Errorf("connect to master %s: %w", u.Source, err)
+		}
 		return fmt.Errorf("%w: connect to master %s: %w", errSourceDown, u.Source, err)
 	}
 	defer src.close()
@@ -163,7 +169,7 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 		if !st.semi {
 			if u.SemiSync == "on" {
 				st.close()
-				return nil, nil, fmt.Errorf("upstream %s asks for semi-sync (--semi-sync on) but the master has it off: turn rpl_semi_sync_master_enabled on, or set the upstream's semi-sync to auto", u.Name)
+				return nil, nil, fmt.Errorf("%w: upstream %s asks for semi-sync (--semi-sync on): turn rpl_semi_sync_master_enabled on, or set the upstream's semi-sync to auto", errSemiSyncOff, u.Name)
 			}
 			return st, nil, nil // turned off since the probe: a plain replica
 		}
@@ -196,6 +202,9 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 	}
 	return goMySQLSource{bs: bs, s: streamer}, nil, nil
 }
+
+// errSemiSyncOff: the upstream wants semi-sync and the master has it off.
+var errSemiSyncOff = errors.New("the master has semi-sync off")
 
 // masterOffersSemiSync asks the master whether it has semi-sync on (a failure to ask
 // counts as no: the syncer then replicates asynchronously, as replicas do).

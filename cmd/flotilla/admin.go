@@ -293,7 +293,8 @@ func upstreamCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					return call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
+					// The leader checks the new master (up to 2 minutes) before switching.
+					return call(c, 3*time.Minute, func(ctx context.Context, cl *adminrpc.Client) error {
 						u, err := cl.RepointUpstream(ctx, &adminv1.RepointUpstreamRequest{Name: n, Source: c.String("source"), Force: c.Bool("force")})
 						if err != nil {
 							return err
