@@ -222,7 +222,7 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 		}
 		// What the master purged cannot be read: the scan looks for the rest.
 		inLogs := cand.Subtract(v.purged)
-		txns, err := scanBinlogs(ctx, c, addr, func(start string) bool {
+		txns, err := scanBinlogs(ctx, c, addr, binlogEventsPage, func(start string) bool {
 			set, err := binlog.ParseMySQLSet(strings.ReplaceAll(start, "\n", ""))
 			return err == nil && inLogs.Subtract(set).ContainsSet(inLogs) // none of them before this file
 		})
@@ -278,7 +278,7 @@ func checkContinuity(ctx context.Context, c *client.Conn, addr string, v sourceV
 	if len(cand) == 0 {
 		return out, nil
 	}
-	txns, err := scanBinlogs(ctx, c, addr, func(start string) bool {
+	txns, err := scanBinlogs(ctx, c, addr, binlogEventsPage, func(start string) bool {
 		// The file's Gtid_list: the last GTID of each domain and server before it.
 		for _, s := range strings.Split(strings.Trim(start, "[] "), ",") {
 			e, err := binlog.ParseGTID(strings.TrimSpace(s))
@@ -348,7 +348,7 @@ var (
 // scanBinlogs returns the GTIDs of a master's binary logs in order, reading files
 // newest first until stop, given the file's opening GTID state (the Info of its
 // Gtid_list or Previous_gtids event), says older files do not matter.
-func scanBinlogs(ctx context.Context, c *client.Conn, addr string, stop func(start string) bool) ([]string, error) {
+func scanBinlogs(ctx context.Context, c *client.Conn, addr string, page int, stop func(start string) bool) ([]string, error) {
 	logs, err := c.Execute("SHOW BINARY LOGS")
 	if err != nil {
 		return nil, fmt.Errorf("master %s: SHOW BINARY LOGS: %w", addr, err)
@@ -362,7 +362,7 @@ func scanBinlogs(ctx context.Context, c *client.Conn, addr string, stop func(sta
 			if err := ctx.Err(); err != nil {
 				return nil, err
 			}
-			r, err := c.Execute(fmt.Sprintf("SHOW BINLOG EVENTS IN '%s' FROM %d LIMIT %d", quoteName.Replace(name), pos, binlogEventsPage))
+			r, err := c.Execute(fmt.Sprintf("SHOW BINLOG EVENTS IN '%s' FROM %d LIMIT %d", quoteName.Replace(name), pos, page))
 			if err != nil {
 				return nil, fmt.Errorf("master %s: read binary log %s: %w", addr, name, err)
 			}
@@ -382,7 +382,7 @@ func scanBinlogs(ctx context.Context, c *client.Conn, addr string, stop func(sta
 					}
 				}
 			}
-			if r.RowNumber() < binlogEventsPage {
+			if r.RowNumber() < page {
 				break
 			}
 			next, err := r.GetUint(r.RowNumber()-1, 4)

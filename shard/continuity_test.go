@@ -1,8 +1,17 @@
 package shard
 
 import (
+	"context"
+	"fmt"
 	"slices"
+	"strings"
 	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
 )
 
 // TestClassify: what a new master has and the group lacks is errant when the master
@@ -29,4 +38,54 @@ func TestClassify(t *testing.T) {
 			t.Errorf("%s: errant %v ahead %d, want %v %d", tc.name, errant, ahead, tc.errant, tc.ahead)
 		}
 	}
+}
+
+// scanBinlogs reads a master's binary logs newest file first, page by page, and
+// returns their GTIDs in order, stopping at the file its caller says is old enough.
+func TestScanBinlogs(t *testing.T) {
+	m := mysqlmaster.Start(t, "../test/fixtures/mysql-binlog/binlog")
+	ctx := context.Background()
+	c, err := client.ConnectWithContext(ctx, m.Addr(), m.User, m.Password, "", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	all, err := scanBinlogs(ctx, c, m.Addr(), 7, func(string) bool { return false })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 309 {
+		t.Fatalf("%d GTIDs read, want the recording's 309", len(all))
+	}
+	for i, g := range all {
+		if want := fmt.Sprintf("%s:%d", mysqlmaster.FixtureUUID, i+1); g != want {
+			t.Fatalf("GTID %d is %s, want %s (in order)", i, g, want)
+		}
+	}
+	// Stop at the first file whose Previous_gtids holds transaction 200: only the
+	// files from there on are read.
+	var starts []string
+	tail, err := scanBinlogs(ctx, c, m.Addr(), 5000, func(start string) bool {
+		starts = append(starts, start)
+		set, err := binlog.ParseMySQLSet(strings.ReplaceAll(start, "\n", ""))
+		return err == nil && set.Contains(binlog.MySQLGTID{Source: mustSource(t, mysqlmaster.FixtureUUID), GNO: 200})
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tail) == 0 || len(tail) >= 309 || tail[len(tail)-1] != all[308] || len(starts) >= 4 {
+		t.Fatalf("stopping early read %d GTIDs over %d files", len(tail), len(starts))
+	}
+	if !slices.Equal(tail, all[309-len(tail):]) {
+		t.Fatal("the files read early are not the newest ones, in order")
+	}
+}
+
+func mustSource(t *testing.T, uuid string) binlog.Source {
+	t.Helper()
+	sid, err := binlog.ParseSID(uuid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return binlog.Source{SID: sid}
 }
