@@ -452,7 +452,7 @@ func (ss *session) upstream() (*placement.Upstream, error) {
 			var match []*placement.Upstream
 			for _, u := range ss.ups {
 				for _, g := range pos {
-					if g.Server == u.ServerID || g.Domain == u.DomainID && g.Domain != 0 {
+					if u.HasServerID(g.Server) || g.Domain == u.DomainID && g.Domain != 0 {
 						match = append(match, u)
 						break
 					}

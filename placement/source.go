@@ -33,14 +33,36 @@ type SourceSwitch struct {
 	Warning string `json:"warning,omitempty"`
 	// ServerID, Version and BinlogChecksum describe the new master (0 and empty:
 	// unknown, the upstream keeps what it has): replicas are shown its identity.
-	ServerID       uint32 `json:"server_id,omitempty"`
-	Version        string `json:"version,omitempty"`
-	BinlogChecksum string `json:"binlog_checksum,omitempty"`
+	ServerID       uint32  `json:"server_id,omitempty"`
+	DomainID       *uint32 `json:"domain_id,omitempty"`
+	Version        string  `json:"version,omitempty"`
+	BinlogChecksum string  `json:"binlog_checksum,omitempty"`
+	// FromServerID is the server_id the upstream presented before the switch.
+	FromServerID uint32 `json:"from_server_id,omitempty"`
+}
+
+// HasServerID reports whether id is the server_id of a master of the upstream's
+// history (the current one or one before a switch): a replica's GTID position
+// naming it belongs to this upstream.
+func (u *Upstream) HasServerID(id uint32) bool {
+	if id == u.ServerID {
+		return true
+	}
+	for _, sw := range u.Switches {
+		if sw.FromServerID == id || sw.ServerID == id {
+			return true
+		}
+	}
+	return false
 }
 
 // Apply makes the switch's new master u's source and records the switch.
 func (sw SourceSwitch) Apply(u *Upstream) {
 	u.Source = sw.To
+	sw.FromServerID = u.ServerID
+	if sw.DomainID != nil {
+		u.DomainID = *sw.DomainID
+	}
 	if sw.ServerID != 0 {
 		u.ServerID = sw.ServerID
 	}

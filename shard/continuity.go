@@ -35,8 +35,9 @@ type Continuity struct {
 	// NoReplicaUpdates: the master does not write what it replicates to its binary
 	// log (log_slave_updates off), which explains GTIDs missing from it.
 	NoReplicaUpdates bool
-	// Replicating: a replication thread of the master still runs.
-	Replicating bool
+	// Replicating: a replication thread of the master still runs;
+	// ReplicationUnknown: the master would not say (no SLAVE MONITOR).
+	Replicating, ReplicationUnknown bool
 	// view is what was read of the master (its identity, for the switch).
 	view sourceView
 }
@@ -72,8 +73,10 @@ type sourceView struct {
 	version    string
 	checksum   string // binlog_checksum
 	readOnly   bool
-	// replicating: a replication thread of the master still runs (not promoted).
-	replicating bool
+	// replicating: a replication thread of the master still runs (not promoted);
+	// replicationUnknown: its replication status could not be read.
+	replicating, replicationUnknown bool
+	domainID                        uint32
 	// replicaUpdates: log_slave_updates (log_replica_updates) is on.
 	replicaUpdates bool
 	// state is MariaDB's gtid_binlog_state (the last GTID of each domain and
@@ -125,7 +128,10 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 	if flavor == "mysql" {
 		status, io, sql = "SHOW REPLICA STATUS", "Replica_IO_Running", "Replica_SQL_Running" // 8.0.22+
 	}
-	if r, err := c.Execute(status); err == nil {
+	r, err := c.Execute(status)
+	if err != nil {
+		v.replicationUnknown = true
+	} else {
 		for i := 0; i < r.RowNumber(); i++ {
 			a, _ := r.GetStringByName(i, io)
 			b, _ := r.GetStringByName(i, sql)
@@ -152,6 +158,12 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 		}
 		return v, nil
 	}
+	dom, err := queryString(c, addr, "SELECT @@gtid_domain_id")
+	if err != nil {
+		return v, err
+	}
+	d, _ := strconv.ParseUint(dom, 10, 32)
+	v.domainID = uint32(d)
 	st, err := queryString(c, addr, "SELECT @@GLOBAL.gtid_binlog_state")
 	if err != nil {
 		return v, err

@@ -31,8 +31,6 @@ type Shard struct {
 	kick chan struct{}
 	// reconciling: a membership change is under way.
 	reconciling atomic.Bool
-	// held counts the holds on the syncer (holdSyncer): while any, it does not run.
-	held atomic.Int32
 
 	mu       sync.Mutex
 	upstream placement.Upstream
@@ -45,6 +43,10 @@ type Shard struct {
 	status   SyncStatus
 	leaderID uint64
 	hasLead  bool
+	// held counts the holds on the syncer (holdSyncer): while any, run starts none;
+	// active: run has a syncer started and not yet stopped.
+	held   int
+	active bool
 }
 
 // SyncStatus is what the syncer last did, for `flotilla status`.
@@ -187,12 +189,16 @@ func (s *Shard) run(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
 	var running *syncerRun
-	defer func() { running.stop() }()
+	defer func() {
+		if running != nil {
+			s.stopSyncer(running)
+		}
+	}()
 	for {
 		id, changed := s.m.leaders.Leader(s.gid)
 		s.mu.Lock()
 		s.leaderID, s.hasLead = id, id != 0
-		paused, source := s.upstream.Paused, s.upstream.Source
+		paused, source, held := s.upstream.Paused, s.upstream.Source, s.held > 0
 		s.mu.Unlock()
 		// Membership changes wait for raft (seconds when a quorum is missing): they run
 		// beside this loop, one at a time, so a lost leadership still stops the syncer
@@ -203,21 +209,18 @@ func (s *Shard) run(ctx context.Context) {
 				s.reconcileMembers(ctx)
 			}()
 		}
-		should := id == s.m.nodeID && !paused && s.held.Load() == 0
+		should := id == s.m.nodeID && !paused && !held
 		if running != nil && (running.source != source || running.ended()) {
 			if running.source != source {
 				s.log.Info("source changed: restarting the syncer", "from", running.source, "to", source)
 			}
-			running.stop()
-			running = nil
+			running = s.stopSyncer(running)
 		}
 		if should && running == nil {
-			s.log.Info("leading the group: starting the syncer")
-			running = s.startSyncer(ctx, source)
+			running = s.startSyncerUnlessHeld(ctx, source)
 		} else if !should && running != nil {
-			s.log.Info("stopping syncer", "leader", id, "paused", paused, "held", s.held.Load())
-			running.stop()
-			running = nil
+			s.log.Info("stopping syncer", "leader", id, "paused", paused, "held", held)
+			running = s.stopSyncer(running)
 		}
 		var ended <-chan struct{}
 		if running != nil {
@@ -340,6 +343,28 @@ func (s *Shard) startSyncer(ctx context.Context, source string) *syncerRun {
 		s.runSyncer(sctx)
 	}()
 	return r
+}
+
+// startSyncerUnlessHeld starts the syncer unless a hold (holdSyncer) came meanwhile,
+// deciding under the lock the hold takes, so a hold never misses a starting syncer.
+func (s *Shard) startSyncerUnlessHeld(ctx context.Context, source string) *syncerRun {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held > 0 {
+		return nil
+	}
+	s.log.Info("leading the group: starting the syncer")
+	s.active = true
+	return s.startSyncer(ctx, source)
+}
+
+// stopSyncer stops r and waits for it; a hold waits for this.
+func (s *Shard) stopSyncer(r *syncerRun) *syncerRun {
+	r.stop()
+	s.mu.Lock()
+	s.active = false
+	s.mu.Unlock()
+	return nil
 }
 
 // ended reports whether the syncer returned.

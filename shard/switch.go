@@ -73,11 +73,11 @@ func (s *Shard) CheckSource(ctx context.Context, addr string, writable bool) (Co
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled check ends its query
 	defer stop()
 	v, err := readSourceView(c, addr, u.Flavor)
-	if err != nil {
-		return Continuity{}, err
-	}
 	if isMaria := strings.Contains(strings.ToLower(v.version), "mariadb"); isMaria != (u.Flavor != "mysql") {
 		return Continuity{}, fmt.Errorf("%s runs %s, but upstream %s is a %s master", addr, v.version, u.Name, u.Flavor)
+	}
+	if err != nil {
+		return Continuity{}, err
 	}
 	if lb, err := queryString(c, addr, "SELECT @@log_bin"); err != nil {
 		return Continuity{}, err
@@ -93,59 +93,95 @@ func (s *Shard) CheckSource(ctx context.Context, addr string, writable bool) (Co
 	if u.SemiSync == "on" && !semiSyncOffered(c) {
 		return Continuity{}, fmt.Errorf("%s has semi-sync off but upstream %s requires it (--semi-sync on): turn rpl_semi_sync_master_enabled on there first", addr, u.Name)
 	}
-	if writable && (v.readOnly || v.replicating) {
-		return Continuity{Source: addr, ReadOnly: v.readOnly, Replicating: v.replicating}, nil
+	if writable && (v.readOnly || v.replicating || v.replicationUnknown) {
+		return Continuity{Source: addr, ReadOnly: v.readOnly, Replicating: v.replicating, ReplicationUnknown: v.replicationUnknown}, nil
 	}
 	cont, err := checkContinuity(ctx, c, addr, v, g)
-	cont.Replicating, cont.view = v.replicating, v
+	cont.Replicating, cont.ReplicationUnknown, cont.view = v.replicating, v.replicationUnknown, v
 	return cont, err
 }
 
 // Repoint makes addr the upstream's master after a failover, once CheckSource finds
 // it a valid continuation; with force it proceeds despite errant GTIDs, recording
 // them (never despite missing ones: the new master could not serve the group's
-// position). The syncer is stopped and fenced first, so the group's state cannot
-// move between the check and the switch. Replicas are never reconfigured: the syncer
+// position) and despite a master that still replicates. The check runs twice: first
+// with the syncer running (a mistaken repoint costs the master nothing), then with
+// the syncer stopped and fenced, so the group's state cannot move between the check
+// and the switch. Replicas are never reconfigured: the syncer
 // reconnects to addr and the group's history continues in a new served file.
 func (s *Shard) Repoint(ctx context.Context, addr string, force bool) (Continuity, error) {
 	u := s.Upstream()
 	if addr == u.Source {
 		return Continuity{}, fmt.Errorf("upstream %s already has source %s", u.Name, addr)
 	}
+	if !s.IsLeader() {
+		return Continuity{}, fmt.Errorf("%w: node %d does not lead upstream %s's group (a leader change?): retry", ErrUnavailable, s.m.nodeID, u.Name)
+	}
+	// Check once while the syncer still runs (a mistaken repoint must not stall a
+	// live semi-sync master for a whole check), then again, briefly, held and fenced.
+	cont, err := s.CheckSource(ctx, addr, false)
+	if err == nil {
+		err = refuseSwitch(cont, force)
+	}
+	if err != nil {
+		return cont, err
+	}
 	resume, err := s.holdSyncer(ctx)
 	if err != nil {
 		return Continuity{}, err
 	}
 	defer resume()
-	cont, err := s.CheckSource(ctx, addr, false)
+	if cont, err = s.CheckSource(ctx, addr, false); err == nil {
+		err = refuseSwitch(cont, force)
+	}
 	if err != nil {
 		return cont, err
 	}
 	problem := cont.Problem()
-	switch {
-	case len(cont.Missing) > 0:
-		return cont, fmt.Errorf("%w: %s; not even --force switches: the new master could not serve the group's position", ErrNotContinuation, problem)
-	case problem != "" && !force:
-		return cont, fmt.Errorf("%w: %s; repoint with --force to switch anyway", ErrNotContinuation, problem)
+	if cont.Replicating {
+		problem = strings.TrimPrefix(problem+"; "+addr+" still replicates", "; ")
 	}
 	how := "repoint"
 	if problem != "" {
 		how = "forced"
 	}
-	return cont, s.switchSource(ctx, u, addr, "upstream repoint", how, cont)
+	return cont, s.switchSource(ctx, u, addr, "upstream repoint", how, problem, cont)
+}
+
+// refuseSwitch says why a repoint to a master checked as cont may not go ahead.
+func refuseSwitch(cont Continuity, force bool) error {
+	problem := cont.Problem()
+	switch {
+	case len(cont.Missing) > 0:
+		return fmt.Errorf("%w: %s; not even --force switches: the new master could not serve the group's position", ErrNotContinuation, problem)
+	case problem != "" && !force:
+		return fmt.Errorf("%w: %s; repoint with --force to switch anyway", ErrNotContinuation, problem)
+	case cont.Replicating && !force:
+		return fmt.Errorf("%w: %s still replicates (it was not promoted, or it follows Flotilla): stop and reset its replication first, or repoint with --force", ErrNotContinuation, cont.Source)
+	}
+	return nil
 }
 
 // holdSyncer stops this leader's syncer and fences it (a new epoch: a proposal of
 // the stopped syncer still in flight is rejected if it was not applied yet), until
 // the returned function lets it run again.
 func (s *Shard) holdSyncer(ctx context.Context) (func(), error) {
-	s.held.Add(1)
+	s.mu.Lock()
+	s.held++
+	s.mu.Unlock()
 	resume := func() {
-		s.held.Add(-1)
+		s.mu.Lock()
+		s.held--
+		s.mu.Unlock()
 		s.poke()
 	}
 	s.poke()
-	for deadline := time.Now().Add(30 * time.Second); s.Status().Running; time.Sleep(20 * time.Millisecond) {
+	active := func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return s.active
+	}
+	for deadline := time.Now().Add(30 * time.Second); active(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			resume()
 			return nil, fmt.Errorf("%w: the syncer of upstream %s did not stop", ErrUnavailable, s.Upstream().Name)
@@ -161,12 +197,16 @@ func (s *Shard) holdSyncer(ctx context.Context) (func(), error) {
 // switchSource records the switch to addr in the metadata, with the new master's
 // identity (replicas are shown its server_id from then on), and restarts the syncer
 // on it.
-func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, reason, how string, cont Continuity) error {
+func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, reason, how, warning string, cont Continuity) error {
 	if s.m.switcher == nil {
 		return errors.New("this node cannot record source switches")
 	}
-	sw := placement.SourceSwitch{At: time.Now().UTC(), From: u.Source, To: addr, Reason: reason, Forced: how == "forced", Warning: cont.Problem(),
+	sw := placement.SourceSwitch{At: time.Now().UTC(), From: u.Source, To: addr, Reason: reason, Forced: how == "forced", Warning: warning,
 		ServerID: cont.view.serverID, Version: cont.view.version, BinlogChecksum: cont.view.checksum}
+	if u.Flavor != "mysql" {
+		d := cont.view.domainID
+		sw.DomainID = &d
+	}
 	note := placement.Note("upstream %s: source %s -> %s (%s)", u.Name, u.Source, addr, reason)
 	if sw.Forced {
 		note += " FORCED despite: " + sw.Warning
@@ -193,16 +233,16 @@ func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, re
 // none it says why in status and the syncer tries again after its next failed
 // attempt.
 func (s *Shard) selectSource(ctx context.Context, u placement.Upstream, down time.Duration) bool {
-	var why []string
 	// Fence what the failed connection may have left in flight, so the group's
 	// state cannot move after the checks.
 	if _, err := s.claimEpoch(ctx); err != nil {
-		why = append(why, "cannot fence the group's syncer: "+err.Error())
+		s.updateStatus(func(st *SyncStatus) {
+			st.Selection = "cannot fence the group's syncer to check candidates: " + err.Error()
+		})
+		return false
 	}
+	var why []string
 	for _, cand := range u.Candidates {
-		if len(why) > 0 {
-			break
-		}
 		if cand == u.Source {
 			continue
 		}
@@ -214,16 +254,21 @@ func (s *Shard) selectSource(ctx context.Context, u placement.Upstream, down tim
 			why = append(why, cand+" has read_only=ON (not promoted)")
 		case cont.Replicating:
 			why = append(why, cand+" still replicates (not promoted: stop and reset its replication)")
+		case cont.ReplicationUnknown:
+			why = append(why, cand+": cannot tell whether it still replicates (SHOW SLAVE STATUS refused: grant the upstream's user SLAVE MONITOR, or REPLICATION CLIENT on MySQL)")
 		case cont.Problem() != "":
 			why = append(why, cont.Problem())
 		default:
 			reason := fmt.Sprintf("automatic: source %s unreachable for %s", u.Source, down.Round(time.Second))
-			if err := s.switchSource(ctx, u, cand, reason, "automatic", cont); err != nil {
+			if err := s.switchSource(ctx, u, cand, reason, "automatic", "", cont); err != nil {
 				why = append(why, err.Error())
 				continue
 			}
 			return true
 		}
+	}
+	if ctx.Err() != nil {
+		return false // stopped meanwhile (a hold, lost leadership): nothing to report
 	}
 	msg := fmt.Sprintf("source %s unreachable for %s; no candidate can take over", u.Source, down.Round(time.Second))
 	if len(why) > 0 {

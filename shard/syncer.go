@@ -96,7 +96,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset)
 	if err != nil {
 		var me *mysql.MyError
-		if errors.As(err, &me) || errors.Is(err, errSemiSyncOff) {
+		if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) || errors.Is(err, errSemiSyncOff) {
 			// The master answered (a wrong password, too many connections): it is
 			// up, and no reason to switch to a candidate.
 			return fmt.Errorf("connect to master %s: %w", u.Source, err)
@@ -202,6 +202,11 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 	}
 	return goMySQLSource{bs: bs, s: streamer}, nil, nil
 }
+
+// masterDownCodes are the MySQL errors of a master that answers but cannot serve
+// anyone (too many connections, shutting down, blocked host): for automatic source
+// selection it is down.
+var masterDownCodes = []uint16{mysql.ER_CON_COUNT_ERROR, mysql.ER_SERVER_SHUTDOWN, mysql.ER_HOST_IS_BLOCKED}
 
 // errSemiSyncOff: the upstream wants semi-sync and the master has it off.
 var errSemiSyncOff = errors.New("the master has semi-sync off")

@@ -104,7 +104,9 @@ func losslessFailover(t *testing.T, auto bool) {
 	add := []string{"upstream", "add", "main", "--source", a.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 		"--replica-user", replicaUser, "--replica-password", replicaPass}
 	if auto {
-		add = append(add, "--candidate", a.Addr(), "--candidate", b.Addr(), "--source-down-after", "2s")
+		// D, listed before B, can never take over (no binary log, no user): the
+		// selection goes on to B.
+		add = append(add, "--candidate", a.Addr(), "--candidate", d.Addr(), "--candidate", b.Addr(), "--source-down-after", "2s")
 	}
 	if out, err := nodes[0].CLI(ctx, add...); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)

@@ -544,7 +544,7 @@ func (s *Server) CreateReplUser(ctx context.Context, user, password string) erro
 		acct := quoteString(user) + "@" + quoteString(host)
 		for _, q := range []string{
 			"CREATE USER IF NOT EXISTS " + acct + " IDENTIFIED BY " + quoteString(password),
-			"GRANT REPLICATION SLAVE, REPLICATION CLIENT, BINLOG MONITOR, SELECT ON *.* TO " + acct,
+			"GRANT REPLICATION SLAVE, REPLICATION CLIENT, BINLOG MONITOR, SLAVE MONITOR, SELECT ON *.* TO " + acct,
 		} {
 			if err := s.Exec(ctx, q); err != nil {
 				return fmt.Errorf("mariadbtest: create replication user %s: %w", user, err)
