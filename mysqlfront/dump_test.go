@@ -16,19 +16,26 @@ import (
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
+// newPipeWriter returns a dump's event writer on one end of a pipe and the other end,
+// where a replica reads.
+func newPipeWriter(t *testing.T) (*eventWriter, net.Conn) {
+	t.Helper()
+	server, client := net.Pipe()
+	t.Cleanup(func() { server.Close(); client.Close() })
+	ss := newTestSession()
+	ss.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ss.c = &conn{Conn: packet.NewConn(server), client: server}
+	return &eventWriter{ss: ss, out: bufio.NewWriterSize(server, 64<<10), reg: &replicaInfo{}, sent: func(int) {}}, client
+}
+
 // The dump's buffered framing round-trips events of every size through a real
 // packet reader: small ones, one whose packet is exactly the 16 MiB maximum (it must
 // be followed by an empty packet) and one that needs continuation packets, with
 // sequence ids continuing across them; each sent whole and in parts (an event cut
 // across stored pieces), cut anywhere past its header.
 func TestEventWriterFramesAnySize(t *testing.T) {
-	server, client := net.Pipe()
-	defer server.Close()
-	defer client.Close()
-	ss := newTestSession()
-	ss.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	ss.c = &conn{Conn: packet.NewConn(server), client: server}
-	w := &eventWriter{ss: ss, out: bufio.NewWriterSize(server, 64<<10), reg: &replicaInfo{}, sent: func(int) {}}
+	w, client := newPipeWriter(t)
+	ss := w.ss
 	sizes := []int{19, 1000, mysql.MaxPayloadLen - 1, mysql.MaxPayloadLen + 5, 40 << 20}
 	events := make([][]byte, len(sizes))
 	for i, n := range sizes {

@@ -1,12 +1,8 @@
 package mysqlfront
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
-	"io"
-	"log/slog"
-	"net"
 	"testing"
 	"time"
 
@@ -21,15 +17,9 @@ import (
 // it, as the replica expects (its packet reader fails on any other sequence id); the
 // ACKs it sends back are recorded for status.
 func TestSemiSyncReplicaFraming(t *testing.T) {
-	server, client := net.Pipe()
-	defer server.Close()
-	defer client.Close()
-	ss := newTestSession()
-	ss.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	ss.c = &conn{Conn: packet.NewConn(server), client: server}
-	reg := &replicaInfo{}
-	u := &placement.Upstream{Flavor: "mariadb", BinlogChecksum: "CRC32"}
-	w := &eventWriter{ss: ss, out: bufio.NewWriterSize(server, 64<<10), reg: reg, sent: func(int) {}, txnEnd: txnEnds(u)}
+	w, client := newPipeWriter(t)
+	ss, reg := w.ss, w.reg
+	w.txnEnd = txnEnds(&placement.Upstream{Flavor: "mariadb", BinlogChecksum: "CRC32"})
 	events := [][]byte{
 		binlog.NewGTIDEvent(binlog.GTID{Domain: 0, Server: 1, Seq: 1}, 0, true),
 		binlog.NewQuery(1, "db", "BEGIN", true),

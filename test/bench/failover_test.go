@@ -49,9 +49,9 @@ func resumeTime(ctx context.Context, b *testing.B, m *mariadbtest.Server, replic
 	return time.Since(start)
 }
 
-func startReplicaOf(ctx context.Context, b *testing.B, dir string, id uint32, port string, user string) *mariadbtest.Server {
+func startReplicaOf(ctx context.Context, b *testing.B, dir string, id uint32, port string, user string, args ...string) *mariadbtest.Server {
 	b.Helper()
-	r, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: id})
+	r, err := mariadbtest.Start(ctx, dir, mariadbtest.Options{ServerID: id, ExtraArgs: args})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -91,17 +91,7 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 
 	// Baseline: a MariaDB replica acknowledging directly.
 	base := startSemiMaster(ctx, b, filepath.Join(dir, "base-master"), 1)
-	r, err := mariadbtest.Start(ctx, filepath.Join(dir, "base-replica"), mariadbtest.Options{ServerID: 2, ExtraArgs: []string{"--rpl-semi-sync-slave-enabled=ON"}})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { r.Stop() })
-	for _, q := range []string{fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%d, MASTER_USER='%s', MASTER_PASSWORD='%s', MASTER_USE_GTID=slave_pos",
-		base.Port(), benchUser, benchPass), "START SLAVE"} {
-		if err := r.Exec(ctx, q); err != nil {
-			b.Fatal(err)
-		}
-	}
+	startReplicaOf(ctx, b, filepath.Join(dir, "base-replica"), 2, strconv.Itoa(base.Port()), benchUser, "--rpl-semi-sync-slave-enabled=ON")
 	commitLatencies(ctx, b, base, 0, 50) // warm-up
 	baseLat := commitLatencies(ctx, b, base, 1000, n)
 
