@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"path"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -213,13 +215,17 @@ func (ss *session) staticVar(name string) (string, bool) {
 	return "", false
 }
 
+// showVarsWhere is the WHERE clause of SHOW VARIABLES that tools send (go-mysql's
+// semi-sync probe): a list of names or one name.
+var showVarsWhere = regexp.MustCompile(`(?i)\sWHERE\s+Variable_name\s*(?:IN\s*\(([^)]*)\)|=\s*('[^']*'))`)
+
 // knownVars lists the variables SHOW VARIABLES can report.
 var knownVars = []string{
 	"auto_increment_increment", "auto_increment_offset", "binlog_checksum", "binlog_format", "binlog_row_image",
 	"binlog_transaction_compression", "enforce_gtid_consistency", "gtid_executed", "gtid_mode", "gtid_purged",
 	"character_set_server", "collation_server", "gtid_binlog_pos", "gtid_binlog_state", "gtid_current_pos",
 	"gtid_domain_id", "gtid_strict_mode", "hostname", "log_bin", "log_bin_basename", "lower_case_table_names",
-	"max_allowed_packet", "rpl_semi_sync_master_enabled", "server_id", "server_uuid", "sql_mode",
+	"max_allowed_packet", "rpl_semi_sync_master_enabled", "rpl_semi_sync_source_enabled", "server_id", "server_uuid", "sql_mode",
 	"system_time_zone", "time_zone", "version", "version_comment",
 }
 
@@ -233,9 +239,18 @@ func (ss *session) showVariables(stmt string) (*mysql.Result, error) {
 		pattern = p
 	}
 	glob := strings.NewReplacer("%", "*", "_", "?").Replace(strings.ToLower(pattern))
+	var only []string // SHOW VARIABLES WHERE Variable_name IN (...) or = '...'
+	if m := showVarsWhere.FindStringSubmatch(stmt); m != nil {
+		list := m[1] + m[2]
+		for _, n := range strings.Split(list, ",") {
+			only = append(only, strings.ToLower(strings.Trim(strings.TrimSpace(n), "'\"`")))
+		}
+	} else if indexFold(stmt, " WHERE ") >= 0 {
+		return nil, mysql.NewError(mysql.ER_PARSE_ERROR, "Flotilla reads SHOW VARIABLES WHERE Variable_name IN (...) or = '...' only")
+	}
 	var rows [][]any
 	for _, name := range knownVars {
-		if ok, _ := path.Match(glob, name); ok {
+		if ok, _ := path.Match(glob, name); ok && (only == nil || slices.Contains(only, name)) {
 			v, err := ss.sysvar(name)
 			var me *mysql.MyError
 			if errors.As(err, &me) && me.Code == mysql.ER_UNKNOWN_SYSTEM_VARIABLE {

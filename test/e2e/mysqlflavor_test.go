@@ -37,14 +37,18 @@ type mysqlReplica struct {
 	v2       int // heartbeats v2 seen
 }
 
-func startMySQLReplica(t *testing.T, fl *flotillatest.Node, from binlog.MySQLSet) *mysqlReplica {
+func startMySQLReplica(t *testing.T, fl *flotillatest.Node, from binlog.MySQLSet, opts ...func(*replication.BinlogSyncerConfig)) *mysqlReplica {
 	t.Helper()
 	port, _ := strconv.Atoi(fl.MySQLPort())
-	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+	cfg := replication.BinlogSyncerConfig{
 		ServerID: 7001, Flavor: mysql.MySQLFlavor, Host: "127.0.0.1", Port: uint16(port), User: replicaUser, Password: replicaPass,
 		RawModeEnabled: true, HeartbeatPeriod: 300 * time.Millisecond, DisableRetrySync: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	bs := replication.NewBinlogSyncer(cfg)
 	t.Cleanup(bs.Close)
 	set, err := mysql.ParseMysqlGTIDSet(from.String())
 	if err != nil {
