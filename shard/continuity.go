@@ -124,19 +124,22 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 	}
 	// Replication still running means the server was not promoted (yet); a server
 	// that never replicated, or whose replication was reset, lists nothing.
-	status, io, sql := "SHOW SLAVE STATUS", "Slave_IO_Running", "Slave_SQL_Running"
-	if flavor == "mysql" {
-		status, io, sql = "SHOW REPLICA STATUS", "Replica_IO_Running", "Replica_SQL_Running" // 8.0.22+
-	}
-	r, err := c.Execute(status)
-	if err != nil {
-		v.replicationUnknown = true
-	} else {
+	v.replicationUnknown = true
+	for _, q := range replicaStatusQueries {
+		if q.mysql && flavor != "mysql" {
+			continue
+		}
+		r, err := c.Execute(q.stmt)
+		if err != nil {
+			continue
+		}
+		v.replicationUnknown = false
 		for i := 0; i < r.RowNumber(); i++ {
-			a, _ := r.GetStringByName(i, io)
-			b, _ := r.GetStringByName(i, sql)
+			a, _ := r.GetStringByName(i, q.io)
+			b, _ := r.GetStringByName(i, q.sql)
 			v.replicating = v.replicating || strings.EqualFold(a, "Yes") || strings.EqualFold(b, "Yes")
 		}
+		break
 	}
 	if flavor == "mysql" {
 		if v.serverUUID, err = queryString(c, addr, "SELECT @@server_uuid"); err != nil {
@@ -179,6 +182,16 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 		v.state = append(v.state, g)
 	}
 	return v, nil
+}
+
+// replicaStatusQueries read whether a server's replication threads run: MySQL
+// 8.0.22+ names, then the older ones (MariaDB, MySQL 5.7).
+var replicaStatusQueries = []struct {
+	mysql         bool
+	stmt, io, sql string
+}{
+	{true, "SHOW REPLICA STATUS", "Replica_IO_Running", "Replica_SQL_Running"},
+	{false, "SHOW SLAVE STATUS", "Slave_IO_Running", "Slave_SQL_Running"},
 }
 
 // isOff reads a boolean system variable.
