@@ -217,7 +217,7 @@ func (ss *session) staticVar(name string) (string, bool) {
 
 // showVarsWhere is the WHERE clause of SHOW VARIABLES that tools send (go-mysql's
 // semi-sync probe): a list of names or one name.
-var showVarsWhere = regexp.MustCompile(`(?i)\sWHERE\s+Variable_name\s*(?:IN\s*\(([^)]*)\)|=\s*('[^']*'))`)
+var showVarsWhere = regexp.MustCompile(`(?i)\sWHERE\s+Variable_name\s*(?:IN\s*\(([^)]*)\)|=\s*('[^']*'))\s*;?\s*$`)
 
 // knownVars lists the variables SHOW VARIABLES can report.
 var knownVars = []string{

@@ -449,17 +449,21 @@ func (ss *session) upstream() (*placement.Upstream, error) {
 	}
 	if v := ss.vars["slave_connect_state"]; v != nil {
 		if pos, err := binlog.ParsePosition(*v); err == nil && len(pos) > 0 {
-			var match []*placement.Upstream
-			for _, u := range ss.ups {
-				for _, g := range pos {
-					if u.HasServerID(g.Server) || g.Domain == u.DomainID && g.Domain != 0 {
-						match = append(match, u)
-						break
+			// By the current masters first; then by those before a switch (a
+			// replica that was away during a failover).
+			for _, history := range []bool{false, true} {
+				var match []*placement.Upstream
+				for _, u := range ss.ups {
+					for _, g := range pos {
+						if g.Server == u.ServerID || history && u.HadServerID(g.Server) || g.Domain == u.DomainID && g.Domain != 0 {
+							match = append(match, u)
+							break
+						}
 					}
 				}
-			}
-			if len(match) == 1 {
-				return match[0], nil
+				if len(match) == 1 {
+					return match[0], nil
+				}
 			}
 		}
 	}

@@ -41,12 +41,12 @@ type SourceSwitch struct {
 	FromServerID uint32 `json:"from_server_id,omitempty"`
 }
 
-// HasServerID reports whether id is the server_id of a master of the upstream's
-// history (the current one or one before a switch): a replica's GTID position
-// naming it belongs to this upstream.
-func (u *Upstream) HasServerID(id uint32) bool {
-	if id == u.ServerID {
-		return true
+// HadServerID reports whether id is the server_id of a master the upstream had
+// before one of its recorded switches: a replica's GTID position naming it may
+// belong to this upstream.
+func (u *Upstream) HadServerID(id uint32) bool {
+	if id == 0 {
+		return false
 	}
 	for _, sw := range u.Switches {
 		if sw.FromServerID == id || sw.ServerID == id {

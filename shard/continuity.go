@@ -126,7 +126,7 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 	// that never replicated, or whose replication was reset, lists nothing.
 	v.replicationUnknown = true
 	for _, q := range replicaStatusQueries {
-		if q.mysql && flavor != "mysql" {
+		if q.flavor != "" && q.flavor != flavor {
 			continue
 		}
 		r, err := c.Execute(q.stmt)
@@ -135,9 +135,14 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 		}
 		v.replicationUnknown = false
 		for i := 0; i < r.RowNumber(); i++ {
-			a, _ := r.GetStringByName(i, q.io)
-			b, _ := r.GetStringByName(i, q.sql)
-			v.replicating = v.replicating || strings.EqualFold(a, "Yes") || strings.EqualFold(b, "Yes")
+			a, errA := r.GetStringByName(i, q.io)
+			b, errB := r.GetStringByName(i, q.sql)
+			if errA != nil || errB != nil {
+				v.replicationUnknown = true
+				continue
+			}
+			// Yes, Connecting, Preparing: anything but No is a thread that runs.
+			v.replicating = v.replicating || !isNo(a) || !isNo(b)
 		}
 		break
 	}
@@ -187,12 +192,16 @@ func readSourceView(c *client.Conn, addr, flavor string) (sourceView, error) {
 // replicaStatusQueries read whether a server's replication threads run: MySQL
 // 8.0.22+ names, then the older ones (MariaDB, MySQL 5.7).
 var replicaStatusQueries = []struct {
-	mysql         bool
+	flavor        string // "": any
 	stmt, io, sql string
 }{
-	{true, "SHOW REPLICA STATUS", "Replica_IO_Running", "Replica_SQL_Running"},
-	{false, "SHOW SLAVE STATUS", "Slave_IO_Running", "Slave_SQL_Running"},
+	{"mysql", "SHOW REPLICA STATUS", "Replica_IO_Running", "Replica_SQL_Running"},
+	{"mariadb", "SHOW ALL SLAVES STATUS", "Slave_IO_Running", "Slave_SQL_Running"}, // every named connection
+	{"", "SHOW SLAVE STATUS", "Slave_IO_Running", "Slave_SQL_Running"},
 }
+
+// isNo reads a replication thread's state.
+func isNo(v string) bool { return strings.EqualFold(v, "No") }
 
 // isOff reads a boolean system variable.
 func isOff(v string) bool { return v == "0" || strings.EqualFold(v, "OFF") }

@@ -73,7 +73,7 @@ func (s *Shard) CheckSource(ctx context.Context, addr string, writable bool) (Co
 	stop := context.AfterFunc(ctx, func() { c.Close() }) // a cancelled check ends its query
 	defer stop()
 	v, err := readSourceView(c, addr, u.Flavor)
-	if isMaria := strings.Contains(strings.ToLower(v.version), "mariadb"); isMaria != (u.Flavor != "mysql") {
+	if isMaria := strings.Contains(strings.ToLower(v.version), "mariadb"); v.version != "" && isMaria != (u.Flavor != "mysql") {
 		return Continuity{}, fmt.Errorf("%s runs %s, but upstream %s is a %s master", addr, v.version, u.Name, u.Flavor)
 	}
 	if err != nil {
@@ -118,7 +118,7 @@ func (s *Shard) Repoint(ctx context.Context, addr string, force bool) (Continuit
 		return Continuity{}, fmt.Errorf("%w: node %d does not lead upstream %s's group (a leader change?): retry", ErrUnavailable, s.m.nodeID, u.Name)
 	}
 	// Check once while the syncer still runs (a mistaken repoint must not stall a
-	// live semi-sync master for a whole check), then again, briefly, held and fenced.
+	// live semi-sync master), then again with the syncer held and fenced.
 	cont, err := s.CheckSource(ctx, addr, false)
 	if err == nil {
 		err = refuseSwitch(cont, force)
@@ -126,7 +126,7 @@ func (s *Shard) Repoint(ctx context.Context, addr string, force bool) (Continuit
 	if err != nil {
 		return cont, err
 	}
-	resume, err := s.holdSyncer(ctx)
+	resume, epoch, err := s.holdSyncer(ctx)
 	if err != nil {
 		return Continuity{}, err
 	}
@@ -141,9 +141,15 @@ func (s *Shard) Repoint(ctx context.Context, addr string, force bool) (Continuit
 	if cont.Replicating {
 		problem = strings.TrimPrefix(problem+"; "+addr+" still replicates", "; ")
 	}
+	if cont.ReplicationUnknown {
+		problem = strings.TrimPrefix(problem+"; "+addr+" would not say whether it still replicates", "; ")
+	}
 	how := "repoint"
 	if problem != "" {
 		how = "forced"
+	}
+	if err := s.stillFenced(ctx, epoch); err != nil {
+		return cont, err
 	}
 	return cont, s.switchSource(ctx, u, addr, "upstream repoint", how, problem, cont)
 }
@@ -158,14 +164,16 @@ func refuseSwitch(cont Continuity, force bool) error {
 		return fmt.Errorf("%w: %s; repoint with --force to switch anyway", ErrNotContinuation, problem)
 	case cont.Replicating && !force:
 		return fmt.Errorf("%w: %s still replicates (it was not promoted, or it follows Flotilla): stop and reset its replication first, or repoint with --force", ErrNotContinuation, cont.Source)
+	case cont.ReplicationUnknown && !force:
+		return fmt.Errorf("%w: %s would not say whether it still replicates (SHOW SLAVE STATUS refused): grant the upstream's user SLAVE MONITOR (REPLICATION CLIENT on MySQL), or repoint with --force", ErrNotContinuation, cont.Source)
 	}
 	return nil
 }
 
-// holdSyncer stops this leader's syncer and fences it (a new epoch: a proposal of
-// the stopped syncer still in flight is rejected if it was not applied yet), until
-// the returned function lets it run again.
-func (s *Shard) holdSyncer(ctx context.Context) (func(), error) {
+// holdSyncer stops this leader's syncer and fences it (a new epoch, returned: a
+// proposal of the stopped syncer still in flight is rejected if it was not applied
+// yet), until the returned function lets it run again.
+func (s *Shard) holdSyncer(ctx context.Context) (func(), uint64, error) {
 	s.mu.Lock()
 	s.held++
 	s.mu.Unlock()
@@ -184,14 +192,29 @@ func (s *Shard) holdSyncer(ctx context.Context) (func(), error) {
 	for deadline := time.Now().Add(30 * time.Second); active(); time.Sleep(20 * time.Millisecond) {
 		if time.Now().After(deadline) || ctx.Err() != nil {
 			resume()
-			return nil, fmt.Errorf("%w: the syncer of upstream %s did not stop", ErrUnavailable, s.Upstream().Name)
+			return nil, 0, fmt.Errorf("%w: the syncer of upstream %s did not stop", ErrUnavailable, s.Upstream().Name)
 		}
 	}
-	if _, err := s.claimEpoch(ctx); err != nil {
+	epoch, err := s.claimEpoch(ctx)
+	if err != nil {
 		resume()
-		return nil, fmt.Errorf("%w: fence the syncer of upstream %s: %w", ErrUnavailable, s.Upstream().Name, err)
+		return nil, 0, fmt.Errorf("%w: fence the syncer of upstream %s: %w", ErrUnavailable, s.Upstream().Name, err)
 	}
-	return resume, nil
+	return resume, epoch, nil
+}
+
+// stillFenced checks, right before a switch, that this node still leads the group
+// and no syncer claimed the group since the fence at epoch (a new leader's would
+// have): the group's state is still the one checked.
+func (s *Shard) stillFenced(ctx context.Context, epoch uint64) error {
+	view, err := s.readState(ctx)
+	if err != nil {
+		return fmt.Errorf("%w: %w", ErrUnavailable, err)
+	}
+	if !s.IsLeader() || view.Epoch != epoch {
+		return fmt.Errorf("%w: the group's leadership changed during the checks (epoch %d, fenced at %d): retry", ErrUnavailable, view.Epoch, epoch)
+	}
+	return nil
 }
 
 // switchSource records the switch to addr in the metadata, with the new master's
@@ -235,13 +258,15 @@ func (s *Shard) switchSource(ctx context.Context, u placement.Upstream, addr, re
 func (s *Shard) selectSource(ctx context.Context, u placement.Upstream, down time.Duration) bool {
 	// Fence what the failed connection may have left in flight, so the group's
 	// state cannot move after the checks.
-	if _, err := s.claimEpoch(ctx); err != nil {
+	epoch, err := s.claimEpoch(ctx)
+	if err != nil {
 		s.updateStatus(func(st *SyncStatus) {
 			st.Selection = "cannot fence the group's syncer to check candidates: " + err.Error()
 		})
 		return false
 	}
 	var why []string
+candidates:
 	for _, cand := range u.Candidates {
 		if cand == u.Source {
 			continue
@@ -260,6 +285,10 @@ func (s *Shard) selectSource(ctx context.Context, u placement.Upstream, down tim
 			why = append(why, cont.Problem())
 		default:
 			reason := fmt.Sprintf("automatic: source %s unreachable for %s", u.Source, down.Round(time.Second))
+			if err := s.stillFenced(ctx, epoch); err != nil {
+				why = append(why, err.Error())
+				break candidates
+			}
 			if err := s.switchSource(ctx, u, cand, reason, "automatic", "", cont); err != nil {
 				why = append(why, err.Error())
 				continue

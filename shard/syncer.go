@@ -98,7 +98,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		var me *mysql.MyError
 		if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) || errors.Is(err, errSemiSyncOff) {
 			// The master answered (a wrong password, too many connections): it is
-			// up, and no reason to switch to a candidate.
+			// up, and no reason to switch to a candidate (see masterDownCodes).
 			return fmt.Errorf("connect to master %s: %w", u.Source, err)
 		}
 		return fmt.Errorf("%w: connect to master %s: %w", errSourceDown, u.Source, err)
@@ -106,7 +106,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	defer src.close()
 	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch, "semi_sync", semi != nil)
 	s.updateStatus(func(st *SyncStatus) {
-		st.Connected, st.MasterFile, st.SemiSync = true, view.Upstream, semi != nil
+		st.Connected, st.MasterFile, st.SemiSync, st.Selection = true, view.Upstream, semi != nil, ""
 		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
 	})
 
@@ -203,10 +203,11 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 	return goMySQLSource{bs: bs, s: streamer}, nil, nil
 }
 
-// masterDownCodes are the MySQL errors of a master that answers but cannot serve
-// anyone (too many connections, shutting down, blocked host): for automatic source
-// selection it is down.
-var masterDownCodes = []uint16{mysql.ER_CON_COUNT_ERROR, mysql.ER_SERVER_SHUTDOWN, mysql.ER_HOST_IS_BLOCKED}
+// masterDownCodes are the MySQL errors of a master that answers but is going away
+// (shutting down): for automatic source selection it is down. Other answers (too
+// many connections, a blocked host, a wrong password) come from a master that still
+// takes writes: switching away from it would fork the history.
+var masterDownCodes = []uint16{mysql.ER_SERVER_SHUTDOWN}
 
 // errSemiSyncOff: the upstream wants semi-sync and the master has it off.
 var errSemiSyncOff = errors.New("the master has semi-sync off")

@@ -104,8 +104,8 @@ func losslessFailover(t *testing.T, auto bool) {
 	add := []string{"upstream", "add", "main", "--source", a.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 		"--replica-user", replicaUser, "--replica-password", replicaPass}
 	if auto {
-		// D, listed before B, can never take over (no binary log, no user): the
-		// selection goes on to B.
+		// D, listed before B, can never take over (no binary log): the selection
+		// goes on to B.
 		add = append(add, "--candidate", a.Addr(), "--candidate", d.Addr(), "--candidate", b.Addr(), "--source-down-after", "2s")
 	}
 	if out, err := nodes[0].CLI(ctx, add...); err != nil {
@@ -164,7 +164,7 @@ func losslessFailover(t *testing.T, auto bool) {
 	if auto {
 		// B is not writable yet: the selection refuses it and says so.
 		var sel string
-		for deadline := time.Now().Add(time.Minute); !strings.Contains(sel, "read_only=ON"); time.Sleep(200 * time.Millisecond) {
+		for deadline := time.Now().Add(time.Minute); !strings.Contains(sel, "read_only=ON") || !strings.Contains(sel, d.Addr()+" has binary logging off"); time.Sleep(200 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				t.Fatalf("status never said why B cannot take over yet (selection %q)", sel)
 			}

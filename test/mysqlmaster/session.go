@@ -110,6 +110,9 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 		f := s.m.files[len(s.m.files)-1]
 		return result([]string{"File", "Position", "Binlog_Do_DB", "Binlog_Ignore_DB", "Executed_Gtid_Set"},
 			[][]any{{f.name, len(f.data), "", "", s.m.executed.String()}})
+	case upper == "SHOW REPLICA STATUS":
+		// A source that replicates from nobody (a promoted replica, reset).
+		return result([]string{"Replica_IO_Running", "Replica_SQL_Running"}, nil)
 	case upper == "SHOW SLAVE HOSTS" || upper == "SHOW REPLICAS":
 		return result([]string{"Server_id", "Host", "Port", "Source_id", "Replica_UUID"}, nil)
 	}
