@@ -89,3 +89,26 @@ func mustSource(t *testing.T, uuid string) binlog.Source {
 	}
 	return binlog.Source{SID: sid}
 }
+
+// TestRefuseSwitch: missing GTIDs refuse even with --force; errant GTIDs, a master
+// that still replicates, and one that would not say, refuse unless forced.
+func TestRefuseSwitch(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		cont         Continuity
+		plain, force bool // refused without and with --force
+	}{
+		{"valid", Continuity{Source: "b:1", Ahead: 3}, false, false},
+		{"missing", Continuity{Source: "b:1", Missing: []string{"0-1-9"}}, true, true},
+		{"errant", Continuity{Source: "b:1", Errant: []string{"0-2-8"}}, true, false},
+		{"replicating", Continuity{Source: "b:1", Replicating: true}, true, false},
+		{"unknown", Continuity{Source: "b:1", ReplicationUnknown: true}, true, false},
+	} {
+		if got := refuseSwitch(tc.cont, false) != nil; got != tc.plain {
+			t.Errorf("%s: refused %v without --force, want %v", tc.name, got, tc.plain)
+		}
+		if got := refuseSwitch(tc.cont, true) != nil; got != tc.force {
+			t.Errorf("%s: refused %v with --force, want %v", tc.name, got, tc.force)
+		}
+	}
+}
