@@ -299,7 +299,16 @@ func upstreamCommand() *cli.Command {
 						if err != nil {
 							return err
 						}
-						return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
+						return render(c, u, func(w io.Writer) {
+							if len(u.Switches) > 0 {
+								sw := u.Switches[len(u.Switches)-1]
+								fmt.Fprintf(w, "%s: source %s -> %s\n", n, sw.From, sw.To)
+								if sw.Forced {
+									fmt.Fprintf(w, "FORCED despite: %s\n", sw.Warning)
+								}
+							}
+							upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}})
+						})
 					})
 				},
 			},
