@@ -32,10 +32,7 @@ func rssBytes(b *testing.B, pid int) float64 {
 // what the same connections cost the master (its RSS and CPU per binlog dump thread).
 func BenchmarkIdleGroups(b *testing.B) {
 	mariadbtest.RequireTools(b)
-	groups := 1000
-	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_IDLE_GROUPS")); err == nil && v > 0 {
-		groups = v
-	}
+	groups := envCount("FLOTILLA_IDLE_GROUPS", 1000)
 	ctx, cancel := context.WithTimeout(context.Background(), 25*time.Minute)
 	defer cancel()
 	dir := b.TempDir()

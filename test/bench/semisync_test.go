@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -81,10 +80,7 @@ func commitLatencies(ctx context.Context, b *testing.B, m *mariadbtest.Server, f
 // (default 1000) sequential single-row commits.
 func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 	mariadbtest.RequireTools(b)
-	n := 1000
-	if v, err := strconv.Atoi(os.Getenv("FLOTILLA_SEMI_COMMITS")); err == nil && v > 0 {
-		n = v
-	}
+	n := envCount("FLOTILLA_SEMI_COMMITS", 1000)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir := b.TempDir()
