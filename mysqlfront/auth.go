@@ -1,10 +1,13 @@
 package mysqlfront
 
 import (
+	"crypto/hmac"
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha1"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/binary"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -60,7 +63,7 @@ type login struct {
 func (l *login) authenticate() ([]*placement.Upstream, error) {
 	user := l.resp.user
 	refuse := func(reason string, withPassword bool) error {
-		l.s.log.Warn("replica login refused: "+reason, "user", user, "remote", l.host)
+		l.s.refusals.warn(l.s.log, "replica login refused: "+reason, "user", clip(user), "remote", l.host)
 		return errLoginRefused(user, l.host, withPassword)
 	}
 	st, err := l.s.router.Metadata()
@@ -94,11 +97,7 @@ func (l *login) authenticate() ([]*placement.Upstream, error) {
 		if tlsRefused {
 			why = "this replica user requires TLS (connect with MASTER_SSL=1)"
 		}
-		p := l.resp.plugin
-		if p != mysqlauth.CachingSHA2 {
-			p = mysqlauth.Native
-		}
-		cands = []candidate{{plugin: p, hash: unmatchable}}
+		cands = []candidate{{plugin: l.s.decoyPlugin(st, user), hash: unmatchable}}
 	}
 	// The client answered the greeting (mysql_native_password) for the plugin it
 	// chose. As MySQL does, it is asked to answer again, with a fresh nonce, unless it
@@ -149,7 +148,7 @@ func (l *login) authenticate() ([]*placement.Upstream, error) {
 			}
 			break
 		}
-		password, err := l.fullAuth()
+		password, err := l.fullAuth(why == "")
 		if err != nil {
 			return nil, err
 		}
@@ -190,8 +189,10 @@ func (l *login) authSwitch(plugin string) ([]byte, error) {
 
 // fullAuth is caching_sha2_password's full authentication: the client sends its
 // password in clear over TLS, or without TLS encrypted with the node's RSA key
-// (which it may first ask for).
-func (l *login) fullAuth() (string, error) {
+// (which it may first ask for). RSA is spent only on a user that may log in
+// (known), and at most rsaLoginsPerSecond times a second: a stranger gets the same
+// exchange, then the same refusal, without the node decrypting anything.
+func (l *login) fullAuth(known bool) (string, error) {
 	if err := l.c.WritePacket([]byte{0, 0, 0, 0, mysql.MORE_DATE_HEADER, sha2FullAuth}); err != nil {
 		return "", err
 	}
@@ -219,18 +220,67 @@ func (l *login) fullAuth() (string, error) {
 			return "", fmt.Errorf("read RSA-encrypted password: %w", err)
 		}
 	}
+	if !known {
+		return "", nil // refused by the caller, for the reason it knows
+	}
+	if ok, _ := l.s.rsaLogins.allow(); !ok {
+		l.s.Metrics.PreAuthRefused("rsa_rate")
+		l.s.refusals.warn(l.s.log, "replica login refused: too many caching_sha2_password logins without TLS this second (connect with MASTER_SSL=1)",
+			"user", clip(l.resp.user), "remote", l.host, "limit_per_second", rsaLoginsPerSecond)
+		return "", mysql.NewError(mysql.ER_CON_COUNT_ERROR, "Too many logins needing the RSA key exchange; retry shortly, or connect with TLS")
+	}
 	plain, err := rsa.DecryptOAEP(sha1.New(), rand.Reader, key, data, nil)
 	if err != nil {
 		// A client without TLS and without the server's key sends its password in
 		// clear; refuse it rather than read it.
-		l.s.log.Warn("replica login refused: caching_sha2_password without TLS needs the RSA key exchange (MASTER_SSL=1, or GET_MASTER_PUBLIC_KEY=1)",
-			"user", l.resp.user, "remote", l.host)
+		l.s.refusals.warn(l.s.log, "replica login refused: caching_sha2_password without TLS needs the RSA key exchange (MASTER_SSL=1, or GET_MASTER_PUBLIC_KEY=1)",
+			"user", clip(l.resp.user), "remote", l.host)
 		return "", errLoginRefused(l.resp.user, l.host, true)
 	}
 	for i := range plain {
 		plain[i] ^= l.nonce[i%len(l.nonce)]
 	}
 	return string(trimNUL(plain)), nil
+}
+
+// rsaLoginsPerSecond bounds the RSA decryptions logins may cost a node (each takes
+// about a millisecond of CPU).
+const rsaLoginsPerSecond = 200
+
+// decoyPlugin is the plugin an unknown user is asked to use: one of those the
+// declared replica users use, chosen by a keyed hash of the name, so that the
+// exchange never tells a stranger whether a user exists (the key is the cluster's,
+// so every node answers a name alike).
+func (s *Server) decoyPlugin(st *placement.State, user string) string {
+	seen := map[string]bool{}
+	for _, u := range st.Upstreams {
+		for _, ru := range u.ReplicaUsers {
+			p, _ := ru.Credential()
+			seen[p] = true
+		}
+	}
+	plugins := make([]string, 0, len(seen))
+	for p := range seen {
+		plugins = append(plugins, p)
+	}
+	if len(plugins) == 0 {
+		return mysqlauth.Native
+	}
+	slices.Sort(plugins)
+	m := hmac.New(sha256.New, s.nameKey())
+	m.Write([]byte(user))
+	return plugins[binary.BigEndian.Uint32(m.Sum(nil))%uint32(len(plugins))]
+}
+
+// nameKey is DecoyKey, or a key of this process's when none was set.
+func (s *Server) nameKey() []byte {
+	s.keyOnce.Do(func() {
+		if s.DecoyKey == nil {
+			s.DecoyKey = make([]byte, 32)
+			_, _ = rand.Read(s.DecoyKey)
+		}
+	})
+	return s.DecoyKey
 }
 
 func trimNUL(b []byte) []byte {
@@ -261,37 +311,46 @@ func (s *Server) rsaKey() (*rsa.PrivateKey, error) {
 	return s.rsa, nil
 }
 
-// session is a logged-in connection.
+// loggedIn is a connection that has passed the handshake (and, without an error,
+// the login).
 type loggedIn struct {
 	conn *conn
 	user string
 }
 
+// maxPacketAfterLogin is the packet limit once logged in without
+// --max-allowed-packet: MySQL's own ceiling.
+const maxPacketAfterLogin = 1 << 30
+
 // login runs the connection phase: handshake, authentication, the per-user limit,
-// then OK. On error, c is the connection to send a MySQL error on (when the error is
-// one) and lc the limit reader that may have refused a packet.
-func (s *Server) login(nc net.Conn, host string) (li loggedIn, ups []*placement.Upstream, lc *limitConn, err error) {
+// then OK. On error, li.conn (when not nil) is the connection to send a MySQL error
+// on, and its reader tells whether a packet was refused as too large.
+func (s *Server) login(nc net.Conn, host string) (li loggedIn, ups []*placement.Upstream, err error) {
 	nonce := newNonce()
-	c, resp, lc, err := s.handshake(nc, uint32(s.nextID.Add(1)), nonce)
+	c, resp, err := s.handshake(nc, uint32(s.nextID.Add(1)), nonce)
 	li = loggedIn{conn: c, user: resp.user}
 	if err != nil {
-		return li, nil, lc, err
+		return li, nil, err
 	}
 	l := &login{s: s, c: c, host: host, nonce: nonce, resp: resp}
 	if ups, err = l.authenticate(); err != nil {
-		return li, nil, lc, err
+		return li, nil, err
 	}
 	// The per-user limit counts the session before the client is told it logged in,
 	// so an over-limit login fails as MySQL's does (error 1203).
 	if !s.claimUser(resp.user) {
-		s.log.Warn("replica login refused: too many connections for its user", "remote", host, "user", resp.user)
-		return li, nil, lc, mysql.NewError(mysql.ER_TOO_MANY_USER_CONNECTIONS,
+		s.refusals.warn(s.log, "replica login refused: too many connections for its user", "remote", host, "user", resp.user)
+		return li, nil, mysql.NewError(mysql.ER_TOO_MANY_USER_CONNECTIONS,
 			fmt.Sprintf("User %s already has more than 'max_user_connections' active connections", resp.user))
 	}
 	if err := c.writeOK(nil); err != nil {
 		s.releaseUser(resp.user)
-		return li, nil, lc, err
+		return li, nil, err
 	}
 	c.ResetSequence()
-	return li, ups, lc, nil
+	c.rd.max = s.Limits.MaxAllowedPacket
+	if c.rd.max <= 0 {
+		c.rd.max = maxPacketAfterLogin
+	}
+	return li, ups, nil
 }

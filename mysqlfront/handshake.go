@@ -1,12 +1,14 @@
 package mysqlfront
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"crypto/tls"
 	"encoding/binary"
 	"fmt"
 	"net"
+	"unicode/utf8"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/packet"
@@ -18,6 +20,10 @@ import (
 const serverCaps = mysql.CLIENT_LONG_PASSWORD | mysql.CLIENT_LONG_FLAG | mysql.CLIENT_CONNECT_WITH_DB |
 	mysql.CLIENT_PROTOCOL_41 | mysql.CLIENT_TRANSACTIONS | mysql.CLIENT_SECURE_CONNECTION |
 	mysql.CLIENT_PLUGIN_AUTH | mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | mysql.CLIENT_CONNECT_ATTRS
+
+// maxUserName is the longest user name accepted, in characters, as MySQL's: a
+// longer one is refused before it reaches a log line or a reply.
+const maxUserName = 32
 
 // sslRequestLen is the size of the SSLRequest packet a client sends, instead of its
 // handshake response, to switch to TLS.
@@ -125,6 +131,9 @@ func parseHandshakeResponse(data []byte) (handshakeResponse, error) {
 	if r.user, ok = cstr(); !ok {
 		return r, errHandshake("user name not terminated")
 	}
+	if utf8.RuneCountInString(r.user) > maxUserName {
+		return r, errHandshake(fmt.Sprintf("user name longer than %d characters", maxUserName))
+	}
 	switch {
 	case r.caps&mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0:
 		n, m, ok := lenencInt(rest)
@@ -165,55 +174,49 @@ func parseHandshakeResponse(data []byte) (handshakeResponse, error) {
 
 // handshake runs the connection phase up to the handshake response: initial
 // handshake, optional switch to TLS, response. It returns the packet connection to
-// go on with (over TLS if the client asked) and the limit reader in use.
-func (s *Server) handshake(nc net.Conn, connID uint32, nonce []byte) (*conn, handshakeResponse, *limitConn, error) {
+// go on with (over TLS if the client asked), whose reader is capped at
+// preAuthMaxPacket until login raises it to --max-allowed-packet.
+func (s *Server) handshake(nc net.Conn, connID uint32, nonce []byte) (*conn, handshakeResponse, error) {
 	caps := uint32(serverCaps)
 	if s.TLS != nil {
 		caps |= mysql.CLIENT_SSL
 	}
-	var lc *limitConn
-	wrap := func(c net.Conn) net.Conn {
-		if s.Limits.MaxAllowedPacket <= 0 {
-			return c
-		}
-		lc = &limitConn{Conn: c, max: s.Limits.MaxAllowedPacket}
-		return lc
-	}
 	// Unbuffered until the client has said whether it switches to TLS: a buffered
-	// reader would swallow the start of its TLS ClientHello.
-	pc := packet.NewTLSConn(wrap(nc))
-	c := &conn{Conn: pc, client: nc}
-	if err := pc.WritePacket(initialHandshake(connID, nonce, caps)); err != nil {
-		return c, handshakeResponse{}, lc, fmt.Errorf("write initial handshake: %w", err)
+	// reader would swallow the start of its TLS ClientHello. go-mysql's packet.Conn
+	// only writes here (its zero value allocates no buffers).
+	rd := &packetReader{r: nc, max: preAuthMaxPacket}
+	c := &conn{Conn: &packet.Conn{Conn: nc}, client: nc, rd: rd}
+	if err := c.WritePacket(initialHandshake(connID, nonce, caps)); err != nil {
+		return c, handshakeResponse{}, fmt.Errorf("write initial handshake: %w", err)
 	}
-	data, err := pc.ReadPacket()
+	data, err := c.ReadPacket()
 	if err != nil {
-		return c, handshakeResponse{}, lc, fmt.Errorf("read handshake response: %w", err)
+		return c, handshakeResponse{}, fmt.Errorf("read handshake response: %w", err)
 	}
-	seq := pc.Sequence
 	if len(data) == sslRequestLen && binary.LittleEndian.Uint32(data)&mysql.CLIENT_SSL != 0 {
 		if s.TLS == nil {
-			return c, handshakeResponse{}, lc, errHandshake("the client asked for TLS, which this server does not offer (start it with --mysql-tls-cert and --mysql-tls-key)")
+			return c, handshakeResponse{}, errHandshake("the client asked for TLS, which this server does not offer (start it with --mysql-tls-cert and --mysql-tls-key)")
 		}
 		tc := tls.Server(nc, s.TLS)
 		if err := tc.Handshake(); err != nil {
-			return c, handshakeResponse{}, lc, fmt.Errorf("TLS handshake: %w", err)
+			return c, handshakeResponse{}, fmt.Errorf("TLS handshake: %w", err)
 		}
-		pc = packet.NewBufferedConn(wrap(tc), 16<<10)
-		pc.Sequence = seq
-		c = &conn{Conn: pc, client: tc, tls: true}
-		if data, err = pc.ReadPacket(); err != nil {
-			return c, handshakeResponse{}, lc, fmt.Errorf("read handshake response over TLS: %w", err)
+		seq := c.Sequence
+		c = &conn{Conn: &packet.Conn{Conn: tc, Sequence: seq}, client: tc, rd: rd, tls: true}
+		rd.r = bufio.NewReaderSize(tc, clientReadBuffer)
+		if data, err = c.ReadPacket(); err != nil {
+			return c, handshakeResponse{}, fmt.Errorf("read handshake response over TLS: %w", err)
 		}
 	} else {
-		// No TLS: go on buffered over the same limit reader, which has consumed
-		// exactly one packet and so stands at a packet boundary.
-		inner := pc.Conn
-		pc = packet.NewBufferedConn(inner, 16<<10)
-		pc.Sequence = seq
-		c = &conn{Conn: pc, client: nc}
+		// No TLS: go on buffered; the reader has consumed exactly one packet and so
+		// stands at a packet boundary.
+		rd.r = bufio.NewReaderSize(nc, clientReadBuffer)
 	}
 	r, err := parseHandshakeResponse(data)
 	c.capability = r.caps & (caps | mysql.CLIENT_SSL)
-	return c, r, lc, err
+	return c, r, err
 }
+
+// clientReadBuffer is the read buffer of a client connection: commands are small,
+// and larger reads bypass it.
+const clientReadBuffer = 4 << 10

@@ -20,6 +20,9 @@ type Limits struct {
 	MaxConnections int
 	// MaxUserConnections bounds one user's connections (error 1203).
 	MaxUserConnections int
+	// MaxHandshakesPerHost bounds one client address's connections that have not
+	// logged in yet (error 1040): a stranger cannot hold the node's connections.
+	MaxHandshakesPerHost int
 	// MaxAllowedPacket bounds a client packet (a statement, a dump request): a
 	// larger length header is refused (error 1153) before anything is allocated
 	// for it.
@@ -100,57 +103,4 @@ func refuse(c net.Conn, seq byte, code uint16, msg string) {
 	pkt[3] = seq
 	_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
 	_, _ = c.Write(append(pkt, body...))
-}
-
-// errPacketTooLarge is what a limitConn's Read returns for an oversized packet.
-var errPacketTooLarge = errors.New("client packet larger than max_allowed_packet")
-
-// limitConn reads a client's byte stream through MySQL packet framing and fails a
-// read as soon as a length header (summed over the 16 MiB continuation packets of
-// one logical packet) exceeds the limit: the bytes that complete that header are
-// never handed to the protocol reader, which would allocate the packet's size.
-type limitConn struct {
-	net.Conn
-	max     int64
-	hdr     [4]byte
-	hdrN    int
-	remain  int64 // payload bytes of the current packet still to come
-	logical int64 // length so far of the logical packet (continuations)
-	seq     byte  // sequence id of the offending packet
-	body    int64 // its announced size
-	over    bool
-}
-
-func (l *limitConn) Read(p []byte) (int, error) {
-	if l.over {
-		return 0, errPacketTooLarge
-	}
-	n, err := l.Conn.Read(p)
-	for i := 0; i < n; {
-		if l.remain > 0 {
-			step := min(int64(n-i), l.remain)
-			l.remain -= step
-			i += int(step)
-			continue
-		}
-		l.hdr[l.hdrN] = p[i]
-		l.hdrN++
-		i++
-		if l.hdrN < 4 {
-			continue
-		}
-		l.hdrN = 0
-		size := int64(l.hdr[0]) | int64(l.hdr[1])<<8 | int64(l.hdr[2])<<16
-		l.logical += size
-		if l.logical > l.max {
-			l.over, l.seq, l.body = true, l.hdr[3], size
-			// Hand over only what precedes this header's last byte.
-			return i - 1, errPacketTooLarge
-		}
-		if size < 0xffffff {
-			l.logical = 0 // the logical packet ends with this one
-		}
-		l.remain = size
-	}
-	return n, err
 }

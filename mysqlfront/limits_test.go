@@ -57,46 +57,6 @@ func rawPacket(seq byte, n int) []byte {
 	return append(b, bytes.Repeat([]byte{'x'}, n)...)
 }
 
-// TestLimitConnRefusesBeforeTheBody: a header announcing more than the limit (alone,
-// or summed over continuation packets) fails the read that completes it, and no
-// byte of it completes a header the reader could act on.
-func TestLimitConnRefusesBeforeTheBody(t *testing.T) {
-	for _, step := range []int{1, 3, 7, 4096} {
-		small := rawPacket(0, 100)
-		big := []byte{0x00, 0x00, 0x20, 1} // 2 MiB announced, no body follows
-		lc := &limitConn{Conn: nil, max: 1 << 20}
-		lc.Conn = &trickleConn{r: bytes.NewReader(append(small, big...)), step: step}
-		var got []byte
-		buf := make([]byte, 8192)
-		var err error
-		for err == nil {
-			var n int
-			n, err = lc.Read(buf)
-			got = append(got, buf[:n]...)
-		}
-		if !errors.Is(err, errPacketTooLarge) {
-			t.Fatalf("step %d: err = %v, want errPacketTooLarge", step, err)
-		}
-		if len(got) > len(small)+3 || !bytes.Equal(got[:len(small)], small) {
-			t.Fatalf("step %d: handed out %d bytes, want the first packet and at most 3 header bytes", step, len(got))
-		}
-		if lc.seq != 1 {
-			t.Fatalf("step %d: offending sequence %d, want 1", step, lc.seq)
-		}
-	}
-	// Continuations count together: 0xffffff + 0xffffff > 16 MiB + 1.
-	cont := []byte{0xff, 0xff, 0xff, 0}
-	lc := &limitConn{max: 16<<20 + 1}
-	lc.Conn = &trickleConn{r: io.MultiReader(bytes.NewReader(cont), bytes.NewReader(make([]byte, 0xffffff)), bytes.NewReader([]byte{0xff, 0xff, 0xff, 1})), step: 1 << 20}
-	var err error
-	for err == nil {
-		_, err = lc.Read(make([]byte, 1<<20))
-	}
-	if !errors.Is(err, errPacketTooLarge) {
-		t.Fatalf("continuations: err = %v, want errPacketTooLarge", err)
-	}
-}
-
 // startLimited runs a front end with limits on a loopback port.
 func startLimited(t *testing.T, l Limits) string {
 	t.Helper()
@@ -184,42 +144,4 @@ func TestAllowIPsAndIdleTimeout(t *testing.T) {
 		}
 		time.Sleep(time.Duration(400) * time.Millisecond)
 	}
-}
-
-// FuzzLimitConn: any client byte stream, read in any chunk size, never panics the
-// framing reader, never hands out more than it read, and once over the limit stays
-// over it.
-func FuzzLimitConn(f *testing.F) {
-	f.Add([]byte{1, 0, 0, 0, 'x', 0xff, 0xff, 0xff, 1}, uint8(3), uint16(100))
-	f.Add([]byte{0, 0, 0x20, 0}, uint8(1), uint16(1000))
-	f.Fuzz(func(t *testing.T, stream []byte, step uint8, max uint16) {
-		lc := &limitConn{max: int64(max)}
-		lc.Conn = &trickleConn{r: bytes.NewReader(stream), step: int(step%32) + 1}
-		buf := make([]byte, 64)
-		total, over := 0, false
-		for {
-			n, err := lc.Read(buf)
-			if n < 0 || n > len(buf) {
-				t.Fatalf("Read returned %d", n)
-			}
-			total += n
-			if over && n > 0 {
-				t.Fatal("bytes handed out after the limit was exceeded")
-			}
-			if errors.Is(err, errPacketTooLarge) {
-				over = true
-				if _, err := lc.Read(buf); !errors.Is(err, errPacketTooLarge) {
-					t.Fatal("a reader over the limit must stay over it")
-				}
-				break
-			}
-			if err != nil {
-				break
-			}
-		}
-		if total > len(stream) {
-			t.Fatalf("handed out %d bytes of a %d-byte stream", total, len(stream))
-		}
-		_, _ = ParseAllowList(string(stream))
-	})
 }

@@ -45,6 +45,11 @@ type Server struct {
 	TLS *tls.Config
 	// Metrics records sessions, logins, dumps and bytes sent (nil: none).
 	Metrics *metrics.Relay
+	// DecoyKey keys the choice of plugin an unknown user is asked to use; the same
+	// on every node (derived from the cluster secret) so that nodes answer a name
+	// alike. Nil: a key of this process's.
+	DecoyKey []byte
+	keyOnce  sync.Once
 
 	router Router
 	nodeID uint64
@@ -61,8 +66,12 @@ type Server struct {
 	mu        sync.Mutex
 	replicas  map[uint64]*replicaInfo
 	userConns map[string]int
-	conns     map[net.Conn]struct{} // open client connections, closed at shutdown
-	sessions  sync.WaitGroup
+	// handshakes counts, per client address, connections not logged in yet.
+	handshakes map[string]int
+	refusals   *logLimiter
+	rsaLogins  *rateWindow
+	conns      map[net.Conn]struct{} // open client connections, closed at shutdown
+	sessions   sync.WaitGroup
 }
 
 // replicaInfo is a connected replica (after COM_REGISTER_SLAVE or COM_BINLOG_DUMP).
@@ -87,12 +96,15 @@ type replicaInfo struct {
 // New creates a front end.
 func New(router Router, nodeID uint64, log *slog.Logger) *Server {
 	return &Server{
-		router:    router,
-		nodeID:    nodeID,
-		log:       log,
-		replicas:  map[uint64]*replicaInfo{},
-		userConns: map[string]int{},
-		conns:     map[net.Conn]struct{}{},
+		router:     router,
+		nodeID:     nodeID,
+		log:        log,
+		replicas:   map[uint64]*replicaInfo{},
+		userConns:  map[string]int{},
+		handshakes: map[string]int{},
+		refusals:   newLogLimiter(),
+		rsaLogins:  &rateWindow{limit: rsaLoginsPerSecond},
+		conns:      map[net.Conn]struct{}{},
 	}
 }
 
@@ -131,15 +143,22 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			continue
 		}
 		if l := s.Limits.AllowIPs; l != nil && !l.Allows(c.RemoteAddr()) {
-			s.log.Warn("client refused: address not in --allow-ips", "remote", c.RemoteAddr().String())
+			s.refusals.warn(s.log, "client refused: address not in --allow-ips", "remote", c.RemoteAddr().String())
 			s.Metrics.Refused(mysql.ER_HOST_NOT_PRIVILEGED)
 			go refuse(c, 0, mysql.ER_HOST_NOT_PRIVILEGED, fmt.Sprintf("Host '%s' is not allowed to connect to this Flotilla server", hostOf(c.RemoteAddr())))
 			continue
 		}
 		if max := s.Limits.MaxConnections; max > 0 && s.active.Load() >= int64(max) {
-			s.log.Warn("client refused: too many connections", "remote", c.RemoteAddr().String(), "max_connections", max)
+			s.refusals.warn(s.log, "client refused: too many connections", "remote", c.RemoteAddr().String(), "max_connections", max)
 			s.Metrics.Refused(mysql.ER_CON_COUNT_ERROR)
 			go refuse(c, 0, mysql.ER_CON_COUNT_ERROR, "Too many connections")
+			continue
+		}
+		if !s.claimHandshake(hostOf(c.RemoteAddr())) {
+			s.refusals.warn(s.log, "client refused: too many connections from its address still logging in", "remote", c.RemoteAddr().String(), "max_handshakes_per_host", s.Limits.MaxHandshakesPerHost)
+			s.Metrics.PreAuthRefused("handshakes_per_host")
+			s.Metrics.Refused(mysql.ER_CON_COUNT_ERROR)
+			go refuse(c, 0, mysql.ER_CON_COUNT_ERROR, "Too many connections from this host that have not logged in yet (--max-handshakes-per-host)")
 			continue
 		}
 		s.active.Add(1)
@@ -170,6 +189,26 @@ func hostOf(a net.Addr) string {
 		return h
 	}
 	return a.String()
+}
+
+// claimHandshake counts a connection that has not logged in against its address's
+// limit; false means over it. releaseHandshake ends the count at login or close.
+func (s *Server) claimHandshake(host string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if max := s.Limits.MaxHandshakesPerHost; max > 0 && s.handshakes[host] >= max {
+		return false
+	}
+	s.handshakes[host]++
+	return true
+}
+
+func (s *Server) releaseHandshake(host string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.handshakes[host]--; s.handshakes[host] <= 0 {
+		delete(s.handshakes, host)
+	}
 }
 
 // claimUser counts a session against its user's limit; false means over it.
@@ -224,15 +263,20 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 		hs = 15 * time.Second
 	}
 	_ = nc.SetDeadline(time.Now().Add(hs))
-	c, ups, lc, err := s.login(nc, host)
+	// Counted against the address until login ends, whichever way (even a panic).
+	release := sync.OnceFunc(func() { s.releaseHandshake(host) })
+	defer release()
+	c, ups, err := s.login(nc, host)
+	release()
 	if err != nil {
 		s.log.Debug("handshake failed", "remote", remote, "err", err)
 		var me *mysql.MyError
-		if errors.As(err, &me) {
+		if c.conn != nil && c.conn.rd.over {
+			s.packetTooLarge(c.conn)
+		} else if errors.As(err, &me) && c.conn != nil {
 			s.Metrics.Refused(me.Code)
 			_ = c.conn.writeError(me)
 		}
-		s.packetTooLarge(nc, lc)
 		return
 	}
 	user := c.user
@@ -254,7 +298,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 			if s.Limits.IdleTimeout > 0 && time.Since(waitFrom) >= s.Limits.IdleTimeout {
 				ss.log.Info("closing an idle session", "idle_timeout", s.Limits.IdleTimeout)
 			}
-			s.packetTooLarge(nc, lc)
+			s.packetTooLarge(c2)
 			return
 		}
 		_ = nc.SetReadDeadline(time.Time{})
@@ -269,19 +313,29 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	}
 }
 
-// packetTooLarge tells a client whose packet exceeded --max-allowed-packet why its
-// connection ends (error 1153, as MySQL answers).
-func (s *Server) packetTooLarge(nc net.Conn, lc *limitConn) {
-	if lc == nil || !lc.over {
+// packetTooLarge tells a client whose packet exceeded its limit why its connection
+// ends: before login, a bad handshake (nothing more is read from a stranger); after,
+// error 1153 as MySQL answers a packet over --max-allowed-packet.
+func (s *Server) packetTooLarge(c *conn) {
+	rd := c.rd
+	if !rd.over {
 		return
 	}
-	s.log.Warn("client packet above --max-allowed-packet refused", "remote", lc.Conn.RemoteAddr().String(), "max_allowed_packet", lc.max)
+	remote := c.client.RemoteAddr().String()
+	if rd.max == preAuthMaxPacket {
+		s.refusals.warn(s.log, "client refused: packet before login above its limit", "remote", remote, "announced", rd.overBody, "limit", rd.max)
+		s.Metrics.PreAuthRefused("packet_too_large")
+		s.Metrics.Refused(mysql.ER_HANDSHAKE_ERROR)
+		refuse(c.client, rd.overSeq+1, mysql.ER_HANDSHAKE_ERROR, fmt.Sprintf("Bad handshake: a packet of %d bytes before login (at most %d)", rd.overBody, rd.max))
+		return
+	}
+	s.log.Warn("client packet above --max-allowed-packet refused", "remote", remote, "max_allowed_packet", rd.max)
 	// Read the rest of the packet into nothing (bounded in time): a client still
 	// sending it would otherwise meet a reset instead of the error.
-	_ = lc.Conn.SetReadDeadline(time.Now().Add(2 * time.Second))
-	_, _ = io.CopyN(io.Discard, lc.Conn, lc.body)
+	_ = c.client.SetReadDeadline(time.Now().Add(2 * time.Second))
+	_, _ = io.CopyN(io.Discard, c.client, rd.overBody)
 	s.Metrics.Refused(mysql.ER_NET_PACKET_TOO_LARGE)
-	refuse(lc.Conn, lc.seq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", lc.max))
+	refuse(c.client, rd.overSeq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", rd.max))
 }
 
 // Command bytes not named by go-mysql's server.

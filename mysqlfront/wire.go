@@ -18,9 +18,14 @@ type conn struct {
 	// client is the connection under the packet layer (TLS once upgraded); the dump
 	// reads it directly to notice a replica going away.
 	client     net.Conn
+	rd         *packetReader
 	capability uint32 // the client's capabilities, masked by the server's
 	tls        bool
 }
+
+// ReadPacket reads the client's next packet through the bounded reader; it shadows
+// go-mysql's, which would allocate whatever length a header announces.
+func (c *conn) ReadPacket() ([]byte, error) { return c.rd.readPacket(&c.Sequence) }
 
 // writeValue answers a command: nil is OK, an error an error packet, a result with
 // a resultset the resultset, else OK with the result's counts.

@@ -84,6 +84,7 @@ func serveFlags() []serveFlag {
 		}},
 		dur("node-down-after", "node_down_after", "re-create the replicas of a node that has not answered for this long (default 60s)", func(c *node.Config) *time.Duration { return &c.NodeDownAfter }),
 		integer("max-connections", "max_connections", "client connections to the MySQL port at most; more get error 1040 (default 10000)", func(c *node.Config) *int { return &c.MaxConnections }),
+		integer("max-handshakes-per-host", "max_handshakes_per_host", "connections from one client address that have not logged in yet, at most; more get error 1040 (default 64)", func(c *node.Config) *int { return &c.MaxHandshakesPerHost }),
 		integer("max-user-connections", "max_user_connections", "connections per replica user at most; more get error 1203 (default 0: no limit)", func(c *node.Config) *int { return &c.MaxUserConnections }),
 		{&cli.Int64Flag{Name: "max-allowed-packet", Usage: "largest client packet in bytes; a larger one is refused with error 1153 (default 67108864)"}, "max_allowed_packet", func(c *cli.Context, cfg *node.Config) error {
 			cfg.MaxAllowedPacket = c.Int64("max-allowed-packet")

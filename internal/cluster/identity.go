@@ -47,6 +47,14 @@ func (id Identity) NodeToken() string {
 	return hex.EncodeToString(m.Sum(nil))
 }
 
+// Key derives a key for one purpose from the secret, so that no use of a derived
+// key exposes the secret or another purpose's key.
+func (id Identity) Key(purpose string) []byte {
+	m := hmac.New(sha256.New, id.Secret)
+	m.Write([]byte("flotilla key: " + purpose))
+	return m.Sum(nil)
+}
+
 // NewIdentity makes the identity of a new cluster.
 func NewIdentity() (Identity, error) {
 	var id [16]byte

@@ -32,6 +32,7 @@ type Relay struct {
 	sentBytes      *prometheus.CounterVec
 	replicaLogins  *prometheus.CounterVec
 	refusedLogins  *prometheus.CounterVec
+	preAuthRefused *prometheus.CounterVec
 	sessionsActive prometheus.Gauge
 }
 
@@ -61,6 +62,7 @@ func New(nodeID uint64) *Relay {
 		sentBytes:      counter("sent_bytes_total", "Binlog bytes sent to replicas by this node, by replica user.", "user"),
 		replicaLogins:  counter("logins_total", "Successful logins on the MySQL port, by user.", "user"),
 		refusedLogins:  counter("refused_connections_total", "Connections refused on the MySQL port, by MySQL error code.", "code"),
+		preAuthRefused: counter("preauth_refused_total", "Connections refused on the MySQL port before login by a guard against resource exhaustion, by reason (handshakes_per_host, packet_too_large, rsa_rate).", "reason"),
 	}
 	r.proposalTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "flotilla", Name: "proposal_seconds",
 		Help: "Time from proposing a batch of transactions to its raft commit.", ConstLabels: node,
@@ -157,6 +159,14 @@ func (r *Relay) LoggedIn(user string) {
 func (r *Relay) Refused(code uint16) {
 	if r != nil {
 		r.refusedLogins.WithLabelValues(strconv.Itoa(int(code))).Inc()
+	}
+}
+
+// PreAuthRefused counts a connection refused before login to protect the node's
+// memory or CPU, by reason.
+func (r *Relay) PreAuthRefused(reason string) {
+	if r != nil {
+		r.preAuthRefused.WithLabelValues(reason).Inc()
 	}
 }
 

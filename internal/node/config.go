@@ -145,7 +145,7 @@ func (c Config) Validate() error {
 			return fmt.Errorf("join: %q is not HOST:PORT of a member's admin API", j)
 		}
 	}
-	for key, v := range map[string]int64{"max_connections": int64(c.MaxConnections), "max_user_connections": int64(c.MaxUserConnections),
+	for key, v := range map[string]int64{"max_connections": int64(c.MaxConnections), "max_user_connections": int64(c.MaxUserConnections), "max_handshakes_per_host": int64(c.MaxHandshakesPerHost),
 		"max_allowed_packet": c.MaxAllowedPacket, "retention_age": int64(c.RetentionAge), "node_down_after": int64(c.NodeDownAfter), "idle_timeout": int64(c.IdleTimeout)} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative", key)

@@ -57,10 +57,13 @@ type Config struct {
 	// controller re-creates its replicas elsewhere.
 	NodeDownAfter time.Duration `yaml:"node_down_after"`
 	// Client limits of the MySQL front end (see mysqlfront.Limits).
-	MaxConnections     int           `yaml:"max_connections"`
-	MaxUserConnections int           `yaml:"max_user_connections"`
-	MaxAllowedPacket   int64         `yaml:"max_allowed_packet"`
-	IdleTimeout        time.Duration `yaml:"idle_timeout"`
+	MaxConnections     int   `yaml:"max_connections"`
+	MaxUserConnections int   `yaml:"max_user_connections"`
+	MaxAllowedPacket   int64 `yaml:"max_allowed_packet"`
+	// MaxHandshakesPerHost bounds one client address's connections that have not
+	// logged in yet.
+	MaxHandshakesPerHost int           `yaml:"max_handshakes_per_host"`
+	IdleTimeout          time.Duration `yaml:"idle_timeout"`
 	// AllowIPs, when set, lists the client addresses and CIDR networks accepted.
 	AllowIPs string `yaml:"allow_ips"`
 	// MySQLTLSCert and MySQLTLSKey let replicas connect with TLS (MASTER_SSL=1).
@@ -136,6 +139,9 @@ func (c *Config) Defaults() {
 	if c.MaxConnections == 0 {
 		c.MaxConnections = 10000
 	}
+	if c.MaxHandshakesPerHost == 0 {
+		c.MaxHandshakesPerHost = 64
+	}
 	if c.MaxAllowedPacket == 0 {
 		c.MaxAllowedPacket = 64 << 20
 	}
@@ -194,7 +200,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
 	}
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
-		MaxAllowedPacket: cfg.MaxAllowedPacket, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
+		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: cfg.MaxAllowedPacket, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
 	if cfg.AllowIPs != "" {
 		l, err := mysqlfront.ParseAllowList(cfg.AllowIPs)
 		if err != nil {
@@ -301,6 +307,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.front.Limits = limits
 	n.front.TLS = tr.front
 	n.front.Metrics = rel
+	n.front.DecoyKey = ident.Key("mysql decoy plugin")
 	n.spawn(func() { n.errc <- n.front.Serve(ctx, mysqlLis) })
 	metaLeader := func() uint64 {
 		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
