@@ -269,9 +269,16 @@ func semiSyncOffered(c *client.Conn) bool {
 }
 
 // connectMaster opens a client connection to a master, over TLS when tlsCfg is set.
+// Without TLS, a master that asks for a plugin sending the password in clear is
+// refused before the password leaves (authGuard).
 func connectMaster(ctx context.Context, addr, user, password string, tlsCfg *tls.Config, timeout time.Duration, opts ...client.Option) (*client.Conn, error) {
 	if tlsCfg != nil {
 		opts = append(opts, func(c *client.Conn) error { c.SetTLSConfig(tlsCfg); return nil })
 	}
-	return client.ConnectWithContext(ctx, addr, user, password, "", timeout, opts...)
+	dial, refused := masterDialer(tlsCfg, timeout)
+	c, err := client.ConnectWithDialer(ctx, "", addr, user, password, "", dial, opts...)
+	if r := refused(); err != nil && r != nil {
+		return nil, r
+	}
+	return c, err
 }

@@ -96,7 +96,7 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset)
 	if err != nil {
 		var me *mysql.MyError
-		if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) || errors.Is(err, errSemiSyncOff) {
+		if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) || errors.Is(err, errSemiSyncOff) || errors.Is(err, errUnsafeAuth) {
 			// The master answered (a wrong password, too many connections): it is
 			// up, and no reason to switch to a candidate (see masterDownCodes).
 			return fmt.Errorf("connect to master %s: %w", u.Source, err)
@@ -175,7 +175,9 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 		}
 		return st, st, nil
 	}
+	dial, refused := masterDialer(tlsCfg, 10*time.Second)
 	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		Dialer:               dial,
 		TLSConfig:            tlsCfg,
 		ServerID:             syncerServerID(u, s.gid),
 		Flavor:               fl.goMySQL(),
@@ -198,6 +200,9 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 	streamer, err := bs.StartSyncGTID(gset)
 	if err != nil {
 		bs.Close()
+		if r := refused(); r != nil {
+			return nil, nil, r
+		}
 		return nil, nil, err
 	}
 	return goMySQLSource{bs: bs, s: streamer}, nil, nil
