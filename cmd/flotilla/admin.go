@@ -35,7 +35,15 @@ func call(c *cli.Context, timeout time.Duration, f func(ctx context.Context, cl 
 			return err
 		}
 	}
-	cl, err := adminrpc.Dial(c.String("admin"), c.String("token"), tlsCfg)
+	token := c.String("token")
+	if f := c.String("token-file"); f != "" && token == "" {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		token = strings.TrimSpace(string(b))
+	}
+	cl, err := adminrpc.Dial(c.String("admin"), token, tlsCfg)
 	if err != nil {
 		return err
 	}

@@ -21,7 +21,8 @@ func newApp() *cli.App {
 		Usage: "a highly available binlog relay for MySQL and MariaDB masters",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "admin", Usage: "admin API address of any node", EnvVars: []string{"FLOTILLA_ADMIN"}, Value: "127.0.0.1:7070"},
-			&cli.StringFlag{Name: "token", Usage: "admin API bearer token", EnvVars: []string{"FLOTILLA_TOKEN"}},
+			&cli.StringFlag{Name: "token", Usage: "admin API bearer token (prefer $FLOTILLA_TOKEN or --token-file: a flag shows in ps)", EnvVars: []string{"FLOTILLA_TOKEN"}},
+			&cli.StringFlag{Name: "token-file", Usage: "file holding the admin API bearer token", EnvVars: []string{"FLOTILLA_TOKEN_FILE"}},
 			&cli.StringFlag{Name: "tls-ca", Usage: "CA certificate to verify the admin API's TLS certificate (enables TLS)", EnvVars: []string{"FLOTILLA_TLS_CA"}},
 			&cli.StringFlag{Name: "tls-cert", Usage: "client certificate for the admin API (in place of the token)", EnvVars: []string{"FLOTILLA_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert", EnvVars: []string{"FLOTILLA_TLS_KEY"}},

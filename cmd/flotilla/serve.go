@@ -97,6 +97,15 @@ func serveFlags() []serveFlag {
 		str("tls-ca", "tls.ca", "CA of the cluster's node certificates: enables mutual TLS for raft and TLS for the admin API (client certificates from this CA are accepted as admin credentials)", func(c *node.Config) *string { return &c.TLS.CA }),
 		str("tls-cert", "tls.cert", "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses", func(c *node.Config) *string { return &c.TLS.Cert }),
 		str("tls-key", "tls.key", "key of --tls-cert", func(c *node.Config) *string { return &c.TLS.Key }),
+		str("admin-token-file", "admin_token_file", "file holding the admin token (else $FLOTILLA_TOKEN); callers present it, and nodes joining the cluster too", func(c *node.Config) *string { return &c.AdminTokenFile }),
+		{&cli.BoolFlag{Name: "insecure-raft", Usage: "allow a raft address off the loopback without node TLS (anyone reaching it can rewrite the metadata: only on a trusted network)"}, "insecure_raft", func(c *cli.Context, cfg *node.Config) error {
+			cfg.InsecureRaft = c.Bool("insecure-raft")
+			return nil
+		}},
+		{&cli.BoolFlag{Name: "insecure-admin", Usage: "allow an admin address off the loopback with a token but without TLS (the token crosses the network in clear)"}, "insecure_admin", func(c *cli.Context, cfg *node.Config) error {
+			cfg.InsecureAdmin = c.Bool("insecure-admin")
+			return nil
+		}},
 		str("log-level", "log_level", "debug, info, warn or error (default info)", func(c *node.Config) *string { return &c.LogLevel }),
 		str("log-format", "log_format", "text or json (default text)", func(c *node.Config) *string { return &c.LogFormat }),
 		{&cli.BoolFlag{Name: "debug-pprof", Usage: "serve Go's profiles under /debug/pprof/ on --metrics-addr (anyone reaching that port may run them)"}, "debug_pprof", func(c *cli.Context, cfg *node.Config) error {
@@ -127,6 +136,15 @@ func loadServeConfig(c *cli.Context) (node.Config, error) {
 	}
 	if cfg.RetentionAge == 0 && !c.IsSet("retention-age") && !cfg.Explicit("retention_age") {
 		cfg.RetentionAge = 7 * 24 * time.Hour
+	}
+	if cfg.AdminToken == "" && cfg.AdminTokenFile != "" {
+		b, err := os.ReadFile(cfg.AdminTokenFile)
+		if err != nil {
+			return cfg, fmt.Errorf("--admin-token-file: %w", err)
+		}
+		if cfg.AdminToken = strings.TrimSpace(string(b)); cfg.AdminToken == "" {
+			return cfg, fmt.Errorf("--admin-token-file %s is empty", cfg.AdminTokenFile)
+		}
 	}
 	if cfg.AdminToken == "" {
 		cfg.AdminToken = os.Getenv("FLOTILLA_TOKEN")

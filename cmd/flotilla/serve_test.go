@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -75,6 +76,33 @@ func TestTablesFit80Columns(t *testing.T) {
 	for _, line := range strings.Split(b.String(), "\n") {
 		if n := len([]rune(line)); n > 80 {
 			t.Errorf("%d columns: %q", n, line)
+		}
+	}
+}
+
+// A node refuses to start with raft off the loopback without node TLS, or with an
+// admin token alone off the loopback, unless told the network is trusted; the admin
+// token may come from a file.
+func TestServeRefusesOpenPortsOffLoopback(t *testing.T) {
+	dir := t.TempDir()
+	tokenFile := dir + "/token"
+	if err := os.WriteFile(tokenFile, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string // "" = valid
+	}{
+		{[]string{"--raft-addr", "10.1.2.3:7071"}, "--insecure-raft"},
+		{[]string{"--raft-addr", "10.1.2.3:7071", "--insecure-raft"}, ""},
+		{[]string{"--admin-addr", "10.1.2.3:7070", "--admin-token-file", tokenFile}, "--insecure-admin"},
+		{[]string{"--admin-addr", "10.1.2.3:7070", "--admin-token-file", tokenFile, "--insecure-admin"}, ""},
+		{[]string{"--admin-addr", "10.1.2.3:7070"}, "would accept anyone"},
+		{[]string{"--admin-token-file", dir + "/missing"}, "--admin-token-file"},
+	} {
+		err := newApp().Run(append([]string{"flotilla", "serve", "--check-config", "--data", dir}, tc.args...))
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("serve %v: got %v, want %q", tc.args, err, tc.want)
 		}
 	}
 }

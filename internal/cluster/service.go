@@ -86,8 +86,13 @@ func (s *Service) checkSecret(ctx context.Context) error {
 	return nil
 }
 
-// Join implements clusterv1.ClusterServer.
+// Join implements clusterv1.ClusterServer. It hands out the cluster secret, so it
+// always needs a credential: an admin API open on the loopback (no token, no
+// certificates) admits no node, or any local user could take the secret.
 func (s *Service) Join(ctx context.Context, r *clusterv1.JoinRequest) (*clusterv1.JoinResponse, error) {
+	if s.Admin.Token == "" && !s.Admin.Certificates {
+		return nil, status.Error(codes.Unauthenticated, "this cluster admits no node: its nodes run without an admin token or node certificates; start every node with the same admin token ($FLOTILLA_TOKEN or --admin-token-file) or with --tls-ca/--tls-cert/--tls-key")
+	}
 	if err := s.checkAdmin(ctx); err != nil {
 		return nil, err
 	}

@@ -165,5 +165,8 @@ func (c Config) Validate() error {
 	if _, err := NewLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
 		return fmt.Errorf("log_format/log_level: %w", err)
 	}
-	return secure.CheckAdminExposure(c.AdminAddr, secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()})
+	if err := secure.CheckRaftExposure(c.RaftAddr, c.TLS.Enabled(), c.InsecureRaft); err != nil {
+		return err
+	}
+	return secure.CheckAdminExposure(c.AdminAddr, secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()}, c.InsecureAdmin)
 }

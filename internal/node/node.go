@@ -45,6 +45,14 @@ type Config struct {
 	Join       []string          `yaml:"join"`
 	Labels     map[string]string `yaml:"labels"`
 	AdminToken string            `yaml:"admin_token"`
+	// AdminTokenFile holds the admin token (a file keeps it out of `ps` and of the
+	// configuration file).
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// InsecureRaft and InsecureAdmin accept a raft address, or an admin address
+	// with a token, off the loopback without node TLS: only on a network every
+	// host of which is trusted.
+	InsecureRaft  bool `yaml:"insecure_raft"`
+	InsecureAdmin bool `yaml:"insecure_admin"`
 	// RetentionAge and RetentionBytes bound each group's binlog (0 = unbounded).
 	RetentionAge   time.Duration `yaml:"retention_age"`
 	RetentionBytes uint64        `yaml:"retention_bytes"`
@@ -193,8 +201,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	adminAuth := secure.Admin{Token: cfg.AdminToken, Certificates: tr.admin != nil}
-	if err := secure.CheckAdminExposure(cfg.AdminAddr, adminAuth); err != nil {
+	if err := secure.CheckAdminExposure(cfg.AdminAddr, adminAuth, cfg.InsecureAdmin); err != nil {
 		return nil, err
+	}
+	if err := secure.CheckRaftExposure(cfg.RaftAddr, cfg.TLS.Enabled(), cfg.InsecureRaft); err != nil {
+		return nil, err
+	}
+	if lo, _ := secure.Loopback(cfg.RaftAddr); !lo && !cfg.TLS.Enabled() {
+		log.Warn("INSECURE: raft listens off the loopback without node TLS (--insecure-raft): anyone who reaches "+cfg.RaftAddr+" can rewrite the cluster's metadata", "raft", cfg.RaftAddr)
+	}
+	if lo, _ := secure.Loopback(cfg.AdminAddr); !lo && cfg.AdminToken != "" && !cfg.TLS.Enabled() {
+		log.Warn("INSECURE: the admin token crosses the network in clear: the admin API has no TLS (--insecure-admin; set --tls-ca/--tls-cert/--tls-key)", "admin", cfg.AdminAddr)
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)

@@ -143,21 +143,47 @@ func verifiedPeer(ctx context.Context) bool {
 // the network can reach.
 var ErrOpenAdmin = errors.New("the admin API would accept anyone")
 
-// CheckAdminExposure refuses an admin listen address off the loopback without the
-// token or client certificates: anyone reaching it could remove upstreams.
-func CheckAdminExposure(addr string, a Admin) error {
-	if a.Token != "" || a.Certificates {
-		return nil
-	}
+// Loopback reports whether a listen address (HOST:PORT) is reachable only from this
+// machine.
+func Loopback(addr string) (bool, error) {
 	host, _, err := net.SplitHostPort(addr)
 	if err != nil {
-		return fmt.Errorf("admin address %q: %w", addr, err)
+		return false, fmt.Errorf("address %q: %w", addr, err)
 	}
 	if host == "localhost" {
-		return nil
+		return true, nil
 	}
-	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
-		return nil
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback(), nil
+}
+
+// CheckAdminExposure refuses an admin listen address off the loopback without
+// client certificates (TLS): with neither, anyone reaching it could remove
+// upstreams; with a token alone, the token crosses the network in clear.
+// insecure accepts the token alone, for a network the operator trusts.
+func CheckAdminExposure(addr string, a Admin, insecure bool) error {
+	lo, err := Loopback(addr)
+	if err != nil || lo || a.Certificates {
+		return err
 	}
-	return fmt.Errorf("admin address %s is not a loopback address and %w: set an admin token (FLOTILLA_TOKEN or admin_token) or --tls-ca/--tls-cert/--tls-key so that callers need a client certificate, or listen on 127.0.0.1", addr, ErrOpenAdmin)
+	if a.Token == "" {
+		return fmt.Errorf("admin address %s is not a loopback address and %w: set --tls-ca/--tls-cert/--tls-key (callers then need a client certificate or the token over TLS), or listen on 127.0.0.1", addr, ErrOpenAdmin)
+	}
+	if !insecure {
+		return fmt.Errorf("admin address %s is not a loopback address and has no TLS: the admin token would cross the network in clear; set --tls-ca/--tls-cert/--tls-key, or --insecure-admin on a network you trust", addr)
+	}
+	return nil
+}
+
+// CheckRaftExposure refuses a raft address off the loopback without node TLS:
+// dragonboat authenticates peers only by the deployment id, which anyone can learn,
+// so anyone reaching the port could inject raft entries and snapshots (rewrite
+// upstreams, replica users, node addresses). insecure accepts it, for a network the
+// operator trusts.
+func CheckRaftExposure(addr string, nodeTLS, insecure bool) error {
+	lo, err := Loopback(addr)
+	if err != nil || lo || nodeTLS || insecure {
+		return err
+	}
+	return fmt.Errorf("raft address %s is not a loopback address and node TLS is off: anyone reaching it could write the cluster's metadata; set --tls-ca/--tls-cert/--tls-key on every node, or --insecure-raft on a network you trust", addr)
 }

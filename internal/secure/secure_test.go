@@ -52,12 +52,29 @@ func TestAdminCheckAndExposure(t *testing.T) {
 	if err := (Admin{}).Check(context.Background()); err != nil {
 		t.Fatalf("an open loopback API accepts: %v", err)
 	}
-	for addr, ok := range map[string]bool{"127.0.0.1:7070": true, "[::1]:7070": true, "localhost:7070": true, "0.0.0.0:7070": false, "10.0.0.5:7070": false} {
-		if err := CheckAdminExposure(addr, Admin{}); (err == nil) != ok {
+	for addr, lo := range map[string]bool{"127.0.0.1:7070": true, "127.0.0.9:7070": true, "[::1]:7070": true, "localhost:7070": true, "0.0.0.0:7070": false, "10.0.0.5:7070": false} {
+		if err := CheckAdminExposure(addr, Admin{}, false); (err == nil) != lo {
 			t.Errorf("%s without credentials: %v", addr, err)
 		}
-		if err := CheckAdminExposure(addr, Admin{Token: "x"}); err != nil {
-			t.Errorf("%s with a token: %v", addr, err)
+		// A token without TLS crosses the network in clear: only on loopback,
+		// or when the operator says the network is trusted.
+		if err := CheckAdminExposure(addr, Admin{Token: "x"}, false); (err == nil) != lo {
+			t.Errorf("%s with a token and no TLS: %v", addr, err)
+		}
+		if err := CheckAdminExposure(addr, Admin{Token: "x"}, true); err != nil {
+			t.Errorf("%s with a token and --insecure-admin: %v", addr, err)
+		}
+		if err := CheckAdminExposure(addr, Admin{Certificates: true}, false); err != nil {
+			t.Errorf("%s with TLS: %v", addr, err)
+		}
+		if err := CheckRaftExposure(addr, false, false); (err == nil) != lo {
+			t.Errorf("raft at %s without TLS: %v", addr, err)
+		}
+		if err := CheckRaftExposure(addr, true, false); err != nil {
+			t.Errorf("raft at %s with TLS: %v", addr, err)
+		}
+		if err := CheckRaftExposure(addr, false, true); err != nil {
+			t.Errorf("raft at %s with --insecure-raft: %v", addr, err)
 		}
 	}
 }

@@ -60,7 +60,7 @@ func BenchmarkIdleGroups(b *testing.B) {
 		n.Args = append(n.Args, "--metrics-addr", metricsAddr, "--debug-pprof")
 	}
 	n.Start(ctx)
-	cl, err := adminrpc.Dial(n.AdminAddr, "", nil)
+	cl, err := adminrpc.Dial(n.AdminAddr, n.Token, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

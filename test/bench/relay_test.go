@@ -75,7 +75,7 @@ func masterTail(ctx context.Context, b *testing.B, m *mariadbtest.Server) (strin
 // GTID position; it returns the time and the group's status then.
 func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, source, want string, args ...string) (time.Duration, *adminv1.GroupStatus) {
 	b.Helper()
-	cl, err := adminrpc.Dial(n.AdminAddr, "", nil)
+	cl, err := adminrpc.Dial(n.AdminAddr, n.Token, nil)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -354,7 +354,7 @@ func saveURL(ctx context.Context, url, path string) {
 // waitGroupAt waits until upstream name's group has executed gtid.
 func waitGroupAt(ctx context.Context, b *testing.B, n *flotillatest.Node, name, gtid string) {
 	b.Helper()
-	cl, err := adminrpc.Dial(n.AdminAddr, "", nil)
+	cl, err := adminrpc.Dial(n.AdminAddr, n.Token, nil)
 	if err != nil {
 		b.Fatal(err)
 	}

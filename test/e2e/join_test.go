@@ -44,6 +44,23 @@ func TestJoinChecks(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "a node never changes cluster") {
 		t.Fatalf("a node of another cluster must refuse --join: %v", err)
 	}
+	// Joining hands out the cluster secret: a node without the admin token is
+	// refused, and a cluster whose nodes have no credentials admits nobody.
+	stranger := flotillatest.NewNode(t, filepath.Join(dir, "stranger"), 3)
+	stranger.Token = "not-the-token"
+	stranger.Join = []string{nodes[0].AdminAddr}
+	if err := stranger.TryStart(ctx); err == nil || !strings.Contains(err.Error(), "joining needs the cluster's admin credentials") {
+		t.Fatalf("a node with the wrong admin token must not join: %v", err)
+	}
+	open := flotillatest.NewNode(t, filepath.Join(dir, "open"), 1)
+	open.Token = ""
+	open.Start(ctx)
+	joiner := flotillatest.NewNode(t, filepath.Join(dir, "joiner"), 2)
+	joiner.Token = ""
+	joiner.Join = []string{open.AdminAddr}
+	if err := joiner.TryStart(ctx); err == nil || !strings.Contains(err.Error(), "this cluster admits no node") {
+		t.Fatalf("a cluster without admin credentials must admit no node: %v", err)
+	}
 	out, err := nodes[0].CLI(ctx, "node", "list")
 	if err != nil || strings.Count(out, "\n") != 3 {
 		t.Fatalf("the cluster must still have exactly its 2 nodes: %v\n%s", err, out)

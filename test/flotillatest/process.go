@@ -70,6 +70,9 @@ type Node struct {
 	// ID is the node id; Join the admin addresses it joins through on first start.
 	ID   uint64
 	Join []string
+	// Token is the admin token the node is started with (FLOTILLA_TOKEN) and CLI
+	// calls present; nodes join each other with it. "" starts the node without one.
+	Token string
 	// Args are extra `serve` flags; CLIArgs extra global flags of CLI calls (TLS).
 	Args    []string
 	CLIArgs []string
@@ -127,7 +130,7 @@ func StartClusterWith(ctx context.Context, t testing.TB, dir string, size int, s
 // starting it; it is killed when the test ends.
 func NewNode(t testing.TB, dir string, id uint64) *Node {
 	t.Helper()
-	n := &Node{t: t, bin: Binary(t), Dir: dir, ID: id}
+	n := &Node{t: t, bin: Binary(t), Dir: dir, ID: id, Token: TestToken}
 	var ports [3]int
 	for i := range ports {
 		p, err := mariadbtest.FreePort()
@@ -170,6 +173,7 @@ func (n *Node) TryStart(ctx context.Context) error {
 		args = append(args, "--join", strings.Join(n.Join, ","))
 	}
 	n.cmd = exec.Command(n.bin, append(args, n.Args...)...)
+	n.cmd.Env = n.env()
 	n.cmd.Stdout, n.cmd.Stderr = lf, lf
 	n.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := n.cmd.Start(); err != nil {
@@ -264,6 +268,7 @@ func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
 	defer cancel()
 	global := append([]string{"--admin", n.AdminAddr}, n.CLIArgs...)
 	cmd := exec.CommandContext(ctx, n.bin, append(global, args...)...)
+	cmd.Env = n.env()
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
@@ -278,8 +283,28 @@ func (n *Node) CLICombined(ctx context.Context, args ...string) (string, error) 
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
 	global := append([]string{"--admin", n.AdminAddr}, n.CLIArgs...)
-	out, err := exec.CommandContext(ctx, n.bin, append(global, args...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, n.bin, append(global, args...)...)
+	cmd.Env = n.env()
+	out, err := cmd.CombinedOutput()
 	return string(out), err
+}
+
+// TestToken is the admin token test nodes share unless a test sets another.
+const TestToken = "flotilla-test-token"
+
+// env is the environment of the node's process and of CLI calls: the test's own,
+// with FLOTILLA_TOKEN set to the node's token (or removed).
+func (n *Node) env() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "FLOTILLA_TOKEN=") {
+			env = append(env, kv)
+		}
+	}
+	if n.Token != "" {
+		env = append(env, "FLOTILLA_TOKEN="+n.Token)
+	}
+	return env
 }
 
 // LogTail returns the last lines of the node's log.
