@@ -23,9 +23,17 @@ const (
 	dumpAnnotateEvents = 0x02 // MariaDB: the replica wants Annotate_rows events
 )
 
-// writeTimeout bounds one write to a replica, so a replica that stops reading frees
+// defaultWriteTimeout bounds one write to a client when Limits.WriteTimeout is 0.
+const defaultWriteTimeout = 2 * time.Minute
+
+// writeTimeout bounds one write to a client, so a client that stops reading frees
 // its goroutine instead of holding it forever.
-const writeTimeout = 2 * time.Minute
+func (s *Server) writeTimeout() time.Duration {
+	if s.Limits.WriteTimeout > 0 {
+		return s.Limits.WriteTimeout
+	}
+	return defaultWriteTimeout
+}
 
 // dumpRequest is a decoded COM_BINLOG_DUMP: pos u32, flags u16, server_id u32, file.
 type dumpRequest struct {
@@ -86,7 +94,7 @@ func heartbeatPeriod(v string) time.Duration {
 	if err != nil || ns == 0 {
 		return 0
 	}
-	return max(time.Duration(min(ns, uint64(1<<62))), minHeartbeat)
+	return servedHeartbeat(time.Duration(min(ns, uint64(1<<62))))
 }
 
 // dump serves COM_BINLOG_DUMP until the replica goes away, the source stops being
@@ -369,7 +377,7 @@ func (w *eventWriter) flush() error {
 		return nil
 	}
 	n := w.out.Buffered()
-	_ = w.ss.c.client.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = w.ss.c.client.SetWriteDeadline(time.Now().Add(w.ss.s.writeTimeout()))
 	err := w.out.Flush()
 	if err == nil {
 		w.sent(n)

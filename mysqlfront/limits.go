@@ -29,6 +29,9 @@ type Limits struct {
 	MaxAllowedPacket int64
 	// HandshakeTimeout bounds the handshake and login.
 	HandshakeTimeout time.Duration
+	// WriteTimeout bounds one write to a client (an answer, a piece of a dump):
+	// a client that stops reading loses its session (0: two minutes).
+	WriteTimeout time.Duration
 	// IdleTimeout closes a session that sends nothing for this long while it is
 	// not dumping (as MySQL's wait_timeout).
 	IdleTimeout time.Duration
@@ -40,6 +43,16 @@ type Limits struct {
 // minHeartbeat is the shortest heartbeat period served: a replica asking for less
 // (down to 1 ns) would make the node spin writing heartbeats.
 const minHeartbeat = time.Millisecond
+
+// servedHeartbeat is the period a dump's heartbeats are sent at: whoever asked (a
+// replica on this node, or another node relaying one over the cluster service), no
+// less than minHeartbeat; 0 means none.
+func servedHeartbeat(asked time.Duration) time.Duration {
+	if asked <= 0 {
+		return 0
+	}
+	return max(asked, minHeartbeat)
+}
 
 // AllowList is a set of addresses and networks, as kingshard's allow_ips.
 type AllowList struct{ prefixes []netip.Prefix }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -39,6 +40,12 @@ func TestHeartbeatPeriodFloor(t *testing.T) {
 	for in, want := range map[string]time.Duration{"1": time.Millisecond, "0": 0, "x": 0, "2000000000": 2 * time.Second, " 500000 ": time.Millisecond} {
 		if got := heartbeatPeriod(in); got != want {
 			t.Errorf("heartbeatPeriod(%q) = %v, want %v", in, got, want)
+		}
+	}
+	// The local source applies the same floor to what another node relays.
+	for in, want := range map[time.Duration]time.Duration{1: time.Millisecond, 0: 0, -5: 0, time.Second: time.Second} {
+		if got := servedHeartbeat(in); got != want {
+			t.Errorf("servedHeartbeat(%v) = %v, want %v", in, got, want)
 		}
 	}
 }
@@ -143,5 +150,59 @@ func TestAllowIPsAndIdleTimeout(t *testing.T) {
 			t.Fatal("an idle session was never closed")
 		}
 		time.Sleep(time.Duration(400) * time.Millisecond)
+	}
+}
+
+// TestSessionBounds: a session's user variables are bounded in number, name and
+// size (a refused SET applies nothing), and a client that stops reading its
+// answers loses its session after WriteTimeout instead of holding it.
+func TestSessionBounds(t *testing.T) {
+	ss := newTestSession()
+	for i := range maxUserVars {
+		if _, err := ss.query(fmt.Sprintf("SET @v%d = 'x'", i)); err != nil {
+			t.Fatalf("variable %d: %v", i, err)
+		}
+	}
+	_, err := ss.query("SET @one_too_many = 1")
+	wantCode(t, "a variable over the count", err, mysql.ER_WRONG_VALUE_FOR_VAR)
+	if _, err := ss.query("SET @v0 = 'y'"); err != nil {
+		t.Fatalf("reassigning a variable must pass: %v", err)
+	}
+	_, err = ss.query("SET @v1 = '" + strings.Repeat("x", maxUserVarsBytes) + "'")
+	wantCode(t, "a variable over the size", err, mysql.ER_WRONG_VALUE_FOR_VAR)
+	if v := ss.vars["v1"]; v == nil || *v != "x" {
+		t.Fatal("a refused SET must leave the variable as it was")
+	}
+	_, err = ss.query("SET @" + strings.Repeat("n", maxUserVarName+1) + " = 1")
+	wantCode(t, "a long variable name", err, mysql.ER_TOO_LONG_IDENT)
+
+	s := New(ss.s.router, 1, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	s.Limits = Limits{WriteTimeout: 300 * time.Millisecond}
+	addr := serveFront(t, s)
+	c, err := client.ConnectWithTimeout(addr, "repl", "pw", "", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Execute("SET @big = '" + strings.Repeat("x", 200<<10) + "'"); err != nil {
+		t.Fatal(err)
+	}
+	// Ask for 200 KiB answers and never read them: once the socket buffers fill, a
+	// write blocks, times out, and the session ends.
+	q := append([]byte{0, 0, 0, 0, comQuery}, "SELECT @big"...)
+	q[0] = byte(len(q) - 4)
+	go func() {
+		for range 500 {
+			if _, err := c.Conn.Conn.Write(q); err != nil {
+				return
+			}
+		}
+	}()
+	deadline := time.Now().Add(20 * time.Second)
+	for s.active.Load() > 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("a client that stopped reading still holds its session")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -185,6 +185,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 	annotate := fl.annotate(spec.Flags)
 	file, pos := start.File, start.Pos()
 	w.Position(file, pos)
+	spec.Heartbeat = servedHeartbeat(spec.Heartbeat)
 	var hbTimer <-chan time.Time
 	if spec.Heartbeat > 0 {
 		hbTimer = time.After(spec.Heartbeat)

@@ -31,6 +31,9 @@ func (ss *session) query(q string) (*mysql.Result, error) {
 			}
 			return nil, mysql.NewError(mysql.ER_PARSE_ERROR, fmt.Sprintf("Flotilla cannot read this SET statement: %v", err))
 		}
+		if err := ss.checkVars(as); err != nil {
+			return nil, err
+		}
 		for _, a := range as {
 			if a.Null {
 				ss.vars[a.Name] = nil
@@ -379,4 +382,39 @@ func (ss *session) showMasterStatus() (*mysql.Result, error) {
 		return resultset(cols, nil)
 	}
 	return resultset(cols, [][]any{row})
+}
+
+// Per-session bounds on user variables: a replica sets a handful of short ones; a
+// logged-in client must not grow a session without bound by setting more.
+const (
+	maxUserVars      = 64
+	maxUserVarName   = 64
+	maxUserVarsBytes = 256 << 10
+)
+
+// checkVars refuses a SET that would take the session's user variables past the
+// bounds; nothing of it is applied then.
+func (ss *session) checkVars(as []assignment) error {
+	next := make(map[string]int, len(ss.vars)+len(as))
+	for name, v := range ss.vars {
+		if v != nil {
+			next[name] = len(*v)
+		} else {
+			next[name] = 0
+		}
+	}
+	for _, a := range as {
+		if len(a.Name) > maxUserVarName {
+			return mysql.NewError(mysql.ER_TOO_LONG_IDENT, fmt.Sprintf("User variable name '%s' is too long (at most %d characters)", clip(a.Name), maxUserVarName))
+		}
+		next[a.Name] = len(a.Value)
+	}
+	total := 0
+	for name, n := range next {
+		total += len(name) + n
+	}
+	if len(next) > maxUserVars || total > maxUserVarsBytes {
+		return mysql.NewError(mysql.ER_WRONG_VALUE_FOR_VAR, fmt.Sprintf("Flotilla keeps at most %d user variables of %d KiB in all per session", maxUserVars, maxUserVarsBytes>>10))
+	}
+	return nil
 }

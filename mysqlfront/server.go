@@ -385,10 +385,11 @@ func (ss *session) dispatch(ctx context.Context, cmd byte, data []byte) bool {
 	default:
 		v = mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("Flotilla does not support command 0x%02x", cmd))
 	}
-	if err := ss.c.writeValue(v); err != nil {
-		return false
-	}
-	return true
+	// A client that stops reading must not hold its session (and what the answer
+	// holds) forever.
+	_ = ss.c.client.SetWriteDeadline(time.Now().Add(ss.s.writeTimeout()))
+	defer func() { _ = ss.c.client.SetWriteDeadline(time.Time{}) }()
+	return ss.c.writeValue(v) == nil
 }
 
 // registerSlave records COM_REGISTER_SLAVE: server_id u32, host, user, password
