@@ -166,3 +166,16 @@ func (s *Server) RemoveNode(ctx context.Context, r *adminv1.NodeRef) (*adminv1.R
 	s.Log.Info("node removed", "node", r.Id)
 	return &adminv1.RemoveNodeResponse{}, nil
 }
+
+// RotateSecret gives every member a new node key and retires the old ones.
+func (s *Server) RotateSecret(ctx context.Context, _ *adminv1.RotateSecretRequest) (*adminv1.RotateSecretResponse, error) {
+	if s.Rotate == nil {
+		return nil, status.Error(codes.Unimplemented, "this node cannot rotate the cluster's keys")
+	}
+	gen, nodes, err := s.Rotate(ctx)
+	if err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "rotate the node key: %v", err)
+	}
+	s.Log.Info("node key rotated by an operator", "generation", gen, "nodes", nodes)
+	return &adminv1.RotateSecretResponse{Generation: gen, Nodes: nodes}, nil
+}

@@ -93,7 +93,10 @@ type Server struct {
 	// themselves and so skip the token check.
 	Services        []func(*grpc.Server)
 	OwnAuthPrefixes []string
-	Log             *slog.Logger
+	// Rotate replaces the key nodes sign their calls to each other with, on every
+	// member (cluster.Relay.Rotate), returning the new generation and the nodes.
+	Rotate func(ctx context.Context) (uint64, []uint64, error)
+	Log    *slog.Logger
 }
 
 // Serve listens on addr until ctx ends.

@@ -360,6 +360,29 @@ func secret(flag, file, env, what string) (string, error) {
 	return "", nil
 }
 
+func clusterCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "cluster",
+		Usage: "manage the cluster's own credentials",
+		Subcommands: []*cli.Command{{
+			Name:  "rotate-secret",
+			Usage: "give every node a new key for node-to-node calls and retire the old one (run it after removing a node: the removed node's credentials stop working); every member must be up",
+			Flags: []cli.Flag{outputFlag},
+			Action: func(c *cli.Context) error {
+				return call(c, 2*time.Minute, func(ctx context.Context, cl *adminrpc.Client) error {
+					r, err := cl.RotateSecret(ctx, &adminv1.RotateSecretRequest{})
+					if err != nil {
+						return err
+					}
+					return render(c, r, func(w io.Writer) {
+						fmt.Fprintf(w, "node key generation %d now signs node-to-node calls on nodes %v; older keys are retired\n", r.Generation, r.Nodes)
+					})
+				})
+			},
+		}},
+	}
+}
+
 func nodeCommand() *cli.Command {
 	idCmd := func(name, usage string, flags []cli.Flag, f func(*cli.Context, context.Context, *adminrpc.Client, uint64) error) *cli.Command {
 		return &cli.Command{Name: name, Usage: usage, ArgsUsage: "ID", Flags: append(flags, outputFlag), Action: func(c *cli.Context) error {

@@ -27,7 +27,7 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "tls-cert", Usage: "client certificate for the admin API (in place of the token)", EnvVars: []string{"FLOTILLA_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert", EnvVars: []string{"FLOTILLA_TLS_KEY"}},
 		},
-		Commands:       []*cli.Command{serveCommand(), upstreamCommand(), nodeCommand(), statusCommand()},
+		Commands:       []*cli.Command{serveCommand(), upstreamCommand(), nodeCommand(), clusterCommand(), statusCommand()},
 		Description:    "Example:\n   flotilla --admin 10.0.0.1:7070 status",
 		ExitErrHandler: func(*cli.Context, error) {},
 	}

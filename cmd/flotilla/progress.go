@@ -234,6 +234,8 @@ var examples = map[string]string{
 	"flotilla upstream catch-up":       "flotilla upstream catch-up main",
 	"flotilla upstream repoint":        "flotilla upstream repoint main --source db2:3306",
 	"flotilla upstream set-candidates": "flotilla upstream set-candidates main --candidate db1:3306 --candidate db2:3306 --source-down-after 10s",
+	"flotilla cluster":                 "flotilla cluster rotate-secret",
+	"flotilla cluster rotate-secret":   "flotilla --token-file /etc/flotilla/token cluster rotate-secret",
 	"flotilla node":                    "flotilla node list",
 	"flotilla node list":               "flotilla node list -o json",
 	"flotilla node drain":              "flotilla node drain 3 --wait",

@@ -36,15 +36,32 @@ type Identity struct {
 	// MetaObserver: this node joined the metadata group as a non-voting member (it
 	// starts its metadata replica as one; raft restores a promotion on restart).
 	MetaObserver bool `json:"meta_observer,omitempty"`
+	// NodeKeys sign node-to-node calls (see Keyring); `flotilla cluster
+	// rotate-secret` replaces them. Empty until the first rotation: generation 0
+	// is then derived from the secret.
+	NodeKeys []NodeKey `json:"node_keys,omitempty"`
 }
 
-// NodeToken is what nodes present to each other on node-to-node calls: derived from
-// the secret (HMAC), so the secret itself, which also keys the sealed passwords,
-// never travels on those calls.
-func (id Identity) NodeToken() string {
+// Keys returns the node keys: NodeKeys, or generation 0 derived from the secret
+// (HMAC), so that the secret itself, which also keys the sealed passwords, never
+// signs a call.
+func (id Identity) Keys() []NodeKey {
+	if len(id.NodeKeys) > 0 {
+		return id.NodeKeys
+	}
 	m := hmac.New(sha256.New, id.Secret)
 	m.Write([]byte("flotilla node-to-node v1"))
-	return hex.EncodeToString(m.Sum(nil))
+	return []NodeKey{{Gen: 0, Key: m.Sum(nil)}}
+}
+
+// SaveNodeKeys records new node keys in the identity in dataDir.
+func SaveNodeKeys(dataDir string, keys []NodeKey) error {
+	id, err := LoadIdentity(dataDir)
+	if err != nil {
+		return err
+	}
+	id.NodeKeys = keys
+	return SaveIdentity(dataDir, id)
 }
 
 // Key derives a key for one purpose from the secret, so that no use of a derived

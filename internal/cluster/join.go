@@ -44,8 +44,12 @@ func Join(ctx context.Context, addrs []string, token string, tlsCfg *tls.Config,
 			})
 			cancel()
 			if err == nil {
-				return Identity{ClusterID: resp.ClusterId, Secret: resp.Secret, DeploymentID: resp.DeploymentId,
-					Joined: true, MetaObserver: !resp.Voter}, nil
+				id := Identity{ClusterID: resp.ClusterId, Secret: resp.Secret, DeploymentID: resp.DeploymentId,
+					Joined: true, MetaObserver: !resp.Voter}
+				for _, k := range resp.NodeKeys {
+					id.NodeKeys = append(id.NodeKeys, NodeKey{Gen: k.Gen, Key: k.Key})
+				}
+				return id, nil
 			}
 			last = fmt.Errorf("%s: %w", addr, err)
 			if c := status.Code(err); c == codes.AlreadyExists || c == codes.Unauthenticated || c == codes.InvalidArgument {

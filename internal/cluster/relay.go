@@ -12,7 +12,6 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/internal/secure"
@@ -31,7 +30,7 @@ const maxRelayMessage = 64 << 20
 // Relay reads binlog from other nodes for replicas connected to this one.
 type Relay struct {
 	nodeID uint64
-	secret string
+	keys   *Keyring
 	tls    *tls.Config // nil: plaintext
 	meta   func() (*placement.State, error)
 	log    *slog.Logger
@@ -40,10 +39,10 @@ type Relay struct {
 	conns map[string]*grpc.ClientConn
 }
 
-// NewRelay creates a relay for node nodeID of the cluster id belongs to; tlsCfg
+// NewRelay creates a relay for node nodeID that signs its calls with keys; tlsCfg
 // (nil: plaintext) is how it reaches other nodes' admin ports.
-func NewRelay(nodeID uint64, id Identity, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
-	return &Relay{nodeID: nodeID, secret: id.NodeToken(), tls: tlsCfg, meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
+func NewRelay(nodeID uint64, keys *Keyring, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
+	return &Relay{nodeID: nodeID, keys: keys, tls: tlsCfg, meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
 }
 
 // Close closes the connections to other nodes.
@@ -109,10 +108,6 @@ func (s *relaySource) targets() ([]*placement.Node, error) {
 	return out, nil
 }
 
-func (s *relaySource) auth(ctx context.Context) context.Context {
-	return metadata.AppendToOutgoingContext(ctx, SecretHeader, s.r.secret)
-}
-
 // Files implements mysqlfront.Source.
 func (s *relaySource) Files(ctx context.Context) (mysqlfront.FileList, error) {
 	nodes, err := s.targets()
@@ -126,7 +121,12 @@ func (s *relaySource) Files(ctx context.Context) (mysqlfront.FileList, error) {
 			errs = append(errs, err.Error())
 			continue
 		}
-		resp, err := c.Files(s.auth(ctx), &clusterv1.FilesRequest{GroupId: s.u.GroupID})
+		req := &clusterv1.FilesRequest{GroupId: s.u.GroupID}
+		sctx, err := s.r.keys.Sign(ctx, clusterv1.Cluster_Files_FullMethodName, req)
+		if err != nil {
+			return mysqlfront.FileList{}, err
+		}
+		resp, err := c.Files(sctx, req)
 		if err != nil {
 			errs = append(errs, fmt.Sprintf("node %d: %v", n.ID, err))
 			continue
@@ -184,7 +184,11 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := c.Dump(s.auth(ctx), req)
+	sctx, err := s.r.keys.Sign(ctx, clusterv1.Cluster_Dump_FullMethodName, req)
+	if err != nil {
+		return false, 0, err
+	}
+	stream, err := c.Dump(sctx, req)
 	if err != nil {
 		return false, 0, err
 	}
@@ -234,7 +238,6 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]*clusterv1.NodeReport {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, SecretHeader, r.secret)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	out := map[uint64]*clusterv1.NodeReport{}
@@ -246,7 +249,12 @@ func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, t
 			if err != nil {
 				return
 			}
-			rep, err := c.Report(ctx, &clusterv1.ReportRequest{})
+			req := &clusterv1.ReportRequest{}
+			sctx, err := r.keys.Sign(ctx, clusterv1.Cluster_Report_FullMethodName, req)
+			if err != nil {
+				return
+			}
+			rep, err := c.Report(sctx, req)
 			if err != nil {
 				r.log.Debug("node did not report", "node", id, "err", err)
 				return
@@ -266,7 +274,10 @@ func (r *Relay) TransferLeader(ctx context.Context, addr string, gid, target uin
 	if err != nil {
 		return err
 	}
-	ctx = metadata.AppendToOutgoingContext(ctx, SecretHeader, r.secret)
-	_, err = c.TransferLeader(ctx, &clusterv1.TransferLeaderRequest{GroupId: gid, TargetNode: target})
+	req := &clusterv1.TransferLeaderRequest{GroupId: gid, TargetNode: target}
+	if ctx, err = r.keys.Sign(ctx, clusterv1.Cluster_TransferLeader_FullMethodName, req); err != nil {
+		return err
+	}
+	_, err = c.TransferLeader(ctx, req)
 	return err
 }

@@ -2,18 +2,16 @@ package cluster
 
 import (
 	"context"
-	"crypto/subtle"
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/lni/dragonboat/v3"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
@@ -25,9 +23,6 @@ import (
 // MaxMetaVoters is how many nodes vote in the metadata group; further nodes follow
 // it as non-voting members, so a large cluster does not slow metadata commits.
 const MaxMetaVoters = 3
-
-// SecretHeader carries the node token (Identity.NodeToken) on node-to-node calls.
-const SecretHeader = "x-flotilla-cluster-secret"
 
 // Membership is the part of dragonboat's NodeHost that changes the metadata group.
 type Membership interface {
@@ -53,6 +48,8 @@ type Service struct {
 	clusterv1.UnimplementedClusterServer
 	NodeID uint64
 	Ident  Identity
+	// Keys verifies node-to-node calls (and holds what Join hands out).
+	Keys *Keyring
 	// Admin authenticates Join and Identity: the admin token or a node certificate.
 	Admin   secure.Admin
 	Members Membership
@@ -77,13 +74,14 @@ func (s *Service) checkAdmin(ctx context.Context) error {
 	return nil
 }
 
-func (s *Service) checkSecret(ctx context.Context) error {
-	md, _ := metadata.FromIncomingContext(ctx)
-	got := strings.Join(md.Get(SecretHeader), "")
-	if subtle.ConstantTimeCompare([]byte(got), []byte(s.Ident.NodeToken())) != 1 {
-		return status.Error(codes.Unauthenticated, "node-to-node call without this cluster's secret: is the caller a node of another cluster?")
+// checkNode authenticates a node-to-node call: with node TLS, a verified node
+// certificate (the token or a bare connection is not enough); always, a signature
+// with a node key this node holds, over the method and the request, used once.
+func (s *Service) checkNode(ctx context.Context, method string, req proto.Message) error {
+	if s.Admin.Certificates && !secure.VerifiedPeer(ctx) {
+		return status.Errorf(codes.Unauthenticated, "node-to-node call %s refused: node TLS is on and the caller presented no certificate signed by the cluster's CA", method)
 	}
-	return nil
+	return s.Keys.Verify(ctx, method, req)
 }
 
 // Join implements clusterv1.ClusterServer. It hands out the cluster secret, so it
@@ -138,8 +136,12 @@ func (s *Service) Join(ctx context.Context, r *clusterv1.JoinRequest) (*clusterv
 		return nil, status.Errorf(codes.Unavailable, "add node %d to the metadata group: %v (retry the join)", r.NodeId, err)
 	}
 	s.Log.Info("node joined the cluster", "node", r.NodeId, "raft", r.RaftAddr, "admin", r.AdminAddr, "voter", voter)
-	return &clusterv1.JoinResponse{ClusterId: s.Ident.ClusterID, Secret: s.Ident.Secret,
-		DeploymentId: s.Ident.DeploymentID, Voter: voter}, nil
+	resp := &clusterv1.JoinResponse{ClusterId: s.Ident.ClusterID, Secret: s.Ident.Secret,
+		DeploymentId: s.Ident.DeploymentID, Voter: voter}
+	for _, k := range s.Keys.Keys() {
+		resp.NodeKeys = append(resp.NodeKeys, &clusterv1.NodeKey{Gen: k.Gen, Key: k.Key})
+	}
+	return resp, nil
 }
 
 // Identity implements clusterv1.ClusterServer. It needs no credentials: a node
@@ -150,7 +152,7 @@ func (s *Service) Identity(context.Context, *clusterv1.IdentityRequest) (*cluste
 
 // Files implements clusterv1.ClusterServer.
 func (s *Service) Files(ctx context.Context, r *clusterv1.FilesRequest) (*clusterv1.FilesResponse, error) {
-	if err := s.checkSecret(ctx); err != nil {
+	if err := s.checkNode(ctx, clusterv1.Cluster_Files_FullMethodName, r); err != nil {
 		return nil, err
 	}
 	src, leader := s.Local(r.GroupId, true)
@@ -172,7 +174,7 @@ func (s *Service) Files(ctx context.Context, r *clusterv1.FilesRequest) (*cluste
 // for a replica connected to another node.
 func (s *Service) Dump(r *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpServer) error {
 	ctx := stream.Context()
-	if err := s.checkSecret(ctx); err != nil {
+	if err := s.checkNode(ctx, clusterv1.Cluster_Dump_FullMethodName, r); err != nil {
 		return err
 	}
 	src, leader := s.Local(r.GroupId, r.AnyReplica)
@@ -257,8 +259,8 @@ func (c *chunkSink) flush() error {
 }
 
 // Report implements clusterv1.ClusterServer.
-func (s *Service) Report(ctx context.Context, _ *clusterv1.ReportRequest) (*clusterv1.NodeReport, error) {
-	if err := s.checkSecret(ctx); err != nil {
+func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clusterv1.NodeReport, error) {
+	if err := s.checkNode(ctx, clusterv1.Cluster_Report_FullMethodName, r); err != nil {
 		return nil, err
 	}
 	return &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups()}, nil
@@ -266,7 +268,7 @@ func (s *Service) Report(ctx context.Context, _ *clusterv1.ReportRequest) (*clus
 
 // TransferLeader implements clusterv1.ClusterServer.
 func (s *Service) TransferLeader(ctx context.Context, r *clusterv1.TransferLeaderRequest) (*clusterv1.TransferLeaderResponse, error) {
-	if err := s.checkSecret(ctx); err != nil {
+	if err := s.checkNode(ctx, clusterv1.Cluster_TransferLeader_FullMethodName, r); err != nil {
 		return nil, err
 	}
 	if err := s.Transfer(r.GroupId, r.TargetNode); err != nil {
@@ -274,4 +276,32 @@ func (s *Service) TransferLeader(ctx context.Context, r *clusterv1.TransferLeade
 	}
 	s.Log.Info("leadership transfer requested", "group", r.GroupId, "to", r.TargetNode)
 	return &clusterv1.TransferLeaderResponse{}, nil
+}
+
+// InstallKey implements clusterv1.ClusterServer.
+func (s *Service) InstallKey(ctx context.Context, r *clusterv1.InstallKeyRequest) (*clusterv1.InstallKeyResponse, error) {
+	if err := s.checkNode(ctx, clusterv1.Cluster_InstallKey_FullMethodName, r); err != nil {
+		return nil, err
+	}
+	key, err := openNodeKey(s.Keys.Keys(), r.Gen, r.SealedKey)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "node %d: %v", s.NodeID, err)
+	}
+	if err := s.Keys.Install(key); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %d: %v", s.NodeID, err)
+	}
+	s.Log.Info("node key installed", "generation", r.Gen)
+	return &clusterv1.InstallKeyResponse{}, nil
+}
+
+// RetireKeys implements clusterv1.ClusterServer.
+func (s *Service) RetireKeys(ctx context.Context, r *clusterv1.RetireKeysRequest) (*clusterv1.RetireKeysResponse, error) {
+	if err := s.checkNode(ctx, clusterv1.Cluster_RetireKeys_FullMethodName, r); err != nil {
+		return nil, err
+	}
+	if err := s.Keys.Retire(r.KeepGen); err != nil {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %d: %v", s.NodeID, err)
+	}
+	s.Log.Info("older node keys retired", "kept_generation", r.KeepGen)
+	return &clusterv1.RetireKeysResponse{}, nil
 }

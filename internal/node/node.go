@@ -319,7 +319,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards.SetMetrics(rel)
 	n.spawn(func() { n.shards.Run(ctx, 300*time.Millisecond) })
 
-	n.relay = cluster.NewRelay(cfg.NodeID, ident, tr.peer, n.meta.Local, log.With("component", "relay"))
+	keys := cluster.NewKeyring(ident.Keys(), func(k []cluster.NodeKey) error { return cluster.SaveNodeKeys(cfg.DataDir, k) })
+	n.relay = cluster.NewRelay(cfg.NodeID, keys, tr.peer, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
 	n.front.Limits = limits
 	n.front.TLS = tr.front
@@ -335,8 +336,15 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Auth: adminAuth, Sealer: &sealer, TLS: tr.admin, PeerTLS: tr.peer, Log: log.With("component", "admin"), MetaLeader: metaLeader,
 		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID, MetaVoters: n.metaVoters,
 		OwnAuthPrefixes: []string{cluster.MethodPrefix},
+		Rotate: func(ctx context.Context) (uint64, []uint64, error) {
+			st, err := n.meta.Read(ctx)
+			if err != nil {
+				return 0, nil, fmt.Errorf("read the cluster's members: %w", err)
+			}
+			return n.relay.Rotate(ctx, st.Nodes)
+		},
 	}
-	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Admin: adminAuth, Members: nh, Meta: n.meta,
+	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Keys: keys, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
 		Transfer: n.transferLeader}
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}

@@ -110,7 +110,7 @@ type Admin struct {
 
 // Check authenticates the caller of a gRPC call.
 func (a Admin) Check(ctx context.Context) error {
-	if a.Certificates && verifiedPeer(ctx) {
+	if a.Certificates && VerifiedPeer(ctx) {
 		return nil
 	}
 	if a.Token == "" && !a.Certificates {
@@ -130,7 +130,9 @@ func (a Admin) Check(ctx context.Context) error {
 	return status.Error(codes.Unauthenticated, "admin call refused: missing or wrong admin token (set FLOTILLA_TOKEN)")
 }
 
-func verifiedPeer(ctx context.Context) bool {
+// VerifiedPeer reports whether the caller presented a certificate the server
+// verified against its CA.
+func VerifiedPeer(ctx context.Context) bool {
 	p, ok := peer.FromContext(ctx)
 	if !ok {
 		return false

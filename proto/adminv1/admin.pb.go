@@ -1892,6 +1892,95 @@ func (x *StatusResponse) GetMetaVoters() []uint64 {
 	return nil
 }
 
+type RotateSecretRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateSecretRequest) Reset() {
+	*x = RotateSecretRequest{}
+	mi := &file_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSecretRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSecretRequest) ProtoMessage() {}
+
+func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSecretRequest.ProtoReflect.Descriptor instead.
+func (*RotateSecretRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{23}
+}
+
+type RotateSecretResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The generation of the key now in use, and the nodes that hold it.
+	Generation    uint64   `protobuf:"varint,1,opt,name=generation,proto3" json:"generation,omitempty"`
+	Nodes         []uint64 `protobuf:"varint,2,rep,packed,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateSecretResponse) Reset() {
+	*x = RotateSecretResponse{}
+	mi := &file_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateSecretResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateSecretResponse) ProtoMessage() {}
+
+func (x *RotateSecretResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateSecretResponse.ProtoReflect.Descriptor instead.
+func (*RotateSecretResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *RotateSecretResponse) GetGeneration() uint64 {
+	if x != nil {
+		return x.Generation
+	}
+	return 0
+}
+
+func (x *RotateSecretResponse) GetNodes() []uint64 {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
 var File_admin_proto protoreflect.FileDescriptor
 
 const file_admin_proto_rawDesc = "" +
@@ -2080,7 +2169,13 @@ const file_admin_proto_rawDesc = "" +
 	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12\x1c\n" +
 	"\tdecisions\x18\x06 \x03(\tR\tdecisions\x12\x1f\n" +
 	"\vmeta_voters\x18\a \x03(\x04R\n" +
-	"metaVoters2\xca\b\n" +
+	"metaVoters\"\x15\n" +
+	"\x13RotateSecretRequest\"L\n" +
+	"\x14RotateSecretResponse\x12\x1e\n" +
+	"\n" +
+	"generation\x18\x01 \x01(\x04R\n" +
+	"generation\x12\x14\n" +
+	"\x05nodes\x18\x02 \x03(\x04R\x05nodes2\xab\t\n" +
 	"\x05Admin\x12Q\n" +
 	"\vAddUpstream\x12%.flotilla.admin.v1.AddUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12b\n" +
 	"\rListUpstreams\x12'.flotilla.admin.v1.ListUpstreamsRequest\x1a(.flotilla.admin.v1.ListUpstreamsResponse\x12P\n" +
@@ -2095,7 +2190,8 @@ const file_admin_proto_rawDesc = "" +
 	"\tDrainNode\x12\x1a.flotilla.admin.v1.NodeRef\x1a\x17.flotilla.admin.v1.Node\x12O\n" +
 	"\n" +
 	"RemoveNode\x12\x1a.flotilla.admin.v1.NodeRef\x1a%.flotilla.admin.v1.RemoveNodeResponse\x12M\n" +
-	"\x06Status\x12 .flotilla.admin.v1.StatusRequest\x1a!.flotilla.admin.v1.StatusResponseB:Z8github.com/flotilla-relay/flotilla/proto/adminv1;adminv1b\x06proto3"
+	"\x06Status\x12 .flotilla.admin.v1.StatusRequest\x1a!.flotilla.admin.v1.StatusResponse\x12_\n" +
+	"\fRotateSecret\x12&.flotilla.admin.v1.RotateSecretRequest\x1a'.flotilla.admin.v1.RotateSecretResponseB:Z8github.com/flotilla-relay/flotilla/proto/adminv1;adminv1b\x06proto3"
 
 var (
 	file_admin_proto_rawDescOnce sync.Once
@@ -2109,7 +2205,7 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_admin_proto_goTypes = []any{
 	(*ReplicaUser)(nil),            // 0: flotilla.admin.v1.ReplicaUser
 	(*AddUpstreamRequest)(nil),     // 1: flotilla.admin.v1.AddUpstreamRequest
@@ -2134,7 +2230,9 @@ var file_admin_proto_goTypes = []any{
 	(*RemoveNodeResponse)(nil),     // 20: flotilla.admin.v1.RemoveNodeResponse
 	(*StatusRequest)(nil),          // 21: flotilla.admin.v1.StatusRequest
 	(*StatusResponse)(nil),         // 22: flotilla.admin.v1.StatusResponse
-	nil,                            // 23: flotilla.admin.v1.Node.LabelsEntry
+	(*RotateSecretRequest)(nil),    // 23: flotilla.admin.v1.RotateSecretRequest
+	(*RotateSecretResponse)(nil),   // 24: flotilla.admin.v1.RotateSecretResponse
+	nil,                            // 25: flotilla.admin.v1.Node.LabelsEntry
 }
 var file_admin_proto_depIdxs = []int32{
 	0,  // 0: flotilla.admin.v1.AddUpstreamRequest.replica_users:type_name -> flotilla.admin.v1.ReplicaUser
@@ -2144,7 +2242,7 @@ var file_admin_proto_depIdxs = []int32{
 	14, // 4: flotilla.admin.v1.GroupStatus.member_status:type_name -> flotilla.admin.v1.MemberStatus
 	4,  // 5: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
 	13, // 6: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
-	23, // 7: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
+	25, // 7: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
 	16, // 8: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
 	16, // 9: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
 	15, // 10: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
@@ -2161,21 +2259,23 @@ var file_admin_proto_depIdxs = []int32{
 	17, // 21: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
 	17, // 22: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
 	21, // 23: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
-	4,  // 24: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
-	11, // 25: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
-	15, // 26: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
-	4,  // 27: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
-	4,  // 28: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
-	4,  // 29: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
-	4,  // 30: flotilla.admin.v1.Admin.SetCandidates:output_type -> flotilla.admin.v1.Upstream
-	7,  // 31: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
-	9,  // 32: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
-	19, // 33: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
-	16, // 34: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
-	20, // 35: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
-	22, // 36: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
-	24, // [24:37] is the sub-list for method output_type
-	11, // [11:24] is the sub-list for method input_type
+	23, // 24: flotilla.admin.v1.Admin.RotateSecret:input_type -> flotilla.admin.v1.RotateSecretRequest
+	4,  // 25: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
+	11, // 26: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
+	15, // 27: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
+	4,  // 28: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 29: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 30: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 31: flotilla.admin.v1.Admin.SetCandidates:output_type -> flotilla.admin.v1.Upstream
+	7,  // 32: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
+	9,  // 33: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
+	19, // 34: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
+	16, // 35: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
+	20, // 36: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
+	22, // 37: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
+	24, // 38: flotilla.admin.v1.Admin.RotateSecret:output_type -> flotilla.admin.v1.RotateSecretResponse
+	25, // [25:39] is the sub-list for method output_type
+	11, // [11:25] is the sub-list for method input_type
 	11, // [11:11] is the sub-list for extension type_name
 	11, // [11:11] is the sub-list for extension extendee
 	0,  // [0:11] is the sub-list for field type_name
@@ -2192,7 +2292,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

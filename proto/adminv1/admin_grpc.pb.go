@@ -35,6 +35,7 @@ const (
 	Admin_DrainNode_FullMethodName       = "/flotilla.admin.v1.Admin/DrainNode"
 	Admin_RemoveNode_FullMethodName      = "/flotilla.admin.v1.Admin/RemoveNode"
 	Admin_Status_FullMethodName          = "/flotilla.admin.v1.Admin/Status"
+	Admin_RotateSecret_FullMethodName    = "/flotilla.admin.v1.Admin/RotateSecret"
 )
 
 // AdminClient is the client API for Admin service.
@@ -60,6 +61,10 @@ type AdminClient interface {
 	DrainNode(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Node, error)
 	RemoveNode(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
+	// RotateSecret gives every node a new key for node-to-node calls, then retires
+	// the old one: a removed node's credentials stop working. Every member must
+	// answer.
+	RotateSecret(ctx context.Context, in *RotateSecretRequest, opts ...grpc.CallOption) (*RotateSecretResponse, error)
 }
 
 type adminClient struct {
@@ -200,6 +205,16 @@ func (c *adminClient) Status(ctx context.Context, in *StatusRequest, opts ...grp
 	return out, nil
 }
 
+func (c *adminClient) RotateSecret(ctx context.Context, in *RotateSecretRequest, opts ...grpc.CallOption) (*RotateSecretResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateSecretResponse)
+	err := c.cc.Invoke(ctx, Admin_RotateSecret_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServer is the server API for Admin service.
 // All implementations must embed UnimplementedAdminServer
 // for forward compatibility.
@@ -223,6 +238,10 @@ type AdminServer interface {
 	DrainNode(context.Context, *NodeRef) (*Node, error)
 	RemoveNode(context.Context, *NodeRef) (*RemoveNodeResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
+	// RotateSecret gives every node a new key for node-to-node calls, then retires
+	// the old one: a removed node's credentials stop working. Every member must
+	// answer.
+	RotateSecret(context.Context, *RotateSecretRequest) (*RotateSecretResponse, error)
 	mustEmbedUnimplementedAdminServer()
 }
 
@@ -271,6 +290,9 @@ func (UnimplementedAdminServer) RemoveNode(context.Context, *NodeRef) (*RemoveNo
 }
 func (UnimplementedAdminServer) Status(context.Context, *StatusRequest) (*StatusResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Status not implemented")
+}
+func (UnimplementedAdminServer) RotateSecret(context.Context, *RotateSecretRequest) (*RotateSecretResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RotateSecret not implemented")
 }
 func (UnimplementedAdminServer) mustEmbedUnimplementedAdminServer() {}
 func (UnimplementedAdminServer) testEmbeddedByValue()               {}
@@ -527,6 +549,24 @@ func _Admin_Status_Handler(srv interface{}, ctx context.Context, dec func(interf
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_RotateSecret_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateSecretRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).RotateSecret(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_RotateSecret_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).RotateSecret(ctx, req.(*RotateSecretRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Admin_ServiceDesc is the grpc.ServiceDesc for Admin service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -585,6 +625,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Status",
 			Handler:    _Admin_Status_Handler,
+		},
+		{
+			MethodName: "RotateSecret",
+			Handler:    _Admin_RotateSecret_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -27,6 +27,229 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// NodeKey is one generation of the key that signs node-to-node calls.
+type NodeKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gen           uint64                 `protobuf:"varint,1,opt,name=gen,proto3" json:"gen,omitempty"`
+	Key           []byte                 `protobuf:"bytes,2,opt,name=key,proto3" json:"key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *NodeKey) Reset() {
+	*x = NodeKey{}
+	mi := &file_cluster_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *NodeKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*NodeKey) ProtoMessage() {}
+
+func (x *NodeKey) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use NodeKey.ProtoReflect.Descriptor instead.
+func (*NodeKey) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *NodeKey) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *NodeKey) GetKey() []byte {
+	if x != nil {
+		return x.Key
+	}
+	return nil
+}
+
+type InstallKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Gen   uint64                 `protobuf:"varint,1,opt,name=gen,proto3" json:"gen,omitempty"`
+	// The key, sealed (AES-GCM) with a key derived from the newest one both nodes
+	// hold, so that it never crosses the network in clear even without TLS.
+	SealedKey     string `protobuf:"bytes,2,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallKeyRequest) Reset() {
+	*x = InstallKeyRequest{}
+	mi := &file_cluster_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallKeyRequest) ProtoMessage() {}
+
+func (x *InstallKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallKeyRequest.ProtoReflect.Descriptor instead.
+func (*InstallKeyRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *InstallKeyRequest) GetGen() uint64 {
+	if x != nil {
+		return x.Gen
+	}
+	return 0
+}
+
+func (x *InstallKeyRequest) GetSealedKey() string {
+	if x != nil {
+		return x.SealedKey
+	}
+	return ""
+}
+
+type InstallKeyResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *InstallKeyResponse) Reset() {
+	*x = InstallKeyResponse{}
+	mi := &file_cluster_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *InstallKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*InstallKeyResponse) ProtoMessage() {}
+
+func (x *InstallKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use InstallKeyResponse.ProtoReflect.Descriptor instead.
+func (*InstallKeyResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{2}
+}
+
+type RetireKeysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeepGen       uint64                 `protobuf:"varint,1,opt,name=keep_gen,json=keepGen,proto3" json:"keep_gen,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeysRequest) Reset() {
+	*x = RetireKeysRequest{}
+	mi := &file_cluster_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeysRequest) ProtoMessage() {}
+
+func (x *RetireKeysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeysRequest.ProtoReflect.Descriptor instead.
+func (*RetireKeysRequest) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RetireKeysRequest) GetKeepGen() uint64 {
+	if x != nil {
+		return x.KeepGen
+	}
+	return 0
+}
+
+type RetireKeysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetireKeysResponse) Reset() {
+	*x = RetireKeysResponse{}
+	mi := &file_cluster_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetireKeysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetireKeysResponse) ProtoMessage() {}
+
+func (x *RetireKeysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_cluster_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetireKeysResponse.ProtoReflect.Descriptor instead.
+func (*RetireKeysResponse) Descriptor() ([]byte, []int) {
+	return file_cluster_proto_rawDescGZIP(), []int{4}
+}
+
 type ReportRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -35,7 +258,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_cluster_proto_msgTypes[0]
+	mi := &file_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -47,7 +270,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[0]
+	mi := &file_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -60,7 +283,7 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{0}
+	return file_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 type NodeReport struct {
@@ -74,7 +297,7 @@ type NodeReport struct {
 
 func (x *NodeReport) Reset() {
 	*x = NodeReport{}
-	mi := &file_cluster_proto_msgTypes[1]
+	mi := &file_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -86,7 +309,7 @@ func (x *NodeReport) String() string {
 func (*NodeReport) ProtoMessage() {}
 
 func (x *NodeReport) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[1]
+	mi := &file_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -99,7 +322,7 @@ func (x *NodeReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReport.ProtoReflect.Descriptor instead.
 func (*NodeReport) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{1}
+	return file_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *NodeReport) GetNodeId() uint64 {
@@ -126,7 +349,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_cluster_proto_msgTypes[2]
+	mi := &file_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -138,7 +361,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[2]
+	mi := &file_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -151,7 +374,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{2}
+	return file_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *TransferLeaderRequest) GetGroupId() uint64 {
@@ -176,7 +399,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_cluster_proto_msgTypes[3]
+	mi := &file_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -188,7 +411,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[3]
+	mi := &file_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -201,7 +424,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{3}
+	return file_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 type JoinRequest struct {
@@ -217,7 +440,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_cluster_proto_msgTypes[4]
+	mi := &file_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -229,7 +452,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[4]
+	mi := &file_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -242,7 +465,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{4}
+	return file_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -287,14 +510,17 @@ type JoinResponse struct {
 	DeploymentId uint64                 `protobuf:"varint,3,opt,name=deployment_id,json=deploymentId,proto3" json:"deployment_id,omitempty"`
 	// The node joins the metadata group as a non-voting member (false); the placement
 	// controller promotes it to voter while the group has fewer than 3.
-	Voter         bool `protobuf:"varint,4,opt,name=voter,proto3" json:"voter,omitempty"`
+	Voter bool `protobuf:"varint,4,opt,name=voter,proto3" json:"voter,omitempty"`
+	// The node keys the cluster signs node-to-node calls with (empty from nodes that
+	// predate rotation: generation 0 is then derived from the secret).
+	NodeKeys      []*NodeKey `protobuf:"bytes,5,rep,name=node_keys,json=nodeKeys,proto3" json:"node_keys,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_cluster_proto_msgTypes[5]
+	mi := &file_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -306,7 +532,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[5]
+	mi := &file_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -319,7 +545,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{5}
+	return file_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -350,6 +576,13 @@ func (x *JoinResponse) GetVoter() bool {
 	return false
 }
 
+func (x *JoinResponse) GetNodeKeys() []*NodeKey {
+	if x != nil {
+		return x.NodeKeys
+	}
+	return nil
+}
+
 type IdentityRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -358,7 +591,7 @@ type IdentityRequest struct {
 
 func (x *IdentityRequest) Reset() {
 	*x = IdentityRequest{}
-	mi := &file_cluster_proto_msgTypes[6]
+	mi := &file_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -370,7 +603,7 @@ func (x *IdentityRequest) String() string {
 func (*IdentityRequest) ProtoMessage() {}
 
 func (x *IdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[6]
+	mi := &file_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -383,7 +616,7 @@ func (x *IdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityRequest.ProtoReflect.Descriptor instead.
 func (*IdentityRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{6}
+	return file_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 type IdentityResponse struct {
@@ -396,7 +629,7 @@ type IdentityResponse struct {
 
 func (x *IdentityResponse) Reset() {
 	*x = IdentityResponse{}
-	mi := &file_cluster_proto_msgTypes[7]
+	mi := &file_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -408,7 +641,7 @@ func (x *IdentityResponse) String() string {
 func (*IdentityResponse) ProtoMessage() {}
 
 func (x *IdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[7]
+	mi := &file_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -421,7 +654,7 @@ func (x *IdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityResponse.ProtoReflect.Descriptor instead.
 func (*IdentityResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *IdentityResponse) GetClusterId() string {
@@ -447,7 +680,7 @@ type FilesRequest struct {
 
 func (x *FilesRequest) Reset() {
 	*x = FilesRequest{}
-	mi := &file_cluster_proto_msgTypes[8]
+	mi := &file_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -459,7 +692,7 @@ func (x *FilesRequest) String() string {
 func (*FilesRequest) ProtoMessage() {}
 
 func (x *FilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[8]
+	mi := &file_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -472,7 +705,7 @@ func (x *FilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesRequest.ProtoReflect.Descriptor instead.
 func (*FilesRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *FilesRequest) GetGroupId() uint64 {
@@ -492,7 +725,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_cluster_proto_msgTypes[9]
+	mi := &file_cluster_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +737,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[9]
+	mi := &file_cluster_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +750,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{9}
+	return file_cluster_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *FileInfo) GetName() string {
@@ -549,7 +782,7 @@ type FilesResponse struct {
 
 func (x *FilesResponse) Reset() {
 	*x = FilesResponse{}
-	mi := &file_cluster_proto_msgTypes[10]
+	mi := &file_cluster_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -561,7 +794,7 @@ func (x *FilesResponse) String() string {
 func (*FilesResponse) ProtoMessage() {}
 
 func (x *FilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[10]
+	mi := &file_cluster_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -574,7 +807,7 @@ func (x *FilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesResponse.ProtoReflect.Descriptor instead.
 func (*FilesResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *FilesResponse) GetFiles() []*FileInfo {
@@ -638,7 +871,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_cluster_proto_msgTypes[11]
+	mi := &file_cluster_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -650,7 +883,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[11]
+	mi := &file_cluster_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -663,7 +896,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *DumpRequest) GetGroupId() uint64 {
@@ -789,7 +1022,7 @@ type DumpChunk struct {
 
 func (x *DumpChunk) Reset() {
 	*x = DumpChunk{}
-	mi := &file_cluster_proto_msgTypes[12]
+	mi := &file_cluster_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -801,7 +1034,7 @@ func (x *DumpChunk) String() string {
 func (*DumpChunk) ProtoMessage() {}
 
 func (x *DumpChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[12]
+	mi := &file_cluster_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -814,7 +1047,7 @@ func (x *DumpChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpChunk.ProtoReflect.Descriptor instead.
 func (*DumpChunk) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DumpChunk) GetEvents() [][]byte {
@@ -884,7 +1117,18 @@ var File_cluster_proto protoreflect.FileDescriptor
 
 const file_cluster_proto_rawDesc = "" +
 	"\n" +
-	"\rcluster.proto\x12\x13flotilla.cluster.v1\x1a\vadmin.proto\"\x0f\n" +
+	"\rcluster.proto\x12\x13flotilla.cluster.v1\x1a\vadmin.proto\"-\n" +
+	"\aNodeKey\x12\x10\n" +
+	"\x03gen\x18\x01 \x01(\x04R\x03gen\x12\x10\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"D\n" +
+	"\x11InstallKeyRequest\x12\x10\n" +
+	"\x03gen\x18\x01 \x01(\x04R\x03gen\x12\x1d\n" +
+	"\n" +
+	"sealed_key\x18\x02 \x01(\tR\tsealedKey\"\x14\n" +
+	"\x12InstallKeyResponse\".\n" +
+	"\x11RetireKeysRequest\x12\x19\n" +
+	"\bkeep_gen\x18\x01 \x01(\x04R\akeepGen\"\x14\n" +
+	"\x12RetireKeysResponse\"\x0f\n" +
 	"\rReportRequest\"]\n" +
 	"\n" +
 	"NodeReport\x12\x17\n" +
@@ -905,13 +1149,14 @@ const file_cluster_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2,.flotilla.cluster.v1.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x80\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbb\x01\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\fR\x06secret\x12#\n" +
 	"\rdeployment_id\x18\x03 \x01(\x04R\fdeploymentId\x12\x14\n" +
-	"\x05voter\x18\x04 \x01(\bR\x05voter\"\x11\n" +
+	"\x05voter\x18\x04 \x01(\bR\x05voter\x129\n" +
+	"\tnode_keys\x18\x05 \x03(\v2\x1c.flotilla.cluster.v1.NodeKeyR\bnodeKeys\"\x11\n" +
 	"\x0fIdentityRequest\"J\n" +
 	"\x10IdentityResponse\x12\x1d\n" +
 	"\n" +
@@ -960,14 +1205,18 @@ const file_cluster_proto_rawDesc = "" +
 	"\vleader_node\x18\b \x01(\x04R\n" +
 	"leaderNode\x12\x1d\n" +
 	"\n" +
-	"event_part\x18\t \x01(\fR\teventPart2\x85\x04\n" +
+	"event_part\x18\t \x01(\fR\teventPart2\xc3\x05\n" +
 	"\aCluster\x12K\n" +
 	"\x04Join\x12 .flotilla.cluster.v1.JoinRequest\x1a!.flotilla.cluster.v1.JoinResponse\x12W\n" +
 	"\bIdentity\x12$.flotilla.cluster.v1.IdentityRequest\x1a%.flotilla.cluster.v1.IdentityResponse\x12N\n" +
 	"\x05Files\x12!.flotilla.cluster.v1.FilesRequest\x1a\".flotilla.cluster.v1.FilesResponse\x12J\n" +
 	"\x04Dump\x12 .flotilla.cluster.v1.DumpRequest\x1a\x1e.flotilla.cluster.v1.DumpChunk0\x01\x12M\n" +
 	"\x06Report\x12\".flotilla.cluster.v1.ReportRequest\x1a\x1f.flotilla.cluster.v1.NodeReport\x12i\n" +
-	"\x0eTransferLeader\x12*.flotilla.cluster.v1.TransferLeaderRequest\x1a+.flotilla.cluster.v1.TransferLeaderResponseB>Z<github.com/flotilla-relay/flotilla/proto/clusterv1;clusterv1b\x06proto3"
+	"\x0eTransferLeader\x12*.flotilla.cluster.v1.TransferLeaderRequest\x1a+.flotilla.cluster.v1.TransferLeaderResponse\x12]\n" +
+	"\n" +
+	"InstallKey\x12&.flotilla.cluster.v1.InstallKeyRequest\x1a'.flotilla.cluster.v1.InstallKeyResponse\x12]\n" +
+	"\n" +
+	"RetireKeys\x12&.flotilla.cluster.v1.RetireKeysRequest\x1a'.flotilla.cluster.v1.RetireKeysResponseB>Z<github.com/flotilla-relay/flotilla/proto/clusterv1;clusterv1b\x06proto3"
 
 var (
 	file_cluster_proto_rawDescOnce sync.Once
@@ -981,45 +1230,55 @@ func file_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_proto_rawDescData
 }
 
-var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
 var file_cluster_proto_goTypes = []any{
-	(*ReportRequest)(nil),          // 0: flotilla.cluster.v1.ReportRequest
-	(*NodeReport)(nil),             // 1: flotilla.cluster.v1.NodeReport
-	(*TransferLeaderRequest)(nil),  // 2: flotilla.cluster.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 3: flotilla.cluster.v1.TransferLeaderResponse
-	(*JoinRequest)(nil),            // 4: flotilla.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),           // 5: flotilla.cluster.v1.JoinResponse
-	(*IdentityRequest)(nil),        // 6: flotilla.cluster.v1.IdentityRequest
-	(*IdentityResponse)(nil),       // 7: flotilla.cluster.v1.IdentityResponse
-	(*FilesRequest)(nil),           // 8: flotilla.cluster.v1.FilesRequest
-	(*FileInfo)(nil),               // 9: flotilla.cluster.v1.FileInfo
-	(*FilesResponse)(nil),          // 10: flotilla.cluster.v1.FilesResponse
-	(*DumpRequest)(nil),            // 11: flotilla.cluster.v1.DumpRequest
-	(*DumpChunk)(nil),              // 12: flotilla.cluster.v1.DumpChunk
-	nil,                            // 13: flotilla.cluster.v1.JoinRequest.LabelsEntry
-	(*adminv1.GroupStatus)(nil),    // 14: flotilla.admin.v1.GroupStatus
+	(*NodeKey)(nil),                // 0: flotilla.cluster.v1.NodeKey
+	(*InstallKeyRequest)(nil),      // 1: flotilla.cluster.v1.InstallKeyRequest
+	(*InstallKeyResponse)(nil),     // 2: flotilla.cluster.v1.InstallKeyResponse
+	(*RetireKeysRequest)(nil),      // 3: flotilla.cluster.v1.RetireKeysRequest
+	(*RetireKeysResponse)(nil),     // 4: flotilla.cluster.v1.RetireKeysResponse
+	(*ReportRequest)(nil),          // 5: flotilla.cluster.v1.ReportRequest
+	(*NodeReport)(nil),             // 6: flotilla.cluster.v1.NodeReport
+	(*TransferLeaderRequest)(nil),  // 7: flotilla.cluster.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 8: flotilla.cluster.v1.TransferLeaderResponse
+	(*JoinRequest)(nil),            // 9: flotilla.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),           // 10: flotilla.cluster.v1.JoinResponse
+	(*IdentityRequest)(nil),        // 11: flotilla.cluster.v1.IdentityRequest
+	(*IdentityResponse)(nil),       // 12: flotilla.cluster.v1.IdentityResponse
+	(*FilesRequest)(nil),           // 13: flotilla.cluster.v1.FilesRequest
+	(*FileInfo)(nil),               // 14: flotilla.cluster.v1.FileInfo
+	(*FilesResponse)(nil),          // 15: flotilla.cluster.v1.FilesResponse
+	(*DumpRequest)(nil),            // 16: flotilla.cluster.v1.DumpRequest
+	(*DumpChunk)(nil),              // 17: flotilla.cluster.v1.DumpChunk
+	nil,                            // 18: flotilla.cluster.v1.JoinRequest.LabelsEntry
+	(*adminv1.GroupStatus)(nil),    // 19: flotilla.admin.v1.GroupStatus
 }
 var file_cluster_proto_depIdxs = []int32{
-	14, // 0: flotilla.cluster.v1.NodeReport.groups:type_name -> flotilla.admin.v1.GroupStatus
-	13, // 1: flotilla.cluster.v1.JoinRequest.labels:type_name -> flotilla.cluster.v1.JoinRequest.LabelsEntry
-	9,  // 2: flotilla.cluster.v1.FilesResponse.files:type_name -> flotilla.cluster.v1.FileInfo
-	4,  // 3: flotilla.cluster.v1.Cluster.Join:input_type -> flotilla.cluster.v1.JoinRequest
-	6,  // 4: flotilla.cluster.v1.Cluster.Identity:input_type -> flotilla.cluster.v1.IdentityRequest
-	8,  // 5: flotilla.cluster.v1.Cluster.Files:input_type -> flotilla.cluster.v1.FilesRequest
-	11, // 6: flotilla.cluster.v1.Cluster.Dump:input_type -> flotilla.cluster.v1.DumpRequest
-	0,  // 7: flotilla.cluster.v1.Cluster.Report:input_type -> flotilla.cluster.v1.ReportRequest
-	2,  // 8: flotilla.cluster.v1.Cluster.TransferLeader:input_type -> flotilla.cluster.v1.TransferLeaderRequest
-	5,  // 9: flotilla.cluster.v1.Cluster.Join:output_type -> flotilla.cluster.v1.JoinResponse
-	7,  // 10: flotilla.cluster.v1.Cluster.Identity:output_type -> flotilla.cluster.v1.IdentityResponse
-	10, // 11: flotilla.cluster.v1.Cluster.Files:output_type -> flotilla.cluster.v1.FilesResponse
-	12, // 12: flotilla.cluster.v1.Cluster.Dump:output_type -> flotilla.cluster.v1.DumpChunk
-	1,  // 13: flotilla.cluster.v1.Cluster.Report:output_type -> flotilla.cluster.v1.NodeReport
-	3,  // 14: flotilla.cluster.v1.Cluster.TransferLeader:output_type -> flotilla.cluster.v1.TransferLeaderResponse
-	9,  // [9:15] is the sub-list for method output_type
-	3,  // [3:9] is the sub-list for method input_type
-	3,  // [3:3] is the sub-list for extension type_name
-	3,  // [3:3] is the sub-list for extension extendee
-	0,  // [0:3] is the sub-list for field type_name
+	19, // 0: flotilla.cluster.v1.NodeReport.groups:type_name -> flotilla.admin.v1.GroupStatus
+	18, // 1: flotilla.cluster.v1.JoinRequest.labels:type_name -> flotilla.cluster.v1.JoinRequest.LabelsEntry
+	0,  // 2: flotilla.cluster.v1.JoinResponse.node_keys:type_name -> flotilla.cluster.v1.NodeKey
+	14, // 3: flotilla.cluster.v1.FilesResponse.files:type_name -> flotilla.cluster.v1.FileInfo
+	9,  // 4: flotilla.cluster.v1.Cluster.Join:input_type -> flotilla.cluster.v1.JoinRequest
+	11, // 5: flotilla.cluster.v1.Cluster.Identity:input_type -> flotilla.cluster.v1.IdentityRequest
+	13, // 6: flotilla.cluster.v1.Cluster.Files:input_type -> flotilla.cluster.v1.FilesRequest
+	16, // 7: flotilla.cluster.v1.Cluster.Dump:input_type -> flotilla.cluster.v1.DumpRequest
+	5,  // 8: flotilla.cluster.v1.Cluster.Report:input_type -> flotilla.cluster.v1.ReportRequest
+	7,  // 9: flotilla.cluster.v1.Cluster.TransferLeader:input_type -> flotilla.cluster.v1.TransferLeaderRequest
+	1,  // 10: flotilla.cluster.v1.Cluster.InstallKey:input_type -> flotilla.cluster.v1.InstallKeyRequest
+	3,  // 11: flotilla.cluster.v1.Cluster.RetireKeys:input_type -> flotilla.cluster.v1.RetireKeysRequest
+	10, // 12: flotilla.cluster.v1.Cluster.Join:output_type -> flotilla.cluster.v1.JoinResponse
+	12, // 13: flotilla.cluster.v1.Cluster.Identity:output_type -> flotilla.cluster.v1.IdentityResponse
+	15, // 14: flotilla.cluster.v1.Cluster.Files:output_type -> flotilla.cluster.v1.FilesResponse
+	17, // 15: flotilla.cluster.v1.Cluster.Dump:output_type -> flotilla.cluster.v1.DumpChunk
+	6,  // 16: flotilla.cluster.v1.Cluster.Report:output_type -> flotilla.cluster.v1.NodeReport
+	8,  // 17: flotilla.cluster.v1.Cluster.TransferLeader:output_type -> flotilla.cluster.v1.TransferLeaderResponse
+	2,  // 18: flotilla.cluster.v1.Cluster.InstallKey:output_type -> flotilla.cluster.v1.InstallKeyResponse
+	4,  // 19: flotilla.cluster.v1.Cluster.RetireKeys:output_type -> flotilla.cluster.v1.RetireKeysResponse
+	12, // [12:20] is the sub-list for method output_type
+	4,  // [4:12] is the sub-list for method input_type
+	4,  // [4:4] is the sub-list for extension type_name
+	4,  // [4:4] is the sub-list for extension extendee
+	0,  // [0:4] is the sub-list for field type_name
 }
 
 func init() { file_cluster_proto_init() }
@@ -1033,7 +1292,7 @@ func file_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_proto_rawDesc), len(file_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   19,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
