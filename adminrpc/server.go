@@ -242,6 +242,9 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		if ru.User == "" {
 			return nil, status.Error(codes.InvalidArgument, "a replica user name is empty")
 		}
+		if utf8.RuneCountInString(ru.User) > mysqlauth.MaxUserName {
+			return nil, status.Errorf(codes.InvalidArgument, "replica user name %q is longer than %d characters, which no login may use (as MySQL); choose a shorter one", ru.User, mysqlauth.MaxUserName)
+		}
 		if ru.Password == "" {
 			return nil, status.Errorf(codes.InvalidArgument, "replica user %q has an empty password: anyone could log in as it and read the binlog; give it one", ru.User)
 		}

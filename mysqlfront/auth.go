@@ -220,15 +220,18 @@ func (l *login) fullAuth(known bool) (string, error) {
 			return "", fmt.Errorf("read RSA-encrypted password: %w", err)
 		}
 	}
-	if !known {
-		return "", nil // refused by the caller, for the reason it knows
-	}
+	// The budget is charged for every user, so that running out of it answers a
+	// stranger as it answers a replica user.
 	if ok, _ := l.s.rsaLogins.allow(); !ok {
 		l.s.Metrics.PreAuthRefused("rsa_rate")
 		l.s.refusals.warn(l.s.log, "replica login refused: too many caching_sha2_password logins without TLS this second (connect with MASTER_SSL=1)",
 			"user", clip(l.resp.user), "remote", l.host, "limit_per_second", rsaLoginsPerSecond)
 		return "", mysql.NewError(mysql.ER_CON_COUNT_ERROR, "Too many logins needing the RSA key exchange; retry shortly, or connect with TLS")
 	}
+	if !known {
+		return "", nil // refused by the caller, for the reason it knows
+	}
+	l.s.rsaDecrypts.Add(1)
 	plain, err := rsa.DecryptOAEP(sha1.New(), rand.Reader, key, data, nil)
 	if err != nil {
 		// A client without TLS and without the server's key sends its password in
@@ -348,7 +351,7 @@ func (s *Server) login(nc net.Conn, host string) (li loggedIn, ups []*placement.
 		return li, nil, err
 	}
 	c.ResetSequence()
-	c.rd.max = s.Limits.MaxAllowedPacket
+	c.rd.max, c.rd.preAuth = s.Limits.MaxAllowedPacket, false
 	if c.rd.max <= 0 {
 		c.rd.max = maxPacketAfterLogin
 	}

@@ -12,6 +12,8 @@ import (
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/packet"
+
+	"github.com/flotilla-relay/flotilla/internal/mysqlauth"
 )
 
 // serverCaps are the capabilities the front end announces (CLIENT_SSL is added when
@@ -20,10 +22,6 @@ import (
 const serverCaps = mysql.CLIENT_LONG_PASSWORD | mysql.CLIENT_LONG_FLAG | mysql.CLIENT_CONNECT_WITH_DB |
 	mysql.CLIENT_PROTOCOL_41 | mysql.CLIENT_TRANSACTIONS | mysql.CLIENT_SECURE_CONNECTION |
 	mysql.CLIENT_PLUGIN_AUTH | mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA | mysql.CLIENT_CONNECT_ATTRS
-
-// maxUserName is the longest user name accepted, in characters, as MySQL's: a
-// longer one is refused before it reaches a log line or a reply.
-const maxUserName = 32
 
 // sslRequestLen is the size of the SSLRequest packet a client sends, instead of its
 // handshake response, to switch to TLS.
@@ -131,8 +129,8 @@ func parseHandshakeResponse(data []byte) (handshakeResponse, error) {
 	if r.user, ok = cstr(); !ok {
 		return r, errHandshake("user name not terminated")
 	}
-	if utf8.RuneCountInString(r.user) > maxUserName {
-		return r, errHandshake(fmt.Sprintf("user name longer than %d characters", maxUserName))
+	if utf8.RuneCountInString(r.user) > mysqlauth.MaxUserName {
+		return r, errHandshake(fmt.Sprintf("user name longer than %d characters", mysqlauth.MaxUserName))
 	}
 	switch {
 	case r.caps&mysql.CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA != 0:
@@ -184,7 +182,7 @@ func (s *Server) handshake(nc net.Conn, connID uint32, nonce []byte) (*conn, han
 	// Unbuffered until the client has said whether it switches to TLS: a buffered
 	// reader would swallow the start of its TLS ClientHello. go-mysql's packet.Conn
 	// only writes here (its zero value allocates no buffers).
-	rd := &packetReader{r: nc, max: preAuthMaxPacket}
+	rd := &packetReader{r: nc, max: preAuthMaxPacket, preAuth: true}
 	c := &conn{Conn: &packet.Conn{Conn: nc}, client: nc, rd: rd}
 	if err := c.WritePacket(initialHandshake(connID, nonce, caps)); err != nil {
 		return c, handshakeResponse{}, fmt.Errorf("write initial handshake: %w", err)

@@ -2,6 +2,7 @@ package mysqlfront
 
 import (
 	"log/slog"
+	"strings"
 	"sync"
 	"time"
 )
@@ -63,7 +64,7 @@ func (l *logLimiter) warn(log *slog.Logger, msg string, args ...any) {
 // clip shortens a client-chosen string for a log line or a reply.
 func clip(s string) string {
 	if len(s) <= maxLoggedName {
-		return s
+		return strings.ToValidUTF8(s, "?")
 	}
-	return s[:maxLoggedName] + "…"
+	return strings.ToValidUTF8(s[:maxLoggedName], "?") + "…"
 }

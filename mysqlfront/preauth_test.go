@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -181,44 +180,41 @@ func TestUnknownUsersAnswerLikeKnownOnes(t *testing.T) {
 	}
 }
 
-// TestRSASpentOnlyOnKnownUsers: with no RSA budget left, a known
-// caching_sha2_password user without TLS is told to retry (1040) while a stranger
-// is refused as a wrong password (1045): the stranger never reached the decryption.
+// TestRSASpentOnlyOnKnownUsers: a stranger logging in with caching_sha2_password
+// without TLS goes through the whole RSA exchange and is refused as a wrong password
+// (1045) without the node decrypting anything; a known user costs one decryption.
+// With the RSA budget spent, both are told alike to retry (1040).
 func TestRSASpentOnlyOnKnownUsers(t *testing.T) {
 	up := &placement.Upstream{Name: "a", ServerID: 7, GroupID: 2, ReplicaUsers: []placement.ReplicaUser{hashed(t, "sha", mysqlauth.CachingSHA2, "pw-s", false)}}
 	s := New(fakeRouter{&placement.State{Upstreams: map[string]*placement.Upstream{"a": up}}}, 1, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	s.rsaLogins = &rateWindow{limit: 0}
 	addr := serveFront(t, s)
-	_, err := serverID(addr, "sha", "pw-s")
+	_, err := serverID(addr, "nobody", "pw-s")
+	wantCode(t, "a stranger", err, mysql.ER_ACCESS_DENIED_ERROR)
+	if n := s.rsaDecrypts.Load(); n != 0 {
+		t.Fatalf("a stranger cost %d RSA decryptions", n)
+	}
+	if _, err := serverID(addr, "sha", "pw-s"); err != nil {
+		t.Fatal(err)
+	}
+	if n := s.rsaDecrypts.Load(); n != 1 {
+		t.Fatalf("a known user's full authentication cost %d RSA decryptions, want 1", n)
+	}
+	s.rsaLogins.mu.Lock()
+	s.rsaLogins.limit = 0
+	s.rsaLogins.mu.Unlock()
+	s.sha2Cache.Clear()
+	_, err = serverID(addr, "sha", "pw-s")
 	wantCode(t, "a known user over the RSA budget", err, mysql.ER_CON_COUNT_ERROR)
 	_, err = serverID(addr, "nobody", "pw-s")
-	wantCode(t, "a stranger", err, mysql.ER_ACCESS_DENIED_ERROR)
-}
-
-// syncBuffer is a log sink safe for concurrent writers.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	wantCode(t, "a stranger over the RSA budget", err, mysql.ER_CON_COUNT_ERROR)
 }
 
 // TestRefusalLogsAreRateLimited: a burst of refused logins writes at most
 // refusalLogsPerSecond WARN lines a second, and the next line says how many were
 // dropped.
 func TestRefusalLogsAreRateLimited(t *testing.T) {
-	var logs syncBuffer
-	s := New(fakeRouter{&placement.State{}}, 1, slog.New(slog.NewTextHandler(&logs, nil)))
+	logs := &lockedWriter{w: &bytes.Buffer{}}
+	s := New(fakeRouter{&placement.State{}}, 1, slog.New(slog.NewTextHandler(logs, nil)))
 	addr := serveFront(t, s)
 	start := time.Now()
 	for range 40 {

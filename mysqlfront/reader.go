@@ -30,6 +30,8 @@ var errPacketTooLarge = errors.New("client packet larger than allowed")
 type packetReader struct {
 	r   io.Reader
 	max int64
+	// preAuth: the client has not logged in (max is preAuthMaxPacket).
+	preAuth bool
 	// over records the refused packet for the error the client is sent: its
 	// sequence id and announced size.
 	over     bool

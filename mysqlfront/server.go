@@ -16,6 +16,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"runtime/debug"
 	"sort"
 	"strings"
@@ -70,8 +71,11 @@ type Server struct {
 	handshakes map[string]int
 	refusals   *logLimiter
 	rsaLogins  *rateWindow
-	conns      map[net.Conn]struct{} // open client connections, closed at shutdown
-	sessions   sync.WaitGroup
+	// rsaDecrypts counts RSA decryptions spent on logins (tests check that
+	// strangers cost none).
+	rsaDecrypts atomic.Uint64
+	conns       map[net.Conn]struct{} // open client connections, closed at shutdown
+	sessions    sync.WaitGroup
 }
 
 // replicaInfo is a connected replica (after COM_REGISTER_SLAVE or COM_BINLOG_DUMP).
@@ -154,7 +158,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			go refuse(c, 0, mysql.ER_CON_COUNT_ERROR, "Too many connections")
 			continue
 		}
-		if !s.claimHandshake(hostOf(c.RemoteAddr())) {
+		if !s.claimHandshake(handshakeKey(c.RemoteAddr())) {
 			s.refusals.warn(s.log, "client refused: too many connections from its address still logging in", "remote", c.RemoteAddr().String(), "max_handshakes_per_host", s.Limits.MaxHandshakesPerHost)
 			s.Metrics.PreAuthRefused("handshakes_per_host")
 			s.Metrics.Refused(mysql.ER_CON_COUNT_ERROR)
@@ -182,6 +186,24 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 			s.handle(ctx, c)
 		}()
 	}
+}
+
+// handshakeKey is what connections still logging in are counted by: the client's
+// IPv4 address, or its IPv6 /64 (one host usually holds a whole /64).
+func handshakeKey(a net.Addr) string {
+	ap, err := netip.ParseAddrPort(a.String())
+	if err != nil {
+		return hostOf(a)
+	}
+	ip := ap.Addr().Unmap()
+	if ip.Is4() {
+		return ip.String()
+	}
+	p, err := ip.WithZone("").Prefix(64)
+	if err != nil {
+		return ip.String()
+	}
+	return p.String()
 }
 
 func hostOf(a net.Addr) string {
@@ -264,7 +286,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	}
 	_ = nc.SetDeadline(time.Now().Add(hs))
 	// Counted against the address until login ends, whichever way (even a panic).
-	release := sync.OnceFunc(func() { s.releaseHandshake(host) })
+	release := sync.OnceFunc(func() { s.releaseHandshake(handshakeKey(nc.RemoteAddr())) })
 	defer release()
 	c, ups, err := s.login(nc, host)
 	release()
@@ -322,7 +344,7 @@ func (s *Server) packetTooLarge(c *conn) {
 		return
 	}
 	remote := c.client.RemoteAddr().String()
-	if rd.max == preAuthMaxPacket {
+	if rd.preAuth {
 		s.refusals.warn(s.log, "client refused: packet before login above its limit", "remote", remote, "announced", rd.overBody, "limit", rd.max)
 		s.Metrics.PreAuthRefused("packet_too_large")
 		s.Metrics.Refused(mysql.ER_HANDSHAKE_ERROR)
@@ -333,7 +355,7 @@ func (s *Server) packetTooLarge(c *conn) {
 	// Read the rest of the packet into nothing (bounded in time): a client still
 	// sending it would otherwise meet a reset instead of the error.
 	_ = c.client.SetReadDeadline(time.Now().Add(2 * time.Second))
-	_, _ = io.CopyN(io.Discard, c.client, rd.overBody)
+	_, _ = io.CopyN(io.Discard, rd.r, rd.overBody) // through the buffer, which may hold part of it
 	s.Metrics.Refused(mysql.ER_NET_PACKET_TOO_LARGE)
 	refuse(c.client, rd.overSeq+1, mysql.ER_NET_PACKET_TOO_LARGE, fmt.Sprintf("Got a packet bigger than 'max_allowed_packet' bytes (%d)", rd.max))
 }

@@ -38,6 +38,9 @@ type command struct {
 	// Note is recorded in State.Decisions (with the proposer's time: apply must be
 	// deterministic).
 	Note string `json:"note,omitempty"`
+	// NodeKey is a rotation's new node key; KeyGen the generation to activate.
+	NodeKey *SealedNodeKey `json:"node_key,omitempty"`
+	KeyGen  uint64         `json:"key_gen,omitempty"`
 }
 
 const (
@@ -51,6 +54,8 @@ const (
 	opNote           = "note"
 	opSwitchSource   = "switch_source"
 	opSetCandidates  = "set_candidates"
+	opAddNodeKey     = "add_node_key"
+	opActivateKey    = "activate_node_key"
 )
 
 // Result codes of metadata commands.
@@ -211,6 +216,28 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	case opSetCandidates:
 		return s.setCandidates(c), nil
 	case opNote:
+		s.note(c.Note)
+		return sm.Result{Value: resultOK}, nil
+	case opAddNodeKey:
+		if c.NodeKey == nil || c.NodeKey.Sealed == "" {
+			return refuse("a node key without its sealed value"), nil
+		}
+		if p, ok := s.PendingNodeKey(); ok {
+			return refuse("a rotation to node key generation %d is under way: finish it (`flotilla cluster rotate-secret` again)", p.Gen), nil
+		}
+		if c.NodeKey.Gen != s.ActiveNodeKey+1 {
+			return refuse("node key generation %d does not follow the active generation %d", c.NodeKey.Gen, s.ActiveNodeKey), nil
+		}
+		s.NodeKeys = append(s.NodeKeys, *c.NodeKey)
+		s.note(c.Note)
+		return sm.Result{Value: resultOK}, nil
+	case opActivateKey:
+		p, ok := s.PendingNodeKey()
+		if !ok || p.Gen != c.KeyGen {
+			return refuse("node key generation %d is not the one a rotation added", c.KeyGen), nil
+		}
+		s.ActiveNodeKey = c.KeyGen
+		s.NodeKeys = []SealedNodeKey{p} // older generations are retired
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil
 	}
@@ -376,6 +403,20 @@ func (s *Service) SetDraining(ctx context.Context, id uint64, draining bool, not
 // RemoveNode forgets a node that holds no replicas.
 func (s *Service) RemoveNode(ctx context.Context, id uint64, note string) error {
 	_, err := s.propose(ctx, command{Op: opRemoveNode, NodeID: id, Note: note})
+	return err
+}
+
+// AddNodeKey starts a rotation: the next generation of the node key, which members
+// install to verify with, while the active one still signs.
+func (s *Service) AddNodeKey(ctx context.Context, k SealedNodeKey, note string) error {
+	_, err := s.propose(ctx, command{Op: opAddNodeKey, NodeKey: &k, Note: note})
+	return err
+}
+
+// ActivateNodeKey ends a rotation: generation gen signs from now on and older ones
+// are retired.
+func (s *Service) ActivateNodeKey(ctx context.Context, gen uint64, note string) error {
+	_, err := s.propose(ctx, command{Op: opActivateKey, KeyGen: gen, Note: note})
 	return err
 }
 

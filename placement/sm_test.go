@@ -108,3 +108,33 @@ func TestMembershipChangesAreComparedAndSet(t *testing.T) {
 		t.Fatalf("remove an empty node: %s", r.Data)
 	}
 }
+
+// TestNodeKeyRotation: a rotation adds exactly the generation after the active one,
+// one at a time; activating it retires the older ones; anything else is refused,
+// so two operators rotating at once cannot leave members with different keys.
+func TestNodeKeyRotation(t *testing.T) {
+	m := newMetaSM(1, 1)
+	add := func(gen uint64) uint64 {
+		return apply(t, m, command{Op: opAddNodeKey, NodeKey: &SealedNodeKey{Gen: gen, Sealed: "sealed:v1:x"}}).Value
+	}
+	activate := func(gen uint64) uint64 { return apply(t, m, command{Op: opActivateKey, KeyGen: gen}).Value }
+	if add(2) != resultRefused || add(0) != resultRefused {
+		t.Fatal("only the generation after the active one may be added")
+	}
+	if add(1) != resultOK || add(2) != resultRefused {
+		t.Fatal("a second rotation must wait for the first")
+	}
+	if activate(2) != resultRefused || activate(1) != resultOK || activate(1) != resultRefused {
+		t.Fatal("only the pending generation may be activated, once")
+	}
+	st := m.(*metaSM).state
+	if st.ActiveNodeKey != 1 || len(st.NodeKeys) != 1 || st.NodeKeys[0].Gen != 1 {
+		t.Fatalf("after activation: active %d, keys %+v", st.ActiveNodeKey, st.NodeKeys)
+	}
+	if _, ok := st.PendingNodeKey(); ok {
+		t.Fatal("nothing is pending after activation")
+	}
+	if add(2) != resultOK {
+		t.Fatal("the next rotation adds generation 2")
+	}
+}

@@ -147,6 +147,30 @@ type State struct {
 	NextGroupID uint64                       `json:"next_group_id"`
 	// Decisions are the placement controller's latest changes, newest last.
 	Decisions []string `json:"decisions,omitempty"`
+	// NodeKeys are the generations of the key that signs node-to-node calls, each
+	// sealed with the cluster key (never in clear in a raft log): ActiveNodeKey's,
+	// and a newer one while a rotation waits for every member to hold it. Empty
+	// before the first rotation (generation 0 derives from the cluster secret).
+	// The metadata group decides rotations: a node no longer a member cannot make
+	// or follow one.
+	NodeKeys      []SealedNodeKey `json:"node_keys,omitempty"`
+	ActiveNodeKey uint64          `json:"active_node_key,omitempty"`
+}
+
+// SealedNodeKey is one generation of the node key, sealed with the cluster key.
+type SealedNodeKey struct {
+	Gen    uint64 `json:"gen"`
+	Sealed string `json:"sealed"`
+}
+
+// PendingNodeKey returns the generation a rotation has added but not activated.
+func (s *State) PendingNodeKey() (SealedNodeKey, bool) {
+	for _, k := range s.NodeKeys {
+		if k.Gen > s.ActiveNodeKey {
+			return k, true
+		}
+	}
+	return SealedNodeKey{}, false
 }
 
 // maxDecisions bounds State.Decisions.

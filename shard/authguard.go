@@ -104,7 +104,7 @@ func (g *authGuard) check(body []byte) error {
 			name, _, _ := bytes.Cut(body[1:], []byte{0})
 			return checkPlugin(string(name))
 		}
-		return checkPlugin(mysql.AUTH_NATIVE_PASSWORD) // old-style switch: native
+		return checkPlugin("mysql_old_password") // a bare 0xFE asks for the pre-4.1 scramble
 	}
 	return nil
 }

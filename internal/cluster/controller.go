@@ -190,7 +190,7 @@ func (c *Controller) apply(ctx context.Context, st *placement.State, v placement
 		if !ok {
 			return
 		}
-		if err = c.Relay.TransferLeader(ctx, n.AdminAddr, d.Group, d.Node); err == nil {
+		if err = c.Relay.TransferLeader(ctx, n, d.Group, d.Node); err == nil {
 			err = c.Meta.Note(ctx, placement.Note("%s", d))
 		}
 	}

@@ -36,10 +36,12 @@ type Identity struct {
 	// MetaObserver: this node joined the metadata group as a non-voting member (it
 	// starts its metadata replica as one; raft restores a promotion on restart).
 	MetaObserver bool `json:"meta_observer,omitempty"`
-	// NodeKeys sign node-to-node calls (see Keyring); `flotilla cluster
-	// rotate-secret` replaces them. Empty until the first rotation: generation 0
-	// is then derived from the secret.
+	// NodeKeys sign node-to-node calls (see Keyring), following the metadata
+	// group's rotations (`flotilla cluster rotate-secret`). Empty until the first
+	// rotation: generation 0 is then derived from the secret.
 	NodeKeys []NodeKey `json:"node_keys,omitempty"`
+	// ActiveNodeKey is the generation that signs.
+	ActiveNodeKey uint64 `json:"active_node_key,omitempty"`
 }
 
 // Keys returns the node keys: NodeKeys, or generation 0 derived from the secret
@@ -54,13 +56,14 @@ func (id Identity) Keys() []NodeKey {
 	return []NodeKey{{Gen: 0, Key: m.Sum(nil)}}
 }
 
-// SaveNodeKeys records new node keys in the identity in dataDir.
-func SaveNodeKeys(dataDir string, keys []NodeKey) error {
+// SaveNodeKeys records the node keys held and the active generation in the
+// identity in dataDir.
+func SaveNodeKeys(dataDir string, keys []NodeKey, active uint64) error {
 	id, err := LoadIdentity(dataDir)
 	if err != nil {
 		return err
 	}
-	id.NodeKeys = keys
+	id.NodeKeys, id.ActiveNodeKey = keys, active
 	return SaveIdentity(dataDir, id)
 }
 

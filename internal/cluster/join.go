@@ -49,6 +49,7 @@ func Join(ctx context.Context, addrs []string, token string, tlsCfg *tls.Config,
 				for _, k := range resp.NodeKeys {
 					id.NodeKeys = append(id.NodeKeys, NodeKey{Gen: k.Gen, Key: k.Key})
 				}
+				id.ActiveNodeKey = resp.ActiveNodeKey
 				return id, nil
 			}
 			last = fmt.Errorf("%s: %w", addr, err)

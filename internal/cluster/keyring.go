@@ -22,11 +22,12 @@ import (
 
 // SignatureHeader carries a node-to-node call's signature:
 // "v1 GEN UNIXNANO NONCE MAC", MAC = HMAC-SHA256 with key GEN over the method, the
-// timestamp, the nonce and the SHA-256 of the request's deterministic encoding.
+// receiving node's id, the timestamp, the nonce and the SHA-256 of the request's
+// deterministic encoding.
 const SignatureHeader = "x-flotilla-call-sig"
 
 // replayWindow is how far a call's timestamp may be from the receiver's clock; a
-// nonce is remembered for twice as long, so no signed call is accepted twice.
+// nonce is remembered for longer than that, so no signed call is accepted twice.
 const replayWindow = 2 * time.Minute
 
 // NodeKey is one generation of the key nodes sign their calls to each other with.
@@ -37,21 +38,29 @@ type NodeKey struct {
 
 // Keyring signs this node's calls to other nodes and verifies theirs.
 //
-// Invariants: the newest key signs; any key held verifies, so that a rotation can
-// reach every member before the old key is retired; a signature is accepted at most
-// once (its nonce is remembered for the whole window its timestamp passes in); keys
-// change only through Install and Retire, each persisted before it takes effect.
+// Invariants: the active key signs; any key held verifies (a rotation installs the
+// next key everywhere before any node signs with it); the keys held and the active
+// generation follow the metadata group (Sync), which alone decides rotations, so a
+// node no longer a member cannot make or follow one; a signature names its
+// receiver and is accepted at most once (its nonce is remembered longer than its
+// timestamp passes); a change is persisted before it takes effect.
 type Keyring struct {
-	mu   sync.Mutex
-	keys []NodeKey // ascending by Gen
-	save func([]NodeKey) error
-	seen map[string]time.Time // nonce -> when it may be forgotten
-	now  func() time.Time
+	mu     sync.Mutex
+	keys   []NodeKey // ascending by Gen
+	active uint64
+	save   func([]NodeKey, uint64) error
+	// seen and older remember the nonces of accepted calls: older is dropped and
+	// seen takes its place every 2*replayWindow, so a nonce is remembered for at
+	// least the 2*replayWindow its timestamp is accepted in.
+	seen, older map[string]struct{}
+	flipAt      time.Time
+	now         func() time.Time
 }
 
-// NewKeyring holds keys (at least one); save persists a new set (nil: none).
-func NewKeyring(keys []NodeKey, save func([]NodeKey) error) *Keyring {
-	k := &Keyring{save: save, seen: map[string]time.Time{}, now: time.Now}
+// NewKeyring holds keys (at least one, active among them); save persists a change
+// (nil: none).
+func NewKeyring(keys []NodeKey, active uint64, save func([]NodeKey, uint64) error) *Keyring {
+	k := &Keyring{active: active, save: save, seen: map[string]struct{}{}, older: map[string]struct{}{}, now: time.Now}
 	k.keys = append(k.keys, keys...)
 	sortKeys(k.keys)
 	return k
@@ -61,54 +70,72 @@ func sortKeys(keys []NodeKey) {
 	slices.SortFunc(keys, func(a, b NodeKey) int { return cmp.Compare(a.Gen, b.Gen) })
 }
 
-// Keys returns a copy of the keys held.
-func (k *Keyring) Keys() []NodeKey {
+// Gens lists the generations held.
+func (k *Keyring) Gens() []uint64 {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return append([]NodeKey(nil), k.keys...)
+	out := make([]uint64, len(k.keys))
+	for i, nk := range k.keys {
+		out[i] = nk.Gen
+	}
+	return out
 }
 
-// Newest returns the signing key.
-func (k *Keyring) Newest() NodeKey {
+// Keys returns a copy of the keys held and the active generation.
+func (k *Keyring) Keys() ([]NodeKey, uint64) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.keys[len(k.keys)-1]
+	return append([]NodeKey(nil), k.keys...), k.active
 }
 
-func mac(key []byte, method string, ts int64, nonce string, req proto.Message) (string, error) {
+func (k *Keyring) key(gen uint64) ([]byte, bool) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, nk := range k.keys {
+		if nk.Gen == gen {
+			return nk.Key, true
+		}
+	}
+	return nil, false
+}
+
+func mac(key []byte, method string, target uint64, ts int64, nonce string, req proto.Message) (string, error) {
 	body, err := proto.MarshalOptions{Deterministic: true}.Marshal(req)
 	if err != nil {
 		return "", fmt.Errorf("encode request to sign: %w", err)
 	}
 	digest := sha256.Sum256(body)
 	m := hmac.New(sha256.New, key)
-	fmt.Fprintf(m, "flotilla-call-v1\n%s\n%d\n%s\n%x", method, ts, nonce, digest)
+	fmt.Fprintf(m, "flotilla-call-v1\n%s\n%d\n%d\n%s\n%x", method, target, ts, nonce, digest)
 	return hex.EncodeToString(m.Sum(nil)), nil
 }
 
-// Sign returns ctx carrying the signature of a call of method with req, by the
-// newest key.
-func (k *Keyring) Sign(ctx context.Context, method string, req proto.Message) (context.Context, error) {
-	return signWith(ctx, k.Newest(), k.now(), method, req)
-}
-
-func signWith(ctx context.Context, key NodeKey, now time.Time, method string, req proto.Message) (context.Context, error) {
+// Sign returns ctx carrying the signature, by the active key, of a call of method
+// with req to node target.
+func (k *Keyring) Sign(ctx context.Context, target uint64, method string, req proto.Message) (context.Context, error) {
+	k.mu.Lock()
+	gen := k.active
+	k.mu.Unlock()
+	key, ok := k.key(gen)
+	if !ok {
+		return ctx, fmt.Errorf("sign %s: the active node key generation %d is not held", method, gen)
+	}
 	var n [16]byte
 	if _, err := rand.Read(n[:]); err != nil {
 		return ctx, fmt.Errorf("sign %s: %w", method, err)
 	}
 	nonce := hex.EncodeToString(n[:])
-	ts := now.UnixNano()
-	sum, err := mac(key.Key, method, ts, nonce, req)
+	ts := k.now().UnixNano()
+	sum, err := mac(key, method, target, ts, nonce, req)
 	if err != nil {
 		return ctx, err
 	}
-	return metadata.AppendToOutgoingContext(ctx, SignatureHeader, fmt.Sprintf("v1 %d %d %s %s", key.Gen, ts, nonce, sum)), nil
+	return metadata.AppendToOutgoingContext(ctx, SignatureHeader, fmt.Sprintf("v1 %d %d %s %s", gen, ts, nonce, sum)), nil
 }
 
-// Verify checks the signature of an incoming call of method with req; the error is
-// a gRPC Unauthenticated status saying what was wrong.
-func (k *Keyring) Verify(ctx context.Context, method string, req proto.Message) error {
+// Verify checks the signature of an incoming call of method with req to this node
+// (self); the error is a gRPC Unauthenticated status saying what was wrong.
+func (k *Keyring) Verify(ctx context.Context, self uint64, method string, req proto.Message) error {
 	refuse := func(why string) error {
 		return status.Errorf(codes.Unauthenticated, "node-to-node call %s refused: %s", method, why)
 	}
@@ -130,95 +157,72 @@ func (k *Keyring) Verify(ctx context.Context, method string, req proto.Message) 
 	if d := now.Sub(time.Unix(0, ts)); d > replayWindow || d < -replayWindow {
 		return refuse(fmt.Sprintf("its timestamp is %v away from this node's clock (at most %v): check the nodes' clocks (NTP)", d.Round(time.Second), replayWindow))
 	}
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	var key []byte
-	for _, nk := range k.keys {
-		if nk.Gen == gen {
-			key = nk.Key
-		}
+	key, ok := k.key(gen)
+	if !ok {
+		return refuse(fmt.Sprintf("signed with node key generation %d, which this node does not hold (a removed node, or one that has not followed a rotation yet)", gen))
 	}
-	if key == nil {
-		return refuse(fmt.Sprintf("signed with key generation %d, which this node does not hold (a removed node, or one that missed a rotation: rotate again with every member up)", gen))
-	}
-	want, err := mac(key, method, ts, f[3], req)
+	want, err := mac(key, method, self, ts, f[3], req)
 	if err != nil {
 		return refuse(err.Error())
 	}
 	if !hmac.Equal([]byte(want), []byte(f[4])) {
-		return refuse("bad signature (wrong key, or the request was altered)")
+		return refuse("bad signature (wrong key, another receiver, or the request was altered)")
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if now.After(k.flipAt) {
+		k.older, k.seen, k.flipAt = k.seen, map[string]struct{}{}, now.Add(2*replayWindow)
 	}
 	if _, ok := k.seen[f[3]]; ok {
 		return refuse("replayed (this signature was used before)")
 	}
-	if len(k.seen) > 1024 {
-		for n, until := range k.seen {
-			if now.After(until) {
-				delete(k.seen, n)
-			}
-		}
+	if _, ok := k.older[f[3]]; ok {
+		return refuse("replayed (this signature was used before)")
 	}
-	k.seen[f[3]] = now.Add(2 * replayWindow)
+	k.seen[f[3]] = struct{}{}
 	return nil
 }
 
-// Install adds key (a newer generation) and makes it the signing key, once saved.
-func (k *Keyring) Install(key NodeKey) error {
+// Sync follows the metadata's node keys (meta, empty before the first rotation)
+// and active generation: keys older than it are retired, keys the metadata adds
+// are held (verifying at once, signing once active). It reports whether anything
+// changed.
+func (k *Keyring) Sync(meta []NodeKey, active uint64) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if len(key.Key) < 32 {
-		return fmt.Errorf("node key generation %d is too short", key.Gen)
+	next := k.active
+	if active > next {
+		next = active
 	}
+	var keys []NodeKey
 	for _, nk := range k.keys {
-		if nk.Gen == key.Gen {
-			if hmac.Equal(nk.Key, key.Key) {
-				return nil // installed already (a retried rotation)
-			}
-			return fmt.Errorf("node key generation %d is installed with another value", key.Gen)
+		if nk.Gen >= next {
+			keys = append(keys, nk)
 		}
 	}
-	if newest := k.keys[len(k.keys)-1].Gen; key.Gen <= newest {
-		return fmt.Errorf("node key generation %d is not newer than this node's %d", key.Gen, newest)
+	for _, nk := range meta {
+		if nk.Gen < next || slices.ContainsFunc(keys, func(h NodeKey) bool { return h.Gen == nk.Gen }) {
+			continue
+		}
+		if len(nk.Key) < 32 {
+			return false, fmt.Errorf("node key generation %d is too short", nk.Gen)
+		}
+		keys = append(keys, nk)
 	}
-	next := append(append([]NodeKey(nil), k.keys...), key)
-	if err := k.persist(next); err != nil {
-		return err
+	sortKeys(keys)
+	if !slices.ContainsFunc(keys, func(h NodeKey) bool { return h.Gen == next }) {
+		return false, fmt.Errorf("node key generation %d is active but not held: this node missed the rotation", next)
 	}
-	k.keys = next
-	return nil
-}
-
-// Retire drops every key older than generation keep, which must be held.
-func (k *Keyring) Retire(keep uint64) error {
-	k.mu.Lock()
-	defer k.mu.Unlock()
-	var next []NodeKey
-	for _, nk := range k.keys {
-		if nk.Gen >= keep {
-			next = append(next, nk)
+	if next == k.active && len(keys) == len(k.keys) {
+		return false, nil
+	}
+	if k.save != nil {
+		if err := k.save(keys, next); err != nil {
+			return false, fmt.Errorf("save node keys: %w", err)
 		}
 	}
-	if len(next) == 0 || next[0].Gen != keep {
-		return fmt.Errorf("node key generation %d is not installed here: nothing retired", keep)
-	}
-	if len(next) == len(k.keys) {
-		return nil
-	}
-	if err := k.persist(next); err != nil {
-		return err
-	}
-	k.keys = next
-	return nil
-}
-
-func (k *Keyring) persist(keys []NodeKey) error {
-	if k.save == nil {
-		return nil
-	}
-	if err := k.save(keys); err != nil {
-		return fmt.Errorf("save node keys: %w", err)
-	}
-	return nil
+	k.keys, k.active = keys, next
+	return true, nil
 }
 
 // NewNodeKey makes the next generation's key.

@@ -122,7 +122,7 @@ func (s *relaySource) Files(ctx context.Context) (mysqlfront.FileList, error) {
 			continue
 		}
 		req := &clusterv1.FilesRequest{GroupId: s.u.GroupID}
-		sctx, err := s.r.keys.Sign(ctx, clusterv1.Cluster_Files_FullMethodName, req)
+		sctx, err := s.r.keys.Sign(ctx, n.ID, clusterv1.Cluster_Files_FullMethodName, req)
 		if err != nil {
 			return mysqlfront.FileList{}, err
 		}
@@ -184,7 +184,7 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	sctx, err := s.r.keys.Sign(ctx, clusterv1.Cluster_Dump_FullMethodName, req)
+	sctx, err := s.r.keys.Sign(ctx, n.ID, clusterv1.Cluster_Dump_FullMethodName, req)
 	if err != nil {
 		return false, 0, err
 	}
@@ -250,7 +250,7 @@ func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, t
 				return
 			}
 			req := &clusterv1.ReportRequest{}
-			sctx, err := r.keys.Sign(ctx, clusterv1.Cluster_Report_FullMethodName, req)
+			sctx, err := r.keys.Sign(ctx, id, clusterv1.Cluster_Report_FullMethodName, req)
 			if err != nil {
 				return
 			}
@@ -268,14 +268,14 @@ func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, t
 	return out
 }
 
-// TransferLeader asks the node at addr, which leads gid, to hand leadership to target.
-func (r *Relay) TransferLeader(ctx context.Context, addr string, gid, target uint64) error {
-	c, err := r.client(addr)
+// TransferLeader asks node n, which leads gid, to hand leadership to target.
+func (r *Relay) TransferLeader(ctx context.Context, n *placement.Node, gid, target uint64) error {
+	c, err := r.client(n.AdminAddr)
 	if err != nil {
 		return err
 	}
 	req := &clusterv1.TransferLeaderRequest{GroupId: gid, TargetNode: target}
-	if ctx, err = r.keys.Sign(ctx, clusterv1.Cluster_TransferLeader_FullMethodName, req); err != nil {
+	if ctx, err = r.keys.Sign(ctx, n.ID, clusterv1.Cluster_TransferLeader_FullMethodName, req); err != nil {
 		return err
 	}
 	_, err = c.TransferLeader(ctx, req)

@@ -5,119 +5,114 @@ import (
 	"encoding/hex"
 	"fmt"
 	"slices"
-	"strings"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"time"
 
 	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/placement"
-	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 )
 
-// sealNodeKey seals key for a node that holds with.
-func sealNodeKey(with, key NodeKey) (string, error) {
-	s, err := secure.NewSealer(with.Key)
+// RotationMeta is the part of the metadata group a rotation needs: it alone decides
+// rotations, so a node that is no longer a member cannot make or follow one.
+type RotationMeta interface {
+	Read(ctx context.Context) (*placement.State, error)
+	AddNodeKey(ctx context.Context, k placement.SealedNodeKey, note string) error
+	ActivateNodeKey(ctx context.Context, gen uint64, note string) error
+}
+
+func nodeKeyName(gen uint64) string { return fmt.Sprintf("flotilla node key %d", gen) }
+
+// SealNodeKey seals a node key for the metadata, with the cluster key.
+func SealNodeKey(s secure.Sealer, k NodeKey) (placement.SealedNodeKey, error) {
+	sealed, err := s.Seal(hex.EncodeToString(k.Key), nodeKeyName(k.Gen))
 	if err != nil {
-		return "", err
+		return placement.SealedNodeKey{}, err
 	}
-	return s.Seal(hex.EncodeToString(key.Key), fmt.Sprintf("flotilla node key %d", key.Gen))
+	return placement.SealedNodeKey{Gen: k.Gen, Sealed: sealed}, nil
 }
 
-// openNodeKey opens a key of generation gen sealed with any of the keys held.
-func openNodeKey(held []NodeKey, gen uint64, sealed string) (NodeKey, error) {
-	for _, k := range held {
-		s, err := secure.NewSealer(k.Key)
+// OpenNodeKeys opens the node keys the metadata holds.
+func OpenNodeKeys(s secure.Sealer, sealed []placement.SealedNodeKey) ([]NodeKey, error) {
+	out := make([]NodeKey, 0, len(sealed))
+	for _, sk := range sealed {
+		v, err := s.Open(sk.Sealed, nodeKeyName(sk.Gen))
 		if err != nil {
-			continue
+			return nil, fmt.Errorf("node key generation %d: %w", sk.Gen, err)
 		}
-		if v, err := s.Open(sealed, fmt.Sprintf("flotilla node key %d", gen)); err == nil {
-			b, err := hex.DecodeString(v)
-			if err != nil {
-				return NodeKey{}, fmt.Errorf("node key generation %d is malformed", gen)
-			}
-			return NodeKey{Gen: gen, Key: b}, nil
+		b, err := hex.DecodeString(v)
+		if err != nil {
+			return nil, fmt.Errorf("node key generation %d is malformed", sk.Gen)
 		}
+		out = append(out, NodeKey{Gen: sk.Gen, Key: b})
 	}
-	return NodeKey{}, fmt.Errorf("node key generation %d is not sealed with a key this node holds", gen)
+	return out, nil
 }
 
-// Rotate gives every member (nodes, this node among them) the next node key, then
-// retires the older ones everywhere, so that a node no longer a member, which holds
-// only older keys, is refused from then on. It returns the new generation and the
-// nodes that hold it. An unreachable member stops it before anything is retired
-// (the member would be locked out); a retry is safe.
-func (r *Relay) Rotate(ctx context.Context, nodes map[uint64]*placement.Node) (uint64, []uint64, error) {
-	// The oldest key held is one every member holds as long as no rotation retired
-	// it; a rotation that stopped part way (this node holds two keys) is finished
-	// with the key it began, so members that missed it are not locked out.
-	held := r.keys.Keys()
-	base, next := held[0], held[len(held)-1]
-	if len(held) == 1 {
-		var err error
-		if next, err = NewNodeKey(base.Gen + 1); err != nil {
+// rotationWait bounds how long a rotation waits for every member to hold the new key.
+const rotationWait = 30 * time.Second
+
+// Rotate replaces the node key through the metadata group: it adds the next
+// generation (every member installs it to verify with), waits until every member
+// reports holding it, then activates it, which retires the older generations
+// everywhere: a node no longer a member is refused from then on. A member that does
+// not report the new key stops the rotation before anything signs with it; running
+// it again finishes the same rotation. It returns the new generation and the
+// members.
+func (r *Relay) Rotate(ctx context.Context, meta RotationMeta, sealer secure.Sealer) (uint64, []uint64, error) {
+	st, err := meta.Read(ctx)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read the cluster's members: %w", err)
+	}
+	p, pending := st.PendingNodeKey()
+	if !pending {
+		k, err := NewNodeKey(st.ActiveNodeKey + 1)
+		if err != nil {
 			return 0, nil, err
 		}
+		if p, err = SealNodeKey(sealer, k); err != nil {
+			return 0, nil, err
+		}
+		if err := meta.AddNodeKey(ctx, p, placement.Note("operator: rotate the node key to generation %d", k.Gen)); err != nil {
+			return 0, nil, fmt.Errorf("add node key generation %d: %w", k.Gen, err)
+		}
 	}
-	sealed, err := sealNodeKey(base, next)
-	if err != nil {
-		return 0, nil, err
-	}
-	ids := make([]uint64, 0, len(nodes))
-	for id := range nodes {
+	ids := make([]uint64, 0, len(st.Nodes))
+	for id := range st.Nodes {
 		ids = append(ids, id)
 	}
 	slices.Sort(ids)
-	// This node first: from here on it verifies the calls of members that have
-	// installed the new key. The calls that install it are signed with the base
-	// key, which the others hold (or, on a member that retired it already, with the
-	// new one).
-	if err := r.keys.Install(next); err != nil {
-		return 0, nil, err
+	if missing := r.waitKeys(ctx, st.Nodes, ids, func(gens []uint64) bool { return slices.Contains(gens, p.Gen) }); len(missing) > 0 {
+		return 0, nil, fmt.Errorf("nodes %v have not taken node key generation %d (down or unreachable?); nothing signs with it yet: run the rotation again once they answer, or remove them first", missing, p.Gen)
 	}
-	for _, id := range ids {
-		if id == r.nodeID {
-			continue
-		}
-		c, err := r.client(nodes[id].AdminAddr)
-		if err == nil {
-			req := &clusterv1.InstallKeyRequest{Gen: next.Gen, SealedKey: sealed}
-			for _, with := range []NodeKey{base, next} {
-				var sctx context.Context
-				if sctx, err = signWith(ctx, with, r.keys.now(), clusterv1.Cluster_InstallKey_FullMethodName, req); err == nil {
-					if _, err = c.InstallKey(sctx, req); status.Code(err) != codes.Unauthenticated {
-						break
-					}
-				}
+	if err := meta.ActivateNodeKey(ctx, p.Gen, placement.Note("operator: node key generation %d active; older ones retired", p.Gen)); err != nil {
+		return 0, nil, fmt.Errorf("activate node key generation %d: %w", p.Gen, err)
+	}
+	// Done when every member has retired the older keys: from then on a removed
+	// node's calls are refused everywhere.
+	if missing := r.waitKeys(ctx, st.Nodes, ids, func(gens []uint64) bool { return slices.Equal(gens, []uint64{p.Gen}) }); len(missing) > 0 {
+		return 0, nil, fmt.Errorf("node key generation %d is active, but nodes %v have not reported retiring the older ones yet (they will as they follow the metadata); check `flotilla status`", p.Gen, missing)
+	}
+	r.log.Info("node key rotated", "generation", p.Gen, "nodes", ids)
+	return p.Gen, ids, nil
+}
+
+// waitKeys polls the members' reports until every one's node key generations pass
+// ok, for up to rotationWait; it returns the members that did not.
+func (r *Relay) waitKeys(ctx context.Context, nodes map[uint64]*placement.Node, ids []uint64, ok func([]uint64) bool) []uint64 {
+	var missing []uint64
+	for deadline := time.Now().Add(rotationWait); ; {
+		reps := r.Reports(ctx, nodes, 5*time.Second)
+		missing = missing[:0]
+		for _, id := range ids {
+			if rep, found := reps[id]; !found || !ok(rep.NodeKeyGens) {
+				missing = append(missing, id)
 			}
 		}
-		if err != nil {
-			return 0, nil, fmt.Errorf("node %d did not take node key generation %d: %w; no key was retired: bring it back (or remove it) and rotate again", id, next.Gen, err)
+		if len(missing) == 0 || time.Now().After(deadline) || ctx.Err() != nil {
+			return missing
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(300 * time.Millisecond):
 		}
 	}
-	var failed []string
-	for _, id := range ids {
-		if id == r.nodeID {
-			continue
-		}
-		c, err := r.client(nodes[id].AdminAddr)
-		if err == nil {
-			req := &clusterv1.RetireKeysRequest{KeepGen: next.Gen}
-			var sctx context.Context
-			if sctx, err = r.keys.Sign(ctx, clusterv1.Cluster_RetireKeys_FullMethodName, req); err == nil {
-				_, err = c.RetireKeys(sctx, req)
-			}
-		}
-		if err != nil {
-			failed = append(failed, fmt.Sprintf("node %d: %v", id, err))
-		}
-	}
-	if err := r.keys.Retire(next.Gen); err != nil {
-		failed = append(failed, fmt.Sprintf("node %d: %v", r.nodeID, err))
-	}
-	if len(failed) > 0 {
-		return next.Gen, ids, fmt.Errorf("every member holds node key generation %d, but some still accept older keys (%s): rotate again", next.Gen, strings.Join(failed, "; "))
-	}
-	r.log.Info("node keys rotated", "generation", next.Gen, "nodes", ids)
-	return next.Gen, ids, nil
 }

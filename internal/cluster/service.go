@@ -81,7 +81,7 @@ func (s *Service) checkNode(ctx context.Context, method string, req proto.Messag
 	if s.Admin.Certificates && !secure.VerifiedPeer(ctx) {
 		return status.Errorf(codes.Unauthenticated, "node-to-node call %s refused: node TLS is on and the caller presented no certificate signed by the cluster's CA", method)
 	}
-	return s.Keys.Verify(ctx, method, req)
+	return s.Keys.Verify(ctx, s.NodeID, method, req)
 }
 
 // Join implements clusterv1.ClusterServer. It hands out the cluster secret, so it
@@ -138,9 +138,11 @@ func (s *Service) Join(ctx context.Context, r *clusterv1.JoinRequest) (*clusterv
 	s.Log.Info("node joined the cluster", "node", r.NodeId, "raft", r.RaftAddr, "admin", r.AdminAddr, "voter", voter)
 	resp := &clusterv1.JoinResponse{ClusterId: s.Ident.ClusterID, Secret: s.Ident.Secret,
 		DeploymentId: s.Ident.DeploymentID, Voter: voter}
-	for _, k := range s.Keys.Keys() {
+	keys, active := s.Keys.Keys()
+	for _, k := range keys {
 		resp.NodeKeys = append(resp.NodeKeys, &clusterv1.NodeKey{Gen: k.Gen, Key: k.Key})
 	}
+	resp.ActiveNodeKey = active
 	return resp, nil
 }
 
@@ -263,7 +265,7 @@ func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clus
 	if err := s.checkNode(ctx, clusterv1.Cluster_Report_FullMethodName, r); err != nil {
 		return nil, err
 	}
-	return &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups()}, nil
+	return &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens()}, nil
 }
 
 // TransferLeader implements clusterv1.ClusterServer.
@@ -276,32 +278,4 @@ func (s *Service) TransferLeader(ctx context.Context, r *clusterv1.TransferLeade
 	}
 	s.Log.Info("leadership transfer requested", "group", r.GroupId, "to", r.TargetNode)
 	return &clusterv1.TransferLeaderResponse{}, nil
-}
-
-// InstallKey implements clusterv1.ClusterServer.
-func (s *Service) InstallKey(ctx context.Context, r *clusterv1.InstallKeyRequest) (*clusterv1.InstallKeyResponse, error) {
-	if err := s.checkNode(ctx, clusterv1.Cluster_InstallKey_FullMethodName, r); err != nil {
-		return nil, err
-	}
-	key, err := openNodeKey(s.Keys.Keys(), r.Gen, r.SealedKey)
-	if err != nil {
-		return nil, status.Errorf(codes.InvalidArgument, "node %d: %v", s.NodeID, err)
-	}
-	if err := s.Keys.Install(key); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "node %d: %v", s.NodeID, err)
-	}
-	s.Log.Info("node key installed", "generation", r.Gen)
-	return &clusterv1.InstallKeyResponse{}, nil
-}
-
-// RetireKeys implements clusterv1.ClusterServer.
-func (s *Service) RetireKeys(ctx context.Context, r *clusterv1.RetireKeysRequest) (*clusterv1.RetireKeysResponse, error) {
-	if err := s.checkNode(ctx, clusterv1.Cluster_RetireKeys_FullMethodName, r); err != nil {
-		return nil, err
-	}
-	if err := s.Keys.Retire(r.KeepGen); err != nil {
-		return nil, status.Errorf(codes.FailedPrecondition, "node %d: %v", s.NodeID, err)
-	}
-	s.Log.Info("older node keys retired", "kept_generation", r.KeepGen)
-	return &clusterv1.RetireKeysResponse{}, nil
 }

@@ -114,3 +114,8 @@ func xor(a, b []byte) []byte {
 	}
 	return out
 }
+
+// MaxUserName is the longest user name Flotilla accepts, in characters, as MySQL:
+// replica users are declared within it, and a login naming a longer one is refused
+// before the name reaches a log line or a reply.
+const MaxUserName = 32

@@ -319,7 +319,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards.SetMetrics(rel)
 	n.spawn(func() { n.shards.Run(ctx, 300*time.Millisecond) })
 
-	keys := cluster.NewKeyring(ident.Keys(), func(k []cluster.NodeKey) error { return cluster.SaveNodeKeys(cfg.DataDir, k) })
+	keys := cluster.NewKeyring(ident.Keys(), ident.ActiveNodeKey, func(k []cluster.NodeKey, active uint64) error {
+		return cluster.SaveNodeKeys(cfg.DataDir, k, active)
+	})
+	n.spawn(func() { n.followNodeKeys(ctx, keys, sealer) })
 	n.relay = cluster.NewRelay(cfg.NodeID, keys, tr.peer, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
 	n.front.Limits = limits
@@ -336,13 +339,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Auth: adminAuth, Sealer: &sealer, TLS: tr.admin, PeerTLS: tr.peer, Log: log.With("component", "admin"), MetaLeader: metaLeader,
 		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID, MetaVoters: n.metaVoters,
 		OwnAuthPrefixes: []string{cluster.MethodPrefix},
-		Rotate: func(ctx context.Context) (uint64, []uint64, error) {
-			st, err := n.meta.Read(ctx)
-			if err != nil {
-				return 0, nil, fmt.Errorf("read the cluster's members: %w", err)
-			}
-			return n.relay.Rotate(ctx, st.Nodes)
-		},
+		Rotate:          func(ctx context.Context) (uint64, []uint64, error) { return n.relay.Rotate(ctx, n.meta, sealer) },
 	}
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Keys: keys, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
@@ -631,4 +628,39 @@ func (n *Node) localSource(gid uint64, anyReplica bool) (mysqlfront.Source, uint
 		return nil
 	}
 	return mysqlfront.NewLocalSource(g, &u, mysqlfront.LocalPolicy{Eligible: eligible}, n.log.With("component", "mysqlfront")), leader
+}
+
+// followNodeKeys keeps the node keys in step with the metadata group's rotations:
+// a new generation is held (to verify with) as soon as this node's metadata replica
+// has it, signs once the rotation activates it, and older ones are retired then.
+func (n *Node) followNodeKeys(ctx context.Context, keys *cluster.Keyring, sealer secure.Sealer) {
+	var lastErr string
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(500 * time.Millisecond):
+		}
+		st, err := n.meta.Local()
+		if err != nil || len(st.NodeKeys) == 0 {
+			continue
+		}
+		meta, err := cluster.OpenNodeKeys(sealer, st.NodeKeys)
+		changed := false
+		if err == nil {
+			changed, err = keys.Sync(meta, st.ActiveNodeKey)
+		}
+		if err != nil {
+			if err.Error() != lastErr {
+				n.log.Error("cannot follow the cluster's node keys; node-to-node calls may be refused", "err", err)
+			}
+			lastErr = err.Error()
+			continue
+		}
+		lastErr = ""
+		if changed {
+			gens := keys.Gens()
+			n.log.Info("node keys follow the metadata", "held", gens, "active", st.ActiveNodeKey)
+		}
+	}
 }

@@ -80,176 +80,6 @@ func (x *NodeKey) GetKey() []byte {
 	return nil
 }
 
-type InstallKeyRequest struct {
-	state protoimpl.MessageState `protogen:"open.v1"`
-	Gen   uint64                 `protobuf:"varint,1,opt,name=gen,proto3" json:"gen,omitempty"`
-	// The key, sealed (AES-GCM) with a key derived from the newest one both nodes
-	// hold, so that it never crosses the network in clear even without TLS.
-	SealedKey     string `protobuf:"bytes,2,opt,name=sealed_key,json=sealedKey,proto3" json:"sealed_key,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *InstallKeyRequest) Reset() {
-	*x = InstallKeyRequest{}
-	mi := &file_cluster_proto_msgTypes[1]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *InstallKeyRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*InstallKeyRequest) ProtoMessage() {}
-
-func (x *InstallKeyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[1]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use InstallKeyRequest.ProtoReflect.Descriptor instead.
-func (*InstallKeyRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{1}
-}
-
-func (x *InstallKeyRequest) GetGen() uint64 {
-	if x != nil {
-		return x.Gen
-	}
-	return 0
-}
-
-func (x *InstallKeyRequest) GetSealedKey() string {
-	if x != nil {
-		return x.SealedKey
-	}
-	return ""
-}
-
-type InstallKeyResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *InstallKeyResponse) Reset() {
-	*x = InstallKeyResponse{}
-	mi := &file_cluster_proto_msgTypes[2]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *InstallKeyResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*InstallKeyResponse) ProtoMessage() {}
-
-func (x *InstallKeyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[2]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use InstallKeyResponse.ProtoReflect.Descriptor instead.
-func (*InstallKeyResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{2}
-}
-
-type RetireKeysRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	KeepGen       uint64                 `protobuf:"varint,1,opt,name=keep_gen,json=keepGen,proto3" json:"keep_gen,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RetireKeysRequest) Reset() {
-	*x = RetireKeysRequest{}
-	mi := &file_cluster_proto_msgTypes[3]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RetireKeysRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RetireKeysRequest) ProtoMessage() {}
-
-func (x *RetireKeysRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[3]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RetireKeysRequest.ProtoReflect.Descriptor instead.
-func (*RetireKeysRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{3}
-}
-
-func (x *RetireKeysRequest) GetKeepGen() uint64 {
-	if x != nil {
-		return x.KeepGen
-	}
-	return 0
-}
-
-type RetireKeysResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *RetireKeysResponse) Reset() {
-	*x = RetireKeysResponse{}
-	mi := &file_cluster_proto_msgTypes[4]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *RetireKeysResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*RetireKeysResponse) ProtoMessage() {}
-
-func (x *RetireKeysResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[4]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use RetireKeysResponse.ProtoReflect.Descriptor instead.
-func (*RetireKeysResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{4}
-}
-
 type ReportRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -258,7 +88,7 @@ type ReportRequest struct {
 
 func (x *ReportRequest) Reset() {
 	*x = ReportRequest{}
-	mi := &file_cluster_proto_msgTypes[5]
+	mi := &file_cluster_proto_msgTypes[1]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +100,7 @@ func (x *ReportRequest) String() string {
 func (*ReportRequest) ProtoMessage() {}
 
 func (x *ReportRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[5]
+	mi := &file_cluster_proto_msgTypes[1]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,21 +113,24 @@ func (x *ReportRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportRequest.ProtoReflect.Descriptor instead.
 func (*ReportRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{5}
+	return file_cluster_proto_rawDescGZIP(), []int{1}
 }
 
 type NodeReport struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	NodeId uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
 	// One per group replica on the node, as that replica sees it.
-	Groups        []*adminv1.GroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	Groups []*adminv1.GroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
+	// The generations of the node key the node holds (a rotation waits until every
+	// member holds the new one before it signs with it).
+	NodeKeyGens   []uint64 `protobuf:"varint,3,rep,packed,name=node_key_gens,json=nodeKeyGens,proto3" json:"node_key_gens,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *NodeReport) Reset() {
 	*x = NodeReport{}
-	mi := &file_cluster_proto_msgTypes[6]
+	mi := &file_cluster_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -309,7 +142,7 @@ func (x *NodeReport) String() string {
 func (*NodeReport) ProtoMessage() {}
 
 func (x *NodeReport) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[6]
+	mi := &file_cluster_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -322,7 +155,7 @@ func (x *NodeReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeReport.ProtoReflect.Descriptor instead.
 func (*NodeReport) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{6}
+	return file_cluster_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *NodeReport) GetNodeId() uint64 {
@@ -339,6 +172,13 @@ func (x *NodeReport) GetGroups() []*adminv1.GroupStatus {
 	return nil
 }
 
+func (x *NodeReport) GetNodeKeyGens() []uint64 {
+	if x != nil {
+		return x.NodeKeyGens
+	}
+	return nil
+}
+
 type TransferLeaderRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	GroupId       uint64                 `protobuf:"varint,1,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
@@ -349,7 +189,7 @@ type TransferLeaderRequest struct {
 
 func (x *TransferLeaderRequest) Reset() {
 	*x = TransferLeaderRequest{}
-	mi := &file_cluster_proto_msgTypes[7]
+	mi := &file_cluster_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -361,7 +201,7 @@ func (x *TransferLeaderRequest) String() string {
 func (*TransferLeaderRequest) ProtoMessage() {}
 
 func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[7]
+	mi := &file_cluster_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -374,7 +214,7 @@ func (x *TransferLeaderRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderRequest.ProtoReflect.Descriptor instead.
 func (*TransferLeaderRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{7}
+	return file_cluster_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *TransferLeaderRequest) GetGroupId() uint64 {
@@ -399,7 +239,7 @@ type TransferLeaderResponse struct {
 
 func (x *TransferLeaderResponse) Reset() {
 	*x = TransferLeaderResponse{}
-	mi := &file_cluster_proto_msgTypes[8]
+	mi := &file_cluster_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -411,7 +251,7 @@ func (x *TransferLeaderResponse) String() string {
 func (*TransferLeaderResponse) ProtoMessage() {}
 
 func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[8]
+	mi := &file_cluster_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -424,7 +264,7 @@ func (x *TransferLeaderResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TransferLeaderResponse.ProtoReflect.Descriptor instead.
 func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{8}
+	return file_cluster_proto_rawDescGZIP(), []int{4}
 }
 
 type JoinRequest struct {
@@ -440,7 +280,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_cluster_proto_msgTypes[9]
+	mi := &file_cluster_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -452,7 +292,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[9]
+	mi := &file_cluster_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -465,7 +305,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{9}
+	return file_cluster_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *JoinRequest) GetNodeId() uint64 {
@@ -513,14 +353,16 @@ type JoinResponse struct {
 	Voter bool `protobuf:"varint,4,opt,name=voter,proto3" json:"voter,omitempty"`
 	// The node keys the cluster signs node-to-node calls with (empty from nodes that
 	// predate rotation: generation 0 is then derived from the secret).
-	NodeKeys      []*NodeKey `protobuf:"bytes,5,rep,name=node_keys,json=nodeKeys,proto3" json:"node_keys,omitempty"`
+	NodeKeys []*NodeKey `protobuf:"bytes,5,rep,name=node_keys,json=nodeKeys,proto3" json:"node_keys,omitempty"`
+	// The generation that signs (0: derived from the secret).
+	ActiveNodeKey uint64 `protobuf:"varint,6,opt,name=active_node_key,json=activeNodeKey,proto3" json:"active_node_key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_cluster_proto_msgTypes[10]
+	mi := &file_cluster_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -532,7 +374,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[10]
+	mi := &file_cluster_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -545,7 +387,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{10}
+	return file_cluster_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *JoinResponse) GetClusterId() string {
@@ -583,6 +425,13 @@ func (x *JoinResponse) GetNodeKeys() []*NodeKey {
 	return nil
 }
 
+func (x *JoinResponse) GetActiveNodeKey() uint64 {
+	if x != nil {
+		return x.ActiveNodeKey
+	}
+	return 0
+}
+
 type IdentityRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -591,7 +440,7 @@ type IdentityRequest struct {
 
 func (x *IdentityRequest) Reset() {
 	*x = IdentityRequest{}
-	mi := &file_cluster_proto_msgTypes[11]
+	mi := &file_cluster_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -603,7 +452,7 @@ func (x *IdentityRequest) String() string {
 func (*IdentityRequest) ProtoMessage() {}
 
 func (x *IdentityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[11]
+	mi := &file_cluster_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -616,7 +465,7 @@ func (x *IdentityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityRequest.ProtoReflect.Descriptor instead.
 func (*IdentityRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{11}
+	return file_cluster_proto_rawDescGZIP(), []int{7}
 }
 
 type IdentityResponse struct {
@@ -629,7 +478,7 @@ type IdentityResponse struct {
 
 func (x *IdentityResponse) Reset() {
 	*x = IdentityResponse{}
-	mi := &file_cluster_proto_msgTypes[12]
+	mi := &file_cluster_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -641,7 +490,7 @@ func (x *IdentityResponse) String() string {
 func (*IdentityResponse) ProtoMessage() {}
 
 func (x *IdentityResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[12]
+	mi := &file_cluster_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -654,7 +503,7 @@ func (x *IdentityResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use IdentityResponse.ProtoReflect.Descriptor instead.
 func (*IdentityResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{12}
+	return file_cluster_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *IdentityResponse) GetClusterId() string {
@@ -680,7 +529,7 @@ type FilesRequest struct {
 
 func (x *FilesRequest) Reset() {
 	*x = FilesRequest{}
-	mi := &file_cluster_proto_msgTypes[13]
+	mi := &file_cluster_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -692,7 +541,7 @@ func (x *FilesRequest) String() string {
 func (*FilesRequest) ProtoMessage() {}
 
 func (x *FilesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[13]
+	mi := &file_cluster_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -705,7 +554,7 @@ func (x *FilesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesRequest.ProtoReflect.Descriptor instead.
 func (*FilesRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{13}
+	return file_cluster_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FilesRequest) GetGroupId() uint64 {
@@ -725,7 +574,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_cluster_proto_msgTypes[14]
+	mi := &file_cluster_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -737,7 +586,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[14]
+	mi := &file_cluster_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -750,7 +599,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{14}
+	return file_cluster_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *FileInfo) GetName() string {
@@ -782,7 +631,7 @@ type FilesResponse struct {
 
 func (x *FilesResponse) Reset() {
 	*x = FilesResponse{}
-	mi := &file_cluster_proto_msgTypes[15]
+	mi := &file_cluster_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -794,7 +643,7 @@ func (x *FilesResponse) String() string {
 func (*FilesResponse) ProtoMessage() {}
 
 func (x *FilesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[15]
+	mi := &file_cluster_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -807,7 +656,7 @@ func (x *FilesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FilesResponse.ProtoReflect.Descriptor instead.
 func (*FilesResponse) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{15}
+	return file_cluster_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *FilesResponse) GetFiles() []*FileInfo {
@@ -871,7 +720,7 @@ type DumpRequest struct {
 
 func (x *DumpRequest) Reset() {
 	*x = DumpRequest{}
-	mi := &file_cluster_proto_msgTypes[16]
+	mi := &file_cluster_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -883,7 +732,7 @@ func (x *DumpRequest) String() string {
 func (*DumpRequest) ProtoMessage() {}
 
 func (x *DumpRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[16]
+	mi := &file_cluster_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -896,7 +745,7 @@ func (x *DumpRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpRequest.ProtoReflect.Descriptor instead.
 func (*DumpRequest) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{16}
+	return file_cluster_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DumpRequest) GetGroupId() uint64 {
@@ -1022,7 +871,7 @@ type DumpChunk struct {
 
 func (x *DumpChunk) Reset() {
 	*x = DumpChunk{}
-	mi := &file_cluster_proto_msgTypes[17]
+	mi := &file_cluster_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1034,7 +883,7 @@ func (x *DumpChunk) String() string {
 func (*DumpChunk) ProtoMessage() {}
 
 func (x *DumpChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_cluster_proto_msgTypes[17]
+	mi := &file_cluster_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1047,7 +896,7 @@ func (x *DumpChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DumpChunk.ProtoReflect.Descriptor instead.
 func (*DumpChunk) Descriptor() ([]byte, []int) {
-	return file_cluster_proto_rawDescGZIP(), []int{17}
+	return file_cluster_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DumpChunk) GetEvents() [][]byte {
@@ -1120,20 +969,13 @@ const file_cluster_proto_rawDesc = "" +
 	"\rcluster.proto\x12\x13flotilla.cluster.v1\x1a\vadmin.proto\"-\n" +
 	"\aNodeKey\x12\x10\n" +
 	"\x03gen\x18\x01 \x01(\x04R\x03gen\x12\x10\n" +
-	"\x03key\x18\x02 \x01(\fR\x03key\"D\n" +
-	"\x11InstallKeyRequest\x12\x10\n" +
-	"\x03gen\x18\x01 \x01(\x04R\x03gen\x12\x1d\n" +
-	"\n" +
-	"sealed_key\x18\x02 \x01(\tR\tsealedKey\"\x14\n" +
-	"\x12InstallKeyResponse\".\n" +
-	"\x11RetireKeysRequest\x12\x19\n" +
-	"\bkeep_gen\x18\x01 \x01(\x04R\akeepGen\"\x14\n" +
-	"\x12RetireKeysResponse\"\x0f\n" +
-	"\rReportRequest\"]\n" +
+	"\x03key\x18\x02 \x01(\fR\x03key\"\x0f\n" +
+	"\rReportRequest\"\x81\x01\n" +
 	"\n" +
 	"NodeReport\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x126\n" +
-	"\x06groups\x18\x02 \x03(\v2\x1e.flotilla.admin.v1.GroupStatusR\x06groups\"S\n" +
+	"\x06groups\x18\x02 \x03(\v2\x1e.flotilla.admin.v1.GroupStatusR\x06groups\x12\"\n" +
+	"\rnode_key_gens\x18\x03 \x03(\x04R\vnodeKeyGens\"S\n" +
 	"\x15TransferLeaderRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vtarget_node\x18\x02 \x01(\x04R\n" +
@@ -1149,14 +991,15 @@ const file_cluster_proto_rawDesc = "" +
 	"\x06labels\x18\x05 \x03(\v2,.flotilla.cluster.v1.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xbb\x01\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
 	"\fJoinResponse\x12\x1d\n" +
 	"\n" +
 	"cluster_id\x18\x01 \x01(\tR\tclusterId\x12\x16\n" +
 	"\x06secret\x18\x02 \x01(\fR\x06secret\x12#\n" +
 	"\rdeployment_id\x18\x03 \x01(\x04R\fdeploymentId\x12\x14\n" +
 	"\x05voter\x18\x04 \x01(\bR\x05voter\x129\n" +
-	"\tnode_keys\x18\x05 \x03(\v2\x1c.flotilla.cluster.v1.NodeKeyR\bnodeKeys\"\x11\n" +
+	"\tnode_keys\x18\x05 \x03(\v2\x1c.flotilla.cluster.v1.NodeKeyR\bnodeKeys\x12&\n" +
+	"\x0factive_node_key\x18\x06 \x01(\x04R\ractiveNodeKey\"\x11\n" +
 	"\x0fIdentityRequest\"J\n" +
 	"\x10IdentityResponse\x12\x1d\n" +
 	"\n" +
@@ -1205,18 +1048,14 @@ const file_cluster_proto_rawDesc = "" +
 	"\vleader_node\x18\b \x01(\x04R\n" +
 	"leaderNode\x12\x1d\n" +
 	"\n" +
-	"event_part\x18\t \x01(\fR\teventPart2\xc3\x05\n" +
+	"event_part\x18\t \x01(\fR\teventPart2\x85\x04\n" +
 	"\aCluster\x12K\n" +
 	"\x04Join\x12 .flotilla.cluster.v1.JoinRequest\x1a!.flotilla.cluster.v1.JoinResponse\x12W\n" +
 	"\bIdentity\x12$.flotilla.cluster.v1.IdentityRequest\x1a%.flotilla.cluster.v1.IdentityResponse\x12N\n" +
 	"\x05Files\x12!.flotilla.cluster.v1.FilesRequest\x1a\".flotilla.cluster.v1.FilesResponse\x12J\n" +
 	"\x04Dump\x12 .flotilla.cluster.v1.DumpRequest\x1a\x1e.flotilla.cluster.v1.DumpChunk0\x01\x12M\n" +
 	"\x06Report\x12\".flotilla.cluster.v1.ReportRequest\x1a\x1f.flotilla.cluster.v1.NodeReport\x12i\n" +
-	"\x0eTransferLeader\x12*.flotilla.cluster.v1.TransferLeaderRequest\x1a+.flotilla.cluster.v1.TransferLeaderResponse\x12]\n" +
-	"\n" +
-	"InstallKey\x12&.flotilla.cluster.v1.InstallKeyRequest\x1a'.flotilla.cluster.v1.InstallKeyResponse\x12]\n" +
-	"\n" +
-	"RetireKeys\x12&.flotilla.cluster.v1.RetireKeysRequest\x1a'.flotilla.cluster.v1.RetireKeysResponseB>Z<github.com/flotilla-relay/flotilla/proto/clusterv1;clusterv1b\x06proto3"
+	"\x0eTransferLeader\x12*.flotilla.cluster.v1.TransferLeaderRequest\x1a+.flotilla.cluster.v1.TransferLeaderResponseB>Z<github.com/flotilla-relay/flotilla/proto/clusterv1;clusterv1b\x06proto3"
 
 var (
 	file_cluster_proto_rawDescOnce sync.Once
@@ -1230,52 +1069,44 @@ func file_cluster_proto_rawDescGZIP() []byte {
 	return file_cluster_proto_rawDescData
 }
 
-var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_cluster_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_cluster_proto_goTypes = []any{
 	(*NodeKey)(nil),                // 0: flotilla.cluster.v1.NodeKey
-	(*InstallKeyRequest)(nil),      // 1: flotilla.cluster.v1.InstallKeyRequest
-	(*InstallKeyResponse)(nil),     // 2: flotilla.cluster.v1.InstallKeyResponse
-	(*RetireKeysRequest)(nil),      // 3: flotilla.cluster.v1.RetireKeysRequest
-	(*RetireKeysResponse)(nil),     // 4: flotilla.cluster.v1.RetireKeysResponse
-	(*ReportRequest)(nil),          // 5: flotilla.cluster.v1.ReportRequest
-	(*NodeReport)(nil),             // 6: flotilla.cluster.v1.NodeReport
-	(*TransferLeaderRequest)(nil),  // 7: flotilla.cluster.v1.TransferLeaderRequest
-	(*TransferLeaderResponse)(nil), // 8: flotilla.cluster.v1.TransferLeaderResponse
-	(*JoinRequest)(nil),            // 9: flotilla.cluster.v1.JoinRequest
-	(*JoinResponse)(nil),           // 10: flotilla.cluster.v1.JoinResponse
-	(*IdentityRequest)(nil),        // 11: flotilla.cluster.v1.IdentityRequest
-	(*IdentityResponse)(nil),       // 12: flotilla.cluster.v1.IdentityResponse
-	(*FilesRequest)(nil),           // 13: flotilla.cluster.v1.FilesRequest
-	(*FileInfo)(nil),               // 14: flotilla.cluster.v1.FileInfo
-	(*FilesResponse)(nil),          // 15: flotilla.cluster.v1.FilesResponse
-	(*DumpRequest)(nil),            // 16: flotilla.cluster.v1.DumpRequest
-	(*DumpChunk)(nil),              // 17: flotilla.cluster.v1.DumpChunk
-	nil,                            // 18: flotilla.cluster.v1.JoinRequest.LabelsEntry
-	(*adminv1.GroupStatus)(nil),    // 19: flotilla.admin.v1.GroupStatus
+	(*ReportRequest)(nil),          // 1: flotilla.cluster.v1.ReportRequest
+	(*NodeReport)(nil),             // 2: flotilla.cluster.v1.NodeReport
+	(*TransferLeaderRequest)(nil),  // 3: flotilla.cluster.v1.TransferLeaderRequest
+	(*TransferLeaderResponse)(nil), // 4: flotilla.cluster.v1.TransferLeaderResponse
+	(*JoinRequest)(nil),            // 5: flotilla.cluster.v1.JoinRequest
+	(*JoinResponse)(nil),           // 6: flotilla.cluster.v1.JoinResponse
+	(*IdentityRequest)(nil),        // 7: flotilla.cluster.v1.IdentityRequest
+	(*IdentityResponse)(nil),       // 8: flotilla.cluster.v1.IdentityResponse
+	(*FilesRequest)(nil),           // 9: flotilla.cluster.v1.FilesRequest
+	(*FileInfo)(nil),               // 10: flotilla.cluster.v1.FileInfo
+	(*FilesResponse)(nil),          // 11: flotilla.cluster.v1.FilesResponse
+	(*DumpRequest)(nil),            // 12: flotilla.cluster.v1.DumpRequest
+	(*DumpChunk)(nil),              // 13: flotilla.cluster.v1.DumpChunk
+	nil,                            // 14: flotilla.cluster.v1.JoinRequest.LabelsEntry
+	(*adminv1.GroupStatus)(nil),    // 15: flotilla.admin.v1.GroupStatus
 }
 var file_cluster_proto_depIdxs = []int32{
-	19, // 0: flotilla.cluster.v1.NodeReport.groups:type_name -> flotilla.admin.v1.GroupStatus
-	18, // 1: flotilla.cluster.v1.JoinRequest.labels:type_name -> flotilla.cluster.v1.JoinRequest.LabelsEntry
+	15, // 0: flotilla.cluster.v1.NodeReport.groups:type_name -> flotilla.admin.v1.GroupStatus
+	14, // 1: flotilla.cluster.v1.JoinRequest.labels:type_name -> flotilla.cluster.v1.JoinRequest.LabelsEntry
 	0,  // 2: flotilla.cluster.v1.JoinResponse.node_keys:type_name -> flotilla.cluster.v1.NodeKey
-	14, // 3: flotilla.cluster.v1.FilesResponse.files:type_name -> flotilla.cluster.v1.FileInfo
-	9,  // 4: flotilla.cluster.v1.Cluster.Join:input_type -> flotilla.cluster.v1.JoinRequest
-	11, // 5: flotilla.cluster.v1.Cluster.Identity:input_type -> flotilla.cluster.v1.IdentityRequest
-	13, // 6: flotilla.cluster.v1.Cluster.Files:input_type -> flotilla.cluster.v1.FilesRequest
-	16, // 7: flotilla.cluster.v1.Cluster.Dump:input_type -> flotilla.cluster.v1.DumpRequest
-	5,  // 8: flotilla.cluster.v1.Cluster.Report:input_type -> flotilla.cluster.v1.ReportRequest
-	7,  // 9: flotilla.cluster.v1.Cluster.TransferLeader:input_type -> flotilla.cluster.v1.TransferLeaderRequest
-	1,  // 10: flotilla.cluster.v1.Cluster.InstallKey:input_type -> flotilla.cluster.v1.InstallKeyRequest
-	3,  // 11: flotilla.cluster.v1.Cluster.RetireKeys:input_type -> flotilla.cluster.v1.RetireKeysRequest
-	10, // 12: flotilla.cluster.v1.Cluster.Join:output_type -> flotilla.cluster.v1.JoinResponse
-	12, // 13: flotilla.cluster.v1.Cluster.Identity:output_type -> flotilla.cluster.v1.IdentityResponse
-	15, // 14: flotilla.cluster.v1.Cluster.Files:output_type -> flotilla.cluster.v1.FilesResponse
-	17, // 15: flotilla.cluster.v1.Cluster.Dump:output_type -> flotilla.cluster.v1.DumpChunk
-	6,  // 16: flotilla.cluster.v1.Cluster.Report:output_type -> flotilla.cluster.v1.NodeReport
-	8,  // 17: flotilla.cluster.v1.Cluster.TransferLeader:output_type -> flotilla.cluster.v1.TransferLeaderResponse
-	2,  // 18: flotilla.cluster.v1.Cluster.InstallKey:output_type -> flotilla.cluster.v1.InstallKeyResponse
-	4,  // 19: flotilla.cluster.v1.Cluster.RetireKeys:output_type -> flotilla.cluster.v1.RetireKeysResponse
-	12, // [12:20] is the sub-list for method output_type
-	4,  // [4:12] is the sub-list for method input_type
+	10, // 3: flotilla.cluster.v1.FilesResponse.files:type_name -> flotilla.cluster.v1.FileInfo
+	5,  // 4: flotilla.cluster.v1.Cluster.Join:input_type -> flotilla.cluster.v1.JoinRequest
+	7,  // 5: flotilla.cluster.v1.Cluster.Identity:input_type -> flotilla.cluster.v1.IdentityRequest
+	9,  // 6: flotilla.cluster.v1.Cluster.Files:input_type -> flotilla.cluster.v1.FilesRequest
+	12, // 7: flotilla.cluster.v1.Cluster.Dump:input_type -> flotilla.cluster.v1.DumpRequest
+	1,  // 8: flotilla.cluster.v1.Cluster.Report:input_type -> flotilla.cluster.v1.ReportRequest
+	3,  // 9: flotilla.cluster.v1.Cluster.TransferLeader:input_type -> flotilla.cluster.v1.TransferLeaderRequest
+	6,  // 10: flotilla.cluster.v1.Cluster.Join:output_type -> flotilla.cluster.v1.JoinResponse
+	8,  // 11: flotilla.cluster.v1.Cluster.Identity:output_type -> flotilla.cluster.v1.IdentityResponse
+	11, // 12: flotilla.cluster.v1.Cluster.Files:output_type -> flotilla.cluster.v1.FilesResponse
+	13, // 13: flotilla.cluster.v1.Cluster.Dump:output_type -> flotilla.cluster.v1.DumpChunk
+	2,  // 14: flotilla.cluster.v1.Cluster.Report:output_type -> flotilla.cluster.v1.NodeReport
+	4,  // 15: flotilla.cluster.v1.Cluster.TransferLeader:output_type -> flotilla.cluster.v1.TransferLeaderResponse
+	10, // [10:16] is the sub-list for method output_type
+	4,  // [4:10] is the sub-list for method input_type
 	4,  // [4:4] is the sub-list for extension type_name
 	4,  // [4:4] is the sub-list for extension extendee
 	0,  // [0:4] is the sub-list for field type_name
@@ -1292,7 +1123,7 @@ func file_cluster_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_cluster_proto_rawDesc), len(file_cluster_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -30,8 +30,6 @@ const (
 	Cluster_Dump_FullMethodName           = "/flotilla.cluster.v1.Cluster/Dump"
 	Cluster_Report_FullMethodName         = "/flotilla.cluster.v1.Cluster/Report"
 	Cluster_TransferLeader_FullMethodName = "/flotilla.cluster.v1.Cluster/TransferLeader"
-	Cluster_InstallKey_FullMethodName     = "/flotilla.cluster.v1.Cluster/InstallKey"
-	Cluster_RetireKeys_FullMethodName     = "/flotilla.cluster.v1.Cluster/RetireKeys"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -54,12 +52,6 @@ type ClusterClient interface {
 	// TransferLeader asks the answering node, which leads the group, to hand its
 	// leadership to another member.
 	TransferLeader(ctx context.Context, in *TransferLeaderRequest, opts ...grpc.CallOption) (*TransferLeaderResponse, error)
-	// InstallKey gives the answering node the next generation of the node key (a
-	// rotation's first step); it signs its calls with it from then on.
-	InstallKey(ctx context.Context, in *InstallKeyRequest, opts ...grpc.CallOption) (*InstallKeyResponse, error)
-	// RetireKeys drops the node keys older than a generation (a rotation's last
-	// step): calls signed with them, a removed node's among them, are refused after.
-	RetireKeys(ctx context.Context, in *RetireKeysRequest, opts ...grpc.CallOption) (*RetireKeysResponse, error)
 }
 
 type clusterClient struct {
@@ -139,26 +131,6 @@ func (c *clusterClient) TransferLeader(ctx context.Context, in *TransferLeaderRe
 	return out, nil
 }
 
-func (c *clusterClient) InstallKey(ctx context.Context, in *InstallKeyRequest, opts ...grpc.CallOption) (*InstallKeyResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(InstallKeyResponse)
-	err := c.cc.Invoke(ctx, Cluster_InstallKey_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *clusterClient) RetireKeys(ctx context.Context, in *RetireKeysRequest, opts ...grpc.CallOption) (*RetireKeysResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(RetireKeysResponse)
-	err := c.cc.Invoke(ctx, Cluster_RetireKeys_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -179,12 +151,6 @@ type ClusterServer interface {
 	// TransferLeader asks the answering node, which leads the group, to hand its
 	// leadership to another member.
 	TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error)
-	// InstallKey gives the answering node the next generation of the node key (a
-	// rotation's first step); it signs its calls with it from then on.
-	InstallKey(context.Context, *InstallKeyRequest) (*InstallKeyResponse, error)
-	// RetireKeys drops the node keys older than a generation (a rotation's last
-	// step): calls signed with them, a removed node's among them, are refused after.
-	RetireKeys(context.Context, *RetireKeysRequest) (*RetireKeysResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -212,12 +178,6 @@ func (UnimplementedClusterServer) Report(context.Context, *ReportRequest) (*Node
 }
 func (UnimplementedClusterServer) TransferLeader(context.Context, *TransferLeaderRequest) (*TransferLeaderResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method TransferLeader not implemented")
-}
-func (UnimplementedClusterServer) InstallKey(context.Context, *InstallKeyRequest) (*InstallKeyResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method InstallKey not implemented")
-}
-func (UnimplementedClusterServer) RetireKeys(context.Context, *RetireKeysRequest) (*RetireKeysResponse, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method RetireKeys not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -341,42 +301,6 @@ func _Cluster_TransferLeader_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Cluster_InstallKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(InstallKeyRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(ClusterServer).InstallKey(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Cluster_InstallKey_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ClusterServer).InstallKey(ctx, req.(*InstallKeyRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _Cluster_RetireKeys_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(RetireKeysRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(ClusterServer).RetireKeys(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Cluster_RetireKeys_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(ClusterServer).RetireKeys(ctx, req.(*RetireKeysRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -403,14 +327,6 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "TransferLeader",
 			Handler:    _Cluster_TransferLeader_Handler,
-		},
-		{
-			MethodName: "InstallKey",
-			Handler:    _Cluster_InstallKey_Handler,
-		},
-		{
-			MethodName: "RetireKeys",
-			Handler:    _Cluster_RetireKeys_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -19,7 +19,7 @@ import (
 )
 
 // reportAs calls node n's Report as a node holding keys would.
-func reportAs(ctx context.Context, t *testing.T, n *flotillatest.Node, keys []cluster.NodeKey) error {
+func reportAs(ctx context.Context, t *testing.T, n *flotillatest.Node, keys []cluster.NodeKey, active uint64) error {
 	t.Helper()
 	c, err := grpc.NewClient(n.AdminAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -27,7 +27,7 @@ func reportAs(ctx context.Context, t *testing.T, n *flotillatest.Node, keys []cl
 	}
 	defer c.Close()
 	req := &clusterv1.ReportRequest{}
-	sctx, err := cluster.NewKeyring(keys, nil).Sign(ctx, clusterv1.Cluster_Report_FullMethodName, req)
+	sctx, err := cluster.NewKeyring(keys, active, nil).Sign(ctx, n.ID, clusterv1.Cluster_Report_FullMethodName, req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -37,8 +37,10 @@ func reportAs(ctx context.Context, t *testing.T, n *flotillatest.Node, keys []cl
 
 // TestRotateSecretLocksOutRemovedNode: after a node is removed, its credentials
 // still work (it holds the cluster's key) until `flotilla cluster rotate-secret`;
-// from then on its signed calls are refused, while the members relay a replica's
-// dump with the new key, also after a member restarts (the key is persisted).
+// the rotation goes through the metadata group, which the removed node no longer
+// follows, so from then on its signed calls are refused, while the members relay a
+// replica's dump with the new key, also after a member restarts (the key is
+// persisted).
 func TestRotateSecretLocksOutRemovedNode(t *testing.T) {
 	mariadbtest.RequireTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
@@ -55,7 +57,7 @@ func TestRotateSecretLocksOutRemovedNode(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := reportAs(ctx, t, nodes[0], removed.Keys()); err != nil {
+	if err := reportAs(ctx, t, nodes[0], removed.Keys(), removed.ActiveNodeKey); err != nil {
 		t.Fatalf("before the rotation the removed node's key still works (else this test proves nothing): %v", err)
 	}
 
@@ -87,14 +89,19 @@ func TestRotateSecretLocksOutRemovedNode(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rot); err != nil || rot.Generation != "1" || len(rot.Nodes) != 2 {
 		t.Fatalf("rotate-secret must give generation 1 to nodes 1 and 2: %v\n%s", err, out)
 	}
-	err = reportAs(ctx, t, nodes[0], removed.Keys())
+	err = reportAs(ctx, t, nodes[0], removed.Keys(), removed.ActiveNodeKey)
 	if status.Code(err) != codes.Unauthenticated {
 		t.Fatalf("after the rotation the removed node's key must be refused, got %v", err)
 	}
 	for _, n := range nodes[:2] {
-		id, err := cluster.LoadIdentity(filepath.Join(n.Dir, "data"))
-		if err != nil || len(id.NodeKeys) != 1 || id.NodeKeys[0].Gen != 1 {
-			t.Fatalf("node %d must have persisted only generation 1: %+v %v", n.ID, id.NodeKeys, err)
+		for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			id, err := cluster.LoadIdentity(filepath.Join(n.Dir, "data"))
+			if err == nil && len(id.NodeKeys) == 1 && id.NodeKeys[0].Gen == 1 && id.ActiveNodeKey == 1 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d must persist generation 1 alone, active: %+v %v", n.ID, id.NodeKeys, err)
+			}
 		}
 	}
 
