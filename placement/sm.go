@@ -209,6 +209,11 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 				c.NodeID, strings.Join(held, ", "), c.NodeID), nil
 		}
 		delete(s.Nodes, c.NodeID)
+		// A rotation under way was seen by the removed node: its key must never
+		// become active. The next rotation adds a fresh generation.
+		if p, ok := s.PendingNodeKey(); ok {
+			s.NodeKeys = slices.DeleteFunc(s.NodeKeys, func(k SealedNodeKey) bool { return k.Gen == p.Gen })
+		}
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil
 	case opSwitchSource:
@@ -225,10 +230,11 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 		if p, ok := s.PendingNodeKey(); ok {
 			return refuse("a rotation to node key generation %d is under way: finish it (`flotilla cluster rotate-secret` again)", p.Gen), nil
 		}
-		if c.NodeKey.Gen != s.ActiveNodeKey+1 {
-			return refuse("node key generation %d does not follow the active generation %d", c.NodeKey.Gen, s.ActiveNodeKey), nil
+		if c.NodeKey.Gen != max(s.LastNodeKeyGen, s.ActiveNodeKey)+1 {
+			return refuse("node key generation %d does not follow the last one added, %d", c.NodeKey.Gen, max(s.LastNodeKeyGen, s.ActiveNodeKey)), nil
 		}
 		s.NodeKeys = append(s.NodeKeys, *c.NodeKey)
+		s.LastNodeKeyGen = c.NodeKey.Gen
 		s.note(c.Note)
 		return sm.Result{Value: resultOK}, nil
 	case opActivateKey:

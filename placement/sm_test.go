@@ -137,4 +137,16 @@ func TestNodeKeyRotation(t *testing.T) {
 	if add(2) != resultOK {
 		t.Fatal("the next rotation adds generation 2")
 	}
+	// Removing a node drops a pending key (the node has seen it); the next
+	// rotation takes a fresh generation, never the dropped one's number.
+	apply(t, m, command{Op: opRegisterNode, Node: &Node{ID: 9}})
+	if r := apply(t, m, command{Op: opRemoveNode, NodeID: 9}); r.Value != resultOK {
+		t.Fatalf("remove node: %s", r.Data)
+	}
+	if _, ok := st.PendingNodeKey(); ok || activate(2) != resultRefused {
+		t.Fatal("a node's removal must drop the pending key")
+	}
+	if add(2) != resultRefused || add(3) != resultOK || activate(3) != resultOK {
+		t.Fatal("after a dropped generation 2, the next rotation is generation 3")
+	}
 }

@@ -155,6 +155,9 @@ type State struct {
 	// or follow one.
 	NodeKeys      []SealedNodeKey `json:"node_keys,omitempty"`
 	ActiveNodeKey uint64          `json:"active_node_key,omitempty"`
+	// LastNodeKeyGen is the last generation a rotation added: generations are never
+	// reused, so one number always names one key.
+	LastNodeKeyGen uint64 `json:"last_node_key_gen,omitempty"`
 }
 
 // SealedNodeKey is one generation of the node key, sealed with the cluster key.

@@ -366,7 +366,7 @@ func clusterCommand() *cli.Command {
 		Usage: "manage the cluster's own credentials",
 		Subcommands: []*cli.Command{{
 			Name:  "rotate-secret",
-			Usage: "give every node a new key for node-to-node calls and retire the old one (run it after removing a node: the removed node's credentials stop working); every member must be up",
+			Usage: "replace the key that signs node-to-node calls, through the metadata group, and retire the old one: run it after `node remove` so the removed node's signed calls are refused (change the admin token too); every member must answer",
 			Flags: []cli.Flag{outputFlag},
 			Action: func(c *cli.Context) error {
 				return call(c, 2*time.Minute, func(ctx context.Context, cl *adminrpc.Client) error {

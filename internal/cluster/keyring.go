@@ -48,7 +48,11 @@ type Keyring struct {
 	mu     sync.Mutex
 	keys   []NodeKey // ascending by Gen
 	active uint64
-	save   func([]NodeKey, uint64) error
+	// retireAt: keys older than active are dropped at the first Sync after it,
+	// so that members still signing with the old key while they learn of the
+	// activation are not refused meanwhile.
+	retireAt time.Time
+	save     func([]NodeKey, uint64) error
 	// seen and older remember the nonces of accepted calls: older is dropped and
 	// seen takes its place every 2*replayWindow, so a nonce is remembered for at
 	// least the 2*replayWindow its timestamp is accepted in.
@@ -63,8 +67,14 @@ func NewKeyring(keys []NodeKey, active uint64, save func([]NodeKey, uint64) erro
 	k := &Keyring{active: active, save: save, seen: map[string]struct{}{}, older: map[string]struct{}{}, now: time.Now}
 	k.keys = append(k.keys, keys...)
 	sortKeys(k.keys)
+	if !slices.ContainsFunc(k.keys, func(nk NodeKey) bool { return nk.Gen == active }) && len(k.keys) > 0 {
+		k.active = k.keys[len(k.keys)-1].Gen // an identity from before active was recorded
+	}
 	return k
 }
+
+// retireGrace is how long keys older than a newly active one still verify.
+const retireGrace = 3 * time.Second
 
 func sortKeys(keys []NodeKey) {
 	slices.SortFunc(keys, func(a, b NodeKey) int { return cmp.Compare(a.Gen, b.Gen) })
@@ -115,9 +125,14 @@ func mac(key []byte, method string, target uint64, ts int64, nonce string, req p
 func (k *Keyring) Sign(ctx context.Context, target uint64, method string, req proto.Message) (context.Context, error) {
 	k.mu.Lock()
 	gen := k.active
+	var key []byte
+	for _, nk := range k.keys {
+		if nk.Gen == gen {
+			key = nk.Key
+		}
+	}
 	k.mu.Unlock()
-	key, ok := k.key(gen)
-	if !ok {
+	if key == nil {
 		return ctx, fmt.Errorf("sign %s: the active node key generation %d is not held", method, gen)
 	}
 	var n [16]byte
@@ -184,36 +199,51 @@ func (k *Keyring) Verify(ctx context.Context, self uint64, method string, req pr
 }
 
 // Sync follows the metadata's node keys (meta, empty before the first rotation)
-// and active generation: keys older than it are retired, keys the metadata adds
-// are held (verifying at once, signing once active). It reports whether anything
-// changed.
+// and active generation: keys the metadata adds are held (verifying at once,
+// signing once active; for a generation the metadata holds, its bytes are the
+// ones kept), and keys older than the active one are retired retireGrace after it
+// became active. It reports whether anything changed.
 func (k *Keyring) Sync(meta []NodeKey, active uint64) (bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	next := k.active
-	if active > next {
-		next = active
+	now := k.now()
+	next := max(k.active, active)
+	if next > k.active {
+		k.retireAt = now.Add(retireGrace)
 	}
+	floor := uint64(0)
+	if now.After(k.retireAt) {
+		floor = next
+	}
+	changed := next != k.active
 	var keys []NodeKey
-	for _, nk := range k.keys {
-		if nk.Gen >= next {
-			keys = append(keys, nk)
-		}
-	}
 	for _, nk := range meta {
-		if nk.Gen < next || slices.ContainsFunc(keys, func(h NodeKey) bool { return h.Gen == nk.Gen }) {
-			continue
-		}
 		if len(nk.Key) < 32 {
 			return false, fmt.Errorf("node key generation %d is too short", nk.Gen)
 		}
-		keys = append(keys, nk)
+		if nk.Gen >= floor {
+			keys = append(keys, nk)
+		}
+	}
+	for _, nk := range k.keys {
+		i := slices.IndexFunc(keys, func(m NodeKey) bool { return m.Gen == nk.Gen })
+		switch {
+		case nk.Gen < floor:
+			changed = true // retired
+		case i < 0:
+			keys = append(keys, nk)
+		case !hmac.Equal(keys[i].Key, nk.Key):
+			changed = true // the metadata is the authority on a generation's key
+		}
+	}
+	if len(keys) != len(k.keys) {
+		changed = true
 	}
 	sortKeys(keys)
 	if !slices.ContainsFunc(keys, func(h NodeKey) bool { return h.Gen == next }) {
 		return false, fmt.Errorf("node key generation %d is active but not held: this node missed the rotation", next)
 	}
-	if next == k.active && len(keys) == len(k.keys) {
+	if !changed {
 		return false, nil
 	}
 	if k.save != nil {

@@ -105,10 +105,33 @@ func TestRotationFollowsTheMetadata(t *testing.T) {
 	if _, err := k.Sync([]NodeKey{next}, 1); err != nil {
 		t.Fatal(err)
 	}
+	// For retireGrace the old key still verifies (members learning of the
+	// activation still sign with it); then it is retired.
+	sctx, _ = removed.Sign(context.Background(), 1, m, req)
+	if err := k.Verify(incoming(t, sctx), 1, m, req); err != nil {
+		t.Fatalf("within the grace the old key verifies: %v", err)
+	}
+	if gens := k.Gens(); len(gens) != 2 {
+		t.Fatalf("within the grace both keys are held: %v", gens)
+	}
+	later := time.Now().Add(retireGrace + time.Second)
+	k.now = func() time.Time { return later }
+	removed.now = k.now
+	if changed, err := k.Sync([]NodeKey{next}, 1); err != nil || !changed {
+		t.Fatalf("after the grace the old key is retired: %v %v", changed, err)
+	}
 	sctx, _ = removed.Sign(context.Background(), 1, m, req)
 	wantRefused(t, "a removed node after the rotation", k.Verify(incoming(t, sctx), 1, m, req), "generation 0")
-	if gens := k.Gens(); len(gens) != 1 || gens[0] != 1 || len(saved) != 2 || saved[1] != 1 {
+	if gens := k.Gens(); len(gens) != 1 || gens[0] != 1 || len(saved) != 3 || saved[2] != 1 {
 		t.Fatalf("after activation: held %v, saves %v", gens, saved)
+	}
+	// The metadata is the authority on a generation's bytes.
+	other, _ := NewNodeKey(1)
+	if changed, err := k.Sync([]NodeKey{other}, 1); err != nil || !changed {
+		t.Fatalf("a generation whose bytes differ from the metadata's must take them: %v %v", changed, err)
+	}
+	if held, _ := k.Keys(); string(held[0].Key) != string(other.Key) {
+		t.Fatal("the metadata's bytes must be kept")
 	}
 	if _, err := removed.Sync(nil, 1); err == nil || !strings.Contains(err.Error(), "missed the rotation") {
 		t.Fatalf("a node that missed a rotation must say so: %v", err)

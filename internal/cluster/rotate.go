@@ -57,14 +57,25 @@ const rotationWait = 30 * time.Second
 // not report the new key stops the rotation before anything signs with it; running
 // it again finishes the same rotation. It returns the new generation and the
 // members.
-func (r *Relay) Rotate(ctx context.Context, meta RotationMeta, sealer secure.Sealer) (uint64, []uint64, error) {
+func (r *Relay) Rotate(ctx context.Context, meta RotationMeta, sealer secure.Sealer, raftMembers func(context.Context) ([]uint64, error)) (uint64, []uint64, error) {
 	st, err := meta.Read(ctx)
 	if err != nil {
 		return 0, nil, fmt.Errorf("read the cluster's members: %w", err)
 	}
+	// A node still in the metadata raft group follows its entries, a new key
+	// among them: a removal that did not finish must finish first.
+	members, err := raftMembers(ctx)
+	if err != nil {
+		return 0, nil, fmt.Errorf("read the metadata group's membership: %w", err)
+	}
+	for _, id := range members {
+		if _, ok := st.Nodes[id]; !ok {
+			return 0, nil, fmt.Errorf("node %d is still a member of the metadata raft group though not of the cluster: finish its removal (`flotilla node remove %d`) before rotating", id, id)
+		}
+	}
 	p, pending := st.PendingNodeKey()
 	if !pending {
-		k, err := NewNodeKey(st.ActiveNodeKey + 1)
+		k, err := NewNodeKey(max(st.LastNodeKeyGen, st.ActiveNodeKey) + 1)
 		if err != nil {
 			return 0, nil, err
 		}

@@ -339,7 +339,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Auth: adminAuth, Sealer: &sealer, TLS: tr.admin, PeerTLS: tr.peer, Log: log.With("component", "admin"), MetaLeader: metaLeader,
 		Local: n.meta.Local, Peers: n.relay, RemoveMetaMember: n.removeMetaMember, ClusterID: ident.ClusterID, MetaVoters: n.metaVoters,
 		OwnAuthPrefixes: []string{cluster.MethodPrefix},
-		Rotate:          func(ctx context.Context) (uint64, []uint64, error) { return n.relay.Rotate(ctx, n.meta, sealer) },
+		Rotate: func(ctx context.Context) (uint64, []uint64, error) {
+			return n.relay.Rotate(ctx, n.meta, sealer, n.metaMembers)
+		},
 	}
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Keys: keys, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
@@ -516,6 +518,25 @@ func (n *Node) metaVoters(ctx context.Context) []uint64 {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// metaMembers lists every member of the metadata raft group, voting or not.
+func (n *Node) metaMembers(ctx context.Context) ([]uint64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	m, err := n.nh.SyncGetClusterMembership(ctx, placement.MetaGroupID)
+	if err != nil {
+		return nil, err
+	}
+	var out []uint64
+	for id := range m.Nodes {
+		out = append(out, id)
+	}
+	for id := range m.Observers {
+		out = append(out, id)
+	}
+	slices.Sort(out)
+	return out, nil
 }
 
 // removeMetaMember takes a removed node out of the metadata raft group.
