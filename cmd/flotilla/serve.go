@@ -41,6 +41,13 @@ func integer(name, key, usage string, dst func(*node.Config) *int) serveFlag {
 	}}
 }
 
+func boolean(name, key, usage string, dst func(*node.Config) *bool) serveFlag {
+	return serveFlag{&cli.BoolFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+		*dst(cfg) = c.Bool(name)
+		return nil
+	}}
+}
+
 func serveFlags() []serveFlag {
 	return []serveFlag{
 		{&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)"}, "node_id", func(c *cli.Context, cfg *node.Config) error {
@@ -98,20 +105,11 @@ func serveFlags() []serveFlag {
 		str("tls-cert", "tls.cert", "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses", func(c *node.Config) *string { return &c.TLS.Cert }),
 		str("tls-key", "tls.key", "key of --tls-cert", func(c *node.Config) *string { return &c.TLS.Key }),
 		str("admin-token-file", "admin_token_file", "file holding the admin token (else $FLOTILLA_TOKEN); callers present it, and nodes joining the cluster too", func(c *node.Config) *string { return &c.AdminTokenFile }),
-		{&cli.BoolFlag{Name: "insecure-raft", Usage: "allow a raft address off the loopback without node TLS (anyone reaching it can rewrite the metadata: only on a trusted network)"}, "insecure_raft", func(c *cli.Context, cfg *node.Config) error {
-			cfg.InsecureRaft = c.Bool("insecure-raft")
-			return nil
-		}},
-		{&cli.BoolFlag{Name: "insecure-admin", Usage: "allow an admin address off the loopback with a token but without TLS (the token crosses the network in clear)"}, "insecure_admin", func(c *cli.Context, cfg *node.Config) error {
-			cfg.InsecureAdmin = c.Bool("insecure-admin")
-			return nil
-		}},
+		boolean("insecure-raft", "insecure_raft", "allow a raft address off the loopback without node TLS (anyone reaching it can rewrite the metadata: only on a trusted network)", func(c *node.Config) *bool { return &c.InsecureRaft }),
+		boolean("insecure-admin", "insecure_admin", "allow an admin address off the loopback with a token but without TLS (the token crosses the network in clear)", func(c *node.Config) *bool { return &c.InsecureAdmin }),
 		str("log-level", "log_level", "debug, info, warn or error (default info)", func(c *node.Config) *string { return &c.LogLevel }),
 		str("log-format", "log_format", "text or json (default text)", func(c *node.Config) *string { return &c.LogFormat }),
-		{&cli.BoolFlag{Name: "debug-pprof", Usage: "serve Go's profiles under /debug/pprof/ on --metrics-addr (anyone reaching that port may run them)"}, "debug_pprof", func(c *cli.Context, cfg *node.Config) error {
-			cfg.DebugPprof = c.Bool("debug-pprof")
-			return nil
-		}},
+		boolean("debug-pprof", "debug_pprof", "serve Go's profiles under /debug/pprof/ on --metrics-addr (anyone reaching that port may run them)", func(c *node.Config) *bool { return &c.DebugPprof }),
 	}
 }
 
