@@ -48,6 +48,19 @@ func boolean(name, key, usage string, dst func(*node.Config) *bool) serveFlag {
 	}}
 }
 
+// size is a byte-count flag taking MySQL's units (64M, 256MiB, 1G); def is the
+// default the help shows (once).
+func size(name, key, usage, def string, dst func(*node.Config) *node.Size) serveFlag {
+	return serveFlag{&cli.StringFlag{Name: name, Usage: usage, DefaultText: def}, key, func(c *cli.Context, cfg *node.Config) error {
+		v, err := node.ParseSize(c.String(name))
+		if err != nil {
+			return fmt.Errorf("--%s: %w", name, err)
+		}
+		*dst(cfg) = v
+		return nil
+	}}
+}
+
 func serveFlags() []serveFlag {
 	return []serveFlag{
 		{&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)"}, "node_id", func(c *cli.Context, cfg *node.Config) error {
@@ -77,26 +90,14 @@ func serveFlags() []serveFlag {
 			return nil
 		}},
 		dur("retention-age", "retention_age", "purge served binlog files whose last transaction is older (default 168h; 0 keeps all)", func(c *node.Config) *time.Duration { return &c.RetentionAge }),
-		{&cli.Uint64Flag{Name: "retention-bytes", Usage: "purge the oldest served files while an upstream holds more bytes (0 = no limit)"}, "retention_bytes", func(c *cli.Context, cfg *node.Config) error {
-			cfg.RetentionBytes = c.Uint64("retention-bytes")
-			return nil
-		}},
-		{&cli.Uint64Flag{Name: "segment-size", Usage: "bytes at which segment files roll (default 268435456, 256 MiB)"}, "segment_size", func(c *cli.Context, cfg *node.Config) error {
-			cfg.SegmentSize = c.Uint64("segment-size")
-			return nil
-		}},
-		{&cli.Uint64Flag{Name: "served-file-size", Usage: "close a served binlog file at the first transaction past this many bytes, even inside one master file (default 1073741824, 1 GiB; at most 3 GiB)"}, "served_file_size", func(c *cli.Context, cfg *node.Config) error {
-			cfg.ServedFileSize = c.Uint64("served-file-size")
-			return nil
-		}},
+		size("retention-bytes", "retention_bytes", "purge the oldest served files while an upstream holds more (bytes, or with K, M, G, T)", "0, no limit", func(c *node.Config) *node.Size { return &c.RetentionBytes }),
+		size("segment-size", "segment_size", "size at which segment files roll (bytes, or with K, M, G)", "256M", func(c *node.Config) *node.Size { return &c.SegmentSize }),
+		size("served-file-size", "served_file_size", "close a served binlog file at the first transaction past this size, even inside one master file (1M to 3G)", "1G", func(c *node.Config) *node.Size { return &c.ServedFileSize }),
 		dur("node-down-after", "node_down_after", "re-create the replicas of a node that has not answered for this long (default 60s)", func(c *node.Config) *time.Duration { return &c.NodeDownAfter }),
 		integer("max-connections", "max_connections", "client connections to the MySQL port at most; more get error 1040 (default 10000)", func(c *node.Config) *int { return &c.MaxConnections }),
 		integer("max-handshakes-per-host", "max_handshakes_per_host", "connections from one client address that have not logged in yet, at most; more get error 1040 (default 64)", func(c *node.Config) *int { return &c.MaxHandshakesPerHost }),
 		integer("max-user-connections", "max_user_connections", "connections per replica user at most; more get error 1203 (default 0: no limit)", func(c *node.Config) *int { return &c.MaxUserConnections }),
-		{&cli.Int64Flag{Name: "max-allowed-packet", Usage: "largest client packet in bytes; a larger one is refused with error 1153 (default 67108864)"}, "max_allowed_packet", func(c *cli.Context, cfg *node.Config) error {
-			cfg.MaxAllowedPacket = c.Int64("max-allowed-packet")
-			return nil
-		}},
+		size("max-allowed-packet", "max_allowed_packet", "largest client packet (bytes, or with K, M, G); a larger one is refused with error 1153", "64M", func(c *node.Config) *node.Size { return &c.MaxAllowedPacket }),
 		dur("idle-timeout", "idle_timeout", "close sessions that send nothing for this long while not dumping (default 8h)", func(c *node.Config) *time.Duration { return &c.IdleTimeout }),
 		str("allow-ips", "allow_ips", "comma-separated client addresses and CIDR networks accepted; others get error 1130 (default: all)", func(c *node.Config) *string { return &c.AllowIPs }),
 		str("mysql-tls-cert", "mysql_tls_cert", "certificate (PEM) that lets replicas connect with TLS (MASTER_SSL=1)", func(c *node.Config) *string { return &c.MySQLTLSCert }),

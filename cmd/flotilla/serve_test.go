@@ -106,3 +106,26 @@ func TestServeRefusesOpenPortsOffLoopback(t *testing.T) {
 		}
 	}
 }
+
+// Size flags take units, and a size flag's help shows its default once.
+func TestServeSizesTakeUnits(t *testing.T) {
+	dir := t.TempDir()
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--max-allowed-packet", "64M", "--served-file-size", "256MiB", "--segment-size", "4K", "--retention-bytes", "10G"}, ""},
+		{[]string{"--max-allowed-packet", "64Q"}, "--max-allowed-packet"},
+		{[]string{"--served-file-size", "100K"}, "outside 1 MiB to 3 GiB"},
+	} {
+		err := newApp().Run(append([]string{"flotilla", "serve", "--check-config", "--data", dir}, tc.args...))
+		if tc.want == "" && err != nil || tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)) {
+			t.Errorf("serve %v: got %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	for _, sf := range serveFlags() {
+		if s, ok := sf.flag.(*cli.StringFlag); ok && s.DefaultText != "" && strings.Contains(s.Usage, "default") {
+			t.Errorf("--%s states its default twice", s.Name)
+		}
+	}
+}

@@ -146,13 +146,13 @@ func (c Config) Validate() error {
 		}
 	}
 	for key, v := range map[string]int64{"max_connections": int64(c.MaxConnections), "max_user_connections": int64(c.MaxUserConnections), "max_handshakes_per_host": int64(c.MaxHandshakesPerHost),
-		"max_allowed_packet": c.MaxAllowedPacket, "retention_age": int64(c.RetentionAge), "node_down_after": int64(c.NodeDownAfter), "idle_timeout": int64(c.IdleTimeout)} {
+		"max_allowed_packet": int64(min(c.MaxAllowedPacket, 1<<62)), "retention_age": int64(c.RetentionAge), "node_down_after": int64(c.NodeDownAfter), "idle_timeout": int64(c.IdleTimeout)} {
 		if v < 0 {
 			return fmt.Errorf("%s must not be negative", key)
 		}
 	}
 	if c.ServedFileSize > 3<<30 || c.ServedFileSize > 0 && c.ServedFileSize < 1<<20 {
-		return fmt.Errorf("served_file_size %d is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)
+		return fmt.Errorf("served_file_size %v is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)
 	}
 	if c.AllowIPs != "" {
 		if _, err := mysqlfront.ParseAllowList(c.AllowIPs); err != nil {

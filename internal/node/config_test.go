@@ -24,7 +24,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"admin_token", "t", "{a: 1}", func(c Config) bool { return c.AdminToken == "t" }},
 		{"retention_age", "48h", "two days", func(c Config) bool { return c.RetentionAge == 48*time.Hour }},
 		{"retention_bytes", "1000", "-x", func(c Config) bool { return c.RetentionBytes == 1000 }},
-		{"segment_size", "4096", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
+		{"segment_size", "4K", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
 		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
 		{"max_connections", "10", "many", func(c Config) bool { return c.MaxConnections == 10 }},
@@ -33,7 +33,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"admin_token_file", "/etc/t", "[x]", func(c Config) bool { return c.AdminTokenFile == "/etc/t" }},
 		{"insecure_raft", "true", "maybe", func(c Config) bool { return c.InsecureRaft }},
 		{"insecure_admin", "true", "maybe", func(c Config) bool { return c.InsecureAdmin }},
-		{"max_allowed_packet", "1024", "1k", func(c Config) bool { return c.MaxAllowedPacket == 1024 }},
+		{"max_allowed_packet", "64M", "1Q", func(c Config) bool { return c.MaxAllowedPacket == 64<<20 }},
 		{"idle_timeout", "1h", "forever", func(c Config) bool { return c.IdleTimeout == time.Hour }},
 		{"allow_ips", "10.0.0.0/8", "[x]", func(c Config) bool { return c.AllowIPs == "10.0.0.0/8" }},
 		{"mysql_tls_cert", "c.pem", "[x]", func(c Config) bool { return c.MySQLTLSCert == "c.pem" }},
@@ -104,5 +104,23 @@ func TestValidate(t *testing.T) {
 		if err := c.Validate(); err == nil || !strings.Contains(err.Error(), what) {
 			t.Errorf("%s: want an error naming it, got %v", what, err)
 		}
+	}
+}
+
+// Sizes take MySQL's units, each a power of 1024; anything else names the units.
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]Size{"0": 0, "1024": 1024, "64M": 64 << 20, "64m": 64 << 20, "256MiB": 256 << 20,
+		"1G": 1 << 30, "1 GB": 1 << 30, "3g": 3 << 30, "16KiB": 16 << 10, "2T": 2 << 40, "10B": 10} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %v, %v; want %v", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "M", "64Q", "-1", "1.5G", "99999999999999T"} {
+		if _, err := ParseSize(bad); err == nil {
+			t.Errorf("ParseSize(%q) must fail", bad)
+		}
+	}
+	if got := Size(256 << 20).String(); got != "256 MiB" {
+		t.Errorf("String() = %q", got)
 	}
 }

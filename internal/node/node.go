@@ -55,19 +55,19 @@ type Config struct {
 	InsecureAdmin bool `yaml:"insecure_admin"`
 	// RetentionAge and RetentionBytes bound each group's binlog (0 = unbounded).
 	RetentionAge   time.Duration `yaml:"retention_age"`
-	RetentionBytes uint64        `yaml:"retention_bytes"`
+	RetentionBytes Size          `yaml:"retention_bytes"`
 	// SegmentSize is where segment files roll (0: the default, 256 MiB).
-	SegmentSize uint64 `yaml:"segment_size"`
+	SegmentSize Size `yaml:"segment_size"`
 	// ServedFileSize closes a served file at the first transaction boundary past it
 	// (0: the default, 1 GiB), as max_binlog_size does on a master.
-	ServedFileSize uint64 `yaml:"served_file_size"`
+	ServedFileSize Size `yaml:"served_file_size"`
 	// NodeDownAfter is how long a node may not answer before the placement
 	// controller re-creates its replicas elsewhere.
 	NodeDownAfter time.Duration `yaml:"node_down_after"`
 	// Client limits of the MySQL front end (see mysqlfront.Limits).
-	MaxConnections     int   `yaml:"max_connections"`
-	MaxUserConnections int   `yaml:"max_user_connections"`
-	MaxAllowedPacket   int64 `yaml:"max_allowed_packet"`
+	MaxConnections     int  `yaml:"max_connections"`
+	MaxUserConnections int  `yaml:"max_user_connections"`
+	MaxAllowedPacket   Size `yaml:"max_allowed_packet"`
 	// MaxHandshakesPerHost bounds one client address's connections that have not
 	// logged in yet.
 	MaxHandshakesPerHost int           `yaml:"max_handshakes_per_host"`
@@ -217,7 +217,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
 	}
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
-		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: cfg.MaxAllowedPacket, IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
+		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: int64(cfg.MaxAllowedPacket), IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
 	if cfg.AllowIPs != "" {
 		l, err := mysqlfront.ParseAllowList(cfg.AllowIPs)
 		if err != nil {
@@ -274,7 +274,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	if cfg.SegmentSize > 0 {
-		store.SetSegmentSize(cfg.SegmentSize)
+		store.SetSegmentSize(uint64(cfg.SegmentSize))
 	}
 	leaders := cluster.NewLeaders()
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
@@ -300,10 +300,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, err
 	}
-	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: cfg.RetentionBytes}, log)
+	n.shards = shard.NewManager(nh, store, n.meta, leaders, cfg.NodeID, statemachine.Retention{MaxAge: cfg.RetentionAge, MaxBytes: uint64(cfg.RetentionBytes)}, log)
 	n.shards.SetSwitcher(n.meta)
 	if cfg.ServedFileSize > 0 {
-		n.shards.SetServedFileSize(cfg.ServedFileSize)
+		n.shards.SetServedFileSize(uint64(cfg.ServedFileSize))
 	}
 	ctx, n.cancel = context.WithCancel(ctx)
 	n.shards.SetDeparted(n.departed)
