@@ -60,13 +60,7 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	master := startMasterWith(ctx, t, filepath.Join(dir, "master"), mariadbtest.Options{ServerID: 1, ExtraArgs: big})
 	// Served files close early past 256 MiB: the huge row opens a new one (see
 	// --served-file-size), inside the same master file.
-	fl := flotillatest.NewNode(t, filepath.Join(dir, "flotilla"), 1)
-	fl.Args = []string{"--served-file-size", fmt.Sprint(256 << 20)}
-	fl.Start(ctx)
-	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
-		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
-		t.Fatalf("upstream add: %v\n%s", err, out)
-	}
+	fl := startRelayNode(ctx, t, filepath.Join(dir, "flotilla"), master, "--served-file-size", "256M")
 	if err := mariadbtest.CreateBlobTable(ctx, master); err != nil {
 		t.Fatal(err)
 	}

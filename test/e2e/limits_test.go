@@ -33,13 +33,7 @@ func TestClientLimits(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	master := startMaster(ctx, t, filepath.Join(dir, "master"))
-	fl := flotillatest.NewNode(t, filepath.Join(dir, "flotilla"), 1)
-	fl.Args = []string{"--max-connections", "4", "--max-user-connections", "2", "--max-allowed-packet", "1048576"}
-	fl.Start(ctx)
-	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
-		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
-		t.Fatalf("upstream add: %v\n%s", err, out)
-	}
+	fl := startRelayNode(ctx, t, filepath.Join(dir, "flotilla"), master, "--max-connections", "4", "--max-user-connections", "2", "--max-allowed-packet", "1M")
 	login := func() (*client.Conn, error) {
 		return client.ConnectWithTimeout(fl.MySQLAddr, replicaUser, replicaPass, "", 10*time.Second)
 	}

@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 )
 
@@ -81,12 +80,7 @@ func TestPreAuthFloodCostsNoMemory(t *testing.T) {
 	defer cancel()
 	dir := t.TempDir()
 	master := startMaster(ctx, t, filepath.Join(dir, "master"))
-	fl := flotillatest.NewNode(t, filepath.Join(dir, "flotilla"), 1)
-	fl.Start(ctx)
-	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
-		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
-		t.Fatalf("upstream add: %v\n%s", err, out)
-	}
+	fl := startRelayNode(ctx, t, filepath.Join(dir, "flotilla"), master)
 	r := startReplica(ctx, t, filepath.Join(dir, "replica"), 11)
 	changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
 	// The first workload warms the node's caches (ingest alone grows RSS by

@@ -24,6 +24,20 @@ const (
 	replicaPass  = "repl-secret"
 )
 
+// startRelayNode starts one Flotilla node under dir with extra serve flags and
+// adds master as upstream "main" with the test's replica user.
+func startRelayNode(ctx context.Context, t *testing.T, dir string, master *mariadbtest.Server, args ...string) *flotillatest.Node {
+	t.Helper()
+	fl := flotillatest.NewNode(t, dir, 1)
+	fl.Args = args
+	fl.Start(ctx)
+	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
+		t.Fatalf("upstream add: %v\n%s", err, out)
+	}
+	return fl
+}
+
 func startMaster(ctx context.Context, t *testing.T, dir string) *mariadbtest.Server {
 	t.Helper()
 	return startMasterWith(ctx, t, dir, mariadbtest.Options{ServerID: 1, LogBin: true})
