@@ -328,15 +328,19 @@ const maxPacketAfterLogin = 1 << 30
 // login runs the connection phase: handshake, authentication, the per-user limit,
 // then OK. On error, li.conn (when not nil) is the connection to send a MySQL error
 // on, and its reader tells whether a packet was refused as too large.
-func (s *Server) login(nc net.Conn, host string) (li loggedIn, ups []*placement.Upstream, err error) {
+func (s *Server) login(nc net.Conn, host string, face Listener) (li loggedIn, ups []*placement.Upstream, err error) {
 	nonce := newNonce()
-	c, resp, err := s.handshake(nc, uint32(s.nextID.Add(1)), nonce)
+	c, resp, err := s.handshake(nc, uint32(s.nextID.Add(1)), nonce, face)
 	li = loggedIn{conn: c, user: resp.user}
 	if err != nil {
 		return li, nil, err
 	}
 	l := &login{s: s, c: c, host: host, nonce: nonce, resp: resp}
 	if ups, err = l.authenticate(); err != nil {
+		return li, nil, err
+	}
+	if ups, err = s.servedHere(face, ups); err != nil {
+		s.refusals.warn(s.log, "replica login refused: its upstream's flavor has another port", "user", resp.user, "remote", host, "err", err)
 		return li, nil, err
 	}
 	// The per-user limit counts the session before the client is told it logged in,

@@ -50,15 +50,15 @@ func newNonce() []byte {
 }
 
 // initialHandshake is the server's first packet (protocol 10).
-func initialHandshake(connID uint32, nonce []byte, caps uint32) []byte {
+func initialHandshake(face Listener, connID uint32, nonce []byte, caps uint32) []byte {
 	data := make([]byte, 4, 128)
 	data = append(data, 10)
-	data = append(data, ServerVersion...)
+	data = append(data, face.greeting()...)
 	data = append(data, 0)
 	data = binary.LittleEndian.AppendUint32(data, connID)
 	data = append(data, nonce[:8]...)
 	data = append(data, 0)
-	data = append(data, byte(caps), byte(caps>>8), mysql.DEFAULT_COLLATION_ID)
+	data = append(data, byte(caps), byte(caps>>8), face.collation())
 	data = append(data, byte(mysql.SERVER_STATUS_AUTOCOMMIT), 0)
 	data = append(data, byte(caps>>16), byte(caps>>24), byte(len(nonce)+1))
 	data = append(data, make([]byte, 10)...)
@@ -174,7 +174,7 @@ func parseHandshakeResponse(data []byte) (handshakeResponse, error) {
 // handshake, optional switch to TLS, response. It returns the packet connection to
 // go on with (over TLS if the client asked), whose reader is capped at
 // preAuthMaxPacket until login raises it to --max-allowed-packet.
-func (s *Server) handshake(nc net.Conn, connID uint32, nonce []byte) (*conn, handshakeResponse, error) {
+func (s *Server) handshake(nc net.Conn, connID uint32, nonce []byte, face Listener) (*conn, handshakeResponse, error) {
 	caps := uint32(serverCaps)
 	if s.TLS != nil {
 		caps |= mysql.CLIENT_SSL
@@ -184,7 +184,7 @@ func (s *Server) handshake(nc net.Conn, connID uint32, nonce []byte) (*conn, han
 	// only writes here (its zero value allocates no buffers).
 	rd := &packetReader{r: nc, max: preAuthMaxPacket, preAuth: true}
 	c := &conn{Conn: &packet.Conn{Conn: nc}, client: nc, rd: rd}
-	if err := c.WritePacket(initialHandshake(connID, nonce, caps)); err != nil {
+	if err := c.WritePacket(initialHandshake(face, connID, nonce, caps)); err != nil {
 		return c, handshakeResponse{}, fmt.Errorf("write initial handshake: %w", err)
 	}
 	data, err := c.ReadPacket()

@@ -173,12 +173,9 @@ func (ss *session) staticVar(name string) (string, bool) {
 		}
 		return u.BinlogChecksum, true
 	case "version":
-		if u.Version != "" {
-			return u.Version, true
-		}
-		return strings.TrimPrefix(ServerVersion, "5.5.5-"), true
+		return ss.face.version(u), true
 	case "version_comment":
-		return "Flotilla binlog relay", true
+		return ss.face.comment(), true
 	case "log_bin":
 		return "1", true
 	case "binlog_format":

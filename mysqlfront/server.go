@@ -33,14 +33,13 @@ import (
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
-// ServerVersion is announced in the handshake. The "5.5.5-" prefix is how MariaDB
-// tells old clients its real version; MariaDB replicas strip it and see "MariaDB".
-const ServerVersion = "5.5.5-10.11.6-MariaDB-flotilla"
-
 // Server accepts replica connections.
 type Server struct {
 	// Limits are set before Serve.
 	Limits Limits
+	// Listeners are all the node's MySQL ports, set before Serve: a login on a port
+	// of the wrong flavor is told which one to use.
+	Listeners []Listener
 
 	// TLS, when set before Serve, lets replicas switch to TLS (MASTER_SSL=1).
 	TLS *tls.Config
@@ -117,6 +116,11 @@ func New(router Router, nodeID uint64, log *slog.Logger) *Server {
 // every client connection and returns once every session has ended, so nothing reads
 // storage after it.
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	return s.ServeAs(ctx, lis, Listener{Addr: lis.Addr().String()})
+}
+
+// ServeAs is Serve on a port that presents itself as l (its flavor and version).
+func (s *Server) ServeAs(ctx context.Context, lis net.Listener, l Listener) error {
 	go func() {
 		<-ctx.Done()
 		lis.Close()
@@ -183,7 +187,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 				delete(s.conns, c)
 				s.mu.Unlock()
 			}()
-			s.handle(ctx, c)
+			s.handle(ctx, c, l)
 		}()
 	}
 }
@@ -256,6 +260,7 @@ func (s *Server) releaseUser(user string) {
 type session struct {
 	s      *Server
 	c      *conn
+	face   Listener // the port the client came in by
 	id     uint64
 	user   string
 	remote string
@@ -268,7 +273,7 @@ type session struct {
 	log      *slog.Logger
 }
 
-func (s *Server) handle(ctx context.Context, nc net.Conn) {
+func (s *Server) handle(ctx context.Context, nc net.Conn, face Listener) {
 	defer nc.Close()
 	remote := nc.RemoteAddr().String() // with the port: tells two replicas of one host apart
 	// Whatever a client sends, a bug it triggers ends its own connection only: the
@@ -288,7 +293,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	// Counted against the address until login ends, whichever way (even a panic).
 	release := sync.OnceFunc(func() { s.releaseHandshake(handshakeKey(nc.RemoteAddr())) })
 	defer release()
-	c, ups, err := s.login(nc, host)
+	c, ups, err := s.login(nc, host, face)
 	release()
 	if err != nil {
 		s.log.Debug("handshake failed", "remote", remote, "err", err)
@@ -305,7 +310,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn) {
 	s.Metrics.LoggedIn(user)
 	defer s.releaseUser(user)
 	_ = nc.SetDeadline(time.Time{})
-	ss := &session{s: s, c: c.conn, id: s.nextID.Add(1), user: user, remote: remote, ups: ups, vars: map[string]*string{},
+	ss := &session{s: s, c: c.conn, face: face, id: s.nextID.Add(1), user: user, remote: remote, ups: ups, vars: map[string]*string{},
 		log: s.log.With("remote", remote, "user", user)}
 	defer ss.unregister()
 	c2 := c.conn

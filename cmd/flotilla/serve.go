@@ -20,22 +20,26 @@ type serveFlag struct {
 	set  func(c *cli.Context, cfg *node.Config) error
 }
 
-func str(name, key, usage string, dst func(*node.Config) *string) serveFlag {
-	return serveFlag{&cli.StringFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+// str is a string flag; def is the default the help shows ("" for none).
+func str(name, key, usage, def string, dst func(*node.Config) *string) serveFlag {
+	return serveFlag{&cli.StringFlag{Name: name, Usage: usage, DefaultText: def}, key, func(c *cli.Context, cfg *node.Config) error {
 		*dst(cfg) = c.String(name)
 		return nil
 	}}
 }
 
-func dur(name, key, usage string, dst func(*node.Config) *time.Duration) serveFlag {
-	return serveFlag{&cli.DurationFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+// dur is a duration flag; def is the default the help shows (once: the flag's own
+// zero value is not the default, so urfave's would be wrong).
+func dur(name, key, usage, def string, dst func(*node.Config) *time.Duration) serveFlag {
+	return serveFlag{&cli.DurationFlag{Name: name, Usage: usage, DefaultText: def}, key, func(c *cli.Context, cfg *node.Config) error {
 		*dst(cfg) = c.Duration(name)
 		return nil
 	}}
 }
 
-func integer(name, key, usage string, dst func(*node.Config) *int) serveFlag {
-	return serveFlag{&cli.IntFlag{Name: name, Usage: usage}, key, func(c *cli.Context, cfg *node.Config) error {
+// integer is an integer flag; def is the default the help shows.
+func integer(name, key, usage, def string, dst func(*node.Config) *int) serveFlag {
+	return serveFlag{&cli.IntFlag{Name: name, Usage: usage, DefaultText: def}, key, func(c *cli.Context, cfg *node.Config) error {
 		*dst(cfg) = c.Int(name)
 		return nil
 	}}
@@ -47,6 +51,13 @@ func boolean(name, key, usage string, dst func(*node.Config) *bool) serveFlag {
 		return nil
 	}}
 }
+
+// addrList is a repeatable flag whose values may hold commas (StringSliceFlag
+// would split mysql=HOST:PORT,version=X).
+type addrList struct{ v []string }
+
+func (a *addrList) Set(s string) error { a.v = append(a.v, s); return nil }
+func (a *addrList) String() string     { return strings.Join(a.v, " ") }
 
 // size is a byte-count flag taking MySQL's units (64M, 256MiB, 1G); def is the
 // default the help shows (once).
@@ -63,15 +74,20 @@ func size(name, key, usage, def string, dst func(*node.Config) *node.Size) serve
 
 func serveFlags() []serveFlag {
 	return []serveFlag{
-		{&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)"}, "node_id", func(c *cli.Context, cfg *node.Config) error {
+		{&cli.Uint64Flag{Name: "node-id", Usage: "this node's id (positive, unique in the cluster)", DefaultText: "1"}, "node_id", func(c *cli.Context, cfg *node.Config) error {
 			cfg.NodeID = c.Uint64("node-id")
 			return nil
 		}},
-		str("data", "data", "data directory (default ./flotilla-data)", func(c *node.Config) *string { return &c.DataDir }),
-		str("mysql-addr", "mysql_addr", "MySQL protocol listen address (default 127.0.0.1:3307)", func(c *node.Config) *string { return &c.MySQLAddr }),
-		str("admin-addr", "admin_addr", "admin gRPC listen address (default 127.0.0.1:7070)", func(c *node.Config) *string { return &c.AdminAddr }),
-		str("raft-addr", "raft_addr", "raft address, reachable by the other nodes (default 127.0.0.1:7071)", func(c *node.Config) *string { return &c.RaftAddr }),
-		str("metrics-addr", "metrics_addr", "HTTP address for /metrics (Prometheus), /healthz and /readyz (default: off)", func(c *node.Config) *string { return &c.MetricsAddr }),
+		str("data", "data", "data directory", "./flotilla-data", func(c *node.Config) *string { return &c.DataDir }),
+		{&cli.GenericFlag{Name: "mysql-addr", Value: &addrList{}, DefaultText: "127.0.0.1:3307",
+			Usage: "MySQL port, HOST:PORT, greeting as MariaDB; or mysql=HOST:PORT[,version=8.4.3] to greet as MySQL (repeatable: one port per flavor)"}, "mysql_addr",
+			func(c *cli.Context, cfg *node.Config) error {
+				cfg.MySQLAddr = node.AddrList(c.Generic("mysql-addr").(*addrList).v)
+				return nil
+			}},
+		str("admin-addr", "admin_addr", "admin gRPC listen address", "127.0.0.1:7070", func(c *node.Config) *string { return &c.AdminAddr }),
+		str("raft-addr", "raft_addr", "raft address, reachable by the other nodes", "127.0.0.1:7071", func(c *node.Config) *string { return &c.RaftAddr }),
+		str("metrics-addr", "metrics_addr", "HTTP address for /metrics (Prometheus), /healthz and /readyz", "off", func(c *node.Config) *string { return &c.MetricsAddr }),
 		{&cli.StringFlag{Name: "join", Usage: "admin addresses of existing nodes, comma-separated"}, "join", func(c *cli.Context, cfg *node.Config) error {
 			cfg.Join = strings.Split(c.String("join"), ",")
 			return nil
@@ -89,27 +105,27 @@ func serveFlags() []serveFlag {
 			}
 			return nil
 		}},
-		dur("retention-age", "retention_age", "purge served binlog files whose last transaction is older (default 168h; 0 keeps all)", func(c *node.Config) *time.Duration { return &c.RetentionAge }),
+		dur("retention-age", "retention_age", "purge served binlog files whose last transaction is older", "168h; 0 keeps all", func(c *node.Config) *time.Duration { return &c.RetentionAge }),
 		size("retention-bytes", "retention_bytes", "purge the oldest served files while an upstream holds more (bytes, or with K, M, G, T)", "0, no limit", func(c *node.Config) *node.Size { return &c.RetentionBytes }),
 		size("segment-size", "segment_size", "size at which segment files roll (bytes, or with K, M, G)", "256M", func(c *node.Config) *node.Size { return &c.SegmentSize }),
 		size("served-file-size", "served_file_size", "close a served binlog file at the first transaction past this size, even inside one master file (1M to 3G)", "1G", func(c *node.Config) *node.Size { return &c.ServedFileSize }),
-		dur("node-down-after", "node_down_after", "re-create the replicas of a node that has not answered for this long (default 60s)", func(c *node.Config) *time.Duration { return &c.NodeDownAfter }),
-		integer("max-connections", "max_connections", "client connections to the MySQL port at most; more get error 1040 (default 10000)", func(c *node.Config) *int { return &c.MaxConnections }),
-		integer("max-handshakes-per-host", "max_handshakes_per_host", "connections from one client address that have not logged in yet, at most; more get error 1040 (default 64)", func(c *node.Config) *int { return &c.MaxHandshakesPerHost }),
-		integer("max-user-connections", "max_user_connections", "connections per replica user at most; more get error 1203 (default 0: no limit)", func(c *node.Config) *int { return &c.MaxUserConnections }),
+		dur("node-down-after", "node_down_after", "re-create the replicas of a node that has not answered for this long", "60s", func(c *node.Config) *time.Duration { return &c.NodeDownAfter }),
+		integer("max-connections", "max_connections", "client connections to the MySQL port at most; more get error 1040", "10000", func(c *node.Config) *int { return &c.MaxConnections }),
+		integer("max-handshakes-per-host", "max_handshakes_per_host", "connections from one client address that have not logged in yet, at most; more get error 1040", "64", func(c *node.Config) *int { return &c.MaxHandshakesPerHost }),
+		integer("max-user-connections", "max_user_connections", "connections per replica user at most; more get error 1203", "0: no limit", func(c *node.Config) *int { return &c.MaxUserConnections }),
 		size("max-allowed-packet", "max_allowed_packet", "largest client packet (bytes, or with K, M, G); a larger one is refused with error 1153", "64M", func(c *node.Config) *node.Size { return &c.MaxAllowedPacket }),
-		dur("idle-timeout", "idle_timeout", "close sessions that send nothing for this long while not dumping (default 8h)", func(c *node.Config) *time.Duration { return &c.IdleTimeout }),
-		str("allow-ips", "allow_ips", "comma-separated client addresses and CIDR networks accepted; others get error 1130 (default: all)", func(c *node.Config) *string { return &c.AllowIPs }),
-		str("mysql-tls-cert", "mysql_tls_cert", "certificate (PEM) that lets replicas connect with TLS (MASTER_SSL=1)", func(c *node.Config) *string { return &c.MySQLTLSCert }),
-		str("mysql-tls-key", "mysql_tls_key", "key of --mysql-tls-cert", func(c *node.Config) *string { return &c.MySQLTLSKey }),
-		str("tls-ca", "tls.ca", "CA of the cluster's node certificates: enables mutual TLS for raft and TLS for the admin API (client certificates from this CA are accepted as admin credentials)", func(c *node.Config) *string { return &c.TLS.CA }),
-		str("tls-cert", "tls.cert", "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses", func(c *node.Config) *string { return &c.TLS.Cert }),
-		str("tls-key", "tls.key", "key of --tls-cert", func(c *node.Config) *string { return &c.TLS.Key }),
-		str("admin-token-file", "admin_token_file", "file holding the admin token (else $FLOTILLA_TOKEN); callers present it, and nodes joining the cluster too", func(c *node.Config) *string { return &c.AdminTokenFile }),
+		dur("idle-timeout", "idle_timeout", "close sessions that send nothing for this long while not dumping", "8h", func(c *node.Config) *time.Duration { return &c.IdleTimeout }),
+		str("allow-ips", "allow_ips", "comma-separated client addresses and CIDR networks accepted; others get error 1130", "all", func(c *node.Config) *string { return &c.AllowIPs }),
+		str("mysql-tls-cert", "mysql_tls_cert", "certificate (PEM) that lets replicas connect with TLS (MASTER_SSL=1)", "", func(c *node.Config) *string { return &c.MySQLTLSCert }),
+		str("mysql-tls-key", "mysql_tls_key", "key of --mysql-tls-cert", "", func(c *node.Config) *string { return &c.MySQLTLSKey }),
+		str("tls-ca", "tls.ca", "CA of the cluster's node certificates: enables mutual TLS for raft and TLS for the admin API (client certificates from this CA are accepted as admin credentials)", "", func(c *node.Config) *string { return &c.TLS.CA }),
+		str("tls-cert", "tls.cert", "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses", "", func(c *node.Config) *string { return &c.TLS.Cert }),
+		str("tls-key", "tls.key", "key of --tls-cert", "", func(c *node.Config) *string { return &c.TLS.Key }),
+		str("admin-token-file", "admin_token_file", "file holding the admin token (else $FLOTILLA_TOKEN); callers present it, and nodes joining the cluster too", "", func(c *node.Config) *string { return &c.AdminTokenFile }),
 		boolean("insecure-raft", "insecure_raft", "allow a raft address off the loopback without node TLS (anyone reaching it can rewrite the metadata: only on a trusted network)", func(c *node.Config) *bool { return &c.InsecureRaft }),
 		boolean("insecure-admin", "insecure_admin", "allow an admin address off the loopback with a token but without TLS (the token crosses the network in clear)", func(c *node.Config) *bool { return &c.InsecureAdmin }),
-		str("log-level", "log_level", "debug, info, warn or error (default info)", func(c *node.Config) *string { return &c.LogLevel }),
-		str("log-format", "log_format", "text or json (default text)", func(c *node.Config) *string { return &c.LogFormat }),
+		str("log-level", "log_level", "debug, info, warn or error", "info", func(c *node.Config) *string { return &c.LogLevel }),
+		str("log-format", "log_format", "text or json", "text", func(c *node.Config) *string { return &c.LogFormat }),
 		boolean("debug-pprof", "debug_pprof", "serve Go's profiles under /debug/pprof/ on --metrics-addr (anyone reaching that port may run them)", func(c *node.Config) *bool { return &c.DebugPprof }),
 	}
 }
@@ -170,7 +186,7 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			if c.Bool("check-config") {
-				fmt.Printf("configuration valid: node %d, data %s, mysql %s, admin %s, raft %s\n", cfg.NodeID, cfg.DataDir, cfg.MySQLAddr, cfg.AdminAddr, cfg.RaftAddr)
+				fmt.Printf("configuration valid: node %d, data %s, mysql %s, admin %s, raft %s\n", cfg.NodeID, cfg.DataDir, cfg.MySQLAddr.String(), cfg.AdminAddr, cfg.RaftAddr)
 				return nil
 			}
 			log, err := node.NewLogger(os.Stderr, cfg.LogFormat, cfg.LogLevel)

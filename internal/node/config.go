@@ -132,7 +132,10 @@ func (c Config) Validate() error {
 	if c.NodeID == 0 {
 		return errors.New("node_id (--node-id) must be positive")
 	}
-	for key, addr := range map[string]string{"mysql_addr": c.MySQLAddr, "admin_addr": c.AdminAddr, "raft_addr": c.RaftAddr, "metrics_addr": c.MetricsAddr} {
+	if _, err := c.listeners(); err != nil {
+		return fmt.Errorf("mysql_addr: %w", err)
+	}
+	for key, addr := range map[string]string{"admin_addr": c.AdminAddr, "raft_addr": c.RaftAddr, "metrics_addr": c.MetricsAddr} {
 		if addr == "" && key == "metrics_addr" {
 			continue
 		}

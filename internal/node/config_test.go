@@ -15,7 +15,10 @@ func TestParseConfigKeyByKey(t *testing.T) {
 	}{
 		{"node_id", "7", "seven", func(c Config) bool { return c.NodeID == 7 }},
 		{"data", "/d", "[1, 2]", func(c Config) bool { return c.DataDir == "/d" }},
-		{"mysql_addr", "127.0.0.1:1", "{a: 1}", func(c Config) bool { return c.MySQLAddr == "127.0.0.1:1" }},
+		{"mysql_addr", "127.0.0.1:1", "{a: 1}", func(c Config) bool { return c.MySQLAddr.String() == "127.0.0.1:1" }},
+		{"mysql_addr", "[127.0.0.1:1, 'mysql=127.0.0.1:2,version=8.4.3']", "{a: 1}", func(c Config) bool {
+			return len(c.MySQLAddr) == 2 && c.MySQLAddr[1] == "mysql=127.0.0.1:2,version=8.4.3"
+		}},
 		{"admin_addr", "127.0.0.1:2", "{a: 1}", func(c Config) bool { return c.AdminAddr == "127.0.0.1:2" }},
 		{"raft_addr", "127.0.0.1:3", "{a: 1}", func(c Config) bool { return c.RaftAddr == "127.0.0.1:3" }},
 		{"metrics_addr", "127.0.0.1:4", "{a: 1}", func(c Config) bool { return c.MetricsAddr == "127.0.0.1:4" }},
@@ -89,7 +92,10 @@ func TestValidate(t *testing.T) {
 		t.Fatalf("defaults must validate: %v", err)
 	}
 	for what, mod := range map[string]func(*Config){
-		"mysql_addr":                    func(c *Config) { c.MySQLAddr = "nope" },
+		"mysql_addr":                    func(c *Config) { c.MySQLAddr = AddrList{"nope"} },
+		"neither mariadb nor mysql":     func(c *Config) { c.MySQLAddr = AddrList{"oracle=127.0.0.1:1"} },
+		"given twice":                   func(c *Config) { c.MySQLAddr = AddrList{"127.0.0.1:1", "mysql=127.0.0.1:1"} },
+		"MAJOR.MINOR.PATCH":             func(c *Config) { c.MySQLAddr = AddrList{"mysql=127.0.0.1:1,version=eight"} },
 		"allow_ips":                     func(c *Config) { c.AllowIPs = "10.0.0.0/99" },
 		"log_format":                    func(c *Config) { c.LogFormat = "xml" },
 		"not a loopback address":        func(c *Config) { c.AdminAddr = "0.0.0.0:7070" },

@@ -56,7 +56,7 @@ func clusterIdentity(ctx context.Context, cfg Config, peerTLS *tls.Config, log *
 	default:
 		jctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 		id, err = cluster.Join(jctx, cfg.Join, cfg.AdminToken, peerTLS, &clusterv1.JoinRequest{NodeId: cfg.NodeID, RaftAddr: cfg.RaftAddr,
-			MysqlAddr: cfg.MySQLAddr, AdminAddr: cfg.AdminAddr, Labels: cfg.Labels})
+			MysqlAddr: cfg.MySQLAddr.String(), AdminAddr: cfg.AdminAddr, Labels: cfg.Labels})
 		cancel()
 		if err == nil {
 			log.Info("joined the cluster as a non-voting metadata member (promoted once running)", "cluster", id.ClusterID, "node", cfg.NodeID)

@@ -37,9 +37,11 @@ import (
 
 // Config is a node's configuration (flags or YAML).
 type Config struct {
-	NodeID     uint64            `yaml:"node_id"`
-	DataDir    string            `yaml:"data"`
-	MySQLAddr  string            `yaml:"mysql_addr"`
+	NodeID  uint64 `yaml:"node_id"`
+	DataDir string `yaml:"data"`
+	// MySQLAddr lists the MySQL ports, each HOST:PORT or FLAVOR=HOST:PORT[,version=X]
+	// (mysqlfront.ParseListener); the first is the one the cluster records.
+	MySQLAddr  AddrList          `yaml:"mysql_addr"`
 	AdminAddr  string            `yaml:"admin_addr"`
 	RaftAddr   string            `yaml:"raft_addr"`
 	Join       []string          `yaml:"join"`
@@ -132,8 +134,8 @@ func (c *Config) Defaults() {
 	if c.DataDir == "" {
 		c.DataDir = "./flotilla-data"
 	}
-	if c.MySQLAddr == "" {
-		c.MySQLAddr = "127.0.0.1:3307"
+	if len(c.MySQLAddr) == 0 {
+		c.MySQLAddr = AddrList{"127.0.0.1:3307"}
 	}
 	if c.AdminAddr == "" {
 		c.AdminAddr = "127.0.0.1:7070"
@@ -227,13 +229,22 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	// Bind the client-facing ports first: a port in use is the most common start-up
 	// mistake and must fail before anything touches the data directory.
-	mysqlLis, err := net.Listen("tcp", cfg.MySQLAddr)
+	faces, err := cfg.listeners()
 	if err != nil {
-		return nil, fmt.Errorf("MySQL port %s: %w (is another Flotilla or MySQL running? use --mysql-addr)", cfg.MySQLAddr, err)
+		return nil, err
+	}
+	mysqlLis, err := listenMySQL(faces)
+	if err != nil {
+		return nil, err
+	}
+	closeMySQL := func() {
+		for _, l := range mysqlLis {
+			l.Close()
+		}
 	}
 	adminLis, err := net.Listen("tcp", cfg.AdminAddr)
 	if err != nil {
-		mysqlLis.Close()
+		closeMySQL()
 		return nil, fmt.Errorf("admin port %s: %w (use --admin-addr)", cfg.AdminAddr, err)
 	}
 	log = log.With("node", cfg.NodeID)
@@ -244,7 +255,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		metricsLis, err := net.Listen("tcp", cfg.MetricsAddr)
 		if err != nil {
 			stopMetrics()
-			mysqlLis.Close()
+			closeMySQL()
 			adminLis.Close()
 			return nil, fmt.Errorf("metrics port %s: %w (use --metrics-addr)", cfg.MetricsAddr, err)
 		}
@@ -261,7 +272,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 			}
 		}()
 	}
-	closeLis := func() { mysqlLis.Close(); adminLis.Close(); stopMetrics() }
+	closeLis := func() { closeMySQL(); adminLis.Close(); stopMetrics() }
 
 	ident, err := clusterIdentity(ctx, cfg, tr.peer, log)
 	if err != nil {
@@ -329,7 +340,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.front.TLS = tr.front
 	n.front.Metrics = rel
 	n.front.DecoyKey = ident.Key("mysql decoy plugin")
-	n.spawn(func() { n.errc <- n.front.Serve(ctx, mysqlLis) })
+	n.front.Listeners = faces
+	for i, lis := range mysqlLis {
+		face := faces[i]
+		n.spawn(func() { n.errc <- n.front.ServeAs(ctx, lis, face) })
+	}
 	metaLeader := func() uint64 {
 		id, _, _ := nh.GetLeaderID(placement.MetaGroupID)
 		return id
@@ -353,7 +368,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.spawn(func() { n.errc <- admin.Serve(ctx, adminLis) })
 	rel.Registry().MustRegister(metrics.NewStateCollector(cfg.NodeID, func() []metrics.GroupSample { return n.samples(admin.LocalGroups) }))
 	live.Store(n)
-	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr, "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
+	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr.String(), "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
 	return n, nil
 }
 
@@ -375,7 +390,7 @@ func (n *Node) startMeta(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	self := placement.Node{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr, MySQLAddr: n.cfg.MySQLAddr, AdminAddr: n.cfg.AdminAddr, Labels: n.cfg.Labels}
+	self := placement.Node{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr, MySQLAddr: n.cfg.MySQLAddr.String(), AdminAddr: n.cfg.AdminAddr, Labels: n.cfg.Labels}
 	for {
 		st, err := n.meta.Read(ctx)
 		if err == nil {
