@@ -236,7 +236,7 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		Name: r.Name, Flavor: info.Flavor, Source: r.Source, User: r.User, Password: sealed, SourceTLS: srcTLS,
 		ServerID: info.ServerID, DomainID: info.DomainID, ServerUUID: info.ServerUUID, Version: info.Version, BinlogChecksum: info.BinlogChecksum,
 		StartGTID: info.StartGTID, InitialBytes: info.BinlogBytes, InitialGTID: info.EndGTID, Replicas: replicas, CreatedAt: time.Now().UTC(), ServeFrom: r.ServeFrom, SyncerServerID: serverID,
-		SemiSync: info.SemiSync, Candidates: r.Candidates, SourceDownAfter: downAfter,
+		SemiSync: info.SemiSync, Candidates: r.Candidates, SourceDownAfter: downAfter, AddWarnings: info.Warnings,
 	}
 	for _, ru := range r.ReplicaUsers {
 		if ru.User == "" {
@@ -268,6 +268,9 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		return nil, metaErr(err)
 	}
 	s.Log.Info("upstream added", "upstream", added.Name, "group", added.GroupID, "start_gtid", added.StartGTID)
+	for _, w := range added.AddWarnings {
+		s.Log.Warn("upstream added without a check", "upstream", added.Name, "warning", w)
+	}
 	return toProto(added), nil
 }
 
@@ -515,6 +518,7 @@ func toProto(u *placement.Upstream) *adminv1.Upstream {
 		ServerUuid: u.ServerUUID, Version: u.Version, StartGtid: u.StartGTID, GroupId: u.GroupID,
 		Replicas: int32(u.Replicas), Paused: u.Paused, CreatedAt: timeString(u.CreatedAt), ServeFrom: serveFrom(u), SyncerServerId: u.SyncerServerID,
 		InitialBytes: u.InitialBytes, InitialGtid: u.InitialGTID, Candidates: u.Candidates, SourceDownAfter: u.DownAfter().String(),
+		AddWarnings: u.AddWarnings,
 	}
 	for _, sw := range u.Switches {
 		out.Switches = append(out.Switches, &adminv1.SourceSwitch{At: timeString(sw.At), From: sw.From, To: sw.To, Reason: sw.Reason, Forced: sw.Forced, Warning: sw.Warning})

@@ -101,8 +101,11 @@ type Upstream struct {
 	Candidates      []string       `json:"candidates,omitempty"`
 	SourceDownAfter time.Duration  `json:"source_down_after,omitempty"`
 	Switches        []SourceSwitch `json:"switches,omitempty"`
-	GroupID         uint64         `json:"group_id"`
-	Replicas        int            `json:"replicas"`
+	// AddWarnings are the checks `upstream add` could not run (a master refusing
+	// SHOW GRANTS, say), kept so that `upstream get` still shows them.
+	AddWarnings []string `json:"add_warnings,omitempty"`
+	GroupID     uint64   `json:"group_id"`
+	Replicas    int      `json:"replicas"`
 	// SyncerServerID is the server_id the syncer uses toward the master (0 in old
 	// metadata: 2000000000 + the group id).
 	SyncerServerID uint32 `json:"syncer_server_id,omitempty"`

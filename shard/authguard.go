@@ -146,11 +146,14 @@ func greetingPlugin(b []byte) string {
 // masterDialer dials a master (within timeout); without TLS the connection goes
 // through an authGuard. refused reports why the last login through it was
 // abandoned, if it was: go-mysql's error for a failed read says less.
-func masterDialer(tlsCfg *tls.Config, timeout time.Duration) (dial client.Dialer, refused func() error) {
+func masterDialer(tlsCfg *tls.Config, timeout time.Duration, w *linkWatch) (dial client.Dialer, refused func() error) {
 	var last atomic.Pointer[error]
 	dial = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		d := net.Dialer{Timeout: timeout}
 		c, err := d.DialContext(ctx, network, addr)
+		if err == nil && w != nil {
+			c = w.wrap(c)
+		}
 		if err != nil || tlsCfg != nil {
 			return c, err
 		}

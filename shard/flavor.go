@@ -2,6 +2,7 @@ package shard
 
 import (
 	"fmt"
+	"strings"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 
@@ -31,6 +32,10 @@ type upstreamFlavor interface {
 	done()
 	// base fills in the base of the group's first file.
 	base(nf *statemachine.NewFile)
+	// executedQuery asks a master for the GTIDs it has written; covers reports
+	// whether the group holds all of the answer (a silent stream then misses nothing).
+	executedQuery() string
+	covers(executed string) (bool, error)
 }
 
 // newUpstreamFlavor returns the flavor of u, resuming from the group's state v.
@@ -94,6 +99,21 @@ func (f *mariadbFlavor) done() { f.state[f.cur.GTID.Domain] = f.cur.GTID }
 
 func (f *mariadbFlavor) base(nf *statemachine.NewFile) { nf.BaseState = f.basePos }
 
+func (f *mariadbFlavor) executedQuery() string { return "SELECT @@GLOBAL.gtid_binlog_pos" }
+
+func (f *mariadbFlavor) covers(executed string) (bool, error) {
+	pos, err := binlog.ParsePosition(executed)
+	if err != nil {
+		return false, err
+	}
+	for _, g := range pos {
+		if !f.state.Contains(g) {
+			return false, nil
+		}
+	}
+	return true, nil
+}
+
 // mysqlFlavor: server_uuid:N GTIDs, an executed set with gaps, groups whose end
 // depends on the event after the GTID event (binlog.MySQLGroup).
 type mysqlFlavor struct {
@@ -134,3 +154,13 @@ func (f *mysqlFlavor) ends(ev []byte, checksummed bool) bool { return f.grp.Next
 func (f *mysqlFlavor) done() { f.executed.Add(f.cur) }
 
 func (f *mysqlFlavor) base(nf *statemachine.NewFile) { nf.MySQL, nf.BaseSet = true, f.baseSet }
+
+func (f *mysqlFlavor) executedQuery() string { return "SELECT @@GLOBAL.gtid_executed" }
+
+func (f *mysqlFlavor) covers(executed string) (bool, error) {
+	set, err := binlog.ParseMySQLSet(strings.ReplaceAll(executed, "\n", ""))
+	if err != nil {
+		return false, err
+	}
+	return f.executed.ContainsSet(set), nil
+}

@@ -393,7 +393,7 @@ func (s *Shard) runSyncer(ctx context.Context) {
 	var downSince time.Time // since when the master has been unreachable (zero: it is not)
 	for ctx.Err() == nil {
 		began := time.Now()
-		err := s.syncOnce(ctx)
+		delivered, err := s.syncOnce(ctx)
 		if ctx.Err() != nil {
 			return
 		}
@@ -420,7 +420,8 @@ func (s *Shard) runSyncer(ctx context.Context) {
 				st.CorruptEvents++
 			}
 		})
-		if time.Since(began) > time.Minute {
+		if delivered || time.Since(began) > time.Minute {
+			// The connection worked: this is a new failure, not the same one again.
 			backoff = 200 * time.Millisecond
 		}
 		select {

@@ -80,6 +80,8 @@ type semiConfig struct {
 	// gset is where to continue: a MariaDB GTID position or a MySQL GTID set.
 	gset      mysql.GTIDSet
 	heartbeat time.Duration
+	// watch follows the connection's reads (see silence.go).
+	watch *linkWatch
 }
 
 // openSemiStream connects, announces a semi-sync replica (when the master has
@@ -87,10 +89,9 @@ type semiConfig struct {
 func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	// The read timeout is renewed as each part of a packet arrives (an event of a
-	// GiB may take long; a silent master does not, with heartbeats every second).
-	c, err := connectMaster(dctx, cfg.addr, cfg.user, cfg.password, cfg.tls, 10*time.Second,
-		func(c *client.Conn) error { c.ReadTimeout = 15 * time.Second; return nil })
+	// No read timeout: the watch bounds reads until the dump runs, then the
+	// syncer's probes judge a silent stream (see silence.go).
+	c, err := connectWatched(dctx, cfg.addr, cfg.user, cfg.password, cfg.tls, 10*time.Second, cfg.watch)
 	if err != nil {
 		return nil, err
 	}

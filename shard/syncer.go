@@ -59,51 +59,55 @@ func syncerServerID(u placement.Upstream, gid uint64) uint32 {
 
 // syncOnce runs one connection to the master: claim an epoch, read where the group
 // stands, ask the master for everything after it, and propose whole transactions.
-func (s *Shard) syncOnce(ctx context.Context) error {
+// delivered reports whether the stream carried a transaction or a heartbeat before
+// it ended: a connection that worked, after which the next one is tried at once.
+func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	epoch, err := s.claimEpoch(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	view, err := s.readState(ctx)
 	if err != nil {
-		return err
+		return false, err
 	}
 	u := s.Upstream()
 	fl, err := newUpstreamFlavor(u, view)
 	if err != nil {
-		return err
+		return false, err
 	}
 	host, portStr, err := net.SplitHostPort(u.Source)
 	if err != nil {
-		return fmt.Errorf("upstream %s: source %q is not HOST:PORT: %w", u.Name, u.Source, err)
+		return false, fmt.Errorf("upstream %s: source %q is not HOST:PORT: %w", u.Name, u.Source, err)
 	}
 	port, err := strconv.ParseUint(portStr, 10, 16)
 	if err != nil {
-		return fmt.Errorf("upstream %s: bad port in %q: %w", u.Name, u.Source, err)
+		return false, fmt.Errorf("upstream %s: bad port in %q: %w", u.Name, u.Source, err)
 	}
 	password, err := s.m.sourcePassword(&u)
 	if err != nil {
-		return err
+		return false, err
 	}
 	tlsCfg, err := sourceTLSConfig(u.Source, u.SourceTLS)
 	if err != nil {
-		return fmt.Errorf("upstream %s: %w", u.Name, err)
+		return false, fmt.Errorf("upstream %s: %w", u.Name, err)
 	}
 	gset, start, err := fl.dumpSet()
 	if err != nil {
-		return fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
+		return false, fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
 	}
-	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset)
+	w := newLinkWatch()
+	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset, w)
 	if err != nil {
 		var me *mysql.MyError
 		if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) || errors.Is(err, errSemiSyncOff) || errors.Is(err, errUnsafeAuth) {
 			// The master answered (a wrong password, too many connections): it is
 			// up, and no reason to switch to a candidate (see masterDownCodes).
-			return fmt.Errorf("connect to master %s: %w", u.Source, err)
+			return false, fmt.Errorf("connect to master %s: %w", u.Source, err)
 		}
-		return fmt.Errorf("%w: connect to master %s: %w", errSourceDown, u.Source, err)
+		return false, fmt.Errorf("%w: connect to master %s: %w", errSourceDown, u.Source, err)
 	}
 	defer src.close()
+	w.streaming()
 	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch, "semi_sync", semi != nil)
 	s.updateStatus(func(st *SyncStatus) {
 		st.Connected, st.MasterFile, st.SemiSync, st.Selection = true, view.Upstream, semi != nil, ""
@@ -113,28 +117,38 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
 		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
 		upstreamFile: view.Upstream, fileServerID: view.ServerID, hasFile: view.HasFile, semi: semi}
+	defer func() { delivered = p.delivered }()
+	var quiet silence
 	for {
-		evctx, cancel := ctx, context.CancelFunc(func() {})
-		if len(p.items) > 0 || len(p.pending) > 0 {
-			evctx, cancel = context.WithTimeout(ctx, batchLinger)
+		idle := len(p.items) == 0 && len(p.pending) == 0
+		wait := batchLinger
+		if idle {
+			wait = silenceProbe
 		}
+		evctx, cancel := context.WithTimeout(ctx, wait)
 		raw, err := src.next(evctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				if idle {
+					if err := s.checkSilence(ctx, &quiet, w, fl, net.JoinHostPort(host, portStr), u.User, password, tlsCfg); err != nil {
+						return false, fmt.Errorf("master %s: %w", u.Source, err)
+					}
+					continue
+				}
 				if err := p.flush(ctx, true); err != nil {
-					return err
+					return false, err
 				}
 				continue
 			}
-			return fmt.Errorf("read from master %s: %w", u.Source, err)
+			return false, fmt.Errorf("read from master %s: %w", u.Source, err)
 		}
 		if err := p.handle(ctx, raw); err != nil {
-			return err
+			return false, err
 		}
 		if p.batchBytes >= p.maxBatch {
 			if err := p.flush(ctx, false); err != nil {
-				return err
+				return false, err
 			}
 		}
 		// Group commit: a transaction just completed and nothing more has arrived
@@ -143,11 +157,11 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 		if p.cur == nil && len(p.items) > 0 {
 			more, err := p.drain(ctx, src)
 			if err != nil {
-				return err
+				return false, err
 			}
 			if !more {
 				if err := p.flush(ctx, true); err != nil {
-					return err
+					return false, err
 				}
 			}
 		}
@@ -158,11 +172,11 @@ func (s *Shard) syncOnce(ctx context.Context) error {
 // syncer is to be a semi-sync replica (--semi-sync on, or auto and the master has it
 // on), with Flotilla's own stream (semiStream), returned as semi too.
 func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstreamFlavor, tlsCfg *tls.Config, host string, port uint16,
-	password string, gset mysql.GTIDSet) (eventSource, *semiStream, error) {
+	password string, gset mysql.GTIDSet, w *linkWatch) (eventSource, *semiStream, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	if u.SemiSync == "on" || u.SemiSync == "auto" && s.masterOffersSemiSync(ctx, addr, u.User, password, tlsCfg) {
 		st, err := openSemiStream(ctx, semiConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
-			mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second})
+			mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second, watch: w})
 		if err != nil {
 			return nil, nil, err
 		}
@@ -175,7 +189,7 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 		}
 		return st, st, nil
 	}
-	dial, refused := masterDialer(tlsCfg, 10*time.Second)
+	dial, refused := masterDialer(tlsCfg, 10*time.Second, w)
 	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
 		Dialer:               dial,
 		TLSConfig:            tlsCfg,
@@ -194,8 +208,9 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstrea
 		// (10240) holds 10 GiB of 1 MiB row events, and events may be up to 1 GiB.
 		// A few keep the syncer fed.
 		EventCacheCount: eventReadAhead,
-		ReadTimeout:     15 * time.Second,
-		Logger:          slog.New(slog.NewTextHandler(io.Discard, nil)),
+		// No ReadTimeout: w bounds reads until the dump runs, then the syncer's
+		// probes judge a silent stream (see silence.go).
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	streamer, err := bs.StartSyncGTID(gset)
 	if err != nil {
@@ -286,6 +301,9 @@ type pipeline struct {
 	semi     *semiStream
 	batchAck *ackPoint
 	acked    ackPoint // the last position acknowledged
+
+	// delivered: the stream carried a transaction or a heartbeat (see syncOnce).
+	delivered bool
 }
 
 // ackPoint is a place in the master's binlog to acknowledge, and when the transaction
@@ -366,6 +384,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		}
 		return nil
 	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent:
+		p.delivered = p.delivered || h.Type == binlog.HeartbeatEvent
 		// Where the master stands, with nothing of ours in flight: what the group
 		// holds goes up to here. A semi-sync master that was waiting for a
 		// transaction the group committed after the previous connection broke
@@ -410,6 +429,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 	if p.fl.ends(raw, p.checksummed) {
 		t := p.cur
 		p.cur = nil
+		p.delivered = true
 		if p.semi != nil {
 			p.batchAck = &ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos), rcv: time.Now()}
 		}

@@ -189,7 +189,12 @@ func upstreamCommand() *cli.Command {
 							return err
 						}
 						added = u
-						return render(c, u, func(w io.Writer) { upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}}) })
+						return render(c, u, func(w io.Writer) {
+							upstreamTable(w, []*adminv1.UpstreamStatus{{Upstream: u}})
+							for _, warn := range u.AddWarnings {
+								fmt.Fprintf(w, "WARNING: %s\n", warn)
+							}
+						})
 					})
 					if err != nil || !c.Bool("wait") {
 						return err
@@ -556,6 +561,9 @@ func upstreamDetail(w io.Writer, s *adminv1.UpstreamStatus) {
 	}
 	if g.SourceSelection != "" {
 		row("Source selection", g.SourceSelection)
+	}
+	for _, w := range u.AddWarnings {
+		row("Warning at add", w)
 	}
 	row("Master version", u.Version)
 	row("Master server_id", u.ServerId)

@@ -447,7 +447,10 @@ type Upstream struct {
 	Candidates      []string `protobuf:"bytes,20,rep,name=candidates,proto3" json:"candidates,omitempty"`
 	SourceDownAfter string   `protobuf:"bytes,21,opt,name=source_down_after,json=sourceDownAfter,proto3" json:"source_down_after,omitempty"`
 	// The latest source switches, oldest first.
-	Switches      []*SourceSwitch `protobuf:"bytes,22,rep,name=switches,proto3" json:"switches,omitempty"`
+	Switches []*SourceSwitch `protobuf:"bytes,22,rep,name=switches,proto3" json:"switches,omitempty"`
+	// Checks `upstream add` could not run, each with its reason: the dump itself
+	// proves what they would have.
+	AddWarnings   []string `protobuf:"bytes,23,rep,name=add_warnings,json=addWarnings,proto3" json:"add_warnings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -632,6 +635,13 @@ func (x *Upstream) GetSourceDownAfter() string {
 func (x *Upstream) GetSwitches() []*SourceSwitch {
 	if x != nil {
 		return x.Switches
+	}
+	return nil
+}
+
+func (x *Upstream) GetAddWarnings() []string {
+	if x != nil {
+		return x.AddWarnings
 	}
 	return nil
 }
@@ -2028,7 +2038,7 @@ const file_admin_proto_rawDesc = "" +
 	"\x02to\x18\x03 \x01(\tR\x02to\x12\x16\n" +
 	"\x06reason\x18\x04 \x01(\tR\x06reason\x12\x16\n" +
 	"\x06forced\x18\x05 \x01(\bR\x06forced\x12\x18\n" +
-	"\awarning\x18\x06 \x01(\tR\awarning\"\xc0\x05\n" +
+	"\awarning\x18\x06 \x01(\tR\awarning\"\xe3\x05\n" +
 	"\bUpstream\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06flavor\x18\x02 \x01(\tR\x06flavor\x12\x16\n" +
@@ -2058,7 +2068,8 @@ const file_admin_proto_rawDesc = "" +
 	"candidates\x18\x14 \x03(\tR\n" +
 	"candidates\x12*\n" +
 	"\x11source_down_after\x18\x15 \x01(\tR\x0fsourceDownAfter\x12;\n" +
-	"\bswitches\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.SourceSwitchR\bswitches\"!\n" +
+	"\bswitches\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.SourceSwitchR\bswitches\x12!\n" +
+	"\fadd_warnings\x18\x17 \x03(\tR\vaddWarnings\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +

@@ -177,6 +177,7 @@ type upstreamJSON struct {
 		Paused  bool   `json:"paused"`
 		// SyncerServerID is a JSON number (uint32).
 		SyncerServerID json.Number `json:"syncerServerId"`
+		AddWarnings    []string    `json:"addWarnings"`
 	} `json:"upstream"`
 	Group struct {
 		ExecutedGtid string `json:"executedGtid"`
@@ -185,6 +186,7 @@ type upstreamJSON struct {
 		CurrentFile  string `json:"currentFile"`
 		Syncing      bool   `json:"syncing"`
 		Connected    bool   `json:"connected"`
+		Reconnects   string `json:"reconnects"`
 		// SourceSelection says why no candidate source could take over.
 		SourceSelection string   `json:"sourceSelection"`
 		LeaderNode      string   `json:"leaderNode"`

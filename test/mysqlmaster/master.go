@@ -51,6 +51,7 @@ type Master struct {
 	changed  chan struct{}     // closed and replaced at every append
 	conns    map[net.Conn]bool
 	closed   bool
+	quirks   Quirks
 	// acked is the furthest semi-sync ACK received: file and position.
 	ackedFile string
 	ackedPos  uint64
@@ -118,6 +119,29 @@ func (m *Master) Set(name, value string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.vars[strings.ToLower(name)] = value
+}
+
+// Quirks make the master bend the rules as some MySQL-compatible servers do.
+type Quirks struct {
+	// RefuseShowGrants answers SHOW GRANTS with error 1044, as masters do that
+	// show a REPLICATION SLAVE-only user nothing of its grants.
+	RefuseShowGrants bool
+	// NoHeartbeats ignores the replica's heartbeat period: an idle master then sends
+	// nothing at all.
+	NoHeartbeats bool
+}
+
+// SetQuirks sets how the master bends the rules, for sessions from then on.
+func (m *Master) SetQuirks(q Quirks) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.quirks = q
+}
+
+func (m *Master) quirk() Quirks {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.quirks
 }
 
 // Executed is the master's gtid_executed.

@@ -98,6 +98,8 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 	switch {
 	case upper == "SELECT UNIX_TIMESTAMP()":
 		return result([]string{"UNIX_TIMESTAMP()"}, [][]any{{time.Now().Unix()}})
+	case upper == "SHOW GRANTS" && s.m.quirks.RefuseShowGrants: // s.m.mu is held
+		return nil, mysql.NewError(mysql.ER_DBACCESS_DENIED_ERROR, "Access denied for user 'repl'@'%' to database 'mysql'")
 	case upper == "SHOW GRANTS":
 		return result([]string{"Grants for repl@%"}, [][]any{{"GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO `repl`@`%`"}})
 	case upper == "SHOW BINARY LOGS" || upper == "SHOW MASTER LOGS":
@@ -251,6 +253,9 @@ func (s *session) stream(start, off int, have binlog.MySQLSet) error {
 	m := s.m
 	ck := strings.EqualFold(s.vars["master_binlog_checksum"], "CRC32") || strings.EqualFold(s.vars["source_binlog_checksum"], "CRC32")
 	hb := heartbeatNS(s.vars)
+	if m.quirk().NoHeartbeats {
+		hb = 0
+	}
 	m.mu.Lock()
 	s.semi = m.vars["rpl_semi_sync_source_enabled"] == "ON" && (s.vars["rpl_semi_sync_slave"] == "1" || s.vars["rpl_semi_sync_replica"] == "1")
 	m.mu.Unlock()
