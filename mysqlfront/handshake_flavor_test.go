@@ -74,8 +74,9 @@ func dumpGTIDPacket(flags uint16, name string, set binlog.MySQLSet) []byte {
 // replicas (and the CDC tools' connect-time queries) send a MySQL-flavor upstream,
 // from testdata/handshake/*.txt: each case is a command and its expected answer
 // (rows as col=value, "ok", or "error CODE: message prefix"; "<number>" matches any
-// integer). Commands: "query SQL" and "dump-gtid flags=F name=N set=S" (the dump's
-// spec as the source receives it).
+// integer). Commands: "face LISTENER" (the port the client came in by, as
+// --mysql-addr takes it), "query SQL" and "dump-gtid flags=F name=N set=S" (the
+// dump's spec as the source receives it).
 func TestMySQLReplicaHandshakes(t *testing.T) {
 	files, _ := filepath.Glob("testdata/handshake/*.txt")
 	if len(files) == 0 {
@@ -118,6 +119,14 @@ func runHandshakeCmd(t *testing.T, ss *session, spec *DumpSpec, cmd string) stri
 	t.Helper()
 	verb, arg, _ := strings.Cut(cmd, " ")
 	switch verb {
+	case "face":
+		// The port the client came in by, as --mysql-addr gives it.
+		l, err := ParseListener(arg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ss.face = l
+		return "ok"
 	case "query":
 		r, err := ss.query(arg)
 		return answer(r, err)

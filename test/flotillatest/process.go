@@ -338,3 +338,21 @@ func (n *Node) MySQLPort() string {
 	_, p, _ := net.SplitHostPort(n.MySQLAddr)
 	return p
 }
+
+// AddMySQLFlavorPort gives the node, from its next start, a second front-end port
+// that greets as MySQL version (mysql=ADDR,version=V; "" announces the upstream's
+// own version) and returns its address. MySQL upstreams are then served only there.
+func (n *Node) AddMySQLFlavorPort(version string) string {
+	n.t.Helper()
+	p, err := mariadbtest.FreePort()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", p)
+	spec := "mysql=" + addr
+	if version != "" {
+		spec += ",version=" + version
+	}
+	n.Args = append(n.Args, "--mysql-addr", spec)
+	return addr
+}
