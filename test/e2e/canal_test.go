@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/canal"
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/go-mysql-org/go-mysql/schema"
@@ -95,11 +96,16 @@ func (h *rowLog) OnXID(*replication.EventHeader, mysql.Position) error {
 func (h *rowLog) String() string { return "rowLog" }
 
 // canalRows runs go-mysql's canal against addr as user from the GTID set from (canal
-// reads by file and position from the first file when it is empty) and returns the row events of fx2 it produced up to the recording's last GTID.
-func canalRows(ctx context.Context, t *testing.T, addr, user, password, from string) []string {
+// reads by file and position from the first file when it is empty) and returns the
+// row events of fx2 it produced up to the recording's last GTID. flavor "" leaves
+// canal's default.
+func canalRows(ctx context.Context, t *testing.T, addr, user, password, flavor, from string) []string {
 	t.Helper()
 	cfg := canal.NewDefaultConfig()
-	cfg.Addr, cfg.User, cfg.Password, cfg.Flavor, cfg.ServerID = addr, user, password, mysql.MySQLFlavor, 6001
+	cfg.Addr, cfg.User, cfg.Password, cfg.ServerID = addr, user, password, 6001
+	if flavor != "" {
+		cfg.Flavor = flavor
+	}
 	cfg.Dump.ExecutionPath = "" // binlog only, no mysqldump
 	cfg.IncludeTableRegex = []string{`fx2\..*`}
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -136,8 +142,8 @@ func TestCanalThroughFlotilla(t *testing.T) {
 	defer cancel()
 	master := mysqlmaster.Start(t, "../fixtures/mysql-binlog/binlog")
 	const after262 = mysqlmaster.FixtureUUID + ":1-262" // fx2 is all after it
-	direct := canalRows(ctx, t, master.Addr(), master.User, master.Password, "")
-	if gtid := canalRows(ctx, t, master.Addr(), master.User, master.Password, after262); strings.Join(gtid, "\n") != strings.Join(direct, "\n") {
+	direct := canalRows(ctx, t, master.Addr(), master.User, master.Password, mysql.MySQLFlavor, "")
+	if gtid := canalRows(ctx, t, master.Addr(), master.User, master.Password, mysql.MySQLFlavor, after262); strings.Join(gtid, "\n") != strings.Join(direct, "\n") {
 		t.Fatal("canal on the master by GTID and by position disagree")
 	}
 	// 30 single-row inserts, then 7 row events in 4 transactions (workload steps 19-21).
@@ -145,7 +151,11 @@ func TestCanalThroughFlotilla(t *testing.T) {
 		t.Fatalf("canal on the master produced %d row events of fx2, want 37", len(direct))
 	}
 
-	fl := flotillatest.StartNode(ctx, t, filepath.Join(t.TempDir(), "flotilla"))
+	// The node has a MySQL-flavored port: canal (and go-mysql's BinlogSyncer under
+	// it) cannot tell flavors apart and defaults to MySQL, which that port matches.
+	fl := flotillatest.NewNode(t, filepath.Join(t.TempDir(), "flotilla"), 1)
+	mysqlAddr := fl.AddMySQLFlavorPort("8.0.36")
+	fl.Start(ctx)
 	if _, err := fl.CLI(ctx, "upstream", "add", "mysql8", "--source", master.Addr(), "--user", master.User, "--password", master.Password,
 		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
 		t.Fatal(err)
@@ -156,8 +166,15 @@ func TestCanalThroughFlotilla(t *testing.T) {
 		}
 	}
 	for _, from := range []string{"", after262} {
-		relayed := canalRows(ctx, t, "127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, from)
+		relayed := canalRows(ctx, t, mysqlAddr, replicaUser, replicaPass, mysql.MySQLFlavor, from)
 		sameRows(t, from, direct, relayed)
+	}
+	// Flavor left unset, as most canal users leave it.
+	sameRows(t, "", direct, canalRows(ctx, t, mysqlAddr, replicaUser, replicaPass, "", ""))
+	// A MySQL upstream's replica on the MariaDB-flavored port is told the right one.
+	_, err := client.Connect("127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, "")
+	if err == nil || !strings.Contains(err.Error(), mysqlAddr) {
+		t.Fatalf("a login on the MariaDB port for a MySQL upstream must name the MySQL port %s: %v", mysqlAddr, err)
 	}
 	t.Logf("%d row events of fx2, equal", len(direct))
 }

@@ -1,0 +1,122 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
+)
+
+// lockedBuffer collects a client library's log lines from its goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// startMySQLGroup starts the test master on the recorded MySQL binlogs and a node with
+// a MySQL-flavored port (announcing the master's own version), adds the master as
+// upstream mysql8 and waits until the group holds all of it. It returns the port's
+// address.
+func startMySQLGroup(ctx context.Context, t *testing.T) (*mysqlmaster.Master, *flotillatest.Node, string) {
+	t.Helper()
+	master := mysqlmaster.Start(t, "../fixtures/mysql-binlog/binlog")
+	fl := flotillatest.NewNode(t, filepath.Join(t.TempDir(), "flotilla"), 1)
+	mysqlAddr := fl.AddMySQLFlavorPort("")
+	fl.Start(ctx)
+	if _, err := fl.CLI(ctx, "upstream", "add", "mysql8", "--source", master.Addr(), "--user", master.User, "--password", master.Password,
+		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
+		t.Fatal(err)
+	}
+	all := mysqlSet(t, mysqlmaster.FixtureUUID+":1-309")
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		got := getUpstream(ctx, t, fl, "mysql8").Group.ExecutedGtid
+		if s, err := binlog.ParseMySQLSet(got); err == nil && s.ContainsSet(all) {
+			return master, fl, mysqlAddr
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the group holds %q, want %s\n%s", got, all, fl.LogTail(30))
+		}
+	}
+}
+
+// TestGoMySQLWithoutFlavor: go-mysql's BinlogSyncer left at its default flavor on a
+// node's MySQL-flavored port. The greeting is MySQL's (go-mysql checks it and would
+// log "misconfigured flavor" for a MariaDB one), every transaction arrives byte for
+// byte, and a SIGKILL of the serving node mid-stream followed by a resume from the
+// replica's GTID set loses and repeats nothing.
+func TestGoMySQLWithoutFlavor(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	master, fl, mysqlAddr := startMySQLGroup(ctx, t)
+	recorded := recordedTxns(t, master)
+	uuid := mysqlmaster.FixtureUUID
+
+	c, err := client.Connect(mysqlAddr, replicaUser, replicaPass, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The greeting precedes the login that names the upstream: it says the port's
+	// default MySQL version; after the login the master's own version answers.
+	if v := c.GetServerVersion(); strings.Contains(v, "MariaDB") || !strings.HasPrefix(v, "8.") {
+		t.Fatalf("the MySQL port greets with %q, want a MySQL 8 version", v)
+	}
+	r, err := c.Execute("SELECT VERSION(), @@version_comment")
+	if err != nil {
+		t.Fatal(err)
+	}
+	version, _ := r.GetString(0, 0)
+	comment, _ := r.GetString(0, 1)
+	if want := "8.0.36"; version != want || !strings.Contains(comment, "MySQL") {
+		t.Fatalf("on the MySQL port VERSION() is %q (the master's: %q), @@version_comment %q", version, want, comment)
+	}
+	c.Close()
+
+	var logs lockedBuffer
+	_, portStr, _ := strings.Cut(mysqlAddr, ":")
+	port, _ := strconv.Atoi(portStr)
+	defaults := func(cfg *replication.BinlogSyncerConfig) {
+		cfg.Flavor, cfg.Port = "", uint16(port)
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}
+	r1 := startMySQLReplica(t, fl, binlog.MySQLSet{}, defaults)
+	r1.until(ctx, mysqlSet(t, uuid+":1-200"))
+	fl.Kill()
+	fl.Start(ctx)
+	// Whatever r1 had read when the node died is its state; it resumes from there.
+	r2 := startMySQLReplica(t, fl, r1.executed, defaults)
+	all := mysqlSet(t, uuid+":1-309")
+	r2.until(ctx, all) // fails on a transaction r1 had (received twice)
+	for id, tx := range r2.txns {
+		r1.txns[id] = tx
+	}
+	r1.order = append(r1.order, r2.order...)
+	r1.executed = r2.executed
+	checkRecorded(t, r1, recorded, 0)
+	if strings.Contains(logs.String(), "misconfigured flavor") {
+		t.Fatalf("go-mysql took the MySQL port for MariaDB:\n%s", logs.String())
+	}
+}
