@@ -8,10 +8,11 @@ PKGS     := ./...
 build:
 	$(GO) build -o $(BIN) ./cmd/flotilla
 
-# Installs MariaDB (Debian packages) when missing, builds, runs every test (unit, fuzz
+# Installs MariaDB and Node.js (Debian packages) when missing, builds, runs every test (unit, fuzz
 # seeds, end-to-end against real servers) and prints a summary line.
 test: build
 	@scripts/ensure-mariadb.sh
+	@scripts/ensure-node.sh
 	@FLOTILLA_BIN=$(CURDIR)/$(BIN) scripts/gotest.sh $(PKGS)
 
 bench: build
