@@ -18,6 +18,15 @@ if [ -n "$e2e" ]; then
   go test -count=1 -timeout 25m -v $e2e 2>&1 | tee -a "$log" | filter
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
 fi
+# Interoperability modules (test/interop/*/go.mod: a client library's dependencies,
+# Vitess's for one, stay out of Flotilla's go.mod) run with the whole suite.
+if [ "$*" = "./..." ]; then
+  for mod in test/interop/*/go.mod; do
+    [ -f "$mod" ] || continue
+    (cd "$(dirname "$mod")" && go test -count=1 -timeout 10m -v ./...) 2>&1 | tee -a "$log" | filter
+    [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
+  done
+fi
 passed=$(grep -cE '^\s*--- PASS' "$log")
 failed=$(grep -cE '^\s*--- FAIL' "$log")
 skipped=$(grep -cE '^\s*--- SKIP' "$log")
