@@ -12,10 +12,12 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	gomysql "github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
 )
 
@@ -119,4 +121,91 @@ func TestGoMySQLWithoutFlavor(t *testing.T) {
 	if strings.Contains(logs.String(), "misconfigured flavor") {
 		t.Fatalf("go-mysql took the MySQL port for MariaDB:\n%s", logs.String())
 	}
+}
+
+// mariaTxns reads with go-mysql's BinlogSyncer in the MariaDB flavor (as configured
+// by its user) from addr by GTID position from, and returns want whole transactions
+// keyed in order by GTID, their events with log_pos and checksum masked (a served
+// file's own).
+func mariaTxns(ctx context.Context, t *testing.T, addr, user, password, from string, want int) (ids []string, txns [][]byte) {
+	t.Helper()
+	host, portStr, _ := strings.Cut(addr, ":")
+	port, _ := strconv.Atoi(portStr)
+	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
+		ServerID: 7301, Flavor: "mariadb", Host: host, Port: uint16(port), User: user, Password: password,
+		RawModeEnabled: true, HeartbeatPeriod: 300 * time.Millisecond, DisableRetrySync: true,
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	defer bs.Close()
+	set, err := gomysql.ParseMariadbGTIDSet(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := bs.StartSyncGTID(set)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	var cur *binlog.GTIDEvent
+	var buf []byte
+	for len(ids) < want {
+		e, err := s.GetEvent(ctx)
+		if err != nil {
+			t.Fatalf("%s: after %d transactions: %v", addr, len(ids), err)
+		}
+		ev := bytes.Clone(e.RawData)
+		if ev[4] == binlog.MariaGTIDEvent {
+			g, err := binlog.ParseGTIDEvent(ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			cur, buf = &g, nil
+		}
+		if cur == nil {
+			continue
+		}
+		end := binlog.EndsGroup(*cur, ev, true)
+		clear(ev[13:17])
+		clear(ev[len(ev)-4:])
+		buf = append(buf, ev...)
+		if end {
+			ids, txns = append(ids, cur.GTID.String()), append(txns, buf)
+			cur = nil
+		}
+	}
+	return ids, txns
+}
+
+// TestGoMySQLMariaDBFlavor: go-mysql's BinlogSyncer configured for MariaDB reads a
+// MariaDB group through the default port exactly as from the master: the same
+// transactions by GTID, event for event.
+func TestGoMySQLMariaDBFlavor(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	dir := t.TempDir()
+	master := startMaster(ctx, t, filepath.Join(dir, "master"))
+	if _, err := mariadbtest.RunWorkload(ctx, master, 0); err != nil {
+		t.Fatal(err)
+	}
+	fl := startRelayNode(ctx, t, filepath.Join(dir, "flotilla"), master)
+	waitGroupHolds(ctx, t, fl, master)
+	pos, err := master.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parts := strings.Split(pos, "-")
+	total, err := strconv.Atoi(parts[len(parts)-1])
+	if err != nil || len(parts) != 3 || strings.Contains(pos, ",") {
+		t.Fatalf("gtid_binlog_pos %q: want one domain (%v)", pos, err)
+	}
+	wantIDs, want := mariaTxns(ctx, t, master.Addr(), upstreamUser, upstreamPass, "", total)
+	gotIDs, got := mariaTxns(ctx, t, "127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, "", total)
+	for i := range want {
+		if gotIDs[i] != wantIDs[i] || !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("transaction %d: %s through Flotilla, %s from the master (equal bytes: %v)", i, gotIDs[i], wantIDs[i], bytes.Equal(got[i], want[i]))
+		}
+	}
+	t.Logf("%d transactions equal", total)
 }
