@@ -152,7 +152,7 @@ func (g *Group) Compression() (plain, compressed uint64) {
 }
 
 // compressSegment replaces a closed plain segment with its compressed form. The swap
-// holds swapMu, which purge also holds while deleting segments: a segment purged
+// holds swapMu, which unlinkPurged also holds while deleting segments: a segment purged
 // while it was being compressed must not come back as a .zst. account records the
 // sizes before the plain file disappears, so nobody sees the file compressed but
 // not yet counted.

@@ -160,8 +160,11 @@ type Group struct {
 	// toCompress are closed files to compress after the next segment fsync.
 	toCompress []uint64
 	// swapMu serializes the compression worker's swap of a segment for its .zst with
-	// purge deleting segments.
+	// the unlinking of purged segments.
 	swapMu sync.Mutex
+	// unlink are the segments of purged files, removed once the index without them
+	// is durable (see unlinkPurged).
+	unlink []purgedPart
 }
 
 var _ sm.IOnDiskStateMachine = (*Group)(nil)
@@ -384,7 +387,10 @@ func (g *Group) encodeRedo(m *meta, files []json.RawMessage) (metaJSON, record [
 // or rebuilds it from them if a power loss left it ahead of the segments. The index
 // is also synced, after the segments, for the rare changes that rewrite or delete
 // segments (ClaimEpoch dropping open pieces, purge), so that redo never has to cross
-// them, and before the group has a segment to hold recIndex records.
+// them, and before the group has a segment to hold recIndex records. Purged segments
+// are unlinked only after that synced index write: were the unlink durable first, a
+// power cut could leave an index whose redo starts in a file that is gone, and Open
+// would then drop every later segment as unapplied.
 func (g *Group) commit(bt *batch) error {
 	mv, rec, err := g.encodeRedo(&g.m, bt.files)
 	if err != nil {
@@ -413,6 +419,12 @@ func (g *Group) commit(bt *batch) error {
 	}
 	if err := bt.b.Commit(opts); err != nil {
 		return fmt.Errorf("group %d: commit index: %w", g.id, err)
+	}
+	if len(g.unlink) > 0 && opts == pebble.Sync {
+		// The index no longer names the purged segments, durably: they may go.
+		if err := g.unlinkPurged(); err != nil {
+			return err
+		}
 	}
 	// The stored meta ends before the recIndex record (it cannot count itself): an
 	// Open without redo truncates that record, which loses nothing.

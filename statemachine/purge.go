@@ -59,8 +59,6 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 	if err := bt.b.DeleteRange(fileKey(g.id, g.m.FirstFile), fileKey(g.id, before), nil); err != nil {
 		return sm.Result{}, fmt.Errorf("group %d: unindex purged files: %w", g.id, err)
 	}
-	g.swapMu.Lock()
-	defer g.swapMu.Unlock()
 	for no := g.m.FirstFile; no < before; no++ {
 		delete(g.startStates, no)
 		delete(g.startSets, no)
@@ -68,30 +66,52 @@ func (g *Group) purge(bt *batch, before uint64) (sm.Result, error) {
 		if err != nil {
 			return sm.Result{}, err
 		}
-		// Deleting before the index commit is safe: should the process die in between,
-		// Open removes the rest (segments below FirstFile never come back into use).
+		// The segments go only once the index no longer needs them (unlinkPurged,
+		// after commit's synced index write): a power cut must never find them gone
+		// while the durable index still points redo at them.
 		for k, size := range partSizes(fi) {
 			path := g.partPath(no, k)
 			if f, ok := g.dirty[path]; ok {
 				f.Close()
 				delete(g.dirty, path)
 			}
-			if st, err := g.store.fs.Stat(path + zstSuffix); err == nil {
-				g.mu.Lock()
-				g.compOrig -= min(g.compOrig, size)
-				g.compSize -= min(g.compSize, uint64(st.Size()))
-				g.mu.Unlock()
-			}
-			for _, p := range []string{path, path + zstSuffix} {
-				if err := g.store.fs.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-					return sm.Result{}, fmt.Errorf("group %d: remove purged segment %s: %w", g.id, p, err)
-				}
-			}
+			g.unlink = append(g.unlink, purgedPart{path: path, size: size})
 		}
 	}
 	g.log.Info("purged served files", "from", FileName(g.m.FirstFile), "before", FileName(before))
 	g.m.FirstFile = before
 	return sm.Result{Value: ResultOK}, nil
+}
+
+// purgedPart is a segment part purge removed from the index, to be unlinked.
+type purgedPart struct {
+	path string
+	size uint64 // its plain size, for the compression figures
+}
+
+// unlinkPurged removes the segments of purged files. commit calls it once the index
+// that no longer names them is durable. Should the process die first, Open removes
+// them (segments below FirstFile never come back into use).
+func (g *Group) unlinkPurged() error {
+	g.swapMu.Lock()
+	defer g.swapMu.Unlock()
+	for len(g.unlink) > 0 {
+		p := g.unlink[0]
+		if st, err := g.store.fs.Stat(p.path + zstSuffix); err == nil {
+			g.mu.Lock()
+			g.compOrig -= min(g.compOrig, p.size)
+			g.compSize -= min(g.compSize, uint64(st.Size()))
+			g.mu.Unlock()
+		}
+		for _, f := range []string{p.path, p.path + zstSuffix} {
+			if err := g.store.fs.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return fmt.Errorf("group %d: remove purged segment %s: %w", g.id, f, err)
+			}
+		}
+		g.unlink = g.unlink[1:]
+		g.newFiles = true // the next Sync makes the removals durable
+	}
+	return nil
 }
 
 // firstIndexOf reads the raft index of a file's first record from its header.
