@@ -32,10 +32,11 @@ type upstreamFlavor interface {
 	done()
 	// base fills in the base of the group's first file.
 	base(nf *statemachine.NewFile)
-	// executedQuery asks a master for the GTIDs it has written; covers reports
-	// whether the group holds all of the answer (a silent stream then misses nothing).
+	// executedQuery asks a master for the GTIDs it has written; missing returns
+	// those of the answer the group lacks, "" when it holds them all (a silent
+	// stream then misses nothing).
 	executedQuery() string
-	covers(executed string) (bool, error)
+	missing(executed string) (string, error)
 }
 
 // newUpstreamFlavor returns the flavor of u, resuming from the group's state v.
@@ -101,17 +102,18 @@ func (f *mariadbFlavor) base(nf *statemachine.NewFile) { nf.BaseState = f.basePo
 
 func (f *mariadbFlavor) executedQuery() string { return "SELECT @@GLOBAL.gtid_binlog_pos" }
 
-func (f *mariadbFlavor) covers(executed string) (bool, error) {
+func (f *mariadbFlavor) missing(executed string) (string, error) {
 	pos, err := binlog.ParsePosition(executed)
 	if err != nil {
-		return false, err
+		return "", err
 	}
-	for _, g := range pos {
-		if !f.state.Contains(g) {
-			return false, nil
+	var out []string
+	for _, d := range pos.Domains() {
+		if g := pos[d]; !f.state.Contains(g) {
+			out = append(out, g.String())
 		}
 	}
-	return true, nil
+	return strings.Join(out, ","), nil
 }
 
 // mysqlFlavor: server_uuid:N GTIDs, an executed set with gaps, groups whose end
@@ -157,10 +159,10 @@ func (f *mysqlFlavor) base(nf *statemachine.NewFile) { nf.MySQL, nf.BaseSet = tr
 
 func (f *mysqlFlavor) executedQuery() string { return "SELECT @@GLOBAL.gtid_executed" }
 
-func (f *mysqlFlavor) covers(executed string) (bool, error) {
+func (f *mysqlFlavor) missing(executed string) (string, error) {
 	set, err := binlog.ParseMySQLSet(strings.ReplaceAll(executed, "\n", ""))
 	if err != nil {
-		return false, err
+		return "", err
 	}
-	return f.executed.ContainsSet(set), nil
+	return set.Subtract(f.executed).String(), nil
 }

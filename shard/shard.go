@@ -31,6 +31,10 @@ type Shard struct {
 	kick chan struct{}
 	// reconciling: a membership change is under way.
 	reconciling atomic.Bool
+	// stalledOn and unserved are the silence probes' memory across connections
+	// (the syncer goroutine's alone): the GTIDs the last stall verdict was about,
+	// and those found to be in the master's executed set but not in its binary log.
+	stalledOn, unserved string
 
 	mu       sync.Mutex
 	upstream placement.Upstream

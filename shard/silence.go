@@ -3,13 +3,16 @@ package shard
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
+	"github.com/go-mysql-org/go-mysql/mysql"
 )
 
 // A stream from the master may fall silent for two reasons: the master has nothing
@@ -37,39 +40,42 @@ const silenceProbe = 15 * time.Second
 // the link is watched by probes.
 const connectStall = 15 * time.Second
 
-// linkWatch follows the reads of a master connection: when bytes last arrived, and
-// the read deadline (a backstop while connecting, none while streaming).
+// linkWatch follows the reads of the connections of one stream: when bytes last
+// arrived, and which connections are past their login. A connection reads with a
+// deadline (bound) until streaming marks it live: a master that accepts TCP but never
+// answers (a frozen process) cannot hold a login forever, also not one opened after
+// the dump started (go-mysql's KILL connection when it closes a stream).
 type linkWatch struct {
 	last  atomic.Int64 // unix nanoseconds of the last byte read
-	stall atomic.Int64 // per-read deadline in nanoseconds; 0: none
+	bound time.Duration
 
 	mu    sync.Mutex
-	conns []net.Conn
+	conns []*watchedConn
 }
 
 func newLinkWatch() *linkWatch {
-	w := &linkWatch{}
+	w := &linkWatch{bound: connectStall}
 	w.last.Store(time.Now().UnixNano())
-	w.stall.Store(int64(connectStall))
 	return w
 }
 
 // wrap makes c report its reads to w.
 func (w *linkWatch) wrap(c net.Conn) net.Conn {
+	wc := &watchedConn{Conn: c, w: w}
 	w.mu.Lock()
-	w.conns = append(w.conns, c)
+	w.conns = append(w.conns, wc)
 	w.mu.Unlock()
-	return &watchedConn{Conn: c, w: w}
+	return wc
 }
 
-// streaming ends the per-read deadline, also of a read under way: from now on the
-// probes judge the link.
+// streaming ends the read deadline of the connections opened so far, also of a read
+// under way: from now on the probes judge the link.
 func (w *linkWatch) streaming() {
-	w.stall.Store(0)
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, c := range w.conns {
-		_ = c.SetReadDeadline(time.Time{})
+		c.live.Store(true)
+		_ = c.Conn.SetReadDeadline(time.Time{})
 	}
 }
 
@@ -78,12 +84,18 @@ func (w *linkWatch) idle() time.Duration { return time.Since(time.Unix(0, w.last
 
 type watchedConn struct {
 	net.Conn
-	w *linkWatch
+	w    *linkWatch
+	live atomic.Bool
 }
 
 func (c *watchedConn) Read(p []byte) (int, error) {
-	if s := c.w.stall.Load(); s > 0 {
-		_ = c.Conn.SetReadDeadline(time.Now().Add(time.Duration(s)))
+	if !c.live.Load() {
+		_ = c.Conn.SetReadDeadline(time.Now().Add(c.w.bound))
+		if c.live.Load() {
+			// streaming ran between the check and the deadline: its clearing may
+			// have come first, so clear again (both orders end without a deadline).
+			_ = c.Conn.SetReadDeadline(time.Time{})
+		}
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
@@ -97,14 +109,23 @@ type silence struct {
 	behind  bool // the last probe found the master holding what the stream did not deliver
 	probeAt time.Time
 	logged  bool
+	blind   bool // a probe could not judge (logged once)
 }
+
+// silenceGiveUp ends a silent stream that the probes cannot judge (the master
+// refuses the probe's login, or does not answer its query) after this long.
+const silenceGiveUp = 5 * time.Minute
+
+// errCannotJudge: the probe reached a master that is up but could not tell whether
+// the stream misses anything.
+var errCannotJudge = errors.New("the probe cannot judge the stream")
 
 // checkSilence probes the master after silenceProbe without a byte: nil to go on
 // waiting, or the reason to end the stream (wrapping errSourceDown when the master
 // cannot be reached). The probe compares GTIDs, not binlog positions: a dump by GTID
 // skips what the group holds without a word, so the stream's position may trail
 // the master's end although nothing is missing.
-func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl upstreamFlavor, addr, user, password string, tlsCfg *tls.Config) error {
+func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl upstreamFlavor, probe func(context.Context) (string, error)) error {
 	if w.idle() < silenceProbe {
 		return nil
 	}
@@ -112,29 +133,50 @@ func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl 
 		st.behind = false // bytes came since the last probe: the stream moves
 	}
 	st.probeAt = time.Now()
-	executed, err := s.masterExecuted(ctx, fl, addr, user, password, tlsCfg)
-	if err != nil {
-		return err
+	executed, err := probe(ctx)
+	var missing string
+	if err == nil {
+		missing, err = fl.missing(executed)
 	}
-	held, err := fl.covers(executed)
 	if err != nil {
-		return fmt.Errorf("the stream is silent and the master's GTIDs %q cannot be read: %w", executed, err)
+		if errors.Is(err, errSourceDown) {
+			return err
+		}
+		if w.idle() >= silenceGiveUp {
+			return fmt.Errorf("the stream has been silent for %s and the probes cannot tell why (%v): reconnecting", w.idle().Round(time.Second), err)
+		}
+		if !st.blind {
+			st.blind = true
+			s.log.Warn("the master's stream is silent and the probe cannot tell whether it misses anything: waiting, and reconnecting after 5 minutes of silence",
+				"err", err)
+		}
+		return nil
 	}
-	if held {
+	if missing == "" || missing == s.unserved {
 		st.behind = false
 		if !st.logged {
 			st.logged = true
-			s.log.Info("the master's stream is silent and the group holds all the master's transactions: waiting (the master sends no heartbeats, or sends them slower than the probes)",
+			s.log.Info("the master's stream is silent and the group holds all the master's transactions: waiting (the master sends no heartbeats)",
 				"silent_for", w.idle().Round(time.Second), "master_gtids", executed)
 		}
 		return nil
 	}
-	if st.behind {
-		return fmt.Errorf("the stream has delivered nothing for %s, yet the master has written transactions the group lacks (master: %s): the link is stalled",
-			w.idle().Round(time.Second), executed)
+	if !st.behind {
+		st.behind = true // possibly in flight: judged at the next probe
+		return nil
 	}
-	st.behind = true // possibly in flight: judged at the next probe
-	return nil
+	if missing == s.stalledOn {
+		// The previous connection ended on these same GTIDs and this one, dumping
+		// from the group's position, did not bring them either: the master's
+		// binlog does not hold them.
+		s.unserved, st.behind = missing, false
+		s.log.Warn("the master's executed GTIDs hold transactions its binary log does not send (a channel with log_replica_updates=OFF, SET GTID_PURGED, sql_log_bin=0?): no longer waiting for them",
+			"gtids", missing)
+		return nil
+	}
+	s.stalledOn = missing
+	return fmt.Errorf("the stream has delivered nothing for %s, yet the master has written %s, which the group lacks: the link is stalled",
+		w.idle().Round(time.Second), missing)
 }
 
 // masterExecuted asks the master, on a connection of its own, for the GTIDs it has
@@ -146,6 +188,12 @@ func (s *Shard) masterExecuted(ctx context.Context, fl upstreamFlavor, addr, use
 		c.ReadTimeout, c.WriteTimeout = 10*time.Second, 10*time.Second
 		return nil
 	})
+	var me *mysql.MyError
+	if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) {
+		// Too many connections, a blocked host, a changed password: the master is
+		// up; it refuses only the probe.
+		return "", fmt.Errorf("%w: the master refuses the probe's login: %w", errCannotJudge, err)
+	}
 	if err != nil {
 		return "", fmt.Errorf("%w: the stream is silent and the master does not answer a probe: %w", errSourceDown, err)
 	}
@@ -158,6 +206,9 @@ func (s *Shard) masterExecuted(ctx context.Context, fl upstreamFlavor, addr, use
 	if r.RowNumber() == 0 {
 		return "", fmt.Errorf("the stream is silent and the probe %q returned no row", q)
 	}
-	v, _ := r.GetString(0, 0)
+	v, err := r.GetString(0, 0)
+	if err != nil {
+		return "", fmt.Errorf("the probe %q: %w", q, err)
+	}
 	return v, nil
 }

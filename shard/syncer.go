@@ -59,8 +59,9 @@ func syncerServerID(u placement.Upstream, gid uint64) uint32 {
 
 // syncOnce runs one connection to the master: claim an epoch, read where the group
 // stands, ask the master for everything after it, and propose whole transactions.
-// delivered reports whether the stream carried a transaction or a heartbeat before
-// it ended: a connection that worked, after which the next one is tried at once.
+// delivered reports whether a transaction of this connection committed before it
+// ended: the connection worked, so the next one is tried at once (a failure that
+// recurs before any progress backs off instead).
 func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	epoch, err := s.claimEpoch(ctx)
 	if err != nil {
@@ -119,6 +120,9 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		upstreamFile: view.Upstream, fileServerID: view.ServerID, hasFile: view.HasFile, semi: semi}
 	defer func() { delivered = p.delivered }()
 	var quiet silence
+	probe := func(ctx context.Context) (string, error) {
+		return s.masterExecuted(ctx, fl, net.JoinHostPort(host, portStr), u.User, password, tlsCfg)
+	}
 	for {
 		idle := len(p.items) == 0 && len(p.pending) == 0
 		wait := batchLinger
@@ -130,8 +134,12 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+				if idle && p.heartbeats && w.idle() >= silenceProbe {
+					// A master that sent heartbeats and stopped: the link is dead.
+					return false, fmt.Errorf("read from master %s: no heartbeat or event for %s", u.Source, w.idle().Round(time.Second))
+				}
 				if idle {
-					if err := s.checkSilence(ctx, &quiet, w, fl, net.JoinHostPort(host, portStr), u.User, password, tlsCfg); err != nil {
+					if err := s.checkSilence(ctx, &quiet, w, fl, probe); err != nil {
 						return false, fmt.Errorf("master %s: %w", u.Source, err)
 					}
 					continue
@@ -302,8 +310,9 @@ type pipeline struct {
 	batchAck *ackPoint
 	acked    ackPoint // the last position acknowledged
 
-	// delivered: the stream carried a transaction or a heartbeat (see syncOnce).
-	delivered bool
+	// delivered: a transaction of this stream committed (see syncOnce); heartbeats:
+	// the master sends them (its silence then means a dead link).
+	delivered, heartbeats bool
 }
 
 // ackPoint is a place in the master's binlog to acknowledge, and when the transaction
@@ -384,7 +393,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		}
 		return nil
 	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent:
-		p.delivered = p.delivered || h.Type == binlog.HeartbeatEvent
+		p.heartbeats = p.heartbeats || h.Type == binlog.HeartbeatEvent
 		// Where the master stands, with nothing of ours in flight: what the group
 		// holds goes up to here. A semi-sync master that was waiting for a
 		// transaction the group committed after the previous connection broke
@@ -429,7 +438,6 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 	if p.fl.ends(raw, p.checksummed) {
 		t := p.cur
 		p.cur = nil
-		p.delivered = true
 		if p.semi != nil {
 			p.batchAck = &ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos), rcv: time.Now()}
 		}
@@ -642,6 +650,7 @@ func (p *pipeline) complete(ctx context.Context) error {
 	// batch's reading later than the commit itself.
 	p.s.m.metrics.Proposed(name, time.Since(f.began), nil)
 	p.s.m.metrics.Ingested(name, f.events, f.bytes, int(f.txns))
+	p.delivered = p.delivered || f.txns > 0
 	idle := p.cur == nil && len(p.items) == 0 && len(p.pending) == 0
 	p.s.updateStatus(func(st *SyncStatus) {
 		st.LastEventAt, st.LastEventRcv = time.Unix(int64(f.lastTS), 0), time.Now()

@@ -16,6 +16,8 @@ import (
 // replication user and sends no heartbeats. It is added with a warning (shown by add
 // and by get) and relays; after a minute of silence the stream is still the same
 // connection (no reconnect), and the next write reaches a replica within a second.
+// When the stream then stalls (the master writes, the link brings nothing), the
+// probes end it and the write arrives over a new one.
 func TestMasterBendsRules(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -85,5 +87,21 @@ func TestMasterBendsRules(t *testing.T) {
 	}
 	if final := getUpstream(ctx, t, fl, "bent").Group; final.Reconnects != before.Reconnects {
 		t.Fatalf("reconnects %s -> %s", before.Reconnects, final.Reconnects)
+	}
+
+	// The link dies without a reset: the master goes on writing, the stream brings
+	// nothing. Two probes find the master ahead of the group; the stream is
+	// reconnected and the write arrives.
+	master.StallStreams()
+	g2, err := master.AppendTxn(recorded[uuid+":301"])
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.until(ctx, mysqlSet(t, g2.String()))
+	if final := getUpstream(ctx, t, fl, "bent").Group; final.Reconnects == before.Reconnects {
+		t.Fatalf("a stalled stream delivered a write without a reconnect?\n%s", fl.LogTail(20))
+	}
+	if !strings.Contains(fl.LogTail(200), "the link is stalled") {
+		t.Fatalf("the stall was not the reason of the reconnect:\n%s", fl.LogTail(30))
 	}
 }

@@ -52,6 +52,7 @@ type Master struct {
 	conns    map[net.Conn]bool
 	closed   bool
 	quirks   Quirks
+	stallGen uint64 // dumps started before the last StallStreams send nothing
 	// acked is the furthest semi-sync ACK received: file and position.
 	ackedFile string
 	ackedPos  uint64
@@ -142,6 +143,14 @@ func (m *Master) quirk() Quirks {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	return m.quirks
+}
+
+// StallStreams makes the dumps under way send nothing more, as over a link that
+// died without a reset; dumps started afterwards stream normally.
+func (m *Master) StallStreams() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.stallGen++
 }
 
 // Executed is the master's gtid_executed.

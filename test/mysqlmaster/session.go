@@ -24,6 +24,7 @@ type session struct {
 	c    *server.Conn
 	vars map[string]string // user variables (@name)
 	semi bool              // the dump carries semi-sync headers
+	gen  uint64            // Master.stallGen when the dump started
 }
 
 var (
@@ -258,6 +259,7 @@ func (s *session) stream(start, off int, have binlog.MySQLSet) error {
 	}
 	m.mu.Lock()
 	s.semi = m.vars["rpl_semi_sync_source_enabled"] == "ON" && (s.vars["rpl_semi_sync_slave"] == "1" || s.vars["rpl_semi_sync_replica"] == "1")
+	s.gen = m.stallGen
 	m.mu.Unlock()
 	if s.semi {
 		go s.readAcks()
@@ -315,6 +317,23 @@ func (s *session) stream(start, off int, have binlog.MySQLSet) error {
 	}
 }
 
+// waitUnstalled holds a dump that StallStreams stalled until the master or the
+// connection closes (polling: the test master has nothing to wake it with).
+func (s *session) waitUnstalled() error {
+	for {
+		s.m.mu.Lock()
+		stalled, closed, open := s.m.stallGen > s.gen, s.m.closed, s.m.conns[s.nc]
+		s.m.mu.Unlock()
+		if !stalled {
+			return nil
+		}
+		if closed || !open {
+			return net.ErrClosed
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // send writes one event packet (OK byte, event).
 func (s *session) send(ev []byte) error { return s.sendFlagged(ev, false) }
 
@@ -322,6 +341,9 @@ func (s *session) send(ev []byte) error { return s.sendFlagged(ev, false) }
 // header, asking for an ACK when ack is set (a transaction's last event). As MySQL's
 // source does, the packet sequence restarts after an event that asks for an ACK.
 func (s *session) sendFlagged(ev []byte, ack bool) error {
+	if err := s.waitUnstalled(); err != nil {
+		return err
+	}
 	pkt := make([]byte, 4, 7+len(ev))
 	pkt = append(pkt, 0)
 	if s.semi {
