@@ -106,7 +106,7 @@ func (l Listener) flavor() string {
 // version is what @@version answers for u on this port.
 func (l Listener) version(u *placement.Upstream) string {
 	switch {
-	case l.Version != "" && l.flavor() == "mariadb" && !strings.Contains(l.Version, "MariaDB"):
+	case l.Version != "" && l.flavor() == "mariadb" && !strings.Contains(strings.ToLower(l.Version), "mariadb"):
 		return l.Version + "-MariaDB"
 	case l.Version != "":
 		return l.Version
@@ -195,5 +195,18 @@ func (s *Server) servedHere(l Listener, ups []*placement.Upstream) ([]*placement
 	names := map[string]string{"mysql": "MySQL", "mariadb": "MariaDB"}
 	return nil, mysql.NewError(mysql.ER_UNKNOWN_ERROR, fmt.Sprintf(
 		"upstream %s is a %s master: connect to this node's %s port %s (this port, %s, greets clients as %s, and they would speak the wrong dialect)",
-		other.Name, names[upstreamFlavor(other)], names[upstreamFlavor(other)], right.Addr, l.Addr, names[l.flavor()]))
+		other.Name, names[upstreamFlavor(other)], names[upstreamFlavor(other)], portName(right.Addr), portName(l.Addr), names[l.flavor()]))
+}
+
+// portName is how a client should be told a port: the address, or only the port
+// when the node listens on every address (0.0.0.0 is nowhere to connect to).
+func portName(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || ip != nil && ip.IsUnspecified() {
+		return port
+	}
+	return addr
 }

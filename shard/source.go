@@ -182,8 +182,11 @@ func InspectSource(ctx context.Context, chk SourceCheck) (SourceInfo, error) {
 	}
 	// Some MySQL-compatible masters refuse SHOW GRANTS to a user that holds only
 	// REPLICATION SLAVE: the check is then left to the dump, with a warning.
-	if grants, err := c.Execute("SHOW GRANTS"); err != nil {
+	var refused *mysql.MyError
+	if grants, err := c.Execute("SHOW GRANTS"); errors.As(err, &refused) {
 		info.Warnings = append(info.Warnings, fmt.Sprintf("could not check that user %q holds REPLICATION SLAVE on %s: SHOW GRANTS: %v; the binlog dump will tell (see `flotilla upstream get` if it does not start)", user, addr, err))
+	} else if err != nil {
+		return info, fmt.Errorf("master %s: SHOW GRANTS: %w", addr, err) // the connection failed, not the check
 	} else {
 		canDump := false
 		for i := 0; i < grants.RowNumber(); i++ {

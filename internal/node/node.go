@@ -40,7 +40,7 @@ type Config struct {
 	NodeID  uint64 `yaml:"node_id"`
 	DataDir string `yaml:"data"`
 	// MySQLAddr lists the MySQL ports, each HOST:PORT or FLAVOR=HOST:PORT[,version=X]
-	// (mysqlfront.ParseListener); the first is the one the cluster records.
+	// (mysqlfront.ParseListener); the cluster records them all, space-separated.
 	MySQLAddr  AddrList          `yaml:"mysql_addr"`
 	AdminAddr  string            `yaml:"admin_addr"`
 	RaftAddr   string            `yaml:"raft_addr"`
@@ -341,6 +341,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.front.Metrics = rel
 	n.front.DecoyKey = ident.Key("mysql decoy plugin")
 	n.front.Listeners = faces
+	if !slices.ContainsFunc(faces, func(l mysqlfront.Listener) bool { return l.Flavor != "mysql" }) {
+		log.Warn("every MySQL port greets as MySQL: MariaDB upstreams are served there too, and MariaDB replicas may misread the greeting; add a MariaDB-flavored port (--mysql-addr HOST:PORT) for them")
+	}
 	for i, lis := range mysqlLis {
 		face := faces[i]
 		n.spawn(func() { n.errc <- n.front.ServeAs(ctx, lis, face) })

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -26,6 +27,13 @@ const zongjiDir = "../interop/zongji"
 func requireZongJi(t *testing.T) string {
 	t.Helper()
 	node, err := exec.LookPath("node")
+	if err == nil {
+		// read.js needs util.parseArgs: Node.js 18 or later.
+		out, verr := exec.Command(node, "-e", "process.exit(+process.versions.node.split('.')[0] >= 18 ? 0 : 1)").CombinedOutput()
+		if verr != nil {
+			err = fmt.Errorf("Node.js 18 or later is needed (%v %s)", verr, out)
+		}
+	}
 	if err == nil {
 		if _, err = os.Stat(filepath.Join(zongjiDir, "node_modules/@vlasky/zongji/package.json")); err != nil {
 			err = fmt.Errorf("zongji's npm packages are not installed (%w)", err)
@@ -181,10 +189,13 @@ func TestZongJiThroughFlotilla(t *testing.T) {
 	relay := startZongJi(ctx, t, node, "127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, 1000,
 		"--filename", "flotilla-bin.000001", "--position", "4")
 	got := relay.collect(ctx, t, first)
-	// SIGKILL of the node serving it, mid-stream; the master goes on meanwhile.
+	// SIGKILL of the node serving it while zongji streams (it has read all there
+	// is and waits for more); the master goes on meanwhile.
+	killed := time.Now()
 	fl.Kill()
-	if err := relay.wait(); err == nil {
-		t.Fatal("read.js did not notice the node's death")
+	var exit *exec.ExitError
+	if err := relay.wait(); !errors.As(err, &exit) || exit.ExitCode() != 1 || time.Since(killed) > 30*time.Second {
+		t.Fatalf("read.js must fail at once with status 1 (its error exit, not its timeout) when the node dies: %v after %v", err, time.Since(killed))
 	}
 	second := zongjiWrites(ctx, t, master, 41, 81)
 	fl.Start(ctx)

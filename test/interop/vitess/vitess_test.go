@@ -1,8 +1,3 @@
-// Package vitess checks Flotilla's MySQL front end with Vitess's binlog client
-// (vitess.io/vitess/go/mysql): the client picks its dialect from the server's greeting
-// (a "5.5.5-...-MariaDB-..." greeting makes it speak MariaDB's, anything starting
-// with "8." MySQL 8's), then reads by GTID and by file and position. It lives in its
-// own module so Vitess's dependencies stay out of Flotilla's go.mod.
 package vitess
 
 import (

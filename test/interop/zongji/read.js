@@ -28,7 +28,7 @@
 // beyond 2^53 as strings.
 // file: binlog file zongji tracks (from Rotate events); pos: the row event's
 // own header end position (event.nextPosition; MariaDB may write 0 inside a
-// transaction, see /tmp/research/zongji.md); resume: zongji's safe resume
+// transaction, so zongji says; MariaDB 10.11 writes real ones); resume: zongji's safe resume
 // point (filename/position it would restart from: it never moves inside a
 // transaction, so resuming there replays the whole transaction).
 // gtid: the transaction's GTID when the server sends GTID events, else null.
