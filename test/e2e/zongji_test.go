@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
 )
 
 // zongjiDir holds read.js and its pinned npm packages (scripts/ensure-node.sh
@@ -208,6 +209,57 @@ func TestZongJiThroughFlotilla(t *testing.T) {
 
 	direct := startZongJi(ctx, t, node, master.Addr(), upstreamUser, upstreamPass, first+second)
 	want := direct.collect(ctx, t, first+second)
+	if err := direct.wait(); err != nil {
+		t.Fatal(err)
+	}
+	for i := range want {
+		if got[i].String() != want[i].String() || got[i].GTID != want[i].GTID {
+			t.Fatalf("row event %d differs:\n master:   %s %s\n flotilla: %s %s", i, want[i].GTID, want[i], got[i].GTID, got[i])
+		}
+	}
+	t.Logf("%d row events through Flotilla equal to the master's, across a SIGKILL", len(want))
+}
+
+// TestZongJiMySQLGroup: zongji reads a MySQL group (the test master serving the
+// recording) through a MySQL-flavored port the same row events as from the master,
+// by file and position and, after a SIGKILL of the serving node mid-stream, by GTID
+// set. The recording logs minimal row metadata, so zongji asks for column names
+// (INFORMATION_SCHEMA.COLUMNS, prepared), which only the master can answer: its
+// query connection goes to the master (read.js --ctrl-*), its dump to Flotilla.
+func TestZongJiMySQLGroup(t *testing.T) {
+	node := requireZongJi(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	master, fl, mysqlAddr := startMySQLGroup(ctx, t)
+	uuid := mysqlmaster.FixtureUUID
+	recorded := recordedTxns(t, master)
+	host, port, _ := strings.Cut(master.Addr(), ":")
+	ctrl := []string{"--include-schema", "fx2", "--ctrl-host", host, "--ctrl-port", port, "--ctrl-user", master.User, "--ctrl-password", master.Password}
+	const fx2 = 37 // 30 single-row inserts, then 7 row events in 4 transactions
+
+	relay := startZongJi(ctx, t, node, mysqlAddr, replicaUser, replicaPass, 1000, append(ctrl, "--filename", "flotilla-bin.000001", "--position", "4")...)
+	got := relay.collect(ctx, t, fx2)
+	killed := time.Now()
+	fl.Kill()
+	var exit *exec.ExitError
+	if err := relay.wait(); !errors.As(err, &exit) || exit.ExitCode() != 1 || time.Since(killed) > 30*time.Second {
+		t.Fatalf("read.js must fail at once with status 1 when the node dies: %v after %v", err, time.Since(killed))
+	}
+	// The master goes on: two more fx2 transactions (new GTIDs :310, :311).
+	for _, id := range []string{":266", ":267"} {
+		if _, err := master.AppendTxn(recorded[uuid+id]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	fl.Start(ctx)
+	resume := startZongJi(ctx, t, node, mysqlAddr, replicaUser, replicaPass, 2, append(ctrl, "--gtid", uuid+":1-309")...)
+	got = append(got, resume.collect(ctx, t, 2)...)
+	if err := resume.wait(); err != nil {
+		t.Fatal(err)
+	}
+
+	direct := startZongJi(ctx, t, node, master.Addr(), master.User, master.Password, fx2+2, "--include-schema", "fx2", "--filename", "binlog-main.000001", "--position", "4")
+	want := direct.collect(ctx, t, fx2+2)
 	if err := direct.wait(); err != nil {
 		t.Fatal(err)
 	}

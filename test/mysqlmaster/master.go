@@ -20,6 +20,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -52,7 +53,9 @@ type Master struct {
 	conns    map[net.Conn]bool
 	closed   bool
 	quirks   Quirks
-	stallGen uint64 // dumps started before the last StallStreams send nothing
+	// schemaDir holds the recording's CREATE TABLEs (expected/ beside the binlogs).
+	schemaDir string
+	stallGen  uint64 // dumps started before the last StallStreams send nothing
 	// acked is the furthest semi-sync ACK received: file and position.
 	ackedFile string
 	ackedPos  uint64
@@ -91,6 +94,7 @@ func New(dir string) (*Master, error) {
 		User: "repl", Password: "replpw", UUID: FixtureUUID, ServerID: h.ServerID,
 		ln: ln, log: slog.Default().With("component", "mysqlmaster"),
 		files: files, executed: executed, changed: make(chan struct{}), conns: map[net.Conn]bool{},
+		schemaDir: filepath.Join(filepath.Dir(dir), "expected"),
 	}
 	// MySQL 8's default: caching_sha2_password, whose full authentication without
 	// TLS needs the server's RSA key.

@@ -2,9 +2,12 @@ package mysqlmaster
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -29,11 +32,13 @@ type session struct {
 
 var (
 	setUserVar = regexp.MustCompile(`(?i)^SET\s+@(\w+)\s*=\s*(.+?)\s*;?$`)
-	selectVar  = regexp.MustCompile(`(?i)^SELECT\s+@@(?:GLOBAL\.|SESSION\.)?(\w+)\s*;?$`)
-	selectUser = regexp.MustCompile(`(?i)^SELECT\s+@(\w+)\s*;?$`)
-	showLike   = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+|SESSION\s+)?VARIABLES\s+LIKE\s+'([^']*)'\s*;?$`)
-	showEvents = regexp.MustCompile(`(?i)^SHOW\s+BINLOG\s+EVENTS\s+IN\s+'([^']+)'\s+FROM\s+(\d+)\s+LIMIT\s+(\d+)\s*;?$`)
-	showIn     = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+)?VARIABLES\s+WHERE\s+Variable_name\s+IN\s*\(([^)]*)\)\s*;?$`)
+	selectVar  = regexp.MustCompile(`(?i)^SELECT\s+@@(?:GLOBAL\.|SESSION\.)?(\w+)(?:\s+AS\s+(\w+))?\s*;?$`)
+	// infoColumns is what CDC tools ask for a table's columns (zongji, prepared).
+	infoColumns = regexp.MustCompile(`(?is)^\s*SELECT\s+COLUMN_NAME\b.*\bFROM\s+INFORMATION_SCHEMA\.COLUMNS\b`)
+	selectUser  = regexp.MustCompile(`(?i)^SELECT\s+@(\w+)\s*;?$`)
+	showLike    = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+|SESSION\s+)?VARIABLES\s+LIKE\s+'([^']*)'\s*;?$`)
+	showEvents  = regexp.MustCompile(`(?i)^SHOW\s+BINLOG\s+EVENTS\s+IN\s+'([^']+)'\s+FROM\s+(\d+)\s+LIMIT\s+(\d+)\s*;?$`)
+	showIn      = regexp.MustCompile(`(?i)^SHOW\s+(?:GLOBAL\s+)?VARIABLES\s+WHERE\s+Variable_name\s+IN\s*\(([^)]*)\)\s*;?$`)
 )
 
 // HandleQuery implements server.Handler.
@@ -64,7 +69,11 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 		if !ok {
 			return nil, mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
 		}
-		return result([]string{mm[0][len("SELECT "):]}, [][]any{{v}})
+		col := mm[0][len("SELECT "):]
+		if mm[2] != "" {
+			col = mm[2]
+		}
+		return result([]string{col}, [][]any{{v}})
 	}
 	if mm := selectUser.FindStringSubmatch(q); mm != nil {
 		v, ok := s.vars[strings.ToLower(mm[1])]
@@ -97,6 +106,10 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 		return s.m.binlogEvents(mm[1], from, limit)
 	}
 	switch {
+	case upper == "SELECT VERSION() AS VERSION":
+		return result([]string{"version"}, [][]any{{s.m.vars["version"]}})
+	case strings.HasPrefix(upper, "KILL "):
+		return &mysql.Result{}, nil // a client stopping its own dump: the connection ends anyway
 	case upper == "SELECT UNIX_TIMESTAMP()":
 		return result([]string{"UNIX_TIMESTAMP()"}, [][]any{{time.Now().Unix()}})
 	case upper == "SHOW GRANTS" && s.m.quirks.RefuseShowGrants: // s.m.mu is held
@@ -147,14 +160,39 @@ func (s *session) HandleFieldList(string, string) ([]*mysql.Field, error) {
 	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "no tables")
 }
 
-// HandleStmtPrepare implements server.Handler.
-func (s *session) HandleStmtPrepare(string) (int, int, any, error) {
-	return 0, 0, nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "no prepared statements")
+// HandleStmtPrepare implements server.Handler: only the INFORMATION_SCHEMA.COLUMNS
+// query of CDC tools (schema and table as parameters).
+func (s *session) HandleStmtPrepare(q string) (int, int, any, error) {
+	if infoColumns.MatchString(q) {
+		return 2, len(columnInfoNames), nil, nil
+	}
+	return 0, 0, nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "mysqlmaster prepares only the INFORMATION_SCHEMA.COLUMNS query")
 }
 
-// HandleStmtExecute implements server.Handler.
-func (s *session) HandleStmtExecute(any, string, []any) (*mysql.Result, error) {
-	return nil, mysql.NewError(mysql.ER_NOT_SUPPORTED_YET, "no prepared statements")
+// HandleStmtExecute implements server.Handler: a table's columns, from the
+// recording's CREATE TABLE (expected/DB.TABLE.sql beside the binlogs).
+func (s *session) HandleStmtExecute(_ any, _ string, args []any) (*mysql.Result, error) {
+	if len(args) != 2 {
+		return nil, mysql.NewError(mysql.ER_WRONG_ARGUMENTS, "want schema and table")
+	}
+	str := func(v any) string {
+		switch b := v.(type) {
+		case []byte:
+			return string(b)
+		case mysql.TypedBytes:
+			return string(b.Bytes)
+		}
+		return fmt.Sprint(v)
+	}
+	rows, err := s.m.columnsOf(str(args[0]), str(args[1]))
+	if err != nil {
+		return nil, err
+	}
+	rs, err := mysql.BuildSimpleResultset(columnInfoNames, rows, true)
+	if err != nil {
+		return nil, err
+	}
+	return &mysql.Result{Resultset: rs}, nil
 }
 
 // HandleStmtClose implements server.Handler.
@@ -176,7 +214,8 @@ func (s *session) HandleOtherCommand(cmd byte, data []byte) error {
 		if len(data) < 10 {
 			return mysql.NewError(mysql.ER_MALFORMED_PACKET, "short COM_BINLOG_DUMP")
 		}
-		return s.dumpFile(string(data[10:]), int(binary.LittleEndian.Uint32(data)))
+		// Some clients (zongji) end the name with a NUL, which MySQL ignores.
+		return s.dumpFile(strings.TrimRight(string(data[10:]), "\x00"), int(binary.LittleEndian.Uint32(data)))
 	}
 	return mysql.NewError(mysql.ER_UNKNOWN_COM_ERROR, fmt.Sprintf("mysqlmaster: command 0x%02x", cmd))
 }
@@ -382,4 +421,41 @@ func (s *session) readAcks() {
 		}
 		s.m.ack(string(body[9:]), binary.LittleEndian.Uint64(body[1:]))
 	}
+}
+
+// columnInfoNames are the columns zongji selects from INFORMATION_SCHEMA.COLUMNS.
+var columnInfoNames = []string{"COLUMN_NAME", "COLLATION_NAME", "CHARACTER_SET_NAME", "COLUMN_COMMENT", "COLUMN_TYPE"}
+
+// createColumn is a column line of a recorded CREATE TABLE: name and type.
+var createColumn = regexp.MustCompile("^\\s*`(\\w+)` ([a-z]+(?:\\([^)]*\\))?(?: unsigned)?)")
+
+// columnsOf answers INFORMATION_SCHEMA.COLUMNS for a recorded table (no rows for a
+// table the recording does not describe, as MySQL for an unknown one).
+func (m *Master) columnsOf(schema, table string) ([][]any, error) {
+	if m.schemaDir == "" || strings.ContainsAny(schema+table, "/\\.") {
+		return nil, nil
+	}
+	b, err := os.ReadFile(filepath.Join(m.schemaDir, schema+"."+table+".sql"))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var rows [][]any
+	for _, l := range strings.Split(string(b), "\n") {
+		c := createColumn.FindStringSubmatch(l)
+		if c == nil {
+			continue
+		}
+		// MySQL answers NULL but for character columns; "" reads the same to
+		// JavaScript clients, and go-mysql's binary result sets encode no NULLs.
+		collation, charset := "", ""
+		switch base, _, _ := strings.Cut(c[2], "("); base {
+		case "char", "varchar", "text", "tinytext", "mediumtext", "longtext", "enum", "set":
+			collation, charset = "utf8mb4_0900_bin", "utf8mb4"
+		}
+		rows = append(rows, []any{c[1], collation, charset, "", c[2]})
+	}
+	return rows, nil
 }

@@ -7,7 +7,7 @@
 // Usage:
 //   node read.js --host 127.0.0.1 --port P --user U --password PW \
 //     --server-id N --count K \
-//     [--filename F --position N | --gtid D-S-N[,...]] \
+//     [--filename F --position N | --gtid D-S-N[,...] or UUID:N-M[,...]] \
 //     [--ctrl-host H --ctrl-port P --ctrl-user U --ctrl-password PW] \
 //     [--include-schema db | db.tbl ...] [--timeout SECONDS] \
 //     [--date-strings] [--timezone Z|local|+hh:mm] [--verbose]
