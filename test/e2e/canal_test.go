@@ -19,7 +19,6 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/go-mysql-org/go-mysql/schema"
 
-	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
 )
 
@@ -140,7 +139,9 @@ func canalRows(ctx context.Context, t *testing.T, addr, user, password, flavor, 
 func TestCanalThroughFlotilla(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	master := mysqlmaster.Start(t, "../fixtures/mysql-binlog/binlog")
+	// The node has a MySQL-flavored port: canal (and go-mysql's BinlogSyncer under
+	// it) cannot tell flavors apart and defaults to MySQL, which that port matches.
+	master, fl, mysqlAddr := startMySQLGroup(ctx, t)
 	const after262 = mysqlmaster.FixtureUUID + ":1-262" // fx2 is all after it
 	direct := canalRows(ctx, t, master.Addr(), master.User, master.Password, mysql.MySQLFlavor, "")
 	if gtid := canalRows(ctx, t, master.Addr(), master.User, master.Password, mysql.MySQLFlavor, after262); strings.Join(gtid, "\n") != strings.Join(direct, "\n") {
@@ -151,26 +152,13 @@ func TestCanalThroughFlotilla(t *testing.T) {
 		t.Fatalf("canal on the master produced %d row events of fx2, want 37", len(direct))
 	}
 
-	// The node has a MySQL-flavored port: canal (and go-mysql's BinlogSyncer under
-	// it) cannot tell flavors apart and defaults to MySQL, which that port matches.
-	fl := flotillatest.NewNode(t, filepath.Join(t.TempDir(), "flotilla"), 1)
-	mysqlAddr := fl.AddMySQLFlavorPort("8.0.36")
-	fl.Start(ctx)
-	if _, err := fl.CLI(ctx, "upstream", "add", "mysql8", "--source", master.Addr(), "--user", master.User, "--password", master.Password,
-		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(time.Minute); getUpstream(ctx, t, fl, "mysql8").Group.ExecutedGtid != mysqlmaster.FixtureUUID+":1-309"; time.Sleep(100 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("the group did not catch up\n%s", fl.LogTail(20))
-		}
-	}
 	for _, from := range []string{"", after262} {
 		relayed := canalRows(ctx, t, mysqlAddr, replicaUser, replicaPass, mysql.MySQLFlavor, from)
 		sameRows(t, from, direct, relayed)
 	}
 	// Flavor left unset, as most canal users leave it.
 	sameRows(t, "", direct, canalRows(ctx, t, mysqlAddr, replicaUser, replicaPass, "", ""))
+	// go-mysql's BinlogSyncer at its default flavor: TestGoMySQLWithoutFlavor.
 	// A MySQL upstream's replica on the MariaDB-flavored port is told the right one.
 	_, err := client.Connect("127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, "")
 	if err == nil || !strings.Contains(err.Error(), mysqlAddr) {

@@ -53,14 +53,20 @@ func startMySQLGroup(ctx context.Context, t *testing.T) (*mysqlmaster.Master, *f
 		"--replica-user", replicaUser, "--replica-password", replicaPass); err != nil {
 		t.Fatal(err)
 	}
-	all := mysqlSet(t, mysqlmaster.FixtureUUID+":1-309")
+	waitMySQLHolds(ctx, t, fl, "mysql8", mysqlSet(t, mysqlmaster.FixtureUUID+":1-309"))
+	return master, fl, mysqlAddr
+}
+
+// waitMySQLHolds polls until upstream name's group holds want.
+func waitMySQLHolds(ctx context.Context, t *testing.T, fl *flotillatest.Node, name string, want binlog.MySQLSet) {
+	t.Helper()
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		got := getUpstream(ctx, t, fl, "mysql8").Group.ExecutedGtid
-		if s, err := binlog.ParseMySQLSet(got); err == nil && s.ContainsSet(all) {
-			return master, fl, mysqlAddr
+		got := getUpstream(ctx, t, fl, name).Group.ExecutedGtid
+		if s, err := binlog.ParseMySQLSet(got); err == nil && s.ContainsSet(want) {
+			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("the group holds %q, want %s\n%s", got, all, fl.LogTail(30))
+			t.Fatalf("the group holds %q, want %s\n%s", got, want, fl.LogTail(30))
 		}
 	}
 }

@@ -44,15 +44,7 @@ func TestMasterBendsRules(t *testing.T) {
 	}
 
 	all := mysqlSet(t, uuid+":1-309")
-	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
-		got := getUpstream(ctx, t, fl, "bent").Group.ExecutedGtid
-		if s, err := binlog.ParseMySQLSet(got); err == nil && s.ContainsSet(all) {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the group holds %q, want %s\n%s", got, all, fl.LogTail(30))
-		}
-	}
+	waitMySQLHolds(ctx, t, fl, "bent", all)
 	r := startMySQLReplica(t, fl, binlog.MySQLSet{})
 	r.until(ctx, all)
 	checkRecorded(t, r, recorded, 0)

@@ -130,6 +130,20 @@ func (run *zongjiRun) collect(ctx context.Context, t *testing.T, n int) []zongji
 	return got
 }
 
+// sameZongJiRows requires the row events read through Flotilla to be the master's.
+func sameZongJiRows(t *testing.T, want, got []zongjiRow) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d row events through Flotilla, %d from the master", len(got), len(want))
+	}
+	for i := range want {
+		if got[i].String() != want[i].String() || got[i].GTID != want[i].GTID {
+			t.Fatalf("row event %d differs:\n master:   %s %s\n flotilla: %s %s", i, want[i].GTID, want[i], got[i].GTID, got[i])
+		}
+	}
+	t.Logf("%d row events through Flotilla equal to the master's, across a SIGKILL", len(want))
+}
+
 // zongjiWrites writes rows from..to-1 into zj.t, one transaction each: an insert,
 // every third row updated, every fifth deleted. It returns the row events it made.
 func zongjiWrites(ctx context.Context, t *testing.T, m *mariadbtest.Server, from, to int) int {
@@ -212,12 +226,7 @@ func TestZongJiThroughFlotilla(t *testing.T) {
 	if err := direct.wait(); err != nil {
 		t.Fatal(err)
 	}
-	for i := range want {
-		if got[i].String() != want[i].String() || got[i].GTID != want[i].GTID {
-			t.Fatalf("row event %d differs:\n master:   %s %s\n flotilla: %s %s", i, want[i].GTID, want[i], got[i].GTID, got[i])
-		}
-	}
-	t.Logf("%d row events through Flotilla equal to the master's, across a SIGKILL", len(want))
+	sameZongJiRows(t, want, got)
 }
 
 // TestZongJiMySQLGroup: zongji reads a MySQL group (the test master serving the
@@ -263,10 +272,5 @@ func TestZongJiMySQLGroup(t *testing.T) {
 	if err := direct.wait(); err != nil {
 		t.Fatal(err)
 	}
-	for i := range want {
-		if got[i].String() != want[i].String() || got[i].GTID != want[i].GTID {
-			t.Fatalf("row event %d differs:\n master:   %s %s\n flotilla: %s %s", i, want[i].GTID, want[i], got[i].GTID, got[i])
-		}
-	}
-	t.Logf("%d row events through Flotilla equal to the master's, across a SIGKILL", len(want))
+	sameZongJiRows(t, want, got)
 }
