@@ -56,6 +56,9 @@ type rowLog struct {
 	tables map[string]*schema.Table
 	done   string // the last GTID to process
 	last   string
+	// at runs a function once the transaction of a GTID is processed (in canal's
+	// goroutine: canal waits for it).
+	at map[string]func()
 
 	mu       sync.Mutex
 	rows     []string
@@ -86,6 +89,10 @@ func (h *rowLog) OnGTID(_ *replication.EventHeader, e mysql.BinlogGTIDEvent) err
 }
 
 func (h *rowLog) OnXID(*replication.EventHeader, mysql.Position) error {
+	if f := h.at[h.last]; f != nil {
+		delete(h.at, h.last)
+		f()
+	}
 	if h.last == h.done {
 		h.once.Do(func() { close(h.finished) })
 	}
@@ -100,6 +107,13 @@ func (h *rowLog) String() string { return "rowLog" }
 // canal's default.
 func canalRows(ctx context.Context, t *testing.T, addr, user, password, flavor, from string) []string {
 	t.Helper()
+	return canalRowsUntil(ctx, t, addr, user, password, flavor, from, mysqlmaster.FixtureUUID+":309", nil)
+}
+
+// canalRowsUntil is canalRows up to GTID done, running at[g] once canal has
+// processed the transaction g.
+func canalRowsUntil(ctx context.Context, t *testing.T, addr, user, password, flavor, from, done string, at map[string]func()) []string {
+	t.Helper()
 	cfg := canal.NewDefaultConfig()
 	cfg.Addr, cfg.User, cfg.Password, cfg.ServerID = addr, user, password, 6001
 	if flavor != "" {
@@ -113,7 +127,7 @@ func canalRows(ctx context.Context, t *testing.T, addr, user, password, flavor, 
 		t.Fatal(err)
 	}
 	defer c.Close()
-	h := &rowLog{t: t, c: c, done: mysqlmaster.FixtureUUID + ":309", finished: make(chan struct{}),
+	h := &rowLog{t: t, c: c, done: done, at: at, finished: make(chan struct{}),
 		tables: map[string]*schema.Table{"fx2.orders": canalTable(t, "fx2", "orders"), "fx2.order_items": canalTable(t, "fx2", "order_items")}}
 	c.SetEventHandler(h)
 	set, err := mysql.ParseMysqlGTIDSet(from)
@@ -159,6 +173,26 @@ func TestCanalThroughFlotilla(t *testing.T) {
 	// Flavor left unset, as most canal users leave it.
 	sameRows(t, "", direct, canalRows(ctx, t, mysqlAddr, replicaUser, replicaPass, "", ""))
 	// go-mysql's BinlogSyncer at its default flavor: TestGoMySQLWithoutFlavor.
+
+	// A SIGKILL of the serving node while canal streams (it has all there is and
+	// waits); the master writes two more fx2 transactions meanwhile; canal
+	// reconnects by itself to the restarted node and resumes from its GTID set.
+	uuid := mysqlmaster.FixtureUUID
+	recorded := recordedTxns(t, master)
+	relayed := canalRowsUntil(ctx, t, mysqlAddr, replicaUser, replicaPass, "", after262, uuid+":311", map[string]func(){
+		uuid + ":309": func() { // in canal's goroutine: t.Error, not t.Fatal
+			fl.Kill()
+			for _, id := range []string{":266", ":267"} {
+				if _, err := master.AppendTxn(recorded[uuid+id]); err != nil {
+					t.Error(err)
+				}
+			}
+			if err := fl.TryStart(ctx); err != nil {
+				t.Error(err)
+			}
+		},
+	})
+	sameRows(t, "after a SIGKILL", canalRowsUntil(ctx, t, master.Addr(), master.User, master.Password, mysql.MySQLFlavor, "", uuid+":311", nil), relayed)
 	// A MySQL upstream's replica on the MariaDB-flavored port is told the right one.
 	_, err := client.Connect("127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, "")
 	if err == nil || !strings.Contains(err.Error(), mysqlAddr) {
