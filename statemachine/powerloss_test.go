@@ -133,3 +133,98 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int) (synce
 	h.close()
 	return syncedRounds, cutsMidway, processDeaths
 }
+
+// TestPowerLossAtEveryDirSync cuts the power right after every directory fsync the
+// storage (and its index) makes while a group appends, rotates and purges, keeping
+// nothing unsynced: each such moment must recover to a valid prefix holding all that
+// a Sync covered. Unlike TestPowerLoss it is deterministic. Purge once made its
+// segment removals durable (the directory fsync) before the index that no longer
+// names them: a cut in between recovered nothing, and this test fails on that code.
+func TestPowerLossAtEveryDirSync(t *testing.T) {
+	const dir = "/flotilla/storage"
+	mem := vfs.NewCrashableMem()
+	type cut struct {
+		fs      *vfs.MemFS
+		durable uint64
+	}
+	var (
+		durable atomic.Uint64
+		mu      sync.Mutex
+		pending []cut // taken by whichever goroutine synced (pebble's too)
+	)
+	spy := &dirSyncSpy{FS: mem, after: func() {
+		c := cut{fs: mem.CrashClone(vfs.CrashCloneCfg{}), durable: durable.Load()}
+		mu.Lock()
+		pending = append(pending, c)
+		mu.Unlock()
+	}}
+	cuts, rnd := 0, rand.New(rand.NewPCG(5, 5))
+	check := func() {
+		mu.Lock()
+		p := pending
+		pending = nil
+		mu.Unlock()
+		for _, c := range p {
+			cuts++
+			h := newHarnessOn(t, c.fs, dir, 64<<10)
+			seq := verifyPrefix(t, h, rnd)
+			h.close()
+			if seq < c.durable {
+				t.Fatalf("power cut after directory fsync %d: %d transactions were durable, %d survived", cuts, c.durable, seq)
+			}
+		}
+	}
+	h := newHarnessOn(t, spy, dir, 64<<10)
+	defer h.close()
+	a, err := newAppender(h.g, h.index, rand.New(rand.NewPCG(3, 3)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.purge = true
+	purges := 0
+	for i := 0; i < 200; i++ {
+		first := a.g.m.FirstFile
+		ok, err := a.step()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.g.m.FirstFile != first {
+			purges++
+		}
+		if ok {
+			durable.Store(a.ordinal)
+		}
+		check()
+	}
+	if purges < 2 || cuts < 20 {
+		t.Fatalf("%d purges, %d cuts: the test checked too little", purges, cuts)
+	}
+	t.Logf("%d power cuts after directory fsyncs, %d purges, %d transactions", cuts, purges, a.ordinal)
+}
+
+// dirSyncSpy calls after once each directory fsync has returned.
+type dirSyncSpy struct {
+	vfs.FS
+	after func()
+}
+
+func (s *dirSyncSpy) OpenDir(name string) (vfs.File, error) {
+	f, err := s.FS.OpenDir(name)
+	if err != nil {
+		return nil, err
+	}
+	return &spiedDir{File: f, after: s.after}, nil
+}
+
+type spiedDir struct {
+	vfs.File
+	after func()
+}
+
+func (d *spiedDir) Sync() error {
+	err := d.File.Sync()
+	if err == nil {
+		d.after()
+	}
+	return err
+}
