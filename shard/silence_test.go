@@ -127,17 +127,19 @@ func TestLinkWatch(t *testing.T) {
 	defer b.Close()
 	w := newLinkWatch()
 	w.bound = 50 * time.Millisecond
-	c := w.wrap(a)
+	entered := make(chan struct{}, 4)
+	c := w.wrap(&enteringConn{Conn: a, entered: entered})
 	buf := make([]byte, 8)
 	if _, err := c.Read(buf); err == nil {
 		t.Fatal("a read while connecting must time out")
 	}
+	<-entered
 	done := make(chan error, 1)
 	go func() {
 		_, err := c.Read(buf)
 		done <- err
 	}()
-	time.Sleep(10 * time.Millisecond) // let the read start with its deadline
+	<-entered // the read is under way, with its deadline
 	w.streaming()
 	before := w.idle()
 	select {
@@ -163,4 +165,15 @@ func TestLinkWatch(t *testing.T) {
 	if _, err := late.Read(buf); err == nil {
 		t.Fatal("a connection opened after streaming() read without a deadline")
 	}
+}
+
+// enteringConn says when a Read begins (after watchedConn set its deadline).
+type enteringConn struct {
+	net.Conn
+	entered chan struct{}
+}
+
+func (c *enteringConn) Read(p []byte) (int, error) {
+	c.entered <- struct{}{}
+	return c.Conn.Read(p)
 }
