@@ -35,6 +35,7 @@ type Shard struct {
 	// (the syncer goroutine's alone): the GTIDs the last stall verdict was about,
 	// and those found to be in the master's executed set but not in its binary log.
 	stalledOn, unserved string
+	silenceSource       string // the source they are about
 
 	mu       sync.Mutex
 	upstream placement.Upstream

@@ -152,6 +152,11 @@ func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl 
 		}
 		return nil
 	}
+	if missing != "" && missing == s.unserved && w.idle() >= silenceGiveUp {
+		// Judged not in the binlog, yet a stall could look the same: a long
+		// silence still earns a fresh connection.
+		return fmt.Errorf("the stream has been silent for %s while the master holds %s, which the group lacks: reconnecting", w.idle().Round(time.Second), missing)
+	}
 	if missing == "" || missing == s.unserved {
 		st.behind = false
 		if !st.logged {

@@ -106,6 +106,11 @@ func TestCheckSilence(t *testing.T) {
 	if s.unserved != testUUID+":11-12" {
 		t.Fatalf("unserved %q", s.unserved)
 	}
+	long := newLinkWatch()
+	long.last.Store(time.Now().Add(-silenceGiveUp).UnixNano())
+	if err := s.checkSilence(ctx, &silence{}, long, fl, ahead); err == nil {
+		t.Fatal("GTIDs judged not in the binlog must still earn a fresh connection after silenceGiveUp")
+	}
 	if err := s.checkSilence(ctx, &silence{}, silent(), fl, answer("", errSourceDown)); !errors.Is(err, errSourceDown) {
 		t.Fatalf("an unreachable master must end the stream as down: %v", err)
 	}

@@ -96,6 +96,10 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	if err != nil {
 		return false, fmt.Errorf("upstream %s: GTID position %q: %w", u.Name, start, err)
 	}
+	if s.silenceSource != u.Source {
+		// What the probes learnt is about one master.
+		s.stalledOn, s.unserved, s.silenceSource = "", "", u.Source
+	}
 	w := newLinkWatch()
 	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset, w)
 	if err != nil {
@@ -134,7 +138,7 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				if idle && p.heartbeats && w.idle() >= silenceProbe {
+				if idle && p.heartbeatGap > 0 && w.idle() >= max(silenceProbe, 3*p.heartbeatGap) {
 					// A master that sent heartbeats and stopped: the link is dead.
 					return false, fmt.Errorf("read from master %s: no heartbeat or event for %s", u.Source, w.idle().Round(time.Second))
 				}
@@ -310,9 +314,14 @@ type pipeline struct {
 	batchAck *ackPoint
 	acked    ackPoint // the last position acknowledged
 
-	// delivered: a transaction of this stream committed (see syncOnce); heartbeats:
-	// the master sends them (its silence then means a dead link).
-	delivered, heartbeats bool
+	// delivered: a transaction of this stream committed (see syncOnce).
+	delivered bool
+	// heartbeatGap is the longest time seen between two heartbeats with nothing
+	// between them (heartbeatAt: the last one, zero after any other event): a
+	// master that sends them and falls silent for three such gaps (at least
+	// silenceProbe) is behind a dead link. Until it is known, the probes judge.
+	heartbeatAt  time.Time
+	heartbeatGap time.Duration
 }
 
 // ackPoint is a place in the master's binlog to acknowledge, and when the transaction
@@ -345,6 +354,9 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 	h, err := binlog.ParseHeader(raw)
 	if err != nil {
 		return fmt.Errorf("malformed event from master: %w", err)
+	}
+	if h.Type != binlog.HeartbeatEvent {
+		p.heartbeatAt = time.Time{} // the next heartbeat's gap is not a silence
 	}
 	// Every checksummed event is verified before anything reads it; only the fake
 	// Rotates a master makes up for the dump are exempt (they may lack a checksum).
@@ -393,7 +405,13 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		}
 		return nil
 	case binlog.HeartbeatEvent, binlog.MariaGTIDListEvent:
-		p.heartbeats = p.heartbeats || h.Type == binlog.HeartbeatEvent
+		if h.Type == binlog.HeartbeatEvent {
+			now := time.Now()
+			if !p.heartbeatAt.IsZero() {
+				p.heartbeatGap = max(p.heartbeatGap, now.Sub(p.heartbeatAt))
+			}
+			p.heartbeatAt = now
+		}
 		// Where the master stands, with nothing of ours in flight: what the group
 		// holds goes up to here. A semi-sync master that was waiting for a
 		// transaction the group committed after the previous connection broke

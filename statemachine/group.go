@@ -420,17 +420,18 @@ func (g *Group) commit(bt *batch) error {
 	if err := bt.b.Commit(opts); err != nil {
 		return fmt.Errorf("group %d: commit index: %w", g.id, err)
 	}
-	if len(g.unlink) > 0 && opts == pebble.Sync {
-		// The index no longer names the purged segments, durably: they may go.
-		if err := g.unlinkPurged(); err != nil {
-			return err
-		}
-	}
 	// The stored meta ends before the recIndex record (it cannot count itself): an
 	// Open without redo truncates that record, which loses nothing.
 	g.m.PartSeg += recLen
 	bt.b.Reset()
 	bt.files, bt.durable = nil, false
+	if len(g.unlink) > 0 && opts == pebble.Sync {
+		// The index no longer names the purged segments, durably: they may go. A
+		// failure loses nothing (Open removes segments below FirstFile): say so only.
+		if err := g.unlinkPurged(); err != nil {
+			g.log.Warn("purged segments stay on disk until the next start", "group", g.id, "err", err)
+		}
+	}
 	return nil
 }
 

@@ -153,7 +153,8 @@ func TestPowerLossAtEveryDirSync(t *testing.T) {
 		pending []cut // taken by whichever goroutine synced (pebble's too)
 	)
 	spy := &dirSyncSpy{FS: mem, after: func() {
-		c := cut{fs: mem.CrashClone(vfs.CrashCloneCfg{}), durable: durable.Load()}
+		d := durable.Load() // before the clone: a Sync finishing meanwhile is in it
+		c := cut{fs: mem.CrashClone(vfs.CrashCloneCfg{}), durable: d}
 		mu.Lock()
 		pending = append(pending, c)
 		mu.Unlock()
