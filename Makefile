@@ -2,11 +2,19 @@
 GO       ?= go
 BIN      := bin/flotilla
 PKGS     := ./...
+# What `flotilla version` reports: the release in VERSION, the commit (marked -dirty
+# with uncommitted changes) and the commit's date (reproducible, unlike the clock's).
+VERSION  ?= $(shell cat VERSION)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null)$(shell git diff --quiet HEAD 2>/dev/null || echo -dirty)
+DATE     ?= $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS  := -X github.com/flotilla-relay/flotilla/internal/buildinfo.version=$(VERSION) \
+            -X github.com/flotilla-relay/flotilla/internal/buildinfo.commit=$(COMMIT) \
+            -X github.com/flotilla-relay/flotilla/internal/buildinfo.date=$(DATE)
 
 .PHONY: build test unit e2e bench fuzz proto lint demo clean tools
 
 build:
-	$(GO) build -o $(BIN) ./cmd/flotilla
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/flotilla
 
 # Installs MariaDB and Node.js (Debian packages) when missing, builds, runs every test (unit, fuzz
 # seeds, end-to-end against real servers) and prints a summary line.

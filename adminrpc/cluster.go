@@ -122,11 +122,13 @@ func (v *clusterView) nodes() []*adminv1.Node {
 	var out []*adminv1.Node
 	for _, n := range v.st.Nodes {
 		state := "down"
-		if _, ok := v.reports[n.ID]; ok {
+		rep, ok := v.reports[n.ID]
+		if ok {
 			state = "up"
 		}
 		out = append(out, &adminv1.Node{Id: n.ID, RaftAddr: n.RaftAddr, MysqlAddr: n.MySQLAddr, AdminAddr: n.AdminAddr, Labels: n.Labels,
-			Groups: groups[n.ID], Leaders: leaders[n.ID], Draining: n.Draining, State: state})
+			Groups: groups[n.ID], Leaders: leaders[n.ID], Draining: n.Draining, State: state,
+			Version: n.Version, Commit: n.Commit, MaxClusterVersion: n.Understands(), SheddingLeaders: rep.GetSheddingLeaders()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out

@@ -43,6 +43,7 @@ type Metadata interface {
 	RemoveUpstream(ctx context.Context, name string) error
 	SetPaused(ctx context.Context, name string, paused bool) error
 	SetCandidates(ctx context.Context, name string, cands []string, downAfter time.Duration, note string) error
+	UpdateUpstream(ctx context.Context, name string, ch placement.UpstreamChange, note string) error
 }
 
 // Shards gives the node's local group replicas.
@@ -96,7 +97,12 @@ type Server struct {
 	// Rotate replaces the key nodes sign their calls to each other with, on every
 	// member (cluster.Relay.Rotate), returning the new generation and the nodes.
 	Rotate func(ctx context.Context) (uint64, []uint64, error)
-	Log    *slog.Logger
+	// Shed makes this node hand its leaderships away and take none for d (cancel:
+	// take them again), returning once it leads nothing; Transfer asks node n to hand
+	// group gid's leadership to target (for nodes whose release cannot shed).
+	Shed     func(ctx context.Context, d time.Duration, cancel bool) error
+	Transfer func(ctx context.Context, n *placement.Node, gid, target uint64) error
+	Log      *slog.Logger
 }
 
 // Serve listens on addr until ctx ends.
@@ -186,6 +192,33 @@ func metaErr(err error) error {
 	return status.Errorf(codes.Unavailable, "metadata group unavailable: %v", err)
 }
 
+// replicaUser checks a replica login and keeps only its password's hash.
+func replicaUser(ru *adminv1.ReplicaUser) (placement.ReplicaUser, error) {
+	if ru.User == "" {
+		return placement.ReplicaUser{}, status.Error(codes.InvalidArgument, "a replica user name is empty")
+	}
+	if utf8.RuneCountInString(ru.User) > mysqlauth.MaxUserName {
+		return placement.ReplicaUser{}, status.Errorf(codes.InvalidArgument, "replica user name %q is longer than %d characters, which no login may use (as MySQL); choose a shorter one", ru.User, mysqlauth.MaxUserName)
+	}
+	if ru.Password == "" {
+		return placement.ReplicaUser{}, status.Errorf(codes.InvalidArgument, "replica user %q has an empty password: anyone could log in as it and read the binlog; give it one", ru.User)
+	}
+	plugin := ru.AuthPlugin
+	if plugin == "" {
+		plugin = mysqlauth.Native
+	}
+	hash, err := mysqlauth.Hash(plugin, ru.Password)
+	if err != nil {
+		return placement.ReplicaUser{}, status.Errorf(codes.InvalidArgument, "replica user %q: %v", ru.User, err)
+	}
+	// An older node reading this metadata knows only the cleartext field: a random
+	// value there (nobody's password) keeps it from taking "" as the password.
+	lock := make([]byte, 24)
+	_, _ = rand.Read(lock)
+	return placement.ReplicaUser{User: ru.User, Plugin: plugin, Hash: hash, RequireTLS: ru.RequireTls,
+		Password: "!locked-" + hex.EncodeToString(lock)}, nil
+}
+
 // AddUpstream checks the master and registers the upstream.
 func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest) (*adminv1.Upstream, error) {
 	if r.Name == "" || r.Source == "" || r.User == "" {
@@ -239,29 +272,11 @@ func (s *Server) AddUpstream(ctx context.Context, r *adminv1.AddUpstreamRequest)
 		SemiSync: info.SemiSync, Candidates: r.Candidates, SourceDownAfter: downAfter, AddWarnings: info.Warnings,
 	}
 	for _, ru := range r.ReplicaUsers {
-		if ru.User == "" {
-			return nil, status.Error(codes.InvalidArgument, "a replica user name is empty")
-		}
-		if utf8.RuneCountInString(ru.User) > mysqlauth.MaxUserName {
-			return nil, status.Errorf(codes.InvalidArgument, "replica user name %q is longer than %d characters, which no login may use (as MySQL); choose a shorter one", ru.User, mysqlauth.MaxUserName)
-		}
-		if ru.Password == "" {
-			return nil, status.Errorf(codes.InvalidArgument, "replica user %q has an empty password: anyone could log in as it and read the binlog; give it one", ru.User)
-		}
-		plugin := ru.AuthPlugin
-		if plugin == "" {
-			plugin = mysqlauth.Native
-		}
-		hash, err := mysqlauth.Hash(plugin, ru.Password)
+		ruser, err := replicaUser(ru)
 		if err != nil {
-			return nil, status.Errorf(codes.InvalidArgument, "replica user %q: %v", ru.User, err)
+			return nil, err
 		}
-		// An older node reading this metadata knows only the cleartext field: a random
-		// value there (nobody's password) keeps it from taking "" as the password.
-		lock := make([]byte, 24)
-		_, _ = rand.Read(lock)
-		u.ReplicaUsers = append(u.ReplicaUsers, placement.ReplicaUser{User: ru.User, Plugin: plugin, Hash: hash, RequireTLS: ru.RequireTls,
-			Password: "!locked-" + hex.EncodeToString(lock)})
+		u.ReplicaUsers = append(u.ReplicaUsers, ruser)
 	}
 	added, err := s.Meta.AddUpstream(ctx, u)
 	if err != nil {
@@ -415,7 +430,7 @@ func (s *Server) Status(ctx context.Context, _ *adminv1.StatusRequest) (*adminv1
 	if err != nil {
 		return nil, err
 	}
-	out := &adminv1.StatusResponse{NodeId: s.NodeID, Nodes: v.nodes(), ClusterId: s.ClusterID, Decisions: v.st.Decisions}
+	out := &adminv1.StatusResponse{NodeId: s.NodeID, Nodes: v.nodes(), ClusterId: s.ClusterID, Decisions: v.st.Decisions, ClusterVersion: v.st.Version()}
 	if s.MetaLeader != nil {
 		out.MetaLeader = s.MetaLeader()
 	}

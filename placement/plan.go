@@ -29,6 +29,9 @@ type NodeView struct {
 	Up bool
 	// Draining: the operator asked to move everything off the node.
 	Draining bool
+	// ShedLeaders: the node hands its leaderships away before a restart (`node drain
+	// --leaders-only`) and takes none; its replicas stay.
+	ShedLeaders bool
 }
 
 // GroupView is the controller's view of one upstream group.
@@ -310,6 +313,15 @@ func (p *planner) balanceLeaders(groups []GroupView) {
 		if g.Leader == 0 || p.touched[g.ID] || !p.healthy(g.Leader) {
 			continue
 		}
+		if p.nodes[g.Leader].ShedLeaders {
+			if to, ok := p.leaderTarget(g, false, 0); ok {
+				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, Reason: fmt.Sprintf("node %d sheds its leaderships", g.Leader)})
+				p.leaders[g.Leader]--
+				p.leaders[to]++
+				return
+			}
+			continue
+		}
 		to, ok := p.leaderTarget(g, true, p.leaders[g.Leader]-1)
 		if !ok {
 			continue
@@ -327,7 +339,7 @@ func (p *planner) balanceLeaders(groups []GroupView) {
 func (p *planner) leaderTarget(g GroupView, limit bool, below int) (uint64, bool) {
 	best, found := uint64(0), false
 	for _, m := range g.Members {
-		if m == g.Leader || !p.healthy(m) || !g.CaughtUp[m] || limit && p.leaders[m] >= below {
+		if m == g.Leader || !p.healthy(m) || p.nodes[m].ShedLeaders || !g.CaughtUp[m] || limit && p.leaders[m] >= below {
 			continue
 		}
 		if !found || p.leaders[m] < p.leaders[best] || p.leaders[m] == p.leaders[best] && m < best {

@@ -12,7 +12,7 @@ import (
 // TestPlan runs the cases in testdata/plan. A case describes nodes and groups, then,
 // after "----", the decisions expected (kind, group, node; reasons are not compared):
 //
-//	nodes 1 2@b 3:down 4:drain    (id, @zone, :down or :drain)
+//	nodes 1 2@b 3:down 4:drain 5:shed   (id, @zone, :down, :drain or :shed)
 //	group 2 r=3 members=1,2,3 leader=1 behind=3
 //	----
 //	add_replica 2 4
@@ -59,6 +59,7 @@ func TestPlan(t *testing.T) {
 				f, n.Down = strings.CutSuffix(f, ":down")
 				n.Up = !n.Down
 				f, n.Draining = strings.CutSuffix(f, ":drain")
+				f, n.ShedLeaders = strings.CutSuffix(f, ":shed")
 				f, n.Zone, _ = strings.Cut(f, "@")
 				n.ID = mustUint(t, f)
 				view.Nodes = append(view.Nodes, n.NodeView)

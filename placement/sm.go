@@ -41,6 +41,10 @@ type command struct {
 	// NodeKey is a rotation's new node key; KeyGen the generation to activate.
 	NodeKey *SealedNodeKey `json:"node_key,omitempty"`
 	KeyGen  uint64         `json:"key_gen,omitempty"`
+	// ClusterVersion is the version set_cluster_version moves to; Change what
+	// update_upstream changes.
+	ClusterVersion uint32          `json:"cluster_version,omitempty"`
+	Change         *UpstreamChange `json:"change,omitempty"`
 }
 
 const (
@@ -56,6 +60,9 @@ const (
 	opSetCandidates  = "set_candidates"
 	opAddNodeKey     = "add_node_key"
 	opActivateKey    = "activate_node_key"
+	// Cluster version 2.
+	opSetClusterVersion = "set_cluster_version"
+	opUpdateUpstream    = "update_upstream"
 )
 
 // Result codes of metadata commands.
@@ -90,16 +97,16 @@ func (m *metaSM) Update(data []byte) (sm.Result, error) {
 	defer m.mu.Unlock()
 	m.version++
 	s := m.state
+	if r, ok := s.gate(c.Op); !ok {
+		return r, nil
+	}
 	switch c.Op {
 	case opRegisterNode:
-		if c.Node == nil || c.Node.ID == 0 || c.Node.ID > MaxNodeID {
-			return refuse("node id must be between 1 and %d", MaxNodeID), nil
-		}
-		if cur, ok := s.Nodes[c.Node.ID]; ok {
-			c.Node.Draining = cur.Draining // a restart with new addresses or labels keeps draining
-		}
-		s.Nodes[c.Node.ID] = c.Node
-		return sm.Result{Value: resultOK}, nil
+		return s.register(c.Node), nil
+	case opSetClusterVersion:
+		return s.setClusterVersion(c), nil
+	case opUpdateUpstream:
+		return s.updateUpstream(c), nil
 	case opAddUpstream:
 		u := c.Upstream
 		if u == nil {

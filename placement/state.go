@@ -28,6 +28,12 @@ type Node struct {
 	Labels    map[string]string `json:"labels,omitempty"`
 	// Draining: the controller moves every replica off the node (`node drain`).
 	Draining bool `json:"draining,omitempty"`
+	// Version and Commit are the node's release and build commit, and
+	// MaxClusterVersion the newest cluster version its binary understands, as it
+	// registered them at its last start (empty and 0 for releases before 0.29).
+	Version           string `json:"version,omitempty"`
+	Commit            string `json:"commit,omitempty"`
+	MaxClusterVersion uint32 `json:"max_cluster_version,omitempty"`
 }
 
 // ReplicaUser is a login that replicas of an upstream use against Flotilla. Only the
@@ -161,6 +167,9 @@ type State struct {
 	// LastNodeKeyGen is the last generation a rotation added: generations are never
 	// reused, so one number always names one key.
 	LastNodeKeyGen uint64 `json:"last_node_key_gen,omitempty"`
+	// ClusterVersion is the version every member understands and commands may use
+	// (0 in metadata from before cluster versions: 1; see Version).
+	ClusterVersion uint32 `json:"cluster_version,omitempty"`
 }
 
 // SealedNodeKey is one generation of the node key, sealed with the cluster key.

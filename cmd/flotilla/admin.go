@@ -104,7 +104,7 @@ func upstreamCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			{
 				Name: "add", Usage: "check a master and start relaying it", ArgsUsage: "NAME",
-				Flags: []cli.Flag{
+				Flags: append([]cli.Flag{
 					&cli.StringFlag{Name: "source", Required: true, Usage: "master address HOST:PORT"},
 					&cli.StringFlag{Name: "user", Required: true, Usage: "replication user on the master"},
 					&cli.StringFlag{Name: "password", Usage: "its password (visible in ps: prefer --password-file or $FLOTILLA_SOURCE_PASSWORD)"},
@@ -113,21 +113,16 @@ func upstreamCommand() *cli.Command {
 					&cli.StringFlag{Name: "semi-sync", Value: "auto", Usage: "auto (when the master has semi-sync on), on or off: acknowledge transactions to the master as a semi-sync replica once the group's quorum has committed them"},
 					&cli.StringSliceFlag{Name: "candidate", Usage: "HOST:PORT of a server to switch to when the source is unreachable for --source-down-after, if it is writable and continues the group's history (repeatable)"},
 					&cli.StringFlag{Name: "source-down-after", Usage: "how long the source may be unreachable before a candidate takes over (default 10s)"},
-					&cli.StringSliceFlag{Name: "replica-user", Usage: "user replicas log in to Flotilla with (repeatable)"},
-					&cli.StringSliceFlag{Name: "replica-password", Usage: "password of the matching --replica-user (or --replica-password-file, $FLOTILLA_REPLICA_PASSWORD)"},
-					&cli.StringSliceFlag{Name: "replica-password-file", Usage: "file holding the password of the matching --replica-user"},
 					&cli.BoolFlag{Name: "source-tls", Usage: "connect to the master over TLS, verifying its certificate"},
 					&cli.StringFlag{Name: "source-tls-ca", Usage: "CA file (PEM) the master's certificate must chain to (implies --source-tls; default: system roots)"},
 					&cli.StringFlag{Name: "source-tls-server-name", Usage: "name checked in the master's certificate (default: the host of --source)"},
-					&cli.StringFlag{Name: "replica-auth-plugin", Value: "mysql_native_password", Usage: "authentication plugin of the replica users: mysql_native_password or caching_sha2_password"},
-					&cli.BoolFlag{Name: "replica-require-tls", Usage: "refuse replica logins that did not switch to TLS (MASTER_SSL=1)"},
 					&cli.IntFlag{Name: "replicas", Usage: "raft replicas of the group (default: min(3, nodes))"},
 					&cli.StringFlag{Name: "start-gtid", Usage: "start from this GTID position instead of the oldest binlog on the master"},
 					&cli.UintFlag{Name: "server-id", Usage: "server_id toward the master (default: derived from the cluster id and the upstream name)"},
 					&cli.BoolFlag{Name: "wait", Usage: "after adding, show the initial copy's progress until Flotilla has caught up with the master"},
 					&cli.StringFlag{Name: "serve-from", Value: "leader", Usage: "leader: every node relays dumps from the group's leader; any: nodes holding a replica serve from it (dumps survive leader changes)"},
 					outputFlag,
-				},
+				}, replicaUserFlags()...),
 				Action: func(c *cli.Context) error {
 					n, err := needName(c)
 					if err != nil {
@@ -137,35 +132,9 @@ func upstreamCommand() *cli.Command {
 					if err != nil {
 						return err
 					}
-					users, pws := c.StringSlice("replica-user"), c.StringSlice("replica-password")
-					if len(pws) > 0 && len(c.StringSlice("replica-password-file")) > 0 {
-						return fmt.Errorf("give replica passwords either all with --replica-password or all with --replica-password-file: mixed, they could not be paired with their users")
-					}
-					for _, f := range c.StringSlice("replica-password-file") {
-						pw, err := secret("", f, "", "--replica-password-file")
-						if err != nil {
-							return err
-						}
-						pws = append(pws, pw)
-					}
-					if len(pws) == 0 && len(users) == 1 {
-						if pw := os.Getenv("FLOTILLA_REPLICA_PASSWORD"); pw != "" {
-							pws = []string{pw}
-						}
-					}
-					if len(pws) == 0 {
-						for _, u := range users {
-							pw, err := secret("", "", "", "password of replica user "+u)
-							if err != nil {
-								return err
-							}
-							if pw != "" {
-								pws = append(pws, pw)
-							}
-						}
-					}
-					if len(pws) != len(users) {
-						return fmt.Errorf("give one replica password per --replica-user (%d users, %d passwords)", len(users), len(pws))
+					replicaUsers, err := replicaUsersOf(c)
+					if err != nil {
+						return err
 					}
 					var caPEM string
 					if f := c.String("source-tls-ca"); f != "" {
@@ -178,10 +147,7 @@ func upstreamCommand() *cli.Command {
 					req := &adminv1.AddUpstreamRequest{Name: n, SourceTls: c.Bool("source-tls"), SourceTlsCa: caPEM, SourceTlsServerName: c.String("source-tls-server-name"), Source: c.String("source"), User: c.String("user"), Password: password,
 						Flavor: c.String("flavor"), Replicas: int32(c.Int("replicas")), StartGtid: c.String("start-gtid"), ServeFrom: c.String("serve-from"), ServerId: uint32(c.Uint("server-id")), SemiSync: c.String("semi-sync"),
 						Candidates: c.StringSlice("candidate"), SourceDownAfter: c.String("source-down-after")}
-					for i := range users {
-						req.ReplicaUsers = append(req.ReplicaUsers, &adminv1.ReplicaUser{User: users[i], Password: pws[i],
-							AuthPlugin: c.String("replica-auth-plugin"), RequireTls: c.Bool("replica-require-tls")})
-					}
+					req.ReplicaUsers = replicaUsers
 					var added *adminv1.Upstream
 					err = call(c, 60*time.Second, func(ctx context.Context, cl *adminrpc.Client) error {
 						u, err := cl.AddUpstream(ctx, req)
@@ -277,6 +243,7 @@ func upstreamCommand() *cli.Command {
 					})
 				},
 			},
+			upstreamUpdateCommand(),
 			{
 				Name: "set-candidates", Usage: "replace the servers the upstream switches to when its source is down", ArgsUsage: "NAME",
 				Flags: []cli.Flag{&cli.StringSliceFlag{Name: "candidate", Usage: "HOST:PORT (repeatable; none: no automatic switch)"},
@@ -421,9 +388,25 @@ func nodeCommand() *cli.Command {
 					})
 				},
 			},
-			idCmd("drain", "move every replica off a node, gradually (`node list` shows how many it still holds)",
-				[]cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "show the drain's progress until the node holds no replica"}},
+			idCmd("drain", "move every replica off a node, gradually (`node list` shows how many it still holds); with --leaders-only, only its leaderships, before a restart",
+				[]cli.Flag{&cli.BoolFlag{Name: "wait", Usage: "show the drain's progress until the node holds no replica"},
+					&cli.BoolFlag{Name: "leaders-only", Usage: "hand the node's leaderships (upstream groups and metadata) to caught-up members and keep its replicas; returns when it leads nothing, and it takes no leadership for --for"},
+					&cli.DurationFlag{Name: "for", Value: adminrpc.DefaultShedFor, Usage: "with --leaders-only: how long the node takes no leadership (a restart ends it sooner)"},
+					&cli.BoolFlag{Name: "cancel", Usage: "with --leaders-only: let the node lead again now"}},
 				func(c *cli.Context, ctx context.Context, cl *adminrpc.Client, id uint64) error {
+					if c.Bool("leaders-only") {
+						n, err := cl.ShedLeaders(ctx, &adminv1.ShedLeadersRequest{Id: id, Seconds: uint32(c.Duration("for").Seconds()), Cancel: c.Bool("cancel")})
+						if err != nil {
+							return err
+						}
+						return render(c, n, func(w io.Writer) {
+							if c.Bool("cancel") {
+								fmt.Fprintf(w, "node %d may lead again\n", n.Id)
+								return
+							}
+							fmt.Fprintf(w, "node %d leads no group and keeps its %d replicas; it takes no leadership for %s or until it restarts\n", n.Id, n.Groups, c.Duration("for"))
+						})
+					}
 					n, err := cl.DrainNode(ctx, &adminv1.NodeRef{Id: id})
 					if err != nil {
 						return err
@@ -469,7 +452,8 @@ func showStatus(c *cli.Context) error {
 			return err
 		}
 		return render(c, r, func(w io.Writer) {
-			fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d, voters %v\n\n", r.ClusterId, r.NodeId, r.MetaLeader, r.MetaVoters)
+			fmt.Fprintf(w, "cluster %s, answered by node %d; metadata leader: node %d, voters %v\n", r.ClusterId, r.NodeId, r.MetaLeader, r.MetaVoters)
+			fmt.Fprintf(w, "cluster version %d; %s\n\n", r.ClusterVersion, versionSummary(r.Nodes))
 			nodeTable(w, r.Nodes)
 			fmt.Fprintln(w)
 			upstreamTable(w, r.Upstreams)
@@ -485,7 +469,7 @@ func showStatus(c *cli.Context) error {
 
 func nodeTable(w io.Writer, nodes []*adminv1.Node) {
 	// 80 columns: the admin and raft addresses are in -o json.
-	fmt.Fprintln(w, "NODE\tSTATE\tMYSQL\tGROUPS\tLEADS\tLABELS")
+	fmt.Fprintln(w, "NODE\tSTATE\tVERSION\tMYSQL\tGROUPS\tLEADS\tLABELS")
 	for _, n := range nodes {
 		var labels []string
 		for k, v := range n.Labels {
@@ -496,8 +480,42 @@ func nodeTable(w io.Writer, nodes []*adminv1.Node) {
 		if n.Draining {
 			state += ",draining"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%d\t%d\t%s\n", n.Id, state, clip(n.MysqlAddr, 21), n.Groups, n.Leaders, clip(strings.Join(labels, ","), 20))
+		if n.SheddingLeaders {
+			state += ",shedding"
+		}
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%d\t%s\n", n.Id, state, clip(versionOf(n), 10), clip(n.MysqlAddr, 21), n.Groups, n.Leaders, clip(strings.Join(labels, ","), 12))
 	}
+}
+
+// versionOf is the node's release as tables show it.
+func versionOf(n *adminv1.Node) string {
+	if n.Version == "" {
+		return "<0.29"
+	}
+	return n.Version
+}
+
+// versionSummary says which releases the nodes run: one, or, during a rolling
+// upgrade, each with its nodes.
+func versionSummary(nodes []*adminv1.Node) string {
+	by := map[string][]string{}
+	var order []string
+	for _, n := range nodes {
+		v := versionOf(n)
+		if _, ok := by[v]; !ok {
+			order = append(order, v)
+		}
+		by[v] = append(by[v], fmt.Sprint(n.Id))
+	}
+	if len(order) == 1 {
+		return "every node runs " + order[0]
+	}
+	sort.Strings(order)
+	parts := make([]string, 0, len(order))
+	for _, v := range order {
+		parts = append(parts, fmt.Sprintf("%s on node %s", v, strings.Join(by[v], ",")))
+	}
+	return "MIXED versions (a rolling upgrade?): " + strings.Join(parts, "; ")
 }
 
 func upstreamTable(w io.Writer, ups []*adminv1.UpstreamStatus) {

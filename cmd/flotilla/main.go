@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/urfave/cli/v2"
+
+	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"google.golang.org/grpc/status"
 )
 
@@ -26,12 +28,20 @@ func newApp() *cli.App {
 			&cli.StringFlag{Name: "tls-ca", Usage: "CA certificate to verify the admin API's TLS certificate (enables TLS)", EnvVars: []string{"FLOTILLA_TLS_CA"}},
 			&cli.StringFlag{Name: "tls-cert", Usage: "client certificate for the admin API (in place of the token)", EnvVars: []string{"FLOTILLA_TLS_CERT"}},
 			&cli.StringFlag{Name: "tls-key", Usage: "key of --tls-cert", EnvVars: []string{"FLOTILLA_TLS_KEY"}},
+			&cli.BoolFlag{Name: "version", Usage: "print the version and exit (`flotilla version` says more)"},
 		},
-		Commands:       []*cli.Command{serveCommand(), upstreamCommand(), nodeCommand(), clusterCommand(), statusCommand()},
+		Action: func(c *cli.Context) error {
+			if c.Bool("version") {
+				fmt.Fprintln(c.App.Writer, buildinfo.Get().String())
+				return nil
+			}
+			return cli.ShowAppHelp(c)
+		},
+		Commands:       []*cli.Command{serveCommand(), upstreamCommand(), nodeCommand(), clusterCommand(), statusCommand(), versionCommand()},
 		Description:    "Example:\n   flotilla --admin 10.0.0.1:7070 status",
 		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	addExamples(app.Commands, app.Name)
+	addExamples(app.Commands, app.Name, examples())
 	return app
 }
 

@@ -220,40 +220,45 @@ func bytesText(n uint64) string {
 	return fmt.Sprintf("%d B", n)
 }
 
-// examples are shown by each command's --help.
-var examples = map[string]string{
-	"flotilla serve":                   "flotilla serve --node-id 1 --data /var/lib/flotilla --mysql-addr 0.0.0.0:3307\n   flotilla serve --config /etc/flotilla/flotilla.yaml --check-config",
-	"flotilla upstream":                "flotilla upstream list",
-	"flotilla upstream add":            "flotilla upstream add main --source db1:3306 --user flotilla --password-file /etc/flotilla/db1.pw \\\n       --replica-user repl --replica-password-file /etc/flotilla/repl.pw --wait",
-	"flotilla upstream list":           "flotilla upstream list -o json",
-	"flotilla upstream get":            "flotilla upstream get main",
-	"flotilla upstream pause":          "flotilla upstream pause main",
-	"flotilla upstream resume":         "flotilla upstream resume main",
-	"flotilla upstream remove":         "flotilla upstream remove main",
-	"flotilla upstream purge":          "flotilla upstream purge main --to flotilla-bin.000012",
-	"flotilla upstream catch-up":       "flotilla upstream catch-up main",
-	"flotilla upstream repoint":        "flotilla upstream repoint main --source db2:3306",
-	"flotilla upstream set-candidates": "flotilla upstream set-candidates main --candidate db1:3306 --candidate db2:3306 --source-down-after 10s",
-	"flotilla cluster":                 "flotilla cluster rotate-secret",
-	"flotilla cluster rotate-secret":   "flotilla --token-file /etc/flotilla/token cluster rotate-secret",
-	"flotilla node":                    "flotilla node list",
-	"flotilla node list":               "flotilla node list -o json",
-	"flotilla node drain":              "flotilla node drain 3 --wait",
-	"flotilla node remove":             "flotilla node remove 3",
-	"flotilla status":                  "flotilla status --watch --interval 5s",
+// examples are shown by each command's --help (a function: no package-level
+// mutable state).
+func examples() map[string]string {
+	return map[string]string{
+		"flotilla serve":                   "flotilla serve --node-id 1 --data /var/lib/flotilla --mysql-addr 0.0.0.0:3307\n   flotilla serve --config /etc/flotilla/flotilla.yaml --check-config",
+		"flotilla upstream":                "flotilla upstream list",
+		"flotilla upstream add":            "flotilla upstream add main --source db1:3306 --user flotilla --password-file /etc/flotilla/db1.pw \\\n       --replica-user repl --replica-password-file /etc/flotilla/repl.pw --wait",
+		"flotilla upstream list":           "flotilla upstream list -o json",
+		"flotilla upstream get":            "flotilla upstream get main",
+		"flotilla upstream pause":          "flotilla upstream pause main",
+		"flotilla upstream resume":         "flotilla upstream resume main",
+		"flotilla upstream remove":         "flotilla upstream remove main",
+		"flotilla upstream purge":          "flotilla upstream purge main --to flotilla-bin.000012",
+		"flotilla upstream catch-up":       "flotilla upstream catch-up main",
+		"flotilla upstream repoint":        "flotilla upstream repoint main --source db2:3306",
+		"flotilla upstream set-candidates": "flotilla upstream set-candidates main --candidate db1:3306 --candidate db2:3306 --source-down-after 10s",
+		"flotilla cluster":                 "flotilla cluster rotate-secret",
+		"flotilla cluster rotate-secret":   "flotilla --token-file /etc/flotilla/token cluster rotate-secret",
+		"flotilla node":                    "flotilla node list",
+		"flotilla node list":               "flotilla node list -o json",
+		"flotilla node drain":              "flotilla node drain 3 --wait\n   flotilla node drain 3 --leaders-only   # before restarting node 3",
+		"flotilla node remove":             "flotilla node remove 3",
+		"flotilla status":                  "flotilla status --watch --interval 5s",
+		"flotilla upstream update":         "flotilla upstream update main --replica-user repl --replica-password-file /etc/flotilla/repl.pw --replicas 3",
+		"flotilla version":                 "flotilla version -o json\n   flotilla --version",
+	}
 }
 
 // addExamples puts each command's example into its --help.
-func addExamples(cmds []*cli.Command, parent string) {
+func addExamples(cmds []*cli.Command, parent string, all map[string]string) {
 	for _, c := range cmds {
 		full := parent + " " + c.Name
-		if ex, ok := examples[full]; ok {
+		if ex, ok := all[full]; ok {
 			if c.Description != "" {
 				c.Description += "\n\n"
 			}
 			c.Description += "Example:\n   " + ex
 		}
-		addExamples(c.Subcommands, full)
+		addExamples(c.Subcommands, full, all)
 	}
 }
 

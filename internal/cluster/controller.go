@@ -24,6 +24,7 @@ const CatchUpSlack = 256
 type ControllerMeta interface {
 	Read(ctx context.Context) (*placement.State, error)
 	SetMembers(ctx context.Context, gid uint64, expect, members []uint64, note string) error
+	SetClusterVersion(ctx context.Context, v uint32, note string) error
 	Note(ctx context.Context, note string) error
 }
 
@@ -87,6 +88,7 @@ func (c *Controller) round(ctx context.Context) {
 		c.lastSeen[id] = now
 	}
 	c.promoteMetaVoter(rctx, reports)
+	c.finalizeVersion(rctx, st)
 	view := BuildView(st, reports, c.lastSeen, now, c.DownAfter)
 	for _, d := range placement.Plan(view) {
 		c.apply(rctx, st, view, d)
@@ -130,7 +132,7 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 	for id, n := range st.Nodes {
 		seen, ok := lastSeen[id]
 		v.Nodes = append(v.Nodes, placement.NodeView{ID: id, Zone: n.Labels["zone"], Draining: n.Draining,
-			Up: ok && now.Sub(seen) < downAfter})
+			Up: ok && now.Sub(seen) < downAfter, ShedLeaders: reports[id].GetSheddingLeaders()})
 	}
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]
@@ -197,4 +199,20 @@ func (c *Controller) apply(ctx context.Context, st *placement.State, v placement
 	if err != nil {
 		c.Log.Warn("placement decision not applied; the next round decides again", "decision", d.String(), "err", err)
 	}
+}
+
+// finalizeVersion moves the cluster version forward once every registered node
+// understands a newer one (each registers what its binary understands at start):
+// from then on, commands of that version are accepted, and binaries that cannot
+// read them may no longer register.
+func (c *Controller) finalizeVersion(ctx context.Context, st *placement.State) {
+	to := st.Reachable()
+	if to <= st.Version() {
+		return
+	}
+	if err := c.Meta.SetClusterVersion(ctx, to, placement.Note("cluster version %d -> %d: every node understands it", st.Version(), to)); err != nil {
+		c.Log.Warn("cluster version not moved forward; the next round tries again", "from", st.Version(), "to", to, "err", err)
+		return
+	}
+	c.Log.Info("cluster version moved forward", "from", st.Version(), "to", to)
 }

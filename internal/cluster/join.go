@@ -53,7 +53,7 @@ func Join(ctx context.Context, addrs []string, token string, tlsCfg *tls.Config,
 				return id, nil
 			}
 			last = fmt.Errorf("%s: %w", addr, err)
-			if c := status.Code(err); c == codes.AlreadyExists || c == codes.Unauthenticated || c == codes.InvalidArgument {
+			if c := status.Code(err); c == codes.AlreadyExists || c == codes.Unauthenticated || c == codes.InvalidArgument || c == codes.FailedPrecondition {
 				return Identity{}, fmt.Errorf("join refused by %w", last)
 			}
 		}

@@ -55,8 +55,10 @@ type Service struct {
 	Members Membership
 	Meta    Metadata
 	Local   LocalSourceFunc
-	// Groups describes this node's group replicas, for Report.
-	Groups func() []*adminv1.GroupStatus
+	// Groups describes this node's group replicas, for Report; Shedding says whether
+	// it is handing its leaderships away.
+	Groups   func() []*adminv1.GroupStatus
+	Shedding func() bool
 	// Transfer asks raft to move a group's leadership (dragonboat's
 	// RequestLeaderTransfer).
 	Transfer func(gid, target uint64) error
@@ -119,7 +121,12 @@ func (s *Service) Join(ctx context.Context, r *clusterv1.JoinRequest) (*clusterv
 	}
 	// Register first: while a second voter is being added the group needs it to
 	// commit, and it cannot answer until this call returns.
-	self := placement.Node{ID: r.NodeId, RaftAddr: r.RaftAddr, MySQLAddr: r.MysqlAddr, AdminAddr: r.AdminAddr, Labels: r.Labels}
+	self := placement.Node{ID: r.NodeId, RaftAddr: r.RaftAddr, MySQLAddr: r.MysqlAddr, AdminAddr: r.AdminAddr, Labels: r.Labels,
+		Version: r.Version, Commit: r.Commit, MaxClusterVersion: r.MaxClusterVersion}
+	if self.Understands() < st.Version() {
+		return nil, status.Errorf(codes.FailedPrecondition, "node %d runs %s, which understands cluster versions up to %d, and the cluster is at %d: install a release that understands %d",
+			r.NodeId, self.VersionOrUnknown(), self.Understands(), st.Version(), st.Version())
+	}
 	if err := s.Meta.RegisterNode(ctx, self); err != nil {
 		return nil, status.Errorf(codes.Unavailable, "register node %d: %v", r.NodeId, err)
 	}
@@ -265,7 +272,11 @@ func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clus
 	if err := s.checkNode(ctx, clusterv1.Cluster_Report_FullMethodName, r); err != nil {
 		return nil, err
 	}
-	return &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens()}, nil
+	rep := &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens()}
+	if s.Shedding != nil {
+		rep.SheddingLeaders = s.Shedding()
+	}
+	return rep, nil
 }
 
 // TransferLeader implements clusterv1.ClusterServer.

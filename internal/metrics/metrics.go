@@ -13,6 +13,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 )
 
 // Relay holds the instruments the relay updates.
@@ -71,7 +73,20 @@ func New(nodeID uint64) *Relay {
 	r.sessionsActive = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "flotilla", Name: "mysql_sessions",
 		Help: "Open client sessions on the MySQL port.", ConstLabels: node})
 	f(r.sessionsActive)
+	bi := buildinfo.Get()
+	info := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: "flotilla", Name: "build_info",
+		Help: "1, labelled with the node's release, commit, Go version and the newest cluster version it understands (a mixed-version cluster shows several).", ConstLabels: node},
+		[]string{"version", "commit", "go_version", "max_cluster_version"})
+	info.WithLabelValues(bi.Version, bi.Commit, bi.GoVersion, strconv.FormatUint(uint64(bi.ClusterVersion), 10)).Set(1)
+	f(info)
 	return r
+}
+
+// ClusterVersion exports the cluster version this node's metadata holds (read at
+// scrape time).
+func (r *Relay) ClusterVersion(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "cluster_version",
+		Help: "The cluster version: what every member understands and commands may use.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
 // Registry is where the instruments live; collectors of node state register here.

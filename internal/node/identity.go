@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"github.com/flotilla-relay/flotilla/internal/cluster"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 )
@@ -55,8 +56,10 @@ func clusterIdentity(ctx context.Context, cfg Config, peerTLS *tls.Config, log *
 		}
 	default:
 		jctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+		bi := buildinfo.Get()
 		id, err = cluster.Join(jctx, cfg.Join, cfg.AdminToken, peerTLS, &clusterv1.JoinRequest{NodeId: cfg.NodeID, RaftAddr: cfg.RaftAddr,
-			MysqlAddr: cfg.MySQLAddr.String(), AdminAddr: cfg.AdminAddr, Labels: cfg.Labels})
+			MysqlAddr: cfg.MySQLAddr.String(), AdminAddr: cfg.AdminAddr, Labels: cfg.Labels,
+			Version: bi.Version, Commit: bi.Commit, MaxClusterVersion: bi.ClusterVersion})
 		cancel()
 		if err == nil {
 			log.Info("joined the cluster as a non-voting metadata member (promoted once running)", "cluster", id.ClusterID, "node", cfg.NodeID)

@@ -182,6 +182,9 @@ type Node struct {
 	// stopMetrics ends the HTTP endpoints (/metrics, /healthz, /readyz).
 	stopMetrics context.CancelFunc
 
+	// shedUntil: the node hands leaderships away until then (UnixNano; see shed).
+	shedUntil atomic.Int64
+
 	mu sync.Mutex
 	// silentSince: when each node stopped answering purge's question about readers.
 	silentSince map[uint64]time.Time
@@ -217,6 +220,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
+	}
+	if err := checkDataVersion(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
 		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: int64(cfg.MaxAllowedPacket), IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
@@ -305,7 +311,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	n := &Node{stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders, errc: make(chan error, 2)}
+	n := &Node{stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
+		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
 		n.close()
 		closeLis()
@@ -360,15 +367,23 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		Rotate: func(ctx context.Context) (uint64, []uint64, error) {
 			return n.relay.Rotate(ctx, n.meta, sealer, n.metaMembers)
 		},
+		Shed: n.shed, Transfer: n.relay.TransferLeader,
 	}
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Keys: keys, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
-		Transfer: n.transferLeader}
+		Transfer: n.transferLeader, Shedding: n.shedding}
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
 	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
 		Meta: n.meta, Members: nh, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
 	n.spawn(func() { ctrl.Run(ctx, 2*time.Second) })
+	n.spawn(func() { n.followVersion(ctx, 2*time.Second) })
 	n.spawn(func() { n.errc <- admin.Serve(ctx, adminLis) })
+	rel.ClusterVersion(cfg.NodeID, func() float64 {
+		if st, err := n.meta.Local(); err == nil {
+			return float64(st.Version())
+		}
+		return 0
+	})
 	rel.Registry().MustRegister(metrics.NewStateCollector(cfg.NodeID, func() []metrics.GroupSample { return n.samples(admin.LocalGroups) }))
 	live.Store(n)
 	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr.String(), "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)
@@ -393,15 +408,21 @@ func (n *Node) startMeta(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	self := placement.Node{ID: n.cfg.NodeID, RaftAddr: n.cfg.RaftAddr, MySQLAddr: n.cfg.MySQLAddr.String(), AdminAddr: n.cfg.AdminAddr, Labels: n.cfg.Labels}
+	self := n.self()
 	for {
 		st, err := n.meta.Read(ctx)
 		if err == nil {
+			if v := st.Version(); v > self.MaxClusterVersion {
+				return fmt.Errorf("the cluster is at version %d, and this binary (flotilla %s) understands versions up to %d: install the release the cluster runs, or a newer one", v, self.Version, self.MaxClusterVersion)
+			}
 			if cur, ok := st.Nodes[self.ID]; ok && sameNode(*cur, self) {
-				return nil
+				return recordClusterVersion(n.cfg.DataDir, st.Version())
 			}
 			if err = n.meta.RegisterNode(ctx, self); err == nil {
-				return nil
+				return recordClusterVersion(n.cfg.DataDir, st.Version())
+			}
+			if errors.Is(err, placement.ErrRefused) {
+				return fmt.Errorf("register node %d: %w", self.ID, err)
 			}
 		}
 		select {
@@ -413,7 +434,8 @@ func (n *Node) startMeta(ctx context.Context) error {
 }
 
 func sameNode(a, b placement.Node) bool {
-	if a.RaftAddr != b.RaftAddr || a.MySQLAddr != b.MySQLAddr || a.AdminAddr != b.AdminAddr || len(a.Labels) != len(b.Labels) {
+	if a.RaftAddr != b.RaftAddr || a.MySQLAddr != b.MySQLAddr || a.AdminAddr != b.AdminAddr || len(a.Labels) != len(b.Labels) ||
+		a.Version != b.Version || a.Commit != b.Commit || a.MaxClusterVersion != b.MaxClusterVersion {
 		return false
 	}
 	for k, v := range a.Labels {

@@ -646,6 +646,138 @@ func (x *Upstream) GetAddWarnings() []string {
 	return nil
 }
 
+type UpdateUpstreamRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// With set_replica_users, replica_users replaces the replica logins (a user whose
+	// password, plugin and TLS requirement are unchanged keeps its stored hash).
+	SetReplicaUsers bool           `protobuf:"varint,2,opt,name=set_replica_users,json=setReplicaUsers,proto3" json:"set_replica_users,omitempty"`
+	ReplicaUsers    []*ReplicaUser `protobuf:"bytes,3,rep,name=replica_users,json=replicaUsers,proto3" json:"replica_users,omitempty"`
+	// Not 0: the group's replica count.
+	Replicas      int32 `protobuf:"varint,4,opt,name=replicas,proto3" json:"replicas,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateUpstreamRequest) Reset() {
+	*x = UpdateUpstreamRequest{}
+	mi := &file_admin_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateUpstreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateUpstreamRequest) ProtoMessage() {}
+
+func (x *UpdateUpstreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateUpstreamRequest.ProtoReflect.Descriptor instead.
+func (*UpdateUpstreamRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *UpdateUpstreamRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *UpdateUpstreamRequest) GetSetReplicaUsers() bool {
+	if x != nil {
+		return x.SetReplicaUsers
+	}
+	return false
+}
+
+func (x *UpdateUpstreamRequest) GetReplicaUsers() []*ReplicaUser {
+	if x != nil {
+		return x.ReplicaUsers
+	}
+	return nil
+}
+
+func (x *UpdateUpstreamRequest) GetReplicas() int32 {
+	if x != nil {
+		return x.Replicas
+	}
+	return 0
+}
+
+type UpdateUpstreamResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Upstream *Upstream              `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Changed  bool                   `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	// What changed, one line each.
+	Changes       []string `protobuf:"bytes,3,rep,name=changes,proto3" json:"changes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateUpstreamResponse) Reset() {
+	*x = UpdateUpstreamResponse{}
+	mi := &file_admin_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateUpstreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateUpstreamResponse) ProtoMessage() {}
+
+func (x *UpdateUpstreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateUpstreamResponse.ProtoReflect.Descriptor instead.
+func (*UpdateUpstreamResponse) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *UpdateUpstreamResponse) GetUpstream() *Upstream {
+	if x != nil {
+		return x.Upstream
+	}
+	return nil
+}
+
+func (x *UpdateUpstreamResponse) GetChanged() bool {
+	if x != nil {
+		return x.Changed
+	}
+	return false
+}
+
+func (x *UpdateUpstreamResponse) GetChanges() []string {
+	if x != nil {
+		return x.Changes
+	}
+	return nil
+}
+
 type UpstreamRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
@@ -655,7 +787,7 @@ type UpstreamRef struct {
 
 func (x *UpstreamRef) Reset() {
 	*x = UpstreamRef{}
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -667,7 +799,7 @@ func (x *UpstreamRef) String() string {
 func (*UpstreamRef) ProtoMessage() {}
 
 func (x *UpstreamRef) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[5]
+	mi := &file_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -680,7 +812,7 @@ func (x *UpstreamRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRef.ProtoReflect.Descriptor instead.
 func (*UpstreamRef) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{5}
+	return file_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *UpstreamRef) GetName() string {
@@ -701,7 +833,7 @@ type RepointUpstreamRequest struct {
 
 func (x *RepointUpstreamRequest) Reset() {
 	*x = RepointUpstreamRequest{}
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -713,7 +845,7 @@ func (x *RepointUpstreamRequest) String() string {
 func (*RepointUpstreamRequest) ProtoMessage() {}
 
 func (x *RepointUpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[6]
+	mi := &file_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -726,7 +858,7 @@ func (x *RepointUpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepointUpstreamRequest.ProtoReflect.Descriptor instead.
 func (*RepointUpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{6}
+	return file_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RepointUpstreamRequest) GetName() string {
@@ -758,7 +890,7 @@ type RemoveUpstreamResponse struct {
 
 func (x *RemoveUpstreamResponse) Reset() {
 	*x = RemoveUpstreamResponse{}
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -770,7 +902,7 @@ func (x *RemoveUpstreamResponse) String() string {
 func (*RemoveUpstreamResponse) ProtoMessage() {}
 
 func (x *RemoveUpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[7]
+	mi := &file_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -783,7 +915,7 @@ func (x *RemoveUpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveUpstreamResponse.ProtoReflect.Descriptor instead.
 func (*RemoveUpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{7}
+	return file_admin_proto_rawDescGZIP(), []int{9}
 }
 
 type PurgeRequest struct {
@@ -796,7 +928,7 @@ type PurgeRequest struct {
 
 func (x *PurgeRequest) Reset() {
 	*x = PurgeRequest{}
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -808,7 +940,7 @@ func (x *PurgeRequest) String() string {
 func (*PurgeRequest) ProtoMessage() {}
 
 func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[8]
+	mi := &file_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -821,7 +953,7 @@ func (x *PurgeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeRequest.ProtoReflect.Descriptor instead.
 func (*PurgeRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{8}
+	return file_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PurgeRequest) GetName() string {
@@ -850,7 +982,7 @@ type PurgeResponse struct {
 
 func (x *PurgeResponse) Reset() {
 	*x = PurgeResponse{}
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -862,7 +994,7 @@ func (x *PurgeResponse) String() string {
 func (*PurgeResponse) ProtoMessage() {}
 
 func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[9]
+	mi := &file_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -875,7 +1007,7 @@ func (x *PurgeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PurgeResponse.ProtoReflect.Descriptor instead.
 func (*PurgeResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{9}
+	return file_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PurgeResponse) GetFirstFile() string {
@@ -900,7 +1032,7 @@ type ListUpstreamsRequest struct {
 
 func (x *ListUpstreamsRequest) Reset() {
 	*x = ListUpstreamsRequest{}
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -912,7 +1044,7 @@ func (x *ListUpstreamsRequest) String() string {
 func (*ListUpstreamsRequest) ProtoMessage() {}
 
 func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[10]
+	mi := &file_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -925,7 +1057,7 @@ func (x *ListUpstreamsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUpstreamsRequest.ProtoReflect.Descriptor instead.
 func (*ListUpstreamsRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{10}
+	return file_admin_proto_rawDescGZIP(), []int{12}
 }
 
 type ListUpstreamsResponse struct {
@@ -937,7 +1069,7 @@ type ListUpstreamsResponse struct {
 
 func (x *ListUpstreamsResponse) Reset() {
 	*x = ListUpstreamsResponse{}
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -949,7 +1081,7 @@ func (x *ListUpstreamsResponse) String() string {
 func (*ListUpstreamsResponse) ProtoMessage() {}
 
 func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[11]
+	mi := &file_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -962,7 +1094,7 @@ func (x *ListUpstreamsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListUpstreamsResponse.ProtoReflect.Descriptor instead.
 func (*ListUpstreamsResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{11}
+	return file_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *ListUpstreamsResponse) GetUpstreams() []*UpstreamStatus {
@@ -994,7 +1126,7 @@ type ConnectedReplica struct {
 
 func (x *ConnectedReplica) Reset() {
 	*x = ConnectedReplica{}
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1006,7 +1138,7 @@ func (x *ConnectedReplica) String() string {
 func (*ConnectedReplica) ProtoMessage() {}
 
 func (x *ConnectedReplica) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[12]
+	mi := &file_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1019,7 +1151,7 @@ func (x *ConnectedReplica) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectedReplica.ProtoReflect.Descriptor instead.
 func (*ConnectedReplica) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{12}
+	return file_admin_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *ConnectedReplica) GetAddr() string {
@@ -1142,7 +1274,7 @@ type GroupStatus struct {
 
 func (x *GroupStatus) Reset() {
 	*x = GroupStatus{}
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1154,7 +1286,7 @@ func (x *GroupStatus) String() string {
 func (*GroupStatus) ProtoMessage() {}
 
 func (x *GroupStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[13]
+	mi := &file_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1167,7 +1299,7 @@ func (x *GroupStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GroupStatus.ProtoReflect.Descriptor instead.
 func (*GroupStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{13}
+	return file_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GroupStatus) GetGroupId() uint64 {
@@ -1388,7 +1520,7 @@ type MemberStatus struct {
 
 func (x *MemberStatus) Reset() {
 	*x = MemberStatus{}
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1532,7 @@ func (x *MemberStatus) String() string {
 func (*MemberStatus) ProtoMessage() {}
 
 func (x *MemberStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[14]
+	mi := &file_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1545,7 @@ func (x *MemberStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MemberStatus.ProtoReflect.Descriptor instead.
 func (*MemberStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{14}
+	return file_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *MemberStatus) GetNode() uint64 {
@@ -1461,7 +1593,7 @@ type UpstreamStatus struct {
 
 func (x *UpstreamStatus) Reset() {
 	*x = UpstreamStatus{}
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1473,7 +1605,7 @@ func (x *UpstreamStatus) String() string {
 func (*UpstreamStatus) ProtoMessage() {}
 
 func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[15]
+	mi := &file_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1486,7 +1618,7 @@ func (x *UpstreamStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamStatus.ProtoReflect.Descriptor instead.
 func (*UpstreamStatus) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{15}
+	return file_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *UpstreamStatus) GetUpstream() *Upstream {
@@ -1514,14 +1646,21 @@ type Node struct {
 	Leaders   uint64                 `protobuf:"varint,7,opt,name=leaders,proto3" json:"leaders,omitempty"`
 	Draining  bool                   `protobuf:"varint,8,opt,name=draining,proto3" json:"draining,omitempty"`
 	// up, down (no answer), or unknown.
-	State         string `protobuf:"bytes,9,opt,name=state,proto3" json:"state,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	State string `protobuf:"bytes,9,opt,name=state,proto3" json:"state,omitempty"`
+	// The release and commit the node registered at its last start ("" from releases
+	// before 0.29), and the newest cluster version its binary understands.
+	Version           string `protobuf:"bytes,10,opt,name=version,proto3" json:"version,omitempty"`
+	Commit            string `protobuf:"bytes,11,opt,name=commit,proto3" json:"commit,omitempty"`
+	MaxClusterVersion uint32 `protobuf:"varint,12,opt,name=max_cluster_version,json=maxClusterVersion,proto3" json:"max_cluster_version,omitempty"`
+	// The node is handing its leaderships away (`node drain --leaders-only`).
+	SheddingLeaders bool `protobuf:"varint,13,opt,name=shedding_leaders,json=sheddingLeaders,proto3" json:"shedding_leaders,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
 	*x = Node{}
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1672,7 @@ func (x *Node) String() string {
 func (*Node) ProtoMessage() {}
 
 func (x *Node) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[16]
+	mi := &file_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1685,7 @@ func (x *Node) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Node.ProtoReflect.Descriptor instead.
 func (*Node) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{16}
+	return file_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *Node) GetId() uint64 {
@@ -1612,6 +1751,34 @@ func (x *Node) GetState() string {
 	return ""
 }
 
+func (x *Node) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Node) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *Node) GetMaxClusterVersion() uint32 {
+	if x != nil {
+		return x.MaxClusterVersion
+	}
+	return 0
+}
+
+func (x *Node) GetSheddingLeaders() bool {
+	if x != nil {
+		return x.SheddingLeaders
+	}
+	return false
+}
+
 type NodeRef struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Id            uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1621,7 +1788,7 @@ type NodeRef struct {
 
 func (x *NodeRef) Reset() {
 	*x = NodeRef{}
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1633,7 +1800,7 @@ func (x *NodeRef) String() string {
 func (*NodeRef) ProtoMessage() {}
 
 func (x *NodeRef) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[17]
+	mi := &file_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1646,7 +1813,7 @@ func (x *NodeRef) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use NodeRef.ProtoReflect.Descriptor instead.
 func (*NodeRef) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{17}
+	return file_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *NodeRef) GetId() uint64 {
@@ -1654,6 +1821,67 @@ func (x *NodeRef) GetId() uint64 {
 		return x.Id
 	}
 	return 0
+}
+
+type ShedLeadersRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// How long the node takes no leadership (default 120 s; 0 with cancel: again now).
+	Seconds       uint32 `protobuf:"varint,2,opt,name=seconds,proto3" json:"seconds,omitempty"`
+	Cancel        bool   `protobuf:"varint,3,opt,name=cancel,proto3" json:"cancel,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShedLeadersRequest) Reset() {
+	*x = ShedLeadersRequest{}
+	mi := &file_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShedLeadersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShedLeadersRequest) ProtoMessage() {}
+
+func (x *ShedLeadersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShedLeadersRequest.ProtoReflect.Descriptor instead.
+func (*ShedLeadersRequest) Descriptor() ([]byte, []int) {
+	return file_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ShedLeadersRequest) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *ShedLeadersRequest) GetSeconds() uint32 {
+	if x != nil {
+		return x.Seconds
+	}
+	return 0
+}
+
+func (x *ShedLeadersRequest) GetCancel() bool {
+	if x != nil {
+		return x.Cancel
+	}
+	return false
 }
 
 type ListNodesRequest struct {
@@ -1664,7 +1892,7 @@ type ListNodesRequest struct {
 
 func (x *ListNodesRequest) Reset() {
 	*x = ListNodesRequest{}
-	mi := &file_admin_proto_msgTypes[18]
+	mi := &file_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1676,7 +1904,7 @@ func (x *ListNodesRequest) String() string {
 func (*ListNodesRequest) ProtoMessage() {}
 
 func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[18]
+	mi := &file_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1689,7 +1917,7 @@ func (x *ListNodesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesRequest.ProtoReflect.Descriptor instead.
 func (*ListNodesRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{18}
+	return file_admin_proto_rawDescGZIP(), []int{21}
 }
 
 type ListNodesResponse struct {
@@ -1701,7 +1929,7 @@ type ListNodesResponse struct {
 
 func (x *ListNodesResponse) Reset() {
 	*x = ListNodesResponse{}
-	mi := &file_admin_proto_msgTypes[19]
+	mi := &file_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1713,7 +1941,7 @@ func (x *ListNodesResponse) String() string {
 func (*ListNodesResponse) ProtoMessage() {}
 
 func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[19]
+	mi := &file_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1726,7 +1954,7 @@ func (x *ListNodesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListNodesResponse.ProtoReflect.Descriptor instead.
 func (*ListNodesResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{19}
+	return file_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListNodesResponse) GetNodes() []*Node {
@@ -1744,7 +1972,7 @@ type RemoveNodeResponse struct {
 
 func (x *RemoveNodeResponse) Reset() {
 	*x = RemoveNodeResponse{}
-	mi := &file_admin_proto_msgTypes[20]
+	mi := &file_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1756,7 +1984,7 @@ func (x *RemoveNodeResponse) String() string {
 func (*RemoveNodeResponse) ProtoMessage() {}
 
 func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[20]
+	mi := &file_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1769,7 +1997,7 @@ func (x *RemoveNodeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveNodeResponse.ProtoReflect.Descriptor instead.
 func (*RemoveNodeResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{20}
+	return file_admin_proto_rawDescGZIP(), []int{23}
 }
 
 type StatusRequest struct {
@@ -1780,7 +2008,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_admin_proto_msgTypes[21]
+	mi := &file_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1792,7 +2020,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[21]
+	mi := &file_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1805,7 +2033,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{21}
+	return file_admin_proto_rawDescGZIP(), []int{24}
 }
 
 type StatusResponse struct {
@@ -1818,14 +2046,17 @@ type StatusResponse struct {
 	// The placement controller's latest decisions, newest last.
 	Decisions []string `protobuf:"bytes,6,rep,name=decisions,proto3" json:"decisions,omitempty"`
 	// The voting members of the metadata group (the others follow it).
-	MetaVoters    []uint64 `protobuf:"varint,7,rep,packed,name=meta_voters,json=metaVoters,proto3" json:"meta_voters,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	MetaVoters []uint64 `protobuf:"varint,7,rep,packed,name=meta_voters,json=metaVoters,proto3" json:"meta_voters,omitempty"`
+	// The cluster version (see README "Upgrades"): what every member understands and
+	// commands may use; it moves forward once every node understands more.
+	ClusterVersion uint32 `protobuf:"varint,8,opt,name=cluster_version,json=clusterVersion,proto3" json:"cluster_version,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_admin_proto_msgTypes[22]
+	mi := &file_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2068,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[22]
+	mi := &file_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2081,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{22}
+	return file_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StatusResponse) GetNodeId() uint64 {
@@ -1902,6 +2133,13 @@ func (x *StatusResponse) GetMetaVoters() []uint64 {
 	return nil
 }
 
+func (x *StatusResponse) GetClusterVersion() uint32 {
+	if x != nil {
+		return x.ClusterVersion
+	}
+	return 0
+}
+
 type RotateSecretRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1910,7 +2148,7 @@ type RotateSecretRequest struct {
 
 func (x *RotateSecretRequest) Reset() {
 	*x = RotateSecretRequest{}
-	mi := &file_admin_proto_msgTypes[23]
+	mi := &file_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2160,7 @@ func (x *RotateSecretRequest) String() string {
 func (*RotateSecretRequest) ProtoMessage() {}
 
 func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[23]
+	mi := &file_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2173,7 @@ func (x *RotateSecretRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateSecretRequest.ProtoReflect.Descriptor instead.
 func (*RotateSecretRequest) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{23}
+	return file_admin_proto_rawDescGZIP(), []int{26}
 }
 
 type RotateSecretResponse struct {
@@ -1949,7 +2187,7 @@ type RotateSecretResponse struct {
 
 func (x *RotateSecretResponse) Reset() {
 	*x = RotateSecretResponse{}
-	mi := &file_admin_proto_msgTypes[24]
+	mi := &file_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1961,7 +2199,7 @@ func (x *RotateSecretResponse) String() string {
 func (*RotateSecretResponse) ProtoMessage() {}
 
 func (x *RotateSecretResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_admin_proto_msgTypes[24]
+	mi := &file_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1974,7 +2212,7 @@ func (x *RotateSecretResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateSecretResponse.ProtoReflect.Descriptor instead.
 func (*RotateSecretResponse) Descriptor() ([]byte, []int) {
-	return file_admin_proto_rawDescGZIP(), []int{24}
+	return file_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RotateSecretResponse) GetGeneration() uint64 {
@@ -2069,7 +2307,16 @@ const file_admin_proto_rawDesc = "" +
 	"candidates\x12*\n" +
 	"\x11source_down_after\x18\x15 \x01(\tR\x0fsourceDownAfter\x12;\n" +
 	"\bswitches\x18\x16 \x03(\v2\x1f.flotilla.admin.v1.SourceSwitchR\bswitches\x12!\n" +
-	"\fadd_warnings\x18\x17 \x03(\tR\vaddWarnings\"!\n" +
+	"\fadd_warnings\x18\x17 \x03(\tR\vaddWarnings\"\xb8\x01\n" +
+	"\x15UpdateUpstreamRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12*\n" +
+	"\x11set_replica_users\x18\x02 \x01(\bR\x0fsetReplicaUsers\x12C\n" +
+	"\rreplica_users\x18\x03 \x03(\v2\x1e.flotilla.admin.v1.ReplicaUserR\freplicaUsers\x12\x1a\n" +
+	"\breplicas\x18\x04 \x01(\x05R\breplicas\"\x85\x01\n" +
+	"\x16UpdateUpstreamResponse\x127\n" +
+	"\bupstream\x18\x01 \x01(\v2\x1b.flotilla.admin.v1.UpstreamR\bupstream\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\bR\achanged\x12\x18\n" +
+	"\achanges\x18\x03 \x03(\tR\achanges\"!\n" +
 	"\vUpstreamRef\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"Z\n" +
 	"\x16RepointUpstreamRequest\x12\x12\n" +
@@ -2147,7 +2394,7 @@ const file_admin_proto_rawDesc = "" +
 	"\treachable\x18\x05 \x01(\bR\treachable\"\x7f\n" +
 	"\x0eUpstreamStatus\x127\n" +
 	"\bupstream\x18\x01 \x01(\v2\x1b.flotilla.admin.v1.UpstreamR\bupstream\x124\n" +
-	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\xcd\x02\n" +
+	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\xda\x03\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1d\n" +
@@ -2159,17 +2406,26 @@ const file_admin_proto_rawDesc = "" +
 	"\x06groups\x18\x06 \x01(\x04R\x06groups\x12\x18\n" +
 	"\aleaders\x18\a \x01(\x04R\aleaders\x12\x1a\n" +
 	"\bdraining\x18\b \x01(\bR\bdraining\x12\x14\n" +
-	"\x05state\x18\t \x01(\tR\x05state\x1a9\n" +
+	"\x05state\x18\t \x01(\tR\x05state\x12\x18\n" +
+	"\aversion\x18\n" +
+	" \x01(\tR\aversion\x12\x16\n" +
+	"\x06commit\x18\v \x01(\tR\x06commit\x12.\n" +
+	"\x13max_cluster_version\x18\f \x01(\rR\x11maxClusterVersion\x12)\n" +
+	"\x10shedding_leaders\x18\r \x01(\bR\x0fsheddingLeaders\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x19\n" +
 	"\aNodeRef\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\x04R\x02id\"\x12\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\"V\n" +
+	"\x12ShedLeadersRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x18\n" +
+	"\aseconds\x18\x02 \x01(\rR\aseconds\x12\x16\n" +
+	"\x06cancel\x18\x03 \x01(\bR\x06cancel\"\x12\n" +
 	"\x10ListNodesRequest\"B\n" +
 	"\x11ListNodesResponse\x12-\n" +
 	"\x05nodes\x18\x01 \x03(\v2\x17.flotilla.admin.v1.NodeR\x05nodes\"\x14\n" +
 	"\x12RemoveNodeResponse\"\x0f\n" +
-	"\rStatusRequest\"\x98\x02\n" +
+	"\rStatusRequest\"\xc1\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1f\n" +
 	"\vmeta_leader\x18\x02 \x01(\x04R\n" +
@@ -2180,13 +2436,15 @@ const file_admin_proto_rawDesc = "" +
 	"cluster_id\x18\x05 \x01(\tR\tclusterId\x12\x1c\n" +
 	"\tdecisions\x18\x06 \x03(\tR\tdecisions\x12\x1f\n" +
 	"\vmeta_voters\x18\a \x03(\x04R\n" +
-	"metaVoters\"\x15\n" +
+	"metaVoters\x12'\n" +
+	"\x0fcluster_version\x18\b \x01(\rR\x0eclusterVersion\"\x15\n" +
 	"\x13RotateSecretRequest\"L\n" +
 	"\x14RotateSecretResponse\x12\x1e\n" +
 	"\n" +
 	"generation\x18\x01 \x01(\x04R\n" +
 	"generation\x12\x14\n" +
-	"\x05nodes\x18\x02 \x03(\x04R\x05nodes2\xab\t\n" +
+	"\x05nodes\x18\x02 \x03(\x04R\x05nodes2\xe1\n" +
+	"\n" +
 	"\x05Admin\x12Q\n" +
 	"\vAddUpstream\x12%.flotilla.admin.v1.AddUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12b\n" +
 	"\rListUpstreams\x12'.flotilla.admin.v1.ListUpstreamsRequest\x1a(.flotilla.admin.v1.ListUpstreamsResponse\x12P\n" +
@@ -2194,11 +2452,13 @@ const file_admin_proto_rawDesc = "" +
 	"\rPauseUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a\x1b.flotilla.admin.v1.Upstream\x12M\n" +
 	"\x0eResumeUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a\x1b.flotilla.admin.v1.Upstream\x12Y\n" +
 	"\x0fRepointUpstream\x12).flotilla.admin.v1.RepointUpstreamRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12U\n" +
-	"\rSetCandidates\x12'.flotilla.admin.v1.SetCandidatesRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12[\n" +
+	"\rSetCandidates\x12'.flotilla.admin.v1.SetCandidatesRequest\x1a\x1b.flotilla.admin.v1.Upstream\x12e\n" +
+	"\x0eUpdateUpstream\x12(.flotilla.admin.v1.UpdateUpstreamRequest\x1a).flotilla.admin.v1.UpdateUpstreamResponse\x12[\n" +
 	"\x0eRemoveUpstream\x12\x1e.flotilla.admin.v1.UpstreamRef\x1a).flotilla.admin.v1.RemoveUpstreamResponse\x12R\n" +
 	"\rPurgeUpstream\x12\x1f.flotilla.admin.v1.PurgeRequest\x1a .flotilla.admin.v1.PurgeResponse\x12V\n" +
 	"\tListNodes\x12#.flotilla.admin.v1.ListNodesRequest\x1a$.flotilla.admin.v1.ListNodesResponse\x12@\n" +
-	"\tDrainNode\x12\x1a.flotilla.admin.v1.NodeRef\x1a\x17.flotilla.admin.v1.Node\x12O\n" +
+	"\tDrainNode\x12\x1a.flotilla.admin.v1.NodeRef\x1a\x17.flotilla.admin.v1.Node\x12M\n" +
+	"\vShedLeaders\x12%.flotilla.admin.v1.ShedLeadersRequest\x1a\x17.flotilla.admin.v1.Node\x12O\n" +
 	"\n" +
 	"RemoveNode\x12\x1a.flotilla.admin.v1.NodeRef\x1a%.flotilla.admin.v1.RemoveNodeResponse\x12M\n" +
 	"\x06Status\x12 .flotilla.admin.v1.StatusRequest\x1a!.flotilla.admin.v1.StatusResponse\x12_\n" +
@@ -2216,80 +2476,89 @@ func file_admin_proto_rawDescGZIP() []byte {
 	return file_admin_proto_rawDescData
 }
 
-var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_admin_proto_goTypes = []any{
 	(*ReplicaUser)(nil),            // 0: flotilla.admin.v1.ReplicaUser
 	(*AddUpstreamRequest)(nil),     // 1: flotilla.admin.v1.AddUpstreamRequest
 	(*SetCandidatesRequest)(nil),   // 2: flotilla.admin.v1.SetCandidatesRequest
 	(*SourceSwitch)(nil),           // 3: flotilla.admin.v1.SourceSwitch
 	(*Upstream)(nil),               // 4: flotilla.admin.v1.Upstream
-	(*UpstreamRef)(nil),            // 5: flotilla.admin.v1.UpstreamRef
-	(*RepointUpstreamRequest)(nil), // 6: flotilla.admin.v1.RepointUpstreamRequest
-	(*RemoveUpstreamResponse)(nil), // 7: flotilla.admin.v1.RemoveUpstreamResponse
-	(*PurgeRequest)(nil),           // 8: flotilla.admin.v1.PurgeRequest
-	(*PurgeResponse)(nil),          // 9: flotilla.admin.v1.PurgeResponse
-	(*ListUpstreamsRequest)(nil),   // 10: flotilla.admin.v1.ListUpstreamsRequest
-	(*ListUpstreamsResponse)(nil),  // 11: flotilla.admin.v1.ListUpstreamsResponse
-	(*ConnectedReplica)(nil),       // 12: flotilla.admin.v1.ConnectedReplica
-	(*GroupStatus)(nil),            // 13: flotilla.admin.v1.GroupStatus
-	(*MemberStatus)(nil),           // 14: flotilla.admin.v1.MemberStatus
-	(*UpstreamStatus)(nil),         // 15: flotilla.admin.v1.UpstreamStatus
-	(*Node)(nil),                   // 16: flotilla.admin.v1.Node
-	(*NodeRef)(nil),                // 17: flotilla.admin.v1.NodeRef
-	(*ListNodesRequest)(nil),       // 18: flotilla.admin.v1.ListNodesRequest
-	(*ListNodesResponse)(nil),      // 19: flotilla.admin.v1.ListNodesResponse
-	(*RemoveNodeResponse)(nil),     // 20: flotilla.admin.v1.RemoveNodeResponse
-	(*StatusRequest)(nil),          // 21: flotilla.admin.v1.StatusRequest
-	(*StatusResponse)(nil),         // 22: flotilla.admin.v1.StatusResponse
-	(*RotateSecretRequest)(nil),    // 23: flotilla.admin.v1.RotateSecretRequest
-	(*RotateSecretResponse)(nil),   // 24: flotilla.admin.v1.RotateSecretResponse
-	nil,                            // 25: flotilla.admin.v1.Node.LabelsEntry
+	(*UpdateUpstreamRequest)(nil),  // 5: flotilla.admin.v1.UpdateUpstreamRequest
+	(*UpdateUpstreamResponse)(nil), // 6: flotilla.admin.v1.UpdateUpstreamResponse
+	(*UpstreamRef)(nil),            // 7: flotilla.admin.v1.UpstreamRef
+	(*RepointUpstreamRequest)(nil), // 8: flotilla.admin.v1.RepointUpstreamRequest
+	(*RemoveUpstreamResponse)(nil), // 9: flotilla.admin.v1.RemoveUpstreamResponse
+	(*PurgeRequest)(nil),           // 10: flotilla.admin.v1.PurgeRequest
+	(*PurgeResponse)(nil),          // 11: flotilla.admin.v1.PurgeResponse
+	(*ListUpstreamsRequest)(nil),   // 12: flotilla.admin.v1.ListUpstreamsRequest
+	(*ListUpstreamsResponse)(nil),  // 13: flotilla.admin.v1.ListUpstreamsResponse
+	(*ConnectedReplica)(nil),       // 14: flotilla.admin.v1.ConnectedReplica
+	(*GroupStatus)(nil),            // 15: flotilla.admin.v1.GroupStatus
+	(*MemberStatus)(nil),           // 16: flotilla.admin.v1.MemberStatus
+	(*UpstreamStatus)(nil),         // 17: flotilla.admin.v1.UpstreamStatus
+	(*Node)(nil),                   // 18: flotilla.admin.v1.Node
+	(*NodeRef)(nil),                // 19: flotilla.admin.v1.NodeRef
+	(*ShedLeadersRequest)(nil),     // 20: flotilla.admin.v1.ShedLeadersRequest
+	(*ListNodesRequest)(nil),       // 21: flotilla.admin.v1.ListNodesRequest
+	(*ListNodesResponse)(nil),      // 22: flotilla.admin.v1.ListNodesResponse
+	(*RemoveNodeResponse)(nil),     // 23: flotilla.admin.v1.RemoveNodeResponse
+	(*StatusRequest)(nil),          // 24: flotilla.admin.v1.StatusRequest
+	(*StatusResponse)(nil),         // 25: flotilla.admin.v1.StatusResponse
+	(*RotateSecretRequest)(nil),    // 26: flotilla.admin.v1.RotateSecretRequest
+	(*RotateSecretResponse)(nil),   // 27: flotilla.admin.v1.RotateSecretResponse
+	nil,                            // 28: flotilla.admin.v1.Node.LabelsEntry
 }
 var file_admin_proto_depIdxs = []int32{
 	0,  // 0: flotilla.admin.v1.AddUpstreamRequest.replica_users:type_name -> flotilla.admin.v1.ReplicaUser
 	3,  // 1: flotilla.admin.v1.Upstream.switches:type_name -> flotilla.admin.v1.SourceSwitch
-	15, // 2: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
-	12, // 3: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
-	14, // 4: flotilla.admin.v1.GroupStatus.member_status:type_name -> flotilla.admin.v1.MemberStatus
-	4,  // 5: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
-	13, // 6: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
-	25, // 7: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
-	16, // 8: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
-	16, // 9: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
-	15, // 10: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
-	1,  // 11: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
-	10, // 12: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
-	5,  // 13: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	5,  // 14: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	5,  // 15: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	6,  // 16: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
-	2,  // 17: flotilla.admin.v1.Admin.SetCandidates:input_type -> flotilla.admin.v1.SetCandidatesRequest
-	5,  // 18: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
-	8,  // 19: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
-	18, // 20: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
-	17, // 21: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
-	17, // 22: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
-	21, // 23: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
-	23, // 24: flotilla.admin.v1.Admin.RotateSecret:input_type -> flotilla.admin.v1.RotateSecretRequest
-	4,  // 25: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
-	11, // 26: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
-	15, // 27: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
-	4,  // 28: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
-	4,  // 29: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
-	4,  // 30: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
-	4,  // 31: flotilla.admin.v1.Admin.SetCandidates:output_type -> flotilla.admin.v1.Upstream
-	7,  // 32: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
-	9,  // 33: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
-	19, // 34: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
-	16, // 35: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
-	20, // 36: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
-	22, // 37: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
-	24, // 38: flotilla.admin.v1.Admin.RotateSecret:output_type -> flotilla.admin.v1.RotateSecretResponse
-	25, // [25:39] is the sub-list for method output_type
-	11, // [11:25] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	0,  // 2: flotilla.admin.v1.UpdateUpstreamRequest.replica_users:type_name -> flotilla.admin.v1.ReplicaUser
+	4,  // 3: flotilla.admin.v1.UpdateUpstreamResponse.upstream:type_name -> flotilla.admin.v1.Upstream
+	17, // 4: flotilla.admin.v1.ListUpstreamsResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	14, // 5: flotilla.admin.v1.GroupStatus.replicas:type_name -> flotilla.admin.v1.ConnectedReplica
+	16, // 6: flotilla.admin.v1.GroupStatus.member_status:type_name -> flotilla.admin.v1.MemberStatus
+	4,  // 7: flotilla.admin.v1.UpstreamStatus.upstream:type_name -> flotilla.admin.v1.Upstream
+	15, // 8: flotilla.admin.v1.UpstreamStatus.group:type_name -> flotilla.admin.v1.GroupStatus
+	28, // 9: flotilla.admin.v1.Node.labels:type_name -> flotilla.admin.v1.Node.LabelsEntry
+	18, // 10: flotilla.admin.v1.ListNodesResponse.nodes:type_name -> flotilla.admin.v1.Node
+	18, // 11: flotilla.admin.v1.StatusResponse.nodes:type_name -> flotilla.admin.v1.Node
+	17, // 12: flotilla.admin.v1.StatusResponse.upstreams:type_name -> flotilla.admin.v1.UpstreamStatus
+	1,  // 13: flotilla.admin.v1.Admin.AddUpstream:input_type -> flotilla.admin.v1.AddUpstreamRequest
+	12, // 14: flotilla.admin.v1.Admin.ListUpstreams:input_type -> flotilla.admin.v1.ListUpstreamsRequest
+	7,  // 15: flotilla.admin.v1.Admin.GetUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	7,  // 16: flotilla.admin.v1.Admin.PauseUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	7,  // 17: flotilla.admin.v1.Admin.ResumeUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	8,  // 18: flotilla.admin.v1.Admin.RepointUpstream:input_type -> flotilla.admin.v1.RepointUpstreamRequest
+	2,  // 19: flotilla.admin.v1.Admin.SetCandidates:input_type -> flotilla.admin.v1.SetCandidatesRequest
+	5,  // 20: flotilla.admin.v1.Admin.UpdateUpstream:input_type -> flotilla.admin.v1.UpdateUpstreamRequest
+	7,  // 21: flotilla.admin.v1.Admin.RemoveUpstream:input_type -> flotilla.admin.v1.UpstreamRef
+	10, // 22: flotilla.admin.v1.Admin.PurgeUpstream:input_type -> flotilla.admin.v1.PurgeRequest
+	21, // 23: flotilla.admin.v1.Admin.ListNodes:input_type -> flotilla.admin.v1.ListNodesRequest
+	19, // 24: flotilla.admin.v1.Admin.DrainNode:input_type -> flotilla.admin.v1.NodeRef
+	20, // 25: flotilla.admin.v1.Admin.ShedLeaders:input_type -> flotilla.admin.v1.ShedLeadersRequest
+	19, // 26: flotilla.admin.v1.Admin.RemoveNode:input_type -> flotilla.admin.v1.NodeRef
+	24, // 27: flotilla.admin.v1.Admin.Status:input_type -> flotilla.admin.v1.StatusRequest
+	26, // 28: flotilla.admin.v1.Admin.RotateSecret:input_type -> flotilla.admin.v1.RotateSecretRequest
+	4,  // 29: flotilla.admin.v1.Admin.AddUpstream:output_type -> flotilla.admin.v1.Upstream
+	13, // 30: flotilla.admin.v1.Admin.ListUpstreams:output_type -> flotilla.admin.v1.ListUpstreamsResponse
+	17, // 31: flotilla.admin.v1.Admin.GetUpstream:output_type -> flotilla.admin.v1.UpstreamStatus
+	4,  // 32: flotilla.admin.v1.Admin.PauseUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 33: flotilla.admin.v1.Admin.ResumeUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 34: flotilla.admin.v1.Admin.RepointUpstream:output_type -> flotilla.admin.v1.Upstream
+	4,  // 35: flotilla.admin.v1.Admin.SetCandidates:output_type -> flotilla.admin.v1.Upstream
+	6,  // 36: flotilla.admin.v1.Admin.UpdateUpstream:output_type -> flotilla.admin.v1.UpdateUpstreamResponse
+	9,  // 37: flotilla.admin.v1.Admin.RemoveUpstream:output_type -> flotilla.admin.v1.RemoveUpstreamResponse
+	11, // 38: flotilla.admin.v1.Admin.PurgeUpstream:output_type -> flotilla.admin.v1.PurgeResponse
+	22, // 39: flotilla.admin.v1.Admin.ListNodes:output_type -> flotilla.admin.v1.ListNodesResponse
+	18, // 40: flotilla.admin.v1.Admin.DrainNode:output_type -> flotilla.admin.v1.Node
+	18, // 41: flotilla.admin.v1.Admin.ShedLeaders:output_type -> flotilla.admin.v1.Node
+	23, // 42: flotilla.admin.v1.Admin.RemoveNode:output_type -> flotilla.admin.v1.RemoveNodeResponse
+	25, // 43: flotilla.admin.v1.Admin.Status:output_type -> flotilla.admin.v1.StatusResponse
+	27, // 44: flotilla.admin.v1.Admin.RotateSecret:output_type -> flotilla.admin.v1.RotateSecretResponse
+	29, // [29:45] is the sub-list for method output_type
+	13, // [13:29] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_admin_proto_init() }
@@ -2303,7 +2572,7 @@ func file_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_admin_proto_rawDesc), len(file_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,10 +29,12 @@ const (
 	Admin_ResumeUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/ResumeUpstream"
 	Admin_RepointUpstream_FullMethodName = "/flotilla.admin.v1.Admin/RepointUpstream"
 	Admin_SetCandidates_FullMethodName   = "/flotilla.admin.v1.Admin/SetCandidates"
+	Admin_UpdateUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/UpdateUpstream"
 	Admin_RemoveUpstream_FullMethodName  = "/flotilla.admin.v1.Admin/RemoveUpstream"
 	Admin_PurgeUpstream_FullMethodName   = "/flotilla.admin.v1.Admin/PurgeUpstream"
 	Admin_ListNodes_FullMethodName       = "/flotilla.admin.v1.Admin/ListNodes"
 	Admin_DrainNode_FullMethodName       = "/flotilla.admin.v1.Admin/DrainNode"
+	Admin_ShedLeaders_FullMethodName     = "/flotilla.admin.v1.Admin/ShedLeaders"
 	Admin_RemoveNode_FullMethodName      = "/flotilla.admin.v1.Admin/RemoveNode"
 	Admin_Status_FullMethodName          = "/flotilla.admin.v1.Admin/Status"
 	Admin_RotateSecret_FullMethodName    = "/flotilla.admin.v1.Admin/RotateSecret"
@@ -52,6 +54,10 @@ type AdminClient interface {
 	RepointUpstream(ctx context.Context, in *RepointUpstreamRequest, opts ...grpc.CallOption) (*Upstream, error)
 	// Replace an upstream's candidate sources (automatic source selection).
 	SetCandidates(ctx context.Context, in *SetCandidatesRequest, opts ...grpc.CallOption) (*Upstream, error)
+	// UpdateUpstream changes an upstream's replica users or replica count (cluster
+	// version 2). Idempotent: a request that matches the upstream changes nothing and
+	// says so (changed = false), which configuration tools rely on.
+	UpdateUpstream(ctx context.Context, in *UpdateUpstreamRequest, opts ...grpc.CallOption) (*UpdateUpstreamResponse, error)
 	// RemoveUpstream stops relaying and deletes the upstream's binlog on every node.
 	RemoveUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*RemoveUpstreamResponse, error)
 	// PurgeUpstream deletes served binlog files before to_file on every replica of the
@@ -59,6 +65,10 @@ type AdminClient interface {
 	PurgeUpstream(ctx context.Context, in *PurgeRequest, opts ...grpc.CallOption) (*PurgeResponse, error)
 	ListNodes(ctx context.Context, in *ListNodesRequest, opts ...grpc.CallOption) (*ListNodesResponse, error)
 	DrainNode(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*Node, error)
+	// ShedLeaders makes a node hand every leadership it holds (of upstream groups and
+	// of the metadata group) to caught-up members, keeping its replicas, and take none
+	// for a while: before a restart. It answers when the node leads nothing.
+	ShedLeaders(ctx context.Context, in *ShedLeadersRequest, opts ...grpc.CallOption) (*Node, error)
 	RemoveNode(ctx context.Context, in *NodeRef, opts ...grpc.CallOption) (*RemoveNodeResponse, error)
 	Status(ctx context.Context, in *StatusRequest, opts ...grpc.CallOption) (*StatusResponse, error)
 	// RotateSecret gives every node a new key for node-to-node calls, then retires
@@ -145,6 +155,16 @@ func (c *adminClient) SetCandidates(ctx context.Context, in *SetCandidatesReques
 	return out, nil
 }
 
+func (c *adminClient) UpdateUpstream(ctx context.Context, in *UpdateUpstreamRequest, opts ...grpc.CallOption) (*UpdateUpstreamResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateUpstreamResponse)
+	err := c.cc.Invoke(ctx, Admin_UpdateUpstream_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminClient) RemoveUpstream(ctx context.Context, in *UpstreamRef, opts ...grpc.CallOption) (*RemoveUpstreamResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RemoveUpstreamResponse)
@@ -179,6 +199,16 @@ func (c *adminClient) DrainNode(ctx context.Context, in *NodeRef, opts ...grpc.C
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(Node)
 	err := c.cc.Invoke(ctx, Admin_DrainNode_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *adminClient) ShedLeaders(ctx context.Context, in *ShedLeadersRequest, opts ...grpc.CallOption) (*Node, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Node)
+	err := c.cc.Invoke(ctx, Admin_ShedLeaders_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -229,6 +259,10 @@ type AdminServer interface {
 	RepointUpstream(context.Context, *RepointUpstreamRequest) (*Upstream, error)
 	// Replace an upstream's candidate sources (automatic source selection).
 	SetCandidates(context.Context, *SetCandidatesRequest) (*Upstream, error)
+	// UpdateUpstream changes an upstream's replica users or replica count (cluster
+	// version 2). Idempotent: a request that matches the upstream changes nothing and
+	// says so (changed = false), which configuration tools rely on.
+	UpdateUpstream(context.Context, *UpdateUpstreamRequest) (*UpdateUpstreamResponse, error)
 	// RemoveUpstream stops relaying and deletes the upstream's binlog on every node.
 	RemoveUpstream(context.Context, *UpstreamRef) (*RemoveUpstreamResponse, error)
 	// PurgeUpstream deletes served binlog files before to_file on every replica of the
@@ -236,6 +270,10 @@ type AdminServer interface {
 	PurgeUpstream(context.Context, *PurgeRequest) (*PurgeResponse, error)
 	ListNodes(context.Context, *ListNodesRequest) (*ListNodesResponse, error)
 	DrainNode(context.Context, *NodeRef) (*Node, error)
+	// ShedLeaders makes a node hand every leadership it holds (of upstream groups and
+	// of the metadata group) to caught-up members, keeping its replicas, and take none
+	// for a while: before a restart. It answers when the node leads nothing.
+	ShedLeaders(context.Context, *ShedLeadersRequest) (*Node, error)
 	RemoveNode(context.Context, *NodeRef) (*RemoveNodeResponse, error)
 	Status(context.Context, *StatusRequest) (*StatusResponse, error)
 	// RotateSecret gives every node a new key for node-to-node calls, then retires
@@ -273,6 +311,9 @@ func (UnimplementedAdminServer) RepointUpstream(context.Context, *RepointUpstrea
 func (UnimplementedAdminServer) SetCandidates(context.Context, *SetCandidatesRequest) (*Upstream, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SetCandidates not implemented")
 }
+func (UnimplementedAdminServer) UpdateUpstream(context.Context, *UpdateUpstreamRequest) (*UpdateUpstreamResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateUpstream not implemented")
+}
 func (UnimplementedAdminServer) RemoveUpstream(context.Context, *UpstreamRef) (*RemoveUpstreamResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveUpstream not implemented")
 }
@@ -284,6 +325,9 @@ func (UnimplementedAdminServer) ListNodes(context.Context, *ListNodesRequest) (*
 }
 func (UnimplementedAdminServer) DrainNode(context.Context, *NodeRef) (*Node, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DrainNode not implemented")
+}
+func (UnimplementedAdminServer) ShedLeaders(context.Context, *ShedLeadersRequest) (*Node, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ShedLeaders not implemented")
 }
 func (UnimplementedAdminServer) RemoveNode(context.Context, *NodeRef) (*RemoveNodeResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RemoveNode not implemented")
@@ -441,6 +485,24 @@ func _Admin_SetCandidates_Handler(srv interface{}, ctx context.Context, dec func
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Admin_UpdateUpstream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateUpstreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).UpdateUpstream(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_UpdateUpstream_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).UpdateUpstream(ctx, req.(*UpdateUpstreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _Admin_RemoveUpstream_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(UpstreamRef)
 	if err := dec(in); err != nil {
@@ -509,6 +571,24 @@ func _Admin_DrainNode_Handler(srv interface{}, ctx context.Context, dec func(int
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(AdminServer).DrainNode(ctx, req.(*NodeRef))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Admin_ShedLeaders_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShedLeadersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServer).ShedLeaders(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Admin_ShedLeaders_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServer).ShedLeaders(ctx, req.(*ShedLeadersRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -603,6 +683,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _Admin_SetCandidates_Handler,
 		},
 		{
+			MethodName: "UpdateUpstream",
+			Handler:    _Admin_UpdateUpstream_Handler,
+		},
+		{
 			MethodName: "RemoveUpstream",
 			Handler:    _Admin_RemoveUpstream_Handler,
 		},
@@ -617,6 +701,10 @@ var Admin_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DrainNode",
 			Handler:    _Admin_DrainNode_Handler,
+		},
+		{
+			MethodName: "ShedLeaders",
+			Handler:    _Admin_ShedLeaders_Handler,
 		},
 		{
 			MethodName: "RemoveNode",

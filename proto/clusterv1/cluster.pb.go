@@ -123,9 +123,12 @@ type NodeReport struct {
 	Groups []*adminv1.GroupStatus `protobuf:"bytes,2,rep,name=groups,proto3" json:"groups,omitempty"`
 	// The generations of the node key the node holds (a rotation waits until every
 	// member holds the new one before it signs with it).
-	NodeKeyGens   []uint64 `protobuf:"varint,3,rep,packed,name=node_key_gens,json=nodeKeyGens,proto3" json:"node_key_gens,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	NodeKeyGens []uint64 `protobuf:"varint,3,rep,packed,name=node_key_gens,json=nodeKeyGens,proto3" json:"node_key_gens,omitempty"`
+	// The node is handing its leaderships away (`node drain --leaders-only`, before
+	// a restart): the controller moves none to it and moves away those it has.
+	SheddingLeaders bool `protobuf:"varint,4,opt,name=shedding_leaders,json=sheddingLeaders,proto3" json:"shedding_leaders,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *NodeReport) Reset() {
@@ -177,6 +180,13 @@ func (x *NodeReport) GetNodeKeyGens() []uint64 {
 		return x.NodeKeyGens
 	}
 	return nil
+}
+
+func (x *NodeReport) GetSheddingLeaders() bool {
+	if x != nil {
+		return x.SheddingLeaders
+	}
+	return false
 }
 
 type TransferLeaderRequest struct {
@@ -268,14 +278,20 @@ func (*TransferLeaderResponse) Descriptor() ([]byte, []int) {
 }
 
 type JoinRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
-	RaftAddr      string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
-	MysqlAddr     string                 `protobuf:"bytes,3,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
-	AdminAddr     string                 `protobuf:"bytes,4,opt,name=admin_addr,json=adminAddr,proto3" json:"admin_addr,omitempty"`
-	Labels        map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	NodeId    uint64                 `protobuf:"varint,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	RaftAddr  string                 `protobuf:"bytes,2,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	MysqlAddr string                 `protobuf:"bytes,3,opt,name=mysql_addr,json=mysqlAddr,proto3" json:"mysql_addr,omitempty"`
+	AdminAddr string                 `protobuf:"bytes,4,opt,name=admin_addr,json=adminAddr,proto3" json:"admin_addr,omitempty"`
+	Labels    map[string]string      `protobuf:"bytes,5,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The joining binary's release, commit and the newest cluster version it
+	// understands (0 from releases before 0.29: 1); the cluster refuses a binary
+	// that cannot read its version.
+	Version           string `protobuf:"bytes,6,opt,name=version,proto3" json:"version,omitempty"`
+	Commit            string `protobuf:"bytes,7,opt,name=commit,proto3" json:"commit,omitempty"`
+	MaxClusterVersion uint32 `protobuf:"varint,8,opt,name=max_cluster_version,json=maxClusterVersion,proto3" json:"max_cluster_version,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *JoinRequest) Reset() {
@@ -341,6 +357,27 @@ func (x *JoinRequest) GetLabels() map[string]string {
 		return x.Labels
 	}
 	return nil
+}
+
+func (x *JoinRequest) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetCommit() string {
+	if x != nil {
+		return x.Commit
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetMaxClusterVersion() uint32 {
+	if x != nil {
+		return x.MaxClusterVersion
+	}
+	return 0
 }
 
 type JoinResponse struct {
@@ -970,17 +1007,18 @@ const file_cluster_proto_rawDesc = "" +
 	"\aNodeKey\x12\x10\n" +
 	"\x03gen\x18\x01 \x01(\x04R\x03gen\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\x0f\n" +
-	"\rReportRequest\"\x81\x01\n" +
+	"\rReportRequest\"\xac\x01\n" +
 	"\n" +
 	"NodeReport\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x126\n" +
 	"\x06groups\x18\x02 \x03(\v2\x1e.flotilla.admin.v1.GroupStatusR\x06groups\x12\"\n" +
-	"\rnode_key_gens\x18\x03 \x03(\x04R\vnodeKeyGens\"S\n" +
+	"\rnode_key_gens\x18\x03 \x03(\x04R\vnodeKeyGens\x12)\n" +
+	"\x10shedding_leaders\x18\x04 \x01(\bR\x0fsheddingLeaders\"S\n" +
 	"\x15TransferLeaderRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vtarget_node\x18\x02 \x01(\x04R\n" +
 	"targetNode\"\x18\n" +
-	"\x16TransferLeaderResponse\"\x82\x02\n" +
+	"\x16TransferLeaderResponse\"\xe4\x02\n" +
 	"\vJoinRequest\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1d\n" +
@@ -988,7 +1026,10 @@ const file_cluster_proto_rawDesc = "" +
 	"mysql_addr\x18\x03 \x01(\tR\tmysqlAddr\x12\x1d\n" +
 	"\n" +
 	"admin_addr\x18\x04 \x01(\tR\tadminAddr\x12D\n" +
-	"\x06labels\x18\x05 \x03(\v2,.flotilla.cluster.v1.JoinRequest.LabelsEntryR\x06labels\x1a9\n" +
+	"\x06labels\x18\x05 \x03(\v2,.flotilla.cluster.v1.JoinRequest.LabelsEntryR\x06labels\x12\x18\n" +
+	"\aversion\x18\x06 \x01(\tR\aversion\x12\x16\n" +
+	"\x06commit\x18\a \x01(\tR\x06commit\x12.\n" +
+	"\x13max_cluster_version\x18\b \x01(\rR\x11maxClusterVersion\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\xe3\x01\n" +
