@@ -11,17 +11,26 @@ LDFLAGS  := -X github.com/flotilla-relay/flotilla/internal/buildinfo.version=$(V
             -X github.com/flotilla-relay/flotilla/internal/buildinfo.commit=$(COMMIT) \
             -X github.com/flotilla-relay/flotilla/internal/buildinfo.date=$(DATE)
 
-.PHONY: build test unit e2e bench fuzz proto lint demo clean tools
+.PHONY: build test unit e2e bench fuzz proto lint demo clean tools deploy-test
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/flotilla
 
-# Installs MariaDB and Node.js (Debian packages) when missing, builds, runs every test (unit, fuzz
-# seeds, end-to-end against real servers) and prints a summary line.
+# Installs MariaDB, Node.js and Ansible (Debian packages) when missing, builds, runs every test
+# (unit, fuzz seeds, end-to-end against real servers, the Ansible deployment) and prints a
+# summary line.
 test: build
 	@scripts/ensure-mariadb.sh
 	@scripts/ensure-node.sh
+	@scripts/ensure-ansible.sh
 	@FLOTILLA_BIN=$(CURDIR)/$(BIN) scripts/gotest.sh $(PKGS)
+
+# The Ansible deployment on this machine (lint, then three nodes, an upstream, a
+# replica and a rolling upgrade across versions); `make test` runs it too.
+deploy-test: build
+	@scripts/ensure-mariadb.sh
+	@scripts/ensure-ansible.sh
+	@FLOTILLA_BIN=$(CURDIR)/$(BIN) deploy/ansible/tests/run-local.sh
 
 bench: build
 	@scripts/ensure-mariadb.sh

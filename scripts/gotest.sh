@@ -8,7 +8,7 @@ start=$(date +%s)
 log=$(mktemp -t flotilla-test.XXXXXX)
 unit=$(go list "$@" | grep -v '/test/' || true)
 e2e=$(go list "$@" | grep '/test/' || true)
-filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E' | grep -v '^=== RUN'; }
+filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E|DEPLOY' | grep -v '^=== RUN'; }
 rc=0
 if [ -n "$unit" ]; then
   go test -race -count=1 -timeout 25m -v $unit 2>&1 | tee "$log" | filter
@@ -26,6 +26,11 @@ if [ "$*" = "./..." ]; then
     (cd "$(dirname "$mod")" && go test -count=1 -timeout 10m -v ./...) 2>&1 | tee -a "$log" | filter
     [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   done
+fi
+# The Ansible deployment (deploy/ansible/tests, build tag deploy) runs alone, last.
+if [ "$*" = "./..." ]; then
+  deploy/ansible/tests/run-local.sh 2>&1 | tee -a "$log" | filter
+  [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
 fi
 passed=$(grep -cE '^\s*--- PASS' "$log")
 failed=$(grep -cE '^\s*--- FAIL' "$log")

@@ -335,8 +335,8 @@ func secret(flag, file, env, what string) (string, error) {
 func clusterCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "cluster",
-		Usage: "manage the cluster's own credentials",
-		Subcommands: []*cli.Command{{
+		Usage: "the cluster's health and its own credentials",
+		Subcommands: []*cli.Command{clusterHealthCommand(), {
 			Name:  "rotate-secret",
 			Usage: "replace the key that signs node-to-node calls, through the metadata group, and retire the old one: run it after `node remove` so the removed node's signed calls are refused (change the admin token too); every member must answer",
 			Flags: []cli.Flag{outputFlag},

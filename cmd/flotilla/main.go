@@ -50,6 +50,10 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := app.RunContext(ctx, reorderArgs(app, os.Args))
 	stop()
+	var quiet cli.ExitCoder // the command said why already (cluster health)
+	if errors.As(err, &quiet) && err.Error() == "" {
+		os.Exit(quiet.ExitCode())
+	}
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "flotilla: %s\n", errorLine(err))
 		os.Exit(1)

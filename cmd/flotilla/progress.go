@@ -237,6 +237,7 @@ func examples() map[string]string {
 		"flotilla upstream repoint":        "flotilla upstream repoint main --source db2:3306",
 		"flotilla upstream set-candidates": "flotilla upstream set-candidates main --candidate db1:3306 --candidate db2:3306 --source-down-after 10s",
 		"flotilla cluster":                 "flotilla cluster rotate-secret",
+		"flotilla cluster health":          "flotilla cluster health --wait 5m   # before stopping a node",
 		"flotilla cluster rotate-secret":   "flotilla --token-file /etc/flotilla/token cluster rotate-secret",
 		"flotilla node":                    "flotilla node list",
 		"flotilla node list":               "flotilla node list -o json",
