@@ -65,7 +65,8 @@ var recapLine = regexp.MustCompile(`^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unre
 // play runs a playbook and returns each host's recap line and the run's length.
 func (d *deployment) play(ctx context.Context, playbook string, args ...string) (map[string]string, string, time.Duration, error) {
 	start := time.Now()
-	cmd := exec.CommandContext(ctx, "ansible-playbook", append([]string{"-i", "inventories/local-test", "playbooks/" + playbook}, args...)...)
+	cmd := exec.CommandContext(ctx, "ansible-playbook", append([]string{"-i", "inventories/local-test", "--vault-password-file", "tests/vault-password",
+		"playbooks/" + playbook}, args...)...)
 	cmd.Dir = d.ansible
 	cmd.Env = append(os.Environ(), "ANSIBLE_CONFIG="+filepath.Join(d.ansible, "ansible.cfg"), "ANSIBLE_NOCOLOR=1",
 		"FLOTILLA_DEPLOY_ROOT="+d.root, "FLOTILLA_DEPLOY_BINARY="+d.binary, "FLOTILLA_DEPLOY_SHA256="+d.checksum, "FLOTILLA_DEPLOY_MASTER="+d.master)
@@ -115,6 +116,7 @@ type nodeList struct {
 		Version           string `json:"version"`
 		State             string `json:"state"`
 		MaxClusterVersion int    `json:"maxClusterVersion"`
+		Groups            string `json:"groups"`
 	} `json:"nodes"`
 }
 
@@ -176,8 +178,8 @@ func TestDeployAndRollingUpgrade(t *testing.T) {
 	d := &deployment{t: t, ansible: ansible, root: nodesRoot, master: master.Addr(), binary: newBin, checksum: sha(t, oldBin)}
 	os.MkdirAll(nodesRoot, 0o700)
 	t.Cleanup(func() {
-		for _, h := range hosts {
-			exec.Command(filepath.Join(nodesRoot, h.name, "etc", "flotilla-"+h.name+"ctl"), "stop").Run()
+		for _, name := range []string{"node1", "node2", "node3", "node4"} {
+			exec.Command(filepath.Join(nodesRoot, name, "etc", "flotilla-"+name+"ctl"), "stop").Run()
 		}
 	})
 
@@ -279,10 +281,11 @@ func TestDeployAndRollingUpgrade(t *testing.T) {
 	if out, err := cli(ctx, newBin, first.admin, "upstream", "update", "main", "--replicas", "2"); err == nil || !strings.Contains(out, "needs cluster version 2") {
 		t.Fatalf("upstream update in a mixed cluster: %v\n%s", err, out)
 	}
-	_, upOut, _, err := d.play(ctx, "rolling-upgrade.yml")
+	upRecap, upOut, took, err := d.play(ctx, "rolling-upgrade.yml")
 	if err != nil {
 		t.Fatalf("rolling-upgrade.yml: %v\n%s", err, tail(upOut, 60))
 	}
+	t.Logf("DEPLOY rolling-upgrade.yml (the other two nodes) took %.1fs: %v", took.Seconds(), upRecap)
 	upgradeEnd := time.Now()
 	// The first node found no node able to move its leaderships (all ran the old
 	// release); the next ones were moved by the upgraded node(s).
@@ -348,6 +351,22 @@ func TestDeployAndRollingUpgrade(t *testing.T) {
 			if !strings.Contains(line, "changed=0") || !strings.Contains(line, "failed=0") {
 				t.Errorf("%s on an unchanged cluster changed %s: %s", p, h, line)
 			}
+		}
+	}
+
+	// A fourth host joins with add-node.yml, and placement gives it replicas (the
+	// two upstreams' six replicas were two per node).
+	extra := filepath.Join(root, "node4.yml")
+	os.WriteFile(extra, []byte("all:\n  children:\n    flotilla:\n      hosts:\n        node4:\n          flotilla_node_id: 4\n          flotilla_advertise_host: 127.0.2.4\n"), 0o600)
+	d.mustPlay(ctx, "add-node.yml", "-i", extra, "--limit", "node4")
+	out, err = cli(ctx, newBin, hosts[0].admin, "node", "list", "-o", "json")
+	nl = nodeList{}
+	if err != nil || json.Unmarshal([]byte(out), &nl) != nil || len(nl.Nodes) != 4 {
+		t.Fatalf("node list after add-node.yml: %v\n%s", err, out)
+	}
+	for _, n := range nl.Nodes {
+		if n.ID == "4" && (n.State != "up" || n.Groups == "" || n.Groups == "0") {
+			t.Fatalf("node 4 after add-node.yml: %+v", n)
 		}
 	}
 }
