@@ -11,7 +11,7 @@ LDFLAGS  := -X github.com/flotilla-relay/flotilla/internal/buildinfo.version=$(V
             -X github.com/flotilla-relay/flotilla/internal/buildinfo.commit=$(COMMIT) \
             -X github.com/flotilla-relay/flotilla/internal/buildinfo.date=$(DATE)
 
-.PHONY: build test unit e2e bench fuzz proto lint demo clean tools deploy-test
+.PHONY: build test unit e2e bench fuzz proto lint demo clean tools deploy-test chaos
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/flotilla
@@ -31,6 +31,14 @@ deploy-test: build
 	@scripts/ensure-mariadb.sh
 	@scripts/ensure-ansible.sh
 	@FLOTILLA_BIN=$(CURDIR)/$(BIN) deploy/ansible/tests/run-local.sh
+
+# The fault-injection suite's long form (test/chaos; `make test` runs a short one):
+# CHAOS_DURATION of faults, CHAOS_SEED to replay a run. The history is kept.
+CHAOS_DURATION ?= 30m
+chaos: build
+	@scripts/ensure-mariadb.sh
+	FLOTILLA_BIN=$(CURDIR)/$(BIN) FLOTILLA_CHAOS_DURATION=$(CHAOS_DURATION) FLOTILLA_CHAOS_SEED=$(CHAOS_SEED) FLOTILLA_CHAOS_KEEP=1 \
+		$(GO) test -count=1 -v -timeout 0 -run TestChaos ./test/chaos/
 
 bench: build
 	@scripts/ensure-mariadb.sh

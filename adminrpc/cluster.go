@@ -128,7 +128,7 @@ func (v *clusterView) nodes() []*adminv1.Node {
 		}
 		out = append(out, &adminv1.Node{Id: n.ID, RaftAddr: n.RaftAddr, MysqlAddr: n.MySQLAddr, AdminAddr: n.AdminAddr, Labels: n.Labels,
 			Groups: groups[n.ID], Leaders: leaders[n.ID], Draining: n.Draining, State: state,
-			Version: n.Version, Commit: n.Commit, MaxClusterVersion: n.Understands(), SheddingLeaders: rep.GetSheddingLeaders()})
+			Version: n.Version, Commit: n.Commit, MaxClusterVersion: n.Understands(), SheddingLeaders: rep.GetSheddingLeaders(), StorageProblem: rep.GetStorageProblem()})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Id < out[j].Id })
 	return out

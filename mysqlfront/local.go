@@ -81,7 +81,7 @@ func (l *localSource) waitFirstFile(ctx context.Context) error {
 		case <-changed:
 		case <-check.C:
 			if l.g.Closed() {
-				return errDump("upstream %s was removed from Flotilla", l.u.Name)
+				return errClosed(l.u.Name)
 			}
 			if err := l.pol.Eligible(); err != nil {
 				return err
@@ -201,7 +201,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 		rec, err := cur.Next(t)
 		if errors.Is(err, statemachine.ErrAtTail) {
 			if g.Closed() {
-				return errDump("upstream %s was removed from Flotilla", u.Name)
+				return errClosed(u.Name)
 			}
 			if nonBlock {
 				return w.EOF()
@@ -280,4 +280,12 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 			hbTimer = time.After(spec.Heartbeat)
 		}
 	}
+}
+
+// errClosed ends a dump whose local group replica stopped: the upstream was removed,
+// its group moved off this node, or the node's disk ran short. The replica reconnects
+// (not 1236): the next login or dump is served from wherever the group is now, or
+// told the upstream is unknown if it was removed.
+func errClosed(name string) error {
+	return errRetry("upstream %s's replica on this node stopped (removed, moved to other nodes, or this node's disk is short of space); reconnect", name)
 }

@@ -7,8 +7,9 @@ set -uo pipefail
 start=$(date +%s)
 log=$(mktemp -t flotilla-test.XXXXXX)
 unit=$(go list "$@" | grep -v '/test/' || true)
-e2e=$(go list "$@" | grep '/test/' || true)
-filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E|DEPLOY' | grep -v '^=== RUN'; }
+e2e=$(go list "$@" | grep '/test/' | grep -v '/test/chaos$' || true)
+chaos=$(go list "$@" | grep '/test/chaos$' || true)
+filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E|DEPLOY|CHAOS' | grep -v '^=== RUN'; }
 rc=0
 if [ -n "$unit" ]; then
   go test -race -count=1 -timeout 25m -v $unit 2>&1 | tee "$log" | filter
@@ -27,11 +28,24 @@ if [ "$*" = "./..." ]; then
     [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   done
 fi
-# The Ansible deployment (deploy/ansible/tests, build tag deploy) runs alone, last.
+# Last, side by side (neither is sensitive to the other's load, unlike the e2e tests):
+# the short form of the fault-injection suite, and the Ansible deployment
+# (deploy/ansible/tests, build tag deploy) when the whole tree is tested.
+chaoslog=$(mktemp -t flotilla-chaos.XXXXXX)
+chaospid=
+if [ -n "$chaos" ]; then
+  go test -count=1 -timeout 15m -v $chaos >"$chaoslog" 2>&1 &
+  chaospid=$!
+fi
 if [ "$*" = "./..." ]; then
   deploy/ansible/tests/run-local.sh 2>&1 | tee -a "$log" | filter
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
 fi
+if [ -n "$chaospid" ]; then
+  wait "$chaospid" || rc=1
+  tee -a "$log" <"$chaoslog" | filter
+fi
+rm -f "$chaoslog"
 passed=$(grep -cE '^\s*--- PASS' "$log")
 failed=$(grep -cE '^\s*--- FAIL' "$log")
 skipped=$(grep -cE '^\s*--- SKIP' "$log")

@@ -81,8 +81,22 @@ type Manager struct {
 	reconciled uint64
 	lastFull   time.Time
 	retry      bool
+	// suspended, when not "", says why this node stores nothing now (its data
+	// directory is short of space): the replicas assigned here stay stopped, their
+	// data kept, until it is cleared (SetSuspended). applied is the value the last
+	// pass acted on.
+	suspended, applied string
 	// switcher records source switches (SetSwitcher).
 	switcher SourceSwitcher
+}
+
+// SetSuspended stops (why != "") or restarts (why == "") every replica assigned to
+// this node, keeping their data: a node whose disk is nearly full must not take
+// raft entries it could fail to store. The next Reconcile pass acts on it.
+func (m *Manager) SetSuspended(why string) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.suspended = why
 }
 
 // SetServedFileSize sets where syncers close served files early (see
@@ -174,10 +188,14 @@ func (m *Manager) Reconcile(ctx context.Context) {
 	// Copying the metadata costs in proportion to the upstreams: skip the pass when
 	// nothing changed and nothing is pending, but make a full one at least every
 	// reconcileEvery.
+	m.mu.Lock()
+	suspended := m.suspended
+	m.mu.Unlock()
 	ver, verErr := m.meta.LocalVersion()
-	if verErr == nil && ver == m.reconciled && !m.retry && time.Since(m.lastFull) < reconcileEvery {
+	if verErr == nil && ver == m.reconciled && !m.retry && suspended == m.applied && time.Since(m.lastFull) < reconcileEvery {
 		return
 	}
+	m.applied = suspended
 	m.retry = false
 	st, err := m.meta.Local()
 	if err != nil {
@@ -192,8 +210,17 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		}
 	}
 	var start []*placement.Upstream
-	var stop []*Shard
+	var stop, pause []*Shard
 	m.mu.Lock()
+	if suspended != "" {
+		for gid := range want {
+			if s, ok := m.shards[gid]; ok {
+				pause = append(pause, s)
+				delete(m.shards, gid)
+			}
+		}
+		want = map[uint64]*placement.Upstream{}
+	}
 	for gid, u := range want {
 		if s, ok := m.shards[gid]; ok {
 			if s.rid == st.ReplicaID(gid, m.nodeID) {
@@ -231,6 +258,15 @@ func (m *Manager) Reconcile(ctx context.Context) {
 			m.mu.Unlock()
 			stop = append(stop, s)
 		}
+	}
+	for _, s := range pause {
+		gid := s.GroupID()
+		m.log.Warn("group replica stopped, its data kept: "+suspended, "upstream", s.Upstream().Name, "group", gid)
+		s.stop()
+		if err := m.nh.StopCluster(gid); err != nil {
+			m.log.Warn("stop group", "group", gid, "err", err)
+		}
+		m.leaders.Forget(gid)
 	}
 	for _, s := range stop {
 		gid := s.GroupID()

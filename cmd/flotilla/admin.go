@@ -483,6 +483,9 @@ func nodeTable(w io.Writer, nodes []*adminv1.Node) {
 		if n.SheddingLeaders {
 			state += ",shedding"
 		}
+		if n.StorageProblem != "" {
+			state += ",disk-low"
+		}
 		fmt.Fprintf(w, "%d\t%s\t%s\t%s\t%d\t%d\t%s\n", n.Id, state, clip(versionOf(n), 10), clip(n.MysqlAddr, 21), n.Groups, n.Leaders, clip(strings.Join(labels, ","), 12))
 	}
 }

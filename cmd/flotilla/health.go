@@ -31,6 +31,9 @@ func judgeHealth(r *adminv1.StatusResponse) health {
 		if n.State != "up" {
 			h.Problems = append(h.Problems, fmt.Sprintf("node %d is %s", n.Id, dash(n.State)))
 		}
+		if n.StorageProblem != "" {
+			h.Problems = append(h.Problems, fmt.Sprintf("node %d: %s", n.Id, n.StorageProblem))
+		}
 	}
 	if r.MetaLeader == 0 {
 		h.Problems = append(h.Problems, "the metadata group has no leader")

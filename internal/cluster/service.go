@@ -59,6 +59,8 @@ type Service struct {
 	// it is handing its leaderships away.
 	Groups   func() []*adminv1.GroupStatus
 	Shedding func() bool
+	// Storage says why the node stores nothing now ("" when it does).
+	Storage func() string
 	// Transfer asks raft to move a group's leadership (dragonboat's
 	// RequestLeaderTransfer).
 	Transfer func(gid, target uint64) error
@@ -275,6 +277,9 @@ func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clus
 	rep := &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens()}
 	if s.Shedding != nil {
 		rep.SheddingLeaders = s.Shedding()
+	}
+	if s.Storage != nil {
+		rep.StorageProblem = s.Storage()
 	}
 	return rep, nil
 }

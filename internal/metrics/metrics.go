@@ -191,3 +191,13 @@ func (r *Relay) Sessions(delta int) {
 		r.sessionsActive.Add(float64(delta))
 	}
 }
+
+// Disk exports the data directory's free space and whether the node stopped its
+// group replicas for lack of it (read at scrape time).
+func (r *Relay) Disk(nodeID uint64, free, low func() float64) {
+	node := prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "disk_free_bytes",
+		Help: "Free space of the data directory's filesystem (for the node's user).", ConstLabels: node}, free))
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "storage_suspended",
+		Help: "1 while the node's group replicas are stopped because the data directory has less free space than min_free_disk.", ConstLabels: node}, low))
+}

@@ -63,6 +63,11 @@ type Config struct {
 	// ServedFileSize closes a served file at the first transaction boundary past it
 	// (0: the default, 1 GiB), as max_binlog_size does on a master.
 	ServedFileSize Size `yaml:"served_file_size"`
+	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
+	// default, 512 MiB). Below it the node stops its group replicas, keeping their
+	// data, until space returns: a full disk would make raft's log or a segment
+	// write fail, and dragonboat stops the process then.
+	MinFreeDisk Size `yaml:"min_free_disk"`
 	// NodeDownAfter is how long a node may not answer before the placement
 	// controller re-creates its replicas elsewhere.
 	NodeDownAfter time.Duration `yaml:"node_down_after"`
@@ -146,6 +151,9 @@ func (c *Config) Defaults() {
 	if c.NodeDownAfter == 0 {
 		c.NodeDownAfter = cluster.DefaultNodeDownAfter
 	}
+	if c.MinFreeDisk == 0 {
+		c.MinFreeDisk = DefaultMinFreeDisk
+	}
 	if c.MaxConnections == 0 {
 		c.MaxConnections = 10000
 	}
@@ -184,6 +192,8 @@ type Node struct {
 
 	// shedUntil: the node hands leaderships away until then (UnixNano; see shed).
 	shedUntil atomic.Int64
+	// disk watches the data directory's free space (see watchDisk).
+	disk diskState
 
 	mu sync.Mutex
 	// silentSince: when each node stopped answering purge's question about readers.
@@ -371,13 +381,20 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Keys: keys, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
-		Transfer: n.transferLeader, Shedding: n.shedding}
+		Transfer: n.transferLeader, Shedding: n.shedding, Storage: n.disk.problem}
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
 	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
 		Meta: n.meta, Members: nh, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
 	n.spawn(func() { ctrl.Run(ctx, 2*time.Second) })
 	n.spawn(func() { n.followVersion(ctx, 2*time.Second) })
+	n.spawn(func() { n.watchDisk(ctx, time.Second) })
 	n.spawn(func() { n.errc <- admin.Serve(ctx, adminLis) })
+	rel.Disk(cfg.NodeID, func() float64 { return float64(n.disk.free.Load()) }, func() float64 {
+		if n.disk.problem() != "" {
+			return 1
+		}
+		return 0
+	})
 	rel.ClusterVersion(cfg.NodeID, func() float64 {
 		if st, err := n.meta.Local(); err == nil {
 			return float64(st.Version())

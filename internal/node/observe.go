@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -76,6 +77,9 @@ func (n *Node) ready(ctx context.Context) error {
 	}
 	if _, ok := st.Nodes[n.cfg.NodeID]; !ok {
 		return fmt.Errorf("node %d is not registered in the cluster yet", n.cfg.NodeID)
+	}
+	if why := n.disk.problem(); why != "" {
+		return errors.New(why)
 	}
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]

@@ -124,6 +124,7 @@ func (n *Node) shed(ctx context.Context, d time.Duration, cancel bool) error {
 		if err != nil {
 			return err
 		}
+		moved := 0
 		for _, gid := range led {
 			var cands []uint64
 			if gid == placement.MetaGroupID {
@@ -142,8 +143,12 @@ func (n *Node) shed(ctx context.Context, d time.Duration, cancel bool) error {
 				if err := n.transferLeader(gid, m); err != nil {
 					n.log.Warn("leadership transfer", "group", gid, "to", m, "err", err)
 				}
+				moved++
 				break
 			}
+		}
+		if moved == 0 {
+			return fmt.Errorf("no caught-up member to hand groups %v to", led)
 		}
 		select {
 		case <-ctx.Done():

@@ -1654,8 +1654,11 @@ type Node struct {
 	MaxClusterVersion uint32 `protobuf:"varint,12,opt,name=max_cluster_version,json=maxClusterVersion,proto3" json:"max_cluster_version,omitempty"`
 	// The node is handing its leaderships away (`node drain --leaders-only`).
 	SheddingLeaders bool `protobuf:"varint,13,opt,name=shedding_leaders,json=sheddingLeaders,proto3" json:"shedding_leaders,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Why the node stores nothing now (its data directory is short of space: its
+	// group replicas are stopped until space returns), or "".
+	StorageProblem string `protobuf:"bytes,14,opt,name=storage_problem,json=storageProblem,proto3" json:"storage_problem,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Node) Reset() {
@@ -1777,6 +1780,13 @@ func (x *Node) GetSheddingLeaders() bool {
 		return x.SheddingLeaders
 	}
 	return false
+}
+
+func (x *Node) GetStorageProblem() string {
+	if x != nil {
+		return x.StorageProblem
+	}
+	return ""
 }
 
 type NodeRef struct {
@@ -2394,7 +2404,7 @@ const file_admin_proto_rawDesc = "" +
 	"\treachable\x18\x05 \x01(\bR\treachable\"\x7f\n" +
 	"\x0eUpstreamStatus\x127\n" +
 	"\bupstream\x18\x01 \x01(\v2\x1b.flotilla.admin.v1.UpstreamR\bupstream\x124\n" +
-	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\xda\x03\n" +
+	"\x05group\x18\x02 \x01(\v2\x1e.flotilla.admin.v1.GroupStatusR\x05group\"\x83\x04\n" +
 	"\x04Node\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1b\n" +
 	"\traft_addr\x18\x02 \x01(\tR\braftAddr\x12\x1d\n" +
@@ -2411,7 +2421,8 @@ const file_admin_proto_rawDesc = "" +
 	" \x01(\tR\aversion\x12\x16\n" +
 	"\x06commit\x18\v \x01(\tR\x06commit\x12.\n" +
 	"\x13max_cluster_version\x18\f \x01(\rR\x11maxClusterVersion\x12)\n" +
-	"\x10shedding_leaders\x18\r \x01(\bR\x0fsheddingLeaders\x1a9\n" +
+	"\x10shedding_leaders\x18\r \x01(\bR\x0fsheddingLeaders\x12'\n" +
+	"\x0fstorage_problem\x18\x0e \x01(\tR\x0estorageProblem\x1a9\n" +
 	"\vLabelsEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x19\n" +

@@ -1,0 +1,551 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
+)
+
+const (
+	upstreamUser = "flotilla"
+	upstreamPass = "up-secret"
+	replicaPass  = "repl-secret"
+	// The disk-full target's reserve is this much below the free space seen at
+	// start (room for what the run writes); the fault fills the filesystem to
+	// diskUnder below it, while the other nodes keep their default reserve.
+	diskMargin = 2 << 30
+	diskUnder  = 256 << 20
+)
+
+// master is an upstream's MariaDB master and the writer that keeps committing to it.
+type master struct {
+	name     string
+	dir      string
+	opt      mariadbtest.Options
+	mu       sync.Mutex
+	srv      *mariadbtest.Server
+	acked    []int // ids the master acknowledged, in commit order
+	attempts int
+}
+
+func (m *master) server() *mariadbtest.Server {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.srv
+}
+
+// write commits rows with increasing ids until ctx ends; a failed commit's id is
+// never reused (it may have committed without its acknowledgement).
+func (m *master) write(ctx context.Context, h *history) {
+	for id := 1; ctx.Err() == nil; id++ {
+		m.mu.Lock()
+		m.attempts++
+		m.mu.Unlock()
+		err := m.server().Exec(ctx, "INSERT INTO chaos.t VALUES (?, ?)", id, strings.Repeat(strconv.Itoa(id%10), 64+id%500))
+		if err != nil {
+			h.add("write-failed", map[string]any{"upstream": m.name, "id": id, "err": err.Error()})
+			select {
+			case <-ctx.Done():
+			case <-time.After(200 * time.Millisecond):
+			}
+			continue
+		}
+		m.mu.Lock()
+		m.acked = append(m.acked, id)
+		m.mu.Unlock()
+		h.add("ack", map[string]any{"upstream": m.name, "id": id})
+		time.Sleep(15 * time.Millisecond)
+	}
+}
+
+// replica is a MariaDB replica of an upstream through one node.
+type replica struct {
+	srv  *mariadbtest.Server
+	user string
+	gtid bool // else file/position
+	via  int  // node index
+}
+
+type statusJSON struct {
+	MetaLeader string `json:"metaLeader"`
+	Upstreams  []struct {
+		Upstream struct {
+			Name string `json:"name"`
+		} `json:"upstream"`
+		Group struct {
+			Members    []string `json:"members"`
+			LeaderNode string   `json:"leaderNode"`
+		} `json:"group"`
+	} `json:"upstreams"`
+}
+
+// run is one chaos run.
+type run struct {
+	t        *testing.T
+	ctx      context.Context
+	dir      string
+	nodes    []*flotillatest.Node
+	masters  []*master
+	replicas [][]*replica
+	hist     *history
+	diskNode int    // the node the disk-full fault targets
+	reserve  uint64 // its --min-free-disk
+}
+
+// live returns a running node to ask.
+func (r *run) live() *flotillatest.Node {
+	for _, n := range r.nodes {
+		if n.Running() {
+			return n
+		}
+	}
+	r.t.Fatal("no node is running")
+	return nil
+}
+
+func (r *run) status() statusJSON {
+	r.t.Helper()
+	var st statusJSON
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		out, err := r.live().CLI(r.ctx, "status", "-o", "json")
+		if err == nil && json.Unmarshal([]byte(out), &st) == nil && st.MetaLeader != "" && st.MetaLeader != "0" {
+			return st
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatalf("status: %v\n%s", err, out)
+		}
+	}
+}
+
+// roleNode is the index of the node holding a role in upstream u's group.
+func (r *run) roleNode(u int, role Kind) int {
+	st := r.status()
+	if role == KillMetaLeader {
+		id, _ := strconv.Atoi(st.MetaLeader)
+		return id - 1
+	}
+	for _, s := range st.Upstreams {
+		if s.Upstream.Name != r.masters[u].name || s.Group.LeaderNode == "" || s.Group.LeaderNode == "0" {
+			continue
+		}
+		leader, _ := strconv.Atoi(s.Group.LeaderNode)
+		if role != KillFollower {
+			return leader - 1
+		}
+		for _, m := range s.Group.Members {
+			if id, _ := strconv.Atoi(m); id != leader {
+				return id - 1
+			}
+		}
+	}
+	return 0
+}
+
+// healthy waits until the cluster can lose a node again.
+func (r *run) healthy(what string) {
+	r.t.Helper()
+	var out string
+	var err error
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
+		if out, err = r.live().CLI(r.ctx, "cluster", "health"); err == nil {
+			return
+		}
+	}
+	r.t.Fatalf("after %s the cluster did not recover within 2 minutes: %v\n%s", what, err, out)
+}
+
+// inject applies a fault, holds it, heals it and waits for recovery.
+func (r *run) inject(f Fault) {
+	t := r.t
+	fields := map[string]any{"kind": f.Kind, "hold": f.Hold.Seconds(), "upstream": f.Upstream}
+	switch f.Kind {
+	case KillLeader, KillFollower, KillMetaLeader:
+		n := r.roleNode(f.Upstream, f.Kind)
+		fields["node"] = n + 1
+		r.hist.add("fault", fields)
+		r.nodes[n].Kill()
+		time.Sleep(f.Hold)
+		r.nodes[n].Start(r.ctx)
+	case Pause:
+		n := r.roleNode(f.Upstream, KillLeader)
+		fields["node"] = n + 1
+		r.hist.add("fault", fields)
+		r.nodes[n].Signal(syscall.SIGSTOP)
+		time.Sleep(f.Hold)
+		r.nodes[n].Signal(syscall.SIGCONT)
+	case MasterRestart:
+		m := r.masters[f.Upstream]
+		r.hist.add("fault", fields)
+		m.mu.Lock()
+		if err := m.srv.Stop(); err != nil {
+			t.Errorf("stop master %s: %v", m.name, err)
+		}
+		time.Sleep(f.Hold)
+		srv, err := mariadbtest.Start(r.ctx, m.dir, m.opt)
+		if err != nil {
+			m.mu.Unlock()
+			t.Fatalf("restart master %s: %v", m.name, err)
+		}
+		m.srv = srv
+		m.mu.Unlock()
+	case DiskFull:
+		fields["node"] = r.diskNode + 1
+		r.hist.add("fault", fields)
+		path := filepath.Join(r.dir, "filler")
+		if err := fill(path, int64(freeBytes(r.dir)-r.reserve+diskUnder)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(f.Hold)
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+	case MoveReplica:
+		rp := r.replicas[f.Upstream][f.Replica]
+		to := (rp.via + 1) % len(r.nodes)
+		fields["from"], fields["to"] = rp.via+1, to+1
+		r.hist.add("fault", fields)
+		r.point(rp, to)
+	}
+	r.hist.add("healed", map[string]any{"kind": f.Kind})
+	r.healthy(string(f.Kind))
+}
+
+// point (re)points a replica at node n, keeping its position.
+func (r *run) point(rp *replica, n int) {
+	t := r.t
+	mode := "MASTER_USE_GTID=slave_pos"
+	if err := rp.srv.Exec(r.ctx, "STOP SLAVE"); err != nil {
+		t.Fatal(err)
+	}
+	if !rp.gtid {
+		// Flotilla's coordinates are the same on every node: a moved replica keeps
+		// its position (a new one starts at the first file).
+		mode = "MASTER_USE_GTID=no, MASTER_LOG_FILE='flotilla-bin.000001', MASTER_LOG_POS=4"
+		if st, err := slaveStatus(r.ctx, rp.srv); err == nil && st["Relay_Master_Log_File"] != "" {
+			mode = fmt.Sprintf("MASTER_USE_GTID=no, MASTER_LOG_FILE='%s', MASTER_LOG_POS=%s", st["Relay_Master_Log_File"], st["Exec_Master_Log_Pos"])
+		}
+	}
+	q := fmt.Sprintf("CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER='%s', MASTER_PASSWORD='%s', MASTER_CONNECT_RETRY=1, MASTER_HEARTBEAT_PERIOD=1, %s",
+		r.nodes[n].MySQLPort(), rp.user, replicaPass, mode)
+	if err := rp.srv.Exec(r.ctx, q); err != nil {
+		t.Fatalf("%s: %v", q, err)
+	}
+	if err := rp.srv.Exec(r.ctx, "START SLAVE"); err != nil {
+		t.Fatal(err)
+	}
+	rp.via = n
+}
+
+func slaveStatus(ctx context.Context, s *mariadbtest.Server) (map[string]string, error) {
+	rows, err := s.DB().QueryContext(ctx, "SHOW SLAVE STATUS")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	out := map[string]string{}
+	if rows.Next() {
+		vals := make([]any, len(cols))
+		raw := make([][]byte, len(cols))
+		for i := range vals {
+			vals[i] = &raw[i]
+		}
+		if err := rows.Scan(vals...); err != nil {
+			return nil, err
+		}
+		for i, c := range cols {
+			out[c] = string(raw[i])
+		}
+	}
+	return out, rows.Err()
+}
+
+func freeBytes(dir string) uint64 {
+	var st syscall.Statfs_t
+	if syscall.Statfs(dir, &st) != nil {
+		return 0
+	}
+	return st.Bavail * uint64(st.Bsize)
+}
+
+func fill(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, n); err == nil {
+		return nil
+	}
+	buf := make([]byte, 1<<20)
+	for w := int64(0); w < n; w += int64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
+
+// TestChaos runs the nemesis for FLOTILLA_CHAOS_DURATION (default 75 s, the short
+// form `make test` runs; `make chaos` runs 30 minutes) with FLOTILLA_CHAOS_SEED (default:
+// the clock), then the checker.
+func TestChaos(t *testing.T) {
+	mariadbtest.RequireTools(t)
+	d := 75 * time.Second
+	if v := os.Getenv("FLOTILLA_CHAOS_DURATION"); v != "" {
+		var err error
+		if d, err = time.ParseDuration(v); err != nil {
+			t.Fatalf("FLOTILLA_CHAOS_DURATION: %v", err)
+		}
+	}
+	seed := time.Now().UnixNano()
+	if v := os.Getenv("FLOTILLA_CHAOS_SEED"); v != "" {
+		var err error
+		if seed, err = strconv.ParseInt(v, 10, 64); err != nil {
+			t.Fatalf("FLOTILLA_CHAOS_SEED: %v", err)
+		}
+	}
+	perKind := max(2, int(d/(time.Duration(len(Kinds))*25*time.Second)))
+	schedule := Schedule(seed, d, perKind, 2, 2)
+	t.Logf("CHAOS seed %d: %d faults over %s (replay: FLOTILLA_CHAOS_SEED=%d)", seed, len(schedule), d, seed)
+	ctx, cancel := context.WithTimeout(context.Background(), d+15*time.Minute)
+	defer cancel()
+	out, err := os.MkdirTemp("", fmt.Sprintf("flotilla-chaos-%d-", seed))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The history and the served files read stay for a failed run, or with
+	// FLOTILLA_CHAOS_KEEP=1 (make chaos).
+	t.Cleanup(func() {
+		if !t.Failed() && os.Getenv("FLOTILLA_CHAOS_KEEP") == "" {
+			os.RemoveAll(out)
+		}
+	})
+	dir := t.TempDir()
+	start := time.Now()
+	hist, err := newHistory(filepath.Join(out, "history.jsonl"), start)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hist.close()
+	r := &run{t: t, ctx: ctx, dir: dir, hist: hist, diskNode: int(seed%3+3) % 3}
+	// The servers first: what they take of the disk is not the nemesis's.
+	for i := range 2 {
+		m := &master{name: fmt.Sprintf("up%d", i), dir: filepath.Join(dir, fmt.Sprintf("master%d", i)),
+			opt: mariadbtest.Options{ServerID: uint32(i + 1), DomainID: uint32(i + 1), LogBin: true, MaxBinlogSize: 64 << 10}}
+		port, err := mariadbtest.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.opt.Port = port
+		if m.srv, err = mariadbtest.Start(ctx, m.dir, m.opt); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { m.server().Stop() })
+		if err := m.srv.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{"CREATE DATABASE chaos", "CREATE TABLE chaos.t (id INT PRIMARY KEY, payload TEXT)"} {
+			if err := m.srv.Exec(ctx, q); err != nil {
+				t.Fatal(err)
+			}
+		}
+		r.masters = append(r.masters, m)
+		var reps []*replica
+		for k := range 2 {
+			extra := []string{"--gtid-strict-mode=1"}
+			if k == 1 {
+				extra = append(extra, "--slave-parallel-threads=4", "--slave-parallel-mode=optimistic")
+			}
+			srv, err := mariadbtest.Start(ctx, filepath.Join(dir, fmt.Sprintf("%s-replica%d", m.name, k)),
+				mariadbtest.Options{ServerID: uint32(100 + 10*i + k), ExtraArgs: extra})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { srv.Stop() })
+			reps = append(reps, &replica{srv: srv, user: "r" + m.name, gtid: k == 0, via: (i + k) % 3})
+		}
+		r.replicas = append(r.replicas, reps)
+	}
+	free := freeBytes(dir)
+	if free < 2*diskMargin {
+		t.Fatalf("the disk-full fault needs %d bytes free in %s, it has %d", 2*diskMargin, dir, free)
+	}
+	r.reserve = free - diskMargin
+	r.nodes = flotillatest.StartClusterWith(ctx, t, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
+		if int(n.ID)-1 == r.diskNode {
+			n.Args = []string{"--min-free-disk", fmt.Sprint(r.reserve)}
+		}
+	})
+	for i, m := range r.masters {
+		if o, err := r.nodes[i].CLI(ctx, "upstream", "add", m.name, "--source", m.srv.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+			"--replica-user", "r"+m.name, "--replica-password", replicaPass, "--serve-from", "any"); err != nil {
+			t.Fatalf("upstream add %s: %v\n%s", m.name, err, o)
+		}
+		for _, rp := range r.replicas[i] {
+			r.point(rp, rp.via)
+		}
+	}
+	r.healthy("start")
+
+	wctx, stopWriters := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, m := range r.masters {
+		wg.Add(1)
+		go func() { defer wg.Done(); m.write(wctx, hist) }()
+	}
+	soak := startSoak(ctx, r.nodes, 5*time.Second)
+	for _, f := range schedule {
+		if wait := f.At - time.Since(start); wait > 0 {
+			time.Sleep(wait)
+		}
+		t.Logf("CHAOS %s", f)
+		r.inject(f)
+	}
+	stopWriters()
+	wg.Wait()
+	soak.stop()
+
+	checked, violations := r.check(out)
+	if d >= 10*time.Minute {
+		violations = append(violations, soak.rising()...)
+	}
+	t.Log("\n" + hist.summary(seed, filepath.Join(out, "history.jsonl"), checked, violations))
+	if len(violations) > 0 {
+		t.Fatalf("%d violations (seed %d)", len(violations), seed)
+	}
+}
+
+// check is the independent checker: the replicas against their masters, the group
+// members' served files against each other, the nodes' logs.
+func (r *run) check(out string) (map[string]int, []string) {
+	t, ctx := r.t, r.ctx
+	var violations []string
+	checked := map[string]int{}
+	for i, m := range r.masters {
+		srv := m.server()
+		want, err := srv.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
+		if err != nil {
+			t.Fatal(err)
+		}
+		rows, err := srv.Query(ctx, "SELECT id, MD5(payload) FROM chaos.t ORDER BY id")
+		if err != nil {
+			t.Fatal(err)
+		}
+		have := map[string]bool{}
+		for _, row := range rows {
+			have[row[0]] = true
+		}
+		m.mu.Lock()
+		for _, id := range m.acked {
+			if !have[strconv.Itoa(id)] {
+				violations = append(violations, fmt.Sprintf("%s: the master acknowledged id %d but does not hold it", m.name, id))
+			}
+		}
+		checked[m.name] = len(m.acked)
+		m.mu.Unlock()
+		for k, rp := range r.replicas[i] {
+			name := fmt.Sprintf("%s replica %d (%s via node %d)", m.name, k, map[bool]string{true: "GTID", false: "file/position"}[rp.gtid], rp.via+1)
+			if err := rp.srv.WaitFor(ctx, "SELECT @@gtid_slave_pos", want); err != nil {
+				st, _ := slaveStatus(ctx, rp.srv)
+				violations = append(violations, fmt.Sprintf("%s did not reach the master's GTID %s: IO %s SQL %s, errors %q %q", name, want,
+					st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Last_IO_Error"], st["Last_SQL_Error"]))
+				continue
+			}
+			got, err := rp.srv.Query(ctx, "SELECT id, MD5(payload) FROM chaos.t ORDER BY id")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) != len(rows) {
+				violations = append(violations, fmt.Sprintf("%s holds %d rows, the master %d", name, len(got), len(rows)))
+				continue
+			}
+			for j := range rows {
+				if !slices.Equal(rows[j], got[j]) {
+					violations = append(violations, fmt.Sprintf("%s row %d: %v, the master %v", name, j, got[j], rows[j]))
+					break
+				}
+			}
+		}
+		violations = append(violations, r.checkServedFiles(out, m.name)...)
+	}
+	for _, n := range r.nodes {
+		if l := n.LogGrep("panic:", "fatal error:"); l != "" {
+			violations = append(violations, fmt.Sprintf("node %d logged a crash: %s", n.ID, strings.SplitN(l, "\n", 2)[0]))
+		}
+	}
+	return checked, violations
+}
+
+// checkServedFiles reads the upstream's served files from every member (each serves
+// its own replica: --serve-from any), compares them up to the shortest and decodes
+// each with mariadb-binlog.
+func (r *run) checkServedFiles(out, name string) []string {
+	var violations []string
+	st := r.status()
+	var members []int
+	for _, s := range st.Upstreams {
+		if s.Upstream.Name == name {
+			for _, m := range s.Group.Members {
+				id, _ := strconv.Atoi(m)
+				members = append(members, id-1)
+			}
+		}
+	}
+	files := map[string]map[int][]byte{}
+	for _, n := range members {
+		dst := filepath.Join(out, fmt.Sprintf("%s-node%d", name, n+1))
+		os.MkdirAll(dst, 0o755)
+		cmd := exec.CommandContext(r.ctx, "mariadb-binlog", "--read-from-remote-server", "--raw", "--host=127.0.0.1", "--port="+r.nodes[n].MySQLPort(),
+			"--user=r"+name, "--password="+replicaPass, "--to-last-log", "--result-file="+dst+"/", "flotilla-bin.000001")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			violations = append(violations, fmt.Sprintf("%s: reading node %d's served files: %v: %s", name, n+1, err, bytes.TrimSpace(b)))
+			continue
+		}
+		ents, _ := os.ReadDir(dst)
+		for _, e := range ents {
+			b, _ := os.ReadFile(filepath.Join(dst, e.Name()))
+			if files[e.Name()] == nil {
+				files[e.Name()] = map[int][]byte{}
+			}
+			files[e.Name()][n] = b
+			if o, err := exec.CommandContext(r.ctx, "mariadb-binlog", filepath.Join(dst, e.Name())).CombinedOutput(); err != nil {
+				violations = append(violations, fmt.Sprintf("%s: node %d's %s does not decode: %v: %s", name, n+1, e.Name(), err, tail(string(o))))
+			}
+		}
+	}
+	for file, by := range files {
+		var ref []byte
+		refNode := -1
+		for n, b := range by {
+			if refNode < 0 {
+				ref, refNode = b, n
+				continue
+			}
+			l := min(len(ref), len(b))
+			if !bytes.Equal(ref[:l], b[:l]) {
+				violations = append(violations, fmt.Sprintf("%s: %s differs between nodes %d and %d within their first %d bytes", name, file, refNode+1, n+1, l))
+			}
+		}
+	}
+	return violations
+}
+
+func tail(s string) string {
+	l := strings.Split(strings.TrimSpace(s), "\n")
+	return l[len(l)-1]
+}

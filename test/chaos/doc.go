@@ -1,0 +1,20 @@
+// Package chaos is Flotilla's fault-injection suite: a cluster of real nodes relays
+// real MariaDB masters under continuous writes to real MariaDB replicas while a
+// nemesis, driven by a printed seed, injects faults; an independent checker then
+// verifies the promise end to end.
+//
+// Invariants the checker holds the cluster to:
+//   - every transaction a master acknowledged is on every replica, exactly once and
+//     in the master's order (the replicas run with gtid_strict_mode, so a duplicated
+//     or reordered GTID stops them with an error), and each replica ends with the
+//     master's rows and GTID position;
+//   - every member of a group serves byte-identical binlog files up to the shortest,
+//     and each decodes with mariadb-binlog;
+//   - no node crashed except by the nemesis (a panic in any log is a failure);
+//   - in long runs, no node's memory or open files rise steadily.
+//
+// The same seed gives the same schedule of faults (kind, moment, duration and
+// target role); which node holds a role is decided by the cluster at run time.
+// Each run writes a history (faults, writes, acknowledgements) and prints a
+// one-screen summary with the seed.
+package chaos

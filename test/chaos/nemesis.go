@@ -1,0 +1,70 @@
+package chaos
+
+import (
+	"fmt"
+	"math/rand"
+	"time"
+)
+
+// Kind is a fault the nemesis injects.
+type Kind string
+
+// The faults. Each is healed before the next starts in the short form; the long
+// form lets them overlap (at most two at a time, on different nodes).
+const (
+	KillLeader     Kind = "kill-leader"      // SIGKILL the node leading an upstream's group, restart it
+	KillFollower   Kind = "kill-follower"    // SIGKILL a node that follows that group, restart it
+	KillMetaLeader Kind = "kill-meta-leader" // SIGKILL the metadata group's leader, restart it
+	Pause          Kind = "pause"            // SIGSTOP a group leader longer than the election timeout, SIGCONT
+	MasterRestart  Kind = "master-restart"   // restart a master (mariadbd stop and start)
+	DiskFull       Kind = "disk-full"        // take the free space of one node's filesystem below its reserve, give it back
+	MoveReplica    Kind = "move-replica"     // point a replica at another node
+)
+
+// Kinds is every fault kind, in schedule order.
+var Kinds = []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica}
+
+// Fault is one scheduled fault.
+type Fault struct {
+	Kind Kind `json:"kind"`
+	// At is when it starts, from the run's start; Hold how long it lasts before
+	// healing.
+	At   time.Duration `json:"at"`
+	Hold time.Duration `json:"hold"`
+	// Upstream picks the group (or master, or replica) by index; the node with the
+	// role is found at run time.
+	Upstream int `json:"upstream"`
+	Replica  int `json:"replica"`
+}
+
+func (f Fault) String() string {
+	return fmt.Sprintf("%s at %s for %s (upstream %d)", f.Kind, f.At.Round(time.Second), f.Hold.Round(100*time.Millisecond), f.Upstream)
+}
+
+// Schedule is the faults of a run of length d with seed: every kind at least
+// perKind times, in a shuffled order, spread over the run.
+func Schedule(seed int64, d time.Duration, perKind, upstreams, replicas int) []Fault {
+	r := rand.New(rand.NewSource(seed))
+	var kinds []Kind
+	for i := 0; i < perKind; i++ {
+		kinds = append(kinds, Kinds...)
+	}
+	r.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
+	slot := d / time.Duration(len(kinds)+1)
+	out := make([]Fault, 0, len(kinds))
+	for i, k := range kinds {
+		f := Fault{Kind: k, At: time.Duration(i+1)*slot - slot/2 + time.Duration(r.Int63n(int64(slot/4)+1)),
+			Upstream: r.Intn(upstreams), Replica: r.Intn(replicas)}
+		switch k {
+		case Pause:
+			f.Hold = 2*time.Second + time.Duration(r.Int63n(int64(2*time.Second))) // election timeout: 0.5 s
+		case DiskFull:
+			f.Hold = 4*time.Second + time.Duration(r.Int63n(int64(4*time.Second)))
+		case MoveReplica:
+		default:
+			f.Hold = time.Duration(r.Int63n(int64(3 * time.Second)))
+		}
+		out = append(out, f)
+	}
+	return out
+}
