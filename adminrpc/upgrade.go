@@ -124,7 +124,11 @@ func (s *Server) ShedLeaders(ctx context.Context, r *adminv1.ShedLeadersRequest)
 			return nil, status.Error(codes.Unimplemented, "this node cannot shed its leaderships")
 		}
 		if err := s.Shed(ctx, d, r.Cancel); err != nil {
-			return nil, status.Errorf(codes.DeadlineExceeded, "node %d: %v", id, err)
+			code := codes.FailedPrecondition
+			if ctx.Err() != nil {
+				code = codes.DeadlineExceeded
+			}
+			return nil, status.Errorf(code, "node %d could not hand all its leaderships away: %v", id, err)
 		}
 		return s.nodeNow(ctx, id)
 	}
@@ -183,7 +187,11 @@ func (s *Server) transferAway(ctx context.Context, st *placement.State, id uint6
 		}
 		if s.MetaLeader != nil && s.MetaLeader() == id {
 			led++
-			for _, other := range st.NodeIDs() {
+			voters := st.NodeIDs()
+			if s.MetaVoters != nil {
+				voters = s.MetaVoters(ctx)
+			}
+			for _, other := range voters {
 				if _, up := reports[other]; up && other != id {
 					if err := s.Transfer(ctx, n, placement.MetaGroupID, other); err != nil {
 						s.Log.Warn("metadata leadership transfer", "from", id, "to", other, "err", err)

@@ -32,6 +32,9 @@ type NodeView struct {
 	// ShedLeaders: the node hands its leaderships away before a restart (`node drain
 	// --leaders-only`) and takes none; its replicas stay.
 	ShedLeaders bool
+	// NoNewReplicas: the node cannot store more now (its disk is short of space);
+	// its replicas stay where they are.
+	NoNewReplicas bool
 }
 
 // GroupView is the controller's view of one upstream group.
@@ -260,7 +263,7 @@ func (p *planner) pick(g GroupView) (uint64, bool) {
 		return a < b
 	}
 	for _, n := range p.live {
-		if slices.Contains(g.Members, n) {
+		if slices.Contains(g.Members, n) || p.nodes[n].NoNewReplicas {
 			continue
 		}
 		if !found || better(n, best) {
@@ -277,14 +280,17 @@ func (p *planner) balanceReplicas(groups []GroupView) {
 	if len(p.live) < 2 {
 		return
 	}
-	heavy, light := p.live[0], p.live[0]
+	heavy, light := p.live[0], uint64(0)
 	for _, n := range p.live {
 		if p.load[n] > p.load[heavy] {
 			heavy = n
 		}
-		if p.load[n] < p.load[light] {
+		if !p.nodes[n].NoNewReplicas && (light == 0 || p.load[n] < p.load[light]) {
 			light = n
 		}
+	}
+	if light == 0 {
+		return
 	}
 	if p.load[heavy]-p.load[light] <= 1 {
 		return

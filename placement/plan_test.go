@@ -12,7 +12,7 @@ import (
 // TestPlan runs the cases in testdata/plan. A case describes nodes and groups, then,
 // after "----", the decisions expected (kind, group, node; reasons are not compared):
 //
-//	nodes 1 2@b 3:down 4:drain 5:shed   (id, @zone, :down, :drain or :shed)
+//	nodes 1 2@b 3:down 4:drain 5:shed 6:full   (id, @zone, :down, :drain, :shed or :full)
 //	group 2 r=3 members=1,2,3 leader=1 behind=3
 //	----
 //	add_replica 2 4
@@ -60,6 +60,9 @@ func TestPlan(t *testing.T) {
 				n.Up = !n.Down
 				f, n.Draining = strings.CutSuffix(f, ":drain")
 				f, n.ShedLeaders = strings.CutSuffix(f, ":shed")
+				if f, n.NoNewReplicas = strings.CutSuffix(f, ":full"); n.NoNewReplicas {
+					n.ShedLeaders = true // as the controller sees a node whose disk is short
+				}
 				f, n.Zone, _ = strings.Cut(f, "@")
 				n.ID = mustUint(t, f)
 				view.Nodes = append(view.Nodes, n.NodeView)

@@ -41,9 +41,11 @@ type command struct {
 	// NodeKey is a rotation's new node key; KeyGen the generation to activate.
 	NodeKey *SealedNodeKey `json:"node_key,omitempty"`
 	KeyGen  uint64         `json:"key_gen,omitempty"`
-	// ClusterVersion is the version set_cluster_version moves to; Change what
+	// ClusterVersion is the version set_cluster_version moves to, and Versions what
+	// each node's running binary understands, as the proposer saw it; Change what
 	// update_upstream changes.
-	ClusterVersion uint32          `json:"cluster_version,omitempty"`
+	ClusterVersion uint32            `json:"cluster_version,omitempty"`
+	Versions       map[uint64]uint32 `json:"versions,omitempty"`
 	Change         *UpstreamChange `json:"change,omitempty"`
 }
 

@@ -108,15 +108,30 @@ func (s *State) register(n *Node) sm.Result {
 	return sm.Result{Value: resultOK}
 }
 
-// setClusterVersion moves the cluster version forward to c.ClusterVersion, which
-// every registered node must understand.
+// setClusterVersion moves the cluster version forward to c.ClusterVersion. The
+// command carries what each node's running binary understands, as the proposer saw
+// it in the nodes' reports, and the decision depends on nothing else: a node's own
+// record of the others may lack what a snapshot from an older release dropped, and
+// every member must decide alike. The carried figures replace the recorded ones.
 func (s *State) setClusterVersion(c command) sm.Result {
 	v := c.ClusterVersion
 	if v <= s.Version() {
 		return refuse("the cluster is already at version %d (asked for %d)", s.Version(), v)
 	}
-	if behind := s.Behind(v); behind != "" {
-		return refuse("cluster version %d is not understood by %s: upgrade them first", v, behind)
+	if len(c.Versions) != len(s.Nodes) {
+		return refuse("cluster version %d was proposed seeing %d nodes; the cluster has %d", v, len(c.Versions), len(s.Nodes))
+	}
+	for id := range s.Nodes {
+		got, ok := c.Versions[id]
+		if !ok {
+			return refuse("cluster version %d was proposed without node %d's report", v, id)
+		}
+		if got < v {
+			return refuse("cluster version %d is not understood by node %d (it understands %d): upgrade it first", v, id, got)
+		}
+	}
+	for id, n := range s.Nodes {
+		n.MaxClusterVersion = c.Versions[id]
 	}
 	s.ClusterVersion = v
 	s.note(c.Note) // the proposer's (apply must not read the clock)
@@ -162,10 +177,11 @@ func (s *State) updateUpstream(c command) sm.Result {
 	return sm.Result{Value: resultOK}
 }
 
-// SetClusterVersion moves the cluster version forward (the controller does, once
-// every node understands v).
-func (s *Service) SetClusterVersion(ctx context.Context, v uint32, note string) error {
-	_, err := s.propose(ctx, command{Op: opSetClusterVersion, ClusterVersion: v, Note: note})
+// SetClusterVersion moves the cluster version forward to v (the controller does,
+// once every node reports that its running binary understands v; running holds
+// those reports).
+func (s *Service) SetClusterVersion(ctx context.Context, v uint32, running map[uint64]uint32, note string) error {
+	_, err := s.propose(ctx, command{Op: opSetClusterVersion, ClusterVersion: v, Versions: running, Note: note})
 	return err
 }
 

@@ -42,7 +42,8 @@ func TestNewCommandWaitsForEveryNode(t *testing.T) {
 	if after := stateJSON(t, m); !bytes.Equal(before, after) {
 		t.Fatalf("a refused command changed the metadata:\n%s\n%s", before, after)
 	}
-	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2}); r.Value != resultRefused || !strings.Contains(string(r.Data), "node 1") {
+	mixed := map[uint64]uint32{1: 1, 2: 2, 3: 2}
+	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2, Versions: mixed}); r.Value != resultRefused || !strings.Contains(string(r.Data), "node 1") {
 		t.Fatalf("moving to 2 while node 1 cannot read it: %d %s", r.Value, r.Data)
 	}
 	// Node 1 is upgraded: it registers again at its start.
@@ -50,10 +51,20 @@ func TestNewCommandWaitsForEveryNode(t *testing.T) {
 	if got := m.state.Reachable(); got != 2 {
 		t.Fatalf("reachable version %d, want 2", got)
 	}
-	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2, Note: "finalized"}); r.Value != resultOK {
+	all := map[uint64]uint32{1: 2, 2: 2, 3: 2}
+	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2, Versions: map[uint64]uint32{1: 2, 2: 2}}); r.Value != resultRefused {
+		t.Fatal("a move proposed without one node's report must be refused")
+	}
+	// A member whose record of node 1 lost the version (a snapshot from an older
+	// release) decides as the others do: on what the command carries.
+	m.state.Nodes[1].MaxClusterVersion = 0
+	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2, Versions: all, Note: "finalized"}); r.Value != resultOK {
 		t.Fatalf("finalize: %s", r.Data)
 	}
-	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2}); r.Value != resultRefused {
+	if m.state.Nodes[1].MaxClusterVersion != 2 {
+		t.Fatal("the carried versions must replace the recorded ones")
+	}
+	if r := apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2, Versions: all}); r.Value != resultRefused {
 		t.Fatal("the cluster version moves forward once: a second move to 2 must be refused")
 	}
 	if r := apply(t, m, upd); r.Value != resultOK || m.state.Upstreams["a"].Replicas != 2 {
@@ -87,7 +98,7 @@ func TestUpdateUpstreamValidates(t *testing.T) {
 	for id := uint64(1); id <= 3; id++ {
 		apply(t, m, command{Op: opRegisterNode, Node: &Node{ID: id, MaxClusterVersion: 2}})
 	}
-	apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2})
+	apply(t, m, command{Op: opSetClusterVersion, ClusterVersion: 2, Versions: map[uint64]uint32{1: 2, 2: 2, 3: 2}})
 	apply(t, m, command{Op: opAddUpstream, Upstream: &Upstream{Name: "a", Source: "h:1", Replicas: 3}})
 	for _, tc := range []struct {
 		c    command

@@ -395,6 +395,9 @@ func nodeCommand() *cli.Command {
 					&cli.BoolFlag{Name: "cancel", Usage: "with --leaders-only: let the node lead again now"}},
 				func(c *cli.Context, ctx context.Context, cl *adminrpc.Client, id uint64) error {
 					if c.Bool("leaders-only") {
+						if d := c.Duration("for"); d < time.Second || d > 24*time.Hour {
+							return fmt.Errorf("--for %s: give 1s to 24h", d)
+						}
 						n, err := cl.ShedLeaders(ctx, &adminv1.ShedLeadersRequest{Id: id, Seconds: uint32(c.Duration("for").Seconds()), Cancel: c.Bool("cancel")})
 						if err != nil {
 							return err

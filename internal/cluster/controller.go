@@ -24,7 +24,7 @@ const CatchUpSlack = 256
 type ControllerMeta interface {
 	Read(ctx context.Context) (*placement.State, error)
 	SetMembers(ctx context.Context, gid uint64, expect, members []uint64, note string) error
-	SetClusterVersion(ctx context.Context, v uint32, note string) error
+	SetClusterVersion(ctx context.Context, v uint32, running map[uint64]uint32, note string) error
 	Note(ctx context.Context, note string) error
 }
 
@@ -88,7 +88,7 @@ func (c *Controller) round(ctx context.Context) {
 		c.lastSeen[id] = now
 	}
 	c.promoteMetaVoter(rctx, reports)
-	c.finalizeVersion(rctx, st)
+	c.finalizeVersion(rctx, st, reports)
 	view := BuildView(st, reports, c.lastSeen, now, c.DownAfter)
 	for _, d := range placement.Plan(view) {
 		c.apply(rctx, st, view, d)
@@ -132,7 +132,8 @@ func BuildView(st *placement.State, reports map[uint64]*clusterv1.NodeReport, la
 	for id, n := range st.Nodes {
 		seen, ok := lastSeen[id]
 		v.Nodes = append(v.Nodes, placement.NodeView{ID: id, Zone: n.Labels["zone"], Draining: n.Draining,
-			Up: ok && now.Sub(seen) < downAfter, ShedLeaders: reports[id].GetSheddingLeaders()})
+			Up: ok && now.Sub(seen) < downAfter, ShedLeaders: reports[id].GetSheddingLeaders() || reports[id].GetStorageProblem() != "",
+			NoNewReplicas: reports[id].GetStorageProblem() != ""})
 	}
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]
@@ -202,15 +203,28 @@ func (c *Controller) apply(ctx context.Context, st *placement.State, v placement
 }
 
 // finalizeVersion moves the cluster version forward once every registered node
-// understands a newer one (each registers what its binary understands at start):
-// from then on, commands of that version are accepted, and binaries that cannot
-// read them may no longer register.
-func (c *Controller) finalizeVersion(ctx context.Context, st *placement.State) {
-	to := st.Reachable()
+// answers and reports that its running binary understands a newer one (what nodes
+// registered at their last start is not enough: a node may run another binary now,
+// or be down). From then on, commands of that version are accepted, and binaries
+// that cannot read them may no longer register.
+func (c *Controller) finalizeVersion(ctx context.Context, st *placement.State, reports map[uint64]*clusterv1.NodeReport) {
+	running := map[uint64]uint32{}
+	to := uint32(0)
+	for id := range st.Nodes {
+		rep, ok := reports[id]
+		if !ok {
+			return
+		}
+		v := max(rep.MaxClusterVersion, placement.BaseClusterVersion)
+		running[id] = v
+		if to == 0 || v < to {
+			to = v
+		}
+	}
 	if to <= st.Version() {
 		return
 	}
-	if err := c.Meta.SetClusterVersion(ctx, to, placement.Note("cluster version %d -> %d: every node understands it", st.Version(), to)); err != nil {
+	if err := c.Meta.SetClusterVersion(ctx, to, running, placement.Note("cluster version %d -> %d: every node understands it", st.Version(), to)); err != nil {
 		c.Log.Warn("cluster version not moved forward; the next round tries again", "from", st.Version(), "to", to, "err", err)
 		return
 	}

@@ -126,33 +126,42 @@ func SaveIdentity(dataDir string, id Identity) error {
 	if err != nil {
 		return fmt.Errorf("encode cluster identity: %w", err)
 	}
-	path := filepath.Join(dataDir, IdentityFile)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
+	if err := WriteDurable(filepath.Join(dataDir, IdentityFile), b, 0o600); err != nil {
 		return fmt.Errorf("write cluster identity: %w", err)
 	}
-	if _, err := f.Write(b); err != nil {
+	return nil
+}
+
+// WriteDurable replaces path with data so that a crash leaves the old file or the
+// new one, never a torn one: a synced temporary file renamed over it, then the
+// directory synced.
+func WriteDurable(path string, data []byte, perm os.FileMode) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return fmt.Errorf("write cluster identity: %w", err)
+		return err
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return fmt.Errorf("sync cluster identity: %w", err)
+		return fmt.Errorf("sync %s: %w", tmp, err)
 	}
 	if err := f.Close(); err != nil {
-		return fmt.Errorf("write cluster identity: %w", err)
+		return err
 	}
 	if err := os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("install cluster identity: %w", err)
+		return err
 	}
-	d, err := os.Open(dataDir)
+	d, err := os.Open(filepath.Dir(path))
 	if err != nil {
-		return fmt.Errorf("sync data directory: %w", err)
+		return err
 	}
 	defer d.Close()
 	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync data directory: %w", err)
+		return fmt.Errorf("sync directory %s: %w", filepath.Dir(path), err)
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
@@ -274,7 +275,7 @@ func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clus
 	if err := s.checkNode(ctx, clusterv1.Cluster_Report_FullMethodName, r); err != nil {
 		return nil, err
 	}
-	rep := &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens()}
+	rep := &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens(), MaxClusterVersion: buildinfo.ClusterVersion}
 	if s.Shedding != nil {
 		rep.SheddingLeaders = s.Shedding()
 	}

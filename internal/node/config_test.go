@@ -29,6 +29,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"retention_bytes", "1000", "-x", func(c Config) bool { return c.RetentionBytes == 1000 }},
 		{"segment_size", "4K", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
 		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
+		{"min_free_disk", "1G", "lots", func(c Config) bool { return c.MinFreeDisk == 1<<30 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
 		{"max_connections", "10", "many", func(c Config) bool { return c.MaxConnections == 10 }},
 		{"max_user_connections", "3", "few", func(c Config) bool { return c.MaxUserConnections == 3 }},

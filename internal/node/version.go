@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
+	"github.com/flotilla-relay/flotilla/internal/cluster"
 	"github.com/flotilla-relay/flotilla/placement"
 )
 
@@ -29,6 +30,9 @@ func checkDataVersion(dir string) error {
 	}
 	if err != nil {
 		return fmt.Errorf("read %s: %w", filepath.Join(dir, clusterVersionFile), err)
+	}
+	if len(strings.TrimSpace(string(b))) == 0 {
+		return nil // a crash while it was first written: the metadata still guards
 	}
 	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
 	if err != nil {
@@ -48,11 +52,8 @@ func recordClusterVersion(dir string, v uint32) error {
 	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.FormatUint(uint64(v), 10) {
 		return nil
 	}
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, []byte(strconv.FormatUint(uint64(v), 10)+"\n"), 0o600); err != nil {
-		return fmt.Errorf("record the cluster version: %w", err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
+	err := cluster.WriteDurable(path, []byte(strconv.FormatUint(uint64(v), 10)+"\n"), 0o600)
+	if err != nil {
 		return fmt.Errorf("record the cluster version: %w", err)
 	}
 	return nil
@@ -102,6 +103,9 @@ func (n *Node) followVersion(ctx context.Context, every time.Duration) {
 	}
 }
 
+// errNoTarget: no member could take a leadership (none answers, or none caught up).
+var errNoTarget = errors.New("no caught-up member answers to take the leadership")
+
 // shedding reports whether the node is handing its leaderships away.
 func (n *Node) shedding() bool { return time.Now().UnixNano() < n.shedUntil.Load() }
 
@@ -122,7 +126,7 @@ func (n *Node) shed(ctx context.Context, d time.Duration, cancel bool) error {
 		}
 		st, err := n.meta.Local()
 		if err != nil {
-			return err
+			return fmt.Errorf("read the local metadata to hand leaderships away: %w", err)
 		}
 		moved := 0
 		for _, gid := range led {
@@ -137,18 +141,26 @@ func (n *Node) shed(ctx context.Context, d time.Duration, cancel bool) error {
 				}
 			}
 			for _, m := range cands {
-				if m == n.cfg.NodeID || (gid != placement.MetaGroupID && !n.caughtUp(ctx, gid, m)) {
+				if m == n.cfg.NodeID {
+					continue
+				}
+				if gid == placement.MetaGroupID {
+					if _, up := n.reportOf(ctx, m); !up {
+						continue
+					}
+				} else if !n.caughtUp(ctx, gid, m) {
 					continue
 				}
 				if err := n.transferLeader(gid, m); err != nil {
 					n.log.Warn("leadership transfer", "group", gid, "to", m, "err", err)
+					continue
 				}
 				moved++
 				break
 			}
 		}
 		if moved == 0 {
-			return fmt.Errorf("no caught-up member to hand groups %v to", led)
+			return fmt.Errorf("%w: groups %v", errNoTarget, led)
 		}
 		select {
 		case <-ctx.Done():

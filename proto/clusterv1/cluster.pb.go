@@ -129,8 +129,12 @@ type NodeReport struct {
 	SheddingLeaders bool `protobuf:"varint,4,opt,name=shedding_leaders,json=sheddingLeaders,proto3" json:"shedding_leaders,omitempty"`
 	// Why the node stores nothing now (its data directory is short of space), or "".
 	StorageProblem string `protobuf:"bytes,5,opt,name=storage_problem,json=storageProblem,proto3" json:"storage_problem,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The newest cluster version the node's running binary understands (0 from
+	// releases before 0.29: 1). The cluster version moves only when every node
+	// reports at least the new one.
+	MaxClusterVersion uint32 `protobuf:"varint,6,opt,name=max_cluster_version,json=maxClusterVersion,proto3" json:"max_cluster_version,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *NodeReport) Reset() {
@@ -196,6 +200,13 @@ func (x *NodeReport) GetStorageProblem() string {
 		return x.StorageProblem
 	}
 	return ""
+}
+
+func (x *NodeReport) GetMaxClusterVersion() uint32 {
+	if x != nil {
+		return x.MaxClusterVersion
+	}
+	return 0
 }
 
 type TransferLeaderRequest struct {
@@ -1016,14 +1027,15 @@ const file_cluster_proto_rawDesc = "" +
 	"\aNodeKey\x12\x10\n" +
 	"\x03gen\x18\x01 \x01(\x04R\x03gen\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\fR\x03key\"\x0f\n" +
-	"\rReportRequest\"\xd5\x01\n" +
+	"\rReportRequest\"\x85\x02\n" +
 	"\n" +
 	"NodeReport\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\x04R\x06nodeId\x126\n" +
 	"\x06groups\x18\x02 \x03(\v2\x1e.flotilla.admin.v1.GroupStatusR\x06groups\x12\"\n" +
 	"\rnode_key_gens\x18\x03 \x03(\x04R\vnodeKeyGens\x12)\n" +
 	"\x10shedding_leaders\x18\x04 \x01(\bR\x0fsheddingLeaders\x12'\n" +
-	"\x0fstorage_problem\x18\x05 \x01(\tR\x0estorageProblem\"S\n" +
+	"\x0fstorage_problem\x18\x05 \x01(\tR\x0estorageProblem\x12.\n" +
+	"\x13max_cluster_version\x18\x06 \x01(\rR\x11maxClusterVersion\"S\n" +
 	"\x15TransferLeaderRequest\x12\x19\n" +
 	"\bgroup_id\x18\x01 \x01(\x04R\agroupId\x12\x1f\n" +
 	"\vtarget_node\x18\x02 \x01(\x04R\n" +

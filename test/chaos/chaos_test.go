@@ -131,27 +131,31 @@ func (r *run) status() statusJSON {
 	}
 }
 
-// roleNode is the index of the node holding a role in upstream u's group.
+// roleNode is the index of the node holding a role in upstream u's group, once
+// the group has a leader.
 func (r *run) roleNode(u int, role Kind) int {
-	st := r.status()
-	if role == KillMetaLeader {
-		id, _ := strconv.Atoi(st.MetaLeader)
-		return id - 1
-	}
-	for _, s := range st.Upstreams {
-		if s.Upstream.Name != r.masters[u].name || s.Group.LeaderNode == "" || s.Group.LeaderNode == "0" {
-			continue
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		st := r.status()
+		if role == KillMetaLeader {
+			id, _ := strconv.Atoi(st.MetaLeader)
+			return id - 1
 		}
-		leader, _ := strconv.Atoi(s.Group.LeaderNode)
-		if role != KillFollower {
-			return leader - 1
-		}
-		for _, m := range s.Group.Members {
-			if id, _ := strconv.Atoi(m); id != leader {
-				return id - 1
+		for _, s := range st.Upstreams {
+			leader, _ := strconv.Atoi(s.Group.LeaderNode)
+			if s.Upstream.Name != r.masters[u].name || leader == 0 {
+				continue
+			}
+			if role != KillFollower {
+				return leader - 1
+			}
+			for _, m := range s.Group.Members {
+				if id, _ := strconv.Atoi(m); id != leader {
+					return id - 1
+				}
 			}
 		}
 	}
+	r.t.Fatalf("%s: upstream %s's group has no leader (or no follower) for a minute", role, r.masters[u].name)
 	return 0
 }
 
@@ -206,10 +210,20 @@ func (r *run) inject(f Fault) {
 		fields["node"] = r.diskNode + 1
 		r.hist.add("fault", fields)
 		path := filepath.Join(r.dir, "filler")
-		if err := fill(path, int64(freeBytes(r.dir)-r.reserve+diskUnder)); err != nil {
-			t.Fatal(err)
+		if free := freeBytes(r.dir); free > r.reserve {
+			if err := fill(path, int64(free-r.reserve+diskUnder)); err != nil {
+				t.Fatal(err)
+			}
 		}
-		time.Sleep(f.Hold)
+		// The node must say so (and so stop its replicas) while the disk is short.
+		suspended := false
+		for until := time.Now().Add(max(f.Hold, 5*time.Second)); time.Now().Before(until); time.Sleep(250 * time.Millisecond) {
+			out, _ := r.live().CLI(r.ctx, "node", "list", "-o", "json")
+			suspended = suspended || strings.Contains(out, "below min_free_disk")
+		}
+		if !suspended {
+			t.Errorf("disk-full: node %d never reported its disk short of space", r.diskNode+1)
+		}
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
@@ -319,7 +333,7 @@ func TestChaos(t *testing.T) {
 			t.Fatalf("FLOTILLA_CHAOS_SEED: %v", err)
 		}
 	}
-	perKind := max(2, int(d/(time.Duration(len(Kinds))*25*time.Second)))
+	perKind := max(2, int(d/(time.Duration(len(Kinds()))*25*time.Second)))
 	schedule := Schedule(seed, d, perKind, 2, 2)
 	t.Logf("CHAOS seed %d: %d faults over %s (replay: FLOTILLA_CHAOS_SEED=%d)", seed, len(schedule), d, seed)
 	ctx, cancel := context.WithTimeout(context.Background(), d+15*time.Minute)

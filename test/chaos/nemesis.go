@@ -9,8 +9,9 @@ import (
 // Kind is a fault the nemesis injects.
 type Kind string
 
-// The faults. Each is healed before the next starts in the short form; the long
-// form lets them overlap (at most two at a time, on different nodes).
+// The faults. Each is healed, and the cluster healthy again, before the next
+// starts: faults meet each other's aftermath (a restarted node catching up, a
+// replica reconnecting), never each other.
 const (
 	KillLeader     Kind = "kill-leader"      // SIGKILL the node leading an upstream's group, restart it
 	KillFollower   Kind = "kill-follower"    // SIGKILL a node that follows that group, restart it
@@ -21,8 +22,10 @@ const (
 	MoveReplica    Kind = "move-replica"     // point a replica at another node
 )
 
-// Kinds is every fault kind, in schedule order.
-var Kinds = []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica}
+// Kinds is every fault kind.
+func Kinds() []Kind {
+	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica}
+}
 
 // Fault is one scheduled fault.
 type Fault struct {
@@ -37,6 +40,7 @@ type Fault struct {
 	Replica  int `json:"replica"`
 }
 
+// String is how logs and the summary name the fault.
 func (f Fault) String() string {
 	return fmt.Sprintf("%s at %s for %s (upstream %d)", f.Kind, f.At.Round(time.Second), f.Hold.Round(100*time.Millisecond), f.Upstream)
 }
@@ -47,7 +51,7 @@ func Schedule(seed int64, d time.Duration, perKind, upstreams, replicas int) []F
 	r := rand.New(rand.NewSource(seed))
 	var kinds []Kind
 	for i := 0; i < perKind; i++ {
-		kinds = append(kinds, Kinds...)
+		kinds = append(kinds, Kinds()...)
 	}
 	r.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	slot := d / time.Duration(len(kinds)+1)

@@ -23,7 +23,7 @@ func TestScheduleReplays(t *testing.T) {
 			t.Fatalf("fault %d (%s) out of order or outside the run", i, f)
 		}
 	}
-	for _, k := range Kinds {
+	for _, k := range Kinds() {
 		if count[k] < 2 {
 			t.Errorf("%s scheduled %d times, want 2", k, count[k])
 		}

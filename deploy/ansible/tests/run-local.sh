@@ -21,7 +21,8 @@ export FLOTILLA_BIN
 
 echo "== syntax"
 for p in playbooks/*.yml; do
-  FLOTILLA_DEPLOY_ROOT=/nonexistent ansible-playbook -i inventories/local-test --vault-password-file "$here/vault-password" --syntax-check "$p" >/dev/null 2>&1 || { echo "syntax check of $p failed:" >&2; ansible-playbook -i inventories/example --syntax-check "$p"; exit 1; }
+  local_check=(ansible-playbook -i inventories/local-test --vault-password-file "$here/vault-password" --syntax-check "$p")
+  FLOTILLA_DEPLOY_ROOT=/nonexistent "${local_check[@]}" >/dev/null 2>&1 || { echo "syntax check of $p failed:" >&2; FLOTILLA_DEPLOY_ROOT=/nonexistent "${local_check[@]}"; exit 1; }
   ansible-playbook -i inventories/example --syntax-check "$p" >/dev/null 2>&1 || { echo "syntax check of $p failed:" >&2; ansible-playbook -i inventories/example --syntax-check "$p"; exit 1; }
   echo "ok $p"
 done

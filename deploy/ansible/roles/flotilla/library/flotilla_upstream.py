@@ -25,7 +25,7 @@ options:
   user: {description: Replication user on the master., type: str}
   password: {description: Its password., type: str, no_log: true}
   replica_users:
-    description: Logins replicas use, each {user, password}.
+    description: Logins replicas use, each {user, password, auth_plugin, require_tls}.
     type: list
     elements: dict
   replicas: {description: Raft replicas of the group (0 for the default)., type: int, default: 0}
@@ -53,7 +53,13 @@ def main():
             source=dict(type="str"),
             user=dict(type="str"),
             password=dict(type="str", no_log=True),
-            replica_users=dict(type="list", elements="dict", no_log=False),
+            replica_users=dict(type="list", elements="dict", options=dict(
+                user=dict(type="str", required=True),
+                password=dict(type="str", required=True, no_log=True),
+                auth_plugin=dict(type="str", default="mysql_native_password",
+                                 choices=["mysql_native_password", "caching_sha2_password"]),
+                require_tls=dict(type="bool", default=False),
+            )),
             replicas=dict(type="int", default=0),
             candidates=dict(type="list", elements="str", default=[]),
             semi_sync=dict(type="str", default="auto"),
@@ -63,9 +69,6 @@ def main():
         supports_check_mode=False,
     )
     p = module.params
-    for ru in p["replica_users"] or []:
-        if ru.get("password"):
-            module.no_log_values.add(ru["password"])
     base = [p["cli"], "--admin", p["admin"]]
     if p["token_file"]:
         base += ["--token-file", p["token_file"]]
@@ -86,10 +89,19 @@ def main():
         return out
 
     def user_args():
-        args = []
-        for ru in p["replica_users"]:
+        # The CLI takes one plugin and TLS requirement for the users it is given.
+        users = p["replica_users"]
+        kinds = {(ru["auth_plugin"], ru["require_tls"]) for ru in users}
+        if len(kinds) > 1:
+            module.fail_json(msg="upstream %s: give every replica user the same auth_plugin and require_tls "
+                             "(flotilla upstream add/update take one of each)" % p["name"])
+        plugin, tls = kinds.pop()
+        args = ["--replica-auth-plugin", plugin]
+        if tls:
+            args.append("--replica-require-tls")
+        for ru in users:
             args += ["--replica-user", ru["user"]]
-        for ru in p["replica_users"]:
+        for ru in users:
             args += ["--replica-password-file", secret_file(ru["password"])]
         return args
 
@@ -114,7 +126,11 @@ def main():
                 args += ["--candidate", c]
             run(args + user_args(), "flotilla upstream add %s" % p["name"])
             module.exit_json(changed=True, actions=["added"])
-        if cur.get("source") != p["source"]:
+        if cur.get("source") != p["source"] and cur.get("source") in p["candidates"]:
+            # An automatic switch to a declared candidate: the declaration still holds.
+            module.warn("upstream %s now relays candidate %s (declared source %s): update the declaration"
+                        % (p["name"], cur.get("source"), p["source"]))
+        elif cur.get("source") != p["source"]:
             module.fail_json(msg="upstream %s relays %s, declared %s: moving it to another master is a failover; run "
                              "`flotilla upstream repoint %s --source %s` (it checks continuity), then run this again"
                              % (p["name"], cur.get("source"), p["source"], p["name"], p["source"]))
