@@ -469,7 +469,11 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			}
 			return nil
 		}
-		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Last: true, Events: t.events}}, len(t.events), 1)
+		events := t.events
+		if dropCommit(t.gtid.Seq) && len(events) > len(raw) {
+			events = events[:len(events)-len(raw)] // planted bug (tag chaosbug_partial)
+		}
+		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Last: true, Events: events}}, len(events), 1)
 		p.fl.done()
 		p.rollIfFull()
 		return nil

@@ -467,10 +467,10 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 		g.m.Epoch++
 		return sm.Result{Value: ResultOK, Data: binary.BigEndian.AppendUint64(nil, g.m.Epoch)}, nil
 	}
-	if a.Epoch != g.m.Epoch {
+	if a.Epoch != g.m.Epoch && !skipFence {
 		return rejected("stale epoch %d (current %d)", a.Epoch, g.m.Epoch), nil
 	}
-	if a.PrevOrdinal != g.m.Ordinal {
+	if a.PrevOrdinal != g.m.Ordinal && !skipFence {
 		return rejected("proposal follows transaction %d but the group holds %d", a.PrevOrdinal, g.m.Ordinal), nil
 	}
 	// Validate the whole command before changing anything, so a rejection leaves no trace.

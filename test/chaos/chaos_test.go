@@ -474,7 +474,7 @@ func (r *run) check(out string) (map[string]int, []string) {
 		m.mu.Unlock()
 		for k, rp := range r.replicas[i] {
 			name := fmt.Sprintf("%s replica %d (%s via node %d)", m.name, k, map[bool]string{true: "GTID", false: "file/position"}[rp.gtid], rp.via+1)
-			if err := rp.srv.WaitFor(ctx, "SELECT @@gtid_slave_pos", want); err != nil {
+			if err := caughtUp(ctx, rp.srv, want); err != nil {
 				st, _ := slaveStatus(ctx, rp.srv)
 				violations = append(violations, fmt.Sprintf("%s did not reach the master's GTID %s: IO %s SQL %s, errors %q %q", name, want,
 					st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Last_IO_Error"], st["Last_SQL_Error"]))
@@ -495,6 +495,7 @@ func (r *run) check(out string) (map[string]int, []string) {
 				}
 			}
 		}
+		violations = append(violations, r.checkMembers(m.name, want)...)
 		violations = append(violations, r.checkServedFiles(out, m.name)...)
 	}
 	for _, n := range r.nodes {
@@ -503,6 +504,44 @@ func (r *run) check(out string) (map[string]int, []string) {
 		}
 	}
 	return checked, violations
+}
+
+// checkMembers requires every member of the upstream's group to hold each of the
+// master's transactions exactly once: its GTID position is the master's, and its
+// transaction count the master's sequence number (one domain, one server: a
+// duplicate or a loss changes the count even where replicas would skip it).
+func (r *run) checkMembers(name, want string) []string {
+	seq, _ := strconv.Atoi(want[strings.LastIndex(want, "-")+1:])
+	var last string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(500 * time.Millisecond) {
+		out, err := r.live().CLI(r.ctx, "upstream", "get", name, "-o", "json")
+		var u struct {
+			Group struct {
+				MemberStatus []struct {
+					Node         string `json:"node"`
+					Transactions string `json:"transactions"`
+					ExecutedGtid string `json:"executedGtid"`
+					Reachable    bool   `json:"reachable"`
+				} `json:"memberStatus"`
+			} `json:"group"`
+		}
+		if err != nil || json.Unmarshal([]byte(out), &u) != nil {
+			last = fmt.Sprint(err)
+			continue
+		}
+		agree := len(u.Group.MemberStatus) == 3
+		last = ""
+		for _, ms := range u.Group.MemberStatus {
+			if !ms.Reachable || ms.ExecutedGtid != want || ms.Transactions != strconv.Itoa(seq) {
+				agree = false
+				last += fmt.Sprintf(" node %s holds %s transactions up to %s;", ms.Node, ms.Transactions, ms.ExecutedGtid)
+			}
+		}
+		if agree {
+			return nil
+		}
+	}
+	return []string{fmt.Sprintf("%s: members disagree with the master's %d transactions (%s):%s", name, seq, want, last)}
 }
 
 // checkServedFiles reads the upstream's served files from every member (each serves
@@ -537,8 +576,13 @@ func (r *run) checkServedFiles(out, name string) []string {
 				files[e.Name()] = map[int][]byte{}
 			}
 			files[e.Name()][n] = b
-			if o, err := exec.CommandContext(r.ctx, "mariadb-binlog", filepath.Join(dst, e.Name())).CombinedOutput(); err != nil {
+			o, err := exec.CommandContext(r.ctx, "mariadb-binlog", filepath.Join(dst, e.Name())).CombinedOutput()
+			if err != nil {
 				violations = append(violations, fmt.Sprintf("%s: node %d's %s does not decode: %v: %s", name, n+1, e.Name(), err, tail(string(o))))
+				continue
+			}
+			if bad := incompleteTxns(string(o)); len(bad) > 0 {
+				violations = append(violations, fmt.Sprintf("%s: node %d's %s holds transactions without their commit: %v", name, n+1, e.Name(), bad))
 			}
 		}
 	}
@@ -562,4 +606,52 @@ func (r *run) checkServedFiles(out, name string) []string {
 func tail(s string) string {
 	l := strings.Split(strings.TrimSpace(s), "\n")
 	return l[len(l)-1]
+}
+
+// incompleteTxns lists the transactional GTIDs of a decoded binlog file (mariadb-binlog
+// output) that are not followed by their commit (Xid or COMMIT) before the next
+// GTID or the file's end: a binlog file never splits a transaction.
+func incompleteTxns(decoded string) []string {
+	var bad []string
+	open := ""
+	for _, l := range strings.Split(decoded, "\n") {
+		if !strings.HasPrefix(l, "#") && !strings.HasPrefix(l, "COMMIT") {
+			continue
+		}
+		if strings.HasPrefix(l, "COMMIT") || strings.Contains(l, "Xid = ") {
+			open = ""
+			continue
+		}
+		f := strings.Fields(l)
+		for j := range f {
+			if f[j] == "GTID" && j+2 < len(f) {
+				if open != "" {
+					bad = append(bad, open)
+				}
+				open = ""
+				if f[j+2] == "trans" {
+					open = f[j+1]
+				}
+				break
+			}
+		}
+	}
+	if open != "" {
+		bad = append(bad, open)
+	}
+	return bad
+}
+
+// caughtUp waits up to 2 minutes for a replica to reach the master's GTID position,
+// and stops waiting at once when a replication thread stopped with an error.
+func caughtUp(ctx context.Context, srv *mariadbtest.Server, want string) error {
+	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
+		if got, err := srv.QueryValue(ctx, "SELECT @@gtid_slave_pos"); err == nil && got == want {
+			return nil
+		}
+		if st, err := slaveStatus(ctx, srv); err == nil && (st["Last_SQL_Errno"] != "0" || st["Last_IO_Errno"] != "0" && st["Slave_IO_Running"] == "No") {
+			return fmt.Errorf("replication stopped: SQL %q, IO %q", st["Last_SQL_Error"], st["Last_IO_Error"])
+		}
+	}
+	return fmt.Errorf("not within 2 minutes")
 }
