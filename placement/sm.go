@@ -46,7 +46,7 @@ type command struct {
 	// update_upstream changes.
 	ClusterVersion uint32            `json:"cluster_version,omitempty"`
 	Versions       map[uint64]uint32 `json:"versions,omitempty"`
-	Change         *UpstreamChange `json:"change,omitempty"`
+	Change         *UpstreamChange   `json:"change,omitempty"`
 }
 
 const (
