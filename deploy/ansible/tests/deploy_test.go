@@ -137,6 +137,13 @@ func buildOld(ctx context.Context, t *testing.T, repo, commit, out string) {
 			t.Fatalf("%s %v: %v\n%s", name, args, err, b)
 		}
 	}
+	// The upgrade starts from an earlier commit of this repository: a shallow clone
+	// lacks it; fetch the rest of the history once, or say what is missing.
+	if exec.CommandContext(ctx, "git", "-C", repo, "cat-file", "-e", commit+"^{commit}").Run() != nil {
+		if b, err := exec.CommandContext(ctx, "git", "-C", repo, "fetch", "--unshallow").CombinedOutput(); err != nil {
+			t.Fatalf("the upgrade test builds commit %s (tests/upgrade-from), which this clone lacks, and fetching the history failed: %v\n%s\nclone without --depth", commit, err, b)
+		}
+	}
 	run(repo, "git", "worktree", "add", "--detach", src, commit)
 	defer run(repo, "git", "worktree", "remove", "--force", src)
 	run(src, "go", "build", "-o", out, "./cmd/flotilla")
