@@ -210,8 +210,8 @@ func (r *run) inject(f Fault) {
 		fields["node"] = r.diskNode + 1
 		r.hist.add("fault", fields)
 		path := filepath.Join(r.dir, "filler")
-		if free := freeBytes(r.dir); free > r.reserve {
-			if err := fill(path, int64(free-r.reserve+diskUnder)); err != nil {
+		if free := mustFree(t, r.dir); free > r.reserve {
+			if err := mariadbtest.Fill(path, int64(free-r.reserve+diskUnder)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -249,7 +249,7 @@ func (r *run) point(rp *replica, n int) {
 		// Flotilla's coordinates are the same on every node: a moved replica keeps
 		// its position (a new one starts at the first file).
 		mode = "MASTER_USE_GTID=no, MASTER_LOG_FILE='flotilla-bin.000001', MASTER_LOG_POS=4"
-		if st, err := slaveStatus(r.ctx, rp.srv); err == nil && st["Relay_Master_Log_File"] != "" {
+		if st, err := rp.srv.SlaveStatus(r.ctx); err == nil && st["Relay_Master_Log_File"] != "" {
 			mode = fmt.Sprintf("MASTER_USE_GTID=no, MASTER_LOG_FILE='%s', MASTER_LOG_POS=%s", st["Relay_Master_Log_File"], st["Exec_Master_Log_Pos"])
 		}
 	}
@@ -264,54 +264,13 @@ func (r *run) point(rp *replica, n int) {
 	rp.via = n
 }
 
-func slaveStatus(ctx context.Context, s *mariadbtest.Server) (map[string]string, error) {
-	rows, err := s.DB().QueryContext(ctx, "SHOW SLAVE STATUS")
+func mustFree(t *testing.T, dir string) uint64 {
+	t.Helper()
+	free, err := mariadbtest.FreeBytes(dir)
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	defer rows.Close()
-	cols, _ := rows.Columns()
-	out := map[string]string{}
-	if rows.Next() {
-		vals := make([]any, len(cols))
-		raw := make([][]byte, len(cols))
-		for i := range vals {
-			vals[i] = &raw[i]
-		}
-		if err := rows.Scan(vals...); err != nil {
-			return nil, err
-		}
-		for i, c := range cols {
-			out[c] = string(raw[i])
-		}
-	}
-	return out, rows.Err()
-}
-
-func freeBytes(dir string) uint64 {
-	var st syscall.Statfs_t
-	if syscall.Statfs(dir, &st) != nil {
-		return 0
-	}
-	return st.Bavail * uint64(st.Bsize)
-}
-
-func fill(path string, n int64) error {
-	f, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := syscall.Fallocate(int(f.Fd()), 0, 0, n); err == nil {
-		return nil
-	}
-	buf := make([]byte, 1<<20)
-	for w := int64(0); w < n; w += int64(len(buf)) {
-		if _, err := f.Write(buf); err != nil {
-			return err
-		}
-	}
-	return f.Sync()
+	return free
 }
 
 // TestChaos runs the nemesis for FLOTILLA_CHAOS_DURATION (default 75 s, the short
@@ -395,7 +354,7 @@ func TestChaos(t *testing.T) {
 		}
 		r.replicas = append(r.replicas, reps)
 	}
-	free := freeBytes(dir)
+	free := mustFree(t, dir)
 	if free < 2*diskMargin {
 		t.Fatalf("the disk-full fault needs %d bytes free in %s, it has %d", 2*diskMargin, dir, free)
 	}
@@ -475,7 +434,7 @@ func (r *run) check(out string) (map[string]int, []string) {
 		for k, rp := range r.replicas[i] {
 			name := fmt.Sprintf("%s replica %d (%s via node %d)", m.name, k, map[bool]string{true: "GTID", false: "file/position"}[rp.gtid], rp.via+1)
 			if err := caughtUp(ctx, rp.srv, want); err != nil {
-				st, _ := slaveStatus(ctx, rp.srv)
+				st, _ := rp.srv.SlaveStatus(ctx)
 				violations = append(violations, fmt.Sprintf("%s did not reach the master's GTID %s: IO %s SQL %s, errors %q %q", name, want,
 					st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Last_IO_Error"], st["Last_SQL_Error"]))
 				continue
@@ -649,7 +608,7 @@ func caughtUp(ctx context.Context, srv *mariadbtest.Server, want string) error {
 		if got, err := srv.QueryValue(ctx, "SELECT @@gtid_slave_pos"); err == nil && got == want {
 			return nil
 		}
-		if st, err := slaveStatus(ctx, srv); err == nil && (st["Last_SQL_Errno"] != "0" || st["Last_IO_Errno"] != "0" && st["Slave_IO_Running"] == "No") {
+		if st, err := srv.SlaveStatus(ctx); err == nil && (st["Last_SQL_Errno"] != "0" || st["Last_IO_Errno"] != "0" && st["Slave_IO_Running"] == "No") {
 			return fmt.Errorf("replication stopped: SQL %q, IO %q", st["Last_SQL_Error"], st["Last_IO_Error"])
 		}
 	}

@@ -68,7 +68,7 @@ func TestCorruptSegmentIsNotServed(t *testing.T) {
 	r := startReplica(ctx, t, filepath.Join(dir, "replica"), 21)
 	changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
 	for deadline := time.Now().Add(60 * time.Second); ; {
-		s, err := slaveStatus(ctx, r)
+		s, err := r.SlaveStatus(ctx)
 		if err == nil && s["Last_IO_Errno"] == "1236" {
 			msg := s["Last_IO_Error"]
 			if !strings.Contains(msg, "corrupt segment") || !strings.Contains(msg, "offset") || !strings.Contains(msg, "rebuilt from a peer") {

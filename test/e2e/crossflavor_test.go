@@ -84,7 +84,7 @@ func TestMariaDBReplicaOfMySQLGroup(t *testing.T) {
 	got := map[string]string{}
 	deadline := time.Now().Add(2 * time.Minute)
 	for {
-		st, err := slaveStatus(ctx, r)
+		st, err := r.SlaveStatus(ctx)
 		if err == nil && (st["Last_SQL_Errno"] != "0" || st["Last_IO_Errno"] != "0") {
 			t.Fatalf("replica stopped: IO %s %s; SQL %s %s", st["Last_IO_Errno"], st["Last_IO_Error"], st["Last_SQL_Errno"], st["Last_SQL_Error"])
 		}
@@ -116,7 +116,7 @@ func TestMariaDBReplicaOfMySQLGroup(t *testing.T) {
 					t.Errorf("%s differs from the expected contents at byte %d: got %.200q, want %.200q", tbl, n, g[n:], w[n:])
 				}
 			}
-			st, _ := slaveStatus(ctx, r)
+			st, _ := r.SlaveStatus(ctx)
 			t.Logf("replica: %v\nflotilla: %+v\n%s", st, getUpstream(ctx, t, fl, "mysql8").Group, fl.LogTail(20))
 			t.FailNow()
 		}
@@ -124,7 +124,7 @@ func TestMariaDBReplicaOfMySQLGroup(t *testing.T) {
 	}
 	// And it applied the whole served binlog without an error.
 	for {
-		st, err := slaveStatus(ctx, r)
+		st, err := r.SlaveStatus(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -2,53 +2,17 @@ package e2e
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 )
-
-func freeBytes(t *testing.T, dir string) uint64 {
-	t.Helper()
-	var st syscall.Statfs_t
-	if err := syscall.Statfs(dir, &st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Bavail * uint64(st.Bsize)
-}
-
-// fill takes n bytes of dir's filesystem (fallocate, or written zeros where the
-// filesystem has no fallocate).
-func fill(t *testing.T, path string, n int64) {
-	t.Helper()
-	f, err := os.Create(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	if err := syscall.Fallocate(int(f.Fd()), 0, 0, n); err == nil {
-		return
-	} else if !errors.Is(err, syscall.EOPNOTSUPP) {
-		t.Fatalf("fallocate %d bytes: %v", n, err)
-	}
-	buf := make([]byte, 1<<20)
-	for w := int64(0); w < n; w += int64(len(buf)) {
-		if _, err := f.Write(buf); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if err := f.Sync(); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // A node whose data directory runs short of space (below --min-free-disk; the test
 // takes the space with a real file on the same filesystem) stops its group replica
@@ -61,7 +25,10 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	dir := t.TempDir()
-	free := freeBytes(t, dir)
+	free, err := mariadbtest.FreeBytes(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
 	const margin, filler = 512 << 20, 1 << 30
 	if free < 2*filler {
 		t.Fatalf("the test needs 2 GiB free in %s, has %d bytes", dir, free)
@@ -87,7 +54,9 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 	waitCaughtUp(ctx, t, "replica", master, replica, 2*time.Minute)
 
 	fillPath := filepath.Join(dir, "filler")
-	fill(t, fillPath, filler)
+	if err := mariadbtest.Fill(fillPath, filler); err != nil {
+		t.Fatal(err)
+	}
 	poll := func(what string, ok func() (bool, string)) {
 		t.Helper()
 		var last string

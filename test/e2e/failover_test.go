@@ -51,7 +51,7 @@ func waitValue(ctx context.Context, t *testing.T, s *mariadbtest.Server, what, q
 			return
 		}
 	}
-	st, _ := slaveStatus(ctx, s)
+	st, _ := s.SlaveStatus(ctx)
 	t.Fatalf("%s: %s is %q, want %q; slave status %v", what, query, got, w, st)
 }
 
@@ -220,7 +220,7 @@ func losslessFailover(t *testing.T, auto bool) {
 		}
 	}
 	for i, r := range []*mariadbtest.Server{c, d} {
-		st, err := slaveStatus(ctx, r)
+		st, err := r.SlaveStatus(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}

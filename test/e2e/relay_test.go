@@ -81,39 +81,6 @@ func changeMaster(ctx context.Context, t *testing.T, r *mariadbtest.Server, fl *
 	}
 }
 
-// slaveStatus returns SHOW SLAVE STATUS as a map.
-func slaveStatus(ctx context.Context, r *mariadbtest.Server) (map[string]string, error) {
-	rows, err := r.DB().QueryContext(ctx, "SHOW SLAVE STATUS")
-	if err != nil {
-		return nil, err
-	}
-	defer rows.Close()
-	cols, _ := rows.Columns()
-	out := map[string]string{}
-	if !rows.Next() {
-		return out, rows.Err()
-	}
-	vals := make([]any, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	if err := rows.Scan(ptrs...); err != nil {
-		return nil, err
-	}
-	for i, c := range cols {
-		switch v := vals[i].(type) {
-		case []byte:
-			out[c] = string(v)
-		case nil:
-			out[c] = "NULL"
-		default:
-			out[c] = fmt.Sprint(v)
-		}
-	}
-	return out, nil
-}
-
 // waitCaughtUp polls until the replica's GTID position equals the master's and fails
 // with the replica's status if it does not get there.
 func waitCaughtUp(ctx context.Context, t *testing.T, name string, m, r *mariadbtest.Server, timeout time.Duration) {
@@ -131,7 +98,7 @@ func waitCaughtUp(ctx context.Context, t *testing.T, name string, m, r *mariadbt
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	st, _ := slaveStatus(ctx, r)
+	st, _ := r.SlaveStatus(ctx)
 	t.Fatalf("%s did not catch up within %v: gtid_slave_pos=%q, master gtid_binlog_pos=%q; IO=%s SQL=%s IO error=%q SQL error=%q",
 		name, timeout, got, want, st["Slave_IO_Running"], st["Slave_SQL_Running"], st["Last_IO_Error"], st["Last_SQL_Error"])
 }
@@ -451,7 +418,7 @@ func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariad
 	changeMaster(ctx, t, r, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		st, err := slaveStatus(ctx, r)
+		st, err := r.SlaveStatus(ctx)
 		if err == nil && st["Last_IO_Errno"] == "1236" {
 			if !strings.Contains(st["Last_IO_Error"], "GTID "+bogus) || !strings.Contains(st["Last_IO_Error"], "not in this upstream's binlog") {
 				t.Errorf("replica asking for %s got: %s", bogus, st["Last_IO_Error"])
@@ -476,7 +443,7 @@ func checkBadInput(ctx context.Context, t *testing.T, dir string, master *mariad
 	changeMaster(ctx, t, fresh, fl, replicaUser, replicaPass, "MASTER_USE_GTID=slave_pos")
 	deadline = time.Now().Add(60 * time.Second)
 	for {
-		st, err := slaveStatus(ctx, fresh)
+		st, err := fresh.SlaveStatus(ctx)
 		if err == nil && st["Last_IO_Errno"] == "1236" {
 			if !strings.Contains(st["Last_IO_Error"], "oldest GTID still available is 0-1-") {
 				t.Errorf("replica asking for purged history got: %s", st["Last_IO_Error"])

@@ -129,7 +129,7 @@ func waitSlaveError(ctx context.Context, t *testing.T, r *mariadbtest.Server, wa
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for {
-		st, err := slaveStatus(ctx, r)
+		st, err := r.SlaveStatus(ctx)
 		if err == nil && strings.Contains(st["Last_IO_Error"], want) {
 			return
 		}

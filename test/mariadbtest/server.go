@@ -640,3 +640,68 @@ func tailFrom(path string, offset int64, lines int) string {
 	}
 	return "--- " + path + " (tail) ---\n" + string(bytes.Join(parts, []byte("\n")))
 }
+
+// SlaveStatus is SHOW SLAVE STATUS as column name to value ("NULL" for NULL; an
+// empty map when the server replicates from nobody).
+func (r *Server) SlaveStatus(ctx context.Context) (map[string]string, error) {
+	rows, err := r.DB().QueryContext(ctx, "SHOW SLAVE STATUS")
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	cols, _ := rows.Columns()
+	out := map[string]string{}
+	if !rows.Next() {
+		return out, rows.Err()
+	}
+	vals := make([]any, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := rows.Scan(ptrs...); err != nil {
+		return nil, err
+	}
+	for i, c := range cols {
+		switch v := vals[i].(type) {
+		case []byte:
+			out[c] = string(v)
+		case nil:
+			out[c] = "NULL"
+		default:
+			out[c] = fmt.Sprint(v)
+		}
+	}
+	return out, nil
+}
+
+// FreeBytes is what may still be written on dir's filesystem.
+func FreeBytes(dir string) (uint64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("statfs %s: %w", dir, err)
+	}
+	return st.Bavail * uint64(st.Bsize), nil
+}
+
+// Fill takes n bytes of path's filesystem with a new file (fallocate, or written
+// zeros where the filesystem has no fallocate): tests of a full disk.
+func Fill(path string, n int64) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := syscall.Fallocate(int(f.Fd()), 0, 0, n); err == nil {
+		return nil
+	} else if !errors.Is(err, syscall.EOPNOTSUPP) {
+		return fmt.Errorf("fallocate %d bytes: %w", n, err)
+	}
+	buf := make([]byte, 1<<20)
+	for w := int64(0); w < n; w += int64(len(buf)) {
+		if _, err := f.Write(buf); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
+}
