@@ -87,6 +87,8 @@ func serveFlags() []serveFlag {
 			}},
 		str("admin-addr", "admin_addr", "admin gRPC listen address", "127.0.0.1:7070", func(c *node.Config) *string { return &c.AdminAddr }),
 		str("raft-addr", "raft_addr", "raft address, reachable by the other nodes", "127.0.0.1:7071", func(c *node.Config) *string { return &c.RaftAddr }),
+		str("admin-listen-addr", "admin_listen_addr", "where to bind the admin API when --admin-addr (what the other nodes dial) is a NAT or proxy address", "--admin-addr", func(c *node.Config) *string { return &c.AdminListenAddr }),
+		str("raft-listen-addr", "raft_listen_addr", "where to bind raft when --raft-addr (what the other nodes dial) is a NAT or proxy address", "--raft-addr", func(c *node.Config) *string { return &c.RaftListenAddr }),
 		str("metrics-addr", "metrics_addr", "HTTP address for /metrics (Prometheus), /healthz and /readyz", "off", func(c *node.Config) *string { return &c.MetricsAddr }),
 		{&cli.StringFlag{Name: "join", Usage: "admin addresses of existing nodes, comma-separated"}, "join", func(c *cli.Context, cfg *node.Config) error {
 			cfg.Join = strings.Split(c.String("join"), ",")

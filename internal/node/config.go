@@ -2,6 +2,7 @@ package node
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -135,8 +136,9 @@ func (c Config) Validate() error {
 	if _, err := c.listeners(); err != nil {
 		return fmt.Errorf("mysql_addr: %w", err)
 	}
-	for key, addr := range map[string]string{"admin_addr": c.AdminAddr, "raft_addr": c.RaftAddr, "metrics_addr": c.MetricsAddr} {
-		if addr == "" && key == "metrics_addr" {
+	for key, addr := range map[string]string{"admin_addr": c.AdminAddr, "raft_addr": c.RaftAddr, "metrics_addr": c.MetricsAddr,
+		"admin_listen_addr": c.AdminListenAddr, "raft_listen_addr": c.RaftListenAddr} {
+		if addr == "" && (key == "metrics_addr" || strings.HasSuffix(key, "_listen_addr")) {
 			continue
 		}
 		if _, _, err := net.SplitHostPort(addr); err != nil {
@@ -168,8 +170,13 @@ func (c Config) Validate() error {
 	if _, err := NewLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
 		return fmt.Errorf("log_format/log_level: %w", err)
 	}
-	if err := secure.CheckRaftExposure(c.RaftAddr, c.TLS.Enabled(), c.InsecureRaft); err != nil {
+	if err := secure.CheckRaftExposure(c.raftListen(), c.TLS.Enabled(), c.InsecureRaft); err != nil {
 		return err
 	}
-	return secure.CheckAdminExposure(c.AdminAddr, secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()}, c.InsecureAdmin)
+	return secure.CheckAdminExposure(c.adminListen(), secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()}, c.InsecureAdmin)
 }
+
+// adminListen and raftListen are the addresses the node binds: the exposure
+// checks judge these, since they decide who can connect.
+func (c Config) adminListen() string { return cmp.Or(c.AdminListenAddr, c.AdminAddr) }
+func (c Config) raftListen() string  { return cmp.Or(c.RaftListenAddr, c.RaftAddr) }

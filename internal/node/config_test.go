@@ -21,6 +21,8 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		}},
 		{"admin_addr", "127.0.0.1:2", "{a: 1}", func(c Config) bool { return c.AdminAddr == "127.0.0.1:2" }},
 		{"raft_addr", "127.0.0.1:3", "{a: 1}", func(c Config) bool { return c.RaftAddr == "127.0.0.1:3" }},
+		{"admin_listen_addr", "127.0.0.1:5", "{a: 1}", func(c Config) bool { return c.AdminListenAddr == "127.0.0.1:5" }},
+		{"raft_listen_addr", "127.0.0.1:6", "{a: 1}", func(c Config) bool { return c.RaftListenAddr == "127.0.0.1:6" }},
 		{"metrics_addr", "127.0.0.1:4", "{a: 1}", func(c Config) bool { return c.MetricsAddr == "127.0.0.1:4" }},
 		{"join", "[a:1, b:2]", "{a: 1}", func(c Config) bool { return len(c.Join) == 2 }},
 		{"labels", "{zone: a}", "[x]", func(c Config) bool { return c.Labels["zone"] == "a" }},

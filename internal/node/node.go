@@ -41,12 +41,18 @@ type Config struct {
 	DataDir string `yaml:"data"`
 	// MySQLAddr lists the MySQL ports, each HOST:PORT or FLAVOR=HOST:PORT[,version=X]
 	// (mysqlfront.ParseListener); the cluster records them all, space-separated.
-	MySQLAddr  AddrList          `yaml:"mysql_addr"`
-	AdminAddr  string            `yaml:"admin_addr"`
-	RaftAddr   string            `yaml:"raft_addr"`
-	Join       []string          `yaml:"join"`
-	Labels     map[string]string `yaml:"labels"`
-	AdminToken string            `yaml:"admin_token"`
+	MySQLAddr AddrList `yaml:"mysql_addr"`
+	AdminAddr string   `yaml:"admin_addr"`
+	RaftAddr  string   `yaml:"raft_addr"`
+	// AdminListenAddr and RaftListenAddr are where the node binds when the
+	// addresses the other nodes reach it by (AdminAddr, RaftAddr, recorded in the
+	// cluster) are not its own: NAT, a port forward, a proxy. Empty binds the
+	// advertised address.
+	AdminListenAddr string            `yaml:"admin_listen_addr"`
+	RaftListenAddr  string            `yaml:"raft_listen_addr"`
+	Join            []string          `yaml:"join"`
+	Labels          map[string]string `yaml:"labels"`
+	AdminToken      string            `yaml:"admin_token"`
 	// AdminTokenFile holds the admin token (a file keeps it out of `ps` and of the
 	// configuration file).
 	AdminTokenFile string `yaml:"admin_token_file"`
@@ -216,17 +222,17 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	adminAuth := secure.Admin{Token: cfg.AdminToken, Certificates: tr.admin != nil}
-	if err := secure.CheckAdminExposure(cfg.AdminAddr, adminAuth, cfg.InsecureAdmin); err != nil {
+	if err := secure.CheckAdminExposure(cfg.adminListen(), adminAuth, cfg.InsecureAdmin); err != nil {
 		return nil, err
 	}
-	if err := secure.CheckRaftExposure(cfg.RaftAddr, cfg.TLS.Enabled(), cfg.InsecureRaft); err != nil {
+	if err := secure.CheckRaftExposure(cfg.raftListen(), cfg.TLS.Enabled(), cfg.InsecureRaft); err != nil {
 		return nil, err
 	}
-	if lo, _ := secure.Loopback(cfg.RaftAddr); !lo && !cfg.TLS.Enabled() {
-		log.Warn("INSECURE: raft listens off the loopback without node TLS (--insecure-raft): anyone who reaches "+cfg.RaftAddr+" can rewrite the cluster's metadata", "raft", cfg.RaftAddr)
+	if lo, _ := secure.Loopback(cfg.raftListen()); !lo && !cfg.TLS.Enabled() {
+		log.Warn("INSECURE: raft listens off the loopback without node TLS (--insecure-raft): anyone who reaches "+cfg.raftListen()+" can rewrite the cluster's metadata", "raft", cfg.raftListen())
 	}
-	if lo, _ := secure.Loopback(cfg.AdminAddr); !lo && cfg.AdminToken != "" && !cfg.TLS.Enabled() {
-		log.Warn("INSECURE: the admin token crosses the network in clear: the admin API has no TLS (--insecure-admin; set --tls-ca/--tls-cert/--tls-key)", "admin", cfg.AdminAddr)
+	if lo, _ := secure.Loopback(cfg.adminListen()); !lo && cfg.AdminToken != "" && !cfg.TLS.Enabled() {
+		log.Warn("INSECURE: the admin token crosses the network in clear: the admin API has no TLS (--insecure-admin; set --tls-ca/--tls-cert/--tls-key)", "admin", cfg.adminListen())
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
@@ -258,10 +264,10 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 			l.Close()
 		}
 	}
-	adminLis, err := net.Listen("tcp", cfg.AdminAddr)
+	adminLis, err := net.Listen("tcp", cfg.adminListen())
 	if err != nil {
 		closeMySQL()
-		return nil, fmt.Errorf("admin port %s: %w (use --admin-addr)", cfg.AdminAddr, err)
+		return nil, fmt.Errorf("admin port %s: %w (use --admin-addr or --admin-listen-addr)", cfg.adminListen(), err)
 	}
 	log = log.With("node", cfg.NodeID)
 	rel := metrics.New(cfg.NodeID)
@@ -309,6 +315,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
 		RTTMillisecond:    50,
 		RaftAddress:       cfg.RaftAddr,
+		ListenAddress:     cfg.RaftListenAddr,
 		RaftEventListener: leaders,
 		MutualTLS:         cfg.TLS.Enabled(),
 		CAFile:            cfg.TLS.CA,

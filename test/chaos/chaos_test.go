@@ -104,16 +104,20 @@ type run struct {
 	hist     *history
 	diskNode int    // the node the disk-full fault targets
 	reserve  uint64 // its --min-free-disk
+	// The proxies at every node's raft and admin address and every master's;
+	// cut is the nodes a network fault isolates now (no CLI call goes there).
+	raftProxy, adminProxy, masterProxy []*proxy
+	cut                                map[int]bool
 }
 
 // live returns a running node to ask.
 func (r *run) live() *flotillatest.Node {
-	for _, n := range r.nodes {
-		if n.Running() {
+	for i, n := range r.nodes {
+		if n.Running() && !r.cut[i] {
 			return n
 		}
 	}
-	r.t.Fatal("no node is running")
+	r.t.Fatal("no node is running and reachable")
 	return nil
 }
 
@@ -227,6 +231,33 @@ func (r *run) inject(f Fault) {
 		if err := os.Remove(path); err != nil {
 			t.Fatal(err)
 		}
+	case Partition, OneWay, Flap:
+		n := r.roleNode(f.Upstream, KillLeader)
+		fields["node"], fields["reset"] = n+1, f.Reset
+		r.hist.add("fault", fields)
+		switch f.Kind {
+		case OneWay:
+			r.raftProxy[n].cutAll()
+			time.Sleep(f.Hold)
+			r.raftProxy[n].heal(f.Reset)
+		case Partition:
+			r.isolate(n)
+			time.Sleep(f.Hold)
+			r.rejoin(n, f.Reset)
+		case Flap:
+			for until := time.Now().Add(f.Hold); time.Now().Before(until); {
+				r.isolate(n)
+				time.Sleep(f.Period)
+				r.rejoin(n, f.Reset)
+				time.Sleep(f.Period)
+			}
+		}
+	case MasterLink:
+		fields["reset"] = f.Reset
+		r.hist.add("fault", fields)
+		r.masterProxy[f.Upstream].cutAll()
+		time.Sleep(f.Hold)
+		r.masterProxy[f.Upstream].heal(f.Reset)
 	case MoveReplica:
 		rp := r.replicas[f.Upstream][f.Replica]
 		to := (rp.via + 1) % len(r.nodes)
@@ -236,6 +267,53 @@ func (r *run) inject(f Fault) {
 	}
 	r.hist.add("healed", map[string]any{"kind": f.Kind})
 	r.healthy(string(f.Kind))
+}
+
+// isolate cuts node n off: nothing reaches its raft or admin port, and what it
+// sends to the other nodes' raft ports stalls; rejoin heals that.
+func (r *run) isolate(n int) {
+	r.cut[n] = true
+	r.raftProxy[n].cutAll()
+	r.adminProxy[n].cutAll()
+	for j, p := range r.raftProxy {
+		if j != n {
+			p.cutFrom(r.nodes[n].RaftAddr)
+		}
+	}
+}
+
+func (r *run) rejoin(n int, reset bool) {
+	for _, p := range r.raftProxy {
+		p.heal(reset)
+	}
+	r.adminProxy[n].heal(reset)
+	delete(r.cut, n)
+}
+
+// proxied puts proxies at a node's raft and admin addresses (the node binds
+// others); the raft proxies tag connections by the peers' raft addresses.
+func (r *run) proxied(n *flotillatest.Node) {
+	t := r.t
+	rp, err := newProxy(n.RaftAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ap, err := newProxy(n.AdminAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rp.close(); ap.close() })
+	n.RaftListen, n.RaftAddr = n.RaftAddr, rp.Addr
+	n.AdminListen, n.AdminAddr = n.AdminAddr, ap.Addr
+	r.raftProxy = append(r.raftProxy, rp)
+	r.adminProxy = append(r.adminProxy, ap)
+	var tags []string
+	for _, p := range r.raftProxy {
+		tags = append(tags, p.Addr)
+	}
+	for _, p := range r.raftProxy {
+		p.setTags(tags...)
+	}
 }
 
 // point (re)points a replica at node n, keeping its position.
@@ -315,7 +393,7 @@ func TestChaos(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer hist.close()
-	r := &run{t: t, ctx: ctx, dir: dir, hist: hist, diskNode: int(seed%3+3) % 3}
+	r := &run{t: t, ctx: ctx, dir: dir, hist: hist, diskNode: int(seed%3+3) % 3, cut: map[int]bool{}}
 	// The servers first: what they take of the disk is not the nemesis's.
 	for i := range 2 {
 		m := &master{name: fmt.Sprintf("up%d", i), dir: filepath.Join(dir, fmt.Sprintf("master%d", i)),
@@ -329,6 +407,12 @@ func TestChaos(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { m.server().Stop() })
+		mp, err := newProxy(m.srv.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { mp.close() })
+		r.masterProxy = append(r.masterProxy, mp)
 		if err := m.srv.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
 			t.Fatal(err)
 		}
@@ -360,12 +444,13 @@ func TestChaos(t *testing.T) {
 	}
 	r.reserve = free - diskMargin
 	r.nodes = flotillatest.StartClusterWith(ctx, t, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
+		r.proxied(n)
 		if int(n.ID)-1 == r.diskNode {
 			n.Args = []string{"--min-free-disk", fmt.Sprint(r.reserve)}
 		}
 	})
 	for i, m := range r.masters {
-		if o, err := r.nodes[i].CLI(ctx, "upstream", "add", m.name, "--source", m.srv.Addr(), "--user", upstreamUser, "--password", upstreamPass,
+		if o, err := r.nodes[i].CLI(ctx, "upstream", "add", m.name, "--source", r.masterProxy[i].Addr, "--user", upstreamUser, "--password", upstreamPass,
 			"--replica-user", "r"+m.name, "--replica-password", replicaPass, "--serve-from", "any"); err != nil {
 			t.Fatalf("upstream add %s: %v\n%s", m.name, err, o)
 		}

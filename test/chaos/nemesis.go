@@ -20,11 +20,18 @@ const (
 	MasterRestart  Kind = "master-restart"   // restart a master (mariadbd stop and start)
 	DiskFull       Kind = "disk-full"        // take the free space of one node's filesystem below its reserve, give it back
 	MoveReplica    Kind = "move-replica"     // point a replica at another node
+	// Network faults, through the proxies standing at every node's raft and admin
+	// address and at every master's: a cut connection stalls (no reset) until
+	// the fault heals, then resumes or is reset (Fault.Reset).
+	Partition  Kind = "partition"   // isolate a group leader: raft both ways, its admin (relay) port
+	OneWay     Kind = "one-way"     // nothing reaches a group leader; what it sends still arrives
+	Flap       Kind = "flap"        // a group leader is isolated and rejoined every Fault.Period
+	MasterLink Kind = "master-link" // the link to a master stalls (the leader's syncer must notice)
 )
 
 // Kinds is every fault kind.
 func Kinds() []Kind {
-	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica}
+	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink}
 }
 
 // Fault is one scheduled fault.
@@ -38,6 +45,10 @@ type Fault struct {
 	// role is found at run time.
 	Upstream int `json:"upstream"`
 	Replica  int `json:"replica"`
+	// Reset heals a network fault by resetting the stalled connections instead of
+	// resuming them; Period is a flap's half-cycle.
+	Reset  bool          `json:"reset,omitempty"`
+	Period time.Duration `json:"period,omitempty"`
 }
 
 // String is how logs and the summary name the fault.
@@ -65,6 +76,16 @@ func Schedule(seed int64, d time.Duration, perKind, upstreams, replicas int) []F
 		case DiskFull:
 			f.Hold = 4*time.Second + time.Duration(r.Int63n(int64(4*time.Second)))
 		case MoveReplica:
+		case Partition, OneWay:
+			f.Hold = 2*time.Second + time.Duration(r.Int63n(int64(3*time.Second)))
+			f.Reset = r.Intn(2) == 0
+		case Flap:
+			f.Hold = 3*time.Second + time.Duration(r.Int63n(int64(3*time.Second)))
+			f.Period = 150*time.Millisecond + time.Duration(r.Int63n(int64(450*time.Millisecond)))
+			f.Reset = r.Intn(2) == 0
+		case MasterLink:
+			f.Hold = 3*time.Second + time.Duration(r.Int63n(int64(5*time.Second)))
+			f.Reset = r.Intn(2) == 0
 		default:
 			f.Hold = time.Duration(r.Int63n(int64(3 * time.Second)))
 		}

@@ -4,6 +4,7 @@ package flotillatest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -67,6 +68,11 @@ type Node struct {
 	MySQLAddr string
 	AdminAddr string
 	RaftAddr  string
+	// AdminListen and RaftListen, when set, are where the node binds while the
+	// cluster reaches it at AdminAddr and RaftAddr (a fault-injecting proxy stands
+	// there); CLI calls go to AdminListen directly.
+	AdminListen string
+	RaftListen  string
 	// ID is the node id; Join the admin addresses it joins through on first start.
 	ID   uint64
 	Join []string
@@ -172,6 +178,12 @@ func (n *Node) TryStart(ctx context.Context) error {
 	if len(n.Join) > 0 {
 		args = append(args, "--join", strings.Join(n.Join, ","))
 	}
+	if n.AdminListen != "" {
+		args = append(args, "--admin-listen-addr", n.AdminListen)
+	}
+	if n.RaftListen != "" {
+		args = append(args, "--raft-listen-addr", n.RaftListen)
+	}
 	n.cmd = exec.Command(n.bin, append(args, n.Args...)...)
 	n.cmd.Env = n.env()
 	n.cmd.Stdout, n.cmd.Stderr = lf, lf
@@ -266,7 +278,7 @@ func (n *Node) Kill() {
 func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	global := append([]string{"--admin", n.AdminAddr}, n.CLIArgs...)
+	global := append([]string{"--admin", cmp.Or(n.AdminListen, n.AdminAddr)}, n.CLIArgs...)
 	cmd := exec.CommandContext(ctx, n.bin, append(global, args...)...)
 	cmd.Env = n.env()
 	var out, errb bytes.Buffer
@@ -282,7 +294,7 @@ func (n *Node) CLI(ctx context.Context, args ...string) (string, error) {
 func (n *Node) CLICombined(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 90*time.Second)
 	defer cancel()
-	global := append([]string{"--admin", n.AdminAddr}, n.CLIArgs...)
+	global := append([]string{"--admin", cmp.Or(n.AdminListen, n.AdminAddr)}, n.CLIArgs...)
 	cmd := exec.CommandContext(ctx, n.bin, append(global, args...)...)
 	cmd.Env = n.env()
 	out, err := cmd.CombinedOutput()

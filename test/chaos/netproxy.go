@@ -1,0 +1,201 @@
+package chaos
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"sync"
+)
+
+// proxy forwards the TCP connections it accepts at Addr to target, and on the
+// nemesis's command stalls them: a stalled connection forwards no byte in either
+// direction (the sender's kernel buffers fill, as over a link that drops every
+// packet) until the fault heals, when it either resumes (TCP's retransmission got
+// through) or is reset (it gave up).
+//
+// Raft connections carry one direction each (a node dials every peer it sends to),
+// so a proxy in front of a node's raft port cuts what reaches that node; a cut the
+// other way is told by source: a connection is tagged with the first peer raft
+// address seen in its stream (every dragonboat message batch names its sender), and
+// blockFrom stalls the connections of a tag.
+type proxy struct {
+	Addr   string
+	target string
+	tags   [][]byte
+	lis    net.Listener
+
+	mu        sync.Mutex
+	cond      *sync.Cond
+	all       bool
+	blockFrom map[string]bool
+	conns     map[*pconn]struct{}
+	closed    bool
+}
+
+type pconn struct {
+	client, server net.Conn
+	tag            string // guarded by proxy.mu
+	stalled        bool   // it waited in the current fault
+	done           bool
+	scanned        int // bytes looked at for a tag: the first batch names its sender
+}
+
+// newProxy listens on a free loopback port for target; tags are the peer
+// addresses a connection may be tagged with.
+func newProxy(target string, tags ...string) (*proxy, error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &proxy{Addr: lis.Addr().String(), target: target, lis: lis, blockFrom: map[string]bool{}, conns: map[*pconn]struct{}{}}
+	for _, t := range tags {
+		p.tags = append(p.tags, []byte(t))
+	}
+	p.cond = sync.NewCond(&p.mu)
+	go p.accept()
+	return p, nil
+}
+
+func (p *proxy) accept() {
+	for {
+		c, err := p.lis.Accept()
+		if err != nil {
+			return
+		}
+		s, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		pc := &pconn{client: c, server: s}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			s.Close()
+			return
+		}
+		p.conns[pc] = struct{}{}
+		p.mu.Unlock()
+		go p.pipe(pc, c, s, true)
+		go p.pipe(pc, s, c, false)
+	}
+}
+
+// pipe copies src to dst, holding each read while the connection is stalled.
+func (p *proxy) pipe(pc *pconn, src, dst net.Conn, fromClient bool) {
+	defer p.drop(pc)
+	buf := make([]byte, 64<<10)
+	var carry []byte // the end of the previous read: a tag may straddle two
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			if fromClient && pc.tag == "" && len(p.tags) > 0 && pc.scanned < 1<<20 {
+				pc.scanned += n
+				look := append(carry, buf[:n]...)
+				for _, t := range p.tags {
+					if bytes.Contains(look, t) {
+						pc.tag = string(t)
+						break
+					}
+				}
+				carry = append(carry[:0], look[max(0, len(look)-64):]...)
+			}
+			for !pc.done && (p.all || p.blockFrom[pc.tag] && pc.tag != "") {
+				pc.stalled = true
+				p.cond.Wait()
+			}
+			gone := pc.done
+			p.mu.Unlock()
+			if gone {
+				return
+			}
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// drop closes both ends of a connection and wakes its other direction.
+func (p *proxy) drop(pc *pconn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if pc.done {
+		return
+	}
+	pc.done = true
+	pc.client.Close()
+	pc.server.Close()
+	delete(p.conns, pc)
+	p.cond.Broadcast()
+}
+
+// setTags replaces the addresses connections are tagged by.
+func (p *proxy) setTags(tags ...string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.tags = p.tags[:0]
+	for _, t := range tags {
+		p.tags = append(p.tags, []byte(t))
+	}
+}
+
+// cutAll stalls every connection, present and new; cutFrom those tagged from.
+func (p *proxy) cutAll() {
+	p.mu.Lock()
+	p.all = true
+	p.mu.Unlock()
+}
+
+func (p *proxy) cutFrom(from string) {
+	p.mu.Lock()
+	p.blockFrom[from] = true
+	p.mu.Unlock()
+}
+
+// heal lets traffic through again; with reset, the connections that stalled
+// during the fault are closed instead of resumed.
+func (p *proxy) heal(reset bool) {
+	p.mu.Lock()
+	p.all = false
+	clear(p.blockFrom)
+	var stalled []*pconn
+	for pc := range p.conns {
+		if pc.stalled {
+			pc.stalled = false
+			stalled = append(stalled, pc)
+		}
+	}
+	p.cond.Broadcast()
+	p.mu.Unlock()
+	if reset {
+		for _, pc := range stalled {
+			p.drop(pc)
+		}
+	}
+}
+
+// close stops accepting and closes every connection.
+func (p *proxy) close() error {
+	err := p.lis.Close()
+	p.mu.Lock()
+	p.closed = true
+	var all []*pconn
+	for pc := range p.conns {
+		all = append(all, pc)
+	}
+	p.mu.Unlock()
+	for _, pc := range all {
+		p.drop(pc)
+	}
+	if errors.Is(err, net.ErrClosed) {
+		return nil
+	}
+	return err
+}
