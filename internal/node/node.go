@@ -18,9 +18,11 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/lni/dragonboat/v3"
 	"github.com/lni/dragonboat/v3/config"
 	dblog "github.com/lni/dragonboat/v3/logger"
+	gvfs "github.com/lni/goutils/vfs"
 
 	"google.golang.org/grpc"
 
@@ -28,6 +30,7 @@ import (
 	"github.com/flotilla-relay/flotilla/internal/cluster"
 	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/internal/secure"
+	"github.com/flotilla-relay/flotilla/internal/slowdisk"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
@@ -101,6 +104,10 @@ type Config struct {
 	LogLevel  string `yaml:"log_level"`
 	// DebugPprof serves Go's profiles under /debug/pprof/ on MetricsAddr.
 	DebugPprof bool `yaml:"debug_pprof"`
+
+	// FsyncDelayFile, from the environment (slowdisk.EnvFile), never the
+	// file: every fsync of the node's storage waits the duration it holds.
+	FsyncDelayFile string `yaml:"-"`
 
 	explicit map[string]bool // keys the YAML file set (ParseConfig)
 }
@@ -301,7 +308,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, err
 	}
-	store, err := statemachine.Open(filepath.Join(cfg.DataDir, "storage"), log)
+	storeFS, raftFS := vfs.Default, config.IFS(nil)
+	if cfg.FsyncDelayFile != "" {
+		d := slowdisk.New(cfg.FsyncDelayFile)
+		storeFS, raftFS = d.Pebble(storeFS), d.Dragonboat(gvfs.Default)
+		log.Warn("every fsync waits the delay in "+cfg.FsyncDelayFile+" ("+slowdisk.EnvFile+"): a fault-injection setting, not for production", "file", cfg.FsyncDelayFile)
+	}
+	store, err := statemachine.OpenFS(storeFS, filepath.Join(cfg.DataDir, "storage"), log)
 	if err != nil {
 		closeLis()
 		return nil, err
@@ -321,7 +334,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig()},
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS},
 	})
 	if err != nil {
 		store.Close()

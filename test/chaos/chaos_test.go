@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/internal/slowdisk"
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 )
@@ -104,6 +105,7 @@ type run struct {
 	hist     *history
 	diskNode int    // the node the disk-full fault targets
 	reserve  uint64 // its --min-free-disk
+	slowNode int    // the node the slow-disk fault targets (the only one with the knob)
 	// The proxies at every node's raft and admin address and every master's;
 	// cut is the nodes a network fault isolates now (no CLI call goes there).
 	raftProxy, adminProxy, masterProxy []*proxy
@@ -252,6 +254,18 @@ func (r *run) inject(f Fault) {
 				time.Sleep(f.Period)
 			}
 		}
+	case SlowDisk:
+		n := r.slowNode
+		fields["node"], fields["delay"] = n+1, f.Period.Seconds()
+		r.hist.add("fault", fields)
+		knob := r.fsyncDelayFile(n)
+		if err := os.WriteFile(knob, []byte(f.Period.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(f.Hold)
+		if err := os.Remove(knob); err != nil {
+			t.Fatal(err)
+		}
 	case MasterLink:
 		fields["reset"] = f.Reset
 		r.hist.add("fault", fields)
@@ -267,6 +281,11 @@ func (r *run) inject(f Fault) {
 	}
 	r.hist.add("healed", map[string]any{"kind": f.Kind})
 	r.healthy(string(f.Kind))
+}
+
+// fsyncDelayFile is node n's slow-disk knob (slowdisk.EnvFile).
+func (r *run) fsyncDelayFile(n int) string {
+	return filepath.Join(r.dir, fmt.Sprintf("fsync-delay-node%d", n+1))
 }
 
 // isolate cuts node n off: nothing reaches its raft or admin port, and what it
@@ -394,6 +413,7 @@ func TestChaos(t *testing.T) {
 	}
 	defer hist.close()
 	r := &run{t: t, ctx: ctx, dir: dir, hist: hist, diskNode: int(seed%3+3) % 3, cut: map[int]bool{}}
+	r.slowNode = (r.diskNode + 1) % 3
 	// The servers first: what they take of the disk is not the nemesis's.
 	for i := range 2 {
 		m := &master{name: fmt.Sprintf("up%d", i), dir: filepath.Join(dir, fmt.Sprintf("master%d", i)),
@@ -445,6 +465,9 @@ func TestChaos(t *testing.T) {
 	r.reserve = free - diskMargin
 	r.nodes = flotillatest.StartClusterWith(ctx, t, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
 		r.proxied(n)
+		if int(n.ID)-1 == r.slowNode {
+			n.Env = []string{slowdisk.EnvFile + "=" + r.fsyncDelayFile(r.slowNode)}
+		}
 		if int(n.ID)-1 == r.diskNode {
 			n.Args = []string{"--min-free-disk", fmt.Sprint(r.reserve)}
 		}
@@ -459,6 +482,9 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	r.healthy("start")
+	if r.nodes[r.slowNode].LogGrep("every fsync waits") == "" {
+		t.Fatalf("node %d did not take its slow-disk knob (%s)", r.slowNode+1, slowdisk.EnvFile)
+	}
 
 	wctx, stopWriters := context.WithCancel(ctx)
 	var wg sync.WaitGroup

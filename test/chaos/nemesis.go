@@ -27,11 +27,12 @@ const (
 	OneWay     Kind = "one-way"     // nothing reaches a group leader; what it sends still arrives
 	Flap       Kind = "flap"        // a group leader is isolated and rejoined every Fault.Period
 	MasterLink Kind = "master-link" // the link to a master stalls (the leader's syncer must notice)
+	SlowDisk   Kind = "slow-disk"   // every fsync of one node (raft log and segments) waits Fault.Period (internal/slowdisk)
 )
 
 // Kinds is every fault kind.
 func Kinds() []Kind {
-	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink}
+	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink, SlowDisk}
 }
 
 // Fault is one scheduled fault.
@@ -46,7 +47,7 @@ type Fault struct {
 	Upstream int `json:"upstream"`
 	Replica  int `json:"replica"`
 	// Reset heals a network fault by resetting the stalled connections instead of
-	// resuming them; Period is a flap's half-cycle.
+	// resuming them; Period is a flap's half-cycle, or a slow disk's fsync delay.
 	Reset  bool          `json:"reset,omitempty"`
 	Period time.Duration `json:"period,omitempty"`
 }
@@ -83,6 +84,9 @@ func Schedule(seed int64, d time.Duration, perKind, upstreams, replicas int) []F
 			f.Hold = 3*time.Second + time.Duration(r.Int63n(int64(3*time.Second)))
 			f.Period = 150*time.Millisecond + time.Duration(r.Int63n(int64(450*time.Millisecond)))
 			f.Reset = r.Intn(2) == 0
+		case SlowDisk:
+			f.Hold = 3*time.Second + time.Duration(r.Int63n(int64(3*time.Second)))
+			f.Period = 50*time.Millisecond + time.Duration(r.Int63n(int64(350*time.Millisecond)))
 		case MasterLink:
 			f.Hold = 3*time.Second + time.Duration(r.Int63n(int64(5*time.Second)))
 			f.Reset = r.Intn(2) == 0

@@ -82,6 +82,8 @@ type Node struct {
 	// Args are extra `serve` flags; CLIArgs extra global flags of CLI calls (TLS).
 	Args    []string
 	CLIArgs []string
+	// Env is extra environment of the node process (KEY=VALUE).
+	Env     []string
 	cmd     *exec.Cmd
 	done    chan struct{}
 	logFile *os.File
@@ -316,7 +318,7 @@ func (n *Node) env() []string {
 	if n.Token != "" {
 		env = append(env, "FLOTILLA_TOKEN="+n.Token)
 	}
-	return env
+	return append(env, n.Env...)
 }
 
 // LogTail returns the last lines of the node's log.
