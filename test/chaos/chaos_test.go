@@ -34,13 +34,21 @@ const (
 
 // master is an upstream's MariaDB master and the writer that keeps committing to it.
 type master struct {
-	name     string
-	dir      string
-	opt      mariadbtest.Options
-	mu       sync.Mutex
-	srv      *mariadbtest.Server
-	acked    []int // ids the master acknowledged, in commit order
-	attempts int
+	name  string
+	index int
+	// semi masters wait for Flotilla's acknowledgement at every commit, and keep
+	// a standby (a replica of Flotilla) that the master-failover fault promotes.
+	semi                bool
+	standby             *replica
+	standbyDir          string
+	standbyOpt          mariadbtest.Options
+	standbys, failovers int
+	mu                  sync.Mutex
+	dir                 string // the current master's (guarded by mu, as opt and srv)
+	opt                 mariadbtest.Options
+	srv                 *mariadbtest.Server
+	acked               []int // ids the master acknowledged, in commit order
+	attempts            int
 }
 
 func (m *master) server() *mariadbtest.Server {
@@ -197,6 +205,11 @@ func (r *run) inject(f Fault) {
 		r.nodes[n].Signal(syscall.SIGSTOP)
 		time.Sleep(f.Hold)
 		r.nodes[n].Signal(syscall.SIGCONT)
+	case MasterFailover:
+		fields["from"] = r.masters[f.Upstream].server().Addr()
+		r.hist.add("fault", fields)
+		r.failover(f.Upstream)
+		fields["to"] = r.masters[f.Upstream].server().Addr()
 	case MasterRestart:
 		m := r.masters[f.Upstream]
 		r.hist.add("fault", fields)
@@ -390,7 +403,8 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	perKind := max(2, int(d/(time.Duration(len(Kinds()))*25*time.Second)))
-	schedule := Schedule(seed, d, perKind, 2, 2)
+	const upstreams = 3 // the last one semi-sync, with a standby for master-failover
+	schedule := Schedule(seed, d, perKind, upstreams, 2)
 	t.Logf("CHAOS seed %d: %d faults over %s (replay: FLOTILLA_CHAOS_SEED=%d)", seed, len(schedule), d, seed)
 	ctx, cancel := context.WithTimeout(context.Background(), d+15*time.Minute)
 	defer cancel()
@@ -415,9 +429,13 @@ func TestChaos(t *testing.T) {
 	r := &run{t: t, ctx: ctx, dir: dir, hist: hist, diskNode: int(seed%3+3) % 3, cut: map[int]bool{}}
 	r.slowNode = (r.diskNode + 1) % 3
 	// The servers first: what they take of the disk is not the nemesis's.
-	for i := range 2 {
-		m := &master{name: fmt.Sprintf("up%d", i), dir: filepath.Join(dir, fmt.Sprintf("master%d", i)),
+	for i := range upstreams {
+		m := &master{name: fmt.Sprintf("up%d", i), index: i, dir: filepath.Join(dir, fmt.Sprintf("master%d", i)), semi: i == upstreams-1,
 			opt: mariadbtest.Options{ServerID: uint32(i + 1), DomainID: uint32(i + 1), LogBin: true, MaxBinlogSize: 64 << 10}}
+		semiArgs := m.opt
+		if m.semi {
+			semiArgs.ExtraArgs = semiSyncArgs // from the first restart on; the set-up below must not wait
+		}
 		port, err := mariadbtest.FreePort()
 		if err != nil {
 			t.Fatal(err)
@@ -436,17 +454,25 @@ func TestChaos(t *testing.T) {
 		if err := m.srv.CreateReplUser(ctx, upstreamUser, upstreamPass); err != nil {
 			t.Fatal(err)
 		}
-		for _, q := range []string{"CREATE DATABASE chaos", "CREATE TABLE chaos.t (id INT PRIMARY KEY, payload TEXT)"} {
+		qs := []string{"CREATE DATABASE chaos", "CREATE TABLE chaos.t (id INT PRIMARY KEY, payload TEXT)"}
+		if m.semi {
+			qs = append(qs, semiSyncOn)
+		}
+		for _, q := range qs {
 			if err := m.srv.Exec(ctx, q); err != nil {
 				t.Fatal(err)
 			}
 		}
+		m.opt = semiArgs
 		r.masters = append(r.masters, m)
 		var reps []*replica
 		for k := range 2 {
 			extra := []string{"--gtid-strict-mode=1"}
 			if k == 1 {
 				extra = append(extra, "--slave-parallel-threads=4", "--slave-parallel-mode=optimistic")
+			}
+			if k == 0 && m.semi {
+				extra = append(extra, "--rpl-semi-sync-slave-enabled=ON") // a semi-sync replica of Flotilla
 			}
 			srv, err := mariadbtest.Start(ctx, filepath.Join(dir, fmt.Sprintf("%s-replica%d", m.name, k)),
 				mariadbtest.Options{ServerID: uint32(100 + 10*i + k), ExtraArgs: extra})
@@ -479,6 +505,9 @@ func TestChaos(t *testing.T) {
 		}
 		for _, rp := range r.replicas[i] {
 			r.point(rp, rp.via)
+		}
+		if m.semi {
+			r.startStandby(m, (i+2)%3)
 		}
 	}
 	r.healthy("start")
@@ -542,8 +571,21 @@ func (r *run) check(out string) (map[string]int, []string) {
 		}
 		checked[m.name] = len(m.acked)
 		m.mu.Unlock()
-		for k, rp := range r.replicas[i] {
+		if m.semi {
+			// Every acknowledgement waited for Flotilla's quorum: none went asynchronous.
+			if rows, err := srv.Query(ctx, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_no_tx'"); err != nil || len(rows) != 1 || rows[0][1] != "0" {
+				violations = append(violations, fmt.Sprintf("%s: the master committed without Flotilla's semi-sync acknowledgement: %v %v", m.name, rows, err))
+			}
+		}
+		reps := r.replicas[i]
+		if m.standby != nil {
+			reps = append(reps[:len(reps):len(reps)], m.standby)
+		}
+		for k, rp := range reps {
 			name := fmt.Sprintf("%s replica %d (%s via node %d)", m.name, k, map[bool]string{true: "GTID", false: "file/position"}[rp.gtid], rp.via+1)
+			if rp == m.standby {
+				name = fmt.Sprintf("%s standby (via node %d)", m.name, rp.via+1)
+			}
 			if err := caughtUp(ctx, rp.srv, want); err != nil {
 				st, _ := rp.srv.SlaveStatus(ctx)
 				violations = append(violations, fmt.Sprintf("%s did not reach the master's GTID %s: IO %s SQL %s, errors %q %q", name, want,

@@ -27,12 +27,15 @@ const (
 	OneWay     Kind = "one-way"     // nothing reaches a group leader; what it sends still arrives
 	Flap       Kind = "flap"        // a group leader is isolated and rejoined every Fault.Period
 	MasterLink Kind = "master-link" // the link to a master stalls (the leader's syncer must notice)
-	SlowDisk   Kind = "slow-disk"   // every fsync of one node (raft log and segments) waits Fault.Period (internal/slowdisk)
+	// MasterFailover kills the semi-sync master (the last upstream) and promotes
+	// its standby, a replica of Flotilla; Flotilla is repointed at it.
+	MasterFailover Kind = "master-failover"
+	SlowDisk       Kind = "slow-disk" // every fsync of one node (raft log and segments) waits Fault.Period (internal/slowdisk)
 )
 
 // Kinds is every fault kind.
 func Kinds() []Kind {
-	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink, SlowDisk}
+	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink, SlowDisk, MasterFailover}
 }
 
 // Fault is one scheduled fault.
@@ -77,6 +80,8 @@ func Schedule(seed int64, d time.Duration, perKind, upstreams, replicas int) []F
 		case DiskFull:
 			f.Hold = 4*time.Second + time.Duration(r.Int63n(int64(4*time.Second)))
 		case MoveReplica:
+		case MasterFailover:
+			f.Upstream = upstreams - 1
 		case Partition, OneWay:
 			f.Hold = 2*time.Second + time.Duration(r.Int63n(int64(3*time.Second)))
 			f.Reset = r.Intn(2) == 0
