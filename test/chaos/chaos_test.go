@@ -118,6 +118,15 @@ type run struct {
 	// cut is the nodes a network fault isolates now (no CLI call goes there).
 	raftProxy, adminProxy, masterProxy []*proxy
 	cut                                map[int]bool
+	// found is what the run saw go wrong before the checker (a fault that could
+	// not proceed because of one): violations too.
+	found []string
+}
+
+// violation records a problem seen during the run.
+func (r *run) violation(v string) {
+	r.t.Logf("CHAOS violation: %s", v)
+	r.found = append(r.found, v)
 }
 
 // live returns a running node to ask.
@@ -534,6 +543,7 @@ func TestChaos(t *testing.T) {
 	soak.stop()
 
 	checked, violations := r.check(out)
+	violations = append(r.found, violations...)
 	if d >= 10*time.Minute {
 		violations = append(violations, soak.rising()...)
 	}
