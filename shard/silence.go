@@ -45,8 +45,13 @@ const connectStall = 15 * time.Second
 // deadline (bound) until streaming marks it live: a master that accepts TCP but never
 // answers (a frozen process) cannot hold a login forever, also not one opened after
 // the dump started (go-mysql's KILL connection when it closes a stream).
+//
+// Times are monotonic (offsets from base): a step of the wall clock (NTP, an
+// operator's date -s) must neither hide a dead link (a step back) nor end a live
+// one (a step forward).
 type linkWatch struct {
-	last  atomic.Int64 // unix nanoseconds of the last byte read
+	base  time.Time
+	last  atomic.Int64 // when the last byte was read: nanoseconds since base
 	bound time.Duration
 
 	mu    sync.Mutex
@@ -54,8 +59,8 @@ type linkWatch struct {
 }
 
 func newLinkWatch() *linkWatch {
-	w := &linkWatch{bound: connectStall}
-	w.last.Store(time.Now().UnixNano())
+	w := &linkWatch{base: time.Now(), bound: connectStall}
+	w.last.Store(0)
 	return w
 }
 
@@ -80,7 +85,11 @@ func (w *linkWatch) streaming() {
 }
 
 // idle is how long no byte has arrived.
-func (w *linkWatch) idle() time.Duration { return time.Since(time.Unix(0, w.last.Load())) }
+func (w *linkWatch) idle() time.Duration { return time.Duration(w.at(time.Now()) - w.last.Load()) }
+
+// at is t (read from this process's clock: it carries a monotonic reading) as an
+// offset from base.
+func (w *linkWatch) at(t time.Time) int64 { return int64(t.Sub(w.base)) }
 
 type watchedConn struct {
 	net.Conn
@@ -99,7 +108,7 @@ func (c *watchedConn) Read(p []byte) (int, error) {
 	}
 	n, err := c.Conn.Read(p)
 	if n > 0 {
-		c.w.last.Store(time.Now().UnixNano())
+		c.w.last.Store(c.w.at(time.Now()))
 	}
 	return n, err
 }
@@ -129,7 +138,7 @@ func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl 
 	if w.idle() < silenceProbe {
 		return nil
 	}
-	if st.behind && w.last.Load() > st.probeAt.UnixNano() {
+	if st.behind && w.last.Load() > w.at(st.probeAt) {
 		st.behind = false // bytes came since the last probe: the stream moves
 	}
 	st.probeAt = time.Now()

@@ -68,7 +68,7 @@ func TestCheckSilence(t *testing.T) {
 	}
 	silent := func() *linkWatch {
 		w := newLinkWatch()
-		w.last.Store(time.Now().Add(-silenceProbe - time.Second).UnixNano())
+		w.last.Store(w.at(time.Now().Add(-silenceProbe - time.Second)))
 		return w
 	}
 	// Not silent long enough: no probe at all.
@@ -86,8 +86,8 @@ func TestCheckSilence(t *testing.T) {
 	if err := s.checkSilence(ctx, &st, w, fl, ahead); err != nil {
 		t.Fatalf("ended at the first probe that found the master ahead (may be in flight): %v", err)
 	}
-	w.last.Store(time.Now().UnixNano()) // bytes arrive, then silence again
-	w.last.Store(time.Now().Add(-silenceProbe - time.Second + 10*time.Millisecond).UnixNano())
+	w.last.Store(w.at(time.Now())) // bytes arrive, then silence again
+	w.last.Store(w.at(time.Now().Add(-silenceProbe - time.Second + 10*time.Millisecond)))
 	st.probeAt = time.Now().Add(-time.Hour)
 	if err := s.checkSilence(ctx, &st, w, fl, ahead); err != nil {
 		t.Fatalf("ended although bytes came since the last probe: %v", err)
@@ -107,7 +107,7 @@ func TestCheckSilence(t *testing.T) {
 		t.Fatalf("unserved %q", s.unserved)
 	}
 	long := newLinkWatch()
-	long.last.Store(time.Now().Add(-silenceGiveUp).UnixNano())
+	long.last.Store(long.at(time.Now().Add(-silenceGiveUp)))
 	if err := s.checkSilence(ctx, &silence{}, long, fl, ahead); err == nil {
 		t.Fatal("GTIDs judged not in the binlog must still earn a fresh connection after silenceGiveUp")
 	}
@@ -118,7 +118,7 @@ func TestCheckSilence(t *testing.T) {
 		t.Fatalf("a probe that cannot judge must not end the stream at once: %v", err)
 	}
 	w = newLinkWatch()
-	w.last.Store(time.Now().Add(-silenceGiveUp).UnixNano())
+	w.last.Store(w.at(time.Now().Add(-silenceGiveUp)))
 	if err := s.checkSilence(ctx, &silence{}, w, fl, answer("", errCannotJudge)); err == nil || errors.Is(err, errSourceDown) {
 		t.Fatalf("a stream silent for silenceGiveUp that no probe can judge must end (not as down): %v", err)
 	}

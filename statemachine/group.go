@@ -941,7 +941,11 @@ func (g *Group) Sync() error { return g.syncSegments() }
 func (g *Group) syncSegments() error {
 	var segErr error
 	for path, f := range g.dirty {
-		if err := f.Sync(); err != nil && segErr == nil {
+		var err error
+		if !skipSegmentSync { // planted bug: tag chaosbug_nosync
+			err = f.Sync()
+		}
+		if err != nil && segErr == nil {
 			segErr = fmt.Errorf("group %d: fsync segment %s: %w", g.id, path, err)
 		}
 		if f != g.seg {

@@ -9,8 +9,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
+	"github.com/flotilla-relay/flotilla/internal/faultfs"
 	"github.com/flotilla-relay/flotilla/internal/node"
-	"github.com/flotilla-relay/flotilla/internal/slowdisk"
 )
 
 // serveFlag is a `serve` flag and the configuration key it sets: flags override the
@@ -168,7 +168,7 @@ func loadServeConfig(c *cli.Context) (node.Config, error) {
 	if cfg.AdminToken == "" {
 		cfg.AdminToken = os.Getenv("FLOTILLA_TOKEN")
 	}
-	cfg.FsyncDelayFile = os.Getenv(slowdisk.EnvFile)
+	cfg.Faults = faultfs.KnobsFromEnv()
 	cfg.Defaults()
 	return cfg, cfg.Validate()
 }

@@ -28,9 +28,9 @@ import (
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
 	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/internal/faultfs"
 	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/internal/secure"
-	"github.com/flotilla-relay/flotilla/internal/slowdisk"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
@@ -105,9 +105,9 @@ type Config struct {
 	// DebugPprof serves Go's profiles under /debug/pprof/ on MetricsAddr.
 	DebugPprof bool `yaml:"debug_pprof"`
 
-	// FsyncDelayFile, from the environment (slowdisk.EnvFile), never the
-	// file: every fsync of the node's storage waits the duration it holds.
-	FsyncDelayFile string `yaml:"-"`
+	// Faults are the storage fault-injection knobs, from the environment
+	// (faultfs.KnobsFromEnv), never the file: tests only.
+	Faults faultfs.Knobs `yaml:"-"`
 
 	explicit map[string]bool // keys the YAML file set (ParseConfig)
 }
@@ -203,8 +203,10 @@ type Node struct {
 	// stopMetrics ends the HTTP endpoints (/metrics, /healthz, /readyz).
 	stopMetrics context.CancelFunc
 
-	// shedUntil: the node hands leaderships away until then (UnixNano; see shed).
-	shedUntil atomic.Int64
+	// shedUntil: the node hands leaderships away until then (see shed); a time
+	// read from this process's clock, compared by its monotonic reading, so a
+	// step of the wall clock neither ends nor extends a drain.
+	shedUntil atomic.Pointer[time.Time]
 	// disk watches the data directory's free space (see watchDisk).
 	disk diskState
 
@@ -308,11 +310,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, err
 	}
-	storeFS, raftFS := vfs.Default, config.IFS(nil)
-	if cfg.FsyncDelayFile != "" {
-		d := slowdisk.New(cfg.FsyncDelayFile)
-		storeFS, raftFS = d.Pebble(storeFS), d.Dragonboat(gvfs.Default)
-		log.Warn("every fsync waits the delay in "+cfg.FsyncDelayFile+" ("+slowdisk.EnvFile+"): a fault-injection setting, not for production", "file", cfg.FsyncDelayFile)
+	storeFS, raftFS := vfs.FS(vfs.Default), config.IFS(nil)
+	if cfg.Faults.Enabled() {
+		if storeFS, raftFS, err = cfg.Faults.Open(storeFS, gvfs.Default); err != nil {
+			closeLis()
+			return nil, err
+		}
+		log.Warn("storage fault injection is on: a test setting, never for production", "knobs", cfg.Faults.String())
 	}
 	store, err := statemachine.OpenFS(storeFS, filepath.Join(cfg.DataDir, "storage"), log)
 	if err != nil {

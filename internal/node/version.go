@@ -107,17 +107,21 @@ func (n *Node) followVersion(ctx context.Context, every time.Duration) {
 var errNoTarget = errors.New("no caught-up member answers to take the leadership")
 
 // shedding reports whether the node is handing its leaderships away.
-func (n *Node) shedding() bool { return time.Now().UnixNano() < n.shedUntil.Load() }
+func (n *Node) shedding() bool {
+	until := n.shedUntil.Load()
+	return until != nil && time.Now().Before(*until)
+}
 
 // shed makes the node hand every leadership it holds to a caught-up member and take
 // none for d (the controller moves none to it while its reports say so); it returns
 // once the node leads nothing. cancel ends shedding at once.
 func (n *Node) shed(ctx context.Context, d time.Duration, cancel bool) error {
 	if cancel {
-		n.shedUntil.Store(0)
+		n.shedUntil.Store(nil)
 		return nil
 	}
-	n.shedUntil.Store(time.Now().Add(d).UnixNano())
+	until := time.Now().Add(d)
+	n.shedUntil.Store(&until)
 	n.log.Info("handing leaderships away (leaders-only drain)", "for", d)
 	for {
 		led := n.ledGroups()

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flotilla-relay/flotilla/internal/slowdisk"
+	"github.com/flotilla-relay/flotilla/internal/faultfs"
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 )
@@ -25,11 +25,10 @@ const (
 	upstreamUser = "flotilla"
 	upstreamPass = "up-secret"
 	replicaPass  = "repl-secret"
-	// The disk-full target's reserve is this much below the free space seen at
+	// The disk-full target's reserve is a margin below the free space seen at
 	// start (room for what the run writes); the fault fills the filesystem to
 	// diskUnder below it, while the other nodes keep their default reserve.
-	diskMargin = 2 << 30
-	diskUnder  = 256 << 20
+	diskUnder = 256 << 20
 )
 
 // master is an upstream's MariaDB master and the writer that keeps committing to it.
@@ -113,7 +112,7 @@ type run struct {
 	hist     *history
 	diskNode int    // the node the disk-full fault targets
 	reserve  uint64 // its --min-free-disk
-	slowNode int    // the node the slow-disk fault targets (the only one with the knob)
+	slowNode int    // the node the slow-disk and power-cut faults target (the only one with the knobs)
 	// The proxies at every node's raft and admin address and every master's;
 	// cut is the nodes a network fault isolates now (no CLI call goes there).
 	raftProxy, adminProxy, masterProxy []*proxy
@@ -183,20 +182,20 @@ func (r *run) roleNode(u int, role Kind) int {
 }
 
 // healthy waits until the cluster can lose a node again.
-func (r *run) healthy(what string) {
+func (r *run) healthy(what string) error {
 	r.t.Helper()
 	var out string
 	var err error
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
 		if out, err = r.live().CLI(r.ctx, "cluster", "health"); err == nil {
-			return
+			return nil
 		}
 	}
-	r.t.Fatalf("after %s the cluster did not recover within 2 minutes: %v\n%s", what, err, out)
+	return fmt.Errorf("after %s the cluster did not recover within 2 minutes: %v\n%s", what, err, out)
 }
 
 // inject applies a fault, holds it, heals it and waits for recovery.
-func (r *run) inject(f Fault) {
+func (r *run) inject(f Fault) error {
 	t := r.t
 	fields := map[string]any{"kind": f.Kind, "hold": f.Hold.Seconds(), "upstream": f.Upstream}
 	switch f.Kind {
@@ -280,7 +279,7 @@ func (r *run) inject(f Fault) {
 		n := r.slowNode
 		fields["node"], fields["delay"] = n+1, f.Period.Seconds()
 		r.hist.add("fault", fields)
-		knob := r.fsyncDelayFile(n)
+		knob := r.faultFile(n, "fsync-delay")
 		if err := os.WriteFile(knob, []byte(f.Period.String()), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -288,6 +287,18 @@ func (r *run) inject(f Fault) {
 		if err := os.Remove(knob); err != nil {
 			t.Fatal(err)
 		}
+	case PowerCut:
+		n := r.slowNode
+		r.nodes[n].Signal(syscall.SIGSTOP) // from here nothing reaches the disk
+		r.nodes[n].Kill()
+		lost, err := faultfs.PowerCut(r.faultFile(n, "journal"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		fields["node"], fields["lost_bytes"] = n+1, lost
+		r.hist.add("fault", fields)
+		time.Sleep(f.Hold)
+		r.nodes[n].Start(r.ctx)
 	case MasterLink:
 		fields["reset"] = f.Reset
 		r.hist.add("fault", fields)
@@ -302,12 +313,13 @@ func (r *run) inject(f Fault) {
 		r.point(rp, to)
 	}
 	r.hist.add("healed", map[string]any{"kind": f.Kind})
-	r.healthy(string(f.Kind))
+	return r.healthy(string(f.Kind))
 }
 
-// fsyncDelayFile is node n's slow-disk knob (slowdisk.EnvFile).
-func (r *run) fsyncDelayFile(n int) string {
-	return filepath.Join(r.dir, fmt.Sprintf("fsync-delay-node%d", n+1))
+// faultFile is node n's fault-injection file of a kind: "fsync-delay"
+// (faultfs.EnvDelayFile) or "journal" (faultfs.EnvJournalFile).
+func (r *run) faultFile(n int, kind string) string {
+	return filepath.Join(r.dir, fmt.Sprintf("%s-node%d", kind, n+1))
 }
 
 // isolate cuts node n off: nothing reaches its raft or admin port, and what it
@@ -441,10 +453,7 @@ func TestChaos(t *testing.T) {
 	for i := range upstreams {
 		m := &master{name: fmt.Sprintf("up%d", i), index: i, dir: filepath.Join(dir, fmt.Sprintf("master%d", i)), semi: i == upstreams-1,
 			opt: mariadbtest.Options{ServerID: uint32(i + 1), DomainID: uint32(i + 1), LogBin: true, MaxBinlogSize: 64 << 10}}
-		semiArgs := m.opt
-		if m.semi {
-			semiArgs.ExtraArgs = semiSyncArgs // from the first restart on; the set-up below must not wait
-		}
+
 		port, err := mariadbtest.FreePort()
 		if err != nil {
 			t.Fatal(err)
@@ -472,7 +481,9 @@ func TestChaos(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		m.opt = semiArgs
+		if m.semi {
+			m.opt.ExtraArgs = semiSyncArgs // from the first restart on: the set-up above must not wait
+		}
 		r.masters = append(r.masters, m)
 		var reps []*replica
 		for k := range 2 {
@@ -494,14 +505,18 @@ func TestChaos(t *testing.T) {
 		r.replicas = append(r.replicas, reps)
 	}
 	free := mustFree(t, dir)
-	if free < 2*diskMargin {
-		t.Fatalf("the disk-full fault needs %d bytes free in %s, it has %d", 2*diskMargin, dir, free)
+	// What the run writes grows with its length: 30 minutes took 2.2 GiB in
+	// 22 (masters, replicas and nodes together), and a margin too small leaves the
+	// node short of space for good.
+	margin := uint64(2<<30) + uint64(d/time.Minute+1)*(200<<20)
+	if free < 2*margin {
+		t.Fatalf("the disk-full fault needs %d MiB free in %s, it has %d MiB", 2*margin>>20, dir, free>>20)
 	}
-	r.reserve = free - diskMargin
+	r.reserve = free - margin
 	r.nodes = flotillatest.StartClusterWith(ctx, t, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
 		r.proxied(n)
 		if int(n.ID)-1 == r.slowNode {
-			n.Env = []string{slowdisk.EnvFile + "=" + r.fsyncDelayFile(r.slowNode)}
+			n.Env = []string{faultfs.EnvDelayFile + "=" + r.faultFile(r.slowNode, "fsync-delay"), faultfs.EnvJournalFile + "=" + r.faultFile(r.slowNode, "journal")}
 		}
 		if int(n.ID)-1 == r.diskNode {
 			n.Args = []string{"--min-free-disk", fmt.Sprint(r.reserve)}
@@ -519,9 +534,11 @@ func TestChaos(t *testing.T) {
 			r.startStandby(m, (i+2)%3)
 		}
 	}
-	r.healthy("start")
-	if r.nodes[r.slowNode].LogGrep("every fsync waits") == "" {
-		t.Fatalf("node %d did not take its slow-disk knob (%s)", r.slowNode+1, slowdisk.EnvFile)
+	if err := r.healthy("start"); err != nil {
+		t.Fatal(err)
+	}
+	if r.nodes[r.slowNode].LogGrep("storage fault injection is on") == "" {
+		t.Fatalf("node %d did not take its fault-injection knobs", r.slowNode+1)
 	}
 
 	wctx, stopWriters := context.WithCancel(ctx)
@@ -536,7 +553,10 @@ func TestChaos(t *testing.T) {
 			time.Sleep(wait)
 		}
 		t.Logf("CHAOS %s", f)
-		r.inject(f)
+		if err := r.inject(f); err != nil {
+			r.violation(err.Error() + " (the run stops injecting)")
+			break
+		}
 	}
 	stopWriters()
 	wg.Wait()
@@ -549,6 +569,11 @@ func TestChaos(t *testing.T) {
 	}
 	t.Log("\n" + hist.summary(seed, filepath.Join(out, "history.jsonl"), checked, violations))
 	if len(violations) > 0 {
+		for _, n := range r.nodes { // the nodes' logs stay with the history
+			if b, err := os.ReadFile(filepath.Join(n.Dir, "flotilla.log")); err == nil {
+				os.WriteFile(filepath.Join(out, fmt.Sprintf("node%d.log", n.ID)), b, 0o644)
+			}
+		}
 		t.Fatalf("%d violations (seed %d)", len(violations), seed)
 	}
 }

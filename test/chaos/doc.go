@@ -11,7 +11,17 @@
 //   - every member of a group serves byte-identical binlog files up to the shortest,
 //     and each decodes with mariadb-binlog;
 //   - no node crashed except by the nemesis (a panic in any log is a failure);
+//   - a semi-sync master never committed without Flotilla's acknowledgement, and
+//     what it acknowledged survives its failover;
 //   - in long runs, no node's memory or open files rise steadily.
+//
+// The nemesis (nemesis.go) kills, freezes and restarts nodes by role, restarts
+// and fails over masters, fills one node's disk, slows or cuts the power of
+// another (internal/faultfs, the only node started with those knobs), and cuts
+// links through the TCP proxies (netproxy.go) standing at every node's raft and
+// admin address and at every master. Faults do not overlap: each is healed, and
+// the cluster healthy, before the next; a cluster that does not recover ends
+// the injection as a violation.
 //
 // The same seed gives the same schedule of faults (kind, moment, duration and
 // target role); which node holds a role is decided by the cluster at run time.

@@ -30,12 +30,16 @@ const (
 	// MasterFailover kills the semi-sync master (the last upstream) and promotes
 	// its standby, a replica of Flotilla; Flotilla is repointed at it.
 	MasterFailover Kind = "master-failover"
-	SlowDisk       Kind = "slow-disk" // every fsync of one node (raft log and segments) waits Fault.Period (internal/slowdisk)
+	// PowerCut freezes one node (SIGSTOP), kills it, cuts every segment-store
+	// file back to what its last fsync made durable (internal/faultfs), and
+	// restarts it.
+	PowerCut Kind = "power-cut"
+	SlowDisk Kind = "slow-disk" // every fsync of one node (raft log and segments) waits Fault.Period (internal/faultfs)
 )
 
 // Kinds is every fault kind.
 func Kinds() []Kind {
-	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink, SlowDisk, MasterFailover}
+	return []Kind{KillLeader, KillFollower, KillMetaLeader, Pause, MasterRestart, DiskFull, MoveReplica, Partition, OneWay, Flap, MasterLink, SlowDisk, MasterFailover, PowerCut}
 }
 
 // Fault is one scheduled fault.

@@ -1,14 +1,4 @@
-// Package slowdisk delays every fsync of a node's storage (the segment store's
-// and the raft log's) by a duration written in a file: the slow disk of the
-// fault-injection suite (test/chaos), and a way for an operator to rehearse one.
-// A node uses it only when started with FLOTILLA_FAULT_FSYNC_DELAY_FILE set;
-// otherwise nothing wraps its filesystems (and, see Dragonboat, a node with the
-// knob handles a failed raft write differently: it is for tests only).
-//
-// Invariants: a delay only postpones a sync, never skips, fails or reorders one;
-// a missing, empty or unreadable file means no delay; the file is read at most
-// every ReadEvery, so a sync costs no extra system call in between.
-package slowdisk
+package faultfs
 
 import (
 	"os"
@@ -17,19 +7,13 @@ import (
 	"time"
 
 	gvfs "github.com/lni/goutils/vfs"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
-
-// EnvFile names the environment variable that points a node at the delay file.
-const EnvFile = "FLOTILLA_FAULT_FSYNC_DELAY_FILE"
 
 // ReadEvery is how stale the delay may be.
 const ReadEvery = 100 * time.Millisecond
 
 // Delay is the current fsync delay, read from its file. The zero value is not
-// usable: call New.
+// usable: call NewDelay.
 type Delay struct {
 	path string
 
@@ -38,8 +22,8 @@ type Delay struct {
 	d    time.Duration
 }
 
-// New reads the delay (a Go duration such as 200ms) from path.
-func New(path string) *Delay { return &Delay{path: path} }
+// NewDelay reads the delay (a Go duration such as 200ms) from path.
+func NewDelay(path string) *Delay { return &Delay{path: path} }
 
 // Current is the delay the file holds now.
 func (d *Delay) Current() time.Duration {
@@ -58,20 +42,12 @@ func (d *Delay) Current() time.Duration {
 }
 
 func (d *Delay) wait() {
+	if d == nil {
+		return
+	}
 	if v := d.Current(); v > 0 {
 		time.Sleep(v)
 	}
-}
-
-// Pebble wraps the segment store's filesystem.
-func (d *Delay) Pebble(fs vfs.FS) vfs.FS {
-	return errorfs.Wrap(fs, errorfs.InjectorFunc(func(op errorfs.Op) error {
-		switch op.Kind {
-		case errorfs.OpFileSync, errorfs.OpFileSyncData, errorfs.OpFileSyncTo:
-			d.wait()
-		}
-		return nil
-	}))
 }
 
 // Dragonboat wraps the raft log's filesystem (NodeHostConfig.Expert.FS).

@@ -1,4 +1,4 @@
-package slowdisk
+package faultfs
 
 import (
 	"os"
@@ -31,9 +31,10 @@ func timedSync(t *testing.T, create func(string) (syncer, error), path string) t
 func TestSyncsWaitTheFilesDelay(t *testing.T) {
 	dir := t.TempDir()
 	knob := filepath.Join(dir, "delay")
-	d := New(knob)
-	pfs := d.Pebble(vfs.Default)
-	rfs := d.Dragonboat(gvfs.Default)
+	pfs, rfs, err := Knobs{DelayFile: knob}.Open(vfs.Default, gvfs.Default)
+	if err != nil {
+		t.Fatal(err)
+	}
 	fss := map[string]func(string) (syncer, error){
 		"store": func(p string) (syncer, error) { return pfs.Create(p, vfs.WriteCategoryUnspecified) },
 		"raft":  func(p string) (syncer, error) { return rfs.Create(p) },
