@@ -181,6 +181,21 @@ func (r *run) roleNode(u int, role Kind) int {
 	return 0
 }
 
+// restart starts node n again after a kill; a node that cannot start is a
+// violation, named by its log's first error.
+func (r *run) restart(n int) error {
+	if err := r.nodes[n].TryStart(r.ctx); err != nil {
+		why := err.Error()
+		for _, w := range []string{"level=ERROR", "panic:"} { // the last panic, else the last error
+			if l := r.nodes[n].LogGrep(w); l != "" {
+				why = l[strings.LastIndex(l, "\n")+1:]
+			}
+		}
+		return fmt.Errorf("node %d did not start again: %s", n+1, why)
+	}
+	return nil
+}
+
 // healthy waits until the cluster can lose a node again.
 func (r *run) healthy(what string) error {
 	r.t.Helper()
@@ -205,7 +220,9 @@ func (r *run) inject(f Fault) error {
 		r.hist.add("fault", fields)
 		r.nodes[n].Kill()
 		time.Sleep(f.Hold)
-		r.nodes[n].Start(r.ctx)
+		if err := r.restart(n); err != nil {
+			return err
+		}
 	case Pause:
 		n := r.roleNode(f.Upstream, KillLeader)
 		fields["node"] = n + 1
@@ -298,7 +315,9 @@ func (r *run) inject(f Fault) error {
 		fields["node"], fields["lost_bytes"] = n+1, lost
 		r.hist.add("fault", fields)
 		time.Sleep(f.Hold)
-		r.nodes[n].Start(r.ctx)
+		if err := r.restart(n); err != nil {
+			return err
+		}
 	case MasterLink:
 		fields["reset"] = f.Reset
 		r.hist.add("fault", fields)
