@@ -86,7 +86,7 @@ func serveFlags() []serveFlag {
 				cfg.MySQLAddr = node.AddrList(c.Generic("mysql-addr").(*addrList).v)
 				return nil
 			}},
-		str("admin-addr", "admin_addr", "admin gRPC listen address", "127.0.0.1:7070", func(c *node.Config) *string { return &c.AdminAddr }),
+		str("admin-addr", "admin_addr", "admin gRPC address, reachable by the other nodes and the CLI", "127.0.0.1:7070", func(c *node.Config) *string { return &c.AdminAddr }),
 		str("raft-addr", "raft_addr", "raft address, reachable by the other nodes", "127.0.0.1:7071", func(c *node.Config) *string { return &c.RaftAddr }),
 		str("admin-listen-addr", "admin_listen_addr", "where to bind the admin API when --admin-addr (what the other nodes dial) is a NAT or proxy address", "--admin-addr", func(c *node.Config) *string { return &c.AdminListenAddr }),
 		str("raft-listen-addr", "raft_listen_addr", "where to bind raft when --raft-addr (what the other nodes dial) is a NAT or proxy address", "--raft-addr", func(c *node.Config) *string { return &c.RaftListenAddr }),

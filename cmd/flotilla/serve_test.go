@@ -82,7 +82,7 @@ func TestTablesFit80Columns(t *testing.T) {
 
 // A node refuses to start with raft off the loopback without node TLS, or with an
 // admin token alone off the loopback, unless told the network is trusted; the admin
-// token may come from a file.
+// token may come from a file. Both the bound and the advertised address count.
 func TestServeRefusesOpenPortsOffLoopback(t *testing.T) {
 	dir := t.TempDir()
 	tokenFile := dir + "/token"
@@ -95,6 +95,10 @@ func TestServeRefusesOpenPortsOffLoopback(t *testing.T) {
 	}{
 		{[]string{"--raft-addr", "10.1.2.3:7071"}, "--insecure-raft"},
 		{[]string{"--raft-addr", "10.1.2.3:7071", "--insecure-raft"}, ""},
+		// A loopback bind behind a forward from the network is exposed all the same.
+		{[]string{"--raft-addr", "10.1.2.3:7071", "--raft-listen-addr", "127.0.0.1:7071"}, "--insecure-raft"},
+		{[]string{"--raft-listen-addr", "0.0.0.0:7071"}, "--insecure-raft"},
+		{[]string{"--admin-addr", "10.1.2.3:7070", "--admin-listen-addr", "127.0.0.1:7070"}, "would accept anyone"},
 		{[]string{"--admin-addr", "10.1.2.3:7070", "--admin-token-file", tokenFile}, "--insecure-admin"},
 		{[]string{"--admin-addr", "10.1.2.3:7070", "--admin-token-file", tokenFile, "--insecure-admin"}, ""},
 		{[]string{"--admin-addr", "10.1.2.3:7070"}, "would accept anyone"},

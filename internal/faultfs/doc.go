@@ -6,17 +6,21 @@
 //
 // A node uses it only when started with FLOTILLA_FAULT_FSYNC_DELAY_FILE or
 // FLOTILLA_FAULT_SYNC_JOURNAL set (Knobs); otherwise nothing wraps its
-// filesystems. It is for tests: with a knob, dragonboat runs its error-injection
-// mode (see Knobs.Raft).
+// filesystems. It is for tests: with the delay knob, dragonboat runs its
+// error-injection mode (see Delay.Dragonboat), in which a raft step worker's
+// panic stops that worker silently instead of the process.
 //
 // Invariants:
 //   - A delay only postpones a sync, never skips, fails or reorders one; a
 //     missing, empty or unreadable delay file means no delay.
-//   - The journal only ever understates what is durable for the files it covers
-//     (the segment store and its index): a size is recorded after the sync that
-//     made it durable returned, and a rename or link carries its file's record.
-//     PowerCut therefore loses only what a real power cut could lose, never more;
-//     files it has no record of are left alone.
+//   - The journal records no more loss than a real power cut could cause for the
+//     files it covers (the segment store and its index): a size is recorded after
+//     the full sync that made it durable returned, a create after it succeeded, a
+//     rename or link carries its file's record, and a journal that cannot be
+//     written fails the operation. PowerCut therefore loses only what a power cut
+//     could lose (often less: directory entries and data a partial sync or the
+//     page cache's own writeback made durable are kept); files it has no record
+//     of are left alone.
 //   - The raft log's filesystem gets the delay only: its syncs are dragonboat's,
 //     and a power cut keeps it whole.
 package faultfs

@@ -15,8 +15,10 @@ import (
 // leave of it: one line per event, tab-separated (paths hold no tab or newline):
 //
 //	C path        created (or truncated): nothing of it is durable
-//	O size path   opened for writing: its size at open counts as durable
+//	O size path   opened for writing: at most its size at open is durable (a file
+//	              it has no record of counts as durable up to that size)
 //	S size path   a sync returned: size bytes are durable (the largest wins)
+//	T size path   truncated: at most size bytes are durable
 //	R old new     renamed: new has old's record, old none
 //	L old new     linked: new has old's record too
 //	D path        removed
@@ -38,21 +40,33 @@ func OpenJournal(path string) (*Journal, error) {
 	return &Journal{f: f}, nil
 }
 
-func (j *Journal) add(fields ...string) {
+// add appends a line; an error fails the operation that journals it (a lost
+// line would make PowerCut cut more than a power cut could).
+func (j *Journal) add(fields ...string) error {
 	if j == nil {
-		return
+		return nil
 	}
 	j.mu.Lock()
 	defer j.mu.Unlock()
-	_, _ = j.f.WriteString(strings.Join(fields, "\t") + "\n")
+	if _, err := j.f.WriteString(strings.Join(fields, "\t") + "\n"); err != nil {
+		return fmt.Errorf("fault journal: %w", err)
+	}
+	return nil
 }
 
-func (j *Journal) created(path string)            { j.add("C", path) }
-func (j *Journal) opened(path string, size int64) { j.add("O", strconv.FormatInt(size, 10), path) }
-func (j *Journal) synced(path string, size int64) { j.add("S", strconv.FormatInt(size, 10), path) }
-func (j *Journal) renamed(old, new string)        { j.add("R", old, new) }
-func (j *Journal) linked(old, new string)         { j.add("L", old, new) }
-func (j *Journal) removed(path string)            { j.add("D", path) }
+func (j *Journal) created(path string) error { return j.add("C", path) }
+func (j *Journal) opened(path string, size int64) error {
+	return j.add("O", strconv.FormatInt(size, 10), path)
+}
+func (j *Journal) synced(path string, size int64) error {
+	return j.add("S", strconv.FormatInt(size, 10), path)
+}
+func (j *Journal) truncated(path string, size int64) error {
+	return j.add("T", strconv.FormatInt(size, 10), path)
+}
+func (j *Journal) renamed(old, new string) error { return j.add("R", old, new) }
+func (j *Journal) linked(old, new string) error  { return j.add("L", old, new) }
+func (j *Journal) removed(path string) error     { return j.add("D", path) }
 
 // Close ends the journal.
 func (j *Journal) Close() error { return j.f.Close() }
@@ -80,7 +94,7 @@ func Durable(journal string) (map[string]int64, error) {
 			} else {
 				delete(sizes, p[1])
 			}
-		case "O", "S":
+		case "O", "S", "T":
 			if len(p) != 3 {
 				return nil, bad()
 			}
@@ -88,7 +102,9 @@ func Durable(journal string) (map[string]int64, error) {
 			if err != nil {
 				return nil, bad()
 			}
-			if cur, ok := sizes[p[2]]; p[0] == "O" || !ok || n > cur {
+			cur, ok := sizes[p[2]]
+			switch {
+			case !ok, p[0] == "S" && n > cur, p[0] != "S" && n < cur:
 				sizes[p[2]] = n
 			}
 		case "R", "L":

@@ -10,8 +10,9 @@ import (
 )
 
 // A power cut leaves each file as its last sync made it: unsynced appends are
-// lost, a rename or link carries the record, a reopened file keeps what it had, and
-// files the journal never saw are left alone.
+// lost, a rename or link carries the record, a reopened file keeps what it had, a
+// truncation lowers what can be durable, and files the journal never saw are left
+// alone.
 func TestPowerCutKeepsWhatWasSynced(t *testing.T) {
 	dir := t.TempDir()
 	journal := filepath.Join(dir, "journal")
@@ -59,6 +60,19 @@ func TestPowerCutKeepsWhatWasSynced(t *testing.T) {
 	if err := fs.Remove(path("d")); err != nil {
 		t.Fatal(err)
 	}
+	e, _ := fs.Create(path("e"), vfs.WriteCategoryUnspecified)
+	write(e, 40)
+	e.Sync()
+	tr, ok := e.(interface{ Truncate(int64) error })
+	if !ok {
+		t.Fatal("a file of the operating system's filesystem lost its Truncate under the wrapper")
+	}
+	if err := tr.Truncate(10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WriteAt(make([]byte, 5), 10); err != nil { // after the cut, unsynced: lost
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(path("other"), make([]byte, 7), 0o644); err != nil {
 		t.Fatal(err)
 	}
@@ -67,7 +81,7 @@ func TestPowerCutKeepsWhatWasSynced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]int64{"a2": 100, "a3": 100, "b": 0, "c": 30, "other": 7}
+	want := map[string]int64{"a2": 100, "a3": 100, "b": 0, "c": 30, "e": 10, "other": 7}
 	for name, size := range want {
 		fi, err := os.Stat(path(name))
 		if err != nil || fi.Size() != size {
@@ -75,7 +89,7 @@ func TestPowerCutKeepsWhatWasSynced(t *testing.T) {
 		}
 	}
 	// a2 and a3 are one file (a link): its 50 bytes are lost once.
-	if lost != 50+10+5 {
-		t.Errorf("lost %d bytes, want %d", lost, 50+10+5)
+	if lost != 50+10+5+5 {
+		t.Errorf("lost %d bytes, want %d", lost, 50+10+5+5)
 	}
 }

@@ -17,16 +17,40 @@ func (s *storeFS) wrap(path string, f vfs.File, err error) (vfs.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &storeFile{File: f, fs: s, path: path}, nil
+	sf := &storeFile{File: f, fs: s, path: path}
+	if _, ok := f.(truncater); ok {
+		// The store cuts such files in place (statemachine.truncate): keep the
+		// method, or the faulted node would take the other path production never does.
+		return &truncFile{sf}, nil
+	}
+	return sf, nil
+}
+
+type truncater interface{ Truncate(size int64) error }
+
+// truncFile is a storeFile whose file can be cut in place.
+type truncFile struct{ *storeFile }
+
+// Truncate cuts the file and journals that no more than size can be durable.
+func (f *truncFile) Truncate(size int64) error {
+	if err := f.File.(truncater).Truncate(size); err != nil {
+		return err
+	}
+	return f.fs.journal.truncated(f.path, size)
 }
 
 // Unwrap is the filesystem underneath.
 func (s *storeFS) Unwrap() vfs.FS { return s.FS }
 
-// Create journals the file as holding nothing durable, then creates it.
+// Create creates the file and journals it as holding nothing durable.
 func (s *storeFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File, error) {
-	s.journal.created(name)
 	f, err := s.FS.Create(name, category)
+	if err == nil {
+		if jerr := s.journal.created(name); jerr != nil {
+			f.Close()
+			return nil, jerr
+		}
+	}
 	return s.wrap(name, f, err)
 }
 
@@ -34,8 +58,13 @@ func (s *storeFS) Create(name string, category vfs.DiskWriteCategory) (vfs.File,
 func (s *storeFS) OpenReadWrite(name string, category vfs.DiskWriteCategory, opts ...vfs.OpenOption) (vfs.File, error) {
 	f, err := s.FS.OpenReadWrite(name, category, opts...)
 	if err == nil && s.journal != nil {
-		if fi, serr := f.Stat(); serr == nil {
-			s.journal.opened(name, fi.Size())
+		fi, serr := f.Stat()
+		if serr == nil {
+			serr = s.journal.opened(name, fi.Size())
+		}
+		if serr != nil {
+			f.Close()
+			return nil, serr
 		}
 	}
 	return s.wrap(name, f, err)
@@ -51,7 +80,7 @@ func (s *storeFS) OpenDir(name string) (vfs.File, error) {
 func (s *storeFS) Rename(oldname, newname string) error {
 	err := s.FS.Rename(oldname, newname)
 	if err == nil {
-		s.journal.renamed(oldname, newname)
+		err = s.journal.renamed(oldname, newname)
 	}
 	return err
 }
@@ -60,7 +89,7 @@ func (s *storeFS) Rename(oldname, newname string) error {
 func (s *storeFS) Link(oldname, newname string) error {
 	err := s.FS.Link(oldname, newname)
 	if err == nil {
-		s.journal.linked(oldname, newname)
+		err = s.journal.linked(oldname, newname)
 	}
 	return err
 }
@@ -69,7 +98,10 @@ func (s *storeFS) Link(oldname, newname string) error {
 func (s *storeFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteCategory) (vfs.File, error) {
 	f, err := s.FS.ReuseForWrite(oldname, newname, category)
 	if err == nil {
-		s.journal.renamed(oldname, newname)
+		if jerr := s.journal.renamed(oldname, newname); jerr != nil {
+			f.Close()
+			return nil, jerr
+		}
 	}
 	return s.wrap(newname, f, err)
 }
@@ -78,7 +110,7 @@ func (s *storeFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteC
 func (s *storeFS) Remove(name string) error {
 	err := s.FS.Remove(name)
 	if err == nil {
-		s.journal.removed(name)
+		err = s.journal.removed(name)
 	}
 	return err
 }
@@ -100,7 +132,7 @@ func (f *storeFile) size() int64 {
 
 func (f *storeFile) synced(n int64, err error) error {
 	if err == nil && n >= 0 {
-		f.fs.journal.synced(f.path, n)
+		err = f.fs.journal.synced(f.path, n)
 	}
 	return err
 }
@@ -119,14 +151,14 @@ func (f *storeFile) SyncData() error {
 	return f.synced(n, f.File.SyncData())
 }
 
-// SyncTo makes the first length bytes durable (all of them when it reports a
-// full sync).
+// SyncTo journals only a full sync: a partial one (sync_file_range) promises
+// nothing durable.
 func (f *storeFile) SyncTo(length int64) (bool, error) {
 	f.fs.delay.wait()
 	n := f.size()
 	full, err := f.File.SyncTo(length)
-	if !full {
-		n = min(n, length)
+	if !full && err == nil {
+		return false, nil
 	}
 	return full, f.synced(n, err)
 }

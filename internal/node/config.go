@@ -170,13 +170,34 @@ func (c Config) Validate() error {
 	if _, err := NewLogger(io.Discard, c.LogFormat, c.LogLevel); err != nil {
 		return fmt.Errorf("log_format/log_level: %w", err)
 	}
-	if err := secure.CheckRaftExposure(c.raftListen(), c.TLS.Enabled(), c.InsecureRaft); err != nil {
-		return err
-	}
-	return secure.CheckAdminExposure(c.adminListen(), secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()}, c.InsecureAdmin)
+	return c.checkExposure(secure.Admin{Token: c.AdminToken, Certificates: c.TLS.Enabled()})
 }
 
-// adminListen and raftListen are the addresses the node binds: the exposure
-// checks judge these, since they decide who can connect.
+// checkExposure applies the exposure checks to the bound addresses and to the
+// advertised ones: a loopback bind behind a port forward is reachable from the
+// network all the same.
+func (c Config) checkExposure(admin secure.Admin) error {
+	for _, a := range []string{c.raftListen(), c.RaftAddr} {
+		if err := secure.CheckRaftExposure(a, c.TLS.Enabled(), c.InsecureRaft); err != nil {
+			return err
+		}
+	}
+	for _, a := range []string{c.adminListen(), c.AdminAddr} {
+		if err := secure.CheckAdminExposure(a, admin, c.InsecureAdmin); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// offLoopback reports whether the bound or the advertised address of a port is
+// off the loopback.
+func offLoopback(bound, advertised string) bool {
+	lb, _ := secure.Loopback(bound)
+	la, _ := secure.Loopback(advertised)
+	return !lb || !la
+}
+
+// adminListen and raftListen are the addresses the node binds.
 func (c Config) adminListen() string { return cmp.Or(c.AdminListenAddr, c.AdminAddr) }
 func (c Config) raftListen() string  { return cmp.Or(c.RaftListenAddr, c.RaftAddr) }

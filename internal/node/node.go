@@ -231,16 +231,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	adminAuth := secure.Admin{Token: cfg.AdminToken, Certificates: tr.admin != nil}
-	if err := secure.CheckAdminExposure(cfg.adminListen(), adminAuth, cfg.InsecureAdmin); err != nil {
+	if err := cfg.checkExposure(adminAuth); err != nil {
 		return nil, err
 	}
-	if err := secure.CheckRaftExposure(cfg.raftListen(), cfg.TLS.Enabled(), cfg.InsecureRaft); err != nil {
-		return nil, err
+	if offLoopback(cfg.raftListen(), cfg.RaftAddr) && !cfg.TLS.Enabled() {
+		log.Warn("INSECURE: raft listens off the loopback without node TLS (--insecure-raft): anyone who reaches "+cfg.RaftAddr+" can rewrite the cluster's metadata", "raft", cfg.RaftAddr)
 	}
-	if lo, _ := secure.Loopback(cfg.raftListen()); !lo && !cfg.TLS.Enabled() {
-		log.Warn("INSECURE: raft listens off the loopback without node TLS (--insecure-raft): anyone who reaches "+cfg.raftListen()+" can rewrite the cluster's metadata", "raft", cfg.raftListen())
-	}
-	if lo, _ := secure.Loopback(cfg.adminListen()); !lo && cfg.AdminToken != "" && !cfg.TLS.Enabled() {
+	if offLoopback(cfg.adminListen(), cfg.AdminAddr) && cfg.AdminToken != "" && !cfg.TLS.Enabled() {
 		log.Warn("INSECURE: the admin token crosses the network in clear: the admin API has no TLS (--insecure-admin; set --tls-ca/--tls-cert/--tls-key)", "admin", cfg.adminListen())
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {

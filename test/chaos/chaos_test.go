@@ -501,7 +501,7 @@ func TestChaos(t *testing.T) {
 			}
 		}
 		if m.semi {
-			m.opt.ExtraArgs = semiSyncArgs // from the first restart on: the set-up above must not wait
+			m.opt.ExtraArgs = semiSyncArgs() // from the first restart on: the set-up above must not wait
 		}
 		r.masters = append(r.masters, m)
 		var reps []*replica

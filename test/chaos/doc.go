@@ -11,8 +11,8 @@
 //   - every member of a group serves byte-identical binlog files up to the shortest,
 //     and each decodes with mariadb-binlog;
 //   - no node crashed except by the nemesis (a panic in any log is a failure);
-//   - a semi-sync master never committed without Flotilla's acknowledgement, and
-//     what it acknowledged survives its failover;
+//   - what the semi-sync master acknowledged (it cannot fall back to asynchronous
+//     commits during a run) survives its failover;
 //   - in long runs, no node's memory or open files rise steadily.
 //
 // The nemesis (nemesis.go) kills, freezes and restarts nodes by role, restarts

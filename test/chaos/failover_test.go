@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
@@ -11,9 +13,11 @@ import (
 
 // semiSyncArgs make a master wait, at every commit, for Flotilla's acknowledgement
 // that the group's quorum holds the transaction (AFTER_SYNC, and a timeout longer
-// than any run: an acknowledged commit is never asynchronous). Its standby starts
-// is promoted with them.
-var semiSyncArgs = []string{"--rpl-semi-sync-master-enabled=ON", "--rpl-semi-sync-master-wait-point=AFTER_SYNC", "--rpl-semi-sync-master-timeout=3600000"}
+// than any run: an acknowledged commit is never asynchronous). A promoted standby
+// restarts with them.
+func semiSyncArgs() []string {
+	return []string{"--rpl-semi-sync-master-enabled=ON", "--rpl-semi-sync-master-wait-point=AFTER_SYNC", "--rpl-semi-sync-master-timeout=3600000"}
+}
 
 // semiSyncOn is semiSyncArgs at run time: a master's set-up, and a standby's
 // replication, must not wait for acknowledgements.
@@ -46,7 +50,7 @@ func (r *run) startStandby(m *master, via int) {
 	m.standby = &replica{srv: srv, user: "r" + m.name, gtid: true, via: via}
 	// Promoted, it restarts as the semi-sync master it became.
 	m.standbyDir, m.standbyOpt = dir, opt
-	m.standbyOpt.ExtraArgs = append(opt.ExtraArgs[:len(opt.ExtraArgs):len(opt.ExtraArgs)], semiSyncArgs...)
+	m.standbyOpt.ExtraArgs = append(opt.ExtraArgs[:len(opt.ExtraArgs):len(opt.ExtraArgs)], semiSyncArgs()...)
 	r.point(m.standby, via)
 }
 
@@ -61,10 +65,17 @@ func (r *run) failover(u int) {
 		t.Errorf("kill master %s: %v", m.name, err)
 	}
 	sb := m.standby
+	// What the group holds: the furthest member's position, once two looks
+	// agree (the master is dead: it only moves while members catch up).
 	var held string
-	for deadline := time.Now().Add(time.Minute); held == ""; time.Sleep(250 * time.Millisecond) {
-		if held = r.groupGTID(m.name); held == "" && time.Now().After(deadline) {
-			t.Fatalf("failover of %s: the group's GTID position is unknown for a minute", m.name)
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(500 * time.Millisecond) {
+		h := r.groupGTID(m.name)
+		if h != "" && h == held {
+			break
+		}
+		held = h
+		if time.Now().After(deadline) {
+			t.Fatalf("failover of %s: the group's GTID position is unknown or moving for a minute", m.name)
 		}
 	}
 	if err := caughtUp(r.ctx, sb.srv, held); err != nil {
@@ -108,16 +119,27 @@ func (r *run) failover(u int) {
 	r.startStandby(m, (sb.via+1)%len(r.nodes))
 }
 
-// groupGTID is the GTID position the upstream's group has executed.
+// groupGTID is the furthest GTID position a member of the upstream's group has
+// executed (one domain: the highest sequence number).
 func (r *run) groupGTID(name string) string {
 	out, err := r.live().CLI(r.ctx, "upstream", "get", name, "-o", "json")
 	var u struct {
 		Group struct {
-			ExecutedGtid string `json:"executedGtid"`
+			MemberStatus []struct {
+				ExecutedGtid string `json:"executedGtid"`
+				Reachable    bool   `json:"reachable"`
+			} `json:"memberStatus"`
 		} `json:"group"`
 	}
 	if err != nil || json.Unmarshal([]byte(out), &u) != nil {
 		return ""
 	}
-	return u.Group.ExecutedGtid
+	best, bestSeq := "", -1
+	for _, ms := range u.Group.MemberStatus {
+		seq, err := strconv.Atoi(ms.ExecutedGtid[strings.LastIndex(ms.ExecutedGtid, "-")+1:])
+		if ms.Reachable && err == nil && seq > bestSeq {
+			best, bestSeq = ms.ExecutedGtid, seq
+		}
+	}
+	return best
 }

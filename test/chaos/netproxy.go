@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"time"
 )
 
 // proxy forwards the TCP connections it accepts at Addr to target, and on the
@@ -17,8 +18,9 @@ import (
 // Raft connections carry one direction each (a node dials every peer it sends to),
 // so a proxy in front of a node's raft port cuts what reaches that node; a cut the
 // other way is told by source: a connection is tagged with the first peer raft
-// address seen in its stream (every dragonboat message batch names its sender), and
-// blockFrom stalls the connections of a tag.
+// address its stream carries as a message batch's SourceAddress field (every
+// dragonboat batch names its sender), and blockFrom stalls the connections of a
+// tag. Until its first batch is seen a connection is untagged and passes.
 type proxy struct {
 	Addr   string
 	target string
@@ -38,7 +40,6 @@ type pconn struct {
 	tag            string // guarded by proxy.mu
 	stalled        bool   // it waited in the current fault
 	done           bool
-	scanned        int // bytes looked at for a tag: the first batch names its sender
 }
 
 // newProxy listens on a free loopback port for target; tags are the peer
@@ -49,9 +50,7 @@ func newProxy(target string, tags ...string) (*proxy, error) {
 		return nil, err
 	}
 	p := &proxy{Addr: lis.Addr().String(), target: target, lis: lis, blockFrom: map[string]bool{}, conns: map[*pconn]struct{}{}}
-	for _, t := range tags {
-		p.tags = append(p.tags, []byte(t))
-	}
+	p.setTags(tags...)
 	p.cond = sync.NewCond(&p.mu)
 	go p.accept()
 	return p, nil
@@ -63,24 +62,30 @@ func (p *proxy) accept() {
 		if err != nil {
 			return
 		}
-		s, err := (&net.Dialer{}).DialContext(context.Background(), "tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
-		pc := &pconn{client: c, server: s}
-		p.mu.Lock()
-		if p.closed {
-			p.mu.Unlock()
-			c.Close()
-			s.Close()
-			return
-		}
-		p.conns[pc] = struct{}{}
-		p.mu.Unlock()
-		go p.pipe(pc, c, s, true)
-		go p.pipe(pc, s, c, false)
+		go p.connect(c)
 	}
+}
+
+// connect dials the target for an accepted connection (on its own: a frozen
+// target must not hold the next connection) and pipes the two.
+func (p *proxy) connect(c net.Conn) {
+	s, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(context.Background(), "tcp", p.target)
+	if err != nil {
+		c.Close()
+		return
+	}
+	pc := &pconn{client: c, server: s}
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		c.Close()
+		s.Close()
+		return
+	}
+	p.conns[pc] = struct{}{}
+	p.mu.Unlock()
+	go p.pipe(pc, c, s, true)
+	go p.pipe(pc, s, c, false)
 }
 
 // pipe copies src to dst, holding each read while the connection is stalled.
@@ -92,12 +97,11 @@ func (p *proxy) pipe(pc *pconn, src, dst net.Conn, fromClient bool) {
 		n, err := src.Read(buf)
 		if n > 0 {
 			p.mu.Lock()
-			if fromClient && pc.tag == "" && len(p.tags) > 0 && pc.scanned < 1<<20 {
-				pc.scanned += n
+			if fromClient && pc.tag == "" && len(p.tags) > 0 {
 				look := append(carry, buf[:n]...)
 				for _, t := range p.tags {
 					if bytes.Contains(look, t) {
-						pc.tag = string(t)
+						pc.tag = string(t[2:])
 						break
 					}
 				}
@@ -126,6 +130,11 @@ func (p *proxy) pipe(pc *pconn, src, dst net.Conn, fromClient bool) {
 func (p *proxy) drop(pc *pconn) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.dropLocked(pc)
+	p.cond.Broadcast()
+}
+
+func (p *proxy) dropLocked(pc *pconn) {
 	if pc.done {
 		return
 	}
@@ -133,7 +142,14 @@ func (p *proxy) drop(pc *pconn) {
 	pc.client.Close()
 	pc.server.Close()
 	delete(p.conns, pc)
-	p.cond.Broadcast()
+}
+
+// sourceField is how a dragonboat MessageBatch carries its sender's address:
+// protobuf field 3 (SourceAddress), length-delimited. Matching the whole field,
+// not the bare address, keeps an entry that mentions a peer's address (the
+// metadata's node records) from tagging the connection as that peer's.
+func sourceField(addr string) []byte {
+	return append([]byte{3<<3 | 2, byte(len(addr))}, addr...)
 }
 
 // setTags replaces the addresses connections are tagged by.
@@ -142,7 +158,7 @@ func (p *proxy) setTags(tags ...string) {
 	defer p.mu.Unlock()
 	p.tags = p.tags[:0]
 	for _, t := range tags {
-		p.tags = append(p.tags, []byte(t))
+		p.tags = append(p.tags, sourceField(t))
 	}
 }
 
@@ -172,13 +188,14 @@ func (p *proxy) heal(reset bool) {
 			stalled = append(stalled, pc)
 		}
 	}
-	p.cond.Broadcast()
-	p.mu.Unlock()
 	if reset {
+		// Closed before the waiters wake: not one stalled byte gets through.
 		for _, pc := range stalled {
-			p.drop(pc)
+			p.dropLocked(pc)
 		}
 	}
+	p.cond.Broadcast()
+	p.mu.Unlock()
 }
 
 // close stops accepting and closes every connection.

@@ -68,7 +68,8 @@ func TestProxyCutsAndHeals(t *testing.T) {
 	}
 	defer p.close()
 	a := dialLine(t, p.Addr)
-	if got, err := a.roundTrip(t, "hello from node-A", time.Second); got != "hello from node-A" {
+	helloA := "hello from " + string(sourceField("node-A"))
+	if got, err := a.roundTrip(t, helloA, time.Second); got != helloA {
 		t.Fatalf("through the proxy: %q, %v", got, err)
 	}
 	p.cutAll()
@@ -90,10 +91,19 @@ func TestProxyCutsAndHeals(t *testing.T) {
 	}
 
 	b := dialLine(t, p.Addr)
-	if got, _ := b.roundTrip(t, "I am node-B", time.Second); got != "I am node-B" {
+	helloB := "I am " + string(sourceField("node-B"))
+	if got, _ := b.roundTrip(t, helloB, time.Second); got != helloB {
 		t.Fatalf("node-B's connection: %q", got)
 	}
+	// A connection that merely mentions node-B's address is not node-B's.
+	m := dialLine(t, p.Addr)
+	if got, _ := m.roundTrip(t, "a record naming node-B", time.Second); got != "a record naming node-B" {
+		t.Fatalf("the third connection: %q", got)
+	}
 	p.cutFrom("node-B")
+	if got, _ := m.roundTrip(t, "still mine", time.Second); got != "still mine" {
+		t.Fatalf("a connection that only mentioned node-B was cut with node-B's: %q", got)
+	}
 	if got, _ := b.roundTrip(t, "cut?", 300*time.Millisecond); got != "" {
 		t.Fatalf("node-B's connection passed %q during a cut from node-B", got)
 	}
