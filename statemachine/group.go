@@ -248,11 +248,15 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	case err != nil:
 		return 0, fmt.Errorf("group %d: read meta: %w", g.id, err)
 	default:
-		err = json.Unmarshal(v, &g.m)
+		// Into a zero meta: decoding into g.m would keep the fields the stored meta
+		// omits (empty PartStarts, say) from the state before a snapshot's install.
+		var m meta
+		err = json.Unmarshal(v, &m)
 		closer.Close()
 		if err != nil {
 			return 0, fmt.Errorf("group %d: decode meta: %w", g.id, err)
 		}
+		g.m = m
 	}
 	if g.m.State == nil {
 		g.m.State = binlog.Position{}

@@ -285,8 +285,14 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	_ = fs.RemoveAll(old)
 	clear(g.startStates)
 	clear(g.startSets)
-	if _, err := g.Open(done); err != nil {
+	applied, err := g.Open(done)
+	if err != nil {
 		return err
+	}
+	if applied != m.Applied {
+		// Never apply on from another state than the snapshot's: the replica would
+		// reject what its peers accept and silently fall behind for good.
+		return fmt.Errorf("group %d: the installed snapshot opened at entry %d, not its own %d: rebuild this replica from a peer", g.id, applied, m.Applied)
 	}
 	g.mu.Lock()
 	g.recovered++
