@@ -117,6 +117,7 @@ type run struct {
 	// cut is the nodes a network fault isolates now (no CLI call goes there).
 	raftProxy, adminProxy, masterProxy []*proxy
 	cut                                map[int]bool
+	my                                 *mysqlUpstream // the MySQL-flavor upstream
 	// found is what the run saw go wrong before the checker (a fault that could
 	// not proceed because of one): violations too.
 	found []string
@@ -238,6 +239,13 @@ func (r *run) inject(f Fault) error {
 	case MasterRestart:
 		m := r.masters[f.Upstream]
 		r.hist.add("fault", fields)
+		myDone := make(chan error, 1)
+		go func() { myDone <- r.my.master.Restart(r.ctx, f.Hold) }()
+		defer func() {
+			if err := <-myDone; err != nil {
+				t.Fatalf("restart master %s: %v", r.my.name, err)
+			}
+		}()
 		m.mu.Lock()
 		if err := m.srv.Stop(); err != nil {
 			t.Errorf("stop master %s: %v", m.name, err)
@@ -322,12 +330,16 @@ func (r *run) inject(f Fault) error {
 		fields["reset"] = f.Reset
 		r.hist.add("fault", fields)
 		r.masterProxy[f.Upstream].cutAll()
+		r.my.proxy.cutAll()
 		time.Sleep(f.Hold)
 		r.masterProxy[f.Upstream].heal(f.Reset)
+		r.my.proxy.heal(f.Reset)
 	case MoveReplica:
 		rp := r.replicas[f.Upstream][f.Replica]
 		to := (rp.via + 1) % len(r.nodes)
 		fields["from"], fields["to"] = rp.via+1, to+1
+		from, myTo := r.my.move(len(r.nodes))
+		fields["mysql_from"], fields["mysql_to"] = from+1, myTo+1
 		r.hist.add("fault", fields)
 		r.point(rp, to)
 	}
@@ -523,6 +535,7 @@ func TestChaos(t *testing.T) {
 		}
 		r.replicas = append(r.replicas, reps)
 	}
+	r.my = r.startMySQLUpstream()
 	free := mustFree(t, dir)
 	// What the run writes grows with its length: 30 minutes took 2.2 GiB in
 	// 22 (masters, replicas and nodes together), and a margin too small leaves the
@@ -553,6 +566,11 @@ func TestChaos(t *testing.T) {
 			r.startStandby(m, (i+2)%3)
 		}
 	}
+	my := r.my
+	if o, err := r.nodes[0].CLI(ctx, "upstream", "add", my.name, "--source", my.proxy.Addr, "--user", my.master.User, "--password", my.master.Password,
+		"--replica-user", "r"+my.name, "--replica-password", replicaPass, "--serve-from", "any"); err != nil {
+		t.Fatalf("upstream add %s: %v\n%s", my.name, err, o)
+	}
 	if err := r.healthy("start"); err != nil {
 		t.Fatal(err)
 	}
@@ -566,6 +584,12 @@ func TestChaos(t *testing.T) {
 		wg.Add(1)
 		go func() { defer wg.Done(); m.write(wctx, hist) }()
 	}
+	wg.Add(1)
+	go func() { defer wg.Done(); my.write(wctx, hist) }()
+	rctx, stopRead := context.WithCancel(ctx)
+	my.stopRead, my.readDone = stopRead, make(chan struct{})
+	go my.read(rctx, r)
+	defer func() { stopRead(); <-my.readDone }()
 	soak := startSoak(ctx, r.nodes, 5*time.Second)
 	for _, f := range schedule {
 		if wait := f.At - time.Since(start); wait > 0 {
@@ -605,6 +629,14 @@ func (r *run) check(out string) (map[string]int, []string) {
 	checked := map[string]int{}
 	for i, m := range r.masters {
 		srv := m.server()
+		if m.semi {
+			// A commit the stopped writer left waiting for Flotilla's acknowledgement
+			// is in the binary log (AFTER_SYNC) and so on the replicas, but shows in
+			// the master's table only once acknowledged.
+			if err := semiSyncSettled(ctx, srv); err != nil {
+				violations = append(violations, fmt.Sprintf("%s: %v", m.name, err))
+			}
+		}
 		want, err := srv.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
 		if err != nil {
 			t.Fatal(err)
@@ -662,8 +694,11 @@ func (r *run) check(out string) (map[string]int, []string) {
 			}
 		}
 		violations = append(violations, r.checkMembers(m.name, want)...)
-		violations = append(violations, r.checkServedFiles(out, m.name)...)
+		violations = append(violations, r.checkServedFiles(out, m.name, r.fetchMariaDBFiles(m.name), r.checkMariaDBFile)...)
 	}
+	n, v := r.my.check(r, out)
+	checked[r.my.name] = n
+	violations = append(violations, v...)
 	for _, n := range r.nodes {
 		if l := n.LogGrep("panic:", "fatal error:"); l != "" {
 			violations = append(violations, fmt.Sprintf("node %d logged a crash: %s", n.ID, strings.SplitN(l, "\n", 2)[0]))
@@ -711,9 +746,9 @@ func (r *run) checkMembers(name, want string) []string {
 }
 
 // checkServedFiles reads the upstream's served files from every member (each serves
-// its own replica: --serve-from any), compares them up to the shortest and decodes
-// each with mariadb-binlog.
-func (r *run) checkServedFiles(out, name string) []string {
+// its own replica: --serve-from any) into a directory each (fetch), compares them
+// up to the shortest and checks each with decode.
+func (r *run) checkServedFiles(out, name string, fetch func(node int, dst string) error, decode func(path string) error) []string {
 	var violations []string
 	st := r.status()
 	var members []int
@@ -729,26 +764,22 @@ func (r *run) checkServedFiles(out, name string) []string {
 	for _, n := range members {
 		dst := filepath.Join(out, fmt.Sprintf("%s-node%d", name, n+1))
 		os.MkdirAll(dst, 0o755)
-		cmd := exec.CommandContext(r.ctx, "mariadb-binlog", "--read-from-remote-server", "--raw", "--host=127.0.0.1", "--port="+r.nodes[n].MySQLPort(),
-			"--user=r"+name, "--password="+replicaPass, "--to-last-log", "--result-file="+dst+"/", "flotilla-bin.000001")
-		if b, err := cmd.CombinedOutput(); err != nil {
-			violations = append(violations, fmt.Sprintf("%s: reading node %d's served files: %v: %s", name, n+1, err, bytes.TrimSpace(b)))
+		if err := fetch(n, dst); err != nil {
+			violations = append(violations, fmt.Sprintf("%s: reading node %d's served files: %v", name, n+1, err))
 			continue
 		}
 		ents, _ := os.ReadDir(dst)
+		if len(ents) == 0 {
+			violations = append(violations, fmt.Sprintf("%s: node %d served no files", name, n+1))
+		}
 		for _, e := range ents {
 			b, _ := os.ReadFile(filepath.Join(dst, e.Name()))
 			if files[e.Name()] == nil {
 				files[e.Name()] = map[int][]byte{}
 			}
 			files[e.Name()][n] = b
-			o, err := exec.CommandContext(r.ctx, "mariadb-binlog", filepath.Join(dst, e.Name())).CombinedOutput()
-			if err != nil {
-				violations = append(violations, fmt.Sprintf("%s: node %d's %s does not decode: %v: %s", name, n+1, e.Name(), err, tail(string(o))))
-				continue
-			}
-			if bad := incompleteTxns(string(o)); len(bad) > 0 {
-				violations = append(violations, fmt.Sprintf("%s: node %d's %s holds transactions without their commit: %v", name, n+1, e.Name(), bad))
+			if err := decode(filepath.Join(dst, e.Name())); err != nil {
+				violations = append(violations, fmt.Sprintf("%s: node %d's %s: %v", name, n+1, e.Name(), err))
 			}
 		}
 	}
@@ -767,6 +798,32 @@ func (r *run) checkServedFiles(out, name string) []string {
 		}
 	}
 	return violations
+}
+
+// fetchMariaDBFiles copies upstream name's served files from a node with
+// mariadb-binlog --raw.
+func (r *run) fetchMariaDBFiles(name string) func(int, string) error {
+	return func(n int, dst string) error {
+		cmd := exec.CommandContext(r.ctx, "mariadb-binlog", "--read-from-remote-server", "--raw", "--host=127.0.0.1", "--port="+r.nodes[n].MySQLPort(),
+			"--user=r"+name, "--password="+replicaPass, "--to-last-log", "--result-file="+dst+"/", "flotilla-bin.000001")
+		if b, err := cmd.CombinedOutput(); err != nil {
+			return fmt.Errorf("%w: %s", err, bytes.TrimSpace(b))
+		}
+		return nil
+	}
+}
+
+// checkMariaDBFile decodes a served file with mariadb-binlog and requires every
+// transaction in it to be whole.
+func (r *run) checkMariaDBFile(path string) error {
+	o, err := exec.CommandContext(r.ctx, "mariadb-binlog", path).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("does not decode: %w: %s", err, tail(string(o)))
+	}
+	if bad := incompleteTxns(string(o)); len(bad) > 0 {
+		return fmt.Errorf("holds transactions without their commit: %v", bad)
+	}
+	return nil
 }
 
 func tail(s string) string {

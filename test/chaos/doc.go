@@ -1,15 +1,19 @@
 // Package chaos is Flotilla's fault-injection suite: a cluster of real nodes relays
-// real MariaDB masters under continuous writes to real MariaDB replicas while a
-// nemesis, driven by a printed seed, injects faults; an independent checker then
-// verifies the promise end to end.
+// real MariaDB masters under continuous writes to real MariaDB replicas, and the
+// test MySQL master to go-mysql's MySQL-flavor replica, while a nemesis, driven by
+// a printed seed, injects faults; an independent checker then verifies the promise
+// end to end.
 //
 // Invariants the checker holds the cluster to:
 //   - every transaction a master acknowledged is on every replica, exactly once and
 //     in the master's order (the replicas run with gtid_strict_mode, so a duplicated
 //     or reordered GTID stops them with an error), and each replica ends with the
 //     master's rows and GTID position;
+//   - the MySQL-flavor replica receives every sequence number of its master once,
+//     in order, byte for byte as the master wrote it;
 //   - every member of a group serves byte-identical binlog files up to the shortest,
-//     and each decodes with mariadb-binlog;
+//     and each decodes (mariadb-binlog; go-mysql's parser for the MySQL upstream)
+//     without a transaction cut from its commit;
 //   - no node crashed except by the nemesis (a panic in any log is a failure);
 //   - what the semi-sync master acknowledged (it cannot fall back to asynchronous
 //     commits during a run) survives its failover;

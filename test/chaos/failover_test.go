@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"path/filepath"
@@ -142,4 +143,18 @@ func (r *run) groupGTID(name string) string {
 		}
 	}
 	return best
+}
+
+// semiSyncSettled waits until no session of a semi-sync master waits for an
+// acknowledgement.
+func semiSyncSettled(ctx context.Context, srv *mariadbtest.Server) error {
+	var rows [][]string
+	var err error
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		rows, err = srv.Query(ctx, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")
+		if err == nil && len(rows) == 1 && rows[0][1] == "0" {
+			return nil
+		}
+	}
+	return fmt.Errorf("commits still wait for Flotilla's semi-sync acknowledgement after a minute: %v %v", rows, err)
 }

@@ -115,14 +115,14 @@ func TestGoMySQLWithoutFlavor(t *testing.T) {
 	fl.Kill()
 	fl.Start(ctx)
 	// Whatever r1 had read when the node died is its state; it resumes from there.
-	r2 := startMySQLReplica(t, fl, r1.executed, defaults)
+	r2 := startMySQLReplica(t, fl, r1.Executed, defaults)
 	all := mysqlSet(t, uuid+":1-309")
 	r2.until(ctx, all) // fails on a transaction r1 had (received twice)
-	for id, tx := range r2.txns {
-		r1.txns[id] = tx
+	for id, tx := range r2.Txns {
+		r1.Txns[id] = tx
 	}
-	r1.order = append(r1.order, r2.order...)
-	r1.executed = r2.executed
+	r1.Order = append(r1.Order, r2.Order...)
+	r1.Executed = r2.Executed
 	checkRecorded(t, r1, recorded, 0)
 	if strings.Contains(logs.String(), "misconfigured flavor") {
 		t.Fatalf("go-mysql took the MySQL port for MariaDB:\n%s", logs.String())

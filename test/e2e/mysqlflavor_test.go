@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
-	"log/slog"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -13,52 +11,36 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
-	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
+	"github.com/flotilla-relay/flotilla/test/mysqlreplica"
 )
 
 // mysqlReplica is go-mysql's BinlogSyncer in MySQL flavor reading Flotilla as a MySQL
-// replica does: it collects whole transactions, keyed by GTID, and its executed set.
+// replica does (test/mysqlreplica), failing the test on any error.
 type mysqlReplica struct {
-	t        *testing.T
-	bs       *replication.BinlogSyncer
-	s        *replication.BinlogStreamer
-	executed binlog.MySQLSet
-	txns     map[string][]byte
-	order    []string
-	cur      []byte
-	curID    string
-	curGTID  binlog.MySQLGTID
-	grp      binlog.MySQLGroup
-	v2       int // heartbeats v2 seen
+	t *testing.T
+	*mysqlreplica.Replica
 }
 
 func startMySQLReplica(t *testing.T, fl *flotillatest.Node, from binlog.MySQLSet, opts ...func(*replication.BinlogSyncerConfig)) *mysqlReplica {
 	t.Helper()
-	port, _ := strconv.Atoi(fl.MySQLPort())
-	cfg := replication.BinlogSyncerConfig{
-		ServerID: 7001, Flavor: mysql.MySQLFlavor, Host: "127.0.0.1", Port: uint16(port), User: replicaUser, Password: replicaPass,
-		RawModeEnabled: true, HeartbeatPeriod: 300 * time.Millisecond, DisableRetrySync: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+	cfg, err := mysqlreplica.Config("127.0.0.1:"+fl.MySQLPort(), replicaUser, replicaPass, 7001)
+	if err != nil {
+		t.Fatal(err)
 	}
 	for _, o := range opts {
 		o(&cfg)
 	}
-	bs := replication.NewBinlogSyncer(cfg)
-	t.Cleanup(bs.Close)
-	set, err := mysql.ParseMysqlGTIDSet(from.String())
+	r, err := mysqlreplica.Start(cfg, from)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := bs.StartSyncGTID(set)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &mysqlReplica{t: t, bs: bs, s: s, executed: from.Clone(), txns: map[string][]byte{}}
+	t.Cleanup(r.Close)
+	return &mysqlReplica{t: t, Replica: r}
 }
 
 // until reads events until the replica's executed set holds want.
@@ -66,35 +48,8 @@ func (r *mysqlReplica) until(ctx context.Context, want binlog.MySQLSet) {
 	r.t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
-	for !r.executed.ContainsSet(want) {
-		e, err := r.s.GetEvent(ctx)
-		if err != nil {
-			r.t.Fatalf("replica at %s, waiting for %s: %v", r.executed, want, err)
-		}
-		ev := e.RawData
-		switch ev[4] {
-		case binlog.HeartbeatEvent, binlog.RotateEvent, binlog.FormatDescription, binlog.MySQLPreviousGTIDsEvent:
-			continue
-		case binlog.MySQLHeartbeatV2Event:
-			r.v2++
-			continue
-		}
-		if binlog.OpensMySQLGroup(ev) {
-			g, err := binlog.ParseMySQLGTIDEvent(ev)
-			if err != nil {
-				r.t.Fatal(err)
-			}
-			if r.executed.Contains(g) {
-				r.t.Fatalf("transaction %s received twice", g)
-			}
-			r.cur, r.curID, r.curGTID = nil, g.String(), g
-		}
-		r.cur = append(r.cur, ev...)
-		if r.grp.Next(ev, true) {
-			r.txns[r.curID] = r.cur
-			r.executed.Add(r.curGTID)
-			r.order = append(r.order, r.curID)
-		}
+	if err := r.Until(ctx, want); err != nil {
+		r.t.Fatal(err)
 	}
 }
 
@@ -131,11 +86,11 @@ func recordedTxns(t *testing.T, master *mysqlmaster.Master) map[string][]byte {
 // byte for byte, starting after GTID number from.
 func checkRecorded(t *testing.T, r *mysqlReplica, recorded map[string][]byte, from int) {
 	t.Helper()
-	for i, id := range r.order {
+	for i, id := range r.Order {
 		if want := mysqlmaster.FixtureUUID + ":" + strconv.Itoa(from+i+1); id != want {
 			t.Fatalf("transaction %d is %s, want %s", i, id, want)
 		}
-		if !bytes.Equal(r.txns[id], recorded[id]) {
+		if !bytes.Equal(r.Txns[id], recorded[id]) {
 			t.Fatalf("transaction %s differs from the recording", id)
 		}
 	}
@@ -202,8 +157,8 @@ func TestMySQLFlavor(t *testing.T) {
 	// master commits next, across a master rotation.
 	r2 := startMySQLReplica(t, fl, mysqlSet(t, uuid+":1-250"))
 	r2.until(ctx, all)
-	if len(r2.order) != 59 || r2.order[0] != uuid+":251" {
-		t.Fatalf("resumed replica got %d transactions from %s", len(r2.order), r2.order[0])
+	if len(r2.Order) != 59 || r2.Order[0] != uuid+":251" {
+		t.Fatalf("resumed replica got %d transactions from %s", len(r2.Order), r2.Order[0])
 	}
 	if err := master.Rotate(); err != nil {
 		t.Fatal(err)
@@ -226,7 +181,7 @@ func TestMySQLFlavor(t *testing.T) {
 	}
 	more := mysqlSet(t, uuid+":1-312:etl:1")
 	r2.until(ctx, more)
-	if tx := r2.txns[uuid+":312"]; len(tx) != 48+len(payload) || tx[48+4] != binlog.MySQLTransactionPayloadEvent {
+	if tx := r2.Txns[uuid+":312"]; len(tx) != 48+len(payload) || tx[48+4] != binlog.MySQLTransactionPayloadEvent {
 		t.Fatalf("the compressed transaction arrived as %d bytes", len(tx))
 	}
 
@@ -237,15 +192,15 @@ func TestMySQLFlavor(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitExecuted(mysqlSet(t, uuid+":1-313:etl:1"))
-	r3 := startMySQLReplica(t, fl, r2.executed)
+	r3 := startMySQLReplica(t, fl, r2.Executed)
 	r3.until(ctx, mysqlSet(t, uuid+":1-313:etl:1"))
-	if len(r3.order) != 1 || r3.order[0] != uuid+":313" {
-		t.Fatalf("after SIGKILL the replica got %v, want only :313", r3.order)
+	if len(r3.Order) != 1 || r3.Order[0] != uuid+":313" {
+		t.Fatalf("after SIGKILL the replica got %v, want only :313", r3.Order)
 	}
 
 	// An 8.0.26+ replica asks for heartbeat v2 (dump flag 2): at the tail it gets
 	// type 41 with the file name and the full position.
-	checkHeartbeatV2(t, fl, r3.executed)
+	checkHeartbeatV2(t, fl, r3.Executed)
 }
 
 // checkHeartbeatV2 dumps with the heartbeat-v2 flag from have (everything the group

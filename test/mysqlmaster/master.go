@@ -13,6 +13,7 @@
 package mysqlmaster
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/rsa"
 	"encoding/binary"
@@ -41,11 +42,12 @@ type Master struct {
 	UUID     string
 	ServerID uint32
 
-	ln  net.Listener
-	srv *server.Server
-	log *slog.Logger
+	addr string
+	srv  *server.Server
+	log  *slog.Logger
 
 	mu       sync.Mutex
+	ln       net.Listener // nil while the master is down (Restart)
 	files    []*file
 	executed binlog.MySQLSet
 	vars     map[string]string // global variables the master reports
@@ -92,7 +94,7 @@ func New(dir string) (*Master, error) {
 	h, _ := binlog.ParseHeader(files[0].fde())
 	m := &Master{
 		User: "repl", Password: "replpw", UUID: FixtureUUID, ServerID: h.ServerID,
-		ln: ln, log: slog.Default().With("component", "mysqlmaster"),
+		ln: ln, addr: ln.Addr().String(), log: slog.Default().With("component", "mysqlmaster"),
 		files: files, executed: executed, changed: make(chan struct{}), conns: map[net.Conn]bool{},
 		schemaDir: filepath.Join(filepath.Dir(dir), "expected"),
 	}
@@ -112,12 +114,12 @@ func New(dir string) (*Master, error) {
 		"gtid_purged": files[0].prev.String(), "rpl_semi_sync_master_enabled": "0",
 		"binlog_transaction_compression": "OFF", "max_allowed_packet": "67108864",
 	}
-	go m.accept()
+	go m.accept(ln)
 	return m, nil
 }
 
 // Addr is the master's HOST:PORT.
-func (m *Master) Addr() string { return m.ln.Addr().String() }
+func (m *Master) Addr() string { return m.addr }
 
 // Set changes a global variable the master reports (gtid_mode, binlog_format, ...).
 func (m *Master) Set(name, value string) {
@@ -167,22 +169,71 @@ func (m *Master) Executed() binlog.MySQLSet {
 // Close stops the master and drops every connection.
 func (m *Master) Close() {
 	m.mu.Lock()
+	defer m.mu.Unlock()
 	m.closed = true
+	m.down()
+}
+
+// down drops every connection and stops listening; the caller holds m.mu.
+func (m *Master) down() {
 	for c := range m.conns {
 		c.Close()
 	}
-	m.mu.Unlock()
-	m.ln.Close()
+	if m.ln != nil {
+		m.ln.Close()
+		m.ln = nil
+	}
 }
 
-func (m *Master) accept() {
+// Restart stops the master for hold, as a server restart does: every connection
+// drops, nothing is accepted meanwhile, and the master comes back at the same
+// address with a new binlog file.
+func (m *Master) Restart(ctx context.Context, hold time.Duration) error {
+	m.mu.Lock()
+	m.down()
+	m.mu.Unlock()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-time.After(hold):
+	}
+	if err := m.Rotate(); err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", m.addr)
+	if err != nil {
+		return fmt.Errorf("mysqlmaster: listen again at %s: %w", m.addr, err)
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		ln.Close()
+		return errors.New("mysqlmaster: closed")
+	}
+	m.ln = ln
+	go m.accept(ln)
+	return nil
+}
+
+// FileNames is the master's binlog files, oldest first.
+func (m *Master) FileNames() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	names := make([]string, len(m.files))
+	for i, f := range m.files {
+		names[i] = f.name
+	}
+	return names
+}
+
+func (m *Master) accept(ln net.Listener) {
 	for {
-		nc, err := m.ln.Accept()
+		nc, err := ln.Accept()
 		if err != nil {
 			return
 		}
 		m.mu.Lock()
-		if m.closed {
+		if m.closed || m.ln != ln { // closed, or restarted since
 			m.mu.Unlock()
 			nc.Close()
 			return

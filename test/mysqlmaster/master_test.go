@@ -4,10 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"io"
-	"log/slog"
 	"net"
-	"strconv"
 	"testing"
 	"time"
 
@@ -15,20 +12,73 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/test/mysqlreplica"
 )
 
 // Syncer returns a go-mysql BinlogSyncer in MySQL flavor, raw mode, for addr.
 func syncer(t *testing.T, addr, user, password string) *replication.BinlogSyncer {
 	t.Helper()
-	host, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.Atoi(port)
-	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		ServerID: 4242, Flavor: mysql.MySQLFlavor, Host: host, Port: uint16(p), User: user, Password: password,
-		RawModeEnabled: true, HeartbeatPeriod: 200 * time.Millisecond, DisableRetrySync: true,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
+	cfg, err := mysqlreplica.Config(addr, user, password, 4242)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.HeartbeatPeriod = 200 * time.Millisecond
+	bs := replication.NewBinlogSyncer(cfg)
 	t.Cleanup(bs.Close)
 	return bs
+}
+
+// Restart drops every stream, refuses connections while down, and comes back at
+// the same address with a new file; a replica resumes there by auto-position.
+func TestRestartDropsAndReturns(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	m := Start(t, Fixtures)
+	cfg, err := mysqlreplica.Config(m.Addr(), m.User, m.Password, 4243)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := mysqlreplica.Start(cfg, binlog.MySQLSet{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	if err := r.Until(ctx, m.Executed()); err != nil {
+		t.Fatal(err)
+	}
+	files := len(m.FileNames())
+	done := make(chan error, 1)
+	go func() { done <- m.Restart(ctx, time.Second) }()
+	if _, _, err := r.Next(ctx); err == nil {
+		t.Fatal("the stream went on across a restart")
+	}
+	if c, err := net.DialTimeout("tcp", m.Addr(), time.Second); err == nil {
+		c.Close()
+		t.Fatal("a connection was accepted while the master was down")
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if n := len(m.FileNames()); n != files+1 {
+		t.Fatalf("%d files after the restart, want %d", n, files+1)
+	}
+	txns, err := m.TxnsOf(m.FileNames()[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := m.AppendTxn(txns[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Reconnect(""); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Until(ctx, m.Executed()); err != nil {
+		t.Fatal(err)
+	}
+	if last := r.Order[len(r.Order)-1]; last != g.String() {
+		t.Fatalf("the replica's last transaction is %s, want %s", last, g)
+	}
 }
 
 // The test master streams the recording as a MySQL source: every event byte for byte
