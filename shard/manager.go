@@ -50,6 +50,8 @@ type Manager struct {
 	log     *slog.Logger
 	// servedFileSize: see SetServedFileSize.
 	servedFileSize uint64
+	// silenceProbe: see SetSilenceProbe.
+	silenceProbe time.Duration
 	// retention is applied by each group's leader.
 	retention statemachine.Retention
 
@@ -102,6 +104,10 @@ func (m *Manager) SetSuspended(why string) {
 // SetServedFileSize sets where syncers close served files early (see
 // servedFileLimit); call it before groups start.
 func (m *Manager) SetServedFileSize(n uint64) { m.servedFileSize = n }
+
+// SetSilenceProbe sets how long a master's stream may carry nothing before the
+// leader asks the master whether it misses anything (0: DefaultSilenceProbe).
+func (m *Manager) SetSilenceProbe(d time.Duration) { m.silenceProbe = d }
 
 // SetMetrics installs the node's instruments.
 func (m *Manager) SetMetrics(r *metrics.Relay) { m.metrics = r }

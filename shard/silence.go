@@ -32,9 +32,10 @@ import (
 // is unreachable or has written what the stream does not deliver for two probes.
 // The probe's query needs no privilege beyond a login.
 
-// silenceProbe is how long a stream may carry nothing before the master is asked.
+// DefaultSilenceProbe is how long a stream may carry nothing before the master is
+// asked (master_silence_probe).
 // With heartbeats (every second) it is never reached.
-const silenceProbe = 15 * time.Second
+const DefaultSilenceProbe = 15 * time.Second
 
 // connectStall bounds each read while connecting and starting the dump, before
 // the link is watched by probes.
@@ -135,7 +136,7 @@ var errCannotJudge = errors.New("the probe cannot judge the stream")
 // skips what the group holds without a word, so the stream's position may trail
 // the master's end although nothing is missing.
 func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl upstreamFlavor, probe func(context.Context) (string, error)) error {
-	if w.idle() < silenceProbe {
+	if w.idle() < s.silenceProbe() {
 		return nil
 	}
 	if st.behind && w.last.Load() > w.at(st.probeAt) {
@@ -225,4 +226,12 @@ func (s *Shard) masterExecuted(ctx context.Context, fl upstreamFlavor, addr, use
 		return "", fmt.Errorf("the probe %q: %w", q, err)
 	}
 	return v, nil
+}
+
+// silenceProbe is the node's master_silence_probe.
+func (s *Shard) silenceProbe() time.Duration {
+	if s.m == nil || s.m.silenceProbe <= 0 {
+		return DefaultSilenceProbe
+	}
+	return s.m.silenceProbe
 }

@@ -68,12 +68,12 @@ func TestCheckSilence(t *testing.T) {
 	}
 	silent := func() *linkWatch {
 		w := newLinkWatch()
-		w.last.Store(w.at(time.Now().Add(-silenceProbe - time.Second)))
+		w.last.Store(w.at(time.Now().Add(-DefaultSilenceProbe - time.Second)))
 		return w
 	}
 	// Not silent long enough: no probe at all.
 	if err := s.checkSilence(ctx, &silence{}, newLinkWatch(), fl, answer("", errors.New("must not be asked"))); err != nil {
-		t.Fatalf("probed a stream silent for less than silenceProbe: %v", err)
+		t.Fatalf("probed a stream silent for less than DefaultSilenceProbe: %v", err)
 	}
 	var st silence
 	w := silent()
@@ -87,7 +87,7 @@ func TestCheckSilence(t *testing.T) {
 		t.Fatalf("ended at the first probe that found the master ahead (may be in flight): %v", err)
 	}
 	w.last.Store(w.at(time.Now())) // bytes arrive, then silence again
-	w.last.Store(w.at(time.Now().Add(-silenceProbe - time.Second + 10*time.Millisecond)))
+	w.last.Store(w.at(time.Now().Add(-DefaultSilenceProbe - time.Second + 10*time.Millisecond)))
 	st.probeAt = time.Now().Add(-time.Hour)
 	if err := s.checkSilence(ctx, &st, w, fl, ahead); err != nil {
 		t.Fatalf("ended although bytes came since the last probe: %v", err)

@@ -131,14 +131,14 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		idle := len(p.items) == 0 && len(p.pending) == 0
 		wait := batchLinger
 		if idle {
-			wait = silenceProbe
+			wait = s.silenceProbe()
 		}
 		evctx, cancel := context.WithTimeout(ctx, wait)
 		raw, err := src.next(evctx)
 		cancel()
 		if err != nil {
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
-				if idle && p.heartbeatGap > 0 && w.idle() >= max(silenceProbe, 3*p.heartbeatGap) {
+				if idle && p.heartbeatGap > 0 && w.idle() >= max(s.silenceProbe(), 3*p.heartbeatGap) {
 					// A master that sent heartbeats and stopped: the link is dead.
 					return false, fmt.Errorf("read from master %s: no heartbeat or event for %s", u.Source, w.idle().Round(time.Second))
 				}
@@ -319,7 +319,7 @@ type pipeline struct {
 	// heartbeatGap is the longest time seen between two heartbeats with nothing
 	// between them (heartbeatAt: the last one, zero after any other event): a
 	// master that sends them and falls silent for three such gaps (at least
-	// silenceProbe) is behind a dead link. Until it is known, the probes judge.
+	// master_silence_probe) is behind a dead link. Until it is known, the probes judge.
 	heartbeatAt  time.Time
 	heartbeatGap time.Duration
 }

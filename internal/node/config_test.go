@@ -33,6 +33,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
 		{"min_free_disk", "1G", "lots", func(c Config) bool { return c.MinFreeDisk == 1<<30 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
+		{"master_silence_probe", "3s", "soon", func(c Config) bool { return c.MasterSilenceProbe == 3*time.Second }},
 		{"max_connections", "10", "many", func(c Config) bool { return c.MaxConnections == 10 }},
 		{"max_user_connections", "3", "few", func(c Config) bool { return c.MaxUserConnections == 3 }},
 		{"max_handshakes_per_host", "5", "few", func(c Config) bool { return c.MaxHandshakesPerHost == 5 }},
@@ -107,6 +108,7 @@ func TestValidate(t *testing.T) {
 		"join":                          func(c *Config) { c.Join = []string{"host-without-port"} },
 		"served_file_size":              func(c *Config) { c.ServedFileSize = 4 << 30 },
 		"1 MiB":                         func(c *Config) { c.ServedFileSize = 1000 },
+		"master_silence_probe":          func(c *Config) { c.MasterSilenceProbe = time.Millisecond },
 	} {
 		c := ok
 		mod(&c)

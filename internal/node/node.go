@@ -80,6 +80,11 @@ type Config struct {
 	// NodeDownAfter is how long a node may not answer before the placement
 	// controller re-creates its replicas elsewhere.
 	NodeDownAfter time.Duration `yaml:"node_down_after"`
+	// MasterSilenceProbe is how long a master's stream may bring nothing (no event,
+	// no heartbeat) before the group's leader asks the master, on a second
+	// connection, whether it holds transactions the group lacks: a dead link
+	// without a reset is found after two such probes.
+	MasterSilenceProbe time.Duration `yaml:"master_silence_probe"`
 	// Client limits of the MySQL front end (see mysqlfront.Limits).
 	MaxConnections     int  `yaml:"max_connections"`
 	MaxUserConnections int  `yaml:"max_user_connections"`
@@ -354,6 +359,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if cfg.ServedFileSize > 0 {
 		n.shards.SetServedFileSize(uint64(cfg.ServedFileSize))
 	}
+	n.shards.SetSilenceProbe(cfg.MasterSilenceProbe)
 	ctx, n.cancel = context.WithCancel(ctx)
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)
