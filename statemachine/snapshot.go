@@ -291,7 +291,10 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	}
 	if applied != m.Applied {
 		// Never apply on from another state than the snapshot's: the replica would
-		// reject what its peers accept and silently fall behind for good.
+		// reject what its peers accept and silently fall behind for good. The error
+		// stops the node (dragonboat panics on a failed recovery), and it fails the
+		// same way at every start: fail-stop, with the group named, rather than a
+		// diverged replica that serves stale data.
 		return fmt.Errorf("group %d: the installed snapshot opened at entry %d, not its own %d: rebuild this replica from a peer", g.id, applied, m.Applied)
 	}
 	g.mu.Lock()

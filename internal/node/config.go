@@ -156,8 +156,8 @@ func (c Config) Validate() error {
 			return fmt.Errorf("%s must not be negative", key)
 		}
 	}
-	if p := c.MasterSilenceProbe; p != 0 && (p < time.Second || p > 10*time.Minute) {
-		return fmt.Errorf("master_silence_probe %v is outside 1s to 10m: shorter probes load the master, longer ones leave a dead link unnoticed", p)
+	if p := c.MasterSilenceProbe; p != 0 && (p < time.Second || p > 2*time.Minute) {
+		return fmt.Errorf("master_silence_probe %v is outside 1s to 2m: shorter probes load the master, longer ones leave a dead link unnoticed for two of them (and pass the 5 minutes after which an undecidable silence ends the stream)", p)
 	}
 	if c.ServedFileSize > 3<<30 || c.ServedFileSize > 0 && c.ServedFileSize < 1<<20 {
 		return fmt.Errorf("served_file_size %v is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)

@@ -241,11 +241,6 @@ func (r *run) inject(f Fault) error {
 		r.hist.add("fault", fields)
 		myDone := make(chan error, 1)
 		go func() { myDone <- r.my.master.Restart(r.ctx, f.Hold) }()
-		defer func() {
-			if err := <-myDone; err != nil {
-				t.Fatalf("restart master %s: %v", r.my.name, err)
-			}
-		}()
 		m.mu.Lock()
 		if err := m.srv.Stop(); err != nil {
 			t.Errorf("stop master %s: %v", m.name, err)
@@ -258,6 +253,9 @@ func (r *run) inject(f Fault) error {
 		}
 		m.srv = srv
 		m.mu.Unlock()
+		if err := <-myDone; err != nil {
+			return fmt.Errorf("restart master %s: %w", r.my.name, err)
+		}
 	case DiskFull:
 		fields["node"] = r.diskNode + 1
 		r.hist.add("fault", fields)

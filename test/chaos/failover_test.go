@@ -150,7 +150,7 @@ func (r *run) groupGTID(name string) string {
 func semiSyncSettled(ctx context.Context, srv *mariadbtest.Server) error {
 	var rows [][]string
 	var err error
-	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline) && ctx.Err() == nil; time.Sleep(200 * time.Millisecond) {
 		rows, err = srv.Query(ctx, "SHOW GLOBAL STATUS LIKE 'Rpl_semi_sync_master_wait_sessions'")
 		if err == nil && len(rows) == 1 && rows[0][1] == "0" {
 			return nil

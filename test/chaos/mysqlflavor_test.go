@@ -39,6 +39,7 @@ type mysqlUpstream struct {
 	moved    context.CancelFunc
 	received map[int64][sha256.Size]byte // by sequence number, what the replica got
 	last     int64                       // the replica's highest sequence number
+	source   binlog.Source               // the master's: every GTID is its own
 	problems []string
 	resumes  int
 	// stopRead ends the replica; readDone is closed once it has.
@@ -64,18 +65,20 @@ func (r *run) startMySQLUpstream() *mysqlUpstream {
 	}
 	t.Cleanup(func() { p.close() })
 	u.proxy = p
+	sid, err := binlog.ParseSID(m.UUID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.source = binlog.Source{SID: sid}
 	return u
 }
 
-// highest is the last sequence number of a one-source set.
-func highest(s binlog.MySQLSet) int64 {
-	var end int64
-	for _, ivs := range s {
-		if len(ivs) > 0 {
-			end = max(end, ivs[len(ivs)-1].End-1)
-		}
+// highest is the last sequence number of source src in s.
+func highest(s binlog.MySQLSet, src binlog.Source) int64 {
+	if ivs := s[src]; len(ivs) > 0 {
+		return ivs[len(ivs)-1].End - 1
 	}
-	return end
+	return 0
 }
 
 // write commits the recording's transactions in turn until ctx ends, rotating
@@ -85,6 +88,7 @@ func (u *mysqlUpstream) write(ctx context.Context, h *history) {
 		g, err := u.master.AppendTxn(u.recording[i%len(u.recording)])
 		if err != nil {
 			h.add("write-failed", map[string]any{"upstream": u.name, "err": err.Error()})
+			u.problem("the master stopped committing: %v", err)
 			return
 		}
 		u.mu.Lock()
@@ -94,6 +98,7 @@ func (u *mysqlUpstream) write(ctx context.Context, h *history) {
 		if i%500 == 499 {
 			if err := u.master.Rotate(); err != nil {
 				h.add("write-failed", map[string]any{"upstream": u.name, "err": err.Error()})
+				u.problem("the master stopped rotating: %v", err)
 				return
 			}
 		}
@@ -158,6 +163,9 @@ func (u *mysqlUpstream) read(ctx context.Context, r *run) {
 				break
 			}
 			u.mu.Lock()
+			if g.Source != u.source {
+				u.problems = append(u.problems, fmt.Sprintf("%s: the replica got %s, not a transaction of the master's own source", u.name, g))
+			}
 			if g.GNO != u.last+1 {
 				u.problems = append(u.problems, fmt.Sprintf("%s: the replica got %s after sequence number %d (a gap or a reordering)", u.name, g, u.last))
 			}
@@ -184,7 +192,10 @@ func (u *mysqlUpstream) read(ctx context.Context, r *run) {
 // served files as for the other upstreams.
 func (u *mysqlUpstream) check(r *run, out string) (int, []string) {
 	want := u.master.Executed()
-	top := highest(want)
+	top := highest(want, u.source)
+	if len(want) != 1 {
+		r.t.Fatalf("%s: the master's executed set %s has more than its own source", u.name, want)
+	}
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(250 * time.Millisecond) {
 		u.mu.Lock()
 		done := u.last >= top
@@ -226,24 +237,35 @@ func (u *mysqlUpstream) check(r *run, out string) (int, []string) {
 }
 
 // checkMySQLFile decodes a served MySQL binlog file with go-mysql's parser (no
-// mysqlbinlog ships for Debian) and requires it to end on a transaction boundary.
+// mysqlbinlog ships for Debian), every event and its checksum, and requires every
+// event but the file's own (format description, previous GTIDs, rotate) to belong
+// to a whole transaction.
 func checkMySQLFile(path string) error {
 	p := replication.NewBinlogParser()
-	p.SetRawMode(true)
+	p.SetVerifyChecksum(true)
 	var grp binlog.MySQLGroup
 	open := ""
 	err := p.ParseFile(path, 4, func(e *replication.BinlogEvent) error {
-		if binlog.OpensMySQLGroup(e.RawData) {
+		ev := e.RawData
+		switch {
+		case binlog.OpensMySQLGroup(ev):
 			if open != "" {
 				return fmt.Errorf("transaction %s has no commit", open)
 			}
-			g, err := binlog.ParseMySQLGTIDEvent(e.RawData)
+			g, err := binlog.ParseMySQLGTIDEvent(ev)
 			if err != nil {
 				return err
 			}
 			open = g.String()
+		case ev[4] == binlog.FormatDescription || ev[4] == binlog.MySQLPreviousGTIDsEvent || ev[4] == binlog.RotateEvent:
+			if open != "" {
+				return fmt.Errorf("event type %d inside transaction %s", ev[4], open)
+			}
+			return nil
+		case open == "":
+			return fmt.Errorf("event type %d at %d outside any transaction", ev[4], e.Header.LogPos)
 		}
-		if open != "" && grp.Next(e.RawData, true) {
+		if grp.Next(ev, true) {
 			open = ""
 		}
 		return nil
@@ -256,7 +278,7 @@ func checkMySQLFile(path string) error {
 	}
 	b, err := os.ReadFile(path)
 	if err == nil && !bytes.HasPrefix(b, []byte("\xfebin")) {
-		err = fmt.Errorf("no binlog magic")
+		err = errors.New("no binlog magic")
 	}
 	return err
 }
@@ -264,7 +286,7 @@ func checkMySQLFile(path string) error {
 // fetchMySQLFiles copies upstream name's served files from a node as
 // mysqlbinlog --raw --read-from-remote-server does, with go-mysql's syncer in
 // MySQL flavor (mariadb-binlog refuses a MySQL server): a file/position dump from
-// the first file, up to the end SHOW MASTER STATUS named first.
+// the oldest file held, up to the end SHOW MASTER STATUS named first.
 func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 	return func(n int, dst string) error {
 		addr := "127.0.0.1:" + r.nodes[n].MySQLPort()
@@ -273,19 +295,33 @@ func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 			return err
 		}
 		st, err := c.Execute("SHOW MASTER STATUS")
+		if err != nil {
+			c.Close()
+			return err
+		}
+		// From the oldest file the node holds: the recording's events carry their
+		// old timestamps, so retention_age purges this group's files as it goes.
+		logs, err := c.Execute("SHOW BINARY LOGS")
 		c.Close()
 		if err != nil {
 			return err
 		}
-		endFile, _ := st.GetString(0, 0)
-		endPos, _ := st.GetUint(0, 1)
+		first, err := logs.GetString(0, 0)
+		if err != nil {
+			return fmt.Errorf("SHOW BINARY LOGS: %w", err)
+		}
+		endFile, err1 := st.GetString(0, 0)
+		endPos, err2 := st.GetUint(0, 1)
+		if err := errors.Join(err1, err2); err != nil || endFile == "" {
+			return fmt.Errorf("SHOW MASTER STATUS: %q %d: %v", endFile, endPos, err)
+		}
 		cfg, err := mysqlreplica.Config(addr, "r"+name, replicaPass, 7002)
 		if err != nil {
 			return err
 		}
 		bs := replication.NewBinlogSyncer(cfg)
 		defer bs.Close()
-		s, err := bs.StartSync(gomysql.Position{Name: "flotilla-bin.000001", Pos: 4})
+		s, err := bs.StartSync(gomysql.Position{Name: first, Pos: 4})
 		if err != nil {
 			return err
 		}

@@ -59,7 +59,7 @@ func TestMasterBendsRules(t *testing.T) {
 	// Four probes' time without a byte from the master: they find it holds nothing
 	// the group lacks, and the stream stays.
 	select {
-	case <-time.After(12 * time.Second):
+	case <-time.After(13 * time.Second):
 	case <-ctx.Done():
 		t.Fatal(ctx.Err())
 	}

@@ -4,8 +4,9 @@
 // does: the connect-time queries a replica and Flotilla send, COM_REGISTER_SLAVE,
 // COM_BINLOG_DUMP_GTID with auto-position (every transaction not in the replica's
 // set, from the newest file whose PREVIOUS_GTIDS it holds), rotation and heartbeats.
-// Tests can append transactions (re-numbered in the master's own GTID sequence) and
-// rotate to a new file while replicas stream.
+// Tests can append transactions (re-numbered in the master's own GTID sequence),
+// rotate to a new file while replicas stream, and restart the master (every
+// connection dropped, none accepted for a while, a new file after).
 //
 // Invariants: files only grow, and a file is closed (ends with a Rotate) before the
 // next one exists; the executed set is the first file's PREVIOUS_GTIDS plus every
@@ -200,9 +201,17 @@ func (m *Master) Restart(ctx context.Context, hold time.Duration) error {
 	if err := m.Rotate(); err != nil {
 		return err
 	}
-	ln, err := net.Listen("tcp", m.addr)
-	if err != nil {
-		return fmt.Errorf("mysqlmaster: listen again at %s: %w", m.addr, err)
+	// The port came from the ephemeral range: while the master was down, an
+	// outgoing connection may hold it for a moment.
+	var ln net.Listener
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if ln, err = net.Listen("tcp", m.addr); err == nil {
+			break
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("mysqlmaster: listen again at %s: %w", m.addr, err)
+		}
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()

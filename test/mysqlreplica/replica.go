@@ -4,9 +4,11 @@
 //
 // Invariants: Executed is the set the replica asked for plus every transaction it
 // received whole; Order and Txns hold exactly the transactions received whole,
-// in arrival order; a transaction arriving twice, or a source that stops in the
-// middle of one, never reaches them (Until returns the error, Reconnect drops the
-// partial transaction and resumes from Executed, as a MySQL replica does).
+// in arrival order; a transaction arriving twice, one cut off by the next, an
+// event outside any transaction or a checksum that fails is an error, never
+// received; a source that stops in the middle of a transaction loses it
+// (Reconnect drops the partial transaction and resumes from Executed, as a MySQL
+// replica does).
 package mysqlreplica
 
 import (
@@ -62,7 +64,7 @@ func Config(addr, user, password string, serverID uint32) (replication.BinlogSyn
 	}
 	return replication.BinlogSyncerConfig{
 		ServerID: serverID, Flavor: mysql.MySQLFlavor, Host: host, Port: uint16(port), User: user, Password: password,
-		RawModeEnabled: true, HeartbeatPeriod: 300 * time.Millisecond, ReadTimeout: 10 * time.Second, DisableRetrySync: true,
+		RawModeEnabled: true, VerifyChecksum: true, HeartbeatPeriod: 300 * time.Millisecond, ReadTimeout: 10 * time.Second, DisableRetrySync: true,
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	}, nil
 }
@@ -103,7 +105,7 @@ func (r *Replica) Reconnect(addr string) error {
 		}
 		r.cfg.Host, r.cfg.Port = cfg.Host, cfg.Port
 	}
-	r.cur, r.curID, r.grp = nil, "", binlog.MySQLGroup{}
+	r.cur, r.curID, r.curGTID, r.grp = nil, "", binlog.MySQLGTID{}, binlog.MySQLGroup{}
 	return r.connect()
 }
 
@@ -138,7 +140,12 @@ func (r *Replica) Next(ctx context.Context) (binlog.MySQLGTID, []byte, error) {
 		}
 		ev := e.RawData
 		switch ev[4] {
-		case binlog.HeartbeatEvent, binlog.MySQLHeartbeatV2Event, binlog.RotateEvent, binlog.FormatDescription, binlog.MySQLPreviousGTIDsEvent:
+		case binlog.HeartbeatEvent, binlog.MySQLHeartbeatV2Event:
+			continue
+		case binlog.RotateEvent, binlog.FormatDescription, binlog.MySQLPreviousGTIDsEvent:
+			if r.curID != "" {
+				return binlog.MySQLGTID{}, nil, fmt.Errorf("mysqlreplica: event type %d inside transaction %s", ev[4], r.curID)
+			}
 			continue
 		}
 		if binlog.OpensMySQLGroup(ev) {
@@ -146,19 +153,26 @@ func (r *Replica) Next(ctx context.Context) (binlog.MySQLGTID, []byte, error) {
 			if err != nil {
 				return binlog.MySQLGTID{}, nil, err
 			}
+			if r.curID != "" {
+				return binlog.MySQLGTID{}, nil, fmt.Errorf("mysqlreplica: transaction %s cut off by %s", r.curID, g)
+			}
 			if r.Executed.Contains(g) {
 				return binlog.MySQLGTID{}, nil, fmt.Errorf("%s: %w", g, ErrDuplicate)
 			}
 			r.cur, r.curID, r.curGTID = nil, g.String(), g
+		} else if r.curID == "" {
+			return binlog.MySQLGTID{}, nil, fmt.Errorf("mysqlreplica: event type %d outside any transaction (after %s)", ev[4], r.Executed)
 		}
 		r.cur = append(r.cur, ev...)
 		if r.grp.Next(ev, true) {
+			id, g, txn := r.curID, r.curGTID, r.cur
+			r.cur, r.curID, r.curGTID = nil, "", binlog.MySQLGTID{}
 			if !r.DropTxns {
-				r.Txns[r.curID] = r.cur
+				r.Txns[id] = txn
 			}
-			r.Executed.Add(r.curGTID)
-			r.Order = append(r.Order, r.curID)
-			return r.curGTID, r.cur, nil
+			r.Executed.Add(g)
+			r.Order = append(r.Order, id)
+			return g, txn, nil
 		}
 	}
 }
