@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -41,13 +42,18 @@ type Shard struct {
 	upstream placement.Upstream
 	// members are the nodes assigned to the group, with their raft addresses and
 	// replica ids: the leader makes the raft membership match them.
-	members  []uint64
-	addrs    map[uint64]string
-	rids     map[uint64]uint64
-	known    map[uint64]uint64 // every replica id the metadata records: id -> node
-	status   SyncStatus
-	leaderID uint64
-	hasLead  bool
+	members []uint64
+	addrs   map[uint64]string
+	rids    map[uint64]uint64
+	known   map[uint64]uint64 // every replica id the metadata records: id -> node
+	// settledAt is when the leader last found the raft membership matching the
+	// assignment (zero: not since the assignment or the leadership changed). A
+	// settled group is not checked again before membershipRecheck: the check is a
+	// linearizable read, which would keep an idle group from quiescing.
+	settledAt time.Time
+	status    SyncStatus
+	leaderID  uint64
+	hasLead   bool
 	// held counts the holds on the syncer (holdSyncer): while any, run starts none;
 	// active: run has a syncer started and not yet stopped.
 	held   int
@@ -95,27 +101,31 @@ func (s *Shard) Upstream() placement.Upstream {
 }
 
 func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
-	s.mu.Lock()
-	kick := s.upstream.Paused != u.Paused || s.upstream.Source != u.Source
-	s.upstream = *u
-	s.members = slices.Clone(st.Assignments[u.GroupID])
-	s.addrs, s.rids = map[uint64]string{}, map[uint64]uint64{}
-	for _, id := range s.members {
+	members := slices.Clone(st.Assignments[u.GroupID])
+	addrs, rids := map[uint64]string{}, map[uint64]uint64{}
+	for _, id := range members {
 		if n, ok := st.Nodes[id]; ok {
-			s.addrs[id] = n.RaftAddr
+			addrs[id] = n.RaftAddr
 		}
-		s.rids[id] = st.ReplicaID(u.GroupID, id)
+		rids[id] = st.ReplicaID(u.GroupID, id)
 	}
-	s.known = map[uint64]uint64{}
+	known := map[uint64]uint64{}
 	for node, rid := range st.ReplicaIDs[u.GroupID] {
 		// Every earlier incarnation of the node's replica too.
 		for r := rid; ; r -= 1 << placement.NodeIDBits {
-			s.known[r] = node
+			known[r] = node
 			if r < 1<<placement.NodeIDBits {
 				break
 			}
 		}
 	}
+	s.mu.Lock()
+	kick := s.upstream.Paused != u.Paused || s.upstream.Source != u.Source
+	s.upstream = *u
+	if !slices.Equal(s.members, members) || !maps.Equal(s.addrs, addrs) || !maps.Equal(s.rids, rids) || !maps.Equal(s.known, known) {
+		s.settledAt = time.Time{}
+	}
+	s.members, s.addrs, s.rids, s.known = members, addrs, rids, known
 	s.mu.Unlock()
 	if kick {
 		s.poke()
@@ -202,16 +212,25 @@ func (s *Shard) run(ctx context.Context) {
 	for {
 		id, changed := s.m.leaders.Leader(s.gid)
 		s.mu.Lock()
+		if id != s.leaderID {
+			s.settledAt = time.Time{} // a new leader checks the membership at once
+		}
 		s.leaderID, s.hasLead = id, id != 0
 		paused, source, held := s.upstream.Paused, s.upstream.Source, s.held > 0
+		check := s.settledAt.IsZero() || time.Since(s.settledAt) >= membershipRecheck
 		s.mu.Unlock()
 		// Membership changes wait for raft (seconds when a quorum is missing): they run
 		// beside this loop, one at a time, so a lost leadership still stops the syncer
 		// at once.
-		if id == s.m.nodeID && s.reconciling.CompareAndSwap(false, true) {
+		if id == s.m.nodeID && check && s.reconciling.CompareAndSwap(false, true) {
 			go func() {
 				defer s.reconciling.Store(false)
-				s.reconcileMembers(ctx)
+				at := time.Now()
+				if s.reconcileMembers(ctx) {
+					s.mu.Lock()
+					s.settledAt = at
+					s.mu.Unlock()
+				}
 			}()
 		}
 		should := id == s.m.nodeID && !paused && !held
@@ -244,27 +263,32 @@ func (s *Shard) run(ctx context.Context) {
 	}
 }
 
+// membershipRecheck is how often a leader checks a settled group's membership again,
+// in case anything changed it unseen.
+const membershipRecheck = 5 * time.Minute
+
 // reconcileMembers, on the leader, makes the group's raft membership match its
-// assignment, one change at a time. It removes first (a replica the metadata records
+// assignment, one change at a time, and reports whether it already did (nothing to
+// change, nothing waiting). It removes first (a replica the metadata records
 // for a node no longer assigned, or an old incarnation of a node assigned again,
 // which must go before its successor can take its address), then adds. It removes
 // only replica ids the metadata knows: a leader whose copy of the metadata lags must
 // never take out a member it has not heard of yet. A leader that is itself no longer
 // assigned hands its leadership to an assigned member first. The placement
 // controller only unassigns a node once the others have caught up.
-func (s *Shard) reconcileMembers(ctx context.Context) {
+func (s *Shard) reconcileMembers(ctx context.Context) bool {
 	s.mu.Lock()
 	want, addrs, rids, known := s.members, s.addrs, s.rids, s.known
 	s.mu.Unlock()
 	if len(want) == 0 {
-		return
+		return false
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	m, err := s.m.nh.SyncGetClusterMembership(ctx, s.gid)
 	if err != nil {
 		s.log.Debug("read group membership", "err", err)
-		return
+		return false
 	}
 	if !slices.Contains(want, s.m.nodeID) {
 		for _, id := range want {
@@ -274,11 +298,12 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 				} else {
 					s.log.Info("group moved off this node: handing leadership over", "to", id)
 				}
-				return
+				return false
 			}
 		}
 		// No voter to hand over to yet: fall through, so observers are promoted.
 	}
+	settled := slices.Contains(want, s.m.nodeID)
 	wantRids := map[uint64]bool{}
 	for _, id := range want {
 		wantRids[rids[id]] = true
@@ -289,14 +314,15 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 				continue
 			}
 			if _, ok := known[rid]; !ok {
+				settled = false
 				continue // not in this leader's metadata yet
 			}
 			if err := s.m.nh.SyncRequestDeleteNode(ctx, s.gid, rid, m.ConfigChangeID); err != nil {
 				s.log.Warn("remove a member from the group", "replica", rid, "err", err)
-				return
+				return false
 			}
 			s.log.Info("removed a member from the group's raft membership", "node", placement.NodeOfReplica(rid), "replica", rid)
-			return
+			return false
 		}
 	}
 	// A new member joins as a non-voting observer and is promoted to voter once it has
@@ -307,6 +333,7 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 		if _, ok := m.Nodes[rid]; ok {
 			continue
 		}
+		settled = false
 		addr, ok := addrs[id]
 		if !ok {
 			continue
@@ -317,7 +344,7 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 				continue
 			}
 			s.log.Info("added a member to the group as an observer; it votes once caught up", "node", id, "replica", rid, "raft", addr)
-			return
+			return false
 		}
 		if s.m.caughtUp == nil || !s.m.caughtUp(ctx, s.gid, id) {
 			continue
@@ -327,8 +354,9 @@ func (s *Shard) reconcileMembers(ctx context.Context) {
 			continue
 		}
 		s.log.Info("promoted a caught-up member to voter", "node", id, "replica", rid)
-		return
+		return false
 	}
+	return settled
 }
 
 // syncerRun is a running syncer goroutine.

@@ -364,6 +364,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)
 	n.shards.SetCaughtUp(n.caughtUp)
+	n.shards.SetAlive(n.alive)
 	sealer, err := secure.NewSealer(ident.Secret)
 	if err != nil {
 		n.close()
@@ -573,6 +574,37 @@ func (n *Node) caughtUp(ctx context.Context, gid, node uint64) bool {
 	return gs != nil && gs.LeaderNode == n.cfg.NodeID && gs.Transactions+cluster.CatchUpSlack >= t.Ordinal && (t.File == 0 || gs.CurrentFile != "")
 }
 
+// changedMeta returns the local metadata if its version moved since *seen (0: read
+// it anyway), recording the new version: loops that follow the metadata skip
+// copying it (with a thousand upstreams, most of an idle node's work) while
+// nothing changed.
+func (n *Node) changedMeta(seen *uint64) (*placement.State, bool) {
+	v, err := n.meta.LocalVersion()
+	if err == nil && v != 0 && v == *seen {
+		return nil, false
+	}
+	st, err := n.meta.Local()
+	if err != nil {
+		return nil, false
+	}
+	*seen = v
+	return st, true
+}
+
+// alive reports whether node id answers within a second (the leader watch of
+// quiesced groups).
+func (n *Node) alive(ctx context.Context, id uint64) bool {
+	st, err := n.meta.Local()
+	if err != nil {
+		return true // no judgement without the metadata: never wake on a guess
+	}
+	nd, ok := st.Nodes[id]
+	if !ok {
+		return true
+	}
+	return n.relay.Alive(ctx, id, nd, time.Second)
+}
+
 // departed reports whether the leader of group gid no longer counts this node among
 // the group's raft members.
 func (n *Node) departed(ctx context.Context, gid uint64) bool {
@@ -740,14 +772,18 @@ func (n *Node) localSource(gid uint64, anyReplica bool) (mysqlfront.Source, uint
 // has it, signs once the rotation activates it, and older ones are retired then.
 func (n *Node) followNodeKeys(ctx context.Context, keys *cluster.Keyring, sealer secure.Sealer) {
 	var lastErr string
+	var seen uint64
+	var st *placement.State // the last metadata read: Sync runs at every look (keys retire with time)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-time.After(500 * time.Millisecond):
 		}
-		st, err := n.meta.Local()
-		if err != nil || len(st.NodeKeys) == 0 {
+		if fresh, ok := n.changedMeta(&seen); ok {
+			st = fresh
+		}
+		if st == nil || len(st.NodeKeys) == 0 {
 			continue
 		}
 		meta, err := cluster.OpenNodeKeys(sealer, st.NodeKeys)

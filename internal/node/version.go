@@ -73,14 +73,15 @@ func (n *Node) self() placement.Node {
 func (n *Node) followVersion(ctx context.Context, every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
+	var seen uint64
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		st, err := n.meta.Local()
-		if err != nil {
+		st, ok := n.changedMeta(&seen)
+		if !ok {
 			continue
 		}
 		if v := st.Version(); v > buildinfo.ClusterVersion {
@@ -92,11 +93,13 @@ func (n *Node) followVersion(ctx context.Context, every time.Duration) {
 		}
 		if err := recordClusterVersion(n.cfg.DataDir, st.Version()); err != nil {
 			n.log.Warn("cluster version not recorded in the data directory", "err", err)
+			seen = 0 // try again at the next tick
 		}
 		if cur, ok := st.Nodes[n.cfg.NodeID]; ok && !sameNode(*cur, n.self()) {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			if err := n.meta.RegisterNode(rctx, n.self()); err != nil {
 				n.log.Warn("re-register this node's version", "err", err)
+				seen = 0
 			}
 			cancel()
 		}

@@ -238,8 +238,8 @@ func BenchmarkRelay(b *testing.B) {
 	}
 	t1, g1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
 	mbs1 := float64(g1.Bytes) / (1 << 20) / t1.Seconds()
-	rep.add("ingest, 1 replica", mbs1, rawMBs, "MB/s", 0.5, true)
-	rep.add("ingest, 1 replica (transactions)", float64(g1.Transactions)/t1.Seconds(), float64(g1.Transactions)/rawTime.Seconds(), "txn/s", 0.5, true)
+	rep.add("ingest, 1 replica", mbs1, rawMBs, "MB/s", 0.6, true)
+	rep.add("ingest, 1 replica (transactions)", float64(g1.Transactions)/t1.Seconds(), float64(g1.Transactions)/rawTime.Seconds(), "txn/s", 0.6, true)
 
 	// Fan-out: 8 and 32 readers of the whole binlog, from Flotilla and from the master.
 	fEnd, fPos := flotillaTail(ctx, b, one)
@@ -250,7 +250,7 @@ func BenchmarkRelay(b *testing.B) {
 		cpu0 = cpuSeconds(b, m.PID())
 		via := fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
 		cpuVia := cpuSeconds(b, m.PID()) - cpu0
-		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.0, true)
+		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
 	}
 
@@ -287,7 +287,7 @@ func BenchmarkRelay(b *testing.B) {
 	p50v, p99v, p50d, p99d := percentile(viaLat, 0.5), percentile(viaLat, 0.99), percentile(directLat, 0.5), percentile(directLat, 0.99)
 	rep.add("latency p50, commit to receipt", ms(p50v), ms(p50d), "ms", 0, false)
 	rep.add("latency p99, commit to receipt", ms(p99v), ms(p99d), "ms", 0, false)
-	rep.note(fmt.Sprintf("added latency: p50 %.2f ms, p99 %.2f ms (goal p99 ≤ 2 ms added)", ms(p50v)-ms(p50d), ms(p99v)-ms(p99d)))
+	rep.note(fmt.Sprintf("added latency: p50 %.2f ms, p99 %.2f ms (goal p99 ≤ 1 ms added, on an idle box)", ms(p50v)-ms(p50d), ms(p99v)-ms(p99d)))
 
 	// Upstream main stops pulling: the next figure is one group's alone.
 	if out, err := one.CLI(ctx, "upstream", "pause", "main"); err != nil {
@@ -318,14 +318,14 @@ func BenchmarkRelay(b *testing.B) {
 	_, smallRaw := rawCopy(ctx, b, m, smallFrom, filepath.Join(dir, "rawsmall"))
 	ts, _ := ingest(ctx, b, one, "small", m.Addr(), smallGTID, "--start-gtid", startGTID)
 	rep.add("small transactions through one group", smallTxns/ts.Seconds(), smallTxns/smallRaw.Seconds(), "txn/s", 0, true)
-	rep.note(fmt.Sprintf("small transactions: goal ≥ 50,000 txn/s; measured %.0f txn/s", smallTxns/ts.Seconds()))
+	rep.note(fmt.Sprintf("small transactions: goal ≥ 100,000 txn/s; measured %.0f txn/s", smallTxns/ts.Seconds()))
 	one.Stop(30 * time.Second)
 
 	// Ingest with 3 replicas.
 	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "three"), 3)
 	_, _, all := masterTail(ctx, b, m)
 	t3, g3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), all, "--replicas", "3")
-	rep.add("ingest, 3 replicas", float64(g3.Bytes)/(1<<20)/t3.Seconds(), rawMBs, "MB/s", 0.5, true)
+	rep.add("ingest, 3 replicas", float64(g3.Bytes)/(1<<20)/t3.Seconds(), rawMBs, "MB/s", 0.3, true)
 	rep.write(b, "relay")
 }
 
