@@ -107,9 +107,10 @@ func (l *localSource) locate(ctx context.Context, spec DumpSpec, have binlog.Pos
 		default:
 			start, err = l.g.LocateFile(spec.File, uint64(spec.Pos))
 		}
-		// Only a position this replica lacks may appear as it catches up; damage or
-		// a malformed request will not.
-		if err == nil || !errors.Is(err, statemachine.ErrPosition) || time.Now().After(deadline) || ctx.Err() != nil {
+		// Only a position this replica lacks may appear as it catches up; damage, a
+		// malformed request or a purged file will not.
+		var pe *statemachine.PositionError
+		if err == nil || !errors.As(err, &pe) || pe.Gone || time.Now().After(deadline) || ctx.Err() != nil {
 			return start, err
 		}
 		select {

@@ -73,8 +73,6 @@ type Manager struct {
 	// caughtUp reports whether node's replica of gid holds (nearly) everything this
 	// node's replica holds: an observer is promoted to voter then.
 	caughtUp func(ctx context.Context, gid, node uint64) bool
-	// alive reports whether another node answers (see SetAlive).
-	alive func(ctx context.Context, node uint64) bool
 	// sealer opens upstream passwords sealed in the metadata (nil: none are).
 	sealer *secure.Sealer
 	// metrics records ingest, proposals and purges (nil: none).
@@ -155,8 +153,7 @@ func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadat
 
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the
 // on-disk state machine only record the applied index, so frequent ones are cheap and
-// keep the raft log (which holds whole transactions) short. Idle groups quiesce (see
-// quiesce.go, and the leader watch that wakes them when a leader dies).
+// keep the raft log (which holds whole transactions) short.
 func GroupConfig(clusterID, nodeID uint64) config.Config {
 	return config.Config{
 		NodeID:             nodeID,
@@ -166,7 +163,6 @@ func GroupConfig(clusterID, nodeID uint64) config.Config {
 		CheckQuorum:        true,
 		SnapshotEntries:    2000,
 		CompactionOverhead: 500,
-		Quiesce:            true,
 	}
 }
 
@@ -175,11 +171,6 @@ func GroupConfig(clusterID, nodeID uint64) config.Config {
 func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		m.watchLeaders(ctx)
-	}()
 	for {
 		m.Reconcile(ctx)
 		select {

@@ -49,8 +49,11 @@ type Shard struct {
 	// settledAt is when the leader last found the raft membership matching the
 	// assignment (zero: not since the assignment or the leadership changed). A
 	// settled group is not checked again before membershipRecheck: the check is a
-	// linearizable read, which would keep an idle group from quiescing.
+	// linearizable read, a round trip to the followers for every group every second.
+	// memberGen counts the resets, so a check that began before one never records
+	// its stale verdict.
 	settledAt time.Time
+	memberGen uint64
 	status    SyncStatus
 	leaderID  uint64
 	hasLead   bool
@@ -124,6 +127,7 @@ func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 	s.upstream = *u
 	if !slices.Equal(s.members, members) || !maps.Equal(s.addrs, addrs) || !maps.Equal(s.rids, rids) || !maps.Equal(s.known, known) {
 		s.settledAt = time.Time{}
+		s.memberGen++
 	}
 	s.members, s.addrs, s.rids, s.known = members, addrs, rids, known
 	s.mu.Unlock()
@@ -214,10 +218,12 @@ func (s *Shard) run(ctx context.Context) {
 		s.mu.Lock()
 		if id != s.leaderID {
 			s.settledAt = time.Time{} // a new leader checks the membership at once
+			s.memberGen++
 		}
 		s.leaderID, s.hasLead = id, id != 0
 		paused, source, held := s.upstream.Paused, s.upstream.Source, s.held > 0
 		check := s.settledAt.IsZero() || time.Since(s.settledAt) >= membershipRecheck
+		gen := s.memberGen
 		s.mu.Unlock()
 		// Membership changes wait for raft (seconds when a quorum is missing): they run
 		// beside this loop, one at a time, so a lost leadership still stops the syncer
@@ -228,7 +234,9 @@ func (s *Shard) run(ctx context.Context) {
 				at := time.Now()
 				if s.reconcileMembers(ctx) {
 					s.mu.Lock()
-					s.settledAt = at
+					if s.memberGen == gen {
+						s.settledAt = at
+					}
 					s.mu.Unlock()
 				}
 			}()

@@ -487,8 +487,14 @@ func TestPurge(t *testing.T) {
 	if s, err := h.g.Locate(binlog.Position{0: gt(6)}); err != nil || s.File != 3 || s.Served != 4 {
 		t.Fatalf("the position a kept file starts from must be served: %+v %v", s, err)
 	}
-	if _, err := h.g.LocateFile(FileName(2), 4); !errors.Is(err, ErrPosition) {
-		t.Fatalf("a purged file must be refused, got %v", err)
+	// At once: a purged file never comes back (a replica with a short read
+	// timeout, go-mysql's, took the 10 s wait for a dead link).
+	var pe *PositionError
+	if _, err := h.g.LocateFile(FileName(2), 4); !errors.As(err, &pe) || !pe.Gone {
+		t.Fatalf("a purged file must be refused as gone, got %v", err)
+	}
+	if _, err := h.g.LocateFile(FileName(9), 4); !errors.As(err, &pe) || pe.Gone {
+		t.Fatalf("a file ahead of the tail may still come (not gone), got %v", err)
 	}
 	h.close()
 	h2 := newHarness(t, dir)

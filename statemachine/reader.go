@@ -19,7 +19,13 @@ var ErrPosition = errors.New("cannot serve the requested position")
 
 // PositionError is why a requested position cannot be served, in words meant for the
 // replica's operator. It matches ErrPosition with errors.Is.
-type PositionError struct{ Reason string }
+type PositionError struct {
+	Reason string
+	// Gone: the position will never be served here (its file was purged, or the
+	// name is no file of this group), so waiting for the group to catch up is
+	// pointless and the replica is told at once.
+	Gone bool
+}
 
 func (e *PositionError) Error() string { return ErrPosition.Error() + ": " + e.Reason }
 
@@ -28,6 +34,10 @@ func (e *PositionError) Is(target error) bool { return target == ErrPosition }
 
 func positionErr(format string, args ...any) error {
 	return &PositionError{Reason: fmt.Sprintf(format, args...)}
+}
+
+func goneErr(format string, args ...any) error {
+	return &PositionError{Reason: fmt.Sprintf(format, args...), Gone: true}
 }
 
 // ErrAtTail is returned by Cursor.Next when the cursor has read everything committed.
@@ -110,7 +120,10 @@ func (g *Group) LocateFile(name string, pos uint64) (Start, error) {
 	if name == "" {
 		no, ok = g.firstFile(), true
 	}
-	if !ok || no == 0 || no > t.File || no < g.firstFile() {
+	if !ok || no == 0 || no < g.firstFile() {
+		return Start{}, goneErr("binlog file %q is not held by Flotilla for this upstream (it holds %s to %s; see SHOW BINARY LOGS)", name, FileName(g.firstFile()), FileName(t.File))
+	}
+	if no > t.File {
 		return Start{}, positionErr("binlog file %q is not held by Flotilla for this upstream (it holds %s to %s; see SHOW BINARY LOGS)", name, FileName(g.firstFile()), FileName(t.File))
 	}
 	if pos < 4 {

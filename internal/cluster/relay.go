@@ -268,19 +268,6 @@ func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, t
 	return out
 }
 
-// Alive reports whether node n answers an identity call, as node id, within timeout:
-// the leader watch's liveness check (shard.Manager.SetAlive).
-func (r *Relay) Alive(ctx context.Context, id uint64, n *placement.Node, timeout time.Duration) bool {
-	c, err := r.client(n.AdminAddr)
-	if err != nil {
-		return false
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	resp, err := c.Identity(ctx, &clusterv1.IdentityRequest{})
-	return err == nil && resp.NodeId == id
-}
-
 // TransferLeader asks node n, which leads gid, to hand leadership to target.
 func (r *Relay) TransferLeader(ctx context.Context, n *placement.Node, gid, target uint64) error {
 	c, err := r.client(n.AdminAddr)

@@ -364,7 +364,6 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards.SetDeparted(n.departed)
 	n.shards.SetReaders(n.clusterReaders)
 	n.shards.SetCaughtUp(n.caughtUp)
-	n.shards.SetAlive(n.alive)
 	sealer, err := secure.NewSealer(ident.Secret)
 	if err != nil {
 		n.close()
@@ -589,20 +588,6 @@ func (n *Node) changedMeta(seen *uint64) (*placement.State, bool) {
 	}
 	*seen = v
 	return st, true
-}
-
-// alive reports whether node id answers within a second (the leader watch of
-// quiesced groups).
-func (n *Node) alive(ctx context.Context, id uint64) bool {
-	st, err := n.meta.Local()
-	if err != nil {
-		return true // no judgement without the metadata: never wake on a guess
-	}
-	nd, ok := st.Nodes[id]
-	if !ok {
-		return true
-	}
-	return n.relay.Alive(ctx, id, nd, time.Second)
 }
 
 // departed reports whether the leader of group gid no longer counts this node among

@@ -65,8 +65,7 @@ func BenchmarkIdleGroups(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer cl.Close()
-	// Let start-up work (elections, first heartbeats) pass, and idle groups quiesce
-	// (after 5 s without traffic).
+	// Let start-up work (elections, first heartbeats, the first membership checks) pass.
 	settleIdle := func() { time.Sleep(10 * time.Second) }
 	settleIdle()
 	rss0, mrss0 := rssBytes(b, n.PID()), rssBytes(b, m.PID())

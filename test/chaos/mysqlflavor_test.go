@@ -325,7 +325,7 @@ func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 		if err != nil {
 			return err
 		}
-		ctx, cancel := context.WithTimeout(r.ctx, 2*time.Minute)
+		ctx, cancel := context.WithTimeout(r.ctx, 10*time.Minute) // a 30-minute run serves hundreds of files
 		defer cancel()
 		var f *os.File
 		defer func() {
@@ -365,7 +365,7 @@ func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 			case h.Type == binlog.HeartbeatEvent || h.Type == binlog.MySQLHeartbeatV2Event:
 				continue
 			case h.Type == binlog.RotateEvent && (h.Flags&binlog.FlagArtificial != 0 || h.LogPos == 0):
-				if err := open(string(ev[binlog.HeaderLen+8 : len(ev)-binlog.ChecksumLen])); err != nil {
+				if err := open(rotateName(ev)); err != nil {
 					return err
 				}
 				continue
@@ -377,7 +377,7 @@ func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 				return err
 			}
 			if h.Type == binlog.RotateEvent {
-				if err := open(string(ev[binlog.HeaderLen+8 : len(ev)-binlog.ChecksumLen])); err != nil {
+				if err := open(rotateName(ev)); err != nil {
 					return err
 				}
 				continue
@@ -387,4 +387,15 @@ func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 			}
 		}
 	}
+}
+
+// rotateName is the file a Rotate event names: the artificial one that opens a dump
+// carries a checksum only when the replica's checksum setting asks for one, so the
+// name ends before the checksum only when there is a valid one.
+func rotateName(ev []byte) string {
+	end := len(ev)
+	if binlog.VerifyChecksum(ev) == nil {
+		end -= binlog.ChecksumLen
+	}
+	return string(ev[binlog.HeaderLen+8 : end])
 }
