@@ -285,15 +285,7 @@ func (m *metaSM) Lookup(q interface{}) (interface{}, error) {
 	if _, ok := q.(versionQuery); ok {
 		return m.version, nil
 	}
-	b, err := json.Marshal(m.state)
-	if err != nil {
-		return nil, fmt.Errorf("placement: encode state: %w", err)
-	}
-	s := newState()
-	if err := json.Unmarshal(b, s); err != nil {
-		return nil, fmt.Errorf("placement: copy state: %w", err)
-	}
-	return s, nil
+	return m.state.Clone(), nil
 }
 
 func (m *metaSM) SaveSnapshot(w io.Writer, _ sm.ISnapshotFileCollection, _ <-chan struct{}) error {
