@@ -128,6 +128,7 @@ func readAll(t *testing.T, g *Group, s Start) []Record {
 		if err != nil {
 			t.Fatal(err)
 		}
+		r.Payload = bytes.Clone(r.Payload) // valid only until the next call
 		// Join a transaction's pieces: the tests reason about whole transactions.
 		if n := len(recs); r.Continued {
 			if n == 0 || !recs[n-1].Continues {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 
@@ -388,7 +389,20 @@ type Cursor struct {
 	part   int      // the part f reads
 	final  bool     // starts are the closed file's complete list
 	inTxn  bool     // the last record read was a piece the transaction continues after
+	// win holds bytes of part `part` from offset winOff, all below the committed tail
+	// when they were read (bytes below it never change); big holds a record larger
+	// than the window. A record's payload aliases one of them until the next Next.
+	win    []byte
+	winOff int64
+	big    []byte
 }
+
+// cursorWindow is how much a cursor reads at once: one read serves many small
+// records, and a reader catching up streams closed files in large reads.
+const cursorWindow = 256 << 10
+
+// maxKeptPayload bounds the buffer a cursor keeps for records larger than its window.
+const maxKeptPayload = 16 << 20
 
 // NewCursor opens a cursor at s.
 func (g *Group) NewCursor(s Start) (*Cursor, error) {
@@ -460,10 +474,53 @@ func (c *Cursor) closeFile() {
 		c.f.Close()
 		c.f = nil
 	}
+	c.win = c.win[:0]
 }
 
-// Next returns the next committed record, or ErrAtTail. Reads are positioned and never
-// buffer past the committed tail: bytes beyond it may still be rewritten.
+// read returns n bytes of the current part at off, from the window when it holds them.
+// It reads ahead only up to what t commits in this part: bytes past the tail may
+// still be rewritten.
+func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
+	if off >= c.winOff && off+int64(n) <= c.winOff+int64(len(c.win)) {
+		return c.win[off-c.winOff : off-c.winOff+int64(n)], nil
+	}
+	if n > cursorWindow {
+		if cap(c.big) < n {
+			c.big = make([]byte, n)
+		}
+		b := c.big[:n]
+		if n > maxKeptPayload {
+			c.big = nil
+		}
+		if _, err := c.f.ReadAt(b, off); err != nil {
+			return nil, err
+		}
+		return b, nil
+	}
+	want := int64(cursorWindow)
+	if c.file == t.File && c.part == len(c.starts) {
+		// The part being written: only its committed bytes.
+		want = min(want, int64(t.SegSize-partStart(c.starts, c.part))-off)
+	}
+	want = max(want, int64(n))
+	if cap(c.win) < cursorWindow {
+		c.win = make([]byte, 0, cursorWindow)
+	}
+	m, err := c.f.ReadAt(c.win[:want], off)
+	if m < n {
+		c.win = c.win[:0]
+		if err == nil {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, err
+	}
+	c.win, c.winOff = c.win[:m], off
+	return c.win[:n], nil
+}
+
+// Next returns the next committed record, or ErrAtTail. Reads never buffer past the
+// committed tail: bytes beyond it may still be rewritten. The record's payload is
+// valid until the next call (it aliases the cursor's buffers): copy what is kept.
 func (c *Cursor) Next(t Tail) (Record, error) {
 	if c.file == t.File && c.seg >= t.SegSize {
 		return Record{}, ErrAtTail
@@ -481,15 +538,17 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 			return Record{}, err
 		}
 		off := int64(c.seg - partStart(c.starts, c.part))
-		if _, err := c.f.ReadAt(hdr[:], off); err != nil {
+		b, err := c.read(t, off, recordHeaderLen)
+		if err != nil {
 			return Record{}, c.corrupt("read record header", err)
 		}
+		copy(hdr[:], b) // the payload's read may move the window
 		h, err := parseRecordHeader(hdr[:])
 		if err != nil {
 			return Record{}, c.corrupt("parse record header", err)
 		}
-		payload := make([]byte, h.Len)
-		if _, err := c.f.ReadAt(payload, off+recordHeaderLen); err != nil {
+		payload, err := c.read(t, off+recordHeaderLen, int(h.Len))
+		if err != nil {
 			return Record{}, c.corrupt("read record payload", err)
 		}
 		if err := verifyRecord(hdr[:], h, payload); err != nil {
