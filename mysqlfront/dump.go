@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -194,7 +195,7 @@ func (ss *session) serveDump(ctx context.Context, u *placement.Upstream, spec Du
 	reg.mode = mode
 	reg.semi.Store(semi)
 	ss.s.Metrics.DumpStarted(u.Name)
-	w := &eventWriter{ss: ss, reg: reg, sent: ss.s.Metrics.SentTo(ss.user), out: bufio.NewWriterSize(ss.c.client, 64<<10)}
+	w := newEventWriter(ss, reg, ss.s.Metrics.SentTo(ss.user))
 	if semi {
 		w.txnEnd = txnEnds(u)
 	}
@@ -272,6 +273,11 @@ type eventWriter struct {
 	// acking: the event being framed requests an ACK.
 	txnEnd func(ev []byte) bool
 	acking bool
+}
+
+// newEventWriter returns the writer of a dump to the session's client.
+func newEventWriter(ss *session, reg *replicaInfo, sent func(n int)) *eventWriter {
+	return &eventWriter{ss: ss, reg: reg, sent: sent, out: bufio.NewWriterSize(deadlineWriter{ss.c.client, ss.s.writeTimeout()}, dumpBufferSize)}
 }
 
 // framingError is a sink given bytes that are not whole events in order: a Flotilla
@@ -371,13 +377,29 @@ func (w *eventWriter) closed(err error) error {
 	return err
 }
 
+// dumpBufferSize is the dump's write buffer: events are written to the replica in
+// writes of up to this size.
+const dumpBufferSize = 64 << 10
+
+// deadlineWriter gives every write to a replica its own deadline: the buffer in front
+// of it also writes when it fills, which may be long after the last explicit flush
+// (a replica that asked for no heartbeats, idle for minutes, then a large transaction).
+type deadlineWriter struct {
+	c       net.Conn
+	timeout time.Duration
+}
+
+func (d deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.c.SetWriteDeadline(time.Now().Add(d.timeout))
+	return d.c.Write(p)
+}
+
 // flush writes what is buffered to the replica.
 func (w *eventWriter) flush() error {
 	if w.out.Buffered() == 0 {
 		return nil
 	}
 	n := w.out.Buffered()
-	_ = w.ss.c.client.SetWriteDeadline(time.Now().Add(w.ss.s.writeTimeout()))
 	err := w.out.Flush()
 	if err == nil {
 		w.sent(n)

@@ -1,7 +1,6 @@
 package mysqlfront
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"io"
@@ -9,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"testing"
+	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/packet"
@@ -25,7 +25,48 @@ func newPipeWriter(t *testing.T) (*eventWriter, net.Conn) {
 	ss := newTestSession()
 	ss.log = slog.New(slog.NewTextHandler(io.Discard, nil))
 	ss.c = &conn{Conn: packet.NewConn(server), client: server}
-	return &eventWriter{ss: ss, out: bufio.NewWriterSize(server, 64<<10), reg: &replicaInfo{}, sent: func(int) {}}, client
+	return newEventWriter(ss, &replicaInfo{}, func(int) {}), client
+}
+
+// A write the buffer makes on its own (it filled) has its own deadline: a replica
+// that asked for no heartbeats and was idle longer than the write timeout still gets
+// the large transaction that follows (it used to fail at once on the deadline left
+// by the last flush).
+func TestEventWriterDeadlinePerWrite(t *testing.T) {
+	server, client := net.Pipe()
+	t.Cleanup(func() { server.Close(); client.Close() })
+	ss := newTestSession()
+	ss.log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	ss.s.Limits.WriteTimeout = 200 * time.Millisecond
+	ss.c = &conn{Conn: packet.NewConn(server), client: server}
+	w := newEventWriter(ss, &replicaInfo{}, func(int) {})
+	small := make([]byte, 100)
+	binary.LittleEndian.PutUint32(small[9:], uint32(len(small)))
+	big := make([]byte, 1<<20)
+	binary.LittleEndian.PutUint32(big[9:], uint32(len(big)))
+	r := packet.NewConn(client)
+	read := make(chan error, 2)
+	go func() {
+		for range 2 {
+			_, err := r.ReadPacket()
+			read <- err
+		}
+	}()
+	if err := w.Event(small); err != nil {
+		t.Fatal(err)
+	}
+	w.Position(1, 104)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(400 * time.Millisecond) // idle past the write timeout: the scenario, not a wait
+	if err := w.Event(big); err != nil {
+		t.Fatalf("an event written after an idle spell longer than the write timeout: %v", err)
+	}
+	w.Position(1, 104+1<<20)
+	if err := <-read; err != nil {
+		t.Fatal(err)
+	}
 }
 
 // The dump's buffered framing round-trips events of every size through a real

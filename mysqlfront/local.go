@@ -187,9 +187,15 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 	file, pos := start.File, start.Pos()
 	w.Position(file, pos)
 	spec.Heartbeat = servedHeartbeat(spec.Heartbeat)
+	// The heartbeat timer is armed when the dump reaches the tail after sending (not
+	// reset per record: a reader catching up sends many thousands a second).
 	var hbTimer <-chan time.Time
+	armed := true
+	var hb *time.Timer
 	if spec.Heartbeat > 0 {
-		hbTimer = time.After(spec.Heartbeat)
+		hb = time.NewTimer(spec.Heartbeat)
+		defer hb.Stop()
+		hbTimer = hb.C
 	}
 	eligibleCheck := time.NewTicker(time.Second)
 	defer eligibleCheck.Stop()
@@ -197,15 +203,27 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 	// while passing a transaction the replica already has.
 	events := &recordEvents{skip: start.Skip, annotate: annotate}
 	var skipTxn bool
+	// Positions are reported (and so the buffered events written) at the tail, at
+	// each file's end and every reportBytes: a replica catching up costs a write per
+	// buffer, not one per transaction.
+	unreported := 0
 	for {
 		t, changed := g.Tail()
 		rec, err := cur.Next(t)
 		if errors.Is(err, statemachine.ErrAtTail) {
+			if unreported > 0 {
+				w.Position(file, pos)
+				unreported = 0
+			}
 			if g.Closed() {
 				return errClosed(u.Name)
 			}
 			if nonBlock {
 				return w.EOF()
+			}
+			if hb != nil && !armed {
+				hb.Reset(spec.Heartbeat)
+				armed = true
 			}
 			select {
 			case <-ctx.Done():
@@ -218,7 +236,7 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 					return nil
 				}
 				w.Position(file, pos) // a relay sends what it holds at each position report
-				hbTimer = time.After(spec.Heartbeat)
+				armed = false
 			case <-eligibleCheck.C:
 				if err := l.pol.Eligible(); err != nil {
 					return err
@@ -276,12 +294,17 @@ func (l *localSource) Dump(ctx context.Context, spec DumpSpec, w EventSink) erro
 				return nil
 			}
 		}
-		w.Position(file, pos)
-		if spec.Heartbeat > 0 {
-			hbTimer = time.After(spec.Heartbeat)
+		armed = false
+		if unreported += len(rec.Payload) + 1; rec.IsRotate() || unreported >= reportBytes {
+			w.Position(file, pos)
+			unreported = 0
 		}
 	}
 }
+
+// reportBytes is how many served bytes a dump that is not at the tail sends between
+// position reports: a write buffer's worth.
+const reportBytes = dumpBufferSize
 
 // errClosed ends a dump whose local group replica stopped: the upstream was removed,
 // its group moved off this node, or the node's disk ran short. The replica reconnects
