@@ -129,14 +129,28 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	}
 	for {
 		idle := len(p.items) == 0 && len(p.pending) == 0
-		wait := batchLinger
+		wait, base := batchLinger, ctx
 		if idle {
 			wait = s.silenceProbe()
 		}
-		evctx, cancel := context.WithTimeout(ctx, wait)
+		if len(p.pending) > 0 {
+			// Read on while the proposal commits; its commit ends the wait.
+			wait, base = s.silenceProbe(), p.pending[0].wake
+		}
+		evctx, cancel := context.WithTimeout(base, wait)
 		raw, err := src.next(evctx)
 		cancel()
 		if err != nil {
+			if ctx.Err() == nil && errors.Is(err, context.Canceled) && len(p.pending) > 0 && p.pending[0].committed() {
+				// Collect the commit and propose what arrived meanwhile.
+				if err := p.complete(ctx); err != nil {
+					return false, err
+				}
+				if err := p.flush(ctx, false); err != nil {
+					return false, err
+				}
+				continue
+			}
 			if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 				if idle && p.heartbeatGap > 0 && w.idle() >= max(s.silenceProbe(), 3*p.heartbeatGap) {
 					// A master that sent heartbeats and stopped: the link is dead.
@@ -148,7 +162,7 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 					}
 					continue
 				}
-				if err := p.flush(ctx, true); err != nil {
+				if err := p.flush(ctx, false); err != nil {
 					return false, err
 				}
 				continue
@@ -159,20 +173,21 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 			return false, err
 		}
 		if p.batchBytes >= p.maxBatch {
-			if err := p.flush(ctx, false); err != nil {
+			if err := p.flush(ctx, true); err != nil {
 				return false, err
 			}
 		}
 		// Group commit: a transaction just completed and nothing more has arrived
 		// from the master: propose now instead of lingering (a lone commit reaches
-		// replicas one linger sooner; under load, events are waiting and batches grow).
+		// replicas one linger sooner). While a proposal commits, the batch grows
+		// instead, and is proposed when that commit arrives.
 		if p.cur == nil && len(p.items) > 0 {
 			more, err := p.drain(ctx, src)
 			if err != nil {
 				return false, err
 			}
 			if !more {
-				if err := p.flush(ctx, true); err != nil {
+				if err := p.flush(ctx, false); err != nil {
 					return false, err
 				}
 			}
@@ -266,7 +281,7 @@ func (p *pipeline) drain(ctx context.Context, src eventSource) (bool, error) {
 			return true, err
 		}
 		if p.batchBytes >= p.maxBatch {
-			if err := p.flush(ctx, false); err != nil {
+			if err := p.flush(ctx, true); err != nil {
 				return true, err
 			}
 		}
@@ -529,7 +544,7 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 		}
 		t.events = nil
 		if p.batchBytes >= p.maxBatch {
-			if err := p.flush(ctx, false); err != nil {
+			if err := p.flush(ctx, true); err != nil {
 				return err
 			}
 		}
@@ -553,41 +568,42 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 	p.batchTxns += txns
 }
 
-// maxInflight bounds the proposals a syncer has in raft at once. It is 1: with 2,
-// ingest measured no clear gain on 2 cores (the bench varies more than it moved),
-// and the fence then also needs the piece rule in flush. Raise it only with a
-// per-proposal sequence number in the fence and a test that drops a proposal.
-const maxInflight = 1
-
-// inflight is a proposed batch waiting for its commit.
+// inflight is the proposed batch waiting for its commit. A syncer has one proposal in
+// raft at a time: the fence names ordinals, which only complete transactions move, so a
+// second proposal behind a piece of a large transaction could commit even if that
+// piece were dropped. (Several in flight need a per-proposal sequence in the fence.)
+// The syncer reads on while it commits: the next batch grows meanwhile (group commit).
 type inflight struct {
-	rs            *dragonboat.RequestState
 	began         time.Time
 	txns          uint64
 	events, bytes int
 	lastTS        uint32
 	// ack is acknowledged to a semi-sync master once this proposal commits.
 	ack *ackPoint
+	// wake ends once the result is in result (it also ends with the connection's
+	// context: committed tells which); the syncer's read of the master's next event
+	// waits on it.
+	wake   context.Context
+	result chan dragonboat.RequestResult
 }
 
-// flush proposes the batch. With wait it returns once every proposal made so far is
-// committed (the master has nothing more to send: status and lag catch up); without,
-// it keeps up to maxInflight proposals in raft. Each proposal names the ordinal the
-// previous one ends at, so if raft drops one, the group rejects those after it (the
-// fence): nothing is ever applied out of order or twice. Any failure ends the
-// connection: the next attempt claims a new epoch and resumes from what the group
-// committed.
-func (p *pipeline) flush(ctx context.Context, wait bool) error {
-	// The fence names ordinals, which only complete transactions move: after a
-	// proposal that completes none (a piece of a large transaction), the next one
-	// would name the same ordinal and could commit even if that piece were dropped,
-	// leaving the transaction without it. So nothing is proposed behind such a
-	// proposal until it has committed.
-	if len(p.items) > 0 && slices.ContainsFunc(p.pending, func(f inflight) bool { return f.txns == 0 }) {
-		for len(p.pending) > 0 {
-			if err := p.complete(ctx); err != nil {
-				return err
-			}
+// committed reports whether the proposal's result has arrived.
+func (f *inflight) committed() bool { return len(f.result) > 0 }
+
+// flush proposes the batch when no proposal is in flight. With one in flight, full
+// (the batch reached maxBatch) waits for its commit first; otherwise the batch is left
+// to grow, and syncOnce proposes it when that commit arrives. A proposal names the
+// ordinal the previous one ends at, so if raft drops one, the group rejects those
+// after it (the fence): nothing is ever applied out of order or twice. Any failure
+// ends the connection: the next attempt claims a new epoch and resumes from what the
+// group committed.
+func (p *pipeline) flush(ctx context.Context, full bool) error {
+	if len(p.items) > 0 && len(p.pending) > 0 {
+		if !full {
+			return nil
+		}
+		if err := p.complete(ctx); err != nil {
+			return err
 		}
 	}
 	if len(p.items) > 0 {
@@ -598,23 +614,29 @@ func (p *pipeline) flush(ctx context.Context, wait bool) error {
 			p.s.m.metrics.Proposed(p.s.Upstream().Name, 0, err)
 			return fmt.Errorf("propose to group %d: %w", p.s.gid, err)
 		}
-		p.pending = append(p.pending, inflight{rs: rs, began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck})
+		wake, woken := context.WithCancel(ctx)
+		f := inflight{began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck,
+			wake: wake, result: make(chan dragonboat.RequestResult, 1)}
+		go func() {
+			// dragonboat always delivers a result (at the latest at proposeTimeout);
+			// only then may the request state go back to its pool.
+			r := <-rs.ResultC()
+			rs.Release()
+			f.result <- r
+			woken()
+		}()
+		p.pending = append(p.pending, f)
 		p.batchAck = nil
 		p.proposed += p.batchTxns
 		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
-	} else {
-		p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
-		if len(p.pending) == 0 && p.batchAck != nil {
-			// Only transactions the group held already: they are committed.
-			a := p.batchAck
-			p.batchAck = nil
-			if err := p.sendAck(a); err != nil {
-				return err
-			}
-		}
+		return nil
 	}
-	for len(p.pending) > 0 && (wait || len(p.pending) >= maxInflight) {
-		if err := p.complete(ctx); err != nil {
+	p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
+	if len(p.pending) == 0 && p.batchAck != nil {
+		// Only transactions the group held already: they are committed.
+		a := p.batchAck
+		p.batchAck = nil
+		if err := p.sendAck(a); err != nil {
 			return err
 		}
 	}
@@ -643,11 +665,10 @@ func (p *pipeline) sendAck(a *ackPoint) error {
 func (p *pipeline) complete(ctx context.Context) error {
 	f := p.pending[0]
 	p.pending = p.pending[1:]
-	defer f.rs.Release()
 	name := p.s.Upstream().Name
 	var r dragonboat.RequestResult
 	select {
-	case r = <-f.rs.ResultC():
+	case r = <-f.result:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
