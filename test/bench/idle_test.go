@@ -48,7 +48,8 @@ func BenchmarkIdleGroups(b *testing.B) {
 	n := flotillatest.NewNode(b, filepath.Join(dir, "node"), 1)
 	n.Args = []string{"--log-level", "warn"}
 	// FLOTILLA_BENCH_PROFILE=PREFIX saves the node's CPU profile of the idle window
-	// (PREFIX.cpu) and its heap after it (PREFIX.heap).
+	// (PREFIX.cpu), of the first 10 s of adding (PREFIX.add.cpu) and its heap after
+	// the idle window (PREFIX.heap).
 	prof := os.Getenv("FLOTILLA_BENCH_PROFILE")
 	metricsAddr := ""
 	if prof != "" {
@@ -71,6 +72,9 @@ func BenchmarkIdleGroups(b *testing.B) {
 	rss0, mrss0 := rssBytes(b, n.PID()), rssBytes(b, m.PID())
 
 	start := time.Now()
+	if prof != "" {
+		go saveProfile(ctx, metricsAddr, prof+".add.cpu", 10*time.Second) // the first 10 s of adding
+	}
 	for i := 0; i < groups; i++ {
 		_, err := cl.AddUpstream(ctx, &adminv1.AddUpstreamRequest{Name: fmt.Sprintf("idle%04d", i), Source: m.Addr(), User: benchUser, Password: benchPass,
 			ReplicaUsers: []*adminv1.ReplicaUser{{User: fmt.Sprintf("r%04d", i), Password: benchPass}}})
