@@ -99,6 +99,10 @@ func (s *Store) compressLoop() {
 	defer close(s.compressDone)
 	for job := range s.compressc {
 		orig, comp, err := s.compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
+		if errors.Is(err, errIncompressible) {
+			job.g.log.Debug("segment left uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
+			continue
+		}
 		if err != nil {
 			if !errors.Is(err, os.ErrNotExist) { // purged or removed meanwhile
 				job.g.log.Warn("segment compression failed; the file stays uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
@@ -163,6 +167,9 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 		return 0, 0, err
 	}
 	defer in.Close()
+	if err := compressible(in); err != nil {
+		return 0, 0, err
+	}
 	tmp := path + zstSuffix + ".tmp"
 	out, err := fs.Create(tmp, vfs.WriteCategoryUnspecified)
 	if err != nil {
@@ -209,6 +216,33 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 		return 0, 0, err
 	}
 	return orig, st.Size(), nil
+}
+
+// errIncompressible: a segment whose sample would shrink too little to be worth the
+// CPU of compressing it (and of decompressing it for every reader). Row images of
+// compressed or encrypted columns, or already compressed binlog events, are like that.
+var errIncompressible = errors.New("the segment's data does not compress")
+
+// compressSample is how much of a segment compressible tries, from its start.
+const compressSample = 1 << 20
+
+// compressible compresses a sample of the segment and refuses a segment it would
+// shrink by less than a tenth.
+func compressible(f io.ReaderAt) error {
+	buf := make([]byte, compressSample)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return err
+	}
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	if err != nil {
+		return err
+	}
+	defer enc.Close()
+	if out := enc.EncodeAll(buf[:n], nil); n > 0 && len(out)*10 > n*9 {
+		return fmt.Errorf("%w: a sample of %d bytes compresses to %d", errIncompressible, n, len(out))
+	}
+	return nil
 }
 
 // scanCompressed restores the compression figures and queues closed segments that
