@@ -86,6 +86,21 @@ type ingestRun struct {
 func (r ingestRun) mbs() float64     { return float64(r.bytes) / (1 << 20) / r.took.Seconds() }
 func (r ingestRun) txnRate() float64 { return float64(r.txns) / r.took.Seconds() }
 
+// groupStatus returns upstream name's group as node n reports it.
+func groupStatus(ctx context.Context, b *testing.B, n *flotillatest.Node, name string) *adminv1.GroupStatus {
+	b.Helper()
+	cl, err := adminrpc.Dial(n.AdminAddr, n.Token, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer cl.Close()
+	r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name})
+	if err != nil || r.Group == nil {
+		b.Fatalf("upstream %s: %v", name, err)
+	}
+	return r.Group
+}
+
 // ingest adds upstream name and waits until its group has executed want.
 func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, source, want string, args ...string) ingestRun {
 	b.Helper()
@@ -278,6 +293,11 @@ func BenchmarkRelay(b *testing.B) {
 		cpuVia := cpuSeconds(b, m.PID()) - cpu0
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
+	}
+
+	if g := groupStatus(ctx, b, one, "main"); g.CompressedBytes > 0 {
+		rep.note(fmt.Sprintf("closed files compressed so far: %.1f MB to %.1f MB (%.1f:1)", float64(g.CompressedPlainBytes)/1e6, float64(g.CompressedBytes)/1e6,
+			float64(g.CompressedPlainBytes)/float64(g.CompressedBytes)))
 	}
 
 	// Added latency: single-row commits, a reader on Flotilla and one on the master.
