@@ -8,6 +8,9 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
 // TestPowerLoss runs the store (segments and index) on pebble's crashable in-memory
@@ -228,4 +231,82 @@ func (d *spiedDir) Sync() error {
 		d.after()
 	}
 	return err
+}
+
+// A power cut soon after a group's first append: its segment was never fsynced (a
+// group syncs its segments only at dragonboat's Sync, a new epoch, a closed file),
+// but another group's synced commit made its index durable (the store's index shares
+// one WAL). The index then names a first file with no complete batch left in it. That
+// is no loss (raft still holds every entry: its log is compacted only after a Sync),
+// so the group opens empty and dragonboat applies its log again; it used to refuse
+// to open ("no complete batch found ... data was lost"), and its node with it.
+func TestPowerCutBeforeFirstSegmentSync(t *testing.T) {
+	// The segment's directory entry may be lost too, or survive without its data.
+	for _, emptyFile := range []bool{false, true} {
+		powerCutBeforeFirstSegmentSync(t, emptyFile)
+	}
+}
+
+func powerCutBeforeFirstSegmentSync(t *testing.T, emptyFile bool) {
+	fs := vfs.NewCrashableMem()
+	const dir = "/flotilla/storage"
+	st, err := OpenFS(fs, dir, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := st.NewGroup(5, 1).(*Group)
+	b := st.NewGroup(6, 1).(*Group)
+	for _, g := range []*Group{a, b} {
+		if _, err := g.Open(nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cmds := [][]byte{EncodeClaimEpoch(), (&Append{Epoch: 1, Items: []Item{newFile("m.1", binlog.Position{}), txn(gt(1), 100), txn(gt(2), 100)}}).Encode()}
+	for i, cmd := range cmds {
+		if out, err := a.Update([]sm.Entry{{Index: uint64(i + 1), Cmd: cmd}}); err != nil || out[0].Result.Value != ResultOK {
+			t.Fatalf("entry %d: %v %s", i+1, err, out[0].Result.Data)
+		}
+	}
+	if _, err := b.Update([]sm.Entry{{Index: 1, Cmd: EncodeClaimEpoch()}}); err != nil { // a synced commit
+		t.Fatal(err)
+	}
+	cut := fs.CrashClone(vfs.CrashCloneCfg{}) // nothing unsynced survives
+	seg := a.segPath(1)
+	a.Close()
+	b.Close()
+	st.Close()
+	if emptyFile {
+		if err := cut.MkdirAll(cut.PathDir(seg), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		f, err := cut.Create(seg, vfs.WriteCategoryUnspecified)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+
+	st2, err := OpenFS(cut, dir, discardLog())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st2.Close()
+	g := st2.NewGroup(5, 1).(*Group)
+	defer g.Close()
+	applied, err := g.Open(nil)
+	if err != nil {
+		t.Fatalf("empty segment file %v: the group does not open after the power cut: %v", emptyFile, err)
+	}
+	if applied >= 2 {
+		t.Fatalf("empty segment file %v: the group opened at entry %d, but its append was lost with the segment", emptyFile, applied)
+	}
+	// Dragonboat applies the log from there on.
+	for i := applied; i < uint64(len(cmds)); i++ {
+		if out, err := g.Update([]sm.Entry{{Index: i + 1, Cmd: cmds[i]}}); err != nil || out[0].Result.Value != ResultOK {
+			t.Fatalf("empty segment file %v: entry %d applied again: %v %s", emptyFile, i+1, err, out[0].Result.Data)
+		}
+	}
+	if tail, _ := g.Tail(); tail.Ordinal != 2 || tail.Epoch != 1 {
+		t.Fatalf("empty segment file %v: after the log is applied again: %d transactions, epoch %d; want 2 and 1", emptyFile, tail.Ordinal, tail.Epoch)
+	}
 }

@@ -157,6 +157,14 @@ func (g *Group) rebuildIndex() error {
 	}
 	g.log.Warn("the index is ahead of the segments (a power loss before a Sync?): rebuilding it from the segments",
 		"applied", g.m.Applied, "file", FileName(g.m.File), "oldest_segment", first)
+	// A group whose files start at its very first (none purged) and whose first holds
+	// no complete Update has never had its segments synced: a Sync (which dragonboat
+	// makes before it compacts its log), a new epoch, a closed file or a purge would
+	// have made an Update durable. Raft still holds every entry: start over empty.
+	fromStart := g.m.FirstFile <= 1 && g.m.RedoFrom == 1
+	if fromStart && first == 0 {
+		return g.startOver()
+	}
 	if g.m.RedoFrom == 0 || first < g.m.RedoFrom {
 		return fmt.Errorf("group %d: the index is ahead of the segments and files before %s were written without redo records (by an older Flotilla), so it cannot be rebuilt from them: rebuild this replica from a peer",
 			g.id, FileName(g.m.RedoFrom))
@@ -166,7 +174,31 @@ func (g *Group) rebuildIndex() error {
 			g.id, FileName(g.m.File), g.dir)
 	}
 	g.m = meta{File: first, FirstFile: first, PartServed: 4, State: binlog.Position{}, RedoFrom: g.m.RedoFrom}
-	return g.redo(true)
+	err := g.redo(true)
+	if errors.Is(err, errNoCompleteBatch) && fromStart && first == 1 {
+		return g.startOver()
+	}
+	return err
+}
+
+// errNoCompleteBatch: a rebuild found no complete Update in the group's segments.
+var errNoCompleteBatch = errors.New("no complete batch found")
+
+// startOver empties the group (index and segments, durably) so that it opens at entry
+// 0 and dragonboat applies its whole log again; see rebuildIndex for when that is
+// right.
+func (g *Group) startOver() error {
+	g.log.Warn("no Update of this group reached its segments before the power loss: starting it over from the raft log", "group", g.id)
+	b := g.store.db.NewBatch()
+	defer b.Close()
+	if err := b.DeleteRange(groupPrefix(g.id), groupEnd(g.id), nil); err != nil {
+		return fmt.Errorf("group %d: start over: %w", g.id, err)
+	}
+	if err := b.Commit(pebble.Sync); err != nil {
+		return fmt.Errorf("group %d: start over: %w", g.id, err)
+	}
+	g.m = meta{State: binlog.Position{}} // Open then removes every segment (all are past file 0)
+	return nil
 }
 
 // redo rolls g.m and the index forward over complete Updates found in the segments.
@@ -316,7 +348,7 @@ func (g *Group) redo(fresh bool) error {
 // not need to read.)
 func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int, fresh bool) error {
 	if last == nil && fresh {
-		return fmt.Errorf("group %d: no complete batch found in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, FileName(g.m.File))
+		return fmt.Errorf("group %d: %w in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, errNoCompleteBatch, FileName(g.m.File))
 	}
 	if last == nil {
 		return nil
