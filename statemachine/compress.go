@@ -26,6 +26,10 @@ type segmentReader interface {
 
 const zstSuffix = ".zst"
 
+// plainSuffix marks a closed segment left plain because it does not compress (an
+// empty file beside it; Open and purge remove it with its segment).
+const plainSuffix = ".plain"
+
 // openPart opens part k of a file's segment for reading, plain or compressed.
 func (g *Group) openPart(no uint64, k int) (segmentReader, error) {
 	path := g.partPath(no, k)
@@ -55,6 +59,9 @@ type zstdSegment struct {
 	f   vfs.File
 	dec *zstd.Decoder
 	pos int64
+	// restarts counts reads that went back and decompressed again from the start:
+	// cursors read forward, so it stays 0 (a test checks).
+	restarts int
 }
 
 func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
@@ -63,6 +70,7 @@ func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
 			return 0, err
 		}
 		z.pos = 0
+		z.restarts++
 	}
 	if off > z.pos {
 		n, err := io.CopyN(io.Discard, z.dec, off-z.pos)
@@ -168,6 +176,13 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 	}
 	defer in.Close()
 	if err := compressible(in); err != nil {
+		if errors.Is(err, errIncompressible) {
+			// Remembered, so a restart does not try again (a lost marker costs one
+			// more sample only).
+			if f, cerr := fs.Create(path+plainSuffix, vfs.WriteCategoryUnspecified); cerr == nil {
+				f.Close()
+			}
+		}
 		return 0, 0, err
 	}
 	tmp := path + zstSuffix + ".tmp"
@@ -266,6 +281,9 @@ func (g *Group) scanCompressed() {
 				g.compOrig += size
 				g.compSize += uint64(st.Size())
 				continue
+			}
+			if _, err := fs.Stat(path + plainSuffix); err == nil {
+				continue // judged incompressible before
 			}
 			queue = true
 		}

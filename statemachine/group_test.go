@@ -554,13 +554,29 @@ func TestCompressionIsTransparent(t *testing.T) {
 			t.Fatalf("record %d reads differently once compressed", i)
 		}
 	}
+	// A cursor reads a compressed file forward only: a read behind the decoder's
+	// position would decompress it again from its start (quadratic in the file).
+	fc, err := h.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tail, _ := h.g.Tail()
+	for fc.file == 1 {
+		if _, err := fc.Next(tail); err != nil {
+			t.Fatal(err)
+		}
+		if z, ok := fc.f.(*zstdSegment); ok && z.restarts > 0 {
+			t.Fatalf("reading compressed file 1 restarted its decompression %d times", z.restarts)
+		}
+	}
+	fc.Close()
 	// Starting in the middle of a compressed file (a replica resuming there).
 	s, err := h.g.Locate(binlog.Position{0: gt(7)})
 	if err != nil || s.File != 1 {
 		t.Fatalf("locate in a compressed file: %+v %v", s, err)
 	}
 	c, _ := h.g.NewCursor(s)
-	tail, _ := h.g.Tail()
+	tail, _ = h.g.Tail()
 	r, err := c.Next(tail)
 	c.Close()
 	if g, _ := TxnGTID(r.Payload); err != nil || g != gt(8) {
@@ -786,8 +802,9 @@ func TestIncompressibleSegmentStaysPlain(t *testing.T) {
 		_, _, err := h.store.compressSegment(path, &mu, func(int64, int64) {})
 		_, plainErr := os.Stat(path)
 		_, zstErr := os.Stat(path + zstSuffix)
-		if c.plain && (!errors.Is(err, errIncompressible) || plainErr != nil || zstErr == nil) {
-			t.Fatalf("%s: err %v, plain file %v, compressed file %v: want it left plain", c.name, err, plainErr, zstErr)
+		_, markErr := os.Stat(path + plainSuffix)
+		if c.plain && (!errors.Is(err, errIncompressible) || plainErr != nil || zstErr == nil || markErr != nil) {
+			t.Fatalf("%s: err %v, plain file %v, compressed file %v, marker %v: want it left plain and marked so", c.name, err, plainErr, zstErr, markErr)
 		}
 		if !c.plain && (err != nil || plainErr == nil || zstErr != nil) {
 			t.Fatalf("%s: err %v, plain file %v, compressed file %v: want it compressed", c.name, err, plainErr, zstErr)

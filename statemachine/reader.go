@@ -401,8 +401,13 @@ type Cursor struct {
 // records, and a reader catching up streams closed files in large reads.
 const cursorWindow = 256 << 10
 
-// maxKeptPayload bounds the buffer a cursor keeps for records larger than its window.
-const maxKeptPayload = 16 << 20
+// minWindow is the smallest window a cursor allocates (a replica at the tail reads
+// only what was just committed).
+const minWindow = 16 << 10
+
+// maxKeptPayload bounds the buffer a cursor keeps for records larger than its window
+// (a large transaction's pieces of about 4 MiB are read into a new one each).
+const maxKeptPayload = 1 << 20
 
 // NewCursor opens a cursor at s.
 func (g *Group) NewCursor(s Start) (*Cursor, error) {
@@ -479,10 +484,17 @@ func (c *Cursor) closeFile() {
 
 // read returns n bytes of the current part at off, from the window when it holds them.
 // It reads ahead only up to what t commits in this part: bytes past the tail may
-// still be rewritten.
+// still be rewritten. What the window already holds of the request is kept, so the
+// part is only ever read forward: a compressed part decompresses again from its start
+// on any read before its last.
 func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
-	if off >= c.winOff && off+int64(n) <= c.winOff+int64(len(c.win)) {
+	end := c.winOff + int64(len(c.win))
+	if off >= c.winOff && off+int64(n) <= end {
 		return c.win[off-c.winOff : off-c.winOff+int64(n)], nil
+	}
+	var have []byte // the start of the request, already read
+	if off >= c.winOff && off < end {
+		have = c.win[off-c.winOff:]
 	}
 	if n > cursorWindow {
 		if cap(c.big) < n {
@@ -492,7 +504,9 @@ func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
 		if n > maxKeptPayload {
 			c.big = nil
 		}
-		if _, err := c.f.ReadAt(b, off); err != nil {
+		k := copy(b, have)
+		c.win, c.winOff = c.win[:0], off+int64(n)
+		if _, err := c.f.ReadAt(b[k:], off+int64(k)); err != nil {
 			return nil, err
 		}
 		return b, nil
@@ -503,19 +517,30 @@ func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
 		want = min(want, int64(t.SegSize-partStart(c.starts, c.part))-off)
 	}
 	want = max(want, int64(n))
-	if cap(c.win) < cursorWindow {
-		c.win = make([]byte, 0, cursorWindow)
+	buf := c.win[:0]
+	if int64(cap(buf)) < want {
+		buf = make([]byte, 0, max(want, minWindow))
 	}
-	m, err := c.f.ReadAt(c.win[:want], off)
-	if m < n {
-		c.win = c.win[:0]
+	k := copy(buf[:want], have)
+	m, err := c.f.ReadAt(buf[k:want], off+int64(k))
+	if k+m < n {
+		c.win = buf[:0]
 		if err == nil {
 			err = io.ErrUnexpectedEOF
 		}
 		return nil, err
 	}
-	c.win, c.winOff = c.win[:m], off
+	c.win, c.winOff = buf[:k+m], off
 	return c.win[:n], nil
+}
+
+// atTail releases a large window: a replica that follows the tail reads a few records
+// at a time, and thousands of them should not each hold a catching-up reader's buffer.
+func (c *Cursor) atTail() error {
+	if cap(c.win) > minWindow {
+		c.win, c.winOff = nil, 0
+	}
+	return ErrAtTail
 }
 
 // Next returns the next committed record, or ErrAtTail. Reads never buffer past the
@@ -523,16 +548,16 @@ func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
 // valid until the next call (it aliases the cursor's buffers): copy what is kept.
 func (c *Cursor) Next(t Tail) (Record, error) {
 	if c.file == t.File && c.seg >= t.SegSize {
-		return Record{}, ErrAtTail
+		return Record{}, c.atTail()
 	}
 	if c.file > t.File {
-		return Record{}, ErrAtTail
+		return Record{}, c.atTail()
 	}
 	rec := Record{File: c.file, Pos: c.served}
 	var hdr [recordHeaderLen]byte
 	for {
 		if c.file == t.File && c.seg >= t.SegSize {
-			return Record{}, ErrAtTail
+			return Record{}, c.atTail()
 		}
 		if err := c.ensurePart(t); err != nil {
 			return Record{}, err
