@@ -83,6 +83,7 @@ type Manager struct {
 	reconciled uint64
 	lastFull   time.Time
 	retry      bool
+	lastPass   time.Time // the last pass that read the metadata (retries wait retryEvery)
 	// suspended, when not "", says why this node stores nothing now (its data
 	// directory is short of space): the replicas assigned here stay stopped, their
 	// data kept, until it is cleared (SetSuspended). applied is the value the last
@@ -200,9 +201,11 @@ func (m *Manager) Reconcile(ctx context.Context) {
 	suspended := m.suspended
 	m.mu.Unlock()
 	ver, verErr := m.meta.LocalVersion()
-	if verErr == nil && ver == m.reconciled && !m.retry && suspended == m.applied && time.Since(m.lastFull) < reconcileEvery {
+	unchanged := verErr == nil && ver == m.reconciled && suspended == m.applied && time.Since(m.lastFull) < reconcileEvery
+	if unchanged && (!m.retry || time.Since(m.lastPass) < retryEvery) {
 		return
 	}
+	m.lastPass = time.Now()
 	m.applied = suspended
 	m.retry = false
 	st, err := m.meta.Local()
@@ -308,6 +311,10 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		m.reconciled, m.lastFull = ver, time.Now()
 	}
 }
+
+// retryEvery spaces the passes that only retry (a start that failed, a replica that
+// may leave): the manager checks for changes far more often than that.
+const retryEvery = 300 * time.Millisecond
 
 // reconcileEvery bounds how long Reconcile trusts an unchanged metadata version.
 const reconcileEvery = 10 * time.Second

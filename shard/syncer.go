@@ -167,7 +167,16 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 				}
 				continue
 			}
-			return false, fmt.Errorf("read from master %s: %w", u.Source, err)
+			err = fmt.Errorf("read from master %s: %w", u.Source, err)
+			if ctx.Err() == nil && len(p.pending) > 0 {
+				// The proposal in flight is decided within proposeTimeout: collect it,
+				// so what committed counts as delivered (the next attempt is then not
+				// held back) and a semi-sync master hears of it if it still listens.
+				if cerr := p.complete(ctx); cerr != nil {
+					err = errors.Join(err, cerr)
+				}
+			}
+			return false, err
 		}
 		if err := p.handle(ctx, raw); err != nil {
 			return false, err
@@ -631,7 +640,9 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
 		return nil
 	}
-	p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
+	if p.cur == nil {
+		p.batchEvents = 0 // heartbeats and the like: nothing to count as ingested
+	}
 	if len(p.pending) == 0 && p.batchAck != nil {
 		// Only transactions the group held already: they are committed.
 		a := p.batchAck

@@ -214,8 +214,8 @@ func (s *Service) Dump(r *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpSe
 }
 
 // chunkSink batches a dump's events into stream messages: a message goes out at each
-// position report (after every stored record), so nothing waits in the batch while
-// the dump sits at the tail.
+// position report (at the tail, at each file's end and every 64 KiB), so nothing waits
+// in the batch while the dump sits at the tail.
 type chunkSink struct {
 	stream  clusterv1.Cluster_DumpServer
 	pending clusterv1.DumpChunk
