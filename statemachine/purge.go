@@ -103,7 +103,7 @@ func (g *Group) unlinkPurged() error {
 			g.compSize -= min(g.compSize, uint64(st.Size()))
 			g.mu.Unlock()
 		}
-		for _, f := range []string{p.path, p.path + zstSuffix} {
+		for _, f := range []string{p.path, p.path + zstSuffix, p.path + plainSuffix} {
 			if err := g.store.fs.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("group %d: remove purged segment %s: %w", g.id, f, err)
 			}
