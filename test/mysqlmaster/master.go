@@ -177,12 +177,14 @@ func (m *Master) Close() {
 
 // down drops every connection and stops listening; the caller holds m.mu.
 func (m *Master) down() {
-	for c := range m.conns {
-		c.Close()
-	}
+	// The listener first: a client that sees its stream drop may dial at once,
+	// and must find the port closed.
 	if m.ln != nil {
 		m.ln.Close()
 		m.ln = nil
+	}
+	for c := range m.conns {
+		c.Close()
 	}
 }
 
