@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lni/dragonboat/v3"
@@ -54,6 +55,10 @@ type Manager struct {
 	silenceProbe time.Duration
 	// retention is applied by each group's leader.
 	retention statemachine.Retention
+
+	// clusterVersion is the cluster's version as of the last reconcile: syncers pick
+	// their proposal format by it.
+	clusterVersion atomic.Uint32
 
 	// wg counts the replicas' goroutines, so Run returns only once all have stopped.
 	wg sync.WaitGroup
@@ -213,6 +218,7 @@ func (m *Manager) Reconcile(ctx context.Context) {
 		m.log.Debug("metadata not readable yet", "err", err)
 		return
 	}
+	m.clusterVersion.Store(st.Version())
 	want := map[uint64]*placement.Upstream{}
 	for _, name := range st.UpstreamNames() {
 		u := st.Upstreams[name]

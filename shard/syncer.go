@@ -42,6 +42,12 @@ const (
 	servedFileLimit = 1 << 30
 	// proposeTimeout bounds one proposal's commit.
 	proposeTimeout = 20 * time.Second
+	// maxInflight and maxInflightBytes bound the proposals of a syncer in raft at
+	// once (from cluster version 3; one before): enough for raft to write the next
+	// batches while the group applies one, little enough to bound what a leader
+	// change throws away.
+	maxInflight      = 4
+	maxInflightBytes = 16 << 20
 )
 
 // SyncerServerIDBase is added to the group id to form the server_id Flotilla uses
@@ -122,7 +128,10 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
 		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
 		upstreamFile: view.Upstream, fileServerID: view.ServerID, hasFile: view.HasFile, semi: semi}
-	defer func() { delivered = p.delivered }()
+	defer func() {
+		delivered = p.delivered
+		s.log.Info("binlog stream from master closed", "epoch", epoch, "proposals", p.seq+p.unsequenced, "overlapped", p.overlapped)
+	}()
 	var quiet silence
 	probe := func(ctx context.Context) (string, error) {
 		return s.masterExecuted(ctx, fl, net.JoinHostPort(host, portStr), u.User, password, tlsCfg)
@@ -168,12 +177,13 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 				continue
 			}
 			err = fmt.Errorf("read from master %s: %w", u.Source, err)
-			if ctx.Err() == nil && len(p.pending) > 0 {
-				// The proposal in flight is decided within proposeTimeout: collect it,
-				// so what committed counts as delivered (the next attempt is then not
-				// held back) and a semi-sync master hears of it if it still listens.
+			// The proposals in flight are decided within proposeTimeout: collect
+			// them, so what committed counts as delivered (the next attempt is then
+			// not held back) and a semi-sync master hears of it if it still listens.
+			for ctx.Err() == nil && len(p.pending) > 0 {
 				if cerr := p.complete(ctx); cerr != nil {
 					err = errors.Join(err, cerr)
+					break
 				}
 			}
 			return false, err
@@ -327,7 +337,19 @@ type pipeline struct {
 	// proposed is the ordinal after every proposal made (committed or in flight).
 	proposed uint64
 	pending  []inflight
-	lastTS   uint32
+	// sequenced: the proposals carry seq, their place in the epoch, and several
+	// may be in flight (inflightBytes of them); otherwise one at a time.
+	sequenced     bool
+	seq           uint64
+	inflightBytes int
+	// batchPiece: the batch holds a piece of a transaction larger than a batch;
+	// piecesInFlight counts such proposals in flight.
+	batchPiece     bool
+	piecesInFlight int
+	// unsequenced and overlapped count proposals: made before the pipeline was
+	// sequenced, and made with another in flight.
+	unsequenced, overlapped uint64
+	lastTS                  uint32
 
 	cur *openTxn
 
@@ -575,14 +597,20 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 	p.items = append(p.items, it)
 	p.batchBytes += bytes
 	p.batchTxns += txns
+	if it.Txn != nil && !(it.Txn.First && it.Txn.Last) {
+		p.batchPiece = true
+	}
 }
 
-// inflight is the proposed batch waiting for its commit. A syncer has one proposal in
-// raft at a time: the fence names ordinals, which only complete transactions move, so a
-// second proposal behind a piece of a large transaction could commit even if that
-// piece were dropped. (Several in flight need a per-proposal sequence in the fence.)
-// The syncer reads on while it commits: the next batch grows meanwhile (group commit).
+// inflight is a proposed batch waiting for its commit. Ordinals move only with
+// complete transactions, so with the ordinal alone in the fence a proposal behind a
+// piece of a large transaction could commit even if that piece were dropped: a syncer
+// has several proposals in flight only when they are sequenced (each names its place
+// in the epoch, and the group rejects every one after a gap), and one otherwise. The
+// syncer reads on while they commit: the next batch grows meanwhile (group commit).
 type inflight struct {
+	// piece: the batch holds a piece of a transaction larger than a batch.
+	piece         bool
 	began         time.Time
 	txns          uint64
 	events, bytes int
@@ -599,15 +627,23 @@ type inflight struct {
 // committed reports whether the proposal's result has arrived.
 func (f *inflight) committed() bool { return len(f.result) > 0 }
 
-// flush proposes the batch when no proposal is in flight. With one in flight, full
-// (the batch reached maxBatch) waits for its commit first; otherwise the batch is left
-// to grow, and syncOnce proposes it when that commit arrives. A proposal names the
-// ordinal the previous one ends at, so if raft drops one, the group rejects those
-// after it (the fence): nothing is ever applied out of order or twice. Any failure
-// ends the connection: the next attempt claims a new epoch and resumes from what the
-// group committed.
+// flush proposes the batch when raft has room for it (see roomInRaft). Without room,
+// full (the batch reached maxBatch) waits for the oldest proposal's commit first;
+// otherwise the batch is left to grow, and syncOnce proposes it when that commit
+// arrives. A proposal names the ordinal the previous one ends at (and, sequenced, its
+// place in the epoch), so if raft drops one, the group rejects those after it (the
+// fence): nothing is ever applied out of order or twice. Any failure ends the
+// connection: the next attempt claims a new epoch and resumes from what the group
+// committed.
 func (p *pipeline) flush(ctx context.Context, full bool) error {
-	if len(p.items) > 0 && len(p.pending) > 0 {
+	if !p.sequenced && len(p.pending) == 0 && p.s.m.clusterVersion.Load() >= statemachine.SequencedAppendVersion {
+		// Every replica checks the sequence now (the cluster version says so). The
+		// group's sequence counts sequenced proposals only, so it is at 0 for this
+		// epoch; and nothing unsequenced is in flight whose loss the first sequenced
+		// proposal could hide.
+		p.sequenced = true
+	}
+	for len(p.items) > 0 && !p.roomInRaft() {
 		if !full {
 			return nil
 		}
@@ -616,15 +652,18 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		}
 	}
 	if len(p.items) > 0 {
-		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Items: p.items}).Encode()
+		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).Encode()
 		p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes += uint64(p.batchBytes) })
-		rs, err := p.s.m.nh.Propose(p.s.m.nh.GetNoOPSession(p.s.gid), cmd, proposeTimeout)
+		rs, err := p.propose(ctx, cmd)
 		if err != nil {
 			p.s.m.metrics.Proposed(p.s.Upstream().Name, 0, err)
 			return fmt.Errorf("propose to group %d: %w", p.s.gid, err)
 		}
 		wake, woken := context.WithCancel(ctx)
-		f := inflight{began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck,
+		if p.batchPiece {
+			p.piecesInFlight++
+		}
+		f := inflight{piece: p.batchPiece, began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck,
 			wake: wake, result: make(chan dragonboat.RequestResult, 1)}
 		go func() {
 			// dragonboat always delivers a result (at the latest at proposeTimeout);
@@ -634,10 +673,20 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 			f.result <- r
 			woken()
 		}()
+		if len(p.pending) > 0 {
+			p.overlapped++
+			p.s.m.metrics.Overlapped(p.s.Upstream().Name)
+		}
+		if p.sequenced {
+			p.seq++
+		} else {
+			p.unsequenced++
+		}
 		p.pending = append(p.pending, f)
 		p.batchAck = nil
 		p.proposed += p.batchTxns
-		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
+		p.inflightBytes += p.batchBytes
+		p.items, p.batchBytes, p.batchTxns, p.batchEvents, p.batchPiece = nil, 0, 0, 0, false
 		return nil
 	}
 	if p.cur == nil {
@@ -652,6 +701,45 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		}
 	}
 	return nil
+}
+
+// propose hands cmd to raft. While its LogDB stalls writes, dragonboat refuses
+// proposals (ErrSystemBusy) until the LogDB catches up: that is backpressure, not a
+// failure worth a reconnection (which would also start a large transaction over). The
+// syncer waits for its oldest proposal in flight, or a moment with none, and tries
+// again, for up to proposeTimeout.
+func (p *pipeline) propose(ctx context.Context, cmd []byte) (*dragonboat.RequestState, error) {
+	deadline := time.Now().Add(proposeTimeout)
+	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		rs, err := p.s.m.nh.Propose(p.s.m.nh.GetNoOPSession(p.s.gid), cmd, proposeTimeout)
+		if !errors.Is(err, dragonboat.ErrSystemBusy) || time.Now().After(deadline) {
+			return rs, err
+		}
+		if len(p.pending) > 0 {
+			if err := p.complete(ctx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
+	}
+}
+
+// roomInRaft reports whether a proposal may go to raft now: always when none is in
+// flight; sequenced, while fewer than maxInflight (and maxInflightBytes) are. The
+// pieces of a transaction larger than a batch go one at a time, alone: in flight, a
+// batch is held several times over (the syncer's, raft's and the LogDB's copies),
+// and a transaction of any size must ingest in bounded memory (the pipeline gains
+// little there: its pieces are large).
+func (p *pipeline) roomInRaft() bool {
+	if len(p.pending) == 0 {
+		return true
+	}
+	return p.sequenced && len(p.pending) < maxInflight && p.inflightBytes < maxInflightBytes && !p.batchPiece && p.piecesInFlight == 0
 }
 
 // sendAck acknowledges a to the semi-sync master.
@@ -676,6 +764,10 @@ func (p *pipeline) sendAck(a *ackPoint) error {
 func (p *pipeline) complete(ctx context.Context) error {
 	f := p.pending[0]
 	p.pending = p.pending[1:]
+	p.inflightBytes -= f.bytes
+	if f.piece {
+		p.piecesInFlight--
+	}
 	name := p.s.Upstream().Name
 	var r dragonboat.RequestResult
 	select {

@@ -17,9 +17,18 @@ const (
 	KindAppend byte = 2
 	// KindPurge deletes the served files before a given one on every replica alike.
 	KindPurge byte = 3
+	// KindAppendSeq is an Append that also carries its place in its epoch's
+	// sequence of proposals (Append.Seq), so that a syncer may have several in flight
+	// (cluster version 3).
+	KindAppendSeq byte = 4
 )
 
 const commandVersion byte = 1
+
+// SequencedAppendVersion is the cluster version from which a syncer may propose
+// KindAppendSeq: a replica on an older binary would not check the sequence, and
+// would accept what the others reject.
+const SequencedAppendVersion uint32 = 3
 
 // Item kinds inside an Append command.
 const (
@@ -33,9 +42,18 @@ const (
 // Append is the proposal a syncer makes: a batch of items that must follow the
 // group's tail exactly. Epoch is the fencing token returned by ClaimEpoch; PrevOrdinal
 // is the number of complete transactions the proposer believes the group holds.
+//
+// A Sequenced append also names its place in the epoch (Seq: 0 for the first
+// Append after the ClaimEpoch, then 1, 2, ...). Ordinals move only with complete
+// transactions, so they cannot tell the pieces of one large transaction apart: with
+// several proposals in flight, a piece raft dropped would go unnoticed if the next one
+// committed. The sequence notices: once one proposal is dropped or rejected, every
+// later one of the epoch is rejected too.
 type Append struct {
 	Epoch       uint64
 	PrevOrdinal uint64
+	Sequenced   bool
+	Seq         uint64
 	Items       []Item
 }
 
@@ -110,9 +128,16 @@ func (a *Append) Encode() []byte {
 		}
 	}
 	b := make([]byte, 0, size)
-	b = append(b, commandVersion, KindAppend)
+	if a.Sequenced {
+		b = append(b, commandVersion, KindAppendSeq)
+	} else {
+		b = append(b, commandVersion, KindAppend)
+	}
 	b = binary.AppendUvarint(b, a.Epoch)
 	b = binary.AppendUvarint(b, a.PrevOrdinal)
+	if a.Sequenced {
+		b = binary.AppendUvarint(b, a.Seq)
+	}
 	b = binary.AppendUvarint(b, uint64(len(a.Items)))
 	for _, it := range a.Items {
 		switch {
@@ -210,7 +235,8 @@ func (d *decoder) uint32() uint32 {
 	return uint32(v)
 }
 
-// DecodeCommand returns the command kind and, for KindAppend, the decoded command.
+// DecodeCommand returns the command kind and, for KindAppend, the decoded command
+// (KindAppendSeq decodes as KindAppend with Sequenced set).
 // Events inside the result alias cmd.
 func DecodeCommand(cmd []byte) (byte, *Append, error) {
 	if len(cmd) < 2 || cmd[0] != commandVersion {
@@ -224,12 +250,15 @@ func DecodeCommand(cmd []byte) (byte, *Append, error) {
 			return 0, nil, err
 		}
 		return KindPurge, nil, nil
-	case KindAppend:
+	case KindAppend, KindAppendSeq:
 	default:
 		return 0, nil, fmt.Errorf("%w: unknown kind %d", errBadCommand, cmd[1])
 	}
 	d := &decoder{b: cmd[2:]}
-	a := &Append{Epoch: d.uvarint(), PrevOrdinal: d.uvarint()}
+	a := &Append{Epoch: d.uvarint(), PrevOrdinal: d.uvarint(), Sequenced: cmd[1] == KindAppendSeq}
+	if a.Sequenced {
+		a.Seq = d.uvarint()
+	}
 	n := d.uvarint()
 	if n > uint64(len(d.b)) {
 		return 0, nil, fmt.Errorf("%w: %d items in %d bytes", errBadCommand, n, len(d.b))

@@ -3,6 +3,8 @@ package statemachine
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -123,4 +125,169 @@ func TestOverlappingSyncersNeverDuplicate(t *testing.T) {
 		t.Fatal("the two syncers never overlapped: the test proved nothing")
 	}
 	t.Logf("two overlapping syncers; %d and %d proposals fenced off; every replica holds transactions 1..%d once, in order", rejA, rejB, total)
+}
+
+// TestPipelinedProposalsThroughLeaderChanges: a syncer keeps several sequenced
+// proposals in flight, some of them pieces of one transaction, while the group's
+// leadership moves every few hundred milliseconds and one replica is stopped and
+// started again. Whatever raft drops on the way, every replica must end up with each
+// transaction exactly once, whole, in order.
+func TestPipelinedProposalsThroughLeaderChanges(t *testing.T) {
+	dir := t.TempDir()
+	nodes := startGroup3(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const total, inflight = 400, 4
+	// Transaction n always has the same bytes; every third is proposed in three
+	// pieces (cut at event boundaries, so only the fence can tell one is missing).
+	rows := func(n uint64) int { return 200 + int(n%5)*400 }
+	proposal := func(n uint64) [][]Item {
+		g := gt(n)
+		whole := txnEvents(g, rows(n))
+		if n%3 != 0 {
+			return [][]Item{{{Txn: &Txn{GTID: g, First: true, Last: true, Events: whole}}}}
+		}
+		head := len(gtidEv(g)) + len(ev(binlog.TableMapEvent, 30))
+		tail := len(whole) - len(binlog.NewXID(testServer, n, true))
+		return [][]Item{
+			{{Txn: &Txn{GTID: g, First: true, Events: whole[:head]}}},
+			{{Txn: &Txn{GTID: g, Events: whole[head:tail]}}},
+			{{Txn: &Txn{GTID: g, Last: true, Events: whole[tail:]}}},
+		}
+	}
+
+	// The disruptor moves the leadership around, and stops replica 3 and starts it
+	// again (its store and raft log stay) while the proposals go on.
+	disrupted := make(chan error, 1)
+	go func() {
+		var err error
+		defer func() { disrupted <- err }()
+		members := map[uint64]string{1: nodes[0].addr, 2: nodes[1].addr, 3: nodes[2].addr}
+		for i := 0; ctx.Err() == nil && i < 12; i++ {
+			time.Sleep(150 * time.Millisecond)
+			switch i {
+			case 4:
+				nodes[2].stop()
+			case 7:
+				var n3 *raftNode
+				if n3, err = openRaftNode(filepath.Join(dir, "3"), members[3]); err != nil {
+					return
+				}
+				t.Cleanup(n3.stop)
+				if err = n3.nh.StartOnDiskCluster(members, false, n3.store.NewGroup, groupConfig(3)); err != nil {
+					return
+				}
+				nodes[2] = n3
+			}
+			for _, n := range nodes[:2] {
+				_ = n.nh.RequestLeaderTransfer(9, uint64(1+i%3))
+			}
+		}
+	}()
+
+	began := time.Now()
+	var next uint64 // transactions the group holds, as last read
+	proposals, rejected, overlapped := 0, 0, 0
+	for next < total && ctx.Err() == nil {
+		nh := nodes[int(next/50)%2].nh // the proposer moves between nodes 1 and 2
+		pctx, pcancel := context.WithTimeout(ctx, 3*time.Second)
+		res, err := nh.SyncPropose(pctx, nh.GetNoOPSession(9), EncodeClaimEpoch())
+		pcancel()
+		if err != nil || res.Value != ResultOK {
+			time.Sleep(20 * time.Millisecond)
+			continue
+		}
+		epoch := binary.BigEndian.Uint64(res.Data)
+		rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
+		v, err := nh.SyncRead(rctx, 9, StateQuery{})
+		rcancel()
+		if err != nil {
+			continue
+		}
+		view := v.(StateView)
+		next = view.Ordinal
+		// Propose from next on, keeping up to inflight proposals in raft; stop at the
+		// first that does not commit, then claim again and re-read.
+		var queue []*dragonboat.RequestState
+		seq, prev, n := uint64(0), next, next
+		failed := false
+		collect := func() {
+			rs := queue[0]
+			queue = queue[1:]
+			r := <-rs.ResultC()
+			rs.Release()
+			if !r.Completed() || r.GetResult().Value != ResultOK {
+				failed = true
+				rejected++
+			}
+		}
+		for !failed && n < total {
+			n++
+			for _, items := range proposal(n) {
+				if !view.HasFile {
+					items = append([]Item{newFile("m.1", binlog.Position{0: gt(0)})}, items...)
+					view.HasFile = true
+				}
+				for len(queue) >= inflight && !failed {
+					collect()
+				}
+				if failed {
+					break
+				}
+				last := items[len(items)-1].Txn.Last
+				rs, err := nh.Propose(nh.GetNoOPSession(9), (&Append{Epoch: epoch, PrevOrdinal: prev, Sequenced: true, Seq: seq, Items: items}).Encode(), 3*time.Second)
+				if err != nil {
+					failed = true
+					break
+				}
+				if len(queue) > 0 {
+					overlapped++
+				}
+				queue = append(queue, rs)
+				proposals++
+				seq++
+				if last {
+					prev++
+				}
+			}
+		}
+		for len(queue) > 0 {
+			collect()
+		}
+		if !failed {
+			next = n
+		}
+	}
+	wrote := time.Since(began)
+	if err := <-disrupted; err != nil {
+		t.Fatalf("restart replica 3: %v", err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("the proposer did not get %d transactions in: %v", total, ctx.Err())
+	}
+	for i, n := range nodes {
+		g := waitOrdinal(ctx, t, n.store, total, fmt.Sprintf("replica %d did not reach %d transactions", i+1, total))
+		var seq uint64
+		for _, r := range readAll(t, g, Start{File: 1, Served: 4}) {
+			if r.Type != recTxn {
+				continue
+			}
+			id, _ := TxnGTID(r.Payload)
+			if id.Seq != seq+1 {
+				t.Fatalf("replica %d: after transaction %d comes %d: lost, duplicated or reordered", i+1, seq, id.Seq)
+			}
+			seq = id.Seq
+			if want := len(txnEvents(id, rows(seq))); len(r.Payload) != want {
+				t.Fatalf("replica %d: transaction %d holds %d bytes, want %d: a piece is missing or repeated", i+1, seq, len(r.Payload), want)
+			}
+		}
+		if seq != total {
+			t.Fatalf("replica %d holds %d transactions, want %d", i+1, seq, total)
+		}
+	}
+	if overlapped == 0 || rejected == 0 {
+		t.Fatalf("%d proposals overlapped, %d failed: the test needs both to prove anything", overlapped, rejected)
+	}
+	t.Logf("writes took %v, the disruption %v", wrote, time.Since(began))
+	t.Logf("%d proposals, %d made with others in flight, %d dropped or fenced off; every replica holds transactions 1..%d once, whole, in order", proposals, overlapped, rejected, total)
 }

@@ -32,8 +32,11 @@ const (
 // records only and are what readers may see; PartSeg/PartServed are >= them and also
 // cover the pieces of a transaction still being received (Pending).
 type meta struct {
-	Applied      uint64          `json:"applied"`
-	Epoch        uint64          `json:"epoch"`
+	Applied uint64 `json:"applied"`
+	Epoch   uint64 `json:"epoch"`
+	// Seq is how many sequenced Appends of the current epoch were applied: the Seq
+	// the next one must carry.
+	Seq          uint64          `json:"seq,omitempty"`
 	Ordinal      uint64          `json:"ordinal"`
 	FirstFile    uint64          `json:"first_file"`
 	File         uint64          `json:"file"`
@@ -469,10 +472,14 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 		// not in any record.
 		bt.durable = true
 		g.m.Epoch++
+		g.m.Seq = 0
 		return sm.Result{Value: ResultOK, Data: binary.BigEndian.AppendUint64(nil, g.m.Epoch)}, nil
 	}
 	if a.Epoch != g.m.Epoch && !skipFence {
 		return rejected("stale epoch %d (current %d)", a.Epoch, g.m.Epoch), nil
+	}
+	if a.Sequenced && a.Seq != g.m.Seq && !skipFence {
+		return rejected("proposal %d of epoch %d, but the group applied %d of it: one before it was dropped or rejected", a.Seq, a.Epoch, g.m.Seq), nil
 	}
 	if a.PrevOrdinal != g.m.Ordinal && !skipFence {
 		return rejected("proposal follows transaction %d but the group holds %d", a.PrevOrdinal, g.m.Ordinal), nil
@@ -540,6 +547,9 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 		if err := g.appendTxn(bt, index, it.Txn); err != nil {
 			return sm.Result{}, err
 		}
+	}
+	if a.Sequenced {
+		g.m.Seq++
 	}
 	return sm.Result{Value: ResultOK}, nil
 }

@@ -386,11 +386,56 @@ func TestSnapshotOverOlderState(t *testing.T) {
 	}
 }
 
+// TestSequencedFenceCatchesADroppedPiece: pieces of one transaction leave the
+// ordinal alone, so the ordinal cannot tell that a middle piece went missing when
+// several proposals are in flight. The sequence does: after a gap, every later
+// proposal of the epoch is rejected, and a new epoch starts the sequence over.
+func TestSequencedFenceCatchesADroppedPiece(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, Sequenced: true, Seq: 0, Items: []Item{newFile("m.1", binlog.Position{}), txn(gt(1), 10)}})
+	// Transaction 2 in three pieces, each ending at an event boundary; raft drops the
+	// middle one (Seq 2), and the last (Seq 3) still follows ordinal 1.
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Sequenced: true, Seq: 1, Items: []Item{{Txn: &Txn{GTID: gt(2), First: true, Events: gtidEv(gt(2))}}}})
+	last := &Append{Epoch: ep, PrevOrdinal: 1, Sequenced: true, Seq: 3, Items: []Item{{Txn: &Txn{GTID: gt(2), Last: true, Events: binlog.NewXID(testServer, 2, true)}}}}
+	if r := h.apply(last.Encode()); r.Value != ResultRejected {
+		t.Fatal("a piece after a dropped one was accepted: the transaction lost its rows")
+	}
+	// The group still waits for Seq 2: the middle piece, proposed again in order,
+	// gets in, and a second proposal with its number does not.
+	if r := h.apply((&Append{Epoch: ep, PrevOrdinal: 1, Sequenced: true, Seq: 2, Items: []Item{{Txn: &Txn{GTID: gt(2), Events: ev(23, 40)}}}}).Encode()); r.Value != ResultOK {
+		t.Fatalf("the dropped piece itself, proposed again in order, was rejected: %s", r.Data)
+	}
+	if r := h.apply((&Append{Epoch: ep, PrevOrdinal: 1, Sequenced: true, Seq: 2, Items: []Item{{Txn: &Txn{GTID: gt(2), Last: true, Events: binlog.NewXID(testServer, 2, true)}}}}).Encode()); r.Value != ResultRejected {
+		t.Fatal("a proposal repeating a sequence number was accepted")
+	}
+	// A new epoch drops the open pieces and starts the sequence over.
+	ep2 := h.claim()
+	if r := h.apply((&Append{Epoch: ep2, PrevOrdinal: 1, Sequenced: true, Seq: 1, Items: []Item{txn(gt(2), 10)}}).Encode()); r.Value != ResultRejected {
+		t.Fatal("a new epoch's first proposal was accepted with sequence 1")
+	}
+	h.mustAppend(&Append{Epoch: ep2, PrevOrdinal: 1, Sequenced: true, Seq: 0, Items: []Item{txn(gt(2), 10)}})
+	h.mustAppend(&Append{Epoch: ep2, PrevOrdinal: 2, Sequenced: true, Seq: 1, Items: []Item{txn(gt(3), 10)}})
+	recs := readAll(t, h.g, Start{File: 1, Served: 4})
+	if n := countTxns(t, recs); n != 3 {
+		t.Fatalf("%d transactions held, want 3", n)
+	}
+	// The group's sequence survives a reopen (it is in the meta and the redo record).
+	h.close()
+	h2 := newHarness(t, h.dir)
+	defer h2.close()
+	if r := h2.apply((&Append{Epoch: ep2, PrevOrdinal: 3, Sequenced: true, Seq: 1, Items: []Item{txn(gt(4), 10)}}).Encode()); r.Value != ResultRejected {
+		t.Fatal("after a reopen, a repeated sequence number was accepted")
+	}
+	h2.mustAppend(&Append{Epoch: ep2, PrevOrdinal: 3, Sequenced: true, Seq: 2, Items: []Item{txn(gt(4), 10)}})
+}
+
 // FuzzDecodeCommand: raft entries are bytes from disk and peers; decoding must never
 // panic, and what decodes must re-encode to the same bytes.
 func FuzzDecodeCommand(f *testing.F) {
 	f.Add(EncodeClaimEpoch())
 	f.Add((&Append{Epoch: 3, PrevOrdinal: 9, Items: []Item{newFile("m.1", binlog.Position{0: gt(1)}), txn(gt(2), 10)}}).Encode())
+	f.Add((&Append{Epoch: 3, PrevOrdinal: 9, Sequenced: true, Seq: 7, Items: []Item{txn(gt(2), 10)}}).Encode())
 	f.Fuzz(func(t *testing.T, b []byte) {
 		kind, a, err := DecodeCommand(b)
 		if err != nil || kind != KindAppend {
@@ -398,7 +443,7 @@ func FuzzDecodeCommand(f *testing.F) {
 		}
 		if again := a.Encode(); !bytes.Equal(again, b) {
 			// Varints have several encodings; decoding the re-encoding must agree.
-			if _, a2, err := DecodeCommand(again); err != nil || len(a2.Items) != len(a.Items) {
+			if _, a2, err := DecodeCommand(again); err != nil || len(a2.Items) != len(a.Items) || a2.Sequenced != a.Sequenced || a2.Seq != a.Seq {
 				t.Fatalf("re-encoded command does not decode alike: %v", err)
 			}
 		}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -24,6 +25,12 @@ type raftNode struct {
 	nh    *dragonboat.NodeHost
 	store *Store
 	addr  string
+	once  sync.Once
+}
+
+// stop stops the replica once (tests stop some before their cleanup does).
+func (n *raftNode) stop() {
+	n.once.Do(func() { n.nh.Stop(); n.store.Close() })
 }
 
 func freeAddr(t *testing.T) string {
@@ -37,9 +44,19 @@ func freeAddr(t *testing.T) string {
 
 func startRaftNode(t *testing.T, dir string, addr string) *raftNode {
 	t.Helper()
-	st, err := Open(filepath.Join(dir, "storage"), discardLog())
+	n, err := openRaftNode(dir, addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	t.Cleanup(n.stop)
+	return n
+}
+
+// openRaftNode starts a NodeHost and store under dir; the caller stops them.
+func openRaftNode(dir string, addr string) (*raftNode, error) {
+	st, err := Open(filepath.Join(dir, "storage"), discardLog())
+	if err != nil {
+		return nil, err
 	}
 	st.SetSegmentSize(16 << 10) // snapshots must carry multi-part segments
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
@@ -47,11 +64,10 @@ func startRaftNode(t *testing.T, dir string, addr string) *raftNode {
 		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig()},
 	})
 	if err != nil {
-		t.Fatal(err)
+		st.Close()
+		return nil, err
 	}
-	n := &raftNode{nh: nh, store: st, addr: addr}
-	t.Cleanup(func() { nh.Stop(); st.Close() })
-	return n
+	return &raftNode{nh: nh, store: st, addr: addr}, nil
 }
 
 // startGroup3 starts group 9 on three in-process replicas.

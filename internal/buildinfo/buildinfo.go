@@ -19,7 +19,9 @@ import (
 //
 //   - 1: everything before cluster versions existed (nodes that report none).
 //   - 2: the metadata command update_upstream (`flotilla upstream update`).
-const ClusterVersion uint32 = 2
+//   - 3: sequenced appends in upstream groups (statemachine.KindAppendSeq): a
+//     syncer with several proposals in flight.
+const ClusterVersion uint32 = 3
 
 // Set at build time with -ldflags "-X ...buildinfo.version=... -X ...commit=...
 // -X ...date=..." (see the Makefile). Package-level because -X can only set

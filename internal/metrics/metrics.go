@@ -26,6 +26,7 @@ type Relay struct {
 	ingestTxns     *prometheus.CounterVec
 	proposals      *prometheus.CounterVec
 	proposalTime   *prometheus.HistogramVec
+	overlapped     *prometheus.CounterVec
 	purges         *prometheus.CounterVec
 	syncerErrors   *prometheus.CounterVec
 	sourceSwitches *prometheus.CounterVec
@@ -56,6 +57,7 @@ func New(nodeID uint64) *Relay {
 		ingestBytes:    counter("ingest_bytes_total", "Bytes of binlog events received from the master and committed.", "upstream"),
 		ingestTxns:     counter("ingest_transactions_total", "Transactions received from the master and committed.", "upstream"),
 		proposals:      counter("proposals_total", "Raft proposals made by the group's syncer, by result (ok or error).", "upstream", "result"),
+		overlapped:     counter("proposals_overlapped_total", "Proposals made while an earlier one of the same syncer was still in raft (pipelined ingest, from cluster version 3).", "upstream"),
 		purges:         counter("purges_total", "Served binlog files purged (by retention or PURGE).", "upstream"),
 		syncerErrors:   counter("syncer_errors_total", "Syncer connections to the master that ended in an error; each is followed by a reconnect.", "upstream"),
 		sourceSwitches: counter("source_switches_total", "Changes of an upstream's master, by how (repoint, forced or automatic).", "upstream", "how"),
@@ -115,6 +117,14 @@ func (r *Relay) Proposed(upstream string, took time.Duration, err error) {
 	if err == nil {
 		r.proposalTime.WithLabelValues(upstream).Observe(took.Seconds())
 	}
+}
+
+// Overlapped counts a proposal made while another of its syncer was in raft.
+func (r *Relay) Overlapped(upstream string) {
+	if r == nil {
+		return
+	}
+	r.overlapped.WithLabelValues(upstream).Inc()
 }
 
 // Purged counts purged files.

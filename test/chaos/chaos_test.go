@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -605,6 +606,19 @@ func TestChaos(t *testing.T) {
 
 	checked, violations := r.check(out)
 	violations = append(r.found, violations...)
+	// Ingest is pipelined (several proposals of a syncer in raft at once): the run
+	// must have exercised that, or it proved nothing of it.
+	overlapped := 0
+	for _, n := range r.nodes {
+		for _, m := range overlappedRe.FindAllStringSubmatch(n.LogGrep("binlog stream from master closed"), -1) {
+			k, _ := strconv.Atoi(m[1])
+			overlapped += k
+		}
+	}
+	t.Logf("CHAOS proposals made while another of their syncer was in raft (streams that closed cleanly): %d", overlapped)
+	if overlapped == 0 {
+		violations = append(violations, "no syncer ever had two proposals in flight: the run did not exercise pipelined ingest")
+	}
 	if d >= 10*time.Minute {
 		violations = append(violations, soak.rising()...)
 	}
@@ -618,6 +632,10 @@ func TestChaos(t *testing.T) {
 		t.Fatalf("%d violations (seed %d)", len(violations), seed)
 	}
 }
+
+// overlappedRe reads a syncer's count of proposals made with another in flight from
+// the line it logs when its stream closes.
+var overlappedRe = regexp.MustCompile(`overlapped=(\d+)`)
 
 // check is the independent checker: the replicas against their masters, the group
 // members' served files against each other, the nodes' logs.

@@ -178,7 +178,7 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 		{"flotilla_applied_index", []string{`upstream="main"`}},
 		{"flotilla_segment_bytes", []string{`upstream="main"`}},
 		{"flotilla_mysql_sessions", nil},
-		{"flotilla_build_info", []string{`max_cluster_version="2"`}},
+		{"flotilla_build_info", []string{`max_cluster_version="3"`}},
 		{"flotilla_cluster_version", nil},
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
