@@ -175,7 +175,7 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 		return 0, 0, err
 	}
 	defer in.Close()
-	if err := compressible(in); err != nil {
+	if err := s.compressible(in); err != nil {
 		if errors.Is(err, errIncompressible) {
 			// Remembered, so a restart does not try again (a lost marker costs one
 			// more sample only).
@@ -243,18 +243,19 @@ const compressSample = 1 << 20
 
 // compressible compresses a sample of the segment and refuses a segment it would
 // shrink by less than a tenth.
-func compressible(f io.ReaderAt) error {
+func (s *Store) compressible(f io.ReaderAt) error {
 	buf := make([]byte, compressSample)
 	n, err := f.ReadAt(buf, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
-	if err != nil {
-		return err
+	s.sampler.once.Do(func() {
+		s.sampler.enc, s.sampler.err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	})
+	if s.sampler.err != nil {
+		return s.sampler.err
 	}
-	defer enc.Close()
-	if out := enc.EncodeAll(buf[:n], nil); n > 0 && len(out)*10 > n*9 {
+	if out := s.sampler.enc.EncodeAll(buf[:n], nil); n > 0 && len(out)*10 > n*9 {
 		return fmt.Errorf("%w: a sample of %d bytes compresses to %d", errIncompressible, n, len(out))
 	}
 	return nil
