@@ -152,6 +152,7 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 		b.Fatal(err)
 	}
 	defer cl.Close()
+	waitClusterVersion(ctx, b, cl)
 	start := time.Now()
 	add := append([]string{"upstream", "add", name, "--source", source, "--user", benchUser, "--password", benchPass,
 		"--replica-user", "r" + name, "--replica-password", benchPass}, args...)
@@ -321,8 +322,13 @@ func BenchmarkRelay(b *testing.B) {
 	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
 		go saveProfile(ctx, metricsAddr, path, 2*time.Second)
 	}
+	// FLOTILLA_BENCH_TRACE=FILE saves an execution trace of the same window.
+	if path := os.Getenv("FLOTILLA_BENCH_TRACE"); path != "" {
+		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
+	}
 	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
 	rep.add("ingest, 1 replica", i1.mbs(), rawMBs, "MB/s", 0.6, true)
+	rep.note(proposalNote(ctx, metricsAddr))
 	rep.add("ingest, 1 replica (transactions)", i1.txnRate(), float64(i1.group.Transactions)*raw.share()/raw.took.Seconds(), "txn/s", 0.6, true)
 
 	// Fan-out: 8 and 32 readers of the whole binlog, from Flotilla and from the master.
@@ -427,6 +433,32 @@ func saveProfile(ctx context.Context, metricsAddr, path string, d time.Duration)
 	saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", metricsAddr, int(d.Seconds())), path)
 }
 
+// waitClusterVersion waits until the cluster runs at the newest version its nodes
+// understand (a new cluster starts at 1 and moves within seconds): a bench measures
+// the cluster as it runs from then on, not its first seconds.
+func waitClusterVersion(ctx context.Context, b *testing.B, cl *adminrpc.Client) {
+	b.Helper()
+	var last string
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		st, err := cl.Status(ctx, &adminv1.StatusRequest{})
+		if err != nil {
+			last = err.Error()
+			continue
+		}
+		newest := uint32(0)
+		for _, n := range st.Nodes {
+			if newest == 0 || n.MaxClusterVersion < newest {
+				newest = n.MaxClusterVersion
+			}
+		}
+		if newest > 0 && st.ClusterVersion >= newest {
+			return
+		}
+		last = fmt.Sprintf("cluster version %d, the nodes understand %d", st.ClusterVersion, newest)
+	}
+	b.Fatalf("the cluster version did not move to the nodes' within a minute: %s", last)
+}
+
 // saveURL saves what a GET of url returns into path.
 func saveURL(ctx context.Context, url, path string) {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
@@ -478,4 +510,35 @@ func flotillaTail(ctx context.Context, b *testing.B, n *flotillatest.Node) (stri
 	f, _ := r.GetString(0, 0)
 	p, _ := r.GetUint(0, 1)
 	return f, uint32(p)
+}
+
+// proposalNote says how many of the node's proposals were made with another of their
+// syncer still in raft (pipelined ingest), from its metrics.
+func proposalNote(ctx context.Context, metricsAddr string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+	if err != nil {
+		return "proposals: " + err.Error()
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "proposals: metrics unreadable: " + err.Error()
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return "proposals: metrics unreadable: " + err.Error()
+	}
+	sum := func(name string) float64 {
+		total := 0.0
+		for _, line := range strings.Split(string(body), "\n") {
+			if strings.HasPrefix(line, name+"{") {
+				if f := strings.Fields(line); len(f) == 2 {
+					v, _ := strconv.ParseFloat(f[1], 64)
+					total += v
+				}
+			}
+		}
+		return total
+	}
+	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft", sum("flotilla_proposals_total"), sum("flotilla_proposals_overlapped_total"))
 }
