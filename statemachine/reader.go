@@ -405,9 +405,11 @@ const cursorWindow = 256 << 10
 // only what was just committed).
 const minWindow = 16 << 10
 
-// maxKeptPayload bounds the buffer a cursor keeps for records larger than its window
-// (a large transaction's pieces of about 4 MiB are read into a new one each).
-const maxKeptPayload = 1 << 20
+// maxKeptPayload bounds the buffer a cursor keeps for records larger than its window.
+// Stored records are at most a piece (under 8 MiB), so a reader catching up reuses
+// one buffer for all of them instead of allocating (and zeroing) one per record; the
+// buffer goes at the tail, where a reader waits with little.
+const maxKeptPayload = 8 << 20
 
 // NewCursor opens a cursor at s.
 func (g *Group) NewCursor(s Start) (*Cursor, error) {
@@ -540,6 +542,7 @@ func (c *Cursor) atTail() error {
 	if cap(c.win) > minWindow {
 		c.win, c.winOff = nil, 0
 	}
+	c.big = nil
 	return ErrAtTail
 }
 

@@ -337,11 +337,15 @@ func BenchmarkRelay(b *testing.B) {
 		cpu0 := cpuSeconds(b, m.PID())
 		direct := fanout(ctx, b, m.Addr(), benchUser, n, firstFile, endFile, endPos)
 		cpuDirect := cpuSeconds(b, m.PID()) - cpu0
-		cpu0 = cpuSeconds(b, m.PID())
+		cpu0, node0 := cpuSeconds(b, m.PID()), cpuSeconds(b, one.PID())
+		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" && n == 32 {
+			go saveProfile(ctx, metricsAddr, path+".fanout", 2*time.Second)
+		}
 		via := fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
-		cpuVia := cpuSeconds(b, m.PID()) - cpu0
+		cpuVia, cpuNode := cpuSeconds(b, m.PID())-cpu0, cpuSeconds(b, one.PID())-node0
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
+		rep.add(fmt.Sprintf("server CPU serving %d readers (Flotilla vs master)", n), cpuNode, cpuDirect, "cpu-s", 0, false)
 	}
 
 	if g := groupStatus(ctx, b, one, "main"); g.CompressedBytes > 0 {
