@@ -47,8 +47,11 @@ func newApp() *cli.App {
 
 func main() {
 	app := newApp()
+	args := reorderArgs(app, os.Args)
+	// The process's dragonboat, before any NodeHost (serve's) exists.
+	app.Metadata = map[string]any{dragonboatMetadata: tuneDragonboat()}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := app.RunContext(ctx, reorderArgs(app, os.Args))
+	err := app.RunContext(ctx, args)
 	stop()
 	var quiet cli.ExitCoder // the command said why already (cluster health)
 	if errors.As(err, &quiet) && err.Error() == "" {

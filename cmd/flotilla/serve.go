@@ -200,6 +200,9 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			node.RouteDragonboatLogs(log.With("node", cfg.NodeID))
+			if s, ok := c.App.Metadata[dragonboatMetadata].(string); ok {
+				log.Info("dragonboat tuned for many small groups", "node", cfg.NodeID, "settings", s)
+			}
 			// Everything the node writes (data, raft logs, keys) is for its own user.
 			syscall.Umask(0o077)
 			n, err := node.Start(c.Context, cfg, log)

@@ -197,13 +197,15 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	lines, groupLines := 0, 0
+	lines, groupLines, tuned := 0, 0, false
 	for sc.Scan() {
 		var rec map[string]any
 		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
 			t.Fatalf("log line is not JSON: %q: %v", sc.Text(), err)
 		}
 		lines++
+		// serve sizes dragonboat's per-group queues before it starts raft.
+		tuned = tuned || rec["msg"] == "dragonboat tuned for many small groups" && strings.Contains(fmt.Sprint(rec["settings"]), "receive queue 64")
 		if _, ok := rec["node"]; !ok {
 			t.Errorf("log line without the node id: %s", sc.Text())
 		}
@@ -213,6 +215,9 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 				t.Errorf("a line about upstream %v lacks its group id: %s", rec["upstream"], sc.Text())
 			}
 		}
+	}
+	if !tuned {
+		t.Error("node 1 did not log the dragonboat settings it runs with")
 	}
 	if lines == 0 || groupLines == 0 {
 		t.Fatalf("log of node 1: %d lines, %d about a group", lines, groupLines)

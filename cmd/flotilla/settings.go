@@ -1,0 +1,59 @@
+package main
+
+import (
+	"fmt"
+	_ "unsafe" // go:linkname
+
+	_ "github.com/lni/dragonboat/v3" // the variables below are its
+)
+
+// Dragonboat sizes several per-group structures from its "soft settings", which it
+// reads once, at package initialisation, into package variables: the defaults are
+// sized for a few large raft groups. A receive queue of 2 x 1,024 messages alone is
+// 0.37 MiB per group, most of an idle group's memory, and 16 pending-proposal shards
+// each carry a random source. A relay runs thousands of small groups (one per
+// upstream), each with a few proposals in flight.
+//
+// Dragonboat's own way to change them is a dragonboat-soft-settings.json in the
+// process's working directory at start-up: a node's working directory is not the
+// place for that (and an operator's such file would be overridden here). So serve
+// sets the variables the settings initialised, before it creates the NodeHost, by
+// their link names in the pinned dragonboat (v3.3.8: a renamed variable fails the
+// build's link, never silently).
+//
+//go:linkname dragonboatReceiveQueueLen github.com/lni/dragonboat/v3.receiveQueueLen
+var dragonboatReceiveQueueLen uint64
+
+//go:linkname dragonboatIncomingProposals github.com/lni/dragonboat/v3.incomingProposalsMaxLen
+var dragonboatIncomingProposals uint64
+
+//go:linkname dragonboatIncomingReadIndexes github.com/lni/dragonboat/v3.incomingReadIndexMaxLen
+var dragonboatIncomingReadIndexes uint64
+
+//go:linkname dragonboatPendingProposalShards github.com/lni/dragonboat/v3.pendingProposalShards
+var dragonboatPendingProposalShards uint64
+
+// dragonboatEntrySlice must stay above dragonboat's minimum free size (96).
+//
+//go:linkname dragonboatEntrySlice github.com/lni/dragonboat/v3/internal/raft.entrySliceSize
+var dragonboatEntrySlice uint64
+
+// tuneDragonboat sizes dragonboat's per-group queues for many small groups: 64
+// messages received between two steps of a group (a full queue drops messages,
+// which raft sends again), 128 proposals and 128 reads queued (a full queue refuses
+// the next with ErrSystemBusy: a syncer keeps at most 4 proposals in flight),
+// 2 pending-proposal shards, in-memory log slices of 128 entries. It runs once, in
+// main, before any NodeHost exists; it returns what it set, for the log.
+func tuneDragonboat() string {
+	dragonboatReceiveQueueLen = 64
+	dragonboatIncomingProposals = 128
+	dragonboatIncomingReadIndexes = 128
+	dragonboatPendingProposalShards = 2
+	dragonboatEntrySlice = 128
+	return fmt.Sprintf("receive queue %d, proposal queue %d, read queue %d, pending-proposal shards %d, entry slices %d",
+		dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice)
+}
+
+// dragonboatMetadata is the cli.App metadata key under which main leaves what
+// tuneDragonboat set, for serve to log.
+const dragonboatMetadata = "dragonboat-settings"
