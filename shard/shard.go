@@ -32,13 +32,17 @@ type Shard struct {
 	kick chan struct{}
 	// reconciling: a membership change is under way.
 	reconciling atomic.Bool
+	// compacting: a snapshot that bounds the raft log is under way (see boundLog).
+	compacting atomic.Bool
 	// stalledOn and unserved are the silence probes' memory across connections
 	// (the syncer goroutine's alone): the GTIDs the last stall verdict was about,
 	// and those found to be in the master's executed set but not in its binary log.
 	stalledOn, unserved string
 	silenceSource       string // the source they are about
 
-	mu       sync.Mutex
+	mu sync.Mutex
+	// logMark: where this replica last compacted its raft log (see boundLog).
+	logMark  logMark
 	upstream placement.Upstream
 	// members are the nodes assigned to the group, with their raft addresses and
 	// replica ids: the leader makes the raft membership match them.
@@ -241,6 +245,7 @@ func (s *Shard) run(ctx context.Context) {
 				}
 			}()
 		}
+		s.boundLog(ctx)
 		should := id == s.m.nodeID && !paused && !held
 		if running != nil && (running.source != source || running.ended()) {
 			if running.source != source {

@@ -1,0 +1,84 @@
+package shard
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/lni/dragonboat/v3"
+)
+
+// The raft log's size. Dragonboat removes a group's log entries only after a
+// snapshot, which it takes every SnapshotEntries (2,000) applied entries, and keeps
+// CompactionOverhead (500) entries behind it for followers that lag. Entries are
+// batches of up to 4 MiB (pieces of a huge transaction up to 12): under a bulk load
+// the log would grow to gigabytes per group before the first snapshot, in the LogDB,
+// beside the segments that hold the same bytes. So every replica also asks for a
+// snapshot (of an on-disk state machine that is an fsync of its segments and a
+// marker: no data is copied) once logSnapshotBytes were applied since its last one,
+// keeping about logKeepBytes of entries behind it (a follower further behind is sent
+// a snapshot stream instead, which costs far more than replaying the log).
+const (
+	logSnapshotBytes = 256 << 20
+	logKeepBytes     = 64 << 20
+	// minKeepEntries and maxKeepEntries bound the entries kept: as many as small
+	// batches need, never more than dragonboat's own setting.
+	minKeepEntries = 16
+	maxKeepEntries = 500
+)
+
+// logMark is where a replica last compacted its raft log: the applied index and the
+// group's ingested bytes then.
+type logMark struct {
+	index, bytes uint64
+}
+
+// boundLog asks for a snapshot once the log holds logSnapshotBytes since the last
+// one (see above). It runs on the shard's loop; the snapshot runs beside it.
+func (s *Shard) boundLog(ctx context.Context) {
+	g, ok := s.m.store.Group(s.gid)
+	if !ok {
+		return
+	}
+	t, _ := g.Tail()
+	s.mu.Lock()
+	mark := s.logMark
+	if mark.index == 0 || t.Applied < mark.index || t.Bytes < mark.bytes {
+		// First look since the replica started (or it was rebuilt): count from here.
+		s.logMark = logMark{index: t.Applied, bytes: t.Bytes}
+	}
+	s.mu.Unlock()
+	if mark.index == 0 || t.Applied <= mark.index || t.Bytes-mark.bytes < logSnapshotBytes {
+		return
+	}
+	if !s.compacting.CompareAndSwap(false, true) {
+		return
+	}
+	avg := (t.Bytes - mark.bytes) / (t.Applied - mark.index)
+	keep := min(max(logKeepBytes/max(avg, 1), minKeepEntries), maxKeepEntries)
+	go func() {
+		defer s.compacting.Store(false)
+		rs, err := s.m.nh.RequestSnapshot(s.gid, dragonboat.SnapshotOption{OverrideCompactionOverhead: true, CompactionOverhead: keep}, time.Minute)
+		if err != nil {
+			if !errors.Is(err, dragonboat.ErrRejected) { // one is under way already
+				s.log.Debug("raft log snapshot not requested", "err", err)
+			}
+			return
+		}
+		var r dragonboat.RequestResult
+		select {
+		case r = <-rs.ResultC():
+		case <-ctx.Done():
+			return // the request state goes with the stopped node
+		}
+		rs.Release()
+		if !r.Completed() {
+			s.log.Debug("raft log snapshot did not complete", "rejected", r.Rejected(), "timeout", r.Timeout())
+			return
+		}
+		s.mu.Lock()
+		s.logMark = logMark{index: r.SnapshotIndex(), bytes: t.Bytes}
+		s.mu.Unlock()
+		s.log.Debug("raft log compacted", "snapshot_index", r.SnapshotIndex(), "kept_entries", keep)
+	}()
+}
