@@ -318,6 +318,10 @@ func BenchmarkRelay(b *testing.B) {
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
 	one.Args = []string{"--metrics-addr", metricsAddr, "--debug-pprof", "--log-level", "info"}
 	one.Start(ctx)
+	if cl, err := adminrpc.Dial(one.AdminAddr, one.Token, nil); err == nil {
+		waitClusterVersion(ctx, b, cl) // before the profiles' windows open
+		cl.Close()
+	}
 	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest.
 	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
 		go saveProfile(ctx, metricsAddr, path, 2*time.Second)
