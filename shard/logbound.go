@@ -20,7 +20,7 @@ import (
 // a snapshot stream instead, which costs far more than replaying the log).
 const (
 	logSnapshotBytes = 256 << 20
-	logKeepBytes     = 64 << 20
+	logKeepBytes     = 128 << 20
 	// minKeepEntries and maxKeepEntries bound the entries kept: as many as small
 	// batches need, never more than dragonboat's own setting.
 	minKeepEntries = 16
