@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -20,8 +21,13 @@ import (
 //	u64 count, then count x (u64 klen, key without group prefix, u64 vlen, value)   index entries
 //	u64 count, then count x (u64 file no, u64 part, u64 size, bytes)                segment parts
 //
-// A snapshot holds only complete records: pieces of an unfinished transaction are left
-// out (the syncer's next proposal is then rejected and it starts the transaction over).
+// A snapshot taken between transactions holds complete records only, up to the last
+// one. One taken while a transaction's pieces are open holds them too, with the meta
+// that says so (Pending, PartSeg, PartServed): the next pieces are accepted by every
+// replica alike, so a replica restored from it must hold what its peers hold. (Before
+// release 0.30 the pieces were left out, and a replica that joined by snapshot in the
+// middle of a large transaction rejected its next pieces while its peers accepted
+// them, and fell behind for good.)
 const snapMagic = "FLSN"
 const snapVersion uint32 = 2
 
@@ -44,17 +50,25 @@ func (g *Group) PrepareSnapshot() (interface{}, error) {
 	m.State = g.m.State.Clone()
 	// SaveSnapshot runs beside Update, which keeps changing the live maps.
 	m.Executed = g.m.Executed.Clone()
-	m.Pending, m.PartSeg, m.PartServed = nil, m.SegSize, m.FileSize
-	// Parts that begin at or after the last complete record hold only open pieces.
-	m.PartStarts = nil
-	for _, st := range g.m.PartStarts {
-		if st < m.SegSize {
-			m.PartStarts = append(m.PartStarts, st)
+	m.PartStarts = slices.Clone(g.m.PartStarts)
+	end := m.PartSeg // open pieces, and the redo record after them, included
+	if m.Pending == nil {
+		// Between transactions: up to the last complete record. Parts that begin
+		// at or after it hold nothing else.
+		m.PartSeg, m.PartServed, end = m.SegSize, m.FileSize, m.SegSize
+		m.PartStarts = nil
+		for _, st := range g.m.PartStarts {
+			if st < m.SegSize {
+				m.PartStarts = append(m.PartStarts, st)
+			}
 		}
+	} else {
+		p := *g.m.Pending
+		m.Pending = &p
 	}
 	ctx := &snapCtx{m: m, snap: g.store.db.NewSnapshot()}
 	for no := g.firstFile(); no > 0 && no <= m.File; no++ {
-		fi := fileInfo{SegSize: m.SegSize, PartStarts: m.PartStarts}
+		fi := fileInfo{SegSize: end, PartStarts: m.PartStarts}
 		if no < m.File {
 			var err error
 			if fi, err = g.store.fileInfo(g.id, no); err != nil {
@@ -108,7 +122,7 @@ func (g *Group) SaveSnapshot(c interface{}, w io.Writer, done <-chan struct{}) e
 	for it.First(); it.Valid(); it.Next() {
 		k := it.Key()[len(prefix):]
 		if len(k) == 1 && k[0] == 'm' {
-			continue // meta is written above, without the open pieces
+			continue // the meta is written above, as PrepareSnapshot captured it
 		}
 		kvs = append(kvs, kv{append([]byte(nil), k...), append([]byte(nil), it.Value()...)})
 	}
@@ -270,9 +284,10 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	if err := g.store.syncDir(fs.PathDir(g.dir)); err != nil {
 		return fmt.Errorf("group %d: sync installed snapshot: %w", g.id, err)
 	}
-	// Position keys of the pieces PrepareSnapshot dropped: the pieces that come again
-	// may not begin at the same places (nor all get keys), so none may be left.
-	if err := b.DeleteRange(posKey(g.id, m.File, m.FileSize), posKey(g.id, m.File+1, 0), nil); err != nil {
+	// Position keys past what the snapshot's meta covers (the open pieces a snapshot
+	// of an older release left out): the pieces that come again may not begin at the
+	// same places (nor all get keys), so none may be left.
+	if err := b.DeleteRange(posKey(g.id, m.File, max(m.FileSize, m.PartServed)), posKey(g.id, m.File+1, 0), nil); err != nil {
 		return fmt.Errorf("group %d: drop positions of open pieces: %w", g.id, err)
 	}
 	mv, _ = json.Marshal(&m)
