@@ -46,13 +46,10 @@ func TestOverlappingSyncersNeverDuplicate(t *testing.T) {
 				continue
 			}
 			epoch := binary.BigEndian.Uint64(data)
-			rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
-			v, err := nh.SyncRead(rctx, 9, StateQuery{})
-			rcancel()
+			view, err := readView(ctx, nh)
 			if err != nil {
 				continue
 			}
-			view := v.(StateView)
 			next := view.Ordinal
 			if next >= total {
 				return nil
@@ -106,20 +103,7 @@ func TestOverlappingSyncersNeverDuplicate(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
-		var seq uint64
-		for _, r := range readAll(t, g, Start{File: 1, Served: 4}) {
-			if r.Type != recTxn {
-				continue
-			}
-			id, _ := TxnGTID(r.Payload)
-			if id.Seq != seq+1 {
-				t.Fatalf("replica %d: after transaction %d comes %d: duplicated or reordered", i+1, seq, id.Seq)
-			}
-			seq = id.Seq
-		}
-		if seq != total {
-			t.Fatalf("replica %d holds %d transactions, want %d", i+1, seq, total)
-		}
+		checkOnceInOrder(t, fmt.Sprintf("replica %d", i+1), g, total, nil)
 	}
 	if rejA+rejB == 0 {
 		t.Fatal("the two syncers never overlapped: the test proved nothing")
@@ -198,13 +182,10 @@ func TestPipelinedProposalsThroughLeaderChanges(t *testing.T) {
 			continue
 		}
 		epoch := binary.BigEndian.Uint64(res.Data)
-		rctx, rcancel := context.WithTimeout(ctx, 3*time.Second)
-		v, err := nh.SyncRead(rctx, 9, StateQuery{})
-		rcancel()
+		view, err := readView(ctx, nh)
 		if err != nil {
 			continue
 		}
-		view := v.(StateView)
 		next = view.Ordinal
 		// Propose from next on, keeping up to inflight proposals in raft; stop at the
 		// first that does not commit, then claim again and re-read.
@@ -267,27 +248,45 @@ func TestPipelinedProposalsThroughLeaderChanges(t *testing.T) {
 	}
 	for i, n := range nodes {
 		g := waitOrdinal(ctx, t, n.store, total, fmt.Sprintf("replica %d did not reach %d transactions", i+1, total))
-		var seq uint64
-		for _, r := range readAll(t, g, Start{File: 1, Served: 4}) {
-			if r.Type != recTxn {
-				continue
-			}
-			id, _ := TxnGTID(r.Payload)
-			if id.Seq != seq+1 {
-				t.Fatalf("replica %d: after transaction %d comes %d: lost, duplicated or reordered", i+1, seq, id.Seq)
-			}
-			seq = id.Seq
-			if want := len(txnEvents(id, rows(seq))); len(r.Payload) != want {
-				t.Fatalf("replica %d: transaction %d holds %d bytes, want %d: a piece is missing or repeated", i+1, seq, len(r.Payload), want)
-			}
-		}
-		if seq != total {
-			t.Fatalf("replica %d holds %d transactions, want %d", i+1, seq, total)
-		}
+		checkOnceInOrder(t, fmt.Sprintf("replica %d", i+1), g, total, func(id binlog.GTID) int { return len(txnEvents(id, rows(id.Seq))) })
 	}
 	if overlapped == 0 || rejected == 0 {
 		t.Fatalf("%d proposals overlapped, %d failed: the test needs both to prove anything", overlapped, rejected)
 	}
 	t.Logf("writes took %v, the disruption %v", wrote, time.Since(began))
 	t.Logf("%d proposals, %d made with others in flight, %d dropped or fenced off; every replica holds transactions 1..%d once, whole, in order", proposals, overlapped, rejected, total)
+}
+
+// checkOnceInOrder checks that g holds transactions 1..total, each once, in order,
+// and (size not nil) each of the size size gives: whole, no piece missing or repeated.
+func checkOnceInOrder(t *testing.T, name string, g *Group, total uint64, size func(binlog.GTID) int) {
+	t.Helper()
+	var seq uint64
+	for _, r := range readAll(t, g, Start{File: 1, Served: 4}) {
+		if r.Type != recTxn {
+			continue
+		}
+		id, _ := TxnGTID(r.Payload)
+		if id.Seq != seq+1 {
+			t.Fatalf("%s: after transaction %d comes %d: lost, duplicated or reordered", name, seq, id.Seq)
+		}
+		seq = id.Seq
+		if size != nil && len(r.Payload) != size(id) {
+			t.Fatalf("%s: transaction %d holds %d bytes, want %d: a piece is missing or repeated", name, seq, len(r.Payload), size(id))
+		}
+	}
+	if seq != total {
+		t.Fatalf("%s holds %d transactions, want %d", name, seq, total)
+	}
+}
+
+// readView is a linearizable read of group 9's state through nh.
+func readView(ctx context.Context, nh *dragonboat.NodeHost) (StateView, error) {
+	rctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	v, err := nh.SyncRead(rctx, 9, StateQuery{})
+	if err != nil {
+		return StateView{}, err
+	}
+	return v.(StateView), nil
 }

@@ -106,24 +106,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	nodes := startGroup3(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	propose := func(cmd []byte) []byte {
-		t.Helper()
-		for {
-			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-			res, err := nodes[0].nh.SyncPropose(pctx, nodes[0].nh.GetNoOPSession(9), cmd)
-			pcancel()
-			if err == nil {
-				if res.Value != ResultOK {
-					t.Fatalf("proposal rejected: %s", res.Data)
-				}
-				return res.Data
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("propose: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond) // election in progress: retry
-		}
-	}
+	propose := func(cmd []byte) []byte { return proposeOK(ctx, t, nodes[0].nh, cmd) }
 	epoch := binary.BigEndian.Uint64(propose(EncodeClaimEpoch()))
 	var seq uint64
 	for b := 0; b < 40; b++ {
@@ -137,20 +120,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 		}
 		propose((&Append{Epoch: epoch, PrevOrdinal: seq - 5, Items: items}).Encode())
 	}
-	for _, n := range nodes {
-		// A request is rejected while an automatic snapshot runs; those compact too,
-		// and the test checks below that node 4 really needed a snapshot.
-		for try := 0; try < 20; try++ {
-			_, err := n.nh.SyncRequestSnapshot(ctx, 9, dragonboat.SnapshotOption{OverrideCompactionOverhead: true, CompactionOverhead: 0})
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, dragonboat.ErrRejected) {
-				t.Fatalf("request snapshot: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	compactLogs(ctx, t, nodes)
 	// Node 4 joins: the entries it needs are gone from the log.
 	addr4 := freeAddr(t)
 	changeMembership(ctx, t, nodes[0].nh, 4, addr4)
@@ -161,25 +131,11 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 	g1, _ := nodes[0].store.Group(9)
 	want, _ := g1.Tail()
 	g4 := waitOrdinal(ctx, t, n4.store, want.Ordinal, "node 4 did not catch up")
-	g4.mu.Lock()
-	recovered := g4.recovered
-	g4.mu.Unlock()
-	if recovered == 0 {
-		t.Fatal("node 4 caught up without a snapshot: the log was not compacted, so this test proved nothing")
-	}
-	a, b := readAll(t, g1, Start{File: 1, Served: 4}), readAll(t, g4, Start{File: 1, Served: 4})
-	if len(a) != len(b) {
-		t.Fatalf("node 4 serves %d records, node 1 %d", len(b), len(a))
-	}
-	for i := range a {
-		if a[i].File != b[i].File || a[i].Pos != b[i].Pos || !bytes.Equal(a[i].Payload, b[i].Payload) {
-			t.Fatalf("record %d differs between node 1 and the node that joined by snapshot", i)
-		}
-	}
+	n := sameAsBySnapshot(t, g1, g4)
 	if _, err := g4.Locate(binlog.Position{0: gt(seq / 2)}); err != nil {
 		t.Fatalf("index on node 4: %v", err)
 	}
-	t.Logf("node 4 joined by snapshot and serves %d identical records (%d transactions)", len(b), seq)
+	t.Logf("node 4 joined by snapshot and serves %d identical records (%d transactions)", n, seq)
 
 	// Bit rot on node 2: reading past the flipped byte fails with the place named.
 	g2, _ := nodes[1].store.Group(9)
@@ -210,7 +166,7 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 		propose((&Append{Epoch: epoch, PrevOrdinal: seq - 5, Items: items}).Encode())
 	}
 	want, _ = g1.Tail()
-	a = readAll(t, g1, Start{File: 1, Served: 4})
+	a := readAll(t, g1, Start{File: 1, Served: 4})
 	for _, n := range []*raftNode{nodes[2], n4} {
 		g := waitOrdinal(ctx, t, n.store, want.Ordinal, "a healthy replica stopped applying while another was damaged")
 		if got := readAll(t, g, Start{File: 1, Served: 4}); len(got) != len(a) || !bytes.Equal(got[len(got)-1].Payload, a[len(a)-1].Payload) {
@@ -333,24 +289,7 @@ func TestJoinByStreamedSnapshotMidTransaction(t *testing.T) {
 	nodes := startGroup3(t, dir)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	propose := func(cmd []byte) []byte {
-		t.Helper()
-		for {
-			pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
-			res, err := nodes[0].nh.SyncPropose(pctx, nodes[0].nh.GetNoOPSession(9), cmd)
-			pcancel()
-			if err == nil {
-				if res.Value != ResultOK {
-					t.Fatalf("proposal rejected: %s", res.Data)
-				}
-				return res.Data
-			}
-			if ctx.Err() != nil {
-				t.Fatalf("propose: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	propose := func(cmd []byte) []byte { return proposeOK(ctx, t, nodes[0].nh, cmd) }
 	epoch := binary.BigEndian.Uint64(propose(EncodeClaimEpoch()))
 	propose((&Append{Epoch: epoch, Sequenced: true, Seq: 0, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 3000)}}).Encode())
 	// Transaction 2 in three pieces: the first two go in before node 4 joins.
@@ -359,18 +298,7 @@ func TestJoinByStreamedSnapshotMidTransaction(t *testing.T) {
 	tail := len(whole) - len(binlog.NewXID(testServer, 2, true))
 	propose((&Append{Epoch: epoch, PrevOrdinal: 1, Sequenced: true, Seq: 1, Items: []Item{{Txn: &Txn{GTID: gt(2), First: true, Events: whole[:head]}}}}).Encode())
 	propose((&Append{Epoch: epoch, PrevOrdinal: 1, Sequenced: true, Seq: 2, Items: []Item{{Txn: &Txn{GTID: gt(2), Events: whole[head:tail]}}}}).Encode())
-	for _, n := range nodes {
-		for try := 0; try < 20; try++ {
-			_, err := n.nh.SyncRequestSnapshot(ctx, 9, dragonboat.SnapshotOption{OverrideCompactionOverhead: true, CompactionOverhead: 0})
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, dragonboat.ErrRejected) {
-				t.Fatalf("request snapshot: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
+	compactLogs(ctx, t, nodes)
 	addr4 := freeAddr(t)
 	changeMembership(ctx, t, nodes[0].nh, 4, addr4)
 	n4 := startRaftNode(t, filepath.Join(dir, "4"), addr4)
@@ -397,19 +325,67 @@ func TestJoinByStreamedSnapshotMidTransaction(t *testing.T) {
 	propose((&Append{Epoch: epoch, PrevOrdinal: 2, Sequenced: true, Seq: 4, Items: []Item{txn(gt(3), 3000)}}).Encode())
 	g1, _ := nodes[0].store.Group(9)
 	g4 := waitOrdinal(ctx, t, n4.store, 3, "node 4 did not reach the 3 transactions its peers hold: it diverged")
-	g4.mu.Lock()
-	recovered := g4.recovered
-	g4.mu.Unlock()
-	if recovered == 0 {
-		t.Fatal("node 4 caught up without a snapshot: this test proved nothing")
+	sameAsBySnapshot(t, g1, g4)
+}
+
+// proposeOK proposes cmd to group 9 through nh until raft takes it (an election may
+// be under way) and fails the test if the group rejects it.
+func proposeOK(ctx context.Context, t *testing.T, nh *dragonboat.NodeHost, cmd []byte) []byte {
+	t.Helper()
+	for {
+		pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+		res, err := nh.SyncPropose(pctx, nh.GetNoOPSession(9), cmd)
+		pcancel()
+		if err == nil {
+			if res.Value != ResultOK {
+				t.Fatalf("proposal rejected: %s", res.Data)
+			}
+			return res.Data
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("propose: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond) // election in progress: retry
 	}
-	a, b := readAll(t, g1, Start{File: 1, Served: 4}), readAll(t, g4, Start{File: 1, Served: 4})
+}
+
+// compactLogs snapshots every replica of group 9 and compacts its whole raft log, so
+// a replica added next can only catch up by a snapshot stream.
+func compactLogs(ctx context.Context, t *testing.T, nodes []*raftNode) {
+	t.Helper()
+	for _, n := range nodes {
+		// A request is rejected while an automatic snapshot runs; those compact too.
+		for try := 0; try < 20; try++ {
+			_, err := n.nh.SyncRequestSnapshot(ctx, 9, dragonboat.SnapshotOption{OverrideCompactionOverhead: true, CompactionOverhead: 0})
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, dragonboat.ErrRejected) {
+				t.Fatalf("request snapshot: %v", err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+}
+
+// sameAsBySnapshot checks that joined, a replica that joined by a snapshot stream,
+// serves exactly the records of g, and returns how many.
+func sameAsBySnapshot(t *testing.T, g, joined *Group) int {
+	t.Helper()
+	joined.mu.Lock()
+	recovered := joined.recovered
+	joined.mu.Unlock()
+	if recovered == 0 {
+		t.Fatal("the new replica caught up without a snapshot: the log was not compacted, so this test proved nothing")
+	}
+	a, b := readAll(t, g, Start{File: 1, Served: 4}), readAll(t, joined, Start{File: 1, Served: 4})
 	if len(a) != len(b) {
-		t.Fatalf("node 4 serves %d records, node 1 %d", len(b), len(a))
+		t.Fatalf("the replica that joined by snapshot serves %d records, its peer %d", len(b), len(a))
 	}
 	for i := range a {
 		if a[i].File != b[i].File || a[i].Pos != b[i].Pos || !bytes.Equal(a[i].Payload, b[i].Payload) {
-			t.Fatalf("record %d differs between node 1 and node 4", i)
+			t.Fatalf("record %d differs between the peer and the replica that joined by snapshot", i)
 		}
 	}
+	return len(a)
 }
