@@ -2,7 +2,6 @@ package shard
 
 import (
 	"context"
-	"errors"
 	"time"
 
 	"github.com/lni/dragonboat/v3"
@@ -16,11 +15,14 @@ import (
 // beside the segments that hold the same bytes. So every replica also asks for a
 // snapshot (of an on-disk state machine that is an fsync of its segments and a
 // marker: no data is copied) once logSnapshotBytes were applied since its last one,
-// keeping about logKeepBytes of entries behind it (a follower further behind is sent
-// a snapshot stream instead, which costs far more than replaying the log).
+// keeping some entries behind it: a follower further behind is sent a snapshot stream
+// instead, which costs far more than replaying the log. The leader's log is the one
+// laggards replay from, so it keeps leaderKeepBytes; a follower (or a group without
+// followers) keeps logKeepBytes.
 const (
 	logSnapshotBytes = 256 << 20
 	logKeepBytes     = 128 << 20
+	leaderKeepBytes  = 512 << 20
 	// minKeepEntries and maxKeepEntries bound the entries kept: as many as small
 	// batches need, never more than dragonboat's own setting.
 	minKeepEntries = 16
@@ -55,14 +57,19 @@ func (s *Shard) boundLog(ctx context.Context) {
 		return
 	}
 	avg := (t.Bytes - mark.bytes) / (t.Applied - mark.index)
-	keep := min(max(logKeepBytes/max(avg, 1), minKeepEntries), maxKeepEntries)
+	budget := uint64(logKeepBytes)
+	s.mu.Lock()
+	if s.leaderID == s.m.nodeID && s.upstream.Replicas > 1 {
+		budget = leaderKeepBytes
+	}
+	s.mu.Unlock()
+	keep := min(max(budget/max(avg, 1), minKeepEntries), maxKeepEntries)
 	go func() {
 		defer s.compacting.Store(false)
 		rs, err := s.m.nh.RequestSnapshot(s.gid, dragonboat.SnapshotOption{OverrideCompactionOverhead: true, CompactionOverhead: keep}, time.Minute)
 		if err != nil {
-			if !errors.Is(err, dragonboat.ErrRejected) { // one is under way already
-				s.log.Debug("raft log snapshot not requested", "err", err)
-			}
+			// ErrSystemBusy: a snapshot request is under way already.
+			s.log.Debug("raft log snapshot not requested", "err", err)
 			return
 		}
 		var r dragonboat.RequestResult
@@ -76,8 +83,12 @@ func (s *Shard) boundLog(ctx context.Context) {
 			s.log.Debug("raft log snapshot did not complete", "rejected", r.Rejected(), "timeout", r.Timeout())
 			return
 		}
+		// The mark is a consistent pair, read now: the bytes at the snapshot's own
+		// index are not known, and pairing them with another moment's would skew
+		// the next average.
+		now, _ := g.Tail()
 		s.mu.Lock()
-		s.logMark = logMark{index: r.SnapshotIndex(), bytes: t.Bytes}
+		s.logMark = logMark{index: now.Applied, bytes: now.Bytes}
 		s.mu.Unlock()
 		s.log.Debug("raft log compacted", "snapshot_index", r.SnapshotIndex(), "kept_entries", keep)
 	}()

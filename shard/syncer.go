@@ -656,8 +656,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes += uint64(p.batchBytes) })
 		rs, err := p.propose(ctx, cmd)
 		if err != nil {
-			p.s.m.metrics.Proposed(p.s.Upstream().Name, 0, err)
-			return fmt.Errorf("propose to group %d: %w", p.s.gid, err)
+			return err
 		}
 		wake, woken := context.WithCancel(ctx)
 		if p.batchPiece {
@@ -712,10 +711,15 @@ func (p *pipeline) propose(ctx context.Context, cmd []byte) (*dragonboat.Request
 	deadline := time.Now().Add(proposeTimeout)
 	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		rs, err := p.s.m.nh.Propose(p.s.m.nh.GetNoOPSession(p.s.gid), cmd, proposeTimeout)
+		if err == nil {
+			return rs, nil
+		}
 		if !errors.Is(err, dragonboat.ErrSystemBusy) || time.Now().After(deadline) {
-			return rs, err
+			p.s.m.metrics.Proposed(p.s.Upstream().Name, 0, err)
+			return nil, fmt.Errorf("propose to group %d: %w", p.s.gid, err)
 		}
 		if len(p.pending) > 0 {
+			// complete records its own outcome, failure included.
 			if err := p.complete(ctx); err != nil {
 				return nil, err
 			}

@@ -87,7 +87,7 @@ func (g *Group) apply(bt *batch, index uint64, cmd []byte) (sm.Result, error) {
 			}
 			if pending == it.Txn.First {
 				// A first piece while one is open, or a continuation with none open
-				// (e.g. after a snapshot dropped the open pieces): start over.
+				// (e.g. after a ClaimEpoch dropped the open pieces): start over.
 				return rejected("piece of %v does not continue the open transaction", it.Txn.GTID), nil
 			}
 			// Redo reads a transaction's GTID from its first event.

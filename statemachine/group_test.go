@@ -420,7 +420,7 @@ func TestSequencedFenceCatchesADroppedPiece(t *testing.T) {
 	if n := countTxns(t, recs); n != 3 {
 		t.Fatalf("%d transactions held, want 3", n)
 	}
-	// The group's sequence survives a reopen (it is in the meta and the redo record).
+	// The group's sequence survives a reopen (it is in the meta the index stores).
 	h.close()
 	h2 := newHarness(t, h.dir)
 	defer h2.close()
@@ -428,6 +428,47 @@ func TestSequencedFenceCatchesADroppedPiece(t *testing.T) {
 		t.Fatal("after a reopen, a repeated sequence number was accepted")
 	}
 	h2.mustAppend(&Append{Epoch: ep2, PrevOrdinal: 3, Sequenced: true, Seq: 2, Items: []Item{txn(gt(4), 10)}})
+}
+
+// TestSnapshotOfOpenPiecesMeetsClaim: a snapshot taken while a transaction's pieces
+// are open holds them (a replica restored from it accepts the next piece as its
+// peers do). A stream runs beside Update, so a new syncer's ClaimEpoch may truncate
+// those pieces while they are copied: the stream must then be aborted (dragonboat
+// sends it again), not end short, nor fail in a way that stops the node.
+func TestSnapshotOfOpenPiecesMeetsClaim(t *testing.T) {
+	src := newHarness(t, t.TempDir())
+	defer src.close()
+	ep := src.claim()
+	src.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(gt(1), 10)}})
+	whole := txnEvents(gt(2), 40000)
+	tail := len(whole) - len(binlog.NewXID(testServer, 2, true))
+	src.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{{Txn: &Txn{GTID: gt(2), First: true, Events: whole[:tail]}}}})
+
+	// Restored from it, a replica takes the last piece as its source does.
+	dst := snapshotInto(t, src, newHarness(t, t.TempDir()))
+	defer dst.close()
+	last := &Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{{Txn: &Txn{GTID: gt(2), Last: true, Events: whole[tail:]}}}}
+	dst.index = src.index
+	for _, h := range []*harness{src, dst} {
+		if r := h.apply(last.Encode()); r.Value != ResultOK {
+			t.Fatalf("the last piece was rejected: %s", r.Data)
+		}
+	}
+	if a, b := readAll(t, src.g, Start{File: 1, Served: 4}), readAll(t, dst.g, Start{File: 1, Served: 4}); len(a) != 3 || len(b) != len(a) || !bytes.Equal(a[2].Payload, b[2].Payload) {
+		t.Fatalf("source holds %d records, the restored replica %d: they differ", len(a), len(b))
+	}
+
+	// Pieces open again; a claim drops them between the snapshot's capture and its copy.
+	whole3 := txnEvents(gt(3), 40000)
+	src.mustAppend(&Append{Epoch: ep, PrevOrdinal: 2, Items: []Item{{Txn: &Txn{GTID: gt(3), First: true, Events: whole3[:len(whole3)-40]}}}})
+	ctx, err := src.g.PrepareSnapshot()
+	if err != nil {
+		t.Fatal(err)
+	}
+	src.claim()
+	if err := src.g.SaveSnapshot(ctx, io.Discard, nil); !errors.Is(err, sm.ErrSnapshotAborted) {
+		t.Fatalf("a snapshot whose open pieces were dropped while it was copied ended with %v, want dragonboat's ErrSnapshotAborted", err)
+	}
 }
 
 // FuzzDecodeCommand: raft entries are bytes from disk and peers; decoding must never

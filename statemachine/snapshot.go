@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	sm "github.com/lni/dragonboat/v3/statemachine"
 )
 
 // Snapshot stream layout:
@@ -83,7 +84,9 @@ func (g *Group) PrepareSnapshot() (interface{}, error) {
 	return ctx, nil
 }
 
-var errSnapshotStopped = errors.New("snapshot stopped")
+// errSnapshotStopped is dragonboat's own: it treats a snapshot ended by it as
+// aborted (the node is stopping), where any other error stops the process.
+var errSnapshotStopped = sm.ErrSnapshotStopped
 
 func stopped(done <-chan struct{}) bool {
 	select {
@@ -144,14 +147,19 @@ func (g *Group) SaveSnapshot(c interface{}, w io.Writer, done <-chan struct{}) e
 		u64(s.No)
 		u64(uint64(s.Part))
 		u64(s.Size)
+		// A stream runs beside Update: a new syncer's ClaimEpoch may truncate the
+		// open pieces (or remove the parts they began) while they are copied. The
+		// copy then comes up short, and the stream is aborted (dragonboat sends it
+		// again later) rather than handing the follower a snapshot it cannot open,
+		// or stopping this node: any other error from a stream stops the process.
 		f, err := g.openPart(s.No, s.Part)
-		if err != nil {
-			return fmt.Errorf("group %d: snapshot segment %d part %d: %w", g.id, s.No, s.Part, err)
+		if err == nil {
+			_, err = io.CopyN(bw, io.NewSectionReader(f, 0, int64(s.Size)), int64(s.Size))
+			f.Close()
 		}
-		_, err = io.Copy(bw, io.NewSectionReader(f, 0, int64(s.Size)))
-		f.Close()
 		if err != nil {
-			return fmt.Errorf("group %d: snapshot segment %d: %w", g.id, s.No, err)
+			g.log.Warn("snapshot stream aborted; it is sent again later", "group", g.id, "file", s.No, "part", s.Part, "err", err)
+			return sm.ErrSnapshotAborted
 		}
 	}
 	if err := bw.Flush(); err != nil {

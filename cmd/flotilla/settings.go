@@ -18,8 +18,11 @@ import (
 // process's working directory at start-up: a node's working directory is not the
 // place for that (and an operator's such file would be overridden here). So serve
 // sets the variables the settings initialised, before it creates the NodeHost, by
-// their link names in the pinned dragonboat (v3.3.8: a renamed variable fails the
-// build's link, never silently).
+// their link names in the pinned dragonboat (v3.3.8). The declarations below define
+// the same symbols, so a variable renamed in another dragonboat would not fail the
+// link: tuneDragonboat therefore changes them only if each holds dragonboat's default,
+// and TestTuneDragonboat fails if they do not (a file of soft settings an operator put
+// in the working directory also leaves them alone).
 //
 //go:linkname dragonboatReceiveQueueLen github.com/lni/dragonboat/v3.receiveQueueLen
 var dragonboatReceiveQueueLen uint64
@@ -45,6 +48,11 @@ var dragonboatEntrySlice uint64
 // 2 pending-proposal shards, in-memory log slices of 128 entries. It runs once, in
 // main, before any NodeHost exists; it returns what it set, for the log.
 func tuneDragonboat() string {
+	if dragonboatReceiveQueueLen != 1024 || dragonboatIncomingProposals != 2048 || dragonboatIncomingReadIndexes != 4096 ||
+		dragonboatPendingProposalShards != 16 || dragonboatEntrySlice != 512 {
+		return fmt.Sprintf("dragonboat's, left as they are (not its defaults: receive queue %d, proposal queue %d, read queue %d, pending-proposal shards %d, entry slices %d)",
+			dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice)
+	}
 	dragonboatReceiveQueueLen = 64
 	dragonboatIncomingProposals = 128
 	dragonboatIncomingReadIndexes = 128

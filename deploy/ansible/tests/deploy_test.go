@@ -321,7 +321,7 @@ func TestDeployAndRollingUpgrade(t *testing.T) {
 	json.Unmarshal([]byte(out), &st)
 	moves := 0
 	for _, dec := range st.Decisions {
-		if strings.Contains(dec, "cluster version 1 -> 2") {
+		if strings.Contains(dec, fmt.Sprintf("cluster version 1 -> %d", bi.ClusterVersion)) {
 			moves++
 		}
 	}
