@@ -102,12 +102,7 @@ func groupConfig(node uint64) config.Config {
 // serving exactly the same binlog bytes. Then a replica with a corrupt segment refuses
 // to serve it and is rebuilt from its peers the same way.
 func TestJoinByStreamedSnapshot(t *testing.T) {
-	dir := t.TempDir()
-	nodes := startGroup3(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	propose := func(cmd []byte) []byte { return proposeOK(ctx, t, nodes[0].nh, cmd) }
-	epoch := binary.BigEndian.Uint64(propose(EncodeClaimEpoch()))
+	dir, nodes, ctx, propose, epoch := claimedGroup(t)
 	var seq uint64
 	for b := 0; b < 40; b++ {
 		var items []Item
@@ -120,14 +115,8 @@ func TestJoinByStreamedSnapshot(t *testing.T) {
 		}
 		propose((&Append{Epoch: epoch, PrevOrdinal: seq - 5, Items: items}).Encode())
 	}
-	compactLogs(ctx, t, nodes)
 	// Node 4 joins: the entries it needs are gone from the log.
-	addr4 := freeAddr(t)
-	changeMembership(ctx, t, nodes[0].nh, 4, addr4)
-	n4 := startRaftNode(t, filepath.Join(dir, "4"), addr4)
-	if err := n4.nh.StartOnDiskCluster(nil, true, n4.store.NewGroup, groupConfig(4)); err != nil {
-		t.Fatal(err)
-	}
+	n4 := joinBySnapshot(ctx, t, dir, nodes)
 	g1, _ := nodes[0].store.Group(9)
 	want, _ := g1.Tail()
 	g4 := waitOrdinal(ctx, t, n4.store, want.Ordinal, "node 4 did not catch up")
@@ -285,12 +274,7 @@ func readAllErr(g *Group, file uint64) error {
 // the first pieces would reject them while its peers accept them, and silently fall
 // behind for good.
 func TestJoinByStreamedSnapshotMidTransaction(t *testing.T) {
-	dir := t.TempDir()
-	nodes := startGroup3(t, dir)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	propose := func(cmd []byte) []byte { return proposeOK(ctx, t, nodes[0].nh, cmd) }
-	epoch := binary.BigEndian.Uint64(propose(EncodeClaimEpoch()))
+	dir, nodes, ctx, propose, epoch := claimedGroup(t)
 	propose((&Append{Epoch: epoch, Sequenced: true, Seq: 0, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 3000)}}).Encode())
 	// Transaction 2 in three pieces: the first two go in before node 4 joins.
 	whole := txnEvents(gt(2), 20000)
@@ -298,13 +282,7 @@ func TestJoinByStreamedSnapshotMidTransaction(t *testing.T) {
 	tail := len(whole) - len(binlog.NewXID(testServer, 2, true))
 	propose((&Append{Epoch: epoch, PrevOrdinal: 1, Sequenced: true, Seq: 1, Items: []Item{{Txn: &Txn{GTID: gt(2), First: true, Events: whole[:head]}}}}).Encode())
 	propose((&Append{Epoch: epoch, PrevOrdinal: 1, Sequenced: true, Seq: 2, Items: []Item{{Txn: &Txn{GTID: gt(2), Events: whole[head:tail]}}}}).Encode())
-	compactLogs(ctx, t, nodes)
-	addr4 := freeAddr(t)
-	changeMembership(ctx, t, nodes[0].nh, 4, addr4)
-	n4 := startRaftNode(t, filepath.Join(dir, "4"), addr4)
-	if err := n4.nh.StartOnDiskCluster(nil, true, n4.store.NewGroup, groupConfig(4)); err != nil {
-		t.Fatal(err)
-	}
+	n4 := joinBySnapshot(ctx, t, dir, nodes)
 	// Node 4 installs the snapshot before the last piece is proposed.
 	for {
 		if g, ok := n4.store.Group(9); ok {
@@ -388,4 +366,30 @@ func sameAsBySnapshot(t *testing.T, g, joined *Group) int {
 		}
 	}
 	return len(a)
+}
+
+// claimedGroup starts group 9 on three replicas in dir and claims an epoch through
+// replica 1; propose proposes through it, within ctx (2 minutes).
+func claimedGroup(t *testing.T) (dir string, nodes []*raftNode, ctx context.Context, propose func([]byte) []byte, epoch uint64) {
+	t.Helper()
+	dir = t.TempDir()
+	nodes = startGroup3(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	propose = func(cmd []byte) []byte { return proposeOK(ctx, t, nodes[0].nh, cmd) }
+	return dir, nodes, ctx, propose, binary.BigEndian.Uint64(propose(EncodeClaimEpoch()))
+}
+
+// joinBySnapshot compacts every replica's raft log and adds replica 4 (under dir),
+// which can then only catch up by a snapshot stream.
+func joinBySnapshot(ctx context.Context, t *testing.T, dir string, nodes []*raftNode) *raftNode {
+	t.Helper()
+	compactLogs(ctx, t, nodes)
+	addr4 := freeAddr(t)
+	changeMembership(ctx, t, nodes[0].nh, 4, addr4)
+	n4 := startRaftNode(t, filepath.Join(dir, "4"), addr4)
+	if err := n4.nh.StartOnDiskCluster(nil, true, n4.store.NewGroup, groupConfig(4)); err != nil {
+		t.Fatal(err)
+	}
+	return n4
 }
