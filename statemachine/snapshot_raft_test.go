@@ -19,6 +19,7 @@ import (
 	dblog "github.com/lni/dragonboat/v3/logger"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/raftlog"
 )
 
 type raftNode struct {
@@ -61,7 +62,8 @@ func openRaftNode(dir string, addr string) (*raftNode, error) {
 	st.SetSegmentSize(16 << 10) // snapshots must carry multi-part segments
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID: 7, NodeHostDir: filepath.Join(dir, "raft"), RTTMillisecond: 20, RaftAddress: addr,
-		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig()},
+		// Every entry but the smallest goes through the node's own LogDB's payload files.
+		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig(), LogDBFactory: raftlog.Factory{MinPayload: 256}},
 	})
 	if err != nil {
 		st.Close()

@@ -1,0 +1,31 @@
+// Package raftlog is the node's raft log: dragonboat's own LogDB (a sharded pebble
+// LSM) for raft's state and small entries, with the payloads of large entries kept
+// outside it, each written once to an append-only file of its group.
+//
+// Why: nearly every byte a group ingests is in a large entry (a batch of binlog
+// events). In the LSM each such byte was written to the WAL, then again by the
+// memtable flush and again by each compaction, while the group's segments already
+// hold it: LogDB flushes and compactions were about 30% of ingest CPU and most of its
+// disk writes, and the syncer's next proposal waited on a WAL fsync that competed with
+// them. Here the LSM holds a 40-byte reference instead.
+//
+// Invariants:
+//   - A reference reaches the LSM only after the payload it names is durable: the
+//     payload files of an update are synced (and a new file's directory entry) before
+//     the inner LogDB saves the update, which it syncs itself. A power cut therefore
+//     never leaves a reference to bytes the disk lost; it may leave bytes no
+//     reference names (the tail of the file being written), which are never read and
+//     go with their file.
+//   - Entries handed to dragonboat are never modified: SaveRaftState saves copies
+//     that carry the references, and IterateEntries returns entries with their
+//     payloads restored and checked against their CRC32C, so raft (its in-memory log,
+//     replication to followers, the state machine) sees exactly what was proposed.
+//   - A payload file is removed only once every entry it holds is at or below the
+//     index its group's log was cut to (RemoveEntriesTo), or the group's data is
+//     removed. Entries at or below that index are never read again: dragonboat reads
+//     the log only above the group's latest snapshot, which it saved before the cut.
+//   - A file is appended to only by the process that created it: after a restart
+//     each group starts a new file, so a torn tail is never written after.
+//   - Small entries (and all but application entries, encoded or not) stay in the LSM as they were:
+//     a group of small transactions costs what it did.
+package raftlog

@@ -1,0 +1,235 @@
+package raftlog
+
+import (
+	"fmt"
+	"sync"
+	_ "unsafe" // go:linkname
+
+	_ "github.com/lni/dragonboat/v3" // links internal/logdb, newDefaultLogDB's home
+	"github.com/lni/dragonboat/v3/config"
+	"github.com/lni/dragonboat/v3/raftio"
+	pb "github.com/lni/dragonboat/v3/raftpb"
+	gvfs "github.com/lni/goutils/vfs"
+)
+
+// Defaults: entries of at least MinPayload bytes leave the LSM (a batch of binlog
+// events usually; small transactions one at a time stay), into files of FileSize.
+const (
+	MinPayload = 64 << 10
+	FileSize   = 64 << 20
+)
+
+// refEntry is the entry type of a reference in the LSM: never one raft uses, so an
+// entry cannot be taken for a reference or the other way round (and a release that
+// does not know references fails on them rather than applying them).
+const refEntry = pb.EntryType(0x464c)
+
+// newDefaultLogDB is dragonboat's own LogDB constructor, which its DefaultFactory
+// calls; it lives in an internal package, hence the link name (pinned dragonboat
+// v3.3.8: a changed signature fails the build's link, not at run time, since a
+// function cannot be defined twice).
+//
+//go:linkname newDefaultLogDB github.com/lni/dragonboat/v3/internal/logdb.NewDefaultLogDB
+func newDefaultLogDB(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs []string, lldirs []string, fs config.IFS) (raftio.ILogDB, error)
+
+// Factory makes a node host's LogDB: dragonboat's, with large payloads kept apart
+// (see the package doc).
+type Factory struct {
+	// MinPayload is the size from which a payload leaves the LSM; zero means
+	// MinPayload (tests lower it, to send every entry through the files).
+	MinPayload int
+}
+
+// Name is dragonboat's default LogDB's: dragonboat records it in the node host
+// directory and refuses a different one, and the LSM's format is unchanged (an
+// existing node keeps its log; entries saved before hold their payloads inline).
+func (Factory) Name() string { return "sharded-pebble" }
+
+// Create opens the LogDB in dirs[0] (payloads under dirs[0]/payloads).
+func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs []string, lldirs []string) (raftio.ILogDB, error) {
+	fs := cfg.Expert.FS
+	if fs == nil {
+		fs = gvfs.Default
+	}
+	inner, err := newDefaultLogDB(cfg, cb, dirs, lldirs, fs)
+	if err != nil {
+		return nil, err
+	}
+	minPayload := f.MinPayload
+	if minPayload <= 0 {
+		minPayload = MinPayload
+	}
+	l, err := wrap(inner, fs, fs.PathJoin(dirs[0], "payloads"), minPayload, FileSize)
+	if err != nil {
+		inner.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// LogDB is dragonboat's LogDB with large payloads in files of their own. The
+// methods it does not define are the inner LogDB's.
+type LogDB struct {
+	raftio.ILogDB
+	fs         gvfs.FS
+	root       string
+	minPayload int
+	fileSize   int64
+
+	mu     sync.Mutex
+	groups map[groupKey]*groupLog
+}
+
+type groupKey struct{ cluster, node uint64 }
+
+func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize int64) (*LogDB, error) {
+	if err := fs.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("create payload directory %s: %w", root, err)
+	}
+	if err := syncDir(fs, fs.PathDir(root)); err != nil {
+		return nil, err
+	}
+	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, groups: map[groupKey]*groupLog{}}, nil
+}
+
+func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	k := groupKey{cluster, node}
+	if g := l.groups[k]; g != nil {
+		return g, nil
+	}
+	g, err := openGroupLog(l.fs, l.root, l.fs.PathJoin(l.root, fmt.Sprintf("%d-%d", cluster, node)), l.fileSize)
+	if err != nil {
+		return nil, err
+	}
+	l.groups[k] = g
+	return g, nil
+}
+
+// SaveRaftState writes the large payloads of updates to their groups' files, syncs
+// them, and only then has the inner LogDB save the updates with references in their
+// place (updates itself is left as it was).
+func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
+	var out []pb.Update // a copy, once an update has a large entry
+	var touched []*groupLog
+	for i := range updates {
+		u := &updates[i]
+		var ents []pb.Entry
+		for j, e := range u.EntriesToSave {
+			if e.Type != pb.ApplicationEntry && e.Type != pb.EncodedEntry || len(e.Cmd) < l.minPayload {
+				if ents != nil {
+					ents = append(ents, e)
+				}
+				continue
+			}
+			if ents == nil {
+				ents = append(make([]pb.Entry, 0, len(u.EntriesToSave)), u.EntriesToSave[:j]...)
+			}
+			g, err := l.group(u.ClusterID, u.NodeID)
+			if err != nil {
+				return err
+			}
+			r, err := g.append(e.Index, e.Cmd)
+			if err != nil {
+				return err
+			}
+			r.typ = uint32(e.Type)
+			if len(touched) == 0 || touched[len(touched)-1] != g {
+				touched = append(touched, g)
+			}
+			e.Type, e.Cmd = refEntry, r.encode()
+			ents = append(ents, e)
+		}
+		if ents != nil {
+			if out == nil {
+				out = append([]pb.Update(nil), updates...)
+			}
+			out[i].EntriesToSave = ents
+		}
+	}
+	if out == nil {
+		return l.ILogDB.SaveRaftState(updates, shardID)
+	}
+	for _, g := range touched {
+		if err := g.sync(); err != nil {
+			return err
+		}
+	}
+	return l.ILogDB.SaveRaftState(out, shardID)
+}
+
+// IterateEntries returns the entries the inner LogDB holds with their payloads
+// restored, cut at maxSize as the inner LogDB cuts them (the entry that passes it is
+// the last one returned).
+func (l *LogDB) IterateEntries(ents []pb.Entry, size uint64, clusterID uint64, nodeID uint64, low uint64, high uint64,
+	maxSize uint64) ([]pb.Entry, uint64, error) {
+	n := len(ents)
+	got, gotSize, err := l.ILogDB.IterateEntries(ents, size, clusterID, nodeID, low, high, maxSize)
+	if err != nil {
+		return got, gotSize, err
+	}
+	var g *groupLog
+	for i := n; i < len(got); i++ {
+		e := &got[i]
+		if e.Type == refEntry {
+			if g == nil {
+				if g, err = l.group(clusterID, nodeID); err != nil {
+					return nil, 0, err
+				}
+			}
+			r, err := decodeRef(e.Cmd)
+			if err != nil {
+				return nil, 0, fmt.Errorf("raft log of group %d (replica %d), entry %d: %w", clusterID, nodeID, e.Index, err)
+			}
+			if e.Cmd, err = g.read(r); err != nil {
+				return nil, 0, fmt.Errorf("raft log of group %d (replica %d), entry %d: %w", clusterID, nodeID, e.Index, err)
+			}
+			e.Type = pb.EntryType(r.typ)
+		}
+		size += uint64(e.SizeUpperLimit())
+		if size > maxSize {
+			return got[:i+1], size, nil
+		}
+	}
+	return got, size, nil
+}
+
+// RemoveEntriesTo removes entries up to index, then the payload files that hold
+// nothing above it.
+func (l *LogDB) RemoveEntriesTo(clusterID uint64, nodeID uint64, index uint64) error {
+	if err := l.ILogDB.RemoveEntriesTo(clusterID, nodeID, index); err != nil {
+		return err
+	}
+	g, err := l.group(clusterID, nodeID)
+	if err != nil {
+		return err
+	}
+	return g.removeTo(index)
+}
+
+// RemoveNodeData removes a replica's log, payloads included.
+func (l *LogDB) RemoveNodeData(clusterID uint64, nodeID uint64) error {
+	if err := l.ILogDB.RemoveNodeData(clusterID, nodeID); err != nil {
+		return err
+	}
+	g, err := l.group(clusterID, nodeID)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	delete(l.groups, groupKey{clusterID, nodeID})
+	l.mu.Unlock()
+	return g.removeAll()
+}
+
+// Close closes the payload files and the inner LogDB.
+func (l *LogDB) Close() error {
+	l.mu.Lock()
+	for _, g := range l.groups {
+		g.close()
+	}
+	l.groups = map[groupKey]*groupLog{}
+	l.mu.Unlock()
+	return l.ILogDB.Close()
+}

@@ -1,0 +1,319 @@
+package raftlog
+
+import (
+	"bytes"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lni/dragonboat/v3/config"
+	"github.com/lni/dragonboat/v3/raftio"
+	pb "github.com/lni/dragonboat/v3/raftpb"
+	gvfs "github.com/lni/goutils/vfs"
+)
+
+// Test sizes: payloads of 1 KiB and more leave the LSM, into files of 64 KiB.
+const (
+	testMinPayload = 1 << 10
+	testFileSize   = 64 << 10
+	testDir        = "/node/raft"
+)
+
+func openTestLog(t *testing.T, fs gvfs.FS) *LogDB {
+	t.Helper()
+	if err := fs.MkdirAll(testDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := config.NodeHostConfig{Expert: config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: fs}}
+	cfg.Expert.Engine = config.GetDefaultEngineConfig()
+	inner, err := newDefaultLogDB(cfg, func(config.LogDBInfo) {}, []string{testDir}, []string{testDir}, fs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The node host's directories are durable before its log is used (dragonboat
+	// syncs them as it makes them; its LogDB's shard directories are made here).
+	names, err := fs.List(testDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range append([]string{"/", "/node", testDir}, names...) {
+		if d[0] != '/' {
+			d = fs.PathJoin(testDir, d)
+		}
+		if err := syncDir(fs, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l, err := wrap(inner, fs, fs.PathJoin(testDir, "payloads"), testMinPayload, testFileSize)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// entries makes n entries from index first on: a mix of small and large payloads, of
+// both types raft proposes with.
+func entries(rnd *rand.Rand, first uint64, n int) []pb.Entry {
+	var out []pb.Entry
+	for i := 0; i < n; i++ {
+		size := 10 + rnd.IntN(200)
+		if rnd.IntN(3) > 0 {
+			size = testMinPayload + rnd.IntN(20<<10)
+		}
+		cmd := make([]byte, size)
+		for j := range cmd {
+			cmd[j] = byte(rnd.Uint32())
+		}
+		typ := pb.EncodedEntry
+		if i%4 == 3 {
+			typ = pb.ApplicationEntry
+		}
+		out = append(out, pb.Entry{Term: 1, Index: first + uint64(i), Type: typ, Cmd: cmd, ClientID: uint64(i), SeriesID: 7})
+	}
+	return out
+}
+
+func clone(ents []pb.Entry) []pb.Entry {
+	out := append([]pb.Entry(nil), ents...)
+	for i := range out {
+		out[i].Cmd = append([]byte(nil), out[i].Cmd...)
+	}
+	return out
+}
+
+func save(t *testing.T, l raftio.ILogDB, cluster uint64, ents []pb.Entry) {
+	t.Helper()
+	last := ents[len(ents)-1].Index
+	u := pb.Update{ClusterID: cluster, NodeID: 1, State: pb.State{Term: 1, Commit: last}, EntriesToSave: ents}
+	// dragonboat saves a group from its step worker, cluster % ExecShards.
+	if err := l.SaveRaftState([]pb.Update{u}, cluster%config.GetDefaultEngineConfig().ExecShards); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readAll(t *testing.T, l raftio.ILogDB, cluster, low, high uint64) []pb.Entry {
+	t.Helper()
+	got, _, err := l.IterateEntries(nil, 0, cluster, 1, low, high, math.MaxUint64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return got
+}
+
+func sameEntries(t *testing.T, what string, got, want []pb.Entry) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%s: %d entries, want %d", what, len(got), len(want))
+	}
+	for i := range want {
+		g, w := got[i], want[i]
+		if g.Index != w.Index || g.Term != w.Term || g.Type != w.Type || g.ClientID != w.ClientID || g.SeriesID != w.SeriesID || !bytes.Equal(g.Cmd, w.Cmd) {
+			t.Fatalf("%s: entry %d is index %d type %d (%d bytes), want index %d type %d (%d bytes)", what, i, g.Index, g.Type, len(g.Cmd), w.Index, w.Type, len(w.Cmd))
+		}
+	}
+}
+
+// TestLargePayloadsLeaveTheLSM: large entries reach the inner LogDB as references
+// and come back whole, of their own type; small ones are stored as they were; the
+// entries handed to SaveRaftState are not modified; maxSize cuts where dragonboat's
+// LogDB cuts; a reopened log reads the same and appends to a new file.
+func TestLargePayloadsLeaveTheLSM(t *testing.T) {
+	fs := gvfs.NewMem()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	l := openTestLog(t, fs)
+	var want []pb.Entry
+	for first := uint64(1); first < 200; first += 40 {
+		ents := entries(rnd, first, 40)
+		before := clone(ents)
+		save(t, l, 5, ents)
+		sameEntries(t, "entries after SaveRaftState", ents, before)
+		want = append(want, before...)
+	}
+	other := entries(rnd, 1, 10)
+	save(t, l, 6, clone(other))
+	sameEntries(t, "group 5", readAll(t, l, 5, 1, 201), want)
+	sameEntries(t, "group 6", readAll(t, l, 6, 1, 11), other)
+
+	inner := readAll(t, l.ILogDB, 5, 1, 201)
+	var refs int
+	for i, e := range inner {
+		switch {
+		case len(want[i].Cmd) >= testMinPayload:
+			if e.Type != refEntry || len(e.Cmd) != refLen {
+				t.Fatalf("entry %d of %d bytes is in the LSM as type %d, %d bytes: not a reference", e.Index, len(want[i].Cmd), e.Type, len(e.Cmd))
+			}
+			refs++
+		case e.Type != want[i].Type || !bytes.Equal(e.Cmd, want[i].Cmd):
+			t.Fatalf("small entry %d was changed in the LSM", e.Index)
+		}
+	}
+	if refs == 0 || refs == len(want) {
+		t.Fatalf("%d of %d entries are references: the test needs both kinds", refs, len(want))
+	}
+
+	// maxSize: the entry that passes it is the last one returned.
+	for _, limit := range []uint64{0, 1, uint64(want[0].SizeUpperLimit()), uint64(want[0].SizeUpperLimit() + want[1].SizeUpperLimit() + 1), 100 << 10} {
+		got, size, err := l.IterateEntries(nil, 0, 5, 1, 1, 201, limit)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, total := 0, uint64(0)
+		for n < len(want) {
+			total += uint64(want[n].SizeUpperLimit())
+			n++
+			if total > limit {
+				break
+			}
+		}
+		if len(got) != n || size != total {
+			t.Fatalf("maxSize %d: %d entries (%d bytes), want %d (%d bytes)", limit, len(got), size, n, total)
+		}
+		sameEntries(t, "entries under maxSize", got, want[:n])
+	}
+
+	files := func() []string {
+		names, err := fs.List(fs.PathJoin(testDir, "payloads", "5-1"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return names
+	}
+	before := len(files())
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openTestLog(t, fs)
+	defer l.Close()
+	sameEntries(t, "group 5 reopened", readAll(t, l, 5, 1, 201), want)
+	more := entries(rnd, 201, 5)
+	more[0].Cmd = make([]byte, testMinPayload)
+	save(t, l, 5, clone(more))
+	if after := len(files()); after != before+1 {
+		t.Fatalf("%d payload files after a reopen and an append, %d before: the append did not start a new file", after, before)
+	}
+	sameEntries(t, "group 5 appended after reopening", readAll(t, l, 5, 1, 206), append(want, more...))
+}
+
+// TestRemoveEntriesToRemovesFiles: a payload file goes once its group's log is cut
+// past all it holds (also after a restart, from its record headers), never before;
+// RemoveNodeData takes the group's directory.
+func TestRemoveEntriesToRemovesFiles(t *testing.T) {
+	fs := gvfs.NewMem()
+	rnd := rand.New(rand.NewPCG(3, 4))
+	l := openTestLog(t, fs)
+	dir := fs.PathJoin(testDir, "payloads", "5-1")
+	var want []pb.Entry
+	for first := uint64(1); first <= 300; first += 30 {
+		ents := entries(rnd, first, 30)
+		want = append(want, clone(ents)...)
+		save(t, l, 5, ents)
+	}
+	count := func() int {
+		names, _ := fs.List(dir)
+		return len(names)
+	}
+	all := count()
+	if all < 10 {
+		t.Fatalf("%d payload files: the test needs many", all)
+	}
+	if err := l.RemoveEntriesTo(5, 1, 150); err != nil {
+		t.Fatal(err)
+	}
+	half := count()
+	if half >= all || half <= 1 {
+		t.Fatalf("%d payload files of %d left after cutting half the log", half, all)
+	}
+	sameEntries(t, "the entries above the cut", readAll(t, l, 5, 151, 301), want[150:])
+
+	l.Close()
+	l = openTestLog(t, fs)
+	defer l.Close()
+	sameEntries(t, "the entries above the cut, reopened", readAll(t, l, 5, 151, 301), want[150:])
+	if err := l.RemoveEntriesTo(5, 1, 299); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d payload files left after cutting all but the last entry, want the last one's", n)
+	}
+	sameEntries(t, "the last entry", readAll(t, l, 5, 300, 301), want[299:])
+	if err := l.RemoveNodeData(5, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fs.Stat(dir); err == nil {
+		t.Fatalf("%s is still there after RemoveNodeData", dir)
+	}
+}
+
+// TestPowerCutKeepsSavedPayloads runs the log on a filesystem that keeps only what
+// was synced, cutting the power after random saves, sometimes with a payload written
+// after the last save (a save that did not finish): every entry SaveRaftState
+// returned for reads back whole after each cut, and the log takes appends after it.
+// Drop the payload sync in SaveRaftState and it fails (the LSM keeps references to
+// bytes the cut lost).
+func TestPowerCutKeepsSavedPayloads(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rnd := rand.New(rand.NewPCG(seed, 5))
+	fs := gvfs.NewStrictMem()
+	var want []pb.Entry
+	var torn int
+	for round := 0; round < 12; round++ {
+		l := openTestLog(t, fs)
+		if len(want) > 0 {
+			sameEntries(t, "after the power cut", readAll(t, l, 5, 1, uint64(len(want))+1), want)
+		}
+		for i := rnd.IntN(4); i >= 0; i-- {
+			ents := entries(rnd, uint64(len(want))+1, 1+rnd.IntN(8))
+			want = append(want, clone(ents)...)
+			save(t, l, 5, ents)
+		}
+		if rnd.IntN(2) == 0 {
+			g, err := l.group(5, 1)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := g.append(uint64(len(want))+1, make([]byte, 3*testMinPayload)); err != nil {
+				t.Fatal(err)
+			}
+			torn++
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		fs.ResetToSyncedState()
+	}
+	l := openTestLog(t, fs)
+	defer l.Close()
+	sameEntries(t, "after the last power cut", readAll(t, l, 5, 1, uint64(len(want))+1), want)
+	if torn == 0 {
+		t.Fatal("no cut caught an unfinished save: the test checked less than it claims")
+	}
+}
+
+// TestCorruptPayloadIsAnError: a payload whose bytes changed on disk is an error
+// naming its file, never returned as the entry.
+func TestCorruptPayloadIsAnError(t *testing.T) {
+	fs := gvfs.NewMem()
+	l := openTestLog(t, fs)
+	defer l.Close()
+	ents := []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: bytes.Repeat([]byte{7}, 2*testMinPayload)}}
+	save(t, l, 5, ents)
+	path := fs.PathJoin(testDir, "payloads", "5-1", "0000000000000001"+fileSuffix)
+	f, err := fs.OpenForAppend(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte{8}, recordHeaderLen+100); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	l.mu.Lock()
+	l.groups = map[groupKey]*groupLog{} // no cached read handle
+	l.mu.Unlock()
+	_, _, err = l.IterateEntries(nil, 0, 5, 1, 1, 2, math.MaxUint64)
+	if err == nil || !strings.Contains(err.Error(), "corrupt") || !strings.Contains(err.Error(), path) {
+		t.Fatalf("reading a damaged payload: %v, want an error naming %s as corrupt", err, path)
+	}
+}
