@@ -45,7 +45,8 @@ const (
 	// maxInflight and maxInflightBytes bound the proposals of a syncer in raft at
 	// once (from cluster version 3; one before): enough for raft to write the next
 	// batches while the group applies one, little enough to bound what a leader
-	// change throws away.
+	// change throws away. Proposals are at most 4 MiB but for pieces holding an
+	// event's part (see maxBatchBytes), so about 16-28 MiB are in flight at most.
 	maxInflight      = 4
 	maxInflightBytes = 16 << 20
 )
@@ -342,10 +343,6 @@ type pipeline struct {
 	sequenced     bool
 	seq           uint64
 	inflightBytes int
-	// batchPiece: the batch holds a piece of a transaction larger than a batch;
-	// piecesInFlight counts such proposals in flight.
-	batchPiece     bool
-	piecesInFlight int
 	// unsequenced and overlapped count proposals: made before the pipeline was
 	// sequenced, and made with another in flight.
 	unsequenced, overlapped uint64
@@ -597,9 +594,6 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 	p.items = append(p.items, it)
 	p.batchBytes += bytes
 	p.batchTxns += txns
-	if it.Txn != nil && !(it.Txn.First && it.Txn.Last) {
-		p.batchPiece = true
-	}
 }
 
 // inflight is a proposed batch waiting for its commit. Ordinals move only with
@@ -609,8 +603,6 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 // in the epoch, and the group rejects every one after a gap), and one otherwise. The
 // syncer reads on while they commit: the next batch grows meanwhile (group commit).
 type inflight struct {
-	// piece: the batch holds a piece of a transaction larger than a batch.
-	piece         bool
 	began         time.Time
 	txns          uint64
 	events, bytes int
@@ -659,10 +651,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 			return err
 		}
 		wake, woken := context.WithCancel(ctx)
-		if p.batchPiece {
-			p.piecesInFlight++
-		}
-		f := inflight{piece: p.batchPiece, began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck,
+		f := inflight{began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck,
 			wake: wake, result: make(chan dragonboat.RequestResult, 1)}
 		go func() {
 			// dragonboat always delivers a result (at the latest at proposeTimeout);
@@ -685,7 +674,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		p.batchAck = nil
 		p.proposed += p.batchTxns
 		p.inflightBytes += p.batchBytes
-		p.items, p.batchBytes, p.batchTxns, p.batchEvents, p.batchPiece = nil, 0, 0, 0, false
+		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
 		return nil
 	}
 	if p.cur == nil {
@@ -735,15 +724,16 @@ func (p *pipeline) propose(ctx context.Context, cmd []byte) (*dragonboat.Request
 
 // roomInRaft reports whether a proposal may go to raft now: always when none is in
 // flight; sequenced, while fewer than maxInflight (and maxInflightBytes) are. The
-// pieces of a transaction larger than a batch go one at a time, alone: in flight, a
-// batch is held several times over (the syncer's, raft's and the LogDB's copies),
-// and a transaction of any size must ingest in bounded memory (the pipeline gains
-// little there: its pieces are large).
+// pieces of a transaction larger than a batch pipeline too (a bulk load is mostly
+// such pieces): in flight, a batch is held a few times over (the syncer's encoding,
+// raft's entry), so the byte bound is what keeps a transaction of any size ingesting
+// in bounded memory (with dragonboat's in-memory log sized in cmd/flotilla so that
+// applied entries do not linger).
 func (p *pipeline) roomInRaft() bool {
 	if len(p.pending) == 0 {
 		return true
 	}
-	return p.sequenced && len(p.pending) < maxInflight && p.inflightBytes < maxInflightBytes && !p.batchPiece && p.piecesInFlight == 0
+	return p.sequenced && len(p.pending) < maxInflight && p.inflightBytes < maxInflightBytes
 }
 
 // sendAck acknowledges a to the semi-sync master.
@@ -769,9 +759,6 @@ func (p *pipeline) complete(ctx context.Context) error {
 	f := p.pending[0]
 	p.pending = p.pending[1:]
 	p.inflightBytes -= f.bytes
-	if f.piece {
-		p.piecesInFlight--
-	}
 	name := p.s.Upstream().Name
 	var r dragonboat.RequestResult
 	select {

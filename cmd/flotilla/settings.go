@@ -36,30 +36,40 @@ var dragonboatIncomingReadIndexes uint64
 //go:linkname dragonboatPendingProposalShards github.com/lni/dragonboat/v3.pendingProposalShards
 var dragonboatPendingProposalShards uint64
 
-// dragonboatEntrySlice must stay above dragonboat's minimum free size (96).
+// dragonboatEntrySlice and dragonboatEntrySliceFree size a group's in-memory log:
+// a new slice of the first holds its unapplied entries, made once fewer than the
+// second are free. Applied entries stay in the old slice's array, reachable, until
+// then: with dragonboat's 512 and 96 a syncer's pipelined 4 MiB proposals kept up
+// to 128 MiB of applied entries alive per group. The size must stay above the free
+// size (dragonboat panics otherwise).
 //
 //go:linkname dragonboatEntrySlice github.com/lni/dragonboat/v3/internal/raft.entrySliceSize
 var dragonboatEntrySlice uint64
+
+//go:linkname dragonboatEntrySliceFree github.com/lni/dragonboat/v3/internal/raft.minEntrySliceSize
+var dragonboatEntrySliceFree uint64
 
 // tuneDragonboat sizes dragonboat's per-group queues for many small groups: 64
 // messages received between two steps of a group (a full queue drops messages,
 // which raft sends again), 128 proposals and 128 reads queued (a full queue refuses
 // the next with ErrSystemBusy: a syncer keeps at most 4 proposals in flight),
-// 2 pending-proposal shards, in-memory log slices of 128 entries. It runs once, in
+// 2 pending-proposal shards, in-memory log slices of 16 entries renewed once 4 are
+// used (at most 4 applied entries kept alive past their apply). It runs once, in
 // main, before any NodeHost exists; it returns what it set, for the log.
 func tuneDragonboat() string {
 	if dragonboatReceiveQueueLen != 1024 || dragonboatIncomingProposals != 2048 || dragonboatIncomingReadIndexes != 4096 ||
-		dragonboatPendingProposalShards != 16 || dragonboatEntrySlice != 512 {
-		return fmt.Sprintf("dragonboat's, left as they are (not its defaults: receive queue %d, proposal queue %d, read queue %d, pending-proposal shards %d, entry slices %d)",
-			dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice)
+		dragonboatPendingProposalShards != 16 || dragonboatEntrySlice != 512 || dragonboatEntrySliceFree != 96 {
+		return fmt.Sprintf("dragonboat's, left as they are (not its defaults: receive queue %d, proposal queue %d, read queue %d, pending-proposal shards %d, entry slices %d, %d free)",
+			dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice, dragonboatEntrySliceFree)
 	}
 	dragonboatReceiveQueueLen = 64
 	dragonboatIncomingProposals = 128
 	dragonboatIncomingReadIndexes = 128
 	dragonboatPendingProposalShards = 2
-	dragonboatEntrySlice = 128
-	return fmt.Sprintf("receive queue %d, proposal queue %d, read queue %d, pending-proposal shards %d, entry slices %d",
-		dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice)
+	dragonboatEntrySliceFree = 12 // first: the size must stay above it
+	dragonboatEntrySlice = 16
+	return fmt.Sprintf("receive queue %d, proposal queue %d, read queue %d, pending-proposal shards %d, entry slices %d, %d free",
+		dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice, dragonboatEntrySliceFree)
 }
 
 // dragonboatMetadata is the cli.App metadata key under which main leaves what
