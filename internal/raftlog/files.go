@@ -65,20 +65,17 @@ type payFile struct {
 	seq      uint64
 	path     string
 	size     int64
-	maxIndex uint64    // the highest entry index it holds (0: none)
-	w        gvfs.File // open for appending: only the group's current file
-	r        gvfs.File // opened at the first read
-	dirty    bool      // written since its last sync
+	maxIndex uint64 // the highest entry index it holds (0: none)
+	// w is open from an append to the sync after it, only: a node with thousands of
+	// groups keeps no descriptor per group.
+	w     gvfs.File
+	dirty bool // written since its last sync
 }
 
 func (f *payFile) close() {
 	if f.w != nil {
 		f.w.Close()
 		f.w = nil
-	}
-	if f.r != nil {
-		f.r.Close()
-		f.r = nil
 	}
 }
 
@@ -164,10 +161,6 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.cur == nil || g.cur.size >= g.fileSize {
-		if g.cur != nil && !g.cur.dirty {
-			g.cur.w.Close() // synced: nothing left to write
-			g.cur.w = nil
-		}
 		f := &payFile{seq: g.nextSeq, path: g.fs.PathJoin(g.dir, fmt.Sprintf("%016x%s", g.nextSeq, fileSuffix))}
 		w, err := g.fs.Create(f.path)
 		if err != nil {
@@ -180,6 +173,13 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 		g.syncDirs = append(g.syncDirs, g.dir)
 	}
 	f := g.cur
+	if f.w == nil {
+		w, err := g.fs.OpenForAppend(f.path)
+		if err != nil {
+			return ref{}, fmt.Errorf("open payload file %s: %w", f.path, err)
+		}
+		f.w = w
+	}
 	crc := crc32.Checksum(payload, castagnoli)
 	var hdr [recordHeaderLen]byte
 	binary.LittleEndian.PutUint32(hdr[0:], recordMagic)
@@ -213,10 +213,7 @@ func (g *groupLog) sync() error {
 			return fmt.Errorf("sync payload file %s: %w", f.path, err)
 		}
 		f.dirty = false
-		if f != g.cur {
-			f.w.Close()
-			f.w = nil
-		}
+		f.close()
 	}
 	for len(g.syncDirs) > 0 {
 		if err := syncDir(g.fs, g.syncDirs[0]); err != nil {
@@ -247,15 +244,13 @@ func (g *groupLog) read(r ref) ([]byte, error) {
 	if f == nil {
 		return nil, fmt.Errorf("payload file %016x%s of %s is missing: the raft log refers to it", r.file, fileSuffix, g.dir)
 	}
-	if f.r == nil {
-		h, err := g.fs.Open(f.path)
-		if err != nil {
-			return nil, fmt.Errorf("open payload file %s: %w", f.path, err)
-		}
-		f.r = h
+	h, err := g.fs.Open(f.path)
+	if err != nil {
+		return nil, fmt.Errorf("open payload file %s: %w", f.path, err)
 	}
+	defer h.Close()
 	b := make([]byte, r.length)
-	if _, err := f.r.ReadAt(b, r.offset); err != nil {
+	if _, err := h.ReadAt(b, r.offset); err != nil {
 		return nil, fmt.Errorf("read %d bytes at %d of payload file %s: %w", r.length, r.offset, f.path, err)
 	}
 	if crc := crc32.Checksum(b, castagnoli); crc != r.crc {
