@@ -14,6 +14,8 @@ import (
 
 	"github.com/lni/dragonboat/v3"
 	sm "github.com/lni/dragonboat/v3/statemachine"
+
+	"github.com/flotilla-relay/flotilla/internal/raftprop"
 )
 
 // command is a metadata change; JSON keeps the raft log readable by a human.
@@ -347,7 +349,7 @@ func (s *Service) propose(ctx context.Context, c command) ([]byte, error) {
 	}
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
-	res, err := s.nh.SyncPropose(ctx, s.nh.GetNoOPSession(MetaGroupID), b)
+	res, err := raftprop.SyncPropose(ctx, s.nh, MetaGroupID, b)
 	if err != nil {
 		return nil, fmt.Errorf("placement: %s: %w", c.Op, err)
 	}

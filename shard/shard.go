@@ -15,6 +15,7 @@ import (
 	"github.com/lni/dragonboat/v3"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
+	"github.com/flotilla-relay/flotilla/internal/raftprop"
 	"github.com/flotilla-relay/flotilla/placement"
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
@@ -490,7 +491,7 @@ func errString(err error) string {
 func (s *Shard) propose(ctx context.Context, cmd []byte) (sm.Result, error) {
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
-	res, err := s.m.nh.SyncPropose(ctx, s.m.nh.GetNoOPSession(s.gid), cmd)
+	res, err := raftprop.SyncPropose(ctx, s.m.nh, s.gid, cmd)
 	if err != nil {
 		return res, fmt.Errorf("propose to group %d: %w", s.gid, err)
 	}

@@ -51,8 +51,9 @@ var dragonboatEntrySliceFree uint64
 
 // tuneDragonboat sizes dragonboat's per-group queues for many small groups: 64
 // messages received between two steps of a group (a full queue drops messages,
-// which raft sends again), 128 proposals and 128 reads queued (a full queue refuses
-// the next with ErrSystemBusy: a syncer keeps at most 4 proposals in flight),
+// which raft sends again), 16 proposals and 128 reads queued (a full queue refuses
+// the next with ErrSystemBusy, which a syncer takes for backpressure: it keeps at
+// most 4 proposals in flight; the queue is 2 x 16 entries, 2.5 KiB a group),
 // 2 pending-proposal shards, in-memory log slices of 16 entries renewed once 4 are
 // used (at most 4 applied entries kept alive past their apply). It runs once, in
 // main, before any NodeHost exists; it returns what it set, for the log.
@@ -63,7 +64,7 @@ func tuneDragonboat() string {
 			dragonboatReceiveQueueLen, dragonboatIncomingProposals, dragonboatIncomingReadIndexes, dragonboatPendingProposalShards, dragonboatEntrySlice, dragonboatEntrySliceFree)
 	}
 	dragonboatReceiveQueueLen = 64
-	dragonboatIncomingProposals = 128
+	dragonboatIncomingProposals = 16
 	dragonboatIncomingReadIndexes = 128
 	dragonboatPendingProposalShards = 2
 	dragonboatEntrySliceFree = 12 // first: the size must stay above it
