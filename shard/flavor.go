@@ -18,8 +18,6 @@ import (
 type upstreamFlavor interface {
 	// dumpSet is the set to ask the master for everything after, in go-mysql's form.
 	dumpSet() (mysql.GTIDSet, string, error)
-	// goMySQL is go-mysql's flavor name.
-	goMySQL() string
 	// open reads ev, if it is the event that opens a group, and makes it the open
 	// one: its GTID as the group indexes it (see statemachine.TxnGTID) and as the
 	// master prints it.
@@ -69,8 +67,6 @@ type mariadbFlavor struct {
 	basePos, state binlog.Position
 	cur            binlog.GTIDEvent
 }
-
-func (f *mariadbFlavor) goMySQL() string { return mysql.MariaDBFlavor }
 
 func (f *mariadbFlavor) dumpSet() (mysql.GTIDSet, string, error) {
 	s := f.state.String()
@@ -123,8 +119,6 @@ type mysqlFlavor struct {
 	cur               binlog.MySQLGTID
 	grp               binlog.MySQLGroup
 }
-
-func (f *mysqlFlavor) goMySQL() string { return mysql.MySQLFlavor }
 
 func (f *mysqlFlavor) dumpSet() (mysql.GTIDSet, string, error) {
 	s := f.executed.String()

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"strings"
 	"sync"
 	"time"
 
@@ -16,8 +15,8 @@ import (
 	"github.com/go-mysql-org/go-mysql/replication"
 )
 
-// eventSource is where a syncer reads the master's events: go-mysql's BinlogSyncer,
-// or, for a semi-sync replica, Flotilla's own dump stream (semiStream).
+// eventSource is where a syncer reads the master's events: Flotilla's own dump
+// stream (semiStream); tests give the pipeline their own.
 type eventSource interface {
 	// next returns the next event (raw bytes) or the error that ended the stream.
 	next(ctx context.Context) ([]byte, error)
@@ -25,30 +24,6 @@ type eventSource interface {
 	buffered() [][]byte
 	close()
 }
-
-// goMySQLSource is go-mysql's streamer.
-type goMySQLSource struct {
-	bs *replication.BinlogSyncer
-	s  *replication.BinlogStreamer
-}
-
-func (g goMySQLSource) next(ctx context.Context) ([]byte, error) {
-	e, err := g.s.GetEvent(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return e.RawData, nil
-}
-
-func (g goMySQLSource) buffered() [][]byte {
-	var out [][]byte
-	for _, e := range g.s.DumpEvents() {
-		out = append(out, e.RawData)
-	}
-	return out
-}
-
-func (g goMySQLSource) close() { g.bs.Close() }
 
 // semiStream is a binlog dump Flotilla runs itself, as a semi-sync replica: go-mysql
 // sends a semi-sync ACK as soon as it has read an event, but Flotilla may acknowledge
@@ -82,7 +57,14 @@ type semiConfig struct {
 	heartbeat time.Duration
 	// watch follows the connection's reads (see silence.go).
 	watch *linkWatch
+	// semiSync: announce a semi-sync replica if the master has semi-sync on.
+	semiSync bool
 }
+
+// streamReadBuffer is the dump connection's read buffer: go-mysql's client uses 64
+// KiB, a sixth of an idle group's memory; an event larger than it is read into its
+// own buffer in 16 KiB reads either way.
+const streamReadBuffer = 16 << 10
 
 // openSemiStream connects, announces a semi-sync replica (when the master has
 // semi-sync on) and starts the dump.
@@ -91,7 +73,8 @@ func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	defer cancel()
 	// No read timeout: the watch bounds reads until the dump runs, then the
 	// syncer's probes judge a silent stream (see silence.go).
-	c, err := connectWatched(dctx, cfg.addr, cfg.user, cfg.password, cfg.tls, 10*time.Second, cfg.watch)
+	c, err := connectWatched(dctx, cfg.addr, cfg.user, cfg.password, cfg.tls, 10*time.Second, cfg.watch,
+		func(c *client.Conn) error { c.BufferSize = streamReadBuffer; return nil })
 	if err != nil {
 		return nil, err
 	}
@@ -128,11 +111,7 @@ func (st *semiStream) start(cfg semiConfig) error {
 		}
 	}
 	// Semi-sync only if the master has it on, as MariaDB's own replica decides.
-	r, err := c.Execute("SHOW VARIABLES WHERE Variable_name IN ('rpl_semi_sync_master_enabled', 'rpl_semi_sync_source_enabled')")
-	if err == nil && r.RowNumber() > 0 {
-		v, _ := r.GetString(0, 1)
-		st.semi = strings.EqualFold(v, "ON")
-	}
+	st.semi = cfg.semiSync && semiSyncOffered(c)
 	if st.semi {
 		if err := exec("SET @rpl_semi_sync_slave=1, @rpl_semi_sync_replica=1"); err != nil {
 			return err

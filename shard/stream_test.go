@@ -20,11 +20,25 @@ func TestSemiStream(t *testing.T) {
 	m.EnableSemiSync()
 	empty, _ := mysql.ParseMysqlGTIDSet("")
 	st, err := openSemiStream(t.Context(), semiConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 77,
-		mysqlFlavor: true, gset: empty, heartbeat: time.Second})
+		mysqlFlavor: true, gset: empty, heartbeat: time.Second, semiSync: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.close()
+	// An upstream with semi-sync off stays a plain replica of the same master, and
+	// reads its events without the semi-sync header.
+	plain, err := openSemiStream(t.Context(), semiConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 78,
+		mysqlFlavor: true, gset: empty, heartbeat: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.close()
+	if plain.semi {
+		t.Fatal("semi-sync was not asked for, the stream announced it")
+	}
+	if ev, err := plain.next(t.Context()); err != nil || len(ev) < 19 || ev[4] != binlog.RotateEvent && ev[4] != binlog.FormatDescription {
+		t.Fatalf("the plain stream's first event: %v (%x), want a Rotate or Format_description", err, ev[:min(len(ev), 19)])
+	}
 	if !st.semi {
 		t.Fatal("the master has semi-sync on, the stream did not take it")
 	}

@@ -6,15 +6,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
-	"log/slog"
 	"net"
 	"slices"
 	"strconv"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/go-mysql-org/go-mysql/replication"
 	"github.com/lni/dragonboat/v3"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -32,7 +29,7 @@ const (
 	maxBatchBytes = 4 << 20
 	maxPieceBytes = 4 << 20
 	batchLinger   = 2 * time.Millisecond
-	// eventReadAhead is how many events go-mysql may read ahead of the syncer.
+	// eventReadAhead is how many events the stream may read ahead of the syncer.
 	eventReadAhead = 4
 	// servedFileLimit: a served file is closed at the first transaction boundary
 	// past it, even inside one master file. Masters roll files at max_binlog_size
@@ -108,7 +105,7 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		s.stalledOn, s.unserved, s.silenceSource = "", "", u.Source
 	}
 	w := newLinkWatch()
-	src, semi, err := s.openSource(ctx, u, fl, tlsCfg, host, uint16(port), password, gset, w)
+	src, semi, err := s.openSource(ctx, u, tlsCfg, host, uint16(port), password, gset, w)
 	if err != nil {
 		var me *mysql.MyError
 		if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) || errors.Is(err, errSemiSyncOff) || errors.Is(err, errUnsafeAuth) {
@@ -215,59 +212,27 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	}
 }
 
-// openSource starts the dump: with go-mysql's BinlogSyncer, or, when the upstream's
-// syncer is to be a semi-sync replica (--semi-sync on, or auto and the master has it
-// on), with Flotilla's own stream (semiStream), returned as semi too.
-func (s *Shard) openSource(ctx context.Context, u placement.Upstream, fl upstreamFlavor, tlsCfg *tls.Config, host string, port uint16,
+// openSource starts the dump with Flotilla's own stream (semiStream), a semi-sync
+// replica's when the upstream allows it (--semi-sync on, or auto) and the master has
+// semi-sync on, in which case it is returned as semi too. (go-mysql's BinlogSyncer
+// did the plain dumps once: its 64 KiB read buffer, fixed, was a sixth of an idle
+// group's memory.)
+func (s *Shard) openSource(ctx context.Context, u placement.Upstream, tlsCfg *tls.Config, host string, port uint16,
 	password string, gset mysql.GTIDSet, w *linkWatch) (eventSource, *semiStream, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
-	if u.SemiSync == "on" || u.SemiSync == "auto" && s.masterOffersSemiSync(ctx, addr, u.User, password, tlsCfg) {
-		st, err := openSemiStream(ctx, semiConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
-			mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second, watch: w})
-		if err != nil {
-			return nil, nil, err
-		}
-		if !st.semi {
-			if u.SemiSync == "on" {
-				st.close()
-				return nil, nil, fmt.Errorf("%w: upstream %s asks for semi-sync (--semi-sync on): turn rpl_semi_sync_master_enabled on, or set the upstream's semi-sync to auto", errSemiSyncOff, u.Name)
-			}
-			return st, nil, nil // turned off since the probe: a plain replica
-		}
-		return st, st, nil
-	}
-	dial, refused := masterDialer(tlsCfg, 10*time.Second, w)
-	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{
-		Dialer:               dial,
-		TLSConfig:            tlsCfg,
-		ServerID:             syncerServerID(u, s.gid),
-		Flavor:               fl.goMySQL(),
-		Host:                 host,
-		Port:                 port,
-		User:                 u.User,
-		Password:             password,
-		Localhost:            "flotilla",
-		RawModeEnabled:       true,
-		DisableRetrySync:     true,
-		MaxReconnectAttempts: 1,
-		HeartbeatPeriod:      time.Second,
-		// go-mysql reads ahead into a channel of this many events: its default
-		// (10240) holds 10 GiB of 1 MiB row events, and events may be up to 1 GiB.
-		// A few keep the syncer fed.
-		EventCacheCount: eventReadAhead,
-		// No ReadTimeout: w bounds reads until the dump runs, then the syncer's
-		// probes judge a silent stream (see silence.go).
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
-	})
-	streamer, err := bs.StartSyncGTID(gset)
+	st, err := openSemiStream(ctx, semiConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
+		mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second, watch: w, semiSync: u.SemiSync == "on" || u.SemiSync == "auto"})
 	if err != nil {
-		bs.Close()
-		if r := refused(); r != nil {
-			return nil, nil, r
-		}
 		return nil, nil, err
 	}
-	return goMySQLSource{bs: bs, s: streamer}, nil, nil
+	if !st.semi {
+		if u.SemiSync == "on" {
+			st.close()
+			return nil, nil, fmt.Errorf("%w: upstream %s asks for semi-sync (--semi-sync on): turn rpl_semi_sync_master_enabled on, or set the upstream's semi-sync to auto", errSemiSyncOff, u.Name)
+		}
+		return st, nil, nil // a plain replica
+	}
+	return st, st, nil
 }
 
 // masterDownCodes are the MySQL errors of a master that answers but is going away
@@ -278,19 +243,6 @@ var masterDownCodes = []uint16{mysql.ER_SERVER_SHUTDOWN}
 
 // errSemiSyncOff: the upstream wants semi-sync and the master has it off.
 var errSemiSyncOff = errors.New("the master has semi-sync off")
-
-// masterOffersSemiSync asks the master whether it has semi-sync on (a failure to ask
-// counts as no: the syncer then replicates asynchronously, as replicas do).
-func (s *Shard) masterOffersSemiSync(ctx context.Context, addr, user, password string, tlsCfg *tls.Config) bool {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	c, err := connectMaster(ctx, addr, user, password, tlsCfg, 10*time.Second)
-	if err != nil {
-		return false
-	}
-	defer c.Close()
-	return semiSyncOffered(c)
-}
 
 // drain handles the events the master has already sent (go-mysql buffers them),
 // proposing whenever a batch fills, and reports whether there were any.
