@@ -21,7 +21,10 @@ import (
 //   - 2: the metadata command update_upstream (`flotilla upstream update`).
 //   - 3: sequenced appends in upstream groups (statemachine.KindAppendSeq): a
 //     syncer with several proposals in flight.
-const ClusterVersion uint32 = 3
+//   - 4: raft payloads in files beside the LogDB (internal/raftlog): a node's own raft
+//     log, which a release before it cannot read (this version is what refuses it at
+//     start).
+const ClusterVersion uint32 = 4
 
 // Set at build time with -ldflags "-X ...buildinfo.version=... -X ...commit=...
 // -X ...date=..." (see the Makefile). Package-level because -X can only set

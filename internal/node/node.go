@@ -189,14 +189,17 @@ func (c *Config) Defaults() {
 
 // Node is a running Flotilla process.
 type Node struct {
-	cfg    Config
-	log    *slog.Logger
-	nh     *dragonboat.NodeHost
-	store  *statemachine.Store
-	meta   *placement.Service
-	shards *shard.Manager
-	front  *mysqlfront.Server
-	errc   chan error
+	// payloadFiles turns the raft log's payload files on (see raftlog.Factory.On):
+	// once the cluster version that needs them is recorded in the data directory.
+	payloadFiles *atomic.Bool
+	cfg          Config
+	log          *slog.Logger
+	nh           *dragonboat.NodeHost
+	store        *statemachine.Store
+	meta         *placement.Service
+	shards       *shard.Manager
+	front        *mysqlfront.Server
+	errc         chan error
 
 	ident   cluster.Identity
 	leaders *cluster.Leaders
@@ -249,9 +252,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data directory %s: %w", cfg.DataDir, err)
 	}
-	if err := checkDataVersion(cfg.DataDir); err != nil {
+	recorded, err := checkDataVersion(cfg.DataDir)
+	if err != nil {
 		return nil, err
 	}
+	payloadFiles := new(atomic.Bool)
+	payloadFiles.Store(recorded >= raftlog.PayloadFilesVersion)
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
 		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: int64(cfg.MaxAllowedPacket), IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
 	if cfg.AllowIPs != "" {
@@ -344,14 +350,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{}},
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles}},
 	})
 	if err != nil {
 		store.Close()
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	n := &Node{stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
+	n := &Node{payloadFiles: payloadFiles, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
 		n.close()

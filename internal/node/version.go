@@ -13,6 +13,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/internal/raftlog"
 	"github.com/flotilla-relay/flotilla/placement"
 )
 
@@ -22,27 +23,27 @@ import (
 const clusterVersionFile = "CLUSTER_VERSION"
 
 // checkDataVersion refuses a data directory last used at a cluster version this
-// binary does not understand.
-func checkDataVersion(dir string) error {
+// binary does not understand; it returns the version recorded (0: none).
+func checkDataVersion(dir string) (uint32, error) {
 	b, err := os.ReadFile(filepath.Join(dir, clusterVersionFile))
 	if errors.Is(err, os.ErrNotExist) {
-		return nil
+		return 0, nil
 	}
 	if err != nil {
-		return fmt.Errorf("read %s: %w", filepath.Join(dir, clusterVersionFile), err)
+		return 0, fmt.Errorf("read %s: %w", filepath.Join(dir, clusterVersionFile), err)
 	}
 	if len(strings.TrimSpace(string(b))) == 0 {
-		return nil // a crash while it was first written: the metadata still guards
+		return 0, nil // a crash while it was first written: the metadata still guards
 	}
 	v, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 32)
 	if err != nil {
-		return fmt.Errorf("%s holds %q, not a cluster version: restore it or delete it (the metadata still guards against an old binary)", filepath.Join(dir, clusterVersionFile), b)
+		return 0, fmt.Errorf("%s holds %q, not a cluster version: restore it or delete it (the metadata still guards against an old binary)", filepath.Join(dir, clusterVersionFile), b)
 	}
 	if bi := buildinfo.Get(); uint32(v) > bi.ClusterVersion {
-		return fmt.Errorf("data directory %s belongs to a cluster at version %d, and this binary (flotilla %s) understands versions up to %d: install the release the cluster runs, or a newer one (a downgrade below the cluster version is not possible)",
+		return 0, fmt.Errorf("data directory %s belongs to a cluster at version %d, and this binary (flotilla %s) understands versions up to %d: install the release the cluster runs, or a newer one (a downgrade below the cluster version is not possible)",
 			dir, v, bi.Version, bi.ClusterVersion)
 	}
-	return nil
+	return uint32(v), nil
 }
 
 // recordClusterVersion writes the cluster version to the data directory (atomically:
@@ -94,6 +95,11 @@ func (n *Node) followVersion(ctx context.Context, every time.Duration) {
 		if err := recordClusterVersion(n.cfg.DataDir, st.Version()); err != nil {
 			n.log.Warn("cluster version not recorded in the data directory", "err", err)
 			seen = 0 // try again at the next tick
+		} else if st.Version() >= raftlog.PayloadFilesVersion && !n.payloadFiles.Load() {
+			// Recorded durably first: from here on a release that cannot read the
+			// raft log's payload files refuses this data directory.
+			n.payloadFiles.Store(true)
+			n.log.Info("raft payloads now go to files beside the LogDB", "cluster_version", st.Version())
 		}
 		if cur, ok := st.Nodes[n.cfg.NodeID]; ok && !sameNode(*cur, n.self()) {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -14,25 +14,25 @@ import (
 // opens it; the current version or an older one is accepted.
 func TestDataDirectoryVersion(t *testing.T) {
 	dir := t.TempDir()
-	if err := checkDataVersion(dir); err != nil {
-		t.Fatalf("a new data directory: %v", err)
+	if v, err := checkDataVersion(dir); err != nil || v != 0 {
+		t.Fatalf("a new data directory: version %d, %v", v, err)
 	}
 	if err := recordClusterVersion(dir, buildinfo.ClusterVersion); err != nil {
 		t.Fatal(err)
 	}
-	if err := checkDataVersion(dir); err != nil {
-		t.Fatalf("the binary's own cluster version: %v", err)
+	if v, err := checkDataVersion(dir); err != nil || v != buildinfo.ClusterVersion {
+		t.Fatalf("the binary's own cluster version: version %d, %v", v, err)
 	}
 	newer := strconv.FormatUint(uint64(buildinfo.ClusterVersion+1), 10)
 	if err := os.WriteFile(filepath.Join(dir, clusterVersionFile), []byte(newer+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	err := checkDataVersion(dir)
+	_, err := checkDataVersion(dir)
 	if err == nil || !strings.Contains(err.Error(), "belongs to a cluster at version "+newer) || !strings.Contains(err.Error(), "install the release") {
 		t.Fatalf("a newer cluster version: %v", err)
 	}
 	os.WriteFile(filepath.Join(dir, clusterVersionFile), []byte("x"), 0o600)
-	if err := checkDataVersion(dir); err == nil || !strings.Contains(err.Error(), "not a cluster version") {
+	if _, err := checkDataVersion(dir); err == nil || !strings.Contains(err.Error(), "not a cluster version") {
 		t.Fatalf("a garbled file: %v", err)
 	}
 }

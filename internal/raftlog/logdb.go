@@ -3,6 +3,7 @@ package raftlog
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	_ "unsafe" // go:linkname
 
 	_ "github.com/lni/dragonboat/v3" // links internal/logdb, newDefaultLogDB's home
@@ -18,6 +19,12 @@ const (
 	MinPayload = 64 << 10
 	FileSize   = 64 << 20
 )
+
+// PayloadFilesVersion is the cluster version from which a node keeps payloads in
+// files: its raft log then holds references a release before it cannot read, and the
+// node's recorded cluster version is what refuses such a release at start. Until the
+// cluster reaches it, every entry is saved whole, as before.
+const PayloadFilesVersion uint32 = 4
 
 // refEntry is the entry type of a reference in the LSM: never one raft uses, so an
 // entry cannot be taken for a reference or the other way round (and a release that
@@ -38,6 +45,9 @@ type Factory struct {
 	// MinPayload is the size from which a payload leaves the LSM; zero means
 	// MinPayload (tests lower it, to send every entry through the files).
 	MinPayload int
+	// On says whether payloads go to files now (see PayloadFilesVersion); nil means
+	// always. Entries saved either way are read either way.
+	On *atomic.Bool
 }
 
 // Name is dragonboat's default LogDB's: dragonboat records it in the node host
@@ -64,6 +74,7 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 		inner.Close()
 		return nil, err
 	}
+	l.on = f.On
 	return l, nil
 }
 
@@ -75,6 +86,7 @@ type LogDB struct {
 	root       string
 	minPayload int
 	fileSize   int64
+	on         *atomic.Bool // nil: always
 
 	mu     sync.Mutex
 	groups map[groupKey]*groupLog
@@ -111,6 +123,9 @@ func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
 // them, and only then has the inner LogDB save the updates with references in their
 // place (updates itself is left as it was).
 func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
+	if l.on != nil && !l.on.Load() {
+		return l.ILogDB.SaveRaftState(updates, shardID)
+	}
 	var out []pb.Update // a copy, once an update has a large entry
 	var touched []*groupLog
 	for i := range updates {

@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -313,4 +314,39 @@ func TestCorruptPayloadIsAnError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "corrupt") || !strings.Contains(err.Error(), path) {
 		t.Fatalf("reading a damaged payload: %v, want an error naming %s as corrupt", err, path)
 	}
+}
+
+// TestPayloadFilesWaitForTheirVersion: until On is set (the cluster version that
+// needs a release able to read them is recorded), every entry is saved whole, as an
+// older release saves and reads it; after, large ones become references, and a log
+// holding both kinds reads back whole.
+func TestPayloadFilesWaitForTheirVersion(t *testing.T) {
+	fs := gvfs.NewMem()
+	rnd := rand.New(rand.NewPCG(7, 8))
+	l := openTestLog(t, fs)
+	defer l.Close()
+	l.on = new(atomic.Bool)
+	before := entries(rnd, 1, 30)
+	save(t, l, 5, clone(before))
+	for _, e := range readAll(t, l.ILogDB, 5, 1, 31) {
+		if e.Type == refEntry {
+			t.Fatalf("entry %d became a reference before the version allowed it", e.Index)
+		}
+	}
+	if names, _ := fs.List(fs.PathJoin(testDir, "payloads", "5-1")); len(names) != 0 {
+		t.Fatalf("payload files %v before the version allowed them", names)
+	}
+	l.on.Store(true)
+	after := entries(rnd, 31, 30)
+	save(t, l, 5, clone(after))
+	refs := 0
+	for _, e := range readAll(t, l.ILogDB, 5, 31, 61) {
+		if e.Type == refEntry {
+			refs++
+		}
+	}
+	if refs == 0 {
+		t.Fatal("no reference once the version allowed them")
+	}
+	sameEntries(t, "a log of both kinds", readAll(t, l, 5, 1, 61), append(before, after...))
 }
