@@ -16,7 +16,7 @@ import (
 )
 
 // eventSource is where a syncer reads the master's events: Flotilla's own dump
-// stream (semiStream); tests give the pipeline their own.
+// stream (dumpStream); tests give the pipeline their own.
 type eventSource interface {
 	// next returns the next event (raw bytes) or the error that ended the stream.
 	next(ctx context.Context) ([]byte, error)
@@ -25,10 +25,16 @@ type eventSource interface {
 	close()
 }
 
-// semiStream is a binlog dump Flotilla runs itself, as a semi-sync replica: go-mysql
-// sends a semi-sync ACK as soon as it has read an event, but Flotilla may acknowledge
-// a transaction only once its raft quorum has committed it (see pipeline.complete).
-// go-mysql's client still does the handshake, TLS and packet framing.
+// dumpStream is the binlog dump a syncer runs, Flotilla's own rather than go-mysql's
+// BinlogSyncer: as a semi-sync replica, go-mysql sends a semi-sync ACK as soon as it
+// has read an event, but Flotilla may acknowledge a transaction only once its raft
+// quorum has committed it (see pipeline.complete); and as a plain one, go-mysql's
+// syncer fixes a 64 KiB read buffer per connection, a sixth of an idle group's
+// memory. go-mysql's client still does the handshake, TLS and packet framing.
+//
+// Unlike go-mysql's syncer, close does not KILL the master's dump thread from a
+// second connection: the master ends it when its next write fails, or when the next
+// dump registers with the same server id (and, on MySQL, the same replica UUID).
 //
 // Invariants: after an event that asked for an ACK the master resets its packet
 // sequence, so the reader expects 1 next; an ACK is written straight to the
@@ -36,7 +42,7 @@ type eventSource interface {
 // reader owns), and only by the syncer's goroutine (TLS connections allow one
 // writer beside one reader). close ends the reader even when it waits to hand an
 // event on.
-type semiStream struct {
+type dumpStream struct {
 	c      *client.Conn
 	events chan []byte
 	errc   chan error
@@ -46,8 +52,8 @@ type semiStream struct {
 	semi bool
 }
 
-// semiConfig is what a semiStream needs to start a dump.
-type semiConfig struct {
+// dumpConfig is what a dumpStream needs to start a dump.
+type dumpConfig struct {
 	addr, user, password string
 	tls                  *tls.Config
 	serverID             uint32
@@ -59,6 +65,9 @@ type semiConfig struct {
 	watch *linkWatch
 	// semiSync: announce a semi-sync replica if the master has semi-sync on.
 	semiSync bool
+	// uuid is the replica UUID announced to a MySQL master (which, at a new dump,
+	// ends the older dumps of the same UUID, or of the same server id without one).
+	uuid string
 }
 
 // streamReadBuffer is the dump connection's read buffer: go-mysql's client uses 64
@@ -66,9 +75,9 @@ type semiConfig struct {
 // own buffer in 16 KiB reads either way.
 const streamReadBuffer = 16 << 10
 
-// openSemiStream connects, announces a semi-sync replica (when the master has
-// semi-sync on) and starts the dump.
-func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
+// openDumpStream connects, announces a semi-sync replica (when cfg allows it and the
+// master has semi-sync on) and starts the dump.
+func openDumpStream(ctx context.Context, cfg dumpConfig) (*dumpStream, error) {
 	dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	// No read timeout: the watch bounds reads until the dump runs, then the
@@ -78,7 +87,7 @@ func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &semiStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1), done: make(chan struct{})}
+	st := &dumpStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1), done: make(chan struct{})}
 	if err := st.start(cfg); err != nil {
 		c.Close()
 		return nil, err
@@ -87,7 +96,7 @@ func openSemiStream(ctx context.Context, cfg semiConfig) (*semiStream, error) {
 	return st, nil
 }
 
-func (st *semiStream) start(cfg semiConfig) error {
+func (st *dumpStream) start(cfg dumpConfig) error {
 	c := st.c
 	exec := func(q string) error {
 		if _, err := c.Execute(q); err != nil {
@@ -101,6 +110,10 @@ func (st *semiStream) start(cfg semiConfig) error {
 	}
 	if !cfg.mysqlFlavor {
 		if err := exec("SET @mariadb_slave_capability=4"); err != nil {
+			return err
+		}
+	} else if cfg.uuid != "" {
+		if err := exec(fmt.Sprintf("SET @slave_uuid='%s', @replica_uuid='%s'", cfg.uuid, cfg.uuid)); err != nil {
 			return err
 		}
 	}
@@ -157,13 +170,13 @@ func (st *semiStream) start(cfg semiConfig) error {
 }
 
 // command writes one command packet at sequence 0.
-func (st *semiStream) command(body []byte) error {
+func (st *dumpStream) command(body []byte) error {
 	st.c.ResetSequence()
 	return st.c.WritePacket(append(make([]byte, 4, 4+len(body)), body...))
 }
 
 // read runs until the stream ends, handing events on and keeping the sequence right.
-func (st *semiStream) read() {
+func (st *dumpStream) read() {
 	fail := func(err error) {
 		st.errc <- err
 		close(st.events)
@@ -209,7 +222,7 @@ func (st *semiStream) read() {
 	}
 }
 
-func (st *semiStream) next(ctx context.Context) ([]byte, error) {
+func (st *dumpStream) next(ctx context.Context) ([]byte, error) {
 	select {
 	case ev, ok := <-st.events:
 		if !ok {
@@ -223,7 +236,7 @@ func (st *semiStream) next(ctx context.Context) ([]byte, error) {
 	}
 }
 
-func (st *semiStream) buffered() [][]byte {
+func (st *dumpStream) buffered() [][]byte {
 	var out [][]byte
 	for {
 		select {
@@ -242,7 +255,7 @@ func (st *semiStream) buffered() [][]byte {
 // ack tells the master that everything up to pos of its binlog file is durable:
 // 0xEF, the position (u64) and the file name, at sequence 0, written under wmu
 // directly to the connection, beside the reader.
-func (st *semiStream) ack(file string, pos uint64) error {
+func (st *dumpStream) ack(file string, pos uint64) error {
 	if !st.semi {
 		return nil
 	}
@@ -256,7 +269,7 @@ func (st *semiStream) ack(file string, pos uint64) error {
 	return err
 }
 
-func (st *semiStream) close() {
+func (st *dumpStream) close() {
 	st.once.Do(func() {
 		close(st.done)
 		// The network connection itself: go-mysql's Close also resets the packet

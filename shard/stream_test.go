@@ -2,12 +2,14 @@ package shard
 
 import (
 	"context"
+	"regexp"
 	"testing"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/placement"
 	"github.com/flotilla-relay/flotilla/test/mysqlmaster"
 )
 
@@ -19,15 +21,15 @@ func TestSemiStream(t *testing.T) {
 	m := mysqlmaster.Start(t, "../test/fixtures/mysql-binlog/binlog")
 	m.EnableSemiSync()
 	empty, _ := mysql.ParseMysqlGTIDSet("")
-	st, err := openSemiStream(t.Context(), semiConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 77,
-		mysqlFlavor: true, gset: empty, heartbeat: time.Second, semiSync: true})
+	st, err := openDumpStream(t.Context(), dumpConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 77,
+		mysqlFlavor: true, gset: empty, heartbeat: time.Second, semiSync: true, uuid: syncerUUID(placement.Upstream{Name: "up"}, 5)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer st.close()
 	// An upstream with semi-sync off stays a plain replica of the same master, and
 	// reads its events without the semi-sync header.
-	plain, err := openSemiStream(t.Context(), semiConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 78,
+	plain, err := openDumpStream(t.Context(), dumpConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 78,
 		mysqlFlavor: true, gset: empty, heartbeat: time.Second})
 	if err != nil {
 		t.Fatal(err)
@@ -85,5 +87,18 @@ func TestSemiStream(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("close did not end the stream")
+	}
+}
+
+// TestSyncerUUID: a group's syncer UUID is a well-formed name-based UUID, the same for
+// every leader of the group, and another group's differs.
+func TestSyncerUUID(t *testing.T) {
+	u := placement.Upstream{Name: "up"}
+	a, b := syncerUUID(u, 5), syncerUUID(u, 6)
+	if a != syncerUUID(u, 5) || a == b {
+		t.Fatalf("uuids %s, %s, %s: want one per group, stable", a, syncerUUID(u, 5), b)
+	}
+	if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(a) {
+		t.Fatalf("%s is not a version-5-shaped UUID", a)
 	}
 }

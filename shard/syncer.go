@@ -3,6 +3,7 @@ package shard
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"errors"
 	"fmt"
@@ -59,6 +60,16 @@ func syncerServerID(u placement.Upstream, gid uint64) uint32 {
 		return u.SyncerServerID
 	}
 	return uint32(SyncerServerIDBase + gid)
+}
+
+// syncerUUID is the replica UUID a group's syncer gives a MySQL master: the same for
+// every leader of the group, so a new leader's dump ends an old leader's lingering one
+// (as the same server id does on MariaDB), and unlike another group's or tool's.
+func syncerUUID(u placement.Upstream, gid uint64) string {
+	h := sha256.Sum256(fmt.Appendf(nil, "flotilla syncer %s %d %d", u.Name, gid, syncerServerID(u, gid)))
+	h[6] = h[6]&0x0f | 0x50 // a name-based UUID's version and variant bits
+	h[8] = h[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", h[0:4], h[4:6], h[6:8], h[8:10], h[10:16])
 }
 
 // syncOnce runs one connection to the master: claim an epoch, read where the group
@@ -212,16 +223,17 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 	}
 }
 
-// openSource starts the dump with Flotilla's own stream (semiStream), a semi-sync
+// openSource starts the dump with Flotilla's own stream (dumpStream), a semi-sync
 // replica's when the upstream allows it (--semi-sync on, or auto) and the master has
 // semi-sync on, in which case it is returned as semi too. (go-mysql's BinlogSyncer
 // did the plain dumps once: its 64 KiB read buffer, fixed, was a sixth of an idle
 // group's memory.)
 func (s *Shard) openSource(ctx context.Context, u placement.Upstream, tlsCfg *tls.Config, host string, port uint16,
-	password string, gset mysql.GTIDSet, w *linkWatch) (eventSource, *semiStream, error) {
+	password string, gset mysql.GTIDSet, w *linkWatch) (eventSource, *dumpStream, error) {
 	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
-	st, err := openSemiStream(ctx, semiConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
-		mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second, watch: w, semiSync: u.SemiSync == "on" || u.SemiSync == "auto"})
+	st, err := openDumpStream(ctx, dumpConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
+		mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: time.Second, watch: w, semiSync: u.SemiSync == "on" || u.SemiSync == "auto",
+		uuid: syncerUUID(u, s.gid)})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -244,7 +256,7 @@ var masterDownCodes = []uint16{mysql.ER_SERVER_SHUTDOWN}
 // errSemiSyncOff: the upstream wants semi-sync and the master has it off.
 var errSemiSyncOff = errors.New("the master has semi-sync off")
 
-// drain handles the events the master has already sent (go-mysql buffers them),
+// drain handles the events the master has already sent (the stream buffers them),
 // proposing whenever a batch fills, and reports whether there were any.
 func (p *pipeline) drain(ctx context.Context, src eventSource) (bool, error) {
 	more := src.buffered()
@@ -305,7 +317,7 @@ type pipeline struct {
 	// semi is the stream when the syncer is the master's semi-sync replica;
 	// batchAck is the master position after the last complete transaction added
 	// since the last proposal, acknowledged once that proposal commits.
-	semi     *semiStream
+	semi     *dumpStream
 	batchAck *ackPoint
 	acked    ackPoint // the last position acknowledged
 

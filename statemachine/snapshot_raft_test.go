@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -53,6 +54,13 @@ func startRaftNode(t *testing.T, dir string, addr string) *raftNode {
 	return n
 }
 
+// payloadFilesOn is a raftlog switch that is on (a cluster at version 4 or later).
+func payloadFilesOn() *atomic.Bool {
+	on := new(atomic.Bool)
+	on.Store(true)
+	return on
+}
+
 // openRaftNode starts a NodeHost and store under dir; the caller stops them.
 func openRaftNode(dir string, addr string) (*raftNode, error) {
 	st, err := Open(filepath.Join(dir, "storage"), discardLog())
@@ -63,7 +71,7 @@ func openRaftNode(dir string, addr string) (*raftNode, error) {
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID: 7, NodeHostDir: filepath.Join(dir, "raft"), RTTMillisecond: 20, RaftAddress: addr,
 		// Every entry but the smallest goes through the node's own LogDB's payload files.
-		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig(), LogDBFactory: raftlog.Factory{MinPayload: 256}},
+		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig(), LogDBFactory: raftlog.Factory{MinPayload: 256, On: payloadFilesOn()}},
 	})
 	if err != nil {
 		st.Close()

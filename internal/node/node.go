@@ -192,14 +192,17 @@ type Node struct {
 	// payloadFiles turns the raft log's payload files on (see raftlog.Factory.On):
 	// once the cluster version that needs them is recorded in the data directory.
 	payloadFiles *atomic.Bool
-	cfg          Config
-	log          *slog.Logger
-	nh           *dragonboat.NodeHost
-	store        *statemachine.Store
-	meta         *placement.Service
-	shards       *shard.Manager
-	front        *mysqlfront.Server
-	errc         chan error
+	// recordedVersion is the cluster version recorded in the data directory (only
+	// followVersion changes it once the node runs).
+	recordedVersion uint32
+	cfg             Config
+	log             *slog.Logger
+	nh              *dragonboat.NodeHost
+	store           *statemachine.Store
+	meta            *placement.Service
+	shards          *shard.Manager
+	front           *mysqlfront.Server
+	errc            chan error
 
 	ident   cluster.Identity
 	leaders *cluster.Leaders
@@ -257,7 +260,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, err
 	}
 	payloadFiles := new(atomic.Bool)
-	payloadFiles.Store(recorded >= raftlog.PayloadFilesVersion)
+	if recorded >= raftlog.PayloadFilesVersion {
+		// The file may be a rename a crashed process never made durable: the payload
+		// files may rely on it only once it is.
+		if err := writeClusterVersion(cfg.DataDir, recorded); err != nil {
+			return nil, err
+		}
+		payloadFiles.Store(true)
+	}
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
 		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: int64(cfg.MaxAllowedPacket), IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
 	if cfg.AllowIPs != "" {
@@ -357,7 +367,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	n := &Node{payloadFiles: payloadFiles, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
+	n := &Node{payloadFiles: payloadFiles, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
 		n.close()
@@ -472,10 +482,10 @@ func (n *Node) startMeta(ctx context.Context) error {
 				return fmt.Errorf("the cluster is at version %d, and this binary (flotilla %s) understands versions up to %d: install the release the cluster runs, or a newer one", v, self.Version, self.MaxClusterVersion)
 			}
 			if cur, ok := st.Nodes[self.ID]; ok && sameNode(*cur, self) {
-				return recordClusterVersion(n.cfg.DataDir, st.Version())
+				return n.noteClusterVersion(st.Version())
 			}
 			if err = n.meta.RegisterNode(ctx, self); err == nil {
-				return recordClusterVersion(n.cfg.DataDir, st.Version())
+				return n.noteClusterVersion(st.Version())
 			}
 			if errors.Is(err, placement.ErrRefused) {
 				return fmt.Errorf("register node %d: %w", self.ID, err)

@@ -46,16 +46,33 @@ func checkDataVersion(dir string) (uint32, error) {
 	return uint32(v), nil
 }
 
-// recordClusterVersion writes the cluster version to the data directory (atomically:
-// a torn file must not stop the next start).
-func recordClusterVersion(dir string, v uint32) error {
-	path := filepath.Join(dir, clusterVersionFile)
-	if b, err := os.ReadFile(path); err == nil && strings.TrimSpace(string(b)) == strconv.FormatUint(uint64(v), 10) {
-		return nil
-	}
-	err := cluster.WriteDurable(path, []byte(strconv.FormatUint(uint64(v), 10)+"\n"), 0o600)
+// writeClusterVersion writes the cluster version to the data directory, atomically (a
+// torn file must not stop the next start) and durably (the raft log's payload files
+// rely on it: see followVersion).
+func writeClusterVersion(dir string, v uint32) error {
+	err := cluster.WriteDurable(filepath.Join(dir, clusterVersionFile), []byte(strconv.FormatUint(uint64(v), 10)+"\n"), 0o600)
 	if err != nil {
 		return fmt.Errorf("record the cluster version: %w", err)
+	}
+	return nil
+}
+
+// noteClusterVersion records v in the data directory when it is newer than what is
+// recorded there (only forward: the cluster version never goes back, but the
+// metadata replica a restarted node reads may lag what it recorded before), and turns
+// the raft log's payload files on once the recorded version allows them: recorded
+// durably first, so that from then on a release that cannot read them refuses this
+// data directory. Only startMeta, then followVersion, call it.
+func (n *Node) noteClusterVersion(v uint32) error {
+	if v > n.recordedVersion {
+		if err := writeClusterVersion(n.cfg.DataDir, v); err != nil {
+			return err
+		}
+		n.recordedVersion = v
+	}
+	if n.recordedVersion >= raftlog.PayloadFilesVersion && !n.payloadFiles.Load() {
+		n.payloadFiles.Store(true)
+		n.log.Info("raft payloads now go to files beside the LogDB", "cluster_version", n.recordedVersion)
 	}
 	return nil
 }
@@ -92,14 +109,9 @@ func (n *Node) followVersion(ctx context.Context, every time.Duration) {
 			}
 			return
 		}
-		if err := recordClusterVersion(n.cfg.DataDir, st.Version()); err != nil {
+		if err := n.noteClusterVersion(st.Version()); err != nil {
 			n.log.Warn("cluster version not recorded in the data directory", "err", err)
 			seen = 0 // try again at the next tick
-		} else if st.Version() >= raftlog.PayloadFilesVersion && !n.payloadFiles.Load() {
-			// Recorded durably first: from here on a release that cannot read the
-			// raft log's payload files refuses this data directory.
-			n.payloadFiles.Store(true)
-			n.log.Info("raft payloads now go to files beside the LogDB", "cluster_version", st.Version())
 		}
 		if cur, ok := st.Nodes[n.cfg.NodeID]; ok && !sameNode(*cur, n.self()) {
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)

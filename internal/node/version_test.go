@@ -1,13 +1,16 @@
 package node
 
 import (
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
+	"github.com/flotilla-relay/flotilla/internal/raftlog"
 )
 
 // A data directory last used at a newer cluster version is refused before anything
@@ -17,7 +20,7 @@ func TestDataDirectoryVersion(t *testing.T) {
 	if v, err := checkDataVersion(dir); err != nil || v != 0 {
 		t.Fatalf("a new data directory: version %d, %v", v, err)
 	}
-	if err := recordClusterVersion(dir, buildinfo.ClusterVersion); err != nil {
+	if err := writeClusterVersion(dir, buildinfo.ClusterVersion); err != nil {
 		t.Fatal(err)
 	}
 	if v, err := checkDataVersion(dir); err != nil || v != buildinfo.ClusterVersion {
@@ -34,5 +37,38 @@ func TestDataDirectoryVersion(t *testing.T) {
 	os.WriteFile(filepath.Join(dir, clusterVersionFile), []byte("x"), 0o600)
 	if _, err := checkDataVersion(dir); err == nil || !strings.Contains(err.Error(), "not a cluster version") {
 		t.Fatalf("a garbled file: %v", err)
+	}
+}
+
+// TestNoteClusterVersion: the recorded version only moves forward (a restarted node's
+// metadata replica may report an older one than it recorded), and the raft log's
+// payload files start only once version 4 is recorded.
+func TestNoteClusterVersion(t *testing.T) {
+	dir := t.TempDir()
+	n := &Node{cfg: Config{DataDir: dir}, payloadFiles: new(atomic.Bool), log: slog.New(slog.DiscardHandler)}
+	recorded := func() uint32 {
+		v, err := checkDataVersion(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	if err := n.noteClusterVersion(raftlog.PayloadFilesVersion - 1); err != nil {
+		t.Fatal(err)
+	}
+	if n.payloadFiles.Load() || recorded() != raftlog.PayloadFilesVersion-1 {
+		t.Fatalf("at version %d: payload files %v, recorded %d", raftlog.PayloadFilesVersion-1, n.payloadFiles.Load(), recorded())
+	}
+	if err := n.noteClusterVersion(raftlog.PayloadFilesVersion); err != nil {
+		t.Fatal(err)
+	}
+	if !n.payloadFiles.Load() || recorded() != raftlog.PayloadFilesVersion {
+		t.Fatalf("at version %d: payload files %v, recorded %d", raftlog.PayloadFilesVersion, n.payloadFiles.Load(), recorded())
+	}
+	if err := n.noteClusterVersion(raftlog.PayloadFilesVersion - 1); err != nil {
+		t.Fatal(err)
+	}
+	if recorded() != raftlog.PayloadFilesVersion {
+		t.Fatalf("a lagging metadata replica's version %d overwrote the recorded %d", raftlog.PayloadFilesVersion-1, raftlog.PayloadFilesVersion)
 	}
 }

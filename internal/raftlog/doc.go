@@ -7,7 +7,7 @@
 // memtable flush and again by each compaction, while the group's segments already
 // hold it: LogDB flushes and compactions were about 30% of ingest CPU and most of its
 // disk writes, and the syncer's next proposal waited on a WAL fsync that competed with
-// them. Here the LSM holds a 40-byte reference instead.
+// them. Here the LSM holds a 36-byte reference instead.
 //
 // Invariants:
 //   - A reference reaches the LSM only after the payload it names is durable: the
@@ -22,10 +22,15 @@
 //     replication to followers, the state machine) sees exactly what was proposed.
 //   - A payload file is removed only once every entry it holds is at or below the
 //     index its group's log was cut to (RemoveEntriesTo), or the group's data is
-//     removed. Entries at or below that index are never read again: dragonboat reads
+//     removed. A file whose headers are damaged short of its end, other than a
+//     process's last (which may have a torn tail), is kept until then. Entries at or below that index are never read again: dragonboat reads
 //     the log only above the group's latest snapshot, which it saved before the cut.
-//   - A file is appended to only by the process that created it: after a restart
-//     each group starts a new file, so a torn tail is never written after.
+//   - A file is appended to only by the process that created it, and only until a
+//     write to it fails or the log is cut into it: after a restart each group
+//     starts a new file, so a torn tail is never written after.
+//   - Nothing leaves the LSM until Factory.On is set: a node sets it once the
+//     cluster version that needs a release able to read the files
+//     (PayloadFilesVersion) is durably recorded in its data directory.
 //   - Small entries (and all but application entries, encoded or not) stay in the LSM as they were:
 //     a group of small transactions costs what it did.
 package raftlog

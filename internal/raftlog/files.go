@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"math"
 	"os"
 	"sort"
 	"strconv"
@@ -66,10 +67,12 @@ type payFile struct {
 	path     string
 	size     int64
 	maxIndex uint64 // the highest entry index it holds (0: none)
+	minIndex uint64 // the lowest, for the file being appended to (0: none yet)
 	// w is open from an append to the sync after it, only: a node with thousands of
 	// groups keeps no descriptor per group.
 	w     gvfs.File
 	dirty bool // written since its last sync
+	whole bool // scanned to its end without a damaged or torn record
 }
 
 func (f *payFile) close() {
@@ -95,56 +98,68 @@ type groupLog struct {
 	syncDirs []string
 }
 
-// openGroupLog lists and scans dir's payload files (creating dir if missing; its
-// parent, root, must exist).
+// openGroupLog lists and scans dir's payload files; dir is made at the first append.
 func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64) (*groupLog, error) {
-	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1}
+	// The group's directory entry in root may not be durable yet (a process that
+	// made it died before its first sync): the next sync covers it again.
+	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}}
 	names, err := fs.List(dir)
 	if errors.Is(err, os.ErrNotExist) {
-		if err := fs.MkdirAll(dir, 0o755); err != nil {
-			return nil, fmt.Errorf("create payload directory %s: %w", dir, err)
-		}
-		g.syncDirs = append(g.syncDirs, root)
 		return g, nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("list payload directory %s: %w", dir, err)
 	}
+	var last *payFile
 	for _, name := range names {
 		seq, err := strconv.ParseUint(strings.TrimSuffix(name, fileSuffix), 16, 64)
 		if !strings.HasSuffix(name, fileSuffix) || err != nil {
 			continue
 		}
 		f := &payFile{seq: seq, path: fs.PathJoin(dir, name)}
-		if err := g.scan(f); err != nil {
+		if f.whole, err = g.scan(f); err != nil {
 			return nil, err
 		}
 		g.files[seq] = f
 		g.nextSeq = max(g.nextSeq, seq+1)
+		if last == nil || seq > last.seq {
+			last = f
+		}
+	}
+	for _, f := range g.files {
+		if !f.whole && f != last {
+			// Only the last file of a process can have a torn tail (a file is
+			// synced whole before the next one starts): damage in another may hide
+			// higher indexes than its headers show, so it stays until the group's
+			// data goes (a read of a damaged payload fails on its CRC, naming it).
+			f.maxIndex = math.MaxUint64
+		}
 	}
 	return g, nil
 }
 
 // scan reads f's record headers for the highest index it holds; it stops at the
-// first incomplete or damaged header (a tail a power cut tore: nothing refers to it).
-func (g *groupLog) scan(f *payFile) error {
+// first incomplete or damaged header (a tail a power cut tore: nothing refers to it)
+// and reports whether it read the file to its end.
+func (g *groupLog) scan(f *payFile) (whole bool, err error) {
 	r, err := g.fs.Open(f.path)
 	if err != nil {
-		return fmt.Errorf("open payload file %s: %w", f.path, err)
+		return false, fmt.Errorf("open payload file %s: %w", f.path, err)
 	}
 	defer r.Close()
 	st, err := r.Stat()
 	if err != nil {
-		return fmt.Errorf("stat payload file %s: %w", f.path, err)
+		return false, fmt.Errorf("stat payload file %s: %w", f.path, err)
 	}
 	f.size = st.Size()
 	var hdr [recordHeaderLen]byte
-	for off := int64(0); off+recordHeaderLen <= f.size; {
+	off := int64(0)
+	for off+recordHeaderLen <= f.size {
 		if _, err := r.ReadAt(hdr[:], off); err != nil {
 			if errors.Is(err, io.EOF) {
 				break
 			}
-			return fmt.Errorf("read payload file %s at %d: %w", f.path, off, err)
+			return false, fmt.Errorf("read payload file %s at %d: %w", f.path, off, err)
 		}
 		if binary.LittleEndian.Uint32(hdr[0:]) != recordMagic || crc32.Checksum(hdr[:20], castagnoli) != binary.LittleEndian.Uint32(hdr[20:]) {
 			break
@@ -152,7 +167,7 @@ func (g *groupLog) scan(f *payFile) error {
 		f.maxIndex = max(f.maxIndex, binary.LittleEndian.Uint64(hdr[8:]))
 		off += recordHeaderLen + int64(binary.LittleEndian.Uint32(hdr[4:]))
 	}
-	return nil
+	return off == f.size, nil
 }
 
 // append writes the payload of the entry at index to the current file (a new one
@@ -161,6 +176,11 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.cur == nil || g.cur.size >= g.fileSize {
+		if len(g.files) == 0 {
+			if err := g.fs.MkdirAll(g.dir, 0o755); err != nil {
+				return ref{}, fmt.Errorf("create payload directory %s: %w", g.dir, err)
+			}
+		}
 		f := &payFile{seq: g.nextSeq, path: g.fs.PathJoin(g.dir, fmt.Sprintf("%016x%s", g.nextSeq, fileSuffix))}
 		w, err := g.fs.Create(f.path)
 		if err != nil {
@@ -189,14 +209,19 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 	binary.LittleEndian.PutUint32(hdr[20:], crc32.Checksum(hdr[:20], castagnoli))
 	f.dirty = true
 	if _, err := f.w.Write(hdr[:]); err != nil {
+		g.cur = nil // its size is unknown now: append no more to it
 		return ref{}, fmt.Errorf("write payload file %s: %w", f.path, err)
 	}
 	if _, err := f.w.Write(payload); err != nil {
+		g.cur = nil
 		return ref{}, fmt.Errorf("write payload file %s: %w", f.path, err)
 	}
 	r := ref{file: f.seq, offset: f.size + recordHeaderLen, length: uint32(len(payload)), crc: crc}
 	f.size += recordHeaderLen + int64(len(payload))
 	f.maxIndex = max(f.maxIndex, index)
+	if f.minIndex == 0 || index < f.minIndex {
+		f.minIndex = index
+	}
 	return r, nil
 }
 
@@ -259,10 +284,16 @@ func (g *groupLog) read(r ref) ([]byte, error) {
 	return b, nil
 }
 
-// removeTo removes the files whose entries are all at or below index.
+// removeTo removes the files whose entries are all at or below index. The file being
+// appended to is closed for appends once the cut reaches into it, so that it can go
+// at a later cut: a group with a large entry now and then would otherwise keep up to
+// a whole file of entries long cut.
 func (g *groupLog) removeTo(index uint64) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	if g.cur != nil && !g.cur.dirty && g.cur.minIndex != 0 && g.cur.minIndex <= index {
+		g.cur = nil
+	}
 	seqs := make([]uint64, 0, len(g.files))
 	for seq := range g.files {
 		seqs = append(seqs, seq)

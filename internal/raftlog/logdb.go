@@ -1,7 +1,9 @@
 package raftlog
 
 import (
+	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	_ "unsafe" // go:linkname
@@ -32,9 +34,10 @@ const PayloadFilesVersion uint32 = 4
 const refEntry = pb.EntryType(0x464c)
 
 // newDefaultLogDB is dragonboat's own LogDB constructor, which its DefaultFactory
-// calls; it lives in an internal package, hence the link name (pinned dragonboat
-// v3.3.8: a changed signature fails the build's link, not at run time, since a
-// function cannot be defined twice).
+// calls; it lives in an internal package, hence the link name. A link name checks
+// no types: a missing function fails the link, a changed signature would not, which
+// is why go.mod pins dragonboat v3.3.8 and this package's tests open a LogDB
+// through it.
 //
 //go:linkname newDefaultLogDB github.com/lni/dragonboat/v3/internal/logdb.NewDefaultLogDB
 func newDefaultLogDB(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs []string, lldirs []string, fs config.IFS) (raftio.ILogDB, error)
@@ -46,7 +49,7 @@ type Factory struct {
 	// MinPayload (tests lower it, to send every entry through the files).
 	MinPayload int
 	// On says whether payloads go to files now (see PayloadFilesVersion); nil means
-	// always. Entries saved either way are read either way.
+	// never. Entries saved either way are read either way.
 	On *atomic.Bool
 }
 
@@ -65,16 +68,29 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	if err != nil {
 		return nil, err
 	}
+	// The check dragonboat runs on its own LogDB only (by its concrete type).
+	if sc, ok := inner.(interface{ SelfCheckFailed() (bool, error) }); ok {
+		if failed, err := sc.SelfCheckFailed(); err != nil || failed {
+			inner.Close()
+			if err == nil {
+				err = errors.New("dragonboat's LogDB failed its self check: its shard count changed, or it is damaged")
+			}
+			return nil, fmt.Errorf("raft log in %s: %w", dirs[0], err)
+		}
+	}
 	minPayload := f.MinPayload
 	if minPayload <= 0 {
 		minPayload = MinPayload
 	}
-	l, err := wrap(inner, fs, fs.PathJoin(dirs[0], "payloads"), minPayload, FileSize)
+	on := f.On
+	if on == nil {
+		on = new(atomic.Bool)
+	}
+	l, err := wrap(inner, fs, fs.PathJoin(dirs[0], "payloads"), minPayload, FileSize, on)
 	if err != nil {
 		inner.Close()
 		return nil, err
 	}
-	l.on = f.On
 	return l, nil
 }
 
@@ -86,7 +102,7 @@ type LogDB struct {
 	root       string
 	minPayload int
 	fileSize   int64
-	on         *atomic.Bool // nil: always
+	on         *atomic.Bool
 
 	mu     sync.Mutex
 	groups map[groupKey]*groupLog
@@ -94,24 +110,36 @@ type LogDB struct {
 
 type groupKey struct{ cluster, node uint64 }
 
-func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize int64) (*LogDB, error) {
+func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize int64, on *atomic.Bool) (*LogDB, error) {
 	if err := fs.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("create payload directory %s: %w", root, err)
 	}
 	if err := syncDir(fs, fs.PathDir(root)); err != nil {
 		return nil, err
 	}
-	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, groups: map[groupKey]*groupLog{}}, nil
+	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupLog{}}, nil
 }
 
 func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
+	return l.lookup(cluster, node, true)
+}
+
+// lookup returns a replica's payload files; unless create, nil when it has none (no
+// directory): removing a log that never had payloads touches no file.
+func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	k := groupKey{cluster, node}
 	if g := l.groups[k]; g != nil {
 		return g, nil
 	}
-	g, err := openGroupLog(l.fs, l.root, l.fs.PathJoin(l.root, fmt.Sprintf("%d-%d", cluster, node)), l.fileSize)
+	dir := l.fs.PathJoin(l.root, fmt.Sprintf("%d-%d", cluster, node))
+	if !create {
+		if _, err := l.fs.Stat(dir); errors.Is(err, os.ErrNotExist) {
+			return nil, nil
+		}
+	}
+	g, err := openGroupLog(l.fs, l.root, dir, l.fileSize)
 	if err != nil {
 		return nil, err
 	}
@@ -123,7 +151,7 @@ func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
 // them, and only then has the inner LogDB save the updates with references in their
 // place (updates itself is left as it was).
 func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
-	if l.on != nil && !l.on.Load() {
+	if !l.on.Load() {
 		return l.ILogDB.SaveRaftState(updates, shardID)
 	}
 	var out []pb.Update // a copy, once an update has a large entry
@@ -216,8 +244,8 @@ func (l *LogDB) RemoveEntriesTo(clusterID uint64, nodeID uint64, index uint64) e
 	if err := l.ILogDB.RemoveEntriesTo(clusterID, nodeID, index); err != nil {
 		return err
 	}
-	g, err := l.group(clusterID, nodeID)
-	if err != nil {
+	g, err := l.lookup(clusterID, nodeID, false)
+	if err != nil || g == nil {
 		return err
 	}
 	return g.removeTo(index)
@@ -228,8 +256,8 @@ func (l *LogDB) RemoveNodeData(clusterID uint64, nodeID uint64) error {
 	if err := l.ILogDB.RemoveNodeData(clusterID, nodeID); err != nil {
 		return err
 	}
-	g, err := l.group(clusterID, nodeID)
-	if err != nil {
+	g, err := l.lookup(clusterID, nodeID, false)
+	if err != nil || g == nil {
 		return err
 	}
 	l.mu.Lock()

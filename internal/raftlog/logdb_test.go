@@ -47,7 +47,9 @@ func openTestLog(t *testing.T, fs gvfs.FS) *LogDB {
 			t.Fatal(err)
 		}
 	}
-	l, err := wrap(inner, fs, fs.PathJoin(testDir, "payloads"), testMinPayload, testFileSize)
+	on := new(atomic.Bool)
+	on.Store(true)
+	l, err := wrap(inner, fs, fs.PathJoin(testDir, "payloads"), testMinPayload, testFileSize, on)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -349,4 +351,45 @@ func TestPayloadFilesWaitForTheirVersion(t *testing.T) {
 		t.Fatal("no reference once the version allowed them")
 	}
 	sameEntries(t, "a log of both kinds", readAll(t, l, 5, 1, 61), append(before, after...))
+}
+
+// TestCutIntoTheCurrentFileRollsIt: once the log is cut into the file being appended
+// to, the next payload starts a new file, so the old one goes at the next cut past
+// it instead of lingering (with mostly cut entries) until it fills.
+func TestCutIntoTheCurrentFileRollsIt(t *testing.T) {
+	fs := gvfs.NewMem()
+	rnd := rand.New(rand.NewPCG(9, 10))
+	l := openTestLog(t, fs)
+	defer l.Close()
+	l.fileSize = 1 << 30 // one file would take everything
+	big := func(first uint64, n int) []pb.Entry {
+		ents := entries(rnd, first, n)
+		for i := range ents {
+			ents[i].Cmd = make([]byte, testMinPayload)
+		}
+		return ents
+	}
+	dir := fs.PathJoin(testDir, "payloads", "5-1")
+	count := func() int {
+		names, _ := fs.List(dir)
+		return len(names)
+	}
+	save(t, l, 5, big(1, 10))
+	if err := l.RemoveEntriesTo(5, 1, 5); err != nil {
+		t.Fatal(err)
+	}
+	save(t, l, 5, big(11, 2))
+	if n := count(); n != 2 {
+		t.Fatalf("%d payload files after a cut into the first and two more payloads, want 2", n)
+	}
+	if err := l.RemoveEntriesTo(5, 1, 10); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(); n != 1 {
+		t.Fatalf("%d payload files after the cut passed the first file, want 1", n)
+	}
+	got := readAll(t, l, 5, 11, 13)
+	if len(got) != 2 || got[0].Index != 11 {
+		t.Fatalf("entries above the cut: %d", len(got))
+	}
 }
