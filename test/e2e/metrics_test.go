@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"github.com/flotilla-relay/flotilla/test/flotillatest"
 	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 )
@@ -178,7 +179,7 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 		{"flotilla_applied_index", []string{`upstream="main"`}},
 		{"flotilla_segment_bytes", []string{`upstream="main"`}},
 		{"flotilla_mysql_sessions", nil},
-		{"flotilla_build_info", []string{`max_cluster_version="3"`}},
+		{"flotilla_build_info", []string{fmt.Sprintf(`max_cluster_version="%d"`, buildinfo.ClusterVersion)}},
 		{"flotilla_cluster_version", nil},
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
