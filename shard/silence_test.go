@@ -182,3 +182,23 @@ func (c *enteringConn) Read(p []byte) (int, error) {
 	c.entered <- struct{}{}
 	return c.Conn.Read(p)
 }
+
+// TestMasterHeartbeat: three missed heartbeats never take longer than a probe (for
+// probes of 3 s and up), and an idle master is not asked for one a second.
+func TestMasterHeartbeat(t *testing.T) {
+	for _, c := range []struct{ probe, want time.Duration }{
+		{time.Second, time.Second},
+		{3 * time.Second, time.Second},
+		{9 * time.Second, 3 * time.Second},
+		{DefaultSilenceProbe, 5 * time.Second},
+		{2 * time.Minute, 5 * time.Second},
+	} {
+		got := masterHeartbeat(c.probe)
+		if got != c.want {
+			t.Errorf("masterHeartbeat(%v) = %v, want %v", c.probe, got, c.want)
+		}
+		if c.probe >= 3*time.Second && 3*got > c.probe {
+			t.Errorf("masterHeartbeat(%v) = %v: three missed heartbeats outlast the probe", c.probe, got)
+		}
+	}
+}

@@ -60,6 +60,8 @@ type dumpConfig struct {
 	mysqlFlavor          bool
 	// gset is where to continue: a MariaDB GTID position or a MySQL GTID set.
 	gset      mysql.GTIDSet
+	// heartbeat is the period of the master's heartbeats while it has nothing to
+	// send (semiSyncHeartbeat at most on a semi-sync stream).
 	heartbeat time.Duration
 	// watch follows the connection's reads (see silence.go).
 	watch *linkWatch
@@ -69,6 +71,9 @@ type dumpConfig struct {
 	// ends the older dumps of the same UUID, or of the same server id without one).
 	uuid string
 }
+
+// semiSyncHeartbeat is the longest heartbeat period of a semi-sync stream.
+const semiSyncHeartbeat = time.Second
 
 // streamReadBuffer is the dump connection's read buffer: go-mysql's client uses 64
 // KiB, a sixth of an idle group's memory; an event larger than it is read into its
@@ -117,14 +122,19 @@ func (st *dumpStream) start(cfg dumpConfig) error {
 			return err
 		}
 	}
-	if cfg.heartbeat > 0 {
-		ns := cfg.heartbeat.Nanoseconds()
+	// Semi-sync only if the master has it on, as MariaDB's own replica decides.
+	st.semi = cfg.semiSync && semiSyncOffered(c)
+	if hb := cfg.heartbeat; hb > 0 {
+		if st.semi {
+			// A master waiting for an ACK the group owes from before a reconnection
+			// hears it with the next heartbeat (see pipeline.handle).
+			hb = min(hb, semiSyncHeartbeat)
+		}
+		ns := hb.Nanoseconds()
 		if err := exec(fmt.Sprintf("SET @master_heartbeat_period=%d, @source_heartbeat_period=%d", ns, ns)); err != nil {
 			return err
 		}
 	}
-	// Semi-sync only if the master has it on, as MariaDB's own replica decides.
-	st.semi = cfg.semiSync && semiSyncOffered(c)
 	if st.semi {
 		if err := exec("SET @rpl_semi_sync_slave=1, @rpl_semi_sync_replica=1"); err != nil {
 			return err

@@ -346,13 +346,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		store.SetSegmentSize(uint64(cfg.SegmentSize))
 	}
 	leaders := cluster.NewLeaders()
-	// Every raft node of every group ticks each RTTMillisecond: 100 ms (with elections
-	// after 5 ticks, see shard.GroupConfig) keeps elections at 0.5-1 s while an idle
-	// group costs a third less CPU than with 50 ms ticks.
+	// Every raft node of every group ticks each RTTMillisecond, leader or not, busy or
+	// idle: dragonboat's ticks were most of an idle group's CPU. 200 ms (with elections
+	// after 5 to 10 ticks, see shard.GroupConfig) puts elections at 1-2 s, etcd's
+	// default, for half the idle CPU of 100 ms ticks.
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:      ident.DeploymentID,
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
-		RTTMillisecond:    100,
+		RTTMillisecond:    200,
 		RaftAddress:       cfg.RaftAddr,
 		ListenAddress:     cfg.RaftListenAddr,
 		RaftEventListener: leaders,

@@ -80,7 +80,7 @@ func Schedule(seed int64, d time.Duration, perKind, upstreams, replicas int) []F
 			Upstream: r.Intn(upstreams), Replica: r.Intn(replicas)}
 		switch k {
 		case Pause:
-			f.Hold = 2*time.Second + time.Duration(r.Int63n(int64(2*time.Second))) // election timeout: 0.5 s
+			f.Hold = 2*time.Second + time.Duration(r.Int63n(int64(2*time.Second))) // election timeout: 1-2 s
 		case DiskFull:
 			f.Hold = 4*time.Second + time.Duration(r.Int63n(int64(4*time.Second)))
 		case MoveReplica:
