@@ -59,7 +59,7 @@ type dumpConfig struct {
 	serverID             uint32
 	mysqlFlavor          bool
 	// gset is where to continue: a MariaDB GTID position or a MySQL GTID set.
-	gset      mysql.GTIDSet
+	gset mysql.GTIDSet
 	// heartbeat is the period of the master's heartbeats while it has nothing to
 	// send (semiSyncHeartbeat at most on a semi-sync stream).
 	heartbeat time.Duration
