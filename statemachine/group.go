@@ -8,6 +8,7 @@ import (
 	sm "github.com/lni/dragonboat/v3/statemachine"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
@@ -147,6 +148,11 @@ type Group struct {
 	changed chan struct{}
 	closed  bool
 	reading map[*Cursor]uint64 // file each open cursor is in; purge holds back for them
+	// gen names the group's files in the store's record cache: even and unique in
+	// the store while the files stay, odd while a snapshot recovery replaces them
+	// (see Store.newGen; a cursor that opened a part at an odd generation, or while
+	// it changed, does not use the cache).
+	gen atomic.Uint64
 	// recovered counts snapshots installed, for status and tests.
 	recovered int
 	// compOrig plain bytes are stored compressed in compSize bytes.

@@ -213,6 +213,19 @@ func (g *Group) setReading(c *Cursor, file uint64) {
 	g.mu.Unlock()
 }
 
+// readersIn counts the open cursors in the given file.
+func (g *Group) readersIn(file uint64) int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	n := 0
+	for _, f := range g.reading {
+		if f == file {
+			n++
+		}
+	}
+	return n
+}
+
 // OldestAvailable names the first transaction still held in each domain, for the
 // error a replica gets when it asks for purged history.
 func (g *Group) OldestAvailable() (binlog.Position, error) {

@@ -395,6 +395,9 @@ type Cursor struct {
 	win    []byte
 	winOff int64
 	big    []byte
+	// gen is the group's generation when the part was opened, 0 if the part may not
+	// use the store's record cache (opened while a recovery replaced the files).
+	gen uint64
 }
 
 // cursorWindow is how much a cursor reads at once: one read serves many small
@@ -431,11 +434,15 @@ func (c *Cursor) open(t Tail) error {
 		return err
 	}
 	c.part = partOf(c.starts, c.seg)
+	gen := c.g.gen.Load()
 	f, err := c.g.openPart(c.file, c.part)
 	if err != nil {
 		return fmt.Errorf("%s: %w", FileName(c.file), err)
 	}
-	c.f = f
+	c.f, c.gen = f, 0
+	if gen%2 == 0 && c.g.gen.Load() == gen {
+		c.gen = gen
+	}
 	return nil
 }
 
@@ -490,6 +497,12 @@ func (c *Cursor) closeFile() {
 // part is only ever read forward: a compressed part decompresses again from its start
 // on any read before its last.
 func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
+	return c.readOwn(t, off, n, false)
+}
+
+// readOwn is read; with own, a record larger than the window is read into a buffer
+// of its own, which the cursor never reuses.
+func (c *Cursor) readOwn(t Tail, off int64, n int, own bool) ([]byte, error) {
 	end := c.winOff + int64(len(c.win))
 	if off >= c.winOff && off+int64(n) <= end {
 		return c.win[off-c.winOff : off-c.winOff+int64(n)], nil
@@ -499,12 +512,17 @@ func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
 		have = c.win[off-c.winOff:]
 	}
 	if n > cursorWindow {
-		if cap(c.big) < n {
-			c.big = make([]byte, n)
-		}
-		b := c.big[:n]
-		if n > maxKeptPayload {
-			c.big = nil
+		var b []byte
+		if own {
+			b = make([]byte, n)
+		} else {
+			if cap(c.big) < n {
+				c.big = make([]byte, n)
+			}
+			b = c.big[:n]
+			if n > maxKeptPayload {
+				c.big = nil
+			}
 		}
 		k := copy(b, have)
 		c.win, c.winOff = c.win[:0], off+int64(n)
@@ -548,7 +566,8 @@ func (c *Cursor) atTail() error {
 
 // Next returns the next committed record, or ErrAtTail. Reads never buffer past the
 // committed tail: bytes beyond it may still be rewritten. The record's payload is
-// valid until the next call (it aliases the cursor's buffers): copy what is kept.
+// valid until the next call (it aliases the cursor's buffers) and read-only (it may
+// be shared with other cursors): copy what is kept or changed.
 func (c *Cursor) Next(t Tail) (Record, error) {
 	if c.file == t.File && c.seg >= t.SegSize {
 		return Record{}, c.atTail()
@@ -566,21 +585,9 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 			return Record{}, err
 		}
 		off := int64(c.seg - partStart(c.starts, c.part))
-		b, err := c.read(t, off, recordHeaderLen)
+		h, payload, err := c.record(t, off, &hdr)
 		if err != nil {
-			return Record{}, c.corrupt("read record header", err)
-		}
-		copy(hdr[:], b) // the payload's read may move the window
-		h, err := parseRecordHeader(hdr[:])
-		if err != nil {
-			return Record{}, c.corrupt("parse record header", err)
-		}
-		payload, err := c.read(t, off+recordHeaderLen, int(h.Len))
-		if err != nil {
-			return Record{}, c.corrupt("read record payload", err)
-		}
-		if err := verifyRecord(hdr[:], h, payload); err != nil {
-			return Record{}, c.corrupt("verify record", err)
+			return Record{}, err
 		}
 		if h.Type == recIndex {
 			// Serves nothing, but damage in it is damage to this replica's copy.
@@ -607,6 +614,57 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 		}
 	}
 	return rec, nil
+}
+
+// record reads and checks the record at off of the current part, or takes it from the
+// store's record cache: a large record that other cursors in the same file may read
+// too is read once for all of them (see recordCache).
+func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHeader, []byte, error) {
+	rc := c.g.store.records
+	k := recordKey{gen: c.gen, file: c.file, part: c.part, off: off}
+	if c.gen != 0 && rc.max > 0 {
+		if e := rc.lookup(k); e != nil {
+			if h, payload, ok := rc.wait(e); ok {
+				return h, payload, nil
+			}
+		}
+	}
+	b, err := c.read(t, off, recordHeaderLen)
+	if err != nil {
+		return recordHeader{}, nil, c.corrupt("read record header", err)
+	}
+	copy(hdr[:], b) // the payload's read may move the window
+	h, err := parseRecordHeader(hdr[:])
+	if err != nil {
+		return recordHeader{}, nil, c.corrupt("parse record header", err)
+	}
+	if c.gen != 0 && rc.max > 0 && h.Len >= minCachedRecord && c.g.readersIn(c.file) > 1 {
+		e, mine := rc.claim(k)
+		if !mine {
+			if h, payload, ok := rc.wait(e); ok {
+				return h, payload, nil
+			}
+		} else {
+			payload, err := c.readOwn(t, off+recordHeaderLen, int(h.Len), true)
+			if err == nil {
+				err = verifyRecord(hdr[:], h, payload)
+			}
+			if err != nil {
+				rc.fill(e, h, nil)
+				return recordHeader{}, nil, c.corrupt("read and verify record payload", err)
+			}
+			rc.fill(e, h, payload)
+			return h, payload, nil
+		}
+	}
+	payload, err := c.read(t, off+recordHeaderLen, int(h.Len))
+	if err != nil {
+		return recordHeader{}, nil, c.corrupt("read record payload", err)
+	}
+	if err := verifyRecord(hdr[:], h, payload); err != nil {
+		return recordHeader{}, nil, c.corrupt("verify record", err)
+	}
+	return h, payload, nil
 }
 
 func (c *Cursor) corrupt(what string, err error) error {

@@ -277,8 +277,12 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	if err := g.store.syncDir(tmp); err != nil {
 		return fmt.Errorf("group %d: sync restored segments: %w", g.id, err)
 	}
-	// Swap: close our files, move the new directory in, then commit the index.
+	// Swap: close our files, move the new directory in, then commit the index. The
+	// record cache knows the new files by a new generation (odd meanwhile: a cursor
+	// opening a part now may get either file).
 	g.closeFiles()
+	g.gen.Store(g.store.newGen(true))
+	defer func() { g.gen.Store(g.store.newGen(false)) }()
 	old := g.dir + ".old"
 	_ = fs.RemoveAll(old)
 	if err := fs.Rename(g.dir, old); err != nil && !errors.Is(err, os.ErrNotExist) {

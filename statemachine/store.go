@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -39,10 +40,18 @@ type Store struct {
 	}
 	// segmentSize is where segment parts roll (0: never).
 	segmentSize uint64
+	// records is shared by every cursor (see recordCache); gens numbers the groups'
+	// generations in it.
+	records *recordCache
+	gens    atomic.Uint64
 }
 
 // DefaultSegmentSize is the size at which segment parts roll by default.
 const DefaultSegmentSize = 256 << 20
+
+// SetRecordCache bounds the payload bytes of the record cache that cursors share
+// (see recordCache; 0 turns it off). Call it before groups are started.
+func (s *Store) SetRecordCache(n int64) { s.records.max = n }
 
 // SetSegmentSize sets where segment parts roll; call it before groups are started.
 // Small parts make compression and purge finer-grained; 0 keeps one part per file.
@@ -56,7 +65,8 @@ func Open(dir string, log *slog.Logger) (*Store, error) { return OpenFS(vfs.Defa
 // (tests pass pebble's crashable in-memory filesystem).
 func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
 	s := &Store{fs: fs, dir: dir, log: log, groups: map[uint64]*Group{},
-		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize}
+		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize,
+		records: newRecordCache(DefaultRecordCache)}
 	if err := s.mkdirAll(fs.PathJoin(dir, "groups")); err != nil {
 		return nil, fmt.Errorf("storage: create %s: %w", dir, err)
 	}
@@ -74,6 +84,7 @@ func (s *Store) Dir() string { return s.dir }
 
 // Close closes the shared index. Groups must have been closed by dragonboat first.
 func (s *Store) Close() error {
+	s.records.stop()
 	close(s.compressc)
 	<-s.compressDone
 	if s.sampler.enc != nil {
@@ -99,6 +110,7 @@ func (s *Store) NewGroup(clusterID, nodeID uint64) sm.IOnDiskStateMachine {
 		changed:     make(chan struct{}),
 		reading:     map[*Cursor]uint64{},
 	}
+	g.gen.Store(s.newGen(false))
 	s.mu.Lock()
 	s.groups[clusterID] = g
 	s.mu.Unlock()
@@ -131,6 +143,16 @@ func (s *Store) RemoveGroupData(id uint64) error {
 		return fmt.Errorf("storage: remove segments of group %d: %w", id, err)
 	}
 	return nil
+}
+
+// newGen returns a generation for a group's files in the record cache, unique in
+// the store: even for files that stay, odd for files being replaced.
+func (s *Store) newGen(replacing bool) uint64 {
+	n := 2 * s.gens.Add(1)
+	if replacing {
+		n++
+	}
+	return n
 }
 
 func (s *Store) fileInfo(gid, no uint64) (fileInfo, error) {

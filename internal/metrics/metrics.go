@@ -91,6 +91,16 @@ func (r *Relay) ClusterVersion(nodeID uint64, read func() float64) {
 		Help: "The cluster version: what every member understands and commands may use.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// RecordCache exports the store's shared record cache counters (read at scrape time):
+// large records replicas took from it, and those read from a segment for it.
+func (r *Relay) RecordCache(nodeID uint64, hits, misses func() float64) {
+	node := prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "flotilla", Name: "record_cache_hits_total",
+		Help: "Large served records a replica's dump took from the node's shared record cache instead of reading and checking them again.", ConstLabels: node}, hits))
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "flotilla", Name: "record_cache_misses_total",
+		Help: "Large served records read from a segment and checked for the shared record cache (several replicas were reading the same file).", ConstLabels: node}, misses))
+}
+
 // Registry is where the instruments live; collectors of node state register here.
 func (r *Relay) Registry() *prometheus.Registry { return r.reg }
 

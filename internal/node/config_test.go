@@ -31,6 +31,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"retention_bytes", "1000", "-x", func(c Config) bool { return c.RetentionBytes == 1000 }},
 		{"segment_size", "4K", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
 		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
+		{"record_cache", "16M", "big", func(c Config) bool { return c.RecordCache == 16<<20 }},
 		{"min_free_disk", "1G", "lots", func(c Config) bool { return c.MinFreeDisk == 1<<30 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
 		{"master_silence_probe", "3s", "soon", func(c Config) bool { return c.MasterSilenceProbe == 3*time.Second }},
@@ -108,6 +109,7 @@ func TestValidate(t *testing.T) {
 		"join":                          func(c *Config) { c.Join = []string{"host-without-port"} },
 		"served_file_size":              func(c *Config) { c.ServedFileSize = 4 << 30 },
 		"1 MiB":                         func(c *Config) { c.ServedFileSize = 1000 },
+		"record_cache":                  func(c *Config) { c.RecordCache = 1000 },
 		"master_silence_probe":          func(c *Config) { c.MasterSilenceProbe = time.Millisecond },
 	} {
 		c := ok

@@ -73,6 +73,10 @@ type Config struct {
 	// ServedFileSize closes a served file at the first transaction boundary past it
 	// (0: the default, 1 GiB), as max_binlog_size does on a master.
 	ServedFileSize Size `yaml:"served_file_size"`
+	// RecordCache bounds the memory of large served records the node keeps for
+	// replicas reading the same stretch of a binlog at once (0: the default,
+	// statemachine.DefaultRecordCache, 128 MiB).
+	RecordCache Size `yaml:"record_cache"`
 	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
 	// default, 512 MiB). Below it the node stops its group replicas, keeping their
 	// data, until space returns: a full disk would make raft's log or a segment
@@ -345,6 +349,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if cfg.SegmentSize > 0 {
 		store.SetSegmentSize(uint64(cfg.SegmentSize))
 	}
+	if cfg.RecordCache > 0 {
+		store.SetRecordCache(int64(cfg.RecordCache))
+	}
 	leaders := cluster.NewLeaders()
 	// Every raft node of every group ticks each RTTMillisecond, leader or not, busy or
 	// idle: dragonboat's ticks were most of an idle group's CPU. 200 ms (with elections
@@ -451,6 +458,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		return 0
 	})
+	rel.RecordCache(cfg.NodeID, func() float64 { h, _ := store.RecordCacheStats(); return float64(h) },
+		func() float64 { _, m := store.RecordCacheStats(); return float64(m) })
 	rel.Registry().MustRegister(metrics.NewStateCollector(cfg.NodeID, func() []metrics.GroupSample { return n.samples(admin.LocalGroups) }))
 	live.Store(n)
 	log.Info("flotilla node serving", "cluster", ident.ClusterID, "node", cfg.NodeID, "mysql", cfg.MySQLAddr.String(), "admin", cfg.AdminAddr, "raft", cfg.RaftAddr, "data", cfg.DataDir)

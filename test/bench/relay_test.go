@@ -345,8 +345,11 @@ func BenchmarkRelay(b *testing.B) {
 		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" && n == 32 {
 			go saveProfile(ctx, metricsAddr, path+".fanout", 2*time.Second)
 		}
+		hits0, misses0 := recordCache(ctx, metricsAddr)
 		via := fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
 		cpuVia, cpuNode := cpuSeconds(b, m.PID())-cpu0, cpuSeconds(b, one.PID())-node0
+		hits, misses := recordCache(ctx, metricsAddr)
+		rep.note(fmt.Sprintf("fan-out to %d readers: %.0f large records taken from the shared record cache, %.0f read for it", n, hits-hits0, misses-misses0))
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
 		rep.add(fmt.Sprintf("server CPU serving %d readers (Flotilla vs master)", n), cpuNode, cpuDirect, "cpu-s", 0, false)
@@ -523,20 +526,39 @@ func flotillaTail(ctx context.Context, b *testing.B, n *flotillatest.Node) (stri
 // proposalNote says how many of the node's proposals were made with another of their
 // syncer still in raft (pipelined ingest), from its metrics.
 func proposalNote(ctx context.Context, metricsAddr string) string {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+	sum, err := scrape(ctx, metricsAddr)
 	if err != nil {
 		return "proposals: " + err.Error()
 	}
+	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft", sum("flotilla_proposals_total"), sum("flotilla_proposals_overlapped_total"))
+}
+
+// recordCache reads the node's record cache counters: hits and misses.
+func recordCache(ctx context.Context, metricsAddr string) (float64, float64) {
+	sum, err := scrape(ctx, metricsAddr)
+	if err != nil {
+		return 0, 0
+	}
+	return sum("flotilla_record_cache_hits_total"), sum("flotilla_record_cache_misses_total")
+}
+
+// scrape reads the node's metrics once; the function it returns sums a metric's
+// samples over their labels.
+func scrape(ctx context.Context, metricsAddr string) (func(name string) float64, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+metricsAddr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return "proposals: metrics unreadable: " + err.Error()
+		return nil, fmt.Errorf("metrics unreadable: %w", err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		return "proposals: metrics unreadable: " + err.Error()
+		return nil, fmt.Errorf("metrics unreadable: %w", err)
 	}
-	sum := func(name string) float64 {
+	return func(name string) float64 {
 		total := 0.0
 		for _, line := range strings.Split(string(body), "\n") {
 			if strings.HasPrefix(line, name+"{") {
@@ -547,6 +569,5 @@ func proposalNote(ctx context.Context, metricsAddr string) string {
 			}
 		}
 		return total
-	}
-	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft", sum("flotilla_proposals_total"), sum("flotilla_proposals_overlapped_total"))
+	}, nil
 }

@@ -1,0 +1,226 @@
+package statemachine
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
+)
+
+// largeRow makes every transaction a record the cache keeps.
+const largeRow = minCachedRecord + 1000
+
+// appendLarge appends a served file with n large transactions in domain dom.
+func appendLarge(h *harness, dom uint32, n int) {
+	h.t.Helper()
+	ep := h.claim()
+	items := []Item{newFile("m.1", binlog.Position{})}
+	for i := 1; i <= n; i++ {
+		items = append(items, txn(binlog.GTID{Domain: dom, Server: testServer, Seq: uint64(i)}, largeRow))
+	}
+	h.mustAppend(&Append{Epoch: ep, Items: items})
+	if err := h.g.Sync(); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+// readTogether opens n cursors at the start of file 1 and reads them to the tail at
+// once; it returns each cursor's payloads (copied) or its error.
+func readTogether(t *testing.T, g *Group, n int) ([][][]byte, []error) {
+	t.Helper()
+	curs := make([]*Cursor, n)
+	for i := range curs {
+		c, err := g.NewCursor(Start{File: 1, Served: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		curs[i] = c
+	}
+	tail, _ := g.Tail()
+	got := make([][][]byte, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, c := range curs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				r, err := c.Next(tail)
+				if errors.Is(err, ErrAtTail) {
+					return
+				}
+				if err != nil {
+					errs[i] = err
+					return
+				}
+				got[i] = append(got[i], bytes.Clone(r.Payload))
+			}
+		}()
+	}
+	wg.Wait()
+	return got, errs
+}
+
+// TestSharedRecordsAreReadOnce: cursors reading the same file at once each get every
+// record whole and in order, and each large record is read from its segment once.
+func TestSharedRecordsAreReadOnce(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	const txns = 6
+	appendLarge(h, 0, txns)
+	want := readAll(t, h.g, Start{File: 1, Served: 4}) // alone: nothing shared
+	if hits, misses := h.store.RecordCacheStats(); hits+misses != 0 {
+		t.Fatalf("a lone cursor used the cache: %d hits, %d misses", hits, misses)
+	}
+	const readers = 4
+	got, errs := readTogether(t, h.g, readers)
+	for i := range readers {
+		if errs[i] != nil {
+			t.Fatalf("cursor %d: %v", i, errs[i])
+		}
+		if len(got[i]) != len(want) {
+			t.Fatalf("cursor %d read %d records, want %d", i, len(got[i]), len(want))
+		}
+		for k := range want {
+			if !bytes.Equal(got[i][k], want[k].Payload) {
+				t.Fatalf("cursor %d, record %d differs from a lone cursor's", i, k)
+			}
+		}
+	}
+	hits, misses := h.store.RecordCacheStats()
+	if misses != txns || hits != (readers-1)*txns {
+		t.Fatalf("record cache: %d hits and %d misses, want %d and %d (each large record read once)", hits, misses, (readers-1)*txns, txns)
+	}
+}
+
+// TestSharedCorruptRecordFailsEachReader: a record that fails its check is not
+// shared; every cursor reports the corruption itself.
+func TestSharedCorruptRecordFailsEachReader(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	appendLarge(h, 0, 3)
+	recs := readAll(t, h.g, Start{File: 1, Served: 4})
+	// A byte inside the second transaction's row event.
+	off := int64(len(recs[0].Payload)+len(recs[1].Payload)) + 3*recordHeaderLen + 1000
+	f, err := os.OpenFile(h.g.segPath(1), os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := []byte{0}
+	if _, err := f.ReadAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	b[0] ^= 0x40
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	got, errs := readTogether(t, h.g, 3)
+	for i, err := range errs {
+		if !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("cursor %d: want a corruption error, got %v", i, err)
+		}
+		if len(got[i]) != 2 { // the header and the first transaction
+			t.Fatalf("cursor %d read %d records before the damaged one, want 2", i, len(got[i]))
+		}
+	}
+}
+
+// TestRecoveryRenewsCachedRecords: after a snapshot recovery replaces a group's
+// files, cursors read the new files, never the old bytes still cached at the same
+// places.
+func TestRecoveryRenewsCachedRecords(t *testing.T) {
+	dst := newHarness(t, t.TempDir())
+	defer dst.close()
+	appendLarge(dst, 0, 3)
+	if _, errs := readTogether(t, dst.g, 2); errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	src := newHarness(t, t.TempDir())
+	defer src.close()
+	appendLarge(src, 7, 3) // the same sizes and places, another domain
+	before := dst.g.gen.Load()
+	snapshotInto(t, src, dst)
+	if g := dst.g.gen.Load(); g == before || g%2 != 0 {
+		t.Fatalf("generation %d after recovery (was %d): want a new, even one", g, before)
+	}
+	got, errs := readTogether(t, dst.g, 2)
+	for i := range got {
+		if errs[i] != nil {
+			t.Fatalf("cursor %d: %v", i, errs[i])
+		}
+		n := 0
+		for _, p := range got[i] {
+			if id, ok := TxnGTID(p); ok {
+				n++
+				if id.Domain != 7 {
+					t.Fatalf("cursor %d read transaction %v of the replaced files", i, id)
+				}
+			}
+		}
+		if n != 3 {
+			t.Fatalf("cursor %d read %d transactions, want 3", i, n)
+		}
+	}
+}
+
+// TestRecordCacheBound: the bytes held stay within the bound, the least recently
+// used go first, and a record larger than the bound is not kept.
+func TestRecordCacheBound(t *testing.T) {
+	rc := newRecordCache(1000)
+	put := func(off int64, n int) {
+		e, mine := rc.claim(recordKey{gen: 2, file: 1, off: off})
+		if !mine {
+			t.Fatalf("record at %d claimed twice", off)
+		}
+		rc.fill(e, recordHeader{Len: uint32(n)}, make([]byte, n))
+	}
+	has := func(off int64) bool { return rc.lookup(recordKey{gen: 2, file: 1, off: off}) != nil }
+	put(0, 400)
+	put(400, 400)
+	has(0) // used: 400 is now the least recent
+	put(800, 400)
+	if rc.size > rc.max || !has(0) || has(400) || !has(800) {
+		t.Fatalf("after 3 records of 400 in 1000: size %d, has 0 %v, 400 %v, 800 %v; want 800, true, false, true", rc.size, has(0), has(400), has(800))
+	}
+	put(1200, 1001)
+	if has(1200) || rc.size != 800 {
+		t.Fatalf("a record over the bound was kept (size %d)", rc.size)
+	}
+	e, _ := rc.claim(recordKey{gen: 2, file: 1, off: 5000})
+	rc.fill(e, recordHeader{}, nil)
+	if has(5000) {
+		t.Fatal("a failed read was kept")
+	}
+	if _, _, ok := rc.wait(e); ok {
+		t.Fatal("a waiter on a failed read was given a record")
+	}
+}
+
+// TestRecordCacheDropsIdleRecords: records nobody used for maxIdle are dropped, so a
+// fan-out that ended does not keep its memory.
+func TestRecordCacheDropsIdleRecords(t *testing.T) {
+	rc := newRecordCache(1 << 20)
+	rc.maxIdle = 20 * time.Millisecond
+	defer rc.stop()
+	for off := range int64(3) {
+		e, _ := rc.claim(recordKey{gen: 2, file: 1, off: off})
+		rc.fill(e, recordHeader{}, make([]byte, 100))
+	}
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		rc.mu.Lock()
+		size, n, armed := rc.size, len(rc.m), rc.sweep != nil
+		rc.mu.Unlock()
+		if size == 0 && n == 0 && !armed {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after 5 s, %d records (%d bytes) are still cached (timer armed: %v)", n, size, armed)
+		}
+	}
+}
