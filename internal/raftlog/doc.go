@@ -23,8 +23,12 @@
 //   - A payload file is removed only once every entry it holds is at or below the
 //     index its group's log was cut to (RemoveEntriesTo), or the group's data is
 //     removed. A file whose headers are damaged short of its end, other than a
-//     process's last (which may have a torn tail), is kept until then. Entries at or below that index are never read again: dragonboat reads
-//     the log only above the group's latest snapshot, which it saved before the cut.
+//     process's last (which may have a torn tail), is kept until then. Entries at
+//     or below that index are never read again: dragonboat reads the log only above
+//     the group's latest snapshot, which it saved before the cut.
+//   - A replica's payload directory outlives its inner log only until the next
+//     open (a crash inside RemoveNodeData): it goes once the inner LogDB neither
+//     lists the replica nor holds a raft state for it.
 //   - A file is appended to only by the process that created it, and only until a
 //     write to it fails or the log is cut into it: after a restart each group
 //     starts a new file, so a torn tail is never written after.

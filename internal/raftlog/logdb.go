@@ -117,6 +117,9 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 	if err := syncDir(fs, fs.PathDir(root)); err != nil {
 		return nil, err
 	}
+	if err := removeOrphans(inner, fs, root); err != nil {
+		return nil, err
+	}
 	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupLog{}}, nil
 }
 
@@ -264,6 +267,47 @@ func (l *LogDB) RemoveNodeData(clusterID uint64, nodeID uint64) error {
 	delete(l.groups, groupKey{clusterID, nodeID})
 	l.mu.Unlock()
 	return g.removeAll()
+}
+
+// removeOrphans removes the payload directories of replicas the inner LogDB no
+// longer has: RemoveNodeData removes the inner log first, so a crash before the
+// directory went leaves it behind, which nothing would ever read or remove. A
+// directory goes only if the inner LogDB neither lists its replica nor holds a raft
+// state for it.
+func removeOrphans(inner raftio.ILogDB, fs gvfs.FS, root string) error {
+	names, err := fs.List(root)
+	if err != nil {
+		return fmt.Errorf("list payload directory %s: %w", root, err)
+	}
+	nodes, err := inner.ListNodeInfo()
+	if err != nil {
+		return fmt.Errorf("list the raft log's replicas: %w", err)
+	}
+	listed := map[groupKey]bool{}
+	for _, ni := range nodes {
+		listed[groupKey{ni.ClusterID, ni.NodeID}] = true
+	}
+	removed := false
+	for _, name := range names {
+		var k groupKey
+		if n, err := fmt.Sscanf(name, "%d-%d", &k.cluster, &k.node); err != nil || n != 2 || fmt.Sprintf("%d-%d", k.cluster, k.node) != name {
+			continue // not a group's directory: not ours to remove
+		}
+		if listed[k] {
+			continue
+		}
+		if _, err := inner.ReadRaftState(k.cluster, k.node, 0); !errors.Is(err, raftio.ErrNoSavedLog) {
+			continue // it has a log (or the question failed): keep
+		}
+		if err := fs.RemoveAll(fs.PathJoin(root, name)); err != nil {
+			return fmt.Errorf("remove payloads %s of a removed replica: %w", fs.PathJoin(root, name), err)
+		}
+		removed = true
+	}
+	if removed {
+		return syncDir(fs, root)
+	}
+	return nil
 }
 
 // Close closes the payload files and the inner LogDB.

@@ -393,3 +393,36 @@ func TestCutIntoTheCurrentFileRollsIt(t *testing.T) {
 		t.Fatalf("entries above the cut: %d", len(got))
 	}
 }
+
+// TestOrphanPayloadsRemovedAtOpen: a replica whose inner log went (a crash between
+// RemoveNodeData's two steps) has its payload directory removed when the log opens
+// again; a replica with a log keeps its own, and a directory of another shape is left.
+func TestOrphanPayloadsRemovedAtOpen(t *testing.T) {
+	fs := gvfs.NewMem()
+	rnd := rand.New(rand.NewPCG(5, 6))
+	l := openTestLog(t, fs)
+	keep, gone := entries(rnd, 1, 20), entries(rnd, 1, 20)
+	want := clone(keep)
+	save(t, l, 5, keep)
+	save(t, l, 6, gone)
+	// The inner log's half of RemoveNodeData only: the crash comes before the rest.
+	if err := l.ILogDB.RemoveNodeData(6, 1); err != nil {
+		t.Fatal(err)
+	}
+	other := fs.PathJoin(testDir, "payloads", "not-a-group")
+	if err := fs.MkdirAll(other, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	l = openTestLog(t, fs)
+	defer l.Close()
+	if _, err := fs.Stat(fs.PathJoin(testDir, "payloads", "6-1")); err == nil {
+		t.Fatal("the payloads of a replica whose log was removed are still there")
+	}
+	for _, dir := range []string{fs.PathJoin(testDir, "payloads", "5-1"), other} {
+		if _, err := fs.Stat(dir); err != nil {
+			t.Fatalf("%s was removed: %v", dir, err)
+		}
+	}
+	sameEntries(t, "the kept replica", readAll(t, l, 5, 1, 21), want)
+}
