@@ -6,7 +6,7 @@
 //
 // A node uses it only when started with FLOTILLA_FAULT_FSYNC_DELAY_FILE or
 // FLOTILLA_FAULT_SYNC_JOURNAL set (Knobs); otherwise nothing wraps its
-// filesystems. It is for tests: with the delay knob, dragonboat runs its
+// filesystems. It is for tests: with either knob, dragonboat runs its
 // error-injection mode (see Delay.Dragonboat), in which a raft step worker's
 // panic stops that worker silently instead of the process.
 //
@@ -14,15 +14,14 @@
 //   - A delay only postpones a sync, never skips, fails or reorders one; a
 //     missing, empty or unreadable delay file means no delay.
 //   - The journal records no more loss than a real power cut could cause for the
-//     files it covers (the segment store and its index): a size is recorded after
+//     files it covers (the segment store and its index; the raft log: dragonboat's
+//     LogDB and snapshots, internal/raftlog's payload files): a size is recorded after
 //     the full sync that made it durable returned, a create after it succeeded, a
 //     rename or link carries its file's record, and a journal that cannot be
 //     written fails the operation. PowerCut therefore loses only what a power cut
 //     could lose (often less: directory entries and data a partial sync or the
 //     page cache's own writeback made durable are kept); files it has no record
 //     of are left alone.
-//   - The raft log's filesystem gets the delay only: its syncs are dragonboat's,
-//     and a power cut keeps it whole.
 package faultfs
 
 import (
@@ -58,8 +57,9 @@ func (k Knobs) String() string {
 	return fmt.Sprintf("%s=%q %s=%q", EnvDelayFile, k.DelayFile, EnvJournalFile, k.JournalFile)
 }
 
-// Open wraps the segment store's filesystem and dragonboat's. The journal stays
-// open for the life of the process.
+// Open wraps the segment store's filesystem and dragonboat's (the journal's wrapper
+// under dragonboat's error-injecting one: dragonboat takes no other). The journal
+// stays open for the life of the process.
 func (k Knobs) Open(store vfs.FS, raft gvfs.FS) (vfs.FS, gvfs.FS, error) {
 	var d *Delay
 	if k.DelayFile != "" {
@@ -72,8 +72,11 @@ func (k Knobs) Open(store vfs.FS, raft gvfs.FS) (vfs.FS, gvfs.FS, error) {
 			return nil, nil, err
 		}
 	}
-	if d != nil {
-		raft = d.Dragonboat(raft)
+	if j != nil {
+		raft = &raftFS{FS: raft, journal: j}
+	}
+	if d != nil || j != nil {
+		raft = d.Dragonboat(raft) // a nil delay waits for nothing
 	}
 	return &storeFS{FS: store, delay: d, journal: j}, raft, nil
 }
