@@ -30,9 +30,9 @@ const (
 	// MasterFailover kills the semi-sync master (the last upstream) and promotes
 	// its standby, a replica of Flotilla; Flotilla is repointed at it.
 	MasterFailover Kind = "master-failover"
-	// PowerCut freezes one node (SIGSTOP), kills it, cuts every segment-store
-	// file back to what its last fsync made durable (internal/faultfs), and
-	// restarts it.
+	// PowerCut freezes one node (SIGSTOP), kills it, cuts every file of its
+	// segment store and raft log back to what its last fsync made durable
+	// (internal/faultfs), and restarts it.
 	PowerCut Kind = "power-cut"
 	SlowDisk Kind = "slow-disk" // every fsync of one node (raft log and segments) waits Fault.Period (internal/faultfs)
 )
