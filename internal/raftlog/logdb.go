@@ -105,7 +105,16 @@ type LogDB struct {
 	on         *atomic.Bool
 
 	mu     sync.Mutex
-	groups map[groupKey]*groupLog
+	groups map[groupKey]*groupSlot
+}
+
+// groupSlot is a replica's payload files, opened once, outside the LogDB's lock:
+// opening scans the files' record headers, and a node starting with many groups
+// must not have every group's save wait behind each scan.
+type groupSlot struct {
+	once sync.Once
+	g    *groupLog
+	err  error
 }
 
 type groupKey struct{ cluster, node uint64 }
@@ -120,7 +129,7 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 	if err := removeOrphans(inner, fs, root); err != nil {
 		return nil, err
 	}
-	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupLog{}}, nil
+	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{}}, nil
 }
 
 func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
@@ -130,24 +139,31 @@ func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
 // lookup returns a replica's payload files; unless create, nil when it has none (no
 // directory): removing a log that never had payloads touches no file.
 func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
 	k := groupKey{cluster, node}
-	if g := l.groups[k]; g != nil {
-		return g, nil
-	}
 	dir := l.fs.PathJoin(l.root, fmt.Sprintf("%d-%d", cluster, node))
-	if !create {
-		if _, err := l.fs.Stat(dir); errors.Is(err, os.ErrNotExist) {
-			return nil, nil
+	l.mu.Lock()
+	s := l.groups[k]
+	if s == nil {
+		if !create {
+			if _, err := l.fs.Stat(dir); errors.Is(err, os.ErrNotExist) {
+				l.mu.Unlock()
+				return nil, nil
+			}
 		}
+		s = &groupSlot{}
+		l.groups[k] = s
 	}
-	g, err := openGroupLog(l.fs, l.root, dir, l.fileSize)
-	if err != nil {
-		return nil, err
+	l.mu.Unlock()
+	s.once.Do(func() { s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize) })
+	if s.err != nil {
+		l.mu.Lock()
+		if l.groups[k] == s {
+			delete(l.groups, k) // the next call tries again
+		}
+		l.mu.Unlock()
+		return nil, s.err
 	}
-	l.groups[k] = g
-	return g, nil
+	return s.g, nil
 }
 
 // SaveRaftState writes the large payloads of updates to their groups' files, syncs
@@ -313,10 +329,13 @@ func removeOrphans(inner raftio.ILogDB, fs gvfs.FS, root string) error {
 // Close closes the payload files and the inner LogDB.
 func (l *LogDB) Close() error {
 	l.mu.Lock()
-	for _, g := range l.groups {
-		g.close()
+	for _, s := range l.groups {
+		s.once.Do(func() {}) // waits for an open under way (and ends any to come)
+		if s.g != nil {
+			s.g.close()
+		}
 	}
-	l.groups = map[groupKey]*groupLog{}
+	l.groups = map[groupKey]*groupSlot{}
 	l.mu.Unlock()
 	return l.ILogDB.Close()
 }
