@@ -236,36 +236,62 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 // Reports asks every node for its report at once; a node missing from the result did
 // not answer within the timeout.
 func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]*clusterv1.NodeReport {
+	var mu sync.Mutex
+	out := map[uint64]*clusterv1.NodeReport{}
+	r.each(ctx, nodes, timeout, func(ctx context.Context, id uint64, c clusterv1.ClusterClient) {
+		req := &clusterv1.ReportRequest{}
+		sctx, err := r.keys.Sign(ctx, id, clusterv1.Cluster_Report_FullMethodName, req)
+		if err != nil {
+			return
+		}
+		rep, err := c.Report(sctx, req)
+		if err != nil {
+			r.log.Debug("node did not report", "node", id, "err", err)
+			return
+		}
+		mu.Lock()
+		out[id] = rep
+		mu.Unlock()
+	})
+	return out
+}
+
+// Alive asks every node who it is at once, which costs a node next to nothing where
+// a report covers all its groups: the nodes that answered as themselves within the
+// timeout.
+func (r *Relay) Alive(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]bool {
+	var mu sync.Mutex
+	out := map[uint64]bool{}
+	r.each(ctx, nodes, timeout, func(ctx context.Context, id uint64, c clusterv1.ClusterClient) {
+		resp, err := c.Identity(ctx, &clusterv1.IdentityRequest{})
+		if err != nil || resp.NodeId != id {
+			return
+		}
+		mu.Lock()
+		out[id] = true
+		mu.Unlock()
+	})
+	return out
+}
+
+// each calls f for every node at once, with a client of it and a context that ends
+// after timeout, and returns when every call has.
+func (r *Relay) each(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration, f func(ctx context.Context, id uint64, c clusterv1.ClusterClient)) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var mu sync.Mutex
 	var wg sync.WaitGroup
-	out := map[uint64]*clusterv1.NodeReport{}
 	for id, n := range nodes {
+		c, err := r.client(n.AdminAddr)
+		if err != nil {
+			continue
+		}
 		wg.Add(1)
-		go func(id uint64, addr string) {
+		go func() {
 			defer wg.Done()
-			c, err := r.client(addr)
-			if err != nil {
-				return
-			}
-			req := &clusterv1.ReportRequest{}
-			sctx, err := r.keys.Sign(ctx, id, clusterv1.Cluster_Report_FullMethodName, req)
-			if err != nil {
-				return
-			}
-			rep, err := c.Report(sctx, req)
-			if err != nil {
-				r.log.Debug("node did not report", "node", id, "err", err)
-				return
-			}
-			mu.Lock()
-			out[id] = rep
-			mu.Unlock()
-		}(id, n.AdminAddr)
+			f(ctx, id, c)
+		}()
 	}
 	wg.Wait()
-	return out
 }
 
 // TransferLeader asks node n, which leads gid, to hand leadership to target.
