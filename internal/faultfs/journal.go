@@ -68,6 +68,23 @@ func (j *Journal) renamed(old, new string) error { return j.add("R", old, new) }
 func (j *Journal) linked(old, new string) error  { return j.add("L", old, new) }
 func (j *Journal) removed(path string) error     { return j.add("D", path) }
 
+// through does op (a rename or link of old to new, through a filesystem) and then
+// journals it with record, which fails the operation if it cannot be written.
+func (j *Journal) through(op func(old, new string) error, record func(old, new string) error, old, new string) error {
+	if err := op(old, new); err != nil {
+		return err
+	}
+	return record(old, new)
+}
+
+// removal removes name through remove and journals it.
+func (j *Journal) removal(remove func(string) error, name string) error {
+	if err := remove(name); err != nil {
+		return err
+	}
+	return j.removed(name)
+}
+
 // Close ends the journal.
 func (j *Journal) Close() error { return j.f.Close() }
 

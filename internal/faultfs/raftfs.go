@@ -64,29 +64,17 @@ func (s *raftFS) ReuseForWrite(oldname, newname string) (gvfs.File, error) {
 
 // Rename carries the file's record to its new name.
 func (s *raftFS) Rename(oldname, newname string) error {
-	err := s.FS.Rename(oldname, newname)
-	if err == nil {
-		err = s.journal.renamed(oldname, newname)
-	}
-	return err
+	return s.journal.through(s.FS.Rename, s.journal.renamed, oldname, newname)
 }
 
 // Link gives the new name the file's record.
 func (s *raftFS) Link(oldname, newname string) error {
-	err := s.FS.Link(oldname, newname)
-	if err == nil {
-		err = s.journal.linked(oldname, newname)
-	}
-	return err
+	return s.journal.through(s.FS.Link, s.journal.linked, oldname, newname)
 }
 
 // Remove forgets the file's record.
 func (s *raftFS) Remove(name string) error {
-	err := s.FS.Remove(name)
-	if err == nil {
-		err = s.journal.removed(name)
-	}
-	return err
+	return s.journal.removal(s.FS.Remove, name)
 }
 
 type raftFile struct {

@@ -78,20 +78,12 @@ func (s *storeFS) OpenDir(name string) (vfs.File, error) {
 
 // Rename carries the file's record to its new name.
 func (s *storeFS) Rename(oldname, newname string) error {
-	err := s.FS.Rename(oldname, newname)
-	if err == nil {
-		err = s.journal.renamed(oldname, newname)
-	}
-	return err
+	return s.journal.through(s.FS.Rename, s.journal.renamed, oldname, newname)
 }
 
 // Link gives the new name the file's record.
 func (s *storeFS) Link(oldname, newname string) error {
-	err := s.FS.Link(oldname, newname)
-	if err == nil {
-		err = s.journal.linked(oldname, newname)
-	}
-	return err
+	return s.journal.through(s.FS.Link, s.journal.linked, oldname, newname)
 }
 
 // ReuseForWrite is a rename and an open that keeps the content.
@@ -108,11 +100,7 @@ func (s *storeFS) ReuseForWrite(oldname, newname string, category vfs.DiskWriteC
 
 // Remove forgets the file's record.
 func (s *storeFS) Remove(name string) error {
-	err := s.FS.Remove(name)
-	if err == nil {
-		err = s.journal.removed(name)
-	}
-	return err
+	return s.journal.removal(s.FS.Remove, name)
 }
 
 type storeFile struct {
