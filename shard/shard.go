@@ -133,6 +133,7 @@ func (s *Shard) setUpstream(u *placement.Upstream, st *placement.State) {
 	if !slices.Equal(s.members, members) || !maps.Equal(s.addrs, addrs) || !maps.Equal(s.rids, rids) || !maps.Equal(s.known, known) {
 		s.settledAt = time.Time{}
 		s.memberGen++
+		kick = true // a leader makes the change at once, not at run's next idle wake
 	}
 	s.members, s.addrs, s.rids, s.known = members, addrs, rids, known
 	s.mu.Unlock()

@@ -622,7 +622,7 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHeader, []byte, error) {
 	rc := c.g.store.records
 	k := recordKey{gen: c.gen, file: c.file, part: c.part, off: off}
-	if c.gen != 0 && rc.max > 0 {
+	if c.gen != 0 && rc.max > 0 && rc.count.Load() > 0 && !c.smallInWindow(off) {
 		if e := rc.lookup(k); e != nil {
 			if h, payload, ok := rc.wait(e); ok {
 				return h, payload, nil
@@ -645,16 +645,7 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 				return h, payload, nil
 			}
 		} else {
-			payload, err := c.readOwn(t, off+recordHeaderLen, int(h.Len), true)
-			if err == nil {
-				err = verifyRecord(hdr[:], h, payload)
-			}
-			if err != nil {
-				rc.fill(e, h, nil)
-				return recordHeader{}, nil, c.corrupt("read and verify record payload", err)
-			}
-			rc.fill(e, h, payload)
-			return h, payload, nil
+			return c.fillRecord(t, off, hdr, h, e)
 		}
 	}
 	payload, err := c.read(t, off+recordHeaderLen, int(h.Len))
@@ -665,6 +656,39 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 		return recordHeader{}, nil, c.corrupt("verify record", err)
 	}
 	return h, payload, nil
+}
+
+// fillRecord reads and checks the record the cursor claimed in the record cache, and
+// fills the entry whatever happens (a panic included: its waiters read for
+// themselves then), so that no waiter waits forever.
+func (c *Cursor) fillRecord(t Tail, off int64, hdr *[recordHeaderLen]byte, h recordHeader, e *cachedRecord) (_ recordHeader, payload []byte, err error) {
+	rc := c.g.store.records
+	filled := false
+	defer func() {
+		if !filled {
+			rc.fill(e, h, nil)
+		}
+	}()
+	payload, err = c.readOwn(t, off+recordHeaderLen, int(h.Len), true)
+	if err == nil {
+		err = verifyRecord(hdr[:], h, payload)
+	}
+	if err != nil {
+		return recordHeader{}, nil, c.corrupt("read and verify record payload", err)
+	}
+	rc.fill(e, h, payload)
+	filled = true
+	return h, payload, nil
+}
+
+// smallInWindow reports whether the window already holds the header at off and it
+// names a record too small for the record cache: such a record is read as before,
+// without the cache's lock.
+func (c *Cursor) smallInWindow(off int64) bool {
+	if off < c.winOff || off+recordHeaderLen > c.winOff+int64(len(c.win)) {
+		return false
+	}
+	return binary.LittleEndian.Uint32(c.win[off-c.winOff:]) < minCachedRecord
 }
 
 func (c *Cursor) corrupt(what string, err error) error {

@@ -36,6 +36,9 @@ type recordCache struct {
 	sweep *time.Timer // armed while lru holds entries
 
 	hits, misses atomic.Uint64
+	// count is how many entries m holds (read without the lock: an empty cache
+	// costs a cursor no lock).
+	count atomic.Int64
 }
 
 // recordKey names a record: the group's generation, served file, part and offset.
@@ -95,6 +98,7 @@ func (rc *recordCache) claim(k recordKey) (*cachedRecord, bool) {
 	}
 	e := &cachedRecord{key: k, ready: make(chan struct{})}
 	rc.m[k] = e
+	rc.count.Add(1)
 	rc.misses.Add(1)
 	return e, true
 }
@@ -106,6 +110,7 @@ func (rc *recordCache) fill(e *cachedRecord, h recordHeader, payload []byte) {
 	e.h, e.payload = h, payload
 	if payload == nil || int64(len(payload)) > rc.max {
 		delete(rc.m, e.key)
+		rc.count.Add(-1)
 	} else {
 		e.elem, e.used = rc.lru.PushFront(e), time.Now()
 		rc.size += int64(len(payload))
@@ -124,6 +129,7 @@ func (rc *recordCache) fill(e *cachedRecord, h recordHeader, payload []byte) {
 func (rc *recordCache) evict(el *list.Element) {
 	e := rc.lru.Remove(el).(*cachedRecord)
 	delete(rc.m, e.key)
+	rc.count.Add(-1)
 	rc.size -= int64(len(e.payload))
 }
 

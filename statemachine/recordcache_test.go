@@ -224,3 +224,71 @@ func TestRecordCacheDropsIdleRecords(t *testing.T) {
 		}
 	}
 }
+
+// panicAfter is a segment reader whose reads after the first n panic.
+type panicAfter struct {
+	segmentReader
+	n int
+}
+
+func (p *panicAfter) ReadAt(b []byte, off int64) (int, error) {
+	if p.n--; p.n < 0 {
+		panic("injected read panic")
+	}
+	return p.segmentReader.ReadAt(b, off)
+}
+
+// TestClaimerPanicFreesWaiters: a cursor that panics while reading a record it
+// claimed (a bug, recovered per connection by the MySQL front end) leaves no entry
+// behind that another cursor would wait on forever.
+func TestClaimerPanicFreesWaiters(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	appendLarge(h, 0, 2)
+	c1, err := h.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c1.Close()
+	c2, err := h.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c1.f = &panicAfter{segmentReader: c1.f, n: 1} // the window's read, then the payload's panics
+	tail, _ := h.g.Tail()
+	if _, err := c1.Next(tail); err != nil { // the file's header record
+		t.Fatal(err)
+	}
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the injected panic did not happen")
+			}
+		}()
+		_, _ = c1.Next(tail) // claims the large record, panics reading it
+	}()
+	done := make(chan error, 1)
+	go func() {
+		for {
+			r, err := c2.Next(tail)
+			if errors.Is(err, ErrAtTail) {
+				done <- nil
+				return
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+			_ = r
+		}
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("a cursor still waits for a record whose reader panicked")
+	}
+}

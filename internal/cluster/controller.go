@@ -49,8 +49,8 @@ type Controller struct {
 	nodes    map[uint64]*placement.Node // the nodes of the last round's metadata
 }
 
-// settledRounds: while the cluster is settled (the last round changed nothing and
-// heard every node) and the metadata stays as it was, only every settledRounds-th
+// settledRounds: while the cluster is settled (the last round changed nothing,
+// heard every node and saw no group in motion) and the metadata stays as it was, only every settledRounds-th
 // round runs in full; the others only ask each node who it is (Relay.Alive), which
 // keeps the nodes' last-seen times as exact as a full round does, and run in full
 // as soon as a node does not answer. A full round reads the metadata and every
@@ -129,7 +129,25 @@ func (c *Controller) round(ctx context.Context) bool {
 	for _, d := range plan {
 		c.apply(rctx, st, view, d)
 	}
-	return len(plan) == 0 && len(reports) == len(st.Nodes) && !promoting
+	return len(plan) == 0 && len(reports) == len(st.Nodes) && !promoting && steady(view)
+}
+
+// steady reports whether no group is in motion: each has a leader, all its replicas
+// and every member caught up. A plan is empty too while a new member catches up
+// (each step of a move waits for that), and the next step must not wait for a
+// settled cluster's slower rounds.
+func steady(v placement.ClusterView) bool {
+	for _, g := range v.Groups {
+		if g.Leader == 0 || len(g.Members) != g.Replicas {
+			return false
+		}
+		for _, m := range g.Members {
+			if !g.CaughtUp[m] {
+				return false
+			}
+		}
+	}
+	return true
 }
 
 // promoteMetaVoter gives the metadata group a voter more, while it has fewer than

@@ -15,7 +15,8 @@
 //     missing, empty or unreadable delay file means no delay.
 //   - The journal records no more loss than a real power cut could cause for the
 //     files it covers (the segment store and its index; the raft log: dragonboat's
-//     LogDB and snapshots, internal/raftlog's payload files): a size is recorded after
+//     LogDB, internal/raftlog's payload files, and snapshot files, less those a
+//     directory rename moved, which keep no record and are left whole): a size is recorded after
 //     the full sync that made it durable returned, a create after it succeeded, a
 //     rename or link carries its file's record, and a journal that cannot be
 //     written fails the operation. PowerCut therefore loses only what a power cut

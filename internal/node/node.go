@@ -401,7 +401,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.shards.SetSealer(sealer)
 	n.shards.SetMetrics(rel)
 	// Reconcile skips at once when the metadata version is unchanged: a short interval
-	// starts a new upstream's group within 50 ms of its add, at negligible cost.
+	// starts a new upstream's group within 200 ms of its add, at negligible cost.
 	n.spawn(func() { n.shards.Run(ctx, 200*time.Millisecond) })
 
 	keys := cluster.NewKeyring(ident.Keys(), ident.ActiveNodeKey, func(k []cluster.NodeKey, active uint64) error {
