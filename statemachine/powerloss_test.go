@@ -2,6 +2,8 @@ package statemachine
 
 import (
 	"math/rand/v2"
+	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -29,7 +31,13 @@ func TestPowerLoss(t *testing.T) {
 		lives = 3
 	}
 	seed := uint64(time.Now().UnixNano())
-	t.Logf("seed %d", seed)
+	if v := os.Getenv("FLOTILLA_POWERLOSS_SEED"); v != "" { // replay a failure
+		var err error
+		if seed, err = strconv.ParseUint(v, 10, 64); err != nil {
+			t.Fatalf("FLOTILLA_POWERLOSS_SEED=%q: %v", v, err)
+		}
+	}
+	t.Logf("seed %d (replay: FLOTILLA_POWERLOSS_SEED=%d)", seed, seed)
 	rnd := rand.New(rand.NewPCG(seed, 11))
 	var syncedRounds, cutsMidway, deaths uint64
 	for life := 0; life < lives; life++ {
