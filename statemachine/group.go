@@ -59,6 +59,12 @@ type meta struct {
 	// set it holds (base and received, gaps included): what it serves replicas by.
 	MySQL    bool            `json:"mysql,omitempty"`
 	Executed binlog.MySQLSet `json:"executed,omitempty"`
+	// SyncedFile and SyncedSeg are a place (file, segment offset) up to which every
+	// segment byte was fsynced when this meta was written: Open checks the records
+	// after it against their CRCs before it trusts the index (see indexAhead).
+	// SyncedFile 0 means unknown (an older Flotilla): Open checks every recent part.
+	SyncedFile uint64 `json:"synced_file,omitempty"`
+	SyncedSeg  uint64 `json:"synced_seg,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -260,6 +266,7 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 		g.closeFiles()
 		return 0, err
 	}
+	g.m.SyncedFile, g.m.SyncedSeg = g.m.File, g.m.PartSeg
 	g.mu.Lock()
 	g.scanCompressed()
 	g.mu.Unlock()
@@ -432,6 +439,10 @@ func (g *Group) syncSegments() error {
 		}
 	}
 	if segErr == nil {
+		// Every byte up to the applied end is written (commit flushes before it
+		// syncs; Sync runs between Updates) and now durable. The commit after this
+		// one records it; the one in progress may still carry the older place.
+		g.m.SyncedFile, g.m.SyncedSeg = g.m.File, g.m.PartSeg
 		for _, no := range g.toCompress {
 			if no >= g.m.FirstFile {
 				g.compress(no)

@@ -55,9 +55,10 @@ var errScanEnd = errors.New("end of segments")
 // recentPart is a segment part that may have been written since its last fsync, and
 // the plain size the index says it has.
 type recentPart struct {
-	no   uint64
-	k    int
-	size uint64
+	no    uint64
+	k     int
+	start uint64 // segment offset of its first byte
+	size  uint64
 }
 
 // recentParts lists every part of the current file and of the file before it: the
@@ -75,7 +76,8 @@ func (g *Group) recentParts() ([]recentPart, error) {
 		if k < cur {
 			end = g.m.PartStarts[k]
 		}
-		out = append(out, recentPart{no: g.m.File, k: k, size: end - partStart(g.m.PartStarts, k)})
+		start := partStart(g.m.PartStarts, k)
+		out = append(out, recentPart{no: g.m.File, k: k, start: start, size: end - start})
 	}
 	if prev := g.m.File - 1; prev > 0 && prev >= g.m.FirstFile {
 		fi, err := g.store.fileInfo(g.id, prev)
@@ -83,15 +85,19 @@ func (g *Group) recentParts() ([]recentPart, error) {
 			return nil, err
 		}
 		for k, size := range partSizes(fi) {
-			out = append(out, recentPart{no: prev, k: k, size: size})
+			out = append(out, recentPart{no: prev, k: k, start: partStart(fi.PartStarts, k), size: size})
 		}
 	}
 	return out, nil
 }
 
-// indexAhead reports whether the index claims segment bytes that are not there: a
-// power loss wrote back the index's WAL (other groups' synced commits carry it) but
-// not the segment pages it describes.
+// indexAhead reports whether the index claims segment bytes that are not there, or
+// not whole: a power loss wrote back the index's WAL (other groups' synced commits
+// carry it) but not all the segment pages it describes. Pages are written back in
+// any order, so a part can keep its full size with a hole of zeros inside: every
+// record the index claims past the last place known fsynced (meta's Synced*) is read
+// and its CRC checked. That costs one read of what was written since the last segment
+// fsync, at each Open.
 func (g *Group) indexAhead() bool {
 	parts, err := g.recentParts()
 	if err != nil {
@@ -109,8 +115,61 @@ func (g *Group) indexAhead() bool {
 		if err != nil || uint64(st.Size()) < p.size {
 			return true
 		}
+		from := uint64(0) // offset in the part from which nothing is known durable
+		switch {
+		case g.m.SyncedFile > p.no:
+			continue
+		case g.m.SyncedFile == p.no && g.m.SyncedSeg >= p.start+p.size:
+			continue
+		case g.m.SyncedFile == p.no && g.m.SyncedSeg > p.start:
+			from = g.m.SyncedSeg - p.start
+		}
+		if err := g.checkRecords(path, from, p.size); err != nil {
+			g.log.Warn("a segment part the index claims is torn", "part", path, "from", from, "to", p.size, "err", err)
+			return true
+		}
 	}
 	return false
+}
+
+// checkRecords reads the records of a plain part from offset from, a record boundary,
+// to offset to, checking each against its CRC and that they end exactly at to.
+func (g *Group) checkRecords(path string, from, to uint64) error {
+	f, err := g.store.fs.Open(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	var hdr [recordHeaderLen]byte
+	var payload []byte
+	for off := from; off < to; {
+		if to-off < recordHeaderLen {
+			return fmt.Errorf("offset %d: %d bytes left, less than a record header", off, to-off)
+		}
+		if _, err := f.ReadAt(hdr[:], int64(off)); err != nil {
+			return fmt.Errorf("offset %d: read record header: %w", off, err)
+		}
+		h, err := parseRecordHeader(hdr[:])
+		if err != nil {
+			return fmt.Errorf("offset %d: %w", off, err)
+		}
+		end := off + recordHeaderLen + uint64(h.Len)
+		if end > to {
+			return fmt.Errorf("offset %d: a record of %d bytes runs past the claimed end %d", off, h.Len, to)
+		}
+		if cap(payload) < int(h.Len) {
+			payload = make([]byte, h.Len)
+		}
+		payload = payload[:h.Len]
+		if _, err := f.ReadAt(payload, int64(off+recordHeaderLen)); err != nil {
+			return fmt.Errorf("offset %d: read record payload: %w", off, err)
+		}
+		if err := verifyRecord(hdr[:], h, payload); err != nil {
+			return fmt.Errorf("offset %d: %w", off, err)
+		}
+		off = end
+	}
+	return nil
 }
 
 // syncRecent fsyncs the recent parts and the group's directory. Open calls it: the

@@ -344,3 +344,82 @@ func TestRebuildWhenIndexIsAhead(t *testing.T) {
 		t.Fatal("nothing readable after the rebuild")
 	}
 }
+
+// TestRebuildWhenIndexClaimsAHole: pages are written back in any order, so a power
+// loss can keep a part at its full size with a hole of zeros where unsynced records
+// were, while the index's WAL that claims them survives. Open must see the hole (the
+// part's size does not show it) and rebuild to the last complete batch before it:
+// every record it then serves verifies, and nothing a Sync covered is lost.
+func TestRebuildWhenIndexClaimsAHole(t *testing.T) {
+	const size = 1 << 20 // one part holds all: only content can show the hole
+	dir := t.TempDir()
+	h := newHarnessSized(t, dir, size)
+	defer func() { h.close() }()
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 0, Items: []Item{newFile("m.000001", binlog.Position{})}})
+	seq := uint64(0)
+	appendTxns := func(n int) {
+		prev := seq
+		var items []Item
+		for i := 0; i < n; i++ {
+			seq++
+			items = append(items, txn(gt(seq), 500))
+		}
+		h.mustAppend(&Append{Epoch: ep, PrevOrdinal: prev, Items: items})
+	}
+	for i := 0; i < 4; i++ {
+		appendTxns(3)
+	}
+	if err := h.g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	synced, _ := h.g.Tail()
+	path := h.g.partPath(synced.File, len(synced.PartStarts))
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	syncedSize := st.Size()
+	for i := 0; i < 20; i++ {
+		appendTxns(3)
+	}
+	full, _ := h.g.Tail()
+	if len(full.PartStarts) != len(synced.PartStarts) {
+		t.Fatal("the part rolled: the test wants one part")
+	}
+	// A commit with Sync carries the group's NoSync commits to the disk.
+	if err := h.store.db.LogData(nil, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+	// A 4 KiB block in the middle of what was written after the Sync never reached
+	// the disk: zeros, the file's size unchanged.
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	end, _ := f.Seek(0, 2)
+	hole := (syncedSize + (end-syncedSize)/2) &^ 4095
+	if hole < syncedSize {
+		t.Fatalf("hole at %d is inside the synced %d bytes", hole, syncedSize)
+	}
+	if _, err := f.WriteAt(make([]byte, 4096), hole); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+
+	h = newHarnessSized(t, dir, size)
+	got, _ := h.g.Tail()
+	if got.Ordinal < synced.Ordinal || got.Ordinal >= full.Ordinal {
+		t.Fatalf("after the hole the group opened with %d transactions, want at least the %d synced and fewer than the %d written", got.Ordinal, synced.Ordinal, full.Ordinal)
+	}
+	if n := len(readAll(t, h.g, Start{File: got.FirstFile, Served: 4})); n == 0 {
+		t.Fatal("nothing readable after the rebuild")
+	}
+	// Raft replays the lost entries; the group goes on from there.
+	seq = got.Ordinal
+	appendTxns(1)
+	if tl, _ := h.g.Tail(); tl.Ordinal != seq {
+		t.Fatalf("after the rebuild the group holds %d transactions, want %d", tl.Ordinal, seq)
+	}
+}
