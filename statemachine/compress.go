@@ -175,7 +175,11 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 		return 0, 0, err
 	}
 	defer in.Close()
-	if err := s.compressible(in); err != nil {
+	st, err := in.Stat()
+	if err != nil {
+		return 0, 0, err
+	}
+	if err := s.compressible(in, st.Size()); err != nil {
 		if errors.Is(err, errIncompressible) {
 			// Remembered, so a restart does not try again (a lost marker costs one
 			// more sample only).
@@ -238,16 +242,33 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 // compressed or encrypted columns, or already compressed binlog events, are like that.
 var errIncompressible = errors.New("the segment's data does not compress")
 
-// compressSample is how much of a segment compressible tries, from its start.
-const compressSample = 1 << 20
+// compressSamples pieces of compressSample bytes each, one from the middle of each
+// of as many equal stretches of a segment, are what compressible tries: a segment
+// whose first rows compress but whose bulk (say, compressed BLOBs) does not is judged
+// by its bulk, and the judgement costs a fixed, small share of a closed file.
+const (
+	compressSamples = 8
+	compressSample  = 32 << 10
+)
 
-// compressible compresses a sample of the segment and refuses a segment it would
-// shrink by less than a tenth.
-func (s *Store) compressible(f io.ReaderAt) error {
-	buf := make([]byte, compressSample)
-	n, err := f.ReadAt(buf, 0)
-	if err != nil && !errors.Is(err, io.EOF) {
-		return err
+// compressible compresses the samples of the segment and refuses a segment they
+// would shrink by less than a tenth.
+func (s *Store) compressible(f io.ReaderAt, size int64) error {
+	buf := make([]byte, 0, compressSamples*compressSample)
+	if size <= compressSamples*compressSample {
+		// Small enough to try whole.
+		n, err := f.ReadAt(buf[:size], 0)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		buf = buf[:n]
+	}
+	for i := int64(0); i < compressSamples && size > compressSamples*compressSample; i++ {
+		n, err := f.ReadAt(buf[len(buf):len(buf)+compressSample], size*(2*i+1)/(2*compressSamples)-compressSample/2)
+		if err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		buf = buf[:len(buf)+n]
 	}
 	s.sampler.once.Do(func() {
 		s.sampler.enc, s.sampler.err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
@@ -255,8 +276,8 @@ func (s *Store) compressible(f io.ReaderAt) error {
 	if s.sampler.err != nil {
 		return s.sampler.err
 	}
-	if out := s.sampler.enc.EncodeAll(buf[:n], nil); n > 0 && len(out)*10 > n*9 {
-		return fmt.Errorf("%w: a sample of %d bytes compresses to %d", errIncompressible, n, len(out))
+	if out := s.sampler.enc.EncodeAll(buf, nil); len(buf) > 0 && len(out)*10 > len(buf)*9 {
+		return fmt.Errorf("%w: samples of %d bytes compress to %d", errIncompressible, len(buf), len(out))
 	}
 	return nil
 }

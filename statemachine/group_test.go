@@ -865,7 +865,7 @@ func snapshotInto(t *testing.T, src, dst *harness) *harness {
 }
 
 // A closed segment whose data does not compress (random bytes here; compressed or
-// encrypted row images in life) is left plain, costing no compression CPU and no
+// encrypted row images in life), or not in its bulk, is left plain, costing no compression CPU and no
 // decompression for its readers; one that compresses is swapped for its .zst.
 func TestIncompressibleSegmentStaysPlain(t *testing.T) {
 	h := newHarness(t, t.TempDir())
@@ -880,7 +880,12 @@ func TestIncompressibleSegmentStaysPlain(t *testing.T) {
 		name  string
 		data  []byte
 		plain bool
-	}{{"random", random, true}, {"rows", bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');"), 64<<10), false}} {
+	}{
+		{"random", random, true},
+		{"rows", bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');"), 64<<10), false},
+		// Rows first, then a bulk that does not compress: judged by its bulk.
+		{"rows then random", append(bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');"), 4<<10), random...), true},
+	} {
 		path := filepath.Join(dir, c.name)
 		if err := os.WriteFile(path, c.data, 0o600); err != nil {
 			t.Fatal(err)
