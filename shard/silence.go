@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -209,10 +210,7 @@ func (s *Shard) checkSilence(ctx context.Context, st *silence, w *linkWatch, fl 
 func (s *Shard) masterExecuted(ctx context.Context, fl upstreamFlavor, addr, user, password string, tlsCfg *tls.Config) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	c, err := connectMaster(ctx, addr, user, password, tlsCfg, 10*time.Second, func(c *client.Conn) error {
-		c.ReadTimeout, c.WriteTimeout = 10*time.Second, 10*time.Second
-		return nil
-	})
+	c, err := dialProbe(ctx, addr, user, password, tlsCfg)
 	var me *mysql.MyError
 	if errors.As(err, &me) && !slices.Contains(masterDownCodes, me.Code) {
 		// Too many connections, a blocked host, a changed password: the master is
@@ -238,10 +236,92 @@ func (s *Shard) masterExecuted(ctx context.Context, fl upstreamFlavor, addr, use
 	return v, nil
 }
 
+// dialProbe opens a connection of its own to the master for a probe's queries, each
+// bounded to 10 s.
+func dialProbe(ctx context.Context, addr, user, password string, tlsCfg *tls.Config) (*client.Conn, error) {
+	return connectMaster(ctx, addr, user, password, tlsCfg, 10*time.Second, func(c *client.Conn) error {
+		c.ReadTimeout, c.WriteTimeout = 10*time.Second, 10*time.Second
+		return nil
+	})
+}
+
 // silenceProbe is the node's master_silence_probe.
 func (s *Shard) silenceProbe() time.Duration {
 	if s.m == nil || s.m.silenceProbe <= 0 {
 		return DefaultSilenceProbe
 	}
 	return s.m.silenceProbe
+}
+
+// zombieGrace is how long a syncer waits for the master to start its dump before it
+// looks for the dump that holds it up. A MariaDB master ends a former leader's dump
+// when the new leader's (same server_id) arrives, but only by flagging it: if that
+// dump is blocked writing to a leader that froze (a stopped process, a hung VM), it
+// stays until net_write_timeout (60 s by default), and the new dump waits behind it:
+// the group ingested nothing for a minute though a new leader was elected in two
+// seconds.
+const zombieGrace = 2 * time.Second
+
+// endZombieDumps waits for the dump to start (a byte read after since, an offset of
+// w's clock); while it has not, it asks the master every zombieGrace to end, for
+// good, its threads of this syncer's user that were already killed (see
+// killZombieDumps), a few times at most.
+func (s *Shard) endZombieDumps(ctx context.Context, w *linkWatch, since int64, connect func(context.Context) (*client.Conn, error)) {
+	t := time.NewTicker(zombieGrace)
+	defer t.Stop()
+	for tries := 0; tries < 5; tries++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if w.last.Load() > since {
+			return // the dump started
+		}
+		ended, err := killZombieDumps(ctx, connect)
+		if err != nil {
+			s.log.Warn("the master has not started the binlog dump, and the threads that may hold it up could not be listed or ended", "waited", time.Duration(tries+1)*zombieGrace, "err", err)
+			continue
+		}
+		if len(ended) > 0 {
+			s.log.Warn("the master's binlog dump was waiting behind a former dump of this syncer's user, killed but stuck writing to a dead link (a frozen former leader): ended it",
+				"threads", ended)
+		}
+	}
+}
+
+// killZombieDumps ends, with KILL CONNECTION, the master's threads of the connecting
+// user that are already killed (COMMAND Killed) other than its own: a user may kill
+// its own threads, and a killed thread is one the master is ending anyway, so no
+// live session is touched. KILL CONNECTION shuts the thread's socket, which a dump
+// thread's pending write waits on; the kill a new dump's arrival makes does not.
+func killZombieDumps(ctx context.Context, connect func(context.Context) (*client.Conn, error)) ([]string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	c, err := connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	const q = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = SUBSTRING_INDEX(USER(), '@', 1) AND COMMAND = 'Killed' AND ID <> CONNECTION_ID()"
+	r, err := c.Execute(q)
+	if err != nil {
+		return nil, fmt.Errorf("list killed threads: %w", err)
+	}
+	var ended []string
+	for i := 0; i < r.RowNumber(); i++ {
+		id, err := r.GetUint(i, 0)
+		if err != nil {
+			return ended, fmt.Errorf("list killed threads: %w", err)
+		}
+		if _, err := c.Execute(fmt.Sprintf("KILL CONNECTION %d", id)); err != nil {
+			var me *mysql.MyError
+			if errors.As(err, &me) && me.Code == mysql.ER_NO_SUCH_THREAD {
+				continue // it ended meanwhile
+			}
+			return ended, fmt.Errorf("KILL CONNECTION %d: %w", id, err)
+		}
+		ended = append(ended, strconv.FormatUint(id, 10))
+	}
+	return ended, nil
 }

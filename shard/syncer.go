@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/lni/dragonboat/v3"
 
@@ -127,7 +128,13 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		return false, fmt.Errorf("%w: connect to master %s: %w", errSourceDown, u.Source, err)
 	}
 	defer src.close()
+	streamedAt := w.at(time.Now())
 	w.streaming()
+	zctx, stopZombies := context.WithCancel(ctx)
+	defer stopZombies()
+	go s.endZombieDumps(zctx, w, streamedAt, func(ctx context.Context) (*client.Conn, error) {
+		return dialProbe(ctx, net.JoinHostPort(host, portStr), u.User, password, tlsCfg)
+	})
 	s.log.Info("pulling binlog from master", "source", u.Source, "flavor", u.Flavor, "from_gtid", start, "epoch", epoch, "semi_sync", semi != nil)
 	s.updateStatus(func(st *SyncStatus) {
 		st.Connected, st.MasterFile, st.SemiSync, st.Selection = true, view.Upstream, semi != nil, ""
