@@ -3,11 +3,13 @@ package cluster
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -34,6 +36,8 @@ type Relay struct {
 	tls    *tls.Config // nil: plaintext
 	meta   func() (*placement.State, error)
 	log    *slog.Logger
+	// silence is relaySilence (tests shorten it).
+	silence time.Duration
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -42,7 +46,7 @@ type Relay struct {
 // NewRelay creates a relay for node nodeID that signs its calls with keys; tlsCfg
 // (nil: plaintext) is how it reaches other nodes' admin ports.
 func NewRelay(nodeID uint64, keys *Keyring, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
-	return &Relay{nodeID: nodeID, keys: keys, tls: tlsCfg, meta: meta, log: log, conns: map[string]*grpc.ClientConn{}}
+	return &Relay{nodeID: nodeID, keys: keys, tls: tlsCfg, meta: meta, log: log, silence: relaySilence, conns: map[string]*grpc.ClientConn{}}
 }
 
 // Close closes the connections to other nodes.
@@ -182,8 +186,9 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 	if err != nil {
 		return false, 0, err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	replica := ctx
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	sctx, err := s.r.keys.Sign(ctx, n.ID, clusterv1.Cluster_Dump_FullMethodName, req)
 	if err != nil {
 		return false, 0, err
@@ -192,20 +197,29 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 	if err != nil {
 		return false, 0, err
 	}
+	w := newSilenceWatch(s.r.silence)
+	go w.run(ctx, cancel)
 	started := false
 	for {
 		ch, err := stream.Recv()
 		if err != nil {
-			if ctx.Err() != nil {
+			if replica.Err() != nil {
 				return true, 0, nil // the replica went away
+			}
+			if cause := context.Cause(ctx); errors.Is(cause, errRelaySilent) {
+				err = cause
 			}
 			if !started {
 				return false, 0, err
 			}
 			return true, 0, mysqlfront.ErrRetry("the relay of upstream %s from node %d broke (%v); the replica reconnects and resumes", s.u.Name, n.ID, err)
 		}
+		w.heard(ch)
 		if ch.NotServing {
 			return false, ch.LeaderNode, fmt.Errorf("does not serve it (leader: node %d)", ch.LeaderNode)
+		}
+		if w.isKeepalive(ch) {
+			continue
 		}
 		if !started {
 			started = true
@@ -229,6 +243,65 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 		}
 		if ch.ErrorCode != 0 {
 			return true, 0, mysql.NewError(uint16(ch.ErrorCode), ch.ErrorMessage)
+		}
+	}
+}
+
+// relaySilence is how long a relay waits to hear from the node serving it before it
+// gives that node up: for the first message after asking (every release answers at
+// once, with events or a refusal), and between messages once the node has shown that
+// it sends keepalives (see relayKeepalive; a release before 0.33 does not, and is
+// waited for as before). A frozen leader (a stopped process, a hung disk) otherwise
+// held every replica relayed from it until the replica's own slave_net_timeout
+// (60 s by default), though a new leader served within seconds.
+const relaySilence = 5 * time.Second
+
+// errRelaySilent ends a relay whose serving node fell silent.
+var errRelaySilent = errors.New("the serving node sent nothing")
+
+// silenceWatch tells when a relay's serving node fell silent.
+type silenceWatch struct {
+	limit      time.Duration
+	last       atomic.Int64 // unix nanoseconds of the request or the last message
+	heardAny   atomic.Bool
+	keepsAlive atomic.Bool
+}
+
+func newSilenceWatch(limit time.Duration) *silenceWatch {
+	w := &silenceWatch{limit: limit}
+	w.last.Store(time.Now().UnixNano())
+	return w
+}
+
+// heard notes a message.
+func (w *silenceWatch) heard(ch *clusterv1.DumpChunk) {
+	w.last.Store(time.Now().UnixNano())
+	w.heardAny.Store(true)
+	if w.isKeepalive(ch) {
+		w.keepsAlive.Store(true)
+	}
+}
+
+// isKeepalive reports whether ch is a keepalive: a message with nothing in it.
+func (*silenceWatch) isKeepalive(ch *clusterv1.DumpChunk) bool {
+	return len(ch.Events) == 0 && len(ch.EventPart) == 0 && ch.File == 0 && !ch.Eof && ch.ErrorCode == 0 && !ch.NotServing
+}
+
+// run cancels the relay, with errRelaySilent, once the node is silent too long;
+// it returns when ctx ends.
+func (w *silenceWatch) run(ctx context.Context, cancel context.CancelCauseFunc) {
+	t := time.NewTicker(w.limit / 10)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		quiet := time.Since(time.Unix(0, w.last.Load()))
+		if quiet >= w.limit && (!w.heardAny.Load() || w.keepsAlive.Load()) {
+			cancel(fmt.Errorf("%w for %v", errRelaySilent, quiet.Round(100*time.Millisecond)))
+			return
 		}
 	}
 }

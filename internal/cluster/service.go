@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/mysql"
@@ -197,8 +198,16 @@ func (s *Service) Dump(r *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpSe
 		Flags: uint16(r.Flags), ServerID: r.ServerId, HasChecksum: r.HasChecksum, Checksum: r.Checksum, Heartbeat: time.Duration(r.HeartbeatNanos),
 		MySQLGTIDMode: r.MysqlGtidMode, MySQLSet: r.MysqlGtidSet}
 	s.Log.Debug("serving a relayed dump", "group", r.GroupId, "via_node", r.ViaNode)
-	sink := &chunkSink{stream: stream}
+	sink := &chunkSink{stream: stream, sent: time.Now()}
+	kctx, stopKeepalive := context.WithCancel(ctx)
+	kdone := make(chan struct{})
+	go func() {
+		defer close(kdone)
+		sink.keepalive(kctx, relayKeepalive)
+	}()
 	err := src.Dump(ctx, spec, sink)
+	stopKeepalive()
+	<-kdone // no Send may follow the handler's return
 	if ferr := sink.flush(); ferr != nil || ctx.Err() != nil {
 		return nil
 	}
@@ -220,14 +229,50 @@ type chunkSink struct {
 	stream  clusterv1.Cluster_DumpServer
 	pending clusterv1.DumpChunk
 	bytes   int
-	err     error // the first failed send: the relaying node went away
+	// mu orders the sends of the dump and of keepalive.
+	mu   sync.Mutex
+	sent time.Time // of the last message
+	err  error     // the first failed send: the relaying node went away
 }
 
 const maxChunkBytes = 1 << 20
 
+// relayKeepalive: a serving node that sent nothing for this long sends an empty
+// message, so that the relaying node can tell a dump quiet at the tail from a node
+// that froze or a link that died (see relaySilence), which a replica would otherwise
+// wait out for slave_net_timeout. A release before 0.33 ignores empty messages.
+const relayKeepalive = time.Second
+
+// keepalive sends an empty message whenever nothing was sent for period, until ctx
+// ends.
+func (c *chunkSink) keepalive(ctx context.Context, period time.Duration) {
+	t := time.NewTicker(period / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		if c.err == nil && time.Since(c.sent) >= period {
+			c.send(&clusterv1.DumpChunk{})
+		}
+		c.mu.Unlock()
+	}
+}
+
+// send sends msg; c.mu is held.
+func (c *chunkSink) send(msg *clusterv1.DumpChunk) {
+	if err := c.stream.Send(msg); err != nil && c.err == nil {
+		c.err = fmt.Errorf("relay dump to the connected node: %w", err)
+	}
+	c.sent = time.Now()
+}
+
 func (c *chunkSink) Event(ev []byte) error {
-	if c.err != nil {
-		return c.err
+	if err := c.failed(); err != nil {
+		return err
 	}
 	if c.bytes > 0 && c.bytes+len(ev) > maxChunkBytes {
 		if err := c.flush(); err != nil {
@@ -241,8 +286,8 @@ func (c *chunkSink) Event(ev []byte) error {
 
 // EventPart sends the part in a message of its own, after the events before it.
 func (c *chunkSink) EventPart(part []byte) error {
-	if c.err != nil {
-		return c.err
+	if err := c.failed(); err != nil {
+		return err
 	}
 	c.pending.EventPart = part // sent (copied into the message) before flush returns
 	return c.flush()
@@ -264,9 +309,16 @@ func (c *chunkSink) flush() error {
 	}
 	msg := &clusterv1.DumpChunk{Events: c.pending.Events, File: c.pending.File, Pos: c.pending.Pos, Eof: c.pending.Eof, EventPart: c.pending.EventPart}
 	c.pending, c.bytes = clusterv1.DumpChunk{}, 0
-	if err := c.stream.Send(msg); err != nil && c.err == nil {
-		c.err = fmt.Errorf("relay dump to the connected node: %w", err)
-	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.send(msg)
+	return c.err
+}
+
+// failed returns the error of the first failed send.
+func (c *chunkSink) failed() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	return c.err
 }
 

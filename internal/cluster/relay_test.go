@@ -1,0 +1,175 @@
+package cluster
+
+import (
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+
+	"github.com/flotilla-relay/flotilla/mysqlfront"
+	"github.com/flotilla-relay/flotilla/placement"
+	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
+)
+
+// frozenServer serves a dump that sends one batch of events, then keepalives for a
+// while (if it sends them at all), then nothing, as a node that froze (SIGSTOP, a
+// hung disk) would.
+type frozenServer struct {
+	clusterv1.UnimplementedClusterServer
+	keepalives int // sent before it freezes; -1: sends nothing at all, not even events
+}
+
+func (f *frozenServer) Dump(_ *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpServer) error {
+	if f.keepalives >= 0 {
+		if err := stream.Send(&clusterv1.DumpChunk{Events: [][]byte{[]byte("event")}, File: 1, Pos: 100}); err != nil {
+			return err
+		}
+		for i := 0; i < f.keepalives; i++ {
+			time.Sleep(20 * time.Millisecond)
+			if err := stream.Send(&clusterv1.DumpChunk{}); err != nil {
+				return err
+			}
+		}
+	}
+	<-stream.Context().Done() // frozen: the connection stays up, nothing comes
+	return nil
+}
+
+type recordingSink struct {
+	mu     sync.Mutex
+	events int
+}
+
+func (s *recordingSink) Event([]byte) error      { s.mu.Lock(); s.events++; s.mu.Unlock(); return nil }
+func (s *recordingSink) EventPart([]byte) error  { return nil }
+func (s *recordingSink) Position(uint64, uint64) {}
+func (s *recordingSink) EOF() error              { return nil }
+
+// relayTo starts srv as node 2 and returns node 1's relay source for group 7 there.
+func relayTo(t *testing.T, srv clusterv1.ClusterServer, silence time.Duration) mysqlfront.Source {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	clusterv1.RegisterClusterServer(gs, srv)
+	go gs.Serve(lis)
+	t.Cleanup(gs.Stop)
+	id, err := NewIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := &placement.State{Nodes: map[uint64]*placement.Node{2: {ID: 2, AdminAddr: lis.Addr().String()}}, Assignments: map[uint64][]uint64{7: {2}}}
+	r := NewRelay(1, NewKeyring(id.Keys(), 0, nil), nil, func() (*placement.State, error) { return st, nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r.silence = silence
+	t.Cleanup(r.Close)
+	return r.Source(&placement.Upstream{Name: "main", GroupID: 7}, 2, false)
+}
+
+// TestRelayGivesUpOnASilentNode: a relay whose serving node falls silent after it
+// showed it sends keepalives ends the replica's dump with a retry (1053) within the
+// silence limit, so the replica reconnects and reaches the new leader; a node that
+// never answers is given up as not serving. A node of an older release, which sends
+// no keepalives, is waited for as before.
+func TestRelayGivesUpOnASilentNode(t *testing.T) {
+	const silence = 300 * time.Millisecond
+	dump := func(src mysqlfront.Source, within time.Duration) (time.Duration, *recordingSink, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), within)
+		defer cancel()
+		sink := &recordingSink{}
+		start := time.Now()
+		err := src.Dump(ctx, mysqlfront.DumpSpec{GroupID: 7}, sink)
+		return time.Since(start), sink, err
+	}
+
+	took, sink, err := dump(relayTo(t, &frozenServer{keepalives: 3}, silence), 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "sent nothing") || took > 3*silence+time.Second {
+		t.Fatalf("frozen after keepalives: dump ended after %v with %v; want a retry naming the silence within about %v", took, err, silence)
+	}
+	if sink.events != 1 {
+		t.Fatalf("frozen after keepalives: %d events relayed, want 1", sink.events)
+	}
+
+	took, _, err = dump(relayTo(t, &frozenServer{keepalives: -1}, silence), 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "no node serves") || took > 3*silence+time.Second {
+		t.Fatalf("silent from the start: dump ended after %v with %v; want the node given up within about %v", took, err, silence)
+	}
+
+	took, sink, err = dump(relayTo(t, &frozenServer{keepalives: 0}, silence), 5*silence)
+	if err != nil || took < 5*silence || sink.events != 1 {
+		t.Fatalf("no keepalives (an older release): dump ended after %v with %v (%d events); want it waited for until the replica left", took, err, sink.events)
+	}
+}
+
+// dumpStream records what a served dump sends.
+type dumpStream struct {
+	grpc.ServerStream
+	mu   sync.Mutex
+	sent []*clusterv1.DumpChunk
+}
+
+func (d *dumpStream) Send(ch *clusterv1.DumpChunk) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.sent = append(d.sent, ch)
+	return nil
+}
+
+func (d *dumpStream) Context() context.Context     { return context.Background() }
+func (d *dumpStream) SetHeader(metadata.MD) error  { return nil }
+func (d *dumpStream) SendHeader(metadata.MD) error { return nil }
+func (d *dumpStream) SetTrailer(metadata.MD)       {}
+func (d *dumpStream) SendMsg(any) error            { return nil }
+func (d *dumpStream) RecvMsg(any) error            { return nil }
+func (d *dumpStream) count() (keepalives, others int) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, ch := range d.sent {
+		if (&silenceWatch{}).isKeepalive(ch) {
+			keepalives++
+		} else {
+			others++
+		}
+	}
+	return keepalives, others
+}
+
+// TestServedDumpSendsKeepalives: a served dump with nothing to send sends an empty
+// message each keepalive period, and none while it sends events.
+func TestServedDumpSendsKeepalives(t *testing.T) {
+	const period = 50 * time.Millisecond
+	st := &dumpStream{}
+	sink := &chunkSink{stream: st, sent: time.Now()}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		sink.keepalive(ctx, period)
+	}()
+	// Busy: a position report (a message) every 10 ms.
+	for i := 0; i < 30; i++ {
+		if err := sink.Event([]byte("event")); err != nil {
+			t.Fatal(err)
+		}
+		sink.Position(1, uint64(100+i))
+		time.Sleep(10 * time.Millisecond)
+	}
+	if k, o := st.count(); k != 0 || o != 30 {
+		t.Fatalf("while busy: %d keepalives, %d messages; want none and 30", k, o)
+	}
+	// Quiet: keepalives, about one a period.
+	time.Sleep(10 * period)
+	cancel()
+	<-done
+	if k, _ := st.count(); k < 5 || k > 11 {
+		t.Fatalf("quiet for 10 periods: %d keepalives; want about 10", k)
+	}
+}
