@@ -368,7 +368,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles}},
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: true}},
 	})
 	if err != nil {
 		store.Close()

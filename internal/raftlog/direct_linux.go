@@ -1,0 +1,6 @@
+package raftlog
+
+import "syscall"
+
+// oDirect is the open flag for direct I/O.
+const oDirect = syscall.O_DIRECT
