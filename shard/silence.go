@@ -291,9 +291,9 @@ func (s *Shard) endZombieDumps(ctx context.Context, w *linkWatch, since int64, c
 }
 
 // killZombieDumps ends, with KILL CONNECTION, the master's threads of the connecting
-// user that are already killed (COMMAND Killed) other than its own: a user may kill
-// its own threads, and a killed thread is one the master is ending anyway, so no
-// live session is touched. KILL CONNECTION shuts the thread's socket, which a dump
+// user that are already killed (COMMAND Killed), run no statement and wait writing to
+// their client, other than its own: a user may kill its own threads, and such a
+// thread is a dump the master is ending anyway. KILL CONNECTION shuts the thread's socket, which a dump
 // thread's pending write waits on; the kill a new dump's arrival makes does not.
 func killZombieDumps(ctx context.Context, connect func(context.Context) (*client.Conn, error)) ([]string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -303,7 +303,10 @@ func killZombieDumps(ctx context.Context, connect func(context.Context) (*client
 		return nil, err
 	}
 	defer c.Close()
-	const q = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = SUBSTRING_INDEX(USER(), '@', 1) AND COMMAND = 'Killed' AND ID <> CONNECTION_ID()"
+	// COMMAND is Killed for any kill, KILL QUERY and max_statement_time included; a
+	// dump thread runs no statement (INFO is NULL), and one held by a dead link waits
+	// in its write.
+	const q = "SELECT ID FROM information_schema.PROCESSLIST WHERE USER = SUBSTRING_INDEX(USER(), '@', 1) AND COMMAND = 'Killed' AND INFO IS NULL AND STATE = 'Writing to net' AND ID <> CONNECTION_ID()"
 	r, err := c.Execute(q)
 	if err != nil {
 		return nil, fmt.Errorf("list killed threads: %w", err)

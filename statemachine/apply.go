@@ -291,6 +291,11 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 		return err
 	}
 	cut := g.m.SegSize
+	if g.m.SyncedFile == g.m.File && g.m.SyncedSeg > cut {
+		// The bytes from cut on are rewritten: a place past it known fsynced could
+		// fall inside the new redo record, where Open's check would start mid-record.
+		g.m.SyncedSeg = cut
+	}
 	keepParts := 0 // parts beginning before the cut; later ones hold only pieces
 	for _, st := range g.m.PartStarts {
 		if st < cut {

@@ -4,12 +4,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
@@ -421,5 +424,50 @@ func TestRebuildWhenIndexClaimsAHole(t *testing.T) {
 	appendTxns(1)
 	if tl, _ := h.g.Tail(); tl.Ordinal != seq {
 		t.Fatalf("after the rebuild the group holds %d transactions, want %d", tl.Ordinal, seq)
+	}
+}
+
+// TestDroppedPiecesKeepTheSyncedPlace: a claim drops an unfinished transaction's
+// pieces and writes a new redo record where they began, so a place known fsynced
+// past that point could fall inside the new record; Open would then read from the
+// middle of a record, take the segment for torn and rebuild the whole index for
+// nothing (or fail, for files an older Flotilla wrote). Each shape of the drop must
+// reopen without a rebuild. (The claim's own durable commits refresh the place
+// today, so this passes without dropPending's clamp too: it guards the pair.)
+func TestDroppedPiecesKeepTheSyncedPlace(t *testing.T) {
+	for _, syncAfterPiece := range []bool{false, true} {
+		for _, pieceBytes := range []int{30, 300, 3000} {
+			dir := t.TempDir()
+			h := newHarnessSized(t, dir, 1<<20)
+			ep := h.claim()
+			h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 0, Items: []Item{newFile("m.000001", binlog.Position{}), txn(gt(1), 100)}})
+			if err := h.g.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			ev := txnEvents(gt(2), pieceBytes)
+			h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{{Txn: &Txn{GTID: gt(2), First: true, Events: ev[:len(ev)-31]}}}})
+			if syncAfterPiece {
+				if err := h.g.Sync(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			h.claim() // drops the piece
+			h.close()
+			var logs bytes.Buffer
+			st, err := OpenFS(vfs.Default, dir, slog.New(slog.NewTextHandler(&logs, nil)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			st.SetSegmentSize(1 << 20)
+			g := st.NewGroup(5, 1).(*Group)
+			if _, err := g.Open(nil); err != nil {
+				t.Fatalf("piece of %d bytes, sync after it %v: reopen: %v", pieceBytes, syncAfterPiece, err)
+			}
+			if strings.Contains(logs.String(), "rebuilding") || strings.Contains(logs.String(), "torn") {
+				t.Fatalf("piece of %d bytes, sync after it %v: the reopen rebuilt the index:\n%s", pieceBytes, syncAfterPiece, logs.String())
+			}
+			g.Close()
+			st.Close()
+		}
 	}
 }

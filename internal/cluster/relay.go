@@ -201,6 +201,7 @@ func (s *relaySource) dumpFrom(ctx context.Context, n *placement.Node, req *clus
 	go w.run(ctx, cancel)
 	started := false
 	for {
+		w.waiting()
 		ch, err := stream.Recv()
 		if err != nil {
 			if replica.Err() != nil {
@@ -259,23 +260,27 @@ const relaySilence = 5 * time.Second
 // errRelaySilent ends a relay whose serving node fell silent.
 var errRelaySilent = errors.New("the serving node sent nothing")
 
-// silenceWatch tells when a relay's serving node fell silent.
+// silenceWatch tells when a relay's serving node fell silent. Only time spent
+// waiting for a message counts: a replica that reads slowly holds the relay in its
+// sink (for up to the front end's write timeout), and gRPC's flow control then holds
+// the serving node's messages, keepalives included.
 type silenceWatch struct {
 	limit      time.Duration
-	last       atomic.Int64 // unix nanoseconds of the request or the last message
+	last       atomic.Int64 // unix nanoseconds since which the relay has waited (0: not waiting)
 	heardAny   atomic.Bool
 	keepsAlive atomic.Bool
 }
 
 func newSilenceWatch(limit time.Duration) *silenceWatch {
-	w := &silenceWatch{limit: limit}
-	w.last.Store(time.Now().UnixNano())
-	return w
+	return &silenceWatch{limit: limit}
 }
 
-// heard notes a message.
+// waiting notes that the relay waits for the next message from now on.
+func (w *silenceWatch) waiting() { w.last.Store(time.Now().UnixNano()) }
+
+// heard notes a message: the relay no longer waits.
 func (w *silenceWatch) heard(ch *clusterv1.DumpChunk) {
-	w.last.Store(time.Now().UnixNano())
+	w.last.Store(0)
 	w.heardAny.Store(true)
 	if w.isKeepalive(ch) {
 		w.keepsAlive.Store(true)
@@ -298,7 +303,11 @@ func (w *silenceWatch) run(ctx context.Context, cancel context.CancelCauseFunc) 
 			return
 		case <-t.C:
 		}
-		quiet := time.Since(time.Unix(0, w.last.Load()))
+		since := w.last.Load()
+		if since == 0 {
+			continue // handing a message on
+		}
+		quiet := time.Since(time.Unix(0, since))
 		if quiet >= w.limit && (!w.heardAny.Load() || w.keepsAlive.Load()) {
 			cancel(fmt.Errorf("%w for %v", errRelaySilent, quiet.Round(100*time.Millisecond)))
 			return

@@ -42,12 +42,46 @@ func (f *frozenServer) Dump(_ *clusterv1.DumpRequest, stream clusterv1.Cluster_D
 	return nil
 }
 
+// slowServer sends an event and keepalives, a second event, then keepalives for
+// keepFor, then freezes.
+type slowServer struct {
+	clusterv1.UnimplementedClusterServer
+	keepFor time.Duration
+}
+
+func (f *slowServer) Dump(_ *clusterv1.DumpRequest, stream clusterv1.Cluster_DumpServer) error {
+	ev := &clusterv1.DumpChunk{Events: [][]byte{[]byte("event")}, File: 1, Pos: 100}
+	for _, ch := range []*clusterv1.DumpChunk{ev, {}, {}, ev} {
+		if err := stream.Send(ch); err != nil {
+			return err
+		}
+	}
+	for start := time.Now(); time.Since(start) < f.keepFor; time.Sleep(20 * time.Millisecond) {
+		if err := stream.Send(&clusterv1.DumpChunk{}); err != nil {
+			return err
+		}
+	}
+	<-stream.Context().Done()
+	return nil
+}
+
 type recordingSink struct {
 	mu     sync.Mutex
 	events int
+	// stall is how long the second event takes to hand on (a replica reading slowly).
+	stall time.Duration
 }
 
-func (s *recordingSink) Event([]byte) error      { s.mu.Lock(); s.events++; s.mu.Unlock(); return nil }
+func (s *recordingSink) Event([]byte) error {
+	s.mu.Lock()
+	s.events++
+	n := s.events
+	s.mu.Unlock()
+	if n == 2 {
+		time.Sleep(s.stall)
+	}
+	return nil
+}
 func (s *recordingSink) EventPart([]byte) error  { return nil }
 func (s *recordingSink) Position(uint64, uint64) {}
 func (s *recordingSink) EOF() error              { return nil }
@@ -84,7 +118,7 @@ func TestRelayGivesUpOnASilentNode(t *testing.T) {
 	dump := func(src mysqlfront.Source, within time.Duration) (time.Duration, *recordingSink, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), within)
 		defer cancel()
-		sink := &recordingSink{}
+		sink := &recordingSink{stall: 4 * silence}
 		start := time.Now()
 		err := src.Dump(ctx, mysqlfront.DumpSpec{GroupID: 7}, sink)
 		return time.Since(start), sink, err
@@ -101,6 +135,13 @@ func TestRelayGivesUpOnASilentNode(t *testing.T) {
 	took, _, err = dump(relayTo(t, &frozenServer{keepalives: -1}, silence), 10*time.Second)
 	if err == nil || !strings.Contains(err.Error(), "no node serves") || took > 3*silence+time.Second {
 		t.Fatalf("silent from the start: dump ended after %v with %v; want the node given up within about %v", took, err, silence)
+	}
+
+	// A replica that reads slowly holds the relay in its sink longer than the limit,
+	// after keepalives were heard: that is not the serving node's silence.
+	took, sink, err = dump(relayTo(t, &slowServer{keepFor: 8 * silence}, silence), 10*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "sent nothing") || took < 8*silence || sink.events != 2 {
+		t.Fatalf("slow replica: dump ended after %v with %v (%d events); want it to outlast the stall and the keepalives (%v), then end on the silence", took, err, sink.events, 8*silence)
 	}
 
 	took, sink, err = dump(relayTo(t, &frozenServer{keepalives: 0}, silence), 5*silence)
@@ -145,7 +186,7 @@ func (d *dumpStream) count() (keepalives, others int) {
 // TestServedDumpSendsKeepalives: a served dump with nothing to send sends an empty
 // message each keepalive period, and none while it sends events.
 func TestServedDumpSendsKeepalives(t *testing.T) {
-	const period = 50 * time.Millisecond
+	const period = 500 * time.Millisecond
 	st := &dumpStream{}
 	sink := &chunkSink{stream: st, sent: time.Now()}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -154,22 +195,24 @@ func TestServedDumpSendsKeepalives(t *testing.T) {
 		defer close(done)
 		sink.keepalive(ctx, period)
 	}()
-	// Busy: a position report (a message) every 10 ms.
-	for i := 0; i < 30; i++ {
+	// Busy for two periods: a position report (a message) every 10 ms; only a stall
+	// of a whole period could let a keepalive in.
+	busy := 0
+	for start := time.Now(); time.Since(start) < 2*period; busy++ {
 		if err := sink.Event([]byte("event")); err != nil {
 			t.Fatal(err)
 		}
-		sink.Position(1, uint64(100+i))
+		sink.Position(1, uint64(100+busy))
 		time.Sleep(10 * time.Millisecond)
 	}
-	if k, o := st.count(); k != 0 || o != 30 {
-		t.Fatalf("while busy: %d keepalives, %d messages; want none and 30", k, o)
+	if k, o := st.count(); k != 0 || o != busy {
+		t.Fatalf("while busy: %d keepalives, %d messages; want none and %d", k, o, busy)
 	}
-	// Quiet: keepalives, about one a period.
-	time.Sleep(10 * period)
+	// Quiet for 6 periods: about one keepalive each.
+	time.Sleep(6 * period)
 	cancel()
 	<-done
-	if k, _ := st.count(); k < 5 || k > 11 {
-		t.Fatalf("quiet for 10 periods: %d keepalives; want about 10", k)
+	if k, _ := st.count(); k < 3 || k > 7 {
+		t.Fatalf("quiet for 6 periods: %d keepalives; want about 6", k)
 	}
 }

@@ -26,8 +26,9 @@ const (
 	recordHeaderLen = 24
 	// blockSize is the unit of writes: whole blocks at block offsets (direct I/O).
 	blockSize = 4096
-	// stageSize is how much a group stages before it writes: large enough for the
-	// disk to stream, small enough to keep in a pool.
+	// stageSize is the most a group stages before it writes: large enough for the
+	// disk to stream. A group's stage is no larger than what it has to stage (see
+	// stagePool), as every group a save touches holds one until the save's sync.
 	stageSize   = 4 << 20
 	recordMagic = 0x464c5031 // "FLP1"
 	fileSuffix  = ".payloads"
@@ -117,25 +118,39 @@ type groupLog struct {
 	stages *stagePool
 }
 
-// stageBuf is a block-aligned staging buffer of stageSize bytes.
-type stageBuf struct{ b []byte }
+// stageBuf is a block-aligned staging buffer of stageClassSize(class) bytes.
+type stageBuf struct {
+	b     []byte
+	class int
+}
+
+// stageClasses staging buffer sizes, from 64 KiB up to stageSize by fours.
+const stageClasses = 4
+
+func stageClassSize(c int) int { return 64 << 10 << (2 * c) }
 
 // stagePool hands out staging buffers; a LogDB's groups share one, so an idle group
 // holds none.
-type stagePool struct{ p sync.Pool }
+type stagePool struct{ p [stageClasses]sync.Pool }
 
-func (sp *stagePool) get() *stageBuf {
-	if b, ok := sp.p.Get().(*stageBuf); ok {
+// get returns a buffer of the smallest size that holds need bytes (stageSize at most).
+func (sp *stagePool) get(need int) *stageBuf {
+	c := 0
+	for c < stageClasses-1 && stageClassSize(c) < need {
+		c++
+	}
+	if b, ok := sp.p[c].Get().(*stageBuf); ok {
 		return b
 	}
-	raw := make([]byte, stageSize+blockSize)
+	size := stageClassSize(c)
+	raw := make([]byte, size+blockSize)
 	off := int(-uintptr(unsafe.Pointer(&raw[0])) & (blockSize - 1))
-	return &stageBuf{b: raw[off : off+stageSize : off+stageSize]}
+	return &stageBuf{b: raw[off : off+size : off+size], class: c}
 }
 
 func (sp *stagePool) put(b *stageBuf) {
 	if b != nil {
-		sp.p.Put(b)
+		sp.p[b.class].Put(b)
 	}
 }
 
@@ -306,17 +321,27 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 
 // put stages the byte slices for f, writing the stage out each time it fills.
 func (g *groupLog) put(f *payFile, parts ...[]byte) error {
+	need := blockSize + recordHeaderLen // room for finish's pad too
+	for _, p := range parts {
+		need += len(p)
+	}
+	if f.stage == nil {
+		f.stage = g.stages.get(need)
+	} else if f.staged+need > len(f.stage.b) && len(f.stage.b) < stageSize {
+		// A larger record than the stage was taken for: move to a larger one.
+		b := g.stages.get(f.staged + need)
+		copy(b.b, f.stage.b[:f.staged])
+		g.stages.put(f.stage)
+		f.stage = b
+	}
 	for _, p := range parts {
 		for len(p) > 0 {
-			if f.stage == nil {
-				f.stage = g.stages.get()
-			}
 			n := copy(f.stage.b[f.staged:], p)
 			f.staged += n
 			f.size += int64(n)
 			p = p[n:]
 			if f.staged == len(f.stage.b) {
-				if err := f.writeStage(); err != nil {
+				if err := g.writeStage(f); err != nil {
 					return err
 				}
 			}
@@ -340,20 +365,32 @@ func (g *groupLog) finish(f *payFile) error {
 			}
 		}
 	}
-	err := f.writeStage()
+	if err := g.writeStage(f); err != nil {
+		return err // the stage stays: the file is unusable, its bytes unknown
+	}
 	g.stages.put(f.stage)
 	f.stage = nil
-	return err
+	return nil
 }
 
-// writeStage writes the staged bytes at the file's written end.
-func (f *payFile) writeStage() error {
+// writeStage writes f's staged bytes at the file's written end. A filesystem that
+// took O_DIRECT at open but refuses the writes (a logical block larger than
+// blockSize, some FUSE filesystems) turns direct I/O off for the group: the file is
+// reopened without it, and nothing was written by the refused write.
+func (g *groupLog) writeStage(f *payFile) error {
 	if f.staged == 0 {
 		return nil
 	}
 	var err error
 	if f.direct {
 		_, err = f.w.WriteAt(f.stage.b[:f.staged], f.written)
+		if errors.Is(err, syscall.EINVAL) {
+			f.w.Close()
+			f.w, f.direct, g.direct = nil, false, false
+			if f.w, err = g.fs.OpenForAppend(f.path); err == nil {
+				_, err = f.w.Write(f.stage.b[:f.staged])
+			}
+		}
 	} else {
 		_, err = f.w.Write(f.stage.b[:f.staged])
 	}
