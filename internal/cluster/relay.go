@@ -31,11 +31,12 @@ const maxRelayMessage = 64 << 20
 
 // Relay reads binlog from other nodes for replicas connected to this one.
 type Relay struct {
-	nodeID uint64
-	keys   *Keyring
-	tls    *tls.Config // nil: plaintext
-	meta   func() (*placement.State, error)
-	log    *slog.Logger
+	nodeID    uint64
+	clusterID string
+	keys      *Keyring
+	tls       *tls.Config // nil: plaintext
+	meta      func() (*placement.State, error)
+	log       *slog.Logger
 	// silence is relaySilence (tests shorten it).
 	silence time.Duration
 
@@ -43,10 +44,10 @@ type Relay struct {
 	conns map[string]*grpc.ClientConn
 }
 
-// NewRelay creates a relay for node nodeID that signs its calls with keys; tlsCfg
-// (nil: plaintext) is how it reaches other nodes' admin ports.
-func NewRelay(nodeID uint64, keys *Keyring, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
-	return &Relay{nodeID: nodeID, keys: keys, tls: tlsCfg, meta: meta, log: log, silence: relaySilence, conns: map[string]*grpc.ClientConn{}}
+// NewRelay creates a relay for node nodeID of cluster clusterID that signs its calls
+// with keys; tlsCfg (nil: plaintext) is how it reaches other nodes' admin ports.
+func NewRelay(nodeID uint64, clusterID string, keys *Keyring, tlsCfg *tls.Config, meta func() (*placement.State, error), log *slog.Logger) *Relay {
+	return &Relay{nodeID: nodeID, clusterID: clusterID, keys: keys, tls: tlsCfg, meta: meta, log: log, silence: relaySilence, conns: map[string]*grpc.ClientConn{}}
 }
 
 // Close closes the connections to other nodes.
@@ -339,14 +340,15 @@ func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, t
 }
 
 // Alive asks every node who it is at once, which costs a node next to nothing where
-// a report covers all its groups: the nodes that answered as themselves within the
-// timeout.
+// a report covers all its groups: the nodes that answered as themselves, of this
+// cluster, within the timeout (a node of another cluster that took a dead node's
+// address is not that node).
 func (r *Relay) Alive(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]bool {
 	var mu sync.Mutex
 	out := map[uint64]bool{}
 	r.each(ctx, nodes, timeout, func(ctx context.Context, id uint64, c clusterv1.ClusterClient) {
 		resp, err := c.Identity(ctx, &clusterv1.IdentityRequest{})
-		if err != nil || resp.NodeId != id {
+		if err != nil || resp.NodeId != id || resp.ClusterId != r.clusterID {
 			return
 		}
 		mu.Lock()

@@ -102,7 +102,7 @@ func relayTo(t *testing.T, srv clusterv1.ClusterServer, silence time.Duration) m
 		t.Fatal(err)
 	}
 	st := &placement.State{Nodes: map[uint64]*placement.Node{2: {ID: 2, AdminAddr: lis.Addr().String()}}, Assignments: map[uint64][]uint64{7: {2}}}
-	r := NewRelay(1, NewKeyring(id.Keys(), 0, nil), nil, func() (*placement.State, error) { return st, nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	r := NewRelay(1, "c1", NewKeyring(id.Keys(), 0, nil), nil, func() (*placement.State, error) { return st, nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	r.silence = silence
 	t.Cleanup(r.Close)
 	return r.Source(&placement.Upstream{Name: "main", GroupID: 7}, 2, false)
@@ -214,5 +214,40 @@ func TestServedDumpSendsKeepalives(t *testing.T) {
 	<-done
 	if k, _ := st.count(); k < 3 || k > 7 {
 		t.Fatalf("quiet for 6 periods: %d keepalives; want about 6", k)
+	}
+}
+
+// identityServer answers Identity as node 2 of cluster.
+type identityServer struct {
+	clusterv1.UnimplementedClusterServer
+	cluster string
+}
+
+func (s *identityServer) Identity(context.Context, *clusterv1.IdentityRequest) (*clusterv1.IdentityResponse, error) {
+	return &clusterv1.IdentityResponse{ClusterId: s.cluster, NodeId: 2}, nil
+}
+
+// TestAliveChecksTheCluster: a node that answers with the right node id but another
+// cluster's id (it took a dead node's address) is not alive to this cluster.
+func TestAliveChecksTheCluster(t *testing.T) {
+	for _, c := range []struct {
+		cluster string
+		alive   bool
+	}{{"c1", true}, {"another", false}} {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		gs := grpc.NewServer()
+		clusterv1.RegisterClusterServer(gs, &identityServer{cluster: c.cluster})
+		go gs.Serve(lis)
+		id, _ := NewIdentity()
+		r := NewRelay(1, "c1", NewKeyring(id.Keys(), 0, nil), nil, func() (*placement.State, error) { return &placement.State{}, nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		got := r.Alive(context.Background(), map[uint64]*placement.Node{2: {ID: 2, AdminAddr: lis.Addr().String()}}, 5*time.Second)
+		r.Close()
+		gs.Stop()
+		if got[2] != c.alive {
+			t.Fatalf("node 2 answering for cluster %q: alive %v, want %v", c.cluster, got[2], c.alive)
+		}
 	}
 }

@@ -408,7 +408,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return cluster.SaveNodeKeys(cfg.DataDir, k, active)
 	})
 	n.spawn(func() { n.followNodeKeys(ctx, keys, sealer) })
-	n.relay = cluster.NewRelay(cfg.NodeID, keys, tr.peer, n.meta.Local, log.With("component", "relay"))
+	n.relay = cluster.NewRelay(cfg.NodeID, ident.ClusterID, keys, tr.peer, n.meta.Local, log.With("component", "relay"))
 	n.front = mysqlfront.New(routerAdapter{n}, cfg.NodeID, log.With("component", "mysqlfront"))
 	n.front.Limits = limits
 	n.front.TLS = tr.front
