@@ -96,8 +96,10 @@ func (g *Group) recentParts() ([]recentPart, error) {
 // carry it) but not all the segment pages it describes. Pages are written back in
 // any order, so a part can keep its full size with a hole of zeros inside: every
 // record the index claims past the last place known fsynced (meta's Synced*) is read
-// and its CRC checked. That costs one read of what was written since the last segment
-// fsync, at each Open.
+// and its CRC checked. That costs, at each Open, one read of what was written since
+// the place the stored meta records (it lags its own commit by one segment fsync);
+// at the first Open after an upgrade from a release that recorded none, of the
+// current and previous files whole.
 func (g *Group) indexAhead() bool {
 	parts, err := g.recentParts()
 	if err != nil {
