@@ -752,6 +752,10 @@ func (r routerAdapter) Source(_ context.Context, u *placement.Upstream) (mysqlfr
 		case r.n.cfg.NodeID:
 			return nil, fmt.Errorf("group %d is starting on this node; the replica will retry", u.GroupID)
 		}
+	} else if st, err := r.n.meta.Local(); err == nil && slices.Equal(st.Assignments[u.GroupID], []uint64{r.n.cfg.NodeID}) {
+		// Only this node holds the group and has not started it yet (right after a
+		// restart): there is no one to relay from, so the session waits for it.
+		return nil, fmt.Errorf("group %d is starting on this node; the replica will retry", u.GroupID)
 	}
 	return r.n.relay.Source(u, leader, anyReplica), nil
 }
