@@ -43,4 +43,7 @@
 //     I/O (Factory.DirectIO) where the filesystem allows it: the payloads skip the
 //     page cache, whose copy was the largest CPU cost of ingest (a fault-injecting
 //     filesystem gets the same blocks through its own writes).
+//   - A save that changes nothing but commit indexes is not written on its own: the
+//     commit index is volatile in raft, and the next write of its group carries it
+//     (see commitStates, which also says why a restart with an older one is safe).
 package raftlog

@@ -111,6 +111,7 @@ type LogDB struct {
 	on         *atomic.Bool
 	direct     bool
 	stages     stagePool
+	states     commitStates
 
 	mu     sync.Mutex
 	groups map[groupKey]*groupSlot
@@ -137,7 +138,8 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 	if err := removeOrphans(inner, fs, root); err != nil {
 		return nil, err
 	}
-	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{}}, nil
+	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{},
+		states: commitStates{groups: map[groupKey]*groupState{}}}, nil
 }
 
 func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
@@ -179,7 +181,7 @@ func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 // place (updates itself is left as it was).
 func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
 	if !l.on.Load() {
-		return l.ILogDB.SaveRaftState(updates, shardID)
+		return l.saveInner(updates, shardID)
 	}
 	var out []pb.Update // a copy, once an update has a large entry
 	var touched []*groupLog
@@ -219,14 +221,28 @@ func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
 		}
 	}
 	if out == nil {
-		return l.ILogDB.SaveRaftState(updates, shardID)
+		return l.saveInner(updates, shardID)
 	}
 	for _, g := range touched {
 		if err := g.sync(); err != nil {
 			return err
 		}
 	}
-	return l.ILogDB.SaveRaftState(out, shardID)
+	return l.saveInner(out, shardID)
+}
+
+// saveInner has the inner LogDB save batch, less the commit indexes that need no
+// write of their own (see commitStates).
+func (l *LogDB) saveInner(batch []pb.Update, shardID uint64) error {
+	out, record := l.states.settle(batch)
+	if out == nil {
+		return nil
+	}
+	if err := l.ILogDB.SaveRaftState(out, shardID); err != nil {
+		return err
+	}
+	record()
+	return nil
 }
 
 // IterateEntries returns the entries the inner LogDB holds with their payloads
@@ -283,6 +299,7 @@ func (l *LogDB) RemoveNodeData(clusterID uint64, nodeID uint64) error {
 	if err := l.ILogDB.RemoveNodeData(clusterID, nodeID); err != nil {
 		return err
 	}
+	l.states.forget(clusterID, nodeID)
 	g, err := l.lookup(clusterID, nodeID, false)
 	if err != nil || g == nil {
 		return err

@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"testing"
@@ -93,12 +94,30 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 
 	// Flotilla: three nodes, ACK after the group's raft commit.
 	m := startSemiMaster(ctx, b, filepath.Join(dir, "master"), 11)
-	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "flotilla"), 3, "--log-level", "warn")
+	// FLOTILLA_BENCH_TRACE=PREFIX saves each node's execution trace (PREFIX.1 to .3)
+	// of 1 s of the timed commits.
+	trace := os.Getenv("FLOTILLA_BENCH_TRACE")
+	var traceAddrs []string
+	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
+		n.Args = append(n.Args, "--log-level", "warn")
+		if trace != "" {
+			port, err := mariadbtest.FreePort()
+			if err != nil {
+				b.Fatal(err)
+			}
+			addr := fmt.Sprintf("127.0.0.1:%d", port)
+			traceAddrs = append(traceAddrs, addr)
+			n.Args = append(n.Args, "--metrics-addr", addr, "--debug-pprof")
+		}
+	})
 	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", m.Addr(), "--user", benchUser, "--password", benchPass,
 		"--replica-user", replUser, "--replica-password", benchPass, "--semi-sync", "on"); err != nil {
 		b.Fatalf("upstream add: %v\n%s", err, out)
 	}
 	commitLatencies(ctx, b, m, 0, 50)
+	for i, addr := range traceAddrs {
+		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=1", addr), fmt.Sprintf("%s.%d", trace, i+1))
+	}
 	flLat := commitLatencies(ctx, b, m, 1000, n)
 
 	rep := &relayReport{}
