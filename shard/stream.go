@@ -19,6 +19,8 @@ import (
 // stream (dumpStream); tests give the pipeline their own.
 type eventSource interface {
 	// next returns the next event (raw bytes) or the error that ended the stream.
+	// An event's bytes are its own, never reused: the pipeline keeps parts of a large
+	// event by reference until they are proposed.
 	next(ctx context.Context) ([]byte, error)
 	// buffered returns the events already read without waiting.
 	buffered() [][]byte
@@ -192,7 +194,7 @@ func (st *dumpStream) read() {
 		close(st.events)
 	}
 	for {
-		p, err := st.c.ReadPacket()
+		p, err := st.c.ReadPacket() // a new slice each time: events are never reused (see eventSource)
 		if err != nil {
 			fail(err)
 			return

@@ -524,8 +524,9 @@ func (p *pipeline) rollIfFull() {
 // addLargeEvent adds an event larger than a piece to the open transaction in parts,
 // cut where binlog.CutEvent says (the state machine places each part and carries the
 // checksum across), proposing as batches fill: no piece, batch or raft entry holds
-// the event whole (go-mysql's read buffer does, once). The event's last part stays in
-// the transaction's buffer, for the events after it.
+// the event whole (go-mysql's read buffer does, once). Parts after the first refer
+// to raw rather than copy it; the event's last part is copied to the transaction's
+// buffer, for the events after it.
 func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 	t := p.cur
 	prev := 0
@@ -534,7 +535,7 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 		if prev == 0 {
 			events = append(t.events, raw[:c]...) // after the events before it (the GTID event at least)
 		} else {
-			events = append([]byte(nil), raw[prev:c]...)
+			events = raw[prev:c:c] // the event's bytes are its own (see eventSource)
 		}
 		prev = c
 		if !t.skip {

@@ -102,6 +102,31 @@ func rawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir
 	return rawRun{bytes: total, after: total - fs.bytes, took: end.Sub(fs.at)}
 }
 
+// bestRawCopy runs the raw copy three times, each into a directory removed after
+// it, and returns the fastest, noting all three in rep. One copy was no baseline on
+// a virtual machine: its rate swung from 505 to 1208 MB/s between runs (with whether
+// the page cache's pages had been touched before), while Flotilla's moved by a few
+// percent. The fastest of three, each after the last one's pages were freed, is
+// stable, and the harder baseline.
+func bestRawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir string, rep *relayReport) rawRun {
+	b.Helper()
+	var best rawRun
+	var rates []string
+	for i := 1; i <= 3; i++ {
+		d := fmt.Sprintf("%s-%d", dir, i)
+		r := rawCopy(ctx, b, m, from, d)
+		if err := os.RemoveAll(d); err != nil {
+			b.Fatal(err)
+		}
+		rates = append(rates, fmt.Sprintf("%.0f", r.mbs()))
+		if i == 1 || r.mbs() > best.mbs() {
+			best = r
+		}
+	}
+	rep.note(fmt.Sprintf("raw copy baseline: the fastest of 3 copies (%s MB/s)", strings.Join(rates, ", ")))
+	return best
+}
+
 // masterTail is the master's newest binlog file and position and its GTID position.
 func masterTail(ctx context.Context, b *testing.B, m *mariadbtest.Server) (string, uint32, string) {
 	b.Helper()
@@ -309,7 +334,7 @@ func BenchmarkRelay(b *testing.B) {
 	rep := &relayReport{}
 
 	// Ingest, 1 replica, vs a durable raw copy of the same binlog.
-	raw := rawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"))
+	raw := bestRawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"), rep)
 	rawMBs := raw.mbs()
 	one := flotillatest.NewNode(b, filepath.Join(dir, "one"), 1)
 	metricsPort, err := mariadbtest.FreePort()

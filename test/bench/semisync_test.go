@@ -95,18 +95,18 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 	// Flotilla: three nodes, ACK after the group's raft commit.
 	m := startSemiMaster(ctx, b, filepath.Join(dir, "master"), 11)
 	// FLOTILLA_BENCH_TRACE=PREFIX saves each node's execution trace (PREFIX.1 to .3)
-	// of 1 s of the timed commits.
-	trace := os.Getenv("FLOTILLA_BENCH_TRACE")
-	var traceAddrs []string
+	// of 1 s of the timed commits; FLOTILLA_BENCH_PROFILE=PREFIX its CPU profile.
+	trace, prof := os.Getenv("FLOTILLA_BENCH_TRACE"), os.Getenv("FLOTILLA_BENCH_PROFILE")
+	var debugAddrs []string
 	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
 		n.Args = append(n.Args, "--log-level", "warn")
-		if trace != "" {
+		if trace != "" || prof != "" {
 			port, err := mariadbtest.FreePort()
 			if err != nil {
 				b.Fatal(err)
 			}
 			addr := fmt.Sprintf("127.0.0.1:%d", port)
-			traceAddrs = append(traceAddrs, addr)
+			debugAddrs = append(debugAddrs, addr)
 			n.Args = append(n.Args, "--metrics-addr", addr, "--debug-pprof")
 		}
 	})
@@ -115,8 +115,13 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 		b.Fatalf("upstream add: %v\n%s", err, out)
 	}
 	commitLatencies(ctx, b, m, 0, 50)
-	for i, addr := range traceAddrs {
-		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=1", addr), fmt.Sprintf("%s.%d", trace, i+1))
+	for i, addr := range debugAddrs {
+		if trace != "" {
+			go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=1", addr), fmt.Sprintf("%s.%d", trace, i+1))
+		}
+		if prof != "" {
+			go saveProfile(ctx, addr, fmt.Sprintf("%s.%d", prof, i+1), time.Second)
+		}
 	}
 	flLat := commitLatencies(ctx, b, m, 1000, n)
 
