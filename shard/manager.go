@@ -60,6 +60,10 @@ type Manager struct {
 	// their proposal format by it.
 	clusterVersion atomic.Uint32
 
+	// encBufs and pieceBufs lend the syncers their proposals' and large
+	// transactions' buffers (see bufPool).
+	encBufs, pieceBufs bufPool
+
 	// wg counts the replicas' goroutines, so Run returns only once all have stopped.
 	wg sync.WaitGroup
 

@@ -302,7 +302,10 @@ type pipeline struct {
 	fileBytes uint64
 	fde       []byte
 
-	items       []statemachine.Item
+	items []statemachine.Item
+	// lent: the pipeline's own large buffers the items hold, back to the pool once
+	// the items are proposed.
+	lent        [][]byte
 	batchBytes  int
 	batchTxns   uint64
 	batchEvents int
@@ -488,6 +491,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			events = events[:len(events)-len(raw)] // planted bug (tag chaosbug_partial)
 		}
 		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Last: true, Events: events}}, len(events), 1)
+		p.lend(t.events)
 		p.fl.done()
 		p.rollIfFull()
 		return nil
@@ -496,10 +500,11 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		t := p.cur
 		if !t.skip {
 			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: t.events}}, len(t.events), 0)
+			p.lend(t.events)
 		}
 		// A large transaction: its next piece gets its full size at once rather
 		// than growing to it by doubling.
-		t.first, t.events = false, make([]byte, 0, p.maxPiece+64<<10)
+		t.first, t.events = false, p.s.m.pieceBufs.get(p.maxPiece+64<<10)
 	}
 	return nil
 }
@@ -534,6 +539,9 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 		var events []byte
 		if prev == 0 {
 			events = append(t.events, raw[:c]...) // after the events before it (the GTID event at least)
+			if !t.skip {
+				p.lend(events)
+			}
 		} else {
 			events = raw[prev:c:c] // the event's bytes are its own (see eventSource)
 		}
@@ -549,8 +557,16 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 			}
 		}
 	}
-	t.events = append(make([]byte, 0, len(raw)-prev+4096), raw[prev:]...)
+	t.events = append(p.s.m.pieceBufs.get(len(raw)-prev+4096), raw[prev:]...)
 	return nil
+}
+
+// lend records that buf, a buffer of the pipeline's own, is an item's until the
+// next proposal is made, and may go back to the pool then.
+func (p *pipeline) lend(buf []byte) {
+	if cap(buf) >= pooledMin {
+		p.lent = append(p.lent, buf)
+	}
 }
 
 func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
@@ -616,12 +632,19 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		}
 	}
 	if len(p.items) > 0 {
-		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).Encode()
+		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).AppendEncoded(p.s.m.encBufs.get(p.maxBatch))
 		p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes += uint64(p.batchBytes) })
 		rs, err := p.propose(ctx, cmd)
 		if err != nil {
 			return err
 		}
+		// raft holds a copy of cmd now, and cmd holds the items' bytes.
+		p.s.m.encBufs.put(cmd)
+		for _, b := range p.lent {
+			p.s.m.pieceBufs.put(b)
+		}
+		clear(p.lent)
+		p.lent = p.lent[:0]
 		wake, woken := context.WithCancel(ctx)
 		f := inflight{began: time.Now(), txns: p.batchTxns, events: p.batchEvents, bytes: p.batchBytes, lastTS: p.lastTS, ack: p.batchAck,
 			wake: wake, result: make(chan dragonboat.RequestResult, 1)}

@@ -13,7 +13,7 @@ import (
 )
 
 func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
-	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil)), m: &Manager{}}
 	return &pipeline{s: s, fl: &mariadbFlavor{basePos: binlog.Position{}, state: state}, hasFile: hasFile, upstreamFile: upstreamFile,
 		maxBatch: 1 << 40, maxPiece: maxPieceBytes, maxFile: servedFileLimit} // never flushes: there is no raft here
 }
@@ -126,6 +126,15 @@ func TestPipelineSplitsLargeTransactions(t *testing.T) {
 	}
 	if total != want || p.batchTxns != 1 {
 		t.Fatalf("pieces hold %d bytes of %d, %d txns", total, want, p.batchTxns)
+	}
+	// The pieces' buffers come from a pool: none may be handed out again while an
+	// item holds it.
+	var got []byte
+	for _, pc := range pieces {
+		got = append(got, pc.Events...)
+	}
+	if !bytes.Equal(got, bytes.Join(big, nil)) {
+		t.Fatal("the pieces do not hold the transaction's bytes")
 	}
 }
 

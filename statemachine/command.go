@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
@@ -118,7 +119,12 @@ func DecodePurge(cmd []byte) (uint64, error) {
 }
 
 // Encode serialises an Append command.
-func (a *Append) Encode() []byte {
+func (a *Append) Encode() []byte { return a.AppendEncoded(nil) }
+
+// AppendEncoded appends the command's encoding to dst and returns the result, so a
+// proposer can encode into a buffer of its own (dragonboat copies each proposal, so
+// the buffer is free again once Propose returned).
+func (a *Append) AppendEncoded(dst []byte) []byte {
 	size := 32
 	for _, it := range a.Items {
 		if it.Txn != nil {
@@ -127,7 +133,7 @@ func (a *Append) Encode() []byte {
 			size += len(it.NewFile.FDE) + len(it.NewFile.UpstreamFile) + 64
 		}
 	}
-	b := make([]byte, 0, size)
+	b := slices.Grow(dst, size)
 	if a.Sequenced {
 		b = append(b, commandVersion, KindAppendSeq)
 	} else {

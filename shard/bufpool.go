@@ -1,0 +1,32 @@
+package shard
+
+import "sync"
+
+// bufPool lends the syncers' large buffers (a proposal's encoding, a large
+// transaction's pieces) across the node's groups. Each is free again once its
+// proposal is in raft: dragonboat copies a proposal in Propose, and the pieces are
+// read only by the encoding. At hundreds of MB/s a fresh 4 MiB buffer per piece and
+// per proposal was most of the syncer's allocation; pooled, and shared, an idle
+// group keeps none after a burst (sync.Pool lets the collector take them).
+type bufPool struct{ p sync.Pool }
+
+// pooledMin is the least capacity worth pooling: smaller buffers are a small
+// transaction's, cheap to allocate.
+const pooledMin = 1 << 20
+
+// get returns an empty buffer of at least size bytes of capacity.
+func (b *bufPool) get(size int) []byte {
+	if v, ok := b.p.Get().(*[]byte); ok && cap(*v) >= size {
+		return (*v)[:0]
+	}
+	return make([]byte, 0, size)
+}
+
+// put gives buf back; nothing may use it after.
+func (b *bufPool) put(buf []byte) {
+	if cap(buf) < pooledMin {
+		return
+	}
+	buf = buf[:0]
+	b.p.Put(&buf)
+}
