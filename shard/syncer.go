@@ -632,7 +632,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		}
 	}
 	if len(p.items) > 0 {
-		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).AppendEncoded(p.s.m.encBufs.get(p.maxBatch))
+		cmd := (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).AppendEncoded(p.s.m.encBufs.get(p.batchBytes))
 		p.s.updateStatus(func(st *SyncStatus) { st.PendingBytes += uint64(p.batchBytes) })
 		rs, err := p.propose(ctx, cmd)
 		if err != nil {

@@ -63,6 +63,11 @@ func payloadFilesOn() *atomic.Bool {
 
 // openRaftNode starts a NodeHost and store under dir; the caller stops them.
 func openRaftNode(dir string, addr string) (*raftNode, error) {
+	return openRaftNodeWith(dir, addr, raftlog.Factory{MinPayload: 256, On: payloadFilesOn()})
+}
+
+// openRaftNodeWith is openRaftNode with the LogDB made by logs.
+func openRaftNodeWith(dir string, addr string, logs raftlog.Factory) (*raftNode, error) {
 	st, err := Open(filepath.Join(dir, "storage"), discardLog())
 	if err != nil {
 		return nil, err
@@ -71,7 +76,7 @@ func openRaftNode(dir string, addr string) (*raftNode, error) {
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID: 7, NodeHostDir: filepath.Join(dir, "raft"), RTTMillisecond: 20, RaftAddress: addr,
 		// Every entry but the smallest goes through the node's own LogDB's payload files.
-		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig(), LogDBFactory: raftlog.Factory{MinPayload: 256, On: payloadFilesOn()}},
+		Expert: config.ExpertConfig{LogDB: config.GetTinyMemLogDBConfig(), LogDBFactory: logs},
 	})
 	if err != nil {
 		st.Close()

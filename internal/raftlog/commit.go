@@ -1,6 +1,8 @@
 package raftlog
 
 import (
+	"errors"
+	"fmt"
 	"sync"
 
 	"github.com/lni/dragonboat/v3/raftio"
@@ -33,7 +35,9 @@ import (
 //   - dragonboat checks at a restart that the saved commit index is at least the
 //     latest snapshot's index (a snapshot is of applied, so committed, entries):
 //     ReadRaftState raises a lower one to that index, which is as true and which
-//     dragonboat passes in. An on-disk state machine that applied past the saved
+//     dragonboat passes in, and holds the raised one to be saved.
+//   - Close writes every held commit index (see flush): only a crash leaves one
+//     unsaved. An on-disk state machine that applied past the saved
 //     commit index was already possible (dragonboat applies before it saves the
 //     commit that allowed it) and is handled by dragonboat: entries at or below the
 //     state machine's own index are skipped.
@@ -119,9 +123,35 @@ func (c *commitStates) read(cluster, node, snapshotIndex uint64, rs raftio.RaftS
 	if pb.IsEmptyState(rs.State) {
 		return rs
 	}
-	c.groups[k] = &groupState{saved: rs.State}
-	rs.State.Commit = max(rs.State.Commit, snapshotIndex)
+	g := &groupState{saved: rs.State}
+	c.groups[k] = g
+	if rs.State.Commit < snapshotIndex {
+		rs.State.Commit = snapshotIndex
+		g.pending = rs.State // saved with the next write, or at Close
+	}
 	return rs
+}
+
+// flush writes every held commit index through save, one group per call
+// (dragonboat's LogDB writes a batch to the partition of its first update's group).
+// Close calls it once dragonboat's workers stopped: a node stopped cleanly leaves
+// every commit index it knew, so a release that does not raise a saved commit index
+// to its snapshot's (0.33 and earlier) can start on its data directory.
+func (c *commitStates) flush(save func(pb.Update) error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var errs []error
+	for k, g := range c.groups {
+		if pb.IsEmptyState(g.pending) {
+			continue
+		}
+		if err := save(pb.Update{ClusterID: k.cluster, NodeID: k.node, State: g.pending}); err != nil {
+			errs = append(errs, fmt.Errorf("save the commit index of group %d (replica %d): %w", k.cluster, k.node, err))
+			continue
+		}
+		g.saved, g.pending = g.pending, pb.State{}
+	}
+	return errors.Join(errs...)
 }
 
 // forget drops a removed group's state.
@@ -137,6 +167,7 @@ func (c *commitStates) forget(cluster, node uint64) {
 func (l *LogDB) ReadRaftState(clusterID uint64, nodeID uint64, lastIndex uint64) (raftio.RaftState, error) {
 	rs, err := l.ILogDB.ReadRaftState(clusterID, nodeID, lastIndex)
 	if err != nil {
+		l.states.forget(clusterID, nodeID)
 		return rs, err
 	}
 	return l.states.read(clusterID, nodeID, lastIndex, rs), nil

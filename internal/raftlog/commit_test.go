@@ -18,10 +18,12 @@ func saveUpdate(t *testing.T, l *LogDB, u pb.Update) {
 	}
 }
 
-// powerCut closes l, keeps only what was synced, and reopens the log, reading group
-// 5's state as dragonboat does at a start (with the latest snapshot's index).
+// powerCut closes l as a crash would (writing nothing it held back), keeps only
+// what was synced, and reopens the log, reading group 5's state as dragonboat does
+// at a start (with the latest snapshot's index).
 func powerCut(t *testing.T, fs *gvfs.MemFS, l *LogDB, snapshotIndex uint64) (*LogDB, pb.State) {
 	t.Helper()
+	l.noFlushAtClose = true
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -39,8 +41,9 @@ func powerCut(t *testing.T, fs *gvfs.MemFS, l *LogDB, snapshotIndex uint64) (*Lo
 // commit index saved before); the next update that writes carries it; a term or a
 // vote is written at once; a group's first state after the log opened is written;
 // a commit index below the latest snapshot's reads back as that index; and the
-// updates handed in are left as they were. Write every update (drop commitsOnly's
-// check) and the first cut keeps commit 4.
+// updates handed in are left as they were; a clean Close writes what was held
+// back. Write every update (drop commitsOnly's check) and the first cut keeps
+// commit 4; drop Close's flush and the last checks fail.
 func TestCommitIndexRidesWithTheNextWrite(t *testing.T) {
 	fs := gvfs.NewStrictMem()
 	rnd := rand.New(rand.NewPCG(1, 2))
@@ -79,8 +82,27 @@ func TestCommitIndexRidesWithTheNextWrite(t *testing.T) {
 	// A commit index below the latest snapshot's reads back as the snapshot's index.
 	saveUpdate(t, l, pb.Update{State: pb.State{Term: 2, Vote: 2, Commit: 6}})
 	l, st = powerCut(t, fs, l, 5)
-	defer l.Close()
 	if st.Commit != 5 {
 		t.Fatalf("commit index %d read with the latest snapshot at 5, want 5", st.Commit)
+	}
+
+	// A clean Close writes what it held: the raised commit index, then a later one.
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.ResetToSyncedState()
+	l = openTestLog(t, fs)
+	if rs, err := l.ReadRaftState(5, 1, 0); err != nil || rs.State.Commit != 5 {
+		t.Fatalf("after a clean close the saved commit index is %d (%v), want the raised 5", rs.State.Commit, err)
+	}
+	saveUpdate(t, l, pb.Update{State: pb.State{Term: 2, Vote: 2, Commit: 6}})
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	fs.ResetToSyncedState()
+	l = openTestLog(t, fs)
+	defer l.Close()
+	if rs, err := l.ReadRaftState(5, 1, 0); err != nil || rs.State != (pb.State{Term: 2, Vote: 2, Commit: 6}) {
+		t.Fatalf("after a clean close the saved state is %+v (%v), want the held commit index 6", rs.State, err)
 	}
 }

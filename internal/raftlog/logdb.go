@@ -56,6 +56,9 @@ type Factory struct {
 	// on its way, which was the largest CPU cost of ingest. Only for the real
 	// filesystem: a wrapped one (fault injection) must see every write.
 	DirectIO bool
+	// NoFlushAtClose makes Close leave the commit indexes it holds back unwritten,
+	// as a crash would (see commitStates): for tests of a restart after one.
+	NoFlushAtClose bool
 }
 
 // Name is dragonboat's default LogDB's: dragonboat records it in the node host
@@ -97,6 +100,7 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 		return nil, err
 	}
 	l.direct = f.DirectIO && cfg.Expert.FS == nil
+	l.noFlushAtClose = f.NoFlushAtClose
 	return l, nil
 }
 
@@ -112,6 +116,9 @@ type LogDB struct {
 	direct     bool
 	stages     stagePool
 	states     commitStates
+	// noFlushAtClose: Close leaves held commit indexes unwritten, as a crash
+	// would (Factory.NoFlushAtClose).
+	noFlushAtClose bool
 
 	mu     sync.Mutex
 	groups map[groupKey]*groupSlot
@@ -351,8 +358,14 @@ func removeOrphans(inner raftio.ILogDB, fs gvfs.FS, root string) error {
 	return nil
 }
 
-// Close closes the payload files and the inner LogDB.
+// Close writes the commit indexes held back (see commitStates), then closes the
+// payload files and the inner LogDB. dragonboat closes its LogDB after its workers
+// stopped.
 func (l *LogDB) Close() error {
+	var flushErr error
+	if !l.noFlushAtClose {
+		flushErr = l.states.flush(func(u pb.Update) error { return l.ILogDB.SaveRaftState([]pb.Update{u}, 1) })
+	}
 	l.mu.Lock()
 	for _, s := range l.groups {
 		s.once.Do(func() {}) // waits for an open under way (and ends any to come)
@@ -362,5 +375,5 @@ func (l *LogDB) Close() error {
 	}
 	l.groups = map[groupKey]*groupSlot{}
 	l.mu.Unlock()
-	return l.ILogDB.Close()
+	return errors.Join(flushErr, l.ILogDB.Close())
 }

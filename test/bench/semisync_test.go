@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -115,15 +116,19 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 		b.Fatalf("upstream add: %v\n%s", err, out)
 	}
 	commitLatencies(ctx, b, m, 0, 50)
+	var saves sync.WaitGroup // the nodes stop only once their files are saved
 	for i, addr := range debugAddrs {
 		if trace != "" {
-			go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=1", addr), fmt.Sprintf("%s.%d", trace, i+1))
+			saves.Go(func() {
+				saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=1", addr), fmt.Sprintf("%s.%d", trace, i+1))
+			})
 		}
 		if prof != "" {
-			go saveProfile(ctx, addr, fmt.Sprintf("%s.%d", prof, i+1), time.Second)
+			saves.Go(func() { saveProfile(ctx, addr, fmt.Sprintf("%s.%d", prof, i+1), time.Second) })
 		}
 	}
 	flLat := commitLatencies(ctx, b, m, 1000, n)
+	saves.Wait()
 
 	rep := &relayReport{}
 	rep.add("semi-sync commit latency p50", ms(percentile(flLat, 0.50)), ms(percentile(baseLat, 0.50)), "ms", 3, false)
