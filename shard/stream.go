@@ -1,29 +1,36 @@
 package shard
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 	"github.com/go-mysql-org/go-mysql/replication"
+
+	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
 
 // eventSource is where a syncer reads the master's events: Flotilla's own dump
 // stream (dumpStream); tests give the pipeline their own.
 type eventSource interface {
 	// next returns the next event (raw bytes) or the error that ended the stream.
-	// An event's bytes are its own, never reused: the pipeline keeps parts of a large
-	// event by reference until they are proposed.
+	// An event's bytes are its own until it is given back with release: the
+	// pipeline keeps parts of a large event by reference until they are proposed.
 	next(ctx context.Context) ([]byte, error)
 	// buffered returns the events already read without waiting.
 	buffered() [][]byte
+	// release gives back an event's bytes, which nothing reads after: the source
+	// may read a later event into them.
+	release(ev []byte)
 	close()
 }
 
@@ -44,6 +51,12 @@ type eventSource interface {
 // reader owns), and only by the syncer's goroutine (TLS connections allow one
 // writer beside one reader). close ends the reader even when it waits to hand an
 // event on.
+//
+// Once the dump command is sent the reader reads the packets itself, from the
+// connection under go-mysql's (see readPacket): go-mysql's packet layer copied each
+// event three times and allocated twice per event, a fifth of an ingest's CPU. Its
+// buffered reader is empty then: a master sends nothing but answers, and every
+// answer was read whole.
 type dumpStream struct {
 	c      *client.Conn
 	events chan []byte
@@ -52,7 +65,22 @@ type dumpStream struct {
 	once   sync.Once
 	// semi is whether the master agreed to semi-sync (it has the feature on).
 	semi bool
+	// r reads the dump's packets; seq is the sequence the next one must carry.
+	// Only the reader uses them.
+	r   *bufio.Reader
+	seq uint8
+	// free holds small events' buffers the pipeline gave back (release), for the
+	// reader's next packets; a heartbeat (the master is idle) empties it.
+	free chan []byte
+	// large lends the buffers of larger events; the pipeline gives them back to it
+	// once they are proposed (see addLargeEvent). Nil: they are allocated.
+	large *bufPool
 }
+
+// recycledEvent is the largest event buffer a stream reads into again: most events
+// are rows events of at most 8 KiB (binlog_row_event_max_size), and a larger one is
+// rare enough to be allocated.
+const recycledEvent = 16 << 10
 
 // dumpConfig is what a dumpStream needs to start a dump.
 type dumpConfig struct {
@@ -72,6 +100,8 @@ type dumpConfig struct {
 	// uuid is the replica UUID announced to a MySQL master (which, at a new dump,
 	// ends the older dumps of the same UUID, or of the same server id without one).
 	uuid string
+	// large lends the buffers of events larger than recycledEvent (optional).
+	large *bufPool
 }
 
 // semiSyncHeartbeat is the longest heartbeat period of a semi-sync stream.
@@ -94,11 +124,13 @@ func openDumpStream(ctx context.Context, cfg dumpConfig) (*dumpStream, error) {
 	if err != nil {
 		return nil, err
 	}
-	st := &dumpStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1), done: make(chan struct{})}
+	st := &dumpStream{c: c, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1), done: make(chan struct{}),
+		free: make(chan []byte, eventReadAhead+2), large: cfg.large}
 	if err := st.start(cfg); err != nil {
 		c.Close()
 		return nil, err
 	}
+	st.r, st.seq = bufio.NewReaderSize(c.Conn.Conn, streamReadBuffer), c.Sequence
 	go st.read()
 	return st, nil
 }
@@ -194,7 +226,12 @@ func (st *dumpStream) read() {
 		close(st.events)
 	}
 	for {
-		p, err := st.c.ReadPacket() // a new slice each time: events are never reused (see eventSource)
+		var buf []byte
+		select {
+		case buf = <-st.free:
+		default:
+		}
+		p, err := st.readPacket(buf)
 		if err != nil {
 			fail(err)
 			return
@@ -221,14 +258,69 @@ func (st *dumpStream) read() {
 			}
 			if ev[1]&0x01 != 0 {
 				// The master reset its sequence after this event (it awaits an ACK).
-				st.c.Sequence = 1
+				st.seq = 1
 			}
 			ev = ev[2:]
+		}
+		if len(ev) > 4 && ev[4] == binlog.HeartbeatEvent {
+			st.dropFree() // the master is idle: keep no buffers while it stays so
 		}
 		select {
 		case st.events <- ev:
 		case <-st.done:
 			fail(errors.New("binlog stream closed"))
+			return
+		}
+	}
+}
+
+// readPacket reads the next packet's payload into buf (which it grows as needed),
+// joining a payload sent in several packets.
+func (st *dumpStream) readPacket(buf []byte) ([]byte, error) {
+	buf = buf[:0]
+	for {
+		var hdr [4]byte
+		if _, err := io.ReadFull(st.r, hdr[:]); err != nil {
+			return nil, fmt.Errorf("read packet header: %w", err)
+		}
+		n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
+		if hdr[3] != st.seq {
+			return nil, fmt.Errorf("packet out of order: sequence %d, expected %d", hdr[3], st.seq)
+		}
+		st.seq++
+		if need := len(buf) + n; need > cap(buf) && need > recycledEvent && st.large != nil {
+			old := buf
+			buf = append(st.large.get(need), buf...)
+			st.large.put(old)
+		}
+		buf = slices.Grow(buf, n)
+		if _, err := io.ReadFull(st.r, buf[len(buf):len(buf)+n]); err != nil {
+			return nil, fmt.Errorf("read packet of %d bytes: %w", n, err)
+		}
+		buf = buf[:len(buf)+n]
+		if n < mysql.MaxPayloadLen {
+			return buf, nil
+		}
+	}
+}
+
+// release implements eventSource: a small event's buffer serves a later packet.
+func (st *dumpStream) release(ev []byte) {
+	if cap(ev) > recycledEvent {
+		return
+	}
+	select {
+	case st.free <- ev[:0]:
+	default:
+	}
+}
+
+// dropFree lets the collector have the buffers kept for reuse.
+func (st *dumpStream) dropFree() {
+	for {
+		select {
+		case <-st.free:
+		default:
 			return
 		}
 	}

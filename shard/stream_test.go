@@ -1,7 +1,9 @@
 package shard
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"regexp"
 	"testing"
 	"time"
@@ -87,6 +89,59 @@ func TestSemiStream(t *testing.T) {
 	case <-done:
 	case <-time.After(5 * time.Second):
 		t.Fatal("close did not end the stream")
+	}
+}
+
+// TestStreamReusesReleasedBuffers: the stream reads later events into the buffers of
+// events given back, never into one still held: every event of the recorded binlogs
+// arrives whole (its checksum holds, and one kept aside is unchanged at the end), and
+// most come in a reused buffer.
+func TestStreamReusesReleasedBuffers(t *testing.T) {
+	m := mysqlmaster.Start(t, "../test/fixtures/mysql-binlog/binlog")
+	empty, _ := mysql.ParseMysqlGTIDSet("")
+	st, err := openDumpStream(t.Context(), dumpConfig{addr: m.Addr(), user: m.User, password: m.Password, serverID: 79,
+		mysqlFlavor: true, gset: empty, heartbeat: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.close()
+	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
+	defer cancel()
+	released := map[*byte]bool{}
+	var kept, keptCopy []byte
+	events, reused := 0, 0
+	for gtids := 0; gtids < 309; {
+		ev, err := st.next(ctx)
+		if err != nil {
+			t.Fatalf("after %d GTIDs: %v", gtids, err)
+		}
+		events++
+		end := &ev[:cap(ev)][cap(ev)-1] // the buffer's last byte: a reuse starts further in
+		if released[end] {
+			reused++
+		}
+		if ev[4] == binlog.HeartbeatEvent || ev[4] == binlog.RotateEvent && binary.LittleEndian.Uint32(ev[13:]) == 0 {
+			continue // fake events (no checksum); a heartbeat also empties the free list
+		}
+		if err := binlog.VerifyChecksum(ev); err != nil {
+			t.Fatalf("event %d (type %d, %d bytes) arrived damaged: %v", events, ev[4], len(ev), err)
+		}
+		switch {
+		case ev[4] == binlog.MySQLGTIDEvent:
+			gtids++
+			if kept == nil && gtids == 100 {
+				kept, keptCopy = ev, bytes.Clone(ev) // held, never released
+				continue
+			}
+		}
+		released[end] = true
+		st.release(ev)
+	}
+	if !bytes.Equal(kept, keptCopy) {
+		t.Fatal("an event still held was overwritten by a later one")
+	}
+	if reused < events/2 {
+		t.Fatalf("%d of %d events came in a reused buffer, want most", reused, events)
 	}
 }
 

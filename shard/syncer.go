@@ -207,6 +207,7 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		if err := p.handle(ctx, raw); err != nil {
 			return false, err
 		}
+		p.release(src, raw)
 		if p.batchBytes >= p.maxBatch {
 			if err := p.flush(ctx, true); err != nil {
 				return false, err
@@ -240,7 +241,7 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, tlsCfg *tl
 	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	st, err := openDumpStream(ctx, dumpConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
 		mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: masterHeartbeat(s.silenceProbe()), watch: w, semiSync: u.SemiSync == "on" || u.SemiSync == "auto",
-		uuid: syncerUUID(u, s.gid)})
+		uuid: syncerUUID(u, s.gid), large: &s.m.pieceBufs})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -271,6 +272,7 @@ func (p *pipeline) drain(ctx context.Context, src eventSource) (bool, error) {
 		if err := p.handle(ctx, raw); err != nil {
 			return true, err
 		}
+		p.release(src, raw)
 		if p.batchBytes >= p.maxBatch {
 			if err := p.flush(ctx, true); err != nil {
 				return true, err
@@ -529,7 +531,7 @@ func (p *pipeline) rollIfFull() {
 // addLargeEvent adds an event larger than a piece to the open transaction in parts,
 // cut where binlog.CutEvent says (the state machine places each part and carries the
 // checksum across), proposing as batches fill: no piece, batch or raft entry holds
-// the event whole (go-mysql's read buffer does, once). Parts after the first refer
+// the event whole (the stream's read buffer does, once). Parts after the first refer
 // to raw rather than copy it; the event's last part is copied to the transaction's
 // buffer, for the events after it.
 func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
@@ -558,7 +560,21 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 		}
 	}
 	t.events = append(p.s.m.pieceBufs.get(len(raw)-prev+4096), raw[prev:]...)
+	if t.skip {
+		p.s.m.pieceBufs.put(raw) // no item refers to it
+	} else {
+		p.lend(raw) // every part is an item now: free once they are proposed
+	}
 	return nil
+}
+
+// release gives a handled event's bytes back to src unless the open transaction
+// refers to them: handle copies every event but one larger than a piece, whose parts
+// are proposed by reference (see addLargeEvent).
+func (p *pipeline) release(src eventSource, raw []byte) {
+	if len(raw) <= p.maxPiece {
+		src.release(raw)
+	}
 }
 
 // lend records that buf, a buffer of the pipeline's own, is an item's until the

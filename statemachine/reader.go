@@ -398,6 +398,9 @@ type Cursor struct {
 	// gen is the group's generation when the part was opened, 0 if the part may not
 	// use the store's record cache (opened while a recovery replaced the files).
 	gen uint64
+	// held is the record cache's entry whose payload the last Next returned, held
+	// until the next Next or Close (its buffer is not reused while held).
+	held *cachedRecord
 }
 
 // cursorWindow is how much a cursor reads at once: one read serves many small
@@ -480,7 +483,16 @@ func (c *Cursor) ensurePart(t Tail) error {
 // Close releases the cursor's file.
 func (c *Cursor) Close() {
 	c.closeFile()
+	c.drop()
 	c.g.setReading(c, 0)
+}
+
+// drop releases the record cache's entry the cursor holds, if any.
+func (c *Cursor) drop() {
+	if c.held != nil {
+		c.g.store.records.release(c.held)
+		c.held = nil
+	}
 }
 
 func (c *Cursor) closeFile() {
@@ -497,12 +509,12 @@ func (c *Cursor) closeFile() {
 // part is only ever read forward: a compressed part decompresses again from its start
 // on any read before its last.
 func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
-	return c.readOwn(t, off, n, false)
+	return c.readInto(t, off, n, nil)
 }
 
-// readOwn is read; with own, a record larger than the window is read into a buffer
-// of its own, which the cursor never reuses.
-func (c *Cursor) readOwn(t Tail, off int64, n int, own bool) ([]byte, error) {
+// readInto is read; with dst, a record larger than the window is read into dst (of at
+// least n bytes), which the cursor does not keep.
+func (c *Cursor) readInto(t Tail, off int64, n int, dst []byte) ([]byte, error) {
 	end := c.winOff + int64(len(c.win))
 	if off >= c.winOff && off+int64(n) <= end {
 		return c.win[off-c.winOff : off-c.winOff+int64(n)], nil
@@ -513,8 +525,8 @@ func (c *Cursor) readOwn(t Tail, off int64, n int, own bool) ([]byte, error) {
 	}
 	if n > cursorWindow {
 		var b []byte
-		if own {
-			b = make([]byte, n)
+		if dst != nil {
+			b = dst[:n]
 		} else {
 			if cap(c.big) < n {
 				c.big = make([]byte, n)
@@ -620,11 +632,13 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 // store's record cache: a large record that other cursors in the same file may read
 // too is read once for all of them (see recordCache).
 func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHeader, []byte, error) {
+	c.drop() // the last record's payload is no longer the caller's
 	rc := c.g.store.records
 	k := recordKey{gen: c.gen, file: c.file, part: c.part, off: off}
 	if c.gen != 0 && rc.max > 0 && rc.count.Load() > 0 && !c.smallInWindow(off) {
 		if e := rc.lookup(k); e != nil {
 			if h, payload, ok := rc.wait(e); ok {
+				c.held = e
 				return h, payload, nil
 			}
 		}
@@ -642,6 +656,7 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 		e, mine := rc.claim(k)
 		if !mine {
 			if h, payload, ok := rc.wait(e); ok {
+				c.held = e
 				return h, payload, nil
 			}
 		} else {
@@ -664,20 +679,24 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 func (c *Cursor) fillRecord(t Tail, off int64, hdr *[recordHeaderLen]byte, h recordHeader, e *cachedRecord) (_ recordHeader, payload []byte, err error) {
 	rc := c.g.store.records
 	filled := false
+	var buf []byte
 	defer func() {
 		if !filled {
-			rc.fill(e, h, nil)
+			rc.fill(e, h, nil, buf)
+			rc.release(e)
 		}
 	}()
-	payload, err = c.readOwn(t, off+recordHeaderLen, int(h.Len), true)
+	buf = rc.buffer(int(h.Len))
+	payload, err = c.readInto(t, off+recordHeaderLen, int(h.Len), buf)
 	if err == nil {
 		err = verifyRecord(hdr[:], h, payload)
 	}
 	if err != nil {
 		return recordHeader{}, nil, c.corrupt("read and verify record payload", err)
 	}
-	rc.fill(e, h, payload)
+	rc.fill(e, h, payload, nil)
 	filled = true
+	c.held = e
 	return h, payload, nil
 }
 

@@ -25,6 +25,12 @@ import (
 //     is not cached: each waiter then reads for itself and reports its own error.
 //   - An entry unused for maxIdle is dropped (by a timer armed while entries are
 //     held): a fan-out that ended does not keep its records.
+//   - A payload's buffer is reused for another record only once its entry has left
+//     the cache and no cursor holds it (refs, counted under mu: a cursor holds the
+//     record it returned until its next Next or Close). Reusing them keeps a
+//     fan-out's reads in memory the process already has: on a VM whose fresh pages
+//     are slow to fault in, reading every record into a new buffer cost more than
+//     sending it.
 type recordCache struct {
 	max     int64
 	maxIdle time.Duration
@@ -34,6 +40,10 @@ type recordCache struct {
 	m     map[recordKey]*cachedRecord
 	lru   list.List   // of *cachedRecord, the most recently used first; ready ones only
 	sweep *time.Timer // armed while lru holds entries
+	// free holds buffers of evicted records that no cursor holds, for the next
+	// reads; freeBytes is their capacity in all, at most max/maxFreeShare.
+	free      [][]byte
+	freeBytes int64
 
 	hits, misses atomic.Uint64
 	// count is how many entries m holds (read without the lock: an empty cache
@@ -57,7 +67,15 @@ type cachedRecord struct {
 	payload []byte
 	elem    *list.Element
 	used    time.Time // when last handed out
+	// refs counts the cursors that hold the entry (its reader included), out
+	// whether it has left the cache; the last release of an entry out recycles its
+	// buffer. Both under recordCache.mu.
+	refs int
+	out  bool
 }
+
+// maxFreeShare bounds the recycled buffers a cache keeps: a fraction of its size.
+const maxFreeShare = 4
 
 // DefaultRecordCache is the default bound of a store's record cache (record_cache).
 // Replicas catching up at once drift apart: with 8 or 32 of them reading a binlog of
@@ -76,41 +94,104 @@ func newRecordCache(max int64) *recordCache {
 	return &recordCache{max: max, maxIdle: recordIdle, m: map[recordKey]*cachedRecord{}}
 }
 
-// lookup returns the entry for k, if any.
+// lookup returns the entry for k, if any, held for the caller (see release).
 func (rc *recordCache) lookup(k recordKey) *cachedRecord {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	e := rc.m[k]
-	if e != nil && e.elem != nil {
-		rc.lru.MoveToFront(e.elem)
-		e.used = time.Now()
+	if e != nil {
+		e.refs++
+		if e.elem != nil {
+			rc.lru.MoveToFront(e.elem)
+			e.used = time.Now()
+		}
 	}
 	return e
 }
 
-// claim returns the entry for k and whether the caller must read it (then it must
-// call fill, whatever happens).
+// claim returns the entry for k, held for the caller, and whether the caller must
+// read it (then it must call fill, whatever happens).
 func (rc *recordCache) claim(k recordKey) (*cachedRecord, bool) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	if e := rc.m[k]; e != nil {
+		e.refs++
 		return e, false
 	}
-	e := &cachedRecord{key: k, ready: make(chan struct{})}
+	e := &cachedRecord{key: k, ready: make(chan struct{}), refs: 1}
 	rc.m[k] = e
 	rc.count.Add(1)
 	rc.misses.Add(1)
 	return e, true
 }
 
+// buffer returns a buffer of n bytes for a claimed record's payload: a recycled one
+// when one is large enough.
+func (rc *recordCache) buffer(n int) []byte {
+	rc.mu.Lock()
+	for i, b := range rc.free {
+		if cap(b) >= n {
+			last := len(rc.free) - 1
+			rc.free[i], rc.free[last] = rc.free[last], nil
+			rc.free = rc.free[:last]
+			rc.freeBytes -= int64(cap(b))
+			rc.mu.Unlock()
+			return b[:n]
+		}
+	}
+	rc.mu.Unlock()
+	return make([]byte, n)
+}
+
+// recycle keeps b for a later record, within the bound on recycled bytes (the
+// smallest buffers go first). rc.mu is held.
+func (rc *recordCache) recycle(b []byte) {
+	if b == nil || rc.sweep == nil {
+		return // nothing to keep, or the cache is idle (or stopped)
+	}
+	if rc.freeBytes+int64(cap(b)) > rc.max/maxFreeShare && len(rc.free) > 0 {
+		small := 0
+		for i, f := range rc.free {
+			if cap(f) < cap(rc.free[small]) {
+				small = i
+			}
+		}
+		if cap(rc.free[small]) < cap(b) {
+			rc.freeBytes -= int64(cap(rc.free[small]))
+			rc.free[small] = rc.free[len(rc.free)-1]
+			rc.free[len(rc.free)-1] = nil
+			rc.free = rc.free[:len(rc.free)-1]
+		}
+	}
+	if rc.freeBytes+int64(cap(b)) <= rc.max/maxFreeShare {
+		rc.free = append(rc.free, b[:0])
+		rc.freeBytes += int64(cap(b))
+	}
+}
+
+// release gives up the caller's hold on e, taken by lookup or claim.
+func (rc *recordCache) release(e *cachedRecord) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	e.refs--
+	if e.refs == 0 && e.out {
+		rc.recycle(e.payload)
+	}
+}
+
 // fill completes a claimed entry: with its checked payload, or with nil if the read
-// failed (the entry is dropped).
-func (rc *recordCache) fill(e *cachedRecord, h recordHeader, payload []byte) {
+// failed (the entry is dropped, and buf, the buffer the read used, recycled).
+func (rc *recordCache) fill(e *cachedRecord, h recordHeader, payload, buf []byte) {
 	rc.mu.Lock()
 	e.h, e.payload = h, payload
-	if payload == nil || int64(len(payload)) > rc.max {
+	if payload == nil {
 		delete(rc.m, e.key)
 		rc.count.Add(-1)
+		rc.recycle(buf)
+	} else if int64(len(payload)) > rc.max {
+		delete(rc.m, e.key)
+		rc.count.Add(-1)
+		e.out = true
 	} else {
 		e.elem, e.used = rc.lru.PushFront(e), time.Now()
 		rc.size += int64(len(payload))
@@ -131,6 +212,10 @@ func (rc *recordCache) evict(el *list.Element) {
 	delete(rc.m, e.key)
 	rc.count.Add(-1)
 	rc.size -= int64(len(e.payload))
+	e.out = true
+	if e.refs == 0 {
+		rc.recycle(e.payload)
+	}
 }
 
 // dropIdle drops the entries unused for maxIdle, and runs again while any are left.
@@ -149,6 +234,7 @@ func (rc *recordCache) dropIdle() {
 		return
 	}
 	rc.sweep = nil
+	rc.free, rc.freeBytes = nil, 0 // idle: keep no buffers either
 }
 
 // stop ends the idle timer (the store is closing).
@@ -159,12 +245,15 @@ func (rc *recordCache) stop() {
 		rc.sweep.Stop()
 		rc.sweep = nil
 	}
+	rc.free, rc.freeBytes = nil, 0
 }
 
-// wait returns the entry's record once it is read, or false if its read failed.
+// wait returns the entry's record once it is read, or false if its read failed (the
+// hold on e is then released).
 func (rc *recordCache) wait(e *cachedRecord) (recordHeader, []byte, bool) {
 	<-e.ready
 	if e.payload == nil {
+		rc.release(e)
 		return recordHeader{}, nil, false
 	}
 	rc.hits.Add(1)

@@ -178,7 +178,7 @@ func TestRecordCacheBound(t *testing.T) {
 		if !mine {
 			t.Fatalf("record at %d claimed twice", off)
 		}
-		rc.fill(e, recordHeader{Len: uint32(n)}, make([]byte, n))
+		rc.fill(e, recordHeader{Len: uint32(n)}, make([]byte, n), nil)
 	}
 	has := func(off int64) bool { return rc.lookup(recordKey{gen: 2, file: 1, off: off}) != nil }
 	put(0, 400)
@@ -193,12 +193,94 @@ func TestRecordCacheBound(t *testing.T) {
 		t.Fatalf("a record over the bound was kept (size %d)", rc.size)
 	}
 	e, _ := rc.claim(recordKey{gen: 2, file: 1, off: 5000})
-	rc.fill(e, recordHeader{}, nil)
+	rc.fill(e, recordHeader{}, nil, nil)
 	if has(5000) {
 		t.Fatal("a failed read was kept")
 	}
 	if _, _, ok := rc.wait(e); ok {
 		t.Fatal("a waiter on a failed read was given a record")
+	}
+}
+
+// TestHeldRecordIsNotReused: a record a cursor holds keeps its bytes while other
+// cursors push it out of the cache and read on (reusing the buffers of records nobody
+// holds); once released, its buffer serves a later record.
+func TestHeldRecordIsNotReused(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	h.store.SetRecordCache(5 * largeRow) // four records; one recycled buffer
+	appendLarge(h, 0, 12)
+	tail, _ := h.g.Tail()
+	open := func() *Cursor {
+		c, err := h.g.NewCursor(Start{File: 1, Served: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c1, c2 := open(), open()
+	defer c1.Close()
+	defer c2.Close()
+	var held []byte
+	for held == nil {
+		r, err := c1.Next(tail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Payload) >= minCachedRecord {
+			held = r.Payload
+		}
+	}
+	want := bytes.Clone(held)
+	for {
+		if _, err := c2.Next(tail); errors.Is(err, ErrAtTail) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !bytes.Equal(held, want) {
+		t.Fatal("a record held by a cursor was overwritten by another record's read")
+	}
+	rc := h.store.records
+	rc.mu.Lock()
+	free := len(rc.free)
+	rc.mu.Unlock()
+	if free == 0 {
+		t.Fatal("no buffer was recycled although records nobody held left the cache")
+	}
+}
+
+// TestRecordCacheRecyclesReleasedBuffers: an evicted record's buffer is reused only
+// after its last holder released it, and within the bound on recycled bytes.
+func TestRecordCacheRecyclesReleasedBuffers(t *testing.T) {
+	rc := newRecordCache(1000) // holds four records of 240; recycles one buffer
+	defer rc.stop()
+	put := func(off int64) *cachedRecord {
+		e, _ := rc.claim(recordKey{gen: 2, file: 1, off: off})
+		rc.fill(e, recordHeader{Len: 240}, rc.buffer(240), nil)
+		return e
+	}
+	first := put(0) // held by its reader
+	for off := int64(1); off <= 4; off++ {
+		rc.release(put(off)) // evicts the first at the fifth
+	}
+	if rc.lookup(recordKey{gen: 2, file: 1, off: 0}) != nil {
+		t.Fatal("the first record is still cached after four more")
+	}
+	if b := rc.buffer(240); &b[0] == &first.payload[0] {
+		t.Fatal("the buffer of a record still held was handed out again")
+	}
+	rc.release(first)
+	if b := rc.buffer(240); &b[0] != &first.payload[0] {
+		t.Fatal("a released, evicted record's buffer was not reused")
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.recycle(make([]byte, 240))
+	rc.recycle(make([]byte, 240))
+	if rc.freeBytes > rc.max/maxFreeShare {
+		t.Fatalf("%d recycled bytes kept, over the bound %d", rc.freeBytes, rc.max/maxFreeShare)
 	}
 }
 
@@ -210,7 +292,7 @@ func TestRecordCacheDropsIdleRecords(t *testing.T) {
 	defer rc.stop()
 	for off := range int64(3) {
 		e, _ := rc.claim(recordKey{gen: 2, file: 1, off: off})
-		rc.fill(e, recordHeader{}, make([]byte, 100))
+		rc.fill(e, recordHeader{}, make([]byte, 100), nil)
 	}
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
 		rc.mu.Lock()
