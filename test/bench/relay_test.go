@@ -388,10 +388,13 @@ func BenchmarkRelay(b *testing.B) {
 			go saveProfile(ctx, metricsAddr, fmt.Sprintf("%s.fanout%d", path, n), 2*time.Second)
 		}
 		hits0, misses0 := recordCache(ctx, metricsAddr)
+		faults0 := pageFaults(b, one.PID())
 		via := fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
 		cpuVia, cpuNode := cpuSeconds(b, m.PID())-cpu0, cpuSeconds(b, one.PID())-node0
+		faults := pageFaults(b, one.PID()) - faults0
 		hits, misses := recordCache(ctx, metricsAddr)
-		rep.note(fmt.Sprintf("fan-out to %d readers: %.0f large records taken from the shared record cache, %.0f read for it", n, hits-hits0, misses-misses0))
+		rep.note(fmt.Sprintf("fan-out to %d readers: %.0f large records taken from the shared record cache, %.0f read for it; the node took %d page faults",
+			n, hits-hits0, misses-misses0, faults))
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
 		rep.add(fmt.Sprintf("server CPU serving %d readers (Flotilla vs master)", n), cpuNode, cpuDirect, "cpu-s", 0, false)
