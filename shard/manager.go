@@ -63,6 +63,9 @@ type Manager struct {
 	// encBufs and pieceBufs lend the syncers their proposals' and large
 	// transactions' buffers (see bufPool).
 	encBufs, pieceBufs bufPool
+	// streamReaders lends the syncers' dump streams their buffered readers while
+	// their masters send (see dumpStream).
+	streamReaders sync.Pool
 
 	// wg counts the replicas' goroutines, so Run returns only once all have stopped.
 	wg sync.WaitGroup

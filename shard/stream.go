@@ -2,12 +2,14 @@ package shard
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"slices"
 	"sync"
 	"time"
@@ -39,7 +41,8 @@ type eventSource interface {
 // has read an event, but Flotilla may acknowledge a transaction only once its raft
 // quorum has committed it (see pipeline.complete); and as a plain one, go-mysql's
 // syncer fixes a 64 KiB read buffer per connection, a sixth of an idle group's
-// memory. go-mysql's client still does the handshake, TLS and packet framing.
+// memory. go-mysql's client still does the handshake, TLS and the commands before
+// the dump; the dump's packets are read here (see below).
 //
 // Unlike go-mysql's syncer, close does not KILL the master's dump thread from a
 // second connection: the master ends it when its next write fails, or when the next
@@ -65,10 +68,13 @@ type dumpStream struct {
 	once   sync.Once
 	// semi is whether the master agreed to semi-sync (it has the feature on).
 	semi bool
-	// r reads the dump's packets; seq is the sequence the next one must carry.
-	// Only the reader uses them.
-	r   *bufio.Reader
-	seq uint8
+	// conn is the connection under go-mysql's packet layer; r reads the dump's
+	// packets from it, nil while the master is idle (see readers); seq is the
+	// sequence the next packet must carry. Only the reader uses them.
+	conn    net.Conn
+	r       *bufio.Reader
+	readers *sync.Pool
+	seq     uint8
 	// free holds small events' buffers the pipeline gave back (release), for the
 	// reader's next packets; a heartbeat (the master is idle) empties it.
 	free chan []byte
@@ -102,6 +108,9 @@ type dumpConfig struct {
 	uuid string
 	// large lends the buffers of events larger than recycledEvent (optional).
 	large *bufPool
+	// readers lends the streams their buffered readers, shared by a node's groups:
+	// a stream whose master is idle holds none (optional).
+	readers *sync.Pool
 }
 
 // semiSyncHeartbeat is the longest heartbeat period of a semi-sync stream.
@@ -130,7 +139,14 @@ func openDumpStream(ctx context.Context, cfg dumpConfig) (*dumpStream, error) {
 		c.Close()
 		return nil, err
 	}
-	st.r, st.seq = bufio.NewReaderSize(c.Conn.Conn, streamReadBuffer), c.Sequence
+	st.conn, st.seq, st.readers = c.Conn.Conn, c.Sequence, cfg.readers
+	// go-mysql's packet layer is not used again: its two 16 KiB buffers would stay
+	// with every group's stream. Nothing calls c's methods that need it after this
+	// (HandleErrorPacket parses its argument only).
+	c.Conn = nil
+	if st.readers == nil {
+		st.readers = &sync.Pool{}
+	}
 	go st.read()
 	return st, nil
 }
@@ -241,7 +257,7 @@ func (st *dumpStream) read() {
 			fail(errors.New("empty packet in the binlog stream"))
 			return
 		case p[0] == mysql.ERR_HEADER:
-			fail(st.c.HandleErrorPacket(p))
+			fail(st.c.HandleErrorPacket(bytes.Clone(p))) // its message refers to the bytes
 			return
 		case p[0] == mysql.EOF_HEADER && len(p) < 9:
 			fail(io.EOF)
@@ -263,7 +279,7 @@ func (st *dumpStream) read() {
 			ev = ev[2:]
 		}
 		if len(ev) > 4 && ev[4] == binlog.HeartbeatEvent {
-			st.dropFree() // the master is idle: keep no buffers while it stays so
+			st.idle() // the master is idle: keep no buffers while it stays so
 		}
 		select {
 		case st.events <- ev:
@@ -280,7 +296,18 @@ func (st *dumpStream) readPacket(buf []byte) ([]byte, error) {
 	buf = buf[:0]
 	for {
 		var hdr [4]byte
-		if _, err := io.ReadFull(st.r, hdr[:]); err != nil {
+		if st.r == nil {
+			// Idle until now: the header is read unbuffered, as the wait may be
+			// long; what follows comes in a burst, through a buffer.
+			if _, err := io.ReadFull(st.conn, hdr[:]); err != nil {
+				return nil, fmt.Errorf("read packet header: %w", err)
+			}
+			st.r, _ = st.readers.Get().(*bufio.Reader)
+			if st.r == nil {
+				st.r = bufio.NewReaderSize(st.conn, streamReadBuffer)
+			}
+			st.r.Reset(st.conn)
+		} else if _, err := io.ReadFull(st.r, hdr[:]); err != nil {
 			return nil, fmt.Errorf("read packet header: %w", err)
 		}
 		n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
@@ -315,8 +342,14 @@ func (st *dumpStream) release(ev []byte) {
 	}
 }
 
-// dropFree lets the collector have the buffers kept for reuse.
-func (st *dumpStream) dropFree() {
+// idle gives up the buffers a stream keeps for its next packets: its reader (if it
+// holds nothing unread) and the recycled event buffers.
+func (st *dumpStream) idle() {
+	if st.r != nil && st.r.Buffered() == 0 {
+		st.r.Reset(nil)
+		st.readers.Put(st.r)
+		st.r = nil
+	}
 	for {
 		select {
 		case <-st.free:
@@ -367,7 +400,7 @@ func (st *dumpStream) ack(file string, pos uint64) error {
 	body = append(body, file...)
 	pkt := []byte{byte(len(body)), byte(len(body) >> 8), byte(len(body) >> 16), 0}
 	pkt = append(pkt, body...)
-	raw := st.c.Conn.Conn
+	raw := st.conn
 	_ = raw.SetWriteDeadline(time.Now().Add(10 * time.Second))
 	_, err := raw.Write(pkt)
 	return err
@@ -378,6 +411,6 @@ func (st *dumpStream) close() {
 		close(st.done)
 		// The network connection itself: go-mysql's Close also resets the packet
 		// sequence, which the reader may be using.
-		_ = st.c.Conn.Conn.Close()
+		_ = st.conn.Close()
 	})
 }

@@ -241,7 +241,7 @@ func (s *Shard) openSource(ctx context.Context, u placement.Upstream, tlsCfg *tl
 	addr := net.JoinHostPort(host, strconv.Itoa(int(port)))
 	st, err := openDumpStream(ctx, dumpConfig{addr: addr, user: u.User, password: password, tls: tlsCfg, serverID: syncerServerID(u, s.gid),
 		mysqlFlavor: u.Flavor == "mysql", gset: gset, heartbeat: masterHeartbeat(s.silenceProbe()), watch: w, semiSync: u.SemiSync == "on" || u.SemiSync == "auto",
-		uuid: syncerUUID(u, s.gid), large: &s.m.pieceBufs})
+		uuid: syncerUUID(u, s.gid), large: &s.m.pieceBufs, readers: &s.m.streamReaders})
 	if err != nil {
 		return nil, nil, err
 	}
