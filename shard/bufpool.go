@@ -19,8 +19,16 @@ func (b *bufPool) get(size int) []byte {
 	if v, ok := b.p.Get().(*[]byte); ok && cap(*v) >= size {
 		return (*v)[:0]
 	}
+	if size >= pooledMin {
+		// Rounded up, so that a buffer serves the next request of nearly the same
+		// size (a large event's, a piece's remainder) instead of failing it.
+		size = (size + poolStep - 1) / poolStep * poolStep
+	}
 	return make([]byte, 0, size)
 }
+
+// poolStep rounds the capacity of the pooled buffers the pools allocate.
+const poolStep = 256 << 10
 
 // put gives buf back; nothing may use it after.
 func (b *bufPool) put(buf []byte) {

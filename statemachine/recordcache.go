@@ -19,8 +19,8 @@ import (
 //     which a snapshot recovery renews (see Group.gen), so files a recovery installs
 //     never answer with their predecessors' bytes.
 //   - Payloads are never written once published: cursors hand them out read-only.
-//   - The payload bytes held stay within max; an entry is evicted least recently used
-//     first, and one larger than max is never kept.
+//   - The payloads' buffers (their capacity) stay within max; an entry is evicted
+//     least recently used first, and one larger than max is never kept.
 //   - At most one cursor reads a missing record; the others wait for it. A failed read
 //     is not cached: each waiter then reads for itself and reports its own error.
 //   - An entry unused for maxIdle is dropped (by a timer armed while entries are
@@ -140,7 +140,20 @@ func (rc *recordCache) buffer(n int) []byte {
 		}
 	}
 	rc.mu.Unlock()
-	return make([]byte, n)
+	return make([]byte, n, roundBuffer(n))
+}
+
+// bufferStep rounds the capacity of large read buffers: records of nearly the same
+// size (a large transaction's pieces differ by an event's cut) then fit each
+// other's buffers, which an exact size would refuse half the time.
+const bufferStep = 256 << 10
+
+// roundBuffer is n rounded up to a multiple of bufferStep, if above it.
+func roundBuffer(n int) int {
+	if n <= bufferStep {
+		return n
+	}
+	return (n + bufferStep - 1) / bufferStep * bufferStep
 }
 
 // recycle keeps b for a later record, within the bound on recycled bytes (the
@@ -188,13 +201,13 @@ func (rc *recordCache) fill(e *cachedRecord, h recordHeader, payload, buf []byte
 		delete(rc.m, e.key)
 		rc.count.Add(-1)
 		rc.recycle(buf)
-	} else if int64(len(payload)) > rc.max {
+	} else if int64(cap(payload)) > rc.max {
 		delete(rc.m, e.key)
 		rc.count.Add(-1)
 		e.out = true
 	} else {
 		e.elem, e.used = rc.lru.PushFront(e), time.Now()
-		rc.size += int64(len(payload))
+		rc.size += int64(cap(payload)) // the memory held, not only the record
 		for rc.size > rc.max {
 			rc.evict(rc.lru.Back())
 		}
@@ -211,7 +224,7 @@ func (rc *recordCache) evict(el *list.Element) {
 	e := rc.lru.Remove(el).(*cachedRecord)
 	delete(rc.m, e.key)
 	rc.count.Add(-1)
-	rc.size -= int64(len(e.payload))
+	rc.size -= int64(cap(e.payload))
 	e.out = true
 	if e.refs == 0 {
 		rc.recycle(e.payload)

@@ -208,7 +208,7 @@ func TestRecordCacheBound(t *testing.T) {
 func TestHeldRecordIsNotReused(t *testing.T) {
 	h := newHarness(t, t.TempDir())
 	defer h.close()
-	h.store.SetRecordCache(5 * largeRow) // four records; one recycled buffer
+	h.store.SetRecordCache(8 * largeRow) // a few records (in rounded buffers); one recycled buffer
 	appendLarge(h, 0, 12)
 	tail, _ := h.g.Tail()
 	open := func() *Cursor {
