@@ -19,8 +19,9 @@ import (
 //     which a snapshot recovery renews (see Group.gen), so files a recovery installs
 //     never answer with their predecessors' bytes.
 //   - Payloads are never written once published: cursors hand them out read-only.
-//   - The payloads' buffers (their capacity) stay within max; an entry is evicted
-//     least recently used first, and one larger than max is never kept.
+//   - The payload bytes held stay within max (each buffer is less than bufferStep
+//     larger); an entry is evicted least recently used first, and one larger than
+//     max is never kept.
 //   - At most one cursor reads a missing record; the others wait for it. A failed read
 //     is not cached: each waiter then reads for itself and reports its own error.
 //   - An entry unused for maxIdle is dropped (by a timer armed while entries are
@@ -201,13 +202,13 @@ func (rc *recordCache) fill(e *cachedRecord, h recordHeader, payload, buf []byte
 		delete(rc.m, e.key)
 		rc.count.Add(-1)
 		rc.recycle(buf)
-	} else if int64(cap(payload)) > rc.max {
+	} else if int64(len(payload)) > rc.max {
 		delete(rc.m, e.key)
 		rc.count.Add(-1)
 		e.out = true
 	} else {
 		e.elem, e.used = rc.lru.PushFront(e), time.Now()
-		rc.size += int64(cap(payload)) // the memory held, not only the record
+		rc.size += int64(len(payload))
 		for rc.size > rc.max {
 			rc.evict(rc.lru.Back())
 		}
@@ -224,7 +225,7 @@ func (rc *recordCache) evict(el *list.Element) {
 	e := rc.lru.Remove(el).(*cachedRecord)
 	delete(rc.m, e.key)
 	rc.count.Add(-1)
-	rc.size -= int64(cap(e.payload))
+	rc.size -= int64(len(e.payload))
 	e.out = true
 	if e.refs == 0 {
 		rc.recycle(e.payload)
