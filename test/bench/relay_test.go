@@ -467,7 +467,11 @@ func BenchmarkRelay(b *testing.B) {
 	wg.Wait()
 	_, _, smallGTID := masterTail(ctx, b, m)
 	smallRaw := rawCopy(ctx, b, m, smallFrom, filepath.Join(dir, "rawsmall"))
+	props0, over0 := proposals(ctx, metricsAddr)
 	is := ingest(ctx, b, one, "small", m.Addr(), smallGTID, "--start-gtid", startGTID)
+	props, overlapped := proposals(ctx, metricsAddr)
+	rep.note(fmt.Sprintf("small transactions: %.0f proposals (%.0f transactions each), %.0f made while another was in raft",
+		props-props0, float64(is.txns)/max(1, props-props0), overlapped-over0))
 	rep.add("small transactions through one group", is.txnRate(), smallTxns*smallRaw.share()/smallRaw.took.Seconds(), "txn/s", 0, true)
 	rep.note(fmt.Sprintf("small transactions: goal ≥ 100,000 txn/s; measured %.0f txn/s (%d transactions in %.0f ms)", is.txnRate(), is.txns, float64(is.took.Milliseconds())))
 	one.Stop(30 * time.Second)
@@ -597,11 +601,18 @@ func flotillaTail(ctx context.Context, b *testing.B, n *flotillatest.Node) (stri
 // proposalNote says how many of the node's proposals were made with another of their
 // syncer still in raft (pipelined ingest), from its metrics.
 func proposalNote(ctx context.Context, metricsAddr string) string {
+	n, overlapped := proposals(ctx, metricsAddr)
+	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft", n, overlapped)
+}
+
+// proposals reads the node's proposal counters: all, and those made while another
+// was in raft (0, 0 if the node does not answer).
+func proposals(ctx context.Context, metricsAddr string) (float64, float64) {
 	sum, err := scrape(ctx, metricsAddr)
 	if err != nil {
-		return "proposals: " + err.Error()
+		return 0, 0
 	}
-	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft", sum("flotilla_proposals_total"), sum("flotilla_proposals_overlapped_total"))
+	return sum("flotilla_proposals_total"), sum("flotilla_proposals_overlapped_total")
 }
 
 // recordCache reads the node's record cache counters: hits and misses.
