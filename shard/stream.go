@@ -280,6 +280,14 @@ func (st *dumpStream) read() {
 		}
 		if len(ev) > 4 && ev[4] == binlog.HeartbeatEvent {
 			st.idle() // the master is idle: keep no buffers while it stays so
+		} else if st.r == nil {
+			// Events again, which come in bursts: read them through a buffer. (An
+			// idle stream reads its heartbeats unbuffered, so nothing is buffered.)
+			st.r, _ = st.readers.Get().(*bufio.Reader)
+			if st.r == nil {
+				st.r = bufio.NewReaderSize(st.conn, streamReadBuffer)
+			}
+			st.r.Reset(st.conn)
 		}
 		select {
 		case st.events <- ev:
@@ -296,18 +304,11 @@ func (st *dumpStream) readPacket(buf []byte) ([]byte, error) {
 	buf = buf[:0]
 	for {
 		var hdr [4]byte
+		var src io.Reader = st.r
 		if st.r == nil {
-			// Idle until now: the header is read unbuffered, as the wait may be
-			// long; what follows comes in a burst, through a buffer.
-			if _, err := io.ReadFull(st.conn, hdr[:]); err != nil {
-				return nil, fmt.Errorf("read packet header: %w", err)
-			}
-			st.r, _ = st.readers.Get().(*bufio.Reader)
-			if st.r == nil {
-				st.r = bufio.NewReaderSize(st.conn, streamReadBuffer)
-			}
-			st.r.Reset(st.conn)
-		} else if _, err := io.ReadFull(st.r, hdr[:]); err != nil {
+			src = st.conn // idle until now: see read
+		}
+		if _, err := io.ReadFull(src, hdr[:]); err != nil {
 			return nil, fmt.Errorf("read packet header: %w", err)
 		}
 		n := int(hdr[0]) | int(hdr[1])<<8 | int(hdr[2])<<16
@@ -321,7 +322,7 @@ func (st *dumpStream) readPacket(buf []byte) ([]byte, error) {
 			st.large.put(old)
 		}
 		buf = slices.Grow(buf, n)
-		if _, err := io.ReadFull(st.r, buf[len(buf):len(buf)+n]); err != nil {
+		if _, err := io.ReadFull(src, buf[len(buf):len(buf)+n]); err != nil {
 			return nil, fmt.Errorf("read packet of %d bytes: %w", n, err)
 		}
 		buf = buf[:len(buf)+n]
