@@ -3,9 +3,10 @@ package shard
 import "sync"
 
 // bufPool lends the syncers' large buffers (a proposal's encoding, a large
-// transaction's pieces) across the node's groups. Each is free again once its
-// proposal is in raft: dragonboat copies a proposal in Propose, and the pieces are
-// read only by the encoding. At hundreds of MB/s a fresh 4 MiB buffer per piece and
+// transaction's pieces, a large event as its stream reads it) across the node's
+// groups. Each is free again once its proposal is in raft: dragonboat copies a
+// proposal in Propose, and the pieces and events are read by the pipeline and the
+// encoding only. At hundreds of MB/s a fresh 4 MiB buffer per piece and
 // per proposal was most of the syncer's allocation; pooled, and shared, an idle
 // group keeps none after a burst (sync.Pool lets the collector take them).
 type bufPool struct{ p sync.Pool }
@@ -30,9 +31,13 @@ func (b *bufPool) get(size int) []byte {
 // poolStep rounds the capacity of the pooled buffers the pools allocate.
 const poolStep = 256 << 10
 
+// pooledMax is the largest capacity pooled: a buffer that held an event of several
+// packets (tens of MiB, up to 1 GiB) would otherwise circulate as a piece's.
+const pooledMax = 16 << 20
+
 // put gives buf back; nothing may use it after.
 func (b *bufPool) put(buf []byte) {
-	if cap(buf) < pooledMin {
+	if cap(buf) < pooledMin || cap(buf) > pooledMax {
 		return
 	}
 	buf = buf[:0]

@@ -50,10 +50,9 @@ type eventSource interface {
 //
 // Invariants: after an event that asked for an ACK the master resets its packet
 // sequence, so the reader expects 1 next; an ACK is written straight to the
-// connection with sequence 0, never through the packet layer (whose sequence the
-// reader owns), and only by the syncer's goroutine (TLS connections allow one
-// writer beside one reader). close ends the reader even when it waits to hand an
-// event on.
+// connection with sequence 0, outside the reader's sequence, and only by the
+// syncer's goroutine (TLS connections allow one writer beside one reader). close
+// ends the reader even when it waits to hand an event on.
 //
 // Once the dump command is sent the reader reads the packets itself, from the
 // connection under go-mysql's (see readPacket): go-mysql's packet layer copied each
@@ -116,9 +115,9 @@ type dumpConfig struct {
 // semiSyncHeartbeat is the longest heartbeat period of a semi-sync stream.
 const semiSyncHeartbeat = time.Second
 
-// streamReadBuffer is the dump connection's read buffer: go-mysql's client uses 64
-// KiB, a sixth of an idle group's memory; an event larger than it is read into its
-// own buffer in 16 KiB reads either way.
+// streamReadBuffer is the dump connection's read buffer while its master sends
+// (go-mysql's client uses 64 KiB, a sixth of an idle group's memory): small events
+// come many to a read; a larger one is read straight into its own buffer.
 const streamReadBuffer = 16 << 10
 
 // openDumpStream connects, announces a semi-sync replica (when cfg allows it and the
@@ -316,7 +315,9 @@ func (st *dumpStream) readPacket(buf []byte) ([]byte, error) {
 			return nil, fmt.Errorf("packet out of order: sequence %d, expected %d", hdr[3], st.seq)
 		}
 		st.seq++
-		if need := len(buf) + n; need > cap(buf) && need > recycledEvent && st.large != nil {
+		if need := len(buf) + n; need > cap(buf) && need >= pooledMin && need <= pooledMax && st.large != nil {
+			// A large event (a piece or more): from the pool it goes back to once
+			// proposed. Larger ones (several packets) grow as slices do.
 			old := buf
 			buf = append(st.large.get(need), buf...)
 			st.large.put(old)
@@ -332,14 +333,19 @@ func (st *dumpStream) readPacket(buf []byte) ([]byte, error) {
 	}
 }
 
-// release implements eventSource: a small event's buffer serves a later packet.
+// release implements eventSource: a small event's buffer serves a later packet, a
+// large one's goes back to the pool it came from.
 func (st *dumpStream) release(ev []byte) {
-	if cap(ev) > recycledEvent {
-		return
-	}
-	select {
-	case st.free <- ev[:0]:
-	default:
+	switch {
+	case cap(ev) >= pooledMin:
+		if st.large != nil {
+			st.large.put(ev)
+		}
+	case cap(ev) <= recycledEvent:
+		select {
+		case st.free <- ev[:0]:
+		default:
+		}
 	}
 }
 
@@ -410,8 +416,8 @@ func (st *dumpStream) ack(file string, pos uint64) error {
 func (st *dumpStream) close() {
 	st.once.Do(func() {
 		close(st.done)
-		// The network connection itself: go-mysql's Close also resets the packet
-		// sequence, which the reader may be using.
+		// The network connection itself: go-mysql's packet layer is gone (see
+		// openDumpStream), and its Close would reset the sequence the reader uses.
 		_ = st.conn.Close()
 	})
 }

@@ -545,7 +545,7 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 				p.lend(events)
 			}
 		} else {
-			events = raw[prev:c:c] // the event's bytes are its own (see eventSource)
+			events = raw[prev:c:c] // raw is the pipeline's until lent back (see eventSource)
 		}
 		prev = c
 		if !t.skip {
@@ -560,11 +560,9 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 		}
 	}
 	t.events = append(p.s.m.pieceBufs.get(len(raw)-prev+4096), raw[prev:]...)
-	if t.skip {
-		p.s.m.pieceBufs.put(raw) // no item refers to it
-	} else {
-		p.lend(raw) // every part is an item now: free once they are proposed
-	}
+	// Every part is an item now (or none is, skipping): free once they are
+	// proposed. Not before: handle still reads raw after this.
+	p.lend(raw)
 	return nil
 }
 

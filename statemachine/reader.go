@@ -573,6 +573,7 @@ func (c *Cursor) atTail() error {
 		c.win, c.winOff = nil, 0
 	}
 	c.big = nil
+	c.drop() // nor the record cache's last entry, which may wait long for a successor
 	return ErrAtTail
 }
 

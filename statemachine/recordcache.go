@@ -19,9 +19,9 @@ import (
 //     which a snapshot recovery renews (see Group.gen), so files a recovery installs
 //     never answer with their predecessors' bytes.
 //   - Payloads are never written once published: cursors hand them out read-only.
-//   - The payload bytes held stay within max (each buffer is less than bufferStep
-//     larger); an entry is evicted least recently used first, and one larger than
-//     max is never kept.
+//   - The payload bytes held stay within max (a buffer is at most its payload
+//     rounded up to bufferStep); an entry is evicted least recently used first,
+//     and one larger than max is never kept.
 //   - At most one cursor reads a missing record; the others wait for it. A failed read
 //     is not cached: each waiter then reads for itself and reports its own error.
 //   - An entry unused for maxIdle is dropped (by a timer armed while entries are
@@ -126,19 +126,25 @@ func (rc *recordCache) claim(k recordKey) (*cachedRecord, bool) {
 	return e, true
 }
 
-// buffer returns a buffer of n bytes for a claimed record's payload: a recycled one
-// when one is large enough.
+// buffer returns a buffer of n bytes for a claimed record's payload: the smallest
+// recycled one that fits, unless it is larger than n rounds to (the bound on the
+// cache counts payload bytes, so a buffer may exceed its payload by little).
 func (rc *recordCache) buffer(n int) []byte {
 	rc.mu.Lock()
+	best := -1
 	for i, b := range rc.free {
-		if cap(b) >= n {
-			last := len(rc.free) - 1
-			rc.free[i], rc.free[last] = rc.free[last], nil
-			rc.free = rc.free[:last]
-			rc.freeBytes -= int64(cap(b))
-			rc.mu.Unlock()
-			return b[:n]
+		if cap(b) >= n && cap(b) <= roundBuffer(n) && (best < 0 || cap(b) < cap(rc.free[best])) {
+			best = i
 		}
+	}
+	if best >= 0 {
+		b := rc.free[best]
+		last := len(rc.free) - 1
+		rc.free[best], rc.free[last] = rc.free[last], nil
+		rc.free = rc.free[:last]
+		rc.freeBytes -= int64(cap(b))
+		rc.mu.Unlock()
+		return b[:n]
 	}
 	rc.mu.Unlock()
 	return make([]byte, n, roundBuffer(n))
@@ -160,8 +166,8 @@ func roundBuffer(n int) int {
 // recycle keeps b for a later record, within the bound on recycled bytes (the
 // smallest buffers go first). rc.mu is held.
 func (rc *recordCache) recycle(b []byte) {
-	if b == nil || rc.sweep == nil {
-		return // nothing to keep, or the cache is idle (or stopped)
+	if b == nil || rc.sweep == nil || int64(cap(b)) > rc.max/maxFreeShare {
+		return // nothing to keep, the cache is idle (or stopped), or b is too large
 	}
 	if rc.freeBytes+int64(cap(b)) > rc.max/maxFreeShare && len(rc.free) > 0 {
 		small := 0

@@ -242,6 +242,16 @@ func TestHeldRecordIsNotReused(t *testing.T) {
 	if !bytes.Equal(held, want) {
 		t.Fatal("a record held by a cursor was overwritten by another record's read")
 	}
+	for {
+		if _, err := c1.Next(tail); errors.Is(err, ErrAtTail) {
+			break
+		} else if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if c1.held != nil {
+		t.Fatal("a cursor waiting at the tail still holds a cached record")
+	}
 	rc := h.store.records
 	rc.mu.Lock()
 	free := len(rc.free)
