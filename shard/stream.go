@@ -255,6 +255,10 @@ func (st *dumpStream) read() {
 		case len(p) == 0:
 			fail(errors.New("empty packet in the binlog stream"))
 			return
+		case p[0] == mysql.ERR_HEADER && len(p) < 9:
+			// go-mysql would index past it: code (2), '#' and SQL state (6).
+			fail(fmt.Errorf("master sent a malformed error packet of %d bytes (%x)", len(p), p))
+			return
 		case p[0] == mysql.ERR_HEADER:
 			fail(st.c.HandleErrorPacket(bytes.Clone(p))) // its message refers to the bytes
 			return

@@ -4,10 +4,14 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"net"
 	"regexp"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/go-mysql-org/go-mysql/client"
 	"github.com/go-mysql-org/go-mysql/mysql"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -142,6 +146,33 @@ func TestStreamReusesReleasedBuffers(t *testing.T) {
 	}
 	if reused < events/2 {
 		t.Fatalf("%d of %d events came in a reused buffer, want most", reused, events)
+	}
+}
+
+// TestStreamMalformedErrorPacket: an error packet too short for its code and SQL
+// state ends the stream with an error that says so, where go-mysql's parser would
+// panic the reader (and the node); a well-formed one arrives as the master's error.
+func TestStreamMalformedErrorPacket(t *testing.T) {
+	for _, tc := range []struct {
+		body []byte
+		want string
+	}{
+		{[]byte{0xff, 0x01}, "malformed error packet of 2 bytes"},
+		{append([]byte{0xff, 0x29, 0x04, '#', 'H', 'Y', '0', '0', '0'}, "Out of memory"...), "Out of memory"},
+	} {
+		master, replica := net.Pipe()
+		st := &dumpStream{c: &client.Conn{}, events: make(chan []byte, eventReadAhead), errc: make(chan error, 1), done: make(chan struct{}),
+			free: make(chan []byte, eventReadAhead+2), conn: replica, seq: 1, readers: &sync.Pool{}}
+		go st.read()
+		go func() {
+			_, _ = master.Write(append([]byte{byte(len(tc.body)), 0, 0, 1}, tc.body...))
+		}()
+		_, err := st.next(t.Context())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Fatalf("error packet %x: got %v, want an error containing %q", tc.body, err, tc.want)
+		}
+		st.close()
+		master.Close()
 	}
 }
 
