@@ -77,14 +77,15 @@ type dumpStream struct {
 	// free holds small events' buffers the pipeline gave back (release), for the
 	// reader's next packets; a heartbeat (the master is idle) empties it.
 	free chan []byte
-	// large lends the buffers of larger events; the pipeline gives them back to it
-	// once they are proposed (see addLargeEvent). Nil: they are allocated.
+	// large lends the buffers of events of pooledMin to pooledMax bytes; they go
+	// back to it once released or, split into parts, once proposed (see
+	// addLargeEvent). Nil: they are allocated.
 	large *bufPool
 }
 
 // recycledEvent is the largest event buffer a stream reads into again: most events
 // are rows events of at most 8 KiB (binlog_row_event_max_size), and a larger one is
-// rare enough to be allocated.
+// rare enough to be allocated (from pooledMin on, the node's piece pool lends them).
 const recycledEvent = 16 << 10
 
 // dumpConfig is what a dumpStream needs to start a dump.
@@ -105,7 +106,7 @@ type dumpConfig struct {
 	// uuid is the replica UUID announced to a MySQL master (which, at a new dump,
 	// ends the older dumps of the same UUID, or of the same server id without one).
 	uuid string
-	// large lends the buffers of events larger than recycledEvent (optional).
+	// large lends the buffers of events of pooledMin to pooledMax bytes (optional).
 	large *bufPool
 	// readers lends the streams their buffered readers, shared by a node's groups:
 	// a stream whose master is idle holds none (optional).
