@@ -469,7 +469,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			return err
 		}
 	} else {
-		p.cur.events = append(p.cur.events, raw...)
+		p.cur.events = append(p.growEvents(p.cur.events, len(raw)), raw...)
 	}
 	p.lastTS = h.Timestamp
 	if p.fl.ends(raw, p.checksummed) {
@@ -479,6 +479,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			p.batchAck = &ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos), rcv: time.Now()}
 		}
 		if t.skip {
+			p.s.m.pieceBufs.put(t.events) // nothing refers to a skipped transaction's events
 			// Held already (committed before this connection): acknowledge at once
 			// unless later transactions are waiting for a commit.
 			if p.semi != nil && len(p.items) == 0 && len(p.pending) == 0 {
@@ -500,10 +501,12 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 	}
 	if len(p.cur.events) >= p.maxPiece {
 		t := p.cur
-		if !t.skip {
-			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: t.events}}, len(t.events), 0)
-			p.lend(t.events)
+		if t.skip {
+			t.events = t.events[:0] // held already: nothing refers to the piece
+			return nil
 		}
+		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: t.events}}, len(t.events), 0)
+		p.lend(t.events)
 		// A large transaction: its next piece gets its full size at once rather
 		// than growing to it by doubling.
 		t.first, t.events = false, p.s.m.pieceBufs.get(p.maxPiece+64<<10)
@@ -540,8 +543,10 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 	for _, c := range binlog.CutEvent(len(raw), p.maxPiece) {
 		var events []byte
 		if prev == 0 {
-			events = append(t.events, raw[:c]...) // after the events before it (the GTID event at least)
-			if !t.skip {
+			events = append(p.growEvents(t.events, c), raw[:c]...) // after the events before it (the GTID event at least)
+			if t.skip {
+				p.s.m.pieceBufs.put(events) // nothing refers to it
+			} else {
 				p.lend(events)
 			}
 		} else {
@@ -564,6 +569,21 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 	// proposed. Not before: handle still reads raw after this.
 	p.lend(raw)
 	return nil
+}
+
+// growEvents makes room for n more bytes in a transaction's buffer. Past pooledMin
+// the transaction is a large one: its buffer becomes a pooled piece's, of a piece's
+// full size, rather than doubling on (each doubling a fresh allocation, most of the
+// syncer's garbage in a bulk load, and memory touched anew). The buffer is lent with
+// the transaction, and goes back to the pool once proposed.
+func (p *pipeline) growEvents(events []byte, n int) []byte {
+	need := len(events) + n
+	if need <= cap(events) || need < pooledMin {
+		return events
+	}
+	grown := append(p.s.m.pieceBufs.get(max(need, p.maxPiece+64<<10)), events...)
+	p.s.m.pieceBufs.put(events) // the open transaction's alone: nothing else refers to it
+	return grown
 }
 
 // release gives a handled event's bytes back to src unless the open transaction

@@ -138,6 +138,34 @@ func TestPipelineSplitsLargeTransactions(t *testing.T) {
 	}
 }
 
+// TestPipelineLargeTransactionsTakePooledBuffers: a transaction that grows past
+// pooledMin moves to one pooled buffer of a piece's size instead of doubling on (each
+// doubling a fresh allocation), and keeps every byte.
+func TestPipelineLargeTransactionsTakePooledBuffers(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	evs := rowTxn(gtid(1), 10)
+	txn := [][]byte{evs[0], evs[1], evs[3]}
+	for range 48 { // 3 MiB of 64 KiB rows: under a piece
+		txn = append(txn, binlog.NewOpaque(23, 1, 64<<10, true))
+	}
+	txn = append(txn, evs[5])
+	feed(t, p, txn...)
+	if len(p.items) != 2 || p.items[1].Txn == nil {
+		t.Fatalf("want NewFile and one transaction, got %d items", len(p.items))
+	}
+	ev := p.items[1].Txn.Events
+	if !bytes.Equal(ev, bytes.Join(txn, nil)) {
+		t.Fatal("the transaction's buffer does not hold its events")
+	}
+	if cap(ev) < p.maxPiece+64<<10 || cap(ev)%poolStep != 0 {
+		t.Fatalf("a 3 MiB transaction's buffer has capacity %d: want a pooled piece's (at least %d, in steps of %d)", cap(ev), p.maxPiece+64<<10, poolStep)
+	}
+	if len(p.lent) != 1 || &p.lent[0][:1][0] != &ev[0] {
+		t.Fatalf("the buffer must be lent until the proposal (lent: %d)", len(p.lent))
+	}
+}
+
 // FuzzPipeline: the master's stream is bytes from the network; whatever arrives, the
 // pipeline returns an error or proposes items, and never panics.
 func FuzzPipeline(f *testing.F) {

@@ -7,6 +7,7 @@ import (
 	"math"
 	"os"
 	"sync"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	"github.com/klauspost/compress/zstd"
@@ -105,8 +106,24 @@ type compressJob struct {
 // compressLoop runs the store's compression worker until the channel closes.
 func (s *Store) compressLoop() {
 	defer close(s.compressDone)
-	for job := range s.compressc {
-		orig, comp, err := s.compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
+	c := &compressor{s: s}
+	defer c.release()
+	idle := time.NewTimer(encoderIdle)
+	defer idle.Stop()
+	for {
+		var job compressJob
+		select {
+		case j, ok := <-s.compressc:
+			if !ok {
+				return
+			}
+			job = j
+		case <-idle.C:
+			c.release()
+			continue
+		}
+		idle.Reset(encoderIdle)
+		orig, comp, err := c.compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
 		if errors.Is(err, errIncompressible) {
 			job.g.log.Debug("segment left uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
 			continue
@@ -119,6 +136,43 @@ func (s *Store) compressLoop() {
 		}
 		job.g.log.Debug("segment compressed", "file", FileName(job.file), "segment", job.path, "from", orig, "to", comp)
 	}
+}
+
+// encoderIdle is how long the compression worker keeps its encoder with nothing to
+// compress: long enough to serve every file an ingest closes, short enough that an
+// idle node does not hold the encoder's tens of MB.
+const encoderIdle = 30 * time.Second
+
+// compressor compresses segments, one at a time, with one zstd encoder that it
+// reuses. An encoder's tables and history take tens of MB: a new one per segment
+// (and per sample, before) allocated them afresh each time, and on a virtual machine
+// memory touched anew costs more than the compression of a segment's samples.
+type compressor struct {
+	s   *Store
+	enc *zstd.Encoder
+	// sample and out are compressible's buffers, kept with the encoder.
+	sample, out []byte
+}
+
+// encoder returns the compressor's encoder, made on first use.
+func (c *compressor) encoder() (*zstd.Encoder, error) {
+	if c.enc == nil {
+		enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+		if err != nil {
+			return nil, err
+		}
+		c.enc = enc
+	}
+	return c.enc, nil
+}
+
+// release lets the encoder go (the next segment makes a new one).
+func (c *compressor) release() {
+	if c.enc != nil {
+		c.enc.Close()
+		c.enc = nil
+	}
+	c.sample, c.out = nil, nil
 }
 
 // compress queues the parts of a closed file for compression without blocking Update.
@@ -168,7 +222,8 @@ func (g *Group) Compression() (plain, compressed uint64) {
 // while it was being compressed must not come back as a .zst. account records the
 // sizes before the plain file disappears, so nobody sees the file compressed but
 // not yet counted.
-func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(orig, comp int64)) (int64, int64, error) {
+func (c *compressor) compressSegment(path string, swapMu *sync.Mutex, account func(orig, comp int64)) (int64, int64, error) {
+	s := c.s
 	fs := s.fs
 	in, err := fs.Open(path)
 	if err != nil {
@@ -179,7 +234,7 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 	if err != nil {
 		return 0, 0, err
 	}
-	if err := s.compressible(in, st.Size()); err != nil {
+	if err := c.compressible(in, st.Size()); err != nil {
 		if errors.Is(err, errIncompressible) {
 			// Remembered, so a restart does not try again (a lost marker costs one
 			// more sample only).
@@ -194,12 +249,13 @@ func (s *Store) compressSegment(path string, swapMu *sync.Mutex, account func(or
 	if err != nil {
 		return 0, 0, err
 	}
-	enc, err := zstd.NewWriter(&fileWriter{f: out}, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
+	enc, err := c.encoder()
 	if err != nil {
 		out.Close()
 		fs.Remove(tmp)
 		return 0, 0, err
 	}
+	enc.Reset(&fileWriter{f: out})
 	orig, err := io.Copy(enc, wholeFile(in))
 	if err == nil {
 		err = enc.Close()
@@ -253,8 +309,11 @@ const (
 
 // compressible compresses the samples of the segment and refuses a segment they
 // would shrink by less than a tenth.
-func (s *Store) compressible(f io.ReaderAt, size int64) error {
-	buf := make([]byte, 0, compressSamples*compressSample)
+func (c *compressor) compressible(f io.ReaderAt, size int64) error {
+	if c.sample == nil {
+		c.sample = make([]byte, 0, compressSamples*compressSample)
+	}
+	buf := c.sample[:0]
 	if size <= compressSamples*compressSample {
 		// Small enough to try whole.
 		n, err := f.ReadAt(buf[:size], 0)
@@ -270,13 +329,13 @@ func (s *Store) compressible(f io.ReaderAt, size int64) error {
 		}
 		buf = buf[:len(buf)+n]
 	}
-	s.sampler.once.Do(func() {
-		s.sampler.enc, s.sampler.err = zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
-	})
-	if s.sampler.err != nil {
-		return s.sampler.err
+	enc, err := c.encoder()
+	if err != nil {
+		return err
 	}
-	if out := s.sampler.enc.EncodeAll(buf, nil); len(buf) > 0 && len(out)*10 > len(buf)*9 {
+	out := enc.EncodeAll(buf, c.out[:0])
+	c.out = out
+	if len(buf) > 0 && len(out)*10 > len(buf)*9 {
 		return fmt.Errorf("%w: samples of %d bytes compress to %d", errIncompressible, len(buf), len(out))
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -890,7 +891,7 @@ func TestIncompressibleSegmentStaysPlain(t *testing.T) {
 		if err := os.WriteFile(path, c.data, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		_, _, err := h.store.compressSegment(path, &mu, func(int64, int64) {})
+		_, _, err := (&compressor{s: h.store}).compressSegment(path, &mu, func(int64, int64) {})
 		_, plainErr := os.Stat(path)
 		_, zstErr := os.Stat(path + zstSuffix)
 		_, markErr := os.Stat(path + plainSuffix)
@@ -900,5 +901,37 @@ func TestIncompressibleSegmentStaysPlain(t *testing.T) {
 		if !c.plain && (err != nil || plainErr == nil || zstErr != nil) {
 			t.Fatalf("%s: err %v, plain file %v, compressed file %v: want it compressed", c.name, err, plainErr, zstErr)
 		}
+	}
+}
+
+// TestCompressorReusesItsEncoder: one compressor compresses segment after segment
+// with the one encoder. A new encoder per segment allocated its tables and history
+// (tens of MB) afresh each time, which a node touches anew.
+func TestCompressorReusesItsEncoder(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	dir := t.TempDir()
+	c := &compressor{s: h.store}
+	defer c.release()
+	var mu sync.Mutex
+	rows := bytes.Repeat([]byte("INSERT INTO t VALUES (1, 'abc');"), 16<<10) // 512 KiB
+	compress := func(name string) {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, rows, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := c.compressSegment(path, &mu, func(int64, int64) {}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	compress("first") // makes the encoder
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range 4 {
+		compress(fmt.Sprint("next", i))
+	}
+	runtime.ReadMemStats(&after)
+	if n := after.TotalAlloc - before.TotalAlloc; n > 8<<20 {
+		t.Fatalf("compressing 4 segments of 512 KiB allocated %d MiB: the encoder is not reused", n>>20)
 	}
 }

@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"github.com/klauspost/compress/zstd"
 	"log/slog"
 	"strconv"
 	"sync"
@@ -31,13 +30,6 @@ type Store struct {
 
 	compressc    chan compressJob
 	compressDone chan struct{}
-	// sampler judges whether a segment is worth compressing (see compressible):
-	// made once, as an encoder's tables cost more to set up than a sample to encode.
-	sampler struct {
-		once sync.Once
-		enc  *zstd.Encoder
-		err  error
-	}
 	// segmentSize is where segment parts roll (0: never).
 	segmentSize uint64
 	// records is shared by every cursor (see recordCache); gens numbers the groups'
@@ -87,9 +79,6 @@ func (s *Store) Close() error {
 	s.records.stop()
 	close(s.compressc)
 	<-s.compressDone
-	if s.sampler.enc != nil {
-		s.sampler.enc.Close()
-	}
 	if err := s.db.Close(); err != nil {
 		return fmt.Errorf("storage: close index: %w", err)
 	}

@@ -371,6 +371,11 @@ func BenchmarkRelay(b *testing.B) {
 	faults0 := pageFaults(b, one.PID())
 	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
 	faults := pageFaults(b, one.PID()) - faults0
+	// FLOTILLA_BENCH_ALLOCS=FILE saves the node's allocation profile after the ingest
+	// (the node did little else before it).
+	if path := os.Getenv("FLOTILLA_BENCH_ALLOCS"); path != "" {
+		saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/allocs", metricsAddr), path)
+	}
 	rep.add("ingest, 1 replica", i1.mbs(), rawMBs, "MB/s", 0.6, true)
 	rep.note(fmt.Sprintf("ingest, 1 replica: the node took %d page faults (%.0f MiB of memory touched anew) for %.0f MiB ingested",
 		faults, float64(faults)*float64(os.Getpagesize())/(1<<20), float64(i1.bytes)/(1<<20)))
