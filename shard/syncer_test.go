@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"unsafe"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/statemachine"
@@ -158,11 +159,61 @@ func TestPipelineLargeTransactionsTakePooledBuffers(t *testing.T) {
 	if !bytes.Equal(ev, bytes.Join(txn, nil)) {
 		t.Fatal("the transaction's buffer does not hold its events")
 	}
-	if cap(ev) < p.maxPiece+64<<10 || cap(ev)%poolStep != 0 {
-		t.Fatalf("a 3 MiB transaction's buffer has capacity %d: want a pooled piece's (at least %d, in steps of %d)", cap(ev), p.maxPiece+64<<10, poolStep)
-	}
 	if len(p.lent) != 1 || &p.lent[0][:1][0] != &ev[0] {
 		t.Fatalf("the buffer must be lent until the proposal (lent: %d)", len(p.lent))
+	}
+	if buf := p.lent[0]; cap(buf) < p.maxPiece+64<<10 || cap(buf)%poolStep != 0 {
+		t.Fatalf("a 3 MiB transaction's buffer has capacity %d: want a pooled piece's (at least %d, in steps of %d)", cap(buf), p.maxPiece+64<<10, poolStep)
+	}
+}
+
+// TestPipelineSmallTransactionsShareChunks: small transactions are carved one after
+// the other from shared chunks, each keeping exactly its bytes, including around one
+// that outgrows the chunk's room and moves out, and one held already (skipped).
+func TestPipelineSmallTransactionsShareChunks(t *testing.T) {
+	p := newPipeline(binlog.Position{0: gtid(150)}, false, "")
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	var want [][]byte
+	for i := range 300 {
+		size := 60 + i%7*40
+		if i == 100 {
+			size = 200 << 10 // larger than a chunk: moves out of it
+		}
+		seq := uint64(i + 1)
+		if i >= 150 {
+			seq += 100 // 151.. are new; 150 (i 149) is held already
+		}
+		txn := rowTxn(gtid(seq), size)
+		feed(t, p, txn...)
+		if seq > 150 {
+			want = append(want, bytes.Join(txn, nil))
+		}
+	}
+	var got [][]byte
+	adjacent := 0
+	for i, it := range p.items {
+		if it.Txn == nil {
+			continue
+		}
+		ev := it.Txn.Events
+		if cap(ev) != len(ev) {
+			t.Fatalf("transaction %v: capacity %d past its %d bytes: an append would overwrite the next one", it.Txn.GTID, cap(ev), len(ev))
+		}
+		if prev := p.items[i-1]; prev.Txn != nil && unsafe.Add(unsafe.Pointer(unsafe.SliceData(prev.Txn.Events)), len(prev.Txn.Events)) == unsafe.Pointer(&ev[0]) {
+			adjacent++
+		}
+		got = append(got, ev)
+	}
+	if len(got) != len(want) {
+		t.Fatalf("%d transactions proposed, want %d", len(got), len(want))
+	}
+	for i := range want {
+		if !bytes.Equal(got[i], want[i]) {
+			t.Fatalf("transaction %d does not hold its events", i)
+		}
+	}
+	if adjacent < len(want)/2 {
+		t.Fatalf("only %d of %d transactions follow the previous one in a chunk", adjacent, len(want))
 	}
 }
 
