@@ -2,6 +2,8 @@ package binlog
 
 import (
 	"bytes"
+	"fmt"
+	"math"
 	"testing"
 )
 
@@ -129,4 +131,18 @@ func FuzzDecoders(f *testing.F) {
 			_ = EndsGroup(g, b, ck)
 		}
 	})
+}
+
+// TestGTIDString: a GTID prints as MariaDB prints it, and parses back, at the
+// extremes too.
+func TestGTIDString(t *testing.T) {
+	for _, g := range []GTID{{}, {Domain: 0, Server: 1, Seq: 2}, {Domain: math.MaxUint32, Server: math.MaxUint32, Seq: math.MaxUint64}} {
+		want := fmt.Sprintf("%d-%d-%d", g.Domain, g.Server, g.Seq)
+		if got := g.String(); got != want {
+			t.Fatalf("%#v prints %q, want %q", g, got, want)
+		}
+		if back, err := ParseGTID(g.String()); err != nil || back != g {
+			t.Fatalf("%q parses to %#v, %v", g.String(), back, err)
+		}
+	}
 }

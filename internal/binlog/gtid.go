@@ -25,7 +25,14 @@ type GTID struct {
 
 // String formats the GTID the way MariaDB prints it (0-1-100).
 func (g GTID) String() string {
-	return fmt.Sprintf("%d-%d-%d", g.Domain, g.Server, g.Seq)
+	// Without fmt: the syncer names every transaction it receives.
+	var b [32]byte
+	out := strconv.AppendUint(b[:0], uint64(g.Domain), 10)
+	out = append(out, '-')
+	out = strconv.AppendUint(out, uint64(g.Server), 10)
+	out = append(out, '-')
+	out = strconv.AppendUint(out, g.Seq, 10)
+	return string(out)
 }
 
 // ParseGTID parses "domain-server-seq".
