@@ -305,8 +305,10 @@ type pipeline struct {
 	fde       []byte
 
 	items []statemachine.Item
-	// chunk: small transactions' buffers are carved from it (see carve).
-	chunk []byte
+	// chunk: small transactions' buffers are carved from it (see carve), and
+	// chunkSize is its size.
+	chunk     []byte
+	chunkSize int
 	// lent: the pipeline's own large buffers the items hold, back to the pool once
 	// the items are proposed.
 	lent        [][]byte
@@ -433,7 +435,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			}
 			p.heartbeatAt = now
 			if p.cur == nil {
-				p.chunk = nil // the master is idle: an idle group keeps no chunk
+				p.dropChunk() // the master is idle
 			}
 		}
 		// Where the master stands, with nothing of ours in flight: what the group
@@ -577,20 +579,30 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 	return nil
 }
 
-// txnChunk is the size of the chunks small transactions' buffers are carved from.
-const txnChunk = 64 << 10
+// Small transactions' buffers are carved from chunks: the first of minTxnChunk
+// bytes, each next one twice the size of the last, up to maxTxnChunk.
+const (
+	minTxnChunk = 4 << 10
+	maxTxnChunk = 64 << 10
+)
 
 // carve returns an empty buffer for a new transaction: the free room of the current
 // chunk, which the transaction keeps if it stays within it (see keep). A small
 // transaction took a 4 KiB buffer of its own before: at a hundred thousand
 // transactions a second, allocating and clearing those was most of the syncer's CPU.
-// A chunk is garbage once the items in it are proposed.
+// A chunk is garbage once the items in it are proposed; the pipeline lets its chunk
+// go whenever it has nothing left to commit (see dropChunk), so that an idle group
+// keeps none, and a lone transaction costs one small chunk, as before.
 func (p *pipeline) carve() []byte {
-	if cap(p.chunk)-len(p.chunk) < 1024 {
-		p.chunk = make([]byte, 0, txnChunk)
+	if cap(p.chunk)-len(p.chunk) < minTxnChunk/4 {
+		p.chunkSize = min(max(2*p.chunkSize, minTxnChunk), maxTxnChunk)
+		p.chunk = make([]byte, 0, p.chunkSize)
 	}
 	return p.chunk[len(p.chunk):len(p.chunk):cap(p.chunk)]
 }
+
+// dropChunk lets the chunk go; the next one starts small again.
+func (p *pipeline) dropChunk() { p.chunk, p.chunkSize = nil, 0 }
 
 // keep takes a complete transaction's bytes out of the chunk's free room when they
 // are still in it (an append past the chunk's end moved them out).
@@ -848,6 +860,9 @@ func (p *pipeline) complete(ctx context.Context) error {
 	p.s.m.metrics.Ingested(name, f.events, f.bytes, int(f.txns))
 	p.delivered = p.delivered || f.txns > 0
 	idle := p.cur == nil && len(p.items) == 0 && len(p.pending) == 0
+	if idle {
+		p.dropChunk() // nothing left to commit: an idle group keeps no chunk
+	}
 	p.s.updateStatus(func(st *SyncStatus) {
 		st.LastEventAt, st.LastEventRcv = time.Unix(int64(f.lastTS), 0), time.Now()
 		st.PendingBytes -= min(st.PendingBytes, uint64(f.bytes))

@@ -215,6 +215,16 @@ func TestPipelineSmallTransactionsShareChunks(t *testing.T) {
 	if adjacent < len(want)/2 {
 		t.Fatalf("only %d of %d transactions follow the previous one in a chunk", adjacent, len(want))
 	}
+	// The master idles (a heartbeat between transactions): the chunk goes, and the
+	// next one starts small.
+	feed(t, p, binlog.NewOpaque(binlog.HeartbeatEvent, 1, 20, true))
+	if p.chunk != nil {
+		t.Fatal("an idle master's heartbeat left the pipeline its chunk")
+	}
+	feed(t, p, rowTxn(gtid(1000), 60)...)
+	if cap(p.chunk) != minTxnChunk {
+		t.Fatalf("the first chunk after an idle spell holds %d bytes, want %d", cap(p.chunk), minTxnChunk)
+	}
 }
 
 // FuzzPipeline: the master's stream is bytes from the network; whatever arrives, the
