@@ -496,8 +496,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			}
 			return nil
 		}
-		p.keep(t.events)
-		events := t.events[:len(t.events):len(t.events)] // nothing may append into the next transaction's room
+		events := p.seal(t.events)
 		if dropCommit(t.gtid.Seq) && len(events) > len(raw) {
 			events = events[:len(events)-len(raw)] // planted bug (tag chaosbug_partial)
 		}
@@ -513,7 +512,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			t.events = t.events[:0] // held already: nothing refers to the piece
 			return nil
 		}
-		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: t.events}}, len(t.events), 0)
+		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: p.seal(t.events)}}, len(t.events), 0)
 		p.lend(t.events)
 		// A large transaction: its next piece gets its full size at once rather
 		// than growing to it by doubling.
@@ -556,6 +555,7 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 				p.s.m.pieceBufs.put(events) // nothing refers to it
 			} else {
 				p.lend(events)
+				events = p.seal(events)
 			}
 		} else {
 			events = raw[prev:c:c] // raw is the pipeline's until lent back (see eventSource)
@@ -604,8 +604,17 @@ func (p *pipeline) carve() []byte {
 // dropChunk lets the chunk go; the next one starts small again.
 func (p *pipeline) dropChunk() { p.chunk, p.chunkSize = nil, 0 }
 
-// keep takes a complete transaction's bytes out of the chunk's free room when they
-// are still in it (an append past the chunk's end moved them out).
+// seal ends the open transaction's claim on its buffer's free room: events go into an
+// item as they are (an append to them cannot reach past them), and what follows them
+// in the chunk serves the next transaction (see keep). Every item made of the open
+// transaction's buffer is sealed: a piece too, should one fit in a chunk.
+func (p *pipeline) seal(events []byte) []byte {
+	p.keep(events)
+	return events[:len(events):len(events)]
+}
+
+// keep takes a transaction's bytes out of the chunk's free room when they are still
+// in it (an append past the chunk's end moved them out).
 func (p *pipeline) keep(events []byte) {
 	room := p.chunk[len(p.chunk):cap(p.chunk)]
 	if len(events) > 0 && len(room) >= len(events) && &room[0] == &events[0] {

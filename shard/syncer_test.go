@@ -171,7 +171,7 @@ func TestPipelineLargeTransactionsTakePooledBuffers(t *testing.T) {
 // the other from shared chunks, each keeping exactly its bytes, including around one
 // that outgrows the chunk's room and moves out, and one held already (skipped).
 func TestPipelineSmallTransactionsShareChunks(t *testing.T) {
-	p := newPipeline(binlog.Position{0: gtid(150)}, false, "")
+	p := newPipeline(binlog.Position{0: gtid(3)}, false, "")
 	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
 	var want [][]byte
 	for i := range 300 {
@@ -179,13 +179,10 @@ func TestPipelineSmallTransactionsShareChunks(t *testing.T) {
 		if i == 100 {
 			size = 200 << 10 // larger than a chunk: moves out of it
 		}
-		seq := uint64(i + 1)
-		if i >= 150 {
-			seq += 100 // 151.. are new; 150 (i 149) is held already
-		}
+		seq := uint64(i + 1) // 1 to 3 are held already: skipped
 		txn := rowTxn(gtid(seq), size)
 		feed(t, p, txn...)
-		if seq > 150 {
+		if seq > 3 {
 			want = append(want, bytes.Join(txn, nil))
 		}
 	}
@@ -224,6 +221,35 @@ func TestPipelineSmallTransactionsShareChunks(t *testing.T) {
 	feed(t, p, rowTxn(gtid(1000), 60)...)
 	if cap(p.chunk) != minTxnChunk {
 		t.Fatalf("the first chunk after an idle spell holds %d bytes, want %d", cap(p.chunk), minTxnChunk)
+	}
+}
+
+// TestPipelinePiecesInChunksKeepTheirBytes: with pieces smaller than a chunk (as in
+// tests that lower maxPiece), a piece proposed from the chunk is sealed there: the
+// next transaction's bytes never overwrite it.
+func TestPipelinePiecesInChunksKeepTheirBytes(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	p.maxPiece = 1024
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	var want []byte
+	for i := range 20 {
+		evs := rowTxn(gtid(uint64(i+1)), 10)
+		txn := [][]byte{evs[0], evs[1], evs[3]}
+		for range 3 {
+			txn = append(txn, binlog.NewOpaque(23, 1, 600, true))
+		}
+		txn = append(txn, binlog.NewOpaque(23, 1, 3000, true), evs[5]) // and an event cut in parts
+		feed(t, p, txn...)
+		want = append(want, bytes.Join(txn, nil)...)
+	}
+	var got []byte
+	for _, it := range p.items {
+		if it.Txn != nil {
+			got = append(got, it.Txn.Events...)
+		}
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatal("pieces carved from a chunk lost bytes to the transactions after them")
 	}
 }
 

@@ -122,8 +122,8 @@ func (s *Store) compressLoop() {
 			c.release()
 			continue
 		}
-		idle.Reset(encoderIdle)
 		orig, comp, err := c.compressSegment(job.path, &job.g.swapMu, func(orig, comp int64) { job.g.addCompressed(uint64(orig), uint64(comp)) })
+		idle.Reset(encoderIdle) // from the job's end: a long one does not count as idle
 		if errors.Is(err, errIncompressible) {
 			job.g.log.Debug("segment left uncompressed", "file", FileName(job.file), "segment", job.path, "err", err)
 			continue
@@ -159,20 +159,18 @@ func (c *compressor) encoder() (*zstd.Encoder, error) {
 	if c.enc == nil {
 		enc, err := zstd.NewWriter(nil, zstd.WithEncoderConcurrency(1), zstd.WithEncoderLevel(zstd.SpeedDefault))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("zstd encoder: %w", err)
 		}
 		c.enc = enc
 	}
 	return c.enc, nil
 }
 
-// release lets the encoder go (the next segment makes a new one).
+// release lets the encoder go (the next segment makes a new one). It is not closed:
+// its last stream was closed or abandoned with its file, and an encoder of one
+// goroutine holds nothing else.
 func (c *compressor) release() {
-	if c.enc != nil {
-		c.enc.Close()
-		c.enc = nil
-	}
-	c.sample, c.out = nil, nil
+	c.enc, c.sample, c.out = nil, nil, nil
 }
 
 // compress queues the parts of a closed file for compression without blocking Update.

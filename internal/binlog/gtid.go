@@ -26,7 +26,7 @@ type GTID struct {
 // String formats the GTID the way MariaDB prints it (0-1-100).
 func (g GTID) String() string {
 	// Without fmt: the syncer names every transaction it receives.
-	var b [32]byte
+	var b [42]byte // two uint32s, a uint64 and two dashes at most
 	out := strconv.AppendUint(b[:0], uint64(g.Domain), 10)
 	out = append(out, '-')
 	out = strconv.AppendUint(out, uint64(g.Server), 10)

@@ -110,9 +110,9 @@ func FreePort() (int, error) {
 	return 0, errors.New("mariadbtest: no free port between 10000 and 32767 in 200 tries")
 }
 
-// Start initialises dir/data with mariadb-install-db (skipped if it already
-// holds a data directory, so a stopped server can be restarted on the same
-// data) and launches mariadbd on a loopback port. It returns once root can log
+// Start initialises dir/data as mariadb-install-db would (a copy of an installed
+// template; skipped if it already holds a data directory, so a stopped server can be
+// restarted on the same data) and launches mariadbd on a loopback port. It returns once root can log
 // in over TCP without a password, so callers can issue queries immediately.
 // ctx only bounds startup; the server keeps running until Stop or Kill.
 func Start(ctx context.Context, dir string, opt Options) (*Server, error) {
@@ -161,11 +161,18 @@ func installDB(ctx context.Context, dir string) error {
 	if err != nil {
 		return err
 	}
-	if err := copyTree(tmpl, data); err != nil {
-		// Leave no half-copied datadir behind: the next Start would take it for a
-		// data directory and fail in a confusing way.
-		_ = os.RemoveAll(data)
+	// Copied beside it, then renamed: a copy cut short (a killed test) never looks
+	// like a data directory to the next Start.
+	tmp, err := os.MkdirTemp(dir, "data-*.tmp")
+	if err != nil {
+		return fmt.Errorf("mariadbtest: %w", err)
+	}
+	defer os.RemoveAll(tmp) // gone once renamed
+	if err := copyTree(tmpl, filepath.Join(tmp, "data")); err != nil {
 		return fmt.Errorf("mariadbtest: copy the installed template %s to %s: %w (remove the template if it is damaged)", tmpl, data, err)
+	}
+	if err := os.Rename(filepath.Join(tmp, "data"), data); err != nil {
+		return fmt.Errorf("mariadbtest: put the data directory in place: %w", err)
 	}
 	return nil
 }

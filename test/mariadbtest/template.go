@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // template returns a data directory that mariadb-install-db made for this machine's
@@ -37,10 +38,11 @@ func template(ctx context.Context) (string, error) {
 		fmt.Fprintf(h, "%s %d %d\n", p, st.Size(), st.ModTime().UnixNano())
 	}
 	fmt.Fprintln(h, strings.Join(installArgs("DATA"), " "))
-	dir := filepath.Join(os.TempDir(), fmt.Sprintf("flotilla-mariadb-template-%x", h.Sum(nil)[:8]))
+	// The user's own: another user's would not be readable, nor trustworthy.
+	dir := filepath.Join(os.TempDir(), fmt.Sprintf("flotilla-mariadb-template-%d-%x", os.Getuid(), h.Sum(nil)[:8]))
 	data := filepath.Join(dir, "data")
-	if _, err := os.Stat(filepath.Join(data, "mysql")); err == nil {
-		return data, nil
+	if ok, err := usableTemplate(dir); ok || err != nil {
+		return data, err
 	}
 	tmp, err := os.MkdirTemp(os.TempDir(), "flotilla-mariadb-template-*.tmp")
 	if err != nil {
@@ -50,13 +52,43 @@ func template(ctx context.Context) (string, error) {
 	if err := install(ctx, bin, filepath.Join(tmp, "data"), filepath.Join(tmp, "install.log")); err != nil {
 		return "", err
 	}
+	// Written last: a template without it (a cleaner of old files in the temporary
+	// directory took part of it) is made again.
+	if err := os.WriteFile(filepath.Join(tmp, templateDone), nil, 0o600); err != nil {
+		return "", fmt.Errorf("mariadbtest: %w", err)
+	}
+	if _, err := os.Stat(dir); err == nil {
+		// Incomplete (usableTemplate said so): replaced by this one.
+		if err := os.RemoveAll(dir); err != nil {
+			return "", fmt.Errorf("mariadbtest: remove the incomplete template %s: %w", dir, err)
+		}
+	}
 	if err := os.Rename(tmp, dir); err != nil {
-		if _, serr := os.Stat(filepath.Join(data, "mysql")); serr != nil {
+		if ok, _ := usableTemplate(dir); !ok {
 			return "", fmt.Errorf("mariadbtest: put the installed template in place: %w", err)
 		}
 		// Another process installed it meanwhile: that one serves as well.
 	}
 	return data, nil
+}
+
+// templateDone marks a whole template.
+const templateDone = "complete"
+
+// usableTemplate reports whether dir holds a whole template of this user's; an
+// error when it is someone else's.
+func usableTemplate(dir string) (bool, error) {
+	st, err := os.Stat(dir)
+	if err != nil {
+		return false, nil
+	}
+	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Getuid() {
+		return false, fmt.Errorf("mariadbtest: the template %s belongs to user %d, not to this one: remove it", dir, sys.Uid)
+	}
+	if _, err := os.Stat(filepath.Join(dir, templateDone)); err != nil {
+		return false, nil
+	}
+	return true, nil
 }
 
 // copyTree copies the directory src to dst (which must not exist), keeping
