@@ -280,12 +280,21 @@ func notFound(format string, args ...any) sm.Result {
 	return sm.Result{Value: resultNotFound, Data: []byte(fmt.Sprintf(format, args...))}
 }
 
-// Lookup returns a deep copy of the state, so callers can never race with Update.
+// viewQuery runs a function on the state under the state machine's read lock: a
+// caller that needs a few fields reads them without copying every upstream.
+type viewQuery func(*State)
+
+// Lookup returns a deep copy of the state, so callers can never race with Update;
+// a viewQuery instead runs on the state itself and returns nothing.
 func (m *metaSM) Lookup(q interface{}) (interface{}, error) {
 	m.mu.RLock()
 	defer m.mu.RUnlock()
-	if _, ok := q.(versionQuery); ok {
+	switch q := q.(type) {
+	case versionQuery:
 		return m.version, nil
+	case viewQuery:
+		q(m.state)
+		return nil, nil
 	}
 	return m.state.Clone(), nil
 }
@@ -437,16 +446,35 @@ func (s *Service) Note(ctx context.Context, note string) error {
 
 // Read returns the metadata with a linearizable read.
 func (s *Service) Read(ctx context.Context) (*State, error) {
+	v, err := s.syncRead(ctx, nil)
+	if err != nil {
+		return nil, err
+	}
+	return v.(*State), nil
+}
+
+// View runs fn on the metadata after a linearizable read, without the copy Read
+// makes (a full copy per call made adding the 1,000th upstream cost 1,000 upstream
+// copies). fn runs under the metadata's read lock: it must return quickly and
+// must neither modify the State nor keep any part of it.
+func (s *Service) View(ctx context.Context, fn func(*State)) error {
+	_, err := s.syncRead(ctx, viewQuery(fn))
+	return err
+}
+
+// syncRead is a linearizable read of query, retried while the metadata group has
+// no leader.
+func (s *Service) syncRead(ctx context.Context, query any) (any, error) {
 	ctx, cancel := withTimeout(ctx)
 	defer cancel()
 	for {
 		// Short attempts: a read raft drops (no leader known yet, an election) is
 		// retried instead of failing the caller or waiting out its whole deadline.
 		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		v, err := s.nh.SyncRead(actx, MetaGroupID, nil)
+		v, err := s.nh.SyncRead(actx, MetaGroupID, query)
 		acancel()
 		if err == nil {
-			return v.(*State), nil
+			return v, nil
 		}
 		if !errors.Is(err, dragonboat.ErrClusterNotReady) && !errors.Is(err, dragonboat.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) || ctx.Err() != nil {
 			return nil, fmt.Errorf("placement: read metadata: %w", err)

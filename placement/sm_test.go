@@ -72,6 +72,26 @@ func TestGroupIDsAreNeverReused(t *testing.T) {
 	}
 }
 
+func TestViewSeesTheStateAndReadsCopyIt(t *testing.T) {
+	m := newMetaSM(1, 1).(*metaSM)
+	apply(t, m, command{Op: opRegisterNode, Node: &Node{ID: 1}})
+	apply(t, m, command{Op: opAddUpstream, Upstream: &Upstream{Name: "a", Source: "h:1", Replicas: 1}})
+	var seen *State
+	var names []string
+	if v, err := m.Lookup(viewQuery(func(st *State) { seen, names = st, st.UpstreamNames() })); err != nil || v != nil {
+		t.Fatalf("a view returns nothing: %v, %v", v, err)
+	}
+	if seen != m.state || !slices.Equal(names, []string{"a"}) {
+		t.Fatalf("the view ran on %p (state %p) and saw %v", seen, m.state, names)
+	}
+	c, _ := m.Lookup(nil)
+	c.(*State).Upstreams["a"].Source = "changed:1"
+	delete(c.(*State).Upstreams, "a")
+	if u := m.state.Upstreams["a"]; u == nil || u.Source != "h:1" {
+		t.Fatal("changing what Lookup returned changed the state: it must be a copy")
+	}
+}
+
 func TestMembershipChangesAreComparedAndSet(t *testing.T) {
 	m := newMetaSM(1, 1)
 	for id := uint64(1); id <= 4; id++ {

@@ -67,6 +67,9 @@ func TestUpstreamAddRefusesBadSources(t *testing.T) {
 	if err := add(master.Addr(), upstreamPass); err != nil {
 		t.Fatalf("a good master must be accepted after fixing it: %v", err)
 	}
+	if err := add(master.Addr(), upstreamPass); err == nil || !strings.Contains(err.Error(), `upstream "u" already exists`) {
+		t.Fatalf("adding a name twice: want a refusal naming it, got %v", err)
+	}
 
 	// Pause stops pulling (the syncer disconnects); resume catches up exactly.
 	executed := func() (string, bool) {
