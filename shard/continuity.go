@@ -88,14 +88,31 @@ type sourceView struct {
 
 // queryString runs a query returning one value on a master.
 func queryString(c *client.Conn, addr, sql string) (string, error) {
+	v, err := queryStrings(c, addr, sql, 1)
+	if err != nil {
+		return "", err
+	}
+	return v[0], nil
+}
+
+// queryStrings runs sql on c and returns the first n columns of its first row as
+// strings (empty ones when it returns no row): one round trip for several of the
+// master's variables.
+func queryStrings(c *client.Conn, addr, sql string, n int) ([]string, error) {
 	r, err := c.Execute(sql)
 	if err != nil {
-		return "", fmt.Errorf("master %s: %s: %w", addr, sql, err)
+		return nil, fmt.Errorf("master %s: %s: %w", addr, sql, err)
 	}
+	out := make([]string, n)
 	if r.Resultset == nil || r.RowNumber() == 0 {
-		return "", nil
+		return out, nil
 	}
-	return r.GetString(0, 0)
+	for i := range out {
+		if out[i], err = r.GetString(0, i); err != nil {
+			return nil, fmt.Errorf("master %s: %s: column %d: %w", addr, sql, i+1, err)
+		}
+	}
+	return out, nil
 }
 
 // readSourceView reads what checkContinuity needs from a master of flavor mysql or

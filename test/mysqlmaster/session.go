@@ -33,6 +33,8 @@ type session struct {
 var (
 	setUserVar = regexp.MustCompile(`(?i)^SET\s+@(\w+)\s*=\s*(.+?)\s*;?$`)
 	selectVar  = regexp.MustCompile(`(?i)^SELECT\s+@@(?:GLOBAL\.|SESSION\.)?(\w+)(?:\s+AS\s+(\w+))?\s*;?$`)
+	// selectVars is several variables in one row (SELECT @@a, @@GLOBAL.b).
+	selectVars = regexp.MustCompile(`(?i)^SELECT\s+(@@[\w.]+(?:\s*,\s*@@[\w.]+)+)\s*;?$`)
 	// infoColumns is what CDC tools ask for a table's columns (zongji, prepared).
 	infoColumns = regexp.MustCompile(`(?is)^\s*SELECT\s+COLUMN_NAME\b.*\bFROM\s+INFORMATION_SCHEMA\.COLUMNS\b`)
 	selectUser  = regexp.MustCompile(`(?i)^SELECT\s+@(\w+)\s*;?$`)
@@ -74,6 +76,20 @@ func (s *session) HandleQuery(q string) (*mysql.Result, error) {
 			col = mm[2]
 		}
 		return result([]string{col}, [][]any{{v}})
+	}
+	if mm := selectVars.FindStringSubmatch(q); mm != nil {
+		var cols []string
+		var row []any
+		for _, c := range strings.Split(mm[1], ",") {
+			c = strings.TrimSpace(c)
+			name := strings.ToLower(strings.TrimPrefix(strings.TrimPrefix(strings.ToLower(c[2:]), "global."), "session."))
+			v, ok := s.m.globalVar(name)
+			if !ok {
+				return nil, mysql.NewError(mysql.ER_UNKNOWN_SYSTEM_VARIABLE, fmt.Sprintf("Unknown system variable '%s'", name))
+			}
+			cols, row = append(cols, c), append(row, v)
+		}
+		return result(cols, [][]any{row})
 	}
 	if mm := selectUser.FindStringSubmatch(q); mm != nil {
 		v, ok := s.vars[strings.ToLower(mm[1])]
