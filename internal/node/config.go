@@ -162,6 +162,9 @@ func (c Config) Validate() error {
 	if c.ServedFileSize > 3<<30 || c.ServedFileSize > 0 && c.ServedFileSize < 1<<20 {
 		return fmt.Errorf("served_file_size %v is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)
 	}
+	if c.MemoryPretouch > 64<<30 {
+		return fmt.Errorf("memory_pretouch %v is over 64 GiB: it is the heap a node uses under load (256 MiB by default), 0 for none", c.MemoryPretouch)
+	}
 	if c.RecordCache > 64<<30 || c.RecordCache > 0 && c.RecordCache < 1<<20 {
 		return fmt.Errorf("record_cache %v is outside 1 MiB to 64 GiB (0 for the default, 128 MiB): it holds served records of 256 KiB to 8 MiB", c.RecordCache)
 	}

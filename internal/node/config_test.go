@@ -32,6 +32,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"segment_size", "4K", "big", func(c Config) bool { return c.SegmentSize == 4096 }},
 		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
 		{"record_cache", "16M", "big", func(c Config) bool { return c.RecordCache == 16<<20 }},
+		{"memory_pretouch", "64M", "lots", func(c Config) bool { return c.MemoryPretouch == 64<<20 }},
 		{"min_free_disk", "1G", "lots", func(c Config) bool { return c.MinFreeDisk == 1<<30 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
 		{"master_silence_probe", "3s", "soon", func(c Config) bool { return c.MasterSilenceProbe == 3*time.Second }},
@@ -110,6 +111,7 @@ func TestValidate(t *testing.T) {
 		"served_file_size":              func(c *Config) { c.ServedFileSize = 4 << 30 },
 		"1 MiB":                         func(c *Config) { c.ServedFileSize = 1000 },
 		"record_cache":                  func(c *Config) { c.RecordCache = 1000 },
+		"memory_pretouch":               func(c *Config) { c.MemoryPretouch = 65 << 30 },
 		"master_silence_probe":          func(c *Config) { c.MasterSilenceProbe = time.Millisecond },
 	} {
 		c := ok

@@ -77,6 +77,9 @@ type Config struct {
 	// replicas reading the same stretch of a binlog at once (0: the default,
 	// statemachine.DefaultRecordCache, 128 MiB).
 	RecordCache Size `yaml:"record_cache"`
+	// MemoryPretouch is heap the node faults in at start (see pretouch): 0 for
+	// none; the serve command's default is DefaultMemoryPretouch.
+	MemoryPretouch Size `yaml:"memory_pretouch"`
 	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
 	// default, 512 MiB). Below it the node stops its group replicas, keeping their
 	// data, until space returns: a full disk would make raft's log or a segment
@@ -239,6 +242,10 @@ const purgeWaitsForSilent = 5 * time.Minute
 // calling Wait.
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	cfg.Defaults()
+	if cfg.MemoryPretouch > 0 {
+		took := pretouch(cfg.MemoryPretouch)
+		log.Info("heap faulted in ahead of the first burst (memory_pretouch)", "node", cfg.NodeID, "bytes", uint64(cfg.MemoryPretouch), "took", took.Round(time.Millisecond))
+	}
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings", "grpc"} {
 		dblog.GetLogger(name).SetLevel(dblog.WARNING)
 	}

@@ -357,7 +357,7 @@ func BenchmarkRelay(b *testing.B) {
 		b.Fatal(err)
 	}
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
-	one.Args = []string{"--metrics-addr", metricsAddr, "--debug-pprof", "--log-level", "info"}
+	one.Args = append(serveDefaults(), "--metrics-addr", metricsAddr, "--debug-pprof", "--log-level", "info")
 	one.Start(ctx)
 	waitPayloadFiles(ctx, b, one) // before the profiles' windows open
 	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest.
@@ -482,7 +482,7 @@ func BenchmarkRelay(b *testing.B) {
 	one.Stop(30 * time.Second)
 
 	// Ingest with 3 replicas.
-	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "three"), 3)
+	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "three"), 3, serveDefaults()...)
 	waitPayloadFiles(ctx, b, nodes...)
 	_, _, all := masterTail(ctx, b, m)
 	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), all, "--replicas", "3")

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -73,7 +75,7 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 	}
 	m1, m2 := port(), port()
 	n1 := flotillatest.NewNode(t, filepath.Join(dir, "n1"), 1)
-	n1.Args = []string{"--metrics-addr", m1, "--log-format", "json"}
+	n1.Args = []string{"--metrics-addr", m1, "--log-format", "json", "--memory-pretouch", "64M"}
 	n2 := flotillatest.NewNode(t, filepath.Join(dir, "n2"), 2)
 	n2.Args = []string{"--metrics-addr", m2, "--log-format", "json"}
 	n2.Join = []string{n1.AdminAddr} // not up yet: node 2 waits to join
@@ -94,6 +96,16 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 	n1.Start(ctx)
 	if err := <-started; err != nil {
 		t.Fatal(err)
+	}
+	// serve runs itself again with the runtime returning memory lazily (keeping its
+	// process id and name), and faults in the heap it was asked to.
+	env, _ := os.ReadFile(fmt.Sprintf("/proc/%d/environ", n1.PID()))
+	comm, _ := os.ReadFile(fmt.Sprintf("/proc/%d/comm", n1.PID()))
+	if !bytes.Contains(env, []byte("GODEBUG=madvdontneed=0")) || strings.TrimSpace(string(comm)) != "flotilla" {
+		t.Fatalf("a node's process is named %q and has GODEBUG %q; want flotilla, with madvdontneed=0", comm, regexp.MustCompile(`GODEBUG=[^\x00]*`).Find(env))
+	}
+	if l := n1.LogGrep("memory_pretouch"); !strings.Contains(l, `"bytes":67108864`) {
+		t.Fatalf("--memory-pretouch 64M: the log says %q", l)
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		code, body, err := httpGet("http://" + m2 + "/readyz")

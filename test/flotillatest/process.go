@@ -176,7 +176,10 @@ func (n *Node) TryStart(ctx context.Context) error {
 	n.logFile = lf
 	args := []string{"serve", "--node-id", fmt.Sprint(n.ID), "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
 		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug",
-		"--segment-size", "1048576"} // small segments: end-to-end tests cross part boundaries
+		"--segment-size", "1048576", // small segments: end-to-end tests cross part boundaries
+		// Tests start nodes by the hundred: serve's default faults in 256 MiB at each
+		// start (about a second on a VM). Benchmarks set it back (bench.ServeDefaults).
+		"--memory-pretouch", "0"}
 	if len(n.Join) > 0 {
 		args = append(args, "--join", strings.Join(n.Join, ","))
 	}

@@ -1,0 +1,7 @@
+//go:build !race
+
+package node
+
+// raceDetector: this test binary runs with the race detector, whose shadow memory
+// takes page faults of its own.
+const raceDetector = false
