@@ -112,7 +112,7 @@ func serveFlags() []serveFlag {
 		size("retention-bytes", "retention_bytes", "purge the oldest served files while an upstream holds more (bytes, or with K, M, G, T)", "0, no limit", func(c *node.Config) *node.Size { return &c.RetentionBytes }),
 		size("segment-size", "segment_size", "size at which segment files roll (bytes, or with K, M, G)", "256M", func(c *node.Config) *node.Size { return &c.SegmentSize }),
 		size("record-cache", "record_cache", "memory for large served records that replicas reading the same stretch of a binlog share (1M to 64G)", "128M", func(c *node.Config) *node.Size { return &c.RecordCache }),
-		size("memory-pretouch", "memory_pretouch", "heap to fault in at start, so the first burst after a start (or an idle spell) does not stall on fresh pages; 0 for none", "256M", func(c *node.Config) *node.Size { return &c.MemoryPretouch }),
+		size("memory-pretouch", "memory_pretouch", "heap to fault in at start, so the first burst after a start does not stall on fresh pages (at most an eighth of the memory the node may use); 0 for none", "256M", func(c *node.Config) *node.Size { return &c.MemoryPretouch }),
 		size("served-file-size", "served_file_size", "close a served binlog file at the first transaction past this size, even inside one master file (1M to 3G)", "1G", func(c *node.Config) *node.Size { return &c.ServedFileSize }),
 		size("min-free-disk", "min_free_disk", "free space the data directory's filesystem keeps: below it the node stops its group replicas (keeping their data; replicas connected here are served from other nodes) until space returns, instead of failing on a full disk", "512M", func(c *node.Config) *node.Size { return &c.MinFreeDisk }),
 		dur("master-silence-probe", "master_silence_probe", "ask a master whose stream brought nothing for this long whether the group misses anything; a link that stalled without a reset ends after two probes, and one whose master sends heartbeats after the longer of this and three heartbeat gaps (1s to 2m)", "15s", func(c *node.Config) *time.Duration { return &c.MasterSilenceProbe }),
@@ -196,8 +196,9 @@ func serveCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
+			var eager string // why memory is given back eagerly, if it is
 			if !c.Bool("check-config") {
-				returnMemoryLazily()
+				eager = returnMemoryLazily()
 			}
 			if c.Bool("check-config") {
 				fmt.Printf("configuration valid: node %d, data %s, mysql %s, admin %s, raft %s\n", cfg.NodeID, cfg.DataDir, cfg.MySQLAddr.String(), cfg.AdminAddr, cfg.RaftAddr)
@@ -208,6 +209,9 @@ func serveCommand() *cli.Command {
 				return err
 			}
 			node.RouteDragonboatLogs(log.With("node", cfg.NodeID))
+			if eager != "" {
+				log.Warn("the runtime gives memory back with MADV_DONTNEED: a burst after a quiet spell faults its pages in again", "node", cfg.NodeID, "reason", eager)
+			}
 			if s, ok := c.App.Metadata[dragonboatMetadata].(string); ok {
 				log.Info("dragonboat tuned for many small groups", "node", cfg.NodeID, "settings", s)
 			}
@@ -220,29 +224,4 @@ func serveCommand() *cli.Command {
 			return n.Wait(c.Context)
 		},
 	}
-}
-
-// returnMemoryLazily re-executes the node with GODEBUG=madvdontneed=0 unless GODEBUG
-// sets it already, and returns only if that is impossible. The Go runtime then gives
-// memory back to the kernel with MADV_FREE rather than MADV_DONTNEED: the pages stay
-// the process's until the kernel needs them, so the next burst after a quiet spell
-// reuses them without faulting them in again, which on a VM costs more than the
-// copy that touches each page (see node.DefaultMemoryPretouch). The runtime reads the
-// setting once, as it starts: hence the exec, at once, of the binary's own path (not
-// /proc/self/exe, which would rename the process "exe" for ps and pgrep), with the
-// same arguments and process id.
-func returnMemoryLazily() {
-	godebug := os.Getenv("GODEBUG")
-	if strings.Contains(godebug, "madvdontneed=") {
-		return
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return
-	}
-	if godebug != "" {
-		godebug += ","
-	}
-	env := append(os.Environ(), "GODEBUG="+godebug+"madvdontneed=0")
-	_ = syscall.Exec(exe, os.Args, env) // returns only on failure: the node runs as it is
 }

@@ -1,7 +1,11 @@
 package node
 
 import (
+	"fmt"
+	"os"
 	"runtime"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -9,14 +13,19 @@ import (
 // about what one group's bulk ingest keeps in use, with the collector's headroom.
 const DefaultMemoryPretouch = 256 << 20
 
+// pretouchShare bounds the pretouch to this fraction of the memory the node may use
+// (the machine's, or its cgroup's limit): a small container must not be filled, or
+// killed, by memory it may never need.
+const pretouchShare = 8
+
 // pretouch faults in n bytes of heap and hands them back to the runtime, as the JVM's
 // AlwaysPreTouch does, so the first burst of work does not stall on fresh pages. A
 // page touched for the first time costs a fault: about 14 µs each on the VMs this is
 // measured on (a quarter of a cold node's ingest went to them), against copying that
 // page in well under a microsecond. The pages stay the process's after the
-// collector frees them because the binary returns memory with MADV_FREE (see
-// cmd/flotilla's go:debug madvdontneed=0): the kernel reclaims them only when it
-// needs memory, and a page it has not reclaimed is reused without a fault.
+// collector frees them because serve runs with GODEBUG=madvdontneed=0 (see
+// cmd/flotilla's returnMemoryLazily): the kernel reclaims them only when it needs
+// memory, and a page it has not reclaimed is reused without a fault.
 func pretouch(n Size) time.Duration {
 	start := time.Now()
 	const chunk = 4 << 20 // the size of a proposal's buffers
@@ -29,7 +38,43 @@ func pretouch(n Size) time.Duration {
 		keep = append(keep, b)
 	}
 	runtime.KeepAlive(keep)
-	keep = nil
 	runtime.GC() // the pages are free heap now, at hand for the next allocations
 	return time.Since(start)
+}
+
+// boundPretouch returns n, or a pretouchShare of available when n is more; available
+// 0 means unknown.
+func boundPretouch(n Size, available uint64) Size {
+	if available > 0 && uint64(n) > available/pretouchShare {
+		return Size(available / pretouchShare)
+	}
+	return n
+}
+
+// availableMemory is the memory this process may use: the machine's (MemTotal), or
+// less, its cgroup v2 limit (memory.max); 0 when neither can be read.
+func availableMemory() uint64 {
+	var total uint64
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
+				kb, _ := strconv.ParseUint(f[1], 10, 64)
+				total = kb << 10
+			}
+		}
+	}
+	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
+		if lim, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && (total == 0 || lim < total) {
+			total = lim
+		}
+	}
+	return total
+}
+
+// pretouchNote describes a pretouch for the log.
+func pretouchNote(asked, done Size) string {
+	if asked == done {
+		return "as configured"
+	}
+	return fmt.Sprintf("memory_pretouch %d bounded to an eighth of the %d bytes this node may use", uint64(asked), uint64(done)*pretouchShare)
 }

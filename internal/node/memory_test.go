@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"runtime"
@@ -8,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // minorFaults is how many pages this process has faulted in so far.
@@ -39,7 +41,8 @@ func touchHeap(t *testing.T, n int) int64 {
 }
 
 // TestPretouchedHeapTakesNoFaults: after pretouch, the heap a burst allocates is
-// memory the process already has. It runs in a child of the test binary, started
+// memory the process already has. (It does not wait for the runtime to give the
+// pages back, so it tests the pretouch, not madvdontneed.) It runs in a child of the test binary, started
 // with the GODEBUG the serve command runs with (see cmd/flotilla's
 // returnMemoryLazily) and, for the control, without pretouching; under the race
 // detector, from a build without it.
@@ -53,14 +56,28 @@ func TestPretouchedHeapTakesNoFaults(t *testing.T) {
 		t.Logf("faults=%d", touchHeap(t, size))
 		return
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
 	run := func(mode string) int64 {
-		cmd := exec.Command(os.Args[0], "-test.run", "^TestPretouchedHeapTakesNoFaults$", "-test.v", "-test.count=1")
+		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^TestPretouchedHeapTakesNoFaults$", "-test.v", "-test.count=1")
 		if raceDetector {
 			// The detector's shadow memory faults in pages of its own whatever the
 			// heap does: the child is this package's tests built without it.
-			cmd = exec.Command("go", "test", "-count=1", "-v", "-run", "^TestPretouchedHeapTakesNoFaults$", ".")
+			goBin, err := exec.LookPath("go")
+			if err != nil {
+				t.Fatalf("the race detector's shadow memory takes faults of its own: this test needs go to build itself without it: %v", err)
+			}
+			cmd = exec.CommandContext(ctx, goBin, "test", "-count=1", "-v", "-run", "^TestPretouchedHeapTakesNoFaults$", ".")
 		}
-		cmd.Env = append(os.Environ(), "FLOTILLA_PRETOUCH_CHILD="+mode, "GODEBUG=madvdontneed=0")
+		// GOFLAGS= keeps -race out of the child; disablethp=1 keeps transparent huge
+		// pages (on by default on some distributions) from faulting in 2 MiB at once.
+		// (Replaced, not appended: of two entries a process reads the first.)
+		for _, kv := range os.Environ() {
+			if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOFLAGS=") {
+				cmd.Env = append(cmd.Env, kv)
+			}
+		}
+		cmd.Env = append(cmd.Env, "FLOTILLA_PRETOUCH_CHILD="+mode, "GODEBUG=madvdontneed=0,disablethp=1", "GOFLAGS=")
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("child (%s): %v\n%s", mode, err, out)
@@ -82,5 +99,26 @@ func TestPretouchedHeapTakesNoFaults(t *testing.T) {
 	}
 	if warm > pages/10 {
 		t.Fatalf("after pretouching %d MiB, touching as much again faulted in %d of %d pages", size>>20, warm, pages)
+	}
+}
+
+// TestPretouchIsBounded: a pretouch takes at most an eighth of the memory the node may
+// use, and as configured when that is unknown.
+func TestPretouchIsBounded(t *testing.T) {
+	for _, c := range []struct {
+		asked     Size
+		available uint64
+		want      Size
+	}{
+		{256 << 20, 16 << 30, 256 << 20},
+		{256 << 20, 1 << 30, 128 << 20},
+		{256 << 20, 0, 256 << 20},
+	} {
+		if got := boundPretouch(c.asked, c.available); got != c.want {
+			t.Errorf("boundPretouch(%d, %d) = %d, want %d", c.asked, c.available, got, c.want)
+		}
+	}
+	if availableMemory() == 0 {
+		t.Error("neither /proc/meminfo nor the cgroup's memory.max gave the memory this process may use")
 	}
 }

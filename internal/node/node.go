@@ -243,8 +243,10 @@ const purgeWaitsForSilent = 5 * time.Minute
 func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	cfg.Defaults()
 	if cfg.MemoryPretouch > 0 {
-		took := pretouch(cfg.MemoryPretouch)
-		log.Info("heap faulted in ahead of the first burst (memory_pretouch)", "node", cfg.NodeID, "bytes", uint64(cfg.MemoryPretouch), "took", took.Round(time.Millisecond))
+		n := boundPretouch(cfg.MemoryPretouch, availableMemory())
+		took := pretouch(n)
+		log.Info("heap faulted in ahead of the first burst (memory_pretouch)", "node", cfg.NodeID, "bytes", uint64(n), "took", took.Round(time.Millisecond),
+			"note", pretouchNote(cfg.MemoryPretouch, n))
 	}
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings", "grpc"} {
 		dblog.GetLogger(name).SetLevel(dblog.WARNING)

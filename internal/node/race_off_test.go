@@ -2,6 +2,6 @@
 
 package node
 
-// raceDetector: this test binary runs with the race detector, whose shadow memory
-// takes page faults of its own.
+// raceDetector is false: this test binary runs without the race detector (whose
+// shadow memory takes page faults of its own).
 const raceDetector = false

@@ -2,6 +2,6 @@
 
 package node
 
-// raceDetector: this test binary runs with the race detector, whose shadow memory
+// raceDetector is true: this test binary runs with the race detector, whose shadow memory
 // takes page faults of its own.
 const raceDetector = true

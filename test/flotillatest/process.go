@@ -178,7 +178,7 @@ func (n *Node) TryStart(ctx context.Context) error {
 		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug",
 		"--segment-size", "1048576", // small segments: end-to-end tests cross part boundaries
 		// Tests start nodes by the hundred: serve's default faults in 256 MiB at each
-		// start (about a second on a VM). Benchmarks set it back (bench.ServeDefaults).
+		// start (about a second on a VM). Benchmarks set it back (test/bench's serveDefaults).
 		"--memory-pretouch", "0"}
 	if len(n.Join) > 0 {
 		args = append(args, "--join", strings.Join(n.Join, ","))
