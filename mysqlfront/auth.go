@@ -327,8 +327,10 @@ const maxPacketAfterLogin = 1 << 30
 
 // login runs the connection phase: handshake, authentication, the per-user limit,
 // then OK. On error, li.conn (when not nil) is the connection to send a MySQL error
-// on, and its reader tells whether a packet was refused as too large.
-func (s *Server) login(nc net.Conn, host string, face Listener) (li loggedIn, ups []*placement.Upstream, err error) {
+// on, and its reader tells whether a packet was refused as too large. endHandshake runs
+// before the OK is sent: a client told it logged in is no longer counted as logging
+// in (it may open its next connection at once).
+func (s *Server) login(nc net.Conn, host string, face Listener, endHandshake func()) (li loggedIn, ups []*placement.Upstream, err error) {
 	nonce := newNonce()
 	c, resp, err := s.handshake(nc, uint32(s.nextID.Add(1)), nonce, face)
 	li = loggedIn{conn: c, user: resp.user}
@@ -350,6 +352,7 @@ func (s *Server) login(nc net.Conn, host string, face Listener) (li loggedIn, up
 		return li, nil, mysql.NewError(mysql.ER_TOO_MANY_USER_CONNECTIONS,
 			fmt.Sprintf("User %s already has more than 'max_user_connections' active connections", resp.user))
 	}
+	endHandshake()
 	if err := c.writeOK(nil); err != nil {
 		s.releaseUser(resp.user)
 		return li, nil, err

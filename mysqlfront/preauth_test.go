@@ -28,8 +28,8 @@ func dialGreeted(t *testing.T, addr string) (net.Conn, *packet.Conn) {
 	t.Cleanup(func() { nc.Close() })
 	_ = nc.SetDeadline(time.Now().Add(10 * time.Second))
 	pc := packet.NewConn(nc)
-	if _, err := pc.ReadPacket(); err != nil {
-		t.Fatalf("greeting: %v", err)
+	if p, err := pc.ReadPacket(); err != nil || len(p) == 0 || p[0] == mysql.ERR_HEADER {
+		t.Fatalf("greeting: got %q, %v", p, err)
 	}
 	return nc, pc
 }

@@ -293,7 +293,7 @@ func (s *Server) handle(ctx context.Context, nc net.Conn, face Listener) {
 	// Counted against the address until login ends, whichever way (even a panic).
 	release := sync.OnceFunc(func() { s.releaseHandshake(handshakeKey(nc.RemoteAddr())) })
 	defer release()
-	c, ups, err := s.login(nc, host, face)
+	c, ups, err := s.login(nc, host, face, release)
 	release()
 	if err != nil {
 		s.log.Debug("handshake failed", "remote", remote, "err", err)
