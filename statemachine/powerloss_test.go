@@ -64,9 +64,14 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int) (synce
 		if seq < durable {
 			t.Fatalf("round %d (seed %d): %d transactions were durable before the power cut, %d survived", round, seed, durable, seq)
 		}
-		// A claimed epoch is in no served record, yet it fences stale leaders.
-		if tail, _ := h.g.Tail(); tail.Epoch < epoch {
-			t.Fatalf("round %d (seed %d): epoch %d was claimed before the power cut, the group came back at %d", round, seed, epoch, tail.Epoch)
+		// A claimed epoch is in no served record, yet it fences stale leaders. One
+		// exception: a group whose segments never held a synced Update starts over
+		// from entry 0 (see rebuildIndex), and dragonboat then applies its whole log
+		// again, the claim included. A first claim, made before the group had a
+		// segment, is in the index alone: a cut that keeps the index's next, unsynced
+		// write but not the first segment's bytes sends the group back there.
+		if tail, _ := h.g.Tail(); tail.Epoch < epoch && (tail.Applied != 0 || durable > 0) {
+			t.Fatalf("round %d (seed %d): epoch %d was claimed before the power cut, the group came back at %d (applied %d)", round, seed, epoch, tail.Epoch, tail.Applied)
 		}
 		durable = seq
 		a, err := newAppender(h.g, h.index, rand.New(rand.NewPCG(rnd.Uint64(), 3)))
