@@ -40,12 +40,57 @@ func touchHeap(t *testing.T, n int) int64 {
 	return faults
 }
 
+// childOutput runs test in a child of the test binary (under the race detector, a
+// build of this package without it: the detector's shadow memory faults in pages of
+// its own whatever the heap does) with FLOTILLA_PRETOUCH_CHILD=mode and the given
+// GODEBUG, and returns what it printed.
+func childOutput(t *testing.T, test, mode, godebug string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^"+test+"$", "-test.v", "-test.count=1")
+	if raceDetector {
+		goBin, err := exec.LookPath("go")
+		if err != nil {
+			t.Fatalf("the race detector's shadow memory takes faults of its own: this test needs go to build itself without it: %v", err)
+		}
+		cmd = exec.CommandContext(ctx, goBin, "test", "-count=1", "-v", "-run", "^"+test+"$", ".")
+	}
+	// GOFLAGS= keeps -race out of the child; GODEBUG is replaced, not appended (of two
+	// entries a process reads the first).
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOFLAGS=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "FLOTILLA_PRETOUCH_CHILD="+mode, "GODEBUG="+godebug, "GOFLAGS=")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("child (%s): %v\n%s", mode, err, out)
+	}
+	return string(out)
+}
+
+// childValue is the number a child printed after name=.
+func childValue(t *testing.T, out, name string) int64 {
+	t.Helper()
+	_, after, ok := strings.Cut(out, name+"=")
+	if !ok {
+		t.Fatalf("the child reported no %s:\n%s", name, out)
+	}
+	n, err := strconv.ParseInt(strings.Fields(after)[0], 10, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // TestPretouchedHeapTakesNoFaults: after pretouch, the heap a burst allocates is
 // memory the process already has. (It does not wait for the runtime to give the
-// pages back, so it tests the pretouch, not madvdontneed.) It runs in a child of the test binary, started
-// with the GODEBUG the serve command runs with (see cmd/flotilla's
-// returnMemoryLazily) and, for the control, without pretouching; under the race
-// detector, from a build without it.
+// pages back, so it tests the pretouch, not madvdontneed.) It runs in a child
+// process started with the GODEBUG the serve command runs with (see cmd/flotilla's
+// returnMemoryLazily) and, for the control, without pretouching. disablethp=1 keeps
+// the heap in 4 KiB pages (which pretouch respects), so every fault counts one page.
 func TestPretouchedHeapTakesNoFaults(t *testing.T) {
 	const size = 64 << 20
 	pages := int64(size / 4096)
@@ -56,41 +101,8 @@ func TestPretouchedHeapTakesNoFaults(t *testing.T) {
 		t.Logf("faults=%d", touchHeap(t, size))
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
 	run := func(mode string) int64 {
-		cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^TestPretouchedHeapTakesNoFaults$", "-test.v", "-test.count=1")
-		if raceDetector {
-			// The detector's shadow memory faults in pages of its own whatever the
-			// heap does: the child is this package's tests built without it.
-			goBin, err := exec.LookPath("go")
-			if err != nil {
-				t.Fatalf("the race detector's shadow memory takes faults of its own: this test needs go to build itself without it: %v", err)
-			}
-			cmd = exec.CommandContext(ctx, goBin, "test", "-count=1", "-v", "-run", "^TestPretouchedHeapTakesNoFaults$", ".")
-		}
-		// GOFLAGS= keeps -race out of the child; disablethp=1 keeps transparent huge
-		// pages (on by default on some distributions) from faulting in 2 MiB at once.
-		// (Replaced, not appended: of two entries a process reads the first.)
-		for _, kv := range os.Environ() {
-			if !strings.HasPrefix(kv, "GODEBUG=") && !strings.HasPrefix(kv, "GOFLAGS=") {
-				cmd.Env = append(cmd.Env, kv)
-			}
-		}
-		cmd.Env = append(cmd.Env, "FLOTILLA_PRETOUCH_CHILD="+mode, "GODEBUG=madvdontneed=0,disablethp=1", "GOFLAGS=")
-		out, err := cmd.CombinedOutput()
-		if err != nil {
-			t.Fatalf("child (%s): %v\n%s", mode, err, out)
-		}
-		_, after, ok := strings.Cut(string(out), "faults=")
-		if !ok {
-			t.Fatalf("child (%s) reported no faults:\n%s", mode, out)
-		}
-		n, err := strconv.ParseInt(strings.Fields(after)[0], 10, 64)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return n
+		return childValue(t, childOutput(t, "TestPretouchedHeapTakesNoFaults", mode, "madvdontneed=0,disablethp=1"), "faults")
 	}
 	cold, warm := run("off"), run("on")
 	t.Logf("allocating and touching %d MiB: %d page faults cold, %d after pretouch", size>>20, cold, warm)
@@ -99,6 +111,39 @@ func TestPretouchedHeapTakesNoFaults(t *testing.T) {
 	}
 	if warm > pages/10 {
 		t.Fatalf("after pretouching %d MiB, touching as much again faulted in %d of %d pages", size>>20, warm, pages)
+	}
+}
+
+// TestPretouchUsesHugePages: where the kernel allows transparent huge pages (its
+// setting is madvise or always), most of a pretouch lands in them; where it says
+// never, none does, and where the runtime is told disablethp=1, none does either.
+// Each case runs in a fresh child, whose heap holds nothing faulted in before.
+func TestPretouchUsesHugePages(t *testing.T) {
+	const size = 64 << 20
+	if mode := os.Getenv("FLOTILLA_PRETOUCH_CHILD"); mode != "" {
+		r := pretouch(size)
+		t.Logf("huge=%d advise_err=%v", r.huge, r.adviseErr)
+		return
+	}
+	mode := hugePagesMode()
+	huge := childValue(t, childOutput(t, "TestPretouchUsesHugePages", "huge", "madvdontneed=0"), "huge")
+	t.Logf("transparent_hugepage %q: %d MiB of a %d MiB pretouch in huge pages", mode, huge>>20, size>>20)
+	switch mode {
+	case "madvise", "always":
+		if huge < size/2 {
+			t.Fatalf("transparent huge pages are %q, yet only %d of %d pretouched bytes are in them", mode, huge, size)
+		}
+	case "never":
+		if huge != 0 {
+			t.Fatalf("transparent huge pages are never, yet %d bytes are in them", huge)
+		}
+	default:
+		t.Fatalf("cannot read the kernel's transparent huge page setting (%q): this test needs Linux's /sys/kernel/mm/transparent_hugepage", mode)
+	}
+	if mode == "madvise" {
+		if off := childValue(t, childOutput(t, "TestPretouchUsesHugePages", "huge", "madvdontneed=0,disablethp=1"), "huge"); off != 0 {
+			t.Fatalf("with GODEBUG=disablethp=1, %d pretouched bytes are in huge pages", off)
+		}
 	}
 }
 

@@ -244,9 +244,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	cfg.Defaults()
 	if cfg.MemoryPretouch > 0 {
 		n := boundPretouch(cfg.MemoryPretouch, availableMemory())
-		took := pretouch(n)
-		log.Info("heap faulted in ahead of the first burst (memory_pretouch)", "node", cfg.NodeID, "bytes", uint64(n), "took", took.Round(time.Millisecond),
-			"note", pretouchNote(cfg.MemoryPretouch, n))
+		r := pretouch(n)
+		log.Info("heap faulted in ahead of the first burst (memory_pretouch)", "node", cfg.NodeID, "bytes", uint64(n), "took", r.took.Round(time.Millisecond),
+			"huge_pages", r.huge, "transparent_hugepage", r.hugeMode, "note", pretouchNote(cfg.MemoryPretouch, n))
+		if r.adviseErr != nil {
+			log.Warn("the pretouched heap stays in 4 KiB pages: memory the runtime gives back costs a trap per page when reused", "node", cfg.NodeID, "err", r.adviseErr)
+		}
 	}
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings", "grpc"} {
 		dblog.GetLogger(name).SetLevel(dblog.WARNING)
