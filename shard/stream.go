@@ -28,8 +28,9 @@ type eventSource interface {
 	// An event's bytes are its own until it is given back with release: the
 	// pipeline keeps parts of a large event by reference until they are proposed.
 	next(ctx context.Context) ([]byte, error)
-	// buffered returns the events already read without waiting.
-	buffered() [][]byte
+	// buffered appends to dst the events already read, without waiting, until none
+	// is or dst is full (it never grows dst: a syncer reuses it for every batch).
+	buffered(dst [][]byte) [][]byte
 	// release gives back an event's bytes, which nothing reads after: the source
 	// may read a later event into them.
 	release(ev []byte)
@@ -385,20 +386,20 @@ func (st *dumpStream) next(ctx context.Context) ([]byte, error) {
 	}
 }
 
-func (st *dumpStream) buffered() [][]byte {
-	var out [][]byte
-	for {
+func (st *dumpStream) buffered(dst [][]byte) [][]byte {
+	for len(dst) < cap(dst) {
 		select {
 		case ev, ok := <-st.events:
 			if !ok {
 				st.errc <- <-st.errc // keep the error for next
-				return out
+				return dst
 			}
-			out = append(out, ev)
+			dst = append(dst, ev)
 		default:
-			return out
+			return dst
 		}
 	}
+	return dst
 }
 
 // ack tells the master that everything up to pos of its binlog file is durable:

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"errors"
+	"io"
 	"net"
 	"regexp"
 	"strings"
@@ -186,5 +188,29 @@ func TestSyncerUUID(t *testing.T) {
 	}
 	if !regexp.MustCompile(`^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$`).MatchString(a) {
 		t.Fatalf("%s is not a version-5-shaped UUID", a)
+	}
+}
+
+// TestBufferedFillsWithoutGrowing: buffered takes the events already read, in order,
+// at most as many as dst holds (a syncer reuses dst), and leaves the stream's error
+// for next once the reader has ended.
+func TestBufferedFillsWithoutGrowing(t *testing.T) {
+	st := &dumpStream{events: make(chan []byte, 5), errc: make(chan error, 1), done: make(chan struct{})}
+	for i := range 5 {
+		st.events <- []byte{byte(i)}
+	}
+	st.errc <- io.ErrUnexpectedEOF
+	close(st.events)
+	dst := make([][]byte, 0, 3)
+	got := st.buffered(dst)
+	if len(got) != 3 || cap(got) != 3 || &got[:1][0] != &dst[:1][0] {
+		t.Fatalf("buffered took %d events into a slice of cap %d, want 3 into dst itself", len(got), cap(got))
+	}
+	got = st.buffered(got[:0])
+	if len(got) != 2 || got[0][0] != 3 || got[1][0] != 4 {
+		t.Fatalf("second call took %v, want events 3 and 4", got)
+	}
+	if _, err := st.next(context.Background()); !errors.Is(err, io.ErrUnexpectedEOF) {
+		t.Fatalf("next after the reader ended: %v, want its error", err)
 	}
 }

@@ -153,6 +153,26 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		return s.masterExecuted(ctx, fl, net.JoinHostPort(host, portStr), u.User, password, tlsCfg)
 	}
 	for {
+		if len(p.pending) == 0 || !p.pending[0].committed() {
+			// Events already read need no wait, so no timer: a context with a
+			// deadline for each event (a timer, a channel, three allocations) was
+			// most of the syncer's own CPU in a burst of small transactions. (With a
+			// commit to collect, the wait below returns at once and collects it.)
+			n, err := p.drain(ctx, src)
+			if err != nil {
+				return false, err
+			}
+			if n > 0 {
+				if n < drainBatch && p.cur == nil && len(p.items) > 0 {
+					// Group commit, as below: a transaction ended and nothing
+					// more is here yet.
+					if err := p.flush(ctx, false); err != nil {
+						return false, err
+					}
+				}
+				continue
+			}
+		}
 		idle := len(p.items) == 0 && len(p.pending) == 0
 		wait, base := batchLinger, ctx
 		if idle {
@@ -218,11 +238,11 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		// replicas one linger sooner). While a proposal commits, the batch grows
 		// instead, and is proposed when that commit arrives.
 		if p.cur == nil && len(p.items) > 0 {
-			more, err := p.drain(ctx, src)
+			n, err := p.drain(ctx, src)
 			if err != nil {
 				return false, err
 			}
-			if !more {
+			if n == 0 {
 				if err := p.flush(ctx, false); err != nil {
 					return false, err
 				}
@@ -266,21 +286,28 @@ var errSemiSyncOff = errors.New("the master has semi-sync off")
 
 // drain handles the events the master has already sent (the stream buffers them),
 // proposing whenever a batch fills, and reports whether there were any.
-func (p *pipeline) drain(ctx context.Context, src eventSource) (bool, error) {
-	more := src.buffered()
+func (p *pipeline) drain(ctx context.Context, src eventSource) (int, error) {
+	if p.ready == nil {
+		p.ready = make([][]byte, 0, drainBatch)
+	}
+	more := src.buffered(p.ready[:0])
+	defer clear(more) // the events go back to the source: hold no reference
 	for _, raw := range more {
 		if err := p.handle(ctx, raw); err != nil {
-			return true, err
+			return len(more), err
 		}
 		p.release(src, raw)
 		if p.batchBytes >= p.maxBatch {
 			if err := p.flush(ctx, true); err != nil {
-				return true, err
+				return len(more), err
 			}
 		}
 	}
-	return len(more) > 0, nil
+	return len(more), nil
 }
+
+// drainBatch is how many events already read drain takes at once.
+const drainBatch = 64
 
 // pipeline turns the master's event stream into Append proposals.
 type pipeline struct {
@@ -305,6 +332,8 @@ type pipeline struct {
 	fde       []byte
 
 	items []statemachine.Item
+	// ready holds the events drain takes from the source (reused; see drain).
+	ready [][]byte
 	// chunk: small transactions' buffers are carved from it (see carve), and
 	// chunkSize is its size.
 	chunk     []byte
