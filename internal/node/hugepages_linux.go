@@ -3,7 +3,6 @@ package node
 import (
 	"fmt"
 	"os"
-	"strconv"
 	"strings"
 	"unsafe"
 
@@ -49,19 +48,7 @@ func adviseHugePages(bufs [][]byte) error {
 
 // anonHugeBytes is how much of this process's memory is in transparent huge pages
 // (AnonHugePages in /proc/self/smaps_rollup); 0 when it cannot be read.
-func anonHugeBytes() uint64 {
-	b, err := os.ReadFile("/proc/self/smaps_rollup")
-	if err != nil {
-		return 0
-	}
-	for _, l := range strings.Split(string(b), "\n") {
-		if f := strings.Fields(l); len(f) >= 2 && f[0] == "AnonHugePages:" {
-			kb, _ := strconv.ParseUint(f[1], 10, 64)
-			return kb << 10
-		}
-	}
-	return 0
-}
+func anonHugeBytes() uint64 { return kbField("/proc/self/smaps_rollup", "AnonHugePages:") }
 
 // hugePagesMode is the kernel's transparent huge page setting (always, madvise or
 // never; "" when unknown).

@@ -77,21 +77,29 @@ func boundPretouch(n Size, available uint64) Size {
 // availableMemory is the memory this process may use: the machine's (MemTotal), or
 // less, its cgroup v2 limit (memory.max); 0 when neither can be read.
 func availableMemory() uint64 {
-	var total uint64
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
-			if f := strings.Fields(l); len(f) >= 2 && f[0] == "MemTotal:" {
-				kb, _ := strconv.ParseUint(f[1], 10, 64)
-				total = kb << 10
-			}
-		}
-	}
+	total := kbField("/proc/meminfo", "MemTotal:")
 	if b, err := os.ReadFile("/sys/fs/cgroup/memory.max"); err == nil {
 		if lim, err := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64); err == nil && (total == 0 || lim < total) {
 			total = lim
 		}
 	}
 	return total
+}
+
+// kbField reads the line of a /proc file that starts with key ("MemTotal:") and
+// returns its value, given in kB there, in bytes (0 when there is none).
+func kbField(path, key string) uint64 {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return 0
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == key {
+			kb, _ := strconv.ParseUint(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // pretouchNote describes a pretouch for the log.
