@@ -22,14 +22,15 @@ import (
 )
 
 // eventSource is where a syncer reads the master's events: Flotilla's own dump
-// stream (dumpStream); tests give the pipeline their own.
+// stream (dumpStream), its only implementation.
 type eventSource interface {
 	// next returns the next event (raw bytes) or the error that ended the stream.
 	// An event's bytes are its own until it is given back with release: the
 	// pipeline keeps parts of a large event by reference until they are proposed.
 	next(ctx context.Context) ([]byte, error)
 	// buffered appends to dst the events already read, without waiting, until none
-	// is or dst is full (it never grows dst: a syncer reuses it for every batch).
+	// is, the stream has ended (next then returns its error) or dst is full (it never
+	// grows dst: a syncer reuses it for every batch).
 	buffered(dst [][]byte) [][]byte
 	// release gives back an event's bytes, which nothing reads after: the source
 	// may read a later event into them.

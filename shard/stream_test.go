@@ -210,6 +210,9 @@ func TestBufferedFillsWithoutGrowing(t *testing.T) {
 	if len(got) != 2 || got[0][0] != 3 || got[1][0] != 4 {
 		t.Fatalf("second call took %v, want events 3 and 4", got)
 	}
+	if got = st.buffered(got[:0]); len(got) != 0 {
+		t.Fatalf("after the stream ended, buffered took %v, want nothing", got)
+	}
 	if _, err := st.next(context.Background()); !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("next after the reader ended: %v, want its error", err)
 	}

@@ -153,11 +153,12 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		return s.masterExecuted(ctx, fl, net.JoinHostPort(host, portStr), u.User, password, tlsCfg)
 	}
 	for {
-		if len(p.pending) == 0 || !p.pending[0].committed() {
+		if ctx.Err() == nil && (len(p.pending) == 0 || !p.pending[0].committed()) {
 			// Events already read need no wait, so no timer: a context with a
 			// deadline for each event (a timer, a channel, three allocations) was
 			// most of the syncer's own CPU in a burst of small transactions. (With a
-			// commit to collect, the wait below returns at once and collects it.)
+			// commit to collect, or the syncer stopped, the wait below returns at
+			// once and deals with it.)
 			n, err := p.drain(ctx, src)
 			if err != nil {
 				return false, err
@@ -284,8 +285,8 @@ var masterDownCodes = []uint16{mysql.ER_SERVER_SHUTDOWN}
 // errSemiSyncOff: the upstream wants semi-sync and the master has it off.
 var errSemiSyncOff = errors.New("the master has semi-sync off")
 
-// drain handles the events the master has already sent (the stream buffers them),
-// proposing whenever a batch fills, and reports whether there were any.
+// drain handles the events the master has already sent (the stream buffers them), at
+// most drainBatch, proposing whenever a batch fills, and returns how many it took.
 func (p *pipeline) drain(ctx context.Context, src eventSource) (int, error) {
 	if p.ready == nil {
 		p.ready = make([][]byte, 0, drainBatch)
@@ -306,8 +307,10 @@ func (p *pipeline) drain(ctx context.Context, src eventSource) (int, error) {
 	return len(more), nil
 }
 
-// drainBatch is how many events already read drain takes at once.
-const drainBatch = 64
+// drainBatch is how many events already read drain takes at once: the stream reads
+// at most eventReadAhead ahead, so more would rarely be used (each connection of
+// each group, idle ones included, keeps the slice).
+const drainBatch = 16
 
 // pipeline turns the master's event stream into Append proposals.
 type pipeline struct {

@@ -10,3 +10,9 @@ func anonHugeBytes() uint64 { return 0 }
 
 // hugePagesMode is unknown where transparent huge pages do not exist.
 func hugePagesMode() string { return "" }
+
+// hugePagesDefrag is unknown where transparent huge pages do not exist.
+func hugePagesDefrag() string { return "" }
+
+// thpFaults counts nothing where transparent huge pages do not exist.
+func thpFaults() (alloc, fallback uint64) { return 0, 0 }

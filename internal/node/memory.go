@@ -19,12 +19,15 @@ const DefaultMemoryPretouch = 256 << 20
 const pretouchShare = 8
 
 // pretouched is what a pretouch did: how long it took, how much of the heap went into
-// transparent huge pages, and why none did when the advice failed.
+// transparent huge pages (and how many of its faults the kernel served with a huge
+// page, or fell back to small ones for), the kernel's settings, and why the advice
+// failed if it did.
 type pretouched struct {
-	took      time.Duration
-	huge      uint64
-	hugeMode  string
-	adviseErr error
+	took                  time.Duration
+	huge                  uint64
+	thpAlloc, thpFallback uint64
+	hugeMode, hugeDefrag  string
+	adviseErr             error
 }
 
 // pretouch faults in n bytes of heap and hands them back to the runtime, as the JVM's
@@ -47,10 +50,12 @@ func pretouch(n Size) pretouched {
 		// Fresh from the OS: the runtime does not clear it, so nothing is touched yet.
 		keep = append(keep, make([]byte, min(left, chunk)))
 	}
-	var r pretouched
-	r.hugeMode = hugePagesMode()
-	r.adviseErr = adviseHugePages(keep)
+	r := pretouched{hugeMode: hugePagesMode(), hugeDefrag: hugePagesDefrag()}
+	if r.hugeMode == "madvise" || r.hugeMode == "always" {
+		r.adviseErr = adviseHugePages(keep)
+	}
 	huge0 := anonHugeBytes()
+	alloc0, fallback0 := thpFaults()
 	for _, b := range keep {
 		for i := 0; i < len(b); i += 4096 {
 			b[i] = 1
@@ -59,6 +64,8 @@ func pretouch(n Size) pretouched {
 	if h := anonHugeBytes(); h > huge0 {
 		r.huge = h - huge0
 	}
+	alloc, fallback := thpFaults()
+	r.thpAlloc, r.thpFallback = alloc-alloc0, fallback-fallback0
 	runtime.KeepAlive(keep)
 	runtime.GC() // the pages are free heap now, at hand for the next allocations
 	r.took = time.Since(start)

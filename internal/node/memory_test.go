@@ -115,30 +115,37 @@ func TestPretouchedHeapTakesNoFaults(t *testing.T) {
 }
 
 // TestPretouchUsesHugePages: where the kernel allows transparent huge pages (its
-// setting is madvise or always), most of a pretouch lands in them; where it says
-// never, none does, and where the runtime is told disablethp=1, none does either.
-// Each case runs in a fresh child, whose heap holds nothing faulted in before.
+// setting is madvise or always), most of a pretouch lands in them, unless the kernel
+// could not find huge pages (its fallback count rose: fragmented or scarce memory);
+// where it says never, none does; and where the runtime is told disablethp=1, none
+// does either. Each case runs in a fresh child, whose heap holds nothing faulted in
+// before.
 func TestPretouchUsesHugePages(t *testing.T) {
 	const size = 64 << 20
 	if mode := os.Getenv("FLOTILLA_PRETOUCH_CHILD"); mode != "" {
 		r := pretouch(size)
-		t.Logf("huge=%d advise_err=%v", r.huge, r.adviseErr)
+		t.Logf("huge=%d thp_alloc=%d thp_fallback=%d advise_err=%v", r.huge, r.thpAlloc, r.thpFallback, r.adviseErr)
 		return
 	}
 	mode := hugePagesMode()
-	huge := childValue(t, childOutput(t, "TestPretouchUsesHugePages", "huge", "madvdontneed=0"), "huge")
-	t.Logf("transparent_hugepage %q: %d MiB of a %d MiB pretouch in huge pages", mode, huge>>20, size>>20)
+	if mode == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("cannot read the kernel's transparent huge page setting (/sys/kernel/mm/transparent_hugepage/enabled): CI runs on Linux with it")
+		}
+		t.Skip("this kernel has no transparent huge pages: nothing to advise")
+	}
+	out := childOutput(t, "TestPretouchUsesHugePages", "huge", "madvdontneed=0")
+	huge, fallback := childValue(t, out, "huge"), childValue(t, out, "thp_fallback")
+	t.Logf("transparent_hugepage %q: %d MiB of a %d MiB pretouch in huge pages (%d faults fell back to small pages)", mode, huge>>20, size>>20, fallback)
 	switch mode {
 	case "madvise", "always":
-		if huge < size/2 {
-			t.Fatalf("transparent huge pages are %q, yet only %d of %d pretouched bytes are in them", mode, huge, size)
+		if huge < size/2 && fallback == 0 {
+			t.Fatalf("transparent huge pages are %q, yet only %d of %d pretouched bytes are in them, and the kernel fell back on no fault:\n%s", mode, huge, size, out)
 		}
 	case "never":
 		if huge != 0 {
 			t.Fatalf("transparent huge pages are never, yet %d bytes are in them", huge)
 		}
-	default:
-		t.Fatalf("cannot read the kernel's transparent huge page setting (%q): this test needs Linux's /sys/kernel/mm/transparent_hugepage", mode)
 	}
 	if mode == "madvise" {
 		if off := childValue(t, childOutput(t, "TestPretouchUsesHugePages", "huge", "madvdontneed=0,disablethp=1"), "huge"); off != 0 {

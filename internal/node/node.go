@@ -246,9 +246,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		n := boundPretouch(cfg.MemoryPretouch, availableMemory())
 		r := pretouch(n)
 		log.Info("heap faulted in ahead of the first burst (memory_pretouch)", "node", cfg.NodeID, "bytes", uint64(n), "took", r.took.Round(time.Millisecond),
-			"huge_pages", r.huge, "transparent_hugepage", r.hugeMode, "note", pretouchNote(cfg.MemoryPretouch, n))
+			"huge_page_bytes", r.huge, "transparent_hugepage", r.hugeMode, "defrag", r.hugeDefrag, "note", pretouchNote(cfg.MemoryPretouch, n))
 		if r.adviseErr != nil {
-			log.Warn("the pretouched heap stays in 4 KiB pages: memory the runtime gives back costs a trap per page when reused", "node", cfg.NodeID, "err", r.adviseErr)
+			log.Warn("the pretouched heap was not all advised as huge pages: what stays in 4 KiB pages costs a trap per page when reused after the runtime gave it back", "node", cfg.NodeID, "err", r.adviseErr)
 		}
 	}
 	for _, name := range []string{"raft", "rsm", "transport", "dragonboat", "logdb", "raftpb", "config", "settings", "grpc"} {

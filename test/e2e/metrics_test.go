@@ -112,8 +112,8 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 	if len(godebug) != 1 || !slices.Contains(strings.Split(godebug[0], ","), "madvdontneed=0") || strings.TrimSpace(string(comm)) != name {
 		t.Fatalf("a node's process is named %q and has GODEBUG %q; want %q, with one GODEBUG holding madvdontneed=0", comm, godebug, name)
 	}
-	if l := n1.LogGrep("memory_pretouch"); !strings.Contains(l, `"bytes":67108864`) {
-		t.Fatalf("--memory-pretouch 64M: the log says %q", l)
+	if l := n1.LogGrep("memory_pretouch"); !strings.Contains(l, `"bytes":67108864`) || !strings.Contains(l, `"huge_page_bytes":`) || !strings.Contains(l, `"transparent_hugepage":`) {
+		t.Fatalf("--memory-pretouch 64M: the log says %q, want the bytes, and the huge pages and the kernel's setting", l)
 	}
 	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) {
 		code, body, err := httpGet("http://" + m2 + "/readyz")
