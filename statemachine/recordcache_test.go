@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/hugepage"
 )
 
 // largeRow makes every transaction a record the cache keeps.
@@ -383,4 +385,29 @@ func TestClaimerPanicFreesWaiters(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("a cursor still waits for a record whose reader panicked")
 	}
+}
+
+// TestLargeRecordBuffersAreAdvisedHuge: a new buffer for a large record is advised as
+// transparent huge pages where the kernel takes advice: so filling the cache faults
+// its memory in 2 MiB at a time.
+func TestLargeRecordBuffersAreAdvisedHuge(t *testing.T) {
+	mode := hugepage.Mode()
+	if mode == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("cannot read the kernel's transparent huge page setting (/sys/kernel/mm/transparent_hugepage/enabled): CI runs on Linux with it")
+		}
+		t.Skip("this kernel has no transparent huge pages: nothing to advise")
+	}
+	t.Setenv("GODEBUG", "")
+	rc := newRecordCache(64 << 20)
+	defer rc.stop()
+	large := rc.buffer(4 << 20)
+	got, err := hugepage.Advised(large)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := mode == "madvise" || mode == "always"; got != want {
+		t.Fatalf("transparent_hugepage %q: a 4 MiB record buffer's mapping advised = %v, want %v", mode, got, want)
+	}
+	runtime.KeepAlive(large)
 }

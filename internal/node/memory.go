@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/flotilla-relay/flotilla/internal/hugepage"
 )
 
 // DefaultMemoryPretouch is how much heap a node faults in at start (memory_pretouch):
@@ -39,9 +41,10 @@ type pretouched struct {
 // cmd/flotilla's returnMemoryLazily): the kernel reclaims them only when it needs
 // memory. A page the runtime gave back that way still traps once when written again
 // (7.5 µs on the same VMs), so the range is first advised as transparent huge pages
-// (see adviseHugePages): faulting in 256 MiB took 0.8 s in 4 KiB pages and 0.02-0.13 s
-// in huge ones, and allocating and filling 192 MiB of given-back heap 0.38-0.45 s
-// against 0.10-0.11 s.
+// (see package hugepage, which says when it gives none; memory_pretouch 0 avoids
+// it): faulting in 256 MiB took 0.8 s in 4 KiB pages and 0.02-0.13 s in huge ones,
+// and allocating and filling 192 MiB of given-back heap 0.38-0.45 s against
+// 0.10-0.11 s.
 func pretouch(n Size) pretouched {
 	start := time.Now()
 	const chunk = 4 << 20 // the size of a proposal's buffers
@@ -50,10 +53,8 @@ func pretouch(n Size) pretouched {
 		// Fresh from the OS: the runtime does not clear it, so nothing is touched yet.
 		keep = append(keep, make([]byte, min(left, chunk)))
 	}
-	r := pretouched{hugeMode: hugePagesMode(), hugeDefrag: hugePagesDefrag()}
-	if r.hugeMode == "madvise" || r.hugeMode == "always" {
-		r.adviseErr = adviseHugePages(keep)
-	}
+	r := pretouched{hugeMode: hugepage.Mode(), hugeDefrag: hugepage.Defrag()}
+	r.adviseErr = hugepage.NewAdvisor().Advise(keep...)
 	huge0 := anonHugeBytes()
 	alloc0, fallback0 := thpFaults()
 	for _, b := range keep {

@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/flotilla-relay/flotilla/internal/hugepage"
 )
 
 // minorFaults is how many pages this process has faulted in so far.
@@ -127,7 +129,7 @@ func TestPretouchUsesHugePages(t *testing.T) {
 		t.Logf("huge=%d thp_alloc=%d thp_fallback=%d advise_err=%v", r.huge, r.thpAlloc, r.thpFallback, r.adviseErr)
 		return
 	}
-	mode := hugePagesMode()
+	mode := hugepage.Mode()
 	if mode == "" {
 		if os.Getenv("CI") != "" {
 			t.Fatal("cannot read the kernel's transparent huge page setting (/sys/kernel/mm/transparent_hugepage/enabled): CI runs on Linux with it")
