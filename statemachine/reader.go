@@ -529,7 +529,7 @@ func (c *Cursor) readInto(t Tail, off int64, n int, dst []byte) ([]byte, error) 
 			b = dst[:n]
 		} else {
 			if cap(c.big) < n {
-				c.big = make([]byte, n, roundBuffer(n))
+				c.big = c.g.store.records.newBuffer(n)
 			}
 			b = c.big[:n]
 			if n > maxKeptPayload {

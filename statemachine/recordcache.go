@@ -154,6 +154,13 @@ func (rc *recordCache) buffer(n int) []byte {
 		return b[:n]
 	}
 	rc.mu.Unlock()
+	return rc.newBuffer(n)
+}
+
+// newBuffer makes a read buffer of n bytes, its capacity rounded (see roundBuffer),
+// advised as huge pages from hugeBufferMin on (see the type's invariants). Cursors
+// take their own large buffers from it too.
+func (rc *recordCache) newBuffer(n int) []byte {
 	b := make([]byte, n, roundBuffer(n))
 	if cap(b) >= hugeBufferMin {
 		// A hint: where the kernel refuses it the buffer serves the same, in small
