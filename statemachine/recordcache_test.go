@@ -411,3 +411,44 @@ func TestLargeRecordBuffersAreAdvisedHuge(t *testing.T) {
 	}
 	runtime.KeepAlive(large)
 }
+
+// TestLoneCursorBufferIsAdvisedHuge: a cursor reading a large record alone (no other
+// reader in its file, so not through the cache) reads it into a buffer advised as
+// huge pages too.
+func TestLoneCursorBufferIsAdvisedHuge(t *testing.T) {
+	mode := hugepage.Mode()
+	if mode == "" {
+		if os.Getenv("CI") != "" {
+			t.Fatal("cannot read the kernel's transparent huge page setting: CI runs on Linux with it")
+		}
+		t.Skip("this kernel has no transparent huge pages: nothing to advise")
+	}
+	t.Setenv("GODEBUG", "")
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	h.store.records.advisor = hugepage.NewAdvisor() // made before GODEBUG was cleared
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(binlog.GTID{Server: testServer, Seq: 1}, 3<<20/2)}})
+	c, err := h.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	tail, _ := h.g.Tail()
+	for {
+		r, err := c.Next(tail)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(r.Payload) >= 3<<20/2 {
+			break
+		}
+	}
+	got, err := hugepage.Advised(c.big)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := mode == "madvise" || mode == "always"; got != want {
+		t.Fatalf("transparent_hugepage %q: the cursor's %d-byte buffer advised = %v, want %v", mode, cap(c.big), got, want)
+	}
+}
