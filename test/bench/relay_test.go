@@ -346,7 +346,7 @@ func BenchmarkRelay(b *testing.B) {
 	}
 	firstFile := logs[0][0]
 	endFile, endPos, gtid := masterTail(ctx, b, m)
-	rep := &relayReport{}
+	rep := &relayReport{disk: diskFloor(b, dir)}
 
 	// Ingest, 1 replica, vs a durable raw copy of the same binlog.
 	raw := bestRawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"), rep)

@@ -49,6 +49,8 @@ func (f figure) ratio() float64 {
 type relayReport struct {
 	figures []figure
 	notes   []string
+	// disk is the run's disk floor (see diskFloor), if measured.
+	disk string
 }
 
 func (r *relayReport) add(what string, value, baseline float64, unit string, goal float64, higherIsBetter bool) {
@@ -92,6 +94,9 @@ func (r *relayReport) write(b *testing.B, name string) {
 	var md strings.Builder
 	fmt.Fprintf(&md, "# Flotilla %s benchmark, %s\n\n", name, time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&md, "Machine: %d CPUs, %s/%s. Command: `go test -run '^$' -bench %s -benchtime 1x ./test/bench/` (part of `make bench`).\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, b.Name())
+	if r.disk != "" {
+		fmt.Fprintf(&md, "The %s.\n\n", r.disk)
+	}
 	fmt.Fprintln(&md, "| figure | Flotilla | baseline (same run) | ratio | goal |")
 	fmt.Fprintln(&md, "|---|---|---|---|---|")
 	for _, f := range r.figures {

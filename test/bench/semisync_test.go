@@ -86,6 +86,7 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
 	dir := b.TempDir()
+	disk := diskFloor(b, dir) // before any server runs
 
 	// Baseline: a MariaDB replica acknowledging directly.
 	base := startSemiMaster(ctx, b, filepath.Join(dir, "base-master"), 1)
@@ -130,7 +131,7 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 	flLat := commitLatencies(ctx, b, m, 1000, n)
 	saves.Wait()
 
-	rep := &relayReport{}
+	rep := &relayReport{disk: disk}
 	rep.add("semi-sync commit latency p50", ms(percentile(flLat, 0.50)), ms(percentile(baseLat, 0.50)), "ms", 3, false)
 	rep.add("semi-sync commit latency p99", ms(percentile(flLat, 0.99)), ms(percentile(baseLat, 0.99)), "ms", 0, false)
 	rep.note(fmt.Sprintf("semi-sync: %d sequential single-row commits on a MariaDB master (AFTER_SYNC), all acknowledged; value: Flotilla (3 nodes, ACK after the raft commit) as the semi-sync replica; baseline: a plain MariaDB semi-sync replica, same run, same machine", n))

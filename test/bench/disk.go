@@ -1,0 +1,73 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// diskFloor measures, on the filesystem of dir, what every durable write of the run
+// pays at least, so a report shows what bounds its ratios: the latency of making a
+// 4 KiB append durable (each raft save of a small proposal makes one on every
+// replica before it counts toward the quorum), and the bandwidth of 4 MiB direct
+// writes each made durable (each ingested byte is made durable twice on every
+// replica: in the raft log's payload file and in its segment; the raw-copy baseline
+// writes it once and syncs once at its end).
+func diskFloor(b *testing.B, dir string) string {
+	b.Helper()
+	path := filepath.Join(dir, "disk-floor")
+	defer os.Remove(path)
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	if err != nil {
+		b.Fatal(err)
+	}
+	page := make([]byte, 4096)
+	lat := make([]time.Duration, 0, 200)
+	for range cap(lat) {
+		t0 := time.Now()
+		if _, err := f.Write(page); err != nil {
+			b.Fatal(err)
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(t0))
+	}
+	f.Close()
+	slices.Sort(lat)
+
+	// Direct writes where the filesystem takes them (a 4 MiB buffer of a 4 MiB
+	// allocation is aligned enough), buffered ones otherwise.
+	how := "direct"
+	f, err = os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY|syscall.O_DIRECT, 0o644)
+	if err != nil {
+		how = "buffered"
+		if f, err = os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644); err != nil {
+			b.Fatal(err)
+		}
+	}
+	defer f.Close()
+	const chunk, total = 4 << 20, 128 << 20
+	buf := make([]byte, chunk)
+	for i := range buf {
+		buf[i] = byte(i)
+	}
+	t0 := time.Now()
+	for off := int64(0); off < total; off += chunk {
+		if _, err := f.WriteAt(buf, off); err != nil {
+			b.Fatal(err)
+		}
+		if err := syscall.Fdatasync(int(f.Fd())); err != nil {
+			b.Fatal(err)
+		}
+	}
+	bw := float64(total) / time.Since(t0).Seconds() / 1e6
+	s := fmt.Sprintf("disk under the run's data: fdatasync of a 4 KiB append p50 %d µs, p99 %d µs; 4 MiB %s writes each made durable %.0f MB/s",
+		lat[len(lat)/2].Microseconds(), lat[len(lat)*99/100].Microseconds(), how, bw)
+	fmt.Println("  " + s)
+	return s
+}
