@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"

@@ -10,7 +10,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
-	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/internal/mysqlauth"
 	"github.com/flotilla-relay/flotilla/placement"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"

@@ -8,7 +8,7 @@ import (
 
 // The placement controller's decisions are pure functions of a Cluster description,
 // so they are tested as tables and every replica of the metadata group would reach
-// the same ones. The controller loop (internal/cluster) builds the description from
+// the same ones. The controller loop (package cluster) builds the description from
 // the metadata and the nodes' reports and applies the decisions.
 //
 // Invariants of a plan:

@@ -9,7 +9,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
-	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/cluster"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
 )
 

@@ -18,7 +18,7 @@ const lazyFreeGuard = "FLOTILLA_LAZYFREE_EXEC"
 // MADV_FREE rather than MADV_DONTNEED: the pages stay the process's until the kernel
 // needs them, so the next burst after a quiet spell reuses them without faulting them
 // in again, which on a VM costs more than the copy that touches each page (see
-// node.DefaultMemoryPretouch). The runtime reads the setting once, as it starts:
+// server.DefaultMemoryPretouch). The runtime reads the setting once, as it starts:
 // hence the exec, at once, with the same arguments and process id, of the path the
 // node was started by (so ps and pgrep still know it by its name; /proc/self/exe
 // would rename it "exe", and the resolved path names the versioned file a symlink

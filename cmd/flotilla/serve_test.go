@@ -10,14 +10,14 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"github.com/flotilla-relay/flotilla/internal/node"
 	adminv1 "github.com/flotilla-relay/flotilla/proto/adminv1"
+	"github.com/flotilla-relay/flotilla/server"
 )
 
 // Every serve flag has a configuration key and every key a flag (the admin token
 // only comes from the file or $FLOTILLA_TOKEN: a flag would show it in ps).
 func TestEveryFlagHasAConfigKey(t *testing.T) {
-	keys := node.ConfigKeys()
+	keys := server.ConfigKeys()
 	var flagKeys []string
 	for _, sf := range serveFlags() {
 		if !slices.Contains(keys, sf.key) {

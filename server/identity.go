@@ -1,4 +1,4 @@
-package node
+package server
 
 import (
 	"context"
@@ -10,8 +10,8 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
-	"github.com/flotilla-relay/flotilla/internal/cluster"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
 )
 

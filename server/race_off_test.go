@@ -1,6 +1,6 @@
 //go:build !race
 
-package node
+package server
 
 // raceDetector is false: this test binary runs without the race detector (whose
 // shadow memory takes page faults of its own).

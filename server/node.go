@@ -1,7 +1,4 @@
-// Package node assembles one Flotilla process: the raft NodeHost, the node's storage,
-// the metadata group, the agent that runs local group replicas, the MySQL front end
-// and the admin API.
-package node
+package server
 
 import (
 	"context"
@@ -27,7 +24,7 @@ import (
 	"google.golang.org/grpc"
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
-	"github.com/flotilla-relay/flotilla/internal/cluster"
+	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/internal/faultfs"
 	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/internal/raftlog"

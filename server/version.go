@@ -1,4 +1,4 @@
-package node
+package server
 
 import (
 	"context"
@@ -11,8 +11,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
-	"github.com/flotilla-relay/flotilla/internal/cluster"
 	"github.com/flotilla-relay/flotilla/internal/raftlog"
 	"github.com/flotilla-relay/flotilla/placement"
 )

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package node
+package server
 
 // anonHugeBytes is 0 where /proc/self/smaps_rollup does not exist.
 func anonHugeBytes() uint64 { return 0 }
