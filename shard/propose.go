@@ -167,10 +167,15 @@ func (p *pipeline) sendAck(a *ackPoint) error {
 	if err := p.semi.ack(a.file, a.pos); err != nil {
 		return fmt.Errorf("semi-sync ACK to master: %w", err)
 	}
+	var took time.Duration
+	if !a.rcv.IsZero() { // a transaction's, not a heartbeat's
+		took = time.Since(a.rcv)
+		p.s.m.metrics.SemiSyncAcked(p.s.Upstream().Name, took)
+	}
 	p.s.updateStatus(func(st *SyncStatus) {
 		st.Acks++
-		if !a.rcv.IsZero() { // a transaction's, not a heartbeat's
-			st.LastAckLatency = time.Since(a.rcv)
+		if took > 0 {
+			st.LastAckLatency = took
 		}
 	})
 	return nil

@@ -26,6 +26,7 @@ type Relay struct {
 	ingestTxns     *prometheus.CounterVec
 	proposals      *prometheus.CounterVec
 	proposalTime   *prometheus.HistogramVec
+	semiAckTime    *prometheus.HistogramVec
 	overlapped     *prometheus.CounterVec
 	purges         *prometheus.CounterVec
 	syncerErrors   *prometheus.CounterVec
@@ -72,6 +73,10 @@ func New(nodeID uint64) *Relay {
 		Help: "Time from proposing a batch of transactions to its raft commit.", ConstLabels: node,
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"upstream"})
 	f(r.proposalTime)
+	r.semiAckTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "flotilla", Name: "semi_sync_ack_seconds",
+		Help: "Time from receiving the last event of a semi-sync master's transaction to acknowledging it (once the group's raft quorum committed it and the leader applied it): Flotilla's share of the master's commit latency.", ConstLabels: node,
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"upstream"})
+	f(r.semiAckTime)
 	r.sessionsActive = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "flotilla", Name: "mysql_sessions",
 		Help: "Open client sessions on the MySQL port.", ConstLabels: node})
 	f(r.sessionsActive)
@@ -127,6 +132,15 @@ func (r *Relay) Proposed(upstream string, took time.Duration, err error) {
 	if err == nil {
 		r.proposalTime.WithLabelValues(upstream).Observe(took.Seconds())
 	}
+}
+
+// SemiSyncAcked records the time a semi-sync ACK took from the receipt of the
+// transaction it acknowledges.
+func (r *Relay) SemiSyncAcked(upstream string, took time.Duration) {
+	if r == nil {
+		return
+	}
+	r.semiAckTime.WithLabelValues(upstream).Observe(took.Seconds())
 }
 
 // Overlapped counts a proposal made while another of its syncer was in raft.

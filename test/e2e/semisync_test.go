@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,7 +41,15 @@ func TestSemiSyncAcksAfterQuorumCommit(t *testing.T) {
 	if err := master.Exec(ctx, "SET GLOBAL rpl_semi_sync_master_wait_point=AFTER_SYNC, rpl_semi_sync_master_timeout=600000, rpl_semi_sync_master_enabled=ON"); err != nil {
 		t.Fatal(err)
 	}
-	nodes := flotillatest.StartCluster(ctx, t, filepath.Join(dir, "flotilla"), 3)
+	var metricsAddrs []string
+	nodes := flotillatest.StartClusterWith(ctx, t, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
+		p, err := mariadbtest.FreePort()
+		if err != nil {
+			t.Fatal(err)
+		}
+		metricsAddrs = append(metricsAddrs, fmt.Sprintf("127.0.0.1:%d", p))
+		n.Args = []string{"--metrics-addr", metricsAddrs[len(metricsAddrs)-1]}
+	})
 	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 		"--replica-user", replicaUser, "--replica-password", replicaPass, "--semi-sync", "on"); err != nil {
 		t.Fatalf("upstream add: %v\n%s", err, out)
@@ -120,5 +130,20 @@ func TestSemiSyncAcksAfterQuorumCommit(t *testing.T) {
 	}
 	if acks, _ := strconv.Atoi(st.Group.SemiSyncAcks); !st.Group.SemiSync || acks < 1 {
 		t.Fatalf("status does not show the semi-sync ACKs:\n%s", out)
+	}
+	// Each acknowledged transaction's time to its ACK is in the leader's histogram
+	// (whichever node led when it was sent).
+	var count, sum float64
+	for _, addr := range metricsAddrs {
+		code, body, err := httpGet("http://" + addr + "/metrics")
+		if err != nil || code != http.StatusOK {
+			t.Fatalf("/metrics of %s: %d %v", addr, code, err)
+		}
+		c, _ := metricValue(body, "flotilla_semi_sync_ack_seconds_count", `upstream="main"`)
+		v, _ := metricValue(body, "flotilla_semi_sync_ack_seconds_sum", `upstream="main"`)
+		count, sum = count+c, sum+v
+	}
+	if count < 1 || sum <= 0 {
+		t.Fatalf("flotilla_semi_sync_ack_seconds: %v ACKs timed (sum %v s) on the nodes, want the acknowledged transactions'", count, sum)
 	}
 }
