@@ -387,10 +387,12 @@ func TestClaimerPanicFreesWaiters(t *testing.T) {
 	}
 }
 
-// TestLargeRecordBuffersAreAdvisedHuge: a new buffer for a large record is advised as
-// transparent huge pages where the kernel takes advice: so filling the cache faults
-// its memory in 2 MiB at a time.
-func TestLargeRecordBuffersAreAdvisedHuge(t *testing.T) {
+// thpMode returns the kernel's transparent huge page setting, with GODEBUG cleared for
+// the test (an advisor made after it gives advice wherever the kernel takes it); a
+// kernel without one skips the test outside CI and fails it in CI (which runs on
+// Linux with it).
+func thpMode(t *testing.T) string {
+	t.Helper()
 	mode := hugepage.Mode()
 	if mode == "" {
 		if os.Getenv("CI") != "" {
@@ -399,6 +401,14 @@ func TestLargeRecordBuffersAreAdvisedHuge(t *testing.T) {
 		t.Skip("this kernel has no transparent huge pages: nothing to advise")
 	}
 	t.Setenv("GODEBUG", "")
+	return mode
+}
+
+// TestLargeRecordBuffersAreAdvisedHuge: a new buffer for a large record is advised as
+// transparent huge pages where the kernel takes advice: so filling the cache faults
+// its memory in 2 MiB at a time.
+func TestLargeRecordBuffersAreAdvisedHuge(t *testing.T) {
+	mode := thpMode(t)
 	rc := newRecordCache(64 << 20)
 	defer rc.stop()
 	large := rc.buffer(4 << 20)
@@ -416,14 +426,7 @@ func TestLargeRecordBuffersAreAdvisedHuge(t *testing.T) {
 // reader in its file, so not through the cache) reads it into a buffer advised as
 // huge pages too.
 func TestLoneCursorBufferIsAdvisedHuge(t *testing.T) {
-	mode := hugepage.Mode()
-	if mode == "" {
-		if os.Getenv("CI") != "" {
-			t.Fatal("cannot read the kernel's transparent huge page setting: CI runs on Linux with it")
-		}
-		t.Skip("this kernel has no transparent huge pages: nothing to advise")
-	}
-	t.Setenv("GODEBUG", "")
+	mode := thpMode(t)
 	h := newHarness(t, t.TempDir())
 	defer h.close()
 	h.store.records.advisor = hugepage.NewAdvisor() // made before GODEBUG was cleared
