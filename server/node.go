@@ -290,8 +290,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		limits.AllowIPs = l
 	}
-	// Bind the client-facing ports first: a port in use is the most common start-up
-	// mistake and must fail before anything touches the data directory.
+	// Bind the client-facing ports before storage, raft or the cluster identity is
+	// opened: a port in use is the most common start-up mistake.
 	faces, err := cfg.listeners()
 	if err != nil {
 		return nil, err

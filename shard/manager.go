@@ -167,7 +167,7 @@ func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadat
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the
 // on-disk state machine only record the applied index, so frequent ones are cheap and
 // keep the raft log (which holds whole transactions) short. Elections follow 5 ticks
-// (of 200 ms, see node.Start) without a leader (1-2 s, randomised) and the leader
+// (of 200 ms, see server.Start) without a leader (1-2 s, randomised) and the leader
 // sends a heartbeat every tick: five per election timeout.
 func GroupConfig(clusterID, nodeID uint64) config.Config {
 	return config.Config{

@@ -167,15 +167,10 @@ func (p *pipeline) sendAck(a *ackPoint) error {
 	if err := p.semi.ack(a.file, a.pos); err != nil {
 		return fmt.Errorf("semi-sync ACK to master: %w", err)
 	}
-	var took time.Duration
-	if !a.rcv.IsZero() { // a transaction's, not a heartbeat's
-		took = time.Since(a.rcv)
-		p.s.m.metrics.SemiSyncAcked(p.s.Upstream().Name, took)
-	}
 	p.s.updateStatus(func(st *SyncStatus) {
 		st.Acks++
-		if took > 0 {
-			st.LastAckLatency = took
+		if !a.rcv.IsZero() { // a transaction's, not a heartbeat's
+			st.LastAckLatency = time.Since(a.rcv)
 		}
 	})
 	return nil
@@ -208,6 +203,11 @@ func (p *pipeline) complete(ctx context.Context) error {
 	if f.ack != nil {
 		if err := p.sendAck(f.ack); err != nil {
 			return err
+		}
+		if !f.ack.rcv.IsZero() {
+			// Timed here, not in sendAck: transactions the group held already are
+			// acknowledged at once, and would count as instant commits.
+			p.s.m.metrics.SemiSyncAcked(name, time.Since(f.ack.rcv))
 		}
 	}
 	// The time until the result was collected: with proposals in flight, at most one

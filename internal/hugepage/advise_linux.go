@@ -12,10 +12,11 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// Advise advises the range of each buffer, rounded out to huge pages (see the
-// package invariants). Advice is cheapest before the buffer's pages are first
-// touched: a large allocation fresh from the OS is not cleared by the Go runtime,
-// so memory advised right after make is faulted in as huge pages.
+// Advise advises the range of each buffer, which must be a Go heap slice, rounded
+// out to huge pages (see the package invariants). Advice helps most before the
+// buffer's pages are first touched: a large allocation fresh from the OS is not
+// cleared by the Go runtime, so memory advised right after make is faulted in as
+// huge pages (reused heap memory the runtime clears in make is touched already).
 func (a Advisor) Advise(bufs ...[]byte) error {
 	if !a.on {
 		return nil

@@ -6,15 +6,22 @@
 // were a fifth of a node's CPU serving 8 replicas.
 //
 // Invariants:
-//   - Advice never changes a buffer's bytes or its mapping: it is a property of the
-//     range, which the kernel merges with advised neighbours, and a hint the kernel
-//     may ignore (it then falls back to small pages).
-//   - A buffer's range is rounded out to whole huge pages. A Go heap span lies
-//     inside one 64 MiB-aligned heap arena, so the rounding never leaves the heap's
-//     mapping (the advice may reach a neighbouring object's memory, which is then
-//     faulted in huge pages too).
-//   - Advice is given only where the kernel's transparent huge pages are "madvise"
-//     or "always" (with "always" it changes nothing), and never when GODEBUG sets
-//     disablethp to anything but 0 (the Go runtime's own opt-out, which an operator
-//     uses to keep a process out of huge pages).
+//   - Advice never changes a buffer's bytes. It is a flag of the range in the
+//     process's mapping (the kernel may split a mapping to hold it, and merges
+//     advised neighbours), and a hint the kernel may ignore (it then falls back to
+//     small pages).
+//   - Only Go heap slices are advised, each range rounded out to whole huge pages.
+//     The heap is mapped in 64 MiB-aligned arenas, so a range rounded to 2 MiB never
+//     leaves the arenas that hold the slice (the advice may reach a neighbouring
+//     object's memory, which is then faulted in huge pages too).
+//   - Advice is given only where the kernel's transparent huge pages are "madvise":
+//     with "always" the heap gets huge pages anyway, and advice would only make its
+//     faults wait for memory compaction where the kernel's defrag setting is
+//     "madvise" (its default). None is given when the GODEBUG environment variable
+//     sets disablethp to anything but 0 (the Go runtime's own opt-out, which an
+//     operator uses to keep a process out of huge pages).
+//   - Advice is never taken back: memory advised once stays advised when the runtime
+//     reuses it for other objects, and the kernel's khugepaged may later collapse a
+//     sparsely used advised range into a whole huge page (resident memory the
+//     runtime cannot give back in part). Callers advise only large buffers.
 package hugepage

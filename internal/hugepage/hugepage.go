@@ -14,13 +14,12 @@ type Advisor struct {
 	on bool
 }
 
-// NewAdvisor reads the kernel's setting and GODEBUG, once.
+// NewAdvisor reads the kernel's setting and the GODEBUG environment variable, once.
 func NewAdvisor() Advisor {
 	if v, ok := godebugValue("disablethp"); ok && v != "0" {
 		return Advisor{}
 	}
-	m := Mode()
-	return Advisor{on: m == "madvise" || m == "always"}
+	return Advisor{on: Mode() == "madvise"}
 }
 
 // On reports whether the advisor gives advice.

@@ -19,14 +19,14 @@ func requireMode(t *testing.T) string {
 	return m
 }
 
-// TestAdviseMarksTheRange: where the kernel takes advice (madvise or always), an
-// advised buffer's mapping carries the kernel's "hg" flag; where it says never, the
-// advisor gives none; GODEBUG=disablethp turns it off whatever the kernel says.
+// TestAdviseMarksTheRange: where the kernel takes advice (madvise), an advised
+// buffer's mapping carries the kernel's "hg" flag; where it says always or never,
+// the advisor gives none; GODEBUG=disablethp turns it off whatever the kernel says.
 func TestAdviseMarksTheRange(t *testing.T) {
 	mode := requireMode(t)
 	t.Setenv("GODEBUG", "")
 	a := NewAdvisor()
-	if want := mode == "madvise" || mode == "always"; a.On() != want {
+	if want := mode == "madvise"; a.On() != want {
 		t.Fatalf("transparent_hugepage %q: advisor on = %v, want %v", mode, a.On(), want)
 	}
 	b := make([]byte, 3*Size)

@@ -74,7 +74,7 @@ func New(nodeID uint64) *Relay {
 		Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}, []string{"upstream"})
 	f(r.proposalTime)
 	r.semiAckTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: "flotilla", Name: "semi_sync_ack_seconds",
-		Help: "Time from receiving the last event of a semi-sync master's transaction to acknowledging it (once the group's raft quorum committed it and the leader applied it): Flotilla's share of the master's commit latency.", ConstLabels: node,
+		Help: "Time from receiving the last event of a semi-sync master's transaction to acknowledging it, once the group's raft quorum committed it and the leader applied it: Flotilla's share of the master's commit latency. One value per ACK, for the last transaction it acknowledges.", ConstLabels: node,
 		Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"upstream"})
 	f(r.semiAckTime)
 	r.sessionsActive = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "flotilla", Name: "mysql_sessions",
@@ -134,8 +134,8 @@ func (r *Relay) Proposed(upstream string, took time.Duration, err error) {
 	}
 }
 
-// SemiSyncAcked records the time a semi-sync ACK took from the receipt of the
-// transaction it acknowledges.
+// SemiSyncAcked records the time a semi-sync ACK took from the receipt of the last
+// transaction it acknowledges, for an ACK sent after a proposal's commit.
 func (r *Relay) SemiSyncAcked(upstream string, took time.Duration) {
 	if r == nil {
 		return
