@@ -7,6 +7,7 @@ import (
 	"image/draw"
 	"image/png"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strconv"
@@ -17,6 +18,8 @@ import (
 	"golang.org/x/image/font"
 	"golang.org/x/image/font/basicfont"
 	"golang.org/x/image/math/fixed"
+
+	"github.com/flotilla-relay/flotilla/test/flotillatest"
 )
 
 // envCount reads a positive count a benchmark's size is set by (def when unset or
@@ -94,6 +97,9 @@ func (r *relayReport) write(b *testing.B, name string) {
 	var md strings.Builder
 	fmt.Fprintf(&md, "# Flotilla %s benchmark, %s\n\n", name, time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(&md, "Machine: %d CPUs, %s/%s. Command: `go test -run '^$' -bench %s -benchtime 1x ./test/bench/` (part of `make bench`).\n\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH, b.Name())
+	if out, err := exec.Command(flotillatest.Binary(b), "--version").Output(); err == nil {
+		fmt.Fprintf(&md, "Binary: %s\n\n", strings.TrimSpace(string(out)))
+	}
 	if r.disk != "" {
 		fmt.Fprintf(&md, "The %s.\n\n", r.disk)
 	}
