@@ -202,7 +202,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		// (the new dump starts after it) hears so now.
 		if p.semi != nil && p.cur == nil && len(p.items) == 0 && len(p.pending) == 0 && h.LogPos > 4 &&
 			(h.Type != binlog.HeartbeatEvent || bytes.HasPrefix(raw[binlog.HeaderLen:], []byte(p.upstreamFile))) {
-			return p.sendAck(&ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos)})
+			return p.sendAck(&ackPoint{file: p.upstreamFile, pos: uint64(h.LogPos)}, false)
 		}
 		return nil
 	case binlog.BinlogCheckpoint, binlog.StartEncryptionEvnt, binlog.StopEvent, binlog.MySQLPreviousGTIDsEvent:
@@ -250,7 +250,7 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			if p.semi != nil && len(p.items) == 0 && len(p.pending) == 0 {
 				a := p.batchAck
 				p.batchAck = nil
-				return p.sendAck(a)
+				return p.sendAck(a, false)
 			}
 			return nil
 		}

@@ -106,7 +106,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		// Only transactions the group held already: they are committed.
 		a := p.batchAck
 		p.batchAck = nil
-		if err := p.sendAck(a); err != nil {
+		if err := p.sendAck(a, false); err != nil {
 			return err
 		}
 	}
@@ -158,8 +158,10 @@ func (p *pipeline) roomInRaft() bool {
 	return p.sequenced && len(p.pending) < maxInflight && p.inflightBytes < maxInflightBytes
 }
 
-// sendAck acknowledges a to the semi-sync master.
-func (p *pipeline) sendAck(a *ackPoint) error {
+// sendAck acknowledges a to the semi-sync master. committed says the ACK follows
+// its proposal's commit: only then is its time from receipt recorded (status and
+// metric), for transactions the group held already are acknowledged at once.
+func (p *pipeline) sendAck(a *ackPoint, committed bool) error {
 	if a == nil || p.semi == nil || a.file == p.acked.file && a.pos <= p.acked.pos {
 		return nil
 	}
@@ -167,10 +169,15 @@ func (p *pipeline) sendAck(a *ackPoint) error {
 	if err := p.semi.ack(a.file, a.pos); err != nil {
 		return fmt.Errorf("semi-sync ACK to master: %w", err)
 	}
+	var took time.Duration
+	if committed && !a.rcv.IsZero() { // a transaction's, not a heartbeat's
+		took = time.Since(a.rcv)
+		p.s.m.metrics.SemiSyncAcked(p.s.Upstream().Name, took)
+	}
 	p.s.updateStatus(func(st *SyncStatus) {
 		st.Acks++
-		if !a.rcv.IsZero() { // a transaction's, not a heartbeat's
-			st.LastAckLatency = time.Since(a.rcv)
+		if took > 0 {
+			st.LastAckLatency = took
 		}
 	})
 	return nil
@@ -201,13 +208,8 @@ func (p *pipeline) complete(ctx context.Context) error {
 	// Only now, with the batch committed by the group's quorum, may a semi-sync
 	// master hear that its transactions are safe.
 	if f.ack != nil {
-		if err := p.sendAck(f.ack); err != nil {
+		if err := p.sendAck(f.ack, true); err != nil {
 			return err
-		}
-		if !f.ack.rcv.IsZero() {
-			// Timed here, not in sendAck: transactions the group held already are
-			// acknowledged at once, and would count as instant commits.
-			p.s.m.metrics.SemiSyncAcked(name, time.Since(f.ack.rcv))
 		}
 	}
 	// The time until the result was collected: with proposals in flight, at most one

@@ -87,7 +87,9 @@ type SyncStatus struct {
 	// transaction); when not busy and connected, the group holds all the master sent.
 	Busy bool
 	// SemiSync: the connection is the master's semi-sync replica; Acks counts the
-	// ACKs sent and LastAckLatency is the last one's time from receipt.
+	// ACKs sent and LastAckLatency is the time from receipt of the last one sent
+	// after its proposal's commit (transactions held already are acknowledged at
+	// once, and not timed).
 	SemiSync       bool
 	Acks           uint64
 	LastAckLatency time.Duration

@@ -37,8 +37,8 @@ import (
 //   - A new buffer of hugeBufferMin or more is advised as transparent huge pages
 //     right after it is made (see package hugepage): memory fresh from the OS is
 //     then faulted in 2 MiB at a time. On the test VM a fan-out to 8 replicas took
-//     14,400-14,700 page faults in 4 KiB pages, most of them in its reads, and a
-//     fifth of the node's CPU serving them; 400-1,200 with the advice.
+//     1,900-14,700 page faults in 4 KiB pages, most of them in its reads (a fifth
+//     of the node's CPU in a profile of the worst); 60-1,800 with the advice.
 type recordCache struct {
 	max     int64
 	maxIdle time.Duration
@@ -172,7 +172,9 @@ func (rc *recordCache) newBuffer(n int) []byte {
 }
 
 // hugeBufferMin is the smallest buffer advised as huge pages: advice is never taken
-// back (see package hugepage), so only buffers that fill whole huge pages get it.
+// back (see package hugepage), and a range rounded out to huge pages covers up to
+// twice what such a buffer holds (a large heap object is aligned to 8 KiB only), so
+// only buffers of at least a huge page get it.
 const hugeBufferMin = hugepage.Size
 
 // adviser gives memory advice (hugepage.Advisor; tests record what it is asked).

@@ -437,15 +437,16 @@ func (r *recordingAdviser) Advise(bufs ...[]byte) error {
 
 // TestLoneCursorBufferIsAdvisedHuge: a cursor reading a large record alone (no other
 // reader in its file, so not through the cache) reads it into a buffer it had
-// advised as huge pages, as the cache's own are; a small record's buffer is not.
+// advised as huge pages, as the cache's own are; the buffer of a 1.5 MiB record
+// before it, under hugeBufferMin, is not advised.
 func TestLoneCursorBufferIsAdvisedHuge(t *testing.T) {
 	h := newHarness(t, t.TempDir())
 	defer h.close()
 	rec := &recordingAdviser{}
 	h.store.records.advisor = rec // before any cursor reads
 	ep := h.claim()
-	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(binlog.GTID{Server: testServer, Seq: 1}, 3<<20),
-		txn(binlog.GTID{Server: testServer, Seq: 2}, largeRow)}})
+	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(binlog.GTID{Server: testServer, Seq: 1}, 3<<19),
+		txn(binlog.GTID{Server: testServer, Seq: 2}, 3<<20)}})
 	c, err := h.g.NewCursor(Start{File: 1, Served: 4})
 	if err != nil {
 		t.Fatal(err)
@@ -464,6 +465,10 @@ func TestLoneCursorBufferIsAdvisedHuge(t *testing.T) {
 	rec.mu.Lock()
 	defer rec.mu.Unlock()
 	if len(rec.bufs) != 1 || cap(rec.bufs[0]) != cap(c.big) || &rec.bufs[0][:1][0] != &c.big[:1][0] {
-		t.Fatalf("the cursor read a 3 MiB record into a %d-byte buffer; advised: %d buffers, want exactly that one", cap(c.big), len(rec.bufs))
+		caps := make([]int, len(rec.bufs))
+		for i, b := range rec.bufs {
+			caps[i] = cap(b)
+		}
+		t.Fatalf("after a 1.5 MiB and a 3 MiB record the cursor reads into a %d-byte buffer; advised buffers of %v bytes, want exactly that one", cap(c.big), caps)
 	}
 }
