@@ -116,34 +116,47 @@ func txn(g binlog.GTID, rowBytes int) Item {
 // checksum verifies.
 func readAll(t *testing.T, g *Group, s Start) []Record {
 	t.Helper()
+	var recs []Record
+	eachRecord(t, g, s, func(r Record) {
+		r.Payload = bytes.Clone(r.Payload)
+		recs = append(recs, r)
+	})
+	return recs
+}
+
+// eachRecord is readAll without keeping the records: fn sees each whole record (a
+// transaction's pieces joined), checked as readAll checks them, its payload valid only
+// during the call. The crash test reads its whole, growing store after every kill.
+func eachRecord(t *testing.T, g *Group, s Start, fn func(Record)) {
+	t.Helper()
 	c, err := g.NewCursor(s)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	tail, _ := g.Tail()
-	var recs []Record
+	var open *Record // a transaction whose later pieces are still to come
 	for {
 		r, err := c.Next(tail)
 		if errors.Is(err, ErrAtTail) {
-			return recs
+			return
 		}
 		if err != nil {
 			t.Fatal(err)
 		}
-		r.Payload = bytes.Clone(r.Payload) // valid only until the next call
 		// Join a transaction's pieces: the tests reason about whole transactions.
-		if n := len(recs); r.Continued {
-			if n == 0 || !recs[n-1].Continues {
+		// The cursor's payload is valid only until the next call.
+		if r.Continued {
+			if open == nil {
 				t.Fatalf("file %d at %d: a continuation piece follows no open transaction", r.File, r.Pos)
 			}
-			recs[n-1].Payload = append(recs[n-1].Payload, r.Payload...)
-			recs[n-1].Type, recs[n-1].Continues = r.Type, r.Continues
-			r = recs[n-1]
-			recs = recs[:n-1]
+			open.Payload = append(open.Payload, r.Payload...)
+			open.Type, open.Continues = r.Type, r.Continues
+			r, open = *open, nil
 		}
 		if r.Continues {
-			recs = append(recs, r)
+			r.Payload = bytes.Clone(r.Payload)
+			open = &r
 			continue
 		}
 		pos := r.Pos
@@ -160,7 +173,7 @@ func readAll(t *testing.T, g *Group, s Start) []Record {
 		}); err != nil {
 			t.Fatal(err)
 		}
-		recs = append(recs, r)
+		fn(r)
 	}
 }
 
