@@ -1,0 +1,34 @@
+// Package statemachine is a group replica's storage: dragonboat's on-disk state
+// machine for one upstream, which appends the transactions raft commits to segment
+// files (the binlog served to replicas) indexed in pebble, and the cursors that read
+// them back. One Store holds every group of a node: one pebble instance for all the
+// indexes, a directory of segments per group.
+//
+// Invariants (each is kept, and argued, where the comment names it):
+//
+//   - Every replica applies the same commands to the same result. A command is
+//     checked whole before it changes anything (the fence, apply.go): a proposal of a
+//     stale syncer epoch, out of its epoch's sequence, or that does not follow the
+//     group's last transaction is rejected, identically everywhere, and leaves no
+//     trace. So a transaction is held once, in order, whatever raft or a deposed
+//     leader's syncer proposes.
+//   - Readers see complete records only: SegSize and FileSize cover whole records;
+//     the pieces of a transaction still arriving are beyond them (meta, group.go).
+//     Bytes below the published tail never change, except by purge (whole files) and
+//     snapshot recovery (a new generation; recordcache.go).
+//   - An Update is durable once its segments are fsynced: every index change can be
+//     derived again from the served records and the recIndex record that ends each
+//     Update (commit, group.go; redo, redo.go). Changes that rewrite or delete
+//     segments (a new epoch dropping open pieces, purge) commit the index with an
+//     fsync first, so redo never crosses them; purged files are unlinked only after.
+//   - Open never trusts more than was synced: records after the last synced place
+//     are checked against their CRCs, and what follows the last complete Update is
+//     cut, so dragonboat replays it from the raft log (redo.go).
+//   - A file or directory entry is durable only once its directory is synced, and
+//     each fsync here is one the power-loss test proves needed (files.go).
+//   - Snapshots carry the open pieces of a transaction with the meta that says so: a
+//     replica restored from one accepts the next pieces as its peers do (snapshot.go).
+//   - Compression replaces a closed part only once the plain part is durable and its
+//     compressed copy is synced and named in a synced directory; cursors read plain
+//     and compressed parts alike (compress.go).
+package statemachine
