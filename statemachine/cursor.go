@@ -2,11 +2,19 @@ package statemachine
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
+
+// ErrAtTail is returned by Cursor.Next when the cursor has read everything committed.
+var ErrAtTail = errors.New("at the committed tail")
+
+// ErrCorrupt reports a record that failed its CRC or framing check: the replica stops
+// serving at that point rather than send bad data.
+var ErrCorrupt = errors.New("corrupt segment")
 
 // Record is one unit a cursor returns: a file header, a transaction or a piece of
 // one, or the closing Rotate, as served bytes starting at served position Pos of file

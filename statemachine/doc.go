@@ -8,24 +8,29 @@
 //
 //   - Every replica applies the same commands to the same result. A command is
 //     checked whole before it changes anything (the fence, apply.go): a proposal of a
-//     stale syncer epoch, out of its epoch's sequence, or that does not follow the
-//     group's last transaction is rejected, identically everywhere, and leaves no
-//     trace. So a transaction is held once, in order, whatever raft or a deposed
+//     stale syncer epoch, a sequenced one out of its epoch's sequence, or one that
+//     does not follow the group's last transaction is rejected, identically
+//     everywhere, and leaves no trace. So a transaction is held once, in order, whatever raft or a deposed
 //     leader's syncer proposes.
-//   - Readers see complete records only: SegSize and FileSize cover whole records;
-//     the pieces of a transaction still arriving are beyond them (meta, group.go).
+//   - Readers see complete transactions only: SegSize and FileSize end at a
+//     transaction's end; the pieces of one still arriving are beyond them (meta,
+//     group.go).
 //     Bytes below the published tail never change, except by purge (whole files) and
 //     snapshot recovery (a new generation; recordcache.go).
 //   - An Update is durable once its segments are fsynced: every index change can be
 //     derived again from the served records and the recIndex record that ends each
-//     Update (commit, group.go; redo, redo.go). Changes that rewrite or delete
-//     segments (a new epoch dropping open pieces, purge) commit the index with an
-//     fsync first, so redo never crosses them; purged files are unlinked only after.
-//   - Open never trusts more than was synced: records after the last synced place
-//     are checked against their CRCs, and what follows the last complete Update is
-//     cut, so dragonboat replays it from the raft log (redo.go).
-//   - A file or directory entry is durable only once its directory is synced, and
-//     each fsync here is one the power-loss test proves needed (files.go).
+//     commit (commit, group.go; redo, redo.go). Changes that rewrite or delete
+//     segments (a new epoch dropping open pieces, purge) are followed at once by an
+//     index commit with fsyncs, so redo never crosses them (a drop first writes and
+//     syncs a recIndex record at its cut); purged segments are unlinked only after
+//     that commit.
+//   - Open keeps only what it has checked: records past the last place known
+//     synced are checked against their CRCs, what follows the last complete Update
+//     is cut (dragonboat replays it from the raft log), and what it keeps is fsynced
+//     before Open returns (redo.go).
+//   - A file or directory entry is durable only once its directory is synced
+//     (files.go); the power-loss test, on a filesystem that drops a random share
+//     of what was not synced, is meant to catch the removal of any fsync here.
 //   - Snapshots carry the open pieces of a transaction with the meta that says so: a
 //     replica restored from one accepts the next pieces as its peers do (snapshot.go).
 //   - Compression replaces a closed part only once the plain part is durable and its

@@ -40,13 +40,6 @@ func goneErr(format string, args ...any) error {
 	return &PositionError{Reason: fmt.Sprintf(format, args...), Gone: true}
 }
 
-// ErrAtTail is returned by Cursor.Next when the cursor has read everything committed.
-var ErrAtTail = errors.New("at the committed tail")
-
-// ErrCorrupt reports a record that failed its CRC or framing check: the replica stops
-// serving at that point rather than send bad data.
-var ErrCorrupt = errors.New("corrupt segment")
-
 // Start is a place in the served binlog: a file, the served position and segment
 // offset of a record, and how many bytes of that record to skip (a file/position
 // replica may resume after any event, even inside a transaction).
