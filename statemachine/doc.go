@@ -10,10 +10,10 @@
 //     checked whole before it changes anything (the fence, apply.go): a proposal of a
 //     stale syncer epoch, a sequenced one out of its epoch's sequence, or one that
 //     does not follow the group's last transaction is rejected, identically
-//     everywhere, and leaves no trace. So a transaction is held once, in order, whatever raft or a deposed
-//     leader's syncer proposes.
-//   - Readers see complete transactions only: SegSize and FileSize end at a
-//     transaction's end; the pieces of one still arriving are beyond them (meta,
+//     everywhere, and leaves no trace. So a transaction is held once, in order,
+//     whatever raft or a deposed leader's syncer proposes.
+//   - Readers see complete transactions only: SegSize and FileSize never end inside
+//     a transaction; the pieces of one still arriving are beyond them (meta,
 //     group.go).
 //     Bytes below the published tail never change, except by purge (whole files) and
 //     snapshot recovery (a new generation; recordcache.go).
@@ -29,8 +29,9 @@
 //     is cut (dragonboat replays it from the raft log), and what it keeps is fsynced
 //     before Open returns (redo.go).
 //   - A file or directory entry is durable only once its directory is synced
-//     (files.go); the power-loss test, on a filesystem that drops a random share
-//     of what was not synced, is meant to catch the removal of any fsync here.
+//     (files.go). The power-loss test runs the store on a filesystem that loses a
+//     random share of what was not synced: a missing fsync shows as lost or torn
+//     data in some of its rounds.
 //   - Snapshots carry the open pieces of a transaction with the meta that says so: a
 //     replica restored from one accepts the next pieces as its peers do (snapshot.go).
 //   - Compression replaces a closed part only once the plain part is durable and its

@@ -25,8 +25,8 @@ const (
 
 // meta is the group's durable state, written with every applied batch.
 //
-// Invariants: Ordinal counts complete transactions; SegSize/FileSize cover complete
-// records only and are what readers may see; PartSeg/PartServed are >= them and also
+// Invariants: Ordinal counts complete transactions; SegSize/FileSize never end inside
+// a transaction and are what readers may see; PartSeg/PartServed are >= them and also
 // cover the pieces of a transaction still being received (Pending).
 type meta struct {
 	Applied uint64 `json:"applied"`

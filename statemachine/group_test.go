@@ -146,7 +146,8 @@ func eachRecord(t *testing.T, g *Group, s Start, fn func(Record)) {
 		}
 		// Join a transaction's pieces: the tests reason about whole transactions.
 		// The cursor's payload is valid only until the next call.
-		if r.Continued {
+		joined := r.Continued
+		if joined {
 			if open == nil {
 				t.Fatalf("file %d at %d: a continuation piece follows no open transaction", r.File, r.Pos)
 			}
@@ -155,7 +156,7 @@ func eachRecord(t *testing.T, g *Group, s Start, fn func(Record)) {
 			r, open = *open, nil
 		}
 		if r.Continues {
-			if !r.Continued { // a first piece: the cursor's bytes; later ones are ours
+			if !joined { // a first piece holds the cursor's bytes; a joined one, its own
 				r.Payload = bytes.Clone(r.Payload)
 			}
 			open = &r

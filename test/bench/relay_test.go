@@ -530,7 +530,9 @@ func BenchmarkRelay(b *testing.B) {
 	// (the timed ingest above stops short of the small transactions): the three
 	// nodes do nothing else, and both sides serve the same transactions.
 	endFile, endPos, tailGTID := masterTail(ctx, b, m)
-	waitGroupAt(ctx, b, nodes[0], "main3", tailGTID)
+	for _, n := range nodes {
+		waitGroupAt(ctx, b, n, "main3", tailGTID)
+	}
 	direct := fanout(ctx, b, m.Addr(), benchUser, 32, firstFile, endFile, endPos)
 	addrs := make([]string, len(nodes))
 	for i, n := range nodes {
@@ -618,7 +620,7 @@ func saveURL(ctx context.Context, url, path string) {
 	}
 }
 
-// waitGroupAt waits until upstream name's group has executed gtid.
+// waitGroupAt waits until node n's replica of upstream name's group holds gtid.
 func waitGroupAt(ctx context.Context, b *testing.B, n *flotillatest.Node, name, gtid string) {
 	b.Helper()
 	cl, err := adminrpc.Dial(n.AdminAddr, n.Token, nil)
@@ -626,12 +628,15 @@ func waitGroupAt(ctx context.Context, b *testing.B, n *flotillatest.Node, name, 
 		b.Fatal(err)
 	}
 	defer cl.Close()
+	last := ""
 	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name}); err == nil && r.Group != nil && r.Group.ExecutedGtid == gtid {
-			return
+		if r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name}); err == nil && r.Group != nil {
+			if last = r.Group.ExecutedGtid; reached(last, gtid) {
+				return
+			}
 		}
 	}
-	b.Fatalf("upstream %s did not reach %s", name, gtid)
+	b.Fatalf("upstream %s on node %d did not reach %s within a minute (it holds %q)", name, n.ID, gtid, last)
 }
 
 func clientConn(addr, user string) (*client.Conn, error) {
