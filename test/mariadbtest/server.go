@@ -12,7 +12,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/url"
 	"os"
@@ -87,27 +86,6 @@ type Server struct {
 
 	stopOnce sync.Once
 	stopErr  error
-}
-
-// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago. There
-// is an unavoidable race with other processes, but it lets tests give every
-// server and every Flotilla listener its own port without coordination. The port
-// is drawn below the kernel's ephemeral range (32768 and up on Linux): a port the
-// kernel hands out for port 0 is also what it gives outgoing connections, and one
-// of the many a test makes took a node's raft port before the node could bind it.
-func FreePort() (int, error) {
-	for range 200 {
-		port := 10000 + rand.IntN(32768-10000)
-		l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		if err != nil {
-			continue
-		}
-		if err := l.Close(); err != nil {
-			return 0, fmt.Errorf("mariadbtest: release free port: %w", err)
-		}
-		return port, nil
-	}
-	return 0, errors.New("mariadbtest: no free port between 10000 and 32767 in 200 tries")
 }
 
 // Start initialises dir/data as mariadb-install-db would (a copy of an installed
