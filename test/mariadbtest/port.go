@@ -18,8 +18,9 @@ const (
 	// its ports finds them still its own.
 	portLease = time.Hour
 	// portDir holds one file per reserved port, shared by every test process of
-	// the machine (go test runs packages in parallel, each its own process).
-	portDir = "flotilla-test-ports"
+	// the user (go test runs packages in parallel, each its own process); the
+	// user's id follows it, so another user's directory never refuses us.
+	portDir = "flotilla-test-ports-"
 )
 
 // FreePort returns a TCP port on 127.0.0.1 that is free and reserved for the
@@ -35,8 +36,8 @@ const (
 // connections, and one of the many a test makes took a node's raft port before
 // the node could bind it.
 func FreePort() (int, error) {
-	dir := filepath.Join(os.TempDir(), portDir)
-	if err := os.MkdirAll(dir, 0o777); err != nil {
+	dir := filepath.Join(os.TempDir(), portDir+strconv.Itoa(os.Getuid()))
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return 0, fmt.Errorf("mariadbtest: port reservations: %w", err)
 	}
 	for range 500 {
@@ -61,7 +62,7 @@ func FreePort() (int, error) {
 func reservePort(dir string, port int) bool {
 	name := filepath.Join(dir, strconv.Itoa(port))
 	for range 2 {
-		f, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o666)
+		f, err := os.OpenFile(name, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
 		if err == nil {
 			_ = f.Close()
 			return true
