@@ -11,32 +11,41 @@ e2e=$(go list "$@" | grep '/test/' | grep -v '/test/chaos$' || true)
 chaos=$(go list "$@" | grep '/test/chaos$' || true)
 filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E|DEPLOY|CHAOS' | grep -v '^=== RUN'; }
 rc=0
-if [ -n "$unit" ]; then
-  go test -race -count=1 -timeout 25m -v $unit 2>&1 | tee "$log" | filter
-  rc=${PIPESTATUS[0]}
-fi
-# Then three at once, for the 2 cores the suite is budgeted on were half idle: the
-# end-to-end tests wait on servers, timers and fsyncs (44% of 2 cores alone), the
-# Ansible deployment on one host's tasks at a time, the short fault-injection suite on
-# its faults. The two side suites write to their own logs, appended when they end.
+# Three phases overlap two suites each, for the 2 cores the suite is budgeted on were
+# half idle one suite at a time (22 min of CPU in 20.7 min of wall): the end-to-end
+# tests wait on servers, timers and fsyncs (44% of 2 cores alone), the Ansible
+# deployment on one host's tasks at a time, the short fault-injection suite on its
+# faults. The fault-injection suite runs beside the unit tests, not the end-to-end
+# ones: those fill the disk by gigabytes and its disk-full fault measures free space.
+# A side suite writes to its own log, appended when it ends.
 sidelogs=()
 sidepids=()
+times=$(mktemp -t flotilla-times.XXXXXX)
+phase() { echo "$1 took $(( $(date +%s) - $2 ))s" >>"$times"; }
 side() { # side NAME COMMAND...: runs COMMAND in the background into its own log
-  local f
-  f=$(mktemp -t "flotilla-$1.XXXXXX")
+  local name=$1 f t0
+  f=$(mktemp -t "flotilla-$name.XXXXXX")
+  t0=$(date +%s)
   shift
-  "$@" >"$f" 2>&1 &
+  { "$@"; r=$?; echo "$name took $(( $(date +%s) - t0 ))s" >>"$times"; exit $r; } >"$f" 2>&1 &
   sidepids+=($!)
   sidelogs+=("$f")
 }
 if [ -n "$chaos" ]; then
   side chaos go test -count=1 -timeout 15m -v $chaos
 fi
+t0=$(date +%s)
+if [ -n "$unit" ]; then
+  go test -race -count=1 -timeout 25m -v $unit 2>&1 | tee "$log" | filter
+  rc=${PIPESTATUS[0]}
+fi
+phase unit "$t0"
 # The Ansible deployment (deploy/ansible/tests, build tag deploy) when the whole tree
 # is tested.
 if [ "$*" = "./..." ]; then
   side deploy deploy/ansible/tests/run-local.sh
 fi
+t0=$(date +%s)
 if [ -n "$e2e" ]; then
   go test -count=1 -timeout 25m -v $e2e 2>&1 | tee -a "$log" | filter
   [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
@@ -50,6 +59,7 @@ if [ "$*" = "./..." ]; then
     [ "${PIPESTATUS[0]}" -ne 0 ] && rc=1
   done
 fi
+phase "end-to-end and interop" "$t0"
 for i in "${!sidepids[@]}"; do
   wait "${sidepids[$i]}" || rc=1
   tee -a "$log" <"${sidelogs[$i]}" | filter
@@ -60,6 +70,8 @@ failed=$(grep -cE '^\s*--- FAIL' "$log")
 skipped=$(grep -cE '^\s*--- SKIP' "$log")
 echo
 echo "full log: $log"
+sed 's/^/  /' "$times"
+rm -f "$times"
 echo "tests took $(( $(date +%s) - start ))s"
 echo "$passed passed, $failed failed, $skipped skipped"
 if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then
