@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -143,13 +144,26 @@ func TestPipelinedProposalsThroughLeaderChanges(t *testing.T) {
 	}
 
 	// The disruptor moves the leadership around, and stops replica 3 and starts it
-	// again (its store and raft log stay) while the proposals go on.
-	disrupted := make(chan error, 1)
+	// again (its store and raft log stay) while the proposals go on: twelve rounds,
+	// and more while no proposal has failed yet and the proposer goes on (on a loaded
+	// machine a transfer can take longer than a round, and the test needs a failure).
+	disrupted, proposing := make(chan error, 1), make(chan struct{})
+	var failedOnce atomic.Bool
 	go func() {
 		var err error
 		defer func() { disrupted <- err }()
 		members := map[uint64]string{1: nodes[0].addr, 2: nodes[1].addr, 3: nodes[2].addr}
-		for i := 0; ctx.Err() == nil && i < 12; i++ {
+		for i := 0; ctx.Err() == nil; i++ {
+			if i >= 12 && failedOnce.Load() {
+				return
+			}
+			select {
+			case <-proposing:
+				if i >= 12 {
+					return
+				}
+			default:
+			}
 			time.Sleep(150 * time.Millisecond)
 			switch i {
 			case 4:
@@ -202,6 +216,7 @@ func TestPipelinedProposalsThroughLeaderChanges(t *testing.T) {
 			if !r.Completed() || r.GetResult().Value != ResultOK {
 				failed = true
 				rejected++
+				failedOnce.Store(true)
 			}
 		}
 		for !failed && n < total {
@@ -242,6 +257,7 @@ func TestPipelinedProposalsThroughLeaderChanges(t *testing.T) {
 		}
 	}
 	wrote := time.Since(began)
+	close(proposing)
 	if err := <-disrupted; err != nil {
 		t.Fatalf("restart replica 3: %v", err)
 	}
