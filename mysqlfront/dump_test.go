@@ -37,7 +37,9 @@ func TestEventWriterDeadlinePerWrite(t *testing.T) {
 	t.Cleanup(func() { server.Close(); client.Close() })
 	ss := newTestSession()
 	ss.log = slog.New(slog.NewTextHandler(io.Discard, nil))
-	ss.s.Limits.WriteTimeout = 200 * time.Millisecond
+	// A second: under the race detector on a loaded machine, a 1 MiB write through
+	// the pipe once took longer than the 200 ms this test used.
+	ss.s.Limits.WriteTimeout = time.Second
 	ss.c = &conn{Conn: packet.NewConn(server), client: server}
 	w := newEventWriter(ss, &replicaInfo{}, func(int) {})
 	small := make([]byte, 100)
@@ -59,7 +61,7 @@ func TestEventWriterDeadlinePerWrite(t *testing.T) {
 	if err := <-read; err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(400 * time.Millisecond) // idle past the write timeout: the scenario, not a wait
+	time.Sleep(1200 * time.Millisecond) // idle past the write timeout: the scenario, not a wait
 	if err := w.Event(big); err != nil {
 		t.Fatalf("an event written after an idle spell longer than the write timeout: %v", err)
 	}
