@@ -21,6 +21,92 @@ import (
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 )
 
+// Config is a node's configuration (flags or YAML).
+type Config struct {
+	NodeID  uint64 `yaml:"node_id"`
+	DataDir string `yaml:"data"`
+	// MySQLAddr lists the MySQL ports, each HOST:PORT or FLAVOR=HOST:PORT[,version=X]
+	// (mysqlfront.ParseListener); the cluster records them all, space-separated.
+	MySQLAddr AddrList `yaml:"mysql_addr"`
+	AdminAddr string   `yaml:"admin_addr"`
+	RaftAddr  string   `yaml:"raft_addr"`
+	// AdminListenAddr and RaftListenAddr are where the node binds when the
+	// addresses the other nodes reach it by (AdminAddr, RaftAddr, recorded in the
+	// cluster) are not its own: NAT, a port forward, a proxy. Empty binds the
+	// advertised address.
+	AdminListenAddr string            `yaml:"admin_listen_addr"`
+	RaftListenAddr  string            `yaml:"raft_listen_addr"`
+	Join            []string          `yaml:"join"`
+	Labels          map[string]string `yaml:"labels"`
+	AdminToken      string            `yaml:"admin_token"`
+	// AdminTokenFile holds the admin token (a file keeps it out of `ps` and of the
+	// configuration file).
+	AdminTokenFile string `yaml:"admin_token_file"`
+	// InsecureRaft and InsecureAdmin accept a raft address, or an admin address
+	// with a token, off the loopback without node TLS: only on a network every
+	// host of which is trusted.
+	InsecureRaft  bool `yaml:"insecure_raft"`
+	InsecureAdmin bool `yaml:"insecure_admin"`
+	// RetentionAge and RetentionBytes bound each group's binlog (0 = unbounded).
+	RetentionAge   time.Duration `yaml:"retention_age"`
+	RetentionBytes Size          `yaml:"retention_bytes"`
+	// SegmentSize is where segment files roll (0: the default, 256 MiB).
+	SegmentSize Size `yaml:"segment_size"`
+	// ServedFileSize closes a served file at the first transaction boundary past it
+	// (0: the default, 1 GiB), as max_binlog_size does on a master.
+	ServedFileSize Size `yaml:"served_file_size"`
+	// RecordCache bounds the memory of large served records the node keeps for
+	// replicas reading the same stretch of a binlog at once (0: the default,
+	// statemachine.DefaultRecordCache, 128 MiB).
+	RecordCache Size `yaml:"record_cache"`
+	// MemoryPretouch is heap the node faults in at start (see pretouch): 0 for
+	// none; the serve command's default is DefaultMemoryPretouch.
+	MemoryPretouch Size `yaml:"memory_pretouch"`
+	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
+	// default, 512 MiB). Below it the node stops its group replicas, keeping their
+	// data, until space returns: a full disk would make raft's log or a segment
+	// write fail, and dragonboat stops the process then.
+	MinFreeDisk Size `yaml:"min_free_disk"`
+	// NodeDownAfter is how long a node may not answer before the placement
+	// controller re-creates its replicas elsewhere.
+	NodeDownAfter time.Duration `yaml:"node_down_after"`
+	// MasterSilenceProbe is how long a master's stream may bring nothing (no event,
+	// no heartbeat) before the group's leader asks the master, on a second
+	// connection, whether it holds transactions the group lacks: a dead link
+	// without a reset is found after two such probes.
+	MasterSilenceProbe time.Duration `yaml:"master_silence_probe"`
+	// Client limits of the MySQL front end (see mysqlfront.Limits).
+	MaxConnections     int  `yaml:"max_connections"`
+	MaxUserConnections int  `yaml:"max_user_connections"`
+	MaxAllowedPacket   Size `yaml:"max_allowed_packet"`
+	// MaxHandshakesPerHost bounds one client address's connections that have not
+	// logged in yet.
+	MaxHandshakesPerHost int           `yaml:"max_handshakes_per_host"`
+	IdleTimeout          time.Duration `yaml:"idle_timeout"`
+	// AllowIPs, when set, lists the client addresses and CIDR networks accepted.
+	AllowIPs string `yaml:"allow_ips"`
+	// MySQLTLSCert and MySQLTLSKey let replicas connect with TLS (MASTER_SSL=1).
+	MySQLTLSCert string `yaml:"mysql_tls_cert"`
+	MySQLTLSKey  string `yaml:"mysql_tls_key"`
+	// TLS secures node-to-node traffic: raft (mutual TLS), the admin API and the
+	// cluster service (server certificate; client certificates from the same CA are
+	// accepted in place of the admin token).
+	TLS secure.Files `yaml:"tls"`
+	// MetricsAddr, when set, serves /metrics, /healthz and /readyz over HTTP.
+	MetricsAddr string `yaml:"metrics_addr"`
+	// LogFormat (text or json) and LogLevel (debug, info, warn, error) shape the log.
+	LogFormat string `yaml:"log_format"`
+	LogLevel  string `yaml:"log_level"`
+	// DebugPprof serves Go's profiles under /debug/pprof/ on MetricsAddr.
+	DebugPprof bool `yaml:"debug_pprof"`
+
+	// Faults are the storage fault-injection knobs, from the environment
+	// (faultfs.KnobsFromEnv), never the file: tests only.
+	Faults faultfs.Knobs `yaml:"-"`
+
+	explicit map[string]bool // keys the YAML file set (ParseConfig)
+}
+
 // ParseConfig reads a YAML configuration. Every key must be one Config knows, and
 // every value must fit its key: an error names the key (and its line), so a typo is
 // refused at start instead of silently ignored.
@@ -213,92 +299,6 @@ func offLoopback(bound, advertised string) bool {
 // adminListen and raftListen are the addresses the node binds.
 func (c Config) adminListen() string { return cmp.Or(c.AdminListenAddr, c.AdminAddr) }
 func (c Config) raftListen() string  { return cmp.Or(c.RaftListenAddr, c.RaftAddr) }
-
-// Config is a node's configuration (flags or YAML).
-type Config struct {
-	NodeID  uint64 `yaml:"node_id"`
-	DataDir string `yaml:"data"`
-	// MySQLAddr lists the MySQL ports, each HOST:PORT or FLAVOR=HOST:PORT[,version=X]
-	// (mysqlfront.ParseListener); the cluster records them all, space-separated.
-	MySQLAddr AddrList `yaml:"mysql_addr"`
-	AdminAddr string   `yaml:"admin_addr"`
-	RaftAddr  string   `yaml:"raft_addr"`
-	// AdminListenAddr and RaftListenAddr are where the node binds when the
-	// addresses the other nodes reach it by (AdminAddr, RaftAddr, recorded in the
-	// cluster) are not its own: NAT, a port forward, a proxy. Empty binds the
-	// advertised address.
-	AdminListenAddr string            `yaml:"admin_listen_addr"`
-	RaftListenAddr  string            `yaml:"raft_listen_addr"`
-	Join            []string          `yaml:"join"`
-	Labels          map[string]string `yaml:"labels"`
-	AdminToken      string            `yaml:"admin_token"`
-	// AdminTokenFile holds the admin token (a file keeps it out of `ps` and of the
-	// configuration file).
-	AdminTokenFile string `yaml:"admin_token_file"`
-	// InsecureRaft and InsecureAdmin accept a raft address, or an admin address
-	// with a token, off the loopback without node TLS: only on a network every
-	// host of which is trusted.
-	InsecureRaft  bool `yaml:"insecure_raft"`
-	InsecureAdmin bool `yaml:"insecure_admin"`
-	// RetentionAge and RetentionBytes bound each group's binlog (0 = unbounded).
-	RetentionAge   time.Duration `yaml:"retention_age"`
-	RetentionBytes Size          `yaml:"retention_bytes"`
-	// SegmentSize is where segment files roll (0: the default, 256 MiB).
-	SegmentSize Size `yaml:"segment_size"`
-	// ServedFileSize closes a served file at the first transaction boundary past it
-	// (0: the default, 1 GiB), as max_binlog_size does on a master.
-	ServedFileSize Size `yaml:"served_file_size"`
-	// RecordCache bounds the memory of large served records the node keeps for
-	// replicas reading the same stretch of a binlog at once (0: the default,
-	// statemachine.DefaultRecordCache, 128 MiB).
-	RecordCache Size `yaml:"record_cache"`
-	// MemoryPretouch is heap the node faults in at start (see pretouch): 0 for
-	// none; the serve command's default is DefaultMemoryPretouch.
-	MemoryPretouch Size `yaml:"memory_pretouch"`
-	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
-	// default, 512 MiB). Below it the node stops its group replicas, keeping their
-	// data, until space returns: a full disk would make raft's log or a segment
-	// write fail, and dragonboat stops the process then.
-	MinFreeDisk Size `yaml:"min_free_disk"`
-	// NodeDownAfter is how long a node may not answer before the placement
-	// controller re-creates its replicas elsewhere.
-	NodeDownAfter time.Duration `yaml:"node_down_after"`
-	// MasterSilenceProbe is how long a master's stream may bring nothing (no event,
-	// no heartbeat) before the group's leader asks the master, on a second
-	// connection, whether it holds transactions the group lacks: a dead link
-	// without a reset is found after two such probes.
-	MasterSilenceProbe time.Duration `yaml:"master_silence_probe"`
-	// Client limits of the MySQL front end (see mysqlfront.Limits).
-	MaxConnections     int  `yaml:"max_connections"`
-	MaxUserConnections int  `yaml:"max_user_connections"`
-	MaxAllowedPacket   Size `yaml:"max_allowed_packet"`
-	// MaxHandshakesPerHost bounds one client address's connections that have not
-	// logged in yet.
-	MaxHandshakesPerHost int           `yaml:"max_handshakes_per_host"`
-	IdleTimeout          time.Duration `yaml:"idle_timeout"`
-	// AllowIPs, when set, lists the client addresses and CIDR networks accepted.
-	AllowIPs string `yaml:"allow_ips"`
-	// MySQLTLSCert and MySQLTLSKey let replicas connect with TLS (MASTER_SSL=1).
-	MySQLTLSCert string `yaml:"mysql_tls_cert"`
-	MySQLTLSKey  string `yaml:"mysql_tls_key"`
-	// TLS secures node-to-node traffic: raft (mutual TLS), the admin API and the
-	// cluster service (server certificate; client certificates from the same CA are
-	// accepted in place of the admin token).
-	TLS secure.Files `yaml:"tls"`
-	// MetricsAddr, when set, serves /metrics, /healthz and /readyz over HTTP.
-	MetricsAddr string `yaml:"metrics_addr"`
-	// LogFormat (text or json) and LogLevel (debug, info, warn, error) shape the log.
-	LogFormat string `yaml:"log_format"`
-	LogLevel  string `yaml:"log_level"`
-	// DebugPprof serves Go's profiles under /debug/pprof/ on MetricsAddr.
-	DebugPprof bool `yaml:"debug_pprof"`
-
-	// Faults are the storage fault-injection knobs, from the environment
-	// (faultfs.KnobsFromEnv), never the file: tests only.
-	Faults faultfs.Knobs `yaml:"-"`
-
-	explicit map[string]bool // keys the YAML file set (ParseConfig)
-}
 
 // transport is the TLS a node's listeners and calls use (nil: plaintext).
 type transport struct {

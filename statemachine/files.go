@@ -13,7 +13,8 @@ import (
 // Every file the storage touches goes through the store's vfs.FS (pebble's, which the
 // index uses too). In production that is the operating system's; the power-loss test
 // runs the whole store on pebble's crashable in-memory filesystem, which keeps only
-// what was synced, so each fsync below is proven needed, not assumed.
+// what was synced (and a random share of what was not), so a missing fsync shows
+// as a loss in the rounds where the cut drops what it left unsynced.
 //
 // Invariants kept here:
 //   - a new file or directory entry is durable only after its directory is synced

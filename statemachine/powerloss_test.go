@@ -23,8 +23,10 @@ import (
 // segments, holding at least everything a Sync covered and everything the previous
 // recovery found (recovery itself makes what it found durable).
 //
-// Unlike TestCrashRecovery (SIGKILL keeps the page cache), this is what proves each
-// fsync needed: delete one from the storage code and this test fails.
+// Unlike TestCrashRecovery (SIGKILL keeps the page cache), this is what shows an
+// fsync is needed: delete one from the storage code and the rounds whose cut drops
+// the bytes it should have made durable fail (a single run need not reach every one;
+// the seed is random per run and printed for replay).
 func TestPowerLoss(t *testing.T) {
 	lives, rounds := 8, 10 // each life starts from an empty filesystem
 	if testing.Short() {
