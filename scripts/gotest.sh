@@ -11,16 +11,20 @@ e2e=$(go list "$@" | grep '/test/' | grep -v '/test/chaos$' || true)
 chaos=$(go list "$@" | grep '/test/chaos$' || true)
 filter() { grep -E '^(=== RUN|--- |ok|FAIL|PASS|panic|WARNING: DATA RACE|\s+[a-z_]+\.go:[0-9]+:)|E2E|DEPLOY|CHAOS' | grep -v '^=== RUN'; }
 rc=0
-# Three phases overlap two suites each, for the 2 cores the suite is budgeted on were
-# half idle one suite at a time (22 min of CPU in 20.7 min of wall): the end-to-end
-# tests wait on servers, timers and fsyncs (44% of 2 cores alone), the Ansible
-# deployment on one host's tasks at a time, the short fault-injection suite on its
-# faults. The fault-injection suite runs beside the unit tests, not the end-to-end
-# ones: those fill the disk by gigabytes and its disk-full fault measures free space.
-# A side suite writes to its own log, appended when it ends.
+# Two phases overlap two suites each, for the 2 cores the suite is budgeted on were
+# half idle one suite at a time (22 min of CPU in 20.7 min of wall): the unit tests
+# beside the short fault-injection suite, then the end-to-end tests beside the Ansible
+# deployment (which runs one host's tasks at a time; the end-to-end tests, alone, use
+# 44% of 2 cores waiting on servers, timers and fsyncs). The fault-injection suite
+# ends before the end-to-end tests start: they write gigabytes to the disk its
+# disk-full fault measures. A side suite writes to its own log, appended when it ends.
 sidelogs=()
 sidepids=()
 times=$(mktemp -t flotilla-times.XXXXXX)
+# Interrupted, the whole process group goes (the side suites are in it); at any exit
+# the temporary logs do.
+trap 'rm -f "$times" "${sidelogs[@]}"' EXIT
+trap 'trap - INT TERM; kill 0' INT TERM
 phase() { echo "$1 took $(( $(date +%s) - $2 ))s" >>"$times"; }
 side() { # side NAME COMMAND...: runs COMMAND in the background into its own log
   local name=$1 f t0
@@ -31,19 +35,27 @@ side() { # side NAME COMMAND...: runs COMMAND in the background into its own log
   sidepids+=($!)
   sidelogs+=("$f")
 }
+# collect I: waits for side suite I, appends its log and counts its failure.
+collect() {
+  wait "${sidepids[$1]}" || rc=1
+  tee -a "$log" <"${sidelogs[$1]}" | filter
+}
 if [ -n "$chaos" ]; then
   side chaos go test -count=1 -timeout 15m -v $chaos
 fi
-t0=$(date +%s)
 if [ -n "$unit" ]; then
+  t0=$(date +%s)
   go test -race -count=1 -timeout 25m -v $unit 2>&1 | tee "$log" | filter
   rc=${PIPESTATUS[0]}
+  phase unit "$t0"
 fi
-phase unit "$t0"
 # The Ansible deployment (deploy/ansible/tests, build tag deploy) when the whole tree
 # is tested.
 if [ "$*" = "./..." ]; then
   side deploy deploy/ansible/tests/run-local.sh
+fi
+if [ -n "$chaos" ]; then
+  collect 0
 fi
 t0=$(date +%s)
 if [ -n "$e2e" ]; then
@@ -61,9 +73,9 @@ if [ "$*" = "./..." ]; then
 fi
 phase "end-to-end and interop" "$t0"
 for i in "${!sidepids[@]}"; do
-  wait "${sidepids[$i]}" || rc=1
-  tee -a "$log" <"${sidelogs[$i]}" | filter
-  rm -f "${sidelogs[$i]}"
+  if [ -z "$chaos" ] || [ "$i" -ne 0 ]; then
+    collect "$i"
+  fi
 done
 passed=$(grep -cE '^\s*--- PASS' "$log")
 failed=$(grep -cE '^\s*--- FAIL' "$log")
@@ -71,7 +83,6 @@ skipped=$(grep -cE '^\s*--- SKIP' "$log")
 echo
 echo "full log: $log"
 sed 's/^/  /' "$times"
-rm -f "$times"
 echo "tests took $(( $(date +%s) - start ))s"
 echo "$passed passed, $failed failed, $skipped skipped"
 if [ "$rc" -ne 0 ] && [ "$failed" -eq 0 ]; then

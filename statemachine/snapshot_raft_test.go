@@ -6,7 +6,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/internal/raftlog"
+	"github.com/flotilla-relay/flotilla/test/mariadbtest"
 )
 
 type raftNode struct {
@@ -35,13 +35,15 @@ func (n *raftNode) stop() {
 	n.once.Do(func() { n.nh.Stop(); n.store.Close() })
 }
 
+// freeAddr is a loopback address on a port reserved for this test process (see
+// mariadbtest.FreePort: a port 0 listener's port is one the kernel may give the next
+// outgoing connection of any process, before the raft node binds it).
 func freeAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	p, err := mariadbtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().String()
+	return fmt.Sprintf("127.0.0.1:%d", p)
 }
 
 func startRaftNode(t *testing.T, dir string, addr string) *raftNode {

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"os"
@@ -29,23 +30,22 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// The reserve sits a quarter of the free space below it (at least 512 MiB):
-	// other suites write to this filesystem meanwhile (make test runs the Ansible
-	// deployment beside this package), and must not take the node below its
-	// reserve before the filler does. Fill allocates (fallocate) where the
+	// The reserve sits a quarter of the free space below it (at least 512 MiB, at
+	// most 8 GiB): other suites write to this filesystem meanwhile (make test runs
+	// the Ansible deployment beside this package), and must not take the node below
+	// its reserve before the filler does. Fill allocates (fallocate) where the
 	// filesystem can, so a large filler costs nothing there.
 	if free < 2<<30 {
 		t.Fatalf("the test needs 2 GiB free in %s, has %d bytes", dir, free)
 	}
-	margin := max(uint64(512<<20), free/4)
-	filler := int64(margin + 512<<20)
+	reserve := free - max(uint64(512<<20), min(free/4, 8<<30))
 	p, err := mariadbtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
 	}
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", p)
 	fl := flotillatest.NewNode(t, filepath.Join(dir, "flotilla"), 1)
-	fl.Args = []string{"--metrics-addr", metricsAddr, "--min-free-disk", fmt.Sprint(free - margin)}
+	fl.Args = []string{"--metrics-addr", metricsAddr, "--min-free-disk", fmt.Sprint(reserve)}
 	fl.Start(ctx)
 	master := startMaster(ctx, t, filepath.Join(dir, "master"))
 	if out, err := fl.CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
@@ -59,9 +59,15 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 	}
 	waitCaughtUp(ctx, t, "replica", master, replica, 2*time.Minute)
 
+	// The filler leaves 512 MiB below the reserve, measured now: others may have
+	// written or freed space since the start.
 	fillPath := filepath.Join(dir, "filler")
-	if err := mariadbtest.Fill(fillPath, filler); err != nil {
+	if now, err := mariadbtest.FreeBytes(dir); err != nil {
 		t.Fatal(err)
+	} else if now > reserve {
+		if err := mariadbtest.Fill(fillPath, int64(now-reserve+512<<20)); err != nil {
+			t.Fatal(err)
+		}
 	}
 	poll := func(what string, ok func() (bool, string)) {
 		t.Helper()
@@ -97,7 +103,7 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 		t.Fatalf("the node exited with its disk short of space:\n%s", fl.LogTail(30))
 	}
 
-	if err := os.Remove(fillPath); err != nil {
+	if err := os.Remove(fillPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		t.Fatal(err)
 	}
 	poll("the node resumes", func() (bool, string) {
