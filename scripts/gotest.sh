@@ -21,8 +21,10 @@ rc=0
 sidelogs=()
 sidepids=()
 times=$(mktemp -t flotilla-times.XXXXXX)
-# Interrupted, the whole process group goes (the side suites are in it); at any exit
-# the temporary logs do.
+# Interrupted (INT or TERM, acted on once the go test in the foreground returns), the
+# script takes its process group down: the side suites, and make and whatever started
+# it in that group. At any exit the temporary logs go (an interrupted run's side logs
+# with them).
 trap 'rm -f "$times" "${sidelogs[@]}"' EXIT
 trap 'trap - INT TERM; kill 0' INT TERM
 phase() { echo "$1 took $(( $(date +%s) - $2 ))s" >>"$times"; }

@@ -541,7 +541,8 @@ func TestChaos(t *testing.T) {
 	// node short of space for good.
 	// At least a third of what is free too (up to 16 GiB): other suites may
 	// share the filesystem (make test runs this one beside the unit tests), and
-	// the fault fills with fallocate where it can, so a larger margin costs nothing.
+	// the fault fills with fallocate where it can, so a larger margin costs nothing
+	// on a disk (on tmpfs it takes memory: hence the cap).
 	margin := max(uint64(2<<30)+uint64(d/time.Minute+1)*(200<<20), min(free/3, 16<<30))
 	if free < 2*margin {
 		t.Fatalf("the disk-full fault needs %d MiB free in %s, it has %d MiB", 2*margin>>20, dir, free>>20)

@@ -34,7 +34,8 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 	// most 8 GiB): other suites write to this filesystem meanwhile (make test runs
 	// the Ansible deployment beside this package), and must not take the node below
 	// its reserve before the filler does. Fill allocates (fallocate) where the
-	// filesystem can, so a large filler costs nothing there.
+	// filesystem can, so a large filler costs nothing on a disk (on tmpfs it takes
+	// memory: hence the cap).
 	if free < 2<<30 {
 		t.Fatalf("the test needs 2 GiB free in %s, has %d bytes", dir, free)
 	}
