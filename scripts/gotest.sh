@@ -23,9 +23,9 @@ sidepids=()
 times=$(mktemp -t flotilla-times.XXXXXX)
 # Interrupted (INT or TERM, acted on once the go test in the foreground returns), the
 # script takes its process group down: the side suites, and make and whatever started
-# it in that group. At any exit the temporary logs go (an interrupted run's side logs
-# with them).
-trap 'rm -f "$times" "${sidelogs[@]}"' EXIT
+# it in that group. At any exit the side logs not yet collected join the full log (a
+# collected one is emptied), and the temporary files go.
+trap '[ ${#sidelogs[@]} -eq 0 ] || cat "${sidelogs[@]}" >>"$log" 2>/dev/null; rm -f "$times" "${sidelogs[@]}"' EXIT
 trap 'trap - INT TERM; kill 0' INT TERM
 phase() { echo "$1 took $(( $(date +%s) - $2 ))s" >>"$times"; }
 side() { # side NAME COMMAND...: runs COMMAND in the background into its own log
@@ -41,6 +41,7 @@ side() { # side NAME COMMAND...: runs COMMAND in the background into its own log
 collect() {
   wait "${sidepids[$1]}" || rc=1
   tee -a "$log" <"${sidelogs[$1]}" | filter
+  : >"${sidelogs[$1]}"
 }
 if [ -n "$chaos" ]; then
   side chaos go test -count=1 -timeout 15m -v $chaos

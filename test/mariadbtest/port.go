@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -21,17 +22,18 @@ import (
 // process ends, however it ends, so nothing needs releasing and a node restarted on
 // its ports, however late, still owns them.
 //
-// The port is drawn below the kernel's ephemeral range (32768 and up on Linux):
-// a port the kernel hands out for port 0 is also what it gives outgoing
-// connections, and one of the many a test makes took a node's raft port before
-// the node could bind it.
+// The port is drawn below the kernel's ephemeral range (32768 and up by Linux's
+// default, read from the kernel): a port the kernel hands out for port 0 is also
+// what it gives outgoing connections, and one of the many a test makes took a node's
+// raft port before the node could bind it.
 func FreePort() (int, error) {
 	dir, err := portDir()
 	if err != nil {
 		return 0, err
 	}
+	lo, hi := drawRange()
 	for range 500 {
-		port := 10000 + rand.IntN(32768-10000)
+		port := lo + rand.IntN(hi-lo)
 		ok, err := reservePort(dir, port)
 		if err != nil {
 			return 0, err
@@ -48,7 +50,25 @@ func FreePort() (int, error) {
 		}
 		return port, nil
 	}
-	return 0, errors.New("mariadbtest: no free, unreserved port between 10000 and 32767 in 500 tries")
+	return 0, fmt.Errorf("mariadbtest: no free, unreserved port between %d and %d in 500 tries", lo, hi-1)
+}
+
+// drawRange is where FreePort draws: [10000, 32768), ended lower where the kernel's
+// ephemeral range starts lower (a host that widened it), as long as a thousand ports
+// remain; below that, outgoing connections may take a drawn port, as they always
+// could before.
+func drawRange() (lo, hi int) {
+	lo, hi = 10000, 32768
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return lo, hi
+	}
+	if f := strings.Fields(string(b)); len(f) == 2 {
+		if start, err := strconv.Atoi(f[0]); err == nil && start >= lo+1000 && start < hi {
+			hi = start
+		}
+	}
+	return lo, hi
 }
 
 // portDir is the user's reservation directory, created if needed; another user's,
