@@ -99,10 +99,18 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 		inner.Close()
 		return nil, err
 	}
-	l.direct = f.DirectIO && cfg.Expert.FS == nil
+	// Direct I/O bypasses the FS the node host was given, so it is used only where
+	// that is the operating system's. dragonboat sets Expert.FS to its default (the
+	// operating system's) before it calls the factory: nil is never seen here from
+	// a node host. (Testing for nil alone left direct I/O off in every node.)
+	l.direct = f.DirectIO && osFS(cfg.Expert.FS)
 	l.noFlushAtClose = f.NoFlushAtClose
 	return l, nil
 }
+
+// osFS reports whether fs writes to the operating system's files directly (no fault
+// injection, no in-memory filesystem between).
+func osFS(fs config.IFS) bool { return fs == nil || fs == gvfs.Default }
 
 // LogDB is dragonboat's LogDB with large payloads in files of their own. The
 // methods it does not define are the inner LogDB's.

@@ -535,3 +535,40 @@ func TestDirectIOPayloads(t *testing.T) {
 		}
 	}
 }
+
+// TestFactoryDirectIO: a node host's LogDB writes payloads with direct I/O when the
+// node host writes to the operating system's files, and never through a filesystem
+// of its own (fault injection, memory). dragonboat fills in its default filesystem
+// before it calls the factory, so the factory is tested with a config prepared as
+// dragonboat prepares it: a check for a nil filesystem alone left direct I/O off in
+// every node (0.39 and before).
+func TestFactoryDirectIO(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		fs   config.IFS
+		want bool
+	}{
+		{"the operating system's", nil, true},
+		{"in memory", gvfs.NewMem(), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			cfg := config.NodeHostConfig{NodeHostDir: dir, RTTMillisecond: 200, RaftAddress: "127.0.0.1:1",
+				Expert: config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: tc.fs}}
+			if err := cfg.Prepare(); err != nil {
+				t.Fatal(err)
+			}
+			if err := cfg.Expert.FS.MkdirAll(dir, 0o700); err != nil {
+				t.Fatal(err)
+			}
+			db, err := Factory{DirectIO: true}.Create(cfg, func(config.LogDBInfo) {}, []string{dir}, []string{dir})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer db.Close()
+			if got := db.(*LogDB).direct; got != tc.want {
+				t.Fatalf("direct I/O on a node host's %s filesystem: %v, want %v", tc.name, got, tc.want)
+			}
+		})
+	}
+}

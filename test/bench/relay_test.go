@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
@@ -518,12 +519,36 @@ func BenchmarkRelay(b *testing.B) {
 	one.Stop(30 * time.Second)
 
 	// Ingest with 3 replicas.
-	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "three"), 3, serveDefaults()...)
+	var metrics3 []string
+	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "three"), 3, func(n *flotillatest.Node) {
+		port, err := mariadbtest.FreePort()
+		if err != nil {
+			b.Fatal(err)
+		}
+		metrics3 = append(metrics3, fmt.Sprintf("127.0.0.1:%d", port))
+		n.Args = append(serveDefaults(), "--metrics-addr", metrics3[len(metrics3)-1], "--debug-pprof")
+	})
 	waitPayloadFiles(ctx, b, nodes...)
+	// FLOTILLA_BENCH_PROFILE=FILE also saves a CPU profile of each of the three nodes
+	// during their ingest (FILE.3node1 to FILE.3node3).
+	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
+		for i, addr := range metrics3 {
+			go saveProfile(ctx, addr, fmt.Sprintf("%s.3node%d", path, i+1), 2*time.Second)
+		}
+	}
+	cpu3 := func() (s float64) {
+		for _, n := range nodes {
+			s += cpuSeconds(b, n.PID())
+		}
+		return s
+	}
+	nodes0, master0 := cpu3(), cpuSeconds(b, m.PID())
 	// Timed over the same transactions as the 1-replica ingest (the small ones are a
 	// figure of their own).
 	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), gtid, "--replicas", "3", "--serve-from", "any")
 	rep.add("ingest, 3 replicas", i3.mbs(), rawMBs, "MB/s", 0.3, true)
+	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
+		cpu3()-nodes0, cpuSeconds(b, m.PID())-master0, i3.took.Seconds(), i3.setup.Seconds(), runtime.NumCPU()))
 
 	// Fan-out to 32 readers spread over the 3 nodes, each serving from its own
 	// replica, vs the master serving them, once the group holds the whole binlog
