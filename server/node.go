@@ -208,6 +208,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	// idle: dragonboat's ticks were most of an idle group's CPU. 200 ms (with elections
 	// after 5 to 10 ticks, see shard.GroupConfig) puts elections at 1-2 s, etcd's
 	// default, for half the idle CPU of 100 ms ticks.
+	directIO := new(atomic.Bool)
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:      ident.DeploymentID,
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
@@ -219,13 +220,14 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: true}},
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: true, DirectState: directIO}},
 	})
 	if err != nil {
 		store.Close()
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
+	log.Info("raft log started", "payload_direct_io", directIO.Load())
 	n := &Node{payloadFiles: payloadFiles, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
@@ -299,6 +301,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	n.spawn(func() { n.errc <- admin.Serve(ctx, adminLis) })
 	rel.Disk(cfg.NodeID, func() float64 { return float64(n.disk.free.Load()) }, func() float64 {
 		if n.disk.problem() != "" {
+			return 1
+		}
+		return 0
+	})
+	rel.RaftDirectIO(cfg.NodeID, func() float64 {
+		if directIO.Load() {
 			return 1
 		}
 		return 0

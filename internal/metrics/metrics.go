@@ -96,6 +96,14 @@ func (r *Relay) ClusterVersion(nodeID uint64, read func() float64) {
 		Help: "The cluster version: what every member understands and commands may use.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// RaftDirectIO exports whether the raft log's payload files are written with direct
+// I/O (read at scrape time): 0 where the filesystem refuses it, and the page cache then
+// takes a copy of every ingested byte (see raftlog.Factory.DirectState).
+func (r *Relay) RaftDirectIO(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "raft_payload_direct_io",
+		Help: "1 while the raft log's payload files are written with direct I/O (O_DIRECT), 0 if the filesystem refused it or storage faults are injected.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
+}
+
 // RecordCache exports the store's shared record cache counters (read at scrape time):
 // large records replicas took from it, and those read from a segment for it.
 func (r *Relay) RecordCache(nodeID uint64, hits, misses func() float64) {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -113,9 +114,11 @@ type groupLog struct {
 	// syncDirs are directories whose entries changed (a file or the group's
 	// directory created) since the last sync.
 	syncDirs []string
-	// direct: files are written with direct I/O (see openWrite).
-	direct bool
-	stages *stagePool
+	// direct: files are written with direct I/O (see openWrite); directState is
+	// cleared when a filesystem refuses it (see Factory.DirectState).
+	direct      bool
+	directState *atomic.Bool
+	stages      *stagePool
 }
 
 // stageBuf is a block-aligned staging buffer of stageClassSize(class) bytes.
@@ -155,10 +158,10 @@ func (sp *stagePool) put(b *stageBuf) {
 }
 
 // openGroupLog lists and scans dir's payload files; dir is made at the first append.
-func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, stages *stagePool) (*groupLog, error) {
+func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, directState *atomic.Bool, stages *stagePool) (*groupLog, error) {
 	// The group's directory entry in root may not be durable yet (a process that
 	// made it died before its first sync): the next sync covers it again.
-	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}, direct: direct && oDirect != 0, stages: stages}
+	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}, direct: direct && oDirect != 0, directState: directState, stages: stages}
 	names, err := fs.List(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return g, nil
@@ -303,7 +306,7 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 		if !errors.Is(err, syscall.EINVAL) {
 			return fmt.Errorf("open payload file %s for direct I/O: %w", f.path, err)
 		}
-		g.direct = false
+		g.refuseDirect()
 	}
 	var w gvfs.File
 	var err error
@@ -317,6 +320,12 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 	}
 	f.w, f.direct, f.written = w, false, f.size
 	return nil
+}
+
+// refuseDirect turns direct I/O off for the group, and says so.
+func (g *groupLog) refuseDirect() {
+	g.direct = false
+	g.directState.Store(false)
 }
 
 // put stages the byte slices for f, writing the stage out each time it fills.
@@ -386,7 +395,8 @@ func (g *groupLog) writeStage(f *payFile) error {
 		_, err = f.w.WriteAt(f.stage.b[:f.staged], f.written)
 		if errors.Is(err, syscall.EINVAL) {
 			f.w.Close()
-			f.w, f.direct, g.direct = nil, false, false
+			f.w, f.direct = nil, false
+			g.refuseDirect()
 			if f.w, err = g.fs.OpenForAppend(f.path); err == nil {
 				_, err = f.w.Write(f.stage.b[:f.staged])
 			}

@@ -56,6 +56,10 @@ type Factory struct {
 	// on its way, which was the largest CPU cost of ingest. Only for the real
 	// filesystem: a wrapped one (fault injection) must see every write.
 	DirectIO bool
+	// DirectState, if set, says whether payload files are written with direct I/O:
+	// set at Create, cleared as soon as a filesystem refuses it, so that the node can
+	// report it (a regression once left it off unseen).
+	DirectState *atomic.Bool
 	// NoFlushAtClose makes Close leave the commit indexes it holds back unwritten,
 	// as a crash would (see commitStates): for tests of a restart after one.
 	NoFlushAtClose bool
@@ -104,6 +108,10 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	// operating system's) before it calls the factory: nil is never seen here from
 	// a node host. (Testing for nil alone left direct I/O off in every node.)
 	l.direct = f.DirectIO && osFS(cfg.Expert.FS)
+	if f.DirectState != nil {
+		l.directState = f.DirectState
+	}
+	l.directState.Store(l.direct)
 	l.noFlushAtClose = f.NoFlushAtClose
 	return l, nil
 }
@@ -122,8 +130,10 @@ type LogDB struct {
 	fileSize   int64
 	on         *atomic.Bool
 	direct     bool
-	stages     stagePool
-	states     commitStates
+	// directState is Factory.DirectState, or a private one (see wrap).
+	directState *atomic.Bool
+	stages      stagePool
+	states      commitStates
 	// noFlushAtClose: Close leaves held commit indexes unwritten, as a crash
 	// would (Factory.NoFlushAtClose).
 	noFlushAtClose bool
@@ -154,7 +164,7 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 		return nil, err
 	}
 	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{},
-		states: commitStates{groups: map[groupKey]*groupState{}}}, nil
+		directState: new(atomic.Bool), states: commitStates{groups: map[groupKey]*groupState{}}}, nil
 }
 
 func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
@@ -179,7 +189,7 @@ func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 		l.groups[k] = s
 	}
 	l.mu.Unlock()
-	s.once.Do(func() { s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, &l.stages) })
+	s.once.Do(func() { s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, l.directState, &l.stages) })
 	if s.err != nil {
 		l.mu.Lock()
 		if l.groups[k] == s {

@@ -561,13 +561,18 @@ func TestFactoryDirectIO(t *testing.T) {
 			if err := cfg.Expert.FS.MkdirAll(dir, 0o700); err != nil {
 				t.Fatal(err)
 			}
-			db, err := Factory{DirectIO: true}.Create(cfg, func(config.LogDBInfo) {}, []string{dir}, []string{dir})
+			state := new(atomic.Bool)
+			state.Store(!tc.want)
+			db, err := Factory{DirectIO: true, DirectState: state}.Create(cfg, func(config.LogDBInfo) {}, []string{dir}, []string{dir})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer db.Close()
 			if got := db.(*LogDB).direct; got != tc.want {
 				t.Fatalf("direct I/O on a node host's %s filesystem: %v, want %v", tc.name, got, tc.want)
+			}
+			if state.Load() != tc.want {
+				t.Fatalf("DirectState says %v for a node host's %s filesystem, want %v", state.Load(), tc.name, tc.want)
 			}
 		})
 	}
