@@ -416,21 +416,22 @@ func BenchmarkRelay(b *testing.B) {
 	// Fan-out: 8 and 32 readers of the whole binlog, from Flotilla and from the master.
 	fEnd, fPos := flotillaTail(ctx, b, one, "rmain")
 	for _, n := range []int{8, 32} {
-		cpu0 := cpuSeconds(b, m.PID())
+		cpu0, readerFaults0 := cpuSeconds(b, m.PID()), pageFaults(b, os.Getpid())
 		direct := fanout(ctx, b, m.Addr(), benchUser, n, firstFile, endFile, endPos)
-		cpuDirect := cpuSeconds(b, m.PID()) - cpu0
+		cpuDirect, readerFaultsDirect := cpuSeconds(b, m.PID())-cpu0, pageFaults(b, os.Getpid())-readerFaults0
 		cpu0, node0 := cpuSeconds(b, m.PID()), cpuSeconds(b, one.PID())
 		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" && n == 8 { // the figure still short of its goal
 			go saveProfile(ctx, metricsAddr, fmt.Sprintf("%s.fanout%d", path, n), 2*time.Second)
 		}
 		hits0, misses0 := recordCache(ctx, metricsAddr)
-		faults0 := pageFaults(b, one.PID())
+		faults0, readerFaults0 := pageFaults(b, one.PID()), pageFaults(b, os.Getpid())
 		via := fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
+		readerFaults := pageFaults(b, os.Getpid()) - readerFaults0
 		cpuVia, cpuNode := cpuSeconds(b, m.PID())-cpu0, cpuSeconds(b, one.PID())-node0
 		faults := pageFaults(b, one.PID()) - faults0
 		hits, misses := recordCache(ctx, metricsAddr)
-		rep.note(fmt.Sprintf("fan-out to %d readers: %.0f large records taken from the shared record cache, %.0f read for it; the node took %d page faults",
-			n, hits-hits0, misses-misses0, faults))
+		rep.note(fmt.Sprintf("fan-out to %d readers: %.0f large records taken from the shared record cache, %.0f read for it; the node took %d page faults, the readers (this process) %d (%d reading from the master)",
+			n, hits-hits0, misses-misses0, faults, readerFaults, readerFaultsDirect))
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via, direct, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), cpuVia, cpuDirect, "cpu-s", 0, false)
 		rep.add(fmt.Sprintf("server CPU serving %d readers (Flotilla vs master)", n), cpuNode, cpuDirect, "cpu-s", 0, false)
