@@ -6,9 +6,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // diskFloor measures, on the filesystem of dir, what every durable write of the run
@@ -80,4 +84,37 @@ func diskFloor(b *testing.B, dir string) string {
 		lat[len(lat)/2].Microseconds(), lat[len(lat)*99/100].Microseconds(), how, bw)
 	fmt.Println("  " + s)
 	return s
+}
+
+// deviceWritten is how many bytes the block device holding dir has written so far
+// (its sectors written, from /sys/dev/block), or false where that cannot be read. A
+// report gives it per ingested byte: what the node's durable copies cost the disk,
+// against the raw copy's one.
+func deviceWritten(dir string) (uint64, bool) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(dir, &st); err != nil {
+		return 0, false
+	}
+	raw, err := os.ReadFile(fmt.Sprintf("/sys/dev/block/%d:%d/stat", unix.Major(st.Dev), unix.Minor(st.Dev)))
+	if err != nil {
+		return 0, false
+	}
+	f := strings.Fields(string(raw))
+	if len(f) < 7 {
+		return 0, false
+	}
+	sectors, err := strconv.ParseUint(f[6], 10, 64)
+	return sectors * 512, err == nil
+}
+
+// diskNote says what the disk under dir wrote while ingested bytes arrived in took,
+// given deviceWritten's reading from before.
+func diskNote(dir string, before uint64, okBefore bool, ingested uint64, took time.Duration) string {
+	after, ok := deviceWritten(dir)
+	if !ok || !okBefore || ingested == 0 {
+		return "the disk's writes could not be read (/sys/dev/block)"
+	}
+	w := after - before
+	return fmt.Sprintf("the disk under the data wrote %.0f MB (%.2f bytes per ingested byte; %.0f MB/s over the ingest)",
+		float64(w)/1e6, float64(w)/float64(ingested), float64(w)/1e6/took.Seconds())
 }

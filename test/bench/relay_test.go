@@ -400,8 +400,10 @@ func BenchmarkRelay(b *testing.B) {
 		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
 	}
 	faults0 := pageFaults(b, one.PID())
+	disk0, diskOK := deviceWritten(dir)
 	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
 	faults := pageFaults(b, one.PID()) - faults0
+	rep.note("ingest, 1 replica: " + diskNote(dir, disk0, diskOK, i1.bytes, i1.took))
 	// FLOTILLA_BENCH_ALLOCS=FILE saves the node's allocation profile after the ingest
 	// (the node did little else before it).
 	if path := os.Getenv("FLOTILLA_BENCH_ALLOCS"); path != "" {
@@ -544,10 +546,12 @@ func BenchmarkRelay(b *testing.B) {
 		return s
 	}
 	nodes0, master0 := cpu3(), cpuSeconds(b, m.PID())
+	disk0, diskOK = deviceWritten(dir)
 	// Timed over the same transactions as the 1-replica ingest (the small ones are a
 	// figure of their own).
 	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), gtid, "--replicas", "3", "--serve-from", "any")
 	rep.add("ingest, 3 replicas", i3.mbs(), rawMBs, "MB/s", 0.3, true)
+	rep.note("ingest, 3 replicas: " + diskNote(dir, disk0, diskOK, i3.bytes, i3.took))
 	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
 		cpu3()-nodes0, cpuSeconds(b, m.PID())-master0, i3.took.Seconds(), i3.setup.Seconds(), runtime.NumCPU()))
 
