@@ -383,12 +383,8 @@ func BenchmarkRelay(b *testing.B) {
 	raw := bestRawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"), rep)
 	rawMBs := raw.mbs()
 	one := flotillatest.NewNode(b, filepath.Join(dir, "one"), 1)
-	metricsPort, err := mariadbtest.FreePort()
-	if err != nil {
-		b.Fatal(err)
-	}
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
-	one.Args = append(serveDefaults(), "--metrics-addr", metricsAddr, "--debug-pprof", "--log-level", "info")
+	one.Args = append(serveDefaults(), "--debug-pprof", "--log-level", "info")
+	metricsAddr := one.AddMetrics()
 	one.Start(ctx)
 	waitPayloadFiles(ctx, b, one) // before the profiles' windows open
 	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest.
@@ -524,12 +520,8 @@ func BenchmarkRelay(b *testing.B) {
 	// Ingest with 3 replicas.
 	var metrics3 []string
 	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "three"), 3, func(n *flotillatest.Node) {
-		port, err := mariadbtest.FreePort()
-		if err != nil {
-			b.Fatal(err)
-		}
-		metrics3 = append(metrics3, fmt.Sprintf("127.0.0.1:%d", port))
-		n.Args = append(serveDefaults(), "--metrics-addr", metrics3[len(metrics3)-1], "--debug-pprof")
+		n.Args = append(serveDefaults(), "--debug-pprof")
+		metrics3 = append(metrics3, n.AddMetrics())
 	})
 	waitPayloadFiles(ctx, b, nodes...)
 	// FLOTILLA_BENCH_PROFILE=FILE also saves a CPU profile of each of the three nodes

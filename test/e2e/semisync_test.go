@@ -3,7 +3,6 @@ package e2e
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -43,12 +42,7 @@ func TestSemiSyncAcksAfterQuorumCommit(t *testing.T) {
 	}
 	var metricsAddrs []string
 	nodes := flotillatest.StartClusterWith(ctx, t, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
-		p, err := mariadbtest.FreePort()
-		if err != nil {
-			t.Fatal(err)
-		}
-		metricsAddrs = append(metricsAddrs, fmt.Sprintf("127.0.0.1:%d", p))
-		n.Args = []string{"--metrics-addr", metricsAddrs[len(metricsAddrs)-1]}
+		metricsAddrs = append(metricsAddrs, n.AddMetrics())
 	})
 	if out, err := nodes[0].CLI(ctx, "upstream", "add", "main", "--source", master.Addr(), "--user", upstreamUser, "--password", upstreamPass,
 		"--replica-user", replicaUser, "--replica-password", replicaPass, "--semi-sync", "on"); err != nil {

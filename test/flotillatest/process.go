@@ -356,6 +356,19 @@ func (n *Node) MySQLPort() string {
 	return p
 }
 
+// AddMetrics gives the node, from its next start, a metrics (and health) endpoint on
+// a free loopback port, appended to its Args, and returns its address.
+func (n *Node) AddMetrics() string {
+	n.t.Helper()
+	p, err := mariadbtest.FreePort()
+	if err != nil {
+		n.t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", p)
+	n.Args = append(n.Args, "--metrics-addr", addr)
+	return addr
+}
+
 // AddMySQLFlavorPort gives the node, from its next start, a second front-end port
 // that greets as MySQL version (mysql=ADDR,version=V; "" announces the upstream's
 // own version) and returns its address. MySQL upstreams are then served only there.
