@@ -41,7 +41,7 @@
 //     staged, and each sync pads the last block with a record of index 0 (which
 //     raft never uses, and a scan passes over). So the node writes them with direct
 //     I/O (Factory.DirectIO) where the filesystem allows it: the payloads skip the
-//     page cache, whose copy was the largest CPU cost of ingest (a fault-injecting
+//     page cache, whose copy was a large share of ingest CPU (a fault-injecting
 //     filesystem gets the same blocks through its own writes).
 //   - A save that changes nothing but commit indexes is not written on its own: the
 //     commit index is volatile in raft, and the next write of its group carries it

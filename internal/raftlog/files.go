@@ -187,10 +187,11 @@ func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, dir
 	}
 	for _, f := range g.files {
 		if !f.whole && f != last {
-			// Only the last file of a process can have a torn tail (a file is
-			// synced whole before the next one starts): damage in another may hide
-			// higher indexes than its headers show, so it stays until the group's
-			// data goes (a read of a damaged payload fails on its CRC, naming it).
+			// Mostly the last file of a process has a torn tail, but a power cut
+			// may also tear a file that was full, not yet synced, when the next one
+			// began: damage in another may hide higher indexes than its headers
+			// show, so it stays until the group's data goes (a read of a damaged
+			// payload fails on its CRC, naming it).
 			f.maxIndex = math.MaxUint64
 		}
 	}
@@ -397,8 +398,12 @@ func (g *groupLog) writeStage(f *payFile) error {
 			f.w.Close()
 			f.w, f.direct = nil, false
 			g.refuseDirect()
-			if f.w, err = g.fs.OpenForAppend(f.path); err == nil {
-				_, err = f.w.Write(f.stage.b[:f.staged])
+			// WriteAt goes on after a short write, so part of the stage may be in the
+			// file: cut it back to what was written before, then append the stage.
+			if err = os.Truncate(f.path, f.written); err == nil {
+				if f.w, err = g.fs.OpenForAppend(f.path); err == nil {
+					_, err = f.w.Write(f.stage.b[:f.staged])
+				}
 			}
 		}
 	} else {

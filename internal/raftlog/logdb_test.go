@@ -510,6 +510,12 @@ func TestDirectIOPayloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !g.direct {
+		// A filesystem that takes O_DIRECT at open but refused the writes means the
+		// writes were misaligned: that is a failure, not a filesystem to skip.
+		if probe, err := os.OpenFile(dir+"/probe", os.O_CREATE|os.O_WRONLY|oDirect, 0o600); err == nil {
+			probe.Close()
+			t.Fatalf("%s takes O_DIRECT, but the payload writes fell back to buffered ones: misaligned", dir)
+		}
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s refused direct I/O: CI must run this test where it is allowed", dir)
 		}
