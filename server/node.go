@@ -220,7 +220,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: true, DirectState: directIO}},
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: true, DirectState: directIO, Log: log.With("component", "raftlog")}},
 	})
 	if err != nil {
 		store.Close()

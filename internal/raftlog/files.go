@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"log/slog"
 	"math"
 	"os"
 	"sort"
@@ -114,11 +115,11 @@ type groupLog struct {
 	// syncDirs are directories whose entries changed (a file or the group's
 	// directory created) since the last sync.
 	syncDirs []string
-	// direct: files are written with direct I/O (see openWrite); directState is
-	// cleared when a filesystem refuses it (see Factory.DirectState).
-	direct      bool
-	directState *atomic.Bool
-	stages      *stagePool
+	// direct: files are written with direct I/O (see openWrite); dio is told when
+	// a filesystem refuses it (see Factory.DirectState).
+	direct bool
+	dio    *directIO
+	stages *stagePool
 }
 
 // stageBuf is a block-aligned staging buffer of stageClassSize(class) bytes.
@@ -158,10 +159,10 @@ func (sp *stagePool) put(b *stageBuf) {
 }
 
 // openGroupLog lists and scans dir's payload files; dir is made at the first append.
-func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, directState *atomic.Bool, stages *stagePool) (*groupLog, error) {
+func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, dio *directIO, stages *stagePool) (*groupLog, error) {
 	// The group's directory entry in root may not be durable yet (a process that
 	// made it died before its first sync): the next sync covers it again.
-	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}, direct: direct && oDirect != 0, directState: directState, stages: stages}
+	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}, direct: direct && oDirect != 0, dio: dio, stages: stages}
 	names, err := fs.List(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return g, nil
@@ -307,7 +308,7 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 		if !errors.Is(err, syscall.EINVAL) {
 			return fmt.Errorf("open payload file %s for direct I/O: %w", f.path, err)
 		}
-		g.refuseDirect()
+		g.refuseDirect(f.path, err)
 	}
 	var w gvfs.File
 	var err error
@@ -324,9 +325,24 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 }
 
 // refuseDirect turns direct I/O off for the group, and says so.
-func (g *groupLog) refuseDirect() {
+func (g *groupLog) refuseDirect(path string, err error) {
 	g.direct = false
-	g.directState.Store(false)
+	g.dio.refused(path, err)
+}
+
+// directIO is a LogDB's direct I/O state, shared by its groups.
+type directIO struct {
+	on  *atomic.Bool // Factory.DirectState, or a private one (see wrap)
+	log *slog.Logger // nil: nothing is logged
+}
+
+// refused records that the filesystem refused direct I/O for the file at path; the
+// first refusal is logged (each group falls back on its own, once).
+func (d *directIO) refused(path string, err error) {
+	if d.on.CompareAndSwap(true, false) && d.log != nil {
+		d.log.Warn("the filesystem refused direct I/O (O_DIRECT) for raft payload files: they go through the page cache from now on, which costs ingest CPU; nothing is lost (put the data directory on ext4 or XFS)",
+			"file", path, "err", err)
+	}
 }
 
 // put stages the byte slices for f, writing the stage out each time it fills.
@@ -397,7 +413,7 @@ func (g *groupLog) writeStage(f *payFile) error {
 		if errors.Is(err, syscall.EINVAL) {
 			f.w.Close()
 			f.w, f.direct = nil, false
-			g.refuseDirect()
+			g.refuseDirect(f.path, err)
 			// WriteAt goes on after a short write, so part of the stage may be in the
 			// file: cut it back to what was written before, then append the stage.
 			if err = os.Truncate(f.path, f.written); err == nil {

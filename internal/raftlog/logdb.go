@@ -3,6 +3,7 @@ package raftlog
 import (
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -60,6 +61,8 @@ type Factory struct {
 	// set at Create, cleared as soon as a filesystem refuses it, so that the node can
 	// report it (a regression once left it off unseen).
 	DirectState *atomic.Bool
+	// Log, if set, is where a refusal of direct I/O is reported (once).
+	Log *slog.Logger
 	// NoFlushAtClose makes Close leave the commit indexes it holds back unwritten,
 	// as a crash would (see commitStates): for tests of a restart after one.
 	NoFlushAtClose bool
@@ -109,9 +112,10 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	// a node host. (Testing for nil alone left direct I/O off in every node.)
 	l.direct = f.DirectIO && osFS(cfg.Expert.FS) && oDirect != 0
 	if f.DirectState != nil {
-		l.directState = f.DirectState
+		l.dio.on = f.DirectState
 	}
-	l.directState.Store(l.direct)
+	l.dio.on.Store(l.direct)
+	l.dio.log = f.Log
 	l.noFlushAtClose = f.NoFlushAtClose
 	return l, nil
 }
@@ -130,10 +134,10 @@ type LogDB struct {
 	fileSize   int64
 	on         *atomic.Bool
 	direct     bool
-	// directState is Factory.DirectState, or a private one (see wrap).
-	directState *atomic.Bool
-	stages      stagePool
-	states      commitStates
+	// dio is the direct I/O state its groups report refusals to.
+	dio    directIO
+	stages stagePool
+	states commitStates
 	// noFlushAtClose: Close leaves held commit indexes unwritten, as a crash
 	// would (Factory.NoFlushAtClose).
 	noFlushAtClose bool
@@ -164,7 +168,7 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 		return nil, err
 	}
 	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{},
-		directState: new(atomic.Bool), states: commitStates{groups: map[groupKey]*groupState{}}}, nil
+		dio: directIO{on: new(atomic.Bool)}, states: commitStates{groups: map[groupKey]*groupState{}}}, nil
 }
 
 func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {
@@ -189,7 +193,7 @@ func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 		l.groups[k] = s
 	}
 	l.mu.Unlock()
-	s.once.Do(func() { s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, l.directState, &l.stages) })
+	s.once.Do(func() { s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, &l.dio, &l.stages) })
 	if s.err != nil {
 		l.mu.Lock()
 		if l.groups[k] == s {

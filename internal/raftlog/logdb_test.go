@@ -3,12 +3,14 @@ package raftlog
 import (
 	"bytes"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -581,5 +583,24 @@ func TestFactoryDirectIO(t *testing.T) {
 				t.Fatalf("DirectState says %v for a node host's %s filesystem, want %v", state.Load(), tc.name, tc.want)
 			}
 		})
+	}
+}
+
+// TestDirectIORefusal: a filesystem's refusal of direct I/O turns the node's state off
+// and is logged once, however many groups fall back.
+func TestDirectIORefusal(t *testing.T) {
+	var out bytes.Buffer
+	d := directIO{on: new(atomic.Bool), log: slog.New(slog.NewTextHandler(&out, nil))}
+	d.on.Store(true)
+	d.refused("/data/raft/payloads/5-1/0000000000000001.pay", syscall.EINVAL)
+	d.refused("/data/raft/payloads/6-1/0000000000000001.pay", syscall.EINVAL)
+	if d.on.Load() {
+		t.Fatal("direct I/O still reported on after a refusal")
+	}
+	if n := strings.Count(out.String(), "refused direct I/O"); n != 1 {
+		t.Fatalf("the refusal was logged %d times, want once:\n%s", n, out.String())
+	}
+	if !strings.Contains(out.String(), "5-1") {
+		t.Fatalf("the log does not name the refused file:\n%s", out.String())
 	}
 }
