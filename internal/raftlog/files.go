@@ -340,7 +340,7 @@ type directIO struct {
 // first refusal is logged (each group falls back on its own, once).
 func (d *directIO) refused(path string, err error) {
 	if d.on.CompareAndSwap(true, false) && d.log != nil {
-		d.log.Warn("the filesystem refused direct I/O (O_DIRECT) for raft payload files: they go through the page cache from now on, which costs ingest CPU; nothing is lost (put the data directory on ext4 or XFS)",
+		d.log.Warn("the filesystem refused direct I/O (O_DIRECT) for raft payload files: they go through the page cache from now on, which costs ingest CPU; nothing is lost (a local filesystem with logical blocks of at most 4 KiB, such as ext4 or XFS, takes it)",
 			"file", path, "err", err)
 	}
 }
@@ -402,10 +402,14 @@ func (g *groupLog) finish(f *payFile) error {
 // writeStage writes f's staged bytes at the file's written end. A filesystem that
 // took O_DIRECT at open but refuses the writes (a logical block larger than
 // blockSize, some FUSE filesystems) turns direct I/O off for the group: the file is
-// reopened without it, and nothing was written by the refused write.
+// cut back to its written end (a short write may have left part of the stage) and
+// reopened without it.
 func (g *groupLog) writeStage(f *payFile) error {
 	if f.staged == 0 {
 		return nil
+	}
+	if f.w == nil {
+		return fmt.Errorf("write payload file %s: it was left closed by an earlier failure", f.path)
 	}
 	var err error
 	if f.direct {

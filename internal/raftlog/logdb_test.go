@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
@@ -512,11 +513,19 @@ func TestDirectIOPayloads(t *testing.T) {
 		t.Fatal(err)
 	}
 	if !g.direct {
-		// A filesystem that takes O_DIRECT at open but refused the writes means the
-		// writes were misaligned: that is a failure, not a filesystem to skip.
-		if probe, err := os.OpenFile(dir+"/probe", os.O_CREATE|os.O_WRONLY|oDirect, 0o600); err == nil {
-			probe.Close()
-			t.Fatalf("%s takes O_DIRECT, but the payload writes fell back to buffered ones: misaligned", dir)
+		// A filesystem that takes a direct write of one aligned block where the
+		// payload writes fell back means those writes were misaligned: a failure,
+		// not a filesystem to skip.
+		if oDirect != 0 {
+			if probe, err := os.OpenFile(fs.PathJoin(dir, "probe"), os.O_CREATE|os.O_WRONLY|oDirect, 0o600); err == nil {
+				raw := make([]byte, 2*blockSize) // one block, aligned here, not by the code under test
+				at := int(-uintptr(unsafe.Pointer(&raw[0])) & (blockSize - 1))
+				_, werr := probe.WriteAt(raw[at:at+blockSize], 0)
+				probe.Close()
+				if werr == nil {
+					t.Fatalf("%s takes direct writes of aligned blocks, but the payload writes fell back to buffered ones: misaligned", dir)
+				}
+			}
 		}
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s refused direct I/O: CI must run this test where it is allowed", dir)
