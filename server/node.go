@@ -203,6 +203,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if cfg.RecordCache > 0 {
 		store.SetRecordCache(int64(cfg.RecordCache))
 	}
+	// Segments too skip the page cache where the filesystem allows (see
+	// statemachine/segdirect.go); not under injected storage faults.
+	segDirectIO := store.SetDirectIO(true)
 	leaders := cluster.NewLeaders()
 	// Every raft node of every group ticks each RTTMillisecond, leader or not, busy or
 	// idle: dragonboat's ticks were most of an idle group's CPU. 200 ms (with elections
@@ -227,7 +230,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	log.Info("raft log started", "payload_direct_io", directIO.Load())
+	log.Info("raft log started", "payload_direct_io", directIO.Load(), "segment_direct_io", segDirectIO)
 	n := &Node{payloadFiles: payloadFiles, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
@@ -307,6 +310,12 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	})
 	rel.RaftDirectIO(cfg.NodeID, func() float64 {
 		if directIO.Load() {
+			return 1
+		}
+		return 0
+	})
+	rel.SegmentDirectIO(cfg.NodeID, func() float64 {
+		if store.DirectIO() {
 			return 1
 		}
 		return 0

@@ -85,11 +85,13 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 }
 
 // segFile is a segment part open for appending: the file, its path and where the next
-// record goes.
+// record goes. With the store's direct I/O on, appended bytes are staged and written
+// in whole blocks with O_DIRECT (segdirect.go); Flush puts the rest in the file.
 type segFile struct {
 	vfs.File
 	path string
 	w    fileWriter
+	d    *segDirect // nil: every write goes through the page cache
 }
 
 func (s *Store) createSeg(path string) (*segFile, error) {
@@ -97,7 +99,7 @@ func (s *Store) createSeg(path string) (*segFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &segFile{File: f, path: path, w: fileWriter{f: f}}, nil
+	return s.newSegFile(f, path, 0), nil
 }
 
 // openSeg opens an existing part for appending at off.
@@ -106,14 +108,57 @@ func (s *Store) openSeg(path string, off int64) (*segFile, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &segFile{File: f, path: path, w: fileWriter{f: f, off: off}}, nil
+	return s.newSegFile(f, path, off), nil
 }
 
 // Name is the part's path.
 func (f *segFile) Name() string { return f.path }
 
-// Write appends p at the part's end.
-func (f *segFile) Write(p []byte) (int, error) { return f.w.Write(p) }
+// Write appends p at the part's end. With direct I/O the bytes may stay staged until
+// Flush (or Sync, WriteAt, Close): readers see them only after it.
+func (f *segFile) Write(p []byte) (int, error) {
+	if f.d != nil && f.d.store.DirectIO() {
+		return f.d.write(f, p)
+	}
+	if err := f.Flush(); err != nil {
+		return 0, err
+	}
+	return f.w.Write(p)
+}
+
+// Flush puts every byte appended so far in the file, where readers find it.
+func (f *segFile) Flush() error {
+	if f.d == nil {
+		return nil
+	}
+	return f.d.flush(f)
+}
+
+// Sync flushes the part and fsyncs it.
+func (f *segFile) Sync() error {
+	if err := f.Flush(); err != nil {
+		return err
+	}
+	return f.File.Sync()
+}
+
+// WriteAt writes p at off, after what is staged (dropPending writes a record over the
+// bytes it cuts).
+func (f *segFile) WriteAt(p []byte, off int64) (int, error) {
+	if err := f.Flush(); err != nil {
+		return 0, err
+	}
+	return f.File.WriteAt(p, off)
+}
+
+// Close flushes the part and closes it.
+func (f *segFile) Close() error {
+	err := f.Flush()
+	if cerr := f.File.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
 
 // truncater is the optional method of files that can be cut in place: the operating
 // system's files have it (pebble's wrap *os.File), pebble's MemFS does not.
@@ -125,6 +170,9 @@ type truncater interface{ Truncate(size int64) error }
 // renamed over the part, and the directory synced: a power loss leaves either the old
 // part (the caller's redo handles it as before the cut) or the cut one.
 func (s *Store) truncate(f *segFile, size int64) error {
+	if err := f.Flush(); err != nil {
+		return err
+	}
 	if t, ok := f.File.(truncater); ok {
 		if err := t.Truncate(size); err != nil {
 			return err

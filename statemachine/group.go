@@ -365,6 +365,9 @@ func (g *Group) commit(bt *batch) error {
 	if err := g.flushSegment(bt); err != nil {
 		return err
 	}
+	if err := g.flushParts(); err != nil {
+		return err
+	}
 	if err := bt.b.Set(metaKey(g.id), mv, nil); err != nil {
 		return fmt.Errorf("group %d: index meta: %w", g.id, err)
 	}

@@ -166,6 +166,22 @@ func (g *Group) flushSegment(bt *batch) error {
 	return nil
 }
 
+// flushParts puts every record written so far in the files (see segFile.Flush), as
+// readers must find them there once the Update is published.
+func (g *Group) flushParts() error {
+	if g.seg != nil {
+		if err := g.seg.Flush(); err != nil {
+			return fmt.Errorf("group %d: write segment %s: %w", g.id, g.seg.Name(), err)
+		}
+	}
+	for path, f := range g.dirty {
+		if err := f.Flush(); err != nil {
+			return fmt.Errorf("group %d: write segment %s: %w", g.id, path, err)
+		}
+	}
+	return nil
+}
+
 func (g *Group) putFile(bt *batch, fi fileInfo) error {
 	v, err := json.Marshal(fi)
 	if err != nil {

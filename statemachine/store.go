@@ -14,6 +14,7 @@ import (
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/directio"
 )
 
 // Store is a node's storage for all of its upstream groups: one pebble instance for
@@ -32,6 +33,11 @@ type Store struct {
 	compressDone chan struct{}
 	// segmentSize is where segment parts roll (0: never).
 	segmentSize uint64
+	// direct says whether segments are written with direct I/O (SetDirectIO); stages
+	// are the aligned buffers they are staged in, each held only between a part's
+	// first write of an Update and its Flush.
+	direct directio.Switch
+	stages sync.Pool
 	// records is shared by every cursor (see recordCache); gens numbers the groups'
 	// generations in it.
 	records *recordCache
@@ -56,7 +62,7 @@ func Open(dir string, log *slog.Logger) (*Store, error) { return OpenFS(vfs.Defa
 // OpenFS is Open on the filesystem fs, which holds both the index and the segments
 // (tests pass pebble's crashable in-memory filesystem).
 func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
-	s := &Store{fs: fs, dir: dir, log: log, groups: map[uint64]*Group{},
+	s := &Store{fs: fs, dir: dir, log: log, groups: map[uint64]*Group{}, direct: directio.Switch{On: new(atomic.Bool), Log: log, What: "segment files"},
 		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize,
 		records: newRecordCache(DefaultRecordCache)}
 	if err := s.mkdirAll(fs.PathJoin(dir, "groups")); err != nil {

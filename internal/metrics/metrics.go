@@ -104,6 +104,13 @@ func (r *Relay) RaftDirectIO(nodeID uint64, read func() float64) {
 		Help: "1 while the raft log's payload files are written with direct I/O (O_DIRECT), 0 if the filesystem refused it or storage faults are injected.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// SegmentDirectIO exports whether segments are written with direct I/O (read at
+// scrape time): 0 where the filesystem refused it (see statemachine.Store.DirectIO).
+func (r *Relay) SegmentDirectIO(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "segment_direct_io",
+		Help: "1 while segments are written with direct I/O (O_DIRECT), 0 if the filesystem refused it or storage faults are injected.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
+}
+
 // RecordCache exports the store's shared record cache counters (read at scrape time):
 // large records replicas took from it, and those read from a segment for it.
 func (r *Relay) RecordCache(nodeID uint64, hits, misses func() float64) {

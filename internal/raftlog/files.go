@@ -6,17 +6,15 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"log/slog"
 	"math"
 	"os"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
-	"unsafe"
 
+	"github.com/flotilla-relay/flotilla/internal/directio"
 	gvfs "github.com/lni/goutils/vfs"
 )
 
@@ -118,7 +116,7 @@ type groupLog struct {
 	// direct: files are written with direct I/O (see openWrite); dio is told when
 	// a filesystem refuses it (see Factory.DirectState).
 	direct bool
-	dio    *directIO
+	dio    *directio.Switch
 	stages *stagePool
 }
 
@@ -146,10 +144,7 @@ func (sp *stagePool) get(need int) *stageBuf {
 	if b, ok := sp.p[c].Get().(*stageBuf); ok {
 		return b
 	}
-	size := stageClassSize(c)
-	raw := make([]byte, size+blockSize)
-	off := int(-uintptr(unsafe.Pointer(&raw[0])) & (blockSize - 1))
-	return &stageBuf{b: raw[off : off+size : off+size], class: c}
+	return &stageBuf{b: directio.Aligned(stageClassSize(c)), class: c}
 }
 
 func (sp *stagePool) put(b *stageBuf) {
@@ -159,10 +154,10 @@ func (sp *stagePool) put(b *stageBuf) {
 }
 
 // openGroupLog lists and scans dir's payload files; dir is made at the first append.
-func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, dio *directIO, stages *stagePool) (*groupLog, error) {
+func openGroupLog(fs gvfs.FS, root, dir string, fileSize int64, direct bool, dio *directio.Switch, stages *stagePool) (*groupLog, error) {
 	// The group's directory entry in root may not be durable yet (a process that
 	// made it died before its first sync): the next sync covers it again.
-	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}, direct: direct && oDirect != 0, dio: dio, stages: stages}
+	g := &groupLog{fs: fs, dir: dir, fileSize: fileSize, files: map[uint64]*payFile{}, nextSeq: 1, syncDirs: []string{root}, direct: direct && directio.Available(), dio: dio, stages: stages}
 	names, err := fs.List(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return g, nil
@@ -296,7 +291,7 @@ func recordHeader(index uint64, n int, crc uint32) []byte {
 // I/O off for the group.
 func (g *groupLog) openWrite(f *payFile, create bool) error {
 	if g.direct {
-		flags := os.O_WRONLY | oDirect
+		flags := os.O_WRONLY | directio.Flag
 		if create {
 			flags |= os.O_CREATE | os.O_TRUNC
 		}
@@ -327,22 +322,7 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 // refuseDirect turns direct I/O off for the group, and says so.
 func (g *groupLog) refuseDirect(path string, err error) {
 	g.direct = false
-	g.dio.refused(path, err)
-}
-
-// directIO is a LogDB's direct I/O state, shared by its groups.
-type directIO struct {
-	on  *atomic.Bool // Factory.DirectState, or a private one (see wrap)
-	log *slog.Logger // nil: nothing is logged
-}
-
-// refused records that the filesystem refused direct I/O for the file at path; the
-// first refusal is logged (each group falls back on its own, once).
-func (d *directIO) refused(path string, err error) {
-	if d.on.CompareAndSwap(true, false) && d.log != nil {
-		d.log.Warn("the filesystem refused direct I/O (O_DIRECT) for raft payload files: they go through the page cache from now on, which costs ingest CPU; nothing is lost (a local filesystem with logical blocks of at most 4 KiB, such as ext4 or XFS, takes it)",
-			"file", path, "err", err)
-	}
+	g.dio.Refused(path, err)
 }
 
 // put stages the byte slices for f, writing the stage out each time it fills.

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	_ "unsafe" // go:linkname
 
+	"github.com/flotilla-relay/flotilla/internal/directio"
 	_ "github.com/lni/dragonboat/v3" // links internal/logdb, newDefaultLogDB's home
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
@@ -110,12 +111,12 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	// that is the operating system's. dragonboat sets Expert.FS to its default (the
 	// operating system's) before it calls the factory: nil is never seen here from
 	// a node host. (Testing for nil alone left direct I/O off in every node.)
-	l.direct = f.DirectIO && osFS(cfg.Expert.FS) && oDirect != 0
+	l.direct = f.DirectIO && osFS(cfg.Expert.FS) && directio.Available()
 	if f.DirectState != nil {
-		l.dio.on = f.DirectState
+		l.dio.On = f.DirectState
 	}
-	l.dio.on.Store(l.direct)
-	l.dio.log = f.Log
+	l.dio.On.Store(l.direct)
+	l.dio.Log = f.Log
 	l.noFlushAtClose = f.NoFlushAtClose
 	return l, nil
 }
@@ -135,7 +136,7 @@ type LogDB struct {
 	on         *atomic.Bool
 	direct     bool
 	// dio is the direct I/O state its groups report refusals to.
-	dio    directIO
+	dio    directio.Switch
 	stages stagePool
 	states commitStates
 	// noFlushAtClose: Close leaves held commit indexes unwritten, as a crash
@@ -168,7 +169,7 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 		return nil, err
 	}
 	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{},
-		dio: directIO{on: new(atomic.Bool)}, states: commitStates{groups: map[groupKey]*groupState{}}}, nil
+		dio: directio.Switch{On: new(atomic.Bool), What: "raft payload files"}, states: commitStates{groups: map[groupKey]*groupState{}}}, nil
 }
 
 func (l *LogDB) group(cluster, node uint64) (*groupLog, error) {

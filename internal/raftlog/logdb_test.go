@@ -3,18 +3,17 @@ package raftlog
 import (
 	"bytes"
 	"fmt"
-	"log/slog"
 	"math"
 	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 	"unsafe"
 
+	"github.com/flotilla-relay/flotilla/internal/directio"
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
 	pb "github.com/lni/dragonboat/v3/raftpb"
@@ -516,8 +515,8 @@ func TestDirectIOPayloads(t *testing.T) {
 		// A filesystem that takes a direct write of one aligned block where the
 		// payload writes fell back means those writes were misaligned: a failure,
 		// not a filesystem to skip.
-		if oDirect != 0 {
-			if probe, err := os.OpenFile(fs.PathJoin(dir, "probe"), os.O_CREATE|os.O_WRONLY|oDirect, 0o600); err == nil {
+		if directio.Available() {
+			if probe, err := os.OpenFile(fs.PathJoin(dir, "probe"), os.O_CREATE|os.O_WRONLY|directio.Flag, 0o600); err == nil {
 				raw := make([]byte, 2*blockSize) // one block, aligned here, not by the code under test
 				at := int(-uintptr(unsafe.Pointer(&raw[0])) & (blockSize - 1))
 				_, werr := probe.WriteAt(raw[at:at+blockSize], 0)
@@ -597,19 +596,3 @@ func TestFactoryDirectIO(t *testing.T) {
 
 // TestDirectIORefusal: a filesystem's refusal of direct I/O turns the node's state off
 // and is logged once, however many groups fall back.
-func TestDirectIORefusal(t *testing.T) {
-	var out bytes.Buffer
-	d := directIO{on: new(atomic.Bool), log: slog.New(slog.NewTextHandler(&out, nil))}
-	d.on.Store(true)
-	d.refused("/data/raft/payloads/5-1/0000000000000001.pay", syscall.EINVAL)
-	d.refused("/data/raft/payloads/6-1/0000000000000001.pay", syscall.EINVAL)
-	if d.on.Load() {
-		t.Fatal("direct I/O still reported on after a refusal")
-	}
-	if n := strings.Count(out.String(), "refused direct I/O"); n != 1 {
-		t.Fatalf("the refusal was logged %d times, want once:\n%s", n, out.String())
-	}
-	if !strings.Contains(out.String(), "5-1") {
-		t.Fatalf("the log does not name the refused file:\n%s", out.String())
-	}
-}

@@ -202,8 +202,9 @@ func TestMetricsHealthAndLogs(t *testing.T) {
 		{"flotilla_build_info", []string{fmt.Sprintf(`max_cluster_version="%d"`, buildinfo.ClusterVersion)}},
 		{"flotilla_cluster_version", nil},
 		// The node writes to the operating system's files: its raft payloads go
-		// there with direct I/O (0.39 left it off unseen).
+		// there with direct I/O (0.39 left it off unseen), and so do segments.
 		{"flotilla_raft_payload_direct_io", nil},
+		{"flotilla_segment_direct_io", nil},
 		{"go_goroutines", nil},
 		{"process_resident_memory_bytes", nil},
 	} {
