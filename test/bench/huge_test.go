@@ -52,7 +52,7 @@ func BenchmarkHugeTransaction(b *testing.B) {
 
 	n := flotillatest.NewNode(b, filepath.Join(dir, "flotilla"), 1)
 	n.Start(ctx)
-	in := ingest(ctx, b, n, "main", m.Addr(), gtid)
+	in := ingest(ctx, b, n, "main", m.Addr(), gtid, nil)
 	ingestPeak, err := mariadbtest.Memory(n.PID(), "VmHWM")
 	if err != nil {
 		b.Fatal(err)

@@ -193,8 +193,10 @@ func groupStatus(ctx context.Context, b *testing.B, n *flotillatest.Node, name s
 	return r.Group
 }
 
-// ingest adds upstream name and waits until its group has executed want.
-func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, source, want string, args ...string) ingestRun {
+// ingest adds upstream name and waits until its group has executed want. onStream,
+// if set, runs once the group is seen streaming (profiles of the ingest start there,
+// not in the setup before it).
+func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, source, want string, onStream func(), args ...string) ingestRun {
 	b.Helper()
 	cl, err := adminrpc.Dial(n.AdminAddr, n.Token, nil)
 	if err != nil {
@@ -221,6 +223,9 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 		now := time.Now()
 		if streamAt.IsZero() && (r.Group.Connected || r.Group.Transactions > 0) {
 			streamAt = now
+			if onStream != nil {
+				onStream()
+			}
 		}
 		if reached(r.Group.ExecutedGtid, want) {
 			if streamAt == now {
@@ -386,18 +391,20 @@ func BenchmarkRelay(b *testing.B) {
 	one.Args = append(serveDefaults(), "--debug-pprof", "--log-level", "info")
 	metricsAddr := one.AddMetrics()
 	one.Start(ctx)
-	waitPayloadFiles(ctx, b, one) // before the profiles' windows open
-	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest.
-	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
-		go saveProfile(ctx, metricsAddr, path, 2*time.Second)
-	}
-	// FLOTILLA_BENCH_TRACE=FILE saves an execution trace of the same window.
-	if path := os.Getenv("FLOTILLA_BENCH_TRACE"); path != "" {
-		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
+	waitPayloadFiles(ctx, b, one)
+	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest,
+	// FLOTILLA_BENCH_TRACE=FILE an execution trace of the same window.
+	profile1 := func() {
+		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
+			go saveProfile(ctx, metricsAddr, path, 2*time.Second)
+		}
+		if path := os.Getenv("FLOTILLA_BENCH_TRACE"); path != "" {
+			go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
+		}
 	}
 	faults0 := pageFaults(b, one.PID())
 	disk0, diskOK := deviceWritten(dir)
-	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid)
+	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid, profile1)
 	faults := pageFaults(b, one.PID()) - faults0
 	rep.note("ingest, 1 replica: " + diskNote(dir, disk0, diskOK, i1.bytes, i1.took))
 	// FLOTILLA_BENCH_ALLOCS=FILE saves the node's allocation profile after the ingest
@@ -509,7 +516,7 @@ func BenchmarkRelay(b *testing.B) {
 	_, _, smallGTID := masterTail(ctx, b, m)
 	smallRaw := rawCopy(ctx, b, m, smallFrom, filepath.Join(dir, "rawsmall"))
 	props0, over0 := proposals(ctx, metricsAddr)
-	is := ingest(ctx, b, one, "small", m.Addr(), smallGTID, "--start-gtid", startGTID)
+	is := ingest(ctx, b, one, "small", m.Addr(), smallGTID, nil, "--start-gtid", startGTID)
 	props, overlapped := proposals(ctx, metricsAddr)
 	rep.note(fmt.Sprintf("small transactions: %.0f proposals (%.0f transactions each), %.0f made while another was in raft",
 		props-props0, float64(is.txns)/max(1, props-props0), overlapped-over0))
@@ -525,10 +532,17 @@ func BenchmarkRelay(b *testing.B) {
 	})
 	waitPayloadFiles(ctx, b, nodes...)
 	// FLOTILLA_BENCH_PROFILE=FILE also saves a CPU profile of each of the three nodes
-	// during their ingest (FILE.3node1 to FILE.3node3).
-	if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
-		for i, addr := range metrics3 {
-			go saveProfile(ctx, addr, fmt.Sprintf("%s.3node%d", path, i+1), 2*time.Second)
+	// during their ingest (FILE.3node1 to FILE.3node3); FLOTILLA_BENCH_PERF=FILE records
+	// the three processes with perf (kernel included) over the whole ingest.
+	var perf *exec.Cmd
+	profile3 := func() {
+		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
+			for i, addr := range metrics3 {
+				go saveProfile(ctx, addr, fmt.Sprintf("%s.3node%d", path, i+1), 2*time.Second)
+			}
+		}
+		if path := os.Getenv("FLOTILLA_BENCH_PERF"); path != "" {
+			perf = startPerf(b, path, nodes...)
 		}
 	}
 	cpu3 := func() (s float64) {
@@ -541,7 +555,8 @@ func BenchmarkRelay(b *testing.B) {
 	disk0, diskOK = deviceWritten(dir)
 	// Timed over the same transactions as the 1-replica ingest (the small ones are a
 	// figure of their own).
-	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), gtid, "--replicas", "3", "--serve-from", "any")
+	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), gtid, profile3, "--replicas", "3", "--serve-from", "any")
+	stopPerf(b, perf)
 	rep.add("ingest, 3 replicas", i3.mbs(), rawMBs, "MB/s", 0.3, true)
 	rep.note("ingest, 3 replicas: " + diskNote(dir, disk0, diskOK, i3.bytes, i3.took))
 	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
@@ -570,6 +585,35 @@ func BenchmarkRelay(b *testing.B) {
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+
+// startPerf records the nodes' processes with perf into path until stopPerf; the
+// kernel's share (copies into the page cache, socket writes) is in it, which Go's
+// profiles see only as syscalls.
+func startPerf(b *testing.B, path string, nodes ...*flotillatest.Node) *exec.Cmd {
+	b.Helper()
+	pids := make([]string, len(nodes))
+	for i, n := range nodes {
+		pids[i] = strconv.Itoa(n.PID())
+	}
+	cmd := exec.Command("perf", "record", "-g", "-F", "999", "-o", path, "-p", strings.Join(pids, ","))
+	if err := cmd.Start(); err != nil {
+		fmt.Println("perf:", err)
+		return nil
+	}
+	return cmd
+}
+
+// stopPerf ends a recording of startPerf (nil: none) and waits for perf to write it.
+func stopPerf(b *testing.B, cmd *exec.Cmd) {
+	b.Helper()
+	if cmd == nil {
+		return
+	}
+	_ = cmd.Process.Signal(os.Interrupt)
+	if err := cmd.Wait(); err != nil {
+		fmt.Println("perf:", err)
+	}
+}
 
 // saveProfile fetches a CPU profile of d from a node's /debug/pprof into path.
 func saveProfile(ctx context.Context, metricsAddr, path string, d time.Duration) {
