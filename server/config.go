@@ -99,6 +99,10 @@ type Config struct {
 	LogLevel  string `yaml:"log_level"`
 	// DebugPprof serves Go's profiles under /debug/pprof/ on MetricsAddr.
 	DebugPprof bool `yaml:"debug_pprof"`
+	// BufferedIO writes raft payload files and segments through the page cache
+	// instead of with direct I/O: for a filesystem that takes O_DIRECT but serves it
+	// badly (the same bytes either way; it costs ingest CPU).
+	BufferedIO bool `yaml:"buffered_io"`
 
 	// Faults are the storage fault-injection knobs, from the environment
 	// (faultfs.KnobsFromEnv), never the file: tests only.

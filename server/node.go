@@ -205,7 +205,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	// Segments too skip the page cache where the filesystem allows (see
 	// statemachine/segdirect.go); not under injected storage faults.
-	segDirectIO := store.SetDirectIO(true)
+	segDirectIO := store.SetDirectIO(!cfg.BufferedIO)
 	leaders := cluster.NewLeaders()
 	// Every raft node of every group ticks each RTTMillisecond, leader or not, busy or
 	// idle: dragonboat's ticks were most of an idle group's CPU. 200 ms (with elections
@@ -223,7 +223,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: true, DirectState: directIO, Log: log.With("component", "raftlog")}},
+		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog")}},
 	})
 	if err != nil {
 		store.Close()

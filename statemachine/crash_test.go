@@ -39,6 +39,7 @@ func crashChild(dir string) error {
 		return err
 	}
 	st.SetSegmentSize(64 << 10) // many parts: kills land around rolls too
+	st.SetDirectIO(true)        // where the filesystem takes it, kills land around direct writes too
 	g := st.NewGroup(5, 1).(*Group)
 	index, err := g.Open(nil)
 	if err != nil {

@@ -86,7 +86,9 @@ func (w *fileWriter) Write(p []byte) (int, error) {
 
 // segFile is a segment part open for appending: the file, its path and where the next
 // record goes. With the store's direct I/O on, appended bytes are staged and written
-// in whole blocks with O_DIRECT (segdirect.go); Flush puts the rest in the file.
+// in whole blocks with O_DIRECT (segdirect.go); Flush puts the rest in the file. Only
+// Write, WriteAt, Flush, Sync and Close know of the stage: the embedded file's other
+// methods see the flushed bytes only.
 type segFile struct {
 	vfs.File
 	path string
@@ -114,10 +116,11 @@ func (s *Store) openSeg(path string, off int64) (*segFile, error) {
 // Name is the part's path.
 func (f *segFile) Name() string { return f.path }
 
-// Write appends p at the part's end. With direct I/O the bytes may stay staged until
-// Flush (or Sync, WriteAt, Close): readers see them only after it.
+// Write appends p at the part's end. With direct I/O, a write of segDirectMin or more
+// (and the rest of its Update) is staged, and may stay so until Flush (or Sync,
+// WriteAt, Close): readers see it only after that.
 func (f *segFile) Write(p []byte) (int, error) {
-	if f.d != nil && f.d.store.DirectIO() {
+	if f.d != nil && f.d.store.DirectIO() && (f.d.staging() || len(p) >= segDirectMin) {
 		return f.d.write(f, p)
 	}
 	if err := f.Flush(); err != nil {
@@ -151,9 +154,12 @@ func (f *segFile) WriteAt(p []byte, off int64) (int, error) {
 	return f.File.WriteAt(p, off)
 }
 
-// Close flushes the part and closes it.
+// Close flushes the part and closes it (and its direct handle, the flush failed or not).
 func (f *segFile) Close() error {
 	err := f.Flush()
+	if f.d != nil {
+		f.d.release()
+	}
 	if cerr := f.File.Close(); err == nil {
 		err = cerr
 	}

@@ -17,31 +17,41 @@ import (
 // page cache, whose copy (and the pages it allocates) was a third of the nodes' CPU in
 // a 3-replica ingest on a VM. Flush, which commit calls before readers are woken,
 // writes what is left (less than a block) through the page cache, so readers find
-// every published byte in the file.
+// every published byte in the file. A write of less than segDirectMin with no stage
+// held (an Update of a few small transactions) goes through the page cache, as before.
 //
 // Invariants:
-//   - the file holds every byte below filed, and the stage holds the part's bytes
-//     from stageOff (a block offset) to the writer's end; without a stage, the file
-//     holds everything (a stage is taken at the first write after a Flush and given
-//     back by it, so an idle group holds none);
-//   - a direct write rewrites only the part's last, partial block, with the bytes it
-//     held and new ones after them: what was fsynced is written again unchanged, as
-//     the page cache's writeback of a partial page does;
+//   - every block of a part is written by one path only: a block begun through the
+//     page cache (the partial block a Flush leaves) is completed through it, and direct
+//     writes start at the next block. So a direct write never covers a page the page
+//     cache holds, dirty or read by a replica: Linux would have to write it back and
+//     invalidate it first, and an invalidation that fails leaves stale bytes for
+//     readers;
+//   - with a stage held, the file holds every byte below stageOff (a block offset) and
+//     the stage the bytes from there to the writer's end; without one, the file holds
+//     everything. A stage is taken at a large write and given back by Flush, so an
+//     idle group holds none;
 //   - durability is unchanged: a part is durable once Sync (Flush, then fsync)
 //     returns. The power-loss test's filesystem is not the operating system's, so it
-//     runs the page-cache path; TestSegmentDirectIO runs this one on a real disk.
+//     runs the page-cache path; TestSegmentDirectIO and the SIGKILL crash test run
+//     this one on a real disk.
 
 // segStageSize is how much of a part is staged before a direct write: large writes,
 // few of them.
 const segStageSize = 1 << 20
 
+// segDirectMin is the smallest write that takes a stage: a smaller one (an Update of
+// a few small transactions) goes through the page cache as before, where its bytes
+// cost little and a direct write of its blocks would wait for the disk on the apply
+// path.
+const segDirectMin = 64 << 10
+
 // segDirect is a part's direct-I/O state.
 type segDirect struct {
 	store    *Store
-	stage    []byte // nil: none taken (the file holds every byte)
+	buf      *[]byte // the stage's buffer, from Store.stages; nil: no stage held
 	staged   int
 	stageOff int64
-	filed    int64
 	dio      *os.File // the part opened with O_DIRECT, while a stage is held
 }
 
@@ -67,20 +77,29 @@ func (s *Store) newSegFile(f vfs.File, path string, off int64) *segFile {
 	return sf
 }
 
-// write stages p, writing whole blocks out as the stage fills.
+// write stages p, writing whole blocks out as the stage fills. Taking a stage, it
+// first completes the part's partial last block through the page cache, which began it.
 func (d *segDirect) write(f *segFile, p []byte) (int, error) {
-	if d.stage == nil {
-		if err := d.take(f); err != nil {
-			return 0, err
-		}
-	}
 	n := 0
+	if d.buf == nil {
+		if head := min(int(-f.w.off&(directio.Block-1)), len(p)); head > 0 {
+			m, err := f.w.Write(p[:head])
+			if n += m; err != nil {
+				return n, fmt.Errorf("write segment %s: %w", f.path, err)
+			}
+		}
+		if n == len(p) {
+			return n, nil
+		}
+		d.take(f.w.off)
+	}
+	stage := *d.buf
 	for n < len(p) {
-		c := copy(d.stage[d.staged:], p[n:])
+		c := copy(stage[d.staged:], p[n:])
 		d.staged += c
 		n += c
 		f.w.off += int64(c)
-		if d.staged == len(d.stage) {
+		if d.staged == len(stage) {
 			if err := d.writeBlocks(f); err != nil {
 				return n, err
 			}
@@ -89,37 +108,29 @@ func (d *segDirect) write(f *segFile, p []byte) (int, error) {
 	return n, nil
 }
 
-// take takes a stage and fills it with the part's last, partial block from the file.
-func (d *segDirect) take(f *segFile) error {
+// take takes a stage for the part's bytes from off, a block offset.
+func (d *segDirect) take(off int64) {
 	if b, ok := d.store.stages.Get().(*[]byte); ok {
-		d.stage = *b
+		d.buf = b
 	} else {
-		d.stage = directio.Aligned(segStageSize)
+		b := directio.Aligned(segStageSize)
+		d.buf = &b
 	}
-	d.stageOff = f.w.off &^ (directio.Block - 1)
-	d.staged = int(f.w.off - d.stageOff)
-	d.filed = f.w.off
-	if d.staged > 0 {
-		if _, err := f.File.ReadAt(d.stage[:d.staged], d.stageOff); err != nil {
-			d.release()
-			return fmt.Errorf("read the last block of segment %s back: %w", f.path, err)
-		}
-	}
-	return nil
+	d.stageOff, d.staged = off, 0
 }
 
 // writeBlocks writes the stage's whole blocks and keeps the partial one.
 func (d *segDirect) writeBlocks(f *segFile) error {
+	stage := *d.buf
 	whole := d.staged &^ (directio.Block - 1)
 	if whole == 0 {
 		return nil
 	}
-	if err := d.writeDirect(f, d.stage[:whole], d.stageOff); err != nil {
+	if err := d.writeDirect(f, stage[:whole], d.stageOff); err != nil {
 		return err
 	}
-	d.staged = copy(d.stage, d.stage[whole:d.staged])
+	d.staged = copy(stage, stage[whole:d.staged])
 	d.stageOff += int64(whole)
-	d.filed = max(d.filed, d.stageOff)
 	return nil
 }
 
@@ -134,6 +145,7 @@ func (d *segDirect) writeDirect(f *segFile, b []byte, off int64) error {
 		}
 		if err == nil {
 			if _, err = d.dio.WriteAt(b, off); err == nil {
+				d.store.directWrites.Add(1)
 				return nil
 			}
 		}
@@ -142,37 +154,42 @@ func (d *segDirect) writeDirect(f *segFile, b []byte, off int64) error {
 		}
 		d.store.direct.Refused(f.path, err)
 	}
-	_, err := f.File.WriteAt(b, off)
-	return err
+	if _, err := f.File.WriteAt(b, off); err != nil {
+		return fmt.Errorf("write segment %s: %w", f.path, err)
+	}
+	return nil
 }
 
 // flush writes the whole blocks, then the partial one through the page cache, and
 // gives the stage back.
 func (d *segDirect) flush(f *segFile) error {
-	if d.stage == nil {
+	if d.buf == nil {
 		return nil
 	}
 	if err := d.writeBlocks(f); err != nil {
 		return err
 	}
-	if end := d.stageOff + int64(d.staged); d.filed < end {
-		if _, err := f.File.WriteAt(d.stage[d.filed-d.stageOff:d.staged], d.filed); err != nil {
+	if d.staged > 0 {
+		if _, err := f.File.WriteAt((*d.buf)[:d.staged], d.stageOff); err != nil {
 			return fmt.Errorf("write segment %s: %w", f.path, err)
 		}
-		d.filed = end
 	}
 	d.release()
 	return nil
 }
 
-// release gives the stage back and closes the direct handle.
+// staging reports whether a stage is held.
+func (d *segDirect) staging() bool { return d != nil && d.buf != nil }
+
+// release gives the stage back and closes the direct handle (again: a no-op).
 func (d *segDirect) release() {
 	if d.dio != nil {
 		d.dio.Close()
 		d.dio = nil
 	}
-	if b := d.stage; b != nil {
-		d.store.stages.Put(&b)
+	if d.buf != nil {
+		d.store.stages.Put(d.buf)
+		d.buf = nil
 	}
-	d.stage, d.staged = nil, 0
+	d.staged = 0
 }

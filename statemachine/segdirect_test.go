@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/internal/directio"
@@ -159,10 +160,44 @@ func TestSegmentDirectIO(t *testing.T) {
 			})
 			each(func(h *harness) { ep = h.claim() })
 			same("pieces dropped by a new epoch")
+
+			// One Update of several entries: a large transaction, a first piece
+			// staged in the same Update as the ClaimEpoch that drops it (the drop
+			// writes over staged bytes, then truncates), and one more after it.
+			seq++
+			one, piece, after := txn(gt(seq), 300000+rnd.IntN(999)), txnEvents(gt(seq+1), 500000), txn(gt(seq+1), 200000)
+			each(func(h *harness) {
+				cmds := [][]byte{
+					(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{one}}).Encode(),
+					(&Append{Epoch: ep, PrevOrdinal: seq, Items: []Item{{Txn: &Txn{GTID: gt(seq + 1), First: true, Events: piece[:300007]}}}}).Encode(),
+					EncodeClaimEpoch(),
+					(&Append{Epoch: ep + 1, PrevOrdinal: seq, Items: []Item{after}}).Encode(),
+				}
+				entries := make([]sm.Entry, len(cmds))
+				for i, c := range cmds {
+					h.index++
+					entries[i] = sm.Entry{Index: h.index, Cmd: c}
+				}
+				out, err := h.g.Update(entries)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i, e := range out {
+					if e.Result.Value != ResultOK {
+						t.Fatalf("entry %d of the Update rejected: %s", i, e.Result.Data)
+					}
+				}
+			})
+			ep++
+			seq++
+			same("one Update with a drop inside")
 		}
 	}
 	if !direct.store.DirectIO() {
 		t.Fatal("direct I/O was turned off: a direct write was refused (misaligned?)")
+	}
+	if direct.store.directWrites.Load() == 0 || plain.store.directWrites.Load() != 0 {
+		t.Fatalf("direct writes: %d with direct I/O (want some), %d without (want none)", direct.store.directWrites.Load(), plain.store.directWrites.Load())
 	}
 	for i, h := range hs {
 		h.close()

@@ -118,7 +118,9 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 		if err := g.flushSegment(bt); err != nil {
 			return err
 		}
-		startWriteback(g.seg.File)
+		if !g.seg.d.staging() { // staged bytes go to the disk directly
+			startWriteback(g.seg.File)
+		}
 	}
 	return nil
 }
@@ -171,12 +173,12 @@ func (g *Group) flushSegment(bt *batch) error {
 func (g *Group) flushParts() error {
 	if g.seg != nil {
 		if err := g.seg.Flush(); err != nil {
-			return fmt.Errorf("group %d: write segment %s: %w", g.id, g.seg.Name(), err)
+			return fmt.Errorf("group %d: %w", g.id, err)
 		}
 	}
-	for path, f := range g.dirty {
+	for _, f := range g.dirty {
 		if err := f.Flush(); err != nil {
-			return fmt.Errorf("group %d: write segment %s: %w", g.id, path, err)
+			return fmt.Errorf("group %d: %w", g.id, err)
 		}
 	}
 	return nil

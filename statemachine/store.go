@@ -38,6 +38,9 @@ type Store struct {
 	// first write of an Update and its Flush.
 	direct directio.Switch
 	stages sync.Pool
+	// directWrites counts the direct writes of segments (the tests check that the
+	// direct path ran).
+	directWrites atomic.Int64
 	// records is shared by every cursor (see recordCache); gens numbers the groups'
 	// generations in it.
 	records *recordCache

@@ -129,6 +129,7 @@ func serveFlags() []serveFlag {
 		str("tls-cert", "tls.cert", "this node's certificate (PEM), signed by --tls-ca, valid for its raft and admin addresses", "", func(c *server.Config) *string { return &c.TLS.Cert }),
 		str("tls-key", "tls.key", "key of --tls-cert", "", func(c *server.Config) *string { return &c.TLS.Key }),
 		str("admin-token-file", "admin_token_file", "file holding the admin token (else $FLOTILLA_TOKEN); callers present it, and nodes joining the cluster too", "", func(c *server.Config) *string { return &c.AdminTokenFile }),
+		boolean("buffered-io", "buffered_io", "write raft payloads and segments through the page cache instead of with direct I/O (O_DIRECT): for a filesystem that takes O_DIRECT but serves it badly; costs ingest CPU", func(c *server.Config) *bool { return &c.BufferedIO }),
 		boolean("insecure-raft", "insecure_raft", "allow a raft address off the loopback without node TLS (anyone reaching it can rewrite the metadata: only on a trusted network)", func(c *server.Config) *bool { return &c.InsecureRaft }),
 		boolean("insecure-admin", "insecure_admin", "allow an admin address off the loopback with a token but without TLS (the token crosses the network in clear)", func(c *server.Config) *bool { return &c.InsecureAdmin }),
 		str("log-level", "log_level", "debug, info, warn or error", "info", func(c *server.Config) *string { return &c.LogLevel }),

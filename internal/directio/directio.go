@@ -45,7 +45,7 @@ func IsAligned(b []byte) bool {
 // Switch is a writer's direct-I/O state, shared by its files: on until a filesystem
 // refuses direct I/O, when the writer falls back to the page cache and says so once.
 type Switch struct {
-	// On is read by the node's gauge (and cleared here on a refusal).
+	// On is read by the node's gauge (and cleared here on a refusal); nil is off.
 	On *atomic.Bool
 	// Log gets the refusal's warning (nil: none).
 	Log *slog.Logger
@@ -56,7 +56,7 @@ type Switch struct {
 // Refused records that the filesystem refused direct I/O for the file at path; the
 // first refusal is logged, naming the file and what to do.
 func (s *Switch) Refused(path string, err error) {
-	if s.On.CompareAndSwap(true, false) && s.Log != nil {
+	if s.On != nil && s.On.CompareAndSwap(true, false) && s.Log != nil {
 		s.Log.Warn("the filesystem refused direct I/O (O_DIRECT) for "+s.What+": they go through the page cache from now on, which costs ingest CPU; nothing is lost (a local filesystem with logical blocks of at most 4 KiB, such as ext4 or XFS, takes it)",
 			"file", path, "err", err)
 	}

@@ -25,7 +25,7 @@ import (
 const (
 	recordHeaderLen = 24
 	// blockSize is the unit of writes: whole blocks at block offsets (direct I/O).
-	blockSize = 4096
+	blockSize = directio.Block
 	// stageSize is the most a group stages before it writes: large enough for the
 	// disk to stream. A group's stage is no larger than what it has to stage (see
 	// stagePool), as every group a save touches holds one until the save's sync.

@@ -593,6 +593,3 @@ func TestFactoryDirectIO(t *testing.T) {
 		})
 	}
 }
-
-// TestDirectIORefusal: a filesystem's refusal of direct I/O turns the node's state off
-// and is logged once, however many groups fall back.
