@@ -53,6 +53,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"log_level", "debug", "[x]", func(c Config) bool { return c.LogLevel == "debug" }},
 		{"log_format", "json", "[x]", func(c Config) bool { return c.LogFormat == "json" }},
 		{"debug_pprof", "true", "maybe", func(c Config) bool { return c.DebugPprof }},
+		{"buffered_io", "true", "maybe", func(c Config) bool { return c.BufferedIO }},
 	}
 	seen := map[string]bool{}
 	doc := func(key, v string) string {

@@ -230,7 +230,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
-	log.Info("raft log started", "payload_direct_io", directIO.Load(), "segment_direct_io", segDirectIO)
+	log.Info("raft log started", "payload_direct_io", directIO.Load(), "segment_direct_io", segDirectIO, "buffered_io", cfg.BufferedIO)
 	n := &Node{payloadFiles: payloadFiles, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
@@ -314,6 +314,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		return 0
 	})
+	rel.BufferedIO(cfg.NodeID, cfg.BufferedIO)
 	rel.SegmentDirectIO(cfg.NodeID, func() float64 {
 		if store.DirectIO() {
 			return 1

@@ -170,6 +170,9 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		if err := g.flushSegment(bt); err != nil {
 			return err
 		}
+		if err := g.seg.Flush(); err != nil { // the file is closed: its stage can go
+			return fmt.Errorf("group %d: %w", g.id, err)
+		}
 		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
 			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS, PartStarts: g.m.PartStarts}
 		if g.m.MySQL {

@@ -21,12 +21,16 @@ import (
 // held (an Update of a few small transactions) goes through the page cache, as before.
 //
 // Invariants:
-//   - every block of a part is written by one path only: a block begun through the
-//     page cache (the partial block a Flush leaves) is completed through it, and direct
-//     writes start at the next block. So a direct write never covers a page the page
-//     cache holds, dirty or read by a replica: Linux would have to write it back and
-//     invalidate it first, and an invalidation that fails leaves stale bytes for
-//     readers;
+//   - no direct write covers a range the page cache was given: a page begun through
+//     the page cache (the partial block a Flush leaves) is completed through it, and
+//     direct writes start at the next page (segAlign: a block, or a larger memory page).
+//     Else Linux would have to write the page back and invalidate it first, on the
+//     apply path, and an invalidation that fails leaves stale bytes for readers. (The
+//     page cache may take bytes written directly before: dropPending's write over a
+//     cut, a refused direct write written again. That order is safe.);
+//   - a stage that never filled (an Update of less than segStageSize) goes through the
+//     page cache whole at Flush: a direct write would add a wait for the disk before
+//     readers are woken, for little;
 //   - with a stage held, the file holds every byte below stageOff (a block offset) and
 //     the stage the bytes from there to the writer's end; without one, the file holds
 //     everything. A stage is taken at a large write and given back by Flush, so an
@@ -52,8 +56,13 @@ type segDirect struct {
 	buf      *[]byte // the stage's buffer, from Store.stages; nil: no stage held
 	staged   int
 	stageOff int64
+	filled   bool     // the stage filled (and was written directly) since it was taken
 	dio      *os.File // the part opened with O_DIRECT, while a stage is held
 }
+
+// segAlign is where direct writes may start: a block boundary that is also a memory
+// page boundary, so that a page the page cache holds is never under a direct write.
+func segAlign() int64 { return int64(max(directio.Block, os.Getpagesize())) }
 
 // SetDirectIO turns direct writes of segments on or off (see segdirect.go); call it
 // before groups are started. It stays off on a filesystem other than the operating
@@ -82,7 +91,7 @@ func (s *Store) newSegFile(f vfs.File, path string, off int64) *segFile {
 func (d *segDirect) write(f *segFile, p []byte) (int, error) {
 	n := 0
 	if d.buf == nil {
-		if head := min(int(-f.w.off&(directio.Block-1)), len(p)); head > 0 {
+		if head := min(int(-f.w.off&(segAlign()-1)), len(p)); head > 0 {
 			m, err := f.w.Write(p[:head])
 			if n += m; err != nil {
 				return n, fmt.Errorf("write segment %s: %w", f.path, err)
@@ -91,7 +100,9 @@ func (d *segDirect) write(f *segFile, p []byte) (int, error) {
 		if n == len(p) {
 			return n, nil
 		}
-		d.take(f.w.off)
+		if err := d.take(f.w.off); err != nil {
+			return n, err
+		}
 	}
 	stage := *d.buf
 	for n < len(p) {
@@ -103,20 +114,27 @@ func (d *segDirect) write(f *segFile, p []byte) (int, error) {
 			if err := d.writeBlocks(f); err != nil {
 				return n, err
 			}
+			d.filled = true
 		}
 	}
 	return n, nil
 }
 
-// take takes a stage for the part's bytes from off, a block offset.
-func (d *segDirect) take(off int64) {
+// take takes a stage for the part's bytes from off, a segAlign offset. Where the
+// file system would take a misaligned direct write through the page cache (ext4 does,
+// silently) only this check finds one.
+func (d *segDirect) take(off int64) error {
+	if off&(segAlign()-1) != 0 {
+		return fmt.Errorf("a stage may not start at offset %d: direct writes would cover a page the page cache holds", off)
+	}
 	if b, ok := d.store.stages.Get().(*[]byte); ok {
 		d.buf = b
 	} else {
 		b := directio.Aligned(segStageSize)
 		d.buf = &b
 	}
-	d.stageOff, d.staged = off, 0
+	d.stageOff, d.staged, d.filled = off, 0, false
+	return nil
 }
 
 // writeBlocks writes the stage's whole blocks and keeps the partial one.
@@ -160,14 +178,17 @@ func (d *segDirect) writeDirect(f *segFile, b []byte, off int64) error {
 	return nil
 }
 
-// flush writes the whole blocks, then the partial one through the page cache, and
-// gives the stage back.
+// flush writes the whole blocks (if the stage filled before: else everything goes
+// through the page cache), then the partial one through the page cache, and gives the
+// stage back.
 func (d *segDirect) flush(f *segFile) error {
 	if d.buf == nil {
 		return nil
 	}
-	if err := d.writeBlocks(f); err != nil {
-		return err
+	if d.filled {
+		if err := d.writeBlocks(f); err != nil {
+			return err
+		}
 	}
 	if d.staged > 0 {
 		if _, err := f.File.WriteAt((*d.buf)[:d.staged], d.stageOff); err != nil {

@@ -121,6 +121,16 @@ func TestSegmentDirectIO(t *testing.T) {
 		h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.000001", binlog.Position{0: gt(0)})}})
 	})
 	seq := uint64(0)
+	// Updates under a stage's size go through the page cache, not directly.
+	for i := 0; i < 3; i++ {
+		seq++
+		it := txn(gt(seq), 200000+rnd.IntN(99999))
+		each(func(h *harness) { h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{it}}) })
+	}
+	same("Updates under a stage's size")
+	if n := direct.store.directWrites.Load(); n != 0 {
+		t.Fatalf("%d direct writes for Updates under a stage's size, want none", n)
+	}
 	for round := 0; round < 14; round++ {
 		items := []Item{}
 		for n := 1 + rnd.IntN(4); n > 0; n-- {
@@ -163,9 +173,10 @@ func TestSegmentDirectIO(t *testing.T) {
 
 			// One Update of several entries: a large transaction, a first piece
 			// staged in the same Update as the ClaimEpoch that drops it (the drop
-			// writes over staged bytes, then truncates), and one more after it.
+			// flushes the stage, writes its record over the cut and truncates), and
+			// one more after it.
 			seq++
-			one, piece, after := txn(gt(seq), 300000+rnd.IntN(999)), txnEvents(gt(seq+1), 500000), txn(gt(seq+1), 200000)
+			one, piece, after := txn(gt(seq), 1300000+rnd.IntN(999)), txnEvents(gt(seq+1), 500000), txn(gt(seq+1), 200000)
 			each(func(h *harness) {
 				cmds := [][]byte{
 					(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{one}}).Encode(),
@@ -205,6 +216,14 @@ func TestSegmentDirectIO(t *testing.T) {
 	}
 	direct, plain = hs[0], hs[1]
 	same("after reopening")
+	// A large Update at the reopened part's unaligned end.
+	seq++
+	last := txn(gt(seq), 2500000)
+	each(func(h *harness) { h.mustAppend(&Append{Epoch: ep, PrevOrdinal: seq - 1, Items: []Item{last}}) })
+	same("a large Update after reopening")
+	if direct.store.directWrites.Load() == 0 {
+		t.Fatal("no direct write after reopening")
+	}
 	if n := countTxns(t, readAll(t, direct.g, Start{File: 1, Served: 4})); n != seq {
 		t.Fatalf("%d transactions after reopening, want %d", n, seq)
 	}

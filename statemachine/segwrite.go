@@ -130,6 +130,9 @@ func (g *Group) rollPart(bt *batch) error {
 	if err := g.flushSegment(bt); err != nil {
 		return err
 	}
+	if err := g.seg.Flush(); err != nil { // never appended to again: its stage can go
+		return fmt.Errorf("group %d: %w", g.id, err)
+	}
 	k := len(g.m.PartStarts) + 1
 	f, err := g.store.createSeg(g.partPath(g.m.File, k))
 	if err != nil {

@@ -111,6 +111,18 @@ func (r *Relay) SegmentDirectIO(nodeID uint64, read func() float64) {
 		Help: "1 while segments are written with direct I/O (O_DIRECT), 0 if the filesystem refused it or storage faults are injected.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// BufferedIO exports whether the node was told to write through the page cache
+// (buffered_io), so that an alert on the direct-I/O gauges can tell that from a
+// filesystem's refusal.
+func (r *Relay) BufferedIO(nodeID uint64, on bool) {
+	v := 0.0
+	if on {
+		v = 1
+	}
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "buffered_io",
+		Help: "1 if the configuration turns direct I/O off (buffered_io), so payloads and segments go through the page cache on purpose.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, func() float64 { return v }))
+}
+
 // RecordCache exports the store's shared record cache counters (read at scrape time):
 // large records replicas took from it, and those read from a segment for it.
 func (r *Relay) RecordCache(nodeID uint64, hits, misses func() float64) {

@@ -185,12 +185,13 @@ func behind(executed, want string) (uint64, bool) {
 }
 
 // pollEvery is how long ingest waits before its next status poll: 5 ms until the
-// group streams (its start must be seen promptly), then a quarter of the time the
-// rate so far says is left, from 2 to 40 ms. Each poll costs the node a status
-// report (an RPC to every node, itself included): at 5 ms throughout, the polls were
-// about a tenth of a one-replica ingest's CPU, which slowed what they measured.
-func pollEvery(streaming bool, left, done uint64, since time.Duration) time.Duration {
-	if !streaming || done == 0 || since <= 0 {
+// group streams (its start must be seen promptly) and has made progress, then a
+// quarter of the time the rate so far says is left, from 2 to 40 ms. Each poll costs
+// the node a status report (an RPC to every node, itself included): at 5 ms
+// throughout, the gRPC serving them was about a tenth of the node's CPU samples in a
+// one-replica ingest's profile, which slowed what they measured.
+func pollEvery(left, done uint64, since time.Duration) time.Duration {
+	if done == 0 || since <= 0 {
 		return 5 * time.Millisecond
 	}
 	eta := time.Duration(float64(left) / float64(done) * float64(since))
@@ -248,7 +249,9 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 	// leave out the batches committed before that poll, and a small binlog is only a
 	// few batches.
 	var streamAt time.Time
-	var left0 uint64 // transactions left when the group was seen streaming
+	var left0 uint64       // transactions left when first counted, streaming
+	var counted bool       // left0 is set
+	var streamed time.Time // when left0 was counted
 	wait := 5 * time.Millisecond
 	for deadline := time.Now().Add(10 * time.Minute); time.Now().Before(deadline); time.Sleep(wait) {
 		r, err := cl.GetUpstream(ctx, &adminv1.UpstreamRef{Name: name})
@@ -258,13 +261,18 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 		now := time.Now()
 		left, known := behind(r.Group.ExecutedGtid, want)
 		if streamAt.IsZero() && (r.Group.Connected || r.Group.Transactions > 0) {
-			streamAt, left0 = now, left
+			streamAt = now
 			if onStream != nil {
 				onStream()
 			}
 		}
-		if known && !streamAt.IsZero() && left <= left0 {
-			wait = pollEvery(true, left, left0-left, now.Sub(streamAt))
+		if known && !streamAt.IsZero() {
+			if !counted {
+				left0, counted, streamed = left, true, now
+			}
+			if left <= left0 {
+				wait = pollEvery(left, left0-left, now.Sub(streamed))
+			}
 		}
 		if reached(r.Group.ExecutedGtid, want) {
 			if streamAt == now {
