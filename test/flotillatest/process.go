@@ -219,9 +219,11 @@ func (n *Node) TryStart(ctx context.Context) error {
 }
 
 // Signal sends sig to the node's process group (SIGSTOP and SIGCONT freeze and thaw
-// it, as a stalled machine would be).
+// it, as a stalled machine would be). A process that has exited gets nothing: its pid,
+// reaped, may already name another process group (this machine's pids wrap at 32768,
+// and the suites run side by side).
 func (n *Node) Signal(sig syscall.Signal) {
-	if n.cmd != nil && n.cmd.Process != nil {
+	if n.cmd != nil && n.cmd.Process != nil && n.Running() {
 		_ = syscall.Kill(-n.cmd.Process.Pid, sig)
 	}
 }
@@ -270,7 +272,9 @@ func (n *Node) Kill() {
 	if n.cmd == nil || n.cmd.Process == nil {
 		return
 	}
-	_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+	if n.Running() { // else its pid may name another process group (see Signal)
+		_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+	}
 	<-n.done
 	n.cmd = nil
 	if n.logFile != nil {
