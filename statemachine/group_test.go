@@ -4,6 +4,7 @@ import (
 	"bytes"
 	crand "crypto/rand"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -16,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
@@ -551,11 +553,32 @@ func TestPurge(t *testing.T) {
 	if keep, _, _ := h.g.PurgeTarget(Retention{MaxBytes: 1}, time.Now()); keep != 4 {
 		t.Fatalf("size policy keeps from file %d, want 4 (the current file is never purged)", keep)
 	}
-	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(30*time.Minute)); keep != 1 {
-		t.Fatalf("age policy purged young files (keep %d)", keep)
+	// The transactions are from 2023 by the master's clock, but the files were closed
+	// just now: age counts from the later, as MySQL counts from a binlog's mtime.
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Now().Add(30*time.Minute)); keep != 1 {
+		t.Fatalf("age policy purged files closed half an hour ago (keep %d)", keep)
 	}
-	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(2*time.Hour)); keep != 4 {
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Now().Add(2*time.Hour)); keep != 4 {
 		t.Fatalf("age policy keeps from %d, want 4", keep)
+	}
+	// A file an older Flotilla closed (no closed_at) is judged by the master's clock.
+	fi, err := h.g.store.fileInfo(h.g.id, 1)
+	if err != nil || fi.ClosedAt == 0 {
+		t.Fatalf("file 1's closed_at: %+v, %v", fi, err)
+	}
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(2*time.Hour)); keep != 1 {
+		t.Fatalf("age policy purged files closed in 2026 by 2023's clock (keep %d)", keep)
+	}
+	fi.ClosedAt = 0
+	v, err := json.Marshal(fi)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.g.store.db.Set(fileKey(h.g.id, 1), v, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(2*time.Hour)); keep != 2 {
+		t.Fatalf("a file without closed_at is judged by its last transaction: keep %d, want 2", keep)
 	}
 
 	if r := h.apply(EncodePurge(3)); r.Value != ResultOK {

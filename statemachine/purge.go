@@ -144,7 +144,8 @@ func (g *Group) PositionOfIndex(index uint64) (Start, bool, error) {
 
 // Retention is how long and how much binlog a group keeps.
 type Retention struct {
-	// MaxAge purges files whose last transaction is older; 0 keeps them.
+	// MaxAge purges files closed longer ago, and whose last transaction is older,
+	// than this (see fileInfo.ClosedAt); 0 keeps them.
 	MaxAge time.Duration
 	// MaxBytes purges the oldest files while the group holds more; 0 means no limit.
 	MaxBytes uint64
@@ -171,7 +172,7 @@ func (g *Group) PurgeTarget(r Retention, now time.Time) (uint64, string, error) 
 	total += t.FileSize
 	keep, reason := t.FirstFile, ""
 	for _, fi := range files {
-		old := r.MaxAge > 0 && fi.LastTS > 0 && now.Sub(time.Unix(int64(fi.LastTS), 0)) > r.MaxAge
+		old := r.MaxAge > 0 && fi.LastTS > 0 && now.Sub(time.Unix(max(int64(fi.LastTS), fi.ClosedAt), 0)) > r.MaxAge
 		big := r.MaxBytes > 0 && total > r.MaxBytes
 		if !old && !big {
 			break

@@ -299,8 +299,8 @@ func (r *run) fetchMySQLFiles(name string) func(int, string) error {
 			c.Close()
 			return err
 		}
-		// From the oldest file the node holds: the recording's events carry their
-		// old timestamps, so retention_age purges this group's files as it goes.
+		// From the oldest file the node holds (a purge by hand, or retention in a
+		// run longer than retention_age, moves it).
 		logs, err := c.Execute("SHOW BINARY LOGS")
 		c.Close()
 		if err != nil {
