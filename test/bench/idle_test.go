@@ -48,10 +48,6 @@ func lazyFreeBytes(pid int) (int64, error) {
 	return 0, fmt.Errorf("no LazyFree in /proc/%d/smaps_rollup", pid)
 }
 
-// serveDefaults are the arguments that give a bench's node serve's defaults where
-// test nodes differ (flotillatest turns memory_pretouch off).
-func serveDefaults() []string { return []string{"--memory-pretouch", "256M"} }
-
 // BenchmarkIdleGroups measures what an idle upstream costs a node: a one-node cluster
 // relays FLOTILLA_IDLE_GROUPS (default 1000) upstreams of one real MariaDB master (each
 // group has its own syncer connection, server_id and raft group), then idles. It
@@ -73,7 +69,7 @@ func BenchmarkIdleGroups(b *testing.B) {
 		b.Fatal(err)
 	}
 	n := flotillatest.NewNode(b, filepath.Join(dir, "node"), 1)
-	n.Args = append(serveDefaults(), "--log-level", "warn")
+	n.ServeDefaults, n.Args = true, []string{"--log-level", "warn"}
 	// FLOTILLA_BENCH_PROFILE=PREFIX saves the node's CPU profile of the idle window
 	// (PREFIX.cpu), of the first 10 s of adding (PREFIX.add.cpu) and its heap after
 	// the idle window (PREFIX.heap).

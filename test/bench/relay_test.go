@@ -435,7 +435,7 @@ func BenchmarkRelay(b *testing.B) {
 	raw := bestRawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"), rep)
 	rawMBs := raw.mbs()
 	one := flotillatest.NewNode(b, filepath.Join(dir, "one"), 1)
-	one.Args = append(serveDefaults(), "--debug-pprof", "--log-level", "info")
+	one.ServeDefaults, one.Args = true, []string{"--debug-pprof"}
 	metricsAddr := one.AddMetrics()
 	one.Start(ctx)
 	waitPayloadFiles(ctx, b, one)
@@ -504,6 +504,11 @@ func BenchmarkRelay(b *testing.B) {
 	go func() { _, _ = reader(lctx, one.MySQLAddr, "rmain", 8001, ff, ff, fp, true, viaX) }()
 	go func() { _, _ = reader(lctx, m.Addr(), benchUser, 8002, lf, lf, lp, true, directX) }()
 	time.Sleep(2 * time.Second) // both readers have read up to the tail and wait
+	// FLOTILLA_BENCH_LATENCY_TRACE=FILE: an execution trace of the node over the
+	// first commits (go tool trace -pprof=sched FILE: where they wait for a CPU).
+	if path := os.Getenv("FLOTILLA_BENCH_LATENCY_TRACE"); path != "" {
+		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
+	}
 	var viaLat, directLat []time.Duration
 	for i := 0; i < commits; i++ {
 		t0 := time.Now()
@@ -574,7 +579,7 @@ func BenchmarkRelay(b *testing.B) {
 	// Ingest with 3 replicas.
 	var metrics3 []string
 	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "three"), 3, func(n *flotillatest.Node) {
-		n.Args = append(serveDefaults(), "--debug-pprof")
+		n.ServeDefaults, n.Args = true, []string{"--debug-pprof"}
 		metrics3 = append(metrics3, n.AddMetrics())
 	})
 	waitPayloadFiles(ctx, b, nodes...)

@@ -101,7 +101,7 @@ func BenchmarkSemiSyncCommitLatency(b *testing.B) {
 	trace, prof := os.Getenv("FLOTILLA_BENCH_TRACE"), os.Getenv("FLOTILLA_BENCH_PROFILE")
 	var debugAddrs []string
 	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) {
-		n.Args = append(serveDefaults(), "--log-level", "warn")
+		n.ServeDefaults, n.Args = true, []string{"--log-level", "warn"}
 		if trace != "" || prof != "" {
 			port, err := mariadbtest.FreePort()
 			if err != nil {

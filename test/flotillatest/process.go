@@ -82,6 +82,10 @@ type Node struct {
 	// Args are extra `serve` flags; CLIArgs extra global flags of CLI calls (TLS).
 	Args    []string
 	CLIArgs []string
+	// ServeDefaults starts the node with serve's defaults where test nodes differ
+	// (small segments, no memory pretouch, debug logs): benchmarks measure what a
+	// deployment runs.
+	ServeDefaults bool
 	// Env is extra environment of the node process (KEY=VALUE).
 	Env     []string
 	cmd     *exec.Cmd
@@ -175,11 +179,14 @@ func (n *Node) TryStart(ctx context.Context) error {
 	}
 	n.logFile = lf
 	args := []string{"serve", "--node-id", fmt.Sprint(n.ID), "--data", filepath.Join(n.Dir, "data"), "--mysql-addr", n.MySQLAddr,
-		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr, "--log-level", "debug",
-		"--segment-size", "1048576", // small segments: end-to-end tests cross part boundaries
-		// Tests start nodes by the hundred: serve's default faults in 256 MiB at each
-		// start (about a second on a VM). Benchmarks set it back (test/bench's serveDefaults).
-		"--memory-pretouch", "0"}
+		"--admin-addr", n.AdminAddr, "--raft-addr", n.RaftAddr}
+	if !n.ServeDefaults {
+		args = append(args, "--log-level", "debug",
+			"--segment-size", "1048576", // small segments: end-to-end tests cross part boundaries
+			// Tests start nodes by the hundred: serve's default faults in 256 MiB at
+			// each start (about a second on a VM).
+			"--memory-pretouch", "0")
+	}
 	if len(n.Join) > 0 {
 		args = append(args, "--join", strings.Join(n.Join, ","))
 	}
