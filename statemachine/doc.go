@@ -11,7 +11,9 @@
 //     stale syncer epoch, a sequenced one out of its epoch's sequence, or one that
 //     does not follow the group's last transaction is rejected, identically
 //     everywhere, and leaves no trace. So a transaction is held once, in order,
-//     whatever raft or a deposed leader's syncer proposes.
+//     whatever raft or a deposed leader's syncer proposes. (The same result: the
+//     served bytes, results and index, except a closed file's closed_at, the local
+//     clock's, which only retention reads; group.go.)
 //   - Readers see complete transactions only: SegSize and FileSize never end inside
 //     a transaction; the pieces of one still arriving are beyond them (meta,
 //     group.go).

@@ -91,13 +91,14 @@ type fileInfo struct {
 	Closed  bool   `json:"closed"`
 	// LastTS is the master's timestamp of the file's last transaction.
 	LastTS uint32 `json:"last_ts,omitempty"`
-	// ClosedAt is when this replica closed the file (Unix seconds, its own clock; 0
-	// in files an older Flotilla closed). Retention by age counts from the later of
-	// it and LastTS, as MySQL counts from a binlog's modification time: a backlog of
-	// old transactions, ingested today, is kept for the whole retention period, not
-	// purged at once under the replicas catching up on it. It is the one field of the
-	// index that replicas do not share; only the group's leader judges by it, and a
-	// replica that applied later (or took a snapshot) keeps files a little longer.
+	// ClosedAt is when the file was closed (Unix seconds; 0 in files an older
+	// Flotilla closed), by the clock of the replica that applied the closing, or of
+	// the peer whose snapshot it took. Retention by age counts from the later of it
+	// and LastTS, as MySQL counts from a binlog's modification time: a backlog of old
+	// transactions, ingested today, is kept for the whole retention period, not purged
+	// at once under the replicas catching up on it. Unlike the rest of a file's entry
+	// it is not the same on every replica (nothing compares it): only the group's
+	// leader judges by it, so replicas' clocks must agree (NTP) as for signed calls.
 	ClosedAt int64 `json:"closed_at,omitempty"`
 	// PartStarts: see meta.PartStarts.
 	PartStarts []uint64 `json:"part_starts,omitempty"`

@@ -580,6 +580,17 @@ func TestPurge(t *testing.T) {
 	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(2*time.Hour)); keep != 2 {
 		t.Fatalf("a file without closed_at is judged by its last transaction: keep %d, want 2", keep)
 	}
+	// A file closed before any transaction (no last_ts) goes by its closing.
+	fi.LastTS, fi.ClosedAt = 0, 1700000000
+	if v, err = json.Marshal(fi); err != nil {
+		t.Fatal(err)
+	}
+	if err := h.g.store.db.Set(fileKey(h.g.id, 1), v, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	if keep, _, _ := h.g.PurgeTarget(Retention{MaxAge: time.Hour}, time.Unix(1700000000, 0).Add(2*time.Hour)); keep != 2 {
+		t.Fatalf("a file closed before any transaction, two hours ago: keep %d, want 2", keep)
+	}
 
 	if r := h.apply(EncodePurge(3)); r.Value != ResultOK {
 		t.Fatalf("purge refused: %s", r.Data)

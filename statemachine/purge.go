@@ -172,7 +172,10 @@ func (g *Group) PurgeTarget(r Retention, now time.Time) (uint64, string, error) 
 	total += t.FileSize
 	keep, reason := t.FirstFile, ""
 	for _, fi := range files {
-		old := r.MaxAge > 0 && fi.LastTS > 0 && now.Sub(time.Unix(max(int64(fi.LastTS), fi.ClosedAt), 0)) > r.MaxAge
+		// A file closed before any transaction (an idle master's rotation) has no
+		// LastTS: its closing dates it.
+		ts := max(int64(fi.LastTS), fi.ClosedAt)
+		old := r.MaxAge > 0 && ts > 0 && now.Sub(time.Unix(ts, 0)) > r.MaxAge
 		big := r.MaxBytes > 0 && total > r.MaxBytes
 		if !old && !big {
 			break

@@ -108,7 +108,7 @@ func serveFlags() []serveFlag {
 			}
 			return nil
 		}},
-		dur("retention-age", "retention_age", "purge served binlog files whose last transaction is older", "168h; 0 keeps all", func(c *server.Config) *time.Duration { return &c.RetentionAge }),
+		dur("retention-age", "retention_age", "purge served binlog files closed longer ago, and whose last transaction is older", "168h; 0 keeps all", func(c *server.Config) *time.Duration { return &c.RetentionAge }),
 		size("retention-bytes", "retention_bytes", "purge the oldest served files while an upstream holds more (bytes, or with K, M, G, T)", "0, no limit", func(c *server.Config) *server.Size { return &c.RetentionBytes }),
 		size("segment-size", "segment_size", "size at which segment files roll (bytes, or with K, M, G)", "256M", func(c *server.Config) *server.Size { return &c.SegmentSize }),
 		size("record-cache", "record_cache", "memory for large served records that replicas reading the same stretch of a binlog share (1M to 64G)", "128M", func(c *server.Config) *server.Size { return &c.RecordCache }),

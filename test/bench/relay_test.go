@@ -505,7 +505,8 @@ func BenchmarkRelay(b *testing.B) {
 	go func() { _, _ = reader(lctx, m.Addr(), benchUser, 8002, lf, lf, lp, true, directX) }()
 	time.Sleep(2 * time.Second) // both readers have read up to the tail and wait
 	// FLOTILLA_BENCH_LATENCY_TRACE=FILE: an execution trace of the node over the
-	// first commits (go tool trace -pprof=sched FILE: where they wait for a CPU).
+	// first commits (go tool trace -pprof=sched FILE: where they wait for a CPU); the
+	// tracing slows the node, so that run's latency figures are not comparable.
 	if path := os.Getenv("FLOTILLA_BENCH_LATENCY_TRACE"); path != "" {
 		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
 	}

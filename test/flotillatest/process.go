@@ -228,7 +228,8 @@ func (n *Node) TryStart(ctx context.Context) error {
 // Signal sends sig to the node's process group (SIGSTOP and SIGCONT freeze and thaw
 // it, as a stalled machine would be). A process that has exited gets nothing: its pid,
 // reaped, may already name another process group (this machine's pids wrap at 32768,
-// and the suites run side by side).
+// and the suites run side by side). A process reaped between the check and the
+// signal leaves a window of microseconds, not the seconds to minutes it was.
 func (n *Node) Signal(sig syscall.Signal) {
 	if n.cmd != nil && n.cmd.Process != nil && n.Running() {
 		_ = syscall.Kill(-n.cmd.Process.Pid, sig)

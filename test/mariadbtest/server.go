@@ -449,7 +449,11 @@ func (s *Server) terminate(sig syscall.Signal, grace time.Duration) error {
 			return
 		case <-time.After(grace):
 		}
-		_ = syscall.Kill(-pid, syscall.SIGKILL)
+		select {
+		case <-s.done: // it exited as the grace ran out: its pid may be another's now
+		default:
+			_ = syscall.Kill(-pid, syscall.SIGKILL)
+		}
 		<-s.done
 		if sig != syscall.SIGKILL && s.stopErr == nil {
 			s.stopErr = fmt.Errorf("mariadbtest: mariadbd did not stop within %v after %v; killed", grace, sig)
