@@ -59,12 +59,16 @@ func newHarnessSized(t testing.TB, dir string, size uint64) *harness {
 	return newHarnessOn(t, vfs.Default, dir, size)
 }
 
-// newHarnessOn opens the store on the filesystem fs.
-func newHarnessOn(t testing.TB, fs vfs.FS, dir string, size uint64) *harness {
+// newHarnessOn opens the store on the filesystem fs; setup runs before the group
+// opens.
+func newHarnessOn(t testing.TB, fs vfs.FS, dir string, size uint64, setup ...func(*Store)) *harness {
 	t.Helper()
 	st, err := OpenFS(fs, dir, discardLog())
 	if err != nil {
 		t.Fatal(err)
+	}
+	for _, f := range setup {
+		f(st)
 	}
 	st.SetSegmentSize(size)
 	g := st.NewGroup(5, 1).(*Group)

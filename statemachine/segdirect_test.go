@@ -20,20 +20,11 @@ import (
 // I/O for segments as asked, its parts rolling at size bytes.
 func newDirectHarness(t *testing.T, dir string, direct bool, size uint64) *harness {
 	t.Helper()
-	st, err := OpenFS(vfs.Default, dir, discardLog())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if on := st.SetDirectIO(direct); on != (direct && directio.Available()) {
-		t.Fatalf("SetDirectIO(%v) on the operating system's filesystem = %v", direct, on)
-	}
-	st.SetSegmentSize(size)
-	g := st.NewGroup(5, 1).(*Group)
-	idx, err := g.Open(nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &harness{t: t, dir: dir, store: st, g: g, index: idx}
+	return newHarnessOn(t, vfs.Default, dir, size, func(st *Store) {
+		if on := st.SetDirectIO(direct); on != (direct && directio.Available()) {
+			t.Fatalf("SetDirectIO(%v) on the operating system's filesystem = %v", direct, on)
+		}
+	})
 }
 
 // requireDirectIO skips (outside CI) where dir's filesystem refuses direct writes.
