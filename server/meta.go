@@ -13,6 +13,7 @@ import (
 	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/placement"
 	clusterv1 "github.com/flotilla-relay/flotilla/proto/clusterv1"
+	"github.com/flotilla-relay/flotilla/shard"
 )
 
 // The node's side of the metadata group and of placement: joining it, and what the
@@ -29,7 +30,7 @@ func (n *Node) startMeta(ctx context.Context) error {
 			members[n.cfg.NodeID] = n.cfg.RaftAddr
 		}
 	}
-	cfg := config.Config{NodeID: n.cfg.NodeID, ClusterID: placement.MetaGroupID, ElectionRTT: 5, HeartbeatRTT: 1,
+	cfg := config.Config{NodeID: n.cfg.NodeID, ClusterID: placement.MetaGroupID, ElectionRTT: shard.ElectionTicks, HeartbeatRTT: 1,
 		CheckQuorum: true, SnapshotEntries: 1000, CompactionOverhead: 100, IsObserver: n.ident.MetaObserver}
 	if err := n.nh.StartCluster(members, join, placement.CreateStateMachine, cfg); err != nil {
 		return fmt.Errorf("start metadata group: %w", err)

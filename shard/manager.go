@@ -164,16 +164,23 @@ func NewManager(nh *dragonboat.NodeHost, store *statemachine.Store, meta Metadat
 		shards: map[uint64]*Shard{}, leaving: map[uint64]time.Time{}}
 }
 
+// ElectionTicks is how many raft ticks (server.RaftTickMillis each) a follower waits
+// without hearing from its leader before it campaigns, randomised by raft to between
+// one and two times this: elections after 1-2 s, etcd's default. It is the smallest
+// dragonboat accepts with a heartbeat every tick (it must exceed twice the heartbeat
+// interval); every group, the metadata group too, uses it.
+const ElectionTicks = 3
+
 // GroupConfig is the raft configuration of an upstream group replica. Snapshots of the
 // on-disk state machine only record the applied index, so frequent ones are cheap and
-// keep the raft log (which holds whole transactions) short. Elections follow 5 ticks
-// (of 200 ms, see server.Start) without a leader (1-2 s, randomised) and the leader
-// sends a heartbeat every tick: five per election timeout.
+// keep the raft log (which holds whole transactions) short. Elections follow
+// ElectionTicks without a leader and the leader sends a heartbeat every tick: three
+// per election timeout.
 func GroupConfig(clusterID, nodeID uint64) config.Config {
 	return config.Config{
 		NodeID:             nodeID,
 		ClusterID:          clusterID,
-		ElectionRTT:        5,
+		ElectionRTT:        ElectionTicks,
 		HeartbeatRTT:       1,
 		CheckQuorum:        true,
 		SnapshotEntries:    2000,
