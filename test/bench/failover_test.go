@@ -180,7 +180,7 @@ func BenchmarkFailover(b *testing.B) {
 	baseline := resumeTime(ctx, b, m, []*mariadbtest.Server{direct}, start)
 	_ = direct.Exec(ctx, "STOP SLAVE")
 
-	nodes := flotillatest.StartCluster(ctx, b, filepath.Join(dir, "flotilla"), 3)
+	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "flotilla"), 3, func(n *flotillatest.Node) { n.ServeDefaults = true })
 	results := map[string]time.Duration{}
 	for i, mode := range []string{"leader", "any"} {
 		name := "up-" + mode
@@ -230,6 +230,7 @@ func BenchmarkFailover(b *testing.B) {
 	}
 	want, _ := m.QueryValue(ctx, "SELECT @@gtid_binlog_pos")
 	n4 := flotillatest.NewNode(b, filepath.Join(dir, "flotilla", "node4"), 4)
+	n4.ServeDefaults = true
 	n4.Join = []string{nodes[0].AdminAddr}
 	n4.Start(ctx)
 	// Wait until node 4 holds a caught-up replica of up-leader (placement moves one
