@@ -37,7 +37,7 @@ import (
 // group's node at every tick, leader or follower, busy or idle: with 1,000 idle groups
 // that was about two thirds of the node's CPU. 333 ms ticks, with elections after
 // shard.ElectionTicks (3 to 5 ticks), keep elections at 1-2 s (as 200 ms ticks after
-// 5 to 9 did, and 100 ms ones before those) for 40% fewer ticks; the leader's
+// 5 to 9 did) for 40% fewer ticks; the leader's
 // heartbeat every tick comes three times per election timeout instead of five.
 const RaftTickMillis = 333
 

@@ -52,9 +52,10 @@ var dragonboatEntrySliceFree uint64
 
 // dragonboatReload is how often each of dragonboat's step, commit and apply workers
 // goes over every group it serves, whether or not anything is ready: a safety net
-// beside the notifications that drive them. Its default, 200 ms, is now the raft tick
-// (see server.Start), which already steps every group: the net doubled an idle group's
-// step work and added an apply pass, a seventh of a thousand idle groups' CPU. A
+// beside the notifications that drive them. Its default, 200 ms, was the raft tick
+// until 0.43 (333 ms since, see server.RaftTickMillis), which already steps every
+// group: the net doubled an idle group's step work and added an apply pass, a
+// seventh of a thousand idle groups' CPU. A
 // group added while its apply worker is busy waits for the next pass to open its
 // state machine (dragonboat can consume the group's ready flag before it loads the
 // group), so the pass stays short: 1 s.

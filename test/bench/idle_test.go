@@ -54,10 +54,12 @@ func lazyFreeBytes(pid int) (int64, error) {
 // the controller a while, and its moves are not idling.
 func quiet(ctx context.Context, b *testing.B, n *flotillatest.Node, groups, size int) {
 	b.Helper()
-	last, since := "", time.Now()
+	replicas := min(size, 3) // each group's replicas: the default 3, or every node if fewer
+	last, since, state := "", time.Time{}, "status not read yet"
 	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
 		out, err := n.CLI(ctx, "status", "-o", "json")
 		if err != nil {
+			state = fmt.Sprintf("status: %v", err)
 			continue
 		}
 		var st struct {
@@ -72,18 +74,23 @@ func quiet(ctx context.Context, b *testing.B, n *flotillatest.Node, groups, size
 		if json.Unmarshal([]byte(out), &st) != nil {
 			continue
 		}
-		full := len(st.Upstreams) == groups
+		complete := 0
 		for _, u := range st.Upstreams {
-			full = full && len(u.Group.Members) == size && len(u.Group.RaftMembers) == size
+			if len(u.Group.Members) == replicas && len(u.Group.RaftMembers) == replicas {
+				complete++
+			}
 		}
-		if d := strings.Join(st.Decisions, "\n"); d != last || !full {
+		// The clock starts at the first poll that reads the status: 10 s of polls
+		// seen, not 10 s since the call.
+		if d := strings.Join(st.Decisions, "\n"); since.IsZero() || d != last || complete != groups {
 			last, since = d, time.Now()
 		}
+		state = fmt.Sprintf("%d of %d groups with their %d members; last decision: %q", complete, groups, replicas, st.Decisions[max(0, len(st.Decisions)-1):])
 		if time.Since(since) >= 10*time.Second {
 			return
 		}
 	}
-	b.Fatalf("the cluster did not settle within 5 minutes (every group with its %d members, no placement decision for 10 s)", size)
+	b.Fatalf("the cluster did not settle within 5 minutes (every group with its members, no placement decision for 10 s): %s", state)
 }
 
 // BenchmarkIdleGroups measures what an idle upstream costs a node: a one-node cluster
@@ -114,17 +121,31 @@ func BenchmarkIdleGroups(b *testing.B) {
 	// window (PREFIX.cpu), of the first 10 s of adding (PREFIX.add.cpu) and its heap
 	// after the idle window (PREFIX.heap).
 	prof := os.Getenv("FLOTILLA_BENCH_PROFILE")
-	metricsAddr := ""
+	metricsAddr := ""        // the first node's
+	var metricAddrs []string // every node's: leader changes while idle
 	setup := func(n *flotillatest.Node) {
 		n.ServeDefaults, n.Args = true, []string{"--log-level", "warn"}
-		if prof != "" && n.ID == 1 {
-			p, err := mariadbtest.FreePort()
+		addr := n.AddMetrics()
+		metricAddrs = append(metricAddrs, addr)
+		if n.ID == 1 {
+			metricsAddr = addr
+			if prof != "" {
+				n.Args = append(n.Args, "--debug-pprof")
+			}
+		}
+	}
+	// leaderChanges sums the leader changes the nodes observed in their groups'
+	// raft (each node counts a change it sees, so one change counts up to once per
+	// replica).
+	leaderChanges := func() (total float64) {
+		for _, addr := range metricAddrs {
+			sum, err := scrape(ctx, addr)
 			if err != nil {
 				b.Fatal(err)
 			}
-			metricsAddr = fmt.Sprintf("127.0.0.1:%d", p)
-			n.Args = append(n.Args, "--metrics-addr", metricsAddr, "--debug-pprof")
+			total += sum("flotilla_raft_leader_changes_total")
 		}
+		return total
 	}
 	var nodes []*flotillatest.Node
 	if size == 1 {
@@ -186,12 +207,15 @@ func BenchmarkIdleGroups(b *testing.B) {
 	}
 	settleIdle()
 	const window = 30 * time.Second
+	changes0 := leaderChanges()
 	cpu0, mcpu0 := nodeCPU(), cpuSeconds(b, m.PID())
 	if prof != "" {
 		go saveProfile(ctx, metricsAddr, prof+".cpu", window-time.Second)
 	}
 	time.Sleep(window) // the measurement: what idling costs over a fixed window
 	cpu, mcpu := nodeCPU()-cpu0, cpuSeconds(b, m.PID())-mcpu0
+	changesAll := leaderChanges()
+	changes := changesAll - changes0
 	rss, mrss := nodeRSS(), rssBytes(b, m.PID())
 	if prof != "" {
 		saveURL(ctx, "http://"+metricsAddr+"/debug/pprof/heap", prof+".heap")
@@ -212,6 +236,7 @@ func BenchmarkIdleGroups(b *testing.B) {
 	rep.add(fmt.Sprintf("idle RSS per group (%s)", groupsLabel), perGroupRSS, masterRSS, "MiB", 0, false)
 	rep.add(cpuLabel, perGroupCPU, masterCPU, "%core", 0, false)
 	rep.note(fmt.Sprintf("idle CPU per group: %.4f%% of a core (%s %.1f%% for %d groups, over %s)", perGroupCPU, who, 100*cpu/window.Seconds(), groups, window))
+	rep.note(fmt.Sprintf("leader changes observed while idle: %.0f, of %.0f since the nodes started (summed over the nodes' groups; each change counts once per replica that sees it)", changes, changesAll))
 	rep.note(fmt.Sprintf("idle groups: %d groups added in %s (%.0f ms each, until every syncer was connected); RSS of %s %.0f MiB -> %.0f MiB; goals ≤ 0.3 MiB and ≤ 0.005%% of a core per group, and 1,000 added in ≤ 10 s; baseline: the master's cost per binlog dump thread",
 		groups, addTime.Round(time.Second), float64(addTime.Milliseconds())/float64(groups), who, rss0/(1<<20), rss/(1<<20)))
 	rep.write(b, name)

@@ -87,7 +87,7 @@ func TestSplitBrain(t *testing.T) {
 	runWorkloads(ctx, t, ups, 1)
 
 	// Freeze the leader while the master writes; it stays frozen well past the
-	// election timeout (1-2 s: 5 to 10 ticks of 200 ms).
+	// election timeout (1-2 s: 3 to 5 ticks of 333 ms).
 	done := goWorkloads(ctx, ups, 2)
 	waitTransactions(ctx, t, m, 2)
 	frozen.Signal(syscall.SIGSTOP)
