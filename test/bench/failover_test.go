@@ -67,34 +67,56 @@ func startReplicaOf(ctx context.Context, b *testing.B, dir string, id uint32, po
 	return r
 }
 
+// clusterStatus is what the benches read of `status -o json`.
+type clusterStatus struct {
+	Decisions []string `json:"decisions"`
+	Nodes     []struct {
+		Leaders string `json:"leaders"`
+	} `json:"nodes"`
+	Upstreams []struct {
+		Group struct {
+			Members     []string `json:"members"`
+			RaftMembers []string `json:"raftMembers"`
+		} `json:"group"`
+	} `json:"upstreams"`
+}
+
+// readStatus reads the cluster's status through node n's CLI.
+func readStatus(ctx context.Context, n *flotillatest.Node) (clusterStatus, error) {
+	var st clusterStatus
+	out, err := n.CLI(ctx, "status", "-o", "json")
+	if err != nil {
+		return st, fmt.Errorf("status: %w", err)
+	}
+	if err := json.Unmarshal([]byte(out), &st); err != nil {
+		return st, fmt.Errorf("status -o json: %w", err)
+	}
+	return st, nil
+}
+
+// complete counts the groups whose replicas (members assigned and raft members) number
+// want.
+func (st clusterStatus) complete(want int) int {
+	n := 0
+	for _, u := range st.Upstreams {
+		if len(u.Group.Members) == want && len(u.Group.RaftMembers) == want {
+			n++
+		}
+	}
+	return n
+}
+
 // settle waits until every group has 3 voting members (its assigned ones) and no
 // node leads more than one more group than another, so a measurement starts from a
 // healthy cluster.
 func settle(ctx context.Context, b *testing.B, n *flotillatest.Node, groups int) {
 	b.Helper()
 	for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		out, err := n.CLI(ctx, "status", "-o", "json")
+		st, err := readStatus(ctx, n)
 		if err != nil {
 			continue
 		}
-		var st struct {
-			Nodes []struct {
-				Leaders string `json:"leaders"`
-			} `json:"nodes"`
-			Upstreams []struct {
-				Group struct {
-					Members     []string `json:"members"`
-					RaftMembers []string `json:"raftMembers"`
-				} `json:"group"`
-			} `json:"upstreams"`
-		}
-		if json.Unmarshal([]byte(out), &st) != nil {
-			continue
-		}
-		healthy := len(st.Upstreams) == groups
-		for _, u := range st.Upstreams {
-			healthy = healthy && len(u.Group.Members) == 3 && len(u.Group.RaftMembers) == 3
-		}
+		healthy := len(st.Upstreams) == groups && st.complete(3) == groups
 		total, lo, hi := 0, 1<<30, 0
 		for _, x := range st.Nodes {
 			l, _ := strconv.Atoi(x.Leaders)

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -57,29 +56,12 @@ func quiet(ctx context.Context, b *testing.B, n *flotillatest.Node, groups, size
 	replicas := min(size, 3) // each group's replicas: the default 3, or every node if fewer
 	last, since, state := "", time.Time{}, "status not read yet"
 	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
-		out, err := n.CLI(ctx, "status", "-o", "json")
+		st, err := readStatus(ctx, n)
 		if err != nil {
-			state = fmt.Sprintf("status: %v", err)
+			state = err.Error()
 			continue
 		}
-		var st struct {
-			Decisions []string `json:"decisions"`
-			Upstreams []struct {
-				Group struct {
-					Members     []string `json:"members"`
-					RaftMembers []string `json:"raftMembers"`
-				} `json:"group"`
-			} `json:"upstreams"`
-		}
-		if json.Unmarshal([]byte(out), &st) != nil {
-			continue
-		}
-		complete := 0
-		for _, u := range st.Upstreams {
-			if len(u.Group.Members) == replicas && len(u.Group.RaftMembers) == replicas {
-				complete++
-			}
-		}
+		complete := st.complete(replicas)
 		// The clock starts at the first poll that reads the status: 10 s of polls
 		// seen, not 10 s since the call.
 		if d := strings.Join(st.Decisions, "\n"); since.IsZero() || d != last || complete != groups {
