@@ -54,12 +54,20 @@ func TestZombieDumpIsEnded(t *testing.T) {
 	// The frozen leader: its stream reads a few events ahead, then no more.
 	frozen := open()
 	defer frozen.close()
+	// It is frozen once its read-ahead is full (its reader holds one more event and
+	// reads nothing else) and the master's dump stays blocked writing to it: seen
+	// writing while the reader still drained the socket, the old dump would finish
+	// its event, see the kill the new dump's arrival makes and end on its own.
 	deadline := time.Now().Add(30 * time.Second)
-	for !frozenWriting(ctx, t, m) {
+	for stuck := 0; stuck < 10; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("the first dump never blocked writing to its reader: the test set up nothing")
 		}
-		time.Sleep(100 * time.Millisecond)
+		if len(frozen.events) == cap(frozen.events) && frozenWriting(ctx, t, m) {
+			stuck++
+		} else {
+			stuck = 0
+		}
 	}
 	// The new leader's dump (same server_id) waits behind it.
 	fresh := open()
