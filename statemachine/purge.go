@@ -217,17 +217,19 @@ func (g *Group) setReading(c *Cursor, file uint64) {
 	g.mu.Unlock()
 }
 
-// readersIn counts the open cursors in the given file.
-func (g *Group) readersIn(file uint64) int {
+// sharers reports whether other open cursors than c read its file or an earlier one
+// (behind: they will want its records, so c reads them for the record cache), and
+// whether others read it or a later one (ahead: they may have read them for it).
+func (g *Group) sharers(c *Cursor) (behind, ahead bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	n := 0
-	for _, f := range g.reading {
-		if f == file {
-			n++
+	for o, f := range g.reading {
+		if o != c {
+			behind = behind || f <= c.file
+			ahead = ahead || f >= c.file
 		}
 	}
-	return n
+	return behind, ahead
 }
 
 // OldestAvailable names the first transaction still held in each domain, for the

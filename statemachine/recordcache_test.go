@@ -472,3 +472,95 @@ func TestLoneCursorBufferIsAdvisedHuge(t *testing.T) {
 		t.Fatalf("after a 1.5 MiB and a 3 MiB record the cursor reads into a %d-byte buffer; advised buffers of %v bytes, want exactly that one", cap(c.big), caps)
 	}
 }
+
+// countingReader is a segment reader that counts the bytes read through it.
+type countingReader struct {
+	segmentReader
+	n *int64
+}
+
+func (r countingReader) ReadAt(b []byte, off int64) (int, error) {
+	n, err := r.segmentReader.ReadAt(b, off)
+	*r.n += int64(n)
+	return n, err
+}
+
+// TestCursorsInStepReadLargeRecordsOnce: two cursors reading a file in step, small
+// and large transactions in turn, read the large ones once between them: the one that
+// finds a large record claimed by the other reads little of it ahead (sharedWindow),
+// not a whole window (once half as much again as the records on a fan-out to 8).
+func TestCursorsInStepReadLargeRecordsOnce(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	const large, pairs = 1 << 20, 4
+	ep := h.claim()
+	items := []Item{newFile("m.1", binlog.Position{})}
+	for i := 1; i <= pairs; i++ {
+		items = append(items,
+			txn(binlog.GTID{Server: testServer, Seq: uint64(2*i - 1)}, 100),
+			txn(binlog.GTID{Server: testServer, Seq: uint64(2 * i)}, large))
+	}
+	h.mustAppend(&Append{Epoch: ep, Items: items})
+	if err := h.g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	tail, _ := h.g.Tail()
+	var curs [2]*Cursor
+	var read [2]int64
+	for i := range curs {
+		c, err := h.g.NewCursor(Start{File: 1, Served: 4})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.f = countingReader{c.f, &read[i]}
+		curs[i] = c
+	}
+	for done := 0; done < len(curs); {
+		done = 0
+		for _, c := range curs {
+			if _, err := c.Next(tail); errors.Is(err, ErrAtTail) {
+				done++
+			} else if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if len(tail.PartStarts) > 1 {
+		t.Fatalf("the file has %d parts; the test counts one", len(tail.PartStarts))
+	}
+	extra := read[0] + read[1] - int64(tail.SegSize)
+	if extra < 0 || extra > pairs*sharedWindow {
+		t.Fatalf("the cursors read %d and %d bytes of a %d-byte segment: %d more than it, want at most %d (a shared window per large record)",
+			read[0], read[1], tail.SegSize, extra, pairs*sharedWindow)
+	}
+	t.Logf("the cursors read %d and %d bytes of a %d-byte segment", read[0], read[1], tail.SegSize)
+}
+
+// TestCursorBehindSharesLargeRecords: a cursor a file ahead of another reads the large
+// records of its file for the record cache, so the one behind takes them from it:
+// replicas catching up drift more than a served file apart.
+func TestCursorBehindSharesLargeRecords(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	ep := h.claim()
+	gt := func(i int) binlog.GTID { return binlog.GTID{Server: testServer, Seq: uint64(i)} }
+	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{}), txn(gt(1), largeRow), txn(gt(2), largeRow),
+		newFile("m.2", nil), txn(gt(3), largeRow), txn(gt(4), largeRow)}})
+	if err := h.g.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	behind, err := h.g.NewCursor(Start{File: 1, Served: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer behind.Close()
+	want := readAll(t, h.g, Start{File: 1, Served: 4}) // ahead of behind all the way
+	got := readAll(t, h.g, Start{File: 1, Served: 4})  // as behind would, later
+	if len(got) != len(want) {
+		t.Fatalf("read %d records, then %d", len(want), len(got))
+	}
+	if hits, misses := h.store.RecordCacheStats(); misses != 4 || hits != 4 {
+		t.Fatalf("record cache: %d hits and %d misses, want 4 and 4 (the first reader read every large record for the cursor behind it, in file 1 and in file 2)", hits, misses)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"sort"
 	"strconv"
 	"strings"
@@ -370,7 +371,9 @@ func fanoutFrom(ctx context.Context, b *testing.B, addrs []string, user string, 
 	errs := make(chan error, n)
 	for i := 0; i < n; i++ {
 		wg.Add(1)
-		go func(i int) {
+		// Labelled for -test.cpuprofile: the readers' own cost, per server and count
+		// (go tool pprof -tagfocus fanout=rmain/8).
+		go pprof.Do(ctx, pprof.Labels("fanout", fmt.Sprintf("%s/%d", user, n)), func(ctx context.Context) {
 			defer wg.Done()
 			got, err := reader(ctx, addrs[i%len(addrs)], user, uint32(7000+i), from, endFile, endPos, false, nil)
 			if err != nil {
@@ -379,7 +382,7 @@ func fanoutFrom(ctx context.Context, b *testing.B, addrs []string, user string, 
 			mu.Lock()
 			total += got
 			mu.Unlock()
-		}(i)
+		})
 	}
 	wg.Wait()
 	close(errs)
@@ -441,9 +444,11 @@ func BenchmarkRelay(b *testing.B) {
 	waitPayloadFiles(ctx, b, one)
 	// FLOTILLA_BENCH_PROFILE=FILE saves a CPU profile of the node during the ingest,
 	// FLOTILLA_BENCH_TRACE=FILE an execution trace of the same window.
+	// A node profiles one window at a time: the fan-out's waits for the ingest's.
+	var profiling sync.WaitGroup
 	profile1 := func() {
 		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
-			go saveProfile(ctx, metricsAddr, path, 2*time.Second)
+			profiling.Go(func() { saveProfile(ctx, metricsAddr, path, 2*time.Second) })
 		}
 		if path := os.Getenv("FLOTILLA_BENCH_TRACE"); path != "" {
 			go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
@@ -473,7 +478,8 @@ func BenchmarkRelay(b *testing.B) {
 		cpuDirect, readerFaultsDirect := cpuSeconds(b, m.PID())-cpu0, pageFaults(b, os.Getpid())-readerFaults0
 		cpu0, node0 := cpuSeconds(b, m.PID()), cpuSeconds(b, one.PID())
 		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" && n == 8 { // the figure still short of its goal
-			go saveProfile(ctx, metricsAddr, fmt.Sprintf("%s.fanout%d", path, n), 2*time.Second)
+			profiling.Wait()
+			profiling.Go(func() { saveProfile(ctx, metricsAddr, fmt.Sprintf("%s.fanout%d", path, n), 2*time.Second) })
 		}
 		hits0, misses0 := recordCache(ctx, metricsAddr)
 		faults0, readerFaults0 := pageFaults(b, one.PID()), pageFaults(b, os.Getpid())
