@@ -2,8 +2,10 @@ package cluster
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/flotilla-relay/flotilla/placement"
@@ -126,9 +128,13 @@ func (c *Controller) round(ctx context.Context) bool {
 	c.finalizeVersion(rctx, st, reports)
 	view := BuildView(st, reports, c.lastSeen, now, c.DownAfter)
 	plan := placement.Plan(view)
+	var moved []placement.Decision
 	for _, d := range plan {
-		c.apply(rctx, st, view, d)
+		if c.apply(rctx, st, view, d) && d.Kind == placement.TransferLeader {
+			moved = append(moved, d)
+		}
 	}
+	c.noteTransfers(rctx, moved)
 	return len(plan) == 0 && len(reports) == len(st.Nodes) && !promoting && steady(view)
 }
 
@@ -233,7 +239,7 @@ func GroupOf(rep *clusterv1.NodeReport, gid uint64) *adminv1.GroupStatus {
 	return nil
 }
 
-func (c *Controller) apply(ctx context.Context, st *placement.State, v placement.ClusterView, d placement.Decision) {
+func (c *Controller) apply(ctx context.Context, st *placement.State, v placement.ClusterView, d placement.Decision) bool {
 	c.Log.Info("placement decision", "kind", d.Kind, "group", d.Group, "node", d.Node, "reason", d.Reason)
 	cur := st.Assignments[d.Group]
 	var err error
@@ -252,14 +258,33 @@ func (c *Controller) apply(ctx context.Context, st *placement.State, v placement
 		}
 		n, ok := st.Nodes[leader]
 		if !ok {
-			return
+			return false
 		}
-		if err = c.Relay.TransferLeader(ctx, n, d.Group, d.Node); err == nil {
-			err = c.Meta.Note(ctx, placement.Note("%s", d))
-		}
+		err = c.Relay.TransferLeader(ctx, n, d.Group, d.Node)
 	}
 	if err != nil {
 		c.Log.Warn("placement decision not applied; the next round decides again", "decision", d.String(), "err", err)
+	}
+	return err == nil
+}
+
+// noteTransfers records the round's leader transfers in the metadata's decisions, in
+// one note: each metadata change has every node take a fresh copy of the metadata,
+// and a round moves up to placement.MaxLeaderMoves leaderships.
+func (c *Controller) noteTransfers(ctx context.Context, moved []placement.Decision) {
+	if len(moved) == 0 {
+		return
+	}
+	note := placement.Note("%s", moved[0])
+	if len(moved) > 1 {
+		to := make([]string, len(moved))
+		for i, d := range moved {
+			to[i] = fmt.Sprintf("group %d to node %d", d.Group, d.Node)
+		}
+		note = placement.Note("%s of %d groups (the first: %s): %s", placement.TransferLeader, len(moved), moved[0].Reason, strings.Join(to, ", "))
+	}
+	if err := c.Meta.Note(ctx, note); err != nil {
+		c.Log.Warn("leader transfers made but not recorded in the metadata's decisions", "transfers", len(moved), "err", err)
 	}
 }
 

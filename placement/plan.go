@@ -312,31 +312,42 @@ func (p *planner) balanceReplicas(groups []GroupView) {
 	}
 }
 
-// balanceLeaders moves one leadership from the node leading the most groups to a
-// member leading fewer when they differ by more than one.
+// MaxLeaderMoves bounds the leaderships a round moves to balance them (or off nodes
+// that shed them). One per round (every 2 s) took minutes to spread the leaders of a
+// thousand new groups, and as long to give a restarted node its share back after a
+// rolling upgrade; each move restarts one group's syncer (one reconnection to its
+// own master), so a bounded batch keeps the cluster calm.
+const MaxLeaderMoves = 16
+
+// balanceLeaders moves leaderships from nodes leading more groups to members leading
+// fewer, while they differ by more than one, and off nodes that shed theirs: up to
+// MaxLeaderMoves a round, and none of a group that changes otherwise this round.
 func (p *planner) balanceLeaders(groups []GroupView) {
+	moves := 0
 	for _, g := range groups {
+		if moves == MaxLeaderMoves {
+			return
+		}
 		if g.Leader == 0 || p.touched[g.ID] || !p.healthy(g.Leader) {
 			continue
 		}
+		var to uint64
+		var ok bool
+		var why string
 		if p.nodes[g.Leader].ShedLeaders {
-			if to, ok := p.leaderTarget(g, false, 0); ok {
-				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, Reason: fmt.Sprintf("node %d sheds its leaderships", g.Leader)})
-				p.leaders[g.Leader]--
-				p.leaders[to]++
-				return
-			}
-			continue
+			to, ok = p.leaderTarget(g, false, 0)
+			why = fmt.Sprintf("node %d sheds its leaderships", g.Leader)
+		} else {
+			to, ok = p.leaderTarget(g, true, p.leaders[g.Leader]-1)
+			why = fmt.Sprintf("balancing leaders: node %d leads %d groups, node %d leads %d", g.Leader, p.leaders[g.Leader], to, p.leaders[to])
 		}
-		to, ok := p.leaderTarget(g, true, p.leaders[g.Leader]-1)
 		if !ok {
 			continue
 		}
-		p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to,
-			Reason: fmt.Sprintf("balancing leaders: node %d leads %d groups, node %d leads %d", g.Leader, p.leaders[g.Leader], to, p.leaders[to])})
+		p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, Reason: why})
 		p.leaders[g.Leader]--
 		p.leaders[to]++
-		return // one leadership change per round keeps the cluster calm
+		moves++
 	}
 }
 

@@ -115,3 +115,48 @@ func mustUint(t *testing.T, s string) uint64 {
 	}
 	return v
 }
+
+// TestLeadersBalanceInBoundedRounds: a thousand groups all led by one node of three
+// (a new cluster's, or a node's back from a restart) are balanced to within one
+// leadership, MaxLeaderMoves transfers a round and never more, in as few rounds as
+// that allows.
+func TestLeadersBalanceInBoundedRounds(t *testing.T) {
+	const groups = 1000
+	view := ClusterView{Nodes: []NodeView{{ID: 1, Up: true}, {ID: 2, Up: true}, {ID: 3, Up: true}}}
+	for i := range groups {
+		view.Groups = append(view.Groups, GroupView{ID: uint64(i + 2), Replicas: 3, Members: []uint64{1, 2, 3}, Leader: 1,
+			CaughtUp: map[uint64]bool{1: true, 2: true, 3: true}})
+	}
+	byID := map[uint64]*GroupView{}
+	for i := range view.Groups {
+		byID[view.Groups[i].ID] = &view.Groups[i]
+	}
+	needed := groups - (groups+2)/3 // node 1 keeps its share
+	rounds := 0
+	for ; ; rounds++ {
+		plan := Plan(view)
+		if len(plan) == 0 {
+			break
+		}
+		if len(plan) > MaxLeaderMoves {
+			t.Fatalf("round %d moves %d leaderships, more than %d", rounds, len(plan), MaxLeaderMoves)
+		}
+		for _, d := range plan {
+			if d.Kind != TransferLeader {
+				t.Fatalf("round %d: %s, want only leader transfers", rounds, d)
+			}
+			byID[d.Group].Leader = d.Node
+		}
+	}
+	led := map[uint64]int{}
+	for _, g := range view.Groups {
+		led[g.Leader]++
+	}
+	if lo, hi := min(led[1], led[2], led[3]), max(led[1], led[2], led[3]); hi-lo > 1 {
+		t.Fatalf("after %d rounds the nodes lead %v groups: not within one", rounds, led)
+	}
+	if want := (needed + MaxLeaderMoves - 1) / MaxLeaderMoves; rounds != want {
+		t.Fatalf("balanced in %d rounds, want %d (%d moves, %d a round)", rounds, want, needed, MaxLeaderMoves)
+	}
+	t.Logf("%d rounds to lead %v groups", rounds, led)
+}

@@ -51,8 +51,9 @@ func lazyFreeBytes(pid int) (int64, error) {
 // quiet waits until every group has all its members and the placement controller
 // has made no decision for 10 s: spreading a thousand new groups' leaderships takes
 // the controller a while, and its moves are not idling.
-func quiet(ctx context.Context, b *testing.B, n *flotillatest.Node, groups, size int) {
+func quiet(ctx context.Context, b *testing.B, n *flotillatest.Node, groups, size int) time.Duration {
 	b.Helper()
+	start := time.Now()
 	replicas := min(size, 3) // each group's replicas: the default 3, or every node if fewer
 	last, since, state := "", time.Time{}, "status not read yet"
 	for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); time.Sleep(time.Second) {
@@ -69,10 +70,11 @@ func quiet(ctx context.Context, b *testing.B, n *flotillatest.Node, groups, size
 		}
 		state = fmt.Sprintf("%d of %d groups with their %d members; last decision: %q", complete, groups, replicas, st.Decisions[max(0, len(st.Decisions)-1):])
 		if time.Since(since) >= 10*time.Second {
-			return
+			return since.Sub(start)
 		}
 	}
 	b.Fatalf("the cluster did not settle within 5 minutes (every group with its members, no placement decision for 10 s): %s", state)
+	return 0
 }
 
 // BenchmarkIdleGroups measures what an idle upstream costs a node: a one-node cluster
@@ -184,8 +186,9 @@ func BenchmarkIdleGroups(b *testing.B) {
 		}
 	}
 	addTime := time.Since(start)
+	var settled time.Duration
 	if size > 1 {
-		quiet(ctx, b, n, groups, size)
+		settled = quiet(ctx, b, n, groups, size)
 	}
 	settleIdle()
 	const window = 30 * time.Second
@@ -218,6 +221,9 @@ func BenchmarkIdleGroups(b *testing.B) {
 	rep.add(fmt.Sprintf("idle RSS per group (%s)", groupsLabel), perGroupRSS, masterRSS, "MiB", 0, false)
 	rep.add(cpuLabel, perGroupCPU, masterCPU, "%core", 0, false)
 	rep.note(fmt.Sprintf("idle CPU per group: %.4f%% of a core (%s %.1f%% for %d groups, over %s)", perGroupCPU, who, 100*cpu/window.Seconds(), groups, window))
+	if size > 1 {
+		rep.note(fmt.Sprintf("the cluster settled %s after the last syncer connected: every group with its members, and the placement controller's last decision (spreading the leaderships) made then", settled.Round(time.Second)))
+	}
 	rep.note(fmt.Sprintf("leader changes observed while idle: %.0f, of %.0f since the nodes started (summed over the nodes' groups; each change counts once per replica that sees it)", changes, changesAll))
 	rep.note(fmt.Sprintf("idle groups: %d groups added in %s (%.0f ms each, until every syncer was connected); RSS of %s %.0f MiB -> %.0f MiB; goals ≤ 0.3 MiB and ≤ 0.005%% of a core per group, and 1,000 added in ≤ 10 s; baseline: the master's cost per binlog dump thread",
 		groups, addTime.Round(time.Second), float64(addTime.Milliseconds())/float64(groups), who, rss0/(1<<20), rss/(1<<20)))
