@@ -19,7 +19,8 @@ import (
 //     quorum of the group's new size;
 //   - no node holds two replicas of one group; a group never has more replicas than
 //     there are live nodes;
-//   - a leader moves only to an up, caught-up member.
+//   - a leader moves only to an up, caught-up member, and at most MaxLeaderMoves
+//     leaderships move to balance them (or off shedding nodes) in a round.
 
 // NodeView is the controller's view of one node.
 type NodeView struct {
