@@ -60,16 +60,26 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 	}
 	waitCaughtUp(ctx, t, "replica", master, replica, 2*time.Minute)
 
-	// The filler leaves 512 MiB below the reserve, measured now: others may have
-	// written or freed space since the start.
-	fillPath := filepath.Join(dir, "filler")
-	if now, err := mariadbtest.FreeBytes(dir); err != nil {
-		t.Fatal(err)
-	} else if now > reserve {
-		if err := mariadbtest.Fill(fillPath, int64(now-reserve+512<<20)); err != nil {
+	// The fillers leave 512 MiB below the reserve, measured when each is made: others
+	// may write or free space at any time (a suite beside this one ends and removes
+	// its data, as CI once saw), so every poll while the disk must stay short tops
+	// them up once less than 256 MiB below the reserve is left.
+	var fillers []string
+	topUp := func() {
+		t.Helper()
+		now, err := mariadbtest.FreeBytes(dir)
+		if err != nil {
 			t.Fatal(err)
 		}
+		if int64(now)+256<<20 > int64(reserve) {
+			path := filepath.Join(dir, fmt.Sprintf("filler%d", len(fillers)))
+			if err := mariadbtest.Fill(path, int64(now)-int64(reserve)+512<<20); err != nil {
+				t.Fatal(err)
+			}
+			fillers = append(fillers, path)
+		}
 	}
+	topUp()
 	poll := func(what string, ok func() (bool, string)) {
 		t.Helper()
 		var last string
@@ -82,6 +92,7 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 		t.Fatalf("%s: not within a minute; last: %s\n%s", what, last, fl.LogTail(20))
 	}
 	poll("the node reports the full disk", func() (bool, string) {
+		topUp()
 		code, body, err := httpGet("http://" + metricsAddr + "/readyz")
 		list, _ := fl.CLI(ctx, "node", "list")
 		_, metrics, _ := httpGet("http://" + metricsAddr + "/metrics")
@@ -90,9 +101,11 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 			strings.Contains(list, "disk-low") && v == 1, fmt.Sprintf("readyz %d %q, node list %q, suspended %v", code, body, list, v)
 	})
 	poll("the group replica stops", func() (bool, string) {
+		topUp()
 		out, _ := fl.CLI(ctx, "upstream", "get", "main")
 		return strings.Contains(fl.LogTail(200), "group replica stopped, its data kept"), out
 	})
+	topUp()
 	if out, err := fl.CLI(ctx, "cluster", "health"); err == nil || !strings.Contains(out, "below min_free_disk") {
 		t.Fatalf("cluster health with a full disk: %v\n%s", err, out)
 	}
@@ -104,8 +117,10 @@ func TestFullDiskSuspendsAndResumes(t *testing.T) {
 		t.Fatalf("the node exited with its disk short of space:\n%s", fl.LogTail(30))
 	}
 
-	if err := os.Remove(fillPath); err != nil && !errors.Is(err, os.ErrNotExist) {
-		t.Fatal(err)
+	for _, path := range fillers {
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
 	}
 	poll("the node resumes", func() (bool, string) {
 		code, body, err := httpGet("http://" + metricsAddr + "/readyz")
