@@ -162,6 +162,7 @@ type Group struct {
 	changed chan struct{}
 	closed  bool
 	reading map[*Cursor]uint64 // file each open cursor is in; purge holds back for them
+	cursors atomic.Int32       // len(reading), read without mu
 	// gen names the group's files in the store's record cache: even and unique in
 	// the store while the files stay, odd while a snapshot recovery replaces them
 	// (see Store.newGen; a cursor that opened a part at an odd generation, or while

@@ -214,6 +214,7 @@ func (g *Group) setReading(c *Cursor, file uint64) {
 	} else {
 		g.reading[c] = file
 	}
+	g.cursors.Store(int32(len(g.reading)))
 	g.mu.Unlock()
 }
 
@@ -221,6 +222,9 @@ func (g *Group) setReading(c *Cursor, file uint64) {
 // (behind: they will want its records, so c reads them for the record cache), and
 // whether others read it or a later one (ahead: they may have read them for it).
 func (g *Group) sharers(c *Cursor) (behind, ahead bool) {
+	if g.cursors.Load() < 2 {
+		return false, false // a lone replica (one following the tail) takes no lock
+	}
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	for o, f := range g.reading {
