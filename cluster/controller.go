@@ -130,7 +130,7 @@ func (c *Controller) round(ctx context.Context) bool {
 	plan := placement.Plan(view)
 	var moved []placement.Decision
 	for _, d := range plan {
-		if c.apply(rctx, st, view, d) && d.Kind == placement.TransferLeader {
+		if c.apply(rctx, st, d) && d.Kind == placement.TransferLeader {
 			moved = append(moved, d)
 		}
 	}
@@ -239,7 +239,8 @@ func GroupOf(rep *clusterv1.NodeReport, gid uint64) *adminv1.GroupStatus {
 	return nil
 }
 
-func (c *Controller) apply(ctx context.Context, st *placement.State, v placement.ClusterView, d placement.Decision) bool {
+// apply makes decision d and reports whether it was made.
+func (c *Controller) apply(ctx context.Context, st *placement.State, d placement.Decision) bool {
 	c.Log.Info("placement decision", "kind", d.Kind, "group", d.Group, "node", d.Node, "reason", d.Reason)
 	cur := st.Assignments[d.Group]
 	var err error
@@ -250,13 +251,7 @@ func (c *Controller) apply(ctx context.Context, st *placement.State, v placement
 		next := slices.DeleteFunc(slices.Clone(cur), func(n uint64) bool { return n == d.Node })
 		err = c.Meta.SetMembers(ctx, d.Group, cur, next, placement.Note("%s", d))
 	case placement.TransferLeader:
-		var leader uint64
-		for _, g := range v.Groups {
-			if g.ID == d.Group {
-				leader = g.Leader
-			}
-		}
-		n, ok := st.Nodes[leader]
+		n, ok := st.Nodes[d.From]
 		if !ok {
 			return false
 		}
@@ -277,9 +272,12 @@ func (c *Controller) noteTransfers(ctx context.Context, moved []placement.Decisi
 	}
 	note := placement.Note("%s", moved[0])
 	if len(moved) > 1 {
-		to := make([]string, len(moved))
-		for i, d := range moved {
-			to[i] = fmt.Sprintf("group %d to node %d", d.Group, d.Node)
+		var to []string
+		for _, d := range moved[:min(len(moved), placement.MaxLeaderMoves)] {
+			to = append(to, fmt.Sprintf("group %d to node %d", d.Group, d.Node))
+		}
+		if more := len(moved) - len(to); more > 0 {
+			to = append(to, fmt.Sprintf("and %d more (each in the log)", more))
 		}
 		note = placement.Note("%s of %d groups (the first: %s): %s", placement.TransferLeader, len(moved), moved[0].Reason, strings.Join(to, ", "))
 	}

@@ -69,9 +69,11 @@ const (
 
 // Decision is one change the controller makes, with the reason it is logged with.
 type Decision struct {
-	Kind   DecisionKind
-	Group  uint64
-	Node   uint64
+	Kind  DecisionKind
+	Group uint64
+	Node  uint64
+	// From is the group's leader a TransferLeader moves the leadership from.
+	From   uint64
 	Reason string
 }
 
@@ -127,6 +129,11 @@ func (p *planner) decide(d Decision) {
 		p.load[d.Node]++
 	case RemoveReplica:
 		p.load[d.Node]--
+	case TransferLeader:
+		// Later decisions of the round see the move: a drain's transfers spread,
+		// and balancing does not pile onto the node they went to.
+		p.leaders[d.From]--
+		p.leaders[d.Node]++
 	}
 }
 
@@ -186,7 +193,7 @@ func (p *planner) repair(g GroupView) {
 		b := bad[0]
 		if b == g.Leader && p.nodes[b].Up {
 			if to, ok := p.leaderTarget(g, false, 0); ok {
-				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, Reason: fmt.Sprintf("node %d is %s", b, p.state(b))})
+				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, From: b, Reason: fmt.Sprintf("node %d is %s", b, p.state(b))})
 			}
 			return
 		}
@@ -320,35 +327,34 @@ func (p *planner) balanceReplicas(groups []GroupView) {
 // own master), so a bounded batch keeps the cluster calm.
 const MaxLeaderMoves = 16
 
-// balanceLeaders moves leaderships from nodes leading more groups to members leading
-// fewer, while they differ by more than one, and off nodes that shed theirs: up to
-// MaxLeaderMoves a round, and none of a group that changes otherwise this round.
+// balanceLeaders moves leaderships off nodes that shed theirs, then from nodes
+// leading more groups to members leading fewer while they differ by more than one:
+// up to MaxLeaderMoves a round, and none of a group that changes otherwise this round.
 func (p *planner) balanceLeaders(groups []GroupView) {
 	moves := 0
-	for _, g := range groups {
-		if moves == MaxLeaderMoves {
-			return
+	for _, shedding := range []bool{true, false} {
+		for _, g := range groups {
+			if moves == MaxLeaderMoves {
+				return
+			}
+			if g.Leader == 0 || p.touched[g.ID] || !p.healthy(g.Leader) || p.nodes[g.Leader].ShedLeaders != shedding {
+				continue
+			}
+			var to uint64
+			var ok bool
+			var why string
+			if shedding {
+				to, ok = p.leaderTarget(g, false, 0)
+				why = fmt.Sprintf("node %d sheds its leaderships", g.Leader)
+			} else {
+				to, ok = p.leaderTarget(g, true, p.leaders[g.Leader]-1)
+				why = fmt.Sprintf("balancing leaders: node %d leads %d groups, node %d leads %d", g.Leader, p.leaders[g.Leader], to, p.leaders[to])
+			}
+			if ok {
+				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, From: g.Leader, Reason: why})
+				moves++
+			}
 		}
-		if g.Leader == 0 || p.touched[g.ID] || !p.healthy(g.Leader) {
-			continue
-		}
-		var to uint64
-		var ok bool
-		var why string
-		if p.nodes[g.Leader].ShedLeaders {
-			to, ok = p.leaderTarget(g, false, 0)
-			why = fmt.Sprintf("node %d sheds its leaderships", g.Leader)
-		} else {
-			to, ok = p.leaderTarget(g, true, p.leaders[g.Leader]-1)
-			why = fmt.Sprintf("balancing leaders: node %d leads %d groups, node %d leads %d", g.Leader, p.leaders[g.Leader], to, p.leaders[to])
-		}
-		if !ok {
-			continue
-		}
-		p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, Reason: why})
-		p.leaders[g.Leader]--
-		p.leaders[to]++
-		moves++
 	}
 }
 

@@ -138,6 +138,9 @@ func TestLeadersBalanceInBoundedRounds(t *testing.T) {
 		if len(plan) == 0 {
 			break
 		}
+		if rounds == groups {
+			t.Fatalf("not balanced after %d rounds", rounds)
+		}
 		if len(plan) > MaxLeaderMoves {
 			t.Fatalf("round %d moves %d leaderships, more than %d", rounds, len(plan), MaxLeaderMoves)
 		}

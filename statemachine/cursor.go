@@ -62,17 +62,20 @@ type Cursor struct {
 	// held is the record cache's entry whose payload the last Next returned, held
 	// until the next Next or Close (its buffer is not reused while held).
 	held *cachedRecord
+	// sharing: the last large record came from the cache, read by another cursor
+	// (see window).
+	sharing bool
 }
 
 // cursorWindow is how much a cursor reads at once: one read serves many small
 // records, and a reader catching up streams closed files in large reads.
 const cursorWindow = 256 << 10
 
-// sharedWindow is how much a cursor reads at once while other cursors read the same
-// file. Their large records come from the record cache, read once for all; a full
-// window would read the start of the next one for nothing: replicas reading in step
-// (a fan-out catching up on a binlog of 3 MiB rows) read half as much again as the
-// records themselves that way, 256 KiB each per large record.
+// sharedWindow is how much a cursor reads at once while it takes large records from
+// the record cache (another cursor read them for it): a full window would read the
+// start of the next one for nothing. Replicas reading in step (a fan-out catching up
+// on a binlog of 3 MiB rows) read half as much again as the records themselves that
+// way, 256 KiB each per large record.
 const sharedWindow = 32 << 10
 
 // minWindow is the smallest window a cursor allocates (a replica at the tail reads
@@ -171,14 +174,26 @@ func (c *Cursor) closeFile() {
 	c.win = c.win[:0]
 }
 
-// readInto returns n bytes of the current part at off, from the window when it holds
-// them; a read that refills the window reads ahead up to ahead bytes from off, but
-// only up to what t commits in this part: bytes past the tail may still be
-// rewritten. With dst, a record larger than the window is read into dst (of at least
-// n bytes), which the cursor does not keep. What the window already holds of the
-// request is kept, so the part is only ever read forward: a compressed part
-// decompresses again from its start on any read before its last.
-func (c *Cursor) readInto(t Tail, off int64, n int, dst []byte, ahead int64) ([]byte, error) {
+// read returns n bytes of the current part at off, from the window when it holds them.
+// It reads ahead (see window) only up to what t commits in this part: bytes past the
+// tail may still be rewritten. What the window already holds of the request is kept,
+// so the part is only ever read forward: a compressed part decompresses again from
+// its start on any read before its last.
+func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
+	return c.readInto(t, off, n, nil)
+}
+
+// window is how far a read that refills the window reads ahead.
+func (c *Cursor) window() int64 {
+	if c.sharing {
+		return sharedWindow
+	}
+	return cursorWindow
+}
+
+// readInto is read; with dst, a record larger than the window is read into dst (of at
+// least n bytes), which the cursor does not keep.
+func (c *Cursor) readInto(t Tail, off int64, n int, dst []byte) ([]byte, error) {
 	end := c.winOff + int64(len(c.win))
 	if off >= c.winOff && off+int64(n) <= end {
 		return c.win[off-c.winOff : off-c.winOff+int64(n)], nil
@@ -207,7 +222,7 @@ func (c *Cursor) readInto(t Tail, off int64, n int, dst []byte, ahead int64) ([]
 		}
 		return b, nil
 	}
-	want := ahead
+	want := c.window()
 	if c.file == t.File && c.part == len(c.starts) {
 		// The part being written: only its committed bytes.
 		want = min(want, int64(t.SegSize-partStart(c.starts, c.part))-off)
@@ -294,8 +309,9 @@ func (c *Cursor) Next(t Tail) (Record, error) {
 }
 
 // record reads and checks the record at off of the current part, or takes it from the
-// store's record cache: a large record that other cursors in the same file, or
-// behind it, may read too is read once for all of them (see recordCache).
+// store's record cache: a large record that other cursors in the same file, or the
+// one before, may read too is read once for all of them (see recordCache). While
+// the cursor takes its large records from the cache, its windows are sharedWindow.
 func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHeader, []byte, error) {
 	c.drop() // the last record's payload is no longer the caller's
 	rc := c.g.store.records
@@ -303,22 +319,12 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 	if c.gen != 0 && rc.max > 0 && rc.count.Load() > 0 && !c.smallInWindow(off) {
 		if e := rc.lookup(k); e != nil {
 			if h, payload, ok := rc.wait(e); ok {
-				c.held = e
+				c.held, c.sharing = e, true
 				return h, payload, nil
 			}
 		}
 	}
-	cacheable := c.gen != 0 && rc.max > 0
-	ahead := int64(cursorWindow)
-	if cacheable && !c.inWindow(off, recordHeaderLen) {
-		if _, others := c.g.sharers(c); others {
-			// Other cursors read this file or went past it: a large record ahead
-			// may be in the record cache already, and the window should not read
-			// its start again.
-			ahead = sharedWindow
-		}
-	}
-	b, err := c.readInto(t, off, recordHeaderLen, nil, ahead)
+	b, err := c.read(t, off, recordHeaderLen)
 	if err != nil {
 		return recordHeader{}, nil, c.corrupt("read record header", err)
 	}
@@ -327,18 +333,23 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 	if err != nil {
 		return recordHeader{}, nil, c.corrupt("parse record header", err)
 	}
-	if cacheable && h.Len >= minCachedRecord && c.shared() {
+	if h.Len >= minCachedRecord {
+		// Read by this cursor, for the cache or for itself: windows go back to
+		// reading far ahead.
+		c.sharing = false
+	}
+	if c.gen != 0 && rc.max > 0 && h.Len >= minCachedRecord && c.g.othersBehind(c) {
 		e, mine := rc.claim(k)
 		if !mine {
 			if h, payload, ok := rc.wait(e); ok {
-				c.held = e
+				c.held, c.sharing = e, true
 				return h, payload, nil
 			}
 		} else {
 			return c.fillRecord(t, off, hdr, h, e)
 		}
 	}
-	payload, err := c.readInto(t, off+recordHeaderLen, int(h.Len), nil, ahead)
+	payload, err := c.read(t, off+recordHeaderLen, int(h.Len))
 	if err != nil {
 		return recordHeader{}, nil, c.corrupt("read record payload", err)
 	}
@@ -346,15 +357,6 @@ func (c *Cursor) record(t Tail, off int64, hdr *[recordHeaderLen]byte) (recordHe
 		return recordHeader{}, nil, c.corrupt("verify record", err)
 	}
 	return h, payload, nil
-}
-
-// shared reports whether other cursors may want the records this one reads: they
-// read its file or an earlier one. Replicas catching up at once drift apart by more
-// than a served file; only counting those in the same file, a fan-out to 8 read a
-// quarter of its large records once per replica.
-func (c *Cursor) shared() bool {
-	behind, _ := c.g.sharers(c)
-	return behind
 }
 
 // fillRecord reads and checks the record the cursor claimed in the record cache, and
@@ -371,7 +373,7 @@ func (c *Cursor) fillRecord(t Tail, off int64, hdr *[recordHeaderLen]byte, h rec
 		}
 	}()
 	buf = rc.buffer(int(h.Len))
-	payload, err = c.readInto(t, off+recordHeaderLen, int(h.Len), buf, cursorWindow)
+	payload, err = c.readInto(t, off+recordHeaderLen, int(h.Len), buf)
 	if err == nil {
 		err = verifyRecord(hdr[:], h, payload)
 	}
