@@ -82,14 +82,17 @@ type Placer struct {
 // Place rewrites, in place, the events and parts in buf, which start at served
 // position start: each event's log_pos becomes its end position (modulo 2^32, as a
 // master writes it past 4 GiB), clearFlags are cleared, and when checksummed the
-// trailer is recomputed. The trailer must be whole in an event's last part.
+// trailer is brought up to date: a whole event's by Relocate (its trailer must match
+// its bytes, as the syncer checked; one that did not may still not), an event in
+// parts's by checksumming it again as its parts pass. The trailer must be whole in an
+// event's last part.
 func (p *Placer) Place(buf []byte, start uint64, clearFlags uint16, checksummed bool) error {
 	pos := start
 	return p.Feed(buf, func(part []byte, first, last bool) error {
 		if first {
 			end := pos + uint64(binary.LittleEndian.Uint32(part[9:]))
 			if last {
-				SetLogPos(part, uint32(end), clearFlags, checksummed)
+				Relocate(part, uint32(end), clearFlags, checksummed)
 				pos += uint64(len(part))
 				return nil
 			}

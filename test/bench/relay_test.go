@@ -470,9 +470,13 @@ func BenchmarkRelay(b *testing.B) {
 	}
 	faults0 := pageFaults(b, one.PID())
 	disk0, diskOK := deviceWritten(dir)
+	nodeCPU0, masterCPU0 := cpuSeconds(b, one.PID()), cpuSeconds(b, m.PID())
 	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid, profile1)
 	faults := pageFaults(b, one.PID()) - faults0
 	rep.note("ingest, 1 replica: " + diskNote(dir, disk0, diskOK, i1.bytes, i1.took))
+	nodeCPU := cpuSeconds(b, one.PID()) - nodeCPU0
+	rep.note(fmt.Sprintf("ingest, 1 replica: the node used %.2f cpu-s (%.2f per GiB ingested) and the master %.2f cpu-s in %.2f s of ingest",
+		nodeCPU, nodeCPU/(float64(i1.bytes)/(1<<30)), cpuSeconds(b, m.PID())-masterCPU0, i1.took.Seconds()))
 	// FLOTILLA_BENCH_ALLOCS=FILE saves the node's allocation profile after the ingest
 	// (the node did little else before it).
 	if path := os.Getenv("FLOTILLA_BENCH_ALLOCS"); path != "" {
@@ -646,8 +650,9 @@ func BenchmarkRelay(b *testing.B) {
 	stopPerf(b, perf)
 	rep.add("ingest, 3 replicas", i3.mbs(), rawMBs, "MB/s", 0.3, true)
 	rep.note("ingest, 3 replicas: " + diskNote(dir, disk0, diskOK, i3.bytes, i3.took))
-	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
-		cpu3()-nodes0, cpuSeconds(b, m.PID())-master0, i3.took.Seconds(), i3.setup.Seconds(), runtime.NumCPU()))
+	nodesCPU := cpu3() - nodes0
+	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s (%.2f per GiB ingested) and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
+		nodesCPU, nodesCPU/(float64(i3.bytes)/(1<<30)), cpuSeconds(b, m.PID())-master0, i3.took.Seconds(), i3.setup.Seconds(), runtime.NumCPU()))
 
 	// Fan-out to 32 readers spread over the 3 nodes, each serving from its own
 	// replica, vs the master serving them, once the group holds the whole binlog

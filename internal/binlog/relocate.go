@@ -1,0 +1,98 @@
+package binlog
+
+import (
+	"encoding/binary"
+	"hash/crc32"
+)
+
+// Relocating an event (giving it a new log_pos and clearing header flags) changes at
+// most 6 bytes of its header, and CRC32 is linear over GF(2): for two messages of
+// the same length, crc(a) ^ crc(b) is the checksum of a ^ b taken with a zero
+// register and no final inversion. So the trailer of a relocated event is its old
+// trailer XOR the zero-register CRC of the changed bytes, advanced through the
+// zero bytes that follow them up to the trailer. That costs O(log n) for an event of
+// n bytes instead of a pass over it: placing the multi-megabyte row events of a
+// large transaction was one of the passes every replica made over every byte it
+// applied.
+//
+// It also keeps a property a recomputation lacked: a trailer that did not match its
+// event before still does not match after, so damage done to an event between the
+// syncer's check and a replica's apply reaches the replica's own check instead of
+// being sealed with a fresh checksum.
+
+// ieeeReflected is the IEEE (zlib) CRC-32 polynomial, bit-reversed: bit 31 is x^0.
+const ieeeReflected = 0xEDB88320
+
+// relocateMin is the smallest event Relocate updates algebraically: the update costs
+// about 190 ns whatever the size (BenchmarkRelocate, on the 2-core bench machine),
+// checksumming again 154 ns at 4 KiB and 2 µs at 64 KiB.
+const relocateMin = 8 << 10
+
+// x2n holds x^(2^k) mod P for k = 0..63 (a shift of up to 2^64 bits), reflected: advancing a register through
+// 2^k zero bits multiplies it by x2n[k]. Computed once; never written after.
+var x2n = func() (t [64]uint32) {
+	t[0] = 1 << 30 // x^1
+	for k := 1; k < len(t); k++ {
+		t[k] = mulModP(t[k-1], t[k-1])
+	}
+	return t
+}()
+
+// mulModP returns a*b modulo the IEEE polynomial, both in reflected form.
+func mulModP(a, b uint32) uint32 {
+	var p uint32
+	for m := uint32(1) << 31; m != 0 && a != 0; m >>= 1 {
+		if a&m != 0 {
+			p ^= b
+			a &^= m
+		}
+		// b *= x
+		if b&1 != 0 {
+			b = b>>1 ^ ieeeReflected
+		} else {
+			b >>= 1
+		}
+	}
+	return p
+}
+
+// shiftZeros advances a zero-register CRC c through n zero bytes.
+func shiftZeros(c uint32, n int) uint32 {
+	bits := uint64(n) * 8
+	for k := 0; bits != 0 && c != 0; k++ {
+		if bits&1 != 0 {
+			c = mulModP(x2n[k], c)
+		}
+		bits >>= 1
+	}
+	return c
+}
+
+// Relocate is SetLogPos for an event whose trailer matches its bytes (every event
+// the syncer proposes was checked): it rewrites log_pos and clears clearFlags in
+// place, and when checksummed updates the trailer for the 6 header bytes changed
+// rather than checksumming the event again (see above). A trailer that did not match
+// still does not.
+func Relocate(ev []byte, logPos uint32, clearFlags uint16, checksummed bool) {
+	if !checksummed || len(ev) < relocateMin {
+		SetLogPos(ev, logPos, clearFlags, checksummed)
+		return
+	}
+	var old [6]byte
+	copy(old[:], ev[13:19])
+	SetLogPos(ev, logPos, clearFlags, false)
+	var delta [6]byte
+	changed := false
+	for i := range delta {
+		delta[i] = old[i] ^ ev[13+i]
+		changed = changed || delta[i] != 0
+	}
+	if !changed {
+		return
+	}
+	// The zero-register CRC of delta: crc32.Update inverts on entry and exit.
+	c := ^crc32.Update(^uint32(0), crc32.IEEETable, delta[:])
+	n := len(ev) - ChecksumLen
+	c = shiftZeros(c, n-19)
+	binary.LittleEndian.PutUint32(ev[n:], binary.LittleEndian.Uint32(ev[n:])^c)
+}
