@@ -120,13 +120,22 @@ func (f *segFile) Name() string { return f.path }
 // (and the rest of its Update) is staged, and may stay so until Flush (or Sync,
 // WriteAt, Close): readers see it only after that.
 func (f *segFile) Write(p []byte) (int, error) {
-	if f.d != nil && f.d.store.DirectIO() && (f.d.staging() || len(p) >= segDirectMin) {
+	if f.staged(len(p)) {
 		return f.d.write(f, p)
 	}
 	if err := f.Flush(); err != nil {
 		return 0, err
 	}
 	return f.w.Write(p)
+}
+
+// writeStaged appends src's bytes through the direct-I/O stage, filled in place. The
+// caller checked that the part writes directly (staged reports it).
+func (f *segFile) writeStaged(src filler) (int, error) { return f.d.writeFrom(f, src) }
+
+// staged reports whether a write of n bytes would go through the direct-I/O stage.
+func (f *segFile) staged(n int) bool {
+	return f.d != nil && f.d.store.DirectIO() && (f.d.staging() || n >= segDirectMin)
 }
 
 // Flush puts every byte appended so far in the file, where readers find it.

@@ -154,6 +154,7 @@ type Group struct {
 	m           meta
 	seg         *segFile            // the current file's last part, open for appending
 	dirty       map[string]*segFile // parts written since the last Sync, by path
+	placed      placedRecord        // a large record being written (segplace.go)
 	startStates map[uint64]binlog.Position
 	startSets   map[uint64]binlog.MySQLSet
 

@@ -86,18 +86,41 @@ func (s *Store) newSegFile(f vfs.File, path string, off int64) *segFile {
 	return sf
 }
 
+// filler is the bytes of a write, produced on demand: fill copies them from off into
+// dst. Successive fills move forward.
+type filler interface {
+	size() int
+	fill(dst []byte, off int)
+}
+
+// plainBytes is a filler of bytes already in place.
+type plainBytes []byte
+
+func (p plainBytes) size() int                { return len(p) }
+func (p plainBytes) fill(dst []byte, off int) { copy(dst, p[off:]) }
+
 // write stages p, writing whole blocks out as the stage fills. Taking a stage, it
 // first completes the part's partial last block through the page cache, which began it.
 func (d *segDirect) write(f *segFile, p []byte) (int, error) {
-	n := 0
+	return d.writeFrom(f, plainBytes(p))
+}
+
+// writeFrom is write for bytes produced by src, which fills the stage directly.
+func (d *segDirect) writeFrom(f *segFile, src filler) (int, error) {
+	n, size := 0, src.size()
 	if d.buf == nil {
-		if head := min(int(-f.w.off&(segAlign()-1)), len(p)); head > 0 {
-			m, err := f.w.Write(p[:head])
+		if head := min(int(-f.w.off&(segAlign()-1)), size); head > 0 {
+			b, ok := src.(plainBytes)
+			if !ok {
+				b = make([]byte, head)
+				src.fill(b, 0)
+			}
+			m, err := f.w.Write(b[:head])
 			if n += m; err != nil {
 				return n, fmt.Errorf("write segment %s: %w", f.path, err)
 			}
 		}
-		if n == len(p) {
+		if n == size {
 			return n, nil
 		}
 		if err := d.take(f.w.off); err != nil {
@@ -105,8 +128,9 @@ func (d *segDirect) write(f *segFile, p []byte) (int, error) {
 		}
 	}
 	stage := *d.buf
-	for n < len(p) {
-		c := copy(stage[d.staged:], p[n:])
+	for n < size {
+		c := min(len(stage)-d.staged, size-n)
+		src.fill(stage[d.staged:d.staged+c], n)
 		d.staged += c
 		n += c
 		f.w.off += int64(c)

@@ -101,6 +101,10 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 			return fmt.Errorf("group %d: index raft entry %d: %w", g.id, index, err)
 		}
 	}
+	if place && len(payload) >= placedMin && g.m.Pending.EventLeft == 0 && g.seg.staged(recordHeaderLen+len(payload)) &&
+		g.placeRecord(&g.placed, payload, g.m.PartServed, typ, index) {
+		return g.writePlaced(bt, len(payload))
+	}
 	before := len(bt.buf)
 	var hdr [recordHeaderLen]byte
 	bt.buf = append(bt.buf, hdr[:]...)
@@ -122,6 +126,27 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 			startWriteback(g.seg.File)
 		}
 	}
+	return nil
+}
+
+// writePlaced writes the record g.placed holds (see segplace.go) after the records
+// the Update's buffer holds.
+func (g *Group) writePlaced(bt *batch, n int) error {
+	defer func() {
+		g.placed.src = nil // the entry is raft's
+		if cap(g.placed.patches) > 4096 {
+			g.placed.patches = nil // an idle group keeps no large list
+		}
+	}()
+	if err := g.flushSegment(bt); err != nil {
+		return err
+	}
+	if _, err := g.seg.writeStaged(&g.placed); err != nil {
+		return fmt.Errorf("group %d: write segment %s: %w", g.id, g.seg.Name(), err)
+	}
+	g.dirty[g.seg.Name()] = g.seg
+	g.m.PartSeg += uint64(recordHeaderLen + n)
+	g.m.PartServed += uint64(n)
 	return nil
 }
 
