@@ -315,6 +315,25 @@ func pageFaults(b *testing.B, pid int) uint64 {
 	return n
 }
 
+// readBytes is how many bytes a process read so far with read-like system calls
+// (rchar in /proc/PID/io): for a node serving a fan-out, its segment reads, which
+// show how much of the binlog it read more than once.
+func readBytes(b *testing.B, pid int) uint64 {
+	b.Helper()
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/io", pid))
+	if err != nil {
+		b.Fatalf("read /proc/%d/io: %v", pid, err)
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "rchar: "); ok {
+			n, _ := strconv.ParseUint(v, 10, 64)
+			return n
+		}
+	}
+	b.Fatalf("/proc/%d/io has no rchar", pid)
+	return 0
+}
+
 // reader is a binlog client: it dumps from file pos 4 of `from`, counting bytes, up to
 // the event ending at (endFile, endPos): it returns there, or with follow goes on and
 // sends the arrival time of each later XID event to xids.
@@ -367,6 +386,7 @@ type fanoutRun struct {
 	serverCPU, masterCPU float64
 	faults, readerFaults uint64
 	hits, misses         float64
+	read                 uint64 // bytes the node read (readBytes)
 }
 
 // fanout runs n readers at once against addr and returns their aggregate MB/s.
@@ -506,7 +526,9 @@ func BenchmarkRelay(b *testing.B) {
 			}
 			hits0, misses0 := recordCache(ctx, metricsAddr)
 			faults0, readerFaults0 := pageFaults(b, one.PID()), pageFaults(b, os.Getpid())
+			read0 := readBytes(b, one.PID())
 			v := fanoutRun{mbs: fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)}
+			v.read = readBytes(b, one.PID()) - read0
 			v.readerFaults = pageFaults(b, os.Getpid()) - readerFaults0
 			v.masterCPU, v.serverCPU = cpuSeconds(b, m.PID())-cpu0, cpuSeconds(b, one.PID())-node0
 			v.faults = pageFaults(b, one.PID()) - faults0
@@ -520,8 +542,8 @@ func BenchmarkRelay(b *testing.B) {
 				via = v
 			}
 		}
-		rep.note(fmt.Sprintf("fan-out to %d readers: the fastest of %d runs each, in turn (the master %s MB/s; Flotilla %s MB/s); in Flotilla's fastest, %.0f large records taken from the shared record cache, %.0f read for it; the node took %d page faults, the readers (this process) %d (%d reading from the master in its fastest)",
-			n, fanoutRounds, strings.Join(directAll, ", "), strings.Join(viaAll, ", "), via.hits, via.misses, via.faults, via.readerFaults, direct.readerFaults))
+		rep.note(fmt.Sprintf("fan-out to %d readers: the fastest of %d runs each, in turn (the master %s MB/s; Flotilla %s MB/s); in Flotilla's fastest, %.0f large records taken from the shared record cache, %.0f read for it, and the node read %.0f MiB (%.1f times the binlog); it took %d page faults, the readers (this process) %d (%d reading from the master in its fastest)",
+			n, fanoutRounds, strings.Join(directAll, ", "), strings.Join(viaAll, ", "), via.hits, via.misses, float64(via.read)/(1<<20), float64(via.read)/float64(i1.bytes), via.faults, via.readerFaults, direct.readerFaults))
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via.mbs, direct.mbs, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), via.masterCPU, direct.serverCPU, "cpu-s", 0, false)
 		rep.add(fmt.Sprintf("server CPU serving %d readers (Flotilla vs master)", n), via.serverCPU, direct.serverCPU, "cpu-s", 0, false)
