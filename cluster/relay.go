@@ -40,9 +40,17 @@ type Relay struct {
 	// silence is relaySilence (tests shorten it).
 	silence time.Duration
 
+	// local, once set, is this node's own report: Reports takes it directly
+	// instead of calling the node's own admin port (a signed gRPC round trip that
+	// every status request and placement round made to itself).
+	local atomic.Pointer[func() *clusterv1.NodeReport]
+
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
 }
+
+// ReportLocally makes Reports take this node's own report from f.
+func (r *Relay) ReportLocally(f func() *clusterv1.NodeReport) { r.local.Store(&f) }
 
 // NewRelay creates a relay for node nodeID of cluster clusterID that signs its calls
 // with keys; tlsCfg (nil: plaintext) is how it reaches other nodes' admin ports.
@@ -321,6 +329,18 @@ func (w *silenceWatch) run(ctx context.Context, cancel context.CancelCauseFunc) 
 func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]*clusterv1.NodeReport {
 	var mu sync.Mutex
 	out := map[uint64]*clusterv1.NodeReport{}
+	if local := r.local.Load(); local != nil {
+		if _, ok := nodes[r.nodeID]; ok {
+			out[r.nodeID] = (*local)()
+			others := make(map[uint64]*placement.Node, len(nodes))
+			for id, n := range nodes {
+				if id != r.nodeID {
+					others[id] = n
+				}
+			}
+			nodes = others
+		}
+	}
 	r.each(ctx, nodes, timeout, func(ctx context.Context, id uint64, c clusterv1.ClusterClient) {
 		req := &clusterv1.ReportRequest{}
 		sctx, err := r.keys.Sign(ctx, id, clusterv1.Cluster_Report_FullMethodName, req)

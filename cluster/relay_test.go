@@ -256,3 +256,27 @@ func TestAliveChecksTheCluster(t *testing.T) {
 		}
 	}
 }
+
+// TestReportsTakeTheNodesOwnLocally: with ReportLocally set, a node's own report comes
+// from it, not from a call to its own admin port (here an address nothing answers
+// on, so a call would leave the report out).
+func TestReportsTakeTheNodesOwnLocally(t *testing.T) {
+	id, _ := NewIdentity()
+	r := NewRelay(1, "c1", NewKeyring(id.Keys(), 0, nil), nil, func() (*placement.State, error) { return &placement.State{}, nil }, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	defer r.Close()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := lis.Addr().String()
+	lis.Close()
+	nodes := map[uint64]*placement.Node{1: {ID: 1, AdminAddr: dead}}
+	if got := r.Reports(context.Background(), nodes, 500*time.Millisecond); got[1] != nil {
+		t.Fatalf("without ReportLocally, a report came from a dead address: %v", got[1])
+	}
+	r.ReportLocally(func() *clusterv1.NodeReport { return &clusterv1.NodeReport{NodeId: 1, MaxClusterVersion: 9} })
+	got := r.Reports(context.Background(), nodes, 500*time.Millisecond)
+	if got[1] == nil || got[1].MaxClusterVersion != 9 {
+		t.Fatalf("own report %v, want the local one", got[1])
+	}
+}

@@ -327,6 +327,11 @@ func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clus
 	if err := s.checkNode(ctx, clusterv1.Cluster_Report_FullMethodName, r); err != nil {
 		return nil, err
 	}
+	return s.LocalReport(), nil
+}
+
+// LocalReport is the report Report sends, for this node's own use (Relay.ReportLocally).
+func (s *Service) LocalReport() *clusterv1.NodeReport {
 	rep := &clusterv1.NodeReport{NodeId: s.NodeID, Groups: s.Groups(), NodeKeyGens: s.Keys.Gens(), MaxClusterVersion: buildinfo.ClusterVersion}
 	if s.Shedding != nil {
 		rep.SheddingLeaders = s.Shedding()
@@ -334,7 +339,7 @@ func (s *Service) Report(ctx context.Context, r *clusterv1.ReportRequest) (*clus
 	if s.Storage != nil {
 		rep.StorageProblem = s.Storage()
 	}
-	return rep, nil
+	return rep
 }
 
 // TransferLeader implements clusterv1.ClusterServer.

@@ -301,6 +301,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	clusterSvc := &cluster.Service{NodeID: cfg.NodeID, Ident: ident, Keys: keys, Admin: adminAuth, Members: nh, Meta: n.meta,
 		Local: n.localSource, Groups: admin.LocalGroups, Log: log.With("component", "cluster"),
 		Transfer: n.transferLeader, Shedding: n.shedding, Storage: n.disk.problem}
+	n.relay.ReportLocally(clusterSvc.LocalReport)
 	admin.Services = []func(*grpc.Server){func(gs *grpc.Server) { clusterv1.RegisterClusterServer(gs, clusterSvc) }}
 	ctrl := &cluster.Controller{NodeID: cfg.NodeID, IsMetaLeader: func() bool { return metaLeader() == cfg.NodeID },
 		Meta: n.meta, Members: nh, Relay: n.relay, DownAfter: cfg.NodeDownAfter, Log: log.With("component", "placement")}
