@@ -20,7 +20,8 @@ import (
 //   - no node holds two replicas of one group; a group never has more replicas than
 //     there are live nodes;
 //   - a leader moves only to an up, caught-up member, and at most MaxLeaderMoves
-//     leaderships move to balance them (or off shedding nodes) in a round.
+//     leaderships move in a round: off draining nodes first, then off shedding
+//     nodes, then to balance them.
 
 // NodeView is the controller's view of one node.
 type NodeView struct {
@@ -88,6 +89,7 @@ type planner struct {
 	load    map[uint64]int
 	leaders map[uint64]int
 	touched map[uint64]bool // groups with a decision this round
+	moves   int             // leader transfers decided this round
 	out     []Decision
 }
 
@@ -134,6 +136,7 @@ func (p *planner) decide(d Decision) {
 		// and balancing does not pile onto the node they went to.
 		p.leaders[d.From]--
 		p.leaders[d.Node]++
+		p.moves++
 	}
 }
 
@@ -192,6 +195,9 @@ func (p *planner) repair(g GroupView) {
 	if len(bad) > 0 {
 		b := bad[0]
 		if b == g.Leader && p.nodes[b].Up {
+			if p.moves == MaxLeaderMoves {
+				return // the next round's
+			}
 			if to, ok := p.leaderTarget(g, false, 0); ok {
 				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, From: b, Reason: fmt.Sprintf("node %d is %s", b, p.state(b))})
 			}
@@ -320,8 +326,8 @@ func (p *planner) balanceReplicas(groups []GroupView) {
 	}
 }
 
-// MaxLeaderMoves bounds the leaderships a round moves to balance them (or off nodes
-// that shed them). One per round (every 2 s) took minutes to spread the leaders of a
+// MaxLeaderMoves bounds the leaderships a round moves: off draining nodes, off nodes
+// that shed them, and to balance them. One per round (every 2 s) took minutes to spread the leaders of a
 // thousand new groups, and as long to give a restarted node its share back after a
 // rolling upgrade; each move restarts one group's syncer (one reconnection to its
 // own master), so a bounded batch keeps the cluster calm.
@@ -331,10 +337,9 @@ const MaxLeaderMoves = 16
 // leading more groups to members leading fewer while they differ by more than one:
 // up to MaxLeaderMoves a round, and none of a group that changes otherwise this round.
 func (p *planner) balanceLeaders(groups []GroupView) {
-	moves := 0
 	for _, shedding := range []bool{true, false} {
 		for _, g := range groups {
-			if moves == MaxLeaderMoves {
+			if p.moves == MaxLeaderMoves {
 				return
 			}
 			if g.Leader == 0 || p.touched[g.ID] || !p.healthy(g.Leader) || p.nodes[g.Leader].ShedLeaders != shedding {
@@ -352,7 +357,6 @@ func (p *planner) balanceLeaders(groups []GroupView) {
 			}
 			if ok {
 				p.decide(Decision{Kind: TransferLeader, Group: g.ID, Node: to, From: g.Leader, Reason: why})
-				moves++
 			}
 		}
 	}

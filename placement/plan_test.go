@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -162,4 +163,55 @@ func TestLeadersBalanceInBoundedRounds(t *testing.T) {
 		t.Fatalf("balanced in %d rounds, want %d (%d moves, %d a round)", rounds, want, needed, MaxLeaderMoves)
 	}
 	t.Logf("%d rounds to lead %v groups", rounds, led)
+}
+
+// TestDrainMovesLeadersInBoundedRounds: a draining node that leads many groups hands
+// them over at most MaxLeaderMoves a round, as balancing does, and every group's
+// leadership leaves it.
+func TestDrainMovesLeadersInBoundedRounds(t *testing.T) {
+	const groups = 100
+	view := ClusterView{Nodes: []NodeView{{ID: 1, Up: true, Draining: true}, {ID: 2, Up: true}, {ID: 3, Up: true}, {ID: 4, Up: true}}}
+	for i := range groups {
+		view.Groups = append(view.Groups, GroupView{ID: uint64(i + 2), Replicas: 3, Members: []uint64{1, 2, 3}, Leader: 1,
+			CaughtUp: map[uint64]bool{1: true, 2: true, 3: true}})
+	}
+	byID := map[uint64]*GroupView{}
+	for i := range view.Groups {
+		byID[view.Groups[i].ID] = &view.Groups[i]
+	}
+	for round := 0; ; round++ {
+		if round == groups {
+			t.Fatalf("node 1 still leads groups after %d rounds", round)
+		}
+		moves := 0
+		for _, d := range Plan(view) {
+			g := byID[d.Group]
+			switch d.Kind {
+			case TransferLeader:
+				moves++
+				g.Leader = d.Node
+			case AddReplica: // caught up by the next round
+				g.Members = append(g.Members, d.Node)
+				g.CaughtUp[d.Node] = true
+			case RemoveReplica:
+				g.Members = slices.DeleteFunc(g.Members, func(m uint64) bool { return m == d.Node })
+			}
+		}
+		if moves > MaxLeaderMoves {
+			t.Fatalf("round %d moves %d leaderships, more than %d", round, moves, MaxLeaderMoves)
+		}
+		left := 0
+		for _, g := range view.Groups {
+			if g.Leader == 1 {
+				left++
+			}
+		}
+		if left == 0 {
+			// A round adds the replacements, then MaxLeaderMoves leave a round.
+			if want := 1 + (groups+MaxLeaderMoves-1)/MaxLeaderMoves; round+1 != want {
+				t.Fatalf("node 1 handed its leaderships over in %d rounds, want %d", round+1, want)
+			}
+			return
+		}
+	}
 }
