@@ -70,29 +70,46 @@ func shiftZeros(c uint32, n int) uint32 {
 
 // Relocate is SetLogPos for an event whose trailer matches its bytes (every event
 // the syncer proposes was checked): it rewrites log_pos and clears clearFlags in
-// place, and when checksummed updates the trailer for the 6 header bytes changed
-// rather than checksumming the event again (see above). A trailer that did not match
-// still does not.
+// place, and when checksummed brings the trailer up to date, for an event of
+// relocateMin bytes or more by the algebra above rather than by checksumming the event
+// again. A large event's trailer that did not match still does not.
 func Relocate(ev []byte, logPos uint32, clearFlags uint16, checksummed bool) {
-	if !checksummed || len(ev) < relocateMin {
-		SetLogPos(ev, logPos, clearFlags, checksummed)
-		return
+	head, trailer := Relocation(ev, logPos, clearFlags, checksummed)
+	copy(ev[13:19], head[:])
+	if checksummed && len(ev) >= HeaderLen+ChecksumLen {
+		binary.LittleEndian.PutUint32(ev[len(ev)-ChecksumLen:], trailer)
 	}
-	var old [6]byte
-	copy(old[:], ev[13:19])
-	SetLogPos(ev, logPos, clearFlags, false)
+}
+
+// Relocation returns what Relocate would write into ev, without writing it: the
+// header bytes 13 to 18 (log_pos and flags) and, when checksummed, the trailer. A
+// writer that copies the event anyway patches the copy with them, so the event is
+// read once.
+func Relocation(ev []byte, logPos uint32, clearFlags uint16, checksummed bool) (head [6]byte, trailer uint32) {
+	copy(head[:], ev[13:19])
+	binary.LittleEndian.PutUint32(head[0:], logPos)
+	f := binary.LittleEndian.Uint16(head[4:]) &^ clearFlags
+	binary.LittleEndian.PutUint16(head[4:], f)
+	if !checksummed || len(ev) < HeaderLen+ChecksumLen {
+		return head, 0
+	}
+	n := len(ev) - ChecksumLen
+	if len(ev) < relocateMin {
+		c := crc32.Update(0, crc32.IEEETable, ev[:13])
+		c = crc32.Update(c, crc32.IEEETable, head[:])
+		return head, crc32.Update(c, crc32.IEEETable, ev[19:n])
+	}
 	var delta [6]byte
 	changed := false
 	for i := range delta {
-		delta[i] = old[i] ^ ev[13+i]
+		delta[i] = ev[13+i] ^ head[i]
 		changed = changed || delta[i] != 0
 	}
+	trailer = binary.LittleEndian.Uint32(ev[n:])
 	if !changed {
-		return
+		return head, trailer
 	}
 	// The zero-register CRC of delta: crc32.Update inverts on entry and exit.
 	c := ^crc32.Update(^uint32(0), crc32.IEEETable, delta[:])
-	n := len(ev) - ChecksumLen
-	c = shiftZeros(c, n-19)
-	binary.LittleEndian.PutUint32(ev[n:], binary.LittleEndian.Uint32(ev[n:])^c)
+	return head, trailer ^ shiftZeros(c, n-19)
 }

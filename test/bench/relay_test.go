@@ -550,7 +550,7 @@ func BenchmarkRelay(b *testing.B) {
 	}
 
 	if g := groupStatus(ctx, b, one, "main"); g.CompressedBytes > 0 {
-		rep.note(fmt.Sprintf("closed files compressed so far: %.1f MB to %.1f MB (%.1f:1)", float64(g.CompressedPlainBytes)/1e6, float64(g.CompressedBytes)/1e6,
+		rep.note(fmt.Sprintf("closed files compressed so far: %.0f KB to %.0f KB (%.1f:1)", float64(g.CompressedPlainBytes)/1e3, float64(g.CompressedBytes)/1e3,
 			float64(g.CompressedPlainBytes)/float64(g.CompressedBytes)))
 	}
 
