@@ -13,12 +13,14 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/directio"
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
 
@@ -46,11 +48,16 @@ type writer struct {
 	seq     uint64
 }
 
-func newWriter(tb testing.TB, dir string) *writer {
+func newWriter(tb testing.TB, dir string) *writer { return newWriterIO(tb, dir, false) }
+
+// newWriterIO is newWriter with the store's segments written with direct I/O, as a
+// node writes them, when direct is set (and the platform has it).
+func newWriterIO(tb testing.TB, dir string, direct bool) *writer {
 	st, err := statemachine.Open(dir, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		tb.Fatal(err)
 	}
+	st.SetDirectIO(direct)
 	g := st.NewGroup(2, 1).(*statemachine.Group)
 	idx, err := g.Open(nil)
 	if err != nil {
@@ -187,6 +194,78 @@ func benchAppend(b *testing.B, syncEvery int, label string) {
 			}
 		}
 	}
+}
+
+// BenchmarkApplyCPU: the CPU a replica spends applying large transactions (3 MiB
+// row events, 4 MiB raft entries, segments written with direct I/O as a node writes
+// them, one Sync at the end), against writing the same bytes once to a file with
+// direct I/O and one fsync: CPU (user and system, this process) per GiB. Its own
+// baseline moves with the machine, so compare ratios.
+func BenchmarkApplyCPU(b *testing.B) {
+	const entryBytes, txnSize, entries = 4 << 20, 3 << 20, 64
+	dir := b.TempDir()
+	for i := 0; i < b.N; i++ {
+		w := newWriterIO(b, filepath.Join(dir, fmt.Sprintf("flotilla-%d", i)), true)
+		if !w.store.DirectIO() {
+			w.close()
+			b.Skip("no direct I/O here: the figure is of the direct path")
+		}
+		cmds := make([][]byte, entries)
+		var raw []byte
+		for j := range cmds {
+			items, _ := w.batch(entryBytes, txnSize)
+			for _, it := range items {
+				raw = append(raw, it.Txn.Events...)
+			}
+			cmds[j] = (&statemachine.Append{Epoch: w.epoch, PrevOrdinal: w.ordinal, Items: items}).Encode()
+			w.ordinal += uint64(len(items))
+		}
+		gib := float64(len(raw)) / (1 << 30)
+		c0 := cpuTime(b)
+		for _, cmd := range cmds {
+			if r := w.apply(b, cmd); r.Value != statemachine.ResultOK {
+				b.Fatalf("append rejected: %s", r.Data)
+			}
+		}
+		if err := w.g.Sync(); err != nil {
+			b.Fatal(err)
+		}
+		flo := (cpuTime(b) - c0).Seconds() * 1000 / gib
+		w.close()
+		c0 = cpuTime(b)
+		if err := writeDirect(filepath.Join(dir, fmt.Sprintf("plain-%d", i)), raw); err != nil {
+			b.Fatal(err)
+		}
+		plain := (cpuTime(b) - c0).Seconds() * 1000 / gib
+		report(b, fmt.Sprintf("apply CPU, %d MiB of 3 MiB rows", len(raw)>>20), flo, plain, "cpu-ms/GiB")
+	}
+}
+
+// cpuTime is the CPU time (user and system) this process used so far.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// writeDirect writes p to a new file at path with direct I/O, 1 MiB at a time from
+// an aligned buffer (the copy a direct write needs), and fsyncs it.
+func writeDirect(path string, p []byte) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|directio.Flag, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	buf := directio.Aligned(1 << 20)
+	for off := 0; off < len(p); off += len(buf) {
+		n := copy(buf, p[off:])
+		if _, err := f.Write(buf[:(n+directio.Block-1)&^(directio.Block-1)]); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }
 
 func median(v []float64) float64 {
