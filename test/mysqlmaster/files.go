@@ -81,9 +81,16 @@ func (f *file) fde() []byte {
 // appendEvents appends events to f at its end, giving each its log_pos there and a
 // fresh checksum.
 func (f *file) appendEvents(events []byte) error {
-	start := uint64(len(f.data))
+	pos := uint64(len(f.data))
 	buf := append([]byte(nil), events...)
-	if err := (&binlog.Placer{}).Place(buf, start, 0, true); err != nil {
+	// Checksummed afresh, event by event: the events may have been edited
+	// (flags, a query) since their trailers were written, which binlog.Placer, like
+	// a replica, would keep as damage.
+	if err := binlog.Split(buf, func(ev []byte) error {
+		pos += uint64(len(ev))
+		binlog.SetLogPos(ev, uint32(pos), 0, true)
+		return nil
+	}); err != nil {
 		return err
 	}
 	f.data = append(f.data, buf...)
