@@ -70,15 +70,10 @@ func (r *placedRecord) fill(dst []byte, off int) {
 // placed as binlog.Placer would place them, and the header with the CRC32C of what is
 // written. It reports false, leaving the work to the Placer, when events does not
 // split into whole events (an event cut across pieces, or damage apply's checks let
-// through), and r is then unused.
+// through), and r then holds nothing of events.
 func (g *Group) placeRecord(r *placedRecord, events []byte, start uint64, typ byte, index uint64) bool {
-	r.src, r.patches, r.next = events, r.patches[:0], 0
-	binary.LittleEndian.PutUint32(r.hdr[0:], uint32(len(events)))
-	binary.LittleEndian.PutUint64(r.hdr[8:], index)
-	r.hdr[16] = typ
-	c := crc32.Update(0, castagnoli, r.hdr[8:recordHeaderLen])
-	pos := start
-	checksummed := g.m.Checksummed
+	// Whole events only: a piece that ends inside an event (the first of every event
+	// larger than a piece) is found by its headers alone, before any other work.
 	for off := 0; off < len(events); {
 		if len(events)-off < binlog.HeaderLen {
 			return false
@@ -87,6 +82,17 @@ func (g *Group) placeRecord(r *placedRecord, events []byte, start uint64, typ by
 		if size < binlog.HeaderLen || size > len(events)-off {
 			return false
 		}
+		off += size
+	}
+	r.src, r.patches, r.next = events, r.patches[:0], 0
+	binary.LittleEndian.PutUint32(r.hdr[0:], uint32(len(events)))
+	binary.LittleEndian.PutUint64(r.hdr[8:], index)
+	r.hdr[16] = typ
+	c := crc32.Update(0, castagnoli, r.hdr[8:recordHeaderLen])
+	pos := start
+	checksummed := g.m.Checksummed
+	for off := 0; off < len(events); {
+		size := int(binary.LittleEndian.Uint32(events[off+9:]))
 		ev := events[off : off+size]
 		pos += uint64(size)
 		head, trailer := binlog.Relocation(ev, uint32(pos), binlog.FlagBinlogInUse, checksummed)

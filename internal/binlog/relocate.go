@@ -18,7 +18,9 @@ import (
 // It also keeps a property a recomputation lacked: a trailer that did not match its
 // event before still does not match after, so damage done to an event between the
 // syncer's check and a replica's apply reaches the replica's own check instead of
-// being sealed with a fresh checksum.
+// being sealed with a fresh checksum. (Only for a whole event of relocateMin bytes or
+// more: an event placed in parts, one larger than a raft entry's piece, is still
+// checksummed afresh as its parts pass, see Placer.)
 
 // ieeeReflected is the IEEE (zlib) CRC-32 polynomial, bit-reversed: bit 31 is x^0.
 const ieeeReflected = 0xEDB88320
