@@ -329,9 +329,18 @@ func (w *silenceWatch) run(ctx context.Context, cancel context.CancelCauseFunc) 
 func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, timeout time.Duration) map[uint64]*clusterv1.NodeReport {
 	var mu sync.Mutex
 	out := map[uint64]*clusterv1.NodeReport{}
+	var done chan struct{} // closed once the local report is in out
 	if local := r.local.Load(); local != nil {
 		if _, ok := nodes[r.nodeID]; ok {
-			out[r.nodeID] = (*local)()
+			// Made while the other nodes are asked.
+			done = make(chan struct{})
+			go func() {
+				defer close(done)
+				rep := (*local)()
+				mu.Lock()
+				out[r.nodeID] = rep
+				mu.Unlock()
+			}()
 			others := make(map[uint64]*placement.Node, len(nodes))
 			for id, n := range nodes {
 				if id != r.nodeID {
@@ -356,6 +365,9 @@ func (r *Relay) Reports(ctx context.Context, nodes map[uint64]*placement.Node, t
 		out[id] = rep
 		mu.Unlock()
 	})
+	if done != nil {
+		<-done
+	}
 	return out
 }
 
