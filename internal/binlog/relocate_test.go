@@ -46,7 +46,7 @@ func TestRelocateMatchesChecksumming(t *testing.T) {
 // flipped in its body) still fails its check once relocated, where checksumming it
 // again would have sealed the damage.
 func TestRelocateKeepsDamage(t *testing.T) {
-	ev := NewOpaque(30, 1, 64<<10, true)
+	ev := NewOpaque(30, 1, relocateMin+12345, true)
 	SetLogPos(ev, 1000, 0, true)
 	ev[HeaderLen+5000] ^= 0x10
 	alg, full := relocated(ev, 70000, FlagBinlogInUse)
@@ -63,6 +63,7 @@ func TestRelocateKeepsDamage(t *testing.T) {
 func FuzzRelocate(f *testing.F) {
 	f.Add([]byte("some body bytes"), uint32(4096), uint32(123456), uint16(1), false)
 	f.Add(make([]byte, 9000), uint32(0), uint32(0xFFFFFFFF), uint16(0xFFFF), true)
+	f.Add(make([]byte, relocateMin), uint32(77), uint32(1<<31), uint16(1), true)
 	f.Fuzz(func(t *testing.T, body []byte, oldPos, newPos uint32, clear uint16, damage bool) {
 		ev := NewOpaque(30, 1, len(body), true)
 		copy(ev[HeaderLen:], body)
@@ -87,10 +88,11 @@ func FuzzRelocate(f *testing.F) {
 	})
 }
 
-// BenchmarkRelocate compares Relocate with checksumming again, by event size: the
-// crossover sets relocateMin.
+// BenchmarkRelocate compares Relocate with checksumming again, by event body size
+// (the event is 23 bytes more): the crossover sets relocateMin.
 func BenchmarkRelocate(b *testing.B) {
-	for _, n := range []int{256, 512, 1 << 10, 4 << 10, 64 << 10, 1 << 20} {
+	// Sizes with many ones in their length take the most multiplications.
+	for _, n := range []int{256, 4 << 10, 8<<10 - 1, 64<<10 - 1, 256<<10 - 1, 1<<20 - 1, 3<<20 - 1} {
 		ev := NewOpaque(30, 1, n, true)
 		SetLogPos(ev, 1, 0, true)
 		b.Run(fmt.Sprintf("algebra/%d", n), func(b *testing.B) {
