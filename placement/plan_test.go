@@ -117,13 +117,10 @@ func mustUint(t *testing.T, s string) uint64 {
 	return v
 }
 
-// TestLeadersBalanceInBoundedRounds: a thousand groups all led by one node of three
-// (a new cluster's, or a node's back from a restart) are balanced to within one
-// leadership, MaxLeaderMoves transfers a round and never more, in as few rounds as
-// that allows.
-func TestLeadersBalanceInBoundedRounds(t *testing.T) {
-	const groups = 1000
-	view := ClusterView{Nodes: []NodeView{{ID: 1, Up: true}, {ID: 2, Up: true}, {ID: 3, Up: true}}}
+// ledByNode1 is a cluster of nodes with groups groups of 3 replicas on nodes 1 to 3,
+// all caught up and led by node 1, and the groups by id (pointers into the view).
+func ledByNode1(groups int, nodes ...NodeView) (ClusterView, map[uint64]*GroupView) {
+	view := ClusterView{Nodes: nodes}
 	for i := range groups {
 		view.Groups = append(view.Groups, GroupView{ID: uint64(i + 2), Replicas: 3, Members: []uint64{1, 2, 3}, Leader: 1,
 			CaughtUp: map[uint64]bool{1: true, 2: true, 3: true}})
@@ -132,6 +129,16 @@ func TestLeadersBalanceInBoundedRounds(t *testing.T) {
 	for i := range view.Groups {
 		byID[view.Groups[i].ID] = &view.Groups[i]
 	}
+	return view, byID
+}
+
+// TestLeadersBalanceInBoundedRounds: a thousand groups all led by one node of three
+// (a new cluster's, or a node's back from a restart) are balanced to within one
+// leadership, MaxLeaderMoves transfers a round and never more, in as few rounds as
+// that allows.
+func TestLeadersBalanceInBoundedRounds(t *testing.T) {
+	const groups = 1000
+	view, byID := ledByNode1(groups, NodeView{ID: 1, Up: true}, NodeView{ID: 2, Up: true}, NodeView{ID: 3, Up: true})
 	needed := groups - (groups+2)/3 // node 1 keeps its share
 	rounds := 0
 	for ; ; rounds++ {
@@ -170,15 +177,7 @@ func TestLeadersBalanceInBoundedRounds(t *testing.T) {
 // leadership leaves it.
 func TestDrainMovesLeadersInBoundedRounds(t *testing.T) {
 	const groups = 100
-	view := ClusterView{Nodes: []NodeView{{ID: 1, Up: true, Draining: true}, {ID: 2, Up: true}, {ID: 3, Up: true}, {ID: 4, Up: true}}}
-	for i := range groups {
-		view.Groups = append(view.Groups, GroupView{ID: uint64(i + 2), Replicas: 3, Members: []uint64{1, 2, 3}, Leader: 1,
-			CaughtUp: map[uint64]bool{1: true, 2: true, 3: true}})
-	}
-	byID := map[uint64]*GroupView{}
-	for i := range view.Groups {
-		byID[view.Groups[i].ID] = &view.Groups[i]
-	}
+	view, byID := ledByNode1(groups, NodeView{ID: 1, Up: true, Draining: true}, NodeView{ID: 2, Up: true}, NodeView{ID: 3, Up: true}, NodeView{ID: 4, Up: true})
 	for round := 0; ; round++ {
 		if round == groups {
 			t.Fatalf("node 1 still leads groups after %d rounds", round)
