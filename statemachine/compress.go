@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math"
 	"os"
 	"sync"
 	"time"
@@ -18,6 +17,8 @@ import (
 // compressed file replaces the plain one atomically: written as .zst.tmp, synced,
 // renamed to .seg.zst, and only then is the .seg removed. Offsets in the index stay
 // those of the plain segment, so compression is invisible to everything but reads.
+// The compressed form is seekable: frames of compressFrame plain bytes and a seek
+// table (zstdseek.go).
 
 // segmentReader reads a segment's bytes at plain-segment offsets.
 type segmentReader interface {
@@ -46,54 +47,12 @@ func (g *Group) openPart(no uint64, k int) (segmentReader, error) {
 	if err != nil {
 		return nil, fmt.Errorf("group %d: open %s (plain or compressed): %w", g.id, path, err)
 	}
-	dec, err := zstd.NewReader(wholeFile(zf), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	z, err := openCompressed(zf)
 	if err != nil {
 		zf.Close()
 		return nil, fmt.Errorf("group %d: open compressed %s: %w", g.id, path, err)
 	}
-	return &zstdSegment{f: zf, dec: dec}, nil
-}
-
-// zstdSegment serves ReadAt over a compressed segment by decompressing forward; a
-// read before the current offset starts over (cursors only move forward).
-type zstdSegment struct {
-	f   vfs.File
-	dec *zstd.Decoder
-	pos int64
-	// restarts counts reads that went back and decompressed again from the start:
-	// cursors read forward, so it stays 0 (a test checks).
-	restarts int
-}
-
-func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
-	if off < z.pos {
-		if err := z.dec.Reset(wholeFile(z.f)); err != nil {
-			return 0, err
-		}
-		z.pos = 0
-		z.restarts++
-	}
-	if off > z.pos {
-		n, err := io.CopyN(io.Discard, z.dec, off-z.pos)
-		z.pos += n
-		if err != nil {
-			return 0, err
-		}
-	}
-	n, err := io.ReadFull(z.dec, p)
-	z.pos += int64(n)
-	if errors.Is(err, io.ErrUnexpectedEOF) {
-		err = io.EOF
-	}
-	return n, err
-}
-
-// wholeFile reads f from its start.
-func wholeFile(f vfs.File) io.Reader { return io.NewSectionReader(f, 0, math.MaxInt64) }
-
-func (z *zstdSegment) Close() error {
-	z.dec.Close()
-	return z.f.Close()
+	return z, nil
 }
 
 // compressJob asks the store's worker to compress one closed segment.
@@ -150,8 +109,12 @@ const encoderIdle = 30 * time.Second
 type compressor struct {
 	s   *Store
 	enc *zstd.Encoder
-	// sample and out are compressible's buffers, kept with the encoder.
-	sample, out []byte
+	// sample and out are compressible's buffers, chunk and out writeFrames', kept
+	// with the encoder.
+	sample, out, chunk []byte
+	// frame is the plain size of a compressed segment's frames (0: compressFrame;
+	// tests make it smaller).
+	frame int
 }
 
 // encoder returns the compressor's encoder, made on first use.
@@ -170,7 +133,7 @@ func (c *compressor) encoder() (*zstd.Encoder, error) {
 // its last stream was closed or abandoned with its file, and an encoder of one
 // goroutine holds nothing else.
 func (c *compressor) release() {
-	c.enc, c.sample, c.out = nil, nil, nil
+	c.enc, c.sample, c.out, c.chunk = nil, nil, nil, nil
 }
 
 // compress queues the parts of a closed file for compression without blocking Update.
@@ -253,11 +216,11 @@ func (c *compressor) compressSegment(path string, swapMu *sync.Mutex, account fu
 		fs.Remove(tmp)
 		return 0, 0, err
 	}
-	enc.Reset(&fileWriter{f: out})
-	orig, err := io.Copy(enc, wholeFile(in))
-	if err == nil {
-		err = enc.Close()
+	frame := c.frame
+	if frame == 0 {
+		frame = compressFrame
 	}
+	orig, err := c.writeFrames(enc, io.NewSectionReader(in, 0, st.Size()), &fileWriter{f: out}, frame)
 	if err == nil {
 		err = out.Sync()
 	}

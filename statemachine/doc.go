@@ -38,5 +38,6 @@
 //     replica restored from one accepts the next pieces as its peers do (snapshot.go).
 //   - Compression replaces a closed part only once the plain part is durable and its
 //     compressed copy is synced and named in a synced directory; cursors read plain
-//     and compressed parts alike (compress.go).
+//     and compressed parts alike (compress.go), from the frame that holds the
+//     offset they ask for where the file has a seek table (zstdseek.go).
 package statemachine

@@ -1,0 +1,238 @@
+package statemachine
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"sort"
+
+	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/klauspost/compress/zstd"
+)
+
+// A compressed segment (.seg.zst) is a sequence of independent zstd frames, each of
+// at most compressFrame plain bytes, followed by a seek table in zstd's seekable
+// format (contrib/seekable_format in the zstd sources): a skippable frame holding each
+// frame's compressed and plain size and a footer that names the format.
+//
+// Why: a reader of a single-frame file could only decompress forward from the
+// start. A replica starting in the middle of a closed file decompressed everything
+// before its position, and every reader decompressed, to skip them, the large
+// records it took from the shared record cache: eight readers of a 12 MB file
+// decompressed it eight times over. With the table a reader starts decoding at the
+// frame that holds the offset it wants and decodes at most one frame it does not
+// need.
+//
+// Invariants:
+//   - The file is a valid zstd stream whatever its table: decoders skip the
+//     skippable frame, so a release that decodes forward only (0.45 and before)
+//     reads it too, and a table that does not check (its footer, its sizes against
+//     the file's) only costs the seeking: the segment is then read forward, as the
+//     files of those releases are.
+//   - Frames hold plain bytes in order with no gap: frame i starts at the sum of the
+//     plain sizes of the frames before it.
+
+// compressFrame is how many plain bytes a frame of a compressed segment holds: the
+// most a seek decodes that it does not need. Frames of 1 MiB lose a few percent of
+// the ratio a single frame has, as the encoder's history starts anew in each.
+const compressFrame = 1 << 20
+
+// Zstd's seekable format: the seek table's skippable frame magic, the footer's
+// magic, and the sizes of the footer and of a table entry without checksums.
+const (
+	seekTableMagic    = 0x184D2A5E
+	seekableMagic     = 0x8F92EAB1
+	seekFooterLen     = 9
+	seekEntryLen      = 8
+	skippableFrameHdr = 8
+)
+
+// seekFrame is one frame of a compressed segment: where its plain bytes start and
+// where its compressed bytes start in the file.
+type seekFrame struct {
+	plain, comp int64
+}
+
+// appendSeekTable appends the seek table of frames, given as (compressed, plain) size
+// pairs, to dst.
+func appendSeekTable(dst []byte, sizes [][2]uint32) []byte {
+	dst = binary.LittleEndian.AppendUint32(dst, seekTableMagic)
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(sizes)*seekEntryLen+seekFooterLen))
+	for _, s := range sizes {
+		dst = binary.LittleEndian.AppendUint32(dst, s[0])
+		dst = binary.LittleEndian.AppendUint32(dst, s[1])
+	}
+	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(sizes)))
+	dst = append(dst, 0) // descriptor: no per-frame checksums
+	return binary.LittleEndian.AppendUint32(dst, seekableMagic)
+}
+
+// readSeekTable returns the frames of a compressed segment of size bytes and where
+// its frames end (the seek table's start), or nil if it has no table that checks:
+// one written before tables (a single frame), or a damaged one.
+func readSeekTable(f io.ReaderAt, size int64) ([]seekFrame, int64) {
+	if size < skippableFrameHdr+seekFooterLen {
+		return nil, 0
+	}
+	var foot [seekFooterLen]byte
+	if _, err := f.ReadAt(foot[:], size-seekFooterLen); err != nil {
+		return nil, 0
+	}
+	n := int64(binary.LittleEndian.Uint32(foot[0:]))
+	if binary.LittleEndian.Uint32(foot[5:]) != seekableMagic || foot[4] != 0 || n == 0 {
+		return nil, 0
+	}
+	tableLen := n*seekEntryLen + seekFooterLen
+	start := size - tableLen - skippableFrameHdr
+	if start < 0 {
+		return nil, 0
+	}
+	table := make([]byte, skippableFrameHdr+tableLen)
+	if _, err := f.ReadAt(table, start); err != nil {
+		return nil, 0
+	}
+	if binary.LittleEndian.Uint32(table[0:]) != seekTableMagic || int64(binary.LittleEndian.Uint32(table[4:])) != tableLen {
+		return nil, 0
+	}
+	frames := make([]seekFrame, n)
+	var plain, comp int64
+	for i := range frames {
+		e := table[skippableFrameHdr+int64(i)*seekEntryLen:]
+		frames[i] = seekFrame{plain: plain, comp: comp}
+		c, p := int64(binary.LittleEndian.Uint32(e[0:])), int64(binary.LittleEndian.Uint32(e[4:]))
+		if c == 0 || p == 0 || p > compressFrame {
+			return nil, 0
+		}
+		comp += c
+		plain += p
+	}
+	if comp != start {
+		return nil, 0 // the frames do not fill the file up to the table
+	}
+	return frames, start
+}
+
+// openCompressed serves reads of the compressed segment zf at plain offsets.
+func openCompressed(zf vfs.File) (*zstdSegment, error) {
+	st, err := zf.Stat()
+	if err != nil {
+		return nil, err
+	}
+	z := &zstdSegment{f: zf}
+	z.frames, z.framesEnd = readSeekTable(zf, st.Size())
+	if z.frames == nil {
+		z.framesEnd = math.MaxInt64 // a file without a table: read forward from its start
+	}
+	z.dec, err = zstd.NewReader(z.section(0), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
+	if err != nil {
+		return nil, err
+	}
+	return z, nil
+}
+
+// zstdSegment serves ReadAt over a compressed segment by decompressing forward from
+// the frame that holds the offset asked for (from the file's start if it has no seek
+// table).
+type zstdSegment struct {
+	f   vfs.File
+	dec *zstd.Decoder
+	pos int64
+	// frames is the seek table (nil: none), framesEnd where the frames end.
+	frames    []seekFrame
+	framesEnd int64
+	// restarts counts reads behind the decoder's position, which decode again from
+	// an earlier frame: cursors read forward, so it stays 0 (a test checks).
+	restarts int
+	// decoded counts the plain bytes decoded only to be skipped (a test checks that
+	// seeks decode little).
+	decoded int64
+}
+
+// section is the file's frames from compressed offset off.
+func (z *zstdSegment) section(off int64) io.Reader {
+	return io.NewSectionReader(z.f, off, z.framesEnd-off)
+}
+
+// seek positions the decoder at the start of the frame holding plain offset off.
+func (z *zstdSegment) seek(off int64) error {
+	fr := seekFrame{}
+	if z.frames != nil {
+		i := sort.Search(len(z.frames), func(i int) bool { return z.frames[i].plain > off }) - 1
+		fr = z.frames[max(i, 0)]
+	}
+	if err := z.dec.Reset(z.section(fr.comp)); err != nil {
+		return err
+	}
+	z.pos = fr.plain
+	return nil
+}
+
+func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
+	if off < z.pos {
+		z.restarts++
+		if err := z.seek(off); err != nil {
+			return 0, err
+		}
+	} else if off > z.pos && z.frames != nil {
+		// The frame holding off may start after pos: start there rather than decode
+		// everything between.
+		i := sort.Search(len(z.frames), func(i int) bool { return z.frames[i].plain > off }) - 1
+		if i >= 0 && z.frames[i].plain > z.pos {
+			if err := z.seek(off); err != nil {
+				return 0, err
+			}
+		}
+	}
+	if off > z.pos {
+		n, err := io.CopyN(io.Discard, z.dec, off-z.pos)
+		z.pos += n
+		z.decoded += n
+		if err != nil {
+			return 0, err
+		}
+	}
+	n, err := io.ReadFull(z.dec, p)
+	z.pos += int64(n)
+	if errors.Is(err, io.ErrUnexpectedEOF) {
+		err = io.EOF
+	}
+	return n, err
+}
+
+func (z *zstdSegment) Close() error {
+	z.dec.Close()
+	return z.f.Close()
+}
+
+// writeFrames compresses the plain segment in into out as frames of at most frame
+// bytes followed by their seek table, and returns the plain size.
+func (c *compressor) writeFrames(enc *zstd.Encoder, in io.Reader, out io.Writer, frame int) (int64, error) {
+	if cap(c.chunk) < frame {
+		c.chunk = make([]byte, frame)
+	}
+	var sizes [][2]uint32
+	var orig int64
+	for {
+		n, err := io.ReadFull(in, c.chunk[:frame])
+		if n > 0 {
+			c.out = enc.EncodeAll(c.chunk[:n], c.out[:0])
+			if _, werr := out.Write(c.out); werr != nil {
+				return 0, werr
+			}
+			sizes = append(sizes, [2]uint32{uint32(len(c.out)), uint32(n)})
+			orig += int64(n)
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			break
+		}
+		if err != nil {
+			return 0, fmt.Errorf("read segment: %w", err)
+		}
+	}
+	if _, err := out.Write(appendSeekTable(nil, sizes)); err != nil {
+		return 0, err
+	}
+	return orig, nil
+}

@@ -1,0 +1,228 @@
+package statemachine
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+
+	"github.com/klauspost/compress/zstd"
+)
+
+// compressedFixture writes rows (compressible, never repeating) as a plain segment,
+// compresses it with frames of frame bytes, and returns the plain bytes and the
+// compressed file's path.
+func compressedFixture(t *testing.T, h *harness, frame int) ([]byte, string) {
+	t.Helper()
+	var plain []byte
+	for i := 0; len(plain) < 48*frame+frame/3; i++ {
+		plain = fmt.Appendf(plain, "INSERT INTO t VALUES (%d, 'row %d');", i, i*7)
+	}
+	path := filepath.Join(t.TempDir(), "f.seg")
+	if err := os.WriteFile(path, plain, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c := &compressor{s: h.store, frame: frame}
+	defer c.release()
+	var mu sync.Mutex
+	if _, _, err := c.compressSegment(path, &mu, func(int64, int64) {}); err != nil {
+		t.Fatal(err)
+	}
+	return plain, path + zstSuffix
+}
+
+func openFixture(t *testing.T, h *harness, path string) *zstdSegment {
+	t.Helper()
+	zf, err := h.store.fs.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	z, err := openCompressed(zf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { z.Close() })
+	return z
+}
+
+// readAtMatches reads n bytes at off from z and compares them with plain.
+func readAtMatches(t *testing.T, z *zstdSegment, plain []byte, off int64, n int) {
+	t.Helper()
+	buf := make([]byte, n)
+	got, err := z.ReadAt(buf, off)
+	want := plain[off:min(int64(len(plain)), off+int64(n))]
+	if got != len(want) || (err != nil && (err != io.EOF || got == n)) || !bytes.Equal(buf[:got], want) {
+		t.Fatalf("ReadAt(%d bytes at %d): %d bytes, err %v; want the plain segment's %d bytes", n, off, got, err, len(want))
+	}
+}
+
+// TestCompressedSegmentSeeks: a reader of a compressed segment starts decoding at the
+// frame that holds the offset it asks for, forward or back, and decodes at most
+// that frame's bytes before it; the bytes are the plain segment's.
+func TestCompressedSegmentSeeks(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	const frame = 4 << 10
+	plain, path := compressedFixture(t, h, frame)
+	z := openFixture(t, h, path)
+	if want := (len(plain) + frame - 1) / frame; len(z.frames) != want {
+		t.Fatalf("the seek table lists %d frames, want %d", len(z.frames), want)
+	}
+	// Forward, near the end: a replica starting deep in a closed file.
+	far := int64(len(plain) - frame - 100)
+	readAtMatches(t, z, plain, far, 300)
+	if z.decoded >= frame {
+		t.Fatalf("a read at %d decoded %d bytes to skip, want less than a frame (%d)", far, z.decoded, frame)
+	}
+	// Back to the start, then forward across many frames.
+	z.decoded = 0
+	readAtMatches(t, z, plain, 10, 100)
+	readAtMatches(t, z, plain, int64(len(plain)/2), 100)
+	if z.restarts != 1 || z.decoded >= 2*frame {
+		t.Fatalf("after one read back and one far ahead: %d restarts, %d bytes decoded to skip; want 1 and less than two frames", z.restarts, z.decoded)
+	}
+	// Reads of every size at every place, in any order, span frames as needed.
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 300 {
+		off := rng.Int64N(int64(len(plain)))
+		readAtMatches(t, z, plain, off, 1+rng.IntN(3*frame))
+	}
+	readAtMatches(t, z, plain, int64(len(plain)-5), 100) // past the end: the tail and EOF
+}
+
+// TestCompressedSegmentWithoutTable: a compressed segment is a plain zstd stream to a
+// decoder that knows nothing of seek tables (releases before them decode forward),
+// and a segment whose table does not check, or that has none (written by those
+// releases), is read forward from its start, correctly.
+func TestCompressedSegmentWithoutTable(t *testing.T) {
+	h := newHarness(t, t.TempDir())
+	defer h.close()
+	const frame = 4 << 10
+	plain, path := compressedFixture(t, h, frame)
+	comp, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec, err := zstd.NewReader(bytes.NewReader(comp))
+	if err != nil {
+		t.Fatal(err)
+	}
+	all, err := io.ReadAll(dec)
+	dec.Close()
+	if err != nil || !bytes.Equal(all, plain) {
+		t.Fatalf("decoding the whole compressed segment as one stream: %d bytes, err %v; want the %d plain bytes", len(all), err, len(plain))
+	}
+
+	var buf bytes.Buffer
+	enc, err := zstd.NewWriter(&buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := enc.Write(plain); err != nil {
+		t.Fatal(err)
+	}
+	if err := enc.Close(); err != nil {
+		t.Fatal(err)
+	}
+	damaged := func(at int) []byte { b := bytes.Clone(comp); b[len(b)+at] ^= 0x40; return b }
+	for _, c := range []struct {
+		name string
+		data []byte
+	}{
+		{"one stream, no table", buf.Bytes()},
+		{"footer magic damaged", damaged(-1)},
+		{"frame count damaged", damaged(-seekFooterLen)},
+		{"a frame's size damaged", damaged(-seekFooterLen - seekEntryLen)},
+	} {
+		p := filepath.Join(t.TempDir(), "f.seg.zst")
+		if err := os.WriteFile(p, c.data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		z := openFixture(t, h, p)
+		if z.frames != nil {
+			t.Fatalf("%s: a seek table of %d frames was taken", c.name, len(z.frames))
+		}
+		readAtMatches(t, z, plain, int64(len(plain)/2), 500)
+		readAtMatches(t, z, plain, 3, 500)
+		readAtMatches(t, z, plain, int64(len(plain)-200), 500)
+	}
+}
+
+// FuzzReadSeekTable: whatever the bytes at a compressed segment's end, readSeekTable
+// returns no table or one whose frames start in order and fill the file up to it.
+func FuzzReadSeekTable(f *testing.F) {
+	f.Add(appendSeekTable([]byte("frames.."), [][2]uint32{{4, 100}, {4, 100}}))
+	f.Add(appendSeekTable(nil, nil))
+	f.Add([]byte("not a table at all"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		frames, end := readSeekTable(bytes.NewReader(b), int64(len(b)))
+		if frames == nil {
+			return
+		}
+		if end <= 0 || end > int64(len(b)) || frames[0].plain != 0 || frames[0].comp != 0 {
+			t.Fatalf("table of %d frames ending at %d in %d bytes, first %+v", len(frames), end, len(b), frames[0])
+		}
+		for i := 1; i < len(frames); i++ {
+			if frames[i].plain <= frames[i-1].plain || frames[i].comp <= frames[i-1].comp || frames[i].comp >= end {
+				t.Fatalf("frame %d %+v after %+v (frames end at %d)", i, frames[i], frames[i-1], end)
+			}
+		}
+	})
+}
+
+// BenchmarkCompressedSegmentRead: opening a compressed segment of 16 MiB and reading
+// 4 KiB three quarters in (a replica resuming there), with the seek table and as one
+// stream (files compressed before tables).
+func BenchmarkCompressedSegmentRead(b *testing.B) {
+	h := newHarness(b, b.TempDir())
+	defer h.close()
+	var plain []byte
+	for i := 0; len(plain) < 16<<20; i++ {
+		plain = fmt.Appendf(plain, "INSERT INTO t VALUES (%d, 'row %d');", i, i*7)
+	}
+	dir := b.TempDir()
+	path := filepath.Join(dir, "f.seg")
+	if err := os.WriteFile(path, plain, 0o600); err != nil {
+		b.Fatal(err)
+	}
+	c := &compressor{s: h.store}
+	defer c.release()
+	var mu sync.Mutex
+	if _, _, err := c.compressSegment(path, &mu, func(int64, int64) {}); err != nil {
+		b.Fatal(err)
+	}
+	var stream bytes.Buffer
+	enc, _ := zstd.NewWriter(&stream)
+	enc.Write(plain)
+	enc.Close()
+	streamPath := filepath.Join(dir, "stream.seg.zst")
+	if err := os.WriteFile(streamPath, stream.Bytes(), 0o600); err != nil {
+		b.Fatal(err)
+	}
+	if st, err := os.Stat(path + zstSuffix); err == nil {
+		b.Logf("16 MiB of rows: %d bytes in frames with their table, %d as one stream", st.Size(), stream.Len())
+	}
+	buf := make([]byte, 4<<10)
+	for _, bc := range []struct{ name, path string }{{"table", path + zstSuffix}, {"one-stream", streamPath}} {
+		b.Run(bc.name, func(b *testing.B) {
+			for b.Loop() {
+				zf, err := h.store.fs.Open(bc.path)
+				if err != nil {
+					b.Fatal(err)
+				}
+				z, err := openCompressed(zf)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := z.ReadAt(buf, int64(len(plain))*3/4); err != nil {
+					b.Fatal(err)
+				}
+				z.Close()
+			}
+		})
+	}
+}
