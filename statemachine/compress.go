@@ -130,8 +130,8 @@ func (c *compressor) encoder() (*zstd.Encoder, error) {
 }
 
 // release lets the encoder go (the next segment makes a new one). It is not closed:
-// its last stream was closed or abandoned with its file, and an encoder of one
-// goroutine holds nothing else.
+// it is used through EncodeAll only, which leaves no stream open, and an encoder of
+// one goroutine holds nothing else.
 func (c *compressor) release() {
 	c.enc, c.sample, c.out, c.chunk = nil, nil, nil, nil
 }
@@ -221,6 +221,9 @@ func (c *compressor) compressSegment(path string, swapMu *sync.Mutex, account fu
 		frame = compressFrame
 	}
 	orig, err := c.writeFrames(enc, io.NewSectionReader(in, 0, st.Size()), &fileWriter{f: out}, frame)
+	if err == nil && orig != st.Size() {
+		err = fmt.Errorf("compressed %d bytes of a %d-byte segment", orig, st.Size())
+	}
 	if err == nil {
 		err = out.Sync()
 	}

@@ -178,7 +178,8 @@ func (c *Cursor) closeFile() {
 // It reads ahead (see window) only up to what t commits in this part: bytes past the
 // tail may still be rewritten. What the window already holds of the request is kept,
 // so the part is only ever read forward: a compressed part decompresses again from
-// its start on any read before its last.
+// an earlier frame (from its start, without a seek table) on any read before its
+// last.
 func (c *Cursor) read(t Tail, off int64, n int) ([]byte, error) {
 	return c.readInto(t, off, n, nil)
 }

@@ -28,9 +28,12 @@ import (
 // Invariants:
 //   - The file is a valid zstd stream whatever its table: decoders skip the
 //     skippable frame, so a release that decodes forward only (0.45 and before)
-//     reads it too, and a table that does not check (its footer, its sizes against
-//     the file's) only costs the seeking: the segment is then read forward, as the
-//     files of those releases are.
+//     reads it too, and a table that does not check only costs the seeking: the
+//     segment is then read forward, as the files of those releases are. A table
+//     checks if its footer does, its compressed sizes fill the file up to it, and a
+//     frame header that states the table's plain size begins where the table places
+//     each frame up to the one a read seeks to (see seek): a damaged table is
+//     dropped at the first seek that shows it, before any byte is read through it.
 //   - Frames hold plain bytes in order with no gap: frame i starts at the sum of the
 //     plain sizes of the frames before it.
 
@@ -49,10 +52,10 @@ const (
 	skippableFrameHdr = 8
 )
 
-// seekFrame is one frame of a compressed segment: where its plain bytes start and
-// where its compressed bytes start in the file.
+// seekFrame is one frame of a compressed segment: where its plain bytes start, how
+// many there are, and where its compressed bytes start in the file.
 type seekFrame struct {
-	plain, comp int64
+	plain, size, comp int64
 }
 
 // appendSeekTable appends the seek table of frames, given as (compressed, plain) size
@@ -70,48 +73,62 @@ func appendSeekTable(dst []byte, sizes [][2]uint32) []byte {
 }
 
 // readSeekTable returns the frames of a compressed segment of size bytes and where
-// its frames end (the seek table's start), or nil if it has no table that checks:
-// one written before tables (a single frame), or a damaged one.
-func readSeekTable(f io.ReaderAt, size int64) ([]seekFrame, int64) {
+// its frames end (the seek table's start), or no frames if it has no table that
+// checks: one written before tables (a single frame), or a damaged one. An error is
+// the file's (a read that failed), not the table's.
+func readSeekTable(f io.ReaderAt, size int64) ([]seekFrame, int64, error) {
 	if size < skippableFrameHdr+seekFooterLen {
-		return nil, 0
+		return nil, 0, nil
 	}
 	var foot [seekFooterLen]byte
-	if _, err := f.ReadAt(foot[:], size-seekFooterLen); err != nil {
-		return nil, 0
+	if err := readFull(f, foot[:], size-seekFooterLen); err != nil {
+		return nil, 0, err
 	}
 	n := int64(binary.LittleEndian.Uint32(foot[0:]))
 	if binary.LittleEndian.Uint32(foot[5:]) != seekableMagic || foot[4] != 0 || n == 0 {
-		return nil, 0
+		return nil, 0, nil
 	}
 	tableLen := n*seekEntryLen + seekFooterLen
 	start := size - tableLen - skippableFrameHdr
 	if start < 0 {
-		return nil, 0
+		return nil, 0, nil
 	}
 	table := make([]byte, skippableFrameHdr+tableLen)
-	if _, err := f.ReadAt(table, start); err != nil {
-		return nil, 0
+	if err := readFull(f, table, start); err != nil {
+		return nil, 0, err
 	}
 	if binary.LittleEndian.Uint32(table[0:]) != seekTableMagic || int64(binary.LittleEndian.Uint32(table[4:])) != tableLen {
-		return nil, 0
+		return nil, 0, nil
 	}
 	frames := make([]seekFrame, n)
 	var plain, comp int64
 	for i := range frames {
 		e := table[skippableFrameHdr+int64(i)*seekEntryLen:]
-		frames[i] = seekFrame{plain: plain, comp: comp}
 		c, p := int64(binary.LittleEndian.Uint32(e[0:])), int64(binary.LittleEndian.Uint32(e[4:]))
 		if c == 0 || p == 0 || p > compressFrame {
-			return nil, 0
+			return nil, 0, nil
 		}
+		frames[i] = seekFrame{plain: plain, size: p, comp: comp}
 		comp += c
 		plain += p
 	}
 	if comp != start {
-		return nil, 0 // the frames do not fill the file up to the table
+		return nil, 0, nil // the frames do not fill the file up to the table
 	}
-	return frames, start
+	return frames, start, nil
+}
+
+// readFull reads len(b) bytes at off; a read that ends at the file's end may say
+// io.EOF with all of them.
+func readFull(f io.ReaderAt, b []byte, off int64) error {
+	n, err := f.ReadAt(b, off)
+	if n == len(b) {
+		return nil
+	}
+	if err == nil || errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return err
 }
 
 // openCompressed serves reads of the compressed segment zf at plain offsets.
@@ -121,9 +138,12 @@ func openCompressed(zf vfs.File) (*zstdSegment, error) {
 		return nil, err
 	}
 	z := &zstdSegment{f: zf}
-	z.frames, z.framesEnd = readSeekTable(zf, st.Size())
-	if z.frames == nil {
-		z.framesEnd = math.MaxInt64 // a file without a table: read forward from its start
+	z.frames, z.framesEnd, err = readSeekTable(zf, st.Size())
+	if err != nil {
+		return nil, fmt.Errorf("read the seek table: %w", err)
+	}
+	if len(z.frames) == 0 {
+		z.dropTable()
 	}
 	z.dec, err = zstd.NewReader(z.section(0), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 	if err != nil {
@@ -139,9 +159,11 @@ type zstdSegment struct {
 	f   vfs.File
 	dec *zstd.Decoder
 	pos int64
-	// frames is the seek table (nil: none), framesEnd where the frames end.
+	// frames is the seek table (nil: none), framesEnd where the frames end; the
+	// first checked frames were checked against their headers (see seek).
 	frames    []seekFrame
 	framesEnd int64
+	checked   int
 	// restarts counts reads behind the decoder's position, which decode again from
 	// an earlier frame: cursors read forward, so it stays 0 (a test checks).
 	restarts int
@@ -155,12 +177,36 @@ func (z *zstdSegment) section(off int64) io.Reader {
 	return io.NewSectionReader(z.f, off, z.framesEnd-off)
 }
 
-// seek positions the decoder at the start of the frame holding plain offset off.
+// dropTable makes z read forward from the file's start (a file without a table, or
+// with one that does not check).
+func (z *zstdSegment) dropTable() {
+	z.frames, z.framesEnd = nil, math.MaxInt64
+}
+
+// frameOf returns the index of the frame holding plain offset off (off >= 0).
+func (z *zstdSegment) frameOf(off int64) int {
+	return sort.Search(len(z.frames), func(i int) bool { return z.frames[i].plain > off }) - 1
+}
+
+// seek positions the decoder at the start of the frame holding plain offset off, or
+// at the file's start without a table. Before a frame is first sought to, it and the
+// frames before it are checked: each must begin with a frame header, at the place
+// the table gives, that states the plain size the table does; the plain offset of a
+// frame is the sum of those sizes before it. A table that fails is dropped, and the
+// seek starts at the file's start.
 func (z *zstdSegment) seek(off int64) error {
 	fr := seekFrame{}
-	if z.frames != nil {
-		i := sort.Search(len(z.frames), func(i int) bool { return z.frames[i].plain > off }) - 1
-		fr = z.frames[max(i, 0)]
+	if len(z.frames) > 0 {
+		i := max(z.frameOf(off), 0)
+		for ; z.checked <= i; z.checked++ {
+			if !z.frameChecks(z.frames[z.checked]) {
+				z.dropTable()
+				break
+			}
+		}
+		if len(z.frames) > 0 {
+			fr = z.frames[i]
+		}
 	}
 	if err := z.dec.Reset(z.section(fr.comp)); err != nil {
 		return err
@@ -169,20 +215,31 @@ func (z *zstdSegment) seek(off int64) error {
 	return nil
 }
 
+// frameChecks reports whether a zstd frame header that states fr's plain size (or
+// none, as the encoder leaves out for the smallest frames) begins at fr's place.
+func (z *zstdSegment) frameChecks(fr seekFrame) bool {
+	var hdr [zstd.HeaderMaxSize]byte
+	n, _ := z.f.ReadAt(hdr[:], fr.comp)
+	var h zstd.Header
+	err := h.Decode(hdr[:n])
+	return err == nil && !h.Skippable && (!h.HasFCS || int64(h.FrameContentSize) == fr.size)
+}
+
+// ReadAt implements segmentReader.
 func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
+	if off < 0 {
+		return 0, fmt.Errorf("read at negative offset %d of a compressed segment", off)
+	}
 	if off < z.pos {
 		z.restarts++
 		if err := z.seek(off); err != nil {
 			return 0, err
 		}
-	} else if off > z.pos && z.frames != nil {
-		// The frame holding off may start after pos: start there rather than decode
+	} else if off > z.pos && len(z.frames) > 0 && z.frames[z.frameOf(off)].plain > z.pos {
+		// The frame holding off starts after pos: start there rather than decode
 		// everything between.
-		i := sort.Search(len(z.frames), func(i int) bool { return z.frames[i].plain > off }) - 1
-		if i >= 0 && z.frames[i].plain > z.pos {
-			if err := z.seek(off); err != nil {
-				return 0, err
-			}
+		if err := z.seek(off); err != nil {
+			return 0, err
 		}
 	}
 	if off > z.pos {
@@ -219,7 +276,7 @@ func (c *compressor) writeFrames(enc *zstd.Encoder, in io.Reader, out io.Writer,
 		if n > 0 {
 			c.out = enc.EncodeAll(c.chunk[:n], c.out[:0])
 			if _, werr := out.Write(c.out); werr != nil {
-				return 0, werr
+				return 0, fmt.Errorf("write compressed segment: %w", werr)
 			}
 			sizes = append(sizes, [2]uint32{uint32(len(c.out)), uint32(n)})
 			orig += int64(n)
@@ -232,7 +289,7 @@ func (c *compressor) writeFrames(enc *zstd.Encoder, in io.Reader, out io.Writer,
 		}
 	}
 	if _, err := out.Write(appendSeekTable(nil, sizes)); err != nil {
-		return 0, err
+		return 0, fmt.Errorf("write compressed segment's seek table: %w", err)
 	}
 	return orig, nil
 }
