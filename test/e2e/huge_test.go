@@ -142,8 +142,12 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	t.Logf("Flotilla peak RSS: %d MiB ingesting a %d MiB transaction; %d MiB serving it to 3 replicas at once (from %d MiB); %d MiB relaying a %d MiB row event to them",
 		txnPeak>>20, txnBytes>>20, servePeak>>20, serveBase>>20, rowPeak>>20, hugeRowBytes>>20)
 	// The row event is held whole once by go-mysql's reader, which grows its buffer
-	// while reading: a few times the event, once, not per replica.
-	if txnPeak > txnBytes*3/4 || servePeak-serveBase > txnBytes/8 || rowPeak > 8*hugeRowBytes {
+	// while reading: a few times the event, once, not per replica. Serving may touch
+	// heap the ingest did not: the collector lets the heap grow by up to its live
+	// size between collections, about 100 MiB here (+15-20 MiB in most runs, +102
+	// MiB in one CI run of 0.46), so the bound is a quarter of the transaction: a
+	// copy of it, or of a replica's share, is far above.
+	if txnPeak > txnBytes*3/4 || servePeak-serveBase > txnBytes/4 || rowPeak > 8*hugeRowBytes {
 		t.Fatalf("Flotilla's memory is not bounded (peak %d MiB ingesting a %d MiB transaction, +%d MiB serving it to 3 replicas, %d MiB relaying a %d MiB row): something holds them whole",
 			txnPeak>>20, txnBytes>>20, (servePeak-serveBase)>>20, rowPeak>>20, hugeRowBytes>>20)
 	}
