@@ -677,13 +677,15 @@ func BenchmarkRelay(b *testing.B) {
 	})
 	waitPayloadFiles(ctx, b, nodes...)
 	// FLOTILLA_BENCH_PROFILE=FILE also saves a CPU profile of each of the three nodes
-	// during their ingest (FILE.3node1 to FILE.3node3); FLOTILLA_BENCH_PERF=FILE records
-	// the three processes with perf (kernel included) over the whole ingest.
+	// during their ingest (FILE.3node1 to FILE.3node3: its first second, as the ingest
+	// takes 1.2-1.5 s and the syncer goes on with the small transactions after it, whose
+	// indexing and compactions filled a third of a longer window); FLOTILLA_BENCH_PERF=FILE
+	// records the three processes with perf (kernel included) over the whole ingest.
 	var perf *exec.Cmd
 	profile3 := func() {
 		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" {
 			for i, addr := range metrics3 {
-				go saveProfile(ctx, addr, fmt.Sprintf("%s.3node%d", path, i+1), 2*time.Second)
+				go saveProfile(ctx, addr, fmt.Sprintf("%s.3node%d", path, i+1), time.Second)
 			}
 		}
 		if path := os.Getenv("FLOTILLA_BENCH_PERF"); path != "" {
