@@ -234,15 +234,15 @@ func FuzzReadSeekTable(f *testing.F) {
 	})
 }
 
-// BenchmarkCompressedSegmentRead: opening a compressed segment of 16 MiB and reading
-// 4 KiB in the middle of a frame three quarters in (a replica resuming there: half a
-// frame, on average, is decoded to reach it), with the seek table and as one stream
-// (files compressed before tables).
+// BenchmarkCompressedSegmentRead: opening a compressed segment of 32 MiB and reading
+// 4 KiB in the middle of its last frame (a replica resuming there: half a frame, on
+// average, is decoded to reach it), with the seek table and as one stream (files
+// compressed before tables).
 func BenchmarkCompressedSegmentRead(b *testing.B) {
 	h := newHarness(b, b.TempDir())
 	defer h.close()
 	var plain []byte
-	for i := 0; len(plain) < 16<<20; i++ {
+	for i := 0; len(plain) < 32<<20; i++ {
 		plain = fmt.Appendf(plain, "INSERT INTO t VALUES (%d, 'row %d');", i, i*7)
 	}
 	dir := b.TempDir()
@@ -265,7 +265,7 @@ func BenchmarkCompressedSegmentRead(b *testing.B) {
 		b.Fatal(err)
 	}
 	if st, err := os.Stat(path + zstSuffix); err == nil {
-		b.Logf("16 MiB of rows: %d bytes in frames with their table, %d as one stream", st.Size(), stream.Len())
+		b.Logf("32 MiB of rows: %d bytes in frames with their table, %d as one stream", st.Size(), stream.Len())
 	}
 	buf := make([]byte, 4<<10)
 	for _, bc := range []struct{ name, path string }{{"table", path + zstSuffix}, {"one-stream", streamPath}} {
@@ -279,7 +279,7 @@ func BenchmarkCompressedSegmentRead(b *testing.B) {
 				if err != nil {
 					b.Fatal(err)
 				}
-				if _, err := z.ReadAt(buf, 12<<20+compressFrame/2); err != nil {
+				if _, err := z.ReadAt(buf, 32<<20-compressFrame/2); err != nil {
 					b.Fatal(err)
 				}
 				z.Close()
