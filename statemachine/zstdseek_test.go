@@ -26,6 +26,20 @@ func compressedFixture(t *testing.T, h *harness, frame int) ([]byte, string) {
 	return plain, compressPlain(t, h, plain, frame)
 }
 
+// compressedFile is compressedFixture in a harness of its own, with the compressed
+// file's bytes.
+func compressedFile(t *testing.T, frame int) (h *harness, plain []byte, path string, comp []byte) {
+	t.Helper()
+	h = newHarness(t, t.TempDir())
+	t.Cleanup(h.close)
+	plain, path = compressedFixture(t, h, frame)
+	comp, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, plain, path, comp
+}
+
 // compressPlain writes plain as a segment and compresses it with frames of frame
 // bytes; it returns the compressed file's path.
 func compressPlain(t *testing.T, h *harness, plain []byte, frame int) string {
@@ -124,14 +138,8 @@ func TestCompressedSegmentEdges(t *testing.T) {
 // check but whose plain sizes are wrong is dropped at the first seek, before a byte
 // is read through it: reads are right, from the file's start.
 func TestCompressedSegmentWrongPlainSizes(t *testing.T) {
-	h := newHarness(t, t.TempDir())
-	defer h.close()
 	const frame = 4 << 10
-	plain, path := compressedFixture(t, h, frame)
-	comp, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, plain, path, comp := compressedFile(t, frame)
 	// The first frame's plain size, 4096, as 4000: every later frame seems to start
 	// 96 bytes early.
 	n := (len(plain) + frame - 1) / frame
@@ -156,14 +164,8 @@ func TestCompressedSegmentWrongPlainSizes(t *testing.T) {
 // and a segment whose table does not check, or that has none (written by those
 // releases), is read forward from its start, correctly.
 func TestCompressedSegmentWithoutTable(t *testing.T) {
-	h := newHarness(t, t.TempDir())
-	defer h.close()
 	const frame = 4 << 10
-	plain, path := compressedFixture(t, h, frame)
-	comp, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
+	h, plain, _, comp := compressedFile(t, frame)
 	dec, err := zstd.NewReader(bytes.NewReader(comp))
 	if err != nil {
 		t.Fatal(err)
