@@ -220,7 +220,7 @@ func (c *compressor) compressSegment(path string, swapMu *sync.Mutex, account fu
 	if frame == 0 {
 		frame = compressFrame
 	}
-	orig, err := c.writeFrames(enc, io.NewSectionReader(in, 0, st.Size()), &fileWriter{f: out}, frame)
+	orig, err := c.writeFrames(enc, io.NewSectionReader(in, 0, st.Size()), st.Size(), &fileWriter{f: out}, frame)
 	if err == nil && orig != st.Size() {
 		err = fmt.Errorf("compressed %d bytes of a %d-byte segment", orig, st.Size())
 	}

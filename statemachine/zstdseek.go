@@ -58,62 +58,76 @@ type seekFrame struct {
 	plain, size, comp int64
 }
 
-// appendSeekTable appends the seek table of frames, given as (compressed, plain) size
-// pairs, to dst.
-func appendSeekTable(dst []byte, sizes [][2]uint32) []byte {
+// frameSizes is a frame's compressed and plain size, as the seek table lists it.
+type frameSizes struct {
+	comp, plain uint32
+}
+
+// appendSeekTable appends the seek table of frames to dst.
+func appendSeekTable(dst []byte, sizes []frameSizes) []byte {
 	dst = binary.LittleEndian.AppendUint32(dst, seekTableMagic)
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(sizes)*seekEntryLen+seekFooterLen))
 	for _, s := range sizes {
-		dst = binary.LittleEndian.AppendUint32(dst, s[0])
-		dst = binary.LittleEndian.AppendUint32(dst, s[1])
+		dst = binary.LittleEndian.AppendUint32(dst, s.comp)
+		dst = binary.LittleEndian.AppendUint32(dst, s.plain)
 	}
 	dst = binary.LittleEndian.AppendUint32(dst, uint32(len(sizes)))
 	dst = append(dst, 0) // descriptor: no per-frame checksums
 	return binary.LittleEndian.AppendUint32(dst, seekableMagic)
 }
 
-// readSeekTable returns the frames of a compressed segment of size bytes and where
-// its frames end (the seek table's start), or no frames if it has no table that
-// checks: one written before tables (a single frame), or a damaged one. An error is
-// the file's (a read that failed), not the table's.
+// readSeekTable reads the seek table of a compressed segment of size bytes. It
+// returns where the frames end (the table's skippable frame starts), or -1 if the
+// file has no table whose footer and frame header check (one written before tables:
+// a single frame); and the frames, or none if their sizes do not check either. An
+// error is the file's (a read that failed), not the table's.
 func readSeekTable(f io.ReaderAt, size int64) ([]seekFrame, int64, error) {
 	if size < skippableFrameHdr+seekFooterLen {
-		return nil, 0, nil
+		return nil, -1, nil
 	}
 	var foot [seekFooterLen]byte
 	if err := readFull(f, foot[:], size-seekFooterLen); err != nil {
-		return nil, 0, err
+		return nil, -1, err
 	}
 	n := int64(binary.LittleEndian.Uint32(foot[0:]))
-	if binary.LittleEndian.Uint32(foot[5:]) != seekableMagic || foot[4] != 0 || n == 0 {
-		return nil, 0, nil
+	if binary.LittleEndian.Uint32(foot[5:]) != seekableMagic || foot[4] != 0 {
+		return nil, -1, nil
 	}
 	tableLen := n*seekEntryLen + seekFooterLen
 	start := size - tableLen - skippableFrameHdr
 	if start < 0 {
-		return nil, 0, nil
+		return nil, -1, nil
 	}
-	table := make([]byte, skippableFrameHdr+tableLen)
-	if err := readFull(f, table, start); err != nil {
-		return nil, 0, err
+	// The skippable frame's header first: a damaged count is found before it costs a
+	// read (and a buffer) of its size.
+	var hdr [skippableFrameHdr]byte
+	if err := readFull(f, hdr[:], start); err != nil {
+		return nil, -1, err
 	}
-	if binary.LittleEndian.Uint32(table[0:]) != seekTableMagic || int64(binary.LittleEndian.Uint32(table[4:])) != tableLen {
-		return nil, 0, nil
+	if binary.LittleEndian.Uint32(hdr[0:]) != seekTableMagic || int64(binary.LittleEndian.Uint32(hdr[4:])) != tableLen {
+		return nil, -1, nil
+	}
+	if n == 0 {
+		return nil, start, nil // an empty segment: a table and no frames
+	}
+	table := make([]byte, n*seekEntryLen)
+	if err := readFull(f, table, start+skippableFrameHdr); err != nil {
+		return nil, -1, err
 	}
 	frames := make([]seekFrame, n)
 	var plain, comp int64
 	for i := range frames {
-		e := table[skippableFrameHdr+int64(i)*seekEntryLen:]
+		e := table[int64(i)*seekEntryLen:]
 		c, p := int64(binary.LittleEndian.Uint32(e[0:])), int64(binary.LittleEndian.Uint32(e[4:]))
 		if c == 0 || p == 0 || p > compressFrame {
-			return nil, 0, nil
+			return nil, start, nil
 		}
 		frames[i] = seekFrame{plain: plain, size: p, comp: comp}
 		comp += c
 		plain += p
 	}
 	if comp != start {
-		return nil, 0, nil // the frames do not fill the file up to the table
+		return nil, start, nil // the frames do not fill the file up to the table
 	}
 	return frames, start, nil
 }
@@ -142,8 +156,8 @@ func openCompressed(zf vfs.File) (*zstdSegment, error) {
 	if err != nil {
 		return nil, fmt.Errorf("read the seek table: %w", err)
 	}
-	if len(z.frames) == 0 {
-		z.dropTable()
+	if z.framesEnd < 0 {
+		z.framesEnd = math.MaxInt64 // no table: read the whole file forward
 	}
 	z.dec, err = zstd.NewReader(z.section(0), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 	if err != nil {
@@ -177,13 +191,15 @@ func (z *zstdSegment) section(off int64) io.Reader {
 	return io.NewSectionReader(z.f, off, z.framesEnd-off)
 }
 
-// dropTable makes z read forward from the file's start (a file without a table, or
-// with one that does not check).
+// dropTable makes z read forward from the file's start: its table did not check.
+// The frames still end where the table starts (the decoder never reaches the table,
+// whose skipping zstd reports on stderr).
 func (z *zstdSegment) dropTable() {
-	z.frames, z.framesEnd = nil, math.MaxInt64
+	z.frames, z.checked = nil, 0
 }
 
-// frameOf returns the index of the frame holding plain offset off (off >= 0).
+// frameOf returns the index of the frame holding plain offset off (off >= 0), the
+// last frame for an offset past them all.
 func (z *zstdSegment) frameOf(off int64) int {
 	return sort.Search(len(z.frames), func(i int) bool { return z.frames[i].plain > off }) - 1
 }
@@ -199,7 +215,11 @@ func (z *zstdSegment) seek(off int64) error {
 	if len(z.frames) > 0 {
 		i := max(z.frameOf(off), 0)
 		for ; z.checked <= i; z.checked++ {
-			if !z.frameChecks(z.frames[z.checked]) {
+			ok, err := z.frameChecks(z.frames[z.checked])
+			if err != nil {
+				return err
+			}
+			if !ok {
 				z.dropTable()
 				break
 			}
@@ -209,7 +229,7 @@ func (z *zstdSegment) seek(off int64) error {
 		}
 	}
 	if err := z.dec.Reset(z.section(fr.comp)); err != nil {
-		return err
+		return fmt.Errorf("decode from compressed offset %d: %w", fr.comp, err)
 	}
 	z.pos = fr.plain
 	return nil
@@ -217,18 +237,33 @@ func (z *zstdSegment) seek(off int64) error {
 
 // frameChecks reports whether a zstd frame header that states fr's plain size (or
 // none, as the encoder leaves out for the smallest frames) begins at fr's place.
-func (z *zstdSegment) frameChecks(fr seekFrame) bool {
+func (z *zstdSegment) frameChecks(fr seekFrame) (bool, error) {
 	var hdr [zstd.HeaderMaxSize]byte
-	n, _ := z.f.ReadAt(hdr[:], fr.comp)
+	n, err := z.f.ReadAt(hdr[:], fr.comp)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return false, fmt.Errorf("read the frame header at %d: %w", fr.comp, err)
+	}
 	var h zstd.Header
-	err := h.Decode(hdr[:n])
-	return err == nil && !h.Skippable && (!h.HasFCS || int64(h.FrameContentSize) == fr.size)
+	err = h.Decode(hdr[:n])
+	return err == nil && !h.Skippable && (!h.HasFCS || int64(h.FrameContentSize) == fr.size), nil
 }
 
 // ReadAt implements segmentReader.
 func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
 	if off < 0 {
 		return 0, fmt.Errorf("read at negative offset %d of a compressed segment", off)
+	}
+	if len(z.frames) > 0 {
+		if last := z.frames[len(z.frames)-1]; off >= last.plain+last.size {
+			// Past the frames: once the table checks up to its last frame, the
+			// answer needs no decoding.
+			if err := z.seek(last.plain); err != nil {
+				return 0, err
+			}
+			if len(z.frames) > 0 {
+				return 0, io.EOF
+			}
+		}
 	}
 	if off < z.pos {
 		z.restarts++
@@ -258,18 +293,20 @@ func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
 	return n, err
 }
 
+// Close implements segmentReader.
 func (z *zstdSegment) Close() error {
 	z.dec.Close()
 	return z.f.Close()
 }
 
-// writeFrames compresses the plain segment in into out as frames of at most frame
-// bytes followed by their seek table, and returns the plain size.
-func (c *compressor) writeFrames(enc *zstd.Encoder, in io.Reader, out io.Writer, frame int) (int64, error) {
+// writeFrames compresses the plain segment in, of size bytes, into out as frames of
+// at most frame bytes followed by their seek table, and returns the plain size.
+func (c *compressor) writeFrames(enc *zstd.Encoder, in io.Reader, size int64, out io.Writer, frame int) (int64, error) {
+	frame = int(min(int64(frame), max(size, 1)))
 	if cap(c.chunk) < frame {
 		c.chunk = make([]byte, frame)
 	}
-	var sizes [][2]uint32
+	var sizes []frameSizes
 	var orig int64
 	for {
 		n, err := io.ReadFull(in, c.chunk[:frame])
@@ -278,7 +315,7 @@ func (c *compressor) writeFrames(enc *zstd.Encoder, in io.Reader, out io.Writer,
 			if _, werr := out.Write(c.out); werr != nil {
 				return 0, fmt.Errorf("write compressed segment: %w", werr)
 			}
-			sizes = append(sizes, [2]uint32{uint32(len(c.out)), uint32(n)})
+			sizes = append(sizes, frameSizes{comp: uint32(len(c.out)), plain: uint32(n)})
 			orig += int64(n)
 		}
 		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {

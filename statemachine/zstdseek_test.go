@@ -57,6 +57,7 @@ func compressPlain(t *testing.T, h *harness, plain []byte, frame int) string {
 	return path + zstSuffix
 }
 
+// openFixture opens the compressed segment at path, closed when the test ends.
 func openFixture(t *testing.T, h *harness, path string) *zstdSegment {
 	t.Helper()
 	zf, err := h.store.fs.Open(path)
@@ -114,6 +115,12 @@ func TestCompressedSegmentSeeks(t *testing.T) {
 		readAtMatches(t, z, plain, off, 1+rng.IntN(3*frame))
 	}
 	readAtMatches(t, z, plain, int64(len(plain)-5), 100) // past the end: the tail and EOF
+	z.decoded = 0
+	readAtMatches(t, z, plain, int64(len(plain)), 100)
+	readAtMatches(t, z, plain, int64(len(plain)+frame), 100)
+	if z.decoded != 0 {
+		t.Fatalf("reads past the end decoded %d bytes, want none", z.decoded)
+	}
 }
 
 // TestCompressedSegmentEdges: an empty segment, and one of a whole number of frames,
@@ -159,6 +166,32 @@ func TestCompressedSegmentWrongPlainSizes(t *testing.T) {
 	}
 }
 
+// TestCompressedSegmentDamagedLater: a table whose damage lies past the frames read
+// so far is used up to there, and dropped at the first seek that reaches it.
+func TestCompressedSegmentDamagedLater(t *testing.T) {
+	const frame = 4 << 10
+	h, plain, path, comp := compressedFile(t, frame)
+	// Frame 30 listed 96 bytes short and frame 31 96 bytes long: the sizes still add
+	// up, but frames 31 on seem to start 96 bytes early.
+	n := (len(plain) + frame - 1) / frame
+	entry := func(i int) int { return len(comp) - seekFooterLen - (n-i)*seekEntryLen + 4 }
+	binary.LittleEndian.PutUint32(comp[entry(30):], frame-96)
+	binary.LittleEndian.PutUint32(comp[entry(31):], frame+96)
+	if err := os.WriteFile(path, comp, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	z := openFixture(t, h, path)
+	readAtMatches(t, z, plain, int64(20*frame+100), 200)
+	readAtMatches(t, z, plain, int64(5*frame), 200)
+	if len(z.frames) != n || z.checked != 21 {
+		t.Fatalf("after seeks within the first 21 frames: table of %d frames, %d checked; want all %d kept, 21 checked", len(z.frames), z.checked, n)
+	}
+	readAtMatches(t, z, plain, int64(40*frame), 200)
+	if z.frames != nil {
+		t.Fatal("the table is still used after a seek past its damaged entries")
+	}
+}
+
 // TestCompressedSegmentWithoutTable: a compressed segment is a plain zstd stream to a
 // decoder that knows nothing of seek tables (releases before them decode forward),
 // and a segment whose table does not check, or that has none (written by those
@@ -166,7 +199,8 @@ func TestCompressedSegmentWrongPlainSizes(t *testing.T) {
 func TestCompressedSegmentWithoutTable(t *testing.T) {
 	const frame = 4 << 10
 	h, plain, _, comp := compressedFile(t, frame)
-	dec, err := zstd.NewReader(bytes.NewReader(comp))
+	// As 0.45 reads a compressed segment: one goroutine, low memory, forward.
+	dec, err := zstd.NewReader(bytes.NewReader(comp), zstd.WithDecoderConcurrency(1), zstd.WithDecoderLowmem(true))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +248,7 @@ func TestCompressedSegmentWithoutTable(t *testing.T) {
 // FuzzReadSeekTable: whatever the bytes at a compressed segment's end, readSeekTable
 // returns no table or one whose frames start in order and fill the file up to it.
 func FuzzReadSeekTable(f *testing.F) {
-	f.Add(appendSeekTable([]byte("frames.."), [][2]uint32{{4, 100}, {4, 100}}))
+	f.Add(appendSeekTable([]byte("frames.."), []frameSizes{{4, 100}, {4, 100}}))
 	f.Add(appendSeekTable(nil, nil))
 	f.Add([]byte("not a table at all"))
 	f.Fuzz(func(t *testing.T, b []byte) {

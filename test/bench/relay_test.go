@@ -678,7 +678,7 @@ func BenchmarkRelay(b *testing.B) {
 	waitPayloadFiles(ctx, b, nodes...)
 	// FLOTILLA_BENCH_PROFILE=FILE also saves a CPU profile of each of the three nodes
 	// during their ingest (FILE.3node1 to FILE.3node3: its first second, as the ingest
-	// takes 1.2-1.5 s and the syncer goes on with the small transactions after it, whose
+	// takes 1.2-1.7 s and the syncer goes on with the small transactions after it, whose
 	// indexing and compactions filled a third of a longer window); FLOTILLA_BENCH_PERF=FILE
 	// records the three processes with perf (kernel included) over the whole ingest.
 	var perf *exec.Cmd
