@@ -296,6 +296,38 @@ func TestRecordCacheRecyclesReleasedBuffers(t *testing.T) {
 	}
 }
 
+// TestSmallCacheRecyclesOneLargeBuffer: a buffer larger than a quarter of the cache
+// (the bound on recycled bytes) but not half of it is still kept when no other is:
+// a small cache's claims take it, where they allocated a buffer each before.
+func TestSmallCacheRecyclesOneLargeBuffer(t *testing.T) {
+	rc := newRecordCache(1000) // recycles up to 250 bytes, or one buffer up to 500
+	defer rc.stop()
+	put := func(off int64) *cachedRecord {
+		e, _ := rc.claim(recordKey{gen: 2, file: 1, off: off})
+		rc.fill(e, recordHeader{Len: 300}, rc.buffer(300), nil)
+		return e
+	}
+	first := put(0)
+	rc.release(first)
+	for off := int64(1); off <= 3; off++ {
+		rc.release(put(off)) // the fourth evicts the first
+	}
+	if b := rc.buffer(300); &b[0] != &first.payload[0] {
+		t.Fatal("the evicted record's buffer, above a quarter of the cache, was not kept for the next claim")
+	}
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	rc.recycle(make([]byte, 300))
+	rc.recycle(make([]byte, 300))
+	if len(rc.free) != 1 {
+		t.Fatalf("%d buffers above the bound kept, want one", len(rc.free))
+	}
+	rc.recycle(make([]byte, 600))
+	if len(rc.free) != 1 || cap(rc.free[0]) != 300 {
+		t.Fatal("a buffer above half the cache was kept")
+	}
+}
+
 // TestRecordCacheDropsIdleRecords: records nobody used for maxIdle are dropped, so a
 // fan-out that ended does not keep its memory.
 func TestRecordCacheDropsIdleRecords(t *testing.T) {
