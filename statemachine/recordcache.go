@@ -197,17 +197,31 @@ func roundBuffer(n int) int {
 }
 
 // recycle keeps b for a later record, within the bound on recycled bytes (the
-// smallest buffers go first), or as the one buffer kept when it alone exceeds that
-// bound but not half the cache. That one is what a small cache's claims live on: a
-// claim takes its buffer before its fill evicts the oldest record, whose buffer then
-// serves the next claim. With a 16 MiB cache and records of a little over 4 MiB
-// (pieces of a large transaction), no buffer was ever kept, and three replicas
-// reading an 800 MiB transaction allocated 1.5 GiB. rc.mu is held.
+// smallest buffers go first). A buffer above that bound but not above half the cache
+// is kept only alone: when nothing else is kept, or in place of another such lone
+// buffer (the newest is likeliest the next claim's size), never at the cost of a
+// buffer within the bound. That lone buffer is what a small cache's claims live on:
+// a claim takes its buffer before its fill evicts the oldest record, whose buffer
+// comes back then (or at its last reader's release) for a later claim of its size.
+// With a 16 MiB cache and records of a little over 4 MiB (a large transaction's
+// pieces), no buffer was ever kept, and three replicas reading an 800 MiB
+// transaction allocated 1.6 GiB. rc.mu is held.
 func (rc *recordCache) recycle(b []byte) {
 	if b == nil || rc.sweep == nil || int64(cap(b)) > rc.max/2 {
 		return // nothing to keep, the cache is idle (or stopped), or b is too large
 	}
-	if rc.freeBytes+int64(cap(b)) > rc.max/maxFreeShare && len(rc.free) > 0 {
+	share := rc.max / maxFreeShare
+	if len(rc.free) == 1 && int64(cap(rc.free[0])) > share {
+		rc.free[0], rc.free, rc.freeBytes = nil, rc.free[:0], 0 // the lone large one gives way
+	}
+	if int64(cap(b)) > share {
+		if len(rc.free) == 0 {
+			rc.free = append(rc.free, b[:0])
+			rc.freeBytes = int64(cap(b))
+		}
+		return
+	}
+	if rc.freeBytes+int64(cap(b)) > share && len(rc.free) > 0 {
 		small := 0
 		for i, f := range rc.free {
 			if cap(f) < cap(rc.free[small]) {
@@ -221,7 +235,7 @@ func (rc *recordCache) recycle(b []byte) {
 			rc.free = rc.free[:len(rc.free)-1]
 		}
 	}
-	if rc.freeBytes+int64(cap(b)) <= rc.max/maxFreeShare || len(rc.free) == 0 {
+	if rc.freeBytes+int64(cap(b)) <= share {
 		rc.free = append(rc.free, b[:0])
 		rc.freeBytes += int64(cap(b))
 	}

@@ -318,13 +318,19 @@ func TestSmallCacheRecyclesOneLargeBuffer(t *testing.T) {
 	rc.mu.Lock()
 	defer rc.mu.Unlock()
 	rc.recycle(make([]byte, 300))
-	rc.recycle(make([]byte, 300))
-	if len(rc.free) != 1 {
-		t.Fatalf("%d buffers above the bound kept, want one", len(rc.free))
+	newest := make([]byte, 320)
+	rc.recycle(newest)
+	if len(rc.free) != 1 || &rc.free[0][:1][0] != &newest[:1][0] {
+		t.Fatalf("%d buffers above the bound kept, want one, the newest", len(rc.free))
 	}
 	rc.recycle(make([]byte, 600))
-	if len(rc.free) != 1 || cap(rc.free[0]) != 300 {
+	if len(rc.free) != 1 || cap(rc.free[0]) != 320 {
 		t.Fatal("a buffer above half the cache was kept")
+	}
+	rc.recycle(make([]byte, 200)) // within the bound: takes the lone large one's place
+	rc.recycle(make([]byte, 300)) // above it: never at the cost of one within
+	if len(rc.free) != 1 || cap(rc.free[0]) != 200 {
+		t.Fatalf("free buffers of %d bytes, want one of 200", cap(rc.free[0]))
 	}
 }
 

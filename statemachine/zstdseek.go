@@ -205,24 +205,13 @@ func (z *zstdSegment) frameOf(off int64) int {
 }
 
 // seek positions the decoder at the start of the frame holding plain offset off, or
-// at the file's start without a table. Before a frame is first sought to, it and the
-// frames before it are checked: each must begin with a frame header, at the place
-// the table gives, that states the plain size the table does; the plain offset of a
-// frame is the sum of those sizes before it. A table that fails is dropped, and the
-// seek starts at the file's start.
+// at the file's start without a table (see checkThrough).
 func (z *zstdSegment) seek(off int64) error {
 	fr := seekFrame{}
 	if len(z.frames) > 0 {
 		i := max(z.frameOf(off), 0)
-		for ; z.checked <= i; z.checked++ {
-			ok, err := z.frameChecks(z.frames[z.checked])
-			if err != nil {
-				return err
-			}
-			if !ok {
-				z.dropTable()
-				break
-			}
+		if err := z.checkThrough(i); err != nil {
+			return err
 		}
 		if len(z.frames) > 0 {
 			fr = z.frames[i]
@@ -235,17 +224,47 @@ func (z *zstdSegment) seek(off int64) error {
 	return nil
 }
 
-// frameChecks reports whether a zstd frame header that states fr's plain size (or
-// none, as the encoder leaves out for the smallest frames) begins at fr's place.
+// checkThrough checks frames up to frame i before the first seek to or past them:
+// each must begin with a frame header, at the place the table gives, that states
+// the plain size the table does (the plain offset of a frame is the sum of those
+// sizes before it). A table that fails is dropped.
+func (z *zstdSegment) checkThrough(i int) error {
+	for ; z.checked <= i; z.checked++ {
+		ok, err := z.frameChecks(z.frames[z.checked])
+		if err != nil {
+			return err
+		}
+		if !ok {
+			z.dropTable()
+			return nil
+		}
+	}
+	return nil
+}
+
+// frameChecks reports whether a zstd frame header begins at fr's place and does not
+// state a plain size other than fr's (the encoder leaves it out of the smallest
+// frames).
 func (z *zstdSegment) frameChecks(fr seekFrame) (bool, error) {
+	h, err := z.frameHeader(fr)
+	if err != nil {
+		return false, err
+	}
+	return h != nil && (!h.HasFCS || int64(h.FrameContentSize) == fr.size), nil
+}
+
+// frameHeader decodes the header of the frame at fr's place; nil if there is none.
+func (z *zstdSegment) frameHeader(fr seekFrame) (*zstd.Header, error) {
 	var hdr [zstd.HeaderMaxSize]byte
 	n, err := z.f.ReadAt(hdr[:], fr.comp)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return false, fmt.Errorf("read the frame header at %d: %w", fr.comp, err)
+		return nil, fmt.Errorf("read the frame header at %d: %w", fr.comp, err)
 	}
 	var h zstd.Header
-	err = h.Decode(hdr[:n])
-	return err == nil && !h.Skippable && (!h.HasFCS || int64(h.FrameContentSize) == fr.size), nil
+	if h.Decode(hdr[:n]) != nil || h.Skippable {
+		return nil, nil
+	}
+	return &h, nil
 }
 
 // ReadAt implements segmentReader.
@@ -255,13 +274,19 @@ func (z *zstdSegment) ReadAt(p []byte, off int64) (int, error) {
 	}
 	if len(z.frames) > 0 {
 		if last := z.frames[len(z.frames)-1]; off >= last.plain+last.size {
-			// Past the frames: once the table checks up to its last frame, the
-			// answer needs no decoding.
-			if err := z.seek(last.plain); err != nil {
+			// Past the frames: once the table checks through its last frame, and
+			// that frame's header states its size, the answer needs no decoding.
+			if err := z.checkThrough(len(z.frames) - 1); err != nil {
 				return 0, err
 			}
 			if len(z.frames) > 0 {
-				return 0, io.EOF
+				h, err := z.frameHeader(last)
+				if err != nil {
+					return 0, err
+				}
+				if h != nil && h.HasFCS {
+					return 0, io.EOF
+				}
 			}
 		}
 	}

@@ -256,6 +256,9 @@ func FuzzReadSeekTable(f *testing.F) {
 		if err != nil {
 			t.Fatalf("reading from memory failed: %v", err)
 		}
+		if end != -1 && (end < 0 || end+skippableFrameHdr+seekFooterLen > int64(len(b))) {
+			t.Fatalf("frames end at %d in %d bytes", end, len(b))
+		}
 		if len(frames) == 0 {
 			return
 		}

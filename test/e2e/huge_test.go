@@ -64,8 +64,7 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	// The record cache the three replicas share is a fixed bound (128 MiB by
 	// default): set to 16 MiB here, it fits in the serving bound below with room to
 	// spare, and the test still finds anything that grows with the transaction.
-	// Its metrics and heap profile say where serving's memory went if the bound
-	// below fails.
+	// Its metrics and heap profile describe serving's memory (below).
 	metricsPort, err := mariadbtest.FreePort()
 	if err != nil {
 		t.Fatal(err)
@@ -120,8 +119,14 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	}
 	servePeak := peakRSS(t, fl.PID())
 	heap1 := heapFigures(t, metricsAddr)
-	t.Logf("serving: the node's heap allocated %.0f MiB in %.0f collections; in use %.0f MiB before, %.0f MiB after",
-		(heap1.alloc-heap0.alloc)/(1<<20), heap1.gcs-heap0.gcs, heap0.inUse/(1<<20), heap1.inUse/(1<<20))
+	t.Logf("serving: the node's heap allocated %.0f MiB in %.0f collections (record cache: %.0f hits, %.0f misses); in use %.0f MiB before, %.0f MiB after",
+		(heap1.alloc-heap0.alloc)/(1<<20), heap1.gcs-heap0.gcs, heap1.hits-heap0.hits, heap1.misses-heap0.misses, heap0.inUse/(1<<20), heap1.inUse/(1<<20))
+	// What holds the heap at the end of serving, by allocation site, largest first:
+	// logged if serving's bounds below fail.
+	serveHeap := ""
+	if code, body, err := httpGet("http://" + metricsAddr + "/debug/pprof/heap?debug=1"); err == nil && code == 200 {
+		serveHeap = head(body, 60)
+	}
 
 	// Then one huge row event, streamed live to the three.
 	resetPeakRSS(t, fl.PID())
@@ -156,19 +161,19 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 	// The row event is held whole once by go-mysql's reader, which grows its buffer
 	// while reading: a few times the event, once, not per replica. Serving is
 	// judged by its heap allocations, which do not depend on when the collector
-	// runs: three replicas sharing the record cache's buffers allocated 314-365 MiB
-	// here, and 1.6 GiB when a small cache kept none of its records' buffers. Its
+	// runs: three replicas sharing the record cache's buffers allocated 246-391 MiB
+	// here, and 1.6 GiB when a small cache kept none of its records' buffers (how
+	// many claims allocate depends on how the replicas drift: the bound is the
+	// transaction's size, over twice the most measured). Its
 	// RSS rise does depend on the collector (+1 to +66 MiB with the buffers shared;
 	// +15 to +102 MiB, CI included, without), so its bound is a quarter of the
 	// transaction: a copy of the transaction (800 MiB) is still far above.
-	if served := int64(heap1.alloc - heap0.alloc); served > txnBytes*3/4 {
-		t.Errorf("serving the %d MiB transaction to 3 replicas allocated %d MiB of heap: the record cache's buffers are not reused", txnBytes>>20, served>>20)
+	served := int64(heap1.alloc - heap0.alloc)
+	if served > txnBytes || servePeak-serveBase > txnBytes/4 {
+		t.Logf("the node's heap profile at the end of serving, its start:\n%s", serveHeap)
 	}
-	if servePeak-serveBase > txnBytes/4 {
-		// What holds it: the in-use heap by allocation site, largest first.
-		if _, body, err := httpGet("http://" + metricsAddr + "/debug/pprof/heap?debug=1"); err == nil {
-			t.Logf("the node's heap profile, its start:\n%s", head(body, 60))
-		}
+	if served > txnBytes {
+		t.Errorf("serving the %d MiB transaction to 3 replicas allocated %d MiB of heap, more than the transaction (the record cache's buffers, which should carry it, are not reused?)", txnBytes>>20, served>>20)
 	}
 	if txnPeak > txnBytes*3/4 || servePeak-serveBase > txnBytes/4 || rowPeak > 8*hugeRowBytes {
 		t.Fatalf("Flotilla's memory is not bounded (peak %d MiB ingesting a %d MiB transaction, +%d MiB serving it to 3 replicas, %d MiB relaying a %d MiB row): something holds them whole",
@@ -220,9 +225,9 @@ func dirSize(t *testing.T, dir string) int64 {
 	return n
 }
 
-// heapUse is what a node's Go heap did so far: bytes allocated, collections, and
-// bytes in use.
-type heapUse struct{ alloc, gcs, inUse float64 }
+// heapUse is what a node's Go heap did so far (bytes allocated, collections, bytes
+// in use) and its record cache's hits and misses.
+type heapUse struct{ alloc, gcs, inUse, hits, misses float64 }
 
 // heapFigures scrapes a node's heap figures from its metrics.
 func heapFigures(t *testing.T, metricsAddr string) heapUse {
@@ -235,7 +240,8 @@ func heapFigures(t *testing.T, metricsAddr string) heapUse {
 	for _, m := range []struct {
 		name string
 		v    *float64
-	}{{"go_memstats_alloc_bytes_total", &h.alloc}, {"go_gc_duration_seconds_count", &h.gcs}, {"go_memstats_heap_inuse_bytes", &h.inUse}} {
+	}{{"go_memstats_alloc_bytes_total", &h.alloc}, {"go_gc_duration_seconds_count", &h.gcs}, {"go_memstats_heap_inuse_bytes", &h.inUse},
+		{"flotilla_record_cache_hits_total", &h.hits}, {"flotilla_record_cache_misses_total", &h.misses}} {
 		v, ok := metricValue(body, m.name)
 		if !ok {
 			t.Fatalf("node metrics have no %s", m.name)
