@@ -218,6 +218,11 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	// Every raft node of every group ticks each RaftTickMillis, leader or not, busy or
 	// idle (see RaftTickMillis).
 	directIO := new(atomic.Bool)
+	if err := checkRaftFlagFile(filepath.Join(cfg.DataDir, "raft")); err != nil {
+		store.Close()
+		closeLis()
+		return nil, err
+	}
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:      ident.DeploymentID,
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
@@ -231,6 +236,9 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		KeyFile:           cfg.TLS.Key,
 		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog")}},
 	})
+	if err == nil && nh == nil {
+		err = errRaftStartSilent
+	}
 	if err != nil {
 		store.Close()
 		closeLis()

@@ -112,3 +112,27 @@ func TestCorruptSegmentIsNotServed(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestDamagedRaftFlagFileIsNamed cuts short the flag file dragonboat writes at a
+// node's first start (as a crash or a full disk then can): the node refuses to
+// start, naming the file and what to do, where it used to die of a nil pointer
+// dereference (dragonboat swallows its own panic about the file).
+func TestDamagedRaftFlagFileIsNamed(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	fl := flotillatest.StartNode(ctx, t, filepath.Join(t.TempDir(), "flotilla"))
+	if err := fl.Stop(30 * time.Second); err != nil {
+		t.Fatal(err)
+	}
+	flag := filepath.Join(fl.Dir, "data", "raft", "dragonboat.ds")
+	if err := os.Truncate(flag, 5); err != nil {
+		t.Fatalf("cut the flag file short: %v", err)
+	}
+	err := fl.TryStart(ctx)
+	if err == nil {
+		t.Fatal("the node started on a damaged raft flag file")
+	}
+	if msg := err.Error(); !strings.Contains(msg, flag+" is damaged (5 bytes") || !strings.Contains(msg, "node remove") || strings.Contains(msg, "panic") {
+		t.Fatalf("the refusal does not name the damaged file and what to do, or the node panicked:\n%v", err)
+	}
+}
