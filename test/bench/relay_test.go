@@ -37,6 +37,9 @@ type rawRun struct {
 	bytes int64         // the whole copy
 	after int64         // of which written after the first bytes were seen
 	took  time.Duration // from then until every file was written and fsynced
+	// settled is what the page cache held unwritten before the copy, written out
+	// first (settleDisk).
+	settled uint64
 }
 
 func (r rawRun) mbs() float64 { return float64(r.after) / (1 << 20) / r.took.Seconds() }
@@ -51,6 +54,7 @@ func rawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
+	settled := settleDisk()
 	size := func() int64 {
 		var total int64
 		entries, _ := os.ReadDir(dir)
@@ -102,7 +106,7 @@ func rawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir
 	if fs.at.IsZero() || fs.bytes >= total {
 		b.Fatalf("raw copy baseline: the first bytes seen were all of it (%d bytes): too little to measure", total)
 	}
-	return rawRun{bytes: total, after: total - fs.bytes, took: end.Sub(fs.at)}
+	return rawRun{bytes: total, after: total - fs.bytes, took: end.Sub(fs.at), settled: settled}
 }
 
 // bestRawCopy runs the raw copy three times, each into a directory removed after
@@ -114,19 +118,20 @@ func rawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir
 func bestRawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir string, rep *relayReport) rawRun {
 	b.Helper()
 	var best rawRun
-	var rates []string
+	var rates, settled []string
 	for i := 1; i <= 3; i++ {
 		d := fmt.Sprintf("%s-%d", dir, i)
 		r := rawCopy(ctx, b, m, from, d)
 		if err := os.RemoveAll(d); err != nil {
 			b.Fatal(err)
 		}
-		rates = append(rates, fmt.Sprintf("%.0f", r.mbs()))
+		rates, settled = append(rates, fmt.Sprintf("%.0f", r.mbs())), append(settled, fmt.Sprintf("%.0f", float64(r.settled)/1e6))
 		if i == 1 || r.mbs() > best.mbs() {
 			best = r
 		}
 	}
-	rep.note(fmt.Sprintf("raw copy baseline: the fastest of 3 copies (%s MB/s)", strings.Join(rates, ", ")))
+	rep.note(fmt.Sprintf("raw copy baseline: the fastest of 3 copies (%s MB/s), each after the page cache's unwritten pages were written out (%s MB)",
+		strings.Join(rates, ", "), strings.Join(settled, ", ")))
 	return best
 }
 
@@ -208,6 +213,11 @@ type ingestRun struct {
 	// bytes and txns are what the group ingested: all of it, during took.
 	bytes, txns uint64
 	group       *adminv1.GroupStatus
+	// settled is what the page cache held unwritten before the upstream was
+	// added, written out first (settleDisk); disk0 is the device's bytes written
+	// after that (deviceWritten, diskOK false where unreadable), for diskNote.
+	settled, disk0 uint64
+	diskOK         bool
 }
 
 func (r ingestRun) mbs() float64     { return float64(r.bytes) / (1 << 20) / r.took.Seconds() }
@@ -239,6 +249,8 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 	}
 	defer cl.Close()
 	waitClusterVersion(ctx, b, cl)
+	settled := settleDisk()
+	disk0, diskOK := deviceWritten(n.Dir)
 	start := time.Now()
 	add := append([]string{"upstream", "add", name, "--source", source, "--user", benchUser, "--password", benchPass,
 		"--replica-user", "r" + name, "--replica-password", benchPass}, args...)
@@ -279,7 +291,7 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 			if streamAt == now {
 				b.Fatalf("upstream %s: everything arrived before the syncer was seen connected: too little to measure", name)
 			}
-			return ingestRun{setup: streamAt.Sub(start), took: now.Sub(streamAt), bytes: r.Group.Bytes, txns: r.Group.Transactions, group: r.Group}
+			return ingestRun{setup: streamAt.Sub(start), took: now.Sub(streamAt), bytes: r.Group.Bytes, txns: r.Group.Transactions, group: r.Group, settled: settled, disk0: disk0, diskOK: diskOK}
 		}
 	}
 	b.Fatalf("upstream %s did not reach %s", name, want)
@@ -492,11 +504,10 @@ func BenchmarkRelay(b *testing.B) {
 		}
 	}
 	faults0 := pageFaults(b, one.PID())
-	disk0, diskOK := deviceWritten(dir)
 	nodeCPU0, masterCPU0 := cpuSeconds(b, one.PID()), cpuSeconds(b, m.PID())
 	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid, profile1)
 	faults := pageFaults(b, one.PID()) - faults0
-	rep.note("ingest, 1 replica: " + diskNote(dir, disk0, diskOK, i1.bytes, i1.took))
+	rep.note("ingest, 1 replica: " + diskNote(dir, i1.disk0, i1.diskOK, i1.bytes, i1.took) + settledNote(i1.settled))
 	nodeCPU := cpuSeconds(b, one.PID()) - nodeCPU0
 	rep.note(fmt.Sprintf("ingest, 1 replica: the node used %.2f cpu-s (%.2f per GiB ingested) and the master %.2f cpu-s in %.2f s of ingest",
 		nodeCPU, nodeCPU/(float64(i1.bytes)/(1<<30)), cpuSeconds(b, m.PID())-masterCPU0, i1.took.Seconds()))
@@ -595,6 +606,7 @@ func BenchmarkRelay(b *testing.B) {
 	lctx, lcancel := context.WithCancel(ctx)
 	go func() { _, _ = reader(lctx, one.MySQLAddr, "rmain", 8001, ff, ff, fp, true, viaX) }()
 	go func() { _, _ = reader(lctx, m.Addr(), benchUser, 8002, lf, lf, lp, true, directX) }()
+	latSettled := settleDisk()  // an idle box: nothing left for the kernel to write back
 	time.Sleep(2 * time.Second) // both readers have read up to the tail and wait
 	// FLOTILLA_BENCH_LATENCY_TRACE=FILE: an execution trace of the node over the
 	// first commits (go tool trace -pprof=sched FILE: where they wait for a CPU); the
@@ -602,7 +614,16 @@ func BenchmarkRelay(b *testing.B) {
 	if path := os.Getenv("FLOTILLA_BENCH_LATENCY_TRACE"); path != "" {
 		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
 	}
+	// FLOTILLA_BENCH_LATENCY_PROFILE=FILE: the node's CPU profile over the commits.
+	if path := os.Getenv("FLOTILLA_BENCH_LATENCY_PROFILE"); path != "" {
+		go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=2", metricsAddr), path)
+	}
 	var viaLat, directLat []time.Duration
+	// What else ran while the commits did: the node's and the master's CPU, and the
+	// disk's writes (an idle box is the goal's condition).
+	latNode0, latMaster0 := cpuSeconds(b, one.PID()), cpuSeconds(b, m.PID())
+	latDisk0, latDiskOK := deviceWritten(dir)
+	latStart := time.Now()
 	for i := 0; i < commits; i++ {
 		t0 := time.Now()
 		if err := m.Exec(ctx, "INSERT INTO bench.lat (v) VALUES (?)", i); err != nil {
@@ -622,6 +643,18 @@ func BenchmarkRelay(b *testing.B) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	lcancel()
+	latTook := time.Since(latStart)
+	latNode, latMaster := cpuSeconds(b, one.PID())-latNode0, cpuSeconds(b, m.PID())-latMaster0
+	var latDisk uint64
+	if d, ok := deviceWritten(dir); ok && latDiskOK {
+		latDisk = d - latDisk0
+	}
+	added := make([]time.Duration, len(viaLat))
+	for i := range viaLat {
+		added[i] = viaLat[i] - directLat[i]
+	}
+	rep.note(fmt.Sprintf("added latency, %d commits over %.1f s: each commit's own (Flotilla's receipt less the direct reader's) p50 %.2f ms, p99 %.2f ms, worst %.2f ms; the node used %.2f cpu-s (%.0f µs a commit), the master %.2f, and the disk under the data wrote %.1f MB (%.0f MB left unwritten before were written out first)",
+		commits, latTook.Seconds(), ms(percentile(added, 0.5)), ms(percentile(added, 0.99)), ms(percentile(added, 1)), latNode, latNode/commits*1e6, latMaster, float64(latDisk)/1e6, float64(latSettled)/1e6))
 	p50v, p99v, p50d, p99d := percentile(viaLat, 0.5), percentile(viaLat, 0.99), percentile(directLat, 0.5), percentile(directLat, 0.99)
 	rep.add("latency p50, commit to receipt", ms(p50v), ms(p50d), "ms", 0, false)
 	rep.add("latency p99, commit to receipt", ms(p99v), ms(p99d), "ms", 0, false)
@@ -699,13 +732,12 @@ func BenchmarkRelay(b *testing.B) {
 		return s
 	}
 	nodes0, master0 := cpu3(), cpuSeconds(b, m.PID())
-	disk0, diskOK = deviceWritten(dir)
 	// Timed over the same transactions as the 1-replica ingest (the small ones are a
 	// figure of their own).
 	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), gtid, profile3, "--replicas", "3", "--serve-from", "any")
 	stopPerf(b, perf)
 	rep.add("ingest, 3 replicas", i3.mbs(), rawMBs, "MB/s", 0.3, true)
-	rep.note("ingest, 3 replicas: " + diskNote(dir, disk0, diskOK, i3.bytes, i3.took))
+	rep.note("ingest, 3 replicas: " + diskNote(dir, i3.disk0, i3.diskOK, i3.bytes, i3.took) + settledNote(i3.settled))
 	nodesCPU := cpu3() - nodes0
 	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s (%.2f per GiB ingested) and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
 		nodesCPU, nodesCPU/(float64(i3.bytes)/(1<<30)), cpuSeconds(b, m.PID())-master0, i3.took.Seconds(), i3.setup.Seconds(), runtime.NumCPU()))

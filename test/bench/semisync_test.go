@@ -47,9 +47,12 @@ func semiCounter(ctx context.Context, b *testing.B, m *mariadbtest.Server, name 
 }
 
 // commitLatencies times n single-row autocommit INSERTs on m, one after another, after
-// checking a semi-sync replica is connected; every one must be acknowledged.
+// checking a semi-sync replica is connected; every one must be acknowledged. It
+// starts with nothing left for the kernel to write back (settleDisk), the baseline
+// as Flotilla.
 func commitLatencies(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, n int) []time.Duration {
 	b.Helper()
+	settleDisk()
 	for deadline := time.Now().Add(time.Minute); semiCounter(ctx, b, m, "CLIENTS") != 1; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			b.Fatal("no semi-sync replica connected to the master")
