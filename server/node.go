@@ -218,7 +218,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	// Every raft node of every group ticks each RaftTickMillis, leader or not, busy or
 	// idle (see RaftTickMillis).
 	directIO := new(atomic.Bool)
-	if err := checkRaftFlagFile(filepath.Join(cfg.DataDir, "raft")); err != nil {
+	if err := checkRaftFlagFiles(filepath.Join(cfg.DataDir, "raft")); err != nil {
 		store.Close()
 		closeLis()
 		return nil, err

@@ -8,38 +8,53 @@ import (
 	"testing"
 )
 
-// A flag file as dragonboat writes it passes; missing, it is no damage (a new node
-// host writes it); empty, cut short or with a flipped byte, the check names it.
-// (test/e2e's TestDamagedRaftFlagFileIsNamed checks a file dragonboat wrote.)
-func TestCheckRaftFlagFile(t *testing.T) {
+// Flag files as dragonboat writes them pass; missing, they are no damage (a new node
+// host writes them); empty, cut short, with a flipped byte or (the identity) a record
+// of the wrong size, the check names the file. (test/e2e's
+// TestDamagedRaftFlagFileIsNamed checks files dragonboat wrote.)
+func TestCheckRaftFlagFiles(t *testing.T) {
 	dir := t.TempDir()
-	if err := checkRaftFlagFile(dir); err != nil {
-		t.Fatalf("missing file: %v", err)
+	if err := checkRaftFlagFiles(dir); err != nil {
+		t.Fatalf("missing files: %v", err)
 	}
-	record := []byte("\n\x0f127.0.0.1:7071\x12\x02vm")
-	sum := md5.Sum(record)
-	good := append(append([]byte{}, sum[8:]...), record...)
-	path := filepath.Join(dir, raftFlagFile)
-	for _, tc := range []struct {
-		name    string
-		content []byte
-		damaged bool
-	}{
-		{"as written", good, false},
-		{"empty", nil, true},
-		{"cut short", good[:5], true},
-		{"cut in the record", good[:len(good)-1], true},
-		{"flipped byte", append(append([]byte{}, good[:10]...), append([]byte{good[10] ^ 1}, good[11:]...)...), true},
-	} {
-		if err := os.WriteFile(path, tc.content, 0o600); err != nil {
+	flag := func(record []byte) []byte {
+		sum := md5.Sum(record)
+		return append(append([]byte{}, sum[8:]...), record...)
+	}
+	ds := flag([]byte("\n\x0f127.0.0.1:7071\x12\x02vm"))
+	id := flag([]byte{1, 2, 3, 4, 5, 6, 7, 8})
+	write := func(name string, b []byte) {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
 			t.Fatal(err)
 		}
-		err := checkRaftFlagFile(dir)
-		if !tc.damaged && err != nil {
+	}
+	flipped := func(b []byte) []byte {
+		c := append([]byte{}, b...)
+		c[10] ^= 1
+		return c
+	}
+	for _, tc := range []struct {
+		name    string
+		ds, id  []byte
+		damaged string // the file named, "" for none
+	}{
+		{"as written", ds, id, ""},
+		{"empty", nil, id, "dragonboat.ds"},
+		{"cut short", ds[:5], id, "dragonboat.ds"},
+		{"cut in the record", ds[:len(ds)-1], id, "dragonboat.ds"},
+		{"flipped byte", flipped(ds), id, "dragonboat.ds"},
+		{"identity empty", ds, nil, "NODEHOST.ID"},
+		{"identity flipped", ds, flipped(id), "NODEHOST.ID"},
+		{"identity of 4 bytes", ds, flag([]byte{1, 2, 3, 4}), "NODEHOST.ID"},
+	} {
+		write("dragonboat.ds", tc.ds)
+		write("NODEHOST.ID", tc.id)
+		err := checkRaftFlagFiles(dir)
+		if tc.damaged == "" && err != nil {
 			t.Errorf("%s: %v", tc.name, err)
 		}
-		if tc.damaged && (err == nil || !strings.Contains(err.Error(), path+" is damaged")) {
-			t.Errorf("%s: got %v, want the file named as damaged", tc.name, err)
+		if tc.damaged != "" && (err == nil || !strings.Contains(err.Error(), filepath.Join(dir, tc.damaged)+" (")) || err != nil && !strings.Contains(err.Error(), "is damaged") {
+			t.Errorf("%s: got %v, want %s named as damaged", tc.name, err, tc.damaged)
 		}
 	}
 }

@@ -113,7 +113,7 @@ func TestCorruptSegmentIsNotServed(t *testing.T) {
 	}
 }
 
-// TestDamagedRaftFlagFileIsNamed cuts short the flag file dragonboat writes at a
+// TestDamagedRaftFlagFileIsNamed cuts short each flag file dragonboat writes at a
 // node's first start (as a crash or a full disk then can): the node refuses to
 // start, naming the file and what to do, where it used to die of a nil pointer
 // dereference (dragonboat swallows its own panic about the file).
@@ -124,15 +124,26 @@ func TestDamagedRaftFlagFileIsNamed(t *testing.T) {
 	if err := fl.Stop(30 * time.Second); err != nil {
 		t.Fatal(err)
 	}
-	flag := filepath.Join(fl.Dir, "data", "raft", "dragonboat.ds")
-	if err := os.Truncate(flag, 5); err != nil {
-		t.Fatalf("cut the flag file short: %v", err)
+	for _, name := range []string{"dragonboat.ds", "NODEHOST.ID"} {
+		flag := filepath.Join(fl.Dir, "data", "raft", name)
+		good, err := os.ReadFile(flag)
+		if err != nil {
+			t.Fatalf("the node wrote no %s: %v", name, err)
+		}
+		if err := os.WriteFile(flag, good[:5], 0o600); err != nil {
+			t.Fatalf("cut %s short: %v", name, err)
+		}
+		err = fl.TryStart(ctx)
+		if err == nil {
+			t.Fatalf("the node started on a damaged %s", name)
+		}
+		if msg := err.Error(); !strings.Contains(msg, flag+" (") || !strings.Contains(msg, "is damaged (5 bytes") || !strings.Contains(msg, "node remove") ||
+			strings.Contains(msg, "nil pointer dereference") {
+			t.Fatalf("the refusal does not name the damaged %s and what to do, or the node panicked:\n%v", name, err)
+		}
+		if err := os.WriteFile(flag, good, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	err := fl.TryStart(ctx)
-	if err == nil {
-		t.Fatal("the node started on a damaged raft flag file")
-	}
-	if msg := err.Error(); !strings.Contains(msg, flag+" is damaged (5 bytes") || !strings.Contains(msg, "node remove") || strings.Contains(msg, "panic") {
-		t.Fatalf("the refusal does not name the damaged file and what to do, or the node panicked:\n%v", err)
-	}
+	fl.Start(ctx) // both restored: the node starts again
 }
