@@ -119,25 +119,34 @@ func diskNote(dir string, before uint64, okBefore bool, ingested uint64, took ti
 		float64(w)/1e6, float64(w)/float64(ingested), float64(w)/1e6/took.Seconds())
 }
 
-// settleDisk writes out what the page cache holds unwritten (sync(2), which also
-// commits the filesystem's journal) and returns how much that was (Dirty and
-// Writeback in /proc/meminfo, 0 where unreadable). Each timed copy, ingest and
-// commit run starts with it, baseline and Flotilla alike, so that none runs with
-// what the phases before left to the kernel (the master's lazily written binlog and
-// redo, removed copies). Without it the 3-replica ingest's disk wrote its 6.0-6.2
-// bytes per ingested byte at 0.93-1.11 GB/s; with it, at 1.36-1.38 GB/s (which of
-// those leftovers slowed it was not isolated).
-func settleDisk() uint64 {
+// settleDisk writes out what the page cache holds unwritten for the filesystem of
+// dir (syncfs(2), which also commits its journal) and returns how much the page
+// cache held (Dirty and Writeback in /proc/meminfo, machine-wide; 0 where
+// unreadable). Each timed copy, ingest and commit run starts with it, baseline and
+// Flotilla alike, so that none runs with what the phases before left to the kernel
+// (the master's lazily written binlog and redo, removed copies). Without it the
+// 3-replica ingest's disk wrote its 6.0-6.2 bytes per ingested byte at 0.93-1.11
+// GB/s; with it, at 1.36-1.38 GB/s (which of those leftovers slowed it was not
+// isolated).
+func settleDisk(b testing.TB, dir string) uint64 {
+	b.Helper()
 	var pending uint64
-	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
-		for _, l := range strings.Split(string(b), "\n") {
+	if raw, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, l := range strings.Split(string(raw), "\n") {
 			if f := strings.Fields(l); len(f) >= 2 && (f[0] == "Dirty:" || f[0] == "Writeback:") {
 				kb, _ := strconv.ParseUint(f[1], 10, 64)
 				pending += kb << 10
 			}
 		}
 	}
-	syscall.Sync()
+	d, err := os.Open(dir)
+	if err != nil {
+		b.Fatalf("settle the disk: %v", err)
+	}
+	defer d.Close()
+	if err := unix.Syncfs(int(d.Fd())); err != nil {
+		b.Fatalf("settle the disk: syncfs %s: %v", dir, err)
+	}
 	return pending
 }
 

@@ -54,7 +54,7 @@ func rawCopy(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, dir
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		b.Fatal(err)
 	}
-	settled := settleDisk()
+	settled := settleDisk(b, dir)
 	size := func() int64 {
 		var total int64
 		entries, _ := os.ReadDir(dir)
@@ -249,7 +249,7 @@ func ingest(ctx context.Context, b *testing.B, n *flotillatest.Node, name, sourc
 	}
 	defer cl.Close()
 	waitClusterVersion(ctx, b, cl)
-	settled := settleDisk()
+	settled := settleDisk(b, n.Dir)
 	disk0, diskOK := deviceWritten(n.Dir)
 	start := time.Now()
 	add := append([]string{"upstream", "add", name, "--source", source, "--user", benchUser, "--password", benchPass,
@@ -606,8 +606,8 @@ func BenchmarkRelay(b *testing.B) {
 	lctx, lcancel := context.WithCancel(ctx)
 	go func() { _, _ = reader(lctx, one.MySQLAddr, "rmain", 8001, ff, ff, fp, true, viaX) }()
 	go func() { _, _ = reader(lctx, m.Addr(), benchUser, 8002, lf, lf, lp, true, directX) }()
-	latSettled := settleDisk()  // an idle box: nothing left for the kernel to write back
-	time.Sleep(2 * time.Second) // both readers have read up to the tail and wait
+	latSettled := settleDisk(b, dir) // an idle box: nothing left for the kernel to write back
+	time.Sleep(2 * time.Second)      // both readers have read up to the tail and wait
 	// FLOTILLA_BENCH_LATENCY_TRACE=FILE: an execution trace of the node over the
 	// first commits (go tool trace -pprof=sched FILE: where they wait for a CPU); the
 	// tracing slows the node, so that run's latency figures are not comparable.

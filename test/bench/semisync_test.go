@@ -52,7 +52,7 @@ func semiCounter(ctx context.Context, b *testing.B, m *mariadbtest.Server, name 
 // as Flotilla.
 func commitLatencies(ctx context.Context, b *testing.B, m *mariadbtest.Server, from, n int) []time.Duration {
 	b.Helper()
-	settleDisk()
+	settleDisk(b, m.Dir())
 	for deadline := time.Now().Add(time.Minute); semiCounter(ctx, b, m, "CLIENTS") != 1; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			b.Fatal("no semi-sync replica connected to the master")
