@@ -124,10 +124,10 @@ func diskNote(dir string, before uint64, okBefore bool, ingested uint64, took ti
 // cache held (Dirty and Writeback in /proc/meminfo, machine-wide; 0 where
 // unreadable). Each timed copy, ingest and commit run starts with it, baseline and
 // Flotilla alike, so that none runs with what the phases before left to the kernel
-// (the master's lazily written binlog and redo, removed copies). Without it the
-// 3-replica ingest's disk wrote its 6.0-6.2 bytes per ingested byte at 0.93-1.11
-// GB/s; with it, at 1.36-1.38 GB/s (which of those leftovers slowed it was not
-// isolated).
+// (the master's lazily written binlog and redo, removed copies). In the session
+// that added it, the 3-replica ingest's disk ran at 0.93-1.24 GB/s in ten runs
+// without it and at 1.22-1.44 GB/s in seven with it (which leftover mattered was
+// not isolated; see README, release 0.47).
 func settleDisk(b testing.TB, dir string) uint64 {
 	b.Helper()
 	var pending uint64
