@@ -3,7 +3,6 @@ package statemachine
 import (
 	"encoding/binary"
 	"fmt"
-	"time"
 
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
@@ -175,7 +174,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 			return fmt.Errorf("group %d: %w", g.id, err)
 		}
 		fi := fileInfo{No: g.m.File, UpstreamFile: g.m.UpstreamFile, StartState: g.fileStart(g.m.File),
-			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS, ClosedAt: time.Now().Unix(), PartStarts: g.m.PartStarts}
+			Size: g.m.PartServed, SegSize: g.m.PartSeg, Closed: true, LastTS: g.m.LastTS, ClosedAt: g.store.now().Unix(), PartStarts: g.m.PartStarts}
 		if g.m.MySQL {
 			set, err := g.fileStartSet(g.m.File)
 			if err != nil {

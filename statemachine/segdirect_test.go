@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
 	sm "github.com/lni/dragonboat/v3/statemachine"
@@ -21,6 +22,9 @@ import (
 func newDirectHarness(t *testing.T, dir string, direct bool, size uint64) *harness {
 	t.Helper()
 	return newHarnessOn(t, vfs.Default, dir, size, func(st *Store) {
+		// Both stores date closed files alike, or their redo records would differ
+		// whenever the two applied a rotation in different seconds.
+		st.now = func() time.Time { return time.Unix(1700000000, 0) }
 		if on := st.SetDirectIO(direct); on != (direct && directio.Available()) {
 			t.Fatalf("SetDirectIO(%v) on the operating system's filesystem = %v", direct, on)
 		}
@@ -95,7 +99,7 @@ func TestSegmentDirectIO(t *testing.T) {
 			a, err1 := os.ReadFile(filepath.Join(direct.g.dir, e.Name()))
 			b, err2 := os.ReadFile(filepath.Join(plain.g.dir, e.Name()))
 			if err1 != nil || err2 != nil || !bytes.Equal(a, b) {
-				t.Fatalf("%s: segment %s differs with direct I/O (%d bytes, %v; without %d bytes, %v)", step, e.Name(), len(a), err1, len(b), err2)
+				t.Fatalf("%s: segment %s differs with direct I/O (%d bytes, %v; without %d bytes, %v): %s", step, e.Name(), len(a), err1, len(b), err2, byteDiff(a, b))
 			}
 		}
 	}
@@ -218,4 +222,24 @@ func TestSegmentDirectIO(t *testing.T) {
 	if n := countTxns(t, readAll(t, direct.g, Start{File: 1, Served: 4})); n != seq {
 		t.Fatalf("%d transactions after reopening, want %d", n, seq)
 	}
+}
+
+// byteDiff describes where a and b differ: the first and last differing offsets, how
+// many bytes differ, and a few bytes of each from the first difference.
+func byteDiff(a, b []byte) string {
+	first, last, n := -1, -1, 0
+	for i := 0; i < min(len(a), len(b)); i++ {
+		if a[i] != b[i] {
+			if first < 0 {
+				first = i
+			}
+			last = i
+			n++
+		}
+	}
+	if first < 0 {
+		return fmt.Sprintf("equal over the first %d bytes", min(len(a), len(b)))
+	}
+	end := min(first+16, len(a), len(b))
+	return fmt.Sprintf("%d bytes differ from offset %d to %d; at %d: %x against %x", n, first, last, first, a[first:end], b[first:end])
 }
