@@ -4,8 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -20,8 +18,6 @@ import (
 	"time"
 
 	"github.com/go-mysql-org/go-mysql/client"
-	"github.com/go-mysql-org/go-mysql/mysql"
-	"github.com/go-mysql-org/go-mysql/replication"
 
 	"github.com/flotilla-relay/flotilla/adminrpc"
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -346,46 +342,6 @@ func readBytes(b *testing.B, pid int) uint64 {
 	return 0
 }
 
-// reader is a binlog client: it dumps from file pos 4 of `from`, counting bytes, up to
-// the event ending at (endFile, endPos): it returns there, or with follow goes on and
-// sends the arrival time of each later XID event to xids.
-func reader(ctx context.Context, addr, user string, serverID uint32, from, endFile string, endPos uint32, follow bool, xids chan<- time.Time) (int64, error) {
-	host, port, _ := net.SplitHostPort(addr)
-	p, _ := strconv.ParseUint(port, 10, 16)
-	bs := replication.NewBinlogSyncer(replication.BinlogSyncerConfig{ServerID: serverID, Flavor: mysql.MariaDBFlavor, Host: host, Port: uint16(p),
-		User: user, Password: benchPass, RawModeEnabled: true, DisableRetrySync: true, MaxReconnectAttempts: 1,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	defer bs.Close()
-	st, err := bs.StartSync(mysql.Position{Name: from, Pos: 4})
-	if err != nil {
-		return 0, err
-	}
-	var n int64
-	file := from
-	past := false
-	for {
-		ev, err := st.GetEvent(ctx)
-		if err != nil {
-			return n, err
-		}
-		n += int64(len(ev.RawData))
-		switch e := ev.Event.(type) {
-		case *replication.RotateEvent:
-			file = string(e.NextLogName)
-			continue
-		}
-		if past && ev.Header.EventType == replication.XID_EVENT {
-			xids <- time.Now()
-		}
-		if !past && file == endFile && ev.Header.LogPos >= endPos && ev.Header.LogPos != 0 {
-			if !follow {
-				return n, nil
-			}
-			past = true
-		}
-	}
-}
-
 // fanoutRounds is how many times the relay bench runs each fan-out, from the master
 // and from Flotilla in turn.
 const fanoutRounds = 3
@@ -402,20 +358,24 @@ type fanoutRun struct {
 	faults, readerFaults uint64
 	hits, misses         float64
 	read                 uint64 // bytes the node read (readBytes)
+	each                 int64  // bytes of events each reader read
 }
 
-// fanout runs n readers at once against addr and returns their aggregate MB/s.
-func fanout(ctx context.Context, b *testing.B, addr, user string, n int, from, endFile string, endPos uint32) float64 {
+// fanout runs n readers at once against addr and returns their aggregate MB/s and
+// the bytes of events each read.
+func fanout(ctx context.Context, b *testing.B, addr, user string, n int, from, endFile string, endPos uint32) (float64, int64) {
 	b.Helper()
 	return fanoutFrom(ctx, b, []string{addr}, user, n, from, endFile, endPos)
 }
 
-// fanoutFrom is fanout with its readers spread over addrs, in turn.
-func fanoutFrom(ctx context.Context, b *testing.B, addrs []string, user string, n int, from, endFile string, endPos uint32) float64 {
+// fanoutFrom is fanout with its readers spread over addrs, in turn. Every reader must
+// read the same bytes.
+func fanoutFrom(ctx context.Context, b *testing.B, addrs []string, user string, n int, from, endFile string, endPos uint32) (float64, int64) {
 	b.Helper()
 	var wg sync.WaitGroup
 	var mu sync.Mutex
 	var total int64
+	each := map[int64]int{}
 	start := time.Now()
 	errs := make(chan error, n)
 	for i := 0; i < n; i++ {
@@ -430,15 +390,45 @@ func fanoutFrom(ctx context.Context, b *testing.B, addrs []string, user string, 
 			}
 			mu.Lock()
 			total += got
+			each[got]++
 			mu.Unlock()
 		})
 	}
 	wg.Wait()
+	took := time.Since(start)
 	close(errs)
 	for err := range errs {
 		b.Fatalf("fan-out reader: %v", err)
 	}
-	return float64(total) / (1 << 20) / time.Since(start).Seconds()
+	if len(each) != 1 {
+		b.Fatalf("fan-out readers of %v read different amounts (bytes: readers): %v", addrs, each)
+	}
+	return float64(total) / (1 << 20) / took.Seconds(), total / int64(n)
+}
+
+// checkFanoutBytes fails the bench unless the readers of Flotilla read its served
+// files from flotillaFrom to (flotillaEnd, flotillaPos) whole, and the master's
+// readers as many bytes of events, but for each side's own events at each file's start
+// (a master's file/position dump leaves out its Annotate_rows events, which Flotilla's
+// files do not hold): a reader that stopped early would make either figure a rate of
+// less than the whole binlog.
+func checkFanoutBytes(b *testing.B, master int64, masterAddr, user, from, endFile string, endPos uint32,
+	flotilla int64, flotillaAddr, flotillaUser, flotillaFrom, flotillaEnd string, flotillaPos uint32) {
+	b.Helper()
+	want, flFiles, err := dumpSize(flotillaAddr, flotillaUser, flotillaFrom, flotillaEnd, flotillaPos)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if flotilla < want || flotilla > want+int64(flFiles)*dumpSlack {
+		b.Fatalf("Flotilla's readers read %d bytes of events each, where %s to %s:%d holds %d in %d files", flotilla, flotillaFrom, flotillaEnd, flotillaPos, want, flFiles)
+	}
+	_, mFiles, err := dumpSize(masterAddr, user, from, endFile, endPos)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if d := master - flotilla; d < -int64(flFiles+mFiles)*dumpSlack || d > int64(flFiles+mFiles)*dumpSlack {
+		b.Fatalf("the master's readers read %d bytes of events each (%d files), Flotilla's %d (%d files)", master, mFiles, flotilla, flFiles)
+	}
 }
 
 func percentile(v []time.Duration, p float64) time.Duration {
@@ -560,7 +550,9 @@ func BenchmarkRelay(b *testing.B) {
 		var directAll, viaAll []string
 		for round := range fanoutRounds {
 			cpu0, readerFaults0 := cpuSeconds(b, m.PID()), pageFaults(b, os.Getpid())
-			d := fanoutRun{mbs: fanout(ctx, b, m.Addr(), benchUser, n, firstFile, endFile, endPos)}
+			var d fanoutRun
+			var dRead, vRead int64
+			d.mbs, dRead = fanout(ctx, b, m.Addr(), benchUser, n, firstFile, endFile, endPos)
 			d.serverCPU, d.readerFaults = cpuSeconds(b, m.PID())-cpu0, pageFaults(b, os.Getpid())-readerFaults0
 			cpu0, node0 := cpuSeconds(b, m.PID()), cpuSeconds(b, one.PID())
 			if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" && n == 8 && round == 0 { // the figure still short of its goal
@@ -570,7 +562,10 @@ func BenchmarkRelay(b *testing.B) {
 			hits0, misses0 := recordCache(ctx, metricsAddr)
 			faults0, readerFaults0 := pageFaults(b, one.PID()), pageFaults(b, os.Getpid())
 			read0 := readBytes(b, one.PID())
-			v := fanoutRun{mbs: fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)}
+			var v fanoutRun
+			v.mbs, vRead = fanout(ctx, b, one.MySQLAddr, "rmain", n, "flotilla-bin.000001", fEnd, fPos)
+			checkFanoutBytes(b, dRead, m.Addr(), benchUser, firstFile, endFile, endPos, vRead, one.MySQLAddr, "rmain", "flotilla-bin.000001", fEnd, fPos)
+			d.each, v.each = dRead, vRead
 			v.read = readBytes(b, one.PID()) - read0
 			v.readerFaults = pageFaults(b, os.Getpid()) - readerFaults0
 			v.masterCPU, v.serverCPU = cpuSeconds(b, m.PID())-cpu0, cpuSeconds(b, one.PID())-node0
@@ -585,8 +580,8 @@ func BenchmarkRelay(b *testing.B) {
 				via = v
 			}
 		}
-		rep.note(fmt.Sprintf("fan-out to %d readers: the fastest of %d runs each, in turn (the master %s MB/s; Flotilla %s MB/s); in Flotilla's fastest, %.0f large records taken from the shared record cache, %.0f read for it, and the node read %.0f MiB (%.1f times the binlog); it took %d page faults, the readers (this process) %d (%d reading from the master in its fastest)",
-			n, fanoutRounds, strings.Join(directAll, ", "), strings.Join(viaAll, ", "), via.hits, via.misses, float64(via.read)/(1<<20), float64(via.read)/float64(i1.bytes), via.faults, via.readerFaults, direct.readerFaults))
+		rep.note(fmt.Sprintf("fan-out to %d readers: the fastest of %d runs each, in turn (the master %s MB/s; Flotilla %s MB/s; each reader read %d bytes of events from the master, %d from Flotilla); in Flotilla's fastest, %.0f large records taken from the shared record cache, %.0f read for it, and the node read %.0f MiB (%.1f times the binlog); it took %d page faults, the readers (this process) %d (%d reading from the master in its fastest)",
+			n, fanoutRounds, strings.Join(directAll, ", "), strings.Join(viaAll, ", "), direct.each, via.each, via.hits, via.misses, float64(via.read)/(1<<20), float64(via.read)/float64(i1.bytes), via.faults, via.readerFaults, direct.readerFaults))
 		rep.add(fmt.Sprintf("fan-out to %d readers", n), via.mbs, direct.mbs, "MB/s", 1.2, true)
 		rep.add(fmt.Sprintf("master CPU serving %d readers", n), via.masterCPU, direct.serverCPU, "cpu-s", 0, false)
 		rep.add(fmt.Sprintf("server CPU serving %d readers (Flotilla vs master)", n), via.serverCPU, direct.serverCPU, "cpu-s", 0, false)
@@ -750,15 +745,16 @@ func BenchmarkRelay(b *testing.B) {
 	for _, n := range nodes {
 		waitGroupAt(ctx, b, n, "main3", tailGTID)
 	}
-	direct := fanout(ctx, b, m.Addr(), benchUser, 32, firstFile, endFile, endPos)
+	direct, dRead := fanout(ctx, b, m.Addr(), benchUser, 32, firstFile, endFile, endPos)
 	addrs := make([]string, len(nodes))
 	for i, n := range nodes {
 		addrs[i] = n.MySQLAddr
 	}
 	f3, p3 := flotillaTail(ctx, b, nodes[0], "rmain3")
-	via := fanoutFrom(ctx, b, addrs, "rmain3", 32, "flotilla-bin.000001", f3, p3)
+	via, vRead := fanoutFrom(ctx, b, addrs, "rmain3", 32, "flotilla-bin.000001", f3, p3)
+	checkFanoutBytes(b, dRead, m.Addr(), benchUser, firstFile, endFile, endPos, vRead, addrs[0], "rmain3", "flotilla-bin.000001", f3, p3)
 	rep.add("fan-out to 32 readers, 3 nodes", via, direct, "MB/s", 3, true)
-	rep.note("fan-out from 3 nodes: the three nodes, the master and the readers share this machine's cores, so the figure shows the load spread over three nodes, not three machines' capacity (the goal's)")
+	rep.note(fmt.Sprintf("fan-out from 3 nodes: the three nodes, the master and the readers share this machine's cores, so the figure shows the load spread over three nodes, not three machines' capacity (the goal's); each reader read %d bytes of events from the master, %d from Flotilla (the small transactions' too)", dRead, vRead))
 	rep.note(fmt.Sprintf("ingest rates run from each group's syncer connection; upstream add to that connection (group start, election) took %.2f s (1 replica), %.2f s (small transactions), %.2f s (3 replicas)",
 		i1.setup.Seconds(), is.setup.Seconds(), i3.setup.Seconds()))
 	rep.write(b, "relay")
