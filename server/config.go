@@ -62,6 +62,12 @@ type Config struct {
 	// MemoryPretouch is heap the node faults in at start (see pretouch): 0 for
 	// none; the serve command's default is DefaultMemoryPretouch.
 	MemoryPretouch Size `yaml:"memory_pretouch"`
+	// RaftPayloadReserve is the most disk the raft log's spare payload files hold
+	// (see internal/raftlog/spare.go): written ahead while the node is quiet, and
+	// taken back from the log's cuts, so that new payload files overwrite blocks
+	// instead of writing them for the first time. 0 for none; the serve command's
+	// default is DefaultRaftPayloadReserve.
+	RaftPayloadReserve Size `yaml:"raft_payload_reserve"`
 	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
 	// default, 512 MiB). Below it the node stops its group replicas, keeping their
 	// data, until space returns: a full disk would make raft's log or a segment
@@ -254,6 +260,9 @@ func (c Config) Validate() error {
 	}
 	if c.ServedFileSize > 3<<30 || c.ServedFileSize > 0 && c.ServedFileSize < 1<<20 {
 		return fmt.Errorf("served_file_size %v is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)
+	}
+	if c.RaftPayloadReserve > 64<<30 {
+		return fmt.Errorf("raft_payload_reserve %v is over 64 GiB: it holds spare 68 MiB payload files (512 MiB by default), 0 for none", c.RaftPayloadReserve)
 	}
 	if c.MemoryPretouch > 64<<30 {
 		return fmt.Errorf("memory_pretouch %v is over 64 GiB: it is the heap a node uses under load (256 MiB by default), 0 for none", c.MemoryPretouch)

@@ -33,6 +33,7 @@ func TestParseConfigKeyByKey(t *testing.T) {
 		{"served_file_size", "65536", "huge", func(c Config) bool { return c.ServedFileSize == 65536 }},
 		{"record_cache", "16M", "big", func(c Config) bool { return c.RecordCache == 16<<20 }},
 		{"memory_pretouch", "64M", "lots", func(c Config) bool { return c.MemoryPretouch == 64<<20 }},
+		{"raft_payload_reserve", "1G", "some", func(c Config) bool { return c.RaftPayloadReserve == 1<<30 }},
 		{"min_free_disk", "1G", "lots", func(c Config) bool { return c.MinFreeDisk == 1<<30 }},
 		{"node_down_after", "30s", "soon", func(c Config) bool { return c.NodeDownAfter == 30*time.Second }},
 		{"master_silence_probe", "3s", "soon", func(c Config) bool { return c.MasterSilenceProbe == 3*time.Second }},
@@ -113,6 +114,7 @@ func TestValidate(t *testing.T) {
 		"1 MiB":                         func(c *Config) { c.ServedFileSize = 1000 },
 		"record_cache":                  func(c *Config) { c.RecordCache = 1000 },
 		"memory_pretouch":               func(c *Config) { c.MemoryPretouch = 65 << 30 },
+		"raft_payload_reserve":          func(c *Config) { c.RaftPayloadReserve = 65 << 30 },
 		"master_silence_probe":          func(c *Config) { c.MasterSilenceProbe = time.Millisecond },
 	} {
 		c := ok

@@ -13,6 +13,11 @@ import (
 // and its compactions, a segment roll and the metadata while replicas stop.
 const DefaultMinFreeDisk = 512 << 20
 
+// DefaultRaftPayloadReserve is the serve command's raft_payload_reserve: 7 spare
+// payload files of 68 MiB, more than one group's payload files between two of its
+// log cuts (every 256 MiB applied).
+const DefaultRaftPayloadReserve = 512 << 20
+
 // diskState is what watchDisk learnt of the data directory's free space.
 type diskState struct {
 	free atomic.Uint64
@@ -34,6 +39,21 @@ func (d *diskState) set(why string) (changed bool) {
 	return changed
 }
 
+// resumeLevel is the free space at which a node suspended below reserve resumes:
+// a hysteresis, so that it does not flap around the line.
+func resumeLevel(reserve uint64) uint64 { return reserve + min(reserve/4, 128<<20) }
+
+// spareRoom says whether the data directory's filesystem can hold n more bytes and
+// stay clear of the level at which watchDisk resumes a suspended node: the spare
+// payload files never take a node towards min_free_disk.
+func spareRoom(cfg Config) func(int64) bool {
+	resume := resumeLevel(uint64(cfg.MinFreeDisk))
+	return func(n int64) bool {
+		free, err := freeSpace(cfg.DataDir)
+		return err == nil && free >= resume+uint64(n)
+	}
+}
+
 // freeSpace is what the node's user may still write on dir's filesystem.
 func freeSpace(dir string) (uint64, error) {
 	var st syscall.Statfs_t
@@ -53,7 +73,7 @@ func freeSpace(dir string) (uint64, error) {
 // write): the reserve is what keeps that from happening.
 func (n *Node) watchDisk(ctx context.Context, every time.Duration) {
 	reserve := uint64(n.cfg.MinFreeDisk)
-	resume := reserve + min(reserve/4, 128<<20) // hysteresis: no flapping around the line
+	resume := resumeLevel(reserve)
 	t := time.NewTicker(every)
 	defer t.Stop()
 	for {

@@ -46,6 +46,9 @@ type Node struct {
 	// payloadFiles turns the raft log's payload files on (see raftlog.Factory.On):
 	// once the cluster version that needs them is recorded in the data directory.
 	payloadFiles *atomic.Bool
+	// recycle turns salted, recycled payload files on (raftlog.Factory.Recycle),
+	// from raftlog.RecycleVersion.
+	recycle *atomic.Bool
 	// recordedVersion is the cluster version recorded in the data directory (only
 	// followVersion changes it once the node runs).
 	recordedVersion uint32
@@ -122,7 +125,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	if err != nil {
 		return nil, err
 	}
-	payloadFiles := new(atomic.Bool)
+	payloadFiles, recycle := new(atomic.Bool), new(atomic.Bool)
 	if recorded >= raftlog.PayloadFilesVersion {
 		// The file may be a rename a crashed process never made durable: the payload
 		// files may rely on it only once it is.
@@ -130,6 +133,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 			return nil, err
 		}
 		payloadFiles.Store(true)
+		recycle.Store(recorded >= raftlog.RecycleVersion)
 	}
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
 		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: int64(cfg.MaxAllowedPacket), IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
@@ -217,7 +221,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	leaders := cluster.NewLeaders()
 	// Every raft node of every group ticks each RaftTickMillis, leader or not, busy or
 	// idle (see RaftTickMillis).
-	directIO := new(atomic.Bool)
+	directIO, spares := new(atomic.Bool), new(atomic.Int64)
 	if err := checkRaftFlagFiles(filepath.Join(cfg.DataDir, "raft")); err != nil {
 		store.Close()
 		closeLis()
@@ -234,7 +238,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert:            config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog")}},
+		Expert: config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
+			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares}},
 	})
 	if err == nil && nh == nil {
 		err = errRaftStartSilent
@@ -245,7 +250,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
 	log.Info("raft log started", "payload_direct_io", directIO.Load(), "segment_direct_io", segDirectIO, "buffered_io", cfg.BufferedIO)
-	n := &Node{payloadFiles: payloadFiles, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
+	n := &Node{payloadFiles: payloadFiles, recycle: recycle, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
 		n.close()
@@ -329,6 +334,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		}
 		return 0
 	})
+	rel.RaftPayloadSpares(cfg.NodeID, func() float64 { return float64(spares.Load()) })
 	rel.BufferedIO(cfg.NodeID, cfg.BufferedIO)
 	rel.SegmentDirectIO(cfg.NodeID, func() float64 {
 		if store.DirectIO() {

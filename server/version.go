@@ -74,6 +74,10 @@ func (n *Node) noteClusterVersion(v uint32) error {
 		n.payloadFiles.Store(true)
 		n.log.Info("raft payloads now go to files beside the LogDB", "cluster_version", n.recordedVersion)
 	}
+	if n.recordedVersion >= raftlog.RecycleVersion && !n.recycle.Load() {
+		n.recycle.Store(true)
+		n.log.Info("raft payload files now recycled (salted, taken from the spares)", "cluster_version", n.recordedVersion, "reserve", n.cfg.RaftPayloadReserve)
+	}
 	return nil
 }
 

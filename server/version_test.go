@@ -42,10 +42,10 @@ func TestDataDirectoryVersion(t *testing.T) {
 
 // TestNoteClusterVersion: the recorded version only moves forward (a restarted node's
 // metadata replica may report an older one than it recorded), and the raft log's
-// payload files start only once version 4 is recorded.
+// payload files start only once version 4 is recorded, their recycling once 5 is.
 func TestNoteClusterVersion(t *testing.T) {
 	dir := t.TempDir()
-	n := &Node{cfg: Config{DataDir: dir}, payloadFiles: new(atomic.Bool), log: slog.New(slog.DiscardHandler)}
+	n := &Node{cfg: Config{DataDir: dir}, payloadFiles: new(atomic.Bool), recycle: new(atomic.Bool), log: slog.New(slog.DiscardHandler)}
 	recorded := func() uint32 {
 		v, err := checkDataVersion(dir)
 		if err != nil {
@@ -62,13 +62,19 @@ func TestNoteClusterVersion(t *testing.T) {
 	if err := n.noteClusterVersion(raftlog.PayloadFilesVersion); err != nil {
 		t.Fatal(err)
 	}
-	if !n.payloadFiles.Load() || recorded() != raftlog.PayloadFilesVersion {
-		t.Fatalf("at version %d: payload files %v, recorded %d", raftlog.PayloadFilesVersion, n.payloadFiles.Load(), recorded())
+	if !n.payloadFiles.Load() || n.recycle.Load() || recorded() != raftlog.PayloadFilesVersion {
+		t.Fatalf("at version %d: payload files %v, recycled %v, recorded %d", raftlog.PayloadFilesVersion, n.payloadFiles.Load(), n.recycle.Load(), recorded())
 	}
 	if err := n.noteClusterVersion(raftlog.PayloadFilesVersion - 1); err != nil {
 		t.Fatal(err)
 	}
 	if recorded() != raftlog.PayloadFilesVersion {
 		t.Fatalf("a lagging metadata replica's version %d overwrote the recorded %d", raftlog.PayloadFilesVersion-1, raftlog.PayloadFilesVersion)
+	}
+	if err := n.noteClusterVersion(raftlog.RecycleVersion); err != nil {
+		t.Fatal(err)
+	}
+	if !n.recycle.Load() || recorded() != raftlog.RecycleVersion {
+		t.Fatalf("at version %d: recycled %v, recorded %d", raftlog.RecycleVersion, n.recycle.Load(), recorded())
 	}
 }

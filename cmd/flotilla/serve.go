@@ -113,6 +113,7 @@ func serveFlags() []serveFlag {
 		size("segment-size", "segment_size", "size at which segment files roll (bytes, or with K, M, G)", "256M", func(c *server.Config) *server.Size { return &c.SegmentSize }),
 		size("record-cache", "record_cache", "memory for large served records that replicas reading the same stretch of a binlog share (1M to 64G)", "128M", func(c *server.Config) *server.Size { return &c.RecordCache }),
 		size("memory-pretouch", "memory_pretouch", "heap to fault in at start, so the first burst after a start does not stall on fresh pages (at most an eighth of the memory the node may use); 0 for none", "256M", func(c *server.Config) *server.Size { return &c.MemoryPretouch }),
+		size("raft-payload-reserve", "raft_payload_reserve", "disk the raft log keeps in spare payload files, written ahead while the node is quiet and taken back from log cuts, so that ingest overwrites blocks instead of writing new ones; 0 for none", "512M", func(c *server.Config) *server.Size { return &c.RaftPayloadReserve }),
 		size("served-file-size", "served_file_size", "close a served binlog file at the first transaction past this size, even inside one master file (1M to 3G)", "1G", func(c *server.Config) *server.Size { return &c.ServedFileSize }),
 		size("min-free-disk", "min_free_disk", "free space the data directory's filesystem keeps: below it the node stops its group replicas (keeping their data; replicas connected here are served from other nodes) until space returns, instead of failing on a full disk", "512M", func(c *server.Config) *server.Size { return &c.MinFreeDisk }),
 		dur("master-silence-probe", "master_silence_probe", "ask a master whose stream brought nothing for this long whether the group misses anything; a link that stalled without a reset ends after two probes, and one whose master sends heartbeats after the longer of this and three heartbeat gaps (1s to 2m)", "15s", func(c *server.Config) *time.Duration { return &c.MasterSilenceProbe }),
@@ -162,6 +163,9 @@ func loadServeConfig(c *cli.Context) (server.Config, error) {
 	}
 	if cfg.MemoryPretouch == 0 && !c.IsSet("memory-pretouch") && !cfg.Explicit("memory_pretouch") {
 		cfg.MemoryPretouch = server.DefaultMemoryPretouch
+	}
+	if cfg.RaftPayloadReserve == 0 && !c.IsSet("raft-payload-reserve") && !cfg.Explicit("raft_payload_reserve") {
+		cfg.RaftPayloadReserve = server.DefaultRaftPayloadReserve
 	}
 	if cfg.AdminToken == "" && cfg.AdminTokenFile != "" {
 		b, err := os.ReadFile(cfg.AdminTokenFile)

@@ -24,7 +24,10 @@ import (
 //   - 4: raft payloads in files beside the LogDB (internal/raftlog): a node's own raft
 //     log, which a release before it cannot read (this version is what refuses it at
 //     start).
-const ClusterVersion uint32 = 4
+//   - 5: salted raft payload files, recycled from a reserve of spares
+//     (internal/raftlog/spare.go): a release before it would read a salted file's
+//     headers as damage.
+const ClusterVersion uint32 = 5
 
 // Set at build time with -ldflags "-X ...buildinfo.version=... -X ...commit=...
 // -X ...date=..." (see the Makefile). Package-level because -X can only set

@@ -104,6 +104,14 @@ func (r *Relay) RaftDirectIO(nodeID uint64, read func() float64) {
 		Help: "1 while the raft log's payload files are written with direct I/O (O_DIRECT), 0 if the filesystem refused it or storage faults are injected.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// RaftPayloadSpares exports how many spare payload files the raft log holds ready
+// (read at scrape time): 0 for long under a steady ingest means new payload files
+// are written for the first time (see raft_payload_reserve).
+func (r *Relay) RaftPayloadSpares(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "flotilla", Name: "raft_payload_spares",
+		Help: "Spare raft payload files ready to be overwritten by new ones (raft_payload_reserve).", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
+}
+
 // SegmentDirectIO exports whether segments are written with direct I/O (read at
 // scrape time): 0 where the filesystem refused it (see statemachine.Store.DirectIO).
 func (r *Relay) SegmentDirectIO(nodeID uint64, read func() float64) {

@@ -43,6 +43,13 @@
 //     I/O (Factory.DirectIO) where the filesystem allows it: the payloads skip the
 //     page cache, whose copy was a large share of ingest CPU (a fault-injecting
 //     filesystem gets the same blocks through its own writes).
+//   - Recycled files (spare.go) are salted: their records read as theirs only, so
+//     an earlier life's records after the new ones read as the file's end, and a
+//     file that ends before its old bytes is sealed (a record claiming the rest)
+//     once it is finished, or at the next start for a process's last file. A spare
+//     enters only when nothing refers to it, and leaves by a rename whose two
+//     directories are synced before anything refers to the file. Salted files are
+//     written only from RecycleVersion, recorded as PayloadFilesVersion is.
 //   - A save that changes nothing but commit indexes is not written on its own: the
 //     commit index is volatile in raft, and the next write of its group carries it
 //     (see commitStates, which also says why a restart with an older one is safe).

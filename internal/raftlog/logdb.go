@@ -24,6 +24,11 @@ const (
 	FileSize   = 64 << 20
 )
 
+// RecycleVersion is the cluster version from which a node salts its new payload
+// files and takes them from its spares: a release before it reads a salted file's
+// headers as damage, and would keep or cut the file wrongly.
+const RecycleVersion uint32 = 5
+
 // PayloadFilesVersion is the cluster version from which a node keeps payloads in
 // files: its raft log then holds references a release before it cannot read, and the
 // node's recorded cluster version is what refuses such a release at start. Until the
@@ -67,6 +72,18 @@ type Factory struct {
 	// NoFlushAtClose makes Close leave the commit indexes it holds back unwritten,
 	// as a crash would (see commitStates): for tests of a restart after one.
 	NoFlushAtClose bool
+	// Reserve is the most disk, in bytes, the spare payload files hold (see
+	// spare.go): files written ahead and files cut from the log, overwritten by new
+	// payload files instead of new blocks. Zero: no spares, every file is new.
+	Reserve int64
+	// Recycle says whether new payload files are salted, and so may be spares (see
+	// RecycleVersion); nil means never.
+	Recycle *atomic.Bool
+	// Room, if set, says whether the disk can spare n more bytes: the filler writes
+	// no spare when it cannot.
+	Room func(n int64) bool
+	// Spares, if set, is kept at the number of spare files ready (a metric).
+	Spares *atomic.Int64
 }
 
 // Name is dragonboat's default LogDB's: dragonboat records it in the node host
@@ -118,6 +135,20 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	l.dio.On.Store(l.direct)
 	l.dio.Log = f.Log
 	l.noFlushAtClose = f.NoFlushAtClose
+	if f.Recycle != nil {
+		l.recycle = f.Recycle
+	}
+	if f.Reserve > 0 {
+		log := f.Log
+		if log == nil {
+			log = slog.New(slog.DiscardHandler)
+		}
+		if l.pool, err = openSpares(fs, l.root, l.fileSize, f.Reserve, l.direct, l.recycle, f.Room, log, f.Spares); err != nil {
+			inner.Close()
+			return nil, err
+		}
+		l.pool.start()
+	}
 	return l, nil
 }
 
@@ -135,6 +166,10 @@ type LogDB struct {
 	fileSize   int64
 	on         *atomic.Bool
 	direct     bool
+	// recycle and pool: see Factory.Recycle and Factory.Reserve (pool is nil
+	// without a reserve).
+	recycle *atomic.Bool
+	pool    *spares
 	// dio is the direct I/O state its groups report refusals to.
 	dio    directio.Switch
 	stages stagePool
@@ -168,7 +203,7 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 	if err := removeOrphans(inner, fs, root); err != nil {
 		return nil, err
 	}
-	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, groups: map[groupKey]*groupSlot{},
+	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, recycle: new(atomic.Bool), groups: map[groupKey]*groupSlot{},
 		dio: directio.Switch{On: new(atomic.Bool), What: "raft payload files"}, states: commitStates{groups: map[groupKey]*groupState{}}}, nil
 }
 
@@ -194,7 +229,9 @@ func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 		l.groups[k] = s
 	}
 	l.mu.Unlock()
-	s.once.Do(func() { s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, &l.dio, &l.stages) })
+	s.once.Do(func() {
+		s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, &l.dio, &l.stages, l.recycle, l.pool)
+	})
 	if s.err != nil {
 		l.mu.Lock()
 		if l.groups[k] == s {
@@ -388,6 +425,9 @@ func (l *LogDB) Close() error {
 	var flushErr error
 	if !l.noFlushAtClose {
 		flushErr = l.states.flush(func(u pb.Update) error { return l.ILogDB.SaveRaftState([]pb.Update{u}, 1) })
+	}
+	if l.pool != nil {
+		l.pool.close()
 	}
 	l.mu.Lock()
 	for _, s := range l.groups {

@@ -70,8 +70,11 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
+	// Two spare raft payload files (136 MiB): the transaction's payload files are
+	// taken from them and the log's cuts give files back, so recycled files carry
+	// it (the raft log's size bound below counts the spares).
 	fl := startRelayNode(ctx, t, filepath.Join(dir, "flotilla"), master, "--served-file-size", "256M", "--record-cache", "16M",
-		"--metrics-addr", metricsAddr, "--debug-pprof")
+		"--metrics-addr", metricsAddr, "--debug-pprof", "--raft-payload-reserve", "136M")
 	if err := mariadbtest.CreateBlobTable(ctx, master); err != nil {
 		t.Fatal(err)
 	}
@@ -95,6 +98,7 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		}
 	}
 	t.Logf("raft log on disk after the transaction: %d MiB", raftSize>>20)
+	checkRecycled(t, raftDir, 2)
 
 	// Three replicas read the transaction at once.
 	resetPeakRSS(t, fl.PID())
@@ -255,4 +259,35 @@ func heapFigures(t *testing.T, metricsAddr string) heapUse {
 func head(s string, n int) string {
 	lines := strings.SplitN(s, "\n", n+1)
 	return strings.Join(lines[:min(n, len(lines))], "\n")
+}
+
+// checkRecycled checks that a node's raft log wrote its payload files salted
+// (recycling on) and holds at most most spares, each whole.
+func checkRecycled(t *testing.T, raftDir string, most int) {
+	t.Helper()
+	salted, plain, spares := 0, 0, 0
+	err := filepath.WalkDir(raftDir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		switch name := d.Name(); {
+		case strings.HasSuffix(name, ".payloads") && strings.Contains(name, "-"):
+			salted++
+		case strings.HasSuffix(name, ".payloads"):
+			plain++
+		case strings.HasSuffix(name, ".spare"):
+			spares++
+			if fi, err := d.Info(); err != nil || fi.Size() < 64<<20 {
+				t.Errorf("spare payload file %s: %v, %v: want at least a whole payload file", path, fi, err)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("raft payload files: %d salted, %d plain; %d spares", salted, plain, spares)
+	if salted == 0 || plain != 0 || spares > most {
+		t.Fatalf("raft payload files: %d salted, %d plain, %d spares: want only salted ones (recycling on) and at most %d spares", salted, plain, spares, most)
+	}
 }

@@ -185,7 +185,9 @@ func (n *Node) TryStart(ctx context.Context) error {
 			"--segment-size", "1048576", // small segments: end-to-end tests cross part boundaries
 			// Tests start nodes by the hundred: serve's default faults in 256 MiB at
 			// each start (about a second on a VM).
-			"--memory-pretouch", "0")
+			"--memory-pretouch", "0",
+			// and 512 MiB of spare raft payload files each, written ahead.
+			"--raft-payload-reserve", "0")
 	}
 	if len(n.Join) > 0 {
 		args = append(args, "--join", strings.Join(n.Join, ","))
