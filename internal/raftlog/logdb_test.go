@@ -27,13 +27,13 @@ const (
 	testDir        = "/node/raft"
 )
 
-func openTestLog(t *testing.T, fs gvfs.FS) *LogDB {
+func openTestLog(t testing.TB, fs gvfs.FS) *LogDB {
 	t.Helper()
 	return openTestLogAt(t, fs, testDir)
 }
 
 // openTestLogAt opens a test LogDB in dir of fs.
-func openTestLogAt(t *testing.T, fs gvfs.FS, testDir string) *LogDB {
+func openTestLogAt(t testing.TB, fs gvfs.FS, testDir string) *LogDB {
 	t.Helper()
 	if err := fs.MkdirAll(testDir, 0o755); err != nil {
 		t.Fatal(err)
@@ -97,7 +97,7 @@ func clone(ents []pb.Entry) []pb.Entry {
 	return out
 }
 
-func save(t *testing.T, l raftio.ILogDB, cluster uint64, ents []pb.Entry) {
+func save(t testing.TB, l raftio.ILogDB, cluster uint64, ents []pb.Entry) {
 	t.Helper()
 	last := ents[len(ents)-1].Index
 	u := pb.Update{ClusterID: cluster, NodeID: 1, State: pb.State{Term: 1, Commit: last}, EntriesToSave: ents}

@@ -236,6 +236,7 @@ func (p *spares) fill() {
 		if retry != nil {
 			continue
 		}
+		wrote := 0
 		for {
 			if wait := p.quietIn(); wait > 0 {
 				if quiet == nil {
@@ -245,6 +246,12 @@ func (p *spares) fill() {
 			}
 			name, ok := p.want()
 			if !ok {
+				if wrote > 0 {
+					p.mu.Lock()
+					n := len(p.ready)
+					p.mu.Unlock()
+					p.log.Info(spareReadyMsg, "dir", p.dir, "spares", n, "written", wrote, "bytes_each", p.size)
+				}
 				break
 			}
 			path, err := p.write(name)
@@ -253,6 +260,7 @@ func (p *spares) fill() {
 			if err == nil {
 				p.ready = append(p.ready, path)
 				p.count.Store(int64(len(p.ready)))
+				wrote++
 			}
 			p.mu.Unlock()
 			if errors.Is(err, errStopped) {
@@ -274,6 +282,9 @@ func (p *spares) quietIn() time.Duration {
 }
 
 var errStopped = errors.New("stopped")
+
+// spareReadyMsg is logged when the filler has filled the reserve.
+const spareReadyMsg = "the raft log's spare payload files are ready"
 
 // write writes a spare of zeros under name (temporary until synced, then renamed
 // in and its directory synced) and returns its path.

@@ -494,8 +494,10 @@ func BenchmarkRelay(b *testing.B) {
 		}
 	}
 	faults0 := pageFaults(b, one.PID())
+	spares0 := spares(ctx, metricsAddr)
 	nodeCPU0, masterCPU0 := cpuSeconds(b, one.PID()), cpuSeconds(b, m.PID())
 	i1 := ingest(ctx, b, one, "main", m.Addr(), gtid, profile1)
+	rep.note(fmt.Sprintf("ingest, 1 replica: the node held %.0f spare payload files before the ingest and %.0f after it", spares0, spares(ctx, metricsAddr)))
 	faults := pageFaults(b, one.PID()) - faults0
 	rep.note("ingest, 1 replica: " + diskNote(dir, i1.disk0, i1.diskOK, i1.bytes, i1.took) + settledNote(i1.settled))
 	nodeCPU := cpuSeconds(b, one.PID()) - nodeCPU0
@@ -828,6 +830,12 @@ func waitClusterVersion(ctx context.Context, b *testing.B, cl *adminrpc.Client) 
 // allows it; until then ingest runs through dragonboat's LSM as in release 0.30.
 const payloadFilesOn = "raft payloads now go to files"
 
+// sparesReady is what a node logs once it has written its reserve of spare payload
+// files (internal/raftlog/spare.go), which a node does within seconds of its start
+// and again whenever it has been quiet for a second: an ingest before it would
+// measure a node only just started.
+const sparesReady = "spare payload files are ready"
+
 // waitPayloadFiles waits until the cluster version is the nodes' newest and every
 // node has noted it (a node follows the metadata every 2 s): without this wait, the
 // first ingest measured release 0.30's raft log for its first seconds.
@@ -843,6 +851,11 @@ func waitPayloadFiles(ctx context.Context, b *testing.B, nodes ...*flotillatest.
 		for deadline := time.Now().Add(time.Minute); n.LogGrep(payloadFilesOn) == ""; time.Sleep(50 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				b.Fatalf("node %d never logged %q within a minute of the cluster version moving", n.ID, payloadFilesOn)
+			}
+		}
+		for deadline := time.Now().Add(time.Minute); n.LogGrep(sparesReady) == ""; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				b.Fatalf("node %d never logged %q within a minute of the cluster version moving", n.ID, sparesReady)
 			}
 		}
 	}
@@ -919,6 +932,16 @@ func proposals(ctx context.Context, metricsAddr string) (float64, float64) {
 		return 0, 0
 	}
 	return sum("flotilla_proposals_total"), sum("flotilla_proposals_overlapped_total")
+}
+
+// spares reads how many spare raft payload files the node holds (0 if it does not
+// answer).
+func spares(ctx context.Context, metricsAddr string) float64 {
+	sum, err := scrape(ctx, metricsAddr)
+	if err != nil {
+		return 0
+	}
+	return sum("flotilla_raft_payload_spares")
 }
 
 // recordCache reads the node's record cache counters: hits and misses.
