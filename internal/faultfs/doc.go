@@ -21,8 +21,10 @@
 //     rename or link carries its file's record, and a journal that cannot be
 //     written fails the operation. PowerCut therefore loses only what a power cut
 //     could lose (often less: directory entries and data a partial sync or the
-//     page cache's own writeback made durable are kept); files it has no record
-//     of are left alone.
+//     page cache's own writeback made durable are kept, and so are overwrites
+//     inside a file's synced size, such as a recycled raft payload file's, which
+//     a power cut could lose: internal/raftlog's own power-loss test covers
+//     those); files it has no record of are left alone.
 package faultfs
 
 import (

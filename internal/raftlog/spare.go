@@ -233,6 +233,7 @@ func (p *spares) fill() {
 		case <-quiet:
 			quiet = nil
 		}
+		p.trim()
 		if retry != nil {
 			continue
 		}
@@ -273,6 +274,34 @@ func (p *spares) fill() {
 				break
 			}
 		}
+	}
+}
+
+// trim removes spares while the disk has no room to spare (Factory.Room): the
+// reserve gives way to a filling disk before the node has to stop its replicas.
+func (p *spares) trim() {
+	if p.room == nil {
+		return
+	}
+	removed := 0
+	for !p.room(0) {
+		p.mu.Lock()
+		if len(p.ready) == 0 {
+			p.mu.Unlock()
+			break
+		}
+		path := p.ready[len(p.ready)-1]
+		p.ready = p.ready[:len(p.ready)-1]
+		p.count.Store(int64(len(p.ready)))
+		p.mu.Unlock()
+		if err := p.fs.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			p.log.Warn("could not remove a spare payload file to free disk space", "file", path, "err", err)
+			break
+		}
+		removed++
+	}
+	if removed > 0 {
+		p.log.Warn("the disk is filling: spare payload files removed to free space (new payload files are written for the first time until it has room again)", "dir", p.dir, "removed", removed)
 	}
 }
 

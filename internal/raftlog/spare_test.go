@@ -5,6 +5,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,6 +109,41 @@ func TestFillerWritesTheReserve(t *testing.T) {
 	if len(l.pool.ready) != testSpares {
 		t.Fatalf("%d spares ready after a restart, want %d", len(l.pool.ready), testSpares)
 	}
+}
+
+// TestSparesGiveWayToAFullDisk: once the disk has no room to spare, the filler
+// removes spares (down to none if need be) and writes none; with room again it
+// fills the reserve.
+func TestSparesGiveWayToAFullDisk(t *testing.T) {
+	fs := gvfs.NewMem()
+	l := openRecyclingLog(t, fs, false)
+	defer l.Close()
+	var full atomic.Int64 // spares the disk can hold beyond those ready; -1: none
+	full.Store(100)
+	l.pool.room = func(n int64) bool {
+		have := int64(len(mustList(t, fs, l.pool.dir)))
+		return have+n/l.pool.size <= full.Load()
+	}
+	l.pool.start()
+	waitSpares(t, l.pool, testSpares)
+	full.Store(1)
+	l.pool.wake()
+	waitSpares(t, l.pool, 1)
+	if n := len(mustList(t, fs, l.pool.dir)); n != 1 {
+		t.Fatalf("%d spare files on a disk with room for one, want 1", n)
+	}
+	full.Store(100)
+	l.pool.wake()
+	waitSpares(t, l.pool, testSpares)
+}
+
+func mustList(t *testing.T, fs gvfs.FS, dir string) []string {
+	t.Helper()
+	names, err := fs.List(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return names
 }
 
 // TestSpareFilesAreRecycled: files a cut frees become spares (up to the reserve),
