@@ -295,6 +295,9 @@ func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
 			return err
 		}
 	}
+	if l.pool != nil {
+		l.pool.busy()
+	}
 	return l.saveInner(out, shardID)
 }
 
