@@ -261,8 +261,8 @@ func (c Config) Validate() error {
 	if c.ServedFileSize > 3<<30 || c.ServedFileSize > 0 && c.ServedFileSize < 1<<20 {
 		return fmt.Errorf("served_file_size %v is outside 1 MiB to 3 GiB: served binlog positions are 32-bit, a file must close well before 4 GiB, and tiny files only multiply them", c.ServedFileSize)
 	}
-	if c.RaftPayloadReserve > 64<<30 {
-		return fmt.Errorf("raft_payload_reserve %v is over 64 GiB: it holds spare 68 MiB payload files (512 MiB by default), 0 for none", c.RaftPayloadReserve)
+	if r := c.RaftPayloadReserve; r > 64<<30 || r > 0 && r < MinRaftPayloadReserve {
+		return fmt.Errorf("raft_payload_reserve %v is outside 68 MiB to 64 GiB (0 for none): it holds whole spare payload files of 68 MiB (512 MiB by default)", c.RaftPayloadReserve)
 	}
 	if c.MemoryPretouch > 64<<30 {
 		return fmt.Errorf("memory_pretouch %v is over 64 GiB: it is the heap a node uses under load (256 MiB by default), 0 for none", c.MemoryPretouch)

@@ -115,6 +115,7 @@ func TestValidate(t *testing.T) {
 		"record_cache":                  func(c *Config) { c.RecordCache = 1000 },
 		"memory_pretouch":               func(c *Config) { c.MemoryPretouch = 65 << 30 },
 		"raft_payload_reserve":          func(c *Config) { c.RaftPayloadReserve = 65 << 30 },
+		"68 MiB to 64 GiB":              func(c *Config) { c.RaftPayloadReserve = 64 << 20 },
 		"master_silence_probe":          func(c *Config) { c.MasterSilenceProbe = time.Millisecond },
 	} {
 		c := ok

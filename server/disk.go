@@ -15,8 +15,11 @@ const DefaultMinFreeDisk = 512 << 20
 
 // DefaultRaftPayloadReserve is the serve command's raft_payload_reserve: 7 spare
 // payload files of 68 MiB, more than one group's payload files between two of its
-// log cuts (every 256 MiB applied).
-const DefaultRaftPayloadReserve = 512 << 20
+// log cuts (every 256 MiB applied). MinRaftPayloadReserve holds one.
+const (
+	DefaultRaftPayloadReserve = 512 << 20
+	MinRaftPayloadReserve     = 68 << 20
+)
 
 // diskState is what watchDisk learnt of the data directory's free space.
 type diskState struct {

@@ -221,7 +221,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	leaders := cluster.NewLeaders()
 	// Every raft node of every group ticks each RaftTickMillis, leader or not, busy or
 	// idle (see RaftTickMillis).
-	directIO, spares := new(atomic.Bool), new(atomic.Int64)
+	directIO, spares, recycled := new(atomic.Bool), new(atomic.Int64), new(atomic.Int64)
 	if err := checkRaftFlagFiles(filepath.Join(cfg.DataDir, "raft")); err != nil {
 		store.Close()
 		closeLis()
@@ -239,7 +239,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
 		Expert: config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
-			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares}},
+			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares, Recycled: recycled}},
 	})
 	if err == nil && nh == nil {
 		err = errRaftStartSilent
@@ -335,6 +335,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return 0
 	})
 	rel.RaftPayloadSpares(cfg.NodeID, func() float64 { return float64(spares.Load()) })
+	rel.RaftPayloadRecycled(cfg.NodeID, func() float64 { return float64(recycled.Load()) })
 	rel.BufferedIO(cfg.NodeID, cfg.BufferedIO)
 	rel.SegmentDirectIO(cfg.NodeID, func() float64 {
 		if store.DirectIO() {

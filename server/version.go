@@ -76,7 +76,7 @@ func (n *Node) noteClusterVersion(v uint32) error {
 	}
 	if n.recordedVersion >= raftlog.RecycleVersion && !n.recycle.Load() {
 		n.recycle.Store(true)
-		n.log.Info("raft payload files now recycled (salted, taken from the spares)", "cluster_version", n.recordedVersion, "reserve", n.cfg.RaftPayloadReserve)
+		n.log.Info("raft payload files now salted, and recycled from log cuts up to the reserve", "cluster_version", n.recordedVersion, "raft_payload_reserve", n.cfg.RaftPayloadReserve)
 	}
 	return nil
 }

@@ -24,9 +24,9 @@ import (
 //   - 4: raft payloads in files beside the LogDB (internal/raftlog): a node's own raft
 //     log, which a release before it cannot read (this version is what refuses it at
 //     start).
-//   - 5: salted raft payload files, recycled from a reserve of spares
-//     (internal/raftlog/spare.go): a release before it would read a salted file's
-//     headers as damage.
+//   - 5: salted raft payload files, recycled from log cuts
+//     (internal/raftlog/spare.go): a release before it does not list a salted
+//     file, and would find every reference into one missing.
 const ClusterVersion uint32 = 5
 
 // Set at build time with -ldflags "-X ...buildinfo.version=... -X ...commit=...

@@ -112,6 +112,13 @@ func (r *Relay) RaftPayloadSpares(nodeID uint64, read func() float64) {
 		Help: "Spare raft payload files ready to be overwritten by new ones (raft_payload_reserve).", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// RaftPayloadRecycled exports how many new payload files were spares (read at
+// scrape time): the rest were written for the first time.
+func (r *Relay) RaftPayloadRecycled(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "flotilla", Name: "raft_payload_files_recycled_total",
+		Help: "New raft payload files that were spares, overwritten instead of written for the first time.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
+}
+
 // SegmentDirectIO exports whether segments are written with direct I/O (read at
 // scrape time): 0 where the filesystem refused it (see statemachine.Store.DirectIO).
 func (r *Relay) SegmentDirectIO(nodeID uint64, read func() float64) {

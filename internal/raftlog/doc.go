@@ -1,6 +1,7 @@
 // Package raftlog is the node's raft log: dragonboat's own LogDB (a sharded pebble
 // LSM) for raft's state and small entries, with the payloads of large entries kept
-// outside it, each written once to an append-only file of its group.
+// outside it, each written once to a file of its group, appended to (a new file, or
+// from cluster version 5 a recycled one overwritten from its start: spare.go).
 //
 // Why: nearly every byte a group ingests is in a large entry (a batch of binlog
 // events). In the LSM each such byte was written to the WAL, then again by the
@@ -31,7 +32,9 @@
 //     lists the replica nor holds a raft state for it.
 //   - A file is appended to only by the process that created it, and only until a
 //     write to it fails or the log is cut into it: after a restart each group
-//     starts a new file, so a torn tail is never written after.
+//     starts a new file, so no record is ever written after a torn tail (the one
+//     write after it is a salted file's seal at the next start, over bytes nothing
+//     refers to: files.go, sealAt).
 //   - Nothing leaves the LSM until Factory.On is set: a node sets it once the
 //     cluster version that needs a release able to read the files
 //     (PayloadFilesVersion) is durably recorded in its data directory.
@@ -46,10 +49,11 @@
 //   - Recycled files (spare.go) are salted: their records read as theirs only, so
 //     an earlier life's records after the new ones read as the file's end, and a
 //     file that ends before its old bytes is sealed (a record claiming the rest)
-//     once it is finished, or at the next start for a process's last file. A spare
-//     enters only when nothing refers to it, and leaves by a rename whose two
-//     directories are synced before anything refers to the file. Salted files are
-//     written only from RecycleVersion, recorded as PayloadFilesVersion is.
+//     once it is finished (or cut into), or at the next start for a process's last
+//     file. A spare enters only when nothing refers to it, and is taken only once
+//     both directories of its move are synced; a take's rename is synced before
+//     anything refers to the file. Salted files are written only from
+//     RecycleVersion, recorded as PayloadFilesVersion is.
 //   - A save that changes nothing but commit indexes is not written on its own: the
 //     commit index is volatile in raft, and the next write of its group carries it
 //     (see commitStates, which also says why a restart with an older one is safe).

@@ -320,7 +320,7 @@ func (g *groupLog) scan(f *payFile) (end int64, err error) {
 // record of index 0 that claims the rest of the file, and syncs it: the file then
 // reads whole. Only bytes nothing refers to are overwritten (see openGroupLog).
 func (g *groupLog) sealAt(f *payFile, off int64) error {
-	w, err := g.fs.ReuseForWrite(f.path, f.path)
+	w, err := reopen(g.fs, f.path, f.size)
 	if err != nil {
 		return fmt.Errorf("open payload file %s to seal it: %w", f.path, err)
 	}
@@ -385,8 +385,8 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 }
 
 // newFile starts the file appends go to: salted once recycling is on, and then
-// taken from the spares when there is one (an overwrite, which this disk was
-// measured to take at about twice the speed of a first write).
+// taken from the spares when there is one (an overwrite, which the disk this was
+// measured on took faster than a first write: see spare.go).
 func (g *groupLog) newFile() error {
 	var salt uint64
 	if g.recycle != nil && g.recycle.Load() {
@@ -401,8 +401,10 @@ func (g *groupLog) newFile() error {
 	}
 	if spare != "" {
 		if err := g.fs.Rename(spare, f.path); err != nil {
+			g.fs.Remove(spare)
 			return fmt.Errorf("take spare payload file %s as %s: %w", spare, f.path, err)
 		}
+		g.pool.recycled.Add(1)
 		st, err := g.fs.Stat(f.path)
 		if err == nil {
 			f.phys = st.Size()
@@ -423,6 +425,25 @@ func (g *groupLog) newFile() error {
 	g.cur = f
 	g.syncDirs = append(g.syncDirs, g.dir)
 	return nil
+}
+
+// reopen opens path for writing at offsets without truncating it: a file system's
+// ReuseForWrite renamed to the same name, which every one in use keeps whole (its
+// contract allows a new, empty file: that is checked, as the bytes below want must
+// be kept).
+func reopen(fs gvfs.FS, path string, want int64) (gvfs.File, error) {
+	w, err := fs.ReuseForWrite(path, path)
+	if err != nil {
+		return nil, err
+	}
+	if st, err := w.Stat(); err != nil || st.Size() < want {
+		w.Close()
+		if err == nil {
+			err = fmt.Errorf("the file system emptied it on reopening (%d bytes, want %d)", st.Size(), want)
+		}
+		return nil, err
+	}
+	return w, nil
 }
 
 // seal ends a full salted file taken from the spares short of its old bytes: a
@@ -477,7 +498,7 @@ func (g *groupLog) openWrite(f *payFile, create bool) error {
 		w, err = g.fs.Create(f.path)
 	case f.salt != 0:
 		// Written at offsets (an earlier life's bytes may follow its end).
-		w, err = g.fs.ReuseForWrite(f.path, f.path)
+		w, err = reopen(g.fs, f.path, f.size)
 	default:
 		w, err = g.fs.OpenForAppend(f.path)
 	}
@@ -573,7 +594,7 @@ func (g *groupLog) writeStage(f *payFile) error {
 			f.phys = 0
 			if err = os.Truncate(f.path, f.written); err == nil {
 				if f.salt != 0 {
-					if f.w, err = g.fs.ReuseForWrite(f.path, f.path); err == nil {
+					if f.w, err = reopen(g.fs, f.path, f.written); err == nil {
 						_, err = f.w.WriteAt(f.stage.b[:f.staged], f.written)
 					}
 				} else if f.w, err = g.fs.OpenForAppend(f.path); err == nil {
@@ -667,10 +688,20 @@ func (g *groupLog) removeTo(index uint64) error {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.cur != nil && !g.cur.dirty && g.cur.minIndex != 0 && g.cur.minIndex <= index {
-		// Its last sync padded it to a block: sealed there if an earlier life's
-		// bytes follow (synced by the next save, or at the next start's scan).
-		if err := g.seal(g.cur); err != nil {
-			return err
+		// Its last sync padded it to a block: sealed there, and synced and closed
+		// at once, if an earlier life's bytes follow and it does not go now.
+		if f := g.cur; f.maxIndex > index && f.salt != 0 && f.phys > f.size {
+			err := g.seal(f)
+			if err == nil {
+				if err = f.w.Sync(); err != nil {
+					err = fmt.Errorf("sync payload file %s: %w", f.path, err)
+				}
+			}
+			if err != nil {
+				return err
+			}
+			f.dirty = false
+			f.close()
 		}
 		g.cur = nil
 	}
@@ -679,13 +710,21 @@ func (g *groupLog) removeTo(index uint64) error {
 		seqs = append(seqs, seq)
 	}
 	sort.Slice(seqs, func(i, j int) bool { return seqs[i] < seqs[j] })
+	gave := false
+	defer func() {
+		if gave {
+			g.pool.settle(g.dir)
+		}
+	}()
 	for _, seq := range seqs {
 		f := g.files[seq]
 		if f.maxIndex > index || f.dirty {
 			continue
 		}
 		f.close()
-		if g.pool == nil || !g.pool.give(f.path, f.size) {
+		if g.pool != nil && g.pool.give(f.path, g.dir, f.size) {
+			gave = true
+		} else {
 			if err := g.fs.Remove(f.path); err != nil && !errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("remove payload file %s: %w", f.path, err)
 			}

@@ -25,8 +25,8 @@ const (
 )
 
 // RecycleVersion is the cluster version from which a node salts its new payload
-// files and takes them from its spares: a release before it reads a salted file's
-// headers as damage, and would keep or cut the file wrongly.
+// files and takes them from its spares: a release before it does not know a salted
+// file's name, so every reference into one would read as a missing file.
 const RecycleVersion uint32 = 5
 
 // PayloadFilesVersion is the cluster version from which a node keeps payloads in
@@ -73,17 +73,19 @@ type Factory struct {
 	// as a crash would (see commitStates): for tests of a restart after one.
 	NoFlushAtClose bool
 	// Reserve is the most disk, in bytes, the spare payload files hold (see
-	// spare.go): files written ahead and files cut from the log, overwritten by new
-	// payload files instead of new blocks. Zero: no spares, every file is new.
+	// spare.go): files cut from the log, kept to be overwritten by new payload files
+	// instead of new blocks. Zero: no spares, every file is new.
 	Reserve int64
 	// Recycle says whether new payload files are salted, and so may be spares (see
 	// RecycleVersion); nil means never.
 	Recycle *atomic.Bool
-	// Room, if set, says whether the disk can spare n more bytes: the filler writes
-	// no spare when it cannot.
+	// Room, if set, says whether the disk can spare n more bytes: a cut file is
+	// kept as a spare only when it can, and spares are removed when it cannot
+	// spare any.
 	Room func(n int64) bool
-	// Spares, if set, is kept at the number of spare files ready (a metric).
-	Spares *atomic.Int64
+	// Spares, if set, is kept at the number of spare files ready, and Recycled
+	// counts the new payload files that were spares (metrics).
+	Spares, Recycled *atomic.Int64
 }
 
 // Name is dragonboat's default LogDB's: dragonboat records it in the node host
@@ -143,13 +145,39 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 		if log == nil {
 			log = slog.New(slog.DiscardHandler)
 		}
-		if l.pool, err = openSpares(fs, l.root, l.fileSize, f.Reserve, l.direct, l.recycle, f.Room, log, f.Spares); err != nil {
+		if l.pool, err = openSpares(fs, l.root, l.fileSize, f.Reserve, l.recycle, f.Room, log, f.Spares, f.Recycled); err != nil {
 			inner.Close()
 			return nil, err
 		}
 		l.pool.start()
+	} else if err := removeSpares(fs, l.root, f.Log); err != nil {
+		inner.Close()
+		return nil, err
 	}
 	return l, nil
+}
+
+// removeSpares removes the spares a node kept before its reserve was set to zero:
+// that setting gives their disk back.
+func removeSpares(fs gvfs.FS, root string, log *slog.Logger) error {
+	dir := fs.PathJoin(root, spareDir)
+	names, err := fs.List(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("list spare payload directory %s: %w", dir, err)
+	}
+	if err := fs.RemoveAll(dir); err != nil {
+		return fmt.Errorf("remove spare payload directory %s (raft_payload_reserve is 0): %w", dir, err)
+	}
+	if err := syncDir(fs, root); err != nil {
+		return err
+	}
+	if log != nil && len(names) > 0 {
+		log.Info("spare payload files removed: the reserve is 0", "dir", dir, "files", len(names))
+	}
+	return nil
 }
 
 // osFS reports whether fs writes to the operating system's files directly (no fault
@@ -294,9 +322,6 @@ func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
 		if err := g.sync(); err != nil {
 			return err
 		}
-	}
-	if l.pool != nil {
-		l.pool.busy()
 	}
 	return l.saveInner(out, shardID)
 }

@@ -1,10 +1,11 @@
 package raftlog
 
 import (
+	"fmt"
 	"log/slog"
 	"math"
 	"math/rand/v2"
-	"strings"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,42 +19,17 @@ import (
 const testSpares = 3
 
 // openRecyclingLog opens a test log with recycling on and a reserve of testSpares
-// spare files, its filler running if fill.
-func openRecyclingLog(t *testing.T, fs gvfs.FS, fill bool) *LogDB {
+// spare files (the keeper not started: tests trim themselves).
+func openRecyclingLog(t testing.TB, fs gvfs.FS) *LogDB {
 	t.Helper()
 	l := openTestLog(t, fs)
 	l.recycle.Store(true)
-	size := int64(testFileSize + testFileSize/16)
-	p, err := openSpares(fs, l.root, l.fileSize, testSpares*size, false, l.recycle, nil, slog.New(slog.DiscardHandler), nil)
+	p, err := openSpares(fs, l.root, l.fileSize, testSpares*(testFileSize+testFileSize/16), l.recycle, nil, slog.New(slog.DiscardHandler), nil, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p.size != size {
-		t.Fatalf("spare size %d, want %d", p.size, size)
-	}
 	l.pool = p
-	if fill {
-		p.start()
-	}
 	return l
-}
-
-// waitSpares waits until the pool holds n spares.
-func waitSpares(t *testing.T, p *spares, n int) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		p.mu.Lock()
-		got := len(p.ready)
-		p.mu.Unlock()
-		if got == n {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d spare payload files ready, want %d", got, n)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // groupFiles returns the payload files of group cluster as a reopened log sees them.
@@ -73,68 +49,45 @@ func groupFiles(t *testing.T, l *LogDB, cluster uint64) map[uint64]*payFile {
 	return out
 }
 
-// TestFillerWritesTheReserve: the filler writes the reserve ahead, whole files of
-// zeros under their final names, refills what a new payload file takes, and a
-// restart finds them ready.
-func TestFillerWritesTheReserve(t *testing.T) {
-	fs := gvfs.NewMem()
-	l := openRecyclingLog(t, fs, true)
-	waitSpares(t, l.pool, testSpares)
-	check := func() {
-		t.Helper()
-		names, err := fs.List(l.pool.dir)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(names) != testSpares {
-			t.Fatalf("spare directory holds %v, want %d spares", names, testSpares)
-		}
-		for _, name := range names {
-			if st, err := fs.Stat(fs.PathJoin(l.pool.dir, name)); err != nil || !strings.HasSuffix(name, spareSuffix) || st.Size() != l.pool.size {
-				t.Fatalf("spare %s: %v, %v", name, st, err)
-			}
-		}
-	}
-	check()
-	save(t, l, 5, entries(rand.New(rand.NewPCG(1, 2)), 1, 10))
-	f := groupFiles(t, l, 5)[1]
-	if f == nil || f.salt == 0 || f.phys != l.pool.size {
-		t.Fatalf("the first payload file is %+v, want a salted spare", f)
-	}
-	waitSpares(t, l.pool, testSpares)
-	check()
-	l.Close()
-	l = openRecyclingLog(t, fs, false)
-	defer l.Close()
-	if len(l.pool.ready) != testSpares {
-		t.Fatalf("%d spares ready after a restart, want %d", len(l.pool.ready), testSpares)
-	}
-}
-
-// TestSparesGiveWayToAFullDisk: once the disk has no room to spare, the filler
-// removes spares (down to none if need be) and writes none; with room again it
-// fills the reserve.
+// TestSparesGiveWayToAFullDisk: a cut file is kept as a spare only while the disk
+// has room for it, and spares kept are removed once it has no room to spare; the
+// spares kept survive a restart.
 func TestSparesGiveWayToAFullDisk(t *testing.T) {
 	fs := gvfs.NewMem()
-	l := openRecyclingLog(t, fs, false)
+	rnd := rand.New(rand.NewPCG(21, 22))
+	l := openRecyclingLog(t, fs)
+	var room atomic.Bool
+	room.Store(true)
+	l.pool.room = func(int64) bool { return room.Load() }
+	for first := uint64(1); first <= 200; first += 40 {
+		save(t, l, 5, entries(rnd, first, 40))
+	}
+	if err := l.RemoveEntriesTo(5, 1, 100); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(mustList(t, fs, l.pool.dir)); n != testSpares {
+		t.Fatalf("%d spare files after a cut freed many, want the reserve's %d", n, testSpares)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openRecyclingLog(t, fs)
 	defer l.Close()
-	var full atomic.Int64 // spares the disk can hold beyond those ready; -1: none
-	full.Store(100)
-	l.pool.room = func(n int64) bool {
-		have := int64(len(mustList(t, fs, l.pool.dir)))
-		return have+n/l.pool.size <= full.Load()
+	if n := len(l.pool.ready); n != testSpares {
+		t.Fatalf("%d spares ready after a restart, want %d", n, testSpares)
 	}
-	l.pool.start()
-	waitSpares(t, l.pool, testSpares)
-	full.Store(1)
-	l.pool.wake()
-	waitSpares(t, l.pool, 1)
-	if n := len(mustList(t, fs, l.pool.dir)); n != 1 {
-		t.Fatalf("%d spare files on a disk with room for one, want 1", n)
+	room.Store(false)
+	l.pool.room = func(int64) bool { return room.Load() }
+	l.pool.trim()
+	if n := len(mustList(t, fs, l.pool.dir)); n != 0 || len(l.pool.ready) != 0 {
+		t.Fatalf("%d spare files (%d ready) on a disk with no room to spare, want none", n, len(l.pool.ready))
 	}
-	full.Store(100)
-	l.pool.wake()
-	waitSpares(t, l.pool, testSpares)
+	if err := l.RemoveEntriesTo(5, 1, 199); err != nil {
+		t.Fatal(err)
+	}
+	if n := len(mustList(t, fs, l.pool.dir)); n != 0 {
+		t.Fatalf("a cut kept %d spares on a disk with no room to spare", n)
+	}
 }
 
 func mustList(t *testing.T, fs gvfs.FS, dir string) []string {
@@ -154,7 +107,7 @@ func mustList(t *testing.T, fs gvfs.FS, dir string) []string {
 func TestSpareFilesAreRecycled(t *testing.T) {
 	fs := gvfs.NewMem()
 	rnd := rand.New(rand.NewPCG(11, 12))
-	l := openRecyclingLog(t, fs, false)
+	l := openRecyclingLog(t, fs)
 
 	// Group 7 writes high indexes, one record of 8,000 bytes a save (a record and
 	// its pad fill two blocks); its cut frees files that become spares.
@@ -165,9 +118,15 @@ func TestSpareFilesAreRecycled(t *testing.T) {
 		}
 		return []pb.Entry{{Term: 1, Index: index, Type: pb.EncodedEntry, Cmd: cmd}}
 	}
+	// Every eighth entry of group 7 is twice as long: its files end a block past
+	// where group 5's (of 8,000-byte entries only) fill up, so those are sealed.
 	var last uint64
 	for i := uint64(100000); i < 100000+40; i++ {
-		save(t, l, 7, one(i))
+		e := one(i)
+		if i%8 == 7 {
+			e[0].Cmd = append(e[0].Cmd, e[0].Cmd...)
+		}
+		save(t, l, 7, e)
 		last = i
 	}
 	files7 := groupFiles(t, l, 7)
@@ -209,7 +168,7 @@ func TestSpareFilesAreRecycled(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	l = openRecyclingLog(t, fs, false)
+	l = openRecyclingLog(t, fs)
 	defer l.Close()
 	got := readAll(t, l, 5, 1, 13)
 	for i, e := range got {
@@ -230,12 +189,83 @@ func TestSpareFilesAreRecycled(t *testing.T) {
 	}
 }
 
+// TestCutIntoARecycledFile: a cut into the recycled file a group appends to seals
+// it, syncs and closes it (no descriptor, nothing left dirty), and a later cut past
+// its entries gives it back to the spares.
+func TestCutIntoARecycledFile(t *testing.T) {
+	fs := gvfs.NewMem()
+	rnd := rand.New(rand.NewPCG(31, 32))
+	l := openRecyclingLog(t, fs)
+	defer l.Close()
+	for first := uint64(1); first <= 200; first += 40 {
+		save(t, l, 7, entries(rnd, first, 40))
+	}
+	if err := l.RemoveEntriesTo(7, 1, 199); err != nil {
+		t.Fatal(err)
+	}
+	two := entries(rnd, 1, 2)
+	for i := range two {
+		two[i].Cmd = make([]byte, 8000) // both leave the LSM
+	}
+	save(t, l, 5, two)
+	g, err := l.group(5, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	cur := g.cur
+	g.mu.Unlock()
+	if cur == nil || cur.phys == 0 || cur.maxIndex != 2 {
+		t.Fatalf("group 5 appends to %+v, want a spare holding entries 1 and 2", cur)
+	}
+	if err := l.RemoveEntriesTo(5, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	g.mu.Lock()
+	open, dirty, size, after := cur.w != nil, cur.dirty, cur.size, g.cur
+	g.mu.Unlock()
+	if open || dirty || after == cur || size < cur.phys {
+		t.Fatalf("after a cut into it: open %v, dirty %v, still appended to %v, %d bytes of %d claimed: want sealed, synced, closed", open, dirty, after == cur, size, cur.phys)
+	}
+	spares := len(l.pool.ready)
+	if err := l.RemoveEntriesTo(5, 1, 2); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.pool.ready) != spares+1 {
+		t.Fatalf("%d spares after a cut past the sealed file, want %d", len(l.pool.ready), spares+1)
+	}
+}
+
+// TestZeroReserveRemovesSpares: a node whose reserve is set to 0 gives the spares'
+// disk back at its next start.
+func TestZeroReserveRemovesSpares(t *testing.T) {
+	fs := gvfs.NewMem()
+	root := "/node/raft/payloads"
+	if err := fs.MkdirAll(root+"/"+spareDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	f, err := fs.Create(root + "/" + spareDir + "/0000000000000001" + spareSuffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if err := removeSpares(fs, root, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fs.Stat(root + "/" + spareDir); err == nil {
+		t.Fatal("the spare directory is still there with a reserve of 0")
+	}
+	if err := removeSpares(fs, root, nil); err != nil {
+		t.Fatalf("with no spare directory: %v", err)
+	}
+}
+
 // TestSparesOffKeepsFilesPlain: without recycling (the cluster below
 // RecycleVersion) files are plain, created new and removed at cuts, reserve or not.
 func TestSparesOffKeepsFilesPlain(t *testing.T) {
 	fs := gvfs.NewMem()
 	rnd := rand.New(rand.NewPCG(13, 14))
-	l := openRecyclingLog(t, fs, false)
+	l := openRecyclingLog(t, fs)
 	l.recycle.Store(false)
 	for first := uint64(1); first <= 200; first += 40 {
 		save(t, l, 5, entries(rnd, first, 40))
@@ -270,7 +300,7 @@ func TestPowerCutWithSpares(t *testing.T) {
 	cut := uint64(0)
 	taken := 0
 	for round := 0; round < 16; round++ {
-		l := openRecyclingLog(t, fs, round%2 == 0)
+		l := openRecyclingLog(t, fs)
 		if len(want) > 0 {
 			got := readAll(t, l, 5, cut+1, uint64(len(want))+1)
 			if len(got) != len(want)-int(cut) {
@@ -353,17 +383,26 @@ func BenchmarkPayloadSave(b *testing.B) {
 			if recycled {
 				l.recycle.Store(true)
 				files := int64(b.N)*entry/FileSize + 2
-				p, err := openSpares(gvfs.Default, l.root, l.fileSize, files*(FileSize+stageSize), true, l.recycle, nil, slog.New(slog.DiscardHandler), nil)
+				p, err := openSpares(gvfs.Default, l.root, l.fileSize, files*(FileSize+stageSize), l.recycle, nil, slog.New(slog.DiscardHandler), nil, nil)
 				if err != nil {
 					b.Fatal(err)
 				}
-				for range files {
-					name, _ := p.want()
-					path, err := p.write(name)
+				zeros := directio.Aligned(stageSize)
+				for k := range files {
+					path := fmt.Sprintf("%s/%016x%s", p.dir, k+1, spareSuffix)
+					w, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|directio.Flag, 0o644)
 					if err != nil {
 						b.Fatal(err)
 					}
-					p.pending--
+					for off := int64(0); off < FileSize+stageSize; off += stageSize {
+						if _, err := w.WriteAt(zeros, off); err != nil {
+							b.Fatal(err)
+						}
+					}
+					if err := w.Sync(); err != nil {
+						b.Fatal(err)
+					}
+					w.Close()
 					p.ready = append(p.ready, path)
 				}
 				l.pool = p

@@ -830,12 +830,6 @@ func waitClusterVersion(ctx context.Context, b *testing.B, cl *adminrpc.Client) 
 // allows it; until then ingest runs through dragonboat's LSM as in release 0.30.
 const payloadFilesOn = "raft payloads now go to files"
 
-// sparesReady is what a node logs once it has written its reserve of spare payload
-// files (internal/raftlog/spare.go), which a node does within seconds of its start
-// and again whenever it has been quiet for a second: an ingest before it would
-// measure a node only just started.
-const sparesReady = "spare payload files are ready"
-
 // waitPayloadFiles waits until the cluster version is the nodes' newest and every
 // node has noted it (a node follows the metadata every 2 s): without this wait, the
 // first ingest measured release 0.30's raft log for its first seconds.
@@ -851,11 +845,6 @@ func waitPayloadFiles(ctx context.Context, b *testing.B, nodes ...*flotillatest.
 		for deadline := time.Now().Add(time.Minute); n.LogGrep(payloadFilesOn) == ""; time.Sleep(50 * time.Millisecond) {
 			if time.Now().After(deadline) {
 				b.Fatalf("node %d never logged %q within a minute of the cluster version moving", n.ID, payloadFilesOn)
-			}
-		}
-		for deadline := time.Now().Add(time.Minute); n.LogGrep(sparesReady) == ""; time.Sleep(50 * time.Millisecond) {
-			if time.Now().After(deadline) {
-				b.Fatalf("node %d never logged %q within a minute of the cluster version moving", n.ID, sparesReady)
 			}
 		}
 	}

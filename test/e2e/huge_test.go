@@ -70,9 +70,9 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		t.Fatal(err)
 	}
 	metricsAddr := fmt.Sprintf("127.0.0.1:%d", metricsPort)
-	// Two spare raft payload files (136 MiB): the transaction's payload files are
-	// taken from them and the log's cuts give files back, so recycled files carry
-	// it (the raft log's size bound below counts the spares).
+	// Two spare raft payload files (136 MiB): the log's cuts give files back and
+	// later payload files are taken from them (the raft log's size bound below
+	// counts the spares).
 	fl := startRelayNode(ctx, t, filepath.Join(dir, "flotilla"), master, "--served-file-size", "256M", "--record-cache", "16M",
 		"--metrics-addr", metricsAddr, "--debug-pprof", "--raft-payload-reserve", "136M")
 	if err := mariadbtest.CreateBlobTable(ctx, master); err != nil {
@@ -98,7 +98,6 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		}
 	}
 	t.Logf("raft log on disk after the transaction: %d MiB", raftSize>>20)
-	checkRecycled(t, raftDir, 2)
 
 	// Three replicas read the transaction at once.
 	resetPeakRSS(t, fl.PID())
@@ -143,6 +142,10 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		sameData(t, fmt.Sprintf("replica %d", i), want, checksumsOf(ctx, t, r))
 	}
 	rowPeak := peakRSS(t, fl.PID())
+	// The transaction's log cuts gave files back (they come after its files were
+	// written: the ingest outruns the snapshots that cut): the row's files are
+	// taken from them.
+	checkRecycled(t, raftDir, metricsAddr, 2)
 
 	// mariadb-binlog decodes the served files: the transaction's, and the row's that
 	// was opened early.
@@ -262,8 +265,9 @@ func head(s string, n int) string {
 }
 
 // checkRecycled checks that a node's raft log wrote its payload files salted
-// (recycling on) and holds at most most spares, each whole.
-func checkRecycled(t *testing.T, raftDir string, most int) {
+// (recycling on), took some of them from its spares (its metrics say so), and
+// holds at most most spares, each whole.
+func checkRecycled(t *testing.T, raftDir, metricsAddr string, most int) {
 	t.Helper()
 	salted, plain, spares := 0, 0, 0
 	err := filepath.WalkDir(raftDir, func(path string, d fs.DirEntry, err error) error {
@@ -286,7 +290,15 @@ func checkRecycled(t *testing.T, raftDir string, most int) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("raft payload files: %d salted, %d plain; %d spares", salted, plain, spares)
+	code, body, err := httpGet("http://" + metricsAddr + "/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("metrics: %d, %v", code, err)
+	}
+	recycled, _ := metricValue(body, "flotilla_raft_payload_files_recycled_total")
+	t.Logf("raft payload files: %d salted, %d plain; %d spares; %.0f new files were spares", salted, plain, spares, recycled)
+	if recycled < 1 {
+		t.Errorf("no new payload file was a spare (%d salted files): the transaction's log cuts give files back, which later files take", salted)
+	}
 	if salted == 0 || plain != 0 || spares > most {
 		t.Fatalf("raft payload files: %d salted, %d plain, %d spares: want only salted ones (recycling on) and at most %d spares", salted, plain, spares, most)
 	}
