@@ -336,19 +336,7 @@ func TestPowerCutWithSpares(t *testing.T) {
 			}
 		}
 		if rnd.IntN(3) == 0 {
-			g, err := l.group(5, 1)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, err := g.append(uint64(len(want))+1, make([]byte, 3*testMinPayload)); err != nil {
-				t.Fatal(err)
-			}
-			g.mu.Lock()
-			err = g.finish(g.cur)
-			g.mu.Unlock()
-			if err != nil {
-				t.Fatal(err)
-			}
+			writeUnsaved(t, l, uint64(len(want))+1)
 		}
 		if err := l.Close(); err != nil {
 			t.Fatal(err)
