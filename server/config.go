@@ -63,10 +63,9 @@ type Config struct {
 	// none; the serve command's default is DefaultMemoryPretouch.
 	MemoryPretouch Size `yaml:"memory_pretouch"`
 	// RaftPayloadReserve is the most disk the raft log's spare payload files hold
-	// (see internal/raftlog/spare.go): written ahead while the node is quiet, and
-	// taken back from the log's cuts, so that new payload files overwrite blocks
-	// instead of writing them for the first time. 0 for none; the serve command's
-	// default is DefaultRaftPayloadReserve.
+	// (see internal/raftlog/spare.go): files its log cuts free, kept so that later
+	// payload files overwrite blocks instead of writing them for the first time. 0
+	// for none; the serve command's default is DefaultRaftPayloadReserve.
 	RaftPayloadReserve Size `yaml:"raft_payload_reserve"`
 	// MinFreeDisk is the free space the data directory's filesystem keeps (0: the
 	// default, 512 MiB). Below it the node stops its group replicas, keeping their

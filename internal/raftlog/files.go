@@ -344,9 +344,21 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 	defer g.mu.Unlock()
 	if g.cur != nil && g.cur.size >= g.fileSize {
 		// Full: its tail goes out now (sync makes it durable with the rest).
-		err := g.finish(g.cur)
-		if err == nil {
-			err = g.seal(g.cur)
+		f := g.cur
+		err := g.finish(f)
+		if err == nil && f.salt != 0 && f.phys > f.size {
+			// Sealed and synced before the next file exists: a power cut that kept
+			// the next file's name but not this seal would leave this file unread
+			// to its end, kept for good (see openGroupLog).
+			if err = g.seal(f); err == nil {
+				if err = f.w.Sync(); err != nil {
+					err = fmt.Errorf("sync payload file %s: %w", f.path, err)
+				}
+			}
+			if err == nil {
+				f.dirty = false
+				f.close()
+			}
 		}
 		if err != nil {
 			g.cur = nil

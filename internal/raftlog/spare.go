@@ -30,14 +30,16 @@ import (
 //     past everything it holds (removeTo), and leaves by a rename to a new salted
 //     name, under which only new records are read.
 //   - Both directories of a move are synced before anything refers to the moved
-//     file: a given file is taken only after settle synced them (once per cut), a
-//     taken one's are in its group's next sync, which precedes the save that first
-//     refers to it.
+//     file: a given file is taken only after settle synced its old directory and
+//     then, under its spare name, the spare directory (once per cut), and a start
+//     keeps only spare names; a taken one's are in its group's next sync, which
+//     precedes the save that first refers to it.
 //   - Spares give way to a filling disk: a cut file is kept only while the disk has
 //     room to spare (Factory.Room), and the keeper removes spares when it has none.
 const (
 	spareDir    = "spare"
 	spareSuffix = ".spare"
+	movedSuffix = ".moved" // given, not yet settled
 	// keepCheck is how often the keeper looks at the disk's room.
 	keepCheck = 5 * time.Second
 )
@@ -106,7 +108,8 @@ func openSpares(fs gvfs.FS, root string, fileSize, reserve int64, on *atomic.Boo
 				continue
 			}
 		}
-		// Not a spare, too small, or more than the reserve now holds.
+		// Not a spare (a moved file never settled among them), too small, or more
+		// than the reserve now holds.
 		if err := fs.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return nil, fmt.Errorf("remove spare payload file %s: %w", path, err)
 		}
@@ -162,7 +165,7 @@ func (p *spares) give(path, from string, size int64) bool {
 	if len(p.ready)+len(p.moved) >= p.most {
 		return false
 	}
-	to := p.fs.PathJoin(p.dir, fmt.Sprintf("%016x%s", p.next, spareSuffix))
+	to := p.fs.PathJoin(p.dir, fmt.Sprintf("%016x%s", p.next, movedSuffix))
 	if err := p.fs.Rename(path, to); err != nil {
 		p.log.Warn("a cut payload file could not become a spare; removing it", "file", path, "err", err)
 		return false
@@ -172,30 +175,46 @@ func (p *spares) give(path, from string, size int64) bool {
 	return true
 }
 
-// settle syncs the spare directory and from, then makes the files given from it
-// takeable: once both directories are synced, a crash cannot show a spare under its
-// old name too. One sync of each for a whole cut, however many files it gave.
+// settle makes the files given from group directory from takeable, once per cut
+// however many it gave: it syncs from (the old names gone), then renames each file
+// from its moved name to its spare name and syncs the spare directory. A start
+// takes only spare names, and removes moved ones: on a filesystem whose directories
+// are synced independently a crash may keep a moved file's old name too, but never
+// a spare's.
 func (p *spares) settle(from string) {
-	err := syncDir(p.fs, p.dir)
-	if err == nil {
-		err = syncDir(p.fs, from)
-	}
+	err := syncDir(p.fs, from)
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	kept := p.moved[:0]
+	var settled []string
 	for _, m := range p.moved {
-		switch {
-		case m.from != from:
+		if m.from != from {
 			kept = append(kept, m)
-		case err != nil:
-			// Never taken: it goes (at the next start if this removal fails too).
-			p.log.Warn("spare payload files could not be synced in; removing them", "file", m.path, "err", err)
-			p.fs.Remove(m.path)
-		default:
-			p.ready = append(p.ready, m.path)
+			continue
 		}
+		to := strings.TrimSuffix(m.path, movedSuffix) + spareSuffix
+		if err == nil {
+			err = p.fs.Rename(m.path, to)
+		}
+		if err != nil {
+			// Never taken: it goes (at the next start if this removal fails too).
+			p.log.Warn("a cut payload file could not become a spare; removing it", "file", m.path, "err", err)
+			p.fs.Remove(m.path)
+			continue
+		}
+		settled = append(settled, to)
 	}
 	p.moved = kept
+	if len(settled) > 0 {
+		if err := syncDir(p.fs, p.dir); err != nil {
+			p.log.Warn("spare payload files could not be synced in; removing them", "dir", p.dir, "err", err)
+			for _, path := range settled {
+				p.fs.Remove(path)
+			}
+			settled = nil
+		}
+	}
+	p.ready = append(p.ready, settled...)
 	p.count.Store(int64(len(p.ready)))
 }
 

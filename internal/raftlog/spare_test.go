@@ -6,6 +6,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -285,8 +286,8 @@ func TestSparesOffKeepsFilesPlain(t *testing.T) {
 }
 
 // TestPowerCutWithSpares is TestPowerCutKeepsSavedPayloads with recycling: files
-// cut from the log become spares and are overwritten by new ones, the filler writes
-// spares ahead, and the power goes after random saves and cuts. Every entry a save
+// cut from the log become spares and are overwritten by new ones, and the power
+// goes after random saves and cuts. Every entry a save
 // returned for above the last cut reads back whole, and every file reads whole at
 // the next start. An overwrite not synced comes back as the old bytes (the
 // filesystem keeps only what was synced), so a spare handed out twice, or a
@@ -405,5 +406,34 @@ func BenchmarkPayloadSave(b *testing.B) {
 				save(b, l, 5, []pb.Entry{{Term: 1, Index: uint64(i + 1), Type: pb.EncodedEntry, Cmd: cmd}})
 			}
 		})
+	}
+}
+
+// TestStartDropsUnsettledSpares: a start takes as spares only files a cut settled
+// (its old directory synced, then renamed to a spare name), and removes files given
+// but not settled: a crash on a filesystem whose directories sync independently
+// may have kept such a file's old name too.
+func TestStartDropsUnsettledSpares(t *testing.T) {
+	fs := gvfs.NewMem()
+	l := openRecyclingLog(t, fs)
+	dir := l.pool.dir
+	l.Close()
+	for _, name := range []string{"0000000000000001" + spareSuffix, "0000000000000002" + movedSuffix} {
+		f, err := fs.Create(fs.PathJoin(dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.Write(make([]byte, testFileSize)); err != nil {
+			t.Fatal(err)
+		}
+		f.Close()
+	}
+	l = openRecyclingLog(t, fs)
+	defer l.Close()
+	if len(l.pool.ready) != 1 || !strings.HasSuffix(l.pool.ready[0], spareSuffix) {
+		t.Fatalf("spares ready after a start: %v, want the settled one only", l.pool.ready)
+	}
+	if names := mustList(t, fs, dir); len(names) != 1 {
+		t.Fatalf("spare directory holds %v after a start, want the settled spare only", names)
 	}
 }

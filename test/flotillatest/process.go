@@ -186,7 +186,7 @@ func (n *Node) TryStart(ctx context.Context) error {
 			// Tests start nodes by the hundred: serve's default faults in 256 MiB at
 			// each start (about a second on a VM).
 			"--memory-pretouch", "0",
-			// and 512 MiB of spare raft payload files each, written ahead.
+			// and up to 512 MiB of spare raft payload files each.
 			"--raft-payload-reserve", "0")
 	}
 	if len(n.Join) > 0 {
