@@ -411,26 +411,10 @@ func (g *groupLog) newFile() error {
 	if salt != 0 && g.pool != nil {
 		spare = g.pool.take()
 	}
-	if spare != "" {
-		if err := g.fs.Rename(spare, f.path); err != nil {
-			g.fs.Remove(spare)
-			return fmt.Errorf("take spare payload file %s as %s: %w", spare, f.path, err)
+	if spare == "" || !g.takeSpare(f, spare) {
+		if err := g.openWrite(f, true); err != nil {
+			return err
 		}
-		g.pool.recycled.Add(1)
-		st, err := g.fs.Stat(f.path)
-		if err == nil {
-			f.phys = st.Size()
-			err = g.openWrite(f, false)
-		}
-		if err != nil {
-			g.fs.Remove(f.path)
-			return fmt.Errorf("open spare payload file as %s: %w", f.path, err)
-		}
-		// The spare's directory changed too: synced with the group's, so that a
-		// crash cannot show the file under both names.
-		g.syncDirs = append(g.syncDirs, g.pool.dir)
-	} else if err := g.openWrite(f, true); err != nil {
-		return err
 	}
 	g.nextSeq++
 	g.files[f.seq] = f
@@ -456,6 +440,32 @@ func reopen(fs gvfs.FS, path string, want int64) (gvfs.File, error) {
 		return nil, err
 	}
 	return w, nil
+}
+
+// takeSpare makes the spare at path f's file, open for writing from its start. A
+// spare that cannot be taken is removed and reported: the save goes on with a new
+// file (recycling is an optimisation; a failed save stops the node).
+func (g *groupLog) takeSpare(f *payFile, spare string) bool {
+	err := g.fs.Rename(spare, f.path)
+	if err == nil {
+		// The spare's directory changed too: synced with the group's, so that a
+		// crash cannot show the file under both names.
+		g.syncDirs = append(g.syncDirs, g.pool.dir)
+		var st os.FileInfo
+		if st, err = g.fs.Stat(f.path); err == nil {
+			f.phys = st.Size()
+			err = g.openWrite(f, false)
+		}
+	}
+	if err != nil {
+		g.pool.log.Warn("a spare payload file could not be taken; writing a new one instead", "spare", spare, "file", f.path, "err", err)
+		g.fs.Remove(spare)
+		g.fs.Remove(f.path)
+		f.phys = 0
+		return false
+	}
+	g.pool.recycled.Add(1)
+	return true
 }
 
 // seal ends a full salted file taken from the spares short of its old bytes: a

@@ -157,7 +157,8 @@ func (p *spares) take() string {
 // room (in the reserve and on the disk); false means the caller removes it. The
 // file is taken only after settle(from).
 func (p *spares) give(path, from string, size int64) bool {
-	if !p.on.Load() || size < p.minSize || (p.room != nil && !p.room(size)) {
+	// Keeping a file takes no new space: the disk need only have room to spare.
+	if !p.on.Load() || size < p.minSize || (p.room != nil && !p.room(0)) {
 		return false
 	}
 	p.mu.Lock()

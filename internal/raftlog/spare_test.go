@@ -437,3 +437,24 @@ func TestStartDropsUnsettledSpares(t *testing.T) {
 		t.Fatalf("spare directory holds %v after a start, want the settled spare only", names)
 	}
 }
+
+// TestUnusableSpareFallsBack: a spare that cannot be taken (here gone from the
+// disk) is dropped, and the save goes on with a new file instead of failing.
+func TestUnusableSpareFallsBack(t *testing.T) {
+	fs := gvfs.NewMem()
+	l := openRecyclingLog(t, fs)
+	defer l.Close()
+	l.pool.ready = []string{fs.PathJoin(l.pool.dir, "0000000000000009"+spareSuffix)}
+	ents := entries(rand.New(rand.NewPCG(41, 42)), 1, 4)
+	want := clone(ents)
+	save(t, l, 5, ents)
+	sameEntries(t, "after a spare could not be taken", readAll(t, l, 5, 1, 5), want)
+	for _, f := range groupFiles(t, l, 5) {
+		if f.phys != 0 {
+			t.Fatalf("payload file %s counts %d bytes of a spare that was never taken", f.path, f.phys)
+		}
+	}
+	if n := l.pool.recycled.Load(); n != 0 || len(l.pool.ready) != 0 {
+		t.Fatalf("recycled %d, spares ready %v: want none", n, l.pool.ready)
+	}
+}
