@@ -516,7 +516,8 @@ func BenchmarkRelay(b *testing.B) {
 	// ingest moved by a third between benches, as one raw copy did by half).
 	profiling.Wait() // the profile is the first ingest's alone
 	best, rates := i1, []string{fmt.Sprintf("%.0f", i1.mbs())}
-	for k := 2; k <= ingestRounds; k++ {
+	rounds := envCount("FLOTILLA_BENCH_INGEST_ROUNDS", ingestRounds)
+	for k := 2; k <= rounds; k++ {
 		name := fmt.Sprintf("again%d", k)
 		r := ingest(ctx, b, one, name, m.Addr(), gtid, nil)
 		if out, err := one.CLI(ctx, "upstream", "remove", name); err != nil {
@@ -539,9 +540,14 @@ func BenchmarkRelay(b *testing.B) {
 		}
 	}
 	rep.note(fmt.Sprintf("ingest, 1 replica: the fastest of %d ingests, each of a new upstream of the same master (%s MB/s); the notes on disk, CPU, page faults and proposals are the first's",
-		ingestRounds, strings.Join(rates, ", ")))
+		rounds, strings.Join(rates, ", ")))
 	rep.add("ingest, 1 replica", best.mbs(), rawMBs, "MB/s", 0.6, true)
 	rep.add("ingest, 1 replica (transactions)", best.txnRate(), float64(best.group.Transactions)*raw.share()/raw.took.Seconds(), "txn/s", 0.6, true)
+	// FLOTILLA_BENCH_INGEST_ONLY=1 stops here, with no report written: a quick A/B of
+	// the ingest (with FLOTILLA_BENCH_INGEST_ROUNDS for more rounds), not a figure.
+	if os.Getenv("FLOTILLA_BENCH_INGEST_ONLY") != "" {
+		return
+	}
 
 	// Fan-out: 8 and 32 readers of the whole binlog, from Flotilla and from the master,
 	// fanoutRounds times each in turn; the fastest run of each is the figure (one run
