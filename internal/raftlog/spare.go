@@ -21,7 +21,7 @@ import (
 // goes to a payload file first. So the files a log cut frees are kept, up to a
 // reserve (Factory.Reserve; zero turns recycling off), and a group's new file is one
 // of them renamed: a salted file, whose earlier life's records read as its end (see
-// files.go). This is pebble's WAL recycling: nothing is written ahead (a filler that
+// payfile.go). This is pebble's WAL recycling: nothing is written ahead (a filler that
 // wrote spares of zeros while the node was quiet was measured and dropped, see the
 // README's release 0.48).
 //

@@ -1,0 +1,155 @@
+package raftlog
+
+import (
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"os"
+	"sync"
+	"syscall"
+
+	"github.com/flotilla-relay/flotilla/internal/directio"
+)
+
+// Writing payloads: a group stages its records in a block-aligned buffer and writes
+// them in whole blocks at block offsets (direct I/O), the last block padded at each
+// sync (finish).
+
+// stageBuf is a block-aligned staging buffer of stageClassSize(class) bytes.
+type stageBuf struct {
+	b     []byte
+	class int
+}
+
+// stageClasses staging buffer sizes, from 64 KiB up to stageSize by fours.
+const stageClasses = 4
+
+func stageClassSize(c int) int { return 64 << 10 << (2 * c) }
+
+// stagePool hands out staging buffers; a LogDB's groups share one, so an idle group
+// holds none.
+type stagePool struct{ p [stageClasses]sync.Pool }
+
+// get returns a buffer of the smallest size that holds need bytes (stageSize at most).
+func (sp *stagePool) get(need int) *stageBuf {
+	c := 0
+	for c < stageClasses-1 && stageClassSize(c) < need {
+		c++
+	}
+	if b, ok := sp.p[c].Get().(*stageBuf); ok {
+		return b
+	}
+	return &stageBuf{b: directio.Aligned(stageClassSize(c)), class: c}
+}
+
+func (sp *stagePool) put(b *stageBuf) {
+	if b != nil {
+		sp.p[b.class].Put(b)
+	}
+}
+
+// refuseDirect turns direct I/O off for the group, and says so.
+func (g *groupLog) refuseDirect(path string, err error) {
+	g.direct = false
+	g.dio.Refused(path, err)
+}
+
+// put stages the byte slices for f, writing the stage out each time it fills.
+func (g *groupLog) put(f *payFile, parts ...[]byte) error {
+	need := blockSize + recordHeaderLen // room for finish's pad too
+	for _, p := range parts {
+		need += len(p)
+	}
+	if f.stage == nil {
+		f.stage = g.stages.get(need)
+	} else if f.staged+need > len(f.stage.b) && len(f.stage.b) < stageSize {
+		// A larger record than the stage was taken for: move to a larger one.
+		b := g.stages.get(f.staged + need)
+		copy(b.b, f.stage.b[:f.staged])
+		g.stages.put(f.stage)
+		f.stage = b
+	}
+	for _, p := range parts {
+		for len(p) > 0 {
+			n := copy(f.stage.b[f.staged:], p)
+			f.staged += n
+			f.size += int64(n)
+			p = p[n:]
+			if f.staged == len(f.stage.b) {
+				if err := g.writeStage(f); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// finish pads f's staged records to a whole block and writes them: every write to a
+// payload file is whole blocks at a block offset, as direct I/O needs. The pad is a
+// record of index 0 (raft never uses it), which a scan passes over like any other.
+func (g *groupLog) finish(f *payFile) error {
+	if f.stage != nil {
+		if pad := int(-f.size & (blockSize - 1)); pad > 0 {
+			if pad < recordHeaderLen {
+				pad += blockSize
+			}
+			zeros := make([]byte, pad-recordHeaderLen)
+			if err := g.put(f, f.header(0, len(zeros), crc32.Checksum(zeros, castagnoli)), zeros); err != nil {
+				return err
+			}
+		}
+	}
+	if err := g.writeStage(f); err != nil {
+		return err // the stage stays: the file is unusable, its bytes unknown
+	}
+	g.stages.put(f.stage)
+	f.stage = nil
+	return nil
+}
+
+// writeStage writes f's staged bytes at the file's written end. A filesystem that
+// took O_DIRECT at open but refuses the writes (a logical block larger than
+// blockSize, some FUSE filesystems) turns direct I/O off for the group: the file is
+// cut back to its written end (a short write may have left part of the stage) and
+// reopened without it.
+func (g *groupLog) writeStage(f *payFile) error {
+	if f.staged == 0 {
+		return nil
+	}
+	if f.w == nil {
+		return fmt.Errorf("write payload file %s: it was left closed by an earlier failure", f.path)
+	}
+	var err error
+	if f.direct {
+		_, err = f.w.WriteAt(f.stage.b[:f.staged], f.written)
+		if errors.Is(err, syscall.EINVAL) {
+			f.w.Close()
+			f.w, f.direct = nil, false
+			g.refuseDirect(f.path, err)
+			// WriteAt goes on after a short write, so part of the stage may be in the
+			// file: cut it back to what was written before, then append the stage
+			// (an earlier life's bytes go with the cut).
+			f.phys = 0
+			if err = os.Truncate(f.path, f.written); err == nil {
+				if f.salt != 0 {
+					if f.w, err = reopen(g.fs, f.path, f.written); err == nil {
+						_, err = f.w.WriteAt(f.stage.b[:f.staged], f.written)
+					}
+				} else if f.w, err = g.fs.OpenForAppend(f.path); err == nil {
+					_, err = f.w.Write(f.stage.b[:f.staged])
+				}
+			}
+		}
+	} else if f.salt != 0 {
+		_, err = f.w.WriteAt(f.stage.b[:f.staged], f.written)
+	} else {
+		_, err = f.w.Write(f.stage.b[:f.staged])
+	}
+	if err != nil {
+		return fmt.Errorf("write payload file %s: %w", f.path, err)
+	}
+	f.written += int64(f.staged)
+	f.staged = 0
+	return nil
+}
