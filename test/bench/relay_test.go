@@ -490,7 +490,7 @@ func BenchmarkRelay(b *testing.B) {
 			profiling.Go(func() { saveProfile(ctx, metricsAddr, path, 2*time.Second) })
 		}
 		if path := os.Getenv("FLOTILLA_BENCH_TRACE"); path != "" {
-			go saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path)
+			profiling.Go(func() { saveURL(ctx, fmt.Sprintf("http://%s/debug/pprof/trace?seconds=2", metricsAddr), path) })
 		}
 	}
 	faults0 := pageFaults(b, one.PID())
@@ -514,7 +514,7 @@ func BenchmarkRelay(b *testing.B) {
 	// The same ingest ingestRounds-1 more times, each as a new upstream of the same
 	// master removed after it: the figure is the fastest, as the raw copy's is (one
 	// ingest moved by a third between benches, as one raw copy did by half).
-	profiling.Wait() // the profile is the first ingest's alone
+	profiling.Wait() // the profile and trace are the first ingest's alone
 	best, rates := i1, []string{fmt.Sprintf("%.0f", i1.mbs())}
 	rounds := envCount("FLOTILLA_BENCH_INGEST_ROUNDS", ingestRounds)
 	for k := 2; k <= rounds; k++ {
@@ -543,8 +543,9 @@ func BenchmarkRelay(b *testing.B) {
 		rounds, strings.Join(rates, ", ")))
 	rep.add("ingest, 1 replica", best.mbs(), rawMBs, "MB/s", 0.6, true)
 	rep.add("ingest, 1 replica (transactions)", best.txnRate(), float64(best.group.Transactions)*raw.share()/raw.took.Seconds(), "txn/s", 0.6, true)
-	// FLOTILLA_BENCH_INGEST_ONLY=1 stops here, with no report written: a quick A/B of
-	// the ingest (with FLOTILLA_BENCH_INGEST_ROUNDS for more rounds), not a figure.
+	// FLOTILLA_BENCH_INGEST_ONLY (set to anything) stops here, with no report written: a
+	// quick A/B of the ingest (with FLOTILLA_BENCH_INGEST_ROUNDS for more rounds), not a
+	// figure.
 	if os.Getenv("FLOTILLA_BENCH_INGEST_ONLY") != "" {
 		return
 	}
