@@ -36,13 +36,19 @@ type logMark struct {
 }
 
 // boundLog asks for a snapshot once the log holds logSnapshotBytes since the last
-// one (see above). It runs on the shard's loop; the snapshot runs beside it.
+// one (see above), or once the group stopped applying with closed files waiting for
+// compression: a bulk load closes files without the segment fsync compression waits
+// for, which its next small Update or snapshot makes (statemachine's closeDue), and
+// an idle group has neither. It runs on the shard's loop, at most a second apart
+// while the group applies; the snapshot runs beside it.
 func (s *Shard) boundLog(ctx context.Context) {
 	g, ok := s.m.store.Group(s.gid)
 	if !ok {
 		return
 	}
 	t, _ := g.Tail()
+	idle := t.Applied == s.lookedAt
+	s.lookedAt = t.Applied
 	s.mu.Lock()
 	mark := s.logMark
 	if mark.index == 0 || t.Applied < mark.index || t.Bytes < mark.bytes {
@@ -50,13 +56,17 @@ func (s *Shard) boundLog(ctx context.Context) {
 		s.logMark = logMark{index: t.Applied, bytes: t.Bytes}
 	}
 	s.mu.Unlock()
-	if mark.index == 0 || t.Applied <= mark.index || t.Bytes-mark.bytes < logSnapshotBytes {
+	grown := mark.index != 0 && t.Applied > mark.index && t.Bytes-mark.bytes >= logSnapshotBytes
+	if !grown && !(idle && g.CompressionWaiting()) {
 		return
 	}
 	if !s.compacting.CompareAndSwap(false, true) {
 		return
 	}
-	avg := (t.Bytes - mark.bytes) / (t.Applied - mark.index)
+	avg := uint64(0) // unknown: the mark was set after the group's last entries
+	if t.Applied > mark.index && t.Bytes >= mark.bytes {
+		avg = (t.Bytes - mark.bytes) / (t.Applied - mark.index)
+	}
 	budget := uint64(logKeepBytes)
 	s.mu.Lock()
 	if s.leaderID == s.m.nodeID && s.upstream.Replicas > 1 {

@@ -35,6 +35,9 @@ type Shard struct {
 	reconciling atomic.Bool
 	// compacting: a snapshot that bounds the raft log is under way (see boundLog).
 	compacting atomic.Bool
+	// lookedAt is the applied index boundLog last saw; only the shard's loop
+	// touches it.
+	lookedAt uint64
 	// stalledOn and unserved are the silence probes' memory across connections
 	// (the syncer goroutine's alone): the GTIDs the last stall verdict was about,
 	// and those found to be in the master's executed set but not in its binary log.

@@ -187,6 +187,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 		}
 		g.dirty[g.seg.Name()] = g.seg
 		g.seg = nil
+		g.unsyncedCloses++
 		if prev := g.m.File - 1; prev >= g.m.FirstFile && prev > 0 {
 			// Compressed only once the segments closing it are durable: redo may have
 			// to read this file's plain form until then.

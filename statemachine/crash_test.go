@@ -75,6 +75,12 @@ type appender struct {
 	index, epoch, ordinal, seq uint64
 	// purge lets steps purge every file but the current one now and then.
 	purge bool
+	// bulk makes steps close files five times as often and sync a third as often,
+	// on a store whose Updates all count as a bulk load's (bulkUpdates): files are
+	// then closed without an fsync, several in a row.
+	bulk bool
+	// maxUnsynced is the most files closed without an fsync after any step.
+	maxUnsynced int
 }
 
 func newAppender(g *Group, index uint64, rnd *rand.Rand) (*appender, error) {
@@ -130,7 +136,11 @@ func (a *appender) leavePending() error {
 // step applies one command (two for a split transaction) and reports whether it then
 // synced: everything appended so far must survive any crash from then on.
 func (a *appender) step() (synced bool, err error) {
-	switch r := a.rnd.IntN(40); {
+	n, syncOdds := 40, 3
+	if a.bulk {
+		n, syncOdds = 8, 9
+	}
+	switch r := a.rnd.IntN(n); {
 	case r == 0:
 		if err := a.must([]Item{newFile(fmt.Sprintf("m.%06d", a.seq), nil)}, 0); err != nil {
 			return false, err
@@ -163,7 +173,8 @@ func (a *appender) step() (synced bool, err error) {
 			return false, err
 		}
 	}
-	if a.rnd.IntN(3) != 0 {
+	a.maxUnsynced = max(a.maxUnsynced, a.g.unsyncedCloses)
+	if a.rnd.IntN(syncOdds) != 0 {
 		return false, nil
 	}
 	return true, a.g.Sync()

@@ -178,8 +178,17 @@ type Group struct {
 	// newFiles is set when a segment file was created since the last Sync: the
 	// directory entry must be made durable too.
 	newFiles bool
-	// toCompress are closed files to compress after the next segment fsync.
-	toCompress []uint64
+	// toCompress are closed files to compress after the next segment fsync;
+	// compressible those it made durable, queued once the index names them closed
+	// (queueCompression).
+	toCompress, compressible []uint64
+	// unsyncedCloses counts the files closed since the last segment fsync (see
+	// closeDue); at most maxUnsyncedCloses, so Open's check of what may be unsynced
+	// spans a bounded number of files (recentParts).
+	unsyncedCloses int
+	// compressWaiting is len(toCompress) > 0 as of the last commit, for the shard,
+	// which asks an idle group for the fsync compression waits for.
+	compressWaiting atomic.Bool
 	// swapMu serializes the compression worker's swap of a segment for its .zst with
 	// the unlinking of purged segments.
 	swapMu sync.Mutex
@@ -295,6 +304,9 @@ type batch struct {
 	// durable asks for the current entry's changes to be committed with fsyncs before
 	// the next entry is applied (see commit).
 	durable bool
+	// cmdBytes is the size of the Update's commands: what tells a bulk load's Update
+	// from a trickle's (see closeDue).
+	cmdBytes int
 }
 
 // Update applies committed entries in order. Rejections are results, not errors: an
@@ -302,6 +314,9 @@ type batch struct {
 // expected event during leader changes.
 func (g *Group) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	bt := &batch{b: g.store.db.NewBatch(), buf: g.wbuf[:0]}
+	for i := range entries {
+		bt.cmdBytes += len(entries[i].Cmd)
+	}
 	defer bt.b.Close()
 	defer func() {
 		if cap(bt.buf) <= 64<<20 {
@@ -382,9 +397,7 @@ func (g *Group) commit(bt *batch) error {
 		return fmt.Errorf("group %d: index meta: %w", g.id, err)
 	}
 	opts := pebble.NoSync
-	// A closed file waiting for compression: make its closing durable now (once per
-	// file), so compression does not wait for dragonboat's next Sync.
-	if !redo || bt.durable || len(g.toCompress) > 0 {
+	if !redo || bt.durable || g.closeDue(bt) {
 		if err := g.syncSegments(); err != nil {
 			return err
 		}
@@ -393,6 +406,7 @@ func (g *Group) commit(bt *batch) error {
 	if err := bt.b.Commit(opts); err != nil {
 		return fmt.Errorf("group %d: commit index: %w", g.id, err)
 	}
+	g.queueCompression()
 	// The stored meta ends before the recIndex record (it cannot count itself): an
 	// Open without redo truncates that record, which loses nothing.
 	g.m.PartSeg += recLen
@@ -405,8 +419,36 @@ func (g *Group) commit(bt *batch) error {
 			g.log.Warn("purged segments stay on disk until the next start", "group", g.id, "err", err)
 		}
 	}
+	g.compressWaiting.Store(len(g.toCompress) > 0)
 	return nil
 }
+
+// Closed files wait for a segment fsync before they are compressed (see apply's
+// newFile). A commit makes the files closed since the last one durable at once
+// when its Update is small (a trickle of transactions: the fsync is cheap and
+// compression follows promptly), but not in the middle of a bulk load: there the
+// fsync stalls the apply loop for the writeback of everything in flight, which cost
+// the one-replica ingest 2-13% at 64 MiB files. A later small Update, a raft log
+// snapshot (the shard takes one every 256 MiB applied, and one when the group goes
+// idle with compression waiting: shard/logbound.go) or the maxUnsyncedCloses-th
+// close makes them durable instead.
+const (
+	// closeSyncBelow is the size of an Update's commands below which it is small.
+	closeSyncBelow = 1 << 20
+	// maxUnsyncedCloses bounds the files closed and not yet fsynced: Open checks
+	// and fsyncs every file from the last place known synced (recentParts).
+	maxUnsyncedCloses = 4
+)
+
+// closeDue reports whether this commit must fsync the segments for the files
+// closed since the last fsync (see closeSyncBelow).
+func (g *Group) closeDue(bt *batch) bool {
+	return g.unsyncedCloses > 0 && (bt.cmdBytes < g.store.closeSyncBelow || g.unsyncedCloses >= maxUnsyncedCloses)
+}
+
+// CompressionWaiting reports whether closed files wait for the next segment fsync
+// to be compressed: an idle group's shard then asks for a snapshot, which syncs.
+func (g *Group) CompressionWaiting() bool { return g.compressWaiting.Load() }
 
 // writebackChunk is how much of a large Update is written, and its writeback
 // started, while the rest is still being prepared.
@@ -425,7 +467,23 @@ func (g *Group) publish() {
 // Sync makes every applied record and index entry durable. Only segments are
 // synced: the index is rolled forward from their recIndex records on Open (see
 // commit), so one fsync per written segment file is all an Update costs.
-func (g *Group) Sync() error { return g.syncSegments() }
+func (g *Group) Sync() error {
+	err := g.syncSegments()
+	g.queueCompression()
+	return err
+}
+
+// queueCompression hands the files whose closing is durable to the compression
+// worker. It runs once the index holds their closed entries (compress reads the
+// parts from them): after the commit that synced, or in Sync, between Updates.
+func (g *Group) queueCompression() {
+	for _, no := range g.compressible {
+		if no >= g.m.FirstFile {
+			g.compress(no)
+		}
+	}
+	g.compressible = g.compressible[:0]
+}
 
 // syncSegments fsyncs the segment files written since the last call, and the
 // directory when files were created.
@@ -456,12 +514,10 @@ func (g *Group) syncSegments() error {
 		// syncs; Sync runs between Updates) and now durable. The commit after this
 		// one records it; the one in progress may still carry the older place.
 		g.m.SyncedFile, g.m.SyncedSeg = g.m.File, g.m.PartSeg
-		for _, no := range g.toCompress {
-			if no >= g.m.FirstFile {
-				g.compress(no)
-			}
-		}
+		g.unsyncedCloses = 0
+		g.compressible = append(g.compressible, g.toCompress...)
 		g.toCompress = g.toCompress[:0]
+		g.compressWaiting.Store(false)
 	}
 	return segErr
 }

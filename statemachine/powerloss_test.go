@@ -42,26 +42,35 @@ func TestPowerLoss(t *testing.T) {
 	t.Logf("seed %d (replay: FLOTILLA_POWERLOSS_SEED=%d)", seed, seed)
 	rnd := rand.New(rand.NewPCG(seed, 11))
 	var syncedRounds, cutsMidway, deaths uint64
+	unsyncedCloses := 0
 	for life := 0; life < lives; life++ {
-		s, m, d := powerLossLife(t, rnd, seed, rounds)
-		syncedRounds, cutsMidway, deaths = syncedRounds+s, cutsMidway+m, deaths+d
+		s, m, d, u := powerLossLife(t, rnd, seed, rounds, life%2 == 1)
+		syncedRounds, cutsMidway, deaths, unsyncedCloses = syncedRounds+s, cutsMidway+m, deaths+d, max(unsyncedCloses, u)
 	}
 	if syncedRounds == 0 || cutsMidway == 0 {
 		t.Fatalf("cuts never followed a Sync (%d) or never caught unsynced work (%d): the test checked nothing", syncedRounds, cutsMidway)
 	}
-	t.Logf("%d power cuts or process deaths (%d deaths; %d after a Sync, %d with unsynced appends); every recovery a valid prefix holding all that was synced and found before",
-		lives*rounds, deaths, syncedRounds, cutsMidway)
+	if unsyncedCloses < 2 {
+		t.Fatalf("the bulk lives never closed two files in a row without an fsync (at most %d): they checked nothing new", unsyncedCloses)
+	}
+	t.Logf("%d power cuts or process deaths (%d deaths; %d after a Sync, %d with unsynced appends; up to %d files closed without an fsync); every recovery a valid prefix holding all that was synced and found before",
+		lives*rounds, deaths, syncedRounds, cutsMidway, unsyncedCloses)
 }
 
 // powerLossLife cuts the power (or kills the process) rounds times on a new
 // filesystem; it returns how many cuts came after a Sync, how many caught unsynced
-// appends and how many were process deaths.
-func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int) (syncedRounds, cutsMidway, processDeaths uint64) {
+// appends and how many were process deaths. A bulk life's Updates all count as a
+// bulk load's, which closes files without an fsync (see closeDue).
+func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int, bulk bool) (syncedRounds, cutsMidway, processDeaths uint64, unsyncedCloses int) {
 	fs := vfs.NewCrashableMem()
 	const dir = "/flotilla/storage"
 	var durable, epoch uint64
 	for round := 0; round < rounds; round++ {
-		h := newHarnessOn(t, fs, dir, 64<<10) // many parts: cuts land around rolls too
+		var setup []func(*Store)
+		if bulk {
+			setup = append(setup, bulkUpdates)
+		}
+		h := newHarnessOn(t, fs, dir, 64<<10, setup...) // many parts: cuts land around rolls too
 		seq := verifyPrefix(t, h, rnd)
 		if seq < durable {
 			t.Fatalf("round %d (seed %d): %d transactions were durable before the power cut, %d survived", round, seed, durable, seq)
@@ -80,7 +89,7 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int) (synce
 		if err != nil {
 			t.Fatalf("round %d: %v", round, err)
 		}
-		a.purge, epoch = true, a.epoch
+		a.purge, a.bulk, epoch = true, bulk, a.epoch
 		// Everything present after Open is durable too: the next round checks it.
 		var synced atomic.Uint64
 		synced.Store(seq)
@@ -131,6 +140,7 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int) (synce
 		}
 		stop.Store(true)
 		wg.Wait()
+		unsyncedCloses = max(unsyncedCloses, a.maxUnsynced)
 		if appendErr != nil {
 			t.Fatalf("round %d: append: %v", round, appendErr)
 		}
@@ -149,7 +159,7 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int) (synce
 		t.Fatalf("last round (seed %d): %d transactions were durable, %d survived", seed, durable, seq)
 	}
 	h.close()
-	return syncedRounds, cutsMidway, processDeaths
+	return syncedRounds, cutsMidway, processDeaths, unsyncedCloses
 }
 
 // TestPowerLossAtEveryDirSync cuts the power right after every directory fsync the

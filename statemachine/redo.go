@@ -61,10 +61,14 @@ type recentPart struct {
 	size  uint64
 }
 
-// recentParts lists every part of the current file and of the file before it: the
-// only ones written since their last fsync (the commit that closes a file after the
-// first fsyncs the segments). An error means the index names a file it cannot
-// describe.
+// recentParts lists every part that may have been written since its last fsync:
+// those of the current file and of every file back to the one of the last place
+// known synced (meta's SyncedFile), or to the file before the current one when that
+// place is unknown (an older Flotilla, which fsynced the segments at each file's
+// close after the first). A file is closed without an fsync during a bulk load, at
+// most maxUnsyncedCloses times in a row (closeDue), so the list spans at most that
+// many files besides the current one and the one the synced place is in. An error
+// means the index names a file it cannot describe.
 func (g *Group) recentParts() ([]recentPart, error) {
 	if g.m.File == 0 {
 		return nil, nil
@@ -79,13 +83,17 @@ func (g *Group) recentParts() ([]recentPart, error) {
 		start := partStart(g.m.PartStarts, k)
 		out = append(out, recentPart{no: g.m.File, k: k, start: start, size: end - start})
 	}
-	if prev := g.m.File - 1; prev > 0 && prev >= g.m.FirstFile {
-		fi, err := g.store.fileInfo(g.id, prev)
+	from := g.m.File - 1
+	if g.m.SyncedFile > 0 && g.m.SyncedFile < from {
+		from = g.m.SyncedFile
+	}
+	for no := max(from, g.m.FirstFile, 1); no < g.m.File; no++ {
+		fi, err := g.store.fileInfo(g.id, no)
 		if err != nil {
 			return nil, err
 		}
 		for k, size := range partSizes(fi) {
-			out = append(out, recentPart{no: prev, k: k, start: partStart(fi.PartStarts, k), size: size})
+			out = append(out, recentPart{no: no, k: k, start: partStart(fi.PartStarts, k), size: size})
 		}
 	}
 	return out, nil

@@ -34,6 +34,10 @@ type Store struct {
 	compressDone chan struct{}
 	// segmentSize is where segment parts roll (0: never).
 	segmentSize uint64
+	// closeSyncBelow is the Update size below which a commit fsyncs the files
+	// closed since the last fsync (see closeDue); tests set 0 to make every Update
+	// a bulk load's.
+	closeSyncBelow int
 	// direct says whether segments are written with direct I/O (SetDirectIO); stages
 	// are the aligned buffers they are staged in, each held only between a part's
 	// first write of an Update and its Flush.
@@ -71,7 +75,7 @@ func Open(dir string, log *slog.Logger) (*Store, error) { return OpenFS(vfs.Defa
 // (tests pass pebble's crashable in-memory filesystem).
 func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
 	s := &Store{fs: fs, dir: dir, log: log, groups: map[uint64]*Group{}, direct: directio.Switch{On: new(atomic.Bool), Log: log, What: "segment files"},
-		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize,
+		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize, closeSyncBelow: closeSyncBelow,
 		records: newRecordCache(DefaultRecordCache), now: time.Now}
 	if err := s.mkdirAll(fs.PathJoin(dir, "groups")); err != nil {
 		return nil, fmt.Errorf("storage: create %s: %w", dir, err)

@@ -151,9 +151,11 @@ type upstreamJSON struct {
 		Transactions string `json:"transactions"`
 		Bytes        string `json:"bytes"`
 		CurrentFile  string `json:"currentFile"`
-		Syncing      bool   `json:"syncing"`
-		Connected    bool   `json:"connected"`
-		Reconnects   string `json:"reconnects"`
+		// CompressedPlainBytes are the closed files' bytes stored compressed.
+		CompressedPlainBytes string `json:"compressedPlainBytes"`
+		Syncing              bool   `json:"syncing"`
+		Connected            bool   `json:"connected"`
+		Reconnects           string `json:"reconnects"`
 		// SourceSelection says why no candidate source could take over.
 		SourceSelection string   `json:"sourceSelection"`
 		LeaderNode      string   `json:"leaderNode"`
