@@ -25,6 +25,7 @@ import (
 	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/internal/metrics"
 	"github.com/flotilla-relay/flotilla/internal/raftlog"
+	"github.com/flotilla-relay/flotilla/internal/rafttransport"
 	"github.com/flotilla-relay/flotilla/internal/secure"
 	"github.com/flotilla-relay/flotilla/mysqlfront"
 	"github.com/flotilla-relay/flotilla/placement"
@@ -49,6 +50,9 @@ type Node struct {
 	// recycle turns salted, recycled payload files on (raftlog.Factory.Recycle),
 	// from raftlog.RecycleVersion.
 	recycle *atomic.Bool
+	// raftWire turns the raft transport's own frames on (rafttransport.Factory), from
+	// rafttransport.WireVersion: every node reads them then.
+	raftWire *atomic.Bool
 	// recordedVersion is the cluster version recorded in the data directory (only
 	// followVersion changes it once the node runs).
 	recordedVersion uint32
@@ -135,6 +139,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		payloadFiles.Store(true)
 		recycle.Store(recorded >= raftlog.RecycleVersion)
 	}
+	raftWire := new(atomic.Bool)
+	raftWire.Store(recorded >= rafttransport.WireVersion)
 	limits := mysqlfront.Limits{MaxConnections: cfg.MaxConnections, MaxUserConnections: cfg.MaxUserConnections,
 		MaxHandshakesPerHost: cfg.MaxHandshakesPerHost, MaxAllowedPacket: int64(cfg.MaxAllowedPacket), IdleTimeout: cfg.IdleTimeout, HandshakeTimeout: 10 * time.Second}
 	if cfg.AllowIPs != "" {
@@ -238,7 +244,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert: config.ExpertConfig{LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
+		Expert: config.ExpertConfig{TransportFactory: rafttransport.Factory{NewWire: raftWire, Log: log.With("component", "rafttransport")}, LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
 			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares, Recycled: recycled}},
 	})
 	if err == nil && nh == nil {
@@ -250,7 +256,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		return nil, fmt.Errorf("start raft node host (raft address %s, data %s): %w", cfg.RaftAddr, cfg.DataDir, err)
 	}
 	log.Info("raft log started", "payload_direct_io", directIO.Load(), "segment_direct_io", segDirectIO, "buffered_io", cfg.BufferedIO)
-	n := &Node{payloadFiles: payloadFiles, recycle: recycle, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
+	n := &Node{payloadFiles: payloadFiles, recycle: recycle, raftWire: raftWire, recordedVersion: recorded, stopMetrics: stopMetrics, cfg: cfg, log: log, nh: nh, store: store, meta: placement.NewService(nh), ident: ident, leaders: leaders,
 		errc: make(chan error, len(mysqlLis)+2)} // every sender's error fits: none blocks at shutdown
 	if err := n.startMeta(ctx); err != nil {
 		n.close()

@@ -14,6 +14,7 @@ import (
 	"github.com/flotilla-relay/flotilla/cluster"
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"github.com/flotilla-relay/flotilla/internal/raftlog"
+	"github.com/flotilla-relay/flotilla/internal/rafttransport"
 	"github.com/flotilla-relay/flotilla/placement"
 )
 
@@ -60,7 +61,8 @@ func writeClusterVersion(dir string, v uint32) error {
 // noteClusterVersion records v in the data directory when it is newer than what is
 // recorded there (only forward: the cluster version never goes back, but the
 // metadata replica a restarted node reads may lag what it recorded before), and turns
-// the raft log's payload files on once the recorded version allows them: recorded
+// the raft log's payload files (and the raft transport's own frames) on once the
+// recorded version allows them: recorded
 // durably first, so that from then on a release that cannot read them refuses this
 // data directory. Only startMeta, then followVersion, call it.
 func (n *Node) noteClusterVersion(v uint32) error {
@@ -77,6 +79,10 @@ func (n *Node) noteClusterVersion(v uint32) error {
 	if n.recordedVersion >= raftlog.RecycleVersion && !n.recycle.Load() {
 		n.recycle.Store(true)
 		n.log.Info("raft payload files now salted, and recycled from log cuts up to the reserve", "cluster_version", n.recordedVersion, "raft_payload_reserve", n.cfg.RaftPayloadReserve)
+	}
+	if n.recordedVersion >= rafttransport.WireVersion && !n.raftWire.Load() {
+		n.raftWire.Store(true)
+		n.log.Info("raft messages now sent in Flotilla's own frames (payloads not copied)", "cluster_version", n.recordedVersion)
 	}
 	return nil
 }

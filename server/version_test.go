@@ -11,6 +11,7 @@ import (
 
 	"github.com/flotilla-relay/flotilla/internal/buildinfo"
 	"github.com/flotilla-relay/flotilla/internal/raftlog"
+	"github.com/flotilla-relay/flotilla/internal/rafttransport"
 )
 
 // A data directory last used at a newer cluster version is refused before anything
@@ -42,10 +43,11 @@ func TestDataDirectoryVersion(t *testing.T) {
 
 // TestNoteClusterVersion: the recorded version only moves forward (a restarted node's
 // metadata replica may report an older one than it recorded), and the raft log's
-// payload files start only once version 4 is recorded, their recycling once 5 is.
+// payload files start only once version 4 is recorded, their recycling once 5 is, the
+// raft transport's own frames once 6 is.
 func TestNoteClusterVersion(t *testing.T) {
 	dir := t.TempDir()
-	n := &Node{cfg: Config{DataDir: dir}, payloadFiles: new(atomic.Bool), recycle: new(atomic.Bool), log: slog.New(slog.DiscardHandler)}
+	n := &Node{cfg: Config{DataDir: dir}, payloadFiles: new(atomic.Bool), recycle: new(atomic.Bool), raftWire: new(atomic.Bool), log: slog.New(slog.DiscardHandler)}
 	recorded := func() uint32 {
 		v, err := checkDataVersion(dir)
 		if err != nil {
@@ -74,7 +76,13 @@ func TestNoteClusterVersion(t *testing.T) {
 	if err := n.noteClusterVersion(raftlog.RecycleVersion); err != nil {
 		t.Fatal(err)
 	}
-	if !n.recycle.Load() || recorded() != raftlog.RecycleVersion {
-		t.Fatalf("at version %d: recycled %v, recorded %d", raftlog.RecycleVersion, n.recycle.Load(), recorded())
+	if !n.recycle.Load() || n.raftWire.Load() || recorded() != raftlog.RecycleVersion {
+		t.Fatalf("at version %d: recycled %v, own raft frames %v, recorded %d", raftlog.RecycleVersion, n.recycle.Load(), n.raftWire.Load(), recorded())
+	}
+	if err := n.noteClusterVersion(rafttransport.WireVersion); err != nil {
+		t.Fatal(err)
+	}
+	if !n.raftWire.Load() || recorded() != rafttransport.WireVersion {
+		t.Fatalf("at version %d: own raft frames %v, recorded %d", rafttransport.WireVersion, n.raftWire.Load(), recorded())
 	}
 }

@@ -27,7 +27,9 @@ import (
 //   - 5: salted raft payload files, recycled from log cuts
 //     (internal/raftlog/spare.go): a release before it does not list a salted
 //     file, and would find every reference into one missing.
-const ClusterVersion uint32 = 5
+//   - 6: the raft transport's own frames (internal/rafttransport): a release before
+//     it reads only dragonboat's.
+const ClusterVersion uint32 = 6
 
 // Set at build time with -ldflags "-X ...buildinfo.version=... -X ...commit=...
 // -X ...date=..." (see the Makefile). Package-level because -X can only set

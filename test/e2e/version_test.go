@@ -60,7 +60,7 @@ func pollVersionStatus(ctx context.Context, t *testing.T, n *flotillatest.Node, 
 }
 
 // Every node reports its release; a new cluster moves to the binary's cluster
-// version once; `upstream update` (a command of cluster version 2) is idempotent and
+// version once, and its nodes then send raft messages in the transport's own frames; `upstream update` (a command of cluster version 2) is idempotent and
 // its changes take effect; `node drain --leaders-only` (asked of another node) moves
 // every leadership off a node, the metadata's included, and keeps it off while the
 // controller runs.
@@ -93,6 +93,22 @@ func TestVersionsUpdateAndLeadersOnlyDrain(t *testing.T) {
 		}
 		return ""
 	})
+	// From cluster version 6 the nodes send raft messages in Flotilla's own frames;
+	// all that follows (an upstream's group, its updates, the drain) rides on them.
+	for _, n := range nodes {
+		for deadline := time.Now().Add(30 * time.Second); !strings.Contains(n.LogGrep("own frames"), "raft messages now sent in Flotilla's own frames"); time.Sleep(100 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d did not switch to the raft transport's own frames at cluster version %d\n%s", n.ID, bin.ClusterVersion, n.LogTail(20))
+			}
+		}
+	}
+	defer func() {
+		for _, n := range nodes {
+			if bad := n.LogGrep("bad raft frame"); bad != "" {
+				t.Errorf("node %d rejected raft frames:\n%s", n.ID, bad)
+			}
+		}
+	}()
 	if table, _ := nodes[1].CLI(ctx, "status"); !strings.Contains(table, fmt.Sprintf("cluster version %d; every node runs %s", bin.ClusterVersion, bin.Version)) {
 		t.Fatalf("status does not show the cluster version and the one release:\n%s", table)
 	}

@@ -1,0 +1,233 @@
+package rafttransport
+
+import (
+	"bufio"
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+	"io"
+	"net"
+	"time"
+
+	"github.com/lni/dragonboat/v3/raftio"
+	pb "github.com/lni/dragonboat/v3/raftpb"
+)
+
+// This transport's frame:
+//
+//	magic 'F' 'L' | kind u8 | skeleton length u32 | payloads u32 | payload bytes u64 |
+//	CRC-32C u32 | skeleton | each payload's length, u32 | the payloads
+//
+// all big-endian. The skeleton is the MessageBatch marshalled with every entry's
+// Cmd left out (kind 1), or a marshalled Chunk (kind 2, no payloads); the payloads
+// are the entries' Cmds, in the order the skeleton lists the entries. The CRC
+// covers the skeleton, the lengths and the payloads.
+var frameMagic = [2]byte{'F', 'L'}
+
+const (
+	kindBatch = 1
+	kindChunk = 2
+	// frameHeaderLen is the header after the magic.
+	frameHeaderLen = 1 + 4 + 4 + 8 + 4
+	// Bounds a frame's header must respect before anything is allocated for it:
+	// dragonboat's batches stay under 64 MiB (its MaxMessageBatchSize), an entry
+	// under that too.
+	maxSkeleton = 64 << 20
+	maxPayloads = 1 << 20
+	maxFrame    = 256 << 20
+)
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// encoder builds a connection's frames, reusing its buffers from one to the next.
+type encoder struct {
+	hdr  [2 + frameHeaderLen]byte
+	skel []byte
+	lens []byte
+	cmds [][]byte
+	msgs []pb.Message
+	ents []pb.Entry
+	lhdr [2 + legacyHeaderLen]byte
+}
+
+// batch returns b as this transport's frame. The entries' payloads are in the
+// result as they are (not copied); b is not modified.
+func (e *encoder) batch(b pb.MessageBatch) (net.Buffers, error) {
+	n := 0
+	for i := range b.Requests {
+		n += len(b.Requests[i].Entries)
+	}
+	e.cmds, e.msgs, e.lens = e.cmds[:0], e.msgs[:0], e.lens[:0]
+	if cap(e.ents) < n {
+		e.ents = make([]pb.Entry, 0, n)
+	}
+	e.ents = e.ents[:0]
+	total := 0
+	for _, m := range b.Requests {
+		if len(m.Entries) > 0 {
+			from := len(e.ents)
+			for _, en := range m.Entries {
+				e.cmds = append(e.cmds, en.Cmd)
+				e.lens = binary.BigEndian.AppendUint32(e.lens, uint32(len(en.Cmd)))
+				total += len(en.Cmd)
+				en.Cmd = nil
+				e.ents = append(e.ents, en)
+			}
+			m.Entries = e.ents[from:len(e.ents):len(e.ents)]
+		}
+		e.msgs = append(e.msgs, m)
+	}
+	sk := b
+	sk.Requests = e.msgs
+	skel, err := marshalInto(&e.skel, sk.SizeUpperLimit(), sk.MarshalTo)
+	if err != nil {
+		return nil, fmt.Errorf("raft transport: marshal batch: %w", err)
+	}
+	crc := crc32.Update(crc32.Update(0, castagnoli, skel), castagnoli, e.lens)
+	bufs := net.Buffers{nil, skel, e.lens}
+	for _, c := range e.cmds {
+		if len(c) > 0 {
+			crc = crc32.Update(crc, castagnoli, c)
+			bufs = append(bufs, c)
+		}
+	}
+	bufs[0] = e.header(kindBatch, len(skel), len(e.cmds), total, crc)
+	return bufs, nil
+}
+
+// chunk returns ch as this transport's frame.
+func (e *encoder) chunk(ch *pb.Chunk) (net.Buffers, error) {
+	body, err := marshalInto(&e.skel, ch.Size(), ch.MarshalTo)
+	if err != nil {
+		return nil, fmt.Errorf("raft transport: marshal chunk: %w", err)
+	}
+	return net.Buffers{e.header(kindChunk, len(body), 0, 0, crc32.Checksum(body, castagnoli)), body}, nil
+}
+
+func (e *encoder) header(kind byte, skel, payloads, total int, crc uint32) []byte {
+	h := e.hdr[:]
+	copy(h, frameMagic[:])
+	h[2] = kind
+	binary.BigEndian.PutUint32(h[3:], uint32(skel))
+	binary.BigEndian.PutUint32(h[7:], uint32(payloads))
+	binary.BigEndian.PutUint64(h[11:], uint64(total))
+	binary.BigEndian.PutUint32(h[19:], crc)
+	return h
+}
+
+// marshalInto marshals into *buf, grown to size if needed, and returns the bytes.
+func marshalInto(buf *[]byte, size int, marshal func([]byte) (int, error)) ([]byte, error) {
+	if cap(*buf) < size {
+		*buf = make([]byte, size)
+	}
+	n, err := marshal((*buf)[:size])
+	if err != nil {
+		return nil, err
+	}
+	return (*buf)[:n], nil
+}
+
+// decoder reads an accepted connection's frames, reusing its buffers for what it
+// does not hand on.
+type decoder struct {
+	skel, lens, buf []byte
+}
+
+// keepBuf bounds the buffer a decoder keeps between frames.
+const keepBuf = 4 << 20
+
+// grow returns (*b)[:n], reallocated if too small; kept for the next frame only
+// up to keepBuf.
+func grow(b *[]byte, n int) []byte {
+	if cap(*b) >= n {
+		return (*b)[:n]
+	}
+	nb := make([]byte, n)
+	if n <= keepBuf {
+		*b = nb
+	}
+	return nb
+}
+
+// frame reads this transport's frame after its magic and hands it to dragonboat.
+func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHandler, onChunk raftio.ChunkHandler) error {
+	var h [frameHeaderLen]byte
+	c.SetReadDeadline(time.Now().Add(frameDeadline(0)))
+	if _, err := io.ReadFull(br, h[:]); err != nil {
+		return err
+	}
+	kind := h[0]
+	skelLen, n := binary.BigEndian.Uint32(h[1:]), binary.BigEndian.Uint32(h[5:])
+	total, want := binary.BigEndian.Uint64(h[9:]), binary.BigEndian.Uint32(h[17:])
+	switch {
+	case kind != kindBatch && kind != kindChunk:
+		return fmt.Errorf("%w: kind %d", errBadFrame, kind)
+	case skelLen == 0 || skelLen > maxSkeleton || n > maxPayloads || total > maxFrame:
+		return fmt.Errorf("%w: %d skeleton bytes, %d payloads of %d bytes", errBadFrame, skelLen, n, total)
+	case kind == kindChunk && (n != 0 || total != 0):
+		return fmt.Errorf("%w: a chunk with payloads", errBadFrame)
+	}
+	c.SetReadDeadline(time.Now().Add(frameDeadline(int(skelLen) + 4*int(n) + int(total))))
+	skel := grow(&d.skel, int(skelLen))
+	if _, err := io.ReadFull(br, skel); err != nil {
+		return err
+	}
+	crc := crc32.Update(0, castagnoli, skel)
+	if kind == kindChunk {
+		if crc != want {
+			return fmt.Errorf("%w: chunk CRC mismatch", errBadFrame)
+		}
+		var ch pb.Chunk
+		if err := ch.Unmarshal(skel); err != nil { // copies Data
+			return fmt.Errorf("%w: chunk: %w", errBadFrame, err)
+		}
+		if !onChunk(ch) {
+			return errChunkRejected
+		}
+		return nil
+	}
+	lens := grow(&d.lens, 4*int(n))
+	if _, err := io.ReadFull(br, lens); err != nil {
+		return err
+	}
+	sum := uint64(0)
+	for i := 0; i < int(n); i++ {
+		sum += uint64(binary.BigEndian.Uint32(lens[4*i:]))
+	}
+	if sum != total {
+		return fmt.Errorf("%w: payload lengths add to %d, the header says %d", errBadFrame, sum, total)
+	}
+	// One buffer for the batch's payloads, handed on: the entries share it.
+	data := make([]byte, total)
+	if _, err := io.ReadFull(br, data); err != nil {
+		return err
+	}
+	crc = crc32.Update(crc32.Update(crc, castagnoli, lens), castagnoli, data)
+	if crc != want {
+		return fmt.Errorf("%w: batch CRC mismatch", errBadFrame)
+	}
+	var b pb.MessageBatch
+	if err := b.Unmarshal(skel); err != nil {
+		return fmt.Errorf("%w: batch: %w", errBadFrame, err)
+	}
+	k, off := 0, uint64(0)
+	for i := range b.Requests {
+		es := b.Requests[i].Entries
+		for j := range es {
+			if k == int(n) {
+				return fmt.Errorf("%w: more entries than payloads (%d)", errBadFrame, n)
+			}
+			l := uint64(binary.BigEndian.Uint32(lens[4*k:]))
+			k++
+			if l > 0 {
+				es[j].Cmd = data[off : off+l : off+l]
+			}
+			off += l
+		}
+	}
+	if k != int(n) {
+		return fmt.Errorf("%w: %d payloads for %d entries", errBadFrame, n, k)
+	}
+	onBatch(b)
+	return nil
+}

@@ -1,0 +1,311 @@
+package rafttransport
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"math/rand/v2"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+	_ "unsafe" // go:linkname
+
+	_ "github.com/lni/dragonboat/v3" // links dragonboat's TCP transport, the interop tests' peer
+	"github.com/lni/dragonboat/v3/config"
+	"github.com/lni/dragonboat/v3/raftio"
+	pb "github.com/lni/dragonboat/v3/raftpb"
+
+	"github.com/flotilla-relay/flotilla/internal/tlstest"
+)
+
+// dragonboatTCP is dragonboat's own TCP transport (v3.3.8), which releases before
+// cluster version WireVersion run: the interop tests talk to it.
+//
+//go:linkname dragonboatTCP github.com/lni/dragonboat/v3/internal/transport.NewTCPTransport
+func dragonboatTCP(config.NodeHostConfig, raftio.MessageHandler, raftio.ChunkHandler) raftio.ITransport
+
+// peer is a started transport and what it received.
+type peer struct {
+	tr      raftio.ITransport
+	addr    string
+	batches chan pb.MessageBatch
+	chunks  chan pb.Chunk
+}
+
+// tlsFiles is a node's mutual TLS (empty: none).
+type tlsFiles struct{ ca, cert, key string }
+
+func nodeConfig(addr string, tf tlsFiles) config.NodeHostConfig {
+	return config.NodeHostConfig{RaftAddress: addr, MutualTLS: tf.ca != "", CAFile: tf.ca, CertFile: tf.cert, KeyFile: tf.key}
+}
+
+// freeAddr is a loopback address nothing listens on (dragonboat's transport does not
+// say where it listens when given port 0).
+func freeAddr(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+// startPeer starts this transport (dragonboat's if legacyImpl), writing its own
+// frames if newWire.
+func startPeer(t *testing.T, tf tlsFiles, newWire, legacyImpl bool) *peer {
+	t.Helper()
+	p := &peer{batches: make(chan pb.MessageBatch, 16), chunks: make(chan pb.Chunk, 16)}
+	onBatch := func(b pb.MessageBatch) { p.batches <- b }
+	onChunk := func(c pb.Chunk) bool { p.chunks <- c; return true }
+	if legacyImpl {
+		p.addr = freeAddr(t)
+		p.tr = dragonboatTCP(nodeConfig(p.addr, tf), onBatch, onChunk)
+	} else {
+		nw := new(atomic.Bool)
+		nw.Store(newWire)
+		p.tr = Factory{NewWire: nw}.Create(nodeConfig("127.0.0.1:0", tf), onBatch, onChunk)
+	}
+	if err := p.tr.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.tr.Stop)
+	if tr, ok := p.tr.(*Transport); ok {
+		p.addr = tr.Addr().String()
+	}
+	return p
+}
+
+// testBatch is a batch of replicate messages with large, small and empty payloads
+// and a heartbeat.
+func testBatch(rnd *rand.Rand) pb.MessageBatch {
+	big := make([]byte, 4<<20+17)
+	for i := range big {
+		big[i] = byte(rnd.Uint32())
+	}
+	return pb.MessageBatch{DeploymentId: 7, SourceAddress: "node-2:1234", BinVer: raftio.TransportBinVersion, Requests: []pb.Message{
+		{Type: pb.Replicate, ClusterId: 9, To: 1, From: 2, Term: 3, LogTerm: 3, LogIndex: 41, Commit: 40, Entries: []pb.Entry{
+			{Type: pb.EncodedEntry, Term: 3, Index: 42, Cmd: big},
+			{Type: pb.ApplicationEntry, Term: 3, Index: 43},
+			{Type: pb.EncodedEntry, Term: 3, Index: 44, Cmd: []byte("a small one")},
+		}},
+		{Type: pb.Heartbeat, ClusterId: 11, To: 1, From: 2, Term: 5, Commit: 9},
+		{Type: pb.Replicate, ClusterId: 12, To: 1, From: 2, Term: 1, Entries: []pb.Entry{{Type: pb.EncodedEntry, Term: 1, Index: 1, Cmd: []byte{1}}}},
+	}}
+}
+
+func testChunk() pb.Chunk {
+	return pb.Chunk{ClusterId: 9, NodeId: 1, From: 2, ChunkId: 0, ChunkSize: 5, ChunkCount: 1, Index: 100, Term: 3, Data: []byte("chunk"), Filepath: "snapshot.gbsnap", FileSize: 5}
+}
+
+// same reports whether two batches marshal alike (nil and empty payloads are
+// the same on the wire).
+func same(t *testing.T, a, b pb.MessageBatch) bool {
+	t.Helper()
+	ab, err := a.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	bb, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Equal(ab, bb)
+}
+
+func receive[T any](t *testing.T, c chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-c:
+		return v
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no %s received in 10 s", what)
+	}
+	var zero T
+	return zero
+}
+
+// exchange sends a batch and a snapshot chunk from one transport to another and
+// checks both arrive whole, the chunk before the snapshot connection's Close
+// returns.
+func exchange(t *testing.T, from raftio.ITransport, to *peer) {
+	t.Helper()
+	ctx := context.Background()
+	want := testBatch(rand.New(rand.NewPCG(1, 2)))
+	wantCopy := testBatch(rand.New(rand.NewPCG(1, 2)))
+	c, err := from.GetConnection(ctx, to.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	for i := 0; i < 2; i++ { // twice: buffers are reused between frames
+		if err := c.SendMessageBatch(want); err != nil {
+			t.Fatal(err)
+		}
+		if got := receive(t, to.batches, "batch"); !same(t, got, wantCopy) {
+			t.Fatalf("frame %d: the batch received differs from the one sent", i)
+		}
+	}
+	if !same(t, want, wantCopy) {
+		t.Fatal("sending changed the batch")
+	}
+	sc, err := from.GetSnapshotConnection(ctx, to.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := sc.SendChunk(testChunk()); err != nil {
+		t.Fatal(err)
+	}
+	sc.Close()
+	select {
+	case got := <-to.chunks:
+		if want := testChunk(); got.ChunkId != want.ChunkId || !bytes.Equal(got.Data, want.Data) || got.Filepath != want.Filepath {
+			t.Fatalf("chunk received %+v, sent %+v", got, want)
+		}
+	default:
+		t.Fatal("the snapshot connection closed before its chunk was handed on")
+	}
+}
+
+// TestWires: batches and snapshot chunks cross between two of these transports in
+// either frame, with and without TLS.
+func TestWires(t *testing.T) {
+	ca := tlstest.NewCA(t)
+	p1, p2 := ca.Issue(t, "n1"), ca.Issue(t, "n2")
+	for _, tc := range []struct {
+		name     string
+		newWire  bool
+		tls1, t2 tlsFiles
+	}{
+		{"dragonboat frames", false, tlsFiles{}, tlsFiles{}},
+		{"own frames", true, tlsFiles{}, tlsFiles{}},
+		{"dragonboat frames, TLS", false, tlsFiles{ca.CertFile, p1.CertFile, p1.KeyFile}, tlsFiles{ca.CertFile, p2.CertFile, p2.KeyFile}},
+		{"own frames, TLS", true, tlsFiles{ca.CertFile, p1.CertFile, p1.KeyFile}, tlsFiles{ca.CertFile, p2.CertFile, p2.KeyFile}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a, b := startPeer(t, tc.tls1, tc.newWire, false), startPeer(t, tc.t2, tc.newWire, false)
+			exchange(t, a.tr, b)
+			exchange(t, b.tr, a)
+		})
+	}
+}
+
+// TestDragonboatInterop: this transport, before the cluster version allows its own
+// frames, and dragonboat's TCP transport (what older releases run) exchange batches
+// and snapshot chunks both ways, with and without TLS; this one reads dragonboat's
+// frames at any time.
+func TestDragonboatInterop(t *testing.T) {
+	ca := tlstest.NewCA(t)
+	p1, p2 := ca.Issue(t, "n1"), ca.Issue(t, "n2")
+	for _, tc := range []struct {
+		name     string
+		tls1, t2 tlsFiles
+	}{
+		{"plain", tlsFiles{}, tlsFiles{}},
+		{"TLS", tlsFiles{ca.CertFile, p1.CertFile, p1.KeyFile}, tlsFiles{ca.CertFile, p2.CertFile, p2.KeyFile}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			old := startPeer(t, tc.tls1, false, true)
+			ours, upgraded := startPeer(t, tc.t2, false, false), startPeer(t, tc.t2, true, false)
+			exchange(t, old.tr, ours)     // dragonboat's frames read
+			exchange(t, ours.tr, old)     // dragonboat's frames written, read by dragonboat
+			exchange(t, old.tr, upgraded) // read also once writing its own
+		})
+	}
+}
+
+// TestBadFramesCloseTheirConnectionOnly: a frame with a bad magic, header, length or
+// CRC closes its connection, reaches nothing, and leaves the transport serving
+// others.
+func TestBadFramesCloseTheirConnectionOnly(t *testing.T) {
+	p := startPeer(t, tlsFiles{}, true, false)
+	var enc encoder
+	good, err := enc.batch(testBatch(rand.New(rand.NewPCG(3, 4))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := bytes.Join(good, nil)
+	lgood, err := enc.legacy(raftMethod, &pb.MessageBatch{Requests: []pb.Message{{Type: pb.Heartbeat, ClusterId: 1, To: 1, From: 2}}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := bytes.Join(lgood, nil)
+	flip := func(b []byte, at int) []byte {
+		c := bytes.Clone(b)
+		c[at] ^= 0x40
+		return c
+	}
+	huge := bytes.Clone(frame[:2+frameHeaderLen])
+	huge[3], huge[4] = 0x7f, 0xff // a 2 GiB skeleton
+	for _, tc := range []struct {
+		name string
+		data []byte
+	}{
+		{"bad magic", []byte("GET / HTTP/1.1\r\n\r\n")},
+		{"payload byte flipped", flip(frame, len(frame)-100)},
+		{"skeleton byte flipped", flip(frame, 2+frameHeaderLen+3)},
+		{"length over the bound", huge},
+		{"unknown kind", flip(frame, 2)},
+		{"dragonboat header flipped", flip(legacy, 5)},
+		{"dragonboat payload flipped", flip(legacy, len(legacy)-1)},
+	} {
+		c, err := net.Dial("tcp", p.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Write(tc.data)
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("%s: the connection was not closed (read: %v)", tc.name, err)
+		}
+		c.Close()
+		select {
+		case <-p.batches:
+			t.Fatalf("%s: a bad frame reached dragonboat", tc.name)
+		default:
+		}
+	}
+	other := startPeer(t, tlsFiles{}, true, false)
+	exchange(t, other.tr, p)
+}
+
+// FuzzFrames feeds arbitrary bytes to a transport's reader: it must never panic,
+// and whatever it hands on must be a batch or chunk it could have been sent.
+func FuzzFrames(f *testing.F) {
+	var enc encoder
+	for _, b := range []pb.MessageBatch{testBatch(rand.New(rand.NewPCG(5, 6))), {Requests: []pb.Message{{Type: pb.Heartbeat, ClusterId: 1}}}} {
+		own, err := enc.batch(b)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(bytes.Join(own, nil))
+		old, err := enc.legacy(raftMethod, &b, false)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(bytes.Join(old, nil))
+	}
+	ch := testChunk()
+	own, _ := enc.chunk(&ch)
+	f.Add(bytes.Join(own, nil))
+	f.Add(poison[:])
+	f.Fuzz(func(t *testing.T, data []byte) {
+		tr := Factory{}.Create(nodeConfig("127.0.0.1:0", tlsFiles{}), func(b pb.MessageBatch) {
+			if _, err := b.Marshal(); err != nil {
+				t.Fatalf("a batch handed on does not marshal: %v", err)
+			}
+		}, func(pb.Chunk) bool { return true }).(*Transport)
+		a, b := net.Pipe()
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			tr.serve(a)
+			a.Close()
+		}()
+		b.SetWriteDeadline(time.Now().Add(time.Second))
+		b.Write(data)
+		b.Close()
+		<-done
+	})
+}
