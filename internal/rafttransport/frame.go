@@ -177,14 +177,7 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 		if crc != want {
 			return fmt.Errorf("%w: chunk CRC mismatch", errBadFrame)
 		}
-		var ch pb.Chunk
-		if err := ch.Unmarshal(skel); err != nil { // copies Data
-			return fmt.Errorf("%w: chunk: %w", errBadFrame, err)
-		}
-		if !onChunk(ch) {
-			return errChunkRejected
-		}
-		return nil
+		return deliverChunk(skel, onChunk)
 	}
 	lens := grow(&d.lens, 4*int(n))
 	if _, err := io.ReadFull(br, lens); err != nil {
@@ -229,5 +222,18 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 		return fmt.Errorf("%w: %d payloads for %d entries", errBadFrame, n, k)
 	}
 	onBatch(b)
+	return nil
+}
+
+// deliverChunk hands a marshalled snapshot chunk to dragonboat (Unmarshal copies
+// its data: the buffer may be reused).
+func deliverChunk(b []byte, onChunk raftio.ChunkHandler) error {
+	var ch pb.Chunk
+	if err := ch.Unmarshal(b); err != nil {
+		return fmt.Errorf("%w: chunk: %w", errBadFrame, err)
+	}
+	if !onChunk(ch) {
+		return errChunkRejected
+	}
 	return nil
 }

@@ -89,14 +89,7 @@ func (d *decoder) legacy(br *bufio.Reader, c net.Conn, encrypted bool, onBatch r
 		return fmt.Errorf("%w: dragonboat payload CRC mismatch", errBadFrame)
 	}
 	if method == snapshotMethod {
-		var ch pb.Chunk
-		if err := ch.Unmarshal(buf); err != nil { // copies Data
-			return fmt.Errorf("%w: chunk: %w", errBadFrame, err)
-		}
-		if !onChunk(ch) {
-			return errChunkRejected
-		}
-		return nil
+		return deliverChunk(buf, onChunk)
 	}
 	var b pb.MessageBatch
 	if err := b.Unmarshal(buf); err != nil { // copies the entries' Cmds
