@@ -28,8 +28,8 @@
 //     that commit.
 //   - Open keeps only what it has checked: records past the last place known
 //     synced are checked against their CRCs (a bulk load closes files without an
-//     fsync, at most maxUnsyncedCloses in a row, so they lie in a bounded number of
-//     files: closeDue, group.go; recentParts, redo.go), what follows the last complete Update
+//     fsync until maxUnsyncedCloses are, so they lie in a few files: closeDue,
+//     group.go; recentParts, redo.go), what follows the last complete Update
 //     is cut (dragonboat replays it from the raft log), and what it keeps is fsynced
 //     before Open returns (redo.go).
 //   - A file or directory entry is durable only once its directory is synced

@@ -209,6 +209,10 @@ const BaseName = "flotilla-bin"
 // Open loads the group's state, truncates any torn or unapplied tail of the current
 // segment and returns the last applied raft index.
 func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
+	// Compression bookkeeping is of the files this Open finds: it queues those
+	// closed and still plain itself (scanCompressed).
+	g.toCompress, g.compressible, g.unsyncedCloses = g.toCompress[:0], g.compressible[:0], 0
+	g.compressWaiting.Store(false)
 	if err := g.store.mkdirAll(g.dir); err != nil {
 		return 0, fmt.Errorf("group %d: create %s: %w", g.id, g.dir, err)
 	}
@@ -543,8 +547,17 @@ type StateView struct {
 	HasFile bool
 }
 
-// Close releases the group's files; the shared index stays open.
+// Close releases the group's files; the shared index stays open. It first fsyncs
+// the files closed since the last fsync (a bulk load leaves up to maxUnsyncedCloses,
+// see closeDue): a release before 0.49 starting on this data checks only the current
+// file and the one before it for a tear. A failure is only logged: the next Open
+// checks and fsyncs what it keeps.
 func (g *Group) Close() error {
+	if g.unsyncedCloses > 0 {
+		if err := g.syncSegments(); err != nil {
+			g.log.Warn("closing a group: fsync of its closed files failed; the next start checks them", "group", g.id, "err", err)
+		}
+	}
 	g.closeFiles()
 	g.mu.Lock()
 	g.closed = true

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
@@ -65,6 +66,7 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int, bulk b
 	fs := vfs.NewCrashableMem()
 	const dir = "/flotilla/storage"
 	var durable, epoch uint64
+	sharedWAL := os.Getenv("FLOTILLA_POWERLOSS_SHARED_WAL") != ""
 	for round := 0; round < rounds; round++ {
 		var setup []func(*Store)
 		if bulk {
@@ -111,6 +113,19 @@ func powerLossLife(t *testing.T, rnd *rand.Rand, seed uint64, rounds int, bulk b
 				if ok {
 					synced.Store(a.ordinal)
 					syncs <- struct{}{} // at most steps of them: never blocks
+				}
+				// Other groups' durable commits sync the index's log they share: the
+				// index may then be durable ahead of this group's segments, older
+				// files' included. FLOTILLA_POWERLOSS_SHARED_WAL=1 simulates them
+				// (in every life); it is not on by default because recovery then
+				// fails in some runs, with 0.48's closes as with 0.49's (an index
+				// rebuilt from segments naming records a torn part lost, or a purged
+				// group's first file starting at the wrong state): an open bug.
+				if sharedWAL && rnd2.IntN(3) == 0 {
+					if err := h.store.db.LogData(nil, pebble.Sync); err != nil {
+						appendErr = err
+						break
+					}
 				}
 			}
 			// Often with a transaction left incomplete: the next round's claim drops it.

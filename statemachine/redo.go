@@ -65,10 +65,12 @@ type recentPart struct {
 // those of the current file and of every file back to the one of the last place
 // known synced (meta's SyncedFile), or to the file before the current one when that
 // place is unknown (an older Flotilla, which fsynced the segments at each file's
-// close after the first). A file is closed without an fsync during a bulk load, at
-// most maxUnsyncedCloses times in a row (closeDue), so the list spans at most that
-// many files besides the current one and the one the synced place is in. An error
-// means the index names a file it cannot describe.
+// close after the first). A bulk load closes files without an fsync until
+// maxUnsyncedCloses are (closeDue: checked at each commit, so one Update closing
+// more, with served files smaller than it, is fsynced at its end), and the stored
+// synced place lags its own commit by one fsync: the list spans a few files,
+// bounded by what an Update and those closes write. An error means the index names
+// a file it cannot describe.
 func (g *Group) recentParts() ([]recentPart, error) {
 	if g.m.File == 0 {
 		return nil, nil
@@ -228,8 +230,9 @@ func (g *Group) rebuildIndex() error {
 		"applied", g.m.Applied, "file", FileName(g.m.File), "oldest_segment", first)
 	// A group whose files start at its very first (none purged) and whose first holds
 	// no complete Update has never had its segments synced: a Sync (which dragonboat
-	// makes before it compacts its log), a new epoch, a closed file or a purge would
-	// have made an Update durable. Raft still holds every entry: start over empty.
+	// makes before it compacts its log), a new epoch, a file closed by a small Update
+	// or a purge would have made an Update durable. Raft still holds every entry
+	// (it compacts its log only after a snapshot, which syncs): start over empty.
 	fromStart := g.m.FirstFile <= 1 && g.m.RedoFrom == 1
 	if fromStart && first == 0 {
 		return g.startOver()

@@ -21,7 +21,8 @@ import (
 // all big-endian. The skeleton is the MessageBatch marshalled with every entry's
 // Cmd left out (kind 1), or a marshalled Chunk (kind 2, no payloads); the payloads
 // are the entries' Cmds, in the order the skeleton lists the entries. The CRC
-// covers the skeleton, the lengths and the payloads.
+// covers the header before it (kind and lengths), the skeleton, the lengths and the
+// payloads.
 var frameMagic = [2]byte{'F', 'L'}
 
 const (
@@ -83,16 +84,28 @@ func (e *encoder) batch(b pb.MessageBatch) (net.Buffers, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft transport: marshal batch: %w", err)
 	}
-	crc := crc32.Update(crc32.Update(0, castagnoli, skel), castagnoli, e.lens)
-	bufs := net.Buffers{nil, skel, e.lens}
+	h := e.header(kindBatch, len(skel), len(e.cmds), total)
+	crc := crc32.Update(crc32.Update(crc32.Update(0, castagnoli, h[2:2+frameHeaderLen-4]), castagnoli, skel), castagnoli, e.lens)
+	bufs := net.Buffers{h, skel, e.lens}
 	for _, c := range e.cmds {
 		if len(c) > 0 {
 			crc = crc32.Update(crc, castagnoli, c)
 			bufs = append(bufs, c)
 		}
 	}
-	bufs[0] = e.header(kindBatch, len(skel), len(e.cmds), total, crc)
+	binary.BigEndian.PutUint32(h[2+frameHeaderLen-4:], crc)
 	return bufs, nil
+}
+
+// release drops what the encoder holds of the last frame: the payloads (dragonboat
+// frees a sent batch's entries) and a skeleton buffer grown past keepBuf.
+func (e *encoder) release() {
+	clear(e.cmds[:cap(e.cmds)])
+	clear(e.ents[:cap(e.ents)])
+	clear(e.msgs[:cap(e.msgs)])
+	if cap(e.skel) > keepBuf {
+		e.skel = nil
+	}
 }
 
 // chunk returns ch as this transport's frame.
@@ -101,17 +114,19 @@ func (e *encoder) chunk(ch *pb.Chunk) (net.Buffers, error) {
 	if err != nil {
 		return nil, fmt.Errorf("raft transport: marshal chunk: %w", err)
 	}
-	return net.Buffers{e.header(kindChunk, len(body), 0, 0, crc32.Checksum(body, castagnoli)), body}, nil
+	h := e.header(kindChunk, len(body), 0, 0)
+	binary.BigEndian.PutUint32(h[2+frameHeaderLen-4:], crc32.Update(crc32.Update(0, castagnoli, h[2:2+frameHeaderLen-4]), castagnoli, body))
+	return net.Buffers{h, body}, nil
 }
 
-func (e *encoder) header(kind byte, skel, payloads, total int, crc uint32) []byte {
+// header fills the frame's header but its CRC.
+func (e *encoder) header(kind byte, skel, payloads, total int) []byte {
 	h := e.hdr[:]
 	copy(h, frameMagic[:])
 	h[2] = kind
 	binary.BigEndian.PutUint32(h[3:], uint32(skel))
 	binary.BigEndian.PutUint32(h[7:], uint32(payloads))
 	binary.BigEndian.PutUint64(h[11:], uint64(total))
-	binary.BigEndian.PutUint32(h[19:], crc)
 	return h
 }
 
@@ -150,11 +165,13 @@ func grow(b *[]byte, n int) []byte {
 }
 
 // frame reads this transport's frame after its magic and hands it to dragonboat.
+// Each message's payloads go to a buffer of its own: dragonboat keeps a group's
+// entries until it applies them, and one group's must not pin another's.
 func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHandler, onChunk raftio.ChunkHandler) error {
 	var h [frameHeaderLen]byte
 	c.SetReadDeadline(time.Now().Add(frameDeadline(0)))
 	if _, err := io.ReadFull(br, h[:]); err != nil {
-		return err
+		return fmt.Errorf("read frame header: %w", err)
 	}
 	kind := h[0]
 	skelLen, n := binary.BigEndian.Uint32(h[1:]), binary.BigEndian.Uint32(h[5:])
@@ -170,9 +187,9 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 	c.SetReadDeadline(time.Now().Add(frameDeadline(int(skelLen) + 4*int(n) + int(total))))
 	skel := grow(&d.skel, int(skelLen))
 	if _, err := io.ReadFull(br, skel); err != nil {
-		return err
+		return fmt.Errorf("read frame skeleton: %w", err)
 	}
-	crc := crc32.Update(0, castagnoli, skel)
+	crc := crc32.Update(crc32.Update(0, castagnoli, h[:frameHeaderLen-4]), castagnoli, skel)
 	if kind == kindChunk {
 		if crc != want {
 			return fmt.Errorf("%w: chunk CRC mismatch", errBadFrame)
@@ -181,8 +198,9 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 	}
 	lens := grow(&d.lens, 4*int(n))
 	if _, err := io.ReadFull(br, lens); err != nil {
-		return err
+		return fmt.Errorf("read frame payload lengths: %w", err)
 	}
+	crc = crc32.Update(crc, castagnoli, lens)
 	sum := uint64(0)
 	for i := 0; i < int(n); i++ {
 		sum += uint64(binary.BigEndian.Uint32(lens[4*i:]))
@@ -190,36 +208,46 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 	if sum != total {
 		return fmt.Errorf("%w: payload lengths add to %d, the header says %d", errBadFrame, sum, total)
 	}
-	// One buffer for the batch's payloads, handed on: the entries share it.
-	data := make([]byte, total)
-	if _, err := io.ReadFull(br, data); err != nil {
-		return err
-	}
-	crc = crc32.Update(crc32.Update(crc, castagnoli, lens), castagnoli, data)
-	if crc != want {
-		return fmt.Errorf("%w: batch CRC mismatch", errBadFrame)
-	}
+	// Unmarshalled before the CRC is checked, to size each message's buffer: nothing
+	// of it is handed on unless the CRC then matches.
 	var b pb.MessageBatch
 	if err := b.Unmarshal(skel); err != nil {
 		return fmt.Errorf("%w: batch: %w", errBadFrame, err)
 	}
-	k, off := 0, uint64(0)
+	entries := 0
+	for i := range b.Requests {
+		entries += len(b.Requests[i].Entries)
+	}
+	if entries != int(n) {
+		return fmt.Errorf("%w: %d payloads for %d entries", errBadFrame, n, entries)
+	}
+	k := 0
 	for i := range b.Requests {
 		es := b.Requests[i].Entries
+		size := 0
 		for j := range es {
-			if k == int(n) {
-				return fmt.Errorf("%w: more entries than payloads (%d)", errBadFrame, n)
-			}
-			l := uint64(binary.BigEndian.Uint32(lens[4*k:]))
-			k++
-			if l > 0 {
+			size += int(binary.BigEndian.Uint32(lens[4*(k+j):]))
+		}
+		if size == 0 {
+			k += len(es)
+			continue
+		}
+		data := make([]byte, size)
+		if _, err := io.ReadFull(br, data); err != nil {
+			return fmt.Errorf("read frame payloads: %w", err)
+		}
+		crc = crc32.Update(crc, castagnoli, data)
+		off := 0
+		for j := range es {
+			if l := int(binary.BigEndian.Uint32(lens[4*k:])); l > 0 {
 				es[j].Cmd = data[off : off+l : off+l]
+				off += l
 			}
-			off += l
+			k++
 		}
 	}
-	if k != int(n) {
-		return fmt.Errorf("%w: %d payloads for %d entries", errBadFrame, n, k)
+	if crc != want {
+		return fmt.Errorf("%w: batch CRC mismatch", errBadFrame)
 	}
 	onBatch(b)
 	return nil

@@ -69,7 +69,7 @@ func (d *decoder) legacy(br *bufio.Reader, c net.Conn, encrypted bool, onBatch r
 	var h [legacyHeaderLen]byte
 	c.SetReadDeadline(time.Now().Add(frameDeadline(0)))
 	if _, err := io.ReadFull(br, h[:]); err != nil {
-		return err
+		return fmt.Errorf("read dragonboat header: %w", err)
 	}
 	got := binary.BigEndian.Uint32(h[10:])
 	binary.BigEndian.PutUint32(h[10:], 0)
@@ -83,7 +83,7 @@ func (d *decoder) legacy(br *bufio.Reader, c net.Conn, encrypted bool, onBatch r
 	c.SetReadDeadline(time.Now().Add(frameDeadline(int(size))))
 	buf := grow(&d.buf, int(size))
 	if _, err := io.ReadFull(br, buf); err != nil {
-		return err
+		return fmt.Errorf("read dragonboat payload: %w", err)
 	}
 	if !encrypted && crc32.ChecksumIEEE(buf) != want {
 		return fmt.Errorf("%w: dragonboat payload CRC mismatch", errBadFrame)

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,10 +44,15 @@ func (f Factory) Create(cfg config.NodeHostConfig, mh raftio.MessageHandler, ch 
 	return &Transport{cfg: cfg, onBatch: mh, onChunk: ch, newWire: nw, log: log, conns: map[net.Conn]struct{}{}, stop: make(chan struct{})}
 }
 
-// Validate implements config.TransportFactory: a raft address is host:port.
+// Validate implements config.TransportFactory: a raft address is host:port, with a
+// host and a port from 1 to 65535.
 func (Factory) Validate(addr string) bool {
-	_, _, err := net.SplitHostPort(addr)
-	return err == nil
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || host == "" {
+		return false
+	}
+	p, err := strconv.Atoi(port)
+	return err == nil && p > 0 && p <= 65535
 }
 
 // Transport is the ITransport of one NodeHost.
@@ -57,10 +63,11 @@ type Transport struct {
 	newWire *atomic.Bool
 	log     *slog.Logger
 
-	ln   net.Listener
-	stop chan struct{}
-	wg   sync.WaitGroup
-	mu   sync.Mutex
+	ln       net.Listener
+	stop     chan struct{}
+	stopOnce sync.Once
+	wg       sync.WaitGroup
+	mu       sync.Mutex
 	// conns are the accepted connections, closed by Stop.
 	conns map[net.Conn]struct{}
 }
@@ -132,7 +139,9 @@ func (t *Transport) accept() {
 		t.mu.Unlock()
 		go func() {
 			defer t.wg.Done()
-			if err := t.serve(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+			if err := handshake(c); err != nil {
+				t.log.Warn("raft transport: TLS handshake failed", "peer", c.RemoteAddr().String(), "err", err)
+			} else if err := t.serve(c); err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				t.log.Warn("raft transport: connection dropped", "peer", c.RemoteAddr().String(), "err", err)
 			}
 			c.Close()
@@ -146,19 +155,35 @@ func (t *Transport) accept() {
 // Stop closes the listener and every accepted connection and waits for their
 // readers. Dragonboat closes the connections it got from GetConnection itself.
 func (t *Transport) Stop() {
-	t.mu.Lock()
-	close(t.stop)
-	for c := range t.conns {
-		c.Close()
-	}
-	t.mu.Unlock()
-	if t.ln != nil {
-		t.ln.Close()
-	}
-	t.wg.Wait()
+	t.stopOnce.Do(func() {
+		t.mu.Lock()
+		close(t.stop)
+		for c := range t.conns {
+			c.Close()
+		}
+		t.mu.Unlock()
+		if t.ln != nil {
+			t.ln.Close()
+		}
+		t.wg.Wait()
+	})
 }
 
-// keepAlive lets a dead peer's connection fail within a minute, not hang.
+// handshake completes an accepted TLS connection's handshake within dialTimeout
+// (the listener leaves it to the first read, which waits for frames without a
+// deadline): a client that never finishes it holds nothing for long.
+func handshake(c net.Conn) error {
+	tc, ok := c.(*tls.Conn)
+	if !ok {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), dialTimeout)
+	defer cancel()
+	return tc.HandshakeContext(ctx)
+}
+
+// keepAlive lets a dead peer's connection fail (TCP keepalive probes every 10 s),
+// not hang.
 func keepAlive(c net.Conn) {
 	if tc, ok := c.(*net.TCPConn); ok {
 		tc.SetKeepAlive(true)
@@ -175,7 +200,7 @@ func (t *Transport) dial(ctx context.Context, target string) (net.Conn, error) {
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", target)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("raft transport: dial %s: %w", target, err)
 	}
 	keepAlive(c)
 	tc, err := t.cfg.GetClientTLSConfig(target)
@@ -187,6 +212,8 @@ func (t *Transport) dial(ctx context.Context, target string) (net.Conn, error) {
 		return c, nil
 	}
 	tlsc := tls.Client(c, tc)
+	// A TLS connection writes a record per Write: a frame goes through a buffer
+	// (payloads larger than it pass straight through) so small entries share records.
 	if err := tlsc.HandshakeContext(ctx); err != nil {
 		c.Close()
 		return nil, fmt.Errorf("raft transport: TLS handshake with %s: %w", target, err)
@@ -200,7 +227,15 @@ func (t *Transport) GetConnection(ctx context.Context, target string) (raftio.IC
 	if err != nil {
 		return nil, err
 	}
-	return &conn{t: t, c: c}, nil
+	return newConn(t, c, false), nil
+}
+
+func newConn(t *Transport, c net.Conn, snapshot bool) *conn {
+	cn := &conn{t: t, c: c, snapshot: snapshot}
+	if _, ok := c.(*tls.Conn); ok {
+		cn.bw = bufio.NewWriterSize(c, 64<<10)
+	}
+	return cn
 }
 
 // GetSnapshotConnection implements raftio.ITransport.
@@ -209,7 +244,7 @@ func (t *Transport) GetSnapshotConnection(ctx context.Context, target string) (r
 	if err != nil {
 		return nil, err
 	}
-	return &conn{t: t, c: c, snapshot: true}, nil
+	return newConn(t, c, true), nil
 }
 
 // conn is one outgoing connection; dragonboat uses each from one goroutine.
@@ -218,6 +253,9 @@ type conn struct {
 	c        net.Conn
 	snapshot bool
 	enc      encoder
+	// bw buffers a TLS connection's frames (see dial); nil on plain TCP, where a
+	// frame's buffers go out in one writev.
+	bw *bufio.Writer
 }
 
 // Close implements raftio.IConnection and raftio.ISnapshotConnection. A snapshot's
@@ -271,14 +309,29 @@ func (c *conn) write(bufs net.Buffers) error {
 	for _, b := range bufs {
 		n += len(b)
 	}
+	defer c.enc.release()
 	c.c.SetWriteDeadline(time.Now().Add(frameDeadline(n)))
-	_, err := bufs.WriteTo(c.c)
-	return err
+	if c.bw == nil {
+		if _, err := bufs.WriteTo(c.c); err != nil {
+			return fmt.Errorf("raft transport: send to %s: %w", c.c.RemoteAddr(), err)
+		}
+		return nil
+	}
+	for _, b := range bufs {
+		if _, err := c.bw.Write(b); err != nil {
+			return fmt.Errorf("raft transport: send to %s: %w", c.c.RemoteAddr(), err)
+		}
+	}
+	if err := c.bw.Flush(); err != nil {
+		return fmt.Errorf("raft transport: send to %s: %w", c.c.RemoteAddr(), err)
+	}
+	return nil
 }
 
-// frameDeadline is how long n bytes of a frame may take: 10 s, and a second for
-// every 8 MiB.
-func frameDeadline(n int) time.Duration { return 10*time.Second + time.Duration(n>>23)*time.Second }
+// frameDeadline is how long n bytes of a frame may take: 10 s, and 4 s for every
+// MiB (a quarter of a MiB a second at least; dragonboat's transport asks for 2 MiB
+// every 5 s): a stalled peer fails the frame, a slow link does not.
+func frameDeadline(n int) time.Duration { return 10*time.Second + time.Duration(n>>20)*4*time.Second }
 
 // serve reads frames from an accepted connection until it closes or a frame fails
 // its checks.
