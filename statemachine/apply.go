@@ -281,20 +281,33 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 // dropPending discards the pieces of an incomplete transaction (a new syncer epoch
 // starts the transaction over from the master), as entry index.
 //
-// The cut must never leave the segments without a recIndex record describing the
-// last complete transaction (the one after it may have been removed with the
-// pieces), or a rebuild could go back before a Sync. So a recIndex record for the
-// state after the drop, as of entry index-1, is written over the first dropped byte
-// and fsynced before anything is removed: replaying entry index from that state
-// gives the same result.
+// The cut is at the dropped transaction's first piece, not at the end of the last
+// complete transaction: the recIndex records between the two stay. One of them may
+// be the only record of file entries (those of the Update that opened the current
+// file and closed the one before, when the transaction began right after the
+// file's header): a rebuild from the segments reads file entries nowhere else.
+// The records after the cut carry none (no file opens while a transaction is
+// incomplete). The cut must never leave the segments without a recIndex record
+// describing the last complete transaction (the one after it may have been
+// removed with the pieces), or a rebuild could go back before a Sync. So a
+// recIndex record for the state after the drop, as of entry index-1, is written
+// over the first dropped byte and fsynced before anything is removed: replaying
+// entry index from that state gives the same result.
 func (g *Group) dropPending(bt *batch, index uint64) error {
-	if g.m.Pending == nil {
+	p := g.m.Pending
+	if p == nil {
 		return nil
 	}
 	if err := g.flushSegment(bt); err != nil {
 		return err
 	}
-	cut := g.m.SegSize
+	if p.Start != g.m.FileSize || p.SegStart < g.m.SegSize {
+		// Only recIndex records (no served byte) lie between the last complete
+		// transaction and the next one's first piece.
+		return fmt.Errorf("group %d: the incomplete transaction %v starts at %d (segment %d), not after the last complete one at %d (segment %d)",
+			g.id, p.GTID, p.Start, p.SegStart, g.m.FileSize, g.m.SegSize)
+	}
+	cut := p.SegStart
 	if g.m.SyncedFile == g.m.File && g.m.SyncedSeg > cut {
 		// The bytes from cut on are rewritten: a place past it known fsynced could
 		// fall inside the new redo record, where Open's check would start mid-record.

@@ -75,7 +75,7 @@ type appender struct {
 	index, epoch, ordinal, seq uint64
 	// purge lets steps purge every file but the current one now and then.
 	purge bool
-	// bulk makes steps close files five times as often and sync a third as often,
+	// bulk makes steps close files eight times as often and sync a third as often,
 	// on a store whose Updates all count as a bulk load's (bulkUpdates): files are
 	// then closed without an fsync, several in a row.
 	bulk bool
@@ -138,7 +138,7 @@ func (a *appender) leavePending() error {
 func (a *appender) step() (synced bool, err error) {
 	n, syncOdds := 40, 3
 	if a.bulk {
-		n, syncOdds = 8, 9
+		n, syncOdds = 5, 9
 	}
 	switch r := a.rnd.IntN(n); {
 	case r == 0:
@@ -146,8 +146,13 @@ func (a *appender) step() (synced bool, err error) {
 			return false, err
 		}
 		// Purge everything but the new file, often right away: its first records
-		// are then all that is left.
-		if a.purge && a.rnd.IntN(2) == 0 {
+		// are then all that is left. A purge fsyncs: a bulk load's is rarer, so
+		// that files closed without one pile up.
+		purgeOdds := 2
+		if a.bulk {
+			purgeOdds = 4
+		}
+		if a.purge && a.rnd.IntN(purgeOdds) == 0 {
 			t, _ := a.g.Tail()
 			if res, err := a.apply(EncodePurge(t.File)); err != nil || res.Value != ResultOK {
 				return false, fmt.Errorf("purge before %d: %v %s", t.File, err, res.Data)

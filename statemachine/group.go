@@ -239,11 +239,12 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	if g.m.State == nil {
 		g.m.State = binlog.Position{}
 	}
+	ended := true // a rebuild ends with the record of the Update it rebuilds to
 	if g.indexAhead() {
 		if err := g.rebuildIndex(); err != nil {
 			return 0, err
 		}
-	} else if err := g.redo(false); err != nil {
+	} else if ended, err = g.redo(false); err != nil {
 		return 0, err
 	}
 	// Segment files newer than the current one were created by an Update whose index
@@ -284,6 +285,12 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 			}
 		}
 		g.seg = f
+		if !ended {
+			if err := g.restoreRedo(); err != nil {
+				g.closeFiles()
+				return 0, err
+			}
+		}
 	}
 	if err := g.syncRecent(); err != nil {
 		g.closeFiles()

@@ -202,8 +202,14 @@ func countTxns(t testing.TB, recs []Record) uint64 {
 	return n
 }
 
-// discardLog is the logger of stores under test.
-func discardLog() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+// discardLog is the logger of stores under test; FLOTILLA_TEST_LOG=1 sends their logs,
+// debug level included, to stderr.
+func discardLog() *slog.Logger {
+	if os.Getenv("FLOTILLA_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
 
 func gt(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: testServer, Seq: seq} }
 

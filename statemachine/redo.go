@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
@@ -42,11 +43,21 @@ type redoScan struct {
 	// cut follows events cut across pieces: a piece that begins inside one gets no
 	// position-index entry (see addRecordPlaced).
 	cut binlog.Stream
+	// closed are the files the scan read to their Rotate since the last recIndex
+	// record: that record's closed file entries must describe them as read.
+	closed []scannedFile
 	// read are the plain parts read, fsynced before the result is committed.
 	read    []string
 	prevIdx uint64
 	r       segmentReader
 	size    int64 // of the part r reads, or -1 if unknown (compressed)
+}
+
+// scannedFile is where a scan found a file's parts to begin and its records to end.
+type scannedFile struct {
+	no     uint64
+	starts []uint64
+	end    uint64
 }
 
 // errScanEnd marks the clean end of the segments (no further part or file).
@@ -234,7 +245,10 @@ func (g *Group) rebuildIndex() error {
 	// or a purge would have made an Update durable. Raft still holds every entry
 	// (it compacts its log only after a snapshot, which syncs): start over empty.
 	fromStart := g.m.FirstFile <= 1 && g.m.RedoFrom == 1
-	if fromStart && first == 0 {
+	if fromStart && first != 1 {
+		// No file 1, or not its part 0 (the scan then finds no complete Update),
+		// means no fsync since it was created: one would have made its directory
+		// entry and its bytes durable.
 		return g.startOver()
 	}
 	if g.m.RedoFrom == 0 || first < g.m.RedoFrom {
@@ -246,11 +260,57 @@ func (g *Group) rebuildIndex() error {
 			g.id, FileName(g.m.File), g.dir)
 	}
 	g.m = meta{File: first, FirstFile: first, PartServed: 4, State: binlog.Position{}, RedoFrom: g.m.RedoFrom}
-	err := g.redo(true)
-	if errors.Is(err, errNoCompleteBatch) && fromStart && first == 1 {
+	_, err := g.redo(true)
+	if errors.Is(err, errNoCompleteBatch) && fromStart {
 		return g.startOver()
 	}
+	if err == nil && g.m.FirstFile < first {
+		// A purge's fsynced commit makes its own redo record durable: the oldest
+		// file left is never older than the rebuilt index's first.
+		return fmt.Errorf("group %d: rebuilt from the segments, the index begins at %s, but the oldest segment left is %s: data was lost; rebuild this replica from a peer",
+			g.id, FileName(g.m.FirstFile), FileName(first))
+	}
 	return err
+}
+
+// restoreRedo writes again the recIndex record of the Update the index is the state
+// after, when the segments lost it: a power cut kept the index's unsynced commit
+// (another group's synced commit carried the WAL they share) and the records before
+// that record, but not the record itself, and Open cut the segment to where the
+// stored meta ends. The index needs nothing from it, but a later rebuild from the
+// segments does: it is the only place that Update's file entries (a file opened or
+// closed) are written in the segments, and without them the rebuilt index has no
+// entry for the file, or an open one for a closed file, and serves nothing from it.
+//
+// The lost record's file entries are not known, only that they are among the files
+// from the last place known synced (every Update's record before it is durable) to
+// the current one: the record written again carries all of those, from the index,
+// which is correct at this state whether that Update changed them or not. g.seg must
+// be the current part, at g.m.PartSeg; Open fsyncs it after (syncRecent).
+func (g *Group) restoreRedo() error {
+	from := max(g.m.FirstFile, g.m.SyncedFile, 1)
+	var files []json.RawMessage
+	for no := from; no <= g.m.File; no++ {
+		v, closer, err := g.store.db.Get(fileKey(g.id, no))
+		if err != nil {
+			return fmt.Errorf("group %d: restore the redo record of entry %d: read the entry of %s: %w", g.id, g.m.Applied, FileName(no), err)
+		}
+		files = append(files, append(json.RawMessage(nil), v...))
+		closer.Close()
+	}
+	_, rec, err := g.encodeRedo(&g.m, files)
+	if err != nil {
+		return err
+	}
+	if _, err := g.seg.Write(rec); err != nil {
+		return fmt.Errorf("group %d: restore the redo record of entry %d: %w", g.id, g.m.Applied, err)
+	}
+	if err := g.seg.Flush(); err != nil {
+		return fmt.Errorf("group %d: restore the redo record of entry %d: %w", g.id, g.m.Applied, err)
+	}
+	g.m.PartSeg += uint64(len(rec))
+	g.log.Info("the segments lost the redo record of the last applied entry (a power cut): wrote it again", "group", g.id, "applied", g.m.Applied, "files", len(files))
+	return nil
 }
 
 // errNoCompleteBatch: a rebuild found no complete Update in the group's segments.
@@ -275,8 +335,10 @@ func (g *Group) startOver() error {
 
 // redo rolls g.m and the index forward over complete Updates found in the segments.
 // With fresh set, g.m is the start of the oldest file and the group's index entries
-// are replaced by what redo derives.
-func (g *Group) redo(fresh bool) error {
+// are replaced by what redo derives. It reports whether the segments end, at
+// g.m.PartSeg, with the recIndex record of the Update g.m is the state after (false:
+// Open must write it again, see restoreRedo).
+func (g *Group) redo(fresh bool) (bool, error) {
 	m := g.m
 	s := &redoScan{g: g, file: m.File, part: len(m.PartStarts), starts: append([]uint64(nil), m.PartStarts...),
 		seg: m.PartSeg, served: m.PartServed}
@@ -293,7 +355,7 @@ func (g *Group) redo(fresh bool) error {
 	defer done.Close()
 	if fresh {
 		if err := done.DeleteRange(groupPrefix(g.id), groupEnd(g.id), nil); err != nil {
-			return fmt.Errorf("group %d: rebuild index: %w", g.id, err)
+			return false, fmt.Errorf("group %d: rebuild index: %w", g.id, err)
 		}
 		// The entry that began the oldest file began with the Rotate closing a purged
 		// one: purge dropped its raft-index key, so redo must not bring it back.
@@ -331,21 +393,38 @@ func (g *Group) redo(fresh bool) error {
 				stop("decode redo meta", err)
 				break
 			}
-			if nm.Applied != h.Index || nm.File != s.file || nm.PartSeg != s.seg || nm.PartServed != s.served || len(nm.PartStarts) != s.part {
-				stop("redo record does not match its place", fmt.Errorf("record says file %d offset %d, found at file %d offset %d", nm.File, nm.PartSeg, s.file, s.seg))
+			if nm.Applied != h.Index || nm.File != s.file || nm.PartSeg != s.seg || nm.PartServed != s.served || !slices.Equal(nm.PartStarts, s.starts) {
+				stop("redo record does not match its place", fmt.Errorf("record says file %d offset %d, parts from %v; found at file %d offset %d, parts from %v",
+					nm.File, nm.PartSeg, nm.PartStarts, s.file, s.seg, s.starts))
 				break
 			}
+			var mismatch error
 			for _, v := range rr.Files {
 				var fi fileInfo
 				if err := json.Unmarshal(v, &fi); err != nil {
-					return fmt.Errorf("group %d: redo: decode file info: %w", g.id, err)
+					return false, fmt.Errorf("group %d: redo: decode file info: %w", g.id, err)
+				}
+				// A part of a closed file can lose its tail at a record boundary
+				// (a recIndex record, say) while the next part survives: the scan
+				// then moves on early, and only the closed entry, in the next
+				// file, tells (offsets there start over).
+				for _, c := range s.closed {
+					if c.no == fi.No && fi.Closed && (fi.SegSize != c.end || !slices.Equal(fi.PartStarts, c.starts)) {
+						mismatch = fmt.Errorf("%s closed at segment offset %d with parts from %v; read to %d with parts from %v",
+							FileName(fi.No), fi.SegSize, fi.PartStarts, c.end, c.starts)
+					}
 				}
 				if err := open.Set(fileKey(g.id, fi.No), v, nil); err != nil {
-					return fmt.Errorf("group %d: redo: %w", g.id, err)
+					return false, fmt.Errorf("group %d: redo: %w", g.id, err)
 				}
 			}
+			if mismatch != nil {
+				stop("a closed file is not as the redo record says", mismatch)
+				break
+			}
+			s.closed = s.closed[:0]
 			if err := done.Apply(open, nil); err != nil {
-				return fmt.Errorf("group %d: redo: %w", g.id, err)
+				return false, fmt.Errorf("group %d: redo: %w", g.id, err)
 			}
 			open.Reset()
 			s.seg += recLen
@@ -365,7 +444,7 @@ func (g *Group) redo(fresh bool) error {
 		}
 		if txn := h.Type == recPart || h.Type == recTxn; !txn || s.cut.Left == 0 {
 			if err := open.Set(posKey(g.id, s.file, s.served), binary.AppendUvarint(nil, s.seg), nil); err != nil {
-				return fmt.Errorf("group %d: redo: %w", g.id, err)
+				return false, fmt.Errorf("group %d: redo: %w", g.id, err)
 			}
 		}
 		if h.Type == recPart || h.Type == recTxn {
@@ -382,7 +461,7 @@ func (g *Group) redo(fresh bool) error {
 			s.prevIdx = h.Index
 			loc := txnLoc{File: s.file, Start: s.served, SegStart: s.seg}
 			if err := open.Set(raftKey(g.id, h.Index), loc.encode(), nil); err != nil {
-				return fmt.Errorf("group %d: redo: %w", g.id, err)
+				return false, fmt.Errorf("group %d: redo: %w", g.id, err)
 			}
 		}
 		start, segStart := s.served, s.seg
@@ -404,7 +483,7 @@ func (g *Group) redo(fresh bool) error {
 				p := s.pending
 				loc := txnLoc{File: s.file, Start: p.Start, End: s.served, SegStart: p.SegStart, SegEnd: s.seg}
 				if err := open.Set(txnKey(g.id, p.GTID.Domain, p.GTID.Seq, p.GTID.Server), loc.encode(), nil); err != nil {
-					return fmt.Errorf("group %d: redo: %w", g.id, err)
+					return false, fmt.Errorf("group %d: redo: %w", g.id, err)
 				}
 				s.pending = nil
 			}
@@ -418,22 +497,22 @@ func (g *Group) redo(fresh bool) error {
 // may become durable with another group's synced commit; the index must never claim
 // segment bytes a power loss can take. (Open's syncRecent covers the parts redo did
 // not need to read.)
-func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int, fresh bool) error {
+func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int, fresh bool) (bool, error) {
 	if last == nil && fresh {
-		return fmt.Errorf("group %d: %w in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, errNoCompleteBatch, FileName(g.m.File))
+		return false, fmt.Errorf("group %d: %w in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, errNoCompleteBatch, FileName(g.m.File))
 	}
 	if last == nil {
-		return nil
+		return false, nil
 	}
 	if fresh {
 		// File entries of files purged after they were written.
 		if err := done.DeleteRange(fileKey(g.id, 0), fileKey(g.id, last.FirstFile), nil); err != nil {
-			return fmt.Errorf("group %d: rebuild index: %w", g.id, err)
+			return true, fmt.Errorf("group %d: rebuild index: %w", g.id, err)
 		}
 	} else if last.Applied == g.m.Applied {
 		// Only the recIndex record of the last indexed Update: keep it.
 		g.m.PartSeg = last.PartSeg
-		return nil
+		return true, nil
 	}
 	for _, path := range s.read {
 		f, err := g.store.fs.Open(path)
@@ -442,25 +521,25 @@ func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates 
 			f.Close()
 		}
 		if err != nil {
-			return fmt.Errorf("group %d: redo: fsync %s: %w", g.id, path, err)
+			return true, fmt.Errorf("group %d: redo: fsync %s: %w", g.id, path, err)
 		}
 	}
 	if err := g.store.syncDir(g.dir); err != nil {
-		return fmt.Errorf("group %d: redo: fsync %s: %w", g.id, g.dir, err)
+		return true, fmt.Errorf("group %d: redo: fsync %s: %w", g.id, g.dir, err)
 	}
 	mv, err := json.Marshal(last)
 	if err != nil {
-		return fmt.Errorf("group %d: redo: encode meta: %w", g.id, err)
+		return true, fmt.Errorf("group %d: redo: encode meta: %w", g.id, err)
 	}
 	if err := done.Set(metaKey(g.id), mv, nil); err != nil {
-		return fmt.Errorf("group %d: redo: %w", g.id, err)
+		return true, fmt.Errorf("group %d: redo: %w", g.id, err)
 	}
 	if err := done.Commit(pebble.NoSync); err != nil {
-		return fmt.Errorf("group %d: redo: commit index: %w", g.id, err)
+		return true, fmt.Errorf("group %d: redo: commit index: %w", g.id, err)
 	}
 	g.log.Info("rolled the index forward from the segments", "from_applied", g.m.Applied, "to_applied", last.Applied, "updates", updates)
 	g.m = *last
-	return nil
+	return true, nil
 }
 
 // next reads the record at the scan position, moving to the next part (or, after a
@@ -489,6 +568,7 @@ func (s *redoScan) next() (recordHeader, []byte, error) {
 		if n == 0 && errors.Is(err, io.EOF) {
 			s.close()
 			if s.afterRotate {
+				s.closed = append(s.closed, scannedFile{no: s.file, starts: s.starts, end: s.seg})
 				s.file, s.part, s.starts, s.seg, s.served, s.afterRotate = s.file+1, 0, nil, 0, 4, false
 			} else {
 				s.part++
