@@ -442,8 +442,8 @@ func (g *Group) commit(bt *batch) error {
 // one-replica ingest's means rose 4-12% without it at 64 MiB files). A later small
 // Update, a raft log snapshot (the shard takes one every 256 MiB applied, and one
 // when the group goes idle with compression waiting: shard/logbound.go) or the
-// maxUnsyncedCloses-th close makes them durable instead. The deferral is off by
-// default (Store.closeSyncBelow): TestPowerLoss's bulk mode finds a recovery bug.
+// maxUnsyncedCloses-th close makes them durable instead. TestPowerLoss's bulk
+// lives cut the power in the middle of such loads.
 const (
 	// closeSyncBelow is the size of an Update's commands below which it is small.
 	closeSyncBelow = 1 << 20

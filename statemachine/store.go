@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -36,11 +35,8 @@ type Store struct {
 	// segmentSize is where segment parts roll (0: never).
 	segmentSize uint64
 	// closeSyncBelow is the Update size below which a commit fsyncs the files
-	// closed since the last fsync (see closeDue). It is off (every close is fsynced
-	// with its Update, as before 0.49) until the recovery bug TestPowerLoss's bulk
-	// mode finds is understood: FLOTILLA_POWERLOSS_BULK=1 fails in some runs. Tests
-	// set 0 to make every Update a bulk load's, closeSyncBelow (1 MiB) to defer as
-	// designed.
+	// closed since the last fsync (see closeDue). Tests set 0 to make every Update a
+	// bulk load's, math.MaxInt to fsync every close with its Update (as before 0.50).
 	closeSyncBelow int
 	// direct says whether segments are written with direct I/O (SetDirectIO); stages
 	// are the aligned buffers they are staged in, each held only between a part's
@@ -79,7 +75,7 @@ func Open(dir string, log *slog.Logger) (*Store, error) { return OpenFS(vfs.Defa
 // (tests pass pebble's crashable in-memory filesystem).
 func OpenFS(fs vfs.FS, dir string, log *slog.Logger) (*Store, error) {
 	s := &Store{fs: fs, dir: dir, log: log, groups: map[uint64]*Group{}, direct: directio.Switch{On: new(atomic.Bool), Log: log, What: "segment files"},
-		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize, closeSyncBelow: math.MaxInt,
+		compressc: make(chan compressJob, 1024), compressDone: make(chan struct{}), segmentSize: DefaultSegmentSize, closeSyncBelow: closeSyncBelow,
 		records: newRecordCache(DefaultRecordCache), now: time.Now}
 	if err := s.mkdirAll(fs.PathJoin(dir, "groups")); err != nil {
 		return nil, fmt.Errorf("storage: create %s: %w", dir, err)
