@@ -29,9 +29,14 @@
 //   - Open keeps only what it has checked: records past the last place known
 //     synced are checked against their CRCs (a bulk load closes files without an
 //     fsync until maxUnsyncedCloses are, so they lie in a few files: closeDue,
-//     group.go; recentParts, redo.go), what follows the last complete Update
+//     group.go; recentParts, recover.go), what follows the last complete Update
 //     is cut (dragonboat replays it from the raft log), and what it keeps is fsynced
-//     before Open returns (redo.go).
+//     before Open returns (recover.go).
+//   - The segments alone rebuild the index: every Update the index reflects has its
+//     recIndex record in them, the carrier of its file entries. A drop cuts after
+//     the records before the dropped transaction, and Open writes back a last
+//     record a power cut took (restoreRedo, recover.go); a rebuild stops where a
+//     closed file's entry disagrees with what it read (redo.go).
 //   - A file or directory entry is durable only once its directory is synced
 //     (files.go). The power-loss test runs the store on a filesystem that loses a
 //     random share of what was not synced: a missing fsync shows as lost or torn
