@@ -112,27 +112,38 @@ func cutKeepingAll(fs *vfs.MemFS) *vfs.MemFS {
 	return fs.CrashClone(vfs.CrashCloneCfg{UnsyncedDataPercent: 100, RNG: rand.New(rand.NewPCG(1, 1))})
 }
 
-// TestOpenRestoresALostRedoRecord: the power cut kept an Update's index commit
-// (another group's synced commit carried the shared WAL) and its records, but not
-// its recIndex record. Open needs nothing from it and cuts the segment where the
-// stored meta ends, but a later rebuild does: it held the new file's entry and the
-// closed one's. Open must write it again.
-func TestOpenRestoresALostRedoRecord(t *testing.T) {
-	const dir = "/flotilla/storage"
+// twoFilesIndexDurable appends two files of one transaction each as a bulk load's
+// Updates (the second closes the first without an fsync), then makes the index
+// durable as another group's synced commit would: the segments are not.
+func twoFilesIndexDurable(t *testing.T) (*harness, *vfs.MemFS) {
+	t.Helper()
 	fs := vfs.NewCrashableMem()
-	h := newHarnessOn(t, fs, dir, 0, bulkUpdates)
+	h := newHarnessOn(t, fs, powerLossDir, 0, bulkUpdates)
 	ep := h.claim()
 	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 1000)}})
 	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{newFile("m.2", nil), txn(gt(2), 1000)}})
 	if err := h.store.db.LogData(nil, pebble.Sync); err != nil {
 		t.Fatal(err)
 	}
+	return h, fs
+}
+
+// powerLossDir is where the tests on a crashable filesystem keep the store.
+const powerLossDir = "/flotilla/storage"
+
+// TestOpenRestoresALostRedoRecord: the power cut kept an Update's index commit
+// (another group's synced commit carried the shared WAL) and its records, but not
+// its recIndex record. Open needs nothing from it and cuts the segment where the
+// stored meta ends, but a later rebuild does: it held the new file's entry and the
+// closed one's. Open must write it again.
+func TestOpenRestoresALostRedoRecord(t *testing.T) {
+	h, fs := twoFilesIndexDurable(t)
 	end := int64(storedMeta(t, h).PartSeg) // where the last recIndex record begins
 	cut, seg := cutKeepingAll(fs), h.g.segPath(2)
 	h.close()
 	chop(t, cut, seg, end)
 
-	h = newHarnessOn(t, cut, dir, 0)
+	h = newHarnessOn(t, cut, powerLossDir, 0)
 	defer h.close()
 	if h.g.m.Applied != 3 {
 		t.Fatalf("opened at entry %d, want 3 (the index and the records were kept)", h.g.m.Applied)
@@ -147,11 +158,10 @@ func TestOpenRestoresALostRedoRecord(t *testing.T) {
 // than the disk holds: "corrupt segment ... read record header: EOF". The next
 // file's closed entry tells; the rebuild must stop before it.
 func TestRebuildFindsAClosedFilesLostTail(t *testing.T) {
-	const dir = "/flotilla/storage"
 	fs := vfs.NewCrashableMem()
 	// Parts of 100 bytes: each served record but the first starts a part, and the
 	// recIndex records stay in the part of the record before them.
-	h := newHarnessOn(t, fs, dir, 100, bulkUpdates)
+	h := newHarnessOn(t, fs, powerLossDir, 100, bulkUpdates)
 	ep := h.claim()
 	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 1000)}})
 	if err := h.g.Sync(); err != nil {
@@ -168,7 +178,7 @@ func TestRebuildFindsAClosedFilesLostTail(t *testing.T) {
 	h.close()
 	chop(t, cut, part, txnEnd)
 
-	h = newHarnessOn(t, cut, dir, 100)
+	h = newHarnessOn(t, cut, powerLossDir, 100)
 	defer h.close()
 	// Transaction 2's Update lost its record, and transaction 3's follows it.
 	if seq := verifyPrefix(t, h, rand.New(rand.NewPCG(2, 2))); seq != 1 || h.g.m.Applied != 2 {
@@ -182,22 +192,14 @@ func TestRebuildFindsAClosedFilesLostTail(t *testing.T) {
 // the group is durable in its segments: it starts over from the raft log. The
 // rebuild used to begin at file 2 and keep an index whose first file is gone.
 func TestRebuildWithoutTheFirstFileStartsOver(t *testing.T) {
-	const dir = "/flotilla/storage"
-	fs := vfs.NewCrashableMem()
-	h := newHarnessOn(t, fs, dir, 0, bulkUpdates)
-	ep := h.claim()
-	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 1000)}})
-	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{newFile("m.2", nil), txn(gt(2), 1000)}})
-	if err := h.store.db.LogData(nil, pebble.Sync); err != nil {
-		t.Fatal(err)
-	}
+	h, fs := twoFilesIndexDurable(t)
 	cut, seg := cutKeepingAll(fs), h.g.segPath(1)
 	h.close()
 	if err := cut.Remove(seg); err != nil {
 		t.Fatal(err)
 	}
 
-	h = newHarnessOn(t, cut, dir, 0)
+	h = newHarnessOn(t, cut, powerLossDir, 0)
 	defer h.close()
 	if tail, _ := h.g.Tail(); tail.Applied != 0 || tail.File != 0 {
 		t.Fatalf("opened at entry %d, file %d; want an empty group (entry 0) for raft to apply again", tail.Applied, tail.File)
