@@ -150,7 +150,7 @@ func (g *Group) newFile(bt *batch, index uint64, nf *NewFile) error {
 	state := g.m.State
 	if g.m.File == 0 {
 		state = nf.BaseState.Clone()
-		g.m.FirstFile = 1
+		g.m.FirstFile, g.m.FileRecords = 1, true
 		if nf.MySQL {
 			g.m.MySQL, g.m.Executed = true, nf.BaseSet.Clone()
 			state = binlog.Position{}
@@ -301,13 +301,16 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 	if err := g.flushSegment(bt); err != nil {
 		return err
 	}
+	cut := p.SegStart
 	if p.Start != g.m.FileSize || p.SegStart < g.m.SegSize {
 		// Only recIndex records (no served byte) lie between the last complete
-		// transaction and the next one's first piece.
-		return fmt.Errorf("group %d: the incomplete transaction %v starts at %d (segment %d), not after the last complete one at %d (segment %d)",
-			g.id, p.GTID, p.Start, p.SegStart, g.m.FileSize, g.m.SegSize)
+		// transaction and the next one's first piece. Were that ever not so, cutting
+		// at the transaction's end keeps the index right (what a release before 0.50
+		// did); failing here instead would stop every replica at this entry.
+		g.log.Error("an incomplete transaction does not start right after the last complete one: dropping from the end of that one",
+			"group", g.id, "gtid", p.GTID, "start", p.Start, "seg_start", p.SegStart, "file_size", g.m.FileSize, "seg_size", g.m.SegSize)
+		cut = g.m.SegSize
 	}
-	cut := p.SegStart
 	if g.m.SyncedFile == g.m.File && g.m.SyncedSeg > cut {
 		// The bytes from cut on are rewritten: a place past it known fsynced could
 		// fall inside the new redo record, where Open's check would start mid-record.

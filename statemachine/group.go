@@ -65,6 +65,13 @@ type meta struct {
 	// SyncedFile 0 means unknown (an older Flotilla): Open checks every recent part.
 	SyncedFile uint64 `json:"synced_file,omitempty"`
 	SyncedSeg  uint64 `json:"synced_seg,omitempty"`
+	// FileRecords says the segments carry, in their recIndex records, the entry of
+	// every file the index names, as a rebuild from them needs. A group started by
+	// 0.50 or later has it from its first file; Open writes a record with every
+	// entry where it is unset: a store of an older release (whose new epochs could
+	// cut such records away) and a snapshot just installed (cut before the last
+	// Update's record). See restoreRedo.
+	FileRecords bool `json:"file_records,omitempty"`
 }
 
 // pendingTxn is the start of a transaction whose last piece has not arrived.
@@ -207,7 +214,8 @@ func FileName(no uint64) string { return fmt.Sprintf("%s.%06d", BaseName, no) }
 const BaseName = "flotilla-bin"
 
 // Open loads the group's state, truncates any torn or unapplied tail of the current
-// segment and returns the last applied raft index.
+// segment and returns the last applied raft index. It may write one recIndex record
+// at the segments' end (restoreRedo): a rebuild from them needs every file entry.
 func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 	// Compression bookkeeping is of the files this Open finds: it queues those
 	// closed and still plain itself (scanCompressed).
@@ -285,8 +293,8 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 			}
 		}
 		g.seg = f
-		if !ended {
-			if err := g.restoreRedo(); err != nil {
+		if !ended || !g.m.FileRecords {
+			if err := g.restoreRedo(ended); err != nil {
 				g.closeFiles()
 				return 0, err
 			}

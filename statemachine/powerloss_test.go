@@ -45,10 +45,8 @@ func TestPowerLoss(t *testing.T) {
 	// Odd lives are bulk loads, which close files without an fsync (closeDue). In
 	// half the lives of each kind other groups' durable commits sync the index's
 	// log at random moments (sharedWAL): the index is then often durable ahead of
-	// this group's segments. Both found the same bug: a claim cut the segments at
-	// the end of the last complete transaction, erasing the one recIndex record
-	// that held a new file's entries, and a later rebuild from the segments lost
-	// the file (see dropPending).
+	// this group's segments. Together they found four ways a rebuild from the
+	// segments lost files (rebuild_test.go pins each).
 	var syncedRounds, cutsMidway, deaths uint64
 	unsyncedCloses := 0
 	for life := 0; life < lives; life++ {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"io"
 	"math/rand/v2"
+	"os"
 	"reflect"
 	"testing"
 
@@ -204,4 +205,81 @@ func TestRebuildWithoutTheFirstFileStartsOver(t *testing.T) {
 	if tail, _ := h.g.Tail(); tail.Applied != 0 || tail.File != 0 {
 		t.Fatalf("opened at entry %d, file %d; want an empty group (entry 0) for raft to apply again", tail.Applied, tail.File)
 	}
+}
+
+// TestSnapshotInstallCarriesFileEntries: a snapshot's current file ends before its
+// last Update's recIndex record, here the one that closed file 1 and opened file 2,
+// the only record of those entries. The replica that installs it must hold them in
+// its segments too: Open writes a record with every file's entry (the restore used
+// to go back only to the peer's sync place, past file 1).
+func TestSnapshotInstallCarriesFileEntries(t *testing.T) {
+	src := newHarnessSized(t, t.TempDir(), 64<<10)
+	defer src.close()
+	ep := src.claim()
+	src.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 1000)}})
+	src.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{newFile("m.2", nil), txn(gt(2), 1000)}})
+	dst := snapshotInto(t, src, newHarnessSized(t, t.TempDir(), 64<<10))
+	defer dst.close()
+	rebuildAgrees(t, dst)
+}
+
+// TestOpenWritesEveryFileEntryOnce: a store of a release before 0.50 (its meta
+// without file_records) may lack file entries in its segments (a new epoch could cut
+// them away). Its first Open under 0.50 writes a record with every file's entry; the
+// next commit records that it did.
+func TestOpenWritesEveryFileEntryOnce(t *testing.T) {
+	dir := t.TempDir()
+	h := newHarnessSized(t, dir, 64<<10)
+	a := &fileAppender{h: h, ep: h.claim(), rowBytes: 1000}
+	for f := 1; f <= 3; f++ {
+		a.addFile(f, 2)
+	}
+	m := storedMeta(t, h)
+	m.FileRecords = false
+	mv, err := json.Marshal(&m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.store.db.Set(metaKey(h.g.id), mv, pebble.Sync); err != nil {
+		t.Fatal(err)
+	}
+	h.close()
+
+	h = newHarnessSized(t, dir, 64<<10)
+	defer h.close()
+	if n := lastRecordFiles(t, h); n != 3 {
+		t.Fatalf("after the first Open of an older store the last redo record carries %d file entries, want all 3", n)
+	}
+	a.h = h
+	a.addFile(4, 1)
+	if !storedMeta(t, h).FileRecords {
+		t.Fatal("the commit after that Open did not record file_records")
+	}
+}
+
+// lastRecordFiles returns how many file entries the last recIndex record of g's
+// current part carries.
+func lastRecordFiles(t *testing.T, h *harness) int {
+	t.Helper()
+	b, err := os.ReadFile(h.g.partPath(h.g.m.File, len(h.g.m.PartStarts)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := -1
+	for off := 0; off+recordHeaderLen <= len(b); {
+		hd, err := parseRecordHeader(b[off : off+recordHeaderLen])
+		if err != nil {
+			t.Fatalf("record at %d: %v", off, err)
+		}
+		payload := b[off+recordHeaderLen : off+recordHeaderLen+int(hd.Len)]
+		if hd.Type == recIndex {
+			var rr redoRecord
+			if err := json.Unmarshal(payload, &rr); err != nil {
+				t.Fatal(err)
+			}
+			files = len(rr.Files)
+		}
+		off += recordHeaderLen + int(hd.Len)
+	}
+	return files
 }

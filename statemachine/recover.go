@@ -232,43 +232,54 @@ func (g *Group) rebuildIndex() error {
 	return err
 }
 
-// restoreRedo writes again the recIndex record of the Update the index is the state
-// after, when the segments lost it: a power cut kept the index's unsynced commit
-// (another group's synced commit carried the WAL they share) and the records before
-// that record, but not the record itself, and Open cut the segment to where the
-// stored meta ends. The index needs nothing from it, but a later rebuild from the
-// segments does: it is the only place that Update's file entries (a file opened or
-// closed) are written in the segments, and without them the rebuilt index has no
-// entry for the file, or an open one for a closed file, and serves nothing from it.
+// restoreRedo writes a recIndex record for the state g.m, carrying file entries from
+// the index, at the end of the segments (g.seg, at g.m.PartSeg; Open fsyncs it
+// after, in syncRecent). Open calls it in two cases.
 //
-// The lost record's file entries are not known, only that they are among the files
-// from the last place known synced (every Update's record before it is durable) to
-// the current one: the record written again carries all of those, from the index,
-// which is correct at this state whether that Update changed them or not. g.seg must
-// be the current part, at g.m.PartSeg; Open fsyncs it after (syncRecent).
-func (g *Group) restoreRedo() error {
-	from := max(g.m.FirstFile, g.m.SyncedFile, 1)
+// The segments lost the record of the Update the index is the state after (ended
+// false): a power cut kept the index's unsynced commit (another group's synced
+// commit carried the WAL they share) and the records before that record, but not
+// the record itself, and Open cut the segment where the stored meta ends. The index
+// needs nothing from it, but a later rebuild from the segments does: it is the
+// only place that Update's file entries (a file opened or closed) are written in
+// the segments. Which entries it held is not known, only that they are among the
+// files from the last place known synced (every record before it is durable) to
+// the current one: the record written again carries all of those, correct at this
+// state whether that Update changed them or not.
+//
+// The segments may lack older file entries (meta.FileRecords unset): the record then
+// carries every file's entry, once.
+func (g *Group) restoreRedo(ended bool) error {
+	from := max(g.m.FirstFile, 1)
+	why := "the segments lack file entries (a store of a release before 0.50, or a snapshot just installed): wrote a redo record with every file's"
+	if g.m.FileRecords {
+		from = max(from, g.m.SyncedFile)
+		why = "the segments lost the redo record of the last applied entry (a power cut): wrote it again"
+	} else if !ended {
+		why = "the segments lost the redo record of the last applied entry and lack older file entries: wrote it again with every file's"
+	}
 	var files []json.RawMessage
 	for no := from; no <= g.m.File; no++ {
 		v, closer, err := g.store.db.Get(fileKey(g.id, no))
 		if err != nil {
-			return fmt.Errorf("group %d: restore the redo record of entry %d: read the entry of %s: %w", g.id, g.m.Applied, FileName(no), err)
+			return fmt.Errorf("group %d: write a redo record for entry %d: read the entry of %s: %w", g.id, g.m.Applied, FileName(no), err)
 		}
 		files = append(files, append(json.RawMessage(nil), v...))
 		closer.Close()
 	}
+	g.m.FileRecords = true // stored with the next commit; until then, each Open writes the record again
 	_, rec, err := g.encodeRedo(&g.m, files)
 	if err != nil {
 		return err
 	}
 	if _, err := g.seg.Write(rec); err != nil {
-		return fmt.Errorf("group %d: restore the redo record of entry %d: %w", g.id, g.m.Applied, err)
+		return fmt.Errorf("group %d: write a redo record for entry %d: %w", g.id, g.m.Applied, err)
 	}
 	if err := g.seg.Flush(); err != nil {
-		return fmt.Errorf("group %d: restore the redo record of entry %d: %w", g.id, g.m.Applied, err)
+		return fmt.Errorf("group %d: write a redo record for entry %d: %w", g.id, g.m.Applied, err)
 	}
 	g.m.PartSeg += uint64(len(rec))
-	g.log.Info("the segments lost the redo record of the last applied entry (a power cut): wrote it again", "group", g.id, "applied", g.m.Applied, "files", len(files))
+	g.log.Info(why, "group", g.id, "applied", g.m.Applied, "files", len(files))
 	return nil
 }
 

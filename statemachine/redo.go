@@ -94,6 +94,7 @@ func (g *Group) redo(fresh bool) (bool, error) {
 	open := g.store.db.NewBatch() // keys of records after the last recIndex
 	defer open.Close()
 	var last *meta
+	var lastEnd uint64 // where last's record ends
 	applied := m.Applied
 	updates := 0
 	stop := func(why string, err error) {
@@ -158,7 +159,7 @@ func (g *Group) redo(fresh bool) (bool, error) {
 			}
 			open.Reset()
 			s.seg += recLen
-			nm.PartSeg = s.seg
+			lastEnd = s.seg // nm.PartSeg stays where the record begins, as commit stores it
 			s.pending, s.cut = nil, binlog.Stream{}
 			if nm.Pending != nil {
 				p := *nm.Pending
@@ -205,7 +206,7 @@ func (g *Group) redo(fresh bool) (bool, error) {
 				gtid, ok := TxnGTID(payload)
 				if !ok {
 					stop("transaction without its GTID event", fmt.Errorf("at offset %d", segStart))
-					return g.finishRedo(s, done, last, updates, fresh)
+					return g.finishRedo(s, done, last, lastEnd, updates, fresh)
 				}
 				s.pending = &pendingTxn{GTID: gtid, Start: start, SegStart: segStart}
 			}
@@ -219,7 +220,7 @@ func (g *Group) redo(fresh bool) (bool, error) {
 			}
 		}
 	}
-	return g.finishRedo(s, done, last, updates, fresh)
+	return g.finishRedo(s, done, last, lastEnd, updates, fresh)
 }
 
 // finishRedo commits what redo found, after fsyncing the segments it read: they may
@@ -227,7 +228,11 @@ func (g *Group) redo(fresh bool) (bool, error) {
 // may become durable with another group's synced commit; the index must never claim
 // segment bytes a power loss can take. (Open's syncRecent covers the parts redo did
 // not need to read.)
-func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates int, fresh bool) (bool, error) {
+//
+// The meta it stores ends where last's recIndex record begins, as commit's does: the
+// next Open then finds that record at the stored place (a meta stored past it would
+// read as a lost record, see restoreRedo).
+func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, lastEnd uint64, updates int, fresh bool) (bool, error) {
 	if last == nil && fresh {
 		return false, fmt.Errorf("group %d: %w in the segments from %s on: data was lost; rebuild this replica from a peer", g.id, errNoCompleteBatch, FileName(g.m.File))
 	}
@@ -237,11 +242,11 @@ func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates 
 	if fresh {
 		// File entries of files purged after they were written.
 		if err := done.DeleteRange(fileKey(g.id, 0), fileKey(g.id, last.FirstFile), nil); err != nil {
-			return true, fmt.Errorf("group %d: rebuild index: %w", g.id, err)
+			return false, fmt.Errorf("group %d: rebuild index: %w", g.id, err)
 		}
 	} else if last.Applied == g.m.Applied {
 		// Only the recIndex record of the last indexed Update: keep it.
-		g.m.PartSeg = last.PartSeg
+		g.m.PartSeg = lastEnd
 		return true, nil
 	}
 	for _, path := range s.read {
@@ -251,24 +256,25 @@ func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, updates 
 			f.Close()
 		}
 		if err != nil {
-			return true, fmt.Errorf("group %d: redo: fsync %s: %w", g.id, path, err)
+			return false, fmt.Errorf("group %d: redo: fsync %s: %w", g.id, path, err)
 		}
 	}
 	if err := g.store.syncDir(g.dir); err != nil {
-		return true, fmt.Errorf("group %d: redo: fsync %s: %w", g.id, g.dir, err)
+		return false, fmt.Errorf("group %d: redo: fsync %s: %w", g.id, g.dir, err)
 	}
 	mv, err := json.Marshal(last)
 	if err != nil {
-		return true, fmt.Errorf("group %d: redo: encode meta: %w", g.id, err)
+		return false, fmt.Errorf("group %d: redo: encode meta: %w", g.id, err)
 	}
 	if err := done.Set(metaKey(g.id), mv, nil); err != nil {
-		return true, fmt.Errorf("group %d: redo: %w", g.id, err)
+		return false, fmt.Errorf("group %d: redo: %w", g.id, err)
 	}
 	if err := done.Commit(pebble.NoSync); err != nil {
-		return true, fmt.Errorf("group %d: redo: commit index: %w", g.id, err)
+		return false, fmt.Errorf("group %d: redo: commit index: %w", g.id, err)
 	}
 	g.log.Info("rolled the index forward from the segments", "from_applied", g.m.Applied, "to_applied", last.Applied, "updates", updates)
 	g.m = *last
+	g.m.PartSeg = lastEnd
 	return true, nil
 }
 

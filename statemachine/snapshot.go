@@ -302,6 +302,10 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	if err := b.DeleteRange(posKey(g.id, m.File, max(m.FileSize, m.PartServed)), posKey(g.id, m.File+1, 0), nil); err != nil {
 		return fmt.Errorf("group %d: drop positions of open pieces: %w", g.id, err)
 	}
+	// The snapshot's current file may end before its last Update's redo record, the
+	// only carrier of the entries that Update changed: Open writes one with every
+	// file's entry.
+	m.FileRecords = false
 	mv, _ = json.Marshal(&m)
 	if err := b.Set(metaKey(g.id), mv, nil); err != nil {
 		return fmt.Errorf("group %d: restore meta: %w", g.id, err)
