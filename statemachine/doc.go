@@ -35,8 +35,10 @@
 //   - The segments alone rebuild the index: every Update the index reflects has its
 //     recIndex record in them, the carrier of its file entries. A drop cuts after
 //     the records before the dropped transaction, and Open writes back a last
-//     record a power cut took (restoreRedo, recover.go); a rebuild stops where a
-//     closed file's entry disagrees with what it read (redo.go).
+//     record a power cut took, or one with every file's entry where the meta's
+//     FileRecords is unset: an older release's store, a snapshot just installed
+//     (restoreRedo, recover.go); a rebuild stops where a closed file's entry
+//     disagrees with what it read (redo.go).
 //   - A file or directory entry is durable only once its directory is synced
 //     (files.go). The power-loss test runs the store on a filesystem that loses a
 //     random share of what was not synced: a missing fsync shows as lost or torn
