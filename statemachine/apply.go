@@ -286,8 +286,8 @@ func (g *Group) appendTxn(bt *batch, index uint64, t *Txn) error {
 // be the only record of file entries (those of the Update that opened the current
 // file and closed the one before, when the transaction began right after the
 // file's header): a rebuild from the segments reads file entries nowhere else.
-// The records after the cut carry none (no file opens while a transaction is
-// incomplete). The cut must never leave the segments without a recIndex record
+// Records after the cut may carry some too (see the record written below, which
+// carries every file's). The cut must never leave the segments without a recIndex record
 // describing the last complete transaction (the one after it may have been
 // removed with the pieces), or a rebuild could go back before a Sync. So a
 // recIndex record for the state after the drop, as of entry index-1, is written
@@ -326,7 +326,15 @@ func (g *Group) dropPending(bt *batch, index uint64) error {
 	after.Applied, after.Pending = index-1, nil
 	after.PartSeg, after.PartServed = cut, g.m.FileSize
 	after.PartStarts = append([]uint64(nil), g.m.PartStarts[:keepParts]...)
-	_, rec, err := g.encodeRedo(&after, bt.files)
+	// The records cut away may be the only carriers of file entries: the one of an
+	// Update that opened the current file along with the transaction's first piece,
+	// or Open's record with every file's entry (restoreRedo). This record carries
+	// them all, as of this entry: the index's, and this Update's newer ones after.
+	files, err := g.fileEntries(max(g.m.FirstFile, 1), false)
+	if err != nil {
+		return err
+	}
+	_, rec, err := g.encodeRedo(&after, append(files, bt.files...))
 	if err != nil {
 		return err
 	}

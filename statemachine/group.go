@@ -69,8 +69,8 @@ type meta struct {
 	// every file the index names, as a rebuild from them needs. A group started by
 	// 0.50 or later has it from its first file; Open writes a record with every
 	// entry where it is unset: a store of an older release (whose new epochs could
-	// cut such records away) and a snapshot just installed (cut before the last
-	// Update's record). See restoreRedo.
+	// cut such records away) and a snapshot just installed (one taken between
+	// transactions ends before its last Update's record). See restoreRedo.
 	FileRecords bool `json:"file_records,omitempty"`
 }
 
@@ -294,7 +294,7 @@ func (g *Group) Open(_ <-chan struct{}) (uint64, error) {
 		}
 		g.seg = f
 		if !ended || !g.m.FileRecords {
-			if err := g.restoreRedo(ended); err != nil {
+			if err := g.restoreRedo(); err != nil {
 				g.closeFiles()
 				return 0, err
 			}

@@ -66,6 +66,23 @@ func TestClaimKeepsTheRecordOfANewFile(t *testing.T) {
 	rebuildAgrees(t, h)
 }
 
+// TestClaimKeepsANewFileOpenedWithAPiece: one Append opens a file and begins a
+// transaction (the syncer proposes them together when a large transaction follows
+// a rotation), so its recIndex record, the only carrier of the new file's entry and
+// the closed one's, lies after the piece. A new epoch's drop cuts it away with the
+// piece: the record the drop writes must carry those entries.
+func TestClaimKeepsANewFileOpenedWithAPiece(t *testing.T) {
+	h := newHarnessSized(t, t.TempDir(), 64<<10)
+	defer h.close()
+	ep := h.claim()
+	h.mustAppend(&Append{Epoch: ep, Items: []Item{newFile("m.1", binlog.Position{0: gt(0)}), txn(gt(1), 1000)}})
+	ev := txnEvents(gt(2), 1000)
+	h.mustAppend(&Append{Epoch: ep, PrevOrdinal: 1, Items: []Item{newFile("m.2", nil),
+		{Txn: &Txn{GTID: gt(2), First: true, Events: ev[:binlog.HeaderLen+13+binlog.ChecksumLen]}}}})
+	h.claim()
+	rebuildAgrees(t, h)
+}
+
 // storedMeta reads g's meta as its index stores it.
 func storedMeta(t *testing.T, h *harness) meta {
 	t.Helper()
@@ -231,24 +248,26 @@ func TestOpenWritesEveryFileEntryOnce(t *testing.T) {
 	dir := t.TempDir()
 	h := newHarnessSized(t, dir, 64<<10)
 	a := &fileAppender{h: h, ep: h.claim(), rowBytes: 1000}
-	for f := 1; f <= 3; f++ {
-		a.addFile(f, 2)
-	}
-	m := storedMeta(t, h)
-	m.FileRecords = false
-	mv, err := json.Marshal(&m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := h.store.db.Set(metaKey(h.g.id), mv, pebble.Sync); err != nil {
-		t.Fatal(err)
+	a.addFile(1, 2)
+	h.g.m.FileRecords = false // the later commits' metas, stored and in records, lack it
+	a.addFile(2, 2)
+	a.addFile(3, 2)
+	if storedMeta(t, h).FileRecords {
+		t.Fatal("the stored meta says file_records")
 	}
 	h.close()
 
 	h = newHarnessSized(t, dir, 64<<10)
-	defer h.close()
 	if n := lastRecordFiles(t, h); n != 3 {
 		t.Fatalf("after the first Open of an older store the last redo record carries %d file entries, want all 3", n)
+	}
+	size := h.g.m.PartSeg
+	h.close()
+	// Open again before any Update: the record says file_records, so no other.
+	h = newHarnessSized(t, dir, 64<<10)
+	defer h.close()
+	if h.g.m.PartSeg != size || !h.g.m.FileRecords {
+		t.Fatalf("a second Open before any Update: the segment went from %d to %d bytes, file_records %v; want no new record", size, h.g.m.PartSeg, h.g.m.FileRecords)
 	}
 	a.h = h
 	a.addFile(4, 1)

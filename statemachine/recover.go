@@ -249,23 +249,16 @@ func (g *Group) rebuildIndex() error {
 //
 // The segments may lack older file entries (meta.FileRecords unset): the record then
 // carries every file's entry, once.
-func (g *Group) restoreRedo(ended bool) error {
+func (g *Group) restoreRedo() error {
 	from := max(g.m.FirstFile, 1)
-	why := "the segments lack file entries (a store of a release before 0.50, or a snapshot just installed): wrote a redo record with every file's"
+	why := "wrote a redo record with every file's entry (the first start on a store of a release before 0.50, or a snapshot just installed)"
 	if g.m.FileRecords {
 		from = max(from, g.m.SyncedFile)
 		why = "the segments lost the redo record of the last applied entry (a power cut): wrote it again"
-	} else if !ended {
-		why = "the segments lost the redo record of the last applied entry and lack older file entries: wrote it again with every file's"
 	}
-	var files []json.RawMessage
-	for no := from; no <= g.m.File; no++ {
-		v, closer, err := g.store.db.Get(fileKey(g.id, no))
-		if err != nil {
-			return fmt.Errorf("group %d: write a redo record for entry %d: read the entry of %s: %w", g.id, g.m.Applied, FileName(no), err)
-		}
-		files = append(files, append(json.RawMessage(nil), v...))
-		closer.Close()
+	files, err := g.fileEntries(from, true)
+	if err != nil {
+		return err
 	}
 	g.m.FileRecords = true // stored with the next commit; until then, each Open writes the record again
 	_, rec, err := g.encodeRedo(&g.m, files)
@@ -281,6 +274,29 @@ func (g *Group) restoreRedo(ended bool) error {
 	g.m.PartSeg += uint64(len(rec))
 	g.log.Info(why, "group", g.id, "applied", g.m.Applied, "files", len(files))
 	return nil
+}
+
+// fileEntries returns the index's file entries from file from to the current one.
+// With all set, each must be there: a missing one means the index was rebuilt from
+// segments that had lost it (an older release's, see FileRecords). Without, missing
+// ones are left out (a caller holding newer entries adds them).
+func (g *Group) fileEntries(from uint64, all bool) ([]json.RawMessage, error) {
+	var files []json.RawMessage
+	for no := from; no <= g.m.File; no++ {
+		v, closer, err := g.store.db.Get(fileKey(g.id, no))
+		if errors.Is(err, pebble.ErrNotFound) && !all {
+			continue
+		}
+		if errors.Is(err, pebble.ErrNotFound) {
+			return nil, fmt.Errorf("group %d: the index has no entry for %s, which its segments should describe: data was lost; rebuild this replica from a peer", g.id, FileName(no))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("group %d: read the entry of %s: %w", g.id, FileName(no), err)
+		}
+		files = append(files, append(json.RawMessage(nil), v...))
+		closer.Close()
+	}
+	return files, nil
 }
 
 // errNoCompleteBatch: a rebuild found no complete Update in the group's segments.

@@ -247,6 +247,9 @@ func (g *Group) finishRedo(s *redoScan, done *pebble.Batch, last *meta, lastEnd 
 	} else if last.Applied == g.m.Applied {
 		// Only the recIndex record of the last indexed Update: keep it.
 		g.m.PartSeg = lastEnd
+		// A record Open wrote (restoreRedo) says so; the stored meta does only from
+		// the next commit.
+		g.m.FileRecords = g.m.FileRecords || last.FileRecords
 		return true, nil
 	}
 	for _, path := range s.read {
