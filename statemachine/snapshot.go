@@ -316,6 +316,11 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 	_ = fs.RemoveAll(old)
 	clear(g.startStates)
 	clear(g.startSets)
+	// Counted before Open publishes the installed state: whoever sees that state
+	// (under g.mu) sees the install counted too. A failed Open stops the node.
+	g.mu.Lock()
+	g.recovered++
+	g.mu.Unlock()
 	applied, err := g.Open(done)
 	if err != nil {
 		return err
@@ -328,9 +333,6 @@ func (g *Group) RecoverFromSnapshot(r io.Reader, done <-chan struct{}) error {
 		// diverged replica that serves stale data.
 		return fmt.Errorf("group %d: the installed snapshot opened at entry %d, not its own %d: rebuild this replica from a peer", g.id, applied, m.Applied)
 	}
-	g.mu.Lock()
-	g.recovered++
-	g.mu.Unlock()
 	g.log.Info("installed snapshot", "applied", m.Applied, "files", n)
 	return nil
 }
