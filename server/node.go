@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/lni/dragonboat/v3"
 	"github.com/lni/dragonboat/v3/config"
 	dblog "github.com/lni/dragonboat/v3/logger"
@@ -233,6 +234,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		closeLis()
 		return nil, err
 	}
+	// The raft log and the transport share their payloads' checksums (crcalg).
+	crcMemo := crcalg.NewMemo()
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:      ident.DeploymentID,
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
@@ -244,8 +247,8 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CAFile:            cfg.TLS.CA,
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
-		Expert: config.ExpertConfig{TransportFactory: rafttransport.Factory{NewWire: raftWire, Log: log.With("component", "rafttransport")}, LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
-			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares, Recycled: recycled}},
+		Expert: config.ExpertConfig{TransportFactory: rafttransport.Factory{NewWire: raftWire, Log: log.With("component", "rafttransport"), CRC: crcMemo}, LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
+			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares, Recycled: recycled, CRC: crcMemo}},
 	})
 	if err == nil && nh == nil {
 		err = errRaftStartSilent
@@ -342,6 +345,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	})
 	rel.RaftPayloadSpares(cfg.NodeID, func() float64 { return float64(spares.Load()) })
 	rel.RaftPayloadRecycled(cfg.NodeID, func() float64 { return float64(recycled.Load()) })
+	rel.RaftPayloadChecksums(cfg.NodeID, func() float64 { h, _ := crcMemo.Stats(); return float64(h) }, func() float64 { _, m := crcMemo.Stats(); return float64(m) })
 	rel.BufferedIO(cfg.NodeID, cfg.BufferedIO)
 	rel.SegmentDirectIO(cfg.NodeID, func() float64 {
 		if store.DirectIO() {

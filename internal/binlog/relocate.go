@@ -3,6 +3,8 @@ package binlog
 import (
 	"encoding/binary"
 	"hash/crc32"
+
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 )
 
 // Relocating an event (giving it a new log_pos and clearing header flags) changes at
@@ -22,9 +24,6 @@ import (
 // more: an event placed in parts, one larger than a raft entry's piece, is still
 // checksummed afresh as its parts pass, see Placer.)
 
-// ieeeReflected is the IEEE (zlib) CRC-32 polynomial, bit-reversed: bit 31 is x^0.
-const ieeeReflected = 0xEDB88320
-
 // relocateMin is the smallest event Relocate updates algebraically. The update costs
 // one 32-step multiplication per one in the event's length in bits: 0.1-4 µs
 // (BenchmarkRelocate, on the 2-core bench machine: 2.3 µs at 8 KiB - 1, 3.1 µs at 64
@@ -32,46 +31,6 @@ const ieeeReflected = 0xEDB88320
 // µs at 64 KiB, 29 µs at 1 MiB). From 256 KiB (8.5 µs to checksum) the algebra
 // always wins.
 const relocateMin = 256 << 10
-
-// x2n holds x^(2^k) mod P for k = 0..63 (a shift of up to 2^64 bits), reflected: advancing a register through
-// 2^k zero bits multiplies it by x2n[k]. Computed once; never written after.
-var x2n = func() (t [64]uint32) {
-	t[0] = 1 << 30 // x^1
-	for k := 1; k < len(t); k++ {
-		t[k] = mulModP(t[k-1], t[k-1])
-	}
-	return t
-}()
-
-// mulModP returns a*b modulo the IEEE polynomial, both in reflected form.
-func mulModP(a, b uint32) uint32 {
-	var p uint32
-	for m := uint32(1) << 31; m != 0 && a != 0; m >>= 1 {
-		if a&m != 0 {
-			p ^= b
-			a &^= m
-		}
-		// b *= x
-		if b&1 != 0 {
-			b = b>>1 ^ ieeeReflected
-		} else {
-			b >>= 1
-		}
-	}
-	return p
-}
-
-// shiftZeros advances a zero-register CRC c through n zero bytes.
-func shiftZeros(c uint32, n int) uint32 {
-	bits := uint64(n) * 8
-	for k := 0; bits != 0 && c != 0; k++ {
-		if bits&1 != 0 {
-			c = mulModP(x2n[k], c)
-		}
-		bits >>= 1
-	}
-	return c
-}
 
 // Relocate is SetLogPos for an event whose trailer matches its bytes (every event
 // the syncer proposes was checked): it rewrites log_pos and clears clearFlags in
@@ -116,5 +75,5 @@ func Relocation(ev []byte, logPos uint32, clearFlags uint16, checksummed bool) (
 	}
 	// The zero-register CRC of delta: crc32.Update inverts on entry and exit.
 	c := ^crc32.Update(^uint32(0), crc32.IEEETable, delta[:])
-	return head, trailer ^ shiftZeros(c, n-19)
+	return head, trailer ^ crcalg.IEEE.ShiftZeros(c, n-19)
 }

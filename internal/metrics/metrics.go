@@ -119,6 +119,18 @@ func (r *Relay) RaftPayloadRecycled(nodeID uint64, read func() float64) {
 		Help: "New raft payload files that were spares, overwritten instead of written for the first time.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// RaftPayloadChecksums exports how the node came by the CRC32C of its large raft
+// payloads (read at scrape time): from its memo (taken already by its raft log or
+// transport, crcalg) or taken afresh. A replica takes each payload's once, a
+// leader once for all its followers; "taken" far above that means the memo is too
+// small for the node's traffic.
+func (r *Relay) RaftPayloadChecksums(nodeID uint64, memo, taken func() float64) {
+	for how, read := range map[string]func() float64{"memo": memo, "taken": taken} {
+		r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "flotilla", Name: "raft_payload_checksums_total",
+			Help: "CRC32Cs of large raft payloads the raft log and transport needed, by how they came by them: from the node's memo, or taken afresh.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10), "how": how}}, read))
+	}
+}
+
 // SegmentDirectIO exports whether segments are written with direct I/O (read at
 // scrape time): 0 where the filesystem refused it (see statemachine.Store.DirectIO).
 func (r *Relay) SegmentDirectIO(nodeID uint64, read func() float64) {

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"syscall"
 
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/flotilla-relay/flotilla/internal/directio"
 	gvfs "github.com/lni/goutils/vfs"
 )
@@ -41,6 +42,8 @@ type groupLog struct {
 	// holds the spares new files are taken from and cut files are given to.
 	recycle *atomic.Bool
 	pool    *spares
+	// crc is the node's checksum memo (Factory.CRC), nil for none.
+	crc *crcalg.Memo
 }
 
 // openGroupLog lists and scans dir's payload files; dir is made at the first append.
@@ -195,7 +198,7 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 			return ref{}, err
 		}
 	}
-	crc := crc32.Checksum(payload, castagnoli)
+	crc := g.crc.Checksum(payload) // from memory if the transport took it already
 	r := ref{file: f.seq, offset: f.size + recordHeaderLen, length: uint32(len(payload)), crc: crc}
 	f.dirty = true
 	if err := g.put(f, f.header(index, len(payload), crc), payload); err != nil {
@@ -406,6 +409,7 @@ func (g *groupLog) read(r ref) ([]byte, error) {
 	if crc := crc32.Checksum(b, castagnoli); crc != r.crc {
 		return nil, fmt.Errorf("payload at %d of file %s is corrupt (CRC32C %08x, want %08x)", r.offset, f.path, crc, r.crc)
 	}
+	g.crc.Remember(b, r.crc) // for the transport, sending it to a follower behind
 	return b, nil
 }
 

@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	_ "unsafe" // go:linkname
 
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/flotilla-relay/flotilla/internal/directio"
 	_ "github.com/lni/dragonboat/v3" // links internal/logdb, newDefaultLogDB's home
 	"github.com/lni/dragonboat/v3/config"
@@ -86,6 +87,9 @@ type Factory struct {
 	// Spares, if set, is kept at the number of spare files ready, and Recycled
 	// counts the new payload files that were spares (metrics).
 	Spares, Recycled *atomic.Int64
+	// CRC, if set, is the node's checksum memo, shared with its raft transport
+	// (crcalg): a payload's CRC32C is taken once on its way through the node.
+	CRC *crcalg.Memo
 }
 
 // Name is dragonboat's default LogDB's: dragonboat records it in the node host
@@ -137,6 +141,7 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	l.dio.On.Store(l.direct)
 	l.dio.Log = f.Log
 	l.noFlushAtClose = f.NoFlushAtClose
+	l.crc = f.CRC
 	if f.Recycle != nil {
 		l.recycle = f.Recycle
 	}
@@ -205,6 +210,8 @@ type LogDB struct {
 	// noFlushAtClose: Close leaves held commit indexes unwritten, as a crash
 	// would (Factory.NoFlushAtClose).
 	noFlushAtClose bool
+	// crc is Factory.CRC.
+	crc *crcalg.Memo
 
 	mu     sync.Mutex
 	groups map[groupKey]*groupSlot
@@ -259,6 +266,9 @@ func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 	l.mu.Unlock()
 	s.once.Do(func() {
 		s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, &l.dio, &l.stages, l.recycle, l.pool)
+		if s.g != nil {
+			s.g.crc = l.crc
+		}
 	})
 	if s.err != nil {
 		l.mu.Lock()

@@ -13,6 +13,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/flotilla-relay/flotilla/internal/directio"
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
@@ -340,6 +341,38 @@ func TestCorruptPayloadIsAnError(t *testing.T) {
 	_, _, err = l.IterateEntries(nil, 0, 5, 1, 1, 2, math.MaxUint64)
 	if err == nil || !strings.Contains(err.Error(), "corrupt") || !strings.Contains(err.Error(), path) {
 		t.Fatalf("reading a damaged payload: %v, want an error naming %s as corrupt", err, path)
+	}
+}
+
+// TestPayloadChecksumsComeFromTheMemo: a payload's CRC32C comes from the node's
+// memo when its transport took it already, and one read back is left there for the
+// transport; a memo that were wrong (the payload changed after its checksum was
+// taken, which the package's invariants forbid) leaves a record that reads as
+// corrupt, not one that passes its check.
+func TestPayloadChecksumsComeFromTheMemo(t *testing.T) {
+	fs := gvfs.NewMem()
+	l := openTestLog(t, fs)
+	defer l.Close()
+	memo := crcalg.NewMemo()
+	l.crc = memo
+	cmd := bytes.Repeat([]byte{7, 1, 9}, crcalg.MemoMin)
+	memo.Checksum(cmd) // as the transport does, sending it
+	save(t, l, 5, []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd}})
+	if hits, misses := memo.Stats(); hits != 1 || misses != 1 {
+		t.Fatalf("memo: %d hits, %d misses; want the save to use the transport's checksum", hits, misses)
+	}
+	got := readAll(t, l, 5, 1, 2)
+	sameEntries(t, "read back", got, []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd}})
+	memo.Checksum(got[0].Cmd)
+	if hits, misses := memo.Stats(); hits != 2 || misses != 1 {
+		t.Fatalf("memo: %d hits, %d misses; want the checksum of the payload read back remembered", hits, misses)
+	}
+
+	wrong := bytes.Repeat([]byte{3}, crcalg.MemoMin)
+	memo.Remember(wrong, crcalg.Castagnoli.Checksum(wrong)^1)
+	save(t, l, 5, []pb.Entry{{Term: 1, Index: 2, Type: pb.EncodedEntry, Cmd: wrong}})
+	if _, _, err := l.IterateEntries(nil, 0, 5, 1, 2, 3, math.MaxUint64); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("reading a payload saved with a wrong checksum: %v, want it reported corrupt", err)
 	}
 }
 

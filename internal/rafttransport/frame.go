@@ -9,6 +9,7 @@ import (
 	"net"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/lni/dragonboat/v3/raftio"
 	pb "github.com/lni/dragonboat/v3/raftpb"
 )
@@ -52,8 +53,9 @@ type encoder struct {
 }
 
 // batch returns b as this transport's frame. The entries' payloads are in the
-// result as they are (not copied); b is not modified.
-func (e *encoder) batch(b pb.MessageBatch) (net.Buffers, error) {
+// result as they are (not copied); b is not modified. Their checksums come from
+// memo (see payloadCRC).
+func (e *encoder) batch(b pb.MessageBatch, memo *crcalg.Memo) (net.Buffers, error) {
 	n := 0
 	for i := range b.Requests {
 		n += len(b.Requests[i].Entries)
@@ -89,12 +91,23 @@ func (e *encoder) batch(b pb.MessageBatch) (net.Buffers, error) {
 	bufs := net.Buffers{h, skel, e.lens}
 	for _, c := range e.cmds {
 		if len(c) > 0 {
-			crc = crc32.Update(crc, castagnoli, c)
+			crc = payloadCRC(crc, c, memo)
 			bufs = append(bufs, c)
 		}
 	}
 	binary.BigEndian.PutUint32(h[2+frameHeaderLen-4:], crc)
 	return bufs, nil
+}
+
+// payloadCRC continues a frame's CRC32C crc over payload p: a large payload's
+// checksum is taken on its own, through memo, and combined in (crcalg), so that the
+// node takes it once whether its raft log, a send to another follower or this
+// frame is first; a small one's is taken in line.
+func payloadCRC(crc uint32, p []byte, memo *crcalg.Memo) uint32 {
+	if len(p) < crcalg.MemoMin || memo == nil {
+		return crc32.Update(crc, castagnoli, p)
+	}
+	return crcalg.Castagnoli.Combine(crc, memo.Checksum(p), len(p))
 }
 
 // release drops what the encoder holds of the last frame: the payloads (dragonboat
@@ -146,6 +159,8 @@ func marshalInto(buf *[]byte, size int, marshal func([]byte) (int, error)) ([]by
 // does not hand on.
 type decoder struct {
 	skel, lens, buf []byte
+	// crc is the node's checksum memo (Factory.CRC), nil for none.
+	crc *crcalg.Memo
 }
 
 // keepBuf bounds the buffer a decoder keeps between frames.
@@ -236,11 +251,11 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 		if _, err := io.ReadFull(br, data); err != nil {
 			return fmt.Errorf("read frame payloads: %w", err)
 		}
-		crc = crc32.Update(crc, castagnoli, data)
 		off := 0
 		for j := range es {
 			if l := int(binary.BigEndian.Uint32(lens[4*k:])); l > 0 {
 				es[j].Cmd = data[off : off+l : off+l]
+				crc = payloadCRC(crc, es[j].Cmd, d.crc)
 				off += l
 			}
 			k++

@@ -14,6 +14,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
 	pb "github.com/lni/dragonboat/v3/raftpb"
@@ -30,6 +31,10 @@ type Factory struct {
 	NewWire *atomic.Bool
 	// Log receives the transport's warnings (rejected frames).
 	Log *slog.Logger
+	// CRC, if set, is the node's checksum memo, shared with its raft log
+	// (crcalg): a frame's CRC32C is combined from its payloads' checksums, taken
+	// once on the node, and a received payload's checksum is remembered for the log.
+	CRC *crcalg.Memo
 }
 
 // Create implements config.TransportFactory.
@@ -41,7 +46,7 @@ func (f Factory) Create(cfg config.NodeHostConfig, mh raftio.MessageHandler, ch 
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Transport{cfg: cfg, onBatch: mh, onChunk: ch, newWire: nw, log: log, conns: map[net.Conn]struct{}{}, stop: make(chan struct{})}
+	return &Transport{cfg: cfg, onBatch: mh, onChunk: ch, newWire: nw, log: log, crc: f.CRC, conns: map[net.Conn]struct{}{}, stop: make(chan struct{})}
 }
 
 // Validate implements config.TransportFactory: a raft address is host:port, with a
@@ -62,6 +67,7 @@ type Transport struct {
 	onChunk raftio.ChunkHandler
 	newWire *atomic.Bool
 	log     *slog.Logger
+	crc     *crcalg.Memo
 
 	ln       net.Listener
 	stop     chan struct{}
@@ -277,7 +283,7 @@ func (c *conn) SendMessageBatch(b pb.MessageBatch) error {
 	var bufs net.Buffers
 	var err error
 	if c.t.newWire.Load() {
-		bufs, err = c.enc.batch(b)
+		bufs, err = c.enc.batch(b, c.t.crc)
 	} else {
 		bufs, err = c.enc.legacy(raftMethod, &b, c.t.encrypted())
 	}
@@ -337,7 +343,7 @@ func frameDeadline(n int) time.Duration { return 10*time.Second + time.Duration(
 // its checks.
 func (t *Transport) serve(c net.Conn) error {
 	br := bufio.NewReaderSize(c, 64<<10)
-	var d decoder
+	d := decoder{crc: t.crc}
 	for {
 		var magic [2]byte
 		c.SetReadDeadline(time.Time{}) // between frames a connection may idle

@@ -11,6 +11,7 @@ import (
 	"time"
 	_ "unsafe" // go:linkname
 
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	_ "github.com/lni/dragonboat/v3" // links dragonboat's TCP transport, the interop tests' peer
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
@@ -31,6 +32,8 @@ type peer struct {
 	addr    string
 	batches chan pb.MessageBatch
 	chunks  chan pb.Chunk
+	// crc is the checksum memo of one of ours, as a node gives it.
+	crc *crcalg.Memo
 }
 
 // tlsFiles is a node's mutual TLS (empty: none).
@@ -65,7 +68,8 @@ func startPeer(t *testing.T, tf tlsFiles, newWire, legacyImpl bool) *peer {
 	} else {
 		nw := new(atomic.Bool)
 		nw.Store(newWire)
-		p.tr = Factory{NewWire: nw}.Create(nodeConfig("127.0.0.1:0", tf), onBatch, onChunk)
+		p.crc = crcalg.NewMemo()
+		p.tr = Factory{NewWire: nw, CRC: p.crc}.Create(nodeConfig("127.0.0.1:0", tf), onBatch, onChunk)
 	}
 	if err := p.tr.Start(); err != nil {
 		t.Fatal(err)
@@ -221,7 +225,7 @@ func TestDragonboatInterop(t *testing.T) {
 func TestBadFramesCloseTheirConnectionOnly(t *testing.T) {
 	p := startPeer(t, tlsFiles{}, true, false)
 	var enc encoder
-	good, err := enc.batch(testBatch(rand.New(rand.NewPCG(3, 4))))
+	good, err := enc.batch(testBatch(rand.New(rand.NewPCG(3, 4))), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -272,12 +276,84 @@ func TestBadFramesCloseTheirConnectionOnly(t *testing.T) {
 	exchange(t, other.tr, p)
 }
 
+// TestFramesShareTheNodesChecksums: a sender combines a frame's CRC from the
+// checksums its node's memo holds (the raft log took them) instead of taking them
+// again, and a receiver leaves each large payload's checksum in its memo for its raft
+// log. Were a memo ever wrong (a payload changed after its checksum was taken, which
+// the raft log's invariants forbid), the frame fails its check at the receiver
+// rather than deliver the changed bytes.
+func TestFramesShareTheNodesChecksums(t *testing.T) {
+	from, to := startPeer(t, tlsFiles{}, true, false), startPeer(t, tlsFiles{}, true, false)
+	b := testBatch(rand.New(rand.NewPCG(1, 2)))
+	big := b.Requests[0].Entries[0].Cmd
+	want := crcalg.Castagnoli.Checksum(big)
+	if got := from.crc.Checksum(big); got != want { // as the raft log does
+		t.Fatalf("memo %08x, want %08x", got, want)
+	}
+	c, err := from.tr.GetConnection(context.Background(), to.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SendMessageBatch(b); err != nil {
+		t.Fatal(err)
+	}
+	got := receive(t, to.batches, "batch")
+	if !same(t, got, testBatch(rand.New(rand.NewPCG(1, 2)))) {
+		t.Fatal("the batch received differs from the one sent")
+	}
+	if hits, misses := from.crc.Stats(); hits != 1 || misses != 1 {
+		t.Fatalf("sender's memo: %d hits, %d misses; want the frame to use the raft log's checksum", hits, misses)
+	}
+	if crc := to.crc.Checksum(got.Requests[0].Entries[0].Cmd); crc != want {
+		t.Fatalf("receiver's memo %08x, want %08x", crc, want)
+	}
+	if hits, misses := to.crc.Stats(); hits != 1 || misses != 1 {
+		t.Fatalf("receiver's memo: %d hits, %d misses; want the payload's checksum taken once, by the frame's check", hits, misses)
+	}
+	// The frame is the one a release without the memo writes and checks.
+	var enc encoder
+	withMemo, err := enc.batch(b, from.crc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frame := bytes.Join(withMemo, nil)
+	plain, err := enc.batch(b, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(frame, bytes.Join(plain, nil)) {
+		t.Fatal("a frame made with the memo differs from one made without")
+	}
+	big[12345] ^= 1 // what the memo must never see; its checksum is stale now
+	stale, err := enc.batch(b, from.crc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := net.Dial("tcp", to.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	raw.Write(bytes.Join(stale, nil))
+	raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var ne net.Error
+	if _, err := raw.Read(make([]byte, 1)); err == nil || errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("the connection of a frame with a stale checksum was not closed (read: %v)", err)
+	}
+	select {
+	case <-to.batches:
+		t.Fatal("a frame whose payload no longer matches its memoized checksum was handed on")
+	default:
+	}
+}
+
 // FuzzFrames feeds arbitrary bytes to a transport's reader: it must never panic,
 // and whatever it hands on must be a batch or chunk it could have been sent.
 func FuzzFrames(f *testing.F) {
 	var enc encoder
 	for _, b := range []pb.MessageBatch{testBatch(rand.New(rand.NewPCG(5, 6))), {Requests: []pb.Message{{Type: pb.Heartbeat, ClusterId: 1}}}} {
-		own, err := enc.batch(b)
+		own, err := enc.batch(b, nil)
 		if err != nil {
 			f.Fatal(err)
 		}

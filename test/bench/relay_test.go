@@ -737,6 +737,7 @@ func BenchmarkRelay(b *testing.B) {
 		return s
 	}
 	nodes0, master0 := cpu3(), cpuSeconds(b, m.PID())
+	memo0, taken0 := payloadChecksums(ctx, metrics3)
 	// Timed over the same transactions as the 1-replica ingest (the small ones are a
 	// figure of their own).
 	i3 := ingest(ctx, b, nodes[0], "main3", m.Addr(), gtid, profile3, "--replicas", "3", "--serve-from", "any")
@@ -746,6 +747,9 @@ func BenchmarkRelay(b *testing.B) {
 	nodesCPU := cpu3() - nodes0
 	rep.note(fmt.Sprintf("ingest, 3 replicas: the three nodes used %.2f cpu-s (%.2f per GiB ingested) and the master %.2f cpu-s in %.2f s of ingest (and %.2f s of setup before it), on %d cores",
 		nodesCPU, nodesCPU/(float64(i3.bytes)/(1<<30)), cpuSeconds(b, m.PID())-master0, i3.took.Seconds(), i3.setup.Seconds(), runtime.NumCPU()))
+	memo1, taken1 := payloadChecksums(ctx, metrics3)
+	rep.note(fmt.Sprintf("ingest, 3 replicas: the nodes' raft logs and transports needed %.0f checksums of large payloads: %.0f taken, %.0f from the node's memo",
+		memo1-memo0+taken1-taken0, taken1-taken0, memo1-memo0))
 
 	// Fan-out to 32 readers spread over the 3 nodes, each serving from its own
 	// replica, vs the master serving them, once the group holds the whole binlog
@@ -940,6 +944,18 @@ func spares(ctx context.Context, metricsAddr string) float64 {
 	return sum("flotilla_raft_payload_spares")
 }
 
+// payloadChecksums sums the nodes' raft payload checksums: those from the memo and
+// those taken afresh (see crcalg).
+func payloadChecksums(ctx context.Context, metricsAddrs []string) (memo, taken float64) {
+	for _, addr := range metricsAddrs {
+		if sum, err := scrape(ctx, addr); err == nil {
+			memo += sum(`flotilla_raft_payload_checksums_total{how="memo"`)
+			taken += sum(`flotilla_raft_payload_checksums_total{how="taken"`)
+		}
+	}
+	return memo, taken
+}
+
 // recordCache reads the node's record cache counters: hits and misses.
 func recordCache(ctx context.Context, metricsAddr string) (float64, float64) {
 	sum, err := scrape(ctx, metricsAddr)
@@ -968,7 +984,8 @@ func scrape(ctx context.Context, metricsAddr string) (func(name string) float64,
 	return func(name string) float64 {
 		total := 0.0
 		for _, line := range strings.Split(string(body), "\n") {
-			if strings.HasPrefix(line, name+"{") {
+			// A name may carry its first label (the exposition sorts them).
+			if strings.HasPrefix(line, name+"{") || strings.Contains(name, "{") && strings.HasPrefix(line, name) {
 				if f := strings.Fields(line); len(f) == 2 {
 					v, _ := strconv.ParseFloat(f[1], 64)
 					total += v

@@ -1,0 +1,76 @@
+package crcalg
+
+import "hash/crc32"
+
+// Poly is a CRC-32 polynomial's algebra. Its values are computed once, by NewPoly,
+// and never written after: it is safe for concurrent use.
+type Poly struct {
+	reflected uint32
+	table     *crc32.Table
+	// x2n holds x^(2^k) mod P for k = 0..63 (a shift of up to 2^64 bits), reflected:
+	// advancing a register through 2^k zero bits multiplies it by x2n[k].
+	x2n [64]uint32
+}
+
+// NewPoly returns the algebra of the polynomial whose bit-reversed form is reflected
+// (crc32.IEEE, crc32.Castagnoli).
+func NewPoly(reflected uint32) *Poly {
+	p := &Poly{reflected: reflected, table: crc32.MakeTable(reflected)}
+	p.x2n[0] = 1 << 30 // x^1
+	for k := 1; k < len(p.x2n); k++ {
+		p.x2n[k] = p.mulModP(p.x2n[k-1], p.x2n[k-1])
+	}
+	return p
+}
+
+// IEEE and Castagnoli are the two polynomials Flotilla uses: binlog event trailers,
+// and its own records and frames.
+var (
+	IEEE       = NewPoly(crc32.IEEE)
+	Castagnoli = NewPoly(crc32.Castagnoli)
+)
+
+// Table is the polynomial's table for hash/crc32.
+func (p *Poly) Table() *crc32.Table { return p.table }
+
+// Checksum is crc32.Checksum with the polynomial.
+func (p *Poly) Checksum(b []byte) uint32 { return crc32.Checksum(b, p.table) }
+
+// mulModP returns a*b modulo the polynomial, both in reflected form.
+func (p *Poly) mulModP(a, b uint32) uint32 {
+	var r uint32
+	for m := uint32(1) << 31; m != 0 && a != 0; m >>= 1 {
+		if a&m != 0 {
+			r ^= b
+			a &^= m
+		}
+		// b *= x
+		if b&1 != 0 {
+			b = b>>1 ^ p.reflected
+		} else {
+			b >>= 1
+		}
+	}
+	return r
+}
+
+// ShiftZeros advances a zero-register CRC c (no initial or final inversion) through
+// n zero bytes. It costs one 32-step multiplication per one in n's binary form.
+func (p *Poly) ShiftZeros(c uint32, n int) uint32 {
+	bits := uint64(n) * 8
+	for k := 0; bits != 0 && c != 0; k++ {
+		if bits&1 != 0 {
+			c = p.mulModP(p.x2n[k], c)
+		}
+		bits >>= 1
+	}
+	return c
+}
+
+// Combine returns the checksum of a||b (as crc32.Checksum takes it) from crcA, the
+// checksum of a, and crcB, the checksum of b, which is lenB bytes long. (The
+// inversions hash/crc32 applies cancel: a's register, advanced through b, is all
+// that b's checksum lacks.)
+func (p *Poly) Combine(crcA, crcB uint32, lenB int) uint32 {
+	return p.ShiftZeros(crcA, lenB) ^ crcB
+}
