@@ -473,6 +473,13 @@ func BenchmarkRelay(b *testing.B) {
 	endFile, endPos, gtid := masterTail(ctx, b, m)
 	rep := &relayReport{disk: diskFloor(b, dir)}
 
+	// FLOTILLA_BENCH_INGEST_ONLY=3: the three-replica ingest alone, a quick A/B of it
+	// (see ingest3Only).
+	if os.Getenv("FLOTILLA_BENCH_INGEST_ONLY") == "3" {
+		ingest3Only(ctx, b, dir, m, gtid)
+		return
+	}
+
 	// Ingest, 1 replica, vs a durable raw copy of the same binlog.
 	raw := bestRawCopy(ctx, b, m, firstFile, filepath.Join(dir, "raw"), rep)
 	rawMBs := raw.mbs()
@@ -942,6 +949,37 @@ func spares(ctx context.Context, metricsAddr string) float64 {
 		return 0
 	}
 	return sum("flotilla_raft_payload_spares")
+}
+
+// ingest3Only runs the three-replica ingest FLOTILLA_BENCH_INGEST_ROUNDS times (3 by
+// default), each of a new upstream of the same master removed after it, and prints
+// each one's rate and the nodes' CPU per GiB: no report, no baseline, not a figure.
+func ingest3Only(ctx context.Context, b *testing.B, dir string, m *mariadbtest.Server, gtid string) {
+	var metrics []string
+	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "three"), 3, func(n *flotillatest.Node) {
+		n.ServeDefaults, n.Args = true, []string{"--debug-pprof"}
+		metrics = append(metrics, n.AddMetrics())
+	})
+	waitPayloadFiles(ctx, b, nodes...)
+	for k := 1; k <= envCount("FLOTILLA_BENCH_INGEST_ROUNDS", ingestRounds); k++ {
+		cpu0 := 0.0
+		for _, n := range nodes {
+			cpu0 += cpuSeconds(b, n.PID())
+		}
+		memo0, taken0 := payloadChecksums(ctx, metrics)
+		name := fmt.Sprintf("three%d", k)
+		r := ingest(ctx, b, nodes[0], name, m.Addr(), gtid, nil, "--replicas", "3", "--serve-from", "any")
+		cpu := -cpu0
+		for _, n := range nodes {
+			cpu += cpuSeconds(b, n.PID())
+		}
+		memo1, taken1 := payloadChecksums(ctx, metrics)
+		fmt.Printf("ingest, 3 replicas, round %d: %.1f MB/s, the nodes used %.2f cpu-s (%.2f per GiB) in %.2f s; checksums %.0f taken, %.0f from the memo\n",
+			k, r.mbs(), cpu, cpu/(float64(r.bytes)/(1<<30)), r.took.Seconds(), taken1-taken0, memo1-memo0)
+		if out, err := nodes[0].CLI(ctx, "upstream", "remove", name); err != nil {
+			b.Fatalf("upstream remove %s: %v\n%s", name, err, out)
+		}
+	}
 }
 
 // payloadChecksums sums the nodes' raft payload checksums: those from the memo and
