@@ -75,5 +75,5 @@ func Relocation(ev []byte, logPos uint32, clearFlags uint16, checksummed bool) (
 	}
 	// The zero-register CRC of delta: crc32.Update inverts on entry and exit.
 	c := ^crc32.Update(^uint32(0), crc32.IEEETable, delta[:])
-	return head, trailer ^ crcalg.IEEE.ShiftZeros(c, n-19)
+	return head, trailer ^ crcalg.IEEE().ShiftZeros(c, n-19)
 }

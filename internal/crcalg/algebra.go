@@ -23,12 +23,18 @@ func NewPoly(reflected uint32) *Poly {
 	return p
 }
 
-// IEEE and Castagnoli are the two polynomials Flotilla uses: binlog event trailers,
-// and its own records and frames.
+// The two polynomials Flotilla uses, computed once and never written after: read
+// them through IEEE and Castagnoli.
 var (
-	IEEE       = NewPoly(crc32.IEEE)
-	Castagnoli = NewPoly(crc32.Castagnoli)
+	ieee       = NewPoly(crc32.IEEE)
+	castagnoli = NewPoly(crc32.Castagnoli)
 )
+
+// IEEE is the polynomial of binlog event trailers.
+func IEEE() *Poly { return ieee }
+
+// Castagnoli (CRC-32C) is the polynomial of Flotilla's own records and frames.
+func Castagnoli() *Poly { return castagnoli }
 
 // Table is the polynomial's table for hash/crc32.
 func (p *Poly) Table() *crc32.Table { return p.table }

@@ -12,7 +12,7 @@ import (
 // of random messages, lengths around the multiplication's bit boundaries included.
 func TestCombine(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
-	for _, p := range []*Poly{IEEE, Castagnoli} {
+	for _, p := range []*Poly{ieee, castagnoli} {
 		for _, n := range []int{0, 1, 2, 3, 7, 8, 64, 255, 256, 4095, 4096, 65537, 1 << 20} {
 			b := make([]byte, n)
 			for i := range b {
@@ -36,7 +36,7 @@ func TestCombine(t *testing.T) {
 // zero-register CRC advanced through the bytes after it.
 func TestShiftZeros(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
-	for _, p := range []*Poly{IEEE, Castagnoli} {
+	for _, p := range []*Poly{ieee, castagnoli} {
 		for _, n := range []int{1, 19, 1000, 300 << 10} {
 			b := make([]byte, n)
 			for i := range b {
@@ -63,17 +63,17 @@ func TestMemo(t *testing.T) {
 		buf[i] = byte(i * 7)
 	}
 	a := buf[:2*MemoMin]
-	if got, want := m.Checksum(a), Castagnoli.Checksum(a); got != want {
+	if got, want := m.Checksum(a), castagnoli.Checksum(a); got != want {
 		t.Fatalf("first checksum %08x, want %08x", got, want)
 	}
-	if got, want := m.Checksum(buf[:2*MemoMin]), Castagnoli.Checksum(a); got != want {
+	if got, want := m.Checksum(buf[:2*MemoMin]), castagnoli.Checksum(a); got != want {
 		t.Fatalf("remembered checksum %08x, want %08x", got, want)
 	}
 	if h, ms := m.Stats(); h != 1 || ms != 1 {
 		t.Fatalf("stats %d hits, %d misses; want 1, 1", h, ms)
 	}
 	for _, b := range [][]byte{buf[:2*MemoMin+1], buf[1 : 2*MemoMin+1], append([]byte(nil), a...)} {
-		if got, want := m.Checksum(b), Castagnoli.Checksum(b); got != want {
+		if got, want := m.Checksum(b), castagnoli.Checksum(b); got != want {
 			t.Fatalf("checksum of another slice %08x, want %08x", got, want)
 		}
 	}
@@ -91,7 +91,7 @@ func TestMemo(t *testing.T) {
 		t.Fatalf("remembered %08x, want what Remember said", got)
 	}
 	var nilMemo *Memo
-	if got, want := nilMemo.Checksum(a), Castagnoli.Checksum(a); got != want {
+	if got, want := nilMemo.Checksum(a), castagnoli.Checksum(a); got != want {
 		t.Fatalf("nil memo %08x, want %08x", got, want)
 	}
 	nilMemo.Remember(a, 1)
@@ -118,27 +118,31 @@ func TestMemoForgetsTheOldest(t *testing.T) {
 }
 
 // TestMemoConcurrent has many goroutines ask for the checksums of the same slices at
-// once: every answer is right, and each slice's checksum is taken once.
+// once, all starting on the same one: every answer is right, and each slice's
+// checksum is taken once.
 func TestMemoConcurrent(t *testing.T) {
 	m := NewMemo()
 	bufs := make([][]byte, 8)
 	for i := range bufs {
-		bufs[i] = make([]byte, MemoMin+i)
+		bufs[i] = make([]byte, 4*MemoMin+i)
 		for j := range bufs[i] {
 			bufs[i][j] = byte(i + j)
 		}
 	}
 	var wg sync.WaitGroup
+	start := make(chan struct{})
 	for g := range 16 {
 		wg.Go(func() {
+			<-start
 			for i := range bufs {
-				b := bufs[(i+g)%len(bufs)]
-				if got, want := m.Checksum(b), Castagnoli.Checksum(b); got != want {
+				b := bufs[(i+g/8)%len(bufs)]
+				if got, want := m.Checksum(b), castagnoli.Checksum(b); got != want {
 					t.Errorf("checksum %08x, want %08x", got, want)
 				}
 			}
 		})
 	}
+	close(start)
 	wg.Wait()
 	if _, ms := m.Stats(); ms != uint64(len(bufs)) {
 		t.Fatalf("%d checksums taken for %d slices", ms, len(bufs))
@@ -160,6 +164,6 @@ func BenchmarkChecksum4MiB(b *testing.B) {
 	buf := make([]byte, 4<<20)
 	b.SetBytes(int64(len(buf)))
 	for b.Loop() {
-		Castagnoli.Checksum(buf)
+		castagnoli.Checksum(buf)
 	}
 }

@@ -20,6 +20,9 @@
 //     holds the bytes, so it pins no memory.
 //   - The memo's answers are right only while the bytes it was told of do not change:
 //     its users give it raft entries' payloads, which nothing modifies once they are
-//     handed to raft (see raftlog's invariants), and only Go memory (the runtime
-//     refuses weak pointers into memory it did not allocate).
+//     handed to raft (see raftlog's invariants), and only Go memory: the runtime
+//     stops the process, unrecoverably ("getWeakHandle on invalid pointer"), when
+//     asked for a weak pointer into memory it did not allocate. Every payload the
+//     raft log and the transport see is a Go allocation (dragonboat's proposal copy,
+//     the transport's buffer per message, a decoded batch, a payload read back).
 package crcalg

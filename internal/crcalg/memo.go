@@ -35,10 +35,12 @@ type memoKey struct {
 	n int
 }
 
-// memoEntry is a checksum, known once done is closed.
+// memoEntry is a checksum, known once done is closed and ok is set (a computation
+// that did not finish leaves ok unset, and its waiters take the checksum themselves).
 type memoEntry struct {
 	done chan struct{}
 	crc  uint32
+	ok   bool
 }
 
 // NewMemo returns an empty memo.
@@ -48,35 +50,49 @@ func NewMemo() *Memo { return &Memo{m: make(map[memoKey]*memoEntry, memoSlots)} 
 // the package doc): from memory when b was seen before, otherwise taken now and
 // remembered. While another caller takes the checksum of the same slice, it waits
 // for that caller's result rather than take it a second time.
+//
+// b must be Go memory (allocated by the Go runtime, or a Go global) when it is
+// MemoMin bytes or more: the runtime stops the process, unrecoverably, when asked
+// for a weak pointer into memory it does not own (a buffer from mmap or C).
 func (m *Memo) Checksum(b []byte) uint32 {
 	if m == nil || len(b) < MemoMin {
-		return Castagnoli.Checksum(b)
+		return castagnoli.Checksum(b)
 	}
 	k := memoKey{p: weak.Make(&b[0]), n: len(b)}
 	m.mu.Lock()
 	if e, ok := m.m[k]; ok {
 		m.mu.Unlock()
-		m.hits.Add(1)
 		<-e.done
-		return e.crc
+		if e.ok {
+			m.hits.Add(1)
+			return e.crc
+		}
+		m.misses.Add(1)
+		return castagnoli.Checksum(b)
 	}
 	e := &memoEntry{done: make(chan struct{})}
 	m.put(k, e)
 	m.mu.Unlock()
 	m.misses.Add(1)
-	e.crc = Castagnoli.Checksum(b)
-	close(e.done)
+	defer func() {
+		if !e.ok { // the checksum panicked: forget the entry, release the waiters
+			m.forget(k, e)
+		}
+		close(e.done)
+	}()
+	e.crc = castagnoli.Checksum(b)
+	e.ok = true
 	return e.crc
 }
 
 // Remember records crc as the CRC-32C of b, which the caller has just checked (the
-// raft log, reading a payload back).
+// raft log, reading a payload back). b must be Go memory, as for Checksum.
 func (m *Memo) Remember(b []byte, crc uint32) {
 	if m == nil || len(b) < MemoMin {
 		return
 	}
 	k := memoKey{p: weak.Make(&b[0]), n: len(b)}
-	e := &memoEntry{done: make(chan struct{}), crc: crc}
+	e := &memoEntry{done: make(chan struct{}), crc: crc, ok: true}
 	close(e.done)
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -93,6 +109,16 @@ func (m *Memo) put(k memoKey, e *memoEntry) {
 	m.ring[m.next] = k
 	m.next = (m.next + 1) % memoSlots
 	m.m[k] = e
+}
+
+// forget removes k if it still names e (the ring keeps the key until its slot is
+// reused). Called without mu held.
+func (m *Memo) forget(k memoKey, e *memoEntry) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.m[k] == e {
+		delete(m.m, k)
+	}
 }
 
 // Stats returns how many checksums the memo answered from memory and how many it

@@ -363,13 +363,15 @@ func TestPayloadChecksumsComeFromTheMemo(t *testing.T) {
 	}
 	got := readAll(t, l, 5, 1, 2)
 	sameEntries(t, "read back", got, []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd}})
-	memo.Checksum(got[0].Cmd)
+	if crc, want := memo.Checksum(got[0].Cmd), crcalg.Castagnoli().Checksum(cmd); crc != want {
+		t.Fatalf("the memo holds %08x for the payload read back, want %08x", crc, want)
+	}
 	if hits, misses := memo.Stats(); hits != 2 || misses != 1 {
 		t.Fatalf("memo: %d hits, %d misses; want the checksum of the payload read back remembered", hits, misses)
 	}
 
 	wrong := bytes.Repeat([]byte{3}, crcalg.MemoMin)
-	memo.Remember(wrong, crcalg.Castagnoli.Checksum(wrong)^1)
+	memo.Remember(wrong, crcalg.Castagnoli().Checksum(wrong)^1)
 	save(t, l, 5, []pb.Entry{{Term: 1, Index: 2, Type: pb.EncodedEntry, Cmd: wrong}})
 	if _, _, err := l.IterateEntries(nil, 0, 5, 1, 2, 3, math.MaxUint64); err == nil || !strings.Contains(err.Error(), "corrupt") {
 		t.Fatalf("reading a payload saved with a wrong checksum: %v, want it reported corrupt", err)

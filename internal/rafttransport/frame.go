@@ -107,7 +107,7 @@ func payloadCRC(crc uint32, p []byte, memo *crcalg.Memo) uint32 {
 	if len(p) < crcalg.MemoMin || memo == nil {
 		return crc32.Update(crc, castagnoli, p)
 	}
-	return crcalg.Castagnoli.Combine(crc, memo.Checksum(p), len(p))
+	return crcalg.Castagnoli().Combine(crc, memo.Checksum(p), len(p))
 }
 
 // release drops what the encoder holds of the last frame: the payloads (dragonboat
