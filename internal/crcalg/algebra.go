@@ -10,6 +10,9 @@ type Poly struct {
 	// x2n holds x^(2^k) mod P for k = 0..63 (a shift of up to 2^64 bits), reflected:
 	// advancing a register through 2^k zero bits multiplies it by x2n[k].
 	x2n [64]uint32
+	// x2nInv holds x^(-2^k) mod P: taking a register back through 2^k zero bits
+	// (ShiftBack). x is invertible because P's constant term is one.
+	x2nInv [64]uint32
 }
 
 // NewPoly returns the algebra of the polynomial whose bit-reversed form is reflected
@@ -19,6 +22,13 @@ func NewPoly(reflected uint32) *Poly {
 	p.x2n[0] = 1 << 30 // x^1
 	for k := 1; k < len(p.x2n); k++ {
 		p.x2n[k] = p.mulModP(p.x2n[k-1], p.x2n[k-1])
+	}
+	// x^-1: the value that x times gives x^0. Multiplying by x shifts right and, when
+	// the coefficient of x^31 was set, adds P's low terms (reflected), which set the
+	// x^0 bit; undoing that on x^0 itself (1<<31) gives the inverse.
+	p.x2nInv[0] = (1<<31^reflected)<<1 | 1
+	for k := 1; k < len(p.x2nInv); k++ {
+		p.x2nInv[k] = p.mulModP(p.x2nInv[k-1], p.x2nInv[k-1])
 	}
 	return p
 }
@@ -73,10 +83,39 @@ func (p *Poly) ShiftZeros(c uint32, n int) uint32 {
 	return c
 }
 
+// ShiftBack undoes ShiftZeros: it takes a zero-register CRC c back through n zero
+// bytes, so that ShiftZeros(ShiftBack(c, n), n) == c. It costs what ShiftZeros does.
+func (p *Poly) ShiftBack(c uint32, n int) uint32 {
+	bits := uint64(n) * 8
+	for k := 0; bits != 0 && c != 0; k++ {
+		if bits&1 != 0 {
+			c = p.mulModP(p.x2nInv[k], c)
+		}
+		bits >>= 1
+	}
+	return c
+}
+
 // Combine returns the checksum of a||b (as crc32.Checksum takes it) from crcA, the
 // checksum of a, and crcB, the checksum of b, which is lenB bytes long. (The
 // inversions hash/crc32 applies cancel: a's register, advanced through b, is all
 // that b's checksum lacks.)
 func (p *Poly) Combine(crcA, crcB uint32, lenB int) uint32 {
 	return p.ShiftZeros(crcA, lenB) ^ crcB
+}
+
+// Part returns the checksum of whole[off:off+n] from crcWhole, the checksum of whole,
+// taking only the checksums of the bytes before and after the part (and two
+// shifts): a part that is most of a large slice whose checksum is known costs a
+// small fraction of a pass over it. (Combine, solved for its parts: the bytes after
+// the part are removed with ShiftBack, those before with ShiftZeros.)
+func (p *Poly) Part(crcWhole uint32, whole []byte, off, n int) uint32 {
+	c := crcWhole
+	if rest := whole[off+n:]; len(rest) > 0 {
+		c = p.ShiftBack(c^p.Checksum(rest), len(rest)) // the checksum of whole[:off+n]
+	}
+	if off > 0 {
+		c ^= p.ShiftZeros(p.Checksum(whole[:off]), n)
+	}
+	return c
 }

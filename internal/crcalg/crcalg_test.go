@@ -53,6 +53,51 @@ func TestShiftZeros(t *testing.T) {
 	}
 }
 
+// TestShiftBack checks that ShiftBack undoes ShiftZeros (and the reverse) for both
+// polynomials, across register values and lengths.
+func TestShiftBack(t *testing.T) {
+	r := rand.New(rand.NewPCG(5, 6))
+	for _, p := range []*Poly{ieee, castagnoli} {
+		for _, n := range []int{0, 1, 3, 4, 19, 4096, 65535, 1<<20 + 7, 1 << 31} {
+			for range 8 {
+				c := r.Uint32()
+				if got := p.ShiftZeros(p.ShiftBack(c, n), n); got != c {
+					t.Fatalf("poly %08x, %d bytes: ShiftZeros(ShiftBack(%08x)) = %08x", p.reflected, n, c, got)
+				}
+				if got := p.ShiftBack(p.ShiftZeros(c, n), n); got != c {
+					t.Fatalf("poly %08x, %d bytes: ShiftBack(ShiftZeros(%08x)) = %08x", p.reflected, n, c, got)
+				}
+			}
+		}
+	}
+}
+
+// TestPart checks Part against hash/crc32 for parts at the start, the end, the
+// middle and the whole of random messages.
+func TestPart(t *testing.T) {
+	r := rand.New(rand.NewPCG(7, 8))
+	for _, p := range []*Poly{ieee, castagnoli} {
+		for _, n := range []int{1, 2, 17, 4096, 65537, 1 << 20} {
+			b := make([]byte, n)
+			for i := range b {
+				b[i] = byte(r.Uint32())
+			}
+			whole := p.Checksum(b)
+			parts := [][2]int{{0, n}, {0, 0}, {n, 0}, {0, n - 1}, {1, n - 1}, {n / 3, n / 2}}
+			for range 6 {
+				off := r.IntN(n + 1)
+				parts = append(parts, [2]int{off, r.IntN(n - off + 1)})
+			}
+			for _, pt := range parts {
+				off, k := pt[0], pt[1]
+				if got, want := p.Part(whole, b, off, k), p.Checksum(b[off:off+k]); got != want {
+					t.Fatalf("poly %08x, %d bytes, part [%d, %d): %08x, want %08x", p.reflected, n, off, off+k, got, want)
+				}
+			}
+		}
+	}
+}
+
 // TestMemo checks that the memo answers with the right checksum, from memory for the
 // same slice only (not for another slice of the same bytes, nor for another length
 // or offset of the same buffer), and that a nil memo works.
@@ -90,11 +135,27 @@ func TestMemo(t *testing.T) {
 	if got := m.Checksum(c); got != 0x1234 {
 		t.Fatalf("remembered %08x, want what Remember said", got)
 	}
+	h0, ms0 := m.Stats()
+	if crc, ok := m.Known(a); !ok || crc != castagnoli.Checksum(a) {
+		t.Fatalf("Known: %08x, %v; want the checksum taken", crc, ok)
+	}
+	if crc, ok := m.Known(c); !ok || crc != 0x1234 {
+		t.Fatalf("Known: %08x, %v; want what Remember said", crc, ok)
+	}
+	if _, ok := m.Known(buf[2 : 2*MemoMin+2]); ok {
+		t.Fatal("Known answered for a slice it was never told of")
+	}
+	if h, ms := m.Stats(); h != h0 || ms != ms0 {
+		t.Fatalf("Known changed the stats: %d, %d; want %d, %d", h, ms, h0, ms0)
+	}
 	var nilMemo *Memo
 	if got, want := nilMemo.Checksum(a), castagnoli.Checksum(a); got != want {
 		t.Fatalf("nil memo %08x, want %08x", got, want)
 	}
 	nilMemo.Remember(a, 1)
+	if _, ok := nilMemo.Known(a); ok {
+		t.Fatal("a nil memo knows a checksum")
+	}
 }
 
 // TestMemoForgetsTheOldest checks the memo's bound: past memoSlots slices the first

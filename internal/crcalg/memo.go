@@ -14,7 +14,7 @@ const MemoMin = 64 << 10
 // is wanted again within moments (the raft log and the transport of one node take
 // the same entry within one step of raft), so a few hundred serve every group of a
 // busy node; one pushed out early is only taken again.
-const memoSlots = 256
+const memoSlots = 512
 
 // Memo remembers the CRC-32C of large byte slices, so that the raft log and the
 // transport of one node take each raft payload's checksum once (see the package
@@ -83,6 +83,24 @@ func (m *Memo) Checksum(b []byte) uint32 {
 	e.crc = castagnoli.Checksum(b)
 	e.ok = true
 	return e.crc
+}
+
+// Known returns the CRC-32C of b when the memo holds it, without taking it: for a
+// caller that derives what it needs from it (Poly.Part), and would otherwise take a
+// checksum of other bytes than b. It waits for a checksum being taken.
+func (m *Memo) Known(b []byte) (uint32, bool) {
+	if m == nil || len(b) < MemoMin {
+		return 0, false
+	}
+	k := memoKey{p: weak.Make(&b[0]), n: len(b)}
+	m.mu.Lock()
+	e, ok := m.m[k]
+	m.mu.Unlock()
+	if !ok {
+		return 0, false
+	}
+	<-e.done // not counted in Stats: those are the checksums the memo's users needed
+	return e.crc, e.ok
 }
 
 // Remember records crc as the CRC-32C of b, which the caller has just checked (the
