@@ -236,6 +236,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	}
 	// The raft log and the transport share their payloads' checksums (crcalg).
 	crcMemo := crcalg.NewMemo()
+	store.SetChecksums(crcMemo) // records of large events derive theirs from their entries'
 	nh, err := dragonboat.NewNodeHost(config.NodeHostConfig{
 		DeploymentID:      ident.DeploymentID,
 		NodeHostDir:       filepath.Join(cfg.DataDir, "raft"),
@@ -346,6 +347,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	rel.RaftPayloadSpares(cfg.NodeID, func() float64 { return float64(spares.Load()) })
 	rel.RaftPayloadRecycled(cfg.NodeID, func() float64 { return float64(recycled.Load()) })
 	rel.RaftPayloadChecksums(cfg.NodeID, func() float64 { h, _ := crcMemo.Stats(); return float64(h) }, func() float64 { _, m := crcMemo.Stats(); return float64(m) })
+	rel.SegmentChecksumsDerived(cfg.NodeID, func() float64 { return float64(store.DerivedChecksumBytes()) })
 	rel.BufferedIO(cfg.NodeID, cfg.BufferedIO)
 	rel.SegmentDirectIO(cfg.NodeID, func() float64 {
 		if store.DirectIO() {

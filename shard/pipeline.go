@@ -24,7 +24,7 @@ func (p *pipeline) drain(ctx context.Context, src eventSource) (int, error) {
 			return len(more), err
 		}
 		p.release(src, raw)
-		if p.batchBytes >= p.maxBatch {
+		if p.batchBytes >= p.maxBatch || p.lone {
 			if err := p.flush(ctx, true); err != nil {
 				return len(more), err
 			}
@@ -73,6 +73,9 @@ type pipeline struct {
 	batchBytes  int
 	batchTxns   uint64
 	batchEvents int
+	// lone says the batch holds an item of loneItemBytes or more: it is proposed
+	// without waiting for more (see loneItemBytes).
+	lone bool
 	// proposed is the ordinal after every proposal made (committed or in flight).
 	proposed uint64
 	pending  []inflight
@@ -324,7 +327,7 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 			t.first = false
 		}
 		t.events = nil
-		if p.batchBytes >= p.maxBatch {
+		if p.batchBytes >= p.maxBatch || p.lone {
 			if err := p.flush(ctx, true); err != nil {
 				return err
 			}
@@ -425,4 +428,13 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 	p.items = append(p.items, it)
 	p.batchBytes += bytes
 	p.batchTxns += txns
+	p.lone = p.lone || it.Txn != nil && bytes >= loneItemBytes
 }
+
+// loneItemBytes is the size from which a transaction (or a piece of one) ends its
+// batch: the proposal is sent without waiting for more items after it, so that its
+// events are most of their raft entry and each replica derives their records'
+// checksums from the entry's rather than take them (statemachine/segcrc.go, which
+// does so only when the entry's other bytes are few). Smaller items are batched as
+// before: batching is what makes small transactions cheap.
+const loneItemBytes = 1 << 20

@@ -96,7 +96,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		p.batchAck = nil
 		p.proposed += p.batchTxns
 		p.inflightBytes += p.batchBytes
-		p.items, p.batchBytes, p.batchTxns, p.batchEvents = nil, 0, 0, 0
+		p.items, p.batchBytes, p.batchTxns, p.batchEvents, p.lone = nil, 0, 0, 0, false
 		return nil
 	}
 	if p.cur == nil {

@@ -348,3 +348,21 @@ func TestPipelineRollsLargeServedFiles(t *testing.T) {
 		t.Fatalf("%d files for 6 transactions of about 1.2 KB with a 2000-byte limit", files)
 	}
 }
+
+// TestPipelineLargeTransactionEndsItsBatch: a transaction of loneItemBytes or more
+// marks its batch to be proposed at once (the drain loop proposes it), so that its
+// events are most of their raft entry; smaller ones leave the batch open for more.
+func TestPipelineLargeTransactionEndsItsBatch(t *testing.T) {
+	p := newPipeline(binlog.Position{0: gtid(3)}, false, "")
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	for i := range 20 {
+		feed(t, p, rowTxn(gtid(uint64(10+i)), 50<<10)...)
+	}
+	if p.lone {
+		t.Fatal("transactions of 50 KiB ended their batch")
+	}
+	feed(t, p, rowTxn(gtid(40), loneItemBytes)...)
+	if !p.lone {
+		t.Fatal("a transaction of more than loneItemBytes left its batch open")
+	}
+}

@@ -326,6 +326,9 @@ type batch struct {
 	// cmdBytes is the size of the Update's commands: what tells a bulk load's Update
 	// from a trickle's (see closeDue).
 	cmdBytes int
+	// known is the entry being applied and its checksum, when the node's memo knows
+	// it: its records' checksums are derived from it (segcrc.go).
+	known knownCRC
 }
 
 // Update applies committed entries in order. Rejections are results, not errors: an
@@ -344,6 +347,7 @@ func (g *Group) Update(entries []sm.Entry) ([]sm.Entry, error) {
 	}()
 	for i := range entries {
 		e := &entries[i]
+		bt.known = know(g.store.crc, e.Cmd)
 		res, err := g.apply(bt, e.Index, e.Cmd)
 		if err != nil {
 			return nil, fmt.Errorf("group %d: apply entry %d: %w", g.id, e.Index, err)

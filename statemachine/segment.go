@@ -63,6 +63,15 @@ func sealRecord(rec []byte, typ byte, index uint64) {
 	binary.LittleEndian.PutUint32(rec[4:], recordCRC(rec[:recordHeaderLen], rec[recordHeaderLen:]))
 }
 
+// sealRecordCRC is sealRecord for a payload whose CRC32C is payloadCRC (derived, see
+// segcrc.go).
+func sealRecordCRC(rec []byte, typ byte, index uint64, payloadCRC uint32) {
+	binary.LittleEndian.PutUint32(rec[0:], uint32(len(rec)-recordHeaderLen))
+	binary.LittleEndian.PutUint64(rec[8:], index)
+	rec[16] = typ
+	binary.LittleEndian.PutUint32(rec[4:], recordCRCOf(rec, payloadCRC, len(rec)-recordHeaderLen))
+}
+
 // recordHeader is a decoded record header.
 type recordHeader struct {
 	Len   uint32

@@ -3,6 +3,7 @@ package statemachine
 import (
 	"encoding/binary"
 	"hash/crc32"
+	"iter"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 )
@@ -36,6 +37,8 @@ type placedRecord struct {
 	src     []byte
 	patches []patch
 	next    int // the first patch not wholly before the last fill
+	// derived says the header's checksum was derived from the entry's (segcrc.go).
+	derived bool
 }
 
 func (r *placedRecord) size() int { return recordHeaderLen + len(r.src) }
@@ -68,13 +71,15 @@ func (r *placedRecord) fill(dst []byte, off int) {
 // placeRecord prepares r to write events, a payload of whole events that starts at
 // served position start, as a record of type typ for raft entry index: the events
 // placed as binlog.Placer would place them, and the header with the CRC32C of what is
-// written. It reports false, leaving the work to the Placer, when events does not
-// split into whole events (an event cut across pieces, or damage apply's checks let
-// through), and r then holds nothing of events.
-func (g *Group) placeRecord(r *placedRecord, events []byte, start uint64, typ byte, index uint64) bool {
+// written, derived from the entry's (known) where that is cheaper (segcrc.go). It
+// reports false, leaving the work to the Placer, when events does not split into
+// whole events (an event cut across pieces, or damage apply's checks let through),
+// and r then holds nothing of events.
+func (g *Group) placeRecord(r *placedRecord, events []byte, start uint64, typ byte, index uint64, known *knownCRC) bool {
 	// Whole events only: a piece that ends inside an event (the first of every event
 	// larger than a piece) is found by its headers alone, before any other work.
-	for off := 0; off < len(events); {
+	count := 0
+	for off := 0; off < len(events); count++ {
 		if len(events)-off < binlog.HeaderLen {
 			return false
 		}
@@ -88,7 +93,6 @@ func (g *Group) placeRecord(r *placedRecord, events []byte, start uint64, typ by
 	binary.LittleEndian.PutUint32(r.hdr[0:], uint32(len(events)))
 	binary.LittleEndian.PutUint64(r.hdr[8:], index)
 	r.hdr[16] = typ
-	c := crc32.Update(0, castagnoli, r.hdr[8:recordHeaderLen])
 	pos := start
 	checksummed := g.m.Checksummed
 	for off := 0; off < len(events); {
@@ -99,19 +103,51 @@ func (g *Group) placeRecord(r *placedRecord, events []byte, start uint64, typ by
 		hp := patch{off: off + 13, n: uint8(len(head))}
 		copy(hp.b[:], head[:])
 		r.patches = append(r.patches, hp)
-		c = crc32.Update(c, castagnoli, ev[:13])
-		c = crc32.Update(c, castagnoli, head[:])
 		if checksummed && size >= binlog.HeaderLen+binlog.ChecksumLen {
 			tp := patch{off: off + size - binlog.ChecksumLen, n: binlog.ChecksumLen}
 			binary.LittleEndian.PutUint32(tp.b[:], trailer)
 			r.patches = append(r.patches, tp)
-			c = crc32.Update(c, castagnoli, ev[19:size-binlog.ChecksumLen])
-			c = crc32.Update(c, castagnoli, tp.b[:binlog.ChecksumLen])
-		} else {
-			c = crc32.Update(c, castagnoli, ev[19:])
 		}
 		off += size
 	}
+	var c uint32
+	if crc, ok := known.part(events, count); ok {
+		c = recordCRCOf(r.hdr[:], patchedCRC(crc, len(events), r.changes()), len(events))
+		r.derived = true
+	} else {
+		c, r.derived = r.checksum(), false
+	}
 	binary.LittleEndian.PutUint32(r.hdr[4:], c)
 	return true
+}
+
+// checksum takes the record's CRC32C in one pass: its header, then its source with
+// the patches in their place.
+func (r *placedRecord) checksum() uint32 {
+	c := crc32.Update(0, castagnoli, r.hdr[8:recordHeaderLen])
+	at := 0
+	for i := range r.patches {
+		p := &r.patches[i]
+		c = crc32.Update(c, castagnoli, r.src[at:p.off])
+		c = crc32.Update(c, castagnoli, p.b[:p.n])
+		at = p.off + int(p.n)
+	}
+	return crc32.Update(c, castagnoli, r.src[at:])
+}
+
+// changes yields the record's patches as changes to its source: offset, and the
+// source's bytes XOR the patch's.
+func (r *placedRecord) changes() iter.Seq2[int, []byte] {
+	return func(yield func(int, []byte) bool) {
+		var d [6]byte
+		for i := range r.patches {
+			p := &r.patches[i]
+			for j := range int(p.n) {
+				d[j] = r.src[p.off+j] ^ p.b[j]
+			}
+			if !yield(p.off, d[:p.n]) {
+				return
+			}
+		}
+	}
 }

@@ -33,7 +33,7 @@ func TestPlacedRecordFills(t *testing.T) {
 		g := &Group{}
 		g.m.Checksummed = checksummed
 		var r placedRecord
-		if !g.placeRecord(&r, events, start, recTxn, 77) {
+		if !g.placeRecord(&r, events, start, recTxn, 77, nil) {
 			t.Fatalf("round %d: whole events refused", round)
 		}
 		placed := bytes.Clone(events)
@@ -61,7 +61,7 @@ func TestPlacedRecordFills(t *testing.T) {
 		if !bytes.Equal(events, orig) {
 			t.Fatalf("round %d: the entry's events were modified", round)
 		}
-		if g.placeRecord(&r, events[:len(events)-1], start, recTxn, 77) {
+		if g.placeRecord(&r, events[:len(events)-1], start, recTxn, 77, nil) {
 			t.Fatalf("round %d: a cut event was taken as whole", round)
 		}
 	}

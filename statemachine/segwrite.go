@@ -102,20 +102,31 @@ func (g *Group) addRecordPlaced(bt *batch, typ byte, index uint64, payload []byt
 		}
 	}
 	if place && len(payload) >= placedMin && g.m.Pending.EventLeft == 0 && g.seg.staged(recordHeaderLen+len(payload)) &&
-		g.placeRecord(&g.placed, payload, g.m.PartServed, typ, index) {
+		g.placeRecord(&g.placed, payload, g.m.PartServed, typ, index, &bt.known) {
+		if g.placed.derived {
+			g.store.derivedBytes.Add(int64(len(payload)))
+		}
 		return g.writePlaced(bt, len(payload))
 	}
 	before := len(bt.buf)
 	var hdr [recordHeaderLen]byte
 	bt.buf = append(bt.buf, hdr[:]...)
 	bt.buf = append(bt.buf, payload...)
+	var left uint64 // where in an event the payload starts
 	if place {
+		left = g.m.Pending.EventLeft
 		if err := g.place(bt.buf[before+recordHeaderLen:], g.m.PartServed); err != nil {
 			bt.buf = bt.buf[:before]
 			return err
 		}
 	}
-	sealRecord(bt.buf[before:], typ, index)
+	rec := bt.buf[before:]
+	if crc, ok := placedPartCRC(&bt.known, payload, rec[recordHeaderLen:], left); ok {
+		sealRecordCRC(rec, typ, index, crc)
+		g.store.derivedBytes.Add(int64(len(payload)))
+	} else {
+		sealRecord(rec, typ, index)
+	}
 	g.m.PartSeg += uint64(len(bt.buf) - before)
 	g.m.PartServed += uint64(len(payload))
 	if len(bt.buf) >= writebackChunk {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
@@ -50,6 +51,10 @@ type Store struct {
 	// generations in it.
 	records *recordCache
 	gens    atomic.Uint64
+	// crc is the node's checksum memo (SetChecksums), nil for none; derivedBytes
+	// counts the record payload bytes whose checksums were derived from it.
+	crc          *crcalg.Memo
+	derivedBytes atomic.Int64
 	// now is the clock that dates a file's closing (fileInfo.ClosedAt), the one
 	// thing apply takes from the replica rather than the log: tests that compare two
 	// stores' segments byte for byte fix it.
@@ -62,6 +67,15 @@ const DefaultSegmentSize = 256 << 20
 // SetRecordCache bounds the payload bytes of the record cache that cursors share
 // (see recordCache; 0 turns it off). Call it before groups are started.
 func (s *Store) SetRecordCache(n int64) { s.records.max = n }
+
+// SetChecksums gives the store the node's checksum memo, which its raft log fills:
+// records of large events then take their checksums from their raft entries'
+// (segcrc.go). Call it before groups are started.
+func (s *Store) SetChecksums(m *crcalg.Memo) { s.crc = m }
+
+// DerivedChecksumBytes returns how many bytes of records had their checksums derived
+// from their raft entries' (SetChecksums) rather than taken by a pass over them.
+func (s *Store) DerivedChecksumBytes() int64 { return s.derivedBytes.Load() }
 
 // SetSegmentSize sets where segment parts roll; call it before groups are started.
 // Small parts make compression and purge finer-grained; 0 keeps one part per file.

@@ -131,6 +131,14 @@ func (r *Relay) RaftPayloadChecksums(nodeID uint64, memo, taken func() float64) 
 	}
 }
 
+// SegmentChecksumsDerived exports how many bytes of segment records had their CRC32C
+// derived from their raft entries' (read at scrape time) instead of taken by a pass
+// over them: records of large events, when the raft log knew their entries'.
+func (r *Relay) SegmentChecksumsDerived(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "flotilla", Name: "segment_checksums_derived_bytes_total",
+		Help: "Bytes of segment records whose CRC32C was derived from their raft entries' checksums rather than taken by a pass over them (records of large events).", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
+}
+
 // SegmentDirectIO exports whether segments are written with direct I/O (read at
 // scrape time): 0 where the filesystem refused it (see statemachine.Store.DirectIO).
 func (r *Relay) SegmentDirectIO(nodeID uint64, read func() float64) {

@@ -312,6 +312,7 @@ func (l *LogDB) SaveRaftState(updates []pb.Update, shardID uint64) error {
 				return err
 			}
 			r.typ = uint32(e.Type)
+			l.rememberCommand(e.Type, e.Cmd, r.crc)
 			if len(touched) == 0 || touched[len(touched)-1] != g {
 				touched = append(touched, g)
 			}
@@ -377,6 +378,7 @@ func (l *LogDB) IterateEntries(ents []pb.Entry, size uint64, clusterID uint64, n
 				return nil, 0, fmt.Errorf("raft log of group %d (replica %d), entry %d: %w", clusterID, nodeID, e.Index, err)
 			}
 			e.Type = pb.EntryType(r.typ)
+			l.rememberCommand(e.Type, e.Cmd, r.crc)
 		}
 		size += uint64(e.SizeUpperLimit())
 		if size > maxSize {
@@ -384,6 +386,19 @@ func (l *LogDB) IterateEntries(ents []pb.Entry, size uint64, clusterID uint64, n
 		}
 	}
 	return got, size, nil
+}
+
+// rememberCommand tells the node's memo the CRC-32C of what the state machine is
+// handed of an entry whose payload's checksum is crc: dragonboat gives it an encoded
+// entry's payload past its one-byte header (0: version 0, uncompressed, no session),
+// a slice of the same bytes. The state machine derives its records' checksums from
+// it (crcalg.Poly.Part) rather than take them again (statemachine/segcrc.go).
+func (l *LogDB) rememberCommand(typ pb.EntryType, payload []byte, crc uint32) {
+	if l.crc == nil || typ != pb.EncodedEntry || len(payload) < 2 || payload[0] != 0 {
+		return
+	}
+	c := crcalg.Castagnoli()
+	l.crc.Remember(payload[1:], crc^c.ShiftZeros(c.Checksum(payload[:1]), len(payload)-1))
 }
 
 // RemoveEntriesTo removes entries up to index, then the payload files that hold

@@ -378,6 +378,38 @@ func TestPayloadChecksumsComeFromTheMemo(t *testing.T) {
 	}
 }
 
+// TestStateMachinesCommandIsRemembered: the memo learns the checksum of what the state
+// machine is handed of a large encoded entry (its payload past dragonboat's header
+// byte, 0 when uncompressed) when the entry is saved and when it is read back, and
+// of nothing else: another header byte (a compressed entry, decoded into a new
+// slice) leaves it unknown.
+func TestStateMachinesCommandIsRemembered(t *testing.T) {
+	fs := gvfs.NewMem()
+	l := openTestLog(t, fs)
+	defer l.Close()
+	memo := crcalg.NewMemo()
+	l.crc = memo
+	cmd := append([]byte{0}, bytes.Repeat([]byte{7, 1, 9}, crcalg.MemoMin)...)
+	other := append([]byte{2}, bytes.Repeat([]byte{5}, crcalg.MemoMin)...)
+	save(t, l, 5, []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd}, {Term: 1, Index: 2, Type: pb.EncodedEntry, Cmd: other}})
+	known := func(what string, b []byte) {
+		t.Helper()
+		crc, ok := memo.Known(b)
+		if want := crcalg.Castagnoli().Checksum(b); !ok || crc != want {
+			t.Fatalf("%s: the memo holds %08x (known %v), want %08x", what, crc, ok, want)
+		}
+	}
+	known("saved", cmd[1:])
+	if _, ok := memo.Known(other[1:]); ok {
+		t.Fatal("the memo knows the command of an entry whose header byte is not 0")
+	}
+	got := readAll(t, l, 5, 1, 3)
+	known("read back", got[0].Cmd[1:])
+	if _, ok := memo.Known(got[1].Cmd[1:]); ok {
+		t.Fatal("the memo knows the command of an entry read back whose header byte is not 0")
+	}
+}
+
 // TestPayloadFilesWaitForTheirVersion: until On is set (the cluster version that
 // needs a release able to read them is recorded), every entry is saved whole, as an
 // older release saves and reads it; after, large ones become references, and a log

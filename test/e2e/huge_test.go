@@ -121,6 +121,13 @@ func TestHugeEventsAndTransactions(t *testing.T) {
 		waitCaughtUp(ctx, t, fmt.Sprintf("replica %d", i), master, r, 5*time.Minute)
 	}
 	servePeak := peakRSS(t, fl.PID())
+	// The records of the transaction's 1 MiB events took their checksums from their
+	// raft entries' (statemachine/segcrc.go); the replicas read them back checked.
+	if _, body, err := httpGet("http://" + metricsAddr + "/metrics"); err != nil {
+		t.Fatalf("node metrics: %v", err)
+	} else if derived, _ := metricValue(body, "flotilla_segment_checksums_derived_bytes_total"); derived < hugeTxnRows*hugeTxnRowLen/2 {
+		t.Fatalf("records' checksums derived for %.0f bytes, want at least half of the %d MiB transaction's", derived, (hugeTxnRows*hugeTxnRowLen)>>20)
+	}
 	heap1 := heapFigures(t, metricsAddr)
 	t.Logf("serving: the node's heap allocated %.0f MiB in %.0f collections (record cache: %.0f hits, %.0f misses); in use %.0f MiB before, %.0f MiB after",
 		(heap1.alloc-heap0.alloc)/(1<<20), heap1.gcs-heap0.gcs, heap1.hits-heap0.hits, heap1.misses-heap0.misses, heap0.inUse/(1<<20), heap1.inUse/(1<<20))
