@@ -43,6 +43,10 @@
 //     (files.go). The power-loss test runs the store on a filesystem that loses a
 //     random share of what was not synced: a missing fsync shows as lost or torn
 //     data in some of its rounds.
+//   - A record's checksum is that of its bytes as written, taken by a pass or, for
+//     large events, derived from its raft entry's (segcrc.go): the node's memo
+//     answers only for the entry's own bytes, which nothing modifies (crcalg), and
+//     the derivation is exact (its tests compare it with the pass).
 //   - Snapshots carry the open pieces of a transaction with the meta that says so: a
 //     replica restored from one accepts the next pieces as its peers do (snapshot.go).
 //   - Compression replaces a closed part only once the plain part is durable and its

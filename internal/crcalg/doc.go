@@ -9,7 +9,10 @@
 // cluster besides the segments' own: by the leader's raft log, by the leader's
 // transport once per follower, and by each follower's transport and raft log. The
 // same bytes, the same polynomial. With the memo, the leader takes it once and each
-// follower once (its transport's check), which its raft log then reuses.
+// follower once (its transport's check), which its raft log then reuses. The raft
+// log also tells it the checksum of what the state machine is handed (the payload
+// past dragonboat's header byte), from which the state machine derives its records'
+// (Part: the checksum of a part of a slice from the whole's).
 //
 // Invariants:
 //   - Combine and ShiftZeros are exact: Combine(crc(a), crc(b), len(b)) is

@@ -954,6 +954,8 @@ func spares(ctx context.Context, metricsAddr string) float64 {
 // ingest3Only runs the three-replica ingest FLOTILLA_BENCH_INGEST_ROUNDS times (3 by
 // default), each of a new upstream of the same master removed after it, and prints
 // each one's rate and the nodes' CPU per GiB: no report, no baseline, not a figure.
+// FLOTILLA_BENCH_PROFILE=FILE saves the nodes' CPU profiles of the first ingest
+// (FILE.3node1 to FILE.3node3).
 func ingest3Only(ctx context.Context, b *testing.B, dir string, m *mariadbtest.Server, gtid string) {
 	var metrics []string
 	nodes := flotillatest.StartClusterWith(ctx, b, filepath.Join(dir, "three"), 3, func(n *flotillatest.Node) {
@@ -969,7 +971,15 @@ func ingest3Only(ctx context.Context, b *testing.B, dir string, m *mariadbtest.S
 		memo0, taken0 := payloadChecksums(ctx, metrics)
 		derived0 := derivedChecksums(ctx, metrics)
 		name := fmt.Sprintf("three%d", k)
-		r := ingest(ctx, b, nodes[0], name, m.Addr(), gtid, nil, "--replicas", "3", "--serve-from", "any")
+		var onStream func()
+		if path := os.Getenv("FLOTILLA_BENCH_PROFILE"); path != "" && k == 1 {
+			onStream = func() { // as the full bench's: each node's first second of the first ingest
+				for i, addr := range metrics {
+					go saveProfile(ctx, addr, fmt.Sprintf("%s.3node%d", path, i+1), time.Second)
+				}
+			}
+		}
+		r := ingest(ctx, b, nodes[0], name, m.Addr(), gtid, onStream, "--replicas", "3", "--serve-from", "any")
 		cpu := -cpu0
 		for _, n := range nodes {
 			cpu += cpuSeconds(b, n.PID())
