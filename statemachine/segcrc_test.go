@@ -2,6 +2,7 @@ package statemachine
 
 import (
 	"bytes"
+	"encoding/binary"
 	"hash/crc32"
 	"math/rand/v2"
 	"testing"
@@ -88,6 +89,68 @@ func TestPlacedRecordDerivesItsChecksum(t *testing.T) {
 	}
 }
 
+// testPieces cuts a stream of events into pieces as the syncer does: whole events
+// until a piece holds limit bytes or more, an event larger than limit cut where
+// binlog.CutEvent says (its first part ends the piece before it).
+func testPieces(stream []byte, limit int) [][]byte {
+	var out [][]byte
+	start := 0
+	for off := 0; off < len(stream); {
+		size := int(binary.LittleEndian.Uint32(stream[off+9:]))
+		if size > limit {
+			for _, c := range binlog.CutEvent(size, limit) {
+				out = append(out, stream[start:off+c])
+				start = off + c
+			}
+		}
+		off += size
+		if off-start >= limit {
+			out = append(out, stream[start:off])
+			start = off
+		}
+	}
+	if start < len(stream) {
+		out = append(out, stream[start:])
+	}
+	return out
+}
+
+// checkPieces places the pieces of a stream one after the other, as apply does, and
+// fails if a checksum derived from a piece's entry differs from the pass's: on the
+// Placer's path (placedPartCRC) and, for pieces of whole events, on the placed path
+// (placeRecord). It returns how many were derived.
+func checkPieces(t *testing.T, rnd *rand.Rand, pieces [][]byte, checksummed bool) (derived int) {
+	t.Helper()
+	var pl binlog.Placer
+	pos := uint64(4 + rnd.IntN(1<<20))
+	for i, piece := range pieces {
+		payload, known := testCommand(rnd, piece, 32)
+		left := pl.Left
+		if left == 0 {
+			g := &Group{}
+			g.m.Checksummed = checksummed
+			var want, got placedRecord
+			if g.placeRecord(&want, payload, pos, recPart, 9, nil) {
+				if !g.placeRecord(&got, payload, pos, recPart, 9, &known) || got.hdr != want.hdr {
+					t.Fatalf("piece %d of %d (checksummed %v): placed record header %x (derived %v), want %x", i, len(pieces), checksummed, got.hdr, got.derived, want.hdr)
+				}
+			}
+		}
+		placed := bytes.Clone(payload)
+		if err := pl.Place(placed, pos, binlog.FlagBinlogInUse, checksummed); err != nil {
+			t.Fatalf("piece %d: place: %v", i, err)
+		}
+		if got, ok := placedPartCRC(&known, payload, placed, left); ok {
+			derived++
+			if want := crc32.Checksum(placed, castagnoli); got != want {
+				t.Fatalf("piece %d of %d (checksummed %v, %d bytes, %d bytes into an event): derived %08x, want %08x", i, len(pieces), checksummed, len(piece), left, got, want)
+			}
+		}
+		pos += uint64(len(piece))
+	}
+	return derived
+}
+
 // TestPlacedPartDerivesItsChecksum: a piece of a transaction whose events are cut
 // across pieces (binlog.CutEvent), placed by the Placer piece after piece, gets the
 // checksum of its placed bytes derived from its entry's, whatever event it begins or
@@ -105,45 +168,35 @@ func TestPlacedPartDerivesItsChecksum(t *testing.T) {
 			}
 			stream = append(stream, binlog.NewOpaque(byte(20+i), testServer, size, checksummed)...)
 		}
-		limit := 64<<10 + rnd.IntN(256<<10)
-		var pl binlog.Placer
-		pos := uint64(4 + rnd.IntN(1<<20))
-		for off := 0; off < len(stream); {
-			end := min(off+limit, len(stream))
-			// A piece may end inside an event, but not inside a header or trailer.
-			var s binlog.Stream
-			_ = s.Feed(stream[:end], func([]byte, bool, bool) error { return nil })
-			if left := int(s.Left); left > 0 && left < binlog.ChecksumLen {
-				end -= binlog.ChecksumLen - left
-			}
-			for h := 0; h < end; {
-				size := int(uint32(stream[h+9]) | uint32(stream[h+10])<<8 | uint32(stream[h+11])<<16)
-				if end > h && end < h+binlog.HeaderLen {
-					end = h
-				}
-				h += size
-			}
-			if end <= off {
-				end = min(off+limit, len(stream))
-			}
-			payload, known := testCommand(rnd, stream[off:end], 32)
-			left := pl.Left
-			placed := bytes.Clone(payload)
-			if err := pl.Place(placed, pos, binlog.FlagBinlogInUse, checksummed); err != nil {
-				t.Fatalf("round %d: place: %v", round, err)
-			}
-			want := crc32.Checksum(placed, castagnoli)
-			if got, ok := placedPartCRC(&known, payload, placed, left); ok {
-				derived++
-				if got != want {
-					t.Fatalf("round %d (checksummed %v), piece at %d of %d (%d bytes into an event): derived %08x, want %08x", round, checksummed, off, len(stream), left, got, want)
-				}
-			}
-			pos += uint64(end - off)
-			off = end
-		}
+		derived += checkPieces(t, rnd, testPieces(stream, 64<<10+rnd.IntN(256<<10)), checksummed)
 	}
 	if derived < 40 {
 		t.Fatalf("only %d pieces derived their checksum: the test does not exercise the algebra", derived)
 	}
+}
+
+// FuzzDerivedChecksum: for any stream of events (sizes from the input, small and
+// large, around derivedMinEvent) cut into pieces of 64 KiB to 576 KiB, a derived
+// checksum equals the pass's.
+func FuzzDerivedChecksum(f *testing.F) {
+	f.Add([]byte{1, 2, 3, 200, 7, 9}, uint16(100), true, uint64(1))
+	f.Add([]byte{255, 255, 0, 1}, uint16(0), false, uint64(2))
+	f.Fuzz(func(t *testing.T, sizes []byte, limit uint16, checksummed bool, seed uint64) {
+		if len(sizes) > 16 {
+			sizes = sizes[:16]
+		}
+		var stream []byte
+		for i, v := range sizes {
+			size := int(v)
+			if v&1 == 1 {
+				size = derivedMinEvent/2 + int(v)*1024
+			}
+			stream = append(stream, binlog.NewOpaque(byte(20+i), testServer, size, checksummed)...)
+		}
+		if len(stream) == 0 {
+			return
+		}
+		// Pieces of 64 KiB and more, as derivation asks (a piece ends past the limit).
+		checkPieces(t, rand.New(rand.NewPCG(seed, 1)), testPieces(stream, derivedMinEvent+int(limit)*8), checksummed)
+	})
 }
