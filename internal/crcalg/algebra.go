@@ -72,24 +72,18 @@ func (p *Poly) mulModP(a, b uint32) uint32 {
 
 // ShiftZeros advances a zero-register CRC c (no initial or final inversion) through
 // n zero bytes. It costs one 32-step multiplication per one in n's binary form.
-func (p *Poly) ShiftZeros(c uint32, n int) uint32 {
-	bits := uint64(n) * 8
-	for k := 0; bits != 0 && c != 0; k++ {
-		if bits&1 != 0 {
-			c = p.mulModP(p.x2n[k], c)
-		}
-		bits >>= 1
-	}
-	return c
-}
+func (p *Poly) ShiftZeros(c uint32, n int) uint32 { return p.shift(c, n, &p.x2n) }
 
 // ShiftBack undoes ShiftZeros: it takes a zero-register CRC c back through n zero
 // bytes, so that ShiftZeros(ShiftBack(c, n), n) == c. It costs what ShiftZeros does.
-func (p *Poly) ShiftBack(c uint32, n int) uint32 {
+func (p *Poly) ShiftBack(c uint32, n int) uint32 { return p.shift(c, n, &p.x2nInv) }
+
+// shift multiplies c by x^(8n) or, with the inverse powers, by x^(-8n).
+func (p *Poly) shift(c uint32, n int, powers *[64]uint32) uint32 {
 	bits := uint64(n) * 8
 	for k := 0; bits != 0 && c != 0; k++ {
 		if bits&1 != 0 {
-			c = p.mulModP(p.x2nInv[k], c)
+			c = p.mulModP(powers[k], c)
 		}
 		bits >>= 1
 	}
