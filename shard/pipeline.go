@@ -435,6 +435,11 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 // batch: the proposal is sent without waiting for more items after it, so that its
 // events are most of their raft entry and each replica derives their records'
 // checksums from the entry's rather than take them (statemachine/segcrc.go, which
-// does so only when the entry's other bytes are few). Smaller items are batched as
-// before: batching is what makes small transactions cheap.
+// does so only when the entry's other bytes are few). Best effort: the items already
+// in the batch stay with it (a batch of small transactions before a large one may
+// still be most of the entry). Smaller items are batched as before: batching is what
+// makes small transactions cheap. The proposals are smaller, and at most maxInflight
+// of them are in flight: a stream of 1 MiB transactions keeps about 4 MiB in
+// flight where 4 MiB batches kept 16 (not measured: the bench's large transactions
+// are 3 MiB and more).
 const loneItemBytes = 1 << 20

@@ -225,7 +225,7 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 			return false, err
 		}
 		p.release(src, raw)
-		if p.batchBytes >= p.maxBatch {
+		if p.batchBytes >= p.maxBatch || p.lone {
 			if err := p.flush(ctx, true); err != nil {
 				return false, err
 			}

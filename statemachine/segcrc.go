@@ -1,10 +1,9 @@
 package statemachine
 
 import (
+	"errors"
 	"hash/crc32"
 	"iter"
-
-	"errors"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/internal/crcalg"
@@ -17,11 +16,8 @@ import (
 // A record's payload is part of that command, with a few bytes changed in each event
 // (log_pos, flags, trailer: see segplace.go): CRC-32 is linear, so the record's
 // checksum is the part's (crcalg.Poly.Part) with the changes' effect added
-// (patchedCRC). The pass it replaces was the first read of bytes long out of the
-// CPU's caches; without it the copy into the segment's stage is that first read,
-// and pays most of what the pass did (0.52's profiles): the saving is real on a
-// one-replica ingest and small with three nodes sharing a machine (see the README).
-// The algebra costs a few microseconds per changed place (crcalg's
+// (patchedCRC). What that saves is measured in the README ("Release 0.52"). The
+// algebra costs a few microseconds per changed place (crcalg's
 // multiplications), so it serves only events of derivedMinEvent bytes or more on
 // average: for smaller ones the pass is cheaper. The bytes written are the same
 // either way.
@@ -44,8 +40,8 @@ func know(memo *crcalg.Memo, cmd []byte) knownCRC {
 	return knownCRC{cmd: cmd, crc: crc, ok: ok}
 }
 
-// part returns the CRC32C of events (count of them begin in it) when they are a part
-// of the command whose checksum is known and deriving it is cheaper than a pass over
+// part returns the CRC32C of events (holding count events or parts of events: the
+// changes to come are about twice as many) when they are a part of the command whose checksum is known and deriving it is cheaper than a pass over
 // them: the command's other bytes are few (their checksums are taken: a quarter
 // of events' size at most), and its events large.
 func (k *knownCRC) part(events []byte, count int) (uint32, bool) {
@@ -138,12 +134,12 @@ func placedPartCRC(known *knownCRC, payload, placed []byte, left uint64) (uint32
 			lo := at
 			if first {
 				if !region(at+13, at+binlog.HeaderLen) {
-					return errStop
+					return errStopChanges
 				}
 				lo = at + binlog.HeaderLen
 			}
 			if last && !region(max(lo, off-binlog.ChecksumLen), off) {
-				return errStop
+				return errStopChanges
 			}
 			return nil
 		})
@@ -151,4 +147,5 @@ func placedPartCRC(known *knownCRC, payload, placed []byte, left uint64) (uint32
 	return patchedCRC(crc, len(payload), changes), true
 }
 
-var errStop = errors.New("stop")
+// errStopChanges ends placedPartCRC's walk when its consumer stops early.
+var errStopChanges = errors.New("stop the changes")

@@ -59,7 +59,10 @@ func TestPlacedRecordDerivesItsChecksum(t *testing.T) {
 		if got.hdr != want.hdr {
 			t.Fatalf("round %d (checksummed %v, %d events): derived header %x, want %x", round, checksummed, n, got.hdr, want.hdr)
 		}
-		if _, ok := known.part(events, n); ok {
+		if want.derived {
+			t.Fatalf("round %d: derived without a known checksum", round)
+		}
+		if got.derived {
 			derived++
 		}
 	}
@@ -78,12 +81,22 @@ func TestPlacedRecordDerivesItsChecksum(t *testing.T) {
 	}
 	big := binlog.NewOpaque(30, testServer, 2*derivedMinEvent, true)
 	inBig, k := testCommand(rnd, big, 0)
-	for name, c := range map[string]knownCRC{
-		"unknown checksum":  {cmd: k.cmd},
-		"many other bytes":  {cmd: append(bytes.Clone(k.cmd), make([]byte, len(big))...), ok: true},
-		"not the command's": {cmd: bytes.Clone(k.cmd), crc: k.crc, ok: true},
+	if _, ok := k.part(inBig, 1); !ok {
+		t.Fatal("a large event that is its whole command did not derive its checksum")
+	}
+	// The same event with more than a quarter of its size around it in its command.
+	crowded := append(make([]byte, 0, len(big)+len(big)/3), big...)
+	crowded = append(crowded, make([]byte, len(big)/3)...)
+	inCrowded := crowded[:len(big)]
+	for name, c := range map[string]struct {
+		known  knownCRC
+		events []byte
+	}{
+		"unknown checksum":  {knownCRC{cmd: k.cmd}, inBig},
+		"many other bytes":  {knownCRC{cmd: crowded, crc: crc32.Checksum(crowded, castagnoli), ok: true}, inCrowded},
+		"not the command's": {knownCRC{cmd: bytes.Clone(k.cmd), crc: k.crc, ok: true}, inBig},
 	} {
-		if _, ok := c.part(inBig, 1); ok {
+		if _, ok := c.known.part(c.events, 1); ok {
 			t.Fatalf("%s: derived a checksum", name)
 		}
 	}
@@ -181,6 +194,7 @@ func TestPlacedPartDerivesItsChecksum(t *testing.T) {
 func FuzzDerivedChecksum(f *testing.F) {
 	f.Add([]byte{1, 2, 3, 200, 7, 9}, uint16(100), true, uint64(1))
 	f.Add([]byte{255, 255, 0, 1}, uint16(0), false, uint64(2))
+	f.Add([]byte{255, 255, 1, 201}, uint16(0), true, uint64(3)) // checksummed, derived
 	f.Fuzz(func(t *testing.T, sizes []byte, limit uint16, checksummed bool, seed uint64) {
 		if len(sizes) > 16 {
 			sizes = sizes[:16]

@@ -12,10 +12,10 @@ import (
 
 	"github.com/cockroachdb/pebble/v2"
 	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	sm "github.com/lni/dragonboat/v3/statemachine"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
+	"github.com/flotilla-relay/flotilla/internal/crcalg"
 	"github.com/flotilla-relay/flotilla/internal/directio"
 )
 

@@ -15,8 +15,9 @@
 // (Part: the checksum of a part of a slice from the whole's).
 //
 // Invariants:
-//   - Combine and ShiftZeros are exact: Combine(crc(a), crc(b), len(b)) is
-//     crc(a||b) for every a and b (the tests check it against hash/crc32).
+//   - Combine, ShiftZeros, ShiftBack and Part are exact: Combine(crc(a), crc(b),
+//     len(b)) is crc(a||b) for every a and b, ShiftBack undoes ShiftZeros, Part is
+//     the checksum of the part (the tests check them against hash/crc32).
 //   - The memo answers only for the very object it was told of: it is keyed by weak
 //     pointers (object and offset, which the runtime never gives to another object
 //     even at the same address once the first is collected) and the length. It never

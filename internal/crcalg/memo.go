@@ -10,8 +10,9 @@ import (
 // checksum again costs about what remembering it does (a weak pointer, a map entry).
 const MemoMin = 64 << 10
 
-// memoSlots is how many checksums the memo keeps, the oldest going first. A checksum
-// is wanted again within moments (the raft log and the transport of one node take
+// memoSlots is how many checksums the memo keeps, the oldest going first: two per
+// large raft entry (its payload's, and the command's the raft log adds for the
+// state machine). A checksum is wanted again within moments (the raft log and the transport of one node take
 // the same entry within one step of raft), so a few hundred serve every group of a
 // busy node; one pushed out early is only taken again.
 const memoSlots = 512

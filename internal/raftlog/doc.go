@@ -54,6 +54,12 @@
 //     both directories of its move are synced; a take's rename is synced before
 //     anything refers to the file. Salted files are written only from
 //     RecycleVersion, recorded as PayloadFilesVersion is.
+//   - The checksum memo (Factory.CRC) is told only checksums of bytes it has seen
+//     checked or taken: a payload's, and that of the command the state machine is
+//     handed of an encoded entry, the payload past dragonboat's header byte when
+//     that byte is 0 (version 0, uncompressed, no session: dragonboat v3.3's
+//     rsm/encoded.go hands it that sub-slice, the same bytes); any other header
+//     byte is decoded into new bytes, and nothing is told of them.
 //   - A save that changes nothing but commit indexes is not written on its own: the
 //     commit index is volatile in raft, and the next write of its group carries it
 //     (see commitStates, which also says why a restart with an older one is safe).

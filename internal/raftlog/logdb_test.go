@@ -380,9 +380,9 @@ func TestPayloadChecksumsComeFromTheMemo(t *testing.T) {
 
 // TestStateMachinesCommandIsRemembered: the memo learns the checksum of what the state
 // machine is handed of a large encoded entry (its payload past dragonboat's header
-// byte, 0 when uncompressed) when the entry is saved and when it is read back, and
-// of nothing else: another header byte (a compressed entry, decoded into a new
-// slice) leaves it unknown.
+// byte, 0 when uncompressed) when the entry is saved and when it is read back; not
+// for another header byte (a compressed entry, decoded into a new slice) nor for an
+// application entry (handed whole).
 func TestStateMachinesCommandIsRemembered(t *testing.T) {
 	fs := gvfs.NewMem()
 	l := openTestLog(t, fs)
@@ -391,7 +391,9 @@ func TestStateMachinesCommandIsRemembered(t *testing.T) {
 	l.crc = memo
 	cmd := append([]byte{0}, bytes.Repeat([]byte{7, 1, 9}, crcalg.MemoMin)...)
 	other := append([]byte{2}, bytes.Repeat([]byte{5}, crcalg.MemoMin)...)
-	save(t, l, 5, []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd}, {Term: 1, Index: 2, Type: pb.EncodedEntry, Cmd: other}})
+	plain := append([]byte{0}, bytes.Repeat([]byte{6}, crcalg.MemoMin)...) // handed whole: not encoded
+	save(t, l, 5, []pb.Entry{{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd}, {Term: 1, Index: 2, Type: pb.EncodedEntry, Cmd: other},
+		{Term: 1, Index: 3, Type: pb.ApplicationEntry, Cmd: plain}})
 	known := func(what string, b []byte) {
 		t.Helper()
 		crc, ok := memo.Known(b)
@@ -402,6 +404,9 @@ func TestStateMachinesCommandIsRemembered(t *testing.T) {
 	known("saved", cmd[1:])
 	if _, ok := memo.Known(other[1:]); ok {
 		t.Fatal("the memo knows the command of an entry whose header byte is not 0")
+	}
+	if _, ok := memo.Known(plain[1:]); ok {
+		t.Fatal("the memo knows a part of an application entry, which the state machine is handed whole")
 	}
 	got := readAll(t, l, 5, 1, 3)
 	known("read back", got[0].Cmd[1:])
