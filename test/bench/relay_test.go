@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
@@ -460,9 +461,13 @@ func BenchmarkRelay(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	for step := 0; step < 16; step++ {
-		if _, err := mariadbtest.RunWorkload(ctx, m, step); err != nil {
-			b.Fatal(err)
+	if n := envCount("FLOTILLA_BENCH_TXN_BYTES", 0); n > 0 {
+		uniformTransactions(ctx, b, m, n, 256<<20)
+	} else {
+		for step := 0; step < 16; step++ {
+			if _, err := mariadbtest.RunWorkload(ctx, m, step); err != nil {
+				b.Fatal(err)
+			}
 		}
 	}
 	logs, err := m.Query(ctx, "SHOW BINARY LOGS")
@@ -993,6 +998,24 @@ func ingest3Only(ctx context.Context, b *testing.B, dir string, m *mariadbtest.S
 			k, r.mbs(), cpu, cpu/(float64(r.bytes)/(1<<30)), r.took.Seconds(), taken1-taken0, memo1-memo0, 100*(derivedChecksums(ctx, metrics)-derived0)/(3*float64(r.bytes)))
 		if out, err := nodes[0].CLI(ctx, "upstream", "remove", name); err != nil {
 			b.Fatalf("upstream remove %s: %v\n%s", name, err, out)
+		}
+	}
+}
+
+// uniformTransactions replaces the bench's workload (FLOTILLA_BENCH_TXN_BYTES=N): a
+// stream of single-row transactions of a random n-byte blob each, total bytes in
+// all, to measure how the syncer batches and pipelines transactions of one size
+// (each is one row event of about n bytes).
+func uniformTransactions(ctx context.Context, b *testing.B, m *mariadbtest.Server, n, total int) {
+	b.Helper()
+	if err := m.Exec(ctx, "CREATE TABLE bench.blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)"); err != nil {
+		b.Fatal(err)
+	}
+	blob := make([]byte, n)
+	for i := 0; i < total/n; i++ {
+		rand.Read(blob)
+		if err := m.Exec(ctx, "INSERT INTO bench.blobs (b) VALUES (?)", blob); err != nil {
+			b.Fatalf("transaction %d of %d bytes: %v", i, n, err)
 		}
 	}
 }
