@@ -145,7 +145,9 @@ func (p *pipeline) propose(ctx context.Context, cmd []byte) (*dragonboat.Request
 }
 
 // roomInRaft reports whether a proposal may go to raft now: always when none is in
-// flight; sequenced, while fewer than maxInflight (and maxInflightBytes) are. The
+// flight; sequenced, while fewer than maxInflight and maxInflightBytes are, and for
+// a batch its large item ended (see loneItemBytes) while fewer than
+// loneInflightBytes are, however many proposals hold them. The
 // pieces of a transaction larger than a batch pipeline too (a bulk load is mostly
 // such pieces): in flight, a batch is held a few times over (the syncer's encoding,
 // raft's entry), so the byte bound is what keeps a transaction of any size ingesting
@@ -155,7 +157,10 @@ func (p *pipeline) roomInRaft() bool {
 	if len(p.pending) == 0 {
 		return true
 	}
-	return p.sequenced && len(p.pending) < maxInflight && p.inflightBytes < maxInflightBytes
+	if !p.sequenced || p.inflightBytes >= maxInflightBytes {
+		return false
+	}
+	return len(p.pending) < maxInflight || p.lone && p.inflightBytes < loneInflightBytes
 }
 
 // sendAck acknowledges a to the semi-sync master. committed says the ACK follows

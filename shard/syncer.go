@@ -44,6 +44,17 @@ const (
 	// event's part (see maxBatchBytes), so about 16-28 MiB are in flight at most.
 	maxInflight      = 4
 	maxInflightBytes = 16 << 20
+	// loneInflightBytes: a batch a large item ended (see loneItemBytes) may join
+	// more than maxInflight proposals in flight while they hold fewer bytes than
+	// this. Such batches are as small as 1 MiB, and four of them in flight left a
+	// stream of 1 MiB transactions short of work for raft (three replicas: 153-178
+	// MB/s against 194-221 with this bound). Batches of 3 MiB and more keep
+	// maxInflight (four hold 12 MiB), as do batches of small transactions (they
+	// grow while the proposals before them commit: group commit). Up to sixteen
+	// lone batches in flight, whatever their size, were not faster on the bench's
+	// own workload, whose large transactions are 3 MiB and more (3-6% slower in
+	// two alternations, within its noise), and hold more memory.
+	loneInflightBytes = 12 << 20
 )
 
 // SyncerServerIDBase is added to the group id to form the server_id Flotilla uses

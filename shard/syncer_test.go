@@ -366,3 +366,37 @@ func TestPipelineLargeTransactionEndsItsBatch(t *testing.T) {
 		t.Fatal("a transaction of more than loneItemBytes left its batch open")
 	}
 }
+
+// TestRoomInRaftForLoneBatches: a batch a large transaction ended may join more
+// than maxInflight proposals in flight while they hold fewer than loneInflightBytes,
+// so a stream of 1 MiB transactions keeps raft busy; other batches stay at
+// maxInflight (they grow while they wait), and maxInflightBytes holds both.
+func TestRoomInRaftForLoneBatches(t *testing.T) {
+	p := newPipeline(binlog.Position{0: gtid(3)}, false, "")
+	p.sequenced = true
+	for _, c := range []struct {
+		inflight, each int
+		lone, room     bool
+	}{
+		{0, 0, false, true},
+		{maxInflight - 1, 1 << 20, false, true},
+		{maxInflight, 1 << 20, false, false},
+		{maxInflight, 1 << 20, true, true},
+		{loneInflightBytes>>20 - 1, 1 << 20, true, true},
+		{loneInflightBytes >> 20, 1 << 20, true, false},
+		{maxInflight, 3 << 20, true, false},
+		{2, maxInflightBytes / 2, true, false},
+	} {
+		p.pending = make([]inflight, c.inflight)
+		p.inflightBytes = c.inflight * c.each
+		p.lone = c.lone
+		if got := p.roomInRaft(); got != c.room {
+			t.Errorf("%d in flight of %d bytes each, lone batch %v: room %v, want %v", c.inflight, c.each, c.lone, got, c.room)
+		}
+	}
+	p.sequenced, p.lone = false, true
+	p.pending, p.inflightBytes = make([]inflight, 1), 1<<20
+	if p.roomInRaft() {
+		t.Error("an unsequenced pipeline put a second proposal in flight")
+	}
+}
