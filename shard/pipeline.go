@@ -440,6 +440,6 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 // still be most of the entry). Smaller items are batched as before: batching is what
 // makes small transactions cheap. The proposals are smaller, so more of them may be
 // in flight (loneInflightBytes): with maxInflight alone, a stream of 1 MiB
-// transactions kept about 4 MiB in flight where 4 MiB batches kept 16, and ingested
-// slower than before this rule (FLOTILLA_BENCH_TXN_BYTES in test/bench).
+// transactions would keep about 4 MiB in flight where 4 MiB batches kept 16, and it
+// ingested slower than without this rule (FLOTILLA_BENCH_TXN_BYTES in test/bench).
 const loneItemBytes = 1 << 20

@@ -42,18 +42,23 @@ const (
 	// batches while the group applies one, little enough to bound what a leader
 	// change throws away. Proposals are at most 4 MiB but for pieces holding an
 	// event's part (see maxBatchBytes), so about 16-28 MiB are in flight at most.
+	// Batches that a large item ended may exceed maxInflight: see loneInflightBytes.
 	maxInflight      = 4
 	maxInflightBytes = 16 << 20
-	// loneInflightBytes: a batch a large item ended (see loneItemBytes) may join
-	// more than maxInflight proposals in flight while they hold fewer bytes than
-	// this. Such batches are as small as 1 MiB, and four of them in flight left a
-	// stream of 1 MiB transactions short of work for raft (three replicas: 153-178
-	// MB/s against 194-221 with this bound). Batches of 3 MiB and more keep
-	// maxInflight (four hold 12 MiB), as do batches of small transactions (they
-	// grow while the proposals before them commit: group commit). Up to sixteen
-	// lone batches in flight, whatever their size, were not faster on the bench's
-	// own workload, whose large transactions are 3 MiB and more (3-6% slower in
-	// two alternations, within its noise), and hold more memory.
+	// loneInflightBytes: a batch that a large item ended (see loneItemBytes) may
+	// join more than maxInflight proposals in flight while they hold fewer bytes
+	// than this (so sixteen proposals fly at most, and the bytes stay under the
+	// bound maxInflight's comment gives). Such batches are as small as 1 MiB, and with
+	// maxInflight alone a stream of 1 MiB transactions ingested slower (three
+	// replicas: 153-178 MB/s against 194-221 with this bound, alternated). A stream
+	// of batches of 3 MiB and more stays at maxInflight (four hold 12 MiB), as do
+	// batches of small transactions (they grow while the proposals before them
+	// commit: group commit). Up to sixteen lone batches of any size in flight did
+	// as well on 1 MiB transactions (not alternated with this bound) but not better
+	// on the bench's own workload, whose large transactions are 3 MiB and more
+	// (three replicas -4% and -3% in two alternations, one replica's fastest ingest
+	// -6% in one: within its noise); this bound holds less memory and fewer
+	// proposals a leader change throws away.
 	loneInflightBytes = 12 << 20
 )
 

@@ -367,10 +367,10 @@ func TestPipelineLargeTransactionEndsItsBatch(t *testing.T) {
 	}
 }
 
-// TestRoomInRaftForLoneBatches: a batch a large transaction ended may join more
-// than maxInflight proposals in flight while they hold fewer than loneInflightBytes,
-// so a stream of 1 MiB transactions keeps raft busy; other batches stay at
-// maxInflight (they grow while they wait), and maxInflightBytes holds both.
+// TestRoomInRaftForLoneBatches: a batch that a transaction or piece of 1 MiB or more
+// ended may join more than maxInflight proposals in flight while they hold fewer
+// than loneInflightBytes; other batches stay at maxInflight (they grow while they
+// wait), and maxInflightBytes holds both.
 func TestRoomInRaftForLoneBatches(t *testing.T) {
 	p := newPipeline(binlog.Position{0: gtid(3)}, false, "")
 	p.sequenced = true
@@ -386,6 +386,7 @@ func TestRoomInRaftForLoneBatches(t *testing.T) {
 		{loneInflightBytes >> 20, 1 << 20, true, false},
 		{maxInflight, 3 << 20, true, false},
 		{2, maxInflightBytes / 2, true, false},
+		{3, maxInflightBytes / 2, false, false},
 	} {
 		p.pending = make([]inflight, c.inflight)
 		p.inflightBytes = c.inflight * c.each

@@ -2,9 +2,9 @@ package bench
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"os/exec"
@@ -461,8 +461,9 @@ func BenchmarkRelay(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	if n := envCount("FLOTILLA_BENCH_TXN_BYTES", 0); n > 0 {
-		uniformTransactions(ctx, b, m, n, 256<<20)
+	txnBytes := txnBytesKnob(b)
+	if txnBytes > 0 {
+		uniformTransactions(ctx, b, m, txnBytes, 256<<20)
 	} else {
 		for step := 0; step < 16; step++ {
 			if _, err := mariadbtest.RunWorkload(ctx, m, step); err != nil {
@@ -477,6 +478,9 @@ func BenchmarkRelay(b *testing.B) {
 	firstFile := logs[0][0]
 	endFile, endPos, gtid := masterTail(ctx, b, m)
 	rep := &relayReport{disk: diskFloor(b, dir)}
+	if txnBytes > 0 {
+		rep.note(fmt.Sprintf("workload: FLOTILLA_BENCH_TXN_BYTES=%d replaced the bench's own (256 MiB of single-row transactions of %d bytes): these figures are not the table's", txnBytes, txnBytes))
+	}
 
 	// FLOTILLA_BENCH_INGEST_ONLY=3: the three-replica ingest alone, a quick A/B of it
 	// (see ingest3Only).
@@ -1002,18 +1006,37 @@ func ingest3Only(ctx context.Context, b *testing.B, dir string, m *mariadbtest.S
 	}
 }
 
+// txnBytesKnob reads FLOTILLA_BENCH_TXN_BYTES: 0 when unset, else a size from 1 KiB
+// to 32 MiB (the bench master's max_allowed_packet is 64 MiB, and smaller sizes
+// would take minutes to write 256 MiB). A value it cannot use fails the bench rather
+// than run the bench's own workload under a name that says otherwise.
+func txnBytesKnob(b *testing.B) int {
+	b.Helper()
+	v := os.Getenv("FLOTILLA_BENCH_TXN_BYTES")
+	if v == "" {
+		return 0
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1<<10 || n > 32<<20 {
+		b.Fatalf("FLOTILLA_BENCH_TXN_BYTES=%q: want a number of bytes from 1024 to 33554432", v)
+	}
+	return n
+}
+
 // uniformTransactions replaces the bench's workload (FLOTILLA_BENCH_TXN_BYTES=N): a
-// stream of single-row transactions of a random n-byte blob each, total bytes in
-// all, to measure how the syncer batches and pipelines transactions of one size
-// (each is one row event of about n bytes).
+// stream of single-row transactions of an n-byte blob each, total bytes in all, to
+// measure how the syncer batches and pipelines transactions of one size (each is
+// one row event of about n bytes). The blobs are pseudo-random (they do not
+// compress) from a fixed seed, so every run writes the same binlog.
 func uniformTransactions(ctx context.Context, b *testing.B, m *mariadbtest.Server, n, total int) {
 	b.Helper()
 	if err := m.Exec(ctx, "CREATE TABLE bench.blobs (id INT AUTO_INCREMENT PRIMARY KEY, b LONGBLOB)"); err != nil {
 		b.Fatal(err)
 	}
+	src := rand.NewChaCha8([32]byte{'f', 'l', 'o', 't', 'i', 'l', 'l', 'a'})
 	blob := make([]byte, n)
 	for i := 0; i < total/n; i++ {
-		rand.Read(blob)
+		src.Read(blob)
 		if err := m.Exec(ctx, "INSERT INTO bench.blobs (b) VALUES (?)", blob); err != nil {
 			b.Fatalf("transaction %d of %d bytes: %v", i, n, err)
 		}
