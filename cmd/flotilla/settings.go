@@ -67,8 +67,8 @@ var dragonboatReload time.Duration
 // messages received between two steps of a group (a full queue drops messages,
 // which raft sends again), 16 proposals and 128 reads queued (a full queue refuses
 // the next with ErrSystemBusy, which a syncer takes for backpressure: it keeps at
-// most 4 proposals in flight, and up to 16 when batches of 1 MiB or more are among
-// them (shard's loneInflightBytes); the queue is 2 x 16 entries, 2.5 KiB a group),
+// most 4 proposals in flight, up to 16 with batches that a transaction of 1 MiB or
+// more ended (shard's loneInflightBytes); the queue is 2 x 16 entries, 2.5 KiB a group),
 // 2 pending-proposal shards, in-memory log slices of 16 entries renewed once 4 are
 // used (at most 4 applied entries kept alive past their apply), and its workers' pass
 // over every group every 1 s instead of 200 ms. It runs once, in main, before any
