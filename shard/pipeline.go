@@ -76,6 +76,9 @@ type pipeline struct {
 	// lone says the batch holds an item of loneItemBytes or more: it is proposed
 	// without waiting for more (see loneItemBytes).
 	lone bool
+	// room is free scratch directly before the events of the batch's only item
+	// (see roomBefore), nil when there is none.
+	room []byte
 	// proposed is the ordinal after every proposal made (committed or in flight).
 	proposed uint64
 	pending  []inflight
@@ -120,9 +123,13 @@ type ackPoint struct {
 
 // openTxn is the transaction group being received.
 type openTxn struct {
-	gtid   binlog.GTID
-	name   string // the GTID as the master prints it
+	gtid binlog.GTID
+	name string // the GTID as the master prints it
+	// events holds room bytes of scratch, then the events received: a pooled
+	// buffer keeps prefixRoom bytes before them for the proposal's prefix (see
+	// encode), a carved one none.
 	events []byte
+	room   int
 	first  bool // no piece of it proposed yet
 	skip   bool // the group already holds it
 }
@@ -232,15 +239,20 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 		p.s.log.Debug("ignoring event outside a transaction group", "type", h.Type)
 		return nil
 	}
+	// Whether the event ends its group is read first: a large event's parts may be
+	// proposed in place, writing into the bytes before each (see addLargeEvent),
+	// and a Query event's end is judged on its whole text.
+	ends := p.fl.ends(raw, p.checksummed)
 	if len(raw) > p.maxPiece {
 		if err := p.addLargeEvent(ctx, raw); err != nil {
 			return err
 		}
 	} else {
-		p.cur.events = append(p.growEvents(p.cur.events, len(raw)), raw...)
+		p.growEvents(p.cur, len(raw))
+		p.cur.events = append(p.cur.events, raw...)
 	}
 	p.lastTS = h.Timestamp
-	if p.fl.ends(raw, p.checksummed) {
+	if ends {
 		t := p.cur
 		p.cur = nil
 		if p.semi != nil {
@@ -257,27 +269,30 @@ func (p *pipeline) handle(ctx context.Context, raw []byte) error {
 			}
 			return nil
 		}
-		events := p.seal(t.events)
+		events := p.seal(t.body())
 		if dropCommit(t.gtid.Seq) && len(events) > len(raw) {
 			events = events[:len(events)-len(raw)] // planted bug (tag chaosbug_partial)
 		}
 		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Last: true, Events: events}}, len(events), 1)
+		p.roomBefore(t.events[:t.room])
 		p.lend(t.events)
 		p.fl.done()
 		p.rollIfFull()
 		return nil
 	}
-	if len(p.cur.events) >= p.maxPiece {
+	if len(p.cur.body()) >= p.maxPiece {
 		t := p.cur
 		if t.skip {
-			t.events = t.events[:0] // held already: nothing refers to the piece
+			t.events = t.events[:t.room] // held already: nothing refers to the piece
 			return nil
 		}
-		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: p.seal(t.events)}}, len(t.events), 0)
+		p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: p.seal(t.body())}}, len(t.body()), 0)
+		p.roomBefore(t.events[:t.room])
 		p.lend(t.events)
 		// A large transaction: its next piece gets its full size at once rather
 		// than growing to it by doubling.
-		t.first, t.events = false, p.s.m.pieceBufs.get(p.maxPiece+64<<10)
+		t.first = false
+		t.pooled(p, p.maxPiece+64<<10)
 	}
 	return nil
 }
@@ -309,35 +324,57 @@ func (p *pipeline) addLargeEvent(ctx context.Context, raw []byte) error {
 	t := p.cur
 	prev := 0
 	for _, c := range binlog.CutEvent(len(raw), p.maxPiece) {
-		var events []byte
+		var events, room []byte
 		if prev == 0 {
-			events = append(p.growEvents(t.events, c), raw[:c]...) // after the events before it (the GTID event at least)
+			p.growEvents(t, c)
+			t.events = append(t.events, raw[:c]...) // after the events before it (the GTID event at least)
+			events, room = t.body(), t.events[:t.room]
 			if t.skip {
-				p.s.m.pieceBufs.put(events) // nothing refers to it
+				p.s.m.pieceBufs.put(t.events) // nothing refers to it
 			} else {
-				p.lend(events)
+				p.lend(t.events)
 				events = p.seal(events)
 			}
 		} else {
 			events = raw[prev:c:c] // raw is the pipeline's until lent back (see eventSource)
+			if prev >= partRoomMin {
+				// The bytes before this part are the previous part's, proposed (and
+				// so copied by raft) before this one was added, or copied to the
+				// transaction's buffer (the first part); nothing reads them after
+				// this (handle judged the event's end before adding it), and the
+				// prefix stays clear of the event's header all the same.
+				room = raw[:prev]
+			}
 		}
 		prev = c
 		if !t.skip {
 			p.add(statemachine.Item{Txn: &statemachine.Txn{GTID: t.gtid, First: t.first, Events: events}}, len(events), 0)
+			p.roomBefore(room)
 			t.first = false
 		}
-		t.events = nil
+		t.events, t.room = nil, 0
 		if p.batchBytes >= p.maxBatch || p.lone {
 			if err := p.flush(ctx, true); err != nil {
 				return err
 			}
 		}
 	}
-	t.events = append(p.s.m.pieceBufs.get(len(raw)-prev+4096), raw[prev:]...)
+	t.pooled(p, len(raw)-prev+4096)
+	t.events = append(t.events, raw[prev:]...)
 	// Every part is an item now (or none is, skipping): free once they are
-	// proposed. Not before: handle still reads raw after this.
+	// proposed. Not before: the items refer to it.
 	p.lend(raw)
 	return nil
+}
+
+// roomBefore records room, the bytes of a buffer directly before the events of the
+// item just added (its capacity reaching through them), as free to overwrite until
+// the batch is proposed, when that item is the batch's only one: encode writes the
+// command's prefix there. A room shorter than a prefix says nothing.
+func (p *pipeline) roomBefore(room []byte) {
+	if len(p.items) == 1 && len(room) >= statemachine.MaxPrefixLen {
+		p.room = room
+	}
 }
 
 // Small transactions' buffers are carved from chunks: the first of minTxnChunk
@@ -388,15 +425,37 @@ func (p *pipeline) keep(events []byte) {
 // full size, rather than doubling on (each doubling a fresh allocation, most of the
 // syncer's garbage in a bulk load, and memory touched anew). The buffer is lent with
 // the transaction, and goes back to the pool once proposed.
-func (p *pipeline) growEvents(events []byte, n int) []byte {
-	need := len(events) + n
-	if need <= cap(events) || need < pooledMin {
-		return events
+func (p *pipeline) growEvents(t *openTxn, n int) {
+	body := t.body()
+	need := len(body) + n
+	if len(t.events)+n <= cap(t.events) || need < pooledMin {
+		return
 	}
-	grown := append(p.s.m.pieceBufs.get(max(need, p.maxPiece+64<<10)), events...)
-	p.s.m.pieceBufs.put(events) // the open transaction's alone: nothing else refers to it
-	return grown
+	old := t.events
+	t.pooled(p, max(need, p.maxPiece+64<<10))
+	t.events = append(t.events, body...)
+	p.s.m.pieceBufs.put(old) // the open transaction's alone: nothing else refers to it
 }
+
+// body returns the transaction's events received so far.
+func (t *openTxn) body() []byte { return t.events[t.room:] }
+
+// pooled gives the transaction an empty pooled buffer for n bytes of events, with
+// prefixRoom bytes before them.
+func (t *openTxn) pooled(p *pipeline, n int) {
+	t.events, t.room = p.s.m.pieceBufs.get(prefixRoom + n)[:prefixRoom], prefixRoom
+}
+
+// prefixRoom is the scratch a pooled transaction buffer keeps before its events:
+// enough for the prefix of a command of one transaction item (the constant below
+// fails to compile otherwise).
+const prefixRoom = 128
+
+const _ = uint(prefixRoom - statemachine.MaxPrefixLen)
+
+// partRoomMin is how far into a large event a part must start for the bytes before
+// it to serve as its room: well past the event's header.
+const partRoomMin = 64 << 10
 
 // release gives a handled event's bytes back to src unless the open transaction
 // refers to them: handle copies every event but one larger than a piece, whose parts
@@ -416,6 +475,7 @@ func (p *pipeline) lend(buf []byte) {
 }
 
 func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
+	p.room = nil // (re)set by roomBefore: it concerns a batch of one item
 	if it.NewFile != nil {
 		p.fileBytes = 4 + uint64(bytes)
 	} else {

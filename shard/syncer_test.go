@@ -159,7 +159,7 @@ func TestPipelineLargeTransactionsTakePooledBuffers(t *testing.T) {
 	if !bytes.Equal(ev, bytes.Join(txn, nil)) {
 		t.Fatal("the transaction's buffer does not hold its events")
 	}
-	if len(p.lent) != 1 || &p.lent[0][:1][0] != &ev[0] {
+	if len(p.lent) != 1 || &p.lent[0][prefixRoom : prefixRoom+1][0] != &ev[0] {
 		t.Fatalf("the buffer must be lent until the proposal (lent: %d)", len(p.lent))
 	}
 	if buf := p.lent[0]; cap(buf) < p.maxPiece+64<<10 || cap(buf)%poolStep != 0 {
@@ -399,5 +399,75 @@ func TestRoomInRaftForLoneBatches(t *testing.T) {
 	p.pending, p.inflightBytes = make([]inflight, 1), 1<<20
 	if p.roomInRaft() {
 		t.Error("an unsequenced pipeline put a second proposal in flight")
+	}
+}
+
+// TestPipelineProposesInPlace: a batch of one large transaction is proposed from its
+// own buffer, the command's prefix written in the room before its events, and the
+// command is the one AppendEncoded writes; a batch of more items is encoded as
+// before; and a room that does not end where the events begin is never written.
+func TestPipelineProposesInPlace(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	evs := rowTxn(gtid(1), 10)
+	txn := [][]byte{evs[0], evs[1], evs[3]}
+	for range 48 { // 3 MiB of 64 KiB rows: one pooled buffer
+		txn = append(txn, binlog.NewOpaque(23, 1, 64<<10, true))
+	}
+	txn = append(txn, evs[5])
+	encoding := func() []byte {
+		return (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).Encode()
+	}
+
+	feed(t, p, txn...) // after the new file's item: two items
+	want := encoding()
+	if cmd, inPlace := p.encode(); inPlace || !bytes.Equal(cmd, want) {
+		t.Fatalf("a batch of two items: in place %v, encoding equal %v", inPlace, bytes.Equal(cmd, want))
+	}
+
+	// As if proposed: the next large transaction is a batch of its own.
+	p.items, p.batchBytes, p.room = nil, 0, nil
+	p.epoch, p.proposed, p.sequenced, p.seq = 3, 1, true, 1
+	txn[0] = binlog.NewGTIDEvent(gtid(2), 0, true)
+	feed(t, p, txn...)
+	if len(p.items) != 1 {
+		t.Fatalf("%d items, want one transaction", len(p.items))
+	}
+	want = encoding()
+	ev := p.items[0].Txn.Events
+	cmd, inPlace := p.encode()
+	if !inPlace || !bytes.Equal(cmd, want) {
+		t.Fatalf("a batch of one large transaction: in place %v, encoding equal %v", inPlace, bytes.Equal(cmd, want))
+	}
+	if &cmd[len(cmd)-len(ev)] != &ev[0] {
+		t.Fatal("the command in place does not hold the transaction's own events")
+	}
+
+	// A part of a large event, after the previous part (proposed) in the stream's
+	// buffer: only the prefix's bytes before it change.
+	raw := make([]byte, 1<<20)
+	for i := range raw {
+		raw[i] = byte(i)
+	}
+	orig := bytes.Clone(raw)
+	part := raw[512<<10 : 1<<20 : 1<<20]
+	p.items, p.room = []statemachine.Item{{Txn: &statemachine.Txn{GTID: gtid(3), Events: part}}}, nil
+	p.roomBefore(raw[:512<<10])
+	want = encoding()
+	cmd, inPlace = p.encode()
+	if !inPlace || !bytes.Equal(cmd, want) || &cmd[len(cmd)-len(part)] != &part[0] {
+		t.Fatalf("a part with room before it: in place %v, encoding equal %v", inPlace, bytes.Equal(cmd, want))
+	}
+	if at := 512<<10 - (len(cmd) - len(part)); !bytes.Equal(raw[:at], orig[:at]) || !bytes.Equal(part, orig[512<<10:]) {
+		t.Fatal("writing the prefix changed bytes outside it")
+	}
+
+	// A room that ends elsewhere (a bug): the events are encoded, raw is not written.
+	copy(raw, orig)
+	p.room = nil
+	p.roomBefore(raw[:256<<10])
+	cmd, inPlace = p.encode()
+	if inPlace || !bytes.Equal(cmd, want) || !bytes.Equal(raw, orig) {
+		t.Fatalf("a room ending away from the events: in place %v, encoding equal %v, raw unchanged %v", inPlace, bytes.Equal(cmd, want), bytes.Equal(raw, orig))
 	}
 }

@@ -133,7 +133,30 @@ func (a *Append) AppendEncoded(dst []byte) []byte {
 			size += len(it.NewFile.FDE) + len(it.NewFile.UpstreamFile) + 64
 		}
 	}
-	b := slices.Grow(dst, size)
+	return a.appendEncoded(slices.Grow(dst, size), false)
+}
+
+// MaxPrefixLen bounds what AppendPrefix writes for an Append of one transaction
+// item: the command's header and the item's, every number a varint of at most 10
+// bytes.
+const MaxPrefixLen = 2 + 3*10 + 1 + 1 + 3*10 + 1 + 10
+
+// AppendPrefix appends the encoding of a, a command whose last item is a transaction,
+// without that item's events: the prefix followed by those events is exactly what
+// AppendEncoded writes. A proposer whose events already sit in a buffer with room
+// before them writes the prefix there and proposes the two as one slice, without
+// copying the events (dragonboat copies the proposal anyway). For an Append of one
+// item the prefix is at most MaxPrefixLen bytes.
+func (a *Append) AppendPrefix(dst []byte) ([]byte, error) {
+	if len(a.Items) == 0 || a.Items[len(a.Items)-1].Txn == nil {
+		return dst, errors.New("statemachine: a command's prefix needs a transaction as its last item")
+	}
+	return a.appendEncoded(dst, true), nil
+}
+
+// appendEncoded writes the encoding to b, without the last item's events when
+// prefixOnly (that item is a transaction: see AppendPrefix).
+func (a *Append) appendEncoded(b []byte, prefixOnly bool) []byte {
 	if a.Sequenced {
 		b = append(b, commandVersion, KindAppendSeq)
 	} else {
@@ -145,7 +168,7 @@ func (a *Append) AppendEncoded(dst []byte) []byte {
 		b = binary.AppendUvarint(b, a.Seq)
 	}
 	b = binary.AppendUvarint(b, uint64(len(a.Items)))
-	for _, it := range a.Items {
+	for i, it := range a.Items {
 		switch {
 		case it.NewFile != nil && it.NewFile.MySQL:
 			nf := it.NewFile
@@ -175,6 +198,9 @@ func (a *Append) AppendEncoded(dst []byte) []byte {
 				flags |= txnLast
 			}
 			b = append(b, flags)
+			if prefixOnly && i == len(a.Items)-1 {
+				return binary.AppendUvarint(b, uint64(len(t.Events)))
+			}
 			b = appendBytes(b, t.Events)
 		}
 	}

@@ -28,6 +28,7 @@ type Relay struct {
 	proposalTime   *prometheus.HistogramVec
 	semiAckTime    *prometheus.HistogramVec
 	overlapped     *prometheus.CounterVec
+	inPlace        *prometheus.CounterVec
 	purges         *prometheus.CounterVec
 	syncerErrors   *prometheus.CounterVec
 	sourceSwitches *prometheus.CounterVec
@@ -59,6 +60,7 @@ func New(nodeID uint64) *Relay {
 		ingestTxns:     counter("ingest_transactions_total", "Transactions received from the master and committed.", "upstream"),
 		proposals:      counter("proposals_total", "Raft proposals made by the group's syncer, by result (ok or error).", "upstream", "result"),
 		overlapped:     counter("proposals_overlapped_total", "Proposals made while an earlier one of the same syncer was still in raft (pipelined ingest, from cluster version 3).", "upstream"),
+		inPlace:        counter("proposals_in_place_total", "Proposals written in place before their events, without encoding them into a buffer first (a batch of one large transaction or piece).", "upstream"),
 		purges:         counter("purges_total", "Served binlog files purged (by retention or PURGE).", "upstream"),
 		syncerErrors:   counter("syncer_errors_total", "Syncer connections to the master that ended in an error; each is followed by a reconnect.", "upstream"),
 		sourceSwitches: counter("source_switches_total", "Changes of an upstream's master, by how (repoint, forced or automatic).", "upstream", "how"),
@@ -211,6 +213,15 @@ func (r *Relay) Overlapped(upstream string) {
 		return
 	}
 	r.overlapped.WithLabelValues(upstream).Inc()
+}
+
+// InPlace counts a proposal written in place before its events (see the shard's
+// pipeline.encode): the bench reports how many of the ingest's proposals were.
+func (r *Relay) InPlace(upstream string) {
+	if r == nil {
+		return
+	}
+	r.inPlace.WithLabelValues(upstream).Inc()
 }
 
 // Purged counts purged files.
