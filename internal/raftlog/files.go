@@ -44,6 +44,8 @@ type groupLog struct {
 	pool    *spares
 	// crc is the node's checksum memo (Factory.CRC), nil for none.
 	crc *crcalg.Memo
+	// inPlace counts the payloads written from their own memory (putInPlace).
+	inPlace int
 }
 
 // openGroupLog lists and scans dir's payload files; dir is made at the first append.
@@ -199,9 +201,23 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 		}
 	}
 	crc := g.crc.Checksum(payload) // from memory if the transport took it already
-	r := ref{file: f.seq, offset: f.size + recordHeaderLen, length: uint32(len(payload)), crc: crc}
 	f.dirty = true
-	if err := g.put(f, f.header(index, len(payload), crc), payload); err != nil {
+	inPlace := f.direct && len(payload) >= directio.InPlaceMin && directio.IsAligned(payload)
+	var err error
+	if inPlace {
+		// A pad before the header, so that the payload starts at a block.
+		if gap := int(-(f.size + recordHeaderLen) & (blockSize - 1)); gap > 0 {
+			err = g.putPad(f, gap)
+		}
+	}
+	r := ref{file: f.seq, offset: f.size + recordHeaderLen, length: uint32(len(payload)), crc: crc}
+	if err == nil && inPlace {
+		g.inPlace++
+		err = g.putInPlace(f, f.header(index, len(payload), crc), payload)
+	} else if err == nil {
+		err = g.put(f, f.header(index, len(payload), crc), payload)
+	}
+	if err != nil {
 		g.cur = nil // its size is unknown now: append no more to it
 		return ref{}, err
 	}

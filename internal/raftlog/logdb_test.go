@@ -568,6 +568,8 @@ func TestGroupsOpenConcurrently(t *testing.T) {
 // I/O, which takes only whole blocks at block offsets: saves of every size (and
 // several per file, and files rolled mid-save) must write such blocks, and read back,
 // before and after a reopen, exactly what was saved, with every file whole to a scan.
+// Large block-aligned payloads are written from their own memory after a pad (the
+// test counts them), large misaligned ones through the stage.
 func TestDirectIOPayloads(t *testing.T) {
 	fs := gvfs.Default
 	dir := fs.PathJoin(t.TempDir(), "raft")
@@ -581,6 +583,15 @@ func TestDirectIOPayloads(t *testing.T) {
 		ents := entries(rnd, first, n)
 		if first == 1 {
 			ents[0].Cmd = make([]byte, stageSize+12345) // more than a stage
+		}
+		if k := rnd.IntN(3); k < 2 {
+			// A large payload, block-aligned (written in place) or not.
+			size := directio.InPlaceMin + rnd.IntN(3*blockSize)
+			cmd := directio.Aligned(size + k)[k:]
+			for j := range cmd {
+				cmd[j] = byte(rnd.Uint32())
+			}
+			ents[rnd.IntN(n)].Cmd = cmd
 		}
 		want = append(want, clone(ents)...)
 		save(t, l, 5, ents)
@@ -609,6 +620,9 @@ func TestDirectIOPayloads(t *testing.T) {
 			t.Fatalf("%s refused direct I/O: CI must run this test where it is allowed", dir)
 		}
 		t.Skipf("%s refused direct I/O (O_DIRECT): nothing to test here", dir)
+	}
+	if g.inPlace < 10 {
+		t.Fatalf("%d payloads written in place: the test needs more", g.inPlace)
 	}
 	sameEntries(t, "entries saved with direct I/O", readAll(t, l, 5, 1, first), want)
 	if err := l.Close(); err != nil {

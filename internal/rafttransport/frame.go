@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/flotilla-relay/flotilla/internal/crcalg"
+	"github.com/flotilla-relay/flotilla/internal/directio"
 	"github.com/lni/dragonboat/v3/raftio"
 	pb "github.com/lni/dragonboat/v3/raftpb"
 )
@@ -181,7 +182,10 @@ func grow(b *[]byte, n int) []byte {
 
 // frame reads this transport's frame after its magic and hands it to dragonboat.
 // Each message's payloads go to a buffer of its own: dragonboat keeps a group's
-// entries until it applies them, and one group's must not pin another's.
+// entries until it applies them, and one group's must not pin another's. A payload
+// of directio.InPlaceMin bytes or more gets a block-aligned buffer of its own, from which
+// the raft log writes it to the disk without copying it first (raftlog's
+// putInPlace).
 func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHandler, onChunk raftio.ChunkHandler) error {
 	var h [frameHeaderLen]byte
 	c.SetReadDeadline(time.Now().Add(frameDeadline(0)))
@@ -239,24 +243,31 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 	k := 0
 	for i := range b.Requests {
 		es := b.Requests[i].Entries
-		size := 0
+		small := 0
 		for j := range es {
-			size += int(binary.BigEndian.Uint32(lens[4*(k+j):]))
+			if l := int(binary.BigEndian.Uint32(lens[4*(k+j):])); l < directio.InPlaceMin {
+				small += l
+			}
 		}
-		if size == 0 {
-			k += len(es)
-			continue
-		}
-		data := make([]byte, size)
-		if _, err := io.ReadFull(br, data); err != nil {
-			return fmt.Errorf("read frame payloads: %w", err)
+		var data []byte
+		if small > 0 {
+			data = make([]byte, small)
 		}
 		off := 0
 		for j := range es {
 			if l := int(binary.BigEndian.Uint32(lens[4*k:])); l > 0 {
-				es[j].Cmd = data[off : off+l : off+l]
-				crc = payloadCRC(crc, es[j].Cmd, d.crc)
-				off += l
+				var cmd []byte
+				if l >= directio.InPlaceMin {
+					cmd = directio.Aligned(l)
+				} else {
+					cmd = data[off : off+l : off+l]
+					off += l
+				}
+				if _, err := io.ReadFull(br, cmd); err != nil {
+					return fmt.Errorf("read frame payloads: %w", err)
+				}
+				es[j].Cmd = cmd
+				crc = payloadCRC(crc, cmd, d.crc)
 			}
 			k++
 		}

@@ -12,6 +12,7 @@ import (
 	_ "unsafe" // go:linkname
 
 	"github.com/flotilla-relay/flotilla/internal/crcalg"
+	"github.com/flotilla-relay/flotilla/internal/directio"
 	_ "github.com/lni/dragonboat/v3" // links dragonboat's TCP transport, the interop tests' peer
 	"github.com/lni/dragonboat/v3/config"
 	"github.com/lni/dragonboat/v3/raftio"
@@ -82,11 +83,15 @@ func startPeer(t *testing.T, tf tlsFiles, newWire, legacyImpl bool) *peer {
 }
 
 // testBatch is a batch of replicate messages with large, small and empty payloads
-// and a heartbeat.
+// (a large one after a small one in the last) and a heartbeat.
 func testBatch(rnd *rand.Rand) pb.MessageBatch {
 	big := make([]byte, 4<<20+17)
 	for i := range big {
 		big[i] = byte(rnd.Uint32())
+	}
+	after := make([]byte, 300<<10+5)
+	for i := range after {
+		after[i] = byte(rnd.Uint32())
 	}
 	return pb.MessageBatch{DeploymentId: 7, SourceAddress: "node-2:1234", BinVer: raftio.TransportBinVersion, Requests: []pb.Message{
 		{Type: pb.Replicate, ClusterId: 9, To: 1, From: 2, Term: 3, LogTerm: 3, LogIndex: 41, Commit: 40, Entries: []pb.Entry{
@@ -96,6 +101,10 @@ func testBatch(rnd *rand.Rand) pb.MessageBatch {
 		}},
 		{Type: pb.Heartbeat, ClusterId: 11, To: 1, From: 2, Term: 5, Commit: 9},
 		{Type: pb.Replicate, ClusterId: 12, To: 1, From: 2, Term: 1, Entries: []pb.Entry{{Type: pb.EncodedEntry, Term: 1, Index: 1, Cmd: []byte{1}}}},
+		{Type: pb.Replicate, ClusterId: 13, To: 1, From: 2, Term: 1, Entries: []pb.Entry{
+			{Type: pb.EncodedEntry, Term: 1, Index: 1, Cmd: []byte("small, then large")},
+			{Type: pb.EncodedEntry, Term: 1, Index: 2, Cmd: after},
+		}},
 	}}
 }
 
@@ -147,8 +156,23 @@ func exchange(t *testing.T, from raftio.ITransport, to *peer) {
 		if err := c.SendMessageBatch(want); err != nil {
 			t.Fatal(err)
 		}
-		if got := receive(t, to.batches, "batch"); !same(t, got, wantCopy) {
+		got := receive(t, to.batches, "batch")
+		if !same(t, got, wantCopy) {
 			t.Fatalf("frame %d: the batch received differs from the one sent", i)
+		}
+		large := 0
+		for _, m := range got.Requests {
+			for _, e := range m.Entries {
+				if len(e.Cmd) >= directio.InPlaceMin {
+					large++
+					if !directio.IsAligned(e.Cmd) {
+						t.Fatalf("frame %d: a payload of %d bytes arrived in a buffer not block-aligned: the raft log copies it to write it", i, len(e.Cmd))
+					}
+				}
+			}
+		}
+		if large != 2 {
+			t.Fatalf("frame %d: %d large payloads received, want 2", i, large)
 		}
 	}
 	if !same(t, want, wantCopy) {
@@ -302,13 +326,14 @@ func TestFramesShareTheNodesChecksums(t *testing.T) {
 	if !same(t, got, testBatch(rand.New(rand.NewPCG(1, 2)))) {
 		t.Fatal("the batch received differs from the one sent")
 	}
-	if hits, misses := from.crc.Stats(); hits != 1 || misses != 1 {
+	// The batch's other large payload (after) was taken by the frame, on either side.
+	if hits, misses := from.crc.Stats(); hits != 1 || misses != 2 {
 		t.Fatalf("sender's memo: %d hits, %d misses; want the frame to use the raft log's checksum", hits, misses)
 	}
 	if crc := to.crc.Checksum(got.Requests[0].Entries[0].Cmd); crc != want {
 		t.Fatalf("receiver's memo %08x, want %08x", crc, want)
 	}
-	if hits, misses := to.crc.Stats(); hits != 1 || misses != 1 {
+	if hits, misses := to.crc.Stats(); hits != 1 || misses != 2 {
 		t.Fatalf("receiver's memo: %d hits, %d misses; want the payload's checksum taken once, by the frame's check", hits, misses)
 	}
 	// The frame is the one a release without the memo writes and checks.
