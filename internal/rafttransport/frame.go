@@ -256,18 +256,24 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 		off := 0
 		for j := range es {
 			if l := int(binary.BigEndian.Uint32(lens[4*k:])); l > 0 {
-				var cmd []byte
 				if l >= directio.InPlaceMin {
-					cmd = directio.Aligned(l)
+					cmd := directio.Aligned(l)
+					c, err := readChecksummed(br, cmd)
+					if err != nil {
+						return fmt.Errorf("read frame payloads: %w", err)
+					}
+					d.crc.Remember(cmd, c) // for the raft log (checked below, with the frame)
+					crc = crcalg.Castagnoli().Combine(crc, c, l)
+					es[j].Cmd = cmd
 				} else {
-					cmd = data[off : off+l : off+l]
+					cmd := data[off : off+l : off+l]
 					off += l
+					if _, err := io.ReadFull(br, cmd); err != nil {
+						return fmt.Errorf("read frame payloads: %w", err)
+					}
+					crc = payloadCRC(crc, cmd, d.crc)
+					es[j].Cmd = cmd
 				}
-				if _, err := io.ReadFull(br, cmd); err != nil {
-					return fmt.Errorf("read frame payloads: %w", err)
-				}
-				es[j].Cmd = cmd
-				crc = payloadCRC(crc, cmd, d.crc)
 			}
 			k++
 		}
@@ -277,6 +283,24 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 	}
 	onBatch(b)
 	return nil
+}
+
+// readChecksummed fills b from r and returns its CRC32C, taken a slice at a time as
+// each arrives, while it is in the cache: a pass over the whole payload afterwards
+// read it from memory again (on the two followers of a three-replica ingest, 3% of
+// the nodes' CPU).
+func readChecksummed(r io.Reader, b []byte) (uint32, error) {
+	const slice = 256 << 10
+	var c uint32
+	for off := 0; off < len(b); {
+		n := min(slice, len(b)-off)
+		if _, err := io.ReadFull(r, b[off:off+n]); err != nil {
+			return 0, err
+		}
+		c = crc32.Update(c, castagnoli, b[off:off+n])
+		off += n
+	}
+	return c, nil
 }
 
 // deliverChunk hands a marshalled snapshot chunk to dragonboat (Unmarshal copies
