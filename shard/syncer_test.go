@@ -139,18 +139,24 @@ func TestPipelineSplitsLargeTransactions(t *testing.T) {
 	}
 }
 
+// largeTxn is a transaction of 3 MiB in 64 KiB rows: under a piece, in one pooled
+// buffer.
+func largeTxn(g binlog.GTID) [][]byte {
+	evs := rowTxn(g, 10)
+	txn := [][]byte{evs[0], evs[1], evs[3]}
+	for range 48 {
+		txn = append(txn, binlog.NewOpaque(23, 1, 64<<10, true))
+	}
+	return append(txn, evs[5])
+}
+
 // TestPipelineLargeTransactionsTakePooledBuffers: a transaction that grows past
 // pooledMin moves to one pooled buffer of a piece's size instead of doubling on (each
 // doubling a fresh allocation), and keeps every byte.
 func TestPipelineLargeTransactionsTakePooledBuffers(t *testing.T) {
 	p := newPipeline(binlog.Position{}, false, "")
 	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
-	evs := rowTxn(gtid(1), 10)
-	txn := [][]byte{evs[0], evs[1], evs[3]}
-	for range 48 { // 3 MiB of 64 KiB rows: under a piece
-		txn = append(txn, binlog.NewOpaque(23, 1, 64<<10, true))
-	}
-	txn = append(txn, evs[5])
+	txn := largeTxn(gtid(1))
 	feed(t, p, txn...)
 	if len(p.items) != 2 || p.items[1].Txn == nil {
 		t.Fatalf("want NewFile and one transaction, got %d items", len(p.items))
@@ -409,12 +415,7 @@ func TestRoomInRaftForLoneBatches(t *testing.T) {
 func TestPipelineProposesInPlace(t *testing.T) {
 	p := newPipeline(binlog.Position{}, false, "")
 	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
-	evs := rowTxn(gtid(1), 10)
-	txn := [][]byte{evs[0], evs[1], evs[3]}
-	for range 48 { // 3 MiB of 64 KiB rows: one pooled buffer
-		txn = append(txn, binlog.NewOpaque(23, 1, 64<<10, true))
-	}
-	txn = append(txn, evs[5])
+	txn := largeTxn(gtid(1))
 	encoding := func() []byte {
 		return (&statemachine.Append{Epoch: p.epoch, PrevOrdinal: p.proposed, Sequenced: p.sequenced, Seq: p.seq, Items: p.items}).Encode()
 	}
