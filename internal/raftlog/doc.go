@@ -45,7 +45,11 @@
 //     raft never uses, and a scan passes over). So the node writes them with direct
 //     I/O (Factory.DirectIO) where the filesystem allows it: the payloads skip the
 //     page cache, whose copy was a large share of ingest CPU (a fault-injecting
-//     filesystem gets the same blocks through its own writes).
+//     filesystem gets the same blocks through its own writes). With direct I/O, a
+//     payload of directio.InPlaceMin or more in block-aligned memory is not staged:
+//     a pad record puts it at a block, its whole blocks are written from its own
+//     memory, and only its tail is staged (putInPlace). The writes still go to the
+//     file in order.
 //   - Recycled files (spare.go) are salted: their records read as theirs only, so
 //     an earlier life's records after the new ones read as the file's end, and a
 //     file that ends before its old bytes is sealed (a record claiming the rest)

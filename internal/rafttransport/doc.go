@@ -6,7 +6,9 @@
 // the payloads from the buffers dragonboat holds them in (writev; through a 64 KiB
 // buffer under TLS) and reads each message's payloads into one buffer its entries
 // then share (one message's: dragonboat keeps a group's entries until it applies
-// them, and one group's must not pin another's).
+// them, and one group's must not pin another's), but for payloads of
+// directio.InPlaceMin or more: each of those gets a block-aligned buffer of its own
+// (the raft log writes it to the disk from there) and is checksummed as it is read.
 //
 // Wire. A connection carries frames one after another, each starting with two
 // magic bytes:
