@@ -228,7 +228,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	leaders := cluster.NewLeaders()
 	// Every raft node of every group ticks each RaftTickMillis, leader or not, busy or
 	// idle (see RaftTickMillis).
-	directIO, spares, recycled := new(atomic.Bool), new(atomic.Int64), new(atomic.Int64)
+	directIO, spares, recycled, inPlace := new(atomic.Bool), new(atomic.Int64), new(atomic.Int64), new(atomic.Int64)
 	if err := checkRaftFlagFiles(filepath.Join(cfg.DataDir, "raft")); err != nil {
 		store.Close()
 		closeLis()
@@ -249,7 +249,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 		CertFile:          cfg.TLS.Cert,
 		KeyFile:           cfg.TLS.Key,
 		Expert: config.ExpertConfig{TransportFactory: rafttransport.Factory{NewWire: raftWire, Log: log.With("component", "rafttransport"), CRC: crcMemo}, LogDB: config.GetSmallMemLogDBConfig(), FS: raftFS, LogDBFactory: raftlog.Factory{On: payloadFiles, DirectIO: !cfg.BufferedIO, DirectState: directIO, Log: log.With("component", "raftlog"),
-			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares, Recycled: recycled, CRC: crcMemo}},
+			Reserve: int64(cfg.RaftPayloadReserve), Recycle: recycle, Room: spareRoom(cfg), Spares: spares, Recycled: recycled, InPlace: inPlace, CRC: crcMemo}},
 	})
 	if err == nil && nh == nil {
 		err = errRaftStartSilent
@@ -346,6 +346,7 @@ func Start(ctx context.Context, cfg Config, log *slog.Logger) (*Node, error) {
 	})
 	rel.RaftPayloadSpares(cfg.NodeID, func() float64 { return float64(spares.Load()) })
 	rel.RaftPayloadRecycled(cfg.NodeID, func() float64 { return float64(recycled.Load()) })
+	rel.RaftPayloadsInPlace(cfg.NodeID, func() float64 { return float64(inPlace.Load()) })
 	rel.RaftPayloadChecksums(cfg.NodeID, func() float64 { h, _ := crcMemo.Stats(); return float64(h) }, func() float64 { _, m := crcMemo.Stats(); return float64(m) })
 	rel.SegmentChecksumsDerived(cfg.NodeID, func() float64 { return float64(store.DerivedChecksumBytes()) })
 	rel.BufferedIO(cfg.NodeID, cfg.BufferedIO)

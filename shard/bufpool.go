@@ -6,7 +6,8 @@ import "sync"
 // transaction's pieces, a large event as its stream reads it) across the node's
 // groups. Each is free again once its proposal is in raft: dragonboat copies a
 // proposal in Propose, and the pieces and events are read by the pipeline and the
-// encoding only. At hundreds of MB/s a fresh 4 MiB buffer per piece and
+// encoding only, but for the proposal's prefix the pipeline may write into a lent
+// buffer before an item's events (pipeline.encode). At hundreds of MB/s a fresh 4 MiB buffer per piece and
 // per proposal was most of the syncer's allocation; pooled, and shared, an idle
 // group keeps none after a burst (sync.Pool lets the collector take them).
 type bufPool struct{ p sync.Pool }

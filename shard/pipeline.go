@@ -129,9 +129,9 @@ type openTxn struct {
 	// buffer keeps prefixRoom bytes before them for the proposal's prefix (see
 	// encode), a carved one none.
 	events []byte
-	room   int
-	first  bool // no piece of it proposed yet
-	skip   bool // the group already holds it
+	first  bool  // no piece of it proposed yet
+	skip   bool  // the group already holds it
+	room   uint8 // (a byte: the struct stays in its allocation class)
 }
 
 // ErrCorruptEvent marks an event whose CRC32 does not match its bytes: it was damaged
@@ -451,7 +451,7 @@ func (t *openTxn) pooled(p *pipeline, n int) {
 // fails to compile otherwise).
 const prefixRoom = 128
 
-const _ = uint(prefixRoom - statemachine.MaxPrefixLen)
+const _ = uint(prefixRoom-statemachine.MaxPrefixLen) + uint(255-prefixRoom) // and fits openTxn.room
 
 // partRoomMin is how far into a large event a part must start for the bytes before
 // it to serve as its room: well past the event's header.

@@ -26,7 +26,9 @@ import (
 type eventSource interface {
 	// next returns the next event (raw bytes) or the error that ended the stream.
 	// An event's bytes are its own until it is given back with release: the
-	// pipeline keeps parts of a large event by reference until they are proposed.
+	// pipeline keeps parts of a large event by reference until they are proposed,
+	// and may write a proposal's prefix over a proposed part's tail (see
+	// addLargeEvent).
 	next(ctx context.Context) ([]byte, error)
 	// buffered appends to dst the events already read, without waiting, until none
 	// is, the stream has ended (next then returns its error) or dst is full (it never

@@ -104,8 +104,10 @@ func (m *Memo) Known(b []byte) (uint32, bool) {
 	return e.crc, e.ok
 }
 
-// Remember records crc as the CRC-32C of b, which the caller has just checked (the
-// raft log, reading a payload back). b must be Go memory, as for Checksum.
+// Remember records crc as the CRC-32C of b, which the caller has just taken or
+// checked (the raft transport, reading a payload; the raft log, reading one back).
+// b must be Go memory, as for Checksum, and crc must be b's: a wrong one would be
+// handed on as b's.
 func (m *Memo) Remember(b []byte, crc uint32) {
 	if m == nil || len(b) < MemoMin {
 		return

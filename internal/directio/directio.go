@@ -29,7 +29,8 @@ const Block = 4096
 
 // InPlaceMin is the size from which a raft payload is written from its own memory
 // (raftlog), and so read by the raft transport into a block-aligned buffer of its
-// own: the pad that puts it at a block costs at most a block, under 2% of it.
+// own: the pad that puts it at a block costs at most a block and a record header
+// (under 2% of it), and one more write.
 const InPlaceMin = 256 << 10
 
 // Available reports whether this platform has direct I/O (Flag is not 0).

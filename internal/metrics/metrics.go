@@ -121,6 +121,15 @@ func (r *Relay) RaftPayloadRecycled(nodeID uint64, read func() float64) {
 		Help: "New raft payload files that were spares, overwritten instead of written for the first time.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
 }
 
+// RaftPayloadsInPlace exports how many raft payloads were written from their own
+// memory (read at scrape time): large payloads in block-aligned memory with direct
+// I/O on. 0 under a bulk load means every payload took a copy into the staging
+// buffer (direct I/O off, or memory the runtime no longer aligns).
+func (r *Relay) RaftPayloadsInPlace(nodeID uint64, read func() float64) {
+	r.reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: "flotilla", Name: "raft_payloads_in_place_total",
+		Help: "Large raft payloads written to their payload file from their own memory, without a copy into the staging buffer.", ConstLabels: prometheus.Labels{"node": strconv.FormatUint(nodeID, 10)}}, read))
+}
+
 // RaftPayloadChecksums exports how the node came by the CRC32C of its large raft
 // payloads (read at scrape time): from its memo (taken already by its raft log or
 // transport, crcalg) or taken afresh. A replica takes each payload's once, a

@@ -44,8 +44,9 @@ type groupLog struct {
 	pool    *spares
 	// crc is the node's checksum memo (Factory.CRC), nil for none.
 	crc *crcalg.Memo
-	// inPlace counts the payloads written from their own memory (putInPlace).
-	inPlace int
+	// inPlace counts the payloads written from their own memory (putInPlace): the
+	// LogDB's counter, nil for none.
+	inPlace *atomic.Int64
 }
 
 // openGroupLog lists and scans dir's payload files; dir is made at the first append.
@@ -156,7 +157,8 @@ func (g *groupLog) sealAt(f *payFile, off int64) error {
 }
 
 // append stages the payload of the entry at index for the current file (a new one
-// when there is none or it is full); it is written and durable after the next sync.
+// when there is none or it is full), or writes it from its own memory (putInPlace);
+// it is durable after the next sync.
 func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -212,8 +214,10 @@ func (g *groupLog) append(index uint64, payload []byte) (ref, error) {
 	}
 	r := ref{file: f.seq, offset: f.size + recordHeaderLen, length: uint32(len(payload)), crc: crc}
 	if err == nil && inPlace {
-		g.inPlace++
 		err = g.putInPlace(f, f.header(index, len(payload), crc), payload)
+		if err == nil && f.direct && g.inPlace != nil {
+			g.inPlace.Add(1)
+		}
 	} else if err == nil {
 		err = g.put(f, f.header(index, len(payload), crc), payload)
 	}

@@ -84,9 +84,10 @@ type Factory struct {
 	// kept as a spare only when it can, and spares are removed when it cannot
 	// spare any.
 	Room func(n int64) bool
-	// Spares, if set, is kept at the number of spare files ready, and Recycled
-	// counts the new payload files that were spares (metrics).
-	Spares, Recycled *atomic.Int64
+	// Spares, if set, is kept at the number of spare files ready, Recycled counts
+	// the new payload files that were spares, and InPlace the payloads written from
+	// their own memory (putInPlace; metrics).
+	Spares, Recycled, InPlace *atomic.Int64
 	// CRC, if set, is the node's checksum memo, shared with its raft transport
 	// (crcalg): a payload's CRC32C is taken once on its way through the node.
 	CRC *crcalg.Memo
@@ -142,6 +143,9 @@ func (f Factory) Create(cfg config.NodeHostConfig, cb config.LogDBCallback, dirs
 	l.dio.Log = f.Log
 	l.noFlushAtClose = f.NoFlushAtClose
 	l.crc = f.CRC
+	if f.InPlace != nil {
+		l.inPlace = f.InPlace
+	}
 	if f.Recycle != nil {
 		l.recycle = f.Recycle
 	}
@@ -212,6 +216,8 @@ type LogDB struct {
 	noFlushAtClose bool
 	// crc is Factory.CRC.
 	crc *crcalg.Memo
+	// inPlace is Factory.InPlace (a counter of its own without one).
+	inPlace *atomic.Int64
 
 	mu     sync.Mutex
 	groups map[groupKey]*groupSlot
@@ -238,7 +244,7 @@ func wrap(inner raftio.ILogDB, fs gvfs.FS, root string, minPayload int, fileSize
 	if err := removeOrphans(inner, fs, root); err != nil {
 		return nil, err
 	}
-	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, recycle: new(atomic.Bool), groups: map[groupKey]*groupSlot{},
+	return &LogDB{ILogDB: inner, fs: fs, root: root, minPayload: minPayload, fileSize: fileSize, on: on, recycle: new(atomic.Bool), inPlace: new(atomic.Int64), groups: map[groupKey]*groupSlot{},
 		dio: directio.Switch{On: new(atomic.Bool), What: "raft payload files"}, states: commitStates{groups: map[groupKey]*groupState{}}}, nil
 }
 
@@ -267,7 +273,7 @@ func (l *LogDB) lookup(cluster, node uint64, create bool) (*groupLog, error) {
 	s.once.Do(func() {
 		s.g, s.err = openGroupLog(l.fs, l.root, dir, l.fileSize, l.direct, &l.dio, &l.stages, l.recycle, l.pool)
 		if s.g != nil {
-			s.g.crc = l.crc
+			s.g.crc, s.g.inPlace = l.crc, l.inPlace
 		}
 	})
 	if s.err != nil {

@@ -621,8 +621,8 @@ func TestDirectIOPayloads(t *testing.T) {
 		}
 		t.Skipf("%s refused direct I/O (O_DIRECT): nothing to test here", dir)
 	}
-	if g.inPlace < 10 {
-		t.Fatalf("%d payloads written in place: the test needs more", g.inPlace)
+	if n := g.inPlace.Load(); n < 10 {
+		t.Fatalf("%d payloads written in place: the test needs more", n)
 	}
 	sameEntries(t, "entries saved with direct I/O", readAll(t, l, 5, 1, first), want)
 	if err := l.Close(); err != nil {
@@ -643,6 +643,66 @@ func TestDirectIOPayloads(t *testing.T) {
 			t.Fatalf("payload file %s: %d bytes, whole %v: want whole blocks, every record readable", f.path, f.size, f.whole)
 		}
 	}
+}
+
+// TestInPlacePads: the pad before a payload written in place, at the two edges: a
+// gap to the next block shorter than a record header (a block more is padded) and
+// no gap at all (no pad). The payloads read back whole, before and after a reopen.
+func TestInPlacePads(t *testing.T) {
+	fs := gvfs.Default
+	dir := fs.PathJoin(t.TempDir(), "raft")
+	l := openTestLogAt(t, fs, dir)
+	l.fileSize, l.direct = FileSize, true // one file holds them all
+	cmd := func(n int, aligned bool) []byte {
+		b := make([]byte, n)
+		if aligned {
+			b = directio.Aligned(n)
+		}
+		for i := range b {
+			b[i] = byte(i*7 + n)
+		}
+		return b
+	}
+	// Record sizes (header 24): 24+4036 ends at 4060, 12 short of where a header
+	// ending at a block would start; then 4096+12 of pad, the header, 256 KiB; then
+	// 24+4048 ends 24 short of a block: no pad before the last payload.
+	ents := []pb.Entry{
+		{Term: 1, Index: 1, Type: pb.EncodedEntry, Cmd: cmd(4036, false)},
+		{Term: 1, Index: 2, Type: pb.EncodedEntry, Cmd: cmd(directio.InPlaceMin, true)},
+		{Term: 1, Index: 3, Type: pb.EncodedEntry, Cmd: cmd(4048, false)},
+		{Term: 1, Index: 4, Type: pb.EncodedEntry, Cmd: cmd(directio.InPlaceMin+100, true)},
+	}
+	want := clone(ents)
+	save(t, l, 5, ents)
+	g, err := l.group(5, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !g.direct {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s refused direct I/O: CI must run this test where it is allowed", dir)
+		}
+		t.Skipf("%s refused direct I/O (O_DIRECT): nothing to test here", dir)
+	}
+	if n := g.inPlace.Load(); n != 2 {
+		t.Fatalf("%d payloads written in place, want 2", n)
+	}
+	f := g.files[1]
+	if f == nil {
+		t.Fatal("no first payload file")
+	}
+	// 4060, the pad (4108), the header, 256 KiB, 4072, the header, 256 KiB + 100,
+	// then finish's pad to a block.
+	if end := int64(4060 + 4108 + 24 + directio.InPlaceMin + 4072 + 24 + directio.InPlaceMin + 100); f.size != (end+blockSize-1)/blockSize*blockSize {
+		t.Fatalf("payload file of %d bytes, want %d rounded up to a block", f.size, end)
+	}
+	sameEntries(t, "entries written in place", readAll(t, l, 5, 1, 5), want)
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	l = openTestLogAt(t, fs, dir)
+	defer l.Close()
+	sameEntries(t, "entries after a reopen", readAll(t, l, 5, 1, 5), want)
 }
 
 // TestFactoryDirectIO: a node host's LogDB writes payloads with direct I/O when the

@@ -13,7 +13,8 @@ import (
 
 // Writing payloads: a group stages its records in a block-aligned buffer and writes
 // them in whole blocks at block offsets (direct I/O), the last block padded at each
-// sync (finish).
+// sync (finish). A large payload in block-aligned memory skips the stage but for its
+// tail (putInPlace).
 
 // stageBuf is a block-aligned staging buffer of stageClassSize(class) bytes.
 type stageBuf struct {
@@ -96,6 +97,9 @@ func (g *groupLog) putInPlace(f *payFile, hdr, payload []byte) error {
 	if err := g.put(f, hdr); err != nil {
 		return err
 	}
+	if f.size%blockSize != 0 {
+		return fmt.Errorf("payload file %s: a payload written in place would start at %d, not at a block", f.path, f.size)
+	}
 	if err := g.writeStage(f); err != nil {
 		return err
 	}
@@ -136,11 +140,7 @@ func (g *groupLog) finish(f *payFile) error {
 	return nil
 }
 
-// writeStage writes f's staged bytes at the file's written end. A filesystem that
-// took O_DIRECT at open but refuses the writes (a logical block larger than
-// blockSize, some FUSE filesystems) turns direct I/O off for the group: the file is
-// cut back to its written end (a short write may have left part of the stage) and
-// reopened without it.
+// writeStage writes f's staged bytes at the file's written end (writeOut).
 func (g *groupLog) writeStage(f *payFile) error {
 	if f.staged == 0 {
 		return nil
@@ -153,8 +153,11 @@ func (g *groupLog) writeStage(f *payFile) error {
 }
 
 // writeOut writes b, whole blocks from a block-aligned buffer when f is written
-// with direct I/O, at f's written end, and moves that end past them (see
-// writeStage for a filesystem that refuses).
+// with direct I/O, at f's written end, and moves that end past them. A filesystem
+// that took O_DIRECT at open but refuses the writes (a logical block larger than
+// blockSize, some FUSE filesystems) turns direct I/O off for the group: the file is
+// cut back to its written end (a short write may have left part of b) and reopened
+// without it, and b is written again.
 func (g *groupLog) writeOut(f *payFile, b []byte) error {
 	if f.w == nil {
 		return fmt.Errorf("write payload file %s: it was left closed by an earlier failure", f.path)

@@ -258,12 +258,12 @@ func (d *decoder) frame(br *bufio.Reader, c net.Conn, onBatch raftio.MessageHand
 			if l := int(binary.BigEndian.Uint32(lens[4*k:])); l > 0 {
 				if l >= directio.InPlaceMin {
 					cmd := directio.Aligned(l)
-					c, err := readChecksummed(br, cmd)
+					sum, err := readChecksummed(br, cmd)
 					if err != nil {
 						return fmt.Errorf("read frame payloads: %w", err)
 					}
-					d.crc.Remember(cmd, c) // for the raft log (checked below, with the frame)
-					crc = crcalg.Castagnoli().Combine(crc, c, l)
+					d.crc.Remember(cmd, sum) // for the raft log (the frame is checked below)
+					crc = crcalg.Castagnoli().Combine(crc, sum, l)
 					es[j].Cmd = cmd
 				} else {
 					cmd := data[off : off+l : off+l]

@@ -941,11 +941,11 @@ func flotillaTail(ctx context.Context, b *testing.B, n *flotillatest.Node, user 
 // syncer still in raft (pipelined ingest), from its metrics.
 func proposalNote(ctx context.Context, metricsAddr string) string {
 	n, overlapped := proposals(ctx, metricsAddr)
-	inPlace := 0.0
+	inPlace, payloads := 0.0, 0.0
 	if sum, err := scrape(ctx, metricsAddr); err == nil {
-		inPlace = sum("flotilla_proposals_in_place_total")
+		inPlace, payloads = sum("flotilla_proposals_in_place_total"), sum("flotilla_raft_payloads_in_place_total")
 	}
-	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft, %.0f written in place before their events", n, overlapped, inPlace)
+	return fmt.Sprintf("ingest, 1 replica: %.0f proposals, %.0f of them made while another was in raft, %.0f written in place before their events; %.0f raft payloads written to disk from their own memory", n, overlapped, inPlace, payloads)
 }
 
 // proposals reads the node's proposal counters: all, and those made while another

@@ -302,7 +302,12 @@ func checkRecycled(t *testing.T, raftDir, metricsAddr string, most int) {
 		t.Fatalf("metrics: %d, %v", code, err)
 	}
 	recycled, _ := metricValue(body, "flotilla_raft_payload_files_recycled_total")
-	t.Logf("raft payload files: %d salted, %d plain; %d spares; %.0f new files were spares", salted, plain, spares, recycled)
+	direct, _ := metricValue(body, "flotilla_raft_payload_direct_io")
+	inPlace, _ := metricValue(body, "flotilla_raft_payloads_in_place_total")
+	t.Logf("raft payload files: %d salted, %d plain; %d spares; %.0f new files were spares; %.0f payloads written from their own memory (direct I/O %.0f)", salted, plain, spares, recycled, inPlace, direct)
+	if direct == 1 && inPlace < 1 {
+		t.Errorf("no raft payload was written from its own memory with direct I/O on: the payloads raft hands the log (a leader's copies of its proposals, a follower's reads) are no longer block-aligned, and each takes a copy")
+	}
 	if recycled < 1 {
 		t.Errorf("no new payload file was a spare (%d salted files): the transaction's log cuts give files back, which later files take", salted)
 	}
