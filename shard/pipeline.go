@@ -41,6 +41,7 @@ const drainBatch = 16
 // pipeline turns the master's event stream into Append proposals.
 type pipeline struct {
 	s            *Shard
+	raft         proposer
 	epoch        uint64
 	fl           upstreamFlavor
 	upstreamFile string

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/lni/dragonboat/v3"
+	"github.com/lni/dragonboat/v3/client"
 
 	"github.com/flotilla-relay/flotilla/statemachine"
 )
@@ -143,6 +144,13 @@ func (p *pipeline) encode() (cmd []byte, inPlace bool) {
 	return a.AppendEncoded(p.s.m.encBufs.get(p.batchBytes)), false
 }
 
+// proposer is what a pipeline proposes through: the node host (a pipeline test, a
+// recorder of the commands).
+type proposer interface {
+	Propose(session *client.Session, cmd []byte, timeout time.Duration) (*dragonboat.RequestState, error)
+	GetNoOPSession(clusterID uint64) *client.Session
+}
+
 // propose hands cmd to raft. While its LogDB stalls writes, dragonboat refuses
 // proposals (ErrSystemBusy) until the LogDB catches up: that is backpressure, not a
 // failure worth a reconnection (which would also start a large transaction over). The
@@ -151,7 +159,7 @@ func (p *pipeline) encode() (cmd []byte, inPlace bool) {
 func (p *pipeline) propose(ctx context.Context, cmd []byte) (*dragonboat.RequestState, error) {
 	deadline := time.Now().Add(proposeTimeout)
 	for wait := time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
-		rs, err := p.s.m.nh.Propose(p.s.m.nh.GetNoOPSession(p.s.gid), cmd, proposeTimeout)
+		rs, err := p.raft.Propose(p.raft.GetNoOPSession(p.s.gid), cmd, proposeTimeout)
 		if err == nil {
 			return rs, nil
 		}

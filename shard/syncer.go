@@ -153,7 +153,7 @@ func (s *Shard) syncOnce(ctx context.Context) (delivered bool, err error) {
 		st.Busy, st.PendingBytes = false, 0 // whatever a previous connection left in flight is abandoned
 	})
 
-	p := &pipeline{s: s, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
+	p := &pipeline{s: s, raft: s.m.nh, epoch: epoch, maxBatch: maxBatchBytes, maxPiece: maxPieceBytes, maxFile: s.m.servedFileSize,
 		fileBytes: view.FileSize, proposed: view.Ordinal, fl: fl,
 		upstreamFile: view.Upstream, fileServerID: view.ServerID, hasFile: view.HasFile, semi: semi}
 	defer func() {

@@ -7,10 +7,13 @@ import (
 	"io"
 	"log/slog"
 	"testing"
+	"time"
 	"unsafe"
 
 	"github.com/flotilla-relay/flotilla/internal/binlog"
 	"github.com/flotilla-relay/flotilla/statemachine"
+	"github.com/lni/dragonboat/v3"
+	"github.com/lni/dragonboat/v3/client"
 )
 
 func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
@@ -470,5 +473,57 @@ func TestPipelineProposesInPlace(t *testing.T) {
 	cmd, inPlace = p.encode()
 	if inPlace || !bytes.Equal(cmd, want) || !bytes.Equal(raw, orig) {
 		t.Fatalf("a room ending away from the events: in place %v, encoding equal %v, raw unchanged %v", inPlace, bytes.Equal(cmd, want), bytes.Equal(raw, orig))
+	}
+}
+
+// recorder is raft for a pipeline test: it keeps a copy of each command proposed, as
+// dragonboat does, and the slice it was handed; it never answers.
+type recorder struct{ cmds, handed [][]byte }
+
+func (r *recorder) Propose(_ *client.Session, cmd []byte, _ time.Duration) (*dragonboat.RequestState, error) {
+	r.cmds, r.handed = append(r.cmds, bytes.Clone(cmd)), append(r.handed, cmd)
+	return &dragonboat.RequestState{CompletedC: make(chan dragonboat.RequestResult, 1)}, nil
+}
+
+func (r *recorder) GetNoOPSession(uint64) *client.Session { return nil }
+
+// TestPipelineProposesPartsInPlace: an event larger than a piece goes to raft in
+// parts, each a batch of its own; the parts after the first are proposed from the
+// stream's buffer, their prefixes written over the tail of the part before (proposed
+// already). Every command decodes, and the events raft was handed, joined, are the
+// master's transaction byte for byte.
+func TestPipelineProposesPartsInPlace(t *testing.T) {
+	p := newPipeline(binlog.Position{}, false, "")
+	rec := &recorder{}
+	p.raft = rec
+	p.s.m.clusterVersion.Store(statemachine.SequencedAppendVersion)
+	feed(t, p, fakeRotate("m.1"), binlog.NewFDE(1, "10.11.6-MariaDB-log", true))
+	p.items, p.batchBytes, p.room = nil, 0, nil // as if the new file were proposed
+	evs := rowTxn(gtid(1), 10)
+	big := binlog.NewOpaque(23, 1, 3*maxPieceBytes+(1<<20), true) // three parts and a rest
+	raw := bytes.Clone(big)                                       // the stream's buffer
+	feed(t, p, evs[0], evs[1], evs[3], raw, evs[5])
+	if len(rec.cmds) != 3 || len(p.items) != 1 {
+		t.Fatalf("%d proposals and %d items left, want three parts proposed and the rest with the commit", len(rec.cmds), len(p.items))
+	}
+	var got []byte
+	for i, cmd := range rec.cmds {
+		kind, a, err := statemachine.DecodeCommand(cmd)
+		if err != nil || kind != statemachine.KindAppend || !a.Sequenced || len(a.Items) != 1 || a.Items[0].Txn == nil {
+			t.Fatalf("proposal %d: kind %d, %v: want one sequenced transaction item", i, kind, err)
+		}
+		got = append(got, a.Items[0].Txn.Events...)
+		if i > 0 {
+			// Handed from the stream's buffer: its last byte is the part's in raw.
+			h := rec.handed[i]
+			end := len(evs[0]) + len(evs[1]) + len(evs[3]) // where big starts in the transaction
+			if at := len(got) - end; &h[len(h)-1] != &raw[at-1] {
+				t.Fatalf("proposal %d was not made in place from the stream's buffer", i)
+			}
+		}
+	}
+	got = append(got, p.items[0].Txn.Events...)
+	if want := bytes.Join([][]byte{evs[0], evs[1], evs[3], big, evs[5]}, nil); !bytes.Equal(got, want) {
+		t.Fatal("the events proposed, joined, differ from the master's transaction")
 	}
 }
