@@ -78,8 +78,10 @@ type pipeline struct {
 	// without waiting for more (see loneItemBytes).
 	lone bool
 	// room is free scratch directly before the events of the batch's only item
-	// (see roomBefore), nil when there is none.
-	room []byte
+	// (see roomBefore), nil when there is none; inPlace counts the proposals
+	// written there.
+	room    []byte
+	inPlace int
 	// proposed is the ordinal after every proposal made (committed or in flight).
 	proposed uint64
 	pending  []inflight
@@ -498,7 +500,8 @@ func (p *pipeline) add(it statemachine.Item, bytes int, txns uint64) {
 // checksums from the entry's rather than take them (statemachine/segcrc.go, which
 // does so only when the entry's other bytes are few). Best effort: the items already
 // in the batch stay with it (a batch of small transactions before a large one may
-// still be most of the entry). Smaller items are batched as before: batching is what
+// still be most of the entry; proposing them first was tried in 0.54 and not kept,
+// see README). Smaller items are batched as before: batching is what
 // makes small transactions cheap. The proposals are smaller, so more of them may be
 // in flight (loneInflightBytes): with maxInflight alone, a stream of 1 MiB
 // transactions would keep about 4 MiB in flight where 4 MiB batches kept 16, and it

@@ -68,6 +68,7 @@ func (p *pipeline) flush(ctx context.Context, full bool) error {
 		}
 		// raft holds a copy of cmd now, and cmd holds the items' bytes.
 		if inPlace {
+			p.inPlace++
 			p.s.m.metrics.InPlace(p.s.Upstream().Name)
 		} else {
 			p.s.m.encBufs.put(cmd)

@@ -503,8 +503,8 @@ func TestPipelineProposesPartsInPlace(t *testing.T) {
 	big := binlog.NewOpaque(23, 1, 3*maxPieceBytes+(1<<20), true) // three parts and a rest
 	raw := bytes.Clone(big)                                       // the stream's buffer
 	feed(t, p, evs[0], evs[1], evs[3], raw, evs[5])
-	if len(rec.cmds) != 3 || len(p.items) != 1 {
-		t.Fatalf("%d proposals and %d items left, want three parts proposed and the rest with the commit", len(rec.cmds), len(p.items))
+	if len(rec.cmds) != 3 || len(p.items) != 1 || p.inPlace != 3 {
+		t.Fatalf("%d proposals (%d in place) and %d items left, want three parts proposed in place and the rest with the commit", len(rec.cmds), p.inPlace, len(p.items))
 	}
 	var got []byte
 	for i, cmd := range rec.cmds {
