@@ -7,9 +7,10 @@ import "sync"
 // groups. Each is free again once its proposal is in raft: dragonboat copies a
 // proposal in Propose, and the pieces and events are read by the pipeline and the
 // encoding only, but for the proposal's prefix the pipeline may write into a lent
-// buffer before an item's events (pipeline.encode). At hundreds of MB/s a fresh 4 MiB buffer per piece and
-// per proposal was most of the syncer's allocation; pooled, and shared, an idle
-// group keeps none after a burst (sync.Pool lets the collector take them).
+// buffer before an item's events (pipeline.encode). At hundreds of MB/s a fresh 4
+// MiB buffer per piece and per proposal was most of the syncer's allocation;
+// pooled, and shared, an idle group keeps none after a burst (sync.Pool lets the
+// collector take them).
 type bufPool struct{ p sync.Pool }
 
 // pooledMin is the least capacity worth pooling: smaller buffers are a small

@@ -19,7 +19,7 @@ import (
 func newPipeline(state binlog.Position, hasFile bool, upstreamFile string) *pipeline {
 	s := &Shard{log: slog.New(slog.NewTextHandler(io.Discard, nil)), m: &Manager{}}
 	return &pipeline{s: s, fl: &mariadbFlavor{basePos: binlog.Position{}, state: state}, hasFile: hasFile, upstreamFile: upstreamFile,
-		maxBatch: 1 << 40, maxPiece: maxPieceBytes, maxFile: servedFileLimit} // never flushes: there is no raft here
+		maxBatch: 1 << 40, maxPiece: maxPieceBytes, maxFile: servedFileLimit} // no raft here: only a batch a large item ended flushes (tests that make one give it a recorder)
 }
 
 func gtid(seq uint64) binlog.GTID { return binlog.GTID{Domain: 0, Server: 1, Seq: seq} }

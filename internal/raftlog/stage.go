@@ -94,11 +94,13 @@ func (g *groupLog) put(f *payFile, parts ...[]byte) error {
 // The writes go to the file in order, as the stage's do; nothing is durable before
 // the sync, as before.
 func (g *groupLog) putInPlace(f *payFile, hdr, payload []byte) error {
+	if end := f.size + int64(len(hdr)); end%blockSize != 0 {
+		// Checked before the header is staged: a header staged for bytes never
+		// written would read as a record at a start.
+		return fmt.Errorf("payload file %s: a payload written in place would start at %d, not at a block", f.path, end)
+	}
 	if err := g.put(f, hdr); err != nil {
 		return err
-	}
-	if f.size%blockSize != 0 {
-		return fmt.Errorf("payload file %s: a payload written in place would start at %d, not at a block", f.path, f.size)
 	}
 	if err := g.writeStage(f); err != nil {
 		return err
